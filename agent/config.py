@@ -1,0 +1,109 @@
+"""agent.yaml: what an admin may set on a workstation, validated with file:line:key errors.
+
+Relative paths are taken relative to the config file, so a config directory can be
+moved as a whole (the quickstart and tests rely on this).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Self
+
+import pydantic
+from pydantic import Field
+
+from protos import yamlfile
+
+DEFAULT_PATH = "/etc/exfilguard/agent.yaml"
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class AgentTls(_Strict):
+    """How the agent reaches the collector: mTLS, or plaintext on loopback when asked for."""
+
+    insecure_loopback: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    enrollment_token: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_mode(self) -> Self:
+        if not self.insecure_loopback and not self.ca:
+            raise ValueError("set either insecure_loopback: true or ca (with cert/key or enrollment_token)")
+        return self
+
+
+class Removable(_Strict):
+    """Which block devices count as removable media, beyond USB and sysfs `removable`."""
+
+    include_loop: bool = False
+    serials: list[str] = []   # extra devices, by serial
+    devices: list[str] = []   # extra devices, by kernel name (sdb, mmcblk0)
+
+
+class SpoolSettings(_Strict):
+    """The on-disk spool: bounded, so a long outage ends in an agent.gap, not a full disk."""
+
+    max_events: Annotated[int, Field(ge=100, le=100_000_000)] = 1_000_000
+    max_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 40)] = 512 << 20
+
+
+class BatchSettings(_Strict):
+    """Batches go up when either bound is reached."""
+
+    max_events: Annotated[int, Field(ge=1, le=10_000)] = 500
+    max_delay_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+
+
+class AgentConfig(_Strict):
+    """The whole agent.yaml."""
+
+    collector: str = "127.0.0.1:50051"
+    tls: AgentTls = AgentTls(insecure_loopback=True)
+    state_dir: str = "/var/lib/exfilguard/agent"
+    tags: dict[str, list[str]] = {}
+    removable: Removable = Removable()
+    spool: SpoolSettings = SpoolSettings()
+    batch: BatchSettings = BatchSettings()
+    heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    reconnect_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    max_message_bytes: Annotated[int, Field(ge=64 << 10, le=64 << 20)] = 4 << 20
+    log_level: str = "info"
+
+    @pydantic.field_validator("collector")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @pydantic.field_validator("tags")
+    @classmethod
+    def _tag_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        for path, tags in value.items():
+            if not path.startswith("/"):
+                raise ValueError(f"tagged path {path!r} must be absolute")
+            if not tags:
+                raise ValueError(f"tagged path {path!r} has no tags")
+        return value
+
+    @pydantic.field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        if value.lower() not in {"debug", "info", "warning", "error"}:
+            raise ValueError("expected debug, info, warning or error")
+        return value.lower()
+
+
+def load(path: str | os.PathLike[str]) -> AgentConfig:
+    """Load and validate agent.yaml; raises yamlfile.YamlError naming file, line and key."""
+    doc = yamlfile.load(path)
+    config = yamlfile.validate(doc, AgentConfig)
+    base = Path(path).resolve().parent
+    return config.model_copy(update={"state_dir": str(base / config.state_dir)})

@@ -1,0 +1,48 @@
+"""`exfilguard`: the admin CLI. Each command group is a module registered in COMMANDS."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from collector import __version__
+
+# Each module has `register(subparsers)`, adding its sub-commands with `set_defaults(run=...)`,
+# where `run(args) -> int` is the exit code.
+Run = Callable[[argparse.Namespace], int]
+
+
+def _modules() -> list[ModuleType]:
+    # Imported here so `exfilguard --help` stays fast and one broken command cannot break the others.
+    from collector.cli import agents
+
+    return [agents]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by the docs)."""
+    parser = argparse.ArgumentParser(prog="exfilguard", description="ExfilGuard admin CLI")
+    parser.add_argument("--version", action="version", version=f"exfilguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _modules():
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `exfilguard` console script."""
+    args = build_parser().parse_args(argv)
+    run: Run = args.run
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

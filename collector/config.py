@@ -1,0 +1,152 @@
+"""collector.yaml: listen address, TLS, store, policies and alert sinks, validated with locations.
+
+Relative paths are taken relative to the config file.
+"""
+
+from __future__ import annotations
+
+import os
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Literal, Self
+
+import pydantic
+from pydantic import Field
+
+from protos import yamlfile
+
+DEFAULT_PATH = "/etc/exfilguard/collector.yaml"
+
+
+class _Strict(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
+
+
+class CollectorTls(_Strict):
+    """Server TLS; plaintext only on loopback, and only when asked for."""
+
+    insecure_loopback: bool = False
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _one_mode(self) -> Self:
+        if not self.insecure_loopback and not (self.cert and self.key and self.client_ca):
+            raise ValueError("set either insecure_loopback: true or all of cert, key and client_ca")
+        return self
+
+
+class JsonlSink(_Strict):
+    """Alerts appended to a JSON Lines file."""
+
+    type: Literal["jsonl"]
+    path: str
+
+
+class StdoutSink(_Strict):
+    """Alerts printed one JSON object a line."""
+
+    type: Literal["stdout"]
+
+
+class WebhookSink(_Strict):
+    """Alerts POSTed as JSON, retried with backoff."""
+
+    type: Literal["webhook"]
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
+    max_retries: Annotated[int, Field(ge=0, le=100)] = 8
+
+
+class SyslogSink(_Strict):
+    """Alerts as RFC 5424 syslog with a CEF payload."""
+
+    type: Literal["syslog"]
+    address: str
+    protocol: Literal["udp", "tcp"] = "udp"
+
+
+class EmailSink(_Strict):
+    """Alerts mailed over SMTP."""
+
+    type: Literal["email"]
+    smtp: str  # host:port
+    sender: str
+    to: list[str]
+    starttls: bool = False
+    username: str | None = None
+    password_file: str | None = None  # never the password itself: configs end up in tickets
+
+
+Sink = Annotated[
+    JsonlSink | StdoutSink | WebhookSink | SyslogSink | EmailSink, Field(discriminator="type")
+]
+
+
+class CollectorConfig(_Strict):
+    """The whole collector.yaml."""
+
+    listen: str = "127.0.0.1:50051"
+    tls: CollectorTls = CollectorTls(insecure_loopback=True)
+    store: str = "/var/lib/exfilguard/collector.db"
+    state_dir: str = "/var/lib/exfilguard"
+    policies: list[str] = ["/etc/exfilguard/policies"]
+    timezone: str = "UTC"
+    alerts: list[Sink] = [StdoutSink(type="stdout")]
+    silent_agent_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
+    max_message_bytes: Annotated[int, Field(ge=64 << 10, le=64 << 20)] = 4 << 20
+    max_streams: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+    metrics_listen: str | None = None
+    log_level: str = "info"
+
+    @pydantic.field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+    @pydantic.field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _plaintext_on_loopback(self) -> Self:
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if self.tls.insecure_loopback and host not in {"127.0.0.1", "localhost", "::1"}:
+            raise ValueError(f"insecure_loopback is allowed only on a loopback address, not {host}")
+        return self
+
+
+def load(path: str | os.PathLike[str]) -> CollectorConfig:
+    """Load and validate collector.yaml; raises yamlfile.YamlError naming file, line and key."""
+    doc = yamlfile.load(path)
+    config = yamlfile.validate(doc, CollectorConfig)
+    base = Path(path).resolve().parent
+
+    def rel(p: str) -> str:
+        return p if "://" in p else str(base / p)
+
+    sinks = [
+        s.model_copy(update={"path": rel(s.path)}) if isinstance(s, JsonlSink) else s for s in config.alerts
+    ]
+    return config.model_copy(
+        update={
+            "store": rel(config.store),
+            "state_dir": rel(config.state_dir),
+            "policies": [rel(p) for p in config.policies],
+            "alerts": sinks,
+        }
+    )
+
+
+def default_path() -> str:
+    """Admin commands read $EXFILGUARD_CONFIG, else the installed default."""
+    return os.environ.get("EXFILGUARD_CONFIG", DEFAULT_PATH)

@@ -1,0 +1,31 @@
+"""The per-agent hash chain over events in sequence order.
+
+    record = SHA-256(canonical(event mapping))
+    link_n = SHA-256(link_{n-1} || record_n),  link_0 = 32 zero bytes
+
+The chain is over the dotted ECS mapping (what exports contain), not protobuf bytes,
+so `verify` can recompute it offline from an export alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+GENESIS = bytes(32)
+
+# Chain columns travel with exported records but are not part of what is hashed.
+CHAIN_FIELDS = ("exfilguard.chain.hash", "exfilguard.chain.prev")
+
+
+def canonical(mapping: dict[str, Any]) -> bytes:
+    """The bytes that are hashed: sorted keys, no spaces, UTF-8, chain fields left out."""
+    body = {k: v for k, v in mapping.items() if k not in CHAIN_FIELDS}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def link(prev: bytes, mapping: dict[str, Any]) -> bytes:
+    """The chain value of an event, given the chain value of its predecessor."""
+    record = hashlib.sha256(canonical(mapping)).digest()
+    return hashlib.sha256(prev + record).digest()

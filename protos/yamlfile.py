@@ -1,0 +1,143 @@
+"""YAML files with positions: duplicate keys rejected, every value traceable to file:line:column.
+
+Both roles' config files and the policy files load through here, so an admin always
+gets an error that names the file, the line and the key.
+
+Errors:
+    YamlError            any problem in a YAML file; carries path, line, column, key
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pydantic
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+Location = tuple[str | int, ...]
+
+# Scalars only: mappings and sequences are built by _construct so each gets its mark.
+_SCALARS = yaml.constructor.SafeConstructor()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A 1-based line and column in a file."""
+
+    line: int
+    column: int
+
+
+class YamlError(Exception):
+    """A YAML file is malformed or does not fit its schema."""
+
+    def __init__(self, path: str, line: int, column: int, key: str, message: str) -> None:
+        self.path = path
+        self.line = line
+        self.column = column
+        self.key = key
+        self.message = message
+        where = f"{path}:{line}:{column}"
+        super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+@dataclass
+class Document:
+    """A parsed YAML document with the position of every key and value in it."""
+
+    path: str
+    data: Any
+    marks: dict[Location, Mark]
+
+    def mark(self, loc: Location) -> Mark:
+        """Position of the innermost known node on `loc` (falls back to its parents)."""
+        while loc not in self.marks and loc:
+            loc = loc[:-1]
+        return self.marks.get(loc, Mark(1, 1))
+
+    def error(self, loc: Location, message: str) -> YamlError:
+        """A YamlError pointing at `loc`."""
+        mark = self.mark(loc)
+        return YamlError(self.path, mark.line, mark.column, dotted(loc), message)
+
+
+def dotted(loc: Location) -> str:
+    """('alerts', 0, 'type') -> 'alerts[0].type'."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def parse(text: str, path: str = "<string>") -> Document:
+    """Parse one YAML document; duplicate keys and non-string keys are errors."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        problem_mark = exc.problem_mark
+        line, col = (problem_mark.line + 1, problem_mark.column + 1) if problem_mark else (1, 1)
+        raise YamlError(path, line, col, "", f"invalid YAML: {exc.problem}") from exc
+    except yaml.YAMLError as exc:
+        raise YamlError(path, 1, 1, "", f"invalid YAML: {exc}") from exc
+    marks: dict[Location, Mark] = {}
+    data = None if node is None else _construct(node, (), path, marks)
+    return Document(path, data, marks)
+
+
+def load(path: str | Path) -> Document:
+    """Read and parse a YAML file; an unreadable file is a YamlError too."""
+    name = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise YamlError(name, 0, 0, "", f"cannot read: {exc}") from exc
+    return parse(text, name)
+
+
+def _construct(node: Node, loc: Location, path: str, marks: dict[Location, Mark]) -> Any:
+    marks[loc] = Mark(node.start_mark.line + 1, node.start_mark.column + 1)
+    if isinstance(node, MappingNode):
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode):
+                raise _at(key_node, path, loc, "keys must be plain strings")
+            key = str(key_node.value)
+            if key in result:
+                raise _at(key_node, path, (*loc, key), "duplicate key")
+            result[key] = _construct(value_node, (*loc, key), path, marks)
+            marks[(*loc, key)] = Mark(key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+        return result
+    if isinstance(node, SequenceNode):
+        return [_construct(item, (*loc, i), path, marks) for i, item in enumerate(node.value)]
+    # Scalars: let PyYAML's safe constructor resolve ints, bools, nulls.
+    return _SCALARS.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+
+
+def _at(node: Node, path: str, loc: Location, message: str) -> YamlError:
+    return YamlError(path, node.start_mark.line + 1, node.start_mark.column + 1, dotted(loc), message)
+
+
+ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
+
+
+def validate(doc: Document, model: type[ModelT]) -> ModelT:
+    """Validate a document against a pydantic model; the first error names file:line:key."""
+    errors = list(validation_errors(doc, model))
+    if errors:
+        raise errors[0]
+    return model.model_validate(doc.data if doc.data is not None else {})
+
+
+def validation_errors(doc: Document, model: type[pydantic.BaseModel]) -> Iterator[YamlError]:
+    """Every schema error in the document, located."""
+    try:
+        model.model_validate(doc.data if doc.data is not None else {})
+    except pydantic.ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
+            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            yield doc.error(loc, message)
