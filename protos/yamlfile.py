@@ -9,6 +9,7 @@ Errors:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 Location = tuple[str | int, ...]
 
 # Scalars only: mappings and sequences are built by _construct so each gets its mark.
-_SCALARS = yaml.constructor.SafeConstructor()  # type: ignore[no-untyped-call]
+_SCALARS = yaml.constructor.SafeConstructor()
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ def parse(text: str, path: str = "<string>") -> Document:
     return Document(path, data, marks)
 
 
-def load(path: str | Path) -> Document:
+def load(path: str | os.PathLike[str]) -> Document:
     """Read and parse a YAML file; an unreadable file is a YamlError too."""
     name = str(path)
     try:
@@ -114,7 +115,7 @@ def _construct(node: Node, loc: Location, path: str, marks: dict[Location, Mark]
     if isinstance(node, SequenceNode):
         return [_construct(item, (*loc, i), path, marks) for i, item in enumerate(node.value)]
     # Scalars: let PyYAML's safe constructor resolve ints, bools, nulls.
-    return _SCALARS.construct_object(node, deep=True)  # type: ignore[no-untyped-call]
+    return _SCALARS.construct_object(node, deep=True)
 
 
 def _at(node: Node, path: str, loc: Location, message: str) -> YamlError:
@@ -138,6 +139,24 @@ def validation_errors(doc: Document, model: type[pydantic.BaseModel]) -> Iterato
         model.model_validate(doc.data if doc.data is not None else {})
     except pydantic.ValidationError as exc:
         for err in exc.errors():
-            loc = tuple(p for p in err["loc"] if isinstance(p, (str, int)))
-            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            loc = _document_location(doc.data, err["loc"])
+            message = _MESSAGES.get(err["type"], err["msg"])
             yield doc.error(loc, message)
+
+
+_MESSAGES = {"extra_forbidden": "unknown key", "missing": "required key is missing"}
+
+
+def _document_location(data: Any, loc: tuple[Any, ...]) -> Location:
+    """Drop the parts of a pydantic location that are not in the document (union tags, model names)."""
+    out: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        in_dict = isinstance(node, dict) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_dict or in_list:
+            node = node[part]
+            out.append(part)
+        elif i == len(loc) - 1 and isinstance(part, (str, int)):
+            out.append(part)  # a missing key: name it, point at its parent mapping
+    return tuple(out)
