@@ -1,0 +1,406 @@
+"""The durable, bounded on-disk spool every event passes through before it is sent.
+
+Events are stored in SQLite (WAL) at `state_dir/spool.db`, keyed by their per-agent
+sequence, and deleted only when the collector acknowledges them.
+
+Durability: `synchronous=FULL`. In WAL mode NORMAL survives a process crash but may
+roll back the last commits on power loss, and the spec says a power loss loses nothing
+that was spooled. FULL costs one fsync per commit; commits are grouped (see below), so
+the cost is paid per group, not per event (bench/spool.py measures it).
+
+Grouping: `append` only queues the event (sensors call it from their own threads and
+must not wait for a disk). One writer thread takes everything queued, assigns the
+sequences and commits it in one transaction; while it fsyncs, the next group builds
+up. An event is durable a few milliseconds after `append` returns; `flush()` waits for it.
+
+Bounds: `max_events` / `max_bytes` (and a cap on the in-memory queue). An event that
+does not fit is counted as lost (it gets no sequence, so sequences stay contiguous),
+and as soon as there is room again an `agent.gap` event is stored carrying the count,
+the reason and the first/last timestamps of the lost events. The pending counts are
+kept in the database, so even a restart does not make a loss silent. A full disk
+(SQLITE_FULL / ENOSPC) is handled the same way with reason `disk_full`.
+
+Errors:
+    SpoolError           the spool database cannot be opened or is corrupt (carries path)
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import errno
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos import events
+from protos import exfilguard_pb2 as pb
+
+log = logging.getLogger("exfilguard.agent.spool")
+
+DB_FILE = "spool.db"
+
+REASON_SPOOL_FULL = "spool_full"
+REASON_DISK_FULL = "disk_full"
+REASON_QUEUE_FULL = "queue_full"
+REASON_TOO_LARGE = "event_too_large"
+REASON_WRITE_FAILED = "spool_write_failed"
+
+_REASON_TEXT = {
+    REASON_SPOOL_FULL: "the on-disk spool was full (collector unreachable for too long?)",
+    REASON_DISK_FULL: "the disk holding the spool was full",
+    REASON_QUEUE_FULL: "events arrived faster than the spool could store them",
+    REASON_TOO_LARGE: "an event was larger than the largest message the collector accepts",
+    REASON_WRITE_FAILED: "the spool database could not be written",
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# One writer transaction takes at most this many queued events, so a flood cannot
+# hold the database lock (and the transport's reads) for long.
+_GROUP_MAX = 2000
+
+
+class SpoolError(Exception):
+    """The spool database is unusable; carries the path."""
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}")
+
+
+@dataclass
+class _Loss:
+    """Events known to be lost for one reason and not yet reported by an agent.gap."""
+
+    lost: int
+    first: tuple[int, int]  # (seconds, nanos) of the earliest lost event
+    last: tuple[int, int]
+
+    def add(self, ts: tuple[int, int]) -> None:
+        self.lost += 1
+        self.first = min(self.first, ts)
+        self.last = max(self.last, ts)
+
+
+class Spool:
+    """Durable, bounded, thread-safe event spool; the sequence counter of this agent lives here."""
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        *,
+        agent_id: str,
+        version: str,
+        max_events: int,
+        max_bytes: int,
+        max_event_bytes: int = 1 << 20,
+        queue_limit: int = 100_000,
+    ) -> None:
+        self.path = Path(state_dir) / DB_FILE
+        self._agent_id = agent_id
+        self._version = version
+        self._max_events = max_events
+        self._max_bytes = max_bytes
+        self._max_event_bytes = max_event_bytes
+        self._queue_limit = queue_limit
+        self._db_lock = threading.Lock()  # one connection, shared by the writer, acks and reads
+        self._cond = threading.Condition()  # guards the queue and the counters below
+        self._queue: collections.deque[pb.Event] = collections.deque()
+        self._enqueued = 0  # events handed to append()
+        self._handled = 0  # of those, stored or counted as lost
+        self._wake_writer = False  # an ack freed room: the writer may owe an agent.gap
+        self._closing = False
+        self._listeners: list[Callable[[], None]] = []
+        self._count = 0  # rows stored, not acknowledged
+        self._bytes = 0  # their data bytes
+        self._next_seq = 1
+        self._acked = 0
+        self._losses: dict[str, _Loss] = {}  # lost and not yet reported by an agent.gap
+        self._conn = self._open()
+        self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
+        self._writer.start()
+
+    # ------------------------------------------------------------ public API
+
+    def append(self, event: pb.Event) -> None:
+        """Queue an event for storage; never blocks on disk. The spool takes ownership of `event`.
+
+        Agent id, version and sequence are assigned when the event is stored.
+        """
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("spool is closed")
+            self._enqueued += 1
+            if len(self._queue) >= self._queue_limit:
+                # Counted under the lock, stored as a gap by the writer.
+                _add_loss(self._losses, REASON_QUEUE_FULL, event)
+                self._handled += 1
+                self._wake_writer = True
+            else:
+                self._queue.append(event)
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every event appended so far is stored (or counted lost); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            target = self._enqueued
+            while self._handled < target:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def unsent(self, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` stored events with sequence > `after_seq`, in order, as (sequence, bytes)."""
+        with self._db_lock:
+            rows = self._conn.execute(
+                "SELECT seq, data FROM events WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            ).fetchall()
+        return [(int(seq), bytes(data)) for seq, data in rows]
+
+    def ack(self, seq: int) -> int:
+        """The collector holds everything up to `seq`: delete it. Returns the number of events deleted."""
+        with self._db_lock:
+            if seq <= self._acked:
+                return 0
+            if seq >= self._next_seq:
+                # The collector claims more than this spool ever assigned: the spool was
+                # replaced or restored from an old copy. Keep what we have; say so.
+                log.error(
+                    "collector acknowledged sequence %d but this spool only assigned up to %d; "
+                    "was %s deleted or restored?", seq, self._next_seq - 1, self.path,
+                )
+                seq = self._next_seq - 1
+                if seq <= self._acked:
+                    return 0
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                count, size = self._conn.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM events WHERE seq <= ?", (seq,)
+                ).fetchone()
+                self._conn.execute("DELETE FROM events WHERE seq <= ?", (seq,))
+                self._set_meta("acked_sequence", str(seq))
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # Not fatal: the events stay and are sent again; ingest is idempotent.
+                self._rollback()
+                log.warning("could not delete acknowledged events from %s: %s", self.path, exc)
+                return 0
+            self._acked = seq
+            self._count -= int(count)
+            self._bytes -= int(size)
+        with self._cond:
+            self._wake_writer = True
+            self._cond.notify_all()
+        return int(count)
+
+    def backlog(self) -> int:
+        """Events stored and not yet acknowledged."""
+        with self._db_lock:
+            return self._count
+
+    def stored_bytes(self) -> int:
+        """Bytes of event data stored and not yet acknowledged."""
+        with self._db_lock:
+            return self._bytes
+
+    @property
+    def acked_sequence(self) -> int:
+        """The highest sequence the collector has acknowledged (0: none yet)."""
+        with self._db_lock:
+            return self._acked
+
+    @property
+    def next_sequence(self) -> int:
+        """The sequence the next stored event will get."""
+        with self._db_lock:
+            return self._next_seq
+
+    def pending_losses(self) -> dict[str, int]:
+        """Lost events per reason not yet reported by a stored agent.gap."""
+        with self._cond:
+            return {reason: loss.lost for reason, loss in self._losses.items()}
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` (from the writer thread) after each commit that stored events."""
+        self._listeners.append(callback)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Store what is queued (bounded by `timeout`), then stop the writer and close the database."""
+        self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._writer.join(timeout)
+        with self._db_lock:
+            self._conn.close()
+
+    # ------------------------------------------------------------ storage
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self.path.chmod(0o600)  # events name files and users
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA journal_size_limit=67108864")  # don't keep a huge WAL after a drain
+            conn.executescript(_SCHEMA)
+            count, size = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM events"
+            ).fetchone()
+            max_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except (sqlite3.Error, OSError) as exc:
+            raise SpoolError(str(self.path), f"cannot open spool: {exc}") from exc
+        self._count = int(count)
+        self._bytes = int(size)
+        # Both counters are persisted because acks delete rows: MAX(seq) alone could go backwards.
+        self._next_seq = max(int(meta.get("next_sequence", "1")), int(max_seq) + 1)
+        self._acked = int(meta.get("acked_sequence", "0"))
+        for reason, raw in json.loads(meta.get("losses", "{}")).items():
+            self._losses[reason] = _Loss(int(raw["lost"]), tuple(raw["first"]), tuple(raw["last"]))
+        return conn
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def _rollback(self) -> None:
+        with contextlib.suppress(sqlite3.Error):  # no transaction was open
+            self._conn.execute("ROLLBACK")
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._wake_writer and not self._closing:
+                    self._cond.wait()
+                if self._closing and not self._queue:
+                    self._store_group([])  # a last chance to record pending gaps
+                    return
+                group = [self._queue.popleft() for _ in range(min(len(self._queue), _GROUP_MAX))]
+                self._wake_writer = False
+            stored = self._store_group(group)
+            with self._cond:
+                self._handled += len(group)
+                self._cond.notify_all()
+            if stored:
+                for callback in self._listeners:
+                    callback()
+
+    def _store_group(self, group: list[pb.Event]) -> int:
+        """Store `group` (and any gaps owed) in one transaction; returns how many rows were stored."""
+        with self._db_lock:
+            with self._cond:
+                owed, self._losses = self._losses, {}  # append() may add more meanwhile
+            next_seq, count, size = self._next_seq, self._count, self._bytes
+            rows: list[tuple[int, bytes]] = []
+
+            def room(extra: int) -> bool:
+                return count < self._max_events and size + extra <= self._max_bytes
+
+            # Gaps come first: they report events lost before anything in this group.
+            # A gap takes the room it needs like any event, so the bounds hold exactly.
+            losses = {r: dataclasses.replace(x) for r, x in owed.items()}
+            gaps_stored = False
+            if owed:
+                gaps = [self._gap_event(reason, loss) for reason, loss in sorted(owed.items())]
+                blobs = [self._stamp(gap, next_seq + i) for i, gap in enumerate(gaps)]
+                if count + len(blobs) <= self._max_events and size + sum(map(len, blobs)) <= self._max_bytes:
+                    for blob in blobs:
+                        rows.append((next_seq, blob))
+                        next_seq, count, size = next_seq + 1, count + 1, size + len(blob)
+                    losses, gaps_stored = {}, True
+            for event in group:
+                blob = self._stamp(event, next_seq)
+                if len(blob) > self._max_event_bytes:
+                    _add_loss(losses, REASON_TOO_LARGE, event)
+                elif not room(len(blob)):
+                    _add_loss(losses, REASON_SPOOL_FULL, event)
+                else:
+                    rows.append((next_seq, blob))
+                    next_seq, count, size = next_seq + 1, count + 1, size + len(blob)
+            if not rows and losses == owed:
+                self._restore_losses(losses)
+                return 0
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.executemany("INSERT INTO events(seq, data) VALUES (?, ?)", rows)
+                self._set_meta("next_sequence", str(next_seq))
+                self._set_meta("losses", json.dumps(
+                    {r: {"lost": x.lost, "first": x.first, "last": x.last} for r, x in losses.items()}
+                ))
+                self._conn.execute("COMMIT")
+            except (sqlite3.Error, OSError) as exc:
+                self._rollback()
+                reason = REASON_DISK_FULL if _is_disk_full(exc) else REASON_WRITE_FAILED
+                log.error("spool write failed (%s); %d events counted as lost (%s)", exc, len(group), reason)
+                # Nothing of this group reached the disk: all of it is lost, the gaps stay owed.
+                for event in group:
+                    _add_loss(owed, reason, event)
+                self._restore_losses(owed)
+                return 0
+            self._next_seq, self._count, self._bytes = next_seq, count, size
+            self._restore_losses(losses)
+            if gaps_stored:
+                for reason, loss in sorted(owed.items()):
+                    log.warning("recorded agent.gap: %d events lost (%s)", loss.lost, reason)
+            return len(rows)
+
+    def _restore_losses(self, losses: dict[str, _Loss]) -> None:
+        """Put owed losses back, merged with any that append() counted meanwhile."""
+        with self._cond:
+            for reason, loss in losses.items():
+                mine = self._losses.get(reason)
+                if mine is None:
+                    self._losses[reason] = loss
+                else:
+                    mine.lost += loss.lost
+                    mine.first = min(mine.first, loss.first)
+                    mine.last = max(mine.last, loss.last)
+
+    def _stamp(self, event: pb.Event, seq: int) -> bytes:
+        event.agent.id = self._agent_id
+        event.agent.version = self._version
+        event.event.sequence = seq
+        return event.SerializeToString()
+
+    def _gap_event(self, reason: str, loss: _Loss) -> pb.Event:
+        gap = events.new_event("agent.gap")
+        gap.exfilguard.gap.lost = loss.lost
+        gap.exfilguard.gap.reason = reason
+        gap.exfilguard.gap.first.CopyFrom(Timestamp(seconds=loss.first[0], nanos=loss.first[1]))
+        gap.exfilguard.gap.last.CopyFrom(Timestamp(seconds=loss.last[0], nanos=loss.last[1]))
+        gap.event.reason = f"{loss.lost} events lost: {_REASON_TEXT.get(reason, reason)}"
+        return gap
+
+
+def _add_loss(losses: dict[str, _Loss], reason: str, event: pb.Event) -> None:
+    ts = (event.timestamp.seconds, event.timestamp.nanos)
+    if reason in losses:
+        losses[reason].add(ts)
+    else:
+        losses[reason] = _Loss(1, ts, ts)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.OperationalError):
+        return "full" in str(exc).lower() or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC

@@ -1,0 +1,181 @@
+"""The spool: durable, contiguous sequences, delete only on ack, bounded with agent.gap, restart-safe."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent.spool import REASON_SPOOL_FULL, REASON_TOO_LARGE, Spool
+from protos import events
+from protos import exfilguard_pb2 as pb
+
+
+def _spool(tmp_path: Path, **kwargs: int) -> Spool:
+    limits = {"max_events": 1000, "max_bytes": 1 << 20} | kwargs
+    return Spool(tmp_path, agent_id="agent-1", version="9.9", **limits)
+
+
+def _decode(rows: list[tuple[int, bytes]]) -> list[pb.Event]:
+    return [pb.Event.FromString(blob) for _, blob in rows]
+
+
+def _test_event(n: int) -> pb.Event:
+    return events.new_event("agent.test", exfilguard=pb.Extensions(count=n))
+
+
+def test_append_assigns_contiguous_sequences_and_agent(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    for n in range(5):
+        spool.append(_test_event(n))
+    assert spool.flush(5)
+    rows = spool.unsent(0, 100)
+    assert [seq for seq, _ in rows] == [1, 2, 3, 4, 5]
+    decoded = _decode(rows)
+    assert [e.event.sequence for e in decoded] == [1, 2, 3, 4, 5]
+    assert [e.exfilguard.count for e in decoded] == [0, 1, 2, 3, 4]
+    assert {(e.agent.id, e.agent.version) for e in decoded} == {("agent-1", "9.9")}
+    assert spool.backlog() == 5
+    assert [seq for seq, _ in spool.unsent(2, 2)] == [3, 4]
+    spool.close()
+
+
+def test_ack_deletes_only_up_to_the_acknowledged_sequence(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    for n in range(10):
+        spool.append(_test_event(n))
+    spool.flush(5)
+    assert spool.ack(4) == 4
+    assert [seq for seq, _ in spool.unsent(0, 100)] == [5, 6, 7, 8, 9, 10]
+    assert spool.ack(3) == 0  # stale ack: nothing more to delete
+    assert spool.acked_sequence == 4
+    assert spool.backlog() == 6
+    spool.close()
+
+
+def test_ack_beyond_what_was_assigned_keeps_unsent_events(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    for n in range(3):
+        spool.append(_test_event(n))
+    spool.flush(5)
+    spool.ack(1000)  # a collector that claims too much must not make us drop events we never sent
+    assert spool.acked_sequence == 3
+    spool.append(_test_event(9))
+    spool.flush(5)
+    assert [seq for seq, _ in spool.unsent(0, 10)] == [4]
+    spool.close()
+
+
+def test_sequence_and_unsent_events_survive_restart(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    for n in range(6):
+        spool.append(_test_event(n))
+    spool.flush(5)
+    spool.ack(6)  # everything acked: MAX(seq) in the table is gone, the counter must not be
+    spool.append(_test_event(6))
+    spool.close()
+    again = _spool(tmp_path)
+    assert again.next_sequence == 8
+    assert again.acked_sequence == 6
+    assert [seq for seq, _ in again.unsent(0, 10)] == [7]
+    again.append(_test_event(7))
+    again.flush(5)
+    assert [seq for seq, _ in again.unsent(6, 10)] == [7, 8]
+    again.close()
+
+
+def test_concurrent_appends_from_many_threads_get_unique_contiguous_sequences(tmp_path: Path) -> None:
+    spool = _spool(tmp_path, max_events=100_000)
+    per_thread, threads = 500, 4
+
+    def produce(worker: int) -> None:
+        for n in range(per_thread):
+            spool.append(_test_event(worker * per_thread + n))
+
+    workers = [threading.Thread(target=produce, args=(w,)) for w in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert spool.flush(30)
+    rows = spool.unsent(0, 10_000)
+    assert [seq for seq, _ in rows] == list(range(1, per_thread * threads + 1))
+    assert sorted(e.exfilguard.count for e in _decode(rows)) == list(range(per_thread * threads))
+    spool.close()
+
+
+def test_full_spool_counts_losses_then_records_one_gap_when_room_returns(tmp_path: Path) -> None:
+    spool = _spool(tmp_path, max_events=100)
+    produced = 250
+    for n in range(produced):
+        spool.append(_test_event(n))
+    spool.flush(5)
+    assert spool.backlog() == 100
+    assert spool.pending_losses() == {REASON_SPOOL_FULL: 150}
+    spool.ack(50)  # room again: the gap must be stored without waiting for another event
+    _wait(lambda: not spool.pending_losses())
+    rows = _decode(spool.unsent(0, 1000))
+    gaps = [e for e in rows if e.event.action == "agent.gap"]
+    assert len(gaps) == 1
+    gap = gaps[0]
+    assert gap.event.sequence == 101
+    assert gap.exfilguard.gap.lost == 150
+    assert gap.exfilguard.gap.reason == REASON_SPOOL_FULL
+    assert "150 events lost" in gap.event.reason
+    assert gap.exfilguard.gap.first.ToDatetime() <= gap.exfilguard.gap.last.ToDatetime()
+    stored_tests = [e for e in rows if e.event.action == "agent.test"]
+    assert 50 + len(stored_tests) + gap.exfilguard.gap.lost == produced
+    spool.close()
+
+
+def test_pending_losses_survive_restart(tmp_path: Path) -> None:
+    spool = _spool(tmp_path, max_events=100)
+    for n in range(130):
+        spool.append(_test_event(n))
+    spool.flush(5)
+    spool.close()
+    again = _spool(tmp_path, max_events=100)
+    assert again.pending_losses() == {REASON_SPOOL_FULL: 30}
+    again.ack(10)
+    _wait(lambda: not again.pending_losses())
+    gap = _decode(again.unsent(100, 10))[0]
+    assert (gap.event.action, gap.exfilguard.gap.lost) == ("agent.gap", 30)
+    again.close()
+
+
+def test_byte_bound_and_oversized_events(tmp_path: Path) -> None:
+    spool = Spool(
+        tmp_path, agent_id="a", version="1", max_events=1000, max_bytes=20_000, max_event_bytes=5_000
+    )
+    big = events.new_event("agent.test", file=pb.File(path="x" * 6_000))
+    spool.append(big)
+    for _ in range(100):
+        spool.append(events.new_event("agent.test", file=pb.File(path="y" * 1_000)))
+    spool.flush(5)
+    assert spool.stored_bytes() <= 20_000
+    stored = _decode(spool.unsent(0, 1000))
+    lost = dict(spool.pending_losses())
+    for gap in (e for e in stored if e.event.action == "agent.gap"):
+        lost[gap.exfilguard.gap.reason] = lost.get(gap.exfilguard.gap.reason, 0) + gap.exfilguard.gap.lost
+    assert lost[REASON_TOO_LARGE] == 1
+    tests = [e for e in stored if e.event.action == "agent.test"]
+    assert len(tests) + lost[REASON_TOO_LARGE] + lost[REASON_SPOOL_FULL] == 101
+    spool.close()
+
+
+def test_spool_file_is_private(tmp_path: Path) -> None:
+    spool = _spool(tmp_path)
+    assert (spool.path.stat().st_mode & 0o777) == 0o600
+    spool.close()
+
+
+def _wait(predicate: object, timeout: float = 5.0) -> None:
+    import time
+
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail("condition not reached in time")
+        time.sleep(0.01)
