@@ -1,0 +1,397 @@
+"""The stream to the collector: hello, ordered event batches from the spool, heartbeats, acks down.
+
+Why grpc.aio in one thread of its own: one bidirectional stream needs a reader (acks,
+config), a writer (batches) and a timer (heartbeats, batch linger) at once. asyncio gives
+all three on one thread with clean cancellation and timeouts, where sync gRPC needs a
+request-iterator thread plus a response thread plus hand-made wake-ups. Sensors live on
+their own threads, so the transport gets its own event loop; the spool wakes it with
+`call_soon_threadsafe`.
+
+Delivery: the spool is the only source of truth. On every (re)connect the agent sends
+Hello with what it believes is acknowledged, and sends every stored event after that,
+in sequence order; the collector's Ack (highest contiguous sequence stored) deletes them
+from the spool. Ingest is idempotent on (agent id, sequence), so resending after a
+broken stream never duplicates. A window bounds how far sending may run ahead of acks.
+
+Errors:
+    TransportError            base class
+    TransportConfigError      the transport cannot be set up as configured (carries `key`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+
+from agent.config import AgentConfig
+from agent.identity import Identity
+from agent.spool import Spool
+from protos import events
+from protos import exfilguard_pb2 as pb
+from protos import exfilguard_pb2_grpc as pb_grpc
+
+log = logging.getLogger("exfilguard.agent.transport")
+
+# Per-event framing inside EventBatch (tag + length varint) and the envelope of a message:
+# generous, so a batch cut by our arithmetic is always under the channel's limit.
+_EVENT_OVERHEAD = 8
+_ENVELOPE_BYTES = 1024
+_BACKOFF_BASE_SECONDS = 0.25
+_WINDOW_BATCHES = 8  # how many batches may be unacknowledged on the wire
+
+
+_Call = grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CollectorMessage]
+
+
+class TransportError(Exception):
+    """Base of the transport's errors."""
+
+
+class TransportConfigError(TransportError):
+    """The configured transport is not allowed or not possible; `key` names the config key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+def is_loopback(address: str) -> bool:
+    """True when `host:port` names this machine (a loopback IP literal or `localhost`)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name could resolve anywhere later: never plaintext to it
+
+
+def channel_credentials(config: AgentConfig) -> grpc.ChannelCredentials | None:
+    """Credentials for the collector channel; None means plaintext (only on loopback, only when asked).
+
+    This is the seam for mTLS: it will build `grpc.ssl_channel_credentials` from tls.ca,
+    tls.cert and tls.key (after enrollment) and return them here.
+    """
+    if config.tls.insecure_loopback:
+        if not is_loopback(config.collector):
+            raise TransportConfigError(
+                "tls.insecure_loopback",
+                f"plaintext is allowed only to a loopback collector, not {config.collector}; "
+                "configure tls.ca/cert/key instead",
+            )
+        return None
+    raise TransportConfigError("tls", "mTLS to the collector is not implemented yet; use insecure_loopback")
+
+
+def channel_options(config: AgentConfig) -> list[tuple[str, int]]:
+    """gRPC channel options: message size limits from config; gRPC's own reconnect is ours now."""
+    return [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # A fresh channel per attempt; keep gRPC from adding its own (up to 120 s) backoff on top.
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", int(config.reconnect_max_seconds * 1000)),
+    ]
+
+
+def backoff_delay(attempt: int, cap: float) -> float:
+    """Jittered exponential backoff: half fixed, half random, so a fleet does not reconnect in step."""
+    ceiling: float = min(cap, _BACKOFF_BASE_SECONDS * float(2 ** min(attempt, 30)))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def split_batches(rows: Sequence[tuple[int, bytes]], max_bytes: int) -> list[list[tuple[int, bytes]]]:
+    """Cut rows into consecutive runs whose encoded EventBatch stays under `max_bytes`."""
+    budget = max_bytes - _ENVELOPE_BYTES
+    batches: list[list[tuple[int, bytes]]] = []
+    current: list[tuple[int, bytes]] = []
+    used = 0
+    for row in rows:
+        cost = len(row[1]) + _EVENT_OVERHEAD
+        if current and used + cost > budget:
+            batches.append(current)
+            current, used = [], 0
+        current.append(row)
+        used += cost
+    if current:
+        batches.append(current)
+    return batches
+
+
+@dataclass
+class TransportStats:
+    """What the transport has done, for logs, heartbeats and tests."""
+
+    connects: int = 0
+    disconnects: int = 0
+    batches_sent: int = 0
+    events_sent: int = 0
+    last_ack: int = 0
+
+
+class Transport:
+    """Streams the spool to the collector over one long-lived gRPC stream, reconnecting as needed."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        spool: Spool,
+        identity: Identity,
+        *,
+        version: str,
+        capabilities: Sequence[str] = (),
+        on_config: Callable[[pb.AgentConfig], None] | None = None,
+        config_version: str = "",
+    ) -> None:
+        self._config = config
+        self._credentials = channel_credentials(config)  # refuse a bad setup before starting
+        self._spool = spool
+        self._identity = identity
+        self._version = version
+        self._capabilities = list(capabilities)
+        self._on_config = on_config
+        self.config_version = config_version
+        self.stats = TransportStats()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._thread_main, name="transport", daemon=True)
+        self._wakeup = asyncio.Event()  # new events spooled, or an ack opened the window
+        self._stopping = False
+        self._draining = False
+        self._connected = False
+        self._connected_once = False  # this session got an answer: reset the backoff
+        self._last_failure: tuple[str, str] | None = None
+        self._runner: asyncio.Task[None] | None = None
+        spool.add_listener(self._notify)
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def connected(self) -> bool:
+        """True while a stream is open and the collector has answered on it."""
+        return self._connected
+
+    def start(self) -> None:
+        """Start streaming in the background; returns at once."""
+        self._thread.start()
+
+    def stop(self, drain_seconds: float = 2.0) -> None:
+        """Send what is spooled and wait for its ack for up to `drain_seconds`, then close the stream."""
+        if not self._thread.is_alive():
+            return
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(drain_seconds), self._loop)
+        with contextlib.suppress(Exception):
+            future.result(drain_seconds + 5)
+        self._thread.join(5)
+
+    # ------------------------------------------------------------ loop thread
+
+    def _notify(self) -> None:
+        # Called from the spool's writer thread.
+        if not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+                self._loop.call_soon_threadsafe(self._wakeup.set)
+
+    def _thread_main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._runner = self._loop.create_task(self._run())
+        try:
+            self._loop.run_until_complete(self._runner)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
+
+    async def _shutdown(self, drain_seconds: float) -> None:
+        self._draining = True
+        self._wakeup.set()
+        deadline = time.monotonic() + drain_seconds
+        while self._connected and time.monotonic() < deadline:
+            if self._spool.acked_sequence >= self._spool.next_sequence - 1:
+                break
+            await asyncio.sleep(0.02)  # bounded wait for the final ack; the stream is still live
+        self._stopping = True
+        if self._runner is not None:
+            self._runner.cancel()
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            try:
+                await self._session()
+                self._disconnected("UNAVAILABLE", "collector closed the stream")
+            except grpc.aio.AioRpcError as exc:
+                self._disconnected(exc.code().name, exc.details() or "")
+            except (TransportError, OSError, ValueError) as exc:
+                self._disconnected("INTERNAL", str(exc))
+            if self._connected_once:
+                attempt = 0
+            delay = backoff_delay(attempt, self._config.reconnect_max_seconds)
+            attempt += 1
+            log.debug("reconnecting in %.2fs (attempt %d)", delay, attempt)
+            await asyncio.sleep(delay)
+
+    def _disconnected(self, code: str, details: str) -> None:
+        was_connected, self._connected = self._connected_once, False
+        failure = (code, details)
+        # One line per outage (and per change of cause), not one per retry.
+        if was_connected or failure != self._last_failure:
+            verb = "lost connection to" if was_connected else "cannot reach"
+            log.warning(
+                "%s collector %s: status=%s %s; backlog=%d, retrying with backoff up to %.1fs",
+                verb, self._config.collector, code, details, self._spool.backlog(),
+                self._config.reconnect_max_seconds,
+            )
+        if was_connected:
+            self.stats.disconnects += 1
+        self._last_failure = failure
+
+    async def _session(self) -> None:
+        self._connected_once = False
+        options = channel_options(self._config)
+        if self._credentials is None:
+            channel = grpc.aio.insecure_channel(self._config.collector, options=options)
+        else:
+            channel = grpc.aio.secure_channel(self._config.collector, self._credentials, options=options)
+        try:
+            call = pb_grpc.IngestStub(channel).Stream()
+            session = _Session(self, call)
+            await session.run()
+        finally:
+            self._connected = False
+            await channel.close(grace=None)
+
+    def _hello(self) -> pb.AgentMessage:
+        return pb.AgentMessage(hello=pb.Hello(
+            agent_id=self._identity.agent_id,
+            version=self._version,
+            hostname=self._identity.hostname,
+            capabilities=self._capabilities,
+            last_acked_sequence=self._spool.acked_sequence,
+            next_sequence=self._spool.next_sequence,
+            config_version=self.config_version,
+        ))
+
+    def _mark_connected(self, resume_from: int) -> None:
+        if not self._connected:
+            self._connected = True
+            self._connected_once = True
+            self.stats.connects += 1
+            self._last_failure = None
+            log.info(
+                "connected to collector %s; resending from sequence %d, backlog=%d",
+                self._config.collector, resume_from + 1, self._spool.backlog(),
+            )
+
+
+class _Session:
+    """One stream: a sender, a reader and a heartbeat sharing a cursor."""
+
+    def __init__(self, transport: Transport, call: _Call) -> None:
+        self.t = transport
+        self.call = call
+        self.config = transport._config
+        self.cursor = transport._spool.acked_sequence  # last sequence written on this stream
+        self.acked = self.cursor
+        self.write_lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        await self.write(self.t._hello())
+        tasks = [
+            asyncio.create_task(self.send_loop(), name="send"),
+            asyncio.create_task(self.read_loop(), name="read"),
+            asyncio.create_task(self.heartbeat_loop(), name="heartbeat"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # re-raise what ended the session
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.call.cancel()
+
+    async def write(self, message: pb.AgentMessage) -> None:
+        async with self.write_lock:  # sender and heartbeat share the stream
+            await self.call.write(message)
+
+    async def read_loop(self) -> None:
+        spool = self.t._spool
+        while True:
+            message = await self.call.read()
+            if message is grpc.aio.EOF:
+                return
+            assert isinstance(message, pb.CollectorMessage)
+            kind = message.WhichOneof("body")
+            if kind == "ack":
+                seq = message.ack.sequence
+                self.t._mark_connected(self.cursor)
+                if seq > self.acked:
+                    self.acked = seq
+                    self.t.stats.last_ack = seq
+                    # The collector may already hold more than we sent on this stream.
+                    self.cursor = max(self.cursor, min(seq, spool.next_sequence - 1))
+                    await asyncio.to_thread(spool.ack, seq)
+                    self.t._wakeup.set()
+            elif kind == "config":
+                self.t._mark_connected(self.cursor)
+                log.info("collector pushed configuration version %r", message.config.version)
+                if self.t._on_config is not None:
+                    await asyncio.to_thread(self.t._on_config, message.config)
+
+    async def heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.heartbeat_seconds)
+            beat = pb.Heartbeat(backlog=self.t._spool.backlog())
+            beat.sent.CopyFrom(events.now())
+            await self.write(pb.AgentMessage(heartbeat=beat))
+
+    async def send_loop(self) -> None:
+        spool, batch = self.t._spool, self.config.batch
+        window = batch.max_events * _WINDOW_BATCHES
+        linger_until: float | None = None
+        while True:
+            self.t._wakeup.clear()
+            pending = spool.next_sequence - 1 - self.cursor
+            in_flight = self.cursor - self.acked
+            if pending <= 0 or in_flight >= window:
+                linger_until = None
+                await self.t._wakeup.wait()
+                continue
+            now = time.monotonic()
+            if pending < batch.max_events and not self.t._draining:
+                # Wait a little for more, so a burst goes up as one batch (bounded by max_delay_ms).
+                if linger_until is None:
+                    linger_until = now + batch.max_delay_ms / 1000
+                if now < linger_until:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.t._wakeup.wait(), linger_until - now)
+                    continue
+            linger_until = None
+            limit = min(batch.max_events, window - in_flight)
+            rows = await asyncio.to_thread(spool.unsent, self.cursor, limit)
+            if not rows:
+                continue
+            if rows[0][0] != self.cursor + 1:
+                # Only acks delete rows, and we never send past the spool: this cannot happen
+                # unless the spool file was swapped underneath us. Never skip silently.
+                log.error("spool is missing sequences %d..%d", self.cursor + 1, rows[0][0] - 1)
+            for part in split_batches(rows, self.config.max_message_bytes):
+                message = pb.AgentMessage()
+                for _, blob in part:
+                    message.batch.events.add().ParseFromString(blob)
+                await self.write(message)
+                self.cursor = part[-1][0]
+                self.t.stats.batches_sent += 1
+                self.t.stats.events_sent += len(part)
