@@ -392,6 +392,6 @@ class _Session:
                 for _, blob in part:
                     message.batch.events.add().ParseFromString(blob)
                 await self.write(message)
-                self.cursor = part[-1][0]
+                self.cursor = max(self.cursor, part[-1][0])
                 self.t.stats.batches_sent += 1
                 self.t.stats.events_sent += len(part)

@@ -1,0 +1,111 @@
+"""`exfilguard-agent` as a process: config errors, the test-event option, clean stop; and identity."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent import identity
+
+AGENT = str(Path(sys.executable).parent / "exfilguard-agent")
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([AGENT, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_bad_config_is_one_stderr_line_with_file_line_key_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("collector: 127.0.0.1:50051\nspool:\n  max_events: 5\n")
+    result = _run("--config", str(config))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"exfilguard-agent: {config}:3:")
+    assert "spool.max_events" in lines[0]
+    assert not (tmp_path / "state").exists(), "nothing may be created for a bad config"
+
+
+def test_missing_config_file_exits_2(tmp_path: Path) -> None:
+    result = _run("--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2
+    assert "nope.yaml" in result.stderr
+
+
+def test_plaintext_to_a_remote_collector_is_refused_at_start(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("collector: 192.0.2.10:50051\ntls:\n  insecure_loopback: true\nstate_dir: state\n")
+    result = _run("--config", str(config))
+    assert result.returncode == 2
+    assert "tls.insecure_loopback" in result.stderr and "loopback" in result.stderr
+
+
+def test_negative_test_event_count_is_rejected(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("state_dir: state\n")
+    assert _run("--config", str(config), "--emit-test-events", "-1").returncode == 2
+
+
+def test_sigterm_spools_agent_stop_and_exits_0_while_collector_is_down(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    # A port nothing listens on: the events must stay spooled, in order.
+    config.write_text("collector: 127.0.0.1:9\nstate_dir: state\nreconnect_max_seconds: 1\n")
+    proc = subprocess.Popen([AGENT, "--config", str(config), "--emit-test-events", "3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    spool = tmp_path / "state" / "spool.db"
+    deadline = time.monotonic() + 30
+    while _rows(spool) < 4:
+        assert time.monotonic() < deadline, "agent did not spool its events"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    logs = [json.loads(line) for line in out.splitlines()]
+    assert all({"ts", "level", "logger", "msg"} <= entry.keys() for entry in logs)
+    assert any("cannot reach collector" in entry["msg"] for entry in logs)
+    with contextlib.closing(sqlite3.connect(spool)) as conn:
+        blobs = [row[0] for row in conn.execute("SELECT data FROM events ORDER BY seq")]
+    from protos import exfilguard_pb2 as pb
+
+    decoded = [pb.Event.FromString(b) for b in blobs]
+    assert [e.event.action for e in decoded] == ["agent.start", *["agent.test"] * 3, "agent.stop"]
+    assert [e.event.sequence for e in decoded] == [1, 2, 3, 4, 5]
+    assert "SIGTERM" in decoded[-1].event.reason
+    assert all(e.host.name and e.agent.id == decoded[0].agent.id for e in decoded)
+
+
+def _rows(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_identity_is_created_once_private_and_stable(tmp_path: Path) -> None:
+    first = identity.load_or_create(tmp_path / "state")
+    again = identity.load_or_create(tmp_path / "state")
+    assert first.agent_id == again.agent_id
+    uuid.UUID(first.agent_id)
+    path = tmp_path / "state" / identity.ID_FILE
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert first.hostname
+    assert not list((tmp_path / "state").glob(".*.tmp")), "no temp file left behind"
+
+
+def test_corrupt_identity_is_an_error_not_a_new_id(tmp_path: Path) -> None:
+    (tmp_path / identity.ID_FILE).write_text("not-a-uuid\n")
+    with pytest.raises(identity.IdentityError) as err:
+        identity.load_or_create(tmp_path)
+    assert err.value.path == str(tmp_path / identity.ID_FILE)
