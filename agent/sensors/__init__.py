@@ -8,9 +8,12 @@ and `stop()`. The agent's main module builds the list; nothing else wires sensor
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from protos import exfilguard_pb2 as pb
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 Emit = Callable[[pb.Event], None]
 
@@ -25,3 +28,50 @@ class Sensor(Protocol):
 
     def stop(self) -> None:
         """Stop watching and release OS resources; idempotent."""
+
+
+def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
+    """Every sensor the config asks for, wired together, in start order (stop in reverse).
+
+    fanotify is used when `sensors.fanotify` is `on`, or `auto` and we are root and the
+    kernel allows it; otherwise inotify with best-effort attribution.
+    Raises FanotifyUnavailable when `on` and fanotify cannot be used.
+    """
+    from agent.sensors import fanotify
+    from agent.sensors.access import AccessReporter, ExactAccessSensor
+    from agent.sensors.copies import CopyDetector
+    from agent.sensors.devices import DeviceSensor
+    from agent.sensors.files import FileSensor
+    from agent.sensors.fingerprints import FingerprintIndex
+    from agent.sensors.inventory import InventorySensor
+    from agent.sensors.media import RemovableMedia
+    from agent.sensors.mounts import MountTable
+    from agent.sensors.staging import StagingDetector
+    from agent.sensors.tags import TagMap
+
+    settings = config.sensors
+    tags = TagMap(config.tags)
+    media = RemovableMedia(config.removable)
+    index = FingerprintIndex(tags, settings.max_hash_bytes)
+    staging = StagingDetector(settings, emit)
+    copies = CopyDetector(index, media, staging, emit)
+
+    exact: ExactAccessSensor | None = None
+    if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):
+        exact = ExactAccessSensor(tags, AccessReporter(tags, index, copies, staging, emit), media)
+    files = FileSensor(
+        tags, index, copies, staging, media, emit,
+        exact=exact is not None,
+        on_new_dir=exact.mark_dir if exact is not None else None,
+        on_rescan=exact.mark_tagged if exact is not None else None,
+    )
+    mounts = MountTable(media, emit, settings.mount_poll_seconds)
+    devices = DeviceSensor(media, emit, on_attach=mounts.recheck)
+    inventory = InventorySensor(index, emit, settings.inventory_seconds)
+    # files first: it builds the index the inventory reports; fanotify before mounts so that
+    # removable mounts present at start get their marks as the mount table reports them.
+    sensors: list[Sensor] = [files]
+    if exact is not None:
+        sensors.append(exact)
+    sensors += [inventory, devices, mounts]
+    return sensors

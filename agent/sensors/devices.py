@@ -1,0 +1,129 @@
+"""DeviceSensor: removable block devices appearing and going, from udev (pyudev).
+
+A real stick announces its disk and partitions with `add`; a loop device that gets a
+backing file announces it with `change` (and loses it with `change`, size 0). Both are
+handled: a removable device with a size is attached once, until `remove` or size 0.
+Devices present when the agent starts are reported too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pyudev
+
+from agent.sensors import Emit, procinfo
+from agent.sensors.errors import SensorError
+from agent.sensors.media import RemovableMedia, describe_udev
+from protos import exfilguard_pb2 as pb
+from protos.events import new_event
+
+log = logging.getLogger(__name__)
+
+
+class DeviceSensor:
+    """Reports `device.attach` / `device.detach` for removable block devices."""
+
+    name = "devices"
+
+    def __init__(self, media: RemovableMedia, emit: Emit,
+                 on_attach: Callable[[pb.Device], None] | None = None) -> None:
+        self.media = media
+        self._emit = emit
+        self._on_attach = on_attach
+        self._attached: dict[str, pb.Device] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop_r, self._stop_w = os.pipe()
+        self._context: Any = None
+        self._monitor: Any = None
+
+    def start(self) -> None:
+        """Open the udev monitor, report what is present, then follow changes."""
+        try:
+            self._context = pyudev.Context()
+            self._monitor = pyudev.Monitor.from_netlink(self._context)
+            self._monitor.filter_by("block")
+            self._monitor.start()
+        except (OSError, ValueError) as exc:
+            raise SensorError(f"udev monitor unavailable: {exc}") from exc
+        for device in self._context.list_devices(subsystem="block"):
+            self._seen(device, "present")
+        self._thread = threading.Thread(target=self._run, name="exfilguard-devices", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following udev; idempotent."""
+        if self._thread is not None:
+            os.write(self._stop_w, b"x")
+            self._thread.join(timeout=10)
+            self._thread = None
+        self._monitor = None
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._monitor.fileno(), select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = poller.poll()
+            if any(fd == self._stop_r for fd, _ in ready):
+                return
+            while True:
+                try:
+                    device = self._monitor.poll(timeout=0)
+                except (OSError, ValueError):
+                    log.exception("udev monitor read failed")
+                    break
+                if device is None:
+                    break
+                try:
+                    self._seen(device, device.action or "change")
+                except Exception:
+                    log.exception("udev event handling failed")
+
+    def _seen(self, device: Any, action: str) -> None:
+        node = device.device_node
+        if not node:
+            return
+        if action == "remove":
+            self._detach(node)
+            self.media.drop_device(node)
+            return
+        described = describe_udev(device, self.media.policy)
+        if described.size == 0:
+            # A loop device without a backing file, or an empty card reader: nothing there.
+            self._detach(node)
+            self.media.drop_device(node)
+            return
+        self.media.put_device(described)
+        if not described.removable:
+            return
+        with self._lock:
+            known = self._attached.get(node)
+            if known is not None and known.serial == described.serial and known.size == described.size:
+                return
+            self._attached[node] = described
+        if known is not None:
+            self._emit_device("device.detach", known, "replaced by another medium")
+        self._emit_device("device.attach", described, "present at agent start" if action == "present" else "")
+        if self._on_attach is not None:
+            self._on_attach(described)
+
+    def _detach(self, node: str) -> None:
+        with self._lock:
+            known = self._attached.pop(node, None)
+        if known is not None:
+            self._emit_device("device.detach", known, "")
+
+    def _emit_device(self, action: str, device: pb.Device, reason: str) -> None:
+        event = new_event(action)
+        event.device.CopyFrom(device)
+        if reason:
+            event.event.reason = reason
+        event.exfilguard.attribution = procinfo.NONE
+        self._emit(event)

@@ -1,0 +1,31 @@
+"""Errors of the sensors package.
+
+    SensorError               root: a sensor cannot do what was asked
+      FanotifyUnavailable     fanotify_init/mark refused (errno, path)
+      LoopStickError          a loop-device "USB stick" could not be set up (step, detail)
+"""
+
+from __future__ import annotations
+
+
+class SensorError(Exception):
+    """Root of sensor errors."""
+
+
+class FanotifyUnavailable(SensorError):
+    """The kernel refused a fanotify call; carries errno and the path marked (if any)."""
+
+    def __init__(self, call: str, errno: int, path: str = "") -> None:
+        self.call = call
+        self.errno = errno
+        self.path = path
+        super().__init__(f"{call}({path}) failed: errno {errno}")
+
+
+class LoopStickError(SensorError):
+    """Creating or removing a loop-device stick failed at `step`."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        self.step = step
+        self.detail = detail
+        super().__init__(f"loop stick: {step}: {detail}")

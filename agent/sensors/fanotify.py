@@ -1,0 +1,332 @@
+"""FanotifySensor: exact process attribution from the kernel's fanotify interface (root only).
+
+A ctypes binding in fd mode (no FID reporting): each event carries the pid and an open
+fd on the file, whose path we read from /proc/self/fd. Marks:
+  - inode marks on every directory of the tagged trees (FAN_EVENT_ON_CHILD): opens,
+    reads (close without write) and modifications of tagged files;
+  - mount marks on removable mounts: every close-after-write is a `file.write`;
+  - optionally a filesystem mark with FAN_CLOSE_WRITE on the file systems holding /tmp and
+    the home directories, so a process that read tagged files is seen writing an archive.
+"""
+
+# Per-event hot paths use os calls, not a Path object per event.
+# ruff: noqa: PTH113, PTH115
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno as errno_mod
+import logging
+import os
+import select
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.sensors import procinfo
+from agent.sensors.errors import FanotifyUnavailable
+
+log = logging.getLogger(__name__)
+
+FAN_MODIFY = 0x02
+FAN_CLOSE_WRITE = 0x08
+FAN_CLOSE_NOWRITE = 0x10
+FAN_OPEN = 0x20
+FAN_Q_OVERFLOW = 0x4000
+FAN_EVENT_ON_CHILD = 0x08000000
+
+FAN_CLOEXEC = 0x1
+FAN_NONBLOCK = 0x2
+FAN_CLASS_NOTIF = 0x0
+FAN_UNLIMITED_QUEUE = 0x10
+FAN_UNLIMITED_MARKS = 0x20
+
+FAN_MARK_ADD = 0x1
+FAN_MARK_REMOVE = 0x2
+FAN_MARK_DONT_FOLLOW = 0x4
+FAN_MARK_ONLYDIR = 0x8
+FAN_MARK_MOUNT = 0x10
+FAN_MARK_FILESYSTEM = 0x100
+
+AT_FDCWD = -100
+FAN_NOFD = -1
+_METADATA = struct.Struct("=IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
+_METADATA_VERSION = 3
+_READ_SIZE = 64 * 1024
+_MARK_KINDS = {"inode": FAN_MARK_DONT_FOLLOW, "mount": FAN_MARK_MOUNT, "filesystem": FAN_MARK_FILESYSTEM}
+
+TAGGED_MASK = FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_EVENT_ON_CHILD
+MOUNT_MASK = FAN_CLOSE_WRITE
+ARCHIVE_MASK = FAN_CLOSE_WRITE
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+    libc.fanotify_init.restype = ctypes.c_int
+    libc.fanotify_mark.argtypes = [
+        ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p,
+    ]
+    libc.fanotify_mark.restype = ctypes.c_int
+    return libc
+
+
+class Fanotify:
+    """One fanotify notification group (FAN_CLASS_NOTIF, fd mode, non-blocking)."""
+
+    def __init__(self) -> None:
+        self._libc = _libc()
+        flags = FAN_CLASS_NOTIF | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS
+        fd = self._libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC | os.O_NOATIME)
+        if fd < 0:
+            err = ctypes.get_errno()
+            if err == errno_mod.EPERM:
+                # O_NOATIME needs ownership or CAP_FOWNER; retry plainly before giving up.
+                fd = self._libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+            if fd < 0:
+                raise FanotifyUnavailable("fanotify_init", ctypes.get_errno())
+        self.fd = fd
+
+    def mark(self, path: str, mask: int, *, kind: str = "inode", remove: bool = False) -> None:
+        """Add (or remove) a mark on an inode, a mount or a whole file system."""
+        flags = FAN_MARK_REMOVE if remove else FAN_MARK_ADD
+        flags |= _MARK_KINDS[kind]
+        if self._libc.fanotify_mark(self.fd, flags, mask, AT_FDCWD, os.fsencode(path)) < 0:
+            raise FanotifyUnavailable("fanotify_mark", ctypes.get_errno(), path)
+
+    def read(self) -> list[tuple[int, int, int]]:
+        """Pending events as (mask, fd, pid); the caller closes each fd. Empty when none."""
+        try:
+            buf = os.read(self.fd, _READ_SIZE)
+        except BlockingIOError:
+            return []
+        out: list[tuple[int, int, int]] = []
+        offset = 0
+        while offset + _METADATA.size <= len(buf):
+            event_len, vers, _res, _mlen, mask, fd, pid = _METADATA.unpack_from(buf, offset)
+            if vers != _METADATA_VERSION or event_len < _METADATA.size:
+                break  # not a layout we understand; the rest of the buffer is unusable
+            out.append((mask, fd, pid))
+            offset += event_len
+        return out
+
+    def close(self) -> None:
+        """Release the group and all its marks."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def available() -> bool:
+    """Whether this process may use fanotify here (root and a kernel that allows it)."""
+    try:
+        probe = Fanotify()
+    except FanotifyUnavailable:
+        return False
+    probe.close()
+    return True
+
+
+@dataclass(slots=True)
+class Access:
+    """One fanotify event, resolved: what happened, to which path, by whom."""
+
+    mask: int
+    path: str
+    fd: int
+    pid: int
+    process: procinfo.ProcessInfo | None
+
+
+AccessHandler = Callable[[Access], None]
+
+
+class FanotifySensor:
+    """Reads fanotify events in one thread and hands resolved accesses to the file sensors.
+
+    `on_tagged` gets events under tagged marks; `on_removable` close-after-write on
+    removable mounts (deferred briefly, so a temp-then-rename writer such as rsync is seen
+    under its final name); `on_other_write` close-after-write elsewhere, but only for pids
+    `wants_pid` accepts (so unrelated writes cost one dict look-up and a close).
+    """
+
+    name = "fanotify"
+
+    def __init__(
+        self,
+        *,
+        is_tagged: Callable[[str], bool],
+        is_removable: Callable[[str], bool],
+        on_tagged: AccessHandler,
+        on_removable: AccessHandler,
+        on_other_write: AccessHandler | None = None,
+        wants_pid: Callable[[int], bool] | None = None,
+        on_overflow: Callable[[], None] | None = None,
+        defer_seconds: float = 0.3,
+    ) -> None:
+        self._group = Fanotify()
+        self._is_tagged = is_tagged
+        self._is_removable = is_removable
+        self._on_tagged = on_tagged
+        self._on_removable = on_removable
+        self._on_other_write = on_other_write
+        self._wants_pid = wants_pid or (lambda _pid: False)
+        self._on_overflow = on_overflow
+        self._defer = defer_seconds
+        self._pending: deque[tuple[float, Access]] = deque()
+        self._me = os.getpid()
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._marked: set[tuple[str, str]] = set()
+        self.events_read = 0
+
+    # ----------------------------------------------------------------- marks
+
+    def mark_tree(self, root: str) -> int:
+        """Mark a tagged directory and every directory below it; returns marks added."""
+        added = 0
+        if os.path.isfile(root):
+            return int(self._mark(root, TAGGED_MASK & ~FAN_EVENT_ON_CHILD, "inode"))
+        for dirpath, _dirs, _files in os.walk(root):
+            added += self._mark(dirpath, TAGGED_MASK, "inode")
+        return added
+
+    def mark_dir(self, path: str) -> None:
+        """Mark one new tagged directory (the inotify sensor saw it appear)."""
+        self._mark(path, TAGGED_MASK, "inode")
+
+    def mark_mount(self, point: str, add: bool = True) -> None:
+        """Watch (or stop watching) writes on a removable mount."""
+        self._mark(point, MOUNT_MASK, "mount", remove=not add)
+
+    def mark_filesystem(self, path: str) -> None:
+        """Watch close-after-write on the whole file system holding `path` (archive staging)."""
+        self._mark(path, ARCHIVE_MASK, "filesystem")
+
+    def _mark(self, path: str, mask: int, kind: str, remove: bool = False) -> bool:
+        key = (kind, path)
+        with self._lock:
+            if (key in self._marked) != remove:
+                return False
+            try:
+                self._group.mark(path, mask, kind=kind, remove=remove)
+            except FanotifyUnavailable as exc:
+                if exc.errno in (errno_mod.ENOENT, errno_mod.ENOTDIR, errno_mod.EINVAL) or remove:
+                    return False  # gone meanwhile, or the mount is already gone with its mark
+                raise
+            if remove:
+                self._marked.discard(key)
+            else:
+                self._marked.add(key)
+            return True
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Run the reader thread."""
+        self._thread = threading.Thread(target=self._run, name="exfilguard-fanotify", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop reading and close the group; idempotent."""
+        if self._thread is not None:
+            os.write(self._stop_w, b"x")
+            self._thread.join(timeout=10)
+            self._thread = None
+        for _deadline, access in self._pending:
+            os.close(access.fd)
+        self._pending.clear()
+        if self._group.fd >= 0:
+            self._group.close()
+            os.close(self._stop_r)
+            os.close(self._stop_w)
+
+    def _run(self) -> None:
+        poller = select.poll()
+        poller.register(self._group.fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            timeout_ms = None
+            if self._pending:
+                timeout_ms = max(0, int((self._pending[0][0] - time.monotonic()) * 1000) + 1)
+            ready = poller.poll(timeout_ms)
+            if any(fd == self._stop_r for fd, _ in ready):
+                return
+            try:
+                self._drain()
+                self._flush(force=False)
+            except Exception:  # a sensor thread must not die on one bad event
+                log.exception("fanotify event handling failed")
+
+    def _drain(self) -> None:
+        while True:
+            batch = self._group.read()
+            if not batch:
+                return
+            for mask, fd, pid in batch:
+                self.events_read += 1
+                if mask & FAN_Q_OVERFLOW:
+                    if self._on_overflow is not None:
+                        self._on_overflow()
+                    continue
+                if fd == FAN_NOFD:
+                    continue
+                try:
+                    self._dispatch(mask, fd, pid)
+                except Exception:
+                    os.close(fd)
+                    raise
+
+    def _dispatch(self, mask: int, fd: int, pid: int) -> None:
+        if pid == self._me:
+            os.close(fd)
+            return
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            os.close(fd)
+            return
+        if path.endswith(" (deleted)"):
+            path = path[: -len(" (deleted)")]
+        if self._is_tagged(path):
+            access = Access(mask, path, fd, pid, procinfo.read_proc(pid))
+            try:
+                self._on_tagged(access)
+            finally:
+                os.close(fd)
+        elif mask & FAN_CLOSE_WRITE and self._is_removable(path):
+            # Read the process now (it may exit), the path later (it may be renamed).
+            access = Access(mask, path, fd, pid, procinfo.read_proc(pid))
+            self._pending.append((time.monotonic() + self._defer, access))
+            if len(self._pending) > 1024:
+                self._flush(force=True)  # bound the fds we hold
+        elif mask & FAN_CLOSE_WRITE and self._on_other_write is not None and self._wants_pid(pid):
+            access = Access(mask, path, fd, pid, procinfo.read_proc(pid))
+            try:
+                self._on_other_write(access)
+            finally:
+                os.close(fd)
+        else:
+            os.close(fd)
+
+    def _flush(self, *, force: bool) -> None:
+        now = time.monotonic()
+        while self._pending:
+            deadline, access = self._pending[0]
+            if deadline > now and not (force and len(self._pending) > 512):
+                return
+            self._pending.popleft()
+            try:
+                current = os.readlink(f"/proc/self/fd/{access.fd}")
+                if not current.endswith(" (deleted)"):
+                    access.path = current
+                self._on_removable(access)
+            except OSError:
+                log.debug("written file vanished before it could be checked: %s", access.path)
+            finally:
+                os.close(access.fd)

@@ -1,0 +1,269 @@
+"""FingerprintIndex: every tagged file by size, with sampled and full hashes computed on demand.
+
+Keyed by size first (a stat walk, cheap for 100,000 files); a sampled hash (head,
+middle and tail blocks) is computed only for tagged files whose size matches a written
+file, and a full SHA-256 confirms a match. The index also keeps per-tag totals, which
+is what the tag inventory reports.
+"""
+
+# Per-event hot paths use os calls, not a Path object per event.
+# ruff: noqa: PTH116
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from agent.sensors.tags import TagMap
+
+_T = TypeVar("_T")
+_BLOCK = 4096
+_CHUNK = 1 << 20
+
+
+def sample_digest(fd: int, size: int) -> bytes:
+    """Hash of the size and three blocks (start, middle, end): a cheap first test."""
+    h = hashlib.sha256(size.to_bytes(8, "little"))
+    if size <= 3 * _BLOCK:
+        h.update(os.pread(fd, size, 0))
+    else:
+        for offset in (0, (size // 2) - (_BLOCK // 2), size - _BLOCK):
+            h.update(os.pread(fd, _BLOCK, offset))
+    return h.digest()
+
+
+def full_digest(fd: int, limit: int) -> str | None:
+    """SHA-256 of a whole file (from offset 0); None if it is larger than `limit` bytes."""
+    h = hashlib.sha256()
+    offset = 0
+    while True:
+        chunk = os.pread(fd, _CHUNK, offset)
+        if not chunk:
+            return h.hexdigest()
+        offset += len(chunk)
+        if offset > limit:
+            return None
+        h.update(chunk)
+
+
+class FingerprintIndex:
+    """Tagged files (path -> size, mtime, tags) with lazily computed fingerprints."""
+
+    def __init__(self, tags: TagMap, max_hash_bytes: int = 4 << 30) -> None:
+        self.tags = tags
+        self.max_hash_bytes = max_hash_bytes
+        self._lock = threading.RLock()
+        self._files: dict[str, tuple[int, int, tuple[str, ...]]] = {}
+        self._by_size: dict[int, list[str]] = {}
+        self._samples: dict[str, tuple[int, bytes]] = {}
+        self._full: dict[str, tuple[int, str]] = {}
+        self._totals: dict[str, list[int]] = {}
+        self._interned: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self.version = 0  # bumped on every change: the inventory reports when it moves
+
+    # ------------------------------------------------------------- building
+
+    def rebuild(self) -> int:
+        """Walk every tagged root again (start, rescan after a lost event); returns files indexed."""
+        roots = self.tags.refresh()
+        fresh: dict[str, tuple[int, int, tuple[str, ...]]] = {}
+        for root in sorted(roots):
+            for path, size, mtime in _walk(root):
+                if path not in fresh:
+                    fresh[path] = (size, mtime, self._intern(tuple(self.tags.tags_for(path))))
+        with self._lock:
+            self._files = {}
+            self._by_size = {}
+            self._totals = {tag: [0, 0] for tags in roots.values() for tag in tags}
+            for path, entry in fresh.items():
+                self._insert(path, entry)
+            self._samples = {p: v for p, v in self._samples.items() if p in self._files}
+            self._full = {p: v for p, v in self._full.items() if p in self._files}
+            self.version += 1
+            return len(self._files)
+
+    def _intern(self, tags: tuple[str, ...]) -> tuple[str, ...]:
+        # 100,000 files under one root share one tags tuple, not 100,000 copies.
+        return self._interned.setdefault(tags, tags)
+
+    def _insert(self, path: str, entry: tuple[int, int, tuple[str, ...]]) -> None:
+        self._files[path] = entry
+        self._by_size.setdefault(entry[0], []).append(path)
+        for tag in entry[2]:
+            totals = self._totals.setdefault(tag, [0, 0])
+            totals[0] += 1
+            totals[1] += entry[0]
+
+    def _delete(self, path: str) -> None:
+        entry = self._files.pop(path, None)
+        if entry is None:
+            return
+        same = self._by_size.get(entry[0])
+        if same is not None:
+            same.remove(path)
+            if not same:
+                del self._by_size[entry[0]]
+        for tag in entry[2]:
+            totals = self._totals.get(tag)
+            if totals is not None:
+                totals[0] -= 1
+                totals[1] -= entry[0]
+        self._samples.pop(path, None)
+        self._full.pop(path, None)
+
+    # ------------------------------------------------------------- updates
+
+    def update(self, path: str) -> None:
+        """A tagged path was created or written: re-stat it (a directory is walked)."""
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            self.remove(path)
+            return
+        if stat.S_ISDIR(st.st_mode):
+            for sub, size, mtime in _walk(path):
+                self._set(sub, size, mtime)
+            return
+        if stat.S_ISREG(st.st_mode):
+            self._set(path, st.st_size, st.st_mtime_ns)
+
+    def _set(self, path: str, size: int, mtime: int) -> None:
+        tags = self.tags.tags_for(path)
+        if not tags:
+            return
+        with self._lock:
+            old = self._files.get(path)
+            if old is not None and old[0] == size and old[1] == mtime:
+                return
+            self._delete(path)
+            self._insert(path, (size, mtime, self._intern(tuple(tags))))
+            self.version += 1
+
+    def remove(self, path: str) -> None:
+        """A tagged file or directory is gone."""
+        with self._lock:
+            if path in self._files:
+                self._delete(path)
+            else:
+                prefix = path.rstrip("/") + "/"
+                for sub in [p for p in self._files if p.startswith(prefix)]:
+                    self._delete(sub)
+            self.version += 1
+
+    def move(self, src: str, dest: str) -> None:
+        """A rename inside (or out of, or into) the tagged trees."""
+        self.remove(src)
+        self.update(dest)
+
+    # ------------------------------------------------------------- queries
+
+    def tags_of(self, path: str) -> tuple[str, ...]:
+        """Tags of an indexed file (empty if not indexed)."""
+        with self._lock:
+            entry = self._files.get(path)
+        return entry[2] if entry is not None else ()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._files)
+
+    def totals(self) -> dict[str, tuple[int, int]]:
+        """Per tag: (files, bytes) under it now."""
+        with self._lock:
+            return {tag: (v[0], v[1]) for tag, v in sorted(self._totals.items())}
+
+    def match(self, fd: int, size: int) -> tuple[str, str] | None:
+        """The tagged file whose content equals the open file `fd` (of `size` bytes): (path, sha256).
+
+        Empty files are never matched: every empty file would be a copy of every other.
+        """
+        if size <= 0 or size > self.max_hash_bytes:
+            return None
+        with self._lock:
+            candidates = list(self._by_size.get(size, ()))
+        if not candidates:
+            return None
+        wanted = sample_digest(fd, size)
+        dest_full: str | None = None
+        for path in candidates:
+            if self._sample_of(path, size) != wanted:
+                continue
+            if dest_full is None:
+                dest_full = full_digest(fd, self.max_hash_bytes)
+                if dest_full is None:
+                    return None
+            if self._full_of(path) == dest_full:
+                return path, dest_full
+        return None
+
+    def _sample_of(self, path: str, size: int) -> bytes | None:
+        with self._lock:
+            entry = self._files.get(path)
+            cached = self._samples.get(path)
+        if entry is None:
+            return None
+        if cached is not None and cached[0] == entry[1]:
+            return cached[1]
+        digest = _with_file(path, lambda fd: sample_digest(fd, size))
+        if digest is not None:
+            with self._lock:
+                self._samples[path] = (entry[1], digest)
+        return digest
+
+    def _full_of(self, path: str) -> str | None:
+        with self._lock:
+            entry = self._files.get(path)
+            cached = self._full.get(path)
+        if entry is None:
+            return None
+        if cached is not None and cached[0] == entry[1]:
+            return cached[1]
+        digest = _with_file(path, lambda fd: full_digest(fd, self.max_hash_bytes))
+        if digest is not None:
+            with self._lock:
+                self._full[path] = (entry[1], digest)
+        return digest
+
+
+def _with_file(path: str, read: Callable[[int], _T]) -> _T | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        return read(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _walk(root: str) -> Iterable[tuple[str, int, int]]:
+    """(path, size, mtime_ns) of every regular file below root, without following links."""
+    try:
+        st = os.stat(root, follow_symlinks=False)
+    except OSError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        yield root, st.st_size, st.st_mtime_ns
+        return
+    stack = [root]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            est = entry.stat(follow_symlinks=False)
+                            yield entry.path, est.st_size, est.st_mtime_ns
+                    except OSError:
+                        continue  # vanished while we walked
+        except OSError:
+            continue

@@ -1,0 +1,72 @@
+"""InventorySensor: per tag, how many files and bytes are under it, kept current.
+
+The collector judges "the whole collection was copied" against these figures. Sent at
+start, after every change (debounced) and at least every `inventory_seconds`.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from agent.sensors import Emit, procinfo
+from agent.sensors.fingerprints import FingerprintIndex
+from protos import exfilguard_pb2 as pb
+from protos.events import new_event
+
+_DEBOUNCE_SECONDS = 2.0
+
+
+class InventorySensor:
+    """Emits `agent.inventory` events carrying `exfilguard.inventory` (tag, files, bytes)."""
+
+    name = "inventory"
+
+    def __init__(self, index: FingerprintIndex, emit: Emit, every_seconds: float = 300.0,
+                 check_seconds: float = _DEBOUNCE_SECONDS) -> None:
+        self.index = index
+        self._emit = emit
+        self._every = every_seconds
+        self._check = check_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sent_version = -1
+        self._sent: dict[str, tuple[int, int]] = {}
+
+    def start(self) -> None:
+        """Report now, then keep reporting changes."""
+        self.report()
+        self._thread = threading.Thread(target=self._run, name="exfilguard-inventory", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop reporting; idempotent."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def report(self, force: bool = True) -> bool:
+        """Emit the inventory (if `force` or it changed); True if emitted."""
+        version = self.index.version
+        totals = self.index.totals()
+        if not force and (version == self._sent_version or totals == self._sent):
+            self._sent_version = version
+            return False
+        self._sent_version, self._sent = version, totals
+        event = new_event("agent.inventory")
+        for tag, (files, size) in totals.items():
+            event.exfilguard.inventory.append(pb.TagInventory(tag=tag, files=files, bytes=size))
+        event.exfilguard.attribution = procinfo.NONE
+        self._emit(event)
+        return True
+
+    def _run(self) -> None:
+        # Wakes every few seconds to compare a version number: no work when nothing changed.
+        waited = 0.0
+        while not self._stop.wait(self._check):
+            waited += self._check
+            if waited >= self._every:
+                waited = 0.0
+                self.report(force=True)
+            elif self.report(force=False):
+                waited = 0.0

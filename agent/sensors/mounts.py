@@ -1,0 +1,167 @@
+"""MountTable: mounts and unmounts of removable devices, from the kernel's mount table.
+
+/proc/self/mountinfo signals POLLPRI when the table changes, so the sensor sleeps in
+poll() and re-reads only then (plus a slow timer as a safety net).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+from dataclasses import dataclass
+
+from agent.sensors import Emit, procinfo
+from agent.sensors.media import RemovableMedia, RemovableMount
+from protos import exfilguard_pb2 as pb
+from protos.events import new_event
+
+log = logging.getLogger(__name__)
+
+MOUNTINFO = "/proc/self/mountinfo"
+
+
+@dataclass(frozen=True, slots=True)
+class MountEntry:
+    """One line of mountinfo."""
+
+    mount_id: int
+    point: str
+    source: str
+    fs_type: str
+    read_only: bool
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> dict[int, MountEntry]:
+    """mount id -> entry, for every line of a mountinfo file."""
+    table: dict[int, MountEntry] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if "-" not in parts:
+            continue
+        sep = parts.index("-")
+        if sep < 6 or len(parts) < sep + 3:
+            continue
+        options = parts[5].split(",")
+        table[int(parts[0])] = MountEntry(
+            mount_id=int(parts[0]),
+            point=_unescape(parts[4]),
+            source=_unescape(parts[sep + 2]),
+            fs_type=parts[sep + 1],
+            read_only="ro" in options,
+        )
+    return table
+
+
+class MountTable:
+    """Reports `device.mount` / `device.unmount` for file systems on removable devices."""
+
+    name = "mounts"
+
+    def __init__(self, media: RemovableMedia, emit: Emit, poll_seconds: float = 2.0,
+                 path: str = MOUNTINFO) -> None:
+        self.media = media
+        self._emit = emit
+        self._poll_ms = int(poll_seconds * 1000)
+        self._path = path
+        self._lock = threading.Lock()
+        self._table: dict[int, MountEntry] = {}
+        self._tracked: dict[int, RemovableMount] = {}
+        self._thread: threading.Thread | None = None
+        self._stop_r, self._stop_w = os.pipe()
+        self._fd = -1
+
+    def start(self) -> None:
+        """Report removable mounts present now, then follow the mount table."""
+        self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
+        self.recheck()
+        self._thread = threading.Thread(target=self._run, name="exfilguard-mounts", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following; idempotent."""
+        if self._thread is not None:
+            os.write(self._stop_w, b"x")
+            self._thread.join(timeout=10)
+            self._thread = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def recheck(self, _device: pb.Device | None = None) -> None:
+        """Re-read the table and report changes (also called when a device attaches)."""
+        with self._lock:
+            text = self._read()
+            if text is None:
+                return
+            table = parse_mountinfo(text)
+            self._table = table
+            for mount_id in [m for m in self._tracked if m not in table]:
+                gone = self._tracked.pop(mount_id)
+                self.media.remove_mount(gone.point)
+                self._emit_mount("device.unmount", gone)
+            for mount_id, entry in table.items():
+                if mount_id in self._tracked or not entry.source.startswith("/dev/"):
+                    continue
+                device = self.media.device(entry.source)
+                if device is None or not device.removable:
+                    continue
+                label, uuid = self.media.fs_identity(entry.source)
+                mount = pb.Mount(point=entry.point, fs_type=entry.fs_type, label=label, uuid=uuid,
+                                 read_only=entry.read_only, source=entry.source)
+                removable = RemovableMount(entry.point, device, mount)
+                self._tracked[mount_id] = removable
+                self.media.add_mount(removable)
+                self._emit_mount("device.mount", removable)
+
+    def _read(self) -> str | None:
+        try:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            chunks = []
+            while True:
+                chunk = os.read(self._fd, 1 << 16)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            return b"".join(chunks).decode("utf-8", "surrogateescape")
+        except OSError:
+            log.exception("cannot read %s", self._path)
+            return None
+
+    def _run(self) -> None:
+        # The timer also catches a mount seen before udev had described its device.
+        poller = select.poll()
+        poller.register(self._fd, select.POLLPRI | select.POLLERR)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = poller.poll(self._poll_ms)
+            if any(fd == self._stop_r for fd, _ in ready):
+                return
+            try:
+                self.recheck()
+            except Exception:
+                log.exception("mount table check failed")
+
+    def _emit_mount(self, action: str, mount: RemovableMount) -> None:
+        event = new_event(action)
+        event.device.CopyFrom(mount.device)
+        event.exfilguard.mount.CopyFrom(mount.mount)
+        event.file.path = mount.point
+        event.exfilguard.attribution = procinfo.NONE
+        self._emit(event)

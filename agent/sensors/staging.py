@@ -1,0 +1,149 @@
+"""StagingDetector: the preparation before a theft, mass reads of tagged files and archives built from them.
+
+Fed by the file sensors: every tagged read by a known pid, and every close-after-write by
+a pid that has read tagged files. Emits `file.mass_read` (one process read at least N
+distinct tagged files within the window) and `file.archive` (such a process wrote an
+archive or encrypted container, anywhere).
+"""
+
+# ruff: noqa: PTH119, PTH120
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from agent.config import SensorSettings
+from agent.sensors import Emit, procinfo
+from protos import exfilguard_pb2 as pb
+from protos.events import new_event
+
+ARCHIVE_SUFFIXES = (
+    ".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".bz2", ".tbz2", ".xz", ".txz", ".zst", ".7z", ".rar",
+    ".gpg", ".pgp", ".asc", ".enc", ".age", ".cpio",
+)
+# (offset, magic) of formats an archive or encrypted container starts with
+_MAGIC = (
+    (0, b"PK\x03\x04"), (0, b"\x1f\x8b"), (0, b"BZh"), (0, b"\xfd7zXZ\x00"), (0, b"7z\xbc\xaf\x27\x1c"),
+    (0, b"\x28\xb5\x2f\xfd"), (0, b"Rar!"), (0, b"Salted__"), (257, b"ustar"), (0, b"070701"),
+)
+_MAX_PIDS = 4096        # processes tracked at once (oldest forgotten first)
+_MAX_FILES_PER_PID = 100_000
+
+
+def looks_like_archive(path: str, fd: int | None) -> bool:
+    """By name or by the first bytes: zip, tar, gzip, xz, 7z, zstd, rar, openssl, cpio."""
+    if path.lower().endswith(ARCHIVE_SUFFIXES):
+        return True
+    if fd is None:
+        return False
+    try:
+        head = os.pread(fd, 264, 0)
+    except OSError:
+        return False
+    return any(head[offset : offset + len(magic)] == magic for offset, magic in _MAGIC)
+
+
+@dataclass(slots=True)
+class Written:
+    """A file some process finished writing, as the file sensors saw it."""
+
+    path: str
+    size: int
+    pid: int = 0
+    info: procinfo.ProcessInfo | None = None
+    fd: int | None = None  # open on the written file when fanotify handed one over
+    attribution: str = procinfo.NONE
+
+
+@dataclass
+class _Reader:
+    files: OrderedDict[str, float] = field(default_factory=OrderedDict)  # path -> last read time
+    tags: list[str] = field(default_factory=list)
+    reported_at: float = 0.0
+    info: procinfo.ProcessInfo | None = None
+
+
+class StagingDetector:
+    """Counts distinct tagged files read per process and spots archives they write."""
+
+    def __init__(self, settings: SensorSettings, emit: Emit) -> None:
+        self._threshold = settings.mass_read_files
+        self._window = settings.mass_read_window_seconds
+        self._archive_min = settings.archive_min_files
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._readers: OrderedDict[int, _Reader] = OrderedDict()
+
+    def note_read(self, pid: int, info: procinfo.ProcessInfo | None, path: str, tags: list[str]) -> None:
+        """A process read a tagged file."""
+        now = time.monotonic()
+        report: tuple[_Reader, int, str] | None = None
+        with self._lock:
+            reader = self._readers.get(pid)
+            if reader is None:
+                reader = self._readers[pid] = _Reader()
+                while len(self._readers) > _MAX_PIDS:
+                    self._readers.popitem(last=False)
+            self._readers.move_to_end(pid)
+            if info is not None:
+                reader.info = info
+            reader.files[path] = now
+            reader.files.move_to_end(path)
+            if len(reader.files) > _MAX_FILES_PER_PID:
+                reader.files.popitem(last=False)
+            reader.tags.extend(t for t in tags if t not in reader.tags)
+            recent = self._recent(reader, now)
+            if recent >= self._threshold and now - reader.reported_at >= self._window:
+                reader.reported_at = now
+                report = (reader, recent, os.path.dirname(path))
+        if report is not None:
+            reader, count, where = report
+            event = new_event("file.mass_read", tags=reader.tags, file=pb.File(path=where, type="dir"))
+            event.exfilguard.count = count
+            event.event.reason = f"{count} tagged files read within {self._window:g}s"
+            procinfo.describe(event, reader.info, procinfo.EXACT if reader.info else procinfo.NONE, pid)
+            self._emit(event)
+
+    def _recent(self, reader: _Reader, now: float) -> int:
+        cutoff = now - self._window
+        return sum(1 for t in reversed(reader.files.values()) if t >= cutoff)
+
+    def files_read(self, pid: int) -> tuple[int, list[str], list[str]]:
+        """(count, tags, a few paths) of tagged files this pid has read."""
+        with self._lock:
+            reader = self._readers.get(pid)
+            if reader is None:
+                return 0, [], []
+            return len(reader.files), list(reader.tags), list(reader.files)[-3:]
+
+    def wants_pid(self, pid: int) -> bool:
+        """Whether writes by this pid should be looked at (it read enough tagged files)."""
+        reader = self._readers.get(pid)  # lock-free read: a dict lookup is atomic
+        return reader is not None and len(reader.files) >= self._archive_min
+
+    def note_write(self, written: Written) -> int:
+        """A process wrote a file; emits `file.archive` when it is an archive of tagged reads.
+
+        Returns the number of tagged files the writer had read (0: not a staging write).
+        """
+        count, tags, _sample = self.files_read(written.pid)
+        if count < self._archive_min or not looks_like_archive(written.path, written.fd):
+            return 0
+        event = new_event("file.archive", tags=tags, file=file_fields(written.path, written.size))
+        event.exfilguard.count = count
+        event.exfilguard.copy.files_read = count
+        event.event.reason = f"archive written by a process that read {count} tagged files"
+        procinfo.describe(event, written.info, written.attribution, written.pid)
+        self._emit(event)
+        return count
+
+
+def file_fields(path: str, size: int) -> pb.File:
+    """ECS file fields of a regular file."""
+    name = os.path.basename(path)
+    ext = name.rsplit(".", 1)[1] if "." in name.strip(".") else ""
+    return pb.File(path=path, size=size, name=name, extension=ext, type="file")
