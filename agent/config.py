@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 import pydantic
 from pydantic import Field
@@ -46,6 +46,20 @@ class Removable(_Strict):
     devices: list[str] = []   # extra devices, by kernel name (sdb, mmcblk0)
 
 
+class SensorSettings(_Strict):
+    """How the sensors watch (issue 3). Defaults suit a workstation; tests and demos tune them."""
+
+    # auto: use fanotify for exact attribution when root and the kernel allows it;
+    # on: fail to start without it; off: inotify + psutil best effort only.
+    fanotify: Literal["auto", "on", "off"] = "auto"
+    mount_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 2.0   # fallback; mountinfo is also polled
+    mass_read_files: Annotated[int, Field(ge=2, le=1_000_000)] = 50  # tagged files one process reads...
+    mass_read_window_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0  # ...within this window
+    archive_min_files: Annotated[int, Field(ge=1, le=1_000_000)] = 2  # tagged reads before an archive counts
+    inventory_seconds: Annotated[float, Field(ge=1, le=86_400)] = 300.0  # re-count tags at least this often
+    max_hash_bytes: Annotated[int, Field(ge=0, le=1 << 40)] = 4 << 30  # full SHA-256 only below this size
+
+
 class SpoolSettings(_Strict):
     """The on-disk spool: bounded, so a long outage ends in an agent.gap, not a full disk."""
 
@@ -70,6 +84,7 @@ class AgentConfig(_Strict):
     removable: Removable = Removable()
     spool: SpoolSettings = SpoolSettings()
     batch: BatchSettings = BatchSettings()
+    sensors: SensorSettings = SensorSettings()
     heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
     reconnect_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     max_message_bytes: Annotated[int, Field(ge=64 << 10, le=64 << 20)] = 4 << 20
