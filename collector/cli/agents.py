@@ -1,0 +1,76 @@
+"""`exfilguard agents`: the fleet registry as a table, or JSON with --json (reads the store, read-only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from collector import config as collector_config
+from collector.store import AgentRecord, StoreError, open_store
+from protos.yamlfile import YamlError
+
+_COLUMNS = ("ID", "HOST", "VERSION", "CONNECTED", "LAST SEEN", "BACKLOG", "GAPS", "LOST", "CONFIG")
+
+
+def register(subparsers: Any) -> None:
+    """Add the `agents` command."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "agents", help="list the fleet registry", description="Every agent the collector has seen."
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="the collector's config (default: $EXFILGUARD_CONFIG or /etc/exfilguard/collector.yaml)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the registry; 2 on a bad config, 1 when the store cannot be read."""
+    path = args.config or collector_config.default_path()
+    try:
+        config = collector_config.load(path)
+    except YamlError as exc:
+        print(f"exfilguard agents: bad config: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = open_store(config.store, readonly=True)
+        try:
+            records = store.agents()
+        finally:
+            store.close()
+    except StoreError as exc:
+        print(f"exfilguard agents: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump([r.as_dict() for r in records], sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_table(records))
+    return 0
+
+
+def format_table(records: list[AgentRecord]) -> str:
+    """Fixed-width table of the registry, one agent a line."""
+    rows = [_COLUMNS] + [
+        (
+            r.id,
+            r.host,
+            r.version,
+            "yes" if r.connected else "no",
+            r.last_seen or "-",
+            str(r.backlog),
+            str(r.gaps),
+            str(r.lost),
+            r.config_version or "-",
+        )
+        for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    if not records:
+        lines.append("(no agents have connected yet)")
+    return "\n".join(lines) + "\n"

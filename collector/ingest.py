@@ -1,0 +1,215 @@
+"""The Ingest service: one long-lived gRPC stream per agent, hello first, then batches and heartbeats.
+
+Protocol (protos/exfilguard.proto): the first message must be a Hello; the collector answers
+it with an Ack of what it already holds for that agent (the agent resends from there), then
+acknowledges every batch with the highest contiguous sequence stored. Anything malformed ends
+only that stream, with INVALID_ARGUMENT and a message naming the problem.
+
+All store writes go through `StoreWriter`: one thread, and the batches that arrive from many
+streams while a commit is running share the next commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+
+from collector.listeners import EventListener, notify
+from collector.registry import FleetRegistry
+from collector.store.base import IngestResult, Store
+from protos import exfilguard_pb2 as pb
+from protos import exfilguard_pb2_grpc as pb_grpc
+
+log = logging.getLogger("exfilguard.collector.ingest")
+
+MAX_BATCH_EVENTS = 10_000  # an agent flushes at 500; far more is a broken or hostile agent
+MAX_AGENT_ID = 128
+_GROUP_EVENTS = 20_000  # at most this many events in one commit, so acks keep flowing
+
+T = TypeVar("T")
+
+
+class StoreWriter:
+    """Runs every store write on one dedicated thread and groups concurrent batches into one commit."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        self._pending: list[tuple[str, Sequence[pb.Event], asyncio.Future[IngestResult]]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="store-writer")
+
+    async def ingest(self, agent_id: str, events: Sequence[pb.Event]) -> IngestResult:
+        """Store a batch (shared commit with whatever else is waiting); resolves after the commit."""
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((agent_id, events, future))
+        self._wake.set()
+        return await future
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run any other store call on the writer thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                group, size = [], 0
+                while self._pending and size < _GROUP_EVENTS:
+                    item = self._pending.pop(0)
+                    group.append(item)
+                    size += len(item[1])
+                batches = [(agent_id, events) for agent_id, events, _ in group]
+                try:
+                    results = await loop.run_in_executor(self._executor, self.store.ingest_batches, batches)
+                except Exception as exc:
+                    log.exception("store write failed for %d batch(es)", len(group))
+                    for _, _, future in group:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, _, future), result in zip(group, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+            if self._closing:
+                return
+
+    async def close(self) -> None:
+        """Finish pending writes, then stop the thread (the store itself stays open)."""
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._executor.shutdown(wait=True)
+
+
+def batch_problem(agent_id: str, events: Sequence[pb.Event]) -> str | None:
+    """Why a batch is unacceptable from this agent's stream, or None."""
+    if len(events) > MAX_BATCH_EVENTS:
+        return f"batch of {len(events)} events exceeds the limit of {MAX_BATCH_EVENTS}"
+    for index, event in enumerate(events):
+        sequence = event.event.sequence
+        if sequence == 0:
+            return f"event #{index} in batch (event.id {event.event.id[:64]!r}): event.sequence must be > 0"
+        if event.agent.id != agent_id:
+            return (
+                f"event sequence {sequence}: agent.id {event.agent.id[:MAX_AGENT_ID]!r} does not match "
+                f"the stream's hello agent id {agent_id!r}"
+            )
+    return None
+
+
+def hello_problem(hello: pb.Hello) -> str | None:
+    """Why a hello is unacceptable, or None."""
+    agent_id = hello.agent_id
+    if not agent_id:
+        return "hello.agent_id is empty"
+    if len(agent_id) > MAX_AGENT_ID:
+        return f"hello.agent_id is longer than {MAX_AGENT_ID} characters"
+    if not agent_id.isprintable() or agent_id.strip() != agent_id:
+        return "hello.agent_id contains control characters or surrounding spaces"
+    return None
+
+
+class IngestServicer(pb_grpc.IngestServicer):
+    """The agents' stream endpoint: validates, stores via the writer, acknowledges, tells listeners."""
+
+    def __init__(
+        self,
+        writer: StoreWriter,
+        registry: FleetRegistry,
+        listeners: Sequence[EventListener] = (),
+        max_streams: int = 10_000,
+    ) -> None:
+        self._writer = writer
+        self._registry = registry
+        self._listeners = list(listeners)
+        self._max_streams = max_streams
+        self.streams = 0
+
+    async def Stream(  # type: ignore[override]  # read()/write() style, which the stubs do not model
+        self,
+        request_iterator: AsyncIterator[pb.AgentMessage],
+        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
+    ) -> None:
+        """One agent's stream, from hello to disconnect."""
+        if self.streams >= self._max_streams:
+            log.warning("stream refused: %d streams open (max_streams)", self.streams)
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, f"collector is at max_streams ({self._max_streams})"
+            )
+        self.streams += 1
+        agent_id = ""
+        try:
+            first: object = await context.read()
+            if not isinstance(first, pb.AgentMessage):  # EOF: the agent closed before saying hello
+                return
+            kind = first.WhichOneof("body")
+            if kind != "hello":
+                await self._reject(context, "", f"the first message must be a hello, got {kind or 'nothing'}")
+            problem = hello_problem(first.hello)
+            if problem:
+                await self._reject(context, "", problem)
+            agent_id = first.hello.agent_id
+            self._registry.connected(first.hello)
+            watermark = await self._writer.call(self._writer.store.watermark, agent_id)
+            log.info(
+                "agent connected",
+                extra={
+                    "agent_id": agent_id,
+                    "host": first.hello.hostname,
+                    "version": first.hello.version,
+                    "watermark": watermark,
+                    "agent_last_acked": first.hello.last_acked_sequence,
+                },
+            )
+            await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=watermark)))
+            await self._serve(agent_id, context)
+        finally:
+            self.streams -= 1
+            if agent_id:
+                self._registry.disconnected(agent_id)
+                log.info("agent disconnected", extra={"agent_id": agent_id})
+
+    async def _serve(
+        self, agent_id: str, context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
+    ) -> None:
+        while True:
+            message: object = await context.read()
+            if not isinstance(message, pb.AgentMessage):  # EOF: the agent closed its side
+                return
+            kind = message.WhichOneof("body")
+            if kind == "batch":
+                events = message.batch.events
+                problem = batch_problem(agent_id, events)
+                if problem:
+                    await self._reject(context, agent_id, problem)
+                self._registry.seen(agent_id)
+                result = await self._writer.ingest(agent_id, events)
+                await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
+                if result.stored and self._listeners:
+                    await notify(self._listeners, result.stored)
+            elif kind == "heartbeat":
+                self._registry.heartbeat(agent_id, message.heartbeat)
+            elif kind == "hello":
+                await self._reject(context, agent_id, "hello may only be the first message of a stream")
+            else:
+                await self._reject(context, agent_id, "empty AgentMessage (no body set)")
+
+    async def _reject(
+        self,
+        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
+        agent_id: str,
+        problem: str,
+    ) -> None:
+        log.warning("stream rejected: %s", problem, extra={"agent_id": agent_id})
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)

@@ -1,0 +1,72 @@
+"""`exfilguard-collector --config FILE`: load the config, open the store, serve agents until SIGTERM/SIGINT.
+
+Exit codes: 0 clean stop, 1 runtime failure (store, port), 2 bad command line or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from collector import __version__, logs
+from collector import config as collector_config
+from collector.config import CollectorConfig
+from collector.listeners import EventListener
+from collector.server import ServeError, serve
+from collector.store import Store, StoreError, open_store
+from collector.tls import TlsError
+from protos.yamlfile import YamlError
+
+log = logging.getLogger("exfilguard.collector")
+
+
+def build_listeners(config: CollectorConfig, store: Store) -> list[EventListener]:
+    """Everything that consumes stored events (the policy engine plugs in here)."""
+    return []
+
+
+async def _run(config: CollectorConfig, store: Store) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await serve(config, store, stop, build_listeners(config, store))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `exfilguard-collector` console script."""
+    parser = argparse.ArgumentParser(prog="exfilguard-collector", description="ExfilGuard collector")
+    parser.add_argument(
+        "--config", default=collector_config.default_path(), help="collector.yaml (default: %(default)s)"
+    )
+    parser.add_argument("--version", action="version", version=f"exfilguard-collector {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        config = collector_config.load(args.config)
+    except YamlError as exc:
+        print(f"exfilguard-collector: bad config: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level)
+    try:
+        store = open_store(config.store)
+    except StoreError as exc:
+        log.error("cannot open the store: %s", exc)
+        print(f"exfilguard-collector: {exc}", file=sys.stderr)
+        return 1
+    try:
+        asyncio.run(_run(config, store))
+    except (ServeError, StoreError, TlsError) as exc:
+        log.error("collector failed: %s", exc)
+        print(f"exfilguard-collector: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

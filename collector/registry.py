@@ -1,0 +1,153 @@
+"""The fleet registry's live side: which agents are connected, when each last spoke, who went silent.
+
+Per-message bookkeeping stays in memory (a heartbeat from 2,000 agents must not cost
+2,000 commits); `pending_updates()` hands the changed entries to the store, which the
+server does about once a second and on shutdown. Gap counts are kept by the store itself,
+in the transaction that stores the agent.gap event.
+
+Silence: an agent that sent nothing (hello, batch or heartbeat) for `silent_after`
+seconds is reported once, as a synthetic `agent.silent` event; it is re-armed when the
+agent speaks again. Agents known from earlier runs count from the collector's start, so a
+collector restart does not declare the whole fleet silent at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from collector.listeners import AGENT_SILENT, Mapping
+from collector.store.base import AgentRecord, AgentUpdate
+from protos import exfilguard_pb2 as pb
+
+
+def _ecs(wall: float) -> str:
+    return dt.datetime.fromtimestamp(wall, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class _Agent:
+    id: str
+    host: str = ""
+    version: str = ""
+    config_version: str = ""
+    streams: int = 0
+    last_message: float = 0.0  # monotonic
+    last_message_wall: float | None = None
+    last_heartbeat_wall: float | None = None
+    backlog: int | None = None
+    silent_reported: bool = False
+    dirty: bool = False
+    identity_dirty: bool = False
+
+
+class FleetRegistry:
+    """Live state of every agent this collector has heard of."""
+
+    def __init__(
+        self,
+        silent_after: float,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.silent_after = silent_after
+        self._clock = clock
+        self._wall = wall
+        self._agents: dict[str, _Agent] = {}
+
+    def load(self, records: Iterable[AgentRecord]) -> None:
+        """Know the agents of earlier runs; their silence is counted from now."""
+        now = self._clock()
+        for record in records:
+            known = _Agent(record.id, record.host, record.version, record.config_version, last_message=now)
+            self._agents.setdefault(record.id, known)
+
+    def connected(self, hello: pb.Hello) -> None:
+        """A stream opened with this hello."""
+        agent = self._touch(hello.agent_id)
+        agent.host, agent.version, agent.config_version = hello.hostname, hello.version, hello.config_version
+        agent.streams += 1
+        agent.identity_dirty = True
+
+    def disconnected(self, agent_id: str) -> None:
+        """A stream of this agent ended (any way)."""
+        agent = self._agents.get(agent_id)
+        if agent is not None:
+            agent.streams = max(0, agent.streams - 1)
+            agent.dirty = True
+
+    def seen(self, agent_id: str) -> None:
+        """The agent sent something: it is alive."""
+        self._touch(agent_id)
+
+    def heartbeat(self, agent_id: str, heartbeat: pb.Heartbeat) -> None:
+        """A heartbeat arrived, carrying the agent's spool backlog."""
+        agent = self._touch(agent_id)
+        agent.last_heartbeat_wall = agent.last_message_wall
+        agent.backlog = heartbeat.backlog
+
+    def is_connected(self, agent_id: str) -> bool:
+        """Whether the agent has an open stream now."""
+        agent = self._agents.get(agent_id)
+        return agent is not None and agent.streams > 0
+
+    def connected_count(self) -> int:
+        """How many agents have an open stream."""
+        return sum(1 for a in self._agents.values() if a.streams > 0)
+
+    def _touch(self, agent_id: str) -> _Agent:
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            agent = self._agents[agent_id] = _Agent(agent_id)
+        agent.last_message = self._clock()
+        agent.last_message_wall = self._wall()
+        agent.silent_reported = False
+        agent.dirty = True
+        return agent
+
+    def pending_updates(self) -> list[AgentUpdate]:
+        """Registry changes since the last call, ready for `Store.update_agents`."""
+        out: list[AgentUpdate] = []
+        for agent in self._agents.values():
+            if not agent.dirty:
+                continue
+            identity = agent.identity_dirty
+            out.append(
+                AgentUpdate(
+                    agent.id,
+                    host=agent.host if identity else None,
+                    version=agent.version if identity else None,
+                    connected=agent.streams > 0,
+                    backlog=agent.backlog,
+                    config_version=agent.config_version if identity else None,
+                    seen=_ecs(agent.last_message_wall) if agent.last_message_wall else None,
+                    heartbeat=_ecs(agent.last_heartbeat_wall) if agent.last_heartbeat_wall else None,
+                )
+            )
+            agent.dirty = agent.identity_dirty = False
+        return out
+
+    def newly_silent(self) -> list[Mapping]:
+        """A synthetic agent.silent event for each agent that just crossed the silence limit."""
+        now = self._clock()
+        out: list[Mapping] = []
+        for agent in self._agents.values():
+            if agent.silent_reported or now - agent.last_message < self.silent_after:
+                continue
+            agent.silent_reported = True
+            out.append(
+                {
+                    "@timestamp": _ecs(self._wall()),
+                    "event.id": str(uuid.uuid4()),
+                    "event.action": AGENT_SILENT,
+                    "event.kind": "collector",
+                    "event.reason": f"no heartbeat for {self.silent_after:g} s",
+                    "agent.id": agent.id,
+                    "agent.version": agent.version,
+                    "host.name": agent.host,
+                }
+            )
+        return out

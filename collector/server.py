@@ -1,0 +1,155 @@
+"""The running collector: store writer, fleet registry and grpc.aio server, started and stopped together."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from collector.config import CollectorConfig
+from collector.ingest import IngestServicer, StoreWriter
+from collector.listeners import EventListener, notify
+from collector.registry import FleetRegistry
+from collector.store import Store, StoreError
+from collector.tls import server_credentials
+from protos import exfilguard_pb2 as pb
+from protos import exfilguard_pb2_grpc as pb_grpc
+
+log = logging.getLogger("exfilguard.collector")
+
+INGEST_SERVICE = pb.DESCRIPTOR.services_by_name["Ingest"].full_name
+_REGISTRY_FLUSH_SECONDS = 1.0
+_SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+class ServeError(Exception):
+    """The server could not start; carries the listen address."""
+
+    def __init__(self, address: str, message: str) -> None:
+        self.address = address
+        super().__init__(f"{address}: {message}")
+
+
+def server_options(config: CollectorConfig) -> list[tuple[str, int]]:
+    """gRPC channel arguments: message limits, keepalive, and an exclusive port."""
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        # Without this gRPC sets SO_REUSEPORT and a second collector would silently share the port.
+        ("grpc.so_reuseport", 0),
+        # Find dead agents' streams (laptop closed, cable pulled) within about a minute and a half.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+class Collector:
+    """One collector instance on an open store: `start()`, then `stop()`."""
+
+    def __init__(
+        self, config: CollectorConfig, store: Store, listeners: Sequence[EventListener] = ()
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.listeners = list(listeners)
+        self.registry = FleetRegistry(config.silent_agent_seconds)
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+        self._writer: StoreWriter | None = None
+        self._health = health.aio.HealthServicer()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Open the registry, bind the port and start serving."""
+        self.store.mark_all_disconnected()
+        self.registry.load(self.store.agents())
+        self._writer = StoreWriter(self.store)
+        servicer = IngestServicer(self._writer, self.registry, self.listeners, self.config.max_streams)
+        server = grpc.aio.server(options=server_options(self.config))
+        pb_grpc.add_IngestServicer_to_server(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        credentials = server_credentials(self.config.tls)
+        try:
+            if credentials is None:
+                self.port = server.add_insecure_port(self.config.listen)
+            else:
+                self.port = server.add_secure_port(self.config.listen, credentials)
+        except RuntimeError as exc:  # grpc raises RuntimeError when it cannot bind
+            raise ServeError(self.config.listen, f"cannot listen: {exc}") from exc
+        if self.port == 0:
+            raise ServeError(self.config.listen, "cannot listen (address in use or not available here)")
+        await server.start()
+        self._server = server
+        for service in ("", INGEST_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._tasks = [
+            asyncio.create_task(self._flush_registry_forever(), name="registry-flush"),
+            asyncio.create_task(self._watch_silence_forever(), name="silence-watch"),
+        ]
+        host = self.config.listen.rpartition(":")[0]
+        log.info(
+            f"collector listening on {host}:{self.port}",
+            extra={"listen": f"{host}:{self.port}", "store": self.store.location},
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, end the streams, commit what was received, mark every agent disconnected."""
+        await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(_SHUTDOWN_GRACE_SECONDS)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._writer is not None:
+            await self._writer.close()
+        try:
+            self.store.update_agents(self.registry.pending_updates())
+            self.store.mark_all_disconnected()
+        except StoreError:
+            log.exception("could not record the fleet state at shutdown")
+        log.info("collector stopped")
+
+    async def _flush_registry_forever(self) -> None:
+        assert self._writer is not None
+        while True:
+            await asyncio.sleep(_REGISTRY_FLUSH_SECONDS)
+            updates = self.registry.pending_updates()
+            if not updates:
+                continue
+            try:
+                await self._writer.call(self.store.update_agents, updates)
+            except StoreError:
+                log.exception("fleet registry update failed")
+
+    async def _watch_silence_forever(self) -> None:
+        interval = max(0.2, min(self.config.silent_agent_seconds / 4, 5.0))
+        while True:
+            await asyncio.sleep(interval)
+            silent = self.registry.newly_silent()
+            for event in silent:
+                log.warning(
+                    "agent silent",
+                    extra={"agent_id": event["agent.id"], "host": event["host.name"]},
+                )
+            await notify(self.listeners, silent)
+
+
+async def serve(
+    config: CollectorConfig, store: Store, stop: asyncio.Event, listeners: Sequence[EventListener] = ()
+) -> None:
+    """Run a collector until `stop` is set."""
+    collector = Collector(config, store, listeners)
+    try:
+        await collector.start()
+        await stop.wait()
+    finally:
+        await collector.stop()

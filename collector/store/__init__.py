@@ -1,0 +1,37 @@
+"""Where the collector keeps events, alerts and the fleet registry, behind one `Store` interface."""
+
+from __future__ import annotations
+
+from collector.store.base import (
+    AgentRecord,
+    AgentUpdate,
+    EventFilter,
+    IngestResult,
+    Store,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+)
+
+__all__ = [
+    "AgentRecord",
+    "AgentUpdate",
+    "EventFilter",
+    "IngestResult",
+    "Store",
+    "StoreCorrupt",
+    "StoreError",
+    "StoreUnavailable",
+    "open_store",
+]
+
+
+def open_store(location: str, *, readonly: bool = False) -> Store:
+    """The store named by the config's `store` key: a path means SQLite; postgresql:// is not built yet."""
+    if location.startswith(("postgresql://", "postgres://")):
+        # Only the host part: the URL may carry a password.
+        where = location.rsplit("@", maxsplit=1)[-1]
+        raise StoreUnavailable(where, "PostgreSQL stores are not supported yet")
+    from collector.store.sqlite import SqliteStore
+
+    return SqliteStore(location, readonly=readonly)

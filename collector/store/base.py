@@ -1,0 +1,195 @@
+"""The storage interface every collector store implements (SQLite today, PostgreSQL later).
+
+All methods are synchronous; the server calls them from one writer thread, off the
+event loop. Times are ECS strings (UTC, microseconds, trailing Z), which sort as text.
+
+Errors:
+    StoreError           root of everything a store raises; carries the store location
+    StoreUnavailable     the store cannot be opened (missing file, permissions, bad URL)
+    StoreCorrupt         the store exists but is not a usable ExfilGuard store (schema, integrity)
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from protos import exfilguard_pb2 as pb
+
+Mapping = dict[str, Any]
+
+
+class StoreError(Exception):
+    """Any store failure; `location` is the path or URL of the store."""
+
+    def __init__(self, location: str, message: str) -> None:
+        self.location = location
+        self.message = message
+        super().__init__(f"{location}: {message}")
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be opened."""
+
+
+class StoreCorrupt(StoreError):
+    """The store is not a usable ExfilGuard store (unknown schema version, damaged file)."""
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events `Store.events` yields; unset fields do not filter. `until` is exclusive."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    host: str | None = None
+    user: str | None = None
+    agent: str | None = None
+    action: str | None = None
+    device_serial: str | None = None
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """Outcome of storing one agent's batch.
+
+    `watermark` is the highest contiguous sequence stored for the agent; `stored` holds
+    the mappings of the events that were new (duplicates left out), in sequence order.
+    """
+
+    agent_id: str
+    watermark: int
+    stored: list[Mapping] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AgentUpdate:
+    """A change to one registry entry; fields left as None keep their stored value."""
+
+    id: str
+    host: str | None = None
+    version: str | None = None
+    connected: bool | None = None
+    backlog: int | None = None
+    config_version: str | None = None
+    seen: str | None = None  # ECS time of the latest message from the agent
+    heartbeat: str | None = None  # ECS time of the latest heartbeat
+
+
+@dataclass(frozen=True)
+class AgentRecord:
+    """One agent in the fleet registry."""
+
+    id: str
+    host: str = ""
+    version: str = ""
+    first_seen: str = ""
+    last_seen: str = ""
+    last_heartbeat: str = ""
+    connected: bool = False
+    backlog: int = 0
+    gaps: int = 0  # agent.gap events received
+    lost: int = 0  # events the agent reported lost (sum of exfilguard.gap.lost)
+    config_version: str = ""
+    watermark: int = 0  # highest contiguous sequence stored
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (used by `exfilguard agents --json`)."""
+        return {
+            "id": self.id,
+            "host": self.host,
+            "version": self.version,
+            "first_seen": self.first_seen,
+            "last_seen": self.last_seen,
+            "last_heartbeat": self.last_heartbeat,
+            "connected": self.connected,
+            "backlog": self.backlog,
+            "gaps": self.gaps,
+            "lost": self.lost,
+            "config_version": self.config_version,
+            "watermark": self.watermark,
+        }
+
+
+class Store(abc.ABC):
+    """Events (idempotent on agent id + sequence, hash-chained per agent), alerts and the fleet registry."""
+
+    location: str
+
+    @abc.abstractmethod
+    def ingest_batches(self, batches: Sequence[tuple[str, Sequence[pb.Event]]]) -> list[IngestResult]:
+        """Store several agents' batches in ONE transaction (group commit); one result per batch.
+
+        Events at or below the agent's watermark, or already stored, are skipped. Events must
+        already carry `agent.id == agent_id` and `event.sequence > 0` (the ingest service checks).
+        """
+
+    def ingest(self, agent_id: str, events: Sequence[pb.Event]) -> int:
+        """Store one batch; returns the agent's new watermark (highest contiguous sequence)."""
+        return self.ingest_batches([(agent_id, events)])[0].watermark
+
+    @abc.abstractmethod
+    def watermark(self, agent_id: str) -> int:
+        """Highest contiguous sequence stored for the agent (0 when none)."""
+
+    @abc.abstractmethod
+    def events(self, where: EventFilter | None = None) -> Iterator[Mapping]:
+        """Stored events as ECS mappings in (agent id, sequence) order, streamed.
+
+        Each mapping carries `exfilguard.chain.hash` (hex) once the event is chained, i.e.
+        once every lower sequence of its agent is stored.
+        """
+
+    @abc.abstractmethod
+    def count_events(self, agent_id: str | None = None) -> int:
+        """How many events are stored (for one agent, or all)."""
+
+    @abc.abstractmethod
+    def chain_head(self, agent_id: str) -> tuple[int, bytes]:
+        """(watermark, chain value of the event at the watermark); genesis is 32 zero bytes."""
+
+    @abc.abstractmethod
+    def add_alert(self, alert: Mapping) -> None:
+        """Store an alert (the JSON object sinks receive); needs `id`, `@timestamp`, `policy.id`.
+
+        Storing the same alert id twice replaces it (suppression updates its count).
+        """
+
+    @abc.abstractmethod
+    def alerts(self, limit: int = 100, since: str | None = None) -> list[Mapping]:
+        """The newest `limit` alerts at or after `since` (ECS time string), oldest first."""
+
+    @abc.abstractmethod
+    def update_agents(self, updates: Sequence[AgentUpdate]) -> None:
+        """Create or update registry entries in one transaction (first_seen set on creation)."""
+
+    def upsert_agent(
+        self,
+        agent_id: str,
+        *,
+        host: str | None = None,
+        version: str | None = None,
+        connected: bool | None = None,
+        backlog: int | None = None,
+        config_version: str | None = None,
+        seen: str | None = None,
+        heartbeat: str | None = None,
+    ) -> None:
+        """Create or update one registry entry; fields left as None keep their stored value."""
+        update = AgentUpdate(agent_id, host, version, connected, backlog, config_version, seen, heartbeat)
+        self.update_agents([update])
+
+    @abc.abstractmethod
+    def agents(self) -> list[AgentRecord]:
+        """The whole fleet registry, ordered by agent id."""
+
+    @abc.abstractmethod
+    def mark_all_disconnected(self) -> None:
+        """Clear every connected flag (collector start and shutdown)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the store; pending writes are committed."""
