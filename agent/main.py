@@ -4,24 +4,26 @@ Lifecycle: load config (a bad one is one stderr line naming file:line:key, exit 
 identity -> spool -> `agent.start` -> sensors -> transport. On SIGTERM/SIGINT: stop the
 sensors, spool `agent.stop`, give the transport a bounded moment to deliver, close.
 
+`--no-sensors` runs only the spool and the transport (agent.start says so). Together with
+`--emit-test-events` it gives the delivery tests an exactly known event stream.
+
 `--emit-test-events N` spools N `agent.test` events at start (event.reason says they are
 synthetic, exfilguard.count numbers them 1..N). It exists for the end-to-end tests and
 demos of delivery guarantees; it is a command-line flag so only whoever starts the agent
 (root, via systemd) can use it, and the collector can tell these events apart by action.
 
-Exit codes: 0 clean stop, 1 runtime failure (state directory, spool), 2 bad configuration.
+Exit codes: 0 clean stop, 1 runtime failure (state directory, spool, a sensor the config
+requires cannot run, e.g. `sensors.fanotify: on` without privilege), 2 bad configuration.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 from collections.abc import Sequence
@@ -32,11 +34,13 @@ from typing import Any
 import agent
 from agent import config as agent_config
 from agent import identity as agent_identity
-from agent.sensors import Sensor
+from agent.sensors import Emit, Sensor
+from agent.sensors.errors import SensorError
 from agent.spool import Spool, SpoolError
 from agent.transport import Transport, TransportConfigError
 from protos import events
 from protos import exfilguard_pb2 as pb
+from protos.sdnotify import Notifier
 from protos.yamlfile import YamlError
 
 log = logging.getLogger("exfilguard.agent")
@@ -86,6 +90,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--emit-test-events", type=int, default=0, metavar="N",
         help="spool N synthetic agent.test events at start (delivery tests and demos)",
     )
+    parser.add_argument(
+        "--no-sensors", action="store_true",
+        help="run only the spool and the transport (delivery tests; draining a spool); "
+        "agent.start records that sensors were off",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {agent.__version__}")
     args = parser.parse_args(argv)
     if not 0 <= args.emit_test_events <= MAX_TEST_EVENTS:
@@ -126,13 +135,12 @@ class Agent:
             event.host.id = self.identity.machine_id
         self.spool.append(event)
 
-    def start(self, test_events: int = 0) -> None:
+    def start(self, test_events: int = 0, sensors: bool = True) -> None:
         """Spool agent.start (and any test events), start the sensors and the transport."""
-        self.emit(events.new_event(
-            "agent.start",
-            event=pb.EventInfo(reason=f"agent {agent.__version__} started, pid {os.getpid()}"),
-            process=_self_process(),
-        ))
+        reason = f"agent {agent.__version__} started, pid {os.getpid()}"
+        if not sensors:
+            reason += "; sensors off (--no-sensors)"  # visible at the collector: not a silent blind spot
+        self.emit(events.new_event("agent.start", event=pb.EventInfo(reason=reason), process=_self_process()))
         for n in range(1, test_events + 1):
             self.emit(events.new_event(
                 "agent.test",
@@ -141,14 +149,16 @@ class Agent:
             ))
         if test_events:
             log.info("spooled %d synthetic agent.test events", test_events)
-        self.sensors = _build_sensors(self.config, self.emit)
-        for sensor in list(self.sensors):
+        for sensor in _build_sensors(self.config, self.emit) if sensors else []:
             try:
                 sensor.start()
+            except SensorError:
+                raise  # the config asked for something this host cannot do: say so and stop
             except Exception:
-                # A sensor that cannot start must not take the others (or the spool) down.
+                # A bug in one sensor must not take the others (or the spool) down.
                 log.exception("sensor %s failed to start; continuing without it", sensor.name)
-                self.sensors.remove(sensor)
+                continue
+            self.sensors.append(sensor)
         self.transport.start()
         log.info(
             "agent %s started: id=%s host=%s collector=%s sensors=[%s] backlog=%d",
@@ -158,7 +168,7 @@ class Agent:
 
     def stop(self, reason: str) -> None:
         """Stop sensors, spool agent.stop, deliver what we can within a bound, close the spool."""
-        for sensor in self.sensors:
+        for sensor in reversed(self.sensors):
             try:
                 sensor.stop()
             except Exception:
@@ -201,35 +211,14 @@ def _self_process() -> pb.Process:
     )
 
 
-def _build_sensors(config: agent_config.AgentConfig, emit: Any) -> list[Sensor]:
+def _build_sensors(config: agent_config.AgentConfig, emit: Emit) -> list[Sensor]:
     import agent.sensors as sensors_package
 
     build = getattr(sensors_package, "build_sensors", None)
     if build is None:
         log.warning("no sensors are available in this build (agent.sensors.build_sensors missing)")
         return []
-    try:
-        return list(build(config, emit))
-    except Exception:
-        log.exception("building the sensors failed; running without sensors")
-        return []
-
-
-def _sd_notify(message: str) -> None:
-    """Tell systemd about readiness/stopping (Type=notify); a no-op outside systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(address)
-        sock.sendall(message.encode())
-
-
-def _watchdog_interval() -> float | None:
-    usec = os.environ.get("WATCHDOG_USEC", "")
-    return int(usec) / 2_000_000 if usec.isdigit() and int(usec) > 0 else None
+    return list(build(config, emit))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -259,12 +248,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    running.start(args.emit_test_events)
-    _sd_notify("READY=1")
-    interval = _watchdog_interval()
-    while not stop.wait(interval):
-        _sd_notify("WATCHDOG=1")
-    _sd_notify("STOPPING=1")
+    try:
+        running.start(args.emit_test_events, sensors=not args.no_sensors)
+    except SensorError as exc:
+        print(f"{PROG}: {args.config}: sensors: {exc}", file=sys.stderr)
+        running.stop(f"sensor failed to start: {exc}")
+        return 1
+    notifier = Notifier.from_environment()
+    notifier.ready(status=f"streaming to {config.collector}")
+    # Pinged from the main thread: a wedged main loop stops the pings and systemd restarts us.
+    while not stop.wait(notifier.ping_interval):
+        notifier.ping()
+    notifier.stopping(status=f"stopping ({received[0] if received else 'request'})")
     running.stop(f"stopped by {received[0] if received else 'request'}")
     return 0
 

@@ -11,12 +11,15 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
+from protos import exfilguard_pb2 as pb
 
 VENV_BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -169,9 +172,15 @@ class Pipeline:
         assert process.alive, f"collector exited:\n{process.log_text()}"
         return process
 
-    def start_agent(self, test_events: int = 0) -> Process:
-        """Start `exfilguard-agent --config [--emit-test-events N]`."""
+    def start_agent(self, test_events: int = 0, sensors: bool = False) -> Process:
+        """Start `exfilguard-agent --config [--emit-test-events N]`, by default with `--no-sensors`.
+
+        Without sensors the event stream is exactly agent.start, the test events, agent.stop
+        (and agent.gap), so counts can be checked to the event.
+        """
         argv = [str(VENV_BIN / "exfilguard-agent"), "--config", str(self.agent_config)]
+        if not sensors:
+            argv.append("--no-sensors")
         if test_events:
             argv += ["--emit-test-events", str(test_events)]
         process = Process(argv, self.agent_dir / "agent.log").start()
@@ -196,6 +205,18 @@ class Pipeline:
                 return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
         except sqlite3.OperationalError:
             return 0  # not created yet
+
+    def spool_actions(self) -> Counter[str]:
+        """event.action counts of the events in the agent's spool (read-only connection)."""
+        path = self.agent_state / "spool.db"
+        if not path.exists():
+            return Counter()
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+                blobs = [row[0] for row in conn.execute("SELECT data FROM events")]
+        except sqlite3.OperationalError:
+            return Counter()
+        return Counter(pb.Event.FromString(blob).event.action for blob in blobs)
 
     def spool_meta(self) -> dict[str, str]:
         """The spool's persisted counters (next_sequence, acked_sequence, losses)."""
