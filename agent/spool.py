@@ -128,6 +128,7 @@ class Spool:
         self._next_seq = 1
         self._acked = 0
         self._losses: dict[str, _Loss] = {}  # lost and not yet reported by an agent.gap
+        self._failing = False  # the last commit failed (disk full ...): log the episode once
         self._conn = self._open()
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._writer.start()
@@ -351,7 +352,11 @@ class Spool:
             except (sqlite3.Error, OSError) as exc:
                 self._rollback()
                 reason = REASON_DISK_FULL if _is_disk_full(exc) else REASON_WRITE_FAILED
-                log.error("spool write failed (%s); %d events counted as lost (%s)", exc, len(group), reason)
+                # Once per episode: a full disk must not also fill the journal.
+                report = log.debug if self._failing else log.error
+                report("spool write failed (%s); events are counted as lost (%s) until it works again",
+                       exc, reason)
+                self._failing = True
                 # Nothing of this group reached the disk: all of it is lost, the gaps stay owed.
                 for event in group:
                     _add_loss(owed, reason, event)
@@ -359,6 +364,9 @@ class Spool:
                 return 0
             self._next_seq, self._count, self._bytes = next_seq, count, size
             self._restore_losses(losses)
+            if self._failing:
+                self._failing = False
+                log.warning("spool writes work again")
             if gaps_stored:
                 for reason, loss in sorted(owed.items()):
                     log.warning("recorded agent.gap: %d events lost (%s)", loss.lost, reason)

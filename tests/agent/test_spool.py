@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
 import threading
 from pathlib import Path
 
 import pytest
 
-from agent.spool import REASON_SPOOL_FULL, REASON_TOO_LARGE, Spool
+from agent.spool import REASON_DISK_FULL, REASON_SPOOL_FULL, REASON_TOO_LARGE, Spool
 from protos import events
 from protos import exfilguard_pb2 as pb
 
@@ -179,3 +182,38 @@ def _wait(predicate: object, timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail("condition not reached in time")
         time.sleep(0.01)
+
+
+@pytest.mark.root
+def test_disk_full_is_counted_and_reported_as_a_gap_once_space_returns(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs that really runs out of space")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], check=True)
+    try:
+        spool = _spool(disk, max_events=100_000, max_bytes=1 << 30)
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+        with contextlib.suppress(OSError):  # ENOSPC: the disk is full now
+            while True:
+                os.write(fd, b"x" * 4096)
+        os.close(fd)
+        for n in range(200):
+            spool.append(events.new_event("agent.test", file=pb.File(path="p" * 500),
+                                          exfilguard=pb.Extensions(count=n + 1)))
+        assert spool.flush(10)
+        lost = spool.pending_losses().get(REASON_DISK_FULL, 0)
+        assert lost > 0
+        filler.unlink()
+        spool.append(_test_event(201))
+        assert spool.flush(10)
+        rows = _decode(spool.unsent(0, 1000))
+        gaps = [e for e in rows if e.event.action == "agent.gap"]
+        assert [(g.exfilguard.gap.reason, g.exfilguard.gap.lost) for g in gaps] == [(REASON_DISK_FULL, lost)]
+        stored = [e for e in rows if e.event.action == "agent.test"]
+        assert len(stored) + lost == 201
+        assert [e.event.sequence for e in rows] == list(range(1, len(rows) + 1))
+        spool.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
