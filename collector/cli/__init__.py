@@ -17,8 +17,9 @@ Run = Callable[[argparse.Namespace], int]
 def _modules() -> list[ModuleType]:
     # Imported here so `exfilguard --help` stays fast and one broken command cannot break the others.
     from collector.cli import agents
+    from collector.cli import certs as certs_cmd
 
-    return [agents]
+    return [agents, certs_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
