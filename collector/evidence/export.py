@@ -1,0 +1,404 @@
+"""Export: stream chained events to CSV or JSON Lines in constant memory, hashing as we write.
+
+The exporter re-checks every record's chain link while writing (the same formula `verify`
+uses), so a store edited behind the collector's back is reported at export time too; the
+record is still exported as stored, because an auditor must see what the store holds.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+
+from collector.evidence import chain, formats
+from collector.evidence.errors import ExportError
+from collector.evidence.keys import SigningKey
+
+if TYPE_CHECKING:
+    from collector.evidence.ledger import Ledger
+    from collector.store.base import EventFilter, Store
+
+Format = Literal["csv", "jsonl"]
+FORMATS: tuple[Format, ...] = ("csv", "jsonl")
+_FLUSH_CHARS = 1 << 20
+_MAX_BREAKS_KEPT = 100  # the manifest names the first ones; the count is always exact
+
+
+@dataclass
+class AgentRange:
+    """What one agent contributed to an export: the chain values at both ends and the sequences."""
+
+    agent_id: str
+    rows: int = 0
+    first_sequence: int = 0
+    last_sequence: int = 0
+    prev: str = ""  # chain value before the first exported record (hex)
+    head: str = ""  # chain value of the last exported record (hex)
+    contiguous: bool = True  # every record linked to the one before it in this export
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest form."""
+        return {
+            "agent.id": self.agent_id,
+            "rows": self.rows,
+            "first_sequence": self.first_sequence,
+            "last_sequence": self.last_sequence,
+            "prev": self.prev,
+            "head": self.head,
+            "contiguous": self.contiguous,
+        }
+
+
+@dataclass
+class ExportResult:
+    """Counts, ranges and the SHA-256 of what was written."""
+
+    format: Format
+    rows: int = 0
+    bytes: int = 0
+    sha256: str = ""
+    first_time: str | None = None
+    last_time: str | None = None
+    agents: list[AgentRange] = field(default_factory=list)
+    store_breaks: int = 0
+    first_breaks: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Progress:
+    """A one-line progress report on stderr, redrawn at most five times a second."""
+
+    def __init__(self, total: int | None, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.start = time.monotonic()
+        self._last = 0.0
+
+    def update(self, rows: int, force: bool = False) -> None:
+        """Redraw if enough time has passed (or when forced)."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < 0.2:
+            return
+        self._last = now
+        rate = rows / max(now - self.start, 1e-9)
+        if self.total:
+            pct = min(100.0, 100.0 * rows / self.total)
+            bar = "#" * int(pct / 4)
+            text = f"\rexport [{bar:<25}] {pct:5.1f}% {rows}/{self.total} rows {rate:,.0f} rows/s"
+        else:
+            text = f"\rexport {rows} rows {rate:,.0f} rows/s"
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def done(self, rows: int) -> None:
+        """Final redraw and newline."""
+        if self.enabled:
+            self.update(rows, force=True)
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+class _HashingSink:
+    """A text sink for csv.writer that buffers, encodes, hashes and writes in 1 MiB chunks."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.digest = hashlib.sha256()
+        self.bytes = 0
+        self._parts: list[str] = []
+        self._chars = 0
+
+    def write(self, text: str) -> int:
+        self._parts.append(text)
+        self._chars += len(text)
+        if self._chars >= _FLUSH_CHARS:
+            self.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._parts:
+            return
+        data = "".join(self._parts).encode()
+        self._parts.clear()
+        self._chars = 0
+        self.digest.update(data)
+        self.bytes += len(data)
+        self.out.write(data)
+
+
+def write_export(
+    records: Iterable[dict[str, Any]], out: BinaryIO, fmt: Format, progress: Progress | None = None
+) -> ExportResult:
+    """Write `records` (dotted mappings carrying chain hash and prev, in agent/sequence order)."""
+    if fmt not in FORMATS:
+        raise ExportError("-", f"unknown format {fmt!r}")
+    sink = _HashingSink(out)
+    result = ExportResult(format=fmt)
+    agents: dict[str, AgentRange] = {}
+    writer = csv.writer(sink, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(formats.CSV_HEADER)
+    index = formats.COLUMN_INDEX
+    width = len(formats.CSV_HEADER)
+    triggers = formats.FORMULA_TRIGGERS
+    not_hashed = formats.NOT_HASHED
+    display = formats.display
+    sha256 = hashlib.sha256
+    dumps = json.dumps
+    current: AgentRange | None = None
+    rows = 0
+    first_time = last_time = None
+    for mapping in records:
+        prev_hex = _hex(mapping.get(formats.PREV))
+        hash_hex = _hex(mapping.get(formats.HASH))
+        body = {k: v for k, v in mapping.items() if k not in not_hashed}
+        record = dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        agent_id = str(body.get(formats.AGENT, ""))
+        sequence = int(body.get(formats.SEQUENCE, 0))
+        if current is None or current.agent_id != agent_id:
+            current = agents.get(agent_id)
+            if current is None:
+                current = AgentRange(agent_id, first_sequence=sequence, prev=prev_hex)
+                agents[agent_id] = current
+                result.agents.append(current)
+        previous_sequence = current.last_sequence if current.rows else 0
+        if current.rows and prev_hex != current.head:
+            current.contiguous = False
+        expected = sha256(bytes.fromhex(prev_hex) + sha256(record.encode()).digest()).hexdigest()
+        if expected != hash_hex:
+            result.store_breaks += 1
+            if len(result.first_breaks) < _MAX_BREAKS_KEPT:
+                result.first_breaks.append({"agent.id": agent_id, "sequence": sequence})
+        current.rows += 1
+        current.last_sequence = sequence
+        current.head = hash_hex
+        stamp = body.get(formats.TIMESTAMP)
+        if isinstance(stamp, str):
+            if first_time is None or stamp < first_time:
+                first_time = stamp
+            if last_time is None or stamp > last_time:
+                last_time = stamp
+        if writer is not None:
+            row: list[Any] = [""] * width
+            for key, value in body.items():
+                i = index.get(key)
+                if i is None:
+                    continue
+                if type(value) is str:
+                    row[i] = "'" + value if value and value[0] in triggers else value
+                else:
+                    row[i] = display(value)
+            row[-4] = prev_hex
+            row[-3] = hash_hex
+            row[-2] = previous_sequence
+            row[-1] = record
+            writer.writerow(row)
+        else:
+            body[formats.PREV] = prev_hex
+            body[formats.HASH] = hash_hex
+            body[formats.PREVIOUS_SEQUENCE] = previous_sequence
+            sink.write(dumps(body, ensure_ascii=False, separators=(",", ":")))
+            sink.write("\n")
+        rows += 1
+        if progress is not None and not rows & 1023:
+            progress.update(rows)
+    sink.flush()
+    if progress is not None:
+        progress.done(rows)
+    result.rows = rows
+    result.bytes = sink.bytes
+    result.sha256 = sink.digest.hexdigest()
+    result.first_time, result.last_time = first_time, last_time
+    return result
+
+
+def _hex(value: Any) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    if isinstance(value, str) and len(value) == 64:
+        return value.lower()
+    if value is None:
+        return chain.GENESIS.hex()
+    raise ExportError("-", f"chain value {value!r} is neither 32 bytes nor 64 hex digits")
+
+
+class AtomicFile:
+    """Write to FILE.partial and rename on success, so a crash never leaves a plausible export."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        try:
+            self.handle: BinaryIO = self.partial.open("wb")
+        except OSError as exc:
+            raise ExportError(str(self.path), f"cannot write: {exc.strerror}") from exc
+
+    def commit(self) -> None:
+        """Flush, fsync and move into place."""
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            self.partial.replace(self.path)
+        except OSError as exc:
+            raise ExportError(str(self.path), f"cannot write: {exc.strerror}") from exc
+
+    def abort(self) -> None:
+        """Remove the partial file."""
+        self.handle.close()
+        self.partial.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """What an auditor asked for; store-side fields map onto the store's EventFilter."""
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    host: str | None = None
+    user: str | None = None
+    agent: str | None = None
+    action: str | None = None
+    device_serial: str | None = None
+    policies: tuple[str, ...] = ()
+    alerts: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The manifest form: only what was set; times as ECS strings."""
+        out: dict[str, Any] = {}
+        for name in ("since", "until"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = ecs_time(value)
+        for name in ("host", "user", "agent", "action", "device_serial"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        if self.policies:
+            out["policy"] = list(self.policies)
+        if self.alerts:
+            out["alert"] = list(self.alerts)
+        return out
+
+    def store_filter(self) -> EventFilter:
+        """The part the store filters on."""
+        from collector.store.base import EventFilter
+
+        return EventFilter(
+            since=self.since,
+            until=self.until,
+            host=self.host,
+            user=self.user,
+            agent=self.agent,
+            action=self.action,
+            device_serial=self.device_serial,
+        )
+
+
+def ecs_time(moment: dt.datetime) -> str:
+    """ECS time string (naive means UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class StoreSource:
+    """Chained events of a filter, each with its `prev` chain value, in (agent, sequence) order.
+
+    Events above a hole are not chained yet and cannot be proven: they are skipped and counted.
+    """
+
+    def __init__(self, store: Store, ledger: Ledger, where: ExportFilter) -> None:
+        self.store = store
+        self.ledger = ledger
+        self.where = where
+        self.unchained = 0
+        self.event_ids: set[str] | None = None
+        if where.alerts or where.policies:
+            # Bounded by the evidence lists of the matching alerts, not by the store size.
+            self.event_ids = ledger.alert_evidence(where.alerts, where.policies)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        ids = self.event_ids
+        if ids is not None and not ids:
+            return
+        last_agent: str | None = None
+        last_sequence = -1
+        last_hash = ""
+        for mapping in self.store.events(self.where.store_filter()):
+            hash_hex = mapping.get(formats.HASH)
+            if not hash_hex:
+                self.unchained += 1
+                continue
+            if ids is not None and mapping.get(formats.EVENT_ID) not in ids:
+                continue
+            agent_id = str(mapping.get(formats.AGENT, ""))
+            sequence = int(mapping.get(formats.SEQUENCE, 0))
+            if agent_id == last_agent and sequence == last_sequence + 1:
+                prev = last_hash
+            else:
+                value = self.ledger.chain_value(agent_id, sequence - 1)
+                if value is None:
+                    raise ExportError("-", f"agent {agent_id}: no chain value before sequence {sequence}")
+                prev = value.hex()
+            mapping[formats.PREV] = prev
+            last_agent, last_sequence, last_hash = agent_id, sequence, str(hash_hex)
+            yield mapping
+
+
+@dataclass
+class Exported:
+    """A finished export: the result counts and the signed manifest."""
+
+    result: ExportResult
+    manifest: dict[str, Any]
+    unchained: int
+
+
+def export_store(  # noqa: PLR0917 (one caller, the CLI)
+    store: Store,
+    ledger: Ledger,
+    where: ExportFilter,
+    fmt: Format,
+    out_path: str | None,
+    manifest_path: str,
+    key: SigningKey,
+    show_progress: bool = False,
+) -> Exported:
+    """Export to `out_path` (None: stdout) and write the signed manifest to `manifest_path`."""
+    from collector.evidence import manifest as manifests  # manifest imports this module
+
+    source = StoreSource(store, ledger, where)
+    total = None
+    if show_progress and source.event_ids is None and where == ExportFilter(agent=where.agent):
+        total = store.count_events(where.agent)
+    progress = Progress(total, show_progress)
+    if out_path is None:
+        result = write_export(source, sys.stdout.buffer, fmt, progress)
+        sys.stdout.buffer.flush()
+        name = "-"
+    else:
+        target = AtomicFile(out_path)
+        try:
+            result = write_export(source, target.handle, fmt, progress)
+        except BaseException:
+            target.abort()
+            raise
+        target.commit()
+        name = Path(out_path).name
+    checkpoints = {a.agent_id: cp.to_dict() for a in result.agents if (cp := ledger.checkpoint(a.agent_id))}
+    doc = manifests.build(
+        result, name, where.to_dict(), key, checkpoints=checkpoints, unchained=source.unchained
+    )
+    manifests.write(doc, manifest_path)
+    return Exported(result, doc, source.unchained)

@@ -1,0 +1,93 @@
+"""How exported records are laid out in JSON Lines and CSV, shared by export and verify.
+
+Every exported record is the event's dotted ECS mapping plus bookkeeping that is not hashed:
+
+    exfilguard.chain.prev                  chain value before this event (hex)
+    exfilguard.chain.hash                  chain value of this event (hex)
+    exfilguard.export.previous_sequence    sequence of the previous record of the same agent
+                                           in this export (0 for the agent's first), so a
+                                           deleted or moved row is named even when a filter
+                                           makes the exported records non-contiguous
+
+CSV: a header of ECS names (every scalar path of the `.proto` Event, in declaration order),
+then the bookkeeping columns and `exfilguard.chain.record`, the exact canonical JSON that was
+hashed. The ECS columns are for people and spreadsheets: a cell whose text starts with one of
+`= + - @ TAB CR` gets a leading apostrophe (formula-injection defence), lists and nested
+records are shown as JSON. Verification hashes the record column and checks that every ECS
+cell is the display of the record's value, so editing either is detected.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from google.protobuf.descriptor import Descriptor
+
+from protos import exfilguard_pb2 as pb
+
+PREV = "exfilguard.chain.prev"
+HASH = "exfilguard.chain.hash"
+PREVIOUS_SEQUENCE = "exfilguard.export.previous_sequence"
+RECORD = "exfilguard.chain.record"
+BOOKKEEPING = (PREV, HASH, PREVIOUS_SEQUENCE)
+# Fields an export adds; they are never part of the hashed bytes.
+NOT_HASHED = frozenset((*BOOKKEEPING, RECORD))
+
+SEQUENCE = "event.sequence"
+AGENT = "agent.id"
+EVENT_ID = "event.id"
+TIMESTAMP = "@timestamp"
+
+# Spreadsheet formula triggers (OWASP CSV injection guidance).
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+NEUTRALISER = "'"
+
+_RENAMED = {"timestamp": "@timestamp"}
+
+
+def _paths(descriptor: Any, prefix: str) -> Iterator[str]:
+    for field in descriptor.fields:
+        name = prefix + field.name if prefix else _RENAMED.get(field.name, field.name)
+        message: Descriptor | None = field.message_type
+        timestamp = message is not None and message.full_name == "google.protobuf.Timestamp"
+        if message is not None and not timestamp and not field.is_repeated:
+            yield from _paths(message, name + ".")
+        else:
+            yield name
+
+
+# The one declaration of the event model is the .proto; the CSV header follows it.
+ECS_COLUMNS: tuple[str, ...] = tuple(_paths(pb.Event.DESCRIPTOR, ""))
+CSV_HEADER: tuple[str, ...] = (*ECS_COLUMNS, *BOOKKEEPING, RECORD)
+COLUMN_INDEX = {name: i for i, name in enumerate(CSV_HEADER)}
+
+
+def neutralise(text: str) -> str:
+    """Text a spreadsheet shows as text: formula triggers get a leading apostrophe."""
+    if text and text[0] in FORMULA_TRIGGERS:
+        return NEUTRALISER + text
+    return text
+
+
+def display(value: Any) -> str:
+    """The CSV cell of one mapping value."""
+    if isinstance(value, str):
+        text = value
+    elif value is True:
+        text = "true"
+    elif value is False:
+        text = "false"
+    elif isinstance(value, int | float):
+        text = str(value)
+    else:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    if text and text[0] in FORMULA_TRIGGERS:
+        return NEUTRALISER + text
+    return text
+
+
+def jsonl_line(mapping: dict[str, Any]) -> str:
+    """One JSON Lines record (no newline); key order as in the mapping."""
+    return json.dumps(mapping, ensure_ascii=False, separators=(",", ":"))
