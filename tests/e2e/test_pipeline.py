@@ -51,8 +51,11 @@ def test_events_arrive_exactly_once_and_agent_stops_cleanly(pipeline: Pipeline) 
     assert len(by_action(events, "agent.test")) == 2000
     assert not by_action(events, "agent.gap")
     assert pipeline.spool_rows() == 0, "acknowledged events must leave the spool"
-    agents = pipeline.agents_json()
-    assert [a["id"] for a in agents] == [pipeline.agent_id()]
+    # The collector writes its registry about once a second: poll `exfilguard agents --json`.
+    wait_for(lambda: [a["id"] for a in pipeline.agents_json()] == [pipeline.agent_id()], 30,
+             "the agent in `exfilguard agents --json`", pipeline.diagnose)
+    record = pipeline.agents_json()[0]
+    assert record["version"] and record["host"]
 
 
 def test_collector_killed_mid_stream_and_restarted_loses_and_duplicates_nothing(pipeline: Pipeline) -> None:
@@ -67,6 +70,8 @@ def test_collector_killed_mid_stream_and_restarted_loses_and_duplicates_nothing(
     pipeline.start_collector()
     wait_for(lambda: _delivered_tests(pipeline, produced), 120, f"all {produced} events", pipeline.diagnose)
     assert stored_at_kill < produced + 1, "the kill must have happened mid-stream"
+    assert pipeline.agent is not None
+    assert "lost connection to collector" in pipeline.agent.log_text()
     _assert_exactly_once(pipeline.delivered(), pipeline.agent_id())
 
 
@@ -120,6 +125,10 @@ def test_full_spool_reports_every_lost_event_in_an_agent_gap(pipeline: Pipeline)
     # What was stored is the first events; the lost ones are exactly the rest.
     assert delivered == list(range(1, len(delivered) + 1))
     _assert_exactly_once(events, pipeline.agent_id())
+    # The fleet registry tells the admin too.
+    expected = [(1, int(gap["exfilguard.gap.lost"]))]
+    wait_for(lambda: [(a["gaps"], a["lost"]) for a in pipeline.agents_json()] == expected, 30,
+             "the gap in `exfilguard agents --json`", pipeline.diagnose)
 
 
 def test_agent_id_persists_across_restarts(pipeline: Pipeline) -> None:
@@ -136,4 +145,5 @@ def test_agent_id_persists_across_restarts(pipeline: Pipeline) -> None:
     events = pipeline.delivered()
     assert {e["agent.id"] for e in events} == {agent_id}
     _assert_exactly_once(events, agent_id)
-    assert [a["id"] for a in pipeline.agents_json()] == [agent_id]
+    wait_for(lambda: [a["id"] for a in pipeline.agents_json()] == [agent_id], 30,
+             "one agent in the registry", pipeline.diagnose)
