@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from collector.evidence import chain, export, manifest
 from collector.evidence.keys import SigningKey
@@ -12,12 +15,20 @@ from protos import events
 from protos import exfilguard_pb2 as pb
 
 
-def make_event(
-    agent: str, sequence: int, path: str = "", user: str = "alice", action: str = "file.copy"
+def make_event(  # noqa: PLR0917
+    agent: str,
+    sequence: int,
+    path: str = "",
+    user: str = "alice",
+    action: str = "file.copy",
+    when: dt.datetime | None = None,
 ) -> pb.Event:
-    """A file.copy event as an agent would send it."""
+    """A file.copy event as an agent would send it (microsecond time, as agents stamp it)."""
+    stamp = Timestamp()
+    stamp.FromDatetime((when or dt.datetime.now(dt.UTC)).replace(tzinfo=None))
     event = events.new_event(
         action,
+        timestamp=stamp,
         file=pb.File(path=path or f"/media/usb/customers-{sequence}.csv", size=1000 + sequence),
         device=pb.Device(serial="SER123", vendor="Kingston", removable=True),
         user=pb.User(id="1000", name=user),

@@ -1,0 +1,43 @@
+"""`exfilguard key export`: print the collector's Ed25519 public key (PEM) for auditors.
+
+Exit codes: 0 printed / written; 2 configuration or key error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from collector import config as collector_config
+from collector.evidence import keys
+from collector.evidence.errors import EvidenceError
+from protos.yamlfile import YamlError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `key export`."""
+    p = sub.add_parser("key", help="the collector's evidence signing key")
+    key_sub = p.add_subparsers(dest="key_command", metavar="KEY_COMMAND", required=True)
+    e = key_sub.add_parser("export", help="print the public key (PEM) that verifies export manifests")
+    e.add_argument(
+        "--config", default=None, help="collector.yaml (default $EXFILGUARD_CONFIG or /etc/exfilguard)"
+    )
+    e.add_argument("--out", help="write to this file instead of stdout")
+    e.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Print or write the public key."""
+    try:
+        cfg = collector_config.load(args.config or collector_config.default_path())
+        public = keys.public_key(cfg.state_dir)
+        if args.out:
+            Path(args.out).write_bytes(public.pem())
+        else:
+            sys.stdout.write(public.pem().decode())
+    except (YamlError, EvidenceError, OSError) as exc:
+        print(f"exfilguard key export: {exc}", file=sys.stderr)
+        return 2
+    print(f"fingerprint (SHA-256 of the raw key): {public.fingerprint()}", file=sys.stderr)
+    return 0

@@ -1,0 +1,71 @@
+"""`exfilguard prune`: retention by age or size; records a checkpoint so chains stay verifiable.
+
+Exit codes: 0 done (also when nothing was old enough); 2 usage, configuration or store error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from collector import config as collector_config
+from collector.evidence import retention
+from collector.evidence.errors import EvidenceError
+from protos.yamlfile import YamlError
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `prune`."""
+    p = sub.add_parser(
+        "prune",
+        help="delete old events (by age or store size), keeping the hash chains verifiable",
+        description=__doc__ + "\n" + (retention.__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config", default=None, help="collector.yaml (default $EXFILGUARD_CONFIG or /etc/exfilguard)"
+    )
+    p.add_argument("--older-than", help="prune events older than this (e.g. 90d, 12h)")
+    p.add_argument("--max-size", help="prune oldest events until the store uses at most this (e.g. 10GiB)")
+    p.add_argument("--include-alerted", action="store_true", help="also prune events that open alerts cite")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prune; see the module docstring for exit codes."""
+    from collector.evidence.ledger import Ledger
+
+    if not args.older_than and not args.max_size:
+        print("exfilguard prune: give --older-than AGE and/or --max-size SIZE", file=sys.stderr)
+        return 2
+    try:
+        age = retention.parse_age(args.older_than) if args.older_than else None
+        size = retention.parse_size(args.max_size) if args.max_size else None
+        cfg = collector_config.load(args.config or collector_config.default_path())
+        if "://" in cfg.store:
+            print(f"exfilguard prune: {cfg.store}: only the SQLite store is supported", file=sys.stderr)
+            return 2
+        with Ledger(cfg.store, readonly=False) as ledger:
+            report = retention.prune(ledger, age, size, args.include_alerted)
+    except (YamlError, EvidenceError, OSError) as exc:
+        print(f"exfilguard prune: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        doc = {
+            "deleted": report.deleted,
+            "checkpoints": {a: cp.to_dict() for a, cp in report.checkpoints.items()},
+            "held_by_alerts": report.held_by_alerts,
+            "used_bytes_before": report.used_before,
+            "used_bytes_after": report.used_after,
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    print(f"pruned {report.deleted} events; store uses {report.used_after} bytes (was {report.used_before})")
+    for agent_id, cp in report.checkpoints.items():
+        print(f"  agent {agent_id}: checkpoint at sequence {cp.sequence}, chain {cp.chain.hex()}")
+    if report.held_by_alerts:
+        held = ", ".join(report.held_by_alerts)
+        print(f"  kept events cited by open alerts for: {held} (--include-alerted to prune)")
+    return 0
