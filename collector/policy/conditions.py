@@ -1,0 +1,231 @@
+"""Evaluate stage, part 1: compile condition trees into predicates over one event mapping.
+
+A predicate is a plain closure `event -> bool`; macros and lists are resolved once at
+compile time, regexes compiled once. Unset fields take their proto default (see fields.DEFAULTS).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import functools
+import re
+import zoneinfo
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from collector.policy.fields import DEFAULTS
+from collector.policy.model import (
+    AllOf,
+    AnyOf,
+    Condition,
+    FieldTest,
+    MacroRef,
+    NamedList,
+    Not,
+    PolicyException,
+    TimeOfDay,
+    Weekday,
+)
+
+Event = Mapping[str, Any]
+Predicate = Callable[[Event], bool]
+
+
+def _true(_: Event) -> bool:
+    return True
+
+
+@functools.lru_cache(maxsize=8192)
+def local_time(timestamp: str, zone: str) -> dt.datetime | None:
+    """@timestamp (ISO, UTC) in the given zone; None if absent or malformed."""
+    try:
+        moment = dt.datetime.fromisoformat(timestamp)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(zoneinfo.ZoneInfo(zone))
+
+
+class Compiler:
+    """Compiles conditions of one policy set against its macros and lists, in one timezone."""
+
+    def __init__(
+        self, macros: Mapping[str, Condition], lists: Mapping[str, NamedList], timezone: str
+    ) -> None:
+        self._macros = macros
+        self._lists = {name: frozenset(item.values) for name, item in lists.items()}
+        self._zone = timezone
+        self._compiled_macros: dict[str, Predicate] = {}
+
+    def compile(self, condition: Condition | None) -> Predicate:
+        """A predicate for `condition` (None is always true)."""
+        if condition is None:
+            return _true
+        if isinstance(condition, AllOf):
+            parts = tuple(self.compile(c) for c in condition.children)
+            return lambda e: all(p(e) for p in parts)
+        if isinstance(condition, AnyOf):
+            parts = tuple(self.compile(c) for c in condition.children)
+            return lambda e: any(p(e) for p in parts)
+        if isinstance(condition, Not):
+            inner = self.compile(condition.child)
+            return lambda e: not inner(e)
+        if isinstance(condition, MacroRef):
+            if condition.name not in self._compiled_macros:
+                self._compiled_macros[condition.name] = self.compile(self._macros[condition.name])
+            return self._compiled_macros[condition.name]
+        if isinstance(condition, TimeOfDay):
+            return self._time_of_day(condition)
+        if isinstance(condition, Weekday):
+            return self._weekday(condition)
+        return self._field(condition)
+
+    def exception(self, exc: PolicyException) -> Predicate:
+        """A predicate that is true when the exception applies to the event."""
+        if exc.condition is not None:
+            return self.compile(exc.condition)
+        fields = exc.fields
+        rows = [
+            tuple(frozenset(v) if isinstance(v, tuple) else frozenset((v,)) for v in row)
+            for row in exc.values
+        ]
+        defaults = tuple(DEFAULTS.get(f) for f in fields)
+
+        def applies(e: Event) -> bool:
+            values = [e.get(f, d) for f, d in zip(fields, defaults, strict=True)]
+            return any(
+                all(_member(v, allowed) for v, allowed in zip(values, row, strict=True)) for row in rows
+            )
+
+        return applies
+
+    def _time_of_day(self, cond: TimeOfDay) -> Predicate:
+        zone, start, end, inside = self._zone, cond.start, cond.end, cond.inside
+
+        def test(e: Event) -> bool:
+            moment = local_time(e.get("@timestamp", ""), zone)
+            if moment is None:
+                return False
+            minute = moment.hour * 60 + moment.minute
+            within = start <= minute < end if start <= end else (minute >= start or minute < end)
+            return within == inside
+
+        return test
+
+    def _weekday(self, cond: Weekday) -> Predicate:
+        zone, days = self._zone, cond.days
+
+        def test(e: Event) -> bool:
+            moment = local_time(e.get("@timestamp", ""), zone)
+            return moment is not None and moment.weekday() in days
+
+        return test
+
+    def _field(self, test: FieldTest) -> Predicate:
+        name, op, value = test.field, test.op, test.value
+        default = DEFAULTS.get(name)
+
+        def get(e: Event) -> Any:
+            return e.get(name, default)
+
+        if op == "exists":
+            return lambda e: (name in e) == value
+        if op == "eq":
+            return lambda e: _member(get(e), frozenset((value,)))
+        if op == "ne":
+            return lambda e: not _member(get(e), frozenset((value,)))
+        if op == "any_of":
+            allowed = frozenset(value) if isinstance(value, tuple) else frozenset((value,))
+            return lambda e: _member(get(e), allowed)
+        if op in ("in", "not_in"):
+            members = self._lists[str(value)]
+            positive = op == "in"
+            return lambda e: _member(get(e), members) == positive
+        if op in ("gt", "gte", "lt", "lte"):
+            limit = float(value)  # type: ignore[arg-type]
+            compare = _COMPARE[op]
+
+            def number(e: Event) -> bool:
+                v = get(e)
+                return isinstance(v, (int, float)) and not isinstance(v, bool) and compare(v, limit)
+
+            return number
+        patterns: tuple[str, ...] = tuple(str(p) for p in value)  # type: ignore[attr-defined]
+        match: Callable[[str], bool]
+        if op == "glob":
+            match = lambda s: any(fnmatch.fnmatchcase(s, p) for p in patterns)  # noqa: E731
+        elif op == "regex":
+            regexes = tuple(re.compile(p) for p in patterns)
+            match = lambda s: any(r.search(s) for r in regexes)  # noqa: E731
+        elif op == "startswith":
+            match = lambda s: s.startswith(patterns)  # noqa: E731
+        elif op == "endswith":
+            match = lambda s: s.endswith(patterns)  # noqa: E731
+        else:  # contains: a substring of a string, or an element of a list field
+            match = lambda s: any(p in s for p in patterns)  # noqa: E731
+            if isinstance(default, list):
+                wanted = frozenset(patterns)
+                return lambda e: any(str(v) in wanted for v in get(e) or ())
+
+        def text(e: Event) -> bool:
+            v = get(e)
+            if isinstance(v, list):
+                return any(isinstance(item, str) and match(item) for item in v)
+            return isinstance(v, str) and match(v)
+
+        return text
+
+
+_COMPARE: dict[str, Callable[[float, float], bool]] = {
+    "gt": lambda a, b: a > b,
+    "gte": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "lte": lambda a, b: a <= b,
+}
+
+
+def _member(value: Any, allowed: frozenset[Any]) -> bool:
+    """Equality against a set of values; a list field matches when any element does."""
+    if isinstance(value, list):
+        return any(_hashable(v) in allowed for v in value)
+    return _hashable(value) in allowed
+
+
+def _hashable(value: Any) -> Any:
+    return value if not isinstance(value, (dict, list)) else None
+
+
+def required_actions(condition: Condition | None, macros: Mapping[str, Condition]) -> frozenset[str] | None:
+    """The event.action values an event must have to satisfy `condition`, or None if any may.
+
+    The engine indexes policies by these, so an event is tested only against policies that can match.
+    """
+    if condition is None:
+        return None
+    if isinstance(condition, MacroRef):
+        target = macros.get(condition.name)
+        return required_actions(target, macros) if target is not None else None
+    if isinstance(condition, FieldTest) and condition.field == "event.action":
+        if condition.op == "eq":
+            return frozenset((str(condition.value),))
+        if condition.op == "any_of" and isinstance(condition.value, tuple):
+            return frozenset(str(v) for v in condition.value)
+        return None
+    if isinstance(condition, AllOf):
+        found: frozenset[str] | None = None
+        for child in condition.children:
+            actions = required_actions(child, macros)
+            if actions is not None:
+                found = actions if found is None else found & actions
+        return found
+    if isinstance(condition, AnyOf):
+        union: set[str] = set()
+        for child in condition.children:
+            actions = required_actions(child, macros)
+            if actions is None:
+                return None
+            union |= actions
+        return frozenset(union)
+    return None

@@ -1,0 +1,343 @@
+"""Evaluate stage, part 2: PolicyEngine runs a compiled policy set over events as they arrive.
+
+    engine = PolicyEngine(loader.load(["policies/"]), timezone="Europe/Berlin")
+    alerts = engine.evaluate(mapping)        # mapping from protos.events.to_mapping
+    alerts += engine.flush()                 # folded repeats whose suppression window closed
+
+No server needed: `policy test`, the benchmarks and the collector's PolicyListener all use it.
+Policies are indexed by the event.action values they can match, so an event meets only the
+policies that may fire on it. Window state is bounded (see windows.py); restart recovery is a
+replay of recent stored events through `warm()` (alerts are not raised again while warming).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from collector.alerts import alert as alert_mod
+from collector.alerts.alert import Alert
+from collector.alerts.suppress import Suppressor
+from collector.policy import conditions, summary
+from collector.policy.model import Policy, PolicySet
+from collector.policy.windows import (
+    AggregateWindow,
+    CoverageWindow,
+    Firing,
+    Inventory,
+    Limits,
+    SequenceWindow,
+)
+
+log = logging.getLogger(__name__)
+
+Event = Mapping[str, Any]
+
+# Events dated further than this past the collector's clock are treated as "now": one agent with a
+# wrong clock must not expire every other agent's windows.
+MAX_FUTURE_SKEW_SECONDS = 300.0
+SWEEP_EVERY = 4096  # events between sweeps of expired groups
+MAX_INVENTORIES = 100_000  # (agent, tag) pairs remembered
+GAP_MEMORY_SECONDS = 86_400.0  # alerts mention events an agent lost in the last day
+INVENTORY_ACTION = "agent.inventory"
+GAP_ACTION = "agent.gap"
+
+
+def event_time(event: Event) -> float | None:
+    """@timestamp as epoch seconds, or None when absent or malformed."""
+    text = event.get("@timestamp")
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()
+
+
+@dataclass
+class _Compiled:
+    policy: Policy
+    when: conditions.Predicate
+    exceptions: tuple[tuple[str, conditions.Predicate], ...]
+    steps: tuple[conditions.Predicate, ...]
+    window: AggregateWindow | CoverageWindow | SequenceWindow | None
+
+
+def _shape(policy: Policy) -> tuple[Any, ...]:
+    """What window state depends on: state survives a reload only if this is unchanged."""
+    if policy.aggregate:
+        agg = policy.aggregate
+        cov = agg.coverage
+        return (
+            "aggregate",
+            agg.by,
+            agg.window,
+            tuple((m.kind, m.field) for m in agg.measures),
+            (cov.of, cov.tags, cov.tag_field, cov.path_field) if cov else None,
+        )
+    if policy.sequence:
+        seq = policy.sequence
+        return ("sequence", seq.by, seq.within, tuple(s.name for s in seq.steps))
+    return ("single",)
+
+
+class PolicyEngine:
+    """Evaluates every event against a policy set; returns alerts after suppression."""
+
+    def __init__(
+        self,
+        policy_set: PolicySet,
+        timezone: str = "UTC",
+        limits: Limits | None = None,
+        suppression_seconds: float = 600.0,
+    ) -> None:
+        self.timezone = timezone
+        self.limits = limits or Limits()
+        self.suppressor = Suppressor(suppression_seconds)
+        self.clock = 0.0  # newest event time seen (epoch seconds)
+        self.inventory: dict[tuple[str, str], Inventory] = {}
+        self.gaps: dict[str, list[tuple[float, int]]] = {}
+        self.events_seen = 0
+        self.alerts_raised = 0
+        self._policies: list[_Compiled] = []
+        self._by_action: dict[str, list[_Compiled]] = {}
+        self._any_action: list[_Compiled] = []
+        self.policy_set = policy_set
+        self.load(policy_set)
+
+    # ---------------------------------------------------------------- the set
+
+    @property
+    def set_hash(self) -> str:
+        """Hash of the running policy set (every alert records it)."""
+        return self._hash
+
+    def load(self, policy_set: PolicySet) -> None:
+        """Run `policy_set` from now on; window state of unchanged policies (same id and shape) is kept."""
+        old = {c.policy.id: c for c in self._policies}
+        compiler = conditions.Compiler(
+            {n: m.condition for n, m in policy_set.macros.items()}, policy_set.lists, self.timezone
+        )
+        macros = {n: m.condition for n, m in policy_set.macros.items()}
+        compiled: list[_Compiled] = []
+        by_action: dict[str, list[_Compiled]] = {}
+        any_action: list[_Compiled] = []
+        for policy in policy_set.policies:
+            previous = old.get(policy.id)
+            window: AggregateWindow | CoverageWindow | SequenceWindow | None = None
+            if previous is not None and _shape(previous.policy) == _shape(policy):
+                window = previous.window
+            elif policy.aggregate and policy.aggregate.coverage:
+                window = CoverageWindow(policy.aggregate, self.limits)
+            elif policy.aggregate:
+                window = AggregateWindow(policy.aggregate, self.limits)
+            elif policy.sequence:
+                window = SequenceWindow(policy.sequence, self.limits)
+            steps = (
+                tuple(compiler.compile(s.condition) for s in policy.sequence.steps) if policy.sequence else ()
+            )
+            entry = _Compiled(
+                policy=policy,
+                when=compiler.compile(policy.when),
+                exceptions=tuple((e.name, compiler.exception(e)) for e in policy.exceptions),
+                steps=steps,
+                window=window,
+            )
+            compiled.append(entry)
+            actions = self._actions(policy, macros)
+            if actions is None:
+                any_action.append(entry)
+            else:
+                for action in actions:
+                    by_action.setdefault(action, []).append(entry)
+        self._policies, self._by_action, self._any_action = compiled, by_action, any_action
+        self.policy_set = policy_set
+        self._hash = policy_set.hash
+
+    @staticmethod
+    def _actions(policy: Policy, macros: dict[str, Any]) -> frozenset[str] | None:
+        when = conditions.required_actions(policy.when, macros)
+        if not policy.sequence:
+            return when
+        union: set[str] = set()
+        for step in policy.sequence.steps:
+            actions = conditions.required_actions(step.condition, macros)
+            if actions is None:
+                return when
+            union |= actions
+        return frozenset(union) if when is None else when & frozenset(union)
+
+    # ---------------------------------------------------------------- events
+
+    def evaluate(self, event: Event) -> list[Alert]:
+        """Evaluate one event (a dotted mapping); the alerts to raise now (after suppression)."""
+        return self._evaluate(event, raise_alerts=True)
+
+    def warm(self, events: Iterable[Event]) -> int:
+        """Rebuild window, inventory and gap state from stored events without raising alerts."""
+        n = 0
+        for event in events:
+            self._evaluate(event, raise_alerts=False)
+            n += 1
+        return n
+
+    def flush(self, now: float | None = None) -> list[Alert]:
+        """Follow-up alerts for folded repeats whose suppression window has closed by `now`
+        (default: the event clock; math.inf flushes everything, e.g. at the end of a replay)."""
+        return self.suppressor.due(self.clock if now is None else now)
+
+    def _evaluate(self, event: Event, raise_alerts: bool) -> list[Alert]:
+        self.events_seen += 1
+        now = event_time(event)
+        wall = time.time()
+        if now is None or now > wall + MAX_FUTURE_SKEW_SECONDS:
+            now = wall
+        self.clock = max(self.clock, now)
+        action = event.get("event.action", "")
+        if action == INVENTORY_ACTION:
+            self._inventory(event)
+        elif action == GAP_ACTION:
+            self._gap(event, now)
+        if self.events_seen % SWEEP_EVERY == 0:
+            self.expire()
+        candidates = self._by_action.get(action, ())
+        if self._any_action:
+            candidates = [*candidates, *self._any_action]
+        alerts: list[Alert] = []
+        for entry in candidates:
+            for firing in self._run(entry, event, now):
+                if not raise_alerts:
+                    continue
+                alert = self._alert(entry.policy, firing)
+                if self.suppressor.admit(alert):
+                    alerts.append(alert)
+        self.alerts_raised += len(alerts)
+        return alerts
+
+    def _run(self, entry: _Compiled, event: Event, now: float) -> list[Firing]:
+        policy = entry.policy
+        if not entry.when(event):
+            return []
+        if policy.sequence:
+            matched = frozenset(i for i, step in enumerate(entry.steps) if step(event))
+            if not matched or self._excepted(entry, event):
+                return []
+            key = tuple(_key_value(event.get(f)) for f in policy.sequence.by)
+            assert isinstance(entry.window, SequenceWindow)
+            fired = entry.window.add(key, now, str(event.get("event.id", "")), event, matched)
+            return [fired] if fired else []
+        if self._excepted(entry, event):
+            return []
+        event_id = str(event.get("event.id", ""))
+        if policy.aggregate:
+            key = tuple(_key_value(event.get(f)) for f in policy.aggregate.by)
+            if isinstance(entry.window, CoverageWindow):
+                agent = str(event.get("agent.id", ""))
+                return entry.window.add(
+                    key, now, event_id, event, lambda tag: self.inventory.get((agent, tag))
+                )
+            assert isinstance(entry.window, AggregateWindow)
+            fired = entry.window.add(key, now, event_id, event)
+            return [fired] if fired else []
+        key = tuple(_key_value(event.get(f)) for f in policy.suppress.by)
+        return [Firing(key, event, 1, [event_id] if event_id else [], {}, now, now)]
+
+    @staticmethod
+    def _excepted(entry: _Compiled, event: Event) -> bool:
+        return any(applies(event) for _, applies in entry.exceptions)
+
+    def _inventory(self, event: Event) -> None:
+        agent = str(event.get("agent.id", ""))
+        for item in event.get("exfilguard.inventory") or []:
+            if not isinstance(item, Mapping) or not item.get("tag"):
+                continue
+            key = (agent, str(item["tag"]))
+            if key not in self.inventory and len(self.inventory) >= MAX_INVENTORIES:
+                self.inventory.pop(next(iter(self.inventory)))
+            self.inventory[key] = Inventory(int(item.get("files", 0) or 0), int(item.get("bytes", 0) or 0))
+
+    def _gap(self, event: Event, now: float) -> None:
+        agent = str(event.get("agent.id", ""))
+        lost = event.get("exfilguard.gap.lost", 0)
+        recent = [g for g in self.gaps.get(agent, []) if g[0] >= now - GAP_MEMORY_SECONDS][-99:]
+        recent.append((now, int(lost) if isinstance(lost, int) else 0))
+        self.gaps[agent] = recent
+
+    def _alert(self, policy: Policy, firing: Firing) -> Alert:
+        event = firing.event
+        measures: dict[str, Any] = dict(firing.measures)
+        moment = conditions.local_time(str(event.get("@timestamp", "")), self.timezone)
+        if moment is not None:
+            measures["local_time"] = moment.strftime("%Y-%m-%d %H:%M:%S %Z")
+        measures.setdefault("count", firing.count)
+        agent = str(event.get("agent.id", ""))
+        lost = sum(n for t, n in self.gaps.get(agent, []) if t >= firing.last - GAP_MEMORY_SECONDS)
+        measures["agent_lost_events_24h"] = lost
+        text = summary.render(policy.summary, event, measures)
+        measures.pop("count")
+        fields = alert_mod.build(
+            policy_id=policy.id,
+            title=policy.title,
+            severity=policy.severity,
+            description=policy.description,
+            tags=policy.tags,
+            summary=text,
+            set_hash=self._hash,
+            event=event,
+            count=firing.count,
+            evidence=firing.evidence,
+            measures=measures,
+            first=_iso(firing.first),
+            last=_iso(firing.last),
+        )
+        group = (policy.id, *(_key_value(event.get(f)) for f in policy.suppress.by))
+        if policy.aggregate and policy.aggregate.coverage:
+            group = (*group, firing.measures.get("tag"))
+        return Alert(fields, group=group, suppress_seconds=policy.suppress.window, time=firing.last)
+
+    # ---------------------------------------------------------------- state
+
+    def expire(self, now: float | None = None) -> int:
+        """Drop window groups older than their span (also done every SWEEP_EVERY events)."""
+        at = self.clock if now is None else now
+        return sum(c.window.expire(at) for c in self._policies if c.window is not None)
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for metrics and `--json` output: groups open, evicted, events, alerts."""
+        return {
+            "policies": len(self._policies),
+            "set_hash": self._hash,
+            "events": self.events_seen,
+            "alerts": self.alerts_raised,
+            "open_groups": sum(len(c.window) for c in self._policies if c.window is not None),
+            "evicted_groups": sum(c.window.evicted for c in self._policies if c.window is not None),
+            "inventories": len(self.inventory),
+            "suppressed_pending": len(self.suppressor),
+        }
+
+    def longest_window(self) -> float:
+        """The longest aggregate window or sequence span: how far back a restart must replay."""
+        spans = [c.window.span for c in self._policies if c.window is not None]
+        return max(spans, default=0.0)
+
+
+def _key_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return None
+    return value
+
+
+def _iso(epoch: float) -> str | None:
+    if not math.isfinite(epoch) or epoch <= 0:
+        return None
+    return alert_mod.iso(dt.datetime.fromtimestamp(epoch, dt.UTC))

@@ -1,0 +1,53 @@
+"""The event fields a policy may name, derived from protos/exfilguard.proto (the one declaration).
+
+`FIELDS` maps each dotted ECS name to whether it holds a list (tags, exfilguard.source.tags,
+exfilguard.copy.method, exfilguard.inventory), so a typo such as `file.pth` is caught at load time.
+`DEFAULTS` holds what an unset field means (proto3 drops defaults from the mapping).
+"""
+
+from __future__ import annotations
+
+from typing import cast
+
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from protos import exfilguard_pb2 as pb
+
+_RENAMED = {"timestamp": "@timestamp"}
+
+
+def _walk(descriptor: Descriptor, prefix: str, out: dict[str, bool], defaults: dict[str, object]) -> None:
+    for field in descriptor.fields:
+        name = prefix + field.name if prefix else _RENAMED.get(field.name, field.name)
+        repeated = bool(field.is_repeated)
+        message = field.message_type
+        if message is not None and message.full_name == "google.protobuf.Timestamp":
+            out[name] = False
+            defaults[name] = None
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and message is not None and not repeated:
+            _walk(message, name + ".", out, defaults)
+        else:
+            out[name] = repeated
+            # proto3 leaves unset scalars out of the mapping; a policy sees their default, except
+            # for fields with presence (file.size): unknown is not zero.
+            defaults[name] = [] if repeated else (None if field.has_presence else field.default_value)
+
+
+def _fields() -> tuple[dict[str, bool], dict[str, object]]:
+    out: dict[str, bool] = {}
+    defaults: dict[str, object] = {}
+    _walk(cast(Descriptor, pb.Event.DESCRIPTOR), "", out, defaults)
+    return out, defaults
+
+
+FIELDS, DEFAULTS = _fields()
+
+
+def is_field(name: str) -> bool:
+    """True when `name` is a dotted event field of the proto."""
+    return name in FIELDS
+
+
+def is_list(name: str) -> bool:
+    """True when the field holds a list (repeated in the proto)."""
+    return FIELDS.get(name, False)

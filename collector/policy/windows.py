@@ -1,0 +1,329 @@
+"""Window state of aggregate and sequence policies: one group per `by` value, bounded in memory.
+
+Bounds (documented in docs/policies.md too):
+  - time: a group whose newest event is older than the window (or sequence span) is dropped by
+    `expire(now)`; the engine sweeps every few thousand events. Entries inside a group slide out
+    as newer events arrive. No window may exceed 90 days (units.MAX_DURATION_SECONDS).
+  - groups: at most `Limits.max_groups` per policy; beyond that the least recently updated group
+    is evicted (and counted in `evicted`).
+  - per group: at most `Limits.max_entries` events (oldest dropped first: every count threshold
+    at or below the cap still fires), `Limits.max_evidence` event ids, and `Limits.max_paths`
+    distinct source paths under coverage.
+Time is event time (@timestamp, epoch seconds), so replays and rebuilds after a restart behave
+exactly like live evaluation.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from collector.policy import units
+from collector.policy.model import Aggregate, Coverage, Sequence
+
+GroupKey = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on window memory; see the module docstring."""
+
+    max_groups: int = 100_000
+    max_entries: int = 10_000
+    max_evidence: int = 50
+    max_paths: int = 100_000
+
+
+@dataclass
+class Firing:
+    """A window reached its threshold: what the alert is built from."""
+
+    key: GroupKey
+    event: Mapping[str, Any]
+    count: int
+    evidence: list[str]
+    measures: dict[str, Any]
+    first: float
+    last: float
+
+
+class _Groups:
+    """Groups in least-recently-updated order, capped; the base of every window kind."""
+
+    def __init__(self, span: float, limits: Limits) -> None:
+        self.span = span
+        self.limits = limits
+        self.groups: OrderedDict[GroupKey, Any] = OrderedDict()
+        self.evicted = 0
+
+    def touch(self, key: GroupKey, new: Callable[[], Any]) -> Any:
+        state = self.groups.get(key)
+        if state is None:
+            state = self.groups[key] = new()
+            while len(self.groups) > self.limits.max_groups:
+                self.groups.popitem(last=False)
+                self.evicted += 1
+        else:
+            self.groups.move_to_end(key)
+        return state
+
+    def expire(self, now: float) -> int:
+        """Drop groups with nothing newer than the span; returns how many were dropped."""
+        cutoff = now - self.span
+        dropped = 0
+        while self.groups:
+            key, state = next(iter(self.groups.items()))
+            if state.last >= cutoff:
+                break  # update order is (nearly) time order: the rest is newer
+            del self.groups[key]
+            dropped += 1
+        return dropped
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def keys(self) -> Iterator[GroupKey]:
+        """Open group keys, oldest first."""
+        return iter(self.groups)
+
+
+class _Tally:
+    """One group of a count/distinct/sum aggregate: the events inside the window."""
+
+    __slots__ = ("distinct", "entries", "last", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[tuple[float, str, float, Any]] = deque()  # (time, event id, amount, value)
+        self.total = 0.0
+        self.distinct: dict[Any, int] = {}
+        self.last = 0.0
+
+    def drop_oldest(self) -> None:
+        _, _, amount, value = self.entries.popleft()
+        self.total -= amount
+        if value is not None:
+            left = self.distinct[value] - 1
+            if left:
+                self.distinct[value] = left
+            else:
+                del self.distinct[value]
+
+
+class AggregateWindow(_Groups):
+    """Sliding count / distinct / sum windows of one aggregate policy."""
+
+    def __init__(self, aggregate: Aggregate, limits: Limits) -> None:
+        super().__init__(aggregate.window, limits)
+        self.aggregate = aggregate
+        self.sum_field = next((m.field for m in aggregate.measures if m.kind == "sum"), None)
+        self.distinct_field = next((m.field for m in aggregate.measures if m.kind == "distinct"), None)
+
+    def add(self, key: GroupKey, now: float, event_id: str, event: Mapping[str, Any]) -> Firing | None:
+        """Count one matching event into its group; a Firing when a threshold is reached (group resets)."""
+        tally: _Tally = self.touch(key, _Tally)
+        amount = 0.0
+        if self.sum_field:
+            raw = event.get(self.sum_field)
+            amount = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else 0.0
+        value = None
+        if self.distinct_field:
+            value = _hashable(event.get(self.distinct_field))
+        tally.entries.append((now, event_id, amount, value))
+        tally.total += amount
+        if value is not None:
+            tally.distinct[value] = tally.distinct.get(value, 0) + 1
+        tally.last = max(tally.last, now)
+        cutoff = now - self.span
+        while tally.entries and (
+            tally.entries[0][0] < cutoff or len(tally.entries) > self.limits.max_entries
+        ):
+            tally.drop_oldest()
+        reached = False
+        for measure in self.aggregate.measures:
+            got = {"count": len(tally.entries), "distinct": len(tally.distinct), "sum": tally.total}[
+                measure.kind
+            ]
+            if got > measure.threshold or (measure.op == "gte" and got >= measure.threshold):
+                reached = True
+        if not reached:
+            return None
+        entries = tally.entries
+        measures: dict[str, Any] = {"window": units.human_duration(self.span)}
+        if self.sum_field:
+            measures["bytes"] = units.human_bytes(tally.total)
+            measures["sum"] = tally.total
+        if self.distinct_field:
+            measures["distinct"] = len(tally.distinct)
+        firing = Firing(
+            key=key,
+            event=event,
+            count=len(entries),
+            evidence=[e[1] for e in list(entries)[-self.limits.max_evidence :]],
+            measures=measures,
+            first=entries[0][0],
+            last=entries[-1][0],
+        )
+        del self.groups[key]  # start counting afresh; repeats fold in suppression
+        return firing
+
+
+@dataclass
+class _Collection:
+    """One group of a coverage aggregate: source paths of one tag copied in the window."""
+
+    paths: OrderedDict[str, tuple[float, float, str]] = field(
+        default_factory=OrderedDict
+    )  # path -> time, size, id
+    last: float = 0.0
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """An agent's latest count of a tag: files and bytes under it."""
+
+    files: int
+    bytes: int
+
+
+class CoverageWindow(_Groups):
+    """Share of a tag's collection (from the agent's inventory) copied within the window."""
+
+    def __init__(self, aggregate: Aggregate, limits: Limits) -> None:
+        super().__init__(aggregate.window, limits)
+        assert aggregate.coverage is not None
+        self.coverage: Coverage = aggregate.coverage
+
+    def add(
+        self,
+        key: GroupKey,
+        now: float,
+        event_id: str,
+        event: Mapping[str, Any],
+        inventory: Callable[[str], Inventory | None],
+    ) -> list[Firing]:
+        """Record the copied source under each of its tags; Firings for collections now covered."""
+        cov = self.coverage
+        tags = event.get(cov.tag_field) or []
+        tags = [tags] if isinstance(tags, str) else tags
+        path = event.get(cov.path_field) or event.get("file.path")
+        if not path:
+            return []
+        raw_size = event.get(cov.size_field)
+        size = float(raw_size) if isinstance(raw_size, (int, float)) else 0.0
+        out = []
+        for tag in tags:
+            if cov.tags is not None and tag not in cov.tags:
+                continue
+            group_key = (*key, tag)
+            group: _Collection = self.touch(group_key, _Collection)
+            group.paths.pop(path, None)  # re-copying a file refreshes it, never counts twice
+            group.paths[path] = (now, size, event_id)
+            group.last = max(group.last, now)
+            cutoff = now - self.span
+            while group.paths and (
+                next(iter(group.paths.values()))[0] < cutoff or len(group.paths) > self.limits.max_paths
+            ):
+                group.paths.popitem(last=False)
+            known = inventory(str(tag))
+            if known is None or known.files < cov.min_files:
+                continue  # without the agent's count "the whole collection" cannot be judged
+            copied_files = len(group.paths)
+            copied_bytes = sum(v[1] for v in group.paths.values())
+            share = (
+                copied_files / known.files
+                if cov.of == "files"
+                else (copied_bytes / known.bytes if known.bytes else 0.0)
+            )
+            share = min(share, 1.0)
+            if not (share > cov.threshold or (cov.op == "gte" and share >= cov.threshold - 1e-9)):
+                continue
+            values = list(group.paths.values())
+            out.append(
+                Firing(
+                    key=group_key,
+                    event=event,
+                    count=copied_files,
+                    evidence=[v[2] for v in values[-self.limits.max_evidence :]],
+                    measures={
+                        "coverage": f"{share:.0%}",
+                        "coverage_share": round(share, 4),
+                        "tag": tag,
+                        "inventory_files": known.files,
+                        "inventory_bytes": known.bytes,
+                        "bytes": units.human_bytes(copied_bytes),
+                        "sum": copied_bytes,
+                        "window": units.human_duration(self.span),
+                    },
+                    first=values[0][0],
+                    last=values[-1][0],
+                )
+            )
+            del self.groups[group_key]
+        return out
+
+
+class _Progress:
+    """One group of a sequence: how far it got, since when, on which events."""
+
+    __slots__ = ("evidence", "last", "next_step", "start", "steps")
+
+    def __init__(self) -> None:
+        self.next_step = 0
+        self.start = 0.0
+        self.last = 0.0
+        self.evidence: list[str] = []
+        self.steps: list[str] = []
+
+
+class SequenceWindow(_Groups):
+    """Ordered steps per group within a span from the first step."""
+
+    def __init__(self, sequence: Sequence, limits: Limits) -> None:
+        super().__init__(sequence.within, limits)
+        self.sequence = sequence
+
+    def add(
+        self, key: GroupKey, now: float, event_id: str, event: Mapping[str, Any], matched: frozenset[int]
+    ) -> Firing | None:
+        """Advance the group with an event matching the steps in `matched`; a Firing when all are done."""
+        steps = self.sequence.steps
+        progress: _Progress | None = self.groups.get(key)
+        if progress is not None and now - progress.start > self.span:
+            del self.groups[key]
+            progress = None
+        if progress is not None and progress.next_step in matched:
+            self.groups.move_to_end(key)
+        elif 0 in matched and (progress is None or progress.next_step <= 1):
+            # A fresh first step restarts the clock: the later start gives the rest more time.
+            progress = self.touch(key, _Progress)
+            progress.next_step, progress.start, progress.evidence, progress.steps = 0, now, [], []
+        else:
+            return None
+        assert progress is not None
+        if len(progress.evidence) < self.limits.max_evidence:
+            progress.evidence.append(event_id)
+        progress.steps.append(steps[progress.next_step].name)
+        progress.next_step += 1
+        progress.last = now
+        if progress.next_step < len(steps):
+            return None
+        del self.groups[key]
+        return Firing(
+            key=key,
+            event=event,
+            count=len(steps),
+            evidence=progress.evidence,
+            measures={"steps": " -> ".join(progress.steps), "window": units.human_duration(self.span)},
+            first=progress.start,
+            last=now,
+        )
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return None
+    return value
