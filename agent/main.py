@@ -159,6 +159,7 @@ class Agent:
                 log.exception("sensor %s failed to start; continuing without it", sensor.name)
                 continue
             self.sensors.append(sensor)
+        self.transport.capabilities += [f"sensor:{s.name}" for s in self.sensors]
         self.transport.start()
         log.info(
             "agent %s started: id=%s host=%s collector=%s sensors=[%s] backlog=%d",

@@ -183,3 +183,21 @@ def test_unsent_events_of_a_killed_agent_survive_in_the_spool(tmp_path: Path) ->
 
 
 _ = Received  # re-exported for other agent tests
+
+
+def test_an_outage_is_logged_once_not_per_retry(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = _config(tmp_path, f"127.0.0.1:{port}", reconnect_max_seconds=0.05)
+    spool, transport = _agent(tmp_path, config)
+    caplog.set_level("DEBUG", logger="exfilguard.agent.transport")
+    transport.start()
+    wait_for(lambda: sum("reconnecting in" in r.message for r in caplog.records) >= 10, what="ten retries")
+    transport.stop(0.1)
+    spool.close()
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert "status=UNAVAILABLE" in warnings[0].message
