@@ -23,7 +23,9 @@ log = logging.getLogger("exfilguard.collector")
 
 INGEST_SERVICE = pb.DESCRIPTOR.services_by_name["Ingest"].full_name
 _REGISTRY_FLUSH_SECONDS = 1.0
-_SHUTDOWN_GRACE_SECONDS = 5.0
+# Agent streams never end by themselves; the grace only lets in-flight batches get their ack.
+# A batch cut off here is committed or not, and is resent by the agent either way.
+_SHUTDOWN_GRACE_SECONDS = 1.0
 
 
 class ServeError(Exception):
