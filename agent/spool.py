@@ -142,7 +142,9 @@ class Spool:
         """
         with self._cond:
             if self._closing:
-                raise RuntimeError("spool is closed")
+                # A sensor thread that outlived its stop(): nothing can be stored any more.
+                log.warning("event %s emitted after the spool closed; not stored", event.event.action)
+                return
             self._enqueued += 1
             if len(self._queue) >= self._queue_limit:
                 # Counted under the lock, stored as a gap by the writer.

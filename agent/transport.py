@@ -48,6 +48,7 @@ _EVENT_OVERHEAD = 8
 _ENVELOPE_BYTES = 1024
 _BACKOFF_BASE_SECONDS = 0.25
 _WINDOW_BATCHES = 8  # how many batches may be unacknowledged on the wire
+_MIN_BATCH_BYTES = 16 << 10
 
 
 _Call = grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CollectorMessage]
@@ -166,6 +167,7 @@ class Transport:
         self._on_config = on_config
         self.config_version = config_version
         self.stats = TransportStats()
+        self.batch_bytes = config.max_message_bytes  # lowered if the collector's limit is smaller
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._thread_main, name="transport", daemon=True)
         self._wakeup = asyncio.Event()  # new events spooled, or an ack opened the window
@@ -236,6 +238,8 @@ class Transport:
                 self._disconnected("UNAVAILABLE", "collector closed the stream")
             except grpc.aio.AioRpcError as exc:
                 self._disconnected(exc.code().name, exc.details() or "")
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    self._shrink_batches()
             except (TransportError, OSError, ValueError) as exc:
                 self._disconnected("INTERNAL", str(exc))
             if self._connected_once:
@@ -244,6 +248,14 @@ class Transport:
             attempt += 1
             log.debug("reconnecting in %.2fs (attempt %d)", delay, attempt)
             await asyncio.sleep(delay)
+
+    def _shrink_batches(self) -> None:
+        # The collector accepts smaller messages than our config says: halve until it fits,
+        # rather than resending the same too-big batch forever.
+        smaller = max(_MIN_BATCH_BYTES, self.batch_bytes // 2)
+        if smaller < self.batch_bytes:
+            self.batch_bytes = smaller
+            log.warning("collector refused a batch as too large; batches are now at most %d bytes", smaller)
 
     def _disconnected(self, code: str, details: str) -> None:
         was_connected, self._connected = self._connected_once, False
@@ -391,7 +403,7 @@ class _Session:
                 # Only acks delete rows, and we never send past the spool: this cannot happen
                 # unless the spool file was swapped underneath us. Never skip silently.
                 log.error("spool is missing sequences %d..%d", self.cursor + 1, rows[0][0] - 1)
-            for part in split_batches(rows, self.config.max_message_bytes):
+            for part in split_batches(rows, self.t.batch_bytes):
                 message = pb.AgentMessage()
                 for _, blob in part:
                     message.batch.events.add().ParseFromString(blob)

@@ -201,3 +201,19 @@ def test_an_outage_is_logged_once_not_per_retry(tmp_path: Path, caplog: pytest.L
     warnings = [r for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1
     assert "status=UNAVAILABLE" in warnings[0].message
+
+
+def test_a_collector_with_a_smaller_message_limit_still_gets_everything(tmp_path: Path) -> None:
+    server = FakeCollector(max_message_bytes=64 << 10).start()
+    config = _config(tmp_path, server.address, max_message_bytes=1 << 20)  # agent thinks 1 MiB is fine
+    spool, transport = _agent(tmp_path, config)
+    _emit(spool, 40, path_bytes=10_000)
+    spool.flush(5)
+    transport.start()
+    try:
+        wait_for(lambda: server.received.contiguous() == 40, what="events after shrinking batches")
+        assert transport.batch_bytes <= 64 << 10
+    finally:
+        transport.stop(1)
+        spool.close()
+        server.stop()
