@@ -352,6 +352,13 @@ class _Session:
             kind = message.WhichOneof("body")
             if kind == "ack":
                 seq = message.ack.sequence
+                if not self.t._connected and seq < self.acked:
+                    # Its answer to our hello: it holds less than it once acknowledged (restored
+                    # from a backup?). Those events are gone from our spool; say so loudly.
+                    log.error(
+                        "collector holds this agent's events only up to %d but acknowledged up to %d "
+                        "before; events %d..%d are missing there", seq, self.acked, seq + 1, self.acked,
+                    )
                 self.t._mark_connected(self.cursor)
                 if seq > self.acked:
                     self.acked = seq
