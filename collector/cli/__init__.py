@@ -17,13 +17,15 @@ Run = Callable[[argparse.Namespace], int]
 def _modules() -> list[ModuleType]:
     # Imported here so `exfilguard --help` stays fast and one broken command cannot break the others.
     from collector.cli import agents
+    from collector.cli import alerts as alerts_cmd
     from collector.cli import certs as certs_cmd
     from collector.cli import export as export_cmd
     from collector.cli import keys as key_cmd
+    from collector.cli import policy as policy_cmd
     from collector.cli import retention as prune_cmd
     from collector.cli import verify as verify_cmd
 
-    return [agents, certs_cmd, export_cmd, verify_cmd, key_cmd, prune_cmd]
+    return [agents, certs_cmd, export_cmd, verify_cmd, key_cmd, prune_cmd, alerts_cmd, policy_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
