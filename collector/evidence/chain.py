@@ -19,10 +19,23 @@ GENESIS = bytes(32)
 CHAIN_FIELDS = ("exfilguard.chain.hash", "exfilguard.chain.prev")
 
 
+# Built once: json.dumps with non-default options builds a new encoder on every call.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def canonical_text(mapping: dict[str, Any]) -> str:
+    """`canonical` before UTF-8 encoding (exports write it as text)."""
+    return _ENCODE({k: v for k, v in mapping.items() if k not in CHAIN_FIELDS})
+
+
+def canonical_body_text(body: dict[str, Any]) -> str:
+    """`canonical_text` of a mapping already without chain fields (saves a copy per event)."""
+    return _ENCODE(body)
+
+
 def canonical(mapping: dict[str, Any]) -> bytes:
     """The bytes that are hashed: sorted keys, no spaces, UTF-8, chain fields left out."""
-    body = {k: v for k, v in mapping.items() if k not in CHAIN_FIELDS}
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return canonical_text(mapping).encode()
 
 
 def link(prev: bytes, mapping: dict[str, Any]) -> bytes:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
-import json
 import os
 import sys
 import time
@@ -145,24 +144,30 @@ def write_export(
     sink = _HashingSink(out)
     result = ExportResult(format=fmt)
     agents: dict[str, AgentRange] = {}
-    writer = csv.writer(sink, lineterminator="\n") if fmt == "csv" else None
+    # Rows end without a terminator: the record column is appended by hand (see below).
+    writer = csv.writer(sink, lineterminator="") if fmt == "csv" else None
     if writer is not None:
         writer.writerow(formats.CSV_HEADER)
+        sink.write("\n")
     index = formats.COLUMN_INDEX
-    width = len(formats.CSV_HEADER)
+    width = len(formats.CSV_HEADER) - 1
     triggers = formats.FORMULA_TRIGGERS
     not_hashed = formats.NOT_HASHED
     display = formats.display
     sha256 = hashlib.sha256
-    dumps = json.dumps
+    canonical_text = chain.canonical_body_text
+    jsonl_line = formats.jsonl_line
     current: AgentRange | None = None
     rows = 0
     first_time = last_time = None
     for mapping in records:
         prev_hex = _hex(mapping.get(formats.PREV))
         hash_hex = _hex(mapping.get(formats.HASH))
-        body = {k: v for k, v in mapping.items() if k not in not_hashed}
-        record = dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        # The source's dicts are ours: drop the bookkeeping in place rather than copy each event.
+        body = mapping
+        for name in not_hashed:
+            body.pop(name, None)
+        record = canonical_text(body)
         agent_id = str(body.get(formats.AGENT, ""))
         sequence = int(body.get(formats.SEQUENCE, 0))
         if current is None or current.agent_id != agent_id:
@@ -194,20 +199,25 @@ def write_export(
                 i = index.get(key)
                 if i is None:
                     continue
-                if type(value) is str:
+                kind = type(value)
+                if kind is str:
                     row[i] = "'" + value if value and value[0] in triggers else value
+                elif kind is int and value >= 0:
+                    row[i] = value  # csv.writer formats it; a non-negative number is no formula
                 else:
                     row[i] = display(value)
-            row[-4] = prev_hex
-            row[-3] = hash_hex
-            row[-2] = previous_sequence
-            row[-1] = record
+            row[-3] = prev_hex
+            row[-2] = hash_hex
+            row[-1] = previous_sequence
             writer.writerow(row)
+            # The record is JSON, full of quotes: quoting it here is several times cheaper than
+            # letting csv.writer scan it, and always-quoted is valid CSV for every reader.
+            sink.write(',"' + record.replace('"', '""') + '"\n')
         else:
             body[formats.PREV] = prev_hex
             body[formats.HASH] = hash_hex
             body[formats.PREVIOUS_SEQUENCE] = previous_sequence
-            sink.write(dumps(body, ensure_ascii=False, separators=(",", ":")))
+            sink.write(jsonl_line(body))
             sink.write("\n")
         rows += 1
         if progress is not None and not rows & 1023:

@@ -64,6 +64,10 @@ CSV_HEADER: tuple[str, ...] = (*ECS_COLUMNS, *BOOKKEEPING, RECORD)
 COLUMN_INDEX = {name: i for i, name in enumerate(CSV_HEADER)}
 
 
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_ENCODE_LINE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def neutralise(text: str) -> str:
     """Text a spreadsheet shows as text: formula triggers get a leading apostrophe."""
     if text and text[0] in FORMULA_TRIGGERS:
@@ -82,7 +86,7 @@ def display(value: Any) -> str:
     elif isinstance(value, int | float):
         text = str(value)
     else:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        text = _ENCODE(value)
     if text and text[0] in FORMULA_TRIGGERS:
         return NEUTRALISER + text
     return text
@@ -90,4 +94,4 @@ def display(value: Any) -> str:
 
 def jsonl_line(mapping: dict[str, Any]) -> str:
     """One JSON Lines record (no newline); key order as in the mapping."""
-    return json.dumps(mapping, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODE_LINE(mapping)
