@@ -1,8 +1,9 @@
 """CopyDetector: every file written onto removable media, and which tagged file it copies.
 
 Two independent ways to tie a written file to a tagged one:
-  - process lineage: the writing process (or one in its process group, e.g. rsync's
-    receiver or the far end of a shell pipe) opened tagged files before;
+  - process lineage: the writing process opened tagged files before, or its parent,
+    grandparent or process group opened a tagged file of the same name (rsync's receiver
+    writes what its sender read);
   - content fingerprint: a tagged file of the same size has the same sampled hash and
     then the same full SHA-256, whatever the new name.
 An archive that matches no single file is still tied to the tagged files its writer read.
@@ -84,15 +85,34 @@ class CopyDetector:
             reads.files.popitem(last=False)
 
     def _lineage(self, written: Written) -> list[tuple[str, tuple[str, ...]]]:
-        """Tagged files the writer's process (else its process group) read recently, oldest first."""
+        """Tagged files behind a write: what the writer read recently, oldest first; else
+        same-named files its parent or grandparent read."""
         cutoff = time.monotonic() - _LINEAGE_SECONDS
         with self._lock:
             reads = self._by_pid.get(written.pid)
-            if (reads is None or not reads.files) and written.info is not None and written.info.pgid > 1:
+            own = [(p, tags) for p, (t, tags) in reads.files.items() if t >= cutoff] if reads else []
+        if own or written.info is None:
+            return own
+        name = os.path.basename(written.path)
+        ancestor = written.info.ppid
+        for _generation in range(2):
+            if ancestor <= 1:
+                break
+            with self._lock:
+                reads = self._by_pid.get(ancestor)
+                same = [(p, tags) for p, (t, tags) in reads.files.items()
+                        if t >= cutoff and os.path.basename(p) == name] if reads else []
+            if same:
+                return same[-1:]
+            parent = procinfo.read_proc(ancestor)
+            ancestor = parent.ppid if parent is not None else 0
+        if written.info.pgid > 1:
+            with self._lock:
                 reads = self._by_pgid.get(written.info.pgid)
-            if reads is None:
-                return []
-            return [(p, tags) for p, (t, tags) in reads.files.items() if t >= cutoff]
+                same = [(p, tags) for p, (t, tags) in reads.files.items()
+                        if t >= cutoff and os.path.basename(p) == name] if reads else []
+            return same[-1:]
+        return []
 
     # -------------------------------------------------------------- writes
 

@@ -14,11 +14,14 @@ fd on the file, whose path we read from /proc/self/fd. Marks:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno as errno_mod
 import logging
 import os
+import queue
+import resource
 import select
 import struct
 import threading
@@ -60,7 +63,7 @@ _READ_SIZE = 64 * 1024
 _MARK_KINDS = {"inode": FAN_MARK_DONT_FOLLOW, "mount": FAN_MARK_MOUNT, "filesystem": FAN_MARK_FILESYSTEM}
 
 TAGGED_MASK = FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_EVENT_ON_CHILD
-MOUNT_MASK = FAN_CLOSE_WRITE
+MOUNT_MASK = FAN_OPEN | FAN_CLOSE_WRITE  # the open only to read /proc while the writer lives
 ARCHIVE_MASK = FAN_CLOSE_WRITE
 
 
@@ -146,12 +149,14 @@ AccessHandler = Callable[[Access], None]
 
 
 class FanotifySensor:
-    """Reads fanotify events in one thread and hands resolved accesses to the file sensors.
+    """Reads fanotify events and hands resolved accesses to the file sensors.
 
-    `on_tagged` gets events under tagged marks; `on_removable` close-after-write on
-    removable mounts (deferred briefly, so a temp-then-rename writer such as rsync is seen
-    under its final name); `on_other_write` close-after-write elsewhere, but only for pids
-    `wants_pid` accepts (so unrelated writes cost one dict look-up and a close).
+    Two threads: the reader drains the kernel queue and resolves each event at once (path
+    from the fd, process from /proc while it still lives); a worker does the slower part
+    (hashing, emitting) in the same order. `on_tagged` gets events under tagged marks;
+    `on_removable` close-after-write on removable mounts, handled `defer_seconds` later so a
+    temp-then-rename writer such as rsync is seen under its final name; `on_other_write`
+    close-after-write elsewhere, only for pids `wants_pid` accepts.
     """
 
     name = "fanotify"
@@ -167,23 +172,29 @@ class FanotifySensor:
         wants_pid: Callable[[int], bool] | None = None,
         on_overflow: Callable[[], None] | None = None,
         defer_seconds: float = 0.3,
+        max_pending: int = 2048,
     ) -> None:
         self._group = Fanotify()
         self._is_tagged = is_tagged
         self._is_removable = is_removable
-        self._on_tagged = on_tagged
-        self._on_removable = on_removable
-        self._on_other_write = on_other_write
+        self._handlers: dict[str, AccessHandler] = {"tagged": on_tagged, "removable": on_removable}
+        if on_other_write is not None:
+            self._handlers["other"] = on_other_write
         self._wants_pid = wants_pid or (lambda _pid: False)
         self._on_overflow = on_overflow
         self._defer = defer_seconds
-        self._pending: deque[tuple[float, Access]] = deque()
+        # Bounded: each item holds an fd; when the worker lags, the reader waits and the
+        # kernel queue (unlimited for root) holds the rest.
+        self._work: queue.Queue[tuple[float, str, Access] | None] = queue.Queue(max_pending)
+        self._processes = procinfo.ProcessCache()
         self._me = os.getpid()
         self._stop_r, self._stop_w = os.pipe()
-        self._thread: threading.Thread | None = None
+        self._reader: threading.Thread | None = None
+        self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._marked: set[tuple[str, str]] = set()
         self.events_read = 0
+        _raise_fd_limit()
 
     # ----------------------------------------------------------------- marks
 
@@ -211,55 +222,58 @@ class FanotifySensor:
     def _mark(self, path: str, mask: int, kind: str, remove: bool = False) -> bool:
         key = (kind, path)
         with self._lock:
-            if (key in self._marked) != remove:
+            if remove:
+                if key not in self._marked:
+                    return False
+                self._marked.discard(key)
+                with contextlib.suppress(FanotifyUnavailable):
+                    self._group.mark(path, mask, kind=kind, remove=True)  # gone with its mount: fine
+                return True
+            if key in self._marked:
                 return False
             try:
-                self._group.mark(path, mask, kind=kind, remove=remove)
+                self._group.mark(path, mask, kind=kind)
             except FanotifyUnavailable as exc:
-                if exc.errno in (errno_mod.ENOENT, errno_mod.ENOTDIR, errno_mod.EINVAL) or remove:
-                    return False  # gone meanwhile, or the mount is already gone with its mark
+                if exc.errno in (errno_mod.ENOENT, errno_mod.ENOTDIR):
+                    return False  # removed meanwhile
                 raise
-            if remove:
-                self._marked.discard(key)
-            else:
-                self._marked.add(key)
+            self._marked.add(key)
             return True
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Run the reader thread."""
-        self._thread = threading.Thread(target=self._run, name="exfilguard-fanotify", daemon=True)
-        self._thread.start()
+        """Run the reader and worker threads."""
+        self._worker = threading.Thread(target=self._work_loop, name="exfilguard-fanotify-work", daemon=True)
+        self._worker.start()
+        self._reader = threading.Thread(target=self._read_loop, name="exfilguard-fanotify", daemon=True)
+        self._reader.start()
 
     def stop(self) -> None:
-        """Stop reading and close the group; idempotent."""
-        if self._thread is not None:
+        """Stop reading, finish queued work, close the group; idempotent."""
+        if self._reader is not None:
             os.write(self._stop_w, b"x")
-            self._thread.join(timeout=10)
-            self._thread = None
-        for _deadline, access in self._pending:
-            os.close(access.fd)
-        self._pending.clear()
+            self._reader.join(timeout=10)
+            self._reader = None
+        if self._worker is not None:
+            self._work.put(None)
+            self._worker.join(timeout=30)
+            self._worker = None
         if self._group.fd >= 0:
             self._group.close()
             os.close(self._stop_r)
             os.close(self._stop_w)
 
-    def _run(self) -> None:
+    def _read_loop(self) -> None:
         poller = select.poll()
         poller.register(self._group.fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
         while True:
-            timeout_ms = None
-            if self._pending:
-                timeout_ms = max(0, int((self._pending[0][0] - time.monotonic()) * 1000) + 1)
-            ready = poller.poll(timeout_ms)
+            ready = poller.poll()
             if any(fd == self._stop_r for fd, _ in ready):
                 return
             try:
                 self._drain()
-                self._flush(force=False)
             except Exception:  # a sensor thread must not die on one bad event
                 log.exception("fanotify event handling failed")
 
@@ -277,12 +291,12 @@ class FanotifySensor:
                 if fd == FAN_NOFD:
                     continue
                 try:
-                    self._dispatch(mask, fd, pid)
+                    self._resolve(mask, fd, pid)
                 except Exception:
                     os.close(fd)
                     raise
 
-    def _dispatch(self, mask: int, fd: int, pid: int) -> None:
+    def _resolve(self, mask: int, fd: int, pid: int) -> None:
         if pid == self._me:
             os.close(fd)
             return
@@ -293,40 +307,64 @@ class FanotifySensor:
             return
         if path.endswith(" (deleted)"):
             path = path[: -len(" (deleted)")]
+        kind = ""
+        due = 0.0
         if self._is_tagged(path):
-            access = Access(mask, path, fd, pid, procinfo.read_proc(pid))
-            try:
-                self._on_tagged(access)
-            finally:
-                os.close(fd)
-        elif mask & FAN_CLOSE_WRITE and self._is_removable(path):
-            # Read the process now (it may exit), the path later (it may be renamed).
-            access = Access(mask, path, fd, pid, procinfo.read_proc(pid))
-            self._pending.append((time.monotonic() + self._defer, access))
-            if len(self._pending) > 1024:
-                self._flush(force=True)  # bound the fds we hold
-        elif mask & FAN_CLOSE_WRITE and self._on_other_write is not None and self._wants_pid(pid):
-            access = Access(mask, path, fd, pid, procinfo.read_proc(pid))
-            try:
-                self._on_other_write(access)
-            finally:
-                os.close(fd)
-        else:
+            kind = "tagged"
+        elif self._is_removable(path):
+            if mask & FAN_CLOSE_WRITE:
+                kind, due = "removable", time.monotonic() + self._defer
+            else:
+                # An open on removable media: learn who it is while it lives, for the close.
+                self._processes.lookup(pid)
+        elif mask & FAN_CLOSE_WRITE and "other" in self._handlers and self._wants_pid(pid):
+            kind = "other"
+        if not kind:
             os.close(fd)
+            return
+        access = Access(mask, path, fd, pid, self._processes.lookup(pid))
+        self._work.put((due, kind, access))
 
-    def _flush(self, *, force: bool) -> None:
-        now = time.monotonic()
-        while self._pending:
-            deadline, access = self._pending[0]
-            if deadline > now and not (force and len(self._pending) > 512):
-                return
-            self._pending.popleft()
+    def _work_loop(self) -> None:
+        # Deferred removable writes wait aside while later events (reads that fanotify queued
+        # after a merged open+close of the written file) are handled first.
+        deferred: deque[tuple[float, str, Access]] = deque()
+        while True:
+            timeout = max(0.0, deferred[0][0] - time.monotonic()) if deferred else None
             try:
-                current = os.readlink(f"/proc/self/fd/{access.fd}")
-                if not current.endswith(" (deleted)"):
-                    access.path = current
-                self._on_removable(access)
-            except OSError:
-                log.debug("written file vanished before it could be checked: %s", access.path)
-            finally:
-                os.close(access.fd)
+                item = self._work.get(timeout=timeout)
+            except queue.Empty:
+                item = ("", "", None)  # type: ignore[assignment]
+            if item is None:
+                while deferred:
+                    self._handle(*deferred.popleft()[1:])
+                return
+            if item[2] is not None:
+                if item[1] == "removable":
+                    deferred.append(item)
+                else:
+                    self._handle(item[1], item[2])
+            now = time.monotonic()
+            while deferred and deferred[0][0] <= now:
+                self._handle(*deferred.popleft()[1:])
+
+    def _handle(self, kind: str, access: Access) -> None:
+        try:
+            if kind == "removable":
+                with contextlib.suppress(OSError):
+                    current = os.readlink(f"/proc/self/fd/{access.fd}")
+                    if not current.endswith(" (deleted)"):
+                        access.path = current
+            self._handlers[kind](access)
+        except Exception:
+            log.exception("fanotify %s access handling failed: %s", kind, access.path)
+        finally:
+            os.close(access.fd)
+
+
+def _raise_fd_limit() -> None:
+    """Queued events hold fds: lift the soft limit to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

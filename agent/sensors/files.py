@@ -255,6 +255,8 @@ class FileSensor:
         tags = self.tags.tags_for(src)
         if not tags:
             return
+        if isinstance(event, (FileOpenedEvent, FileClosedNoWriteEvent)) and self.index.read_by_us(src):
+            return  # the agent hashing a tagged file to compare it with a copy
         if isinstance(event, (FileCreatedEvent, DirCreatedEvent)):
             self.index.update(src)
             if event.is_directory and self._on_new_dir is not None:

@@ -15,6 +15,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
@@ -64,6 +65,8 @@ class FingerprintIndex:
         self._totals: dict[str, list[int]] = {}
         self._interned: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.version = 0  # bumped on every change: the inventory reports when it moves
+        # Paths we are hashing now: inotify cannot tell our own reads from a user's.
+        self._own_reads: dict[str, float] = {}
 
     # ------------------------------------------------------------- building
 
@@ -200,6 +203,19 @@ class FingerprintIndex:
                 return path, dest_full
         return None
 
+    def read_by_us(self, path: str) -> bool:
+        """Whether the agent itself opened `path` within the last second (to hash it)."""
+        until = self._own_reads.get(path)
+        return until is not None and until >= time.monotonic()
+
+    def _open_own(self, path: str, read: Callable[[int], _T]) -> _T | None:
+        with self._lock:
+            now = time.monotonic()
+            if len(self._own_reads) > 1024:
+                self._own_reads = {p: t for p, t in self._own_reads.items() if t >= now}
+            self._own_reads[path] = now + 1.0
+        return _with_file(path, read)
+
     def _sample_of(self, path: str, size: int) -> bytes | None:
         with self._lock:
             entry = self._files.get(path)
@@ -208,7 +224,7 @@ class FingerprintIndex:
             return None
         if cached is not None and cached[0] == entry[1]:
             return cached[1]
-        digest = _with_file(path, lambda fd: sample_digest(fd, size))
+        digest = self._open_own(path, lambda fd: sample_digest(fd, size))
         if digest is not None:
             with self._lock:
                 self._samples[path] = (entry[1], digest)
@@ -222,7 +238,7 @@ class FingerprintIndex:
             return None
         if cached is not None and cached[0] == entry[1]:
             return cached[1]
-        digest = _with_file(path, lambda fd: full_digest(fd, self.max_hash_bytes))
+        digest = self._open_own(path, lambda fd: full_digest(fd, self.max_hash_bytes))
         if digest is not None:
             with self._lock:
                 self._full[path] = (entry[1], digest)

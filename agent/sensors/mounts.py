@@ -100,13 +100,16 @@ class MountTable:
             os.write(self._stop_w, b"x")
             self._thread.join(timeout=10)
             self._thread = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     def recheck(self, _device: pb.Device | None = None) -> None:
         """Re-read the table and report changes (also called when a device attaches)."""
         with self._lock:
+            if self._fd < 0:
+                return  # stopped (the device sensor may still call in while it stops)
             text = self._read()
             if text is None:
                 return

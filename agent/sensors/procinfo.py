@@ -110,7 +110,8 @@ def describe(event: pb.Event, info: ProcessInfo | None, attribution: str, pid: i
     if info.loginuid >= 0:
         event.exfilguard.login_user.id = str(info.loginuid)
         event.exfilguard.login_user.name = user_name(info.loginuid)
-    event.exfilguard.attribution = attribution
+    # An exited (zombie) process still shows pid, uid and name, but no executable any more.
+    event.exfilguard.attribution = attribution if info.executable or attribution != EXACT else INFERRED
 
 
 class OpenFileIndex:
@@ -148,3 +149,47 @@ class OpenFileIndex:
             except (psutil.Error, OSError):
                 continue  # gone, or not ours to see without privilege
         return found
+
+
+class ProcessCache:
+    """Process identities by pid, so events handled after a short-lived process exited
+    (cp, cat) still name it. A cached identity is reused only while /proc/<pid>/stat shows
+    the same start time and command name (a new process, or an exec, reads afresh)."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._cache: dict[int, tuple[bytes, ProcessInfo]] = {}
+
+    def lookup(self, pid: int) -> ProcessInfo | None:
+        """Identity of `pid`: live from /proc, else the last one seen (None if never seen)."""
+        key = _stat_key(pid)
+        with self._lock:
+            cached = self._cache.get(pid)
+        if cached is not None and (key is None or key == cached[0]):
+            return cached[1]
+        if key is None:
+            return None
+        info = read_proc(pid)
+        if info is None:
+            return cached[1] if cached is not None else None
+        with self._lock:
+            if len(self._cache) >= self._size:
+                # drop the oldest quarter: insertion order is age order
+                for old in list(self._cache)[: self._size // 4]:
+                    del self._cache[old]
+            self._cache[pid] = (key, info)
+        return info
+
+
+def _stat_key(pid: int) -> bytes | None:
+    """(comm, start time) of a live pid as one bytes key; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:
+        return None
+    close = stat.rfind(b")")
+    fields = stat[close + 2 :].split()
+    # field 22 (starttime) is index 19 after the ")"
+    return stat[: close + 1] + b"|" + (fields[19] if len(fields) > 19 else b"")
