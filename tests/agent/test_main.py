@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,46 @@ def test_corrupt_identity_is_an_error_not_a_new_id(tmp_path: Path) -> None:
     with pytest.raises(identity.IdentityError) as err:
         identity.load_or_create(tmp_path)
     assert err.value.path == str(tmp_path / identity.ID_FILE)
+
+
+def test_pushed_config_is_stored_privately_and_reported_in_the_next_hello(tmp_path: Path) -> None:
+    from protos import exfilguard_pb2 as pb
+    from tests.agent.fake_collector import FakeCollector
+
+    server = FakeCollector().start()
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"collector: {server.address}\nstate_dir: state\nreconnect_max_seconds: 0.5\n")
+    stored = tmp_path / "state" / "central-config.json"
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        first = subprocess.Popen([AGENT, "--config", str(config), "--no-sensors"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(first)
+        _wait(lambda: server.received.contiguous() >= 1, "agent.start at the collector")
+        server.push_config(pb.AgentConfig(version="cfg-42", yaml="tags: {}\n"))
+        _wait(stored.exists, "the pushed config on disk")
+        assert json.loads(stored.read_text()) == {"version": "cfg-42", "yaml": "tags: {}\n"}
+        assert stored.stat().st_mode & 0o777 == 0o600
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(30) == 0
+        second = subprocess.Popen([AGENT, "--config", str(config), "--no-sensors"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(second)
+        _wait(lambda: len(server.received.hellos) >= 2, "the second hello")
+        assert server.received.hellos[-1].config_version == "cfg-42"
+        assert "sensor:" not in " ".join(server.received.hellos[-1].capabilities)
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+        server.stop()
+
+
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
