@@ -37,6 +37,20 @@ async def _run(config: CollectorConfig, store: Store) -> None:
     await serve(config, store, stop, build_listeners(config, store))
 
 
+def _signing_key(config: CollectorConfig) -> None:
+    """Create the evidence signing key on first start (exports are signed with it)."""
+    from collector.evidence import keys
+    from collector.evidence.errors import EvidenceError
+
+    try:
+        public = keys.load_or_create(config.state_dir).public
+    except EvidenceError as exc:
+        # Collecting matters more than signing: keep running, exports will name the problem.
+        log.error("evidence signing key unusable, exports cannot be signed: %s", exc)
+        return
+    log.info("evidence signing key %s", public.fingerprint())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `exfilguard-collector` console script."""
     parser = argparse.ArgumentParser(prog="exfilguard-collector", description="ExfilGuard collector")
@@ -57,6 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot open the store: %s", exc)
         print(f"exfilguard-collector: {exc}", file=sys.stderr)
         return 1
+    _signing_key(config)
     try:
         asyncio.run(_run(config, store))
     except (ServeError, StoreError, TlsError) as exc:
