@@ -1,0 +1,118 @@
+"""The sensors' parts on real files and processes, no devices needed (run anywhere)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from agent.config import SensorSettings
+from agent.sensors import procinfo
+from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.mounts import parse_mountinfo
+from agent.sensors.staging import StagingDetector, Written, looks_like_archive
+from agent.sensors.tags import TagMap
+from tests.sensors.recorder import Recorder
+
+MOUNTINFO = (
+    "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n"
+    "90 27 7:3 / /media/alice/MY\\040STICK rw,nosuid,nodev,relatime shared:50 - vfat /dev/sdb1 rw,uid=1000\n"
+    "91 27 7:4 / /mnt/ro ro,relatime - ext4 /dev/loop4 ro\n"
+)
+
+
+def test_mountinfo_parsing_unescapes_and_reads_options() -> None:
+    table = parse_mountinfo(MOUNTINFO)
+    assert table[90].point == "/media/alice/MY STICK"
+    assert (table[90].source, table[90].fs_type, table[90].read_only) == ("/dev/sdb1", "vfat", False)
+    assert table[91].read_only is True
+    assert set(table) == {27, 90, 91}
+
+
+def test_tag_map_globs_nesting_and_union(tmp_path: Path) -> None:
+    for user in ("alice", "bob"):
+        (tmp_path / "home" / user / "projects" / "secret").mkdir(parents=True)
+    (tmp_path / "srv" / "db" / "inner").mkdir(parents=True)
+    tags = TagMap({
+        str(tmp_path / "home" / "*" / "projects" / "secret"): ["source-code"],
+        str(tmp_path / "srv" / "db"): ["database"],
+        str(tmp_path / "srv" / "db" / "inner"): ["crown-jewels"],
+    })
+    assert tags.tags_for(str(tmp_path / "home" / "bob" / "projects" / "secret" / "a.c")) == ["source-code"]
+    assert tags.tags_for(str(tmp_path / "srv" / "db" / "inner" / "x")) == ["database", "crown-jewels"]
+    assert tags.tags_for(str(tmp_path / "srv" / "dbx")) == []
+    assert len(tags.top_roots()) == 3  # two homes and /srv/db; inner is inside db
+    (tmp_path / "home" / "carol" / "projects" / "secret").mkdir(parents=True)
+    assert len(tags.refresh()) == 5  # a new home directory matching the glob is picked up
+
+
+def test_fingerprint_index_finds_renamed_copies_only(tmp_path: Path) -> None:
+    root = tmp_path / "db"
+    root.mkdir()
+    original = root / "customers.sqlite"
+    original.write_bytes(os.urandom(50_000))
+    twin_size = root / "other.bin"
+    twin_size.write_bytes(os.urandom(50_000))  # same size, other content
+    (root / "empty").write_bytes(b"")
+    index = FingerprintIndex(TagMap({str(root): ["database"]}))
+    assert index.rebuild() == 3
+    assert index.totals() == {"database": (3, 100_000)}
+
+    copy = tmp_path / "holiday.jpg"
+    copy.write_bytes(original.read_bytes())
+    changed = tmp_path / "changed.bin"
+    changed.write_bytes(original.read_bytes()[:-1] + b"\0")
+    empty = tmp_path / "empty-copy"
+    empty.write_bytes(b"")
+    for path, expected in ((copy, str(original)), (changed, None), (empty, None)):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            found = index.match(fd, path.stat().st_size)
+        finally:
+            os.close(fd)
+        assert (found[0] if found else None) == expected
+
+    original.rename(root / "renamed.sqlite")
+    index.move(str(original), str(root / "renamed.sqlite"))
+    assert index.tags_of(str(root / "renamed.sqlite")) == ("database",)
+    index.remove(str(twin_size))
+    assert index.totals() == {"database": (2, 50_000)}
+
+
+def test_process_identity_live_and_gone() -> None:
+    me = procinfo.read_proc(os.getpid())
+    assert me is not None
+    assert me.executable == os.path.realpath(sys.executable)
+    assert me.uid == os.getuid()
+    cache = procinfo.ProcessCache()
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    seen = cache.lookup(child.pid)
+    assert seen is not None and seen.pid == child.pid
+    child.communicate(b"")
+    assert procinfo.read_proc(child.pid) is None  # exited and reaped
+    assert cache.lookup(child.pid) == seen       # still named from what was seen alive
+
+
+def test_staging_mass_read_and_archive(tmp_path: Path) -> None:
+    events = Recorder()
+    staging = StagingDetector(SensorSettings(mass_read_files=3, archive_min_files=2), events)
+    for i in range(5):
+        staging.note_read(4242, None, f"/srv/db/f{i}", ["database"])
+    mass = events.wait_for(events.action("file.mass_read", {"process.pid": 4242}), timeout=1)
+    assert len(mass) == 1 and mass[0]["exfilguard.count"] == 3
+    plain = tmp_path / "notes.txt"
+    plain.write_text("hello")
+    archive = tmp_path / "out.bin"
+    archive.write_bytes(b"PK\x03\x04" + b"\0" * 100)  # a zip, whatever its name
+    for path in (plain, archive):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            staging.note_write(Written(path=str(path), size=path.stat().st_size, pid=4242, fd=fd))
+        finally:
+            os.close(fd)
+    found = events.matching(events.action("file.archive"))
+    assert [e["file.path"] for e in found] == [str(archive)]
+    assert found[0]["exfilguard.copy.files_read"] == 5
+    assert looks_like_archive("/x/backup.tar.gz", None)
+    assert not looks_like_archive("/x/notes.txt", None)
