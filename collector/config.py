@@ -99,6 +99,15 @@ class CollectorConfig(_Strict):
     max_streams: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     metrics_listen: str | None = None
     log_level: str = "info"
+    # Policy engine and alerts (issue 4):
+    # repeats of an alert for the same group within this window fold into one follow-up with a count
+    alert_suppression_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = 600.0
+    # how often policy files are checked for changes (0: reload on SIGHUP only)
+    policy_reload_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    # open window groups per policy; beyond it the least recently updated group is evicted
+    policy_max_groups: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    # at start, replay stored events of this many past hours to rebuild open windows (0: none)
+    policy_rebuild_hours: Annotated[float, Field(ge=0, le=24 * 90)] = 24.0
 
     @pydantic.field_validator("listen")
     @classmethod

@@ -1,0 +1,67 @@
+"""Dispatcher: the sinks configured in collector.yaml's `alerts`, fed one alert at a time."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from collector import config as cfg
+from collector.alerts.sinks.base import QueuedSink
+from collector.alerts.sinks.email import EmailSink
+from collector.alerts.sinks.jsonl import JsonlSink
+from collector.alerts.sinks.stdout import StdoutSink
+from collector.alerts.sinks.syslog import SyslogSink
+from collector.alerts.sinks.webhook import WebhookSink
+
+log = logging.getLogger("exfilguard.collector.alerts")
+
+
+def build_sink(spec: cfg.Sink) -> QueuedSink:
+    """One sink from its config entry."""
+    if isinstance(spec, cfg.JsonlSink):
+        return JsonlSink(spec.path)
+    if isinstance(spec, cfg.StdoutSink):
+        return StdoutSink()
+    if isinstance(spec, cfg.WebhookSink):
+        return WebhookSink(spec.url, spec.timeout_seconds, spec.max_retries)
+    if isinstance(spec, cfg.SyslogSink):
+        return SyslogSink(spec.address, spec.protocol)
+    return EmailSink(
+        spec.smtp,
+        spec.sender,
+        spec.to,
+        starttls=spec.starttls,
+        username=spec.username,
+        password_file=spec.password_file,
+    )
+
+
+class Dispatcher:
+    """Sends each alert to every sink (non-blocking); `close()` drains them."""
+
+    def __init__(self, sinks: Sequence[QueuedSink]) -> None:
+        self.sinks = list(sinks)
+
+    @classmethod
+    def from_config(cls, specs: Sequence[cfg.Sink]) -> Dispatcher:
+        """The sinks of collector.yaml's `alerts` list."""
+        return cls([build_sink(s) for s in specs])
+
+    def send(self, alert: dict[str, Any]) -> None:
+        """Queue the alert on every sink."""
+        for sink in self.sinks:
+            sink.send(alert)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every sink delivered (or gave up on) what it was given."""
+        return all(sink.flush(timeout) for sink in self.sinks)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Drain and stop every sink."""
+        for sink in self.sinks:
+            sink.close(timeout)
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Per sink: sent, failed, dropped."""
+        return {s.name: {"sent": s.sent, "failed": s.failed, "dropped": s.dropped} for s in self.sinks}

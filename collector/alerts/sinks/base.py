@@ -1,0 +1,136 @@
+"""QueuedSink: a bounded queue and one worker thread per sink; delivery retried with backoff.
+
+`send()` never blocks: when the queue is full the oldest alert is dropped and counted (the
+alert is still in the store; `exfilguard alerts` shows it). A delivery that keeps failing is
+retried `max_retries` times with exponential backoff (0.5 s doubling, capped at 30 s, jittered),
+then dropped and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import random
+import threading
+import time
+from typing import Any
+
+from collector.alerts.errors import SinkError
+
+log = logging.getLogger("exfilguard.collector.alerts")
+
+QUEUE_SIZE = 10_000
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+
+
+class QueuedSink:
+    """Base of every sink: subclasses implement `deliver(alert)` and may override `close_resources()`."""
+
+    name = "sink"
+
+    def __init__(self, max_retries: int = 0, queue_size: int = QUEUE_SIZE) -> None:
+        self.max_retries = max_retries
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
+        self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self._busy = 0
+        self._thread = threading.Thread(target=self._work, name=f"alert-sink-{self.name}", daemon=True)
+        self._thread.start()
+
+    def deliver(self, alert: dict[str, Any]) -> None:
+        """Send one alert now; raise SinkError on failure (retry=False: do not try again)."""
+        raise NotImplementedError
+
+    def close_resources(self) -> None:
+        """Release sockets and files (called on the worker thread at the end)."""
+
+    def send(self, alert: dict[str, Any]) -> None:
+        """Queue an alert for delivery; never blocks (drops the oldest queued alert when full)."""
+        with self._idle:
+            self._busy += 1
+        while True:
+            try:
+                self._queue.put_nowait(alert)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    continue
+                self.dropped += 1
+                self._done()
+                log.warning("alert sink %s queue full: dropped the oldest alert", self.name)
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every queued alert was delivered or given up; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is queued (within `timeout`), then stop the worker."""
+        self.flush(timeout)
+        self._stop.set()
+        with contextlib.suppress(queue.Full):  # a full queue: the stop flag ends the worker anyway
+            self._queue.put_nowait(None)
+        self._thread.join(timeout=timeout)
+
+    def _done(self) -> None:
+        with self._idle:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.notify_all()
+
+    def _work(self) -> None:
+        try:
+            while True:
+                alert = self._queue.get()
+                if alert is None:
+                    return
+                try:
+                    self._deliver_with_retries(alert)
+                finally:
+                    self._done()
+        finally:
+            try:
+                self.close_resources()
+            except Exception:
+                log.exception("alert sink %s failed to close", self.name)
+
+    def _deliver_with_retries(self, alert: dict[str, Any]) -> None:
+        delay = BACKOFF_FIRST
+        for attempt in range(self.max_retries + 1):
+            try:
+                self.deliver(alert)
+                self.sent += 1
+                return
+            except SinkError as exc:
+                last = attempt == self.max_retries or not exc.retry
+                log.warning(
+                    "alert sink %s failed (attempt %d of %d): %s",
+                    self.name,
+                    attempt + 1,
+                    self.max_retries + 1,
+                    exc.reason,
+                    extra={"alert_id": alert.get("id"), "sink": self.name},
+                )
+                if last:
+                    break
+            except Exception:
+                log.exception("alert sink %s crashed on alert %s", self.name, alert.get("id"))
+                break
+            # Jitter so that a collector's sinks do not hammer a recovering receiver in step.
+            if self._stop.wait(delay * random.uniform(0.5, 1.0)):
+                break
+            delay = min(delay * 2, BACKOFF_MAX)
+        self.failed += 1
