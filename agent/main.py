@@ -225,6 +225,9 @@ def _build_sensors(config: agent_config.AgentConfig, emit: Emit) -> list[Sensor]
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of `exfilguard-agent`."""
     args = _parse_args(argv)
+    # gRPC core prints unstructured INFO lines (GOAWAY, reconnects) to stderr; our own JSON
+    # logs already say what matters. Read by gRPC when it initialises, i.e. after this point.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     try:
         config = agent_config.load(args.config)
     except YamlError as exc:

@@ -298,15 +298,15 @@ class Transport:
             config_version=self.config_version,
         ))
 
-    def _mark_connected(self, resume_from: int) -> None:
+    def _mark_connected(self, resumed_from: int) -> None:
         if not self._connected:
             self._connected = True
             self._connected_once = True
             self.stats.connects += 1
             self._last_failure = None
             log.info(
-                "connected to collector %s; resending from sequence %d, backlog=%d",
-                self._config.collector, resume_from + 1, self._spool.backlog(),
+                "connected to collector %s; sending from sequence %d, backlog=%d",
+                self._config.collector, resumed_from, self._spool.backlog(),
             )
 
 
@@ -318,6 +318,7 @@ class _Session:
         self.call = call
         self.config = transport._config
         self.cursor = transport._spool.acked_sequence  # last sequence written on this stream
+        self.resumed_from = self.cursor + 1  # where this stream started sending
         self.acked = self.cursor
         self.write_lock = asyncio.Lock()
 
@@ -359,7 +360,7 @@ class _Session:
                         "collector holds this agent's events only up to %d but acknowledged up to %d "
                         "before; events %d..%d are missing there", seq, self.acked, seq + 1, self.acked,
                     )
-                self.t._mark_connected(self.cursor)
+                self.t._mark_connected(self.resumed_from)
                 if seq > self.acked:
                     self.acked = seq
                     self.t.stats.last_ack = seq
@@ -368,7 +369,7 @@ class _Session:
                     await asyncio.to_thread(spool.ack, seq)
                     self.t._wakeup.set()
             elif kind == "config":
-                self.t._mark_connected(self.cursor)
+                self.t._mark_connected(self.resumed_from)
                 log.info("collector pushed configuration version %r", message.config.version)
                 if self.t._on_config is not None:
                     await asyncio.to_thread(self.t._on_config, message.config)
