@@ -103,3 +103,90 @@ class Ingest:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class EnrollmentStub:
+    """------------------------------------------------------------ enrollment
+
+    First contact of an agent that has a one-time token but no certificate yet. Served on
+    its own port with server-only TLS: the ingest port demands a client certificate in
+    the handshake, which an enrolling agent cannot have.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Enroll = channel.unary_unary(
+                '/exfilguard.v1.Enrollment/Enroll',
+                request_serializer=protos_dot_exfilguard__pb2.EnrollRequest.SerializeToString,
+                response_deserializer=protos_dot_exfilguard__pb2.EnrollResponse.FromString,
+                _registered_method=True)
+
+
+class EnrollmentServicer:
+    """------------------------------------------------------------ enrollment
+
+    First contact of an agent that has a one-time token but no certificate yet. Served on
+    its own port with server-only TLS: the ingest port demands a client certificate in
+    the handshake, which an enrolling agent cannot have.
+    """
+
+    def Enroll(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_EnrollmentServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Enroll': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enroll,
+                    request_deserializer=protos_dot_exfilguard__pb2.EnrollRequest.FromString,
+                    response_serializer=protos_dot_exfilguard__pb2.EnrollResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'exfilguard.v1.Enrollment', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('exfilguard.v1.Enrollment', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Enrollment:
+    """------------------------------------------------------------ enrollment
+
+    First contact of an agent that has a one-time token but no certificate yet. Served on
+    its own port with server-only TLS: the ingest port demands a client certificate in
+    the handshake, which an enrolling agent cannot have.
+    """
+
+    @staticmethod
+    def Enroll(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/exfilguard.v1.Enrollment/Enroll',
+            protos_dot_exfilguard__pb2.EnrollRequest.SerializeToString,
+            protos_dot_exfilguard__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -68,3 +68,46 @@ class IngestServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_IngestServicer_to_server(servicer: IngestServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class EnrollmentStub:
+    """------------------------------------------------------------ enrollment
+
+    First contact of an agent that has a one-time token but no certificate yet. Served on
+    its own port with server-only TLS: the ingest port demands a client certificate in
+    the handshake, which an enrolling agent cannot have.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> EnrollmentAsyncStub: ...
+    Enroll: _grpc.UnaryUnaryMultiCallable[_exfilguard_pb2.EnrollRequest, _exfilguard_pb2.EnrollResponse]
+
+@_typing.type_check_only
+class EnrollmentAsyncStub(EnrollmentStub):
+    """------------------------------------------------------------ enrollment
+
+    First contact of an agent that has a one-time token but no certificate yet. Served on
+    its own port with server-only TLS: the ingest port demands a client certificate in
+    the handshake, which an enrolling agent cannot have.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Enroll: _aio.UnaryUnaryMultiCallable[_exfilguard_pb2.EnrollRequest, _exfilguard_pb2.EnrollResponse]  # type: ignore[assignment]
+
+class EnrollmentServicer(metaclass=_abc_1.ABCMeta):
+    """------------------------------------------------------------ enrollment
+
+    First contact of an agent that has a one-time token but no certificate yet. Served on
+    its own port with server-only TLS: the ingest port demands a client certificate in
+    the handshake, which an enrolling agent cannot have.
+    """
+
+    @_abc_1.abstractmethod
+    def Enroll(
+        self,
+        request: _exfilguard_pb2.EnrollRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_exfilguard_pb2.EnrollResponse, _abc.Awaitable[_exfilguard_pb2.EnrollResponse]]: ...
+
+def add_EnrollmentServicer_to_server(servicer: EnrollmentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
