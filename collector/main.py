@@ -16,6 +16,7 @@ from collector import __version__, logs
 from collector import config as collector_config
 from collector.config import CollectorConfig
 from collector.listeners import EventListener
+from collector.policy.errors import PolicyError
 from collector.server import ServeError, serve
 from collector.store import Store, StoreError, open_store
 from collector.tls import TlsError
@@ -26,7 +27,15 @@ log = logging.getLogger("exfilguard.collector")
 
 def build_listeners(config: CollectorConfig, store: Store) -> list[EventListener]:
     """Everything that consumes stored events (the policy engine plugs in here)."""
-    return []
+    from collector.policy.errors import PolicySetError
+    from collector.policy.listener import PolicyListener
+
+    try:
+        return [PolicyListener.from_config(config, store)]
+    except PolicySetError as exc:
+        for problem in (p for p in exc.problems if p.severity == "error"):
+            log.error("policy problem: %s", problem, extra={"code": problem.code, "path": problem.path})
+        raise
 
 
 async def _run(config: CollectorConfig, store: Store) -> None:
@@ -74,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _signing_key(config)
     try:
         asyncio.run(_run(config, store))
-    except (ServeError, StoreError, TlsError) as exc:
+    except (ServeError, StoreError, TlsError, PolicyError) as exc:
         log.error("collector failed: %s", exc)
         print(f"exfilguard-collector: {exc}", file=sys.stderr)
         return 1

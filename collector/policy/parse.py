@@ -240,11 +240,12 @@ class _FileParser:
                 return None
 
         part(self.keys, body, loc, POLICY_KEYS, _POLICY_REQUIRED)
-        policy_id = part(self.policy_id, body.get("id"), (*loc, "id"))
-        title = part(self.text, body.get("title"), (*loc, "title"))
-        severity = part(self.severity, body.get("severity"), (*loc, "severity"))
+        # A missing required key was reported above (EG104); only the keys written are checked.
+        policy_id = part(self.policy_id, body["id"], (*loc, "id")) if "id" in body else None
+        title = part(self.text, body["title"], (*loc, "title")) if "title" in body else None
+        severity = part(self.severity, body["severity"], (*loc, "severity")) if "severity" in body else None
         description = part(self.text, body.get("description", ""), (*loc, "description"))
-        summary = part(self.text, body.get("summary"), (*loc, "summary"))
+        summary = part(self.text, body["summary"], (*loc, "summary")) if "summary" in body else None
         tags = part(self.tags, body.get("tags", []), (*loc, "tags"))
         if "aggregate" in body and "sequence" in body:
             part(self.misuse, (*loc, "sequence"), "a policy has an aggregate or a sequence, not both")

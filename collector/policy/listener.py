@@ -1,0 +1,195 @@
+"""PolicyListener: the collector seam — evaluate stored events, store the alerts, send them to sinks.
+
+Wiring (collector/main.py):
+
+    def build_listeners(config, store):
+        return [PolicyListener.from_config(config, store)]   # called with the event loop running
+
+`from_config` loads the policy set strictly (a broken set raises PolicySetError: the collector
+must not start blind), replays the last `policy_rebuild_hours` of stored events to rebuild open
+windows (no alerts re-raised), and starts one background task: suppression follow-ups, mtime
+polling for hot reload, and SIGHUP. When the loop cancels that task at shutdown, the sinks are
+drained and pending alert writes finish before the store closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from collector.alerts.alert import Alert
+from collector.alerts.dispatch import Dispatcher
+from collector.config import CollectorConfig
+from collector.policy import loader
+from collector.policy.engine import PolicyEngine
+from collector.policy.reload import PolicyReloader
+from collector.policy.windows import Limits
+from collector.store.base import EventFilter, Store, StoreError
+
+log = logging.getLogger("exfilguard.collector.policy")
+
+TICK_SECONDS = 1.0  # suppression follow-ups go out within about this long of their window closing
+
+
+class PolicyListener:
+    """Evaluates events as they are stored; alerts go to the store and to every sink."""
+
+    def __init__(
+        self,
+        engine: PolicyEngine,
+        dispatcher: Dispatcher,
+        store: Store | None = None,
+        reloader: PolicyReloader | None = None,
+        reload_seconds: float = 0.0,
+    ) -> None:
+        self.engine = engine
+        self.dispatcher = dispatcher
+        self.store = store
+        self.reloader = reloader
+        self.reload_seconds = reload_seconds
+        self.alerts_sent = 0
+        # Alert writes run on their own thread so a slow store never stalls the event loop.
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alert-store")
+        self._pending: set[Future[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._reload_requested = False
+
+    @classmethod
+    def from_config(cls, config: CollectorConfig, store: Store | None) -> PolicyListener:
+        """Load policies (strict), rebuild windows from the store, build the sinks, start the tick task."""
+        policy_set = loader.load(config.policies)
+        engine = PolicyEngine(
+            policy_set,
+            timezone=config.timezone,
+            limits=Limits(max_groups=config.policy_max_groups),
+            suppression_seconds=config.alert_suppression_seconds,
+        )
+        log.info(
+            "policy set loaded: %d policies", len(policy_set.policies), extra={"set_hash": engine.set_hash}
+        )
+        if store is not None and config.policy_rebuild_hours > 0:
+            rebuild(engine, store, config.policy_rebuild_hours)
+        listener = cls(
+            engine,
+            Dispatcher.from_config(config.alerts),
+            store,
+            PolicyReloader(config.policies, engine),
+            config.policy_reload_seconds,
+        )
+        listener.start()
+        return listener
+
+    # ------------------------------------------------------------------ the seam
+
+    async def on_events(self, mappings: list[dict[str, Any]]) -> None:
+        """Evaluate each stored event; raise what fires. Never blocks on sinks or the store."""
+        alerts: list[Alert] = []
+        for mapping in mappings:
+            alerts.extend(self.engine.evaluate(mapping))
+        self.raise_alerts(alerts)
+
+    def raise_alerts(self, alerts: list[Alert]) -> None:
+        """Send to every sink (queued) and store (on the alert-store thread)."""
+        for alert in alerts:
+            body = alert.to_json()
+            self.dispatcher.send(body)
+            if self.store is not None:
+                future = self._writer.submit(self._store, body)
+                self._pending.add(future)
+                future.add_done_callback(self._pending.discard)
+            self.alerts_sent += 1
+            log.info(
+                "alert %s: %s",
+                alert.policy_id,
+                body.get("summary", ""),
+                extra={"alert_id": alert.id, "policy_id": alert.policy_id, "severity": alert.severity},
+            )
+
+    def _store(self, body: dict[str, Any]) -> None:
+        assert self.store is not None
+        try:
+            self.store.add_alert(body)
+        except StoreError:
+            log.exception("could not store alert %s (it was still sent to the sinks)", body.get("id"))
+
+    # ------------------------------------------------------------------ background
+
+    def start(self) -> None:
+        """Start the tick task and the SIGHUP handler on the running loop (no-op without one)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, self.request_reload)
+        self._task = loop.create_task(self._tick_forever(), name="policy-tick")
+
+    def request_reload(self) -> None:
+        """Reload the policy files at the next tick (the SIGHUP handler)."""
+        self._reload_requested = True
+
+    def tick(self, now: float | None = None) -> None:
+        """One round: follow-ups of closed suppression windows, SIGHUP or changed-file reloads."""
+        self.raise_alerts(self.engine.flush(max(self.engine.clock, now or time.time())))
+        if self.reloader is None:
+            return
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reloader.snapshot = self.reloader.scan()
+            self.reloader.reload()
+        elif self.reload_seconds > 0:
+            self.reloader.check()
+
+    async def _tick_forever(self) -> None:
+        interval = min(TICK_SECONDS, self.reload_seconds) if self.reload_seconds > 0 else TICK_SECONDS
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("policy tick failed")
+        finally:
+            self.close()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Finish pending alert writes and drain the sinks (idempotent)."""
+        self._writer.shutdown(wait=True)
+        self.dispatcher.close(timeout)
+
+    async def aclose(self) -> None:
+        """Stop the tick task (which closes everything)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        else:
+            self.close()
+
+
+def rebuild(engine: PolicyEngine, store: Store, hours: float) -> int:
+    """Replay stored events of the last `hours` (at most the longest window) into the engine, no alerts."""
+    span = min(hours * 3600.0, engine.longest_window())
+    if span <= 0:
+        return 0
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=span)
+    started = time.monotonic()
+    try:
+        n = engine.warm(store.events(EventFilter(since=since)))
+    except StoreError:
+        log.exception("could not rebuild policy windows from the store; starting with empty windows")
+        return 0
+    log.info(
+        "policy windows rebuilt from %d stored events in %.1fs",
+        n,
+        time.monotonic() - started,
+        extra={"events": n, "span_seconds": span},
+    )
+    return n
