@@ -151,9 +151,10 @@ AccessHandler = Callable[[Access], None]
 class FanotifySensor:
     """Reads fanotify events and hands resolved accesses to the file sensors.
 
-    Two threads: the reader drains the kernel queue and resolves each event at once (path
-    from the fd, process from /proc while it still lives); a worker does the slower part
-    (hashing, emitting) in the same order. `on_tagged` gets events under tagged marks;
+    Two threads: the reader drains the kernel queue, resolves each event at once (path
+    from the fd, process from /proc while it still lives) and reports tagged accesses; a
+    worker checks removable writes (hashing is slow) a moment later.
+    `on_tagged` gets events under tagged marks;
     `on_removable` close-after-write on removable mounts, handled `defer_seconds` later so a
     temp-then-rename writer such as rsync is seen under its final name; `on_other_write`
     close-after-write elsewhere, only for pids `wants_pid` accepts.
@@ -323,11 +324,14 @@ class FanotifySensor:
             os.close(fd)
             return
         access = Access(mask, path, fd, pid, self._processes.lookup(pid))
-        self._work.put((due, kind, access))
+        if kind == "removable":
+            self._work.put((due, kind, access))  # hashing is slow: the worker does it
+        else:
+            self._handle(kind, access)  # cheap: no hand-over between threads per event
 
     def _work_loop(self) -> None:
-        # Deferred removable writes wait aside while later events (reads that fanotify queued
-        # after a merged open+close of the written file) are handled first.
+        # Removable writes wait `defer_seconds`: reads that fanotify queued after a merged
+        # open+close of the written file are handled (by the reader) first.
         deferred: deque[tuple[float, str, Access]] = deque()
         while True:
             timeout = max(0.0, deferred[0][0] - time.monotonic()) if deferred else None
