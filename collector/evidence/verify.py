@@ -252,7 +252,8 @@ def verify(
 ) -> Report:
     """Verify an export; raises ManifestError / OSError only when the files cannot be read."""
     export_path = Path(export_path)
-    doc = manifest.load(manifest_path or manifest.path_for(export_path))
+    manifest_path = Path(manifest_path or manifest.path_for(export_path))
+    doc = manifest.load(manifest_path)
     checker = _Checker(doc)
     report = checker.report
     head: list[Problem] = []

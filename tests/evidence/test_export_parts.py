@@ -1,0 +1,57 @@
+"""Smaller parts of export and retention: progress line, atomic output, argument parsing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.cli.export import parse_time
+from collector.evidence import export, retention
+from collector.evidence.errors import RetentionError
+from tests.evidence.helpers import chained
+
+
+def test_progress_line_on_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    progress = export.Progress(total=3000, enabled=True)
+    export.write_export(chained("a", 3000), io.BytesIO(), "jsonl", progress)
+    err = capsys.readouterr().err
+    assert "100.0% 3000/3000 rows" in err and err.endswith("\n")
+
+
+def test_failed_export_leaves_no_plausible_file(tmp_path: Path) -> None:
+    def broken() -> Iterator[dict[str, Any]]:
+        yield from chained("a", 2)
+        raise OSError("disk gone")
+
+    target = export.AtomicFile(tmp_path / "out.csv")
+    with pytest.raises(OSError):
+        try:
+            export.write_export(broken(), target.handle, "csv")
+        except BaseException:
+            target.abort()
+            raise
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_filter_manifest_form() -> None:
+    where = export.ExportFilter(since=dt.datetime(2026, 11, 1, tzinfo=dt.UTC), user="alice", alerts=("al-1",))
+    assert where.to_dict() == {"since": "2026-11-01T00:00:00.000000Z", "user": "alice", "alert": ["al-1"]}
+
+
+def test_sizes_ages_and_times_parse() -> None:
+    assert retention.parse_size("10GiB") == 10 << 30
+    assert retention.parse_size("500MB") == 500 * 10**6
+    assert retention.parse_age("90d") == dt.timedelta(days=90)
+    with pytest.raises(RetentionError):
+        retention.parse_size("ten gigs")
+    with pytest.raises(RetentionError):
+        retention.parse_age("3 months")
+    assert parse_time("2026-11-01") == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+    assert parse_time("2026-11-01T08:00:00+01:00") == dt.datetime(2026, 11, 1, 7, tzinfo=dt.UTC)
+    ago = dt.datetime.now(dt.UTC) - parse_time("2h")
+    assert abs(ago - dt.timedelta(hours=2)) < dt.timedelta(minutes=1)
