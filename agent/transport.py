@@ -49,6 +49,8 @@ _ENVELOPE_BYTES = 1024
 _BACKOFF_BASE_SECONDS = 0.25
 _WINDOW_BATCHES = 8  # how many batches may be unacknowledged on the wire
 _MIN_BATCH_BYTES = 16 << 10
+_LOG_REPEAT_SECONDS = 60.0
+_HEALTHY_SECONDS = 10.0  # a stream that lasted this long resets the backoff (a flapping one does not)
 
 
 _Call = grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CollectorMessage]
@@ -175,7 +177,11 @@ class Transport:
         self._draining = False
         self._connected = False
         self._connected_once = False  # this session got an answer: reset the backoff
-        self._last_failure: str | None = None
+        self._last_failure: str | None = None  # status code of the last failure logged
+        self._last_logged = 0.0
+        self._suppressed = 0
+        self._outage_logged = False
+        self._session_started = 0.0
         self._runner: asyncio.Task[None] | None = None
         spool.add_listener(self._notify)
 
@@ -240,10 +246,12 @@ class Transport:
                 self._disconnected(exc.code().name, exc.details() or "")
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     self._shrink_batches()
-            except (TransportError, OSError, ValueError) as exc:
-                self._disconnected("INTERNAL", str(exc))
-            if self._connected_once:
-                attempt = 0
+            except Exception as exc:
+                # A bug here must not end delivery for good: the spool keeps filling meanwhile.
+                log.exception("transport error")
+                self._disconnected("INTERNAL", f"{type(exc).__name__}: {exc}")
+            if self._connected_once and time.monotonic() - self._session_started >= _HEALTHY_SECONDS:
+                attempt = 0  # a stream that worked for a while: start the backoff afresh
             delay = backoff_delay(attempt, self._config.reconnect_max_seconds)
             attempt += 1
             log.debug("reconnecting in %.2fs (attempt %d)", delay, attempt)
@@ -259,18 +267,24 @@ class Transport:
 
     def _disconnected(self, code: str, details: str) -> None:
         was_connected, self._connected = self._connected_once, False
-        failure = code  # details can vary per attempt; the code is the cause worth a new line
-        # One line per outage (and per change of status code), not one per retry.
-        if was_connected or failure != self._last_failure:
-            verb = "lost connection to" if was_connected else "cannot reach"
-            log.warning(
-                "%s collector %s: status=%s %s; backlog=%d, retrying with backoff up to %.1fs",
-                verb, self._config.collector, code, details, self._spool.backlog(),
-                self._config.reconnect_max_seconds,
-            )
         if was_connected:
             self.stats.disconnects += 1
-        self._last_failure = failure
+        now = time.monotonic()
+        # One line per outage, per change of status code, or per minute of a flapping link;
+        # never one per retry. (Details vary per attempt; the code is the cause.)
+        if code != self._last_failure or now - self._last_logged >= _LOG_REPEAT_SECONDS:
+            verb = "lost connection to" if was_connected else "cannot reach"
+            repeats = f" ({self._suppressed} similar failures not logged)" if self._suppressed else ""
+            log.warning(
+                "%s collector %s: status=%s %s; backlog=%d, retrying with backoff up to %.1fs%s",
+                verb, self._config.collector, code, details, self._spool.backlog(),
+                self._config.reconnect_max_seconds, repeats,
+            )
+            self._last_failure, self._last_logged, self._suppressed = code, now, 0
+            self._outage_logged = True
+        else:
+            self._suppressed += 1
+            log.debug("collector %s: status=%s %s", self._config.collector, code, details)
 
     async def _session(self) -> None:
         self._connected_once = False
@@ -303,11 +317,13 @@ class Transport:
             self._connected = True
             self._connected_once = True
             self.stats.connects += 1
-            self._last_failure = None
-            log.info(
-                "connected to collector %s; sending from sequence %d, backlog=%d",
-                self._config.collector, resumed_from, self._spool.backlog(),
-            )
+            self._session_started = time.monotonic()
+            if self._outage_logged or self.stats.connects == 1:
+                self._outage_logged = False
+                log.info(
+                    "connected to collector %s; sending from sequence %d, backlog=%d",
+                    self._config.collector, resumed_from, self._spool.backlog(),
+                )
 
 
 class _Session:

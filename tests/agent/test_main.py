@@ -60,19 +60,20 @@ def test_sigterm_spools_agent_stop_and_exits_0_while_collector_is_down(tmp_path:
     config = tmp_path / "agent.yaml"
     # A port nothing listens on: the events must stay spooled, in order.
     config.write_text("collector: 127.0.0.1:9\nstate_dir: state\nreconnect_max_seconds: 1\n")
-    proc = subprocess.Popen([AGENT, "--config", str(config), "--emit-test-events", "3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    spool = tmp_path / "state" / "spool.db"
-    deadline = time.monotonic() + 30
-    while _rows(spool) < 4:  # agent.start and three agent.test
-        assert time.monotonic() < deadline, "agent did not spool its events"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
+    log_path = tmp_path / "agent.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen([AGENT, "--config", str(config), "--emit-test-events", "3"],
+                                stdout=log_file, stderr=subprocess.PIPE)
+        spool = tmp_path / "state" / "spool.db"
+        # Sensors start before the transport; wait for its first (and only) outage line.
+        _wait(lambda: _rows(spool) >= 4 and "cannot reach collector" in log_path.read_text(),
+              "the events spooled and the outage logged")
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    logs = [json.loads(line) for line in out.splitlines()]
+    logs = [json.loads(line) for line in log_path.read_text().splitlines()]
     assert all({"ts", "level", "logger", "msg"} <= entry.keys() for entry in logs)
-    assert any("cannot reach collector" in entry["msg"] for entry in logs)
+    assert sum("cannot reach collector" in entry["msg"] for entry in logs) == 1
     with contextlib.closing(sqlite3.connect(spool)) as conn:
         blobs = [row[0] for row in conn.execute("SELECT data FROM events ORDER BY seq")]
     from protos import exfilguard_pb2 as pb
