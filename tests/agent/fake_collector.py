@@ -42,9 +42,10 @@ _Context = grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
 
 
 class _Servicer(pb_grpc.IngestServicer):
-    def __init__(self, received: Received, push: asyncio.Queue[pb.AgentConfig]) -> None:
+    def __init__(self, received: Received, push: asyncio.Queue[pb.AgentConfig], reject_batches: bool) -> None:
         self.received = received
         self.push = push
+        self.reject_batches = reject_batches
 
     async def Stream(
         self, request_iterator: AsyncIterator[pb.AgentMessage], context: _Context
@@ -54,6 +55,9 @@ class _Servicer(pb_grpc.IngestServicer):
         async def consume() -> None:
             async for message in request_iterator:
                 kind = message.WhichOneof("body")
+                if kind == "batch" and self.reject_batches:
+                    await outbox.put(None)  # ends the stream: the agent sees it closed after its hello
+                    return
                 with self.received.lock:
                     if kind == "hello":
                         self.received.hellos.append(message.hello)
@@ -86,9 +90,11 @@ class FakeCollector:
     """Start/stop a grpc.aio server on 127.0.0.1:port in a background thread."""
 
     def __init__(
-        self, port: int = 0, received: Received | None = None, max_message_bytes: int = 4 << 20
+        self, port: int = 0, received: Received | None = None, max_message_bytes: int = 4 << 20,
+        reject_batches: bool = False,
     ) -> None:
         self.received = received or Received()
+        self._reject_batches = reject_batches
         self.port = port
         self._max = max_message_bytes
         self._loop = asyncio.new_event_loop()
@@ -109,7 +115,8 @@ class FakeCollector:
             ("grpc.max_send_message_length", self._max),
         ]
         self._server = grpc.aio.server(options=options)
-        pb_grpc.add_IngestServicer_to_server(_Servicer(self.received, self._push), self._server)
+        servicer = _Servicer(self.received, self._push, self._reject_batches)
+        pb_grpc.add_IngestServicer_to_server(servicer, self._server)
         self.port = self._server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self._server.start()
 

@@ -217,3 +217,24 @@ def test_a_collector_with_a_smaller_message_limit_still_gets_everything(tmp_path
         transport.stop(1)
         spool.close()
         server.stop()
+
+
+def test_a_flapping_collector_is_logged_once_not_per_reconnect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = FakeCollector(reject_batches=True).start()  # answers the hello, then drops every stream
+    config = _config(tmp_path, server.address, reconnect_max_seconds=0.05)
+    spool, transport = _agent(tmp_path, config)
+    _emit(spool, 5)
+    spool.flush(5)
+    caplog.set_level("INFO", logger="exfilguard.agent.transport")
+    transport.start()
+    try:
+        wait_for(lambda: transport.stats.disconnects >= 5, what="five short-lived streams")
+    finally:
+        transport.stop(0.1)
+        spool.close()
+        server.stop()
+    messages = [r.message for r in caplog.records if r.levelname in {"WARNING", "INFO"}]
+    assert sum("lost connection" in m for m in messages) == 1
+    assert sum(m.startswith("connected to collector") for m in messages) <= 2
