@@ -25,6 +25,21 @@ from collector.policy.model import Aggregate, Coverage, Sequence
 
 GroupKey = tuple[Any, ...]
 
+# Fields an earlier sequence step lends the alert when the last step lacks them (device, file).
+CONTEXT_FIELDS = (
+    "device.serial",
+    "device.vendor",
+    "device.model",
+    "device.bus",
+    "file.path",
+    "file.size",
+    "exfilguard.source.path",
+    "exfilguard.mount.point",
+    "process.name",
+    "process.command_line",
+    "tags",
+)
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -267,9 +282,10 @@ class CoverageWindow(_Groups):
 class _Progress:
     """One group of a sequence: how far it got, since when, on which events."""
 
-    __slots__ = ("evidence", "last", "next_step", "start", "steps")
+    __slots__ = ("context", "evidence", "last", "next_step", "start", "steps")
 
     def __init__(self) -> None:
+        self.context: dict[str, Any] = {}  # alert fields seen in earlier steps (the attached device...)
         self.next_step = 0
         self.start = 0.0
         self.last = 0.0
@@ -299,6 +315,7 @@ class SequenceWindow(_Groups):
             # A fresh first step restarts the clock: the later start gives the rest more time.
             progress = self.touch(key, _Progress)
             progress.next_step, progress.start, progress.evidence, progress.steps = 0, now, [], []
+            progress.context = {}
         else:
             return None
         assert progress is not None
@@ -308,11 +325,14 @@ class SequenceWindow(_Groups):
         progress.next_step += 1
         progress.last = now
         if progress.next_step < len(steps):
+            for name in CONTEXT_FIELDS:
+                if event.get(name) not in (None, "", []):
+                    progress.context[name] = event[name]
             return None
         del self.groups[key]
         return Firing(
             key=key,
-            event=event,
+            event={**progress.context, **{k: v for k, v in event.items() if v not in (None, "", [])}},
             count=len(steps),
             evidence=progress.evidence,
             measures={"steps": " -> ".join(progress.steps), "window": units.human_duration(self.span)},

@@ -1,0 +1,57 @@
+"""Helpers for policy tests: build sets from inline YAML, make events."""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+from typing import Any
+
+from collector.policy import lint, parse, validate
+from collector.policy.engine import PolicyEngine
+from collector.policy.errors import PolicySetError, Problem
+from collector.policy.model import PolicySet
+
+_ids = itertools.count(1)
+
+
+def policy_set(text: str, path: str = "inline.yaml") -> PolicySet:
+    """A validated set from inline YAML; PolicySetError if it has errors."""
+    into = PolicySet()
+    problems: list[Problem] = []
+    parse.parse_text(textwrap.dedent(text), path, into, problems)
+    problems += validate.validate(into)
+    if any(p.severity == "error" for p in problems):
+        raise PolicySetError(problems)
+    return into
+
+
+def problems_of(text: str, path: str = "inline.yaml") -> list[Problem]:
+    """Every problem (errors and warnings) in inline YAML."""
+    into = PolicySet()
+    problems: list[Problem] = []
+    parse.parse_text(textwrap.dedent(text), path, into, problems)
+    return problems + validate.validate(into) + lint.check(into)
+
+
+def engine(text: str, timezone: str = "UTC", suppression: float = 0.0) -> PolicyEngine:
+    """An engine over inline YAML (suppression off unless asked for)."""
+    return PolicyEngine(policy_set(text), timezone=timezone, suppression_seconds=suppression)
+
+
+def event(action: str, when: str = "2026-11-18T10:00:00.000000Z", **fields: Any) -> dict[str, Any]:
+    """An event mapping; keyword names use __ for dots (file__path -> file.path)."""
+    out: dict[str, Any] = {
+        "@timestamp": when,
+        "event.id": f"ev-{next(_ids)}",
+        "event.action": action,
+        "agent.id": "agent-1",
+        "host.name": "ws-1",
+        "user.name": "alice",
+    }
+    out.update({k.replace("__", "."): v for k, v in fields.items()})
+    return out
+
+
+def fired(engine: PolicyEngine, *events: dict[str, Any]) -> list[str]:
+    """Policy ids of the alerts the events raise, in order."""
+    return [a.policy_id for e in events for a in engine.evaluate(e)]
