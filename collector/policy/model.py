@@ -207,6 +207,7 @@ class Policy:
     tags: tuple[str, ...]
     where: Where
     keys: tuple[str, ...] = ()  # the keys as written, in order (lint checks the order)
+    summary_at: Where | None = None
 
 
 @dataclass

@@ -239,6 +239,7 @@ class _FileParser:
                 failed = True
                 return None
 
+        errors_before = len(self.problems)
         part(self.keys, body, loc, POLICY_KEYS, _POLICY_REQUIRED)
         # A missing required key was reported above (EG104); only the keys written are checked.
         policy_id = part(self.policy_id, body["id"], (*loc, "id")) if "id" in body else None
@@ -259,6 +260,7 @@ class _FileParser:
         exceptions = part(self.exceptions, body.get("exceptions", []), (*loc, "exceptions"))
         group = aggregate.by if aggregate else sequence.by if sequence else ("agent.id", "user.name")
         suppress = part(self.suppress, body.get("suppress"), (*loc, "suppress"), group)
+        failed = failed or len(self.problems) > errors_before
         policy = Policy(
             id=policy_id or self.item,
             title=title or "",
@@ -273,6 +275,7 @@ class _FileParser:
             tags=tuple(tags or ()),
             where=self.where(loc),
             keys=tuple(body),
+            summary_at=self.where((*loc, "summary")),
         )
         if failed:
             raise _Partial(policy)
@@ -450,14 +453,15 @@ class _FileParser:
         return parts[0] if len(parts) == 1 else AllOf(tuple(parts), self.where(loc))
 
     def each(self, calls: list[tuple[Any, ...]]) -> list[Any]:
-        """Run every parse call, so siblings are checked too; raise _Skip afterwards if any failed."""
-        out, failed = [], False
+        """Run every parse call so siblings are checked too; the ones that parsed are kept (the
+        problem was recorded, and the policy is marked broken by `policy`)."""
+        out = []
         for fn, *args in calls:
             try:
                 out.append(fn(*args))
             except _Skip:
-                failed = True
-        if failed:
+                continue
+        if not out:
             raise _Skip()
         return out
 
