@@ -241,6 +241,16 @@ class Pipeline:
         finally:
             store.close()
 
+    def delivered_count(self) -> int:
+        """How many events the collector's store holds (cheap enough to poll)."""
+        from collector.store import open_store
+
+        store = open_store(str(self.store_path), readonly=True)
+        try:
+            return store.count_events()
+        finally:
+            store.close()
+
     def agents_json(self) -> list[dict[str, Any]]:
         """`exfilguard agents --json` against this collector's config."""
         out = subprocess.run(
