@@ -23,9 +23,10 @@ def _modules() -> list[ModuleType]:
     from collector.cli import keys as key_cmd
     from collector.cli import policy as policy_cmd
     from collector.cli import retention as prune_cmd
+    from collector.cli import setup as setup_cmd
     from collector.cli import verify as verify_cmd
 
-    return [agents, certs_cmd, export_cmd, verify_cmd, key_cmd, prune_cmd, alerts_cmd, policy_cmd]
+    return [agents, certs_cmd, export_cmd, verify_cmd, key_cmd, prune_cmd, alerts_cmd, policy_cmd, setup_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,100 @@
+"""`exfilguard setup` against a staging root: real venv, real pip install, real units verified."""
+
+from __future__ import annotations
+
+import argparse
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent import config as agent_config
+from collector import config as collector_config
+from collector.cli import setup as setup_cmd
+from tests.deploy import units
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not units.have_systemd_analyze(), reason="systemd-analyze missing (bootstrap)"),
+]
+
+
+def setup(*argv: str) -> int:
+    parser = argparse.ArgumentParser(prog="exfilguard")
+    setup_cmd.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["setup", *argv])
+    result: int = args.run(args)
+    return result
+
+
+def passwd_ids(root: Path, user: str) -> tuple[int, int]:
+    for line in (root / "etc/passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == user:
+            return int(fields[2]), int(fields[3])
+    raise AssertionError(f"{user} not in {root}/etc/passwd")
+
+
+def test_install_update_and_uninstall_both_roles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    common = ["--root", str(root), "--source", str(units.REPO)]
+    venv = root / "opt/exfilguard/venv"
+
+    # Collector: venv with the package, user, directories, default config, unit.
+    assert setup("collector", *common) == 0, capsys.readouterr().err
+    assert (venv / "bin/exfilguard-collector").exists()
+    imports = "import agent.main, collector.pki, protos.exfilguard_pb2"
+    subprocess.run([str(venv / "bin/python"), "-c", imports], check=True)
+    config_file = root / "etc/exfilguard/collector.yaml"
+    config = collector_config.load(config_file)
+    assert config.store == "/var/lib/exfilguard/collector/collector.db"
+    uid, gid = passwd_ids(root, "exfilguard")
+    for directory in ("var/lib/exfilguard/collector", "var/lib/exfilguard/pki", "var/log/exfilguard"):
+        info = (root / directory).stat()
+        assert (info.st_uid, info.st_gid) == (uid, gid), directory
+    assert stat.S_IMODE(config_file.stat().st_mode) == 0o640
+    assert any((root / "etc/exfilguard/policies").iterdir())
+
+    # Idempotent: the admin's config survives, our unit is left alone when unchanged.
+    config_file.write_text(config_file.read_text() + "# the admin was here\n")
+    capsys.readouterr()
+    assert setup("collector", *common) == 0
+    out = capsys.readouterr().out
+    assert f"kept {config_file}" in out
+    assert f"unchanged {root}/etc/systemd/system/exfilguard-collector.service" in out
+    assert f"unchanged {venv} (same source)" in out
+    assert "the admin was here" in config_file.read_text()
+
+    # Agent: same venv (not re-installed), root-only config from examples/agent.yaml, its own state directory.
+    assert setup("agent", *common) == 0
+    agent_file = root / "etc/exfilguard/agent.yaml"
+    assert agent_config.load(agent_file).state_dir == "/var/lib/exfilguard/agent"
+    assert stat.S_IMODE(agent_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((root / "var/lib/exfilguard/agent").stat().st_mode) == 0o700
+
+    # The installed units verify against the installed venv (no stub executables).
+    units.prepare_root(root)
+    done = units.verify(root, "exfilguard-agent.service", "exfilguard-collector.service")
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+
+    # Uninstall the collector: the agent still needs the venv; config and state stay.
+    assert setup("collector", *common, "--uninstall") == 0
+    assert not (root / "etc/systemd/system/exfilguard-collector.service").exists()
+    assert (venv / "bin/exfilguard-agent").exists()
+    assert config_file.exists() and (root / "var/lib/exfilguard/collector").exists()
+
+    # Purge the agent: venv, its config and state go; the collector's config (not purged) stays.
+    assert setup("agent", *common, "--uninstall", "--purge") == 0
+    assert not venv.exists() and not agent_file.exists()
+    assert not (root / "var/lib/exfilguard/agent").exists()
+    assert config_file.exists()
+
+
+def test_setup_refuses_a_foreign_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert setup("agent", "--root", str(tmp_path), "--source", str(tmp_path)) == 1
+    assert "not an ExfilGuard source tree" in capsys.readouterr().err
+
+
+def test_purge_needs_uninstall(tmp_path: Path) -> None:
+    assert setup("agent", "--root", str(tmp_path), "--purge") == 2
