@@ -25,6 +25,7 @@ from collector.registry import FleetRegistry
 from collector.store.base import IngestResult, Store
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
+from protos.events import to_mapping
 
 log = logging.getLogger("exfilguard.collector.ingest")
 
@@ -38,8 +39,10 @@ T = TypeVar("T")
 class StoreWriter:
     """Runs every store write on one dedicated thread and groups concurrent batches into one commit."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, seal_inline: bool = False) -> None:
         self.store = store
+        # False: the sealer process chains stored events; acks do not wait for hashing.
+        self.seal_inline = seal_inline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
         self._pending: list[tuple[str, Sequence[pb.Event], asyncio.Future[IngestResult]]] = []
         self._wake = asyncio.Event()
@@ -52,6 +55,9 @@ class StoreWriter:
         self._pending.append((agent_id, events, future))
         self._wake.set()
         return await future
+
+    def _store_group(self, batches: list[tuple[str, Sequence[pb.Event]]]) -> list[IngestResult]:
+        return self.store.ingest_batches(batches, seal=self.seal_inline)
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run any other store call on the writer thread."""
@@ -70,7 +76,7 @@ class StoreWriter:
                     size += len(item[1])
                 batches = [(agent_id, events) for agent_id, events, _ in group]
                 try:
-                    results = await loop.run_in_executor(self._executor, self.store.ingest_batches, batches)
+                    results = await loop.run_in_executor(self._executor, self._store_group, batches)
                 except Exception as exc:
                     log.exception("store write failed for %d batch(es)", len(group))
                     for _, _, future in group:
@@ -197,7 +203,8 @@ class IngestServicer(pb_grpc.IngestServicer):
                 result = await self._writer.ingest(agent_id, events)
                 await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
                 if result.stored and self._listeners:
-                    await notify(self._listeners, result.stored)
+                    # Mappings only when someone listens: building them costs more than storing.
+                    await notify(self._listeners, [to_mapping(e) for e in result.stored])
             elif kind == "heartbeat":
                 self._registry.heartbeat(agent_id, message.heartbeat)
             elif kind == "hello":

@@ -14,6 +14,7 @@ from collector.config import CollectorConfig
 from collector.ingest import IngestServicer, StoreWriter
 from collector.listeners import EventListener, notify
 from collector.registry import FleetRegistry
+from collector.sealer import Sealer
 from collector.store import Store, StoreError
 from collector.tls import server_credentials
 from protos import exfilguard_pb2 as pb
@@ -67,12 +68,14 @@ class Collector:
         self._writer: StoreWriter | None = None
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
+        self._sealer = Sealer(store.location, config.log_level)
 
     async def start(self) -> None:
         """Open the registry, bind the port and start serving."""
         self.store.mark_all_disconnected()
         self.registry.load(self.store.agents())
-        self._writer = StoreWriter(self.store)
+        self._writer = StoreWriter(self.store, seal_inline=False)
+        await self._sealer.start()
         servicer = IngestServicer(self._writer, self.registry, self.listeners, self.config.max_streams)
         server = grpc.aio.server(options=server_options(self.config))
         pb_grpc.add_IngestServicer_to_server(servicer, server)
@@ -113,6 +116,7 @@ class Collector:
                 await task
         if self._writer is not None:
             await self._writer.close()
+        await self._sealer.stop()
         try:
             self.store.update_agents(self.registry.pending_updates())
             self.store.mark_all_disconnected()

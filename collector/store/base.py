@@ -57,12 +57,12 @@ class IngestResult:
     """Outcome of storing one agent's batch.
 
     `watermark` is the highest contiguous sequence stored for the agent; `stored` holds
-    the mappings of the events that were new (duplicates left out), in sequence order.
+    the events that were new (duplicates left out), in sequence order.
     """
 
     agent_id: str
     watermark: int
-    stored: list[Mapping] = field(default_factory=list)
+    stored: list[pb.Event] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -120,11 +120,15 @@ class Store(abc.ABC):
     location: str
 
     @abc.abstractmethod
-    def ingest_batches(self, batches: Sequence[tuple[str, Sequence[pb.Event]]]) -> list[IngestResult]:
+    def ingest_batches(
+        self, batches: Sequence[tuple[str, Sequence[pb.Event]]], *, seal: bool = True
+    ) -> list[IngestResult]:
         """Store several agents' batches in ONE transaction (group commit); one result per batch.
 
         Events at or below the agent's watermark, or already stored, are skipped. Events must
         already carry `agent.id == agent_id` and `event.sequence > 0` (the ingest service checks).
+        With `seal`, the hash chain is extended in the same transaction; without, `seal()`
+        (the collector's sealer process) does it later.
         """
 
     def ingest(self, agent_id: str, events: Sequence[pb.Event]) -> int:
@@ -132,15 +136,22 @@ class Store(abc.ABC):
         return self.ingest_batches([(agent_id, events)])[0].watermark
 
     @abc.abstractmethod
+    def seal(self, limit: int | None = None) -> int:
+        """Chain stored but unchained events, in sequence order inside each agent's stored prefix.
+
+        At most about `limit` events (None: all); returns how many were chained.
+        """
+
+    @abc.abstractmethod
     def watermark(self, agent_id: str) -> int:
-        """Highest contiguous sequence stored for the agent (0 when none)."""
+        """Highest contiguous sequence stored for the agent (0 when none): what the collector acks."""
 
     @abc.abstractmethod
     def events(self, where: EventFilter | None = None) -> Iterator[Mapping]:
         """Stored events as ECS mappings in (agent id, sequence) order, streamed.
 
-        Each mapping carries `exfilguard.chain.hash` (hex) once the event is chained, i.e.
-        once every lower sequence of its agent is stored.
+        Each mapping carries `exfilguard.chain.hash` (hex) once the event is chained: every
+        lower sequence of its agent is stored and sealing has reached it.
         """
 
     @abc.abstractmethod
@@ -149,7 +160,7 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def chain_head(self, agent_id: str) -> tuple[int, bytes]:
-        """(watermark, chain value of the event at the watermark); genesis is 32 zero bytes."""
+        """(last chained sequence, its chain value); (0, 32 zero bytes) before any."""
 
     @abc.abstractmethod
     def add_alert(self, alert: Mapping) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,6 +22,7 @@ from tests.helpers import (
     make_events,
     start_collector,
     stored_sequences,
+    wait_for,
     write_collector_config,
 )
 
@@ -73,6 +75,13 @@ def test_hello_is_answered_with_the_stored_watermark(collector: CollectorProcess
     assert stored_sequences(_store(collector), "rejoin") == list(range(1, 46))
 
 
+def _chained(store: Path, agent_id: str, last: int) -> list[dict[str, Any]]:
+    """The agent's events once the sealer has chained all of 1..last, else [] (for wait_for)."""
+    stored = list(iter_stored(store, agent_id))
+    done = len(stored) >= last and all("exfilguard.chain.hash" in m for m in stored[:last])
+    return stored if done else []
+
+
 def test_ack_stops_at_a_hole_and_the_chain_covers_only_contiguous_events(collector: CollectorProcess) -> None:
     with AgentStream(collector.address, "holes") as stream:
         assert stream.ack() == 0
@@ -80,11 +89,12 @@ def test_ack_stops_at_a_hole_and_the_chain_covers_only_contiguous_events(collect
         assert stream.ack() == 3
         stream.send_events(make_events("holes", 6, 8))
         assert stream.ack() == 3  # 4 and 5 missing
+        wait_for(lambda: _chained(_store(collector), "holes", 3), what="1..3 chained")
         unchained = {m["event.sequence"]: m for m in iter_stored(_store(collector), "holes")}
-        assert "exfilguard.chain.hash" not in unchained[6]
+        assert "exfilguard.chain.hash" not in unchained[6]  # above the hole: never chained early
         stream.send_events(make_events("holes", 4, 5))
         assert stream.ack() == 8
-    stored = list(iter_stored(_store(collector), "holes"))
+    stored = wait_for(lambda: _chained(_store(collector), "holes", 8), what="1..8 chained")
     assert [m["event.sequence"] for m in stored] == list(range(1, 9))
     prev = chain.GENESIS
     for mapping in stored:

@@ -148,6 +148,12 @@ def test_sigterm_stops_cleanly_and_marks_agents_disconnected(tmp_path: Path) -> 
     assert "collector stopped" in collector.log()
 
 
+def _chain_end(store: Path, agent_id: str) -> int:
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        row = db.execute("SELECT watermark FROM chains WHERE agent_id = ?", (agent_id,)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
     config = write_collector_config(tmp_path)
     store = tmp_path / "collector.db"
@@ -171,6 +177,7 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(tmp
         for first in range(watermark + 1, total + 1, size):
             stream.send_events(make_events("crash", first, min(first + size - 1, total)))
             assert stream.ack() == min(first + size - 1, total)
+        wait_for(lambda: _chain_end(store, "crash") == total, timeout=60, what="the sealer to chain all")
         assert collector.stop() == 0
     assert stored_sequences(store, "crash") == list(range(1, total + 1))
     with sqlite3.connect(store) as db:

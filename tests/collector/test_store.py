@@ -62,9 +62,9 @@ def test_ingest_is_idempotent_and_returns_the_watermark(store: Store) -> None:
 
 def test_result_lists_only_newly_stored_events(store: Store) -> None:
     first = store.ingest_batches([("a", make_events("a", 1, 3))])[0]
-    assert [m["event.sequence"] for m in first.stored] == [1, 2, 3]
+    assert [e.event.sequence for e in first.stored] == [1, 2, 3]
     again = store.ingest_batches([("a", make_events("a", 2, 4))])[0]
-    assert [m["event.sequence"] for m in again.stored] == [4]
+    assert [e.event.sequence for e in again.stored] == [4]
 
 
 def test_duplicates_inside_one_batch_are_stored_once(store: Store) -> None:
@@ -91,6 +91,34 @@ def test_holes_hold_the_watermark_and_chain_fills_in_order(store: Store) -> None
         prev = chain.link(prev, mapping)
         assert mapping["exfilguard.chain.hash"] == prev.hex()
     assert store.chain_head("a") == (6, prev)
+
+
+def test_deferred_sealing_chains_later_in_the_same_values(store: Store, factory: Factory) -> None:
+    events = make_events("a", 1, 7)
+    assert store.ingest_batches([("a", events[:5])], seal=False)[0].watermark == 5
+    assert store.chain_head("a") == (0, chain.GENESIS)
+    assert all("exfilguard.chain.hash" not in m for m in store.events())
+    assert store.seal(limit=3) == 3
+    assert store.chain_head("a")[0] == 3
+    assert store.seal() == 2
+    assert store.ingest("a", events[5:]) == 7  # inline sealing continues the same chain
+    prev = chain.GENESIS
+    for mapping in store.events():
+        prev = chain.link(prev, mapping)
+        assert mapping["exfilguard.chain.hash"] == prev.hex()
+    assert store.chain_head("a") == (7, prev)
+    assert store.seal() == 0
+
+
+def test_two_sealers_never_disagree(factory: Factory) -> None:
+    first, second = factory(), factory()
+    first.ingest_batches([("a", make_events("a", 1, 50))], seal=False)
+    assert first.seal(limit=20) + second.seal() + first.seal() == 50
+    heads = {first.chain_head("a"), second.chain_head("a")}
+    assert len(heads) == 1
+    assert heads.pop()[0] == 50
+    first.close()
+    second.close()
 
 
 def test_state_survives_reopen(factory: Factory) -> None:

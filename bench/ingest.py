@@ -1,0 +1,301 @@
+"""Collector ingest throughput over real gRPC with acks, as a ratio to bare SQLite inserts of the same rows.
+
+    python -m bench.ingest [--agents 8] [--batches 50] [--batch-size 500] [--workers 2] [--window 4]
+
+A real collector process (`python -m collector.main`) on loopback; the simulated agents run
+as asyncio streams in `--workers` separate load-generator processes, so the machine's cores
+are shared honestly between load and collector. Each agent sends hello, then batches of
+`--batch-size` events with at most `--window` batches unacknowledged (as the agent's
+transport does), and is done when the collector acknowledges its last sequence. The clock
+runs from the moment every agent has its hello ack until the last ack. The store is then
+checked to hold exactly every event once.
+
+Baseline (same run, same disk): the very rows the store writes (same schema and indexes,
+same column values including chain hash and protobuf bytes, WAL, synchronous=FULL), inserted
+by executemany with one commit per batch: what SQLite alone needs for this data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+from collector.evidence import chain
+from collector.store.sqlite import INSERT_EVENT, SqliteStore, event_row
+from protos import events
+from protos import exfilguard_pb2 as pb
+from tests.helpers import start_collector, write_collector_config
+
+METHOD = "/exfilguard.v1.Ingest/Stream"
+MiB = 1 << 20
+
+
+def batch_template(agent_id: str, size: int) -> pb.AgentMessage:
+    """A batch of realistic events (file reads of a tagged database by cp, ~300 bytes each)."""
+    batch = pb.AgentMessage()
+    for n in range(size):
+        event = events.new_event(
+            "file.read",
+            file=pb.File(path=f"/srv/db/customers/part-{n:06d}.csv", size=1 << 20, name=f"part-{n:06d}.csv"),
+            process=pb.Process(
+                pid=4242,
+                executable="/usr/bin/cp",
+                command_line="cp -r /srv/db /media/usb",
+                name="cp",
+                parent=pb.ParentProcess(pid=4000),
+            ),
+            user=pb.User(id="1000", name="alice"),
+            tags=["database", "crown-jewels"],
+        )
+        event.agent.id = agent_id
+        event.agent.version = "0.1.0"
+        event.host.name = f"ws-{agent_id}"
+        event.exfilguard.attribution = "exact"
+        batch.batch.events.append(event)
+    return batch
+
+
+def fill(template: pb.AgentMessage, agent_id: str, first: int) -> bytes:
+    """The template with sequences first.. and unique event ids, serialized."""
+    for offset, event in enumerate(template.batch.events):
+        sequence = first + offset
+        event.event.sequence = sequence
+        event.event.id = f"{agent_id}-{sequence}"
+    return template.SerializeToString()
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+# ------------------------------------------------------------------ load generator (worker)
+
+
+async def _agent(address: str, agent_id: str, args: argparse.Namespace, go: asyncio.Event,
+                 ready: asyncio.Queue[str]) -> float:
+    options = [("grpc.max_send_message_length", 64 * MiB), ("grpc.max_receive_message_length", 64 * MiB)]
+    async with grpc.aio.insecure_channel(address, options=options) as channel:
+        call: Any = channel.stream_stream(
+            METHOD, request_serializer=_identity, response_deserializer=pb.CollectorMessage.FromString
+        )()
+        hello = pb.AgentMessage(hello=pb.Hello(agent_id=agent_id, version="bench", hostname=f"ws-{agent_id}"))
+        await call.write(hello.SerializeToString())
+        first_ack = await call.read()
+        assert first_ack.ack.sequence == 0, f"{agent_id}: store not empty"
+        await ready.put(agent_id)
+        template = batch_template(agent_id, args.batch_size)
+        last = args.batches * args.batch_size
+        acked = 0
+        progress = asyncio.Event()
+
+        async def read_acks() -> None:
+            nonlocal acked
+            while acked < last:
+                reply = await call.read()
+                if reply is grpc.aio.EOF:
+                    raise RuntimeError(f"{agent_id}: stream ended at ack {acked}")
+                acked = reply.ack.sequence
+                progress.set()
+
+        await go.wait()
+        reader = asyncio.create_task(read_acks())
+        for number in range(args.batches):
+            first = number * args.batch_size + 1
+            while first - 1 - acked >= args.window * args.batch_size:
+                progress.clear()
+                await progress.wait()
+            await call.write(fill(template, agent_id, first))
+        await reader
+        done = time.time()
+        await call.done_writing()
+        return done
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    go = asyncio.Event()
+    ready: asyncio.Queue[str] = asyncio.Queue()
+    ids = [f"bench-{n:04d}" for n in range(args.first_agent, args.first_agent + args.agents)]
+    tasks = [asyncio.create_task(_agent(args.worker, i, args, go, ready)) for i in ids]
+    for _ in ids:
+        await ready.get()
+    print("ready", flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    assert line.strip() == "go"
+    go.set()
+    ends = await asyncio.gather(*tasks)
+    print(json.dumps({"events": len(ids) * args.batches * args.batch_size, "end": max(ends)}), flush=True)
+
+
+# ------------------------------------------------------------------ driver
+
+
+def _split(total: int, parts: int) -> list[tuple[int, int]]:
+    """(first index, count) of each worker's share of `total` agents."""
+    out, first = [], 0
+    for part in range(parts):
+        count = total // parts + (1 if part < total % parts else 0)
+        if count:
+            out.append((first, count))
+        first += count
+    return out
+
+
+def measure_collector(args: argparse.Namespace, directory: Path) -> dict[str, float]:
+    """Run the load against a real collector process; events/s and collector CPU per event."""
+    config = write_collector_config(directory, log_level="warning", max_streams=10_000)
+    collector = start_collector(config)
+    workers: list[subprocess.Popen[str]] = []
+    try:
+        for first, count in _split(args.agents, args.workers):
+            cmd = [
+                sys.executable, "-m", "bench.ingest", "--worker", collector.address,
+                "--first-agent", str(first), "--agents", str(count), "--batches", str(args.batches),
+                "--batch-size", str(args.batch_size), "--window", str(args.window),
+            ]
+            workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+        for worker in workers:
+            assert worker.stdout is not None
+            line = worker.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"load generator failed to start: {line!r}")
+        process = psutil.Process(collector.pid)
+        cpu_before = sum(process.cpu_times()[:2])
+        started = time.time()
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("go\n")
+            worker.stdin.flush()
+        results = []
+        for worker in workers:
+            out, _ = worker.communicate(timeout=600)
+            if worker.returncode != 0:
+                raise RuntimeError(f"load generator exited with {worker.returncode}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        cpu = sum(process.cpu_times()[:2]) - cpu_before
+        elapsed = max(r["end"] for r in results) - started
+        total = sum(r["events"] for r in results)
+        rss = process.memory_info().rss
+        sealed = _wait_sealed(directory / "collector.db", args.batches * args.batch_size) - started
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+        code = collector.stop()
+    if code != 0:
+        raise RuntimeError(f"collector exited with {code}:\n{collector.log()}")
+    store = SqliteStore(directory / "collector.db", readonly=True)
+    try:
+        stored = store.count_events()
+    finally:
+        store.close()
+    if stored != total:
+        raise RuntimeError(f"store holds {stored} events, {total} were sent")
+    return {"events": total, "seconds": elapsed, "rate": total / elapsed, "cpu_us": cpu / total * 1e6,
+            "rss_mib": rss / MiB, "sealed_seconds": sealed, "sealed_rate": total / sealed}
+
+
+def _wait_sealed(store_path: Path, last: int, timeout: float = 600) -> float:
+    """Wall time when the sealer process has chained every agent up to `last`."""
+    store = SqliteStore(store_path, readonly=True)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            heads = [store.chain_head(a.id)[0] for a in store.agents()]
+            if heads and min(heads) >= last:
+                return time.time()
+            time.sleep(0.05)
+    finally:
+        store.close()
+    raise RuntimeError("the sealer did not chain every event in time")
+
+
+def measure_baseline(args: argparse.Namespace, directory: Path, limit: int = 100_000) -> dict[str, float]:
+    """Bare executemany of the store's own rows into the store's own schema (WAL, FULL), per batch."""
+    agents = max(1, min(args.agents, limit // (args.batches * args.batch_size) or 1))
+    batches: list[list[tuple[Any, ...]]] = []
+    for n in range(agents):
+        agent_id = f"bench-{n:04d}"
+        template = batch_template(agent_id, args.batch_size)
+        head = chain.GENESIS
+        for number in range(args.batches):
+            message = pb.AgentMessage.FromString(fill(template, agent_id, number * args.batch_size + 1))
+            rows = []
+            for event in message.batch.events:
+                head = chain.link(head, events.to_mapping(event))
+                row = list(event_row(agent_id, event))
+                row[8] = head  # the row as it ends up once sealed
+                rows.append(tuple(row))
+            batches.append(rows)
+    # The store creates the schema and pragmas; then it steps aside for plain sqlite3.
+    path = directory / "baseline.db"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    total = sum(len(b) for b in batches)
+    started = time.perf_counter()
+    for rows in batches:
+        db.execute("BEGIN")
+        db.executemany(INSERT_EVENT, rows)
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    db.close()
+    return {"events": total, "seconds": elapsed, "rate": total / elapsed}
+
+
+def main() -> None:
+    """Run the benchmark (or, with --worker, one load-generator process)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--agents", type=int, default=8, help="concurrent simulated agents")
+    parser.add_argument("--batches", type=int, default=50, help="batches per agent")
+    parser.add_argument("--batch-size", type=int, default=500, help="events per batch")
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--window", type=int, default=4, help="unacknowledged batches per agent")
+    parser.add_argument("--worker", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--first-agent", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+    if args.worker:
+        asyncio.run(_worker(args))
+        return
+    directory = Path(tempfile.mkdtemp(prefix="exfilguard-bench-ingest-", dir=os.environ.get("BENCH_DIR")))
+    try:
+        print(
+            f"ingest: {args.agents} agents x {args.batches} batches x {args.batch_size} events, "
+            f"{args.workers} load processes, window {args.window}, {os.cpu_count()} cores, store in {directory}",
+            flush=True,
+        )
+        baseline = measure_baseline(args, directory)
+        print(f"baseline  bare SQLite executemany, commit per batch: {baseline['rate']:>9,.0f} events/s "
+              f"({baseline['events']:,} rows in {baseline['seconds']:.2f} s)", flush=True)
+        result = measure_collector(args, directory)
+        print(f"collector gRPC + validate + chain + store + ack:     {result['rate']:>9,.0f} events/s "
+              f"({result['events']:,} events in {result['seconds']:.2f} s; collector CPU "
+              f"{result['cpu_us']:.1f} us/event, RSS {result['rss_mib']:.0f} MiB)")
+        ratio = result["rate"] / baseline["rate"]
+        print(f"ratio collector/baseline: {ratio:.2f}  (targets: >= 50,000 events/s and >= 0.50)")
+        print(f"hash chain complete (sealer process) {result['sealed_seconds'] - result['seconds']:.2f} s after "
+              f"the last ack: {result['sealed_rate']:,.0f} events/s stored AND chained, "
+              f"ratio {result['sealed_rate'] / baseline['rate']:.2f}")
+        verdict = "met" if result["rate"] >= 50_000 and ratio >= 0.5 else "NOT met"
+        print(f"targets {verdict}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""The sealer: extends every agent's hash chain over newly stored events, in a process of its own.
+
+Hashing an event (ECS mapping, canonical JSON, SHA-256) is CPU-bound Python; in the
+collector process it would hold the GIL that gRPC and ingest need. As a separate process
+it runs on another core, and acks never wait for it. The chain trails the acks by moments
+under load and catches up when the load drops; exports and verification only cover chained
+events (see collector/store/sqlite.py). Killing it at any moment is safe: each step is one
+compare-and-set transaction, and the next sealer continues where the chain ends.
+
+    python -m collector.sealer --store PATH --parent PID
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from collector import logs
+from collector.store import StoreError, open_store
+
+log = logging.getLogger("exfilguard.collector.sealer")
+
+_STEP_EVENTS = 2_000  # per transaction: short write locks, steady progress
+_IDLE_SECONDS = 0.2
+_RESTART_SECONDS = 1.0
+
+
+def run(location: str, parent: int) -> int:
+    """Seal until the parent collector is gone or SIGTERM; the exit code."""
+    stop = False
+
+    def _stop(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the collector, which stops us
+    store = open_store(location)
+    try:
+        while not stop and os.getppid() == parent:  # orphaned by kill -9: exit, the next collector seals
+            try:
+                done = store.seal(_STEP_EVENTS)
+            except StoreError:
+                log.exception("sealing failed; retrying")
+                done = 0
+                time.sleep(_RESTART_SECONDS)
+            if done == 0:
+                time.sleep(_IDLE_SECONDS)
+    finally:
+        store.close()
+    return 0
+
+
+class Sealer:
+    """The collector's handle on its sealer process: started, kept running, stopped."""
+
+    def __init__(self, location: str, log_level: str = "info") -> None:
+        self.location = location
+        self.log_level = log_level
+        self.process: subprocess.Popen[bytes] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _spawn(self) -> None:
+        # The parent pid lets an orphan notice a kill -9 of the collector and exit.
+        command = [sys.executable, "-m", "collector.sealer", "--store", self.location]
+        command += ["--parent", str(os.getpid()), "--log-level", self.log_level]
+        self.process = subprocess.Popen(command)
+        log.info("sealer started", extra={"pid": self.process.pid})
+
+    async def start(self) -> None:
+        """Start the process and a watchdog that restarts it if it dies."""
+        self._spawn()
+        self._task = asyncio.create_task(self._watch(), name="sealer-watch")
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(_RESTART_SECONDS)
+            if self.process is not None and self.process.poll() is not None:
+                log.error("sealer exited with %s; restarting", self.process.returncode)
+                self._spawn()
+
+    async def stop(self) -> None:
+        """SIGTERM the process and wait for it (it finishes its current step)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, process.wait, 10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main() -> int:
+    """Entry point of `python -m collector.sealer` (started by the collector, not by admins)."""
+    parser = argparse.ArgumentParser(prog="python -m collector.sealer", description=__doc__)
+    parser.add_argument("--store", required=True, help="the collector's store location")
+    parser.add_argument("--parent", type=int, required=True, help="collector pid; exit when it is gone")
+    parser.add_argument("--log-level", default="info")
+    args = parser.parse_args()
+    logs.configure(args.log_level)
+    return run(args.store, args.parent)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
