@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 import grpc
@@ -27,6 +28,7 @@ _REGISTRY_FLUSH_SECONDS = 1.0
 # Agent streams never end by themselves; the grace only lets in-flight batches get their ack.
 # A batch cut off here is committed or not, and is resent by the agent either way.
 _SHUTDOWN_GRACE_SECONDS = 1.0
+_FINAL_SEAL_SECONDS = 20.0
 
 
 class ServeError(Exception):
@@ -117,12 +119,26 @@ class Collector:
         if self._writer is not None:
             await self._writer.close()
         await self._sealer.stop()
+        await asyncio.to_thread(self._seal_remaining)
         try:
             self.store.update_agents(self.registry.pending_updates())
             self.store.mark_all_disconnected()
         except StoreError:
             log.exception("could not record the fleet state at shutdown")
         log.info("collector stopped")
+
+    def _seal_remaining(self) -> None:
+        """Chain what the sealer had not reached yet, so a clean stop leaves a complete chain.
+
+        Bounded in time: a huge backlog is left to the next start's sealer rather than
+        delaying the stop past systemd's timeout.
+        """
+        deadline = time.monotonic() + _FINAL_SEAL_SECONDS
+        try:
+            while time.monotonic() < deadline and self.store.seal(2_000):
+                pass
+        except StoreError:
+            log.exception("final sealing failed; the next start continues it")
 
     async def _flush_registry_forever(self) -> None:
         assert self._writer is not None
