@@ -1,0 +1,205 @@
+"""Thousands of idle agent streams with heartbeats on one collector: all stay connected; collector RSS.
+
+    python -m bench.idle_streams [--agents 2000] [--workers 2] [--hold 30] [--heartbeat 5]
+
+A real collector process; the agents run in `--workers` load-generator processes, each agent
+with its own channel (its own TCP connection, as real agents have), sending hello and then a
+heartbeat every `--heartbeat` seconds for `--hold` seconds. Checked: every agent got its
+hello ack, no stream ended early, and the collector's own fleet registry (read from its
+store, as `exfilguard agents` does) lists every agent as connected. Reported: the
+collector's RSS with all streams open, as a ratio to its idle RSS measured in the same run
+(target: under 1 GiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+from collector.store.sqlite import SqliteStore
+from protos import events
+from protos import exfilguard_pb2 as pb
+from protos import exfilguard_pb2_grpc as pb_grpc
+from tests.helpers import start_collector, write_collector_config
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+# ------------------------------------------------------------------ load generator (worker)
+
+
+async def _agent(address: str, agent_id: str, args: argparse.Namespace, ready: asyncio.Queue[bool],
+                 stop: asyncio.Event) -> bool:
+    """One idle agent; True if its stream stayed up until told to stop."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        out: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
+
+        async def requests() -> Any:
+            while (message := await out.get()) is not None:
+                yield message
+
+        call = pb_grpc.IngestStub(channel).Stream(requests())
+        hello = pb.Hello(agent_id=agent_id, version="bench", hostname=f"ws-{agent_id}")
+        await out.put(pb.AgentMessage(hello=hello))
+        try:
+            reply = await asyncio.wait_for(call.read(), timeout=120)
+        except (grpc.aio.AioRpcError, TimeoutError):
+            await ready.put(False)
+            return False
+        ok = isinstance(reply, pb.CollectorMessage) and reply.WhichOneof("body") == "ack"
+        await ready.put(ok)
+        ended = asyncio.ensure_future(call.read())  # anything but silence means the stream broke
+        while not stop.is_set():
+            await out.put(pb.AgentMessage(heartbeat=pb.Heartbeat(sent=events.now(), backlog=0)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(stop.wait()), timeout=args.heartbeat)
+            if ended.done():
+                ok = False
+                break
+        ok = ok and not ended.done()
+        await out.put(None)
+        ended.cancel()
+        call.cancel()
+        return ok
+
+
+async def _worker(args: argparse.Namespace) -> None:
+    ready: asyncio.Queue[bool] = asyncio.Queue()
+    stop = asyncio.Event()
+    ids = [f"idle-{n:05d}" for n in range(args.first_agent, args.first_agent + args.agents)]
+    tasks = []
+    for agent_id in ids:
+        tasks.append(asyncio.create_task(_agent(args.worker, agent_id, args, ready, stop)))
+        await asyncio.sleep(0.002)  # a fleet does not connect in one microsecond either
+    acked = 0
+    for _ in ids:
+        acked += await ready.get()
+    print(json.dumps({"acked": acked}), flush=True)
+    line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    assert line.strip() == "stop"
+    stop.set()
+    alive = sum(await asyncio.gather(*tasks))
+    print(json.dumps({"alive": alive}), flush=True)
+
+
+# ------------------------------------------------------------------ driver
+
+
+def _connected(store_path: Path, prefix: str = "idle-") -> int:
+    store = SqliteStore(store_path, readonly=True)
+    try:
+        return sum(1 for a in store.agents() if a.connected and a.id.startswith(prefix))
+    finally:
+        store.close()
+
+
+def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
+    """Start the collector and the fleet, hold, check, measure; the figures."""
+    config = write_collector_config(directory, log_level="warning", max_streams=max(10_000, args.agents * 2))
+    collector = start_collector(config)
+    process = psutil.Process(collector.pid)
+    time.sleep(1.0)  # let the sealer and registry tasks settle before the idle measurement
+    idle_rss = process.memory_info().rss
+    workers: list[subprocess.Popen[str]] = []
+    base, extra = divmod(args.agents, args.workers)
+    share = [base + (1 if n < extra else 0) for n in range(args.workers)]
+    first = 0
+    try:
+        started = time.monotonic()
+        for count in share:
+            cmd = [sys.executable, "-m", "bench.idle_streams", "--worker", collector.address,
+                   "--first-agent", str(first), "--agents", str(count), "--heartbeat", str(args.heartbeat)]
+            workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+            first += count
+        acked = 0
+        for worker in workers:
+            assert worker.stdout is not None
+            acked += json.loads(worker.stdout.readline())["acked"]
+        connect_seconds = time.monotonic() - started
+        store_path = directory / "collector.db"
+        deadline = time.monotonic() + 30
+        while _connected(store_path) < args.agents and time.monotonic() < deadline:
+            time.sleep(0.5)
+        peak_rss = process.memory_info().rss
+        hold_until = time.monotonic() + args.hold
+        while time.monotonic() < hold_until:
+            time.sleep(1.0)
+            peak_rss = max(peak_rss, process.memory_info().rss)
+        connected_at_end = _connected(store_path)
+        cpu = process.cpu_percent(interval=2.0)
+        alive = 0
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.write("stop\n")
+            worker.stdin.flush()
+        for worker in workers:
+            out, _ = worker.communicate(timeout=120)
+            alive += json.loads(out.strip().splitlines()[-1])["alive"]
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+        code = collector.stop()
+    if code != 0:
+        raise RuntimeError(f"collector exited with {code}:\n{collector.log()}")
+    return {
+        "acked": acked,
+        "alive": alive,
+        "connected": connected_at_end,
+        "connect_seconds": connect_seconds,
+        "idle_rss": idle_rss,
+        "peak_rss": peak_rss,
+        "cpu_percent": cpu,
+    }
+
+
+def main() -> None:
+    """Run the benchmark (or, with --worker, one load-generator process)."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--agents", type=int, default=2000, help="concurrent idle agent streams")
+    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--hold", type=float, default=30.0, help="seconds to hold every stream open")
+    parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between an agent's heartbeats")
+    parser.add_argument("--worker", metavar="ADDRESS", help=argparse.SUPPRESS)
+    parser.add_argument("--first-agent", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        asyncio.run(_worker(args))
+        return
+    directory = Path(tempfile.mkdtemp(prefix="exfilguard-bench-idle-", dir=os.environ.get("BENCH_DIR")))
+    try:
+        print(f"idle streams: {args.agents} agents in {args.workers} processes, heartbeat every "
+              f"{args.heartbeat:g} s, held {args.hold:g} s", flush=True)
+        r = run(args, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    per_stream = (r["peak_rss"] - r["idle_rss"]) / max(1, args.agents) / 1024
+    print(f"hello acked: {r['acked']}/{args.agents} (all connected after {r['connect_seconds']:.1f} s)")
+    print(f"connected in the collector's registry at the end of the hold: {r['connected']}/{args.agents}")
+    print(f"streams alive until the end: {r['alive']}/{args.agents}")
+    print(f"collector RSS idle (baseline): {r['idle_rss'] / MiB:.0f} MiB; with {args.agents} streams: "
+          f"{r['peak_rss'] / MiB:.0f} MiB = {r['peak_rss'] / r['idle_rss']:.2f}x baseline "
+          f"(+{per_stream:.0f} KiB per stream); target < 1024 MiB")
+    print(f"collector CPU while idle with all streams: {r['cpu_percent']:.0f}% of one core")
+    met = r["acked"] == r["alive"] == r["connected"] == args.agents and r["peak_rss"] < GiB
+    print(f"targets {'met' if met else 'NOT met'}")
+    if not met:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
