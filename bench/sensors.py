@@ -110,6 +110,11 @@ class Agent:
         """Bytes of events written so far."""
         return self.out.stat().st_size if self.out.exists() else 0
 
+    def busy(self) -> tuple[int, int]:
+        """Changes while the sensors work: events written, and CPU in 50 ms steps (hashing
+        a big file writes nothing for seconds)."""
+        return self.size(), int(self.cpu() * 20)
+
     def stop(self) -> list[dict[str, Any]]:
         """Stop the sensors and return every event they emitted."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -175,7 +180,7 @@ def capture(work: Path, small: int, big_mib: int) -> dict[str, Any]:
             cpu0, start = agent.cpu(), time.monotonic()
             subprocess.run(["cp", "-r", str(tree), str(point)], check=True)
             copy_seconds = time.monotonic() - start
-            _settle(agent.size, quiet=2.0)
+            _settle(agent.busy, quiet=2.0)
             cpu = agent.cpu() - cpu0
         finally:
             events = agent.stop()
@@ -217,7 +222,7 @@ def overhead(work: Path, files: int) -> dict[str, Any]:
             "    with open(os.path.join(root,'d%03d'%(i//1000),'f%06d'%i),'rb') as f: f.read()\n"
         )
         subprocess.run([sys.executable, "-c", script, str(tree), str(files)], check=True)
-        _settle(agent.size, quiet=2.0)
+        _settle(agent.busy, quiet=2.0)
         _settle(lambda: log.stat().st_size, quiet=1.0)
         iw_cpu, ag_cpu = _cpu(iw) - iw_cpu0, agent.cpu() - ag_cpu0
         waiter.terminate()
@@ -281,6 +286,8 @@ def main() -> int:
     parser.add_argument("--events-files", type=int, default=2000, help="files in the CPU workload")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
     parser.add_argument("--index-files", type=int, default=20_000, help="tagged files for the RSS figure")
+    parser.add_argument("--only", default="capture,overhead,idle,memory",
+                        help="comma-separated figures to run (default: all)")
     parser.add_argument("--full", action="store_true", help="10,000 files, 1 GiB, 60 s idle, 100,000 indexed")
     args = parser.parse_args()
     if args.serve:
@@ -297,38 +304,46 @@ def main() -> int:
         args.events_files = 10_000
     with tempfile.TemporaryDirectory(prefix="bench-sensors-") as tmp:
         work = Path(tmp)
-        cap = capture(work, args.small, args.big_mib)
-        pct_w = 100.0 * (cap["writes"] + (cap["files"] - cap["writes"] if cap["gaps"] else 0)) / cap["files"]
-        print(f"capture: cp -r of {args.small} small files + one {args.big_mib} MiB file onto a loop stick")
-        print(f"  files on stick {cap['files']}, reported by file.write {cap['writes']} "
-              f"({100.0 * cap['writes'] / cap['files']:.2f}%), reported or covered by a gap {pct_w:.2f}% "
-              f"(gaps: {cap['gaps']})")
-        share = 100.0 * cap["copies"] / cap["files"]
-        print(f"  identified as copies (file.copy) {cap['copies']} ({share:.2f}%)")
-        print(f"  attribution of file.write: {dict(cap['attribution'])}; "
-              f"cp took {cap['copy_seconds']:.1f} s, sensors used {cap['agent_cpu']:.1f} CPU s")
-
-        ov = overhead(work, args.events_files)
-        ours = ov["ours_cpu"] / max(ov["ours_events"], 1) * 10_000
-        theirs = ov["iw_cpu"] / max(ov["iw_events"], 1) * 10_000
-        print(f"overhead: {args.events_files} files created, written, read in a tagged tree "
-              f"({ov['sensors']})")
-        print(f"  baseline inotifywait -m -r: {ov['iw_events']} events, {ov['iw_cpu']:.2f} CPU s, "
-              f"{theirs:.3f} CPU s / 10k events (1.00)")
-        print(f"  sensors                   : {ov['ours_events']} events, {ov['ours_cpu']:.2f} CPU s, "
-              f"{ours:.3f} CPU s / 10k events ({ours / theirs if theirs else float('inf'):.1f}x); "
-              f"same workload total {ov['ours_cpu'] / ov['iw_cpu'] if ov['iw_cpu'] else float('inf'):.1f}x; "
-              f"gaps {ov['gaps']}")
-
-        idl = idle(work, args.idle)
-        print(f"idle: {100.0 * idl['cpu'] / idl['wall']:.3f}% of a core over {idl['wall']:.0f} s "
-              f"(target < 1%)")
-
-        mem = memory(work, args.index_files)
-        print(f"memory: RSS {mem['rss'] / (1 << 20):.1f} MiB with {args.index_files} tagged files indexed "
-              f"(target < 80 MiB; bare python {mem['bare_rss'] / (1 << 20):.1f} MiB, "
-              f"{mem['rss'] / mem['bare_rss']:.1f}x); ready in {mem['start_seconds']:.1f} s")
+        only = set(args.only.split(","))
+        if "capture" in only:
+            _print_capture(args, capture(work, args.small, args.big_mib))
+        if "overhead" in only:
+            _print_overhead(args, overhead(work, args.events_files))
+        if "idle" in only:
+            idl = idle(work, args.idle)
+            print(f"idle: {100.0 * idl['cpu'] / idl['wall']:.3f}% of a core over {idl['wall']:.0f} s "
+                  f"(target < 1%)")
+        if "memory" in only:
+            mem = memory(work, args.index_files)
+            print(f"memory: RSS {mem['rss'] / (1 << 20):.1f} MiB with {args.index_files} tagged files "
+                  f"indexed (target < 80 MiB; bare python {mem['bare_rss'] / (1 << 20):.1f} MiB, "
+                  f"{mem['rss'] / mem['bare_rss']:.1f}x); ready in {mem['start_seconds']:.1f} s")
     return 0
+
+
+def _print_capture(args: argparse.Namespace, cap: dict[str, Any]) -> None:
+    files = max(cap["files"], 1)
+    covered = cap["writes"] + (cap["files"] - cap["writes"] if cap["gaps"] else 0)
+    print(f"capture: cp -r of {args.small} small files + one {args.big_mib} MiB file onto a loop stick")
+    print(f"  files on stick {cap['files']}, reported by file.write {cap['writes']} "
+          f"({100.0 * cap['writes'] / files:.2f}%), reported or covered by a gap "
+          f"{100.0 * covered / files:.2f}% (gaps: {cap['gaps']})")
+    print(f"  identified as copies (file.copy) {cap['copies']} ({100.0 * cap['copies'] / files:.2f}%)")
+    print(f"  attribution of file.write: {dict(cap['attribution'])}; "
+          f"cp took {cap['copy_seconds']:.1f} s, sensors used {cap['agent_cpu']:.1f} CPU s")
+
+
+def _print_overhead(args: argparse.Namespace, ov: dict[str, Any]) -> None:
+    ours = ov["ours_cpu"] / max(ov["ours_events"], 1) * 10_000
+    theirs = ov["iw_cpu"] / max(ov["iw_events"], 1) * 10_000
+    per_event = ours / theirs if theirs else float("inf")
+    total = ov["ours_cpu"] / ov["iw_cpu"] if ov["iw_cpu"] else float("inf")
+    print(f"overhead: {args.events_files} files created, written, read in a tagged tree ({ov['sensors']})")
+    print(f"  baseline inotifywait -m -r: {ov['iw_events']} events, {ov['iw_cpu']:.2f} CPU s, "
+          f"{theirs:.3f} CPU s / 10k events (1.00)")
+    print(f"  sensors                   : {ov['ours_events']} events, {ov['ours_cpu']:.2f} CPU s, "
+          f"{ours:.3f} CPU s / 10k events ({per_event:.1f}x); same workload in total {total:.1f}x; "
+          f"gaps {ov['gaps']}")
 
 
 if __name__ == "__main__":

@@ -53,12 +53,13 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     tags = TagMap(config.tags)
     media = RemovableMedia(config.removable)
     index = FingerprintIndex(tags, settings.max_hash_bytes)
-    staging = StagingDetector(settings, emit)
+    staging = StagingDetector(settings, emit, on_archive=index.add_staged)
     copies = CopyDetector(index, media, staging, emit)
 
     exact: ExactAccessSensor | None = None
     if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):
-        exact = ExactAccessSensor(tags, AccessReporter(tags, index, copies, staging, emit), media)
+        reporter = AccessReporter(tags, index, copies, staging, emit, media=media)
+        exact = ExactAccessSensor(tags, reporter, media)
     files = FileSensor(
         tags, index, copies, staging, media, emit,
         exact=exact is not None,
@@ -66,7 +67,13 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
         on_rescan=exact.mark_tagged if exact is not None else None,
     )
     mounts = MountTable(media, emit, settings.mount_poll_seconds)
-    devices = DeviceSensor(media, emit, on_attach=mounts.recheck)
+
+    def attached(_device: pb.Device) -> None:
+        mounts.recheck()  # a mount seen before udev described its device
+
+    devices = DeviceSensor(media, emit, on_attach=attached)
+    # after an unmount the device's write counter moved (the unmount flushed): not a raw write
+    media.subscribe(lambda mount, appeared: None if appeared else devices.forget_writes(mount.device.name))
     inventory = InventorySensor(index, emit, settings.inventory_seconds)
     # files first: it builds the index the inventory reports; fanotify before mounts so that
     # removable mounts present at start get their marks as the mount table reports them.

@@ -25,11 +25,12 @@ from protos.events import new_event
 
 
 class AccessReporter:
-    """Handlers for FanotifySensor's three kinds of access."""
+    """Handlers for what FanotifySensor sees: tagged accesses, removable and other writes."""
 
     def __init__(self, tags: TagMap, index: FingerprintIndex, copies: CopyDetector,
-                 staging: StagingDetector, emit: Emit) -> None:
+                 staging: StagingDetector, emit: Emit, *, media: RemovableMedia | None = None) -> None:
         self.tags = tags
+        self.media = media
         self.index = index
         self.copies = copies
         self.staging = staging

@@ -33,10 +33,19 @@ _LINEAGE_SECONDS = 12 * 3600.0
 class _Reads:
     """Tagged files one process (or process group) opened, newest last."""
 
-    __slots__ = ("files",)
+    __slots__ = ("by_name", "files")
 
     def __init__(self) -> None:
         self.files: OrderedDict[str, tuple[float, tuple[str, ...]]] = OrderedDict()
+        self.by_name: dict[str, str] = {}  # base name -> the latest path read with it
+
+    def same_name(self, name: str, cutoff: float) -> tuple[str, tuple[str, ...]] | None:
+        """The latest tagged file read with this base name, if recent."""
+        path = self.by_name.get(name)
+        entry = self.files.get(path) if path is not None else None
+        if path is None or entry is None or entry[0] < cutoff:
+            return None
+        return path, entry[1]
 
 
 class CopyDetector:
@@ -81,38 +90,59 @@ class CopyDetector:
         table.move_to_end(key)
         reads.files[path] = (now, tags)
         reads.files.move_to_end(path)
+        reads.by_name[os.path.basename(path)] = path
         if len(reads.files) > _MAX_READS:
-            reads.files.popitem(last=False)
+            old, _entry = reads.files.popitem(last=False)
+            if reads.by_name.get(os.path.basename(old)) == old:
+                del reads.by_name[os.path.basename(old)]
 
-    def _lineage(self, written: Written) -> list[tuple[str, tuple[str, ...]]]:
-        """Tagged files behind a write: what the writer read recently, oldest first; else
-        same-named files its parent or grandparent read."""
+    def _lineage(self, written: Written, fingerprint_source: str | None
+                 ) -> tuple[tuple[str, tuple[str, ...]] | None, bool, int]:
+        """(source, writer read the fingerprint source, tagged files the writer read).
+
+        Lineage source: the fingerprint's source if the writer read it; else the file of the
+        same name it read; else its only tagged read; else (an archive, a transformed copy)
+        the common directory of all it read. Then same-named reads of the writer's parent,
+        grandparent and process group. Cost is O(1) per write except for that archive case.
+        """
         cutoff = time.monotonic() - _LINEAGE_SECONDS
+        name = os.path.basename(written.path)
         with self._lock:
             reads = self._by_pid.get(written.pid)
-            own = [(p, tags) for p, (t, tags) in reads.files.items() if t >= cutoff] if reads else []
-        if own or written.info is None:
-            return own
-        name = os.path.basename(written.path)
+            count = len(reads.files) if reads is not None else 0
+            if reads is not None and count:
+                if fingerprint_source is not None:
+                    entry = reads.files.get(fingerprint_source)
+                    return None, entry is not None and entry[0] >= cutoff, count
+                same = reads.same_name(name, cutoff)
+                if same is not None:
+                    return same, False, count
+                recent = [(p, tags) for p, (t, tags) in reads.files.items() if t >= cutoff]
+                if len(recent) == 1:
+                    return recent[0], False, count
+                if recent:
+                    common = os.path.commonpath([p for p, _ in recent])
+                    return (common, tuple(dict.fromkeys(t for _, ts in recent for t in ts))), False, count
+        if fingerprint_source is not None or written.info is None:
+            return None, False, count
         ancestor = written.info.ppid
         for _generation in range(2):
             if ancestor <= 1:
                 break
             with self._lock:
                 reads = self._by_pid.get(ancestor)
-                same = [(p, tags) for p, (t, tags) in reads.files.items()
-                        if t >= cutoff and os.path.basename(p) == name] if reads else []
-            if same:
-                return same[-1:]
+                same = reads.same_name(name, cutoff) if reads is not None else None
+            if same is not None:
+                return same, False, count
             parent = procinfo.read_proc(ancestor)
             ancestor = parent.ppid if parent is not None else 0
         if written.info.pgid > 1:
             with self._lock:
                 reads = self._by_pgid.get(written.info.pgid)
-                same = [(p, tags) for p, (t, tags) in reads.files.items()
-                        if t >= cutoff and os.path.basename(p) == name] if reads else []
-            return same[-1:]
-        return []
+                same = reads.same_name(name, cutoff) if reads is not None else None
+            if same is not None:
+                return same, False, count
+        return None, False, count
 
     # -------------------------------------------------------------- writes
 
@@ -143,8 +173,6 @@ class CopyDetector:
             except OSError:
                 written.fd = None
         match = self.index.match(written.fd, written.size) if written.fd is not None else None
-        lineage = self._lineage(written)
-        read_paths = {p: tags for p, tags in lineage}
         source: tuple[str, tuple[str, ...]] | None = None
         methods: list[str] = []
         sha = ""
@@ -152,23 +180,13 @@ class CopyDetector:
             src_path, sha = match
             source = (src_path, self.index.tags_of(src_path))
             methods.append("fingerprint")
-            if src_path in read_paths:
-                methods.append("process")
-        elif lineage:
-            name = os.path.basename(written.path)
-            same_name = [(p, t) for p, t in lineage if os.path.basename(p) == name]
-            if same_name:
-                source = same_name[-1]
-            elif len(lineage) == 1:
-                source = lineage[0]
-            else:
-                # An archive or a transformed copy: tie it to what the writer read.
-                common = os.path.commonpath([p for p, _ in lineage])
-                tags = tuple(dict.fromkeys(t for _, ts in lineage for t in ts))
-                source = (common, tags)
+        by_process, read_source, files_read = self._lineage(written, match[0] if match else None)
+        if read_source:
             methods.append("process")
-        files_read = len(lineage)
-        archive_reads = self.staging.note_write(written)
+        elif source is None and by_process is not None:
+            source = by_process
+            methods.append("process")
+        archive_reads = self.staging.note_write(written, staged=False)
 
         write = self._event("file.write", written, device, mount)
         if sha:

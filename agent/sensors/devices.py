@@ -4,6 +4,11 @@ A real stick announces its disk and partitions with `add`; a loop device that ge
 backing file announces it with `change` (and loses it with `change`, size 0). Both are
 handled: a removable device with a size is attached once, until `remove` or size 0.
 Devices present when the agent starts are reported too.
+
+Raw writes: the kernel sends no fsnotify events for device nodes, so `dd of=/dev/sdb`
+is caught from the device's write counter (sysfs `stat`), polled each second while a
+removable device is attached and has no file system mounted: `device.write`, with the
+process that holds the node open for writing when it is still there.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import select
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pyudev
@@ -25,6 +31,34 @@ from protos.events import new_event
 
 log = logging.getLogger(__name__)
 
+_RAW_POLL_MS = 1000
+
+
+def _sectors_written(node: str) -> int | None:
+    """Sectors written to a block device since boot (sysfs stat, field 7)."""
+    try:
+        fields = Path("/sys/class/block", Path(node).name, "stat").read_text().split()
+        return int(fields[6])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _writer_of(node: str) -> procinfo.ProcessInfo | None:
+    """A process holding the device node open for writing, if one still does."""
+    me = os.getpid()
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit() or int(pid_dir.name) == me:
+            continue
+        try:
+            for fd in (pid_dir / "fd").iterdir():
+                if str(fd.readlink()) == node:
+                    flags = int((pid_dir / "fdinfo" / fd.name).read_text().split("flags:")[1].split()[0], 8)
+                    if flags & (os.O_WRONLY | os.O_RDWR):
+                        return procinfo.read_proc(int(pid_dir.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
 
 class DeviceSensor:
     """Reports `device.attach` / `device.detach` for removable block devices."""
@@ -32,16 +66,19 @@ class DeviceSensor:
     name = "devices"
 
     def __init__(self, media: RemovableMedia, emit: Emit,
-                 on_attach: Callable[[pb.Device], None] | None = None) -> None:
+                 on_attach: Callable[[pb.Device], None] | None = None,
+                 on_detach: Callable[[pb.Device], None] | None = None) -> None:
         self.media = media
         self._emit = emit
         self._on_attach = on_attach
+        self._on_detach = on_detach
         self._attached: dict[str, pb.Device] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop_r, self._stop_w = os.pipe()
         self._context: Any = None
         self._monitor: Any = None
+        self._written: dict[str, int] = {}  # device node -> sectors written, last look
 
     def start(self) -> None:
         """Open the udev monitor, report what is present, then follow changes."""
@@ -70,9 +107,15 @@ class DeviceSensor:
         poller.register(self._monitor.fileno(), select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
         while True:
-            ready = poller.poll()
+            with self._lock:
+                watching = bool(self._attached)
+            ready = poller.poll(_RAW_POLL_MS if watching else None)
             if any(fd == self._stop_r for fd, _ in ready):
                 return
+            try:
+                self._check_raw_writes()
+            except Exception:
+                log.exception("raw write check failed")
             while True:
                 try:
                     device = self._monitor.poll(timeout=0)
@@ -114,11 +157,42 @@ class DeviceSensor:
         if self._on_attach is not None:
             self._on_attach(described)
 
+    def _check_raw_writes(self) -> None:
+        mounts = self.media.mounts()
+        mounted = {m.device.name for m in mounts} | {m.device.parent for m in mounts}
+        with self._lock:
+            devices = list(self._attached.values())
+        for device in devices:
+            sectors = _sectors_written(device.name)
+            if sectors is None:
+                continue
+            before = self._written.get(device.name)
+            self._written[device.name] = sectors
+            if before is None or sectors <= before or device.name in mounted or (
+                    device.parent and device.parent in mounted):
+                continue  # writes through a mounted file system are file events, not raw ones
+            event = new_event("device.write")
+            event.device.CopyFrom(device)
+            event.exfilguard.count = (sectors - before) * 512
+            event.event.reason = (f"{(sectors - before) * 512} bytes written to the raw device "
+                                  "with no file system mounted")
+            writer = _writer_of(device.name)
+            procinfo.describe(event, writer, procinfo.INFERRED if writer else procinfo.NONE)
+            self._emit(event)
+
+    def forget_writes(self, node: str) -> None:
+        """Re-baseline the write counter (a file system on it was just unmounted)."""
+        sectors = _sectors_written(node)
+        if sectors is not None:
+            self._written[node] = sectors
+
     def _detach(self, node: str) -> None:
         with self._lock:
             known = self._attached.pop(node, None)
         if known is not None:
             self._emit_device("device.detach", known, "")
+            if self._on_detach is not None:
+                self._on_detach(known)
 
     def _emit_device(self, action: str, device: pb.Device, reason: str) -> None:
         event = new_event(action)

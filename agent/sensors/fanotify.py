@@ -271,12 +271,13 @@ class FanotifySensor:
         poller.register(self._stop_r, select.POLLIN)
         while True:
             ready = poller.poll()
-            if any(fd == self._stop_r for fd, _ in ready):
-                return
+            stopping = any(fd == self._stop_r for fd, _ in ready)
             try:
-                self._drain()
+                self._drain()  # on stop too: what the kernel queued before stop() is reported
             except Exception:  # a sensor thread must not die on one bad event
                 log.exception("fanotify event handling failed")
+            if stopping:
+                return
 
     def _drain(self) -> None:
         while True:
@@ -319,13 +320,13 @@ class FanotifySensor:
                 # An open on removable media: learn who it is while it lives, for the close.
                 self._processes.lookup(pid)
         elif mask & FAN_CLOSE_WRITE and "other" in self._handlers and self._wants_pid(pid):
-            kind = "other"
+            kind, due = "other", time.monotonic() + self._defer  # zip renames its temp file too
         if not kind:
             os.close(fd)
             return
         access = Access(mask, path, fd, pid, self._processes.lookup(pid))
-        if kind == "removable":
-            self._work.put((due, kind, access))  # hashing is slow: the worker does it
+        if kind in {"removable", "other"}:
+            self._work.put((due, kind, access))  # later, under the final name; hashing is slow
         else:
             self._handle(kind, access)  # cheap: no hand-over between threads per event
 
@@ -344,7 +345,7 @@ class FanotifySensor:
                     self._handle(*deferred.popleft()[1:])
                 return
             if item[2] is not None:
-                if item[1] == "removable":
+                if item[1] in {"removable", "other"}:
                     deferred.append(item)
                 else:
                     self._handle(item[1], item[2])
@@ -354,7 +355,7 @@ class FanotifySensor:
 
     def _handle(self, kind: str, access: Access) -> None:
         try:
-            if kind == "removable":
+            if kind in {"removable", "other"}:
                 with contextlib.suppress(OSError):
                     current = os.readlink(f"/proc/self/fd/{access.fd}")
                     if not current.endswith(" (deleted)"):

@@ -65,6 +65,10 @@ class FingerprintIndex:
         self._totals: dict[str, list[int]] = {}
         self._interned: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.version = 0  # bumped on every change: the inventory reports when it moves
+        # Staged archives (built from tagged files, outside the tagged trees): matched like
+        # tagged files, so copying the archive to a stick is a copy of tagged data, but
+        # not counted in the inventory.
+        self._derived: dict[str, tuple[str, ...]] = {}
         # Paths we are hashing now: inotify cannot tell our own reads from a user's.
         self._own_reads: dict[str, float] = {}
 
@@ -78,6 +82,14 @@ class FingerprintIndex:
             for path, size, mtime in _walk(root):
                 if path not in fresh:
                     fresh[path] = (size, mtime, self._intern(tuple(self.tags.tags_for(path))))
+        with self._lock:
+            derived = dict(self._derived)
+        for path, tags in derived.items():
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            fresh[path] = (st.st_size, st.st_mtime_ns, tags)
         with self._lock:
             self._files = {}
             self._by_size = {}
@@ -96,6 +108,8 @@ class FingerprintIndex:
     def _insert(self, path: str, entry: tuple[int, int, tuple[str, ...]]) -> None:
         self._files[path] = entry
         self._by_size.setdefault(entry[0], []).append(path)
+        if path in self._derived:
+            return
         for tag in entry[2]:
             totals = self._totals.setdefault(tag, [0, 0])
             totals[0] += 1
@@ -110,6 +124,10 @@ class FingerprintIndex:
             same.remove(path)
             if not same:
                 del self._by_size[entry[0]]
+        if path in self._derived:
+            self._samples.pop(path, None)
+            self._full.pop(path, None)
+            return
         for tag in entry[2]:
             totals = self._totals.get(tag)
             if totals is not None:
@@ -133,6 +151,22 @@ class FingerprintIndex:
             return
         if stat.S_ISREG(st.st_mode):
             self._set(path, st.st_size, st.st_mtime_ns)
+
+    def add_staged(self, path: str, tags: list[str]) -> None:
+        """Match copies of this archive (built from tagged files) like copies of tagged files."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        with self._lock:
+            self._delete(path)
+            self._derived[path] = self._intern(tuple(tags))
+            while len(self._derived) > 10_000:  # bounded: forget the oldest staged archive
+                oldest = next(iter(self._derived))
+                self._delete(oldest)
+                del self._derived[oldest]
+            self._insert(path, (st.st_size, st.st_mtime_ns, self._derived[path]))
+            self.version += 1
 
     def _set(self, path: str, size: int, mtime: int) -> None:
         tags = self.tags.tags_for(path)

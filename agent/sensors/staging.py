@@ -3,7 +3,8 @@
 Fed by the file sensors: every tagged read by a known pid, and every close-after-write by
 a pid that has read tagged files. Emits `file.mass_read` (one process read at least N
 distinct tagged files within the window) and `file.archive` (such a process wrote an
-archive or encrypted container, anywhere).
+archive or encrypted container, anywhere); the archive is then fingerprinted like a tagged
+file, so copying it to a stick later is a `file.copy` of tagged data.
 """
 
 # ruff: noqa: PTH119, PTH120
@@ -14,6 +15,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.config import SensorSettings
@@ -70,7 +72,9 @@ class _Reader:
 class StagingDetector:
     """Counts distinct tagged files read per process and spots archives they write."""
 
-    def __init__(self, settings: SensorSettings, emit: Emit) -> None:
+    def __init__(self, settings: SensorSettings, emit: Emit,
+                 on_archive: Callable[[str, list[str]], None] | None = None) -> None:
+        self._on_archive = on_archive
         self._threshold = settings.mass_read_files
         self._window = settings.mass_read_window_seconds
         self._archive_min = settings.archive_min_files
@@ -109,8 +113,15 @@ class StagingDetector:
             self._emit(event)
 
     def _recent(self, reader: _Reader, now: float) -> int:
+        """Distinct files read within the window, counted from the newest and no further than
+        the threshold: O(threshold) per read, not O(files read)."""
         cutoff = now - self._window
-        return sum(1 for t in reversed(reader.files.values()) if t >= cutoff)
+        count = 0
+        for seen in reversed(reader.files.values()):
+            if seen < cutoff or count >= self._threshold:
+                break
+            count += 1
+        return count
 
     def files_read(self, pid: int) -> tuple[int, list[str], list[str]]:
         """(count, tags, a few paths) of tagged files this pid has read."""
@@ -125,10 +136,11 @@ class StagingDetector:
         reader = self._readers.get(pid)  # lock-free read: a dict lookup is atomic
         return reader is not None and len(reader.files) >= self._archive_min
 
-    def note_write(self, written: Written) -> int:
+    def note_write(self, written: Written, *, staged: bool = True) -> int:
         """A process wrote a file; emits `file.archive` when it is an archive of tagged reads.
 
         Returns the number of tagged files the writer had read (0: not a staging write).
+        `staged`: remember the archive for later copies (not for one written to a stick).
         """
         count, tags, _sample = self.files_read(written.pid)
         if count < self._archive_min or not looks_like_archive(written.path, written.fd):
@@ -139,6 +151,8 @@ class StagingDetector:
         event.event.reason = f"archive written by a process that read {count} tagged files"
         procinfo.describe(event, written.info, written.attribution, written.pid)
         self._emit(event)
+        if staged and self._on_archive is not None:
+            self._on_archive(written.path, tags)
         return count
 
 

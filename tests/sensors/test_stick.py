@@ -193,13 +193,36 @@ def test_stick_identity_mount_copies_and_detach(loop_stick: Any, tagged: tuple[P
         mass = events.wait_for(events.action("file.mass_read", {"process.pid": archive["process.pid"]}))[0]
         assert mass["exfilguard.count"] >= 4
 
+        # staged first: zip builds an archive somewhere innocent, later copied to the stick renamed
+        staged = root.parent / "Downloads" / "stage.zip"
+        staged.parent.mkdir()
+        zipper = subprocess.Popen(["zip", "-q", "-r", str(staged), "customers"], cwd=root)
+        assert zipper.wait(timeout=30) == 0
+        archive = events.wait_for(events.action("file.archive", {"file.path": str(staged)}))[0]
+        assert archive["process.pid"] == zipper.pid
+        assert archive["exfilguard.copy.files_read"] == len(files)
+        subprocess.run(["cp", str(staged), f"{point}/photos.dat"], check=True)
+        copy = events.wait_for(events.action("file.copy", {"file.path": f"{point}/photos.dat"}))[0]
+        assert copy["exfilguard.source.path"] == str(staged)
+        assert copy["exfilguard.copy.method"] == ["fingerprint"]
+        assert copy["tags"] == TAGS
+
         # every write on the stick was reported, each once
         written = sorted(e["file.path"] for e in events.matching(events.action("file.write")))
-        assert written == sorted([dest0, dest1, disguised, f"{point}/notes.bin", f"{point}/backup.tar"])
+        assert written == sorted([dest0, dest1, disguised, f"{point}/notes.bin", f"{point}/backup.tar",
+                                  f"{point}/photos.dat"])
 
         stick.unmount()
         events.wait_for(events.action("device.unmount", {"exfilguard.mount.point": point,
                                                          "device.serial": stick.serial}))
+        # no file system at all: writing the raw device is seen (from its write counter)
+        dd = subprocess.Popen(["dd", "if=/dev/zero", f"of={stick.device}", "bs=4096", "count=64",
+                               "oflag=direct", "conv=notrunc", "status=none"])
+        assert dd.wait(timeout=30) == 0
+        raw = events.wait_for(events.action("device.write", {"device.serial": stick.serial}))[0]
+        assert raw["exfilguard.count"] >= 64 * 4096
+        assert raw["device.name"] == stick.device
+        assert len(events.matching(events.action("device.write"))) == 1  # not the unmount's own flush
         stick.unplug()
         events.wait_for(events.action("device.detach", {"device.serial": stick.serial}))
 
