@@ -27,8 +27,22 @@ Mapping = dict[str, Any]
 
 def timestamp_to_iso(ts: Timestamp) -> str:
     """ECS form of a timestamp: UTC, microseconds, trailing Z."""
-    moment = dt.datetime.fromtimestamp(ts.seconds, tz=dt.UTC).replace(microsecond=ts.nanos // 1000)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    seconds, nanos = ts.seconds, ts.nanos
+    if not 0 <= nanos < 1_000_000_000:  # invalid protobuf: let datetime raise as it always did
+        moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).replace(microsecond=nanos // 1000)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Formatting a datetime is most of to_mapping's cost, and events come in bursts within
+    # the same second: the part up to the seconds is cached (bounded).
+    head = _SECONDS_TEXT.get(seconds)
+    if head is None:
+        if len(_SECONDS_TEXT) >= 4096:
+            _SECONDS_TEXT.clear()
+        head = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _SECONDS_TEXT[seconds] = head
+    return f"{head}{nanos // 1000:06d}Z"
+
+
+_SECONDS_TEXT: dict[int, str] = {}
 
 
 def to_mapping(event: Message) -> Mapping:
@@ -42,20 +56,44 @@ def to_mapping(event: Message) -> Mapping:
     return out
 
 
+# How each field is flattened, decided once per (prefix, field) rather than per event: reading
+# descriptor attributes costs more than the conversion itself. Descriptors are interned, so
+# this holds one entry per field path of the schema.
+_SCALAR, _MESSAGE, _TIMESTAMP, _REPEATED, _REPEATED_MESSAGE = range(5)
+_PLANS: dict[tuple[str, FieldDescriptor], tuple[str, int, str]] = {}
+
+
+def _plan(prefix: str, field: FieldDescriptor) -> tuple[str, int, str]:
+    name = prefix + field.name if prefix else _RENAMED.get(field.name, field.name)
+    if field.message_type is not None and field.message_type.full_name == "google.protobuf.Timestamp":
+        kind = _TIMESTAMP
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        kind = _REPEATED_MESSAGE if _is_repeated(field) else _MESSAGE
+    elif _is_repeated(field):
+        kind = _REPEATED
+    else:
+        kind = _SCALAR
+    plan = _PLANS[(prefix, field)] = (name, kind, name + ".")
+    return plan
+
+
 def _flatten(message: Message, prefix: str, out: Mapping) -> None:
+    plans = _PLANS
     for field, value in message.ListFields():
-        name = prefix + field.name if prefix else _RENAMED.get(field.name, field.name)
-        if field.message_type is not None and field.message_type.full_name == "google.protobuf.Timestamp":
+        plan = plans.get((prefix, field))
+        if plan is None:
+            plan = _plan(prefix, field)
+        name, kind, child_prefix = plan
+        if kind == _SCALAR:
+            out[name] = value
+        elif kind == _MESSAGE:
+            _flatten(value, child_prefix, out)
+        elif kind == _TIMESTAMP:
             out[name] = timestamp_to_iso(value)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            if _is_repeated(field):
-                out[name] = [to_mapping(item) for item in value]
-            else:
-                _flatten(value, name + ".", out)
-        elif _is_repeated(field):
+        elif kind == _REPEATED:
             out[name] = list(value)
         else:
-            out[name] = value
+            out[name] = [to_mapping(item) for item in value]
 
 
 def _is_repeated(field: FieldDescriptor) -> bool:
