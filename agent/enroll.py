@@ -28,6 +28,7 @@ from protos import exfilguard_pb2_grpc as pb_grpc
 CERT_FILE = "agent.crt"
 KEY_FILE = "agent.key"
 ENROLL_TIMEOUT_SECONDS = 30.0
+ENROLL_PORT = 50052  # the collector's default enrollment port (server-only TLS)
 _MAX_ANSWER_BYTES = 256 << 10
 
 
@@ -138,3 +139,64 @@ def _read(path: Path) -> bytes:
             return handle.read(_MAX_ANSWER_BYTES)
     except OSError as exc:
         raise EnrollFileError(path, exc.strerror or str(exc)) from exc
+
+
+class CredentialsError(EnrollError):
+    """The agent's TLS files are missing or unusable; `key` is the agent.yaml key to fix."""
+
+    def __init__(self, key: str, message: str) -> None:
+        self.key = key
+        super().__init__(f"tls.{key}: {message}")
+
+
+def enroll_address(collector: str, configured: str | None) -> str:
+    """Where to enroll: the configured address, else the collector's host on ENROLL_PORT."""
+    if configured:
+        return configured
+    host = collector.rpartition(":")[0]
+    return f"{host}:{ENROLL_PORT}"
+
+
+def client_credentials(
+    *,
+    ca: str,
+    cert: str | None,
+    key: str | None,
+    state_dir: str | os.PathLike[str],
+    agent_id: str,
+    token: str | None = None,
+    enroll_at: str | None = None,
+    timeout: float = ENROLL_TIMEOUT_SECONDS,
+) -> grpc.ChannelCredentials:
+    """mTLS credentials for the collector: configured cert/key, else the enrolled ones under
+    `state_dir`, enrolling first (with `token` at `enroll_at`) when there are none yet."""
+    cert_path = Path(cert) if cert else Path(state_dir) / CERT_FILE
+    key_path = Path(key) if key else Path(state_dir) / KEY_FILE
+    if not cert_path.exists() and not key_path.exists():
+        if cert or not token or not enroll_at:
+            raise CredentialsError(
+                "cert", f"no client certificate at {cert_path}: set tls.cert and tls.key, "
+                "or tls.enrollment_token to enroll",
+            )
+        enroll(enroll_at, ca, token, agent_id, cert_path.parent, timeout=timeout)
+    ca_pem = _read_key(ca, "ca")
+    cert_pem, key_pem = _read_key(cert_path, "cert"), _read_key(key_path, "key")
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise CredentialsError("cert", f"{cert_path}: not a PEM certificate") from exc
+    bound = pki.agent_id_of(certificate)
+    if bound != agent_id:
+        # The collector would refuse every stream; say why here, where the admin looks.
+        raise CredentialsError(
+            "cert", f"{cert_path} is for agent {bound!r}, but this agent's id is {agent_id!r}"
+        )
+    return grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem,
+                                        certificate_chain=cert_pem)
+
+
+def _read_key(path: str | os.PathLike[str], key: str) -> bytes:
+    try:
+        return _read(Path(path))
+    except EnrollFileError as exc:
+        raise CredentialsError(key, str(exc)) from exc
