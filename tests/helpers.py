@@ -97,13 +97,19 @@ def health_status(address: str, service: str = "", timeout: float = 2.0) -> int 
 class CollectorProcess:
     """A collector running as its own OS process (`python -m collector.main`); logs go to a file."""
 
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.config = config
         self.log_path = log_path
         self.address = str(yaml.safe_load(config.read_text())["listen"])
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "collector.main", "--config", str(config)],
+            [*(command or [sys.executable, "-m", "collector.main"]), "--config", str(config)],
             cwd=REPO,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -161,10 +167,16 @@ class CollectorProcess:
 
 
 def start_collector(
-    config: Path, timeout: float = 20.0, env: dict[str, str] | None = None
+    config: Path,
+    timeout: float = 20.0,
+    env: dict[str, str] | None = None,
+    command: list[str] | None = None,
 ) -> CollectorProcess:
-    """Start a collector process on `config` and wait until healthy; it logs to `collector.log` beside it."""
-    collector = CollectorProcess(config, config.parent / "collector.log", env)
+    """Start a collector process on `config` and wait until healthy; it logs to `collector.log` beside it.
+
+    `command` replaces `python -m collector.main` (it gets `--config FILE` appended).
+    """
+    collector = CollectorProcess(config, config.parent / "collector.log", env, command)
     try:
         collector.wait_healthy(timeout)
     except BaseException:
