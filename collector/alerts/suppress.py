@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from collector.alerts.alert import Alert
@@ -26,7 +27,7 @@ class _Open:
     repeats: int = 0
     count: int = 0
     evidence: list[str] = field(default_factory=list)
-    latest: Alert | None = None
+    latest: Callable[[], Alert] | None = None  # builds the latest repeat's alert, only if needed
 
 
 class Suppressor:
@@ -40,19 +41,38 @@ class Suppressor:
     def __len__(self) -> int:
         return len(self._open)
 
-    def admit(self, alert: Alert) -> bool:
-        """True if the alert should be sent now; False if it was folded into an open group."""
-        window = self.window if alert.suppress_seconds is None else alert.suppress_seconds
-        entry = self._open.get(alert.group)
-        if entry is not None and alert.time < entry.until:
-            entry.repeats += 1
-            entry.count += int(alert.fields.get("count", 1))
-            room = MAX_EVIDENCE - len(entry.evidence)
-            if room > 0:
-                entry.evidence.extend(alert.fields.get("evidence", [])[:room])
-            entry.latest = alert
+    def fold(
+        self,
+        group: tuple[object, ...],
+        time: float,
+        count: int,
+        evidence: list[str],
+        build: Callable[[], Alert],
+    ) -> bool:
+        """Fold a repeat into its open group (True), or say the group has no open window (False).
+
+        `build` makes the repeat's alert; it is called at most once, when the follow-up goes out.
+        """
+        entry = self._open.get(group)
+        if entry is None or time >= entry.until:
             return False
-        if entry is not None:
+        entry.repeats += 1
+        entry.count += count
+        room = MAX_EVIDENCE - len(entry.evidence)
+        if room > 0:
+            entry.evidence.extend(evidence[:room])
+        entry.latest = build
+        return True
+
+    def admit(self, alert: Alert) -> bool:
+        """True if the alert should be sent now (it opens a window); False if it was folded."""
+        fields = alert.fields
+        if self.fold(
+            alert.group, alert.time, int(fields.get("count", 1)), fields.get("evidence", []), lambda: alert
+        ):
+            return False
+        window = self.window if alert.suppress_seconds is None else alert.suppress_seconds
+        if alert.group in self._open:
             self._close(alert.group)
         if window <= 0:
             return True
@@ -72,7 +92,8 @@ class Suppressor:
         entry = self._open.pop(key)
         if not entry.repeats or entry.latest is None:
             return
-        fields = dict(entry.latest.fields)
+        latest = entry.latest()
+        fields = dict(latest.fields)
         fields["id"] = str(uuid.uuid4())
         fields["count"] = entry.count
         fields["evidence"] = entry.evidence
@@ -80,4 +101,4 @@ class Suppressor:
         fields["exfilguard.alert.repeats"] = entry.repeats
         fields["exfilguard.alert.repeat_of"] = entry.first.id
         fields["summary"] = f"{entry.repeats} more since the first alert: {fields.get('summary', '')}"
-        self._overflow.append(Alert(fields, group=key, time=entry.latest.time))
+        self._overflow.append(Alert(fields, group=key, time=latest.time))

@@ -64,11 +64,9 @@ class Compiler:
         if condition is None:
             return _true
         if isinstance(condition, AllOf):
-            parts = tuple(self.compile(c) for c in condition.children)
-            return lambda e: all(p(e) for p in parts)
+            return _all(tuple(self.compile(c) for c in condition.children))
         if isinstance(condition, AnyOf):
-            parts = tuple(self.compile(c) for c in condition.children)
-            return lambda e: any(p(e) for p in parts)
+            return _any(tuple(self.compile(c) for c in condition.children))
         if isinstance(condition, Not):
             inner = self.compile(condition.child)
             return lambda e: not inner(e)
@@ -132,17 +130,31 @@ class Compiler:
 
         if op == "exists":
             return lambda e: (name in e) == value
-        if op == "eq":
-            return lambda e: _member(get(e), frozenset((value,)))
-        if op == "ne":
-            return lambda e: not _member(get(e), frozenset((value,)))
-        if op == "any_of":
-            allowed = frozenset(value) if isinstance(value, tuple) else frozenset((value,))
-            return lambda e: _member(get(e), allowed)
-        if op in ("in", "not_in"):
-            members = self._lists[str(value)]
-            positive = op == "in"
-            return lambda e: _member(get(e), members) == positive
+        if op in ("eq", "ne", "any_of", "in", "not_in"):
+            if op in ("in", "not_in"):
+                allowed = self._lists[str(value)]
+            else:
+                allowed = frozenset(value) if isinstance(value, tuple) else frozenset((value,))
+            positive = op in ("eq", "any_of", "in")
+            if isinstance(default, list):  # a list field: any element
+                return lambda e: _member(get(e), allowed) == positive
+            if positive:  # the hot path: a scalar field against a set
+
+                def member(e: Event) -> bool:
+                    try:
+                        return e.get(name, default) in allowed
+                    except TypeError:  # an unhashable value where a scalar belongs
+                        return False
+
+                return member
+
+            def not_member(e: Event) -> bool:
+                try:
+                    return e.get(name, default) not in allowed
+                except TypeError:
+                    return True
+
+            return not_member
         if op in ("gt", "gte", "lt", "lte"):
             limit = float(value)  # type: ignore[arg-type]
             compare = _COMPARE[op]
@@ -176,6 +188,31 @@ class Compiler:
             return isinstance(v, str) and match(v)
 
         return text
+
+
+def _all(parts: tuple[Predicate, ...]) -> Predicate:
+    if len(parts) == 2:
+        first, second = parts
+        return lambda e: first(e) and second(e)
+
+    def every(e: Event) -> bool:
+        # A plain loop: all() over a generator costs a frame per call on this hot path.
+        for part in parts:  # noqa: SIM110
+            if not part(e):
+                return False
+        return True
+
+    return every
+
+
+def _any(parts: tuple[Predicate, ...]) -> Predicate:
+    def some(e: Event) -> bool:
+        for part in parts:  # noqa: SIM110
+            if part(e):
+                return True
+        return False
+
+    return some
 
 
 _COMPARE: dict[str, Callable[[float, float], bool]] = {

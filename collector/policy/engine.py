@@ -13,6 +13,7 @@ replay of recent stored events through `warm()` (alerts are not raised again whi
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import math
 import time
@@ -216,9 +217,21 @@ class PolicyEngine:
             for firing in self._run(entry, event, now):
                 if not raise_alerts:
                     continue
-                alert = self._alert(entry.policy, firing)
-                if self.suppressor.admit(alert):
-                    alerts.append(alert)
+                policy = entry.policy
+                group = self._group(policy, firing)
+                # A repeat inside its suppression window is only counted; its alert is built
+                # (lazily) just once, for the follow-up, when the window closes.
+                if self.suppressor.fold(
+                    group,
+                    firing.last,
+                    firing.count,
+                    firing.evidence,
+                    functools.partial(self._alert, policy, firing),
+                ):
+                    continue
+                alert = self._alert(policy, firing)
+                self.suppressor.admit(alert)
+                alerts.append(alert)
         self.alerts_raised += len(alerts)
         return alerts
 
@@ -298,10 +311,17 @@ class PolicyEngine:
             first=_iso(firing.first),
             last=_iso(firing.last),
         )
+        group = self._group(policy, firing)
+        return Alert(fields, group=group, suppress_seconds=policy.suppress.window, time=firing.last)
+
+    @staticmethod
+    def _group(policy: Policy, firing: Firing) -> tuple[Any, ...]:
+        """Suppression key: the policy and its suppress.by values (plus the tag for coverage)."""
+        event = firing.event
         group = (policy.id, *(_key_value(event.get(f)) for f in policy.suppress.by))
         if policy.aggregate and policy.aggregate.coverage:
             group = (*group, firing.measures.get("tag"))
-        return Alert(fields, group=group, suppress_seconds=policy.suppress.window, time=firing.last)
+        return group
 
     # ---------------------------------------------------------------- state
 

@@ -101,7 +101,9 @@ class _Checker:
             self.field(name, policy.where)
         for name in summary.placeholders(policy.summary):
             if name not in summary.MEASURES and not fields.is_field(name):
-                self.add("EG206", policy.summary_at or policy.where, f"unknown placeholder {{{name}}} in summary")
+                self.add(
+                    "EG206", policy.summary_at or policy.where, f"unknown placeholder {{{name}}} in summary"
+                )
 
     def macro_cycles(self) -> None:
         graph = {

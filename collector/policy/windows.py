@@ -15,7 +15,6 @@ exactly like live evaluation.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,23 +64,27 @@ class Firing:
 
 
 class _Groups:
-    """Groups in least-recently-updated order, capped; the base of every window kind."""
+    """Groups in least-recently-updated order, capped; the base of every window kind.
+
+    A plain dict keeps insertion order at half the memory of an OrderedDict: a touched group
+    is moved to the end by re-inserting it.
+    """
 
     def __init__(self, span: float, limits: Limits) -> None:
         self.span = span
         self.limits = limits
-        self.groups: OrderedDict[GroupKey, Any] = OrderedDict()
+        self.groups: dict[GroupKey, Any] = {}
         self.evicted = 0
 
     def touch(self, key: GroupKey, new: Callable[[], Any]) -> Any:
-        state = self.groups.get(key)
+        groups = self.groups
+        state = groups.pop(key, None)
         if state is None:
-            state = self.groups[key] = new()
-            while len(self.groups) > self.limits.max_groups:
-                self.groups.popitem(last=False)
+            state = new()
+            if len(groups) >= self.limits.max_groups:
+                del groups[next(iter(groups))]
                 self.evicted += 1
-        else:
-            self.groups.move_to_end(key)
+        groups[key] = state
         return state
 
     def expire(self, now: float) -> int:
@@ -89,8 +92,8 @@ class _Groups:
         cutoff = now - self.span
         dropped = 0
         while self.groups:
-            key, state = next(iter(self.groups.items()))
-            if state.last >= cutoff:
+            key = next(iter(self.groups))
+            if self.groups[key].last >= cutoff:
                 break  # update order is (nearly) time order: the rest is newer
             del self.groups[key]
             dropped += 1
@@ -105,20 +108,36 @@ class _Groups:
 
 
 class _Tally:
-    """One group of a count/distinct/sum aggregate: the events inside the window."""
+    """One group of a count/distinct/sum aggregate: the events inside the window.
 
-    __slots__ = ("distinct", "entries", "last", "total")
+    Entries live in a list read from `head` (cheaper than a deque for the usual one or two
+    entries); the dead prefix is cut off once it is half the list.
+    """
+
+    __slots__ = ("distinct", "entries", "head", "last", "total")
 
     def __init__(self) -> None:
-        self.entries: deque[tuple[float, str, float, Any]] = deque()  # (time, event id, amount, value)
+        self.entries: list[tuple[float, str, float, Any]] = []  # (time, event id, amount, value)
+        self.head = 0
         self.total = 0.0
-        self.distinct: dict[Any, int] = {}
+        self.distinct: dict[Any, int] | None = None
         self.last = 0.0
 
+    def __len__(self) -> int:
+        return len(self.entries) - self.head
+
+    def live(self) -> list[tuple[float, str, float, Any]]:
+        """The entries inside the window, oldest first."""
+        return self.entries[self.head :]
+
     def drop_oldest(self) -> None:
-        _, _, amount, value = self.entries.popleft()
+        _, _, amount, value = self.entries[self.head]
+        self.head += 1
+        if self.head > 32 and self.head * 2 > len(self.entries):
+            del self.entries[: self.head]
+            self.head = 0
         self.total -= amount
-        if value is not None:
+        if value is not None and self.distinct is not None:
             left = self.distinct[value] - 1
             if left:
                 self.distinct[value] = left
@@ -148,34 +167,40 @@ class AggregateWindow(_Groups):
         tally.entries.append((now, event_id, amount, value))
         tally.total += amount
         if value is not None:
+            if tally.distinct is None:
+                tally.distinct = {}
             tally.distinct[value] = tally.distinct.get(value, 0) + 1
         tally.last = max(tally.last, now)
         cutoff = now - self.span
-        while tally.entries and (
-            tally.entries[0][0] < cutoff or len(tally.entries) > self.limits.max_entries
-        ):
+        cap = self.limits.max_entries
+        while len(tally) and (tally.entries[tally.head][0] < cutoff or len(tally) > cap):
             tally.drop_oldest()
+        distinct = len(tally.distinct) if tally.distinct else 0
         reached = False
         for measure in self.aggregate.measures:
-            got = {"count": len(tally.entries), "distinct": len(tally.distinct), "sum": tally.total}[
-                measure.kind
-            ]
+            got = (
+                len(tally)
+                if measure.kind == "count"
+                else distinct
+                if measure.kind == "distinct"
+                else tally.total
+            )
             if got > measure.threshold or (measure.op == "gte" and got >= measure.threshold):
                 reached = True
         if not reached:
             return None
-        entries = tally.entries
+        entries = tally.live()
         measures: dict[str, Any] = {"window": units.human_duration(self.span)}
         if self.sum_field:
             measures["bytes"] = units.human_bytes(tally.total)
             measures["sum"] = tally.total
         if self.distinct_field:
-            measures["distinct"] = len(tally.distinct)
+            measures["distinct"] = distinct
         firing = Firing(
             key=key,
             event=event,
             count=len(entries),
-            evidence=[e[1] for e in list(entries)[-self.limits.max_evidence :]],
+            evidence=[e[1] for e in entries[-self.limits.max_evidence :]],
             measures=measures,
             first=entries[0][0],
             last=entries[-1][0],
@@ -184,13 +209,11 @@ class AggregateWindow(_Groups):
         return firing
 
 
-@dataclass
+@dataclass(slots=True)
 class _Collection:
     """One group of a coverage aggregate: source paths of one tag copied in the window."""
 
-    paths: OrderedDict[str, tuple[float, float, str]] = field(
-        default_factory=OrderedDict
-    )  # path -> time, size, id
+    paths: dict[str, tuple[float, float, str]] = field(default_factory=dict)  # path -> time, size, id
     last: float = 0.0
 
 
@@ -240,7 +263,7 @@ class CoverageWindow(_Groups):
             while group.paths and (
                 next(iter(group.paths.values()))[0] < cutoff or len(group.paths) > self.limits.max_paths
             ):
-                group.paths.popitem(last=False)
+                del group.paths[next(iter(group.paths))]
             known = inventory(str(tag))
             if known is None or known.files < cov.min_files:
                 continue  # without the agent's count "the whole collection" cannot be judged
@@ -310,7 +333,7 @@ class SequenceWindow(_Groups):
             del self.groups[key]
             progress = None
         if progress is not None and progress.next_step in matched:
-            self.groups.move_to_end(key)
+            self.groups[key] = self.groups.pop(key)  # most recently updated last
         elif 0 in matched and (progress is None or progress.next_step <= 1):
             # A fresh first step restarts the clock: the later start gives the rest more time.
             progress = self.touch(key, _Progress)
