@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -36,6 +38,15 @@ def build_listeners(config: CollectorConfig, store: Store) -> list[EventListener
         for problem in (p for p in exc.problems if p.severity == "error"):
             log.error("policy problem: %s", problem, extra={"code": problem.code, "path": problem.path})
         raise
+
+
+def _raise_open_files_limit() -> None:
+    """Each agent stream is a socket: lift the soft open-files limit (often 1,024) to the hard one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
 async def _run(config: CollectorConfig, store: Store) -> None:
@@ -74,6 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"exfilguard-collector: bad config: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level)
+    _raise_open_files_limit()
     try:
         store = open_store(config.store)
     except StoreError as exc:
