@@ -62,6 +62,7 @@ class FingerprintIndex:
         self._by_size: dict[int, list[str]] = {}
         self._samples: dict[str, tuple[int, bytes]] = {}
         self._full: dict[str, tuple[int, str]] = {}
+        self._sample_maps: dict[int, dict[bytes, list[str]]] = {}
         self._totals: dict[str, list[int]] = {}
         self._interned: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.version = 0  # bumped on every change: the inventory reports when it moves
@@ -93,6 +94,7 @@ class FingerprintIndex:
         with self._lock:
             self._files = {}
             self._by_size = {}
+            self._sample_maps = {}
             self._totals = {tag: [0, 0] for tags in roots.values() for tag in tags}
             for path, entry in fresh.items():
                 self._insert(path, entry)
@@ -106,6 +108,7 @@ class FingerprintIndex:
         return self._interned.setdefault(tags, tags)
 
     def _insert(self, path: str, entry: tuple[int, int, tuple[str, ...]]) -> None:
+        self._sample_maps.pop(entry[0], None)
         self._files[path] = entry
         self._by_size.setdefault(entry[0], []).append(path)
         if path in self._derived:
@@ -119,6 +122,7 @@ class FingerprintIndex:
         entry = self._files.pop(path, None)
         if entry is None:
             return
+        self._sample_maps.pop(entry[0], None)
         same = self._by_size.get(entry[0])
         if same is not None:
             same.remove(path)
@@ -221,14 +225,11 @@ class FingerprintIndex:
         if size <= 0 or size > self.max_hash_bytes:
             return None
         with self._lock:
-            candidates = list(self._by_size.get(size, ()))
-        if not candidates:
-            return None
+            if size not in self._by_size:
+                return None
         wanted = sample_digest(fd, size)
         dest_full: str | None = None
-        for path in candidates:
-            if self._sample_of(path, size) != wanted:
-                continue
+        for path in self._by_sample(size).get(wanted, ()):
             if dest_full is None:
                 dest_full = full_digest(fd, self.max_hash_bytes)
                 if dest_full is None:
@@ -236,6 +237,28 @@ class FingerprintIndex:
             if self._full_of(path) == dest_full:
                 return path, dest_full
         return None
+
+    def _by_sample(self, size: int) -> dict[bytes, list[str]]:
+        """Tagged files of one size grouped by sampled hash, built on first use and dropped
+        when a file of that size changes, so a copy of 10,000 same-sized files costs one
+        look-up each, not a scan of the size bucket."""
+        with self._lock:
+            cached = self._sample_maps.get(size)
+            candidates = list(self._by_size.get(size, ()))
+            version = self.version
+        if cached is not None:
+            return cached
+        built: dict[bytes, list[str]] = {}
+        for path in candidates:
+            digest = self._sample_of(path, size)
+            if digest is not None:
+                built.setdefault(digest, []).append(path)
+        with self._lock:
+            if len(self._sample_maps) > 256:
+                self._sample_maps.clear()  # bounded: rebuilt on demand
+            if version == self.version:  # else something changed meanwhile: build again next time
+                self._sample_maps[size] = built
+        return built
 
     def read_by_us(self, path: str) -> bool:
         """Whether the agent itself opened `path` within the last second (to hash it)."""
