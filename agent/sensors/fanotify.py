@@ -331,27 +331,27 @@ class FanotifySensor:
             self._handle(kind, access)  # cheap: no hand-over between threads per event
 
     def _work_loop(self) -> None:
-        # Removable writes wait `defer_seconds`: reads that fanotify queued after a merged
-        # open+close of the written file are handled (by the reader) first.
+        # Writes wait `defer_seconds`: reads that fanotify queued after a merged open+close
+        # of the written file are handled (by the reader) first, and a temp-then-rename
+        # writer has renamed. Only the worker queues here, so `due` order is FIFO order.
         deferred: deque[tuple[float, str, Access]] = deque()
-        while True:
-            timeout = max(0.0, deferred[0][0] - time.monotonic()) if deferred else None
-            try:
-                item = self._work.get(timeout=timeout)
-            except queue.Empty:
-                item = ("", "", None)  # type: ignore[assignment]
-            if item is None:
-                while deferred:
-                    self._handle(*deferred.popleft()[1:])
-                return
-            if item[2] is not None:
-                if item[1] in {"removable", "other"}:
-                    deferred.append(item)
+        stopping = False
+        while not stopping or deferred:
+            if not stopping:
+                timeout = max(0.0, deferred[0][0] - time.monotonic()) if deferred else None
+                try:
+                    item = self._work.get(timeout=timeout)
+                except queue.Empty:
+                    pass  # the oldest deferred write is due
                 else:
-                    self._handle(item[1], item[2])
+                    if item is None:
+                        stopping = True  # finish what is deferred at once, then leave
+                    else:
+                        deferred.append(item)
             now = time.monotonic()
-            while deferred and deferred[0][0] <= now:
-                self._handle(*deferred.popleft()[1:])
+            while deferred and (stopping or deferred[0][0] <= now):
+                _due, kind, access = deferred.popleft()
+                self._handle(kind, access)
 
     def _handle(self, kind: str, access: Access) -> None:
         try:
