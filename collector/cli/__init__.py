@@ -19,6 +19,7 @@ def _modules() -> list[ModuleType]:
     from collector.cli import agents
     from collector.cli import alerts as alerts_cmd
     from collector.cli import certs as certs_cmd
+    from collector.cli import demo as demo_cmd
     from collector.cli import export as export_cmd
     from collector.cli import keys as key_cmd
     from collector.cli import policy as policy_cmd
@@ -26,7 +27,18 @@ def _modules() -> list[ModuleType]:
     from collector.cli import setup as setup_cmd
     from collector.cli import verify as verify_cmd
 
-    return [agents, certs_cmd, export_cmd, verify_cmd, key_cmd, prune_cmd, alerts_cmd, policy_cmd, setup_cmd]
+    return [
+        agents,
+        certs_cmd,
+        export_cmd,
+        verify_cmd,
+        key_cmd,
+        prune_cmd,
+        alerts_cmd,
+        policy_cmd,
+        setup_cmd,
+        demo_cmd,
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -299,6 +299,14 @@ class CoverageWindow(_Groups):
                 )
             )
             del self.groups[group_key]
+        if len(out) > 1:
+            # One tree often carries several tags (database, crown-jewels): one copy, one alert.
+            first = out[0]
+            first.measures["tag"] = ", ".join(str(f.measures["tag"]) for f in out)
+            first.evidence = list(dict.fromkeys(e for f in out for e in f.evidence))[
+                -self.limits.max_evidence :
+            ]
+            out = [first]
         return out
 
 

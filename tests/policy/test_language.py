@@ -424,3 +424,21 @@ def test_strict_set_with_errors_raises_with_every_problem() -> None:
         policy_set(ONE % "{file.pth: /a, user.nme: x}")
     codes = sorted(p.code for p in caught.value.problems if p.severity == "error")
     assert codes == ["EG201", "EG201"]
+
+
+def test_coverage_of_several_tags_reached_by_one_copy_is_one_alert() -> None:
+    runner = engine((COVERAGE % "files").replace("tags: [database]", "tags: [database, crown]"))
+    runner.evaluate(
+        event(
+            "agent.inventory",
+            at(0),
+            exfilguard__inventory=[
+                {"tag": "database", "files": 2, "bytes": 200},
+                {"tag": "crown", "files": 2, "bytes": 200},
+            ],
+        )
+    )
+    assert fired(runner, copy(0, tags=("database", "crown"))) == []
+    alerts = runner.evaluate(copy(1, tags=("database", "crown")))
+    assert len(alerts) == 1
+    assert alerts[0].fields["exfilguard.alert.tag"] == "database, crown"
