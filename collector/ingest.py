@@ -12,6 +12,7 @@ streams while a commit is running share the next commit.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -22,7 +23,7 @@ import grpc
 
 from collector.listeners import EventListener, notify
 from collector.registry import FleetRegistry
-from collector.store.base import IngestResult, Store
+from collector.store.base import IngestResult, Store, StoreError
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
 from protos.events import to_mapping
@@ -31,6 +32,7 @@ log = logging.getLogger("exfilguard.collector.ingest")
 
 MAX_BATCH_EVENTS = 10_000  # an agent flushes at 500; far more is a broken or hostile agent
 MAX_AGENT_ID = 128
+MAX_SEQUENCE = (1 << 63) - 1  # uint64 on the wire, signed 64-bit in the store
 _GROUP_EVENTS = 20_000  # at most this many events in one commit, so acks keep flowing
 
 T = TypeVar("T")
@@ -44,7 +46,9 @@ class StoreWriter:
         # False: the sealer process chains stored events; acks do not wait for hashing.
         self.seal_inline = seal_inline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
-        self._pending: list[tuple[str, Sequence[pb.Event], asyncio.Future[IngestResult]]] = []
+        self._pending: collections.deque[tuple[str, Sequence[pb.Event], asyncio.Future[IngestResult]]] = (
+            collections.deque()
+        )
         self._wake = asyncio.Event()
         self._closing = False
         self._task = asyncio.get_running_loop().create_task(self._run(), name="store-writer")
@@ -56,8 +60,20 @@ class StoreWriter:
         self._wake.set()
         return await future
 
-    def _store_group(self, batches: list[tuple[str, Sequence[pb.Event]]]) -> list[IngestResult]:
-        return self.store.ingest_batches(batches, seal=self.seal_inline)
+    def _store_group(self, batches: list[tuple[str, Sequence[pb.Event]]]) -> list[IngestResult | Exception]:
+        try:
+            return list(self.store.ingest_batches(batches, seal=self.seal_inline))
+        except Exception as exc:
+            if len(batches) == 1:
+                return [exc]
+        # One batch spoiled the shared transaction: store each on its own, so only that one fails.
+        out: list[IngestResult | Exception] = []
+        for batch in batches:
+            try:
+                out.append(self.store.ingest_batches([batch], seal=self.seal_inline)[0])
+            except Exception as exc:
+                out.append(exc)
+        return out
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run any other store call on the writer thread."""
@@ -71,20 +87,18 @@ class StoreWriter:
             while self._pending:
                 group, size = [], 0
                 while self._pending and size < _GROUP_EVENTS:
-                    item = self._pending.pop(0)
+                    item = self._pending.popleft()
                     group.append(item)
                     size += len(item[1])
                 batches = [(agent_id, events) for agent_id, events, _ in group]
-                try:
-                    results = await loop.run_in_executor(self._executor, self._store_group, batches)
-                except Exception as exc:
-                    log.exception("store write failed for %d batch(es)", len(group))
-                    for _, _, future in group:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, _, future), result in zip(group, results, strict=True):
-                    if not future.done():
+                results = await loop.run_in_executor(self._executor, self._store_group, batches)
+                for (agent_id, _, future), result in zip(group, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        log.error("store write failed: %s", result, extra={"agent_id": agent_id})
+                        future.set_exception(result)
+                    else:
                         future.set_result(result)
             if self._closing:
                 return
@@ -106,6 +120,8 @@ def batch_problem(agent_id: str, events: Sequence[pb.Event]) -> str | None:
         sequence = event.event.sequence
         if sequence == 0:
             return f"event #{index} in batch (event.id {event.event.id[:64]!r}): event.sequence must be > 0"
+        if sequence > MAX_SEQUENCE:
+            return f"event sequence {sequence}: larger than {MAX_SEQUENCE} (a store integer)"
         if event.agent.id != agent_id:
             return (
                 f"event sequence {sequence}: agent.id {event.agent.id[:MAX_AGENT_ID]!r} does not match "
@@ -168,6 +184,15 @@ class IngestServicer(pb_grpc.IngestServicer):
             agent_id = first.hello.agent_id
             self._registry.connected(first.hello)
             watermark = await self._writer.call(self._writer.store.watermark, agent_id)
+            if first.hello.last_acked_sequence > watermark:
+                # The store lost acknowledged events (restored from a backup?): the agent has
+                # deleted them from its spool, so they are gone. Say so loudly.
+                log.error(
+                    "agent was acknowledged up to %d but the store holds only %d",
+                    first.hello.last_acked_sequence,
+                    watermark,
+                    extra={"agent_id": agent_id},
+                )
             log.info(
                 "agent connected",
                 extra={
@@ -200,7 +225,12 @@ class IngestServicer(pb_grpc.IngestServicer):
                 if problem:
                     await self._reject(context, agent_id, problem)
                 self._registry.seen(agent_id)
-                result = await self._writer.ingest(agent_id, events)
+                try:
+                    result = await self._writer.ingest(agent_id, events)
+                except StoreError:
+                    # Logged by the writer. Nothing was acknowledged: the agent keeps the batch
+                    # and resends it after reconnecting.
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, "collector could not store the batch")
                 await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
                 if result.stored and self._listeners:
                     # Mappings only when someone listens: building them costs more than storing.

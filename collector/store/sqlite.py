@@ -275,7 +275,7 @@ class SqliteStore(Store):
                     for agent_id in staged:
                         self._seal_agent(agent_id, None)
                 db.execute("COMMIT")
-            except sqlite3.Error as exc:
+            except (sqlite3.Error, OverflowError) as exc:  # OverflowError: a sequence beyond int64
                 self._rollback()
                 raise StoreError(self.location, f"ingest failed: {exc}") from exc
             except BaseException:

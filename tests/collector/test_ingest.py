@@ -134,10 +134,11 @@ def test_wrong_agent_id_is_rejected_while_another_agent_keeps_streaming(collecto
     ("mutate", "words"),
     [
         (lambda batch: batch[2].event.ClearField("sequence"), "event.sequence must be > 0"),
+        (lambda batch: setattr(batch[1].event, "sequence", 1 << 63), "larger than"),
         # Bare events, so the batch stays under the message size limit and only the count is wrong.
         (lambda batch: batch.extend(_bare("big", s) for s in range(6, 10_007)), "exceeds the limit of 10000"),
     ],
-    ids=["zero-sequence", "too-many-events"],
+    ids=["zero-sequence", "sequence-beyond-int64", "too-many-events"],
 )
 def test_malformed_batches_are_invalid_argument(
     collector: CollectorProcess, mutate: object, words: str

@@ -1,0 +1,50 @@
+"""StoreWriter: batches from many streams share a commit, and one bad batch fails alone."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from collector.ingest import StoreWriter
+from collector.store import StoreError
+from collector.store.sqlite import SqliteStore
+from tests.helpers import make_event, make_events
+
+
+async def _scenario(path: Path) -> None:
+    store = SqliteStore(path)
+    writer = StoreWriter(store, seal_inline=True)
+    try:
+        bad = [make_event("bad", 1)]
+        bad[0].event.sequence = 1 << 63  # the ingest service refuses this; here it reaches the store
+        results = await asyncio.gather(
+            writer.ingest("good", make_events("good", 1, 50)),
+            writer.ingest("bad", bad),
+            writer.ingest("other", make_events("other", 1, 5)),
+            return_exceptions=True,
+        )
+        good, failed, other = results
+        assert not isinstance(good, BaseException)
+        assert not isinstance(other, BaseException)
+        assert (good.watermark, other.watermark) == (50, 5)
+        assert isinstance(failed, StoreError)
+        assert await writer.call(store.count_events) == 55
+    finally:
+        await writer.close()
+        store.close()
+
+
+def test_a_failing_batch_does_not_fail_the_others_in_its_commit(tmp_path: Path) -> None:
+    asyncio.run(_scenario(tmp_path / "c.db"))
+
+
+def test_store_rejects_sequences_beyond_int64_as_store_error(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    event = make_event("a", 1)
+    event.event.sequence = 1 << 63
+    with pytest.raises(StoreError):
+        store.ingest("a", [event])
+    assert store.ingest("a", make_events("a", 1, 2)) == 2
+    store.close()
