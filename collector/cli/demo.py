@@ -137,4 +137,5 @@ def show_alerts(store: Store, since: dt.datetime, timeout: float, forever: bool)
             say(f"ALERT {alert.get('severity')} {alert.get('policy.id')}: {text}")
         time.sleep(POLL_SECONDS)
     if not seen:
-        say("no alerts arrived; check the collector's policies and the agent's tags")
+        say("no new alerts: check the policies and the agent's tags")
+        say("(repeats within the suppression window are folded into one follow-up alert)")

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import math
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -156,7 +157,11 @@ class PolicyListener:
                 except Exception:
                     log.exception("policy tick failed")
         finally:
-            self.close()
+            # Folded repeats would be lost with the process: send their follow-ups now.
+            try:
+                self.raise_alerts(self.engine.flush(math.inf))
+            finally:
+                self.close()
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish pending alert writes and drain the sinks (idempotent)."""
