@@ -296,3 +296,30 @@ def test_inotify_overflow_is_a_gap_then_rescan(tmp_path: Path) -> None:
                             and e["exfilguard.inventory"][0].get("files", 0) == 300)
     finally:
         run.__exit__(None, None, None)
+
+
+def test_new_subdirectories_are_watched_with_exact_attribution(tmp_path: Path) -> None:
+    """A directory made after start is watched (inotify) and marked (fanotify): a read in it
+    names the reader exactly."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for fanotify")
+    root = tmp_path / "projects"
+    root.mkdir()
+    with Running(_config(root)) as run:
+        events = run.events
+        deeper = root / "new" / "deeper"
+        deeper.mkdir(parents=True)
+        events.wait_for(events.action("file.create", {"file.path": str(deeper), "file.type": "dir"}))
+        secret = deeper / "plan.txt"
+        secret.write_text("the plan")
+        events.wait_for(events.action("file.create", {"file.path": str(secret)}))
+        reader = subprocess.Popen([sys.executable, "-c", f"open({str(secret)!r}).read(); input()"],
+                                  stdin=subprocess.PIPE, text=True)
+        try:
+            opened = events.wait_for(events.action("file.open", {"file.path": str(secret),
+                                                                 "process.pid": reader.pid}))[0]
+            assert opened["exfilguard.attribution"] == "exact"
+            assert opened["process.executable"] == os.path.realpath(sys.executable)
+            assert opened["tags"] == TAGS
+        finally:
+            reader.communicate("\n", timeout=10)
