@@ -10,9 +10,10 @@ transport does), and is done when the collector acknowledges its last sequence. 
 runs from the moment every agent has its hello ack until the last ack. The store is then
 checked to hold exactly every event once.
 
-Baseline (same run, same disk): the very rows the store writes (same schema and indexes,
-same column values including chain hash and protobuf bytes, WAL, synchronous=FULL), inserted
-by executemany with one commit per batch: what SQLite alone needs for this data.
+Baseline (same run, same disk): the very rows the store writes (same schema, indexes and
+pragmas: WAL, synchronous=FULL, page size and cache; same column values including chain hash
+and protobuf bytes), inserted by executemany with one commit per batch, the agents' batches
+interleaved as they arrive: what SQLite alone needs for this data.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import grpc
 import psutil
 
 from collector.evidence import chain
-from collector.store.sqlite import INSERT_EVENT, SqliteStore, event_row
+from collector.store.sqlite import INSERT_EVENT, SqliteStore, event_row, tune
 from protos import events
 from protos import exfilguard_pb2 as pb
 from tests.helpers import start_collector, write_collector_config
@@ -235,8 +236,10 @@ def _wait_sealed(store_path: Path, last: int, timeout: float = 600) -> float:
 def measure_baseline(args: argparse.Namespace, directory: Path, limit: int = 100_000) -> dict[str, float]:
     """Bare executemany of the store's own rows into the store's own schema (WAL, FULL), per batch."""
     agents = max(1, min(args.agents, limit // (args.batches * args.batch_size) or 1))
-    batches: list[list[tuple[Any, ...]]] = []
+    per_agent: list[list[list[tuple[Any, ...]]]] = []
     for n in range(agents):
+        batches: list[list[tuple[Any, ...]]] = []
+        per_agent.append(batches)
         agent_id = f"bench-{n:04d}"
         template = batch_template(agent_id, args.batch_size)
         head = chain.GENESIS
@@ -249,12 +252,12 @@ def measure_baseline(args: argparse.Namespace, directory: Path, limit: int = 100
                 row[8] = head  # the row as it ends up once sealed
                 rows.append(tuple(row))
             batches.append(rows)
+    batches = [rows for turn in zip(*per_agent, strict=True) for rows in turn]  # interleaved, as they arrive
     # The store creates the schema and pragmas; then it steps aside for plain sqlite3.
     path = directory / "baseline.db"
     SqliteStore(path).close()
     db = sqlite3.connect(path, isolation_level=None)
-    db.execute("PRAGMA journal_mode = WAL")
-    db.execute("PRAGMA synchronous = FULL")
+    tune(db)  # the store's own pragmas: WAL, synchronous=FULL, page cache
     total = sum(len(b) for b in batches)
     started = time.perf_counter()
     for rows in batches:

@@ -64,7 +64,7 @@ CREATE TABLE IF NOT EXISTS events (
     chain BLOB,
     data BLOB NOT NULL,
     PRIMARY KEY (agent_id, sequence)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS chains (
     agent_id TEXT PRIMARY KEY,
@@ -124,6 +124,20 @@ ON CONFLICT (id) DO UPDATE SET gaps = gaps + excluded.gaps, lost = lost + exclud
 """
 
 _STREAM_CHUNK = 500
+
+# Measured with bench/ingest.py's rows (~450 bytes, several agents interleaved): a rowid table
+# (rows appended in arrival order, the (agent, sequence) key in a small separate index),
+# 8 KiB pages and a 32 MiB page cache need about 40% less CPU per insert than a WITHOUT ROWID
+# table with SQLite's defaults, where interleaved agents split big-row pages all the time.
+PAGE_SIZE = 8192
+CACHE_KIB = 32 * 1024
+
+
+def tune(db: sqlite3.Connection) -> None:
+    """The pragmas of a writing connection: WAL, fsync on commit, a page cache for the indexes."""
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
 
 def ecs_time(moment: dt.datetime) -> str:
@@ -224,8 +238,9 @@ class SqliteStore(Store):
             if version == 0:
                 raise StoreCorrupt(self.location, "not an ExfilGuard store (no schema)")
             return
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = FULL")
+        if version == 0:
+            db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only takes effect before the first table
+        tune(db)
         if version == 0:
             db.execute("BEGIN IMMEDIATE")
             # Statement by statement: executescript() would commit the open transaction.
