@@ -92,7 +92,10 @@ class PolicyListener:
         """Evaluate each stored event; raise what fires. Never blocks on sinks or the store."""
         alerts: list[Alert] = []
         for mapping in mappings:
-            alerts.extend(self.engine.evaluate(mapping))
+            try:
+                alerts.extend(self.engine.evaluate(mapping))
+            except Exception:  # one odd event must not cost the rest of the batch its evaluation
+                log.exception("policy evaluation failed on event %s", mapping.get("event.id"))
         self.raise_alerts(alerts)
 
     def raise_alerts(self, alerts: list[Alert]) -> None:
@@ -111,6 +114,10 @@ class PolicyListener:
                 body.get("summary", ""),
                 extra={"alert_id": alert.id, "policy_id": alert.policy_id, "severity": alert.severity},
             )
+
+    def stats(self) -> dict[str, Any]:
+        """Figures for metrics: the engine's (events, alerts, open groups...) and each sink's."""
+        return {**self.engine.stats(), "sinks": self.dispatcher.stats(), "alerts_sent": self.alerts_sent}
 
     def _store(self, body: dict[str, Any]) -> None:
         assert self.store is not None
