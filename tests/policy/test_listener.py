@@ -165,3 +165,48 @@ def test_collector_refuses_to_start_on_a_broken_policy(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"{where / 'bulk.yaml'}:7:33:" in done.stderr
     assert "EG107" in done.stderr
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "import sys; from collector.cli import main; sys.exit(main())", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_alerts_cli_lists_stored_alerts_as_table_and_json(tmp_path: Path) -> None:
+    conf = config(tmp_path, pack(tmp_path))
+    store = open_store(conf.store)
+
+    async def run() -> None:
+        listener = PolicyListener.from_config(conf, store)
+        await listener.on_events([events.to_mapping(copy_event(i)) for i in (1, 2, 3)])
+        await listener.aclose()
+
+    asyncio.run(run())
+    store.close()
+    (tmp_path / "collector.yaml").write_text(f"store: {conf.store}\npolicies: [{tmp_path / 'policies'}]\n")
+    as_json = _cli("alerts", "--config", str(tmp_path / "collector.yaml"), "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    found = json.loads(as_json.stdout)
+    assert [(a["policy.id"], a["count"], a["device.serial"]) for a in found] == [("bulk", 3, "STICK-1")]
+    table = _cli("alerts", "--config", str(tmp_path / "collector.yaml"))
+    assert table.stdout.splitlines()[0].split()[:3] == ["TIME", "SEVERITY", "POLICY"]
+    assert "3 copies to STICK-1" in table.stdout
+
+
+def test_policy_test_cli_replays_recorded_events(tmp_path: Path) -> None:
+    where = pack(tmp_path)
+    recorded = tmp_path / "events.jsonl"
+    recorded.write_text("".join(json.dumps(events.to_mapping(copy_event(i))) + "\n" for i in (1, 2, 3)))
+    done = _cli("policy", "test", str(where), "--events", str(recorded), "--json")
+    assert done.returncode == 0, done.stderr
+    alerts = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(a["policy.id"], a["count"]) for a in alerts] == [("bulk", 3)]
+    recorded.write_text("{not json\n")
+    bad = _cli("policy", "test", str(where), "--events", str(recorded))
+    assert bad.returncode == 1
+    assert "line 1: not JSON" in bad.stderr
