@@ -87,15 +87,17 @@ class AccessReporter:
 
 
 class ExactAccessSensor:
-    """Owns the fanotify group: marks tagged trees, removable mounts and staging file systems."""
+    """Owns the fanotify group: marks tagged trees, removable mounts, and the system's file
+    systems (writes, for archives of tagged files; execs, to name short-lived processes)."""
 
     name = "fanotify"
 
     def __init__(self, tags: TagMap, reporter: AccessReporter, media: RemovableMedia,
-                 archive_paths: tuple[str, ...] = ("/tmp", "/home", "/var/tmp", "/root")) -> None:
+                 system_paths: tuple[str, ...] = ("/", "/usr", "/tmp", "/home", "/var/tmp", "/root", "/opt")
+                 ) -> None:
         self.tags = tags
         self.media = media
-        self._archive_paths = archive_paths
+        self._system_paths = system_paths
         self.fanotify = FanotifySensor(
             is_tagged=reporter.is_tagged,
             is_removable=lambda path: media.mount_for(path) is not None,
@@ -113,7 +115,7 @@ class ExactAccessSensor:
         self.fanotify.start()
         self.mark_tagged()
         seen_devs: set[int] = set()
-        for path in self._archive_paths:
+        for path in self._system_paths:
             try:
                 dev = Path(path).stat().st_dev
             except OSError:

@@ -39,6 +39,7 @@ FAN_MODIFY = 0x02
 FAN_CLOSE_WRITE = 0x08
 FAN_CLOSE_NOWRITE = 0x10
 FAN_OPEN = 0x20
+FAN_OPEN_EXEC = 0x1000
 FAN_Q_OVERFLOW = 0x4000
 FAN_EVENT_ON_CHILD = 0x08000000
 
@@ -64,7 +65,8 @@ _MARK_KINDS = {"inode": FAN_MARK_DONT_FOLLOW, "mount": FAN_MARK_MOUNT, "filesyst
 
 TAGGED_MASK = FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_EVENT_ON_CHILD
 MOUNT_MASK = FAN_OPEN | FAN_CLOSE_WRITE  # the open only to read /proc while the writer lives
-ARCHIVE_MASK = FAN_CLOSE_WRITE
+# whole file systems: writes (archives of tagged files) and execs (who a short-lived pid was)
+SYSTEM_MASK = FAN_CLOSE_WRITE | FAN_OPEN_EXEC
 
 
 def _libc() -> ctypes.CDLL:
@@ -217,8 +219,8 @@ class FanotifySensor:
         self._mark(point, MOUNT_MASK, "mount", remove=not add)
 
     def mark_filesystem(self, path: str) -> None:
-        """Watch close-after-write on the whole file system holding `path` (archive staging)."""
-        self._mark(path, ARCHIVE_MASK, "filesystem")
+        """Watch writes (archive staging) and execs on the whole file system holding `path`."""
+        self._mark(path, SYSTEM_MASK, "filesystem")
 
     def _mark(self, path: str, mask: int, kind: str, remove: bool = False) -> bool:
         key = (kind, path)
@@ -309,6 +311,11 @@ class FanotifySensor:
             return
         if path.endswith(" (deleted)"):
             path = path[: -len(" (deleted)")]
+        if mask & FAN_OPEN_EXEC:
+            self._processes.note_exec(pid, path)
+            if not mask & (FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
+                os.close(fd)
+                return
         kind = ""
         due = 0.0
         if self._is_tagged(path):

@@ -5,10 +5,11 @@ fanotify hands us a pid; the process may exit a moment later, so the sensor read
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH115, PTH123
+# ruff: noqa: PTH115, PTH119, PTH123
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pwd
 import threading
@@ -110,8 +111,10 @@ def describe(event: pb.Event, info: ProcessInfo | None, attribution: str, pid: i
     if info.loginuid >= 0:
         event.exfilguard.login_user.id = str(info.loginuid)
         event.exfilguard.login_user.name = user_name(info.loginuid)
-    # An exited (zombie) process still shows pid, uid and name, but no executable any more.
-    event.exfilguard.attribution = attribution if info.executable or attribution != EXACT else INFERRED
+    # A process that exited before /proc was read is known in part (a zombie keeps its uid and
+    # name but not its executable; an exec seen by fanotify gives the executable only).
+    complete = bool(info.executable) and info.uid >= 0
+    event.exfilguard.attribution = attribution if complete or attribution != EXACT else INFERRED
 
 
 class OpenFileIndex:
@@ -160,9 +163,38 @@ class ProcessCache:
         self._size = size
         self._lock = threading.Lock()
         self._cache: dict[int, tuple[bytes, ProcessInfo]] = {}
+        self._execs: dict[int, ProcessInfo] = {}  # pid -> program it last executed (FAN_OPEN_EXEC)
+
+    def note_exec(self, pid: int, executable: str) -> None:
+        """The kernel saw `pid` execute `executable`: kept, with its uids read right now, for
+        when the process has exited before one of its file events is handled."""
+        name = os.path.basename(executable)
+        if name.startswith("ld-") and ".so" in name:
+            return  # execve opens the dynamic loader right after the program: keep the program
+        uid, ppid, loginuid = _status_ids(pid)
+        info = ProcessInfo(pid, ppid=ppid, executable=executable, name=name[:15], uid=uid, loginuid=loginuid)
+        with self._lock:
+            self._execs.pop(pid, None)
+            self._execs[pid] = info
+            if len(self._execs) > self._size:
+                del self._execs[next(iter(self._execs))]
 
     def lookup(self, pid: int) -> ProcessInfo | None:
-        """Identity of `pid`: live from /proc, else the last one seen (None if never seen)."""
+        """Identity of `pid`: live from /proc, else the last one seen, else what it executed."""
+        return self._with_exec(pid, self._lookup(pid))
+
+    def _with_exec(self, pid: int, info: ProcessInfo | None) -> ProcessInfo | None:
+        if info is not None and info.executable:
+            return info
+        with self._lock:
+            execed = self._execs.get(pid)
+        if execed is None:
+            return info
+        if info is None:
+            return execed
+        return dataclasses.replace(info, executable=execed.executable)
+
+    def _lookup(self, pid: int) -> ProcessInfo | None:
         key = _stat_key(pid)
         with self._lock:
             cached = self._cache.get(pid)
@@ -180,6 +212,24 @@ class ProcessCache:
                     del self._cache[old]
             self._cache[pid] = (key, info)
         return info
+
+
+def _status_ids(pid: int) -> tuple[int, int, int]:
+    """(uid, ppid, login uid) of a live pid; -1/0/-1 for what cannot be read."""
+    uid, ppid, loginuid = -1, 0, -1
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"PPid:"):
+                    ppid = int(line.split()[1])
+                elif line.startswith(b"Uid:"):
+                    uid = int(line.split()[1])
+                    break
+        with open(f"/proc/{pid}/loginuid", "rb") as fh:
+            loginuid = int(fh.read().strip() or b"-1")
+    except (OSError, ValueError, IndexError):
+        pass
+    return uid, ppid, -1 if loginuid == _UNSET_LOGINUID else loginuid
 
 
 def _stat_key(pid: int) -> bytes | None:

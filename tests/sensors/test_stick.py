@@ -83,13 +83,15 @@ def _account(uid: int) -> str:
 
 def _named(event: Mapping, name: str, exe: str) -> None:
     """A process that exits at once (cp, tar) may be gone before /proc is read: then the
-    event says so (attribution inferred/none) and carries what could still be read."""
+    event says so (attribution inferred/none) and carries what the kernel still told
+    (its pid, and the program it executed)."""
+    assert event.get("process.executable", exe) == exe
+    assert event.get("process.name", name) == name
     if event["exfilguard.attribution"] == "exact":
         assert event["process.executable"] == exe
         assert event["user.name"] == "root"
     else:
         assert event["exfilguard.attribution"] in {"inferred", "none"}
-        assert event.get("process.name", name) == name
 
 
 def test_stick_identity_mount_copies_and_detach(loop_stick: Any, tagged: tuple[Path, list[Path]]) -> None:
