@@ -116,3 +116,15 @@ def test_staging_mass_read_and_archive(tmp_path: Path) -> None:
     assert found[0]["exfilguard.copy.files_read"] == 5
     assert looks_like_archive("/x/backup.tar.gz", None)
     assert not looks_like_archive("/x/notes.txt", None)
+
+
+def test_process_known_by_its_exec_after_it_is_gone() -> None:
+    cache = procinfo.ProcessCache()
+    child = subprocess.Popen(["sleep", "5"])
+    cache.note_exec(child.pid, "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")  # the loader: ignored
+    cache.note_exec(child.pid, "/usr/bin/sleep")
+    child.kill()
+    child.wait()
+    info = cache.lookup(child.pid)  # never read from /proc while alive
+    assert info is not None
+    assert (info.executable, info.uid) == ("/usr/bin/sleep", os.getuid())
