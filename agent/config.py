@@ -30,11 +30,15 @@ class AgentTls(_Strict):
     cert: str | None = None
     key: str | None = None
     enrollment_token: str | None = None
+    # The collector's enrollment port (host:port); unset: the collector's host, port 50052.
+    enroll_address: str | None = None
 
     @pydantic.model_validator(mode="after")
     def _one_mode(self) -> Self:
         if not self.insecure_loopback and not self.ca:
             raise ValueError("set either insecure_loopback: true or ca (with cert/key or enrollment_token)")
+        if bool(self.cert) != bool(self.key):
+            raise ValueError("set both cert and key, or neither (to use the enrolled ones in state_dir)")
         return self
 
 
@@ -121,4 +125,7 @@ def load(path: str | os.PathLike[str]) -> AgentConfig:
     doc = yamlfile.load(path)
     config = yamlfile.validate(doc, AgentConfig)
     base = Path(path).resolve().parent
-    return config.model_copy(update={"state_dir": str(base / config.state_dir)})
+    tls_files = {k: str(base / v) for k in ("ca", "cert", "key") if (v := getattr(config.tls, k))}
+    return config.model_copy(
+        update={"state_dir": str(base / config.state_dir), "tls": config.tls.model_copy(update=tls_files)}
+    )

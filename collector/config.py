@@ -29,12 +29,31 @@ class CollectorTls(_Strict):
     cert: str | None = None
     key: str | None = None
     client_ca: str | None = None
+    # The CA's revocation list (`exfilguard certs revoke` writes it; re-read when it changes).
+    # Unset: no revocation checks.
+    crl: str | None = None
 
     @pydantic.model_validator(mode="after")
     def _one_mode(self) -> Self:
         if not self.insecure_loopback and not (self.cert and self.key and self.client_ca):
             raise ValueError("set either insecure_loopback: true or all of cert, key and client_ca")
         return self
+
+
+class Enrollment(_Strict):
+    """The enrollment port (server-only TLS): agents trade a one-time token + CSR for a certificate."""
+
+    listen: str = "0.0.0.0:50052"
+    pki_dir: str = "/var/lib/exfilguard/pki"  # the `exfilguard certs --dir` directory (CA key, tokens)
+    cert_days: Annotated[int, Field(ge=1, le=3650)] = 365
+
+    @pydantic.field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
 
 
 class JsonlSink(_Strict):
@@ -99,6 +118,8 @@ class CollectorConfig(_Strict):
     max_streams: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     metrics_listen: str | None = None
     log_level: str = "info"
+    # Enrollment port (issue 6); absent: agents need certificates issued with `exfilguard certs agent`.
+    enrollment: Enrollment | None = None
     # Policy engine and alerts (issue 4):
     # repeats of an alert for the same group within this window fold into one follow-up with a count
     alert_suppression_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = 600.0
@@ -131,6 +152,9 @@ class CollectorConfig(_Strict):
         host = self.listen.rpartition(":")[0].strip("[]")
         if self.tls.insecure_loopback and host not in {"127.0.0.1", "localhost", "::1"}:
             raise ValueError(f"insecure_loopback is allowed only on a loopback address, not {host}")
+        if self.enrollment is not None and not (self.tls.cert and self.tls.key):
+            # Agents must verify the collector before they hand over a token.
+            raise ValueError("enrollment needs tls.cert and tls.key (the enrollment port is TLS only)")
         return self
 
 
@@ -146,8 +170,14 @@ def load(path: str | os.PathLike[str]) -> CollectorConfig:
     sinks = [
         s.model_copy(update={"path": rel(s.path)}) if isinstance(s, JsonlSink) else s for s in config.alerts
     ]
+    tls_files = {k: rel(v) for k in ("cert", "key", "client_ca", "crl") if (v := getattr(config.tls, k))}
+    enrollment = config.enrollment
+    if enrollment is not None:
+        enrollment = enrollment.model_copy(update={"pki_dir": rel(enrollment.pki_dir)})
     return config.model_copy(
         update={
+            "tls": config.tls.model_copy(update=tls_files),
+            "enrollment": enrollment,
             "store": rel(config.store),
             "state_dir": rel(config.state_dir),
             "policies": [rel(p) for p in config.policies],
