@@ -52,6 +52,10 @@ tls:
   # cert: /var/lib/exfilguard/pki/collector.crt
   # key: /var/lib/exfilguard/pki/collector.key
   # client_ca: /var/lib/exfilguard/pki/ca.crt
+  # crl: /var/lib/exfilguard/pki/crl.pem           # `exfilguard certs revoke` takes effect at once
+# enrollment:                      # agents with a one-time token get their certificate here
+#   listen: 0.0.0.0:50052
+#   pki_dir: /var/lib/exfilguard/pki
 store: /var/lib/exfilguard/collector/collector.db   # a path means SQLite; or postgresql://...
 state_dir: /var/lib/exfilguard/collector           # signing key, fleet state
 policies: [/etc/exfilguard/policies]
