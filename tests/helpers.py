@@ -217,9 +217,13 @@ class AgentStream:
         version: str = "0.1.0",
         first: pb.AgentMessage | None = None,
         options: list[tuple[str, Any]] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,  # mTLS; None: plaintext
     ) -> None:
         self.agent_id = agent_id or ""
-        self._channel = grpc.insecure_channel(address, options=options or [])
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options=options or [])
+        else:
+            self._channel = grpc.secure_channel(address, credentials, options=options or [])
         self._out: queue.Queue[pb.AgentMessage | None] = queue.Queue()
         self._in: queue.Queue[pb.CollectorMessage | grpc.RpcError | None] = queue.Queue()
         self.error: grpc.RpcError | None = None
