@@ -1,6 +1,6 @@
 """Collector ingest throughput over real gRPC with acks, as a ratio to bare SQLite inserts of the same rows.
 
-    python -m bench.ingest [--agents 8] [--batches 50] [--batch-size 500] [--workers 2] [--window 4]
+    python -m bench.ingest [--agents 8] [--batches 50] [--batch-size 500] [--workers 2] [--window 8]
 
 A real collector process (`python -m collector.main`) on loopback; the simulated agents run
 as asyncio streams in `--workers` separate load-generator processes, so the machine's cores
@@ -136,8 +136,11 @@ async def _worker(args: argparse.Namespace) -> None:
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     assert line.strip() == "go"
     go.set()
+    cpu_before = time.process_time()
     ends = await asyncio.gather(*tasks)
-    print(json.dumps({"events": len(ids) * args.batches * args.batch_size, "end": max(ends)}), flush=True)
+    cpu = time.process_time() - cpu_before
+    total = len(ids) * args.batches * args.batch_size
+    print(json.dumps({"events": total, "end": max(ends), "cpu": cpu}), flush=True)
 
 
 # ------------------------------------------------------------------ driver
@@ -198,6 +201,7 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
         cpu = sum(process.cpu_times()[:2]) - cpu_before
         elapsed = max(r["end"] for r in results) - started
         total = sum(r["events"] for r in results)
+        load_cpu = sum(r["cpu"] for r in results)
         rss = process.memory_info().rss
         sealed = _wait_sealed(directory / "collector.db", args.batches * args.batch_size) - started
     finally:
@@ -215,7 +219,8 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
     if stored != total:
         raise RuntimeError(f"store holds {stored} events, {total} were sent")
     return {"events": total, "seconds": elapsed, "rate": total / elapsed, "cpu_us": cpu / total * 1e6,
-            "rss_mib": rss / MiB, "sealed_seconds": sealed, "sealed_rate": total / sealed}
+            "rss_mib": rss / MiB, "sealed_seconds": sealed, "sealed_rate": total / sealed,
+            "load_cpu_us": load_cpu / total * 1e6}
 
 
 def _wait_sealed(store_path: Path, last: int, timeout: float = 600) -> float:
@@ -276,7 +281,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=50, help="batches per agent")
     parser.add_argument("--batch-size", type=int, default=500, help="events per batch")
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
-    parser.add_argument("--window", type=int, default=4, help="unacknowledged batches per agent")
+    parser.add_argument("--window", type=int, default=8, help="unacked batches per agent (as the agent)")
     parser.add_argument("--worker", metavar="ADDRESS", help=argparse.SUPPRESS)
     parser.add_argument("--first-agent", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -302,7 +307,8 @@ def main() -> None:
             lag = result["sealed_seconds"] - result["seconds"]
             print(f"collector, {label}: {result['rate']:>9,.0f} events/s acked = {ratio:.2f} x baseline "
                   f"({result['events']:,} events in {result['seconds']:.2f} s; collector CPU "
-                  f"{result['cpu_us']:.1f} us/event, RSS {result['rss_mib']:.0f} MiB)", flush=True)
+                  f"{result['cpu_us']:.1f} us/event, RSS {result['rss_mib']:.0f} MiB; load generators "
+                  f"{result['load_cpu_us']:.1f} us/event)", flush=True)
             print(f"    hash chain complete {lag:.2f} s after the last ack (sealer process): "
                   f"{result['sealed_rate']:,.0f} events/s stored and chained = "
                   f"{result['sealed_rate'] / baseline['rate']:.2f} x baseline", flush=True)

@@ -182,12 +182,13 @@ def event_row(agent_id: str, event: pb.Event) -> tuple[Any, ...]:
     Columns come straight from the protobuf: building the full ECS mapping here would cost
     more than everything else ingest does.
     """
+    info = event.event  # each attribute step builds a wrapper object: take it once
     return (
         agent_id,
-        event.event.sequence,
-        event.event.id,
+        info.sequence,
+        info.id,
         _ecs_timestamp(event),
-        event.event.action,
+        info.action,
         event.host.name,
         event.user.name,
         event.device.serial,
