@@ -146,6 +146,7 @@ class CredentialsError(EnrollError):
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
+        self.detail = message
         super().__init__(f"tls.{key}: {message}")
 
 

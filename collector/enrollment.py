@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import grpc
 
 from collector import pki
+from collector.config import CollectorConfig
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
 
@@ -129,3 +131,24 @@ class EnrollmentServeError(Exception):
     def __init__(self, address: str, message: str) -> None:
         self.address = address
         super().__init__(f"{address}: {message}")
+
+
+def from_config(config: CollectorConfig) -> EnrollmentServer | None:
+    """The enrollment port configured in collector.yaml (None when `enrollment` is absent)."""
+    settings = config.enrollment
+    if settings is None:
+        return None
+    assert config.tls.cert and config.tls.key  # config validation demands them with enrollment
+    try:
+        cert_pem = Path(config.tls.cert).read_bytes()
+        key_pem = Path(config.tls.key).read_bytes()
+    except OSError as exc:
+        raise EnrollmentServeError(settings.listen, f"cannot read the server certificate: {exc}") from exc
+    authority = pki.CertificateAuthority(settings.pki_dir)
+    try:
+        authority.ca()
+    except pki.PkiError as exc:
+        raise EnrollmentServeError(
+            settings.listen, f"no usable CA for enrollment ({exc}); run `exfilguard certs init-ca`"
+        ) from exc
+    return EnrollmentServer(settings.listen, authority, cert_pem, key_pem, settings.cert_days)

@@ -49,6 +49,7 @@ class MtlsError(Exception):
 
     def __init__(self, key: str, message: str) -> None:
         self.key = key
+        self.detail = message
         super().__init__(f"tls.{key}: {message}")
 
 

@@ -113,3 +113,22 @@ def test_a_missing_ca_file_is_a_file_error(site: Site, tmp_path: Path) -> None:
     with pytest.raises(agent_enroll.EnrollFileError) as info:
         agent_enroll.enroll(site.address, tmp_path / "nope.crt", "t", "agent-1", tmp_path / "a")
     assert info.value.path == str(tmp_path / "nope.crt")
+
+
+def test_enrollment_port_from_config_needs_a_ca(tmp_path: Path) -> None:
+    from collector import config as collector_config
+    from collector.enrollment import EnrollmentServeError, from_config
+    from tests.helpers import write_collector_config
+
+    ca = pki.CertificateAuthority(tmp_path / "pki")
+    ca.init_ca()
+    server = ca.issue_server("localhost", ["127.0.0.1"])
+    tls = {"cert": str(server.cert_path), "key": str(server.key_path), "client_ca": str(ca.ca_cert_path)}
+    good = collector_config.load(write_collector_config(
+        tmp_path / "good", tls=tls, enrollment={"listen": "127.0.0.1:0", "pki_dir": str(ca.directory)}))
+    assert from_config(good) is not None
+    bad = collector_config.load(write_collector_config(
+        tmp_path / "bad", tls=tls, enrollment={"listen": "127.0.0.1:0", "pki_dir": str(tmp_path / "none")}))
+    with pytest.raises(EnrollmentServeError, match="init-ca"):
+        from_config(bad)
+    assert from_config(collector_config.load(write_collector_config(tmp_path / "off"))) is None
