@@ -178,3 +178,21 @@ def test_bad_ttl_is_an_argument_error(ca: pki.CertificateAuthority, ttl: str) ->
     with pytest.raises(SystemExit) as info:
         run_cli("certs", "token", "--dir", str(ca.directory), "--ttl", ttl)
     assert info.value.code == 2
+
+
+@pytest.mark.root
+def test_files_written_by_root_belong_to_the_directory_owner(tmp_path: Path) -> None:
+    """`exfilguard certs` run as root in the collector's PKI dir: the collector user can read the keys."""
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chown)")
+    directory = tmp_path / "pki"
+    directory.mkdir()
+    os.chown(directory, 65534, 65534)
+    authority = pki.CertificateAuthority(directory)
+    authority.init_ca()
+    authority.create_token()
+    for name in ("ca.key", "ca.crt", "crl.pem", "tokens.json"):
+        info = (directory / name).stat()
+        assert (info.st_uid, info.st_gid) == (65534, 65534), name
