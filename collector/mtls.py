@@ -93,7 +93,10 @@ class RevocationList:
 
     def __init__(self, crl_path: str | os.PathLike[str], ca_path: str | os.PathLike[str]) -> None:
         self.crl_path = Path(crl_path)
-        self._ca = pki.load_cert(ca_path)
+        try:
+            self._ca = pki.load_cert(ca_path)
+        except pki.PkiError as exc:
+            raise MtlsError("client_ca", str(exc)) from exc
         self._serials: frozenset[int] = frozenset()
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
