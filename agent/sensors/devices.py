@@ -100,7 +100,11 @@ class DeviceSensor:
             os.write(self._stop_w, b"x")
             self._thread.join(timeout=10)
             self._thread = None
-        self._monitor = None
+        if self._stop_w >= 0:
+            os.close(self._stop_r)
+            os.close(self._stop_w)
+            self._stop_r = self._stop_w = -1
+        self._monitor = None  # pyudev closes its netlink socket when the monitor goes
 
     def _run(self) -> None:
         poller = select.poll()

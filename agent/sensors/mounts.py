@@ -100,6 +100,10 @@ class MountTable:
             os.write(self._stop_w, b"x")
             self._thread.join(timeout=10)
             self._thread = None
+        if self._stop_w >= 0:
+            os.close(self._stop_r)
+            os.close(self._stop_w)
+            self._stop_r = self._stop_w = -1
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
