@@ -91,7 +91,11 @@ class StoreWriter:
                     group.append(item)
                     size += len(item[1])
                 batches = [(agent_id, events) for agent_id, events, _ in group]
+                started = loop.time()
                 results = await loop.run_in_executor(self._executor, self._store_group, batches)
+                if log.isEnabledFor(logging.DEBUG):
+                    took = round((loop.time() - started) * 1e3, 1)
+                    log.debug("stored group", extra={"batches": len(group), "events": size, "ms": took})
                 for (agent_id, _, future), result in zip(group, results, strict=True):
                     if future.done():
                         continue
