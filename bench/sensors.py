@@ -191,8 +191,8 @@ def capture(work: Path, small: int, big_mib: int) -> dict[str, Any]:
         return {
             "files": len(on_stick), "writes": len(on_stick & writes), "copies": len(on_stick & copies),
             "gaps": len(gaps), "copy_seconds": copy_seconds, "agent_cpu": cpu,
-            "attribution": Counter(e.get("exfilguard.attribution", "")
-                                   for e in events if e["event.action"] == "file.write"),
+            "attribution": Counter(e.get("exfilguard.attribution", "") for e in events
+                                   if e["event.action"] == "file.write" and e["file.path"] in on_stick),
         }
     finally:
         stick.remove()
