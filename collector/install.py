@@ -6,7 +6,7 @@
     /etc/exfilguard/<role>.yaml             default config, written only if absent (0600/0640)
     /etc/exfilguard/policies/               shipped policies (collector), only if absent
     /etc/sysusers.d/exfilguard.conf         the collector's system user, applied with systemd-sysusers
-    /var/lib/exfilguard/<role>              state (and .../pki for the collector's CA)
+    /var/lib/exfilguard[/agent]             state: the collector's (with pki/), the agent's below it
     /var/log/exfilguard                     the collector's JSONL alerts
     /etc/systemd/system/exfilguard-<role>.service
 
@@ -56,8 +56,8 @@ tls:
 # enrollment:                      # agents with a one-time token get their certificate here
 #   listen: 0.0.0.0:50052
 #   pki_dir: /var/lib/exfilguard/pki
-store: /var/lib/exfilguard/collector/collector.db   # a path means SQLite; or postgresql://...
-state_dir: /var/lib/exfilguard/collector           # signing key, fleet state
+store: /var/lib/exfilguard/collector.db   # a path means SQLite; or postgresql://...
+state_dir: /var/lib/exfilguard            # signing key, fleet state
 policies: [/etc/exfilguard/policies]
 timezone: UTC                      # for after-hours conditions
 alerts:
@@ -68,7 +68,7 @@ log_level: info
 
 SYSUSERS = f"""\
 # The ExfilGuard collector's service user (installed by `exfilguard setup collector`).
-u {SERVICE_USER} - "ExfilGuard collector" /var/lib/exfilguard/collector /usr/sbin/nologin
+u {SERVICE_USER} - "ExfilGuard collector" /var/lib/exfilguard /usr/sbin/nologin
 """
 
 
@@ -122,7 +122,7 @@ class Installation:
     def _state_dirs(self) -> list[str]:
         if self.role == "agent":
             return ["/var/lib/exfilguard/agent"]
-        return ["/var/lib/exfilguard/collector", "/var/lib/exfilguard/pki", "/var/log/exfilguard"]
+        return ["/var/lib/exfilguard", "/var/lib/exfilguard/pki", "/var/log/exfilguard"]
 
     @property
     def live_system(self) -> bool:
@@ -175,7 +175,7 @@ class Installation:
             elif self.live_system:
                 self._run("user", [
                     "useradd", "--system", "--user-group", "--no-create-home",
-                    "--home-dir", "/var/lib/exfilguard/collector", "--shell", "/usr/sbin/nologin",
+                    "--home-dir", "/var/lib/exfilguard", "--shell", "/usr/sbin/nologin",
                     SERVICE_USER,
                 ])
             else:
@@ -208,12 +208,16 @@ class Installation:
             self.actions.append(f"created {etc}")
         for directory in self._state_dirs():
             target = self.path(directory)
-            if target.exists():
-                continue
-            target.mkdir(mode=0o700 if user is None else 0o750, parents=True)
-            if user is not None and os.geteuid() == 0:
+            if not target.exists():
+                target.mkdir(mode=0o700 if user is None else 0o750, parents=True)
+                self.actions.append(f"created {target}")
+            owner = (target.stat().st_uid, target.stat().st_gid)
+            if user is not None and os.geteuid() == 0 and owner != user:
+                # Only this directory, never its contents: a local agent's state may be inside, and
+                # once the top level is the user's, systemd's StateDirectory= will not descend either.
                 os.chown(target, *user)
-            self.actions.append(f"created {target}")
+                target.chmod(0o750)
+                self.actions.append(f"handed {target} to {SERVICE_USER}")
 
     def _config(self, user: tuple[int, int] | None) -> None:
         if self.config_path.exists():
@@ -273,7 +277,7 @@ class Installation:
                 self._remove(self.path("/etc/exfilguard/policies"))
                 self._remove(self.path("/etc/sysusers.d/exfilguard.conf"))
             for directory in self._state_dirs():
-                self._remove(self.path(directory))
+                self._purge_state(self.path(directory))
             for directory in ("/etc/exfilguard", "/var/lib/exfilguard"):
                 _remove_if_empty(self.path(directory))
         else:
@@ -301,6 +305,15 @@ class Installation:
             os.fchmod(handle.fileno(), mode)
             handle.write(text)
         tmp.replace(path)
+
+    def _purge_state(self, path: Path) -> None:
+        if self.role == "collector" and path == self.path("/var/lib/exfilguard"):
+            # The collector's files only: a local agent's state lives below this directory.
+            for child in list(path.iterdir()) if path.is_dir() else []:
+                if child.name != "agent":
+                    self._remove(child)
+            return
+        self._remove(path)
 
     def _remove(self, path: Path) -> None:
         if path.is_dir() and not path.is_symlink():

@@ -40,23 +40,34 @@ def test_install_update_and_uninstall_both_roles(tmp_path: Path, capsys: pytest.
     root = tmp_path / "root"
     common = ["--root", str(root), "--source", str(units.REPO)]
     venv = root / "opt/exfilguard/venv"
+    state = root / "var/lib/exfilguard"
 
-    # Collector: venv with the package, user, directories, default config, unit.
-    assert setup("collector", *common) == 0, capsys.readouterr().err
-    assert (venv / "bin/exfilguard-collector").exists()
+    # Agent first (the awkward order): venv with the package, root-only config and state.
+    assert setup("agent", *common) == 0, capsys.readouterr().err
     imports = "import agent.main, collector.pki, protos.exfilguard_pb2"
     subprocess.run([str(venv / "bin/python"), "-c", imports], check=True)
+    agent_file = root / "etc/exfilguard/agent.yaml"
+    assert agent_config.load(agent_file).state_dir == "/var/lib/exfilguard/agent"
+    assert stat.S_IMODE(agent_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE((state / "agent").stat().st_mode) == 0o700
+    (state / "agent" / "agent.key").write_text("the agent's secret")
+
+    # Collector: user, its state directory handed over without touching the agent's inside.
+    assert setup("collector", *common) == 0, capsys.readouterr().err
+    assert (venv / "bin/exfilguard-collector").exists()
     config_file = root / "etc/exfilguard/collector.yaml"
     config = collector_config.load(config_file)
-    assert config.store == "/var/lib/exfilguard/collector/collector.db"
+    assert config.store == "/var/lib/exfilguard/collector.db" and config.state_dir == "/var/lib/exfilguard"
     uid, gid = passwd_ids(root, "exfilguard")
-    for directory in ("var/lib/exfilguard/collector", "var/lib/exfilguard/pki", "var/log/exfilguard"):
-        info = (root / directory).stat()
-        assert (info.st_uid, info.st_gid) == (uid, gid), directory
+    for directory in (state, state / "pki", root / "var/log/exfilguard"):
+        info = directory.stat()
+        assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, gid, 0o750), directory
+    # systemd's StateDirectory= chown stops at a top level that is already the user's.
+    assert (state / "agent").stat().st_uid == 0 and (state / "agent/agent.key").stat().st_uid == 0
     assert stat.S_IMODE(config_file.stat().st_mode) == 0o640
     assert any((root / "etc/exfilguard/policies").iterdir())
 
-    # Idempotent: the admin's config survives, our unit is left alone when unchanged.
+    # Idempotent: the admin's config survives; our unit and the venv are left alone when unchanged.
     config_file.write_text(config_file.read_text() + "# the admin was here\n")
     capsys.readouterr()
     assert setup("collector", *common) == 0
@@ -66,29 +77,23 @@ def test_install_update_and_uninstall_both_roles(tmp_path: Path, capsys: pytest.
     assert f"unchanged {venv} (same source)" in out
     assert "the admin was here" in config_file.read_text()
 
-    # Agent: same venv (not re-installed), root-only config from examples/agent.yaml, its own state directory.
-    assert setup("agent", *common) == 0
-    agent_file = root / "etc/exfilguard/agent.yaml"
-    assert agent_config.load(agent_file).state_dir == "/var/lib/exfilguard/agent"
-    assert stat.S_IMODE(agent_file.stat().st_mode) == 0o600
-    assert stat.S_IMODE((root / "var/lib/exfilguard/agent").stat().st_mode) == 0o700
-
     # The installed units verify against the installed venv (no stub executables).
     units.prepare_root(root)
     done = units.verify(root, "exfilguard-agent.service", "exfilguard-collector.service")
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
-    # Uninstall the collector: the agent still needs the venv; config and state stay.
-    assert setup("collector", *common, "--uninstall") == 0
+    # Purge the collector: its files go, the agent's venv, config and state stay.
+    (state / "collector.db").write_text("events")
+    assert setup("collector", *common, "--uninstall", "--purge") == 0
     assert not (root / "etc/systemd/system/exfilguard-collector.service").exists()
-    assert (venv / "bin/exfilguard-agent").exists()
-    assert config_file.exists() and (root / "var/lib/exfilguard/collector").exists()
+    assert not config_file.exists() and not (state / "collector.db").exists()
+    assert (venv / "bin/exfilguard-agent").exists() and agent_file.exists()
+    assert (state / "agent/agent.key").read_text() == "the agent's secret"
 
-    # Purge the agent: venv, its config and state go; the collector's config (not purged) stays.
-    assert setup("agent", *common, "--uninstall", "--purge") == 0
-    assert not venv.exists() and not agent_file.exists()
-    assert not (root / "var/lib/exfilguard/agent").exists()
-    assert config_file.exists()
+    # Uninstall the agent without purge: venv goes, config and state stay.
+    assert setup("agent", *common, "--uninstall") == 0
+    assert not venv.exists()
+    assert agent_file.exists() and (state / "agent").exists()
 
 
 def test_setup_refuses_a_foreign_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

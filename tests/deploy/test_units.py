@@ -75,8 +75,8 @@ def test_unit_is_notify_with_watchdog_and_restart(role: str) -> None:
     assert service["ProtectSystem"] == ["strict"]
     assert service["ConfigurationDirectory"] == ["exfilguard"]
     assert service["ExecStart"][0].endswith(f"--config /etc/exfilguard/{role}.yaml")
-    # Never the bare exfilguard directory: systemd chowns a state directory recursively.
-    assert all(d.startswith("exfilguard/") for d in service["StateDirectory"][0].split())
+    # /var/lib/exfilguard is the collector's; the agent's state is its own subdirectory.
+    assert service["StateDirectory"] == (["exfilguard/agent"] if role == "agent" else ["exfilguard"])
 
 
 def test_collector_runs_unprivileged() -> None:
