@@ -13,6 +13,8 @@ Errors (EnrollError and subclasses, each with fields):
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +27,14 @@ from protos import agentcert as pki
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
 
+log = logging.getLogger("exfilguard.agent.enroll")
+
 CERT_FILE = "agent.crt"
 KEY_FILE = "agent.key"
 ENROLL_TIMEOUT_SECONDS = 30.0
 ENROLL_PORT = 50052  # the collector's default enrollment port (server-only TLS)
 _MAX_ANSWER_BYTES = 256 << 10
+RENEW_WARNING = dt.timedelta(days=30)
 
 
 class EnrollError(Exception):
@@ -192,8 +197,20 @@ def client_credentials(
         raise CredentialsError(
             "cert", f"{cert_path} is for agent {bound!r}, but this agent's id is {agent_id!r}"
         )
+    _warn_expiry(certificate, cert_path)
     return grpc.ssl_channel_credentials(root_certificates=ca_pem, private_key=key_pem,
                                         certificate_chain=cert_pem)
+
+
+def _warn_expiry(certificate: x509.Certificate, path: Path) -> None:
+    # Not fatal: an agent that cannot deliver still spools, so nothing is lost while the admin
+    # renews; but the collector's handshake will refuse it, so say why where the admin looks.
+    left = certificate.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    if left <= dt.timedelta(0):
+        log.error("client certificate %s expired on %s: the collector will refuse this agent; issue a "
+                  "new one (certs agent, or certs token --agent-id)", path, certificate.not_valid_after_utc)
+    elif left <= RENEW_WARNING:
+        log.warning("client certificate %s expires on %s", path, certificate.not_valid_after_utc)
 
 
 def _read_key(path: str | os.PathLike[str], key: str) -> bytes:

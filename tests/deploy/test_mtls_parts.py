@@ -87,3 +87,16 @@ def test_enroll_address_defaults_to_the_collector_host() -> None:
     assert agent_enroll.enroll_address("collector.example:50051", None) == "collector.example:50052"
     assert agent_enroll.enroll_address("[::1]:50051", None) == "[::1]:50052"
     assert agent_enroll.enroll_address("c:1", "e:2") == "e:2"
+
+
+def test_agent_credentials_say_when_the_certificate_expired(
+    ca: pki.CertificateAuthority, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import datetime as dt
+
+    now = dt.datetime.now(dt.UTC)
+    day = dt.timedelta(days=1)
+    issued = ca.issue_agent("a1", not_before=now - 10 * day, not_after=now - day)
+    agent_enroll.client_credentials(ca=str(ca.ca_cert_path), cert=str(issued.cert_path),
+                                    key=str(issued.key_path), state_dir=tmp_path, agent_id="a1")
+    assert any(r.levelname == "ERROR" and "expired" in r.getMessage() for r in caplog.records)
