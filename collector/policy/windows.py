@@ -153,10 +153,19 @@ class AggregateWindow(_Groups):
         self.aggregate = aggregate
         self.sum_field = next((m.field for m in aggregate.measures if m.kind == "sum"), None)
         self.distinct_field = next((m.field for m in aggregate.measures if m.kind == "distinct"), None)
+        self._thresholds = tuple((m.kind, m.threshold, m.op == "gte") for m in aggregate.measures)
 
     def add(self, key: GroupKey, now: float, event_id: str, event: Mapping[str, Any]) -> Firing | None:
         """Count one matching event into its group; a Firing when a threshold is reached (group resets)."""
-        tally: _Tally = self.touch(key, _Tally)
+        # The hot path of every aggregate: plain locals, no helper calls.
+        groups = self.groups
+        tally: _Tally | None = groups.pop(key, None)
+        if tally is None:
+            tally = _Tally()
+            if len(groups) >= self.limits.max_groups:
+                del groups[next(iter(groups))]
+                self.evicted += 1
+        groups[key] = tally
         amount = 0.0
         if self.sum_field:
             raw = event.get(self.sum_field)
@@ -164,29 +173,29 @@ class AggregateWindow(_Groups):
         value = None
         if self.distinct_field:
             value = _hashable(event.get(self.distinct_field))
-        tally.entries.append((now, event_id, amount, value))
+        entries = tally.entries
+        entries.append((now, event_id, amount, value))
         tally.total += amount
         if value is not None:
             if tally.distinct is None:
                 tally.distinct = {}
             tally.distinct[value] = tally.distinct.get(value, 0) + 1
-        tally.last = max(tally.last, now)
+        if now > tally.last:  # noqa: PLR1730 - max() costs a call per event
+            tally.last = now
         cutoff = now - self.span
         cap = self.limits.max_entries
-        while len(tally) and (tally.entries[tally.head][0] < cutoff or len(tally) > cap):
+        while len(entries) > tally.head and (
+            entries[tally.head][0] < cutoff or len(entries) - tally.head > cap
+        ):
             tally.drop_oldest()
+        count = len(entries) - tally.head
         distinct = len(tally.distinct) if tally.distinct else 0
         reached = False
-        for measure in self.aggregate.measures:
-            got = (
-                len(tally)
-                if measure.kind == "count"
-                else distinct
-                if measure.kind == "distinct"
-                else tally.total
-            )
-            if got > measure.threshold or (measure.op == "gte" and got >= measure.threshold):
+        for kind, threshold, inclusive in self._thresholds:
+            got = count if kind == "count" else distinct if kind == "distinct" else tally.total
+            if got > threshold or (inclusive and got >= threshold):
                 reached = True
+                break
         if not reached:
             return None
         entries = tally.live()
