@@ -34,6 +34,7 @@ MAX_BATCH_EVENTS = 10_000  # an agent flushes at 500; far more is a broken or ho
 MAX_AGENT_ID = 128
 MAX_SEQUENCE = (1 << 63) - 1  # uint64 on the wire, signed 64-bit in the store
 _GROUP_EVENTS = 20_000  # at most this many events in one commit, so acks keep flowing
+_STREAM_PIPELINE = 16  # batches of one stream read ahead of their commit (bounds memory per stream)
 
 T = TypeVar("T")
 
@@ -55,10 +56,14 @@ class StoreWriter:
 
     async def ingest(self, agent_id: str, events: Sequence[pb.Event]) -> IngestResult:
         """Store a batch (shared commit with whatever else is waiting); resolves after the commit."""
+        return await self.submit(agent_id, events)
+
+    def submit(self, agent_id: str, events: Sequence[pb.Event]) -> asyncio.Future[IngestResult]:
+        """Queue a batch; the future resolves after its commit. Batches of one agent commit in order."""
         future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
         self._pending.append((agent_id, events, future))
         self._wake.set()
-        return await future
+        return future
 
     def _store_group(self, batches: list[tuple[str, Sequence[pb.Event]]]) -> list[IngestResult | Exception]:
         try:
@@ -218,33 +223,63 @@ class IngestServicer(pb_grpc.IngestServicer):
     async def _serve(
         self, agent_id: str, context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
     ) -> None:
-        while True:
-            message: object = await context.read()
-            if not isinstance(message, pb.AgentMessage):  # EOF: the agent closed its side
-                return
-            kind = message.WhichOneof("body")
-            if kind == "batch":
-                events = message.batch.events
-                problem = batch_problem(agent_id, events)
-                if problem:
-                    await self._reject(context, agent_id, problem)
-                self._registry.seen(agent_id)
-                try:
-                    result = await self._writer.ingest(agent_id, events)
-                except StoreError:
-                    # Logged by the writer. Nothing was acknowledged: the agent keeps the batch
-                    # and resends it after reconnecting.
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, "collector could not store the batch")
-                await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
-                if result.stored and self._listeners:
-                    # Mappings only when someone listens: building them costs more than storing.
-                    await notify(self._listeners, [to_mapping(e) for e in result.stored])
-            elif kind == "heartbeat":
-                self._registry.heartbeat(agent_id, message.heartbeat)
-            elif kind == "hello":
-                await self._reject(context, agent_id, "hello may only be the first message of a stream")
-            else:
-                await self._reject(context, agent_id, "empty AgentMessage (no body set)")
+        # Reading runs ahead of storing: the next batches are read and queued for the writer
+        # while earlier ones commit, so one stream's batches can share a commit (with a
+        # window of 8, one batch per stream per commit would cap ingest at a fraction of
+        # what SQLite can do). Acks go out in order from a task of their own.
+        inflight: asyncio.Queue[asyncio.Future[IngestResult] | None] = asyncio.Queue(_STREAM_PIPELINE)
+        acker = asyncio.create_task(self._acknowledge(agent_id, context, inflight), name=f"ack-{agent_id}")
+        try:
+            while True:
+                reading = asyncio.ensure_future(context.read())
+                await asyncio.wait({reading, acker}, return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():  # the acker ended the stream (store failure)
+                    reading.cancel()
+                    await acker
+                    return
+                message: object = reading.result()
+                if not isinstance(message, pb.AgentMessage):  # EOF: the agent closed its side
+                    await inflight.put(None)
+                    await acker
+                    return
+                kind = message.WhichOneof("body")
+                if kind == "batch":
+                    events = message.batch.events
+                    problem = batch_problem(agent_id, events)
+                    if problem:
+                        await self._reject(context, agent_id, problem)
+                    self._registry.seen(agent_id)
+                    await inflight.put(self._writer.submit(agent_id, events))
+                elif kind == "heartbeat":
+                    self._registry.heartbeat(agent_id, message.heartbeat)
+                elif kind == "hello":
+                    await self._reject(context, agent_id, "hello may only be the first message of a stream")
+                else:
+                    await self._reject(context, agent_id, "empty AgentMessage (no body set)")
+        finally:
+            if not acker.done():
+                acker.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await acker
+
+    async def _acknowledge(
+        self,
+        agent_id: str,
+        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
+        inflight: asyncio.Queue[asyncio.Future[IngestResult] | None],
+    ) -> None:
+        """Ack each queued batch once committed, in order, then tell the listeners."""
+        while (future := await inflight.get()) is not None:
+            try:
+                result = await future
+            except StoreError:
+                # Logged by the writer. Nothing was acknowledged: the agent keeps the batch
+                # and resends it after reconnecting.
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "collector could not store the batch")
+            await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
+            if result.stored and self._listeners:
+                # Mappings only when someone listens: building them costs more than storing.
+                await notify(self._listeners, [to_mapping(e) for e in result.stored])
 
     async def _reject(
         self,
