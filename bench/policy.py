@@ -194,8 +194,8 @@ def copies(count: int) -> list[dict[str, Any]]:
     ]
 
 
-def memory(count: int, whole_pack: bool) -> tuple[float, int]:
-    """(MiB held by window state, open groups) after `count` distinct users copied one file each."""
+def memory(count: int, whole_pack: bool) -> tuple[float, int, int]:
+    """(MiB held, open window groups, open suppression groups) after `count` users copied a file each."""
     policy_set = loader.load([PACK])
     if not whole_pack:
         policy_set.policies = [p for p in policy_set.policies if p.id == "usb-bulk-copy"]
@@ -209,7 +209,8 @@ def memory(count: int, whole_pack: bool) -> tuple[float, int]:
     gc.collect()
     after = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
-    return (after - before) / MiB, engine.stats()["open_groups"]
+    stats = engine.stats()
+    return (after - before) / MiB, stats["open_groups"], stats["suppressed_pending"]
 
 
 def _cpu(pid: int) -> float:
@@ -328,15 +329,16 @@ def main() -> int:
             f"capacity ratio {cpu0 / cpu1:.1%} (target >= 70%)"
         )
 
-    mib, open_groups = memory(args.groups, whole_pack=False)
+    mib, open_groups, _ = memory(args.groups, whole_pack=False)
     print(
         f"memory, usb-bulk-copy   : {mib:8.1f} MiB for {open_groups:,} open groups "
         f"({mib * MiB / max(open_groups, 1):.0f} bytes/group)"
     )
-    mib, open_groups = memory(args.groups, whole_pack=True)
+    mib, open_groups, pending = memory(args.groups, whole_pack=True)
     print(
-        f"memory, whole pack      : {mib:8.1f} MiB for {open_groups:,} open groups "
-        f"({mib * MiB / max(open_groups, 1):.0f} bytes/group) from {args.groups:,} users' copies"
+        f"memory, whole pack      : {mib:8.1f} MiB after {args.groups:,} users' copies: "
+        f"{open_groups:,} open window groups (bulk, coverage, drip)\n"
+        f"                          + {pending:,} open suppression groups (each holds its first alert)"
     )
     return 0
 
