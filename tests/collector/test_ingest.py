@@ -204,3 +204,14 @@ def test_streams_beyond_max_streams_are_resource_exhausted(tmp_path: Path) -> No
         with AgentStream(collector.address, "s3") as third:
             assert third.ack() == 0
         assert collector.stop() == 0
+
+
+def test_pipelined_batches_are_acked_in_order(collector: CollectorProcess) -> None:
+    with AgentStream(collector.address, "pipelined") as stream:
+        assert stream.ack() == 0
+        for first in range(1, 2_001, 100):  # 20 batches without waiting for any ack
+            stream.send_events(make_events("pipelined", first, first + 99))
+        acks = [stream.ack() for _ in range(20)]
+    assert acks == sorted(acks)
+    assert acks[-1] == 2_000
+    assert stored_sequences(_store(collector), "pipelined") == list(range(1, 2_001))
