@@ -166,16 +166,19 @@ class AgentAuthInterceptor(grpc.aio.ServerInterceptor):
         inner: Any = handler.stream_stream
         if inner is None:
             return handler
+        # Both servicer styles are covered: context.read() (through _BoundContext) and the
+        # request iterator (through _BoundContext.checked).
         if inspect.isasyncgenfunction(inner):
             async def guarded_gen(request_iterator: Any, context: Any) -> AsyncIterator[Any]:
                 bound = await self._authenticate(context)
-                async for reply in inner(request_iterator, bound):
+                async for reply in inner(bound.checked(request_iterator), bound):
                     yield reply
 
             behavior: Any = guarded_gen
         else:
             async def guarded(request_iterator: Any, context: Any) -> Any:
-                return await inner(request_iterator, await self._authenticate(context))
+                bound = await self._authenticate(context)
+                return await inner(bound.checked(request_iterator), bound)
 
             behavior = guarded
         return grpc.stream_stream_rpc_method_handler(
@@ -219,7 +222,15 @@ class _BoundContext:
         return getattr(self._inner, name)
 
     async def read(self) -> Any:
-        message = await self._inner.read()
+        """The next request, checked."""
+        return await self._check(await self._inner.read())
+
+    async def checked(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        """The request iterator, each message checked."""
+        async for message in requests:
+            yield await self._check(message)
+
+    async def _check(self, message: Any) -> Any:
         if self._revocations is not None and self._revocations.is_revoked(self._serial):
             log.warning("cut the stream of agent %s: certificate %x was revoked", self.agent_id, self._serial)
             await self._inner.abort(

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from agent import enroll as agent_enroll
 from collector import mtls, pki
+from protos import exfilguard_pb2 as pb
+from protos import exfilguard_pb2_grpc as pb_grpc
+from tests.deploy.aioserver import LoopThread
 
 
 @pytest.fixture
@@ -100,3 +105,47 @@ def test_agent_credentials_say_when_the_certificate_expired(
     agent_enroll.client_credentials(ca=str(ca.ca_cert_path), cert=str(issued.cert_path),
                                     key=str(issued.key_path), state_dir=tmp_path, agent_id="a1")
     assert any(r.levelname == "ERROR" and "expired" in r.getMessage() for r in caplog.records)
+
+
+class EchoIngest(pb_grpc.IngestServicer):
+    """An iterator-style ingest stand-in: one ack per message (the real one uses context.read())."""
+
+    async def Stream(self, request_iterator: Any, context: Any) -> Any:
+        count = 0
+        async for _message in request_iterator:
+            count += 1
+            yield pb.CollectorMessage(ack=pb.Ack(sequence=count))
+
+
+def test_interceptor_checks_iterator_style_servicers_too(ca: pki.CertificateAuthority) -> None:
+    loop = LoopThread()
+    server: list[grpc.aio.Server] = []
+
+    async def start() -> int:
+        aio = grpc.aio.server(interceptors=[mtls.AgentAuthInterceptor()])
+        pb_grpc.add_IngestServicer_to_server(EchoIngest(), aio)
+        port = aio.add_secure_port("127.0.0.1:0", mtls.server_credentials(
+            str(ca.server_cert_path), str(ca.server_key_path), str(ca.ca_cert_path)))
+        await aio.start()
+        server.append(aio)
+        return port
+
+    port = loop.call(start)
+    try:
+        issued = ca.issue_agent("a1")
+        assert issued.key_path is not None and issued.cert_path is not None
+        credentials = grpc.ssl_channel_credentials(
+            ca.ca_cert_path.read_bytes(), issued.key_path.read_bytes(), issued.cert_path.read_bytes())
+        for claimed, expected in (("a1", None), ("a2", grpc.StatusCode.PERMISSION_DENIED)):
+            with grpc.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+                hello = pb.AgentMessage(hello=pb.Hello(agent_id=claimed))
+                replies = pb_grpc.IngestStub(channel).Stream(iter([hello]), timeout=10)
+                if expected is None:
+                    assert [r.ack.sequence for r in replies] == [1]
+                else:
+                    with pytest.raises(grpc.RpcError) as info:
+                        list(replies)
+                    assert info.value.code() == expected
+    finally:
+        loop.call(lambda: server[0].stop(None))
+        loop.close()
