@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -59,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     from agent.loopstick import LoopStick, ensure_udevd
     from agent.sensors.errors import LoopStickError
 
+    # A TERM (the quickstart stopping) must still unmount and delete the stick.
+    signal.signal(signal.SIGTERM, _terminate)
     started = dt.datetime.now(dt.UTC)
     workdir = Path(tempfile.mkdtemp(prefix="exfilguard-demo-"))
     stick = LoopStick(workdir, label=LABEL, serial=SERIAL, vendor="ExfilGuard", model="Demo_Stick")
@@ -97,6 +100,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"exfilguard demo: cleanup: {exc}", file=sys.stderr)
         shutil.rmtree(workdir, ignore_errors=True)
         say("stick removed")
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def say(text: str) -> None:
