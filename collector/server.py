@@ -17,7 +17,7 @@ from collector.listeners import EventListener, notify
 from collector.registry import FleetRegistry
 from collector.sealer import Sealer
 from collector.store import Store, StoreError
-from collector.tls import server_credentials
+from collector.tls import server_credentials, server_interceptors
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
 
@@ -79,7 +79,9 @@ class Collector:
         self._writer = StoreWriter(self.store, seal_inline=False)
         await self._sealer.start()
         servicer = IngestServicer(self._writer, self.registry, self.listeners, self.config.max_streams)
-        server = grpc.aio.server(options=server_options(self.config))
+        server = grpc.aio.server(
+            options=server_options(self.config), interceptors=server_interceptors(self.config.tls)
+        )
         pb_grpc.add_IngestServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         credentials = server_credentials(self.config.tls)

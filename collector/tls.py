@@ -1,7 +1,8 @@
 """Server transport security: the one place that turns the config's `tls` section into credentials.
 
 Today only plaintext on loopback (`tls.insecure_loopback: true`) is built; mTLS (cert, key,
-client_ca) plugs in here, and the server needs no other change.
+client_ca) plugs in here (`server_credentials`, `server_interceptors`), and the server needs no
+other change.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ class TlsError(Exception):
     def __init__(self, key: str, message: str) -> None:
         self.key = key
         super().__init__(f"tls.{key}: {message}")
+
+
+def server_interceptors(tls: CollectorTls) -> list[grpc.aio.ServerInterceptor]:
+    """Interceptors the agent port runs (e.g. checking the client certificate against the agent id)."""
+    return []
 
 
 def server_credentials(tls: CollectorTls) -> grpc.ServerCredentials | None:
