@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 from agent.sensors import Emit, procinfo
@@ -108,6 +109,7 @@ class ExactAccessSensor:
             on_overflow=self._overflowed,
         )
         self._emit = reporter.emit
+        self.copies = reporter.copies
         self.marks = 0
 
     def start(self) -> None:
@@ -140,6 +142,10 @@ class ExactAccessSensor:
 
     def _mount_changed(self, mount: RemovableMount, appeared: bool) -> None:
         self.fanotify.mark_mount(mount.point, add=appeared)
+        if appeared and mount.seen_at:
+            # writes between the mount and its mark: found by a scan, attribution none
+            threading.Thread(target=self.copies.catch_up, args=(mount,), name="exfilguard-catch-up",
+                             daemon=True).start()
 
     def _overflowed(self) -> None:
         event = new_event("agent.gap")

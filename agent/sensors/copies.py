@@ -20,7 +20,7 @@ from collections import OrderedDict
 
 from agent.sensors import Emit, procinfo
 from agent.sensors.fingerprints import FingerprintIndex
-from agent.sensors.media import RemovableMedia
+from agent.sensors.media import RemovableMedia, RemovableMount
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from protos import exfilguard_pb2 as pb
 from protos.events import new_event
@@ -28,6 +28,7 @@ from protos.events import new_event
 _MAX_GROUPS = 4096       # processes / process groups remembered (oldest forgotten first)
 _MAX_READS = 100_000     # tagged files remembered per process
 _LINEAGE_SECONDS = 12 * 3600.0
+_CATCH_UP_MARGIN_SECONDS = 2.0  # mount to mount-table wake-up is milliseconds
 
 
 class _Reads:
@@ -208,6 +209,30 @@ class CopyDetector:
         copy.exfilguard.copy.method.extend(methods)
         copy.exfilguard.copy.files_read = max(files_read, archive_reads)
         self._emit(copy)
+
+    def catch_up(self, mount: RemovableMount, limit: int = 10_000) -> int:
+        """Report files written on a new mount before its watch was in place: changed (ctime)
+        since just before the mount was seen. Returns how many. Runs in its own thread."""
+        if not mount.seen_at:
+            return 0  # present at agent start: what happened before is the agent's own gap
+        since = mount.seen_at - _CATCH_UP_MARGIN_SECONDS
+        found = 0
+        stack, seen = [mount.point], 0
+        while stack and seen < limit:
+            try:
+                with os.scandir(stack.pop()) as entries:
+                    for entry in entries:
+                        seen += 1
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=False):
+                            st = entry.stat(follow_symlinks=False)
+                            if st.st_ctime >= since:
+                                found += 1
+                                self.note_write(Written(path=entry.path, size=st.st_size))
+            except OSError:
+                continue  # unmounted meanwhile, or unreadable
+        return found
 
     @staticmethod
     def _event(action: str, written: Written, device: pb.Device, mount: pb.Mount) -> pb.Event:

@@ -61,6 +61,13 @@ class _OverflowWatchGroup(InotifyWatchGroup):
 
     on_overflow: Callable[[], None] | None = None
 
+    def _add_callback(self, path: bytes) -> None:
+        # `mkdir -p a/b`: the walk after a/ was created already watches a/b; its own IN_CREATE
+        # then tried again and watchdog warned (an exception where warnings are errors).
+        if path in self._active_callbacks_by_path:
+            return
+        super()._add_callback(path)
+
     def on_queue_overflow(self) -> None:
         super().on_queue_overflow()
         if self.on_overflow is not None:
@@ -195,6 +202,9 @@ class FileSensor:
                 handler = _Dispatch(self._removable_event)
                 self._mount_watches[mount.point] = observer.schedule(
                     handler, mount.point, recursive=True, event_filter=list(_REMOVABLE))
+                if mount.seen_at:  # writes between the mount and its watch: found by a scan
+                    threading.Thread(target=self.copies.catch_up, args=(mount,), daemon=True,
+                                     name="exfilguard-catch-up").start()
             elif not appeared and mount.point in self._mount_watches:
                 observer.unschedule(self._mount_watches.pop(mount.point))
 
@@ -255,8 +265,10 @@ class FileSensor:
         tags = self.tags.tags_for(src)
         if not tags:
             return
-        if isinstance(event, (FileOpenedEvent, FileClosedNoWriteEvent)) and self.index.read_by_us(src):
+        if isinstance(event, FileOpenedEvent) and self.index.read_by_us(src, "open"):
             return  # the agent hashing a tagged file to compare it with a copy
+        if isinstance(event, FileClosedNoWriteEvent) and self.index.read_by_us(src, "close"):
+            return
         if isinstance(event, (FileCreatedEvent, DirCreatedEvent)):
             self.index.update(src)
             if event.is_directory and self._on_new_dir is not None:

@@ -71,7 +71,7 @@ class FingerprintIndex:
         # not counted in the inventory.
         self._derived: dict[str, tuple[str, ...]] = {}
         # Paths we are hashing now: inotify cannot tell our own reads from a user's.
-        self._own_reads: dict[str, float] = {}
+        self._own_reads: dict[tuple[str, str], tuple[int, float]] = {}
 
     # ------------------------------------------------------------- building
 
@@ -92,6 +92,17 @@ class FingerprintIndex:
                 continue
             fresh[path] = (st.st_size, st.st_mtime_ns, tags)
         with self._lock:
+            # Events handled while we walked changed the old index: where the two disagree,
+            # look again, so a file created (or deleted) mid-walk is not lost to the swap.
+            for path in set(self._files).symmetric_difference(fresh):
+                try:
+                    st = os.stat(path, follow_symlinks=False)
+                except OSError:
+                    fresh.pop(path, None)
+                    continue
+                tags = self._derived.get(path) or self._intern(tuple(self.tags.tags_for(path)))
+                if stat.S_ISREG(st.st_mode) and tags:
+                    fresh[path] = (st.st_size, st.st_mtime_ns, tags)
             self._files = {}
             self._by_size = {}
             self._sample_maps = {}
@@ -260,17 +271,29 @@ class FingerprintIndex:
                 self._sample_maps[size] = built
         return built
 
-    def read_by_us(self, path: str) -> bool:
-        """Whether the agent itself opened `path` within the last second (to hash it)."""
-        until = self._own_reads.get(path)
-        return until is not None and until >= time.monotonic()
+    def read_by_us(self, path: str, kind: str) -> bool:
+        """Whether an inotify `kind` ("open" or "close") event on `path` is one of the agent's
+        own hashing reads (each own read accounts for one open and one close, once)."""
+        key = (path, kind)
+        with self._lock:
+            entry = self._own_reads.get(key)
+            if entry is None:
+                return False
+            count, until = entry
+            if until < time.monotonic() or count <= 1:
+                del self._own_reads[key]
+            else:
+                self._own_reads[key] = (count - 1, until)
+            return until >= time.monotonic()
 
     def _open_own(self, path: str, read: Callable[[int], _T]) -> _T | None:
         with self._lock:
             now = time.monotonic()
-            if len(self._own_reads) > 1024:
-                self._own_reads = {p: t for p, t in self._own_reads.items() if t >= now}
-            self._own_reads[path] = now + 1.0
+            if len(self._own_reads) > 4096:
+                self._own_reads = {k: v for k, v in self._own_reads.items() if v[1] >= now}
+            for kind in ("open", "close"):
+                count = self._own_reads.get((path, kind), (0, 0.0))[0]
+                self._own_reads[(path, kind)] = (count + 1, now + 5.0)
         return _with_file(path, read)
 
     def _sample_of(self, path: str, size: int) -> bytes | None:

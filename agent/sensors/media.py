@@ -30,6 +30,7 @@ class RemovableMount:
     point: str
     device: pb.Device
     mount: pb.Mount
+    seen_at: float = 0.0      # wall-clock time the agent saw it appear (0: present at start)
 
 
 MountListener = Callable[[RemovableMount, bool], None]  # (mount, appeared)

@@ -10,6 +10,7 @@ import logging
 import os
 import select
 import threading
+import time
 from dataclasses import dataclass
 
 from agent.sensors import Emit, procinfo
@@ -86,11 +87,13 @@ class MountTable:
         self._thread: threading.Thread | None = None
         self._stop_r, self._stop_w = os.pipe()
         self._fd = -1
+        self._started = False  # mounts found by the first look were there before the agent
 
     def start(self) -> None:
         """Report removable mounts present now, then follow the mount table."""
         self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
         self.recheck()
+        self._started = True
         self._thread = threading.Thread(target=self._run, name="exfilguard-mounts", daemon=True)
         self._thread.start()
 
@@ -132,7 +135,7 @@ class MountTable:
                 label, uuid = self.media.fs_identity(entry.source)
                 mount = pb.Mount(point=entry.point, fs_type=entry.fs_type, label=label, uuid=uuid,
                                  read_only=entry.read_only, source=entry.source)
-                removable = RemovableMount(entry.point, device, mount)
+                removable = RemovableMount(entry.point, device, mount, time.time() if self._started else 0.0)
                 self._tracked[mount_id] = removable
                 self.media.add_mount(removable)
                 self._emit_mount("device.mount", removable)
