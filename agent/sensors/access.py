@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 from agent.sensors import Emit, procinfo
@@ -144,8 +145,8 @@ class ExactAccessSensor:
         self.fanotify.mark_mount(mount.point, add=appeared)
         if appeared and mount.seen_at:
             # writes between the mount and its mark: found by a scan, attribution none
-            threading.Thread(target=self.copies.catch_up, args=(mount,), name="exfilguard-catch-up",
-                             daemon=True).start()
+            threading.Thread(target=self.copies.catch_up, args=(mount, time.time()),
+                             name="exfilguard-catch-up", daemon=True).start()
 
     def _overflowed(self) -> None:
         event = new_event("agent.gap")

@@ -29,6 +29,7 @@ _MAX_GROUPS = 4096       # processes / process groups remembered (oldest forgott
 _MAX_READS = 100_000     # tagged files remembered per process
 _LINEAGE_SECONDS = 12 * 3600.0
 _CATCH_UP_MARGIN_SECONDS = 2.0  # mount to mount-table wake-up is milliseconds
+_COARSE_CLOCK_SECONDS = 0.02
 
 
 class _Reads:
@@ -210,12 +211,15 @@ class CopyDetector:
         copy.exfilguard.copy.files_read = max(files_read, archive_reads)
         self._emit(copy)
 
-    def catch_up(self, mount: RemovableMount, limit: int = 10_000) -> int:
-        """Report files written on a new mount before its watch was in place: changed (ctime)
-        since just before the mount was seen. Returns how many. Runs in its own thread."""
+    def catch_up(self, mount: RemovableMount, watched_at: float, limit: int = 10_000) -> int:
+        """Report files written on a new mount before its watch was in place (at `watched_at`,
+        wall clock): changed (ctime) between just before the mount was seen and then; later
+        changes are the watch's. Returns how many. Runs in its own thread."""
         if not mount.seen_at:
             return 0  # present at agent start: what happened before is the agent's own gap
         since = mount.seen_at - _CATCH_UP_MARGIN_SECONDS
+        # file times come from a coarse kernel clock: stay clear of the watch's side
+        until = watched_at - _COARSE_CLOCK_SECONDS
         found = 0
         stack, seen = [mount.point], 0
         while stack and seen < limit:
@@ -227,7 +231,7 @@ class CopyDetector:
                             stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False):
                             st = entry.stat(follow_symlinks=False)
-                            if st.st_ctime >= since:
+                            if since <= st.st_ctime < until:
                                 found += 1
                                 self.note_write(Written(path=entry.path, size=st.st_size))
             except OSError:

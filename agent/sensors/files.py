@@ -203,7 +203,7 @@ class FileSensor:
                 self._mount_watches[mount.point] = observer.schedule(
                     handler, mount.point, recursive=True, event_filter=list(_REMOVABLE))
                 if mount.seen_at:  # writes between the mount and its watch: found by a scan
-                    threading.Thread(target=self.copies.catch_up, args=(mount,), daemon=True,
+                    threading.Thread(target=self.copies.catch_up, args=(mount, time.time()), daemon=True,
                                      name="exfilguard-catch-up").start()
             elif not appeared and mount.point in self._mount_watches:
                 observer.unschedule(self._mount_watches.pop(mount.point))

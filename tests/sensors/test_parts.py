@@ -128,3 +128,40 @@ def test_process_known_by_its_exec_after_it_is_gone() -> None:
     info = cache.lookup(child.pid)  # never read from /proc while alive
     assert info is not None
     assert (info.executable, info.uid) == ("/usr/bin/sleep", os.getuid())
+
+
+def test_catch_up_reports_writes_between_mount_and_watch(tmp_path: Path) -> None:
+    """Files changed after the mount was seen and before the watch was placed are reported
+    once; older files and files the watch itself sees are not."""
+    import time
+
+    from agent.config import Removable
+    from agent.sensors.copies import CopyDetector
+    from agent.sensors.media import RemovableMedia, RemovableMount
+    from protos import exfilguard_pb2 as pb
+
+    stick = tmp_path / "stick"
+    (stick / "old").mkdir(parents=True)
+    (stick / "old" / "photo.jpg").write_bytes(b"x")
+    old_time = time.time() - 3600
+    os.utime(stick / "old" / "photo.jpg", (old_time, old_time))  # mtime only: ctime stays now
+    events = Recorder()
+    media = RemovableMedia(Removable())
+    index = FingerprintIndex(TagMap({}))
+    copies = CopyDetector(index, media, StagingDetector(SensorSettings(), events), events)
+    seen_at = time.time()
+    (stick / "early.bin").write_bytes(b"written before the watch")
+    time.sleep(0.05)  # the kernel's file clock is coarse
+    watched_at = time.time()
+    time.sleep(0.05)
+    (stick / "late.bin").write_bytes(b"the watch reports this one")
+    mount = RemovableMount(str(stick), pb.Device(name="/dev/sdz", serial="S1", removable=True),
+                           pb.Mount(point=str(stick)), seen_at=seen_at)
+    media.add_mount(mount)
+    # early.bin, and photo.jpg: utime left its ctime within the margin before the mount was seen
+    assert copies.catch_up(mount, watched_at) == 2
+    written = sorted(e["file.path"] for e in events.matching(events.action("file.write")))
+    assert written == [str(stick / "early.bin"), str(stick / "old" / "photo.jpg")]
+    assert all(e["device.serial"] == "S1" for e in events.matching(events.action("file.write")))
+    present = RemovableMount(str(stick), mount.device, mount.mount, seen_at=0.0)
+    assert copies.catch_up(present, watched_at) == 0  # there before the agent: not reported
