@@ -206,7 +206,7 @@ class TagInventory(_message.Message):
     def __init__(self, tag: _Optional[str] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Extensions(_message.Message):
-    __slots__ = ("attribution", "login_user", "mount", "source", "copy", "gap", "inventory", "count")
+    __slots__ = ("attribution", "login_user", "mount", "source", "copy", "gap", "inventory", "count", "config_version")
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     LOGIN_USER_FIELD_NUMBER: _ClassVar[int]
     MOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,7 @@ class Extensions(_message.Message):
     GAP_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     attribution: str
     login_user: LoginUser
     mount: Mount
@@ -223,7 +224,8 @@ class Extensions(_message.Message):
     gap: Gap
     inventory: _containers.RepeatedCompositeFieldContainer[TagInventory]
     count: int
-    def __init__(self, attribution: _Optional[str] = ..., login_user: _Optional[_Union[LoginUser, _Mapping]] = ..., mount: _Optional[_Union[Mount, _Mapping]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., copy: _Optional[_Union[Copy, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., inventory: _Optional[_Iterable[_Union[TagInventory, _Mapping]]] = ..., count: _Optional[int] = ...) -> None: ...
+    config_version: str
+    def __init__(self, attribution: _Optional[str] = ..., login_user: _Optional[_Union[LoginUser, _Mapping]] = ..., mount: _Optional[_Union[Mount, _Mapping]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., copy: _Optional[_Union[Copy, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., inventory: _Optional[_Iterable[_Union[TagInventory, _Mapping]]] = ..., count: _Optional[int] = ..., config_version: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "version", "hostname", "capabilities", "last_acked_sequence", "next_sequence", "config_version")
@@ -250,12 +252,14 @@ class EventBatch(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("sent", "backlog")
+    __slots__ = ("sent", "backlog", "config_version")
     SENT_FIELD_NUMBER: _ClassVar[int]
     BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     sent: _timestamp_pb2.Timestamp
     backlog: int
-    def __init__(self, sent: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backlog: _Optional[int] = ...) -> None: ...
+    config_version: str
+    def __init__(self, sent: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., backlog: _Optional[int] = ..., config_version: _Optional[str] = ...) -> None: ...
 
 class AgentMessage(_message.Message):
     __slots__ = ("hello", "batch", "heartbeat")
