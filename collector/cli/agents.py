@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from typing import Any
@@ -11,7 +12,20 @@ from collector import config as collector_config
 from collector.store import AgentRecord, StoreError, open_store
 from protos.yamlfile import YamlError
 
-_COLUMNS = ("ID", "HOST", "VERSION", "CONNECTED", "LAST SEEN", "BACKLOG", "GAPS", "LOST", "CONFIG")
+_COLUMNS = ("ID", "HOST", "VERSION", "HEALTH", "CONNECTED", "LAST SEEN", "BACKLOG", "GAPS", "LOST", "CONFIG")
+
+
+def health(record: AgentRecord, silent_after: float, now: dt.datetime | None = None) -> str:
+    """`silent` past the silent-agent threshold (connected or not: a stuck agent is as bad as a
+    killed one), else `offline` when disconnected, else `ok`; `+lost` when it reported losses."""
+    now = now or dt.datetime.now(dt.UTC)
+    last = record.last_heartbeat or record.last_seen
+    try:
+        age = (now - dt.datetime.fromisoformat(last.replace("Z", "+00:00"))).total_seconds()
+    except ValueError:
+        age = float("inf")
+    state = "silent" if age > silent_after else ("ok" if record.connected else "offline")
+    return state + ("+lost" if record.lost else "")
 
 
 def register(subparsers: Any) -> None:
@@ -45,21 +59,24 @@ def run(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"exfilguard agents: {exc}", file=sys.stderr)
         return 1
+    silent_after = config.silent_agent_seconds
     if args.json:
-        json.dump([r.as_dict() for r in records], sys.stdout, indent=2)
+        rows = [{**r.as_dict(), "health": health(r, silent_after)} for r in records]
+        json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(format_table(records))
+        sys.stdout.write(format_table(records, silent_after))
     return 0
 
 
-def format_table(records: list[AgentRecord]) -> str:
+def format_table(records: list[AgentRecord], silent_after: float) -> str:
     """Fixed-width table of the registry, one agent a line."""
     rows = [_COLUMNS] + [
         (
             r.id,
             r.host,
             r.version,
+            health(r, silent_after),
             "yes" if r.connected else "no",
             r.last_seen or "-",
             str(r.backlog),

@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -80,14 +81,15 @@ def run(args: argparse.Namespace) -> int:
             say("the agent did not report the mount; is it running with removable.include_loop: true?")
             return 1
         target = mount_point / source.name
-        shutil.copytree(source, target)
+        # What an insider types: the alert then names cp, its command line and the user.
+        subprocess.run(["cp", "-r", str(source), f"{mount_point}/"], check=True)
         os.sync()
         files = [p for p in target.rglob("*") if p.is_file()]
         size = sum(p.stat().st_size for p in files)
         say(f"copied {len(files)} files, {size / (1 << 20):.1f} MiB: cp -r {source} {mount_point}/")
         show_alerts(store, started, args.timeout, args.keep_running)
         return 0
-    except LoopStickError as exc:
+    except (LoopStickError, subprocess.CalledProcessError) as exc:
         print(f"exfilguard demo: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
