@@ -173,6 +173,7 @@ class Transport:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._thread_main, name="transport", daemon=True)
         self._wakeup = asyncio.Event()  # new events spooled, or an ack opened the window
+        self._beat_now = asyncio.Event()  # the running config changed: tell the collector now
         self._stopping = False
         self._draining = False
         self._connected = False
@@ -204,6 +205,17 @@ class Transport:
         with contextlib.suppress(Exception):
             future.result(drain_seconds + 5)
         self._thread.join(5)
+
+    def reconfigure(self, config: AgentConfig, config_version: str) -> None:
+        """Run with new settings (heartbeat, batch) and report `config_version` in a heartbeat now.
+
+        The collector address and TLS are never pushed, so the channel stays as it is.
+        """
+        self._config = config
+        self.config_version = config_version
+        if not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # loop closing during shutdown
+                self._loop.call_soon_threadsafe(self._beat_now.set)
 
     # ------------------------------------------------------------ loop thread
 
@@ -332,11 +344,15 @@ class _Session:
     def __init__(self, transport: Transport, call: _Call) -> None:
         self.t = transport
         self.call = call
-        self.config = transport._config
         self.cursor = transport._spool.acked_sequence  # last sequence written on this stream
         self.resumed_from = self.cursor + 1  # where this stream started sending
         self.acked = self.cursor
         self.write_lock = asyncio.Lock()
+
+    @property
+    def config(self) -> AgentConfig:
+        """The transport's current settings (a pushed config may change them mid-stream)."""
+        return self.t._config
 
     async def run(self) -> None:
         await self.write(self.t._hello())
@@ -392,16 +408,19 @@ class _Session:
 
     async def heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.heartbeat_seconds)
-            beat = pb.Heartbeat(backlog=self.t._spool.backlog())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.t._beat_now.wait(), self.config.heartbeat_seconds)
+            self.t._beat_now.clear()
+            beat = pb.Heartbeat(backlog=self.t._spool.backlog(), config_version=self.t.config_version)
             beat.sent.CopyFrom(events.now())
             await self.write(pb.AgentMessage(heartbeat=beat))
 
     async def send_loop(self) -> None:
-        spool, batch = self.t._spool, self.config.batch
-        window = batch.max_events * _WINDOW_BATCHES
+        spool = self.t._spool
         linger_until: float | None = None
         while True:
+            batch = self.config.batch  # read each round: a pushed config may change it
+            window = batch.max_events * _WINDOW_BATCHES
             self.t._wakeup.clear()
             pending = spool.next_sequence - 1 - self.cursor
             in_flight = self.cursor - self.acked
