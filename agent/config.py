@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 import pydantic
 from pydantic import Field
@@ -118,6 +118,75 @@ class AgentConfig(_Strict):
         if value.lower() not in {"debug", "info", "warning", "error"}:
             raise ValueError("expected debug, info, warning or error")
         return value.lower()
+
+
+# ------------------------------------------------------------ central config (issue 6)
+
+# What the collector may push. Everything else (collector, tls, state_dir, spool, limits)
+# stays local: a push must never cut an agent off its collector or resize its disk use.
+PUSHABLE_KEYS = ("tags", "removable", "sensors", "heartbeat_seconds", "batch", "log_level")
+MAX_PUSHED_PATHS = 10_000
+MAX_TAG_CHARS = 128
+
+
+class PushedSettings(_Strict):
+    """The part of agent.yaml the collector may push; each key optional, types are AgentConfig's.
+
+    In `tags` a path mapped to `[]` removes that path (from the local map, or from a
+    broader level of the fleet file): the only way to take a local tag away centrally.
+    Nested settings (sensors, removable, batch) merge key by key over the local ones.
+    """
+
+    tags: dict[str, list[str]] | None = None
+    removable: Removable | None = None
+    sensors: SensorSettings | None = None
+    heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
+    batch: BatchSettings | None = None
+    log_level: Literal["debug", "info", "warning", "error"] | None = None
+
+    @pydantic.field_validator("tags")
+    @classmethod
+    def _tag_map(cls, value: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        if value is None:
+            return value
+        if len(value) > MAX_PUSHED_PATHS:
+            raise ValueError(f"more than {MAX_PUSHED_PATHS} tagged paths")
+        for path, tags in value.items():
+            if not path.startswith("/"):
+                raise ValueError(f"tagged path {path!r} must be absolute")
+            for tag in tags:
+                if not tag or len(tag) > MAX_TAG_CHARS or not tag.isprintable():
+                    raise ValueError(
+                        f"tag {tag[:MAX_TAG_CHARS]!r} of {path!r}: 1 to {MAX_TAG_CHARS} printable characters"
+                    )
+        return value
+
+
+def overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` over `base`: mappings merge key by key (tags path by path), anything else is replaced.
+
+    A None (`key:` left empty in YAML) in `top` means "not set here" and changes nothing.
+    """
+    out = dict(base)
+    for key, value in top.items():
+        if value is None:
+            continue
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = overlay(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_pushed(local: AgentConfig, pushed: dict[str, Any]) -> AgentConfig:
+    """The config an agent runs: `pushed` (already PushedSettings-valid) merged over `local`.
+
+    Local config is the fallback; pushed keys win. Raises pydantic.ValidationError when the
+    result does not fit AgentConfig.
+    """
+    merged = overlay(local.model_dump(mode="python"), pushed)
+    merged["tags"] = {path: tags for path, tags in merged.get("tags", {}).items() if tags}
+    return AgentConfig.model_validate(merged)
 
 
 def load(path: str | os.PathLike[str]) -> AgentConfig:

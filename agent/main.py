@@ -26,12 +26,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import agent
+from agent import central
 from agent import config as agent_config
 from agent import identity as agent_identity
 from agent.sensors import Emit, Sensor
@@ -46,7 +47,6 @@ from protos.yamlfile import YamlError
 log = logging.getLogger("exfilguard.agent")
 
 PROG = "exfilguard-agent"
-CENTRAL_CONFIG_FILE = "central-config.json"  # last config pushed by the collector (not applied yet)
 STOP_DRAIN_SECONDS = 3.0  # how long a clean stop may wait for the collector to take the backlog
 MAX_TEST_EVENTS = 10_000_000
 CAPABILITIES = ("spool", "gap", "heartbeat", "config-push")
@@ -103,11 +103,33 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 class Agent:
-    """The running agent: owns the spool, the sensors and the transport."""
+    """The running agent: owns the spool, the sensors and the transport.
+
+    `local_config` is agent.yaml; `config` is what runs: the central config the collector
+    pushed (kept in state_dir) merged over it. A push is applied live on a thread of its own:
+    the sensors are stopped and rebuilt when tags, removable or sensors settings change.
+    """
 
     def __init__(self, config: agent_config.AgentConfig, config_path: str) -> None:
-        self.config = config
+        self.local_config = config
         self.config_path = config_path
+        self.central = central.CentralConfigFile(config.state_dir)
+        self.config_version = ""  # central config version running ("": agent.yaml alone)
+        self.config = config
+        try:
+            stored = self.central.load()
+            self.config = central.effective(config, stored)
+            self.config_version = stored.version if stored is not None else ""
+        except central.CentralConfigError as exc:
+            log.error("stored central config not used, running agent.yaml alone: %s", exc)
+        if self.config.log_level != config.log_level:
+            logging.getLogger().setLevel(self.config.log_level.upper())
+        self._sensors_on = True
+        self._stopping = False
+        self._apply_lock = threading.Lock()  # sensors are rebuilt by one thread at a time, never during stop
+        self._pending_lock = threading.Lock()
+        self._pending: tuple[central.PushedConfig, agent_config.AgentConfig] | None = None
+        self._applier: threading.Thread | None = None
         self.identity = agent_identity.load_or_create(config.state_dir)
         self.spool = Spool(
             config.state_dir,
@@ -123,8 +145,8 @@ class Agent:
             config, self.spool, self.identity,
             version=agent.__version__,
             capabilities=CAPABILITIES,
-            on_config=self._store_central_config,
-            config_version=self._central_config_version(),
+            on_config=self._on_central_config,
+            config_version=self.config_version,
         )
 
     def emit(self, event: pb.Event) -> None:
@@ -149,31 +171,57 @@ class Agent:
             ))
         if test_events:
             log.info("spooled %d synthetic agent.test events", test_events)
-        for sensor in _build_sensors(self.config, self.emit) if sensors else []:
+        self._sensors_on = sensors
+        if sensors:
+            try:
+                self._start_sensors(self.config)
+            except SensorError as exc:
+                if not self.config_version:
+                    raise  # agent.yaml asked for something this host cannot do: say so and stop
+                # A pushed setting must not keep the agent down for good: run agent.yaml alone.
+                log.error("central config %r cannot run here (%s); running agent.yaml alone",
+                          self.config_version, exc)
+                self._emit_config("refused", self.config_version, f"sensors: {exc}")
+                self.config, self.config_version = self.local_config, ""
+                self.transport.reconfigure(self.config, "")
+                self._start_sensors(self.config)
+        self.transport.start()
+        log.info(
+            "agent %s started: id=%s host=%s collector=%s sensors=[%s] backlog=%d central_config=%s",
+            agent.__version__, self.identity.agent_id, self.identity.hostname, self.config.collector,
+            ", ".join(s.name for s in self.sensors), self.spool.backlog(), self.config_version or "none",
+        )
+
+    def _start_sensors(self, config: agent_config.AgentConfig) -> None:
+        """Build and start every sensor for `config`; on SensorError stop the ones started, re-raise."""
+        for sensor in _build_sensors(config, self.emit):
             try:
                 sensor.start()
             except SensorError:
-                raise  # the config asked for something this host cannot do: say so and stop
+                self._stop_sensors()
+                raise
             except Exception:
                 # A bug in one sensor must not take the others (or the spool) down.
                 log.exception("sensor %s failed to start; continuing without it", sensor.name)
                 continue
             self.sensors.append(sensor)
+        # Sent in the next hello.
+        self.transport.capabilities = [c for c in self.transport.capabilities if not c.startswith("sensor:")]
         self.transport.capabilities += [f"sensor:{s.name}" for s in self.sensors]
-        self.transport.start()
-        log.info(
-            "agent %s started: id=%s host=%s collector=%s sensors=[%s] backlog=%d",
-            agent.__version__, self.identity.agent_id, self.identity.hostname, self.config.collector,
-            ", ".join(s.name for s in self.sensors), self.spool.backlog(),
-        )
 
-    def stop(self, reason: str) -> None:
-        """Stop sensors, spool agent.stop, deliver what we can within a bound, close the spool."""
+    def _stop_sensors(self) -> None:
         for sensor in reversed(self.sensors):
             try:
                 sensor.stop()
             except Exception:
                 log.exception("sensor %s failed to stop cleanly", sensor.name)
+        self.sensors = []
+
+    def stop(self, reason: str) -> None:
+        """Stop sensors, spool agent.stop, deliver what we can within a bound, close the spool."""
+        with self._apply_lock:  # waits for a config being applied; none starts after this
+            self._stopping = True
+            self._stop_sensors()
         self.emit(events.new_event("agent.stop", event=pb.EventInfo(reason=reason), process=_self_process()))
         self.spool.flush(STOP_DRAIN_SECONDS)
         self.transport.stop(STOP_DRAIN_SECONDS)
@@ -183,26 +231,84 @@ class Agent:
 
     # ------------------------------------------------------------ central config
 
-    def _central_config_path(self) -> Path:
-        return Path(self.config.state_dir) / CENTRAL_CONFIG_FILE
-
-    def _central_config_version(self) -> str:
+    def _on_central_config(self, message: pb.AgentConfig) -> None:
+        """Transport callback: check a pushed config now, apply it on the config thread."""
         try:
-            stored = json.loads(self._central_config_path().read_text(encoding="utf-8"))
-            return str(stored.get("version", ""))
-        except (OSError, ValueError, AttributeError):
-            return ""
-
-    def _store_central_config(self, message: pb.AgentConfig) -> None:
-        # Applying pushed config comes later; keeping it means the next Hello reports it.
-        data = json.dumps({"version": message.version, "yaml": message.yaml}).encode()
-        try:
-            agent_identity.write_atomic(self._central_config_path(), data)
-        except OSError as exc:
-            log.error("cannot store pushed configuration version %r: %s", message.version, exc)
+            pushed = central.parse(message.version, message.yaml)
+            new = central.effective(self.local_config, pushed)
+        except central.CentralConfigError as exc:
+            log.error("refused %s; still running central config %r", exc, self.config_version or "none")
+            self._emit_config("refused", exc.version, str(exc))
             return
-        self.transport.config_version = message.version
-        log.info("stored configuration version %r from the collector (not applied yet)", message.version)
+        with self._pending_lock:
+            self._pending = (pushed, new)  # a newer push replaces one not applied yet
+            if self._applier is None:
+                self._applier = threading.Thread(
+                    target=self._apply_pending, name="central-config", daemon=True
+                )
+                self._applier.start()
+
+    def _apply_pending(self) -> None:
+        while True:
+            with self._pending_lock:
+                item, self._pending = self._pending, None
+                if item is None:
+                    self._applier = None
+                    return
+            try:
+                self._apply(*item)
+            except Exception:
+                log.exception("applying central config %r failed", item[0].version)
+
+    def _apply(self, pushed: central.PushedConfig, new: agent_config.AgentConfig) -> None:
+        """Run `new`: rebuild the sensors if what they watch changed, persist, report the version."""
+        with self._apply_lock:
+            if self._stopping:
+                return
+            old, started = self.config, time.monotonic()
+            rebuilt = self._sensors_on and _watch_settings(old) != _watch_settings(new)
+            if rebuilt:
+                self._stop_sensors()
+                try:
+                    self._start_sensors(new)
+                except SensorError as exc:
+                    log.error("refused central config %r: sensors: %s; back to %r",
+                              pushed.version, exc, self.config_version or "none")
+                    self._emit_config("refused", pushed.version, f"sensors: {exc}")
+                    try:
+                        self._start_sensors(old)
+                    except SensorError:
+                        log.exception("sensors cannot restart with the previous config either")
+                    return
+            try:
+                self.central.save(pushed)
+            except OSError as exc:  # it runs now; the next start falls back to what was stored
+                log.error("cannot store central config %r: %s", pushed.version, exc)
+            self.config, self.config_version = new, pushed.version
+            if new.log_level != old.log_level:
+                logging.getLogger().setLevel(new.log_level.upper())
+            self.transport.reconfigure(new, pushed.version)
+            took = time.monotonic() - started
+            what = f"sensors rebuilt in {took:.2f}s" if rebuilt else "sensors unchanged"
+            self._emit_config("applied", pushed.version, f"{len(new.tags)} tagged paths; {what}")
+            log.info("applied central config %r (%d tagged paths; %s)",
+                     pushed.version or "none", len(new.tags), what)
+
+    def _emit_config(self, outcome: str, version: str, detail: str) -> None:
+        """agent.config into the evidence trail: which central config was applied or refused, and why."""
+        tags = sorted({t for ts in self.config.tags.values() for t in ts})  # of the config running now
+        label = version or "none (agent.yaml alone)"
+        self.emit(events.new_event(
+            "agent.config",
+            event=pb.EventInfo(reason=f"central config {label} {outcome}: {detail}"[:4096]),
+            exfilguard=pb.Extensions(config_version=version),
+            tags=tags,
+        ))
+
+
+def _watch_settings(config: agent_config.AgentConfig) -> tuple[object, ...]:
+    """What the sensors are built from: a change here means stop and rebuild them."""
+    return (config.tags, config.removable, config.sensors)
 
 
 def _self_process() -> pb.Process:
