@@ -129,6 +129,11 @@ class CollectorConfig(_Strict):
     policy_max_groups: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
     # at start, replay stored events of this many past hours to rebuild open windows (0: none)
     policy_rebuild_hours: Annotated[float, Field(ge=0, le=24 * 90)] = 24.0
+    # Central agent config (issue 6): the fleet file (collector/fleetconfig.py) with defaults,
+    # groups and hosts of pushable agent.yaml keys; unset: the collector pushes nothing.
+    agent_config: str | None = None
+    # how often the fleet file is checked for changes (0: reload on SIGHUP only)
+    agent_config_reload_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
 
     @pydantic.field_validator("listen")
     @classmethod
@@ -181,6 +186,7 @@ def load(path: str | os.PathLike[str]) -> CollectorConfig:
             "store": rel(config.store),
             "state_dir": rel(config.state_dir),
             "policies": [rel(p) for p in config.policies],
+            "agent_config": rel(config.agent_config) if config.agent_config else None,
             "alerts": sinks,
         }
     )

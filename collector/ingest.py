@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from collector.fleetconfig import ConfigPusher, PushStream
 from collector.listeners import EventListener, notify
 from collector.registry import FleetRegistry
 from collector.store.base import IngestResult, Store, StoreError
@@ -37,6 +38,8 @@ _GROUP_EVENTS = 20_000  # at most this many events in one commit, so acks keep f
 _STREAM_PIPELINE = 16  # batches of one stream read ahead of their commit (bounds memory per stream)
 
 T = TypeVar("T")
+# What a stream's acker writes, in order: a batch's ack once committed, a pushed config, or the end.
+_Outgoing = asyncio.Future[IngestResult] | pb.CollectorMessage | None
 
 
 class StoreWriter:
@@ -160,8 +163,10 @@ class IngestServicer(pb_grpc.IngestServicer):
         registry: FleetRegistry,
         listeners: Sequence[EventListener] = (),
         max_streams: int = 10_000,
+        pusher: ConfigPusher | None = None,
     ) -> None:
         self._writer = writer
+        self._pusher = pusher  # central agent config; None: nothing is pushed
         self._registry = registry
         self._listeners = list(listeners)
         self._max_streams = max_streams
@@ -213,7 +218,10 @@ class IngestServicer(pb_grpc.IngestServicer):
                 },
             )
             await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=watermark)))
-            await self._serve(agent_id, context)
+            pushed = self._pusher.on_hello(first.hello) if self._pusher is not None else None
+            if pushed is not None:
+                await context.write(pushed)
+            await self._serve(agent_id, context, first.hello, pushed.config.version if pushed else None)
         finally:
             self.streams -= 1
             if agent_id:
@@ -221,14 +229,22 @@ class IngestServicer(pb_grpc.IngestServicer):
                 log.info("agent disconnected", extra={"agent_id": agent_id})
 
     async def _serve(
-        self, agent_id: str, context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
+        self,
+        agent_id: str,
+        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
+        hello: pb.Hello | None = None,
+        config_sent: str | None = None,
     ) -> None:
         # Reading runs ahead of storing: the next batches are read and queued for the writer
         # while earlier ones commit, so one stream's batches can share a commit (with a
         # window of 8, one batch per stream per commit would cap ingest at a fraction of
         # what SQLite can do). Acks go out in order from a task of their own.
-        inflight: asyncio.Queue[asyncio.Future[IngestResult] | None] = asyncio.Queue(_STREAM_PIPELINE)
+        inflight: asyncio.Queue[_Outgoing] = asyncio.Queue(_STREAM_PIPELINE)
         acker = asyncio.create_task(self._acknowledge(agent_id, context, inflight), name=f"ack-{agent_id}")
+        # Config pushed after a reload goes through the acker too: one writer per stream.
+        pushing: PushStream | None = None
+        if self._pusher is not None and hello is not None:
+            pushing = self._pusher.attach(hello, config_sent, inflight.put)
         try:
             while True:
                 reading = asyncio.ensure_future(context.read())
@@ -252,11 +268,15 @@ class IngestServicer(pb_grpc.IngestServicer):
                     await inflight.put(self._writer.submit(agent_id, events))
                 elif kind == "heartbeat":
                     self._registry.heartbeat(agent_id, message.heartbeat)
+                    if pushing is not None:
+                        ConfigPusher.reported(pushing, message.heartbeat.config_version)
                 elif kind == "hello":
                     await self._reject(context, agent_id, "hello may only be the first message of a stream")
                 else:
                     await self._reject(context, agent_id, "empty AgentMessage (no body set)")
         finally:
+            if pushing is not None and self._pusher is not None:
+                self._pusher.detach(pushing)
             if not acker.done():
                 acker.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -266,10 +286,13 @@ class IngestServicer(pb_grpc.IngestServicer):
         self,
         agent_id: str,
         context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
-        inflight: asyncio.Queue[asyncio.Future[IngestResult] | None],
+        inflight: asyncio.Queue[_Outgoing],
     ) -> None:
-        """Ack each queued batch once committed, in order, then tell the listeners."""
+        """Ack each queued batch once committed, in order, then tell the listeners; send queued config."""
         while (future := await inflight.get()) is not None:
+            if isinstance(future, pb.CollectorMessage):
+                await context.write(future)
+                continue
             try:
                 result = await future
             except StoreError:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from collector import __version__, logs
 from collector import config as collector_config
 from collector.config import CollectorConfig
+from collector.fleetconfig import FleetSource
 from collector.listeners import EventListener
 from collector.policy.errors import PolicyError
 from collector.server import ServeError, serve
@@ -49,12 +50,12 @@ def _raise_open_files_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
 
 
-async def _run(config: CollectorConfig, store: Store) -> None:
+async def _run(config: CollectorConfig, store: Store, fleet: FleetSource | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await serve(config, store, stop, build_listeners(config, store))
+    await serve(config, store, stop, build_listeners(config, store), fleet)
 
 
 def _signing_key(config: CollectorConfig) -> None:
@@ -85,6 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"exfilguard-collector: bad config: {exc}", file=sys.stderr)
         return 2
     logs.configure(config.log_level)
+    fleet = None
+    if config.agent_config:
+        try:
+            fleet = FleetSource(config.agent_config)  # a broken fleet file is a config error
+        except YamlError as exc:
+            print(f"exfilguard-collector: bad agent_config: {exc}", file=sys.stderr)
+            return 2
     _raise_open_files_limit()
     try:
         store = open_store(config.store)
@@ -94,7 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     _signing_key(config)
     try:
-        asyncio.run(_run(config, store))
+        asyncio.run(_run(config, store, fleet))
     except (ServeError, StoreError, TlsError, PolicyError) as exc:
         log.error("collector failed: %s", exc)
         print(f"exfilguard-collector: {exc}", file=sys.stderr)

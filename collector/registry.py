@@ -34,6 +34,7 @@ class _Agent:
     host: str = ""
     version: str = ""
     config_version: str = ""
+    reports_config: bool = False  # its heartbeats say which central config it runs
     streams: int = 0
     last_message: float = 0.0  # monotonic
     last_message_wall: float | None = None
@@ -69,6 +70,7 @@ class FleetRegistry:
         """A stream opened with this hello."""
         agent = self._touch(hello.agent_id)
         agent.host, agent.version, agent.config_version = hello.hostname, hello.version, hello.config_version
+        agent.reports_config = "config-push" in hello.capabilities
         agent.streams += 1
         agent.identity_dirty = True
 
@@ -88,6 +90,9 @@ class FleetRegistry:
         agent = self._touch(agent_id)
         agent.last_heartbeat_wall = agent.last_message_wall
         agent.backlog = heartbeat.backlog
+        if agent.reports_config and heartbeat.config_version != agent.config_version:
+            agent.config_version = heartbeat.config_version  # a pushed config was applied
+            agent.identity_dirty = True
 
     def is_connected(self, agent_id: str) -> bool:
         """Whether the agent has an open stream now."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.config import CollectorConfig
+from collector.fleetconfig import ConfigPusher, FleetSource
 from collector.ingest import IngestServicer, StoreWriter
 from collector.listeners import EventListener, notify
 from collector.registry import FleetRegistry
@@ -59,7 +61,11 @@ class Collector:
     """One collector instance on an open store: `start()`, then `stop()`."""
 
     def __init__(
-        self, config: CollectorConfig, store: Store, listeners: Sequence[EventListener] = ()
+        self,
+        config: CollectorConfig,
+        store: Store,
+        listeners: Sequence[EventListener] = (),
+        fleet: FleetSource | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -71,6 +77,11 @@ class Collector:
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self._sealer = Sealer(store.location, config.log_level)
+        # Central agent config: raises YamlError (file:line:key) for a broken fleet file.
+        if fleet is None and config.agent_config:
+            fleet = FleetSource(config.agent_config)
+        self.pusher = ConfigPusher(fleet) if fleet is not None else None
+        self._fleet_reload_requested = False
 
     async def start(self) -> None:
         """Open the registry, bind the port and start serving."""
@@ -78,7 +89,9 @@ class Collector:
         self.registry.load(self.store.agents())
         self._writer = StoreWriter(self.store, seal_inline=False)
         await self._sealer.start()
-        servicer = IngestServicer(self._writer, self.registry, self.listeners, self.config.max_streams)
+        servicer = IngestServicer(
+            self._writer, self.registry, self.listeners, self.config.max_streams, pusher=self.pusher
+        )
         server = grpc.aio.server(
             options=server_options(self.config), interceptors=server_interceptors(self.config.tls)
         )
@@ -102,6 +115,9 @@ class Collector:
             asyncio.create_task(self._flush_registry_forever(), name="registry-flush"),
             asyncio.create_task(self._watch_silence_forever(), name="silence-watch"),
         ]
+        if self.pusher is not None:
+            self._tasks.append(asyncio.create_task(self._watch_fleet_forever(), name="fleet-config"))
+            self._take_sighup()
         host = self.config.listen.rpartition(":")[0]
         log.info(
             f"collector listening on {host}:{self.port}",
@@ -154,6 +170,38 @@ class Collector:
             except StoreError:
                 log.exception("fleet registry update failed")
 
+    def _take_sighup(self) -> None:
+        """SIGHUP reloads the fleet file, and still reaches every listener that reloads on it (policies).
+
+        asyncio keeps one handler per signal, so this one calls theirs.
+        """
+        reloaders = [r for r in (getattr(x, "request_reload", None) for x in self.listeners) if callable(r)]
+
+        def on_sighup() -> None:
+            self._fleet_reload_requested = True
+            for request_reload in reloaders:
+                request_reload()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, on_sighup)
+
+    async def _watch_fleet_forever(self) -> None:
+        assert self.pusher is not None
+        seconds = self.config.agent_config_reload_seconds
+        interval = min(1.0, seconds) if seconds > 0 else 1.0
+        while True:
+            await asyncio.sleep(interval)
+            source = self.pusher.source
+            changed: bool | None
+            if self._fleet_reload_requested:
+                self._fleet_reload_requested = False
+                changed = source.reload()
+            else:
+                changed = source.check() if seconds > 0 else None
+            if changed:
+                sent = await self.pusher.push_changed()
+                log.info(f"fleet config: pushed to {sent} connected agents", extra={"pushed": sent})
+
     async def _watch_silence_forever(self) -> None:
         interval = max(0.2, min(self.config.silent_agent_seconds / 4, 5.0))
         while True:
@@ -168,10 +216,14 @@ class Collector:
 
 
 async def serve(
-    config: CollectorConfig, store: Store, stop: asyncio.Event, listeners: Sequence[EventListener] = ()
+    config: CollectorConfig,
+    store: Store,
+    stop: asyncio.Event,
+    listeners: Sequence[EventListener] = (),
+    fleet: FleetSource | None = None,
 ) -> None:
     """Run a collector until `stop` is set."""
-    collector = Collector(config, store, listeners)
+    collector = Collector(config, store, listeners, fleet)
     try:
         await collector.start()
         await stop.wait()
