@@ -21,6 +21,7 @@ def _modules() -> list[ModuleType]:
     from collector.cli import certs as certs_cmd
     from collector.cli import demo as demo_cmd
     from collector.cli import export as export_cmd
+    from collector.cli import fleetconfig as fleet_cmd
     from collector.cli import keys as key_cmd
     from collector.cli import policy as policy_cmd
     from collector.cli import retention as prune_cmd
@@ -38,6 +39,7 @@ def _modules() -> list[ModuleType]:
         policy_cmd,
         setup_cmd,
         demo_cmd,
+        fleet_cmd,
     ]
 
 

@@ -60,17 +60,38 @@ def run(args: argparse.Namespace) -> int:
         print(f"exfilguard agents: {exc}", file=sys.stderr)
         return 1
     silent_after = config.silent_agent_seconds
+    expected = _expected_config(config.agent_config, records)
     if args.json:
         rows = [{**r.as_dict(), "health": health(r, silent_after)} for r in records]
+        for row in rows:
+            if row["id"] in expected:
+                row["config_expected"] = expected[row["id"]]
         json.dump(rows, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(format_table(records, silent_after))
+        sys.stdout.write(format_table(records, silent_after, expected))
     return 0
 
 
-def format_table(records: list[AgentRecord], silent_after: float) -> str:
-    """Fixed-width table of the registry, one agent a line."""
+def _expected_config(fleet_path: str | None, records: list[AgentRecord]) -> dict[str, str]:
+    """agent id -> the central config version the fleet file gives it now (empty without one)."""
+    if not fleet_path:
+        return {}
+    from collector import fleetconfig
+
+    try:
+        fleet = fleetconfig.load(fleet_path)
+    except YamlError as exc:
+        print(f"exfilguard agents: agent_config not read, expected versions left out: {exc}", file=sys.stderr)
+        return {}
+    return {r.id: fleet.effective(r.id, r.host).version for r in records}
+
+
+def format_table(
+    records: list[AgentRecord], silent_after: float, expected: dict[str, str] | None = None
+) -> str:
+    """Fixed-width table of the registry, one agent a line; CONFIG says when it is not the expected one."""
+    expected = expected or {}
     rows = [_COLUMNS] + [
         (
             r.id,
@@ -82,7 +103,7 @@ def format_table(records: list[AgentRecord], silent_after: float) -> str:
             str(r.backlog),
             str(r.gaps),
             str(r.lost),
-            r.config_version or "-",
+            _config_cell(r.config_version, expected.get(r.id, r.config_version)),
         )
         for r in records
     ]
@@ -91,3 +112,8 @@ def format_table(records: list[AgentRecord], silent_after: float) -> str:
     if not records:
         lines.append("(no agents have connected yet)")
     return "\n".join(lines) + "\n"
+
+
+def _config_cell(running: str, expected: str) -> str:
+    cell = running or "-"
+    return cell if expected == running else f"{cell} (expected {expected or 'none'})"
