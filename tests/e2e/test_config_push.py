@@ -127,6 +127,9 @@ def test_bad_fleet_file_is_refused_with_its_location_and_the_old_config_stays(
     where = f"{fleet}:3:3: defaults.spool: unknown key"
     wait_for(lambda: where in collector.log_text(), 30, "the refused reload in the collector log",
              pipeline.diagnose)
+    # The fleet file's SIGHUP handler still reloads the policies as well.
+    wait_for(lambda: "policy set reloaded" in collector.log_text(), 30, "the policy reload on SIGHUP",
+             pipeline.diagnose)
     check = _cli("config", "check", "--config", str(pipeline.collector_config))
     assert check.returncode == 2 and where in check.stderr
     agent = _only_agent(pipeline)
