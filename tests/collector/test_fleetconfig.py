@@ -127,3 +127,12 @@ def test_collector_pushes_on_version_mismatch_and_after_a_reload(tmp_path: Path)
             nxt = stream.receive()
             assert nxt is not None and nxt.WhichOneof("body") == "ack"
         assert collector.stop() == 0
+
+
+def test_shipped_example_is_valid() -> None:
+    fleet = fleetconfig.load(Path(__file__).resolve().parents[2] / "examples" / "fleet.yaml")
+    fin = fleet.effective("x", "FIN-WS-07")
+    assert fin.sources == ("defaults", "groups.finance", "hosts.fin-ws-07")
+    assert fin.settings["tags"]["/srv/db"] == [] and fin.settings["sensors"]["mass_read_files"] == 20
+    lab = fleet.effective("3f2c9a7e-0d1b-4a55-9c1e-5b8f2d7a9e10", "ws-1")
+    assert lab.settings["removable"] == {"include_loop": True}
