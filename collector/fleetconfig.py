@@ -29,6 +29,7 @@ Errors: yamlfile.YamlError (file:line:key) for a bad fleet file.
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 import hashlib
 import json
@@ -49,6 +50,7 @@ from protos import yamlfile
 log = logging.getLogger("exfilguard.collector.fleetconfig")
 
 MAX_FILE_BYTES = 4 << 20
+_SEND_SECONDS = 2.0  # how long a push may wait for room in one stream's outgoing queue
 VERSION_CHARS = 16  # 64 bits of SHA-256: collisions among one fleet's configs are not a concern
 
 _Pattern = Annotated[str, Field(min_length=1, max_length=256)]
@@ -290,14 +292,16 @@ class ConfigPusher:
             effective = self.source.current.effective(stream.agent_id, stream.host)
             if effective.version in (stream.running, stream.sent):
                 continue
-            stream.sent = effective.version
             log.info("pushing agent config", extra={"agent_id": stream.agent_id,
                                                     "config_version": effective.version})
             try:
-                await stream.send(effective.message())
-            except Exception:  # the stream is going away; its next hello gets the config
-                log.debug("config push to a closing stream failed", exc_info=True)
+                # Bounded: a stream that stopped draining (going away) must not hold up the rest.
+                await asyncio.wait_for(stream.send(effective.message()), _SEND_SECONDS)
+            except Exception:  # its next hello (or the next reload) gets the config
+                log.warning("config push to agent %s not queued; it gets it at its next hello",
+                            stream.agent_id)
                 continue
+            stream.sent = effective.version
             count += 1
         self.pushed += count
         return count
