@@ -123,7 +123,7 @@ def test_registry_shows_connection_backlog_and_gaps(tmp_path: Path) -> None:
         assert table.returncode == 0
         header, row = table.stdout.splitlines()[:2]
         assert header.split()[:3] == ["ID", "HOST", "VERSION"]
-        assert row.split()[:4] == ["ws-17", "ws17.example", "9.9.9", "no"]
+        assert row.split()[:5] == ["ws-17", "ws17.example", "9.9.9", "offline+lost", "no"]
         assert collector.stop() == 0
 
 
