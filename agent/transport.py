@@ -33,8 +33,9 @@ from dataclasses import dataclass
 import grpc
 import grpc.aio
 
+from agent import enroll
 from agent.config import AgentConfig
-from agent.identity import Identity
+from agent.identity import Identity, load_or_create
 from agent.spool import Spool
 from protos import events
 from protos import exfilguard_pb2 as pb
@@ -82,8 +83,9 @@ def is_loopback(address: str) -> bool:
 def channel_credentials(config: AgentConfig) -> grpc.ChannelCredentials | None:
     """Credentials for the collector channel; None means plaintext (only on loopback, only when asked).
 
-    This is the seam for mTLS: it will build `grpc.ssl_channel_credentials` from tls.ca,
-    tls.cert and tls.key (after enrollment) and return them here.
+    Otherwise mTLS (agent/enroll.py): tls.cert/tls.key, or the enrolled pair in state_dir,
+    enrolling first with tls.enrollment_token when there is none. Raises
+    enroll.EnrollUnreachable when enrollment is needed but the collector cannot be reached.
     """
     if config.tls.insecure_loopback:
         if not is_loopback(config.collector):
@@ -93,7 +95,18 @@ def channel_credentials(config: AgentConfig) -> grpc.ChannelCredentials | None:
                 "configure tls.ca/cert/key instead",
             )
         return None
-    raise TransportConfigError("tls", "mTLS to the collector is not implemented yet; use insecure_loopback")
+    tls = config.tls
+    assert tls.ca  # AgentTls validation demands it without insecure_loopback
+    try:
+        return enroll.client_credentials(
+            ca=tls.ca, cert=tls.cert, key=tls.key, state_dir=config.state_dir,
+            agent_id=load_or_create(config.state_dir).agent_id, token=tls.enrollment_token,
+            enroll_at=enroll.enroll_address(config.collector, tls.enroll_address),
+        )
+    except enroll.CredentialsError as exc:
+        raise TransportConfigError(f"tls.{exc.key}", exc.detail) from exc
+    except (enroll.EnrollRefused, enroll.EnrollAnswerError, enroll.EnrollFileError) as exc:
+        raise TransportConfigError("tls.enrollment_token", str(exc)) from exc
 
 
 def channel_options(config: AgentConfig) -> list[tuple[str, int]]:
@@ -161,7 +174,14 @@ class Transport:
         config_version: str = "",
     ) -> None:
         self._config = config
-        self._credentials = channel_credentials(config)  # refuse a bad setup before starting
+        # Refuse a bad setup before starting; an agent that still has to enroll while the
+        # collector is down starts anyway (spooling) and enrolls on a later connect.
+        self._enroll_pending = False
+        try:
+            self._credentials = channel_credentials(config)
+        except enroll.EnrollUnreachable as exc:
+            log.warning("cannot enroll yet, will retry: %s", exc)
+            self._credentials, self._enroll_pending = None, True
         self._spool = spool
         self._identity = identity
         self._version = version
@@ -299,6 +319,15 @@ class Transport:
             log.debug("collector %s: status=%s %s", self._config.collector, code, details)
 
     async def _session(self) -> None:
+        if self._enroll_pending:
+            try:
+                self._credentials = await asyncio.to_thread(channel_credentials, self._config)
+            except enroll.EnrollUnreachable as exc:  # reported and retried like any outage
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=str(exc)
+                ) from exc
+            self._enroll_pending = False
+            log.info("enrolled with the collector; client certificate stored in %s", self._config.state_dir)
         self._connected_once = False
         options = channel_options(self._config)
         if self._credentials is None:

@@ -13,6 +13,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.config import CollectorConfig
+from collector.enrollment import EnrollmentServeError, EnrollmentServer
+from collector.enrollment import from_config as enrollment_from_config
 from collector.fleetconfig import ConfigPusher, FleetSource
 from collector.ingest import IngestServicer, StoreWriter
 from collector.listeners import EventListener, notify
@@ -22,6 +24,7 @@ from collector.store import Store, StoreError
 from collector.tls import server_credentials, server_interceptors
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
+from protos.sdnotify import Notifier
 
 log = logging.getLogger("exfilguard.collector")
 
@@ -76,6 +79,7 @@ class Collector:
         self._writer: StoreWriter | None = None
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
+        self._enrollment: EnrollmentServer | None = None
         self._sealer = Sealer(store.location, config.log_level)
         # Central agent config: raises YamlError (file:line:key) for a broken fleet file.
         if fleet is None and config.agent_config:
@@ -109,6 +113,12 @@ class Collector:
             raise ServeError(self.config.listen, "cannot listen (address in use or not available here)")
         await server.start()
         self._server = server
+        try:
+            self._enrollment = enrollment_from_config(self.config)
+            if self._enrollment is not None:
+                await self._enrollment.start()
+        except EnrollmentServeError as exc:
+            raise ServeError(exc.address, f"enrollment: {exc}") from exc
         for service in ("", INGEST_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
@@ -127,6 +137,8 @@ class Collector:
     async def stop(self) -> None:
         """Stop accepting, end the streams, commit what was received, mark every agent disconnected."""
         await self._health.enter_graceful_shutdown()
+        if self._enrollment is not None:
+            await self._enrollment.stop()
         if self._server is not None:
             await self._server.stop(_SHUTDOWN_GRACE_SECONDS)
         for task in self._tasks:
@@ -224,8 +236,15 @@ async def serve(
 ) -> None:
     """Run a collector until `stop` is set."""
     collector = Collector(config, store, listeners, fleet)
+    notifier = Notifier.from_environment()  # Type=notify: READY, WATCHDOG from this loop, STOPPING
+    watchdog: asyncio.Task[None] | None = None
     try:
         await collector.start()
+        notifier.ready(status=f"serving agents on {config.listen}")
+        watchdog = asyncio.create_task(notifier.watchdog_task(), name="sd-watchdog")
         await stop.wait()
     finally:
+        notifier.stopping()
+        if watchdog is not None:
+            watchdog.cancel()
         await collector.stop()

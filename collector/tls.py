@@ -1,14 +1,15 @@
 """Server transport security: the one place that turns the config's `tls` section into credentials.
 
-Today only plaintext on loopback (`tls.insecure_loopback: true`) is built; mTLS (cert, key,
-client_ca) plugs in here (`server_credentials`, `server_interceptors`), and the server needs no
-other change.
+Plaintext on loopback (`tls.insecure_loopback: true`), or mTLS built by collector.mtls: the
+handshake demands a client certificate of `client_ca`, and `server_interceptors()` binds each
+ingest stream to the agent id in that certificate and refuses revoked ones (`crl`).
 """
 
 from __future__ import annotations
 
 import grpc
 
+from collector import mtls
 from collector.config import CollectorTls
 
 
@@ -21,12 +22,23 @@ class TlsError(Exception):
 
 
 def server_interceptors(tls: CollectorTls) -> list[grpc.aio.ServerInterceptor]:
-    """Interceptors the agent port runs (e.g. checking the client certificate against the agent id)."""
-    return []
+    """Interceptors the agent port runs: the client certificate's agent id and revocation."""
+    if tls.insecure_loopback:
+        return []
+    assert tls.client_ca  # CollectorTls validation demands it without insecure_loopback
+    try:
+        revocations = mtls.RevocationList(tls.crl, tls.client_ca) if tls.crl else None
+    except mtls.MtlsError as exc:
+        raise TlsError(exc.key, exc.detail) from exc
+    return [mtls.AgentAuthInterceptor(revocations)]
 
 
 def server_credentials(tls: CollectorTls) -> grpc.ServerCredentials | None:
     """Credentials for the agent port; None means an insecure (loopback-only) port."""
     if tls.insecure_loopback:
         return None
-    raise TlsError("cert", "mTLS is not available in this build yet; use insecure_loopback on loopback")
+    assert tls.cert and tls.key and tls.client_ca  # CollectorTls validation demands all three
+    try:
+        return mtls.server_credentials(tls.cert, tls.key, tls.client_ca)
+    except mtls.MtlsError as exc:
+        raise TlsError(exc.key, exc.detail) from exc

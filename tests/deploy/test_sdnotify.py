@@ -115,3 +115,23 @@ def test_agent_process_sends_ready_watchdog_and_stopping(tmp_path: Path) -> None
         assert proc.stderr is not None
         proc.stderr.close()
         sock.close()
+
+
+def test_collector_process_sends_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    """The real exfilguard-collector under a stand-in NOTIFY_SOCKET: READY once serving, then pings."""
+    import signal
+
+    from tests.helpers import start_collector, write_collector_config
+
+    sock = NotifySocket(tmp_path)
+    env = {"NOTIFY_SOCKET": sock.address, "WATCHDOG_USEC": "200000"}
+    try:
+        with start_collector(write_collector_config(tmp_path / "collector"), env=env) as collector:
+            messages = sock.wait_for("READY=1", timeout=30)
+            assert any(line.startswith("STATUS=serving") for m in messages for line in m.splitlines())
+            sock.wait_for("WATCHDOG=1", count=2)
+            collector.process.send_signal(signal.SIGTERM)
+            sock.wait_for("STOPPING=1")
+            assert collector.process.wait(timeout=30) == 0
+    finally:
+        sock.close()
