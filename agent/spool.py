@@ -53,6 +53,7 @@ REASON_DISK_FULL = "disk_full"
 REASON_QUEUE_FULL = "queue_full"
 REASON_TOO_LARGE = "event_too_large"
 REASON_WRITE_FAILED = "spool_write_failed"
+REASON_SEQUENCE_RESET = "sequence_reset"
 
 _REASON_TEXT = {
     REASON_SPOOL_FULL: "the on-disk spool was full (collector unreachable for too long?)",
@@ -60,6 +61,7 @@ _REASON_TEXT = {
     REASON_QUEUE_FULL: "events arrived faster than the spool could store them",
     REASON_TOO_LARGE: "an event was larger than the largest message the collector accepts",
     REASON_WRITE_FAILED: "the spool database could not be written",
+    REASON_SEQUENCE_RESET: "the spool was deleted, replaced or restored from an old copy",
 }
 
 _SCHEMA = """
@@ -210,6 +212,59 @@ class Spool:
             self._wake_writer = True
             self._cond.notify_all()
         return int(count)
+
+    def rebase(self, collector_holds: int) -> int:
+        """The collector already holds sequences up to `collector_holds`, at or beyond what this
+        spool would assign next: continue after it. Returns the sequence of the agent.gap stored.
+
+        This happens when the spool was deleted, replaced or restored from an old copy while
+        the agent id stayed. Without it the events numbered again from a lower sequence would
+        be taken for resends the collector already holds, acknowledged and dropped, silently.
+        Instead the unsent events are renumbered to follow `collector_holds`, after an
+        agent.gap that records the reset (how many events the old spool held unsent cannot be
+        known, so `lost` is 0 and the reason says why). Both happen in one transaction.
+        """
+        with self._db_lock:
+            if collector_holds < self._next_seq:
+                raise ValueError(f"collector holds {collector_holds}, below next sequence {self._next_seq}")
+            first_unsent = self._acked + 1
+            gap = events.new_event("agent.gap")
+            gap.exfilguard.gap.reason = REASON_SEQUENCE_RESET
+            gap.event.reason = (
+                f"this agent's spool restarted at sequence {first_unsent} but the collector already "
+                f"holds its events up to {collector_holds}: {_REASON_TEXT[REASON_SEQUENCE_RESET]}; "
+                "events the old spool held unsent are lost (count unknown)"
+            )
+            gap.exfilguard.gap.first.CopyFrom(gap.timestamp)
+            gap.exfilguard.gap.last.CopyFrom(gap.timestamp)
+            gap_seq = collector_holds + 1
+            blob = self._stamp(gap, gap_seq)
+            rows = self._conn.execute("SELECT seq, data FROM events ORDER BY seq").fetchall()
+            renumbered: list[tuple[int, bytes]] = [(gap_seq, blob)]
+            for offset, (_, data) in enumerate(rows, start=gap_seq + 1):
+                event = pb.Event()
+                event.ParseFromString(data)
+                renumbered.append((offset, self._stamp(event, offset)))
+            next_seq = gap_seq + len(renumbered)
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("DELETE FROM events")
+                self._conn.executemany("INSERT INTO events(seq, data) VALUES (?, ?)", renumbered)
+                self._set_meta("next_sequence", str(next_seq))
+                self._set_meta("acked_sequence", str(collector_holds))
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise SpoolError(str(self.path), f"cannot renumber the spool after a reset: {exc}") from exc
+            self._next_seq, self._acked = next_seq, collector_holds
+            self._count = len(renumbered)
+            self._bytes = sum(len(data) for _, data in renumbered)
+        log.error(
+            "the collector holds this agent's events up to %d but this spool restarted at %d "
+            "(%s deleted or restored?): recorded agent.gap %d and renumbered %d unsent events after it",
+            collector_holds, first_unsent, self.path, gap_seq, len(rows),
+        )
+        return gap_seq
 
     def backlog(self) -> int:
         """Events stored and not yet acknowledged."""

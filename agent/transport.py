@@ -377,6 +377,9 @@ class _Session:
         self.resumed_from = self.cursor + 1  # where this stream started sending
         self.acked = self.cursor
         self.write_lock = asyncio.Lock()
+        # Set once the collector has answered the hello: until then we do not know whether
+        # our sequences follow what it holds (see Spool.rebase), so nothing is sent.
+        self.greeted = asyncio.Event()
 
     @property
     def config(self) -> AgentConfig:
@@ -414,7 +417,14 @@ class _Session:
             kind = message.WhichOneof("body")
             if kind == "ack":
                 seq = message.ack.sequence
-                if not self.t._connected and seq < self.acked:
+                if not self.greeted.is_set() and seq >= spool.next_sequence:
+                    # Its answer to our hello: it holds sequences this spool would assign
+                    # again (the spool was deleted or restored). Continue after them.
+                    await asyncio.to_thread(spool.rebase, seq)
+                    self.acked = self.cursor = seq
+                    self.resumed_from = seq + 1
+                    self.t.stats.last_ack = seq
+                elif not self.t._connected and seq < self.acked:
                     # Its answer to our hello: it holds less than it once acknowledged (restored
                     # from a backup?). Those events are gone from our spool; say so loudly.
                     log.error(
@@ -429,6 +439,8 @@ class _Session:
                     self.cursor = max(self.cursor, min(seq, spool.next_sequence - 1))
                     await asyncio.to_thread(spool.ack, seq)
                     self.t._wakeup.set()
+                self.greeted.set()
+                self.t._wakeup.set()
             elif kind == "config":
                 self.t._mark_connected(self.resumed_from)
                 log.info("collector pushed configuration version %r", message.config.version)
@@ -446,6 +458,7 @@ class _Session:
 
     async def send_loop(self) -> None:
         spool = self.t._spool
+        await self.greeted.wait()
         linger_until: float | None = None
         while True:
             batch = self.config.batch  # read each round: a pushed config may change it

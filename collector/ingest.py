@@ -207,6 +207,18 @@ class IngestServicer(pb_grpc.IngestServicer):
                     watermark,
                     extra={"agent_id": agent_id},
                 )
+            elif 0 < first.hello.next_sequence <= watermark:
+                # Its spool restarted below what we hold (deleted or restored from an old copy).
+                # The agent renumbers after our ack and records an agent.gap; an agent that did
+                # not would have its new events taken for resends and dropped, so log it here too.
+                log.error(
+                    "agent's next sequence is %d but the store already holds up to %d: "
+                    "its spool was deleted or restored; expecting it to continue after %d",
+                    first.hello.next_sequence,
+                    watermark,
+                    watermark,
+                    extra={"agent_id": agent_id},
+                )
             log.info(
                 "agent connected",
                 extra={

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.spool import REASON_DISK_FULL, REASON_SPOOL_FULL, REASON_TOO_LARGE, Spool
+from agent.spool import REASON_DISK_FULL, REASON_SEQUENCE_RESET, REASON_SPOOL_FULL, REASON_TOO_LARGE, Spool
 from protos import events
 from protos import exfilguard_pb2 as pb
 
@@ -68,6 +68,35 @@ def test_ack_beyond_what_was_assigned_keeps_unsent_events(tmp_path: Path) -> Non
     spool.flush(5)
     assert [seq for seq, _ in spool.unsent(0, 10)] == [4]
     spool.close()
+
+
+def test_rebase_after_a_spool_reset_puts_a_gap_then_the_unsent_events_after_the_collectors(
+    tmp_path: Path,
+) -> None:
+    spool = _spool(tmp_path)
+    for n in range(3):
+        spool.append(_test_event(n))
+    spool.flush(5)
+    ids = [e.event.id for e in _decode(spool.unsent(0, 10))]
+    with pytest.raises(ValueError, match="below next sequence"):
+        spool.rebase(2)  # an ordinary ack, not a reset
+    assert spool.rebase(500) == 501
+    rows = spool.unsent(500, 10)
+    assert [seq for seq, _ in rows] == [501, 502, 503, 504]
+    gap, *moved = _decode(rows)
+    assert (gap.event.action, gap.exfilguard.gap.reason) == ("agent.gap", REASON_SEQUENCE_RESET)
+    assert gap.event.sequence == 501 and gap.agent.id == "agent-1"
+    assert "holds its events up to 500" in gap.event.reason and "restarted at sequence 1" in gap.event.reason
+    assert [e.event.id for e in moved] == ids  # the same events, renumbered in order
+    assert [e.event.sequence for e in moved] == [502, 503, 504]
+    assert (spool.acked_sequence, spool.next_sequence, spool.backlog()) == (500, 505, 4)
+    spool.append(_test_event(9))
+    spool.flush(5)
+    spool.close()
+    reopened = _spool(tmp_path)  # the renumbering is durable
+    assert [seq for seq, _ in reopened.unsent(500, 10)] == [501, 502, 503, 504, 505]
+    assert (reopened.acked_sequence, reopened.next_sequence) == (500, 506)
+    reopened.close()
 
 
 def test_sequence_and_unsent_events_survive_restart(tmp_path: Path) -> None:

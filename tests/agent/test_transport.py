@@ -107,6 +107,37 @@ def test_collector_restart_resends_from_its_ack_without_loss(tmp_path: Path) -> 
         second.stop()
 
 
+def test_a_deleted_spool_continues_after_what_the_collector_holds_instead_of_being_dropped(
+    tmp_path: Path,
+) -> None:
+    # The collector holds 1..40 of this agent from before; the agent's spool was then deleted.
+    store = Received()
+    for seq in range(1, 41):
+        old = events.new_event("agent.test", exfilguard=pb.Extensions(count=-seq))
+        old.event.sequence = seq
+        store.events[seq] = old
+    server = FakeCollector(received=store).start()
+    config = _config(tmp_path, server.address)
+    spool, transport = _agent(tmp_path, config)
+    _emit(spool, 5)
+    assert spool.flush(5)
+    transport.start()
+    try:
+        wait_for(lambda: store.contiguous() == 46, what="the gap and 5 events after sequence 40")
+        gap = store.events[41]
+        assert (gap.event.action, gap.exfilguard.gap.reason) == ("agent.gap", "sequence_reset")
+        assert [store.events[s].exfilguard.count for s in range(42, 47)] == list(range(5))
+        assert [store.events[s].exfilguard.count for s in range(1, 41)] == [-s for s in range(1, 41)]
+        assert store.hellos[0].next_sequence == 6  # what it would have reused without the rebase
+        wait_for(lambda: spool.backlog() == 0, what="spool drained by acks")
+        _emit(spool, 2, start=5)  # later events follow on
+        wait_for(lambda: store.contiguous() == 48, what="later events")
+    finally:
+        transport.stop(1)
+        spool.close()
+        server.stop()
+
+
 def test_batches_stay_under_the_message_limit(tmp_path: Path) -> None:
     limit = 64 << 10
     server = FakeCollector(max_message_bytes=limit).start()

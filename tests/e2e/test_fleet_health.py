@@ -1,5 +1,5 @@
 """Fleet health end to end: an insider who kills the agent raises the silent-agent alert, and
-`exfilguard agents` shows the agent as silent."""
+`exfilguard agents` shows the agent as silent; one who deletes its spool raises agent-spool-reset."""
 
 from __future__ import annotations
 
@@ -54,3 +54,36 @@ def test_killing_the_agent_fires_the_silent_agent_alert(pipeline: Pipeline) -> N
     assert [(a["connected"], a["health"]) for a in registry] == [(False, "silent")]
     stopped = [a for a in _alerts(pipeline) if a["policy.id"] == "agent-stopped"]
     assert not stopped, "a kill is not a clean stop"
+
+
+def test_a_deleted_spool_is_alerted_and_its_new_events_are_not_dropped(pipeline: Pipeline) -> None:
+    pipeline.start_collector()
+    agent = pipeline.start_agent(test_events=300)
+    wait_for(lambda: pipeline.delivered_count() >= 301, 60, "the first run's events", pipeline.diagnose)
+    assert agent.terminate() == 0
+    wait_for(lambda: pipeline.delivered_count() == 302, 30, "start, 300 tests and stop stored",
+             pipeline.diagnose)
+    held = pipeline.delivered_count()
+    # The insider (root) wipes the spool but keeps the agent id, then the agent starts again.
+    for name in ("spool.db", "spool.db-wal", "spool.db-shm"):
+        (pipeline.agent_state / name).unlink(missing_ok=True)
+    pipeline.start_agent(test_events=50)
+
+    def reset_alerts() -> list[dict[str, Any]]:
+        return [a for a in _alerts(pipeline) if a["policy.id"] == "agent-spool-reset"]
+
+    wait_for(lambda: bool(reset_alerts()), 60, "the agent-spool-reset alert", pipeline.diagnose)
+    alert = reset_alerts()[0]
+    assert alert["severity"] == "high" and alert["agent.id"] == pipeline.agent_id()
+    assert f"holds its events up to {held}" in alert["summary"]
+    # Every event of the second run is stored after the gap, none taken for a resend.
+    wait_for(lambda: pipeline.delivered_count() >= held + 1 + 1 + 50, 60, "the second run's events",
+             pipeline.diagnose)
+    events = pipeline.delivered()
+    seqs = [int(e["event.sequence"]) for e in events]
+    assert seqs == list(range(1, len(seqs) + 1))
+    second = events[held:]
+    assert second[0]["event.action"] == "agent.gap" and second[0]["exfilguard.gap.reason"] == "sequence_reset"
+    assert [e["event.action"] for e in second[1:3]] == ["agent.start", "agent.test"]
+    assert sum(1 for e in second if e["event.action"] == "agent.test") == 50
+    assert not [a for a in _alerts(pipeline) if a["policy.id"] == "agent-events-lost"]
