@@ -27,11 +27,11 @@ __all__ = [
 
 
 def open_store(location: str, *, readonly: bool = False) -> Store:
-    """The store named by the config's `store` key: a path means SQLite; postgresql:// is not built yet."""
+    """The store named by the config's `store` key: a path means SQLite, postgresql://… PostgreSQL."""
     if location.startswith(("postgresql://", "postgres://")):
-        # Only the host part: the URL may carry a password.
-        where = location.rsplit("@", maxsplit=1)[-1]
-        raise StoreUnavailable(where, "PostgreSQL stores are not supported yet")
+        from collector.store.postgres import PostgresStore  # psycopg loads only when it is used
+
+        return PostgresStore(location, readonly=readonly)
     from collector.store.sqlite import SqliteStore
 
     return SqliteStore(location, readonly=readonly)

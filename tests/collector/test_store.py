@@ -1,4 +1,4 @@
-"""The Store contract, written once, run against every implementation (SQLite now; PostgreSQL joins here)."""
+"""The Store contract, written once, run against every implementation (SQLite and a real PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from collector.store import (
     StoreUnavailable,
     open_store,
 )
+from collector.store.postgres import PostgresStore
 from collector.store.sqlite import SqliteStore
 from protos import exfilguard_pb2 as pb
 from tests.helpers import make_event, make_events
@@ -26,17 +27,22 @@ from tests.helpers import make_event, make_events
 Factory = Callable[..., Store]
 
 
-def _sqlite(tmp_path: Path) -> Factory:
+def _sqlite(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
     return lambda readonly=False: SqliteStore(tmp_path / "store.db", readonly=readonly)
 
 
-IMPLEMENTATIONS = {"sqlite": _sqlite}
+def _postgresql(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
+    url = str(request.getfixturevalue("pg_url"))  # a new database of the session's throwaway cluster
+    return lambda readonly=False: PostgresStore(url, readonly=readonly)
+
+
+IMPLEMENTATIONS = {"sqlite": _sqlite, "postgresql": _postgresql}
 
 
 @pytest.fixture(params=sorted(IMPLEMENTATIONS))
 def factory(request: pytest.FixtureRequest, tmp_path: Path) -> Factory:
-    make: Callable[[Path], Factory] = IMPLEMENTATIONS[request.param]
-    return make(tmp_path)
+    make: Callable[[pytest.FixtureRequest, Path], Factory] = IMPLEMENTATIONS[request.param]
+    return make(request, tmp_path)
 
 
 @pytest.fixture
@@ -220,7 +226,8 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     assert "99" in err.value.message
 
 
-def test_postgresql_is_not_built_yet_and_hides_credentials() -> None:
-    with pytest.raises(StoreUnavailable) as err:
-        open_store("postgresql://user:secret@db.example/exfilguard")
-    assert "secret" not in str(err.value)
+def test_postgresql_url_opens_the_postgres_store(pg_url: str) -> None:
+    store = open_store(pg_url)
+    assert isinstance(store, PostgresStore)
+    assert store.location.startswith("postgresql://127.0.0.1:") and "exfilguard" in store.location
+    store.close()

@@ -1,0 +1,92 @@
+"""Connecting to the PostgreSQL store: a location safe to print, and errors that say what is wrong.
+
+The store URL may carry a password (`postgresql://user:secret@host/db`). It never appears in
+a location, a log line or an error: `describe()` keeps only host, port and database, and
+server messages are scrubbed of it. Admins can leave the password out of the URL altogether:
+libpq then reads PGPASSWORD, ~/.pgpass or a `passfile=` given in the URL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from collector.store.base import StoreUnavailable
+
+SCHEMES = ("postgresql://", "postgres://")
+CONNECT_TIMEOUT_SECONDS = 10
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+
+def is_postgres(location: str) -> bool:
+    """True when the config's `store` names a PostgreSQL database rather than a SQLite file."""
+    return location.startswith(SCHEMES)
+
+
+def describe(url: str) -> str:
+    """`postgresql://host:port/db` of a store URL, for messages: no user name, no password."""
+    try:
+        params = conninfo_to_dict(url)
+    except psycopg.Error:
+        return "postgresql://(unreadable URL)"  # the parser's message may quote the URL
+    host = str(params.get("host") or "localhost")
+    if host.startswith("/"):
+        host = f"[{host}]"  # a unix socket directory
+    port = params.get("port")
+    where = f"{host}:{port}" if port else host
+    return f"postgresql://{where}/{params.get('dbname') or ''}"
+
+
+def _password(url: str) -> str:
+    try:
+        return str(conninfo_to_dict(url).get("password") or "")
+    except psycopg.Error:
+        return ""
+
+
+def scrub(text: str, url: str) -> str:
+    """`text` with the URL's password (and the URL itself) blanked out."""
+    secret = _password(url)
+    text = text.replace(url, describe(url))
+    if len(secret) >= 3:  # blanking a one- or two-letter password would garble the message
+        text = text.replace(secret, "***")
+    return text
+
+
+def reason(exc: psycopg.Error, url: str) -> str:
+    """Why a connection failed, in an admin's words, with libpq's own (scrubbed) message."""
+    detail = " ".join(scrub(str(exc), url).split())
+    lowered = detail.lower()
+    user = ""
+    with contextlib.suppress(psycopg.Error):
+        user = str(conninfo_to_dict(url).get("user") or "")
+    if "password authentication failed" in lowered or "no password supplied" in lowered:
+        who = f" for user {user}" if user else ""
+        return f"authentication failed{who} (check the password: URL, PGPASSWORD or passfile): {detail}"
+    if "database" in lowered and "does not exist" in lowered:
+        return f"no such database (create it, see docs/deploy.md): {detail}"
+    if "role" in lowered and "does not exist" in lowered:
+        return f"no such role: {detail}"
+    if any(s in lowered for s in ("connection refused", "no such file or directory", "timeout expired",
+                                  "could not translate host name", "no route to host")):  # fmt: skip
+        return f"server not reachable (is PostgreSQL running and listening there?): {detail}"
+    return f"cannot connect: {detail}"
+
+
+def connect(url: str, *, readonly: bool = False, application: str = "exfilguard") -> Connection:
+    """An autocommit connection to the store's database; StoreUnavailable (host/db only) if not."""
+    extra: dict[str, Any] = {"options": "-c default_transaction_read_only=on"} if readonly else {}
+    try:
+        return psycopg.connect(
+            url,
+            autocommit=True,
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
+            application_name=application,
+            **extra,
+        )
+    except psycopg.Error as exc:
+        raise StoreUnavailable(describe(url), reason(exc, url)) from None  # the cause may quote the URL

@@ -1,0 +1,596 @@
+"""The PostgreSQL store: for fleets, and for several collectors behind one address.
+
+Same tables, semantics and hash chain as the SQLite store (collector/store/sqlite.py): events
+keyed by (agent id, sequence), the `stored` prefix per agent that the collector acknowledges,
+and the chain computed over the same ECS mappings, sealed by compare-and-set on `watermark`.
+
+Unlike SQLite, another collector may write the same database at the same time, so nothing
+about an agent is cached between transactions: ingest locks the agents' `chains` rows
+(`FOR UPDATE`, in agent-id order, so two writers never deadlock) and reads their prefix under
+the lock; sealing and pruning take the same row lock first. Under that lock the stored
+sequences are known exactly, so new rows go in with one binary COPY (no per-row conflict check).
+
+Text columns that are sorted or compared (`ts`, ids) use the "C" collation: ECS time strings
+and agent ids must order bytewise, as they do in SQLite, whatever the database's locale.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any, cast
+
+import psycopg
+from psycopg import errors as pg_errors
+
+from collector.evidence import chain
+from collector.store import pgconnect
+from collector.store.base import (
+    AgentRecord,
+    AgentUpdate,
+    EventFilter,
+    IngestResult,
+    Mapping,
+    Store,
+    StoreCorrupt,
+    StoreError,
+    StoreUnavailable,
+)
+from collector.store.sqlite import ecs_time, event_row
+from protos import events as protos_events
+from protos import exfilguard_pb2 as pb
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    agent_id TEXT COLLATE "C" NOT NULL,
+    sequence BIGINT NOT NULL,
+    event_id TEXT COLLATE "C" NOT NULL,
+    ts TEXT COLLATE "C" NOT NULL,
+    action TEXT NOT NULL,
+    host TEXT NOT NULL,
+    user_name TEXT NOT NULL,
+    device_serial TEXT NOT NULL,
+    chain BYTEA,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (agent_id, sequence)
+);
+CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE TABLE IF NOT EXISTS chains (
+    agent_id TEXT COLLATE "C" PRIMARY KEY,
+    stored BIGINT NOT NULL DEFAULT 0,
+    max_sequence BIGINT NOT NULL DEFAULT 0,
+    watermark BIGINT NOT NULL DEFAULT 0,
+    head BYTEA NOT NULL
+);
+CREATE TABLE IF NOT EXISTS agents (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    host TEXT NOT NULL DEFAULT '',
+    version TEXT NOT NULL DEFAULT '',
+    first_seen TEXT COLLATE "C" NOT NULL DEFAULT '',
+    last_seen TEXT COLLATE "C" NOT NULL DEFAULT '',
+    last_heartbeat TEXT COLLATE "C" NOT NULL DEFAULT '',
+    connected BOOLEAN NOT NULL DEFAULT false,
+    backlog BIGINT NOT NULL DEFAULT 0,
+    gaps BIGINT NOT NULL DEFAULT 0,
+    lost BIGINT NOT NULL DEFAULT 0,
+    config_version TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    id TEXT COLLATE "C" PRIMARY KEY,
+    ts TEXT COLLATE "C" NOT NULL,
+    policy_id TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts);
+CREATE TABLE IF NOT EXISTS evidence_checkpoints (
+    agent_id TEXT COLLATE "C" PRIMARY KEY,
+    sequence BIGINT NOT NULL,
+    chain BYTEA NOT NULL,
+    pruned_at TEXT NOT NULL,
+    pruned_total BIGINT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS exfilguard_schema (version INTEGER NOT NULL)
+"""
+
+# Column order of event_row(); the benchmark baseline copies the same tuples.
+EVENT_COLUMNS = "agent_id, sequence, event_id, ts, action, host, user_name, device_serial, chain, data"
+EVENT_TYPES = ["text", "int8", "text", "text", "text", "text", "text", "text", "bytea", "bytea"]
+COPY_EVENTS = f"COPY events ({EVENT_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+
+_UPSERT_AGENT = """
+INSERT INTO agents (id, host, version, first_seen, last_seen, last_heartbeat, connected, backlog,
+                    config_version)
+VALUES (%(id)s, COALESCE(%(host)s::text, ''), COALESCE(%(version)s::text, ''), %(first_seen)s,
+        COALESCE(%(seen)s::text, ''), COALESCE(%(heartbeat)s::text, ''),
+        COALESCE(%(connected)s::boolean, false), COALESCE(%(backlog)s::bigint, 0),
+        COALESCE(%(config_version)s::text, ''))
+ON CONFLICT (id) DO UPDATE SET
+    host = COALESCE(%(host)s::text, agents.host),
+    version = COALESCE(%(version)s::text, agents.version),
+    last_seen = COALESCE(%(seen)s::text, agents.last_seen),
+    last_heartbeat = COALESCE(%(heartbeat)s::text, agents.last_heartbeat),
+    connected = COALESCE(%(connected)s::boolean, agents.connected),
+    backlog = COALESCE(%(backlog)s::bigint, agents.backlog),
+    config_version = COALESCE(%(config_version)s::text, agents.config_version)
+"""
+
+_ADD_GAPS = """
+INSERT INTO agents (id, first_seen, gaps, lost) VALUES (%s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET gaps = agents.gaps + excluded.gaps, lost = agents.lost + excluded.lost
+"""
+
+# (chained before, chained after, new head, (sequence, chain value) pairs) of one agent
+_ChainWork = tuple[int, int, bytes, list[tuple[int, bytes]]]
+
+_STREAM_CHUNK = 500
+_RETRIES = 3  # a deadlock or serialization failure between two collectors is retried
+
+
+def _now() -> str:
+    return ecs_time(dt.datetime.now(dt.UTC))
+
+
+class _Prefix:
+    """An agent's stored state under its row lock: end of the contiguous prefix, highest sequence."""
+
+    __slots__ = ("max_sequence", "stored")
+
+    def __init__(self, stored: int, max_sequence: int) -> None:
+        self.stored = stored
+        self.max_sequence = max_sequence
+
+
+class PostgresStore(Store):
+    """PostgreSQL implementation of `Store`; one connection, safe to call from several threads (one lock)."""
+
+    def __init__(self, url: str, *, readonly: bool = False) -> None:
+        self.location = pgconnect.describe(url)
+        self._url = url
+        self._readonly = readonly
+        self._lock = threading.Lock()
+        self._known: set[str] = set()  # agents whose chains row exists (rows are never deleted)
+        self._db = pgconnect.connect(url, readonly=readonly, application="exfilguard-collector")
+        try:
+            self._prepare()
+        except psycopg.Error as exc:
+            self._db.close()
+            if isinstance(exc, pg_errors.InsufficientPrivilege):
+                raise StoreUnavailable(self.location, f"permission denied: {self._scrub(exc)}") from None
+            raise StoreCorrupt(self.location, f"not a usable ExfilGuard store: {self._scrub(exc)}") from None
+        except BaseException:
+            self._db.close()
+            raise
+
+    # ------------------------------------------------------------------ set-up
+
+    def _scrub(self, exc: BaseException) -> str:
+        return " ".join(pgconnect.scrub(str(exc), self._url).split())
+
+    def _schema_version(self) -> int:
+        if self._db.execute("SELECT to_regclass('exfilguard_schema')").fetchone() == (None,):
+            return 0
+        row = self._db.execute("SELECT MAX(version) FROM exfilguard_schema").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def _prepare(self) -> None:
+        version = self._schema_version()
+        if version == 0 and not self._readonly:
+            with self._db.transaction():
+                # Two collectors starting at once on an empty database: one creates, the other waits.
+                self._db.execute("SELECT pg_advisory_xact_lock(hashtext('exfilguard schema'))")
+                version = self._schema_version()
+                if version == 0:
+                    for statement in _SCHEMA.split(";"):
+                        self._db.execute(statement)
+                    self._db.execute("INSERT INTO exfilguard_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
+                    version = SCHEMA_VERSION
+        if version == 0:
+            raise StoreCorrupt(
+                self.location, "not an ExfilGuard store (no schema; has the collector run yet?)"
+            )
+        if version > SCHEMA_VERSION:
+            raise StoreCorrupt(
+                self.location, f"schema version {version} is newer than this collector's ({SCHEMA_VERSION})"
+            )
+
+    def _connection(self) -> pgconnect.Connection:
+        """The connection, opened again if the server dropped it (restart, failover)."""
+        if self._db.closed or self._db.broken:
+            self._db.close()
+            self._db = pgconnect.connect(
+                self._url, readonly=self._readonly, application="exfilguard-collector"
+            )
+        return self._db
+
+    def _fail(self, what: str, exc: BaseException) -> StoreError:
+        if isinstance(exc, psycopg.OperationalError) and self._db.broken:
+            return StoreUnavailable(self.location, f"{what} failed, connection lost: {self._scrub(exc)}")
+        return StoreError(self.location, f"{what} failed: {self._scrub(exc)}")
+
+    # ------------------------------------------------------------------ events
+
+    def ingest_batches(
+        self, batches: Sequence[tuple[str, Sequence[pb.Event]]], *, seal: bool = True
+    ) -> list[IngestResult]:
+        """Store batches of several agents in one transaction; see `Store.ingest_batches`."""
+        self._writable()
+        with self._lock:
+            for attempt in range(_RETRIES):
+                try:
+                    return self._ingest(batches, seal)
+                except (pg_errors.DeadlockDetected, pg_errors.SerializationFailure) as exc:
+                    if attempt == _RETRIES - 1:
+                        raise self._fail("ingest", exc) from None
+                except (psycopg.Error, OverflowError) as exc:  # OverflowError: a sequence beyond int64
+                    raise self._fail("ingest", exc) from None
+            raise AssertionError("unreachable")
+
+    def _ingest(self, batches: Sequence[tuple[str, Sequence[pb.Event]]], seal: bool) -> list[IngestResult]:
+        db = self._connection()
+        agents = sorted({agent_id for agent_id, _ in batches})
+        with db.transaction(), db.cursor() as cur:
+            new_agents = [a for a in agents if a not in self._known]
+            if new_agents:
+                cur.execute(
+                    "INSERT INTO chains (agent_id, head) SELECT a, %s FROM unnest(%s::text[]) AS a"
+                    " ON CONFLICT (agent_id) DO NOTHING",
+                    (chain.GENESIS, new_agents),
+                )
+            cur.execute(
+                "SELECT agent_id, stored, max_sequence FROM chains WHERE agent_id = ANY(%s)"
+                " ORDER BY agent_id FOR UPDATE",
+                (agents,),
+            )
+            states = {str(r[0]): _Prefix(int(r[1]), int(r[2])) for r in cur.fetchall()}
+            pending: list[tuple[Any, ...]] = []
+            results = [
+                self._ingest_one(cur, agent_id, batch, states[agent_id], pending)
+                for agent_id, batch in batches
+            ]
+            self._copy(cur, pending)
+            cur.execute(
+                "UPDATE chains SET stored = v.stored, max_sequence = v.max_sequence"
+                " FROM unnest(%s::text[], %s::bigint[], %s::bigint[]) AS v(agent_id, stored, max_sequence)"
+                " WHERE chains.agent_id = v.agent_id",
+                (agents, [states[a].stored for a in agents], [states[a].max_sequence for a in agents]),
+            )
+            if seal:
+                for agent_id in agents:
+                    self._seal_agent(cur, agent_id, None)
+        self._known.update(agents)
+        return results
+
+    def _copy(self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        with cur.copy(COPY_EVENTS) as copy:
+            copy.set_types(EVENT_TYPES)
+            for row in rows:
+                copy.write_row(row)
+        rows.clear()
+
+    def _ingest_one(
+        self,
+        cur: psycopg.Cursor[Any],
+        agent_id: str,
+        batch: Sequence[pb.Event],
+        state: _Prefix,
+        pending: list[tuple[Any, ...]],
+    ) -> IngestResult:
+        fresh: dict[int, pb.Event] = {}
+        for event in batch:
+            seq = event.event.sequence
+            if seq > state.stored:
+                fresh[seq] = event
+        if not fresh:
+            return IngestResult(agent_id, state.stored, [])
+        order = sorted(fresh)
+        if order[-1] > 0x7FFF_FFFF_FFFF_FFFF:
+            raise OverflowError(f"sequence {order[-1]} does not fit a 64-bit integer")
+        holes = state.max_sequence > state.stored
+        if holes:
+            # Some of these may already be stored above the hole: look, with earlier rows written.
+            self._copy(cur, pending)
+            cur.execute(
+                "SELECT sequence FROM events WHERE agent_id = %s AND sequence BETWEEN %s AND %s",
+                (agent_id, order[0], order[-1]),
+            )
+            present = {int(r[0]) for r in cur.fetchall()}
+            order = [s for s in order if s not in present]
+            if not order:
+                return IngestResult(agent_id, state.stored, [])
+        new = [fresh[s] for s in order]
+        pending.extend(event_row(agent_id, e) for e in new)
+        gaps = [e.exfilguard.gap.lost for e in new if e.event.action == "agent.gap"]
+        if gaps:
+            cur.execute(_ADD_GAPS, (agent_id, _now(), len(gaps), sum(gaps)))
+        state.max_sequence = max(state.max_sequence, order[-1])
+        if holes:
+            self._copy(cur, pending)
+            state.stored = self._contiguous_end(cur, agent_id, state.stored)
+        else:
+            # Nothing was stored above the prefix: the new sequences alone say how far it reaches.
+            for seq in order:
+                if seq != state.stored + 1:
+                    break
+                state.stored = seq
+        return IngestResult(agent_id, state.stored, new)
+
+    def _contiguous_end(self, cur: psycopg.Cursor[Any], agent_id: str, stored: int) -> int:
+        """Walk up from `stored` while the next sequence is present (a hole just filled)."""
+        cur.execute(
+            "SELECT sequence FROM events WHERE agent_id = %s AND sequence > %s ORDER BY sequence",
+            (agent_id, stored),
+        )
+        for (seq,) in cur:
+            if seq != stored + 1:
+                break
+            stored += 1
+        return stored
+
+    # ------------------------------------------------------------------- chain
+
+    def seal(self, limit: int | None = None) -> int:
+        """Chain stored, not yet chained events (at most about `limit`); returns how many were chained.
+
+        The hashing runs outside any transaction; the result is written only if nobody moved the
+        chain meanwhile (compare-and-set on `watermark`).
+        """
+        self._writable()
+        with self._lock:
+            try:
+                db = self._connection()
+                with db.cursor() as cur:
+                    cur.execute("SELECT agent_id FROM chains WHERE watermark < stored ORDER BY agent_id")
+                    agents = [str(r[0]) for r in cur.fetchall()]
+                    done = 0
+                    for agent_id in agents:
+                        if limit is not None and done >= limit:
+                            break
+                        work = self._chain_work(cur, agent_id, None if limit is None else limit - done)
+                        if work is None:
+                            continue
+                        with db.transaction():
+                            if self._apply_chain(cur, agent_id, work):
+                                done += len(work[3])
+                    return done
+            except psycopg.Error as exc:
+                raise self._fail("sealing", exc) from None
+
+    def _seal_agent(self, cur: psycopg.Cursor[Any], agent_id: str, limit: int | None) -> int:
+        """Chain one agent's unchained prefix inside the caller's transaction."""
+        work = self._chain_work(cur, agent_id, limit)
+        if work is None:
+            return 0
+        self._apply_chain(cur, agent_id, work)
+        return len(work[3])
+
+    def _chain_work(self, cur: psycopg.Cursor[Any], agent_id: str, limit: int | None) -> _ChainWork | None:
+        """(chained before, chained after, new head, (sequence, value) pairs) for one agent, or None."""
+        cur.execute("SELECT watermark, head, stored FROM chains WHERE agent_id = %s", (agent_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        before, head, stored = int(row[0]), bytes(row[1]), int(row[2])
+        upto = stored if limit is None else min(stored, before + limit)
+        if upto <= before:
+            return None
+        to_mapping, link = protos_events.to_mapping, chain.link
+        watermark = before
+        values: list[tuple[int, bytes]] = []
+        cur.execute(
+            "SELECT sequence, data FROM events WHERE agent_id = %s AND sequence > %s AND sequence <= %s"
+            " ORDER BY sequence",
+            (agent_id, before, upto),
+        )
+        for seq, data in cur.fetchall():
+            if seq != watermark + 1:
+                break  # cannot happen inside the stored prefix; stop rather than chain across a hole
+            head = link(head, to_mapping(pb.Event.FromString(bytes(data))))
+            watermark = seq
+            values.append((seq, head))
+        return (before, watermark, head, values) if values else None
+
+    def _apply_chain(self, cur: psycopg.Cursor[Any], agent_id: str, work: _ChainWork) -> bool:
+        """Write chain values if the agent's chain still ends at `before` (compare-and-set)."""
+        before, after, head, values = work
+        cur.execute(
+            "UPDATE chains SET watermark = %s, head = %s WHERE agent_id = %s AND watermark = %s",
+            (after, head, agent_id, before),
+        )
+        if cur.rowcount != 1:
+            return False
+        cur.execute(
+            "UPDATE events SET chain = v.chain FROM unnest(%s::bigint[], %s::bytea[]) AS v(sequence, chain)"
+            " WHERE events.agent_id = %s AND events.sequence = v.sequence",
+            ([s for s, _ in values], [h for _, h in values], agent_id),
+        )
+        return True
+
+    def watermark(self, agent_id: str) -> int:
+        """Highest contiguous sequence stored for the agent (0 when none): what the collector acks."""
+        row = self._one("SELECT stored FROM chains WHERE agent_id = %s", (agent_id,))
+        return 0 if row is None else int(row[0])
+
+    def chain_head(self, agent_id: str) -> tuple[int, bytes]:
+        """(last chained sequence, its chain value) of one agent; (0, genesis) before any."""
+        row = self._one("SELECT watermark, head FROM chains WHERE agent_id = %s", (agent_id,))
+        return (0, chain.GENESIS) if row is None else (int(row[0]), bytes(row[1]))
+
+    def count_events(self, agent_id: str | None = None) -> int:
+        """How many events are stored (for one agent, or all)."""
+        if agent_id is None:
+            row = self._one("SELECT COUNT(*) FROM events", ())
+        else:
+            row = self._one("SELECT COUNT(*) FROM events WHERE agent_id = %s", (agent_id,))
+        return 0 if row is None else int(row[0])
+
+    def events(self, where: EventFilter | None = None) -> Iterator[Mapping]:
+        """Stream stored events as mappings in (agent, sequence) order; see `Store.events`."""
+        where = where or EventFilter()
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, op, value in (
+            ("ts", ">=", ecs_time(where.since) if where.since else None),
+            ("ts", "<", ecs_time(where.until) if where.until else None),
+            ("host", "=", where.host),
+            ("user_name", "=", where.user),
+            ("agent_id", "=", where.agent),
+            ("action", "=", where.action),
+            ("device_serial", "=", where.device_serial),
+        ):
+            if value is not None:
+                clauses.append(f"{column} {op} %s")  # column and op come from the fixed table above
+                params.append(value)
+        sql = "SELECT chain, data FROM events"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY agent_id, sequence"
+        return self._stream(sql, params)
+
+    def _stream(self, sql: str, params: list[Any]) -> Iterator[Mapping]:
+        # A connection of its own and a server-side cursor: a long export reads one consistent
+        # snapshot in chunks and never holds the writer's lock.
+        reader = pgconnect.connect(self._url, readonly=True, application="exfilguard-reader")
+        try:
+            reader.autocommit = False
+            reader.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            with reader.cursor("exfilguard_events", binary=True) as cur:
+                cur.itersize = _STREAM_CHUNK
+                cur.execute(sql, params)  # built from the fixed fragments above
+                for row in cur:
+                    link, data = cast(tuple[bytes | None, bytes], row)
+                    mapping = protos_events.to_mapping(pb.Event.FromString(data))
+                    if link is not None:
+                        mapping["exfilguard.chain.hash"] = link.hex()
+                    yield mapping
+        except psycopg.Error as exc:
+            raise StoreError(self.location, f"reading events failed: {self._scrub(exc)}") from None
+        finally:
+            reader.close()
+
+    # ------------------------------------------------------------------ alerts
+
+    def add_alert(self, alert: Mapping) -> None:
+        """Store (or replace, by id) an alert; see `Store.add_alert`."""
+        self._writable()
+        try:
+            row = (
+                str(alert["id"]),
+                str(alert["@timestamp"]),
+                str(alert["policy.id"]),
+                str(alert.get("severity", "")),
+                json.dumps(alert, sort_keys=True, default=str),
+            )
+        except KeyError as exc:
+            raise StoreError(self.location, f"alert lacks required field {exc}") from exc
+        self._write(
+            "INSERT INTO alerts (id, ts, policy_id, severity, body) VALUES (%s, %s, %s, %s, %s)"
+            " ON CONFLICT (id) DO UPDATE SET ts = excluded.ts, policy_id = excluded.policy_id,"
+            " severity = excluded.severity, body = excluded.body",
+            row,
+        )
+
+    def alerts(self, limit: int = 100, since: str | None = None) -> list[Mapping]:
+        """The newest `limit` alerts at or after `since`, oldest first."""
+        rows = self._all(
+            "SELECT body FROM alerts WHERE ts >= %s ORDER BY ts DESC, id DESC LIMIT %s",
+            (since or "", max(0, limit)),
+        )
+        out: list[Mapping] = [json.loads(str(r[0])) for r in reversed(rows)]
+        return out
+
+    # ---------------------------------------------------------------- registry
+
+    def update_agents(self, updates: Sequence[AgentUpdate]) -> None:
+        """Create or update registry entries in one transaction."""
+        self._writable()
+        if not updates:
+            return
+        now = _now()
+        params = [
+            {
+                "id": u.id,
+                "host": u.host,
+                "version": u.version,
+                "first_seen": u.seen or now,
+                "seen": u.seen,
+                "heartbeat": u.heartbeat,
+                "connected": u.connected,
+                "backlog": u.backlog,
+                "config_version": u.config_version,
+            }
+            for u in updates
+        ]
+        with self._lock:
+            try:
+                db = self._connection()
+                with db.transaction(), db.cursor() as cur:
+                    cur.executemany(_UPSERT_AGENT, params)
+            except psycopg.Error as exc:
+                raise self._fail("registry update", exc) from None
+
+    def agents(self) -> list[AgentRecord]:
+        """The fleet registry ordered by agent id, with each agent's watermark."""
+        rows = self._all(
+            "SELECT a.id, a.host, a.version, a.first_seen, a.last_seen, a.last_heartbeat, a.connected,"
+            " a.backlog, a.gaps, a.lost, a.config_version, COALESCE(c.stored, 0)"
+            " FROM agents a LEFT JOIN chains c ON c.agent_id = a.id ORDER BY a.id",
+            (),
+        )
+        return [
+            AgentRecord(
+                id=r[0],
+                host=r[1],
+                version=r[2],
+                first_seen=r[3],
+                last_seen=r[4],
+                last_heartbeat=r[5],
+                connected=bool(r[6]),
+                backlog=int(r[7]),
+                gaps=int(r[8]),
+                lost=int(r[9]),
+                config_version=r[10],
+                watermark=int(r[11]),
+            )
+            for r in rows
+        ]
+
+    def mark_all_disconnected(self) -> None:
+        """Clear every connected flag."""
+        self._writable()
+        self._write("UPDATE agents SET connected = false WHERE connected", ())
+
+    # ------------------------------------------------------------------ misc
+
+    def _one(self, sql: str, params: Sequence[Any]) -> Any:
+        rows = self._all(sql, params)
+        return rows[0] if rows else None
+
+    def _all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except psycopg.Error as exc:
+                raise self._fail("query", exc) from None
+
+    def _write(self, sql: str, params: Sequence[Any]) -> None:
+        with self._lock:
+            try:
+                self._connection().execute(sql, params)
+            except psycopg.Error as exc:
+                raise self._fail("write", exc) from None
+
+    def _writable(self) -> None:
+        if self._readonly:
+            raise StoreError(self.location, "store was opened read-only")
+
+    def close(self) -> None:
+        """Close the connection (every write is already committed)."""
+        with self._lock:
+            self._db.close()
