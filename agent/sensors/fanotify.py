@@ -4,7 +4,8 @@ A ctypes binding in fd mode (no FID reporting): each event carries the pid and a
 fd on the file, whose path we read from /proc/self/fd. Marks:
   - inode marks on every directory of the tagged trees (FAN_EVENT_ON_CHILD): opens,
     reads (close without write) and modifications of tagged files;
-  - mount marks on removable mounts: every close-after-write is a `file.write`;
+  - filesystem marks on removable mounts' file systems: every close-after-write is a
+    `file.write`, whichever mount namespace the writer used;
   - optionally a filesystem mark with FAN_CLOSE_WRITE on the file systems holding /tmp and
     the home directories, so a process that read tagged files is seen writing an archive.
 """
@@ -29,6 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from agent.sensors import procinfo
 from agent.sensors.errors import FanotifyUnavailable
@@ -196,6 +198,9 @@ class FanotifySensor:
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._marked: set[tuple[str, str]] = set()
+        # st_dev of each marked removable file system -> its mount point here, to place writes
+        # made through another namespace's mount (their paths read as relative to the stick)
+        self._removable_devs: dict[int, str] = {}
         self.events_read = 0
         _raise_fd_limit()
 
@@ -215,8 +220,18 @@ class FanotifySensor:
         self._mark(path, TAGGED_MASK, "inode")
 
     def mark_mount(self, point: str, add: bool = True) -> None:
-        """Watch (or stop watching) writes on a removable mount."""
-        self._mark(point, MOUNT_MASK, "mount", remove=not add)
+        """Watch (or stop watching) writes on a removable mount.
+
+        The mark is on the stick's file system, not on this mount: under the agent's hardened
+        unit (ProtectSystem/ProtectHome) the agent runs in a mount namespace of its own, and a
+        mount mark there does not see writes made through the user's mount of the same stick.
+        """
+        if add:
+            with contextlib.suppress(OSError):
+                self._removable_devs[Path(point).stat().st_dev] = point.rstrip("/") or "/"
+        else:
+            self._removable_devs = {d: p for d, p in self._removable_devs.items() if p != point.rstrip("/")}
+        self._mark(point, MOUNT_MASK, "filesystem", remove=not add)
 
     def mark_filesystem(self, path: str) -> None:
         """Watch writes (archive staging) and execs on the whole file system holding `path`."""
@@ -320,7 +335,7 @@ class FanotifySensor:
         due = 0.0
         if self._is_tagged(path):
             kind = "tagged"
-        elif self._is_removable(path):
+        elif self._is_removable(path := self._placed(fd, path)):
             if mask & FAN_CLOSE_WRITE:
                 kind, due = "removable", time.monotonic() + self._defer
             else:
@@ -336,6 +351,19 @@ class FanotifySensor:
             self._work.put((due, kind, access))  # later, under the final name; hashing is slow
         else:
             self._handle(kind, access)  # cheap: no hand-over between threads per event
+
+    def _placed(self, fd: int, path: str) -> str:
+        """`path` as seen here: a file on a marked stick written through a mount in another
+        mount namespace reads as relative to the stick's root; put it under our mount point."""
+        if not self._removable_devs:
+            return path
+        try:
+            point = self._removable_devs.get(os.fstat(fd).st_dev)
+        except OSError:
+            return path
+        if point is None or path == point or path.startswith(point + "/"):
+            return path
+        return point + path if path != "/" else point
 
     def _work_loop(self) -> None:
         # Writes wait `defer_seconds`: reads that fanotify queued after a merged open+close
@@ -366,7 +394,7 @@ class FanotifySensor:
                 with contextlib.suppress(OSError):
                     current = os.readlink(f"/proc/self/fd/{access.fd}")
                     if not current.endswith(" (deleted)"):
-                        access.path = current
+                        access.path = self._placed(access.fd, current)
             self._handlers[kind](access)
         except Exception:
             log.exception("fanotify %s access handling failed: %s", kind, access.path)

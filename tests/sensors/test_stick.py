@@ -145,6 +145,19 @@ def test_stick_identity_mount_copies_and_detach(loop_stick: Any, tagged: tuple[P
         assert copy["exfilguard.source.path"] == str(files[1])
         assert "fingerprint" in copy["exfilguard.copy.method"]
 
+        # from another mount namespace (as under a hardened unit, or a user's own namespace):
+        # the stick's mount there is a copy, so only a mark on its file system sees the write
+        other_ns = f"{point}/other-namespace.dat"
+        cp = subprocess.Popen(["unshare", "--mount", "--propagation", "private",
+                               "cp", str(files[1]), other_ns])
+        assert cp.wait(timeout=30) == 0
+        write = events.wait_for(events.action("file.write", {"file.path": other_ns}))[0]
+        assert write["process.pid"] == cp.pid
+        assert write["exfilguard.attribution"] == "exact"
+        assert write["device.serial"] == stick.serial
+        copy = events.wait_for(events.action("file.copy", {"file.path": other_ns}))[0]
+        assert copy["exfilguard.source.path"] == str(files[1])
+
         # renamed on the way: only the content links it to its source
         disguised = f"{point}/holiday.jpg"
         subprocess.run(["cp", str(files[2]), disguised], check=True)
@@ -224,8 +237,8 @@ def test_stick_identity_mount_copies_and_detach(loop_stick: Any, tagged: tuple[P
         # every write on the stick was reported, each once
         written = sorted(e["file.path"] for e in events.matching(events.action("file.write"))
                          if e["file.path"].startswith(point + "/"))  # other sticks may be in use
-        assert written == sorted([dest0, dest1, disguised, f"{point}/notes.bin", f"{point}/backup.tar",
-                                  f"{point}/photos.dat"])
+        assert written == sorted([dest0, dest1, other_ns, disguised, f"{point}/notes.bin",
+                                  f"{point}/backup.tar", f"{point}/photos.dat"])
 
         stick.unmount()
         events.wait_for(events.action("device.unmount", {"exfilguard.mount.point": point,
