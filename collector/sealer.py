@@ -8,6 +8,10 @@ events (see collector/store/sqlite.py). Killing it at any moment is safe: each s
 compare-and-set transaction, and the next sealer continues where the chain ends.
 
     python -m collector.sealer --store PATH --parent PID
+
+A PostgreSQL store URL may carry a password, and a command line is visible to every user
+(`ps`), so the collector hands a URL over in the environment (EXFILGUARD_SEALER_STORE, readable
+only by the same user and root) rather than as --store.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ log = logging.getLogger("exfilguard.collector.sealer")
 _STEP_EVENTS = 2_000  # per transaction: short write locks, steady progress
 _IDLE_SECONDS = 0.2
 _RESTART_SECONDS = 1.0
+STORE_ENV = "EXFILGUARD_SEALER_STORE"
 
 
 def run(location: str, parent: int) -> int:
@@ -46,7 +51,11 @@ def run(location: str, parent: int) -> int:
         os.nice(10)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the collector, which stops us
-    store = open_store(location)
+    try:
+        store = open_store(location)
+    except StoreError as exc:  # names the store, never a password; the collector restarts us
+        log.error("sealer cannot open the store: %s", exc)
+        return 1
     try:
         while not stop and os.getppid() == parent:  # orphaned by kill -9: exit, the next collector seals
             try:
@@ -73,9 +82,14 @@ class Sealer:
 
     def _spawn(self) -> None:
         # The parent pid lets an orphan notice a kill -9 of the collector and exit.
-        command = [sys.executable, "-m", "collector.sealer", "--store", self.location]
+        command = [sys.executable, "-m", "collector.sealer"]
         command += ["--parent", str(os.getpid()), "--log-level", self.log_level]
-        self.process = subprocess.Popen(command)
+        env = None
+        if "://" in self.location:
+            env = os.environ | {STORE_ENV: self.location}  # not argv: a URL may carry a password
+        else:
+            command += ["--store", self.location]
+        self.process = subprocess.Popen(command, env=env)
         log.info("sealer started", extra={"pid": self.process.pid})
 
     async def start(self) -> None:
@@ -110,12 +124,15 @@ class Sealer:
 def main() -> int:
     """Entry point of `python -m collector.sealer` (started by the collector, not by admins)."""
     parser = argparse.ArgumentParser(prog="python -m collector.sealer", description=__doc__)
-    parser.add_argument("--store", required=True, help="the collector's store location")
+    parser.add_argument("--store", help=f"the collector's store location (default: ${STORE_ENV})")
     parser.add_argument("--parent", type=int, required=True, help="collector pid; exit when it is gone")
     parser.add_argument("--log-level", default="info")
     args = parser.parse_args()
+    location = args.store or os.environ.get(STORE_ENV)
+    if not location:
+        parser.error(f"give --store or set {STORE_ENV}")
     logs.configure(args.log_level)
-    return run(args.store, args.parent)
+    return run(location, args.parent)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,8 @@ class Collector:
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self._enrollment: EnrollmentServer | None = None
-        self._sealer = Sealer(store.location, config.log_level)
+        # The config's value, not store.location: a PostgreSQL URL's password is left out of that.
+        self._sealer = Sealer(config.store, config.log_level)
         # Central agent config: raises YamlError (file:line:key) for a broken fleet file.
         if fleet is None and config.agent_config:
             fleet = FleetSource(config.agent_config)

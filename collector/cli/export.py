@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the export; see the module docstring for exit codes."""
-    from collector.evidence.ledger import Ledger
-    from collector.store.sqlite import SqliteStore
+    from collector.evidence.ledger import open_ledger
+    from collector.store import open_store
 
     if args.out == "-" and not args.manifest:
         print(
@@ -93,16 +93,10 @@ def run(args: argparse.Namespace) -> int:
     manifest_path = args.manifest or str(manifest.path_for(args.out))
     try:
         cfg = collector_config.load(args.config or collector_config.default_path())
-        if "://" in cfg.store:
-            print(
-                f"exfilguard export: {cfg.store}: only the SQLite store is supported by export",
-                file=sys.stderr,
-            )
-            return EXIT_ERROR
         key = keys.load_or_create(cfg.state_dir)
-        store = SqliteStore(cfg.store, readonly=True)
+        store = open_store(cfg.store, readonly=True)
         try:
-            with Ledger(cfg.store) as ledger:
+            with open_ledger(cfg.store) as ledger:
                 if where.alerts:
                     unknown = set(where.alerts) - ledger.alerts_exist(where.alerts)
                     if unknown:

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prune; see the module docstring for exit codes."""
-    from collector.evidence.ledger import Ledger
+    from collector.evidence.ledger import open_ledger
 
     if not args.older_than and not args.max_size:
         print("exfilguard prune: give --older-than AGE and/or --max-size SIZE", file=sys.stderr)
@@ -44,10 +44,7 @@ def run(args: argparse.Namespace) -> int:
         age = retention.parse_age(args.older_than) if args.older_than else None
         size = retention.parse_size(args.max_size) if args.max_size else None
         cfg = collector_config.load(args.config or collector_config.default_path())
-        if "://" in cfg.store:
-            print(f"exfilguard prune: {cfg.store}: only the SQLite store is supported", file=sys.stderr)
-            return 2
-        with Ledger(cfg.store, readonly=False) as ledger:
+        with open_ledger(cfg.store, readonly=False) as ledger:
             report = retention.prune(ledger, age, size, args.include_alerted)
     except (YamlError, EvidenceError, OSError) as exc:
         print(f"exfilguard prune: {exc}", file=sys.stderr)

@@ -1,42 +1,27 @@
-"""The evidence side of the SQLite store: chain values by sequence, checkpoints, pruning, alert evidence.
+"""The evidence side of a store: chain values by sequence, checkpoints, pruning, alert evidence.
 
-`collector/store` owns the events table and computes the chain at ingest; this module only
-reads chain values back (the `prev` of a filtered export's records), looks up which events
-alerts reference, and prunes a prefix of an agent's chain while recording a checkpoint
-(agent, last pruned sequence, chain value there) in the same transaction, so the chain stays
-verifiable from the checkpoint on. It works on the store's SQLite file with its own
-connection; a PostgreSQL store would need the same few queries.
-
-Tables it adds (created on first prune): `evidence_checkpoints`.
+`collector/store` owns the events table and computes the chain; a ledger only reads chain
+values back (the `prev` of a filtered export's records), looks up which events alerts
+reference, and prunes a prefix of an agent's chain while recording a checkpoint (agent, last
+pruned sequence, chain value there) in the same transaction, so the chain stays verifiable
+from the checkpoint on. Each store kind has its own ledger with its own connection:
+`SqliteLedger` (ledger_sqlite.py) and `PostgresLedger` (ledger_postgres.py); `open_ledger`
+picks by the config's `store` value, as `collector.store.open_store` does.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import sqlite3
-from collections.abc import Iterable, Iterator
+import abc
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from collector.evidence import chain
-from collector.evidence.errors import EvidenceError, RetentionError
-
-_CHECKPOINTS = """
-CREATE TABLE IF NOT EXISTS evidence_checkpoints (
-    agent_id TEXT PRIMARY KEY,
-    sequence INTEGER NOT NULL,
-    chain BLOB NOT NULL,
-    pruned_at TEXT NOT NULL,
-    pruned_total INTEGER NOT NULL
-)
-"""
+from collector.evidence.errors import EvidenceError
 
 
 class LedgerError(EvidenceError):
-    """The store file cannot be read or written for evidence purposes (`location`)."""
+    """The store cannot be read or written for evidence purposes (`location`)."""
 
     def __init__(self, location: str, reason: str) -> None:
         self.location = location
@@ -73,34 +58,14 @@ class AgentChain:
     watermark: int
 
 
-class Ledger:
-    """Evidence queries and pruning on the store's SQLite file."""
+class Ledger(abc.ABC):
+    """Evidence queries and pruning on one store."""
 
-    def __init__(self, path: str | Path, *, readonly: bool = True) -> None:
-        self.location = str(path)
-        p = Path(path)
-        if not p.exists():
-            raise LedgerError(self.location, "no such store (has the collector run yet?)")
-        mode = "ro" if readonly else "rw"
-        try:
-            self._db = sqlite3.connect(
-                f"file:{quote(str(p.resolve()))}?mode={mode}",
-                uri=True,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._db.execute("PRAGMA busy_timeout = 10000")
-            self._has_checkpoints = bool(
-                self._db.execute(
-                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'evidence_checkpoints'"
-                ).fetchone()
-            )
-        except sqlite3.Error as exc:
-            raise LedgerError(self.location, f"cannot open: {exc}") from exc
+    location: str
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Close the connection."""
-        self._db.close()
 
     def __enter__(self) -> Ledger:
         return self
@@ -114,160 +79,83 @@ class Ledger:
         """The chain value at `sequence` (genesis at 0, the checkpoint's once pruned), None if unknown."""
         if sequence <= 0:
             return chain.GENESIS
-        row = self._query_one(
-            "SELECT chain FROM events WHERE agent_id = ? AND sequence = ?", (agent_id, sequence)
-        )
-        if row is not None and row[0] is not None:
-            return bytes(row[0])
+        value = self._stored_chain(agent_id, sequence)
+        if value is not None:
+            return value
         cp = self.checkpoint(agent_id)
         if cp is not None and cp.sequence == sequence:
             return cp.chain
         return None
 
-    def checkpoint(self, agent_id: str) -> Checkpoint | None:
-        """The agent's checkpoint, if it was ever pruned."""
-        if not self._has_checkpoints:
-            return None
-        row = self._query_one(
-            "SELECT agent_id, sequence, chain, pruned_at, pruned_total FROM evidence_checkpoints"
-            " WHERE agent_id = ?",
-            (agent_id,),
-        )
-        return None if row is None else Checkpoint(row[0], int(row[1]), bytes(row[2]), row[3], int(row[4]))
-
-    def checkpoints(self) -> dict[str, Checkpoint]:
-        """Every agent's checkpoint."""
-        if not self._has_checkpoints:
-            return {}
-        rows = self._query(
-            "SELECT agent_id, sequence, chain, pruned_at, pruned_total FROM evidence_checkpoints", ()
-        )
-        return {r[0]: Checkpoint(r[0], int(r[1]), bytes(r[2]), r[3], int(r[4])) for r in rows}
-
     def chains(self) -> list[AgentChain]:
         """Every agent with stored events: checkpoint sequence and watermark."""
         cps = self.checkpoints()
-        rows = self._query("SELECT agent_id, watermark FROM chains ORDER BY agent_id", ())
-        return [AgentChain(r[0], cps[r[0]].sequence if r[0] in cps else 0, int(r[1])) for r in rows]
+        return [
+            AgentChain(agent_id, cps[agent_id].sequence if agent_id in cps else 0, watermark)
+            for agent_id, watermark in self._watermarks()
+        ]
 
+    @abc.abstractmethod
+    def _stored_chain(self, agent_id: str, sequence: int) -> bytes | None:
+        """The chain value stored with an event, None if the event is absent or not chained."""
+
+    @abc.abstractmethod
+    def _watermarks(self) -> list[tuple[str, int]]:
+        """(agent id, chain watermark) of every agent, ordered by agent id."""
+
+    @abc.abstractmethod
+    def checkpoint(self, agent_id: str) -> Checkpoint | None:
+        """The agent's checkpoint, if it was ever pruned."""
+
+    @abc.abstractmethod
+    def checkpoints(self) -> dict[str, Checkpoint]:
+        """Every agent's checkpoint."""
+
+    @abc.abstractmethod
     def alert_evidence(self, alert_ids: Iterable[str] = (), policies: Iterable[str] = ()) -> set[str]:
         """Event ids referenced by the given alerts and by every alert of the given policies."""
-        ids, pols = list(alert_ids), list(policies)
-        found: set[str] = set()
-        if not ids and not pols:
-            return found
-        sql = "SELECT body FROM alerts WHERE id IN (SELECT value FROM json_each(?))"
-        sql += " OR policy_id IN (SELECT value FROM json_each(?))"
-        for (body,) in self._iterate(sql, (json.dumps(ids), json.dumps(pols))):
-            evidence = json.loads(body).get("evidence", [])
-            if isinstance(evidence, list):
-                found.update(str(e) for e in evidence)
-        return found
 
+    @abc.abstractmethod
     def alerts_exist(self, alert_ids: Iterable[str]) -> set[str]:
         """Which of these alert ids are stored."""
-        rows = self._query(
-            "SELECT id FROM alerts WHERE id IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(alert_ids)),),
-        )
-        return {r[0] for r in rows}
 
+    @abc.abstractmethod
     def used_bytes(self) -> int:
-        """Bytes of the file in use (freed pages are reused by SQLite, so this is what grows)."""
-        pages = self._query_one("PRAGMA page_count", ())
-        free = self._query_one("PRAGMA freelist_count", ())
-        size = self._query_one("PRAGMA page_size", ())
-        assert pages is not None and free is not None and size is not None
-        return (int(pages[0]) - int(free[0])) * int(size[0])
+        """Bytes the store uses for what it holds (what size-based retention compares)."""
 
+    @abc.abstractmethod
     def protected(self) -> dict[str, int]:
         """Per agent, the lowest sequence an open alert references (pruning stops below it)."""
-        rows = self._query(
-            "SELECT agent_id, MIN(sequence) FROM events WHERE event_id IN"
-            " (SELECT j.value FROM alerts, json_each(alerts.body, '$.evidence') AS j WHERE"
-            " COALESCE(json_extract(alerts.body, '$.status'), 'open') NOT IN ('closed', 'resolved'))"
-            " GROUP BY agent_id",
-            (),
-        )
-        return {r[0]: int(r[1]) for r in rows}
 
+    @abc.abstractmethod
     def first_sequence_since(self, agent_id: str, cutoff: str) -> int | None:
         """The lowest stored sequence of the agent whose time is at or after `cutoff`."""
-        row = self._query_one(
-            "SELECT MIN(sequence) FROM events WHERE agent_id = ? AND ts >= ?", (agent_id, cutoff)
-        )
-        return None if row is None or row[0] is None else int(row[0])
 
+    @abc.abstractmethod
     def time_at_offset(self, offset: int) -> str | None:
         """The time of the `offset`-th oldest stored event (for size-based retention)."""
-        row = self._query_one("SELECT ts FROM events ORDER BY ts LIMIT 1 OFFSET ?", (max(0, offset),))
-        return None if row is None else str(row[0])
 
+    @abc.abstractmethod
     def count(self) -> int:
         """Stored events."""
-        row = self._query_one("SELECT COUNT(*) FROM events", ())
-        return 0 if row is None else int(row[0])
 
     # ------------------------------------------------------------------ pruning
 
+    @abc.abstractmethod
     def prune_through(self, agent_id: str, sequence: int) -> Checkpoint:
-        """Delete the agent's events through `sequence` and record the checkpoint, in one transaction."""
-        db = self._db
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute(_CHECKPOINTS)
-            row = db.execute("SELECT watermark FROM chains WHERE agent_id = ?", (agent_id,)).fetchone()
-            if row is None or sequence >= int(row[0]):
-                # The head stays: ingest continues the chain from it.
-                raise RetentionError(
-                    f"agent {agent_id}: cannot prune through {sequence}, the chain head stays"
-                )
-            value = db.execute(
-                "SELECT chain FROM events WHERE agent_id = ? AND sequence = ?", (agent_id, sequence)
-            ).fetchone()
-            if value is None or value[0] is None:
-                raise RetentionError(f"agent {agent_id}: no chained event at sequence {sequence}")
-            deleted = db.execute(
-                "DELETE FROM events WHERE agent_id = ? AND sequence <= ?", (agent_id, sequence)
-            ).rowcount
-            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            db.execute(
-                "INSERT INTO evidence_checkpoints (agent_id, sequence, chain, pruned_at, pruned_total)"
-                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET sequence = excluded.sequence,"
-                " chain = excluded.chain, pruned_at = excluded.pruned_at,"
-                " pruned_total = pruned_total + excluded.pruned_total",
-                (agent_id, sequence, bytes(value[0]), now, deleted),
-            )
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise LedgerError(self.location, f"prune failed: {exc}") from exc
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        self._has_checkpoints = True
-        cp = self.checkpoint(agent_id)
-        assert cp is not None
-        return cp
+        """Delete the agent's events through `sequence` and record the checkpoint, in one transaction.
 
-    # ------------------------------------------------------------------ helpers
+        Raises RetentionError if `sequence` is at or above the chain head (ingest continues
+        the chain from it) or is not a chained event.
+        """
 
-    def _query_one(self, sql: str, params: tuple[Any, ...]) -> Any:
-        try:
-            return self._db.execute(sql, params).fetchone()
-        except sqlite3.Error as exc:
-            raise LedgerError(self.location, f"query failed: {exc}") from exc
 
-    def _query(self, sql: str, params: tuple[Any, ...]) -> list[Any]:
-        try:
-            return self._db.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise LedgerError(self.location, f"query failed: {exc}") from exc
+def open_ledger(location: str, *, readonly: bool = True) -> Ledger:
+    """The ledger of the store the config's `store` key names (a path: SQLite; postgresql://…)."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from collector.evidence.ledger_postgres import PostgresLedger  # psycopg loads only when used
 
-    def _iterate(self, sql: str, params: tuple[Any, ...]) -> Iterator[Any]:
-        try:
-            yield from self._db.execute(sql, params)
-        except sqlite3.Error as exc:
-            raise LedgerError(self.location, f"query failed: {exc}") from exc
+        return PostgresLedger(location, readonly=readonly)
+    from collector.evidence.ledger_sqlite import SqliteLedger
+
+    return SqliteLedger(location, readonly=readonly)

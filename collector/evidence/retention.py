@@ -8,7 +8,9 @@ starts from the checkpoint's chain value and still verifies. Pruning stops:
     must not lose its evidence because a timer fired). Alerts carry no status yet, so every
     stored alert counts as open unless its body says `"status": "closed"` or `"resolved"`.
 Size is the SQLite file's pages in use; SQLite reuses freed pages, so the file stops
-growing rather than shrinking (run VACUUM offline to give the space back to the OS).
+growing rather than shrinking (run VACUUM offline to give the space back to the OS). On
+PostgreSQL it is the bytes of the live event and alert rows; autovacuum makes the space of
+pruned rows reusable.
 """
 
 from __future__ import annotations

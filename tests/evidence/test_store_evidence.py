@@ -1,23 +1,27 @@
-"""Evidence end to end on the real SQLite store: ingest, export, verify, tamper in SQL, prune."""
+"""Evidence end to end on both real stores (SQLite, PostgreSQL): ingest, export, verify, SQL edits, prune."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from collector import config as collector_config
 from collector.cli import export as export_cmd
 from collector.cli import keys as key_cmd
 from collector.cli import retention as prune_cmd
 from collector.cli import verify as verify_cmd
 from collector.evidence import keys, manifest, verify
-from collector.store.sqlite import SqliteStore
+from collector.evidence.ledger import open_ledger
+from collector.store import Store, open_store
 from protos import exfilguard_pb2 as pb
 from tests.evidence.helpers import make_event
 
@@ -35,13 +39,16 @@ def cli(*argv: str) -> int:
     return code
 
 
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[tuple[Path, SqliteStore]]:
+@pytest.fixture(params=["sqlite", "postgresql"])
+def collector(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Path, Store]]:
     """A collector.yaml and its store, holding two agents' events (alice and bob interleaved)."""
-    db = tmp_path / "collector.db"
+    if request.param == "sqlite":
+        location = str(tmp_path / "collector.db")
+    else:
+        location = str(request.getfixturevalue("pg_url"))  # a new database of the throwaway cluster
     config = tmp_path / "collector.yaml"
-    config.write_text(f"store: {db}\nstate_dir: {tmp_path / 'state'}\n")
-    store = SqliteStore(db)
+    config.write_text(f"store: '{location}'\nstate_dir: {tmp_path / 'state'}\n")
+    store = open_store(location)
     for agent in ("agent-a", "agent-b"):
         batch: list[pb.Event] = []
         for seq in range(1, 21):
@@ -55,7 +62,29 @@ def collector(tmp_path: Path) -> Iterator[tuple[Path, SqliteStore]]:
     store.close()
 
 
-def _ids(store: SqliteStore, agent: str, seqs: set[int]) -> list[str]:
+def _edit_in_sql(config: Path, agent: str, sequence: int, edit: Callable[[bytes], bytes]) -> None:
+    """Rewrite one stored event's protobuf behind the collector's back, as a DBA could."""
+    location = collector_config.load(config).store
+    if "://" not in location:
+        with contextlib.closing(sqlite3.connect(location)) as db, db:
+            sql = "SELECT data FROM events WHERE agent_id = ? AND sequence = ?"
+            (data,) = db.execute(sql, (agent, sequence)).fetchone()
+            db.execute(
+                "UPDATE events SET data = ? WHERE agent_id = ? AND sequence = ?",
+                (edit(data), agent, sequence),
+            )
+        return
+    with psycopg.connect(location, autocommit=True) as conn:
+        sql = "SELECT data FROM events WHERE agent_id = %s AND sequence = %s"
+        row = conn.execute(sql, (agent, sequence)).fetchone()
+        assert row is not None
+        conn.execute(
+            "UPDATE events SET data = %s WHERE agent_id = %s AND sequence = %s",
+            (edit(row[0]), agent, sequence),
+        )
+
+
+def _ids(store: Store, agent: str, seqs: set[int]) -> list[str]:
     return [
         str(m["event.id"]) for m in store.events() if m["agent.id"] == agent and m["event.sequence"] in seqs
     ]
@@ -69,7 +98,7 @@ def _public(tmp_path: Path, config: Path) -> Path:
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_full_export_verifies_with_exported_public_key(
-    tmp_path: Path, collector: tuple[Path, SqliteStore], fmt: str
+    tmp_path: Path, collector: tuple[Path, Store], fmt: str
 ) -> None:
     config, _ = collector
     out = tmp_path / f"all.{fmt}"
@@ -85,7 +114,7 @@ def test_full_export_verifies_with_exported_public_key(
     assert cli("verify", str(out)) == verify_cmd.EXIT_UNTRUSTED_KEY
 
 
-def test_signing_key_is_private_and_stable(tmp_path: Path, collector: tuple[Path, SqliteStore]) -> None:
+def test_signing_key_is_private_and_stable(tmp_path: Path, collector: tuple[Path, Store]) -> None:
     config, _ = collector
     first = _public(tmp_path, config).read_bytes()
     key_file = tmp_path / "state" / "evidence" / keys.KEY_FILE
@@ -96,7 +125,7 @@ def test_signing_key_is_private_and_stable(tmp_path: Path, collector: tuple[Path
 
 
 def test_user_filter_export_is_not_contiguous_but_verifies(
-    tmp_path: Path, collector: tuple[Path, SqliteStore]
+    tmp_path: Path, collector: tuple[Path, Store]
 ) -> None:
     config, _ = collector
     out = tmp_path / "alice.jsonl"
@@ -118,7 +147,7 @@ def test_user_filter_export_is_not_contiguous_but_verifies(
 
 
 def test_alert_and_policy_filters_export_the_cited_events(
-    tmp_path: Path, collector: tuple[Path, SqliteStore]
+    tmp_path: Path, collector: tuple[Path, Store]
 ) -> None:
     config, store = collector
     cited = _ids(store, "agent-b", {4, 5, 6})
@@ -147,20 +176,15 @@ def test_alert_and_policy_filters_export_the_cited_events(
     )
 
 
-def test_direct_sql_edit_of_a_stored_event_is_detected(
-    tmp_path: Path, collector: tuple[Path, SqliteStore]
-) -> None:
-    config, store = collector
-    db = sqlite3.connect(store.location)
-    (data,) = db.execute("SELECT data FROM events WHERE agent_id = 'agent-a' AND sequence = 12").fetchone()
-    event = pb.Event.FromString(data)
-    event.file.path = "/media/usb/holiday-photos.jpg"  # hide what was really copied
-    db.execute(
-        "UPDATE events SET data = ? WHERE agent_id = 'agent-a' AND sequence = 12",
-        (event.SerializeToString(),),
-    )
-    db.commit()
-    db.close()
+def test_direct_sql_edit_of_a_stored_event_is_detected(tmp_path: Path, collector: tuple[Path, Store]) -> None:
+    config, _ = collector
+
+    def hide(data: bytes) -> bytes:
+        event = pb.Event.FromString(data)
+        event.file.path = "/media/usb/holiday-photos.jpg"  # hide what was really copied
+        return event.SerializeToString()
+
+    _edit_in_sql(config, "agent-a", 12, hide)
     out = tmp_path / "after-edit.csv"
     # The exporter sees the break itself (exit 1) but still exports what the store holds.
     assert (
@@ -177,7 +201,7 @@ def test_direct_sql_edit_of_a_stored_event_is_detected(
 
 
 def test_prune_by_age_keeps_chain_verifiable_and_alerted_events(
-    tmp_path: Path, collector: tuple[Path, SqliteStore]
+    tmp_path: Path, collector: tuple[Path, Store]
 ) -> None:
     config, store = collector
     store.add_alert(
@@ -216,13 +240,12 @@ def test_prune_by_age_keeps_chain_verifiable_and_alerted_events(
     assert verify.verify(out).ok
 
 
-def test_prune_by_size(tmp_path: Path, collector: tuple[Path, SqliteStore]) -> None:
+def test_prune_by_size(tmp_path: Path, collector: tuple[Path, Store]) -> None:
     config, store = collector
     batch = [make_event("agent-c", seq, path="/media/usb/" + "x" * 400) for seq in range(1, 3001)]
     store.ingest("agent-c", batch)
-    db = sqlite3.connect(store.location)
-    used = db.execute("PRAGMA page_count").fetchone()[0] * db.execute("PRAGMA page_size").fetchone()[0]
-    db.close()
+    with open_ledger(collector_config.load(config).store) as ledger:
+        used = ledger.used_bytes()
     limit = used // 2
     assert cli("prune", "--config", str(config), "--max-size", str(limit), "--include-alerted") == 0
     assert store.count_events() < 3040
@@ -239,6 +262,6 @@ def test_verify_usage_errors_exit_2(tmp_path: Path) -> None:
     assert cli("verify", str(bad)) == verify_cmd.EXIT_ERROR
 
 
-def test_stdout_export_needs_a_manifest_path(tmp_path: Path, collector: tuple[Path, SqliteStore]) -> None:
+def test_stdout_export_needs_a_manifest_path(tmp_path: Path, collector: tuple[Path, Store]) -> None:
     config, _ = collector
     assert cli("export", "--config", str(config), "--format", "csv", "--out", "-") == 2
