@@ -117,6 +117,7 @@ class Pipeline:
         self.collector_dir.mkdir()
         self.agent_dir.mkdir()
         self.store_path = self.collector_dir / "collector.db"
+        self.store = str(self.store_path)  # the config's `store`: this path, or a postgresql:// URL
         self.collector_config = self.collector_dir / "collector.yaml"
         self.agent_config = self.agent_dir / "agent.yaml"
         self.processes: list[Process] = []
@@ -134,7 +135,7 @@ class Pipeline:
         self.collector_config.write_text(
             f"listen: 127.0.0.1:{self.port}\n"
             "tls:\n  insecure_loopback: true\n"
-            f"store: {self.store_path}\n"
+            f"store: '{self.store}'\n"
             f"state_dir: {self.collector_dir / 'state'}\n"
             f"policies: [{policies}]\n"
             "alerts:\n"
@@ -235,7 +236,7 @@ class Pipeline:
         """Every event in the collector's store, as ECS mappings in (agent, sequence) order."""
         from collector.store import open_store
 
-        store = open_store(str(self.store_path), readonly=True)
+        store = open_store(self.store, readonly=True)
         try:
             return list(store.events())
         finally:
@@ -245,7 +246,7 @@ class Pipeline:
         """How many events the collector's store holds (cheap enough to poll)."""
         from collector.store import open_store
 
-        store = open_store(str(self.store_path), readonly=True)
+        store = open_store(self.store, readonly=True)
         try:
             return store.count_events()
         finally:
