@@ -1,20 +1,28 @@
-"""StoreWriter: batches from many streams share a commit, and one bad batch fails alone."""
+"""StoreWriter: batches from many streams share a commit, and one bad batch fails alone (on both stores)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from collector.ingest import StoreWriter
-from collector.store import StoreError
-from collector.store.sqlite import SqliteStore
+from collector.store import Store, StoreError, open_store
 from tests.helpers import make_event, make_events
 
 
-async def _scenario(path: Path) -> None:
-    store = SqliteStore(path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Store]:
+    """Opens the same fresh store each call: a SQLite file, or a database of the throwaway cluster."""
+    location = str(tmp_path / "c.db")
+    if request.param == "postgresql":
+        location = str(request.getfixturevalue("pg_url"))
+    return lambda: open_store(location)
+
+
+async def _scenario(store: Store) -> None:
     writer = StoreWriter(store, seal_inline=True)
     try:
         bad = [make_event("bad", 1)]
@@ -36,12 +44,12 @@ async def _scenario(path: Path) -> None:
         store.close()
 
 
-def test_a_failing_batch_does_not_fail_the_others_in_its_commit(tmp_path: Path) -> None:
-    asyncio.run(_scenario(tmp_path / "c.db"))
+def test_a_failing_batch_does_not_fail_the_others_in_its_commit(new_store: Callable[[], Store]) -> None:
+    asyncio.run(_scenario(new_store()))
 
 
-def test_store_rejects_sequences_beyond_int64_as_store_error(tmp_path: Path) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+def test_store_rejects_sequences_beyond_int64_as_store_error(new_store: Callable[[], Store]) -> None:
+    store = new_store()
     event = make_event("a", 1)
     event.event.sequence = 1 << 63
     with pytest.raises(StoreError):
