@@ -96,6 +96,15 @@ class EmailSink(_Strict):
     starttls: bool = False
     username: str | None = None
     password_file: str | None = None  # never the password itself: configs end up in tickets
+    ca: str | None = None  # CA bundle for the server's STARTTLS certificate; default: system's
+
+    @pydantic.model_validator(mode="after")
+    def _no_plaintext_login(self) -> Self:
+        host = self.smtp.rpartition(":")[0].strip("[]")
+        if self.username and not self.starttls and host not in {"127.0.0.1", "localhost", "::1"}:
+            # smtplib would send the password in the clear to a relay across the network.
+            raise ValueError("username without starttls: true would send the password in the clear")
+        return self
 
 
 Sink = Annotated[
@@ -172,9 +181,15 @@ def load(path: str | os.PathLike[str]) -> CollectorConfig:
     def rel(p: str) -> str:
         return p if "://" in p else str(base / p)
 
-    sinks = [
-        s.model_copy(update={"path": rel(s.path)}) if isinstance(s, JsonlSink) else s for s in config.alerts
-    ]
+    def sink_paths(sink: Sink) -> Sink:
+        if isinstance(sink, JsonlSink):
+            return sink.model_copy(update={"path": rel(sink.path)})
+        if isinstance(sink, EmailSink):
+            files = {k: rel(v) for k in ("password_file", "ca") if (v := getattr(sink, k))}
+            return sink.model_copy(update=files)
+        return sink
+
+    sinks = [sink_paths(s) for s in config.alerts]
     tls_files = {k: rel(v) for k in ("cert", "key", "client_ca", "crl") if (v := getattr(config.tls, k))}
     enrollment = config.enrollment
     if enrollment is not None:

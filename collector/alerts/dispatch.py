@@ -34,6 +34,7 @@ def build_sink(spec: cfg.Sink) -> QueuedSink:
         starttls=spec.starttls,
         username=spec.username,
         password_file=spec.password_file,
+        ca=spec.ca,
     )
 
 

@@ -1,12 +1,15 @@
 """EmailSink: one plain-text mail per alert over SMTP (stdlib smtplib, on the sink's worker thread).
 
 The password is read from `password_file` at send time, never from the config itself.
+STARTTLS verifies the server's certificate and host name (against `ca`, or the system's
+trust store): an unverified upgrade would hand the login to whoever sits in the middle.
 """
 
 from __future__ import annotations
 
 import json
 import smtplib
+import ssl
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,7 @@ class EmailSink(QueuedSink):
         starttls: bool = False,
         username: str | None = None,
         password_file: str | None = None,
+        ca: str | None = None,
         max_retries: int = 5,
         timeout: float = 10.0,
     ) -> None:
@@ -60,6 +64,7 @@ class EmailSink(QueuedSink):
         self.host, self.port = host.strip("[]"), int(port)
         self.sender, self.to = sender, list(to)
         self.starttls, self.username, self.password_file = starttls, username, password_file
+        self.ca = ca
         self.timeout = timeout
         super().__init__(max_retries)
 
@@ -85,13 +90,19 @@ class EmailSink(QueuedSink):
         try:
             with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as client:
                 if self.starttls:
-                    client.starttls()
+                    client.starttls(context=ssl.create_default_context(cafile=self.ca))
                 if self.username:
                     client.login(self.username, self._password())
                 client.send_message(mail)
         except smtplib.SMTPResponseException as exc:
             # 5xx is permanent (bad recipient, refused): retrying will not help.
             raise SinkError(self.name, f"SMTP {exc.smtp_code}", retry=exc.smtp_code < 500) from exc
+        except ssl.SSLCertVerificationError as exc:
+            # Not a passing outage: retrying would keep offering the login to the wrong server.
+            raise SinkError(
+                self.name, f"certificate of {self.host}:{self.port} did not verify: {exc.verify_message}",
+                retry=False,
+            ) from exc
         except (TimeoutError, smtplib.SMTPException, OSError) as exc:
             raise SinkError(self.name, f"cannot send mail via {self.host}:{self.port}: {exc}") from exc
 
