@@ -1,6 +1,7 @@
 """Collector ingest throughput over real gRPC with acks, as a ratio to bare SQLite inserts of the same rows.
 
     python -m bench.ingest [--agents 8] [--batches 50] [--batch-size 500] [--workers 2] [--window 8]
+                           [--metrics]
 
 A real collector process (`python -m collector.main`) on loopback; the simulated agents run
 as asyncio streams in `--workers` separate load-generator processes, so the machine's cores
@@ -8,7 +9,9 @@ are shared honestly between load and collector. Each agent sends hello, then bat
 `--batch-size` events with at most `--window` batches unacknowledged (as the agent's
 transport does), and is done when the collector acknowledges its last sequence. The clock
 runs from the moment every agent has its hello ack until the last ack. The store is then
-checked to hold exactly every event once.
+checked to hold exactly every event once. With `--metrics` the collector also serves its
+Prometheus endpoint, scraped once a second during the run, and its events counter must
+equal what was sent.
 
 Baseline (same run, same disk): the very rows the store writes (same schema, indexes and
 pragmas: WAL, synchronous=FULL, page size and cache; same column values including chain hash
@@ -27,7 +30,9 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +43,7 @@ from collector.evidence import chain
 from collector.store.sqlite import INSERT_EVENT, SqliteStore, event_row, tune
 from protos import events
 from protos import exfilguard_pb2 as pb
-from tests.helpers import start_collector, write_collector_config
+from tests.helpers import free_port, start_collector, write_collector_config
 
 METHOD = "/exfilguard.v1.Ingest/Stream"
 MiB = 1 << 20
@@ -166,11 +171,41 @@ _WITHOUT_LISTENERS = [
 ]
 
 
+class _Scraper(threading.Thread):
+    """Scrapes the collector's /metrics once a second, as a (busy) Prometheus would."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.scrapes = 0
+        self.done = threading.Event()
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as reply:
+            self.scrapes += 1
+            text: str = reply.read().decode()
+            return text
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            self.scrape()
+
+    def ingested(self) -> float:
+        """exfilguard_events_ingested_total now."""
+        for line in self.scrape().splitlines():
+            if line.startswith("exfilguard_events_ingested_total "):
+                return float(line.split()[1])
+        raise RuntimeError("exfilguard_events_ingested_total is not exposed")
+
+
 def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool) -> dict[str, float]:
     """Run the load against a real collector process; events/s and collector CPU per event."""
     directory.mkdir()
-    config = write_collector_config(directory, log_level="warning", max_streams=10_000)
+    metrics_port = free_port()
+    extra = {"metrics_listen": f"127.0.0.1:{metrics_port}"} if args.metrics else {}
+    config = write_collector_config(directory, log_level="warning", max_streams=10_000, **extra)
     collector = start_collector(config, command=None if listeners else _WITHOUT_LISTENERS)
+    scraper = _Scraper(metrics_port) if args.metrics else None
     workers: list[subprocess.Popen[str]] = []
     try:
         for first, count in _split(args.agents, args.workers):
@@ -188,6 +223,8 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
         process = psutil.Process(collector.pid)
         cpu_before = sum(process.cpu_times()[:2])
         started = time.time()
+        if scraper is not None:
+            scraper.start()
         for worker in workers:
             assert worker.stdin is not None
             worker.stdin.write("go\n")
@@ -204,6 +241,12 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
         load_cpu = sum(r["cpu"] for r in results)
         rss = process.memory_info().rss
         sealed = _wait_sealed(directory / "collector.db", args.batches * args.batch_size) - started
+        if scraper is not None:
+            scraper.done.set()
+            scraper.join()
+            counted = scraper.ingested()
+            if counted != total:
+                raise RuntimeError(f"metrics count {counted:.0f} events ingested, {total} were sent")
     finally:
         for worker in workers:
             if worker.poll() is None:
@@ -220,7 +263,7 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
         raise RuntimeError(f"store holds {stored} events, {total} were sent")
     return {"events": total, "seconds": elapsed, "rate": total / elapsed, "cpu_us": cpu / total * 1e6,
             "rss_mib": rss / MiB, "sealed_seconds": sealed, "sealed_rate": total / sealed,
-            "load_cpu_us": load_cpu / total * 1e6}
+            "load_cpu_us": load_cpu / total * 1e6, "scrapes": scraper.scrapes if scraper else 0}
 
 
 def _wait_sealed(store_path: Path, last: int, timeout: float = 600) -> float:
@@ -290,6 +333,9 @@ def main() -> None:
     parser.add_argument("--worker", metavar="ADDRESS", help=argparse.SUPPRESS)
     parser.add_argument("--first-agent", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument(
+        "--metrics", action="store_true", help="serve /metrics, scrape it every second, check its counter"
+    )
     args = parser.parse_args()
     if args.worker:
         asyncio.run(_worker(args))
@@ -313,7 +359,9 @@ def main() -> None:
             print(f"collector, {label}: {result['rate']:>9,.0f} events/s acked = {ratio:.2f} x baseline "
                   f"({result['events']:,} events in {result['seconds']:.2f} s; collector CPU "
                   f"{result['cpu_us']:.1f} us/event, RSS {result['rss_mib']:.0f} MiB; load generators "
-                  f"{result['load_cpu_us']:.1f} us/event)", flush=True)
+                  f"{result['load_cpu_us']:.1f} us/event"
+                  + (f"; /metrics scraped {result['scrapes']:.0f} times)" if args.metrics else ")"),
+                  flush=True)
             print(f"    hash chain complete {lag:.2f} s after the last ack (sealer process): "
                   f"{result['sealed_rate']:,.0f} events/s stored and chained = "
                   f"{result['sealed_rate'] / baseline['rate']:.2f} x baseline", flush=True)

@@ -16,6 +16,7 @@ from pydantic import Field
 from protos import yamlfile
 
 DEFAULT_PATH = "/etc/exfilguard/collector.yaml"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class _Strict(pydantic.BaseModel):
@@ -125,6 +126,9 @@ class CollectorConfig(_Strict):
     silent_agent_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
     max_message_bytes: Annotated[int, Field(ge=64 << 10, le=64 << 20)] = 4 << 20
     max_streams: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+    # Prometheus metrics (collector/metrics.py). Plaintext HTTP: loopback only unless allowed here.
+    # Declared before metrics_listen, whose validator reads it.
+    metrics_allow_remote: bool = False
     metrics_listen: str | None = None
     log_level: str = "info"
     # Enrollment port (issue 6); absent: agents need certificates issued with `exfilguard certs agent`.
@@ -152,6 +156,23 @@ class CollectorConfig(_Strict):
             raise ValueError(f"expected host:port, got {value!r}")
         return value
 
+    @pydantic.field_validator("metrics_listen")
+    @classmethod
+    def _metrics_address(cls, value: str | None, info: pydantic.ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"expected host:port, got {value!r}")
+        host = host.strip("[]")
+        if host not in LOOPBACK_HOSTS and not info.data.get("metrics_allow_remote"):
+            # Metrics are unauthenticated plaintext: exposing them is the admin's explicit choice.
+            raise ValueError(
+                f"metrics are plaintext HTTP, served only on a loopback address unless "
+                f"metrics_allow_remote: true; not on {host}"
+            )
+        return value
+
     @pydantic.field_validator("timezone")
     @classmethod
     def _zone(cls, value: str) -> str:
@@ -164,7 +185,7 @@ class CollectorConfig(_Strict):
     @pydantic.model_validator(mode="after")
     def _plaintext_on_loopback(self) -> Self:
         host = self.listen.rpartition(":")[0].strip("[]")
-        if self.tls.insecure_loopback and host not in {"127.0.0.1", "localhost", "::1"}:
+        if self.tls.insecure_loopback and host not in LOOPBACK_HOSTS:
             raise ValueError(f"insecure_loopback is allowed only on a loopback address, not {host}")
         if self.enrollment is not None and not (self.tls.cert and self.tls.key):
             # Agents must verify the collector before they hand over a token.

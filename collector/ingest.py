@@ -15,14 +15,17 @@ import asyncio
 import collections
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import grpc
 
+from collector import metrics
 from collector.fleetconfig import ConfigPusher, PushStream
 from collector.listeners import EventListener, notify
+from collector.metrics import CollectorMetrics
 from collector.registry import FleetRegistry
 from collector.store.base import IngestResult, Store, StoreError
 from protos import exfilguard_pb2 as pb
@@ -45,8 +48,11 @@ _Outgoing = asyncio.Future[IngestResult] | pb.CollectorMessage | None
 class StoreWriter:
     """Runs every store write on one dedicated thread and groups concurrent batches into one commit."""
 
-    def __init__(self, store: Store, *, seal_inline: bool = False) -> None:
+    def __init__(
+        self, store: Store, *, seal_inline: bool = False, metrics: CollectorMetrics | None = None
+    ) -> None:
         self.store = store
+        self.metrics = metrics or CollectorMetrics()
         # False: the sealer process chains stored events; acks do not wait for hashing.
         self.seal_inline = seal_inline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
@@ -67,6 +73,15 @@ class StoreWriter:
         self._pending.append((agent_id, events, future))
         self._wake.set()
         return future
+
+    def _timed_store_group(
+        self, batches: list[tuple[str, Sequence[pb.Event]]]
+    ) -> list[IngestResult | Exception]:
+        started = time.perf_counter()
+        try:
+            return self._store_group(batches)
+        finally:
+            self.metrics.store_seconds.observe(time.perf_counter() - started)
 
     def _store_group(self, batches: list[tuple[str, Sequence[pb.Event]]]) -> list[IngestResult | Exception]:
         try:
@@ -100,11 +115,17 @@ class StoreWriter:
                     size += len(item[1])
                 batches = [(agent_id, events) for agent_id, events, _ in group]
                 started = loop.time()
-                results = await loop.run_in_executor(self._executor, self._store_group, batches)
+                results = await loop.run_in_executor(self._executor, self._timed_store_group, batches)
                 if log.isEnabledFor(logging.DEBUG):
                     took = round((loop.time() - started) * 1e3, 1)
                     log.debug("stored group", extra={"batches": len(group), "events": size, "ms": took})
-                for (agent_id, _, future), result in zip(group, results, strict=True):
+                received = stored = failed = 0
+                for (agent_id, events, future), result in zip(group, results, strict=True):
+                    if isinstance(result, Exception):
+                        failed += 1
+                    else:
+                        received += len(events)
+                        stored += len(result.stored)
                     if future.done():
                         continue
                     if isinstance(result, Exception):
@@ -112,6 +133,11 @@ class StoreWriter:
                         future.set_exception(result)
                     else:
                         future.set_result(result)
+                # Once per commit, not per batch or event: the hot path stays as it was.
+                self.metrics.events_ingested.inc(stored)
+                self.metrics.events_duplicate.inc(received - stored)
+                if failed:
+                    self.metrics.store_failures.inc(failed)
             if self._closing:
                 return
 
@@ -164,8 +190,11 @@ class IngestServicer(pb_grpc.IngestServicer):
         listeners: Sequence[EventListener] = (),
         max_streams: int = 10_000,
         pusher: ConfigPusher | None = None,
+        *,
+        metrics: CollectorMetrics | None = None,
     ) -> None:
         self._writer = writer
+        self._metrics = metrics or writer.metrics
         self._pusher = pusher  # central agent config; None: nothing is pushed
         self._registry = registry
         self._listeners = list(listeners)
@@ -180,6 +209,7 @@ class IngestServicer(pb_grpc.IngestServicer):
         """One agent's stream, from hello to disconnect."""
         if self.streams >= self._max_streams:
             log.warning("stream refused: %d streams open (max_streams)", self.streams)
+            self._metrics.stream_rejected("RESOURCE_EXHAUSTED", metrics.MAX_STREAMS)
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, f"collector is at max_streams ({self._max_streams})"
             )
@@ -191,10 +221,15 @@ class IngestServicer(pb_grpc.IngestServicer):
                 return
             kind = first.WhichOneof("body")
             if kind != "hello":
-                await self._reject(context, "", f"the first message must be a hello, got {kind or 'nothing'}")
+                await self._reject(
+                    context,
+                    "",
+                    f"the first message must be a hello, got {kind or 'nothing'}",
+                    metrics.NO_HELLO,
+                )
             problem = hello_problem(first.hello)
             if problem:
-                await self._reject(context, "", problem)
+                await self._reject(context, "", problem, metrics.BAD_HELLO)
             agent_id = first.hello.agent_id
             self._registry.connected(first.hello)
             watermark = await self._writer.call(self._writer.store.watermark, agent_id)
@@ -275,7 +310,7 @@ class IngestServicer(pb_grpc.IngestServicer):
                     events = message.batch.events
                     problem = batch_problem(agent_id, events)
                     if problem:
-                        await self._reject(context, agent_id, problem)
+                        await self._reject(context, agent_id, problem, metrics.BAD_BATCH)
                     self._registry.seen(agent_id)
                     await inflight.put(self._writer.submit(agent_id, events))
                 elif kind == "heartbeat":
@@ -283,9 +318,16 @@ class IngestServicer(pb_grpc.IngestServicer):
                     if pushing is not None:
                         ConfigPusher.reported(pushing, message.heartbeat.config_version)
                 elif kind == "hello":
-                    await self._reject(context, agent_id, "hello may only be the first message of a stream")
+                    await self._reject(
+                        context,
+                        agent_id,
+                        "hello may only be the first message of a stream",
+                        metrics.REPEATED_HELLO,
+                    )
                 else:
-                    await self._reject(context, agent_id, "empty AgentMessage (no body set)")
+                    await self._reject(
+                        context, agent_id, "empty AgentMessage (no body set)", metrics.EMPTY_MESSAGE
+                    )
         finally:
             if pushing is not None and self._pusher is not None:
                 self._pusher.detach(pushing)
@@ -310,7 +352,9 @@ class IngestServicer(pb_grpc.IngestServicer):
             except StoreError:
                 # Logged by the writer. Nothing was acknowledged: the agent keeps the batch
                 # and resends it after reconnecting.
+                self._metrics.stream_rejected("UNAVAILABLE", metrics.STORE_FAILED)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "collector could not store the batch")
+            self._metrics.batches_acked.inc()  # before the write: the agent may act on the ack at once
             await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
             if result.stored and self._listeners:
                 # Mappings only when someone listens: building them costs more than storing.
@@ -321,6 +365,8 @@ class IngestServicer(pb_grpc.IngestServicer):
         context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
         agent_id: str,
         problem: str,
+        reason: str,
     ) -> None:
         log.warning("stream rejected: %s", problem, extra={"agent_id": agent_id})
+        self._metrics.stream_rejected("INVALID_ARGUMENT", reason)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)

@@ -30,7 +30,7 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from collector import pki
+from collector import metrics, pki
 from protos import exfilguard_pb2 as pb
 
 log = logging.getLogger("exfilguard.collector.mtls")
@@ -38,6 +38,13 @@ log = logging.getLogger("exfilguard.collector.mtls")
 INGEST_STREAM = "/exfilguard.v1.Ingest/Stream"
 _MAX_PEM_BYTES = 1 << 20
 _CRL_CHECK_SECONDS = 1.0  # how stale a revocation may be, at most, before a stream is cut
+
+# Told of every stream refused here: (gRPC status code name, reason); the collector counts them.
+Refused = Callable[[str, str], None]
+
+
+def _ignore(code: str, reason: str) -> None:
+    pass
 
 
 if TYPE_CHECKING:  # generic only in the type stubs
@@ -150,9 +157,10 @@ class AgentAuthInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, revocations: RevocationList | None = None, methods: frozenset[str] = frozenset({
         INGEST_STREAM,
-    })) -> None:
+    }), refused: Refused = _ignore) -> None:
         self._revocations = revocations
         self._methods = methods
+        self._refused = refused
 
     async def intercept_service(
         self,
@@ -191,11 +199,13 @@ class AgentAuthInterceptor(grpc.aio.ServerInterceptor):
         cert = peer_certificate(context)
         if cert is None:
             # Only reachable if the port was opened without require_client_auth.
+            self._refused("UNAUTHENTICATED", metrics.NO_CLIENT_CERT)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "a client certificate is required")
         assert cert is not None
         agent_id = pki.agent_id_of(cert)
         if agent_id is None:
             log.warning("refused %s: its certificate names no agent", context.peer())
+            self._refused("UNAUTHENTICATED", metrics.UNKNOWN_AGENT)
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "the client certificate does not name an agent"
             )
@@ -203,20 +213,29 @@ class AgentAuthInterceptor(grpc.aio.ServerInterceptor):
         if self._revocations is not None and self._revocations.is_revoked(cert.serial_number):
             log.warning("refused agent %s from %s: certificate %x is revoked",
                         agent_id, context.peer(), cert.serial_number)
+            self._refused("PERMISSION_DENIED", metrics.CERT_REVOKED)
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"the certificate of agent {agent_id} is revoked"
             )
-        return _BoundContext(context, agent_id, cert.serial_number, self._revocations)
+        return _BoundContext(context, agent_id, cert.serial_number, self._revocations, self._refused)
 
 
 class _BoundContext:
     """The servicer's context, with read() checking what TLS cannot: hello's id and revocation."""
 
-    def __init__(self, inner: Any, agent_id: str, serial: int, revocations: RevocationList | None) -> None:
+    def __init__(
+        self,
+        inner: Any,
+        agent_id: str,
+        serial: int,
+        revocations: RevocationList | None,
+        refused: Refused = _ignore,
+    ) -> None:
         self._inner = inner
         self.agent_id = agent_id
         self._serial = serial
         self._revocations = revocations
+        self._refused = refused
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -233,6 +252,7 @@ class _BoundContext:
     async def _check(self, message: Any) -> Any:
         if self._revocations is not None and self._revocations.is_revoked(self._serial):
             log.warning("cut the stream of agent %s: certificate %x was revoked", self.agent_id, self._serial)
+            self._refused("PERMISSION_DENIED", metrics.CERT_REVOKED)
             await self._inner.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"the certificate of agent {self.agent_id} was revoked"
             )
@@ -241,6 +261,7 @@ class _BoundContext:
             if claimed != self.agent_id:
                 log.warning("refused %s: hello claims agent %r, certificate is agent %s",
                             self._inner.peer(), claimed[:200], self.agent_id)
+                self._refused("PERMISSION_DENIED", metrics.AGENT_MISMATCH)
                 await self._inner.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"hello.agent_id {claimed[:200]!r} is not the agent id in the client certificate "

@@ -45,6 +45,16 @@ class _Agent:
     identity_dirty: bool = False
 
 
+@dataclass(frozen=True)
+class FleetSummary:
+    """How many agents the registry knows, has connected, has reported silent; their spool backlog."""
+
+    known: int
+    connected: int
+    silent: int
+    backlog: int
+
+
 class FleetRegistry:
     """Live state of every agent this collector has heard of."""
 
@@ -102,6 +112,17 @@ class FleetRegistry:
     def connected_count(self) -> int:
         """How many agents have an open stream."""
         return sum(1 for a in self._agents.values() if a.streams > 0)
+
+    def summary(self) -> FleetSummary:
+        """Counts for metrics, in one pass: known, connected, silent, connected agents' backlog."""
+        connected = silent = backlog = 0
+        for agent in self._agents.values():
+            if agent.streams > 0:
+                connected += 1
+                backlog += agent.backlog or 0
+            if agent.silent_reported:
+                silent += 1
+        return FleetSummary(len(self._agents), connected, silent, backlog)
 
     def _touch(self, agent_id: str) -> _Agent:
         agent = self._agents.get(agent_id)

@@ -18,6 +18,15 @@ from collector.enrollment import from_config as enrollment_from_config
 from collector.fleetconfig import ConfigPusher, FleetSource
 from collector.ingest import IngestServicer, StoreWriter
 from collector.listeners import EventListener, notify
+from collector.metrics import (
+    CollectorMetrics,
+    MetricsServer,
+    Source,
+    StoreFigures,
+    config_reload_families,
+    fleet_families,
+    policy_source,
+)
 from collector.registry import FleetRegistry
 from collector.sealer import Sealer
 from collector.store import Store, StoreError
@@ -74,6 +83,8 @@ class Collector:
         self.store = store
         self.listeners = list(listeners)
         self.registry = FleetRegistry(config.silent_agent_seconds)
+        self.metrics = CollectorMetrics()  # its own registry: collectors in one process do not clash
+        self._metrics_server: MetricsServer | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._writer: StoreWriter | None = None
@@ -92,13 +103,19 @@ class Collector:
         """Open the registry, bind the port and start serving."""
         self.store.mark_all_disconnected()
         self.registry.load(self.store.agents())
-        self._writer = StoreWriter(self.store, seal_inline=False)
+        self._writer = StoreWriter(self.store, seal_inline=False, metrics=self.metrics)
         await self._sealer.start()
         servicer = IngestServicer(
-            self._writer, self.registry, self.listeners, self.config.max_streams, pusher=self.pusher
+            self._writer,
+            self.registry,
+            self.listeners,
+            self.config.max_streams,
+            pusher=self.pusher,
+            metrics=self.metrics,
         )
         server = grpc.aio.server(
-            options=server_options(self.config), interceptors=server_interceptors(self.config.tls)
+            options=server_options(self.config),
+            interceptors=server_interceptors(self.config.tls, self.metrics.stream_rejected),
         )
         pb_grpc.add_IngestServicer_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -120,6 +137,7 @@ class Collector:
                 await self._enrollment.start()
         except EnrollmentServeError as exc:
             raise ServeError(exc.address, f"enrollment: {exc}") from exc
+        self._serve_metrics(servicer)
         for service in ("", INGEST_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
@@ -138,6 +156,9 @@ class Collector:
     async def stop(self) -> None:
         """Stop accepting, end the streams, commit what was received, mark every agent disconnected."""
         await self._health.enter_graceful_shutdown()
+        if self._metrics_server is not None:
+            await asyncio.to_thread(self._metrics_server.stop)
+            self._metrics_server = None
         if self._enrollment is not None:
             await self._enrollment.stop()
         if self._server is not None:
@@ -157,6 +178,41 @@ class Collector:
         except StoreError:
             log.exception("could not record the fleet state at shutdown")
         log.info("collector stopped")
+
+    def _serve_metrics(self, servicer: IngestServicer) -> None:
+        """Have the figures kept elsewhere read at each scrape; serve /metrics if `metrics_listen` is set."""
+        writer = self._writer
+        assert writer is not None
+        store_figures = StoreFigures(lambda: writer.call(self._store_figures))
+        sources: list[Source] = [
+            lambda: fleet_families(self.registry.summary(), servicer.streams),
+            store_figures.families,
+        ]
+        for listener in self.listeners:
+            stats = getattr(listener, "stats", None)  # the policy listener's figures
+            if callable(stats):
+                sources.append(policy_source(stats))
+        if self.pusher is not None:
+            fleet = self.pusher.source
+            sources.append(lambda: config_reload_families(fleet.reloads, fleet.failures))
+        self.metrics.read_at_scrape(asyncio.get_running_loop(), *sources)
+        address = self.config.metrics_listen
+        if address is None:
+            return
+        try:
+            self._metrics_server = MetricsServer(address, self.metrics.registry)
+        except OSError as exc:
+            raise ServeError(address, f"metrics: cannot listen: {exc}") from exc
+        host = address.rpartition(":")[0]
+        log.info(
+            f"metrics on http://{host}:{self._metrics_server.port}/metrics",
+            extra={"metrics_listen": f"{host}:{self._metrics_server.port}"},
+        )
+
+    def _store_figures(self) -> tuple[int, int, int | None]:
+        """(agent.gap events, events reported lost, unsealed events) from the store (writer thread)."""
+        agents = self.store.agents()
+        return sum(a.gaps for a in agents), sum(a.lost for a in agents), self.store.unsealed()
 
     def _seal_remaining(self) -> None:
         """Chain what the sealer had not reached yet, so a clean stop leaves a complete chain.
@@ -220,6 +276,7 @@ class Collector:
         while True:
             await asyncio.sleep(interval)
             silent = self.registry.newly_silent()
+            self.metrics.silent_reported.inc(len(silent))
             for event in silent:
                 log.warning(
                     "agent silent",

@@ -21,8 +21,13 @@ class TlsError(Exception):
         super().__init__(f"tls.{key}: {message}")
 
 
-def server_interceptors(tls: CollectorTls) -> list[grpc.aio.ServerInterceptor]:
-    """Interceptors the agent port runs: the client certificate's agent id and revocation."""
+def server_interceptors(
+    tls: CollectorTls, refused: mtls.Refused | None = None
+) -> list[grpc.aio.ServerInterceptor]:
+    """Interceptors the agent port runs: the client certificate's agent id and revocation.
+
+    `refused(code, reason)` is told of each stream they refuse (for metrics).
+    """
     if tls.insecure_loopback:
         return []
     assert tls.client_ca  # CollectorTls validation demands it without insecure_loopback
@@ -30,7 +35,9 @@ def server_interceptors(tls: CollectorTls) -> list[grpc.aio.ServerInterceptor]:
         revocations = mtls.RevocationList(tls.crl, tls.client_ca) if tls.crl else None
     except mtls.MtlsError as exc:
         raise TlsError(exc.key, exc.detail) from exc
-    return [mtls.AgentAuthInterceptor(revocations)]
+    if refused is None:
+        return [mtls.AgentAuthInterceptor(revocations)]
+    return [mtls.AgentAuthInterceptor(revocations, refused=refused)]
 
 
 def server_credentials(tls: CollectorTls) -> grpc.ServerCredentials | None:

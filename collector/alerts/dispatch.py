@@ -64,5 +64,11 @@ class Dispatcher:
             sink.close(timeout)
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per sink: sent, failed, dropped."""
-        return {s.name: {"sent": s.sent, "failed": s.failed, "dropped": s.dropped} for s in self.sinks}
+        """Per sink type: sent, failed, dropped (summed over sinks of one type, e.g. two webhooks)."""
+        out: dict[str, dict[str, int]] = {}
+        for sink in self.sinks:
+            figures = out.setdefault(sink.name, {"sent": 0, "failed": 0, "dropped": 0})
+            figures["sent"] += sink.sent
+            figures["failed"] += sink.failed
+            figures["dropped"] += sink.dropped
+        return out

@@ -132,6 +132,7 @@ class PolicyEngine:
         self.gaps: dict[str, list[tuple[float, int]]] = {}
         self.events_seen = 0
         self.alerts_raised = 0
+        self.folded: dict[str, int] = {}  # repeats folded into an open suppression window, per policy id
         self._policies: list[_Compiled] = []
         self._by_action: dict[str, list[_Compiled]] = {}
         self._any_action: list[_Compiled] = []
@@ -262,6 +263,7 @@ class PolicyEngine:
                     firing.evidence,
                     functools.partial(self._alert, policy, firing),
                 ):
+                    self.folded[policy.id] = self.folded.get(policy.id, 0) + 1
                     continue
                 alert = self._alert(policy, firing)
                 self.suppressor.admit(alert)
@@ -373,6 +375,7 @@ class PolicyEngine:
             "evicted_groups": sum(c.window.evicted for c in self._policies if c.window is not None),
             "inventories": len(self.inventory),
             "suppressed_pending": len(self.suppressor),
+            "folded_by_policy": dict(self.folded),
         }
 
     def longest_window(self) -> float:

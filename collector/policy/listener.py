@@ -55,6 +55,8 @@ class PolicyListener:
         self.reloader = reloader
         self.reload_seconds = reload_seconds
         self.alerts_sent = 0
+        self.alerts_by_policy: dict[tuple[str, str], int] = {}  # (policy id, severity) -> sent
+        self.alert_store_failures = 0
         # Alert writes run on their own thread so a slow store never stalls the event loop.
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alert-store")
         self._pending: set[Future[None]] = set()
@@ -108,6 +110,8 @@ class PolicyListener:
                 self._pending.add(future)
                 future.add_done_callback(self._pending.discard)
             self.alerts_sent += 1
+            key = (alert.policy_id, alert.severity)
+            self.alerts_by_policy[key] = self.alerts_by_policy.get(key, 0) + 1
             log.info(
                 "alert %s: %s",
                 alert.policy_id,
@@ -117,13 +121,23 @@ class PolicyListener:
 
     def stats(self) -> dict[str, Any]:
         """Figures for metrics: the engine's (events, alerts, open groups...) and each sink's."""
-        return {**self.engine.stats(), "sinks": self.dispatcher.stats(), "alerts_sent": self.alerts_sent}
+        reloader = self.reloader
+        return {
+            **self.engine.stats(),
+            "sinks": self.dispatcher.stats(),
+            "alerts_sent": self.alerts_sent,
+            "alerts_by_policy": dict(self.alerts_by_policy),
+            "alert_store_failures": self.alert_store_failures,
+            "reloads": reloader.reloads if reloader is not None else 0,
+            "reload_failures": reloader.failures if reloader is not None else 0,
+        }
 
     def _store(self, body: dict[str, Any]) -> None:
         assert self.store is not None
         try:
             self.store.add_alert(body)
         except StoreError:
+            self.alert_store_failures += 1
             log.exception("could not store alert %s (it was still sent to the sinks)", body.get("id"))
 
     # ------------------------------------------------------------------ background

@@ -158,6 +158,10 @@ class Store(abc.ABC):
     def count_events(self, agent_id: str | None = None) -> int:
         """How many events are stored (for one agent, or all)."""
 
+    def unsealed(self) -> int | None:
+        """Events in the agents' stored prefixes not chained yet (the sealer's lag); None: unknown."""
+        return None
+
     @abc.abstractmethod
     def chain_head(self, agent_id: str) -> tuple[int, bytes]:
         """(last chained sequence, its chain value); (0, 32 zero bytes) before any."""

@@ -417,6 +417,11 @@ class PostgresStore(Store):
         row = self._one("SELECT stored FROM chains WHERE agent_id = %s", (agent_id,))
         return 0 if row is None else int(row[0])
 
+    def unsealed(self) -> int:
+        """Events in the agents' stored prefixes not chained yet (one row per agent is read)."""
+        row = self._one("SELECT COALESCE(SUM(stored - watermark), 0) FROM chains", ())
+        return 0 if row is None else int(row[0])
+
     def chain_head(self, agent_id: str) -> tuple[int, bytes]:
         """(last chained sequence, its chain value) of one agent; (0, genesis) before any."""
         row = self._one("SELECT watermark, head FROM chains WHERE agent_id = %s", (agent_id,))

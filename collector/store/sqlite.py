@@ -446,6 +446,12 @@ class SqliteStore(Store):
                 return 0 if row is None else int(row[0])
             return self._prefix(agent_id).stored
 
+    def unsealed(self) -> int:
+        """Events in the agents' stored prefixes not chained yet (one row per agent is read)."""
+        with self._lock:
+            row = self._db.execute("SELECT COALESCE(SUM(stored - watermark), 0) FROM chains").fetchone()
+            return int(row[0])
+
     def chain_head(self, agent_id: str) -> tuple[int, bytes]:
         """(last chained sequence, its chain value) of one agent; (0, genesis) before any."""
         with self._lock:

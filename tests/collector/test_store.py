@@ -116,6 +116,17 @@ def test_deferred_sealing_chains_later_in_the_same_values(store: Store, factory:
     assert store.seal() == 0
 
 
+def test_unsealed_counts_the_sealers_lag_inside_the_stored_prefix(store: Store) -> None:
+    assert store.unsealed() == 0
+    store.ingest_batches([("a", make_events("a", 1, 5)), ("b", make_events("b", 1, 2))], seal=False)
+    store.ingest_batches([("b", make_events("b", 4, 6))], seal=False)  # above a hole: cannot be chained yet
+    assert store.unsealed() == 7
+    store.seal()
+    assert store.unsealed() == 0
+    store.ingest("b", make_events("b", 3, 3))  # fills the hole, chained inline
+    assert store.unsealed() == 0
+
+
 def test_two_sealers_never_disagree(factory: Factory) -> None:
     first, second = factory(), factory()
     first.ingest_batches([("a", make_events("a", 1, 50))], seal=False)

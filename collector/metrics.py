@@ -1,0 +1,311 @@
+"""The collector's Prometheus metrics: one registry per collector, served on `metrics_listen`.
+
+Two kinds of figures:
+  - the ingest path increments a few instruments directly, once per batch or commit, never
+    per event (`CollectorMetrics.events_ingested`, `.store_seconds`, ...);
+  - everything that already keeps its own counts (fleet registry, policy engine, sinks,
+    store) is read at scrape time by `sources`, on the collector's event loop, where that
+    state lives, so nothing is read half-updated and nothing is counted twice.
+
+The HTTP endpoint is prometheus_client's own threaded server: a scrape never runs on the
+grpc.aio event loop, it only waits for a snapshot taken there. Labels are bounded: gRPC
+codes, fixed reasons, sink types, policy ids and severities; never agent ids or hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from collector import __version__
+from collector.registry import FleetSummary
+
+log = logging.getLogger("exfilguard.collector.metrics")
+
+# A store write is an fsync'd commit of one or more batches: milliseconds, seconds when the disk stalls.
+STORE_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SCRAPE_TIMEOUT_SECONDS = 5.0
+
+# Why a stream was ended (the `reason` label of exfilguard_stream_rejections_total): a fixed set.
+NO_HELLO = "no_hello"
+BAD_HELLO = "bad_hello"
+BAD_BATCH = "bad_batch"
+REPEATED_HELLO = "repeated_hello"
+EMPTY_MESSAGE = "empty_message"
+MAX_STREAMS = "max_streams"
+STORE_FAILED = "store_failed"
+NO_CLIENT_CERT = "no_client_cert"
+UNKNOWN_AGENT = "unknown_agent"  # the client certificate names no agent
+CERT_REVOKED = "cert_revoked"
+AGENT_MISMATCH = "agent_mismatch"  # hello.agent_id is not the certificate's agent
+
+Source = Callable[[], Iterable[Metric] | Awaitable[Iterable[Metric]]]
+
+
+class CollectorMetrics:
+    """Every metric of one collector, on a registry of its own (not prometheus_client's global one)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_ingested = Counter(
+            "exfilguard_events_ingested", "Events newly stored (resent duplicates not counted)", registry=r
+        )
+        self.events_duplicate = Counter(
+            "exfilguard_events_duplicate", "Resent events that were already stored (skipped)", registry=r
+        )
+        self.batches_acked = Counter("exfilguard_batches_acked", "Batches acknowledged to agents", registry=r)
+        self.stream_rejections = Counter(
+            "exfilguard_stream_rejections",
+            "Agent streams ended by the collector, by gRPC status code and reason",
+            ["code", "reason"],
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "exfilguard_store_ingest_seconds",
+            "Time of one store write (one commit holding the batches of one or more streams)",
+            buckets=STORE_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.store_failures = Counter(
+            "exfilguard_store_ingest_failures", "Batches the store failed to write (not acked)", registry=r
+        )
+        self.silent_reported = Counter(
+            "exfilguard_agents_silent_reported",
+            "agent.silent events raised (an agent stopped talking)",
+            registry=r,
+        )
+        Info("exfilguard_collector", "The running collector", registry=r).info({"version": __version__})
+        self.sources = _LoopSources(SCRAPE_TIMEOUT_SECONDS)
+        r.register(self.sources)
+
+    def stream_rejected(self, code: str, reason: str) -> None:
+        """Count a stream the collector ended (`code`: gRPC status name, `reason`: one of the constants)."""
+        self.stream_rejections.labels(code, reason).inc()
+
+    def read_at_scrape(self, loop: asyncio.AbstractEventLoop, *sources: Source) -> None:
+        """Add sources of metric families, called on `loop` at each scrape (sync or async)."""
+        self.sources.loop = loop
+        self.sources.sources.extend(sources)
+
+
+class _LoopSources(Collector):
+    """Runs the scrape-time sources on the collector's event loop and waits (bounded) for them."""
+
+    def __init__(self, timeout: float) -> None:
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sources: list[Source] = []
+        self.timeout = timeout
+
+    def describe(self) -> Iterable[Metric]:
+        """Nothing to describe up front (the registry must not call collect() at registration)."""
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        """The sources' families; none when the loop is gone or does not answer in time."""
+        loop = self.loop
+        if loop is None or not self.sources:
+            return []
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:  # waiting for the loop on the loop would never end
+            log.error("metrics collected on the event loop itself; loop figures left out")
+            return []
+        try:
+            future = asyncio.run_coroutine_threadsafe(self._gather(), loop)
+        except RuntimeError:  # the loop is closed: the collector is stopping
+            return []
+        try:
+            return future.result(self.timeout)
+        except TimeoutError:
+            future.cancel()
+            log.warning(
+                "metrics: the event loop did not answer within %g s; loop figures left out", self.timeout
+            )
+        except Exception:
+            log.exception("metrics: collecting loop figures failed")
+        return []
+
+    async def _gather(self) -> list[Metric]:
+        out: list[Metric] = []
+        for source in self.sources:
+            try:
+                result = source()
+                if inspect.isawaitable(result):
+                    result = await result
+                out.extend(result)
+            except Exception:  # one broken source must not cost the scrape the others
+                log.exception("metrics source %r failed", source)
+        return out
+
+
+def fleet_families(fleet: FleetSummary, streams: int) -> list[Metric]:
+    """The fleet registry's figures (in memory, this collector's view)."""
+    return [
+        GaugeMetricFamily("exfilguard_agents_connected", "Agents with an open stream", value=fleet.connected),
+        GaugeMetricFamily("exfilguard_agents_known", "Agents in the fleet registry", value=fleet.known),
+        GaugeMetricFamily(
+            "exfilguard_agents_silent", "Known agents silent beyond silent_agent_seconds", value=fleet.silent
+        ),
+        GaugeMetricFamily(
+            "exfilguard_agent_backlog_events",
+            "Events waiting in connected agents' spools (sum of their last heartbeats)",
+            value=fleet.backlog,
+        ),
+        GaugeMetricFamily("exfilguard_streams_open", "Open agent streams", value=streams),
+    ]
+
+
+def store_families(gaps: int, lost: int, unsealed: int | None) -> list[Metric]:
+    """Figures the store keeps: gaps and losses agents reported (all time), the sealer's lag."""
+    out: list[Metric] = [
+        CounterMetricFamily(
+            "exfilguard_agent_gaps", "agent.gap events stored (all agents, all time)", value=gaps
+        ),
+        CounterMetricFamily(
+            "exfilguard_agent_events_lost", "Events agents reported lost in agent.gap events", value=lost
+        ),
+    ]
+    if unsealed is not None:
+        out.append(
+            GaugeMetricFamily(
+                "exfilguard_store_unsealed_events",
+                "Stored events not yet in their agent's hash chain (sealer lag)",
+                value=unsealed,
+            )
+        )
+    return out
+
+
+def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
+    """The policy listener's figures (`PolicyListener.stats()`): set, reloads, evaluation, alerts, sinks."""
+    info = InfoMetricFamily(
+        "exfilguard_policy_set", "The running policy set", value={"hash": stats["set_hash"]}
+    )
+    reloads = CounterMetricFamily(
+        "exfilguard_policy_reloads", "Policy set reloads, by result", labels=["result"]
+    )
+    reloads.add_metric(["loaded"], stats.get("reloads", 0))
+    reloads.add_metric(["refused"], stats.get("reload_failures", 0))
+    raised = CounterMetricFamily(
+        "exfilguard_alerts_raised",
+        "Alerts sent to the sinks and stored (first alerts and folded follow-ups)",
+        labels=["policy_id", "severity"],
+    )
+    for (policy_id, severity), n in sorted(stats.get("alerts_by_policy", {}).items()):
+        raised.add_metric([policy_id, severity], n)
+    folded = CounterMetricFamily(
+        "exfilguard_alerts_folded",
+        "Repeats folded into an open suppression window (reported later in one follow-up)",
+        labels=["policy_id"],
+    )
+    for policy_id, n in sorted(stats.get("folded_by_policy", {}).items()):
+        folded.add_metric([policy_id], n)
+    deliveries = CounterMetricFamily(
+        "exfilguard_alert_deliveries", "Alert deliveries by sink type and result", labels=["sink", "result"]
+    )
+    for sink, figures in sorted(stats.get("sinks", {}).items()):
+        for result in ("sent", "failed", "dropped"):
+            deliveries.add_metric([sink, result], figures.get(result, 0))
+    return [
+        info,
+        GaugeMetricFamily("exfilguard_policies", "Policies in the running set", value=stats["policies"]),
+        reloads,
+        CounterMetricFamily(
+            "exfilguard_policy_events_evaluated",
+            "Events evaluated by the policy engine (with the replay at start)",
+            value=stats.get("events", 0),
+        ),
+        GaugeMetricFamily(
+            "exfilguard_policy_open_groups",
+            "Open aggregate/sequence window groups",
+            value=stats["open_groups"],
+        ),
+        CounterMetricFamily(
+            "exfilguard_policy_evicted_groups",
+            "Window groups evicted at policy_max_groups",
+            value=stats.get("evicted_groups", 0),
+        ),
+        raised,
+        folded,
+        GaugeMetricFamily(
+            "exfilguard_alerts_suppression_open",
+            "Suppression windows open (alert groups folding repeats)",
+            value=stats.get("suppressed_pending", 0),
+        ),
+        CounterMetricFamily(
+            "exfilguard_alert_store_failures",
+            "Alerts the store failed to keep (they were still sent to the sinks)",
+            value=stats.get("alert_store_failures", 0),
+        ),
+        deliveries,
+    ]
+
+
+def policy_source(stats: Callable[[], Mapping[str, Any]]) -> Source:
+    """A scrape-time source made of the policy listener's `stats()`."""
+    return lambda: policy_families(stats())
+
+
+def config_reload_families(reloads: int, failures: int) -> list[Metric]:
+    """Reloads of the central agent config (fleet file), by result."""
+    family = CounterMetricFamily(
+        "exfilguard_agent_config_reloads", "Fleet file (agent_config) reloads, by result", labels=["result"]
+    )
+    family.add_metric(["loaded"], reloads)
+    family.add_metric(["refused"], failures)
+    return [family]
+
+
+class StoreFigures:
+    """Reads the store's figures for a scrape, at most once per `max_age` seconds (the read is O(fleet))."""
+
+    def __init__(
+        self, read: Callable[[], Awaitable[tuple[int, int, int | None]]], max_age: float = 2.0
+    ) -> None:
+        self._read = read
+        self._max_age = max_age
+        self._cached: tuple[int, int, int | None] | None = None
+        self._at = 0.0
+
+    async def families(self) -> list[Metric]:
+        """Store families from a fresh enough read (a failed read leaves them out)."""
+        now = time.monotonic()
+        if self._cached is None or now - self._at >= self._max_age:
+            self._cached = await self._read()
+            self._at = now
+        return store_families(*self._cached)
+
+
+class MetricsServer:
+    """The HTTP endpoint (`/metrics`) on its own threads; `stop()` closes it."""
+
+    def __init__(self, address: str, registry: CollectorRegistry) -> None:
+        host, _, port = address.rpartition(":")
+        self._server: WSGIServer
+        self._thread: threading.Thread
+        self._server, self._thread = start_http_server(int(port), host.strip("[]"), registry=registry)
+        self.port: int = self._server.server_port
+
+    def stop(self) -> None:
+        """Stop serving and close the socket (blocks up to about half a second)."""
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5.0)
