@@ -3,7 +3,7 @@
 The store creates `evidence_checkpoints` with its schema. Pruning locks the agent's `chains`
 row first, as ingest and sealing do, so it never races a collector writing the same agent.
 
-Size (`used_bytes`) is the bytes of the live rows of events and alerts (`pg_column_size`),
+Size (`used_bytes`) is the bytes of the live rows of events, chain values and alerts (`pg_column_size`),
 not the table files: PostgreSQL keeps deleted rows' space until (auto)vacuum makes it
 reusable, so file sizes would not drop after a prune and size-based retention could not tell
 when to stop. Measuring it reads every row once.
@@ -62,7 +62,7 @@ class PostgresLedger(Ledger):
 
     def _stored_chain(self, agent_id: str, sequence: int) -> bytes | None:
         row = self._one(
-            "SELECT chain FROM events WHERE agent_id = %s AND sequence = %s", (agent_id, sequence)
+            "SELECT value FROM chain_values WHERE agent_id = %s AND sequence = %s", (agent_id, sequence)
         )
         return None if row is None or row[0] is None else bytes(row[0])
 
@@ -104,6 +104,7 @@ class PostgresLedger(Ledger):
         """Bytes of the live rows of events and alerts (see the module docstring)."""
         row = self._one(
             "SELECT (SELECT COALESCE(SUM(pg_column_size(e.*)), 0) FROM events e)"
+            " + (SELECT COALESCE(SUM(pg_column_size(c.*)), 0) FROM chain_values c)"
             " + (SELECT COALESCE(SUM(pg_column_size(a.*)), 0) FROM alerts a)",
             (),
         )
@@ -153,13 +154,17 @@ class PostgresLedger(Ledger):
                         f"agent {agent_id}: cannot prune through {sequence}, the chain head stays"
                     )
                 cur.execute(
-                    "SELECT chain FROM events WHERE agent_id = %s AND sequence = %s", (agent_id, sequence)
+                    "SELECT value FROM chain_values WHERE agent_id = %s AND sequence = %s",
+                    (agent_id, sequence),
                 )
                 value = cur.fetchone()
                 if value is None or value[0] is None:
                     raise RetentionError(f"agent {agent_id}: no chained event at sequence {sequence}")
                 cur.execute("DELETE FROM events WHERE agent_id = %s AND sequence <= %s", (agent_id, sequence))
                 deleted = cur.rowcount
+                cur.execute(
+                    "DELETE FROM chain_values WHERE agent_id = %s AND sequence <= %s", (agent_id, sequence)
+                )
                 now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
                 cur.execute(
                     "INSERT INTO evidence_checkpoints (agent_id, sequence, chain, pruned_at, pruned_total)"
