@@ -22,9 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +39,7 @@ from bench.ingest import _WITHOUT_LISTENERS, _split, batch_template, fill
 from collector.store.postgres import COPY_EVENTS, EVENT_TYPES, PostgresStore, events_row
 from protos import exfilguard_pb2 as pb
 from tests.helpers import start_collector, write_collector_config
-from tests.pg import PgCluster, throwaway_cluster
+from tests.pg import PgCluster, PgUnavailable, throwaway_cluster
 
 INSERT_EVENT = (
     "INSERT INTO events (agent_id, sequence, event_id, ts, action, host, user_name, device_serial, data)"
@@ -210,28 +212,40 @@ def main() -> None:
     )
     batches = build(args)
     rows = event_rows(batches)
-    with throwaway_cluster(durable=True) as cluster:
-        copy_s = bare(cluster, rows, _copy)
-        many_s = bare(cluster, rows, _executemany)
-        print(f"baseline, bare psycopg binary COPY, commit per batch: {total / copy_s:>9,.0f} events/s "
-              f"({copy_s:.2f} s, median of 3)", flush=True)  # fmt: skip
-        print(f"reference, bare psycopg executemany INSERT, commit per batch: {total / many_s:>9,.0f} "
-              f"events/s = {copy_s / many_s:.2f} x baseline", flush=True)  # fmt: skip
-        ingest_s, seal_s = through_store(cluster, batches)
-        print(f"PostgresStore.ingest_batches, one batch per commit: {total / ingest_s:>9,.0f} events/s "
-              f"= {copy_s / ingest_s:.2f} x baseline; sealing afterwards {total / seal_s:,.0f} events/s",
-              flush=True)  # fmt: skip
-        if not args.no_collector:
-            base = Path(cluster.base.parent) / f"{cluster.base.name}-collector"
-            try:
-                result = through_collector(args, cluster, base)
-            finally:
-                subprocess.run(["rm", "-rf", str(base)], check=False)
-            rate = result["events"] / result["seconds"]
-            lag = result["sealed_seconds"] - result["seconds"]
-            print(f"collector process on PostgreSQL, gRPC with acks (no listeners): {rate:>9,.0f} events/s "
-                  f"= {rate * copy_s / total:.2f} x baseline (collector CPU {result['cpu_us']:.1f} "
-                  f"us/event); chained {lag:.2f} s after the last ack", flush=True)  # fmt: skip
+    try:
+        with throwaway_cluster(durable=True) as cluster:
+            measure(args, cluster, batches, rows)
+    except PgUnavailable as exc:  # raised only while the cluster is set up
+        sys.exit(f"ingest_postgres: no PostgreSQL server to measure: {exc}")
+
+
+def measure(
+    args: argparse.Namespace, cluster: PgCluster, batches: Batches, rows: list[list[tuple[Any, ...]]]
+) -> None:
+    """Print the baseline, then each measurement as a ratio to it."""
+    total = sum(len(r) for r in rows)
+    copy_s = bare(cluster, rows, _copy)
+    many_s = bare(cluster, rows, _executemany)
+    print(f"baseline, bare psycopg binary COPY, commit per batch: {total / copy_s:>9,.0f} events/s "
+          f"({copy_s:.2f} s, median of 3)", flush=True)  # fmt: skip
+    print(f"reference, bare psycopg executemany INSERT, commit per batch: {total / many_s:>9,.0f} "
+          f"events/s = {copy_s / many_s:.2f} x baseline", flush=True)  # fmt: skip
+    ingest_s, seal_s = through_store(cluster, batches)
+    print(f"PostgresStore.ingest_batches, one batch per commit: {total / ingest_s:>9,.0f} events/s "
+          f"= {copy_s / ingest_s:.2f} x baseline; sealing afterwards {total / seal_s:,.0f} events/s",
+          flush=True)  # fmt: skip
+    if args.no_collector:
+        return
+    directory = Path(tempfile.mkdtemp(prefix="exfilguard-bench-ingest-pg-"))
+    try:
+        result = through_collector(args, cluster, directory / "collector")
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    rate = result["events"] / result["seconds"]
+    lag = result["sealed_seconds"] - result["seconds"]
+    print(f"collector process on PostgreSQL, gRPC with acks (no listeners): {rate:>9,.0f} events/s "
+          f"= {rate * copy_s / total:.2f} x baseline (collector CPU {result['cpu_us']:.1f} "
+          f"us/event); chained {lag:.2f} s after the last ack", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":
