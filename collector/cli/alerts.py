@@ -1,76 +1,268 @@
-"""`exfilguard alerts`: stored alerts as a table, or JSON with --json (reads the store, read-only)."""
+"""`exfilguard alerts`: list stored alerts, show one with its triage history and evidence, and
+triage them (`close`, `reopen`). Statuses and limits: collector/store/triage.py, docs/alerts.md.
+
+Exit codes: 0 done; 1 the store cannot be read or written; 2 usage, config or input error
+(nothing changed); 3 an alert id is not stored (named; nothing changed).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import pwd
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from collector import config as collector_config
-from collector.store import StoreError, open_store
+from collector.store import EventFilter, Store, StoreError, open_store, triage
 from protos.yamlfile import YamlError
 
-_COLUMNS = ("TIME", "SEVERITY", "POLICY", "HOST", "USER", "DEVICE", "COUNT", "SUMMARY")
+EXIT_STORE = 1
+EXIT_USAGE = 2
+EXIT_UNKNOWN_ALERT = 3
+
+_COLUMNS = ("ID", "TIME", "SEVERITY", "STATUS", "POLICY", "HOST", "USER", "DEVICE", "COUNT", "SUMMARY")
 _SUMMARY_WIDTH = 100
+_SEVERITIES = ("low", "medium", "high", "critical")
+_MAX_FILTER_VALUES = 100
 
 
 def register(subparsers: Any) -> None:
-    """Add the `alerts` command."""
+    """Add the `alerts` command and its `show`, `close` and `reopen` sub-commands."""
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "alerts",
-        help="list stored alerts",
-        description="The newest alerts the collector raised, oldest first.",
+        help="list, show and triage stored alerts",
+        description="The newest alerts the collector raised, oldest first; `show`, `close` and "
+        "`reopen` one or more of them. Statuses: " + ", ".join(triage.STATUSES) + " (see docs/alerts.md).",
     )
-    parser.add_argument(
-        "--config",
-        default=None,
-        help="the collector's config (default: $EXFILGUARD_CONFIG or /etc/exfilguard/collector.yaml)",
-    )
-    parser.add_argument("--json", action="store_true", help="print a JSON array instead of a table")
+    _common(parser, default=None)
     parser.add_argument("--limit", type=int, default=100, help="how many of the newest alerts (default 100)")
     parser.add_argument("--since", default=None, metavar="TIME", help="only alerts at or after this ECS time")
+    parser.add_argument(
+        "--status",
+        dest="statuses",
+        action="append",
+        choices=triage.STATUSES,
+        help="only alerts with this status (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--severity",
+        dest="severities",
+        action="append",
+        choices=_SEVERITIES,
+        help="only this severity (repeatable)",
+    )
+    parser.add_argument(
+        "--policy",
+        dest="policies",
+        action="append",
+        metavar="ID",
+        help="only alerts of this policy (repeatable)",
+    )
     parser.set_defaults(run=run)
+    sub = parser.add_subparsers(dest="alerts_command", metavar="{show,close,reopen}")
+
+    show = sub.add_parser("show", help="one alert, its triage history and its evidence events")
+    show.add_argument("id", metavar="ID", help="the alert's id")
+    _common(show, default=argparse.SUPPRESS)
+    show.set_defaults(run=run_show)
+
+    close = sub.add_parser("close", help="close alerts, with a note saying why")
+    close.add_argument("ids", nargs="+", metavar="ID", help="alert ids")
+    close.add_argument(
+        "--status",
+        dest="status",
+        choices=triage.CLOSED_STATUSES,
+        default="closed",
+        help="resolved (a real incident, handled), false_positive, or closed (default)",
+    )
+    _triage_options(close)
+    close.set_defaults(run=run_triage)
+
+    reopen = sub.add_parser("reopen", help="set alerts back to open, with a note saying why")
+    reopen.add_argument("ids", nargs="+", metavar="ID", help="alert ids")
+    _triage_options(reopen)
+    reopen.set_defaults(run=run_triage, status=triage.OPEN)
+
+
+def _common(parser: argparse.ArgumentParser, default: Any) -> None:
+    # Sub-commands use SUPPRESS so `alerts --config F close ...` keeps the value given before them.
+    parser.add_argument(
+        "--config",
+        default=default,
+        help="the collector's config (default: $EXFILGUARD_CONFIG or /etc/exfilguard/collector.yaml)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=False if default is None else default, help="print JSON"
+    )
+
+
+def _triage_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--note", required=True, help=f"why (required; at most {triage.MAX_NOTE_CHARS} characters)"
+    )
+    parser.add_argument(
+        "--by", default=None, metavar="NAME", help="who (default: $SUDO_USER or your login name)"
+    )
+    _common(parser, default=argparse.SUPPRESS)
+
+
+def invoking_user() -> str:
+    """Who runs the command: the user behind sudo, else the login name, else the account name."""
+    sudo = os.environ.get("SUDO_USER", "").strip()
+    if sudo:
+        return sudo
+    try:
+        return os.getlogin()
+    except OSError:  # no controlling terminal (cron, systemd, CI)
+        return pwd.getpwuid(os.getuid()).pw_name
+
+
+# ---------------------------------------------------------------------- commands
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print alerts; 2 on a bad config, 1 when the store cannot be read."""
+    """List alerts; 2 on a bad config or filter, 1 when the store cannot be read."""
+    if not 1 <= args.limit <= 100_000:
+        return _fail("--limit must be between 1 and 100000", EXIT_USAGE)
+    if len(args.policies or ()) > _MAX_FILTER_VALUES:
+        return _fail(f"at most {_MAX_FILTER_VALUES} --policy values", EXIT_USAGE)
+
+    def work(store: Store) -> int:
+        alerts = store.alerts(
+            limit=args.limit,
+            since=args.since,
+            statuses=args.statuses,
+            severities=args.severities,
+            policies=args.policies,
+        )
+        if args.json:
+            _print_json(alerts)
+        else:
+            sys.stdout.write(format_table(alerts))
+        return 0
+
+    return _with_store(args, work, readonly=True)
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Print one alert with its history and evidence; 3 if it is not stored."""
+
+    def work(store: Store) -> int:
+        alert = store.alert(args.id)
+        if alert is None:
+            return _fail(f"no such alert: {args.id}", EXIT_UNKNOWN_ALERT)
+        history = store.alert_history(args.id)
+        events, missing = evidence_events(store, alert)
+        if args.json:
+            _print_json(
+                {
+                    "alert": alert,
+                    "history": [h.as_dict() for h in history],
+                    "evidence": events,
+                    "evidence_missing": missing,
+                }
+            )
+        else:
+            sys.stdout.write(format_alert(alert, history, events, missing))
+        return 0
+
+    return _with_store(args, work, readonly=True)
+
+
+def run_triage(args: argparse.Namespace) -> int:
+    """Close or reopen alerts; 3 (nothing changed) if any id is not stored."""
+    by = args.by if args.by is not None else invoking_user()
+    try:
+        triage.check_triage("exfilguard alerts", args.ids, args.status, by, args.note)
+    except triage.InvalidTriage as exc:
+        return _fail(f"{exc.field}: {exc.reason}", EXIT_USAGE)
+
+    def work(store: Store) -> int:
+        entries = store.triage_alerts(args.ids, args.status, by=by, note=args.note)
+        if args.json:
+            _print_json([e.as_dict() for e in entries])
+        else:
+            for e in entries:
+                print(f"{e.alert_id}: {e.from_status} -> {e.to_status}")
+            print(f"{len(entries)} alert(s) set to {args.status} by {by}")
+        return 0
+
+    return _with_store(args, work, readonly=False)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _with_store(args: argparse.Namespace, work: Callable[[Store], int], *, readonly: bool) -> int:
     path = args.config or collector_config.default_path()
     try:
         config = collector_config.load(path)
     except YamlError as exc:
-        print(f"exfilguard alerts: bad config: {exc}", file=sys.stderr)
-        return 2
-    if not 1 <= args.limit <= 100_000:
-        print("exfilguard alerts: --limit must be between 1 and 100000", file=sys.stderr)
-        return 2
+        return _fail(f"bad config: {exc}", EXIT_USAGE)
     try:
+        # Open read-only first: a writable open would create an empty SQLite store at a wrong path.
         store = open_store(config.store, readonly=True)
+        if not readonly:
+            store.close()
+            store = open_store(config.store)
         try:
-            alerts = store.alerts(limit=args.limit, since=args.since)
+            return work(store)
         finally:
             store.close()
+    except triage.AlertNotFound as exc:
+        return _fail(f"no such alert: {', '.join(exc.alert_ids)} (nothing was changed)", EXIT_UNKNOWN_ALERT)
+    except triage.InvalidTriage as exc:
+        return _fail(f"{exc.field}: {exc.reason}", EXIT_USAGE)
     except StoreError as exc:
-        print(f"exfilguard alerts: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        json.dump(alerts, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
-    else:
-        sys.stdout.write(format_table(alerts))
-    return 0
+        return _fail(str(exc), EXIT_STORE)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"exfilguard alerts: {message}", file=sys.stderr)
+    return code
+
+
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+def evidence_events(store: Store, alert: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The stored events the alert cites, in (agent, sequence) order, and the ids no longer stored.
+
+    The firing agent's events are looked up first (its key range only); only ids not found
+    there, e.g. of an aggregate over several hosts, need a scan of the other agents' events.
+    """
+    cited = alert.get("evidence")
+    wanted = [str(e) for e in cited] if isinstance(cited, list) else []
+    found: dict[str, dict[str, Any]] = {}
+    agent = str(alert.get("agent.id") or "")
+    if wanted and agent:
+        for event in store.events(EventFilter(agent=agent, event_ids=tuple(wanted))):
+            found[str(event.get("event.id"))] = event
+    rest = tuple(e for e in wanted if e not in found)
+    if rest:
+        for event in store.events(EventFilter(event_ids=rest)):
+            found[str(event.get("event.id"))] = event
+    events = sorted(found.values(), key=lambda m: (str(m.get("agent.id")), int(m.get("event.sequence", 0))))
+    return events, [e for e in wanted if e not in found]
 
 
 def format_table(alerts: list[dict[str, Any]]) -> str:
     """Fixed-width table, one alert a line, summary cut to fit."""
     rows = [_COLUMNS] + [
         (
+            _clean(str(a.get("id", ""))),
             str(a.get("@timestamp", ""))[:19].replace("T", " "),
-            str(a.get("severity", "")),
-            str(a.get("policy.id", "")),
-            str(a.get("host.name", "")) or "-",
-            str(a.get("user.name", "")) or "-",
-            str(a.get("device.serial", "")) or "-",
+            _clean(str(a.get("severity", ""))),
+            _clean(str(a.get("status", triage.OPEN))),
+            _clean(str(a.get("policy.id", ""))),
+            _clean(str(a.get("host.name", ""))) or "-",
+            _clean(str(a.get("user.name", ""))) or "-",
+            _clean(str(a.get("device.serial", ""))) or "-",
             str(a.get("count", "")),
             _cut(str(a.get("summary", ""))),
         )
@@ -83,6 +275,50 @@ def format_table(alerts: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_SHOWN_FIRST = (
+    "id", "@timestamp", "status", "severity", "policy.id", "policy.title", "summary", "count",
+    "host.name", "user.name", "agent.id", "device.serial", "file.path", "file.size",
+)  # fmt: skip
+_EVENT_COLUMNS = ("@timestamp", "agent.id", "event.sequence", "event.action", "user.name", "event.id")
+
+
+def format_alert(
+    alert: dict[str, Any], history: list[triage.TriageEntry], events: list[dict[str, Any]], missing: list[str]
+) -> str:
+    """The alert's fields (the officer's essentials first), its triage history, its evidence."""
+    out: list[str] = []
+    keys = [k for k in _SHOWN_FIRST if k in alert] + sorted(
+        k for k in alert if k not in _SHOWN_FIRST and k != "evidence"
+    )
+    width = max(len(k) for k in keys)
+    for key in keys:
+        value = alert[key]
+        text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        out.append(f"{key.ljust(width)}  {_clean(text)}")
+    out.append("")
+    out.append(f"Triage history ({len(history)}):")
+    for h in history:
+        note = _clean(h.note, multiline=True).replace("\n", "\n      ")
+        out.append(f"  {h.at}  {_clean(h.by)}  {h.from_status} -> {h.to_status}\n      {note}")
+    if not history:
+        out.append("  (never triaged)")
+    out.append("")
+    cited = len(events) + len(missing)
+    out.append(f"Evidence ({cited} event(s) cited, {len(events)} stored):")
+    for event in events:
+        cells = [_clean(str(event.get(c, ""))) for c in _EVENT_COLUMNS]
+        what = event.get("file.path") or event.get("device.serial") or ""
+        out.append("  " + "  ".join(cells) + (f"  {_clean(str(what))}" if what else ""))
+    for event_id in missing:
+        out.append(f"  {_clean(event_id)}  (no longer stored: pruned, or never received)")
+    return "\n".join(out) + "\n"
+
+
+def _clean(text: str, *, multiline: bool = False) -> str:
+    # Alert fields come from endpoints: no control characters reach the officer's terminal.
+    return "".join(ch if ch.isprintable() or (multiline and ch == "\n") else "?" for ch in text)
+
+
 def _cut(text: str) -> str:
-    text = " ".join(text.split())
+    text = _clean(" ".join(text.split()))
     return text if len(text) <= _SUMMARY_WIDTH else text[: _SUMMARY_WIDTH - 1] + "…"

@@ -20,10 +20,26 @@ import psycopg
 
 from collector.evidence.errors import RetentionError
 from collector.evidence.ledger import Checkpoint, Ledger, LedgerError
-from collector.store import pgconnect
+from collector.store import pgconnect, triage
 from collector.store.base import StoreError
 
 _CHECKPOINTS = "SELECT agent_id, sequence, chain, pruned_at, pruned_total FROM evidence_checkpoints"
+
+_PROTECTED = (
+    "SELECT agent_id, MIN(sequence) FROM events WHERE event_id IN"
+    " (SELECT jsonb_array_elements_text(b -> 'evidence') FROM"
+    "  (SELECT body::jsonb AS b FROM alerts WHERE status = %s) AS open_alerts"
+    "  WHERE jsonb_typeof(b -> 'evidence') = 'array')"
+    " GROUP BY agent_id"
+)
+_PROTECTED_V1 = (
+    "SELECT agent_id, MIN(sequence) FROM events WHERE event_id IN"
+    " (SELECT jsonb_array_elements_text(b -> 'evidence') FROM"
+    "  (SELECT body::jsonb AS b FROM alerts) AS open_alerts"
+    "  WHERE jsonb_typeof(b -> 'evidence') = 'array'"
+    "  AND NOT (COALESCE(b ->> 'status', 'open') = ANY(%s::text[])))"
+    " GROUP BY agent_id"
+)
 
 
 def _checkpoint(row: tuple[Any, ...]) -> Checkpoint:
@@ -112,15 +128,17 @@ class PostgresLedger(Ledger):
 
     def protected(self) -> dict[str, int]:
         """Per agent, the lowest sequence an open alert references (pruning stops below it)."""
-        rows = self._all(
-            "SELECT agent_id, MIN(sequence) FROM events WHERE event_id IN"
-            " (SELECT jsonb_array_elements_text(b -> 'evidence') FROM"
-            "  (SELECT body::jsonb AS b FROM alerts) AS open_alerts"
-            "  WHERE jsonb_typeof(b -> 'evidence') = 'array'"
-            "  AND COALESCE(b ->> 'status', 'open') NOT IN ('closed', 'resolved'))"
-            " GROUP BY agent_id",
+        # Open means what the store's triage says (collector/store/triage.py); a store that no
+        # collector has upgraded yet has no status column, only what alert bodies said.
+        has_status = self._one(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND table_name = 'alerts' AND column_name = 'status'",
             (),
         )
+        if has_status:
+            rows = self._all(_PROTECTED, (triage.OPEN,))
+        else:
+            rows = self._all(_PROTECTED_V1, (list(triage.CLOSED_STATUSES),))
         return {str(r[0]): int(r[1]) for r in rows}
 
     def first_sequence_since(self, agent_id: str, cutoff: str) -> int | None:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 
 from collector.evidence.errors import RetentionError
 from collector.evidence.ledger import Checkpoint, Ledger, LedgerError
+from collector.store import triage
 
 _CHECKPOINTS = """
 CREATE TABLE IF NOT EXISTS evidence_checkpoints (
@@ -25,6 +26,18 @@ CREATE TABLE IF NOT EXISTS evidence_checkpoints (
     pruned_total INTEGER NOT NULL
 )
 """
+
+_PROTECTED = (
+    "SELECT agent_id, MIN(sequence) FROM events WHERE event_id IN"
+    " (SELECT j.value FROM alerts, json_each(alerts.body, '$.evidence') AS j WHERE alerts.status = ?)"
+    " GROUP BY agent_id"
+)
+_PROTECTED_V1 = (
+    "SELECT agent_id, MIN(sequence) FROM events WHERE event_id IN"
+    " (SELECT j.value FROM alerts, json_each(alerts.body, '$.evidence') AS j WHERE"
+    " COALESCE(json_extract(alerts.body, '$.status'), 'open') NOT IN (SELECT value FROM json_each(?)))"
+    " GROUP BY agent_id"
+)
 
 
 class SqliteLedger(Ledger):
@@ -120,13 +133,12 @@ class SqliteLedger(Ledger):
 
     def protected(self) -> dict[str, int]:
         """Per agent, the lowest sequence an open alert references (pruning stops below it)."""
-        rows = self._query(
-            "SELECT agent_id, MIN(sequence) FROM events WHERE event_id IN"
-            " (SELECT j.value FROM alerts, json_each(alerts.body, '$.evidence') AS j WHERE"
-            " COALESCE(json_extract(alerts.body, '$.status'), 'open') NOT IN ('closed', 'resolved'))"
-            " GROUP BY agent_id",
-            (),
-        )
+        # Open means what the store's triage says (collector/store/triage.py); a store that no
+        # collector has upgraded yet has no status column, only what alert bodies said.
+        if self._query_one("SELECT 1 FROM pragma_table_info('alerts') WHERE name = 'status'", ()):
+            rows = self._query(_PROTECTED, (triage.OPEN,))
+        else:
+            rows = self._query(_PROTECTED_V1, (json.dumps(triage.CLOSED_STATUSES),))
         return {r[0]: int(r[1]) for r in rows}
 
     def first_sequence_since(self, agent_id: str, cutoff: str) -> int | None:

@@ -5,8 +5,8 @@ checkpoint (agent, last pruned sequence, chain value there), so an export of wha
 starts from the checkpoint's chain value and still verifies. Pruning stops:
   - before the agent's chain head (ingest continues the chain from it),
   - before the first event an open alert cites, unless `include_alerted` (an investigation
-    must not lose its evidence because a timer fired). Alerts carry no status yet, so every
-    stored alert counts as open unless its body says `"status": "closed"` or `"resolved"`.
+    must not lose its evidence because a timer fired). "Open" is the alert's triage status
+    (collector/store/triage.py; the ledgers' `protected()` read it), set by `exfilguard alerts`.
 Size is the SQLite file's pages in use; SQLite reuses freed pages, so the file stops
 growing rather than shrinking (run VACUUM offline to give the space back to the OS). On
 PostgreSQL it is the bytes of the live event and alert rows; autovacuum makes the space of

@@ -15,9 +15,12 @@ import abc
 import datetime as dt
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from protos import exfilguard_pb2 as pb
+
+if TYPE_CHECKING:
+    from collector.store.triage import TriageEntry
 
 Mapping = dict[str, Any]
 
@@ -50,6 +53,7 @@ class EventFilter:
     agent: str | None = None
     action: str | None = None
     device_serial: str | None = None
+    event_ids: tuple[str, ...] | None = None  # only these events (an alert's evidence)
 
 
 @dataclass(frozen=True)
@@ -170,12 +174,43 @@ class Store(abc.ABC):
     def add_alert(self, alert: Mapping) -> None:
         """Store an alert (the JSON object sinks receive); needs `id`, `@timestamp`, `policy.id`.
 
-        Storing the same alert id twice replaces it (suppression updates its count).
+        Storing the same alert id twice replaces it (suppression updates its count); its triage
+        status and history are kept.
         """
 
     @abc.abstractmethod
-    def alerts(self, limit: int = 100, since: str | None = None) -> list[Mapping]:
-        """The newest `limit` alerts at or after `since` (ECS time string), oldest first."""
+    def alerts(
+        self,
+        limit: int = 100,
+        since: str | None = None,
+        *,
+        statuses: Sequence[str] | None = None,
+        severities: Sequence[str] | None = None,
+        policies: Sequence[str] | None = None,
+    ) -> list[Mapping]:
+        """The newest `limit` alerts at or after `since` (ECS time string), oldest first.
+
+        Each carries its current triage `status` (collector/store/triage.py); the other
+        arguments keep only alerts with one of the given statuses, severities, policy ids.
+        """
+
+    @abc.abstractmethod
+    def alert(self, alert_id: str) -> Mapping | None:
+        """One alert with its current `status`, or None if no alert has this id."""
+
+    @abc.abstractmethod
+    def alert_history(self, alert_id: str) -> list[TriageEntry]:
+        """The alert's triage history, oldest first (empty while it was never triaged)."""
+
+    @abc.abstractmethod
+    def triage_alerts(
+        self, alert_ids: Sequence[str], status: str, *, by: str, note: str
+    ) -> list[TriageEntry]:
+        """Set the alerts' status and append one history entry each, all in one transaction.
+
+        Raises AlertNotFound (naming every unknown id, nothing changed) or InvalidTriage
+        (status, name or note outside the limits of collector/store/triage.py).
+        """
 
     @abc.abstractmethod
     def update_agents(self, updates: Sequence[AgentUpdate]) -> None:

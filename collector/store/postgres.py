@@ -30,7 +30,7 @@ import psycopg
 from psycopg import errors as pg_errors
 
 from collector.evidence import chain
-from collector.store import pgconnect
+from collector.store import pgconnect, triage
 from collector.store.base import (
     AgentRecord,
     AgentUpdate,
@@ -46,7 +46,7 @@ from collector.store.sqlite import ecs_time, event_row
 from protos import events as protos_events
 from protos import exfilguard_pb2 as pb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -105,6 +105,34 @@ CREATE TABLE IF NOT EXISTS evidence_checkpoints (
 );
 CREATE TABLE IF NOT EXISTS exfilguard_schema (version INTEGER NOT NULL)
 """
+
+# Version 1 -> 2: the alert's triage status (a column, so filters and retention use an index)
+# and its append-only history. Statuses a body already carried (retention honoured them) stay.
+_TRIAGE_SCHEMA = (
+    "ALTER TABLE alerts ADD COLUMN IF NOT EXISTS status TEXT NOT NULL DEFAULT 'open'",
+    "CREATE INDEX IF NOT EXISTS alerts_status ON alerts (status, ts)",
+    "CREATE TABLE IF NOT EXISTS alert_triage (seq BIGSERIAL PRIMARY KEY,"
+    ' alert_id TEXT COLLATE "C" NOT NULL, at TEXT COLLATE "C" NOT NULL, by_name TEXT NOT NULL,'
+    " from_status TEXT NOT NULL, to_status TEXT NOT NULL, note TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS alert_triage_alert ON alert_triage (alert_id, seq)",
+    "CREATE OR REPLACE FUNCTION exfilguard_append_only() RETURNS trigger LANGUAGE plpgsql AS"
+    " $$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$",
+    "CREATE OR REPLACE TRIGGER alert_triage_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON alert_triage"
+    " FOR EACH STATEMENT EXECUTE FUNCTION exfilguard_append_only()",
+)
+_SELECT_ALERTS = "SELECT body, status FROM alerts"
+# Reading a store not upgraded yet (read-only): statuses the bodies carried, as retention read them.
+_STATUS_V1 = (
+    "CASE WHEN body::jsonb ->> 'status' IN ('resolved', 'false_positive', 'closed')"
+    " THEN body::jsonb ->> 'status' ELSE 'open' END"
+)
+_SELECT_ALERTS_V1 = (
+    "SELECT body, CASE WHEN body::jsonb ->> 'status' IN ('resolved', 'false_positive', 'closed')"
+    " THEN body::jsonb ->> 'status' ELSE 'open' END FROM alerts"
+)
+_LEGACY_STATUS = (
+    "UPDATE alerts SET status = body::jsonb ->> 'status' WHERE body::jsonb ->> 'status' = ANY(%s::text[])"
+)
 
 # Column order of event_row() without its chain column; the benchmark baseline copies the same rows.
 EVENT_COLUMNS = "agent_id, sequence, event_id, ts, action, host, user_name, device_serial, data"
@@ -170,6 +198,7 @@ class PostgresStore(Store):
         self._readonly = readonly
         self._lock = threading.Lock()
         self._known: set[str] = set()  # agents whose chains row exists (rows are never deleted)
+        self._version = SCHEMA_VERSION
         self._db = pgconnect.connect(url, readonly=readonly, application="exfilguard-collector")
         try:
             self._prepare()
@@ -195,7 +224,7 @@ class PostgresStore(Store):
 
     def _prepare(self) -> None:
         version = self._schema_version()
-        if version == 0 and not self._readonly:
+        if version < SCHEMA_VERSION and not self._readonly:
             with self._db.transaction():
                 # Two collectors starting at once on an empty database: one creates, the other waits.
                 self._db.execute("SELECT pg_advisory_xact_lock(hashtext('exfilguard schema'))")
@@ -203,8 +232,14 @@ class PostgresStore(Store):
                 if version == 0:
                     for statement in _SCHEMA.split(";"):
                         self._db.execute(statement)
+                if version < 2:
+                    for statement in _TRIAGE_SCHEMA:
+                        self._db.execute(statement)
+                    self._db.execute(_LEGACY_STATUS, (list(triage.CLOSED_STATUSES),))
+                if version < SCHEMA_VERSION:
                     self._db.execute("INSERT INTO exfilguard_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION
+        self._version = version  # read-only on an older schema: alerts without triage read as open
         if version == 0:
             raise StoreCorrupt(
                 self.location, "not an ExfilGuard store (no schema; has the collector run yet?)"
@@ -467,6 +502,9 @@ class PostgresStore(Store):
             if value is not None:
                 clauses.append(f"{column} {op} %s")  # column and op come from the fixed table above
                 params.append(value)
+        if where.event_ids is not None:
+            clauses.append("e.event_id = ANY(%s::text[])")
+            params.append(list(where.event_ids))
         sql = (
             "SELECT c.value, e.data FROM events e LEFT JOIN chain_values c"
             " ON c.agent_id = e.agent_id AND c.sequence = e.sequence"
@@ -519,14 +557,86 @@ class PostgresStore(Store):
             row,
         )
 
-    def alerts(self, limit: int = 100, since: str | None = None) -> list[Mapping]:
-        """The newest `limit` alerts at or after `since`, oldest first."""
+    def _select_alerts(self) -> str:
+        # Columns: body, status. A read-only view of a store not upgraded yet reads the bodies.
+        return _SELECT_ALERTS if self._version >= 2 else _SELECT_ALERTS_V1
+
+    def _status_column(self) -> str:
+        return "status" if self._version >= 2 else _STATUS_V1
+
+    def alerts(
+        self,
+        limit: int = 100,
+        since: str | None = None,
+        *,
+        statuses: Sequence[str] | None = None,
+        severities: Sequence[str] | None = None,
+        policies: Sequence[str] | None = None,
+    ) -> list[Mapping]:
+        """The newest `limit` alerts at or after `since` and matching the filters, oldest first."""
+        status = self._status_column()
+        sql = self._select_alerts() + " WHERE ts >= %s"
+        params: list[Any] = [since or ""]
+        for column, values in (
+            (status, triage.check_statuses(self.location, statuses)),
+            ("severity", severities),
+            ("policy_id", policies),
+        ):
+            if values is not None:
+                sql += " AND " + column + " = ANY(%s::text[])"  # column: from the fixed table above
+                params.append(list(values))
+        sql += " ORDER BY ts DESC, id DESC LIMIT %s"
+        params.append(max(0, limit))
+        rows = self._all(sql, params)
+        return [triage.with_status(json.loads(str(r[0])), str(r[1])) for r in reversed(rows)]
+
+    def alert(self, alert_id: str) -> Mapping | None:
+        """One alert with its current status, or None."""
+        row = self._one(self._select_alerts() + " WHERE id = %s", (alert_id,))
+        return None if row is None else triage.with_status(json.loads(str(row[0])), str(row[1]))
+
+    def alert_history(self, alert_id: str) -> list[triage.TriageEntry]:
+        """The alert's triage history, oldest first."""
+        if self._version < 2:
+            return []
         rows = self._all(
-            "SELECT body FROM alerts WHERE ts >= %s ORDER BY ts DESC, id DESC LIMIT %s",
-            (since or "", max(0, limit)),
+            "SELECT alert_id, at, by_name, from_status, to_status, note FROM alert_triage"
+            " WHERE alert_id = %s ORDER BY seq",
+            (alert_id,),
         )
-        out: list[Mapping] = [json.loads(str(r[0])) for r in reversed(rows)]
-        return out
+        return [triage.TriageEntry(*(str(v) for v in r)) for r in rows]
+
+    def triage_alerts(
+        self, alert_ids: Sequence[str], status: str, *, by: str, note: str
+    ) -> list[triage.TriageEntry]:
+        """Set the alerts' status and append their history in one transaction; see `Store.triage_alerts`."""
+        self._writable()
+        ids = triage.check_triage(self.location, alert_ids, status, by, note)
+        at = _now()
+        with self._lock:
+            try:
+                db = self._connection()
+                with db.transaction(), db.cursor() as cur:
+                    # Row locks in id order: a concurrent triage of the same alerts waits, then
+                    # records the status this one left as its `from`.
+                    cur.execute(
+                        "SELECT id, status FROM alerts WHERE id = ANY(%s::text[]) ORDER BY id FOR UPDATE",
+                        (ids,),
+                    )
+                    current = {str(r[0]): str(r[1]) for r in cur.fetchall()}
+                    missing = [i for i in ids if i not in current]
+                    if missing:
+                        raise triage.AlertNotFound(self.location, missing)
+                    entries = [triage.TriageEntry(i, at, by, current[i], status, note) for i in ids]
+                    cur.execute("UPDATE alerts SET status = %s WHERE id = ANY(%s::text[])", (status, ids))
+                    cur.executemany(
+                        "INSERT INTO alert_triage (alert_id, at, by_name, from_status, to_status, note)"
+                        " VALUES (%s, %s, %s, %s, %s, %s)",
+                        [(e.alert_id, e.at, e.by, e.from_status, e.to_status, e.note) for e in entries],
+                    )
+            except psycopg.Error as exc:
+                raise self._fail("triage", exc) from None
+        return entries
 
     # ---------------------------------------------------------------- registry
 

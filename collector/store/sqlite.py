@@ -35,6 +35,7 @@ from typing import Any
 from urllib.parse import quote
 
 from collector.evidence import chain
+from collector.store import triage
 from collector.store.base import (
     AgentRecord,
     AgentUpdate,
@@ -49,7 +50,7 @@ from collector.store.base import (
 from protos import events as protos_events
 from protos import exfilguard_pb2 as pb
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -95,6 +96,36 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_ts ON alerts (ts);
 """
+
+# Version 1 -> 2: the alert's triage status (a column, so filters and retention use an index)
+# and its append-only history. Statuses a body already carried (retention honoured them) stay.
+_TRIAGE_SCHEMA = (
+    "ALTER TABLE alerts ADD COLUMN status TEXT NOT NULL DEFAULT 'open'",
+    "CREATE INDEX alerts_status ON alerts (status, ts)",
+    "CREATE TABLE alert_triage (seq INTEGER PRIMARY KEY AUTOINCREMENT, alert_id TEXT NOT NULL,"
+    " at TEXT NOT NULL, by_name TEXT NOT NULL, from_status TEXT NOT NULL, to_status TEXT NOT NULL,"
+    " note TEXT NOT NULL)",
+    "CREATE INDEX alert_triage_alert ON alert_triage (alert_id, seq)",
+    "CREATE TRIGGER alert_triage_no_update BEFORE UPDATE ON alert_triage"
+    " BEGIN SELECT RAISE(ABORT, 'alert_triage is append-only'); END",
+    "CREATE TRIGGER alert_triage_no_delete BEFORE DELETE ON alert_triage"
+    " BEGIN SELECT RAISE(ABORT, 'alert_triage is append-only'); END",
+)
+_IN_JSON_LIST = " IN (SELECT value FROM json_each(?))"
+_SELECT_ALERTS = "SELECT body, status FROM alerts"
+# Reading a store not upgraded yet (read-only): statuses the bodies carried, as retention read them.
+_STATUS_V1 = (
+    "CASE WHEN json_extract(body, '$.status') IN ('resolved', 'false_positive', 'closed')"
+    " THEN json_extract(body, '$.status') ELSE 'open' END"
+)
+_SELECT_ALERTS_V1 = (
+    "SELECT body, CASE WHEN json_extract(body, '$.status') IN ('resolved', 'false_positive', 'closed')"
+    " THEN json_extract(body, '$.status') ELSE 'open' END FROM alerts"
+)
+_LEGACY_STATUS = (
+    "UPDATE alerts SET status = json_extract(body, '$.status')"
+    " WHERE json_extract(body, '$.status') IN (SELECT value FROM json_each(?))"
+)
 
 # Column order of an events row (the benchmark baseline inserts the same tuples).
 INSERT_EVENT = (
@@ -206,6 +237,7 @@ class SqliteStore(Store):
         self._readonly = readonly
         self._lock = threading.Lock()
         self._prefixes: dict[str, _Prefix] = {}
+        self._version = SCHEMA_VERSION
         self._db = self._connect()
         try:
             self._prepare()
@@ -235,21 +267,38 @@ class SqliteStore(Store):
             raise StoreCorrupt(
                 self.location, f"schema version {version} is newer than this collector's ({SCHEMA_VERSION})"
             )
+        self._version = version
         if self._readonly:
             if version == 0:
                 raise StoreCorrupt(self.location, "not an ExfilGuard store (no schema)")
-            return
+            return  # an older schema is read as it is (alerts without triage read as open)
         if version == 0:
             db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only takes effect before the first table
         tune(db)
-        if version == 0:
+        if version < SCHEMA_VERSION:
             db.execute("BEGIN IMMEDIATE")
+            try:
+                self._upgrade()
+            except BaseException:
+                self._rollback()
+                raise
+            db.execute("COMMIT")
+            self._version = SCHEMA_VERSION
+
+    def _upgrade(self) -> None:
+        """Create or upgrade the schema inside the caller's write transaction."""
+        db = self._db
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])  # another process may have won
+        if version == 0:
             # Statement by statement: executescript() would commit the open transaction.
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
+        if version < 2:
+            for statement in _TRIAGE_SCHEMA:
+                db.execute(statement)
+            db.execute(_LEGACY_STATUS, (json.dumps(triage.CLOSED_STATUSES),))
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ events
 
@@ -486,6 +535,9 @@ class SqliteStore(Store):
             if value is not None:
                 clauses.append(f"{column} {op} ?")  # column and op come from the fixed table above
                 params.append(value)
+        if where.event_ids is not None:
+            clauses.append("event_id IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(list(where.event_ids)))
         sql = "SELECT chain, data FROM events"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
@@ -534,20 +586,109 @@ class SqliteStore(Store):
         except KeyError as exc:
             raise StoreError(self.location, f"alert lacks required field {exc}") from exc
         with self._lock:
+            # An upsert, not INSERT OR REPLACE: replacing the row would reset its triage status.
             self._execute(
-                "INSERT OR REPLACE INTO alerts (id, ts, policy_id, severity, body) VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO alerts (id, ts, policy_id, severity, body) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET ts = excluded.ts, policy_id = excluded.policy_id,"
+                " severity = excluded.severity, body = excluded.body",
                 row,
             )
 
-    def alerts(self, limit: int = 100, since: str | None = None) -> list[Mapping]:
-        """The newest `limit` alerts at or after `since`, oldest first."""
+    def _select_alerts(self) -> str:
+        # Columns: body, status. A read-only view of a store not upgraded yet reads the bodies.
+        return _SELECT_ALERTS if self._version >= 2 else _SELECT_ALERTS_V1
+
+    def _status_column(self) -> str:
+        return "status" if self._version >= 2 else _STATUS_V1
+
+    def alerts(
+        self,
+        limit: int = 100,
+        since: str | None = None,
+        *,
+        statuses: Sequence[str] | None = None,
+        severities: Sequence[str] | None = None,
+        policies: Sequence[str] | None = None,
+    ) -> list[Mapping]:
+        """The newest `limit` alerts at or after `since` and matching the filters, oldest first."""
+        status = self._status_column()
+        sql = self._select_alerts() + " WHERE ts >= ?"
+        params: list[Any] = [since or ""]
+        for column, values in (
+            (status, triage.check_statuses(self.location, statuses)),
+            ("severity", severities),
+            ("policy_id", policies),
+        ):
+            if values is not None:
+                sql += " AND " + column + _IN_JSON_LIST  # column: from the fixed table above
+                params.append(json.dumps(list(values)))
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
+        params.append(max(0, limit))
+        with self._lock:
+            try:
+                rows = self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(self.location, f"reading alerts failed: {exc}") from exc
+        return [triage.with_status(json.loads(r[0]), str(r[1])) for r in reversed(rows)]
+
+    def alert(self, alert_id: str) -> Mapping | None:
+        """One alert with its current status, or None."""
+        sql = self._select_alerts() + " WHERE id = ?"
+        with self._lock:
+            row = self._db.execute(sql, (alert_id,)).fetchone()
+        return None if row is None else triage.with_status(json.loads(row[0]), str(row[1]))
+
+    def alert_history(self, alert_id: str) -> list[triage.TriageEntry]:
+        """The alert's triage history, oldest first."""
+        if self._version < 2:
+            return []
         with self._lock:
             rows = self._db.execute(
-                "SELECT body FROM alerts WHERE ts >= ? ORDER BY ts DESC, id DESC LIMIT ?",
-                (since or "", max(0, limit)),
+                "SELECT alert_id, at, by_name, from_status, to_status, note FROM alert_triage"
+                " WHERE alert_id = ? ORDER BY seq",
+                (alert_id,),
             ).fetchall()
-        out: list[Mapping] = [json.loads(r[0]) for r in reversed(rows)]
-        return out
+        return [triage.TriageEntry(*(str(v) for v in r)) for r in rows]
+
+    def triage_alerts(
+        self, alert_ids: Sequence[str], status: str, *, by: str, note: str
+    ) -> list[triage.TriageEntry]:
+        """Set the alerts' status and append their history in one transaction; see `Store.triage_alerts`."""
+        self._writable()
+        ids = triage.check_triage(self.location, alert_ids, status, by, note)
+        at = _now()
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                current = {
+                    str(r[0]): str(r[1])
+                    for r in db.execute(
+                        "SELECT id, status FROM alerts WHERE id IN (SELECT value FROM json_each(?))",
+                        (json.dumps(ids),),
+                    )
+                }
+                missing = [i for i in ids if i not in current]
+                if missing:
+                    raise triage.AlertNotFound(self.location, missing)
+                entries = [triage.TriageEntry(i, at, by, current[i], status, note) for i in ids]
+                db.execute(
+                    "UPDATE alerts SET status = ? WHERE id IN (SELECT value FROM json_each(?))",
+                    (status, json.dumps(ids)),
+                )
+                db.executemany(
+                    "INSERT INTO alert_triage (alert_id, at, by_name, from_status, to_status, note)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    [(e.alert_id, e.at, e.by, e.from_status, e.to_status, e.note) for e in entries],
+                )
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise StoreError(self.location, f"triage failed: {exc}") from exc
+            except BaseException:
+                self._rollback()
+                raise
+        return entries
 
     # ---------------------------------------------------------------- registry
 

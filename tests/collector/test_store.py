@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from collector.evidence import chain
@@ -18,7 +21,9 @@ from collector.store import (
     StoreError,
     StoreUnavailable,
     open_store,
+    triage,
 )
+from collector.store import sqlite as sqlite_store
 from collector.store.postgres import PostgresStore
 from collector.store.sqlite import SqliteStore
 from protos import exfilguard_pb2 as pb
@@ -242,3 +247,168 @@ def test_postgresql_url_opens_the_postgres_store(pg_url: str) -> None:
     assert isinstance(store, PostgresStore)
     assert store.location.startswith("postgresql://127.0.0.1:") and "exfilguard" in store.location
     store.close()
+
+
+# ------------------------------------------------------------------ alert triage
+
+
+def _alert(alert_id: str, second: int, **fields: object) -> dict[str, object]:
+    when = f"2026-01-01T00:00:{second:02d}.000000Z"
+    return {"id": alert_id, "@timestamp": when, "policy.id": "usb-copy", "severity": "high", **fields}
+
+
+def test_triage_sets_status_and_keeps_an_append_only_history(store: Store) -> None:
+    for n in range(3):
+        store.add_alert(_alert(f"al-{n}", n))
+    assert [a["status"] for a in store.alerts()] == ["open", "open", "open"]
+    entries = store.triage_alerts(["al-0", "al-1", "al-0"], "false_positive", by="alice", note="backup job")
+    assert [(e.alert_id, e.from_status, e.to_status, e.by) for e in entries] == [
+        ("al-0", "open", "false_positive", "alice"),
+        ("al-1", "open", "false_positive", "alice"),
+    ]
+    store.triage_alerts(["al-0"], "open", by="bob", note="same user again next day")
+    history = store.alert_history("al-0")
+    assert [(h.by, h.from_status, h.to_status, h.note) for h in history] == [
+        ("alice", "open", "false_positive", "backup job"),
+        ("bob", "false_positive", "open", "same user again next day"),
+    ]
+    assert history[0].at <= history[1].at and history[0].at.endswith("Z")
+    assert store.alert_history("al-2") == []
+    alert = store.alert("al-1")
+    assert alert is not None and (alert["status"], alert["policy.id"]) == ("false_positive", "usb-copy")
+    assert store.alert("nope") is None
+    # Storing an alert again (same id) replaces its body but keeps its triage.
+    store.add_alert(_alert("al-1", 1, count=3))
+    again = store.alert("al-1")
+    assert again is not None and (again["status"], again["count"]) == ("false_positive", 3)
+    assert len(store.alert_history("al-1")) == 1
+
+
+def test_triage_of_an_unknown_alert_changes_nothing(store: Store) -> None:
+    store.add_alert(_alert("al-1", 1))
+    with pytest.raises(triage.AlertNotFound) as err:
+        store.triage_alerts(["nope-1", "al-1", "nope-2"], "closed", by="alice", note="done")
+    assert err.value.alert_ids == ("nope-1", "nope-2")
+    alert = store.alert("al-1")
+    assert alert is not None and alert["status"] == "open"
+    assert store.alert_history("al-1") == []
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (["al-1"], "ignored", "alice", "why", "status"),
+        (["al-1"], "closed", "alice", "   ", "note"),
+        (["al-1"], "closed", "alice", "x" * (triage.MAX_NOTE_CHARS + 1), "note"),
+        (["al-1"], "closed", "alice", "ok \x1b[2J", "note"),
+        (["al-1"], "closed", "", "why", "by"),
+        (["al-1"], "closed", "a" * (triage.MAX_BY_CHARS + 1), "why", "by"),
+        ([], "closed", "alice", "why", "ids"),
+        ([f"al-{n}" for n in range(triage.MAX_IDS + 1)], "closed", "alice", "why", "ids"),
+        (["x" * (triage.MAX_ID_CHARS + 1)], "closed", "alice", "why", "ids"),
+    ],
+)
+def test_triage_inputs_are_limited(store: Store, case: tuple[list[str], str, str, str, str]) -> None:
+    ids, status, by, note, field = case
+    store.add_alert(_alert("al-1", 1))
+    with pytest.raises(triage.InvalidTriage) as err:
+        store.triage_alerts(ids, status, by=by, note=note)
+    assert err.value.field == field
+    assert store.alert_history("al-1") == []
+
+
+def test_alerts_filter_by_status_severity_and_policy(store: Store) -> None:
+    store.add_alert(_alert("al-1", 1, severity="critical"))
+    store.add_alert(_alert("al-2", 2, severity="low", **{"policy.id": "usb-unknown-device"}))
+    store.add_alert(_alert("al-3", 3, severity="critical", **{"policy.id": "usb-unknown-device"}))
+    store.triage_alerts(["al-3"], "resolved", by="alice", note="stick confiscated")
+
+    def ids(
+        statuses: list[str] | None = None,
+        severities: list[str] | None = None,
+        policies: list[str] | None = None,
+    ) -> list[str]:
+        return [a["id"] for a in store.alerts(statuses=statuses, severities=severities, policies=policies)]
+
+    assert ids(statuses=["open"]) == ["al-1", "al-2"]
+    assert ids(statuses=["resolved", "closed"]) == ["al-3"]
+    assert ids(severities=["critical"]) == ["al-1", "al-3"]
+    assert ids(policies=["usb-unknown-device"], statuses=["open"]) == ["al-2"]
+    assert ids(policies=["nothing"]) == []
+    assert [a["id"] for a in store.alerts(limit=1, statuses=["open"])] == ["al-2"]
+    with pytest.raises(triage.InvalidTriage):
+        store.alerts(statuses=["ignored"])
+
+
+def test_event_filter_by_event_ids(store: Store) -> None:
+    events = make_events("a", 1, 5) + make_events("b", 1, 3)
+    store.ingest("a", events[:5])
+    store.ingest("b", events[5:])
+    wanted = (events[1].event.id, events[6].event.id, "never-stored")
+    assert [(m["agent.id"], m["event.sequence"]) for m in store.events(EventFilter(event_ids=wanted))] == [
+        ("a", 2),
+        ("b", 2),
+    ]
+    only_b = EventFilter(agent="b", event_ids=wanted)
+    assert [m["event.sequence"] for m in store.events(only_b)] == [2]
+    assert list(store.events(EventFilter(event_ids=()))) == []
+
+
+def test_readonly_store_reads_triage_but_cannot_triage(factory: Factory) -> None:
+    writer = factory()
+    writer.add_alert(_alert("al-1", 1))
+    writer.triage_alerts(["al-1"], "closed", by="alice", note="duplicate of al-0")
+    reader = factory(readonly=True)
+    assert [a["status"] for a in reader.alerts(statuses=["closed"])] == ["closed"]
+    assert [h.note for h in reader.alert_history("al-1")] == ["duplicate of al-0"]
+    with pytest.raises(StoreError):
+        reader.triage_alerts(["al-1"], "open", by="alice", note="no")
+    reader.close()
+    writer.close()
+
+
+def _raw_execute(store: Store, sql: str) -> None:
+    """Run SQL behind the store's back, as a DBA could."""
+    if isinstance(store, SqliteStore):
+        with contextlib.closing(sqlite3.connect(store.location)) as db, db:
+            db.execute(sql)
+    else:
+        assert isinstance(store, PostgresStore)
+        with psycopg.connect(store._url, autocommit=True) as conn:
+            conn.execute(sql.encode())
+
+
+def test_triage_history_refuses_updates_and_deletes(store: Store) -> None:
+    store.add_alert(_alert("al-1", 1))
+    store.triage_alerts(["al-1"], "closed", by="alice", note="done")
+    for sql in ("UPDATE alert_triage SET note = 'nothing to see'", "DELETE FROM alert_triage"):
+        with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match="append-only"):
+            _raw_execute(store, sql)
+    assert [h.note for h in store.alert_history("al-1")] == ["done"]
+
+
+def test_a_version_1_store_is_upgraded_keeping_statuses_its_alert_bodies_carried(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        for statement in sqlite_store._SCHEMA.split(";"):
+            db.execute(statement)
+        for n, status in enumerate(("closed", "resolved", "later", None)):
+            body = _alert(f"al-{n}", n) | ({"status": status} if status else {})
+            db.execute(
+                "INSERT INTO alerts (id, ts, policy_id, severity, body) VALUES (?, ?, ?, ?, ?)",
+                (body["id"], body["@timestamp"], "usb-copy", "high", json.dumps(body)),
+            )
+        db.execute("PRAGMA user_version = 1")
+    expected = ["closed", "resolved", "open", "open"]
+    reader = SqliteStore(path, readonly=True)  # not upgraded yet: read as retention read the bodies
+    assert [a["status"] for a in reader.alerts()] == expected
+    assert [a["id"] for a in reader.alerts(statuses=["open"])] == ["al-2", "al-3"]
+    assert reader.alert_history("al-0") == []
+    reader.close()
+    upgraded = SqliteStore(path)
+    assert [a["status"] for a in upgraded.alerts()] == expected
+    upgraded.triage_alerts(["al-0"], "open", by="alice", note="reopened after upgrade")
+    assert upgraded.alert_history("al-0")[0].from_status == "closed"
+    upgraded.close()
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION
