@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
         help="only alerts of this policy (repeatable)",
     )
     parser.set_defaults(run=run)
-    sub = parser.add_subparsers(dest="alerts_command", metavar="{show,close,reopen}")
+    sub = parser.add_subparsers(dest="alerts_command", metavar="[show|close|reopen]", title="sub-commands")
 
     show = sub.add_parser("show", help="one alert, its triage history and its evidence events")
     show.add_argument("id", metavar="ID", help="the alert's id")

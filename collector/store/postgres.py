@@ -117,7 +117,7 @@ _TRIAGE_SCHEMA = (
     "CREATE INDEX IF NOT EXISTS alert_triage_alert ON alert_triage (alert_id, seq)",
     "CREATE OR REPLACE FUNCTION exfilguard_append_only() RETURNS trigger LANGUAGE plpgsql AS"
     " $$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$",
-    "CREATE OR REPLACE TRIGGER alert_triage_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON alert_triage"
+    "CREATE TRIGGER alert_triage_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON alert_triage"
     " FOR EACH STATEMENT EXECUTE FUNCTION exfilguard_append_only()",
 )
 _SELECT_ALERTS = "SELECT body, status FROM alerts"

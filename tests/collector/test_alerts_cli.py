@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.cli import alerts as alerts_cmd
 from collector.store import Store, open_store, triage
 from protos import exfilguard_pb2 as pb
 from tests.helpers import make_event, run_cli
@@ -165,3 +166,17 @@ def test_prune_keeps_evidence_of_open_alerts_and_releases_it_when_closed(
     assert remaining() == [7, 8, 9, 10]  # al-device, still open, holds sequence 7
     shown = json.loads(_ok("alerts", "show", "al-copy", "--json", *c))
     assert shown["evidence"] == [] and shown["evidence_missing"] == [ids[3], ids[4], "pruned-long-ago"]
+
+
+def test_evidence_of_several_agents_is_found_and_ordered(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "collector.db"))
+    store.ingest("ws-1", [make_event("ws-1", s) for s in (1, 2, 3)])
+    store.ingest("ws-2", [make_event("ws-2", s) for s in (1, 2)])
+    by_agent = {(m["agent.id"], m["event.sequence"]): m["event.id"] for m in store.events()}
+    cited = [by_agent["ws-2", 2], by_agent["ws-1", 3], "gone", by_agent["ws-1", 1]]
+    alert = {"id": "al-1", "agent.id": "ws-1", "evidence": cited}
+    events, missing = alerts_cmd.evidence_events(store, alert)
+    assert [(e["agent.id"], e["event.sequence"]) for e in events] == [("ws-1", 1), ("ws-1", 3), ("ws-2", 2)]
+    assert missing == ["gone"]
+    assert alerts_cmd.evidence_events(store, {"id": "al-2", "evidence": "not a list"}) == ([], [])
+    store.close()

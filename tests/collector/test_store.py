@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from collector.evidence import chain
+from collector.evidence.ledger import open_ledger
 from collector.store import (
     AgentUpdate,
     EventFilter,
@@ -412,3 +413,47 @@ def test_a_version_1_store_is_upgraded_keeping_statuses_its_alert_bodies_carried
     upgraded.close()
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION
+
+
+def _downgrade_to_version_1(store: Store) -> str:
+    """Undo the triage schema behind the store's back (a store written before triage existed)."""
+    statements = [
+        "DROP INDEX alerts_status",
+        "ALTER TABLE alerts DROP COLUMN status",
+        "DROP TABLE alert_triage",
+    ]
+    if isinstance(store, SqliteStore):
+        for sql in [*statements, "PRAGMA user_version = 1"]:
+            _raw_execute(store, sql)
+        return store.location
+    assert isinstance(store, PostgresStore)
+    for sql in [*statements, "DELETE FROM exfilguard_schema", "INSERT INTO exfilguard_schema VALUES (1)"]:
+        _raw_execute(store, sql)
+    return store._url
+
+
+def test_an_old_store_keeps_the_statuses_its_bodies_carried_for_reading_retention_and_upgrade(
+    factory: Factory,
+) -> None:
+    store = factory()
+    store.ingest("a", make_events("a", 1, 5))
+    ids = [m["event.id"] for m in store.events()]
+    for n, status in enumerate(("resolved", "later", None)):
+        store.add_alert(_alert(f"al-{n}", n, evidence=[ids[n + 1]]) | ({"status": status} if status else {}))
+    location = _downgrade_to_version_1(store)
+    store.close()
+    expected = ["resolved", "open", "open"]
+    reader = factory(readonly=True)  # not upgraded yet: statuses as retention read the bodies
+    assert [a["status"] for a in reader.alerts()] == expected
+    assert [a["id"] for a in reader.alerts(statuses=["open"])] == ["al-1", "al-2"]
+    assert reader.alert_history("al-0") == []
+    reader.close()
+    with open_ledger(location) as ledger:
+        assert ledger.protected() == {"a": 3}  # al-0 (resolved) cites sequence 2, al-1 sequence 3
+    upgraded = factory()
+    assert [a["status"] for a in upgraded.alerts()] == expected
+    upgraded.triage_alerts(["al-1"], "false_positive", by="alice", note="after the upgrade")
+    assert upgraded.alert_history("al-1")[0].from_status == "open"
+    with open_ledger(location) as ledger:
+        assert ledger.protected() == {"a": 4}
+    upgraded.close()
