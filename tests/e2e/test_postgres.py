@@ -48,8 +48,14 @@ def test_postgresql_store_exactly_once_through_kill9_then_export_and_verify(
     collector = pipeline.start_collector()
     assert collector.proc is not None
     # The sealer gets the URL in its environment: no password on any command line (ps).
-    sealers = [p for p in psutil.Process(collector.proc.pid).children() if "collector.sealer" in p.cmdline()]
-    assert sealers and all(pg_cluster.password not in " ".join(p.cmdline()) for p in sealers)
+    parent = psutil.Process(collector.proc.pid)
+
+    def sealers() -> list[str]:
+        lines = [" ".join(p.cmdline()) for p in parent.children()]
+        return [line for line in lines if "collector.sealer" in line]
+
+    wait_for(lambda: bool(sealers()), 30, "the sealer process", pipeline.diagnose)
+    assert all(pg_cluster.password not in line for line in sealers())
     pipeline.start_agent(test_events=produced)
     wait_for(lambda: 0 < pipeline.delivered_count() < produced, 60, "the stream to be under way",
              pipeline.diagnose)  # fmt: skip
