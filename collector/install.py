@@ -40,6 +40,9 @@ DEFAULT_PREFIX = "/opt/exfilguard"
 SERVICE_USER = "exfilguard"
 _UNIT_PREFIX = "/opt/exfilguard"  # what the shipped units say; rewritten for another --prefix
 _PIP_TIMEOUT_SECONDS = 900
+# ProtectHome= hides these from the services (the collector's entirely): a venv built on an
+# interpreter under them (pyenv in /root, say) fails to start with status 203/EXEC.
+_HIDDEN_FROM_SERVICES = ("/root", "/home", "/run/user")
 
 COLLECTOR_CONFIG = """\
 # /etc/exfilguard/collector.yaml — written by `exfilguard setup collector`, never overwritten.
@@ -89,6 +92,7 @@ class Installation:
     root: Path = Path("/")
     prefix: str = DEFAULT_PREFIX
     pip_options: Sequence[str] = ()
+    python: str | None = None  # the interpreter to build the venv on; default: see service_python()
     actions: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -144,10 +148,15 @@ class Installation:
 
     def _venv(self) -> None:
         python = self.venv / "bin" / "python"
+        home = _venv_home(self.venv)
+        if home is not None and hidden_from_services(home):
+            shutil.rmtree(self.venv)
+            self.actions.append(f"removed {self.venv}: it was built on {home}, which the services cannot see")
         if not python.exists():
+            base = service_python(self.python)
             self.venv.parent.mkdir(parents=True, exist_ok=True)
-            self._run("venv", [sys.executable, "-m", "venv", str(self.venv)])
-            self.actions.append(f"created {self.venv}")
+            self._run("venv", [base, "-m", "venv", str(self.venv)])
+            self.actions.append(f"created {self.venv} on {base}")
         # Re-running setup after updating the source tree is how admins upgrade: re-install
         # whenever the tree's code differs from what the venv got last time.
         stamp = self.venv / ".exfilguard-source"
@@ -333,6 +342,62 @@ class Installation:
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
             raise InstallError(step, f"{' '.join(argv[:4])} failed (exit {done.returncode}):\n{tail}")
+
+
+def hidden_from_services(path: str | os.PathLike[str]) -> bool:
+    """True when the units' ProtectHome= hides `path` (after resolving symlinks)."""
+    real = os.path.realpath(path)
+    return any(real == d or real.startswith(d + "/") for d in _HIDDEN_FROM_SERVICES)
+
+
+def service_python(requested: str | None = None) -> str:
+    """The interpreter to build the venv on: this one, unless the services could not run it.
+
+    Run from a pyenv or a checkout under /root or /home, the base interpreter lives where
+    ProtectHome= hides it; then the system's python3 of the same version (or any >= 3.11)
+    is used instead.
+    """
+    if requested:
+        if hidden_from_services(requested):
+            raise InstallError("python", f"{requested} is under {', '.join(_HIDDEN_FROM_SERVICES)}, "
+                               "which ProtectHome= hides from the services")
+        if not _python_ok(requested):
+            raise InstallError("python", f"{requested} is not a Python >= 3.11 with the venv module")
+        return requested
+    major_minor = f"{sys.version_info.major}.{sys.version_info.minor}"
+    base = str(Path(sys.base_prefix) / "bin" / f"python{major_minor}")
+    if not hidden_from_services(sys.base_prefix) and os.access(base, os.X_OK):
+        return base
+    for candidate in (f"/usr/bin/python{major_minor}", "/usr/local/bin/python3", "/usr/bin/python3"):
+        if os.access(candidate, os.X_OK) and not hidden_from_services(candidate) and _python_ok(candidate):
+            return candidate
+    raise InstallError(
+        "python",
+        f"this Python ({sys.base_prefix}) is hidden from the services by ProtectHome=, and no system "
+        "python3 >= 3.11 with the venv module was found; install python3-venv or pass --python PATH",
+    )
+
+
+def _python_ok(python: str) -> bool:
+    check = "import sys, venv, ensurepip; sys.exit(sys.version_info < (3, 11))"
+    try:
+        done = subprocess.run([python, "-c", check], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _venv_home(venv: Path) -> str | None:
+    """The base interpreter's directory recorded in an existing venv's pyvenv.cfg."""
+    try:
+        lines = (venv / "pyvenv.cfg").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "home":
+            return value.strip()
+    return None
 
 
 def systemd_running() -> bool:

@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--source", default=None, help="the ExfilGuard source tree to install (default: this one)")
     p.add_argument("--pip-option", action="append", default=[], metavar="OPT",
                    help="passed to pip install (repeatable), e.g. --pip-option=--index-url=URL")
+    p.add_argument("--python", default=None, metavar="PATH",
+                   help="build the venv on this interpreter (default: this one, or the system's "
+                        "python3 when this one is under /root or /home, which the units hide)")
     p.add_argument("--enable", action="store_true", help="also `systemctl enable --now` the service")
     p.add_argument("--uninstall", action="store_true",
                    help="remove the unit and the venv; keep config and state")
@@ -54,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
             root=root,
             prefix=args.prefix,
             pip_options=args.pip_option,
+            python=args.python,
         )
         actions = installation.uninstall(args.purge) if args.uninstall else installation.install(args.enable)
     except install.InstallError as exc:
