@@ -634,21 +634,30 @@ class SqliteStore(Store):
     def alert(self, alert_id: str) -> Mapping | None:
         """One alert with its current status, or None."""
         sql = self._select_alerts() + " WHERE id = ?"
-        with self._lock:
-            row = self._db.execute(sql, (alert_id,)).fetchone()
+        row = self._read_one(sql, (alert_id,), "reading an alert")
         return None if row is None else triage.with_status(json.loads(row[0]), str(row[1]))
 
     def alert_history(self, alert_id: str) -> list[triage.TriageEntry]:
         """The alert's triage history, oldest first."""
         if self._version < 2:
             return []
+        sql = (
+            "SELECT alert_id, at, by_name, from_status, to_status, note FROM alert_triage"
+            " WHERE alert_id = ? ORDER BY seq"
+        )
         with self._lock:
-            rows = self._db.execute(
-                "SELECT alert_id, at, by_name, from_status, to_status, note FROM alert_triage"
-                " WHERE alert_id = ? ORDER BY seq",
-                (alert_id,),
-            ).fetchall()
+            try:
+                rows = self._db.execute(sql, (alert_id,)).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(self.location, f"reading triage history failed: {exc}") from exc
         return [triage.TriageEntry(*(str(v) for v in r)) for r in rows]
+
+    def _read_one(self, sql: str, params: Sequence[Any], what: str) -> Any:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchone()
+            except sqlite3.Error as exc:
+                raise StoreError(self.location, f"{what} failed: {exc}") from exc
 
     def triage_alerts(
         self, alert_ids: Sequence[str], status: str, *, by: str, note: str
