@@ -2,6 +2,10 @@
 
 A set with any error is refused, every problem is logged with its location, and the previous
 set keeps running. Window state of policies whose shape did not change survives the swap.
+
+A change is loaded only once the files look the same on two checks in a row: an editor or a
+deployment tool that writes a file in several steps would otherwise be caught half-way, and a
+half-written file can be valid YAML holding fewer policies (an empty file holds none).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class PolicyReloader:
         self.paths = list(paths)
         self.engine = engine
         self.snapshot = self.scan()
+        self._settling: Snapshot | None = None  # a change seen once, loaded if it holds
         self.reloads = 0
         self.failures = 0
         self.last_problems: list[Problem] = []
@@ -46,8 +51,12 @@ class PolicyReloader:
         """Reload if any file was added, removed or changed: True loaded, False refused, None unchanged."""
         snapshot = self.scan()
         if snapshot == self.snapshot:
+            self._settling = None
             return None
-        self.snapshot = snapshot
+        if snapshot != self._settling:
+            self._settling = snapshot  # still being written? look again at the next check
+            return None
+        self.snapshot, self._settling = snapshot, None
         return self.reload()
 
     def reload(self) -> bool:
@@ -67,6 +76,8 @@ class PolicyReloader:
             log.error("policy set unchanged: still running %s", self.engine.set_hash[:12])
             return False
         old = self.engine.set_hash
+        if not policy_set.policies and self.engine.policy_set.policies:
+            log.warning("policy reload leaves no policies: nothing will be detected until some are added")
         self.engine.load(policy_set)
         self.reloads += 1
         self.last_problems = []

@@ -114,15 +114,34 @@ def test_hot_reload_with_a_broken_file_keeps_the_old_set(tmp_path: Path) -> None
 
     (where / "bulk.yaml").write_text(BROKEN)
     os.utime(where / "bulk.yaml", ns=(time.time_ns(), time.time_ns() + 10**9))
-    assert reloader.check() is False
+    assert reloader.check() is None  # seen once: maybe still being written
+    assert reloader.check() is False  # the same on the next check: loaded, and refused
     assert [(p.code, p.line) for p in reloader.last_problems if p.severity == "error"] == [("EG107", 7)]
     assert engine.set_hash == old
     assert fired(engine, event("file.copy")) == ["bulk"]  # the old set, windows and all, still runs
 
     (where / "bulk.yaml").write_text(OTHER)
     os.utime(where / "bulk.yaml", ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    assert reloader.check() is None
     assert reloader.check() is True
     assert engine.set_hash != old
+    assert fired(engine, event("file.copy"), event("file.copy"), event("file.copy")) == ["bulk-renamed"]
+
+
+def test_a_file_still_being_written_is_not_loaded_until_it_holds_still(tmp_path: Path) -> None:
+    where = pack(tmp_path)
+    engine = PolicyEngine(loader.load([where]), suppression_seconds=0)
+    reloader = PolicyReloader([where], engine)
+    old = engine.set_hash
+    # A deployment tool truncates the file, then writes it: the empty file is a valid set of none.
+    (where / "bulk.yaml").write_text("")
+    os.utime(where / "bulk.yaml", ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert reloader.check() is None
+    (where / "bulk.yaml").write_text(OTHER)
+    os.utime(where / "bulk.yaml", ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    assert reloader.check() is None  # changed again since the last look: still settling
+    assert engine.set_hash == old
+    assert reloader.check() is True
     assert fired(engine, event("file.copy"), event("file.copy"), event("file.copy")) == ["bulk-renamed"]
 
 
