@@ -1,11 +1,12 @@
-"""The storage interface every collector store implements (SQLite today, PostgreSQL later).
+"""The storage interface every collector store implements (SQLite and PostgreSQL).
 
 All methods are synchronous; the server calls them from one writer thread, off the
 event loop. Times are ECS strings (UTC, microseconds, trailing Z), which sort as text.
 
 Errors:
     StoreError           root of everything a store raises; carries the store location
-    StoreUnavailable     the store cannot be opened (missing file, permissions, bad URL)
+    StoreUnavailable     the store cannot be opened or reached (missing file, permissions, server
+                         down, authentication failed, no such database, connection lost)
     StoreCorrupt         the store exists but is not a usable ExfilGuard store (schema, integrity)
 """
 
