@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -32,7 +33,12 @@ def describe(url: str) -> str:
     try:
         params = conninfo_to_dict(url)
     except psycopg.Error:
-        return "postgresql://(unreadable URL)"  # the parser's message may quote the URL
+        # libpq refused it (an unknown parameter, say); urllib still finds host and database.
+        try:
+            parts = urlsplit(url)
+            params = {"host": parts.hostname, "port": parts.port, "dbname": unquote(parts.path.lstrip("/"))}
+        except ValueError:
+            return "postgresql://(unreadable URL)"
     host = str(params.get("host") or "localhost")
     if host.startswith("/"):
         host = f"[{host}]"  # a unix socket directory

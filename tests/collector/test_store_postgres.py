@@ -126,3 +126,20 @@ def test_a_restarted_server_is_reconnected_to(pg_cluster: PgCluster) -> None:
         store.ingest("a", make_events("a", 4, 6))  # this batch is not acknowledged; the agent resends
     assert store.ingest("a", make_events("a", 4, 6)) == 6
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "location"),
+    [
+        (
+            "postgresql://u:S3cret-pw@db.invalid:5433/exfil?sslmod=require",
+            "postgresql://db.invalid:5433/exfil",
+        ),
+        ("postgres://u:S3cret-pw@[::1/exfil", "postgresql://(unreadable URL)"),  # libpq quotes it back
+    ],
+)
+def test_a_url_libpq_refuses_is_named_without_its_password(url: str, location: str) -> None:
+    with pytest.raises(StoreUnavailable) as err:
+        open_store(url)
+    assert err.value.location == location
+    assert "S3cret-pw" not in str(err.value)
