@@ -65,8 +65,11 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
         exact=exact is not None,
         on_new_dir=exact.mark_dir if exact is not None else None,
         on_rescan=exact.mark_tagged if exact is not None else None,
+        on_new_root=exact.mark_root if exact is not None else None,
+        recheck_seconds=settings.inventory_seconds,
     )
-    mounts = MountTable(media, emit, settings.mount_poll_seconds)
+    # a mount or unmount may make a tagged path appear or go (a share mounted after start)
+    mounts = MountTable(media, emit, settings.mount_poll_seconds, on_change=files.recheck_soon)
 
     def attached(_device: pb.Device) -> None:
         mounts.recheck()  # a mount seen before udev described its device

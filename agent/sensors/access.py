@@ -137,6 +137,10 @@ class ExactAccessSensor:
         for root in self.tags.top_roots():
             self.marks += self.fanotify.mark_tree(root)
 
+    def mark_root(self, root: str) -> None:
+        """Mark a tagged tree that appeared after start (or came back)."""
+        self.marks += self.fanotify.mark_tree(root)
+
     def mark_dir(self, path: str) -> None:
         """Mark a new directory inside a tagged tree."""
         self.fanotify.mark_dir(path)

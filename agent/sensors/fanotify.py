@@ -207,7 +207,7 @@ class FanotifySensor:
     # ----------------------------------------------------------------- marks
 
     def mark_tree(self, root: str) -> int:
-        """Mark a tagged directory and every directory below it; returns marks added."""
+        """Mark a tagged directory and every directory below it; returns marks placed."""
         added = 0
         if os.path.isfile(root):
             return int(self._mark(root, TAGGED_MASK & ~FAN_EVENT_ON_CHILD, "inode"))
@@ -238,6 +238,17 @@ class FanotifySensor:
         self._mark(path, SYSTEM_MASK, "filesystem")
 
     def _mark(self, path: str, mask: int, kind: str, remove: bool = False) -> bool:
+        if kind == "inode" and not remove:
+            # Not remembered: an inode mark goes with its inode, and a directory deleted and made
+            # again under the same path (a tagged root restored) needs a new one. Adding a mark
+            # twice only ORs the mask, so a repeat is harmless.
+            try:
+                self._group.mark(path, mask, kind=kind)
+            except FanotifyUnavailable as exc:
+                if exc.errno in (errno_mod.ENOENT, errno_mod.ENOTDIR):
+                    return False  # removed meanwhile
+                raise
+            return True
         key = (kind, path)
         with self._lock:
             if remove:

@@ -5,20 +5,26 @@ and modifications come from here only when fanotify is not in use (then attribut
 best effort); with fanotify they come from FanotifySensor, exactly attributed.
 
 watchdog rebuilds its watches after an inotify queue overflow but tells nobody; the
-emitter below reports it, and the sensor answers with an `agent.gap` and a rescan.
+emitter in `inotify.py` reports it, and the sensor answers with an `agent.gap` and a rescan.
+
+Tagged roots come and go: a path that does not exist at start (a database restored later,
+a new user's `/home/*/projects/secret`, a share mounted later) is waited for through
+PendingRoots (anchor watches), mount changes and a slow periodic re-check; when it appears
+it is watched, marked (fanotify), indexed and counted, and when a watched root is deleted
+or unmounted the sensor waits for it again. Each transition is logged.
 """
 
 # ruff: noqa: PTH112, PTH116, PTH119, PTH120
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -31,16 +37,15 @@ from watchdog.events import (
     FileMovedEvent,
     FileOpenedEvent,
     FileSystemEvent,
-    FileSystemEventHandler,
 )
-from watchdog.observers.api import BaseObserver, ObservedWatch
-from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
-from watchdog.observers.inotify_c import InotifyFD
+from watchdog.observers.api import ObservedWatch
 
 from agent.sensors import Emit, procinfo
 from agent.sensors.copies import CopyDetector
 from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.inotify import Dispatch, Observer
 from agent.sensors.media import RemovableMedia, RemovableMount
+from agent.sensors.pending import PendingRoots
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from agent.sensors.tags import TagMap
 from protos import exfilguard_pb2 as pb
@@ -55,66 +60,13 @@ _ACCESS = [FileOpenedEvent, FileClosedEvent, FileClosedNoWriteEvent]
 _REMOVABLE = [FileClosedEvent, FileMovedEvent, DirMovedEvent]
 
 
-@dataclass
-class _OverflowWatchGroup(InotifyWatchGroup):
-    """watchdog's watch group, plus a call-out when the kernel queue overflowed."""
+@dataclass(frozen=True, slots=True)
+class _TreeWatch:
+    """A recursive watch on a tagged tree, and which directory (device, inode) it was put on."""
 
-    on_overflow: Callable[[], None] | None = None
-
-    def _add_callback(self, path: bytes) -> None:
-        # `mkdir -p a/b`: the walk after a/ was created already watches a/b; its own IN_CREATE
-        # then tried again and watchdog warned (an exception where warnings are errors).
-        if path in self._active_callbacks_by_path:
-            return
-        super()._add_callback(path)
-
-    def on_queue_overflow(self) -> None:
-        super().on_queue_overflow()
-        if self.on_overflow is not None:
-            self.on_overflow()
-
-
-class _OverflowEmitter(InotifyEmitter):
-    """An InotifyEmitter whose watch group reports queue overflows."""
-
-    def __init__(self, *args: Any, on_overflow: Callable[[], None], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._on_overflow = on_overflow
-
-    def on_thread_start(self) -> None:
-        self._inotify = _OverflowWatchGroup(
-            self._inotify_fd,
-            os.fsencode(self.watch.path),
-            is_recursive=self.watch.is_recursive,
-            event_mask=self.get_event_mask_from_filter(),
-            follow_symlink=self.watch.follow_symlink,
-            on_overflow=self._on_overflow,
-        )
-
-
-class _Observer(BaseObserver):
-    """One inotify instance for all our watches, with overflow reporting."""
-
-    def __init__(self, on_overflow: Callable[[], None]) -> None:
-        self._fd = InotifyFD()
-        self._fd.start()
-        super().__init__(_OverflowEmitter, timeout=1.0, inotify_fd=self._fd, on_overflow=on_overflow)
-
-    def on_thread_stop(self) -> None:
-        super().on_thread_stop()
-        self._fd.stop()
-        self._fd.join()
-
-
-class _Dispatch(FileSystemEventHandler):
-    def __init__(self, handle: Callable[[FileSystemEvent], None]) -> None:
-        self._handle = handle
-
-    def dispatch(self, event: FileSystemEvent) -> None:
-        try:
-            self._handle(event)
-        except Exception:  # one bad event must not stop the observer thread
-            log.exception("file event handling failed")
+    watch: ObservedWatch
+    identity: tuple[int, int]
+    handler: Dispatch
 
 
 class FileSensor:
@@ -134,6 +86,8 @@ class FileSensor:
         exact: bool,
         on_new_dir: Callable[[str], None] | None = None,
         on_rescan: Callable[[], None] | None = None,
+        on_new_root: Callable[[str], None] | None = None,
+        recheck_seconds: float = 300.0,
     ) -> None:
         self.tags = tags
         self.index = index
@@ -144,11 +98,16 @@ class FileSensor:
         self._exact = exact  # fanotify reports accesses; we report structure only
         self._on_new_dir = on_new_dir
         self._on_rescan = on_rescan
-        self._observer: _Observer | None = None
-        self._tree_watches: dict[str, ObservedWatch] = {}
+        self._on_new_root = on_new_root
+        self._recheck_seconds = recheck_seconds
+        self._observer: Observer | None = None
+        self._pending: PendingRoots | None = None
+        self._tree_watches: dict[str, _TreeWatch] = {}  # watched directory -> its watch
+        self._known: frozenset[str] = frozenset()  # tagged roots watched, marked and indexed
         self._mount_watches: dict[str, ObservedWatch] = {}
         self._lock = threading.Lock()
         self._overflow_at = 0.0
+        self._full_rescan = False
         self._rescan_wanted = threading.Event()
         self._stopping = threading.Event()
         self._rescanner: threading.Thread | None = None
@@ -158,11 +117,15 @@ class FileSensor:
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Index the tagged trees, then watch them."""
+        """Index the tagged trees, then watch them, and wait for the tagged paths still missing."""
         self.index.rebuild()
-        self._observer = _Observer(self._overflowed)
+        self._known = frozenset(self.tags.roots())
+        for pattern in self.tags.missing():
+            log.warning("tagged path %s does not exist yet; it will be watched when it appears", pattern)
+        self._observer = Observer(self._overflowed, self.recheck_soon)
         self._observer.start()
-        self._watch_roots()
+        self._pending = PendingRoots(self._observer.inotify, self.recheck_soon)
+        self._reconcile()
         if not self._exact:
             self.media.subscribe(self._mount_changed)
         self._rescanner = threading.Thread(target=self._rescan_loop, name="exfilguard-rescan", daemon=True)
@@ -180,18 +143,78 @@ class FileSensor:
             self._observer.join(timeout=10)
             self._observer = None
 
-    def _watch_roots(self) -> None:
-        assert self._observer is not None
+    # ------------------------------------------------------- tagged roots
+
+    def recheck_soon(self) -> None:
+        """Something may have made or removed a tagged root (an anchor event, a mount change)."""
+        self._rescan_wanted.set()
+
+    def recheck(self) -> None:
+        """Re-expand the tag map and watch, mark and index what appeared; forget what went."""
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        observer, pending = self._observer, self._pending
+        if observer is None or pending is None:
+            return
+        for _ in range(8):  # bounded: again only while new anchors were placed (mkdir -p racing us)
+            dead = [path for path, tree in self._tree_watches.items()
+                    if not observer.is_watching(tree.watch) or _identity(path) != tree.identity]
+            for path in dead:  # before the tag map forgets them: their deletes keep their tags
+                tree = self._tree_watches[path]
+                observer.drain(tree.watch, tree.handler.drained)
+            roots = self.tags.refresh()
+            self._sync_watches(observer, _watch_paths(self.tags.top_roots()), roots, dead)
+            self._sync_roots(roots)
+            if not pending.update(self.tags.anchors()):
+                return
+
+    def _sync_watches(self, observer: Observer, wanted: list[str],
+                      roots: dict[str, tuple[str, ...]], dead: list[str]) -> None:
         event_filter = _STRUCTURE if self._exact else _STRUCTURE + _ACCESS
-        for root in self.tags.top_roots():
+        # a watch that died (its directory deleted, unmounted or replaced): its roots come back
+        # as new ones, to be marked and indexed again
+        for path in dead:
+            self._unschedule(observer, path)
+            lost = sorted(r for r in self._known if _inside(r, path))
+            self._known = self._known.difference(lost)
+            for root in lost:
+                self.index.remove(root)
+                if root not in roots:
+                    log.warning("tagged path %s is gone; it will be watched again when it appears", root)
+        for path in wanted:
+            if path in self._tree_watches:
+                continue
+            identity = _identity(path)
+            if identity is None:
+                continue
+            handler = Dispatch(self._tagged_event)
+            try:
+                watch = observer.schedule(handler, path, recursive=True, event_filter=list(event_filter))
+            except OSError:
+                log.debug("cannot watch %s yet", path, exc_info=True)
+                continue  # gone again or unreadable: its anchor wakes us
             with self._lock:
-                if root in self._tree_watches:
-                    continue
-            watch_path = root if os.path.isdir(root) else os.path.dirname(root)
-            watch = self._observer.schedule(_Dispatch(self._tagged_event), watch_path, recursive=True,
-                                            event_filter=list(event_filter))
-            with self._lock:
-                self._tree_watches[root] = watch
+                self._tree_watches[path] = _TreeWatch(watch, identity, handler)
+        for path in [p for p in self._tree_watches if p not in wanted]:
+            self._unschedule(observer, path)  # inside a root that appeared around it
+
+    def _unschedule(self, observer: Observer, path: str) -> None:
+        with self._lock:
+            tree = self._tree_watches.pop(path)
+        with contextlib.suppress(KeyError):
+            observer.unschedule(tree.watch)
+
+    def _sync_roots(self, roots: dict[str, tuple[str, ...]]) -> None:
+        for root in sorted(self._known - set(roots)):
+            self.index.remove(root)
+            log.warning("tagged path %s is gone; it will be watched again when it appears", root)
+        for root in sorted(set(roots) - self._known):
+            if self._on_new_root is not None:
+                self._on_new_root(root)  # marks first: an open after the walk below is seen
+            files = self.index.add_tree(root)
+            log.info("tagged path %s appeared: watching %d files", root, files)
+        self._known = frozenset(roots)
 
     def _mount_changed(self, mount: RemovableMount, appeared: bool) -> None:
         observer = self._observer
@@ -199,7 +222,7 @@ class FileSensor:
             return
         with self._lock:
             if appeared and mount.point not in self._mount_watches:
-                handler = _Dispatch(self._removable_event)
+                handler = Dispatch(self._removable_event)
                 self._mount_watches[mount.point] = observer.schedule(
                     handler, mount.point, recursive=True, event_filter=list(_REMOVABLE))
                 if mount.seen_at:  # writes between the mount and its watch: found by a scan
@@ -225,23 +248,30 @@ class FileSensor:
             event.event.reason = "inotify queue overflowed: file events were lost; tagged trees rescanned"
             event.exfilguard.attribution = procinfo.NONE
             self._emit(event)
+        self._full_rescan = True
         self._rescan_wanted.set()
 
     def _rescan_loop(self) -> None:
+        # Wakes on lost events (a full rescan), on anchor and mount changes (a re-check of the
+        # tagged roots), and every `recheck_seconds` as a safety net (a stat per tagged path).
         while not self._stopping.is_set():
-            self._rescan_wanted.wait()
+            self._rescan_wanted.wait(self._recheck_seconds)
             if self._stopping.is_set():
                 return
             self._rescan_wanted.clear()
+            full, self._full_rescan = self._full_rescan, False
             try:
-                self.rescan()
+                if full:
+                    self.rescan()
+                else:
+                    self.recheck()
             except Exception:
-                log.exception("rescan after lost events failed")
+                log.exception("re-reading the tagged trees failed")
 
     def rescan(self) -> None:
         """Re-read the tagged trees after lost events: index, inventory, new roots, marks."""
         self.index.rebuild()
-        self._watch_roots()
+        self._reconcile()
         if self._on_rescan is not None:
             self._on_rescan()
 
@@ -250,6 +280,9 @@ class FileSensor:
     def _tagged_event(self, event: FileSystemEvent) -> None:
         src = os.fsdecode(event.src_path)
         dest = os.fsdecode(event.dest_path) if event.dest_path else ""
+        if event.is_directory and (src in self._known or dest in self._known) \
+                and isinstance(event, (DirDeletedEvent, DirMovedEvent)):
+            self.recheck_soon()  # a tagged root itself went (or was renamed)
         if isinstance(event, (FileMovedEvent, DirMovedEvent)):
             src_tags, dest_tags = self.tags.tags_for(src), self.tags.tags_for(dest)
             self.index.move(src, dest)
@@ -323,3 +356,25 @@ class FileSensor:
             return  # renamed already (rsync's temp file): the rename reports the final name
         self.copies.note_write(Written(path=path, size=size, pid=info.pid if info else 0, info=info,
                                        attribution=procinfo.INFERRED if info else procinfo.NONE))
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _inside(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip(os.sep) + os.sep)
+
+
+def _watch_paths(tops: list[str]) -> list[str]:
+    """Directories to watch recursively for these top roots (a tagged file: its directory),
+    none inside another, so no event is reported twice."""
+    out: list[str] = []
+    for path in sorted({root if os.path.isdir(root) else os.path.dirname(root) for root in tops}):
+        if not any(_inside(path, top) for top in out):
+            out.append(path)
+    return out

@@ -106,7 +106,8 @@ class FingerprintIndex:
             self._files = {}
             self._by_size = {}
             self._sample_maps = {}
-            self._totals = {tag: [0, 0] for tags in roots.values() for tag in tags}
+            # every configured tag, with 0 while its paths do not exist: the collector sees it
+            self._totals = {tag: [0, 0] for tag in self.tags.all_tags()}
             for path, entry in fresh.items():
                 self._insert(path, entry)
             self._samples = {p: v for p, v in self._samples.items() if p in self._files}
@@ -167,6 +168,15 @@ class FingerprintIndex:
         if stat.S_ISREG(st.st_mode):
             self._set(path, st.st_size, st.st_mtime_ns)
 
+    def add_tree(self, root: str) -> int:
+        """A tagged root appeared (or its tags changed): index every file below it; returns
+        how many files it holds."""
+        count = 0
+        for path, size, mtime in _walk(root):
+            self._set(path, size, mtime)
+            count += 1
+        return count
+
     def add_staged(self, path: str, tags: list[str]) -> None:
         """Match copies of this archive (built from tagged files) like copies of tagged files."""
         try:
@@ -189,7 +199,7 @@ class FingerprintIndex:
             return
         with self._lock:
             old = self._files.get(path)
-            if old is not None and old[0] == size and old[1] == mtime:
+            if old is not None and old[0] == size and old[1] == mtime and list(old[2]) == tags:
                 return
             self._delete(path)
             self._insert(path, (size, mtime, self._intern(tuple(tags))))

@@ -11,6 +11,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.sensors import Emit, procinfo
@@ -76,8 +77,9 @@ class MountTable:
     name = "mounts"
 
     def __init__(self, media: RemovableMedia, emit: Emit, poll_seconds: float = 2.0,
-                 path: str = MOUNTINFO) -> None:
+                 path: str = MOUNTINFO, on_change: Callable[[], None] | None = None) -> None:
         self.media = media
+        self._on_change = on_change  # any mount or unmount after start (a tagged path may come or go)
         self._emit = emit
         self._poll_ms = int(poll_seconds * 1000)
         self._path = path
@@ -113,7 +115,8 @@ class MountTable:
                 self._fd = -1
 
     def recheck(self, _device: pb.Device | None = None) -> None:
-        """Re-read the table and report changes (also called when a device attaches)."""
+        """Re-read the table and report changes (also called when a device attaches); tells
+        `on_change` of any change, removable or not."""
         with self._lock:
             if self._fd < 0:
                 return  # stopped (the device sensor may still call in while it stops)
@@ -121,6 +124,8 @@ class MountTable:
             if text is None:
                 return
             table = parse_mountinfo(text)
+            if self._started and table != self._table and self._on_change is not None:
+                self._on_change()
             self._table = table
             for mount_id in [m for m in self._tracked if m not in table]:
                 gone = self._tracked.pop(mount_id)

@@ -1,4 +1,4 @@
-"""A plain list-appending emit callback with bounded polling, for sensor tests."""
+"""A plain list-appending emit callback with bounded polling, and the sensors run with it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from agent.config import AgentConfig
+from agent.sensors import Sensor, build_sensors
 from protos import exfilguard_pb2 as pb
 from protos.events import to_mapping
 
@@ -25,17 +27,23 @@ class Recorder:
         with self._lock:
             self.events.append(mapping)
 
-    def matching(self, predicate: Callable[[Mapping], bool]) -> list[Mapping]:
-        """Events so far that satisfy `predicate`."""
+    def mark(self) -> int:
+        """A position in the events: `after=` it, only events recorded later count."""
         with self._lock:
-            return [e for e in self.events if predicate(e)]
+            return len(self.events)
+
+    def matching(self, predicate: Callable[[Mapping], bool], after: int = 0) -> list[Mapping]:
+        """Events so far (from position `after`) that satisfy `predicate`."""
+        with self._lock:
+            return [e for e in self.events[after:] if predicate(e)]
 
     def wait_for(self, predicate: Callable[[Mapping], bool], timeout: float = 15.0,
-                 count: int = 1) -> list[Mapping]:
-        """Wait until at least `count` events satisfy `predicate`; fail with what was seen."""
+                 count: int = 1, after: int = 0) -> list[Mapping]:
+        """Wait until at least `count` events (from position `after`) satisfy `predicate`;
+        fail with what was seen."""
         deadline = time.monotonic() + timeout
         while True:
-            found = self.matching(predicate)
+            found = self.matching(predicate, after)
             if len(found) >= count:
                 return found
             if time.monotonic() > deadline:
@@ -52,3 +60,24 @@ class Recorder:
             return event.get("event.action") == action and all(event.get(k) == v for k, v in wanted.items())
 
         return check
+
+
+class Running:
+    """Sensors (build_sensors) started with a Recorder; stopped in reverse order."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.events = Recorder()
+        self.sensors: list[Sensor] = build_sensors(config, self.events)
+
+    def sensor(self, name: str) -> Sensor:
+        """The running sensor called `name`."""
+        return next(s for s in self.sensors if s.name == name)
+
+    def __enter__(self) -> Running:
+        for sensor in self.sensors:
+            sensor.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sensor in reversed(self.sensors):
+            sensor.stop()

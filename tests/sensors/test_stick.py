@@ -20,8 +20,7 @@ import pytest
 
 from agent.config import AgentConfig, SensorSettings
 from agent.loopstick import LoopStick
-from agent.sensors import Sensor, build_sensors
-from tests.sensors.recorder import Mapping, Recorder
+from tests.sensors.recorder import Mapping, Running
 
 pytestmark = pytest.mark.root
 
@@ -36,23 +35,6 @@ def _tree(root: Path, files: int = 6) -> list[Path]:
         path.write_bytes(os.urandom(3000 + 1000 * i))  # distinct sizes and contents
         made.append(path)
     return made
-
-
-class Running:
-    """Sensors started with a Recorder; stopped in reverse order."""
-
-    def __init__(self, config: AgentConfig) -> None:
-        self.events = Recorder()
-        self.sensors: list[Sensor] = build_sensors(config, self.events)
-
-    def __enter__(self) -> Running:
-        for sensor in self.sensors:
-            sensor.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sensor in reversed(self.sensors):
-            sensor.stop()
 
 
 @pytest.fixture
