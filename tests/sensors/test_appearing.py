@@ -15,11 +15,12 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import pytest
 
 from agent.config import AgentConfig, SensorSettings
+from agent.loopstick import LoopStick
 from agent.sensors.files import FileSensor
 from tests.sensors.recorder import Mapping, Recorder, Running
 
@@ -214,3 +215,27 @@ def test_share_mounted_after_start_and_unmounted(tmp_path: Path) -> None:
         files = _fill(root, 1, "local")
         events.wait_for(_counted("database", 1))
         _read_exactly(events, files[0], TAGS)
+
+
+def test_copy_from_a_root_made_after_start_onto_a_stick(loop_stick: Any, tmp_path: Path) -> None:
+    """The new root's files are in the fingerprint index: a renamed copy onto a stick is a
+    file.copy naming its source, by content and by the copying process."""
+    root = tmp_path / "restored" / "db"
+    stick: LoopStick = loop_stick(label=f"EGN{os.getpid() % 100000}", serial=f"EGNEW{os.getpid()}")
+    with Running(_config({str(root): TAGS})) as run:
+        events = run.events
+        events.wait_for(_counted("database", 0))
+        files = _fill(root, 3)
+        events.wait_for(_counted("database", 3))
+        stick.plug()
+        point = str(stick.mount())
+        events.wait_for(events.action("device.mount", {"exfilguard.mount.point": point}))
+        dest = f"{point}/holiday.jpg"
+        cp = subprocess.Popen(["cp", str(files[2]), dest])
+        assert cp.wait(timeout=30) == 0
+        copy = events.wait_for(events.action("file.copy", {"file.path": dest}))[0]
+        assert copy["exfilguard.source.path"] == str(files[2])
+        assert copy["exfilguard.source.tags"] == TAGS
+        assert "fingerprint" in copy["exfilguard.copy.method"]
+        assert copy["process.pid"] == cp.pid
+        assert copy["device.serial"] == stick.serial
