@@ -11,7 +11,6 @@ the file sensor, which re-expands the tag map and watches, marks and indexes wha
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -55,9 +54,6 @@ class PendingRoots:
         self._dead: set[WatchDescriptor] = set()
         self._warned = False
 
-    def __len__(self) -> int:
-        return len(self._watched)
-
     def update(self, anchors: dict[str, tuple[str, ...]]) -> bool:
         """Watch exactly these anchors. True when a watch was added or an anchor vanished
         meanwhile: the caller looks again, for what appeared before the watch was in place."""
@@ -84,7 +80,7 @@ class PendingRoots:
                 if len(self._watched) >= MAX_ANCHORS:
                     self._warn(f"more than {MAX_ANCHORS} directories to watch for tagged paths; "
                                "the rest are re-checked periodically")
-                    break
+                    continue
                 try:
                     wd = self._inotify.add_callback(os.fsencode(path), _MASK, self, self._id)
                 except OSError as exc:  # ENOSPC: out of inotify watches; ENOENT: gone meanwhile
@@ -96,14 +92,6 @@ class PendingRoots:
             names[self._watched[key][0]] = tuple(sorted(wanted_names))
         self._names = names
         return again
-
-    def clear(self) -> None:
-        """Drop every anchor watch."""
-        for wd, _path in self._watched.values():
-            with contextlib.suppress(OSError):
-                self._inotify.remove_callbacks([(wd, self._id)])
-        self._watched.clear()
-        self._names = {}
 
     def _warn(self, message: str) -> None:
         if not self._warned:

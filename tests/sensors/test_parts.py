@@ -165,3 +165,25 @@ def test_catch_up_reports_writes_between_mount_and_watch(tmp_path: Path) -> None
     assert all(e["device.serial"] == "S1" for e in events.matching(events.action("file.write")))
     present = RemovableMount(str(stick), mount.device, mount.mount, seen_at=0.0)
     assert copies.catch_up(present, watched_at) == 0  # there before the agent: not reported
+
+
+def test_tag_map_anchors_where_missing_paths_and_new_glob_matches_appear(tmp_path: Path) -> None:
+    (tmp_path / "home" / "alice" / "projects" / "secret").mkdir(parents=True)
+    (tmp_path / "home" / "bob").mkdir()
+    (tmp_path / "home" / ".cache").mkdir()  # a wildcard matches no dotfile, as glob's
+    pattern = str(tmp_path / "home" / "*" / "projects" / "secret")
+    missing = str(tmp_path / "srv" / "db")
+    tags = TagMap({pattern: ["source-code"], missing: ["database"]})
+    assert tags.missing() == [missing]
+    assert tags.all_tags() == ["source-code", "database"]
+    assert tags.anchors() == {
+        str(tmp_path): ("srv",),                                       # nearest existing of /srv/db
+        str(tmp_path / "home"): ("*",),                                # a new user
+        str(tmp_path / "home" / "bob"): ("projects",),                 # bob's projects, one level short
+        str(tmp_path / "home" / "alice" / "projects"): ("secret",),    # the root's parent: its removal
+    }
+    (tmp_path / "srv" / "db").mkdir(parents=True)
+    assert set(tags.refresh()) == {str(tmp_path / "home" / "alice" / "projects" / "secret"), missing}
+    assert tags.missing() == []
+    assert tags.anchors()[str(tmp_path / "srv")] == ("db",)
+    assert str(tmp_path) not in tags.anchors()  # /srv exists now: no need to watch its parent
