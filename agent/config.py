@@ -63,6 +63,14 @@ class SensorSettings(_Strict):
     inventory_seconds: Annotated[float, Field(ge=1, le=86_400)] = 300.0  # re-count tags at least this often
     max_hash_bytes: Annotated[int, Field(ge=0, le=1 << 40)] = 4 << 30  # full SHA-256 only below this size
 
+    @pydantic.field_validator("fanotify", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean: take it as the admin wrote it.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return value
+
 
 class SpoolSettings(_Strict):
     """The on-disk spool: bounded, so a long outage ends in an agent.gap, not a full disk."""

@@ -90,3 +90,12 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     config = collector_config.load(path)
     assert config.store == str(tmp_path / "data" / "collector.db")
     assert config.alerts[0].type == "jsonl" and config.alerts[0].path == str(tmp_path / "alerts.jsonl")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"), [("on", "on"), ("off", "off"), ("'on'", "on"), ("auto", "auto")]
+)
+def test_fanotify_on_off_work_unquoted(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"sensors:\n  fanotify: {text}\n")
+    assert agent_config.load(path).sensors.fanotify == expected
