@@ -285,9 +285,9 @@ class FileSensor:
             self.recheck_soon()  # a tagged root itself went (or was renamed)
         if isinstance(event, (FileMovedEvent, DirMovedEvent)):
             src_tags, dest_tags = self.tags.tags_for(src), self.tags.tags_for(dest)
-            self.index.move(src, dest)
             if event.is_directory and dest_tags and self._on_new_dir is not None:
-                self._mark_tree(dest)
+                self._mark_tree(dest)  # marks first, then the index (as for a new directory)
+            self.index.move(src, dest)
             if src_tags or dest_tags:
                 out = self._file_event("file.rename", src, src_tags or dest_tags, event.is_directory)
                 out.file.target_path = dest
@@ -303,9 +303,11 @@ class FileSensor:
         if isinstance(event, FileClosedNoWriteEvent) and self.index.read_by_us(src, "close"):
             return
         if isinstance(event, (FileCreatedEvent, DirCreatedEvent)):
-            self.index.update(src)
             if event.is_directory and self._on_new_dir is not None:
-                self._mark_tree(src)
+                self._mark_tree(src)  # marks first: a file written after the walk below is seen
+            # maybe still being written, and its close-after-write may never reach us (written
+            # before the mark, or by the agent itself): the index looks at it again for a while
+            self.index.update(src, written=False)
             self._emit(self._file_event("file.create", src, tags, event.is_directory))
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
             self.index.remove(src)

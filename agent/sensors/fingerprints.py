@@ -24,6 +24,10 @@ from agent.sensors.tags import TagMap
 _T = TypeVar("_T")
 _BLOCK = 4096
 _CHUNK = 1 << 20
+# A file changed less than this long ago may still be being written: its entry is looked at
+# again (see `settle`) until it has been quiet this long or its close-after-write is seen.
+_SETTLE_NS = 2_000_000_000
+_MAX_UNSETTLED = 4096
 
 
 def sample_digest(fd: int, size: int) -> bytes:
@@ -72,6 +76,11 @@ class FingerprintIndex:
         self._derived: dict[str, tuple[str, ...]] = {}
         # Paths we are hashing now: inotify cannot tell our own reads from a user's.
         self._own_reads: dict[tuple[str, str], tuple[int, float]] = {}
+        # Files indexed from a stat that may have run while they were still being written (a
+        # create event, a walk) and whose close-after-write may never reach `update`: written
+        # before their directory's fanotify mark landed, or by the agent's own process, which
+        # fanotify skips. `settle()` (on every match and inventory check) stats them again.
+        self._unsettled: dict[str, None] = {}
 
     # ------------------------------------------------------------- building
 
@@ -106,6 +115,11 @@ class FingerprintIndex:
             self._files = {}
             self._by_size = {}
             self._sample_maps = {}
+            horizon = time.time_ns() - _SETTLE_NS
+            self._unsettled = {}
+            for path, entry in fresh.items():
+                if entry[1] >= horizon and path not in self._derived:
+                    self._unsettle(path)
             # every configured tag, with 0 while its paths do not exist: the collector sees it
             self._totals = {tag: [0, 0] for tag in self.tags.all_tags()}
             for path, entry in fresh.items():
@@ -131,6 +145,7 @@ class FingerprintIndex:
             totals[1] += entry[0]
 
     def _delete(self, path: str) -> None:
+        self._unsettled.pop(path, None)
         entry = self._files.pop(path, None)
         if entry is None:
             return
@@ -154,26 +169,30 @@ class FingerprintIndex:
 
     # ------------------------------------------------------------- updates
 
-    def update(self, path: str) -> None:
-        """A tagged path was created or written: re-stat it (a directory is walked)."""
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except OSError:
-            self.remove(path)
-            return
+    def update(self, path: str, *, written: bool = True) -> None:
+        """A tagged path was written (closed after a write), or created or moved
+        (`written=False`: it may still be being written): re-stat it (a directory is walked)."""
+        with self._lock:
+            # stat and store as one step: of two threads updating one path (a create event
+            # and a close-after-write), the later stat is the one kept
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                self.remove(path)
+                return
+            if stat.S_ISREG(st.st_mode):
+                self._set(path, st.st_size, st.st_mtime_ns, settled=written)
+                return
         if stat.S_ISDIR(st.st_mode):
             for sub, size, mtime in _walk(path):
-                self._set(sub, size, mtime)
-            return
-        if stat.S_ISREG(st.st_mode):
-            self._set(path, st.st_size, st.st_mtime_ns)
+                self._set(sub, size, mtime, settled=False)
 
     def add_tree(self, root: str) -> int:
         """A tagged root appeared (or its tags changed): index every file below it; returns
         how many files it holds."""
         count = 0
         for path, size, mtime in _walk(root):
-            self._set(path, size, mtime)
+            self._set(path, size, mtime, settled=False)
             count += 1
         return count
 
@@ -193,17 +212,45 @@ class FingerprintIndex:
             self._insert(path, (st.st_size, st.st_mtime_ns, self._derived[path]))
             self.version += 1
 
-    def _set(self, path: str, size: int, mtime: int) -> None:
+    def _set(self, path: str, size: int, mtime: int, *, settled: bool) -> None:
         tags = self.tags.tags_for(path)
         if not tags:
             return
         with self._lock:
             old = self._files.get(path)
-            if old is not None and old[0] == size and old[1] == mtime and list(old[2]) == tags:
-                return
-            self._delete(path)
-            self._insert(path, (size, mtime, self._intern(tuple(tags))))
-            self.version += 1
+            if old is None or old[0] != size or old[1] != mtime or list(old[2]) != tags:
+                self._delete(path)
+                self._insert(path, (size, mtime, self._intern(tuple(tags))))
+                self.version += 1
+            if settled or mtime < time.time_ns() - _SETTLE_NS:
+                self._unsettled.pop(path, None)
+            else:
+                self._unsettle(path)
+
+    def _unsettle(self, path: str) -> None:
+        self._unsettled[path] = None
+        while len(self._unsettled) > _MAX_UNSETTLED:  # bounded: the oldest is taken as it is
+            del self._unsettled[next(iter(self._unsettled))]
+
+    def settle(self) -> None:
+        """Stat again the files indexed while they may still have been written, and take
+        a changed size or mtime (a close-after-write we never saw must not leave a stale
+        entry, which no copy would match); each is settled once quiet for `_SETTLE_NS`."""
+        if not self._unsettled:  # the usual case: no lock, no stat
+            return
+        with self._lock:
+            paths = list(self._unsettled)
+        for path in paths:
+            with self._lock:
+                if path not in self._unsettled:
+                    continue  # settled (or removed) meanwhile
+                del self._unsettled[path]
+                try:
+                    st = os.stat(path, follow_symlinks=False)
+                except OSError:
+                    continue  # gone: its delete (or rename) event updates the index
+                if stat.S_ISREG(st.st_mode) and path in self._files:
+                    self._set(path, st.st_size, st.st_mtime_ns, settled=False)
 
     def remove(self, path: str) -> None:
         """A tagged file or directory is gone."""
@@ -219,7 +266,7 @@ class FingerprintIndex:
     def move(self, src: str, dest: str) -> None:
         """A rename inside (or out of, or into) the tagged trees."""
         self.remove(src)
-        self.update(dest)
+        self.update(dest, written=False)
 
     # ------------------------------------------------------------- queries
 
@@ -245,6 +292,7 @@ class FingerprintIndex:
         """
         if size <= 0 or size > self.max_hash_bytes:
             return None
+        self.settle()
         with self._lock:
             if size not in self._by_size:
                 return None

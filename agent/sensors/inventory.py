@@ -47,6 +47,7 @@ class InventorySensor:
 
     def report(self, force: bool = True) -> bool:
         """Emit the inventory (if `force` or it changed); True if emitted."""
+        self.index.settle()  # files indexed mid-write: their final size counts
         version = self.index.version
         totals = self.index.totals()
         if not force and (version == self._sent_version or totals == self._sent):

@@ -80,6 +80,40 @@ def test_fingerprint_index_finds_renamed_copies_only(tmp_path: Path) -> None:
     assert index.totals() == {"database": (2, 50_000)}
 
 
+def test_fingerprint_index_looks_again_at_files_indexed_mid_write(tmp_path: Path) -> None:
+    """A file indexed from its create event (stat'ed while still empty) whose close-after-write
+    never reaches the index (written before its directory's mark, or by the agent itself) is
+    stat'ed again on the next match and inventory check: a copy of it is still found."""
+    root = tmp_path / "db"
+    root.mkdir()
+    index = FingerprintIndex(TagMap({str(root): ["database"]}))
+    assert index.rebuild() == 0
+    made = root / "cust2.csv"
+    made.write_bytes(b"")
+    index.update(str(made), written=False)  # the create event, handled before the write
+    content = os.urandom(3400)
+    made.write_bytes(content)  # its close-after-write is never seen
+    copy = tmp_path / "holiday.jpg"
+    copy.write_bytes(content)
+    fd = os.open(copy, os.O_RDONLY)
+    try:
+        found = index.match(fd, len(content))
+    finally:
+        os.close(fd)
+    assert found is not None and found[0] == str(made)
+    assert index.totals() == {"database": (1, 3400)}
+
+    # a close-after-write seen settles the entry: no stat on the next look-ups
+    other = root / "cust3.csv"
+    other.write_bytes(b"x" * 10)
+    index.update(str(other), written=False)
+    index.update(str(made))
+    index.update(str(other))
+    other.write_bytes(b"y" * 20)  # not reported: nothing looks at it again
+    index.settle()
+    assert index.totals() == {"database": (2, 3410)}
+
+
 def test_process_identity_live_and_gone() -> None:
     me = procinfo.read_proc(os.getpid())
     assert me is not None
