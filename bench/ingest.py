@@ -33,6 +33,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -198,33 +200,37 @@ class _Scraper(threading.Thread):
         raise RuntimeError("exfilguard_events_ingested_total is not exposed")
 
 
-def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool) -> dict[str, float]:
-    """Run the load against a real collector process; events/s and collector CPU per event."""
-    directory.mkdir()
-    metrics_port = free_port()
-    extra = {"metrics_listen": f"127.0.0.1:{metrics_port}"} if args.metrics else {}
-    config = write_collector_config(directory, log_level="warning", max_streams=10_000, **extra)
-    collector = start_collector(config, command=None if listeners else _WITHOUT_LISTENERS)
-    scraper = _Scraper(metrics_port) if args.metrics else None
+@dataclass
+class LoadRun:
+    """What the load generators reported, and the collector's CPU seconds while they ran."""
+
+    results: list[dict[str, Any]]
+    cpu: float
+    started: float
+    process: psutil.Process
+
+
+def run_load(args: argparse.Namespace, address: str, collector_pid: int,
+             on_go: Callable[[], None] | None = None) -> LoadRun:
+    """Start the load generator processes, release them together, and wait for them all."""
     workers: list[subprocess.Popen[str]] = []
     try:
         for first, count in _split(args.agents, args.workers):
             cmd = [
-                sys.executable, "-m", "bench.ingest", "--worker", collector.address,
+                sys.executable, "-m", "bench.ingest", "--worker", address,
                 "--first-agent", str(first), "--agents", str(count), "--batches", str(args.batches),
                 "--batch-size", str(args.batch_size), "--window", str(args.window),
-            ]
+            ]  # fmt: skip
             workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
         for worker in workers:
             assert worker.stdout is not None
-            line = worker.stdout.readline().strip()
-            if line != "ready":
+            if (line := worker.stdout.readline().strip()) != "ready":
                 raise RuntimeError(f"load generator failed to start: {line!r}")
-        process = psutil.Process(collector.pid)
+        process = psutil.Process(collector_pid)
         cpu_before = sum(process.cpu_times()[:2])
         started = time.time()
-        if scraper is not None:
-            scraper.start()
+        if on_go is not None:
+            on_go()
         for worker in workers:
             assert worker.stdin is not None
             worker.stdin.write("go\n")
@@ -235,12 +241,29 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
             if worker.returncode != 0:
                 raise RuntimeError(f"load generator exited with {worker.returncode}")
             results.append(json.loads(out.strip().splitlines()[-1]))
-        cpu = sum(process.cpu_times()[:2]) - cpu_before
-        elapsed = max(r["end"] for r in results) - started
-        total = sum(r["events"] for r in results)
-        load_cpu = sum(r["cpu"] for r in results)
-        rss = process.memory_info().rss
-        sealed = _wait_sealed(directory / "collector.db", args.batches * args.batch_size) - started
+        return LoadRun(results, sum(process.cpu_times()[:2]) - cpu_before, started, process)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+
+
+def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool) -> dict[str, float]:
+    """Run the load against a real collector process; events/s and collector CPU per event."""
+    directory.mkdir()
+    metrics_port = free_port()
+    extra = {"metrics_listen": f"127.0.0.1:{metrics_port}"} if args.metrics else {}
+    config = write_collector_config(directory, log_level="warning", max_streams=10_000, **extra)
+    collector = start_collector(config, command=None if listeners else _WITHOUT_LISTENERS)
+    scraper = _Scraper(metrics_port) if args.metrics else None
+    try:
+        run = run_load(args, collector.address, collector.pid, scraper.start if scraper else None)
+        elapsed = max(r["end"] for r in run.results) - run.started
+        total = sum(r["events"] for r in run.results)
+        cpu = run.cpu
+        load_cpu = sum(r["cpu"] for r in run.results)
+        rss = run.process.memory_info().rss
+        sealed = _wait_sealed(directory / "collector.db", args.batches * args.batch_size) - run.started
         if scraper is not None:
             scraper.done.set()
             scraper.join()
@@ -248,9 +271,6 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
             if counted != total:
                 raise RuntimeError(f"metrics count {counted:.0f} events ingested, {total} were sent")
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
         code = collector.stop()
     if code != 0:
         raise RuntimeError(f"collector exited with {code}:\n{collector.log()}")

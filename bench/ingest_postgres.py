@@ -20,11 +20,9 @@ The rows are bench.ingest's realistic events, the agents' batches interleaved as
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,10 +30,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 
-from bench.ingest import _WITHOUT_LISTENERS, _split, batch_template, fill
+from bench.ingest import _WITHOUT_LISTENERS, batch_template, fill, run_load
 from collector.store.postgres import COPY_EVENTS, EVENT_TYPES, PostgresStore, events_row
 from protos import exfilguard_pb2 as pb
 from tests.helpers import start_collector, write_collector_config
@@ -132,40 +129,13 @@ def through_collector(args: argparse.Namespace, cluster: PgCluster, directory: P
     url = fresh_database(cluster)
     config = write_collector_config(directory, log_level="warning", max_streams=10_000, store=url)
     collector = start_collector(config, command=_WITHOUT_LISTENERS)
-    workers: list[subprocess.Popen[str]] = []
     try:
-        for first, count in _split(args.agents, args.workers):
-            cmd = [
-                sys.executable, "-m", "bench.ingest", "--worker", collector.address,
-                "--first-agent", str(first), "--agents", str(count), "--batches", str(args.batches),
-                "--batch-size", str(args.batch_size), "--window", str(args.window),
-            ]  # fmt: skip
-            workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-        for worker in workers:
-            assert worker.stdout is not None
-            if (line := worker.stdout.readline().strip()) != "ready":
-                raise RuntimeError(f"load generator failed to start: {line!r}")
-        process = psutil.Process(collector.pid)
-        cpu_before = sum(process.cpu_times()[:2])
-        started = time.time()
-        for worker in workers:
-            assert worker.stdin is not None
-            worker.stdin.write("go\n")
-            worker.stdin.flush()
-        results = []
-        for worker in workers:
-            out, _ = worker.communicate(timeout=600)
-            if worker.returncode != 0:
-                raise RuntimeError(f"load generator exited with {worker.returncode}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
-        cpu = sum(process.cpu_times()[:2]) - cpu_before
-        elapsed = max(r["end"] for r in results) - started
-        total = sum(r["events"] for r in results)
-        sealed = _wait_sealed(url, args.batches * args.batch_size) - started
+        run = run_load(args, collector.address, collector.pid)
+        cpu = run.cpu
+        elapsed = max(r["end"] for r in run.results) - run.started
+        total = sum(r["events"] for r in run.results)
+        sealed = _wait_sealed(url, args.batches * args.batch_size) - run.started
     finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
         code = collector.stop()
     if code != 0:
         raise RuntimeError(f"collector exited with {code}:\n{collector.log()}")
