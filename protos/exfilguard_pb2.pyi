@@ -176,12 +176,52 @@ class Source(_message.Message):
     def __init__(self, path: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Copy(_message.Message):
-    __slots__ = ("method", "files_read")
+    __slots__ = ("method", "files_read", "identified_by", "confidence", "share", "members", "sources", "members_total", "bytes_read", "bytes_written")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     FILES_READ_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIED_BY_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    BYTES_READ_FIELD_NUMBER: _ClassVar[int]
+    BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
     method: _containers.RepeatedScalarFieldContainer[str]
     files_read: int
-    def __init__(self, method: _Optional[_Iterable[str]] = ..., files_read: _Optional[int] = ...) -> None: ...
+    identified_by: str
+    confidence: float
+    share: float
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    sources: _containers.RepeatedScalarFieldContainer[str]
+    members_total: int
+    bytes_read: int
+    bytes_written: int
+    def __init__(self, method: _Optional[_Iterable[str]] = ..., files_read: _Optional[int] = ..., identified_by: _Optional[str] = ..., confidence: _Optional[float] = ..., share: _Optional[float] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., members_total: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_written: _Optional[int] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("name", "source", "identified_by", "share", "size")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    IDENTIFIED_BY_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    source: str
+    identified_by: str
+    share: float
+    size: int
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[str] = ..., identified_by: _Optional[str] = ..., share: _Optional[float] = ..., size: _Optional[int] = ...) -> None: ...
+
+class Content(_message.Message):
+    __slots__ = ("entropy", "format", "refused")
+    ENTROPY_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_FIELD_NUMBER: _ClassVar[int]
+    entropy: float
+    format: str
+    refused: str
+    def __init__(self, entropy: _Optional[float] = ..., format: _Optional[str] = ..., refused: _Optional[str] = ...) -> None: ...
 
 class Gap(_message.Message):
     __slots__ = ("lost", "reason", "first", "last")
@@ -206,7 +246,7 @@ class TagInventory(_message.Message):
     def __init__(self, tag: _Optional[str] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Extensions(_message.Message):
-    __slots__ = ("attribution", "login_user", "mount", "source", "copy", "gap", "inventory", "count", "config_version")
+    __slots__ = ("attribution", "login_user", "mount", "source", "copy", "gap", "inventory", "count", "config_version", "content")
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     LOGIN_USER_FIELD_NUMBER: _ClassVar[int]
     MOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +256,7 @@ class Extensions(_message.Message):
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
     attribution: str
     login_user: LoginUser
     mount: Mount
@@ -225,7 +266,8 @@ class Extensions(_message.Message):
     inventory: _containers.RepeatedCompositeFieldContainer[TagInventory]
     count: int
     config_version: str
-    def __init__(self, attribution: _Optional[str] = ..., login_user: _Optional[_Union[LoginUser, _Mapping]] = ..., mount: _Optional[_Union[Mount, _Mapping]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., copy: _Optional[_Union[Copy, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., inventory: _Optional[_Iterable[_Union[TagInventory, _Mapping]]] = ..., count: _Optional[int] = ..., config_version: _Optional[str] = ...) -> None: ...
+    content: Content
+    def __init__(self, attribution: _Optional[str] = ..., login_user: _Optional[_Union[LoginUser, _Mapping]] = ..., mount: _Optional[_Union[Mount, _Mapping]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., copy: _Optional[_Union[Copy, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., inventory: _Optional[_Iterable[_Union[TagInventory, _Mapping]]] = ..., count: _Optional[int] = ..., config_version: _Optional[str] = ..., content: _Optional[_Union[Content, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "version", "hostname", "capabilities", "last_acked_sequence", "next_sequence", "config_version")

@@ -33,3 +33,22 @@ def test_mapping_uses_ecs_dotted_names() -> None:
 def test_zero_size_is_present_when_set() -> None:
     m = events.to_mapping(events.new_event("file.write", file=pb.File(path="/m/empty", size=0)))
     assert m["file.size"] == 0
+
+
+def test_copy_identification_fields_map_to_dotted_names() -> None:
+    copy = pb.Copy(identified_by="member", confidence=0.95, share=1.0, members_total=3,
+                   sources=["/srv/db/a.csv"],
+                   members=[pb.Member(name="db/a.csv", source="/srv/db/a.csv", identified_by="exact",
+                                      share=1.0, size=10)])
+    event = events.new_event("file.copy", exfilguard=pb.Extensions(
+        copy=copy, content=pb.Content(entropy=7.99, format="tar.gz")))
+    m = events.to_mapping(event)
+    assert m["exfilguard.copy.identified_by"] == "member"
+    assert m["exfilguard.copy.confidence"] == 0.95
+    assert m["exfilguard.copy.share"] == 1.0
+    assert m["exfilguard.copy.members_total"] == 3
+    assert m["exfilguard.copy.sources"] == ["/srv/db/a.csv"]
+    assert m["exfilguard.copy.members"] == [
+        {"name": "db/a.csv", "source": "/srv/db/a.csv", "identified_by": "exact", "share": 1.0, "size": 10}]
+    assert m["exfilguard.content.format"] == "tar.gz"
+    assert m["exfilguard.content.entropy"] == 7.99
