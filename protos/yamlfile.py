@@ -3,8 +3,14 @@
 Both roles' config files and the policy files load through here, so an admin always
 gets an error that names the file, the line and the key.
 
+Documents are bounded, so a hostile file costs little: at most MAX_DOCUMENT_CHARS characters,
+MAX_DEPTH levels of nesting (counting what aliases bring in), MAX_ALIASES alias uses and
+MAX_ALIAS_NODES nodes added by expanding them (a 547-byte "billion laughs" document would
+otherwise expand to gigabytes), and recursive aliases are refused.
+
 Errors:
     YamlError            any problem in a YAML file; carries path, line, column, key
+      YamlLimitError     the document is beyond one of the bounds above
 """
 
 from __future__ import annotations
@@ -17,9 +23,15 @@ from typing import Any, TypeVar
 
 import pydantic
 import yaml
+from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 Location = tuple[str | int, ...]
+
+MAX_DOCUMENT_CHARS = 4 << 20  # the largest policy file; configs are far smaller
+MAX_DEPTH = 64  # policies nest conditions a few levels deep; configs less
+MAX_ALIASES = 1_000
+MAX_ALIAS_NODES = 100_000  # nodes that alias expansion may add to a document
 
 # Scalars only: mappings and sequences are built by _construct so each gets its mark.
 _SCALARS = yaml.constructor.SafeConstructor()
@@ -44,6 +56,78 @@ class YamlError(Exception):
         self.message = message
         where = f"{path}:{line}:{column}"
         super().__init__(f"{where}: {key}: {message}" if key else f"{where}: {message}")
+
+
+class YamlLimitError(YamlError):
+    """A YAML document is too large, too deeply nested, or expands too many aliases."""
+
+
+class _Beyond(yaml.MarkedYAMLError):
+    """Raised inside the composer at the node that crossed a bound; parse() turns it into YamlLimitError."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, composing nodes with the bounds of this module.
+
+    The composer is recursive (about three frames a level), so depth is checked before descending:
+    deep nesting is a located error, never a RecursionError.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._aliases = 0
+        self._alias_nodes = 0
+        # Per composed node (by id; the graph keeps them alive): nodes in its expanded subtree and
+        # its height. A node whose entry is missing is still being composed: an alias to it recurses.
+        self._sizes: dict[int, tuple[int, int]] = {}
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        """Compose one node, counting depth, aliases and the nodes they expand to."""
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if self.check_event(AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                self._alias(event, target)
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise _Beyond(None, None, f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        self._depth += 1
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if node is None:
+            return None
+        size, height = 1, 1
+        for child in _children(node):
+            child_size, child_height = self._sizes.get(id(child), (1, 1))
+            size += child_size
+            height = max(height, child_height + 1)
+        self._sizes[id(node)] = (size, height)
+        return node
+
+    def _alias(self, event: Any, target: Node) -> None:
+        mark = event.start_mark
+        known = self._sizes.get(id(target))
+        if known is None:
+            raise _Beyond(None, None, f"alias *{event.anchor} refers to a node that contains it", mark)
+        size, height = known
+        self._aliases += 1
+        self._alias_nodes += size
+        if self._aliases > MAX_ALIASES:
+            raise _Beyond(None, None, f"more than {MAX_ALIASES} aliases", mark)
+        if self._alias_nodes > MAX_ALIAS_NODES:
+            raise _Beyond(None, None, f"aliases expand to more than {MAX_ALIAS_NODES} nodes", mark)
+        if self._depth + height > MAX_DEPTH:
+            raise _Beyond(None, None, f"alias *{event.anchor} nests deeper than {MAX_DEPTH} levels", mark)
+
+
+def _children(node: Node) -> Iterator[Node]:
+    if isinstance(node, SequenceNode):
+        yield from node.value
+    elif isinstance(node, MappingNode):
+        for key, value in node.value:
+            yield key
+            yield value
 
 
 @dataclass
@@ -75,15 +159,30 @@ def dotted(loc: Location) -> str:
 
 
 def parse(text: str, path: str = "<string>") -> Document:
-    """Parse one YAML document; duplicate keys and non-string keys are errors."""
+    """Parse one YAML document; duplicate keys, non-string keys and documents beyond the bounds are errors."""
+    if len(text) > MAX_DOCUMENT_CHARS:
+        raise YamlLimitError(path, 1, 1, "", f"larger than {MAX_DOCUMENT_CHARS} characters")
+    loader: _BoundedLoader | None = None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        loader = _BoundedLoader(text)  # the reader refuses unprintable characters here already
+        node = loader.get_single_node()
+    except _Beyond as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise YamlLimitError(path, line, col, "", str(exc.problem)) from exc
     except yaml.MarkedYAMLError as exc:
         problem_mark = exc.problem_mark
         line, col = (problem_mark.line + 1, problem_mark.column + 1) if problem_mark else (1, 1)
         raise YamlError(path, line, col, "", f"invalid YAML: {exc.problem}") from exc
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        col = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise YamlError(path, line, col, "", f"invalid YAML: {exc.reason} (#x{exc.character:04x})") from exc
     except yaml.YAMLError as exc:
         raise YamlError(path, 1, 1, "", f"invalid YAML: {exc}") from exc
+    finally:
+        if loader is not None:
+            loader.dispose()
     marks: dict[Location, Mark] = {}
     data = None if node is None else _construct(node, (), path, marks)
     return Document(path, data, marks)
@@ -114,8 +213,13 @@ def _construct(node: Node, loc: Location, path: str, marks: dict[Location, Mark]
         return result
     if isinstance(node, SequenceNode):
         return [_construct(item, (*loc, i), path, marks) for i, item in enumerate(node.value)]
-    # Scalars: let PyYAML's safe constructor resolve ints, bools, nulls.
-    return _SCALARS.construct_object(node, deep=True)
+    # Scalars: let PyYAML's safe constructor resolve ints, bools, nulls. An explicit tag it cannot
+    # honour (!!python/object, !!int x, !!binary of non-base64) is the file's error, not a crash.
+    try:
+        return _SCALARS.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise _at(node, path, loc, f"cannot read this value as {node.tag}: {problem}") from exc
 
 
 def _at(node: Node, path: str, loc: Location, message: str) -> YamlError:

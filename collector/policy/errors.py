@@ -22,6 +22,7 @@ Codes (E = error, W = warning):
     EG110 E  invalid time of day (HH:MM) or weekday
     EG111 E  unknown operator in a field test
     EG112 E  aggregate / sequence misuse (both set, no measure, coverage mixed with others)
+    EG113 E  YAML document beyond a bound (size, nesting depth, alias count or expansion)
     EG201 E  unknown event field (not in protos/exfilguard.proto)
     EG202 E  reference to an unknown list
     EG203 E  reference to an unknown macro
@@ -56,6 +57,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "EG110": ("error", "invalid time of day or weekday"),
     "EG111": ("error", "unknown operator"),
     "EG112": ("error", "aggregate or sequence misuse"),
+    "EG113": ("error", "YAML document beyond a bound"),
     "EG201": ("error", "unknown event field"),
     "EG202": ("error", "unknown list"),
     "EG203": ("error", "unknown macro"),

@@ -604,7 +604,10 @@ def parse_text(text: str, path: str, into: PolicySet, problems: list[Problem]) -
     try:
         doc = yamlfile.parse(text, path)
     except yamlfile.YamlError as exc:
-        code = "EG102" if exc.message == "duplicate key" else "EG101"
+        if isinstance(exc, yamlfile.YamlLimitError):
+            code = "EG113"
+        else:
+            code = "EG102" if exc.message == "duplicate key" else "EG101"
         problems.append(Problem(code, path, exc.line, exc.column, exc.message, key=exc.key))
         return
     _FileParser(doc, problems).parse(into)
