@@ -140,6 +140,9 @@ class CollectorConfig(_Strict):
     policy_reload_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
     # open window groups per policy; beyond it the least recently updated group is evicted
     policy_max_groups: Annotated[int, Field(ge=100, le=10_000_000)] = 100_000
+    # policy evaluation time one event may take; past it the event's remaining policies are
+    # skipped, and a policy that alone took longer is suspended for 5 minutes (both counted)
+    policy_event_budget_ms: Annotated[float, Field(ge=1, le=60_000)] = 250.0
     # at start, replay stored events of this many past hours to rebuild open windows (0: none)
     policy_rebuild_hours: Annotated[float, Field(ge=0, le=24 * 90)] = 24.0
     # Central agent config (issue 6): the fleet file (collector/fleetconfig.py) with defaults,

@@ -218,6 +218,13 @@ def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
     )
     for policy_id, n in sorted(stats.get("folded_by_policy", {}).items()):
         folded.add_metric([policy_id], n)
+    skipped = CounterMetricFamily(
+        "exfilguard_policy_evaluations_skipped",
+        "Policy evaluations skipped to keep ingest moving (event budget spent or policy suspended)",
+        labels=["policy_id"],
+    )
+    for policy_id, n in sorted(stats.get("skipped_by_policy", {}).items()):
+        skipped.add_metric([policy_id], n)
     deliveries = CounterMetricFamily(
         "exfilguard_alert_deliveries", "Alert deliveries by sink type and result", labels=["sink", "result"]
     )
@@ -245,6 +252,7 @@ def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
         ),
         raised,
         folded,
+        skipped,
         GaugeMetricFamily(
             "exfilguard_alerts_suppression_open",
             "Suppression windows open (alert groups folding repeats)",

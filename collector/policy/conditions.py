@@ -1,7 +1,8 @@
 """Evaluate stage, part 1: compile condition trees into predicates over one event mapping.
 
 A predicate is a plain closure `event -> bool`; macros and lists are resolved once at
-compile time, regexes compiled once. Unset fields take their proto default (see fields.DEFAULTS).
+compile time, regexes compiled once (on RE2, see regex.py). Unset fields take their proto default
+(see fields.DEFAULTS).
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import functools
-import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from collector.policy import regex
 from collector.policy.fields import DEFAULTS
 from collector.policy.model import (
     AllOf,
@@ -169,7 +170,7 @@ class Compiler:
         if op == "glob":
             match = lambda s: any(fnmatch.fnmatchcase(s, p) for p in patterns)  # noqa: E731
         elif op == "regex":
-            regexes = tuple(re.compile(p) for p in patterns)
+            regexes = tuple(regex.compile_pattern(p) for p in patterns)
             match = lambda s: any(r.search(s) for r in regexes)  # noqa: E731
         elif op == "startswith":
             match = lambda s: s.startswith(patterns)  # noqa: E731

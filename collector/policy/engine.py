@@ -8,6 +8,12 @@ No server needed: `policy test`, the benchmarks and the collector's PolicyListen
 Policies are indexed by the event.action values they can match, so an event meets only the
 policies that may fire on it. Window state is bounded (see windows.py); restart recovery is a
 replay of recent stored events through `warm()` (alerts are not raised again while warming).
+
+Evaluation has a budget per event, so no policy can stall ingest (regexes already run in linear
+time; this bounds whatever else is slow): once an event's policies have taken longer than the
+budget, the rest are skipped for that event, and a policy whose own evaluation of one event took
+longer than the budget is suspended for SUSPEND_SECONDS. Both are counted per policy
+(`skipped_by_policy`, a metric) and logged as warnings, at most once a minute each.
 """
 
 from __future__ import annotations
@@ -47,6 +53,9 @@ MAX_INVENTORIES = 100_000  # (agent, tag) pairs remembered
 GAP_MEMORY_SECONDS = 86_400.0  # alerts mention events an agent lost in the last day
 INVENTORY_ACTION = "agent.inventory"
 GAP_ACTION = "agent.gap"
+DEFAULT_BUDGET_SECONDS = 0.25  # evaluation time one event may take across its policies
+SUSPEND_SECONDS = 300.0  # a policy that alone overran the budget sits out this long
+SKIP_LOG_SECONDS = 60.0  # at most one warning a minute about skipped evaluations
 
 
 def event_time(event: Event) -> float | None:
@@ -123,8 +132,14 @@ class PolicyEngine:
         timezone: str = "UTC",
         limits: Limits | None = None,
         suppression_seconds: float = 600.0,
+        budget_seconds: float = DEFAULT_BUDGET_SECONDS,
     ) -> None:
         self.timezone = timezone
+        self.budget = budget_seconds
+        self.skipped: dict[str, int] = {}  # evaluations skipped (budget or suspension), per policy id
+        self._suspended: dict[str, float] = {}  # policy id -> wall time its suspension ends
+        self._skips_unlogged = 0
+        self._skip_logged_at = -math.inf
         self.limits = limits or Limits()
         self.suppressor = Suppressor(suppression_seconds)
         self.clock = 0.0  # newest event time seen (epoch seconds)
@@ -248,8 +263,22 @@ class PolicyEngine:
         if self._any_action:
             candidates = [*candidates, *self._any_action]
         alerts: list[Alert] = []
-        for entry in candidates:
-            for firing in self._run(entry, event, now):
+        clock = time.perf_counter
+        started = clock()
+        deadline = started + self.budget
+        suspended = self._suspended
+        for n, entry in enumerate(candidates):
+            if suspended and self._sits_out(entry.policy.id, wall):
+                continue
+            begun = clock()
+            firings = self._run(entry, event, now)
+            ended = clock()
+            if ended - begun > self.budget:
+                self._suspend(entry.policy.id, event, ended - begun, wall)
+            over = ended > deadline and n + 1 < len(candidates)
+            if over:
+                self._over_budget(candidates[n + 1 :], event, ended - started)
+            for firing in firings:
                 if not raise_alerts:
                     continue
                 policy = entry.policy
@@ -268,8 +297,54 @@ class PolicyEngine:
                 alert = self._alert(policy, firing)
                 self.suppressor.admit(alert)
                 alerts.append(alert)
+            if over:
+                break
         self.alerts_raised += len(alerts)
         return alerts
+
+    def _sits_out(self, policy_id: str, wall: float) -> bool:
+        until = self._suspended.get(policy_id)
+        if until is None:
+            return False
+        if wall >= until:
+            del self._suspended[policy_id]
+            log.warning("policy %s is evaluated again after its suspension", policy_id)
+            return False
+        self._skip(policy_id)
+        return True
+
+    def _skip(self, policy_id: str) -> None:
+        self.skipped[policy_id] = self.skipped.get(policy_id, 0) + 1
+        self._skips_unlogged += 1
+
+    def _suspend(self, policy_id: str, event: Event, took: float, wall: float) -> None:
+        self._suspended[policy_id] = wall + SUSPEND_SECONDS
+        log.warning(
+            "policy %s took %.3f s on event %s (budget %.3f s): suspended for %.0f s",
+            policy_id,
+            took,
+            event.get("event.id", "?"),
+            self.budget,
+            SUSPEND_SECONDS,
+        )
+
+    def _over_budget(self, rest: Iterable[_Compiled], event: Event, spent: float) -> None:
+        ids = [entry.policy.id for entry in rest]
+        for policy_id in ids:
+            self._skip(policy_id)
+        now = time.monotonic()
+        if now - self._skip_logged_at >= SKIP_LOG_SECONDS:
+            log.warning(
+                "event %s used its policy budget (%.3f s of %.3f s); skipped %s; %d evaluation(s) "
+                "skipped since the last such warning",
+                event.get("event.id", "?"),
+                spent,
+                self.budget,
+                ", ".join(ids),
+                self._skips_unlogged,
+            )
+            self._skip_logged_at = now
+            self._skips_unlogged = 0
 
     def _run(self, entry: _Compiled, event: Event, now: float) -> list[Firing]:
         if not entry.when(event):
@@ -376,6 +451,8 @@ class PolicyEngine:
             "inventories": len(self.inventory),
             "suppressed_pending": len(self.suppressor),
             "folded_by_policy": dict(self.folded),
+            "skipped_by_policy": dict(self.skipped),
+            "suspended_policies": sorted(self._suspended),
         }
 
     def longest_window(self) -> float:

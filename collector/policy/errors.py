@@ -23,6 +23,8 @@ Codes (E = error, W = warning):
     EG111 E  unknown operator in a field test
     EG112 E  aggregate / sequence misuse (both set, no measure, coverage mixed with others)
     EG113 E  YAML document beyond a bound (size, nesting depth, alias count or expansion)
+    EG114 E  regular expression needs backtracking (backreference, lookaround): policies run
+             on RE2, in time linear in the text, so one pattern cannot stall ingest
     EG201 E  unknown event field (not in protos/exfilguard.proto)
     EG202 E  reference to an unknown list
     EG203 E  reference to an unknown macro
@@ -58,6 +60,7 @@ CODES: dict[str, tuple[Severity, str]] = {
     "EG111": ("error", "unknown operator"),
     "EG112": ("error", "aggregate or sequence misuse"),
     "EG113": ("error", "YAML document beyond a bound"),
+    "EG114": ("error", "regular expression needs backtracking"),
     "EG201": ("error", "unknown event field"),
     "EG202": ("error", "unknown list"),
     "EG203": ("error", "unknown macro"),

@@ -72,6 +72,7 @@ class PolicyListener:
             timezone=config.timezone,
             limits=Limits(max_groups=config.policy_max_groups),
             suppression_seconds=config.alert_suppression_seconds,
+            budget_seconds=config.policy_event_budget_ms / 1000,
         )
         log.info(
             "policy set loaded: %d policies", len(policy_set.policies), extra={"set_hash": engine.set_hash}

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from collector.policy import units
+from collector.policy import regex, units
 from collector.policy.errors import Problem
 from collector.policy.model import (
     SEVERITIES,
@@ -560,9 +560,11 @@ class _FileParser:
             self.text(pattern, ploc, "a string or a list of strings")
             if op == "regex":
                 try:
-                    re.compile(pattern)
-                except re.error as exc:
-                    raise self.fail("EG109", ploc, f"invalid regular expression: {exc}") from exc
+                    regex.compile_pattern(pattern)
+                except regex.NotLinear as exc:
+                    raise self.fail("EG114", ploc, exc.message) from exc
+                except regex.RegexError as exc:
+                    raise self.fail("EG109", ploc, exc.message) from exc
         return tuple(patterns)
 
 

@@ -30,6 +30,7 @@ BAD = Path(__file__).resolve().parents[1] / "files" / "policies"
         ("bad_time.yaml", "EG110", 6, 40, "p"),
         ("unknown_operator.yaml", "EG111", 6, 19, "p"),
         ("alias_bomb.yaml", "EG113", 9, 10, ""),
+        ("backtracking_regex.yaml", "EG114", 7, 19, "p"),
         ("aggregate_no_measure.yaml", "EG112", 6, 5, "p"),
         ("unknown_field.yaml", "EG201", 7, 7, "p"),
         ("unknown_list.yaml", "EG202", 6, 23, "p"),

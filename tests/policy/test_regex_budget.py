@@ -1,0 +1,123 @@
+"""Policy regexes run in linear time (RE2), backtracking patterns are refused at load, and a per-event
+budget skips (and counts) what is still too slow, so no policy can stall ingest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from collector.policy import regex
+from collector.policy.engine import PolicyEngine
+from tests.policy.helpers import engine, event, fired, policy_set, problems_of
+
+CATASTROPHIC = r"(a+)+$"  # Python's re: 25 s for 28 characters, doubling with each one more
+
+REGEX_POLICY = """
+policies:
+  - id: odd-name
+    title: Odd name
+    severity: low
+    when:
+      event.action: file.write
+      file.path: {regex: '%s'}
+    summary: "{file.path}"
+    tags: [t]
+"""
+
+TWO = """
+policies:
+  - id: first
+    title: First
+    severity: low
+    when: {event.action: file.write}
+    summary: "1"
+    tags: [t]
+  - id: second
+    title: Second
+    severity: low
+    when: {event.action: file.write}
+    summary: "2"
+    tags: [t]
+"""
+
+
+def test_a_backtracking_pattern_against_a_long_name_does_not_stall() -> None:
+    runner = engine(REGEX_POLICY % CATASTROPHIC)
+    name = "/media/stick/" + "a" * 100_000 + "!"
+    started = time.monotonic()
+    assert fired(runner, event("file.write", file__path=name)) == []
+    assert fired(runner, event("file.write", file__path="/media/stick/" + "a" * 50)) == ["odd-name"]
+    # RE2 takes microseconds here; Python's re would not finish in the lifetime of the machine.
+    assert time.monotonic() - started < 2.0
+    assert runner.stats()["skipped_by_policy"] == {}
+
+
+def test_policy_test_cli_replays_it_promptly(tmp_path: Path) -> None:
+    policies = tmp_path / "p.yaml"
+    policies.write_text(REGEX_POLICY % CATASTROPHIC)
+    events = tmp_path / "events.jsonl"
+    names = ["/m/" + "a" * n + "b" for n in (28, 40, 4000)] + ["/m/" + "a" * 30]
+    events.write_text("".join(json.dumps(event("file.write", file__path=n)) + "\n" for n in names))
+    cli = [sys.executable, "-c", "import sys; from collector.cli import main; sys.exit(main())"]
+    done = subprocess.run(
+        [*cli, "policy", "test", str(policies), "--events", str(events), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    alerts = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["file.path"] for a in alerts] == [names[-1]]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "code"),
+    [
+        (r"(\w+)/\1$", "EG114"),  # backreference
+        (r"^(?!/tmp/).*\.zip$", "EG114"),  # negative lookahead
+        (r"(?<=/media/)x", "EG114"),  # lookbehind
+        (r"a++", "EG114"),  # possessive (Python 3.11 has it, RE2 does not)
+        (r"([a-z]", "EG109"),  # not a regular expression at all
+        (r"(a{1000}){1000}", "EG114"),  # valid, but RE2 would need more than its memory bound
+    ],
+)
+def test_patterns_re2_cannot_run_are_refused_at_load(pattern: str, code: str) -> None:
+    problems = [p for p in problems_of(REGEX_POLICY % pattern) if p.severity == "error"]
+    assert [(p.code, p.item_id, p.key) for p in problems] == [(code, "odd-name", "when.file.path.regex")]
+
+
+def test_regex_module_names_the_pattern() -> None:
+    with pytest.raises(regex.NotLinear) as caught:
+        regex.compile_pattern(r"(x)\1")
+    assert caught.value.pattern == r"(x)\1"
+    assert "backtracking" in caught.value.message
+    assert regex.compile_pattern(r"\.(7z|gpg)$").search("/media/s/x.gpg")
+
+
+def test_past_the_budget_the_rest_are_skipped_counted_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    # A budget no evaluation can meet: every policy overruns it alone, every event runs past it.
+    runner = PolicyEngine(policy_set(TWO), suppression_seconds=0.0, budget_seconds=1e-9)
+    with caplog.at_level(logging.WARNING, logger="collector.policy.engine"):
+        assert fired(runner, event("file.write")) == ["first"]  # second skipped, first suspended
+        assert fired(runner, event("file.write")) == ["second"]  # first sits out; second suspended
+        assert fired(runner, event("file.write")) == []  # both sit out
+    stats = runner.stats()
+    assert stats["skipped_by_policy"] == {"second": 2, "first": 2}
+    assert stats["suspended_policies"] == ["first", "second"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("used its policy budget" in m for m in messages) == 1  # rate-limited
+    assert sum("suspended for 300 s" in m for m in messages) == 2
+    assert any("policy first took" in m for m in messages)
+
+
+def test_a_generous_budget_skips_nothing() -> None:
+    runner = PolicyEngine(policy_set(TWO), suppression_seconds=0.0)
+    assert fired(runner, *(event("file.write") for _ in range(100))) == ["first", "second"] * 100
+    assert runner.stats()["skipped_by_policy"] == {}
