@@ -11,15 +11,20 @@ Every exported record is the event's dotted ECS mapping plus bookkeeping that is
 
 CSV: a header of ECS names (every scalar path of the `.proto` Event, in declaration order),
 then the bookkeeping columns and `exfilguard.chain.record`, the exact canonical JSON that was
-hashed. The ECS columns are for people and spreadsheets: a cell whose text starts with one of
-`= + - @ TAB CR` gets a leading apostrophe (formula-injection defence), lists and nested
-records are shown as JSON. Verification hashes the record column and checks that every ECS
-cell is the display of the record's value, so editing either is detected.
+hashed. Every cell is quoted (`CsvDialect`, the one dialect export writes and verify reads), so
+a file name or command line holding a newline or a carriage return stays inside its row. The
+ECS columns are for people and spreadsheets: a cell whose text starts with one of
+`= + - @ TAB CR`, or holds one right after a line break inside it (`x\n=1+1`), gets an
+apostrophe there (formula-injection defence); lists and nested records are shown as JSON.
+Verification hashes the record column and checks that every ECS cell is the display of the
+record's value, so editing either is detected.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,6 +48,20 @@ TIMESTAMP = "@timestamp"
 # Spreadsheet formula triggers (OWASP CSV injection guidance).
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 NEUTRALISER = "'"
+# Where a spreadsheet starts reading a formula: the cell's start, or any line start inside it.
+_FORMULA_STARTS = re.compile(r"(?:^|(?<=[\r\n]))(?=[=+\-@\t\r])")
+
+
+class CsvDialect(csv.Dialect):
+    """How exports are written and read: every cell quoted, so CR and LF stay inside their cell."""
+
+    delimiter = ","
+    quotechar = '"'
+    doublequote = True
+    skipinitialspace = False
+    lineterminator = "\n"
+    quoting = csv.QUOTE_ALL
+    strict = True  # verify: a stray quote is a broken row, not a guess
 
 _RENAMED = {"timestamp": "@timestamp"}
 
@@ -69,7 +88,9 @@ _ENCODE_LINE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encod
 
 
 def neutralise(text: str) -> str:
-    """Text a spreadsheet shows as text: formula triggers get a leading apostrophe."""
+    """Text a spreadsheet shows as text: a trigger at the start or after a line break gets an apostrophe."""
+    if "\n" in text or "\r" in text:
+        return _FORMULA_STARTS.sub(NEUTRALISER, text)
     if text and text[0] in FORMULA_TRIGGERS:
         return NEUTRALISER + text
     return text
@@ -87,9 +108,7 @@ def display(value: Any) -> str:
         text = str(value)
     else:
         text = _ENCODE(value)
-    if text and text[0] in FORMULA_TRIGGERS:
-        return NEUTRALISER + text
-    return text
+    return neutralise(text)
 
 
 def jsonl_line(mapping: dict[str, Any]) -> str:

@@ -324,7 +324,7 @@ def _check_jsonl(lines: Iterator[str], checker: _Checker) -> int:
 
 def _check_csv(lines: Iterator[str], checker: _Checker) -> int:
     csv.field_size_limit(MAX_LINE)
-    reader = csv.reader(lines, strict=True)
+    reader = csv.reader(lines, formats.CsvDialect)
     try:
         header = next(reader)
     except StopIteration:
@@ -340,16 +340,15 @@ def _check_csv(lines: Iterator[str], checker: _Checker) -> int:
     rec_i, prev_i, hash_i, seq_i = (index[n] for n in needed)
     shown = [(i, name) for i, name in enumerate(header) if name not in formats.NOT_HASHED]
     while True:
+        # A row may span lines (a newline inside a quoted cell): problems name the line it starts on.
+        number = reader.line_num + 1
         try:
             row = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            checker.add(
-                Problem("malformed", f"CSV syntax broken ({exc}): the line was altered", reader.line_num)
-            )
+            checker.add(Problem("malformed", f"CSV syntax broken ({exc}): the line was altered", number))
             continue
-        number = reader.line_num
         if len(row) != len(header):
             checker.add(Problem("malformed", f"{len(row)} cells, header has {len(header)}", number))
             continue
