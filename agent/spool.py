@@ -20,6 +20,15 @@ the reason and the first/last timestamps of the lost events. The pending counts 
 kept in the database, so even a restart does not make a loss silent. A full disk
 (SQLITE_FULL / ENOSPC) is handled the same way with reason `disk_full`.
 
+Full disk: the spool stores events only while it holds its reserve (agent/spool_disk.py), a
+preallocated file beside the database. A write that meets a full disk gives the reserve
+back, which pays for folding the write-ahead log into the database and for deleting what the
+collector acknowledged; freed pages go back to the file system (incremental vacuum) and the
+spool takes its reserve again before it stores events again. Meanwhile every event is counted
+(reason `disk_full`), and the counts are saved in place in `spool.losses`, which needs no new
+space, so a stop or a crash on a full disk does not drop them. The writer retries every
+second on its own, so the gap is stored as soon as there is room, even with no new events.
+
 Errors:
     SpoolError           the spool database cannot be opened or is corrupt (carries path)
 """
@@ -29,40 +38,33 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf.timestamp_pb2 import Timestamp
-
+from agent.gaps import (
+    REASON_DISK_FULL,
+    REASON_QUEUE_FULL,
+    REASON_SEQUENCE_RESET,
+    REASON_SPOOL_FULL,
+    REASON_TEXT,
+    REASON_TOO_LARGE,
+    REASON_WRITE_FAILED,
+    Loss,
+    add_loss,
+    gap_event,
+)
+from agent.spool_disk import LOSSES_FILE, DiskRoom, LossFile, is_disk_full
 from protos import events
 from protos import exfilguard_pb2 as pb
 
 log = logging.getLogger("exfilguard.agent.spool")
 
 DB_FILE = "spool.db"
-
-REASON_SPOOL_FULL = "spool_full"
-REASON_DISK_FULL = "disk_full"
-REASON_QUEUE_FULL = "queue_full"
-REASON_TOO_LARGE = "event_too_large"
-REASON_WRITE_FAILED = "spool_write_failed"
-REASON_SEQUENCE_RESET = "sequence_reset"
-
-_REASON_TEXT = {
-    REASON_SPOOL_FULL: "the on-disk spool was full (collector unreachable for too long?)",
-    REASON_DISK_FULL: "the disk holding the spool was full",
-    REASON_QUEUE_FULL: "events arrived faster than the spool could store them",
-    REASON_TOO_LARGE: "an event was larger than the largest message the collector accepts",
-    REASON_WRITE_FAILED: "the spool database could not be written",
-    REASON_SEQUENCE_RESET: "the spool was deleted, replaced or restored from an old copy",
-}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);
@@ -72,6 +74,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # One writer transaction takes at most this many queued events, so a flood cannot
 # hold the database lock (and the transport's reads) for long.
 _GROUP_MAX = 2000
+# Without its reserve the writer tries this often to regain room, even with nothing queued.
+_RETRY_SECONDS = 1.0
 
 
 class SpoolError(Exception):
@@ -80,20 +84,6 @@ class SpoolError(Exception):
     def __init__(self, path: str, message: str) -> None:
         self.path = path
         super().__init__(f"{path}: {message}")
-
-
-@dataclass
-class _Loss:
-    """Events known to be lost for one reason and not yet reported by an agent.gap."""
-
-    lost: int
-    first: tuple[int, int]  # (seconds, nanos) of the earliest lost event
-    last: tuple[int, int]
-
-    def add(self, ts: tuple[int, int]) -> None:
-        self.lost += 1
-        self.first = min(self.first, ts)
-        self.last = max(self.last, ts)
 
 
 class Spool:
@@ -129,9 +119,24 @@ class Spool:
         self._bytes = 0  # their data bytes
         self._next_seq = 1
         self._acked = 0
-        self._losses: dict[str, _Loss] = {}  # lost and not yet reported by an agent.gap
+        self._losses: dict[str, Loss] = {}  # lost and not yet reported by an agent.gap
         self._failing = False  # the last commit failed (disk full ...): log the episode once
-        self._conn = self._open()
+        self._generation = 0  # commits so far; tells whether spool.losses is newer than the database
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._room = DiskRoom(self.path)
+        self._reserve = self._room.reserve
+        self._loss_file = LossFile(self.path.parent / LOSSES_FILE)
+        self._fold_at = self._room.step_bytes
+        try:
+            self._conn = self._open()
+        except SpoolError:
+            if not self._reserve.release():
+                raise
+            self._conn = self._open()  # a full disk at start: the reserve pays for the open
+        self._room.conn = self._conn
+        if not self._reserve.acquire():
+            log.error("no room for the %d-byte spool reserve %s: events are counted as lost "
+                      "(disk_full) until there is", self._reserve.size, self._reserve.path)
         self._writer = threading.Thread(target=self._write_loop, name="spool-writer", daemon=True)
         self._writer.start()
 
@@ -150,7 +155,7 @@ class Spool:
             self._enqueued += 1
             if len(self._queue) >= self._queue_limit:
                 # Counted under the lock, stored as a gap by the writer.
-                _add_loss(self._losses, REASON_QUEUE_FULL, event)
+                add_loss(self._losses, REASON_QUEUE_FULL, event)
                 self._handled += 1
                 self._wake_writer = True
             else:
@@ -192,25 +197,58 @@ class Spool:
                 seq = self._next_seq - 1
                 if seq <= self._acked:
                     return 0
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                count, size = self._conn.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM events WHERE seq <= ?", (seq,)
-                ).fetchone()
-                self._conn.execute("DELETE FROM events WHERE seq <= ?", (seq,))
-                self._set_meta("acked_sequence", str(seq))
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                # Not fatal: the events stay and are sent again; ingest is idempotent.
-                self._rollback()
-                log.warning("could not delete acknowledged events from %s: %s", self.path, exc)
-                return 0
-            self._acked = seq
-            self._count -= int(count)
-            self._bytes -= int(size)
+            deleted = 0
+            # In steps: in WAL mode a delete logs every page it frees, so one delete of a large
+            # backlog would need as much free disk as the backlog itself; a step needs no more
+            # than the reserve can pay, and once folded in its log space is reused by the next.
+            while self._acked < seq:
+                upto = min(seq, self._acked + self._ack_step())
+                try:
+                    deleted += self._delete_step(upto)
+                except sqlite3.Error as exc:
+                    self._rollback()
+                    if not is_disk_full(exc):
+                        # Not fatal: the events stay and are sent again; ingest is idempotent.
+                        log.warning("could not delete acknowledged events from %s: %s", self.path, exc)
+                        break
+                    # The disk is full: the reserve pays for folding the log in and for the delete.
+                    if self._reserve.release():
+                        log.warning("disk full deleting acknowledged events from %s: gave back the "
+                                    "spool reserve to make room", self.path)
+                    self._room.fold()
+                    try:
+                        deleted += self._delete_step(upto)
+                    except sqlite3.Error as again:
+                        self._rollback()
+                        log.warning("could not delete acknowledged events from %s: %s", self.path, again)
+                        break
+            if deleted and self._reserve.held and self._room.tight():
+                # Freed pages stay in the database file; on a tight disk the log needs them more.
+                self._room.fold()
+                self._room.give_back_free_pages()
         with self._cond:
             self._wake_writer = True
             self._cond.notify_all()
+        return deleted
+
+    def _ack_step(self) -> int:
+        """How many acknowledged events one delete step takes: about a quarter reserve of data."""
+        average = self._bytes // self._count if self._count else 1
+        return max(1, self._fold_at // max(average, 1))
+
+    def _delete_step(self, upto: int) -> int:
+        """Delete events up to `upto` in one transaction and record the ack; returns events deleted."""
+        self._conn.execute("BEGIN IMMEDIATE")
+        count, size = self._conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM events WHERE seq <= ?", (upto,)
+        ).fetchone()
+        self._conn.execute("DELETE FROM events WHERE seq <= ?", (upto,))
+        self._set_meta("acked_sequence", str(upto))
+        self._conn.execute("COMMIT")
+        self._acked = upto
+        self._count -= int(count)
+        self._bytes -= int(size)
+        self._room.wrote(int(size) + 4096)
         return int(count)
 
     def rebase(self, collector_holds: int) -> int:
@@ -232,7 +270,7 @@ class Spool:
             gap.exfilguard.gap.reason = REASON_SEQUENCE_RESET
             gap.event.reason = (
                 f"this agent's spool restarted at sequence {first_unsent} but the collector already "
-                f"holds its events up to {collector_holds}: {_REASON_TEXT[REASON_SEQUENCE_RESET]}; "
+                f"holds its events up to {collector_holds}: {REASON_TEXT[REASON_SEQUENCE_RESET]}; "
                 "events the old spool held unsent are lost (count unknown)"
             )
             gap.exfilguard.gap.first.CopyFrom(gap.timestamp)
@@ -311,12 +349,17 @@ class Spool:
 
     def _open(self) -> sqlite3.Connection:
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self.path.chmod(0o600)  # events name files and users
+            # Before the first table: lets acknowledged space go back to the file system when
+            # the disk is full (no effect on a spool created by an older version).
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA journal_size_limit=67108864")  # don't keep a huge WAL after a drain
+            # The spool folds the log in itself (DiskRoom.fold): an automatic checkpoint that fails
+            # on a full disk says nothing, and the log would grow past what the reserve can pay.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute(f"PRAGMA journal_size_limit={self._reserve.size}")
             conn.executescript(_SCHEMA)
             count, size = conn.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM events"
@@ -330,9 +373,22 @@ class Spool:
         # Both counters are persisted because acks delete rows: MAX(seq) alone could go backwards.
         self._next_seq = max(int(meta.get("next_sequence", "1")), int(max_seq) + 1)
         self._acked = int(meta.get("acked_sequence", "0"))
-        for reason, raw in json.loads(meta.get("losses", "{}")).items():
-            self._losses[reason] = _Loss(int(raw["lost"]), tuple(raw["first"]), tuple(raw["last"]))
+        self._generation = int(meta.get("generation", "0"))
+        losses = json.loads(meta.get("losses", "{}"))
+        saved = self._loss_file.load()
+        if saved is not None and saved.get("generation") == self._generation:
+            # Counted after the last commit, while the database could not be written: they
+            # include what the database holds.
+            losses = saved.get("losses", {})
+        for reason, raw in losses.items():
+            self._losses[reason] = Loss(int(raw["lost"]), tuple(raw["first"]), tuple(raw["last"]))
         return conn
+
+    def _save_pending(self) -> None:
+        """Keep pending loss counts in spool.losses: the database did not take them."""
+        with self._cond:
+            losses = {r: {"lost": x.lost, "first": x.first, "last": x.last} for r, x in self._losses.items()}
+        self._loss_file.save({"generation": self._generation, "losses": losses})
 
     def _set_meta(self, key: str, value: str) -> None:
         self._conn.execute(
@@ -349,11 +405,14 @@ class Spool:
         while True:
             with self._cond:
                 while not self._queue and not self._wake_writer and not self._closing:
-                    self._cond.wait()
+                    if self._reserve.held:
+                        self._cond.wait()
+                    elif not self._cond.wait(_RETRY_SECONDS):
+                        break  # no reserve: try to regain room although nothing is queued
                 if self._closing and not self._queue:
                     self._store_group([])  # a last chance to record pending gaps
                     return
-                group = [self._queue.popleft() for _ in range(min(len(self._queue), _GROUP_MAX))]
+                group = self._take_group()
                 self._wake_writer = False
             stored = self._store_group(group)
             with self._cond:
@@ -363,11 +422,34 @@ class Spool:
                 for callback in self._listeners:
                     callback()
 
+    def _take_group(self) -> list[pb.Event]:
+        """Queued events for one transaction (caller holds `_cond`): bounded in count and in bytes,
+        so the log a commit leaves stays within what the reserve can fold in."""
+        group: list[pb.Event] = []
+        size = 0
+        while self._queue and len(group) < _GROUP_MAX and size < self._fold_at:
+            event = self._queue.popleft()
+            size += event.ByteSize()
+            group.append(event)
+        return group
+
     def _store_group(self, group: list[pb.Event]) -> int:
         """Store `group` (and any gaps owed) in one transaction; returns how many rows were stored."""
         with self._db_lock:
             with self._cond:
                 owed, self._losses = self._losses, {}  # append() may add more meanwhile
+            if not self._room.regain():
+                # No room to store anything safely: count the group, keep the gaps owed.
+                if not self._failing:
+                    log.error("the disk holding %s is full: events are counted as lost (disk_full) "
+                              "until there is room again", self.path)
+                    self._failing = True
+                for event in group:
+                    add_loss(owed, REASON_DISK_FULL, event)
+                self._restore_losses(owed)
+                if group or owed:
+                    self._save_pending()
+                return 0
             next_seq, count, size = self._next_seq, self._count, self._bytes
             rows: list[tuple[int, bytes]] = []
 
@@ -379,7 +461,7 @@ class Spool:
             losses = {r: dataclasses.replace(x) for r, x in owed.items()}
             gaps_stored = False
             if owed:
-                gaps = [self._gap_event(reason, loss) for reason, loss in sorted(owed.items())]
+                gaps = [gap_event(reason, loss) for reason, loss in sorted(owed.items())]
                 blobs = [self._stamp(gap, next_seq + i) for i, gap in enumerate(gaps)]
                 if count + len(blobs) <= self._max_events and size + sum(map(len, blobs)) <= self._max_bytes:
                     for blob in blobs:
@@ -389,26 +471,37 @@ class Spool:
             for event in group:
                 blob = self._stamp(event, next_seq)
                 if len(blob) > self._max_event_bytes:
-                    _add_loss(losses, REASON_TOO_LARGE, event)
+                    add_loss(losses, REASON_TOO_LARGE, event)
                 elif not room(len(blob)):
-                    _add_loss(losses, REASON_SPOOL_FULL, event)
+                    add_loss(losses, REASON_SPOOL_FULL, event)
                 else:
                     rows.append((next_seq, blob))
                     next_seq, count, size = next_seq + 1, count + 1, size + len(blob)
             if not rows and losses == owed:
                 self._restore_losses(losses)
                 return 0
+            meta = {
+                "next_sequence": str(next_seq),
+                "losses": json.dumps(
+                    {r: {"lost": x.lost, "first": x.first, "last": x.last} for r, x in losses.items()}),
+                "generation": str(self._generation + 1),
+            }
             try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                self._conn.executemany("INSERT INTO events(seq, data) VALUES (?, ?)", rows)
-                self._set_meta("next_sequence", str(next_seq))
-                self._set_meta("losses", json.dumps(
-                    {r: {"lost": x.lost, "first": x.first, "last": x.last} for r, x in losses.items()}
-                ))
-                self._conn.execute("COMMIT")
+                try:
+                    self._commit(rows, meta)
+                except sqlite3.Error as first:
+                    self._rollback()
+                    # The reserve pays for folding the log in and giving freed pages back; if
+                    # that makes room for the reserve again, the group is stored after all.
+                    if not (is_disk_full(first) and self._reserve.release() and self._room.regain()):
+                        raise
+                    self._commit(rows, meta)
             except (sqlite3.Error, OSError) as exc:
                 self._rollback()
-                reason = REASON_DISK_FULL if _is_disk_full(exc) else REASON_WRITE_FAILED
+                full = is_disk_full(exc)
+                if full:
+                    self._reserve.release()  # pays for folding the log in and deleting acked events
+                reason = REASON_DISK_FULL if full else REASON_WRITE_FAILED
                 # Once per episode: a full disk must not also fill the journal.
                 report = log.debug if self._failing else log.error
                 report("spool write failed (%s); events are counted as lost (%s) until it works again",
@@ -416,11 +509,14 @@ class Spool:
                 self._failing = True
                 # Nothing of this group reached the disk: all of it is lost, the gaps stay owed.
                 for event in group:
-                    _add_loss(owed, reason, event)
+                    add_loss(owed, reason, event)
                 self._restore_losses(owed)
+                self._save_pending()
                 return 0
+            self._generation += 1
             self._next_seq, self._count, self._bytes = next_seq, count, size
             self._restore_losses(losses)
+            self._room.wrote(sum(len(blob) for _, blob in rows))
             if self._failing:
                 self._failing = False
                 log.warning("spool writes work again")
@@ -429,7 +525,14 @@ class Spool:
                     log.warning("recorded agent.gap: %d events lost (%s)", loss.lost, reason)
             return len(rows)
 
-    def _restore_losses(self, losses: dict[str, _Loss]) -> None:
+    def _commit(self, rows: list[tuple[int, bytes]], meta: dict[str, str]) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+        self._conn.executemany("INSERT INTO events(seq, data) VALUES (?, ?)", rows)
+        for key, value in meta.items():
+            self._set_meta(key, value)
+        self._conn.execute("COMMIT")
+
+    def _restore_losses(self, losses: dict[str, Loss]) -> None:
         """Put owed losses back, merged with any that append() counted meanwhile."""
         with self._cond:
             for reason, loss in losses.items():
@@ -446,26 +549,3 @@ class Spool:
         event.agent.version = self._version
         event.event.sequence = seq
         return event.SerializeToString()
-
-    def _gap_event(self, reason: str, loss: _Loss) -> pb.Event:
-        gap = events.new_event("agent.gap")
-        gap.exfilguard.gap.lost = loss.lost
-        gap.exfilguard.gap.reason = reason
-        gap.exfilguard.gap.first.CopyFrom(Timestamp(seconds=loss.first[0], nanos=loss.first[1]))
-        gap.exfilguard.gap.last.CopyFrom(Timestamp(seconds=loss.last[0], nanos=loss.last[1]))
-        gap.event.reason = f"{loss.lost} events lost: {_REASON_TEXT.get(reason, reason)}"
-        return gap
-
-
-def _add_loss(losses: dict[str, _Loss], reason: str, event: pb.Event) -> None:
-    ts = (event.timestamp.seconds, event.timestamp.nanos)
-    if reason in losses:
-        losses[reason].add(ts)
-    else:
-        losses[reason] = _Loss(1, ts, ts)
-
-
-def _is_disk_full(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.OperationalError):
-        return "full" in str(exc).lower() or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC

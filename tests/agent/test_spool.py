@@ -6,11 +6,13 @@ import contextlib
 import os
 import subprocess
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.spool import REASON_DISK_FULL, REASON_SEQUENCE_RESET, REASON_SPOOL_FULL, REASON_TOO_LARGE, Spool
+from agent.gaps import REASON_DISK_FULL, REASON_SEQUENCE_RESET, REASON_SPOOL_FULL, REASON_TOO_LARGE
+from agent.spool import Spool
 from protos import events
 from protos import exfilguard_pb2 as pb
 
@@ -246,3 +248,62 @@ def test_disk_full_is_counted_and_reported_as_a_gap_once_space_returns(tmp_path:
         spool.close()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@contextlib.contextmanager
+def _tiny_disk(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` that really runs out of space (root only; CI runs as root)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a small tmpfs that really runs out of space")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], check=True)
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _accounted(rows: list[pb.Event]) -> int:
+    """Distinct test events stored plus the events that stored agent.gap events report lost."""
+    numbers = {e.exfilguard.count for e in rows if e.event.action == "agent.test"}
+    assert len(numbers) == len([e for e in rows if e.event.action == "agent.test"]), "stored twice"
+    return len(numbers) + sum(e.exfilguard.gap.lost for e in rows if e.event.action == "agent.gap")
+
+
+def _numbered(n: int) -> pb.Event:
+    return events.new_event("agent.test", file=pb.File(path="/srv/db/" + "p" * 150),
+                            exfilguard=pb.Extensions(count=n))
+
+
+@pytest.mark.root
+def test_a_spool_that_fills_its_own_disk_counts_exactly_then_frees_acked_space_and_recovers(
+    tmp_path: Path,
+) -> None:
+    produced = 25_000  # about twice what a 3 MiB disk holds
+    with _tiny_disk(tmp_path, "3m") as disk:
+        spool = _spool(disk, max_events=1_000_000, max_bytes=1 << 30)
+        for n in range(1, produced + 1):
+            spool.append(_numbered(n))
+        assert spool.flush(60)
+        lost = spool.pending_losses()[REASON_DISK_FULL]
+        stored = _decode(spool.unsent(0, produced))
+        assert len(stored) == spool.backlog() > 1000
+        assert _accounted(stored) + lost == produced, "every event the disk refused is counted, exactly"
+        spool.close()  # a stop while the disk is full keeps the count (spool.losses)
+        again = _spool(disk, max_events=1_000_000, max_bytes=1 << 30)
+        assert again.pending_losses() == {REASON_DISK_FULL: lost}
+        # The collector acknowledges everything: deleting it must work on the full disk, the
+        # freed space returns to the file system and the gap is stored without new events.
+        assert again.ack(again.next_sequence - 1) == len(stored)
+        _wait(lambda: not again.pending_losses(), 10)
+        for n in range(produced + 1, produced + 1001):
+            again.append(_numbered(n))
+        assert again.flush(10)
+        rows = _decode(again.unsent(0, 10_000))
+        assert [(e.event.action, e.exfilguard.gap.reason, e.exfilguard.gap.lost) for e in rows[:1]] == [
+            ("agent.gap", REASON_DISK_FULL, lost)]
+        assert [e.exfilguard.count for e in rows[1:]] == list(range(produced + 1, produced + 1001))
+        assert not again.pending_losses()
+        assert (disk / "spool.reserve").stat().st_blocks * 512 >= 64 << 10, "the reserve is held again"
+        again.close()
