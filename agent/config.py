@@ -62,6 +62,8 @@ class SensorSettings(_Strict):
     archive_min_files: Annotated[int, Field(ge=1, le=1_000_000)] = 2  # tagged reads before an archive counts
     inventory_seconds: Annotated[float, Field(ge=1, le=86_400)] = 300.0  # re-count tags at least this often
     max_hash_bytes: Annotated[int, Field(ge=0, le=1 << 40)] = 4 << 30  # full SHA-256 only below this size
+    # chunk fingerprints of tagged files kept in memory (~16 bytes each; ~10 KiB of data each)
+    max_chunk_fingerprints: Annotated[int, Field(ge=0, le=50_000_000)] = 2_000_000
 
     @pydantic.field_validator("fanotify", mode="before")
     @classmethod

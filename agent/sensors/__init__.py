@@ -37,6 +37,8 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     kernel allows it; otherwise inotify with best-effort attribution.
     Raises FanotifyUnavailable when `on` and fanotify cannot be used.
     """
+    from agent.content import ContentCatalog, ContentIdentifier
+    from agent.content.examiner import Examiner
     from agent.sensors import fanotify
     from agent.sensors.access import AccessReporter, ExactAccessSensor
     from agent.sensors.copies import CopyDetector
@@ -54,7 +56,14 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     media = RemovableMedia(config.removable)
     index = FingerprintIndex(tags, settings.max_hash_bytes)
     staging = StagingDetector(settings, emit, on_archive=index.add_staged)
-    copies = CopyDetector(index, media, staging, emit)
+
+    def content_lost(reason: str, count: int) -> None:
+        emit(_content_gap(reason, count))
+
+    catalog = ContentCatalog(index, max_chunks=settings.max_chunk_fingerprints,
+                             max_file_bytes=settings.max_hash_bytes, on_loss=content_lost)
+    examiner = Examiner(ContentIdentifier(catalog, index), on_loss=content_lost)
+    copies = CopyDetector(index, media, staging, emit, examiner=examiner)
 
     exact: ExactAccessSensor | None = None
     if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):
@@ -74,14 +83,33 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     def attached(_device: pb.Device) -> None:
         mounts.recheck()  # a mount seen before udev described its device
 
-    devices = DeviceSensor(media, emit, on_attach=attached)
+    devices = DeviceSensor(media, emit, on_attach=attached, examiner=examiner)
     # after an unmount the device's write counter moved (the unmount flushed): not a raw write
     media.subscribe(lambda mount, appeared: None if appeared else devices.forget_writes(mount.device.name))
     inventory = InventorySensor(index, emit, settings.inventory_seconds)
     # files first: it builds the index the inventory reports; fanotify before mounts so that
     # removable mounts present at start get their marks as the mount table reports them.
-    sensors: list[Sensor] = [files]
+    # the catalog fingerprints what the file sensor indexed; the examiner answers copies
+    sensors: list[Sensor] = [files, catalog, examiner]
     if exact is not None:
         sensors.append(exact)
     sensors += [inventory, devices, mounts]
     return sensors
+
+
+_LOSS_TEXT = {
+    "content_index_full": "content catalog full: later tagged files are matched by exact hash only",
+    "content_queue_full": "content examination queue full: a copy was reported without content evidence",
+}
+
+
+def _content_gap(reason: str, count: int) -> pb.Event:
+    from agent.sensors import procinfo
+    from protos.events import new_event
+
+    event = new_event("agent.gap")
+    event.exfilguard.gap.lost = count
+    event.exfilguard.gap.reason = reason
+    event.event.reason = _LOSS_TEXT.get(reason, reason)
+    event.exfilguard.attribution = procinfo.NONE
+    return event

@@ -5,7 +5,9 @@ Two independent ways to tie a written file to a tagged one:
     grandparent or process group opened a tagged file of the same name (rsync's receiver
     writes what its sender read);
   - content fingerprint: a tagged file of the same size has the same sampled hash and
-    then the same full SHA-256, whatever the new name.
+    then the same full SHA-256, whatever the new name; failing that, the Examiner opens it
+    (agent/content: archive members, chunks, text) off this thread, and the file.copy
+    follows with what it found.
 An archive that matches no single file is still tied to the tagged files its writer read.
 """
 
@@ -17,7 +19,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 
+from agent.content.examiner import Examiner
+from agent.content.identify import Identification
 from agent.sensors import Emit, procinfo
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.media import RemovableMedia, RemovableMount
@@ -30,6 +35,7 @@ _MAX_READS = 100_000     # tagged files remembered per process
 _LINEAGE_SECONDS = 12 * 3600.0
 _CATCH_UP_MARGIN_SECONDS = 2.0  # mount to mount-table wake-up is milliseconds
 _COARSE_CLOCK_SECONDS = 0.02
+LINEAGE_PROCESS_CONFIDENCE = 0.3  # the writer read tagged files; its bytes were not matched
 
 
 class _Reads:
@@ -50,12 +56,23 @@ class _Reads:
         return path, entry[1]
 
 
+@dataclass(frozen=True, slots=True)
+class _Found:
+    """What the write's own thread found: exact fingerprint and lineage."""
+
+    source: tuple[str, tuple[str, ...]] | None
+    methods: list[str]
+    sha256: str
+    files_read: int
+
+
 class CopyDetector:
     """Turns removable writes into `file.write`, and identified copies into `file.copy`."""
 
     def __init__(self, index: FingerprintIndex, media: RemovableMedia, staging: StagingDetector,
-                 emit: Emit) -> None:
+                 emit: Emit, examiner: Examiner | None = None) -> None:
         self.index = index
+        self.examiner = examiner
         self.media = media
         self.staging = staging
         self._emit = emit
@@ -188,27 +205,50 @@ class CopyDetector:
         elif source is None and by_process is not None:
             source = by_process
             methods.append("process")
-        archive_reads = self.staging.note_write(written, staged=False)
+        files_read = max(files_read, self.staging.note_write(written, staged=False))
 
         write = self._event("file.write", written, device, mount)
         if sha:
             write.file.hash.sha256 = sha
         if source is not None:
             write.tags.extend(source[1])
-            write.exfilguard.copy.files_read = max(files_read, archive_reads)
+            write.exfilguard.copy.files_read = files_read
         self._emit(write)
+        found = _Found(source, methods, sha, files_read)
+        if match is None and written.size > 0 and self.examiner is not None and self.examiner.examine(
+                written.path, lambda content: self._report(written, device, mount, found, content)):
+            return  # file.copy (if any) once its content is examined
+        self._report(written, device, mount, found, None)
+
+    def _report(self, written: Written, device: pb.Device, mount: pb.Mount, found: _Found,
+                content: Identification | None) -> None:
+        """Emit the file.copy, on content evidence first, else on lineage."""
+        source, methods = found.source, list(found.methods)
+        if content is not None and content.found:
+            source = (content.sources[0], tuple(content.tags))
+            methods = ["fingerprint", *(["process"] if found.source is not None else [])]
         if source is None:
             return
         copy = self._event("file.copy", written, device, mount)
         copy.tags.extend(source[1])
-        if sha:
-            copy.file.hash.sha256 = sha
+        if found.sha256:
+            copy.file.hash.sha256 = found.sha256
+            copy.exfilguard.source.sha256 = found.sha256
         copy.exfilguard.source.path = source[0]
         copy.exfilguard.source.tags.extend(source[1])
-        if sha:
-            copy.exfilguard.source.sha256 = sha
         copy.exfilguard.copy.method.extend(methods)
-        copy.exfilguard.copy.files_read = max(files_read, archive_reads)
+        copy.exfilguard.copy.files_read = found.files_read
+        if content is not None:
+            content.fill(copy)
+        if found.sha256:
+            copy.exfilguard.copy.identified_by = "exact"
+            copy.exfilguard.copy.confidence = 1.0
+            copy.exfilguard.copy.share = 1.0
+            copy.exfilguard.copy.sources.append(source[0])
+        elif not copy.exfilguard.copy.identified_by:
+            # the writer read tagged files; nothing in the bytes shows they are here: a guess
+            copy.exfilguard.copy.identified_by = "lineage-process"
+            copy.exfilguard.copy.confidence = LINEAGE_PROCESS_CONFIDENCE
         self._emit(copy)
 
     def catch_up(self, mount: RemovableMount, watched_at: float, limit: int = 10_000) -> int:

@@ -8,7 +8,11 @@ Devices present when the agent starts are reported too.
 Raw writes: the kernel sends no fsnotify events for device nodes, so `dd of=/dev/sdb`
 is caught from the device's write counter (sysfs `stat`), polled each second while a
 removable device is attached and has no file system mounted: `device.write`, with the
-process that holds the node open for writing when it is still there.
+process that holds the node open for writing when it is still there. Once the counter has
+held still for `_RAW_SETTLE_SECONDS`, the start of the device is read back and identified
+(agent/content: an archive stream, chunks of tagged files): a match is a `file.copy` whose
+`file.path` is the device node. The volume threshold of the shipped policy stays for what
+cannot be identified.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ import logging
 import os
 import select
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyudev
 
+from agent.content.examiner import Examiner
+from agent.content.identify import Identification
 from agent.sensors import Emit, procinfo
 from agent.sensors.errors import SensorError
 from agent.sensors.media import RemovableMedia, describe_udev
@@ -32,6 +40,18 @@ from protos.events import new_event
 log = logging.getLogger(__name__)
 
 _RAW_POLL_MS = 1000
+_RAW_SETTLE_SECONDS = 1.0
+_READ_BACK_MARGIN = 1 << 20        # read back this much past the bytes written
+_READ_BACK_MAX = 4 << 30
+
+
+@dataclass
+class _RawWrite:
+    """Raw writes to one device not yet read back."""
+
+    bytes: int
+    changed_at: float
+    writer: procinfo.ProcessInfo | None
 
 
 def _sectors_written(node: str) -> int | None:
@@ -67,8 +87,11 @@ class DeviceSensor:
 
     def __init__(self, media: RemovableMedia, emit: Emit,
                  on_attach: Callable[[pb.Device], None] | None = None,
-                 on_detach: Callable[[pb.Device], None] | None = None) -> None:
+                 on_detach: Callable[[pb.Device], None] | None = None,
+                 examiner: Examiner | None = None) -> None:
         self.media = media
+        self._examiner = examiner
+        self._raw: dict[str, _RawWrite] = {}  # device node -> writes to read back
         self._emit = emit
         self._on_attach = on_attach
         self._on_detach = on_detach
@@ -166,6 +189,7 @@ class DeviceSensor:
         mounted = {m.device.name for m in mounts} | {m.device.parent for m in mounts}
         with self._lock:
             devices = list(self._attached.values())
+        now = time.monotonic()
         for device in devices:
             sectors = _sectors_written(device.name)
             if sectors is None:
@@ -174,6 +198,7 @@ class DeviceSensor:
             self._written[device.name] = sectors
             if before is None or sectors <= before or device.name in mounted or (
                     device.parent and device.parent in mounted):
+                self._read_back_if_settled(device, now)
                 continue  # writes through a mounted file system are file events, not raw ones
             event = new_event("device.write")
             event.device.CopyFrom(device)
@@ -183,6 +208,42 @@ class DeviceSensor:
             writer = _writer_of(device.name)
             procinfo.describe(event, writer, procinfo.INFERRED if writer else procinfo.NONE)
             self._emit(event)
+            pending = self._raw.get(device.name)
+            if pending is None:
+                self._raw[device.name] = _RawWrite((sectors - before) * 512, now, writer)
+            else:
+                pending.bytes += (sectors - before) * 512
+                pending.changed_at = now
+                pending.writer = pending.writer or writer
+
+    def _read_back_if_settled(self, device: pb.Device, now: float) -> None:
+        """Identify what was written once the device's write counter held still."""
+        pending = self._raw.get(device.name)
+        if pending is None or now - pending.changed_at < _RAW_SETTLE_SECONDS:
+            return
+        del self._raw[device.name]
+        if self._examiner is None:
+            return
+        limit = min(pending.bytes + _READ_BACK_MARGIN, _READ_BACK_MAX, device.size or _READ_BACK_MAX)
+        self._examiner.examine_device(
+            device.name, limit, lambda found: self._raw_identified(device, pending, found))
+
+    def _raw_identified(self, device: pb.Device, pending: _RawWrite, found: Identification) -> None:
+        if found.refused:
+            log.info("reading back %s: %s", device.name, found.refused)
+        if not found.found:
+            return
+        event = new_event("file.copy", tags=found.tags,
+                          file=pb.File(path=device.name, size=pending.bytes, type="device"))
+        event.device.CopyFrom(device)
+        event.exfilguard.source.path = found.sources[0]
+        event.exfilguard.source.tags.extend(found.tags)
+        event.exfilguard.copy.method.append("fingerprint")
+        found.fill(event)
+        event.event.reason = (f"{pending.bytes} bytes written to the raw device; read back: "
+                              f"{found.format or 'data'} holding {len(found.sources)} tagged file(s)")
+        procinfo.describe(event, pending.writer, procinfo.INFERRED if pending.writer else procinfo.NONE)
+        self._emit(event)
 
     def forget_writes(self, node: str) -> None:
         """Re-baseline the write counter (a file system on it was just unmounted)."""

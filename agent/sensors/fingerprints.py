@@ -285,6 +285,28 @@ class FingerprintIndex:
         with self._lock:
             return {tag: (v[0], v[1]) for tag, v in sorted(self._totals.items())}
 
+    def snapshot(self) -> list[tuple[str, int, int, tuple[str, ...]]]:
+        """Every indexed file now: (path, size, mtime_ns, tags)."""
+        with self._lock:
+            return [(path, e[0], e[1], e[2]) for path, e in self._files.items()]
+
+    def has_size(self, size: int) -> bool:
+        """Whether some indexed file has exactly this size (a cheap first test)."""
+        return size in self._by_size  # lock-free: one dict lookup
+
+    def match_digest(self, size: int, sha256: str) -> str | None:
+        """The indexed file of this size and full SHA-256 (an archive member's), if any."""
+        if size <= 0 or size > self.max_hash_bytes:
+            return None
+        with self._lock:
+            candidates = list(self._by_size.get(size, ()))
+        return next((path for path in candidates if self._full_of(path) == sha256), None)
+
+    def read_own(self, path: str, read: Callable[[int], _T]) -> _T | None:
+        """Run `read(fd)` on a tagged file opened by the agent itself; its own open and close
+        are not reported as a user's reads. None if it cannot be opened or read."""
+        return self._open_own(path, read)
+
     def match(self, fd: int, size: int) -> tuple[str, str] | None:
         """The tagged file whose content equals the open file `fd` (of `size` bytes): (path, sha256).
 

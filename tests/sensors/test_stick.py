@@ -196,9 +196,15 @@ def test_stick_identity_mount_copies_and_detach(loop_stick: Any, tagged: tuple[P
         assert archive["exfilguard.copy.files_read"] == len(files)
         assert archive["tags"] == TAGS
         copy = events.wait_for(events.action("file.copy", {"file.path": f"{point}/backup.tar"}))[0]
-        assert copy["exfilguard.copy.method"] == ["process"]
+        # its members are the tagged files: named one by one, never the directory
+        assert copy["exfilguard.copy.method"] == ["fingerprint", "process"]
+        assert copy["exfilguard.copy.identified_by"] == "member"
+        assert copy["exfilguard.content.format"] == "tar"
+        assert copy["exfilguard.copy.members_total"] == len(files)
+        assert sorted(copy["exfilguard.copy.sources"]) == sorted(map(str, files))
+        assert {m["name"] for m in copy["exfilguard.copy.members"]} == {f"customers/{f.name}" for f in files}
         assert copy["exfilguard.copy.files_read"] == len(files)
-        assert copy["exfilguard.source.path"] == str(root / "customers")
+        assert copy["exfilguard.source.path"] in map(str, files)
         mass = events.wait_for(events.action("file.mass_read", {"process.pid": archive["process.pid"]}))[0]
         assert mass["exfilguard.count"] >= 4
 
@@ -214,6 +220,8 @@ def test_stick_identity_mount_copies_and_detach(loop_stick: Any, tagged: tuple[P
         copy = events.wait_for(events.action("file.copy", {"file.path": f"{point}/photos.dat"}))[0]
         assert copy["exfilguard.source.path"] == str(staged)
         assert copy["exfilguard.copy.method"] == ["fingerprint"]
+        assert copy["exfilguard.copy.identified_by"] == "exact"
+        assert copy["exfilguard.copy.confidence"] == 1.0
         assert copy["tags"] == TAGS
 
         # every write on the stick was reported, each once

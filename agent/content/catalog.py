@@ -1,0 +1,288 @@
+"""ContentCatalog: chunk and text fingerprints of every tagged file, kept in step with the index.
+
+The FingerprintIndex knows every tagged file by size and hash (exact copies). The catalog
+reads each tagged file once more, in its own low-priority thread, and keeps its content-
+defined chunk keys (agent/content/chunks.py) and, for text, a sample of its line and field
+features (textsim.py) in two compact `FeatureTable`s. It follows the index's version: a
+new or changed file is fingerprinted again, a removed one's id retired and swept later.
+
+Memory is bounded: at most `max_chunks` chunk entries (8 bytes each, tables kept at most
+half full); past that a file is left without chunk fingerprints, logged, and counted
+through `on_loss` (the agent reports it as an `agent.gap`).
+"""
+
+# Per-file hot path uses os calls, not a Path object per file.
+# ruff: noqa: PTH116
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from agent.content.chunks import MAX_ID, ChunkStream, FeatureTable
+from agent.content.textsim import MIN_SAMPLE, TextFeatures, TextSample, looks_like_text
+from agent.sensors.fingerprints import FingerprintIndex
+
+log = logging.getLogger(__name__)
+
+_READ = 1 << 20
+TEXT_BYTES = 16 << 20  # text features come from at most this much of a file's start
+LossReport = Callable[[str, int], None]  # (reason, files affected)
+
+
+@dataclass(slots=True)
+class Source:
+    """One tagged file as the catalog fingerprinted it."""
+
+    path: str
+    size: int
+    mtime: int
+    tags: tuple[str, ...]
+    chunks: int = -1          # distinct chunks recorded; -1 until fingerprinted
+    text: int = 0             # sampled text features (0: not text, or too few)
+    sha256: str = ""
+
+
+class ContentCatalog:
+    """Chunk and text fingerprints of tagged files; a sensor (`content`) with start/stop."""
+
+    name = "content"
+
+    def __init__(self, index: FingerprintIndex, *, max_chunks: int = 4_000_000,
+                 max_file_bytes: int = 4 << 30, on_loss: LossReport | None = None,
+                 poll_seconds: float = 0.5) -> None:
+        self.index = index
+        self.max_chunks = max_chunks
+        self.max_file_bytes = max_file_bytes
+        self._on_loss = on_loss
+        self._poll = poll_seconds
+        self.chunks = FeatureTable(1 << 16)
+        self.text = FeatureTable(1 << 12)
+        self._lock = threading.Lock()
+        self._ids: dict[str, int] = {}
+        self._sources: dict[int, Source] = {}
+        self._pending: dict[str, None] = {}   # paths to fingerprint, oldest first
+        self._retired = 0
+        self._next_id = 1
+        self._synced_version = -1
+        self._full_logged = False
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ---------------------------------------------------------------- life
+
+    def start(self) -> None:
+        """Fingerprint the tagged files in a background thread, then follow changes."""
+        self._thread = threading.Thread(target=self._run, name="exfilguard-content", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop fingerprinting; idempotent."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until every tagged file known now is fingerprinted; False on timeout."""
+        self._idle.clear()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic()))) and self.ready():
+                return True
+            self._wake.set()
+        return self.ready()
+
+    def ready(self) -> bool:
+        """Nothing left to fingerprint (as of the index version last seen)."""
+        with self._lock:
+            return not self._pending and self._synced_version == self.index.version
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):  # background work: the user's programs go first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        while not self._stop.is_set():
+            try:
+                self.sync()
+                while not self._stop.is_set() and self._fingerprint_next():
+                    if self.index.version != self._synced_version:
+                        self.sync()
+            except Exception:
+                log.exception("content catalog: fingerprinting failed")
+            self._idle.set()
+            self._wake.wait(self._poll)
+            self._wake.clear()
+
+    # -------------------------------------------------------------- updates
+
+    def sync(self) -> None:
+        """Take the index's files: queue new and changed ones, retire removed ones."""
+        version = self.index.version
+        if version == self._synced_version:
+            return
+        self.index.settle()
+        current = {path: (size, mtime, tags) for path, size, mtime, tags in self.index.snapshot()}
+        with self._lock:
+            for path in [p for p in self._ids if p not in current]:
+                self._retire(path)
+            for path in [p for p in self._pending if p not in current]:
+                del self._pending[path]
+            for path, (size, mtime, tags) in current.items():
+                known = self._sources.get(self._ids.get(path, 0))
+                if known is None or known.size != size or known.mtime != mtime:
+                    if known is not None:
+                        self._retire(path)
+                    self._pending[path] = None
+                elif known.tags != tags:
+                    known.tags = tags
+            self._synced_version = version
+            if self._retired > max(4096, len(self.chunks) // 2):
+                self._compact()
+
+    def _retire(self, path: str) -> None:
+        file_id = self._ids.pop(path, None)
+        if file_id is not None:
+            source = self._sources.pop(file_id, None)
+            self._retired += max(0, source.chunks if source else 0)
+
+    def _compact(self) -> None:
+        live = self._sources.__contains__
+        self.chunks.compact(live)
+        self.text.compact(live)
+        self._retired = 0
+        self._full_logged = len(self.chunks) >= self.max_chunks
+
+    def _new_id(self) -> int:
+        if self._next_id >= MAX_ID:  # ids wrapped: sweep the dead ones, then reuse free ids
+            self._compact()
+            self._next_id = 1
+        while self._next_id in self._sources:
+            self._next_id += 1
+        file_id = self._next_id
+        self._next_id += 1
+        return file_id
+
+    def _fingerprint_next(self) -> bool:
+        with self._lock:
+            if not self._pending:
+                return False
+            path = next(iter(self._pending))
+            del self._pending[path]
+        tags = self.index.tags_of(path)
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError:
+            return True  # gone: the index's delete event follows
+        if not tags or st.st_size <= 0 or st.st_size > self.max_file_bytes:
+            return True
+        with self._lock:
+            full = len(self.chunks) >= self.max_chunks
+        if full:
+            self._lost("content_index_full", path)
+            return True
+        source = Source(path=path, size=st.st_size, mtime=st.st_mtime_ns, tags=tags)
+        with self._lock:
+            file_id = self._new_id()
+            self._sources[file_id] = source  # live while it is read: lookups may hit it early
+            self._ids[path] = file_id
+        if not self.index.read_own(path, lambda fd: self._read_source(fd, file_id, source)):
+            # unreadable, or changed while read: its next index change queues it again
+            with self._lock:
+                if self._ids.get(path) == file_id:
+                    self._retire(path)
+        return True
+
+    def _read_source(self, fd: int, file_id: int, source: Source) -> bool:
+        """Fingerprint one open tagged file; False if it changed while read (read it again)."""
+        before = os.fstat(fd)
+        seen: set[int] = set()
+        table = self.chunks
+        budget = self.max_chunks
+
+        def chunk(key: int, _length: int) -> None:
+            if key not in seen and len(table) < budget:
+                seen.add(key)
+                table.add(key, file_id)
+
+        chunker = ChunkStream(chunk)
+        sha = hashlib.sha256()
+        sample: TextSample | None = None
+        text: TextFeatures | None = None
+        offset = 0
+        while offset < source.size:
+            data = os.pread(fd, _READ, offset)
+            if not data:
+                break
+            if offset == 0 and looks_like_text(data[:8192]):
+                sample = TextSample()
+                text = TextFeatures(sample.add)
+            chunker.update(data)
+            sha.update(data)
+            if text is not None and offset < TEXT_BYTES:
+                text.update(data)
+            offset += len(data)
+        chunker.finish()
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns, offset) != (before.st_size, before.st_mtime_ns, source.size):
+            return False  # changed while read
+        if text is not None and sample is not None:
+            text.finish()
+            if len(sample.keys) >= MIN_SAMPLE:
+                for key in sample.keys:
+                    self.text.add(key, file_id)
+                source.text = len(sample.keys)
+        source.chunks = len(seen)
+        source.sha256 = sha.hexdigest()
+        if len(table) >= budget:
+            self._lost("content_index_full", source.path)
+        return True
+
+    def _lost(self, reason: str, path: str) -> None:
+        # once until the catalog has room again (a sweep): not one report per file
+        if self._full_logged:
+            return
+        self._full_logged = True
+        log.warning("content catalog full (%d chunk fingerprints): %s and later tagged files "
+                    "are matched by exact hash only", self.max_chunks, path)
+        if self._on_loss is not None:
+            self._on_loss(reason, 1)
+
+    # -------------------------------------------------------------- queries
+
+    def source(self, file_id: int) -> Source | None:
+        """The tagged file behind an id, if it is still current."""
+        with self._lock:
+            return self._sources.get(file_id)
+
+    def chunk_ids(self, key: int) -> list[int]:
+        """Ids of current tagged files holding this chunk."""
+        sources = self._sources
+        return [i for i in self.chunks.ids(key) if i in sources]
+
+    def text_ids(self, key: int) -> list[int]:
+        """Ids of current tagged text files whose sample holds this feature."""
+        sources = self._sources
+        return [i for i in self.text.ids(key) if i in sources]
+
+    def has_text(self) -> bool:
+        """Whether any tagged file has a text sample (else text features are not computed)."""
+        return len(self.text) > 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sources)
+
+    def paths(self, ids: Iterable[int]) -> list[str]:
+        """Paths of these ids (current ones only)."""
+        with self._lock:
+            return [self._sources[i].path for i in ids if i in self._sources]
