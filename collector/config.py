@@ -126,6 +126,18 @@ class CollectorConfig(_Strict):
     silent_agent_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
     max_message_bytes: Annotated[int, Field(ge=64 << 10, le=64 << 20)] = 4 << 20
     max_streams: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+    # Streams from one address (0: no cap; agents behind one NAT address share it).
+    max_streams_per_peer: Annotated[int, Field(ge=0, le=100_000)] = 0
+    # A stream must send its hello within this long; until then it holds a pending slot, not
+    # one of max_streams, and there are at most max_pending_hellos of those (per address: ..._per_peer).
+    hello_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+    max_pending_hellos: Annotated[int, Field(ge=1, le=100_000)] = 1_000
+    max_pending_hellos_per_peer: Annotated[int, Field(ge=1, le=100_000)] = 64
+    # A stream that sends nothing (not even a heartbeat) for this long is closed (0: never).
+    # Keep it well above the agents' heartbeat_seconds.
+    idle_stream_seconds: Annotated[float, Field(ge=0, le=7 * 86400)] = 900.0
+    # At start, an integrity check of a SQLite store reads it for at most this long (0: skip).
+    store_check_seconds: Annotated[float, Field(ge=0, le=3600)] = 10.0
     # Prometheus metrics (collector/metrics.py). Plaintext HTTP: loopback only unless allowed here.
     # Declared before metrics_listen, whose validator reads it.
     metrics_allow_remote: bool = False

@@ -28,15 +28,21 @@ from collector.listeners import EventListener, notify
 from collector.metrics import CollectorMetrics
 from collector.registry import FleetRegistry
 from collector.store.base import IngestResult, Store, StoreError
+from collector.streamlimits import RefusalLog, Slots, StreamLimits, peer_host
+from collector.wirecheck import (
+    MAX_SEQUENCE_AHEAD,
+    Malformed,
+    batch_problem,
+    heartbeat_problem,
+    hello_problem,
+    parse_agent_message,
+)
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
 from protos.events import to_mapping
 
 log = logging.getLogger("exfilguard.collector.ingest")
 
-MAX_BATCH_EVENTS = 10_000  # an agent flushes at 500; far more is a broken or hostile agent
-MAX_AGENT_ID = 128
-MAX_SEQUENCE = (1 << 63) - 1  # uint64 on the wire, signed 64-bit in the store
 _GROUP_EVENTS = 20_000  # at most this many events in one commit, so acks keep flowing
 _STREAM_PIPELINE = 16  # batches of one stream read ahead of their commit (bounds memory per stream)
 
@@ -150,34 +156,25 @@ class StoreWriter:
         self._executor.shutdown(wait=True)
 
 
-def batch_problem(agent_id: str, events: Sequence[pb.Event]) -> str | None:
-    """Why a batch is unacceptable from this agent's stream, or None."""
-    if len(events) > MAX_BATCH_EVENTS:
-        return f"batch of {len(events)} events exceeds the limit of {MAX_BATCH_EVENTS}"
-    for index, event in enumerate(events):
-        sequence = event.event.sequence
-        if sequence == 0:
-            return f"event #{index} in batch (event.id {event.event.id[:64]!r}): event.sequence must be > 0"
-        if sequence > MAX_SEQUENCE:
-            return f"event sequence {sequence}: larger than {MAX_SEQUENCE} (a store integer)"
-        if event.agent.id != agent_id:
-            return (
-                f"event sequence {sequence}: agent.id {event.agent.id[:MAX_AGENT_ID]!r} does not match "
-                f"the stream's hello agent id {agent_id!r}"
-            )
-    return None
+def add_to_server(servicer: IngestServicer, server: grpc.aio.Server) -> None:
+    """Serve the Ingest stream with our own request parser (wirecheck.parse_agent_message).
+
+    The generated stub's parser raises on bad bytes, which gRPC answers with UNKNOWN and a logged
+    traceback per message; ours hands the servicer a `Malformed` to refuse with INVALID_ARGUMENT.
+    """
+    handlers = {
+        "Stream": grpc.stream_stream_rpc_method_handler(
+            servicer.Stream,
+            request_deserializer=parse_agent_message,
+            response_serializer=pb.CollectorMessage.SerializeToString,
+        )
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(INGEST_SERVICE, handlers),))
+    server.add_registered_method_handlers(INGEST_SERVICE, handlers)
 
 
-def hello_problem(hello: pb.Hello) -> str | None:
-    """Why a hello is unacceptable, or None."""
-    agent_id = hello.agent_id
-    if not agent_id:
-        return "hello.agent_id is empty"
-    if len(agent_id) > MAX_AGENT_ID:
-        return f"hello.agent_id is longer than {MAX_AGENT_ID} characters"
-    if not agent_id.isprintable() or agent_id.strip() != agent_id:
-        return "hello.agent_id contains control characters or surrounding spaces"
-    return None
+INGEST_SERVICE = pb.DESCRIPTOR.services_by_name["Ingest"].full_name
+_Context = grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
 
 
 class IngestServicer(pb_grpc.IngestServicer):
@@ -188,7 +185,7 @@ class IngestServicer(pb_grpc.IngestServicer):
         writer: StoreWriter,
         registry: FleetRegistry,
         listeners: Sequence[EventListener] = (),
-        max_streams: int = 10_000,
+        limits: StreamLimits | None = None,
         pusher: ConfigPusher | None = None,
         *,
         metrics: CollectorMetrics | None = None,
@@ -198,38 +195,45 @@ class IngestServicer(pb_grpc.IngestServicer):
         self._pusher = pusher  # central agent config; None: nothing is pushed
         self._registry = registry
         self._listeners = list(listeners)
-        self._max_streams = max_streams
-        self.streams = 0
+        self.limits = limits or StreamLimits()
+        self._pending = Slots(self.limits.max_pending_hellos, self.limits.max_pending_hellos_per_peer)
+        self._agents = Slots(self.limits.max_streams, self.limits.max_streams_per_peer)
+        self._refusals = RefusalLog(log)
+
+    @property
+    def streams(self) -> int:
+        """Agent streams open (past their hello)."""
+        return self._agents.open
+
+    @property
+    def pending(self) -> int:
+        """Streams open that have not said hello yet."""
+        return self._pending.open
 
     async def Stream(  # type: ignore[override]  # read()/write() style, which the stubs do not model
         self,
         request_iterator: AsyncIterator[pb.AgentMessage],
-        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
+        context: _Context,
     ) -> None:
         """One agent's stream, from hello to disconnect."""
-        if self.streams >= self._max_streams:
-            log.warning("stream refused: %d streams open (max_streams)", self.streams)
-            self._metrics.stream_rejected("RESOURCE_EXHAUSTED", metrics.MAX_STREAMS)
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, f"collector is at max_streams ({self._max_streams})"
-            )
-        self.streams += 1
+        peer = peer_host(context.peer())
+        full = self._pending.refusal(peer)
+        if full:
+            await self._refuse(context, peer, f"too many streams waiting for their hello: {full}",
+                               metrics.PENDING_HELLOS)
+        self._pending.take(peer)
+        pending = True
         agent_id = ""
         try:
-            first: object = await context.read()
-            if not isinstance(first, pb.AgentMessage):  # EOF: the agent closed before saying hello
+            first = await self._hello(context, peer)
+            if first is None:
                 return
-            kind = first.WhichOneof("body")
-            if kind != "hello":
-                await self._reject(
-                    context,
-                    "",
-                    f"the first message must be a hello, got {kind or 'nothing'}",
-                    metrics.NO_HELLO,
-                )
-            problem = hello_problem(first.hello)
-            if problem:
-                await self._reject(context, "", problem, metrics.BAD_HELLO)
+            full = self._agents.refusal(peer)
+            if full:
+                await self._refuse(context, peer, f"collector is at max_streams: {full}", metrics.MAX_STREAMS)
+            self._pending.give_back(peer)
+            pending = False
+            self._agents.take(peer)
             agent_id = first.hello.agent_id
             self._registry.connected(first.hello)
             watermark = await self._writer.call(self._writer.store.watermark, agent_id)
@@ -268,17 +272,49 @@ class IngestServicer(pb_grpc.IngestServicer):
             pushed = self._pusher.on_hello(first.hello) if self._pusher is not None else None
             if pushed is not None:
                 await context.write(pushed)
-            await self._serve(agent_id, context, first.hello, pushed.config.version if pushed else None)
+            await self._serve(
+                agent_id, context, watermark, first.hello, pushed.config.version if pushed else None
+            )
         finally:
-            self.streams -= 1
+            if pending:
+                self._pending.give_back(peer)
+            else:
+                self._agents.give_back(peer)
             if agent_id:
                 self._registry.disconnected(agent_id)
                 log.info("agent disconnected", extra={"agent_id": agent_id})
 
+    async def _hello(self, context: _Context, peer: str) -> pb.AgentMessage | None:
+        """The stream's valid hello; None at EOF. Ends the stream without one within hello_timeout_seconds."""
+        try:
+            first: object = await asyncio.wait_for(context.read(), self.limits.hello_timeout_seconds)
+        except TimeoutError:
+            await self._refuse(
+                context,
+                peer,
+                f"no hello within {self.limits.hello_timeout_seconds:g} s (hello_timeout_seconds)",
+                metrics.HELLO_TIMEOUT,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+            )
+        if isinstance(first, Malformed):
+            await self._reject(context, "", first.problem, first.reason)
+        if not isinstance(first, pb.AgentMessage):  # EOF: the agent closed before saying hello
+            return None
+        kind = first.WhichOneof("body")
+        if kind != "hello":
+            await self._reject(
+                context, "", f"the first message must be a hello, got {kind or 'nothing'}", metrics.NO_HELLO
+            )
+        problem = hello_problem(first.hello)
+        if problem:
+            await self._reject(context, "", problem, metrics.BAD_HELLO)
+        return first
+
     async def _serve(
         self,
         agent_id: str,
-        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
+        context: _Context,
+        watermark: int,
         hello: pb.Hello | None = None,
         config_sent: str | None = None,
     ) -> None:
@@ -287,20 +323,34 @@ class IngestServicer(pb_grpc.IngestServicer):
         # window of 8, one batch per stream per commit would cap ingest at a fraction of
         # what SQLite can do). Acks go out in order from a task of their own.
         inflight: asyncio.Queue[_Outgoing] = asyncio.Queue(_STREAM_PIPELINE)
-        acker = asyncio.create_task(self._acknowledge(agent_id, context, inflight), name=f"ack-{agent_id}")
+        acked = [watermark]  # the acker moves it; batches may not run further than MAX_SEQUENCE_AHEAD past it
+        acker = asyncio.create_task(
+            self._acknowledge(agent_id, context, inflight, acked), name=f"ack-{agent_id}"
+        )
         # Config pushed after a reload goes through the acker too: one writer per stream.
         pushing: PushStream | None = None
         if self._pusher is not None and hello is not None:
             pushing = self._pusher.attach(hello, config_sent, inflight.put)
+        idle = self.limits.idle_stream_seconds or None
         try:
             while True:
                 reading = asyncio.ensure_future(context.read())
-                await asyncio.wait({reading, acker}, return_when=asyncio.FIRST_COMPLETED)
-                if not reading.done():  # the acker ended the stream (store failure)
+                await asyncio.wait({reading, acker}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
+                if not reading.done():
                     reading.cancel()
-                    await acker
-                    return
+                    if acker.done():  # the acker ended the stream (store failure)
+                        await acker
+                        return
+                    # Nothing for idle_stream_seconds, not even a heartbeat: a dead or stuck agent.
+                    self._metrics.stream_rejected("DEADLINE_EXCEEDED", metrics.IDLE)
+                    log.info("closing an idle stream", extra={"agent_id": agent_id, "idle_seconds": idle})
+                    await context.abort(
+                        grpc.StatusCode.DEADLINE_EXCEEDED,
+                        f"nothing received for {idle:g} s (idle_stream_seconds); reconnect",
+                    )
                 message: object = reading.result()
+                if isinstance(message, Malformed):
+                    await self._reject(context, agent_id, message.problem, message.reason)
                 if not isinstance(message, pb.AgentMessage):  # EOF: the agent closed its side
                     await inflight.put(None)
                     await acker
@@ -308,12 +358,15 @@ class IngestServicer(pb_grpc.IngestServicer):
                 kind = message.WhichOneof("body")
                 if kind == "batch":
                     events = message.batch.events
-                    problem = batch_problem(agent_id, events)
+                    problem = batch_problem(agent_id, events, acked[0] + MAX_SEQUENCE_AHEAD)
                     if problem:
                         await self._reject(context, agent_id, problem, metrics.BAD_BATCH)
                     self._registry.seen(agent_id)
                     await inflight.put(self._writer.submit(agent_id, events))
                 elif kind == "heartbeat":
+                    problem = heartbeat_problem(message.heartbeat)
+                    if problem:
+                        await self._reject(context, agent_id, problem, metrics.BAD_HEARTBEAT)
                     self._registry.heartbeat(agent_id, message.heartbeat)
                     if pushing is not None:
                         ConfigPusher.reported(pushing, message.heartbeat.config_version)
@@ -339,8 +392,9 @@ class IngestServicer(pb_grpc.IngestServicer):
     async def _acknowledge(
         self,
         agent_id: str,
-        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
+        context: _Context,
         inflight: asyncio.Queue[_Outgoing],
+        acked: list[int],
     ) -> None:
         """Ack each queued batch once committed, in order, then tell the listeners; send queued config."""
         while (future := await inflight.get()) is not None:
@@ -355,18 +409,28 @@ class IngestServicer(pb_grpc.IngestServicer):
                 self._metrics.stream_rejected("UNAVAILABLE", metrics.STORE_FAILED)
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "collector could not store the batch")
             self._metrics.batches_acked.inc()  # before the write: the agent may act on the ack at once
+            acked[0] = result.watermark
             await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
             if result.stored and self._listeners:
                 # Mappings only when someone listens: building them costs more than storing.
                 await notify(self._listeners, [to_mapping(e) for e in result.stored])
 
-    async def _reject(
-        self,
-        context: grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage],
-        agent_id: str,
-        problem: str,
-        reason: str,
-    ) -> None:
-        log.warning("stream rejected: %s", problem, extra={"agent_id": agent_id})
+    async def _reject(self, context: _Context, agent_id: str, problem: str, reason: str) -> None:
+        """End the stream with INVALID_ARGUMENT naming the problem (one WARNING, rate-limited)."""
+        peer = peer_host(context.peer())
+        self._refusals.warning("stream rejected: %s", problem, extra={"agent_id": agent_id, "peer": peer})
         self._metrics.stream_rejected("INVALID_ARGUMENT", reason)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+
+    async def _refuse(
+        self,
+        context: _Context,
+        peer: str,
+        problem: str,
+        reason: str,
+        code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ) -> None:
+        """End a stream for a limit rather than for what it sent."""
+        self._refusals.warning("stream refused: %s", problem, extra={"peer": peer})
+        self._metrics.stream_rejected(code.name, reason)
+        await context.abort(code, problem)

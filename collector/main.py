@@ -1,6 +1,7 @@
 """`exfilguard-collector --config FILE`: load the config, open the store, serve agents until SIGTERM/SIGINT.
 
-Exit codes: 0 clean stop, 1 runtime failure (store, port), 2 bad command line or config.
+Exit codes: 0 clean stop, 1 runtime failure (store, port), 2 bad command line or config, or a
+damaged store (the start-up integrity check, collector/store/integrity.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collector.fleetconfig import FleetSource
 from collector.listeners import EventListener
 from collector.policy.errors import PolicyError
 from collector.server import ServeError, serve
-from collector.store import Store, StoreError, open_store
+from collector.store import Store, StoreCorrupt, StoreError, integrity, open_store
 from collector.tls import TlsError
 from protos.yamlfile import YamlError
 
@@ -72,6 +73,35 @@ def _signing_key(config: CollectorConfig) -> None:
     log.info("evidence signing key %s", public.fingerprint())
 
 
+def _store_is_whole(config: CollectorConfig) -> bool:
+    """Quick-check a SQLite store before serving (bounded by store_check_seconds); False: refuse to start."""
+    if "://" in config.store or config.store_check_seconds <= 0:
+        return True
+    try:
+        report = integrity.check_sqlite(config.store, config.store_check_seconds)
+    except StoreError as exc:
+        report = integrity.IntegrityReport(exc.location, [exc.message])
+    if report.problems:
+        found = "; ".join(report.problems)
+        message = (
+            f"store {report.path} is damaged ({found}); refusing to start so that no write is acknowledged "
+            "into it. Restore it from a backup, or recover it (docs/collector.md#store-integrity)"
+        )
+        log.error(message, extra={"store": report.path})
+        print(f"exfilguard-collector: {message}", file=sys.stderr)
+        return False
+    if not report.complete:
+        log.warning(
+            "store integrity check stopped after %.1f s (store_check_seconds) before the end of %s",
+            report.seconds,
+            report.path,
+            extra={"store": report.path},
+        )
+    else:
+        log.info("store integrity check passed in %.2f s", report.seconds, extra={"store": report.path})
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `exfilguard-collector` console script."""
     parser = argparse.ArgumentParser(prog="exfilguard-collector", description="ExfilGuard collector")
@@ -94,8 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"exfilguard-collector: bad agent_config: {exc}", file=sys.stderr)
             return 2
     _raise_open_files_limit()
+    if not _store_is_whole(config):
+        return 2
     try:
         store = open_store(config.store)
+    except StoreCorrupt as exc:
+        log.error("cannot open the store: %s", exc)
+        print(f"exfilguard-collector: {exc}", file=sys.stderr)
+        return 2
     except StoreError as exc:
         log.error("cannot open the store: %s", exc)
         print(f"exfilguard-collector: {exc}", file=sys.stderr)

@@ -53,6 +53,12 @@ NO_CLIENT_CERT = "no_client_cert"
 UNKNOWN_AGENT = "unknown_agent"  # the client certificate names no agent
 CERT_REVOKED = "cert_revoked"
 AGENT_MISMATCH = "agent_mismatch"  # hello.agent_id is not the certificate's agent
+MALFORMED = "malformed"  # bytes that are not an AgentMessage
+BAD_TEXT = "bad_text"  # a string holding NUL
+BAD_HEARTBEAT = "bad_heartbeat"
+HELLO_TIMEOUT = "hello_timeout"
+PENDING_HELLOS = "pending_hellos"  # too many streams waiting for their hello (in all, or from one address)
+IDLE = "idle"  # nothing received for idle_stream_seconds
 
 Source = Callable[[], Iterable[Metric] | Awaitable[Iterable[Metric]]]
 

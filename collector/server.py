@@ -16,7 +16,7 @@ from collector.config import CollectorConfig
 from collector.enrollment import EnrollmentServeError, EnrollmentServer
 from collector.enrollment import from_config as enrollment_from_config
 from collector.fleetconfig import ConfigPusher, FleetSource
-from collector.ingest import IngestServicer, StoreWriter
+from collector.ingest import INGEST_SERVICE, IngestServicer, StoreWriter, add_to_server
 from collector.listeners import EventListener, notify
 from collector.metrics import (
     CollectorMetrics,
@@ -30,14 +30,12 @@ from collector.metrics import (
 from collector.registry import FleetRegistry
 from collector.sealer import Sealer
 from collector.store import Store, StoreError
+from collector.streamlimits import StreamLimits
 from collector.tls import server_credentials, server_interceptors
-from protos import exfilguard_pb2 as pb
-from protos import exfilguard_pb2_grpc as pb_grpc
 from protos.sdnotify import Notifier
 
 log = logging.getLogger("exfilguard.collector")
 
-INGEST_SERVICE = pb.DESCRIPTOR.services_by_name["Ingest"].full_name
 _REGISTRY_FLUSH_SECONDS = 1.0
 # Agent streams never end by themselves; the grace only lets in-flight batches get their ack.
 # A batch cut off here is committed or not, and is resent by the agent either way.
@@ -66,7 +64,22 @@ def server_options(config: CollectorConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.http2.max_pings_without_data", 0),
+        # A connection with no call at all (a port scan, a client that never starts a stream)
+        # is closed after two minutes; agents always have their stream open.
+        ("grpc.max_connection_idle_ms", 120_000),
     ]
+
+
+def stream_limits(config: CollectorConfig) -> StreamLimits:
+    """The stream limits of collector.yaml."""
+    return StreamLimits(
+        max_streams=config.max_streams,
+        max_streams_per_peer=config.max_streams_per_peer,
+        max_pending_hellos=config.max_pending_hellos,
+        max_pending_hellos_per_peer=config.max_pending_hellos_per_peer,
+        hello_timeout_seconds=config.hello_timeout_seconds,
+        idle_stream_seconds=config.idle_stream_seconds,
+    )
 
 
 class Collector:
@@ -109,7 +122,7 @@ class Collector:
             self._writer,
             self.registry,
             self.listeners,
-            self.config.max_streams,
+            stream_limits(self.config),
             pusher=self.pusher,
             metrics=self.metrics,
         )
@@ -117,7 +130,7 @@ class Collector:
             options=server_options(self.config),
             interceptors=server_interceptors(self.config.tls, self.metrics.stream_rejected),
         )
-        pb_grpc.add_IngestServicer_to_server(servicer, server)
+        add_to_server(servicer, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         credentials = server_credentials(self.config.tls)
         try:

@@ -24,20 +24,30 @@ _RENAMED = {"timestamp": "@timestamp"}
 
 Mapping = dict[str, Any]
 
+# Where to_mapping describes what it could not convert (never set for events ingest accepted).
+INVALID = "exfilguard.invalid"
+
+
+class TimestampError(ValueError):
+    """A protobuf Timestamp that no ISO time string can express (nanos or year out of range)."""
+
 
 def timestamp_to_iso(ts: Timestamp) -> str:
-    """ECS form of a timestamp: UTC, microseconds, trailing Z."""
+    """ECS form of a timestamp: UTC, microseconds, trailing Z; TimestampError if it has none."""
     seconds, nanos = ts.seconds, ts.nanos
-    if not 0 <= nanos < 1_000_000_000:  # invalid protobuf: let datetime raise as it always did
-        moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).replace(microsecond=nanos // 1000)
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if not 0 <= nanos < 1_000_000_000:
+        raise TimestampError(f"seconds={seconds} nanos={nanos}: nanos outside 0..999999999")
     # Formatting a datetime is most of to_mapping's cost, and events come in bursts within
     # the same second: the part up to the seconds is cached (bounded).
     head = _SECONDS_TEXT.get(seconds)
     if head is None:
+        try:
+            moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+        except (ValueError, OverflowError, OSError) as exc:  # which one depends on how far out
+            raise TimestampError(f"seconds={seconds} nanos={nanos}: outside years 1..9999 ({exc})") from exc
         if len(_SECONDS_TEXT) >= 4096:
             _SECONDS_TEXT.clear()
-        head = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        head = moment.strftime("%Y-%m-%dT%H:%M:%S.")
         _SECONDS_TEXT[seconds] = head
     return f"{head}{nanos // 1000:06d}Z"
 
@@ -49,7 +59,9 @@ def to_mapping(event: Message) -> Mapping:
     """Flatten an event to `{"@timestamp": ..., "event.action": ..., "file.size": ...}`.
 
     Only fields that are set appear; repeated scalars become lists, repeated
-    messages lists of flat dicts.
+    messages lists of flat dicts. Never raises: a timestamp no ISO string can express
+    (only in stores written before ingest checked them) is left out and described under
+    `exfilguard.invalid`, a list of "field: problem" texts, so every reader treats it alike.
     """
     out: Mapping = {}
     _flatten(event, "", out)
@@ -89,7 +101,10 @@ def _flatten(message: Message, prefix: str, out: Mapping) -> None:
         elif kind == _MESSAGE:
             _flatten(value, child_prefix, out)
         elif kind == _TIMESTAMP:
-            out[name] = timestamp_to_iso(value)
+            try:
+                out[name] = timestamp_to_iso(value)
+            except TimestampError as exc:
+                out.setdefault(INVALID, []).append(f"{name}: {exc}")
         elif kind == _REPEATED:
             out[name] = list(value)
         else:

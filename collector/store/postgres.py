@@ -42,8 +42,8 @@ from collector.store.base import (
     StoreError,
     StoreUnavailable,
 )
+from collector.store.rows import stored_mapping
 from collector.store.sqlite import ecs_time, event_row
-from protos import events as protos_events
 from protos import exfilguard_pb2 as pb
 
 SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
@@ -431,7 +431,7 @@ class PostgresStore(Store):
         upto = stored if limit is None else min(stored, before + limit)
         if upto <= before:
             return None
-        to_mapping, link = protos_events.to_mapping, chain.link
+        link, location = chain.link, self.location
         watermark = before
         values: list[tuple[int, bytes]] = []
         cur.execute(
@@ -442,7 +442,7 @@ class PostgresStore(Store):
         for seq, data in cur.fetchall():
             if seq != watermark + 1:
                 break  # cannot happen inside the stored prefix; stop rather than chain across a hole
-            head = link(head, to_mapping(pb.Event.FromString(bytes(data))))
+            head = link(head, stored_mapping(location, agent_id, seq, bytes(data)))
             watermark = seq
             values.append((seq, head))
         return (before, watermark, head, values) if values else None
@@ -506,7 +506,7 @@ class PostgresStore(Store):
             clauses.append("e.event_id = ANY(%s::text[])")
             params.append(list(where.event_ids))
         sql = (
-            "SELECT c.value, e.data FROM events e LEFT JOIN chain_values c"
+            "SELECT c.value, e.data, e.agent_id, e.sequence FROM events e LEFT JOIN chain_values c"
             " ON c.agent_id = e.agent_id AND c.sequence = e.sequence"
         )
         if clauses:
@@ -525,8 +525,8 @@ class PostgresStore(Store):
                 cur.itersize = _STREAM_CHUNK
                 cur.execute(sql, params)  # built from the fixed fragments above
                 for row in cur:
-                    link, data = cast(tuple[bytes | None, bytes], row)
-                    mapping = protos_events.to_mapping(pb.Event.FromString(data))
+                    link, data, agent_id, sequence = cast(tuple[bytes | None, bytes, str, int], row)
+                    mapping = stored_mapping(self.location, agent_id, sequence, data)
                     if link is not None:
                         mapping["exfilguard.chain.hash"] = link.hex()
                     yield mapping

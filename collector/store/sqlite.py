@@ -47,7 +47,7 @@ from collector.store.base import (
     StoreError,
     StoreUnavailable,
 )
-from protos import events as protos_events
+from collector.store.rows import stored_mapping
 from protos import exfilguard_pb2 as pb
 
 SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
@@ -457,7 +457,7 @@ class SqliteStore(Store):
         upto = stored if limit is None else min(stored, before + limit)
         if upto <= before:
             return None
-        to_mapping, link = protos_events.to_mapping, chain.link
+        link, location = chain.link, self.location
         watermark = before
         updates: list[tuple[bytes, str, int]] = []
         cursor = db.execute(
@@ -468,7 +468,7 @@ class SqliteStore(Store):
         for seq, data in cursor:
             if seq != watermark + 1:
                 break  # cannot happen inside the stored prefix; stop rather than chain across a hole
-            head = link(head, to_mapping(pb.Event.FromString(data)))
+            head = link(head, stored_mapping(location, agent_id, seq, data))
             watermark = seq
             updates.append((head, agent_id, seq))
         cursor.close()
@@ -538,7 +538,7 @@ class SqliteStore(Store):
         if where.event_ids is not None:
             clauses.append("event_id IN (SELECT value FROM json_each(?))")
             params.append(json.dumps(list(where.event_ids)))
-        sql = "SELECT chain, data FROM events"
+        sql = "SELECT chain, data, agent_id, sequence FROM events"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY agent_id, sequence"
@@ -560,8 +560,8 @@ class SqliteStore(Store):
                 rows = cursor.fetchmany(_STREAM_CHUNK)
                 if not rows:
                     break
-                for link, data in rows:
-                    mapping = protos_events.to_mapping(pb.Event.FromString(data))
+                for link, data, agent_id, sequence in rows:
+                    mapping = stored_mapping(self.location, agent_id, sequence, data)
                     if link is not None:
                         mapping["exfilguard.chain.hash"] = bytes(link).hex()
                     yield mapping

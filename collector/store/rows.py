@@ -1,0 +1,67 @@
+"""A stored event row back to its ECS mapping, for every reader of both stores (sealer, exports, rebuild).
+
+Ingest refuses what a reader cannot take (collector/wirecheck.py), but a store written by an
+older collector may hold such rows. A reader must never crash-loop on one: the row is chained
+and exported in a defined form (`protos.events.to_mapping` leaves the bad field out and
+describes it under `exfilguard.invalid`; bytes that do not parse become a mapping of agent,
+sequence and that description), and a WARNING names the agent and sequence (the first few
+per process, then one line per thousand, so an old store full of them does not flood the log).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from google.protobuf.message import DecodeError
+
+from collector.store.base import Mapping
+from protos import events as protos_events
+from protos import exfilguard_pb2 as pb
+
+log = logging.getLogger("exfilguard.collector.store")
+
+_LOGGED_IN_FULL = 20
+
+
+class _BadRows:
+    """Counts bad rows met in this process; says whether one more deserves a log line."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._lock = threading.Lock()
+
+    def note(self) -> bool:
+        with self._lock:
+            self.count += 1
+            return self.count <= _LOGGED_IN_FULL or self.count % 1000 == 0
+
+
+bad_rows = _BadRows()
+
+
+def stored_mapping(location: str, agent_id: str, sequence: int, data: bytes) -> Mapping:
+    """The mapping of one stored row; a row no reader could take is logged and given its defined form."""
+    try:
+        event = pb.Event.FromString(data)
+    except DecodeError as exc:
+        mapping: Mapping = {
+            "agent.id": agent_id,
+            "event.sequence": sequence,
+            protos_events.INVALID: [f"stored event ({len(data)} bytes) does not parse: {exc}"],
+        }
+    else:
+        mapping = protos_events.to_mapping(event)
+        if protos_events.INVALID not in mapping:
+            return mapping
+    if bad_rows.note():
+        log.warning(
+            "stored event of agent %s, sequence %d cannot be read as it was sent (%s); "
+            "it is chained and exported without it, described under %s",
+            agent_id,
+            sequence,
+            "; ".join(mapping[protos_events.INVALID]),
+            protos_events.INVALID,
+            extra={"agent_id": agent_id, "sequence": sequence, "store": location, "bad_rows": bad_rows.count},
+        )
+    return mapping

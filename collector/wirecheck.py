@@ -1,0 +1,227 @@
+"""What the collector accepts on an agent stream: every message is checked here before anything is stored.
+
+A stored event is read again and again (the sealer's hash chain, exports, the policy engine,
+alerts, PostgreSQL text columns), so anything one of those readers cannot take is refused at
+the door, with INVALID_ARGUMENT and a message naming the event (index, sequence, event.id) and
+the field. Nothing of a refused batch is stored; the stream ends; other streams go on.
+
+    parse_agent_message(raw)   the stream's request deserializer: bytes -> AgentMessage or Malformed
+    hello_problem(hello)       why a hello is refused, or None
+    heartbeat_problem(beat)    why a heartbeat is refused, or None
+    batch_problem(agent, events, ceiling)   why a batch is refused, or None
+
+Limits (fixed, documented in docs/collector.md):
+  - timestamps (`@timestamp`, `exfilguard.gap.first/last`): nanos in 0..999,999,999 and the
+    time within 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z (what every reader can format);
+    `@timestamp` is required;
+  - sequences: 1 .. 2^63-2 (a store integer, and the next one must still fit), and at most
+    `MAX_SEQUENCE_AHEAD` above what the collector acknowledged (a jump beyond it would leave
+    a hole the watermark could never cross);
+  - `event.id` and `event.action`: present, at most 128 characters, printable;
+  - no NUL character in any string (PostgreSQL text cannot hold one, and every alert,
+    CSV cell and registry row would carry it).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from protos import exfilguard_pb2 as pb
+
+MAX_BATCH_EVENTS = 10_000  # an agent flushes at 500; far more is a broken or hostile agent
+MAX_AGENT_ID = 128
+MAX_SEQUENCE = (1 << 63) - 2  # uint64 on the wire, signed 64-bit in the store; the next must fit too
+MAX_SEQUENCE_AHEAD = 1 << 32  # above the acknowledged watermark; an agent's spool holds far fewer
+MAX_TEXT = 128  # event.id, event.action
+MAX_HELLO_TEXT = 256  # hostname, version, config_version, capabilities
+MIN_SECONDS = 0  # 1970-01-01T00:00:00Z
+MAX_SECONDS = int(dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp())
+_NANOS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Malformed:
+    """What the deserializer hands the servicer for bytes it must refuse (never raised: gRPC
+    would log a traceback per message and answer UNKNOWN)."""
+
+    problem: str
+    reason: str  # metrics label (collector/metrics.py)
+
+
+def parse_agent_message(raw: bytes) -> pb.AgentMessage | Malformed:
+    """Request deserializer of the Ingest stream: an AgentMessage, or Malformed saying why not."""
+    try:
+        message = pb.AgentMessage.FromString(raw)
+    except DecodeError as exc:
+        return Malformed(f"malformed AgentMessage ({len(raw)} bytes): {exc}", "malformed")
+    # NUL can only be in a string if a zero byte is in the encoding; most messages have none,
+    # so the walk over every string runs only for the few that do.
+    if b"\x00" in raw:
+        where = _nul_field(message, "")
+        if where is not None:
+            return Malformed(f"{_locate(message, where)}: contains a NUL character", "bad_text")
+    return message
+
+
+def _nul_field(message: Message, prefix: str) -> str | None:
+    """The dotted path of the first string holding NUL, or None."""
+    for field, value in message.ListFields():
+        name = prefix + field.name
+        if field.type == FieldDescriptor.TYPE_STRING:
+            texts = value if field.is_repeated else (value,)
+            if any("\x00" in text for text in texts):
+                return name
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            items = list(value) if field.is_repeated else [value]
+            for index, item in enumerate(items):
+                inner = f"{name}[{index}]." if field.is_repeated else name + "."
+                found = _nul_field(item, inner)
+                if found is not None:
+                    return found
+    return None
+
+
+def _locate(message: pb.AgentMessage, path: str) -> str:
+    """Name a field path inside a message the way refusals do (the event by index, sequence, id)."""
+    head = "batch.events["
+    if not path.startswith(head):
+        return path
+    index_text, _, rest = path[len(head):].partition("].")
+    event = message.batch.events[int(index_text)]
+    return f"{_event_name(int(index_text), event)}: {_ecs_name(rest)}"
+
+
+def _ecs_name(path: str) -> str:
+    return "@timestamp" + path[len("timestamp"):] if path.startswith("timestamp") else path
+
+
+def _event_name(index: int, event: pb.Event) -> str:
+    info = event.event
+    return f"event sequence {info.sequence} (#{index} in batch, event.id {info.id[:MAX_TEXT]!r})"
+
+
+def hello_problem(hello: pb.Hello) -> str | None:
+    """Why a hello is unacceptable, or None."""
+    agent_id = hello.agent_id
+    if not agent_id:
+        return "hello.agent_id is empty"
+    if len(agent_id) > MAX_AGENT_ID:
+        return f"hello.agent_id is longer than {MAX_AGENT_ID} characters"
+    if not agent_id.isprintable() or agent_id.strip() != agent_id:
+        return "hello.agent_id contains control characters or surrounding spaces"
+    for name in ("hostname", "version", "config_version"):
+        if len(getattr(hello, name)) > MAX_HELLO_TEXT:
+            return f"hello.{name} is longer than {MAX_HELLO_TEXT} characters"
+    if len(hello.capabilities) > 64 or any(len(c) > MAX_HELLO_TEXT for c in hello.capabilities):
+        return f"hello.capabilities: more than 64, or one longer than {MAX_HELLO_TEXT} characters"
+    for name in ("last_acked_sequence", "next_sequence"):
+        if getattr(hello, name) > MAX_SEQUENCE + 1:
+            return f"hello.{name} {getattr(hello, name)} is beyond the largest sequence ({MAX_SEQUENCE})"
+    return None
+
+
+def heartbeat_problem(heartbeat: pb.Heartbeat) -> str | None:
+    """Why a heartbeat is unacceptable, or None."""
+    if heartbeat.backlog > MAX_SEQUENCE:
+        return f"heartbeat.backlog {heartbeat.backlog} is beyond {MAX_SEQUENCE}"
+    if len(heartbeat.config_version) > MAX_HELLO_TEXT:
+        return f"heartbeat.config_version is longer than {MAX_HELLO_TEXT} characters"
+    if heartbeat.HasField("sent"):
+        problem = timestamp_problem(heartbeat.sent)
+        if problem:
+            return f"heartbeat.sent: {problem}"
+    return None
+
+
+def timestamp_problem(ts: Timestamp) -> str | None:
+    """Why a google.protobuf.Timestamp is outside what every reader can format, or None."""
+    seconds, nanos = ts.seconds, ts.nanos
+    if not 0 <= nanos < _NANOS:
+        return f"nanos {nanos} outside 0..999999999"
+    if not MIN_SECONDS <= seconds <= MAX_SECONDS:
+        return f"seconds {seconds} outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59Z"
+    return None
+
+
+def _timestamp_paths(descriptor: Any, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """Every path to a (non-repeated) Timestamp field of the event model, read off the .proto."""
+    found: list[tuple[str, ...]] = []
+    for field in descriptor.fields:
+        message = field.message_type
+        if message is None or field.is_repeated:
+            continue
+        if message.full_name == "google.protobuf.Timestamp":
+            found.append((*path, field.name))
+        else:
+            found.extend(_timestamp_paths(message, (*path, field.name)))
+    return found
+
+
+_OPTIONAL_TIMESTAMPS = [p for p in _timestamp_paths(pb.Event.DESCRIPTOR, ()) if p != ("timestamp",)]
+
+
+def event_problem(event: pb.Event) -> str | None:
+    """Why one event cannot be stored, as 'field: problem', or None (sequence and agent are the batch's)."""
+    info = event.event
+    for name, text in (("event.id", info.id), ("event.action", info.action)):
+        if not text:
+            return f"{name} is empty"
+        if len(text) > MAX_TEXT:
+            return f"{name} is longer than {MAX_TEXT} characters"
+        if not text.isprintable():
+            return f"{name} contains control characters"
+    if not event.HasField("timestamp"):
+        return "@timestamp is missing"
+    problem = timestamp_problem(event.timestamp)
+    if problem:
+        return f"@timestamp: {problem}"
+    for path in _OPTIONAL_TIMESTAMPS:
+        holder: Message = event
+        for step in path[:-1]:
+            if not holder.HasField(step):
+                break
+            holder = getattr(holder, step)
+        else:
+            if holder.HasField(path[-1]):
+                problem = timestamp_problem(getattr(holder, path[-1]))
+                if problem:
+                    return f"{'.'.join(path)}: {problem}"
+    return None
+
+
+def batch_problem(agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_SEQUENCE) -> str | None:
+    """Why a batch is unacceptable from this agent's stream, or None.
+
+    `ceiling` is the highest sequence acceptable now (the acknowledged watermark plus
+    MAX_SEQUENCE_AHEAD, at most MAX_SEQUENCE).
+    """
+    if len(events) > MAX_BATCH_EVENTS:
+        return f"batch of {len(events)} events exceeds the limit of {MAX_BATCH_EVENTS}"
+    ceiling = min(ceiling, MAX_SEQUENCE)
+    for index, event in enumerate(events):
+        sequence = event.event.sequence
+        if sequence == 0:
+            return f"{_event_name(index, event)}: event.sequence must be > 0"
+        if sequence > ceiling:
+            if sequence > MAX_SEQUENCE:
+                why = f"larger than {MAX_SEQUENCE} (a store integer)"
+            else:
+                acked = ceiling - MAX_SEQUENCE_AHEAD
+                why = f"more than {MAX_SEQUENCE_AHEAD} above the acknowledged sequence {acked}"
+            return f"{_event_name(index, event)}: event.sequence {sequence} is {why}"
+        if event.agent.id != agent_id:
+            return (
+                f"{_event_name(index, event)}: agent.id {event.agent.id[:MAX_AGENT_ID]!r} does not match "
+                f"the stream's hello agent id {agent_id!r}"
+            )
+        problem = event_problem(event)
+        if problem:
+            return f"{_event_name(index, event)}: {problem}"
+    return None
