@@ -109,7 +109,11 @@ def _connected(store_path: Path, prefix: str = "idle-") -> int:
 
 def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     """Start the collector and the fleet, hold, check, measure; the figures."""
-    config = write_collector_config(directory, log_level="warning", max_streams=max(10_000, args.agents * 2))
+    # Every simulated agent connects from 127.0.0.1 at once: the per-address hello limit is for
+    # real fleets, where agents have addresses of their own.
+    streams = max(10_000, args.agents * 2)
+    config = write_collector_config(directory, log_level="warning", max_streams=streams,
+                                    max_pending_hellos=streams, max_pending_hellos_per_peer=streams)
     collector = start_collector(config)
     process = psutil.Process(collector.pid)
     time.sleep(1.0)  # let the sealer and registry tasks settle before the idle measurement

@@ -206,22 +206,45 @@ def batch_problem(agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_
         return f"batch of {len(events)} events exceeds the limit of {MAX_BATCH_EVENTS}"
     ceiling = min(ceiling, MAX_SEQUENCE)
     for index, event in enumerate(events):
-        sequence = event.event.sequence
-        if sequence == 0:
-            return f"{_event_name(index, event)}: event.sequence must be > 0"
-        if sequence > ceiling:
-            if sequence > MAX_SEQUENCE:
-                why = f"larger than {MAX_SEQUENCE} (a store integer)"
-            else:
-                acked = ceiling - MAX_SEQUENCE_AHEAD
-                why = f"more than {MAX_SEQUENCE_AHEAD} above the acknowledged sequence {acked}"
-            return f"{_event_name(index, event)}: event.sequence {sequence} is {why}"
-        if event.agent.id != agent_id:
-            return (
-                f"{_event_name(index, event)}: agent.id {event.agent.id[:MAX_AGENT_ID]!r} does not match "
-                f"the stream's hello agent id {agent_id!r}"
-            )
-        problem = event_problem(event)
+        # The common case in one expression (this runs for every event ingested); anything
+        # unusual takes the slow path below, which names the problem.
+        info = event.event
+        ts = event.timestamp
+        event_id, action = info.id, info.action
+        if (
+            0 < info.sequence <= ceiling
+            and event.agent.id == agent_id
+            and 0 < len(event_id) <= MAX_TEXT
+            and 0 < len(action) <= MAX_TEXT
+            and 0 <= ts.nanos < _NANOS
+            and MIN_SECONDS < ts.seconds <= MAX_SECONDS  # 0 also when unset: the slow path tells
+            and event_id.isprintable()
+            and action.isprintable()
+            and not (event.HasField("exfilguard") and event.exfilguard.HasField("gap"))
+        ):
+            continue
+        problem = _event_batch_problem(index, event, agent_id, ceiling)
         if problem:
-            return f"{_event_name(index, event)}: {problem}"
+            return problem
     return None
+
+
+def _event_batch_problem(index: int, event: pb.Event, agent_id: str, ceiling: int) -> str | None:
+    """The slow path of batch_problem for one event: what exactly is wrong, or None."""
+    sequence = event.event.sequence
+    if sequence == 0:
+        return f"{_event_name(index, event)}: event.sequence must be > 0"
+    if sequence > ceiling:
+        if sequence > MAX_SEQUENCE:
+            why = f"larger than {MAX_SEQUENCE} (a store integer)"
+        else:
+            acked = ceiling - MAX_SEQUENCE_AHEAD
+            why = f"more than {MAX_SEQUENCE_AHEAD} above the acknowledged sequence {acked}"
+        return f"{_event_name(index, event)}: event.sequence {sequence} is {why}"
+    if event.agent.id != agent_id:
+        return (
+            f"{_event_name(index, event)}: agent.id {event.agent.id[:MAX_AGENT_ID]!r} does not match "
+            f"the stream's hello agent id {agent_id!r}"
+        )
+    problem = event_problem(event)
+    return f"{_event_name(index, event)}: {problem}" if problem else None
