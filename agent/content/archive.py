@@ -205,7 +205,9 @@ def inspect_archive(raw: Readable, label: str, visit: MemberVisitor,
         stream: Any = _Prefixed(head, counted)
         if kind != "tar":
             stream = _decompressor(kind, _Prefixed(head, counted))
-            inner = stream.read(512)
+            inner = _read_full(stream, 512)
+            if not inner:  # zstd yields nothing from a cut-off first block, and says nothing
+                raise EOFError(f"nothing decompressed from {counted.consumed} bytes")
             if sniff(inner) == "tar":
                 report.format = f"tar.{kind}"
                 _tar(_Prefixed(inner, stream), visit, report, budget)
@@ -235,12 +237,25 @@ def _inner_name(label: str, kind: str) -> str:
     return stem if dot and ext.lower() in (kind, "gz", "gzip", "bz2", "xz", "zst", "zstd") else base
 
 
+def _read_full(stream: Any, n: int) -> bytes:
+    """n bytes, or fewer only at the end (a decompressor may return short reads)."""
+    out = b""
+    while len(out) < n:
+        data = stream.read(n - len(out))
+        if not data:
+            break
+        out += data
+    return out
+
+
 def _pump(reader: Any, writer: MemberWriter, budget: _Budget, size: int = -1) -> None:
     left = size
     try:
         while left != 0:
             data = reader.read(_READ if left < 0 else min(_READ, left))
             if not data:
+                if left > 0:  # what was read is still fingerprinted (finish, below)
+                    raise EOFError(f"a member ends {left} bytes short of its size")
                 break
             budget.spend(len(data))
             writer.update(data)

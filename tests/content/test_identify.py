@@ -1,0 +1,180 @@
+"""ContentIdentifier on files made by real tools from a real tagged tree: archives, split parts,
+edited, truncated and transformed copies are identified with method, confidence and share;
+unrelated data is not."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.content import ContentCatalog, ContentIdentifier, Identification
+from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.tags import TagMap
+from protos import exfilguard_pb2 as pb
+from protos.events import new_event, to_mapping
+
+
+def _csv(path: Path, rows: int = 2000) -> None:
+    rng = random.Random(7)
+    lines = ["id,name,email,city,iban"]
+    for i in range(rows):
+        surname = rng.choice(["Smith", "Jones", "Brown"])
+        lines.append(f"{i},Name{i} {surname},user{i}.{rng.randrange(10**6)}@corp.example,"
+                     f"City{i % 40},GB{rng.randrange(10**16):016d}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    root = tmp_path / "srv" / "db"
+    root.mkdir(parents=True)
+    rng = random.Random(11)  # fixed bytes: the chunk cut points (and so the shares) repeat
+    for i in range(3):
+        (root / f"blob{i}.bin").write_bytes(rng.randbytes(150_000 + 10_000 * i))
+    _csv(root / "customers.csv")
+    return root
+
+
+@pytest.fixture
+def identify(db: Path) -> Iterator[ContentIdentifier]:
+    index = FingerprintIndex(TagMap({str(db): ["database"]}))
+    index.rebuild()
+    catalog = ContentCatalog(index)
+    catalog.start()
+    try:
+        assert catalog.wait_ready(20)
+        yield ContentIdentifier(catalog, index)
+    finally:
+        catalog.stop()
+
+
+def _run(cmd: str, cwd: Path) -> None:
+    subprocess.run(["bash", "-c", cmd], cwd=cwd, check=True, capture_output=True)
+
+
+def _of(identify: ContentIdentifier, path: Path) -> Identification:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return identify.identify_fd(fd, os.fstat(fd).st_size, str(path))
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(("cmd", "fmt"), [
+    ("tar czf out/x.tgz -C srv db", "tar.gz"),
+    ("tar cJf out/x.txz -C srv db", "tar.xz"),
+    ("tar --zstd -cf out/x.tzst -C srv db", "tar.zst"),
+    ("cd srv && zip -qr ../out/x.zip db", "zip"),
+    ("cd srv && 7z a -bd ../out/x.7z db", "7z"),
+])
+def test_an_archive_of_the_tree_names_every_member_and_source(
+        identify: ContentIdentifier, db: Path, cmd: str, fmt: str) -> None:
+    work = db.parent.parent
+    (work / "out").mkdir()
+    _run(cmd, work)
+    found = _of(identify, next((work / "out").iterdir()))
+    assert (found.identified_by, found.format, found.members_total) == ("member", fmt, 4)
+    assert sorted(found.sources) == sorted(str(p) for p in db.iterdir())
+    assert {(m.name, m.source, m.identified_by) for m in found.members} == {
+        (f"db/{p.name}", str(p), "exact") for p in db.iterdir()}
+    assert found.share == 1.0 and found.confidence >= 0.95
+    assert found.tags == ["database"]
+    assert found.entropy > 7.5  # compressed
+    event = new_event("file.copy")
+    found.fill(event)
+    mapping = to_mapping(event)
+    assert mapping["exfilguard.copy.identified_by"] == "member"
+    assert len(mapping["exfilguard.copy.members"]) == 4
+
+
+def test_split_parts_edited_and_truncated_copies_are_chunk_matches(
+        identify: ContentIdentifier, db: Path) -> None:
+    work = db.parent.parent
+    blob = db / "blob2.bin"
+    _run(f"split -b 60000 {blob} part_ && {{ cat {blob}; echo; }} > edited.bin && "
+         f"head -c 90000 {blob} > cut.bin && {{ head -c 5000 /dev/urandom; cat {blob}; }} > prefixed.bin",
+         work)
+    parts = sorted(work.glob("part_*"))
+    assert len(parts) == 3
+    shares = []
+    for part in parts:
+        found = _of(identify, part)
+        assert (found.identified_by, found.sources) == ("chunks", [str(blob)]), part
+        assert found.confidence >= 0.6
+        shares.append(found.share)
+    assert 0.6 < sum(shares) <= 1.0  # the parts together hold most of the source
+    for name, least in (("edited.bin", 0.7), ("prefixed.bin", 0.7), ("cut.bin", 0.3)):
+        found = _of(identify, work / name)
+        assert (found.identified_by, found.sources) == ("chunks", [str(blob)]), name
+        assert least <= found.share <= 1.0, (name, found.share)
+    assert _of(identify, work / "cut.bin").share < 0.6
+
+
+def test_transformed_exports_are_text_matches_with_a_score(identify: ContentIdentifier, db: Path) -> None:
+    work = db.parent.parent
+    src = db / "customers.csv"
+    _run(f"sed 's/@corp.example/@mail.test/' {src} > sed.csv && "
+         f"awk -F, '{{print $5\";\"$3\";\"$1\";\"$2\";\"$4}}' {src} > reordered.csv && "
+         f"sed -n '1,700p' {src} > head.csv", work)
+    reordered = _of(identify, work / "reordered.csv")
+    assert (reordered.identified_by, reordered.sources) == ("text", [str(src)])
+    assert reordered.share > 0.9 and reordered.confidence > 0.8
+    edited = _of(identify, work / "sed.csv")
+    assert (edited.identified_by, edited.sources) == ("text", [str(src)])
+    assert 0.3 <= edited.share < reordered.share
+    part = _of(identify, work / "head.csv")
+    assert part.sources == [str(src)] and part.share < 0.6
+
+
+def test_unrelated_data_is_not_identified(identify: ContentIdentifier, db: Path, tmp_path: Path) -> None:
+    other = tmp_path / "holiday"
+    other.mkdir()
+    (other / "photo.jpg").write_bytes(os.urandom(400_000))
+    _csv(other / "contacts.csv", rows=1500)  # same shape, other people
+    (other / "contacts.csv").write_text((other / "contacts.csv").read_text().replace("Name", "Person")
+                                        .replace("user", "friend").replace("GB", "DE"))
+    _run("tar czf backup.tgz holiday && cp holiday/photo.jpg photo.jpg && cp holiday/contacts.csv c.csv",
+         tmp_path)
+    for name in ("backup.tgz", "photo.jpg", "c.csv"):
+        found = _of(identify, tmp_path / name)
+        assert not found.found, (name, found)
+    assert _of(identify, tmp_path / "backup.tgz").members_total == 2
+
+
+def test_the_catalog_follows_changes_and_reports_when_full(db: Path, tmp_path: Path) -> None:
+    index = FingerprintIndex(TagMap({str(db): ["database"]}))
+    index.rebuild()
+    losses: list[tuple[str, int]] = []
+    catalog = ContentCatalog(index, max_chunks=40, on_loss=lambda reason, n: losses.append((reason, n)))
+    catalog.start()
+    try:
+        assert catalog.wait_ready(20)
+        assert losses == [("content_index_full", 1)]  # once, not once per file
+        assert len(catalog.chunks) <= 40
+        full = ContentCatalog(index)
+        full.start()
+        assert full.wait_ready(20)
+        blob = db / "blob0.bin"
+        copy = tmp_path / "copy.bin"
+        copy.write_bytes(blob.read_bytes()[:100_000])
+        assert _of(ContentIdentifier(full, index), copy).sources == [str(blob)]
+        blob.write_bytes(os.urandom(150_000))  # rewritten: the old content is no longer tagged
+        index.update(str(blob))
+        assert full.wait_ready(20)
+        assert not _of(ContentIdentifier(full, index), copy).found
+        full.stop()
+    finally:
+        catalog.stop()
+
+
+def test_an_event_without_identification_carries_entropy_only() -> None:
+    event = new_event("file.copy")
+    Identification(entropy=7.9).fill(event)
+    assert event.exfilguard.content.entropy == pytest.approx(7.9)
+    assert not event.exfilguard.copy.identified_by
+    assert event.exfilguard.copy == pb.Copy()
