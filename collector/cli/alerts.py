@@ -23,7 +23,9 @@ EXIT_STORE = 1
 EXIT_USAGE = 2
 EXIT_UNKNOWN_ALERT = 3
 
-_COLUMNS = ("ID", "TIME", "SEVERITY", "STATUS", "POLICY", "HOST", "USER", "DEVICE", "COUNT", "SUMMARY")
+_COLUMNS = (
+    "ID", "TIME", "SEVERITY", "RISK", "STATUS", "POLICY", "HOST", "USER", "DEVICE", "COUNT", "SUMMARY",
+)  # fmt: skip
 _SUMMARY_WIDTH = 100
 _SEVERITIES = ("low", "medium", "high", "critical")
 _MAX_FILTER_VALUES = 100
@@ -258,6 +260,7 @@ def format_table(alerts: list[dict[str, Any]]) -> str:
             _clean(str(a.get("id", ""))),
             str(a.get("@timestamp", ""))[:19].replace("T", " "),
             _clean(str(a.get("severity", ""))),
+            _risk(a.get("exfilguard.risk.score")),
             _clean(str(a.get("status", triage.OPEN))),
             _clean(str(a.get("policy.id", ""))),
             _clean(str(a.get("host.name", ""))) or "-",
@@ -275,9 +278,14 @@ def format_table(alerts: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _risk(value: Any) -> str:
+    """The user's risk score as the list shows it ("-" for alerts raised without one)."""
+    return f"{value:.0f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
 _SHOWN_FIRST = (
-    "id", "@timestamp", "status", "severity", "policy.id", "policy.title", "summary", "count",
-    "host.name", "user.name", "agent.id", "device.serial", "file.path", "file.size",
+    "id", "@timestamp", "status", "severity", "exfilguard.risk.score", "policy.id", "policy.title",
+    "summary", "count", "host.name", "user.name", "agent.id", "device.serial", "file.path", "file.size",
 )  # fmt: skip
 _EVENT_COLUMNS = ("@timestamp", "agent.id", "event.sequence", "event.action", "user.name", "event.id")
 

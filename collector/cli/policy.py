@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,12 @@ def register(subparsers: Any) -> None:
         metavar="SECONDS",
         help="suppression window (default 600; 0 sends every repeat)",
     )
+    test.add_argument(
+        "--behaviour",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add baselines and risk built from the replayed events, as the collector does (default on)",
+    )
     test.set_defaults(run=run_test)
 
 
@@ -62,7 +67,7 @@ def run_lint(args: argparse.Namespace) -> int:
 
 def run_test(args: argparse.Namespace) -> int:
     """Replay events through the policies (strict load) and print the alerts they raise."""
-    from collector.policy import engine, loader
+    from collector.policy import loader, replay
     from collector.policy.errors import PolicySetError
 
     try:
@@ -71,23 +76,22 @@ def run_test(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
-    runner = engine.PolicyEngine(policy_set, timezone=args.timezone, suppression_seconds=args.suppression)
+    runner = replay.engine_for(
+        policy_set, timezone=args.timezone, suppression=args.suppression, behaviour=args.behaviour
+    )
     try:
         events = list(read_events(Path(args.events)))
     except ValueError as exc:
         print(f"{args.events}: {exc}", file=sys.stderr)
         return 1
-    alerts = []
-    for event in events:
-        alerts.extend(runner.evaluate(event))
-    alerts.extend(runner.flush(math.inf))
+    alerts = replay.replay(runner, events)
     for alert in alerts:
         if args.json:
             print(json.dumps(alert.to_json(), sort_keys=True))
         else:
             print(
                 f"{alert.severity:<8} {alert.policy_id:<32} count={alert.fields['count']:<5} "
-                f"{alert.fields['summary']}"
+                f"risk={alert.fields.get('exfilguard.risk.score', 0):<5} {alert.fields['summary']}"
             )
     if not args.json:
         print(

@@ -30,8 +30,9 @@ from typing import Any
 from collector.alerts import alert as alert_mod
 from collector.alerts.alert import Alert
 from collector.alerts.suppress import Suppressor
-from collector.policy import conditions, fields, summary
-from collector.policy.model import Policy, PolicySet
+from collector.behaviour.enrich import Behaviour
+from collector.policy import conditions, fields, summary, validate
+from collector.policy.model import FieldTest, MacroRef, Policy, PolicySet
 from collector.policy.windows import (
     AggregateWindow,
     CoverageWindow,
@@ -56,6 +57,7 @@ GAP_ACTION = "agent.gap"
 DEFAULT_BUDGET_SECONDS = 0.25  # evaluation time one event may take across its policies
 SUSPEND_SECONDS = 300.0  # a policy that alone overran the budget sits out this long
 SKIP_LOG_SECONDS = 60.0  # at most one warning a minute about skipped evaluations
+RISK_PREFIX = "exfilguard.risk."
 
 
 def event_time(event: Event) -> float | None:
@@ -97,6 +99,7 @@ class _Compiled:
     window: AggregateWindow | CoverageWindow | SequenceWindow | None
     by: tuple[str, ...] = ()  # the grouping fields (aggregate, sequence, or suppress for single events)
     plain_key: bool = True  # no list field among `by`: the key is the values as they are
+    reads_risk: bool = False  # tests exfilguard.risk.*: its alerts must not feed the score they read
 
     def key(self, event: Event) -> tuple[Any, ...]:
         """The group key of an event."""
@@ -133,8 +136,11 @@ class PolicyEngine:
         limits: Limits | None = None,
         suppression_seconds: float = 600.0,
         budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+        *,
+        behaviour: Behaviour | None = None,
     ) -> None:
         self.timezone = timezone
+        self.behaviour = behaviour  # approvals, baselines, risk: fields added to each event
         self.budget = budget_seconds
         self.skipped: dict[str, int] = {}  # evaluations skipped (budget or suspension), per policy id
         self._suspended: dict[str, float] = {}  # policy id -> wall time its suspension ends
@@ -200,6 +206,7 @@ class PolicyEngine:
                 window=window,
                 by=by,
                 plain_key=not any(fields.is_list(f) for f in by),
+                reads_risk=_reads_risk(policy, policy_set),
             )
             compiled.append(entry)
             actions = self._actions(policy, macros)
@@ -252,6 +259,8 @@ class PolicyEngine:
             now = wall
         if now > self.clock:  # noqa: PLR1730 - max() costs a call per event
             self.clock = now
+        if self.behaviour is not None:
+            event = self.behaviour.enrich(event, now)
         action = event.get("event.action", "")
         if action == INVENTORY_ACTION:
             self._inventory(event)
@@ -295,6 +304,8 @@ class PolicyEngine:
                     self.folded[policy.id] = self.folded.get(policy.id, 0) + 1
                     continue
                 alert = self._alert(policy, firing)
+                if self.behaviour is not None:
+                    self.behaviour.alerted(alert.fields, now, score=not entry.reads_risk)
                 self.suppressor.admit(alert)
                 alerts.append(alert)
             if over:
@@ -420,6 +431,10 @@ class PolicyEngine:
             first=_iso(firing.first),
             last=_iso(firing.last),
         )
+        for name in _BEHAVIOUR_FIELDS:
+            value = event.get(name)
+            if value or (name.startswith("device.approved") and name in event and event.get("device.serial")):
+                body[name] = value
         group = self._group(policy, firing)
         return Alert(body, group=group, suppress_seconds=policy.suppress.window, time=firing.last)
 
@@ -459,6 +474,25 @@ class PolicyEngine:
         """The longest aggregate window or sequence span: how far back a restart must replay."""
         spans = [c.window.span for c in self._policies if c.window is not None]
         return max(spans, default=0.0)
+
+
+# Enriched fields an alert carries as evidence when set (collector/behaviour/): why it was new or
+# unusual, how much more than usual, the user's risk.
+_BEHAVIOUR_FIELDS = tuple(name for name in fields.ENRICHED if name != "exfilguard.baseline.peer_group")
+
+
+def _reads_risk(policy: Policy, policy_set: PolicySet) -> bool:
+    """True when the policy (or a macro it uses) tests a risk field."""
+    seen: set[str] = set()
+    roots = list(validate.policy_conditions(policy))
+    while roots:
+        for node in validate.walk(roots.pop()):
+            if isinstance(node, FieldTest) and node.field.startswith(RISK_PREFIX):
+                return True
+            if isinstance(node, MacroRef) and node.name not in seen and node.name in policy_set.macros:
+                seen.add(node.name)
+                roots.append(policy_set.macros[node.name].condition)
+    return False
 
 
 def _key_value(value: Any) -> Any:

@@ -3,6 +3,8 @@
 `FIELDS` maps each dotted ECS name to whether it holds a list (tags, exfilguard.source.tags,
 exfilguard.copy.method, exfilguard.inventory), so a typo such as `file.pth` is caught at load time.
 `DEFAULTS` holds what an unset field means (proto3 drops defaults from the mapping).
+`ENRICHED` adds the fields the collector itself sets at evaluation time (device approval,
+per-user baselines, the risk score: collector/behaviour/), documented in docs/policies.md.
 """
 
 from __future__ import annotations
@@ -41,6 +43,31 @@ def _fields() -> tuple[dict[str, bool], dict[str, object]]:
 
 
 FIELDS, DEFAULTS = _fields()
+
+# Set by the collector on each event before policies see it (collector/behaviour/enrich.py):
+# name -> default when the collector runs without behaviour (`policy test` on bare events).
+ENRICHED: dict[str, object] = {
+    "device.approved": False,
+    "device.approved_for_user": False,
+    "exfilguard.baseline.warm": False,
+    "exfilguard.baseline.history_days": 0,
+    "exfilguard.baseline.removable_days": 0,
+    "exfilguard.baseline.first_removable_use": False,
+    "exfilguard.baseline.first_device_use": False,
+    "exfilguard.baseline.unusual_hour": False,
+    "exfilguard.baseline.files_today": 0,
+    "exfilguard.baseline.bytes_today": 0,
+    "exfilguard.baseline.tagged_share": 0.0,
+    "exfilguard.baseline.volume_ratio": 0.0,
+    "exfilguard.baseline.files_ratio": 0.0,
+    "exfilguard.baseline.peer_ratio": 0.0,
+    "exfilguard.baseline.peer_group": "",
+    "exfilguard.risk.score": 0.0,
+    "exfilguard.risk.signals": [],
+}
+for _name, _default in ENRICHED.items():
+    FIELDS[_name] = isinstance(_default, list)
+    DEFAULTS[_name] = _default
 
 
 def is_field(name: str) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 from collector.alerts.alert import Alert
 from collector.alerts.dispatch import Dispatcher
+from collector.behaviour.enrich import Behaviour
 from collector.config import CollectorConfig
 from collector.policy import loader
 from collector.policy.engine import PolicyEngine
@@ -73,6 +74,7 @@ class PolicyListener:
             limits=Limits(max_groups=config.policy_max_groups),
             suppression_seconds=config.alert_suppression_seconds,
             budget_seconds=config.policy_event_budget_ms / 1000,
+            behaviour=Behaviour(config.timezone),
         )
         log.info(
             "policy set loaded: %d policies", len(policy_set.policies), extra={"set_hash": engine.set_hash}

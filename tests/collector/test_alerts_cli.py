@@ -56,6 +56,7 @@ def _stored(tmp_path: Path, location: str) -> Iterator[tuple[Path, Store, list[s
             "agent.id": "ws-1",
             "user.name": "alice",
             "device.serial": "EG-0001",
+            "exfilguard.risk.score": 42.5,
             "evidence": [ids[3], ids[4], "pruned-long-ago"],
         }
     )
@@ -86,8 +87,8 @@ def test_close_show_reopen_and_filters(stored: tuple[Path, Store, list[str]]) ->
     out = _ok("alerts", "close", "al-copy", "--note", note, *c, env={"SUDO_USER": "carol"})
     assert "al-copy: open -> closed" in out and "by carol" in out
     table = _ok("alerts", *c).splitlines()
-    assert table[0].split()[:4] == ["ID", "TIME", "SEVERITY", "STATUS"]
-    assert [line.split()[4] for line in table[1:]] == ["closed", "open"]  # TIME is two words
+    assert table[0].split()[:5] == ["ID", "TIME", "SEVERITY", "RISK", "STATUS"]
+    assert [line.split()[4:6] for line in table[1:]] == [["42", "closed"], ["-", "open"]]  # TIME: two words
     assert [a["id"] for a in json.loads(_ok("alerts", *c, "--json", "--status", "open"))] == ["al-device"]
     chosen = json.loads(
         _ok("alerts", *c, "--json", "--severity", "critical", "--policy", "usb-copy-database")

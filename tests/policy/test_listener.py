@@ -213,7 +213,7 @@ def test_alerts_cli_lists_stored_alerts_as_table_and_json(tmp_path: Path) -> Non
     found = json.loads(as_json.stdout)
     assert [(a["policy.id"], a["count"], a["device.serial"]) for a in found] == [("bulk", 3, "STICK-1")]
     table = _cli("alerts", "--config", str(tmp_path / "collector.yaml"))
-    assert table.stdout.splitlines()[0].split()[:5] == ["ID", "TIME", "SEVERITY", "STATUS", "POLICY"]
+    assert table.stdout.splitlines()[0].split()[:6] == ["ID", "TIME", "SEVERITY", "RISK", "STATUS", "POLICY"]
     assert "3 copies to STICK-1" in table.stdout
 
 

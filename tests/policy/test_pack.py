@@ -8,7 +8,6 @@ approved). A paging alert is high or critical; the innocent look-alikes of THREA
 
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import pytest
 
 from collector.cli.policy import read_events
 from collector.policy import loader
-from collector.policy.engine import PolicyEngine
+from collector.policy.replay import engine_for
+from collector.policy.replay import replay as replay_events
 
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "policies"
@@ -34,10 +34,9 @@ def pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def replay(pack: Path, name: str) -> list[dict[str, object]]:
-    engine = PolicyEngine(loader.load([pack]), timezone="Europe/Berlin")
-    alerts = [a for e in read_events(EXAMPLES / name) for a in engine.evaluate(e)]
-    alerts += engine.flush(math.inf)
-    return [a.to_json() for a in alerts]
+    # As the collector runs it: baselines and risk built from the events replayed.
+    engine = engine_for(loader.load([pack]), timezone="Europe/Berlin")
+    return [a.to_json() for a in replay_events(engine, read_events(EXAMPLES / name))]
 
 
 def test_pack_lints_clean_without_warnings() -> None:

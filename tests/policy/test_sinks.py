@@ -162,6 +162,13 @@ def test_cef_escapes_header_and_extension() -> None:
     assert "suser=x\\=y" in line
 
 
+def test_cef_carries_the_users_risk_score() -> None:
+    body = alert()
+    assert "riskScore" not in cef(body)
+    body["exfilguard.risk.score"] = 62
+    assert cef(body).endswith(" cfp1Label=riskScore cfp1=62.0")
+
+
 def test_email_over_smtp() -> None:
     receiver = SmtpReceiver()
     sink = EmailSink(receiver.address, "exfilguard@example.com", ["soc@example.com", "ciso@example.com"])

@@ -85,6 +85,9 @@ def cef(alert: dict[str, Any]) -> str:
             continue
         n += 1
         pairs.append(f"cs{n}Label={label} cs{n}={_ext(alert[name])}")
+    risk = alert.get("exfilguard.risk.score")
+    if isinstance(risk, (int, float)):  # the user's risk score (collector/behaviour/risk.py)
+        pairs.append(f"cfp1Label=riskScore cfp1={float(risk):.1f}")
     return head + "|" + " ".join(pairs)
 
 

@@ -1,0 +1,67 @@
+"""Which removable devices are approved: an in-memory view of the store's device approvals.
+
+An approval names a serial and a scope: everyone (`all`), one user (`user`), or a peer group
+(`group`). The engine asks twice per event, so the view is two dicts, rebuilt whole from the
+store when the store says approvals changed (collector/store/devices.py keeps the rows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+SCOPES = ("all", "user", "group")
+
+
+@dataclass(frozen=True)
+class Approval:
+    """One approval as stored: serial, scope (all | user | group), subject (user or group name)."""
+
+    serial: str
+    scope: str
+    subject: str = ""
+    at: str = ""
+    by: str = ""
+    note: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON-ready form (`exfilguard devices approvals --json`)."""
+        return {
+            "serial": self.serial,
+            "scope": self.scope,
+            "subject": self.subject,
+            "at": self.at,
+            "by": self.by,
+            "note": self.note,
+        }
+
+
+class ApprovalView:
+    """Approved serials: for everyone, and per user or group."""
+
+    def __init__(self, approvals: Iterable[Approval] = ()) -> None:
+        self.everyone: frozenset[str] = frozenset()
+        self.scoped: dict[str, frozenset[tuple[str, str]]] = {}
+        self.replace(approvals)
+
+    def replace(self, approvals: Iterable[Approval]) -> None:
+        """Swap in a new set of approvals (readers see the old or the new view, never half)."""
+        everyone: set[str] = set()
+        scoped: dict[str, set[tuple[str, str]]] = {}
+        for approval in approvals:
+            if approval.scope == "all":
+                everyone.add(approval.serial)
+            else:
+                scoped.setdefault(approval.serial, set()).add((approval.scope, approval.subject))
+        self.everyone, self.scoped = frozenset(everyone), {k: frozenset(v) for k, v in scoped.items()}
+
+    def approved(self, serial: str) -> bool:
+        """Approved for everyone."""
+        return serial in self.everyone
+
+    def approved_for(self, serial: str, user: str, group: str) -> bool:
+        """Approved for this user: for everyone, for them by name, or for their group."""
+        if serial in self.everyone:
+            return True
+        scopes = self.scoped.get(serial)
+        return scopes is not None and (("user", user) in scopes or ("group", group) in scopes)
