@@ -2,7 +2,7 @@
 
 The collector sends `AgentConfig{version, yaml}` whenever the version an agent reports
 differs from the one the fleet file gives it. The YAML holds only PushedSettings keys
-(agent/config.py); local agent.yaml is the fallback and pushed keys win. An empty version
+(common/agentconfig.py); local agent.yaml is the fallback and pushed keys win. An empty version
 with empty YAML means "no central config for you": back to agent.yaml alone.
 
 The last accepted push is kept 0600 in state_dir/central-config.json, so a restart without
@@ -22,8 +22,8 @@ from typing import Any
 import pydantic
 
 from agent import identity
-from agent.config import AgentConfig, PushedSettings, apply_pushed
-from protos import yamlfile
+from common import yamlfile
+from common.agentconfig import AgentConfig, PushedSettings, apply_pushed
 
 FILE_NAME = "central-config.json"
 MAX_YAML_BYTES = 1 << 20  # a tag map of thousands of paths fits many times over

@@ -19,8 +19,6 @@ requires cannot run, e.g. `sensors.fanotify: on` without privilege), 2 bad confi
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import logging
 import os
 import signal
@@ -29,20 +27,21 @@ import threading
 import time
 from collections.abc import Sequence
 from types import FrameType
-from typing import Any
 
 import agent
 from agent import central
-from agent import config as agent_config
 from agent import identity as agent_identity
-from agent.sensors import Emit, Sensor
+from agent.sensors import Sensor
 from agent.sensors.errors import SensorError
+from agent.sensors.wiring import build_sensors
 from agent.spool import Spool, SpoolError
 from agent.transport import Transport, TransportConfigError
+from common import agentconfig as agent_config
+from common import logs
+from common.sdnotify import Notifier
+from common.yamlfile import YamlError
 from protos import events
 from protos import exfilguard_pb2 as pb
-from protos.sdnotify import Notifier
-from protos.yamlfile import YamlError
 
 log = logging.getLogger("exfilguard.agent")
 
@@ -50,30 +49,6 @@ PROG = "exfilguard-agent"
 STOP_DRAIN_SECONDS = 3.0  # how long a clean stop may wait for the collector to take the backlog
 MAX_TEST_EVENTS = 10_000_000
 CAPABILITIES = ("spool", "gap", "heartbeat", "config-push")
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line: journald and log shippers parse it without regexes."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        """Render `record` as a JSON line."""
-        entry: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -194,7 +169,7 @@ class Agent:
 
     def _start_sensors(self, config: agent_config.AgentConfig) -> None:
         """Build and start every sensor for `config`; on SensorError stop the ones started, re-raise."""
-        for sensor in _build_sensors(config, self.emit):
+        for sensor in build_sensors(config, self.emit):
             try:
                 sensor.start()
             except SensorError:
@@ -318,16 +293,6 @@ def _self_process() -> pb.Process:
     )
 
 
-def _build_sensors(config: agent_config.AgentConfig, emit: Emit) -> list[Sensor]:
-    import agent.sensors as sensors_package
-
-    build = getattr(sensors_package, "build_sensors", None)
-    if build is None:
-        log.warning("no sensors are available in this build (agent.sensors.build_sensors missing)")
-        return []
-    return list(build(config, emit))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point of `exfilguard-agent`."""
     args = _parse_args(argv)
@@ -339,7 +304,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except YamlError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
-    _setup_logging(config.log_level)
+    logs.configure(config.log_level)
     try:
         running = Agent(config, args.config)
     except TransportConfigError as exc:

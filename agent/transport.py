@@ -34,9 +34,9 @@ import grpc
 import grpc.aio
 
 from agent import enroll
-from agent.config import AgentConfig
 from agent.identity import Identity, load_or_create
 from agent.spool import Spool
+from common.agentconfig import AgentConfig
 from protos import events
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc

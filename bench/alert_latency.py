@@ -98,7 +98,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench.alert_latency: skipped, needs root (loop devices, mount, udev)")
         return 0
-    from agent.loopstick import LoopStick, ensure_udevd
+    from lab.loopstick import LoopStick, ensure_udevd
 
     work = Path(tempfile.mkdtemp(prefix="eg-latency-"))
     procs: list[subprocess.Popen[bytes]] = []

@@ -28,8 +28,8 @@ from typing import Any
 import psutil
 
 from collector.evidence import export, formats, keys, manifest, verify
-from collector.evidence.ledger import Ledger
-from collector.evidence.ledger_sqlite import SqliteLedger
+from collector.store.ledger import Ledger
+from collector.store.ledger_sqlite import SqliteLedger
 from collector.store.sqlite import SqliteStore
 from protos import events
 from protos import exfilguard_pb2 as pb

@@ -45,8 +45,8 @@ _LEN = struct.Struct("<I")
 
 def _serve(config_json: str, out_path: str) -> None:
     """Child process: run the sensors until a line arrives on stdin."""
-    from agent.config import AgentConfig
-    from agent.sensors import build_sensors
+    from agent.sensors.wiring import build_sensors
+    from common.agentconfig import AgentConfig
 
     config = AgentConfig.model_validate(json.loads(config_json))
     lock = threading.Lock()
@@ -155,7 +155,7 @@ def _make_tree(root: Path, count: int, size: int = 4096) -> None:
 
 def capture(work: Path, small: int, big_mib: int) -> dict[str, Any]:
     """Copy a tagged tree with many small files and one big file onto a loop stick."""
-    from agent.loopstick import LoopStick, ensure_udevd
+    from lab.loopstick import LoopStick, ensure_udevd
 
     ensure_udevd()
     tree = work / "capture" / "db"

@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Self
 import pydantic
 from pydantic import Field
 
-from protos import yamlfile
+from common import yamlfile
 
 DEFAULT_PATH = "/etc/exfilguard/collector.yaml"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})

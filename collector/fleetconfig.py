@@ -13,7 +13,7 @@ collector.yaml `agent_config: /etc/exfilguard/fleet.yaml` names one YAML file:
     hosts:                         # a host-name glob or an agent id -> settings, in file order
       fin-ws-07: {tags: {/srv/db: []}}     # [] removes a tagged path (here, or agent.yaml's)
 
-Settings are agent.yaml's pushable keys (agent/config.py PushedSettings: tags, removable,
+Settings are agent.yaml's pushable keys (common/agentconfig.py PushedSettings: tags, removable,
 sensors, heartbeat_seconds, batch, log_level), checked against the agent's own schema, so a
 bad push is refused here and not by 500 agents. Levels merge defaults < groups < hosts:
 mappings key by key (tags path by path), other values replaced. The agent merges the result
@@ -43,9 +43,9 @@ import pydantic
 import yaml
 from pydantic import Field
 
-from agent.config import AgentConfig, PushedSettings, apply_pushed, overlay
+from common import yamlfile
+from common.agentconfig import AgentConfig, PushedSettings, apply_pushed, overlay
 from protos import exfilguard_pb2 as pb
-from protos import yamlfile
 
 log = logging.getLogger("exfilguard.collector.fleetconfig")
 

@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from collector import __version__, logs
+from collector import __version__
 from collector import config as collector_config
 from collector.config import CollectorConfig
 from collector.fleetconfig import FleetSource
@@ -24,7 +24,8 @@ from collector.policy.errors import PolicyError
 from collector.server import ServeError, serve
 from collector.store import Store, StoreCorrupt, StoreError, integrity, open_store
 from collector.tls import TlsError
-from protos.yamlfile import YamlError
+from common import logs
+from common.yamlfile import YamlError
 
 log = logging.getLogger("exfilguard.collector")
 

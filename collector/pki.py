@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from protos.agentcert import (
+from common.agentcert import (
     AGENT_ID,
     AGENT_URI_PREFIX,
     agent_id_of,

@@ -13,7 +13,6 @@ collector restart does not declare the whole fleet silent at once.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -22,10 +21,7 @@ from dataclasses import dataclass
 from collector.listeners import AGENT_SILENT, Mapping
 from collector.store.base import AgentRecord, AgentUpdate
 from protos import exfilguard_pb2 as pb
-
-
-def _ecs(wall: float) -> str:
-    return dt.datetime.fromtimestamp(wall, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+from protos.events import ecs_time_at
 
 
 @dataclass
@@ -149,8 +145,8 @@ class FleetRegistry:
                     connected=agent.streams > 0,
                     backlog=agent.backlog,
                     config_version=agent.config_version if identity else None,
-                    seen=_ecs(agent.last_message_wall) if agent.last_message_wall else None,
-                    heartbeat=_ecs(agent.last_heartbeat_wall) if agent.last_heartbeat_wall else None,
+                    seen=ecs_time_at(agent.last_message_wall) if agent.last_message_wall else None,
+                    heartbeat=ecs_time_at(agent.last_heartbeat_wall) if agent.last_heartbeat_wall else None,
                 )
             )
             agent.dirty = agent.identity_dirty = False
@@ -166,7 +162,7 @@ class FleetRegistry:
             agent.silent_reported = True
             out.append(
                 {
-                    "@timestamp": _ecs(self._wall()),
+                    "@timestamp": ecs_time_at(self._wall()),
                     "event.id": str(uuid.uuid4()),
                     "event.action": AGENT_SILENT,
                     "event.kind": "collector",

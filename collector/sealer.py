@@ -26,8 +26,8 @@ import subprocess
 import sys
 import time
 
-from collector import logs
 from collector.store import StoreError, open_store
+from common import logs
 
 log = logging.getLogger("exfilguard.collector.sealer")
 

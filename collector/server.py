@@ -32,7 +32,7 @@ from collector.sealer import Sealer
 from collector.store import Store, StoreError
 from collector.streamlimits import StreamLimits
 from collector.tls import server_credentials, server_interceptors
-from protos.sdnotify import Notifier
+from common.sdnotify import Notifier
 
 log = logging.getLogger("exfilguard.collector")
 

@@ -32,6 +32,26 @@ class TimestampError(ValueError):
     """A protobuf Timestamp that no ISO time string can express (nanos or year out of range)."""
 
 
+ECS_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, microseconds, trailing Z: sorts as text
+
+
+def ecs_time(moment: dt.datetime) -> str:
+    """ECS time string of a datetime (naive means UTC): the one time format of events and stores."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).strftime(ECS_TIME)
+
+
+def ecs_time_at(epoch: float) -> str:
+    """ECS time string of a wall-clock time in seconds since the epoch."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime(ECS_TIME)
+
+
+def ecs_now() -> str:
+    """ECS time string of now."""
+    return dt.datetime.now(dt.UTC).strftime(ECS_TIME)
+
+
 def timestamp_to_iso(ts: Timestamp) -> str:
     """ECS form of a timestamp: UTC, microseconds, trailing Z; TimestampError if it has none."""
     seconds, nanos = ts.seconds, ts.nanos

@@ -2,7 +2,7 @@
 
 Fixtures (import them into a conftest.py to use them):
     udevd        session-scoped: starts systemd-udevd if none runs (skips when not root)
-    loop_stick   factory: `loop_stick(label=..., serial=...)` -> agent.loopstick.LoopStick,
+    loop_stick   factory: `loop_stick(label=..., serial=...)` -> lab.loopstick.LoopStick,
                  created (image, ext4, udev rule); removed at the end of the test
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from agent.loopstick import LoopStick, ensure_udevd
+from lab.loopstick import LoopStick, ensure_udevd
 
 IS_ROOT = os.geteuid() == 0
 NEEDS = ("udevadm", "losetup", "mkfs.ext4", "mount")

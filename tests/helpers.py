@@ -304,7 +304,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run the `exfilguard` admin CLI as a process; returns the completed process (text output)."""
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from collector.cli import main; sys.exit(main())", *args],
+        [sys.executable, "-c", "import sys; from admin import main; sys.exit(main())", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import config as agent_config
 from collector import config as collector_config
-from protos import yamlfile
-from protos.yamlfile import YamlError
+from common import agentconfig as agent_config
+from common import yamlfile
+from common.yamlfile import YamlError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

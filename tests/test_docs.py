@@ -9,8 +9,8 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from agent.config import AgentConfig
 from collector.config import CollectorConfig
+from common.agentconfig import AgentConfig
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
 

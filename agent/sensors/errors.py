@@ -2,7 +2,6 @@
 
     SensorError               root: a sensor cannot do what was asked
       FanotifyUnavailable     fanotify_init/mark refused (errno, path)
-      LoopStickError          a loop-device "USB stick" could not be set up (step, detail)
 """
 
 from __future__ import annotations
@@ -20,12 +19,3 @@ class FanotifyUnavailable(SensorError):
         self.errno = errno
         self.path = path
         super().__init__(f"{call}({path}) failed: errno {errno}")
-
-
-class LoopStickError(SensorError):
-    """Creating or removing a loop-device stick failed at `step`."""
-
-    def __init__(self, step: str, detail: str) -> None:
-        self.step = step
-        self.detail = detail
-        super().__init__(f"loop stick: {step}: {detail}")

@@ -19,7 +19,7 @@ from typing import Any
 
 import pyudev
 
-from agent.config import Removable
+from common.agentconfig import Removable
 from protos import exfilguard_pb2 as pb
 
 

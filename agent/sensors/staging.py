@@ -18,8 +18,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.config import SensorSettings
 from agent.sensors import Emit, procinfo
+from common.agentconfig import SensorSettings
 from protos import exfilguard_pb2 as pb
 from protos.events import new_event
 

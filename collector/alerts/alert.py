@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from protos.events import ecs_now
 
 SEVERITY_ORDER = {"low": 1, "medium": 2, "high": 3, "critical": 4}
 
@@ -47,11 +48,6 @@ EVENT_FIELDS = (
     "event.action",
     "event.reason",
 )
-
-
-def iso(moment: dt.datetime) -> str:
-    """ECS timestamp text: UTC, microseconds, Z."""
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -103,7 +99,7 @@ def build(
     """The alert JSON object: identity, policy, the officer's summary, the event's fields, measures."""
     out: dict[str, Any] = {
         "id": str(uuid.uuid4()),
-        "@timestamp": iso(dt.datetime.now(dt.UTC)),
+        "@timestamp": ecs_now(),
         "event.kind": "alert",
         "policy.id": policy_id,
         "policy.title": title,

@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
-from collector.evidence import chain, formats
+from collector.evidence import formats
 from collector.evidence.errors import ExportError
 from collector.evidence.keys import SigningKey
+from protos import chain
+from protos.events import ecs_time
 
 if TYPE_CHECKING:
-    from collector.evidence.ledger import Ledger
     from collector.store.base import EventFilter, Store
+    from collector.store.ledger import Ledger
 
 Format = Literal["csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl")
@@ -319,11 +321,6 @@ class ExportFilter:
         )
 
 
-def ecs_time(moment: dt.datetime) -> str:
-    """ECS time string (naive means UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class StoreSource:

@@ -7,7 +7,6 @@ no spaces, UTF-8, so any edit of any field, including the embedded signer key, b
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import os
 import socket
@@ -19,6 +18,7 @@ from collector.evidence import formats
 from collector.evidence.errors import ManifestError
 from collector.evidence.export import ExportResult
 from collector.evidence.keys import PublicKey, SigningKey
+from protos.events import ecs_now
 
 VERSION = 1
 SUFFIX = ".manifest.json"
@@ -60,7 +60,7 @@ def build(
         agents.append(entry)
     doc: dict[str, Any] = {
         "manifest_version": VERSION,
-        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "created": ecs_now(),
         "collector": {"version": __version__, "host": socket.gethostname()},
         "export": {
             "file": export_name,

@@ -21,7 +21,8 @@ import re
 from dataclasses import dataclass, field
 
 from collector.evidence.errors import RetentionError
-from collector.evidence.ledger import Checkpoint, Ledger
+from collector.store.ledger import Checkpoint, Ledger, PruneRefused
+from protos.events import ecs_time
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -61,10 +62,6 @@ class PruneReport:
     used_after: int = 0
 
 
-def _ecs(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def prune(
     ledger: Ledger,
     older_than: dt.timedelta | None = None,
@@ -77,7 +74,7 @@ def prune(
         raise RetentionError("give an age (older_than) or a size (max_size)")
     report = PruneReport(used_before=ledger.used_bytes())
     if older_than is not None:
-        cutoff = _ecs((now or dt.datetime.now(dt.UTC)) - older_than)
+        cutoff = ecs_time((now or dt.datetime.now(dt.UTC)) - older_than)
         _prune_before(ledger, cutoff, include_alerted, report)
     if max_size is not None:
         for _ in range(_SIZE_PASSES):
@@ -109,7 +106,10 @@ def _prune_before(ledger: Ledger, cutoff: str, include_alerted: bool, report: Pr
         if limit <= agent.checkpoint:
             continue
         before = ledger.checkpoint(agent.agent_id)
-        cp = ledger.prune_through(agent.agent_id, limit)
+        try:
+            cp = ledger.prune_through(agent.agent_id, limit)
+        except PruneRefused as exc:
+            raise RetentionError(exc.reason) from exc
         n = cp.pruned_total - (before.pruned_total if before else 0)
         deleted += n
         report.checkpoints[agent.agent_id] = cp

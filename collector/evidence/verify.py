@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from collector.evidence import chain, formats, manifest
+from collector.evidence import formats, manifest
 from collector.evidence.errors import ManifestError
 from collector.evidence.keys import PublicKey
+from protos import chain
 
 MAX_LINE = 16 << 20  # no event is this large; refuse to buffer more than this per record
 _MAX_PROBLEMS = 1000

@@ -41,6 +41,7 @@ from collector.policy.windows import (
     Limits,
     SequenceWindow,
 )
+from protos.events import ecs_time_at
 
 log = logging.getLogger(__name__)
 
@@ -506,4 +507,4 @@ def _key_value(value: Any) -> Any:
 def _iso(epoch: float) -> str | None:
     if not math.isfinite(epoch) or epoch <= 0:
         return None
-    return alert_mod.iso(dt.datetime.fromtimestamp(epoch, dt.UTC))
+    return ecs_time_at(epoch)

@@ -37,8 +37,8 @@ from collector.policy.model import (
     Weekday,
     Where,
 )
-from protos import yamlfile
-from protos.yamlfile import Location
+from common import yamlfile
+from common.yamlfile import Location
 
 # Limits on input: a policy file is admin-written, but a mistake must not exhaust the collector.
 MAX_FILE_BYTES = 4 << 20

@@ -20,7 +20,6 @@ and agent ids must order bytewise, as they do in SQLite, whatever the database's
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import threading
 from collections.abc import Iterator, Sequence
@@ -29,7 +28,6 @@ from typing import Any, cast
 import psycopg
 from psycopg import errors as pg_errors
 
-from collector.evidence import chain
 from collector.store import pgconnect, triage
 from collector.store.base import (
     AgentRecord,
@@ -43,8 +41,10 @@ from collector.store.base import (
     StoreUnavailable,
 )
 from collector.store.rows import stored_mapping
-from collector.store.sqlite import ecs_time, event_row
+from collector.store.sqlite import event_row
+from protos import chain
 from protos import exfilguard_pb2 as pb
+from protos.events import ecs_now, ecs_time
 
 SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
 
@@ -170,7 +170,7 @@ _RETRIES = 3  # a deadlock or serialization failure between two collectors is re
 
 
 def _now() -> str:
-    return ecs_time(dt.datetime.now(dt.UTC))
+    return ecs_now()
 
 
 def events_row(agent_id: str, event: pb.Event) -> tuple[Any, ...]:

@@ -2,7 +2,7 @@
 
 Events are keyed by (agent id, sequence), so a resent batch is skipped, never stored
 twice. Each row keeps the serialized protobuf (the full event), the columns exports filter
-on, and its link in the agent's hash chain (collector/evidence/chain.py).
+on, and its link in the agent's hash chain (protos/chain.py).
 
 Two prefixes per agent, both in the `chains` table:
   - `stored`: the highest sequence up to which every event is stored; what the collector
@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from collector.evidence import chain
 from collector.store import triage
 from collector.store.base import (
     AgentRecord,
@@ -48,7 +47,9 @@ from collector.store.base import (
     StoreUnavailable,
 )
 from collector.store.rows import stored_mapping
+from protos import chain
 from protos import exfilguard_pb2 as pb
+from protos.events import ecs_now, ecs_time
 
 SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
 
@@ -171,15 +172,8 @@ def tune(db: sqlite3.Connection) -> None:
     db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
 
 
-def ecs_time(moment: dt.datetime) -> str:
-    """ECS time string of a datetime (naive means UTC), as stored in the time columns."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _now() -> str:
-    return ecs_time(dt.datetime.now(dt.UTC))
+    return ecs_now()
 
 
 @dataclass
@@ -194,7 +188,11 @@ _TS_HEADS: dict[int, str] = {}
 
 
 def _ecs_timestamp(event: pb.Event) -> str:
-    """`@timestamp` exactly as protos.events.to_mapping writes it, with the seconds part cached."""
+    """`@timestamp` as protos.events.to_mapping writes it, with the seconds part cached.
+
+    Unlike to_mapping it never refuses a timestamp: the store keeps what ingest accepted
+    (stores written before ingest checked timestamps hold such rows too).
+    """
     if not event.HasField("timestamp"):
         return ""
     ts = event.timestamp

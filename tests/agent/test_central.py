@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent import central
-from agent.config import AgentConfig
+from common.agentconfig import AgentConfig
 from protos import exfilguard_pb2 as pb
 from tests.agent.fake_collector import FakeCollector
 

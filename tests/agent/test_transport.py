@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import AgentConfig, AgentTls, BatchSettings
 from agent.identity import Identity
 from agent.spool import Spool
 from agent.transport import Transport, TransportConfigError, backoff_delay, is_loopback, split_batches
+from common.agentconfig import AgentConfig, AgentTls, BatchSettings
 from protos import events
 from protos import exfilguard_pb2 as pb
 from tests.agent.fake_collector import FakeCollector, Received

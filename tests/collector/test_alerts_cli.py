@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli import alerts as alerts_cmd
+from admin import alerts as alerts_cmd
 from collector.store import Store, open_store, triage
 from protos import exfilguard_pb2 as pb
 from tests.helpers import make_event, run_cli

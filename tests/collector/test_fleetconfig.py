@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from collector import fleetconfig
+from common.yamlfile import YamlError
 from protos import exfilguard_pb2 as pb
-from protos.yamlfile import YamlError
 from tests.helpers import AgentStream, start_collector, write_collector_config
 
 FLEET = """\

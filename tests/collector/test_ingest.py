@@ -10,7 +10,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from collector.evidence import chain
+from protos import chain
 from protos import exfilguard_pb2 as pb
 from tests.helpers import (
     INGEST_SERVICE,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from collector.evidence import chain
+from protos import chain
 from protos import exfilguard_pb2 as pb
 from tests.helpers import (
     REPO,

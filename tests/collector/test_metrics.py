@@ -14,8 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from collector import config as collector_config
 from collector.metrics import CollectorMetrics
+from common.yamlfile import YamlError
 from protos import exfilguard_pb2 as pb
-from protos.yamlfile import YamlError
 from tests.helpers import (
     REPO,
     AgentStream,

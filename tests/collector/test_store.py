@@ -12,8 +12,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collector.evidence import chain
-from collector.evidence.ledger import open_ledger
 from collector.store import (
     AgentUpdate,
     EventFilter,
@@ -25,8 +23,10 @@ from collector.store import (
     triage,
 )
 from collector.store import sqlite as sqlite_store
+from collector.store.ledger import open_ledger
 from collector.store.postgres import PostgresStore
 from collector.store.sqlite import SqliteStore
+from protos import chain
 from protos import exfilguard_pb2 as pb
 from tests.helpers import make_event, make_events
 

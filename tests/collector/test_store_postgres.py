@@ -12,9 +12,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from collector.evidence import chain
 from collector.store import StoreCorrupt, StoreUnavailable, open_store
 from collector.store.postgres import PostgresStore
+from protos import chain
 from tests.e2e.harness import free_port
 from tests.helpers import make_events
 from tests.pg import ROLE, PgCluster

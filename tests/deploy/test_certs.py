@@ -13,8 +13,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from admin import certs as certs_cmd
 from collector import pki
-from collector.cli import certs as certs_cmd
 
 
 def run_cli(*argv: str) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from protos.sdnotify import Notifier
+from common.sdnotify import Notifier
 from tests.deploy.notify_socket import NotifySocket
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import config as agent_config
+from admin import setup as setup_cmd
 from collector import config as collector_config
-from collector.cli import setup as setup_cmd
+from common import agentconfig as agent_config
 from tests.deploy import units
 
 pytestmark = [

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import config as agent_config
 from collector import config as collector_config
-from protos.yamlfile import YamlError
+from common import agentconfig as agent_config
+from common.yamlfile import YamlError
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -9,9 +9,9 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from collector.evidence import chain, export, manifest
+from collector.evidence import export, manifest
 from collector.evidence.keys import SigningKey
-from protos import events
+from protos import chain, events
 from protos import exfilguard_pb2 as pb
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from collector.cli.export import parse_time
+from admin.export import parse_time
 from collector.evidence import export, retention
 from collector.evidence.errors import RetentionError
 from tests.evidence.helpers import chained

@@ -14,14 +14,14 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from admin import export as export_cmd
+from admin import keys as key_cmd
+from admin import retention as prune_cmd
+from admin import verify as verify_cmd
 from collector import config as collector_config
-from collector.cli import export as export_cmd
-from collector.cli import keys as key_cmd
-from collector.cli import retention as prune_cmd
-from collector.cli import verify as verify_cmd
 from collector.evidence import keys, manifest, verify
-from collector.evidence.ledger import open_ledger
 from collector.store import Store, open_store
+from collector.store.ledger import open_ledger
 from protos import exfilguard_pb2 as pb
 from tests.evidence.helpers import make_event
 

@@ -143,7 +143,7 @@ def test_chain_rewrite_of_one_record_is_caught_by_its_successor(tmp_path: Path, 
     obj = json.loads(content[1])
     obj["file.path"] = "/media/usb/harmless.txt"
     body = {k: v for k, v in obj.items() if k not in formats.NOT_HASHED}
-    from collector.evidence import chain
+    from protos import chain
 
     obj[formats.HASH] = chain.link(bytes.fromhex(obj[formats.PREV]), body).hex()
     content[1] = (json.dumps(obj) + "\n").encode()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from collector.cli.demo import wait_for_mount
+from admin.demo import wait_for_mount
 from collector.store import open_store
 from tests.policy.receivers import SyslogUdpReceiver, WebhookReceiver
 
@@ -56,7 +56,7 @@ def after_hours(now: dt.datetime) -> bool:
 def stick(tmp_path: Path) -> Iterator[Any]:
     if os.geteuid() != 0:
         pytest.skip("needs root: loop devices, mount and udev")
-    from agent.loopstick import LoopStick, ensure_udevd
+    from lab.loopstick import LoopStick, ensure_udevd
 
     ensure_udevd()
     loop = LoopStick(tmp_path / "stick", label="E2E-STICK", serial="EG-E2E-0001")

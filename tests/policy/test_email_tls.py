@@ -21,7 +21,7 @@ from collector import pki
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.errors import SinkError
 from collector.alerts.sinks.email import EmailSink
-from protos.yamlfile import YamlError
+from common.yamlfile import YamlError
 from tests.helpers import free_port
 from tests.policy.test_sinks import alert
 

@@ -96,7 +96,7 @@ def test_every_code_is_documented() -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from collector.cli import main; sys.exit(main())", *args],
+        [sys.executable, "-c", "import sys; from admin import main; sys.exit(main())", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -188,7 +188,7 @@ def test_collector_refuses_to_start_on_a_broken_policy(tmp_path: Path) -> None:
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "import sys; from collector.cli import main; sys.exit(main())", *args],
+        [sys.executable, "-c", "import sys; from admin import main; sys.exit(main())", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.cli.policy import read_events
+from admin.policy import read_events
 from collector.policy import loader
 from collector.policy.replay import engine_for
 from collector.policy.replay import replay as replay_events

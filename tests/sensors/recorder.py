@@ -7,8 +7,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.config import AgentConfig
-from agent.sensors import Sensor, build_sensors
+from agent.sensors import Sensor
+from agent.sensors.wiring import build_sensors
+from common.agentconfig import AgentConfig
 from protos import exfilguard_pb2 as pb
 from protos.events import to_mapping
 

@@ -19,9 +19,9 @@ from typing import Any, Literal, cast
 
 import pytest
 
-from agent.config import AgentConfig, SensorSettings
-from agent.loopstick import LoopStick
 from agent.sensors.files import FileSensor
+from common.agentconfig import AgentConfig, SensorSettings
+from lab.loopstick import LoopStick
 from tests.sensors.recorder import Mapping, Recorder, Running
 
 pytestmark = pytest.mark.root

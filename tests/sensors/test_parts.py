@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.config import SensorSettings
 from agent.sensors import procinfo
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.mounts import parse_mountinfo
 from agent.sensors.staging import StagingDetector, Written, looks_like_archive
 from agent.sensors.tags import TagMap
+from common.agentconfig import SensorSettings
 from tests.sensors.recorder import Recorder
 
 MOUNTINFO = (
@@ -169,9 +169,9 @@ def test_catch_up_reports_writes_between_mount_and_watch(tmp_path: Path) -> None
     once; older files and files the watch itself sees are not."""
     import time
 
-    from agent.config import Removable
     from agent.sensors.copies import CopyDetector
     from agent.sensors.media import RemovableMedia, RemovableMount
+    from common.agentconfig import Removable
     from protos import exfilguard_pb2 as pb
 
     stick = tmp_path / "stick"

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, SensorSettings
-from agent.loopstick import LoopStick
+from common.agentconfig import AgentConfig, SensorSettings
+from lab.loopstick import LoopStick
 from tests.sensors.recorder import Mapping, Running
 
 pytestmark = pytest.mark.root

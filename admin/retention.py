@@ -12,7 +12,8 @@ import sys
 from collector import config as collector_config
 from collector.evidence import retention
 from collector.evidence.errors import EvidenceError
-from protos.yamlfile import YamlError
+from collector.store.base import StoreError
+from common.yamlfile import YamlError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -35,7 +36,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prune; see the module docstring for exit codes."""
-    from collector.evidence.ledger import open_ledger
+    from collector.store.ledger import open_ledger
 
     if not args.older_than and not args.max_size:
         print("exfilguard prune: give --older-than AGE and/or --max-size SIZE", file=sys.stderr)
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = collector_config.load(args.config or collector_config.default_path())
         with open_ledger(cfg.store, readonly=False) as ledger:
             report = retention.prune(ledger, age, size, args.include_alerted)
-    except (YamlError, EvidenceError, OSError) as exc:
+    except (YamlError, EvidenceError, StoreError, OSError) as exc:
         print(f"exfilguard prune: {exc}", file=sys.stderr)
         return 2
     if args.json:

@@ -17,7 +17,7 @@ from typing import Any
 
 from collector import config as collector_config
 from collector.store import EventFilter, Store, StoreError, open_store, triage
-from protos.yamlfile import YamlError
+from common.yamlfile import YamlError
 
 EXIT_STORE = 1
 EXIT_USAGE = 2

@@ -16,17 +16,17 @@ Run = Callable[[argparse.Namespace], int]
 
 def _modules() -> list[ModuleType]:
     # Imported here so `exfilguard --help` stays fast and one broken command cannot break the others.
-    from collector.cli import agents
-    from collector.cli import alerts as alerts_cmd
-    from collector.cli import certs as certs_cmd
-    from collector.cli import demo as demo_cmd
-    from collector.cli import export as export_cmd
-    from collector.cli import fleetconfig as fleet_cmd
-    from collector.cli import keys as key_cmd
-    from collector.cli import policy as policy_cmd
-    from collector.cli import retention as prune_cmd
-    from collector.cli import setup as setup_cmd
-    from collector.cli import verify as verify_cmd
+    from admin import agents
+    from admin import alerts as alerts_cmd
+    from admin import certs as certs_cmd
+    from admin import demo as demo_cmd
+    from admin import export as export_cmd
+    from admin import fleetconfig as fleet_cmd
+    from admin import keys as key_cmd
+    from admin import policy as policy_cmd
+    from admin import retention as prune_cmd
+    from admin import setup as setup_cmd
+    from admin import verify as verify_cmd
 
     return [
         agents,

@@ -22,11 +22,20 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from agent.sensors.errors import LoopStickError
+from common.errors import ExfilGuardError
 
 RULES_DIR = Path("/run/udev/rules.d")
 UDEVD_CANDIDATES = ("/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd", "/sbin/udevd")
 _TIMEOUT = 30
+
+
+class LoopStickError(ExfilGuardError):
+    """Creating or removing a loop-device stick failed at `step`."""
+
+    def __init__(self, step: str, detail: str) -> None:
+        self.step = step
+        self.detail = detail
+        super().__init__(f"loop stick: {step}: {detail}")
 
 
 def _run(step: str, *argv: str, timeout: float = _TIMEOUT) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from collector import config as collector_config
 from collector.store import AgentRecord, StoreError, open_store
-from protos.yamlfile import YamlError
+from common.yamlfile import YamlError
 
 _COLUMNS = ("ID", "HOST", "VERSION", "HEALTH", "CONNECTED", "LAST SEEN", "BACKLOG", "GAPS", "LOST", "CONFIG")
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Self
 import pydantic
 from pydantic import Field
 
-from protos import yamlfile
+from common import yamlfile
 
 DEFAULT_PATH = "/etc/exfilguard/agent.yaml"
 

@@ -20,7 +20,7 @@ import yaml
 from collector import config as collector_config
 from collector import fleetconfig
 from collector.store import StoreError, open_store
-from protos.yamlfile import YamlError
+from common.yamlfile import YamlError
 
 _CONFIG_HELP = "the collector's config (default: $EXFILGUARD_CONFIG or /etc/exfilguard/collector.yaml)"
 

@@ -16,17 +16,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from collector.evidence import chain
-from collector.evidence.errors import EvidenceError
+from collector.store.base import StoreError
+from protos import chain
 
 
-class LedgerError(EvidenceError):
-    """The store cannot be read or written for evidence purposes (`location`)."""
+class LedgerError(StoreError):
+    """The store cannot be read or written for evidence purposes (`location`, `reason`)."""
 
     def __init__(self, location: str, reason: str) -> None:
-        self.location = location
         self.reason = reason
-        super().__init__(f"{location}: {reason}")
+        super().__init__(location, reason)
+
+
+class PruneRefused(LedgerError):
+    """`prune_through` was asked to cut at or past the chain head, or where no chained event is."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class Ledger(abc.ABC):
     def prune_through(self, agent_id: str, sequence: int) -> Checkpoint:
         """Delete the agent's events through `sequence` and record the checkpoint, in one transaction.
 
-        Raises RetentionError if `sequence` is at or above the chain head (ingest continues
+        Raises PruneRefused if `sequence` is at or above the chain head (ingest continues
         the chain from it) or is not a chained event.
         """
 
@@ -153,9 +156,9 @@ class Ledger(abc.ABC):
 def open_ledger(location: str, *, readonly: bool = True) -> Ledger:
     """The ledger of the store the config's `store` key names (a path: SQLite; postgresql://…)."""
     if location.startswith(("postgresql://", "postgres://")):
-        from collector.evidence.ledger_postgres import PostgresLedger  # psycopg loads only when used
+        from collector.store.ledger_postgres import PostgresLedger  # psycopg loads only when used
 
         return PostgresLedger(location, readonly=readonly)
-    from collector.evidence.ledger_sqlite import SqliteLedger
+    from collector.store.ledger_sqlite import SqliteLedger
 
     return SqliteLedger(location, readonly=readonly)

@@ -1,11 +1,10 @@
-"""The ledger of the SQLite store (see collector/evidence/ledger.py), on the file with its own connection.
+"""The ledger of the SQLite store (see collector/store/ledger.py), on the file with its own connection.
 
 Tables it adds (created on first prune): `evidence_checkpoints`.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -13,9 +12,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from collector.evidence.errors import RetentionError
-from collector.evidence.ledger import Checkpoint, Ledger, LedgerError
 from collector.store import triage
+from collector.store.ledger import Checkpoint, Ledger, LedgerError, PruneRefused
+from protos.events import ecs_now
 
 _CHECKPOINTS = """
 CREATE TABLE IF NOT EXISTS evidence_checkpoints (
@@ -169,18 +168,21 @@ class SqliteLedger(Ledger):
             row = db.execute("SELECT watermark FROM chains WHERE agent_id = ?", (agent_id,)).fetchone()
             if row is None or sequence >= int(row[0]):
                 # The head stays: ingest continues the chain from it.
-                raise RetentionError(
+                raise PruneRefused(
+                    self.location,
                     f"agent {agent_id}: cannot prune through {sequence}, the chain head stays"
                 )
             value = db.execute(
                 "SELECT chain FROM events WHERE agent_id = ? AND sequence = ?", (agent_id, sequence)
             ).fetchone()
             if value is None or value[0] is None:
-                raise RetentionError(f"agent {agent_id}: no chained event at sequence {sequence}")
+                raise PruneRefused(
+                    self.location, f"agent {agent_id}: no chained event at sequence {sequence}"
+                )
             deleted = db.execute(
                 "DELETE FROM events WHERE agent_id = ? AND sequence <= ?", (agent_id, sequence)
             ).rowcount
-            now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            now = ecs_now()
             db.execute(
                 "INSERT INTO evidence_checkpoints (agent_id, sequence, chain, pruned_at, pruned_total)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET sequence = excluded.sequence,"

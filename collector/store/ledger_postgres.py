@@ -1,4 +1,4 @@
-"""The ledger of the PostgreSQL store (see collector/evidence/ledger.py), with its own connection.
+"""The ledger of the PostgreSQL store (see collector/store/ledger.py), with its own connection.
 
 The store creates `evidence_checkpoints` with its schema. Pruning locks the agent's `chains`
 row first, as ingest and sealing do, so it never races a collector writing the same agent.
@@ -11,17 +11,16 @@ when to stop. Measuring it reads every row once.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Iterable
 from typing import Any
 
 import psycopg
 
-from collector.evidence.errors import RetentionError
-from collector.evidence.ledger import Checkpoint, Ledger, LedgerError
 from collector.store import pgconnect, triage
 from collector.store.base import StoreError
+from collector.store.ledger import Checkpoint, Ledger, LedgerError, PruneRefused
+from protos.events import ecs_now
 
 _CHECKPOINTS = "SELECT agent_id, sequence, chain, pruned_at, pruned_total FROM evidence_checkpoints"
 
@@ -168,7 +167,8 @@ class PostgresLedger(Ledger):
                 row = cur.fetchone()
                 if row is None or sequence >= int(row[0]):
                     # The head stays: ingest continues the chain from it.
-                    raise RetentionError(
+                    raise PruneRefused(
+                        self.location,
                         f"agent {agent_id}: cannot prune through {sequence}, the chain head stays"
                     )
                 cur.execute(
@@ -177,13 +177,15 @@ class PostgresLedger(Ledger):
                 )
                 value = cur.fetchone()
                 if value is None or value[0] is None:
-                    raise RetentionError(f"agent {agent_id}: no chained event at sequence {sequence}")
+                    raise PruneRefused(
+                        self.location, f"agent {agent_id}: no chained event at sequence {sequence}"
+                    )
                 cur.execute("DELETE FROM events WHERE agent_id = %s AND sequence <= %s", (agent_id, sequence))
                 deleted = cur.rowcount
                 cur.execute(
                     "DELETE FROM chain_values WHERE agent_id = %s AND sequence <= %s", (agent_id, sequence)
                 )
-                now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+                now = ecs_now()
                 cur.execute(
                     "INSERT INTO evidence_checkpoints (agent_id, sequence, chain, pruned_at, pruned_total)"
                     " VALUES (%s, %s, %s, %s, %s)"

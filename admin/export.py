@@ -17,7 +17,7 @@ from collector import config as collector_config
 from collector.evidence import export, keys, manifest
 from collector.evidence.errors import EvidenceError
 from collector.store.base import StoreError
-from protos.yamlfile import YamlError
+from common.yamlfile import YamlError
 
 EXIT_OK, EXIT_BROKEN_CHAIN, EXIT_ERROR = 0, 1, 2
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the export; see the module docstring for exit codes."""
-    from collector.evidence.ledger import open_ledger
     from collector.store import open_store
+    from collector.store.ledger import open_ledger
 
     if args.out == "-" and not args.manifest:
         print(

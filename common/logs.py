@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import sys
 from typing import Any
+
+from protos.events import ecs_time_at
 
 # LogRecord attributes that are plumbing, not context worth a field of its own.
 _PLUMBING = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
@@ -18,7 +19,7 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         """One JSON line for the record."""
         line: dict[str, Any] = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "ts": ecs_time_at(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

@@ -22,7 +22,8 @@ from typing import Any
 from collector import config as collector_config
 from collector.store import Store, StoreError, open_store
 from collector.store.base import EventFilter
-from protos.yamlfile import YamlError
+from common.yamlfile import YamlError
+from protos import events
 
 SERIAL = "EG-DEMO-0001"
 LABEL = "DEMO-STICK"
@@ -58,8 +59,7 @@ def run(args: argparse.Namespace) -> int:
     except YamlError as exc:
         print(f"exfilguard demo: bad config: {exc}", file=sys.stderr)
         return 2
-    from agent.loopstick import LoopStick, ensure_udevd
-    from agent.sensors.errors import LoopStickError
+    from lab.loopstick import LoopStick, LoopStickError, ensure_udevd
 
     # A TERM (the quickstart stopping) must still unmount and delete the stick.
     signal.signal(signal.SIGTERM, _terminate)
@@ -130,7 +130,7 @@ def wait_for_mount(store: Store, point: str, since: dt.datetime, timeout: float)
 def show_alerts(store: Store, since: dt.datetime, timeout: float, forever: bool) -> None:
     """Print alerts raised since `since` as they arrive; stop `timeout` s after the last one."""
     seen: set[str] = set()
-    stamp = since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    stamp = events.ecs_time(since)
     deadline = time.monotonic() + timeout
     while forever or time.monotonic() < deadline:
         try:

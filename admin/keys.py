@@ -12,7 +12,7 @@ from pathlib import Path
 from collector import config as collector_config
 from collector.evidence import keys
 from collector.evidence.errors import EvidenceError
-from protos.yamlfile import YamlError
+from common.yamlfile import YamlError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

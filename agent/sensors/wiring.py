@@ -1,0 +1,88 @@
+"""The wiring: every sensor the agent config asks for, fed into each other, in start order."""
+
+from __future__ import annotations
+
+from agent.content import ContentCatalog, ContentIdentifier
+from agent.content.examiner import Examiner
+from agent.sensors import Emit, Sensor, fanotify, procinfo
+from agent.sensors.access import AccessReporter, ExactAccessSensor
+from agent.sensors.copies import CopyDetector
+from agent.sensors.devices import DeviceSensor
+from agent.sensors.files import FileSensor
+from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.inventory import InventorySensor
+from agent.sensors.media import RemovableMedia
+from agent.sensors.mounts import MountTable
+from agent.sensors.staging import StagingDetector
+from agent.sensors.tags import TagMap
+from common.agentconfig import AgentConfig
+from protos import exfilguard_pb2 as pb
+from protos.events import new_event
+
+
+def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
+    """Every sensor the config asks for, wired together, in start order (stop in reverse).
+
+    fanotify is used when `sensors.fanotify` is `on`, or `auto` and we are root and the
+    kernel allows it; otherwise inotify with best-effort attribution.
+    Raises FanotifyUnavailable when `on` and fanotify cannot be used.
+    """
+    settings = config.sensors
+    tags = TagMap(config.tags)
+    media = RemovableMedia(config.removable)
+    index = FingerprintIndex(tags, settings.max_hash_bytes)
+    staging = StagingDetector(settings, emit, on_archive=index.add_staged)
+
+    def content_lost(reason: str, count: int) -> None:
+        emit(_content_gap(reason, count))
+
+    catalog = ContentCatalog(index, max_chunks=settings.max_chunk_fingerprints,
+                             max_file_bytes=settings.max_hash_bytes, on_loss=content_lost)
+    examiner = Examiner(ContentIdentifier(catalog, index), on_loss=content_lost)
+    copies = CopyDetector(index, media, staging, emit, examiner=examiner)
+
+    exact: ExactAccessSensor | None = None
+    if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):
+        reporter = AccessReporter(tags, index, copies, staging, emit, media=media)
+        exact = ExactAccessSensor(tags, reporter, media)
+    files = FileSensor(
+        tags, index, copies, staging, media, emit,
+        exact=exact is not None,
+        on_new_dir=exact.mark_dir if exact is not None else None,
+        on_rescan=exact.mark_tagged if exact is not None else None,
+        on_new_root=exact.mark_root if exact is not None else None,
+        recheck_seconds=settings.inventory_seconds,
+    )
+    # a mount or unmount may make a tagged path appear or go (a share mounted after start)
+    mounts = MountTable(media, emit, settings.mount_poll_seconds, on_change=files.recheck_soon)
+
+    def attached(_device: pb.Device) -> None:
+        mounts.recheck()  # a mount seen before udev described its device
+
+    devices = DeviceSensor(media, emit, on_attach=attached, examiner=examiner)
+    # after an unmount the device's write counter moved (the unmount flushed): not a raw write
+    media.subscribe(lambda mount, appeared: None if appeared else devices.forget_writes(mount.device.name))
+    inventory = InventorySensor(index, emit, settings.inventory_seconds)
+    # files first: it builds the index the inventory reports; fanotify before mounts so that
+    # removable mounts present at start get their marks as the mount table reports them.
+    # the catalog fingerprints what the file sensor indexed; the examiner answers copies
+    sensors: list[Sensor] = [files, catalog, examiner]
+    if exact is not None:
+        sensors.append(exact)
+    sensors += [inventory, devices, mounts]
+    return sensors
+
+
+_LOSS_TEXT = {
+    "content_index_full": "content catalog full: later tagged files are matched by exact hash only",
+    "content_queue_full": "content examination queue full: a copy was reported without content evidence",
+}
+
+
+def _content_gap(reason: str, count: int) -> pb.Event:
+    event = new_event("agent.gap")
+    event.exfilguard.gap.lost = count
+    event.exfilguard.gap.reason = reason
+    event.event.reason = _LOSS_TEXT.get(reason, reason)
+    event.exfilguard.attribution = procinfo.NONE
+    return event
