@@ -1,6 +1,6 @@
 """Hostile YAML (alias bombs, deep nesting, recursive aliases, odd tags) is a located error, never a crash.
 
-Both configs and the policy files load through protos.yamlfile, so each bound is tried through a real
+Both configs and the policy files load through common.yamlfile, so each bound is tried through a real
 command: the admin CLI's `policy lint` and both daemons' `--config`.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from protos import yamlfile
-from protos.yamlfile import YamlError, YamlLimitError
+from common import yamlfile
+from common.yamlfile import YamlError, YamlLimitError
 
 BOMB = Path(__file__).resolve().parent / "files" / "policies" / "alias_bomb.yaml"
 DEEP = 10_000
@@ -110,7 +110,7 @@ def _cli(module: str, *args: str) -> subprocess.CompletedProcess[str]:
 def test_policy_lint_reports_bombs_and_depth_with_a_code(tmp_path: Path) -> None:
     deep = tmp_path / "deep.yaml"
     deep.write_text("policies:\n  - id: p\n    when: " + "[" * DEEP + "]" * DEEP + "\n")
-    done = _cli("collector.cli", "policy", "lint", str(BOMB), str(deep))
+    done = _cli("admin", "policy", "lint", str(BOMB), str(deep))
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stdout + done.stderr
     assert f"{BOMB}:9:10: error EG113" in done.stdout

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from agent.sensors import procinfo
-from collector.evidence import chain, formats, keys, verify
+from collector.evidence import formats, keys, verify
 from collector.evidence.keys import SigningKey
-from protos import events
+from protos import chain, events
 from protos import exfilguard_pb2 as pb
 from tests.evidence.helpers import make_event, write
 from tests.helpers import AgentStream, run_cli, start_collector, write_collector_config

@@ -64,7 +64,7 @@ def test_policy_test_cli_replays_it_promptly(tmp_path: Path) -> None:
     events = tmp_path / "events.jsonl"
     names = ["/m/" + "a" * n + "b" for n in (28, 40, 4000)] + ["/m/" + "a" * 30]
     events.write_text("".join(json.dumps(event("file.write", file__path=n)) + "\n" for n in names))
-    cli = [sys.executable, "-c", "import sys; from collector.cli import main; sys.exit(main())"]
+    cli = [sys.executable, "-c", "import sys; from admin import main; sys.exit(main())"]
     done = subprocess.run(
         [*cli, "policy", "test", str(policies), "--events", str(events), "--json"],
         capture_output=True,
