@@ -223,6 +223,14 @@ class Content(_message.Message):
     refused: str
     def __init__(self, entropy: _Optional[float] = ..., format: _Optional[str] = ..., refused: _Optional[str] = ...) -> None: ...
 
+class LateWindow(_message.Message):
+    __slots__ = ("start", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    def __init__(self, start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class Gap(_message.Message):
     __slots__ = ("lost", "reason", "first", "last")
     LOST_FIELD_NUMBER: _ClassVar[int]
@@ -246,7 +254,7 @@ class TagInventory(_message.Message):
     def __init__(self, tag: _Optional[str] = ..., files: _Optional[int] = ..., bytes: _Optional[int] = ...) -> None: ...
 
 class Extensions(_message.Message):
-    __slots__ = ("attribution", "login_user", "mount", "source", "copy", "gap", "inventory", "count", "config_version", "content")
+    __slots__ = ("attribution", "login_user", "mount", "source", "copy", "gap", "inventory", "count", "config_version", "content", "late", "late_window")
     ATTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     LOGIN_USER_FIELD_NUMBER: _ClassVar[int]
     MOUNT_FIELD_NUMBER: _ClassVar[int]
@@ -257,6 +265,8 @@ class Extensions(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
+    LATE_FIELD_NUMBER: _ClassVar[int]
+    LATE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     attribution: str
     login_user: LoginUser
     mount: Mount
@@ -267,7 +277,9 @@ class Extensions(_message.Message):
     count: int
     config_version: str
     content: Content
-    def __init__(self, attribution: _Optional[str] = ..., login_user: _Optional[_Union[LoginUser, _Mapping]] = ..., mount: _Optional[_Union[Mount, _Mapping]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., copy: _Optional[_Union[Copy, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., inventory: _Optional[_Iterable[_Union[TagInventory, _Mapping]]] = ..., count: _Optional[int] = ..., config_version: _Optional[str] = ..., content: _Optional[_Union[Content, _Mapping]] = ...) -> None: ...
+    late: bool
+    late_window: LateWindow
+    def __init__(self, attribution: _Optional[str] = ..., login_user: _Optional[_Union[LoginUser, _Mapping]] = ..., mount: _Optional[_Union[Mount, _Mapping]] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., copy: _Optional[_Union[Copy, _Mapping]] = ..., gap: _Optional[_Union[Gap, _Mapping]] = ..., inventory: _Optional[_Iterable[_Union[TagInventory, _Mapping]]] = ..., count: _Optional[int] = ..., config_version: _Optional[str] = ..., content: _Optional[_Union[Content, _Mapping]] = ..., late: _Optional[bool] = ..., late_window: _Optional[_Union[LateWindow, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("agent_id", "version", "hostname", "capabilities", "last_acked_sequence", "next_sequence", "config_version")

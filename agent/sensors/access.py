@@ -2,8 +2,10 @@
 
 Tagged files: FAN_OPEN is `file.open` (and a read for lineage and staging),
 close-without-write `file.read`, close-after-write `file.modify`. Removable mounts:
-close-after-write goes to the CopyDetector. Elsewhere: close-after-write by a process
-that read tagged files goes to the StagingDetector (archives).
+close-after-write goes to the CopyDetector. Elsewhere: a close-after-write by a process
+carrying tagged data (lineage.py) makes the file derived (indexed with its provenance, its
+reads watched) and goes to the StagingDetector (archives). Reads of derived files carry
+their sources on; they are not reported as events of their own.
 """
 
 
@@ -14,13 +16,16 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from agent.sensors import Emit, procinfo
+from agent.sensors import Emit, procinfo, provenance
 from agent.sensors.copies import CopyDetector
 from agent.sensors.fanotify import FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_OPEN, Access, FanotifySensor
 from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.lineage import SourceRead
 from agent.sensors.media import RemovableMedia, RemovableMount
+from agent.sensors.mounts import MOUNTINFO, parse_mountinfo
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from agent.sensors.tags import TagMap
 from protos.events import new_event
@@ -37,15 +42,19 @@ class AccessReporter:
         self.copies = copies
         self.staging = staging
         self.emit = emit
+        self.on_derived: Callable[[str], None] | None = None  # watch reads of a new derived file
+        self._dropped_reported = 0
+        self._dropped_at = 0.0
 
     def is_tagged(self, path: str) -> bool:
-        """Whether fanotify should treat this path as tagged."""
-        return bool(self.tags.tags_for(path))
+        """Whether fanotify should treat this path as tagged (or derived from tagged data)."""
+        return bool(self.tags.tags_for(path)) or self.index.is_derived(path)
 
     def tagged(self, access: Access) -> None:
-        """An open, read or write of a tagged file."""
+        """An open, read or write of a tagged file (or a read of a derived one)."""
         tags = self.tags.tags_for(access.path)
         if not tags:
+            self._derived_read(access)
             return
         try:
             st = os.fstat(access.fd)
@@ -56,10 +65,12 @@ class AccessReporter:
         actions = []
         if access.mask & FAN_OPEN:
             actions.append("file.open")
-            self.copies.note_read(access.pid, access.process, access.path, tags)
+            self.copies.note_read(access.pid, access.process, access.path, tags, st.st_size)
             self.staging.note_read(access.pid, access.process, access.path, tags)
         if access.mask & FAN_CLOSE_NOWRITE:
             actions.append("file.read")
+            # the read ends now: what it read flows into what is written from here on
+            self.copies.note_read(access.pid, access.process, access.path, tags, st.st_size)
         if access.mask & FAN_CLOSE_WRITE:
             actions.append("file.modify")
             self.copies.forget_read(access.pid, access.path)
@@ -69,28 +80,80 @@ class AccessReporter:
             procinfo.describe(event, access.process, procinfo.EXACT, access.pid)
             self.emit(event)
 
+    def _derived_read(self, access: Access) -> None:
+        provenance = self.index.provenance(access.path)
+        if provenance is None or not access.mask & (FAN_OPEN | FAN_CLOSE_NOWRITE):
+            return
+        now = time.time()
+        reads = [SourceRead(s.path, s.tags, s.bytes, now, provenance.evidence) for s in provenance.sources]
+        self.copies.flow.note_read(access.pid, reads)
+
     def removable(self, access: Access) -> None:
         """A file finished being written on removable media."""
         try:
             size = os.fstat(access.fd).st_size
         except OSError:
             return
+        writers = tuple(p for p in self.copies.flow.writers(access.fd) if p != access.pid)
         self.copies.note_write(Written(path=access.path, size=size, pid=access.pid, info=access.process,
-                                       fd=access.fd, attribution=procinfo.EXACT))
+                                       fd=access.fd, attribution=procinfo.EXACT, writers=writers))
+        self.report_dropped()
 
-    def other_write(self, access: Access) -> None:
-        """A process that read tagged files wrote a file elsewhere (maybe an archive)."""
+    def other_written(self, access: Access) -> None:
+        """A process carrying tagged data closed a file it wrote elsewhere (reader thread, at
+        once): the file is derived from here on (indexed with its provenance, its reads
+        watched), so a process reading it right after carries its sources on."""
         try:
             size = os.fstat(access.fd).st_size
         except OSError:
             return
-        self.staging.note_write(Written(path=access.path, size=size, pid=access.pid, info=access.process,
-                                        fd=access.fd, attribution=procinfo.EXACT))
+        flow = self.copies.flow.flow([access.pid])
+        ident = provenance.by_lineage(flow, size, provenance.created_at(access.fd))
+        if ident is None or size <= 0:
+            return
+        self.index.add_derived(access.path, ident)
+        if self.on_derived is not None:
+            self.on_derived(access.path)
+
+    def other_write(self, access: Access) -> None:
+        """The same write, a moment later under its final name: follow a rename, and report
+        an archive (file.archive)."""
+        try:
+            size = os.fstat(access.fd).st_size
+        except OSError:
+            return
+        written = Written(path=access.path, size=size, pid=access.pid, info=access.process,
+                          fd=access.fd, attribution=procinfo.EXACT)
+        ident = self.index.provenance(access.first_path or access.path)
+        if ident is None:
+            self.staging.note_write(written)
+            return
+        if access.first_path and access.first_path != access.path:
+            self.index.add_derived(access.path, ident)  # zip writes a temporary name, then renames
+            self.index.remove(access.first_path)
+        self.staging.note_write(written, flow_files=ident.files, flow_tags=tuple(ident.tags))
+        self.report_dropped()
+
+    def report_dropped(self, every: float = 60.0) -> None:
+        """An agent.gap when a lineage bound forgot data (at most once per `every` seconds):
+        copies of what it forgot may go unrecognised."""
+        dropped = self.copies.flow.dropped + self.index.derived_dropped
+        now = time.monotonic()
+        if dropped <= self._dropped_reported or now - self._dropped_at < every:
+            return
+        lost, self._dropped_reported, self._dropped_at = dropped - self._dropped_reported, dropped, now
+        event = new_event("agent.gap")
+        event.exfilguard.gap.reason = "lineage_limit"
+        event.exfilguard.gap.lost = lost
+        event.event.reason = f"lineage bounds forgot {lost} tagged reads, process links or derived files"
+        event.exfilguard.attribution = procinfo.NONE
+        self.emit(event)
 
 
 class ExactAccessSensor:
     """Owns the fanotify group: marks tagged trees, removable mounts, and the system's file
-    systems (writes, for archives of tagged files; execs, to name short-lived processes)."""
+    systems, memory ones (/dev/shm, tmpfs) included (writes, for files derived from tagged
+    data; execs, to name short-lived processes and record their pipes)."""
 
     name = "fanotify"
 
@@ -100,15 +163,20 @@ class ExactAccessSensor:
         self.tags = tags
         self.media = media
         self._system_paths = system_paths
+        flow = reporter.copies.flow
         self.fanotify = FanotifySensor(
             is_tagged=reporter.is_tagged,
             is_removable=lambda path: media.mount_for(path) is not None,
             on_tagged=reporter.tagged,
             on_removable=reporter.removable,
             on_other_write=reporter.other_write,
-            wants_pid=reporter.staging.wants_pid,
+            on_other_now=reporter.other_written,
+            wants_pid=lambda pid: reporter.staging.wants_pid(pid) or flow.carried_by(pid),
             on_overflow=self._overflowed,
+            on_exec=flow.note_exec,
+            on_write=lambda pid, fd, _closed: flow.note_write(pid, fd),
         )
+        reporter.on_derived = self.fanotify.mark_file
         self._emit = reporter.emit
         self.copies = reporter.copies
         self.marks = 0
@@ -118,7 +186,7 @@ class ExactAccessSensor:
         self.fanotify.start()
         self.mark_tagged()
         seen_devs: set[int] = set()
-        for path in self._system_paths:
+        for path in (*self._system_paths, *_memory_file_systems()):
             try:
                 dev = Path(path).stat().st_dev
             except OSError:
@@ -158,3 +226,20 @@ class ExactAccessSensor:
         event.event.reason = "fanotify queue overflowed: file events were lost"
         event.exfilguard.attribution = procinfo.NONE
         self._emit(event)
+
+
+def _memory_file_systems() -> list[str]:
+    """Mount points of tmpfs file systems where users can stage data (/dev/shm, a tmpfs /tmp,
+    /run/user/UID); the kernel's and systemd's own are left alone."""
+    try:
+        entries = parse_mountinfo(Path(MOUNTINFO).read_text()).values()
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        point = entry.point
+        if entry.fs_type != "tmpfs" or entry.read_only:
+            continue
+        if point in ("/dev/shm", "/tmp", "/var/tmp") or point.startswith("/run/user/"):
+            out.append(point)
+    return out

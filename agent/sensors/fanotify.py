@@ -6,12 +6,15 @@ fd on the file, whose path we read from /proc/self/fd. Marks:
     reads (close without write) and modifications of tagged files;
   - filesystem marks on removable mounts' file systems: every close-after-write is a
     `file.write`, whichever mount namespace the writer used;
-  - optionally a filesystem mark with FAN_CLOSE_WRITE on the file systems holding /tmp and
-    the home directories, so a process that read tagged files is seen writing an archive.
+  - filesystem marks with FAN_CLOSE_WRITE and FAN_OPEN_EXEC on the local file systems (the
+    root, /tmp, /dev/shm, /home, ...), so a process carrying tagged data is seen writing a
+    derived file anywhere, and every exec is seen (who a short-lived pid was, and its pipes);
+  - inode marks on derived files (written from tagged data outside the tagged trees), whose
+    reads carry their sources on (lineage.py).
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH113, PTH115
+# ruff: noqa: PTH113, PTH115, PTH119
 
 from __future__ import annotations
 
@@ -66,7 +69,9 @@ _READ_SIZE = 64 * 1024
 _MARK_KINDS = {"inode": FAN_MARK_DONT_FOLLOW, "mount": FAN_MARK_MOUNT, "filesystem": FAN_MARK_FILESYSTEM}
 
 TAGGED_MASK = FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_EVENT_ON_CHILD
-MOUNT_MASK = FAN_OPEN | FAN_CLOSE_WRITE  # the open only to read /proc while the writer lives
+# the open to read /proc while the writer lives; each modify names a process writing into the
+# file, which need not be the one that closes it ({ cat f; echo; } > stick/x: the shell closes)
+MOUNT_MASK = FAN_OPEN | FAN_MODIFY | FAN_CLOSE_WRITE
 # whole file systems: writes (archives of tagged files) and execs (who a short-lived pid was)
 SYSTEM_MASK = FAN_CLOSE_WRITE | FAN_OPEN_EXEC
 
@@ -147,6 +152,7 @@ class Access:
     fd: int
     pid: int
     process: procinfo.ProcessInfo | None
+    first_path: str = ""  # the path when the event was read (a later rename changes `path`)
 
 
 AccessHandler = Callable[[Access], None]
@@ -161,7 +167,10 @@ class FanotifySensor:
     `on_tagged` gets events under tagged marks;
     `on_removable` close-after-write on removable mounts, handled `defer_seconds` later so a
     temp-then-rename writer such as rsync is seen under its final name; `on_other_write`
-    close-after-write elsewhere, only for pids `wants_pid` accepts.
+    close-after-write elsewhere, only for pids `wants_pid` accepts (`on_other_now` at once, in
+    the reader thread, `on_other_write` deferred under the final name). `on_exec(pid)` hears of
+    every exec, and `on_write(pid, fd, closed)` of every write (modify or close-after-write)
+    on removable media, at once in the reader thread while the process may still be read.
     """
 
     name = "fanotify"
@@ -176,6 +185,9 @@ class FanotifySensor:
         on_other_write: AccessHandler | None = None,
         wants_pid: Callable[[int], bool] | None = None,
         on_overflow: Callable[[], None] | None = None,
+        on_exec: Callable[[int], None] | None = None,
+        on_write: Callable[[int, int, bool], None] | None = None,
+        on_other_now: AccessHandler | None = None,
         defer_seconds: float = 0.3,
         max_pending: int = 2048,
     ) -> None:
@@ -187,6 +199,9 @@ class FanotifySensor:
             self._handlers["other"] = on_other_write
         self._wants_pid = wants_pid or (lambda _pid: False)
         self._on_overflow = on_overflow
+        self._on_exec = on_exec or (lambda _pid: None)
+        self._on_write = on_write or (lambda _pid, _fd, _closed: None)
+        self._on_other_now = on_other_now
         self._defer = defer_seconds
         # Bounded: each item holds an fd; when the worker lags, the reader waits and the
         # kernel queue (unlimited for root) holds the rest.
@@ -232,6 +247,10 @@ class FanotifySensor:
         else:
             self._removable_devs = {d: p for d, p in self._removable_devs.items() if p != point.rstrip("/")}
         self._mark(point, MOUNT_MASK, "filesystem", remove=not add)
+
+    def mark_file(self, path: str) -> None:
+        """Watch opens and reads of one file (a derived file outside the tagged trees)."""
+        self._mark(path, TAGGED_MASK & ~FAN_EVENT_ON_CHILD, "inode")
 
     def mark_filesystem(self, path: str) -> None:
         """Watch writes (archive staging) and execs on the whole file system holding `path`."""
@@ -339,6 +358,8 @@ class FanotifySensor:
             path = path[: -len(" (deleted)")]
         if mask & FAN_OPEN_EXEC:
             self._processes.note_exec(pid, path)
+            if not os.path.basename(path).startswith("ld-"):  # the loader: the same exec again
+                self._on_exec(pid)
             if not mask & (FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
                 os.close(fd)
                 return
@@ -347,17 +368,24 @@ class FanotifySensor:
         if self._is_tagged(path):
             kind = "tagged"
         elif self._is_removable(path := self._placed(fd, path)):
+            if mask & (FAN_MODIFY | FAN_CLOSE_WRITE):
+                self._on_write(pid, fd, bool(mask & FAN_CLOSE_WRITE))
             if mask & FAN_CLOSE_WRITE:
                 kind, due = "removable", time.monotonic() + self._defer
             else:
-                # An open on removable media: learn who it is while it lives, for the close.
+                # An open or a write on removable media: learn who it is while it lives.
                 self._processes.lookup(pid)
         elif mask & FAN_CLOSE_WRITE and "other" in self._handlers and self._wants_pid(pid):
             kind, due = "other", time.monotonic() + self._defer  # zip renames its temp file too
         if not kind:
             os.close(fd)
             return
-        access = Access(mask, path, fd, pid, self._processes.lookup(pid))
+        access = Access(mask, path, fd, pid, self._processes.lookup(pid), path)
+        if kind == "other" and self._on_other_now is not None:
+            try:
+                self._on_other_now(access)  # before any later read of the file is handled
+            except Exception:
+                log.exception("fanotify other write handling failed: %s", path)
         if kind in {"removable", "other"}:
             self._work.put((due, kind, access))  # later, under the final name; hashing is slow
         else:

@@ -17,9 +17,12 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from agent.sensors.tags import TagMap
+
+if TYPE_CHECKING:
+    from agent.sensors.provenance import Provenance
 
 _T = TypeVar("_T")
 _BLOCK = 4096
@@ -28,6 +31,7 @@ _CHUNK = 1 << 20
 # again (see `settle`) until it has been quiet this long or its close-after-write is seen.
 _SETTLE_NS = 2_000_000_000
 _MAX_UNSETTLED = 4096
+MAX_DERIVED = 10_000  # files derived from tagged data remembered outside the tagged trees
 
 
 def sample_digest(fd: int, size: int) -> bytes:
@@ -70,10 +74,12 @@ class FingerprintIndex:
         self._totals: dict[str, list[int]] = {}
         self._interned: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.version = 0  # bumped on every change: the inventory reports when it moves
-        # Staged archives (built from tagged files, outside the tagged trees): matched like
-        # tagged files, so copying the archive to a stick is a copy of tagged data, but
-        # not counted in the inventory.
+        # Derived files (written from tagged data outside the tagged trees): matched like
+        # tagged files, so copying one to a stick is a copy of tagged data, but not counted
+        # in the inventory.
         self._derived: dict[str, tuple[str, ...]] = {}
+        self._provenance: dict[str, Provenance] = {}
+        self.derived_dropped = 0  # derived files forgotten at the MAX_DERIVED bound
         # Paths we are hashing now: inotify cannot tell our own reads from a user's.
         self._own_reads: dict[tuple[str, str], tuple[int, float]] = {}
         # Files indexed from a stat that may have run while they were still being written (a
@@ -196,21 +202,35 @@ class FingerprintIndex:
             count += 1
         return count
 
-    def add_staged(self, path: str, tags: list[str]) -> None:
-        """Match copies of this archive (built from tagged files) like copies of tagged files."""
+    def add_derived(self, path: str, provenance: Provenance) -> None:
+        """A file written from tagged data outside the tagged trees (an archive in /tmp, an
+        export on a tmpfs): match copies of it like copies of tagged files, and keep where
+        its data came from. Not counted in the inventory."""
         try:
             st = os.stat(path)
         except OSError:
             return
         with self._lock:
             self._delete(path)
-            self._derived[path] = self._intern(tuple(tags))
-            while len(self._derived) > 10_000:  # bounded: forget the oldest staged archive
+            self._derived[path] = self._intern(tuple(provenance.tags))
+            self._provenance[path] = provenance
+            while len(self._derived) > MAX_DERIVED:  # bounded: forget the oldest derived file
                 oldest = next(iter(self._derived))
                 self._delete(oldest)
                 del self._derived[oldest]
+                self._provenance.pop(oldest, None)
+                self.derived_dropped += 1
             self._insert(path, (st.st_size, st.st_mtime_ns, self._derived[path]))
             self.version += 1
+
+    def is_derived(self, path: str) -> bool:
+        """Whether `path` is a derived file (lock-free: the fanotify reader asks per event)."""
+        return path in self._derived
+
+    def provenance(self, path: str) -> Provenance | None:
+        """Where a derived file's data came from (None: a tagged file, or not indexed)."""
+        with self._lock:
+            return self._provenance.get(path)
 
     def _set(self, path: str, size: int, mtime: int, *, settled: bool) -> None:
         tags = self.tags.tags_for(path)
@@ -253,10 +273,12 @@ class FingerprintIndex:
                     self._set(path, st.st_size, st.st_mtime_ns, settled=False)
 
     def remove(self, path: str) -> None:
-        """A tagged file or directory is gone."""
+        """A tagged (or derived) file or directory is gone."""
         with self._lock:
             if path in self._files:
                 self._delete(path)
+                if self._derived.pop(path, None) is not None:
+                    self._provenance.pop(path, None)
             else:
                 prefix = path.rstrip("/") + "/"
                 for sub in [p for p in self._files if p.startswith(prefix)]:

@@ -2,9 +2,10 @@
 
 Fed by the file sensors: every tagged read by a known pid, and every close-after-write by
 a pid that has read tagged files. Emits `file.mass_read` (one process read at least N
-distinct tagged files within the window) and `file.archive` (such a process wrote an
-archive or encrypted container, anywhere); the archive is then fingerprinted like a tagged
-file, so copying it to a stick later is a `file.copy` of tagged data.
+distinct tagged files within the window) and `file.archive` (such a process, or a pipeline
+it feeds, wrote an archive or encrypted container, anywhere). The archive itself becomes a
+derived file in the fingerprint index (see lineage.py), so copying it to a stick later is a
+`file.copy` of tagged data.
 """
 
 # ruff: noqa: PTH119, PTH120
@@ -15,7 +16,6 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.sensors import Emit, procinfo
@@ -59,6 +59,8 @@ class Written:
     info: procinfo.ProcessInfo | None = None
     fd: int | None = None  # open on the written file when fanotify handed one over
     attribution: str = procinfo.NONE
+    writers: tuple[int, ...] = ()  # other processes seen writing into it (not the closer)
+    late: tuple[float, float] | None = None  # found after the fact: the window it was written in
 
 
 @dataclass
@@ -72,9 +74,7 @@ class _Reader:
 class StagingDetector:
     """Counts distinct tagged files read per process and spots archives they write."""
 
-    def __init__(self, settings: SensorSettings, emit: Emit,
-                 on_archive: Callable[[str, list[str]], None] | None = None) -> None:
-        self._on_archive = on_archive
+    def __init__(self, settings: SensorSettings, emit: Emit) -> None:
         self._threshold = settings.mass_read_files
         self._window = settings.mass_read_window_seconds
         self._archive_min = settings.archive_min_files
@@ -136,13 +136,16 @@ class StagingDetector:
         reader = self._readers.get(pid)  # lock-free read: a dict lookup is atomic
         return reader is not None and len(reader.files) >= self._archive_min
 
-    def note_write(self, written: Written, *, staged: bool = True) -> int:
+    def note_write(self, written: Written, *, flow_files: int = 0, flow_tags: tuple[str, ...] = ()) -> int:
         """A process wrote a file; emits `file.archive` when it is an archive of tagged reads.
 
         Returns the number of tagged files the writer had read (0: not a staging write).
-        `staged`: remember the archive for later copies (not for one written to a stick).
+        `flow_files`, `flow_tags`: tagged data that reached the writer through its pipeline
+        (tar czf: gzip writes what tar read).
         """
         count, tags, _sample = self.files_read(written.pid)
+        if flow_files > count:
+            count, tags = flow_files, list(dict.fromkeys([*tags, *flow_tags]))
         if count < self._archive_min or not looks_like_archive(written.path, written.fd):
             return 0
         event = new_event("file.archive", tags=tags, file=file_fields(written.path, written.size))
@@ -151,8 +154,6 @@ class StagingDetector:
         event.event.reason = f"archive written by a process that read {count} tagged files"
         procinfo.describe(event, written.info, written.attribution, written.pid)
         self._emit(event)
-        if staged and self._on_archive is not None:
-            self._on_archive(written.path, tags)
         return count
 
 

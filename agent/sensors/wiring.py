@@ -11,6 +11,7 @@ from agent.sensors.devices import DeviceSensor
 from agent.sensors.files import FileSensor
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.inventory import InventorySensor
+from agent.sensors.lineage import DataFlow
 from agent.sensors.media import RemovableMedia
 from agent.sensors.mounts import MountTable
 from agent.sensors.staging import StagingDetector
@@ -31,7 +32,7 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     tags = TagMap(config.tags)
     media = RemovableMedia(config.removable)
     index = FingerprintIndex(tags, settings.max_hash_bytes)
-    staging = StagingDetector(settings, emit, on_archive=index.add_staged)
+    staging = StagingDetector(settings, emit)
 
     def content_lost(reason: str, count: int) -> None:
         emit(_content_gap(reason, count))
@@ -39,7 +40,7 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     catalog = ContentCatalog(index, max_chunks=settings.max_chunk_fingerprints,
                              max_file_bytes=settings.max_hash_bytes, on_loss=content_lost)
     examiner = Examiner(ContentIdentifier(catalog, index), on_loss=content_lost)
-    copies = CopyDetector(index, media, staging, emit, examiner=examiner)
+    copies = CopyDetector(index, media, staging, emit, examiner=examiner, flow=DataFlow())
 
     exact: ExactAccessSensor | None = None
     if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):

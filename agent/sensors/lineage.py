@@ -1,0 +1,265 @@
+"""DataFlow: tagged data followed from the processes that read it to the files they write.
+
+A process that opens a tagged file (or a file derived from one) carries that data. It flows
+  - through pipes, from the processes holding a pipe's write end to those holding its read
+    end (by pipe inode, as /proc/PID/fd shows `pipe:[N]`, the end from /proc/PID/fdinfo);
+  - from parent to child (fork/exec): `tar czf` reads, the gzip it forked writes.
+Process groups and sessions are not links of their own: a shell pipeline is linked by its
+pipes, and a non-interactive shell puts everything it runs in one group.
+
+Who holds which pipe is recorded while the process lives: at every exec (fanotify
+FAN_OPEN_EXEC), at a tagged read, at a write on removable media and at a close-after-write.
+The flow of a writer is then computed from those records, so a short-lived `cat` or `gzip`
+that has exited by the time its write is handled is still linked. All tables are bounded;
+what a bound drops is counted in `dropped` (reported as an agent.gap by the caller).
+"""
+
+# Per-event hot paths use os calls, not a Path object per event.
+# ruff: noqa: PTH115, PTH123, PTH208
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+MAX_PROCESSES = 8192       # processes with a recorded link or carried data (oldest forgotten)
+MAX_SOURCES = 10_000       # tagged files remembered per carrying process
+MAX_WRITTEN = 4096         # files on removable media with writers not yet handled
+MAX_VISIT = 64             # processes looked at for one writer's flow
+ANCESTOR_GENERATIONS = 2   # parent and grandparent hand their data to a child
+CARRY_SECONDS = 12 * 3600.0
+REFRESH_SECONDS = 1.0      # a process's pipes are re-read at most this often
+_O_ACCMODE = 0o3
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRead:
+    """One tagged file a process read: where, its tags, its bytes, when (wall clock) and
+    whether it is evidence (read directly, or from a file derived with byte evidence)."""
+
+    path: str
+    tags: tuple[str, ...]
+    bytes: int
+    at: float
+    evidence: bool = True
+
+
+@dataclass(slots=True)
+class _Process:
+    ppid: int = 0
+    writes: tuple[int, ...] = ()   # pipe inodes whose write end it holds
+    reads: tuple[int, ...] = ()    # pipe inodes whose read end it holds
+    seen: float = 0.0              # monotonic time the link was read
+    sources: OrderedDict[str, SourceRead] = field(default_factory=OrderedDict)
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Tagged data reaching one writer: every source (newest read last), and how many
+    processes it came through."""
+
+    sources: tuple[SourceRead, ...]
+    processes: int
+
+    def tags(self) -> list[str]:
+        """Every tag of every source, in first-seen order."""
+        return list(dict.fromkeys(t for s in self.sources for t in s.tags))
+
+    def since(self, moment: float) -> tuple[SourceRead, ...]:
+        """Evidence sources read at or after `moment` (wall clock)."""
+        return tuple(s for s in self.sources if s.evidence and s.at >= moment)
+
+
+class DataFlow:
+    """Which process carries which tagged data, and which pipes link processes."""
+
+    def __init__(self, *, max_processes: int = MAX_PROCESSES, max_sources: int = MAX_SOURCES) -> None:
+        self._lock = threading.Lock()
+        self._procs: OrderedDict[int, _Process] = OrderedDict()
+        self._writers_of: dict[int, set[int]] = {}  # pipe inode -> pids holding its write end
+        self._carriers = 0  # processes with sources: 0 means no flow at all (the fast path)
+        # (st_dev, st_ino) of a file being written on removable media -> pids that wrote into it
+        self._file_writers: OrderedDict[tuple[int, int], set[int]] = OrderedDict()
+        self._max_processes = max_processes
+        self._max_sources = max_sources
+        self.dropped = 0  # sources or links a bound forgot (lineage that may be lost)
+
+    # ------------------------------------------------------------- records
+
+    def note_exec(self, pid: int, ppid: int = 0) -> None:
+        """A process executed a program: record its parent and pipes while it lives."""
+        self._record(pid, ppid=ppid, force=True)
+
+    def note_process(self, pid: int) -> None:
+        """A process did something that may carry data (a write): record its pipes now."""
+        self._record(pid)
+
+    def note_read(self, pid: int, reads: list[SourceRead]) -> None:
+        """A process opened tagged data (a tagged file, or the sources of a derived one)."""
+        if not reads:
+            return
+        self._record(pid)
+        with self._lock:
+            proc = self._procs.get(pid)
+            if proc is None:
+                proc = self._add(pid, _Process())
+            if not proc.sources:
+                self._carriers += 1
+            for read in reads:
+                proc.sources.pop(read.path, None)
+                proc.sources[read.path] = read
+            while len(proc.sources) > self._max_sources:
+                proc.sources.popitem(last=False)
+                self.dropped += 1
+
+    def note_write(self, pid: int, fd: int) -> None:
+        """A process wrote into the file open as `fd` (removable media): one of its writers,
+        whoever closes it last ({ cat f; echo; } > x: cat writes, the shell closes)."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return
+        key = (st.st_dev, st.st_ino)
+        with self._lock:
+            writers = self._file_writers.get(key)
+            if writers is None:
+                writers = self._file_writers[key] = set()
+                while len(self._file_writers) > MAX_WRITTEN:
+                    self._file_writers.popitem(last=False)
+                    self.dropped += 1
+            writers.add(pid)
+        self._record(pid)
+
+    def writers(self, fd: int) -> list[int]:
+        """Every process that wrote into the file open as `fd` since it was last asked."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return []
+        with self._lock:
+            return sorted(self._file_writers.pop((st.st_dev, st.st_ino), ()))
+
+    def forget_read(self, pid: int, path: str) -> None:
+        """The process wrote the tagged file it had opened: it was not reading it."""
+        with self._lock:
+            proc = self._procs.get(pid)
+            if proc is not None and proc.sources.pop(path, None) is not None and not proc.sources:
+                self._carriers -= 1
+
+    def carrying(self) -> bool:
+        """Whether any process carries tagged data (else no write needs a look)."""
+        return self._carriers > 0
+
+    def _record(self, pid: int, *, ppid: int = 0, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            proc = self._procs.get(pid)
+            if proc is not None and not force and now - proc.seen < REFRESH_SECONDS:
+                return
+        link = _read_link(pid)
+        if link is None:
+            return  # gone: what was recorded before stays
+        parent, writes, reads = link
+        with self._lock:
+            proc = self._procs.get(pid)
+            if proc is None:
+                proc = self._add(pid, _Process())
+            # an exec keeps what the process read before: its output may still be in a pipe
+            self._unlink(pid, proc)
+            proc.ppid = ppid or parent
+            proc.writes, proc.reads, proc.seen = writes, reads, now
+            for inode in writes:
+                self._writers_of.setdefault(inode, set()).add(pid)
+            self._procs.move_to_end(pid)
+
+    def _add(self, pid: int, proc: _Process) -> _Process:
+        self._procs[pid] = proc
+        while len(self._procs) > self._max_processes:
+            old_pid, old = self._procs.popitem(last=False)
+            self._unlink(old_pid, old)
+            if old.sources:
+                self._carriers -= 1
+                self.dropped += 1
+        return proc
+
+    def _unlink(self, pid: int, proc: _Process) -> None:
+        for inode in proc.writes:
+            holders = self._writers_of.get(inode)
+            if holders is not None:
+                holders.discard(pid)
+                if not holders:
+                    del self._writers_of[inode]
+
+    # ------------------------------------------------------------- queries
+
+    def flow(self, pids: list[int]) -> Flow:
+        """Tagged data reaching these writers: their own reads, their parents' and
+        grandparents', and whatever reached the write ends of the pipes they read from."""
+        cutoff = time.time() - CARRY_SECONDS
+        found: dict[str, SourceRead] = {}
+        visited: set[int] = set()
+        with self._lock:
+            queue: list[tuple[int, int]] = [(pid, ANCESTOR_GENERATIONS) for pid in dict.fromkeys(pids)]
+            while queue and len(visited) < MAX_VISIT:
+                pid, generations = queue.pop(0)
+                if pid <= 1 or pid in visited:
+                    continue
+                visited.add(pid)
+                proc = self._procs.get(pid)
+                if proc is None:
+                    continue
+                for read in proc.sources.values():
+                    if read.at >= cutoff:
+                        kept = found.get(read.path)
+                        if kept is None or kept.at < read.at or (read.evidence and not kept.evidence):
+                            found[read.path] = read
+                if generations > 0 and proc.ppid > 1:
+                    queue.append((proc.ppid, generations - 1))
+                for inode in proc.reads:
+                    # upstream of a pipe: its writers, and their parents (tar -> its gzip)
+                    queue.extend((writer, 1) for writer in self._writers_of.get(inode, ()))
+        ordered = sorted(found.values(), key=lambda s: s.at)
+        return Flow(tuple(ordered), len(visited))
+
+    def carried_by(self, pid: int) -> bool:
+        """Cheap test for the fanotify reader: may a write by `pid` carry tagged data?"""
+        if not self._carriers:
+            return False
+        self._record(pid)
+        return bool(self.flow([pid]).sources)
+
+
+def _read_link(pid: int) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
+    """(ppid, pipe inodes written, pipe inodes read) of a live process; None when gone."""
+    base = f"/proc/{pid}"
+    try:
+        with open(f"{base}/stat", "rb") as fh:
+            stat = fh.read()
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        names = os.listdir(f"{base}/fd")
+    except (OSError, ValueError, IndexError):
+        return None
+    writes: list[int] = []
+    reads: list[int] = []
+    for name in names:
+        try:
+            target = os.readlink(f"{base}/fd/{name}")
+        except OSError:
+            continue
+        if not target.startswith("pipe:["):
+            continue
+        inode = int(target[6:-1])
+        try:
+            with open(f"{base}/fdinfo/{name}", "rb") as fh:
+                flags = int(fh.read(256).split(b"flags:", 1)[1].split()[0], 8)
+        except (OSError, ValueError, IndexError):
+            continue
+        mode = flags & _O_ACCMODE
+        if mode in (os.O_WRONLY, os.O_RDWR):
+            writes.append(inode)
+        if mode in (os.O_RDONLY, os.O_RDWR):
+            reads.append(inode)
+    return ppid, tuple(sorted(set(writes))), tuple(sorted(set(reads)))

@@ -1,0 +1,106 @@
+"""DataFlow and the lineage identification on real processes: pipes by inode and end, parents,
+bounds; byte evidence against a guess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+
+from agent.sensors import provenance
+from agent.sensors.lineage import DataFlow, SourceRead
+
+
+def _read(path: str, size: int = 1000, at: float | None = None) -> SourceRead:
+    return SourceRead(path, ("database",), size, time.time() if at is None else at)
+
+
+@contextmanager
+def _pipeline(command: str) -> Iterator[list[psutil.Process]]:
+    """A shell pipeline whose members wait on stdin: (its processes, left to right)."""
+    shell = subprocess.Popen(["bash", "-c", command], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            members = [p for p in psutil.Process(shell.pid).children() if p.name() != "bash"]
+            if len(members) == command.count("|") + 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        yield sorted(members, key=lambda p: p.pid)
+    finally:
+        assert shell.stdin is not None
+        shell.stdin.close()
+        shell.wait(10)
+
+
+def test_data_flows_downstream_through_pipes_and_not_upstream() -> None:
+    flow = DataFlow()
+    with _pipeline("cat | tr a b | cat > /dev/null") as (reader, middle, writer):
+        for proc in (reader, middle, writer):
+            flow.note_exec(proc.pid)  # as fanotify's exec event records them
+        assert not flow.carrying()
+        flow.note_read(reader.pid, [_read("/srv/db/customers.csv")])
+        assert flow.carrying()
+        found = flow.flow([writer.pid])
+        assert [s.path for s in found.sources] == ["/srv/db/customers.csv"]
+        assert found.processes >= 3
+        # the reader's own pipe leads downstream only: data read by the last one goes nowhere up
+        flow.note_read(writer.pid, [_read("/srv/db/orders.sql")])
+        assert [s.path for s in flow.flow([reader.pid]).sources] == ["/srv/db/customers.csv"]
+
+
+def test_a_child_carries_what_its_parent_read_and_exited_processes_stay_linked() -> None:
+    flow = DataFlow()
+    parent = subprocess.Popen(["bash", "-c", "read x; sleep 5 & wait"], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        flow.note_read(parent.pid, [_read("/srv/db/a.db")])  # read before the fork
+        assert parent.stdin is not None
+        parent.stdin.write(b"go\n")
+        parent.stdin.flush()
+        while not psutil.Process(parent.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        child = psutil.Process(parent.pid).children()[0]
+        flow.note_exec(child.pid)
+        assert [s.path for s in flow.flow([child.pid]).sources] == ["/srv/db/a.db"]
+        child.kill()
+        child.wait(5)
+        # gone from /proc: the records still link it
+        assert [s.path for s in flow.flow([child.pid]).sources] == ["/srv/db/a.db"]
+    finally:
+        parent.kill()
+        parent.communicate(timeout=5)
+
+
+def test_unrelated_processes_share_nothing_and_bounds_count_what_they_drop() -> None:
+    flow = DataFlow(max_processes=4, max_sources=2)
+    flow.note_read(os.getpid(), [_read(f"/srv/db/f{i}") for i in range(3)])
+    assert flow.dropped == 1
+    assert len(flow.flow([os.getpid()]).sources) == 2
+    assert flow.flow([10_000_999]).sources == ()  # a process never linked to a reader
+    for pid in range(10_000_000, 10_000_008):  # fake pids: no /proc entry, only data
+        flow.note_read(pid, [_read("/srv/db/x")])
+    assert flow.dropped > 1
+
+
+def test_byte_evidence_needs_reads_while_the_file_was_written() -> None:
+    now = time.time()
+    during = DataFlow()
+    during.note_read(1_000_001, [_read("/srv/db/big.db", 1_000_000, now)])
+    flow = during.flow([1_000_001])
+    made = provenance.by_lineage(flow, 300_000, created=now - 0.5)
+    assert made is not None and made.identified_by == provenance.LINEAGE_BYTES and made.evidence
+    assert made.source == "/srv/db/big.db" and made.bytes_read == 1_000_000
+    # written more than it read: an unrelated file
+    bigger = provenance.by_lineage(flow, 5_000_000, created=now - 0.5)
+    assert bigger is not None and bigger.identified_by == provenance.LINEAGE_PROCESS
+    # read long before the file was created: a guess
+    later = provenance.by_lineage(flow, 300_000, created=now + 60)
+    assert later is not None and later.identified_by == provenance.LINEAGE_PROCESS
+    assert not later.evidence and later.confidence < 0.5
+    assert provenance.by_lineage(flow, 0, created=now) is None  # empty: nothing was copied
+    assert provenance.by_lineage(DataFlow().flow([1]), 10, created=now) is None
