@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from admin.export import parse_time
 from collector import config as collector_config
 from collector.store import EventFilter, Store, StoreError, open_store, triage
 from common.yamlfile import YamlError
@@ -41,7 +42,14 @@ def register(subparsers: Any) -> None:
     )
     _common(parser, default=None)
     parser.add_argument("--limit", type=int, default=100, help="how many of the newest alerts (default 100)")
-    parser.add_argument("--since", default=None, metavar="TIME", help="only alerts at or after this ECS time")
+    parser.add_argument(
+        "--since",
+        type=parse_time,
+        default=None,
+        metavar="TIME",
+        help="only alerts at or after this time: ISO 8601 (UTC unless it says otherwise) or a "
+        "duration ago such as 90m, 24h, 7d (as for export)",
+    )
     parser.add_argument(
         "--status",
         dest="statuses",
@@ -63,6 +71,14 @@ def register(subparsers: Any) -> None:
         metavar="ID",
         help="only alerts of this policy (repeatable)",
     )
+    for flag, dest, what in (
+        ("--host", "hosts", "host.name"),
+        ("--user", "users", "user.name"),
+        ("--device-serial", "devices", "device.serial"),
+    ):
+        parser.add_argument(
+            flag, dest=dest, action="append", metavar="VALUE", help=f"only alerts of this {what} (repeatable)"
+        )
     parser.set_defaults(run=run)
     sub = parser.add_subparsers(dest="alerts_command", metavar="[show|close|reopen]", title="sub-commands")
 
@@ -129,16 +145,28 @@ def run(args: argparse.Namespace) -> int:
     """List alerts; 2 on a bad config or filter, 1 when the store cannot be read."""
     if not 1 <= args.limit <= 100_000:
         return _fail("--limit must be between 1 and 100000", EXIT_USAGE)
-    if len(args.policies or ()) > _MAX_FILTER_VALUES:
-        return _fail(f"at most {_MAX_FILTER_VALUES} --policy values", EXIT_USAGE)
+    for flag, values in (
+        ("--policy", args.policies),
+        ("--host", args.hosts),
+        ("--user", args.users),
+        ("--device-serial", args.devices),
+    ):
+        if len(values or ()) > _MAX_FILTER_VALUES:
+            return _fail(f"at most {_MAX_FILTER_VALUES} {flag} values", EXIT_USAGE)
+    # Stored alert times are ECS text (UTC, microseconds, Z): the same form compares in time order
+    # (isoformat pads the year to four digits, as the stored times are).
+    since = args.since.isoformat(timespec="microseconds").replace("+00:00", "Z") if args.since else None
 
     def work(store: Store) -> int:
         alerts = store.alerts(
             limit=args.limit,
-            since=args.since,
+            since=since,
             statuses=args.statuses,
             severities=args.severities,
             policies=args.policies,
+            hosts=args.hosts,
+            users=args.users,
+            devices=args.devices,
         )
         if args.json:
             _print_json(alerts)

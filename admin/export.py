@@ -25,15 +25,21 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_time(text: str) -> dt.datetime:
-    """An ISO 8601 date/time (UTC unless it says otherwise) or a duration ago (`90m`, `24h`, `7d`)."""
+    """An ISO 8601 date/time (UTC unless it says otherwise) or a duration ago (`90m`, `24h`, `7d`), in UTC.
+
+    `exfilguard export --since/--until` and `exfilguard alerts --since` take it.
+    """
     match = _RELATIVE.match(text.strip())
-    if match:
-        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
     try:
+        if match:
+            ago = dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+            return dt.datetime.now(dt.UTC) - ago
         moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time or a duration like 7d: {text!r}") from exc
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+        return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    except (ValueError, OverflowError) as exc:  # 99999999d ago, or 0001-01-01T00:00-01:00, is no time
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time or a duration like 7d (within years 1-9999): {text!r}"
+        ) from exc
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -188,11 +188,15 @@ class Store(abc.ABC):
         statuses: Sequence[str] | None = None,
         severities: Sequence[str] | None = None,
         policies: Sequence[str] | None = None,
+        hosts: Sequence[str] | None = None,
+        users: Sequence[str] | None = None,
+        devices: Sequence[str] | None = None,
     ) -> list[Mapping]:
         """The newest `limit` alerts at or after `since` (ECS time string), oldest first.
 
         Each carries its current triage `status` (collector/store/triage.py); the other
-        arguments keep only alerts with one of the given statuses, severities, policy ids.
+        arguments keep only alerts with one of the given statuses, severities, policy ids,
+        `host.name`s, `user.name`s or `device.serial`s.
         """
 
     @abc.abstractmethod

@@ -607,6 +607,9 @@ class SqliteStore(Store):
         statuses: Sequence[str] | None = None,
         severities: Sequence[str] | None = None,
         policies: Sequence[str] | None = None,
+        hosts: Sequence[str] | None = None,
+        users: Sequence[str] | None = None,
+        devices: Sequence[str] | None = None,
     ) -> list[Mapping]:
         """The newest `limit` alerts at or after `since` and matching the filters, oldest first."""
         status = self._status_column()
@@ -616,6 +619,9 @@ class SqliteStore(Store):
             (status, triage.check_statuses(self.location, statuses)),
             ("severity", severities),
             ("policy_id", policies),
+            ("""json_extract(body, '$."host.name"')""", hosts),
+            ("""json_extract(body, '$."user.name"')""", users),
+            ("""json_extract(body, '$."device.serial"')""", devices),
         ):
             if values is not None:
                 sql += " AND " + column + _IN_JSON_LIST  # column: from the fixed table above
