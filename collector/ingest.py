@@ -386,8 +386,10 @@ class IngestServicer(pb_grpc.IngestServicer):
                 self._pusher.detach(pushing)
             if not acker.done():
                 acker.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await acker
+            # Awaited even when done: an acker that failed writing (the stream was aborted under
+            # it) must have its exception retrieved, or asyncio logs it as an ERROR traceback.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await acker
 
     async def _acknowledge(
         self,
