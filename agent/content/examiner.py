@@ -54,9 +54,17 @@ class Examiner:
         self._thread.join(timeout=30)
         self._thread = None
 
-    def examine(self, path: str, done: Done) -> bool:
-        """Queue a written file; `done(identification)` runs in the worker. False if refused."""
-        return self._put(lambda: done(self._file(path)), path)
+    def examine(self, path: str, done: Done, fd: int | None = None) -> bool:
+        """Queue a written file; `done(identification)` runs in the worker. False if refused.
+
+        `fd`, if given, is open on the file and now owned by the examiner (closed when done):
+        a file renamed or replaced meanwhile (zip, rsync write a temporary name) is still read.
+        """
+        if self._put(lambda: done(self._file(path, fd)), path):
+            return True
+        if fd is not None:
+            os.close(fd)
+        return False
 
     def examine_device(self, node: str, limit: int, done: Done) -> bool:
         """Queue a raw device: its first `limit` bytes are read back and identified."""
@@ -85,11 +93,12 @@ class Examiner:
             except Exception:
                 log.exception("content examination failed")
 
-    def _file(self, path: str) -> Identification:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-        except OSError as exc:
-            return Identification(refused=f"{path}: not readable for examination: {exc.strerror}")
+    def _file(self, path: str, fd: int | None) -> Identification:
+        if fd is None:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError as exc:
+                return Identification(refused=f"{path}: not readable for examination: {exc.strerror}")
         try:
             return self.identifier.identify_fd(fd, os.fstat(fd).st_size, path)
         except OSError as exc:  # the stick pulled, the file truncated meanwhile

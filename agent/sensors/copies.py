@@ -14,6 +14,7 @@ The stronger of content and lineage decides the file.copy.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
 from dataclasses import dataclass
@@ -141,7 +142,8 @@ class CopyDetector:
         self._emit(write)
         result = _Found(found, methods, sha, files_read)
         if not tagged and written.size > 0 and self.examiner is not None and self.examiner.examine(
-                written.path, lambda content: self._report(written, device, mount, result, content)):
+                written.path, lambda content: self._report(written, device, mount, result, content),
+                fd=_dup(written.fd)):
             return  # file.copy (if any) once its content is examined
         self._report(written, device, mount, result, None)
 
@@ -230,3 +232,13 @@ def _stamp(seconds: float) -> Timestamp:
     ts = Timestamp()
     ts.FromMicroseconds(int(seconds * 1_000_000))
     return ts
+
+
+def _dup(fd: int | None) -> int | None:
+    """A descriptor of our own on the written file, which the examiner reads later."""
+    if fd is None:
+        return None
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
+    except OSError:
+        return None

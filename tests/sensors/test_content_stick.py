@@ -1,0 +1,140 @@
+"""Copies an exact hash misses, onto a real loop-device stick, made with real tools.
+
+Archives of the tagged tree (tar with gzip/xz/zstd, zip, 7z), `split` parts, an edited copy,
+a `sed`-transformed CSV, and a raw `dd` of a tgz onto the unmounted stick: each is a
+`file.copy` naming its sources, with the method, a confidence and the share found. A photo
+written by a process that never read tagged data is only a `file.write`.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import AgentConfig, SensorSettings
+from agent.content import ContentCatalog
+from agent.loopstick import LoopStick
+from tests.sensors.recorder import Mapping, Running
+
+pytestmark = pytest.mark.root
+
+TAGS = ["database"]
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "srv" / "db"
+    root.mkdir(parents=True)
+    rng = random.Random(5)
+    for i in range(3):
+        (root / f"table{i}.dat").write_bytes(rng.randbytes(120_000 + 7_000 * i))
+    lines = ["id,name,email,iban"] + [
+        f"{i},Name{i} {rng.choice(['Ng', 'Roe', 'Diaz'])},u{i}.{rng.randrange(10**6)}@corp.example,"
+        f"GB{rng.randrange(10**16):016d}" for i in range(1500)]
+    (root / "customers.csv").write_text("\n".join(lines) + "\n")
+    yield root
+
+
+def _running(db: Path) -> Running:
+    settings = SensorSettings.model_validate({"mass_read_files": 50})
+    return Running(AgentConfig(tags={str(db): TAGS}, sensors=settings))
+
+
+def _sh(cmd: str, cwd: Path) -> None:
+    subprocess.run(["bash", "-c", cmd], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _copy_of(run: Running, path: str) -> Mapping:
+    return run.events.wait_for(run.events.action("file.copy", {"file.path": path}), timeout=30)[0]
+
+
+def _archive_copy(point: str, fmt: str) -> Callable[[Mapping], bool]:
+    def check(event: Mapping) -> bool:
+        return (event.get("event.action") == "file.copy" and event.get("exfilguard.content.format") == fmt
+                and str(event.get("file.path", "")).startswith(point + "/"))
+    return check
+
+
+def test_archives_parts_and_transformed_copies_on_a_stick(loop_stick: Any, db: Path) -> None:
+    stick: LoopStick = loop_stick(label=f"EGC{os.getpid() % 100000}", serial=f"EGC{os.getpid()}")
+    with _running(db) as run:
+        catalog = run.sensor("content")
+        assert isinstance(catalog, ContentCatalog) and catalog.wait_ready(30)
+        stick.plug()
+        point = str(stick.mount())
+        run.events.wait_for(run.events.action("device.mount", {"exfilguard.mount.point": point}))
+        srv = db.parent
+        sources = sorted(str(p) for p in db.iterdir())
+
+        for cmd, name, fmt in (
+            ("tar czf {p}/db.tgz db", "db.tgz", "tar.gz"),
+            ("tar cJf {p}/db.txz db", "db.txz", "tar.xz"),
+            ("tar --zstd -cf {p}/db.tar.zst db", "db.tar.zst", "tar.zst"),
+            ("zip -qr {p}/db.zip db", "db.zip", "zip"),
+            ("7z a -bd {p}/db.7z db", "db.7z", "7z"),
+        ):
+            mark = run.events.mark()
+            _sh(cmd.format(p=point), srv)
+            # zip writes a temporary file and renames it: the copy may carry either name
+            copy = run.events.wait_for(_archive_copy(point, fmt), after=mark, timeout=30)[0]
+            assert copy["exfilguard.copy.identified_by"] == "member", name
+            assert copy["exfilguard.copy.members_total"] == 4
+            assert sorted(copy["exfilguard.copy.sources"]) == sources, name
+            assert {m["source"] for m in copy["exfilguard.copy.members"]} == set(sources)
+            assert copy["exfilguard.copy.confidence"] >= 0.95 and copy["exfilguard.copy.share"] == 1.0
+            assert copy["exfilguard.source.path"] in sources
+            assert copy["tags"] == TAGS and copy["device.serial"] == stick.serial
+
+        table = db / "table2.dat"
+        _sh(f"split -b 50000 {table} {point}/part_", srv)
+        parts = sorted(p.name for p in Path(point).glob("part_*"))
+        assert len(parts) == 3
+        shares = 0.0
+        for part in parts[:2]:  # the last 34 KB part is one or two chunks cut at both ends
+            copy = _copy_of(run, f"{point}/{part}")
+            assert copy["exfilguard.copy.identified_by"] == "chunks"
+            assert copy["exfilguard.source.path"] == str(table)
+            shares += copy["exfilguard.copy.share"]
+        assert 0.4 < shares <= 1.0
+
+        _sh(f"{{ cat {db / 'table0.dat'}; echo note; }} > {point}/r.bin", srv)
+        copy = _copy_of(run, f"{point}/r.bin")
+        assert copy["exfilguard.copy.identified_by"] == "chunks"
+        assert copy["exfilguard.source.path"] == str(db / "table0.dat")
+        assert copy["exfilguard.copy.share"] > 0.6
+
+        _sh(f"cat {db / 'customers.csv'} | sed 's/@corp.example/@home.test/' > {point}/export.csv", srv)
+        copy = _copy_of(run, f"{point}/export.csv")
+        assert copy["exfilguard.copy.identified_by"] == "text"
+        assert copy["exfilguard.source.path"] == str(db / "customers.csv")
+        assert 0.3 <= copy["exfilguard.copy.share"] < 1.0
+
+        _sh(f"head -c 300000 /dev/urandom > {point}/holiday.jpg", srv)
+        run.events.wait_for(run.events.action("file.write", {"file.path": f"{point}/holiday.jpg"}))
+        _sh(f"tar czf {point}/zz-flush.tgz db", srv)  # examined after the photo: its verdict is in
+        _copy_of(run, f"{point}/zz-flush.tgz")
+        assert not run.events.matching(run.events.action("file.copy", {"file.path": f"{point}/holiday.jpg"}))
+
+
+def test_a_raw_dd_of_a_tgz_onto_the_stick_is_read_back(loop_stick: Any, db: Path, tmp_path: Path) -> None:
+    stick: LoopStick = loop_stick(label=f"EGD{os.getpid() % 100000}", serial=f"EGD{os.getpid()}")
+    _sh(f"tar czf {tmp_path}/db.tgz -C {db.parent} db", tmp_path)
+    with _running(db) as run:
+        stick.plug()
+        run.events.wait_for(run.events.action("device.attach", {"device.serial": stick.serial}))
+        _sh(f"dd if={tmp_path}/db.tgz of={stick.device} bs=64k conv=fsync,notrunc status=none", tmp_path)
+        raw = run.events.wait_for(run.events.action("device.write", {"device.serial": stick.serial}))[0]
+        assert raw["exfilguard.count"] >= (tmp_path / "db.tgz").stat().st_size
+        copy = _copy_of(run, stick.device)
+        assert copy["device.serial"] == stick.serial
+        assert copy["exfilguard.copy.identified_by"] == "member"
+        assert copy["exfilguard.content.format"] == "tar.gz"
+        assert sorted(copy["exfilguard.copy.sources"]) == sorted(str(p) for p in db.iterdir())
+        assert copy["exfilguard.source.path"] in copy["exfilguard.copy.sources"]
+        assert copy["tags"] == TAGS
