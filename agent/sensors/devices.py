@@ -178,6 +178,11 @@ class DeviceSensor:
             if known is not None and known.serial == described.serial and known.size == described.size:
                 return
             self._attached[node] = described
+        # the write counter's baseline is taken now, not at the next poll: a `dd` started the
+        # moment the stick appears must count from here
+        sectors = _sectors_written(node)
+        if sectors is not None:
+            self._written[node] = sectors
         if known is not None:
             self._emit_device("device.detach", known, "replaced by another medium")
         self._emit_device("device.attach", described, "present at agent start" if action == "present" else "")

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, SensorSettings
 from agent.content import ContentCatalog
-from agent.loopstick import LoopStick
+from common.agentconfig import AgentConfig, SensorSettings
+from lab.loopstick import LoopStick
 from tests.sensors.recorder import Mapping, Running
 
 pytestmark = pytest.mark.root
@@ -61,8 +61,12 @@ def _archive_copy(point: str, fmt: str) -> Callable[[Mapping], bool]:
     return check
 
 
-def test_archives_parts_and_transformed_copies_on_a_stick(loop_stick: Any, db: Path) -> None:
+def test_archives_parts_and_transformed_copies_on_a_stick(loop_stick: Any, db: Path, tmp_path: Path) -> None:
     stick: LoopStick = loop_stick(label=f"EGC{os.getpid() % 100000}", serial=f"EGC{os.getpid()}")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    _sh(f"split -b 50000 {db / 'table2.dat'} part_ && {{ cat {db / 'table0.dat'}; echo note; }} > r.bin && "
+        f"sed 's/@corp.example/@home.test/' {db / 'customers.csv'} > export.csv", staged)
     with _running(db) as run:
         catalog = run.sensor("content")
         assert isinstance(catalog, ContentCatalog) and catalog.wait_ready(30)
@@ -91,25 +95,23 @@ def test_archives_parts_and_transformed_copies_on_a_stick(loop_stick: Any, db: P
             assert copy["exfilguard.source.path"] in sources
             assert copy["tags"] == TAGS and copy["device.serial"] == stick.serial
 
+        # made before the agent started (no lineage to them): only their content ties them
+        for name in sorted(p.name for p in staged.iterdir()):
+            _sh(f"cp {staged / name} {point}/{name}", srv)
         table = db / "table2.dat"
-        _sh(f"split -b 50000 {table} {point}/part_", srv)
-        parts = sorted(p.name for p in Path(point).glob("part_*"))
-        assert len(parts) == 3
         shares = 0.0
-        for part in parts[:2]:  # the last 34 KB part is one or two chunks cut at both ends
+        for part in ("part_aa", "part_ab"):  # the last 34 KB part is one or two chunks cut at both ends
             copy = _copy_of(run, f"{point}/{part}")
             assert copy["exfilguard.copy.identified_by"] == "chunks"
             assert copy["exfilguard.source.path"] == str(table)
             shares += copy["exfilguard.copy.share"]
         assert 0.4 < shares <= 1.0
 
-        _sh(f"{{ cat {db / 'table0.dat'}; echo note; }} > {point}/r.bin", srv)
         copy = _copy_of(run, f"{point}/r.bin")
         assert copy["exfilguard.copy.identified_by"] == "chunks"
         assert copy["exfilguard.source.path"] == str(db / "table0.dat")
         assert copy["exfilguard.copy.share"] > 0.6
 
-        _sh(f"cat {db / 'customers.csv'} | sed 's/@corp.example/@home.test/' > {point}/export.csv", srv)
         copy = _copy_of(run, f"{point}/export.csv")
         assert copy["exfilguard.copy.identified_by"] == "text"
         assert copy["exfilguard.source.path"] == str(db / "customers.csv")
