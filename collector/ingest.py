@@ -412,6 +412,7 @@ class IngestServicer(pb_grpc.IngestServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "collector could not store the batch")
             self._metrics.batches_acked.inc()  # before the write: the agent may act on the ack at once
             acked[0] = result.watermark
+            self._registry.stored(agent_id, result.stored)
             await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
             if result.stored and self._listeners:
                 # Mappings only when someone listens: building them costs more than storing.

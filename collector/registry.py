@@ -9,6 +9,11 @@ Silence: an agent that sent nothing (hello, batch or heartbeat) for `silent_afte
 seconds is reported once, as a synthetic `agent.silent` event; it is re-armed when the
 agent speaks again. Agents known from earlier runs count from the collector's start, so a
 collector restart does not declare the whole fleet silent at once.
+
+Stopped is not silent: an agent whose latest stored event is `agent.stop` (a service stop,
+a machine shut down for the night) is `stopped` and raises no agent.silent (the pack's
+low `agent-stopped` reports the stop itself). Any later event of the agent (its next
+`agent.start`) ends that. A kill -9 or SIGSTOP sends no agent.stop, so it still goes silent.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from collector.listeners import AGENT_SILENT, Mapping
 from collector.store.base import AgentRecord, AgentUpdate
 from protos import exfilguard_pb2 as pb
 from protos.events import ecs_time_at
+
+STOP_ACTION = "agent.stop"
 
 
 @dataclass
@@ -37,6 +44,7 @@ class _Agent:
     last_heartbeat_wall: float | None = None
     backlog: int | None = None
     silent_reported: bool = False
+    stopped: bool = False  # its latest stored event is agent.stop
     dirty: bool = False
     identity_dirty: bool = False
 
@@ -69,7 +77,8 @@ class FleetRegistry:
         """Know the agents of earlier runs; their silence is counted from now."""
         now = self._clock()
         for record in records:
-            known = _Agent(record.id, record.host, record.version, record.config_version, last_message=now)
+            known = _Agent(record.id, record.host, record.version, record.config_version, last_message=now,
+                           stopped=record.stopped)
             self._agents.setdefault(record.id, known)
 
     def connected(self, hello: pb.Hello) -> None:
@@ -90,6 +99,19 @@ class FleetRegistry:
     def seen(self, agent_id: str) -> None:
         """The agent sent something: it is alive."""
         self._touch(agent_id)
+
+    def stored(self, agent_id: str, events: Iterable[pb.Event]) -> None:
+        """Events of this agent were stored (in sequence order): did the last of them stop it?"""
+        agent = self._agents.get(agent_id)
+        if agent is None:
+            return
+        for event in events:
+            agent.stopped = event.event.action == STOP_ACTION
+
+    def is_stopped(self, agent_id: str) -> bool:
+        """Whether the agent's latest stored event is a clean agent.stop."""
+        agent = self._agents.get(agent_id)
+        return agent is not None and agent.stopped
 
     def heartbeat(self, agent_id: str, heartbeat: pb.Heartbeat) -> None:
         """A heartbeat arrived, carrying the agent's spool backlog."""
@@ -157,7 +179,7 @@ class FleetRegistry:
         now = self._clock()
         out: list[Mapping] = []
         for agent in self._agents.values():
-            if agent.silent_reported or now - agent.last_message < self.silent_after:
+            if agent.silent_reported or agent.stopped or now - agent.last_message < self.silent_after:
                 continue
             agent.silent_reported = True
             out.append(

@@ -100,6 +100,7 @@ class AgentRecord:
     lost: int = 0  # events the agent reported lost (sum of exfilguard.gap.lost)
     config_version: str = ""
     watermark: int = 0  # highest contiguous sequence stored
+    stopped: bool = False  # its last stored event is agent.stop: a clean stop, not silence
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (used by `exfilguard agents --json`)."""
@@ -116,6 +117,7 @@ class AgentRecord:
             "lost": self.lost,
             "config_version": self.config_version,
             "watermark": self.watermark,
+            "stopped": self.stopped,
         }
 
 

@@ -739,7 +739,8 @@ class SqliteStore(Store):
         with self._lock:
             rows = self._db.execute(
                 "SELECT a.id, a.host, a.version, a.first_seen, a.last_seen, a.last_heartbeat, a.connected,"
-                " a.backlog, a.gaps, a.lost, a.config_version, COALESCE(c.stored, 0)"
+                " a.backlog, a.gaps, a.lost, a.config_version, COALESCE(c.stored, 0),"
+                " (SELECT e.action FROM events e WHERE e.agent_id = a.id ORDER BY e.sequence DESC LIMIT 1)"
                 " FROM agents a LEFT JOIN chains c ON c.agent_id = a.id ORDER BY a.id"
             ).fetchall()
         return [
@@ -756,6 +757,7 @@ class SqliteStore(Store):
                 lost=int(r[9]),
                 config_version=r[10],
                 watermark=int(r[11]),
+                stopped=r[12] == "agent.stop",
             )
             for r in rows
         ]

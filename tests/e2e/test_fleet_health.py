@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.harness import REPO, Pipeline, wait_for
+from tests.e2e.harness import REPO, VENV_BIN, Pipeline, Process, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -87,3 +87,47 @@ def test_a_deleted_spool_is_alerted_and_its_new_events_are_not_dropped(pipeline:
     assert [e["event.action"] for e in second[1:3]] == ["agent.start", "agent.test"]
     assert sum(1 for e in second if e["event.action"] == "agent.test") == 50
     assert not [a for a in _alerts(pipeline) if a["policy.id"] == "agent-events-lost"]
+
+
+def test_a_clean_stop_is_stopped_not_silent_while_a_kill_still_alerts(pipeline: Pipeline) -> None:
+    pipeline.start_collector()
+    stopped = pipeline.start_agent()
+    wait_for(lambda: list(_health(pipeline).values()) == ["ok"], 30, "the agent healthy in the registry",
+             pipeline.diagnose)
+    assert stopped.terminate() == 0  # a machine shut down for the night
+    first = pipeline.agent_id()
+    wait_for(lambda: list(_health(pipeline).values()) == ["stopped"], 30,
+             "the registry to show the agent stopped", pipeline.diagnose)
+    # A second agent, killed -9 after the clean stop: its silence alert is the moment by
+    # which the stopped agent's would have fired too (both use the same 2 s threshold).
+    other = pipeline.agent_dir.parent / "agent-2"
+    other.mkdir()
+    (other / "agent.yaml").write_text(pipeline.agent_config.read_text())
+    argv = [str(VENV_BIN / "exfilguard-agent"), "--config", str(other / "agent.yaml"), "--no-sensors"]
+    killed = Process(argv, other / "agent.log").start()
+    pipeline.processes.append(killed)
+    wait_for(lambda: len(_health(pipeline)) == 2, 30, "the second agent", pipeline.diagnose)
+    killed.kill9()
+
+    def silent() -> list[dict[str, Any]]:
+        return [a for a in _alerts(pipeline) if a["policy.id"] == "agent-silent"]
+
+    wait_for(lambda: bool(silent()), 30, "the killed agent's agent-silent alert", pipeline.diagnose)
+    assert [a["agent.id"] for a in silent()] == [(other / "state" / "agent-id").read_text().strip()]
+    health = {a["id"]: a["health"] for a in pipeline.agents_json()}
+    assert health[first] == "stopped"
+    stops = [a for a in _alerts(pipeline) if a["policy.id"] == "agent-stopped"]
+    assert [(a["agent.id"], a["severity"]) for a in stops] == [(first, "low")]
+
+
+def _health(pipe: Pipeline) -> dict[str, str]:
+    """Agent id -> health as `exfilguard agents` shows it, read from the store in this process
+    (cheap enough to poll; the test reads the real command once at the end)."""
+    from admin.agents import health
+    from collector.store import open_store
+
+    store = open_store(pipe.store, readonly=True)
+    try:
+        return {r.id: health(r, 2.0) for r in store.agents()}
+    finally:
+        store.close()
