@@ -4,14 +4,15 @@ Ingest refuses what a reader cannot take (collector/wirecheck.py), but a store w
 older collector may hold such rows. A reader must never crash-loop on one: the row is chained
 and exported in a defined form (`protos.events.to_mapping` leaves the bad field out and
 describes it under `exfilguard.invalid`; bytes that do not parse become a mapping of agent,
-sequence and that description), and a WARNING names the agent and sequence (the first few
-per process, then one line per thousand, so an old store full of them does not flood the log).
+sequence and that description), and a WARNING names the agent and sequence (at most ten lines
+a second, each carrying the count so far, so an old store full of them does not flood the log).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 
 from google.protobuf.message import DecodeError
 
@@ -21,7 +22,7 @@ from protos import exfilguard_pb2 as pb
 
 log = logging.getLogger("exfilguard.collector.store")
 
-_LOGGED_IN_FULL = 20
+_LINES_PER_SECOND = 10
 
 
 class _BadRows:
@@ -29,12 +30,18 @@ class _BadRows:
 
     def __init__(self) -> None:
         self.count = 0
+        self._second = 0
+        self._logged = 0
         self._lock = threading.Lock()
 
     def note(self) -> bool:
         with self._lock:
             self.count += 1
-            return self.count <= _LOGGED_IN_FULL or self.count % 1000 == 0
+            now = int(time.monotonic())
+            if now != self._second:
+                self._second, self._logged = now, 0
+            self._logged += 1
+            return self._logged <= _LINES_PER_SECOND
 
 
 bad_rows = _BadRows()

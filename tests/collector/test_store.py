@@ -457,3 +457,28 @@ def test_an_old_store_keeps_the_statuses_its_bodies_carried_for_reading_retentio
     with open_ledger(location) as ledger:
         assert ledger.protected() == {"a": 4}
     upgraded.close()
+
+
+def test_a_stored_event_no_reader_can_convert_is_sealed_and_read_in_its_defined_form(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rows an older collector stored unchecked (ingest refuses them now) never stop the chain or a read."""
+    batch = make_events("old", 1, 4)
+    batch[1].timestamp.nanos = -1
+    batch[2].exfilguard.gap.first.seconds = 253_402_300_800 * 10  # far beyond year 9999
+    with caplog.at_level("WARNING", logger="exfilguard.collector.store"):
+        assert store.ingest_batches([("old", batch)], seal=False)[0].watermark == 4
+        assert store.seal() == 4
+        read = list(store.events(EventFilter(agent="old")))
+    assert store.chain_head("old")[0] == 4
+    assert [m["event.sequence"] for m in read] == [1, 2, 3, 4]
+    assert "@timestamp" not in read[1]
+    assert read[1]["exfilguard.invalid"][0].startswith("@timestamp: seconds=")
+    assert read[2]["exfilguard.invalid"][0].startswith("exfilguard.gap.first: seconds=")
+    assert "exfilguard.invalid" not in read[0]
+    prev = chain.GENESIS
+    for mapping in read:  # the chain is over exactly what is read (and exported)
+        prev = chain.link(prev, mapping)
+    assert prev == store.chain_head("old")[1]
+    named = {(r.agent_id, r.sequence) for r in caplog.records if hasattr(r, "sequence")}  # type: ignore[attr-defined]
+    assert {("old", 2), ("old", 3)} <= named
