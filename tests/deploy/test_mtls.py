@@ -23,6 +23,7 @@ from collector import pki
 from collector.server import Collector
 from collector.store import open_store
 from collector.store.sqlite import SqliteStore
+from protos import exfilguard_pb2 as pb
 from tests.deploy.aioserver import LoopThread
 from tests.helpers import AgentStream, free_port, make_events, wait_for, write_collector_config
 
@@ -174,6 +175,28 @@ def test_events_of_another_agent_are_refused_after_a_valid_hello(site: Site) -> 
         stream.send_events(make_events("agent-2", 1, 1))
         code, _ = stream.status()
     assert code == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_malformed_bytes_and_bad_events_are_invalid_argument_behind_mtls_too(site: Site) -> None:
+    """The client-certificate interceptor wraps the stream with the ingest's own request parser."""
+    issued = site.ca.issue_agent("agent-1")
+    hello = pb.AgentMessage(hello=pb.Hello(agent_id="agent-1")).SerializeToString()
+    with grpc.secure_channel(site.address, site.credentials(issued)) as channel:
+        method = "/exfilguard.v1.Ingest/Stream"  # no (de)serializers: bytes in, bytes out
+        raw: grpc.StreamStreamMultiCallable[bytes, bytes] = channel.stream_stream(method)
+        with pytest.raises(grpc.RpcError) as ended:
+            list(raw(iter([hello, b"\x12\x05\xff\xff\xff"]), timeout=10))
+    assert ended.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "malformed AgentMessage" in (ended.value.details() or "")
+    batch = make_events("agent-1", 1, 2)
+    batch[1].timestamp.nanos = -1
+    with site.stream("agent-1", issued) as stream:
+        assert stream.ack() == 0
+        stream.send_events(batch)
+        code, details = stream.status()
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "event sequence 2" in details and "nanos -1" in details
+    assert site.store.count_events("agent-1") == 0
 
 
 def test_the_collectors_own_certificate_is_no_agent(site: Site) -> None:
