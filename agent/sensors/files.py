@@ -18,9 +18,11 @@ or unmounted the sensor waits for it again. Each transition is logged.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -112,6 +114,7 @@ class FileSensor:
         self._stopping = threading.Event()
         self._rescanner: threading.Thread | None = None
         self._who = procinfo.OpenFileIndex()
+        self._created = RecentCreates()
         self.overflows = 0
 
     # ------------------------------------------------------------ lifecycle
@@ -284,6 +287,7 @@ class FileSensor:
                 and isinstance(event, (DirDeletedEvent, DirMovedEvent)):
             self.recheck_soon()  # a tagged root itself went (or was renamed)
         if isinstance(event, (FileMovedEvent, DirMovedEvent)):
+            self._created.forget(src)
             src_tags, dest_tags = self.tags.tags_for(src), self.tags.tags_for(dest)
             if event.is_directory and dest_tags and self._on_new_dir is not None:
                 self._mark_tree(dest)  # marks first, then the index (as for a new directory)
@@ -303,6 +307,8 @@ class FileSensor:
         if isinstance(event, FileClosedNoWriteEvent) and self.index.read_by_us(src, "close"):
             return
         if isinstance(event, (FileCreatedEvent, DirCreatedEvent)):
+            if not self._created.first(src):
+                return  # watchdog's walk of a new directory found what was reported already
             if event.is_directory and self._on_new_dir is not None:
                 self._mark_tree(src)  # marks first: a file written after the walk below is seen
             # maybe still being written, and its close-after-write may never reach us (written
@@ -310,6 +316,7 @@ class FileSensor:
             self.index.update(src, written=False)
             self._emit(self._file_event("file.create", src, tags, event.is_directory))
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
+            self._created.forget(src)
             self.index.remove(src)
             self._emit(self._file_event("file.delete", src, tags, event.is_directory))
         elif isinstance(event, FileOpenedEvent):
@@ -358,6 +365,43 @@ class FileSensor:
             return  # renamed already (rsync's temp file): the rename reports the final name
         self.copies.note_write(Written(path=path, size=size, pid=info.pid if info else 0, info=info,
                                        attribution=procinfo.INFERRED if info else procinfo.NONE))
+
+
+class RecentCreates:
+    """Paths reported created, with the file they were: one file.create per path and file.
+
+    watchdog walks each directory it starts watching and reports what it finds there as
+    created (so nothing made before the watch is missed); `mkdir -p a/b/c/...` therefore
+    reports the deeper directories once for every level above them. A create for a path
+    already reported with the same device, inode and type is that repeat (a delete or move
+    in between makes it news again). Bounded, oldest first out.
+    """
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._limit = limit
+        self._seen: collections.OrderedDict[str, tuple[int, int, int]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def first(self, path: str) -> bool:
+        """True unless `path` was already reported created as the file it is now."""
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return True  # gone already: report it, there is nothing to tell a repeat by
+        identity = (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode))
+        with self._lock:
+            if self._seen.get(path) == identity:
+                return False
+            self._seen[path] = identity
+            self._seen.move_to_end(path)
+            while len(self._seen) > self._limit:
+                self._seen.popitem(last=False)
+        return True
+
+    def forget(self, path: str) -> None:
+        """`path` was deleted or moved away: a create there is news again."""
+        with self._lock:
+            self._seen.pop(path, None)
 
 
 def _identity(path: str) -> tuple[int, int] | None:

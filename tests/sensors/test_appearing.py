@@ -12,12 +12,14 @@ import logging
 import os
 import shutil
 import subprocess
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import pytest
+from watchdog.events import DirCreatedEvent, FileCreatedEvent
 
 from agent.sensors.files import FileSensor
 from common.agentconfig import AgentConfig, SensorSettings
@@ -239,3 +241,29 @@ def test_copy_from_a_root_made_after_start_onto_a_stick(loop_stick: Any, tmp_pat
         assert "fingerprint" in copy["exfilguard.copy.method"]
         assert copy["process.pid"] == cp.pid
         assert copy["device.serial"] == stick.serial
+
+
+def test_nested_directories_made_at_once_are_each_reported_created_once(tmp_path: Path) -> None:
+    root = tmp_path / "srv" / "db"
+    root.mkdir(parents=True)
+    with Running(_config({str(root): TAGS})) as run:
+        events = run.events
+        events.wait_for(_counted("database", 0))
+        deep = root.joinpath(*[f"level{i}" for i in range(19)])
+        subprocess.run(["mkdir", "-p", str(deep)], check=True)  # 19 directories as fast as it goes
+        sentinel = deep / "last.csv"
+        sentinel.write_bytes(b"x")
+        events.wait_for(events.action("file.create", {"file.path": str(sentinel)}))
+        made = [str(root.joinpath(*[f"level{i}" for i in range(n + 1)])) for n in range(19)]
+        creates = Counter(e["file.path"] for e in events.matching(events.action("file.create"))
+                          if str(e["file.path"]).startswith(str(root)))
+        assert {path: creates[path] for path in made} == dict.fromkeys(made, 1)
+        assert creates[str(sentinel)] == 1
+        # What watchdog sends when its walk of a new directory meets the deeper ones again (how
+        # often depends on timing): the same paths, the same directories, are no news.
+        sensor = cast("FileSensor", run.sensor("files"))
+        mark = events.mark()
+        for path in made[3:]:
+            sensor._tagged_event(DirCreatedEvent(path))
+        sensor._tagged_event(FileCreatedEvent(str(sentinel)))
+        assert not events.matching(events.action("file.create"), after=mark)

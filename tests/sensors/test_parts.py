@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from agent.sensors import procinfo
+from agent.sensors.files import RecentCreates
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.mounts import parse_mountinfo
 from agent.sensors.staging import StagingDetector, Written, looks_like_archive
@@ -221,3 +222,22 @@ def test_tag_map_anchors_where_missing_paths_and_new_glob_matches_appear(tmp_pat
     assert tags.missing() == []
     assert tags.anchors()[str(tmp_path / "srv")] == ("db",)
     assert str(tmp_path) not in tags.anchors()  # /srv exists now: no need to watch its parent
+
+
+def test_recent_creates_reports_a_path_once_per_file(tmp_path: Path) -> None:
+    created = RecentCreates(limit=2)
+    path = tmp_path / "a"
+    path.mkdir()
+    assert created.first(str(path))
+    assert not created.first(str(path))  # watchdog's walk of a new parent found it again
+    path.rmdir()
+    path.write_bytes(b"now a file")  # a file where the directory was (even on its inode): news
+    assert created.first(str(path))
+    assert not created.first(str(path))
+    created.forget(str(path))  # deleted: a create there is news again
+    assert created.first(str(path))
+    assert created.first(str(tmp_path / "gone"))  # vanished already: reported, not remembered
+    for name in ("b", "c"):
+        (tmp_path / name).mkdir()
+        assert created.first(str(tmp_path / name))
+    assert created.first(str(path)), "bounded: the oldest entry made room"
