@@ -199,6 +199,7 @@ class IngestServicer(pb_grpc.IngestServicer):
         self._pending = Slots(self.limits.max_pending_hellos, self.limits.max_pending_hellos_per_peer)
         self._agents = Slots(self.limits.max_streams, self.limits.max_streams_per_peer)
         self._refusals = RefusalLog(log)
+        self._alarms = RefusalLog(log, level=logging.ERROR)  # hello claims any agent can repeat
 
     @property
     def streams(self) -> int:
@@ -240,7 +241,7 @@ class IngestServicer(pb_grpc.IngestServicer):
             if first.hello.last_acked_sequence > watermark:
                 # The store lost acknowledged events (restored from a backup?): the agent has
                 # deleted them from its spool, so they are gone. Say so loudly.
-                log.error(
+                self._alarms.log(
                     "agent was acknowledged up to %d but the store holds only %d",
                     first.hello.last_acked_sequence,
                     watermark,
@@ -250,7 +251,7 @@ class IngestServicer(pb_grpc.IngestServicer):
                 # Its spool restarted below what we hold (deleted or restored from an old copy).
                 # The agent renumbers after our ack and records an agent.gap; an agent that did
                 # not would have its new events taken for resends and dropped, so log it here too.
-                log.error(
+                self._alarms.log(
                     "agent's next sequence is %d but the store already holds up to %d: "
                     "its spool was deleted or restored; expecting it to continue after %d",
                     first.hello.next_sequence,
@@ -421,7 +422,7 @@ class IngestServicer(pb_grpc.IngestServicer):
     async def _reject(self, context: _Context, agent_id: str, problem: str, reason: str) -> None:
         """End the stream with INVALID_ARGUMENT naming the problem (one WARNING, rate-limited)."""
         peer = peer_host(context.peer())
-        self._refusals.warning("stream rejected: %s", problem, extra={"agent_id": agent_id, "peer": peer})
+        self._refusals.log("stream rejected: %s", problem, extra={"agent_id": agent_id, "peer": peer})
         self._metrics.stream_rejected("INVALID_ARGUMENT", reason)
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
 
@@ -434,6 +435,6 @@ class IngestServicer(pb_grpc.IngestServicer):
         code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED,
     ) -> None:
         """End a stream for a limit rather than for what it sent."""
-        self._refusals.warning("stream refused: %s", problem, extra={"peer": peer})
+        self._refusals.log("stream refused: %s", problem, extra={"peer": peer})
         self._metrics.stream_rejected(code.name, reason)
         await context.abort(code, problem)

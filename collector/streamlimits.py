@@ -6,8 +6,8 @@ lasts at most `hello_timeout_seconds`. Only after a valid hello does a stream ta
 `max_streams` slots (and, if `max_streams_per_peer` is set, one of its address's). So idle or
 slow connections can never take the places of real agents.
 
-`RefusalLog` keeps refusals at WARNING without flooding the log: a few lines a second, then
-one line saying how many were not logged.
+`RefusalLog` keeps what any peer can provoke (refusals at WARNING, a hello's alarming claims at
+ERROR) from flooding the log: a few lines a second, then one line saying how many were not logged.
 """
 
 from __future__ import annotations
@@ -75,22 +75,24 @@ class Slots:
 
 
 class RefusalLog:
-    """WARNING lines for refused streams, at most `per_second` of them; the rest are counted and summed up."""
+    """Log lines at `level`, at most `per_second` of them; the rest are counted and summed up."""
 
-    def __init__(self, log: logging.Logger, per_second: int = 10) -> None:
+    def __init__(self, log: logging.Logger, per_second: int = 10, level: int = logging.WARNING) -> None:
         self._log = log
+        self._level = level
         self._per_second = per_second
         self._window = 0
         self._logged = 0
         self._suppressed = 0
 
-    def warning(self, message: str, *args: object, extra: dict[str, object] | None = None) -> None:
-        """Log one refusal, unless this second's allowance is spent."""
+    def log(self, message: str, *args: object, extra: dict[str, object] | None = None) -> None:
+        """Log one line, unless this second's allowance is spent."""
         now = int(time.monotonic())
         if now != self._window:
             if self._suppressed:
-                self._log.warning(
-                    "%d more refused streams were not logged (more than %d a second)",
+                self._log.log(
+                    self._level,
+                    "%d more such lines were not logged (more than %d a second)",
                     self._suppressed,
                     self._per_second,
                     extra={"suppressed": self._suppressed},
@@ -100,4 +102,4 @@ class RefusalLog:
             self._suppressed += 1
             return
         self._logged += 1
-        self._log.warning(message, *args, extra=extra)
+        self._log.log(self._level, message, *args, extra=extra)
