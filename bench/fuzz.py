@@ -29,7 +29,7 @@ from tests.fuzz import kinds
 
 PROBLEMS = (
     "crashes", "hangs", "unexpected_status", "tracebacks", "error_lines", "invalid_stored", "acked_lost",
-    "honest_lost", "honest_duplicated", "honest_interrupted",
+    "honest_lost", "honest_duplicated", "honest_interrupted", "fuzzer_errors",
 )
 
 

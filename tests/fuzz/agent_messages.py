@@ -154,8 +154,11 @@ def _batch(draw: st.DrawFn, agent_id: str, first: int) -> pb.AgentMessage:
     # One event edited, the others mostly clean: a batch is refused for its first bad event, so
     # several bad ones would hide each other.
     edited = draw(st.integers(0, count - 1))
-    batch = [draw(events(agent_id, start + i, 4 if i == edited else draw(st.sampled_from([0, 0, 1]))))
-             for i in range(count)]
+    last = UINT64[1]  # a uint64 on the wire: sequences past it stay at it
+    batch = []
+    for i in range(count):
+        edits = 4 if i == edited else draw(st.sampled_from([0, 0, 1]))
+        batch.append(draw(events(agent_id, min(start + i, last), edits)))
     return pb.AgentMessage(batch=pb.EventBatch(events=batch))
 
 
@@ -185,7 +188,7 @@ def structured_streams(draw: st.DrawFn, agent_id: str) -> FuzzStream:
         kind = draw(st.sampled_from(["batch", "batch", "batch", "heartbeat", "empty", "hello"]))
         if kind == "batch":
             message = draw(_batch(agent_id, next_sequence))
-            next_sequence = message.batch.events[-1].event.sequence + 1
+            next_sequence = min(message.batch.events[-1].event.sequence + 1, UINT64[1])
         elif kind == "heartbeat":
             message = draw(_heartbeat())
         elif kind == "hello":

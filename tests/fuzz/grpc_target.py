@@ -85,6 +85,7 @@ class Figures:
     honest_events: int = 0
     honest_lost: int = 0
     honest_duplicated: int = 0
+    fuzzer_errors: int = 0  # the strategies themselves failed (a bug in tests/fuzz, not the collector)
     honest_interrupted: int = 0  # its stream ended or an ack took longer than HANG_SECONDS
     collector_rss_mib: float = 0.0
     collector_rss_ratio: float = 0.0  # against its RSS before the first input
@@ -100,7 +101,7 @@ class Figures:
         return not (
             self.crashes or self.hangs or self.unexpected_status or self.tracebacks or self.error_lines
             or self.invalid_stored or self.acked_lost or self.honest_lost or self.honest_duplicated
-            or self.honest_interrupted
+            or self.honest_interrupted or self.fuzzer_errors
         )
 
 
@@ -336,7 +337,12 @@ def run(seconds: float, directory: Path, progress: Callable[[str], None] = print
 
     started = time.monotonic()
     while time.monotonic() < deadline:
-        one()
+        try:
+            one()
+        except Exception as exc:  # a fuzzer bug: counted and shown, the run goes on
+            target.figures.fuzzer_errors += 1
+            if len(target.figures.samples) < 10:
+                target.figures.samples.append(f"fuzzer error: {type(exc).__name__}: {str(exc)[:500]}")
         rate = target.figures.inputs / max(1e-9, time.monotonic() - started)
         progress(
             f"grpc: {target.figures.inputs} inputs ({rate:.0f}/s), {target.figures.crashes} crashes, "
