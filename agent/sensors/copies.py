@@ -113,7 +113,8 @@ class CopyDetector:
             found = self.index.provenance(src_path)
             if found is None:
                 tagged = True
-                found = provenance.exact(src_path, self.index.tags_of(src_path), written.size)
+                make = provenance.exact if sha else provenance.sampled  # "": too large to hash whole
+                found = make(src_path, self.index.tags_of(src_path), written.size)
         writers = [p for p in dict.fromkeys((written.pid, *written.writers)) if p]
         flow = self.flow.flow(writers) if writers else None
         if flow is not None and flow.sources:

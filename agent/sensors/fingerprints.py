@@ -2,8 +2,9 @@
 
 Keyed by size first (a stat walk, cheap for 100,000 files); a sampled hash (head,
 middle and tail blocks) is computed only for tagged files whose size matches a written
-file, and a full SHA-256 confirms a match. The index also keeps per-tag totals, which
-is what the tag inventory reports.
+file, and a full SHA-256 confirms a match. Files larger than `max_hash_bytes` are not read
+whole: for them equal size and sampled hash are the match (a `sampled` identification).
+The index also keeps per-tag totals, which is what the tag inventory reports.
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
@@ -332,15 +333,20 @@ class FingerprintIndex:
     def match(self, fd: int, size: int) -> tuple[str, str] | None:
         """The tagged file whose content equals the open file `fd` (of `size` bytes): (path, sha256).
 
+        Above `max_hash_bytes` the size and the sampled hash (start, middle and end blocks)
+        are the whole test, and the SHA-256 returned is "" (nothing was hashed whole).
         Empty files are never matched: every empty file would be a copy of every other.
         """
-        if size <= 0 or size > self.max_hash_bytes:
+        if size <= 0:
             return None
         self.settle()
         with self._lock:
             if size not in self._by_size:
                 return None
         wanted = sample_digest(fd, size)
+        if size > self.max_hash_bytes:
+            same = self._by_sample(size).get(wanted, ())
+            return (same[0], "") if same else None
         dest_full: str | None = None
         for path in self._by_sample(size).get(wanted, ()):
             if dest_full is None:

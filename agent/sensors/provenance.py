@@ -1,11 +1,12 @@
 """Provenance: where a written file's data came from, by exact hash or by lineage, and how sure.
 
 Content evidence (`exact` here; `member`, `chunks`, `text` from agent/content) is the
-strongest. Without it, lineage: `lineage-bytes` when the writing pipeline read tagged data
-while the file was being written (from shortly before its birth time until it was closed)
-and wrote no more than it read (plus room for archive headers); `lineage-process` when the
-writer or its pipeline merely read tagged files at some point: a guess, with a low
-confidence. A derived file (written from tagged data outside the tagged trees) keeps its
+strongest; `sampled` is the content test of a file too large to hash whole (equal size and
+equal start, middle and end blocks). Without it, lineage: `lineage-bytes` when the writing
+pipeline read tagged data while the file was being written (from shortly before its birth time
+until it was closed) and wrote no more than it read (plus room for archive headers);
+`lineage-process` when the writer or its pipeline merely read tagged files at some point: a
+guess, with a low confidence. A derived file (written from tagged data outside the tagged trees) keeps its
 provenance in the fingerprint index; a copy of it inherits it.
 """
 
@@ -20,15 +21,16 @@ from agent.sensors.lineage import Flow, SourceRead
 from protos import exfilguard_pb2 as pb
 
 EXACT = "exact"
+SAMPLED = "sampled"
 MEMBER = "member"
 CHUNKS = "chunks"
 TEXT = "text"
 LINEAGE_BYTES = "lineage-bytes"
 LINEAGE_PROCESS = "lineage-process"
-CONTENT = (EXACT, MEMBER, CHUNKS, TEXT)
+CONTENT = (EXACT, SAMPLED, MEMBER, CHUNKS, TEXT)
 LINEAGE = (LINEAGE_BYTES, LINEAGE_PROCESS)
 
-CONFIDENCE = {EXACT: 1.0, LINEAGE_BYTES: 0.8, LINEAGE_PROCESS: 0.2}
+CONFIDENCE = {EXACT: 1.0, SAMPLED: 0.9, LINEAGE_BYTES: 0.8, LINEAGE_PROCESS: 0.2}
 # Reads this long before a file was created still count as flowing into it: the processes of a
 # shell pipeline start together, and `tar` may open its first file before the shell opened `> x`.
 SLACK_SECONDS = 2.0
@@ -70,6 +72,12 @@ def exact(path: str, tags: tuple[str, ...], size: int) -> Provenance:
     """The written file equals this tagged file."""
     return Provenance(EXACT, CONFIDENCE[EXACT], (SourceRead(path, tags, size, time.time()),), 1,
                           share=1.0)
+
+
+def sampled(path: str, tags: tuple[str, ...], size: int) -> Provenance:
+    """The written file has this tagged file's size and sampled hash (too large to hash whole)."""
+    return Provenance(SAMPLED, CONFIDENCE[SAMPLED], (SourceRead(path, tags, size, time.time()),), 1,
+                      share=1.0)
 
 
 def by_lineage(flow: Flow, written: int, created: float | None) -> Provenance | None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.sensors import procinfo
+from agent.sensors import procinfo, provenance
 from agent.sensors.files import RecentCreates
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.mounts import parse_mountinfo
@@ -241,3 +241,32 @@ def test_recent_creates_reports_a_path_once_per_file(tmp_path: Path) -> None:
         (tmp_path / name).mkdir()
         assert created.first(str(tmp_path / name))
     assert created.first(str(path)), "bounded: the oldest entry made room"
+
+
+def test_files_above_max_hash_bytes_match_by_size_and_sampled_hash(tmp_path: Path) -> None:
+    root = tmp_path / "db"
+    root.mkdir()
+    big = root / "dump.bin"
+    data = os.urandom(300_000)
+    big.write_bytes(data)
+    index = FingerprintIndex(TagMap({str(root): ["database"]}), max_hash_bytes=100_000)
+    index.rebuild()
+    middle = len(data) // 2
+    copies = {
+        "same.bin": (data, str(big)),
+        "edited-start.bin": (b"\0" + data[1:], None),  # a sampled block differs: no match
+        "edited-middle.bin": (data[:middle] + b"\0" + data[middle + 1:], None),
+        # Between the samples: what the documented limit says goes unseen.
+        "edited-between.bin": (data[:50_000] + b"\0" + data[50_001:], str(big)),
+        "shorter.bin": (data[:-1], None),
+    }
+    for name, (content, expected) in copies.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            found = index.match(fd, len(content))
+        finally:
+            os.close(fd)
+        assert found == ((expected, "") if expected else None), name  # "": not hashed whole
+    assert provenance.sampled(str(big), ("database",), 300_000).identified_by == "sampled"
