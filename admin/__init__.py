@@ -20,6 +20,7 @@ def _modules() -> list[ModuleType]:
     from admin import alerts as alerts_cmd
     from admin import certs as certs_cmd
     from admin import demo as demo_cmd
+    from admin import devices as devices_cmd
     from admin import export as export_cmd
     from admin import fleetconfig as fleet_cmd
     from admin import keys as key_cmd
@@ -36,6 +37,7 @@ def _modules() -> list[ModuleType]:
         key_cmd,
         prune_cmd,
         alerts_cmd,
+        devices_cmd,
         policy_cmd,
         setup_cmd,
         demo_cmd,

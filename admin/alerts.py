@@ -226,18 +226,25 @@ def run_triage(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- helpers
 
 
+def open_configured(config_path: str | None, *, readonly: bool) -> Store:
+    """The store of the collector's config (default path if None); YamlError, StoreError."""
+    config = collector_config.load(config_path or collector_config.default_path())
+    # Open read-only first: a writable open would create an empty SQLite store at a wrong path.
+    store = open_store(config.store, readonly=True)
+    if not readonly:
+        store.close()
+        store = open_store(config.store)
+    return store
+
+
 def _with_store(args: argparse.Namespace, work: Callable[[Store], int], *, readonly: bool) -> int:
-    path = args.config or collector_config.default_path()
     try:
-        config = collector_config.load(path)
+        store = open_configured(args.config, readonly=readonly)
     except YamlError as exc:
         return _fail(f"bad config: {exc}", EXIT_USAGE)
+    except StoreError as exc:
+        return _fail(str(exc), EXIT_STORE)
     try:
-        # Open read-only first: a writable open would create an empty SQLite store at a wrong path.
-        store = open_store(config.store, readonly=True)
-        if not readonly:
-            store.close()
-            store = open_store(config.store)
         try:
             return work(store)
         finally:

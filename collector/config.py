@@ -157,6 +157,10 @@ class CollectorConfig(_Strict):
     policy_event_budget_ms: Annotated[float, Field(ge=1, le=60_000)] = 250.0
     # at start, replay stored events of this many past hours to rebuild open windows (0: none)
     policy_rebuild_hours: Annotated[float, Field(ge=0, le=24 * 90)] = 24.0
+    # Peer groups for baselines (collector/behaviour/): group name -> user names. A user's removable
+    # writes are compared with their group's; unlisted users are in "all". Also what
+    # `exfilguard devices approve --group` names.
+    peer_groups: dict[str, list[str]] = {}
     # Central agent config (issue 6): the fleet file (collector/fleetconfig.py) with defaults,
     # groups and hosts of pushable agent.yaml keys; unset: the collector pushes nothing.
     agent_config: str | None = None

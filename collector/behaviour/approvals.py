@@ -40,8 +40,7 @@ class ApprovalView:
     """Approved serials: for everyone, and per user or group."""
 
     def __init__(self, approvals: Iterable[Approval] = ()) -> None:
-        self.everyone: frozenset[str] = frozenset()
-        self.scoped: dict[str, frozenset[tuple[str, str]]] = {}
+        self._view: tuple[frozenset[str], dict[str, frozenset[tuple[str, str]]]] = (frozenset(), {})
         self.replace(approvals)
 
     def replace(self, approvals: Iterable[Approval]) -> None:
@@ -53,15 +52,17 @@ class ApprovalView:
                 everyone.add(approval.serial)
             else:
                 scoped.setdefault(approval.serial, set()).add((approval.scope, approval.subject))
-        self.everyone, self.scoped = frozenset(everyone), {k: frozenset(v) for k, v in scoped.items()}
+        # One assignment: a reader on another thread sees the old view or the new one.
+        self._view = (frozenset(everyone), {k: frozenset(v) for k, v in scoped.items()})
 
     def approved(self, serial: str) -> bool:
         """Approved for everyone."""
-        return serial in self.everyone
+        return serial in self._view[0]
 
     def approved_for(self, serial: str, user: str, group: str) -> bool:
         """Approved for this user: for everyone, for them by name, or for their group."""
-        if serial in self.everyone:
+        everyone, scoped = self._view
+        if serial in everyone:
             return True
-        scopes = self.scoped.get(serial)
+        scopes = scoped.get(serial)
         return scopes is not None and (("user", user) in scopes or ("group", group) in scopes)

@@ -260,7 +260,9 @@ class PolicyEngine:
             now = wall
         if now > self.clock:  # noqa: PLR1730 - max() costs a call per event
             self.clock = now
-        if self.behaviour is not None:
+        if self.behaviour is not None and raise_alerts:
+            # Not while warming: baselines come from the store (collector/behaviour/keeper.py),
+            # and the replayed events are already in them.
             event = self.behaviour.enrich(event, now)
         action = event.get("event.action", "")
         if action == INVENTORY_ACTION:

@@ -27,6 +27,7 @@ from typing import Any
 from collector.alerts.alert import Alert
 from collector.alerts.dispatch import Dispatcher
 from collector.behaviour.enrich import Behaviour
+from collector.behaviour.keeper import BehaviourKeeper, peer_groups
 from collector.config import CollectorConfig
 from collector.policy import loader
 from collector.policy.engine import PolicyEngine
@@ -63,6 +64,7 @@ class PolicyListener:
         self._pending: set[Future[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._reload_requested = False
+        self.keeper: BehaviourKeeper | None = None  # approvals and baselines <-> the store
 
     @classmethod
     def from_config(cls, config: CollectorConfig, store: Store | None) -> PolicyListener:
@@ -74,11 +76,15 @@ class PolicyListener:
             limits=Limits(max_groups=config.policy_max_groups),
             suppression_seconds=config.alert_suppression_seconds,
             budget_seconds=config.policy_event_budget_ms / 1000,
-            behaviour=Behaviour(config.timezone),
+            behaviour=Behaviour(config.timezone, peer_groups(config.peer_groups)),
         )
         log.info(
             "policy set loaded: %d policies", len(policy_set.policies), extra={"set_hash": engine.set_hash}
         )
+        keeps = None
+        if store is not None and engine.behaviour is not None:
+            keeps = BehaviourKeeper(engine.behaviour, store)
+            keeps.load()
         if store is not None and config.policy_rebuild_hours > 0:
             rebuild(engine, store, config.policy_rebuild_hours)
         listener = cls(
@@ -88,6 +94,7 @@ class PolicyListener:
             PolicyReloader(config.policies, engine),
             config.policy_reload_seconds,
         )
+        listener.keeper = keeps
         listener.start()
         return listener
 
@@ -162,6 +169,7 @@ class PolicyListener:
     def tick(self, now: float | None = None) -> None:
         """One round: follow-ups of closed suppression windows, SIGHUP or changed-file reloads."""
         self.raise_alerts(self.engine.flush(max(self.engine.clock, now or time.time())))
+        self._sync_behaviour()
         if self.reloader is None:
             return
         if self._reload_requested:
@@ -187,8 +195,16 @@ class PolicyListener:
             finally:
                 self.close()
 
+    def _sync_behaviour(self, *, final: bool = False) -> None:
+        # On the alert-store thread, like alert writes: a slow store never stalls the loop.
+        work = self.keeper.due(final=final) if self.keeper is not None else None
+        if work is not None:
+            with contextlib.suppress(RuntimeError):  # the writer is already shut down
+                self._writer.submit(work)
+
     def close(self, timeout: float = 5.0) -> None:
-        """Finish pending alert writes and drain the sinks (idempotent)."""
+        """Save baselines, finish pending alert writes and drain the sinks (idempotent)."""
+        self._sync_behaviour(final=True)
         self._writer.shutdown(wait=True)
         self.dispatcher.close(timeout)
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from protos import exfilguard_pb2 as pb
 
 if TYPE_CHECKING:
+    from collector.store.domain import DomainSql
     from collector.store.triage import TriageEntry
 
 Mapping = dict[str, Any]
@@ -246,6 +247,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def mark_all_disconnected(self) -> None:
         """Clear every connected flag (collector start and shutdown)."""
+
+    @abc.abstractmethod
+    def domain(self) -> DomainSql:
+        """The store's connection for the domain tables written once for both stores (devices,
+        approvals and their history, baselines): collector/store/domain.py."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any, cast
 import psycopg
 from psycopg import errors as pg_errors
 
-from collector.store import pgconnect, triage
+from collector.store import domain, pgconnect, triage
 from collector.store.base import (
     AgentRecord,
     AgentUpdate,
@@ -202,6 +202,7 @@ class PostgresStore(Store):
         self._url = url
         self._readonly = readonly
         self._lock = threading.Lock()
+        self._domain: domain.DomainSql | None = None
         self._known: set[str] = set()  # agents whose chains row exists (rows are never deleted)
         self._version = SCHEMA_VERSION
         self._db = pgconnect.connect(url, readonly=readonly, application="exfilguard-collector")
@@ -735,6 +736,12 @@ class PostgresStore(Store):
     def _writable(self) -> None:
         if self._readonly:
             raise StoreError(self.location, "store was opened read-only")
+
+    def domain(self) -> domain.DomainSql:
+        """The device and baseline tables' view of this connection (collector/store/domain.py)."""
+        if self._domain is None:
+            self._domain = domain.PostgresDomain(self._lock, self._connection, self.location, self._readonly)
+        return self._domain
 
     def close(self) -> None:
         """Close the connection (every write is already committed)."""

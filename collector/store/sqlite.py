@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from collector.store import triage
+from collector.store import domain, triage
 from collector.store.base import (
     AgentRecord,
     AgentUpdate,
@@ -234,6 +234,7 @@ class SqliteStore(Store):
         self._path = Path(path)
         self._readonly = readonly
         self._lock = threading.Lock()
+        self._domain: domain.DomainSql | None = None
         self._prefixes: dict[str, _Prefix] = {}
         self._version = SCHEMA_VERSION
         self._db = self._connect()
@@ -779,6 +780,12 @@ class SqliteStore(Store):
     def _writable(self) -> None:
         if self._readonly:
             raise StoreError(self.location, "store was opened read-only")
+
+    def domain(self) -> domain.DomainSql:
+        """The device and baseline tables' view of this connection (collector/store/domain.py)."""
+        if self._domain is None:
+            self._domain = domain.SqliteDomain(self._lock, lambda: self._db, self.location, self._readonly)
+        return self._domain
 
     def close(self) -> None:
         """Close the database (every write is already committed)."""

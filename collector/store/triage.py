@@ -74,7 +74,8 @@ class TriageEntry:
         }
 
 
-def _printable(text: str, *, newlines: bool) -> bool:
+def printable(text: str, *, newlines: bool) -> bool:
+    """No control characters (newlines and tabs only when `newlines`): safe to show and store."""
     # Control characters (ANSI escapes above all) would rewrite an officer's terminal when shown.
     allowed = {"\n", "\t"} if newlines else set()
     return all(ch in allowed or unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)
@@ -90,15 +91,15 @@ def check_triage(location: str, alert_ids: Sequence[str], status: str, by: str, 
     if len(ids) > MAX_IDS:
         raise InvalidTriage(location, "ids", f"at most {MAX_IDS} alerts at once, got {len(ids)}")
     for alert_id in ids:
-        if not alert_id or len(alert_id) > MAX_ID_CHARS or not _printable(alert_id, newlines=False):
+        if not alert_id or len(alert_id) > MAX_ID_CHARS or not printable(alert_id, newlines=False):
             raise InvalidTriage(location, "ids", f"not an alert id: {alert_id[:MAX_ID_CHARS]!r}")
-    if not by.strip() or len(by) > MAX_BY_CHARS or not _printable(by, newlines=False):
+    if not by.strip() or len(by) > MAX_BY_CHARS or not printable(by, newlines=False):
         raise InvalidTriage(location, "by", f"a name of 1 to {MAX_BY_CHARS} printable characters")
     if not note.strip():
         raise InvalidTriage(location, "note", "a note is required (say why)")
     if len(note) > MAX_NOTE_CHARS:
         raise InvalidTriage(location, "note", f"at most {MAX_NOTE_CHARS} characters, got {len(note)}")
-    if not _printable(note, newlines=True):
+    if not printable(note, newlines=True):
         raise InvalidTriage(location, "note", "control characters are not allowed")
     return ids
 

@@ -1,0 +1,191 @@
+"""SQL written once for both stores: the seam the device and baseline tables use.
+
+A domain module (devices.py, baselines.py) writes its statements once, with `?` placeholders and
+types both databases share (TEXT, BIGINT), and runs them through `Store.domain()`:
+
+    with store.domain().transaction() as tx:
+        rows = tx.query("SELECT serial, body FROM device_sightings WHERE serial = ?", (serial,))
+
+The two adapters below are the only place the dialects differ: the placeholder style (`?` for
+sqlite3, `%s` for psycopg), how a table is made append-only (a trigger each), how to ask whether
+a table exists, and which driver errors become StoreError. Each adapter runs on its store's own
+connection under its store's lock, so domain writes never interleave with ingest.
+
+Tables are created on first use by a writable store (`ensure`); a read-only store (the admin
+CLI) sees a table that does not exist yet as empty.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from collector.store.base import StoreError
+
+Row = tuple[Any, ...]
+
+
+class Transaction(abc.ABC):
+    """Statements inside one transaction of a store."""
+
+    @abc.abstractmethod
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        """Run one statement (`?` placeholders); the rows it returns (none for writes)."""
+
+    @abc.abstractmethod
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement once per parameter row."""
+
+    @abc.abstractmethod
+    def has_table(self, name: str) -> bool:
+        """True when the table exists."""
+
+
+class DomainSql(abc.ABC):
+    """One store's connection, for the domain modules."""
+
+    location: str
+    readonly: bool
+
+    def __init__(self) -> None:
+        self._ensured: set[str] = set()
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[Transaction]:
+        """A transaction: committed when the block ends, rolled back (StoreError) on failure."""
+
+    @abc.abstractmethod
+    def append_only(self, table: str) -> tuple[str, ...]:
+        """Statements that make `table` refuse UPDATE and DELETE (idempotent)."""
+
+    def ensure(self, name: str, statements: Sequence[str]) -> bool:
+        """Create a domain's tables once per connection; False on a read-only store (nothing made)."""
+        if name in self._ensured:
+            return True
+        if self.readonly:
+            return False
+        with self.transaction() as tx:
+            for statement in statements:
+                tx.query(statement)
+        self._ensured.add(name)
+        return True
+
+
+# ---------------------------------------------------------------------------- SQLite
+
+
+class _SqliteTransaction(Transaction):
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return [tuple(r) for r in self._db.execute(sql, tuple(params)).fetchall()]
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._db.executemany(sql, [tuple(r) for r in rows])
+
+    def has_table(self, name: str) -> bool:
+        sql = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+        return bool(self._db.execute(sql, (name,)).fetchall())
+
+
+class SqliteDomain(DomainSql):
+    """The SQLite store's connection (autocommit mode: transactions are explicit)."""
+
+    def __init__(
+        self,
+        lock: threading.Lock,
+        connection: Callable[[], sqlite3.Connection],
+        location: str,
+        readonly: bool,
+    ) -> None:
+        super().__init__()
+        self._lock, self._connection, self.location, self.readonly = lock, connection, location, readonly
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        with self._lock:
+            db = self._connection()
+            try:
+                db.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
+                yield _SqliteTransaction(db)
+                db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise StoreError(self.location, f"database error: {exc}") from exc
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
+
+    def append_only(self, table: str) -> tuple[str, ...]:
+        return tuple(
+            f"CREATE TRIGGER IF NOT EXISTS {table}_no_{verb.lower()} BEFORE {verb} ON {table}"
+            f" BEGIN SELECT RAISE(ABORT, '{table} is append-only'); END"
+            for verb in ("UPDATE", "DELETE")
+        )
+
+
+# ------------------------------------------------------------------------ PostgreSQL
+
+
+class _PostgresTransaction(Transaction):
+    def __init__(self, cursor: Any) -> None:
+        self._cur = cursor
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        self._cur.execute(_pg(sql), tuple(params))
+        return [tuple(r) for r in self._cur.fetchall()] if self._cur.description else []
+
+    def many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cur.executemany(_pg(sql), [tuple(r) for r in rows])
+
+    def has_table(self, name: str) -> bool:
+        self._cur.execute("SELECT to_regclass(%s)", (name,))
+        row = self._cur.fetchone()
+        return row is not None and row[0] is not None
+
+
+def _pg(sql: str) -> str:
+    # Domain SQL has no literal '?' or '%' in it (values always travel as parameters).
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class PostgresDomain(DomainSql):
+    """The PostgreSQL store's connection (reopened by the store if the server dropped it)."""
+
+    def __init__(
+        self, lock: threading.Lock, connection: Callable[[], Any], location: str, readonly: bool
+    ) -> None:
+        super().__init__()
+        self._lock, self._connection, self.location, self.readonly = lock, connection, location, readonly
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        import psycopg  # only a PostgreSQL store gets here
+
+        with self._lock:
+            try:
+                db = self._connection()
+                with db.transaction(), db.cursor() as cur:
+                    if not self.readonly:
+                        # Two collectors creating the same tables at once would collide.
+                        cur.execute("SELECT pg_advisory_xact_lock(hashtext('exfilguard domain'))")
+                    yield _PostgresTransaction(cur)
+            except psycopg.Error as exc:
+                raise StoreError(self.location, f"database error: {type(exc).__name__}") from exc
+
+    def append_only(self, table: str) -> tuple[str, ...]:
+        return (
+            "CREATE OR REPLACE FUNCTION exfilguard_append_only() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION '% is append-only', TG_TABLE_NAME; END $$",
+            f"DROP TRIGGER IF EXISTS {table}_append_only ON {table}",
+            f"CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON {table}"
+            " FOR EACH STATEMENT EXECUTE FUNCTION exfilguard_append_only()",
+        )
