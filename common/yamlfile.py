@@ -214,10 +214,12 @@ def _construct(node: Node, loc: Location, path: str, marks: dict[Location, Mark]
     if isinstance(node, SequenceNode):
         return [_construct(item, (*loc, i), path, marks) for i, item in enumerate(node.value)]
     # Scalars: let PyYAML's safe constructor resolve ints, bools, nulls. An explicit tag it cannot
-    # honour (!!python/object, !!int x, !!binary of non-base64) is the file's error, not a crash.
+    # honour (!!python/object, !!int x, !!binary of non-base64) is the file's error, not a crash;
+    # its constructors fail in many ways on such text ('!!int ' IndexError, '!!timestamp x'
+    # AttributeError, found by tests/fuzz), so every failure of this one library call is translated.
     try:
         return _SCALARS.construct_object(node, deep=True)
-    except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:
+    except Exception as exc:
         problem = getattr(exc, "problem", None) or str(exc)
         raise _at(node, path, loc, f"cannot read this value as {node.tag}: {problem}") from exc
 

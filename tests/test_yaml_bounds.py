@@ -86,6 +86,8 @@ def test_an_oversized_document_is_refused_before_parsing() -> None:
         ("a: !!float 1x\n", 1, 4, "a"),
         ("a: [!!binary a, 2]\n", 1, 5, "a[0]"),
         ("a: !!timestamp 2020-13-45\n", 1, 4, "a"),
+        ("a: !!int\n", 1, 4, "a"),
+        ("a: !!timestamp x\n", 1, 4, "a"),
         ("a: !!int " + "9" * 5000 + "\n", 1, 4, "a"),
         ("a: 1\nb: \x01\n", 2, 4, ""),
     ],

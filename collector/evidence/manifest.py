@@ -125,7 +125,7 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ManifestError(str(p), "too large for a manifest")
     try:
         doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # not JSON or not UTF-8; a 5000-digit number; deep nesting
         raise ManifestError(str(p), f"not JSON: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("manifest_version") != VERSION:
         raise ManifestError(str(p), f"not an ExfilGuard export manifest (version {VERSION})")

@@ -100,7 +100,10 @@ class _Checker:
         self.doc = doc
         self.report = Report()
         self.agents: dict[str, _Agent] = {}
-        for entry in doc.get("agents", []):
+        agents = doc.get("agents", [])
+        # A manifest is checked by its signature, not trusted for its shape: a wrong type here is a
+        # manifest that names no agents (every record is then reported), never a crash.
+        for entry in agents if isinstance(agents, list) else []:
             if isinstance(entry, dict):
                 self.agents[str(entry.get("agent.id"))] = _Agent(entry)
         self.order = list(self.agents)
@@ -126,7 +129,7 @@ class _Checker:
         try:
             sequence = int(body.get(formats.SEQUENCE, 0))
             previous_sequence = int(prev_seq)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an infinite float
             self.add(Problem("malformed", "sequence is not a number", line, agent_id, None, event_id))
             return
 
@@ -305,8 +308,9 @@ def _check_jsonl(lines: Iterator[str], checker: _Checker) -> int:
     for number, text in enumerate(lines, start=1):
         try:
             obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            checker.add(Problem("malformed", f"not JSON ({exc.msg}): the line was altered", number))
+        except (ValueError, RecursionError) as exc:  # also a 5000-digit number, or [[[[... nested deep
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+            checker.add(Problem("malformed", f"not JSON ({reason}): the line was altered", number))
             continue
         if not isinstance(obj, dict):
             checker.add(Problem("malformed", "not a JSON object", number))
@@ -355,7 +359,7 @@ def _check_csv(lines: Iterator[str], checker: _Checker) -> int:
             continue
         try:
             body = json.loads(row[rec_i])
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError, a 5000-digit number, deep nesting
             checker.add(Problem("altered", "record column is not JSON", number))
             continue
         if not isinstance(body, dict):
