@@ -4,7 +4,12 @@
 
 The kinds are listed in tests/fuzz/kinds.py (the same code the brief CI runs in tests/fuzz/
 use); 'grpc' sends hypothesis-drawn and byte-mutated AgentMessages over real gRPC streams to a
-real collector process with a well-behaved agent alongside (tests/fuzz/grpc_target.py).
+real collector process with a well-behaved agent alongside (tests/fuzz/grpc_target.py);
+'policy', 'agent-config' and 'collector-config' load generated and mutated policy files and
+configs (tests/fuzz/policy_files.py, configs.py); 'export' sends hostile event text through
+export and verify and verifies mutated exports and manifests (tests/fuzz/exports.py). Those four
+also report `unlocated` (an error without its file and line), `forgeries` (an altered export that
+verified), `roundtrip_failures` (an untampered export that did not), `refused` and `accepted`.
 
 The last line is JSON with, summed over the kinds, `inputs`, `crashes`, `hangs`, and
 `collector_rss_mib` (the largest collector RSS at the end of a kind), and under `kinds` each
@@ -29,7 +34,8 @@ from tests.fuzz import kinds
 
 PROBLEMS = (
     "crashes", "hangs", "unexpected_status", "tracebacks", "error_lines", "invalid_stored", "acked_lost",
-    "honest_lost", "honest_duplicated", "honest_interrupted", "fuzzer_errors",
+    "honest_lost", "honest_duplicated", "honest_interrupted", "fuzzer_errors", "unlocated", "forgeries",
+    "roundtrip_failures",
 )
 
 
