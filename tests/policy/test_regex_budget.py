@@ -14,6 +14,8 @@ import pytest
 
 from collector.policy import regex
 from collector.policy.engine import PolicyEngine
+from protos import exfilguard_pb2 as pb
+from tests.helpers import AgentStream, make_event, start_collector, write_collector_config
 from tests.policy.helpers import engine, event, fired, policy_set, problems_of
 
 CATASTROPHIC = r"(a+)+$"  # Python's re: 25 s for 28 characters, doubling with each one more
@@ -121,3 +123,32 @@ def test_a_generous_budget_skips_nothing() -> None:
     runner = PolicyEngine(policy_set(TWO), suppression_seconds=0.0)
     assert fired(runner, *(event("file.write") for _ in range(100))) == ["first", "second"] * 100
     assert runner.stats()["skipped_by_policy"] == {}
+
+
+def test_a_real_collector_keeps_ingesting_past_the_pattern(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "odd.yaml").write_text(REGEX_POLICY % CATASTROPHIC)
+    config = write_collector_config(tmp_path / "collector", policies=[str(policies)])
+    long_name = "/media/stick/" + "a" * 50_000 + "!"
+    short_name = "/media/stick/aaaa"
+    with start_collector(config) as collector:
+        with AgentStream(collector.address, "ws-1") as agent:
+            started = time.monotonic()
+            agent.send_events(
+                [
+                    make_event("ws-1", 1, action="file.write", file=pb.File(path=long_name, size=1)),
+                    make_event("ws-1", 2, action="file.write", file=pb.File(path=short_name, size=1)),
+                ]
+            )
+            acks = [agent.ack()]
+            while acks[-1] < 2 and len(acks) < 10:
+                acks.append(agent.ack())
+            assert acks[-1] == 2
+            assert time.monotonic() - started < 10  # Python's re would still be on event 1
+        sink = tmp_path / "collector" / "alerts.jsonl"
+        deadline = time.monotonic() + 10  # bounded polling for the sink's worker thread
+        while time.monotonic() < deadline and not (sink.exists() and sink.read_text().strip()):
+            time.sleep(0.05)
+        assert [json.loads(line)["file.path"] for line in sink.read_text().splitlines()] == [short_name]
+        assert collector.stop() == 0
