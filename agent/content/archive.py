@@ -279,7 +279,8 @@ def _single(stream: Any, name: str, visit: MemberVisitor, report: ArchiveReport,
 
 
 def _tar(stream: Any, visit: MemberVisitor, report: ArchiveReport, budget: _Budget) -> None:
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
+    # tarfile's stream reads 10 KiB records by default: a Python call per 10 KiB
+    with tarfile.open(fileobj=stream, mode="r|", bufsize=_READ) as tar:
         for info in tar:
             if info.issym() or info.islnk():
                 report.note(f"link member {info.name[:200]!r} -> {info.linkname[:200]!r} not followed")

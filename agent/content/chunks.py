@@ -23,7 +23,7 @@ import pyfastcdc
 AVG_CHUNK = 8192
 MIN_CHUNK = 2048
 MAX_CHUNK = 32768
-_FLUSH = 1 << 20  # cut what is buffered once this much has arrived
+FLUSH = 256 * 1024  # cut what is buffered once this much has arrived
 
 KEY_BITS = 40
 ID_BITS = 24
@@ -68,8 +68,13 @@ class ChunkStream:
         """Feed the next bytes of the stream."""
         self._buf += data
         self.bytes += len(data)
-        if len(self._buf) >= _FLUSH:
+        if len(self._buf) >= FLUSH:
             self._cut(final=False)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes fed but not yet cut into chunks."""
+        return len(self._buf)
 
     def finish(self) -> None:
         """The stream ended: cut what is left."""

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from agent.content.archive import ArchiveLimits, Readable, inspect_archive, sniff
 from agent.content.catalog import TEXT_BYTES, ContentCatalog
-from agent.content.chunks import ChunkStream
+from agent.content.chunks import FLUSH, ChunkStream
 from agent.content.entropy import SAMPLE_BYTES, byte_entropy, sample_entropy
 from agent.content.textsim import MIN_SAMPLE, TextFeatures, looks_like_text, sampled
 from agent.sensors.fingerprints import FingerprintIndex
@@ -31,6 +31,7 @@ from protos import exfilguard_pb2 as pb
 MAX_LISTED = 1000             # sources and members named in one event
 MIN_CHUNK_BYTES = 16 * 1024   # chunk evidence below this (and below 90% of a small source) is noise
 MIN_TEXT_SCORE = 0.3          # share of a source's text sample that must be found
+TEXT_DECIDE = 2 * FLUSH       # bytes of a text held back until its chunks have spoken
 STRENGTH = {"exact": 4, "member": 3, "chunks": 2, "text": 1, "": 0}
 
 
@@ -109,12 +110,17 @@ class _Probe:
         self._sha = hashlib.sha256() if size > 0 and identifier.index.has_size(size) else None
         self._text: TextFeatures | None = None
         self._text_wanted = catalog.has_text()
+        # Text features cost ~10x chunking: a text is held back (TEXT_DECIDE bytes) until its
+        # chunks show whether they already identify it, and only fed to them if not.
+        self._undecided: bytearray | None = None
+        self.hit_bytes = 0
         self.sha256 = ""
 
     def _chunk(self, key: int, length: int) -> None:
         ids = self._chunk_ids(key)
         if ids and key not in self._hit_keys:
             self._hit_keys.add(key)
+            self.hit_bytes += length
             for file_id in ids:
                 self.chunk_hits[file_id] = self.chunk_hits.get(file_id, 0) + length
 
@@ -129,18 +135,31 @@ class _Probe:
     def update(self, data: bytes) -> None:
         """The next bytes."""
         if self.seen == 0 and self._text_wanted and looks_like_text(data[:8192]):
-            self._text = TextFeatures(self._feature)
+            self._undecided = bytearray()
         self._chunker.update(data)
         if self._sha is not None:
             self._sha.update(data)
-        if self._text is not None and self.seen < TEXT_BYTES:
-            self._text.update(data)
         self.seen += len(data)
         self.identifier.bytes_read += len(data)
+        if self._undecided is not None:
+            self._undecided += data
+            if len(self._undecided) >= TEXT_DECIDE:
+                self._decide_text()
+        elif self._text is not None and self.seen - len(data) < TEXT_BYTES:
+            self._text.update(data)
+
+    def _decide_text(self) -> None:
+        held, self._undecided = self._undecided, None
+        cut = self._chunker.bytes - self._chunker.buffered
+        if held is not None and not (cut and self.hit_bytes * 2 >= cut):
+            self._text = TextFeatures(self._feature)
+            self._text.update(held)
 
     def finish(self) -> None:
         """The member ended."""
         self._chunker.finish()
+        if self._undecided is not None:
+            self._decide_text()
         if self._text is not None:
             self._text.finish()
         if self._sha is not None and self.seen == self.size:
@@ -202,7 +221,8 @@ class ContentIdentifier:
 
     def identify_fd(self, fd: int, size: int, label: str) -> Identification:
         """Identify an open written file of `size` bytes (read with pread: its offset is kept)."""
-        with _FdReader(fd, size) as reader:
+        # buffered: gzip and tarfile read in 8-10 KiB steps, a pread each without it
+        with io.BufferedReader(_FdReader(fd, size), buffer_size=1 << 20) as reader:
             found = self._identify(reader, label, size, seekable=True)
         found.entropy = sample_entropy(fd, size) if size > 0 else 0.0
         return found
