@@ -100,7 +100,10 @@ class Examiner:
             except OSError as exc:
                 return Identification(refused=f"{path}: not readable for examination: {exc.strerror}")
         try:
-            return self.identifier.identify_fd(fd, os.fstat(fd).st_size, path)
+            found = self.identifier.identify_fd(fd, os.fstat(fd).st_size, path)
+            if found.refused:  # bad input is named in the log even when nothing tagged was found
+                log.info("examining %s: %s", path, found.refused)
+            return found
         except OSError as exc:  # the stick pulled, the file truncated meanwhile
             log.warning("examining %s stopped: %s", path, exc)
             return Identification(refused=f"{path}: read failed during examination: {exc.strerror}")

@@ -234,6 +234,18 @@ class Inventory:
     bytes: int
 
 
+def _copied(event: Mapping[str, Any], cov: Coverage, path: str, size: float) -> list[tuple[str, float]]:
+    """The tagged files one copy event carries: an archive names each member's source
+    (`exfilguard.copy.sources`, sizes from `exfilguard.copy.members`), so a tar of the whole
+    collection covers all of it; any other copy is its one source path."""
+    sources = event.get("exfilguard.copy.sources")
+    if cov.path_field != "exfilguard.source.path" or not isinstance(sources, list) or len(sources) < 2:
+        return [(path, size)]
+    members = event.get("exfilguard.copy.members")
+    sizes = {str(m.get("source")): float(m.get("size") or 0) for m in members or [] if isinstance(m, Mapping)}
+    return [(str(one), sizes.get(str(one), 0.0)) for one in sources]
+
+
 class CoverageWindow(_Groups):
     """Share of a tag's collection (from the agent's inventory) copied within the window."""
 
@@ -259,14 +271,16 @@ class CoverageWindow(_Groups):
             return []
         raw_size = event.get(cov.size_field)
         size = float(raw_size) if isinstance(raw_size, (int, float)) else 0.0
+        copied = _copied(event, cov, str(path), size)
         out = []
         for tag in tags:
             if cov.tags is not None and tag not in cov.tags:
                 continue
             group_key = (*key, tag)
             group: _Collection = self.touch(group_key, _Collection)
-            group.paths.pop(path, None)  # re-copying a file refreshes it, never counts twice
-            group.paths[path] = (now, size, event_id)
+            for one, one_size in copied:
+                group.paths.pop(one, None)  # re-copying a file refreshes it, never counts twice
+                group.paths[one] = (now, one_size, event_id)
             group.last = max(group.last, now)
             cutoff = now - self.span
             while group.paths and (

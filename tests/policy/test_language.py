@@ -232,6 +232,20 @@ def test_coverage_of_bytes_and_other_tags_ignored() -> None:
     assert fired(runner, copy(2, 300)) == ["whole"]
 
 
+def test_coverage_counts_the_members_of_an_archive() -> None:
+    runner = engine(COVERAGE % "files")
+    runner.evaluate(inventory(5, 500))
+    tar = copy(0, path="/srv/db/0")
+    tar["exfilguard.copy.sources"] = [f"/srv/db/{i}" for i in range(3)]
+    tar["exfilguard.copy.members"] = [{"name": f"db/{i}", "source": f"/srv/db/{i}", "size": 100}
+                                      for i in range(3)]
+    assert fired(runner, tar) == []  # 3 of 5
+    other = copy(1, path="/srv/db/3")
+    other["exfilguard.copy.sources"] = ["/srv/db/3", "/srv/db/2"]  # 2 again: counted once
+    alerts = runner.evaluate(other)
+    assert alerts[0].fields["summary"] == "80% of database (4 of 5)"
+
+
 def test_coverage_needs_an_inventory() -> None:
     runner = engine(COVERAGE % "files")
     assert fired(runner, *[copy(i) for i in range(10)]) == []
