@@ -22,8 +22,8 @@ from typing import Any
 from collector import config as collector_config
 from collector.store import Store, StoreError, open_store
 from collector.store.base import EventFilter
+from common import ecstime
 from common.yamlfile import YamlError
-from protos import events
 
 SERIAL = "EG-DEMO-0001"
 LABEL = "DEMO-STICK"
@@ -130,7 +130,7 @@ def wait_for_mount(store: Store, point: str, since: dt.datetime, timeout: float)
 def show_alerts(store: Store, since: dt.datetime, timeout: float, forever: bool) -> None:
     """Print alerts raised since `since` as they arrive; stop `timeout` s after the last one."""
     seen: set[str] = set()
-    stamp = events.ecs_time(since)
+    stamp = ecstime.ecs_time(since)
     deadline = time.monotonic() + timeout
     while forever or time.monotonic() < deadline:
         try:

@@ -15,9 +15,7 @@ from pathlib import Path
 
 from collector import config as collector_config
 from collector.evidence import export, keys, manifest
-from collector.evidence.errors import EvidenceError
-from collector.store.base import StoreError
-from common.yamlfile import YamlError
+from common.errors import ExfilGuardError
 
 EXIT_OK, EXIT_BROKEN_CHAIN, EXIT_ERROR = 0, 1, 2
 _RELATIVE = re.compile(r"^(\d+)([smhdw])$")
@@ -116,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 )
         finally:
             store.close()
-    except (YamlError, EvidenceError, StoreError, OSError) as exc:
+    except (ExfilGuardError, OSError) as exc:
         print(f"exfilguard export: {exc}", file=sys.stderr)
         return EXIT_ERROR
     result = done.result

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from collector import config as collector_config
 from collector.evidence import keys
-from collector.evidence.errors import EvidenceError
-from common.yamlfile import YamlError
+from common.errors import ExfilGuardError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,7 +35,7 @@ def run_export(args: argparse.Namespace) -> int:
             Path(args.out).write_bytes(public.pem())
         else:
             sys.stdout.write(public.pem().decode())
-    except (YamlError, EvidenceError, OSError) as exc:
+    except (ExfilGuardError, OSError) as exc:
         print(f"exfilguard key export: {exc}", file=sys.stderr)
         return 2
     print(f"fingerprint (SHA-256 of the raw key): {public.fingerprint()}", file=sys.stderr)

@@ -11,9 +11,7 @@ import sys
 
 from collector import config as collector_config
 from collector.evidence import retention
-from collector.evidence.errors import EvidenceError
-from collector.store.base import StoreError
-from common.yamlfile import YamlError
+from common.errors import ExfilGuardError
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -47,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = collector_config.load(args.config or collector_config.default_path())
         with open_ledger(cfg.store, readonly=False) as ledger:
             report = retention.prune(ledger, age, size, args.include_alerted)
-    except (YamlError, EvidenceError, StoreError, OSError) as exc:
+    except (ExfilGuardError, OSError) as exc:
         print(f"exfilguard prune: {exc}", file=sys.stderr)
         return 2
     if args.json:

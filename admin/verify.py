@@ -17,8 +17,8 @@ import json
 import sys
 
 from collector.evidence import verify as verifier
-from collector.evidence.errors import EvidenceError
 from collector.evidence.keys import PublicKey
+from common.errors import ExfilGuardError
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_UNTRUSTED_KEY = 0, 1, 2, 3
 
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         key = PublicKey.load(args.public_key) if args.public_key else None
         report = verifier.verify(args.export, args.manifest, key)
-    except (EvidenceError, OSError) as exc:
+    except (ExfilGuardError, OSError) as exc:
         print(f"exfilguard verify: {exc}", file=sys.stderr)
         return EXIT_ERROR
     code = (EXIT_OK if report.key_trusted else EXIT_UNTRUSTED_KEY) if report.ok else EXIT_FAILED

@@ -24,13 +24,14 @@ import pydantic
 from agent import identity
 from common import yamlfile
 from common.agentconfig import AgentConfig, PushedSettings, apply_pushed
+from common.errors import ExfilGuardError
 
 FILE_NAME = "central-config.json"
 MAX_YAML_BYTES = 1 << 20  # a tag map of thousands of paths fits many times over
 MAX_VERSION_CHARS = 64
 
 
-class CentralConfigError(Exception):
+class CentralConfigError(ExfilGuardError):
     """A central config that cannot run here; `version` names it, the message says why."""
 
     def __init__(self, version: str, message: str) -> None:

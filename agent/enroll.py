@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from common import agentcert as pki
+from common.errors import ExfilGuardError, PathError
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
 
@@ -37,7 +38,7 @@ _MAX_ANSWER_BYTES = 256 << 10
 RENEW_WARNING = dt.timedelta(days=30)
 
 
-class EnrollError(Exception):
+class EnrollError(ExfilGuardError):
     """Root of the enrollment errors."""
 
 
@@ -62,12 +63,8 @@ class EnrollAnswerError(EnrollError):
     """The certificate the collector sent is not one this agent may use."""
 
 
-class EnrollFileError(EnrollError):
+class EnrollFileError(EnrollError, PathError):
     """A file could not be read or written; carries the path."""
-
-    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
-        self.path = str(path)
-        super().__init__(f"{path}: {message}")
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.errors import PathError
+
 ID_FILE = "agent-id"
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 _MAX_ID_FILE_BYTES = 256  # a UUID and a newline; anything bigger is not ours
 
 
-class IdentityError(Exception):
+class IdentityError(PathError):
     """The agent id file is unusable; carries the path."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        super().__init__(f"{path}: {message}")
 
 
 @dataclass(frozen=True)

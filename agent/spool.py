@@ -59,6 +59,7 @@ from agent.gaps import (
     gap_event,
 )
 from agent.spool_disk import LOSSES_FILE, DiskRoom, LossFile, is_disk_full
+from common.errors import PathError
 from protos import events
 from protos import exfilguard_pb2 as pb
 
@@ -78,12 +79,8 @@ _GROUP_MAX = 2000
 _RETRY_SECONDS = 1.0
 
 
-class SpoolError(Exception):
+class SpoolError(PathError):
     """The spool database is unusable; carries the path."""
-
-    def __init__(self, path: str, message: str) -> None:
-        self.path = path
-        super().__init__(f"{path}: {message}")
 
 
 class Spool:

@@ -37,6 +37,7 @@ from agent import enroll
 from agent.identity import Identity, load_or_create
 from agent.spool import Spool
 from common.agentconfig import AgentConfig
+from common.errors import ExfilGuardError
 from protos import events
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
@@ -57,7 +58,7 @@ _HEALTHY_SECONDS = 10.0  # a stream that lasted this long resets the backoff (a 
 _Call = grpc.aio.StreamStreamCall[pb.AgentMessage, pb.CollectorMessage]
 
 
-class TransportError(Exception):
+class TransportError(ExfilGuardError):
     """Base of the transport's errors."""
 
 

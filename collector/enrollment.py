@@ -23,6 +23,7 @@ import grpc
 
 from collector import pki
 from collector.config import CollectorConfig
+from common.errors import ExfilGuardError
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
 
@@ -125,7 +126,7 @@ class EnrollmentServer:
             self._server = None
 
 
-class EnrollmentServeError(Exception):
+class EnrollmentServeError(ExfilGuardError):
     """The enrollment port could not be opened; carries the listen address."""
 
     def __init__(self, address: str, message: str) -> None:

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.errors import ExfilGuardError
+
 ROLES = ("agent", "collector")
 DEFAULT_PREFIX = "/opt/exfilguard"
 SERVICE_USER = "exfilguard"
@@ -75,7 +77,7 @@ u {SERVICE_USER} - "ExfilGuard collector" /var/lib/exfilguard /usr/sbin/nologin
 """
 
 
-class InstallError(Exception):
+class InstallError(ExfilGuardError):
     """A step of the installation failed; `step` names it."""
 
     def __init__(self, step: str, message: str) -> None:

@@ -20,11 +20,10 @@ from collector import config as collector_config
 from collector.config import CollectorConfig
 from collector.fleetconfig import FleetSource
 from collector.listeners import EventListener
-from collector.policy.errors import PolicyError
-from collector.server import ServeError, serve
+from collector.server import serve
 from collector.store import Store, StoreCorrupt, StoreError, integrity, open_store
-from collector.tls import TlsError
 from common import logs
+from common.errors import ExfilGuardError
 from common.yamlfile import YamlError
 
 log = logging.getLogger("exfilguard.collector")
@@ -140,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _signing_key(config)
     try:
         asyncio.run(_run(config, store, fleet))
-    except (ServeError, StoreError, TlsError, PolicyError) as exc:
+    except ExfilGuardError as exc:
         log.error("collector failed: %s", exc)
         print(f"exfilguard-collector: {exc}", file=sys.stderr)
         return 1

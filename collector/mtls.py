@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from collector import metrics, pki
+from common.errors import ExfilGuardError
 from protos import exfilguard_pb2 as pb
 
 log = logging.getLogger("exfilguard.collector.mtls")
@@ -51,7 +52,7 @@ if TYPE_CHECKING:  # generic only in the type stubs
     _Handler = grpc.RpcMethodHandler[Any, Any]
 
 
-class MtlsError(Exception):
+class MtlsError(ExfilGuardError):
     """The TLS files are missing or do not fit together; `key` is the config key (cert, key, ...)."""
 
     def __init__(self, key: str, message: str) -> None:

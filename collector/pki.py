@@ -53,6 +53,7 @@ from common.agentcert import (
     new_key,
     write_file,
 )
+from common.errors import ExfilGuardError, PathError
 
 __all__ = ["agent_id_of", "cert_pem", "key_pem", "make_csr", "new_key", "write_file"]
 
@@ -67,16 +68,12 @@ MAX_STATE_FILE_BYTES = 16 << 20  # issued.json / tokens.json / crl.pem: a fleet,
 _CLOCK_SKEW = dt.timedelta(minutes=5)  # certificates start a little in the past: agents' clocks drift
 
 
-class PkiError(Exception):
+class PkiError(ExfilGuardError):
     """Root of the PKI errors."""
 
 
-class PkiFileError(PkiError):
+class PkiFileError(PkiError, PathError):
     """A file of the PKI directory is missing, unreadable or malformed."""
-
-    def __init__(self, path: str | os.PathLike[str], message: str) -> None:
-        self.path = str(path)
-        super().__init__(f"{path}: {message}")
 
 
 class AgentIdError(PkiError):

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 from collector.listeners import AGENT_SILENT, Mapping
 from collector.store.base import AgentRecord, AgentUpdate
+from common.ecstime import ecs_time_at
 from protos import exfilguard_pb2 as pb
-from protos.events import ecs_time_at
 
 STOP_ACTION = "agent.stop"
 

@@ -32,6 +32,7 @@ from collector.sealer import Sealer
 from collector.store import Store, StoreError
 from collector.streamlimits import StreamLimits
 from collector.tls import server_credentials, server_interceptors
+from common.errors import ExfilGuardError
 from common.sdnotify import Notifier
 
 log = logging.getLogger("exfilguard.collector")
@@ -43,7 +44,7 @@ _SHUTDOWN_GRACE_SECONDS = 1.0
 _FINAL_SEAL_SECONDS = 20.0
 
 
-class ServeError(Exception):
+class ServeError(ExfilGuardError):
     """The server could not start; carries the listen address."""
 
     def __init__(self, address: str, message: str) -> None:

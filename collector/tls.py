@@ -11,9 +11,10 @@ import grpc
 
 from collector import mtls
 from collector.config import CollectorTls
+from common.errors import ExfilGuardError
 
 
-class TlsError(Exception):
+class TlsError(ExfilGuardError):
     """The TLS settings cannot be turned into server credentials; carries the config key."""
 
     def __init__(self, key: str, message: str) -> None:

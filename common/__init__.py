@@ -1,4 +1,4 @@
 """What both roles share that is not a wire contract: config files, logging, units, errors, systemd.
 
-Imports only `protos` of ours; `agent`, `collector` and `admin` may import it.
+The bottom room: it imports nothing else of ours; every other package may import it.
 """

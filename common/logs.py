@@ -7,7 +7,7 @@ import logging
 import sys
 from typing import Any
 
-from protos.events import ecs_time_at
+from common.ecstime import ecs_time_at
 
 # LogRecord attributes that are plumbing, not context worth a field of its own.
 _PLUMBING = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}

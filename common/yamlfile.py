@@ -26,6 +26,8 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from common.errors import ExfilGuardError
+
 Location = tuple[str | int, ...]
 
 MAX_DOCUMENT_CHARS = 4 << 20  # the largest policy file; configs are far smaller
@@ -45,7 +47,7 @@ class Mark:
     column: int
 
 
-class YamlError(Exception):
+class YamlError(ExfilGuardError):
     """A YAML file is malformed or does not fit its schema."""
 
     def __init__(self, path: str, line: int, column: int, key: str, message: str) -> None:
@@ -62,7 +64,7 @@ class YamlLimitError(YamlError):
     """A YAML document is too large, too deeply nested, or expands too many aliases."""
 
 
-class _Beyond(yaml.MarkedYAMLError):
+class _Beyond(yaml.MarkedYAMLError, ExfilGuardError):
     """Raised inside the composer at the node that crossed a bound; parse() turns it into YamlLimitError."""
 
 

@@ -15,6 +15,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from common.errors import ExfilGuardError
 from protos import exfilguard_pb2 as pb
 
 Event = pb.Event
@@ -28,28 +29,8 @@ Mapping = dict[str, Any]
 INVALID = "exfilguard.invalid"
 
 
-class TimestampError(ValueError):
+class TimestampError(ExfilGuardError, ValueError):
     """A protobuf Timestamp that no ISO time string can express (nanos or year out of range)."""
-
-
-ECS_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, microseconds, trailing Z: sorts as text
-
-
-def ecs_time(moment: dt.datetime) -> str:
-    """ECS time string of a datetime (naive means UTC): the one time format of events and stores."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).strftime(ECS_TIME)
-
-
-def ecs_time_at(epoch: float) -> str:
-    """ECS time string of a wall-clock time in seconds since the epoch."""
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime(ECS_TIME)
-
-
-def ecs_now() -> str:
-    """ECS time string of now."""
-    return dt.datetime.now(dt.UTC).strftime(ECS_TIME)
 
 
 def timestamp_to_iso(ts: Timestamp) -> str:

@@ -16,8 +16,8 @@ OURS = ("admin", "agent", "collector", "common", "lab", "protos", "bench", "test
 
 # package -> the packages of ours it may import (besides itself)
 MAY_IMPORT: dict[str, set[str]] = {
-    "protos": set(),
-    "common": {"protos"},
+    "common": set(),
+    "protos": {"common"},
     "lab": {"common"},
     "agent": {"common", "protos"},
     "collector": {"common", "protos"},

@@ -25,6 +25,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol, cast
 
+from common.errors import ExfilGuardError
+
 _READ = 256 * 1024
 _TAR_MAGIC_AT = 257
 _COMPRESSORS = (
@@ -82,7 +84,7 @@ class ArchiveReport:
             self.notes.append(text)
 
 
-class _Stop(Exception):
+class _Stop(ExfilGuardError):
     """Inspection must stop: a limit was reached or the archive is hostile."""
 
 

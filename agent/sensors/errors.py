@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+from common.errors import ExfilGuardError
 
-class SensorError(Exception):
+
+class SensorError(ExfilGuardError):
     """Root of sensor errors."""
 
 

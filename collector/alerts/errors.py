@@ -6,8 +6,10 @@ AlertError             root of everything below
 
 from __future__ import annotations
 
+from common.errors import ExfilGuardError
 
-class AlertError(Exception):
+
+class AlertError(ExfilGuardError):
     """Root error of collector.alerts."""
 
 

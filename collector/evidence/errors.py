@@ -1,46 +1,38 @@
 """Errors of the evidence package.
 
-    EvidenceError            root of everything below
-      SigningKeyError        the collector's Ed25519 key cannot be read, created or parsed (path)
-      ManifestError          a manifest is unreadable or malformed (path)
-      ExportError            an export cannot be written (path)
-      RetentionError         a retention request is invalid or the store refused it
+    EvidenceError            root of everything below (under common.errors.ExfilGuardError)
+      EvidenceFileError      a file of the evidence trail at `path` cannot be used (`reason`)
+        SigningKeyError      the collector's Ed25519 key cannot be read, created or parsed
+        ManifestError        a manifest is unreadable or malformed
+        ExportError          an export cannot be written
+      RetentionError         a retention request is invalid or the store refused it (`reason`)
 
 A failed verification is not an exception: `verify` returns a Report naming the problem.
 """
 
 from __future__ import annotations
 
+from common.errors import ExfilGuardError, PathError
 
-class EvidenceError(Exception):
+
+class EvidenceError(ExfilGuardError):
     """Root error of collector.evidence."""
 
 
-class SigningKeyError(EvidenceError):
+class EvidenceFileError(EvidenceError, PathError):
+    """A file of the evidence trail at `path` cannot be used (`reason`)."""
+
+
+class SigningKeyError(EvidenceFileError):
     """The signing key at `path` cannot be used."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
-
-class ManifestError(EvidenceError):
+class ManifestError(EvidenceFileError):
     """The manifest at `path` is unreadable or malformed."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
-
-class ExportError(EvidenceError):
+class ExportError(EvidenceFileError):
     """An export to `path` failed."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        self.path = path
-        self.reason = reason
-        super().__init__(f"{path}: {reason}")
 
 
 class RetentionError(EvidenceError):

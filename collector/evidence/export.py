@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 from collector.evidence import formats
 from collector.evidence.errors import ExportError
 from collector.evidence.keys import SigningKey
+from common.ecstime import ecs_time
 from protos import chain
-from protos.events import ecs_time
 
 if TYPE_CHECKING:
     from collector.store.base import EventFilter, Store

@@ -18,7 +18,7 @@ from collector.evidence import formats
 from collector.evidence.errors import ManifestError
 from collector.evidence.export import ExportResult
 from collector.evidence.keys import PublicKey, SigningKey
-from protos.events import ecs_now
+from common.ecstime import ecs_now
 
 VERSION = 1
 SUFFIX = ".manifest.json"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from collector.evidence.errors import RetentionError
 from collector.store.ledger import Checkpoint, Ledger, PruneRefused
-from protos.events import ecs_time
+from common.ecstime import ecs_time
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {
@@ -94,7 +94,7 @@ def _prune_before(ledger: Ledger, cutoff: str, include_alerted: bool, report: Pr
     protected = {} if include_alerted else ledger.protected()
     deleted = 0
     for agent in ledger.chains():
-        limit = agent.watermark - 1
+        limit = agent.sealed - 1
         first_kept = ledger.first_sequence_since(agent.agent_id, cutoff)
         if first_kept is not None:
             limit = min(limit, first_kept - 1)

@@ -29,11 +29,11 @@ from collector.policy.model import (
     Weekday,
 )
 
-Event = Mapping[str, Any]
-Predicate = Callable[[Event], bool]
+EventFields = Mapping[str, Any]
+Predicate = Callable[[EventFields], bool]
 
 
-def _true(_: Event) -> bool:
+def _true(_: EventFields) -> bool:
     return True
 
 
@@ -92,7 +92,7 @@ class Compiler:
         ]
         defaults = tuple(DEFAULTS.get(f) for f in fields)
 
-        def applies(e: Event) -> bool:
+        def applies(e: EventFields) -> bool:
             values = [e.get(f, d) for f, d in zip(fields, defaults, strict=True)]
             return any(
                 all(_member(v, allowed) for v, allowed in zip(values, row, strict=True)) for row in rows
@@ -103,7 +103,7 @@ class Compiler:
     def _time_of_day(self, cond: TimeOfDay) -> Predicate:
         zone, start, end, inside = self._zone, cond.start, cond.end, cond.inside
 
-        def test(e: Event) -> bool:
+        def test(e: EventFields) -> bool:
             moment = local_time(e.get("@timestamp", ""), zone)
             if moment is None:
                 return False
@@ -116,7 +116,7 @@ class Compiler:
     def _weekday(self, cond: Weekday) -> Predicate:
         zone, days = self._zone, cond.days
 
-        def test(e: Event) -> bool:
+        def test(e: EventFields) -> bool:
             moment = local_time(e.get("@timestamp", ""), zone)
             return moment is not None and moment.weekday() in days
 
@@ -126,7 +126,7 @@ class Compiler:
         name, op, value = test.field, test.op, test.value
         default = DEFAULTS.get(name)
 
-        def get(e: Event) -> Any:
+        def get(e: EventFields) -> Any:
             return e.get(name, default)
 
         if op == "exists":
@@ -141,7 +141,7 @@ class Compiler:
                 return lambda e: _member(get(e), allowed) == positive
             if positive:  # the hot path: a scalar field against a set
 
-                def member(e: Event) -> bool:
+                def member(e: EventFields) -> bool:
                     try:
                         return e.get(name, default) in allowed
                     except TypeError:  # an unhashable value where a scalar belongs
@@ -149,7 +149,7 @@ class Compiler:
 
                 return member
 
-            def not_member(e: Event) -> bool:
+            def not_member(e: EventFields) -> bool:
                 try:
                     return e.get(name, default) not in allowed
                 except TypeError:
@@ -160,7 +160,7 @@ class Compiler:
             limit = float(value)  # type: ignore[arg-type]
             compare = _COMPARE[op]
 
-            def number(e: Event) -> bool:
+            def number(e: EventFields) -> bool:
                 v = get(e)
                 return isinstance(v, (int, float)) and not isinstance(v, bool) and compare(v, limit)
 
@@ -182,7 +182,7 @@ class Compiler:
                 wanted = frozenset(patterns)
                 return lambda e: any(str(v) in wanted for v in get(e) or ())
 
-        def text(e: Event) -> bool:
+        def text(e: EventFields) -> bool:
             v = get(e)
             if isinstance(v, list):
                 return any(isinstance(item, str) and match(item) for item in v)
@@ -196,7 +196,7 @@ def _all(parts: tuple[Predicate, ...]) -> Predicate:
         first, second = parts
         return lambda e: first(e) and second(e)
 
-    def every(e: Event) -> bool:
+    def every(e: EventFields) -> bool:
         # A plain loop: all() over a generator costs a frame per call on this hot path.
         for part in parts:  # noqa: SIM110
             if not part(e):
@@ -207,7 +207,7 @@ def _all(parts: tuple[Predicate, ...]) -> Predicate:
 
 
 def _any(parts: tuple[Predicate, ...]) -> Predicate:
-    def some(e: Event) -> bool:
+    def some(e: EventFields) -> bool:
         for part in parts:  # noqa: SIM110
             if part(e):
                 return True

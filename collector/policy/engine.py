@@ -41,11 +41,11 @@ from collector.policy.windows import (
     Limits,
     SequenceWindow,
 )
-from protos.events import ecs_time_at
+from common.ecstime import ecs_time_at
 
 log = logging.getLogger(__name__)
 
-Event = Mapping[str, Any]
+EventFields = Mapping[str, Any]
 
 # Events dated further than this past the collector's clock are treated as "now": one agent with a
 # wrong clock must not expire every other agent's windows.
@@ -61,7 +61,7 @@ SKIP_LOG_SECONDS = 60.0  # at most one warning a minute about skipped evaluation
 RISK_PREFIX = "exfilguard.risk."
 
 
-def event_time(event: Event) -> float | None:
+def event_time(event: EventFields) -> float | None:
     """@timestamp as epoch seconds, or None when absent or malformed."""
     text = event.get("@timestamp")
     if not isinstance(text, str):
@@ -102,7 +102,7 @@ class _Compiled:
     plain_key: bool = True  # no list field among `by`: the key is the values as they are
     reads_risk: bool = False  # tests exfilguard.risk.*: its alerts must not feed the score they read
 
-    def key(self, event: Event) -> tuple[Any, ...]:
+    def key(self, event: EventFields) -> tuple[Any, ...]:
         """The group key of an event."""
         if self.plain_key:
             return tuple([event.get(f) for f in self.by])
@@ -235,11 +235,11 @@ class PolicyEngine:
 
     # ---------------------------------------------------------------- events
 
-    def evaluate(self, event: Event) -> list[Alert]:
+    def evaluate(self, event: EventFields) -> list[Alert]:
         """Evaluate one event (a dotted mapping); the alerts to raise now (after suppression)."""
         return self._evaluate(event, raise_alerts=True)
 
-    def warm(self, events: Iterable[Event]) -> int:
+    def warm(self, events: Iterable[EventFields]) -> int:
         """Rebuild window, inventory and gap state from stored events without raising alerts."""
         n = 0
         for event in events:
@@ -252,7 +252,7 @@ class PolicyEngine:
         (default: the event clock; math.inf flushes everything, e.g. at the end of a replay)."""
         return self.suppressor.due(self.clock if now is None else now)
 
-    def _evaluate(self, event: Event, raise_alerts: bool) -> list[Alert]:
+    def _evaluate(self, event: EventFields, raise_alerts: bool) -> list[Alert]:
         self.events_seen += 1
         now = event_time(event)
         wall = time.time()
@@ -331,7 +331,7 @@ class PolicyEngine:
         self.skipped[policy_id] = self.skipped.get(policy_id, 0) + 1
         self._skips_unlogged += 1
 
-    def _suspend(self, policy_id: str, event: Event, took: float, wall: float) -> None:
+    def _suspend(self, policy_id: str, event: EventFields, took: float, wall: float) -> None:
         self._suspended[policy_id] = wall + SUSPEND_SECONDS
         log.warning(
             "policy %s took %.3f s on event %s (budget %.3f s): suspended for %.0f s",
@@ -342,7 +342,7 @@ class PolicyEngine:
             SUSPEND_SECONDS,
         )
 
-    def _over_budget(self, rest: Iterable[_Compiled], event: Event, spent: float) -> None:
+    def _over_budget(self, rest: Iterable[_Compiled], event: EventFields, spent: float) -> None:
         ids = [entry.policy.id for entry in rest]
         for policy_id in ids:
             self._skip(policy_id)
@@ -360,7 +360,7 @@ class PolicyEngine:
             self._skip_logged_at = now
             self._skips_unlogged = 0
 
-    def _run(self, entry: _Compiled, event: Event, now: float) -> list[Firing]:
+    def _run(self, entry: _Compiled, event: EventFields, now: float) -> list[Firing]:
         if not entry.when(event):
             return []
         window = entry.window
@@ -384,13 +384,13 @@ class PolicyEngine:
         return [Firing(entry.key(event), event, 1, [event_id] if event_id else [], {}, now, now)]
 
     @staticmethod
-    def _excepted(entry: _Compiled, event: Event) -> bool:
+    def _excepted(entry: _Compiled, event: EventFields) -> bool:
         for _, applies in entry.exceptions:  # noqa: SIM110 - a plain loop on the hot path
             if applies(event):
                 return True
         return False
 
-    def _inventory(self, event: Event) -> None:
+    def _inventory(self, event: EventFields) -> None:
         agent = str(event.get("agent.id", ""))
         for item in event.get("exfilguard.inventory") or []:
             if not isinstance(item, Mapping) or not item.get("tag"):
@@ -400,7 +400,7 @@ class PolicyEngine:
                 self.inventory.pop(next(iter(self.inventory)))
             self.inventory[key] = Inventory(int(item.get("files", 0) or 0), int(item.get("bytes", 0) or 0))
 
-    def _gap(self, event: Event, now: float) -> None:
+    def _gap(self, event: EventFields, now: float) -> None:
         agent = str(event.get("agent.id", ""))
         lost = event.get("exfilguard.gap.lost", 0)
         recent = [g for g in self.gaps.get(agent, []) if g[0] >= now - GAP_MEMORY_SECONDS][-99:]

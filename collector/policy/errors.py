@@ -43,6 +43,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from common.errors import ExfilGuardError
+
 Severity = Literal["error", "warning"]
 
 CODES: dict[str, tuple[Severity, str]] = {
@@ -104,7 +106,7 @@ class Problem:
         )
 
 
-class PolicyError(Exception):
+class PolicyError(ExfilGuardError):
     """Root error of collector.policy."""
 
 

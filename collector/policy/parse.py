@@ -38,6 +38,7 @@ from collector.policy.model import (
     Where,
 )
 from common import yamlfile
+from common.errors import ExfilGuardError
 from common.yamlfile import Location
 
 # Limits on input: a policy file is admin-written, but a mistake must not exhaust the collector.
@@ -87,7 +88,7 @@ _TOP_KEYS = ("lists", "macros", "policies")
 _POLICY_REQUIRED = ("id", "title", "severity", "summary")
 
 
-class _Skip(Exception):
+class _Skip(ExfilGuardError):
     """This node had a problem (already recorded); drop the node, keep parsing its siblings."""
 
 

@@ -4,7 +4,7 @@ All methods are synchronous; the server calls them from one writer thread, off t
 event loop. Times are ECS strings (UTC, microseconds, trailing Z), which sort as text.
 
 Errors:
-    StoreError           root of everything a store raises; carries the store location
+    StoreError           root of everything a store raises (a common.errors.LocatedError)
     StoreUnavailable     the store cannot be opened or reached (missing file, permissions, server
                          down, authentication failed, no such database, connection lost)
     StoreCorrupt         the store exists but is not a usable ExfilGuard store (schema, integrity)
@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from common.errors import LocatedError
 from protos import exfilguard_pb2 as pb
 
 if TYPE_CHECKING:
@@ -27,13 +28,13 @@ if TYPE_CHECKING:
 Mapping = dict[str, Any]
 
 
-class StoreError(Exception):
-    """Any store failure; `location` is the path or URL of the store."""
+class StoreError(LocatedError):
+    """Any store failure; `location` is the path or URL of the store, `reason` (or `message`) why."""
 
-    def __init__(self, location: str, message: str) -> None:
-        self.location = location
-        self.message = message
-        super().__init__(f"{location}: {message}")
+    @property
+    def message(self) -> str:
+        """What went wrong (the `reason`, by the name store callers have always used)."""
+        return self.reason
 
 
 class StoreUnavailable(StoreError):

@@ -23,10 +23,6 @@ from protos import chain
 class LedgerError(StoreError):
     """The store cannot be read or written for evidence purposes (`location`, `reason`)."""
 
-    def __init__(self, location: str, reason: str) -> None:
-        self.reason = reason
-        super().__init__(location, reason)
-
 
 class PruneRefused(LedgerError):
     """`prune_through` was asked to cut at or past the chain head, or where no chained event is."""
@@ -54,11 +50,15 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class AgentChain:
-    """An agent's stored chain: its checkpoint (0 if never pruned) and its watermark."""
+    """An agent's stored chain: its checkpoint (0 if never pruned) and how far it is sealed.
+
+    `sealed` is the last sequence the hash chain covers (the `chains.watermark` column); it is
+    not `Store.watermark`, the end of the contiguous stored prefix that the collector acks.
+    """
 
     agent_id: str
     checkpoint: int
-    watermark: int
+    sealed: int
 
 
 class Ledger(abc.ABC):
@@ -91,11 +91,11 @@ class Ledger(abc.ABC):
         return None
 
     def chains(self) -> list[AgentChain]:
-        """Every agent with stored events: checkpoint sequence and watermark."""
+        """Every agent with stored events: checkpoint sequence and last sealed sequence."""
         cps = self.checkpoints()
         return [
-            AgentChain(agent_id, cps[agent_id].sequence if agent_id in cps else 0, watermark)
-            for agent_id, watermark in self._watermarks()
+            AgentChain(agent_id, cps[agent_id].sequence if agent_id in cps else 0, sealed)
+            for agent_id, sealed in self._sealed()
         ]
 
     @abc.abstractmethod
@@ -103,8 +103,8 @@ class Ledger(abc.ABC):
         """The chain value stored with an event, None if the event is absent or not chained."""
 
     @abc.abstractmethod
-    def _watermarks(self) -> list[tuple[str, int]]:
-        """(agent id, chain watermark) of every agent, ordered by agent id."""
+    def _sealed(self) -> list[tuple[str, int]]:
+        """(agent id, last sealed sequence) of every agent, ordered by agent id."""
 
     @abc.abstractmethod
     def checkpoint(self, agent_id: str) -> Checkpoint | None:

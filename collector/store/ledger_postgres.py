@@ -20,7 +20,7 @@ import psycopg
 from collector.store import pgconnect, triage
 from collector.store.base import StoreError
 from collector.store.ledger import Checkpoint, Ledger, LedgerError, PruneRefused
-from protos.events import ecs_now
+from common.ecstime import ecs_now
 
 _CHECKPOINTS = "SELECT agent_id, sequence, chain, pruned_at, pruned_total FROM evidence_checkpoints"
 
@@ -91,7 +91,7 @@ class PostgresLedger(Ledger):
         rows = self._all(_CHECKPOINTS, ())
         return {str(r[0]): _checkpoint(r) for r in rows}
 
-    def _watermarks(self) -> list[tuple[str, int]]:
+    def _sealed(self) -> list[tuple[str, int]]:
         rows = self._all("SELECT agent_id, watermark FROM chains ORDER BY agent_id", ())
         return [(str(r[0]), int(r[1])) for r in rows]
 

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from collector.store import triage
 from collector.store.ledger import Checkpoint, Ledger, LedgerError, PruneRefused
-from protos.events import ecs_now
+from common.ecstime import ecs_now
 
 _CHECKPOINTS = """
 CREATE TABLE IF NOT EXISTS evidence_checkpoints (
@@ -96,7 +96,7 @@ class SqliteLedger(Ledger):
         )
         return {r[0]: Checkpoint(r[0], int(r[1]), bytes(r[2]), r[3], int(r[4])) for r in rows}
 
-    def _watermarks(self) -> list[tuple[str, int]]:
+    def _sealed(self) -> list[tuple[str, int]]:
         rows = self._query("SELECT agent_id, watermark FROM chains ORDER BY agent_id", ())
         return [(str(r[0]), int(r[1])) for r in rows]
 

@@ -42,9 +42,9 @@ from collector.store.base import (
 )
 from collector.store.rows import stored_mapping
 from collector.store.sqlite import event_row
+from common.ecstime import ecs_now, ecs_time
 from protos import chain
 from protos import exfilguard_pb2 as pb
-from protos.events import ecs_now, ecs_time
 
 SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
 

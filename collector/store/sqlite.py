@@ -47,9 +47,9 @@ from collector.store.base import (
     StoreUnavailable,
 )
 from collector.store.rows import stored_mapping
+from common.ecstime import ecs_now, ecs_time
 from protos import chain
 from protos import exfilguard_pb2 as pb
-from protos.events import ecs_now, ecs_time
 
 SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
 

@@ -46,9 +46,9 @@ class InvalidTriage(StoreError):
     """A triage input outside its limits: `field` (ids, status, by, note) and `reason`."""
 
     def __init__(self, location: str, field: str, reason: str) -> None:
-        self.field = field
-        self.reason = reason
         super().__init__(location, f"{field}: {reason}")
+        self.field = field
+        self.reason = reason  # without the field name: callers print both
 
 
 @dataclass(frozen=True)

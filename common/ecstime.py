@@ -1,0 +1,28 @@
+"""The one time format of events, stores, alerts, exports and logs: ECS time strings.
+
+UTC, microseconds, trailing Z (`2026-01-31T08:15:00.123456Z`): they sort as text, so stores
+compare and index them as strings. protos.events writes protobuf Timestamps in this form.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+ECS_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, microseconds, trailing Z: sorts as text
+
+
+def ecs_time(moment: dt.datetime) -> str:
+    """ECS time string of a datetime (naive means UTC): the one time format of events and stores."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC).strftime(ECS_TIME)
+
+
+def ecs_time_at(epoch: float) -> str:
+    """ECS time string of a wall-clock time in seconds since the epoch."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime(ECS_TIME)
+
+
+def ecs_now() -> str:
+    """ECS time string of now."""
+    return dt.datetime.now(dt.UTC).strftime(ECS_TIME)
