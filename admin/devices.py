@@ -26,6 +26,7 @@ from admin.alerts import invoking_user, open_configured
 from admin.export import parse_time
 from collector.store import StoreError
 from collector.store.devices import DeviceBook, InvalidDeviceChange, NoSuchApproval, learn
+from common.ecstime import ecs_time
 from common.yamlfile import YamlError
 
 EXIT_STORE, EXIT_USAGE, EXIT_NOTHING = 1, 2, 3
@@ -290,7 +291,7 @@ def _report(args: argparse.Namespace, changes: list[Any]) -> None:
 
 
 def _ecs(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ecs_time(moment)
 
 
 def _names(names: dict[str, str], shown: int = 3) -> str:

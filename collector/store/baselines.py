@@ -10,12 +10,12 @@ collector/behaviour (baseline and risk). Same SQL on SQLite and PostgreSQL (doma
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from collector.store.domain import DomainSql
+from common.ecstime import ecs_now
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS baselines (user_name TEXT PRIMARY KEY, updated TEXT NOT NULL,"
@@ -34,7 +34,7 @@ class BaselineBook:
         """Insert or replace the given users' snapshots; how many (0 on a read-only store)."""
         if not snapshots or not self.sql.ensure("baselines", _SCHEMA):
             return 0
-        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = ecs_now()
         rows = [(user, now, json.dumps(body, sort_keys=True)) for user, body in snapshots.items()]
         for start in range(0, len(rows), _CHUNK):  # short transactions: ingest waits on the same lock
             with self.sql.transaction() as tx:

@@ -16,7 +16,6 @@ limits; NoSuchApproval when a revoke or accept finds nothing to act on.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -28,6 +27,7 @@ from collector.behaviour.sightings import Sighting
 from collector.store import triage
 from collector.store.base import StoreError
 from collector.store.domain import DomainSql, Transaction
+from common.ecstime import ecs_now
 
 MAX_SERIAL_CHARS = 200
 MAX_NAME_CHARS = 200
@@ -124,7 +124,7 @@ class Proposal:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ecs_now()
 
 
 class DeviceBook:
