@@ -27,13 +27,17 @@ def engine_for(
     behaviour: bool | Behaviour = True,
     groups: Mapping[str, str] | None = None,
 ) -> PolicyEngine:
-    """An engine as the collector builds it (with a fresh Behaviour unless told otherwise)."""
+    """An engine as the collector builds it (with a fresh Behaviour unless told otherwise), but
+    without the live collector's per-event time budget."""
     if behaviour is True:
         behaviour = Behaviour(timezone, groups)
+    # No per-event time budget: a replay is offline, and a policy suspended because the machine
+    # was busy for a moment would make the same events raise different alerts on another run.
     return PolicyEngine(
         policy_set,
         timezone=timezone,
         suppression_seconds=suppression,
+        budget_seconds=math.inf,
         behaviour=behaviour or None,
     )
 

@@ -1,6 +1,6 @@
-"""`exfilguard devices` as a process, and a running collector's policy listener seeing an approval
-made by the CLI without a restart. (The tables' contract runs on both stores in
-test_store_devices.py; the CLI is the same code over either.)"""
+"""`exfilguard devices` as a process; a running collector's policy listener seeing an approval made
+by the CLI without a restart, and a restarted one starting from the baselines the first saved.
+(The tables' contract runs on both stores in test_store_devices.py; the CLI is the same code.)"""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from collector.store import open_store
 from tests.helpers import run_cli
 
 PACK = Path(__file__).resolve().parents[2] / "policies"
-NOW = dt.datetime.now(dt.UTC)
+NOW = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)  # events in the past: never clamped to now
 
 
 def _ok(*args: str) -> str:
@@ -102,6 +102,25 @@ def test_seen_approved_by_the_cli_and_learned(collector_config: tuple[Path, cfg.
 
     # Approved for alice only: bob plugging the same stick in is still unapproved.
     assert asyncio.run(run()) == ["usb-unknown-device"]
+    # A restarted collector starts from what the first one saved at shutdown, not from nothing.
+    reopened = open_store(conf.store)
+
+    async def restart() -> tuple[int, list[str], bool]:
+        listener = PolicyListener.from_config(conf, reopened)
+        try:
+            behaviour = listener.engine.behaviour
+            assert behaviour is not None
+            alice = behaviour.baselines.users["alice"]
+            return (
+                alice.active_days,
+                sorted(behaviour.sightings.devices),
+                behaviour.approvals.approved_for("STICK-A", "alice", "all"),
+            )
+        finally:
+            await listener.aclose()
+            reopened.close()
+
+    assert asyncio.run(restart()) == (2, ["STICK-A", "STICK-B"], True)
     out = _ok("devices", *c)
     assert "STICK-A" in out and "user:alice" in out
     learned = _ok("devices", "learn", "--for", "7d", *c)
