@@ -59,6 +59,7 @@ class UserBaseline:
     today_files: int = 0
     today_bytes: int = 0
     today_tagged: int = 0
+    _means: tuple[int, float, float] = field(default=(-1, 0.0, 0.0), repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready snapshot (the store keeps one per user)."""
@@ -101,6 +102,18 @@ class UserBaseline:
             today_bytes=today[2],
             today_tagged=today[3],
         )
+
+    def means(self, day: int) -> tuple[float, float]:
+        """Mean bytes and files of the user's write-days in the span before `day`; (0, 0) with
+        fewer than MIN_WRITE_DAYS of them. Computed once a day (history changes only at a roll)."""
+        if self._means[0] != day:
+            history = [w for w in self.writes if w.day >= day - HISTORY_DAYS]
+            if len(history) < MIN_WRITE_DAYS:
+                self._means = (day, 0.0, 0.0)
+            else:
+                n = len(history)
+                self._means = (day, sum(w.bytes for w in history) / n, sum(w.files for w in history) / n)
+        return self._means[1], self._means[2]
 
     @property
     def warm(self) -> bool:
@@ -205,10 +218,8 @@ class Baselines:
                     base.today_tagged += max(size, 0)
         volume = files = peer = 0.0
         if removable and base.today_files:
-            history = [w for w in base.writes if w.day >= day - HISTORY_DAYS]
-            if len(history) >= MIN_WRITE_DAYS:
-                mean_bytes = sum(w.bytes for w in history) / len(history)
-                mean_files = sum(w.files for w in history) / len(history)
+            mean_bytes, mean_files = base.means(day)
+            if mean_bytes or mean_files:
                 volume = base.today_bytes / mean_bytes if mean_bytes > 0 else 0.0
                 files = base.today_files / mean_files if mean_files > 0 else 0.0
             group = self.peers.get(self.group_of(user))

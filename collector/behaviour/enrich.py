@@ -19,12 +19,14 @@ from typing import Any
 
 from collector.behaviour.approvals import ApprovalView
 from collector.behaviour.baselines import Baselines, Observation
+from collector.behaviour.hosts import HostBaselines
 from collector.behaviour.risk import ALERT_POINTS, SIGNAL_POINTS, RiskBook
 from collector.behaviour.sightings import Sightings
 
 VOLUME_SPIKE_RATIO = 4.0  # today's bytes vs the user's own mean write-day: a risk signal
 PEER_SPIKE_RATIO = 5.0  # today's bytes vs the peer group's mean write-day
 SPIKE_MIN_BYTES = 10 << 20  # small days are never a spike, whatever the ratio
+HOST_PREFIX = "host:"  # hosts' rows among the users' in the store
 
 
 class Behaviour:
@@ -39,6 +41,7 @@ class Behaviour:
         self.zone = zoneinfo.ZoneInfo(timezone)
         self.approvals = approvals or ApprovalView()
         self.baselines = Baselines(dict(groups or {}))
+        self.hosts = HostBaselines()
         self.risk = RiskBook()
         self.sightings = Sightings()
         self._offsets: dict[int, float] = {}
@@ -67,17 +70,22 @@ class Behaviour:
         day, hour = self.local(now)
         action = str(event.get("event.action", ""))
         group = self.baselines.group_of(user)
-        approved = bool(serial) and self.approvals.approved(serial)
-        for_user = bool(serial) and self.approvals.approved_for(serial, user, group)
         size = event.get("file.size")
         size = size if isinstance(size, int) else 0
         tagged = bool(event.get("tags"))
         out = dict(event)
-        out["device.approved"] = approved
-        out["device.approved_for_user"] = for_user
+        # Fields left unset read as their defaults (fields.ENRICHED: false, 0): only what can be
+        # set is written, which keeps the many events without a device cheap.
+        for_user = False
+        if serial:
+            out["device.approved"] = self.approvals.approved(serial)
+            out["device.approved_for_user"] = for_user = self.approvals.approved_for(serial, user, group)
         out["exfilguard.baseline.peer_group"] = group
         if serial and (action.startswith("device.") or action in ("file.write", "file.copy")):
             self.sightings.see(event, serial, str(event.get("@timestamp", "")), size, action == "file.write")
+        host = event.get("host.name")
+        if host:
+            out["exfilguard.baseline.first_device_on_host"] = self.hosts.observe(str(host), day, serial)
         if not user:
             return out
         seen = self.baselines.observe(user, day, hour, action=action, serial=serial, size=size, tagged=tagged)
@@ -86,10 +94,10 @@ class Behaviour:
         out["exfilguard.baseline.warm"] = base.warm
         out["exfilguard.baseline.history_days"] = base.active_days
         out["exfilguard.baseline.removable_days"] = base.removable_days
-        out["exfilguard.baseline.first_removable_use"] = first_use
-        out["exfilguard.baseline.first_device_use"] = seen.first_device_use
-        out["exfilguard.baseline.unusual_hour"] = seen.unusual_hour
         if seen.removable:
+            out["exfilguard.baseline.first_removable_use"] = first_use
+            out["exfilguard.baseline.first_device_use"] = seen.first_device_use
+            out["exfilguard.baseline.unusual_hour"] = seen.unusual_hour
             out["exfilguard.baseline.files_today"] = base.today_files
             out["exfilguard.baseline.bytes_today"] = base.today_bytes
             share = base.today_tagged / base.today_bytes if base.today_bytes else 0.0
@@ -101,8 +109,9 @@ class Behaviour:
             self._signals(
                 user, seen, first_use=first_use, for_user=for_user, tagged=tagged_write, now=now, day=day
             )
-        out["exfilguard.risk.score"] = self.risk.score(user, now)
-        out["exfilguard.risk.signals"] = self.risk.signals(user)
+        score = out["exfilguard.risk.score"] = self.risk.score(user, now)
+        if score:
+            out["exfilguard.risk.signals"] = self.risk.signals(user)
         return out
 
     def _signals(
@@ -145,14 +154,28 @@ class Behaviour:
 
     # ------------------------------------------------------------------ the store's copy
 
-    def snapshot(self, users: set[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Baselines (and risk) of the given users, JSON-ready, keyed by user name."""
+    def snapshot(
+        self, users: set[str] | None = None, hosts: set[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Baselines (and risk) of the given users and hosts (default: all), JSON-ready: users by
+        name, hosts as `host:NAME` (no user name holds a colon)."""
         bases = self.baselines.snapshot(users)
         risks = self.risk.snapshot()
-        return {name: {"baseline": body, "risk": risks.get(name)} for name, body in bases.items()}
+        out: dict[str, dict[str, Any]] = {
+            name: {"baseline": body, "risk": risks.get(name)} for name, body in bases.items()
+        }
+        for name, body in self.hosts.snapshot(hosts).items():
+            out[HOST_PREFIX + name] = {"host": body}
+        return out
 
     def restore(self, snapshots: Mapping[str, Mapping[str, Any]]) -> int:
         """Load what `snapshot` produced (from the store); returns how many users were loaded."""
+        hosts = {
+            n[len(HOST_PREFIX) :]: dict(s["host"])
+            for n, s in snapshots.items()
+            if n.startswith(HOST_PREFIX) and isinstance(s.get("host"), dict)
+        }
+        self.hosts.restore(hosts)
         bases = {n: dict(s["baseline"]) for n, s in snapshots.items() if isinstance(s.get("baseline"), dict)}
         risks = {n: dict(s["risk"]) for n, s in snapshots.items() if isinstance(s.get("risk"), dict)}
         self.risk.restore(risks)

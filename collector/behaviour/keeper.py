@@ -85,7 +85,8 @@ class BehaviourKeeper:
         if save:
             self._saved_at = moment
             dirty, self.behaviour.baselines.dirty = self.behaviour.baselines.dirty, set()
-            snapshots = dict(self.behaviour.snapshot(dirty))
+            hosts, self.behaviour.hosts.dirty = self.behaviour.hosts.dirty, set()
+            snapshots = dict(self.behaviour.snapshot(dirty, hosts))
             sightings = [Sighting.from_dict(s.as_dict()) for s in self.behaviour.sightings.take_dirty()]
         if check:
             self._checked_at = moment

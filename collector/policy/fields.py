@@ -54,6 +54,7 @@ ENRICHED: dict[str, object] = {
     "exfilguard.baseline.removable_days": 0,
     "exfilguard.baseline.first_removable_use": False,
     "exfilguard.baseline.first_device_use": False,
+    "exfilguard.baseline.first_device_on_host": False,
     "exfilguard.baseline.unusual_hour": False,
     "exfilguard.baseline.files_today": 0,
     "exfilguard.baseline.bytes_today": 0,

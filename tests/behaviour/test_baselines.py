@@ -130,3 +130,19 @@ def test_snapshot_restores_baselines_and_risk_after_a_restart() -> None:
     assert seen["exfilguard.baseline.removable_days"] == 5
     assert seen["exfilguard.risk.score"] == before.risk.score("alice", at(12, 23.5))
     assert after.restore({"bob": {"baseline": {"hours": [1]}}}) == 0  # malformed: skipped
+
+
+def test_a_device_new_to_a_warm_host_whoever_plugs_it_in() -> None:
+    behaviour = Behaviour()
+    work(behaviour, 12)
+    nobody = {"@timestamp": "", "event.action": "device.attach", "host.name": "ws-1", "device.serial": "S-9"}
+    assert behaviour.enrich(nobody, at(12, 9))["exfilguard.baseline.first_device_on_host"] is True
+    assert write(behaviour, 12, 10, 1)["exfilguard.baseline.first_device_on_host"] is True  # S-1, today
+    assert write(behaviour, 13, 10, 1)["exfilguard.baseline.first_device_on_host"] is False
+    young = Behaviour()
+    work(young, 2)
+    assert write(young, 2, 10, 1)["exfilguard.baseline.first_device_on_host"] is False
+    restored = Behaviour()
+    restored.restore(behaviour.snapshot())
+    day = behaviour.local(at(12, 9))[0]  # local day numbers count from 1970
+    assert restored.hosts.hosts["ws-1"].devices == {"S-9": day, "S-1": day}
