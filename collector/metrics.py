@@ -162,7 +162,7 @@ class _LoopSources(Collector):
         return out
 
 
-def fleet_families(fleet: FleetSummary, streams: int) -> list[Metric]:
+def fleet_families(fleet: FleetSummary, streams: int, pending: int = 0) -> list[Metric]:
     """The fleet registry's figures (in memory, this collector's view)."""
     return [
         GaugeMetricFamily("exfilguard_agents_connected", "Agents with an open stream", value=fleet.connected),
@@ -176,6 +176,9 @@ def fleet_families(fleet: FleetSummary, streams: int) -> list[Metric]:
             value=fleet.backlog,
         ),
         GaugeMetricFamily("exfilguard_streams_open", "Open agent streams", value=streams),
+        GaugeMetricFamily(
+            "exfilguard_streams_pending", "Open streams that have not sent their hello yet", value=pending
+        ),
     ]
 
 

@@ -199,7 +199,7 @@ class Collector:
         assert writer is not None
         store_figures = StoreFigures(lambda: writer.call(self._store_figures))
         sources: list[Source] = [
-            lambda: fleet_families(self.registry.summary(), servicer.streams),
+            lambda: fleet_families(self.registry.summary(), servicer.streams, servicer.pending),
             store_figures.families,
         ]
         for listener in self.listeners:

@@ -145,6 +145,11 @@ def test_counters_move_by_exactly_what_real_streams_did(tmp_path: Path) -> None:
             == 1
         )
         assert value(samples, "exfilguard_events_ingested_total") == 13  # nothing of the bad batch stored
+        # A connection that has not said hello holds a pending slot, not an agent stream.
+        with AgentStream(collector.address, None):
+            until(port, "exfilguard_streams_pending", 1)
+            assert value(scrape(port), "exfilguard_streams_open") == 0
+        until(port, "exfilguard_streams_pending", 0)
 
         # Policy reloads: a broken file is refused (counted), a good one loaded.
         replace_file(policies / "read.yaml", POLICY.replace("window: 1h", "window: soon"))
