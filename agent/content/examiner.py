@@ -2,8 +2,13 @@
 
 Opening a 1 GiB archive takes seconds; the fanotify and udev threads must not wait for it.
 The copy detector and the raw-write check hand a file or a device to `examine`, which
-queues it (bounded) for one worker thread and calls back with the Identification. A full
-queue refuses the job (the caller reports without content evidence) and counts the loss.
+queues it (bounded: `max_queued` jobs) for one worker thread and calls back with the
+Identification. A full queue refuses the job (the caller reports without content evidence);
+refusals are logged and reported through `on_loss` at most every `_REPORT_SECONDS`, with
+their count, so a burst of thousands of files makes one log line and one gap, not thousands.
+
+A file's descriptor is held while it waits (a file renamed meanwhile is still read), but
+only for the first `_HELD_FDS` waiting jobs: the rest are reopened by path.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from agent.content.catalog import LossReport
 from agent.content.identify import ContentIdentifier, Identification
@@ -21,7 +28,21 @@ from agent.content.identify import ContentIdentifier, Identification
 log = logging.getLogger(__name__)
 
 Done = Callable[[Identification], None]
-_STOP = object()
+_HELD_FDS = 64
+_REPORT_SECONDS = 10.0
+
+
+@dataclass
+class _Job:
+    path: str
+    done: Done
+    fd: int | None = None
+    device_limit: int = 0  # > 0: a raw device, read back this far
+
+    def drop(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
 
 class Examiner:
@@ -29,13 +50,15 @@ class Examiner:
 
     name = "examiner"
 
-    def __init__(self, identifier: ContentIdentifier, max_queued: int = 256,
+    def __init__(self, identifier: ContentIdentifier, max_queued: int = 4096,
                  on_loss: LossReport | None = None) -> None:
         self.identifier = identifier
-        self._queue: queue.Queue[object] = queue.Queue(max_queued)
+        self._queue: queue.Queue[_Job | None] = queue.Queue(max_queued)
         self._on_loss = on_loss
         self._thread: threading.Thread | None = None
-        self._busy = threading.Event()
+        self._lock = threading.Lock()
+        self._refused = 0          # refused since the last report
+        self._reported_at = 0.0
 
     def start(self) -> None:
         """Start the worker."""
@@ -46,13 +69,20 @@ class Examiner:
         """Finish the job in hand, drop the rest; idempotent."""
         if self._thread is None:
             return
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self._queue.get_nowait()
+        self._drain()
         with contextlib.suppress(queue.Full):
-            self._queue.put(_STOP, timeout=5)
+            self._queue.put(None, timeout=5)
         self._thread.join(timeout=30)
         self._thread = None
+        self._drain()
+        self._report_refusals(force=True)
+
+    def _drain(self) -> None:
+        with contextlib.suppress(queue.Empty):
+            while True:
+                job = self._queue.get_nowait()
+                if job is not None:
+                    job.drop()
 
     def examine(self, path: str, done: Done, fd: int | None = None) -> bool:
         """Queue a written file; `done(identification)` runs in the worker. False if refused.
@@ -60,60 +90,75 @@ class Examiner:
         `fd`, if given, is open on the file and now owned by the examiner (closed when done):
         a file renamed or replaced meanwhile (zip, rsync write a temporary name) is still read.
         """
-        if self._put(lambda: done(self._file(path, fd)), path):
-            return True
-        if fd is not None:
-            os.close(fd)
-        return False
+        if fd is not None and self._queue.qsize() >= _HELD_FDS:
+            os.close(fd)  # bounded: a long queue reopens by path
+            fd = None
+        return self._put(_Job(path, done, fd))
 
     def examine_device(self, node: str, limit: int, done: Done) -> bool:
         """Queue a raw device: its first `limit` bytes are read back and identified."""
-        return self._put(lambda: done(self._device(node, limit)), node)
+        return self._put(_Job(node, done, device_limit=max(1, limit)))
 
-    def _put(self, job: Callable[[], None], what: str) -> bool:
-        if self._thread is None:
-            return False
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            log.warning("content examination queue full: %s reported without content evidence", what)
-            if self._on_loss is not None:
-                self._on_loss("content_queue_full", 1)
-            return False
-        return True
+    def _put(self, job: _Job) -> bool:
+        if self._thread is not None:
+            try:
+                self._queue.put_nowait(job)
+                return True
+            except queue.Full:
+                with self._lock:
+                    self._refused += 1
+                self._report_refusals(force=False)
+        job.drop()
+        return False
+
+    def _report_refusals(self, *, force: bool) -> None:
+        with self._lock:
+            now = time.monotonic()
+            count = self._refused
+            if not count or (not force and now - self._reported_at < _REPORT_SECONDS):
+                return
+            self._refused, self._reported_at = 0, now
+        log.warning("content examination queue full: %d written file(s) reported without content "
+                    "evidence", count)
+        if self._on_loss is not None:
+            self._on_loss("content_queue_full", count)
 
     def _run(self) -> None:
         while True:
             job = self._queue.get()
-            if job is _STOP:
+            if job is None:
                 return
             try:
-                assert callable(job)
-                job()
+                found = self._device(job) if job.device_limit else self._file(job)
+                job.done(found)
             except Exception:
-                log.exception("content examination failed")
+                log.exception("content examination of %s failed", job.path)
+            finally:
+                job.drop()
+            if self._refused and self._queue.empty():
+                self._report_refusals(force=True)  # the burst is over: say how many were missed
 
-    def _file(self, path: str, fd: int | None) -> Identification:
+    def _file(self, job: _Job) -> Identification:
+        path, fd = job.path, job.fd
         if fd is None:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+                fd = job.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
             except OSError as exc:
                 return Identification(refused=f"{path}: not readable for examination: {exc.strerror}")
         try:
             found = self.identifier.identify_fd(fd, os.fstat(fd).st_size, path)
-            if found.refused:  # bad input is named in the log even when nothing tagged was found
-                log.info("examining %s: %s", path, found.refused)
-            return found
         except OSError as exc:  # the stick pulled, the file truncated meanwhile
             log.warning("examining %s stopped: %s", path, exc)
             return Identification(refused=f"{path}: read failed during examination: {exc.strerror}")
-        finally:
-            os.close(fd)
+        if found.refused:  # bad input is named in the log even when nothing tagged was found
+            log.info("examining %s: %s", path, found.refused)
+        return found
 
-    def _device(self, node: str, limit: int) -> Identification:
+    def _device(self, job: _Job) -> Identification:
+        node = job.path
         try:
             with open(node, "rb", buffering=0) as device:  # noqa: PTH123 - a device node
-                return self.identifier.identify_stream(device, node, limit)
+                return self.identifier.identify_stream(device, node, job.device_limit)
         except OSError as exc:
             log.warning("reading back %s stopped: %s", node, exc)
             return Identification(refused=f"{node}: read back failed: {exc.strerror}")

@@ -5,14 +5,18 @@ unrelated data is not."""
 from __future__ import annotations
 
 import os
+import queue
 import random
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.content import ContentCatalog, ContentIdentifier, Identification
+from agent.content.examiner import Examiner
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.tags import TagMap
 from protos import exfilguard_pb2 as pb
@@ -178,3 +182,44 @@ def test_an_event_without_identification_carries_entropy_only() -> None:
     assert event.exfilguard.content.entropy == pytest.approx(7.9)
     assert not event.exfilguard.copy.identified_by
     assert event.exfilguard.copy == pb.Copy()
+
+
+def test_the_examiner_names_what_it_could_not_read_and_counts_a_full_queue(
+        identify: ContentIdentifier, db: Path, tmp_path: Path) -> None:
+    losses: list[tuple[str, int]] = []
+    examiner = Examiner(identify, max_queued=1, on_loss=lambda reason, n: losses.append((reason, n)))
+    assert not examiner.examine(str(db / "blob0.bin"), lambda _found: None)  # not started: refused
+    examiner.start()
+    try:
+        results: queue.Queue[Identification] = queue.Queue()
+        gone = tmp_path / "pulled.bin"
+        assert examiner.examine(str(gone), results.put)
+        found = results.get(timeout=10)
+        assert not found.found and str(gone) in found.refused and "not readable" in found.refused
+        # a file renamed after its write: read through the descriptor handed over
+        moved = tmp_path / "tmp123"
+        moved.write_bytes((db / "blob1.bin").read_bytes()[:100_000])
+        fd = os.open(moved, os.O_RDONLY)
+        moved.rename(tmp_path / "final.bin")
+        assert examiner.examine(str(moved), results.put, fd=fd)
+        assert results.get(timeout=10).sources == [str(db / "blob1.bin")]
+        # a full queue refuses (the caller reports without content evidence) and says so once
+        block = threading.Event()
+
+        def stuck(_found: Identification) -> None:
+            block.wait(10)
+
+        examiner.examine(str(gone), stuck)
+        deadline = time.monotonic() + 10
+        while examiner.examine(str(gone), lambda _found: None) and time.monotonic() < deadline:
+            pass
+        for _ in range(5):
+            assert not examiner.examine(str(gone), lambda _found: None)
+        block.set()
+        deadline = time.monotonic() + 10
+        while sum(n for _, n in losses) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # the first refusal at once, the rest of the burst in one report once it is over
+        assert losses == [("content_queue_full", 1), ("content_queue_full", 5)]
+    finally:
+        examiner.stop()
