@@ -243,6 +243,8 @@ class ContentCatalog:
                 source.text = len(sample.keys)
         source.chunks = len(seen)
         source.sha256 = sha.hexdigest()
+        # the exact-copy check then needs no second read of the source
+        self.index.remember_digest(source.path, source.mtime, source.size, source.sha256)
         if len(table) >= budget:
             self._lost("content_index_full", source.path)
         return True

@@ -325,6 +325,16 @@ class FingerprintIndex:
             candidates = list(self._by_size.get(size, ()))
         return next((path for path in candidates if self._full_of(path) == sha256), None)
 
+    def remember_digest(self, path: str, mtime_ns: int, size: int, sha256: str) -> None:
+        """A full SHA-256 computed elsewhere (the content catalog reads every tagged file
+        anyway): kept if the file is still indexed as it was, so no copy has to re-read it."""
+        if size > self.max_hash_bytes:
+            return
+        with self._lock:
+            entry = self._files.get(path)
+            if entry is not None and entry[0] == size and entry[1] == mtime_ns:
+                self._full[path] = (mtime_ns, sha256)
+
     def read_own(self, path: str, read: Callable[[int], _T]) -> _T | None:
         """Run `read(fd)` on a tagged file opened by the agent itself; its own open and close
         are not reported as a user's reads. None if it cannot be opened or read."""
