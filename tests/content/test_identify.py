@@ -194,7 +194,7 @@ def test_the_examiner_names_what_it_could_not_read_and_counts_a_full_queue(
         results: queue.Queue[Identification] = queue.Queue()
         gone = tmp_path / "pulled.bin"
         assert examiner.examine(str(gone), results.put)
-        found = results.get(timeout=10)
+        found = results.get(timeout=30)
         assert not found.found and str(gone) in found.refused and "not readable" in found.refused
         # a file renamed after its write: read through the descriptor handed over
         moved = tmp_path / "tmp123"
@@ -202,7 +202,7 @@ def test_the_examiner_names_what_it_could_not_read_and_counts_a_full_queue(
         fd = os.open(moved, os.O_RDONLY)
         moved.rename(tmp_path / "final.bin")
         assert examiner.examine(str(moved), results.put, fd=fd)
-        assert results.get(timeout=10).sources == [str(db / "blob1.bin")]
+        assert results.get(timeout=30).sources == [str(db / "blob1.bin")]
         # a full queue refuses (the caller reports without content evidence) and says so once
         block = threading.Event()
 
@@ -216,10 +216,11 @@ def test_the_examiner_names_what_it_could_not_read_and_counts_a_full_queue(
         for _ in range(5):
             assert not examiner.examine(str(gone), lambda _found: None)
         block.set()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30
         while sum(n for _, n in losses) < 6 and time.monotonic() < deadline:
             time.sleep(0.02)
         # the first refusal at once, the rest of the burst in one report once it is over
-        assert losses == [("content_queue_full", 1), ("content_queue_full", 5)]
+        assert losses[0] == ("content_queue_full", 1) and len(losses) <= 2, losses
+        assert sum(n for _, n in losses) == 6, losses
     finally:
         examiner.stop()
