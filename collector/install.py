@@ -10,6 +10,12 @@
     /var/log/exfilguard                     the collector's JSONL alerts
     /etc/systemd/system/exfilguard-<role>.service
 
+State left by a collector run by hand as root (the docs allow a first try that way) is
+adopted: everything root owns under the collector's state and log directories (never the
+agent's `/var/lib/exfilguard/agent`) is handed to the service user, without following
+symlinks; an entry owned by anyone else, or a file with more than one hard link, is refused
+with its path, since the service could not use it (or must not be given it).
+
 Every step is idempotent: files that are ours (units, docs) are rewritten only if they
 changed; files that are the admin's (configs, policies, state) are never overwritten.
 `uninstall()` removes units and the venv (unless the other role still uses it) and keeps
@@ -29,6 +35,7 @@ import hashlib
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -229,6 +236,13 @@ class Installation:
                 os.chown(target, *user)
                 target.chmod(0o750)
                 self.actions.append(f"handed {target} to {SERVICE_USER}")
+        if user is not None and os.geteuid() == 0:
+            for directory in ("/var/lib/exfilguard", "/var/log/exfilguard"):
+                adopted = adopt_state(self.path(directory), user, keep={"agent"})
+                if adopted:
+                    self.actions.append(
+                        f"handed {adopted} entries under {self.path(directory)} (left by a run as root) "
+                        f"to {SERVICE_USER}")
 
     def _config(self, user: tuple[int, int] | None) -> None:
         if self.config_path.exists():
@@ -344,6 +358,40 @@ class Installation:
         if done.returncode != 0:
             tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-15:])
             raise InstallError(step, f"{' '.join(argv[:4])} failed (exit {done.returncode}):\n{tail}")
+
+
+def adopt_state(top: Path, user: tuple[int, int], keep: set[str] | frozenset[str] = frozenset()) -> int:
+    """Hand what root owns below `top` to `user` (uid, gid); names in `keep` directly below
+    `top` are left alone. Returns how many entries changed hands; InstallError names the first
+    entry that cannot be adopted.
+
+    The walk holds directory descriptors and never follows a symlink (os.fwalk), so an entry
+    swapped for a link meanwhile cannot lead it out of `top`; a symlink's own owner changes.
+    """
+    if not top.is_dir():
+        return 0
+    adopted = 0
+    for dirpath, dirnames, filenames, dirfd in os.fwalk(top, follow_symlinks=False):
+        at_top = Path(dirpath) == top
+        if at_top:
+            dirnames[:] = [d for d in dirnames if d not in keep]
+        for name in [*dirnames, *(f for f in filenames if not (at_top and f in keep))]:
+            path = Path(dirpath) / name
+            info = os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+            if info.st_uid == user[0]:
+                continue
+            if info.st_uid != 0:
+                raise InstallError("state", (
+                    f"{path} is owned by uid {info.st_uid}, neither root nor {SERVICE_USER}: the "
+                    f"collector could not use it; chown it to {SERVICE_USER} or move it away, then "
+                    "run setup again"))
+            if stat.S_ISREG(info.st_mode) and info.st_nlink > 1:
+                raise InstallError("state", (
+                    f"{path} has {info.st_nlink} hard links: it may be another file's name too, so it "
+                    f"is not handed to {SERVICE_USER}; copy it to a file of its own, then run setup again"))
+            os.chown(name, *user, dir_fd=dirfd, follow_symlinks=False)
+            adopted += 1
+    return adopted
 
 
 def hidden_from_services(path: str | os.PathLike[str]) -> bool:

@@ -10,6 +10,10 @@ nspawn's own seccomp filter refuses fanotify (containers usually must not watch 
 systems); this container is ours and the agent needs it, so `--system-call-filter` allows
 fanotify_init and fanotify_mark again. Everything else is nspawn's default confinement, which
 only takes away from what the units get on a real host.
+
+What an earlier install or a manual run left on this machine (`/var/lib/exfilguard`, the
+units, `/etc/exfilguard` ...) must not decide the outcome: those paths are hidden from the
+container by overlayfs whiteouts, so every boot starts from a host without ExfilGuard.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +30,33 @@ import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+# Hidden from the container when this machine holds them (see the module docstring).
+HOST_STATE = (
+    "/var/lib/exfilguard", "/var/log/exfilguard", "/etc/exfilguard", "/opt/exfilguard",
+    "/etc/sysusers.d/exfilguard.conf",
+    "/etc/systemd/system/exfilguard-collector.service", "/etc/systemd/system/exfilguard-agent.service",
+)
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def hide_host_state(upper: Path, paths: tuple[str, ...] = HOST_STATE) -> list[str]:
+    """Put an overlayfs whiteout (a 0/0 character device) in `upper` for each of `paths` that
+    exists on this machine; the directories above it take the host's owner and mode. Returns
+    the paths hidden."""
+    hidden = []
+    for path in paths:
+        if not os.path.lexists(path):
+            continue
+        for parent in reversed(Path(path).parents[:-1]):  # /var, /var/lib, ... (not / itself)
+            mirror = upper / str(parent).lstrip("/")
+            if not mirror.exists():
+                mirror.mkdir()
+                info = parent.stat()
+                os.chown(mirror, info.st_uid, info.st_gid)
+                mirror.chmod(stat.S_IMODE(info.st_mode))
+        os.mknod(upper / path.lstrip("/"), stat.S_IFCHR, os.makedev(0, 0))
+        hidden.append(path)
+    return hidden
 
 
 def missing_reason() -> str | None:
@@ -60,6 +91,7 @@ class BootedHost:
         self._mount(["-t", "tmpfs", "-o", "size=4g,mode=0755", "tmpfs", str(self.layers)], self.layers)
         (self.layers / "upper").mkdir()
         (self.layers / "work").mkdir()
+        hide_host_state(self.layers / "upper")
         options = f"lowerdir=/,upperdir={self.layers / 'upper'},workdir={self.layers / 'work'}"
         self._mount(["-t", "overlay", "-o", options, "overlay", str(self.root)], self.root)
         argv = [

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.deploy.booted import REPO, BootedHost, missing_reason
+from tests.deploy.booted import REPO, BootedHost, hide_host_state, missing_reason
 from tests.helpers import wait_for
 
 pytestmark = [
@@ -33,6 +35,9 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedHost]:
         # The default agent.yaml tags /srv/db: give it a database before the agent starts.
         booted.write("/srv/db/customers.csv", "id,name\n1,Alice\n")
         booted.run("chmod", "-R", "a+rX", "/srv/db")
+        # The admin first tried the collector by hand as root (the docs allow it): its state
+        # is root's, 0700. Setup must hand it to the service user, or the service cannot start.
+        booted.run("install", "-d", "-m", "0700", "/var/lib/exfilguard/evidence")
         for role in ("collector", "agent"):
             booted.run(CLI, "setup", role, "--source", str(REPO), "--enable", timeout=900)
         yield booted
@@ -152,3 +157,27 @@ def test_uninstall_stops_and_removes_both(host: BootedHost) -> None:
         assert host.run("systemctl", "is-active", unit, check=False).stdout.strip() in {"inactive", "unknown"}
         assert host.run("test", "-e", f"/etc/systemd/system/{unit}", check=False).returncode == 1
     assert host.run("test", "-e", "/etc/exfilguard/collector.yaml", check=False).returncode == 0  # kept
+
+
+def test_what_this_machine_holds_is_hidden_from_the_booted_host(tmp_path: Path) -> None:
+    """The container must not see a /var/lib/exfilguard (or units, configs) this machine holds."""
+    held = tmp_path / "held" / "exfilguard"
+    (held / "evidence").mkdir(parents=True, mode=0o700)
+    layers, merged = tmp_path / "layers", tmp_path / "merged"
+    layers.mkdir()
+    merged.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(layers)], check=True)
+    try:
+        (layers / "upper").mkdir()
+        (layers / "work").mkdir()
+        assert hide_host_state(layers / "upper", (str(held), str(tmp_path / "absent"))) == [str(held)]
+        options = f"lowerdir=/,upperdir={layers / 'upper'},workdir={layers / 'work'}"
+        subprocess.run(["mount", "-t", "overlay", "-o", options, "overlay", str(merged)], check=True)
+        try:
+            inside = merged / str(held).lstrip("/")
+            assert not inside.exists() and inside.parent.is_dir()
+            assert inside.parent.stat().st_mode == held.parent.stat().st_mode
+        finally:
+            subprocess.run(["umount", str(merged)], check=True)
+    finally:
+        subprocess.run(["umount", "--lazy", str(layers)], check=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from admin import setup as setup_cmd
 from collector import config as collector_config
+from collector import install
 from common import agentconfig as agent_config
 from tests.deploy import units
 
@@ -52,6 +54,10 @@ def test_install_update_and_uninstall_both_roles(tmp_path: Path, capsys: pytest.
     assert stat.S_IMODE((state / "agent").stat().st_mode) == 0o700
     (state / "agent" / "agent.key").write_text("the agent's secret")
 
+    # A first try of the collector by hand as root left root-owned state behind.
+    (state / "evidence").mkdir(mode=0o700)
+    (state / "evidence" / "signing.key").write_text("root's first run")
+    (state / "collector.db").write_text("events")
     # Collector: user, its state directory handed over without touching the agent's inside.
     assert setup("collector", *common) == 0, capsys.readouterr().err
     assert (venv / "bin/exfilguard-collector").exists()
@@ -64,6 +70,8 @@ def test_install_update_and_uninstall_both_roles(tmp_path: Path, capsys: pytest.
         assert (info.st_uid, info.st_gid, stat.S_IMODE(info.st_mode)) == (uid, gid, 0o750), directory
     # systemd's StateDirectory= chown stops at a top level that is already the user's.
     assert (state / "agent").stat().st_uid == 0 and (state / "agent/agent.key").stat().st_uid == 0
+    for left in ("evidence", "evidence/signing.key", "collector.db"):  # adopted, or the service fails
+        assert ((state / left).stat().st_uid, (state / left).stat().st_gid) == (uid, gid), left
     assert stat.S_IMODE(config_file.stat().st_mode) == 0o640
     assert any((root / "etc/exfilguard/policies").iterdir())
 
@@ -83,7 +91,6 @@ def test_install_update_and_uninstall_both_roles(tmp_path: Path, capsys: pytest.
     assert done.returncode == 0 and done.stderr == "", done.stderr
 
     # Purge the collector: its files go, the agent's venv, config and state stay.
-    (state / "collector.db").write_text("events")
     assert setup("collector", *common, "--uninstall", "--purge") == 0
     assert not (root / "etc/systemd/system/exfilguard-collector.service").exists()
     assert not config_file.exists() and not (state / "collector.db").exists()
@@ -103,3 +110,36 @@ def test_setup_refuses_a_foreign_tree(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_purge_needs_uninstall(tmp_path: Path) -> None:
     assert setup("agent", "--root", str(tmp_path), "--purge") == 2
+
+
+def test_state_left_by_root_is_adopted_and_foreign_or_linked_state_refused(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("handing files to another user needs root")
+    top = tmp_path / "var/lib/exfilguard"
+    (top / "agent").mkdir(parents=True)
+    (top / "agent/agent.key").write_text("the agent's")
+    (top / "evidence").mkdir()
+    (top / "evidence/signing.key").write_text("k")
+    outside = tmp_path / "shadow"
+    outside.write_text("not the collector's")
+    (top / "link").symlink_to(outside)
+    user = (54321, 54321)
+    assert install.adopt_state(top, user, keep={"agent"}) == 3  # evidence, its key, the link itself
+    owners = {p: (top / p).lstat().st_uid for p in ("evidence", "evidence/signing.key", "link")}
+    assert owners == dict.fromkeys(owners, 54321)
+    assert outside.stat().st_uid == 0, "a symlink is never followed"
+    assert (top / "agent").stat().st_uid == 0 and (top / "agent/agent.key").stat().st_uid == 0
+    assert install.adopt_state(top, user, keep={"agent"}) == 0  # idempotent
+
+    foreign = top / "evidence/other"
+    foreign.write_text("someone else's")
+    os.chown(foreign, 4242, 4242)
+    with pytest.raises(install.InstallError) as refused:
+        install.adopt_state(top, user)
+    assert refused.value.step == "state" and str(foreign) in str(refused.value)
+    foreign.unlink()
+    os.link(outside, top / "evidence/hardlink")
+    with pytest.raises(install.InstallError) as linked:
+        install.adopt_state(top, user)
+    assert linked.value.step == "state" and str(top / "evidence/hardlink") in str(linked.value)
+    assert outside.stat().st_uid == 0
