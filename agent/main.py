@@ -197,7 +197,11 @@ class Agent:
         with self._apply_lock:  # waits for a config being applied; none starts after this
             self._stopping = True
             self._stop_sensors()
-        self.emit(events.new_event("agent.stop", event=pb.EventInfo(reason=reason), process=_self_process()))
+        # How many events this run produced, this one included: with the gaps, the collector
+        # can check that each of them was stored or counted lost.
+        made = self.spool.appended + 1
+        self.emit(events.new_event("agent.stop", event=pb.EventInfo(reason=reason), process=_self_process(),
+                                   exfilguard=pb.Extensions(count=made)))
         self.spool.flush(STOP_DRAIN_SECONDS)
         self.transport.stop(STOP_DRAIN_SECONDS)
         backlog = self.spool.backlog()

@@ -301,6 +301,12 @@ class Spool:
         )
         return gap_seq
 
+    @property
+    def appended(self) -> int:
+        """Events handed to `append()` since this spool was opened (stored, queued or counted lost)."""
+        with self._cond:
+            return self._enqueued
+
     def backlog(self) -> int:
         """Events stored and not yet acknowledged."""
         with self._db_lock:

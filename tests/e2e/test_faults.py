@@ -124,6 +124,59 @@ def test_full_spool_disk_counts_every_refused_event_and_recovers_by_itself(pipel
 
 
 @pytest.mark.root
+def test_files_made_on_a_tagged_path_with_the_spool_disk_full_are_each_stored_or_counted(
+    pipeline: Pipeline, tmp_path: Path,
+) -> None:
+    """The real sensors: thousands of files created on a tagged path while the collector is down
+    and the spool's disk fills. agent.stop says how many events the run made: each one arrives
+    or is counted in an agent.gap, exactly; files made after recovery all arrive."""
+    tagged = tmp_path / "srv" / "db"
+    tagged.mkdir(parents=True)
+    with pipeline.agent_config.open("a") as config:
+        config.write(f"tags:\n  {tagged}: [database]\n")
+    with tiny_disk(pipeline.agent_state, "1m"):
+        agent = pipeline.start_agent(sensors=True)
+        wait_for(lambda: "started: id=" in agent.log_text(), 30, "the agent's sensors", pipeline.diagnose)
+        losses = LossFile(pipeline.agent_state / LOSSES_FILE)
+
+        def lost() -> int:
+            record = losses.load() or {}
+            return int(record.get("losses", {}).get("disk_full", {}).get("lost", 0))
+
+        made = 1_500
+        for n in range(made):
+            (tagged / f"cust{n:05d}.csv").write_text(f"{n},customer\n")
+        wait_for(lambda: lost() > 0, 60, "the spool's disk to fill", pipeline.diagnose)
+        pipeline.start_collector()
+        wait_for(lambda: bool(by_action(pipeline.delivered(), "agent.gap")), 60, "the agent.gap",
+                 pipeline.diagnose)  # fmt: skip
+        later = tagged / "later"
+        later.mkdir()
+        for n in range(100):
+            (later / f"new{n:03d}.csv").write_text(f"{n}\n")
+
+        def creates_after() -> int:
+            return sum(1 for e in by_action(pipeline.delivered(), "file.create")
+                       if str(e.get("file.path", "")).startswith(f"{later}/"))
+
+        wait_for(lambda: creates_after() == 100, 60, "the files made after recovery", pipeline.diagnose)
+        assert agent.terminate() == 0
+        wait_for(lambda: bool(by_action(pipeline.delivered(), "agent.stop")), 30, "agent.stop",
+                 pipeline.diagnose)  # fmt: skip
+        agent_id = pipeline.agent_id()
+    events = pipeline.delivered()
+    assert_exactly_once(events, agent_id)
+    gaps = by_action(events, "agent.gap")
+    reported = sum(int(g["exfilguard.gap.lost"]) for g in gaps)
+    produced = int(by_action(events, "agent.stop")[0]["exfilguard.count"])
+    assert len(events) - len(gaps) + reported == produced, "every event is stored or in a gap, exactly"
+    first = {str(e["file.path"]) for e in by_action(events, "file.create")
+             if str(e.get("file.path", "")).startswith(f"{tagged}/cust")}
+    assert made - len(first) <= reported, "a created file without its event is counted lost"
+    assert creates_after() == 100
+
+
+@pytest.mark.root
 def test_full_store_disk_keeps_events_spooled_and_loses_nothing_once_space_returns(
     pipeline: Pipeline,
 ) -> None:
@@ -156,7 +209,7 @@ def test_kill9_loops_of_agent_and_collector_lose_and_duplicate_nothing(pipeline:
     # The agent is killed only once its events are durable: what sits in memory a few
     # milliseconds before its commit is the one thing a kill -9 may take without a count.
     wait_for(lambda: spooled(pipeline) == produced + 1, 60, "events spooled", pipeline.diagnose)
-    for round_ in range(3):
+    for round_ in range(2):
         stored = pipeline.delivered_count()
         wait_for(lambda stored=stored: pipeline.delivered_count() > stored, 30, "progress",  # type: ignore[misc]
                  pipeline.diagnose)  # fmt: skip
@@ -174,7 +227,7 @@ def test_kill9_loops_of_agent_and_collector_lose_and_duplicate_nothing(pipeline:
     wait_for(lambda: all_tests_stored(pipeline, produced), 90, f"all {produced} events", pipeline.diagnose)
     events = pipeline.delivered()
     assert_exactly_once(events, pipeline.agent_id())
-    assert len(by_action(events, "agent.start")) == 4
+    assert len(by_action(events, "agent.start")) == 3
     assert not by_action(events, "agent.gap")
 
 
@@ -190,12 +243,12 @@ def test_a_stopped_collector_holds_the_agent_back_and_the_stream_resumes(pipelin
         cpu = psutil.Process(agent.proc.pid)
         wait_for(lambda: spooled(pipeline) == produced + 1, 30, "events spooled", pipeline.diagnose)
         before, stalled = sum(cpu.cpu_times()[:2]), pipeline.delivered_count()
-        time.sleep(2.0)  # a measuring window, not a wait for an event
+        time.sleep(1.0)  # a measuring window, not a wait for an event
         busy = sum(cpu.cpu_times()[:2]) - before
         assert pipeline.delivered_count() == stalled
     finally:
         collector.proc.send_signal(signal.SIGCONT)
-    assert busy < 1.0, f"the agent spun while the collector was stopped ({busy:.2f}s CPU)"
+    assert busy < 0.5, f"the agent spun while the collector was stopped ({busy:.2f}s CPU)"
     wait_for(lambda: all_tests_stored(pipeline, produced), 90, f"all {produced} events", pipeline.diagnose)
     assert_exactly_once(pipeline.delivered(), pipeline.agent_id())
 
