@@ -25,7 +25,7 @@ MAY_IMPORT: dict[str, set[str]] = {
 }
 # sub-package -> sub-packages of the same package it must not import
 MUST_NOT_IMPORT: dict[str, set[str]] = {
-    "collector.store": {"collector.evidence", "collector.policy", "collector.alerts"},
+    "collector.store": {"collector.evidence", "collector.policy", "collector.alerts", "collector.behaviour"},
 }
 
 

@@ -8,32 +8,8 @@ store when the store says approvals changed (collector/store/devices.py keeps th
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
-SCOPES = ("all", "user", "group")
-
-
-@dataclass(frozen=True)
-class Approval:
-    """One approval as stored: serial, scope (all | user | group), subject (user or group name)."""
-
-    serial: str
-    scope: str
-    subject: str = ""
-    at: str = ""
-    by: str = ""
-    note: str = ""
-
-    def as_dict(self) -> dict[str, str]:
-        """JSON-ready form (`exfilguard devices approvals --json`)."""
-        return {
-            "serial": self.serial,
-            "scope": self.scope,
-            "subject": self.subject,
-            "at": self.at,
-            "by": self.by,
-            "note": self.note,
-        }
+from collector.store.devices import Approval
 
 
 class ApprovalView:

@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 
 from collector.behaviour.enrich import Behaviour
-from collector.behaviour.sightings import Sighting
 from collector.store.base import Store, StoreError
 from collector.store.baselines import BaselineBook
-from collector.store.devices import DeviceBook
+from collector.store.devices import DeviceBook, Sighting
 
 log = logging.getLogger("exfilguard.collector.behaviour")
 

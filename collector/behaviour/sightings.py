@@ -7,64 +7,14 @@ Kept in memory by the collector and written to the store in batches (the dirty s
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
+
+from collector.store.devices import Sighting
+
+__all__ = ["Sighting", "Sightings"]
 
 MAX_NAMES = 200  # users and hosts remembered per device (the least recent dropped)
 MAX_DEVICES = 200_000
-
-
-@dataclass
-class Sighting:
-    """What is known about one removable device."""
-
-    serial: str
-    vendor_id: str = ""
-    product_id: str = ""
-    vendor: str = ""
-    model: str = ""
-    first_seen: str = ""
-    last_seen: str = ""
-    users: dict[str, str] = field(default_factory=dict)  # user -> last seen (ECS time)
-    hosts: dict[str, str] = field(default_factory=dict)  # host -> last seen
-    bytes_written: int = 0
-    files_written: int = 0
-    alerts: int = 0
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form (`exfilguard devices --json`, the store's body column)."""
-        return {
-            "serial": self.serial,
-            "vendor_id": self.vendor_id,
-            "product_id": self.product_id,
-            "vendor": self.vendor,
-            "model": self.model,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-            "users": dict(self.users),
-            "hosts": dict(self.hosts),
-            "bytes_written": self.bytes_written,
-            "files_written": self.files_written,
-            "alerts": self.alerts,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Sighting:
-        """The inverse of as_dict; raises KeyError/TypeError/ValueError when malformed."""
-        return cls(
-            serial=str(data["serial"]),
-            vendor_id=str(data.get("vendor_id", "")),
-            product_id=str(data.get("product_id", "")),
-            vendor=str(data.get("vendor", "")),
-            model=str(data.get("model", "")),
-            first_seen=str(data.get("first_seen", "")),
-            last_seen=str(data.get("last_seen", "")),
-            users={str(k): str(v) for k, v in dict(data.get("users", {})).items()},
-            hosts={str(k): str(v) for k, v in dict(data.get("hosts", {})).items()},
-            bytes_written=int(data.get("bytes_written", 0)),
-            files_written=int(data.get("files_written", 0)),
-            alerts=int(data.get("alerts", 0)),
-        )
 
 
 def _touch(names: dict[str, str], name: str, when: str) -> None:

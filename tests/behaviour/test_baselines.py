@@ -6,9 +6,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from collector.behaviour.approvals import Approval, ApprovalView
+from collector.behaviour.approvals import ApprovalView
 from collector.behaviour.enrich import Behaviour
 from collector.behaviour.risk import HALF_LIFE_SECONDS, RiskBook
+from collector.store.devices import Approval
 
 DAY0 = dt.datetime(2026, 11, 2, tzinfo=dt.UTC)  # a Monday
 

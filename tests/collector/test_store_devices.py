@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 
 from collector.behaviour.enrich import Behaviour
-from collector.behaviour.sightings import Sighting
 from collector.store import Store, StoreError
 from collector.store.baselines import BaselineBook
-from collector.store.devices import DeviceBook, InvalidDeviceChange, NoSuchApproval, learn
+from collector.store.devices import DeviceBook, InvalidDeviceChange, NoSuchApproval, Sighting, learn
 from tests.collector.test_store import IMPLEMENTATIONS, Factory
 
 
