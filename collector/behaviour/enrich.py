@@ -76,16 +76,19 @@ class Behaviour:
         out = dict(event)
         # Fields left unset read as their defaults (fields.ENRICHED: false, 0): only what can be
         # set is written, which keeps the many events without a device cheap.
+        host = str(event.get("host.name") or "")
         for_user = False
         if serial:
+            # Attaches name no user (udev knows none): the host's latest user is presumed.
+            who = user or (self.hosts.user_on(host) if host else "")
+            who_group = group if user else self.baselines.group_of(who)
             out["device.approved"] = self.approvals.approved(serial)
-            out["device.approved_for_user"] = for_user = self.approvals.approved_for(serial, user, group)
+            out["device.approved_for_user"] = for_user = self.approvals.approved_for(serial, who, who_group)
         out["exfilguard.baseline.peer_group"] = group
         if serial and (action.startswith("device.") or action in ("file.write", "file.copy")):
             self.sightings.see(event, serial, str(event.get("@timestamp", "")), size, action == "file.write")
-        host = event.get("host.name")
         if host:
-            out["exfilguard.baseline.first_device_on_host"] = self.hosts.observe(str(host), day, serial)
+            out["exfilguard.baseline.first_device_on_host"] = self.hosts.observe(host, day, serial, user)
         if not user:
             return out
         seen = self.baselines.observe(user, day, hour, action=action, serial=serial, size=size, tagged=tagged)

@@ -20,16 +20,22 @@ class HostBaseline:
     active_days: int = 0
     last_day: int = -1
     devices: dict[str, int] = field(default_factory=dict)
+    user: str = ""  # the latest user an event on this host named
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready snapshot."""
-        return {"active_days": self.active_days, "last_day": self.last_day, "devices": self.devices}
+        return {
+            "active_days": self.active_days,
+            "last_day": self.last_day,
+            "devices": self.devices,
+            "user": self.user,
+        }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HostBaseline:
         """The inverse of to_json; KeyError/TypeError/ValueError when malformed."""
         devices = {str(k): int(v) for k, v in dict(data["devices"]).items()}
-        return cls(int(data["active_days"]), int(data["last_day"]), devices)
+        return cls(int(data["active_days"]), int(data["last_day"]), devices, str(data.get("user", "")))
 
 
 class HostBaselines:
@@ -39,11 +45,14 @@ class HostBaselines:
         self.hosts: dict[str, HostBaseline] = {}
         self.dirty: set[str] = set()
 
-    def observe(self, host: str, day: int, serial: str) -> bool:
+    def observe(self, host: str, day: int, serial: str, user: str) -> bool:
         """Count one event on `host`; True when `serial` is new for a warm host today."""
         base = self.hosts.get(host)
         if base is None:
             base = self.hosts[host] = HostBaseline()
+        if user and user != base.user:
+            base.user = user
+            self.dirty.add(host)
         if day > base.last_day:
             base.active_days += 1
             base.last_day = day
@@ -57,6 +66,11 @@ class HostBaselines:
             base.devices[serial] = first = day
             self.dirty.add(host)
         return first == day and base.active_days > WARM_DAYS
+
+    def user_on(self, host: str) -> str:
+        """The latest user seen on the host ("" if none): who presumably plugged a device in."""
+        base = self.hosts.get(host)
+        return base.user if base is not None else ""
 
     def snapshot(self, hosts: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """JSON-ready baselines of the given hosts (default: all)."""

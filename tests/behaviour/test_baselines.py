@@ -147,3 +147,13 @@ def test_a_device_new_to_a_warm_host_whoever_plugs_it_in() -> None:
     restored.restore(behaviour.snapshot())
     day = behaviour.local(at(12, 9))[0]  # local day numbers count from 1970
     assert restored.hosts.hosts["ws-1"].devices == {"S-9": day, "S-1": day}
+
+
+def test_an_attach_naming_no_user_is_judged_for_the_hosts_latest_user() -> None:
+    behaviour = Behaviour(approvals=ApprovalView([Approval("S-A", "user", "alice")]))
+    attach = {"@timestamp": "", "event.action": "device.attach", "host.name": "ws-1", "device.serial": "S-A"}
+    assert behaviour.enrich(attach, at(0, 9))["device.approved_for_user"] is False  # nobody seen yet
+    behaviour.enrich(event("file.open", at(0, 9.5), "alice"), at(0, 9.5))
+    assert behaviour.enrich(attach, at(0, 10))["device.approved_for_user"] is True
+    behaviour.enrich(event("file.open", at(0, 11), "bob"), at(0, 11))
+    assert behaviour.enrich(attach, at(0, 12))["device.approved_for_user"] is False
