@@ -289,15 +289,17 @@ class _FdReader(io.RawIOBase):
         self.size = size
         self.pos = 0
 
+    # Reads stop at the size the file had when examined: one still growing (written to as it
+    # is read) cannot keep the examiner reading for ever.
     def read(self, n: int | None = -1) -> bytes:
-        if n is None or n < 0:
-            n = max(0, self.size - self.pos)
-        data = os.pread(self.fd, n, self.pos)
+        left = max(0, self.size - self.pos)
+        data = os.pread(self.fd, left if n is None or n < 0 else min(n, left), self.pos)
         self.pos += len(data)
         return data
 
     def readinto(self, buffer: Any) -> int:
-        got = os.preadv(self.fd, [buffer], self.pos)
+        view = memoryview(buffer)[: max(0, self.size - self.pos)]
+        got = os.preadv(self.fd, [view], self.pos) if len(view) else 0
         self.pos += got
         return got
 

@@ -224,3 +224,28 @@ def test_the_examiner_names_what_it_could_not_read_and_counts_a_full_queue(
         assert sum(n for _, n in losses) == 6, losses
     finally:
         examiner.stop()
+
+
+def test_a_file_growing_while_examined_is_read_to_its_size_then(
+        identify: ContentIdentifier, db: Path, tmp_path: Path) -> None:
+    growing = tmp_path / "growing.bin"
+    growing.write_bytes((db / "blob0.bin").read_bytes())
+    size = growing.stat().st_size
+    fd = os.open(growing, os.O_RDONLY)
+    stop = threading.Event()
+
+    def append() -> None:  # a writer that never stops
+        with growing.open("ab") as out:
+            while not stop.is_set():
+                out.write(os.urandom(1 << 16))
+                out.flush()
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    try:
+        found = identify.identify_fd(fd, size, str(growing))
+        assert found.identified_by == "exact" and found.sources == [str(db / "blob0.bin")]  # its first bytes
+    finally:
+        stop.set()
+        writer.join()
+        os.close(fd)
