@@ -162,11 +162,17 @@ def test_cef_escapes_header_and_extension() -> None:
     assert "suser=x\\=y" in line
 
 
-def test_cef_carries_the_users_risk_score() -> None:
+def test_cef_and_mail_carry_the_users_risk_score() -> None:
     body = alert()
     assert "riskScore" not in cef(body)
     body["exfilguard.risk.score"] = 62
     assert cef(body).endswith(" cfp1Label=riskScore cfp1=62.0")
+    sink = EmailSink("127.0.0.1:1", "exfilguard@example.com", ["soc@example.com"])
+    try:
+        text = sink.message(body).get_content()
+    finally:
+        sink.close()
+    assert "User's risk score: 62" in text
 
 
 def test_email_over_smtp() -> None:

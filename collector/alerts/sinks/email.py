@@ -21,6 +21,8 @@ from collector.alerts.sinks.base import QueuedSink
 _LINES = (
     ("Summary", "summary"),
     ("Severity", "severity"),
+    ("User's risk score", "exfilguard.risk.score"),
+    ("Risk signals", "exfilguard.risk.signals"),
     ("Policy", "policy.id"),
     ("Title", "policy.title"),
     ("User", "user.name"),
