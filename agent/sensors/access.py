@@ -12,6 +12,7 @@ their sources on; they are not reported as events of their own.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import threading
@@ -29,6 +30,8 @@ from agent.sensors.mounts import MOUNTINFO, parse_mountinfo
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from agent.sensors.tags import TagMap
 from protos.events import new_event
+
+log = logging.getLogger(__name__)
 
 
 class AccessReporter:
@@ -81,12 +84,16 @@ class AccessReporter:
             self.emit(event)
 
     def _derived_read(self, access: Access) -> None:
-        provenance = self.index.provenance(access.path)
-        if provenance is None or not access.mask & (FAN_OPEN | FAN_CLOSE_NOWRITE):
-            return
+        if access.mask & (FAN_OPEN | FAN_CLOSE_NOWRITE):
+            self.copies.flow.note_read(access.pid, self.derived_reads(access.path))
+
+    def derived_reads(self, path: str) -> list[SourceRead]:
+        """The tagged data reading a derived file stands for (none for any other file)."""
+        found = self.index.provenance(path) if self.index.is_derived(path) else None
+        if found is None:
+            return []
         now = time.time()
-        reads = [SourceRead(s.path, s.tags, s.bytes, now, provenance.evidence) for s in provenance.sources]
-        self.copies.flow.note_read(access.pid, reads)
+        return [SourceRead(s.path, s.tags, s.bytes, now, found.evidence) for s in found.sources]
 
     def removable(self, access: Access) -> None:
         """A file finished being written on removable media."""
@@ -108,12 +115,23 @@ class AccessReporter:
         except OSError:
             return
         flow = self.copies.flow.flow([access.pid])
-        ident = provenance.by_lineage(flow, size, provenance.created_at(access.fd))
+        created = provenance.created_at(access.fd)
+        ident = provenance.by_lineage(flow, size, created)
         if ident is None or size <= 0:
             return
+        log.debug("derived %s (%d bytes, born %.3f) by pid %d: %s from %d sources, %d bytes read",
+                  access.path, size, created or 0.0, access.pid, ident.identified_by, ident.files,
+                  ident.bytes_read)
         self.index.add_derived(access.path, ident)
         if self.on_derived is not None:
             self.on_derived(access.path)
+        # who opened it before its watch was in place (the next step of a script, while this
+        # thread was behind): they read it now
+        st = os.fstat(access.fd)
+        reads = self.derived_reads(access.path)
+        for pid in self.copies.flow.openers(st.st_dev, st.st_ino):
+            if pid != access.pid:
+                self.copies.flow.note_read(pid, reads)
 
     def other_write(self, access: Access) -> None:
         """The same write, a moment later under its final name: follow a rename, and report
@@ -125,7 +143,7 @@ class AccessReporter:
         written = Written(path=access.path, size=size, pid=access.pid, info=access.process,
                           fd=access.fd, attribution=procinfo.EXACT)
         ident = self.index.provenance(access.first_path or access.path)
-        if ident is None:
+        if ident is None or not ident.evidence:  # a guess makes no archive of tagged files
             self.staging.note_write(written)
             return
         if access.first_path and access.first_path != access.path:
@@ -177,6 +195,7 @@ class ExactAccessSensor:
             on_write=lambda pid, fd, _closed: flow.note_write(pid, fd),
         )
         reporter.on_derived = self.fanotify.mark_file
+        flow.held = reporter.derived_reads
         self._emit = reporter.emit
         self.copies = reporter.copies
         self.marks = 0

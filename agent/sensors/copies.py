@@ -15,6 +15,7 @@ The stronger of content and lineage decides the file.copy.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from agent.sensors.provenance import Provenance
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from protos import exfilguard_pb2 as pb
 from protos.events import new_event
+
+log = logging.getLogger(__name__)
 
 _CATCH_UP_MARGIN_SECONDS = 2.0  # mount to mount-table wake-up is milliseconds
 _COARSE_CLOCK_SECONDS = 0.02
@@ -128,7 +131,7 @@ class CopyDetector:
 
     def _check(self, written: Written, device: pb.Device, mount: pb.Mount) -> None:
         found, sha, methods, tagged = self.identify(written)
-        if found is not None and found.identified_by in provenance.LINEAGE:
+        if found is not None and found.identified_by == provenance.LINEAGE_BYTES:
             files_read = self.staging.note_write(written, flow_files=found.files, flow_tags=tuple(found.tags))
         else:
             files_read = self.staging.note_write(written)
@@ -152,21 +155,31 @@ class CopyDetector:
                 content: Identification | None) -> None:
         """Emit the file.copy on the stronger evidence: content, or hash and lineage."""
         lineage = found.provenance
-        by_content = content is not None and content.found and (
-            lineage is None or content.confidence >= lineage.confidence)
+        sources: list[str] = []
+        tags: list[str] = []
+        by_content = False
+        if content is not None and content.found:
+            sources, tags, original = self._originals(content.sources, content.tags)
+            # found in derived files only (an encrypted export staged in /tmp): their
+            # provenance is the evidence, not the exact match with them
+            by_content = original and (lineage is None or content.confidence >= lineage.confidence)
+            if not original and lineage is None:
+                lineage = self._derived_provenance(content.sources)
         if not by_content and lineage is None:
             return
         copy = self._event("file.copy", written, device, mount)
         methods = list(found.methods)
         if by_content:
             assert content is not None
-            copy.tags.extend(content.tags)
-            copy.exfilguard.source.path = content.sources[0]
-            copy.exfilguard.source.tags.extend(content.tags)
+            copy.tags.extend(tags)
+            copy.exfilguard.source.path = sources[0]
+            copy.exfilguard.source.tags.extend(tags)
             if "fingerprint" not in methods:
                 methods.insert(0, "fingerprint")
-            copy.exfilguard.copy.files_read = max(found.files_read, len(content.sources))
+            copy.exfilguard.copy.files_read = max(found.files_read, len(sources))
             content.fill(copy)
+            del copy.exfilguard.copy.sources[:]
+            copy.exfilguard.copy.sources.extend(sources[: provenance.MAX_SOURCES])
             if lineage is not None:
                 copy.exfilguard.copy.bytes_read = lineage.bytes_read
                 copy.exfilguard.copy.bytes_written = lineage.bytes_written
@@ -188,6 +201,27 @@ class CopyDetector:
         copy.exfilguard.copy.method.extend(methods)
         self._emit(copy)
 
+    def _originals(self, paths: list[str], tags: list[str]) -> tuple[list[str], list[str], bool]:
+        """Content found in derived files (an export staged in /tmp) named by the tagged files
+        they came from: (source paths, tags, whether any was found in a tagged file itself)."""
+        out: list[str] = []
+        all_tags = list(tags)
+        original = False
+        for path in paths:
+            derived = self.index.provenance(path)
+            if derived is None:
+                original = True
+                out.append(path)
+                continue
+            out.extend(s.path for s in derived.sources)
+            all_tags.extend(derived.tags)
+        return list(dict.fromkeys(out)) or paths, list(dict.fromkeys(all_tags)), original
+
+    def _derived_provenance(self, paths: list[str]) -> Provenance | None:
+        """The strongest provenance of the derived files content was found in."""
+        found = [p for p in (self.index.provenance(path) for path in paths) if p is not None]
+        return max(found, key=lambda p: p.confidence) if found else None
+
     def catch_up(self, mount: RemovableMount, watched_at: float, limit: int = 10_000) -> int:
         """Report files written on a new mount before its watch was in place (at `watched_at`,
         wall clock): changed (ctime) between just before the mount was seen and then; later
@@ -197,8 +231,15 @@ class CopyDetector:
         since = mount.seen_at - _CATCH_UP_MARGIN_SECONDS
         # file times come from a coarse kernel clock: stay clear of the watch's side
         until = watched_at - _COARSE_CLOCK_SECONDS
+        return self.examine_changed(mount.point, since, until, limit=limit)
+
+    def examine_changed(self, point: str, since: float, until: float, *, late: bool = False,
+                        limit: int = 10_000) -> int:
+        """Report the files under `point` changed (ctime) in [since, until) like live writes
+        (`late`: reported as written while the agent was not running). Returns how many;
+        stops after `limit` directory entries."""
         found = 0
-        stack, seen = [mount.point], 0
+        stack, seen = [point], 0
         while stack and seen < limit:
             try:
                 with os.scandir(stack.pop()) as entries:
@@ -210,9 +251,12 @@ class CopyDetector:
                             st = entry.stat(follow_symlinks=False)
                             if since <= st.st_ctime < until:
                                 found += 1
-                                self.note_write(Written(path=entry.path, size=st.st_size))
+                                self.note_write(Written(path=entry.path, size=st.st_size,
+                                                        late=(since, until) if late else None))
             except OSError:
                 continue  # unmounted meanwhile, or unreadable
+        if seen >= limit:
+            log.warning("%s: stopped after %d entries; later changed files are not examined", point, limit)
         return found
 
     @staticmethod

@@ -15,14 +15,16 @@ what a bound drops is counted in `dropped` (reported as an agent.gap by the call
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH115, PTH123, PTH208
+# ruff: noqa: PTH115, PTH116, PTH123, PTH208
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 MAX_PROCESSES = 8192       # processes with a recorded link or carried data (oldest forgotten)
@@ -32,6 +34,7 @@ MAX_VISIT = 64             # processes looked at for one writer's flow
 ANCESTOR_GENERATIONS = 2   # parent and grandparent hand their data to a child
 CARRY_SECONDS = 12 * 3600.0
 REFRESH_SECONDS = 1.0      # a process's pipes are re-read at most this often
+FORK_SLACK_SECONDS = 0.5   # a parent's reads this soon after a child's start still reach it
 _O_ACCMODE = 0o3
 
 
@@ -53,6 +56,7 @@ class _Process:
     writes: tuple[int, ...] = ()   # pipe inodes whose write end it holds
     reads: tuple[int, ...] = ()    # pipe inodes whose read end it holds
     seen: float = 0.0              # monotonic time the link was read
+    born: float = 0.0              # wall-clock start (fork) time; 0: unknown
     sources: OrderedDict[str, SourceRead] = field(default_factory=OrderedDict)
 
 
@@ -77,6 +81,8 @@ class DataFlow:
     """Which process carries which tagged data, and which pipes link processes."""
 
     def __init__(self, *, max_processes: int = MAX_PROCESSES, max_sources: int = MAX_SOURCES) -> None:
+        # tagged data a file open in a process stands for (a derived file): set by the wiring
+        self.held: Callable[[str], list[SourceRead]] = lambda _path: []
         self._lock = threading.Lock()
         self._procs: OrderedDict[int, _Process] = OrderedDict()
         self._writers_of: dict[int, set[int]] = {}  # pipe inode -> pids holding its write end
@@ -101,19 +107,29 @@ class DataFlow:
         """A process opened tagged data (a tagged file, or the sources of a derived one)."""
         if not reads:
             return
-        self._record(pid)
+        with self._lock:
+            known = self._procs.get(pid)
+            first = known is None or not known.sources
+        # the first tagged read looks at the pipes afresh: tar makes its pipe to gzip after its exec
+        self._record(pid, force=first)
         with self._lock:
             proc = self._procs.get(pid)
             if proc is None:
                 proc = self._add(pid, _Process())
-            if not proc.sources:
-                self._carriers += 1
-            for read in reads:
-                proc.sources.pop(read.path, None)
-                proc.sources[read.path] = read
-            while len(proc.sources) > self._max_sources:
-                proc.sources.popitem(last=False)
-                self.dropped += 1
+            self._carry(proc, reads)
+
+    def _carry(self, proc: _Process, reads: list[SourceRead]) -> None:
+        # under the lock
+        if not reads:
+            return
+        if not proc.sources:
+            self._carriers += 1
+        for read in reads:
+            proc.sources.pop(read.path, None)
+            proc.sources[read.path] = read
+        while len(proc.sources) > self._max_sources:
+            proc.sources.popitem(last=False)
+            self.dropped += 1
 
     def note_write(self, pid: int, fd: int) -> None:
         """A process wrote into the file open as `fd` (removable media): one of its writers,
@@ -162,7 +178,10 @@ class DataFlow:
         link = _read_link(pid)
         if link is None:
             return  # gone: what was recorded before stays
-        parent, writes, reads = link
+        parent, writes, reads, files, born = link
+        # a derived file it has open now was opened before anything watched it (this thread
+        # was behind): it reads it
+        held = [read for path in files for read in self.held(path)]
         with self._lock:
             proc = self._procs.get(pid)
             if proc is None:
@@ -170,10 +189,11 @@ class DataFlow:
             # an exec keeps what the process read before: its output may still be in a pipe
             self._unlink(pid, proc)
             proc.ppid = ppid or parent
-            proc.writes, proc.reads, proc.seen = writes, reads, now
+            proc.writes, proc.reads, proc.seen, proc.born = writes, reads, now, born
             for inode in writes:
                 self._writers_of.setdefault(inode, set()).add(pid)
             self._procs.move_to_end(pid)
+            self._carry(proc, held)
 
     def _add(self, pid: int, proc: _Process) -> _Process:
         self._procs[pid] = proc
@@ -202,9 +222,12 @@ class DataFlow:
         found: dict[str, SourceRead] = {}
         visited: set[int] = set()
         with self._lock:
-            queue: list[tuple[int, int]] = [(pid, ANCESTOR_GENERATIONS) for pid in dict.fromkeys(pids)]
+            # (pid, parent generations left, reached as a parent, reads up to this time count):
+            # a parent hands a child what it had read when it forked it, not what it read later
+            # nor what reached it through its own pipes (the shell reading a child's output)
+            queue = [(pid, ANCESTOR_GENERATIONS, False, math.inf) for pid in dict.fromkeys(pids)]
             while queue and len(visited) < MAX_VISIT:
-                pid, generations = queue.pop(0)
+                pid, generations, parent, until = queue.pop(0)
                 if pid <= 1 or pid in visited:
                     continue
                 visited.add(pid)
@@ -212,17 +235,42 @@ class DataFlow:
                 if proc is None:
                     continue
                 for read in proc.sources.values():
-                    if read.at >= cutoff:
+                    if cutoff <= read.at <= until:
                         kept = found.get(read.path)
                         if kept is None or kept.at < read.at or (read.evidence and not kept.evidence):
                             found[read.path] = read
                 if generations > 0 and proc.ppid > 1:
-                    queue.append((proc.ppid, generations - 1))
+                    forked = min(until, proc.born + FORK_SLACK_SECONDS)
+                    queue.append((proc.ppid, generations - 1, True, forked))
+                if parent:
+                    continue
                 for inode in proc.reads:
                     # upstream of a pipe: its writers, and their parents (tar -> its gzip)
-                    queue.extend((writer, 1) for writer in self._writers_of.get(inode, ()))
+                    queue.extend((writer, 1, False, math.inf) for writer in self._writers_of.get(inode, ()))
         ordered = sorted(found.values(), key=lambda s: s.at)
         return Flow(tuple(ordered), len(visited))
+
+    def openers(self, dev: int, ino: int, seconds: float = 10.0, limit: int = 64) -> list[int]:
+        """Processes recorded (exec'd) in the last `seconds` that have the file (dev, ino) open
+        now: they opened it before anything watched it (a file that just became derived)."""
+        since = time.monotonic() - seconds
+        with self._lock:
+            recent = [pid for pid, proc in reversed(self._procs.items()) if proc.seen >= since][:limit]
+        found = []
+        for pid in recent:
+            try:
+                names = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for name in names:
+                try:
+                    st = os.stat(f"/proc/{pid}/fd/{name}")
+                except OSError:
+                    continue
+                if st.st_ino == ino and st.st_dev == dev:
+                    found.append(pid)
+                    break
+        return found
 
     def carried_by(self, pid: int) -> bool:
         """Cheap test for the fanotify reader: may a write by `pid` carry tagged data?"""
@@ -232,22 +280,29 @@ class DataFlow:
         return bool(self.flow([pid]).sources)
 
 
-def _read_link(pid: int) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
-    """(ppid, pipe inodes written, pipe inodes read) of a live process; None when gone."""
+def _read_link(pid: int) -> tuple[int, tuple[int, ...], tuple[int, ...], list[str], float] | None:
+    """(ppid, pipe inodes written, pipe inodes read, paths of files open, start time) of a live
+    process; None when it is gone."""
     base = f"/proc/{pid}"
     try:
         with open(f"{base}/stat", "rb") as fh:
             stat = fh.read()
-        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        ppid = int(fields[1])
+        born = _boot_time() + int(fields[19]) / _TICKS
         names = os.listdir(f"{base}/fd")
     except (OSError, ValueError, IndexError):
         return None
     writes: list[int] = []
     reads: list[int] = []
+    files: list[str] = []
     for name in names:
         try:
             target = os.readlink(f"{base}/fd/{name}")
         except OSError:
+            continue
+        if target.startswith("/"):
+            files.append(target)
             continue
         if not target.startswith("pipe:["):
             continue
@@ -262,4 +317,20 @@ def _read_link(pid: int) -> tuple[int, tuple[int, ...], tuple[int, ...]] | None:
             writes.append(inode)
         if mode in (os.O_RDONLY, os.O_RDWR):
             reads.append(inode)
-    return ppid, tuple(sorted(set(writes))), tuple(sorted(set(reads)))
+    return ppid, tuple(sorted(set(writes))), tuple(sorted(set(reads))), files, born
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_boot: list[float] = []
+
+
+def _boot_time() -> float:
+    """Wall-clock boot time (process start times count from it), read once."""
+    if not _boot:
+        try:
+            with open("/proc/stat", "rb") as fh:
+                line = next(line for line in fh if line.startswith(b"btime "))
+            _boot.append(float(line.split()[1]))
+        except (OSError, StopIteration, ValueError):
+            _boot.append(0.0)
+    return _boot[0]

@@ -4,10 +4,11 @@ Content evidence (`exact` here; `member`, `chunks`, `text` from agent/content) i
 strongest; `sampled` is the content test of a file too large to hash whole (equal size and
 equal start, middle and end blocks). Without it, lineage: `lineage-bytes` when the writing
 pipeline read tagged data while the file was being written (from shortly before its birth time
-until it was closed) and wrote no more than it read (plus room for archive headers);
-`lineage-process` when the writer or its pipeline merely read tagged files at some point: a
-guess, with a low confidence. A derived file (written from tagged data outside the tagged trees) keeps its
-provenance in the fingerprint index; a copy of it inherits it.
+until it was closed) and wrote no more than it read (plus room for archive headers) and no
+less than 1/200 of it; `lineage-process` when the writer or its pipeline merely read tagged
+files at some point: a guess, with a low confidence. A derived file (written from tagged data
+outside the tagged trees) keeps its provenance in the fingerprint index; a copy of it
+inherits it.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ SLACK_SECONDS = 2.0
 # What a pipeline writes may exceed what it read by this (tar headers and block padding).
 OVERHEAD_BYTES = 64 << 10
 OVERHEAD_RATIO = 1.1
+# Nor be smaller than this share of it: even text compresses less than 200:1; a lock file or a
+# log line written while reading a database is not that database.
+MAX_RATIO = 200
 MAX_SOURCES = 256  # sources kept per provenance (the count of all is kept too)
 
 
@@ -88,7 +92,7 @@ def by_lineage(flow: Flow, written: int, created: float | None) -> Provenance | 
     moment = (created if created is not None else time.time() - 5 * SLACK_SECONDS) - SLACK_SECONDS
     during = flow.since(moment)
     read = sum(s.bytes for s in during)
-    if during and written <= read * OVERHEAD_RATIO + OVERHEAD_BYTES:
+    if during and written * MAX_RATIO >= read and written <= read * OVERHEAD_RATIO + OVERHEAD_BYTES:
         return _made(LINEAGE_BYTES, during, read, written)
     return _made(LINEAGE_PROCESS, flow.sources, sum(s.bytes for s in flow.sources), written)
 

@@ -11,6 +11,7 @@ from agent.sensors.devices import DeviceSensor
 from agent.sensors.files import FileSensor
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.inventory import InventorySensor
+from agent.sensors.late import LateExaminer
 from agent.sensors.lineage import DataFlow
 from agent.sensors.media import RemovableMedia
 from agent.sensors.mounts import MountTable
@@ -70,7 +71,9 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     sensors: list[Sensor] = [files, catalog, examiner]
     if exact is not None:
         sensors.append(exact)
-    sensors += [inventory, devices, mounts]
+    # before the mount table: the mounts it reports at start are examined for late writes
+    late = LateExaminer(config.state_dir, media, copies)
+    sensors += [inventory, devices, late, mounts]
     return sensors
 
 

@@ -1,0 +1,113 @@
+"""LateExaminer: what was written to removable media while the agent was not running.
+
+The agent notes in its state directory, every second and at a clean stop, that it is
+running (`running-until`, a wall-clock time). At the next start the window from that moment
+to the start is a time nobody watched: on every removable mount, when it is first seen in
+this run (present at start or plugged in later), the files changed (ctime) inside that
+window are examined like live writes, and their `file.write` / `file.copy` events carry
+`exfilguard.late: true` and the window. No process is known for them: identification is by
+content only (exact hash, archive members, chunks, text), never by lineage. Writes of the
+last second or two before a crash fall in the window although they were seen live: they
+are reported twice (once live, once late), never not at all.
+"""
+
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from agent.sensors.copies import CopyDetector
+from agent.sensors.media import RemovableMedia, RemovableMount
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "running-until"
+MARGIN_SECONDS = 1.0  # file times come from a coarse clock; the last note may be up to `every` old
+MAX_FILES = 10_000    # files looked at per mount (a full stick is not walked forever)
+
+
+class LateExaminer:
+    """Notes that the agent runs; examines removable files changed while it did not."""
+
+    name = "late"
+
+    def __init__(self, state_dir: str, media: RemovableMedia, copies: CopyDetector, *,
+                 every: float = 1.0) -> None:
+        self._path = Path(state_dir) / STATE_FILE
+        self._media = media
+        self._copies = copies
+        self._every = every
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+        self.window: tuple[float, float] | None = None  # the last time nobody watched
+        self.examined = 0
+
+    def start(self) -> None:
+        """Read when the agent last ran, then keep noting that it runs."""
+        started = time.time()
+        last = self._last_running()
+        if last is not None and last < started:
+            self.window = (last - MARGIN_SECONDS, started)
+            log.info("agent not running from %s to %s: removable media changed then are examined",
+                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(last)),
+                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)))
+        self._note()
+        self._media.subscribe(self._mount_changed)
+        for mount in self._media.mounts():
+            self._mount_changed(mount, appeared=True)
+        self._thread = threading.Thread(target=self._run, name="exfilguard-late", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """A clean stop: the window of the next start begins now."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+            self._note()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._every):
+            self._note()
+
+    def _last_running(self) -> float | None:
+        try:
+            return float(self._path.read_text().strip())
+        except FileNotFoundError:
+            return None  # first run here
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s (%s): writes made while the agent was down are not examined",
+                        self._path, exc)
+            return None
+
+    def _note(self) -> None:
+        if not self._path.parent.is_dir():
+            return  # no state directory (a test run of the sensors alone): nothing to remember
+        temp = self._path.with_suffix(".tmp")
+        try:
+            temp.write_text(f"{time.time():.3f}\n")
+            temp.replace(self._path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self._path, exc)
+
+    def _mount_changed(self, mount: RemovableMount, appeared: bool) -> None:
+        if not appeared or self.window is None:
+            return
+        with self._lock:
+            if mount.point in self._seen:
+                return
+            self._seen.add(mount.point)
+        window = self.window
+        threading.Thread(target=self.examine, args=(mount, window), name="exfilguard-late-scan",
+                         daemon=True).start()
+
+    def examine(self, mount: RemovableMount, window: tuple[float, float]) -> int:
+        """Report the files on `mount` changed (ctime) within `window`; returns how many."""
+        found = self._copies.examine_changed(mount.point, window[0], window[1], late=True, limit=MAX_FILES)
+        self.examined += found
+        return found

@@ -1,0 +1,203 @@
+"""The insider and benign matrices (THREATS.md) as shell scripts run against a real stick.
+
+Each case is a bash script run with these variables set:
+    DB     the tagged database directory (tags: database)
+    BASE   its parent, with untagged neighbours: photos/, proj/ (a git repository), src/ (C)
+    STICK  the stick's mount point
+    WORK   a scratch directory in /tmp; SHM one in /dev/shm
+    GNUPGHOME  an empty gpg home
+A `theft` case must raise a high or critical alert for one of its outputs, naming a file under
+DB as the source and the stick's serial. A benign case must raise nothing at medium or above
+for its outputs (usb-unknown-device is about the stick, not about a file, and is left aside).
+Used by tests/sensors/test_matrix.py (small data) and bench.detection (more of it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SEVERE = ("high", "critical")
+BELOW_MEDIUM = ("info", "low")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One technique: a script, the files it writes (under STICK or elsewhere), and whether
+    it is a theft (must alert high/critical) or benign (must stay below medium)."""
+
+    name: str
+    script: str
+    outputs: tuple[str, ...]  # paths with $STICK / $DB / $BASE, as the script writes them
+    theft: bool
+
+
+THEFTS = (
+    Case("tar-czf", 'tar czf "$STICK/db.tgz" -C "$BASE" db', ("$STICK/db.tgz",), True),
+    Case("tar-cJf", 'tar cJf "$STICK/db.txz" -C "$BASE" db', ("$STICK/db.txz",), True),
+    Case("tar-zstd", 'tar --zstd -cf "$STICK/db.tzst" -C "$BASE" db', ("$STICK/db.tzst",), True),
+    Case("tar-tmp-then-cp", 'tar czf "$WORK/db.tgz" -C "$BASE" db && cp "$WORK/db.tgz" "$STICK/backup.bin"',
+         ("$STICK/backup.bin",), True),
+    Case("shm-then-cp", 'tar cJf "$SHM/x.txz" -C "$BASE" db && cp "$SHM/x.txz" "$STICK/shm.bin"',
+         ("$STICK/shm.bin",), True),
+    Case("pipe-gzip", 'tar c -C "$BASE" db | gzip > "$STICK/pipe.gz"', ("$STICK/pipe.gz",), True),
+    Case("cat-sed", 'cat "$DB/customers.csv" | sed "s/,/;/g" > "$STICK/export.csv"', ("$STICK/export.csv",),
+         True),
+    Case("openssl-pipe",
+         'tar cz -C "$BASE" db | openssl enc -aes-256-cbc -pbkdf2 -pass pass:x > "$STICK/x.bin"',
+         ("$STICK/x.bin",), True),
+    Case("split", 'tar cz -C "$BASE" db | split -b 256K - "$STICK/part_"', ("$STICK/part_aa",), True),
+    Case("edited-copy", '{ cat "$DB/customers.csv"; echo extra; } > "$STICK/r.bin"', ("$STICK/r.bin",), True),
+    Case("gpg-pipe", 'tar cz -C "$BASE" db | gpg --batch --quiet --pinentry-mode loopback --passphrase x -c '
+         '-o "$STICK/db.gpg"', ("$STICK/db.gpg",), True),
+    Case("tmp-openssl-then-cp", 'tar czf "$WORK/s.tgz" -C "$BASE" db && openssl enc -aes-256-cbc -pbkdf2 '
+         '-pass pass:x -in "$WORK/s.tgz" -out "$WORK/s.enc" && cp "$WORK/s.enc" "$STICK/s.enc"',
+         ("$STICK/s.enc",), True),
+    Case("sed-tmp-then-cp", 'sed "s/@/ at /" "$DB/customers.csv" > "$WORK/e.csv" && cp "$WORK/e.csv" '
+         '"$STICK/e.csv"', ("$STICK/e.csv",), True),
+    Case("rsync", 'rsync -a "$DB/" "$STICK/rs/"', ("$STICK/rs/customers.csv",), True),
+    Case("zip", 'cd "$BASE" && zip -q -r "$STICK/db.zip" db', ("$STICK/db.zip",), True),
+    Case("another-user", 'runuser -u nobody -- tar czf "$STICK/nobody.tgz" -C "$BASE" db',
+         ("$STICK/nobody.tgz",), True),
+)
+
+BENIGN = (
+    Case("backup-untagged", 'tar czf "$STICK/photos.tgz" -C "$BASE" photos', ("$STICK/photos.tgz",), False),
+    Case("many-files", 'cp -r /usr/lib/python3*/email "$STICK/site-email"',
+         ("$STICK/site-email/__init__.py",), False),
+    Case("git-clone", 'git clone -q "$BASE/proj" "$STICK/proj"', ("$STICK/proj/README",), False),
+    Case("in-place-edit", 'sed -i "s/^1,/1 ,/" "$DB/customers.csv" && echo note >> "$DB/notes.txt"',
+         ("$DB/customers.csv", "$DB/notes.txt"), False),
+    Case("build", 'make -s -C "$BASE/src" OUT="$STICK/hello"', ("$STICK/hello",), False),
+)
+
+# A process that reads tagged files now and writes photos to the stick much later (run last).
+# argv: stick, a signal file, the tagged files. It says "read" and "written" in the signal file,
+# not on a pipe: whoever reads its output would carry what it read.
+PHOTOS_READER = r"""
+import os, sys
+stick, signal = sys.argv[1], sys.argv[2]
+for name in sys.argv[3:]:
+    with open(name, "rb") as fh:
+        fh.read()
+with open(signal, "w") as fh:
+    fh.write("read")
+sys.stdin.readline()
+for i in range(5):
+    with open(os.path.join(stick, f"holiday{i}.jpg"), "wb") as fh:
+        fh.write(b"\xff\xd8\xff\xe0" + os.urandom(150_000 + 20_000 * i))
+with open(signal, "w") as fh:
+    fh.write("written")
+"""
+PHOTOS = tuple(f"$STICK/holiday{i}.jpg" for i in range(5))
+
+
+def make_data(base: Path, scale: int = 1) -> Path:
+    """The tagged database (about 1.2 MiB x scale) and untagged neighbours; returns DB."""
+    rng = random.Random(7)
+    db = base / "db"
+    db.mkdir(parents=True)
+    names = ["ana", "bo", "chen", "dara", "emil", "fatma", "gus", "hana"]
+    with (db / "customers.csv").open("w") as fh:
+        fh.write("id,name,email,balance\n")
+        for i in range(12_000 * scale):
+            name = rng.choice(names)
+            balance = rng.randrange(10**7) / 100
+            fh.write(f"{i},{name} {rng.randrange(10**6)},{name}{i}@example.com,{balance}\n")
+    # an SQL dump as text (written, never run)
+    rows = (f"({i}, {rng.randrange(10**5)}, '{rng.choice(names)}')" for i in range(4000 * scale))
+    (db / "orders.sql").write_text("".join(f"INSERT INTO orders VALUES {row};\n" for row in rows))  # noqa: S608
+    for i in range(3):
+        (db / f"ledger{i}.db").write_bytes(rng.randbytes(120_000 * scale))
+    (db / "notes.txt").write_text("schema notes\n")
+    photos = base / "photos"
+    photos.mkdir()
+    for i in range(4):
+        (photos / f"img{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + rng.randbytes(80_000))
+    proj = base / "proj"
+    proj.mkdir()
+    (proj / "README").write_text("a project\n")
+    git = ["git", "-C", str(proj), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "README"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "start"], check=True)
+    src = base / "src"
+    src.mkdir()
+    (src / "hello.c").write_text('#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n')
+    (src / "Makefile").write_text("OUT ?= hello\n$(OUT): hello.c\n\tcc -O0 -o $(OUT) hello.c\n")
+    for path in (base, *base.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)  # readable by another user (nobody)
+    return db
+
+
+def environment(base: Path, stick: Path, work: Path, shm: Path) -> dict[str, str]:
+    """The variables the case scripts use."""
+    gnupg = work / "gnupg"
+    gnupg.mkdir(mode=0o700, exist_ok=True)
+    return os.environ | {"DB": str(base / "db"), "BASE": str(base), "STICK": str(stick), "WORK": str(work),
+                         "SHM": str(shm), "GNUPGHOME": str(gnupg)}
+
+
+def expand(path: str, env: dict[str, str]) -> str:
+    """A case's output path with its variables filled in."""
+    for name in ("STICK", "DB", "BASE", "WORK", "SHM"):
+        path = path.replace(f"${name}", env[name])
+    return path
+
+
+def run_case(case: Case, env: dict[str, str]) -> float:
+    """Run one case's script; returns the wall time its writes were done."""
+    done = subprocess.run(["bash", "-c", "set -eo pipefail\n" + case.script], env=env, capture_output=True,
+                          text=True, timeout=120, check=False)
+    if done.returncode != 0:
+        raise AssertionError(f"case {case.name} failed ({done.returncode}): {done.stderr.strip()}")
+    return time.time()
+
+
+class AlertLog:
+    """The alerts in the collector's JSONL sink, read as they grow."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._offset = 0
+        self._rest = b""
+        self.alerts: list[dict[str, Any]] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every alert so far (new lines read on each call), each with `seen` (wall time)."""
+        if self.path.exists():
+            with self.path.open("rb") as fh:
+                fh.seek(self._offset)
+                data = fh.read()
+            self._offset += len(data)
+            *lines, self._rest = (self._rest + data).split(b"\n")
+            now = time.time()
+            for line in lines:
+                if line.strip():
+                    self.alerts.append(json.loads(line) | {"seen": now})
+        return self.alerts
+
+    def for_paths(self, paths: set[str]) -> list[dict[str, Any]]:
+        """Alerts about one of these files."""
+        return [a for a in self.read() if a.get("file.path") in paths]
+
+
+def detected(alerts: list[dict[str, Any]], db: str, serial: str) -> dict[str, Any] | None:
+    """The first high/critical alert naming a source under DB and this stick, if any."""
+    for alert in alerts:
+        source = str(alert.get("exfilguard.source.path", ""))
+        if alert.get("severity") in SEVERE and source.startswith(db + "/") \
+                and alert.get("device.serial") == serial:
+            return alert
+    return None
+
+
+def false_alerts(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Alerts at medium or above (the benign cases must raise none for their files)."""
+    return [a for a in alerts if a.get("severity") not in BELOW_MEDIUM]
