@@ -74,7 +74,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the export; see the module docstring for exit codes."""
     from collector.store import open_store
-    from collector.store.ledger import open_ledger
 
     if args.out == "-" and not args.manifest:
         print(
@@ -100,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         key = keys.load_or_create(cfg.state_dir)
         store = open_store(cfg.store, readonly=True)
         try:
-            with open_ledger(cfg.store) as ledger:
+            with store.ledger() as ledger:
                 if where.alerts:
                     unknown = set(where.alerts) - ledger.alerts_exist(where.alerts)
                     if unknown:

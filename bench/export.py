@@ -29,7 +29,6 @@ import psutil
 
 from collector.evidence import export, formats, keys, manifest, verify
 from collector.store.ledger import Ledger
-from collector.store.ledger_sqlite import SqliteLedger
 from collector.store.sqlite import SqliteStore
 from protos import events
 from protos import exfilguard_pb2 as pb
@@ -137,7 +136,7 @@ def main() -> None:
         rows = store.count_events()
         print(f"store: {rows} events from {args.agents} agents ingested in {time.perf_counter() - t0:.1f}s")
         key = keys.load_or_create(base / "state")
-        ledger = SqliteLedger(db)
+        ledger = store.ledger()
 
         # Interleaved and best-of-N: five other people share this machine.
         bare_s = raw_s = csv_s = jsonl_s = float("inf")

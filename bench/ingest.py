@@ -41,7 +41,8 @@ from typing import Any
 import grpc
 import psutil
 
-from collector.store.sqlite import INSERT_EVENT, SqliteStore, event_row, tune
+from collector.store.rows import event_row
+from collector.store.sqlite import INSERT_EVENT, SqliteStore, tune
 from protos import chain, events
 from protos import exfilguard_pb2 as pb
 from tests.helpers import free_port, start_collector, write_collector_config

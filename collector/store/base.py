@@ -23,6 +23,7 @@ from protos import exfilguard_pb2 as pb
 
 if TYPE_CHECKING:
     from collector.store.domain import DomainSql
+    from collector.store.ledger import Ledger
     from collector.store.triage import TriageEntry
 
 Mapping = dict[str, Any]
@@ -253,6 +254,13 @@ class Store(abc.ABC):
     def domain(self) -> DomainSql:
         """The store's connection for the domain tables written once for both stores (devices,
         approvals and their history, baselines): collector/store/domain.py."""
+
+    @abc.abstractmethod
+    def ledger(self, *, owns_store: bool = False) -> Ledger:
+        """The evidence ledger of this store, on the store's own connection.
+
+        Closing the ledger closes the store only when `owns_store` (as `open_ledger` does).
+        """
 
     @abc.abstractmethod
     def close(self) -> None:

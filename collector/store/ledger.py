@@ -4,19 +4,23 @@
 values back (the `prev` of a filtered export's records), looks up which events alerts
 reference, and prunes a prefix of an agent's chain while recording a checkpoint (agent, last
 pruned sequence, chain value there) in the same transaction, so the chain stays verifiable
-from the checkpoint on. Each store kind has its own ledger with its own connection:
-`SqliteLedger` (ledger_sqlite.py) and `PostgresLedger` (ledger_postgres.py); `open_ledger`
-picks by the config's `store` value, as `collector.store.open_store` does.
+from the checkpoint on. A ledger works on its store's connection (`store.ledger()`), so the
+two never hold two connections to one database. `SqlLedger` holds the queries both stores
+share; `SqliteLedger` (ledger_sqlite.py) and `PostgresLedger` (ledger_postgres.py) what differs.
+`open_ledger` opens the store the config's `store` value names and its ledger together.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from collector.store.base import StoreError
+from collector.store.base import StoreError, StoreUnavailable
+from collector.store.sql import SqlStore
 from protos import chain
 
 
@@ -68,7 +72,7 @@ class Ledger(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None:
-        """Close the connection."""
+        """Release the ledger (and the store it was opened with, from `open_ledger`)."""
 
     def __enter__(self) -> Ledger:
         return self
@@ -153,12 +157,115 @@ class Ledger(abc.ABC):
         """
 
 
+class SqlLedger(Ledger):
+    """The ledger queries both SQL stores share, run on the store's own connection and lock."""
+
+    _CHECKPOINT = "SELECT agent_id, sequence, chain, pruned_at, pruned_total FROM evidence_checkpoints"
+
+    def __init__(self, store: SqlStore, *, owns_store: bool = False) -> None:
+        self.location = store.location
+        self._store = store
+        self._owns_store = owns_store
+
+    def close(self) -> None:
+        """Close the store if this ledger opened it (`open_ledger`)."""
+        if self._owns_store:
+            self._store.close()
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return self._store._all(self._store.dialect.sql(sql), params)
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = self._all(sql, params)
+        return rows[0] if rows else None
+
+    # Qualified on the right: PostgreSQL needs it, SQLite reads it as the stored row too.
+    _RECORD_CHECKPOINT = (
+        "INSERT INTO evidence_checkpoints (agent_id, sequence, chain, pruned_at, pruned_total)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (agent_id) DO UPDATE SET sequence = excluded.sequence,"
+        " chain = excluded.chain, pruned_at = excluded.pruned_at,"
+        " pruned_total = evidence_checkpoints.pruned_total + excluded.pruned_total"
+    )
+
+    def _prunable(self, agent_id: str, sequence: int, sealed: Any, value: Any) -> bytes:
+        """The chain value to checkpoint at `sequence`, given the rows of the agent's sealed head
+        and of the value there; PruneRefused when the head would go or nothing is chained there."""
+        if sealed is None or sequence >= int(sealed[0]):
+            # The head stays: ingest continues the chain from it.
+            raise PruneRefused(
+                self.location, f"agent {agent_id}: cannot prune through {sequence}, the chain head stays"
+            )
+        if value is None or value[0] is None:
+            raise PruneRefused(self.location, f"agent {agent_id}: no chained event at sequence {sequence}")
+        return bytes(value[0])
+
+    def _has_checkpoints(self) -> bool:
+        """Whether the checkpoints table exists (a SQLite store makes it on first prune)."""
+        return True
+
+    def checkpoint(self, agent_id: str) -> Checkpoint | None:
+        """The agent's checkpoint, if it was ever pruned."""
+        if not self._has_checkpoints():
+            return None
+        row = self._one(self._CHECKPOINT + " WHERE agent_id = ?", (agent_id,))
+        return None if row is None else _checkpoint(row)
+
+    def checkpoints(self) -> dict[str, Checkpoint]:
+        """Every agent's checkpoint."""
+        if not self._has_checkpoints():
+            return {}
+        return {str(r[0]): _checkpoint(r) for r in self._all(self._CHECKPOINT)}
+
+    def _sealed(self) -> list[tuple[str, int]]:
+        rows = self._all("SELECT agent_id, watermark FROM chains ORDER BY agent_id")
+        return [(str(r[0]), int(r[1])) for r in rows]
+
+    def alert_evidence(self, alert_ids: Iterable[str] = (), policies: Iterable[str] = ()) -> set[str]:
+        """Event ids referenced by the given alerts and by every alert of the given policies."""
+        ids, pols = list(alert_ids), list(policies)
+        found: set[str] = set()
+        if not ids and not pols:
+            return found
+        d = self._store.dialect
+        sql = f"SELECT body FROM alerts WHERE id{d.in_list} OR policy_id{d.in_list}"  # noqa: S608 (fixed)
+        for (body,) in self._all(sql, (d.list_param(ids), d.list_param(pols))):
+            evidence = json.loads(body).get("evidence", [])
+            if isinstance(evidence, list):
+                found.update(str(e) for e in evidence)
+        return found
+
+    def alerts_exist(self, alert_ids: Iterable[str]) -> set[str]:
+        """Which of these alert ids are stored."""
+        d = self._store.dialect
+        sql = f"SELECT id FROM alerts WHERE id{d.in_list}"  # noqa: S608 (a fixed fragment of the dialect)
+        rows = self._all(sql, (d.list_param(list(alert_ids)),))
+        return {str(r[0]) for r in rows}
+
+    def first_sequence_since(self, agent_id: str, cutoff: str) -> int | None:
+        """The lowest stored sequence of the agent whose time is at or after `cutoff`."""
+        row = self._one("SELECT MIN(sequence) FROM events WHERE agent_id = ? AND ts >= ?", (agent_id, cutoff))
+        return None if row is None or row[0] is None else int(row[0])
+
+    def time_at_offset(self, offset: int) -> str | None:
+        """The time of the `offset`-th oldest stored event (for size-based retention)."""
+        row = self._one("SELECT ts FROM events ORDER BY ts LIMIT 1 OFFSET ?", (max(0, offset),))
+        return None if row is None else str(row[0])
+
+    def count(self) -> int:
+        """Stored events."""
+        row = self._one("SELECT COUNT(*) FROM events")
+        return 0 if row is None else int(row[0])
+
+
+def _checkpoint(row: Sequence[Any]) -> Checkpoint:
+    return Checkpoint(str(row[0]), int(row[1]), bytes(row[2]), str(row[3]), int(row[4]))
+
+
 def open_ledger(location: str, *, readonly: bool = True) -> Ledger:
-    """The ledger of the store the config's `store` key names (a path: SQLite; postgresql://…)."""
-    if location.startswith(("postgresql://", "postgres://")):
-        from collector.store.ledger_postgres import PostgresLedger  # psycopg loads only when used
+    """The store the config's `store` key names (a path: SQLite; postgresql://…) with its ledger."""
+    from collector.store import open_store
 
-        return PostgresLedger(location, readonly=readonly)
-    from collector.store.ledger_sqlite import SqliteLedger
-
-    return SqliteLedger(location, readonly=readonly)
+    postgres = location.startswith(("postgresql://", "postgres://"))
+    if not postgres and not Path(location).exists():  # a writable store would be created
+        raise StoreUnavailable(location, "no such store (has the collector run yet?)")
+    return open_store(location, readonly=readonly).ledger(owns_store=True)

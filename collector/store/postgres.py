@@ -20,31 +20,40 @@ and agent ids must order bytewise, as they do in SQLite, whatever the database's
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
 from psycopg import errors as pg_errors
 
 from collector.store import domain, pgconnect, triage
 from collector.store.base import (
-    AgentRecord,
     AgentUpdate,
     EventFilter,
     IngestResult,
     Mapping,
-    Store,
     StoreCorrupt,
     StoreError,
     StoreUnavailable,
 )
-from collector.store.rows import stored_mapping
-from collector.store.sqlite import event_row
-from common.ecstime import ecs_now, ecs_time
+from collector.store.rows import event_row, stored_mapping
+from collector.store.sql import (
+    ABOVE_PREFIX,
+    POSTGRES,
+    Prefix,
+    SqlStore,
+    agent_params,
+    contiguous_end,
+    fresh_events,
+    link_rows,
+)
+from common.ecstime import ecs_now
 from protos import chain
 from protos import exfilguard_pb2 as pb
+
+if TYPE_CHECKING:
+    from collector.store.ledger_postgres import PostgresLedger
 
 SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
 
@@ -120,16 +129,6 @@ _TRIAGE_SCHEMA = (
     "CREATE TRIGGER alert_triage_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON alert_triage"
     " FOR EACH STATEMENT EXECUTE FUNCTION exfilguard_append_only()",
 )
-_SELECT_ALERTS = "SELECT body, status FROM alerts"
-# Reading a store not upgraded yet (read-only): statuses the bodies carried, as retention read them.
-_STATUS_V1 = (
-    "CASE WHEN body::jsonb ->> 'status' IN ('resolved', 'false_positive', 'closed')"
-    " THEN body::jsonb ->> 'status' ELSE 'open' END"
-)
-_SELECT_ALERTS_V1 = (
-    "SELECT body, CASE WHEN body::jsonb ->> 'status' IN ('resolved', 'false_positive', 'closed')"
-    " THEN body::jsonb ->> 'status' ELSE 'open' END FROM alerts"
-)
 _LEGACY_STATUS = (
     "UPDATE alerts SET status = body::jsonb ->> 'status' WHERE body::jsonb ->> 'status' = ANY(%s::text[])"
 )
@@ -179,23 +178,10 @@ def events_row(agent_id: str, event: pb.Event) -> tuple[Any, ...]:
     return row[:8] + row[9:]  # SQLite's chain column lives in chain_values here
 
 
-# An alert body as json for field filters. PostgreSQL refuses to read a JSON \u0000 escape, and one
-# NUL an endpoint put in a user name would fail every filtered listing: such an escape (after
-# escaped backslashes are respelt as \u005c, so a literal "\\u0000" is left alone) reads as U+FFFD.
-_ALERT_JSON = r"replace(replace(body, '\\', '\u005c'), '\u0000', '\ufffd')::json"
-
-class _Prefix:
-    """An agent's stored state under its row lock: end of the contiguous prefix, highest sequence."""
-
-    __slots__ = ("max_sequence", "stored")
-
-    def __init__(self, stored: int, max_sequence: int) -> None:
-        self.stored = stored
-        self.max_sequence = max_sequence
-
-
-class PostgresStore(Store):
+class PostgresStore(SqlStore):
     """PostgreSQL implementation of `Store`; one connection, safe to call from several threads (one lock)."""
+
+    dialect = POSTGRES
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.location = pgconnect.describe(url)
@@ -303,7 +289,7 @@ class PostgresStore(Store):
                 " ORDER BY agent_id FOR UPDATE",
                 (agents,),
             )
-            states = {str(r[0]): _Prefix(int(r[1]), int(r[2])) for r in cur.fetchall()}
+            states = {str(r[0]): Prefix(int(r[1]), int(r[2])) for r in cur.fetchall()}
             pending: list[tuple[Any, ...]] = []
             results = [
                 self._ingest_one(cur, agent_id, batch, states[agent_id], pending)
@@ -336,14 +322,10 @@ class PostgresStore(Store):
         cur: psycopg.Cursor[Any],
         agent_id: str,
         batch: Sequence[pb.Event],
-        state: _Prefix,
+        state: Prefix,
         pending: list[tuple[Any, ...]],
     ) -> IngestResult:
-        fresh: dict[int, pb.Event] = {}
-        for event in batch:
-            seq = event.event.sequence
-            if seq > state.stored:
-                fresh[seq] = event
+        fresh: dict[int, pb.Event] = fresh_events(batch, state.stored)
         if not fresh:
             return IngestResult(agent_id, state.stored, [])
         order = sorted(fresh)
@@ -380,15 +362,8 @@ class PostgresStore(Store):
 
     def _contiguous_end(self, cur: psycopg.Cursor[Any], agent_id: str, stored: int) -> int:
         """Walk up from `stored` while the next sequence is present (a hole just filled)."""
-        cur.execute(
-            "SELECT sequence FROM events WHERE agent_id = %s AND sequence > %s ORDER BY sequence",
-            (agent_id, stored),
-        )
-        for (seq,) in cur:
-            if seq != stored + 1:
-                break
-            stored += 1
-        return stored
+        cur.execute(self.dialect.sql(ABOVE_PREFIX), (agent_id, stored))
+        return contiguous_end(stored, cur)
 
     # ------------------------------------------------------------------- chain
 
@@ -437,21 +412,13 @@ class PostgresStore(Store):
         upto = stored if limit is None else min(stored, before + limit)
         if upto <= before:
             return None
-        link, location = chain.link, self.location
-        watermark = before
-        values: list[tuple[int, bytes]] = []
         cur.execute(
             "SELECT sequence, data FROM events WHERE agent_id = %s AND sequence > %s AND sequence <= %s"
             " ORDER BY sequence",
             (agent_id, before, upto),
         )
-        for seq, data in cur.fetchall():
-            if seq != watermark + 1:
-                break  # cannot happen inside the stored prefix; stop rather than chain across a hole
-            head = link(head, stored_mapping(location, agent_id, seq, bytes(data)))
-            watermark = seq
-            values.append((seq, head))
-        return (before, watermark, head, values) if values else None
+        sealed, head, values = link_rows(self.location, agent_id, before, head, cur.fetchall())
+        return (before, sealed, head, values) if values else None
 
     def _apply_chain(self, cur: psycopg.Cursor[Any], agent_id: str, work: _ChainWork) -> bool:
         """Write chain values if the agent's chain still ends at `before` (compare-and-set)."""
@@ -473,44 +440,9 @@ class PostgresStore(Store):
         row = self._one("SELECT stored FROM chains WHERE agent_id = %s", (agent_id,))
         return 0 if row is None else int(row[0])
 
-    def unsealed(self) -> int:
-        """Events in the agents' stored prefixes not chained yet (one row per agent is read)."""
-        row = self._one("SELECT COALESCE(SUM(stored - watermark), 0) FROM chains", ())
-        return 0 if row is None else int(row[0])
-
-    def chain_head(self, agent_id: str) -> tuple[int, bytes]:
-        """(last chained sequence, its chain value) of one agent; (0, genesis) before any."""
-        row = self._one("SELECT watermark, head FROM chains WHERE agent_id = %s", (agent_id,))
-        return (0, chain.GENESIS) if row is None else (int(row[0]), bytes(row[1]))
-
-    def count_events(self, agent_id: str | None = None) -> int:
-        """How many events are stored (for one agent, or all)."""
-        if agent_id is None:
-            row = self._one("SELECT COUNT(*) FROM events", ())
-        else:
-            row = self._one("SELECT COUNT(*) FROM events WHERE agent_id = %s", (agent_id,))
-        return 0 if row is None else int(row[0])
-
     def events(self, where: EventFilter | None = None) -> Iterator[Mapping]:
         """Stream stored events as mappings in (agent, sequence) order; see `Store.events`."""
-        where = where or EventFilter()
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, op, value in (
-            ("e.ts", ">=", ecs_time(where.since) if where.since else None),
-            ("e.ts", "<", ecs_time(where.until) if where.until else None),
-            ("e.host", "=", where.host),
-            ("e.user_name", "=", where.user),
-            ("e.agent_id", "=", where.agent),
-            ("e.action", "=", where.action),
-            ("e.device_serial", "=", where.device_serial),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {op} %s")  # column and op come from the fixed table above
-                params.append(value)
-        if where.event_ids is not None:
-            clauses.append("e.event_id = ANY(%s::text[])")
-            params.append(list(where.event_ids))
+        clauses, params = self._event_clauses(where or EventFilter(), "e.")
         sql = (
             "SELECT c.value, e.data, e.agent_id, e.sequence FROM events e LEFT JOIN chain_values c"
             " ON c.agent_id = e.agent_id AND c.sequence = e.sequence"
@@ -542,81 +474,6 @@ class PostgresStore(Store):
             reader.close()
 
     # ------------------------------------------------------------------ alerts
-
-    def add_alert(self, alert: Mapping) -> None:
-        """Store (or replace, by id) an alert; see `Store.add_alert`."""
-        self._writable()
-        try:
-            row = (
-                str(alert["id"]),
-                str(alert["@timestamp"]),
-                str(alert["policy.id"]),
-                str(alert.get("severity", "")),
-                json.dumps(alert, sort_keys=True, default=str),
-            )
-        except KeyError as exc:
-            raise StoreError(self.location, f"alert lacks required field {exc}") from exc
-        self._write(
-            "INSERT INTO alerts (id, ts, policy_id, severity, body) VALUES (%s, %s, %s, %s, %s)"
-            " ON CONFLICT (id) DO UPDATE SET ts = excluded.ts, policy_id = excluded.policy_id,"
-            " severity = excluded.severity, body = excluded.body",
-            row,
-        )
-
-    def _select_alerts(self) -> str:
-        # Columns: body, status. A read-only view of a store not upgraded yet reads the bodies.
-        return _SELECT_ALERTS if self._version >= 2 else _SELECT_ALERTS_V1
-
-    def _status_column(self) -> str:
-        return "status" if self._version >= 2 else _STATUS_V1
-
-    def alerts(
-        self,
-        limit: int = 100,
-        since: str | None = None,
-        *,
-        statuses: Sequence[str] | None = None,
-        severities: Sequence[str] | None = None,
-        policies: Sequence[str] | None = None,
-        hosts: Sequence[str] | None = None,
-        users: Sequence[str] | None = None,
-        devices: Sequence[str] | None = None,
-    ) -> list[Mapping]:
-        """The newest `limit` alerts at or after `since` and matching the filters, oldest first."""
-        status = self._status_column()
-        sql = self._select_alerts() + " WHERE ts >= %s"
-        params: list[Any] = [since or ""]
-        for column, values in (
-            (status, triage.check_statuses(self.location, statuses)),
-            ("severity", severities),
-            ("policy_id", policies),
-            (f"({_ALERT_JSON} ->> 'host.name')", hosts),
-            (f"({_ALERT_JSON} ->> 'user.name')", users),
-            (f"({_ALERT_JSON} ->> 'device.serial')", devices),
-        ):
-            if values is not None:
-                sql += " AND " + column + " = ANY(%s::text[])"  # column: from the fixed table above
-                params.append(list(values))
-        sql += " ORDER BY ts DESC, id DESC LIMIT %s"
-        params.append(max(0, limit))
-        rows = self._all(sql, params)
-        return [triage.with_status(json.loads(str(r[0])), str(r[1])) for r in reversed(rows)]
-
-    def alert(self, alert_id: str) -> Mapping | None:
-        """One alert with its current status, or None."""
-        row = self._one(self._select_alerts() + " WHERE id = %s", (alert_id,))
-        return None if row is None else triage.with_status(json.loads(str(row[0])), str(row[1]))
-
-    def alert_history(self, alert_id: str) -> list[triage.TriageEntry]:
-        """The alert's triage history, oldest first."""
-        if self._version < 2:
-            return []
-        rows = self._all(
-            "SELECT alert_id, at, by_name, from_status, to_status, note FROM alert_triage"
-            " WHERE alert_id = %s ORDER BY seq",
-            (alert_id,),
-        )
-        return [triage.TriageEntry(*(str(v) for v in r)) for r in rows]
 
     def triage_alerts(
         self, alert_ids: Sequence[str], status: str, *, by: str, note: str
@@ -657,21 +514,7 @@ class PostgresStore(Store):
         self._writable()
         if not updates:
             return
-        now = _now()
-        params = [
-            {
-                "id": u.id,
-                "host": u.host,
-                "version": u.version,
-                "first_seen": u.seen or now,
-                "seen": u.seen,
-                "heartbeat": u.heartbeat,
-                "connected": u.connected,
-                "backlog": u.backlog,
-                "config_version": u.config_version,
-            }
-            for u in updates
-        ]
+        params = agent_params(updates, _now())
         with self._lock:
             try:
                 db = self._connection()
@@ -680,34 +523,6 @@ class PostgresStore(Store):
             except psycopg.Error as exc:
                 raise self._fail("registry update", exc) from None
 
-    def agents(self) -> list[AgentRecord]:
-        """The fleet registry ordered by agent id, with each agent's watermark."""
-        rows = self._all(
-            "SELECT a.id, a.host, a.version, a.first_seen, a.last_seen, a.last_heartbeat, a.connected,"
-            " a.backlog, a.gaps, a.lost, a.config_version, COALESCE(c.stored, 0),"
-            " (SELECT e.action FROM events e WHERE e.agent_id = a.id ORDER BY e.sequence DESC LIMIT 1)"
-            " FROM agents a LEFT JOIN chains c ON c.agent_id = a.id ORDER BY a.id",
-            (),
-        )
-        return [
-            AgentRecord(
-                id=r[0],
-                host=r[1],
-                version=r[2],
-                first_seen=r[3],
-                last_seen=r[4],
-                last_heartbeat=r[5],
-                connected=bool(r[6]),
-                backlog=int(r[7]),
-                gaps=int(r[8]),
-                lost=int(r[9]),
-                config_version=r[10],
-                watermark=int(r[11]),
-                stopped=r[12] == "agent.stop",
-            )
-            for r in rows
-        ]
-
     def mark_all_disconnected(self) -> None:
         """Clear every connected flag."""
         self._writable()
@@ -715,33 +530,31 @@ class PostgresStore(Store):
 
     # ------------------------------------------------------------------ misc
 
-    def _one(self, sql: str, params: Sequence[Any]) -> Any:
-        rows = self._all(sql, params)
-        return rows[0] if rows else None
-
-    def _all(self, sql: str, params: Sequence[Any]) -> list[Any]:
+    def _all(self, sql: str, params: Sequence[Any], what: str = "query") -> list[Any]:
         with self._lock:
             try:
                 return self._connection().execute(sql, params).fetchall()
             except psycopg.Error as exc:
-                raise self._fail("query", exc) from None
+                raise self._fail(what, exc) from None
 
-    def _write(self, sql: str, params: Sequence[Any]) -> None:
+    def _write(self, sql: str, params: Sequence[Any], what: str = "write") -> None:
         with self._lock:
             try:
                 self._connection().execute(sql, params)
             except psycopg.Error as exc:
-                raise self._fail("write", exc) from None
-
-    def _writable(self) -> None:
-        if self._readonly:
-            raise StoreError(self.location, "store was opened read-only")
+                raise self._fail(what, exc) from None
 
     def domain(self) -> domain.DomainSql:
         """The device and baseline tables' view of this connection (collector/store/domain.py)."""
         if self._domain is None:
             self._domain = domain.PostgresDomain(self._lock, self._connection, self.location, self._readonly)
         return self._domain
+
+    def ledger(self, *, owns_store: bool = False) -> PostgresLedger:
+        """The evidence ledger on this store's connection."""
+        from collector.store.ledger_postgres import PostgresLedger
+
+        return PostgresLedger(self, owns_store=owns_store)
 
     def close(self) -> None:
         """Close the connection (every write is already committed)."""

@@ -1,4 +1,7 @@
-"""A stored event row back to its ECS mapping, for every reader of both stores (sealer, exports, rebuild).
+"""An event to its stored row, and a stored row back to its ECS mapping, for both stores.
+
+`event_row` is what ingest writes. `stored_mapping` is what every reader (sealer, exports,
+rebuild) reads back.
 
 Ingest refuses what a reader cannot take (collector/wirecheck.py), but a store written by an
 older collector may hold such rows. A reader must never crash-loop on one: the row is chained
@@ -10,9 +13,11 @@ a second, each carrying the count so far, so an old store full of them does not 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -72,3 +77,45 @@ def stored_mapping(location: str, agent_id: str, sequence: int, data: bytes) -> 
             extra={"agent_id": agent_id, "sequence": sequence, "store": location, "bad_rows": bad_rows.count},
         )
     return mapping
+
+
+_TS_HEADS: dict[int, str] = {}
+
+
+def _ecs_timestamp(event: pb.Event) -> str:
+    """`@timestamp` as protos.events.to_mapping writes it, with the seconds part cached.
+
+    Unlike to_mapping it never refuses a timestamp: the store keeps what ingest accepted
+    (stores written before ingest checked timestamps hold such rows too).
+    """
+    if not event.HasField("timestamp"):
+        return ""
+    ts = event.timestamp
+    head = _TS_HEADS.get(ts.seconds)
+    if head is None:
+        if len(_TS_HEADS) >= 4096:
+            _TS_HEADS.clear()
+        moment = dt.datetime.fromtimestamp(ts.seconds, tz=dt.UTC)
+        head = _TS_HEADS[ts.seconds] = moment.strftime("%Y-%m-%dT%H:%M:%S.")
+    return f"{head}{ts.nanos // 1000:06d}Z"
+
+
+def event_row(agent_id: str, event: pb.Event) -> tuple[Any, ...]:
+    """The events-table row of one event (column order of INSERT_EVENT), chain not yet computed.
+
+    Columns come straight from the protobuf: building the full ECS mapping here would cost
+    more than everything else ingest does.
+    """
+    info = event.event  # each attribute step builds a wrapper object: take it once
+    return (
+        agent_id,
+        info.sequence,
+        info.id,
+        _ecs_timestamp(event),
+        info.action,
+        event.host.name,
+        event.user.name,
+        event.device.serial,
+        None,
+        event.SerializeToString(),
+    )

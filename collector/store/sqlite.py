@@ -24,32 +24,41 @@ agents' batches into one transaction (`ingest_batches`), so the fsync is paid pe
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from collector.store import domain, triage
 from collector.store.base import (
-    AgentRecord,
     AgentUpdate,
     EventFilter,
     IngestResult,
     Mapping,
-    Store,
     StoreCorrupt,
     StoreError,
     StoreUnavailable,
 )
-from collector.store.rows import stored_mapping
-from common.ecstime import ecs_now, ecs_time
+from collector.store.rows import event_row, stored_mapping
+from collector.store.sql import (
+    ABOVE_PREFIX,
+    SQLITE,
+    Prefix,
+    SqlStore,
+    agent_params,
+    contiguous_end,
+    fresh_events,
+    link_rows,
+)
+from common.ecstime import ecs_now
 from protos import chain
 from protos import exfilguard_pb2 as pb
+
+if TYPE_CHECKING:
+    from collector.store.ledger_sqlite import SqliteLedger
 
 SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
 
@@ -112,17 +121,6 @@ _TRIAGE_SCHEMA = (
     "CREATE TRIGGER alert_triage_no_delete BEFORE DELETE ON alert_triage"
     " BEGIN SELECT RAISE(ABORT, 'alert_triage is append-only'); END",
 )
-_IN_JSON_LIST = " IN (SELECT value FROM json_each(?))"
-_SELECT_ALERTS = "SELECT body, status FROM alerts"
-# Reading a store not upgraded yet (read-only): statuses the bodies carried, as retention read them.
-_STATUS_V1 = (
-    "CASE WHEN json_extract(body, '$.status') IN ('resolved', 'false_positive', 'closed')"
-    " THEN json_extract(body, '$.status') ELSE 'open' END"
-)
-_SELECT_ALERTS_V1 = (
-    "SELECT body, CASE WHEN json_extract(body, '$.status') IN ('resolved', 'false_positive', 'closed')"
-    " THEN json_extract(body, '$.status') ELSE 'open' END FROM alerts"
-)
 _LEGACY_STATUS = (
     "UPDATE alerts SET status = json_extract(body, '$.status')"
     " WHERE json_extract(body, '$.status') IN (SELECT value FROM json_each(?))"
@@ -176,58 +174,10 @@ def _now() -> str:
     return ecs_now()
 
 
-@dataclass
-class _Prefix:
-    """An agent's stored state: end of the contiguous stored prefix, highest stored sequence."""
-
-    stored: int
-    max_sequence: int
-
-
-_TS_HEADS: dict[int, str] = {}
-
-
-def _ecs_timestamp(event: pb.Event) -> str:
-    """`@timestamp` as protos.events.to_mapping writes it, with the seconds part cached.
-
-    Unlike to_mapping it never refuses a timestamp: the store keeps what ingest accepted
-    (stores written before ingest checked timestamps hold such rows too).
-    """
-    if not event.HasField("timestamp"):
-        return ""
-    ts = event.timestamp
-    head = _TS_HEADS.get(ts.seconds)
-    if head is None:
-        if len(_TS_HEADS) >= 4096:
-            _TS_HEADS.clear()
-        moment = dt.datetime.fromtimestamp(ts.seconds, tz=dt.UTC)
-        head = _TS_HEADS[ts.seconds] = moment.strftime("%Y-%m-%dT%H:%M:%S.")
-    return f"{head}{ts.nanos // 1000:06d}Z"
-
-
-def event_row(agent_id: str, event: pb.Event) -> tuple[Any, ...]:
-    """The events-table row of one event (column order of INSERT_EVENT), chain not yet computed.
-
-    Columns come straight from the protobuf: building the full ECS mapping here would cost
-    more than everything else ingest does.
-    """
-    info = event.event  # each attribute step builds a wrapper object: take it once
-    return (
-        agent_id,
-        info.sequence,
-        info.id,
-        _ecs_timestamp(event),
-        info.action,
-        event.host.name,
-        event.user.name,
-        event.device.serial,
-        None,
-        event.SerializeToString(),
-    )
-
-
-class SqliteStore(Store):
+class SqliteStore(SqlStore):
     """SQLite (WAL) implementation of `Store`; safe to call from several threads (one lock)."""
+
+    dialect = SQLITE
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.location = str(path)
@@ -235,7 +185,7 @@ class SqliteStore(Store):
         self._readonly = readonly
         self._lock = threading.Lock()
         self._domain: domain.DomainSql | None = None
-        self._prefixes: dict[str, _Prefix] = {}
+        self._prefixes: dict[str, Prefix] = {}
         self._version = SCHEMA_VERSION
         self._db = self._connect()
         try:
@@ -301,13 +251,13 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ events
 
-    def _prefix(self, agent_id: str) -> _Prefix:
+    def _prefix(self, agent_id: str) -> Prefix:
         state = self._prefixes.get(agent_id)
         if state is None:
             row = self._db.execute(
                 "SELECT stored, max_sequence FROM chains WHERE agent_id = ?", (agent_id,)
             ).fetchone()
-            state = _Prefix(0, 0) if row is None else _Prefix(int(row[0]), int(row[1]))
+            state = Prefix(0, 0) if row is None else Prefix(int(row[0]), int(row[1]))
             self._prefixes[agent_id] = state
         return state
 
@@ -317,7 +267,7 @@ class SqliteStore(Store):
         """Store batches of several agents in one transaction; see `Store.ingest_batches`."""
         self._writable()
         with self._lock:
-            staged: dict[str, _Prefix] = {}
+            staged: dict[str, Prefix] = {}
             results: list[IngestResult] = []
             db = self._db
             try:
@@ -326,7 +276,7 @@ class SqliteStore(Store):
                     state = staged.get(agent_id)
                     if state is None:
                         base = self._prefix(agent_id)
-                        state = _Prefix(base.stored, base.max_sequence)
+                        state = Prefix(base.stored, base.max_sequence)
                     results.append(self._ingest_one(agent_id, batch, state))
                     staged[agent_id] = state
                 db.executemany(
@@ -353,13 +303,9 @@ class SqliteStore(Store):
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
-    def _ingest_one(self, agent_id: str, batch: Sequence[pb.Event], state: _Prefix) -> IngestResult:
+    def _ingest_one(self, agent_id: str, batch: Sequence[pb.Event], state: Prefix) -> IngestResult:
         db = self._db
-        fresh: dict[int, pb.Event] = {}
-        for event in batch:
-            seq = event.event.sequence
-            if seq > state.stored:
-                fresh[seq] = event
+        fresh: dict[int, pb.Event] = fresh_events(batch, state.stored)
         if not fresh:
             return IngestResult(agent_id, state.stored, [])
         order = sorted(fresh)
@@ -390,14 +336,8 @@ class SqliteStore(Store):
 
     def _contiguous_end(self, agent_id: str, stored: int) -> int:
         """Walk up from `stored` while the next sequence is present (a hole just filled)."""
-        cursor = self._db.execute(
-            "SELECT sequence FROM events WHERE agent_id = ? AND sequence > ? ORDER BY sequence",
-            (agent_id, stored),
-        )
-        for (seq,) in cursor:
-            if seq != stored + 1:
-                break
-            stored = seq
+        cursor = self._db.execute(self.dialect.sql(ABOVE_PREFIX), (agent_id, stored))
+        stored = contiguous_end(stored, cursor)
         cursor.close()
         return stored
 
@@ -456,22 +396,15 @@ class SqliteStore(Store):
         upto = stored if limit is None else min(stored, before + limit)
         if upto <= before:
             return None
-        link, location = chain.link, self.location
-        watermark = before
-        updates: list[tuple[bytes, str, int]] = []
         cursor = db.execute(
             "SELECT sequence, data FROM events WHERE agent_id = ? AND sequence > ? AND sequence <= ?"
             " ORDER BY sequence",
             (agent_id, before, upto),
         )
-        for seq, data in cursor:
-            if seq != watermark + 1:
-                break  # cannot happen inside the stored prefix; stop rather than chain across a hole
-            head = link(head, stored_mapping(location, agent_id, seq, data))
-            watermark = seq
-            updates.append((head, agent_id, seq))
+        sealed, head, values = link_rows(self.location, agent_id, before, head, cursor)
         cursor.close()
-        return (before, watermark, head, updates) if updates else None
+        updates = [(value, agent_id, seq) for seq, value in values]
+        return (before, sealed, head, updates) if updates else None
 
     def _apply_chain(
         self, agent_id: str, before: int, after: int, head: bytes, updates: list[tuple[bytes, str, int]]
@@ -494,49 +427,9 @@ class SqliteStore(Store):
                 return 0 if row is None else int(row[0])
             return self._prefix(agent_id).stored
 
-    def unsealed(self) -> int:
-        """Events in the agents' stored prefixes not chained yet (one row per agent is read)."""
-        with self._lock:
-            row = self._db.execute("SELECT COALESCE(SUM(stored - watermark), 0) FROM chains").fetchone()
-            return int(row[0])
-
-    def chain_head(self, agent_id: str) -> tuple[int, bytes]:
-        """(last chained sequence, its chain value) of one agent; (0, genesis) before any."""
-        with self._lock:
-            sql = "SELECT watermark, head FROM chains WHERE agent_id = ?"
-            row = self._db.execute(sql, (agent_id,)).fetchone()
-            return (0, chain.GENESIS) if row is None else (int(row[0]), bytes(row[1]))
-
-    def count_events(self, agent_id: str | None = None) -> int:
-        """How many events are stored (for one agent, or all)."""
-        with self._lock:
-            if agent_id is None:
-                row = self._db.execute("SELECT COUNT(*) FROM events").fetchone()
-            else:
-                sql = "SELECT COUNT(*) FROM events WHERE agent_id = ?"
-                row = self._db.execute(sql, (agent_id,)).fetchone()
-            return int(row[0])
-
     def events(self, where: EventFilter | None = None) -> Iterator[Mapping]:
         """Stream stored events as mappings in (agent, sequence) order; see `Store.events`."""
-        where = where or EventFilter()
-        clauses: list[str] = []
-        params: list[Any] = []
-        for column, op, value in (
-            ("ts", ">=", ecs_time(where.since) if where.since else None),
-            ("ts", "<", ecs_time(where.until) if where.until else None),
-            ("host", "=", where.host),
-            ("user_name", "=", where.user),
-            ("agent_id", "=", where.agent),
-            ("action", "=", where.action),
-            ("device_serial", "=", where.device_serial),
-        ):
-            if value is not None:
-                clauses.append(f"{column} {op} ?")  # column and op come from the fixed table above
-                params.append(value)
-        if where.event_ids is not None:
-            clauses.append("event_id IN (SELECT value FROM json_each(?))")
-            params.append(json.dumps(list(where.event_ids)))
+        clauses, params = self._event_clauses(where or EventFilter())
         sql = "SELECT chain, data, agent_id, sequence FROM events"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
@@ -570,99 +463,6 @@ class SqliteStore(Store):
             reader.close()
 
     # ------------------------------------------------------------------ alerts
-
-    def add_alert(self, alert: Mapping) -> None:
-        """Store (or replace, by id) an alert; see `Store.add_alert`."""
-        self._writable()
-        try:
-            row = (
-                str(alert["id"]),
-                str(alert["@timestamp"]),
-                str(alert["policy.id"]),
-                str(alert.get("severity", "")),
-                json.dumps(alert, sort_keys=True, default=str),
-            )
-        except KeyError as exc:
-            raise StoreError(self.location, f"alert lacks required field {exc}") from exc
-        with self._lock:
-            # An upsert, not INSERT OR REPLACE: replacing the row would reset its triage status.
-            self._execute(
-                "INSERT INTO alerts (id, ts, policy_id, severity, body) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET ts = excluded.ts, policy_id = excluded.policy_id,"
-                " severity = excluded.severity, body = excluded.body",
-                row,
-            )
-
-    def _select_alerts(self) -> str:
-        # Columns: body, status. A read-only view of a store not upgraded yet reads the bodies.
-        return _SELECT_ALERTS if self._version >= 2 else _SELECT_ALERTS_V1
-
-    def _status_column(self) -> str:
-        return "status" if self._version >= 2 else _STATUS_V1
-
-    def alerts(
-        self,
-        limit: int = 100,
-        since: str | None = None,
-        *,
-        statuses: Sequence[str] | None = None,
-        severities: Sequence[str] | None = None,
-        policies: Sequence[str] | None = None,
-        hosts: Sequence[str] | None = None,
-        users: Sequence[str] | None = None,
-        devices: Sequence[str] | None = None,
-    ) -> list[Mapping]:
-        """The newest `limit` alerts at or after `since` and matching the filters, oldest first."""
-        status = self._status_column()
-        sql = self._select_alerts() + " WHERE ts >= ?"
-        params: list[Any] = [since or ""]
-        for column, values in (
-            (status, triage.check_statuses(self.location, statuses)),
-            ("severity", severities),
-            ("policy_id", policies),
-            ("""json_extract(body, '$."host.name"')""", hosts),
-            ("""json_extract(body, '$."user.name"')""", users),
-            ("""json_extract(body, '$."device.serial"')""", devices),
-        ):
-            if values is not None:
-                sql += " AND " + column + _IN_JSON_LIST  # column: from the fixed table above
-                params.append(json.dumps(list(values)))
-        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
-        params.append(max(0, limit))
-        with self._lock:
-            try:
-                rows = self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(self.location, f"reading alerts failed: {exc}") from exc
-        return [triage.with_status(json.loads(r[0]), str(r[1])) for r in reversed(rows)]
-
-    def alert(self, alert_id: str) -> Mapping | None:
-        """One alert with its current status, or None."""
-        sql = self._select_alerts() + " WHERE id = ?"
-        row = self._read_one(sql, (alert_id,), "reading an alert")
-        return None if row is None else triage.with_status(json.loads(row[0]), str(row[1]))
-
-    def alert_history(self, alert_id: str) -> list[triage.TriageEntry]:
-        """The alert's triage history, oldest first."""
-        if self._version < 2:
-            return []
-        sql = (
-            "SELECT alert_id, at, by_name, from_status, to_status, note FROM alert_triage"
-            " WHERE alert_id = ? ORDER BY seq"
-        )
-        with self._lock:
-            try:
-                rows = self._db.execute(sql, (alert_id,)).fetchall()
-            except sqlite3.Error as exc:
-                raise StoreError(self.location, f"reading triage history failed: {exc}") from exc
-        return [triage.TriageEntry(*(str(v) for v in r)) for r in rows]
-
-    def _read_one(self, sql: str, params: Sequence[Any], what: str) -> Any:
-        with self._lock:
-            try:
-                return self._db.execute(sql, params).fetchone()
-            except sqlite3.Error as exc:
-                raise StoreError(self.location, f"{what} failed: {exc}") from exc
 
     def triage_alerts(
         self, alert_ids: Sequence[str], status: str, *, by: str, note: str
@@ -711,21 +511,7 @@ class SqliteStore(Store):
         self._writable()
         if not updates:
             return
-        now = _now()
-        params = [
-            {
-                "id": u.id,
-                "host": u.host,
-                "version": u.version,
-                "first_seen": u.seen or now,
-                "seen": u.seen,
-                "heartbeat": u.heartbeat,
-                "connected": None if u.connected is None else int(u.connected),
-                "backlog": u.backlog,
-                "config_version": u.config_version,
-            }
-            for u in updates
-        ]
+        params = agent_params(updates, _now())
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -734,34 +520,6 @@ class SqliteStore(Store):
             except sqlite3.Error as exc:
                 self._rollback()
                 raise StoreError(self.location, f"registry update failed: {exc}") from exc
-
-    def agents(self) -> list[AgentRecord]:
-        """The fleet registry ordered by agent id, with each agent's watermark."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT a.id, a.host, a.version, a.first_seen, a.last_seen, a.last_heartbeat, a.connected,"
-                " a.backlog, a.gaps, a.lost, a.config_version, COALESCE(c.stored, 0),"
-                " (SELECT e.action FROM events e WHERE e.agent_id = a.id ORDER BY e.sequence DESC LIMIT 1)"
-                " FROM agents a LEFT JOIN chains c ON c.agent_id = a.id ORDER BY a.id"
-            ).fetchall()
-        return [
-            AgentRecord(
-                id=r[0],
-                host=r[1],
-                version=r[2],
-                first_seen=r[3],
-                last_seen=r[4],
-                last_heartbeat=r[5],
-                connected=bool(r[6]),
-                backlog=int(r[7]),
-                gaps=int(r[8]),
-                lost=int(r[9]),
-                config_version=r[10],
-                watermark=int(r[11]),
-                stopped=r[12] == "agent.stop",
-            )
-            for r in rows
-        ]
 
     def mark_all_disconnected(self) -> None:
         """Clear every connected flag."""
@@ -777,15 +535,28 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(self.location, f"write failed: {exc}") from exc
 
-    def _writable(self) -> None:
-        if self._readonly:
-            raise StoreError(self.location, "store was opened read-only")
+    def _all(self, sql: str, params: Sequence[Any], what: str = "query") -> list[Any]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(self.location, f"{what} failed: {exc}") from exc
+
+    def _write(self, sql: str, params: Sequence[Any], what: str = "write") -> None:
+        with self._lock:
+            self._execute(sql, params)
 
     def domain(self) -> domain.DomainSql:
         """The device and baseline tables' view of this connection (collector/store/domain.py)."""
         if self._domain is None:
             self._domain = domain.SqliteDomain(self._lock, lambda: self._db, self.location, self._readonly)
         return self._domain
+
+    def ledger(self, *, owns_store: bool = False) -> SqliteLedger:
+        """The evidence ledger on this store's connection."""
+        from collector.store.ledger_sqlite import SqliteLedger
+
+        return SqliteLedger(self, owns_store=owns_store)
 
     def close(self) -> None:
         """Close the database (every write is already committed)."""

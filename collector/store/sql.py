@@ -1,0 +1,335 @@
+"""The SQL both stores share, written once: `SqlStore` (collector/store/sqlite.py, postgres.py).
+
+Statements here use `?` placeholders; a `Dialect` says how a backend spells what differs:
+its placeholder, "this column is one of a list", a field of an alert's JSON body, and an
+alert's status in a store written before triage existed. Each backend keeps what really
+differs: connecting, schema and upgrades, how it writes a batch of events (executemany or
+COPY), its transactions and how a database error becomes a StoreError (`_all`, `_write`).
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import json
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from collector.store import triage
+from collector.store.base import AgentRecord, AgentUpdate, EventFilter, Mapping, Store, StoreError
+from collector.store.rows import stored_mapping
+from common.ecstime import ecs_time
+from protos import chain
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one database spells the few things the shared statements leave open."""
+
+    placeholder: str  # "?" (sqlite3) or "%s" (psycopg)
+    in_list: str  # appended to a column: true when it is one of the list bound to one placeholder
+    list_param: Callable[[Sequence[str]], Any]  # the bound value of such a list
+    alert_field: Callable[[str], str]  # the SQL of a top-level field of alerts.body (JSON text)
+    status_v1: str  # an alert's status in a store not upgraded to triage yet (from its body)
+    select_alerts_v1: str  # body and that status, from alerts
+
+    def sql(self, statement: str) -> str:
+        """`statement` with this dialect's placeholders."""
+        return statement if self.placeholder == "?" else _respell(statement, self.placeholder)
+
+
+@functools.lru_cache(maxsize=256)
+def _respell(statement: str, placeholder: str) -> str:
+    return statement.replace("?", placeholder)
+
+
+SELECT_ALERTS = "SELECT body, status FROM alerts"
+_AGENTS = (
+    "SELECT a.id, a.host, a.version, a.first_seen, a.last_seen, a.last_heartbeat, a.connected,"
+    " a.backlog, a.gaps, a.lost, a.config_version, COALESCE(c.stored, 0)"
+    " FROM agents a LEFT JOIN chains c ON c.agent_id = a.id ORDER BY a.id"
+)
+_EVENT_FILTERS = (  # (column, operator, EventFilter field) in the order clauses are written
+    ("ts", ">=", "since"),
+    ("ts", "<", "until"),
+    ("host", "=", "host"),
+    ("user_name", "=", "user"),
+    ("agent_id", "=", "agent"),
+    ("action", "=", "action"),
+    ("device_serial", "=", "device_serial"),
+)
+_ALERT_FIELDS = (("hosts", "host.name"), ("users", "user.name"), ("devices", "device.serial"))
+
+
+def link_rows(
+    location: str, agent_id: str, before: int, head: bytes, rows: Iterable[tuple[int, bytes]]
+) -> tuple[int, bytes, list[tuple[int, bytes]]]:
+    """Chain stored rows (sequence, data) after `before`: (last chained, its value, (sequence, value)s).
+
+    Stops at the first sequence that does not follow (inside the stored prefix that cannot
+    happen; stopping is safer than chaining across a hole).
+    """
+    link = chain.link
+    sealed = before
+    values: list[tuple[int, bytes]] = []
+    for seq, data in rows:
+        if seq != sealed + 1:
+            break
+        head = link(head, stored_mapping(location, agent_id, seq, bytes(data)))
+        sealed = seq
+        values.append((seq, head))
+    return sealed, head, values
+
+
+@dataclass(slots=True)
+class Prefix:
+    """An agent's stored state: end of the contiguous stored prefix, highest stored sequence."""
+
+    stored: int
+    max_sequence: int
+
+
+ABOVE_PREFIX = "SELECT sequence FROM events WHERE agent_id = ? AND sequence > ? ORDER BY sequence"
+
+
+def contiguous_end(stored: int, sequences: Iterable[tuple[int]]) -> int:
+    """Walk up from `stored` while the next sequence is present (a hole just filled).
+
+    `sequences`: rows of the agent's sequences above `stored` in order (ABOVE_PREFIX).
+    """
+    for (seq,) in sequences:
+        if seq != stored + 1:
+            break
+        stored = seq
+    return stored
+
+
+def fresh_events(batch: Iterable[Any], stored: int) -> dict[int, Any]:
+    """The events of a batch above the agent's stored prefix, by sequence (a resend keeps the last)."""
+    return {e.event.sequence: e for e in batch if e.event.sequence > stored}
+
+
+def agent_params(updates: Sequence[AgentUpdate], now: str) -> list[dict[str, Any]]:
+    """The named parameters of the registry upsert, one dict per update."""
+    return [
+        {
+            "id": u.id,
+            "host": u.host,
+            "version": u.version,
+            "first_seen": u.seen or now,
+            "seen": u.seen,
+            "heartbeat": u.heartbeat,
+            "connected": u.connected,
+            "backlog": u.backlog,
+            "config_version": u.config_version,
+        }
+        for u in updates
+    ]
+
+
+def alert_row(location: str, alert: Mapping) -> tuple[str, str, str, str, str]:
+    """(id, ts, policy_id, severity, body) of an alert; StoreError if a required field is missing."""
+    try:
+        return (
+            str(alert["id"]),
+            str(alert["@timestamp"]),
+            str(alert["policy.id"]),
+            str(alert.get("severity", "")),
+            json.dumps(alert, sort_keys=True, default=str),
+        )
+    except KeyError as exc:
+        raise StoreError(location, f"alert lacks required field {exc}") from exc
+
+
+class SqlStore(Store):
+    """What both SQL stores do the same way, on three primitives each backend provides."""
+
+    dialect: ClassVar[Dialect]
+    _lock: threading.Lock
+    _readonly: bool
+    _version: int  # the schema version of the store as opened
+
+    @abc.abstractmethod
+    def _all(self, sql: str, params: Sequence[Any], what: str = "query") -> list[Any]:
+        """Every row of a read (under the store's lock); a database error is a StoreError naming `what`."""
+
+    @abc.abstractmethod
+    def _write(self, sql: str, params: Sequence[Any], what: str = "write") -> None:
+        """One write statement in a transaction of its own (under the store's lock)."""
+
+    def _one(self, sql: str, params: Sequence[Any], what: str = "query") -> Any:
+        rows = self._all(sql, params, what)
+        return rows[0] if rows else None
+
+    def _q(self, statement: str) -> str:
+        return self.dialect.sql(statement)
+
+    def _writable(self) -> None:
+        if self._readonly:
+            raise StoreError(self.location, "store was opened read-only")
+
+    # ------------------------------------------------------------------ events
+
+    def _event_clauses(self, where: EventFilter, prefix: str = "") -> tuple[list[str], list[Any]]:
+        """The WHERE clauses and parameters of an event filter (`prefix`: the events table alias)."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        for column, op, name in _EVENT_FILTERS:
+            value = getattr(where, name)
+            if value is not None:
+                clauses.append(f"{prefix}{column} {op} {self.dialect.placeholder}")  # fixed table above
+                params.append(ecs_time(value) if name in ("since", "until") else value)
+        if where.event_ids is not None:
+            clauses.append(f"{prefix}event_id{self.dialect.in_list}")
+            params.append(self.dialect.list_param(list(where.event_ids)))
+        return clauses, params
+
+    def unsealed(self) -> int:
+        """Events in the agents' stored prefixes not chained yet (one row per agent is read)."""
+        row = self._one("SELECT COALESCE(SUM(stored - watermark), 0) FROM chains", ())
+        return 0 if row is None else int(row[0])
+
+    def chain_head(self, agent_id: str) -> tuple[int, bytes]:
+        """(last chained sequence, its chain value) of one agent; (0, genesis) before any."""
+        row = self._one(self._q("SELECT watermark, head FROM chains WHERE agent_id = ?"), (agent_id,))
+        return (0, chain.GENESIS) if row is None else (int(row[0]), bytes(row[1]))
+
+    def count_events(self, agent_id: str | None = None) -> int:
+        """How many events are stored (for one agent, or all)."""
+        if agent_id is None:
+            row = self._one("SELECT COUNT(*) FROM events", ())
+        else:
+            row = self._one(self._q("SELECT COUNT(*) FROM events WHERE agent_id = ?"), (agent_id,))
+        return 0 if row is None else int(row[0])
+
+    # ------------------------------------------------------------------ alerts
+
+    def add_alert(self, alert: Mapping) -> None:
+        """Store (or replace, by id) an alert; see `Store.add_alert`."""
+        self._writable()
+        row = alert_row(self.location, alert)
+        # An upsert, not a replace: replacing the row would reset its triage status.
+        self._write(
+            self._q(
+                "INSERT INTO alerts (id, ts, policy_id, severity, body) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (id) DO UPDATE SET ts = excluded.ts, policy_id = excluded.policy_id,"
+                " severity = excluded.severity, body = excluded.body"
+            ),
+            row,
+        )
+
+    def _select_alerts(self) -> str:
+        # Columns: body, status. A read-only view of a store not upgraded yet reads the bodies.
+        if self._version >= 2:
+            return SELECT_ALERTS
+        return self.dialect.select_alerts_v1
+
+    def alerts(
+        self,
+        limit: int = 100,
+        since: str | None = None,
+        *,
+        statuses: Sequence[str] | None = None,
+        severities: Sequence[str] | None = None,
+        policies: Sequence[str] | None = None,
+        hosts: Sequence[str] | None = None,
+        users: Sequence[str] | None = None,
+        devices: Sequence[str] | None = None,
+    ) -> list[Mapping]:
+        """The newest `limit` alerts at or after `since` and matching the filters, oldest first."""
+        d = self.dialect
+        status = "status" if self._version >= 2 else d.status_v1
+        fields = {"hosts": hosts, "users": users, "devices": devices}
+        sql = self._select_alerts() + self._q(" WHERE ts >= ?")
+        params: list[Any] = [since or ""]
+        for column, values in (
+            (status, triage.check_statuses(self.location, statuses)),
+            ("severity", severities),
+            ("policy_id", policies),
+            *((d.alert_field(field), fields[name]) for name, field in _ALERT_FIELDS),
+        ):
+            if values is not None:
+                sql += " AND " + column + d.in_list  # column: from the fixed table above
+                params.append(d.list_param(list(values)))
+        sql += self._q(" ORDER BY ts DESC, id DESC LIMIT ?")
+        params.append(max(0, limit))
+        rows = self._all(sql, params, "reading alerts")
+        return [triage.with_status(json.loads(str(r[0])), str(r[1])) for r in reversed(rows)]
+
+    def alert(self, alert_id: str) -> Mapping | None:
+        """One alert with its current status, or None."""
+        row = self._one(self._select_alerts() + self._q(" WHERE id = ?"), (alert_id,), "reading an alert")
+        return None if row is None else triage.with_status(json.loads(str(row[0])), str(row[1]))
+
+    def alert_history(self, alert_id: str) -> list[triage.TriageEntry]:
+        """The alert's triage history, oldest first."""
+        if self._version < 2:
+            return []
+        rows = self._all(
+            self._q(
+                "SELECT alert_id, at, by_name, from_status, to_status, note FROM alert_triage"
+                " WHERE alert_id = ? ORDER BY seq"
+            ),
+            (alert_id,),
+            "reading triage history",
+        )
+        return [triage.TriageEntry(*(str(v) for v in r)) for r in rows]
+
+    # ---------------------------------------------------------------- registry
+
+    def agents(self) -> list[AgentRecord]:
+        """The fleet registry ordered by agent id, with each agent's watermark."""
+        return [
+            AgentRecord(
+                id=r[0],
+                host=r[1],
+                version=r[2],
+                first_seen=r[3],
+                last_seen=r[4],
+                last_heartbeat=r[5],
+                connected=bool(r[6]),
+                backlog=int(r[7]),
+                gaps=int(r[8]),
+                lost=int(r[9]),
+                config_version=r[10],
+                watermark=int(r[11]),
+            )
+            for r in self._all(_AGENTS, ())
+        ]
+
+
+# An alert body as json for field filters. PostgreSQL refuses to read a JSON \u0000 escape, and one
+# NUL an endpoint put in a user name would fail every filtered listing: such an escape (after
+# escaped backslashes are respelt as \u005c, so a literal "\\u0000" is left alone) reads as U+FFFD.
+_PG_ALERT_JSON = r"replace(replace(body, '\\', '\u005c'), '\u0000', '\ufffd')::json"
+
+SQLITE = Dialect(
+    placeholder="?",
+    in_list=" IN (SELECT value FROM json_each(?))",
+    list_param=lambda values: json.dumps(list(values)),
+    alert_field=lambda field: f"""json_extract(body, '$."{field}"')""",
+    status_v1=(
+        "CASE WHEN json_extract(body, '$.status') IN ('resolved', 'false_positive', 'closed')"
+        " THEN json_extract(body, '$.status') ELSE 'open' END"
+    ),
+    select_alerts_v1=(
+        "SELECT body, CASE WHEN json_extract(body, '$.status') IN ('resolved', 'false_positive', 'closed')"
+        " THEN json_extract(body, '$.status') ELSE 'open' END FROM alerts"
+    ),
+)
+POSTGRES = Dialect(
+    placeholder="%s",
+    in_list=" = ANY(%s::text[])",
+    list_param=list,
+    alert_field=lambda field: f"({_PG_ALERT_JSON} ->> '{field}')",
+    status_v1=(
+        "CASE WHEN body::jsonb ->> 'status' IN ('resolved', 'false_positive', 'closed')"
+        " THEN body::jsonb ->> 'status' ELSE 'open' END"
+    ),
+    select_alerts_v1=(
+        "SELECT body, CASE WHEN body::jsonb ->> 'status' IN ('resolved', 'false_positive', 'closed')"
+        " THEN body::jsonb ->> 'status' ELSE 'open' END FROM alerts"
+    ),
+)
