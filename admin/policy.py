@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from pathlib import Path
@@ -102,7 +103,9 @@ def run_test(args: argparse.Namespace) -> int:
 
 
 def read_events(path: Path) -> Any:
-    """Yield the JSON objects of a JSON Lines file; ValueError names the bad line."""
+    """Yield the JSON objects of a JSON Lines file; ValueError names the bad line (and field)."""
+    from collector.policy import fields
+
     try:
         handle = path.open(encoding="utf-8")
     except OSError as exc:
@@ -115,8 +118,29 @@ def read_events(path: Path) -> Any:
                 continue
             try:
                 event = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"line {number}: not JSON: {exc.msg}") from exc
+            except (ValueError, RecursionError) as exc:  # also a 5000-digit number or deep nesting
+                reason = exc.msg if isinstance(exc, json.JSONDecodeError) else type(exc).__name__
+                raise ValueError(f"line {number}: not JSON: {reason}") from exc
             if not isinstance(event, dict):
                 raise ValueError(f"line {number}: expected a JSON object")
+            for name, value in event.items():
+                problem = fields.type_problem(name, value)
+                if not problem and name == "@timestamp":
+                    problem = _time_problem(value)
+                if problem:
+                    raise ValueError(f"line {number}: {name}: {problem}")
             yield event
+
+
+def _time_problem(value: object) -> str | None:
+    """Why an event time cannot be one ingest would store (1970..9999, UTC), or None."""
+    from collector import wirecheck
+
+    try:
+        moment = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+    except (ValueError, OverflowError):
+        return "not an ISO 8601 time"
+    if not wirecheck.MIN_SECONDS <= seconds <= wirecheck.MAX_SECONDS:
+        return "outside 1970-01-01T00:00:00Z..9999-12-31T23:59:59Z (what ingest accepts)"
+    return None

@@ -42,11 +42,11 @@ def local_time(timestamp: str, zone: str) -> dt.datetime | None:
     """@timestamp (ISO, UTC) in the given zone; None if absent or malformed."""
     try:
         moment = dt.datetime.fromisoformat(timestamp)
-    except (TypeError, ValueError):
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=dt.UTC)
+        return moment.astimezone(zoneinfo.ZoneInfo(zone))
+    except (TypeError, ValueError, OverflowError):  # OverflowError: year 1 moved west of UTC
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(zoneinfo.ZoneInfo(zone))
 
 
 class Compiler:

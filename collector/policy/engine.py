@@ -395,10 +395,13 @@ class PolicyEngine:
         for item in event.get("exfilguard.inventory") or []:
             if not isinstance(item, Mapping) or not item.get("tag"):
                 continue
+            files, size = item.get("files", 0) or 0, item.get("bytes", 0) or 0
+            if not isinstance(files, int) or not isinstance(size, int):
+                continue  # a recorded event (policy test) may hold anything; the proto holds ints
             key = (agent, str(item["tag"]))
             if key not in self.inventory and len(self.inventory) >= MAX_INVENTORIES:
                 self.inventory.pop(next(iter(self.inventory)))
-            self.inventory[key] = Inventory(int(item.get("files", 0) or 0), int(item.get("bytes", 0) or 0))
+            self.inventory[key] = Inventory(files, size)
 
     def _gap(self, event: EventFields, now: float) -> None:
         agent = str(event.get("agent.id", ""))

@@ -18,11 +18,28 @@ from protos import exfilguard_pb2 as pb
 _RENAMED = {"timestamp": "@timestamp"}
 
 
+# Python types a mapping value of each proto scalar type may have (what to_mapping produces).
+_NUMBERS: tuple[type, ...] = (int, float)
+_KINDS: dict[int, tuple[type, ...]] = {
+    FieldDescriptor.CPPTYPE_STRING: (str,),
+    FieldDescriptor.CPPTYPE_BOOL: (bool,),
+    FieldDescriptor.CPPTYPE_INT32: (int,),
+    FieldDescriptor.CPPTYPE_INT64: (int,),
+    FieldDescriptor.CPPTYPE_UINT32: (int,),
+    FieldDescriptor.CPPTYPE_UINT64: (int,),
+    FieldDescriptor.CPPTYPE_FLOAT: _NUMBERS,
+    FieldDescriptor.CPPTYPE_DOUBLE: _NUMBERS,
+    FieldDescriptor.CPPTYPE_ENUM: (str, int),
+}
+_TYPES: dict[str, tuple[type, ...]] = {}  # field -> the Python types its (scalar) values may have
+
+
 def _walk(descriptor: Descriptor, prefix: str, out: dict[str, bool], defaults: dict[str, object]) -> None:
     for field in descriptor.fields:
         name = prefix + field.name if prefix else _RENAMED.get(field.name, field.name)
         repeated = bool(field.is_repeated)
         message = field.message_type
+        _TYPES[name] = (str,) if message is not None else _KINDS.get(field.cpp_type, ())
         if message is not None and message.full_name == "google.protobuf.Timestamp":
             out[name] = False
             defaults[name] = None
@@ -69,6 +86,31 @@ ENRICHED: dict[str, object] = {
 for _name, _default in ENRICHED.items():
     FIELDS[_name] = isinstance(_default, list)
     DEFAULTS[_name] = _default
+    _TYPES[_name] = (
+        (str,) if isinstance(_default, list) else _NUMBERS if type(_default) is float else (type(_default),)
+    )
+
+
+def type_problem(name: str, value: object) -> str | None:
+    """Why `value` cannot be field `name` of an event (as to_mapping builds it), or None if it can.
+
+    Recorded events (`policy test --events`) are JSON an admin hands in: a list where a scalar
+    belongs would otherwise surface as a traceback deep in a window or the suppressor.
+    """
+    kinds = _TYPES.get(name)
+    if kinds is None:
+        return None  # not a field policies know: carried along, never used as a key or a number
+    items = value if FIELDS.get(name) else [value]
+    if FIELDS.get(name) and not isinstance(value, list):
+        return "expected a list"
+    for item in items:  # type: ignore[attr-defined]
+        if FIELDS.get(name) and kinds == (str,) and isinstance(item, dict):
+            continue  # a list of records (exfilguard.inventory, copy members)
+        if isinstance(item, bool) and bool not in kinds:
+            return f"expected {' or '.join(k.__name__ for k in kinds)}, not a boolean"
+        if not isinstance(item, kinds):
+            return f"expected {' or '.join(k.__name__ for k in kinds)}, not {type(item).__name__}"
+    return None
 
 
 def is_field(name: str) -> bool:
