@@ -20,6 +20,7 @@ and agent ids must order bytewise, as they do in SQLite, whatever the database's
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, cast
@@ -54,6 +55,8 @@ from protos import exfilguard_pb2 as pb
 
 if TYPE_CHECKING:
     from collector.store.ledger_postgres import PostgresLedger
+
+log = logging.getLogger("exfilguard.collector.store")
 
 SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
 
@@ -277,19 +280,14 @@ class PostgresStore(SqlStore):
         db = self._connection()
         agents = sorted({agent_id for agent_id, _ in batches})
         with db.transaction(), db.cursor() as cur:
-            new_agents = [a for a in agents if a not in self._known]
-            if new_agents:
-                cur.execute(
-                    "INSERT INTO chains (agent_id, head) SELECT a, %s FROM unnest(%s::text[]) AS a"
-                    " ON CONFLICT (agent_id) DO NOTHING",
-                    (chain.GENESIS, new_agents),
-                )
-            cur.execute(
-                "SELECT agent_id, stored, max_sequence FROM chains WHERE agent_id = ANY(%s)"
-                " ORDER BY agent_id FOR UPDATE",
-                (agents,),
-            )
-            states = {str(r[0]): Prefix(int(r[1]), int(r[2])) for r in cur.fetchall()}
+            states = self._lock_chains(cur, [a for a in agents if a not in self._known], agents)
+            gone = [a for a in agents if a not in states]
+            if gone:
+                # Rows this process saw are gone: the database was restored, or failed over to a
+                # copy that lacks them. Start their chains again rather than fail every batch.
+                log.error("chain rows missing for %d agents (database restored or failed over?); "
+                          "starting them again", len(gone))
+                states.update(self._lock_chains(cur, gone, gone))
             pending: list[tuple[Any, ...]] = []
             results = [
                 self._ingest_one(cur, agent_id, batch, states[agent_id], pending)
@@ -307,6 +305,22 @@ class PostgresStore(SqlStore):
                     self._seal_agent(cur, agent_id, None)
         self._known.update(agents)
         return results
+
+    @staticmethod
+    def _lock_chains(cur: psycopg.Cursor[Any], new: list[str], agents: list[str]) -> dict[str, Prefix]:
+        """Create chain rows for `new` agents, then lock and read those of `agents`."""
+        if new:
+            cur.execute(
+                "INSERT INTO chains (agent_id, head) SELECT a, %s FROM unnest(%s::text[]) AS a"
+                " ON CONFLICT (agent_id) DO NOTHING",
+                (chain.GENESIS, new),
+            )
+        cur.execute(
+            "SELECT agent_id, stored, max_sequence FROM chains WHERE agent_id = ANY(%s)"
+            " ORDER BY agent_id FOR UPDATE",
+            (agents,),
+        )
+        return {str(r[0]): Prefix(int(r[1]), int(r[2])) for r in cur.fetchall()}
 
     def _copy(self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> None:
         if not rows:

@@ -48,7 +48,9 @@ def _respell(statement: str, placeholder: str) -> str:
 SELECT_ALERTS = "SELECT body, status FROM alerts"
 _AGENTS = (
     "SELECT a.id, a.host, a.version, a.first_seen, a.last_seen, a.last_heartbeat, a.connected,"
-    " a.backlog, a.gaps, a.lost, a.config_version, COALESCE(c.stored, 0)"
+    " a.backlog, a.gaps, a.lost, a.config_version, COALESCE(c.stored, 0),"
+    # the agent's latest stored action, through the (agent_id, sequence) key: agent.stop = stopped
+    " (SELECT e.action FROM events e WHERE e.agent_id = a.id ORDER BY e.sequence DESC LIMIT 1)"
     " FROM agents a LEFT JOIN chains c ON c.agent_id = a.id ORDER BY a.id"
 )
 _EVENT_FILTERS = (  # (column, operator, EventFilter field) in the order clauses are written
@@ -295,6 +297,7 @@ class SqlStore(Store):
                 lost=int(r[9]),
                 config_version=r[10],
                 watermark=int(r[11]),
+                stopped=r[12] == "agent.stop",
             )
             for r in self._all(_AGENTS, ())
         ]

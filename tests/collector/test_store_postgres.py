@@ -128,6 +128,24 @@ def test_a_restarted_server_is_reconnected_to(pg_cluster: PgCluster) -> None:
     store.close()
 
 
+def test_chain_rows_gone_under_a_running_collector_are_started_again(
+    pg_cluster: PgCluster, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restore or a failover to a copy without them: ingest goes on (it raised KeyError, so
+    every batch of that agent failed as UNKNOWN, for good)."""
+    database = pg_cluster.create_database()
+    store = open_store(pg_cluster.url(database))
+    assert store.ingest("a", make_events("a", 1, 3)) == 3
+    with psycopg.connect(host=str(pg_cluster.socket_dir), port=pg_cluster.port, user="postgres",
+                         dbname=database, autocommit=True) as admin:
+        # The agent's history as of a backup taken before it first spoke.
+        admin.execute("TRUNCATE events, chain_values, chains, agents, evidence_checkpoints")
+    assert store.ingest("a", make_events("a", 4, 6)) == 0  # what it holds now: 4..6 above a hole
+    assert store.ingest("a", make_events("a", 1, 3)) == 6  # an agent resends nothing acked; a test can
+    assert "chain rows missing for 1 agents" in caplog.text
+    store.close()
+
+
 @pytest.mark.parametrize(
     ("url", "location"),
     [
