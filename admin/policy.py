@@ -42,6 +42,11 @@ def register(subparsers: Any) -> None:
         default=True,
         help="add baselines and risk built from the replayed events, as the collector does (default on)",
     )
+    test.add_argument(
+        "--peer-groups",
+        metavar="COLLECTOR.yaml",
+        help="take peer_groups (whom users' removable writes are compared with) from this collector config",
+    )
     test.set_defaults(run=run_test)
 
 
@@ -77,8 +82,23 @@ def run_test(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return 1
+    groups: dict[str, str] = {}
+    if args.peer_groups:
+        from collector import config as collector_config
+        from collector.behaviour.keeper import peer_groups
+        from common.yamlfile import YamlError
+
+        try:
+            groups = peer_groups(collector_config.load(args.peer_groups).peer_groups)
+        except YamlError as exc:
+            print(f"bad config: {exc}", file=sys.stderr)
+            return 2
     runner = replay.engine_for(
-        policy_set, timezone=args.timezone, suppression=args.suppression, behaviour=args.behaviour
+        policy_set,
+        timezone=args.timezone,
+        suppression=args.suppression,
+        behaviour=args.behaviour,
+        groups=groups,
     )
     try:
         events = list(read_events(Path(args.events)))

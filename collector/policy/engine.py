@@ -484,7 +484,7 @@ class PolicyEngine:
 
 # Enriched fields an alert carries as evidence when set (collector/behaviour/): why it was new or
 # unusual, how much more than usual, the user's risk.
-_BEHAVIOUR_FIELDS = tuple(name for name in fields.ENRICHED if name != "exfilguard.baseline.peer_group")
+_BEHAVIOUR_FIELDS = tuple(fields.ENRICHED)
 
 
 def _reads_risk(policy: Policy, policy_set: PolicySet) -> bool:

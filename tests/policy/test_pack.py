@@ -8,6 +8,7 @@ approved). A paging alert is high or critical; the innocent look-alikes of THREA
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from admin.policy import read_events
 from collector.policy import loader
 from collector.policy.replay import engine_for
 from collector.policy.replay import replay as replay_events
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "policies"
@@ -97,3 +99,18 @@ def test_backup_job_pages_nobody(pack: Path) -> None:
     for name in ("usb-copy-database.negative.jsonl", "usb-copy-tagged-file.negative.jsonl"):
         alerts = replay(pack, name)
         assert not [a for a in alerts if a["user.name"] == "svc-backup"]
+
+
+def test_policy_test_compares_with_the_peer_groups_of_a_collector_config(pack: Path, tmp_path: Path) -> None:
+    config = tmp_path / "collector.yaml"
+    config.write_text("peer_groups:\n  finance: [kim, lena]\n")
+    events = str(EXAMPLES / "usb-volume-spike.positive.jsonl")
+    done = run_cli("policy", "test", str(pack), "--events", events, "--json", "--peer-groups", str(config))
+    assert done.returncode == 0, done.stderr
+    spikes = [json.loads(line) for line in done.stdout.splitlines()]
+    groups = {a["exfilguard.baseline.peer_group"] for a in spikes if a["policy.id"] == "usb-volume-spike"}
+    assert groups == {"finance"}
+    bad = run_cli(
+        "policy", "test", str(pack), "--events", events, "--peer-groups", str(tmp_path / "none.yaml")
+    )
+    assert bad.returncode == 2 and "none.yaml" in bad.stderr
