@@ -250,6 +250,16 @@ def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
             value=stats.get("events", 0),
         ),
         GaugeMetricFamily(
+            "exfilguard_baseline_users",
+            "Users with a baseline (collector/behaviour): kept in memory and in the store",
+            value=stats.get("baseline_users", 0),
+        ),
+        GaugeMetricFamily(
+            "exfilguard_devices_seen",
+            "Removable devices seen by the fleet",
+            value=stats.get("devices_seen", 0),
+        ),
+        GaugeMetricFamily(
             "exfilguard_policy_open_groups",
             "Open aggregate/sequence window groups",
             value=stats["open_groups"],

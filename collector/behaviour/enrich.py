@@ -155,6 +155,14 @@ class Behaviour:
         if serial:
             self.sightings.alerted(str(serial))
 
+    def stats(self) -> dict[str, int]:
+        """Figures for metrics: users and hosts with a baseline, devices seen, approvals in force."""
+        return {
+            "baseline_users": len(self.baselines.users),
+            "baseline_hosts": len(self.hosts.hosts),
+            "devices_seen": len(self.sightings.devices),
+        }
+
     # ------------------------------------------------------------------ the store's copy
 
     def snapshot(

@@ -472,6 +472,7 @@ class PolicyEngine:
             "inventories": len(self.inventory),
             "suppressed_pending": len(self.suppressor),
             "folded_by_policy": dict(self.folded),
+            **(self.behaviour.stats() if self.behaviour is not None else {}),
             "skipped_by_policy": dict(self.skipped),
             "suspended_policies": sorted(self._suspended),
         }

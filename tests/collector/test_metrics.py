@@ -118,6 +118,7 @@ def test_counters_move_by_exactly_what_real_streams_did(tmp_path: Path) -> None:
             assert value(after, "exfilguard_store_ingest_seconds_count") == 3  # one commit each
             assert value(after, "exfilguard_streams_open") == 1
             assert value(after, "exfilguard_agents_known") == 1
+            until(port, "exfilguard_baseline_users", 1)  # alice, named by every event
             # 12 file.read events: one alert goes out, the other 11 fold into its window.
             until(port, "exfilguard_alerts_raised_total", 1, policy_id="test-db-read", severity="high")
             until(port, "exfilguard_alerts_folded_total", 11, policy_id="test-db-read")
