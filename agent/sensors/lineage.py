@@ -15,7 +15,7 @@ what a bound drops is counted in `dropped` (reported as an agent.gap by the call
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH115, PTH116, PTH123, PTH208
+# ruff: noqa: PTH115, PTH116, PTH118, PTH123, PTH208
 
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ CARRY_SECONDS = 12 * 3600.0
 REFRESH_SECONDS = 1.0      # a process's pipes are re-read at most this often
 FORK_SLACK_SECONDS = 0.5   # a parent's reads this soon after a child's start still reach it
 _O_ACCMODE = 0o3
+_CMDLINE_BYTES = 8192
+_MAX_ARGS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +181,8 @@ class DataFlow:
         if link is None:
             return  # gone: what was recorded before stays
         parent, writes, reads, files, born = link
-        # a derived file it has open now was opened before anything watched it (this thread
-        # was behind): it reads it
+        # a derived file it has open now, or names on its command line, was opened before
+        # anything watched it (this thread was behind): it reads it
         held = [read for path in files for read in self.held(path)]
         with self._lock:
             proc = self._procs.get(pid)
@@ -280,6 +282,23 @@ class DataFlow:
         return bool(self.flow([pid]).sources)
 
 
+def _argument_paths(base: str) -> list[str]:
+    """Paths named on a process's command line (`openssl enc -in /tmp/x.tgz`): at its exec it
+    has not opened them yet, and it may be gone before its open is handled."""
+    try:
+        with open(f"{base}/cmdline", "rb") as fh:
+            args = fh.read(_CMDLINE_BYTES).split(b"\0")[1:]
+        cwd = os.readlink(f"{base}/cwd")
+    except OSError:
+        return []
+    out = []
+    for raw in args[:_MAX_ARGS]:
+        arg = os.fsdecode(raw)
+        if arg and not arg.startswith("-"):
+            out.append(arg if arg.startswith("/") else os.path.normpath(os.path.join(cwd, arg)))
+    return out
+
+
 def _read_link(pid: int) -> tuple[int, tuple[int, ...], tuple[int, ...], list[str], float] | None:
     """(ppid, pipe inodes written, pipe inodes read, paths of files open, start time) of a live
     process; None when it is gone."""
@@ -295,7 +314,7 @@ def _read_link(pid: int) -> tuple[int, tuple[int, ...], tuple[int, ...], list[st
         return None
     writes: list[int] = []
     reads: list[int] = []
-    files: list[str] = []
+    files = _argument_paths(base)
     for name in names:
         try:
             target = os.readlink(f"{base}/fd/{name}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+PACK = Path(__file__).resolve().parents[2] / "policies"
 SEVERE = ("high", "critical")
 BELOW_MEDIUM = ("info", "low")
 
@@ -134,6 +135,34 @@ def make_data(base: Path, scale: int = 1) -> Path:
     for path in (base, *base.rglob("*")):
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by another user (nobody)
     return db
+
+
+def pack_without_suppression(where: Path) -> Path:
+    """The shipped pack with its `suppress:` windows left out: they fold repeats by user and
+    stick, and the matrix tries every technique as one user on one stick within a minute."""
+    where.mkdir()
+    for path in PACK.glob("*.yaml"):
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if not line.startswith("    suppress:")]
+        (where / path.name).write_text("".join(kept))
+    return where
+
+
+def configs(work: Path, db: Path, port: int) -> tuple[Path, Path]:
+    """collector.yaml and agent.yaml in `work` for a loopback pair: the pack (no suppression),
+    alerts to work/alerts.jsonl, DB tagged `database`, loop devices count as removable."""
+    collector = work / "collector.yaml"
+    collector.write_text(
+        f"listen: 127.0.0.1:{port}\ntls:\n  insecure_loopback: true\nstore: {work}/collector.db\n"
+        f"state_dir: {work}/state\npolicies: [{pack_without_suppression(work / 'pack')}]\ntimezone: UTC\n"
+        "alert_suppression_seconds: 0\nlog_level: warning\n"
+        f"alerts:\n  - {{type: jsonl, path: {work}/alerts.jsonl}}\n")
+    agent = work / "agent.yaml"
+    agent.write_text(
+        f"collector: 127.0.0.1:{port}\ntls: {{insecure_loopback: true}}\nstate_dir: {work}/agent\n"
+        "heartbeat_seconds: 0.5\nbatch:\n  max_events: 500\n  max_delay_ms: 50\n"
+        f"tags:\n  {db}: [database]\nremovable:\n  include_loop: true\n")
+    return collector, agent
 
 
 def environment(base: Path, stick: Path, work: Path, shm: Path) -> dict[str, str]:

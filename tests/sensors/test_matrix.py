@@ -33,7 +33,6 @@ from tests.sensors import matrix
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 BIN = Path(sys.executable).parent
-PACK = Path(__file__).resolve().parents[2] / "policies"
 
 
 @pytest.fixture
@@ -50,31 +49,6 @@ def base() -> Iterator[Path]:
     shutil.rmtree(where, ignore_errors=True)
 
 
-def _pack(where: Path) -> Path:
-    """The shipped pack with its suppression windows left out."""
-    where.mkdir()
-    for path in PACK.glob("*.yaml"):
-        lines = path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if not line.startswith("    suppress:")]
-        (where / path.name).write_text("".join(kept))
-    return where
-
-
-def _configs(tmp_path: Path, db: Path, port: int) -> tuple[Path, Path]:
-    collector = tmp_path / "collector.yaml"
-    collector.write_text(
-        f"listen: 127.0.0.1:{port}\ntls:\n  insecure_loopback: true\nstore: {tmp_path}/collector.db\n"
-        f"state_dir: {tmp_path}/state\npolicies: [{_pack(tmp_path / 'pack')}]\ntimezone: UTC\n"
-        "alert_suppression_seconds: 0\n"
-        f"alerts:\n  - {{type: jsonl, path: {tmp_path}/alerts.jsonl}}\n")
-    agent = tmp_path / "agent.yaml"
-    agent.write_text(
-        f"collector: 127.0.0.1:{port}\ntls: {{insecure_loopback: true}}\nstate_dir: {tmp_path}/agent\n"
-        "heartbeat_seconds: 0.5\nbatch:\n  max_events: 500\n  max_delay_ms: 50\n"
-        f"tags:\n  {db}: [database]\nremovable:\n  include_loop: true\n")
-    return collector, agent
-
-
 def _stored(tmp_path: Path, wanted: Callable[[dict[str, Any]], bool]) -> bool:
     store = open_store(str(tmp_path / "collector.db"), readonly=True)
     try:
@@ -89,7 +63,7 @@ def test_insider_techniques_alert_and_benign_work_does_not(tmp_path: Path, base:
                                                            loop_stick: Any) -> None:
     db = matrix.make_data(base)
     port = free_port()
-    collector_yaml, agent_yaml = _configs(tmp_path, db, port)
+    collector_yaml, agent_yaml = matrix.configs(tmp_path, db, port)
     collector = Process([str(BIN / "exfilguard-collector"), "--config", str(collector_yaml)],
                         tmp_path / "collector.log").start()
     agent_argv = [str(BIN / "exfilguard-agent"), "--config", str(agent_yaml)]
