@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from admin import terminal
 from collector import config as collector_config
 from collector.store import AgentRecord, StoreError, open_store
 from common.yamlfile import YamlError
@@ -111,11 +112,7 @@ def format_table(
         )
         for r in records
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    if not records:
-        lines.append("(no agents have connected yet)")
-    return "\n".join(lines) + "\n"
+    return terminal.table(rows) + ("" if records else "(no agents have connected yet)\n")
 
 
 def _config_cell(running: str, expected: str) -> str:

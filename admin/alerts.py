@@ -15,7 +15,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from admin import terminal
 from admin.export import parse_time
+from admin.terminal import clean, print_json, store_options
 from collector import config as collector_config
 from collector.store import EventFilter, Store, StoreError, open_store, triage
 from common.yamlfile import YamlError
@@ -40,7 +42,7 @@ def register(subparsers: Any) -> None:
         description="The newest alerts the collector raised, oldest first; `show`, `close` and "
         "`reopen` one or more of them. Statuses: " + ", ".join(triage.STATUSES) + " (see docs/alerts.md).",
     )
-    _common(parser, default=None)
+    store_options(parser, default=None)
     parser.add_argument("--limit", type=int, default=100, help="how many of the newest alerts (default 100)")
     parser.add_argument(
         "--since",
@@ -84,7 +86,7 @@ def register(subparsers: Any) -> None:
 
     show = sub.add_parser("show", help="one alert, its triage history and its evidence events")
     show.add_argument("id", metavar="ID", help="the alert's id")
-    _common(show, default=argparse.SUPPRESS)
+    store_options(show, default=argparse.SUPPRESS)
     show.set_defaults(run=run_show)
 
     close = sub.add_parser("close", help="close alerts, with a note saying why")
@@ -105,18 +107,6 @@ def register(subparsers: Any) -> None:
     reopen.set_defaults(run=run_triage, status=triage.OPEN)
 
 
-def _common(parser: argparse.ArgumentParser, default: Any) -> None:
-    # Sub-commands use SUPPRESS so `alerts --config F close ...` keeps the value given before them.
-    parser.add_argument(
-        "--config",
-        default=default,
-        help="the collector's config (default: $EXFILGUARD_CONFIG or /etc/exfilguard/collector.yaml)",
-    )
-    parser.add_argument(
-        "--json", action="store_true", default=False if default is None else default, help="print JSON"
-    )
-
-
 def _triage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--note", required=True, help=f"why (required; at most {triage.MAX_NOTE_CHARS} characters)"
@@ -124,7 +114,7 @@ def _triage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--by", default=None, metavar="NAME", help="who (default: $SUDO_USER or your login name)"
     )
-    _common(parser, default=argparse.SUPPRESS)
+    store_options(parser, default=argparse.SUPPRESS)
 
 
 def invoking_user() -> str:
@@ -169,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
             devices=args.devices,
         )
         if args.json:
-            _print_json(alerts)
+            print_json(alerts)
         else:
             sys.stdout.write(format_table(alerts))
         return 0
@@ -187,7 +177,7 @@ def run_show(args: argparse.Namespace) -> int:
         history = store.alert_history(args.id)
         events, missing = evidence_events(store, alert)
         if args.json:
-            _print_json(
+            print_json(
                 {
                     "alert": alert,
                     "history": [h.as_dict() for h in history],
@@ -213,7 +203,7 @@ def run_triage(args: argparse.Namespace) -> int:
     def work(store: Store) -> int:
         entries = store.triage_alerts(args.ids, args.status, by=by, note=args.note)
         if args.json:
-            _print_json([e.as_dict() for e in entries])
+            print_json([e.as_dict() for e in entries])
         else:
             for e in entries:
                 print(f"{e.alert_id}: {e.from_status} -> {e.to_status}")
@@ -258,13 +248,7 @@ def _with_store(args: argparse.Namespace, work: Callable[[Store], int], *, reado
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"exfilguard alerts: {message}", file=sys.stderr)
-    return code
-
-
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+    return terminal.fail("alerts", message, code)
 
 
 def evidence_events(store: Store, alert: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -292,25 +276,21 @@ def format_table(alerts: list[dict[str, Any]]) -> str:
     """Fixed-width table, one alert a line, summary cut to fit."""
     rows = [_COLUMNS] + [
         (
-            _clean(str(a.get("id", ""))),
+            clean(str(a.get("id", ""))),
             str(a.get("@timestamp", ""))[:19].replace("T", " "),
-            _clean(str(a.get("severity", ""))),
+            clean(str(a.get("severity", ""))),
             _risk(a.get("exfilguard.risk.score")),
-            _clean(str(a.get("status", triage.OPEN))),
-            _clean(str(a.get("policy.id", ""))),
-            _clean(str(a.get("host.name", ""))) or "-",
-            _clean(str(a.get("user.name", ""))) or "-",
-            _clean(str(a.get("device.serial", ""))) or "-",
+            clean(str(a.get("status", triage.OPEN))),
+            clean(str(a.get("policy.id", ""))),
+            clean(str(a.get("host.name", ""))) or "-",
+            clean(str(a.get("user.name", ""))) or "-",
+            clean(str(a.get("device.serial", ""))) or "-",
             str(a.get("count", "")),
             _cut(str(a.get("summary", ""))),
         )
         for a in alerts
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    if not alerts:
-        lines.append("(no alerts)")
-    return "\n".join(lines) + "\n"
+    return terminal.table(rows) + ("" if alerts else "(no alerts)\n")
 
 
 def _risk(value: Any) -> str:
@@ -337,31 +317,26 @@ def format_alert(
     for key in keys:
         value = alert[key]
         text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-        out.append(f"{key.ljust(width)}  {_clean(text)}")
+        out.append(f"{key.ljust(width)}  {clean(text)}")
     out.append("")
     out.append(f"Triage history ({len(history)}):")
     for h in history:
-        note = _clean(h.note, multiline=True).replace("\n", "\n      ")
-        out.append(f"  {h.at}  {_clean(h.by)}  {h.from_status} -> {h.to_status}\n      {note}")
+        note = clean(h.note, multiline=True).replace("\n", "\n      ")
+        out.append(f"  {h.at}  {clean(h.by)}  {h.from_status} -> {h.to_status}\n      {note}")
     if not history:
         out.append("  (never triaged)")
     out.append("")
     cited = len(events) + len(missing)
     out.append(f"Evidence ({cited} event(s) cited, {len(events)} stored):")
     for event in events:
-        cells = [_clean(str(event.get(c, ""))) for c in _EVENT_COLUMNS]
+        cells = [clean(str(event.get(c, ""))) for c in _EVENT_COLUMNS]
         what = event.get("file.path") or event.get("device.serial") or ""
-        out.append("  " + "  ".join(cells) + (f"  {_clean(str(what))}" if what else ""))
+        out.append("  " + "  ".join(cells) + (f"  {clean(str(what))}" if what else ""))
     for event_id in missing:
-        out.append(f"  {_clean(event_id)}  (no longer stored: pruned, or never received)")
+        out.append(f"  {clean(event_id)}  (no longer stored: pruned, or never received)")
     return "\n".join(out) + "\n"
 
 
-def _clean(text: str, *, multiline: bool = False) -> str:
-    # Alert fields come from endpoints: no control characters reach the officer's terminal.
-    return "".join(ch if ch.isprintable() or (multiline and ch == "\n") else "?" for ch in text)
-
-
 def _cut(text: str) -> str:
-    text = _clean(" ".join(text.split()))
+    text = clean(" ".join(text.split()))
     return text if len(text) <= _SUMMARY_WIDTH else text[: _SUMMARY_WIDTH - 1] + "…"

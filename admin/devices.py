@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
+from admin import terminal
 from admin.alerts import invoking_user, open_configured
 from admin.export import parse_time
+from admin.terminal import clean, print_json, store_options, table
 from collector.store import StoreError
 from collector.store.devices import DeviceBook, InvalidDeviceChange, NoSuchApproval, learn
 from common.ecstime import ecs_time
@@ -52,7 +52,7 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(parser, default=None)
+    store_options(parser, default=None)
     parser.add_argument(
         "--since", type=parse_time, metavar="TIME", help="only devices seen since (ISO time or 7d)"
     )
@@ -79,11 +79,11 @@ def register(subparsers: Any) -> None:
         metavar="DURATION",
         help="look back this far (7d)",
     )
-    _common(learning, default=argparse.SUPPRESS)
+    store_options(learning, default=argparse.SUPPRESS)
     learning.set_defaults(run=run_learn)
 
     proposals = sub.add_parser("proposals", help="the proposals waiting for review")
-    _common(proposals, default=argparse.SUPPRESS)
+    store_options(proposals, default=argparse.SUPPRESS)
     proposals.set_defaults(run=run_proposals)
 
     for name, accept in (("accept", True), ("reject", False)):
@@ -95,19 +95,8 @@ def register(subparsers: Any) -> None:
 
     history = sub.add_parser("history", help="every approval change: who, when, why (export with --json)")
     history.add_argument("serial", nargs="?", metavar="SERIAL")
-    _common(history, default=argparse.SUPPRESS)
+    store_options(history, default=argparse.SUPPRESS)
     history.set_defaults(run=run_history)
-
-
-def _common(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument(
-        "--config",
-        default=default,
-        help="the collector's config (default: $EXFILGUARD_CONFIG or /etc/exfilguard/collector.yaml)",
-    )
-    parser.add_argument(
-        "--json", action="store_true", default=False if default is None else default, help="print JSON"
-    )
 
 
 def _change_options(parser: argparse.ArgumentParser) -> None:
@@ -115,7 +104,7 @@ def _change_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--by", default=None, metavar="NAME", help="who (default: $SUDO_USER or your login name)"
     )
-    _common(parser, default=argparse.SUPPRESS)
+    store_options(parser, default=argparse.SUPPRESS)
 
 
 # ---------------------------------------------------------------------- commands
@@ -133,24 +122,24 @@ def run_list(args: argparse.Namespace) -> int:
                 "everyone" if a.scope == "all" else f"{a.scope}:{a.subject}"
             )
         if args.json:
-            _print_json([{**s.as_dict(), "approved_for": approved.get(s.serial, [])} for s in seen])
+            print_json([{**s.as_dict(), "approved_for": approved.get(s.serial, [])} for s in seen])
             return 0
         rows = [_COLUMNS] + [
             (
-                _clean(s.serial),
-                f"{_clean(s.vendor_id) or '?'}:{_clean(s.product_id) or '?'}",
-                _clean(f"{s.vendor} {s.model}".strip()) or "-",
+                clean(s.serial),
+                f"{clean(s.vendor_id) or '?'}:{clean(s.product_id) or '?'}",
+                clean(f"{s.vendor} {s.model}".strip()) or "-",
                 s.first_seen[:16].replace("T", " "),
                 s.last_seen[:16].replace("T", " "),
                 _names(s.users),
                 _names(s.hosts),
                 f"{s.files_written} files, {_size(s.bytes_written)}",
                 str(s.alerts),
-                _clean(", ".join(approved.get(s.serial, []))) or "no",
+                clean(", ".join(approved.get(s.serial, []))) or "no",
             )
             for s in seen
         ]
-        print(_table(rows) + ("(no devices seen)\n" if not seen else ""), end="")
+        print(table(rows) + ("(no devices seen)\n" if not seen else ""), end="")
         return 0
 
     return _with_book(args, work, readonly=True)
@@ -185,7 +174,7 @@ def run_learn(args: argparse.Namespace) -> int:
         written = book.propose(learn(book.sightings(since), since))
         pending = book.proposals()
         if args.json:
-            _print_json([p.as_dict() for p in pending])
+            print_json([p.as_dict() for p in pending])
         else:
             print(
                 f"{written} proposal(s) from devices seen since {since[:16]}; {len(pending)} pending review"
@@ -202,18 +191,18 @@ def run_proposals(args: argparse.Namespace) -> int:
     def work(book: DeviceBook) -> int:
         pending = book.proposals()
         if args.json:
-            _print_json([p.as_dict() for p in pending])
+            print_json([p.as_dict() for p in pending])
         else:
             rows = [("SERIAL", "FOR", "PROPOSED", "WHY")] + [
                 (
-                    _clean(p.serial),
-                    _clean(f"{p.scope}:{p.subject}"),
+                    clean(p.serial),
+                    clean(f"{p.scope}:{p.subject}"),
                     p.at[:16].replace("T", " "),
-                    _clean(p.reason),
+                    clean(p.reason),
                 )
                 for p in pending
             ]
-            print(_table(rows) + ("(no proposals)\n" if not pending else ""), end="")
+            print(table(rows) + ("(no proposals)\n" if not pending else ""), end="")
         return 0
 
     return _with_book(args, work, readonly=True)
@@ -239,20 +228,20 @@ def run_history(args: argparse.Namespace) -> int:
     def work(book: DeviceBook) -> int:
         changes = book.history(args.serial)
         if args.json:
-            _print_json([c.as_dict() for c in changes])
+            print_json([c.as_dict() for c in changes])
             return 0
         rows = [("AT", "BY", "ACTION", "SERIAL", "FOR", "NOTE")] + [
             (
                 c.at[:19].replace("T", " "),
-                _clean(c.by),
+                clean(c.by),
                 c.action,
-                _clean(c.serial),
-                "everyone" if c.scope == "all" else _clean(f"{c.scope}:{c.subject}"),
-                _clean(c.note),
+                clean(c.serial),
+                "everyone" if c.scope == "all" else clean(f"{c.scope}:{c.subject}"),
+                clean(c.note),
             )
             for c in changes
         ]
-        print(_table(rows) + ("(no changes recorded)\n" if not changes else ""), end="")
+        print(table(rows) + ("(no changes recorded)\n" if not changes else ""), end="")
         return 0
 
     return _with_book(args, work, readonly=True)
@@ -283,11 +272,11 @@ def _with_book(args: argparse.Namespace, work: Callable[[DeviceBook], int], *, r
 
 def _report(args: argparse.Namespace, changes: list[Any]) -> None:
     if args.json:
-        _print_json([c.as_dict() for c in changes])
+        print_json([c.as_dict() for c in changes])
         return
     for c in changes:
         who = "everyone" if c.scope == "all" else f"{c.scope} {c.subject}"
-        print(_clean(f"{c.action} {c.serial} for {who} by {c.by}: {c.note}"))
+        print(clean(f"{c.action} {c.serial} for {who} by {c.by}: {c.note}"))
 
 
 def _ecs(moment: dt.datetime) -> str:
@@ -296,7 +285,7 @@ def _ecs(moment: dt.datetime) -> str:
 
 def _names(names: dict[str, str], shown: int = 3) -> str:
     ordered = sorted(names, key=lambda n: names[n], reverse=True)
-    text = ",".join(_clean(n) for n in ordered[:shown])
+    text = ",".join(clean(n) for n in ordered[:shown])
     return (text + (f" +{len(ordered) - shown}" if len(ordered) > shown else "")) or "-"
 
 
@@ -309,23 +298,5 @@ def _size(n: int) -> str:
     return f"{value:.1f} GiB"
 
 
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "".join(
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() + "\n" for row in rows
-    )
-
-
-def _clean(text: str) -> str:
-    # Names come from devices and agents: never let one rewrite the officer's terminal.
-    return "".join(ch if ch.isprintable() else "?" for ch in text)
-
-
 def _fail(message: str, code: int) -> int:
-    print(f"exfilguard devices: {message}", file=sys.stderr)
-    return code
-
-
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, indent=2, sort_keys=True)
-    sys.stdout.write("\n")
+    return terminal.fail("devices", message, code)
