@@ -203,7 +203,7 @@ def test_full_store_disk_keeps_events_spooled_and_loses_nothing_once_space_retur
 
 
 def test_kill9_loops_of_agent_and_collector_lose_and_duplicate_nothing(pipeline: Pipeline) -> None:
-    produced = 10_000
+    produced = 6_000
     pipeline.start_collector()
     pipeline.start_agent(test_events=produced)
     # The agent is killed only once its events are durable: what sits in memory a few
