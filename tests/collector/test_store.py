@@ -197,6 +197,17 @@ def test_registry_upsert_keeps_unset_fields(store: Store) -> None:
     assert not store.agents()[0].connected
 
 
+def test_registry_says_stopped_when_the_latest_stored_event_is_agent_stop(store: Store) -> None:
+    for agent_id in ("stopped", "restarted", "quiet"):
+        store.upsert_agent(agent_id, host="ws1", version="1.0", connected=False)
+    store.ingest("stopped", [make_event("stopped", 1, action="agent.start"), make_event("stopped", 2),
+                             make_event("stopped", 3, action="agent.stop")])
+    # a stop delivered late, from the spool, after the next run had started: not stopped
+    store.ingest("restarted", [make_event("restarted", 2, action="agent.start")])
+    store.ingest("restarted", [make_event("restarted", 1, action="agent.stop")])
+    assert {r.id: r.stopped for r in store.agents()} == {"quiet": False, "restarted": False, "stopped": True}
+
+
 def test_alerts_round_trip_newest_limit_oldest_first(store: Store) -> None:
     for n in range(5):
         when = f"2026-01-01T00:00:0{n}.000000Z"
