@@ -194,7 +194,9 @@ def load(path: str | os.PathLike[str]) -> Document:
     """Read and parse a YAML file; an unreadable file is a YamlError too."""
     name = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open(encoding="utf-8") as handle:
+            # One character past the bound is enough to refuse it: never read a huge file whole.
+            text = handle.read(MAX_DOCUMENT_CHARS + 1)
     except (OSError, UnicodeDecodeError) as exc:
         raise YamlError(name, 0, 0, "", f"cannot read: {exc}") from exc
     return parse(text, name)

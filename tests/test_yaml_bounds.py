@@ -78,6 +78,15 @@ def test_an_oversized_document_is_refused_before_parsing() -> None:
     assert caught.value.path == "big.yaml"
 
 
+def test_an_oversized_file_is_refused_without_reading_it_whole(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as handle:  # sparse: 1 GiB of NULs takes no disk
+        handle.truncate(1 << 30)
+    with pytest.raises(YamlLimitError) as caught:
+        yamlfile.load(big)
+    assert (caught.value.path, caught.value.line) == (str(big), 1)
+
+
 @pytest.mark.parametrize(
     ("text", "line", "column", "key"),
     [
