@@ -8,24 +8,24 @@ record is still exported as stored, because an auditor must see what the store h
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import hashlib
 import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from collector.evidence import formats
 from collector.evidence.errors import ExportError
 from collector.evidence.keys import SigningKey
+from collector.store.base import EventFilter
 from common.ecstime import ecs_time
 from protos import chain
 
 if TYPE_CHECKING:
-    from collector.store.base import EventFilter, Store
+    from collector.store.base import Store
     from collector.store.ledger import Ledger
 
 Format = Literal["csv", "jsonl"]
@@ -276,16 +276,9 @@ class AtomicFile:
 
 
 @dataclass(frozen=True)
-class ExportFilter:
-    """What an auditor asked for; store-side fields map onto the store's EventFilter."""
+class ExportFilter(EventFilter):
+    """What an auditor asked for: the store's event filter, and alerts or policies whose evidence."""
 
-    since: dt.datetime | None = None
-    until: dt.datetime | None = None
-    host: str | None = None
-    user: str | None = None
-    agent: str | None = None
-    action: str | None = None
-    device_serial: str | None = None
     policies: tuple[str, ...] = ()
     alerts: tuple[str, ...] = ()
 
@@ -308,17 +301,7 @@ class ExportFilter:
 
     def store_filter(self) -> EventFilter:
         """The part the store filters on."""
-        from collector.store.base import EventFilter
-
-        return EventFilter(
-            since=self.since,
-            until=self.until,
-            host=self.host,
-            user=self.user,
-            agent=self.agent,
-            action=self.action,
-            device_serial=self.device_serial,
-        )
+        return EventFilter(**{f.name: getattr(self, f.name) for f in fields(EventFilter)})
 
 
 

@@ -6,7 +6,6 @@ Tables it adds (created on first prune): `evidence_checkpoints`.
 from __future__ import annotations
 
 import json
-import sqlite3
 from typing import TYPE_CHECKING
 
 from collector.store import triage
@@ -78,27 +77,17 @@ class SqliteLedger(SqlLedger):
         """Delete the agent's events through `sequence` and record the checkpoint, in one transaction."""
         store = self._sqlite
         store._writable()
-        with store._lock:
-            db = store._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                db.execute(_CHECKPOINTS)
-                sealed = db.execute("SELECT watermark FROM chains WHERE agent_id = ?", (agent_id,)).fetchone()
-                value = db.execute(
-                    "SELECT chain FROM events WHERE agent_id = ? AND sequence = ?", (agent_id, sequence)
-                ).fetchone()
-                chain_value = self._prunable(agent_id, sequence, sealed, value)
-                deleted = db.execute(
-                    "DELETE FROM events WHERE agent_id = ? AND sequence <= ?", (agent_id, sequence)
-                ).rowcount
-                db.execute(self._RECORD_CHECKPOINT, (agent_id, sequence, chain_value, ecs_now(), deleted))
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                store._rollback()
-                raise LedgerError(self.location, f"prune failed: {exc}") from exc
-            except BaseException:
-                store._rollback()
-                raise
+        with store._lock, store._transaction("prune", error=LedgerError) as db:
+            db.execute(_CHECKPOINTS)
+            sealed = db.execute("SELECT watermark FROM chains WHERE agent_id = ?", (agent_id,)).fetchone()
+            value = db.execute(
+                "SELECT chain FROM events WHERE agent_id = ? AND sequence = ?", (agent_id, sequence)
+            ).fetchone()
+            chain_value = self._prunable(agent_id, sequence, sealed, value)
+            deleted = db.execute(
+                "DELETE FROM events WHERE agent_id = ? AND sequence <= ?", (agent_id, sequence)
+            ).rowcount
+            db.execute(self._RECORD_CHECKPOINT, (agent_id, sequence, chain_value, ecs_now(), deleted))
         self._checkpoints_exist = True
         cp = self.checkpoint(agent_id)
         assert cp is not None

@@ -24,6 +24,7 @@ agents' batches into one transaction (`ingest_batches`), so the fsync is paid pe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -269,9 +270,8 @@ class SqliteStore(SqlStore):
         with self._lock:
             staged: dict[str, Prefix] = {}
             results: list[IngestResult] = []
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            # OverflowError: a sequence beyond int64
+            with self._transaction("ingest", also=(OverflowError,)) as db:
                 for agent_id, batch in batches:
                     state = staged.get(agent_id)
                     if state is None:
@@ -288,16 +288,28 @@ class SqliteStore(SqlStore):
                 if seal:
                     for agent_id in staged:
                         self._seal_agent(agent_id, None)
-                db.execute("COMMIT")
-            except (sqlite3.Error, OverflowError) as exc:  # OverflowError: a sequence beyond int64
-                self._rollback()
-                raise StoreError(self.location, f"ingest failed: {exc}") from exc
-            except BaseException:
-                self._rollback()
-                raise
             # Only a committed transaction moves the cached state.
             self._prefixes.update(staged)
             return results
+
+    @contextlib.contextmanager
+    def _transaction(
+        self, what: str, *, error: type[StoreError] = StoreError, also: tuple[type[Exception], ...] = ()
+    ) -> Iterator[sqlite3.Connection]:
+        """A write transaction under the caller's lock: committed at the end of the block, rolled
+        back on any exception; a database error (or one of `also`) becomes `error` naming `what`."""
+        db = self._db
+        caught: tuple[type[Exception], ...] = (sqlite3.Error, *also)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.execute("COMMIT")
+        except caught as exc:
+            self._rollback()
+            raise error(self.location, f"{what} failed: {exc}") from exc
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -471,37 +483,27 @@ class SqliteStore(SqlStore):
         self._writable()
         ids = triage.check_triage(self.location, alert_ids, status, by, note)
         at = _now()
-        with self._lock:
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                current = {
-                    str(r[0]): str(r[1])
-                    for r in db.execute(
-                        "SELECT id, status FROM alerts WHERE id IN (SELECT value FROM json_each(?))",
-                        (json.dumps(ids),),
-                    )
-                }
-                missing = [i for i in ids if i not in current]
-                if missing:
-                    raise triage.AlertNotFound(self.location, missing)
-                entries = [triage.TriageEntry(i, at, by, current[i], status, note) for i in ids]
-                db.execute(
-                    "UPDATE alerts SET status = ? WHERE id IN (SELECT value FROM json_each(?))",
-                    (status, json.dumps(ids)),
+        with self._lock, self._transaction("triage") as db:
+            current = {
+                str(r[0]): str(r[1])
+                for r in db.execute(
+                    "SELECT id, status FROM alerts WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(ids),),
                 )
-                db.executemany(
-                    "INSERT INTO alert_triage (alert_id, at, by_name, from_status, to_status, note)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    [(e.alert_id, e.at, e.by, e.from_status, e.to_status, e.note) for e in entries],
-                )
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise StoreError(self.location, f"triage failed: {exc}") from exc
-            except BaseException:
-                self._rollback()
-                raise
+            }
+            missing = [i for i in ids if i not in current]
+            if missing:
+                raise triage.AlertNotFound(self.location, missing)
+            entries = [triage.TriageEntry(i, at, by, current[i], status, note) for i in ids]
+            db.execute(
+                "UPDATE alerts SET status = ? WHERE id IN (SELECT value FROM json_each(?))",
+                (status, json.dumps(ids)),
+            )
+            db.executemany(
+                "INSERT INTO alert_triage (alert_id, at, by_name, from_status, to_status, note)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.alert_id, e.at, e.by, e.from_status, e.to_status, e.note) for e in entries],
+            )
         return entries
 
     # ---------------------------------------------------------------- registry
@@ -512,14 +514,8 @@ class SqliteStore(SqlStore):
         if not updates:
             return
         params = agent_params(updates, _now())
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany(_UPSERT_AGENT, params)
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise StoreError(self.location, f"registry update failed: {exc}") from exc
+        with self._lock, self._transaction("registry update") as db:
+            db.executemany(_UPSERT_AGENT, params)
 
     def mark_all_disconnected(self) -> None:
         """Clear every connected flag."""
