@@ -14,6 +14,9 @@ Figures:
   benign_medium_plus_per_1000_user_days  alerts of medium or above on users who are not
                                          insiders, per 1,000 active user-days (target < 5)
   benign_high_plus_per_1000_user_days    the same for high and critical
+  unapproved_device_per_1000_user_days   usb-unknown-device alerts (low now) on the same days: what
+                                         the pack raised at medium before severity came from
+                                         combination (the baseline of this run)
   insider_recall                         share of insiders with a high/critical alert within
                                          24 h of their first malicious act (target 1.0)
   insider_hours_to_alert_max / _median   event time from the first act to that alert
@@ -91,6 +94,7 @@ def score(fleet: _fleet.Fleet, alerts: list[dict[str, Any]], active: set[tuple[s
     benign = [a for a in alerts if a.get("user.name") not in insiders]
     medium = [a for a in benign if a["severity"] in MEDIUM_PLUS]
     high = [a for a in benign if a["severity"] in SEVERE]
+    unknown = [a for a in benign if a["policy.id"] == "usb-unknown-device"]
     delays: dict[str, float] = {}
     for alert in alerts:
         person = insiders.get(str(alert.get("user.name")))
@@ -107,6 +111,7 @@ def score(fleet: _fleet.Fleet, alerts: list[dict[str, Any]], active: set[tuple[s
         "benign_medium_plus": len(medium),
         "benign_medium_plus_per_1000_user_days": round(1000 * len(medium) / max(benign_days, 1), 3),
         "benign_high_plus_per_1000_user_days": round(1000 * len(high) / max(benign_days, 1), 3),
+        "unapproved_device_per_1000_user_days": round(1000 * len(unknown) / max(benign_days, 1), 1),
         "benign_by_policy": dict(Counter(f"{a['policy.id']}/{a['severity']}" for a in benign).most_common()),
         "insiders": len(acted),
         "insider_recall": round(len(delays) / max(len(acted), 1), 3),
