@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def test_a_deleted_spool_is_alerted_and_its_new_events_are_not_dropped(pipeline:
     assert not [a for a in _alerts(pipeline) if a["policy.id"] == "agent-events-lost"]
 
 
-def test_a_clean_stop_is_stopped_not_silent_while_a_kill_still_alerts(pipeline: Pipeline) -> None:
+def test_a_clean_stop_is_stopped_not_silent_while_a_frozen_agent_still_alerts(pipeline: Pipeline) -> None:
     pipeline.start_collector()
     stopped = pipeline.start_agent()
     wait_for(lambda: list(_health(pipeline).values()) == ["ok"], 30, "the agent healthy in the registry",
@@ -98,8 +99,9 @@ def test_a_clean_stop_is_stopped_not_silent_while_a_kill_still_alerts(pipeline: 
     first = pipeline.agent_id()
     wait_for(lambda: list(_health(pipeline).values()) == ["stopped"], 30,
              "the registry to show the agent stopped", pipeline.diagnose)
-    # A second agent, killed -9 after the clean stop: its silence alert is the moment by
-    # which the stopped agent's would have fired too (both use the same 2 s threshold).
+    # A second agent, frozen with SIGSTOP after the clean stop (its stream stays open, it sends
+    # no agent.stop: a kill -9 is test_killing_the_agent_...): its silence alert is the moment
+    # by which the stopped agent's would have fired too (both use the same 2 s threshold).
     other = pipeline.agent_dir.parent / "agent-2"
     other.mkdir()
     (other / "agent.yaml").write_text(pipeline.agent_config.read_text())
@@ -107,15 +109,17 @@ def test_a_clean_stop_is_stopped_not_silent_while_a_kill_still_alerts(pipeline: 
     killed = Process(argv, other / "agent.log").start()
     pipeline.processes.append(killed)
     wait_for(lambda: len(_health(pipeline)) == 2, 30, "the second agent", pipeline.diagnose)
-    killed.kill9()
+    assert killed.proc is not None
+    killed.proc.send_signal(signal.SIGSTOP)
 
     def silent() -> list[dict[str, Any]]:
         return [a for a in _alerts(pipeline) if a["policy.id"] == "agent-silent"]
 
-    wait_for(lambda: bool(silent()), 30, "the killed agent's agent-silent alert", pipeline.diagnose)
-    assert [a["agent.id"] for a in silent()] == [(other / "state" / "agent-id").read_text().strip()]
+    wait_for(lambda: bool(silent()), 30, "the frozen agent's agent-silent alert", pipeline.diagnose)
+    frozen = (other / "state" / "agent-id").read_text().strip()
+    assert [a["agent.id"] for a in silent()] == [frozen]
     health = {a["id"]: a["health"] for a in pipeline.agents_json()}
-    assert health[first] == "stopped"
+    assert (health[first], health[frozen]) == ("stopped", "silent")
     stops = [a for a in _alerts(pipeline) if a["policy.id"] == "agent-stopped"]
     assert [(a["agent.id"], a["severity"]) for a in stops] == [(first, "low")]
 
