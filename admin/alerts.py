@@ -16,14 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from admin import terminal
+from admin.configured import EXIT_USAGE, with_store
 from admin.export import parse_time
 from admin.terminal import clean, print_json, store_options
-from collector import config as collector_config
-from collector.store import EventFilter, Store, StoreError, open_store, triage
-from common.yamlfile import YamlError
+from collector.store import EventFilter, Store, StoreError, triage
 
-EXIT_STORE = 1
-EXIT_USAGE = 2
 EXIT_UNKNOWN_ALERT = 3
 
 _COLUMNS = (
@@ -216,35 +213,16 @@ def run_triage(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------- helpers
 
 
-def open_configured(config_path: str | None, *, readonly: bool) -> Store:
-    """The store of the collector's config (default path if None); YamlError, StoreError."""
-    config = collector_config.load(config_path or collector_config.default_path())
-    # Open read-only first: a writable open would create an empty SQLite store at a wrong path.
-    store = open_store(config.store, readonly=True)
-    if not readonly:
-        store.close()
-        store = open_store(config.store)
-    return store
-
-
 def _with_store(args: argparse.Namespace, work: Callable[[Store], int], *, readonly: bool) -> int:
-    try:
-        store = open_configured(args.config, readonly=readonly)
-    except YamlError as exc:
-        return _fail(f"bad config: {exc}", EXIT_USAGE)
-    except StoreError as exc:
-        return _fail(str(exc), EXIT_STORE)
-    try:
-        try:
-            return work(store)
-        finally:
-            store.close()
-    except triage.AlertNotFound as exc:
-        return _fail(f"no such alert: {', '.join(exc.alert_ids)} (nothing was changed)", EXIT_UNKNOWN_ALERT)
-    except triage.InvalidTriage as exc:
-        return _fail(f"{exc.field}: {exc.reason}", EXIT_USAGE)
-    except StoreError as exc:
-        return _fail(str(exc), EXIT_STORE)
+    return with_store("alerts", args.config, work, readonly=readonly, refusal=_refusal)
+
+
+def _refusal(exc: StoreError) -> tuple[str, int] | None:
+    if isinstance(exc, triage.AlertNotFound):
+        return f"no such alert: {', '.join(exc.alert_ids)} (nothing was changed)", EXIT_UNKNOWN_ALERT
+    if isinstance(exc, triage.InvalidTriage):
+        return f"{exc.field}: {exc.reason}", EXIT_USAGE
+    return None
 
 
 def _fail(message: str, code: int) -> int:

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from admin import terminal
 from collector import config as collector_config
 from collector.store import Store, StoreError, open_store
 from collector.store.base import EventFilter
@@ -32,12 +33,8 @@ POLL_SECONDS = 0.25
 
 def register(subparsers: Any) -> None:
     """Add the `demo` command."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "demo",
-        help="copy a tagged directory onto a loop-device USB stick and show the alerts (root)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    what = "copy a tagged directory onto a loop-device USB stick and show the alerts (root)"
+    parser = terminal.command(subparsers, "demo", what, __doc__)
     parser.add_argument("--config", default=None, help="the collector's config (default: $EXFILGUARD_CONFIG)")
     parser.add_argument("--source", required=True, help="a directory the agent tags (e.g. a sample database)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for alerts (default 30)")

@@ -21,15 +21,15 @@ from collections.abc import Callable
 from typing import Any
 
 from admin import terminal
-from admin.alerts import invoking_user, open_configured
+from admin.alerts import invoking_user
+from admin.configured import EXIT_USAGE, with_store
 from admin.export import parse_time
 from admin.terminal import clean, print_json, store_options, table
-from collector.store import StoreError
+from collector.store import Store, StoreError
 from collector.store.devices import DeviceBook, InvalidDeviceChange, NoSuchApproval, learn
 from common.ecstime import ecs_time
-from common.yamlfile import YamlError
 
-EXIT_STORE, EXIT_USAGE, EXIT_NOTHING = 1, 2, 3
+EXIT_NOTHING = 3
 _COLUMNS = (
     "SERIAL",
     "VENDOR:PRODUCT",
@@ -46,12 +46,8 @@ _COLUMNS = (
 
 def register(subparsers: Any) -> None:
     """Add `devices` and its sub-commands."""
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "devices",
-        help="removable devices seen, approvals, learning, history",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    what = "removable devices seen, approvals, learning, history"
+    parser = terminal.command(subparsers, "devices", what, __doc__)
     store_options(parser, default=None)
     parser.add_argument(
         "--since", type=parse_time, metavar="TIME", help="only devices seen since (ISO time or 7d)"
@@ -251,23 +247,18 @@ def run_history(args: argparse.Namespace) -> int:
 
 
 def _with_book(args: argparse.Namespace, work: Callable[[DeviceBook], int], *, readonly: bool) -> int:
-    try:
-        store = open_configured(args.config, readonly=readonly)
-    except YamlError as exc:
-        return _fail(f"bad config: {exc}", EXIT_USAGE)
-    except StoreError as exc:
-        return _fail(str(exc), EXIT_STORE)
-    try:
-        try:
-            return work(DeviceBook(store.domain()))
-        finally:
-            store.close()
-    except InvalidDeviceChange as exc:
-        return _fail(f"{exc.field}: {exc.reason}", EXIT_USAGE)
-    except NoSuchApproval as exc:
-        return _fail(f"{exc.message} (nothing was changed)", EXIT_NOTHING)
-    except StoreError as exc:
-        return _fail(str(exc), EXIT_STORE)
+    def on_book(store: Store) -> int:
+        return work(DeviceBook(store.domain()))
+
+    return with_store("devices", args.config, on_book, readonly=readonly, refusal=_refusal)
+
+
+def _refusal(exc: StoreError) -> tuple[str, int] | None:
+    if isinstance(exc, InvalidDeviceChange):
+        return f"{exc.field}: {exc.reason}", EXIT_USAGE
+    if isinstance(exc, NoSuchApproval):
+        return f"{exc.message} (nothing was changed)", EXIT_NOTHING
+    return None
 
 
 def _report(args: argparse.Namespace, changes: list[Any]) -> None:

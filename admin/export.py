@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+from admin import terminal
 from collector import config as collector_config
 from collector.evidence import export, keys, manifest
 from common.errors import ExfilGuardError
@@ -42,12 +43,7 @@ def parse_time(text: str) -> dt.datetime:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `export`."""
-    p = sub.add_parser(
-        "export",
-        help="export events as CSV or JSON Lines with a signed manifest",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = terminal.command(sub, "export", "export events as CSV or JSON Lines with a signed manifest", __doc__)
     p.add_argument(
         "--config", default=None, help="collector.yaml (default $EXFILGUARD_CONFIG or /etc/exfilguard)"
     )

@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 
+from admin import terminal
 from collector import config as collector_config
 from collector.evidence import retention
 from common.errors import ExfilGuardError
@@ -16,12 +17,8 @@ from common.errors import ExfilGuardError
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `prune`."""
-    p = sub.add_parser(
-        "prune",
-        help="delete old events (by age or store size), keeping the hash chains verifiable",
-        description=__doc__ + "\n" + (retention.__doc__ or ""),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    what = "delete old events (by age or store size), keeping the hash chains verifiable"
+    p = terminal.command(sub, "prune", what, __doc__ + "\n" + (retention.__doc__ or ""))
     p.add_argument(
         "--config", default=None, help="collector.yaml (default $EXFILGUARD_CONFIG or /etc/exfilguard)"
     )

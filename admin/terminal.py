@@ -40,6 +40,14 @@ def fail(command: str, message: str, code: int) -> int:
     return code
 
 
+def command(subparsers: Any, name: str, help: str, doc: str | None) -> argparse.ArgumentParser:
+    """Add the command `name`; its --help shows `doc` (the module docstring) as it is written."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    return parser
+
+
 def store_options(parser: argparse.ArgumentParser, default: Any) -> None:
     """`--config` and `--json`; sub-commands pass SUPPRESS so a value given before them is kept."""
     parser.add_argument(

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 
+from admin import terminal
 from collector.evidence import verify as verifier
 from collector.evidence.keys import PublicKey
 from common.errors import ExfilGuardError
@@ -25,12 +26,8 @@ EXIT_OK, EXIT_FAILED, EXIT_ERROR, EXIT_UNTRUSTED_KEY = 0, 1, 2, 3
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `verify`."""
-    p = sub.add_parser(
-        "verify",
-        help="verify an export offline (signature, file hash, hash chain)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    what = "verify an export offline (signature, file hash, hash chain)"
+    p = terminal.command(sub, "verify", what, __doc__)
     p.add_argument("export", metavar="EXPORT", help="the CSV or JSON Lines export")
     p.add_argument("--manifest", help="manifest (default: EXPORT.manifest.json)")
     p.add_argument("--public-key", help="the collector's public key, PEM (from `exfilguard key export`)")
