@@ -35,7 +35,7 @@ from protos.events import new_event
 
 log = logging.getLogger(__name__)
 
-_CATCH_UP_MARGIN_SECONDS = 2.0  # mount to mount-table wake-up is milliseconds
+CATCH_UP_MARGIN_SECONDS = 2.0  # mount to mount-table wake-up is milliseconds
 _COARSE_CLOCK_SECONDS = 0.02
 
 
@@ -60,6 +60,7 @@ class CopyDetector:
         self.staging = staging
         self.examiner = examiner
         self.flow = flow if flow is not None else DataFlow()
+        self.started_at = time.time()  # before: the late examination's (late.py)
         self._emit = emit
 
     # --------------------------------------------------------------- reads
@@ -228,7 +229,7 @@ class CopyDetector:
         changes are the watch's. Returns how many. Runs in its own thread."""
         if not mount.seen_at:
             return 0  # present at agent start: what happened before is the agent's own gap
-        since = mount.seen_at - _CATCH_UP_MARGIN_SECONDS
+        since = max(mount.seen_at - CATCH_UP_MARGIN_SECONDS, self.started_at)
         # file times come from a coarse kernel clock: stay clear of the watch's side
         until = watched_at - _COARSE_CLOCK_SECONDS
         return self.examine_changed(mount.point, since, until, limit=limit)

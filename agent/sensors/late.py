@@ -49,7 +49,8 @@ class LateExaminer:
 
     def start(self) -> None:
         """Read when the agent last ran, then keep noting that it runs."""
-        started = time.time()
+        # the copy detector's start: from then on, a mount's first moments are its catch-up scan's
+        started = self._copies.started_at
         last = self._last_running()
         if last is not None and last < started:
             self.window = (last - MARGIN_SECONDS, started)

@@ -175,15 +175,16 @@ def test_catch_up_reports_writes_between_mount_and_watch(tmp_path: Path) -> None
     from common.agentconfig import Removable
     from protos import exfilguard_pb2 as pb
 
+    events = Recorder()
+    media = RemovableMedia(Removable())
+    index = FingerprintIndex(TagMap({}))
+    # the agent runs first: what changed before it started is the late examination's (late.py)
+    copies = CopyDetector(index, media, StagingDetector(SensorSettings(), events), events)
     stick = tmp_path / "stick"
     (stick / "old").mkdir(parents=True)
     (stick / "old" / "photo.jpg").write_bytes(b"x")
     old_time = time.time() - 3600
     os.utime(stick / "old" / "photo.jpg", (old_time, old_time))  # mtime only: ctime stays now
-    events = Recorder()
-    media = RemovableMedia(Removable())
-    index = FingerprintIndex(TagMap({}))
-    copies = CopyDetector(index, media, StagingDetector(SensorSettings(), events), events)
     seen_at = time.time()
     (stick / "early.bin").write_bytes(b"written before the watch")
     time.sleep(0.05)  # the kernel's file clock is coarse
