@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import re
 import sys
+from collections.abc import Callable
 
 from collector import pki
 
@@ -90,37 +91,42 @@ def _fail(args: argparse.Namespace, exc: Exception) -> int:
     return 2
 
 
-def run_init_ca(args: argparse.Namespace) -> int:
-    """Create the CA."""
+def _issue(
+    args: argparse.Namespace,
+    role: str,
+    issue: Callable[[pki.CertificateAuthority], pki.Issued],
+    notes: Callable[[pki.Issued], tuple[str, str]] = lambda issued: ("", ""),
+) -> int:
+    """Issue with the CA in --dir and print where the certificate and key went (with notes)."""
     try:
-        issued = pki.CertificateAuthority(args.dir).init_ca(args.name, args.days)
+        issued = issue(pki.CertificateAuthority(args.dir))
     except pki.PkiError as exc:
         return _fail(args, exc)
-    print(f"CA certificate: {issued.cert_path} (give this file to every agent as tls.ca)")
-    print(f"CA key:         {issued.key_path} (mode 0600; keep it on the collector host only)")
+    cert_note, key_note = notes(issued)
+    label = f"{role} certificate:"
+    print(f"{label} {issued.cert_path}{cert_note}")
+    print(f"{f'{role} key:'.ljust(len(label))} {issued.key_path}{key_note}")
     return 0
+
+
+def run_init_ca(args: argparse.Namespace) -> int:
+    """Create the CA."""
+    cert_note = " (give this file to every agent as tls.ca)"
+    key_note = " (mode 0600; keep it on the collector host only)"
+    return _issue(args, "CA", lambda ca: ca.init_ca(args.name, args.days), lambda _: (cert_note, key_note))
 
 
 def run_server(args: argparse.Namespace) -> int:
     """Issue the collector's certificate."""
-    try:
-        issued = pki.CertificateAuthority(args.dir).issue_server(args.name, args.san, args.days)
-    except pki.PkiError as exc:
-        return _fail(args, exc)
-    print(f"server certificate: {issued.cert_path}")
-    print(f"server key:         {issued.key_path}")
-    return 0
+    return _issue(args, "server", lambda ca: ca.issue_server(args.name, args.san, args.days))
 
 
 def run_agent(args: argparse.Namespace) -> int:
     """Issue an agent certificate offline."""
-    try:
-        issued = pki.CertificateAuthority(args.dir).issue_agent(args.agent_id, args.days)
-    except pki.PkiError as exc:
-        return _fail(args, exc)
-    print(f"agent certificate: {issued.cert_path} (serial {issued.cert.serial_number:x})")
-    print(f"agent key:         {issued.key_path}")
-    return 0
+    return _issue(
+        args, "agent", lambda ca: ca.issue_agent(args.agent_id, args.days),
+        lambda issued: (f" (serial {issued.cert.serial_number:x})", ""),
+    )
 
 
 def run_token(args: argparse.Namespace) -> int:

@@ -19,6 +19,16 @@ DEFAULT_PATH = "/etc/exfilguard/collector.yaml"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+HostPort = Annotated[str, pydantic.AfterValidator(_host_port)]  # a listen address
+
+
 class _Strict(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid", frozen=True)
 
@@ -44,17 +54,9 @@ class CollectorTls(_Strict):
 class Enrollment(_Strict):
     """The enrollment port (server-only TLS): agents trade a one-time token + CSR for a certificate."""
 
-    listen: str = "0.0.0.0:50052"
+    listen: HostPort = "0.0.0.0:50052"
     pki_dir: str = "/var/lib/exfilguard/pki"  # the `exfilguard certs --dir` directory (CA key, tokens)
     cert_days: Annotated[int, Field(ge=1, le=3650)] = 365
-
-    @pydantic.field_validator("listen")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError(f"expected host:port, got {value!r}")
-        return value
 
 
 class JsonlSink(_Strict):
@@ -116,7 +118,7 @@ Sink = Annotated[
 class CollectorConfig(_Strict):
     """The whole collector.yaml."""
 
-    listen: str = "127.0.0.1:50051"
+    listen: HostPort = "127.0.0.1:50051"
     tls: CollectorTls = CollectorTls(insecure_loopback=True)
     store: str = "/var/lib/exfilguard/collector.db"
     state_dir: str = "/var/lib/exfilguard"
@@ -166,14 +168,6 @@ class CollectorConfig(_Strict):
     agent_config: str | None = None
     # how often the fleet file is checked for changes (0: reload on SIGHUP only)
     agent_config_reload_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
-
-    @pydantic.field_validator("listen")
-    @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError(f"expected host:port, got {value!r}")
-        return value
 
     @pydantic.field_validator("metrics_listen")
     @classmethod

@@ -54,6 +54,7 @@ from common.agentcert import (
     write_file,
 )
 from common.errors import ExfilGuardError, PathError
+from common.files import read_limited
 
 __all__ = ["agent_id_of", "cert_pem", "key_pem", "make_csr", "new_key", "write_file"]
 
@@ -119,14 +120,8 @@ def _now() -> dt.datetime:
 
 
 def _read_bounded(path: Path) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_STATE_FILE_BYTES + 1)
-    except OSError as exc:
-        raise PkiFileError(path, exc.strerror or str(exc)) from exc
-    if len(data) > MAX_STATE_FILE_BYTES:
-        raise PkiFileError(path, f"larger than {MAX_STATE_FILE_BYTES} bytes")
-    return data
+    too_large = f"larger than {MAX_STATE_FILE_BYTES} bytes"
+    return read_limited(path, MAX_STATE_FILE_BYTES, PkiFileError, too_large=too_large, cannot_read="")
 
 
 def load_cert(path: str | os.PathLike[str]) -> x509.Certificate:

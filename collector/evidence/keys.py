@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from collector.evidence.errors import SigningKeyError
+from common.files import read_limited
 
 KEY_FILE = "signing.key"
 PUBLIC_FILE = "signing.pub"
@@ -155,14 +156,7 @@ def _load(path: Path) -> SigningKey:
 
 
 def _read(path: Path) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(_MAX_KEY_FILE + 1)
-    except OSError as exc:
-        raise SigningKeyError(str(path), f"cannot read: {exc.strerror}") from exc
-    if len(data) > _MAX_KEY_FILE:
-        raise SigningKeyError(str(path), "file too large for a key")
-    return data
+    return read_limited(path, _MAX_KEY_FILE, SigningKeyError, too_large="file too large for a key")
 
 
 def _own_like(parent: Path, paths: list[Path]) -> None:

@@ -19,6 +19,7 @@ from collector.evidence.errors import ManifestError
 from collector.evidence.export import ExportResult
 from collector.evidence.keys import PublicKey, SigningKey
 from common.ecstime import ecs_now
+from common.files import read_limited
 
 VERSION = 1
 SUFFIX = ".manifest.json"
@@ -116,13 +117,7 @@ def write(doc: dict[str, Any], path: str | os.PathLike[str]) -> None:
 def load(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a manifest; raises ManifestError when it is unreadable or not a manifest."""
     p = Path(path)
-    try:
-        with p.open("rb") as handle:
-            data = handle.read(_MAX_MANIFEST + 1)
-    except OSError as exc:
-        raise ManifestError(str(p), f"cannot read: {exc.strerror}") from exc
-    if len(data) > _MAX_MANIFEST:
-        raise ManifestError(str(p), "too large for a manifest")
+    data = read_limited(p, _MAX_MANIFEST, ManifestError, too_large="too large for a manifest")
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:  # not JSON or not UTF-8; a 5000-digit number; deep nesting

@@ -10,6 +10,7 @@ COPY), its transactions and how a database error becomes a StoreError (`_all`, `
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 import json
 import threading
@@ -115,20 +116,7 @@ def fresh_events(batch: Iterable[Any], stored: int) -> dict[int, Any]:
 
 def agent_params(updates: Sequence[AgentUpdate], now: str) -> list[dict[str, Any]]:
     """The named parameters of the registry upsert, one dict per update."""
-    return [
-        {
-            "id": u.id,
-            "host": u.host,
-            "version": u.version,
-            "first_seen": u.seen or now,
-            "seen": u.seen,
-            "heartbeat": u.heartbeat,
-            "connected": u.connected,
-            "backlog": u.backlog,
-            "config_version": u.config_version,
-        }
-        for u in updates
-    ]
+    return [{**dataclasses.asdict(u), "first_seen": u.seen or now} for u in updates]
 
 
 def alert_row(location: str, alert: Mapping) -> tuple[str, str, str, str, str]:
