@@ -3,6 +3,7 @@
     ContentCatalog      chunk and text fingerprints of every tagged file (catalog.py)
     ContentIdentifier   identify a written file or a raw device's bytes (identify.py)
     Identification      its answer: identified_by, confidence, share, sources, members
+    Examiner            one worker thread running identifications for the sensors (examiner.py)
     archive.py          archives opened as bounded streams, never extracted
     chunks.py           content-defined chunking (FastCDC) and the compact feature table
     textsim.py          normalised line and field features of text exports
