@@ -204,16 +204,16 @@ def test_the_examiner_names_what_it_could_not_read_and_counts_a_full_queue(
         assert examiner.examine(str(moved), results.put, fd=fd)
         assert results.get(timeout=30).sources == [str(db / "blob1.bin")]
         # a full queue refuses (the caller reports without content evidence) and says so once
-        block = threading.Event()
+        block, busy = threading.Event(), threading.Event()
 
         def stuck(_found: Identification) -> None:
-            block.wait(10)
+            busy.set()
+            block.wait(30)
 
-        examiner.examine(str(gone), stuck)
-        deadline = time.monotonic() + 10
-        while examiner.examine(str(gone), lambda _found: None) and time.monotonic() < deadline:
-            pass
-        for _ in range(5):
+        assert examiner.examine(str(gone), stuck)
+        assert busy.wait(30)  # the worker is held; the queue (of one) fills with the next job
+        assert examiner.examine(str(gone), lambda _found: None)
+        for _ in range(6):
             assert not examiner.examine(str(gone), lambda _found: None)
         block.set()
         deadline = time.monotonic() + 30
