@@ -78,7 +78,9 @@ class DomainSql(abc.ABC):
 # ---------------------------------------------------------------------------- SQLite
 
 
-class _SqliteTransaction(Transaction):
+class SqliteTransaction(Transaction):
+    """Statements on a SQLite connection inside a transaction its caller opened."""
+
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
 
@@ -112,7 +114,7 @@ class SqliteDomain(DomainSql):
             db = self._connection()
             try:
                 db.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
-                yield _SqliteTransaction(db)
+                yield SqliteTransaction(db)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 with contextlib.suppress(sqlite3.Error):
@@ -134,7 +136,9 @@ class SqliteDomain(DomainSql):
 # ------------------------------------------------------------------------ PostgreSQL
 
 
-class _PostgresTransaction(Transaction):
+class PostgresTransaction(Transaction):
+    """Statements on a psycopg cursor inside a transaction its caller opened (`?` respelt as %s)."""
+
     def __init__(self, cursor: Any) -> None:
         self._cur = cursor
 
@@ -177,7 +181,7 @@ class PostgresDomain(DomainSql):
                     if not self.readonly:
                         # Two collectors creating the same tables at once would collide.
                         cur.execute("SELECT pg_advisory_xact_lock(hashtext('exfilguard domain'))")
-                    yield _PostgresTransaction(cur)
+                    yield PostgresTransaction(cur)
             except psycopg.Error as exc:
                 raise StoreError(self.location, f"database error: {type(exc).__name__}") from exc
 

@@ -20,6 +20,7 @@ and agent ids must order bytewise, as they do in SQLite, whatever the database's
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -38,6 +39,7 @@ from collector.store.base import (
     StoreError,
     StoreUnavailable,
 )
+from collector.store.domain import PostgresTransaction, Transaction
 from collector.store.rows import event_row, stored_mapping
 from collector.store.sql import (
     ABOVE_PREFIX,
@@ -464,7 +466,7 @@ class PostgresStore(SqlStore):
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY e.agent_id, e.sequence"
-        return self._stream(sql, params)
+        return self._stream(self._q(sql), params)
 
     def _stream(self, sql: str, params: list[Any]) -> Iterator[Mapping]:
         # A connection of its own and a server-side cursor: a long export reads one consistent
@@ -489,37 +491,15 @@ class PostgresStore(SqlStore):
 
     # ------------------------------------------------------------------ alerts
 
-    def triage_alerts(
-        self, alert_ids: Sequence[str], status: str, *, by: str, note: str
-    ) -> list[triage.TriageEntry]:
-        """Set the alerts' status and append their history in one transaction; see `Store.triage_alerts`."""
-        self._writable()
-        ids = triage.check_triage(self.location, alert_ids, status, by, note)
-        at = _now()
+    @contextlib.contextmanager
+    def _statements(self, what: str) -> Iterator[Transaction]:
         with self._lock:
             try:
                 db = self._connection()
                 with db.transaction(), db.cursor() as cur:
-                    # Row locks in id order: a concurrent triage of the same alerts waits, then
-                    # records the status this one left as its `from`.
-                    cur.execute(
-                        "SELECT id, status FROM alerts WHERE id = ANY(%s::text[]) ORDER BY id FOR UPDATE",
-                        (ids,),
-                    )
-                    current = {str(r[0]): str(r[1]) for r in cur.fetchall()}
-                    missing = [i for i in ids if i not in current]
-                    if missing:
-                        raise triage.AlertNotFound(self.location, missing)
-                    entries = [triage.TriageEntry(i, at, by, current[i], status, note) for i in ids]
-                    cur.execute("UPDATE alerts SET status = %s WHERE id = ANY(%s::text[])", (status, ids))
-                    cur.executemany(
-                        "INSERT INTO alert_triage (alert_id, at, by_name, from_status, to_status, note)"
-                        " VALUES (%s, %s, %s, %s, %s, %s)",
-                        [(e.alert_id, e.at, e.by, e.from_status, e.to_status, e.note) for e in entries],
-                    )
+                    yield PostgresTransaction(cur)
             except psycopg.Error as exc:
-                raise self._fail("triage", exc) from None
-        return entries
+                raise self._fail(what, exc) from None
 
     # ---------------------------------------------------------------- registry
 

@@ -10,6 +10,7 @@ COPY), its transactions and how a database error becomes a StoreError (`_all`, `
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import functools
 import json
@@ -20,8 +21,9 @@ from typing import Any, ClassVar
 
 from collector.store import triage
 from collector.store.base import AgentRecord, AgentUpdate, EventFilter, Mapping, Store, StoreError
+from collector.store.domain import Transaction
 from collector.store.rows import stored_mapping
-from common.ecstime import ecs_time
+from common.ecstime import ecs_now, ecs_time
 from protos import chain
 
 
@@ -30,11 +32,12 @@ class Dialect:
     """How one database spells the few things the shared statements leave open."""
 
     placeholder: str  # "?" (sqlite3) or "%s" (psycopg)
-    in_list: str  # appended to a column: true when it is one of the list bound to one placeholder
+    in_list: str  # appended to a column: true when it is one of the list bound to its one `?`
     list_param: Callable[[Sequence[str]], Any]  # the bound value of such a list
     alert_field: Callable[[str], str]  # the SQL of a top-level field of alerts.body (JSON text)
     status_v1: str  # an alert's status in a store not upgraded to triage yet (from its body)
     select_alerts_v1: str  # body and that status, from alerts
+    lock_rows: str  # appended to a SELECT inside a write transaction: lock the rows it reads
 
     def sql(self, statement: str) -> str:
         """`statement` with this dialect's placeholders."""
@@ -149,6 +152,12 @@ class SqlStore(Store):
     def _write(self, sql: str, params: Sequence[Any], what: str = "write") -> None:
         """One write statement in a transaction of its own (under the store's lock)."""
 
+    @abc.abstractmethod
+    def _statements(self, what: str) -> contextlib.AbstractContextManager[Transaction]:
+        """One write transaction under the store's lock, for `?` statements (collector/store/domain.py);
+        committed at the end of the block, rolled back on any error; a database error is a StoreError
+        naming `what`."""
+
     def _one(self, sql: str, params: Sequence[Any], what: str = "query") -> Any:
         rows = self._all(sql, params, what)
         return rows[0] if rows else None
@@ -169,7 +178,7 @@ class SqlStore(Store):
         for column, op, name in _EVENT_FILTERS:
             value = getattr(where, name)
             if value is not None:
-                clauses.append(f"{prefix}{column} {op} {self.dialect.placeholder}")  # fixed table above
+                clauses.append(f"{prefix}{column} {op} ?")  # column and op: the fixed table above
                 params.append(ecs_time(value) if name in ("since", "until") else value)
         if where.event_ids is not None:
             clauses.append(f"{prefix}event_id{self.dialect.in_list}")
@@ -232,7 +241,7 @@ class SqlStore(Store):
         d = self.dialect
         status = "status" if self._version >= 2 else d.status_v1
         fields = {"hosts": hosts, "users": users, "devices": devices}
-        sql = self._select_alerts() + self._q(" WHERE ts >= ?")
+        sql = self._select_alerts() + " WHERE ts >= ?"
         params: list[Any] = [since or ""]
         for column, values in (
             (status, triage.check_statuses(self.location, statuses)),
@@ -243,14 +252,14 @@ class SqlStore(Store):
             if values is not None:
                 sql += " AND " + column + d.in_list  # column: from the fixed table above
                 params.append(d.list_param(list(values)))
-        sql += self._q(" ORDER BY ts DESC, id DESC LIMIT ?")
+        sql += " ORDER BY ts DESC, id DESC LIMIT ?"
         params.append(max(0, limit))
-        rows = self._all(sql, params, "reading alerts")
+        rows = self._all(self._q(sql), params, "reading alerts")
         return [triage.with_status(json.loads(str(r[0])), str(r[1])) for r in reversed(rows)]
 
     def alert(self, alert_id: str) -> Mapping | None:
         """One alert with its current status, or None."""
-        row = self._one(self._select_alerts() + self._q(" WHERE id = ?"), (alert_id,), "reading an alert")
+        row = self._one(self._q(self._select_alerts() + " WHERE id = ?"), (alert_id,), "reading an alert")
         return None if row is None else triage.with_status(json.loads(str(row[0])), str(row[1]))
 
     def alert_history(self, alert_id: str) -> list[triage.TriageEntry]:
@@ -266,6 +275,33 @@ class SqlStore(Store):
             "reading triage history",
         )
         return [triage.TriageEntry(*(str(v) for v in r)) for r in rows]
+
+    def triage_alerts(
+        self, alert_ids: Sequence[str], status: str, *, by: str, note: str
+    ) -> list[triage.TriageEntry]:
+        """Set the alerts' status and append their history in one transaction; see `Store.triage_alerts`."""
+        self._writable()
+        ids = triage.check_triage(self.location, alert_ids, status, by, note)
+        at = ecs_now()
+        d = self.dialect
+        with self._statements("triage") as tx:
+            # Rows locked in id order (PostgreSQL; SQLite locks the file): a concurrent triage of
+            # the same alerts waits, then records the status this one left as its `from`.
+            # in_list and lock_rows: fixed fragments of the dialect
+            select = "SELECT id, status FROM alerts WHERE id" + d.in_list + " ORDER BY id" + d.lock_rows  # noqa: S608
+            rows = tx.query(select, (d.list_param(ids),))
+            current = {str(r[0]): str(r[1]) for r in rows}
+            missing = [i for i in ids if i not in current]
+            if missing:
+                raise triage.AlertNotFound(self.location, missing)
+            entries = [triage.TriageEntry(i, at, by, current[i], status, note) for i in ids]
+            tx.query("UPDATE alerts SET status = ? WHERE id" + d.in_list, (status, d.list_param(ids)))  # noqa: S608
+            tx.many(
+                "INSERT INTO alert_triage (alert_id, at, by_name, from_status, to_status, note)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(e.alert_id, e.at, e.by, e.from_status, e.to_status, e.note) for e in entries],
+            )
+        return entries
 
     # ---------------------------------------------------------------- registry
 
@@ -305,6 +341,7 @@ SQLITE = Dialect(
         "CASE WHEN json_extract(body, '$.status') IN ('resolved', 'false_positive', 'closed')"
         " THEN json_extract(body, '$.status') ELSE 'open' END"
     ),
+    lock_rows="",
     select_alerts_v1=(
         "SELECT body, CASE WHEN json_extract(body, '$.status') IN ('resolved', 'false_positive', 'closed')"
         " THEN json_extract(body, '$.status') ELSE 'open' END FROM alerts"
@@ -312,13 +349,14 @@ SQLITE = Dialect(
 )
 POSTGRES = Dialect(
     placeholder="%s",
-    in_list=" = ANY(%s::text[])",
+    in_list=" = ANY(?::text[])",
     list_param=list,
     alert_field=lambda field: f"({_PG_ALERT_JSON} ->> '{field}')",
     status_v1=(
         "CASE WHEN body::jsonb ->> 'status' IN ('resolved', 'false_positive', 'closed')"
         " THEN body::jsonb ->> 'status' ELSE 'open' END"
     ),
+    lock_rows=" FOR UPDATE",
     select_alerts_v1=(
         "SELECT body, CASE WHEN body::jsonb ->> 'status' IN ('resolved', 'false_positive', 'closed')"
         " THEN body::jsonb ->> 'status' ELSE 'open' END FROM alerts"

@@ -43,6 +43,7 @@ from collector.store.base import (
     StoreError,
     StoreUnavailable,
 )
+from collector.store.domain import SqliteTransaction, Transaction
 from collector.store.rows import event_row, stored_mapping
 from collector.store.sql import (
     ABOVE_PREFIX,
@@ -446,7 +447,7 @@ class SqliteStore(SqlStore):
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY agent_id, sequence"
-        return self._stream(sql, params)
+        return self._stream(self._q(sql), params)
 
     def _stream(self, sql: str, params: list[Any]) -> Iterator[Mapping]:
         # A connection of its own: a long export reads one consistent WAL snapshot and never
@@ -476,35 +477,10 @@ class SqliteStore(SqlStore):
 
     # ------------------------------------------------------------------ alerts
 
-    def triage_alerts(
-        self, alert_ids: Sequence[str], status: str, *, by: str, note: str
-    ) -> list[triage.TriageEntry]:
-        """Set the alerts' status and append their history in one transaction; see `Store.triage_alerts`."""
-        self._writable()
-        ids = triage.check_triage(self.location, alert_ids, status, by, note)
-        at = _now()
-        with self._lock, self._transaction("triage") as db:
-            current = {
-                str(r[0]): str(r[1])
-                for r in db.execute(
-                    "SELECT id, status FROM alerts WHERE id IN (SELECT value FROM json_each(?))",
-                    (json.dumps(ids),),
-                )
-            }
-            missing = [i for i in ids if i not in current]
-            if missing:
-                raise triage.AlertNotFound(self.location, missing)
-            entries = [triage.TriageEntry(i, at, by, current[i], status, note) for i in ids]
-            db.execute(
-                "UPDATE alerts SET status = ? WHERE id IN (SELECT value FROM json_each(?))",
-                (status, json.dumps(ids)),
-            )
-            db.executemany(
-                "INSERT INTO alert_triage (alert_id, at, by_name, from_status, to_status, note)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [(e.alert_id, e.at, e.by, e.from_status, e.to_status, e.note) for e in entries],
-            )
-        return entries
+    @contextlib.contextmanager
+    def _statements(self, what: str) -> Iterator[Transaction]:
+        with self._lock, self._transaction(what) as db:
+            yield SqliteTransaction(db)
 
     # ---------------------------------------------------------------- registry
 
