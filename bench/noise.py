@@ -23,7 +23,8 @@ Figures:
   replay_seconds, replay_cpu_seconds     the replay with behaviour (baselines, risk): wall and CPU
   events_per_cpu_second                  events through the pack per CPU second
   behaviour_cost_ratio                   replay CPU with behaviour / without, same events
-  baseline_bytes_per_user, baseline_mib  memory of the baselines held (tracemalloc of a restore)
+  baseline_bytes_per_user, baseline_mib  memory of the baselines held (tracemalloc of a restore):
+                                         users', hosts' and peer groups', per user
 With --large, also (10,000 users): month_replay_seconds and month_replay_cpu_seconds (30 days
 through the pack: target < 60), month_events, and baseline_mib_90d / baseline_seconds_90d (the
 baselines alone over 90 days: memory held, CPU seconds).
@@ -131,7 +132,7 @@ def baseline_memory(fleet: _fleet.Fleet) -> tuple[float, int, int]:
             behaviour.enrich(event, event_time(event) or 0.0)
         spent += time.process_time() - started
     snapshot = behaviour.snapshot()
-    users = len(snapshot)
+    users = len(behaviour.baselines.users)  # the snapshot also holds the hosts' rows
     del behaviour
     gc.collect()
     tracemalloc.start()
