@@ -104,3 +104,33 @@ def test_byte_evidence_needs_reads_while_the_file_was_written() -> None:
     assert not later.evidence and later.confidence < 0.5
     assert provenance.by_lineage(flow, 0, created=now) is None  # empty: nothing was copied
     assert provenance.by_lineage(DataFlow().flow([1]), 10, created=now) is None
+
+
+def test_what_a_bound_forgets_is_reported_as_a_lineage_gap_at_most_once_a_minute() -> None:
+    from agent.sensors.access import AccessReporter
+    from agent.sensors.copies import CopyDetector
+    from agent.sensors.fingerprints import FingerprintIndex
+    from agent.sensors.media import RemovableMedia
+    from agent.sensors.staging import StagingDetector
+    from agent.sensors.tags import TagMap
+    from common.agentconfig import Removable, SensorSettings
+    from tests.sensors.recorder import Recorder
+
+    events = Recorder()
+    index = FingerprintIndex(TagMap({}))
+    flow = DataFlow(max_sources=1)
+    staging = StagingDetector(SensorSettings(), events)
+    copies = CopyDetector(index, RemovableMedia(Removable()), staging, events, flow=flow)
+    reporter = AccessReporter(TagMap({}), index, copies, copies.staging, events)
+    reporter.report_dropped()
+    assert not events.events  # nothing forgotten, nothing said
+    flow.note_read(10_000_123, [_read("/srv/db/a"), _read("/srv/db/b"), _read("/srv/db/c")])
+    reporter.report_dropped()
+    gap = events.wait_for(events.action("agent.gap"))[0]
+    assert gap["exfilguard.gap.reason"] == "lineage_limit"
+    assert gap["exfilguard.gap.lost"] == 2
+    flow.note_read(10_000_123, [_read("/srv/db/d")])
+    reporter.report_dropped()  # within the minute: counted, said later
+    assert len(events.matching(events.action("agent.gap"))) == 1
+    reporter.report_dropped(every=0.0)
+    assert [e["exfilguard.gap.lost"] for e in events.matching(events.action("agent.gap"))] == [2, 1]
