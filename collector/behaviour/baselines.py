@@ -152,7 +152,7 @@ class PeerGroup:
         return self.bytes / len(self.days) if self.days else 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: built once per event, and frozen __init__ is slow
 class Observation:
     """What one event tells about its user, for the enriched fields and the risk signals."""
 

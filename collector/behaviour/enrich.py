@@ -70,9 +70,12 @@ class Behaviour:
         day, hour = self.local(now)
         action = str(event.get("event.action", ""))
         group = self.baselines.group_of(user)
-        size = event.get("file.size")
-        size = size if isinstance(size, int) else 0
-        tagged = bool(event.get("tags"))
+        size = 0
+        tagged = False
+        if serial:
+            written = event.get("file.size")
+            size = written if isinstance(written, int) else 0
+            tagged = bool(event.get("tags"))
         out = dict(event)
         # Fields left unset read as their defaults (fields.ENRICHED: false, 0): only what can be
         # set is written, which keeps the many events without a device cheap.

@@ -71,7 +71,9 @@ class RiskBook:
     def score(self, user: str, now: float) -> float:
         """The user's score now (0 for someone never seen), rounded for display."""
         risk = self.users.get(user)
-        return round(risk.value(now), 1) if risk is not None else 0.0
+        if risk is None or risk.score <= 0:  # most users, most of the time
+            return 0.0
+        return round(risk.value(now), 1)
 
     def signals(self, user: str) -> list[str]:
         """The latest signal and alert names that raised the user's score, oldest first."""
