@@ -29,28 +29,10 @@ from typing import TYPE_CHECKING, Any, cast
 import psycopg
 from psycopg import errors as pg_errors
 
-from collector.store import domain, pgconnect, triage
-from collector.store.base import (
-    AgentUpdate,
-    EventFilter,
-    IngestResult,
-    Mapping,
-    StoreCorrupt,
-    StoreError,
-    StoreUnavailable,
-)
+from collector.store import base, domain, pgconnect, triage
+from collector.store import sql as shared
 from collector.store.domain import PostgresTransaction, Transaction
 from collector.store.rows import event_row, stored_mapping
-from collector.store.sql import (
-    ABOVE_PREFIX,
-    POSTGRES,
-    Prefix,
-    SqlStore,
-    agent_params,
-    contiguous_end,
-    fresh_events,
-    link_rows,
-)
 from common.ecstime import ecs_now
 from protos import chain
 from protos import exfilguard_pb2 as pb
@@ -183,10 +165,10 @@ def events_row(agent_id: str, event: pb.Event) -> tuple[Any, ...]:
     return row[:8] + row[9:]  # SQLite's chain column lives in chain_values here
 
 
-class PostgresStore(SqlStore):
+class PostgresStore(shared.SqlStore):
     """PostgreSQL implementation of `Store`; one connection, safe to call from several threads (one lock)."""
 
-    dialect = POSTGRES
+    dialect = shared.POSTGRES
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.location = pgconnect.describe(url)
@@ -202,8 +184,9 @@ class PostgresStore(SqlStore):
         except psycopg.Error as exc:
             self._db.close()
             if isinstance(exc, pg_errors.InsufficientPrivilege):
-                raise StoreUnavailable(self.location, f"permission denied: {self._scrub(exc)}") from None
-            raise StoreCorrupt(self.location, f"not a usable ExfilGuard store: {self._scrub(exc)}") from None
+                raise base.StoreUnavailable(self.location, f"permission denied: {self._scrub(exc)}") from None
+            reason = f"not a usable ExfilGuard store: {self._scrub(exc)}"
+            raise base.StoreCorrupt(self.location, reason) from None
         except BaseException:
             self._db.close()
             raise
@@ -238,11 +221,11 @@ class PostgresStore(SqlStore):
                     version = SCHEMA_VERSION
         self._version = version  # read-only on an older schema: alerts without triage read as open
         if version == 0:
-            raise StoreCorrupt(
+            raise base.StoreCorrupt(
                 self.location, "not an ExfilGuard store (no schema; has the collector run yet?)"
             )
         if version > SCHEMA_VERSION:
-            raise StoreCorrupt(
+            raise base.StoreCorrupt(
                 self.location, f"schema version {version} is newer than this collector's ({SCHEMA_VERSION})"
             )
 
@@ -255,16 +238,16 @@ class PostgresStore(SqlStore):
             )
         return self._db
 
-    def _fail(self, what: str, exc: BaseException) -> StoreError:
+    def _fail(self, what: str, exc: BaseException) -> base.StoreError:
         if isinstance(exc, psycopg.OperationalError) and self._db.broken:
-            return StoreUnavailable(self.location, f"{what} failed, connection lost: {self._scrub(exc)}")
-        return StoreError(self.location, f"{what} failed: {self._scrub(exc)}")
+            return base.StoreUnavailable(self.location, f"{what} failed, connection lost: {self._scrub(exc)}")
+        return base.StoreError(self.location, f"{what} failed: {self._scrub(exc)}")
 
     # ------------------------------------------------------------------ events
 
     def ingest_batches(
         self, batches: Sequence[tuple[str, Sequence[pb.Event]]], *, seal: bool = True
-    ) -> list[IngestResult]:
+    ) -> list[base.IngestResult]:
         """Store batches of several agents in one transaction; see `Store.ingest_batches`."""
         self._writable()
         with self._lock:
@@ -278,7 +261,9 @@ class PostgresStore(SqlStore):
                     raise self._fail("ingest", exc) from None
             raise AssertionError("unreachable")
 
-    def _ingest(self, batches: Sequence[tuple[str, Sequence[pb.Event]]], seal: bool) -> list[IngestResult]:
+    def _ingest(
+        self, batches: Sequence[tuple[str, Sequence[pb.Event]]], seal: bool
+    ) -> list[base.IngestResult]:
         db = self._connection()
         agents = sorted({agent_id for agent_id, _ in batches})
         with db.transaction(), db.cursor() as cur:
@@ -309,7 +294,7 @@ class PostgresStore(SqlStore):
         return results
 
     @staticmethod
-    def _lock_chains(cur: psycopg.Cursor[Any], new: list[str], agents: list[str]) -> dict[str, Prefix]:
+    def _lock_chains(cur: psycopg.Cursor[Any], new: list[str], agents: list[str]) -> dict[str, shared.Prefix]:
         """Create chain rows for `new` agents, then lock and read those of `agents`."""
         if new:
             cur.execute(
@@ -322,7 +307,7 @@ class PostgresStore(SqlStore):
             " ORDER BY agent_id FOR UPDATE",
             (agents,),
         )
-        return {str(r[0]): Prefix(int(r[1]), int(r[2])) for r in cur.fetchall()}
+        return {str(r[0]): shared.Prefix(int(r[1]), int(r[2])) for r in cur.fetchall()}
 
     def _copy(self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> None:
         if not rows:
@@ -338,12 +323,12 @@ class PostgresStore(SqlStore):
         cur: psycopg.Cursor[Any],
         agent_id: str,
         batch: Sequence[pb.Event],
-        state: Prefix,
+        state: shared.Prefix,
         pending: list[tuple[Any, ...]],
-    ) -> IngestResult:
-        fresh: dict[int, pb.Event] = fresh_events(batch, state.stored)
+    ) -> base.IngestResult:
+        fresh: dict[int, pb.Event] = shared.fresh_events(batch, state.stored)
         if not fresh:
-            return IngestResult(agent_id, state.stored, [])
+            return base.IngestResult(agent_id, state.stored, [])
         order = sorted(fresh)
         if order[-1] > 0x7FFF_FFFF_FFFF_FFFF:
             raise OverflowError(f"sequence {order[-1]} does not fit a 64-bit integer")
@@ -358,7 +343,7 @@ class PostgresStore(SqlStore):
             present = {int(r[0]) for r in cur.fetchall()}
             order = [s for s in order if s not in present]
             if not order:
-                return IngestResult(agent_id, state.stored, [])
+                return base.IngestResult(agent_id, state.stored, [])
         new = [fresh[s] for s in order]
         pending.extend(events_row(agent_id, e) for e in new)
         gaps = [e.exfilguard.gap.lost for e in new if e.event.action == "agent.gap"]
@@ -374,12 +359,12 @@ class PostgresStore(SqlStore):
                 if seq != state.stored + 1:
                     break
                 state.stored = seq
-        return IngestResult(agent_id, state.stored, new)
+        return base.IngestResult(agent_id, state.stored, new)
 
     def _contiguous_end(self, cur: psycopg.Cursor[Any], agent_id: str, stored: int) -> int:
         """Walk up from `stored` while the next sequence is present (a hole just filled)."""
-        cur.execute(self.dialect.sql(ABOVE_PREFIX), (agent_id, stored))
-        return contiguous_end(stored, cur)
+        cur.execute(self.dialect.sql(shared.ABOVE_PREFIX), (agent_id, stored))
+        return shared.contiguous_end(stored, cur)
 
     # ------------------------------------------------------------------- chain
 
@@ -433,7 +418,7 @@ class PostgresStore(SqlStore):
             " ORDER BY sequence",
             (agent_id, before, upto),
         )
-        sealed, head, values = link_rows(self.location, agent_id, before, head, cur.fetchall())
+        sealed, head, values = shared.link_rows(self.location, agent_id, before, head, cur.fetchall())
         return (before, sealed, head, values) if values else None
 
     def _apply_chain(self, cur: psycopg.Cursor[Any], agent_id: str, work: _ChainWork) -> bool:
@@ -456,9 +441,9 @@ class PostgresStore(SqlStore):
         row = self._one("SELECT stored FROM chains WHERE agent_id = %s", (agent_id,))
         return 0 if row is None else int(row[0])
 
-    def events(self, where: EventFilter | None = None) -> Iterator[Mapping]:
+    def events(self, where: base.EventFilter | None = None) -> Iterator[base.Mapping]:
         """Stream stored events as mappings in (agent, sequence) order; see `Store.events`."""
-        clauses, params = self._event_clauses(where or EventFilter(), "e.")
+        clauses, params = self._event_clauses(where or base.EventFilter(), "e.")
         sql = (
             "SELECT c.value, e.data, e.agent_id, e.sequence FROM events e LEFT JOIN chain_values c"
             " ON c.agent_id = e.agent_id AND c.sequence = e.sequence"
@@ -468,7 +453,7 @@ class PostgresStore(SqlStore):
         sql += " ORDER BY e.agent_id, e.sequence"
         return self._stream(self._q(sql), params)
 
-    def _stream(self, sql: str, params: list[Any]) -> Iterator[Mapping]:
+    def _stream(self, sql: str, params: list[Any]) -> Iterator[base.Mapping]:
         # A connection of its own and a server-side cursor: a long export reads one consistent
         # snapshot in chunks and never holds the writer's lock.
         reader = pgconnect.connect(self._url, readonly=True, application="exfilguard-reader")
@@ -485,7 +470,7 @@ class PostgresStore(SqlStore):
                         mapping["exfilguard.chain.hash"] = link.hex()
                     yield mapping
         except psycopg.Error as exc:
-            raise StoreError(self.location, f"reading events failed: {self._scrub(exc)}") from None
+            raise base.StoreError(self.location, f"reading events failed: {self._scrub(exc)}") from None
         finally:
             reader.close()
 
@@ -503,12 +488,12 @@ class PostgresStore(SqlStore):
 
     # ---------------------------------------------------------------- registry
 
-    def update_agents(self, updates: Sequence[AgentUpdate]) -> None:
+    def update_agents(self, updates: Sequence[base.AgentUpdate]) -> None:
         """Create or update registry entries in one transaction."""
         self._writable()
         if not updates:
             return
-        params = agent_params(updates, _now())
+        params = shared.agent_params(updates, _now())
         with self._lock:
             try:
                 db = self._connection()

@@ -33,28 +33,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from collector.store import domain, triage
-from collector.store.base import (
-    AgentUpdate,
-    EventFilter,
-    IngestResult,
-    Mapping,
-    StoreCorrupt,
-    StoreError,
-    StoreUnavailable,
-)
+from collector.store import base, domain, triage
+from collector.store import sql as shared
 from collector.store.domain import SqliteTransaction, Transaction
 from collector.store.rows import event_row, stored_mapping
-from collector.store.sql import (
-    ABOVE_PREFIX,
-    SQLITE,
-    Prefix,
-    SqlStore,
-    agent_params,
-    contiguous_end,
-    fresh_events,
-    link_rows,
-)
 from common.ecstime import ecs_now
 from protos import chain
 from protos import exfilguard_pb2 as pb
@@ -176,10 +158,10 @@ def _now() -> str:
     return ecs_now()
 
 
-class SqliteStore(SqlStore):
+class SqliteStore(shared.SqlStore):
     """SQLite (WAL) implementation of `Store`; safe to call from several threads (one lock)."""
 
-    dialect = SQLITE
+    dialect = shared.SQLITE
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.location = str(path)
@@ -187,14 +169,14 @@ class SqliteStore(SqlStore):
         self._readonly = readonly
         self._lock = threading.Lock()
         self._domain: domain.DomainSql | None = None
-        self._prefixes: dict[str, Prefix] = {}
+        self._prefixes: dict[str, shared.Prefix] = {}
         self._version = SCHEMA_VERSION
         self._db = self._connect()
         try:
             self._prepare()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise StoreCorrupt(self.location, f"not a usable ExfilGuard store: {exc}") from exc
+            raise base.StoreCorrupt(self.location, f"not a usable ExfilGuard store: {exc}") from exc
 
     # ------------------------------------------------------------------ set-up
 
@@ -202,26 +184,26 @@ class SqliteStore(SqlStore):
         try:
             if self._readonly:
                 if not self._path.exists():
-                    raise StoreUnavailable(self.location, "no such store (has the collector run yet?)")
+                    raise base.StoreUnavailable(self.location, "no such store (has the collector run yet?)")
                 uri = f"file:{quote(str(self._path.resolve()))}?mode=ro"
                 return sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
             self._path.parent.mkdir(parents=True, exist_ok=True)
             return sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(self.location, f"cannot open: {exc}") from exc
+            raise base.StoreUnavailable(self.location, f"cannot open: {exc}") from exc
 
     def _prepare(self) -> None:
         db = self._db
         db.execute("PRAGMA busy_timeout = 10000")
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
-            raise StoreCorrupt(
+            raise base.StoreCorrupt(
                 self.location, f"schema version {version} is newer than this collector's ({SCHEMA_VERSION})"
             )
         self._version = version
         if self._readonly:
             if version == 0:
-                raise StoreCorrupt(self.location, "not an ExfilGuard store (no schema)")
+                raise base.StoreCorrupt(self.location, "not an ExfilGuard store (no schema)")
             return  # an older schema is read as it is (alerts without triage read as open)
         if version == 0:
             db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # only takes effect before the first table
@@ -253,31 +235,31 @@ class SqliteStore(SqlStore):
 
     # ------------------------------------------------------------------ events
 
-    def _prefix(self, agent_id: str) -> Prefix:
+    def _prefix(self, agent_id: str) -> shared.Prefix:
         state = self._prefixes.get(agent_id)
         if state is None:
             row = self._db.execute(
                 "SELECT stored, max_sequence FROM chains WHERE agent_id = ?", (agent_id,)
             ).fetchone()
-            state = Prefix(0, 0) if row is None else Prefix(int(row[0]), int(row[1]))
+            state = shared.Prefix(0, 0) if row is None else shared.Prefix(int(row[0]), int(row[1]))
             self._prefixes[agent_id] = state
         return state
 
     def ingest_batches(
         self, batches: Sequence[tuple[str, Sequence[pb.Event]]], *, seal: bool = True
-    ) -> list[IngestResult]:
+    ) -> list[base.IngestResult]:
         """Store batches of several agents in one transaction; see `Store.ingest_batches`."""
         self._writable()
         with self._lock:
-            staged: dict[str, Prefix] = {}
-            results: list[IngestResult] = []
+            staged: dict[str, shared.Prefix] = {}
+            results: list[base.IngestResult] = []
             # OverflowError: a sequence beyond int64
             with self._transaction("ingest", also=(OverflowError,)) as db:
                 for agent_id, batch in batches:
                     state = staged.get(agent_id)
                     if state is None:
                         base = self._prefix(agent_id)
-                        state = Prefix(base.stored, base.max_sequence)
+                        state = shared.Prefix(base.stored, base.max_sequence)
                     results.append(self._ingest_one(agent_id, batch, state))
                     staged[agent_id] = state
                 db.executemany(
@@ -295,7 +277,11 @@ class SqliteStore(SqlStore):
 
     @contextlib.contextmanager
     def _transaction(
-        self, what: str, *, error: type[StoreError] = StoreError, also: tuple[type[Exception], ...] = ()
+        self,
+        what: str,
+        *,
+        error: type[base.StoreError] = base.StoreError,
+        also: tuple[type[Exception], ...] = (),
     ) -> Iterator[sqlite3.Connection]:
         """A write transaction under the caller's lock: committed at the end of the block, rolled
         back on any exception; a database error (or one of `also`) becomes `error` naming `what`."""
@@ -316,11 +302,13 @@ class SqliteStore(SqlStore):
         if self._db.in_transaction:
             self._db.execute("ROLLBACK")
 
-    def _ingest_one(self, agent_id: str, batch: Sequence[pb.Event], state: Prefix) -> IngestResult:
+    def _ingest_one(
+        self, agent_id: str, batch: Sequence[pb.Event], state: shared.Prefix
+    ) -> base.IngestResult:
         db = self._db
-        fresh: dict[int, pb.Event] = fresh_events(batch, state.stored)
+        fresh: dict[int, pb.Event] = shared.fresh_events(batch, state.stored)
         if not fresh:
-            return IngestResult(agent_id, state.stored, [])
+            return base.IngestResult(agent_id, state.stored, [])
         order = sorted(fresh)
         if state.max_sequence > state.stored:
             # Holes exist: some of these may already be stored above the hole.
@@ -333,7 +321,7 @@ class SqliteStore(SqlStore):
             }
             order = [s for s in order if s not in present]
             if not order:
-                return IngestResult(agent_id, state.stored, [])
+                return base.IngestResult(agent_id, state.stored, [])
         new = [fresh[s] for s in order]
         db.executemany(INSERT_EVENT, [event_row(agent_id, e) for e in new])
         gaps = [e.exfilguard.gap.lost for e in new if e.event.action == "agent.gap"]
@@ -345,12 +333,12 @@ class SqliteStore(SqlStore):
             state.stored = order[-1]  # the common case: the batch extends the prefix, no holes
         elif state.max_sequence > state.stored:
             state.stored = self._contiguous_end(agent_id, state.stored)
-        return IngestResult(agent_id, state.stored, new)
+        return base.IngestResult(agent_id, state.stored, new)
 
     def _contiguous_end(self, agent_id: str, stored: int) -> int:
         """Walk up from `stored` while the next sequence is present (a hole just filled)."""
-        cursor = self._db.execute(self.dialect.sql(ABOVE_PREFIX), (agent_id, stored))
-        stored = contiguous_end(stored, cursor)
+        cursor = self._db.execute(self.dialect.sql(shared.ABOVE_PREFIX), (agent_id, stored))
+        stored = shared.contiguous_end(stored, cursor)
         cursor.close()
         return stored
 
@@ -383,7 +371,7 @@ class SqliteStore(SqlStore):
                 return done
             except sqlite3.Error as exc:
                 self._rollback()
-                raise StoreError(self.location, f"sealing failed: {exc}") from exc
+                raise base.StoreError(self.location, f"sealing failed: {exc}") from exc
             except BaseException:
                 self._rollback()
                 raise
@@ -414,7 +402,7 @@ class SqliteStore(SqlStore):
             " ORDER BY sequence",
             (agent_id, before, upto),
         )
-        sealed, head, values = link_rows(self.location, agent_id, before, head, cursor)
+        sealed, head, values = shared.link_rows(self.location, agent_id, before, head, cursor)
         cursor.close()
         updates = [(value, agent_id, seq) for seq, value in values]
         return (before, sealed, head, updates) if updates else None
@@ -440,23 +428,23 @@ class SqliteStore(SqlStore):
                 return 0 if row is None else int(row[0])
             return self._prefix(agent_id).stored
 
-    def events(self, where: EventFilter | None = None) -> Iterator[Mapping]:
+    def events(self, where: base.EventFilter | None = None) -> Iterator[base.Mapping]:
         """Stream stored events as mappings in (agent, sequence) order; see `Store.events`."""
-        clauses, params = self._event_clauses(where or EventFilter())
+        clauses, params = self._event_clauses(where or base.EventFilter())
         sql = "SELECT chain, data, agent_id, sequence FROM events"
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY agent_id, sequence"
         return self._stream(self._q(sql), params)
 
-    def _stream(self, sql: str, params: list[Any]) -> Iterator[Mapping]:
+    def _stream(self, sql: str, params: list[Any]) -> Iterator[base.Mapping]:
         # A connection of its own: a long export reads one consistent WAL snapshot and never
         # holds the writer's lock.
         uri = f"file:{quote(str(self._path.resolve()))}?mode=ro"
         try:
             reader = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            raise StoreUnavailable(self.location, f"cannot open for reading: {exc}") from exc
+            raise base.StoreUnavailable(self.location, f"cannot open for reading: {exc}") from exc
         try:
             reader.execute("PRAGMA busy_timeout = 10000")
             reader.execute("BEGIN")
@@ -471,7 +459,7 @@ class SqliteStore(SqlStore):
                         mapping["exfilguard.chain.hash"] = bytes(link).hex()
                     yield mapping
         except sqlite3.Error as exc:
-            raise StoreError(self.location, f"reading events failed: {exc}") from exc
+            raise base.StoreError(self.location, f"reading events failed: {exc}") from exc
         finally:
             reader.close()
 
@@ -484,12 +472,12 @@ class SqliteStore(SqlStore):
 
     # ---------------------------------------------------------------- registry
 
-    def update_agents(self, updates: Sequence[AgentUpdate]) -> None:
+    def update_agents(self, updates: Sequence[base.AgentUpdate]) -> None:
         """Create or update registry entries in one transaction."""
         self._writable()
         if not updates:
             return
-        params = agent_params(updates, _now())
+        params = shared.agent_params(updates, _now())
         with self._lock, self._transaction("registry update") as db:
             db.executemany(_UPSERT_AGENT, params)
 
@@ -505,14 +493,14 @@ class SqliteStore(SqlStore):
         try:
             self._db.execute(sql, params)
         except sqlite3.Error as exc:
-            raise StoreError(self.location, f"write failed: {exc}") from exc
+            raise base.StoreError(self.location, f"write failed: {exc}") from exc
 
     def _all(self, sql: str, params: Sequence[Any], what: str = "query") -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StoreError(self.location, f"{what} failed: {exc}") from exc
+                raise base.StoreError(self.location, f"{what} failed: {exc}") from exc
 
     def _write(self, sql: str, params: Sequence[Any], what: str = "write") -> None:
         with self._lock:
