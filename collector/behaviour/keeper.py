@@ -20,7 +20,10 @@ from collector.store.devices import DeviceBook, Sighting
 
 log = logging.getLogger("exfilguard.collector.behaviour")
 
-SAVE_SECONDS = 30.0  # changed baselines and sightings reach the store at least this often
+# Changed baselines and sightings reach the store this often (and at shutdown). Every active user
+# changes all day, so a short period would rewrite the whole fleet's rows each time; a crash
+# loses at most this much of statistics that span weeks.
+SAVE_SECONDS = 300.0
 APPROVALS_SECONDS = 2.0  # how often the store is asked whether approvals changed
 
 
