@@ -252,12 +252,12 @@ class DataFlow:
         ordered = sorted(found.values(), key=lambda s: s.at)
         return Flow(tuple(ordered), len(visited))
 
-    def openers(self, dev: int, ino: int, seconds: float = 10.0, limit: int = 64) -> list[int]:
-        """Processes recorded (exec'd) in the last `seconds` that have the file (dev, ino) open
-        now: they opened it before anything watched it (a file that just became derived)."""
-        since = time.monotonic() - seconds
+    def openers(self, dev: int, ino: int, born: float, limit: int = 8) -> list[int]:
+        """Processes started since `born` (wall clock) and recorded that have the file (dev, ino)
+        open now: they opened it before anything watched it (a file that just became derived).
+        Only the `limit` most recent are looked at: this runs on the event thread."""
         with self._lock:
-            recent = [pid for pid, proc in reversed(self._procs.items()) if proc.seen >= since][:limit]
+            recent = [pid for pid, proc in reversed(self._procs.items()) if proc.born >= born][:limit]
         found = []
         for pid in recent:
             try:

@@ -68,6 +68,13 @@ THEFTS = (
          ("$STICK/nobody.tgz",), True),
 )
 
+# Back to back, a program may open, read and close a file that has just become derived, and
+# exit, before the agent's event thread reaches that file's close (a loaded machine: tens of ms);
+# then its reads are not seen (docs/sensors.md, limits). The CI matrix leaves that chain out so
+# it cannot flake; bench.detection runs it and counts it.
+RACY = ("tmp-openssl-then-cp",)
+CI_THEFTS = tuple(case for case in THEFTS if case.name not in RACY)
+
 BENIGN = (
     Case("backup-untagged", 'tar czf "$STICK/photos.tgz" -C "$BASE" photos', ("$STICK/photos.tgz",), False),
     Case("many-files", 'cp -r /usr/lib/python3*/email "$STICK/site-email"',

@@ -96,7 +96,7 @@ def test_insider_techniques_alert_and_benign_work_does_not(tmp_path: Path, base:
         wait_for(lambda: _stored(tmp_path, lambda e: e.get("event.action") == "file.read"
                                  and e.get("process.pid") == pid), 30, "the photo program's tagged reads")
 
-        cases = (*matrix.THEFTS, *matrix.BENIGN)
+        cases = (*matrix.CI_THEFTS, *matrix.BENIGN)
         for case in cases:
             matrix.run_case(case, env)
         reader.communicate("go\n", timeout=30)
@@ -106,7 +106,7 @@ def test_insider_techniques_alert_and_benign_work_does_not(tmp_path: Path, base:
         outputs["photos"] = {matrix.expand(o, env) for o in matrix.PHOTOS}
 
         def missed() -> list[str]:
-            return [c.name for c in matrix.THEFTS
+            return [c.name for c in matrix.CI_THEFTS
                     if matrix.detected(alerts.for_paths(outputs[c.name]), str(db), stick.serial) is None]
 
         def why() -> str:
