@@ -12,7 +12,10 @@ replay of recent stored events through `warm()` (alerts are not raised again whi
 Evaluation has a budget per event, so no policy can stall ingest (regexes already run in linear
 time; this bounds whatever else is slow): once an event's policies have taken longer than the
 budget, the rest are skipped for that event, and a policy whose own evaluation of one event took
-longer than the budget is suspended for SUSPEND_SECONDS. Both are counted per policy
+longer than the budget SUSPEND_STRIKES times within STRIKE_WINDOW_SECONDS is suspended for
+SUSPEND_SECONDS. The budget is wall time (a CPU clock costs a system call per read), so one
+overrun may be the machine's, not the policy's: a single stall must not switch a policy off,
+which for a DLP would be a blind spot an insider could provoke. Both are counted per policy
 (`skipped_by_policy`, a metric) and logged as warnings, at most once a minute each.
 """
 
@@ -56,7 +59,9 @@ GAP_MEMORY_SECONDS = 86_400.0  # alerts mention events an agent lost in the last
 INVENTORY_ACTION = "agent.inventory"
 GAP_ACTION = "agent.gap"
 DEFAULT_BUDGET_SECONDS = 0.25  # evaluation time one event may take across its policies
-SUSPEND_SECONDS = 300.0  # a policy that alone overran the budget sits out this long
+SUSPEND_STRIKES = 3  # overruns by one policy alone, within STRIKE_WINDOW_SECONDS, that suspend it
+STRIKE_WINDOW_SECONDS = 60.0
+SUSPEND_SECONDS = 60.0  # how long a suspended policy sits out
 SKIP_LOG_SECONDS = 60.0  # at most one warning a minute about skipped evaluations
 RISK_PREFIX = "exfilguard.risk."
 
@@ -145,6 +150,7 @@ class PolicyEngine:
         self.budget = budget_seconds
         self.skipped: dict[str, int] = {}  # evaluations skipped (budget or suspension), per policy id
         self._suspended: dict[str, float] = {}  # policy id -> wall time its suspension ends
+        self._strikes: dict[str, list[float]] = {}  # policy id -> wall times of its recent overruns
         self._skips_unlogged = 0
         self._skip_logged_at = -math.inf
         self.limits = limits or Limits()
@@ -286,7 +292,7 @@ class PolicyEngine:
             firings = self._run(entry, event, now)
             ended = clock()
             if ended - begun > self.budget:
-                self._suspend(entry.policy.id, event, ended - begun, wall)
+                self._overran(entry.policy.id, event, ended - begun, wall)
             over = ended > deadline and n + 1 < len(candidates)
             if over:
                 self._over_budget(candidates[n + 1 :], event, ended - started)
@@ -331,14 +337,31 @@ class PolicyEngine:
         self.skipped[policy_id] = self.skipped.get(policy_id, 0) + 1
         self._skips_unlogged += 1
 
-    def _suspend(self, policy_id: str, event: EventFields, took: float, wall: float) -> None:
+    def _overran(self, policy_id: str, event: EventFields, took: float, wall: float) -> None:
+        strikes = [t for t in self._strikes.get(policy_id, ()) if wall - t < STRIKE_WINDOW_SECONDS]
+        strikes.append(wall)
+        if len(strikes) < SUSPEND_STRIKES:
+            self._strikes[policy_id] = strikes
+            log.warning(
+                "policy %s took %.3f s on event %s (budget %.3f s): overrun %d of %d before suspension",
+                policy_id,
+                took,
+                event.get("event.id", "?"),
+                self.budget,
+                len(strikes),
+                SUSPEND_STRIKES,
+            )
+            return
+        self._strikes.pop(policy_id, None)
         self._suspended[policy_id] = wall + SUSPEND_SECONDS
         log.warning(
-            "policy %s took %.3f s on event %s (budget %.3f s): suspended for %.0f s",
+            "policy %s took %.3f s on event %s (budget %.3f s), %d times in %.0f s: suspended for %.0f s",
             policy_id,
             took,
             event.get("event.id", "?"),
             self.budget,
+            SUSPEND_STRIKES,
+            STRIKE_WINDOW_SECONDS,
             SUSPEND_SECONDS,
         )
 
