@@ -150,21 +150,66 @@ def timestamp_problem(ts: Timestamp) -> str | None:
     return None
 
 
-def _timestamp_paths(descriptor: Any, path: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """Every path to a (non-repeated) Timestamp field of the event model, read off the .proto."""
-    found: list[tuple[str, ...]] = []
+# Where Timestamps sit in the event model, read off the .proto (so a field added later is checked
+# too): field name -> (repeated, subtree), subtree None for a Timestamp. Only branches that lead
+# to a Timestamp are kept.
+_Tree = dict[str, tuple[bool, "_Tree | None"]]
+
+
+def _timestamp_tree(descriptor: Any) -> _Tree:
+    tree: _Tree = {}
     for field in descriptor.fields:
         message = field.message_type
-        if message is None or field.is_repeated:
+        if message is None:
             continue
         if message.full_name == "google.protobuf.Timestamp":
-            found.append((*path, field.name))
+            tree[field.name] = (bool(field.is_repeated), None)
+        elif sub := _timestamp_tree(message):
+            tree[field.name] = (bool(field.is_repeated), sub)
+    return tree
+
+
+_OPTIONAL_TIMESTAMPS = {k: v for k, v in _timestamp_tree(pb.Event.DESCRIPTOR).items() if k != "timestamp"}
+
+
+# For the fast path: (field, repeated, its children that lead to Timestamps or None). An event
+# that sets any of them (gaps, late windows: rare) takes the slow path.
+_GUARDS = [
+    (name, repeated, None if sub is None else [(n, r) for n, (r, _) in sub.items()])
+    for name, (repeated, sub) in _OPTIONAL_TIMESTAMPS.items()
+]
+
+
+def _optional_timestamp_set(event: pb.Event) -> bool:
+    for name, repeated, children in _GUARDS:
+        if repeated:
+            if len(getattr(event, name)):
+                return True
+        elif event.HasField(name):
+            if children is None:
+                return True
+            inner = getattr(event, name)
+            for child, child_repeated in children:
+                if len(getattr(inner, child)) if child_repeated else inner.HasField(child):
+                    return True
+    return False
+
+
+def _timestamps_problem(message: Message, tree: _Tree, prefix: str) -> str | None:
+    """'path: problem' of the first bad Timestamp under `message`, or None; cheap when none is set."""
+    for name, (repeated, sub) in tree.items():
+        if repeated:
+            values: list[Any] = list(getattr(message, name))
+            names = [f"{prefix}{name}[{i}]" for i in range(len(values))]
+        elif message.HasField(name):
+            values, names = [getattr(message, name)], [prefix + name]
         else:
-            found.extend(_timestamp_paths(message, (*path, field.name)))
-    return found
-
-
-_OPTIONAL_TIMESTAMPS = [p for p in _timestamp_paths(pb.Event.DESCRIPTOR, ()) if p != ("timestamp",)]
+            continue
+        for value, path in zip(values, names, strict=True):
+            problem = timestamp_problem(value) if sub is None else _timestamps_problem(value, sub, path + ".")
+            if problem:
+                return f"{path}: {problem}" if sub is None else problem
+    return None
 
 
 def event_problem(event: pb.Event) -> str | None:
@@ -182,18 +227,7 @@ def event_problem(event: pb.Event) -> str | None:
     problem = timestamp_problem(event.timestamp)
     if problem:
         return f"@timestamp: {problem}"
-    for path in _OPTIONAL_TIMESTAMPS:
-        holder: Message = event
-        for step in path[:-1]:
-            if not holder.HasField(step):
-                break
-            holder = getattr(holder, step)
-        else:
-            if holder.HasField(path[-1]):
-                problem = timestamp_problem(getattr(holder, path[-1]))
-                if problem:
-                    return f"{'.'.join(path)}: {problem}"
-    return None
+    return _timestamps_problem(event, _OPTIONAL_TIMESTAMPS, "")
 
 
 def batch_problem(agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_SEQUENCE) -> str | None:
@@ -220,7 +254,7 @@ def batch_problem(agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_
             and MIN_SECONDS < ts.seconds <= MAX_SECONDS  # 0 also when unset: the slow path tells
             and event_id.isprintable()
             and action.isprintable()
-            and not (event.HasField("exfilguard") and event.exfilguard.HasField("gap"))
+            and not _optional_timestamp_set(event)
         ):
             continue
         problem = _event_batch_problem(index, event, agent_id, ceiling)

@@ -76,13 +76,15 @@ def _no_id(event: pb.Event) -> None:
         (_set("timestamp.seconds", 253_402_300_800), "@timestamp", "seconds 253402300800 outside"),  # 10000
         (_set("timestamp.seconds", -1), "@timestamp", "outside 1970-01-01"),
         (_set("exfilguard.gap.first.nanos", -5), "exfilguard.gap.first", "nanos -5"),
+        (_set("exfilguard.late_window.end.nanos", -1), "exfilguard.late_window.end", "nanos -1"),
         (_clear_timestamp, "@timestamp", "missing"),
         (_no_id, "event.id", "empty"),
         (_nul_path, "file.path", "NUL"),
         (_set("event.sequence", (1 << 63) - 1), "event.sequence", "larger than"),
         (_set("event.sequence", 3 + (1 << 32) + 1), "event.sequence", "above the acknowledged sequence 0"),
     ],
-    ids=["nanos-negative", "nanos-1e9", "year-0", "year-10000", "before-1970", "gap-first", "no-timestamp",
+    ids=["nanos-negative", "nanos-1e9", "year-0", "year-10000", "before-1970", "gap-first", "late-window",
+         "no-timestamp",
          "no-id", "nul", "sequence-2^63-1", "sequence-jump"],
 )
 def test_a_bad_event_refuses_its_batch_by_name_and_another_agent_goes_on(

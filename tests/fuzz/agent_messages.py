@@ -279,6 +279,7 @@ def seed_streams(agent_id: str) -> dict[str, FuzzStream]:
         "year-0": setter("timestamp.seconds", -62_135_596_801),
         "year-10000": setter("timestamp.seconds", 253_402_300_800),
         "gap-last-nanos": setter("exfilguard.gap.last.nanos", 1_000_000_000),
+        "late-window-year-0": setter("exfilguard.late_window.start.seconds", -62_135_596_801),
         "nul-in-path": setter("file.path", "/srv/db/a\x00b"),
         "sequence-2^63-1": setter("event.sequence", (1 << 63) - 1),
         "sequence-2^64-1": setter("event.sequence", (1 << 64) - 1),
