@@ -11,8 +11,10 @@ the field. Nothing of a refused batch is stored; the stream ends; other streams 
     batch_problem(agent, events, ceiling)   why a batch is refused, or None
 
 Limits (fixed, documented in docs/collector.md):
-  - timestamps (`@timestamp`, `exfilguard.gap.first/last`): nanos in 0..999,999,999 and the
-    time within 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z (what every reader can format);
+  - timestamps (every Timestamp of the event model, found by walking the .proto, so fields
+    added later are covered: `@timestamp`, `exfilguard.gap.*`, `exfilguard.late_window.*`, ...):
+    nanos in 0..999,999,999 and the time within 1970-01-01T00:00:00Z .. 9999-12-31T23:59:59Z
+    (what every reader can format);
     `@timestamp` is required;
   - sequences: 1 .. 2^63-2 (a store integer, and the next one must still fit), and at most
     `MAX_SEQUENCE_AHEAD` above what the collector acknowledged (a jump beyond it would leave
