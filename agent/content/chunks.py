@@ -165,21 +165,25 @@ class FeatureTable:
 
     def compact(self, live: Callable[[int], bool]) -> int:
         """Drop every entry whose file id is no longer `live`; returns entries dropped."""
-        kept = [e for e in self._slots if e and live(e & _ID_MASK)]
-        dropped = self.entries - len(kept)
-        size = 1 << max(4, (max(len(kept), 8) * 2 - 1).bit_length())
-        self._rebuild(kept, size)
-        return dropped
+        before = self.entries
+        kept = sum(1 for e in self._slots if e and live(e & _ID_MASK))
+        size = 1 << max(4, (max(kept, 8) * 2 - 1).bit_length())
+        self._rebuild(size, live)
+        return before - self.entries
 
     def _grow(self, size: int) -> None:
-        self._rebuild([e for e in self._slots if e], size)
+        self._rebuild(size, None)
 
-    def _rebuild(self, entries: list[int], size: int) -> None:
+    def _rebuild(self, size: int, live: Callable[[int], bool] | None) -> None:
+        # entry by entry from the old array: no list of millions of ints on the way (the
+        # agent's peak memory is what counts)
+        old = self._slots
         self._slots = array("Q", bytes(8 * size))
         self._mask = size - 1
         self.entries = 0
-        for entry in entries:
-            self._put(entry)
+        for entry in old:
+            if entry and (live is None or live(entry & _ID_MASK)):
+                self._put(entry)
 
 
 def _spread(key: int) -> int:
