@@ -17,9 +17,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import queue
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -202,52 +199,6 @@ class _Probe:
         return sorted(found.values(), key=lambda m: (-m.confidence, -m.matched))
 
 
-class _Pipeline:
-    """Fingerprints archive members in a second thread while this one decompresses: zlib, lzma,
-    hashlib and the chunker release the GIL, so the two overlap as `tar` and `gzip` do."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[Callable[..., None], tuple[bytes, ...]] | None] = queue.Queue(8)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="exfilguard-fingerprint", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self._error is None:  # after a failure keep draining, so the reader never blocks
-                try:
-                    item[0](*item[1])
-                except BaseException as exc:  # handed to the reader thread, raised there
-                    self._error = exc
-
-    def call(self, fn: Callable[..., None], *args: bytes) -> None:
-        """Run `fn(*args)` in the fingerprinting thread, in order."""
-        if self._error is not None:
-            raise self._error
-        self._queue.put((fn, args))
-
-    def close(self) -> None:
-        """Wait for everything queued; re-raise a failure of the fingerprinting thread."""
-        self._queue.put(None)
-        self._thread.join()
-        if self._error is not None:
-            raise self._error
-
-
-class _Piped:
-    """A member writer whose probe runs in the pipeline's thread."""
-
-    def __init__(self, pipe: _Pipeline, probe: _Probe) -> None:
-        self.pipe = pipe
-        self.probe = probe
-
-    def update(self, data: bytes) -> None:
-        self.pipe.call(self.probe.update, data)
-
-    def finish(self) -> None:
-        self.pipe.call(self.probe.finish)
-
-
 class _Run:
     """One identification: its probes and the bytes they read (the identifier is shared)."""
 
@@ -291,12 +242,8 @@ class ContentIdentifier:
         head = reader.read(512)
         reader.seek(0)
         if sniff(head):
-            pipe = _Pipeline()
-            try:
-                report = inspect_archive(reader, label, lambda name, n: _Piped(pipe, _Probe(run, name, n)),
-                                         self.limits, seekable=seekable)
-            finally:
-                pipe.close()
+            report = inspect_archive(reader, label, lambda name, n: _Probe(run, name, n), self.limits,
+                                     seekable=seekable)
             out.format, out.members_total = report.format, report.members_total
             out.refused = "; ".join(report.notes)[:1000]
         if not out.format:
