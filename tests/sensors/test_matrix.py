@@ -97,11 +97,6 @@ def test_insider_techniques_alert_and_benign_work_does_not(tmp_path: Path, base:
                                  and e.get("process.pid") == pid), 30, "the photo program's tagged reads")
 
         cases = (*matrix.CI_THEFTS, *matrix.BENIGN)
-        for case in cases:
-            matrix.run_case(case, env)
-        reader.communicate("go\n", timeout=30)
-        assert signal.read_text() == "written"
-
         outputs = {case.name: {matrix.expand(o, env) for o in case.outputs} for case in cases}
         outputs["photos"] = {matrix.expand(o, env) for o in matrix.PHOTOS}
 
@@ -117,7 +112,15 @@ def test_insider_techniques_alert_and_benign_work_does_not(tmp_path: Path, base:
                 lines.append(f"{name}: {seen}")
             return "\n".join(lines)
 
+        for case in matrix.CI_THEFTS:
+            matrix.run_case(case, env)
+        # The benign in-place edit rewrites customers.csv: run only once every theft is judged,
+        # or an agent still catching up would compare a theft's copy with the edited source.
         wait_for(lambda: not missed(), 60, "an alert for every theft", why)
+        for case in matrix.BENIGN:
+            matrix.run_case(case, env)
+        reader.communicate("go\n", timeout=30)
+        assert signal.read_text() == "written"
         # the photos are written last: once they are reported, every benign case's alerts are out
         wait_for(lambda: _stored(tmp_path, lambda e: e.get("event.action") == "file.copy"
                                  and e.get("file.path") in outputs["photos"]), 30, "the photos' file.copy")
