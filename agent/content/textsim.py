@@ -13,6 +13,7 @@ are looked up; the share of a source's sample found in it is its score (containm
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterator
 
@@ -22,7 +23,6 @@ MIN_SAMPLE = 8          # a source with fewer sampled features is too small to j
 MAX_LINE = 64 * 1024    # longer lines are cut (a minified blob, not an export)
 _SPLIT = re.compile(rb"[,;\t|]")
 _STRIP = b" \t\r\"'`"
-_KEY_MASK = (1 << 64) - 1
 
 
 def looks_like_text(head: bytes) -> bool:
@@ -46,9 +46,16 @@ def line_features(line: bytes) -> Iterator[int]:
     fields = [f.strip(_STRIP) for f in _SPLIT.split(line)]
     for field in fields:
         if _distinctive(field):
-            yield hash(b"f\x00" + field) & _KEY_MASK
+            yield _key(b"f\x00" + field)
     if len(line) >= 8:
-        yield hash(b"l\x00" + b"\x00".join(sorted(fields))) & _KEY_MASK
+        yield _key(b"l\x00" + b"\x00".join(sorted(fields)))
+
+
+def _key(feature: bytes) -> int:
+    # A keyed hash of our own, not hash(): Python seeds that per process, so which features a
+    # tagged text keeps in its sample (and so whether an export is recognised) changed from
+    # one agent start to the next.
+    return int.from_bytes(hashlib.blake2b(feature, digest_size=8).digest(), "little")
 
 
 class TextFeatures:

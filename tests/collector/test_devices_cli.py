@@ -64,6 +64,8 @@ def collector_config(tmp_path: Path) -> tuple[Path, cfg.CollectorConfig]:
     return path, conf
 
 
+# Known to flake (one failure in several runs, cause not yet found: CONTRIBUTING.md); one rerun.
+@pytest.mark.flaky(reruns=1)
 def test_seen_approved_by_the_cli_and_learned(collector_config: tuple[Path, cfg.CollectorConfig]) -> None:
     path, conf = collector_config
     c = ("--config", str(path))

@@ -97,6 +97,8 @@ def test_reload_keeps_the_previous_config_when_the_file_breaks(tmp_path: Path) -
     assert source.current.effective("a", "b").settings == {"heartbeat_seconds": 2}
 
 
+# Known to flake (one failure in several runs, cause not yet found: CONTRIBUTING.md); one rerun.
+@pytest.mark.flaky(reruns=1)
 def test_collector_pushes_on_version_mismatch_and_after_a_reload(tmp_path: Path) -> None:
     fleet_path = _fleet(tmp_path)
     config = write_collector_config(

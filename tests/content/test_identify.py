@@ -119,6 +119,8 @@ def test_split_parts_edited_and_truncated_copies_are_chunk_matches(
     assert _of(identify, work / "cut.bin").share < 0.6
 
 
+# Known to flake (one failure in several runs, cause not yet found: CONTRIBUTING.md); one rerun.
+@pytest.mark.flaky(reruns=1)
 def test_transformed_exports_are_text_matches_with_a_score(identify: ContentIdentifier, db: Path) -> None:
     work = db.parent.parent
     src = db / "customers.csv"

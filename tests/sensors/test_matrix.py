@@ -59,6 +59,8 @@ def _stored(tmp_path: Path, wanted: Callable[[dict[str, Any]], bool]) -> bool:
         store.close()
 
 
+# Known to flake (one failure in several runs, cause not yet found: CONTRIBUTING.md); one rerun.
+@pytest.mark.flaky(reruns=1)
 def test_insider_techniques_alert_and_benign_work_does_not(tmp_path: Path, base: Path,
                                                            loop_stick: Any) -> None:
     db = matrix.make_data(base)
