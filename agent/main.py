@@ -82,7 +82,7 @@ class Agent:
 
     `local_config` is agent.yaml; `config` is what runs: the central config the collector
     pushed (kept in state_dir) merged over it. A push is applied live on a thread of its own:
-    the sensors are stopped and rebuilt when tags, removable or sensors settings change.
+    the sensors are stopped and rebuilt when tags, removable, sensors or prevent settings change.
     """
 
     def __init__(self, config: agent_config.AgentConfig, config_path: str) -> None:
@@ -287,7 +287,7 @@ class Agent:
 
 def _watch_settings(config: agent_config.AgentConfig) -> tuple[object, ...]:
     """What the sensors are built from: a change here means stop and rebuild them."""
-    return (config.tags, config.removable, config.sensors)
+    return (config.tags, config.removable, config.sensors, config.prevent)
 
 
 def _self_process() -> pb.Process:

@@ -14,7 +14,7 @@ collector.yaml `agent_config: /etc/exfilguard/fleet.yaml` names one YAML file:
       fin-ws-07: {tags: {/srv/db: []}}     # [] removes a tagged path (here, or agent.yaml's)
 
 Settings are agent.yaml's pushable keys (common/agentconfig.py PushedSettings: tags, removable,
-sensors, heartbeat_seconds, batch, log_level), checked against the agent's own schema, so a
+sensors, prevent, heartbeat_seconds, batch, log_level), checked against the agent's own schema, so a
 bad push is refused here and not by 500 agents. Levels merge defaults < groups < hosts:
 mappings key by key (tags path by path), other values replaced. The agent merges the result
 over its agent.yaml the same way.

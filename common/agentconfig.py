@@ -7,6 +7,7 @@ moved as a whole (the quickstart and tests rely on this).
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -74,6 +75,61 @@ class SensorSettings(_Strict):
         return value
 
 
+_HEX4 = re.compile(r"[0-9a-fA-F]{4}")
+
+
+def allowed_device_entry(entry: str) -> tuple[str, str, str]:
+    """(vendor_id, product_id, serial) of one `prevent.allowed_devices` entry, "" where unset.
+
+    `SERIAL`, `VVVV:PPPP` (any device of that model) or `VVVV:PPPP:SERIAL` (ids in hex).
+    Raises ValueError naming the entry when it fits none of them.
+    """
+    if not entry or len(entry) > 256 or not entry.isprintable() or entry != entry.strip():
+        raise ValueError(f"allowed device {entry[:64]!r}: 1 to 256 printable characters, no outer spaces")
+    parts = entry.split(":", 2)
+    if len(parts) >= 2 and _HEX4.fullmatch(parts[0]) and _HEX4.fullmatch(parts[1]):
+        serial = parts[2] if len(parts) == 3 else ""
+        if len(parts) == 3 and not serial:
+            raise ValueError(f"allowed device {entry!r}: empty serial after vendor:product:")
+        return parts[0].lower(), parts[1].lower(), serial
+    if ":" in entry:
+        raise ValueError(f"allowed device {entry!r}: expected SERIAL, VVVV:PPPP or VVVV:PPPP:SERIAL (hex)")
+    return "", "", entry
+
+
+class PreventSettings(_Strict):
+    """Prevention (issue 12): what the agent refuses rather than only reports.
+
+    `removable_writes: block` denies a process carrying tagged data opening files for
+    writing on removable media; `devices` sets removable storage not on `allowed_devices`
+    read-only at the block layer, or refuses it. `fail` is what an open gets when the
+    agent cannot decide within `decision_timeout_ms`.
+    """
+
+    removable_writes: Literal["monitor", "block"] = "monitor"
+    devices: Literal["monitor", "read-only", "block"] = "monitor"
+    allowed_devices: Annotated[list[str], Field(max_length=10_000)] = []
+    fail: Literal["open", "closed"] = "open"
+    allowed_users: Annotated[list[str], Field(max_length=10_000)] = []   # never blocked (imaging staff)
+    allowed_groups: Annotated[list[str], Field(max_length=10_000)] = []  # members never blocked
+    decision_timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 500
+
+    @pydantic.field_validator("allowed_devices")
+    @classmethod
+    def _devices(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            allowed_device_entry(entry)
+        return value
+
+    @pydantic.field_validator("allowed_users", "allowed_groups")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not name or len(name) > 64 or not name.isprintable() or " " in name:
+                raise ValueError(f"user or group {name[:64]!r}: 1 to 64 printable characters, no spaces")
+        return value
+
+
 class SpoolSettings(_Strict):
     """The on-disk spool: bounded, so a long outage ends in an agent.gap, not a full disk."""
 
@@ -99,6 +155,7 @@ class AgentConfig(_Strict):
     spool: SpoolSettings = SpoolSettings()
     batch: BatchSettings = BatchSettings()
     sensors: SensorSettings = SensorSettings()
+    prevent: PreventSettings = PreventSettings()
     heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
     reconnect_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
     max_message_bytes: Annotated[int, Field(ge=64 << 10, le=64 << 20)] = 4 << 20
@@ -134,7 +191,7 @@ class AgentConfig(_Strict):
 
 # What the collector may push. Everything else (collector, tls, state_dir, spool, limits)
 # stays local: a push must never cut an agent off its collector or resize its disk use.
-PUSHABLE_KEYS = ("tags", "removable", "sensors", "heartbeat_seconds", "batch", "log_level")
+PUSHABLE_KEYS = ("tags", "removable", "sensors", "prevent", "heartbeat_seconds", "batch", "log_level")
 MAX_PUSHED_PATHS = 10_000
 MAX_TAG_CHARS = 128
 
@@ -144,12 +201,13 @@ class PushedSettings(_Strict):
 
     In `tags` a path mapped to `[]` removes that path (from the local map, or from a
     broader level of the fleet file): the only way to take a local tag away centrally.
-    Nested settings (sensors, removable, batch) merge key by key over the local ones.
+    Nested settings (sensors, removable, prevent, batch) merge key by key over the local ones.
     """
 
     tags: dict[str, list[str]] | None = None
     removable: Removable | None = None
     sensors: SensorSettings | None = None
+    prevent: PreventSettings | None = None
     heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] | None = None
     batch: BatchSettings | None = None
     log_level: Literal["debug", "info", "warning", "error"] | None = None
