@@ -82,7 +82,7 @@ def _expected_config(fleet_path: str | None, records: list[AgentRecord]) -> dict
     """agent id -> the central config version the fleet file gives it now (empty without one)."""
     if not fleet_path:
         return {}
-    from collector import fleetconfig
+    from collector.fleet import config as fleetconfig
 
     try:
         fleet = fleetconfig.load(fleet_path)

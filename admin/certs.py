@@ -19,7 +19,7 @@ import re
 import sys
 from collections.abc import Callable
 
-from collector import pki
+from collector.tls import pki
 
 _TTL = re.compile(r"^(\d{1,9})([smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from collector import config as collector_config
-from collector import fleetconfig
+from collector.fleet import config as fleetconfig
 from collector.store import StoreError, open_store
 from common.yamlfile import YamlError
 

@@ -163,7 +163,7 @@ class CollectorConfig(_Strict):
     # writes are compared with their group's; unlisted users are in "all". Also what
     # `exfilguard devices approve --group` names.
     peer_groups: dict[str, list[str]] = {}
-    # Central agent config (issue 6): the fleet file (collector/fleetconfig.py) with defaults,
+    # Central agent config (issue 6): the fleet file (collector/fleet/config.py) with defaults,
     # groups and hosts of pushable agent.yaml keys; unset: the collector pushes nothing.
     agent_config: str | None = None
     # how often the fleet file is checked for changes (0: reload on SIGHUP only)

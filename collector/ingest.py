@@ -23,10 +23,10 @@ from typing import Any, TypeVar
 import grpc
 
 from collector import metrics
-from collector.fleetconfig import ConfigPusher, PushStream
+from collector.fleet.config import ConfigPusher, PushStream
+from collector.fleet.registry import FleetRegistry
 from collector.listeners import EventListener, notify
 from collector.metrics import CollectorMetrics
-from collector.registry import FleetRegistry
 from collector.store.base import IngestResult, Store, StoreError
 from collector.streamlimits import RefusalLog, Slots, StreamLimits, peer_host
 from collector.wirecheck import (

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from collector import __version__
 from collector import config as collector_config
 from collector.config import CollectorConfig
-from collector.fleetconfig import FleetSource
+from collector.fleet.config import FleetSource
 from collector.listeners import EventListener
 from collector.server import serve
 from collector.store import Store, StoreCorrupt, StoreError, integrity, open_store

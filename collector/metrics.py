@@ -33,7 +33,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from collector import __version__
-from collector.registry import FleetSummary
+from collector.fleet.registry import FleetSummary
 
 log = logging.getLogger("exfilguard.collector.metrics")
 

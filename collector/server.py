@@ -13,9 +13,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from collector.config import CollectorConfig
-from collector.enrollment import EnrollmentServeError, EnrollmentServer
-from collector.enrollment import from_config as enrollment_from_config
-from collector.fleetconfig import ConfigPusher, FleetSource
+from collector.fleet.config import ConfigPusher, FleetSource
+from collector.fleet.enrollment import EnrollmentServeError, EnrollmentServer
+from collector.fleet.enrollment import from_config as enrollment_from_config
+from collector.fleet.registry import FleetRegistry
 from collector.ingest import INGEST_SERVICE, IngestServicer, StoreWriter, add_to_server
 from collector.listeners import EventListener, notify
 from collector.metrics import (
@@ -27,11 +28,10 @@ from collector.metrics import (
     fleet_families,
     policy_source,
 )
-from collector.registry import FleetRegistry
 from collector.sealer import Sealer
 from collector.store import Store, StoreError
 from collector.streamlimits import StreamLimits
-from collector.tls import server_credentials, server_interceptors
+from collector.tls.credentials import server_credentials, server_interceptors
 from common.errors import ExfilGuardError
 from common.sdnotify import Notifier
 

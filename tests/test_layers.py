@@ -26,6 +26,11 @@ MAY_IMPORT: dict[str, set[str]] = {
 # sub-package -> sub-packages of the same package it must not import
 MUST_NOT_IMPORT: dict[str, set[str]] = {
     "collector.store": {"collector.evidence", "collector.policy", "collector.alerts", "collector.behaviour"},
+    "collector.tls": {
+        "collector.evidence", "collector.policy", "collector.alerts", "collector.behaviour",
+        "collector.fleet", "collector.store",
+    },
+    "collector.fleet": {"collector.evidence", "collector.policy", "collector.alerts", "collector.behaviour"},
 }
 
 

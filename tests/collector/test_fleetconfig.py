@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collector import fleetconfig
+from collector.fleet import config as fleetconfig
 from common.yamlfile import YamlError
 from protos import exfilguard_pb2 as pb
 from tests.helpers import AgentStream, start_collector, write_collector_config

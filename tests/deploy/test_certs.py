@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from admin import certs as certs_cmd
-from collector import pki
+from collector.tls import pki
 
 
 def run_cli(*argv: str) -> int:

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from agent import enroll as agent_enroll
-from collector import pki
-from collector.enrollment import EnrollmentServer
+from collector.fleet.enrollment import EnrollmentServer
+from collector.tls import pki
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
 from tests.deploy.aioserver import LoopThread
@@ -117,7 +117,7 @@ def test_a_missing_ca_file_is_a_file_error(site: Site, tmp_path: Path) -> None:
 
 def test_enrollment_port_from_config_needs_a_ca(tmp_path: Path) -> None:
     from collector import config as collector_config
-    from collector.enrollment import EnrollmentServeError, from_config
+    from collector.fleet.enrollment import EnrollmentServeError, from_config
     from tests.helpers import write_collector_config
 
     ca = pki.CertificateAuthority(tmp_path / "pki")

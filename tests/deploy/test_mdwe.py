@@ -27,7 +27,7 @@ except OSError:
 from concurrent import futures
 import sqlite3, psutil, pyudev, yaml, pydantic, grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from collector import pki
+from collector.tls import pki
 ca = pki.CertificateAuthority(sys.argv[1]); ca.init_ca(); ca.issue_server("localhost", ["127.0.0.1"])
 agent = ca.issue_agent("a1")
 server = grpc.server(futures.ThreadPoolExecutor(2))

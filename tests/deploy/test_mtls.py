@@ -1,7 +1,7 @@
 """mTLS between agents and the real collector: handshake, rejections with clear statuses, enrollment.
 
 The collector runs in-process (its own event loop thread) on loopback with certificates made by
-`collector.pki`, exactly as `exfilguard certs` makes them; clients are real gRPC channels.
+`collector.tls.pki`, exactly as `exfilguard certs` makes them; clients are real gRPC channels.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 import yaml
 
 from collector import config as collector_config
-from collector import pki
 from collector.server import Collector
 from collector.store import open_store
 from collector.store.sqlite import SqliteStore
+from collector.tls import pki
 from protos import exfilguard_pb2 as pb
 from tests.deploy.aioserver import LoopThread
 from tests.helpers import AgentStream, free_port, make_events, wait_for, write_collector_config

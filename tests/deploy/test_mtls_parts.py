@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from agent import enroll as agent_enroll
-from collector import mtls, pki
+from collector.tls import mtls, pki
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
 from tests.deploy.aioserver import LoopThread

@@ -46,7 +46,7 @@ def test_install_update_and_uninstall_both_roles(tmp_path: Path, capsys: pytest.
 
     # Agent first (the awkward order): venv with the package, root-only config and state.
     assert setup("agent", *common) == 0, capsys.readouterr().err
-    imports = "import agent.main, collector.pki, protos.exfilguard_pb2"
+    imports = "import agent.main, collector.tls.pki, protos.exfilguard_pb2"
     subprocess.run([str(venv / "bin/python"), "-c", imports], check=True)
     agent_file = root / "etc/exfilguard/agent.yaml"
     assert agent_config.load(agent_file).state_dir == "/var/lib/exfilguard/agent"

@@ -17,10 +17,10 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from collector import config as cfg
-from collector import pki
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.errors import SinkError
 from collector.alerts.sinks.email import EmailSink
+from collector.tls import pki
 from common.yamlfile import YamlError
 from tests.helpers import free_port
 from tests.policy.test_sinks import alert

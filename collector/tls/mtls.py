@@ -30,7 +30,8 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from collector import metrics, pki
+from collector import metrics
+from collector.tls import pki
 from common.errors import ExfilGuardError
 from protos import exfilguard_pb2 as pb
 

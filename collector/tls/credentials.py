@@ -1,6 +1,6 @@
 """Server transport security: the one place that turns the config's `tls` section into credentials.
 
-Plaintext on loopback (`tls.insecure_loopback: true`), or mTLS built by collector.mtls: the
+Plaintext on loopback (`tls.insecure_loopback: true`), or mTLS built by collector.tls.mtls: the
 handshake demands a client certificate of `client_ca`, and `server_interceptors()` binds each
 ingest stream to the agent id in that certificate and refuses revoked ones (`crl`).
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import grpc
 
-from collector import mtls
 from collector.config import CollectorTls
+from collector.tls import mtls
 from common.errors import ExfilGuardError
 
 

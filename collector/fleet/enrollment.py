@@ -21,8 +21,8 @@ from pathlib import Path
 
 import grpc
 
-from collector import pki
 from collector.config import CollectorConfig
+from collector.tls import pki
 from common.errors import ExfilGuardError
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
