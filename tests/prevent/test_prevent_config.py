@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from collector import fleetconfig
+from collector.fleet import config as fleetconfig
 from common import agentconfig
 from common.yamlfile import YamlError
 
