@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agent.content import ContentCatalog, ContentIdentifier
 from agent.content.examiner import Examiner
+from agent.prevent.devices import DeviceGuard
 from agent.sensors import Emit, Sensor, fanotify, procinfo
 from agent.sensors.access import AccessReporter, ExactAccessSensor
 from agent.sensors.copies import CopyDetector
@@ -58,10 +59,13 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     # a mount or unmount may make a tagged path appear or go (a share mounted after start)
     mounts = MountTable(media, emit, settings.mount_poll_seconds, on_change=files.recheck_soon)
 
-    def attached(_device: pb.Device) -> None:
+    guard = DeviceGuard(config.prevent, emit)
+
+    def attached(device: pb.Device) -> None:
+        guard.attached(device)  # first: before anything mounts it
         mounts.recheck()  # a mount seen before udev described its device
 
-    devices = DeviceSensor(media, emit, on_attach=attached, examiner=examiner)
+    devices = DeviceSensor(media, emit, on_attach=attached, on_detach=guard.detached, examiner=examiner)
     # after an unmount the device's write counter moved (the unmount flushed): not a raw write
     media.subscribe(lambda mount, appeared: None if appeared else devices.forget_writes(mount.device.name))
     inventory = InventorySensor(index, emit, settings.inventory_seconds)
@@ -73,7 +77,7 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
         sensors.append(exact)
     # before the mount table: the mounts it reports at start are examined for late writes
     late = LateExaminer(config.state_dir, media, copies)
-    sensors += [inventory, devices, late, mounts]
+    sensors += [inventory, guard, devices, late, mounts]
     return sensors
 
 
