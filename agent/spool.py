@@ -46,9 +46,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from google.protobuf.message import DecodeError
+
 from agent.gaps import (
     REASON_DISK_FULL,
     REASON_QUEUE_FULL,
+    REASON_REFUSED,
     REASON_SEQUENCE_RESET,
     REASON_SPOOL_FULL,
     REASON_TEXT,
@@ -57,6 +60,7 @@ from agent.gaps import (
     Loss,
     add_loss,
     gap_event,
+    refused_gap,
 )
 from agent.spool_disk import LOSSES_FILE, DiskRoom, LossFile, is_disk_full
 from common.errors import PathError
@@ -300,6 +304,42 @@ class Spool:
             collector_holds, first_unsent, self.path, gap_seq, len(rows),
         )
         return gap_seq
+
+    def set_aside(self, sequence: int, problem: str, keep: Callable[[int, bytes], object]) -> bool:
+        """Replace the unsent event `sequence`, which the collector refused, by an agent.gap.
+
+        `keep(sequence, bytes)` saves the original first (agent/refused.py); the gap takes the
+        same sequence (reason `refused`, lost 1), so nothing is renumbered and the collector's
+        watermark can pass it. False when there is no such unsent event, or it already is
+        that gap (the collector refuses the gap too: nothing more the agent can do).
+        """
+        with self._db_lock:
+            if sequence <= self._acked:
+                return False
+            row = self._conn.execute("SELECT data FROM events WHERE seq = ?", (sequence,)).fetchone()
+            if row is None:
+                return False
+            blob = bytes(row[0])
+            refused = pb.Event()
+            try:
+                refused.ParseFromString(blob)
+            except DecodeError:  # our own row, unreadable: set it aside all the same
+                refused = pb.Event()
+            if refused.event.action == "agent.gap" and refused.exfilguard.gap.reason == REASON_REFUSED:
+                return False
+            keep(sequence, blob)
+            replacement = self._stamp(refused_gap(refused, problem), sequence)
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+                self._conn.execute("UPDATE events SET data = ? WHERE seq = ?", (replacement, sequence))
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise SpoolError(str(self.path), f"cannot set refused event {sequence} aside: {exc}") from exc
+            self._bytes += len(replacement) - len(blob)
+        log.error("the collector refused event %d (%s); set aside with an agent.gap (refused) in its place",
+                  sequence, problem)
+        return True
 
     @property
     def appended(self) -> int:

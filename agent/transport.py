@@ -35,12 +35,14 @@ import grpc.aio
 
 from agent import enroll
 from agent.identity import Identity, load_or_create
+from agent.refused import RefusedEvents
 from agent.spool import Spool
 from common.agentconfig import AgentConfig
 from common.errors import ExfilGuardError
 from protos import events
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
+from protos.wire import REFUSED_SEQUENCE_KEY
 
 log = logging.getLogger("exfilguard.agent.transport")
 
@@ -158,6 +160,7 @@ class TransportStats:
     batches_sent: int = 0
     events_sent: int = 0
     last_ack: int = 0
+    refused: int = 0  # events the collector refused, set aside with an agent.gap
 
 
 class Transport:
@@ -205,6 +208,7 @@ class Transport:
         self._outage_logged = False
         self._session_started = 0.0
         self._runner: asyncio.Task[None] | None = None
+        self._refused = RefusedEvents(config.state_dir)
         spool.add_listener(self._notify)
 
     # ------------------------------------------------------------ public API
@@ -279,6 +283,9 @@ class Transport:
                 self._disconnected(exc.code().name, exc.details() or "")
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     self._shrink_batches()
+                elif exc.code() == grpc.StatusCode.INVALID_ARGUMENT and await self._set_aside(exc):
+                    attempt = 0  # the collector answered; the next stream goes on past that event
+                    continue
             except Exception as exc:
                 # A bug here must not end delivery for good: the spool keeps filling meanwhile.
                 log.exception("transport error")
@@ -289,6 +296,22 @@ class Transport:
             attempt += 1
             log.debug("reconnecting in %.2fs (attempt %d)", delay, attempt)
             await asyncio.sleep(delay)
+
+    async def _set_aside(self, exc: grpc.aio.AioRpcError) -> bool:
+        """The collector refused one event and named it: set it aside so the stream can go on."""
+        named = [v for k, v in exc.trailing_metadata() or () if k == REFUSED_SEQUENCE_KEY]
+        if not named or not str(named[0]).isdigit():
+            return False  # refused as a whole (a heartbeat, the hello): retried with backoff
+        sequence = int(named[0])
+        collector, problem = self._config.collector, exc.details() or ""
+
+        def keep(seq: int, blob: bytes) -> None:
+            self._refused.keep(seq, blob, collector, problem)
+
+        done = await asyncio.to_thread(self._spool.set_aside, sequence, problem, keep)
+        if done:
+            self.stats.refused += 1
+        return done
 
     def _shrink_batches(self) -> None:
         # The collector accepts smaller messages than our config says: halve until it fits,

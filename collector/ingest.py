@@ -32,7 +32,7 @@ from collector.streamlimits import RefusalLog, Slots, StreamLimits, peer_host
 from collector.wirecheck import (
     MAX_SEQUENCE_AHEAD,
     Malformed,
-    batch_problem,
+    batch_refusal,
     heartbeat_problem,
     hello_problem,
     parse_agent_message,
@@ -40,6 +40,7 @@ from collector.wirecheck import (
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
 from protos.events import to_mapping
+from protos.wire import REFUSED_SEQUENCE_KEY
 
 log = logging.getLogger("exfilguard.collector.ingest")
 
@@ -351,7 +352,7 @@ class IngestServicer(pb_grpc.IngestServicer):
                     )
                 message: object = reading.result()
                 if isinstance(message, Malformed):
-                    await self._reject(context, agent_id, message.problem, message.reason)
+                    await self._reject(context, agent_id, message.problem, message.reason, message.sequence)
                 if not isinstance(message, pb.AgentMessage):  # EOF: the agent closed its side
                     await inflight.put(None)
                     await acker
@@ -359,9 +360,11 @@ class IngestServicer(pb_grpc.IngestServicer):
                 kind = message.WhichOneof("body")
                 if kind == "batch":
                     events = message.batch.events
-                    problem = batch_problem(agent_id, events, acked[0] + MAX_SEQUENCE_AHEAD)
-                    if problem:
-                        await self._reject(context, agent_id, problem, metrics.BAD_BATCH)
+                    refusal = batch_refusal(agent_id, events, acked[0] + MAX_SEQUENCE_AHEAD)
+                    if refusal:
+                        await self._reject(
+                            context, agent_id, refusal.problem, metrics.BAD_BATCH, refusal.sequence
+                        )
                     self._registry.seen(agent_id)
                     await inflight.put(self._writer.submit(agent_id, events))
                 elif kind == "heartbeat":
@@ -419,12 +422,19 @@ class IngestServicer(pb_grpc.IngestServicer):
                 # Mappings only when someone listens: building them costs more than storing.
                 await notify(self._listeners, [to_mapping(e) for e in result.stored])
 
-    async def _reject(self, context: _Context, agent_id: str, problem: str, reason: str) -> None:
-        """End the stream with INVALID_ARGUMENT naming the problem (one WARNING, rate-limited)."""
+    async def _reject(
+        self, context: _Context, agent_id: str, problem: str, reason: str, sequence: int = 0
+    ) -> None:
+        """End the stream with INVALID_ARGUMENT naming the problem (one WARNING, rate-limited).
+
+        A refusal of one event names its sequence in the trailing metadata, so the agent sets
+        that event aside (with an agent.gap) rather than sending it again forever.
+        """
         peer = peer_host(context.peer())
         self._refusals.log("stream rejected: %s", problem, extra={"agent_id": agent_id, "peer": peer})
         self._metrics.stream_rejected("INVALID_ARGUMENT", reason)
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        trailer = ((REFUSED_SEQUENCE_KEY, str(sequence)),) if sequence else ()
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem, trailing_metadata=trailer)
 
     async def _refuse(
         self,

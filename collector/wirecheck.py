@@ -9,6 +9,10 @@ the field. Nothing of a refused batch is stored; the stream ends; other streams 
     hello_problem(hello)       why a hello is refused, or None
     heartbeat_problem(beat)    why a heartbeat is refused, or None
     batch_problem(agent, events, ceiling)   why a batch is refused, or None
+    batch_refusal(agent, events, ceiling)   the same with the refused event's sequence (a Refusal)
+
+A refusal that is about one event carries its sequence in the trailing metadata
+`protos.wire.REFUSED_SEQUENCE_KEY`, so the agent can set that event aside instead of resending it forever.
 
 Limits (fixed, documented in docs/collector.md):
   - timestamps (every Timestamp of the event model, found by walking the .proto, so fields
@@ -55,6 +59,15 @@ class Malformed:
 
     problem: str
     reason: str  # metrics label (collector/metrics.py)
+    sequence: int = 0  # the refused event's sequence when the problem is in one event
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a batch is refused; `sequence` names the event at fault (0: the batch as a whole)."""
+
+    problem: str
+    sequence: int = 0
 
 
 def parse_agent_message(raw: bytes) -> pb.AgentMessage | Malformed:
@@ -68,7 +81,8 @@ def parse_agent_message(raw: bytes) -> pb.AgentMessage | Malformed:
     if b"\x00" in raw:
         where = _nul_field(message, "")
         if where is not None:
-            return Malformed(f"{_locate(message, where)}: contains a NUL character", "bad_text")
+            return Malformed(f"{_locate(message, where)}: contains a NUL character", "bad_text",
+                             _sequence_at(message, where))
     return message
 
 
@@ -98,6 +112,15 @@ def _locate(message: pb.AgentMessage, path: str) -> str:
     index_text, _, rest = path[len(head):].partition("].")
     event = message.batch.events[int(index_text)]
     return f"{_event_name(int(index_text), event)}: {_ecs_name(rest)}"
+
+
+def _sequence_at(message: pb.AgentMessage, path: str) -> int:
+    """The sequence of the batch event a field path lies in, or 0."""
+    head = "batch.events["
+    if not path.startswith(head):
+        return 0
+    sequence: int = message.batch.events[int(path[len(head):].partition("]")[0])].event.sequence
+    return sequence
 
 
 def _ecs_name(path: str) -> str:
@@ -238,8 +261,14 @@ def batch_problem(agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_
     `ceiling` is the highest sequence acceptable now (the acknowledged watermark plus
     MAX_SEQUENCE_AHEAD, at most MAX_SEQUENCE).
     """
+    refusal = batch_refusal(agent_id, events, ceiling)
+    return None if refusal is None else refusal.problem
+
+
+def batch_refusal(agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_SEQUENCE) -> Refusal | None:
+    """Why a batch is unacceptable, with the sequence of the event at fault; None when it is fine."""
     if len(events) > MAX_BATCH_EVENTS:
-        return f"batch of {len(events)} events exceeds the limit of {MAX_BATCH_EVENTS}"
+        return Refusal(f"batch of {len(events)} events exceeds the limit of {MAX_BATCH_EVENTS}")
     ceiling = min(ceiling, MAX_SEQUENCE)
     for index, event in enumerate(events):
         # The common case in one expression (this runs for every event ingested); anything
@@ -261,7 +290,7 @@ def batch_problem(agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_
             continue
         problem = _event_batch_problem(index, event, agent_id, ceiling)
         if problem:
-            return problem
+            return Refusal(problem, info.sequence)
     return None
 
 
