@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from collector.policy import loader
 from collector.policy.engine import PolicyEngine
 from collector.policy.errors import CODES
-from collector.policy.parse import OPS
+from collector.policy.parse_conditions import OPS
 from tests.fuzz.files import Tally, drive, hang_limit, mutate, mutations, random_mutations
 
 PACK = Path(__file__).resolve().parents[2] / "policies"
