@@ -19,6 +19,7 @@ def _modules() -> list[ModuleType]:
     from admin import agents
     from admin import alerts as alerts_cmd
     from admin import certs as certs_cmd
+    from admin import console as console_cmd
     from admin import demo as demo_cmd
     from admin import devices as devices_cmd
     from admin import export as export_cmd
@@ -27,6 +28,7 @@ def _modules() -> list[ModuleType]:
     from admin import policy as policy_cmd
     from admin import retention as prune_cmd
     from admin import setup as setup_cmd
+    from admin import users as users_cmd
     from admin import verify as verify_cmd
 
     return [
@@ -42,6 +44,8 @@ def _modules() -> list[ModuleType]:
         setup_cmd,
         demo_cmd,
         fleet_cmd,
+        users_cmd,
+        console_cmd,
     ]
 
 

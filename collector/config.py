@@ -110,6 +110,37 @@ class EmailSink(_Strict):
         return self
 
 
+class ConsoleTls(_Strict):
+    """The console's HTTPS certificate and key (PEM files)."""
+
+    cert: str
+    key: str
+
+
+class Console(_Strict):
+    """The officer's and auditor's web console (collector/console/); off when the key is absent."""
+
+    listen: HostPort = "127.0.0.1:8443"
+    # Plain HTTP only on a loopback address: the console carries passwords and session cookies.
+    tls: ConsoleTls | None = None
+    # The address officers open, for `exfilguard console link` (default: from listen and tls).
+    url: Annotated[str, Field(pattern=r"^https?://[^\s/?#]+/?$")] | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _tls_off_loopback(self) -> Self:
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if self.tls is None and host not in LOOPBACK_HOSTS:
+            raise ValueError(f"the console needs tls (cert, key) when it listens on {host}, not loopback")
+        return self
+
+    def base_url(self) -> str:
+        """Where the console is reached, without a trailing slash."""
+        if self.url:
+            return self.url.rstrip("/")
+        host, _, port = self.listen.rpartition(":")
+        return f"{'https' if self.tls else 'http'}://{host}:{port}"
+
+
 Sink = Annotated[
     JsonlSink | StdoutSink | WebhookSink | SyslogSink | EmailSink, Field(discriminator="type")
 ]
@@ -168,6 +199,8 @@ class CollectorConfig(_Strict):
     agent_config: str | None = None
     # how often the fleet file is checked for changes (0: reload on SIGHUP only)
     agent_config_reload_seconds: Annotated[float, Field(ge=0, le=3600)] = 2.0
+    # The web console (issue 15); absent: no console is served.
+    console: Console | None = None
 
     @pydantic.field_validator("metrics_listen")
     @classmethod
@@ -225,6 +258,10 @@ def load(path: str | os.PathLike[str]) -> CollectorConfig:
 
     sinks = [sink_paths(s) for s in config.alerts]
     tls_files = {k: rel(v) for k in ("cert", "key", "client_ca", "crl") if (v := getattr(config.tls, k))}
+    console = config.console
+    if console is not None and console.tls is not None:
+        tls = console.tls.model_copy(update={"cert": rel(console.tls.cert), "key": rel(console.tls.key)})
+        console = console.model_copy(update={"tls": tls})
     enrollment = config.enrollment
     if enrollment is not None:
         enrollment = enrollment.model_copy(update={"pki_dir": rel(enrollment.pki_dir)})
@@ -232,6 +269,7 @@ def load(path: str | os.PathLike[str]) -> CollectorConfig:
         update={
             "tls": config.tls.model_copy(update=tls_files),
             "enrollment": enrollment,
+            "console": console,
             "store": rel(config.store),
             "state_dir": rel(config.state_dir),
             "policies": [rel(p) for p in config.policies],

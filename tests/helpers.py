@@ -300,9 +300,9 @@ class AgentStream:
 
 
 def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60, input: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run the `exfilguard` admin CLI as a process; returns the completed process (text output)."""
+    """Run the `exfilguard` admin CLI as a process (`input` on its stdin); the completed process (text)."""
     return subprocess.run(
         [sys.executable, "-c", "import sys; from admin import main; sys.exit(main())", *args],
         cwd=REPO,
@@ -311,6 +311,7 @@ def run_cli(
         timeout=timeout,
         env={**os.environ, **(env or {})},
         check=False,
+        input=input,
     )
 
 

@@ -1,0 +1,91 @@
+"""The console's audit log: who viewed, triaged and exported what, when; append-only, exportable.
+
+    AuditLog(store.domain()).record("carol", "view", "alert", alert_id)
+
+Table `console_audit (id, at, user_name, action, kind, target, detail)`, made append-only by a
+trigger on both databases, like alert_triage. Actions: login, login_refused, logout, view,
+triage, case, export.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from collector.store.domain import DomainSql
+from common.ecstime import ecs_now
+
+MAX_DETAIL_CHARS = 2000
+_TABLE = "console_audit"
+
+
+def _schema(sql: DomainSql) -> tuple[str, ...]:
+    return (
+        "CREATE TABLE IF NOT EXISTS console_audit (id TEXT PRIMARY KEY, at TEXT NOT NULL,"
+        " user_name TEXT NOT NULL, action TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL,"
+        " detail TEXT NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS console_audit_at ON console_audit (at, id)",
+        "CREATE INDEX IF NOT EXISTS console_audit_target ON console_audit (kind, target, at)",
+        *sql.append_only(_TABLE),
+    )
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One line of the audit log."""
+
+    at: str
+    user: str
+    action: str
+    kind: str  # what was acted on: alert, case, queue, timeline, fleet, audit, session
+    target: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the audit log export)."""
+        return {"at": self.at, "user": self.user, "action": self.action, "kind": self.kind,
+                "target": self.target, "detail": self.detail}  # fmt: skip
+
+
+class AuditLog:
+    """The audit log of one store."""
+
+    def __init__(self, sql: DomainSql) -> None:
+        self.sql = sql
+
+    def ensure(self) -> bool:
+        """Create the table on a writable store (False on a read-only one)."""
+        return self.sql.ensure(_TABLE, _schema(self.sql))
+
+    def record(self, user: str, action: str, kind: str, target: str = "", detail: str = "") -> None:
+        """Append one entry."""
+        self.ensure()
+        with self.sql.transaction() as tx:
+            tx.query(
+                "INSERT INTO console_audit (id, at, user_name, action, kind, target, detail)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (uuid.uuid4().hex, ecs_now(), user, action, kind, target[:500], detail[:MAX_DETAIL_CHARS]),
+            )
+
+    def entries(
+        self, *, kind: str | None = None, targets: tuple[str, ...] = (), limit: int = 1000
+    ) -> list[AuditEntry]:
+        """The newest `limit` entries (of one kind and targets, if given), oldest first."""
+        sql = "SELECT at, user_name, action, kind, target, detail FROM console_audit"
+        params: list[Any] = []
+        clauses = []
+        if kind is not None:
+            clauses.append("kind = ?")
+            params.append(kind)
+        if targets:
+            clauses.append("target IN (" + ", ".join("?" for _ in targets) + ")")
+            params.extend(targets)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        params.append(limit)
+        with self.sql.transaction() as tx:
+            if not tx.has_table(_TABLE):
+                return []
+            rows = tx.query(sql + " ORDER BY at DESC, id DESC LIMIT ?", params)
+        return [AuditEntry(*(str(v) for v in r)) for r in reversed(rows)]
