@@ -163,7 +163,8 @@ class Agent:
         self.transport.start()
         log.info(
             "agent %s started: id=%s host=%s collector=%s sensors=[%s] backlog=%d central_config=%s",
-            agent.__version__, self.identity.agent_id, self.identity.hostname, self.config.collector,
+            agent.__version__, self.identity.agent_id, self.identity.hostname,
+            ",".join(self.config.collectors),
             ", ".join(s.name for s in self.sensors), self.spool.backlog(), self.config_version or "none",
         )
 
@@ -334,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         running.stop(f"sensor failed to start: {exc}")
         return 1
     notifier = Notifier.from_environment()
-    notifier.ready(status=f"streaming to {config.collector}")
+    notifier.ready(status=f"streaming to {', '.join(config.collectors)}")
     # Pinged from the main thread: a wedged main loop stops the pings and systemd restarts us.
     while not stop.wait(notifier.ping_interval):
         notifier.ping()

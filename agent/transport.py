@@ -7,6 +7,13 @@ request-iterator thread plus a response thread plus hand-made wake-ups. Sensors 
 their own threads, so the transport gets its own event loop; the spool wakes it with
 `call_soon_threadsafe`.
 
+Failover: `collector:` may list several collectors (of one fleet, sharing one PostgreSQL store).
+The agent streams to the first that answers, in order; when a stream fails it tries the next at
+once (jittered), and backs off exponentially only after a whole round of the list failed. On a
+later collector it checks the earlier ones' health every `failback_seconds` (jittered) and goes
+back to the first one serving. The new collector answers the hello with the watermark the shared
+store holds, so the agent resends exactly what is not stored: nothing lost, nothing twice.
+
 Delivery: the spool is the only source of truth. On every (re)connect the agent sends
 Hello with what it believes is acknowledged, and sends every stored event after that,
 in sequence order; the collector's Ack (highest contiguous sequence stored) deletes them
@@ -34,6 +41,7 @@ import grpc
 import grpc.aio
 
 from agent import enroll
+from agent.failover import first_serving
 from agent.identity import Identity, load_or_create
 from agent.refused import RefusedEvents
 from agent.spool import Spool
@@ -83,20 +91,22 @@ def is_loopback(address: str) -> bool:
         return False  # a name could resolve anywhere later: never plaintext to it
 
 
-def channel_credentials(config: AgentConfig) -> grpc.ChannelCredentials | None:
+def channel_credentials(config: AgentConfig, address: str | None = None) -> grpc.ChannelCredentials | None:
     """Credentials for the collector channel; None means plaintext (only on loopback, only when asked).
 
     Otherwise mTLS (agent/enroll.py): tls.cert/tls.key, or the enrolled pair in state_dir,
-    enrolling first with tls.enrollment_token when there is none. Raises
+    enrolling first with tls.enrollment_token (at `address`, default the first collector) when
+    there is none. One fleet CA signs every collector, so the pair serves for all of them. Raises
     enroll.EnrollUnreachable when enrollment is needed but the collector cannot be reached.
     """
     if config.tls.insecure_loopback:
-        if not is_loopback(config.collector):
-            raise TransportConfigError(
-                "tls.insecure_loopback",
-                f"plaintext is allowed only to a loopback collector, not {config.collector}; "
-                "configure tls.ca/cert/key instead",
-            )
+        for collector in config.collectors:
+            if not is_loopback(collector):
+                raise TransportConfigError(
+                    "tls.insecure_loopback",
+                    f"plaintext is allowed only to a loopback collector, not {collector}; "
+                    "configure tls.ca/cert/key instead",
+                )
         return None
     tls = config.tls
     assert tls.ca  # AgentTls validation demands it without insecure_loopback
@@ -104,7 +114,7 @@ def channel_credentials(config: AgentConfig) -> grpc.ChannelCredentials | None:
         return enroll.client_credentials(
             ca=tls.ca, cert=tls.cert, key=tls.key, state_dir=config.state_dir,
             agent_id=load_or_create(config.state_dir).agent_id, token=tls.enrollment_token,
-            enroll_at=enroll.enroll_address(config.collector, tls.enroll_address),
+            enroll_at=enroll.enroll_address(address or config.collectors[0], tls.enroll_address),
         )
     except enroll.CredentialsError as exc:
         raise TransportConfigError(f"tls.{exc.key}", exc.detail) from exc
@@ -160,6 +170,8 @@ class TransportStats:
     batches_sent: int = 0
     events_sent: int = 0
     last_ack: int = 0
+    failovers: int = 0  # moves to another collector after a failure
+    failbacks: int = 0  # moves back to an earlier collector that serves again
     refused: int = 0  # events the collector refused, set aside with an agent.gap
 
 
@@ -209,6 +221,9 @@ class Transport:
         self._session_started = 0.0
         self._runner: asyncio.Task[None] | None = None
         self._refused = RefusedEvents(config.state_dir)
+        self._index = 0  # which of config.collectors the transport streams to (or tries next)
+        self._misses = 0  # sessions failed in a row, over all collectors
+        self._failback_to: int | None = None  # set by a session that found an earlier collector serving
         spool.add_listener(self._notify)
 
     # ------------------------------------------------------------ public API
@@ -217,6 +232,12 @@ class Transport:
     def connected(self) -> bool:
         """True while a stream is open and the collector has answered on it."""
         return self._connected
+
+    @property
+    def collector(self) -> str:
+        """The collector address streamed to now (or tried next)."""
+        collectors = self._config.collectors
+        return collectors[self._index % len(collectors)]
 
     def start(self) -> None:
         """Start streaming in the background; returns at once."""
@@ -274,28 +295,48 @@ class Transport:
             self._runner.cancel()
 
     async def _run(self) -> None:
-        attempt = 0
         while not self._stopping:
             try:
                 await self._session()
+                if self._failback_to is not None:
+                    self._fail_back(self._failback_to)
+                    continue
                 self._disconnected("UNAVAILABLE", "collector closed the stream")
             except grpc.aio.AioRpcError as exc:
                 self._disconnected(exc.code().name, exc.details() or "")
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
                     self._shrink_batches()
                 elif exc.code() == grpc.StatusCode.INVALID_ARGUMENT and await self._set_aside(exc):
-                    attempt = 0  # the collector answered; the next stream goes on past that event
+                    self._misses = 0  # the collector answered; the next stream goes on past that event
                     continue
             except Exception as exc:
                 # A bug here must not end delivery for good: the spool keeps filling meanwhile.
                 log.exception("transport error")
                 self._disconnected("INTERNAL", f"{type(exc).__name__}: {exc}")
             if self._connected_once and time.monotonic() - self._session_started >= _HEALTHY_SECONDS:
-                attempt = 0  # a stream that worked for a while: start the backoff afresh
-            delay = backoff_delay(attempt, self._config.reconnect_max_seconds)
-            attempt += 1
-            log.debug("reconnecting in %.2fs (attempt %d)", delay, attempt)
+                self._misses = 0  # a stream that worked for a while: start the backoff afresh
+            self._misses += 1
+            collectors = self._config.collectors
+            if len(collectors) > 1:
+                self._index = (self._index + 1) % len(collectors)  # the next one, in order
+                if self._connected_once:
+                    self.stats.failovers += 1
+            # Only a whole round of failures grows the backoff: the next collector is tried at
+            # once (jittered, so a fleet leaving a dead collector does not arrive in step).
+            delay = backoff_delay((self._misses - 1) // len(collectors), self._config.reconnect_max_seconds)
+            log.debug("reconnecting in %.2fs to %s (failures in a row: %d)", delay, self.collector,
+                      self._misses)
             await asyncio.sleep(delay)
+
+    def _fail_back(self, index: int) -> None:
+        """An earlier collector serves again: stream to it (in-flight batches go again, stored once)."""
+        log.info("collector %s serves again: moving back to it from %s", self._config.collectors[index],
+                 self.collector)
+        self._failback_to = None
+        self._index = index
+        self._misses = 0
+        self.stats.failbacks += 1
+        self.stats.disconnects += 1
 
     async def _set_aside(self, exc: grpc.aio.AioRpcError) -> bool:
         """The collector refused one event and named it: set it aside so the stream can go on."""
@@ -303,7 +344,7 @@ class Transport:
         if not named or not str(named[0]).isdigit():
             return False  # refused as a whole (a heartbeat, the hello): retried with backoff
         sequence = int(named[0])
-        collector, problem = self._config.collector, exc.details() or ""
+        collector, problem = self.collector, exc.details() or ""
 
         def keep(seq: int, blob: bytes) -> None:
             self._refused.keep(seq, blob, collector, problem)
@@ -333,19 +374,19 @@ class Transport:
             repeats = f" ({self._suppressed} similar failures not logged)" if self._suppressed else ""
             log.warning(
                 "%s collector %s: status=%s %s; backlog=%d, retrying with backoff up to %.1fs%s",
-                verb, self._config.collector, code, details, self._spool.backlog(),
+                verb, self.collector, code, details, self._spool.backlog(),
                 self._config.reconnect_max_seconds, repeats,
             )
             self._last_failure, self._last_logged, self._suppressed = code, now, 0
             self._outage_logged = True
         else:
             self._suppressed += 1
-            log.debug("collector %s: status=%s %s", self._config.collector, code, details)
+            log.debug("collector %s: status=%s %s", self.collector, code, details)
 
     async def _session(self) -> None:
         if self._enroll_pending:
             try:
-                self._credentials = await asyncio.to_thread(channel_credentials, self._config)
+                self._credentials = await asyncio.to_thread(channel_credentials, self._config, self.collector)
             except enroll.EnrollUnreachable as exc:  # reported and retried like any outage
                 raise grpc.aio.AioRpcError(
                     grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(), details=str(exc)
@@ -354,10 +395,11 @@ class Transport:
             log.info("enrolled with the collector; client certificate stored in %s", self._config.state_dir)
         self._connected_once = False
         options = channel_options(self._config)
+        address = self.collector
         if self._credentials is None:
-            channel = grpc.aio.insecure_channel(self._config.collector, options=options)
+            channel = grpc.aio.insecure_channel(address, options=options)
         else:
-            channel = grpc.aio.secure_channel(self._config.collector, self._credentials, options=options)
+            channel = grpc.aio.secure_channel(address, self._credentials, options=options)
         try:
             call = pb_grpc.IngestStub(channel).Stream()
             session = _Session(self, call)
@@ -383,11 +425,11 @@ class Transport:
             self._connected_once = True
             self.stats.connects += 1
             self._session_started = time.monotonic()
-            if self._outage_logged or self.stats.connects == 1:
+            if self._outage_logged or self.stats.connects == 1 or len(self._config.collectors) > 1:
                 self._outage_logged = False
                 log.info(
                     "connected to collector %s; sending from sequence %d, backlog=%d",
-                    self._config.collector, resumed_from, self._spool.backlog(),
+                    self.collector, resumed_from, self._spool.backlog(),
                 )
 
 
@@ -417,6 +459,8 @@ class _Session:
             asyncio.create_task(self.read_loop(), name="read"),
             asyncio.create_task(self.heartbeat_loop(), name="heartbeat"),
         ]
+        if self.t._index > 0:
+            tasks.append(asyncio.create_task(self.failback_loop(), name="failback"))
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
@@ -470,6 +514,16 @@ class _Session:
                 log.info("collector pushed configuration version %r", message.config.version)
                 if self.t._on_config is not None:
                     await asyncio.to_thread(self.t._on_config, message.config)
+
+    async def failback_loop(self) -> None:
+        """On a later collector: now and then (jittered) ask the earlier ones; end the session for one
+        that serves again."""
+        while True:
+            await asyncio.sleep(self.config.failback_seconds * random.uniform(0.5, 1.0))
+            index = await first_serving(self.config.collectors[: self.t._index], self.t._credentials)
+            if index is not None:
+                self.t._failback_to = index
+                return
 
     async def heartbeat_loop(self) -> None:
         while True:

@@ -144,10 +144,14 @@ class BatchSettings(_Strict):
     max_delay_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
 
 
+MAX_COLLECTORS = 16
+
+
 class AgentConfig(_Strict):
     """The whole agent.yaml."""
 
-    collector: str = "127.0.0.1:50051"
+    # One host:port, or a list: failover in order, and back to an earlier one once it serves again.
+    collector: str | list[str] = "127.0.0.1:50051"
     tls: AgentTls = AgentTls(insecure_loopback=True)
     state_dir: str = "/var/lib/exfilguard/agent"
     tags: dict[str, list[str]] = {}
@@ -158,16 +162,31 @@ class AgentConfig(_Strict):
     prevent: PreventSettings = PreventSettings()
     heartbeat_seconds: Annotated[float, Field(gt=0, le=3600)] = 10.0
     reconnect_max_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    # With several collectors: how often (jittered) an agent on a later one checks an earlier one.
+    failback_seconds: Annotated[float, Field(gt=0, le=86_400)] = 60.0
     max_message_bytes: Annotated[int, Field(ge=64 << 10, le=64 << 20)] = 4 << 20
     log_level: str = "info"
 
     @pydantic.field_validator("collector")
     @classmethod
-    def _host_port(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"expected host:port, got {value!r}")
+    def _host_port(cls, value: str | list[str]) -> str | list[str]:
+        addresses = [value] if isinstance(value, str) else value
+        if not addresses:
+            raise ValueError("expected host:port or a list of them, got an empty list")
+        if len(addresses) > MAX_COLLECTORS:
+            raise ValueError(f"at most {MAX_COLLECTORS} collector addresses")
+        for address in addresses:
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port, got {address!r}")
+        if len(set(addresses)) != len(addresses):
+            raise ValueError("a collector address is listed twice")
         return value
+
+    @property
+    def collectors(self) -> tuple[str, ...]:
+        """The collector addresses in the order they are tried (one when `collector` is a string)."""
+        return (self.collector,) if isinstance(self.collector, str) else tuple(self.collector)
 
     @pydantic.field_validator("tags")
     @classmethod

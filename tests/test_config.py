@@ -36,6 +36,9 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("tags:\n  /srv/db: [database]\n  srv/x: [a]\n", 1, "tags", "must be absolute"),
         ("spool:\n  max_events: 5\n", 2, "spool.max_events", "greater than or equal"),
         ("collector: nohost\n", 1, "collector", "host:port"),
+        ("collector:\n  - 127.0.0.1:1\n  - nohost\n", 1, "collector", "host:port, got 'nohost'"),
+        ("collector: [127.0.0.1:1, 127.0.0.1:1]\n", 1, "collector", "listed twice"),
+        ("collector: []\n", 1, "collector", "empty list"),
         ("tags: [\n", 2, "", "invalid YAML"),
     ],
 )
@@ -77,6 +80,13 @@ def test_every_error_is_reported_for_lint(tmp_path: Path) -> None:
     assert (3, "alerts[0].pathh", "unknown key") in found
     assert (2, "alerts[0].path", "required key is missing") in found
     assert (4, "colector", "unknown key") in found
+
+
+def test_collector_takes_one_address_or_a_list_in_order(tmp_path: Path) -> None:
+    one = agent_config.load(_write(tmp_path, "collector: 10.0.0.1:50051\n"))
+    assert one.collectors == ("10.0.0.1:50051",)
+    two = agent_config.load(_write(tmp_path, "collector: [10.0.0.2:50051, 10.0.0.1:50051]\n"))
+    assert two.collectors == ("10.0.0.2:50051", "10.0.0.1:50051")
 
 
 def test_unreadable_file_is_a_located_error(tmp_path: Path) -> None:

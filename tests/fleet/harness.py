@@ -1,0 +1,122 @@
+"""Several real collector processes on one PostgreSQL database, and agents listing them all."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tests.e2e.harness import VENV_BIN, Process, free_port, port_open, wait_for
+
+
+class Fleet:
+    """Collectors `0..n-1` sharing the store `store` (a postgresql:// URL), each in its own directory."""
+
+    def __init__(self, base: Path, store: str, collectors: int = 2, **collector_keys: Any) -> None:
+        self.base = base
+        self.store = store
+        self.ports = [free_port() for _ in range(collectors)]
+        self.processes: list[Process] = []
+        self.collectors: list[Process | None] = [None] * collectors
+        self.agents: list[Process] = []
+        extra = "".join(f"{key}: {value}\n" for key, value in collector_keys.items())
+        for index, port in enumerate(self.ports):
+            directory = self.dir(index)
+            (directory / "policies").mkdir(parents=True)
+            (directory / "collector.yaml").write_text(
+                f"listen: 127.0.0.1:{port}\n"
+                "tls:\n  insecure_loopback: true\n"
+                f"store: '{store}'\n"
+                f"state_dir: {directory / 'state'}\n"
+                f"policies: [{directory / 'policies'}]\n"
+                f"alerts:\n  - type: jsonl\n    path: {directory / 'alerts.jsonl'}\n" + extra
+            )
+
+    def dir(self, index: int) -> Path:
+        """Collector `index`'s directory (config, log, state, alerts)."""
+        return self.base / f"collector-{index}"
+
+    def address(self, index: int) -> str:
+        """host:port of collector `index`."""
+        return f"127.0.0.1:{self.ports[index]}"
+
+    def start_collector(self, index: int) -> Process:
+        """Start collector `index` and wait until it listens."""
+        argv = [str(VENV_BIN / "exfilguard-collector"), "--config", str(self.dir(index) / "collector.yaml")]
+        process = Process(argv, self.dir(index) / "collector.log").start()
+        self.processes.append(process)
+        self.collectors[index] = process
+        port = self.ports[index]
+        wait_for(lambda: port_open(port) or not process.alive, 30, f"collector {index} to listen")
+        assert process.alive, process.log_text()
+        return process
+
+    def collector(self, index: int) -> Process:
+        """The running process of collector `index`."""
+        process = self.collectors[index]
+        assert process is not None
+        return process
+
+    def start_agent(self, name: str, test_events: int = 0, failback_seconds: float = 1.0) -> Process:
+        """An agent listing every collector, in order, with fast heartbeats, backoff and failback."""
+        directory = self.base / name
+        directory.mkdir()
+        listed = "".join(f"\n  - {self.address(i)}" for i in range(len(self.ports)))
+        (directory / "agent.yaml").write_text(
+            f"collector:{listed}\n"
+            "tls:\n  insecure_loopback: true\n"
+            "state_dir: state\n"
+            "heartbeat_seconds: 0.5\n"
+            "reconnect_max_seconds: 1\n"
+            f"failback_seconds: {failback_seconds}\n"
+            "batch:\n  max_events: 500\n  max_delay_ms: 50\n"
+        )
+        argv = [str(VENV_BIN / "exfilguard-agent"), "--config", str(directory / "agent.yaml"), "--no-sensors"]
+        if test_events:
+            argv += ["--emit-test-events", str(test_events)]
+        process = Process(argv, directory / "agent.log").start()
+        self.processes.append(process)
+        self.agents.append(process)
+        return process
+
+    def agent_id(self, name: str) -> str:
+        """The persisted id of agent `name`."""
+        path = self.base / name / "state" / "agent-id"
+        wait_for(path.exists, 30, f"agent {name}'s id")
+        return path.read_text().strip()
+
+    def stored(self, agent_id: str | None = None) -> list[dict[str, Any]]:
+        """Events in the shared store (optionally one agent's), in (agent, sequence) order."""
+        from collector.store import EventFilter, open_store
+
+        store = open_store(self.store, readonly=True)
+        try:
+            return list(store.events(EventFilter(agent=agent_id)))
+        finally:
+            store.close()
+
+    def stored_count(self) -> int:
+        """How many events the shared store holds."""
+        from collector.store import open_store
+
+        store = open_store(self.store, readonly=True)
+        try:
+            return store.count_events()
+        finally:
+            store.close()
+
+    def diagnose(self) -> str:
+        """The tail of every process's log, for a failing wait."""
+        return "\n".join(f"--- {p.log_path}\n{p.log_text()[-2500:]}" for p in self.processes)
+
+    def close(self) -> None:
+        """Kill whatever still runs."""
+        for process in self.processes:
+            process.stop_quietly()
+
+
+def exactly_once(events: list[dict[str, Any]]) -> bool:
+    """Sequences 1..n without a hole and no event id twice."""
+    sequences = [int(e["event.sequence"]) for e in events]
+    ids = Counter(str(e["event.id"]) for e in events)
+    return sequences == list(range(1, len(sequences) + 1)) and all(n == 1 for n in ids.values())
