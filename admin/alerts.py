@@ -17,8 +17,7 @@ from typing import Any
 
 from admin import terminal
 from admin.configured import EXIT_USAGE, with_store
-from admin.export import parse_time
-from admin.terminal import clean, print_json, store_options
+from admin.terminal import clean, parse_time, print_json, store_options
 from collector.store import EventFilter, Store, StoreError, triage
 
 EXIT_UNKNOWN_ALERT = 3

@@ -15,14 +15,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import re
 import sys
 from collections.abc import Callable
 
 from collector.tls import pki
-
-_TTL = re.compile(r"^(\d{1,9})([smhd]?)$")
-_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+from common import units
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -77,13 +74,10 @@ def _days(text: str) -> int:
 
 
 def _ttl(text: str) -> int:
-    match = _TTL.match(text.strip())
-    if not match:
-        raise argparse.ArgumentTypeError("expected seconds or a number with s, m, h or d (24h)")
-    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if not 0 < seconds <= pki.MAX_TOKEN_TTL_SECONDS:
-        raise argparse.ArgumentTypeError(f"must be between 1s and {pki.MAX_TOKEN_TTL_SECONDS // 86400}d")
-    return seconds
+    try:  # seconds, or common.units' durations (24h); whole seconds, at least one
+        return max(1, round(units.duration(text, maximum=pki.MAX_TOKEN_TTL_SECONDS)))
+    except units.UnitError as exc:
+        raise argparse.ArgumentTypeError(exc.reason) from exc
 
 
 def _fail(args: argparse.Namespace, exc: Exception) -> int:

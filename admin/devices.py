@@ -23,8 +23,7 @@ from typing import Any
 from admin import terminal
 from admin.alerts import invoking_user
 from admin.configured import EXIT_USAGE, with_store
-from admin.export import parse_time
-from admin.terminal import clean, print_json, store_options, table
+from admin.terminal import clean, parse_time, print_json, store_options, table
 from collector.store import Store, StoreError
 from collector.store.devices import DeviceBook, InvalidDeviceChange, NoSuchApproval, learn
 from common.ecstime import ecs_time

@@ -8,37 +8,16 @@ manifest); 2 usage, configuration, store or I/O error.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import re
 import sys
 from pathlib import Path
 
 from admin import terminal
+from admin.terminal import parse_time
 from collector import config as collector_config
 from collector.evidence import export, keys, manifest
 from common.errors import ExfilGuardError
 
 EXIT_OK, EXIT_BROKEN_CHAIN, EXIT_ERROR = 0, 1, 2
-_RELATIVE = re.compile(r"^(\d+)([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-def parse_time(text: str) -> dt.datetime:
-    """An ISO 8601 date/time (UTC unless it says otherwise) or a duration ago (`90m`, `24h`, `7d`), in UTC.
-
-    `exfilguard export --since/--until` and `exfilguard alerts --since` take it.
-    """
-    match = _RELATIVE.match(text.strip())
-    try:
-        if match:
-            ago = dt.timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
-            return dt.datetime.now(dt.UTC) - ago
-        moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-        return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
-    except (ValueError, OverflowError) as exc:  # 99999999d ago, or 0001-01-01T00:00-01:00, is no time
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time or a duration like 7d (within years 1-9999): {text!r}"
-        ) from exc
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,12 +6,14 @@ Exit codes: 0 done (also when nothing was old enough); 2 usage, configuration or
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 
 from admin import terminal
 from collector import config as collector_config
 from collector.evidence import retention
+from common import units
 from common.errors import ExfilGuardError
 
 
@@ -37,8 +39,12 @@ def run(args: argparse.Namespace) -> int:
         print("exfilguard prune: give --older-than AGE and/or --max-size SIZE", file=sys.stderr)
         return 2
     try:
-        age = retention.parse_age(args.older_than) if args.older_than else None
-        size = retention.parse_size(args.max_size) if args.max_size else None
+        # An age needs its unit: a bare "90" is more likely days than the seconds it would prune to.
+        age = None
+        if args.older_than:
+            seconds = units.duration(args.older_than, "--older-than", plain_seconds=False, zero=True)
+            age = dt.timedelta(seconds=seconds)
+        size = int(units.size(args.max_size, "--max-size")) if args.max_size else None
         cfg = collector_config.load(args.config or collector_config.default_path())
         with open_ledger(cfg.store, readonly=False) as ledger:
             report = retention.prune(ledger, age, size, args.include_alerted)

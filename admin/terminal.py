@@ -1,15 +1,19 @@
 """What the admin commands print: fixed-width tables, JSON, errors, and text made safe for a terminal.
 
-Also the `--config` / `--json` options every command group that reads the collector's store has.
+Also the `--config` / `--json` options every command group that reads the collector's store has,
+and the time options (`--since`, `--until`) they share.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from common import units
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
@@ -58,3 +62,22 @@ def store_options(parser: argparse.ArgumentParser, default: Any) -> None:
     parser.add_argument(
         "--json", action="store_true", default=False if default is None else default, help="print JSON"
     )
+
+
+def parse_time(text: str) -> dt.datetime:
+    """An ISO 8601 date/time (UTC unless it says otherwise) or a duration ago (`90m`, `24h`, `7d`), in UTC.
+
+    `--since/--until` of `exfilguard export`, `alerts` and `devices` take it; durations are
+    common.units' grammar. argparse names the option in the error.
+    """
+    try:
+        try:
+            ago = units.duration(text, plain_seconds=False, zero=True)
+        except units.UnitError:
+            moment = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+            return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+        return dt.datetime.now(dt.UTC) - dt.timedelta(seconds=ago)
+    except (ValueError, OverflowError) as exc:  # 99999999d ago, or 0001-01-01T00:00-01:00, is no time
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time or a duration like 7d (within years 1-9999): {text!r}"
+        ) from exc

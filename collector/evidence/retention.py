@@ -17,38 +17,13 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 from dataclasses import dataclass, field
 
 from collector.evidence.errors import RetentionError
 from collector.store.ledger import Checkpoint, Ledger, PruneRefused
 from common.ecstime import ecs_time
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {
-    "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
-}  # fmt: skip
-_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SIZE_PASSES = 8
-
-
-def parse_size(text: str) -> int:
-    """`10GiB`, `500MB`, `1048576` -> bytes."""
-    match = _SIZE.match(text)
-    if not match:
-        raise RetentionError(f"not a size like 10GiB: {text!r}")
-    unit = (match.group(2) or "b").lower()
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
-
-
-def parse_age(text: str) -> dt.timedelta:
-    """`90d`, `12h`, `2w` -> a duration."""
-    match = _AGE.match(text)
-    if not match:
-        raise RetentionError(f"not an age like 90d: {text!r}")
-    return dt.timedelta(seconds=int(match.group(1)) * _AGE_UNITS[match.group(2)])
 
 
 @dataclass

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal, cast
 
-from collector.policy import units
 from collector.policy.errors import Problem
 from collector.policy.model import (
     SEVERITIES,
@@ -29,13 +28,15 @@ from collector.policy.model import (
     Suppress,
 )
 from collector.policy.parse_conditions import NodeParser, Skip, describe
-from common import yamlfile
+from common import units, yamlfile
 from common.yamlfile import Location
 
 # Limits on input: a policy file is admin-written, but a mistake must not exhaust the collector.
 MAX_FILE_BYTES = 4 << 20
 MAX_FILES = 1000
 MAX_LIST_VALUES = 100_000
+# No window may outlive this: window state must expire (memory is bounded by time too).
+MAX_DURATION_SECONDS = 90 * 86400.0
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")  # lists and macros: lower_snake_case
 _ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,99}$")  # policy ids: stable, human, kebab-case
@@ -222,7 +223,7 @@ class _FileParser(NodeParser):
 
     def duration(self, value: Any, loc: Location) -> float:
         try:
-            return units.duration(value)
+            return units.duration(value, maximum=MAX_DURATION_SECONDS)
         except ValueError as exc:
             raise self.fail("EG107", loc, str(exc)) from exc
 
@@ -258,7 +259,7 @@ class _FileParser(NodeParser):
                 ("field",) if needs_field else (),
             )
             field = self.text(spec["field"], (*mloc, "field"), "a field name") if needs_field else None
-            op, value = self.threshold(spec, mloc, units.number)
+            op, value = self.threshold(spec, mloc, units.size)
             measures.append(Measure(cast(Any, kind), field, op, value, self.where(mloc)))
         coverage = self.coverage(body["coverage"], (*loc, "coverage")) if "coverage" in body else None
         if coverage and measures:

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from typing import Any, cast
 
-from collector.policy import regex, units
+from collector.policy import regex
 from collector.policy.errors import Problem
 from collector.policy.model import (
     AllOf,
@@ -24,7 +24,7 @@ from collector.policy.model import (
     Weekday,
     Where,
 )
-from common import yamlfile
+from common import units, yamlfile
 from common.errors import ExfilGuardError
 from common.yamlfile import Location
 
@@ -220,7 +220,7 @@ class NodeParser:
             return operand
         if op in NUMBER_OPS:
             try:
-                return units.number(operand)
+                return units.size(operand)
             except ValueError as exc:
                 raise self.fail("EG108", loc, str(exc)) from exc
         patterns = operand if isinstance(operand, list) else [operand]

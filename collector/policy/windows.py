@@ -3,7 +3,7 @@
 Bounds (documented in docs/policies.md too):
   - time: a group whose newest event is older than the window (or sequence span) is dropped by
     `expire(now)`; the engine sweeps every few thousand events. Entries inside a group slide out
-    as newer events arrive. No window may exceed 90 days (units.MAX_DURATION_SECONDS).
+    as newer events arrive. No window may exceed 90 days (parse.MAX_DURATION_SECONDS).
   - groups: at most `Limits.max_groups` per policy; beyond that the least recently updated group
     is evicted (and counted in `evicted`).
   - per group: at most `Limits.max_entries` events (oldest dropped first: every count threshold
@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from collector.policy import units
 from collector.policy.model import Aggregate, Coverage, Sequence
+from common import units
 
 GroupKey = tuple[Any, ...]
 

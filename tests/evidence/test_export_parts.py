@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from admin.export import parse_time
-from collector.evidence import export, retention
-from collector.evidence.errors import RetentionError
+from admin.terminal import parse_time
+from collector.evidence import export
+from common import units
 from tests.evidence.helpers import chained
 
 
@@ -44,13 +44,16 @@ def test_filter_manifest_form() -> None:
 
 
 def test_sizes_ages_and_times_parse() -> None:
-    assert retention.parse_size("10GiB") == 10 << 30
-    assert retention.parse_size("500MB") == 500 * 10**6
-    assert retention.parse_age("90d") == dt.timedelta(days=90)
-    with pytest.raises(RetentionError):
-        retention.parse_size("ten gigs")
-    with pytest.raises(RetentionError):
-        retention.parse_age("3 months")
+    # `exfilguard prune --max-size/--older-than` read common.units, as policies do
+    assert units.size("10GiB") == 10 << 30
+    assert units.size("500MB") == 500 * 10**6
+    assert units.duration("90d", plain_seconds=False) == dt.timedelta(days=90).total_seconds()
+    with pytest.raises(units.UnitError, match="--max-size: expected a number or a size"):
+        units.size("ten gigs", "--max-size")
+    with pytest.raises(units.UnitError, match="--older-than"):
+        units.duration("3 months", "--older-than")
+    with pytest.raises(units.UnitError):
+        units.duration("90", plain_seconds=False)  # an age needs its unit
     assert parse_time("2026-11-01") == dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     assert parse_time("2026-11-01T08:00:00+01:00") == dt.datetime(2026, 11, 1, 7, tzinfo=dt.UTC)
     ago = dt.datetime.now(dt.UTC) - parse_time("2h")
