@@ -17,6 +17,7 @@ import os
 import stat
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -81,8 +82,9 @@ class FingerprintIndex:
         self._derived: dict[str, tuple[str, ...]] = {}
         self._provenance: dict[str, Provenance] = {}
         self.derived_dropped = 0  # derived files forgotten at the MAX_DERIVED bound
-        # Paths we are hashing now: inotify cannot tell our own reads from a user's.
-        self._own_reads: dict[tuple[str, str], tuple[int, float]] = {}
+        # Paths we are hashing now: inotify cannot tell our own reads from a user's. Oldest
+        # first (a renewed entry moves to the end), so expired ones are dropped from the front.
+        self._own_reads: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
         # Files indexed from a stat that may have run while they were still being written (a
         # create event, a walk) and whose close-after-write may never reach `update`: written
         # before their directory's fanotify mark landed, or by the agent's own process, which
@@ -407,11 +409,14 @@ class FingerprintIndex:
     def _open_own(self, path: str, read: Callable[[int], _T]) -> _T | None:
         with self._lock:
             now = time.monotonic()
-            if len(self._own_reads) > 4096:
-                self._own_reads = {k: v for k, v in self._own_reads.items() if v[1] >= now}
+            reads = self._own_reads
+            # amortised O(1): rebuilding the whole map on every read made fingerprinting a
+            # burst of new tagged files quadratic (every entry lives 5 s)
+            while reads and next(iter(reads.values()))[1] < now:
+                reads.popitem(last=False)
             for kind in ("open", "close"):
-                count = self._own_reads.get((path, kind), (0, 0.0))[0]
-                self._own_reads[(path, kind)] = (count + 1, now + 5.0)
+                count = reads.pop((path, kind), (0, 0.0))[0]
+                reads[(path, kind)] = (count + 1, now + 5.0)
         return _with_file(path, read)
 
     def _sample_of(self, path: str, size: int) -> bytes | None:

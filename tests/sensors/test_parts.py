@@ -271,3 +271,23 @@ def test_files_above_max_hash_bytes_match_by_size_and_sampled_hash(tmp_path: Pat
             os.close(fd)
         assert found == ((expected, "") if expected else None), name  # "": not hashed whole
     assert provenance.sampled(str(big), ("database",), 300_000).identified_by == "sampled"
+
+
+def test_own_reads_of_many_files_are_each_recognised_once(tmp_path: Path) -> None:
+    # inotify cannot tell the agent's hashing reads from a user's: each own read hides one
+    # open and one close of that file, however many files are read at once (a burst of new
+    # tagged files fingerprinted within the entries' lifetime)
+    index = FingerprintIndex(TagMap({str(tmp_path): ["database"]}))
+    paths = []
+    for n in range(5000):
+        path = tmp_path / f"f{n}"
+        path.write_bytes(b"x")
+        paths.append(str(path))
+    for path in paths:
+        assert index.read_own(path, os.fstat) is not None
+    assert index.read_own(paths[0], os.fstat) is not None  # read twice: hides two of each
+    for path in paths:
+        assert index.read_by_us(path, "open") and index.read_by_us(path, "close")
+    assert index.read_by_us(paths[0], "open") and index.read_by_us(paths[0], "close")
+    assert not index.read_by_us(paths[0], "open")  # a user's open after ours
+    assert not index.read_by_us(paths[1], "close")
