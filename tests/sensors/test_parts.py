@@ -278,16 +278,14 @@ def test_own_reads_of_many_files_are_each_recognised_once(tmp_path: Path) -> Non
     # open and one close of that file, however many files are read at once (a burst of new
     # tagged files fingerprinted within the entries' lifetime)
     index = FingerprintIndex(TagMap({str(tmp_path): ["database"]}))
-    paths = []
-    for n in range(5000):
-        path = tmp_path / f"f{n}"
-        path.write_bytes(b"x")
-        paths.append(str(path))
-    for path in paths:
-        assert index.read_own(path, os.fstat) is not None
+    paths = [str(tmp_path / f"f{n}") for n in range(5000)]
+    for name in paths:
+        Path(name).write_bytes(b"x")
+    for name in paths:
+        assert index.read_own(name, os.fstat) is not None
     assert index.read_own(paths[0], os.fstat) is not None  # read twice: hides two of each
-    for path in paths:
-        assert index.read_by_us(path, "open") and index.read_by_us(path, "close")
+    for name in paths:
+        assert index.read_by_us(name, "open") and index.read_by_us(name, "close")
     assert index.read_by_us(paths[0], "open") and index.read_by_us(paths[0], "close")
     assert not index.read_by_us(paths[0], "open")  # a user's open after ours
     assert not index.read_by_us(paths[1], "close")
