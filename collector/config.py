@@ -6,9 +6,10 @@ Relative paths are taken relative to the config file.
 from __future__ import annotations
 
 import os
+import re
 import zoneinfo
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, TypeVar
 
 import pydantic
 from pydantic import Field
@@ -59,37 +60,140 @@ class Enrollment(_Strict):
     cert_days: Annotated[int, Field(ge=1, le=3650)] = 365
 
 
-class JsonlSink(_Strict):
+SEVERITIES = ("low", "medium", "high", "critical")
+Severity = Literal["low", "medium", "high", "critical"]
+Format = Literal["exfilguard", "ecs", "ocsf"]
+_NAME = r"^[A-Za-z0-9_.*?\[\]!-]{1,200}$"  # a policy id, tag or glob of them (fnmatch)
+
+
+class _Routed(_Strict):
+    """What every alert sink shares: which alerts it takes (collector/alerts/routing.py), in which format.
+
+    `min_severity`: only alerts at or above it. `policies`: only alerts of these policy ids
+    (fnmatch globs, e.g. `usb-*`). `tags`: only alerts whose policy carries one of these tags
+    (globs too). Unset keys do not filter; set keys must all match.
+    """
+
+    min_severity: Severity | None = None
+    policies: Annotated[list[Annotated[str, Field(pattern=_NAME)]], Field(max_length=1000)] = []
+    tags: Annotated[list[Annotated[str, Field(pattern=_NAME)]], Field(max_length=1000)] = []
+    format: Format = "exfilguard"
+
+
+class JsonlSink(_Routed):
     """Alerts appended to a JSON Lines file."""
 
     type: Literal["jsonl"]
     path: str
 
 
-class StdoutSink(_Strict):
+class StdoutSink(_Routed):
     """Alerts printed one JSON object a line."""
 
     type: Literal["stdout"]
 
 
-class WebhookSink(_Strict):
-    """Alerts POSTed as JSON, retried with backoff."""
+class SecretRef(_Strict):
+    """A secret header value read at start from a file or an environment variable, never from the config."""
+
+    file: str | None = None
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = None
+    prefix: Annotated[str, Field(max_length=64)] = ""  # e.g. "Splunk " or "Bearer "
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("a secret header takes exactly one of file or env")
+        return self
+
+
+_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}$"  # an RFC 9110 token
+_HEADER_TEXT = r"^[\x20-\x7e\t]{0,4096}$"  # no CR/LF: a header value cannot smuggle another header
+
+
+def _plain_header(value: object) -> object:
+    return {"value": value} if isinstance(value, str) else value
+
+
+class HeaderValue(_Strict):
+    """A webhook header: a plain `value` (written as just the text), or a secret from `file` or `env`."""
+
+    value: Annotated[str, Field(pattern=_HEADER_TEXT)] | None = None
+    file: str | None = None
+    env: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")] | None = None
+    prefix: Annotated[str, Field(pattern=_HEADER_TEXT, max_length=64)] = ""
+
+    @pydantic.model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if sum(x is not None for x in (self.value, self.file, self.env)) != 1:
+            raise ValueError("a header is a text, or exactly one of file or env")
+        return self
+
+
+_SECRET_HEADER = re.compile(r"authorization|token|key|secret|password|cookie", re.IGNORECASE)
+TEMPLATES = ("slack", "teams", "pagerduty", "splunk-hec")
+
+
+class WebhookSink(_Routed):
+    """Alerts POSTed as JSON (or shaped by `template`), retried with backoff."""
 
     type: Literal["webhook"]
     url: Annotated[str, Field(pattern=r"^https?://")]
     timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
     max_retries: Annotated[int, Field(ge=0, le=100)] = 8
+    # Extra request headers: a plain value (not secret), or {file: ...} / {env: ...} for secrets.
+    headers: Annotated[
+        dict[
+            Annotated[str, Field(pattern=_HEADER_NAME)],
+            Annotated[HeaderValue, pydantic.BeforeValidator(_plain_header)],
+        ],
+        Field(max_length=50),
+    ] = {}
+    # slack, teams, pagerduty, splunk-hec (built in), or the path of a Jinja2 template file.
+    template: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+    # pagerduty: the Events API v2 routing key, read from a file or the environment.
+    routing_key: SecretRef | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _pagerduty_key(self) -> Self:
+        for name, value in self.headers.items():
+            if value.value is not None and _SECRET_HEADER.search(name):
+                # Configs end up in tickets and backups: a credential belongs in a file or the environment.
+                raise ValueError(
+                    f"header {name} looks like a credential: give it as {{file: ...}} or {{env: ...}}"
+                )
+        if self.template == "pagerduty" and self.routing_key is None:
+            raise ValueError("template: pagerduty needs routing_key: {file: ...} or {env: ...}")
+        if self.routing_key is not None and self.template != "pagerduty":
+            raise ValueError("routing_key is only for template: pagerduty")
+        return self
 
 
-class SyslogSink(_Strict):
-    """Alerts as RFC 5424 syslog with a CEF payload."""
+class SyslogSink(_Routed):
+    """Alerts as RFC 5424 syslog with a CEF payload; over UDP, TCP or TLS (RFC 5425)."""
 
     type: Literal["syslog"]
-    address: str
-    protocol: Literal["udp", "tcp"] = "udp"
+    address: HostPort
+    protocol: Literal["udp", "tcp", "tls"] = Field(
+        "udp", validation_alias=pydantic.AliasChoices("protocol", "transport")
+    )
+    # TLS: the CA bundle the receiver's certificate must chain to (default: the system's), the
+    # name it must carry (default: the address's host), and an optional client certificate.
+    ca: str | None = None
+    server_name: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _tls_only(self) -> Self:
+        if self.protocol != "tls" and any((self.ca, self.server_name, self.cert, self.key)):
+            raise ValueError("ca, server_name, cert and key are for transport: tls")
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs both cert and key")
+        return self
 
 
-class EmailSink(_Strict):
+class EmailSink(_Routed):
     """Alerts mailed over SMTP."""
 
     type: Literal["email"]
@@ -140,6 +244,8 @@ class Console(_Strict):
         host, _, port = self.listen.rpartition(":")
         return f"{'https' if self.tls else 'http'}://{host}:{port}"
 
+
+SecretT = TypeVar("SecretT", SecretRef, HeaderValue)
 
 Sink = Annotated[
     JsonlSink | StdoutSink | WebhookSink | SyslogSink | EmailSink, Field(discriminator="type")
@@ -248,12 +354,26 @@ def load(path: str | os.PathLike[str]) -> CollectorConfig:
     def rel(p: str) -> str:
         return p if "://" in p else str(base / p)
 
+    def secret(ref: SecretT) -> SecretT:
+        return ref.model_copy(update={"file": rel(ref.file)}) if ref.file else ref
+
     def sink_paths(sink: Sink) -> Sink:
         if isinstance(sink, JsonlSink):
             return sink.model_copy(update={"path": rel(sink.path)})
         if isinstance(sink, EmailSink):
             files = {k: rel(v) for k in ("password_file", "ca") if (v := getattr(sink, k))}
             return sink.model_copy(update=files)
+        if isinstance(sink, SyslogSink):
+            files = {k: rel(v) for k in ("ca", "cert", "key") if (v := getattr(sink, k))}
+            return sink.model_copy(update=files)
+        if isinstance(sink, WebhookSink):
+            headers = {k: secret(v) for k, v in sink.headers.items()}
+            update: dict[str, object] = {"headers": headers}
+            if sink.template is not None and sink.template not in TEMPLATES:
+                update["template"] = rel(sink.template)
+            if sink.routing_key is not None:
+                update["routing_key"] = secret(sink.routing_key)
+            return sink.model_copy(update=update)
         return sink
 
     sinks = [sink_paths(s) for s in config.alerts]

@@ -238,7 +238,7 @@ def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
         "exfilguard_alert_deliveries", "Alert deliveries by sink type and result", labels=["sink", "result"]
     )
     for sink, figures in sorted(stats.get("sinks", {}).items()):
-        for result in ("sent", "failed", "dropped"):
+        for result in ("sent", "failed", "dropped", "filtered"):
             deliveries.add_metric([sink, result], figures.get(result, 0))
     return [
         info,

@@ -7,26 +7,50 @@ from collections.abc import Sequence
 from typing import Any
 
 from collector import config as cfg
+from collector.alerts.routing import Route
+from collector.alerts.secrets import read_secret
 from collector.alerts.sinks.base import QueuedSink
 from collector.alerts.sinks.email import EmailSink
 from collector.alerts.sinks.jsonl import JsonlSink
 from collector.alerts.sinks.stdout import StdoutSink
 from collector.alerts.sinks.syslog import SyslogSink
 from collector.alerts.sinks.webhook import WebhookSink
+from collector.alerts.templates import Template
 
 log = logging.getLogger("exfilguard.collector.alerts")
 
 
 def build_sink(spec: cfg.Sink) -> QueuedSink:
-    """One sink from its config entry."""
+    """One sink from its config entry, with its route and format."""
+    sink = _sink(spec)
+    sink.configure(Route(spec.min_severity, spec.policies, spec.tags), spec.format)
+    return sink
+
+
+def _sink(spec: cfg.Sink) -> QueuedSink:
     if isinstance(spec, cfg.JsonlSink):
         return JsonlSink(spec.path)
     if isinstance(spec, cfg.StdoutSink):
         return StdoutSink()
     if isinstance(spec, cfg.WebhookSink):
-        return WebhookSink(spec.url, spec.timeout_seconds, spec.max_retries)
+        headers = {name: read_secret(value, f"webhook header {name}") for name, value in spec.headers.items()}
+        key = read_secret(spec.routing_key, "PagerDuty routing key") if spec.routing_key else ""
+        return WebhookSink(
+            spec.url,
+            spec.timeout_seconds,
+            spec.max_retries,
+            headers=headers,
+            template=Template.build(spec.template, key),
+        )
     if isinstance(spec, cfg.SyslogSink):
-        return SyslogSink(spec.address, spec.protocol)
+        return SyslogSink(
+            spec.address,
+            spec.protocol,
+            ca=spec.ca,
+            server_name=spec.server_name,
+            cert=spec.cert,
+            key=spec.key,
+        )
     return EmailSink(
         spec.smtp,
         spec.sender,
@@ -39,7 +63,7 @@ def build_sink(spec: cfg.Sink) -> QueuedSink:
 
 
 class Dispatcher:
-    """Sends each alert to every sink (non-blocking); `close()` drains them."""
+    """Sends each alert to every sink whose route takes it (non-blocking); `close()` drains them."""
 
     def __init__(self, sinks: Sequence[QueuedSink]) -> None:
         self.sinks = list(sinks)
@@ -64,11 +88,12 @@ class Dispatcher:
             sink.close(timeout)
 
     def stats(self) -> dict[str, dict[str, int]]:
-        """Per sink type: sent, failed, dropped (summed over sinks of one type, e.g. two webhooks)."""
+        """Per sink type: sent, failed, dropped, filtered (summed over sinks of one type)."""
         out: dict[str, dict[str, int]] = {}
         for sink in self.sinks:
-            figures = out.setdefault(sink.name, {"sent": 0, "failed": 0, "dropped": 0})
+            figures = out.setdefault(sink.name, {"sent": 0, "failed": 0, "dropped": 0, "filtered": 0})
             figures["sent"] += sink.sent
             figures["failed"] += sink.failed
             figures["dropped"] += sink.dropped
+            figures["filtered"] += sink.filtered
         return out

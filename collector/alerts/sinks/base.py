@@ -16,7 +16,9 @@ import threading
 import time
 from typing import Any
 
+from collector import formats
 from collector.alerts.errors import SinkError
+from collector.alerts.routing import Route
 
 log = logging.getLogger("exfilguard.collector.alerts")
 
@@ -29,12 +31,15 @@ class QueuedSink:
     """Base of every sink: subclasses implement `deliver(alert)` and may override `close_resources()`."""
 
     name = "sink"
+    route = Route()  # which alerts this sink takes (collector.yaml: min_severity, policies, tags)
+    format = "exfilguard"  # exfilguard, ecs or ocsf (collector/formats)
 
     def __init__(self, max_retries: int = 0, queue_size: int = QUEUE_SIZE) -> None:
         self.max_retries = max_retries
         self.sent = 0
         self.failed = 0
         self.dropped = 0
+        self.filtered = 0  # alerts its route did not take
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -46,11 +51,24 @@ class QueuedSink:
         """Send one alert now; raise SinkError on failure (retry=False: do not try again)."""
         raise NotImplementedError
 
+    def configure(self, route: Route, fmt: str) -> None:
+        """Set the sink's route and output format (before the first `send`)."""
+        if fmt not in formats.FORMATS:  # fail at start, not at the first alert
+            raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, not {fmt!r}")
+        self.route, self.format = route, fmt
+
+    def document(self, alert: dict[str, Any]) -> dict[str, Any]:
+        """The alert in the sink's format."""
+        return formats.alert(self.format, alert)
+
     def close_resources(self) -> None:
         """Release sockets and files (called on the worker thread at the end)."""
 
     def send(self, alert: dict[str, Any]) -> None:
-        """Queue an alert for delivery; never blocks (drops the oldest queued alert when full)."""
+        """Queue an alert its route takes; never blocks (drops the oldest queued alert when full)."""
+        if not self.route.accepts(alert):
+            self.filtered += 1
+            return
         with self._idle:
             self._busy += 1
         while True:

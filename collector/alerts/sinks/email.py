@@ -82,7 +82,7 @@ class EmailSink(QueuedSink):
         mail["To"] = ", ".join(self.to)
         lines = [f"{label}: {alert[key]}" for label, key in _LINES if alert.get(key) not in (None, "", [])]
         lines += ["", "Evidence event ids:", *[f"  {e}" for e in alert.get("evidence", [])], ""]
-        lines += ["Alert (JSON):", json.dumps(alert, indent=2, sort_keys=True)]
+        lines += ["Alert (JSON):", json.dumps(self.document(alert), indent=2, sort_keys=True)]
         mail.set_content("\n".join(lines))
         return mail
 

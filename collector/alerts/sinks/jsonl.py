@@ -22,7 +22,7 @@ class JsonlSink(QueuedSink):
 
     def deliver(self, alert: dict[str, Any]) -> None:
         """Append one line; reopen the file if it was rotated away."""
-        line = json.dumps(alert, sort_keys=True, ensure_ascii=False) + "\n"
+        line = json.dumps(self.document(alert), sort_keys=True, ensure_ascii=False) + "\n"
         try:
             if self._file is None or not self.path.exists():
                 if self._file is not None:

@@ -18,7 +18,7 @@ class StdoutSink(QueuedSink):
     def deliver(self, alert: dict[str, Any]) -> None:
         """Write and flush one line."""
         try:
-            sys.stdout.write(json.dumps(alert, sort_keys=True, ensure_ascii=False) + "\n")
+            sys.stdout.write(json.dumps(self.document(alert), sort_keys=True, ensure_ascii=False) + "\n")
             sys.stdout.flush()
         except (OSError, ValueError) as exc:
             raise SinkError(self.name, f"cannot write to stdout: {exc}", retry=False) from exc

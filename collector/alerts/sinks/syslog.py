@@ -1,25 +1,29 @@
-"""SyslogSink: RFC 5424 messages with a CEF payload (what SIEMs parse), over UDP or TCP.
+"""SyslogSink: RFC 5424 messages with a CEF payload (what SIEMs parse), over UDP, TCP or TLS.
 
     <PRI>1 TIMESTAMP HOST exfilguard - ALERT [exfilguard@32473 policy="..." severity="..."] CEF:0|...
 
 Facility is authpriv (10); the syslog severity follows the alert's (critical->crit, high->err,
-medium->warning, low->notice). TCP uses RFC 6587 octet counting; UDP sends one datagram,
-cut at MAX_UDP_BYTES. The CEF extension carries who, what, where to and the evidence ids.
+medium->warning, low->notice). TCP uses RFC 6587 octet counting, TLS RFC 5425 (the same framing,
+the receiver's certificate verified); UDP sends one datagram, cut at MAX_UDP_BYTES. The CEF
+extension carries who, what, where to and the evidence ids. With `format: ecs` or `ocsf` the
+message carries the alert document as JSON instead of CEF.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+import ssl
 from typing import Any
 
 from collector import __version__
 from collector.alerts.errors import SinkError
 from collector.alerts.sinks.base import QueuedSink
+from collector.forward.syslog import SyslogTransport
 
 FACILITY = 10  # authpriv: security messages
 SYSLOG_SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5}
 CEF_SEVERITY = {"critical": 10, "high": 8, "medium": 5, "low": 3}
-MAX_UDP_BYTES = 8192
 APP = "exfilguard"
 # Private enterprise number placeholder for the structured data id (RFC 5424 §7.2.2 needs one).
 SD_ID = "exfilguard@32473"
@@ -91,66 +95,58 @@ def cef(alert: dict[str, Any]) -> str:
     return head + "|" + " ".join(pairs)
 
 
-def rfc5424(alert: dict[str, Any], hostname: str) -> bytes:
-    """The whole RFC 5424 message (no framing)."""
+def rfc5424(alert: dict[str, Any], hostname: str, payload: str | None = None) -> bytes:
+    """The whole RFC 5424 message (no framing); `payload` replaces the CEF line (ECS/OCSF JSON)."""
     severity = str(alert.get("severity", "low"))
     pri = FACILITY * 8 + SYSLOG_SEVERITY.get(severity, 5)
     timestamp = str(alert.get("@timestamp") or "-")
     alert_id, policy = _sd_value(alert.get("id", "")), _sd_value(alert.get("policy.id", ""))
     sd = f'[{SD_ID} alertId="{alert_id}" policy="{policy}" severity="{_sd_value(severity)}"]'
     host = (hostname or "-")[:255].replace(" ", "_")
-    return f"<{pri}>1 {timestamp} {host} {APP} - ALERT {sd} {cef(alert)}".encode()
+    body = cef(alert) if payload is None else payload
+    return f"<{pri}>1 {timestamp} {host} {APP} - ALERT {sd} {body}".encode()
 
 
 class SyslogSink(QueuedSink):
-    """Sends each alert to a syslog receiver at `host:port` over UDP or TCP."""
+    """Sends each alert to a syslog receiver at `host:port` over UDP, TCP or TLS (RFC 5425)."""
 
     name = "syslog"
 
     def __init__(
-        self, address: str, protocol: str = "udp", max_retries: int = 5, timeout: float = 5.0
+        self,
+        address: str,
+        protocol: str = "udp",
+        max_retries: int = 5,
+        timeout: float = 5.0,
+        *,
+        ca: str | None = None,
+        server_name: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
     ) -> None:
-        host, sep, port = address.rpartition(":")
-        if not sep or not port.isdigit():
-            raise ValueError(f"syslog address must be host:port, got {address!r}")
-        if protocol not in ("udp", "tcp"):
-            raise ValueError(f"syslog protocol is udp or tcp, got {protocol!r}")
-        self.host = host.strip("[]")
-        self.port = int(port)
-        self.protocol = protocol
-        self.timeout = timeout
+        self.wire = SyslogTransport(
+            address, protocol, ca=ca, server_name=server_name, cert=cert, key=key, timeout=timeout
+        )
         self.hostname = socket.gethostname()
-        self._sock: socket.socket | None = None
         super().__init__(max_retries)
 
+    def message(self, alert: dict[str, Any]) -> bytes:
+        """The RFC 5424 message: CEF for format exfilguard, else the alert document as JSON."""
+        if self.format == "exfilguard":
+            return rfc5424(alert, self.hostname)
+        return rfc5424(alert, self.hostname, json.dumps(self.document(alert), sort_keys=True))
+
     def deliver(self, alert: dict[str, Any]) -> None:
-        """One message; a broken TCP connection is dropped and reopened on the retry."""
-        message = rfc5424(alert, self.hostname)
+        """One message; a broken connection is dropped and reopened on the retry."""
         try:
-            if self.protocol == "udp":
-                self._udp(message[:MAX_UDP_BYTES])
-            else:
-                self._tcp(b"%d %s" % (len(message), message))
+            self.wire.send([self.message(alert)])
+        except ssl.SSLCertVerificationError as exc:
+            # Not a passing outage: the receiver is not who the config says (or the CA is wrong).
+            reason = f"certificate of {self.wire.where} did not verify: {exc.verify_message}"
+            raise SinkError(self.name, reason, retry=False) from exc
         except OSError as exc:
-            self.close_resources()
-            raise SinkError(
-                self.name, f"cannot send to {self.host}:{self.port}/{self.protocol}: {exc}"
-            ) from exc
-
-    def _udp(self, message: bytes) -> None:
-        if self._sock is None:
-            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)[0]
-            self._sock = socket.socket(family[0], socket.SOCK_DGRAM)
-            self._sock.connect(family[4])
-        self._sock.send(message)
-
-    def _tcp(self, frame: bytes) -> None:
-        if self._sock is None:
-            self._sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        self._sock.sendall(frame)
+            raise SinkError(self.name, f"cannot send to {self.wire.where}: {exc}") from exc
 
     def close_resources(self) -> None:
-        """Close the socket."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        """Close the connection."""
+        self.wire.close()

@@ -1,0 +1,46 @@
+"""What leaves the collector for a SIEM: alerts and events as ExfilGuard, ECS or OCSF documents.
+
+    formats.alert("ecs", alert)      # an alert's JSON object (SPEC §10) -> an ECS document
+    formats.event("ocsf", mapping)   # a stored event's mapping (protos.events.to_mapping) -> OCSF
+
+exfilguard   the SPEC's dotted names, unchanged (the contract of the JSONL sink and exports)
+ecs.py       Elastic Common Schema: event.kind/category/type, rule.*, message, volume.* for the
+             removable device, file.*, process.*, user.*, host.*; the rest under exfilguard.*
+ocsf.py      OCSF: alerts as Data Security Findings, events as File System / Peripheral Activity
+
+Both mappings read the flat mapping that protos.events.to_mapping made (the one protobuf walker);
+neither walks protobuf messages itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+from collector.formats import ecs, ocsf
+
+Format = Literal["exfilguard", "ecs", "ocsf"]
+FORMATS: tuple[Format, ...] = ("exfilguard", "ecs", "ocsf")
+
+Document = dict[str, Any]
+
+_ALERTS: dict[str, Callable[[Mapping[str, Any]], Document]] = {
+    "exfilguard": dict,
+    "ecs": ecs.alert,
+    "ocsf": ocsf.alert,
+}
+_EVENTS: dict[str, Callable[[Mapping[str, Any]], Document]] = {
+    "exfilguard": dict,
+    "ecs": ecs.event,
+    "ocsf": ocsf.event,
+}
+
+
+def alert(fmt: str, body: Mapping[str, Any]) -> Document:
+    """An alert (the SPEC §10 object) in `fmt`; KeyError for an unknown format."""
+    return _ALERTS[fmt](body)
+
+
+def event(fmt: str, mapping: Mapping[str, Any]) -> Document:
+    """A stored event (its to_mapping form) in `fmt`; KeyError for an unknown format."""
+    return _EVENTS[fmt](mapping)

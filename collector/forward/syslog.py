@@ -1,0 +1,123 @@
+"""SyslogTransport: syslog messages over UDP, TCP (RFC 6587) or TLS (RFC 5425), octet-counted.
+
+    wire = SyslogTransport("siem.example:6514", "tls", ca="/etc/exfilguard/siem-ca.pem")
+    wire.send([message, ...])        # each framed as "LEN SP MSG"; OSError when it cannot
+    wire.close()
+
+TLS verifies the receiver's certificate against `ca` (default: the system's trust store) and
+its name against `server_name` (default: the address's host); a client certificate is offered
+when `cert` and `key` are set. One connection is kept and reopened after an error.
+
+Syslog has no acknowledgements: a message is delivered once the kernel took it, as far as the
+sender can know. Before a caller counts a batch as delivered, `send` checks that the receiver
+has not closed the connection meanwhile (an EOF waiting to be read), so a receiver that went
+away is noticed at the next batch at the latest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+from collections.abc import Sequence
+
+MAX_UDP_BYTES = 8192
+
+
+class SyslogTransport:
+    """One connection to a syslog receiver."""
+
+    def __init__(
+        self,
+        address: str,
+        protocol: str = "udp",
+        *,
+        ca: str | None = None,
+        server_name: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        host, sep, port = address.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"syslog address must be host:port, got {address!r}")
+        if protocol not in ("udp", "tcp", "tls"):
+            raise ValueError(f"syslog transport is udp, tcp or tls, got {protocol!r}")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.protocol = protocol
+        self.timeout = timeout
+        self.server_name = server_name or self.host
+        self._context: ssl.SSLContext | None = None
+        if protocol == "tls":
+            self._context = ssl.create_default_context(cafile=ca)
+            self._context.minimum_version = ssl.TLSVersion.TLSv1_2
+            if cert and key:
+                self._context.load_cert_chain(cert, key)
+        self._sock: socket.socket | None = None
+
+    @property
+    def where(self) -> str:
+        """host:port/transport, for messages."""
+        return f"{self.host}:{self.port}/{self.protocol}"
+
+    def send(self, messages: Sequence[bytes]) -> None:
+        """Send the messages (one datagram each over UDP; octet-counted frames otherwise).
+
+        Raises OSError (ssl.SSLError included) when the connection cannot be made or breaks;
+        the connection is closed then, and the next call reconnects.
+        """
+        try:
+            if self.protocol == "udp":
+                sock = self._connect()
+                for message in messages:
+                    sock.send(message[:MAX_UDP_BYTES])
+                return
+            frames = b"".join(b"%d %s" % (len(m), m) for m in messages)
+            sock = self._connect()
+            sock.sendall(frames)
+            self._check_open(sock)
+        except OSError:
+            self.close()
+            raise
+
+    def _connect(self) -> socket.socket:
+        if self._sock is not None:
+            return self._sock
+        if self.protocol == "udp":
+            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)[0]
+            sock = socket.socket(family[0], socket.SOCK_DGRAM)
+            sock.connect(family[4])
+        else:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+            if self._context is not None:
+                try:
+                    sock = self._context.wrap_socket(sock, server_hostname=self.server_name)
+                except BaseException:
+                    sock.close()
+                    raise
+        self._sock = sock
+        return sock
+
+    def _check_open(self, sock: socket.socket) -> None:
+        # A receiver never writes to a syslog sender: anything readable is its EOF (or a TLS alert).
+        readable, _, _ = select.select([sock], [], [], 0)
+        if not readable:
+            return
+        sock.setblocking(False)
+        try:
+            data = sock.recv(1)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return  # a TLS record that is not application data (a session ticket): still open
+        finally:
+            sock.settimeout(self.timeout)
+        if not data:
+            raise ConnectionResetError(f"{self.where} closed the connection")
+
+    def close(self) -> None:
+        """Close the connection (the next send reconnects)."""
+        if self._sock is not None:
+            sock, self._sock = self._sock, None
+            with contextlib.suppress(OSError):
+                sock.close()
