@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import socket
 import uuid
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal, NamedTuple, cast
 
-from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -77,8 +78,8 @@ _PLANS: dict[tuple[str, FieldDescriptor], tuple[str, int, str]] = {}
 
 
 def _plan(prefix: str, field: FieldDescriptor) -> tuple[str, int, str]:
-    name = prefix + field.name if prefix else _RENAMED.get(field.name, field.name)
-    if field.message_type is not None and field.message_type.full_name == "google.protobuf.Timestamp":
+    name = ecs_name(prefix, field)
+    if is_timestamp(field):
         kind = _TIMESTAMP
     elif field.type == FieldDescriptor.TYPE_MESSAGE:
         kind = _REPEATED_MESSAGE if _is_repeated(field) else _MESSAGE
@@ -114,6 +115,50 @@ def _flatten(message: Message, prefix: str, out: Mapping) -> None:
 
 def _is_repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
+
+
+# -- the model's fields, read off the .proto: the one walker of its descriptors
+
+
+def ecs_name(prefix: str, field: FieldDescriptor) -> str:
+    """The dotted name `to_mapping` gives `field` under `prefix` ("file." + "path"; "@timestamp")."""
+    return prefix + field.name if prefix else _RENAMED.get(field.name, field.name)
+
+
+def is_timestamp(field: FieldDescriptor) -> bool:
+    """True for a google.protobuf.Timestamp field (`to_mapping` writes it as an ECS time string)."""
+    return field.message_type is not None and field.message_type.full_name == "google.protobuf.Timestamp"
+
+
+class ModelField(NamedTuple):
+    """One field of the event model as `to_mapping` names it, with its proto descriptor."""
+
+    name: str
+    field: FieldDescriptor
+    # timestamp: an ECS time string; message: a singular message, flattened into the fields that
+    # follow it (named name + "."); messages: a list of flat dicts; scalar: a value or a list of them
+    kind: Literal["scalar", "timestamp", "message", "messages"]
+
+    @property
+    def repeated(self) -> bool:
+        """True when the mapping holds a list for this field."""
+        return bool(self.field.is_repeated)
+
+
+def model_fields(descriptor: Descriptor | None = None, prefix: str = "") -> Iterator[ModelField]:
+    """Every field of `descriptor` (default: the Event) in .proto order, as `to_mapping` names it;
+    a singular message comes first, then its own fields (depth first)."""
+    for field in cast(Descriptor, descriptor or pb.Event.DESCRIPTOR).fields:
+        name = ecs_name(prefix, field)
+        if is_timestamp(field):
+            yield ModelField(name, field, "timestamp")
+        elif field.type != FieldDescriptor.TYPE_MESSAGE:
+            yield ModelField(name, field, "scalar")
+        elif field.is_repeated:
+            yield ModelField(name, field, "messages")
+        else:
+            yield ModelField(name, field, "message")
+            yield from model_fields(field.message_type, name + ".")
 
 
 def now() -> Timestamp:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+
 from protos import events
 from protos import exfilguard_pb2 as pb
 
@@ -52,3 +56,36 @@ def test_copy_identification_fields_map_to_dotted_names() -> None:
         {"name": "db/a.csv", "source": "/srv/db/a.csv", "identified_by": "exact", "share": 1.0, "size": 10}]
     assert m["exfilguard.content.format"] == "tar.gz"
     assert m["exfilguard.content.entropy"] == 7.99
+
+
+def _fill(message: Any) -> None:
+    """Set every field of `message` (and its sub-messages) to a non-default value."""
+    values = {FieldDescriptor.CPPTYPE_STRING: "x", FieldDescriptor.CPPTYPE_BOOL: True}
+    for field in message.DESCRIPTOR.fields:
+        target = getattr(message, field.name)
+        if events.is_timestamp(field):
+            (target.add() if field.is_repeated else target).FromSeconds(1_700_000_000)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            _fill(target.add() if field.is_repeated else target)
+        else:
+            value = values.get(field.cpp_type, 1)
+            if field.enum_type is not None:
+                value = field.enum_type.values[-1].number
+            if field.is_repeated:
+                target.append(value)
+            else:
+                setattr(message, field.name, value)
+
+
+def test_the_model_walker_names_every_field_as_to_mapping_does() -> None:
+    # One walker of the .proto (policy fields, export columns): its names are to_mapping's keys.
+    event = pb.Event()
+    _fill(event)
+    leaves = {f.name: f for f in events.model_fields() if f.kind != "message"}
+    mapping = events.to_mapping(event)
+    assert set(mapping) == set(leaves)
+    assert leaves["@timestamp"].kind == "timestamp" and "timestamp" not in leaves
+    for name, value in mapping.items():
+        assert isinstance(value, list) == leaves[name].repeated, name
+        if leaves[name].kind == "messages":  # a list of flat dicts, named by the same rule
+            assert all(isinstance(item, dict) for item in value), name

@@ -25,12 +25,9 @@ from __future__ import annotations
 import csv
 import json
 import re
-from collections.abc import Iterator
 from typing import Any
 
-from google.protobuf.descriptor import Descriptor
-
-from protos import exfilguard_pb2 as pb
+from protos.events import model_fields
 
 PREV = "exfilguard.chain.prev"
 HASH = "exfilguard.chain.hash"
@@ -63,22 +60,8 @@ class CsvDialect(csv.Dialect):
     quoting = csv.QUOTE_ALL
     strict = True  # verify: a stray quote is a broken row, not a guess
 
-_RENAMED = {"timestamp": "@timestamp"}
-
-
-def _paths(descriptor: Any, prefix: str) -> Iterator[str]:
-    for field in descriptor.fields:
-        name = prefix + field.name if prefix else _RENAMED.get(field.name, field.name)
-        message: Descriptor | None = field.message_type
-        timestamp = message is not None and message.full_name == "google.protobuf.Timestamp"
-        if message is not None and not timestamp and not field.is_repeated:
-            yield from _paths(message, name + ".")
-        else:
-            yield name
-
-
 # The one declaration of the event model is the .proto; the CSV header follows it.
-ECS_COLUMNS: tuple[str, ...] = tuple(_paths(pb.Event.DESCRIPTOR, ""))
+ECS_COLUMNS: tuple[str, ...] = tuple(f.name for f in model_fields() if f.kind != "message")
 CSV_HEADER: tuple[str, ...] = (*ECS_COLUMNS, *BOOKKEEPING, RECORD)
 COLUMN_INDEX = {name: i for i, name in enumerate(CSV_HEADER)}
 

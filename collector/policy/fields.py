@@ -9,14 +9,9 @@ per-user baselines, the risk score: collector/behaviour/), documented in docs/po
 
 from __future__ import annotations
 
-from typing import cast
+from google.protobuf.descriptor import FieldDescriptor
 
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
-
-from protos import exfilguard_pb2 as pb
-
-_RENAMED = {"timestamp": "@timestamp"}
-
+from protos.events import model_fields
 
 # Python types a mapping value of each proto scalar type may have (what to_mapping produces).
 _NUMBERS: tuple[type, ...] = (int, float)
@@ -34,28 +29,20 @@ _KINDS: dict[int, tuple[type, ...]] = {
 _TYPES: dict[str, tuple[type, ...]] = {}  # field -> the Python types its (scalar) values may have
 
 
-def _walk(descriptor: Descriptor, prefix: str, out: dict[str, bool], defaults: dict[str, object]) -> None:
-    for field in descriptor.fields:
-        name = prefix + field.name if prefix else _RENAMED.get(field.name, field.name)
-        repeated = bool(field.is_repeated)
-        message = field.message_type
-        _TYPES[name] = (str,) if message is not None else _KINDS.get(field.cpp_type, ())
-        if message is not None and message.full_name == "google.protobuf.Timestamp":
+def _fields() -> tuple[dict[str, bool], dict[str, object]]:
+    out: dict[str, bool] = {}
+    defaults: dict[str, object] = {}
+    for name, field, kind in model_fields():
+        _TYPES[name] = (str,) if field.message_type is not None else _KINDS.get(field.cpp_type, ())
+        if kind == "timestamp":
             out[name] = False
             defaults[name] = None
-        elif field.type == FieldDescriptor.TYPE_MESSAGE and message is not None and not repeated:
-            _walk(message, name + ".", out, defaults)
-        else:
+        elif kind != "message":
+            repeated = bool(field.is_repeated)
             out[name] = repeated
             # proto3 leaves unset scalars out of the mapping; a policy sees their default, except
             # for fields with presence (file.size): unknown is not zero.
             defaults[name] = [] if repeated else (None if field.has_presence else field.default_value)
-
-
-def _fields() -> tuple[dict[str, bool], dict[str, object]]:
-    out: dict[str, bool] = {}
-    defaults: dict[str, object] = {}
-    _walk(cast(Descriptor, pb.Event.DESCRIPTOR), "", out, defaults)
     return out, defaults
 
 
