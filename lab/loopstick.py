@@ -137,6 +137,9 @@ class LoopStick:
         if not self.image.exists():
             self.create()
         self.device = _run("losetup", "losetup", "--find", "--show", str(self.image))
+        # a loop device keeps the read-only flag an earlier user set (`blockdev --setro`, an
+        # agent enforcing read-only devices); a plugged stick is writable
+        _run("blockdev", "blockdev", "--setrw", self.device)
         _run("udev settle", "udevadm", "settle", f"--timeout={_TIMEOUT}")
         return self.device
 

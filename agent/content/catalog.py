@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from agent.content.chunks import MAX_ID, ChunkStream, FeatureTable
 from agent.content.textsim import MIN_SAMPLE, TextFeatures, TextSample, looks_like_text
-from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.fingerprints import FingerprintIndex, sample_digest
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +243,9 @@ class ContentCatalog:
                 source.text = len(sample.keys)
         source.chunks = len(seen)
         source.sha256 = sha.hexdigest()
-        # the exact-copy check then needs no second read of the source
-        self.index.remember_digest(source.path, source.mtime, source.size, source.sha256)
+        # the exact-copy check then needs no second open of the source (3 blocks, just read)
+        self.index.remember_digest(source.path, source.mtime, source.size, source.sha256,
+                                   sample_digest(fd, source.size))
         if len(table) >= budget:
             self._lost("content_index_full", source.path)
         return True

@@ -38,6 +38,7 @@ class _Job:
     done: Done
     fd: int | None = None
     device_limit: int = 0  # > 0: a raw device, read back this far
+    entropy: bool = True   # estimate it even when no tagged content is found
 
     def drop(self) -> None:
         if self.fd is not None:
@@ -84,16 +85,17 @@ class Examiner:
                 if job is not None:
                     job.drop()
 
-    def examine(self, path: str, done: Done, fd: int | None = None) -> bool:
+    def examine(self, path: str, done: Done, fd: int | None = None, *, entropy: bool = True) -> bool:
         """Queue a written file; `done(identification)` runs in the worker. False if refused.
 
         `fd`, if given, is open on the file and now owned by the examiner (closed when done):
         a file renamed or replaced meanwhile (zip, rsync write a temporary name) is still read.
+        `entropy`: estimate the file's entropy even if no tagged content is found in it.
         """
         if fd is not None and self._queue.qsize() >= _HELD_FDS:
             os.close(fd)  # bounded: a long queue reopens by path
             fd = None
-        return self._put(_Job(path, done, fd))
+        return self._put(_Job(path, done, fd, entropy=entropy))
 
     def examine_device(self, node: str, limit: int, done: Done) -> bool:
         """Queue a raw device: its first `limit` bytes are read back and identified."""
@@ -146,7 +148,7 @@ class Examiner:
             except OSError as exc:
                 return Identification(refused=f"{path}: not readable for examination: {exc.strerror}")
         try:
-            found = self.identifier.identify_fd(fd, os.fstat(fd).st_size, path)
+            found = self.identifier.identify_fd(fd, os.fstat(fd).st_size, path, entropy=job.entropy)
         except OSError as exc:  # the stick pulled, the file truncated meanwhile
             log.warning("examining %s stopped: %s", path, exc)
             return Identification(refused=f"{path}: read failed during examination: {exc.strerror}")

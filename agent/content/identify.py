@@ -219,12 +219,15 @@ class ContentIdentifier:
         self.index = index
         self.limits = limits or ArchiveLimits()
 
-    def identify_fd(self, fd: int, size: int, label: str) -> Identification:
-        """Identify an open written file of `size` bytes (read with pread: its offset is kept)."""
+    def identify_fd(self, fd: int, size: int, label: str, *, entropy: bool = True) -> Identification:
+        """Identify an open written file of `size` bytes (read with pread: its offset is kept).
+        Its entropy is estimated when tagged data was found or `entropy` asks for it (lineage
+        ties the file to tagged data): nobody reads it otherwise."""
         # buffered: gzip and tarfile read in 8-10 KiB steps, a pread each without it
         with io.BufferedReader(_FdReader(fd, size), buffer_size=1 << 20) as reader:
             found = self._identify(reader, label, size, seekable=True)
-        found.entropy = sample_entropy(fd, size) if size > 0 else 0.0
+        if size > 0 and (entropy or found.found):
+            found.entropy = sample_entropy(fd, size)
         return found
 
     def identify_stream(self, stream: IO[bytes], label: str, limit: int, *,

@@ -23,13 +23,14 @@ MIN_SAMPLE = 8          # a source with fewer sampled features is too small to j
 MAX_LINE = 64 * 1024    # longer lines are cut (a minified blob, not an export)
 _SPLIT = re.compile(rb"[,;\t|]")
 _STRIP = b" \t\r\"'`"
+_NOT_CONTROL = bytes(b for b in range(256) if not (b < 9 or 13 < b < 32))
 
 
 def looks_like_text(head: bytes) -> bool:
     """Whether a file's first bytes are text: no NUL, and at most 2% control bytes."""
     if not head or b"\x00" in head:
         return False
-    control = sum(1 for b in head[:8192] if b < 9 or 13 < b < 32)
+    control = len(head[:8192].translate(None, _NOT_CONTROL))  # in C: every written file asks
     return control * 50 <= min(len(head), 8192)
 
 

@@ -120,14 +120,14 @@ class CopyDetector:
                 make = provenance.exact if sha else provenance.sampled  # "": too large to hash whole
                 found = make(src_path, self.index.tags_of(src_path), written.size)
         writers = [p for p in dict.fromkeys((written.pid, *written.writers)) if p]
-        flow = self.flow.flow(writers) if writers else None
-        if flow is not None and flow.sources:
-            if found is None:
+        if writers and found is None:
+            flow = self.flow.flow(writers)
+            if flow.sources:
                 created = provenance.created_at(written.fd) if written.fd is not None else None
                 found = provenance.by_lineage(flow, written.size, created)
                 methods.append("process")
-            elif found.source in {s.path for s in flow.sources}:
-                methods.append("process")  # the writer read the very file it matches
+        elif writers and found is not None and self.flow.reached(writers, found.source):
+            methods.append("process")  # the writer read the very file it matches
         return found, sha, methods, tagged
 
     def _check(self, written: Written, device: pb.Device, mount: pb.Mount) -> None:
@@ -146,9 +146,11 @@ class CopyDetector:
             write.exfilguard.copy.files_read = max(found.files, files_read)
         self._emit(write)
         result = _Found(found, methods, sha, files_read)
+        # entropy describes opaque output that lineage ties to tagged data; nothing reads it
+        # for a file nothing ties to tagged data (most of what lands on a stick)
         if not tagged and written.size > 0 and self.examiner is not None and self.examiner.examine(
                 written.path, lambda content: self._report(written, device, mount, result, content),
-                fd=_dup(written.fd)):
+                fd=_dup(written.fd), entropy=found is not None):
             return  # file.copy (if any) once its content is examined
         self._report(written, device, mount, result, None)
 

@@ -71,7 +71,11 @@ class FingerprintIndex:
         self._files: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         self._by_size: dict[int, list[str]] = {}
         self._samples: dict[str, tuple[int, bytes]] = {}
-        self._full: dict[str, tuple[int, str]] = {}
+        # path -> (mtime_ns, SHA-256, size) of the indexed file as it is now: an entry goes
+        # whenever its file's index entry does (_delete), so it is never stale
+        self._full: dict[str, tuple[int, str, int]] = {}
+        self._by_digest: dict[str, set[str]] = {}  # SHA-256 -> paths in _full with it
+        self._hashed: dict[int, int] = {}          # size -> paths of that size in _full
         self._sample_maps: dict[int, dict[bytes, list[str]]] = {}
         self._totals: dict[str, list[int]] = {}
         self._interned: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -134,7 +138,8 @@ class FingerprintIndex:
             for path, entry in fresh.items():
                 self._insert(path, entry)
             self._samples = {p: v for p, v in self._samples.items() if p in self._files}
-            self._full = {p: v for p, v in self._full.items() if p in self._files}
+            for path in [p for p, v in self._full.items() if self._files.get(p, (0, -1))[1] != v[0]]:
+                self._drop_full(path)
             self.version += 1
             return len(self._files)
 
@@ -164,17 +169,38 @@ class FingerprintIndex:
             same.remove(path)
             if not same:
                 del self._by_size[entry[0]]
+        self._samples.pop(path, None)
+        self._drop_full(path)
         if path in self._derived:
-            self._samples.pop(path, None)
-            self._full.pop(path, None)
             return
         for tag in entry[2]:
             totals = self._totals.get(tag)
             if totals is not None:
                 totals[0] -= 1
                 totals[1] -= entry[0]
-        self._samples.pop(path, None)
-        self._full.pop(path, None)
+
+    def _keep_full(self, path: str, mtime_ns: int, sha256: str) -> None:
+        # under the lock
+        self._drop_full(path)
+        size = self._files[path][0]
+        self._full[path] = (mtime_ns, sha256, size)
+        self._by_digest.setdefault(sha256, set()).add(path)
+        self._hashed[size] = self._hashed.get(size, 0) + 1
+
+    def _drop_full(self, path: str) -> None:
+        # under the lock
+        old = self._full.pop(path, None)
+        if old is not None:
+            same = self._by_digest.get(old[1])
+            if same is not None:
+                same.discard(path)
+                if not same:
+                    del self._by_digest[old[1]]
+            left = self._hashed.get(old[2], 0) - 1
+            if left > 0:
+                self._hashed[old[2]] = left
+            else:
+                self._hashed.pop(old[2], None)
 
     # ------------------------------------------------------------- updates
 
@@ -320,22 +346,34 @@ class FingerprintIndex:
         return size in self._by_size  # lock-free: one dict lookup
 
     def match_digest(self, size: int, sha256: str) -> str | None:
-        """The indexed file of this size and full SHA-256 (an archive member's), if any."""
+        """The indexed file of this size and full SHA-256 (an archive member's), if any.
+        One look-up when the candidates' digests are known (the catalog hands them over);
+        only candidates not hashed yet are read."""
         if size <= 0 or size > self.max_hash_bytes:
             return None
         with self._lock:
-            candidates = list(self._by_size.get(size, ()))
-        return next((path for path in candidates if self._full_of(path) == sha256), None)
+            for path in self._by_digest.get(sha256, ()):
+                if self._full[path][2] == size:
+                    return path
+            candidates = self._by_size.get(size, ())
+            if self._hashed.get(size, 0) >= len(candidates):
+                return None  # every file of this size is hashed: none has this digest
+            unknown = [p for p in candidates if p not in self._full]
+        return next((path for path in unknown if self._full_of(path) == sha256), None)
 
-    def remember_digest(self, path: str, mtime_ns: int, size: int, sha256: str) -> None:
-        """A full SHA-256 computed elsewhere (the content catalog reads every tagged file
-        anyway): kept if the file is still indexed as it was, so no copy has to re-read it."""
-        if size > self.max_hash_bytes:
-            return
+    def remember_digest(self, path: str, mtime_ns: int, size: int, sha256: str,
+                        sample: bytes | None = None) -> None:
+        """A full SHA-256 (and the sampled hash, `sample_digest`) computed elsewhere (the
+        content catalog reads every tagged file anyway): kept if the file is still indexed as
+        it was, so no copy has to open it again."""
         with self._lock:
             entry = self._files.get(path)
-            if entry is not None and entry[0] == size and entry[1] == mtime_ns:
-                self._full[path] = (mtime_ns, sha256)
+            if entry is None or entry[0] != size or entry[1] != mtime_ns:
+                return
+            if sample is not None:
+                self._samples[path] = (mtime_ns, sample)
+            if size <= self.max_hash_bytes:
+                self._keep_full(path, mtime_ns, sha256)
 
     def read_own(self, path: str, read: Callable[[int], _T]) -> _T | None:
         """Run `read(fd)` on a tagged file opened by the agent itself; its own open and close
@@ -439,12 +477,13 @@ class FingerprintIndex:
             cached = self._full.get(path)
         if entry is None:
             return None
-        if cached is not None and cached[0] == entry[1]:
+        if cached is not None:
             return cached[1]
         digest = self._open_own(path, lambda fd: full_digest(fd, self.max_hash_bytes))
         if digest is not None:
             with self._lock:
-                self._full[path] = (entry[1], digest)
+                if self._files.get(path) == entry:
+                    self._keep_full(path, entry[1], digest)
         return digest
 
 

@@ -222,7 +222,41 @@ class DataFlow:
         grandparents', and whatever reached the write ends of the pipes they read from."""
         cutoff = time.time() - CARRY_SECONDS
         found: dict[str, SourceRead] = {}
+
+        def take(proc: _Process, until: float) -> bool:
+            for read in proc.sources.values():
+                if cutoff <= read.at <= until:
+                    kept = found.get(read.path)
+                    if kept is None or kept.at < read.at or (read.evidence and not kept.evidence):
+                        found[read.path] = read
+            return False
+
+        visited = self._walk(pids, take)
+        ordered = sorted(found.values(), key=lambda s: s.at)
+        return Flow(tuple(ordered), visited)
+
+    def reached(self, pids: list[int], path: str) -> bool:
+        """Whether this one tagged file reached these writers (as `flow` would name it): one
+        look-up per process, not a walk over everything they read (a `cp -r` of 2,000 tagged
+        files asks at each of its writes)."""
+        cutoff = time.time() - CARRY_SECONDS
+        found: list[bool] = []
+
+        def take(proc: _Process, until: float) -> bool:
+            read = proc.sources.get(path)
+            if read is not None and cutoff <= read.at <= until:
+                found.append(True)
+            return bool(found)
+
+        self._walk(pids, take)
+        return bool(found)
+
+    def _walk(self, pids: list[int], take: Callable[[_Process, float], bool]) -> int:
+        """Call `take(process, reads up to this time count)` for each process whose data
+        reaches these writers, until it returns True; returns how many were visited."""
         visited: set[int] = set()
+        if not self._carriers:
+            return 0
         with self._lock:
             # (pid, parent generations left, reached as a parent, reads up to this time count):
             # a parent hands a child what it had read when it forked it, not what it read later
@@ -236,11 +270,8 @@ class DataFlow:
                 proc = self._procs.get(pid)
                 if proc is None:
                     continue
-                for read in proc.sources.values():
-                    if cutoff <= read.at <= until:
-                        kept = found.get(read.path)
-                        if kept is None or kept.at < read.at or (read.evidence and not kept.evidence):
-                            found[read.path] = read
+                if proc.sources and take(proc, until):
+                    break
                 if generations > 0 and proc.ppid > 1:
                     forked = min(until, proc.born + FORK_SLACK_SECONDS)
                     queue.append((proc.ppid, generations - 1, True, forked))
@@ -249,8 +280,7 @@ class DataFlow:
                 for inode in proc.reads:
                     # upstream of a pipe: its writers, and their parents (tar -> its gzip)
                     queue.extend((writer, 1, False, math.inf) for writer in self._writers_of.get(inode, ()))
-        ordered = sorted(found.values(), key=lambda s: s.at)
-        return Flow(tuple(ordered), len(visited))
+        return len(visited)
 
     def openers(self, dev: int, ino: int, born: float, limit: int = 8) -> list[int]:
         """Processes started since `born` (wall clock) and recorded that have the file (dev, ino)

@@ -48,9 +48,13 @@ def test_data_flows_downstream_through_pipes_and_not_upstream() -> None:
         found = flow.flow([writer.pid])
         assert [s.path for s in found.sources] == ["/srv/db/customers.csv"]
         assert found.processes >= 3
+        # the one-file question (an exact copy: did its writer read that file?) agrees
+        assert flow.reached([writer.pid], "/srv/db/customers.csv")
+        assert not flow.reached([writer.pid], "/srv/db/orders.sql")
         # the reader's own pipe leads downstream only: data read by the last one goes nowhere up
         flow.note_read(writer.pid, [_read("/srv/db/orders.sql")])
         assert [s.path for s in flow.flow([reader.pid]).sources] == ["/srv/db/customers.csv"]
+        assert not flow.reached([reader.pid], "/srv/db/orders.sql")
 
 
 def test_a_child_carries_what_its_parent_read_and_exited_processes_stay_linked() -> None:
