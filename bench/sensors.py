@@ -1,4 +1,4 @@
-"""Sensor capture completeness and overhead, against inotifywait in the same run.
+"""Sensor capture completeness and overhead, against inotifywait, fatrace and auditd in the same run.
 
     python -m bench.sensors [--small N] [--big-mib M] [--idle S] [--index-files F] [--full]
 
@@ -7,13 +7,18 @@ each event length-prefixed to a file, as a spool would. Figures:
   - capture: copy N small files and one big file from a tagged tree onto a loop-device USB
     stick with `cp -r`; the share of files on the stick reported by `file.write` (or covered
     by an `agent.gap`), and the share identified by `file.copy`;
-  - CPU per 10,000 file events: the same create/write/read workload on a tagged tree,
-    watched at once by the sensors and by `inotifywait -m -r` (inotify-tools); CPU seconds of
-    each process per 10,000 events it reported, and ours as a ratio to inotifywait's;
-  - idle CPU of the sensors over S seconds (target < 1% of a core);
-  - RSS with F tagged files indexed (target < 80 MiB).
+  - CPU on one create/write/read workload on a tagged tree (on a tmpfs of its own), watched
+    at once by the sensors and by `inotifywait -m -r`, `fatrace -c` and auditd with a watch
+    rule (bench/_watchers.py): each one's CPU seconds and events, ours as a ratio to each
+    (target <= 4 vs inotifywait); and the same net of each process's background CPU measured
+    just before (the agent's file-system-wide marks also see the rest of a busy machine);
+  - idle CPU of the sensors over S seconds (target < 0.5% of a core);
+  - RSS with F tagged files indexed (target < 60 MiB).
 --full: 10,000 small files, a 1 GiB file, 60 s idle, 100,000 indexed files.
-Needs root (loop devices, fanotify) and udev, rsync-free: cp, inotifywait.
+Needs root (loop devices, fanotify, mount, audit) and udev; inotify-tools, fatrace and auditd
+(scripts/bootstrap installs them; a missing one is left out and said so).
+The last line is JSON: cpu_ratio_inotifywait, cpu_ratio_fatrace, cpu_ratio_auditd (and each
+`_net` of background), idle_cpu_pct, rss_mib, write_pct, copy_pct, sensors_events.
 """
 
 from __future__ import annotations
@@ -21,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -30,10 +34,11 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import psutil
 
+from bench._watchers import WATCHERS, Watcher, tmpfs, untmpfs
 from protos import exfilguard_pb2 as pb
 from protos.events import to_mapping
 
@@ -198,51 +203,60 @@ def capture(work: Path, small: int, big_mib: int) -> dict[str, Any]:
         stick.remove()
 
 
-def overhead(work: Path, files: int) -> dict[str, Any]:
-    """CPU per 10,000 events: sensors vs inotifywait on one create/write/read workload."""
-    tree = work / "overhead" / "tagged"
-    tree.mkdir(parents=True)
-    agent = Agent(work, {"tags": {str(tree): ["bench"]}})
-    log = work / "inotifywait.log"
-    with log.open("wb") as sink:
-        waiter = subprocess.Popen(["inotifywait", "-m", "-r", "-q", str(tree)], stdout=sink,
-                                  stderr=subprocess.PIPE)
-        assert waiter.stderr is not None
-        _wait_inotifywait(waiter.stderr)
-        iw = psutil.Process(waiter.pid)
-        iw_cpu0, ag_cpu0 = _cpu(iw), agent.cpu()
-        script = (
-            "import os,sys\nroot=sys.argv[1]\nn=int(sys.argv[2])\ndata=b'x'*1024\n"
-            "for i in range(n):\n"
-            "    d=os.path.join(root,'d%03d'%(i//1000))\n"
-            "    os.makedirs(d,exist_ok=True)\n"
-            "    p=os.path.join(d,'f%06d'%i)\n"
-            "    with open(p,'wb') as f: f.write(data)\n"
-            "for i in range(n):\n"
-            "    with open(os.path.join(root,'d%03d'%(i//1000),'f%06d'%i),'rb') as f: f.read()\n"
-        )
-        subprocess.run([sys.executable, "-c", script, str(tree), str(files)], check=True)
-        _settle(agent.busy, quiet=2.0)
-        _settle(lambda: log.stat().st_size, quiet=1.0)
-        iw_cpu, ag_cpu = _cpu(iw) - iw_cpu0, agent.cpu() - ag_cpu0
-        waiter.terminate()
-        waiter.wait(timeout=10)
-    events = agent.stop()
-    ours = sum(1 for e in events if str(e.get("event.action", "")).startswith("file."))
-    theirs = sum(1 for _ in log.open("rb"))
-    return {"ours_events": ours, "ours_cpu": ag_cpu, "iw_events": theirs, "iw_cpu": iw_cpu,
-            "sensors": agent.sensors, "gaps": sum(1 for e in events if e["event.action"] == "agent.gap")}
+def overhead(work: Path, files: int, quiet: float) -> dict[str, Any]:
+    """CPU on one create/write/read workload on a tagged tree, watched at once by the sensors
+    and by each C watcher (bench/_watchers.py); and each one's background CPU over `quiet`
+    seconds before it (the agent's system-wide marks see the rest of the machine too)."""
+    point = work / "overhead"
+    tmpfs(point, files * 12 // 1024 + 64)
+    try:
+        tree = point / "tagged"
+        tree.mkdir()
+        agent = Agent(work, {"tags": {str(tree): ["bench"]}})
+        watchers = [cls(tree, work) for cls in WATCHERS if not cls.missing()]
+        started: list[Watcher] = []
+        try:
+            for watcher in watchers:
+                watcher.start()
+                started.append(watcher)
+            time.sleep(1.0)  # the agent's start-up (index, marks) is not background
+            procs: dict[str, Any] = {"sensors": agent, **{w.name: w for w in started}}
+            cpu0, t0 = {n: p.cpu() for n, p in procs.items()}, time.monotonic()
+            time.sleep(quiet)
+            cpu1, t1 = {n: p.cpu() for n, p in procs.items()}, time.monotonic()
+            background = {n: (cpu1[n] - cpu0[n]) / (t1 - t0) for n in procs}
+            subprocess.run([sys.executable, "-c", _WORKLOAD, str(tree), str(files)], check=True)
+            _settle(agent.busy, quiet=2.0)
+            for watcher in started:
+                _settle(watcher.size, quiet=1.0)
+            cpu2, t2 = {n: p.cpu() for n, p in procs.items()}, time.monotonic()
+        finally:
+            for watcher in reversed(started):
+                watcher.stop()
+        events = agent.stop()
+    finally:
+        untmpfs(point)
+    window = t2 - t1
+    figures = {n: {"cpu": cpu2[n] - cpu1[n], "background": background[n],
+                   "net": max(cpu2[n] - cpu1[n] - background[n] * window, 1e-6)} for n in procs}
+    figures["sensors"]["events"] = sum(1 for e in events if str(e.get("event.action", "")).startswith("file"))
+    for watcher in started:
+        figures[watcher.name]["events"] = watcher.events()
+    missing = [cls.missing() for cls in WATCHERS if cls.missing()]
+    return {"tools": figures, "window": window, "sensors": agent.sensors, "missing": missing,
+            "gaps": sum(1 for e in events if e["event.action"] == "agent.gap")}
 
 
-def _wait_inotifywait(stderr: IO[bytes]) -> None:
-    # without -q inotifywait says "Watches established."; with -q it is silent: give it a moment
-    del stderr
-    time.sleep(1.0)
-
-
-def _cpu(proc: psutil.Process) -> float:
-    times = proc.cpu_times()
-    return float(times.user + times.system)
+_WORKLOAD = (
+    "import os,sys\nroot=sys.argv[1]\nn=int(sys.argv[2])\ndata=b'x'*1024\n"
+    "for i in range(n):\n"
+    "    d=os.path.join(root,'d%03d'%(i//1000))\n"
+    "    os.makedirs(d,exist_ok=True)\n"
+    "    p=os.path.join(d,'f%06d'%i)\n"
+    "    with open(p,'wb') as f: f.write(data)\n"
+    "for i in range(n):\n"
+    "    with open(os.path.join(root,'d%03d'%(i//1000),'f%06d'%i),'rb') as f: f.read()\n"
+)
 
 
 def idle(work: Path, seconds: float) -> dict[str, Any]:
@@ -285,6 +299,8 @@ def main() -> int:
     parser.add_argument("--big-mib", type=int, default=64, help="size of the big file copied, MiB")
     parser.add_argument("--events-files", type=int, default=2000, help="files in the CPU workload")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
+    parser.add_argument("--quiet", type=float, default=3.0,
+                        help="seconds of background CPU measured before the workload")
     parser.add_argument("--index-files", type=int, default=20_000, help="tagged files for the RSS figure")
     parser.add_argument("--only", default="capture,overhead,idle,memory",
                         help="comma-separated figures to run (default: all)")
@@ -296,28 +312,31 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench.sensors needs root (loop devices, fanotify)", file=sys.stderr)
         return 2
-    if shutil.which("inotifywait") is None:
-        print("bench.sensors needs inotifywait (apt-get install inotify-tools)", file=sys.stderr)
-        return 2
     if args.full:
         args.small, args.big_mib, args.idle, args.index_files = 10_000, 1024, 60.0, 100_000
         args.events_files = 10_000
+    figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-sensors-") as tmp:
         work = Path(tmp)
         only = set(args.only.split(","))
         if "capture" in only:
-            _print_capture(args, capture(work, args.small, args.big_mib))
+            cap = capture(work, args.small, args.big_mib)
+            _print_capture(args, cap)
+            figures["write_pct"] = round(100.0 * cap["writes"] / max(cap["files"], 1), 2)
+            figures["copy_pct"] = round(100.0 * cap["copies"] / max(cap["files"], 1), 2)
         if "overhead" in only:
-            _print_overhead(args, overhead(work, args.events_files))
+            figures.update(_print_overhead(args, overhead(work, args.events_files, args.quiet)))
         if "idle" in only:
             idl = idle(work, args.idle)
-            print(f"idle: {100.0 * idl['cpu'] / idl['wall']:.3f}% of a core over {idl['wall']:.0f} s "
-                  f"(target < 1%)")
+            figures["idle_cpu_pct"] = round(100.0 * idl["cpu"] / idl["wall"], 3)
+            print(f"idle: {figures['idle_cpu_pct']:.3f}% of a core over {idl['wall']:.0f} s (target < 0.5%)")
         if "memory" in only:
             mem = memory(work, args.index_files)
-            print(f"memory: RSS {mem['rss'] / (1 << 20):.1f} MiB with {args.index_files} tagged files "
-                  f"indexed (target < 80 MiB; bare python {mem['bare_rss'] / (1 << 20):.1f} MiB, "
+            figures["rss_mib"] = round(mem["rss"] / (1 << 20), 1)
+            print(f"memory: RSS {figures['rss_mib']:.1f} MiB with {args.index_files} tagged files "
+                  f"indexed (target < 60 MiB; bare python {mem['bare_rss'] / (1 << 20):.1f} MiB, "
                   f"{mem['rss'] / mem['bare_rss']:.1f}x); ready in {mem['start_seconds']:.1f} s")
+    print(json.dumps(figures, sort_keys=True))
     return 0
 
 
@@ -333,17 +352,31 @@ def _print_capture(args: argparse.Namespace, cap: dict[str, Any]) -> None:
           f"cp took {cap['copy_seconds']:.1f} s, sensors used {cap['agent_cpu']:.1f} CPU s")
 
 
-def _print_overhead(args: argparse.Namespace, ov: dict[str, Any]) -> None:
-    ours = ov["ours_cpu"] / max(ov["ours_events"], 1) * 10_000
-    theirs = ov["iw_cpu"] / max(ov["iw_events"], 1) * 10_000
-    per_event = ours / theirs if theirs else float("inf")
-    total = ov["ours_cpu"] / ov["iw_cpu"] if ov["iw_cpu"] else float("inf")
-    print(f"overhead: {args.events_files} files created, written, read in a tagged tree ({ov['sensors']})")
-    print(f"  baseline inotifywait -m -r: {ov['iw_events']} events, {ov['iw_cpu']:.2f} CPU s, "
-          f"{theirs:.3f} CPU s / 10k events (1.00)")
-    print(f"  sensors                   : {ov['ours_events']} events, {ov['ours_cpu']:.2f} CPU s, "
-          f"{ours:.3f} CPU s / 10k events ({per_event:.1f}x); same workload in total {total:.1f}x; "
-          f"gaps {ov['gaps']}")
+def _print_overhead(args: argparse.Namespace, ov: dict[str, Any]) -> dict[str, Any]:
+    tools = ov["tools"]
+    ours = tools["sensors"]
+    others = ", ".join(n for n in tools if n != "sensors")
+    print(f"overhead: {args.events_files} files created, written, read in a tagged tree on a tmpfs, "
+          f"watched at once by the sensors ({ov['sensors']}) and by {others}")
+    print(f"  {'':12} {'events':>7} {'CPU s':>7} {'CPU s/10k ev':>13} {'background':>11} {'ours/theirs':>12} "
+          f"{'net of background':>18}")
+    out: dict[str, Any] = {}
+    for name, tool in tools.items():
+        per_10k = tool["cpu"] / max(tool["events"], 1) * 10_000
+        ratio = ours["cpu"] / tool["cpu"] if tool["cpu"] else float("inf")
+        net = ours["net"] / tool["net"]
+        print(f"  {name:12} {tool['events']:7d} {tool['cpu']:7.2f} {per_10k:13.3f} "
+              f"{100 * tool['background']:10.2f}% {ratio:11.1f}x {net:17.1f}x")
+        if name != "sensors":
+            out[f"cpu_ratio_{name}"] = round(ratio, 2)
+            out[f"cpu_ratio_{name}_net"] = round(net, 2)
+    print(f"  ours/theirs: the sensors' CPU over the tool's on the same workload (target <= 4 vs "
+          f"inotifywait); background: CPU share of a core over {args.quiet:g} s before it, the net "
+          f"ratio takes it out ({ov['window']:.1f} s window); gaps {ov['gaps']}")
+    for tool in ov["missing"]:
+        print(f"  not compared: {tool} is not installed (scripts/bootstrap installs it as root)")
+    out["sensors_events"] = ours["events"]
+    return out
 
 
 if __name__ == "__main__":
