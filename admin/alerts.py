@@ -18,7 +18,7 @@ from typing import Any
 from admin import terminal
 from admin.configured import EXIT_USAGE, with_store
 from admin.terminal import clean, parse_time, print_json, store_options
-from collector.store import EventFilter, Store, StoreError, triage
+from collector.store import AlertFilter, EventFilter, Store, StoreError, triage
 
 EXIT_UNKNOWN_ALERT = 3
 
@@ -144,9 +144,7 @@ def run(args: argparse.Namespace) -> int:
     since = args.since.isoformat(timespec="microseconds").replace("+00:00", "Z") if args.since else None
 
     def work(store: Store) -> int:
-        alerts = store.alerts(
-            limit=args.limit,
-            since=since,
+        where = AlertFilter(
             statuses=args.statuses,
             severities=args.severities,
             policies=args.policies,
@@ -154,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
             users=args.users,
             devices=args.devices,
         )
+        alerts = store.alerts(limit=args.limit, since=since, where=where)
         if args.json:
             print_json(alerts)
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collector.store.base import (
     AgentRecord,
     AgentUpdate,
+    AlertFilter,
     EventFilter,
     IngestResult,
     Store,
@@ -16,6 +17,7 @@ from collector.store.base import (
 __all__ = [
     "AgentRecord",
     "AgentUpdate",
+    "AlertFilter",
     "EventFilter",
     "IngestResult",
     "Store",

@@ -61,6 +61,20 @@ class EventFilter:
 
 
 @dataclass(frozen=True)
+class AlertFilter:
+    """Which alerts `Store.alerts` lists; an unset field does not filter, a list keeps alerts with
+    one of its values: triage statuses (collector/store/triage.py), severities, policy ids,
+    `host.name`s, `user.name`s or `device.serial`s."""
+
+    statuses: Sequence[str] | None = None
+    severities: Sequence[str] | None = None
+    policies: Sequence[str] | None = None
+    hosts: Sequence[str] | None = None
+    users: Sequence[str] | None = None
+    devices: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
 class IngestResult:
     """Outcome of storing one agent's batch.
 
@@ -186,22 +200,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def alerts(
-        self,
-        limit: int = 100,
-        since: str | None = None,
-        *,
-        statuses: Sequence[str] | None = None,
-        severities: Sequence[str] | None = None,
-        policies: Sequence[str] | None = None,
-        hosts: Sequence[str] | None = None,
-        users: Sequence[str] | None = None,
-        devices: Sequence[str] | None = None,
+        self, limit: int = 100, since: str | None = None, where: AlertFilter | None = None
     ) -> list[Mapping]:
-        """The newest `limit` alerts at or after `since` (ECS time string), oldest first.
+        """The newest `limit` alerts at or after `since` (an ECS time string) that `where` keeps,
+        oldest first.
 
-        Each carries its current triage `status` (collector/store/triage.py); the other
-        arguments keep only alerts with one of the given statuses, severities, policy ids,
-        `host.name`s, `user.name`s or `device.serial`s.
+        Each carries its current triage `status` (collector/store/triage.py).
         """
 
     @abc.abstractmethod

@@ -16,6 +16,7 @@ limits; NoSuchApproval when a revoke or accept finds nothing to act on.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterable, Sequence
@@ -73,15 +74,8 @@ class Approval:
     note: str = ""
 
     def as_dict(self) -> dict[str, str]:
-        """JSON-ready form (`exfilguard devices approvals --json`)."""
-        return {
-            "serial": self.serial,
-            "scope": self.scope,
-            "subject": self.subject,
-            "at": self.at,
-            "by": self.by,
-            "note": self.note,
-        }
+        """JSON-ready form (`exfilguard devices approvals --json`): the fields in this order."""
+        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -167,16 +161,8 @@ class DeviceChange:
     note: str
 
     def as_dict(self) -> dict[str, str]:
-        """JSON-ready form (`exfilguard devices history --json`)."""
-        return {
-            "at": self.at,
-            "by": self.by,
-            "action": self.action,
-            "serial": self.serial,
-            "scope": self.scope,
-            "subject": self.subject,
-            "note": self.note,
-        }
+        """JSON-ready form (`exfilguard devices history --json`): the fields in this order."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -190,14 +176,8 @@ class Proposal:
     reason: str
 
     def as_dict(self) -> dict[str, str]:
-        """JSON-ready form."""
-        return {
-            "serial": self.serial,
-            "scope": self.scope,
-            "subject": self.subject,
-            "at": self.at,
-            "reason": self.reason,
-        }
+        """JSON-ready form: the fields in this order."""
+        return dataclasses.asdict(self)
 
 
 def _now() -> str:

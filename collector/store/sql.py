@@ -20,7 +20,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from collector.store import triage
-from collector.store.base import AgentRecord, AgentUpdate, EventFilter, Mapping, Store, StoreError
+from collector.store.base import (
+    AgentRecord,
+    AgentUpdate,
+    AlertFilter,
+    EventFilter,
+    Mapping,
+    Store,
+    StoreError,
+)
 from collector.store.domain import Transaction
 from collector.store.rows import stored_mapping
 from common.ecstime import ecs_now, ecs_time
@@ -226,28 +234,19 @@ class SqlStore(Store):
         return self.dialect.select_alerts_v1
 
     def alerts(
-        self,
-        limit: int = 100,
-        since: str | None = None,
-        *,
-        statuses: Sequence[str] | None = None,
-        severities: Sequence[str] | None = None,
-        policies: Sequence[str] | None = None,
-        hosts: Sequence[str] | None = None,
-        users: Sequence[str] | None = None,
-        devices: Sequence[str] | None = None,
+        self, limit: int = 100, since: str | None = None, where: AlertFilter | None = None
     ) -> list[Mapping]:
-        """The newest `limit` alerts at or after `since` and matching the filters, oldest first."""
+        """The newest `limit` alerts at or after `since` that `where` keeps, oldest first."""
         d = self.dialect
+        where = where or AlertFilter()
         status = "status" if self._version >= 2 else d.status_v1
-        fields = {"hosts": hosts, "users": users, "devices": devices}
         sql = self._select_alerts() + " WHERE ts >= ?"
         params: list[Any] = [since or ""]
         for column, values in (
-            (status, triage.check_statuses(self.location, statuses)),
-            ("severity", severities),
-            ("policy_id", policies),
-            *((d.alert_field(field), fields[name]) for name, field in _ALERT_FIELDS),
+            (status, triage.check_statuses(self.location, where.statuses)),
+            ("severity", where.severities),
+            ("policy_id", where.policies),
+            *((d.alert_field(field), getattr(where, name)) for name, field in _ALERT_FIELDS),
         ):
             if values is not None:
                 sql += " AND " + column + d.in_list  # column: from the fixed table above

@@ -14,6 +14,7 @@ import pytest
 
 from collector.store import (
     AgentUpdate,
+    AlertFilter,
     EventFilter,
     Store,
     StoreCorrupt,
@@ -340,16 +341,17 @@ def test_alerts_filter_by_status_severity_and_policy(store: Store) -> None:
         severities: list[str] | None = None,
         policies: list[str] | None = None,
     ) -> list[str]:
-        return [a["id"] for a in store.alerts(statuses=statuses, severities=severities, policies=policies)]
+        where = AlertFilter(statuses=statuses, severities=severities, policies=policies)
+        return [a["id"] for a in store.alerts(where=where)]
 
     assert ids(statuses=["open"]) == ["al-1", "al-2"]
     assert ids(statuses=["resolved", "closed"]) == ["al-3"]
     assert ids(severities=["critical"]) == ["al-1", "al-3"]
     assert ids(policies=["usb-unknown-device"], statuses=["open"]) == ["al-2"]
     assert ids(policies=["nothing"]) == []
-    assert [a["id"] for a in store.alerts(limit=1, statuses=["open"])] == ["al-2"]
+    assert [a["id"] for a in store.alerts(limit=1, where=AlertFilter(statuses=["open"]))] == ["al-2"]
     with pytest.raises(triage.InvalidTriage):
-        store.alerts(statuses=["ignored"])
+        store.alerts(where=AlertFilter(statuses=["ignored"]))
 
 
 def test_event_filter_by_event_ids(store: Store) -> None:
@@ -371,7 +373,7 @@ def test_readonly_store_reads_triage_but_cannot_triage(factory: Factory) -> None
     writer.add_alert(_alert("al-1", 1))
     writer.triage_alerts(["al-1"], "closed", by="alice", note="duplicate of al-0")
     reader = factory(readonly=True)
-    assert [a["status"] for a in reader.alerts(statuses=["closed"])] == ["closed"]
+    assert [a["status"] for a in reader.alerts(where=AlertFilter(statuses=["closed"]))] == ["closed"]
     assert [h.note for h in reader.alert_history("al-1")] == ["duplicate of al-0"]
     with pytest.raises(StoreError):
         reader.triage_alerts(["al-1"], "open", by="alice", note="no")
@@ -414,7 +416,7 @@ def test_a_version_1_store_is_upgraded_keeping_statuses_its_alert_bodies_carried
     expected = ["closed", "resolved", "open", "open"]
     reader = SqliteStore(path, readonly=True)  # not upgraded yet: read as retention read the bodies
     assert [a["status"] for a in reader.alerts()] == expected
-    assert [a["id"] for a in reader.alerts(statuses=["open"])] == ["al-2", "al-3"]
+    assert [a["id"] for a in reader.alerts(where=AlertFilter(statuses=["open"]))] == ["al-2", "al-3"]
     assert reader.alert_history("al-0") == []
     reader.close()
     upgraded = SqliteStore(path)
@@ -456,7 +458,7 @@ def test_an_old_store_keeps_the_statuses_its_bodies_carried_for_reading_retentio
     expected = ["resolved", "open", "open"]
     reader = factory(readonly=True)  # not upgraded yet: statuses as retention read the bodies
     assert [a["status"] for a in reader.alerts()] == expected
-    assert [a["id"] for a in reader.alerts(statuses=["open"])] == ["al-1", "al-2"]
+    assert [a["id"] for a in reader.alerts(where=AlertFilter(statuses=["open"]))] == ["al-1", "al-2"]
     assert reader.alert_history("al-0") == []
     reader.close()
     with open_ledger(location) as ledger:
