@@ -173,7 +173,7 @@ class _Probe:
             path = index.match_digest(self.seen, self.sha256)
             if path is not None:
                 return [MemberFound(self.name, path, "exact", 1.0, self.seen, 0.99, self.seen, self.seen,
-                                    index.tags_of(path))]
+                                    index.source_tags(path))]
         found: dict[int, MemberFound] = {}
         for file_id, matched in self.chunk_hits.items():
             source = catalog.source(file_id)

@@ -118,7 +118,7 @@ class CopyDetector:
             if found is None:
                 tagged = True
                 make = provenance.exact if sha else provenance.sampled  # "": too large to hash whole
-                found = make(src_path, self.index.tags_of(src_path), written.size)
+                found = make(src_path, self.index.source_tags(src_path), written.size)
         writers = [p for p in dict.fromkeys((written.pid, *written.writers)) if p]
         if writers and found is None:
             flow = self.flow.flow(writers)

@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
+from agent.sensors.formers import FormerVersions
 from agent.sensors.tags import TagMap
 
 if TYPE_CHECKING:
@@ -76,6 +77,9 @@ class FingerprintIndex:
         self._full: dict[str, tuple[int, str, int]] = {}
         self._by_digest: dict[str, set[str]] = {}  # SHA-256 -> paths in _full with it
         self._hashed: dict[int, int] = {}          # size -> paths of that size in _full
+        # what tagged files held before their last change or deletion, for a while: a copy
+        # handled after its source was edited still matches (formers.py)
+        self.formers = FormerVersions()
         self._sample_maps: dict[int, dict[bytes, list[str]]] = {}
         self._totals: dict[str, list[int]] = {}
         self._interned: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -170,9 +174,12 @@ class FingerprintIndex:
             if not same:
                 del self._by_size[entry[0]]
         self._samples.pop(path, None)
+        full = self._full.get(path)
         self._drop_full(path)
         if path in self._derived:
             return
+        if full is not None:
+            self.formers.add(path, entry[0], full[1], entry[2])
         for tag in entry[2]:
             totals = self._totals.get(tag)
             if totals is not None:
@@ -327,6 +334,13 @@ class FingerprintIndex:
             entry = self._files.get(path)
         return entry[2] if entry is not None else ()
 
+    def source_tags(self, path: str) -> tuple[str, ...]:
+        """Tags of a file a copy matched: as indexed now, or as it was in the former version
+        kept (a tagged file deleted since)."""
+        with self._lock:
+            entry = self._files.get(path)
+            return entry[2] if entry is not None else self.formers.tags_of(path)
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._files)
@@ -342,8 +356,9 @@ class FingerprintIndex:
             return [(path, e[0], e[1], e[2]) for path, e in self._files.items()]
 
     def has_size(self, size: int) -> bool:
-        """Whether some indexed file has exactly this size (a cheap first test)."""
-        return size in self._by_size  # lock-free: one dict lookup
+        """Whether some indexed file, or a former version of one, has exactly this size (a
+        cheap first test)."""
+        return size in self._by_size or self.formers.has_size(size)  # lock-free: dict lookups
 
     def match_digest(self, size: int, sha256: str) -> str | None:
         """The indexed file of this size and full SHA-256 (an archive member's), if any.
@@ -355,11 +370,13 @@ class FingerprintIndex:
             for path in self._by_digest.get(sha256, ()):
                 if self._full[path][2] == size:
                     return path
+            former = self.formers.find(size, sha256)
             candidates = self._by_size.get(size, ())
-            if self._hashed.get(size, 0) >= len(candidates):
-                return None  # every file of this size is hashed: none has this digest
-            unknown = [p for p in candidates if p not in self._full]
-        return next((path for path in unknown if self._full_of(path) == sha256), None)
+            unknown: list[str] = []
+            if self._hashed.get(size, 0) < len(candidates):  # else none of them has this digest
+                unknown = [p for p in candidates if p not in self._full]
+        found = next((path for path in unknown if self._full_of(path) == sha256), None)
+        return found if found is not None or former is None else former.path
 
     def remember_digest(self, path: str, mtime_ns: int, size: int, sha256: str,
                         sample: bytes | None = None) -> None:
@@ -386,26 +403,34 @@ class FingerprintIndex:
         Above `max_hash_bytes` the size and the sampled hash (start, middle and end blocks)
         are the whole test, and the SHA-256 returned is "" (nothing was hashed whole).
         Empty files are never matched: every empty file would be a copy of every other.
+        Failing the files as they are now, a former version (formers.py) of the same SHA-256
+        matches: the tagged file was edited or deleted after it was copied.
         """
         if size <= 0:
             return None
         self.settle()
         with self._lock:
-            if size not in self._by_size:
-                return None
-        wanted = sample_digest(fd, size)
-        if size > self.max_hash_bytes:
-            same = self._by_sample(size).get(wanted, ())
-            return (same[0], "") if same else None
+            current = size in self._by_size
+            former = size <= self.max_hash_bytes and self.formers.has_size(size)
         dest_full: str | None = None
-        for path in self._by_sample(size).get(wanted, ()):
-            if dest_full is None:
-                dest_full = full_digest(fd, self.max_hash_bytes)
+        if current:
+            wanted = sample_digest(fd, size)
+            if size > self.max_hash_bytes:
+                same = self._by_sample(size).get(wanted, ())
+                return (same[0], "") if same else None
+            for path in self._by_sample(size).get(wanted, ()):
                 if dest_full is None:
-                    return None
-            if self._full_of(path) == dest_full:
-                return path, dest_full
-        return None
+                    dest_full = full_digest(fd, self.max_hash_bytes)
+                    if dest_full is None:
+                        return None
+                if self._full_of(path) == dest_full:
+                    return path, dest_full
+        if not former:
+            return None
+        dest_full = dest_full or full_digest(fd, self.max_hash_bytes)
+        with self._lock:
+            found = self.formers.find(size, dest_full) if dest_full is not None else None
+        return (found.path, found.sha256) if found is not None else None
 
     def _by_sample(self, size: int) -> dict[bytes, list[str]]:
         """Tagged files of one size grouped by sampled hash, built on first use and dropped

@@ -8,9 +8,11 @@ written by a process that never read tagged data is only a `file.write`.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,17 @@ def _sh(cmd: str, cwd: Path) -> None:
     subprocess.run(["bash", "-c", cmd], cwd=cwd, check=True, capture_output=True, timeout=60)
 
 
+def _ready_and_mounted(run: Running, stick: LoopStick) -> tuple[ContentCatalog, str]:
+    """Wait for the catalog to have fingerprinted the tagged files, then plug and mount the
+    stick and wait for the agent to see the mount; returns (catalog, mount point)."""
+    catalog = run.sensor("content")
+    assert isinstance(catalog, ContentCatalog) and catalog.wait_ready(30)
+    stick.plug()
+    point = str(stick.mount())
+    run.events.wait_for(run.events.action("device.mount", {"exfilguard.mount.point": point}))
+    return catalog, point
+
+
 def _copy_of(run: Running, path: str) -> Mapping:
     return run.events.wait_for(run.events.action("file.copy", {"file.path": path}), timeout=30)[0]
 
@@ -68,11 +81,7 @@ def test_archives_parts_and_transformed_copies_on_a_stick(loop_stick: Any, db: P
     _sh(f"split -b 50000 {db / 'table2.dat'} part_ && {{ cat {db / 'table0.dat'}; echo note; }} > r.bin && "
         f"sed 's/@corp.example/@home.test/' {db / 'customers.csv'} > export.csv", staged)
     with _running(db) as run:
-        catalog = run.sensor("content")
-        assert isinstance(catalog, ContentCatalog) and catalog.wait_ready(30)
-        stick.plug()
-        point = str(stick.mount())
-        run.events.wait_for(run.events.action("device.mount", {"exfilguard.mount.point": point}))
+        _catalog, point = _ready_and_mounted(run, stick)
         srv = db.parent
         sources = sorted(str(p) for p in db.iterdir())
 
@@ -140,3 +149,43 @@ def test_a_raw_dd_of_a_tgz_onto_the_stick_is_read_back(loop_stick: Any, db: Path
         assert sorted(copy["exfilguard.copy.sources"]) == sorted(str(p) for p in db.iterdir())
         assert copy["exfilguard.source.path"] in copy["exfilguard.copy.sources"]
         assert copy["tags"] == TAGS
+
+
+def test_a_copy_still_matches_its_source_edited_or_deleted_right_after(loop_stick: Any, db: Path) -> None:
+    """`cp` then `sed -i` (or `rm`) of the source, the copy's close handled after the change
+    was indexed: it is still an exact copy of the source as it was (formers.py)."""
+    stick: LoopStick = loop_stick(label=f"EGF{os.getpid() % 100000}", serial=f"EGF{os.getpid()}")
+    edited, deleted = db / "small.csv", db / "gone.csv"
+    edited.write_text("".join(f"{i},Name{i},n{i}@corp.example\n" for i in range(300)))
+    deleted.write_text("".join(f"{i},Other{i},o{i}@corp.example\n" for i in range(200)))
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (edited, deleted)}
+    with _running(db) as run:
+        catalog, point = _ready_and_mounted(run, stick)
+        # the copies are written but held open: their close comes after the sources changed
+        shell = subprocess.Popen(
+            ["bash", "-c", f'exec 3>"{point}/e.csv" 4>"{point}/d.csv"; cat "{edited}" >&3; '
+                           f'cat "{deleted}" >&4; echo copied; read go'],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert shell.stdout is not None and shell.stdout.readline() == "copied\n"
+            _sh(f"sed -i 's/^1,/1 ,/' {edited} && rm {deleted}", db)
+            index = catalog.index
+            now = edited.stat()
+
+            def indexed() -> bool:
+                entries = {path: (size, mtime) for path, size, mtime, _tags in index.snapshot()}
+                return (entries.get(str(edited)) == (now.st_size, now.st_mtime_ns)
+                        and str(deleted) not in entries)
+
+            deadline = time.monotonic() + 15
+            while not indexed():
+                assert time.monotonic() < deadline, "the edit and the deletion were not indexed"
+                time.sleep(0.02)
+        finally:
+            shell.communicate("go\n", timeout=10)
+        for copy_name, source in (("e.csv", edited), ("d.csv", deleted)):
+            copy = _copy_of(run, f"{point}/{copy_name}")
+            assert copy["exfilguard.copy.identified_by"] == "exact", copy
+            assert copy["exfilguard.source.path"] == str(source)
+            assert copy["exfilguard.source.sha256"] == before[source]
+            assert copy["tags"] == TAGS and copy["device.serial"] == stick.serial

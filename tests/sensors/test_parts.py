@@ -10,6 +10,7 @@ from pathlib import Path
 from agent.sensors import procinfo, provenance
 from agent.sensors.files import RecentCreates
 from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.formers import FormerVersions
 from agent.sensors.mounts import parse_mountinfo
 from agent.sensors.staging import StagingDetector, Written, looks_like_archive
 from agent.sensors.tags import TagMap
@@ -289,3 +290,18 @@ def test_own_reads_of_many_files_are_each_recognised_once(tmp_path: Path) -> Non
     assert index.read_by_us(paths[0], "open") and index.read_by_us(paths[0], "close")
     assert not index.read_by_us(paths[0], "open")  # a user's open after ours
     assert not index.read_by_us(paths[1], "close")
+
+
+def test_former_versions_are_bounded_in_time_and_number() -> None:
+    kept = FormerVersions(keep_seconds=600, max_versions=2)
+    for i in range(3):
+        kept.add(f"/srv/db/f{i}", 10 + i, f"sha{i}", ("database",))
+    assert len(kept) == 2 and kept.dropped == 1  # the oldest went first
+    assert kept.find(10, "sha0") is None and not kept.has_size(10)
+    found = kept.find(12, "sha2")
+    assert found is not None and (found.path, found.tags) == ("/srv/db/f2", ("database",))
+    assert kept.find(11, "sha2") is None  # same digest, other size: not this version
+    assert kept.tags_of("/srv/db/f1") == ("database",)
+    expired = FormerVersions(keep_seconds=0)
+    expired.add("/srv/db/x", 5, "shax", ())
+    assert expired.find(5, "shax") is None and len(expired) == 0 and not expired.has_size(5)
