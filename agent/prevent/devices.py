@@ -13,8 +13,9 @@ it: docs/prevention.md).
              device the port is also de-authorized (sysfs `authorized` = 0, as USBGuard does),
              and the device disappears. `device.block`.
 
-The read-only flag outlives the agent (until the device is unplugged): stopping the agent
-does not make a refused stick writable. Held nodes are released on detach and at stop.
+Held nodes are released, and the read-only flag cleared, when the device goes and when the
+guard stops (a loop device keeps its flag after its image is detached, and the next image
+attached to it would inherit it). An agent killed with SIGKILL leaves the flag set.
 """
 
 # ruff: noqa: PTH123
@@ -42,11 +43,11 @@ BLKROSET = 0x125D  # _IO(0x12, 93)
 BLKROGET = 0x125E  # _IO(0x12, 94)
 
 
-def set_read_only(node: str) -> None:
-    """Mark a block device read-only in the kernel (BLKROSET 1). Raises OSError."""
+def set_read_only(node: str, read_only: bool = True) -> None:
+    """Mark a block device read-only (or read-write again) in the kernel (BLKROSET). Raises OSError."""
     fd = os.open(node, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
-        fcntl.ioctl(fd, BLKROSET, struct.pack("i", 1))
+        fcntl.ioctl(fd, BLKROSET, struct.pack("i", int(read_only)))
     finally:
         os.close(fd)
 
@@ -93,6 +94,7 @@ class DeviceGuard:
         self._allowed = [allowed_device_entry(entry) for entry in settings.allowed_devices]
         self._lock = threading.Lock()
         self._held: dict[str, int] = {}  # device node -> exclusive fd (block mode)
+        self._read_only: set[str] = set()  # device nodes this guard set read-only
 
     def allowed(self, device: pb.Device) -> bool:
         """Whether `allowed_devices` names this device (by serial, model ids, or both)."""
@@ -109,12 +111,20 @@ class DeviceGuard:
         """Nothing to start: the device sensor calls `attached`/`detached`."""
 
     def stop(self) -> None:
-        """Release held devices (they stay read-only); idempotent."""
+        """Release held devices and make read-write again those it made read-only; idempotent.
+
+        A loop device keeps its flag after its file is detached, and the next image attached to
+        it would inherit it: the flag goes with the guard that set it.
+        """
         with self._lock:
             held, self._held = self._held, {}
+            read_only, self._read_only = self._read_only, set()
         for fd in held.values():
             with contextlib.suppress(OSError):
                 os.close(fd)
+        for node in read_only:
+            with contextlib.suppress(OSError):
+                set_read_only(node, False)
 
     def attached(self, device: pb.Device) -> None:
         """A removable block device appeared (udev thread): leave it, make it read-only, or refuse it."""
@@ -123,6 +133,8 @@ class DeviceGuard:
         steps: list[str] = []
         try:
             set_read_only(device.name)
+            with self._lock:
+                self._read_only.add(device.name)
             steps.append("set read-only at the block layer (BLKROSET)")
         except OSError as exc:
             self._failed(device, f"BLKROSET failed: {os.strerror(exc.errno or 0)}")
@@ -167,12 +179,17 @@ class DeviceGuard:
         return steps
 
     def detached(self, device: pb.Device) -> None:
-        """The device went away: release its hold."""
+        """The device went away: release its hold, and clear the flag (a loop device is reused)."""
         with self._lock:
             fd = self._held.pop(device.name, None)
+            was_read_only = device.name in self._read_only
+            self._read_only.discard(device.name)
         if fd is not None:
             with contextlib.suppress(OSError):
                 os.close(fd)
+        if was_read_only:
+            with contextlib.suppress(OSError):
+                set_read_only(device.name, False)
 
     def _failed(self, device: pb.Device, what: str) -> None:
         log.error("prevent.devices %s on %s: %s", self.mode, device.name, what)

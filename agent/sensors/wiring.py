@@ -5,6 +5,7 @@ from __future__ import annotations
 from agent.content import ContentCatalog, ContentIdentifier
 from agent.content.examiner import Examiner
 from agent.prevent.devices import DeviceGuard
+from agent.prevent.guard import ContentGuard
 from agent.sensors import Emit, Sensor, fanotify, procinfo
 from agent.sensors.access import AccessReporter, ExactAccessSensor
 from agent.sensors.copies import CopyDetector
@@ -75,6 +76,8 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     sensors: list[Sensor] = [files, catalog, examiner]
     if exact is not None:
         sensors.append(exact)
+    if config.prevent.removable_writes == "block":  # before the mount table: it marks mounts as they come
+        sensors.append(ContentGuard(config.prevent, tags, index, media, emit, flow=copies.flow))
     # before the mount table: the mounts it reports at start are examined for late writes
     late = LateExaminer(config.state_dir, media, copies)
     sensors += [inventory, guard, devices, late, mounts]

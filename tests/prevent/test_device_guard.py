@@ -61,5 +61,6 @@ def test_block_refuses_the_mount(loop_stick: Callable[..., LoopStick], tmp_path:
         with pytest.raises(LoopStickError) as err:
             stick.mount()
         assert err.value.step == "mount"
-    # the agent gone, the hold goes; the device stays read-only
-    assert is_read_only(stick.device)
+    # the guard stopped, the hold and the flag go with it (loop devices are reused)
+    assert not is_read_only(stick.device)
+    stick.mount()

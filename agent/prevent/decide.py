@@ -1,0 +1,244 @@
+"""Decider: whether an open waiting in a permission event carries tagged data onto removable media.
+
+Two questions, each answered from what the kernel holds still and what lineage recorded:
+
+  an open on removable media   does the opener (or its pipeline) carry tagged data? It does
+                               when it, its parent or grandparent holds a tagged (or derived)
+                               file open now, or opened a tagged file in the last
+                               RECENT_SECONDS, or a process of its group did (the guard hears
+                               of every tagged open in the order the kernel queued it, before
+                               the write's open); or when lineage (agent/sensors/lineage.py)
+                               says it, its parent or grandparent read tagged data in the last
+                               RECENT_SECONDS (pipes and forks included). Only opens for
+                               writing are refused.
+  an open of a tagged file     is the opener writing to removable media already (it, or a
+                               process of its group, holds a file there open for writing)?
+                               `tar cf /stick/x.tar /srv/db`, `cat f > /stick/x` and zip open
+                               the stick first. Tagged trees are marked for this only while a
+                               file on removable media is open for writing ("armed"), so
+                               tagged reads cost nothing the rest of the time.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from agent.prevent import procs
+from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.lineage import DataFlow
+from agent.sensors.tags import TagMap
+from common.agentconfig import PreventSettings
+
+log = logging.getLogger(__name__)
+
+RECENT_SECONDS = 300.0   # tagged data read longer ago than this does not block a write
+MAX_WRITERS = 4096       # processes remembered as writing to removable media
+MAX_GROUPS = 4096        # processes, and process groups, remembered as having opened tagged files
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A refusal: why (for people), and the tagged data it protects."""
+
+    why: str
+    source: str
+    tags: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Writer:
+    pgid: int
+    path: str
+    since: float   # monotonic time its open was allowed (the fd appears only once answered)
+
+
+class Decider:
+    """The decisions of the content guard; called on its decision thread only (its tables
+    are also read by `armed_wanted`, under a lock)."""
+
+    def __init__(self, settings: PreventSettings, tags: TagMap, index: FingerprintIndex,
+                 flow: DataFlow | None, removable_dev: dict[int, str]) -> None:
+        self.tags = tags
+        self.index = index
+        self.flow = flow
+        self.removable_dev = removable_dev  # st_dev of each guarded removable file system -> mount point
+        self._me = os.getpid()
+        self._allowed_uids = _ids(settings.allowed_users, lambda n: pwd.getpwnam(n).pw_uid, "user")
+        self._allowed_gids = _ids(settings.allowed_groups, lambda n: grp.getgrnam(n).gr_gid, "group")
+        self._lock = threading.Lock()
+        self._writers: dict[int, _Writer] = {}            # pid -> what it writes on removable media
+        # pid / pgid -> (when, tagged path, tags) of its latest tagged open
+        self._opened: dict[int, tuple[float, str, tuple[str, ...]]] = {}
+        self._groups: dict[int, tuple[float, str, tuple[str, ...]]] = {}
+
+    # ------------------------------------------------------------- exceptions
+
+    def exempt(self, uid: int, gids: tuple[int, ...]) -> bool:
+        """Whether prevent.allowed_users/allowed_groups leave this user alone."""
+        return uid in self._allowed_uids or any(g in self._allowed_gids for g in gids)
+
+    # ------------------------------------------------------ removable media
+
+    def removable_open(self, pid: int, path: str) -> Verdict | None:
+        """An open on removable media: a Verdict to refuse it, None to let it go."""
+        writing = procs.opens_for_writing(pid)
+        if writing is False:
+            return None  # reading from the stick takes nothing away
+        who = procs.identity(pid)
+        if who is None:
+            return None  # gone already
+        ppid, pgid, uid, gids = who
+        if self.exempt(uid, gids):
+            return None
+        verdict = self._carried(pid, ppid, pgid)
+        if verdict is None:
+            with self._lock:
+                self._writers[pid] = _Writer(pgid, path, time.monotonic())
+                while len(self._writers) > MAX_WRITERS:
+                    del self._writers[next(iter(self._writers))]
+        return verdict
+
+    def _carried(self, pid: int, ppid: int, pgid: int) -> Verdict | None:
+        chain = [pid]
+        parent = ppid
+        for _ in range(2):  # rsync: the receiver writes, its grandparent the sender reads
+            if parent <= 1 or parent == self._me:
+                break
+            chain.append(parent)
+            who = procs.identity(parent)
+            parent = who[0] if who is not None else 0
+        for n, member in enumerate(chain):
+            for path, dev, _writing in procs.open_files(member):
+                if dev in self.removable_dev:
+                    continue
+                tags = self.tags.tags_for(path)
+                if tags or self.index.is_derived(path):
+                    whose = "it" if n == 0 else ("its parent" if n == 1 else "its grandparent")
+                    prov = self.index.provenance(path) if not tags else None
+                    found = tuple(tags) or (tuple(prov.tags) if prov is not None else ())
+                    return Verdict(f"{whose} holds {'tagged' if tags else 'derived'} file {path} open",
+                                   path, found)
+        return self._recorded(chain, pgid)
+
+    def recheck(self, pid: int) -> Verdict | None:
+        """After arming: did the opener's pipeline open tagged data meanwhile (as heard)? A refusal
+        also forgets it as a writer."""
+        who = procs.identity(pid)
+        if who is None or self.exempt(who[2], who[3]):
+            return None
+        verdict = self._recorded([pid, who[0]], who[1])
+        if verdict is not None:
+            with self._lock:
+                self._writers.pop(pid, None)
+        return verdict
+
+    def _recorded(self, chain: list[int], pgid: int) -> Verdict | None:
+        now = time.time()
+        with self._lock:
+            opened = [(n, self._opened.get(member)) for n, member in enumerate(chain)]
+            group = self._groups.get(pgid) if pgid > 1 else None
+        for n, seen in opened:
+            if seen is not None and now - seen[0] <= RECENT_SECONDS:
+                whose = "it" if n == 0 else ("its parent" if n == 1 else "its grandparent")
+                return Verdict(f"{whose} opened tagged file {seen[1]}", seen[1], seen[2])
+        if group is not None and now - group[0] <= RECENT_SECONDS:
+            return Verdict(f"its process group {pgid} opened tagged file {group[1]}", group[1], group[2])
+        return self._lineage(chain, now)
+
+    def _lineage(self, chain: list[int], now: float) -> Verdict | None:
+        if self.flow is not None and self.flow.carrying():
+            for member in chain:
+                sources = self.flow.flow([member]).since(now - RECENT_SECONDS)
+                if sources:
+                    last = sources[-1]
+                    return Verdict(f"its data flow carries tagged file {last.path} (lineage, "
+                                   f"{len(sources)} source(s))", last.path, last.tags)
+        return None
+
+    # ------------------------------------------------------- tagged files
+
+    def note_tagged_open(self, pid: int, path: str) -> tuple[int, tuple[str, ...]] | None:
+        """A tagged file was opened (a notification, in the order the kernel queued it, so
+        before any later open of the same process or group is decided): remember it for
+        RECENT_SECONDS. Returns (pgid, tags); None when the process is already gone."""
+        return self._note(pid, path, procs.identity(pid))
+
+    def _note(self, pid: int, path: str, who: tuple[int, int, int, tuple[int, ...]] | None
+              ) -> tuple[int, tuple[str, ...]] | None:
+        tags = tuple(self.tags.tags_for(path))
+        seen = (time.time(), path, tags)
+        with self._lock:
+            self._opened.pop(pid, None)
+            self._opened[pid] = seen
+            if who is not None and who[1] > 1:
+                self._groups.pop(who[1], None)
+                self._groups[who[1]] = seen
+            for table in (self._opened, self._groups):
+                while len(table) > MAX_GROUPS:
+                    del table[next(iter(table))]
+        return (who[1], tags) if who is not None else None
+
+    def tagged_open(self, pid: int, path: str) -> Verdict | None:
+        """An open of a tagged file while armed: refuse it when the opener writes to removable media."""
+        who = procs.identity(pid)
+        if who is None:
+            return None
+        _ppid, pgid, uid, gids = who
+        if self.exempt(uid, gids):
+            return None
+        # remembered now, not when its notification comes: a write open of its pipeline queued
+        # right after it is decided before that notification is read
+        tags = tuple(self.tags.tags_for(path))
+        self._note(pid, path, who)
+        with self._lock:
+            writers = list(self._writers.items())
+        for wpid, writer in writers:
+            if wpid != pid and (pgid <= 1 or writer.pgid != pgid):
+                continue
+            held = self._holds_removable(wpid)
+            if held is None:
+                with self._lock:
+                    self._writers.pop(wpid, None)
+                continue
+            whose = "it" if wpid == pid else f"process {wpid} of its group"
+            return Verdict(f"{whose} writes {held} on removable media", path, tags)
+        return None
+
+    def _holds_removable(self, pid: int) -> str | None:
+        for path, dev, writing in procs.open_files(pid):
+            if writing and dev in self.removable_dev:
+                return path
+        with self._lock:
+            writer = self._writers.get(pid)
+        if writer is not None and time.monotonic() - writer.since < 2.0 and procs.identity(pid) is not None:
+            return writer.path  # its open was allowed a moment ago: the fd may not be there yet
+        return None
+
+    def writers_left(self) -> bool:
+        """Whether any remembered writer still holds a file on removable media open for writing
+        (forgetting those that do not): while one does, tagged trees stay armed."""
+        with self._lock:
+            pids = list(self._writers)
+        for pid in pids:
+            if self._holds_removable(pid) is None:
+                with self._lock:
+                    self._writers.pop(pid, None)
+        with self._lock:
+            return bool(self._writers)
+
+
+def _ids(names: list[str], lookup: Callable[[str], int], what: str) -> set[int]:
+    out = set()
+    for name in names:
+        try:
+            out.add(lookup(name))
+        except KeyError:
+            log.warning("prevent.allowed_%ss: no %s %r on this host", what, what, name)
+    return out

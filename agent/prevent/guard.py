@@ -1,0 +1,361 @@
+"""ContentGuard: prevent.removable_writes = block, with fanotify permission events.
+
+A permission group (permission.py) with a file system mark (FAN_OPEN_PERM) on every removable
+mount, and inode marks on the tagged trees: FAN_OPEN notifications always (who opened tagged
+data, heard in the order the kernel queued it, before a later open on the stick by the same
+pipeline), FAN_OPEN_PERM too while a file on removable media is open for writing ("armed";
+decide.py says why). Each permission event holds its open in the kernel until the guard
+answers:
+
+  reader thread     reads events; answers the agent's own opens at once; hands the rest, with
+                    the path read from the event's fd, to the decision thread; answers with
+                    the `fail` default every event waiting longer than decision_timeout_ms,
+                    and every event read right after the agent itself stood still that long
+                    (SIGSTOP, a frozen machine): those waited an unknown time.
+  decision thread   asks the Decider, answers, reports `file.block` and tells the user.
+
+Defaulted decisions are counted in an `agent.gap` (reason `prevent_timeout`). Closing the group
+(stop, or the agent killed) makes the kernel allow every open still waiting: nobody hangs.
+"""
+
+# Per-event hot paths use os calls, not a Path object per event.
+# ruff: noqa: PTH113, PTH115, PTH116, PTH119
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import threading
+import time
+from dataclasses import dataclass
+
+from agent.prevent.decide import Decider, Verdict
+from agent.prevent.notify import tell_user
+from agent.prevent.permission import (
+    FAN_EVENT_ON_CHILD,
+    FAN_OPEN,
+    FAN_OPEN_PERM,
+    FAN_Q_OVERFLOW,
+    PermissionGroup,
+)
+from agent.sensors import Emit, procinfo
+from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.lineage import DataFlow
+from agent.sensors.media import RemovableMedia, RemovableMount
+from agent.sensors.staging import file_fields
+from agent.sensors.tags import TagMap
+from common.agentconfig import PreventSettings
+from protos.events import new_event
+
+log = logging.getLogger(__name__)
+
+GAP_REPORT_SECONDS = 5.0   # defaulted decisions are summed into one agent.gap at most this often
+TELL_USER_SECONDS = 10.0   # one notification per user per this long (tar refused 2,000 times)
+_IDLE_SECONDS = 0.5        # the decision thread looks whether tagged trees can be disarmed
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """An open waiting for its answer."""
+
+    fd: int
+    pid: int
+    path: str
+    removable: bool   # on a guarded removable file system (else: a tagged file)
+    size: int
+    read_at: float
+
+
+class ContentGuard:
+    """Refuses tagged data on its way to removable media (see the module docstring)."""
+
+    name = "prevent"
+
+    def __init__(self, settings: PreventSettings, tags: TagMap, index: FingerprintIndex,  # noqa: PLR0917
+                 media: RemovableMedia, emit: Emit, flow: DataFlow | None = None) -> None:
+        self.settings = settings
+        self.tags = tags
+        self.media = media
+        self._emit = emit
+        self._timeout = settings.decision_timeout_ms / 1000.0
+        self._allow_on_fail = settings.fail == "open"
+        self._removable_dev: dict[int, str] = {}
+        self.decider = Decider(settings, tags, index, flow, self._removable_dev)
+        self._group: PermissionGroup | None = None
+        self._me = os.getpid()
+        self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()  # one pass over the group's queue at a time
+        self._waiting: dict[int, _Waiting] = {}  # event fd -> the open waiting on it
+        self._work: queue.Queue[_Waiting | None] = queue.Queue()
+        self._stop_r, self._stop_w = os.pipe()
+        self._threads: list[threading.Thread] = []
+        self._armed = False
+        self._marked: list[str] = []  # tagged directories (and files) marked
+        self.overflows = 0
+        self._defaulted = 0          # decisions answered by `fail`, not yet reported
+        self._gap_at = 0.0
+        self._told: dict[int, float] = {}
+        self.decided = 0
+        self.blocked = 0
+        self.latencies: list[float] = []   # seconds from read to answer, last 10,000 (bench)
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Open the permission group, run the threads, mark removable mounts as they come."""
+        self._group = PermissionGroup()
+        self._threads = [
+            threading.Thread(target=self._read_loop, name="exfilguard-prevent-read", daemon=True),
+            threading.Thread(target=self._decide_loop, name="exfilguard-prevent-decide", daemon=True),
+        ]
+        self._mark_tagged(FAN_OPEN)
+        for thread in self._threads:
+            thread.start()
+        self.media.subscribe(self._mount_changed)
+
+    def stop(self) -> None:
+        """Close the group (the kernel allows every waiting open), stop the threads; idempotent."""
+        if self._group is None:
+            return
+        os.write(self._stop_w, b"x")
+        self._work.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10)
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+            group, self._group = self._group, None
+        for item in waiting.values():
+            group.answer(item.fd, True)
+        group.close()
+        self._report_defaulted(force=True)
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+
+    def watching(self) -> list[str]:
+        """Mount points of the removable file systems guarded now."""
+        return sorted(self._removable_dev.values())
+
+    def _mount_changed(self, mount: RemovableMount, appeared: bool) -> None:
+        group = self._group
+        if group is None:
+            return
+        try:
+            dev = os.stat(mount.point).st_dev
+        except OSError:
+            dev = -1
+        if appeared:
+            if group.place(mount.point, FAN_OPEN_PERM, filesystem=True):
+                if dev >= 0:
+                    self._removable_dev[dev] = mount.point
+                log.info("prevent: guarding writes to %s (%s)", mount.point,
+                         mount.device.serial or mount.device.name)
+            return
+        for known, point in list(self._removable_dev.items()):
+            if point == mount.point:
+                del self._removable_dev[known]
+        with contextlib.suppress(Exception):
+            group.place(mount.point, FAN_OPEN_PERM, filesystem=True, remove=True)
+
+    # ---------------------------------------------------------------- reader
+
+    def _read_loop(self) -> None:
+        group = self._group
+        assert group is not None
+        poller = select.poll()
+        poller.register(group.fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        tick = max(0.01, min(0.1, self._timeout / 4))
+        last = time.monotonic()
+        while True:
+            ready = poller.poll(tick * 1000)
+            now = time.monotonic()
+            stalled = now - last > self._timeout  # the whole agent stood still (SIGSTOP, freeze)
+            last = now
+            if any(fd == self._stop_r for fd, _ in ready):
+                return
+            try:
+                with self._drain_lock:
+                    self._drain(group, now, stalled)
+                self._expire(group, now)
+                self._report_defaulted()
+            except Exception:  # the reader must not die: every open on the stick would wait
+                log.exception("prevent: permission event handling failed")
+
+    def _drain(self, group: PermissionGroup, now: float, stalled: bool) -> None:
+        while True:
+            batch = group.read()
+            if not batch:
+                return
+            for mask, fd, pid in batch:
+                if mask & FAN_Q_OVERFLOW or fd < 0:
+                    self.overflows += bool(mask & FAN_Q_OVERFLOW)
+                    continue
+                if not mask & FAN_OPEN_PERM:  # a tagged open, heard: remember who, answer nothing
+                    try:
+                        if pid != self._me:
+                            self.decider.note_tagged_open(pid, os.readlink(f"/proc/self/fd/{fd}"))
+                    except OSError:
+                        pass
+                    finally:
+                        os.close(fd)
+                    continue
+                if pid == self._me:
+                    group.answer(fd, True)  # the agent hashing a copy: never wait on ourselves
+                    continue
+                if stalled:
+                    self._default(group, fd)
+                    continue
+                try:
+                    path = os.readlink(f"/proc/self/fd/{fd}")
+                    st = os.fstat(fd)
+                except OSError:
+                    group.answer(fd, True)
+                    continue
+                item = _Waiting(fd, pid, path, st.st_dev in self._removable_dev, st.st_size, now)
+                with self._lock:
+                    self._waiting[fd] = item
+                self._work.put(item)
+
+    def _expire(self, group: PermissionGroup, now: float) -> None:
+        with self._lock:
+            late = [item for item in self._waiting.values() if now - item.read_at > self._timeout]
+            for item in late:
+                del self._waiting[item.fd]
+        for item in late:
+            self._default(group, item.fd)
+
+    def _default(self, group: PermissionGroup, fd: int) -> None:
+        group.answer(fd, self._allow_on_fail)
+        with self._lock:
+            self._defaulted += 1
+
+    def _report_defaulted(self, force: bool = False) -> None:
+        now = time.monotonic()
+        with self._lock:
+            count = self._defaulted
+            if not count or (not force and now - self._gap_at < GAP_REPORT_SECONDS):
+                return
+            self._defaulted, self._gap_at = 0, now
+        outcome = "allowed" if self._allow_on_fail else "denied"
+        event = new_event("agent.gap")
+        event.exfilguard.gap.reason = "prevent_timeout"
+        event.exfilguard.gap.lost = count
+        event.event.reason = (f"{count} open(s) on guarded files {outcome} undecided (prevent.fail: "
+                              f"{self.settings.fail}): the agent did not decide within "
+                              f"{self.settings.decision_timeout_ms} ms")
+        event.exfilguard.attribution = procinfo.NONE
+        log.warning("prevent: %s", event.event.reason)
+        self._emit(event)
+
+    # -------------------------------------------------------------- decisions
+
+    def _decide_loop(self) -> None:
+        while True:
+            try:
+                item = self._work.get(timeout=_IDLE_SECONDS)
+            except queue.Empty:
+                self._maybe_disarm()
+                continue
+            if item is None:
+                return
+            try:
+                self._decide(item)
+            except Exception:
+                log.exception("prevent: deciding on %s failed", item.path)
+                self._answer(item, self._allow_on_fail)
+
+    def _decide(self, item: _Waiting) -> None:
+        with self._lock:
+            if self._waiting.get(item.fd) is not item:
+                return  # answered by the timeout already
+        if item.removable:
+            verdict = self.decider.removable_open(item.pid, item.path)
+            if verdict is None and not self._armed:
+                self._arm()  # before the open goes on: its next tagged open must be seen
+                # tagged opens made while the marks went in were heard, not asked: hear them all
+                # now (the reader's pass holds the same lock), then look again
+                group = self._group
+                if group is not None:
+                    with self._drain_lock:
+                        self._drain(group, time.monotonic(), stalled=False)
+                verdict = self.decider.recheck(item.pid)
+        else:
+            verdict = self.decider.tagged_open(item.pid, item.path)
+        info = procinfo.read_proc(item.pid) if verdict is not None else None  # before it exits
+        if self._answer(item, verdict is None) and verdict is not None:
+            self._report(item, verdict, info)
+
+    def _answer(self, item: _Waiting, allow: bool) -> bool:
+        with self._lock:
+            if self._waiting.get(item.fd) is not item:
+                return False
+            del self._waiting[item.fd]
+            group = self._group
+        if group is None:
+            return False
+        group.answer(item.fd, allow)
+        self.decided += 1
+        self.latencies.append(time.monotonic() - item.read_at)
+        if len(self.latencies) > 10_000:
+            del self.latencies[:5_000]
+        return True
+
+    def _report(self, item: _Waiting, verdict: Verdict, info: procinfo.ProcessInfo | None) -> None:
+        self.blocked += 1
+        event = new_event("file.block", tags=list(verdict.tags), file=file_fields(item.path, item.size))
+        mount = self.media.mount_for(item.path) if item.removable else None
+        if mount is None and not item.removable:
+            # the tagged file was refused: name the stick its process writes to
+            mount = next(iter(self.media.mounts()), None) if len(self.media.mounts()) == 1 else None
+        if mount is not None:
+            event.device.CopyFrom(mount.device)
+        event.exfilguard.source.path = verdict.source
+        event.exfilguard.source.tags.extend(verdict.tags)
+        what = "write to removable media" if item.removable else "read of tagged file"
+        event.event.reason = f"blocked {what} {item.path}: {verdict.why} (prevent.removable_writes: block)"
+        procinfo.describe(event, info, procinfo.EXACT, item.pid)
+        self._emit(event)
+        uid = info.uid if info is not None else -1
+        now = time.monotonic()
+        if now - self._told.get(uid, -TELL_USER_SECONDS) >= TELL_USER_SECONDS:
+            self._told[uid] = now
+            tell_user(uid, "ExfilGuard blocked a copy to removable media",
+                      f"{os.path.basename(verdict.source)}: {event.event.reason}")
+        else:
+            log.info("prevent: %s", event.event.reason)
+
+    # ----------------------------------------------------------------- arming
+
+    def _mark_tagged(self, mask: int) -> None:
+        """Add `mask` to every directory (and tagged file) of the tagged trees, as they are now."""
+        group = self._group
+        if group is None:
+            return
+        marked = []
+        for root in self.tags.top_roots():
+            if os.path.isfile(root):
+                if group.place(root, mask):
+                    marked.append(root)
+                continue
+            for dirpath, _dirs, _files in os.walk(root):
+                if group.place(dirpath, mask | FAN_EVENT_ON_CHILD):
+                    marked.append(dirpath)
+        self._marked = marked
+
+    def _arm(self) -> None:
+        self._mark_tagged(FAN_OPEN | FAN_OPEN_PERM)
+        self._armed = True
+        log.debug("prevent: armed %d tagged directories", len(self._marked))
+
+    def _maybe_disarm(self) -> None:
+        group = self._group
+        if not self._armed or group is None or self.decider.writers_left():
+            return
+        for path in self._marked:
+            with contextlib.suppress(Exception):
+                group.place(path, FAN_OPEN_PERM, remove=True)
+        self._armed = False
+        log.debug("prevent: disarmed tagged trees (nothing open for writing on removable media)")

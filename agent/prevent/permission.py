@@ -1,0 +1,93 @@
+"""A fanotify permission group (FAN_CLASS_CONTENT): opens wait until the agent answers.
+
+A small ctypes binding of its own, apart from the notification group of agent/sensors:
+permission events need a group of the content class, and a listener of that class is
+asked before the open completes. Each event holds the opener in the kernel until
+`answer(fd, allow)` writes a `struct fanotify_response`; when the group's fd is closed
+(the agent stops or is killed) the kernel allows every open still waiting.
+
+FAN_OPEN_PERM is what we use (Linux >= 2.6.37, CONFIG_FANOTIFY_ACCESS_PERMISSIONS), not the
+pre-content FAN_PRE_ACCESS of Linux >= 6.14: pre-content events come on every read and
+write of every file of a marked file system (a bulk copy of holiday photos would pay one
+round trip per write), need FAN_CLASS_PRE_CONTENT and file systems that allow it, and are
+meant for storage managers that fill files in; a refused open already stops every byte.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno as errno_mod
+import os
+import struct
+
+from agent.prevent.errors import PreventError
+from agent.sensors.fanotify import (
+    AT_FDCWD,
+    FAN_CLOEXEC,
+    FAN_EVENT_ON_CHILD,
+    FAN_MARK_ADD,
+    FAN_MARK_DONT_FOLLOW,
+    FAN_MARK_FILESYSTEM,
+    FAN_MARK_REMOVE,
+    FAN_NONBLOCK,
+    FAN_OPEN,
+    FAN_Q_OVERFLOW,
+    FAN_UNLIMITED_MARKS,
+    FAN_UNLIMITED_QUEUE,
+    Fanotify,
+)
+
+FAN_CLASS_CONTENT = 0x04
+FAN_OPEN_PERM = 0x10000
+FAN_ALLOW = 0x01
+FAN_DENY = 0x02
+
+_RESPONSE = struct.Struct("=iI")  # struct fanotify_response: fd, response
+
+
+def _libc() -> ctypes.CDLL:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
+    libc.fanotify_init.restype = ctypes.c_int
+    libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int,
+                                   ctypes.c_char_p]
+    libc.fanotify_mark.restype = ctypes.c_int
+    return libc
+
+
+class PermissionGroup(Fanotify):
+    """One fanotify group of the content class, in fd mode, non-blocking; events are read as
+    the notification group's are (`read`, `close`: the kernel allows what still waits)."""
+
+    def __init__(self) -> None:  # the notification group's __init__ would make a group of its class
+        self._libc = _libc()
+        flags = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS
+        fd = self._libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        if fd < 0:
+            raise PreventError("fanotify_init(FAN_CLASS_CONTENT): permission events unavailable "
+                               "(needs root and CONFIG_FANOTIFY_ACCESS_PERMISSIONS)", ctypes.get_errno())
+        self.fd = fd
+
+    def place(self, path: str, mask: int, *, filesystem: bool = False, remove: bool = False) -> bool:
+        """Add (or remove) a mark on an inode or a whole file system; False when `path` is gone."""
+        flags = (FAN_MARK_REMOVE if remove else FAN_MARK_ADD) | (
+            FAN_MARK_FILESYSTEM if filesystem else FAN_MARK_DONT_FOLLOW)
+        if self._libc.fanotify_mark(self.fd, flags, mask, AT_FDCWD, os.fsencode(path)) < 0:
+            err = ctypes.get_errno()
+            if err in (errno_mod.ENOENT, errno_mod.ENOTDIR):
+                return False
+            raise PreventError(f"fanotify_mark({path})", err)
+        return True
+
+    def answer(self, fd: int, allow: bool) -> None:
+        """Let the waiting open go on (allow) or fail it with EPERM, and close the event's fd."""
+        try:
+            os.write(self.fd, _RESPONSE.pack(fd, FAN_ALLOW if allow else FAN_DENY))
+        except OSError:
+            pass  # the opener is gone (killed while waiting): nothing waits for the answer
+        finally:
+            os.close(fd)
+
+
+__all__ = ["FAN_EVENT_ON_CHILD", "FAN_OPEN", "FAN_OPEN_PERM", "FAN_Q_OVERFLOW", "PermissionGroup"]

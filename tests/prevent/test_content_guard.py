@@ -1,0 +1,105 @@
+"""prevent.removable_writes: block on a real loop-device stick, with real programs: a process (or
+pipeline) carrying tagged data cannot put a byte of it on the stick (EPERM, `file.block`);
+untagged copies go through."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.prevent.guard import ContentGuard
+from common.agentconfig import AgentConfig, PreventSettings
+from lab.loopstick import LoopStick
+from tests.e2e.harness import wait_for
+from tests.sensors.recorder import Running
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture
+def guarded(tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> Iterator[tuple[Running, Path, Path]]:
+    """Sensors with prevent.removable_writes: block, a tagged tree, and a mounted stick."""
+    db = tmp_path / "srv-db"
+    (db / "sub").mkdir(parents=True)
+    for name in ("customers.db", "orders.csv", "sub/ledger.csv"):
+        (db / name).write_bytes(os.urandom(20_000))
+    config = AgentConfig(tags={str(db): ["database"]},
+                         prevent=PreventSettings(removable_writes="block", allowed_groups=["users"]))
+    stick = loop_stick(label=f"PV{os.getpid() % 10000}", serial=f"EGPV{os.getpid()}")
+    with Running(config) as run:
+        point = stick.mount()
+        guard = run.sensor("prevent")
+        assert isinstance(guard, ContentGuard)
+        wait_for(lambda: str(point) in guard.watching(), 15, "the guard to mark the stick")
+        yield run, db, point
+
+
+def _run(script: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    # a job of its own, as a terminal would start it
+    return subprocess.run(["bash", "-o", "pipefail", "-c", script], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, start_new_session=True, check=False)
+
+
+def _bytes_on(point: Path) -> int:
+    return sum(p.stat().st_size for p in point.rglob("*") if p.is_file())
+
+
+def test_tagged_copies_are_refused_before_a_byte_lands(guarded: tuple[Running, Path, Path]) -> None:
+    run, db, point = guarded
+    copy = "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])"
+    attempts = {
+        "cp": f"cp {db}/customers.db {point}/c.db",
+        "cp -r": f"cp -r {db} {point}/tree",
+        "python": f"{sys.executable} -c '{copy}' {db}/orders.csv {point}/o.csv",
+        "redirection": f"cat {db}/customers.db > {point}/r.db",
+        "pipeline": f"tar cf - -C {db} . | gzip > {point}/p.tgz",
+        "tar": f"tar cf {point}/t.tar -C {db} .",
+        "zip": f"cd {db} && zip -qr {point}/z.zip .",
+        "rsync": f"rsync -a {db}/ {point}/rs/",
+    }
+    failed = {}
+    for name, script in attempts.items():
+        done = _run(script, db.parent)
+        failed[name] = done.returncode != 0
+        assert "not permitted" in done.stderr or "ermission denied" in done.stderr, (name, done.stderr)
+    assert all(failed.values()), failed
+    landed = {str(p.relative_to(point)): p.stat().st_size for p in point.rglob("*") if p.is_file()}
+    tagged_bytes = {p.read_bytes() for p in db.rglob("*") if p.is_file()}
+    for rel, _size in landed.items():
+        data = (point / rel).read_bytes()
+        assert not any(chunk in data for chunk in (t[:4096] for t in tagged_bytes)), rel
+    blocks = run.events.wait_for(run.events.action("file.block"), count=len(attempts))
+    first = blocks[0]
+    assert first["tags"] == ["database"]
+    assert first["user.name"] == "root"
+    assert first["device.serial"] == f"EGPV{os.getpid()}"
+    assert "prevent.removable_writes: block" in first["event.reason"]
+
+
+def test_untagged_copies_go_through(guarded: tuple[Running, Path, Path], tmp_path: Path) -> None:
+    run, _db, point = guarded
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(20):
+        (photos / f"img{i}.jpg").write_bytes(os.urandom(5000))
+    done = _run(f"cp -r {photos} {point}/photos && cat {photos}/img1.jpg > {point}/one.jpg", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert _bytes_on(point) == 21 * 5000
+    assert not run.events.matching(run.events.action("file.block"))
+
+
+def test_an_allowed_group_copies_and_the_rest_do_not(guarded: tuple[Running, Path, Path]) -> None:
+    run, db, point = guarded
+    # the same root, once with the allowed group among its groups (imaging staff), once without
+    done = _run(f"setpriv --groups 100 cp {db}/customers.db {point}/allowed.db", db.parent)
+    assert done.returncode == 0, done.stderr
+    assert (point / "allowed.db").read_bytes() == (db / "customers.db").read_bytes()
+    done = _run(f"setpriv --groups 0 cp {db}/customers.db {point}/other.db", db.parent)
+    assert done.returncode != 0
+    blocked = run.events.wait_for(run.events.action("file.block"))
+    assert [e["file.path"] for e in blocked] == [f"{point}/other.db"]

@@ -1,0 +1,91 @@
+"""The guard never leaves a process hanging: the real `exfilguard-agent` with
+prevent.removable_writes: block and fail: closed, stopped (SIGSTOP) while a copy waits, denies it
+when it runs again (and says so); killed while a copy waits, the kernel lets the copy go on."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lab.loopstick import LoopStick
+from tests.e2e.harness import free_port, wait_for
+
+pytestmark = pytest.mark.root
+
+AGENT = str(Path(sys.executable).parent / "exfilguard-agent")
+
+
+def _state(proc: subprocess.Popen[bytes]) -> str:
+    try:
+        return f"exit {proc.poll()}; " + Path(f"/proc/{proc.pid}/syscall").read_text() + Path(
+            f"/proc/{proc.pid}/stat").read_text()
+    except OSError as exc:
+        return f"exit {proc.poll()}; {exc}"
+
+
+def _waiting_in_open(pid: int) -> bool:
+    """Whether the process sleeps in an open the guard has not answered."""
+    try:
+        call = Path(f"/proc/{pid}/syscall").read_text().split()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return bool(call) and call[0] == "257" and state in {"S", "D"}
+
+
+def test_stopped_agent_fails_closed_and_a_killed_one_releases(
+        tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> None:
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "customers.db").write_bytes(os.urandom(50_000))
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(os.urandom(50_000))
+    stick = loop_stick(label=f"SF{os.getpid() % 10000}", serial=f"EGSF{os.getpid()}")
+    point = stick.mount()
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"collector: 127.0.0.1:{free_port()}\nstate_dir: {tmp_path / 'state'}\n"
+        f"tags:\n  {db}: [database]\nsensors: {{fanotify: 'off'}}\n"
+        "prevent: {removable_writes: block, fail: closed, decision_timeout_ms: 200}\n")
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        agent = subprocess.Popen([AGENT, "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    copies: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_for(lambda: f"guarding writes to {point}" in log.read_text(), 60, "the agent to guard the stick",
+                 diagnose=log.read_text)
+        # stopped: the copy of untagged data waits; resumed: the agent sees it stood still and
+        # answers by fail: closed
+        agent.send_signal(signal.SIGSTOP)
+        copies.append(subprocess.Popen(["cp", str(plain), f"{point}/plain.bin"], stderr=subprocess.PIPE))
+        wait_for(lambda: _waiting_in_open(copies[-1].pid), 15, "cp to wait in open",
+                 diagnose=lambda: _state(copies[-1]))
+        time.sleep(0.4)  # not a wait for an event: the stall itself, twice decision_timeout_ms long
+        agent.send_signal(signal.SIGCONT)
+        _, err = copies[-1].communicate(timeout=15)
+        assert copies[-1].returncode != 0
+        assert b"Operation not permitted" in err
+        assert not (point / "plain.bin").exists() or (point / "plain.bin").stat().st_size == 0
+        wait_for(lambda: "prevent_timeout" in log.read_text() or "denied undecided" in log.read_text(), 15,
+                 "the defaulted decision to be reported", diagnose=log.read_text)
+        # killed while a copy of tagged data waits: the kernel allows it when the group closes
+        agent.send_signal(signal.SIGSTOP)
+        copies.append(subprocess.Popen(["cp", str(db / "customers.db"), f"{point}/c.db"]))
+        wait_for(lambda: _waiting_in_open(copies[-1].pid), 15, "cp to wait in open",
+                 diagnose=lambda: _state(copies[-1]))
+        agent.kill()
+        agent.wait(15)
+        assert copies[-1].wait(15) == 0
+        assert (point / "c.db").read_bytes() == (db / "customers.db").read_bytes()
+    finally:
+        for proc in (*copies, agent):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
