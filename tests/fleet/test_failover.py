@@ -1,6 +1,9 @@
 """An agent listing two real collectors on one PostgreSQL: collector 0 is killed (-9) mid-stream,
 the agent streams to collector 1 from the watermark the shared store holds (nothing lost, nothing
-twice), and goes back to collector 0 once it serves again."""
+twice), and goes back to collector 0 once it serves again.
+
+The agent is the real Spool and Transport in this process, so the kill can be placed while a
+burst is being sent (a whole agent process sends 5,000 spooled events faster than a poll sees)."""
 
 from __future__ import annotations
 
@@ -9,10 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import iter_test_numbers, wait_for
+from agent.identity import Identity
+from agent.spool import Spool
+from agent.transport import Transport
+from common.agentconfig import AgentConfig
+from protos import events
+from protos import exfilguard_pb2 as pb
+from tests.e2e.harness import wait_for
 from tests.fleet.harness import Fleet, exactly_once
 
 pytestmark = pytest.mark.slow
+
+IDENTITY = Identity(agent_id="5e0c7f2e-95d4-4a8e-9d7a-failover0001", hostname="ws-failover", machine_id="m")
 
 
 @pytest.fixture
@@ -22,29 +33,46 @@ def fleet(tmp_path: Path, pg_url: str) -> Iterator[Fleet]:
     two.close()
 
 
-def test_killed_collector_agent_fails_over_then_back_exactly_once(fleet: Fleet) -> None:
-    produced = 5_000
+def _emit(spool: Spool, first: int, count: int) -> None:
+    for n in range(first, first + count):
+        spool.append(events.new_event("agent.test", exfilguard=pb.Extensions(count=n)))
+
+
+def test_killed_collector_agent_fails_over_then_back_exactly_once(fleet: Fleet, tmp_path: Path) -> None:
     first = fleet.start_collector(0)
     fleet.start_collector(1)
-    agent = fleet.start_agent("ws-1", test_events=produced)
-    agent_id = fleet.agent_id("ws-1")
-    wait_for(lambda: 0 < fleet.stored_count() < produced // 2, 60, "the stream to be under way",
-             fleet.diagnose)  # fmt: skip
-    first.kill9()
-    assert fleet.stored_count() < produced, "the kill must happen mid-stream"
+    config = AgentConfig.model_validate({
+        "collector": [fleet.address(0), fleet.address(1)], "state_dir": str(tmp_path / "agent"),
+        "heartbeat_seconds": 0.5, "reconnect_max_seconds": 1, "failback_seconds": 1,
+        "batch": {"max_events": 200, "max_delay_ms": 20},
+    })
+    spool = Spool(config.state_dir, agent_id=IDENTITY.agent_id, version="1.0", max_events=100_000,
+                  max_bytes=256 << 20)
+    transport = Transport(config, spool, IDENTITY, version="1.0")
+    transport.start()
+    try:
+        _emit(spool, 1, 1000)
+        wait_for(lambda: spool.acked_sequence == 1000, 30, "the stream to collector 0", fleet.diagnose)
+        assert transport.collector == fleet.address(0)
+        _emit(spool, 1001, 4000)  # a burst on its way ...
+        first.kill9()  # ... when collector 0 dies
+        at_kill = fleet.stored_count()
+        assert at_kill < 5_000, "the kill must happen mid-stream"
+        wait_for(lambda: spool.acked_sequence == 5_000, 60, "everything through collector 1", fleet.diagnose)
+        assert transport.collector == fleet.address(1) and transport.stats.failovers >= 1
+        stored = fleet.stored(IDENTITY.agent_id)
+        assert exactly_once(stored) and len(stored) == 5_000
+        assert [int(e["exfilguard.count"]) for e in stored] == list(range(1, 5_001))
 
-    wait_for(lambda: fleet.stored_count() >= produced + 1, 60, f"all {produced} events through collector 1",
-             fleet.diagnose)  # fmt: skip
-    events = fleet.stored(agent_id)
-    assert sorted(iter_test_numbers(events)) == list(range(1, produced + 1))
-    assert exactly_once(events)
-    assert f'"agent_id": "{agent_id}"' in fleet.collector(1).log_text()
-
-    fleet.start_collector(0)  # back: the agent checks it every ~1 s (failback_seconds) and returns
-    wait_for(lambda: "serves again: moving back" in agent.log_text(), 30, "failback", fleet.diagnose)
-    assert agent.terminate() == 0
-    wait_for(lambda: fleet.stored_count() >= produced + 2, 30, "agent.stop", fleet.diagnose)
-    events = fleet.stored(agent_id)
-    assert exactly_once(events)
-    assert len(events) == produced + 2  # agent.start, the test events, agent.stop
-    assert events[-1]["event.action"] == "agent.stop"
+        fleet.start_collector(0)  # back: the agent asks its health every ~1 s and returns to it
+        wait_for(lambda: transport.stats.failbacks == 1 and transport.connected, 30, "failback",
+                 fleet.diagnose)  # fmt: skip
+        assert transport.collector == fleet.address(0)
+        _emit(spool, 5_001, 100)
+        wait_for(lambda: spool.acked_sequence == 5_100, 30, "events after the failback", fleet.diagnose)
+    finally:
+        transport.stop(1)
+        spool.close()
+    stored = fleet.stored(IDENTITY.agent_id)
+    assert exactly_once(stored) and len(stored) == 5_100
+    assert f'"agent_id": "{IDENTITY.agent_id}"' in fleet.collector(1).log_text()
