@@ -7,7 +7,7 @@ admins' sticks appear on dozens of hosts: the field is context, not a policy on 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from collector.behaviour.baselines import MAX_DEVICES_PER_USER, WARM_DAYS
@@ -23,13 +23,8 @@ class HostBaseline:
     user: str = ""  # the latest user an event on this host named
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready snapshot."""
-        return {
-            "active_days": self.active_days,
-            "last_day": self.last_day,
-            "devices": self.devices,
-            "user": self.user,
-        }
+        """JSON-ready snapshot: the fields in this order."""
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> HostBaseline:

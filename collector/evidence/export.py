@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
@@ -47,16 +47,8 @@ class AgentRange:
     contiguous: bool = True  # every record linked to the one before it in this export
 
     def to_dict(self) -> dict[str, Any]:
-        """The manifest form."""
-        return {
-            "agent.id": self.agent_id,
-            "rows": self.rows,
-            "first_sequence": self.first_sequence,
-            "last_sequence": self.last_sequence,
-            "prev": self.prev,
-            "head": self.head,
-            "contiguous": self.contiguous,
-        }
+        """The manifest form: the fields in this order, the agent id as ECS names it."""
+        return {"agent.id" if k == "agent_id" else k: v for k, v in asdict(self).items()}
 
 
 @dataclass

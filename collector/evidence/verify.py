@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -27,6 +27,9 @@ from protos import chain
 MAX_LINE = 16 << 20  # no event is this large; refuse to buffer more than this per record
 _MAX_PROBLEMS = 1000
 _MAX_PENDING = 10_000
+
+
+_ECS_KEYS = {"agent_id": "agent.id", "event_id": "event.id"}  # the ids as events name them
 
 
 @dataclass(frozen=True)
@@ -54,15 +57,8 @@ class Problem:
         return f"{prefix}: {self.detail}"
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form for `verify --json`."""
-        return {
-            "kind": self.kind,
-            "detail": self.detail,
-            "line": self.line,
-            "agent.id": self.agent_id,
-            "sequence": self.sequence,
-            "event.id": self.event_id,
-        }
+        """JSON form for `verify --json`: the fields in this order, ids named as ECS names them."""
+        return {_ECS_KEYS.get(k, k): v for k, v in asdict(self).items()}
 
 
 @dataclass

@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from common.errors import LocatedError
@@ -120,22 +120,8 @@ class AgentRecord:
     stopped: bool = False  # its last stored event is agent.stop: a clean stop, not silence
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form (used by `exfilguard agents --json`)."""
-        return {
-            "id": self.id,
-            "host": self.host,
-            "version": self.version,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-            "last_heartbeat": self.last_heartbeat,
-            "connected": self.connected,
-            "backlog": self.backlog,
-            "gaps": self.gaps,
-            "lost": self.lost,
-            "config_version": self.config_version,
-            "watermark": self.watermark,
-            "stopped": self.stopped,
-        }
+        """JSON-ready form (used by `exfilguard agents --json`): the fields in this order."""
+        return asdict(self)
 
 
 class Store(abc.ABC):

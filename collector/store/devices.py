@@ -16,11 +16,10 @@ limits; NoSuchApproval when a revoke or accept finds nothing to act on.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from collector.store import triage
@@ -75,7 +74,7 @@ class Approval:
 
     def as_dict(self) -> dict[str, str]:
         """JSON-ready form (`exfilguard devices approvals --json`): the fields in this order."""
-        return dataclasses.asdict(self)
+        return asdict(self)
 
 
 @dataclass
@@ -96,21 +95,9 @@ class Sighting:
     alerts: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form (`exfilguard devices --json`, the store's body column)."""
-        return {
-            "serial": self.serial,
-            "vendor_id": self.vendor_id,
-            "product_id": self.product_id,
-            "vendor": self.vendor,
-            "model": self.model,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-            "users": dict(self.users),
-            "hosts": dict(self.hosts),
-            "bytes_written": self.bytes_written,
-            "files_written": self.files_written,
-            "alerts": self.alerts,
-        }
+        """JSON-ready form (`exfilguard devices --json`, the store's body column): the fields in this
+        order (users and hosts copied)."""
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Sighting:
@@ -162,7 +149,7 @@ class DeviceChange:
 
     def as_dict(self) -> dict[str, str]:
         """JSON-ready form (`exfilguard devices history --json`): the fields in this order."""
-        return dataclasses.asdict(self)
+        return asdict(self)
 
 
 @dataclass(frozen=True)
@@ -177,7 +164,7 @@ class Proposal:
 
     def as_dict(self) -> dict[str, str]:
         """JSON-ready form: the fields in this order."""
-        return dataclasses.asdict(self)
+        return asdict(self)
 
 
 def _now() -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from collector.store.base import StoreError
@@ -63,15 +63,9 @@ class TriageEntry:
     note: str
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form (`exfilguard alerts show --json`, `close --json`)."""
-        return {
-            "alert_id": self.alert_id,
-            "at": self.at,
-            "by": self.by,
-            "from": self.from_status,
-            "to": self.to_status,
-            "note": self.note,
-        }
+        """JSON-ready form (`exfilguard alerts show --json`, `close --json`): the fields in this
+        order, the statuses named from and to."""
+        return {k.removesuffix("_status"): v for k, v in asdict(self).items()}
 
 
 def printable(text: str, *, newlines: bool) -> bool:
