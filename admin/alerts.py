@@ -19,6 +19,7 @@ from admin import terminal
 from admin.configured import EXIT_USAGE, with_store
 from admin.terminal import clean, parse_time, print_json, store_options
 from collector.store import AlertFilter, EventFilter, Store, StoreError, triage
+from common.records import from_attributes
 
 EXIT_UNKNOWN_ALERT = 3
 
@@ -144,15 +145,7 @@ def run(args: argparse.Namespace) -> int:
     since = args.since.isoformat(timespec="microseconds").replace("+00:00", "Z") if args.since else None
 
     def work(store: Store) -> int:
-        where = AlertFilter(
-            statuses=args.statuses,
-            severities=args.severities,
-            policies=args.policies,
-            hosts=args.hosts,
-            users=args.users,
-            devices=args.devices,
-        )
-        alerts = store.alerts(limit=args.limit, since=since, where=where)
+        alerts = store.alerts(limit=args.limit, since=since, where=from_attributes(AlertFilter, args))
         if args.json:
             print_json(alerts)
         else:

@@ -16,6 +16,7 @@ from admin.terminal import parse_time
 from collector import config as collector_config
 from collector.evidence import export, keys, manifest
 from common.errors import ExfilGuardError
+from common.records import from_attributes
 
 EXIT_OK, EXIT_BROKEN_CHAIN, EXIT_ERROR = 0, 1, 2
 
@@ -56,17 +57,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_ERROR
-    where = export.ExportFilter(
-        since=args.since,
-        until=args.until,
-        host=args.host,
-        user=args.user,
-        agent=args.agent,
-        action=args.action,
-        device_serial=args.device_serial,
-        policies=tuple(args.policy),
-        alerts=tuple(args.alert),
-    )
+    where = from_attributes(export.ExportFilter, args, policies=tuple(args.policy), alerts=tuple(args.alert))
     out_path = None if args.out == "-" else args.out
     manifest_path = args.manifest or str(manifest.path_for(args.out))
     try:

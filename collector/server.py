@@ -33,6 +33,7 @@ from collector.store import Store, StoreError
 from collector.streamlimits import StreamLimits
 from collector.tls.credentials import server_credentials, server_interceptors
 from common.errors import ExfilGuardError
+from common.records import from_attributes
 from common.sdnotify import Notifier
 
 log = logging.getLogger("exfilguard.collector")
@@ -73,14 +74,7 @@ def server_options(config: CollectorConfig) -> list[tuple[str, int]]:
 
 def stream_limits(config: CollectorConfig) -> StreamLimits:
     """The stream limits of collector.yaml."""
-    return StreamLimits(
-        max_streams=config.max_streams,
-        max_streams_per_peer=config.max_streams_per_peer,
-        max_pending_hellos=config.max_pending_hellos,
-        max_pending_hellos_per_peer=config.max_pending_hellos_per_peer,
-        hello_timeout_seconds=config.hello_timeout_seconds,
-        idle_stream_seconds=config.idle_stream_seconds,
-    )
+    return from_attributes(StreamLimits, config)
 
 
 class Collector:
