@@ -130,6 +130,25 @@ class HeaderValue(_Strict):
         return self
 
 
+# Extra request headers: a plain value (not secret), or {file: ...} / {env: ...} for secrets.
+Headers = Annotated[
+    dict[
+        Annotated[str, Field(pattern=_HEADER_NAME)],
+        Annotated[HeaderValue, pydantic.BeforeValidator(_plain_header)],
+    ],
+    Field(max_length=50),
+]
+
+
+def _no_credentials_in_the_clear(headers: dict[str, HeaderValue]) -> None:
+    for name, value in headers.items():
+        if value.value is not None and _SECRET_HEADER.search(name):
+            # Configs end up in tickets and backups: a credential belongs in a file or the environment.
+            raise ValueError(
+                f"header {name} looks like a credential: give it as {{file: ...}} or {{env: ...}}"
+            )
+
+
 _SECRET_HEADER = re.compile(r"authorization|token|key|secret|password|cookie", re.IGNORECASE)
 TEMPLATES = ("slack", "teams", "pagerduty", "splunk-hec")
 
@@ -141,14 +160,7 @@ class WebhookSink(_Routed):
     url: Annotated[str, Field(pattern=r"^https?://")]
     timeout_seconds: Annotated[float, Field(gt=0, le=120)] = 5.0
     max_retries: Annotated[int, Field(ge=0, le=100)] = 8
-    # Extra request headers: a plain value (not secret), or {file: ...} / {env: ...} for secrets.
-    headers: Annotated[
-        dict[
-            Annotated[str, Field(pattern=_HEADER_NAME)],
-            Annotated[HeaderValue, pydantic.BeforeValidator(_plain_header)],
-        ],
-        Field(max_length=50),
-    ] = {}
+    headers: Headers = {}
     # slack, teams, pagerduty, splunk-hec (built in), or the path of a Jinja2 template file.
     template: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     # pagerduty: the Events API v2 routing key, read from a file or the environment.
@@ -156,12 +168,7 @@ class WebhookSink(_Routed):
 
     @pydantic.model_validator(mode="after")
     def _pagerduty_key(self) -> Self:
-        for name, value in self.headers.items():
-            if value.value is not None and _SECRET_HEADER.search(name):
-                # Configs end up in tickets and backups: a credential belongs in a file or the environment.
-                raise ValueError(
-                    f"header {name} looks like a credential: give it as {{file: ...}} or {{env: ...}}"
-                )
+        _no_credentials_in_the_clear(self.headers)
         if self.template == "pagerduty" and self.routing_key is None:
             raise ValueError("template: pagerduty needs routing_key: {file: ...} or {env: ...}")
         if self.routing_key is not None and self.template != "pagerduty":
@@ -191,6 +198,49 @@ class SyslogSink(_Routed):
         if (self.cert is None) != (self.key is None):
             raise ValueError("a client certificate needs both cert and key")
         return self
+
+
+class _Destination(_Strict):
+    """What every forwarding destination shares (collector/forward/)."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]  # keys its cursor in the store
+    format: Literal["ecs", "ocsf"] = "ecs"
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 500
+    timeout_seconds: Annotated[float, Field(gt=0, le=300)] = 10.0
+    # Failed deliveries are retried for ever (the cursor waits), with backoff doubling up to this.
+    retry_max_seconds: Annotated[float, Field(ge=0.1, le=3600)] = 30.0
+
+
+class HttpDestination(_Destination):
+    """Events POSTed to Elasticsearch or OpenSearch (`_bulk`) or Splunk's HTTP Event Collector."""
+
+    type: Literal["elasticsearch", "opensearch", "splunk-hec"]
+    url: Annotated[str, Field(pattern=r"^https?://[^\s?#]+$")]  # the base URL (no path for _bulk)
+    index: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.+-]{0,254}$")] = "exfilguard-events"
+    headers: Headers = {}
+    ca: str | None = None  # CA bundle for an https URL (default: the system's trust store)
+
+    @pydantic.model_validator(mode="after")
+    def _headers(self) -> Self:
+        _no_credentials_in_the_clear(self.headers)
+        return self
+
+
+class SyslogDestination(_Destination):
+    """Events as RFC 5424 syslog messages (the document as JSON) over TLS (RFC 5425) or TCP."""
+
+    type: Literal["syslog"]
+    address: HostPort
+    protocol: Literal["tcp", "tls"] = Field(
+        "tls", validation_alias=pydantic.AliasChoices("protocol", "transport")
+    )
+    ca: str | None = None
+    server_name: str | None = None
+    cert: str | None = None
+    key: str | None = None
+
+
+Destination = Annotated[HttpDestination | SyslogDestination, Field(discriminator="type")]
 
 
 class EmailSink(_Routed):
@@ -262,6 +312,8 @@ class CollectorConfig(_Strict):
     policies: list[str] = ["/etc/exfilguard/policies"]
     timezone: str = "UTC"
     alerts: list[Sink] = [StdoutSink(type="stdout")]
+    # Every stored event streamed to SIEM destinations (collector/forward/), each with its cursor.
+    forward: Annotated[list[Destination], Field(max_length=20)] = []
     silent_agent_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
     max_message_bytes: Annotated[int, Field(ge=64 << 10, le=64 << 20)] = 4 << 20
     max_streams: Annotated[int, Field(ge=1, le=100_000)] = 10_000
@@ -334,6 +386,15 @@ class CollectorConfig(_Strict):
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
+    @pydantic.field_validator("forward")
+    @classmethod
+    def _unique_names(cls, value: list[Destination]) -> list[Destination]:
+        names = [d.name for d in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"forward destination names must be unique: {', '.join(twice)} given twice")
+        return value
+
     @pydantic.model_validator(mode="after")
     def _plaintext_on_loopback(self) -> Self:
         host = self.listen.rpartition(":")[0].strip("[]")
@@ -376,6 +437,14 @@ def load(path: str | os.PathLike[str]) -> CollectorConfig:
             return sink.model_copy(update=update)
         return sink
 
+    def destination_paths(destination: Destination) -> Destination:
+        files: dict[str, object] = {
+            k: rel(v) for k in ("ca", "cert", "key") if (v := getattr(destination, k, None))
+        }
+        if isinstance(destination, HttpDestination):
+            files["headers"] = {k: secret(v) for k, v in destination.headers.items()}
+        return destination.model_copy(update=files)
+
     sinks = [sink_paths(s) for s in config.alerts]
     tls_files = {k: rel(v) for k in ("cert", "key", "client_ca", "crl") if (v := getattr(config.tls, k))}
     console = config.console
@@ -395,6 +464,7 @@ def load(path: str | os.PathLike[str]) -> CollectorConfig:
             "policies": [rel(p) for p in config.policies],
             "agent_config": rel(config.agent_config) if config.agent_config else None,
             "alerts": sinks,
+            "forward": [destination_paths(d) for d in config.forward],
         }
     )
 

@@ -30,16 +30,21 @@ log = logging.getLogger("exfilguard.collector")
 
 
 def build_listeners(config: CollectorConfig, store: Store) -> list[EventListener]:
-    """Everything that consumes stored events (the policy engine plugs in here)."""
+    """Everything that consumes stored events: the policy engine, and forwarding when configured."""
     from collector.policy.errors import PolicySetError
     from collector.policy.listener import PolicyListener
 
     try:
-        return [PolicyListener.from_config(config, store)]
+        listeners: list[EventListener] = [PolicyListener.from_config(config, store)]
     except PolicySetError as exc:
         for problem in (p for p in exc.problems if p.severity == "error"):
             log.error("policy problem: %s", problem, extra={"code": problem.code, "path": problem.path})
         raise
+    if config.forward:
+        from collector.forward.listener import Forwarding
+
+        listeners.append(Forwarding.from_config(config, store))
+    return listeners
 
 
 def _raise_open_files_limit() -> None:

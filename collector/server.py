@@ -200,6 +200,9 @@ class Collector:
             stats = getattr(listener, "stats", None)  # the policy listener's figures
             if callable(stats):
                 sources.append(policy_source(stats))
+            families = getattr(listener, "metric_families", None)  # forwarding's
+            if callable(families):
+                sources.append(families)
         if self.pusher is not None:
             fleet = self.pusher.source
             sources.append(lambda: config_reload_families(fleet.reloads, fleet.failures))

@@ -26,3 +26,16 @@ def ecs_time_at(epoch: float) -> str:
 def ecs_now() -> str:
     """ECS time string of now."""
     return dt.datetime.now(dt.UTC).strftime(ECS_TIME)
+
+
+def ecs_epoch(text: object) -> float | None:
+    """Seconds since the epoch of an ECS (or any ISO 8601) time string; None if it is none."""
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment.timestamp()

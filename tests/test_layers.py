@@ -25,7 +25,12 @@ MAY_IMPORT: dict[str, set[str]] = {
 }
 # sub-package -> sub-packages of the same package it must not import
 MUST_NOT_IMPORT: dict[str, set[str]] = {
-    "collector.store": {"collector.evidence", "collector.policy", "collector.alerts", "collector.behaviour"},
+    "collector.store": {
+        "collector.evidence", "collector.policy", "collector.alerts", "collector.behaviour",
+        "collector.forward", "collector.formats",
+    },
+    # documents know fields, not where they are sent
+    "collector.formats": {"collector.alerts", "collector.forward", "collector.policy", "collector.store"},
     "collector.tls": {
         "collector.evidence", "collector.policy", "collector.alerts", "collector.behaviour",
         "collector.fleet", "collector.store",

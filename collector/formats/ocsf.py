@@ -8,11 +8,11 @@ Checked against the OCSF schema (classes and objects compiled from ocsf-schema) 
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
 from collector import __version__
+from common.ecstime import ecs_epoch
 
 OCSF_VERSION = "1.9.0-dev"  # device.peripheral_devices is new in 1.9 (ocsf-schema #1645)
 
@@ -63,10 +63,8 @@ _MAPPED = frozenset(
 
 def epoch_ms(text: object) -> int:
     """An ECS time string as OCSF's timestamp_t (milliseconds since the epoch); 0 if it is none."""
-    if not isinstance(text, str) or not text:
-        return 0
-    moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return int(moment.timestamp() * 1000)
+    seconds = ecs_epoch(text)
+    return 0 if seconds is None else int(seconds * 1000)
 
 
 def _metadata(uid: str, product_uid: str = "") -> dict[str, Any]:

@@ -76,6 +76,11 @@ class SyslogTransport:
                 return
             frames = b"".join(b"%d %s" % (len(m), m) for m in messages)
             sock = self._connect()
+            try:
+                self._check_open(sock)
+            except ConnectionResetError:  # closed while we were idle (a receiver restart): reconnect
+                self.close()
+                sock = self._connect()
             sock.sendall(frames)
             self._check_open(sock)
         except OSError:

@@ -1,7 +1,7 @@
 """A real loopback HTTP receiver that can misbehave: answer a status, hang, or close mid-request.
 
     receiver = HttpReceiver()              # 200 with an Elasticsearch-style _bulk answer
-    receiver.mode = "status:503"           # or "hang", "close", "ok"
+    receiver.mode = "status:503"           # or "hang", "close", "bulk-refuse", "ok"
     receiver.wait_for(3)                   # bounded wait for 3 accepted requests (Request objects)
 """
 
@@ -63,6 +63,10 @@ class HttpReceiver(_Collector):
                 if mode.startswith("status:"):
                     self._answer(int(mode.split(":")[1]), b'{"error": "refused"}')
                     return
+                if mode == "bulk-refuse":  # 200, but the cluster refused an item (a mapping conflict)
+                    item = {"create": {"status": 400, "error": {"type": "mapper_parsing_exception"}}}
+                    self._answer(200, json.dumps({"errors": True, "items": [item]}).encode())
+                    return
                 request = Request(self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 answer: dict[str, Any] = {"text": "Success", "code": 0}
                 if self.path.endswith("/_bulk"):
@@ -84,7 +88,7 @@ class HttpReceiver(_Collector):
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     @property
     def accepted(self) -> list[Request]:

@@ -63,7 +63,8 @@ def _ext(text: object) -> str:
     return str(text).replace("\\", "\\\\").replace("=", "\\=").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def _sd_value(text: object) -> str:
+def sd_value(text: object) -> str:
+    """A structured-data parameter value, escaped as RFC 5424 §6.3.3 asks."""
     return str(text).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
@@ -100,8 +101,8 @@ def rfc5424(alert: dict[str, Any], hostname: str, payload: str | None = None) ->
     severity = str(alert.get("severity", "low"))
     pri = FACILITY * 8 + SYSLOG_SEVERITY.get(severity, 5)
     timestamp = str(alert.get("@timestamp") or "-")
-    alert_id, policy = _sd_value(alert.get("id", "")), _sd_value(alert.get("policy.id", ""))
-    sd = f'[{SD_ID} alertId="{alert_id}" policy="{policy}" severity="{_sd_value(severity)}"]'
+    alert_id, policy = sd_value(alert.get("id", "")), sd_value(alert.get("policy.id", ""))
+    sd = f'[{SD_ID} alertId="{alert_id}" policy="{policy}" severity="{sd_value(severity)}"]'
     host = (hostname or "-")[:255].replace(" ", "_")
     body = cef(alert) if payload is None else payload
     return f"<{pri}>1 {timestamp} {host} {APP} - ALERT {sd} {body}".encode()

@@ -1,0 +1,213 @@
+"""Where forwarded events go: Elasticsearch/OpenSearch `_bulk`, Splunk HEC, syslog over TLS.
+
+Each destination takes a batch of `Item`s and either returns (the destination has them) or
+raises DeliveryError with a `reason` from REASONS (the metrics label). Nothing here retries:
+the worker (worker.py) does, and keeps its cursor where it was until a batch is taken.
+
+- `_bulk` uses `create` with the event id as `_id`: a batch sent again after a lost answer
+  creates nothing twice (409 per item counts as delivered), and it works with data streams.
+  Items the cluster refuses (a mapping conflict) fail the whole batch, so nothing is skipped.
+- HEC gets one JSON event object per event, concatenated, sourcetype `exfilguard:event`.
+- syslog gets one RFC 5424 message per event with the document as JSON, octet-counted.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from collector import __version__
+from collector.alerts.sinks.syslog import FACILITY, SD_ID, sd_value
+from collector.formats.ocsf import epoch_ms
+from collector.forward.errors import DeliveryError
+from collector.forward.syslog import SyslogTransport
+
+MAX_ANSWER_BYTES = 16 << 20  # a _bulk answer names every item
+
+
+@dataclass(frozen=True)
+class Item:
+    """One stored event on its way out: its key, its mapping (SPEC names) and the formatted document."""
+
+    agent_id: str
+    sequence: int
+    event_id: str
+    mapping: Mapping[str, Any]
+    doc: Mapping[str, Any]
+
+
+class Destination(Protocol):
+    """A place events are forwarded to."""
+
+    where: str
+
+    def deliver(self, items: Sequence[Item]) -> None:
+        """Hand over the batch; return only when the destination has all of it (DeliveryError else)."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def _post(
+    url: str, body: bytes, headers: Mapping[str, str], timeout: float, context: ssl.SSLContext | None
+) -> bytes:
+    """POST and return the answer's body for a 2xx; DeliveryError (with its reason) otherwise."""
+    request = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))  # noqa: S310
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
+            return bytes(response.read(MAX_ANSWER_BYTES))
+    except urllib.error.HTTPError as exc:
+        reason = "http_4xx" if exc.code < 500 else "http_5xx"
+        raise DeliveryError(reason, f"HTTP {exc.code} from {_safe(url)}") from exc
+    except urllib.error.URLError as exc:
+        raise _network_error(url, exc.reason) from exc
+    except (OSError, http.client.HTTPException) as exc:
+        raise _network_error(url, exc) from exc
+
+
+def _network_error(url: str, cause: object) -> DeliveryError:
+    if isinstance(cause, ssl.SSLError):
+        return DeliveryError("tls", f"TLS with {_safe(url)} failed: {cause}")
+    if isinstance(cause, (TimeoutError, socket.timeout)):
+        return DeliveryError("timeout", f"{_safe(url)} did not answer in time")
+    return DeliveryError("connection", f"cannot reach {_safe(url)}: {cause}")
+
+
+def _safe(url: str) -> str:
+    """The URL without user info (a password in a URL must not reach the logs)."""
+    parts = urllib.parse.urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def _with_path(url: str, path: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return url if parts.path not in ("", "/") else url.rstrip("/") + path
+
+
+class HttpDestination:
+    """Elasticsearch / OpenSearch `_bulk` or Splunk HEC over HTTP(S)."""
+
+    def __init__(
+        self,
+        kind: str,
+        url: str,
+        *,
+        index: str = "exfilguard-events",
+        headers: Mapping[str, str] | None = None,
+        ca: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.kind = kind
+        self.index = index
+        self.timeout = timeout
+        self.url = _with_path(url, "/services/collector/event" if kind == "splunk-hec" else "/_bulk")
+        self.where = _safe(self.url)
+        self._context = ssl.create_default_context(cafile=ca) if url.startswith("https://") else None
+        content_type = "application/json" if kind == "splunk-hec" else "application/x-ndjson"
+        self._headers = {"Content-Type": content_type, "User-Agent": f"exfilguard/{__version__}"}
+        self._headers.update(headers or {})
+
+    def __repr__(self) -> str:  # never the headers: they may hold tokens
+        return f"HttpDestination({self.kind!r}, {self.where!r})"
+
+    def deliver(self, items: Sequence[Item]) -> None:
+        """One POST of the whole batch."""
+        if self.kind == "splunk-hec":
+            self._hec(items)
+        else:
+            self._bulk(items)
+
+    def _bulk(self, items: Sequence[Item]) -> None:
+        lines: list[str] = []
+        for item in items:
+            lines.append(json.dumps({"create": {"_index": self.index, "_id": item.event_id}}))
+            lines.append(json.dumps(item.doc, sort_keys=True, separators=(",", ":")))
+        body = ("\n".join(lines) + "\n").encode()
+        answer = _post(self.url, body, self._headers, self.timeout, self._context)
+        try:
+            result = json.loads(answer)
+        except ValueError as exc:
+            raise DeliveryError("rejected", f"{self.where} answered something that is not JSON") from exc
+        if not isinstance(result, dict):
+            raise DeliveryError("rejected", f"{self.where} answered something that is not a _bulk result")
+        if not result.get("errors"):
+            return
+        for entry in result.get("items", []):
+            outcome: dict[str, Any] = next(iter(entry.values()), {}) if isinstance(entry, dict) else {}
+            status = int(outcome.get("status", 0))
+            if 200 <= status < 300 or status == 409:  # 409: created by an earlier try of this batch
+                continue
+            error = outcome.get("error", {})
+            kind = error.get("type", "") if isinstance(error, dict) else str(error)
+            reason = "http_5xx" if status >= 500 or status == 429 else "rejected"
+            raise DeliveryError(reason, f"{self.where} refused event {outcome.get('_id')}: {status} {kind}")
+
+    def _hec(self, items: Sequence[Item]) -> None:
+        events = []
+        for item in items:
+            event: dict[str, Any] = {
+                "source": "exfilguard",
+                "sourcetype": "exfilguard:event",
+                "event": item.doc,
+            }
+            millis = epoch_ms(item.mapping.get("@timestamp"))
+            if millis:
+                event["time"] = millis / 1000
+            if item.mapping.get("host.name"):
+                event["host"] = str(item.mapping["host.name"])
+            events.append(json.dumps(event, sort_keys=True, separators=(",", ":")))
+        answer = _post(self.url, "\n".join(events).encode(), self._headers, self.timeout, self._context)
+        try:
+            code = json.loads(answer).get("code", 0)
+        except (ValueError, AttributeError):
+            code = 0  # HEC answers {"text": "Success", "code": 0}; a 2xx is what counts
+        if code not in (0, None):
+            raise DeliveryError("rejected", f"{self.where} answered HEC code {code}")
+
+    def close(self) -> None:
+        """Nothing kept open (one connection per batch)."""
+
+
+class SyslogDestination:
+    """RFC 5424 messages carrying the document as JSON, over TLS (RFC 5425) or TCP."""
+
+    def __init__(self, wire: SyslogTransport) -> None:
+        self.wire = wire
+        self.where = wire.where
+        self.hostname = socket.gethostname()[:255].replace(" ", "_") or "-"
+
+    def deliver(self, items: Sequence[Item]) -> None:
+        """All messages in one write; DeliveryError when the connection fails or was closed."""
+        pri = FACILITY * 8 + 6  # informational: an event, not an alert
+        messages = []
+        for item in items:
+            stamp = str(item.mapping.get("@timestamp") or "-")
+            body = json.dumps(item.doc, sort_keys=True, separators=(",", ":"))
+            ids = f'eventId="{sd_value(item.event_id)}" agentId="{sd_value(item.agent_id)}"'
+            sd = f'[{SD_ID} {ids} sequence="{item.sequence}"]'
+            messages.append(f"<{pri}>1 {stamp} {self.hostname} exfilguard - EVENT {sd} {body}".encode())
+        try:
+            self.wire.send(messages)
+        except ssl.SSLCertVerificationError as exc:
+            reason = f"certificate of {self.where} did not verify: {exc.verify_message}"
+            raise DeliveryError("tls", reason) from exc
+        except ssl.SSLError as exc:
+            raise DeliveryError("tls", f"TLS with {self.where} failed: {exc}") from exc
+        except TimeoutError as exc:
+            raise DeliveryError("timeout", f"{self.where} did not take the batch in time") from exc
+        except OSError as exc:
+            raise DeliveryError("connection", f"cannot send to {self.where}: {exc}") from exc
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.wire.close()

@@ -1,0 +1,127 @@
+"""Forwarding: the collector seam — one ForwardWorker per `forward:` destination, woken on each commit.
+
+Wiring (collector/main.py): `Forwarding.from_config(config, store)` with the event loop running.
+Each worker reads stored events through a read-only store connection of its own and keeps its
+cursors through the collector's store; `on_events` only wakes the workers, so ingest never
+waits on a destination. When the loop cancels the background task at shutdown, the workers
+stop (a delivery under way finishes or is given up, its cursor saved only if it went through).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from collector.alerts.secrets import read_secret
+from collector.config import CollectorConfig, Destination, HttpDestination
+from collector.forward import destinations
+from collector.forward.errors import REASONS
+from collector.forward.syslog import SyslogTransport
+from collector.forward.worker import ForwardWorker
+from collector.store import Store, open_store
+from collector.store.cursors import CursorBook
+
+
+def build_destination(spec: Destination) -> destinations.Destination:
+    """One destination from its config entry (secrets read now: SinkSetupError names what is missing)."""
+    if isinstance(spec, HttpDestination):
+        what = f"forward {spec.name} header"
+        headers = {name: read_secret(value, f"{what} {name}") for name, value in spec.headers.items()}
+        return destinations.HttpDestination(
+            spec.type, spec.url, index=spec.index, headers=headers, ca=spec.ca, timeout=spec.timeout_seconds
+        )
+    wire = SyslogTransport(
+        spec.address,
+        spec.protocol,
+        ca=spec.ca,
+        server_name=spec.server_name,
+        cert=spec.cert,
+        key=spec.key,
+        timeout=spec.timeout_seconds,
+    )
+    return destinations.SyslogDestination(wire)
+
+
+class Forwarding:
+    """Every configured destination's worker; an EventListener of the collector."""
+
+    def __init__(self, workers: Iterable[ForwardWorker], readers: Iterable[Store] = ()) -> None:
+        self.workers = list(workers)
+        self._readers = list(readers)
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(cls, config: CollectorConfig, store: Store) -> Forwarding:
+        """Build and start the workers of collector.yaml's `forward:`."""
+        workers, readers = [], []
+        for spec in config.forward:
+            reader = open_store(config.store, readonly=True)
+            readers.append(reader)
+            worker = ForwardWorker(
+                spec.name,
+                build_destination(spec),
+                CursorBook(reader.domain(), store.domain()),
+                spec.format,
+                batch_size=spec.batch_size,
+                retry_max=spec.retry_max_seconds,
+            )
+            workers.append(worker)
+        forwarding = cls(workers, readers)
+        forwarding.start()
+        return forwarding
+
+    def start(self) -> None:
+        """Start the workers, and a task on the running loop that stops them when it is cancelled."""
+        for worker in self.workers:
+            worker.start()
+        with contextlib.suppress(RuntimeError):  # no running loop (a test drives it by hand)
+            self._task = asyncio.get_running_loop().create_task(self._hold(), name="forward")
+
+    async def on_events(self, mappings: list[dict[str, Any]]) -> None:
+        """Events were stored: wake every worker (never blocks)."""
+        for worker in self.workers:
+            worker.wake()
+
+    async def _hold(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.to_thread(self.close)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop every worker and close their read connections (idempotent)."""
+        for worker in self.workers:
+            worker.stop(timeout)
+        for reader in self._readers:
+            reader.close()
+        self._readers = []
+
+    def metric_families(self) -> list[Metric]:
+        """Prometheus figures per destination: events delivered, failures by reason, lag."""
+        delivered = CounterMetricFamily(
+            "exfilguard_forward_events", "Events a forwarding destination took (again when resent)",
+            labels=["destination"],
+        )
+        failures = CounterMetricFamily(
+            "exfilguard_forward_failures", "Failed deliveries of a batch, by reason (each retried)",
+            labels=["destination", "reason"],
+        )
+        lag = GaugeMetricFamily(
+            "exfilguard_forward_lag_events", "Stored events not forwarded yet", labels=["destination"]
+        )
+        age = GaugeMetricFamily(
+            "exfilguard_forward_lag_seconds", "Age (event time) of the oldest event not forwarded yet",
+            labels=["destination"],
+        )
+        for worker in self.workers:
+            figures = worker.figures()
+            delivered.add_metric([worker.name], figures["delivered"])
+            for reason in REASONS:
+                failures.add_metric([worker.name, reason], figures["failures"][reason])
+            lag.add_metric([worker.name], figures["lag_events"])
+            age.add_metric([worker.name], figures["lag_seconds"])
+        return [delivered, failures, lag, age]
