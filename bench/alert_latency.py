@@ -15,7 +15,6 @@ the baseline share every event pays with or without policies.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -28,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench import _cli
 
 BIN = Path(sys.executable).parent
 POLICY = """
@@ -88,11 +89,7 @@ def percentile(values: list[float], share: float) -> float:
 
 def main() -> int:
     """Run the measurement and print p50/p99."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.alert_latency",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = _cli.parser("alert_latency", __doc__)
     parser.add_argument("--files", type=int, default=100)
     args = parser.parse_args()
     if os.geteuid() != 0:

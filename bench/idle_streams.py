@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 import psutil
 
+from bench import _cli
 from collector.store.sqlite import SqliteStore
 from protos import events
 from protos import exfilguard_pb2 as pb
@@ -173,13 +174,10 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
 
 def main() -> None:
     """Run the benchmark (or, with --worker, one load-generator process)."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--agents", type=int, default=2000, help="concurrent idle agent streams")
-    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
+    parser = _cli.parser("idle_streams", __doc__)
+    _cli.agent_options(parser, 2000, "concurrent idle agent streams")
     parser.add_argument("--hold", type=float, default=30.0, help="seconds to hold every stream open")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between an agent's heartbeats")
-    parser.add_argument("--worker", metavar="ADDRESS", help=argparse.SUPPRESS)
-    parser.add_argument("--first-agent", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         asyncio.run(_worker(args))

@@ -41,6 +41,8 @@ from typing import Any
 import grpc
 import psutil
 
+from bench import _cli
+from collector.store import open_store
 from collector.store.rows import event_row
 from collector.store.sqlite import INSERT_EVENT, SqliteStore, tune
 from protos import chain, events
@@ -263,7 +265,7 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
         cpu = run.cpu
         load_cpu = sum(r["cpu"] for r in run.results)
         rss = run.process.memory_info().rss
-        sealed = _wait_sealed(directory / "collector.db", args.batches * args.batch_size) - run.started
+        sealed = wait_sealed(str(directory / "collector.db"), args.batches * args.batch_size) - run.started
         if scraper is not None:
             scraper.done.set()
             scraper.join()
@@ -272,23 +274,28 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
                 raise RuntimeError(f"metrics count {counted:.0f} events ingested, {total} were sent")
     finally:
         code = collector.stop()
+    check_store(code, collector.log, str(directory / "collector.db"), total)
+    return {"events": total, "seconds": elapsed, "rate": total / elapsed, "cpu_us": cpu / total * 1e6,
+            "rss_mib": rss / MiB, "sealed_seconds": sealed, "sealed_rate": total / sealed,
+            "load_cpu_us": load_cpu / total * 1e6, "scrapes": scraper.scrapes if scraper else 0}
+
+
+def check_store(code: int, log: Callable[[], str], location: str, total: int) -> None:
+    """The stopped collector exited with 0 and its store holds every one of the `total` events sent."""
     if code != 0:
-        raise RuntimeError(f"collector exited with {code}:\n{collector.log()}")
-    store = SqliteStore(directory / "collector.db", readonly=True)
+        raise RuntimeError(f"collector exited with {code}:\n{log()}")
+    store = open_store(location, readonly=True)
     try:
         stored = store.count_events()
     finally:
         store.close()
     if stored != total:
         raise RuntimeError(f"store holds {stored} events, {total} were sent")
-    return {"events": total, "seconds": elapsed, "rate": total / elapsed, "cpu_us": cpu / total * 1e6,
-            "rss_mib": rss / MiB, "sealed_seconds": sealed, "sealed_rate": total / sealed,
-            "load_cpu_us": load_cpu / total * 1e6, "scrapes": scraper.scrapes if scraper else 0}
 
 
-def _wait_sealed(store_path: Path, last: int, timeout: float = 600) -> float:
-    """Wall time when the sealer process has chained every agent up to `last`."""
-    store = SqliteStore(store_path, readonly=True)
+def wait_sealed(location: str, last: int, timeout: float = 600) -> float:
+    """Wall time when the sealer process has chained every agent up to `last` (SQLite path or URL)."""
+    store = open_store(location, readonly=True)
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -344,14 +351,9 @@ def _insert_rows(path: Path, batches: list[list[tuple[Any, ...]]]) -> float:
 
 def main() -> None:
     """Run the benchmark (or, with --worker, one load-generator process)."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--agents", type=int, default=8, help="concurrent simulated agents")
-    parser.add_argument("--batches", type=int, default=50, help="batches per agent")
-    parser.add_argument("--batch-size", type=int, default=500, help="events per batch")
-    parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
-    parser.add_argument("--window", type=int, default=8, help="unacked batches per agent (as the agent)")
-    parser.add_argument("--worker", metavar="ADDRESS", help=argparse.SUPPRESS)
-    parser.add_argument("--first-agent", type=int, default=0, help=argparse.SUPPRESS)
+    parser = _cli.parser("ingest", __doc__)
+    _cli.agent_options(parser, 8, "concurrent simulated agents")
+    _cli.batch_options(parser)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument(
         "--metrics", action="store_true", help="serve /metrics, scrape it every second, check its counter"

@@ -32,7 +32,8 @@ from typing import Any
 
 import psycopg
 
-from bench.ingest import _WITHOUT_LISTENERS, batch_template, fill, run_load
+from bench import _cli
+from bench.ingest import _WITHOUT_LISTENERS, batch_template, check_store, fill, run_load, wait_sealed
 from collector.store.postgres import COPY_EVENTS, EVENT_TYPES, PostgresStore, events_row
 from protos import exfilguard_pb2 as pb
 from tests.helpers import start_collector, write_collector_config
@@ -134,44 +135,18 @@ def through_collector(args: argparse.Namespace, cluster: PgCluster, directory: P
         cpu = run.cpu
         elapsed = max(r["end"] for r in run.results) - run.started
         total = sum(r["events"] for r in run.results)
-        sealed = _wait_sealed(url, args.batches * args.batch_size) - run.started
+        sealed = wait_sealed(url, args.batches * args.batch_size) - run.started
     finally:
         code = collector.stop()
-    if code != 0:
-        raise RuntimeError(f"collector exited with {code}:\n{collector.log()}")
-    store = PostgresStore(url, readonly=True)
-    try:
-        stored = store.count_events()
-    finally:
-        store.close()
-    if stored != total:
-        raise RuntimeError(f"store holds {stored} events, {total} were sent")
+    check_store(code, collector.log, url, total)
     return {"events": total, "seconds": elapsed, "cpu_us": cpu / total * 1e6, "sealed_seconds": sealed}
-
-
-def _wait_sealed(url: str, last: int, timeout: float = 600) -> float:
-    """Wall time when the sealer process has chained every agent up to `last`."""
-    store = PostgresStore(url, readonly=True)
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            heads = [store.chain_head(a.id)[0] for a in store.agents()]
-            if heads and min(heads) >= last:
-                return time.time()
-            time.sleep(0.05)
-    finally:
-        store.close()
-    raise RuntimeError("the sealer did not chain every event in time")
 
 
 def main() -> None:
     """Run the benchmark."""
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--agents", type=int, default=8, help="concurrent simulated agents")
-    parser.add_argument("--batches", type=int, default=50, help="batches per agent")
-    parser.add_argument("--batch-size", type=int, default=500, help="events per batch")
-    parser.add_argument("--workers", type=int, default=2, help="load-generator processes (collector run)")
-    parser.add_argument("--window", type=int, default=8, help="unacked batches per agent (collector run)")
+    parser = _cli.parser("ingest_postgres", __doc__)
+    _cli.agent_options(parser, 8, "concurrent simulated agents")  # --workers: for the collector run
+    _cli.batch_options(parser)
     parser.add_argument("--no-collector", action="store_true", help="skip the collector-process run")
     args = parser.parse_args()
     total = args.agents * args.batches * args.batch_size

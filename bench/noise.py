@@ -33,7 +33,6 @@ The last line is one JSON object with these keys.
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import shutil
@@ -45,7 +44,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench import _fleet
+from bench import _cli, _fleet
 from collector.behaviour.enrich import Behaviour
 from collector.policy import loader
 from collector.policy.engine import event_time
@@ -146,11 +145,7 @@ def baseline_memory(fleet: _fleet.Fleet) -> tuple[float, int, int]:
 
 def main() -> int:
     """Generate, replay with and without behaviour, score, and print the figures."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.noise",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = _cli.parser("noise", __doc__)
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--days", type=int, default=42)
     parser.add_argument("--insiders", type=int, default=10)

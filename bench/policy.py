@@ -42,6 +42,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from bench import _cli
 from collector.policy import loader
 from collector.policy.engine import PolicyEngine
 from collector.policy.windows import Limits
@@ -262,11 +263,7 @@ def real_collector(
 
 def main() -> int:
     """Run and print the figures."""
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.policy",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = _cli.parser("policy", __doc__)
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--groups", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
