@@ -3,6 +3,8 @@
 A process that opens a tagged file (or a file derived from one) carries that data. It flows
   - through pipes, from the processes holding a pipe's write end to those holding its read
     end (by pipe inode, as /proc/PID/fd shows `pipe:[N]`, the end from /proc/PID/fdinfo);
+  - through socketpairs (rsync's sender and receiver, sshd and its session), both ways,
+    between the processes holding either end (sockets.py);
   - from parent to child (fork/exec): `tar czf` reads, the gzip it forked writes.
 Process groups and sessions are not links of their own: a shell pipeline is linked by its
 pipes, and a non-interactive shell puts everything it runs in one group.
@@ -27,6 +29,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.sensors.sockets import SocketPairs
+
 MAX_PROCESSES = 8192       # processes with a recorded link or carried data (oldest forgotten)
 MAX_SOURCES = 10_000       # tagged files remembered per carrying process
 MAX_WRITTEN = 4096         # files on removable media with writers not yet handled
@@ -38,6 +42,7 @@ FORK_SLACK_SECONDS = 0.5   # a parent's reads this soon after a child's start st
 _O_ACCMODE = 0o3
 _CMDLINE_BYTES = 8192
 _MAX_ARGS = 64
+MAX_SOCKETS = 32           # sockets of one process asked about per look (a browser has hundreds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +60,10 @@ class SourceRead:
 @dataclass(slots=True)
 class _Process:
     ppid: int = 0
-    writes: tuple[int, ...] = ()   # pipe inodes whose write end it holds
-    reads: tuple[int, ...] = ()    # pipe inodes whose read end it holds
+    # pipe inodes whose write (read) end it holds; a socketpair's channel, negated (sockfs
+    # and pipefs number inodes apart), is in both: data flows through it both ways
+    writes: tuple[int, ...] = ()
+    reads: tuple[int, ...] = ()
     seen: float = 0.0              # monotonic time the link was read
     born: float = 0.0              # wall-clock start (fork) time; 0: unknown
     sources: OrderedDict[str, SourceRead] = field(default_factory=OrderedDict)
@@ -94,6 +101,7 @@ class DataFlow:
         self._max_processes = max_processes
         self._max_sources = max_sources
         self.dropped = 0  # sources or links a bound forgot (lineage that may be lost)
+        self.pairs = SocketPairs()
 
     # ------------------------------------------------------------- records
 
@@ -177,7 +185,7 @@ class DataFlow:
             proc = self._procs.get(pid)
             if proc is not None and not force and now - proc.seen < REFRESH_SECONDS:
                 return
-        link = _read_link(pid)
+        link = _read_link(pid, self.pairs)
         if link is None:
             return  # gone: what was recorded before stays
         parent, writes, reads, files, born = link
@@ -305,11 +313,25 @@ class DataFlow:
         return found
 
     def carried_by(self, pid: int) -> bool:
-        """Cheap test for the fanotify reader: may a write by `pid` carry tagged data?"""
+        """Whether tagged data reaches process `pid`, so a write by it may carry some: read in
+        the last CARRY_SECONDS by it, by its parents before they forked it, or upstream of its
+        pipes and socketpairs (what `flow([pid])` would name). Thread-safe; free while no
+        process carries anything; otherwise reads /proc/PID at most once a second per process
+        and stops at the first carrier found. Asked per event by the fanotify reader (and by
+        a permission check before a write is allowed): keep it cheap and its meaning stable."""
         if not self._carriers:
             return False
         self._record(pid)
-        return bool(self.flow([pid]).sources)
+        cutoff = time.time() - CARRY_SECONDS
+        found: list[bool] = []
+
+        def take(proc: _Process, until: float) -> bool:
+            if any(cutoff <= read.at <= until for read in proc.sources.values()):
+                found.append(True)
+            return bool(found)
+
+        self._walk([pid], take)
+        return bool(found)
 
 
 def _argument_paths(base: str) -> list[str]:
@@ -329,9 +351,12 @@ def _argument_paths(base: str) -> list[str]:
     return out
 
 
-def _read_link(pid: int) -> tuple[int, tuple[int, ...], tuple[int, ...], list[str], float] | None:
+_Link = tuple[int, tuple[int, ...], tuple[int, ...], list[str], float]
+
+
+def _read_link(pid: int, pairs: SocketPairs) -> _Link | None:
     """(ppid, pipe inodes written, pipe inodes read, paths of files open, start time) of a live
-    process; None when it is gone."""
+    process; None when it is gone. A socketpair end counts as both, as its negated channel."""
     base = f"/proc/{pid}"
     try:
         with open(f"{base}/stat", "rb") as fh:
@@ -345,6 +370,7 @@ def _read_link(pid: int) -> tuple[int, tuple[int, ...], tuple[int, ...], list[st
     writes: list[int] = []
     reads: list[int] = []
     files = _argument_paths(base)
+    sockets = 0
     for name in names:
         try:
             target = os.readlink(f"{base}/fd/{name}")
@@ -352,6 +378,13 @@ def _read_link(pid: int) -> tuple[int, tuple[int, ...], tuple[int, ...], list[st
             continue
         if target.startswith("/"):
             files.append(target)
+            continue
+        if target.startswith("socket:[") and sockets < MAX_SOCKETS:
+            sockets += 1
+            channel = pairs.channel(int(target[8:-1]))
+            if channel:
+                writes.append(-channel)
+                reads.append(-channel)
             continue
         if not target.startswith("pipe:["):
             continue

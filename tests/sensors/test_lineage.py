@@ -4,10 +4,12 @@ bounds; byte evidence against a guess."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psutil
 
@@ -138,3 +140,40 @@ def test_what_a_bound_forgets_is_reported_as_a_lineage_gap_at_most_once_a_minute
     assert len(events.matching(events.action("agent.gap"))) == 1
     reporter.report_dropped(every=0.0)
     assert [e["exfilguard.gap.lost"] for e in events.matching(events.action("agent.gap"))] == [2, 1]
+
+
+def test_data_flows_through_a_socketpair_both_ways_but_not_through_a_daemon_socket(tmp_path: Path) -> None:
+    """Two sibling processes holding the ends of one socketpair (as rsync's sender and receiver)
+    share what either read; two clients of one listening socket (a daemon) do not."""
+    flow = DataFlow()
+    ours, theirs = socket.socketpair()
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(tmp_path / "daemon.sock"))
+    server.listen()
+    client = socket.socket(socket.AF_UNIX)
+    client.connect(str(tmp_path / "daemon.sock"))
+    accepted, _addr = server.accept()
+    holders = []
+    try:
+        for end in (ours, theirs, client, accepted):  # each end held by a process of its own
+            holders.append(subprocess.Popen(["bash", "-c", "read x"], stdin=subprocess.PIPE,
+                                            pass_fds=[end.fileno()]))
+        for end in (ours, theirs, client, accepted):
+            end.close()
+        sender, receiver, talker, daemon = holders
+        for proc in holders:
+            flow.note_exec(proc.pid)
+        flow.note_read(sender.pid, [_read("/srv/db/customers.csv")])
+        assert [s.path for s in flow.flow([receiver.pid]).sources] == ["/srv/db/customers.csv"]
+        assert flow.carried_by(receiver.pid) and not flow.carried_by(talker.pid)
+        flow.note_read(receiver.pid, [_read("/srv/db/orders.sql")])  # and back the other way
+        assert {s.path for s in flow.flow([sender.pid]).sources} == {"/srv/db/customers.csv",
+                                                                     "/srv/db/orders.sql"}
+        flow.note_read(daemon.pid, [_read("/srv/db/ledger.db")])
+        assert not flow.flow([talker.pid]).sources  # a daemon's reads do not reach its clients
+    finally:
+        for proc in holders:
+            assert proc.stdin is not None
+            proc.stdin.close()
+            proc.wait(10)
+        server.close()
