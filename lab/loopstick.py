@@ -136,10 +136,20 @@ class LoopStick:
         """Attach the image to a free loop device (udev sees `change`); returns /dev/loopN."""
         if not self.image.exists():
             self.create()
-        self.device = _run("losetup", "losetup", "--find", "--show", str(self.image))
-        # a loop device keeps the read-only flag an earlier user set (`blockdev --setro`, an
-        # agent enforcing read-only devices); a plugged stick is writable
-        _run("blockdev", "blockdev", "--setrw", self.device)
+        # A loop device keeps the read-only flag an earlier user set (`blockdev --setro`, an agent
+        # enforcing read-only devices), so the free device is made writable *before* the image
+        # is attached: an agent that sets the new stick read-only on udev's event must win.
+        for _attempt in range(10):
+            free = _run("losetup", "losetup", "--find")
+            _run("blockdev", "blockdev", "--setrw", free)
+            try:
+                _run("losetup", "losetup", free, str(self.image))
+            except LoopStickError:
+                continue  # taken meanwhile by another stick being plugged
+            self.device = free
+            break
+        else:
+            raise LoopStickError("losetup", f"no free loop device for {self.image} after 10 attempts")
         _run("udev settle", "udevadm", "settle", f"--timeout={_TIMEOUT}")
         return self.device
 

@@ -131,8 +131,21 @@ class ContentGuard:
             group.answer(item.fd, True)
         group.close()
         self._report_defaulted(force=True)
+        log.info("prevent: stopped: %s", self.summary())
         os.close(self._stop_r)
         os.close(self._stop_w)
+
+    def summary(self) -> str:
+        """Decisions, refusals and answer latency (read to answer) so far, for the journal."""
+        ordered = sorted(self.latencies)
+
+        def pct(share: float) -> float:
+            if not ordered:
+                return 0.0
+            return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))] * 1000
+
+        return (f"decisions={self.decided} blocked={self.blocked} p50_ms={pct(0.5):.3f} "
+                f"p99_ms={pct(0.99):.3f} overflows={self.overflows}")
 
     def watching(self) -> list[str]:
         """Mount points of the removable file systems guarded now."""
