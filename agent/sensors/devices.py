@@ -34,6 +34,7 @@ from agent.content.identify import Identification
 from agent.sensors import Emit, procinfo
 from agent.sensors.errors import SensorError
 from agent.sensors.media import RemovableMedia, describe_udev
+from agent.sensors.stoppipe import StopPipe
 from protos import exfilguard_pb2 as pb
 from protos.events import new_event
 
@@ -98,7 +99,7 @@ class DeviceSensor:
         self._attached: dict[str, pb.Device] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._stop_r, self._stop_w = os.pipe()
+        self._stop = StopPipe()
         self._context: Any = None
         self._monitor: Any = None
         self._written: dict[str, int] = {}  # device node -> sectors written, last look
@@ -119,25 +120,20 @@ class DeviceSensor:
 
     def stop(self) -> None:
         """Stop following udev; idempotent."""
-        if self._thread is not None:
-            os.write(self._stop_w, b"x")
-            self._thread.join(timeout=10)
-            self._thread = None
-        if self._stop_w >= 0:
-            os.close(self._stop_r)
-            os.close(self._stop_w)
-            self._stop_r = self._stop_w = -1
+        self._stop.wake(self._thread)
+        self._thread = None
+        self._stop.close()
         self._monitor = None  # pyudev closes its netlink socket when the monitor goes
 
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self._monitor.fileno(), select.POLLIN)
-        poller.register(self._stop_r, select.POLLIN)
+        self._stop.register(poller)
         while True:
             with self._lock:
                 watching = bool(self._attached)
             ready = poller.poll(_RAW_POLL_MS if watching else None)
-            if any(fd == self._stop_r for fd, _ in ready):
+            if self._stop.rang(ready):
                 return
             try:
                 self._check_raw_writes()

@@ -37,6 +37,7 @@ from pathlib import Path
 
 from agent.sensors import procinfo
 from agent.sensors.errors import FanotifyUnavailable
+from agent.sensors.stoppipe import StopPipe
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ class FanotifySensor:
         self._work: queue.Queue[tuple[float, str, Access] | None] = queue.Queue(max_pending)
         self._processes = procinfo.ProcessCache()
         self._me = os.getpid()
-        self._stop_r, self._stop_w = os.pipe()
+        self._stop = StopPipe()
         self._reader: threading.Thread | None = None
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -299,26 +300,23 @@ class FanotifySensor:
 
     def stop(self) -> None:
         """Stop reading, finish queued work, close the group; idempotent."""
-        if self._reader is not None:
-            os.write(self._stop_w, b"x")
-            self._reader.join(timeout=10)
-            self._reader = None
+        self._stop.wake(self._reader)
+        self._reader = None
         if self._worker is not None:
             self._work.put(None)
             self._worker.join(timeout=30)
             self._worker = None
         if self._group.fd >= 0:
             self._group.close()
-            os.close(self._stop_r)
-            os.close(self._stop_w)
+            self._stop.close()
 
     def _read_loop(self) -> None:
         poller = select.poll()
         poller.register(self._group.fd, select.POLLIN)
-        poller.register(self._stop_r, select.POLLIN)
+        self._stop.register(poller)
         while True:
             ready = poller.poll()
-            stopping = any(fd == self._stop_r for fd, _ in ready)
+            stopping = self._stop.rang(ready)
             try:
                 self._drain()  # on stop too: what the kernel queued before stop() is reported
             except Exception:  # a sensor thread must not die on one bad event

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from agent.sensors import Emit, procinfo
 from agent.sensors.media import RemovableMedia, RemovableMount
+from agent.sensors.stoppipe import StopPipe
 from protos import exfilguard_pb2 as pb
 from protos.events import new_event
 
@@ -87,7 +88,7 @@ class MountTable:
         self._table: dict[int, MountEntry] = {}
         self._tracked: dict[int, RemovableMount] = {}
         self._thread: threading.Thread | None = None
-        self._stop_r, self._stop_w = os.pipe()
+        self._stop = StopPipe()
         self._fd = -1
         self._started = False  # mounts found by the first look were there before the agent
 
@@ -101,14 +102,9 @@ class MountTable:
 
     def stop(self) -> None:
         """Stop following; idempotent."""
-        if self._thread is not None:
-            os.write(self._stop_w, b"x")
-            self._thread.join(timeout=10)
-            self._thread = None
-        if self._stop_w >= 0:
-            os.close(self._stop_r)
-            os.close(self._stop_w)
-            self._stop_r = self._stop_w = -1
+        self._stop.wake(self._thread)
+        self._thread = None
+        self._stop.close()
         with self._lock:
             if self._fd >= 0:
                 os.close(self._fd)
@@ -163,10 +159,10 @@ class MountTable:
         # The timer also catches a mount seen before udev had described its device.
         poller = select.poll()
         poller.register(self._fd, select.POLLPRI | select.POLLERR)
-        poller.register(self._stop_r, select.POLLIN)
+        self._stop.register(poller)
         while True:
             ready = poller.poll(self._poll_ms)
-            if any(fd == self._stop_r for fd, _ in ready):
+            if self._stop.rang(ready):
                 return
             try:
                 self.recheck()

@@ -305,3 +305,30 @@ def test_former_versions_are_bounded_in_time_and_number() -> None:
     expired = FormerVersions(keep_seconds=0)
     expired.add("/srv/db/x", 5, "shax", ())
     assert expired.find(5, "shax") is None and len(expired) == 0 and not expired.has_size(5)
+
+
+def test_stop_pipe_wakes_a_polling_thread_at_once() -> None:
+    import select
+    import threading
+    import time
+
+    from agent.sensors.stoppipe import StopPipe
+
+    stop = StopPipe()
+    returned: list[float] = []
+
+    def run() -> None:
+        poller = select.poll()
+        stop.register(poller)
+        while not stop.rang(poller.poll()):  # no timeout: only the pipe can end it
+            pass
+        returned.append(time.monotonic())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    stop.wake(thread)
+    assert not thread.is_alive() and returned and returned[0] - started < 5
+    stop.close()
+    stop.close()  # idempotent, as a sensor's stop()
+    stop.wake(None)
