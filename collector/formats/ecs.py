@@ -70,70 +70,87 @@ RENAMED = {
     "exfilguard.mount.fs_type": "volume.file_system_type",
 }
 # Fields whose SPEC names are ECS names already (prefixes end in a dot).
-_ECS_NAMES = (
-    "@timestamp",
-    "tags",
-    "agent.id",
-    "agent.version",
-    "host.name",
-    "host.id",
-    "user.id",
-    "user.name",
-    "process.pid",
-    "process.executable",
-    "process.command_line",
-    "process.name",
-    "process.parent.pid",
-    "file.path",
-    "file.size",
-    "file.name",
-    "file.extension",
-    "file.type",
-    "file.hash.sha256",
-    "event.id",
-    "event.action",
-    "event.sequence",
-    "event.reason",
-    "event.start",
-    "event.end",
+_ECS_NAMES = frozenset(
+    {
+        "@timestamp",
+        "tags",
+        "agent.id",
+        "agent.version",
+        "host.name",
+        "host.id",
+        "user.id",
+        "user.name",
+        "process.pid",
+        "process.executable",
+        "process.command_line",
+        "process.name",
+        "process.parent.pid",
+        "file.path",
+        "file.size",
+        "file.name",
+        "file.extension",
+        "file.type",
+        "file.hash.sha256",
+        "event.id",
+        "event.action",
+        "event.sequence",
+        "event.reason",
+        "event.start",
+        "event.end",
+    }
 )
 _ATTACK = re.compile(r"^T\d{4}(?:\.\d{3})?$")
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """{"a.b": 1, "a.c": 2} -> {"a": {"b": 1, "c": 2}} (keys sorted; "@timestamp" stays whole)."""
+    """{"a.b": 1, "a.c": 2} -> {"a": {"b": 1, "c": 2}} ("@timestamp" stays whole)."""
     out: dict[str, Any] = {}
-    for key in sorted(flat):
-        value = flat[key]
+    for key, value in flat.items():
         if isinstance(value, list) and value and isinstance(value[0], dict):
-            value = [_nest(v) for v in value]
+            value = [_nest(v) for v in value]  # noqa: PLW2901 - repeated messages nest too
+        parts = _PARTS.get(key)
+        if parts is None:
+            parts = _PARTS[key] = tuple(key.split("."))
         node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
+        for part in parts[:-1]:
             child = node.get(part)
             if not isinstance(child, dict):
                 child = node[part] = {}
             node = child
-        node[leaf] = value
+        node[parts[-1]] = value
     return out
+
+
+# Forwarding maps every stored event: where each SPEC name goes, and its dotted parts, are
+# decided once per name (the names come from the .proto, so these stay small).
+_PARTS: dict[str, tuple[str, ...]] = {}
+_TARGETS: dict[str, str] = {}
+
+
+def _target(key: str) -> str:
+    target = _TARGETS.get(key)
+    if target is None:
+        if key in RENAMED:
+            target = RENAMED[key]
+        elif key in _ECS_NAMES or key.startswith("exfilguard."):
+            target = key
+        else:  # a SPEC name ECS defines differently (device.approved, file.target_path, ...)
+            target = f"exfilguard.{key}"
+        if len(_TARGETS) < 10_000:  # alert measures are named by policies: keep the cache bounded
+            _TARGETS[key] = target
+    return target
 
 
 def _fields(source: Mapping[str, Any], skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     """The flat ECS fields of a SPEC mapping: ECS names kept, known ones renamed, the rest custom."""
     out: dict[str, Any] = {}
     for key, value in source.items():
-        if key in skip or value in (None, "", []):
+        if key in skip or value is None or value in ("", []):
             continue
-        if key in RENAMED:
-            out[RENAMED[key]] = value
-        elif key in _ECS_NAMES:
-            out[key] = value
-        elif key == "exfilguard.mount.read_only":
+        if key == "exfilguard.mount.read_only":
             out["volume.writable"] = not value
-        elif key.startswith("exfilguard."):
-            out[key] = value
-        else:  # a SPEC name ECS defines differently (device.approved, file.target_path, ...)
-            out[f"exfilguard.{key}"] = value
+        else:
+            out[_target(key)] = value
     return out
 
 

@@ -131,7 +131,7 @@ class HttpDestination:
         lines: list[str] = []
         for item in items:
             lines.append(json.dumps({"create": {"_index": self.index, "_id": item.event_id}}))
-            lines.append(json.dumps(item.doc, sort_keys=True, separators=(",", ":")))
+            lines.append(json.dumps(item.doc, separators=(",", ":")))
         body = ("\n".join(lines) + "\n").encode()
         answer = _post(self.url, body, self._headers, self.timeout, self._context)
         try:
@@ -165,7 +165,7 @@ class HttpDestination:
                 event["time"] = millis / 1000
             if item.mapping.get("host.name"):
                 event["host"] = str(item.mapping["host.name"])
-            events.append(json.dumps(event, sort_keys=True, separators=(",", ":")))
+            events.append(json.dumps(event, separators=(",", ":")))
         answer = _post(self.url, "\n".join(events).encode(), self._headers, self.timeout, self._context)
         try:
             code = json.loads(answer).get("code", 0)
@@ -192,7 +192,7 @@ class SyslogDestination:
         messages = []
         for item in items:
             stamp = str(item.mapping.get("@timestamp") or "-")
-            body = json.dumps(item.doc, sort_keys=True, separators=(",", ":"))
+            body = json.dumps(item.doc, separators=(",", ":"))
             ids = f'eventId="{sd_value(item.event_id)}" agentId="{sd_value(item.agent_id)}"'
             sd = f'[{SD_ID} {ids} sequence="{item.sequence}"]'
             messages.append(f"<{pri}>1 {stamp} {self.hostname} exfilguard - EVENT {sd} {body}".encode())
