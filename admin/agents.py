@@ -3,34 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from typing import Any
 
 from admin import terminal
 from collector import config as collector_config
+from collector.fleet.health import health
 from collector.store import AgentRecord, StoreError, open_store
 from common.yamlfile import YamlError
 
 _COLUMNS = ("ID", "HOST", "VERSION", "HEALTH", "CONNECTED", "LAST SEEN", "BACKLOG", "GAPS", "LOST", "CONFIG")
-
-
-def health(record: AgentRecord, silent_after: float, now: dt.datetime | None = None) -> str:
-    """`stopped` after a clean agent.stop while disconnected; else `silent` past the silent-agent
-    threshold (connected or not: a stuck agent is as bad as a killed one), else `offline` when
-    disconnected, else `ok`; `+lost` when it reported losses."""
-    now = now or dt.datetime.now(dt.UTC)
-    last = record.last_heartbeat or record.last_seen
-    try:
-        age = (now - dt.datetime.fromisoformat(last.replace("Z", "+00:00"))).total_seconds()
-    except ValueError:
-        age = float("inf")
-    if record.stopped and not record.connected:
-        state = "stopped"
-    else:
-        state = "silent" if age > silent_after else ("ok" if record.connected else "offline")
-    return state + ("+lost" if record.lost else "")
 
 
 def register(subparsers: Any) -> None:

@@ -18,7 +18,8 @@ from typing import Any
 from admin import terminal
 from admin.configured import EXIT_USAGE, with_store
 from admin.terminal import clean, parse_time, print_json, store_options
-from collector.store import AlertFilter, EventFilter, Store, StoreError, triage
+from collector.console.queries import evidence_events
+from collector.store import AlertFilter, Store, StoreError, triage
 from common.records import from_attributes
 
 EXIT_UNKNOWN_ALERT = 3
@@ -218,27 +219,6 @@ def _refusal(exc: StoreError) -> tuple[str, int] | None:
 
 def _fail(message: str, code: int) -> int:
     return terminal.fail("alerts", message, code)
-
-
-def evidence_events(store: Store, alert: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """The stored events the alert cites, in (agent, sequence) order, and the ids no longer stored.
-
-    The firing agent's events are looked up first (its key range only); only ids not found
-    there, e.g. of an aggregate over several hosts, need a scan of the other agents' events.
-    """
-    cited = alert.get("evidence")
-    wanted = [str(e) for e in cited] if isinstance(cited, list) else []
-    found: dict[str, dict[str, Any]] = {}
-    agent = str(alert.get("agent.id") or "")
-    if wanted and agent:
-        for event in store.events(EventFilter(agent=agent, event_ids=tuple(wanted))):
-            found[str(event.get("event.id"))] = event
-    rest = tuple(e for e in wanted if e not in found)
-    if rest:
-        for event in store.events(EventFilter(event_ids=rest)):
-            found[str(event.get("event.id"))] = event
-    events = sorted(found.values(), key=lambda m: (str(m.get("agent.id")), int(m.get("event.sequence", 0))))
-    return events, [e for e in wanted if e not in found]
 
 
 def format_table(alerts: list[dict[str, Any]]) -> str:

@@ -8,6 +8,7 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -35,6 +36,9 @@ from collector.tls.credentials import server_credentials, server_interceptors
 from common.errors import ExfilGuardError
 from common.records import from_attributes
 from common.sdnotify import Notifier
+
+if TYPE_CHECKING:
+    from collector.console.service import ConsoleServer
 
 log = logging.getLogger("exfilguard.collector")
 
@@ -99,6 +103,13 @@ class Collector:
         self._health = health.aio.HealthServicer()
         self._tasks: list[asyncio.Task[None]] = []
         self._enrollment: EnrollmentServer | None = None
+        self.console: ConsoleServer | None = None
+        if config.console is not None:  # aiohttp and the templates load only for a console
+            from collector.console.service import ConsoleServer
+
+            self.console = ConsoleServer(
+                config.console, config.store, config.state_dir, config.silent_agent_seconds
+            )
         # The config's value, not store.location: a PostgreSQL URL's password is left out of that.
         self._sealer = Sealer(config.store, config.log_level)
         # Central agent config: raises YamlError (file:line:key) for a broken fleet file.
@@ -146,6 +157,11 @@ class Collector:
         except EnrollmentServeError as exc:
             raise ServeError(exc.address, f"enrollment: {exc}") from exc
         self._serve_metrics(servicer)
+        if self.console is not None:
+            try:
+                await self.console.start()
+            except ExfilGuardError as exc:  # ConsoleError (port, certificate) or StoreError
+                raise ServeError(self.console.console.listen, f"console: {exc}") from exc
         for service in ("", INGEST_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
@@ -169,6 +185,8 @@ class Collector:
             self._metrics_server = None
         if self._enrollment is not None:
             await self._enrollment.stop()
+        if self.console is not None:
+            await self.console.stop()
         if self._server is not None:
             await self._server.stop(_SHUTDOWN_GRACE_SECONDS)
         for task in self._tasks:

@@ -14,16 +14,18 @@ and PostgreSQL (collector/store/domain.py). Passwords are never stored or logged
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
-
-import argon2
-from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from typing import TYPE_CHECKING
 
 from collector.console.errors import InvalidAccount, LoginRefused, NoSuchAccount
 from collector.store.domain import DomainSql
 from collector.store.triage import printable
 from common.ecstime import ecs_now
+
+if TYPE_CHECKING:
+    import argon2
 
 ROLES = ("officer", "auditor", "admin")
 MIN_PASSWORD_CHARS = 10
@@ -34,9 +36,21 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS console_users (name TEXT PRIMARY KEY, role TEXT NOT NULL,"
     " pw_hash TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL, by_name TEXT NOT NULL)",
 )
-_HASHER = argon2.PasswordHasher()  # argon2id with the library's current recommended costs
-# Checked when the name is unknown, so a wrong name costs the same time as a wrong password.
-_DUMMY_HASH = _HASHER.hash("not a password of anyone")
+
+
+@functools.cache
+def _hasher() -> argon2.PasswordHasher:
+    """argon2id with the library's current recommended costs (loaded when first needed: the admin
+    CLI imports this module for every command)."""
+    import argon2
+
+    return argon2.PasswordHasher()
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    # Checked when the name is unknown, so a wrong name costs the same time as a wrong password.
+    return _hasher().hash("not a password of anyone")
 
 
 @dataclass(frozen=True)
@@ -94,7 +108,7 @@ class AccountBook:
         if role not in ROLES:
             raise InvalidAccount(self.location, "role", f"{role!r} is not one of {', '.join(ROLES)}")
         check_password(self.location, password)
-        pw_hash = _HASHER.hash(password)
+        pw_hash = _hasher().hash(password)
         now = ecs_now()
         self.ensure()
         with self.sql.transaction() as tx:
@@ -146,10 +160,12 @@ class AccountBook:
             with self.sql.transaction() as tx:
                 if tx.has_table("console_users"):
                     rows = tx.query("SELECT role, pw_hash FROM console_users WHERE name = ?", (name,))
-        stored = str(rows[0][1]) if rows else _DUMMY_HASH
+        from argon2.exceptions import InvalidHashError, VerificationError
+
+        stored = str(rows[0][1]) if rows else _dummy_hash()
         try:
-            _HASHER.verify(stored, password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError) as exc:
+            _hasher().verify(stored, password)
+        except (VerificationError, InvalidHashError) as exc:  # a mismatch is a VerificationError
             raise LoginRefused("login", "wrong name or password") from exc
         if not rows:
             raise LoginRefused("login", "wrong name or password")

@@ -9,6 +9,7 @@ triage, case, export.
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from collector.store.domain import DomainSql
 from common.ecstime import ecs_now
 
 MAX_DETAIL_CHARS = 2000
+_last_ns = 0
 _TABLE = "console_audit"
 
 
@@ -29,6 +31,14 @@ def _schema(sql: DomainSql) -> tuple[str, ...]:
         "CREATE INDEX IF NOT EXISTS console_audit_target ON console_audit (kind, target, at)",
         *sql.append_only(_TABLE),
     )
+
+
+def ordered_id() -> str:
+    """A row id that sorts in the order rows were written by this process (entries written in one
+    transaction share their `at`), unique across processes by its random tail."""
+    global _last_ns  # noqa: PLW0603 (one counter per process)
+    _last_ns = max(time.time_ns(), _last_ns + 1)
+    return f"{_last_ns:020d}-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,7 @@ class AuditLog:
             tx.query(
                 "INSERT INTO console_audit (id, at, user_name, action, kind, target, detail)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (uuid.uuid4().hex, ecs_now(), user, action, kind, target[:500], detail[:MAX_DETAIL_CHARS]),
+                (ordered_id(), ecs_now(), user, action, kind, target[:500], detail[:MAX_DETAIL_CHARS]),
             )
 
     def entries(

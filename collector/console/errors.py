@@ -53,3 +53,12 @@ class NoSuchCase(ConsoleError):
     def __init__(self, location: str, case_id: str) -> None:
         self.case_id = case_id
         super().__init__(location, f"no such case: {case_id}")
+
+
+class BadParameter(ConsoleError):
+    """A query or form value a page cannot use."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        super().__init__("page", f"{field}: {reason}")
+        self.reason = reason

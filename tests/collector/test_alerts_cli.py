@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from admin import alerts as alerts_cmd
+from collector.console.queries import evidence_events
 from collector.store import Store, open_store, triage
 from protos import exfilguard_pb2 as pb
 from tests.helpers import make_event, run_cli
@@ -176,8 +176,8 @@ def test_evidence_of_several_agents_is_found_and_ordered(tmp_path: Path) -> None
     by_agent = {(m["agent.id"], m["event.sequence"]): m["event.id"] for m in store.events()}
     cited = [by_agent["ws-2", 2], by_agent["ws-1", 3], "gone", by_agent["ws-1", 1]]
     alert = {"id": "al-1", "agent.id": "ws-1", "evidence": cited}
-    events, missing = alerts_cmd.evidence_events(store, alert)
+    events, missing = evidence_events(store, alert)
     assert [(e["agent.id"], e["event.sequence"]) for e in events] == [("ws-1", 1), ("ws-1", 3), ("ws-2", 2)]
     assert missing == ["gone"]
-    assert alerts_cmd.evidence_events(store, {"id": "al-2", "evidence": "not a list"}) == ([], [])
+    assert evidence_events(store, {"id": "al-2", "evidence": "not a list"}) == ([], [])
     store.close()

@@ -127,7 +127,7 @@ def test_a_clean_stop_is_stopped_not_silent_while_a_frozen_agent_still_alerts(pi
 def _health(pipe: Pipeline) -> dict[str, str]:
     """Agent id -> health as `exfilguard agents` shows it, read from the store in this process
     (cheap enough to poll; the test reads the real command once at the end)."""
-    from admin.agents import health
+    from collector.fleet.health import health
     from collector.store import open_store
 
     store = open_store(pipe.store, readonly=True)
