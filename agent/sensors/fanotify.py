@@ -262,13 +262,7 @@ class FanotifySensor:
             # Not remembered: an inode mark goes with its inode, and a directory deleted and made
             # again under the same path (a tagged root restored) needs a new one. Adding a mark
             # twice only ORs the mask, so a repeat is harmless.
-            try:
-                self._group.mark(path, mask, kind=kind)
-            except FanotifyUnavailable as exc:
-                if exc.errno in (errno_mod.ENOENT, errno_mod.ENOTDIR):
-                    return False  # removed meanwhile
-                raise
-            return True
+            return self._add_mark(path, mask, kind)
         key = (kind, path)
         with self._lock:
             if remove:
@@ -278,16 +272,20 @@ class FanotifySensor:
                 with contextlib.suppress(FanotifyUnavailable):
                     self._group.mark(path, mask, kind=kind, remove=True)  # gone with its mount: fine
                 return True
-            if key in self._marked:
+            if key in self._marked or not self._add_mark(path, mask, kind):
                 return False
-            try:
-                self._group.mark(path, mask, kind=kind)
-            except FanotifyUnavailable as exc:
-                if exc.errno in (errno_mod.ENOENT, errno_mod.ENOTDIR):
-                    return False  # removed meanwhile
-                raise
             self._marked.add(key)
             return True
+
+    def _add_mark(self, path: str, mask: int, kind: str) -> bool:
+        """Mark `path`; False when it was removed meanwhile."""
+        try:
+            self._group.mark(path, mask, kind=kind)
+        except FanotifyUnavailable as exc:
+            if exc.errno in (errno_mod.ENOENT, errno_mod.ENOTDIR):
+                return False  # removed meanwhile
+            raise
+        return True
 
     # ------------------------------------------------------------ lifecycle
 

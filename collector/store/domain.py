@@ -48,10 +48,11 @@ class Transaction(abc.ABC):
 class DomainSql(abc.ABC):
     """One store's connection, for the domain modules."""
 
-    location: str
-    readonly: bool
-
-    def __init__(self) -> None:
+    def __init__(
+        self, lock: threading.Lock, connection: Callable[[], Any], location: str, readonly: bool
+    ) -> None:
+        # The store's own lock and connection (reopened by the store if the server dropped it).
+        self._lock, self._connection, self.location, self.readonly = lock, connection, location, readonly
         self._ensured: set[str] = set()
 
     @abc.abstractmethod
@@ -97,16 +98,6 @@ class SqliteTransaction(Transaction):
 
 class SqliteDomain(DomainSql):
     """The SQLite store's connection (autocommit mode: transactions are explicit)."""
-
-    def __init__(
-        self,
-        lock: threading.Lock,
-        connection: Callable[[], sqlite3.Connection],
-        location: str,
-        readonly: bool,
-    ) -> None:
-        super().__init__()
-        self._lock, self._connection, self.location, self.readonly = lock, connection, location, readonly
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
@@ -163,12 +154,6 @@ def _pg(sql: str) -> str:
 
 class PostgresDomain(DomainSql):
     """The PostgreSQL store's connection (reopened by the store if the server dropped it)."""
-
-    def __init__(
-        self, lock: threading.Lock, connection: Callable[[], Any], location: str, readonly: bool
-    ) -> None:
-        super().__init__()
-        self._lock, self._connection, self.location, self.readonly = lock, connection, location, readonly
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Transaction]:
