@@ -97,6 +97,7 @@ _ECS_NAMES = frozenset(
         "event.reason",
         "event.start",
         "event.end",
+        "volume.writable",  # from exfilguard.mount.read_only, negated
     }
 )
 _ATTACK = re.compile(r"^T\d{4}(?:\.\d{3})?$")
@@ -162,14 +163,46 @@ def _categorise(out: dict[str, Any], action: str, kind: str | None = None) -> No
 
 
 def event(mapping: Mapping[str, Any]) -> dict[str, Any]:
-    """One stored event as an ECS document."""
-    out = _fields(mapping, frozenset({"event.kind"}))
-    _categorise(out, str(mapping.get("event.action", "")))
-    out["event.module"] = "exfilguard"
-    out["event.dataset"] = "exfilguard.events"
-    out["agent.type"] = "exfilguard"
-    out["ecs.version"] = ECS_VERSION
-    return _nest(out)
+    """One stored event as an ECS document.
+
+    Forwarding maps every stored event, so this builds the nested document in one pass over the
+    mapping, each name's place decided once (_place); alerts take the plainer road below.
+    """
+    out: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if value is None or value in ("", []) or key == "event.kind":
+            continue
+        if key == "exfilguard.mount.read_only":
+            key, value = "volume.writable", not value  # noqa: PLW2901 - the one negated field
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            value = [_nest(v) for v in value]  # noqa: PLW2901 - repeated messages nest too
+        parts = _PLACES.get(key)
+        if parts is None:
+            parts = _PLACES[key] = tuple(_target(key).split("."))
+        node = out
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = value
+    kind, category, types = ACTIONS.get(str(mapping.get("event.action", "")), _OTHER)
+    info = out.get("event")
+    if info is None:
+        info = out["event"] = {}
+    info.update(
+        kind=kind, category=list(category), type=list(types), module="exfilguard", dataset="exfilguard.events"
+    )
+    agent = out.get("agent")
+    if agent is None:
+        agent = out["agent"] = {}
+    agent["type"] = "exfilguard"
+    out["ecs"] = {"version": ECS_VERSION}
+    return out
+
+
+# Where each name of a stored event goes, as dotted parts (names come from the .proto: few).
+_PLACES: dict[str, tuple[str, ...]] = {}
 
 
 def alert(body: Mapping[str, Any]) -> dict[str, Any]:

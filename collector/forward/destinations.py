@@ -14,7 +14,6 @@ the worker (worker.py) does, and keeps its cursor where it was until a batch is 
 from __future__ import annotations
 
 import http.client
-import json
 import socket
 import ssl
 import urllib.error
@@ -23,6 +22,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import orjson
 
 from collector import __version__
 from collector.alerts.sinks.syslog import FACILITY, SD_ID, sd_value
@@ -128,15 +129,16 @@ class HttpDestination:
             self._bulk(items)
 
     def _bulk(self, items: Sequence[Item]) -> None:
-        lines: list[str] = []
+        lines: list[bytes] = []
         for item in items:
-            lines.append(json.dumps({"create": {"_index": self.index, "_id": item.event_id}}))
-            lines.append(json.dumps(item.doc, separators=(",", ":")))
-        body = ("\n".join(lines) + "\n").encode()
+            lines.append(orjson.dumps({"create": {"_index": self.index, "_id": item.event_id}}))
+            lines.append(orjson.dumps(item.doc))
+        lines.append(b"")
+        body = b"\n".join(lines)
         answer = _post(self.url, body, self._headers, self.timeout, self._context)
         try:
-            result = json.loads(answer)
-        except ValueError as exc:
+            result = orjson.loads(answer)
+        except orjson.JSONDecodeError as exc:
             raise DeliveryError("rejected", f"{self.where} answered something that is not JSON") from exc
         if not isinstance(result, dict):
             raise DeliveryError("rejected", f"{self.where} answered something that is not a _bulk result")
@@ -165,10 +167,10 @@ class HttpDestination:
                 event["time"] = millis / 1000
             if item.mapping.get("host.name"):
                 event["host"] = str(item.mapping["host.name"])
-            events.append(json.dumps(event, separators=(",", ":")))
-        answer = _post(self.url, "\n".join(events).encode(), self._headers, self.timeout, self._context)
+            events.append(orjson.dumps(event))
+        answer = _post(self.url, b"\n".join(events), self._headers, self.timeout, self._context)
         try:
-            code = json.loads(answer).get("code", 0)
+            code = orjson.loads(answer).get("code", 0)
         except (ValueError, AttributeError):
             code = 0  # HEC answers {"text": "Success", "code": 0}; a 2xx is what counts
         if code not in (0, None):
@@ -192,10 +194,10 @@ class SyslogDestination:
         messages = []
         for item in items:
             stamp = str(item.mapping.get("@timestamp") or "-")
-            body = json.dumps(item.doc, separators=(",", ":"))
             ids = f'eventId="{sd_value(item.event_id)}" agentId="{sd_value(item.agent_id)}"'
             sd = f'[{SD_ID} {ids} sequence="{item.sequence}"]'
-            messages.append(f"<{pri}>1 {stamp} {self.hostname} exfilguard - EVENT {sd} {body}".encode())
+            head = f"<{pri}>1 {stamp} {self.hostname} exfilguard - EVENT {sd} ".encode()
+            messages.append(head + orjson.dumps(item.doc))
         try:
             self.wire.send(messages)
         except ssl.SSLCertVerificationError as exc:

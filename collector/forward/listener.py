@@ -82,9 +82,9 @@ class Forwarding:
             self._task = asyncio.get_running_loop().create_task(self._hold(), name="forward")
 
     async def on_events(self, mappings: list[dict[str, Any]]) -> None:
-        """Events were stored: wake every worker (never blocks)."""
+        """Events were stored: hand their mappings to every worker and wake it (never blocks)."""
         for worker in self.workers:
-            worker.wake()
+            worker.offer(mappings)
 
     async def _hold(self) -> None:
         try:

@@ -18,11 +18,12 @@ simply wait in the store, which is what `lag_events` counts.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from collector import formats
@@ -37,6 +38,10 @@ log = logging.getLogger("exfilguard.collector.forward")
 
 POLL_SECONDS = 1.0  # also checked without a wake-up: events stored by another collector (PostgreSQL)
 BACKOFF_FIRST = 0.5
+# Mappings the collector made of just-stored events for its listeners, kept for the worker so a
+# destination that keeps up does not decode them again (the store read is what is left). Bounded:
+# beyond it, events are decoded from the store as after an outage. ~2 KiB each.
+MAX_RECENT = 20_000
 
 
 class ForwardWorker:
@@ -66,6 +71,9 @@ class ForwardWorker:
         self.lag_events = 0  # stored events not forwarded yet, at the last look
         self.lag_seconds = 0.0  # how old the oldest of them is (event time), at the last look
         self.cursors: dict[str, int] = {}
+        self._recent: dict[str, dict[int, Mapping[str, Any]]] = {}  # agent -> sequence -> mapping
+        self._recent_count = 0
+        self._recent_lock = threading.Lock()
         self._turn = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -78,6 +86,49 @@ class ForwardWorker:
     def wake(self) -> None:
         """New events were stored: look now rather than at the next poll (never blocks)."""
         self._wake.set()
+
+    def offer(self, mappings: Sequence[Mapping[str, Any]]) -> None:
+        """Mappings of events just stored (the listeners' own): used instead of decoding the rows.
+
+        Never blocks for long; past MAX_RECENT held, the rest are left to be read from the store.
+        """
+        with self._recent_lock:
+            for mapping in mappings:
+                if self._recent_count >= MAX_RECENT:
+                    break
+                agent, sequence = mapping.get("agent.id"), mapping.get("event.sequence")
+                if not isinstance(agent, str) or not isinstance(sequence, int):
+                    continue  # a collector-made event (agent.silent): not stored, not forwarded
+                if sequence <= self.cursors.get(agent, 0):
+                    continue
+                held = self._recent.setdefault(agent, {})
+                if sequence not in held:
+                    held[sequence] = mapping
+                    self._recent_count += 1
+        self._wake.set()
+
+    def _take(self, agent: str, sequence: int, data: bytes) -> Mapping[str, Any]:
+        with self._recent_lock:
+            held = self._recent.get(agent)
+            mapping = held.pop(sequence, None) if held else None
+            if mapping is not None:
+                self._recent_count -= 1
+        if mapping is None:
+            mapping = stored_mapping(self.book.reader.location, agent, sequence, data)
+        return mapping
+
+    def _forget(self, moved: Mapping[str, int]) -> None:
+        """Drop held mappings the cursors passed (read from the store before they were offered)."""
+        with self._recent_lock:
+            for agent, cursor in moved.items():
+                held = self._recent.get(agent)
+                if not held:
+                    continue
+                for sequence in [s for s in held if s <= cursor]:
+                    del held[sequence]
+                    self._recent_count -= 1
+                if not held:
+                    del self._recent[agent]
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the delivery under way (its cursor saved if it went through)."""
@@ -112,9 +163,7 @@ class ForwardWorker:
 
     def next_batch(self) -> list[Item]:
         """The next events after the cursors (at most batch_size); updates the lag figures."""
-        heads = self.book.heads()
-        behind = {a: h - self.cursors.get(a, 0) for a, h in heads.items() if h > self.cursors.get(a, 0)}
-        self.lag_events = sum(behind.values())
+        heads, behind = self._lag()
         if not behind:
             self.lag_seconds = 0.0
             return []
@@ -129,11 +178,18 @@ class ForwardWorker:
                 break
             after = self.cursors.get(agent, 0)
             for sequence, data in self.book.after(agent, after, heads[agent], min(room, share)):
-                mapping = stored_mapping(self.book.reader.location, agent, sequence, data)
+                mapping = self._take(agent, sequence, data)
                 doc = formats.event(self.format, mapping)
                 items.append(Item(agent, sequence, str(mapping.get("event.id", "")), mapping, doc))
         self.lag_seconds = _age(items)
         return items
+
+    def _lag(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Every agent's stored prefix, and how far each is ahead of the cursor (lag_events updated)."""
+        heads = self.book.heads()
+        behind = {a: h - self.cursors.get(a, 0) for a, h in heads.items() if h > self.cursors.get(a, 0)}
+        self.lag_events = sum(behind.values())
+        return heads, behind
 
     def _deliver(self, items: Sequence[Item]) -> bool:
         """Deliver the batch, retrying until it is taken (True) or the worker stops (False)."""
@@ -157,6 +213,8 @@ class ForwardWorker:
             except Exception:  # a bug must not end forwarding for good; the batch is tried again
                 self.failures["connection"] += 1
                 log.exception("forward %s: delivery crashed", self.name)
+            with contextlib.suppress(StoreError):  # the lag keeps growing while the destination is away
+                self._lag()
             # Jitter so that several collectors do not hammer a recovering destination in step.
             self._stop.wait(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.retry_max)
@@ -167,6 +225,7 @@ class ForwardWorker:
         for item in items:
             moved[item.agent_id] = max(moved.get(item.agent_id, 0), item.sequence)
         self.cursors.update(moved)
+        self._forget(moved)
         try:
             self.book.save(self.name, moved, ecs_now())
         except StoreError as exc:
