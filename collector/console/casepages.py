@@ -43,15 +43,32 @@ async def case_open(request: web.Request) -> web.StreamResponse:
     return redirect(f"/cases/{case.id}")
 
 
+def _event_refs(values: tuple[str, ...]) -> list[tuple[str, int]]:
+    """Events named `AGENT:SEQUENCE` (what the timeline's check boxes send)."""
+    refs = []
+    for value in values:
+        agent, _, sequence = value.rpartition(":")
+        if not agent or not sequence.isdigit():
+            raise BadParameter("event", f"AGENT:SEQUENCE, got {value[:80]!r}")
+        refs.append((agent, int(sequence)))
+    return refs
+
+
 @allow(*OFFICERS)
 async def case_add(request: web.Request) -> web.StreamResponse:
-    """POST /cases/add: add alerts to a case."""
+    """POST /cases/add: add alerts (`id`) or events (`event`, from a timeline) to a case."""
     state = state_of(request)
     form = request[FORM]
     case_id = params.one(form, "case")
     ids = params.values(form, "id")
-    added = await state.call(state.cases.add_alerts, case_id, ids, by=request[SESSION].user)
-    await state.audit(request, "case", "case", case_id, f"added {added} alert(s): {', '.join(ids)}")
+    refs = _event_refs(params.values(form, "event"))
+    if not ids and not refs:
+        raise BadParameter("id", "choose at least one alert or event")
+    by = request[SESSION].user
+    added = await state.call(state.cases.add_alerts, case_id, ids, by=by) if ids else 0
+    added_events = await state.call(state.cases.add_events, case_id, refs, by=by) if refs else 0
+    detail = f"added {added} alert(s) {', '.join(ids)} and {added_events} event(s)"
+    await state.audit(request, "case", "case", case_id, detail)
     return redirect(f"/cases/{case_id}")
 
 
@@ -86,7 +103,13 @@ async def _case_view(state: ConsoleState, case_id: str) -> dict[str, Any]:
         alerts = [a for a in (state.reader.alert(i) for i in alert_ids) if a is not None]
         triage = {a["id"]: state.reader.alert_history(a["id"]) for a in alerts}
         evidence = {a["id"]: queries.evidence_events(state.reader, a)[0] for a in alerts}
-        return {"alerts": alerts, "triage": triage, "evidence": evidence}
+        refs = state.cases_read.events_of(case_id)
+        return {
+            "alerts": alerts,
+            "triage": triage,
+            "evidence": evidence,
+            "events": queries.events_by_key(state.reader, refs),
+        }
 
     return {
         "case": case,
@@ -141,6 +164,7 @@ async def case_package(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     case_id = request.match_info["case_id"]
     _, alert_ids, _ = await state.call(state.cases_read.case, case_id)
+    event_ids = [event_id for _, _, event_id in await state.call(state.cases_read.events_of, case_id)]
     # Recorded first, so the package's own chain of custody names this export.
     await state.audit(request, "export", "case", case_id, "evidence package")
     await state.call(state.cases.exported, case_id, "evidence package", by=request[SESSION].user)
@@ -151,7 +175,8 @@ async def case_package(request: web.Request) -> web.StreamResponse:
         state.state_dir,
         case_id,
         alert_ids,
-        lambda facts: _draw_report(state, request, parts, facts),
+        event_ids=event_ids,
+        report=lambda facts: _draw_report(state, request, parts, facts),
     )
     return web.Response(
         body=data,

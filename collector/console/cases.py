@@ -7,6 +7,7 @@
 Tables (same SQL on SQLite and PostgreSQL, collector/store/domain.py):
     console_cases         id -> title, owner, status, created, updated
     console_case_alerts   (case id, alert id): the alerts a case holds
+    console_case_events   (case id, agent id, sequence) -> event id: events added by hand (a timeline)
     console_case_history  every creation, note, status and owner change, alert added and export;
                           append-only (a trigger refuses UPDATE and DELETE), like alert_triage
 """
@@ -36,6 +37,9 @@ def _schema(sql: DomainSql) -> tuple[str, ...]:
         " owner TEXT NOT NULL, status TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL)",
         "CREATE TABLE IF NOT EXISTS console_case_alerts (case_id TEXT NOT NULL, alert_id TEXT NOT NULL,"
         " added TEXT NOT NULL, by_name TEXT NOT NULL, PRIMARY KEY (case_id, alert_id))",
+        "CREATE TABLE IF NOT EXISTS console_case_events (case_id TEXT NOT NULL, agent_id TEXT NOT NULL,"
+        " sequence BIGINT NOT NULL, event_id TEXT NOT NULL, added TEXT NOT NULL, by_name TEXT NOT NULL,"
+        " PRIMARY KEY (case_id, agent_id, sequence))",
         "CREATE TABLE IF NOT EXISTS console_case_history (id TEXT PRIMARY KEY, case_id TEXT NOT NULL,"
         " at TEXT NOT NULL, by_name TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL)",
         "CREATE INDEX IF NOT EXISTS console_case_history_case ON console_case_history (case_id, at, id)",
@@ -144,6 +148,52 @@ class CaseBook:
         for alert_id in new:
             self._log(tx, case_id, CaseChange(now, by, "alert", alert_id))
         return len(new)
+
+    def add_events(self, case_id: str, events: Sequence[tuple[str, int]], *, by: str) -> int:
+        """Add stored events, named by (agent id, sequence), to a case; how many were new."""
+        refs = list(dict.fromkeys(events))
+        if len(refs) > MAX_ALERTS:
+            raise InvalidCase(self.location, "events", f"at most {MAX_ALERTS} at once, got {len(refs)}")
+        now = ecs_now()
+        added = 0
+        with self.sql.transaction() as tx:
+            self._case(tx, case_id)
+            for agent_id, sequence in refs:
+                # The events' key: one index look-up each, whatever the store's size.
+                found = tx.query(
+                    "SELECT event_id FROM events WHERE agent_id = ? AND sequence = ?", (agent_id, sequence)
+                )
+                if not found:
+                    raise InvalidCase(self.location, "events", f"no such event: {agent_id} #{sequence}")
+                held = tx.query(
+                    "SELECT 1 FROM console_case_events WHERE case_id = ? AND agent_id = ? AND sequence = ?",
+                    (case_id, agent_id, sequence),
+                )
+                if held:
+                    continue
+                event_id = str(found[0][0])
+                tx.query(
+                    "INSERT INTO console_case_events (case_id, agent_id, sequence, event_id, added, by_name)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (case_id, agent_id, sequence, event_id, now, by),
+                )
+                self._log(tx, case_id, CaseChange(now, by, "event", f"{agent_id} #{sequence} ({event_id})"))
+                added += 1
+            if added:
+                tx.query("UPDATE console_cases SET updated = ? WHERE id = ?", (now, case_id))
+        return added
+
+    def events_of(self, case_id: str) -> list[tuple[str, int, str]]:
+        """The events added to a case by hand: (agent id, sequence, event id), in the order added."""
+        with self.sql.transaction() as tx:
+            if not tx.has_table("console_case_events"):
+                return []
+            rows = tx.query(
+                "SELECT agent_id, sequence, event_id FROM console_case_events WHERE case_id = ?"
+                " ORDER BY added, agent_id, sequence",
+                (case_id,),
+            )
+        return [(str(a), int(q), str(e)) for a, q, e in rows]
 
     def note(self, case_id: str, note: str, *, by: str) -> None:
         """Append a note."""

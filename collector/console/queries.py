@@ -239,3 +239,15 @@ def evidence_events(store: Store, alert: Mapping) -> tuple[list[Mapping], list[s
             found[str(event.get("event.id"))] = event
     events = sorted(found.values(), key=lambda m: (str(m.get("agent.id")), int(m.get("event.sequence", 0))))
     return events, [e for e in wanted if e not in found]
+
+
+def events_by_key(store: Store, refs: Sequence[tuple[str, int, str]]) -> list[Mapping]:
+    """Stored events named by (agent id, sequence, event id), in the order given (those gone left out)."""
+    by_agent: dict[str, list[str]] = {}
+    for agent_id, _, event_id in refs:
+        by_agent.setdefault(agent_id, []).append(event_id)
+    found: dict[str, Mapping] = {}
+    for agent_id, ids in by_agent.items():
+        for event in store.events(EventFilter(agent=agent_id, event_ids=tuple(ids))):
+            found[str(event.get("event.id"))] = event
+    return [found[e] for _, _, e in refs if e in found]

@@ -39,6 +39,7 @@ async def timeline(request: web.Request) -> web.StreamResponse:
     events, more = await state.call(queries.timeline, state.reader, subject, since, until, page=page)
     per_day = await state.call(queries.removable_days, state.reader, subject, since, until)
     alerts = await state.call(queries.subject_alerts, state.reader, subject, since, until)
+    open_cases = await state.call(state.cases_read.cases, status="open", limit=100)
     await state.audit(request, "view", "timeline", f"{kind}:{name}", f"{since}..{until}")
     return state.render(
         request,
@@ -55,6 +56,7 @@ async def timeline(request: web.Request) -> web.StreamResponse:
         total_files=sum(d.files for d in per_day),
         total_bytes=sum(d.bytes for d in per_day),
         alerts=alerts,
+        open_cases=[c for c, _ in open_cases],
         svg=plot.svg(per_day, [str(a["@timestamp"])[:10] for a in alerts], since, until),
     )
 

@@ -1,10 +1,12 @@
 """The console in a real browser (headless Chromium, Selenium): an officer logs in through a one-time
-link, filters the queue, opens a case from two alerts, closes one with a note, downloads the case's
-evidence package and it verifies with `exfilguard verify`; the user's timeline plots the copy."""
+link, filters the queue, opens a case from two alerts, closes one with a note, adds an event from
+the user's timeline (which plots the copy) to the case, downloads the case's evidence package and it
+verifies with `exfilguard verify`."""
 
 from __future__ import annotations
 
 import io
+import json
 import time
 import zipfile
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 import admin as cli
 from tests.console.browser import chromium, missing
-from tests.console.running import RunningConsole
+from tests.console.running import AGENT, RunningConsole
 
 pytestmark = pytest.mark.skipif(bool(missing()), reason=missing() or "chromium is here")
 
@@ -84,7 +86,14 @@ def test_officer_triages_builds_a_case_and_exports_verified_evidence(
     browser.get(console.url + "/alerts")
     assert set(_rows(browser)) == {"al-alice-read", "al-bob-usb"}  # no longer open
 
-    browser.get(f"{console.url}/cases/{case_id}")
+    browser.get(console.url + "/timeline/user/alice")
+    assert browser.find_element(By.ID, "removable").text == "1 files, 5.0 MiB"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#plot rect.bytes")) == 1
+    browser.find_element(By.CSS_SELECTOR, f"#events input[value='{AGENT}:1']").click()  # the stick plugged in
+    browser.find_element(By.ID, "add-events-button").click()
+    wait.until(lambda d: d.current_url.endswith(f"/cases/{case_id}"))
+    assert "device.attach" in browser.find_element(By.ID, "case-events").text
+
     browser.find_element(By.ID, "package").click()
     package = _download(tmp_path / "downloads", f"{case_id}.zip")
     with zipfile.ZipFile(package) as archive:
@@ -102,10 +111,8 @@ def test_officer_triages_builds_a_case_and_exports_verified_evidence(
             ]
         )
     assert code == 0, out.getvalue()
-    assert '"rows": 3' in out.getvalue()  # the copy's write and copy events, and the read
+    assert '"rows": 4' in out.getvalue()  # the copy's write and copy, the read, the device attached
+    manifest = json.loads((folder / "events.jsonl.manifest.json").read_text())
+    assert manifest["filter"] == {"case": case_id, "alert": ["al-alice-copy", "al-alice-read"], "events": 4}
     report = (folder / "report.html").read_text()
     assert "Chain of custody" in report and "evidence package" in report and "holiday.jpg" in report
-
-    browser.get(console.url + "/timeline/user/alice")
-    assert browser.find_element(By.ID, "removable").text == "1 files, 5.0 MiB"
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#plot rect.bytes")) == 1

@@ -12,7 +12,7 @@ from collector.console.cases import CaseBook
 from collector.console.errors import InvalidCase, NoSuchCase
 from collector.store import Store, StoreError, open_store
 from common.ecstime import ecs_time
-from tests.console.running import NOW, SERIAL, seed
+from tests.console.running import AGENT, NOW, SERIAL, seed
 
 SINCE, UNTIL = ecs_time(NOW.replace(year=NOW.year - 1)), ecs_time(NOW.replace(year=NOW.year + 1))
 
@@ -103,6 +103,13 @@ def test_cases_and_their_history(store: Store) -> None:
     assert caught.value.field == "note"
     with pytest.raises(NoSuchCase):
         book.note("C-NONE", "x", by="carol")
+    assert book.add_events(case.id, [(AGENT, 1), (AGENT, 1), (AGENT, 2)], by="carol") == 2
+    assert book.add_events(case.id, [(AGENT, 2)], by="carol") == 0
+    with pytest.raises(InvalidCase, match="no such event"):
+        book.add_events(case.id, [(AGENT, 99)], by="carol")
+    refs = book.events_of(case.id)
+    assert [(a, q) for a, q, _ in refs] == [(AGENT, 1), (AGENT, 2)]
+    assert [e["event.action"] for e in queries.events_by_key(store, refs)] == ["device.attach", "file.read"]
     with pytest.raises(StoreError), store.domain().transaction() as tx:  # append-only
         tx.query("DELETE FROM console_case_history")
-    assert len(book.case(case.id)[2]) == 6
+    assert len(book.case(case.id)[2]) == 8
