@@ -165,6 +165,7 @@ class WebhookSink(_Routed):
     template: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
     # pagerduty: the Events API v2 routing key, read from a file or the environment.
     routing_key: SecretRef | None = None
+    ca: str | None = None  # CA bundle for an https URL (default: the system's trust store)
 
     @pydantic.model_validator(mode="after")
     def _pagerduty_key(self) -> Self:
@@ -434,6 +435,8 @@ def load(path: str | os.PathLike[str]) -> CollectorConfig:
                 update["template"] = rel(sink.template)
             if sink.routing_key is not None:
                 update["routing_key"] = secret(sink.routing_key)
+            if sink.ca is not None:
+                update["ca"] = rel(sink.ca)
             return sink.model_copy(update=update)
         return sink
 

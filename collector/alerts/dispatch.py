@@ -41,6 +41,7 @@ def _sink(spec: cfg.Sink) -> QueuedSink:
             spec.max_retries,
             headers=headers,
             template=Template.build(spec.template, key),
+            ca=spec.ca,
         )
     if isinstance(spec, cfg.SyslogSink):
         return SyslogSink(

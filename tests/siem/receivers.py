@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import http.server
 import json
+import ssl
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tests.policy.receivers import _Collector
@@ -36,7 +38,8 @@ class Request:
 class HttpReceiver(_Collector):
     """Accepts POSTs on 127.0.0.1; `mode` says how it answers; `accepted` holds what it took (200)."""
 
-    def __init__(self, mode: str = "ok") -> None:
+    def __init__(self, mode: str = "ok", tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key) to serve HTTPS with."""
         super().__init__()
         self.mode = mode
         self.attempts = 0
@@ -87,7 +90,13 @@ class HttpReceiver(_Collector):
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        scheme = "http"
+        if tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(tls[0], tls[1])
+            self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
         threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
 
     @property

@@ -15,6 +15,8 @@ from collector.alerts.dispatch import Dispatcher, build_sink
 from collector.alerts.errors import SinkFileError, SinkSetupError
 from collector.alerts.routing import Route
 from collector.alerts.sinks.jsonl import JsonlSink
+from collector.alerts.sinks.webhook import WebhookSink
+from collector.tls import pki
 from common.yamlfile import YamlError
 from tests.siem import samples
 from tests.siem.receivers import HttpReceiver
@@ -234,3 +236,22 @@ def test_every_sink_takes_a_format(tmp_path: Path) -> None:
     sink.close()
     (line,) = (tmp_path / "a.jsonl").read_text().splitlines()
     assert json.loads(line)["class_uid"] == 2006
+
+
+def test_https_webhook_verifies_against_its_ca(tmp_path: Path) -> None:
+    authority = pki.CertificateAuthority(tmp_path / "pki")
+    authority.init_ca("Hook test CA")
+    server = authority.issue_server("127.0.0.1", ["localhost"])
+    assert server.cert_path is not None and server.key_path is not None
+    receiver = HttpReceiver(tls=(server.cert_path, server.key_path))
+    try:
+        trusted = WebhookSink(receiver.url + "/hook", max_retries=0, ca=str(authority.ca_cert_path))
+        system = WebhookSink(receiver.url + "/hook", max_retries=0)  # the system store lacks this CA
+        for sink in (trusted, system):
+            sink.send(alert())
+            assert sink.flush(10)
+            sink.close()
+        assert (trusted.sent, system.sent, system.failed) == (1, 0, 1)
+        assert len(receiver.wait_for(1)) == 1
+    finally:
+        receiver.close()

@@ -4,6 +4,7 @@ start, never logged: errors name the URL and the status only)."""
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -28,6 +29,7 @@ class WebhookSink(QueuedSink):
         *,
         headers: Mapping[str, str] | None = None,
         template: Template | None = None,
+        ca: str | None = None,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"webhook url must be http(s), got {url!r}")
@@ -35,6 +37,8 @@ class WebhookSink(QueuedSink):
         self.timeout = timeout
         self.template = template or Template.build(None)
         self._headers = dict(headers or {})
+        # https: verified against `ca`, else the system's trust store (a self-signed HEC, say)
+        self._context = ssl.create_default_context(cafile=ca) if url.startswith("https://") else None
         super().__init__(max_retries)
 
     def __repr__(self) -> str:  # never the headers: they may hold tokens
@@ -48,7 +52,7 @@ class WebhookSink(QueuedSink):
             self.url, data=body, method="POST", headers=headers
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=self.timeout, context=self._context) as response:  # noqa: S310
                 response.read(1 << 16)
         except urllib.error.HTTPError as exc:
             retry = exc.code == 429 or exc.code >= 500
