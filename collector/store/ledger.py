@@ -56,7 +56,7 @@ class Checkpoint:
 class AgentChain:
     """An agent's stored chain: its checkpoint (0 if never pruned) and how far it is sealed.
 
-    `sealed` is the last sequence the hash chain covers (the `chains.watermark` column); it is
+    `sealed` is the last sequence the hash chain covers (the `chains.sealed` column); it is
     not `Store.watermark`, the end of the contiguous stored prefix that the collector acks.
     """
 
@@ -217,7 +217,8 @@ class SqlLedger(Ledger):
         return {str(r[0]): _checkpoint(r) for r in self._all(self._CHECKPOINT)}
 
     def _sealed(self) -> list[tuple[str, int]]:
-        rows = self._all("SELECT agent_id, watermark FROM chains ORDER BY agent_id")
+        sql = f"SELECT agent_id, {self._store.sealed_column} FROM chains ORDER BY agent_id"  # noqa: S608 (fixed)
+        rows = self._all(sql)
         return [(str(r[0]), int(r[1])) for r in rows]
 
     def alert_evidence(self, alert_ids: Iterable[str] = (), policies: Iterable[str] = ()) -> set[str]:

@@ -85,7 +85,7 @@ class PostgresLedger(SqlLedger):
             try:
                 db = store._connection()
                 with db.transaction(), db.cursor() as cur:
-                    cur.execute("SELECT watermark FROM chains WHERE agent_id = %s FOR UPDATE", (agent_id,))
+                    cur.execute("SELECT sealed FROM chains WHERE agent_id = %s FOR UPDATE", (agent_id,))
                     sealed = cur.fetchone()
                     cur.execute(
                         "SELECT value FROM chain_values WHERE agent_id = %s AND sequence = %s",

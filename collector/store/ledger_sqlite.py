@@ -79,7 +79,7 @@ class SqliteLedger(SqlLedger):
         store._writable()
         with store._lock, store._transaction("prune", error=LedgerError) as db:
             db.execute(_CHECKPOINTS)
-            sealed = db.execute("SELECT watermark FROM chains WHERE agent_id = ?", (agent_id,)).fetchone()
+            sealed = db.execute("SELECT sealed FROM chains WHERE agent_id = ?", (agent_id,)).fetchone()
             value = db.execute(
                 "SELECT chain FROM events WHERE agent_id = ? AND sequence = ?", (agent_id, sequence)
             ).fetchone()

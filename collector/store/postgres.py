@@ -2,7 +2,7 @@
 
 Same semantics and hash chain as the SQLite store (collector/store/sqlite.py): events keyed by
 (agent id, sequence), the `stored` prefix per agent that the collector acknowledges, and the
-chain computed over the same ECS mappings, sealed by compare-and-set on `watermark`.
+chain computed over the same ECS mappings, sealed by compare-and-set on `sealed`.
 
 One difference in layout: chain values live in a table of their own (`chain_values`), not in
 a column of `events`. PostgreSQL never updates a row in place; sealing would write every
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exfilguard.collector.store")
 
-SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
+SCHEMA_VERSION = 3  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -216,6 +216,8 @@ class PostgresStore(shared.SqlStore):
                     for statement in _TRIAGE_SCHEMA:
                         self._db.execute(statement)
                     self._db.execute(_LEGACY_STATUS, (list(triage.CLOSED_STATUSES),))
+                if version < 3:
+                    self._db.execute(shared.RENAME_SEALED)
                 if version < SCHEMA_VERSION:
                     self._db.execute("INSERT INTO exfilguard_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION
@@ -372,14 +374,14 @@ class PostgresStore(shared.SqlStore):
         """Chain stored, not yet chained events (at most about `limit`); returns how many were chained.
 
         The hashing runs outside any transaction; the result is written only if nobody moved the
-        chain meanwhile (compare-and-set on `watermark`).
+        chain meanwhile (compare-and-set on `sealed`).
         """
         self._writable()
         with self._lock:
             try:
                 db = self._connection()
                 with db.cursor() as cur:
-                    cur.execute("SELECT agent_id FROM chains WHERE watermark < stored ORDER BY agent_id")
+                    cur.execute("SELECT agent_id FROM chains WHERE sealed < stored ORDER BY agent_id")
                     agents = [str(r[0]) for r in cur.fetchall()]
                     done = 0
                     for agent_id in agents:
@@ -405,7 +407,7 @@ class PostgresStore(shared.SqlStore):
 
     def _chain_work(self, cur: psycopg.Cursor[Any], agent_id: str, limit: int | None) -> _ChainWork | None:
         """(chained before, chained after, new head, (sequence, value) pairs) for one agent, or None."""
-        cur.execute("SELECT watermark, head, stored FROM chains WHERE agent_id = %s", (agent_id,))
+        cur.execute("SELECT sealed, head, stored FROM chains WHERE agent_id = %s", (agent_id,))
         row = cur.fetchone()
         if row is None:
             return None
@@ -425,7 +427,7 @@ class PostgresStore(shared.SqlStore):
         """Write chain values if the agent's chain still ends at `before` (compare-and-set)."""
         before, after, head, values = work
         cur.execute(
-            "UPDATE chains SET watermark = %s, head = %s WHERE agent_id = %s AND watermark = %s",
+            "UPDATE chains SET sealed = %s, head = %s WHERE agent_id = %s AND sealed = %s",
             (after, head, agent_id, before),
         )
         if cur.rowcount != 1:

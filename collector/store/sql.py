@@ -58,6 +58,10 @@ def _respell(statement: str, placeholder: str) -> str:
 
 
 SELECT_ALERTS = "SELECT body, status FROM alerts"
+# Schema 2 -> 3, both backends: `watermark` meant the chained prefix in `chains` but the
+# acknowledged (stored) one in Store.watermark(); the column is named for what it holds. The
+# backends' _SCHEMA stays version 1's, so a new store is made by the same steps as an upgrade.
+RENAME_SEALED = "ALTER TABLE chains RENAME COLUMN watermark TO sealed"
 _AGENTS = (
     "SELECT a.id, a.host, a.version, a.first_seen, a.last_seen, a.last_heartbeat, a.connected,"
     " a.backlog, a.gaps, a.lost, a.config_version, COALESCE(c.stored, 0),"
@@ -193,14 +197,22 @@ class SqlStore(Store):
             params.append(self.dialect.list_param(list(where.event_ids)))
         return clauses, params
 
+    @property
+    def sealed_column(self) -> str:
+        """The `chains` column of the chained prefix: `sealed`, or `watermark` in a store older than
+        schema 3 that a read-only view reads without upgrading it."""
+        return "sealed" if self._version >= 3 else "watermark"
+
     def unsealed(self) -> int:
         """Events in the agents' stored prefixes not chained yet (one row per agent is read)."""
-        row = self._one("SELECT COALESCE(SUM(stored - watermark), 0) FROM chains", ())
+        sql = f"SELECT COALESCE(SUM(stored - {self.sealed_column}), 0) FROM chains"  # noqa: S608 (fixed)
+        row = self._one(sql, ())
         return 0 if row is None else int(row[0])
 
     def chain_head(self, agent_id: str) -> tuple[int, bytes]:
         """(last chained sequence, its chain value) of one agent; (0, genesis) before any."""
-        row = self._one(self._q("SELECT watermark, head FROM chains WHERE agent_id = ?"), (agent_id,))
+        sql = f"SELECT {self.sealed_column}, head FROM chains WHERE agent_id = ?"  # noqa: S608 (fixed)
+        row = self._one(self._q(sql), (agent_id,))
         return (0, chain.GENESIS) if row is None else (int(row[0]), bytes(row[1]))
 
     def count_events(self, agent_id: str | None = None) -> int:

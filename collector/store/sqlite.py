@@ -7,7 +7,8 @@ on, and its link in the agent's hash chain (protos/chain.py).
 Two prefixes per agent, both in the `chains` table:
   - `stored`: the highest sequence up to which every event is stored; what the collector
     acknowledges. Events above a hole are stored but do not move it until the hole fills.
-  - `watermark` / `head`: how far the hash chain has been computed, and its last value.
+  - `sealed` / `head`: how far the hash chain has been computed, and its last value (the
+    column was `watermark` before schema 3; `Store.watermark()` is the `stored` prefix).
     Sealing (`seal`) chains stored events in sequence order, only inside the `stored` prefix.
 
 Sealing costs ~30-60 us of Python per event (ECS mapping, canonical JSON, two SHA-256),
@@ -15,7 +16,7 @@ several times the rest of ingest. `ingest_batches(..., seal=True)` (the default,
 `ingest`) chains in the same transaction. The collector passes seal=False and runs
 `collector.sealer` in a process of its own, so acks never wait for hashing and the hashing
 uses the second core; the chain then trails the acks by moments under load. Sealing is a
-compare-and-set on `watermark`, so two sealers can never write different values.
+compare-and-set on `sealed`, so two sealers can never write different values.
 
 Durability: `synchronous=FULL`. An acknowledged batch lets the agent delete it from its
 spool, so a commit must survive power loss, not only a crash. The server groups several
@@ -44,7 +45,7 @@ from protos import exfilguard_pb2 as pb
 if TYPE_CHECKING:
     from collector.store.ledger_sqlite import SqliteLedger
 
-SCHEMA_VERSION = 2  # 2: alert triage (alerts.status, alert_triage)
+SCHEMA_VERSION = 3  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -231,6 +232,8 @@ class SqliteStore(shared.SqlStore):
             for statement in _TRIAGE_SCHEMA:
                 db.execute(statement)
             db.execute(_LEGACY_STATUS, (json.dumps(triage.CLOSED_STATUSES),))
+        if version < 3:
+            db.execute(shared.RENAME_SEALED)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ events
@@ -263,7 +266,7 @@ class SqliteStore(shared.SqlStore):
                     results.append(self._ingest_one(agent_id, batch, state))
                     staged[agent_id] = state
                 db.executemany(
-                    "INSERT INTO chains (agent_id, stored, max_sequence, watermark, head)"
+                    "INSERT INTO chains (agent_id, stored, max_sequence, sealed, head)"
                     " VALUES (?, ?, ?, 0, ?) ON CONFLICT (agent_id) DO UPDATE SET stored = excluded.stored,"
                     " max_sequence = excluded.max_sequence",
                     [(a, s.stored, s.max_sequence, chain.GENESIS) for a, s in staged.items()],
@@ -353,7 +356,7 @@ class SqliteStore(shared.SqlStore):
         self._writable()
         with self._lock:
             try:
-                behind = self._db.execute("SELECT agent_id FROM chains WHERE watermark < stored")
+                behind = self._db.execute("SELECT agent_id FROM chains WHERE sealed < stored")
                 agents = [str(r[0]) for r in behind]
                 done = 0
                 for agent_id in agents:
@@ -389,7 +392,7 @@ class SqliteStore(shared.SqlStore):
     ) -> tuple[int, int, bytes, list[tuple[bytes, str, int]]] | None:
         """(chained before, chained after, new head, event updates) for one agent, or None if nothing."""
         db = self._db
-        sql = "SELECT watermark, head, stored FROM chains WHERE agent_id = ?"
+        sql = "SELECT sealed, head, stored FROM chains WHERE agent_id = ?"
         row = db.execute(sql, (agent_id,)).fetchone()
         if row is None:
             return None
@@ -412,7 +415,7 @@ class SqliteStore(shared.SqlStore):
     ) -> bool:
         """Write chain values if the agent's chain still ends at `before` (compare-and-set)."""
         moved = self._db.execute(
-            "UPDATE chains SET watermark = ?, head = ? WHERE agent_id = ? AND watermark = ?",
+            "UPDATE chains SET sealed = ?, head = ? WHERE agent_id = ? AND sealed = ?",
             (after, head, agent_id, before),
         )
         if moved.rowcount != 1:

@@ -150,7 +150,7 @@ def test_sigterm_stops_cleanly_and_marks_agents_disconnected(tmp_path: Path) -> 
 
 def _chain_end(store: Path, agent_id: str) -> int:
     with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
-        row = db.execute("SELECT watermark FROM chains WHERE agent_id = ?", (agent_id,)).fetchone()
+        row = db.execute("SELECT sealed FROM chains WHERE agent_id = ?", (agent_id,)).fetchone()
     return int(row[0]) if row else 0
 
 

@@ -428,12 +428,57 @@ def test_a_version_1_store_is_upgraded_keeping_statuses_its_alert_bodies_carried
         assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION
 
 
+# Before schema 3 the chained prefix's column was named `watermark` (Store.watermark() is the stored one).
+_NAMED_WATERMARK = "ALTER TABLE chains RENAME COLUMN sealed TO watermark"
+
+
+def _downgrade_to_version_2(store: Store) -> str:
+    """Name the chains column as schema 2 did, behind the store's back."""
+    if isinstance(store, SqliteStore):
+        for sql in (_NAMED_WATERMARK, "PRAGMA user_version = 2"):
+            _raw_execute(store, sql)
+        return store.location
+    assert isinstance(store, PostgresStore)
+    version_2 = ("DELETE FROM exfilguard_schema", "INSERT INTO exfilguard_schema VALUES (2)")
+    for sql in (_NAMED_WATERMARK, *version_2):
+        _raw_execute(store, sql)
+    return store._url
+
+
+def test_a_version_2_store_is_read_as_it_is_then_upgraded_to_the_sealed_column(factory: Factory) -> None:
+    store = factory()
+    store.ingest("a", make_events("a", 1, 5))  # chained in the same transaction
+    store.ingest_batches([("a", make_events("a", 6, 8))], seal=False)  # stored, not chained yet
+    head = store.chain_head("a")
+    assert head[0] == 5
+    location = _downgrade_to_version_2(store)
+    store.close()
+    reader = factory(readonly=True)  # not upgraded: the column is read under its old name
+    assert (reader.chain_head("a"), reader.unsealed(), reader.watermark("a")) == (head, 3, 8)
+    reader.close()
+    with open_ledger(location) as ledger:
+        assert [(c.agent_id, c.sealed) for c in ledger.chains()] == [("a", 5)]
+    upgraded = factory()  # the upgrade renames the column, in place, keeping its values
+    assert (upgraded.chain_head("a"), upgraded.unsealed()) == (head, 3)
+    assert upgraded.seal() == 3 and upgraded.chain_head("a")[0] == 8
+    upgraded.ingest("a", make_events("a", 9, 9))
+    assert upgraded.chain_head("a")[0] == 9 and upgraded.unsealed() == 0
+    if isinstance(upgraded, SqliteStore):
+        with contextlib.closing(sqlite3.connect(upgraded.location)) as db:
+            assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+            assert "sealed" in [r[1] for r in db.execute("PRAGMA table_info(chains)")]
+    upgraded.close()
+    with open_ledger(location) as ledger:
+        assert [(c.agent_id, c.sealed) for c in ledger.chains()] == [("a", 9)]
+
+
 def _downgrade_to_version_1(store: Store) -> str:
     """Undo the triage schema behind the store's back (a store written before triage existed)."""
     statements = [
         "DROP INDEX alerts_status",
         "ALTER TABLE alerts DROP COLUMN status",
         "DROP TABLE alert_triage",
+        _NAMED_WATERMARK,
     ]
     if isinstance(store, SqliteStore):
         for sql in [*statements, "PRAGMA user_version = 1"]:
