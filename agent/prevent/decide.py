@@ -3,9 +3,10 @@
 Two questions, each answered from what the kernel holds still and what lineage recorded:
 
   an open on removable media   does the opener (or its pipeline) carry tagged data? It does
-                               when it, its parent or grandparent holds a tagged (or derived)
-                               file open now, or opened a tagged file in the last
-                               RECENT_SECONDS, or a process of its group did (the guard hears
+                               when it holds a tagged (or derived) file open now, or it, its
+                               parent or grandparent opened a tagged file in the last
+                               RECENT_SECONDS, or a process of its group did in the last
+                               GROUP_SECONDS (the guard hears
                                of every tagged open in the order the kernel queued it, before
                                the write's open); or when lineage (agent/sensors/lineage.py)
                                says it, its parent or grandparent read tagged data in the last
@@ -39,6 +40,7 @@ from common.agentconfig import PreventSettings
 log = logging.getLogger(__name__)
 
 RECENT_SECONDS = 300.0   # tagged data read longer ago than this does not block a write
+GROUP_SECONDS = 10.0     # ... by another process of the writer's group (a pipeline runs at once)
 MAX_WRITERS = 4096       # processes remembered as writing to removable media
 MAX_GROUPS = 4096        # processes, and process groups, remembered as having opened tagged files
 
@@ -106,25 +108,22 @@ class Decider:
         return verdict
 
     def _carried(self, pid: int, ppid: int, pgid: int) -> Verdict | None:
+        # its own descriptors: a tagged or derived file open now (cp holds its source open; a
+        # derived file is not marked by this group, so its opens are not heard)
+        for path in procs.open_paths(pid):
+            tags = self.tags.tags_for(path)
+            if tags or self.index.is_derived(path):
+                prov = self.index.provenance(path) if not tags else None
+                found = tuple(tags) or (tuple(prov.tags) if prov is not None else ())
+                return Verdict(f"it holds {'tagged' if tags else 'derived'} file {path} open", path, found)
         chain = [pid]
         parent = ppid
         for _ in range(2):  # rsync: the receiver writes, its grandparent the sender reads
             if parent <= 1 or parent == self._me:
                 break
             chain.append(parent)
-            who = procs.identity(parent)
-            parent = who[0] if who is not None else 0
-        for n, member in enumerate(chain):
-            for path, dev, _writing in procs.open_files(member):
-                if dev in self.removable_dev:
-                    continue
-                tags = self.tags.tags_for(path)
-                if tags or self.index.is_derived(path):
-                    whose = "it" if n == 0 else ("its parent" if n == 1 else "its grandparent")
-                    prov = self.index.provenance(path) if not tags else None
-                    found = tuple(tags) or (tuple(prov.tags) if prov is not None else ())
-                    return Verdict(f"{whose} holds {'tagged' if tags else 'derived'} file {path} open",
-                                   path, found)
+            up = procs.family(parent)
+            parent = up[0] if up is not None else 0
         return self._recorded(chain, pgid)
 
     def recheck(self, pid: int) -> Verdict | None:
@@ -148,7 +147,7 @@ class Decider:
             if seen is not None and now - seen[0] <= RECENT_SECONDS:
                 whose = "it" if n == 0 else ("its parent" if n == 1 else "its grandparent")
                 return Verdict(f"{whose} opened tagged file {seen[1]}", seen[1], seen[2])
-        if group is not None and now - group[0] <= RECENT_SECONDS:
+        if group is not None and now - group[0] <= GROUP_SECONDS:
             return Verdict(f"its process group {pgid} opened tagged file {group[1]}", group[1], group[2])
         return self._lineage(chain, now)
 
@@ -168,22 +167,22 @@ class Decider:
         """A tagged file was opened (a notification, in the order the kernel queued it, so
         before any later open of the same process or group is decided): remember it for
         RECENT_SECONDS. Returns (pgid, tags); None when the process is already gone."""
-        return self._note(pid, path, procs.identity(pid))
+        up = procs.family(pid)
+        return self._note(pid, path, up[1] if up is not None else 0)
 
-    def _note(self, pid: int, path: str, who: tuple[int, int, int, tuple[int, ...]] | None
-              ) -> tuple[int, tuple[str, ...]] | None:
+    def _note(self, pid: int, path: str, pgid: int) -> tuple[int, tuple[str, ...]] | None:
         tags = tuple(self.tags.tags_for(path))
         seen = (time.time(), path, tags)
         with self._lock:
             self._opened.pop(pid, None)
             self._opened[pid] = seen
-            if who is not None and who[1] > 1:
-                self._groups.pop(who[1], None)
-                self._groups[who[1]] = seen
+            if pgid > 1:
+                self._groups.pop(pgid, None)
+                self._groups[pgid] = seen
             for table in (self._opened, self._groups):
                 while len(table) > MAX_GROUPS:
                     del table[next(iter(table))]
-        return (who[1], tags) if who is not None else None
+        return (pgid, tags) if pgid else None
 
     def tagged_open(self, pid: int, path: str) -> Verdict | None:
         """An open of a tagged file while armed: refuse it when the opener writes to removable media."""
@@ -196,7 +195,7 @@ class Decider:
         # remembered now, not when its notification comes: a write open of its pipeline queued
         # right after it is decided before that notification is read
         tags = tuple(self.tags.tags_for(path))
-        self._note(pid, path, who)
+        self._note(pid, path, pgid)
         with self._lock:
             writers = list(self._writers.items())
         for wpid, writer in writers:
@@ -217,7 +216,7 @@ class Decider:
                 return path
         with self._lock:
             writer = self._writers.get(pid)
-        if writer is not None and time.monotonic() - writer.since < 2.0 and procs.identity(pid) is not None:
+        if writer is not None and time.monotonic() - writer.since < 2.0 and procs.family(pid) is not None:
             return writer.path  # its open was allowed a moment ago: the fd may not be there yet
         return None
 

@@ -70,6 +70,35 @@ def open_files(pid: int) -> list[tuple[str, int, bool]]:
     return out
 
 
+def open_paths(pid: int) -> list[str]:
+    """Paths of the files the process holds open (no flags: the cheap look of the hot path)."""
+    base = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        try:
+            target = os.readlink(f"{base}/{name}")
+        except OSError:
+            continue
+        if target.startswith("/"):
+            out.append(target)
+    return out
+
+
+def family(pid: int) -> tuple[int, int] | None:
+    """(ppid, pgid) of a live process; None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        fields = stat[stat.rindex(b")") + 2:].split()
+        return int(fields[1]), int(fields[2])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def identity(pid: int) -> tuple[int, int, int, tuple[int, ...]] | None:
     """(ppid, pgid, uid, groups: primary and supplementary gids) of a live process; None if gone."""
     try:
