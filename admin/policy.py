@@ -106,13 +106,14 @@ def run_test(args: argparse.Namespace) -> int:
         print(f"{args.events}: {exc}", file=sys.stderr)
         return 1
     alerts = replay.replay(runner, events)
-    for alert in alerts:
+    for raised in alerts:
+        alert = raised.alert
         if args.json:
-            print(json.dumps(alert.to_json(), sort_keys=True))
+            print(json.dumps(alert, sort_keys=True))
         else:
             print(
-                f"{alert.severity:<8} {alert.policy_id:<32} count={alert.fields['count']:<5} "
-                f"risk={alert.fields.get('exfilguard.risk.score', 0):<5} {alert.fields['summary']}"
+                f"{raised.severity:<8} {raised.policy_id:<32} count={alert['count']:<5} "
+                f"risk={alert.get('exfilguard.risk.score', 0):<5} {alert['summary']}"
             )
     if not args.json:
         print(

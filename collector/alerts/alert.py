@@ -1,4 +1,6 @@
-"""Alert: one alert in the SPEC §10 shape — who, what, where to, how, when, why — as dotted ECS names."""
+"""An alert: one JSON object in the SPEC §10 shape — who, what, where to, how, when, why — as dotted ECS
+names (`build`). The store, the sinks, the CLI and the console all get this object and call it `alert`;
+`RaisedAlert` is what the policy engine hands on: the alert and how suppression keys it."""
 
 from __future__ import annotations
 
@@ -57,10 +59,11 @@ EVENT_FIELDS = (
 
 
 @dataclass
-class Alert:
-    """One alert. `fields` is the JSON object the sinks and the store get; `group` keys suppression."""
+class RaisedAlert:
+    """An alert the engine raised: `alert` is the JSON object the sinks and the store get; `group`
+    keys its suppression."""
 
-    fields: dict[str, Any]
+    alert: dict[str, Any]
     group: tuple[Any, ...] = ()
     suppress_seconds: float | None = None
     time: float = 0.0  # event time (epoch seconds) of the firing event: suppression runs on event time
@@ -69,21 +72,21 @@ class Alert:
     @property
     def id(self) -> str:
         """The alert's unique id."""
-        return str(self.fields["id"])
+        return str(self.alert["id"])
 
     @property
     def policy_id(self) -> str:
         """The id of the policy that raised it."""
-        return str(self.fields["policy.id"])
+        return str(self.alert["policy.id"])
 
     @property
     def severity(self) -> str:
         """low, medium, high or critical."""
-        return str(self.fields["severity"])
+        return str(self.alert["severity"])
 
     def to_json(self) -> dict[str, Any]:
-        """The JSON object (a copy) in the SPEC §10 shape."""
-        return dict(self.fields)
+        """The alert (a copy) in the SPEC §10 shape."""
+        return dict(self.alert)
 
 
 def build(

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from collector.alerts.alert import Alert
+from collector.alerts.alert import RaisedAlert
 
 MAX_GROUPS = 100_000
 MAX_EVIDENCE = 100
@@ -22,12 +22,12 @@ MAX_EVIDENCE = 100
 
 @dataclass
 class _Open:
-    first: Alert
+    first: RaisedAlert
     until: float
     repeats: int = 0
     count: int = 0
     evidence: list[str] = field(default_factory=list)
-    latest: Callable[[], Alert] | None = None  # builds the latest repeat's alert, only if needed
+    latest: Callable[[], RaisedAlert] | None = None  # builds the latest repeat's alert, only if needed
 
 
 class Suppressor:
@@ -36,7 +36,7 @@ class Suppressor:
     def __init__(self, window_seconds: float = 600.0) -> None:
         self.window = window_seconds
         self._open: OrderedDict[tuple[object, ...], _Open] = OrderedDict()
-        self._overflow: list[Alert] = []
+        self._overflow: list[RaisedAlert] = []
 
     def __len__(self) -> int:
         return len(self._open)
@@ -47,7 +47,7 @@ class Suppressor:
         time: float,
         count: int,
         evidence: list[str],
-        build: Callable[[], Alert],
+        build: Callable[[], RaisedAlert],
     ) -> bool:
         """Fold a repeat into its open group (True), or say the group has no open window (False).
 
@@ -64,24 +64,24 @@ class Suppressor:
         entry.latest = build
         return True
 
-    def admit(self, alert: Alert) -> bool:
+    def admit(self, raised: RaisedAlert) -> bool:
         """True if the alert should be sent now (it opens a window); False if it was folded."""
-        fields = alert.fields
+        alert = raised.alert
         if self.fold(
-            alert.group, alert.time, int(fields.get("count", 1)), fields.get("evidence", []), lambda: alert
+            raised.group, raised.time, int(alert.get("count", 1)), alert.get("evidence", []), lambda: raised
         ):
             return False
-        window = self.window if alert.suppress_seconds is None else alert.suppress_seconds
-        if alert.group in self._open:
-            self._close(alert.group)
+        window = self.window if raised.suppress_seconds is None else raised.suppress_seconds
+        if raised.group in self._open:
+            self._close(raised.group)
         if window <= 0:
             return True
-        self._open[alert.group] = _Open(first=alert, until=alert.time + window)
+        self._open[raised.group] = _Open(first=raised, until=raised.time + window)
         while len(self._open) > MAX_GROUPS:
             self._close(next(iter(self._open)))
         return True
 
-    def due(self, now: float) -> list[Alert]:
+    def due(self, now: float) -> list[RaisedAlert]:
         """Follow-up alerts for groups whose window closed by `now` (and any closed early)."""
         for key in [k for k, e in self._open.items() if e.until <= now]:
             self._close(key)
@@ -93,12 +93,12 @@ class Suppressor:
         if not entry.repeats or entry.latest is None:
             return
         latest = entry.latest()
-        fields = dict(latest.fields)
-        fields["id"] = str(uuid.uuid4())
-        fields["count"] = entry.count
-        fields["evidence"] = entry.evidence
-        fields["event.start"] = entry.first.fields.get("event.end") or fields.get("event.start")
-        fields["exfilguard.alert.repeats"] = entry.repeats
-        fields["exfilguard.alert.repeat_of"] = entry.first.id
-        fields["summary"] = f"{entry.repeats} more since the first alert: {fields.get('summary', '')}"
-        self._overflow.append(Alert(fields, group=key, time=latest.time))
+        alert = dict(latest.alert)
+        alert["id"] = str(uuid.uuid4())
+        alert["count"] = entry.count
+        alert["evidence"] = entry.evidence
+        alert["event.start"] = entry.first.alert.get("event.end") or alert.get("event.start")
+        alert["exfilguard.alert.repeats"] = entry.repeats
+        alert["exfilguard.alert.repeat_of"] = entry.first.id
+        alert["summary"] = f"{entry.repeats} more since the first alert: {alert.get('summary', '')}"
+        self._overflow.append(RaisedAlert(alert, group=key, time=latest.time))

@@ -2,7 +2,7 @@
 
     loader.load(paths) -> PolicySet          strict: any error raises PolicySetError (collector)
     loader.lint_paths(paths) -> (set, problems)   collect-all: every problem (policy lint)
-    engine.PolicyEngine(set, timezone).evaluate(mapping) -> list[Alert]
+    engine.PolicyEngine(set, timezone).evaluate(mapping) -> list[RaisedAlert]
     listener.PolicyListener                  the collector seam: evaluate, store, send to sinks
     reload.PolicyReloader                    hot reload on file change / SIGHUP, keeps the old set on error
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector.alerts import alert as alert_mod
-from collector.alerts.alert import Alert
+from collector.alerts.alert import RaisedAlert
 from collector.alerts.suppress import Suppressor
 from collector.behaviour.enrich import Behaviour
 from collector.policy import conditions, fields, summary, validate
@@ -241,7 +241,7 @@ class PolicyEngine:
 
     # ---------------------------------------------------------------- events
 
-    def evaluate(self, event: EventFields) -> list[Alert]:
+    def evaluate(self, event: EventFields) -> list[RaisedAlert]:
         """Evaluate one event (a dotted mapping); the alerts to raise now (after suppression)."""
         return self._evaluate(event, raise_alerts=True)
 
@@ -253,12 +253,12 @@ class PolicyEngine:
             n += 1
         return n
 
-    def flush(self, now: float | None = None) -> list[Alert]:
+    def flush(self, now: float | None = None) -> list[RaisedAlert]:
         """Follow-up alerts for folded repeats whose suppression window has closed by `now`
         (default: the event clock; math.inf flushes everything, e.g. at the end of a replay)."""
         return self.suppressor.due(self.clock if now is None else now)
 
-    def _evaluate(self, event: EventFields, raise_alerts: bool) -> list[Alert]:
+    def _evaluate(self, event: EventFields, raise_alerts: bool) -> list[RaisedAlert]:
         self.events_seen += 1
         now = event_time(event)
         wall = time.time()
@@ -280,7 +280,7 @@ class PolicyEngine:
         candidates = self._by_action.get(action, ())
         if self._any_action:
             candidates = [*candidates, *self._any_action]
-        alerts: list[Alert] = []
+        alerts: list[RaisedAlert] = []
         clock = time.perf_counter
         started = clock()
         deadline = started + self.budget
@@ -308,15 +308,15 @@ class PolicyEngine:
                     firing.last,
                     firing.count,
                     firing.evidence,
-                    functools.partial(self._alert, policy, firing),
+                    functools.partial(self._raise, policy, firing),
                 ):
                     self.folded[policy.id] = self.folded.get(policy.id, 0) + 1
                     continue
-                alert = self._alert(policy, firing)
+                raised = self._raise(policy, firing)
                 if self.behaviour is not None:
-                    self.behaviour.alerted(alert.fields, now, score=not entry.reads_risk)
-                self.suppressor.admit(alert)
-                alerts.append(alert)
+                    self.behaviour.alerted(raised.alert, now, score=not entry.reads_risk)
+                self.suppressor.admit(raised)
+                alerts.append(raised)
             if over:
                 break
         self.alerts_raised += len(alerts)
@@ -433,7 +433,7 @@ class PolicyEngine:
         recent.append((now, int(lost) if isinstance(lost, int) else 0))
         self.gaps[agent] = recent
 
-    def _alert(self, policy: Policy, firing: Firing) -> Alert:
+    def _raise(self, policy: Policy, firing: Firing) -> RaisedAlert:
         event = firing.event
         measures: dict[str, Any] = dict(firing.measures)
         moment = conditions.local_time(str(event.get("@timestamp", "")), self.timezone)
@@ -445,7 +445,7 @@ class PolicyEngine:
         measures["agent_lost_events_24h"] = lost
         text = summary.render(policy.summary, event, measures)
         measures.pop("count")
-        body = alert_mod.build(
+        alert = alert_mod.build(
             policy_id=policy.id,
             title=policy.title,
             severity=policy.severity,
@@ -463,9 +463,9 @@ class PolicyEngine:
         for name in _BEHAVIOUR_FIELDS:
             value = event.get(name)
             if value or (name.startswith("device.approved") and name in event and event.get("device.serial")):
-                body[name] = value
+                alert[name] = value
         group = self._group(policy, firing)
-        return Alert(body, group=group, suppress_seconds=policy.suppress.window, time=firing.last)
+        return RaisedAlert(alert, group=group, suppress_seconds=policy.suppress.window, time=firing.last)
 
     @staticmethod
     def _group(policy: Policy, firing: Firing) -> tuple[Any, ...]:

@@ -24,7 +24,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from collector.alerts.alert import Alert
+from collector.alerts.alert import RaisedAlert
 from collector.alerts.dispatch import Dispatcher
 from collector.behaviour.enrich import Behaviour
 from collector.behaviour.keeper import BehaviourKeeper, peer_groups
@@ -102,7 +102,7 @@ class PolicyListener:
 
     async def on_events(self, mappings: list[dict[str, Any]]) -> None:
         """Evaluate each stored event; raise what fires. Never blocks on sinks or the store."""
-        alerts: list[Alert] = []
+        alerts: list[RaisedAlert] = []
         for mapping in mappings:
             try:
                 alerts.extend(self.engine.evaluate(mapping))
@@ -110,23 +110,23 @@ class PolicyListener:
                 log.exception("policy evaluation failed on event %s", mapping.get("event.id"))
         self.raise_alerts(alerts)
 
-    def raise_alerts(self, alerts: list[Alert]) -> None:
+    def raise_alerts(self, alerts: list[RaisedAlert]) -> None:
         """Send to every sink (queued) and store (on the alert-store thread)."""
-        for alert in alerts:
-            body = alert.to_json()
-            self.dispatcher.send(body)
+        for raised in alerts:
+            alert = raised.to_json()
+            self.dispatcher.send(alert)
             if self.store is not None:
-                future = self._writer.submit(self._store, body)
+                future = self._writer.submit(self._store, alert)
                 self._pending.add(future)
                 future.add_done_callback(self._pending.discard)
             self.alerts_sent += 1
-            key = (alert.policy_id, alert.severity)
+            key = (raised.policy_id, raised.severity)
             self.alerts_by_policy[key] = self.alerts_by_policy.get(key, 0) + 1
             log.info(
                 "alert %s: %s",
-                alert.policy_id,
-                body.get("summary", ""),
-                extra={"alert_id": alert.id, "policy_id": alert.policy_id, "severity": alert.severity},
+                raised.policy_id,
+                alert.get("summary", ""),
+                extra={"alert_id": raised.id, "policy_id": raised.policy_id, "severity": raised.severity},
             )
 
     def stats(self) -> dict[str, Any]:
@@ -142,13 +142,13 @@ class PolicyListener:
             "reload_failures": reloader.failures if reloader is not None else 0,
         }
 
-    def _store(self, body: dict[str, Any]) -> None:
+    def _store(self, alert: dict[str, Any]) -> None:
         assert self.store is not None
         try:
-            self.store.add_alert(body)
+            self.store.add_alert(alert)
         except StoreError:
             self.alert_store_failures += 1
-            log.exception("could not store alert %s (it was still sent to the sinks)", body.get("id"))
+            log.exception("could not store alert %s (it was still sent to the sinks)", alert.get("id"))
 
     # ------------------------------------------------------------------ background
 

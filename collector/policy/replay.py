@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from collector.alerts.alert import Alert
+from collector.alerts.alert import RaisedAlert
 from collector.behaviour.enrich import Behaviour
 from collector.policy.engine import PolicyEngine
 from collector.policy.model import PolicySet
@@ -42,9 +42,11 @@ def engine_for(
     )
 
 
-def replay(engine: PolicyEngine, events: Iterable[Mapping[str, Any]], *, final: bool = True) -> list[Alert]:
+def replay(
+    engine: PolicyEngine, events: Iterable[Mapping[str, Any]], *, final: bool = True
+) -> list[RaisedAlert]:
     """The alerts the events raise, in order; with `final`, folded repeats are flushed at the end."""
-    alerts: list[Alert] = []
+    alerts: list[RaisedAlert] = []
     for event in events:
         alerts.extend(engine.evaluate(event))
     if final:

@@ -154,8 +154,8 @@ def test_count_fires_at_threshold_inside_window_only() -> None:
     assert fired(runner, event("file.copy", at(13))) == []
     alerts = runner.evaluate(event("file.copy", at(14)))
     assert [a.policy_id for a in alerts] == ["bulk"]
-    assert alerts[0].fields["count"] == 3
-    assert len(alerts[0].fields["evidence"]) == 3
+    assert alerts[0].alert["count"] == 3
+    assert len(alerts[0].alert["evidence"]) == 3
     # The group restarts after firing.
     assert fired(runner, event("file.copy", at(15))) == []
 
@@ -172,7 +172,7 @@ def test_sum_with_size_units() -> None:
     runner = engine(AGG % "sum: {field: file.size, gte: 500MiB}")
     assert fired(runner, event("file.copy", at(0), file__size=300 << 20)) == []
     alerts = runner.evaluate(event("file.copy", at(1), file__size=250 << 20))
-    assert alerts[0].fields["summary"] == "2 files 550.0 MiB within 10m"
+    assert alerts[0].alert["summary"] == "2 files 550.0 MiB within 10m"
 
 
 def test_distinct_counts_values_not_events() -> None:
@@ -222,7 +222,7 @@ def test_coverage_of_files_uses_latest_inventory() -> None:
     assert fired(runner, *[copy(i) for i in range(3)]) == []
     assert fired(runner, copy(2)) == []  # the same file again does not count twice
     alerts = runner.evaluate(copy(3))
-    assert alerts[0].fields["summary"] == "80% of database (4 of 5)"
+    assert alerts[0].alert["summary"] == "80% of database (4 of 5)"
 
 
 def test_coverage_of_bytes_and_other_tags_ignored() -> None:
@@ -243,7 +243,7 @@ def test_coverage_counts_the_members_of_an_archive() -> None:
     other = copy(1, path="/srv/db/3")
     other["exfilguard.copy.sources"] = ["/srv/db/3", "/srv/db/2"]  # 2 again: counted once
     alerts = runner.evaluate(other)
-    assert alerts[0].fields["summary"] == "80% of database (4 of 5)"
+    assert alerts[0].alert["summary"] == "80% of database (4 of 5)"
 
 
 def test_coverage_needs_an_inventory() -> None:
@@ -320,8 +320,8 @@ def test_sequence_alert_borrows_fields_of_earlier_steps() -> None:
         )
         for a in runner.evaluate(e)
     ]
-    assert alerts[0].fields["summary"] == "read -> archive -> usb in 30m onto STICK-9"
-    assert alerts[0].fields["device.serial"] == "STICK-9"
+    assert alerts[0].alert["summary"] == "read -> archive -> usb in 30m onto STICK-9"
+    assert alerts[0].alert["device.serial"] == "STICK-9"
 
 
 SUPPRESS = """
@@ -344,11 +344,11 @@ def test_suppression_folds_repeats_into_one_follow_up_with_a_count() -> None:
     assert fired(runner, event("file.copy", at(2), user__name="bob")) == ["copy"]  # another group
     assert runner.flush(runner.clock) == []  # the window is still open
     follow = runner.flush(math.inf)
-    mine = [a for a in follow if a.fields["user.name"] == "alice"]
-    assert mine[0].fields["count"] == 4
-    assert mine[0].fields["exfilguard.alert.repeats"] == 4
-    assert mine[0].fields["exfilguard.alert.repeat_of"] == first[0].id
-    assert len(mine[0].fields["evidence"]) == 4
+    mine = [a for a in follow if a.alert["user.name"] == "alice"]
+    assert mine[0].alert["count"] == 4
+    assert mine[0].alert["exfilguard.alert.repeats"] == 4
+    assert mine[0].alert["exfilguard.alert.repeat_of"] == first[0].id
+    assert len(mine[0].alert["evidence"]) == 4
 
 
 def test_alert_shape_and_policy_set_hash() -> None:
@@ -455,4 +455,4 @@ def test_coverage_of_several_tags_reached_by_one_copy_is_one_alert() -> None:
     assert fired(runner, copy(0, tags=("database", "crown"))) == []
     alerts = runner.evaluate(copy(1, tags=("database", "crown")))
     assert len(alerts) == 1
-    assert alerts[0].fields["exfilguard.alert.tag"] == "database, crown"
+    assert alerts[0].alert["exfilguard.alert.tag"] == "database, crown"
