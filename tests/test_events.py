@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -89,3 +91,17 @@ def test_the_model_walker_names_every_field_as_to_mapping_does() -> None:
         assert isinstance(value, list) == leaves[name].repeated, name
         if leaves[name].kind == "messages":  # a list of flat dicts, named by the same rule
             assert all(isinstance(item, dict) for item in value), name
+
+
+def test_event_ids_are_distinct_version_4_uuids_and_times_are_microseconds() -> None:
+    before = time.time()
+    made = [events.new_event("file.open") for _ in range(1000)]  # several pools of random bytes
+    after = time.time()
+    ids = [e.event.id for e in made]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:300]:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == text
+    for event in made[:10]:
+        assert event.timestamp.nanos % 1000 == 0
+        assert before - 1e-6 <= event.timestamp.seconds + event.timestamp.nanos / 1e9 <= after

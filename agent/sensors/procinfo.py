@@ -5,7 +5,7 @@ fanotify hands us a pid; the process may exit a moment later, so the sensor read
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH115, PTH119, PTH123
+# ruff: noqa: PTH115, PTH119
 
 from __future__ import annotations
 
@@ -52,22 +52,26 @@ def user_name(uid: int) -> str:
         return ""
 
 
+def _read(path: str, limit: int = 4096) -> bytes:
+    """The first `limit` bytes of a small /proc file (os calls: a buffered file object per
+    read cost more than the kernel's work)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
 def read_proc(pid: int) -> ProcessInfo | None:
     """Identity of a live process from /proc; None when it has already exited."""
     base = f"/proc/{pid}"
     try:
-        with open(f"{base}/stat", "rb") as fh:
-            stat = fh.read().decode("utf-8", "replace")
+        stat = _read(f"{base}/stat").decode("utf-8", "replace")
         # comm may contain spaces and parentheses: split at the last ')'.
         comm = stat[stat.index("(") + 1 : stat.rindex(")")]
         rest = stat[stat.rindex(")") + 2 :].split()
         ppid, pgid = int(rest[1]), int(rest[2])
-        uid = -1
-        with open(f"{base}/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"Uid:"):
-                    uid = int(line.split()[1])  # real uid: the person, not a setuid binary
-                    break
+        uid = _uid(_read(f"{base}/status"))
     except (OSError, ValueError, IndexError):
         return None
     try:
@@ -75,19 +79,25 @@ def read_proc(pid: int) -> ProcessInfo | None:
     except OSError:
         exe = ""  # kernel threads, or exited between reads
     try:
-        with open(f"{base}/cmdline", "rb") as fh:
-            raw = fh.read(_CMDLINE_LIMIT)
+        raw = _read(f"{base}/cmdline", _CMDLINE_LIMIT)
         cmdline = " ".join(part.decode("utf-8", "replace") for part in raw.split(b"\0") if part)
     except OSError:
         cmdline = ""
+    return ProcessInfo(pid, ppid, pgid, exe, cmdline, comm, uid, _loginuid(base))
+
+
+def _uid(status: bytes) -> int:
+    """The real uid in a /proc status text (the person, not a setuid binary); -1 if absent."""
+    at = status.find(b"\nUid:")
+    return int(status[at + 5 :].split(None, 1)[0]) if at >= 0 else -1
+
+
+def _loginuid(base: str) -> int:
     try:
-        with open(f"{base}/loginuid", "rb") as fh:
-            loginuid = int(fh.read().strip() or b"-1")
+        loginuid = int(_read(f"{base}/loginuid").strip() or b"-1")
     except (OSError, ValueError):
-        loginuid = -1
-    if loginuid == _UNSET_LOGINUID:
-        loginuid = -1
-    return ProcessInfo(pid, ppid, pgid, exe, cmdline, comm, uid, loginuid)
+        return -1
+    return -1 if loginuid == _UNSET_LOGINUID else loginuid
 
 
 def describe(event: pb.Event, info: ProcessInfo | None, attribution: str, pid: int = 0) -> None:
@@ -157,12 +167,20 @@ class OpenFileIndex:
 class ProcessCache:
     """Process identities by pid, so events handled after a short-lived process exited
     (cp, cat) still name it. A cached identity is reused only while /proc/<pid>/stat shows
-    the same start time and command name (a new process, or an exec, reads afresh)."""
+    the same start time and command name (a new process, or an exec, reads afresh).
 
-    def __init__(self, size: int = 4096) -> None:
+    That check is itself a /proc read, the dearest step of an event: a pid checked less than
+    `recheck_seconds` ago is taken as checked, unless an exec of it was noted since (the exec
+    event is queued before any event of the new program). A pid reused meanwhile would need
+    the whole pid space to wrap within that time.
+    """
+
+    def __init__(self, size: int = 4096, recheck_seconds: float = 0.05) -> None:
         self._size = size
+        self._recheck = recheck_seconds
         self._lock = threading.Lock()
         self._cache: dict[int, tuple[bytes, ProcessInfo]] = {}
+        self._checked: dict[int, float] = {}  # pid -> when its cached identity was last confirmed
         self._execs: dict[int, ProcessInfo] = {}  # pid -> program it last executed (FAN_OPEN_EXEC)
 
     def note_exec(self, pid: int, executable: str) -> None:
@@ -174,6 +192,7 @@ class ProcessCache:
         uid, ppid, loginuid = _status_ids(pid)
         info = ProcessInfo(pid, ppid=ppid, executable=executable, name=name[:15], uid=uid, loginuid=loginuid)
         with self._lock:
+            self._checked.pop(pid, None)
             self._execs.pop(pid, None)
             self._execs[pid] = info
             if len(self._execs) > self._size:
@@ -195,10 +214,16 @@ class ProcessCache:
         return dataclasses.replace(info, executable=execed.executable)
 
     def _lookup(self, pid: int) -> ProcessInfo | None:
-        key = _stat_key(pid)
+        moment = time.monotonic()
         with self._lock:
             cached = self._cache.get(pid)
+            if cached is not None and moment - self._checked.get(pid, -1e9) < self._recheck:
+                return cached[1]
+        key = _stat_key(pid)
         if cached is not None and (key is None or key == cached[0]):
+            if key is not None:
+                with self._lock:
+                    self._checked[pid] = moment
             return cached[1]
         if key is None:
             return None
@@ -210,33 +235,31 @@ class ProcessCache:
                 # drop the oldest quarter: insertion order is age order
                 for old in list(self._cache)[: self._size // 4]:
                     del self._cache[old]
+                    self._checked.pop(old, None)
             self._cache[pid] = (key, info)
+            self._checked[pid] = moment
         return info
 
 
 def _status_ids(pid: int) -> tuple[int, int, int]:
     """(uid, ppid, login uid) of a live pid; -1/0/-1 for what cannot be read."""
-    uid, ppid, loginuid = -1, 0, -1
     try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"PPid:"):
-                    ppid = int(line.split()[1])
-                elif line.startswith(b"Uid:"):
-                    uid = int(line.split()[1])
-                    break
-        with open(f"/proc/{pid}/loginuid", "rb") as fh:
-            loginuid = int(fh.read().strip() or b"-1")
-    except (OSError, ValueError, IndexError):
-        pass
-    return uid, ppid, -1 if loginuid == _UNSET_LOGINUID else loginuid
+        status = _read(f"/proc/{pid}/status")
+    except OSError:
+        return -1, 0, -1
+    try:
+        at = status.find(b"\nPPid:")
+        ppid = int(status[at + 6 :].split(None, 1)[0]) if at >= 0 else 0
+        uid = _uid(status)
+    except (ValueError, IndexError):
+        return -1, 0, -1
+    return uid, ppid, _loginuid(f"/proc/{pid}")
 
 
 def _stat_key(pid: int) -> bytes | None:
     """(comm, start time) of a live pid as one bytes key; None when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
+        stat = _read(f"/proc/{pid}/stat")
     except OSError:
         return None
     close = stat.rfind(b")")
