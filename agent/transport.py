@@ -549,8 +549,10 @@ class _Session:
                 await self.t._wakeup.wait()
                 continue
             now = time.monotonic()
-            if pending < batch.max_events and not self.t._draining:
-                # Wait a little for more, so a burst goes up as one batch (bounded by max_delay_ms).
+            if pending < batch.max_events and not self.t._draining and in_flight > 0:
+                # Wait a little for more, so a burst goes up as one batch (bounded by max_delay_ms,
+                # or until the ack of what is in flight). With nothing in flight the link is
+                # idle: what is spooled goes at once (an alert waits for no linger).
                 if linger_until is None:
                     linger_until = now + batch.max_delay_ms / 1000
                 if now < linger_until:

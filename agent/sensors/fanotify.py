@@ -22,6 +22,8 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno as errno_mod
+import heapq
+import itertools
 import logging
 import os
 import queue
@@ -30,13 +32,13 @@ import select
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.sensors import procinfo
 from agent.sensors.errors import FanotifyUnavailable
+from agent.sensors.finished import open_for_writing, temporary_name
 from agent.sensors.stoppipe import StopPipe
 
 log = logging.getLogger(__name__)
@@ -166,8 +168,11 @@ class FanotifySensor:
     from the fd, process from /proc while it still lives) and reports tagged accesses; a
     worker checks removable writes (hashing is slow) a moment later.
     `on_tagged` gets events under tagged marks;
-    `on_removable` close-after-write on removable mounts, handled `defer_seconds` later so a
-    temp-then-rename writer such as rsync is seen under its final name; `on_other_write`
+    `on_removable` close-after-write on removable mounts, handled once the reader has drained
+    the kernel queue (every read that came before the close is known by then), or
+    `defer_seconds` later when the file may still change (finished.py: a temporary name, as
+    rsync's, is seen under its final name; a file another writer holds, once that one is
+    done); `on_other_write`
     close-after-write elsewhere, only for pids `wants_pid` accepts (`on_other_now` at once, in
     the reader thread, `on_other_write` deferred under the final name). `on_exec(pid)` hears of
     every exec, and `on_write(pid, fd, closed)` of every write (modify or close-after-write)
@@ -207,6 +212,7 @@ class FanotifySensor:
         # Bounded: each item holds an fd; when the worker lags, the reader waits and the
         # kernel queue (unlimited for root) holds the rest.
         self._work: queue.Queue[tuple[float, str, Access] | None] = queue.Queue(max_pending)
+        self._settling: list[Access] = []  # removable writes read in this drain (reader only)
         self._processes = procinfo.ProcessCache()
         self._me = os.getpid()
         self._stop = StopPipe()
@@ -323,6 +329,21 @@ class FanotifySensor:
                 return
 
     def _drain(self) -> None:
+        try:
+            self._drain_queue()
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        """The kernel queue is drained: removable writes read in it go to the worker, now, or
+        `defer_seconds` from now when the file may still change."""
+        now = time.monotonic()
+        for access in self._settling:
+            later = temporary_name(os.path.basename(access.path)) or open_for_writing(access.fd)
+            self._work.put((now + self._defer if later else now, "removable", access))
+        self._settling.clear()
+
+    def _drain_queue(self) -> None:
         while True:
             batch = self._group.read()
             if not batch:
@@ -367,7 +388,7 @@ class FanotifySensor:
             if mask & (FAN_MODIFY | FAN_CLOSE_WRITE):
                 self._on_write(pid, fd, bool(mask & FAN_CLOSE_WRITE))
             if mask & FAN_CLOSE_WRITE:
-                kind, due = "removable", time.monotonic() + self._defer
+                kind = "removable"
             else:
                 # An open or a write on removable media: learn who it is while it lives.
                 self._processes.lookup(pid)
@@ -382,8 +403,10 @@ class FanotifySensor:
                 self._on_other_now(access)  # before any later read of the file is handled
             except Exception:
                 log.exception("fanotify other write handling failed: %s", path)
-        if kind in {"removable", "other"}:
-            self._work.put((due, kind, access))  # later, under the final name; hashing is slow
+        if kind == "removable":
+            self._settling.append(access)  # once the queue is drained; hashing is slow
+        elif kind == "other":
+            self._work.put((due, kind, access))  # later, under the final name
         else:
             self._handle(kind, access)  # cheap: no hand-over between threads per event
 
@@ -401,10 +424,13 @@ class FanotifySensor:
         return point + path if path != "/" else point
 
     def _work_loop(self) -> None:
-        # Writes wait `defer_seconds`: reads that fanotify queued after a merged open+close
-        # of the written file are handled (by the reader) first, and a temp-then-rename
-        # writer has renamed. Only the worker queues here, so `due` order is FIFO order.
-        deferred: deque[tuple[float, str, Access]] = deque()
+        # Each write waits until its `due` time (now, for a finished removable write): reads
+        # that fanotify queued after a merged open+close of the written file are handled (by
+        # the reader) first, and a temp-then-rename writer has renamed. Due times do not
+        # follow arrival order (a deferred write, then one due at once): a heap, by due time
+        # and then arrival.
+        deferred: list[tuple[float, int, str, Access]] = []
+        arrived = itertools.count()
         stopping = False
         while not stopping or deferred:
             if not stopping:
@@ -412,15 +438,15 @@ class FanotifySensor:
                 try:
                     item = self._work.get(timeout=timeout)
                 except queue.Empty:
-                    pass  # the oldest deferred write is due
+                    pass  # the earliest deferred write is due
                 else:
                     if item is None:
                         stopping = True  # finish what is deferred at once, then leave
                     else:
-                        deferred.append(item)
+                        heapq.heappush(deferred, (item[0], next(arrived), item[1], item[2]))
             now = time.monotonic()
             while deferred and (stopping or deferred[0][0] <= now):
-                _due, kind, access = deferred.popleft()
+                _due, _order, kind, access = heapq.heappop(deferred)
                 self._handle(kind, access)
 
     def _handle(self, kind: str, access: Access) -> None:

@@ -90,7 +90,7 @@ def test_agent_keeps_only_the_capabilities_it_needs() -> None:
     service = service_section("agent")
     assert "User" not in service  # root, for fanotify; the bounding set below is what it keeps
     assert set(service["CapabilityBoundingSet"][0].split()) == {
-        "CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE",
+        "CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE", "CAP_LEASE",
     }
     assert "AF_NETLINK" in service["RestrictAddressFamilies"][0]
     assert service["ProtectHome"] == ["read-only"]

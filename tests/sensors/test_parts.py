@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from agent.sensors import procinfo, provenance
+from agent.sensors import finished, procinfo, provenance
 from agent.sensors.files import RecentCreates
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.formers import FormerVersions
@@ -164,6 +165,32 @@ def test_process_known_by_its_exec_after_it_is_gone() -> None:
     info = cache.lookup(child.pid)  # never read from /proc while alive
     assert info is not None
     assert (info.executable, info.uid) == ("/usr/bin/sleep", os.getuid())
+
+
+def test_process_cache_sees_an_exec_at_once_and_checks_again_after_a_while() -> None:
+    # a pid checked a moment ago is not read again, unless an exec of it was noted
+    cache = procinfo.ProcessCache(recheck_seconds=60.0)
+    script = "import os, sys; sys.stdin.readline(); os.execv('/bin/sleep', ['sleep', '30'])"
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE)
+    try:
+        before = cache.lookup(child.pid)
+        assert before is not None and before.name.startswith("python")
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        deadline = time.monotonic() + 10
+        while (now := procinfo.read_proc(child.pid)) is None or now.name != "sleep":
+            assert time.monotonic() < deadline, "the child never executed sleep"
+            time.sleep(0.01)
+        assert cache.lookup(child.pid) == before  # within recheck_seconds: taken as checked
+        cache.note_exec(child.pid, os.path.realpath("/bin/sleep"))  # fanotify's FAN_OPEN_EXEC
+        after = cache.lookup(child.pid)
+        assert after is not None and after.name == "sleep" and after.command_line == "sleep 30"
+        quick = procinfo.ProcessCache(recheck_seconds=0.0)  # checked at every look-up
+        assert quick.lookup(child.pid) == after
+    finally:
+        child.kill()
+        child.communicate()
 
 
 def test_catch_up_reports_writes_between_mount_and_watch(tmp_path: Path) -> None:
@@ -332,3 +359,21 @@ def test_stop_pipe_wakes_a_polling_thread_at_once() -> None:
     stop.close()
     stop.close()  # idempotent, as a sensor's stop()
     stop.wake(None)
+
+
+def test_a_removable_write_waits_only_for_temporary_names_and_files_still_being_written(
+        tmp_path: Path) -> None:
+    assert all(finished.temporary_name(n) for n in (".customers.csv.Ab12Cd", "ziAb12Cd", "x.part", "notes~"))
+    assert not any(finished.temporary_name(n) for n in ("customers.csv", "db.zip", "part_aa", "db.tgz"))
+    path = tmp_path / "x.bin"
+    writer = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    reader = os.open(path, os.O_RDONLY)
+    try:
+        assert finished.open_for_writing(reader)  # another writer holds it
+        os.close(writer)
+        assert not finished.open_for_writing(reader)
+        assert not finished.open_for_writing(reader)  # the lease was dropped again
+        again = os.open(path, os.O_WRONLY)  # a lease left held would stall this open
+        os.close(again)
+    finally:
+        os.close(reader)
