@@ -8,13 +8,16 @@ heartbeat every `--heartbeat` seconds for `--hold` seconds. Checked: every agent
 hello ack, no stream ended early, and the collector's own fleet registry (read from its
 store, as `exfilguard agents` does) lists every agent as connected. Reported: the
 collector's RSS with all streams open, as a ratio to its idle RSS measured in the same run
-(target: under 1 GiB).
+(target: under 1 GiB). A hello not acknowledged is counted by its reason.
+The last line is JSON: agents, connected, acked, alive, rss_mib, idle_rss_mib, connect_seconds.
+`--agents 10000` is the fleet-size run (minutes); the default stays within `make bench`'s budget.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -43,7 +46,7 @@ GiB = 1 << 30
 # ------------------------------------------------------------------ load generator (worker)
 
 
-async def _agent(address: str, agent_id: str, args: argparse.Namespace, ready: asyncio.Queue[bool],
+async def _agent(address: str, agent_id: str, args: argparse.Namespace, ready: asyncio.Queue[str],
                  stop: asyncio.Event) -> bool:
     """One idle agent; True if its stream stayed up until told to stop."""
     async with grpc.aio.insecure_channel(address) as channel:
@@ -58,11 +61,14 @@ async def _agent(address: str, agent_id: str, args: argparse.Namespace, ready: a
         await out.put(pb.AgentMessage(hello=hello))
         try:
             reply = await asyncio.wait_for(call.read(), timeout=120)
-        except (grpc.aio.AioRpcError, TimeoutError):
-            await ready.put(False)
+        except grpc.aio.AioRpcError as exc:
+            await ready.put(f"{exc.code().name}: {(exc.details() or '')[:80]}")
+            return False
+        except TimeoutError:
+            await ready.put("no answer to the hello within 120 s")
             return False
         ok = isinstance(reply, pb.CollectorMessage) and reply.WhichOneof("body") == "ack"
-        await ready.put(ok)
+        await ready.put("" if ok else f"answered the hello with {reply!r:.60}")
         ended = asyncio.ensure_future(call.read())  # anything but silence means the stream broke
         while not stop.is_set():
             await out.put(pb.AgentMessage(heartbeat=pb.Heartbeat(sent=events.now(), backlog=0)))
@@ -79,17 +85,18 @@ async def _agent(address: str, agent_id: str, args: argparse.Namespace, ready: a
 
 
 async def _worker(args: argparse.Namespace) -> None:
-    ready: asyncio.Queue[bool] = asyncio.Queue()
+    ready: asyncio.Queue[str] = asyncio.Queue()
     stop = asyncio.Event()
     ids = [f"idle-{n:05d}" for n in range(args.first_agent, args.first_agent + args.agents)]
     tasks = []
     for agent_id in ids:
         tasks.append(asyncio.create_task(_agent(args.worker, agent_id, args, ready, stop)))
         await asyncio.sleep(0.002)  # a fleet does not connect in one microsecond either
-    acked = 0
+    failures: collections.Counter[str] = collections.Counter()
     for _ in ids:
-        acked += await ready.get()
-    print(json.dumps({"acked": acked}), flush=True)
+        failures[await ready.get()] += 1
+    acked = failures.pop("", 0)
+    print(json.dumps({"acked": acked, "failures": failures}), flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     assert line.strip() == "stop"
     stop.set()
@@ -131,9 +138,12 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
             workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             first += count
         acked = 0
+        failures: collections.Counter[str] = collections.Counter()
         for worker in workers:
             assert worker.stdout is not None
-            acked += json.loads(worker.stdout.readline())["acked"]
+            answer = json.loads(worker.stdout.readline())
+            acked += answer["acked"]
+            failures.update(answer["failures"])
         connect_seconds = time.monotonic() - started
         store_path = directory / "collector.db"
         deadline = time.monotonic() + 30
@@ -163,6 +173,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         raise RuntimeError(f"collector exited with {code}:\n{collector.log()}")
     return {
         "acked": acked,
+        "failures": failures,
         "alive": alive,
         "connected": connected_at_end,
         "connect_seconds": connect_seconds,
@@ -191,6 +202,8 @@ def main() -> None:
         shutil.rmtree(directory, ignore_errors=True)
     per_stream = (r["peak_rss"] - r["idle_rss"]) / max(1, args.agents) / 1024
     print(f"hello acked: {r['acked']}/{args.agents} (all connected after {r['connect_seconds']:.1f} s)")
+    for reason, count in r["failures"].most_common(5):
+        print(f"  not acked: {count} x {reason}")
     print(f"connected in the collector's registry at the end of the hold: {r['connected']}/{args.agents}")
     print(f"streams alive until the end: {r['alive']}/{args.agents}")
     print(f"collector RSS idle (baseline): {r['idle_rss'] / MiB:.0f} MiB; with {args.agents} streams: "
@@ -199,6 +212,10 @@ def main() -> None:
     print(f"collector CPU while idle with all streams: {r['cpu_percent']:.0f}% of one core")
     met = r["acked"] == r["alive"] == r["connected"] == args.agents and r["peak_rss"] < GiB
     print(f"targets {'met' if met else 'NOT met'}")
+    print(json.dumps({"agents": args.agents, "connected": r["connected"], "acked": r["acked"],
+                      "alive": r["alive"],
+                      "rss_mib": round(r["peak_rss"] / MiB, 1), "idle_rss_mib": round(r["idle_rss"] / MiB, 1),
+                      "connect_seconds": round(r["connect_seconds"], 1)}))
     if not met:
         sys.exit(1)
 
