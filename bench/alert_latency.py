@@ -5,12 +5,14 @@
 Needs root (loop device, mount, udev). Real processes: `exfilguard-collector` with a one-policy
 set (every removable write raises an alert, suppression off) and `exfilguard-agent` tagging a
 source directory. Files are copied one at a time; the clock starts when the copy is closed and
-stops when the alert line is read from the JSONL sink (polled every 2 ms). Target: p99 < 1 s.
+stops when the alert line is read from the JSONL sink (polled every 2 ms). Target: p99 <= 250 ms.
 
 The split comes from the alert itself: agent = event @timestamp - close (the agent noticing the
 write), pipeline = alert @timestamp - event time (spool, gRPC batch, store, policy), sink = seen -
-alert @timestamp (queue, file write, our polling). The agent's batching (flush within 200 ms) is
-the baseline share every event pays with or without policies.
+alert @timestamp (queue, file write, our polling). The agent examines a finished write once
+its fanotify queue is drained (a temporary name or a file still open for writing waits 0.3 s),
+and sends at once when nothing is in flight (its 200 ms linger only batches behind an
+unacknowledged batch). The last line is JSON: p50_ms, p99_ms, max_ms and the three p50 parts.
 """
 
 from __future__ import annotations
@@ -178,13 +180,19 @@ def main() -> int:
         ms = 1000.0
         print(
             f"latency close -> alert in JSONL: p50 {percentile(total, 0.5) * ms:.0f} ms, "
-            f"p99 {percentile(total, 0.99) * ms:.0f} ms, max {max(total) * ms:.0f} ms (target p99 < 1000 ms)"
+            f"p99 {percentile(total, 0.99) * ms:.0f} ms, max {max(total) * ms:.0f} ms (target p99 <= 250 ms)"
         )
         print(f"  agent noticing the write   : p50 {statistics.median(agent_part) * ms:.0f} ms")
         print(f"  spool+gRPC+store+policy    : p50 {statistics.median(pipeline) * ms:.0f} ms")
         print(f"  sink queue+write+poll      : p50 {statistics.median(sink) * ms:.0f} ms")
         share = statistics.median(pipeline) / statistics.median(total)
         print(f"  pipeline share of the total: {share:.0%}")
+        print(json.dumps({
+            "files": args.files, "alerted": n, "p50_ms": round(percentile(total, 0.5) * ms, 1),
+            "p99_ms": round(percentile(total, 0.99) * ms, 1), "max_ms": round(max(total) * ms, 1),
+            "agent_p50_ms": round(statistics.median(agent_part) * ms, 1),
+            "pipeline_p50_ms": round(statistics.median(pipeline) * ms, 1),
+            "sink_p50_ms": round(statistics.median(sink) * ms, 1)}))
         return 0
     finally:
         for proc in reversed(procs):
