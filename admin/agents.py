@@ -13,7 +13,10 @@ from collector.fleet.health import health
 from collector.store import AgentRecord, StoreError, open_store
 from common.yamlfile import YamlError
 
-_COLUMNS = ("ID", "HOST", "VERSION", "HEALTH", "CONNECTED", "LAST SEEN", "BACKLOG", "GAPS", "LOST", "CONFIG")
+_COLUMNS = (
+    *("ID", "HOST", "VERSION", "HEALTH", "CONNECTED", "COLLECTOR"),
+    *("LAST SEEN", "BACKLOG", "GAPS", "LOST", "CONFIG"),
+)
 
 
 def register(subparsers: Any) -> None:
@@ -87,6 +90,8 @@ def format_table(
             r.version,
             health(r, silent_after),
             "yes" if r.connected else "no",
+            # the collector its stream is on; after a disconnect, the one it was last on
+            r.collector or "-",
             r.last_seen or "-",
             str(r.backlog),
             str(r.gaps),

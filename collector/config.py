@@ -316,6 +316,8 @@ class CollectorConfig(_Strict):
     # Every stored event streamed to SIEM destinations (collector/forward/), each with its cursor.
     forward: Annotated[list[Destination], Field(max_length=20)] = []
     silent_agent_seconds: Annotated[float, Field(gt=0, le=7 * 86400)] = 300.0
+    # This collector's name in a fleet (shown by `exfilguard agents`); default: host name and port.
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:@-]+$")] | None = None
     max_message_bytes: Annotated[int, Field(ge=64 << 10, le=64 << 20)] = 4 << 20
     max_streams: Annotated[int, Field(ge=1, le=100_000)] = 10_000
     # Streams from one address (0: no cap; agents behind one NAT address share it).

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -30,9 +31,10 @@ from collector.metrics import (
     policy_source,
 )
 from collector.sealer import Sealer
-from collector.store import Store, StoreError
+from collector.store import Store, StoreError, presence
 from collector.streamlimits import StreamLimits
 from collector.tls.credentials import server_credentials, server_interceptors
+from common.ecstime import ecs_time_at
 from common.errors import ExfilGuardError
 from common.records import from_attributes
 from common.sdnotify import Notifier
@@ -94,7 +96,10 @@ class Collector:
         self.config = config
         self.store = store
         self.listeners = list(listeners)
-        self.registry = FleetRegistry(config.silent_agent_seconds)
+        # A fleet's collectors share the store: presence there names this one (store/presence.py).
+        self.name = config.name or f"{socket.gethostname()}:{config.listen.rpartition(':')[2]}"
+        self.registry = FleetRegistry(config.silent_agent_seconds, collector=self.name)
+        self._started = time.monotonic()
         self.metrics = CollectorMetrics()  # its own registry: collectors in one process do not clash
         self._metrics_server: MetricsServer | None = None
         self.port = 0
@@ -120,7 +125,9 @@ class Collector:
 
     async def start(self) -> None:
         """Open the registry, bind the port and start serving."""
-        self.store.mark_all_disconnected()
+        self.store.mark_all_disconnected(self.name)
+        self._renew_lease(start=True)
+        self._started = time.monotonic()
         self.registry.load(self.store.agents())
         self._writer = StoreWriter(self.store, seal_inline=False, metrics=self.metrics)
         await self._sealer.start()
@@ -200,7 +207,7 @@ class Collector:
         await asyncio.to_thread(self._seal_remaining)
         try:
             self.store.update_agents(self.registry.pending_updates())
-            self.store.mark_all_disconnected()
+            self.store.mark_all_disconnected(self.name)
         except StoreError:
             log.exception("could not record the fleet state at shutdown")
         log.info("collector stopped")
@@ -256,15 +263,24 @@ class Collector:
         except StoreError:
             log.exception("final sealing failed; the next start continues it")
 
+    def _renew_lease(self, start: bool = False) -> None:
+        """Renew this collector's presence lease; clear flags left by collectors whose lease ran out."""
+        now = time.time()
+        expired = ecs_time_at(now - presence.LEASE_SECONDS)
+        listen = self.config.listen
+        cleared = self.store.renew_lease(self.name, listen, ecs_time_at(now), expired, start=start)
+        if cleared:
+            log.warning("%d agents were on collectors gone without a clean stop: not connected now", cleared)
+
     async def _flush_registry_forever(self) -> None:
         assert self._writer is not None
         while True:
             await asyncio.sleep(_REGISTRY_FLUSH_SECONDS)
             updates = self.registry.pending_updates()
-            if not updates:
-                continue
             try:
-                await self._writer.call(self.store.update_agents, updates)
+                if updates:
+                    await self._writer.call(self.store.update_agents, updates)
+                await self._writer.call(self._renew_lease)
             except StoreError:
                 log.exception("fleet registry update failed")
 
@@ -301,10 +317,23 @@ class Collector:
                 log.info(f"fleet config: pushed to {sent} connected agents", extra={"pushed": sent})
 
     async def _watch_silence_forever(self) -> None:
-        interval = max(0.2, min(self.config.silent_agent_seconds / 4, 5.0))
+        assert self._writer is not None
+        silent_after = self.config.silent_agent_seconds
+        interval = max(0.2, min(silent_after / 4, 5.0))
         while True:
             await asyncio.sleep(interval)
-            silent = self.registry.newly_silent()
+            if time.monotonic() - self._started < silent_after:
+                continue  # after a start, agents get silent_after to find a collector again
+            now = time.time()
+            try:
+                claimed = await self._writer.call(
+                    self.store.claim_silent, ecs_time_at(now - silent_after), ecs_time_at(now)
+                )
+            except StoreError:
+                log.exception("could not check the fleet for silent agents")
+                continue
+            # The store hears from every collector of the fleet; each silent agent is claimed by one.
+            silent = [self.registry.silent_event(a.id, a.version, a.host, a.collector) for a in claimed]
             self.metrics.silent_reported.inc(len(silent))
             for event in silent:
                 log.warning(

@@ -8,7 +8,9 @@ in the transaction that stores the agent.gap event.
 Silence: an agent that sent nothing (hello, batch or heartbeat) for `silent_after`
 seconds is reported once, as a synthetic `agent.silent` event; it is re-armed when the
 agent speaks again. Agents known from earlier runs count from the collector's start, so a
-collector restart does not declare the whole fleet silent at once.
+collector restart does not declare the whole fleet silent at once. The running collector asks
+the store instead (`Store.claim_silent`, store/presence.py), which hears from every collector of
+a fleet: `newly_silent` is this collector's view alone.
 
 Stopped is not silent: an agent whose latest stored event is `agent.stop` (a service stop,
 a machine shut down for the night) is `stopped` and raises no agent.silent (the pack's
@@ -67,8 +69,10 @@ class FleetRegistry:
         silent_after: float,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        collector: str | None = None,
     ) -> None:
         self.silent_after = silent_after
+        self.collector = collector  # the name updates carry (store/presence.py)
         self._clock = clock
         self._wall = wall
         self._agents: dict[str, _Agent] = {}
@@ -169,6 +173,7 @@ class FleetRegistry:
                     config_version=agent.config_version if identity else None,
                     seen=ecs_time_at(agent.last_message_wall) if agent.last_message_wall else None,
                     heartbeat=ecs_time_at(agent.last_heartbeat_wall) if agent.last_heartbeat_wall else None,
+                    collector=self.collector,
                 )
             )
             agent.dirty = agent.identity_dirty = False
@@ -182,16 +187,24 @@ class FleetRegistry:
             if agent.silent_reported or agent.stopped or now - agent.last_message < self.silent_after:
                 continue
             agent.silent_reported = True
-            out.append(
-                {
-                    "@timestamp": ecs_time_at(self._wall()),
-                    "event.id": str(uuid.uuid4()),
-                    "event.action": AGENT_SILENT,
-                    "event.kind": "collector",
-                    "event.reason": f"no heartbeat for {self.silent_after:g} s",
-                    "agent.id": agent.id,
-                    "agent.version": agent.version,
-                    "host.name": agent.host,
-                }
-            )
+            out.append(self.silent_event(agent.id, agent.version, agent.host))
         return out
+
+    def silent_event(self, agent_id: str, version: str, host: str, collector: str = "") -> Mapping:
+        """The synthetic agent.silent event of one agent (for the policy engine's `agent-silent`)."""
+        agent = self._agents.get(agent_id)
+        if agent is not None:
+            agent.silent_reported = True
+        reason = f"no heartbeat for {self.silent_after:g} s"
+        if collector:
+            reason += f" (last stream on collector {collector})"
+        return {
+            "@timestamp": ecs_time_at(self._wall()),
+            "event.id": str(uuid.uuid4()),
+            "event.action": AGENT_SILENT,
+            "event.kind": "collector",
+            "event.reason": reason,
+            "agent.id": agent_id,
+            "agent.version": version,
+            "host.name": host,
+        }

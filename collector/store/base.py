@@ -99,6 +99,17 @@ class AgentUpdate:
     config_version: str | None = None
     seen: str | None = None  # ECS time of the latest message from the agent
     heartbeat: str | None = None  # ECS time of the latest heartbeat
+    collector: str | None = None  # the collector reporting this (its stream, when connected)
+
+
+@dataclass(frozen=True)
+class CollectorRecord:
+    """One collector of the fleet, as its presence lease says (store/presence.py)."""
+
+    name: str
+    listen: str
+    started: str
+    seen: str  # ECS time of its latest lease renewal
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,7 @@ class AgentRecord:
     config_version: str = ""
     watermark: int = 0  # highest contiguous sequence stored
     stopped: bool = False  # its last stored event is agent.stop: a clean stop, not silence
+    collector: str = ""  # the collector its stream is (or was last) on
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (used by `exfilguard agents --json`): the fields in this order."""
@@ -237,8 +249,24 @@ class Store(abc.ABC):
         """The whole fleet registry, ordered by agent id."""
 
     @abc.abstractmethod
-    def mark_all_disconnected(self) -> None:
-        """Clear every connected flag (collector start and shutdown)."""
+    def mark_all_disconnected(self, collector: str | None = None) -> None:
+        """Clear the connected flags (collector start and shutdown); only `collector`'s when named."""
+
+    @abc.abstractmethod
+    def claim_silent(self, seen_before: str, now: str) -> list[AgentRecord]:
+        """Mark agents no collector heard from since `seen_before` (and not cleanly stopped) silent as
+        of `now`, and return them; each silent agent is returned once, fleet-wide, until it speaks again."""
+
+    @abc.abstractmethod
+    def renew_lease(
+        self, collector: str, listen: str, now: str, expired_before: str, *, start: bool = False
+    ) -> int:
+        """Renew `collector`'s presence lease; clear connected flags left by collectors whose lease is
+        older than `expired_before`. Returns how many flags were cleared."""
+
+    @abc.abstractmethod
+    def fleet_collectors(self) -> list[CollectorRecord]:
+        """The collectors that have used this store, with their last lease renewal."""
 
     @abc.abstractmethod
     def domain(self) -> DomainSql:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 import psycopg
 from psycopg import errors as pg_errors
 
-from collector.store import base, domain, pgconnect, triage
+from collector.store import base, domain, pgconnect, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import PostgresTransaction, Transaction
 from collector.store.rows import event_row, stored_mapping
@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exfilguard.collector.store")
 
-SCHEMA_VERSION = 3  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed
+SCHEMA_VERSION = 4  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+# 4: fleet presence (store/presence.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -128,17 +129,26 @@ COPY_CHAIN_VALUES = "COPY chain_values (agent_id, sequence, value) FROM STDIN (F
 
 _UPSERT_AGENT = """
 INSERT INTO agents (id, host, version, first_seen, last_seen, last_heartbeat, connected, backlog,
-                    config_version)
+                    config_version, collector)
 VALUES (%(id)s, COALESCE(%(host)s::text, ''), COALESCE(%(version)s::text, ''), %(first_seen)s,
         COALESCE(%(seen)s::text, ''), COALESCE(%(heartbeat)s::text, ''),
         COALESCE(%(connected)s::boolean, false), COALESCE(%(backlog)s::bigint, 0),
-        COALESCE(%(config_version)s::text, ''))
+        COALESCE(%(config_version)s::text, ''),
+        CASE WHEN %(connected)s::boolean THEN COALESCE(%(collector)s::text, '') ELSE '' END)
 ON CONFLICT (id) DO UPDATE SET
     host = COALESCE(%(host)s::text, agents.host),
     version = COALESCE(%(version)s::text, agents.version),
-    last_seen = COALESCE(%(seen)s::text, agents.last_seen),
+    -- several collectors write here: the latest word on when the agent was seen wins
+    last_seen = CASE WHEN %(seen)s::text > agents.last_seen THEN %(seen)s::text ELSE agents.last_seen END,
     last_heartbeat = COALESCE(%(heartbeat)s::text, agents.last_heartbeat),
-    connected = COALESCE(%(connected)s::boolean, agents.connected),
+    -- only the collector the stream is on may say it ended (store/presence.py)
+    connected = CASE WHEN %(connected)s::boolean IS NULL THEN agents.connected
+                     WHEN %(connected)s::boolean OR %(collector)s::text IS NULL
+                          OR agents.collector IN ('', %(collector)s::text) THEN %(connected)s::boolean
+                     ELSE agents.connected END,
+    collector = CASE WHEN %(connected)s::boolean AND %(collector)s::text IS NOT NULL
+                     THEN %(collector)s::text ELSE agents.collector END,
+    silent_at = CASE WHEN %(seen)s::text > agents.silent_at THEN '' ELSE agents.silent_at END,
     backlog = COALESCE(%(backlog)s::bigint, agents.backlog),
     config_version = COALESCE(%(config_version)s::text, agents.config_version)
 """
@@ -218,6 +228,9 @@ class PostgresStore(shared.SqlStore):
                     self._db.execute(_LEGACY_STATUS, (list(triage.CLOSED_STATUSES),))
                 if version < 3:
                     self._db.execute(shared.RENAME_SEALED)
+                if version < 4:
+                    for statement in presence.POSTGRES_SCHEMA:
+                        self._db.execute(statement)
                 if version < SCHEMA_VERSION:
                     self._db.execute("INSERT INTO exfilguard_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION
@@ -504,10 +517,13 @@ class PostgresStore(shared.SqlStore):
             except psycopg.Error as exc:
                 raise self._fail("registry update", exc) from None
 
-    def mark_all_disconnected(self) -> None:
-        """Clear every connected flag."""
+    def mark_all_disconnected(self, collector: str | None = None) -> None:
+        """Clear the connected flags (only `collector`'s, when named: the others' streams go on)."""
         self._writable()
-        self._write("UPDATE agents SET connected = false WHERE connected", ())
+        if collector is None:
+            self._write("UPDATE agents SET connected = false WHERE connected", ())
+        else:
+            self._write(self._q(presence.DISCONNECT_MINE), (collector,))
 
     # ------------------------------------------------------------------ misc
 

@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from collector.store import triage
+from collector.store import presence, triage
 from collector.store.base import (
     AgentRecord,
     AgentUpdate,
     AlertFilter,
+    CollectorRecord,
     EventFilter,
     Mapping,
     Store,
@@ -66,8 +67,8 @@ _AGENTS = (
     "SELECT a.id, a.host, a.version, a.first_seen, a.last_seen, a.last_heartbeat, a.connected,"
     " a.backlog, a.gaps, a.lost, a.config_version, COALESCE(c.stored, 0),"
     # the agent's latest stored action, through the (agent_id, sequence) key: agent.stop = stopped
-    " (SELECT e.action FROM events e WHERE e.agent_id = a.id ORDER BY e.sequence DESC LIMIT 1)"
-    " FROM agents a LEFT JOIN chains c ON c.agent_id = a.id ORDER BY a.id"
+    " (SELECT e.action FROM events e WHERE e.agent_id = a.id ORDER BY e.sequence DESC LIMIT 1),"
+    " {collector} FROM agents a LEFT JOIN chains c ON c.agent_id = a.id ORDER BY a.id"
 )
 _EVENT_FILTERS = (  # (column, operator, EventFilter field) in the order clauses are written
     ("ts", ">=", "since"),
@@ -333,9 +334,32 @@ class SqlStore(Store):
                 config_version=r[10],
                 watermark=int(r[11]),
                 stopped=r[12] == "agent.stop",
+                collector=r[13],
             )
-            for r in self._all(_AGENTS, ())
+            for r in self._all(_AGENTS.format(collector="a.collector" if self._version >= 4 else "''"), ())
         ]
+
+    def claim_silent(self, seen_before: str, now: str) -> list[AgentRecord]:
+        """See `Store.claim_silent`: one UPDATE, so collectors claiming at once never share an agent."""
+        self._writable()
+        with self._statements("claiming silent agents") as tx:
+            rows = tx.query(presence.CLAIM_SILENT, (now, seen_before))
+        return [AgentRecord(id=r[0], host=r[1], version=r[2], last_seen=r[3], collector=r[4]) for r in rows]
+
+    def renew_lease(
+        self, collector: str, listen: str, now: str, expired_before: str, *, start: bool = False
+    ) -> int:
+        """See `Store.renew_lease`."""
+        self._writable()
+        with self._statements("renewing the collector lease") as tx:
+            tx.query(presence.START_LEASE if start else presence.RENEW_LEASE, (collector, listen, now, now))
+            return len(tx.query(presence.EXPIRE, (expired_before,)))
+
+    def fleet_collectors(self) -> list[CollectorRecord]:
+        """See `Store.fleet_collectors`."""
+        if self._version < 4:
+            return []
+        return [CollectorRecord(*(str(v) for v in r)) for r in self._all(presence.COLLECTORS, ())]
 
 
 # An alert body as json for field filters. PostgreSQL refuses to read a JSON \u0000 escape, and one

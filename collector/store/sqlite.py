@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from collector.store import base, domain, triage
+from collector.store import base, domain, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import SqliteTransaction, Transaction
 from collector.store.rows import event_row, stored_mapping
@@ -45,7 +45,8 @@ from protos import exfilguard_pb2 as pb
 if TYPE_CHECKING:
     from collector.store.ledger_sqlite import SqliteLedger
 
-SCHEMA_VERSION = 3  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed
+SCHEMA_VERSION = 4  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+# 4: fleet presence (store/presence.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -119,16 +120,20 @@ INSERT_EVENT = (
 
 _UPSERT_AGENT = """
 INSERT INTO agents (id, host, version, first_seen, last_seen, last_heartbeat, connected, backlog,
-                    config_version)
+                    config_version, collector)
 VALUES (:id, COALESCE(:host, ''), COALESCE(:version, ''), :first_seen, COALESCE(:seen, ''),
         COALESCE(:heartbeat, ''), COALESCE(:connected, 0), COALESCE(:backlog, 0),
-        COALESCE(:config_version, ''))
+        COALESCE(:config_version, ''), CASE WHEN :connected THEN COALESCE(:collector, '') ELSE '' END)
 ON CONFLICT (id) DO UPDATE SET
     host = COALESCE(:host, host),
     version = COALESCE(:version, version),
-    last_seen = COALESCE(:seen, last_seen),
+    last_seen = CASE WHEN :seen > last_seen THEN :seen ELSE last_seen END,
     last_heartbeat = COALESCE(:heartbeat, last_heartbeat),
-    connected = COALESCE(:connected, connected),
+    connected = CASE WHEN :connected IS NULL THEN connected
+                     WHEN :connected OR :collector IS NULL OR collector IN ('', :collector) THEN :connected
+                     ELSE connected END,
+    collector = CASE WHEN :connected AND :collector IS NOT NULL THEN :collector ELSE collector END,
+    silent_at = CASE WHEN :seen > silent_at THEN '' ELSE silent_at END,
     backlog = COALESCE(:backlog, backlog),
     config_version = COALESCE(:config_version, config_version)
 """
@@ -234,6 +239,9 @@ class SqliteStore(shared.SqlStore):
             db.execute(_LEGACY_STATUS, (json.dumps(triage.CLOSED_STATUSES),))
         if version < 3:
             db.execute(shared.RENAME_SEALED)
+        if version < 4:
+            for statement in presence.SQLITE_SCHEMA:
+                db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ events
@@ -484,11 +492,14 @@ class SqliteStore(shared.SqlStore):
         with self._lock, self._transaction("registry update") as db:
             db.executemany(_UPSERT_AGENT, params)
 
-    def mark_all_disconnected(self) -> None:
-        """Clear every connected flag."""
+    def mark_all_disconnected(self, collector: str | None = None) -> None:
+        """Clear the connected flags (only `collector`'s, when named)."""
         self._writable()
         with self._lock:
-            self._execute("UPDATE agents SET connected = 0 WHERE connected != 0", ())
+            if collector is None:
+                self._execute("UPDATE agents SET connected = 0 WHERE connected != 0", ())
+            else:
+                self._execute(presence.DISCONNECT_MINE, (collector,))
 
     # ------------------------------------------------------------------ misc
 

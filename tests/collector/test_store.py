@@ -430,17 +430,23 @@ def test_a_version_1_store_is_upgraded_keeping_statuses_its_alert_bodies_carried
 
 # Before schema 3 the chained prefix's column was named `watermark` (Store.watermark() is the stored one).
 _NAMED_WATERMARK = "ALTER TABLE chains RENAME COLUMN sealed TO watermark"
+# Before schema 4 there was no fleet presence (collector/store/presence.py).
+_UNDO_PRESENCE = (
+    "ALTER TABLE agents DROP COLUMN collector",
+    "ALTER TABLE agents DROP COLUMN silent_at",
+    "DROP TABLE collectors",
+)
 
 
 def _downgrade_to_version_2(store: Store) -> str:
     """Name the chains column as schema 2 did, behind the store's back."""
     if isinstance(store, SqliteStore):
-        for sql in (_NAMED_WATERMARK, "PRAGMA user_version = 2"):
+        for sql in (_NAMED_WATERMARK, *_UNDO_PRESENCE, "PRAGMA user_version = 2"):
             _raw_execute(store, sql)
         return store.location
     assert isinstance(store, PostgresStore)
     version_2 = ("DELETE FROM exfilguard_schema", "INSERT INTO exfilguard_schema VALUES (2)")
-    for sql in (_NAMED_WATERMARK, *version_2):
+    for sql in (_NAMED_WATERMARK, *_UNDO_PRESENCE, *version_2):
         _raw_execute(store, sql)
     return store._url
 
@@ -465,7 +471,7 @@ def test_a_version_2_store_is_read_as_it_is_then_upgraded_to_the_sealed_column(f
     assert upgraded.chain_head("a")[0] == 9 and upgraded.unsealed() == 0
     if isinstance(upgraded, SqliteStore):
         with contextlib.closing(sqlite3.connect(upgraded.location)) as db:
-            assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+            assert db.execute("PRAGMA user_version").fetchone()[0] == sqlite_store.SCHEMA_VERSION
             assert "sealed" in [r[1] for r in db.execute("PRAGMA table_info(chains)")]
     upgraded.close()
     with open_ledger(location) as ledger:
@@ -479,6 +485,7 @@ def _downgrade_to_version_1(store: Store) -> str:
         "ALTER TABLE alerts DROP COLUMN status",
         "DROP TABLE alert_triage",
         _NAMED_WATERMARK,
+        *_UNDO_PRESENCE,
     ]
     if isinstance(store, SqliteStore):
         for sql in [*statements, "PRAGMA user_version = 1"]:

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.harness import VENV_BIN, Process, free_port, port_open, wait_for
+from tests.e2e.harness import REPO, VENV_BIN, Process, free_port, port_open, wait_for
 
 
 class Fleet:
     """Collectors `0..n-1` sharing the store `store` (a postgresql:// URL), each in its own directory."""
 
-    def __init__(self, base: Path, store: str, collectors: int = 2, **collector_keys: Any) -> None:
+    def __init__(
+        self, base: Path, store: str, collectors: int = 2, policies: Sequence[Path] = (), **keys: Any
+    ) -> None:
         self.base = base
         self.store = store
         self.ports = [free_port() for _ in range(collectors)]
         self.processes: list[Process] = []
         self.collectors: list[Process | None] = [None] * collectors
         self.agents: list[Process] = []
-        extra = "".join(f"{key}: {value}\n" for key, value in collector_keys.items())
+        extra = "".join(f"{key}: {value}\n" for key, value in keys.items())
         for index, port in enumerate(self.ports):
             directory = self.dir(index)
             (directory / "policies").mkdir(parents=True)
+            for policy in policies:
+                shutil.copy(policy, directory / "policies" / policy.name)
             (directory / "collector.yaml").write_text(
                 f"listen: 127.0.0.1:{port}\n"
                 "tls:\n  insecure_loopback: true\n"
@@ -57,11 +65,15 @@ class Fleet:
         assert process is not None
         return process
 
-    def start_agent(self, name: str, test_events: int = 0, failback_seconds: float = 1.0) -> Process:
-        """An agent listing every collector, in order, with fast heartbeats, backoff and failback."""
+    def start_agent(
+        self, name: str, test_events: int = 0, failback_seconds: float = 1.0, order: Sequence[int] = ()
+    ) -> Process:
+        """An agent listing every collector (or those of `order`, in that order), with fast heartbeats,
+        backoff and failback."""
         directory = self.base / name
         directory.mkdir()
-        listed = "".join(f"\n  - {self.address(i)}" for i in range(len(self.ports)))
+        order = order or range(len(self.ports))
+        listed = "".join(f"\n  - {self.address(i)}" for i in order)
         (directory / "agent.yaml").write_text(
             f"collector:{listed}\n"
             "tls:\n  insecure_loopback: true\n"
@@ -95,6 +107,16 @@ class Fleet:
         finally:
             store.close()
 
+    def presence(self) -> dict[str, tuple[bool, str]]:
+        """(connected, collector) of each agent, read from the shared store."""
+        from collector.store import open_store
+
+        store = open_store(self.store, readonly=True)
+        try:
+            return {a.id: (a.connected, a.collector) for a in store.agents()}
+        finally:
+            store.close()
+
     def stored_count(self) -> int:
         """How many events the shared store holds."""
         from collector.store import open_store
@@ -104,6 +126,25 @@ class Fleet:
             return store.count_events()
         finally:
             store.close()
+
+    def alerts(self, policy: str) -> list[dict[str, Any]]:
+        """Alerts of `policy` in every collector's JSONL sink."""
+        found = []
+        for index in range(len(self.ports)):
+            path = self.dir(index) / "alerts.jsonl"
+            lines = path.read_text().splitlines() if path.exists() else []
+            found += [a for a in map(json.loads, lines) if a.get("policy.id") == policy]
+        return found
+
+    def registry(self, index: int = 0) -> list[dict[str, Any]]:
+        """`exfilguard agents --json` against collector `index`'s config."""
+        config = str(self.dir(index) / "collector.yaml")
+        out = subprocess.run(
+            [str(VENV_BIN / "exfilguard"), "agents", "--json", "--config", config],
+            capture_output=True, text=True, timeout=60, check=True, cwd=REPO,
+        )  # fmt: skip
+        data = json.loads(out.stdout)
+        return list(data["agents"] if isinstance(data, dict) else data)
 
     def diagnose(self) -> str:
         """The tail of every process's log, for a failing wait."""
