@@ -19,7 +19,7 @@ import inspect
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
@@ -203,6 +203,19 @@ def store_families(gaps: int, lost: int, unsealed: int | None) -> list[Metric]:
     return out
 
 
+def _per_policy(
+    name: str,
+    documentation: str,
+    counts: Mapping[tuple[str, ...], int],
+    labels: Sequence[str] = ("policy_id",),
+) -> CounterMetricFamily:
+    """A counter family with one sample per label values (policy id, ...), in sorted order."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    for values, n in sorted(counts.items()):
+        family.add_metric(list(values), n)
+    return family
+
+
 def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
     """The policy listener's figures (`PolicyListener.stats()`): set, reloads, evaluation, alerts, sinks."""
     info = InfoMetricFamily(
@@ -213,27 +226,22 @@ def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
     )
     reloads.add_metric(["loaded"], stats.get("reloads", 0))
     reloads.add_metric(["refused"], stats.get("reload_failures", 0))
-    raised = CounterMetricFamily(
+    raised = _per_policy(
         "exfilguard_alerts_raised",
         "Alerts sent to the sinks and stored (first alerts and folded follow-ups)",
+        {(policy_id, severity): n for (policy_id, severity), n in stats.get("alerts_by_policy", {}).items()},
         labels=["policy_id", "severity"],
     )
-    for (policy_id, severity), n in sorted(stats.get("alerts_by_policy", {}).items()):
-        raised.add_metric([policy_id, severity], n)
-    folded = CounterMetricFamily(
+    folded = _per_policy(
         "exfilguard_alerts_folded",
         "Repeats folded into an open suppression window (reported later in one follow-up)",
-        labels=["policy_id"],
+        {(policy_id,): n for policy_id, n in stats.get("folded_by_policy", {}).items()},
     )
-    for policy_id, n in sorted(stats.get("folded_by_policy", {}).items()):
-        folded.add_metric([policy_id], n)
-    skipped = CounterMetricFamily(
+    skipped = _per_policy(
         "exfilguard_policy_evaluations_skipped",
         "Policy evaluations skipped to keep ingest moving (event budget spent or policy suspended)",
-        labels=["policy_id"],
+        {(policy_id,): n for policy_id, n in stats.get("skipped_by_policy", {}).items()},
     )
-    for policy_id, n in sorted(stats.get("skipped_by_policy", {}).items()):
-        skipped.add_metric([policy_id], n)
     deliveries = CounterMetricFamily(
         "exfilguard_alert_deliveries", "Alert deliveries by sink type and result", labels=["sink", "result"]
     )

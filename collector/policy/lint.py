@@ -6,11 +6,11 @@ Errors of the parse and validate stages come first; these are the advisory findi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 from collector.policy.errors import Problem
-from collector.policy.model import FieldTest, MacroRef, PolicySet
+from collector.policy.model import FieldTest, Macro, MacroRef, NamedList, PolicySet
 from collector.policy.parse import POLICY_KEYS
 from collector.policy.validate import policy_conditions, walk
 
@@ -47,10 +47,7 @@ class UnusedList(Check):
 
     def run(self, policy_set: PolicySet) -> Iterator[Problem]:
         used, _ = _references(policy_set)
-        for name, item in policy_set.lists.items():
-            if name not in used:
-                w = item.where
-                yield Problem(self.code, w.path, w.line, w.column, "list is never used", "list", name)
+        yield from _unused(self.code, "list", policy_set.lists, used)
 
 
 class UnusedMacro(Check):
@@ -60,10 +57,17 @@ class UnusedMacro(Check):
 
     def run(self, policy_set: PolicySet) -> Iterator[Problem]:
         _, used = _references(policy_set)
-        for name, item in policy_set.macros.items():
-            if name not in used:
-                w = item.where
-                yield Problem(self.code, w.path, w.line, w.column, "macro is never used", "macro", name)
+        yield from _unused(self.code, "macro", policy_set.macros, used)
+
+
+def _unused(
+    code: str, kind: str, items: Mapping[str, NamedList | Macro], used: set[str]
+) -> Iterator[Problem]:
+    """A problem for each list or macro (`kind`) that nothing refers to."""
+    for name, item in items.items():
+        if name not in used:
+            w = item.where
+            yield Problem(code, w.path, w.line, w.column, f"{kind} is never used", kind, name)
 
 
 class KeyOrder(Check):
