@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+from pathlib import Path
 
 
 def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
@@ -10,6 +13,11 @@ def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog=f"python -m bench.{name}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+
+def scratch(name: str) -> Path:
+    """A fresh directory for one run (under $BENCH_DIR when set: a disk other than /tmp)."""
+    return Path(tempfile.mkdtemp(prefix=f"exfilguard-bench-{name}-", dir=os.environ.get("BENCH_DIR")))
 
 
 def agent_options(parser: argparse.ArgumentParser, agents: int, what: str) -> None:

@@ -20,11 +20,9 @@ import asyncio
 import collections
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -193,7 +191,7 @@ def main() -> None:
     if args.worker:
         asyncio.run(_worker(args))
         return
-    directory = Path(tempfile.mkdtemp(prefix="exfilguard-bench-idle-", dir=os.environ.get("BENCH_DIR")))
+    directory = _cli.scratch("idle")
     try:
         print(f"idle streams: {args.agents} agents in {args.workers} processes, heartbeat every "
               f"{args.heartbeat:g} s, held {args.hold:g} s", flush=True)

@@ -29,7 +29,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
@@ -362,7 +361,7 @@ def main() -> None:
     if args.worker:
         asyncio.run(_worker(args))
         return
-    directory = Path(tempfile.mkdtemp(prefix="exfilguard-bench-ingest-", dir=os.environ.get("BENCH_DIR")))
+    directory = _cli.scratch("ingest")
     try:
         print(
             f"ingest: {args.agents} agents x {args.batches} batches x {args.batch_size} events, "
