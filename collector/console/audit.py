@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,13 +70,30 @@ class AuditLog:
         return self.sql.ensure(_TABLE, _schema(self.sql))
 
     def record(self, user: str, action: str, kind: str, target: str = "", detail: str = "") -> None:
-        """Append one entry."""
+        """Append one entry, timed now."""
+        self.record_many([AuditEntry(ecs_now(), user, action, kind, target, detail)])
+
+    def record_many(self, entries: Sequence[AuditEntry]) -> None:
+        """Append entries in one transaction, in the order given."""
+        if not entries:
+            return
         self.ensure()
         with self.sql.transaction() as tx:
-            tx.query(
+            tx.many(
                 "INSERT INTO console_audit (id, at, user_name, action, kind, target, detail)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (ordered_id(), ecs_now(), user, action, kind, target[:500], detail[:MAX_DETAIL_CHARS]),
+                [
+                    (
+                        ordered_id(),
+                        e.at,
+                        e.user,
+                        e.action,
+                        e.kind,
+                        e.target[:500],
+                        e.detail[:MAX_DETAIL_CHARS],
+                    )
+                    for e in entries
+                ],
             )
 
     def entries(

@@ -91,6 +91,8 @@ class ConsoleServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self.state is not None:
+            await self.state.flush_audit()  # the last views
         await self._close_stores()
 
     async def _close_stores(self) -> None:

@@ -26,11 +26,12 @@ from multidict import MultiDictProxy
 
 from collector.console import errors
 from collector.console.accounts import ROLES, AccountBook
-from collector.console.audit import AuditLog
+from collector.console.audit import AuditEntry, AuditLog
 from collector.console.cases import CaseBook
 from collector.console.limiter import LoginLimiter
 from collector.console.logins import SESSION_SECONDS, LoginBook, Session
 from collector.store import Store, StoreError
+from common.ecstime import ecs_now
 
 log = logging.getLogger("exfilguard.collector.console")
 
@@ -67,6 +68,9 @@ class ConsoleState:
     silent_after: float
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
     templates: jinja2.Environment = field(init=False)
+    _pending: list[AuditEntry] = field(default_factory=list, init=False)
+    _audit_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    _background: asyncio.Task[None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.templates = jinja2.Environment(
@@ -95,10 +99,26 @@ class ConsoleState:
     async def audit(
         self, request: web.Request, action: str, kind: str, target: str = "", detail: str = ""
     ) -> None:
-        """Append to the audit log as the request's user (or the name tried, for a refused login)."""
+        """Append to the audit log as the request's user (or the name tried, for a refused login).
+
+        A view is written in the background with the views around it (one commit for many, so a
+        page does not wait for the disk); anything else (login, triage, case change, export) is
+        written, with every view before it, before the page answers.
+        """
         session: Session | None = request.get(SESSION)
-        user = session.user if session is not None else str(request.get(TRIED, "-"))
-        await self.call(self.audit_log.record, user, action, kind, target, detail)
+        user = session.user if session is not None else request.get(TRIED, "-")
+        self._pending.append(AuditEntry(ecs_now(), user, action, kind, target, detail))
+        if action != "view":
+            await self.flush_audit()
+        elif self._background is None or self._background.done():
+            self._background = asyncio.create_task(self.flush_audit())
+
+    async def flush_audit(self) -> None:
+        """Write every pending audit entry (in order; one writer at a time)."""
+        async with self._audit_lock:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self.call(self.audit_log.record_many, batch)
 
     def render(self, request: web.Request, template: str, status: int = 200, **context: Any) -> web.Response:
         """A page from its template, with the session (user, role, CSRF token) and the path."""

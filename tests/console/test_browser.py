@@ -65,8 +65,9 @@ def test_officer_triages_builds_a_case_and_exports_verified_evidence(
     assert _rows(browser) == ["al-alice-copy", "al-alice-read"]  # newest first
     assert browser.find_element(By.ID, "total").text == "2 matching"
 
-    for box in browser.find_elements(By.CSS_SELECTOR, "#rows input[name=id]"):
-        box.click()
+    for alert_id in ("al-alice-copy", "al-alice-read"):
+        # Found afresh each time: the queue replaces its rows every 15 s until one is chosen.
+        browser.find_element(By.CSS_SELECTOR, f"#rows input[value='{alert_id}']").click()
     browser.find_element(By.ID, "case-title").send_keys("Alice leaving with the customer database")
     browser.find_element(By.ID, "new-case").click()
     wait.until(lambda d: "/cases/C-" in d.current_url)
