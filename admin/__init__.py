@@ -26,6 +26,7 @@ def _modules() -> list[ModuleType]:
     from admin import fleetconfig as fleet_cmd
     from admin import keys as key_cmd
     from admin import policy as policy_cmd
+    from admin import quarantine as quarantine_cmd
     from admin import retention as prune_cmd
     from admin import setup as setup_cmd
     from admin import users as users_cmd
@@ -41,6 +42,7 @@ def _modules() -> list[ModuleType]:
         alerts_cmd,
         devices_cmd,
         policy_cmd,
+        quarantine_cmd,
         setup_cmd,
         demo_cmd,
         fleet_cmd,

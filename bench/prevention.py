@@ -120,7 +120,8 @@ def main() -> int:
         return 0
     from lab.loopstick import LoopStick, ensure_udevd
 
-    top = Path(tempfile.mkdtemp(prefix="eg-prevention-", dir="/var/tmp"))
+    # on tmpfs: disk writeback of other work on the machine would swamp what is measured
+    top = Path(tempfile.mkdtemp(prefix="eg-prevention-", dir="/dev/shm"))
     stick = LoopStick(top / "stick", label="EGPREVENT", serial=f"EG-PREVENT-{os.getpid()}",
                       size_mib=2 * (args.big_mib + args.files * 8 // 1024) + 128)
     try:

@@ -6,6 +6,7 @@ from agent.content import ContentCatalog, ContentIdentifier
 from agent.content.examiner import Examiner
 from agent.prevent.devices import DeviceGuard
 from agent.prevent.guard import ContentGuard
+from agent.prevent.quarantine import Quarantine
 from agent.sensors import Emit, Sensor, fanotify, procinfo
 from agent.sensors.access import AccessReporter, ExactAccessSensor
 from agent.sensors.copies import CopyDetector
@@ -43,7 +44,15 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     catalog = ContentCatalog(index, max_chunks=settings.max_chunk_fingerprints,
                              max_file_bytes=settings.max_hash_bytes, on_loss=content_lost)
     examiner = Examiner(ContentIdentifier(catalog, index), on_loss=content_lost)
-    copies = CopyDetector(index, media, staging, emit, examiner=examiner, flow=DataFlow())
+    blocking = config.prevent.removable_writes == "block"
+    quarantine = Quarantine(config.state_dir, media, emit) if blocking else None
+
+    def copy_emit(event: pb.Event) -> None:
+        emit(event)
+        if quarantine is not None:
+            quarantine.consider(event)  # tagged data that got past the guard is moved off the stick
+
+    copies = CopyDetector(index, media, staging, copy_emit, examiner=examiner, flow=DataFlow())
 
     exact: ExactAccessSensor | None = None
     if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):
@@ -76,8 +85,8 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     sensors: list[Sensor] = [files, catalog, examiner]
     if exact is not None:
         sensors.append(exact)
-    if config.prevent.removable_writes == "block":  # before the mount table: it marks mounts as they come
-        sensors.append(ContentGuard(config.prevent, tags, index, media, emit, flow=copies.flow))
+    if quarantine is not None:  # before the mount table: the guard marks mounts as they come
+        sensors += [quarantine, ContentGuard(config.prevent, tags, index, media, emit, flow=copies.flow)]
     # before the mount table: the mounts it reports at start are examined for late writes
     late = LateExaminer(config.state_dir, media, copies)
     sensors += [inventory, guard, devices, late, mounts]

@@ -4,6 +4,7 @@ untagged copies go through."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from agent.prevent.guard import ContentGuard
 from common.agentconfig import AgentConfig, PreventSettings
 from lab.loopstick import LoopStick
 from tests.e2e.harness import wait_for
+from tests.helpers import run_cli
 from tests.sensors.recorder import Running
 
 pytestmark = pytest.mark.root
@@ -28,7 +30,7 @@ def guarded(tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> Iterator[tu
     (db / "sub").mkdir(parents=True)
     for name in ("customers.db", "orders.csv", "sub/ledger.csv"):
         (db / name).write_bytes(os.urandom(20_000))
-    config = AgentConfig(tags={str(db): ["database"]},
+    config = AgentConfig(tags={str(db): ["database"]}, state_dir=str(tmp_path / "state"),
                          prevent=PreventSettings(removable_writes="block", allowed_groups=["users"]))
     stick = loop_stick(label=f"PV{os.getpid() % 10000}", serial=f"EGPV{os.getpid()}")
     with Running(config) as run:
@@ -103,3 +105,29 @@ def test_an_allowed_group_copies_and_the_rest_do_not(guarded: tuple[Running, Pat
     assert done.returncode != 0
     blocked = run.events.wait_for(run.events.action("file.block"))
     assert [e["file.path"] for e in blocked] == [f"{point}/other.db"]
+
+
+def test_tagged_data_that_got_past_the_guard_is_quarantined_and_restorable(
+        guarded: tuple[Running, Path, Path], tmp_path: Path) -> None:
+    run, db, point = guarded
+    # bytes handed over by a process nothing watches (the agent's own reads are not heard): the
+    # writer carries nothing the guard can see, so the open goes through and the content lands
+    data = (db / "orders.csv").read_bytes()
+    done = subprocess.run(["sh", "-c", f"cat > {point}/innocent.bin"], input=data, capture_output=True,
+                          timeout=60, start_new_session=True, check=False)
+    assert done.returncode == 0, done.stderr
+    moved = run.events.wait_for(run.events.action("file.quarantine"), timeout=30)[0]
+    assert moved["file.path"] == f"{point}/innocent.bin"
+    assert moved["exfilguard.source.path"] == str(db / "orders.csv")
+    assert not (point / "innocent.bin").exists()
+    where = Path(run.sensor("quarantine").where)  # type: ignore[attr-defined]
+    assert where.stat().st_mode & 0o777 == 0o700
+    config = tmp_path / "agent.yaml"
+    config.write_text(f"state_dir: {where.parent}\n")
+    listed = run_cli("quarantine", "--agent-config", str(config), "--json")
+    assert [e["path"] for e in json.loads(listed.stdout)] == [f"{point}/innocent.bin"]
+    back = run_cli("quarantine", "restore", moved["event.id"], "--agent-config", str(config),
+                   "--to", str(tmp_path))
+    assert back.returncode == 0, back.stderr
+    assert (tmp_path / "innocent.bin").read_bytes() == data
+    assert not list(where.iterdir())
