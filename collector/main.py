@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from collector import __version__
 from collector import config as collector_config
+from collector.alerts.errors import SinkSetupError
 from collector.config import CollectorConfig
 from collector.fleet.config import FleetSource
 from collector.listeners import EventListener
@@ -144,6 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _signing_key(config)
     try:
         asyncio.run(_run(config, store, fleet))
+    except SinkSetupError as exc:  # a secret or template a sink names is missing or bad: config
+        log.error("bad config: %s", exc)
+        print(f"exfilguard-collector: bad config: {exc}", file=sys.stderr)
+        return 2
     except ExfilGuardError as exc:
         log.error("collector failed: %s", exc)
         print(f"exfilguard-collector: {exc}", file=sys.stderr)

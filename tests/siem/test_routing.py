@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from collector.alerts.sinks.jsonl import JsonlSink
 from collector.alerts.sinks.webhook import WebhookSink
 from collector.tls import pki
 from common.yamlfile import YamlError
+from tests.helpers import REPO, write_collector_config
 from tests.siem import samples
 from tests.siem.receivers import HttpReceiver
 from tests.siem.schemas import ecs_problems
@@ -255,3 +258,17 @@ def test_https_webhook_verifies_against_its_ca(tmp_path: Path) -> None:
         assert len(receiver.wait_for(1)) == 1
     finally:
         receiver.close()
+
+
+def test_collector_refuses_to_start_without_a_sink_s_secret(tmp_path: Path) -> None:
+    config = write_collector_config(
+        tmp_path,
+        alerts=[{"type": "webhook", "url": "http://127.0.0.1:9/hook",
+                 "headers": {"Authorization": {"file": "missing.token"}}}],
+    )  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "collector.main", "--config", str(config)],
+        cwd=REPO, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"{tmp_path / 'missing.token'}: webhook header Authorization: cannot read" in done.stderr
