@@ -179,6 +179,7 @@ class PostgresStore(shared.SqlStore):
     """PostgreSQL implementation of `Store`; one connection, safe to call from several threads (one lock)."""
 
     dialect = shared.POSTGRES
+    _db: pgconnect.Connection
 
     def __init__(self, url: str, *, readonly: bool = False) -> None:
         self.location = pgconnect.describe(url)
@@ -541,19 +542,11 @@ class PostgresStore(shared.SqlStore):
             except psycopg.Error as exc:
                 raise self._fail(what, exc) from None
 
-    def domain(self) -> domain.DomainSql:
-        """The device and baseline tables' view of this connection (collector/store/domain.py)."""
-        if self._domain is None:
-            self._domain = domain.PostgresDomain(self._lock, self._connection, self.location, self._readonly)
-        return self._domain
+    def _open_domain(self) -> domain.DomainSql:
+        return domain.PostgresDomain(self._lock, self._connection, self.location, self._readonly)
 
     def ledger(self, *, owns_store: bool = False) -> PostgresLedger:
         """The evidence ledger on this store's connection."""
         from collector.store.ledger_postgres import PostgresLedger
 
         return PostgresLedger(self, owns_store=owns_store)
-
-    def close(self) -> None:
-        """Close the connection (every write is already committed)."""
-        with self._lock:
-            self._db.close()

@@ -30,7 +30,7 @@ from collector.store.base import (
     Store,
     StoreError,
 )
-from collector.store.domain import Transaction
+from collector.store.domain import DomainSql, Transaction
 from collector.store.rows import stored_mapping
 from common.ecstime import ecs_now, ecs_time
 from protos import chain
@@ -156,6 +156,23 @@ class SqlStore(Store):
     _lock: threading.Lock
     _readonly: bool
     _version: int  # the schema version of the store as opened
+    _db: Any  # the backend's connection
+    _domain: DomainSql | None
+
+    @abc.abstractmethod
+    def _open_domain(self) -> DomainSql:
+        """The backend's view of its connection for the domain tables (collector/store/domain.py)."""
+
+    def domain(self) -> DomainSql:
+        """The device and baseline tables' view of this connection (collector/store/domain.py)."""
+        if self._domain is None:
+            self._domain = self._open_domain()
+        return self._domain
+
+    def close(self) -> None:
+        """Close the connection (every write is already committed)."""
+        with self._lock:
+            self._db.close()
 
     @abc.abstractmethod
     def _all(self, sql: str, params: Sequence[Any], what: str = "query") -> list[Any]:

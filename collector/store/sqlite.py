@@ -168,6 +168,7 @@ class SqliteStore(shared.SqlStore):
     """SQLite (WAL) implementation of `Store`; safe to call from several threads (one lock)."""
 
     dialect = shared.SQLITE
+    _db: sqlite3.Connection
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         self.location = str(path)
@@ -520,19 +521,11 @@ class SqliteStore(shared.SqlStore):
         with self._lock:
             self._execute(sql, params)
 
-    def domain(self) -> domain.DomainSql:
-        """The device and baseline tables' view of this connection (collector/store/domain.py)."""
-        if self._domain is None:
-            self._domain = domain.SqliteDomain(self._lock, lambda: self._db, self.location, self._readonly)
-        return self._domain
+    def _open_domain(self) -> domain.DomainSql:
+        return domain.SqliteDomain(self._lock, lambda: self._db, self.location, self._readonly)
 
     def ledger(self, *, owns_store: bool = False) -> SqliteLedger:
         """The evidence ledger on this store's connection."""
         from collector.store.ledger_sqlite import SqliteLedger
 
         return SqliteLedger(self, owns_store=owns_store)
-
-    def close(self) -> None:
-        """Close the database (every write is already committed)."""
-        with self._lock:
-            self._db.close()
