@@ -24,6 +24,7 @@ def _modules() -> list[ModuleType]:
     from admin import devices as devices_cmd
     from admin import export as export_cmd
     from admin import fleetconfig as fleet_cmd
+    from admin import forward as forward_cmd
     from admin import keys as key_cmd
     from admin import policy as policy_cmd
     from admin import quarantine as quarantine_cmd
@@ -48,6 +49,7 @@ def _modules() -> list[ModuleType]:
         fleet_cmd,
         users_cmd,
         console_cmd,
+        forward_cmd,
     ]
 
 

@@ -34,9 +34,10 @@ class CursorBook:
 
     def load(self, destination: str) -> dict[str, int]:
         """The destination's cursors: agent id -> last sequence it took (absent: none yet)."""
-        if not self.writer.ensure("forward_cursors", _SCHEMA):
-            return {}
+        made = self.writer.ensure("forward_cursors", _SCHEMA)  # False: a read-only store (the admin CLI)
         with self.writer.transaction() as tx:
+            if not made and not tx.has_table("forward_cursors"):
+                return {}
             rows = tx.query(
                 "SELECT agent_id, sequence FROM forward_cursors WHERE destination = ?", (destination,)
             )

@@ -4,6 +4,7 @@ mid-request) that cost nothing but time, restarts that resume, and ingest that n
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from collector.store.cursors import CursorBook
 from collector.store.sqlite import SqliteStore
 from protos.events import to_mapping
 from tests.collector.test_store import IMPLEMENTATIONS, Factory
-from tests.helpers import make_events, wait_for
+from tests.helpers import make_events, run_cli, wait_for, write_collector_config
 from tests.siem.receivers import HttpReceiver
 from tests.siem.schemas import ecs_problems, flatten, ocsf_problems
 
@@ -57,14 +58,26 @@ def receiver() -> Iterator[HttpReceiver]:
 
 
 def worker_for(
-    stores: tuple[Store, Store], receiver: HttpReceiver, kind: str = "elasticsearch", *, fmt: str = "ecs",
-    batch_size: int = 7, name: str = "elastic",
-) -> ForwardWorker:  # fmt: skip
+    stores: tuple[Store, Store],
+    receiver: HttpReceiver,
+    kind: str = "elasticsearch",
+    *,
+    fmt: str = "ecs",
+    batch_size: int = 7,
+    name: str = "elastic",
+) -> ForwardWorker:
     store, reader = stores
-    destination = HttpDestination(kind, receiver.url, index="ev", timeout=0.5,
-                                  headers={"Authorization": "ApiKey k"})  # fmt: skip
-    return ForwardWorker(name, destination, CursorBook(reader.domain(), store.domain()), fmt,
-                         batch_size=batch_size, retry_max=0.2)  # fmt: skip
+    destination = HttpDestination(
+        kind, receiver.url, index="ev", timeout=0.5, headers={"Authorization": "ApiKey k"}
+    )
+    return ForwardWorker(
+        name,
+        destination,
+        CursorBook(reader.domain(), store.domain()),
+        fmt,
+        batch_size=batch_size,
+        retry_max=0.2,
+    )
 
 
 def bulk_ids(receiver: HttpReceiver) -> list[str]:
@@ -130,8 +143,11 @@ def test_an_outage_holds_the_cursor_and_costs_ingest_nothing(
         assert book.load("elastic") == {}  # nothing was taken, so the cursor did not move
         assert worker.figures()["delivered"] == 0
         receiver.mode = "ok"
-        wait_for(lambda: worker.figures()["lag_events"] == 0 and len(set(bulk_ids(receiver))) == 210,
-                 timeout=20, what="all 210 events forwarded after the outage")  # fmt: skip
+        wait_for(
+            lambda: worker.figures()["lag_events"] == 0 and len(set(bulk_ids(receiver))) == 210,
+            timeout=20,
+            what="all 210 events forwarded after the outage",
+        )
     finally:
         receiver.release.set()
         worker.stop()
@@ -230,3 +246,24 @@ def test_mappings_offered_at_ingest_are_used_and_bounded(
     docs = [doc for r in receiver.accepted for doc in r.lines()[1::2]]
     assert [bool(d.get("exfilguard", {}).get("offered")) for d in docs] == [True] * 3 + [False] * 2
     assert all(ecs_problems(d) == [] for d in docs)
+
+
+def test_exfilguard_forward_shows_how_far_behind(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "collector.db")
+    store.ingest("agent-a", make_events("agent-a", 1, 10))
+    CursorBook(store.domain(), store.domain()).save("elastic", {"agent-a": 4}, "2026-12-02T08:00:00.000000Z")
+    store.close()
+    config = write_collector_config(
+        tmp_path,
+        forward=[
+            {"name": "elastic", "type": "elasticsearch", "url": "https://es.example.com:9200"},
+            {"name": "siem", "type": "syslog", "address": "siem.example.com:6514"},
+        ],
+    )
+    done = run_cli("forward", "--config", str(config), "--json")
+    assert done.returncode == 0, done.stderr
+    rows = {r["name"]: (r["forwarded"], r["stored"], r["behind"]) for r in json.loads(done.stdout)}
+    assert rows == {"elastic": (4, 10, 6), "siem": (0, 10, 10)}
+    table = run_cli("forward", "--config", str(config)).stdout.splitlines()
+    assert table[0].split() == ["NAME", "TYPE", "WHERE", "FORMAT", "FORWARDED", "STORED", "BEHIND"]
+    assert table[2].split() == ["siem", "syslog", "siem.example.com:6514/tls", "ecs", "0", "10", "10"]
