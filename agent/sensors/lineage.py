@@ -43,6 +43,7 @@ _O_ACCMODE = 0o3
 _CMDLINE_BYTES = 8192
 _MAX_ARGS = 64
 MAX_SOCKETS = 32           # sockets of one process asked about per look (a browser has hundreds)
+MAX_CHILDREN = 16          # children recorded when a process first reads tagged data
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,11 @@ class DataFlow:
             first = known is None or not known.sources
         # the first tagged read looks at the pipes afresh: tar makes its pipe to gzip after its exec
         self._record(pid, force=first)
+        if first:
+            # and at its children while they live (tar's gzip): on a busy machine a short-lived
+            # compressor may be gone before its own exec is handled, and with it its pipe
+            for child in _children(pid)[:MAX_CHILDREN]:
+                self._record(child)
         with self._lock:
             proc = self._procs.get(pid)
             if proc is None:
@@ -262,7 +268,11 @@ class DataFlow:
     def _walk(self, pids: list[int], take: Callable[[_Process, float], bool]) -> int:
         """Call `take(process, reads up to this time count)` for each process whose data
         reaches these writers, until it returns True; returns how many were visited."""
-        visited: set[int] = set()
+        # pid -> the widest reach it was visited with: (reads up to this time count, reached
+        # other than as a parent). `tar czf` is its gzip's parent *and* upstream of its pipe:
+        # met first as the parent (reads until the fork), it is looked at again through the
+        # pipe (everything it read), or all it read after forking gzip would be lost.
+        visited: dict[int, tuple[float, bool]] = {}
         if not self._carriers:
             return 0
         with self._lock:
@@ -272,9 +282,10 @@ class DataFlow:
             queue = [(pid, ANCESTOR_GENERATIONS, False, math.inf) for pid in dict.fromkeys(pids)]
             while queue and len(visited) < MAX_VISIT:
                 pid, generations, parent, until = queue.pop(0)
-                if pid <= 1 or pid in visited:
+                seen = visited.get(pid)
+                if pid <= 1 or (seen is not None and seen[0] >= until and (seen[1] or parent)):
                     continue
-                visited.add(pid)
+                visited[pid] = (max(until, seen[0]) if seen else until, not parent or bool(seen and seen[1]))
                 proc = self._procs.get(pid)
                 if proc is None:
                     continue
@@ -332,6 +343,15 @@ class DataFlow:
 
         self._walk([pid], take)
         return bool(found)
+
+
+def _children(pid: int) -> list[int]:
+    """Live children of a process's main thread (/proc/PID/task/PID/children)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as fh:
+            return [int(child) for child in fh.read(4096).split()]
+    except (OSError, ValueError):
+        return []
 
 
 def _argument_paths(base: str) -> list[str]:

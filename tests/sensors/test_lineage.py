@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 
 from agent.sensors import provenance
-from agent.sensors.lineage import DataFlow, SourceRead
+from agent.sensors.lineage import FORK_SLACK_SECONDS, DataFlow, SourceRead
 
 
 def _read(path: str, size: int = 1000, at: float | None = None) -> SourceRead:
@@ -80,6 +80,30 @@ def test_a_child_carries_what_its_parent_read_and_exited_processes_stay_linked()
     finally:
         parent.kill()
         parent.communicate(timeout=5)
+
+
+def test_a_parent_upstream_of_its_childs_pipe_hands_on_what_it_read_after_the_fork() -> None:
+    """`tar czf`: tar forks gzip and feeds it through a pipe; what tar reads long after the
+    fork reaches gzip through the pipe (the parent link alone stops at the fork). gzip's exec
+    was never handled (a busy agent, gzip gone since): tar's first tagged read recorded it."""
+    flow = DataFlow()
+    tar = subprocess.Popen(["bash", "-c", "exec 3> >(cat > /dev/null); read x"], stdin=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 10
+        while not psutil.Process(tar.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        gzip = psutil.Process(tar.pid).children()[0]
+        late = gzip.create_time() + 30 * FORK_SLACK_SECONDS
+        flow.note_read(tar.pid, [_read("/srv/db/early.db", at=gzip.create_time()),
+                                 _read("/srv/db/late.db", at=late)])
+        gzip.kill()
+        gzip.wait(5)
+        assert {s.path for s in flow.flow([gzip.pid]).sources} == {"/srv/db/early.db", "/srv/db/late.db"}
+        assert flow.reached([gzip.pid], "/srv/db/late.db")
+    finally:
+        assert tar.stdin is not None
+        tar.stdin.close()
+        tar.wait(10)
 
 
 def test_unrelated_processes_share_nothing_and_bounds_count_what_they_drop() -> None:
