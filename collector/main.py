@@ -134,28 +134,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         store = open_store(config.store)
-    except StoreCorrupt as exc:
-        log.error("cannot open the store: %s", exc)
-        print(f"exfilguard-collector: {exc}", file=sys.stderr)
-        return 2
-    except StoreError as exc:
-        log.error("cannot open the store: %s", exc)
-        print(f"exfilguard-collector: {exc}", file=sys.stderr)
-        return 1
+    except StoreError as exc:  # a damaged store needs an admin (2); one that is unavailable may come back (1)
+        return _failed("cannot open the store", exc, 2 if isinstance(exc, StoreCorrupt) else 1)
     _signing_key(config)
     try:
         asyncio.run(_run(config, store, fleet))
     except SinkSetupError as exc:  # a secret or template a sink names is missing or bad: config
-        log.error("bad config: %s", exc)
-        print(f"exfilguard-collector: bad config: {exc}", file=sys.stderr)
-        return 2
+        return _failed("bad config", exc, 2, say="bad config: ")
     except ExfilGuardError as exc:
-        log.error("collector failed: %s", exc)
-        print(f"exfilguard-collector: {exc}", file=sys.stderr)
-        return 1
+        return _failed("collector failed", exc, 1)
     finally:
         store.close()
     return 0
+
+
+def _failed(what: str, exc: Exception, code: int, say: str = "") -> int:
+    """Log why the collector stops (`what: exc`) and say it on stderr; returns the exit code."""
+    log.error("%s: %s", what, exc)
+    print(f"exfilguard-collector: {say}{exc}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":
