@@ -11,6 +11,7 @@ from pathlib import Path
 
 from collector import config as collector_config
 from collector.evidence import keys
+from collector.store import StoreError, open_store
 from common.errors import ExfilGuardError
 
 
@@ -39,4 +40,24 @@ def run_export(args: argparse.Namespace) -> int:
         print(f"exfilguard key export: {exc}", file=sys.stderr)
         return 2
     print(f"fingerprint (SHA-256 of the raw key): {public.fingerprint()}", file=sys.stderr)
+    for name, fingerprint in _other_keys(cfg.store, public.fingerprint()):
+        print(
+            f"exfilguard key export: warning: collector {name} of this fleet signs with key {fingerprint}: "
+            "its exports do not verify against this key (docs/deploy.md: one signing key per fleet)",
+            file=sys.stderr,
+        )
     return 0
+
+
+def _other_keys(store_location: str, mine: str) -> list[tuple[str, str]]:
+    """(collector, fingerprint) of the fleet's collectors (as their leases say) that sign with another key."""
+    try:
+        store = open_store(store_location, readonly=True)
+    except StoreError:
+        return []  # no store yet, or not reachable from here: nothing to compare with
+    try:
+        return [(c.name, c.signing_key) for c in store.fleet_collectors() if c.signing_key not in ("", mine)]
+    except StoreError:
+        return []
+    finally:
+        store.close()

@@ -127,6 +127,7 @@ class Collector:
         """Open the registry, bind the port and start serving."""
         self.store.mark_all_disconnected(self.name)
         self._renew_lease(start=True)
+        self._check_signing_identity()
         self._started = time.monotonic()
         self.registry.load(self.store.agents())
         self._writer = StoreWriter(self.store, seal_inline=False, metrics=self.metrics)
@@ -267,10 +268,37 @@ class Collector:
         """Renew this collector's presence lease; clear flags left by collectors whose lease ran out."""
         now = time.time()
         expired = ecs_time_at(now - presence.LEASE_SECONDS)
-        listen = self.config.listen
-        cleared = self.store.renew_lease(self.name, listen, ecs_time_at(now), expired, start=start)
+        key = self._signing_fingerprint if start else ""
+        cleared = self.store.renew_lease(
+            self.name, self.config.listen, ecs_time_at(now), expired, start=start, signing_key=key
+        )
         if cleared:
             log.warning("%d agents were on collectors gone without a clean stop: not connected now", cleared)
+
+    @property
+    def _signing_fingerprint(self) -> str:
+        """Fingerprint of the key exports are signed with here ('' when there is none yet)."""
+        from collector.evidence import keys
+        from collector.evidence.errors import EvidenceError
+
+        path = keys.key_dir(self.config.state_dir) / keys.KEY_FILE
+        try:
+            return keys.PublicKey.load(path).fingerprint() if path.exists() else ""
+        except EvidenceError:
+            return ""
+
+    def _check_signing_identity(self) -> None:
+        """A fleet signs with one key: say so loudly when a live collector of the fleet uses another."""
+        mine = self._signing_fingerprint
+        live = ecs_time_at(time.time() - presence.LEASE_SECONDS)
+        for other in self.store.fleet_collectors():
+            if other.name != self.name and other.seen >= live and other.signing_key not in ("", mine):
+                log.error(
+                    "collector %s signs exports with key %s, this one with %s: exports then verify only "
+                    "against the key of the collector that made them; copy one collector's "
+                    "evidence/signing.key to every collector's state_dir (docs/deploy.md)",
+                    other.name, other.signing_key[:16], mine[:16], extra={"collector": other.name},
+                )
 
     async def _flush_registry_forever(self) -> None:
         assert self._writer is not None

@@ -110,6 +110,7 @@ class CollectorRecord:
     listen: str
     started: str
     seen: str  # ECS time of its latest lease renewal
+    signing_key: str = ""  # fingerprint of the key it signs exports with
 
 
 @dataclass(frozen=True)
@@ -259,10 +260,18 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def renew_lease(
-        self, collector: str, listen: str, now: str, expired_before: str, *, start: bool = False
+        self,
+        collector: str,
+        listen: str,
+        now: str,
+        expired_before: str,
+        *,
+        start: bool = False,
+        signing_key: str = "",
     ) -> int:
-        """Renew `collector`'s presence lease; clear connected flags left by collectors whose lease is
-        older than `expired_before`. Returns how many flags were cleared."""
+        """Renew `collector`'s presence lease (`start`: also its start time and signing key fingerprint);
+        clear connected flags left by collectors whose lease is older than `expired_before`. Returns
+        how many flags were cleared."""
 
     @abc.abstractmethod
     def fleet_collectors(self) -> list[CollectorRecord]:

@@ -42,8 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exfilguard.collector.store")
 
-SCHEMA_VERSION = 4  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
-# 4: fleet presence (store/presence.py)
+SCHEMA_VERSION = 5  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+# 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -231,6 +231,9 @@ class PostgresStore(shared.SqlStore):
                     self._db.execute(shared.RENAME_SEALED)
                 if version < 4:
                     for statement in presence.POSTGRES_SCHEMA:
+                        self._db.execute(statement)
+                if version < 5:
+                    for statement in presence.POSTGRES_SCHEMA_5:
                         self._db.execute(statement)
                 if version < SCHEMA_VERSION:
                     self._db.execute("INSERT INTO exfilguard_schema (version) VALUES (%s)", (SCHEMA_VERSION,))

@@ -14,6 +14,10 @@ collector's memory:
   silent agent goes to exactly one of them: one alert fleet-wide. A message from the agent after
   that time re-arms it. A clean stop (latest stored event `agent.stop`) is never silence.
 
+- `collectors.signing_key` is the fingerprint of the key each collector signs exports with. A
+  fleet has one signing identity: the same `state_dir/evidence/signing.key` on every collector
+  (docs/deploy.md); a collector starting with another key than a live one says so (ERROR).
+
 Times are ECS strings (UTC, fixed width), compared as text, as everywhere in the store.
 """
 
@@ -34,6 +38,10 @@ POSTGRES_SCHEMA = (
     " started TEXT COLLATE \"C\" NOT NULL, seen TEXT COLLATE \"C\" NOT NULL)",
 )
 
+# Schema 5: the signing key's fingerprint in each collector's lease.
+SQLITE_SCHEMA_5 = ("ALTER TABLE collectors ADD COLUMN signing_key TEXT NOT NULL DEFAULT ''",)
+POSTGRES_SCHEMA_5 = ("ALTER TABLE collectors ADD COLUMN IF NOT EXISTS signing_key TEXT NOT NULL DEFAULT ''",)
+
 # (now, seen_before): agents nobody heard from since the cutoff and not cleanly stopped.
 CLAIM_SILENT = (
     "UPDATE agents SET silent_at = ? WHERE silent_at = '' AND last_seen <> '' AND last_seen < ?"
@@ -41,12 +49,12 @@ CLAIM_SILENT = (
     " ORDER BY e.sequence DESC LIMIT 1), '') <> 'agent.stop'"
     " RETURNING id, host, version, last_seen, collector"
 )
-# (name, listen, started, seen): a start sets `started`, a renewal keeps it.
+# (name, listen, started, seen, signing_key): a start sets `started` and the key, a renewal keeps them.
 RENEW_LEASE = (
-    "INSERT INTO collectors (name, listen, started, seen) VALUES (?, ?, ?, ?)"
+    "INSERT INTO collectors (name, listen, started, seen, signing_key) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET listen = excluded.listen, seen = excluded.seen"
 )
-START_LEASE = RENEW_LEASE + ", started = excluded.started"
+START_LEASE = RENEW_LEASE + ", started = excluded.started, signing_key = excluded.signing_key"
 # (expired_before,): connected flags left behind by collectors whose lease ran out.
 EXPIRE = (
     "UPDATE agents SET connected = false WHERE connected AND collector IN"
@@ -54,4 +62,4 @@ EXPIRE = (
 )
 # (name, name): this collector's connected flags (and those of rows no collector claimed yet).
 DISCONNECT_MINE = "UPDATE agents SET connected = false WHERE connected AND collector IN ('', ?)"
-COLLECTORS = "SELECT name, listen, started, seen FROM collectors ORDER BY name"
+COLLECTORS = "SELECT name, listen, started, seen, signing_key FROM collectors ORDER BY name"

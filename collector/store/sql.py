@@ -364,17 +364,25 @@ class SqlStore(Store):
         return [AgentRecord(id=r[0], host=r[1], version=r[2], last_seen=r[3], collector=r[4]) for r in rows]
 
     def renew_lease(
-        self, collector: str, listen: str, now: str, expired_before: str, *, start: bool = False
+        self,
+        collector: str,
+        listen: str,
+        now: str,
+        expired_before: str,
+        *,
+        start: bool = False,
+        signing_key: str = "",
     ) -> int:
         """See `Store.renew_lease`."""
         self._writable()
+        lease = (collector, listen, now, now, signing_key)
         with self._statements("renewing the collector lease") as tx:
-            tx.query(presence.START_LEASE if start else presence.RENEW_LEASE, (collector, listen, now, now))
+            tx.query(presence.START_LEASE if start else presence.RENEW_LEASE, lease)
             return len(tx.query(presence.EXPIRE, (expired_before,)))
 
     def fleet_collectors(self) -> list[CollectorRecord]:
         """See `Store.fleet_collectors`."""
-        if self._version < 4:
+        if self._version < 5:
             return []
         return [CollectorRecord(*(str(v) for v in r)) for r in self._all(presence.COLLECTORS, ())]
 

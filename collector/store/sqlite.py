@@ -45,8 +45,8 @@ from protos import exfilguard_pb2 as pb
 if TYPE_CHECKING:
     from collector.store.ledger_sqlite import SqliteLedger
 
-SCHEMA_VERSION = 4  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
-# 4: fleet presence (store/presence.py)
+SCHEMA_VERSION = 5  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+# 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -242,6 +242,9 @@ class SqliteStore(shared.SqlStore):
             db.execute(shared.RENAME_SEALED)
         if version < 4:
             for statement in presence.SQLITE_SCHEMA:
+                db.execute(statement)
+        if version < 5:
+            for statement in presence.SQLITE_SCHEMA_5:
                 db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 

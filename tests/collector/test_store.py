@@ -432,6 +432,7 @@ def test_a_version_1_store_is_upgraded_keeping_statuses_its_alert_bodies_carried
 _NAMED_WATERMARK = "ALTER TABLE chains RENAME COLUMN sealed TO watermark"
 # Before schema 4 there was no fleet presence (collector/store/presence.py).
 _UNDO_PRESENCE = (
+    "ALTER TABLE collectors DROP COLUMN signing_key",
     "ALTER TABLE agents DROP COLUMN collector",
     "ALTER TABLE agents DROP COLUMN silent_at",
     "DROP TABLE collectors",

@@ -59,6 +59,23 @@ class Fleet:
         assert process.alive, process.log_text()
         return process
 
+    def share_signing_key(self, source: int, target: int) -> None:
+        """Give collector `target` collector `source`'s signing key, as docs/deploy.md says to."""
+        keys = self.dir(target) / "state" / "evidence"
+        keys.mkdir(mode=0o700, parents=True)
+        for name, mode in (("signing.key", 0o600), ("signing.pub", 0o644)):
+            shutil.copy(self.dir(source) / "state" / "evidence" / name, keys / name)
+            (keys / name).chmod(mode)
+
+    def public_key(self, index: int) -> str:
+        """`exfilguard key export` of collector `index` (PEM), with what it printed on stderr."""
+        config = str(self.dir(index) / "collector.yaml")
+        out = subprocess.run(
+            [str(VENV_BIN / "exfilguard"), "key", "export", "--config", config],
+            capture_output=True, text=True, timeout=60, check=True, cwd=REPO,
+        )  # fmt: skip
+        return out.stdout + out.stderr
+
     def collector(self, index: int) -> Process:
         """The running process of collector `index`."""
         process = self.collectors[index]

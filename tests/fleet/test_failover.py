@@ -76,3 +76,6 @@ def test_killed_collector_agent_fails_over_then_back_exactly_once(fleet: Fleet, 
     stored = fleet.stored(IDENTITY.agent_id)
     assert exactly_once(stored) and len(stored) == 5_100
     assert f'"agent_id": "{IDENTITY.agent_id}"' in fleet.collector(1).log_text()
+    # Each made its own signing key here (not shared as docs/deploy.md says): the second says so.
+    assert "signs exports with key" in fleet.collector(1).log_text()
+    assert "warning: collector" in fleet.public_key(1)

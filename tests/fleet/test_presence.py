@@ -1,6 +1,7 @@
 """Presence fleet-wide: two real collectors on one PostgreSQL, one agent streaming to each. Neither
 collector calls the other's agent silent; `exfilguard agents` names each agent's collector; an
-agent killed (-9) raises agent-silent exactly once across the fleet, a cleanly stopped one none."""
+agent killed (-9) raises agent-silent exactly once across the fleet, a cleanly stopped one none.
+The two share one signing key (docs/deploy.md), so their exports verify against one public key."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def _absent_for(seconds: float) -> None:
 
 def test_agent_silent_fires_once_fleet_wide_and_only_for_agents_nobody_hears(fleet: Fleet) -> None:
     fleet.start_collector(0)
+    fleet.share_signing_key(0, 1)  # one signing identity for the fleet
     fleet.start_collector(1)
     on_first = fleet.start_agent("ws-a", order=[0])
     on_second = fleet.start_agent("ws-b", order=[1])
@@ -59,3 +61,7 @@ def test_agent_silent_fires_once_fleet_wide_and_only_for_agents_nobody_hears(fle
     records = {a["id"]: a for a in fleet.registry(0)}
     assert (records[first_id]["connected"], records[first_id]["stopped"]) == (False, True)
     assert records[second_id]["collector"] == names[1]
+    # Exports of either collector verify against the same key, and neither complains.
+    first_key, second_key = fleet.public_key(0), fleet.public_key(1)
+    assert first_key == second_key and "warning" not in first_key
+    assert "signs exports with key" not in fleet.collector(1).log_text()
