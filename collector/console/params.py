@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -11,13 +10,11 @@ from urllib.parse import urlencode
 from multidict import MultiMapping
 
 from collector.console.errors import BadParameter
+from common import units
 from common.ecstime import ecs_time
 
 MAX_VALUE_CHARS = 200
 MAX_VALUES = 100
-# The durations `exfilguard export --since` and `alerts --since` take (admin/export.py).
-_AGO = re.compile(r"(\d{1,7})([mhdw])")
-_UNIT_SECONDS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def values(query: MultiMapping[Any], name: str) -> tuple[str, ...]:
@@ -44,17 +41,19 @@ def one(query: Mapping[str, Any], name: str, default: str = "") -> str:
 
 
 def moment(name: str, text: str, now: dt.datetime | None = None) -> str:
-    """An ECS time from `90m`, `24h`, `7d`, `2w` (ago) or ISO 8601 (UTC unless it says so); '' for ''."""
+    """An ECS time from a duration ago (`90m`, `24h`, `7d`: common.units' grammar, as the CLI's
+    `--since`) or an ISO 8601 date/time (UTC unless it says so); '' for ''."""
     text = text.strip()
     if not text:
         return ""
     now = now or dt.datetime.now(dt.UTC)
-    match = _AGO.fullmatch(text)
     try:
-        if match:
-            return ecs_time(now - dt.timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)]))
-        parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-        return ecs_time(parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC))
+        try:
+            ago = units.duration(text, name, plain_seconds=False, zero=True)
+        except units.UnitError:
+            parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+            return ecs_time(parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC))
+        return ecs_time(now - dt.timedelta(seconds=ago))
     except (ValueError, OverflowError) as exc:
         raise BadParameter(name, f"not a time like 24h, 7d or 2026-01-31: {text[:40]!r}") from exc
 

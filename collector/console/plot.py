@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from xml.sax.saxutils import escape
 
 from collector.console.queries import Day
+from common.units import human_bytes
 
 WIDTH, HEIGHT = 900, 220
 _LEFT, _RIGHT, _TOP, _BOTTOM = 70, 50, 20, 40
@@ -19,14 +20,6 @@ def _days(since: str, until: str) -> list[str]:
     end = dt.date.fromisoformat(until[:10])
     count = min((end - start).days + 1, MAX_DAYS)
     return [(start + dt.timedelta(days=i)).isoformat() for i in range(max(count, 1))]
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def svg(days: Sequence[Day], alert_days: Sequence[str], since: str, until: str) -> str:
@@ -44,7 +37,7 @@ def svg(days: Sequence[Day], alert_days: Sequence[str], since: str, until: str) 
         f'<svg xmlns="http://www.w3.org/2000/svg" class="plot" id="plot" viewBox="0 0 {WIDTH} {HEIGHT}" '
         f'role="img" aria-label="bytes and files written to removable media per day">',
         f'<line x1="{_LEFT}" y1="{_TOP + plot_h}" x2="{_LEFT + plot_w}" y2="{_TOP + plot_h}" stroke="#444"/>',
-        f'<text x="4" y="{_TOP + 10}" font-size="11">{escape(_human(top_bytes))}</text>',
+        f'<text x="4" y="{_TOP + 10}" font-size="11">{escape(human_bytes(top_bytes))}</text>',
         f'<text x="{WIDTH - _RIGHT + 4}" y="{_TOP + 10}" font-size="11" fill="#06c">{top_files} files</text>',
     ]
     label_every = max(1, len(axis) // 10)
@@ -53,7 +46,7 @@ def svg(days: Sequence[Day], alert_days: Sequence[str], since: str, until: str) 
         d = by_day.get(day)
         if d is not None and d.bytes:
             h = plot_h * d.bytes / top_bytes
-            title = f"{day}: {escape(_human(d.bytes))} in {d.files} files"
+            title = f"{day}: {escape(human_bytes(d.bytes))} in {d.files} files"
             parts.append(
                 f'<rect class="bytes" x="{x + step * 0.1:.1f}" y="{_TOP + plot_h - h:.1f}" '
                 f'width="{step * 0.8:.1f}" height="{h:.1f}" fill="#8aa"><title>{title}</title></rect>'

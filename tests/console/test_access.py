@@ -127,3 +127,15 @@ def test_passwords_are_rate_limited(fresh_limits: RunningConsole) -> None:
         "POST", "/login", {"name": "carol", "password": PASSWORD, "next": "//evil.example/"}
     )
     assert right.status == 303 and right.headers["Location"] == "/alerts" and client.cookie
+
+
+def test_bad_page_parameters_are_named(console: RunningConsole) -> None:
+    client = Browserless(console)
+    client.login("dave")
+    bad = client.request("GET", "/alerts?since=yesterday")
+    assert bad.status == 400 and "since: not a time like 24h" in bad.body
+    assert "sort: one of" in client.request("GET", "/alerts?sort=id;drop").body
+    assert "a range of at most 366 days" in client.request("GET", "/timeline/user/alice?since=1000d").body
+    listed = client.request("GET", "/alerts/rows?since=24h&status=open&status=closed")
+    assert listed.status == 200
+    assert 'data-id="al-bob-usb"' in listed.body and "al-alice-copy" not in listed.body  # two days old
