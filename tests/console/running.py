@@ -107,13 +107,14 @@ class RunningConsole:
 
     location: str
     state_dir: Path
+    config: Console = field(default_factory=lambda: Console(listen="127.0.0.1:0"))
     server: ConsoleServer = field(init=False)
     _loop: asyncio.AbstractEventLoop = field(init=False)
     _thread: threading.Thread = field(init=False)
 
     def start(self) -> None:
         """Serve on a free port; returns when it listens."""
-        self.server = ConsoleServer(Console(listen="127.0.0.1:0"), self.location, str(self.state_dir))
+        self.server = ConsoleServer(self.config, self.location, str(self.state_dir))
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
 

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import ssl
 from pathlib import Path
 
 import pytest
 
 from collector import config as collector_config
+from collector.config import Console, ConsoleTls
+from collector.console.accounts import AccountBook
 from collector.server import Collector
+from collector.store import open_store
 from collector.store.sqlite import SqliteStore
+from collector.tls.pki import CertificateAuthority
 from common.yamlfile import YamlError
+from tests.console.running import PASSWORD, RunningConsole
 from tests.helpers import write_collector_config
 
 
@@ -63,3 +69,34 @@ def test_a_console_off_loopback_needs_tls(tmp_path: Path) -> None:
     assert config.console is not None and config.console.tls is not None
     assert config.console.tls.cert == str(tmp_path / "tls" / "c.pem")
     assert config.console.base_url() == "https://0.0.0.0:8443"
+
+
+def test_over_tls_the_session_cookie_is_secure(tmp_path: Path) -> None:
+    ca = CertificateAuthority(tmp_path / "pki")
+    ca.init_ca()
+    issued = ca.issue_server("127.0.0.1")
+    assert issued.cert_path is not None and issued.key_path is not None
+    store = open_store(str(tmp_path / "c.db"))
+    try:
+        AccountBook(store.domain()).add("carol", "officer", PASSWORD, by="test")
+    finally:
+        store.close()
+    tls = ConsoleTls(cert=str(issued.cert_path), key=str(issued.key_path))
+    config = Console(listen="127.0.0.1:0", tls=tls)
+    console = RunningConsole(str(tmp_path / "c.db"), tmp_path / "state", config)
+    console.start()
+    try:
+        trust = ssl.create_default_context(cafile=str(ca.ca_cert_path))
+        connection = http.client.HTTPSConnection("127.0.0.1", console.server.port, timeout=10, context=trust)
+        token = console.link("carol").rsplit("/", 1)[1]
+        connection.request("GET", f"/link/{token}")
+        answer = connection.getresponse()
+        answer.read()
+        connection.close()
+        assert answer.status == 303
+        cookie = answer.headers["Set-Cookie"]
+        assert "Secure" in cookie and "HttpOnly" in cookie
+        with pytest.raises(http.client.RemoteDisconnected):  # plain HTTP on the TLS port gets nothing
+            _get(console.server.port, "/login")
+    finally:
+        console.stop()
