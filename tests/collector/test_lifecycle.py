@@ -57,6 +57,19 @@ def test_missing_config_exits_2(tmp_path: Path) -> None:
     assert "nope.yaml" in done.stderr
 
 
+def test_a_store_of_a_newer_schema_exits_2_and_says_why(tmp_path: Path) -> None:
+    # A damaged or newer store needs an admin (2); one that is unavailable may come back (1).
+    config = write_collector_config(tmp_path)
+    with sqlite3.connect(tmp_path / "collector.db") as db:
+        db.execute("PRAGMA user_version = 99")
+    done = subprocess.run(
+        [sys.executable, "-m", "collector.main", "--config", str(config)],
+        cwd=REPO, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "exfilguard-collector: " in done.stderr and "schema version 99 is newer" in done.stderr
+
+
 def test_port_in_use_exits_1(tmp_path: Path) -> None:
     config = write_collector_config(tmp_path / "a")
     with start_collector(config) as first:
