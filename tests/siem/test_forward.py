@@ -267,3 +267,12 @@ def test_exfilguard_forward_shows_how_far_behind(tmp_path: Path) -> None:
     table = run_cli("forward", "--config", str(config)).stdout.splitlines()
     assert table[0].split() == ["NAME", "TYPE", "WHERE", "FORMAT", "FORWARDED", "STORED", "BEHIND"]
     assert table[2].split() == ["siem", "syslog", "siem.example.com:6514/tls", "ecs", "0", "10", "10"]
+
+
+def test_opensearch_takes_the_bulk_shape(sqlite_stores: tuple[Store, Store], receiver: HttpReceiver) -> None:
+    store, _ = sqlite_stores
+    store.ingest("agent-a", make_events("agent-a", 1, 2))
+    worker = worker_for(sqlite_stores, receiver, kind="opensearch")
+    worker.destination.deliver(worker.next_batch())
+    (request,) = receiver.wait_for(1)
+    assert request.path == "/_bulk" and [a["create"]["_index"] for a in request.lines()[::2]] == ["ev", "ev"]
