@@ -47,7 +47,9 @@ GiB = 1 << 30
 async def _agent(address: str, agent_id: str, args: argparse.Namespace, ready: asyncio.Queue[str],
                  stop: asyncio.Event) -> bool:
     """One idle agent; True if its stream stayed up until told to stop."""
-    async with grpc.aio.insecure_channel(address) as channel:
+    # a subchannel pool of its own: gRPC otherwise shares one TCP connection between every
+    # channel of a process to the same address (thousands of streams on one HTTP/2 connection)
+    async with grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
         out: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
 
         async def requests() -> Any:

@@ -48,13 +48,25 @@ def build_listeners(config: CollectorConfig, store: Store) -> list[EventListener
     return listeners
 
 
-def _raise_open_files_limit() -> None:
-    """Each agent stream is a socket: lift the soft open-files limit (often 1,024) to the hard one."""
+_SPARE_FILES = 256  # the store, its WAL, the sealer's pipes, sinks, metrics, logs
+
+
+def _raise_open_files_limit(config: CollectorConfig) -> None:
+    """Each agent stream is a socket: lift the soft open-files limit (often 1,024) to the hard one,
+    and say so when even that is too low for `max_streams` (streams past it fail to connect)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft < target:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    needed = config.max_streams + config.max_pending_hellos + _SPARE_FILES
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning(
+            "open files limit is %d, but max_streams %d and max_pending_hellos %d need about %d: "
+            "raise LimitNOFILE (systemd) or ulimit -n, or fewer agents can connect",
+            soft, config.max_streams, config.max_pending_hellos, needed,
+        )
 
 
 async def _run(config: CollectorConfig, store: Store, fleet: FleetSource | None = None) -> None:
@@ -129,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except YamlError as exc:
             print(f"exfilguard-collector: bad agent_config: {exc}", file=sys.stderr)
             return 2
-    _raise_open_files_limit()
+    _raise_open_files_limit(config)
     if not _store_is_whole(config):
         return 2
     try:

@@ -199,3 +199,25 @@ def test_kill_9_mid_stream_then_restart_loses_nothing_and_duplicates_nothing(tmp
     for mapping in iter_stored(store, "crash"):
         prev = chain.link(prev, mapping)
         assert mapping["exfilguard.chain.hash"] == prev.hex()
+
+
+def test_open_files_limit_too_low_for_max_streams_is_said(tmp_path: Path) -> None:
+    # each agent stream is a socket: the soft limit is lifted to the hard one, and a hard limit
+    # below what max_streams needs is logged with what to raise
+    code = (
+        "import logging, resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))\n"
+        "logging.basicConfig(stream=sys.stdout, format='%(message)s')\n"
+        "from collector.config import CollectorConfig\n"
+        "from collector.main import _raise_open_files_limit\n"
+        "for streams in (10000, 1000):\n"
+        "    config = CollectorConfig.model_validate({'store': 'x.db', 'max_streams': streams})\n"
+        "    _raise_open_files_limit(config)\n"
+        "    print('soft', resource.getrlimit(resource.RLIMIT_NOFILE)[0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=tmp_path)
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("open files limit is 4096, but max_streams 10000")
+    assert "LimitNOFILE" in lines[0]
+    assert lines[1:] == ["soft 4096", "soft 4096"]  # 1,000 streams fit: no warning
