@@ -16,8 +16,9 @@ with the mean write-day of the user's peer group over the same span.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 WARM_DAYS = 10  # active days before anything about a user counts as new or unusual
 HISTORY_DAYS = 30  # rolling span of the volume baselines
@@ -39,6 +40,30 @@ class WriteDay:
     day: int
     files: int
     bytes: int
+
+
+class _Snapshotted(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
+
+
+_T = TypeVar("_T")
+
+
+def snapshot_of(table: Mapping[str, _Snapshotted], names: set[str] | None) -> dict[str, dict[str, Any]]:
+    """JSON-ready snapshots of the `names` entries of `table` (default: all) — users' or hosts'."""
+    keys = table.keys() if names is None else names & table.keys()
+    return {name: table[name].to_json() for name in keys}
+
+
+def parse_snapshots(snapshots: Mapping[str, Any], from_json: Callable[[Any], _T]) -> dict[str, _T]:
+    """The snapshots that parse with `from_json`; a malformed one (an older or damaged store) is skipped."""
+    out: dict[str, _T] = {}
+    for name, data in snapshots.items():
+        try:
+            out[name] = from_json(data)
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
 
 
 @dataclass
@@ -256,23 +281,17 @@ class Baselines:
 
     def snapshot(self, users: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """JSON-ready baselines of the given users (default: all)."""
-        names = self.users.keys() if users is None else users & self.users.keys()
-        return {name: self.users[name].to_json() for name in names}
+        return snapshot_of(self.users, users)
 
     def restore(self, snapshots: dict[str, dict[str, Any]]) -> int:
         """Load snapshots (from the store); malformed ones are skipped. How many were loaded."""
-        loaded = 0
-        for name, data in snapshots.items():
-            try:
-                base = UserBaseline.from_json(data)
-            except (KeyError, TypeError, ValueError):
-                continue
+        loaded = parse_snapshots(snapshots, UserBaseline.from_json)
+        for name, base in loaded.items():
             self.users[name] = base
             group = self.peers.setdefault(self.group_of(name), PeerGroup())
             for write in base.writes:
                 group.add(write)
-            loaded += 1
         for group in self.peers.values():
             ordered = sorted(group.days, key=lambda w: w.day)
             group.days = deque(ordered)
-        return loaded
+        return len(loaded)

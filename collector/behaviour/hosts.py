@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from collector.behaviour.baselines import MAX_DEVICES_PER_USER, WARM_DAYS
+from collector.behaviour.baselines import MAX_DEVICES_PER_USER, WARM_DAYS, parse_snapshots, snapshot_of
 
 
 @dataclass
@@ -69,16 +69,10 @@ class HostBaselines:
 
     def snapshot(self, hosts: set[str] | None = None) -> dict[str, dict[str, Any]]:
         """JSON-ready baselines of the given hosts (default: all)."""
-        names = self.hosts.keys() if hosts is None else hosts & self.hosts.keys()
-        return {name: self.hosts[name].to_json() for name in names}
+        return snapshot_of(self.hosts, hosts)
 
     def restore(self, snapshots: dict[str, dict[str, Any]]) -> int:
         """Load snapshots; malformed ones are skipped. How many were loaded."""
-        loaded = 0
-        for name, data in snapshots.items():
-            try:
-                self.hosts[name] = HostBaseline.from_json(data)
-            except (KeyError, TypeError, ValueError):
-                continue
-            loaded += 1
-        return loaded
+        loaded = parse_snapshots(snapshots, HostBaseline.from_json)
+        self.hosts.update(loaded)
+        return len(loaded)
