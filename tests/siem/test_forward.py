@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from admin import main as admin_main
 from collector.forward import worker as worker_module
 from collector.forward.destinations import HttpDestination
 from collector.forward.worker import ForwardWorker
@@ -19,7 +20,7 @@ from collector.store.cursors import CursorBook
 from collector.store.sqlite import SqliteStore
 from protos.events import to_mapping
 from tests.collector.test_store import IMPLEMENTATIONS, Factory
-from tests.helpers import make_events, run_cli, wait_for, write_collector_config
+from tests.helpers import make_events, wait_for, write_collector_config
 from tests.siem.receivers import HttpReceiver
 from tests.siem.schemas import ecs_problems, flatten, ocsf_problems
 
@@ -248,7 +249,7 @@ def test_mappings_offered_at_ingest_are_used_and_bounded(
     assert all(ecs_problems(d) == [] for d in docs)
 
 
-def test_exfilguard_forward_shows_how_far_behind(tmp_path: Path) -> None:
+def test_exfilguard_forward_shows_how_far_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = SqliteStore(tmp_path / "collector.db")
     store.ingest("agent-a", make_events("agent-a", 1, 10))
     CursorBook(store.domain(), store.domain()).save("elastic", {"agent-a": 4}, "2026-12-02T08:00:00.000000Z")
@@ -260,11 +261,12 @@ def test_exfilguard_forward_shows_how_far_behind(tmp_path: Path) -> None:
             {"name": "siem", "type": "syslog", "address": "siem.example.com:6514"},
         ],
     )
-    done = run_cli("forward", "--config", str(config), "--json")
-    assert done.returncode == 0, done.stderr
-    rows = {r["name"]: (r["forwarded"], r["stored"], r["behind"]) for r in json.loads(done.stdout)}
+    assert admin_main(["forward", "--config", str(config), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    rows = {r["name"]: (r["forwarded"], r["stored"], r["behind"]) for r in printed}
     assert rows == {"elastic": (4, 10, 6), "siem": (0, 10, 10)}
-    table = run_cli("forward", "--config", str(config)).stdout.splitlines()
+    assert admin_main(["forward", "--config", str(config)]) == 0
+    table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["NAME", "TYPE", "WHERE", "FORMAT", "FORWARDED", "STORED", "BEHIND"]
     assert table[2].split() == ["siem", "syslog", "siem.example.com:6514/tls", "ecs", "0", "10", "10"]
 
