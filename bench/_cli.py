@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import tempfile
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 
 def parser(name: str, doc: str | None) -> argparse.ArgumentParser:
@@ -27,6 +30,17 @@ def agent_options(parser: argparse.ArgumentParser, agents: int, what: str) -> No
     parser.add_argument("--workers", type=int, default=2, help="load-generator processes")
     parser.add_argument("--worker", metavar="ADDRESS", help=argparse.SUPPRESS)
     parser.add_argument("--first-agent", type=int, default=0, help=argparse.SUPPRESS)
+
+
+def run_worker(
+    args: argparse.Namespace, worker: Callable[[argparse.Namespace], Coroutine[Any, Any, None]]
+) -> bool:
+    """With --worker ADDRESS (the benchmark started this process), run it as one load generator
+    and return True: the caller is done."""
+    if not args.worker:
+        return False
+    asyncio.run(worker(args))
+    return True
 
 
 def batch_options(parser: argparse.ArgumentParser) -> None:

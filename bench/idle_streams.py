@@ -190,8 +190,7 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=30.0, help="seconds to hold every stream open")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between an agent's heartbeats")
     args = parser.parse_args()
-    if args.worker:
-        asyncio.run(_worker(args))
+    if _cli.run_worker(args, _worker):
         return
     directory = _cli.scratch("idle")
     try:

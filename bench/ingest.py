@@ -358,8 +358,7 @@ def main() -> None:
         "--metrics", action="store_true", help="serve /metrics, scrape it every second, check its counter"
     )
     args = parser.parse_args()
-    if args.worker:
-        asyncio.run(_worker(args))
+    if _cli.run_worker(args, _worker):
         return
     directory = _cli.scratch("ingest")
     try:
