@@ -6,6 +6,7 @@ moved as a whole (the quickstart and tests rely on this).
 
 from __future__ import annotations
 
+import datetime
 import os
 import re
 from pathlib import Path
@@ -97,6 +98,23 @@ def allowed_device_entry(entry: str) -> tuple[str, str, str]:
     return "", "", entry
 
 
+class PreventException(_Strict):
+    """A time-boxed exception to prevent.removable_writes: `user` may copy tagged data to
+    removable media (only to the device with serial `device`, when set) until `until`."""
+
+    user: Annotated[str, Field(min_length=1, max_length=64)]
+    device: Annotated[str, Field(max_length=256)] = ""
+    until: datetime.datetime
+    note: Annotated[str, Field(max_length=1024)] = ""
+
+    @pydantic.field_validator("until")
+    @classmethod
+    def _aware(cls, value: datetime.datetime) -> datetime.datetime:
+        if value.tzinfo is None:
+            raise ValueError("give a time zone (2026-12-02T12:00:00Z)")
+        return value
+
+
 class PreventSettings(_Strict):
     """Prevention (issue 12): what the agent refuses rather than only reports.
 
@@ -113,6 +131,7 @@ class PreventSettings(_Strict):
     allowed_users: Annotated[list[str], Field(max_length=10_000)] = []   # never blocked (imaging staff)
     allowed_groups: Annotated[list[str], Field(max_length=10_000)] = []  # members never blocked
     decision_timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 500
+    exceptions: Annotated[list[PreventException], Field(max_length=10_000)] = []
 
     @pydantic.field_validator("allowed_devices")
     @classmethod

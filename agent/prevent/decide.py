@@ -22,6 +22,7 @@ Two questions, each answered from what the kernel holds still and what lineage r
 
 from __future__ import annotations
 
+import datetime as dt
 import grp
 import logging
 import os
@@ -32,10 +33,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.prevent import procs
+from agent.sensors import procinfo
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow
 from agent.sensors.tags import TagMap
-from common.agentconfig import PreventSettings
+from common.agentconfig import PreventException, PreventSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,11 @@ class Decider:
         self.removable_dev = removable_dev  # st_dev of each guarded removable file system -> mount point
         self._me = os.getpid()
         self._allowed_uids = _ids(settings.allowed_users, lambda n: pwd.getpwnam(n).pw_uid, "user")
+        self._exceptions = list(settings.exceptions)
+        # the serial of the device a path on removable media is on; set by the guard
+        self.device_serial: Callable[[str], str] = lambda _path: ""
+        # an exception let an open go that the verdict would have refused: set by the guard
+        self.on_exception: Callable[[int, str, PreventException, Verdict], None] = lambda *_: None
         self._allowed_gids = _ids(settings.allowed_groups, lambda n: grp.getgrnam(n).gr_gid, "group")
         self._lock = threading.Lock()
         self._writers: dict[int, _Writer] = {}            # pid -> what it writes on removable media
@@ -85,6 +92,19 @@ class Decider:
     def exempt(self, uid: int, gids: tuple[int, ...]) -> bool:
         """Whether prevent.allowed_users/allowed_groups leave this user alone."""
         return uid in self._allowed_uids or any(g in self._allowed_gids for g in gids)
+
+    def _excepted(self, pid: int, uid: int, stick_path: str, verdict: Verdict) -> bool:
+        """Whether a time-boxed exception lets this user put data on this device now; reported."""
+        if not self._exceptions:
+            return False
+        name = procinfo.user_name(uid)
+        serial = self.device_serial(stick_path)
+        now = dt.datetime.now(dt.UTC)
+        for grant in self._exceptions:
+            if grant.user == name and now < grant.until and (not grant.device or grant.device == serial):
+                self.on_exception(pid, stick_path, grant, verdict)
+                return True
+        return False
 
     # ------------------------------------------------------ removable media
 
@@ -100,6 +120,8 @@ class Decider:
         if self.exempt(uid, gids):
             return None
         verdict = self._carried(pid, ppid, pgid)
+        if verdict is not None and self._excepted(pid, uid, path, verdict):
+            verdict = None
         if verdict is None:
             with self._lock:
                 self._writers[pid] = _Writer(pgid, path, time.monotonic())
@@ -133,6 +155,10 @@ class Decider:
         if who is None or self.exempt(who[2], who[3]):
             return None
         verdict = self._recorded([pid, who[0]], who[1])
+        with self._lock:
+            writer = self._writers.get(pid)
+        if verdict is not None and writer is not None and self._excepted(pid, who[2], writer.path, verdict):
+            return None
         if verdict is not None:
             with self._lock:
                 self._writers.pop(pid, None)
@@ -207,7 +233,10 @@ class Decider:
                     self._writers.pop(wpid, None)
                 continue
             whose = "it" if wpid == pid else f"process {wpid} of its group"
-            return Verdict(f"{whose} writes {held} on removable media", path, tags)
+            verdict = Verdict(f"{whose} writes {held} on removable media", path, tags)
+            if self._excepted(pid, uid, held, verdict):
+                return None
+            return verdict
         return None
 
     def _holds_removable(self, pid: int) -> str | None:

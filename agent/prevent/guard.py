@@ -48,7 +48,7 @@ from agent.sensors.lineage import DataFlow
 from agent.sensors.media import RemovableMedia, RemovableMount
 from agent.sensors.staging import file_fields
 from agent.sensors.tags import TagMap
-from common.agentconfig import PreventSettings
+from common.agentconfig import PreventException, PreventSettings
 from protos.events import new_event
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ class ContentGuard:
         self._allow_on_fail = settings.fail == "open"
         self._removable_dev: dict[int, str] = {}
         self.decider = Decider(settings, tags, index, flow, self._removable_dev)
+        self.decider.device_serial = lambda path: m.device.serial if (m := media.mount_for(path)) else ""
+        self.decider.on_exception = self._excepted
+        self._excepted_pids: dict[int, str] = {}  # pid -> the exception reported for it (once each)
         self._group: PermissionGroup | None = None
         self._me = os.getpid()
         self._lock = threading.Lock()
@@ -353,6 +356,27 @@ class ContentGuard:
                       f"{os.path.basename(verdict.source)}: {event.event.reason}")
         else:
             log.info("prevent: %s", event.event.reason)
+
+    def _excepted(self, pid: int, path: str, grant: PreventException, verdict: Verdict) -> None:
+        """A time-boxed exception let an open go that would have been refused: `file.allow`,
+        once per process, naming the exception (the officer granted it; the trail shows it used)."""
+        key = f"{grant.user}|{grant.device}|{grant.until.isoformat()}"
+        if self._excepted_pids.get(pid) == key:
+            return
+        self._excepted_pids[pid] = key
+        while len(self._excepted_pids) > 4096:
+            del self._excepted_pids[next(iter(self._excepted_pids))]
+        event = new_event("file.allow", tags=list(verdict.tags), file=file_fields(path, 0))
+        if (mount := self.media.mount_for(path)) is not None:
+            event.device.CopyFrom(mount.device)
+        event.exfilguard.source.path = verdict.source
+        event.exfilguard.source.tags.extend(verdict.tags)
+        event.event.reason = (f"allowed by a prevent exception for {grant.user}"
+                              f"{' on device ' + grant.device if grant.device else ''} until "
+                              f"{grant.until.isoformat()} ({grant.note or 'no note'}); "
+                              f"without it: {verdict.why}")
+        procinfo.describe(event, procinfo.read_proc(pid), procinfo.EXACT, pid)
+        self._emit(event)
 
     # ----------------------------------------------------------------- arming
 

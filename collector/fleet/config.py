@@ -97,7 +97,8 @@ def version_of(settings: dict[str, Any]) -> str:
     """Short SHA-256 of the canonical JSON of `settings`; "" for no settings at all."""
     if not settings:
         return ""
-    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # default=str: a YAML timestamp (prevent.exceptions[].until) is a datetime, and hashes as its text
+    canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:VERSION_CHARS]
 
 

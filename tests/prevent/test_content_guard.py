@@ -4,6 +4,7 @@ untagged copies go through."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -31,7 +32,10 @@ def guarded(tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> Iterator[tu
     for name in ("customers.db", "orders.csv", "sub/ledger.csv"):
         (db / name).write_bytes(os.urandom(20_000))
     config = AgentConfig(tags={str(db): ["database"]}, state_dir=str(tmp_path / "state"),
-                         prevent=PreventSettings(removable_writes="block", allowed_groups=["users"]))
+                         prevent=PreventSettings(removable_writes="block", allowed_groups=["users"],
+                                                 # decisions under test, not timeouts: a loaded CI
+                                                 # machine must not turn them into fail-open
+                                                 decision_timeout_ms=5000))
     stick = loop_stick(label=f"PV{os.getpid() % 10000}", serial=f"EGPV{os.getpid()}")
     with Running(config) as run:
         point = stick.mount()
@@ -131,3 +135,35 @@ def test_tagged_data_that_got_past_the_guard_is_quarantined_and_restorable(
     assert back.returncode == 0, back.stderr
     assert (tmp_path / "innocent.bin").read_bytes() == data
     assert not list(where.iterdir())
+
+
+def test_a_time_boxed_exception_lets_exactly_its_user_copy_until_it_ends(
+        tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> None:
+    db = tmp_path / "srv-db"
+    db.mkdir()
+    (db / "customers.db").write_bytes(os.urandom(20_000))
+    serial = f"EGEX{os.getpid()}"
+    stick = loop_stick(label=f"EX{os.getpid() % 10000}", serial=serial)
+    point = stick.mount()
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=6)  # long enough for the sensors to start
+    later = until + dt.timedelta(hours=1)
+    prevent = PreventSettings.model_validate({
+        "removable_writes": "block", "decision_timeout_ms": 5000, "exceptions": [
+            {"user": "nobody", "until": later},                              # another user
+            {"user": "root", "device": "OTHER-SERIAL", "until": later},      # another stick
+            {"user": "root", "device": serial, "until": until, "note": "imaging job 4711"},
+        ]})
+    with Running(AgentConfig(tags={str(db): ["database"]}, state_dir=str(tmp_path / "state"),
+                             prevent=prevent)) as run:
+        guard = run.sensor("prevent")
+        assert isinstance(guard, ContentGuard)
+        wait_for(lambda: str(point) in guard.watching(), 15, "the guard to mark the stick")
+        done = _run(f"cp {db}/customers.db {point}/granted.db", tmp_path)
+        assert done.returncode == 0, done.stderr
+        allowed = run.events.wait_for(run.events.action("file.allow"))[0]
+        assert "imaging job 4711" in allowed["event.reason"]
+        assert allowed["user.name"] == "root"
+        wait_for(lambda: dt.datetime.now(dt.UTC) > until, 10, "the exception to end")
+        done = _run(f"cp {db}/customers.db {point}/late.db", tmp_path)
+        assert done.returncode != 0
+        run.events.wait_for(run.events.action("file.block"))
