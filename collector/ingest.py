@@ -25,7 +25,7 @@ import grpc
 from collector import metrics
 from collector.fleet.config import ConfigPusher, PushStream
 from collector.fleet.registry import FleetRegistry
-from collector.listeners import EventListener, notify
+from collector.listeners import EventListener, notify_stored
 from collector.metrics import CollectorMetrics
 from collector.store.base import IngestResult, Store, StoreError
 from collector.streamlimits import RefusalLog, Slots, StreamLimits, peer_host
@@ -39,7 +39,6 @@ from collector.wirecheck import (
 )
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
-from protos.events import to_mapping
 from protos.wire import REFUSED_SEQUENCE_KEY
 
 log = logging.getLogger("exfilguard.collector.ingest")
@@ -419,8 +418,7 @@ class IngestServicer(pb_grpc.IngestServicer):
             self._registry.stored(agent_id, result.stored)
             await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
             if result.stored and self._listeners:
-                # Mappings only when someone listens: building them costs more than storing.
-                await notify(self._listeners, [to_mapping(e) for e in result.stored])
+                await notify_stored(self._listeners, result.stored)
 
     async def _reject(
         self, context: _Context, agent_id: str, problem: str, reason: str, sequence: int = 0

@@ -1,8 +1,11 @@
-"""What the collector tells the rest of itself about stored events (the policy engine subscribes here).
+"""What the collector tells the rest of itself about stored events (the policy process subscribes here).
 
-A listener gets the ECS mappings of events right after they are committed, each event
-once (resent duplicates are not passed on), plus synthetic collector events such as
-`agent.silent`. Listener failures are logged and never slow or break ingest.
+A listener gets events right after they are committed, each event once (resent duplicates are
+not passed on), plus synthetic collector events such as `agent.silent` as mappings. A listener
+with `on_stored` gets the stored protobuf events as they are (the policy process passes their
+bytes on and converts nothing); any other gets their ECS mappings. A listener may also have
+`async open()` (awaited before the collector serves) and `async aclose()` (awaited after the
+last batch is stored, at stop). Listener failures are logged and never break ingest.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
+
+from protos import exfilguard_pb2 as pb
+from protos.events import to_mapping
 
 log = logging.getLogger("exfilguard.collector.listeners")
 
@@ -36,3 +42,21 @@ async def notify(listeners: Sequence[EventListener], mappings: list[Mapping]) ->
             await listener.on_events(mappings)
         except Exception:
             log.exception("event listener %s failed on %d event(s)", type(listener).__name__, len(mappings))
+
+
+async def notify_stored(listeners: Sequence[EventListener], events: Sequence[pb.Event]) -> None:
+    """Pass newly stored events on: as they are to `on_stored`, as mappings (built once) to the rest."""
+    if not events:
+        return
+    mappings: list[Mapping] | None = None
+    for listener in listeners:
+        try:
+            on_stored = getattr(listener, "on_stored", None)
+            if on_stored is not None:
+                await on_stored(events)
+                continue
+            if mappings is None:
+                mappings = [to_mapping(e) for e in events]
+            await listener.on_events(mappings)
+        except Exception:
+            log.exception("event listener %s failed on %d event(s)", type(listener).__name__, len(events))

@@ -31,16 +31,15 @@ log = logging.getLogger("exfilguard.collector")
 
 
 def build_listeners(config: CollectorConfig, store: Store) -> list[EventListener]:
-    """Everything that consumes stored events: the policy engine, and forwarding when configured."""
-    from collector.policy.errors import PolicySetError
-    from collector.policy.listener import PolicyListener
+    """Everything that consumes stored events: the policy process (collector/policy/process.py), and
+    forwarding when configured.
 
-    try:
-        listeners: list[EventListener] = [PolicyListener.from_config(config, store)]
-    except PolicySetError as exc:
-        for problem in (p for p in exc.problems if p.severity == "error"):
-            log.error("policy problem: %s", problem, extra={"code": problem.code, "path": problem.path})
-        raise
+    The policy process starts when the collector does (`open`), loads the policies and rebuilds its
+    windows from the store; a broken policy set makes the start fail, naming every problem in the log.
+    """
+    from collector.policy.process import PolicyProcess
+
+    listeners: list[EventListener] = [PolicyProcess(config)]
     if config.forward:
         from collector.forward.listener import Forwarding
 

@@ -257,6 +257,16 @@ def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
             "Events evaluated by the policy engine (with the replay at start)",
             value=stats.get("events", 0),
         ),
+        CounterMetricFamily(
+            "exfilguard_policy_events_unevaluated",
+            "Stored events the policy process never evaluated (it died with them queued, or was not running)",
+            value=stats.get("unevaluated", 0),
+        ),
+        CounterMetricFamily(
+            "exfilguard_policy_process_restarts",
+            "Times the policy process died and was started again",
+            value=stats.get("restarts", 0),
+        ),
         GaugeMetricFamily(
             "exfilguard_baseline_users",
             "Users with a baseline (collector/behaviour): kept in memory and in the store",
@@ -296,7 +306,12 @@ def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
 
 def policy_source(stats: Callable[[], Mapping[str, Any]]) -> Source:
     """A scrape-time source made of the policy listener's `stats()`."""
-    return lambda: policy_families(stats())
+
+    def families() -> list[Metric]:
+        figures = stats()
+        return policy_families(figures) if figures else []  # the policy process has not reported yet
+
+    return families
 
 
 def config_reload_families(reloads: int, failures: int) -> list[Metric]:

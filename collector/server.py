@@ -132,6 +132,10 @@ class Collector:
         self.registry.load(self.store.agents())
         self._writer = StoreWriter(self.store, seal_inline=False, metrics=self.metrics)
         await self._sealer.start()
+        for listener in self.listeners:
+            opening = getattr(listener, "open", None)  # the policy process: loaded and rebuilt before serving
+            if opening is not None:
+                await opening()
         servicer = IngestServicer(
             self._writer,
             self.registry,
@@ -204,6 +208,13 @@ class Collector:
                 await task
         if self._writer is not None:
             await self._writer.close()
+        for listener in self.listeners:
+            closing = getattr(listener, "aclose", None)  # after the last stored batch was passed on
+            if closing is not None:
+                try:
+                    await closing()
+                except Exception:
+                    log.exception("event listener %s failed to close", type(listener).__name__)
         await self._sealer.stop()
         await asyncio.to_thread(self._seal_remaining)
         try:

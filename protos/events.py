@@ -7,11 +7,13 @@ walks protobuf fields, so the `.proto` file stays the only declaration of the mo
 from __future__ import annotations
 
 import datetime as dt
+import math
+import operator
 import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any, Literal, NamedTuple, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -161,6 +163,167 @@ def model_fields(descriptor: Descriptor | None = None, prefix: str = "") -> Iter
         else:
             yield ModelField(name, field, "message")
             yield from model_fields(field.message_type, name + ".")
+
+
+# ------------------------------------------------------------------ lazy view
+
+_ABSENT: Any = object()  # a field to_mapping leaves out
+_UNREAD: Any = object()
+Reader = Callable[[Message], Any]
+
+
+class EventView(MutableMapping[str, Any]):
+    """The dotted mapping of an event, converted one field at a time as it is read.
+
+    Every read gives what `to_mapping(event)` holds under that name (absent fields read as
+    absent), but only the fields a reader asks for are converted: the policy engine reads
+    a handful of an event's fields, and converting all of them cost more than evaluating.
+    Iterating, `len` and `dict(view)` convert the whole event once. Fields set on the view
+    (the collector's enrichment) are added on top; the event itself is never changed.
+    """
+
+    __slots__ = ("_added", "_full", "_values", "event")
+
+    def __init__(self, event: Message) -> None:
+        self.event = event
+        self._values: dict[str, Any] = {}
+        self._added: dict[str, Any] = {}
+        self._full: Mapping | None = None
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The field's value as to_mapping has it, or `default` when it has none."""
+        value = self._values.get(name, _UNREAD)
+        if value is _UNREAD:
+            reader = _READERS.get(name)
+            value = reader(self.event) if reader is not None else self._rest(name)
+            self._values[name] = value
+        return default if value is _ABSENT else value
+
+    def _rest(self, name: str) -> Any:
+        # Not a field of the schema: only exfilguard.invalid, which needs the whole event.
+        return self.mapping().get(name, _ABSENT) if name == INVALID else _ABSENT
+
+    def __getitem__(self, name: str) -> Any:
+        value = self.get(name, _ABSENT)
+        if value is _ABSENT:
+            raise KeyError(name)
+        return value
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self.get(name, _ABSENT) is not _ABSENT
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self._added[name] = value
+        self._values[name] = value
+        if self._full is not None:
+            self._full[name] = value
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError(f"{name}: fields of a stored event cannot be removed")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.mapping())
+
+    def __len__(self) -> int:
+        return len(self.mapping())
+
+    def mapping(self) -> Mapping:
+        """The whole mapping (to_mapping plus the fields set on the view), built once."""
+        if self._full is None:
+            self._full = to_mapping(self.event)
+            self._full.update(self._added)
+        return self._full
+
+    def copy(self) -> EventView:
+        """A view of the same event with the fields read and set so far; sets on it stay its own."""
+        twin = EventView(self.event)
+        twin._values = dict(self._values)
+        twin._added = dict(self._added)
+        return twin
+
+
+def _readers() -> dict[str, Reader]:
+    """One reader per dotted name to_mapping can produce (model_fields, the one walker), built once."""
+    out: dict[str, Reader] = {}
+    for model in model_fields():
+        if model.kind == "message":
+            continue  # flattened: its own fields follow
+        field = model.field
+        attr = field.name if model.name in _RENAMED.values() else model.name  # only top-level names change
+        path, _, name = attr.rpartition(".")
+        if model.kind == "timestamp":
+            out[model.name] = _timestamp_reader(path, name)
+        elif model.repeated:
+            out[model.name] = _repeated_reader(attr, model.kind == "messages")
+        elif field.has_presence:
+            out[model.name] = _present_reader(path, name)
+        else:
+            floats = field.cpp_type in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE)
+            out[model.name] = _scalar_reader(attr, floats)
+    return out
+
+
+def _parent(path: str) -> Callable[[Message], Message]:
+    return operator.attrgetter(path) if path else (lambda event: event)
+
+
+def _timestamp_reader(path: str, name: str) -> Reader:
+    parent = _parent(path)
+    value = operator.attrgetter(name)
+
+    def read(event: Message) -> Any:
+        holder = parent(event)
+        if not holder.HasField(name):
+            return _ABSENT
+        try:
+            return timestamp_to_iso(value(holder))
+        except TimestampError:  # described under exfilguard.invalid, as to_mapping does
+            return _ABSENT
+
+    return read
+
+
+def _present_reader(path: str, name: str) -> Reader:
+    parent = _parent(path)
+    value = operator.attrgetter(name)
+
+    def read(event: Message) -> Any:
+        holder = parent(event)
+        return value(holder) if holder.HasField(name) else _ABSENT
+
+    return read
+
+
+def _scalar_reader(attr: str, float_kind: bool) -> Reader:
+    value = operator.attrgetter(attr)
+    if float_kind:  # proto3 lists -0.0 as set (its bits are not zero)
+
+        def read_float(event: Message) -> Any:
+            v = value(event)
+            return v if v or math.copysign(1.0, v) < 0 else _ABSENT
+
+        return read_float
+
+    def read(event: Message) -> Any:
+        v = value(event)
+        return v if v else _ABSENT
+
+    return read
+
+
+def _repeated_reader(attr: str, messages: bool) -> Reader:
+    value = operator.attrgetter(attr)
+
+    def read(event: Message) -> Any:
+        items = value(event)
+        if not items:
+            return _ABSENT
+        return [to_mapping(item) for item in items] if messages else list(items)
+
+    return read
+
+
+_READERS = _readers()
 
 
 def now() -> Timestamp:

@@ -105,3 +105,30 @@ def test_event_ids_are_distinct_version_4_uuids_and_times_are_microseconds() -> 
     for event in made[:10]:
         assert event.timestamp.nanos % 1000 == 0
         assert before - 1e-6 <= event.timestamp.seconds + event.timestamp.nanos / 1e9 <= after
+
+
+def test_view_reads_what_to_mapping_holds_for_every_field_of_the_corpus() -> None:
+    from collector.policy.fields import FIELDS
+    from tests.eventcorpus import corpus
+
+    names = [*FIELDS, "exfilguard.invalid", "no.such.field", "file"]
+    for event in corpus(600):
+        full = events.to_mapping(event)
+        view = events.EventView(event)
+        for name in names:
+            assert view.get(name, "default") == full.get(name, "default"), name
+            assert (name in view) == (name in full), name
+        assert dict(events.EventView(event)) == full
+        assert len(view) == len(full)
+
+
+def test_view_reads_only_what_is_asked_and_keeps_added_fields_apart() -> None:
+    event = events.new_event("file.write", file=pb.File(path="/m/a", size=0), user=pb.User(name="bob"))
+    view = events.EventView(event)
+    assert view["file.size"] == 0 and view.get("device.serial") is None
+    assert "device.serial" not in view and view.get("device.serial", "") == ""
+    twin = view.copy()
+    twin["exfilguard.risk.score"] = 3.0
+    assert twin["exfilguard.risk.score"] == 3.0 and "exfilguard.risk.score" not in view
+    assert dict(twin) == {**events.to_mapping(event), "exfilguard.risk.score": 3.0}
+    assert "exfilguard.risk.score" not in events.to_mapping(twin.event)  # the event is not changed

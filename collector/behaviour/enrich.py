@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from collector.behaviour.approvals import ApprovalView
@@ -22,6 +22,7 @@ from collector.behaviour.baselines import Baselines, Observation
 from collector.behaviour.hosts import HostBaselines
 from collector.behaviour.risk import ALERT_POINTS, SIGNAL_POINTS, RiskBook
 from collector.behaviour.sightings import Sightings
+from protos.events import EventView
 
 VOLUME_SPIKE_RATIO = 4.0  # today's bytes vs the user's own mean write-day: a risk signal
 PEER_SPIKE_RATIO = 5.0  # today's bytes vs the peer group's mean write-day
@@ -76,7 +77,8 @@ class Behaviour:
             written = event.get("file.size")
             size = written if isinstance(written, int) else 0
             tagged = bool(event.get("tags"))
-        out = dict(event)
+        # A lazy view of a stored event stays lazy: only the fields policies read are converted.
+        out: MutableMapping[str, Any] = event.copy() if isinstance(event, EventView) else dict(event)
         # Fields left unset read as their defaults (fields.ENRICHED: false, 0): only what can be
         # set is written, which keeps the many events without a device cheap.
         host = str(event.get("host.name") or "")

@@ -1,7 +1,7 @@
 """Evaluate stage, part 2: PolicyEngine runs a compiled policy set over events as they arrive.
 
     engine = PolicyEngine(loader.load(["policies/"]), timezone="Europe/Berlin")
-    alerts = engine.evaluate(mapping)        # mapping from protos.events.to_mapping
+    alerts = engine.evaluate(mapping)        # protos.events.EventView (lazy) or to_mapping's dict
     alerts += engine.flush()                 # folded repeats whose suppression window closed
 
 No server needed: `policy test`, the benchmarks and the collector's PolicyListener all use it.
@@ -45,6 +45,7 @@ from collector.policy.windows import (
     SequenceWindow,
 )
 from common.ecstime import ecs_time_at
+from protos.events import EventView
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +300,10 @@ class PolicyEngine:
             for firing in firings:
                 if not raise_alerts:
                     continue
+                if isinstance(firing.event, EventView):
+                    # An alert (and a folded repeat waiting for its follow-up) keeps the fields,
+                    # not the view: that would keep the whole parsed batch of the event alive.
+                    firing.event = firing.event.mapping()
                 policy = entry.policy
                 group = self._group(policy, firing)
                 # A repeat inside its suppression window is only counted; its alert is built

@@ -1,0 +1,394 @@
+"""The policy process: policies are evaluated in a process of their own, off the collector's event loop.
+
+Evaluating the pack is CPU-bound Python; on the collector's event loop it held the GIL that
+gRPC, ingest and acks need, so every event cost the ingest path its evaluation. As a child
+process (like the sealer) it runs on another core while the collector stores and acks.
+
+    collector (event loop)                         policy process (python -m collector.policy.process)
+      acker: batch committed, ack sent
+        -> PolicyProcess.on_stored(events)  ==pipe==>  PolicyListener: engine, behaviour, suppression,
+      agent.silent -> on_events(mappings)   ==pipe==>    alert store writes, sinks, hot reload, SIGHUP
+      /metrics <- stats()                   <==pipe==  figures twice a second
+
+What crosses the pipe (the child's stdin) is the stored events' protobuf bytes, framed as one
+`EventBatch` per acknowledged batch: the collector converts nothing, the child reads only the
+fields its policies look at (protos.events.EventView). The child's reports come back on a pipe
+of their own (its stdout carries its JSON logs and the stdout sink's alerts).
+
+Order and flow: frames go in the order batches are acknowledged; a child that falls behind fills
+the pipe, and the ackers wait for room (bounded memory; the agents' own windows then slow them).
+A child that dies is restarted within a second; events sent to it and not yet evaluated are
+counted (`unevaluated`) and logged, and the new child rebuilds its windows from the store
+(`policy_rebuild_hours`), as at every start. While no child runs, nothing waits on it: ingest
+never stops for the policies. A broken policy set at start is the collector's own failure (the
+child exits before it is ready and the collector exits 1), as before.
+
+Fleet-wide state (several collectors sharing windows through PostgreSQL) plugs in inside this
+process: it owns the engine and its window state, one per collector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from collector.config import CollectorConfig
+from common import logs
+from common.errors import ExfilGuardError
+from protos import exfilguard_pb2 as pb
+from protos.events import EventView
+
+log = logging.getLogger("exfilguard.collector.policy")
+
+# A frame: kind (1 byte), payload length (4 bytes little-endian), payload.
+_HEADER = struct.Struct("<cI")
+CONFIG, EVENTS, MAPPINGS = b"C", b"E", b"M"  # collector -> policy process
+READY, STATS, FAILED = b"R", b"S", b"F"  # policy process -> collector
+MAX_FRAME = 256 << 20  # an EventBatch is bounded by the collector's max_message_bytes
+_PIPE_BUFFER = 8 << 20  # bytes queued to the child before an acker waits for room
+STATS_SECONDS = 0.5
+_RESTART_SECONDS = 1.0
+_STOP_SECONDS = 30.0  # a clean stop lets the child evaluate what it was sent, flush and drain its sinks
+_TERM_GRACE_SECONDS = 10.0  # SIGTERM on the child alone (systemd stops the whole group): finish soon
+
+
+class PolicyProcessError(ExfilGuardError):
+    """The policy process could not start (a broken policy set, an unreadable store...)."""
+
+
+def frame(kind: bytes, payload: bytes) -> bytes:
+    """One frame of the pipe protocol."""
+    return _HEADER.pack(kind, len(payload)) + payload
+
+
+def events_payload(events: Sequence[pb.Event]) -> bytes:
+    """The bytes of an `EventBatch` holding `events` (field 1, length-delimited, repeated)."""
+    parts = []
+    for event in events:
+        data = event.SerializeToString()
+        parts.append(b"\x0a" + _varint(len(data)) + data)
+    return b"".join(parts)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_stats(stats: dict[str, Any]) -> bytes:
+    """The listener's stats as JSON (its (policy, severity) keys become lists)."""
+    body = dict(stats)
+    body["alerts_by_policy"] = [[p, s, n] for (p, s), n in stats.get("alerts_by_policy", {}).items()]
+    return json.dumps(body, default=str).encode()
+
+
+def decode_stats(data: bytes) -> dict[str, Any]:
+    """What `encode_stats` made, back as the listener's stats()."""
+    body: dict[str, Any] = json.loads(data)
+    body["alerts_by_policy"] = {(p, s): n for p, s, n in body.get("alerts_by_policy", [])}
+    return body
+
+
+# ------------------------------------------------------------------ the collector's side
+
+
+class PolicyProcess:
+    """The collector's event listener that hands stored events to the policy process.
+
+    `open()` starts the child and waits until its policy set is loaded and its windows rebuilt;
+    `aclose()` ends its input and waits for it to finish. It restarts a child that dies.
+    """
+
+    def __init__(self, config: CollectorConfig) -> None:
+        self.config = config
+        self.unevaluated = 0  # events sent to a child that died before evaluating them, or with none running
+        self.restarts = 0
+        self._process: asyncio.subprocess.Process | None = None
+        self._stats: dict[str, Any] = {}
+        self._ready: asyncio.Future[None] | None = None
+        self._sent = 0  # events sent to the running child (its reports say how many it received)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._lost_logged_at = 0.0
+
+    # ---------------------------------------------------------------- life
+
+    async def open(self) -> None:
+        """Start the child; raises PolicyProcessError if it exits before it is ready."""
+        await self._spawn()
+        assert self._ready is not None
+        try:
+            await self._ready
+        except PolicyProcessError:
+            await self._reap()
+            raise
+        self._tasks.append(asyncio.create_task(self._watch(), name="policy-process-watch"))
+
+    async def _spawn(self) -> None:
+        read_fd, write_fd = os.pipe()
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "collector.policy.process", "--report-fd", str(write_fd),
+                stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,),
+            )  # fmt: skip
+        finally:
+            os.close(write_fd)
+        process = self._process
+        assert process.stdin is not None
+        transport: Any = process.stdin.transport
+        transport.set_write_buffer_limits(high=_PIPE_BUFFER)
+        loop = asyncio.get_running_loop()
+        self._ready = loop.create_future()
+        # Retrieved here too: a restarted child that fails before it is ready has nobody awaiting it.
+        self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._sent = 0
+        self._stats = {}
+        # The config goes down the pipe, not argv or the environment: a PostgreSQL URL may carry a password.
+        process.stdin.write(frame(CONFIG, self.config.model_dump_json().encode()))
+        reader = asyncio.StreamReader(limit=MAX_FRAME)
+        pipe = os.fdopen(read_fd, "rb", buffering=0)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+        reports = asyncio.create_task(self._read_reports(reader, self._ready), name="policy-reports")
+        self._tasks.append(reports)
+        log.info("policy process started", extra={"pid": process.pid})
+
+    async def _read_reports(self, reader: asyncio.StreamReader, ready: asyncio.Future[None]) -> None:
+        try:
+            while True:
+                kind, length = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+                payload = await reader.readexactly(length)
+                if kind == STATS:
+                    self._stats = decode_stats(payload)
+                elif kind == READY and not ready.done():
+                    ready.set_result(None)
+                elif kind == FAILED and not ready.done():
+                    ready.set_exception(PolicyProcessError(payload.decode(errors="replace")))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the child is gone; _watch restarts it
+        finally:
+            if not ready.done():
+                ready.set_exception(PolicyProcessError("the policy process exited before it was ready"))
+
+    async def _watch(self) -> None:
+        while not self._closing:
+            process = self._process
+            assert process is not None
+            code = await process.wait()
+            if self._closing:
+                return
+            lost = max(0, self._sent - int(self._stats.get("received", 0)))
+            self.unevaluated += lost
+            log.error(
+                "policy process exited with %s; restarting it (up to %d events sent to it may not have "
+                "been evaluated; the new one rebuilds its windows from the store)",
+                code,
+                lost,
+                extra={"exit_code": code, "unevaluated": lost},
+            )
+            await asyncio.sleep(_RESTART_SECONDS)
+            if self._closing:
+                return
+            self.restarts += 1
+            with contextlib.suppress(OSError):
+                await self._spawn()
+
+    async def aclose(self) -> None:
+        """End the child's input and wait for it to evaluate it, flush follow-ups and drain its sinks."""
+        self._closing = True
+        await self._reap()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _reap(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        if process.stdin is not None:
+            process.stdin.close()
+            with contextlib.suppress(ConnectionError):
+                await process.stdin.wait_closed()
+        try:
+            await asyncio.wait_for(process.wait(), _STOP_SECONDS)
+        except TimeoutError:
+            log.error("policy process did not finish in %.0f s; killed", _STOP_SECONDS)
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    # ---------------------------------------------------------------- the listener
+
+    async def on_stored(self, events: Sequence[pb.Event]) -> None:
+        """Send newly stored events; waits only while the child's pipe is full."""
+        await self._send(frame(EVENTS, events_payload(events)), len(events))
+
+    async def on_events(self, mappings: list[dict[str, Any]]) -> None:
+        """Send collector-made events (agent.silent) as their mappings."""
+        await self._send(frame(MAPPINGS, json.dumps(mappings).encode()), len(mappings))
+
+    async def _send(self, data: bytes, count: int) -> None:
+        process = self._process
+        stdin = process.stdin if process is not None else None
+        if process is None or stdin is None or process.returncode is not None or stdin.is_closing():
+            self._lost(count)
+            return
+        self._sent += count
+        try:
+            stdin.write(data)
+            await stdin.drain()
+        except ConnectionError:
+            self._lost(count)
+
+    def _lost(self, count: int) -> None:
+        self.unevaluated += count
+        now = time.monotonic()
+        if now - self._lost_logged_at >= 60.0:
+            self._lost_logged_at = now
+            log.error(
+                "no policy process running: %d event(s) not evaluated so far", self.unevaluated,
+                extra={"unevaluated": self.unevaluated},
+            )  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        """The child's latest figures (at most STATS_SECONDS old), plus restarts and unevaluated events."""
+        if not self._stats:
+            return {}
+        return {**self._stats, "restarts": self.restarts, "unevaluated": self.unevaluated}
+
+    def request_reload(self) -> None:
+        """Reload the policy files (the collector's SIGHUP, passed on)."""
+        process = self._process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGHUP)
+
+
+# ------------------------------------------------------------------ the policy process itself
+
+
+class _Reports:
+    """Writes frames to the collector (blocking writes of a few hundred bytes, twice a second)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def send(self, kind: bytes, payload: bytes) -> None:
+        data = frame(kind, payload)
+        with contextlib.suppress(BrokenPipeError):  # the collector is gone: stdin ends next
+            while data:
+                data = data[os.write(self.fd, data) :]
+
+
+async def serve(report_fd: int) -> int:
+    """Read the config, start the listener, evaluate what arrives until the input ends; the exit code."""
+    from collector.policy.errors import PolicySetError
+    from collector.policy.listener import PolicyListener
+    from collector.store import StoreError, open_store
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=MAX_FRAME)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
+    reports = _Reports(report_fd)
+    kind, length = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+    if kind != CONFIG:
+        log.error("policy process: the first frame must be the config, got %r", kind)
+        return 2
+    config = CollectorConfig.model_validate_json(await reader.readexactly(length))
+    logs.configure(config.log_level)
+    try:
+        store = open_store(config.store)
+    except StoreError as exc:  # names the store, never a password
+        log.error("policy process cannot open the store: %s", exc)
+        reports.send(FAILED, f"policy process: {exc}".encode())
+        return 1
+    try:
+        try:
+            listener = PolicyListener.from_config(config, store)
+        except PolicySetError as exc:
+            for problem in (p for p in exc.problems if p.severity == "error"):
+                log.error("policy problem: %s", problem, extra={"code": problem.code, "path": problem.path})
+            reports.send(FAILED, str(exc).encode())  # the collector's start fails with this message
+            return 2
+        reports.send(READY, b"{}")
+        stop = loop.create_future()
+
+        def _stop() -> None:
+            if not stop.done():
+                stop.set_result(None)
+
+        def _terminated() -> None:  # SIGTERM (systemd stops the group): finish what is queued, shortly
+            loop.call_later(_TERM_GRACE_SECONDS, _stop)
+
+        loop.add_signal_handler(signal.SIGTERM, _terminated)
+        received = [0]  # events taken off the pipe (the collector counts what a dead child never got to)
+        reporter = asyncio.create_task(_report_forever(listener, reports, received))
+        work = asyncio.create_task(_evaluate_forever(reader, listener, received))
+        await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+        await listener.aclose()  # follow-ups of folded repeats, pending alert writes, sinks drained
+        reports.send(STATS, encode_stats({**listener.stats(), "received": received[0]}))
+    finally:
+        store.close()
+    return 0
+
+
+async def _evaluate_forever(reader: asyncio.StreamReader, listener: Any, received: list[int]) -> None:
+    while True:
+        try:
+            head = await reader.readexactly(_HEADER.size)
+        except asyncio.IncompleteReadError:
+            return  # the collector closed our input: stopping
+        kind, length = _HEADER.unpack(head)
+        payload = await reader.readexactly(length)
+        if kind == EVENTS:
+            views = [EventView(event) for event in pb.EventBatch.FromString(payload).events]
+            received[0] += len(views)
+            await listener.on_events(views)
+        elif kind == MAPPINGS:
+            mappings = json.loads(payload)
+            received[0] += len(mappings)
+            await listener.on_events(mappings)
+        else:
+            log.error("policy process: unknown frame kind %r (%d bytes) skipped", kind, length)
+
+
+async def _report_forever(listener: Any, reports: _Reports, received: list[int]) -> None:
+    while True:
+        reports.send(STATS, encode_stats({**listener.stats(), "received": received[0]}))
+        await asyncio.sleep(STATS_SECONDS)
+
+
+def main() -> int:
+    """Entry point of `python -m collector.policy.process` (started by the collector, not by admins)."""
+    parser = argparse.ArgumentParser(prog="python -m collector.policy.process", description=__doc__)
+    parser.add_argument("--report-fd", type=int, required=True, help="pipe to the collector")
+    args = parser.parse_args()
+    logs.configure("info")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the collector, which stops us
+    return asyncio.run(serve(args.report_fd))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
