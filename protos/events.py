@@ -70,18 +70,20 @@ def to_mapping(event: Message) -> Mapping:
     `exfilguard.invalid`, a list of "field: problem" texts, so every reader treats it alike.
     """
     out: Mapping = {}
-    _flatten(event, "", out)
+    _flatten(event, _ROOT_PLANS, "", out)
     return out
 
 
-# How each field is flattened, decided once per (prefix, field) rather than per event: reading
+# How each field is flattened, decided once per field path rather than per event: reading
 # descriptor attributes costs more than the conversion itself. Descriptors are interned, so
-# this holds one entry per field path of the schema.
+# each prefix's table holds one entry per field of its message; a message's plan carries the
+# table of its own fields, so nothing is looked up by path per event.
 _SCALAR, _MESSAGE, _TIMESTAMP, _REPEATED, _REPEATED_MESSAGE = range(5)
-_PLANS: dict[tuple[str, FieldDescriptor], tuple[str, int, str]] = {}
+_Plan = tuple[str, int, "dict[FieldDescriptor, Any]", str]
+_ROOT_PLANS: dict[FieldDescriptor, _Plan] = {}
 
 
-def _plan(prefix: str, field: FieldDescriptor) -> tuple[str, int, str]:
+def _plan(plans: dict[FieldDescriptor, _Plan], prefix: str, field: FieldDescriptor) -> _Plan:
     name = ecs_name(prefix, field)
     if is_timestamp(field):
         kind = _TIMESTAMP
@@ -91,21 +93,20 @@ def _plan(prefix: str, field: FieldDescriptor) -> tuple[str, int, str]:
         kind = _REPEATED
     else:
         kind = _SCALAR
-    plan = _PLANS[(prefix, field)] = (name, kind, name + ".")
+    plan = plans[field] = (name, kind, {}, name + ".")
     return plan
 
 
-def _flatten(message: Message, prefix: str, out: Mapping) -> None:
-    plans = _PLANS
+def _flatten(message: Message, plans: dict[FieldDescriptor, _Plan], prefix: str, out: Mapping) -> None:
     for field, value in message.ListFields():
-        plan = plans.get((prefix, field))
+        plan = plans.get(field)
         if plan is None:
-            plan = _plan(prefix, field)
-        name, kind, child_prefix = plan
+            plan = _plan(plans, prefix, field)
+        name, kind, children, child_prefix = plan
         if kind == _SCALAR:
             out[name] = value
         elif kind == _MESSAGE:
-            _flatten(value, child_prefix, out)
+            _flatten(value, children, child_prefix, out)
         elif kind == _TIMESTAMP:
             try:
                 out[name] = timestamp_to_iso(value)
