@@ -8,20 +8,27 @@ import random
 import struct
 from typing import Any
 
+from collector.evidence import formats
 from protos import chain, events
 from tests.eventcorpus import corpus
 
 # The definition (docs/evidence.md): sorted keys, no spaces, UTF-8, not ASCII-escaped.
 DEFINITION = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+LINE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def test_every_event_of_the_corpus_gets_the_bytes_of_the_definition() -> None:
     fast = 0
     for event in corpus(2000, seed=29):
         mapping = events.to_mapping(event)
-        assert chain.canonical(mapping) == DEFINITION(mapping).encode()
+        expected = DEFINITION(mapping).encode()
+        assert chain.canonical(mapping) == expected
+        assert chain.canonical_event(mapping) == expected  # the sealer's and the export's path
         assert chain.canonical_text(mapping) == DEFINITION(mapping)
-        fast += chain._orjson_agrees(mapping)
+        # An export's JSON Lines record (key order kept) is json's text too.
+        line = {**mapping, formats.PREV: "00" * 32, formats.HASH: "ab" * 32, formats.PREVIOUS_SEQUENCE: 7}
+        assert formats.jsonl_line(line) == LINE(line)
+        fast += chain._orjson_agrees(mapping) and chain.event_floats_agree(mapping)
     assert fast > 1000  # most of them on the fast path: the test compares orjson, not json with itself
 
 

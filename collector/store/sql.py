@@ -90,7 +90,7 @@ def link_rows(
     Stops at the first sequence that does not follow (inside the stored prefix that cannot
     happen; stopping is safer than chaining across a hole).
     """
-    link = chain.link
+    link = chain.event_link  # stored_mapping's mappings are to_mapping's
     sealed = before
     values: list[tuple[int, bytes]] = []
     for seq, data in rows:
