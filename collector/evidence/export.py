@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
 Format = Literal["csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl")
 _FLUSH_CHARS = 1 << 20
+_ROWS_PER_CHUNK = 512  # rows joined and handed to the sink at once
+_LIST_CELLS = 4096  # distinct list values whose cells an export keeps
 _MAX_BREAKS_KEPT = 100  # the manifest names the first ones; the count is always exact
 
 
@@ -132,25 +135,18 @@ class _HashingSink:
 def write_export(
     records: Iterable[dict[str, Any]], out: BinaryIO, fmt: Format, progress: Progress | None = None
 ) -> ExportResult:
-    """Write `records` (dotted mappings carrying chain hash and prev, in agent/sequence order)."""
+    """Write `records` (stored events' mappings as `to_mapping` makes them, carrying chain hash and
+    prev, in agent/sequence order)."""
     if fmt not in FORMATS:
         raise ExportError("-", f"unknown format {fmt!r}")
     sink = _HashingSink(out)
     result = ExportResult(format=fmt)
     agents: dict[str, AgentRange] = {}
-    # Rows end without a terminator: the record column is appended by hand (see below).
-    writer = csv.writer(sink, formats.CsvDialect, lineterminator="") if fmt == "csv" else None
-    if writer is not None:
-        writer.writerow(formats.CSV_HEADER)
-        sink.write("\n")
-    index = formats.COLUMN_INDEX
-    width = len(formats.CSV_HEADER) - 1
-    triggers = formats.FORMULA_TRIGGERS
+    csv_rows = _CsvRows() if fmt == "csv" else None
+    parts = csv_rows.parts if csv_rows is not None else []
     not_hashed = formats.NOT_HASHED
-    display = formats.display
-    neutralise = formats.neutralise
     sha256 = hashlib.sha256
-    canonical_text = chain.canonical_body_text
+    canonical_event = chain.canonical_event
     jsonl_line = formats.jsonl_line
     current: AgentRange | None = None
     rows = 0
@@ -162,7 +158,8 @@ def write_export(
         body = mapping
         for name in not_hashed:
             body.pop(name, None)
-        record = canonical_text(body)
+        record_bytes = canonical_event(body)
+        record = record_bytes.decode()
         agent_id = str(body.get(formats.AGENT, ""))
         sequence = int(body.get(formats.SEQUENCE, 0))
         if current is None or current.agent_id != agent_id:
@@ -174,7 +171,7 @@ def write_export(
         previous_sequence = current.last_sequence if current.rows else 0
         if current.rows and prev_hex != current.head:
             current.contiguous = False
-        expected = sha256(bytes.fromhex(prev_hex) + sha256(record.encode()).digest()).hexdigest()
+        expected = sha256(bytes.fromhex(prev_hex) + sha256(record_bytes).digest()).hexdigest()
         if expected != hash_hex:
             result.store_breaks += 1
             if len(result.first_breaks) < _MAX_BREAKS_KEPT:
@@ -188,38 +185,20 @@ def write_export(
                 first_time = stamp
             if last_time is None or stamp > last_time:
                 last_time = stamp
-        if writer is not None:
-            row: list[Any] = [""] * width
-            for key, value in body.items():
-                i = index.get(key)
-                if i is None:
-                    continue
-                kind = type(value)
-                if kind is str:
-                    # Inline fast path of formats.neutralise: most cells need nothing.
-                    if value and (value[0] in triggers or "\n" in value or "\r" in value):
-                        value = neutralise(value)  # noqa: PLW2901 - the cell, not the record
-                    row[i] = value
-                elif kind is int and value >= 0:
-                    row[i] = value  # csv.writer formats it; a non-negative number is no formula
-                else:
-                    row[i] = display(value)
-            row[-3] = prev_hex
-            row[-2] = hash_hex
-            row[-1] = previous_sequence
-            writer.writerow(row)
-            # The record is JSON, full of quotes: quoting it here is several times cheaper than
-            # letting csv.writer scan it; always quoted, as CsvDialect quotes every cell.
-            sink.write(',"' + record.replace('"', '""') + '"\n')
+        if csv_rows is not None:
+            csv_rows.add(body, prev_hex, hash_hex, previous_sequence, record)
         else:
             body[formats.PREV] = prev_hex
             body[formats.HASH] = hash_hex
             body[formats.PREVIOUS_SEQUENCE] = previous_sequence
-            sink.write(jsonl_line(body))
-            sink.write("\n")
+            parts.append(jsonl_line(body) + "\n")
         rows += 1
+        if not rows % _ROWS_PER_CHUNK:
+            sink.write("".join(parts))
+            parts.clear()
         if progress is not None and not rows & 1023:
             progress.update(rows)
+    sink.write("".join(parts))
     sink.flush()
     if progress is not None:
         progress.done(rows)
@@ -228,6 +207,85 @@ def write_export(
     result.sha256 = sink.digest.hexdigest()
     result.first_time, result.last_time = first_time, last_time
     return result
+
+
+class _Appender:
+    """A csv.writer target whose write is list.append (a C call per row, no Python frame)."""
+
+    def __init__(self, parts: list[str]) -> None:
+        self.write = parts.append
+
+
+# A row needs its cells looked at one by one when a cell starts with a formula trigger (every cell
+# is quoted, so a cell starts right after `,"` or at the row's start; inside a cell a quote is
+# always doubled) or holds a line break (rows are written without a terminator). One literal
+# prefix for the regex: an alternation with `^` made it scan several times slower.
+_TRIGGER_CELL = re.compile(r',"[=+\-@\t\r]')
+_TRIGGERS = frozenset(formats.FORMULA_TRIGGERS)
+
+
+def _needs_care(text: str) -> bool:
+    return "\n" in text or "\r" in text or text[1:2] in _TRIGGERS or _TRIGGER_CELL.search(text) is not None
+
+
+class _CsvRows:
+    """CSV rows of export records, as text in `parts`: the header first, then one row per `add`.
+
+    Most cells go to csv.writer as the mapping holds them (strings and numbers print as their
+    display); only booleans and lists (precomputed columns) are turned into their display first.
+    A row whose text shows a cell that needs neutralising is built again cell by cell.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        # Rows end without a terminator: the record column is appended by hand (see add).
+        self._writer = csv.writer(_Appender(self.parts), formats.CsvDialect, lineterminator="")
+        self._writer.writerow(formats.CSV_HEADER)
+        self.parts.append("\n")
+        self._columns = formats.ECS_COLUMNS
+        self._blanks = ("",) * len(self._columns)
+        self._shaped = tuple((name, i) for i, name in enumerate(self._columns) if name in formats.SHAPED)
+        self._list_cells: dict[tuple[Any, ...], str] = {}
+
+    def add(self, body: dict[str, Any], prev_hex: str, hash_hex: str, previous: int, record: str) -> None:
+        """One row: the ECS cells of `body`, the bookkeeping, and the canonical record."""
+        row: list[Any] = list(map(body.get, self._columns, self._blanks))
+        get = body.get
+        for name, i in self._shaped:
+            value = get(name)
+            if value is not None:
+                row[i] = self._shape(name, value)
+        row += (prev_hex, hash_hex, previous)
+        self._writer.writerow(row)
+        if _needs_care(self.parts[-1]):
+            self.parts.pop()
+            self._writer.writerow([_careful(cell) for cell in row])
+        # The record is JSON, full of quotes: quoting it here is several times cheaper than
+        # letting csv.writer scan it; always quoted, as CsvDialect quotes every cell.
+        self.parts.append(',"' + record.replace('"', '""') + '"\n')
+
+    def _shape(self, name: str, value: Any) -> str:
+        if type(value) is not list:
+            return formats.display(value)
+        # Lists repeat from event to event (tags, copy methods): their cells are kept, per field
+        # (one field's values share one proto type: 1 and True never meet).
+        try:
+            shape: tuple[Any, ...] | None = (name, *value)
+            cell = self._list_cells.get(shape)  # type: ignore[arg-type]
+        except TypeError:  # records in the list (copy members): not kept
+            shape, cell = None, None
+        if cell is None:
+            cell = formats.display(value)
+            if shape is not None and len(self._list_cells) < _LIST_CELLS:
+                self._list_cells[shape] = cell
+        return cell
+
+
+def _careful(cell: Any) -> Any:
+    """A cell with its formula triggers neutralised (a non-negative integer is none)."""
+    if type(cell) is int and cell >= 0:
+        return cell
+    return formats.display(cell)
 
 
 def _hex(value: Any) -> str:

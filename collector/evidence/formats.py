@@ -27,6 +27,10 @@ import json
 import re
 from typing import Any
 
+import orjson
+from google.protobuf.descriptor import FieldDescriptor
+
+from protos import chain
 from protos.events import model_fields
 
 PREV = "exfilguard.chain.prev"
@@ -64,6 +68,11 @@ class CsvDialect(csv.Dialect):
 ECS_COLUMNS: tuple[str, ...] = tuple(f.name for f in model_fields() if f.kind != "message")
 CSV_HEADER: tuple[str, ...] = (*ECS_COLUMNS, *BOOKKEEPING, RECORD)
 COLUMN_INDEX = {name: i for i, name in enumerate(CSV_HEADER)}
+# Columns whose values csv.writer would not print as their display: booleans and lists.
+SHAPED = frozenset(
+    f.name for f in model_fields()
+    if f.kind != "message" and (f.repeated or f.field.cpp_type == FieldDescriptor.CPPTYPE_BOOL)
+)  # fmt: skip
 
 
 _ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
@@ -90,10 +99,19 @@ def display(value: Any) -> str:
     elif isinstance(value, int | float):
         text = str(value)
     else:
-        text = _ENCODE(value)
+        text = chain.sorted_json(value).decode()  # lists and records: the JSON the record holds
     return neutralise(text)
 
 
 def jsonl_line(mapping: dict[str, Any]) -> str:
-    """One JSON Lines record (no newline); key order as in the mapping."""
+    """One JSON Lines record (no newline); key order as in the mapping.
+
+    `mapping` is a stored event's (to_mapping's, plus text and integer bookkeeping): orjson
+    writes the same text as json wherever chain.event_floats_agree says so.
+    """
+    if chain.event_floats_agree(mapping):
+        try:
+            return orjson.dumps(mapping).decode()
+        except orjson.JSONEncodeError:
+            pass
     return _ENCODE_LINE(mapping)
