@@ -68,6 +68,7 @@ class ContentCatalog:
         self._ids: dict[str, int] = {}
         self._sources: dict[int, Source] = {}
         self._pending: dict[str, None] = {}   # paths to fingerprint, oldest first
+        self._reading = ""                     # the path being fingerprinted now, popped from _pending
         self._retired = 0
         self._next_id = 1
         self._synced_version = -1
@@ -104,9 +105,11 @@ class ContentCatalog:
         return self.ready()
 
     def ready(self) -> bool:
-        """Nothing left to fingerprint (as of the index version last seen)."""
+        """Nothing left to fingerprint (as of the index version last seen), nor being read:
+        the file last taken from the queue counts until its fingerprints are in the tables
+        (wait_ready may see an idle flag left from an earlier pass)."""
         with self._lock:
-            return not self._pending and self._synced_version == self.index.version
+            return not self._pending and not self._reading and self._synced_version == self.index.version
 
     def _run(self) -> None:
         with contextlib.suppress(OSError):  # background work: the user's programs go first
@@ -178,18 +181,27 @@ class ContentCatalog:
                 return False
             path = next(iter(self._pending))
             del self._pending[path]
+            self._reading = path
+        try:
+            self._fingerprint(path)
+        finally:
+            with self._lock:
+                self._reading = ""
+        return True
+
+    def _fingerprint(self, path: str) -> None:
         tags = self.index.tags_of(path)
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError:
-            return True  # gone: the index's delete event follows
+            return  # gone: the index's delete event follows
         if not tags or st.st_size <= 0 or st.st_size > self.max_file_bytes:
-            return True
+            return
         with self._lock:
             full = len(self.chunks) >= self.max_chunks
         if full:
             self._lost("content_index_full", path)
-            return True
+            return
         source = Source(path=path, size=st.st_size, mtime=st.st_mtime_ns, tags=tags)
         with self._lock:
             file_id = self._new_id()
@@ -200,7 +212,6 @@ class ContentCatalog:
             with self._lock:
                 if self._ids.get(path) == file_id:
                     self._retire(path)
-        return True
 
     def _read_source(self, fd: int, file_id: int, source: Source) -> bool:
         """Fingerprint one open tagged file; False if it changed while read (read it again)."""

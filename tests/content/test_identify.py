@@ -4,10 +4,12 @@ unrelated data is not."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import random
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ import pytest
 
 from agent.content import ContentCatalog, ContentIdentifier, Identification
 from agent.content.examiner import Examiner
+from agent.content.textsim import line_features
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.tags import TagMap
 from protos import exfilguard_pb2 as pb
@@ -119,8 +122,21 @@ def test_split_parts_edited_and_truncated_copies_are_chunk_matches(
     assert _of(identify, work / "cut.bin").share < 0.6
 
 
-# Known to flake (one failure in several runs, cause not yet found: CONTRIBUTING.md); one rerun.
-@pytest.mark.flaky(reruns=1)
+def test_text_features_are_the_same_in_every_process() -> None:
+    """A tagged text's sample is chosen by its features' keys: keys from hash() (seeded per
+    process) gave the sed-edited export below a score of 0.3 in some runs and above it in
+    others (the flake of the test below); they must not depend on PYTHONHASHSEED."""
+    lines = [b"17,Name17 Smith,user17.4242@corp.example,City17,GB0000000000004242", b"id,name,email"]
+    ours = [list(line_features(line)) for line in lines]
+    code = ("import sys, json; from agent.content.textsim import line_features; "
+            "print(json.dumps([list(line_features(l.encode())) for l in sys.argv[1:]]))")
+    for seed in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", code, *(line.decode() for line in lines)], check=True,
+                              capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed},
+                              cwd=Path(__file__).resolve().parents[2])
+        assert json.loads(done.stdout) == ours
+
+
 def test_transformed_exports_are_text_matches_with_a_score(identify: ContentIdentifier, db: Path) -> None:
     work = db.parent.parent
     src = db / "customers.csv"
