@@ -26,10 +26,9 @@ from typing import Any, Protocol
 import orjson
 
 from collector import __version__
-from collector.alerts.sinks.syslog import FACILITY, SD_ID, sd_value
 from collector.formats.ocsf import epoch_ms
 from collector.forward.errors import DeliveryError
-from collector.forward.syslog import SyslogTransport
+from collector.forward.syslog import FACILITY, SD_ID, SyslogTransport, sd_value
 
 MAX_ANSWER_BYTES = 16 << 20  # a _bulk answer names every item
 

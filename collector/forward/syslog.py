@@ -23,6 +23,15 @@ import ssl
 from collections.abc import Sequence
 
 MAX_UDP_BYTES = 8192
+FACILITY = 10  # authpriv: security messages
+APP = "exfilguard"
+# Private enterprise number placeholder for the structured data id (RFC 5424 §7.2.2 needs one).
+SD_ID = "exfilguard@32473"
+
+
+def sd_value(text: object) -> str:
+    """A structured-data parameter value, escaped as RFC 5424 §6.3.3 asks."""
+    return str(text).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
 class SyslogTransport:

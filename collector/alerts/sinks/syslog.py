@@ -19,14 +19,10 @@ from typing import Any
 from collector import __version__
 from collector.alerts.errors import SinkError
 from collector.alerts.sinks.base import QueuedSink
-from collector.forward.syslog import SyslogTransport
+from collector.forward.syslog import APP, FACILITY, SD_ID, SyslogTransport, sd_value
 
-FACILITY = 10  # authpriv: security messages
 SYSLOG_SEVERITY = {"critical": 2, "high": 3, "medium": 4, "low": 5}
 CEF_SEVERITY = {"critical": 10, "high": 8, "medium": 5, "low": 3}
-APP = "exfilguard"
-# Private enterprise number placeholder for the structured data id (RFC 5424 §7.2.2 needs one).
-SD_ID = "exfilguard@32473"
 
 # Alert field -> CEF extension key (standard keys first, then labelled custom strings).
 _CEF_KEYS = (
@@ -61,11 +57,6 @@ def _ext(text: object) -> str:
     if isinstance(text, list):
         text = ",".join(str(v) for v in text)
     return str(text).replace("\\", "\\\\").replace("=", "\\=").replace("\n", "\\n").replace("\r", "\\r")
-
-
-def sd_value(text: object) -> str:
-    """A structured-data parameter value, escaped as RFC 5424 §6.3.3 asks."""
-    return str(text).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
 def cef(alert: dict[str, Any]) -> str:
