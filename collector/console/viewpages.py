@@ -12,6 +12,7 @@ from collector.console import params, plot, queries
 from collector.console.errors import BadParameter
 from collector.console.web import AUDITORS, EVERYONE, allow, state_of
 from collector.fleet.health import health
+from collector.store.presence import LEASE_SECONDS
 from common.ecstime import ecs_time
 
 DEFAULT_RANGE = "30d"
@@ -63,7 +64,7 @@ async def timeline(request: web.Request) -> web.StreamResponse:
 
 @allow(*EVERYONE)
 async def fleet(request: web.Request) -> web.StreamResponse:
-    """GET /fleet: agents, health, versions, config versions."""
+    """GET /fleet: agents (health, versions, config versions, their collector) and the collectors."""
     state = state_of(request)
     records = await state.call(state.reader.agents)
     agents = [(r, health(r, state.silent_after)) for r in records]
@@ -71,8 +72,16 @@ async def fleet(request: web.Request) -> web.StreamResponse:
     for _, h in agents:
         key = h.split("+")[0]
         counts[key] = counts.get(key, 0) + 1
+    collectors = await state.call(state.reader.fleet_collectors)
+    alive_after = ecs_time(dt.datetime.now(dt.UTC) - dt.timedelta(seconds=LEASE_SECONDS))
     await state.audit(request, "view", "fleet")
-    return state.render(request, "fleet.html", agents=agents, counts=counts)
+    return state.render(
+        request,
+        "fleet.html",
+        agents=agents,
+        counts=counts,
+        collectors=[(c, c.seen >= alive_after) for c in collectors],
+    )
 
 
 @allow(*AUDITORS)

@@ -95,6 +95,8 @@ def seed(store: Store, *, accounts: bool = True) -> dict[str, list[str]]:
         }
     )  # fmt: skip
     store.upsert_agent(AGENT, host="ws-alice", version="0.1.0", connected=True, seen=ecs_time(NOW))
+    now = ecs_time(dt.datetime.now(dt.UTC))
+    store.renew_lease("collector-a", "127.0.0.1:50051", now, now, start=True, signing_key="SHA256:test")
     book = AccountBook(store.domain())
     for name, role in ACCOUNTS.items() if accounts else ():
         book.add(name, role, PASSWORD, by="test")

@@ -46,6 +46,9 @@ def test_roles(console: RunningConsole) -> None:
     assert refused.status == 403 and "a auditor may not do this" in refused.body
     assert auditor.request("POST", "/cases", {"csrf": csrf, "title": "no"}).status == 403
     assert 'id="triage"' not in auditor.request("GET", "/alerts/al-bob-usb").body  # no triage form shown
+    fleet = auditor.request("GET", "/fleet").body
+    assert "agent-alice-ws" in fleet and "ws-alice" in fleet and "ok: <strong>1</strong>" in fleet
+    assert "collector-a" in fleet and "running" in fleet and "SHA256:test" in fleet
     exported = auditor.request("GET", "/audit.jsonl")
     assert exported.status == 200
     entries = [json.loads(line) for line in exported.body.splitlines()]
