@@ -108,8 +108,13 @@ def _alert_where(store: SqlStore, q: AlertQuery) -> tuple[str, list[Any]]:
         (d.alert_field(_ALERT_FIELDS["device"]), q.devices),
     ]
     for column, values in fields:
-        if values:
-            clauses.append(column + d.in_list)  # column: the fixed list above
+        if len(values) == 1:
+            # `=`, not "one of a list": the planner then walks (status, ts) in time order and stops
+            # at the page's end, where a list makes it sort every open alert first.
+            clauses.append(column + " = ?")  # column: the fixed list above
+            params.append(values[0])
+        elif values:
+            clauses.append(column + d.in_list)
             params.append(d.list_param(list(values)[:MAX_VALUES]))
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
@@ -124,6 +129,8 @@ def _order(store: SqlStore, q: AlertQuery) -> str:
         "host": store.dialect.alert_field(_ALERT_FIELDS["host"]),
     }.get(q.sort, "ts")
     way = " DESC" if q.descending else " ASC"
+    if column == "ts":
+        return f" ORDER BY ts{way}, id{way}"
     return f" ORDER BY {column}{way}, ts DESC, id DESC"
 
 
