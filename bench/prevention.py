@@ -28,7 +28,6 @@ The last line is JSON with these keys:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -40,6 +39,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench import _cli
 
 BIN = Path(sys.executable).parent
 
@@ -108,8 +109,7 @@ def _opens(tagged: list[Path], count: int) -> float:
 
 def main() -> int:
     """Run the rounds and print the figures."""
-    parser = argparse.ArgumentParser(prog="python -m bench.prevention", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _cli.parser("prevention", __doc__)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--big-mib", type=int, default=256)
