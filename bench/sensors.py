@@ -66,6 +66,8 @@ def _serve(config_json: str, out_path: str) -> None:
         for sensor in sensors:
             sensor.start()
         print("ready " + ",".join(s.name for s in sensors), flush=True)
+        # which thread is which, for the CPU per thread (Python does not name the OS threads)
+        print(json.dumps({t.native_id: t.name for t in threading.enumerate()}), flush=True)
         sys.stdin.readline()
         for sensor in reversed(sensors):
             sensor.stop()
@@ -100,7 +102,16 @@ class Agent:
         if not line.startswith("ready"):
             raise RuntimeError(f"sensor process failed to start: {line!r}")
         self.sensors = line.split()[1] if len(line.split()) > 1 else ""
+        self.threads: dict[int, str] = {int(k): v for k, v in json.loads(self.proc.stdout.readline()).items()}
         self.ps = psutil.Process(self.proc.pid)
+
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds so far per sensor thread, by name (threads started later: `other`)."""
+        out: dict[str, float] = {}
+        for thread in self.ps.threads():
+            name = self.threads.get(thread.id, "other")
+            out[name] = out.get(name, 0.0) + thread.user_time + thread.system_time
+        return out
 
     def cpu(self) -> float:
         """CPU seconds (user + system) used so far."""
@@ -224,12 +235,14 @@ def overhead(work: Path, files: int, quiet: float) -> dict[str, Any]:
             cpu0, t0 = {n: p.cpu() for n, p in procs.items()}, time.monotonic()
             time.sleep(quiet)
             cpu1, t1 = {n: p.cpu() for n, p in procs.items()}, time.monotonic()
+            threads1 = agent.thread_cpu()
             background = {n: (cpu1[n] - cpu0[n]) / (t1 - t0) for n in procs}
             subprocess.run([sys.executable, "-c", _WORKLOAD, str(tree), str(files)], check=True)
             _settle(agent.busy, quiet=2.0)
             for watcher in started:
                 _settle(watcher.size, quiet=1.0)
             cpu2, t2 = {n: p.cpu() for n, p in procs.items()}, time.monotonic()
+            threads = {n: c - threads1.get(n, 0.0) for n, c in agent.thread_cpu().items()}
         finally:
             for watcher in reversed(started):
                 watcher.stop()
@@ -244,7 +257,7 @@ def overhead(work: Path, files: int, quiet: float) -> dict[str, Any]:
         figures[watcher.name]["events"] = watcher.events()
     missing = [cls.missing() for cls in WATCHERS if cls.missing()]
     return {"tools": figures, "window": window, "sensors": agent.sensors, "missing": missing,
-            "gaps": sum(1 for e in events if e["event.action"] == "agent.gap")}
+            "threads": threads, "gaps": sum(1 for e in events if e["event.action"] == "agent.gap")}
 
 
 _WORKLOAD = (
@@ -373,6 +386,8 @@ def _print_overhead(args: argparse.Namespace, ov: dict[str, Any]) -> dict[str, A
     print(f"  ours/theirs: the sensors' CPU over the tool's on the same workload (target <= 4 vs "
           f"inotifywait); background: CPU share of a core over {args.quiet:g} s before it, the net "
           f"ratio takes it out ({ov['window']:.1f} s window); gaps {ov['gaps']}")
+    busiest = sorted(ov["threads"].items(), key=lambda item: -item[1])[:6]
+    print("  sensors' CPU by thread: " + ", ".join(f"{name} {cpu:.2f} s" for name, cpu in busiest if cpu > 0))
     for tool in ov["missing"]:
         print(f"  not compared: {tool} is not installed (scripts/bootstrap installs it as root)")
     out["sensors_events"] = ours["events"]
