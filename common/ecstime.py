@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-ECS_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"  # UTC, microseconds, trailing Z: sorts as text
+ECS_SECONDS = "%Y-%m-%dT%H:%M:%S."  # the part before the microseconds
+ECS_TIME = ECS_SECONDS + "%fZ"  # UTC, microseconds, trailing Z: sorts as text
 
 
 def ecs_time(moment: dt.datetime) -> str:

@@ -20,6 +20,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from common.ecstime import ECS_SECONDS
 from common.errors import ExfilGuardError
 from protos import exfilguard_pb2 as pb
 
@@ -43,19 +44,27 @@ def timestamp_to_iso(ts: Timestamp) -> str:
     seconds, nanos = ts.seconds, ts.nanos
     if not 0 <= nanos < 1_000_000_000:
         raise TimestampError(f"seconds={seconds} nanos={nanos}: nanos outside 0..999999999")
-    # Formatting a datetime is most of to_mapping's cost, and events come in bursts within
-    # the same second: the part up to the seconds is cached (bounded).
+    try:
+        head = seconds_text(seconds)
+    except (ValueError, OverflowError, OSError) as exc:  # which one depends on how far out
+        raise TimestampError(f"seconds={seconds} nanos={nanos}: outside years 1..9999 ({exc})") from exc
+    return f"{head}{nanos // 1000:06d}Z"
+
+
+def seconds_text(seconds: int) -> str:
+    """The ECS time of whole epoch `seconds` up to its microseconds ("2026-01-31T08:15:00.").
+
+    Formatting a datetime is most of what converting a timestamp costs, and events come in
+    bursts within the same second: the text is cached (bounded). ValueError, OverflowError or
+    OSError outside years 1..9999.
+    """
     head = _SECONDS_TEXT.get(seconds)
     if head is None:
-        try:
-            moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
-        except (ValueError, OverflowError, OSError) as exc:  # which one depends on how far out
-            raise TimestampError(f"seconds={seconds} nanos={nanos}: outside years 1..9999 ({exc})") from exc
+        moment = dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
         if len(_SECONDS_TEXT) >= 4096:
             _SECONDS_TEXT.clear()
-        head = moment.strftime("%Y-%m-%dT%H:%M:%S.")
-        _SECONDS_TEXT[seconds] = head
-    return f"{head}{nanos // 1000:06d}Z"
+        head = _SECONDS_TEXT[seconds] = moment.strftime(ECS_SECONDS)
+    return head
 
 
 _SECONDS_TEXT: dict[int, str] = {}

@@ -13,7 +13,6 @@ a second, each carrying the count so far, so an old store full of them does not 
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 import time
@@ -24,6 +23,7 @@ from google.protobuf.message import DecodeError
 from collector.store.base import Mapping
 from protos import events as protos_events
 from protos import exfilguard_pb2 as pb
+from protos.events import seconds_text
 
 log = logging.getLogger("exfilguard.collector.store")
 
@@ -79,9 +79,6 @@ def stored_mapping(location: str, agent_id: str, sequence: int, data: bytes) -> 
     return mapping
 
 
-_TS_HEADS: dict[int, str] = {}
-
-
 def _ecs_timestamp(event: pb.Event) -> str:
     """`@timestamp` as protos.events.to_mapping writes it, with the seconds part cached.
 
@@ -91,13 +88,7 @@ def _ecs_timestamp(event: pb.Event) -> str:
     if not event.HasField("timestamp"):
         return ""
     ts = event.timestamp
-    head = _TS_HEADS.get(ts.seconds)
-    if head is None:
-        if len(_TS_HEADS) >= 4096:
-            _TS_HEADS.clear()
-        moment = dt.datetime.fromtimestamp(ts.seconds, tz=dt.UTC)
-        head = _TS_HEADS[ts.seconds] = moment.strftime("%Y-%m-%dT%H:%M:%S.")
-    return f"{head}{ts.nanos // 1000:06d}Z"
+    return f"{seconds_text(ts.seconds)}{ts.nanos // 1000:06d}Z"
 
 
 def event_row(agent_id: str, event: pb.Event) -> tuple[Any, ...]:
