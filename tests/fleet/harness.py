@@ -67,15 +67,6 @@ class Fleet:
             shutil.copy(self.dir(source) / "state" / "evidence" / name, keys / name)
             (keys / name).chmod(mode)
 
-    def public_key(self, index: int) -> str:
-        """`exfilguard key export` of collector `index` (PEM), with what it printed on stderr."""
-        config = str(self.dir(index) / "collector.yaml")
-        out = subprocess.run(
-            [str(VENV_BIN / "exfilguard"), "key", "export", "--config", config],
-            capture_output=True, text=True, timeout=60, check=True, cwd=REPO,
-        )  # fmt: skip
-        return out.stdout + out.stderr
-
     def collector(self, index: int) -> Process:
         """The running process of collector `index`."""
         process = self.collectors[index]

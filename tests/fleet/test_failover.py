@@ -54,28 +54,25 @@ def test_killed_collector_agent_fails_over_then_back_exactly_once(fleet: Fleet, 
         _emit(spool, 1, 1000)
         wait_for(lambda: spool.acked_sequence == 1000, 30, "the stream to collector 0", fleet.diagnose)
         assert transport.collector == fleet.address(0)
-        _emit(spool, 1001, 4000)  # a burst on its way ...
+        _emit(spool, 1001, 2000)  # a burst on its way ...
         first.kill9()  # ... when collector 0 dies
         at_kill = fleet.stored_count()
-        assert at_kill < 5_000, "the kill must happen mid-stream"
-        wait_for(lambda: spool.acked_sequence == 5_000, 60, "everything through collector 1", fleet.diagnose)
+        assert at_kill < 3_000, "the kill must happen mid-stream"
+        wait_for(lambda: spool.acked_sequence == 3_000, 60, "everything through collector 1", fleet.diagnose)
         assert transport.collector == fleet.address(1) and transport.stats.failovers >= 1
         stored = fleet.stored(IDENTITY.agent_id)
-        assert exactly_once(stored) and len(stored) == 5_000
-        assert [int(e["exfilguard.count"]) for e in stored] == list(range(1, 5_001))
+        assert exactly_once(stored) and len(stored) == 3_000
+        assert [int(e["exfilguard.count"]) for e in stored] == list(range(1, 3_001))
 
         fleet.start_collector(0)  # back: the agent asks its health every ~1 s and returns to it
         wait_for(lambda: transport.stats.failbacks == 1 and transport.connected, 30, "failback",
                  fleet.diagnose)  # fmt: skip
         assert transport.collector == fleet.address(0)
-        _emit(spool, 5_001, 100)
-        wait_for(lambda: spool.acked_sequence == 5_100, 30, "events after the failback", fleet.diagnose)
+        _emit(spool, 3_001, 100)
+        wait_for(lambda: spool.acked_sequence == 3_100, 30, "events after the failback", fleet.diagnose)
     finally:
         transport.stop(1)
         spool.close()
     stored = fleet.stored(IDENTITY.agent_id)
-    assert exactly_once(stored) and len(stored) == 5_100
+    assert exactly_once(stored) and len(stored) == 3_100
     assert f'"agent_id": "{IDENTITY.agent_id}"' in fleet.collector(1).log_text()
-    # Each made its own signing key here (not shared as docs/deploy.md says): the second says so.
-    assert "signs exports with key" in fleet.collector(1).log_text()
-    assert "warning: collector" in fleet.public_key(1)
