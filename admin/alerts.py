@@ -20,6 +20,7 @@ from admin.configured import EXIT_USAGE, with_store
 from admin.terminal import clean, parse_time, print_json, store_options
 from collector.console.queries import evidence_events
 from collector.store import AlertFilter, Store, StoreError, triage
+from common.ecstime import ecs_time
 from common.records import from_attributes
 
 EXIT_UNKNOWN_ALERT = 3
@@ -141,9 +142,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         if len(values or ()) > _MAX_FILTER_VALUES:
             return _fail(f"at most {_MAX_FILTER_VALUES} {flag} values", EXIT_USAGE)
-    # Stored alert times are ECS text (UTC, microseconds, Z): the same form compares in time order
-    # (isoformat pads the year to four digits, as the stored times are).
-    since = args.since.isoformat(timespec="microseconds").replace("+00:00", "Z") if args.since else None
+    # Stored alert times are ECS text (UTC, microseconds, Z): the same form compares in time order.
+    since = ecs_time(args.since) if args.since else None
 
     def work(store: Store) -> int:
         alerts = store.alerts(limit=args.limit, since=since, where=from_attributes(AlertFilter, args))

@@ -16,7 +16,10 @@ def ecs_time(moment: dt.datetime) -> str:
     """ECS time string of a datetime (naive means UTC): the one time format of events and stores."""
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).strftime(ECS_TIME)
+    moment = moment.astimezone(dt.UTC)
+    if moment.year < 1000:  # strftime's %Y does not pad them (glibc), and the text must sort as time
+        return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    return moment.strftime(ECS_TIME)
 
 
 def ecs_time_at(epoch: float) -> str:

@@ -48,3 +48,4 @@ def test_ranges_and_plain_numbers() -> None:
         units.size("ten gigs", "--max-size")
     assert units.fraction("80%") == 0.8
     assert units.human_duration(600) == "10m" and units.human_bytes(1536) == "1.5 KiB"
+
