@@ -91,7 +91,7 @@ async def _worker(args: argparse.Namespace) -> None:
     tasks = []
     for agent_id in ids:
         tasks.append(asyncio.create_task(_agent(args.worker, agent_id, args, ready, stop)))
-        await asyncio.sleep(0.002)  # a fleet does not connect in one microsecond either
+        await asyncio.sleep(args.pace)  # a fleet does not connect in one microsecond either
     failures: collections.Counter[str] = collections.Counter()
     for _ in ids:
         failures[await ready.get()] += 1
@@ -134,7 +134,8 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         started = time.monotonic()
         for count in share:
             cmd = [sys.executable, "-m", "bench.idle_streams", "--worker", collector.address,
-                   "--first-agent", str(first), "--agents", str(count), "--heartbeat", str(args.heartbeat)]
+                   "--first-agent", str(first), "--agents", str(count), "--heartbeat", str(args.heartbeat),
+                   "--pace", str(args.pace)]
             workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
             first += count
         acked = 0
@@ -171,9 +172,14 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
         code = collector.stop()
     if code != 0:
         raise RuntimeError(f"collector exited with {code}:\n{collector.log()}")
+    said: collections.Counter[str] = collections.Counter()
+    for line in collector.log().splitlines():  # what the collector warned of, for the failures
+        with contextlib.suppress(ValueError, AttributeError):
+            said[str(json.loads(line).get("message", ""))[:100]] += 1
     return {
         "acked": acked,
         "failures": failures,
+        "said": said,
         "alive": alive,
         "connected": connected_at_end,
         "connect_seconds": connect_seconds,
@@ -189,6 +195,8 @@ def main() -> None:
     _cli.agent_options(parser, 2000, "concurrent idle agent streams")
     parser.add_argument("--hold", type=float, default=30.0, help="seconds to hold every stream open")
     parser.add_argument("--heartbeat", type=float, default=5.0, help="seconds between an agent's heartbeats")
+    parser.add_argument("--pace", type=float, default=0.002,
+                        help="seconds between two connections of one load process")
     args = parser.parse_args()
     if _cli.run_worker(args, _worker):
         return
@@ -203,6 +211,8 @@ def main() -> None:
     print(f"hello acked: {r['acked']}/{args.agents} (all connected after {r['connect_seconds']:.1f} s)")
     for reason, count in r["failures"].most_common(5):
         print(f"  not acked: {count} x {reason}")
+    for message, count in r["said"].most_common(5):
+        print(f"  collector logged: {count} x {message}")
     print(f"connected in the collector's registry at the end of the hold: {r['connected']}/{args.agents}")
     print(f"streams alive until the end: {r['alive']}/{args.agents}")
     print(f"collector RSS idle (baseline): {r['idle_rss'] / MiB:.0f} MiB; with {args.agents} streams: "
