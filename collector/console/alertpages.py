@@ -14,7 +14,7 @@ from aiohttp import web
 
 from collector.console import params, queries
 from collector.console.errors import BadParameter
-from collector.console.web import EVERYONE, FORM, OFFICERS, SESSION, allow, redirect, state_of
+from collector.console.web import EVERYONE, FORM, OFFICERS, SESSION, ConsoleState, allow, redirect, state_of
 from collector.store import triage
 
 ACTIONS = ("close", "reopen", "acknowledge", "assign")
@@ -171,7 +171,7 @@ async def triage_alerts(request: web.Request) -> web.StreamResponse:
     return redirect(back)
 
 
-def _keep_status(state: Any, ids: list[str], by: str, note: str) -> None:
+def _keep_status(state: ConsoleState, ids: list[str], by: str, note: str) -> None:
     """A history entry for each alert that leaves its status as it is (one transaction per status)."""
     by_status: dict[str, list[str]] = {}
     for alert_id in ids:

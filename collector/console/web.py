@@ -30,7 +30,7 @@ from collector.console.audit import AuditEntry, AuditLog
 from collector.console.cases import CaseBook
 from collector.console.limiter import LoginLimiter
 from collector.console.logins import SESSION_SECONDS, LoginBook, Session
-from collector.store import Store, StoreError
+from collector.store import Store, StoreError, triage
 from common.ecstime import ecs_now
 
 log = logging.getLogger("exfilguard.collector.console")
@@ -193,6 +193,10 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
         response = await handler(request)
     except errors.NoSuchCase as exc:
         response = state.error(request, 404, exc.reason)
+    except triage.AlertNotFound as exc:
+        response = state.error(
+            request, 404, f"no such alert: {', '.join(exc.alert_ids)} (nothing was changed)"
+        )
     except (errors.InvalidCase, errors.InvalidAccount, errors.BadParameter) as exc:
         response = state.error(request, 400, f"{exc.field}: {exc.reason}")
     except StoreError as exc:

@@ -94,8 +94,8 @@ def seed(store: Store, *, accounts: bool = True) -> dict[str, list[str]]:
             "evidence": [], "count": 1,
         }
     )  # fmt: skip
-    store.upsert_agent(AGENT, host="ws-alice", version="0.1.0", connected=True, seen=ecs_time(NOW))
-    now = ecs_time(dt.datetime.now(dt.UTC))
+    now = ecs_time(dt.datetime.now(dt.UTC))  # not NOW: a long test session may have begun long ago
+    store.upsert_agent(AGENT, host="ws-alice", version="0.1.0", connected=True, seen=now)
     store.renew_lease("collector-a", "127.0.0.1:50051", now, now, start=True, signing_key="SHA256:test")
     book = AccountBook(store.domain())
     for name, role in ACCOUNTS.items() if accounts else ():

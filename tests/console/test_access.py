@@ -84,6 +84,11 @@ def test_csrf_other_sites_and_the_required_note(console: RunningConsole) -> None
         headers={"Origin": "http://evil.example"},
     )
     assert other_site.status == 403
+    unknown = officer.request(
+        "POST", "/alerts/triage", {**form, "id": ["al-bob-usb", "al-gone"], "note": "n", "csrf": csrf}
+    )
+    assert unknown.status == 404 and "no such alert: al-gone (nothing was changed)" in unknown.body
+    assert officer.request("GET", "/alerts/al-gone").status == 404
     no_note = officer.request("POST", "/alerts/triage", {**form, "note": "  ", "csrf": csrf})
     assert no_note.status == 400 and "a note is required" in no_note.body
     assert _status_of(console, "al-bob-usb") == "open"
