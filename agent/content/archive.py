@@ -12,6 +12,7 @@ renaming members must not hide them.
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import lzma
 import os
@@ -33,6 +34,9 @@ _COMPRESSORS = (
     (b"\x1f\x8b", "gz"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zst"),
 )
 _SINGLE = {"gz": "gzip", "bz2": "bzip2", "xz": "xz", "zst": "zstd"}
+# read errors of the medium, not of the archive: a stick pulled out, a failing device
+DEVICE_ERRNOS = frozenset({errno.EIO, errno.ENXIO, errno.ENODEV, errno.ESHUTDOWN, errno.ESTALE,
+                           errno.ENOTCONN})
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class ArchiveReport:
     members_total: int = 0            # regular-file members seen
     notes: list[str] = field(default_factory=list)  # refusals and oddities, in order
     complete: bool = True             # False: inspection stopped before the end
+    read_error: str = ""              # the medium failed (not the archive): why, and where
 
     def note(self, text: str) -> None:
         """Record one refusal or oddity (bounded: the first 20)."""
@@ -222,7 +227,14 @@ def inspect_archive(raw: Readable, label: str, visit: MemberVisitor,
     except _Stop as stop:
         report.note(str(stop))
         report.complete = False
-    except (OSError, EOFError, ValueError, tarfile.TarError, zipfile.BadZipFile, zlib.error,
+    except OSError as exc:
+        report.complete = False
+        if exc.errno in DEVICE_ERRNOS:
+            report.read_error = device_failure(exc, counted.consumed)
+            report.note(report.read_error)
+        else:
+            report.note(f"corrupt or truncated {report.format or kind}: {type(exc).__name__}: {exc}"[:300])
+    except (EOFError, ValueError, tarfile.TarError, zipfile.BadZipFile, zlib.error,
             lzma.LZMAError, RuntimeError, NotImplementedError, struct.error, KeyError, IndexError) as exc:
         # zstandard.ZstdError and py7zr's errors derive from these or from Exception: below
         report.note(f"corrupt or truncated {report.format or kind}: {type(exc).__name__}: {exc}"[:300])
@@ -231,6 +243,11 @@ def inspect_archive(raw: Readable, label: str, visit: MemberVisitor,
         report.note(f"unreadable {report.format or kind}: {type(exc).__name__}: {exc}"[:300])
         report.complete = False
     return report
+
+
+def device_failure(exc: OSError, offset: int) -> str:
+    """The note for a read the medium failed (a stick pulled out during inspection)."""
+    return f"read failed after {offset} bytes: {exc.strerror or exc} (the device was removed or failed)"
 
 
 def _inner_name(label: str, kind: str) -> str:

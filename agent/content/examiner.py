@@ -6,6 +6,9 @@ queues it (bounded: `max_queued` jobs) for one worker thread and calls back with
 Identification. A full queue refuses the job (the caller reports without content evidence);
 refusals are logged and reported through `on_loss` at most every `_REPORT_SECONDS`, with
 their count, so a burst of thousands of files makes one log line and one gap, not thousands.
+A file whose medium fails while it is read (a stick pulled out during inspection) is named in
+a warning with the reason; what was read before still counts, and the count goes to `on_loss`
+(`content_unreadable`) the same way.
 
 A file's descriptor is held while it waits (a file renamed meanwhile is still read), but
 only for the first `_HELD_FDS` waiting jobs: the rest are reopened by path.
@@ -22,12 +25,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.content.archive import DEVICE_ERRNOS, device_failure
 from agent.content.catalog import LossReport
 from agent.content.identify import ContentIdentifier, Identification
 
 log = logging.getLogger(__name__)
 
 Done = Callable[[Identification], None]
+QUEUE_FULL = "content_queue_full"
+UNREADABLE = "content_unreadable"
+_LOSS_LOG = {QUEUE_FULL: "content examination queue full",
+             UNREADABLE: "files on removable media not readable to the end (device removed or failed)"}
 _HELD_FDS = 64
 _REPORT_SECONDS = 10.0
 
@@ -58,7 +66,7 @@ class Examiner:
         self._on_loss = on_loss
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._refused = 0          # refused since the last report
+        self._lost = {QUEUE_FULL: 0, UNREADABLE: 0}  # files per reason since the last report
         self._reported_at = 0.0
 
     def start(self) -> None:
@@ -76,7 +84,7 @@ class Examiner:
         self._thread.join(timeout=30)
         self._thread = None
         self._drain()
-        self._report_refusals(force=True)
+        self._report_losses(force=True)
 
     def _drain(self) -> None:
         with contextlib.suppress(queue.Empty):
@@ -107,23 +115,28 @@ class Examiner:
                 self._queue.put_nowait(job)
                 return True
             except queue.Full:
-                with self._lock:
-                    self._refused += 1
-                self._report_refusals(force=False)
+                self._count(QUEUE_FULL)
         job.drop()
         return False
 
-    def _report_refusals(self, *, force: bool) -> None:
+    def _count(self, reason: str) -> None:
+        with self._lock:
+            self._lost[reason] += 1
+        self._report_losses(force=False)
+
+    def _report_losses(self, *, force: bool) -> None:
         with self._lock:
             now = time.monotonic()
-            count = self._refused
-            if not count or (not force and now - self._reported_at < _REPORT_SECONDS):
+            if not any(self._lost.values()) or (not force and now - self._reported_at < _REPORT_SECONDS):
                 return
-            self._refused, self._reported_at = 0, now
-        log.warning("content examination queue full: %d written file(s) reported without content "
-                    "evidence", count)
-        if self._on_loss is not None:
-            self._on_loss("content_queue_full", count)
+            lost = {reason: count for reason, count in self._lost.items() if count}
+            self._lost = dict.fromkeys(self._lost, 0)
+            self._reported_at = now
+        for reason, count in lost.items():
+            log.warning("%s: %d written file(s) reported without (full) content evidence", _LOSS_LOG[reason],
+                        count)
+            if self._on_loss is not None:
+                self._on_loss(reason, count)
 
     def _run(self) -> None:
         while True:
@@ -137,8 +150,8 @@ class Examiner:
                 log.exception("content examination of %s failed", job.path)
             finally:
                 job.drop()
-            if self._refused and self._queue.empty():
-                self._report_refusals(force=True)  # the burst is over: say how many were missed
+            if any(self._lost.values()) and self._queue.empty():
+                self._report_losses(force=True)  # the burst is over: say how many were missed
 
     def _file(self, job: _Job) -> Identification:
         path, fd = job.path, job.fd
@@ -149,10 +162,17 @@ class Examiner:
                 return Identification(refused=f"{path}: not readable for examination: {exc.strerror}")
         try:
             found = self.identifier.identify_fd(fd, os.fstat(fd).st_size, path, entropy=job.entropy)
-        except OSError as exc:  # the stick pulled, the file truncated meanwhile
-            log.warning("examining %s stopped: %s", path, exc)
-            return Identification(refused=f"{path}: read failed during examination: {exc.strerror}")
-        if found.refused:  # bad input is named in the log even when nothing tagged was found
+        except OSError as exc:  # the file truncated meanwhile, the stick gone before a byte was read
+            found = Identification(refused=f"{path}: read failed during examination: {exc.strerror}",
+                                   read_error=device_failure(exc, 0) if exc.errno in DEVICE_ERRNOS else "")
+            if not found.read_error:
+                log.warning("examining %s stopped: %s", path, exc)
+        if found.read_error:  # a stick pulled out during inspection: what was read still counts
+            log.warning("examining %s stopped: %s; %s", path, found.read_error,
+                        f"tagged data found before: {', '.join(found.sources[:3])}" if found.found
+                        else "no tagged data found before")
+            self._count(UNREADABLE)
+        elif found.refused:  # bad input is named in the log even when nothing tagged was found
             log.info("examining %s: %s", path, found.refused)
         return found
 

@@ -20,7 +20,14 @@ import os
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from agent.content.archive import ArchiveLimits, Readable, inspect_archive, sniff
+from agent.content.archive import (
+    DEVICE_ERRNOS,
+    ArchiveLimits,
+    Readable,
+    device_failure,
+    inspect_archive,
+    sniff,
+)
 from agent.content.catalog import TEXT_BYTES, ContentCatalog
 from agent.content.chunks import FLUSH, ChunkStream
 from agent.content.entropy import SAMPLE_BYTES, byte_entropy, sample_entropy
@@ -65,6 +72,7 @@ class Identification:
     entropy: float = 0.0
     refused: str = ""
     bytes_read: int = 0
+    read_error: str = ""  # the medium failed while read (a stick pulled out): what was found stands
 
     @property
     def found(self) -> bool:
@@ -226,8 +234,14 @@ class ContentIdentifier:
         # buffered: gzip and tarfile read in 8-10 KiB steps, a pread each without it
         with io.BufferedReader(_FdReader(fd, size), buffer_size=1 << 20) as reader:
             found = self._identify(reader, label, size, seekable=True)
-        if size > 0 and (entropy or found.found):
-            found.entropy = sample_entropy(fd, size)
+        if size > 0 and (entropy or found.found) and not found.read_error:
+            try:
+                found.entropy = sample_entropy(fd, size)
+            except OSError as exc:
+                if exc.errno not in DEVICE_ERRNOS:
+                    raise
+                found.read_error = device_failure(exc, 0)
+                found.refused = "; ".join(filter(None, (found.refused, found.read_error)))[:1000]
         return found
 
     def identify_stream(self, stream: IO[bytes], label: str, limit: int, *,
@@ -249,11 +263,17 @@ class ContentIdentifier:
                                      seekable=seekable)
             out.format, out.members_total = report.format, report.members_total
             out.refused = "; ".join(report.notes)[:1000]
+            out.read_error = report.read_error
         if not out.format:
             probe = _Probe(run, os.path.basename(label), size)  # noqa: PTH119 - a label
-            reader.seek(0)
-            while data := reader.read(1 << 20):
-                probe.update(data)
+            try:
+                reader.seek(0)
+                while data := reader.read(1 << 20):
+                    probe.update(data)
+            except OSError as exc:
+                if exc.errno not in DEVICE_ERRNOS:
+                    raise
+                out.read_error = out.refused = device_failure(exc, probe.seen)  # what was read still counts
             probe.finish()
         out.bytes_read = run.bytes_read
         _conclude(run, out)

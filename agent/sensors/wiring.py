@@ -96,6 +96,8 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
 _LOSS_TEXT = {
     "content_index_full": "content catalog full: later tagged files are matched by exact hash only",
     "content_queue_full": "content examination queue full: a copy was reported without content evidence",
+    "content_unreadable": "a file on removable media could not be read to the end for examination (the "
+                          "device was removed or failed): its copy was judged on what was read",
 }
 
 

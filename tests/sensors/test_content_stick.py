@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
 import random
 import subprocess
 import time
@@ -19,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from agent.content import ContentCatalog
+from agent.content import ContentCatalog, Identification
+from agent.content.examiner import Examiner
 from common.agentconfig import AgentConfig, SensorSettings
 from lab.loopstick import LoopStick
 from tests.sensors.recorder import Mapping, Running
@@ -189,3 +191,56 @@ def test_a_copy_still_matches_its_source_edited_or_deleted_right_after(loop_stic
             assert copy["exfilguard.source.path"] == str(source)
             assert copy["exfilguard.source.sha256"] == before[source]
             assert copy["tags"] == TAGS and copy["device.serial"] == stick.serial
+
+
+def test_a_stick_pulled_during_inspection_is_named_and_the_agent_goes_on(
+        loop_stick: Any, db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A tgz written onto the stick, whose medium then goes (the loop device's capacity drops to
+    0, as a card reader's does when the card is pulled: every read fails) before the examiner
+    reads it: a warning names the file and the reason, an agent.gap counts it, the copy is
+    still judged on lineage, and the agent goes on (another file is examined, tagged reads are
+    still reported)."""
+    stick: LoopStick = loop_stick(label=f"EGP{os.getpid() % 100000}", serial=f"EGP{os.getpid()}")
+    try:
+        _pull_during_inspection(stick, db, tmp_path, caplog)
+    finally:  # no medium left to write to: detach the file system, whoever still holds it
+        subprocess.run(["umount", "-l", str(stick.mount_point)], check=False, capture_output=True)
+
+
+def _pull_during_inspection(stick: LoopStick, db: Path, tmp_path: Path,
+                            caplog: pytest.LogCaptureFixture) -> None:
+    with _running(db) as run:
+        _catalog, point = _ready_and_mounted(run, stick)
+        written = Path(point) / "db.tgz"
+        shell = subprocess.Popen(  # the archive written, its close held until the medium is gone
+            ["bash", "-c", f'exec 3>"{written}"; tar czf - -C "{db.parent}" db >&3; sync -f "{point}"; '
+                           f'echo written; read go'],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert shell.stdout is not None and shell.stdout.readline() == "written\n"
+            fd = os.open(written, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the next reads go to the device
+            finally:
+                os.close(fd)
+            os.truncate(stick.image, 0)
+            subprocess.run(["losetup", "--set-capacity", stick.device], check=True)
+        finally:
+            shell.communicate("go\n", timeout=10)
+        copy = _copy_of(run, str(written))
+        assert copy["exfilguard.copy.identified_by"] == "lineage-bytes"  # tar read the tagged tree
+        assert "read failed" in copy["exfilguard.content.refused"]
+        unreadable = {"exfilguard.gap.reason": "content_unreadable"}
+        assert run.events.wait_for(run.events.action("agent.gap", unreadable))[0]["exfilguard.gap.lost"] == 1
+        assert any(str(written) in r.getMessage() and "device was removed or failed" in r.getMessage()
+                   for r in caplog.records if r.levelname == "WARNING")
+        # the agent goes on: the examiner answers, tagged reads are still reported
+        examiner = run.sensor("examiner")
+        assert isinstance(examiner, Examiner)
+        results: queue.Queue[Identification] = queue.Queue()
+        local = tmp_path / "local.bin"
+        local.write_bytes((db / "table1.dat").read_bytes())
+        assert examiner.examine(str(local), results.put)
+        assert results.get(timeout=15).sources == [str(db / "table1.dat")]
+        subprocess.run(["cat", str(db / "customers.csv")], check=True, stdout=subprocess.DEVNULL)
+        run.events.wait_for(run.events.action("file.read", {"file.path": str(db / "customers.csv")}))
