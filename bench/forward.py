@@ -2,18 +2,18 @@
 
     python -m bench.forward [--events N] [--repeat R] [--outage SECONDS] [--long-outage]
 
-Baseline (same run, same store file): ingest of N events as the collector does it: the real
-store (`SqliteStore.ingest_batches`, 500-event batches of 4 agents, fsync per commit) and the
-ECS mapping of each stored event for the listeners (`to_mapping`, which the collector's ingest
-makes for the policy engine), offered to the forwarding workers. Ours: ForwardWorkers
+Baseline (same run, same store file): ingest of N events as the collector's acker does it: the
+real store (`SqliteStore.ingest_batches`, 500-event batches of 4 agents, fsync per commit), the
+stored protobuf events handed to the forwarding workers (`Forwarding.on_stored`; the policy
+process gets their bytes and the acker converts nothing). Ours: ForwardWorkers
 (collector/forward/) streaming the same N stored events from their cursors, formatted, to
   - a loopback HTTP receiver answering like Elasticsearch `_bulk` (ECS), and
   - a real rsyslogd over TLS (RFC 5425, OCSF), its file counted at the end;
 each until the destination has all N. A ratio >= 1.0 means forwarding keeps up with ingest.
 Each round has a fresh store; of --repeat rounds the best time of each path is kept (the
 machine is shared: load comes and goes between phases).
-Also shown: `_bulk` from the store alone (no mappings held: the rows decoded again), the rate
-of a catch-up longer than what the workers hold in memory (MAX_RECENT events).
+Also shown: `_bulk` from the store alone (no events held: the rows read and decoded again), the
+rate of a catch-up longer than what the workers hold in memory (MAX_RECENT events).
 
 Outage: rsyslogd is stopped, M events are ingested while it is down (default 5 s; 60 s with
 --long-outage), then it is started again; we measure the lag (events) when it comes back, the
@@ -42,7 +42,6 @@ from collector.forward.syslog import SyslogTransport
 from collector.forward.worker import ForwardWorker
 from collector.store.cursors import CursorBook
 from collector.store.sqlite import SqliteStore
-from protos.events import to_mapping
 from tests.helpers import make_event
 from tests.siem.receivers import HttpReceiver
 from tests.siem.rsyslog import Rsyslog, RsyslogUnavailable
@@ -52,9 +51,8 @@ BATCH = 500
 
 
 def ingest(store: SqliteStore, first: int, last: int, workers: Sequence[ForwardWorker] = ()) -> float:
-    """Store events first..last of each agent in 500-event group commits, as the collector does:
-    each stored event mapped once for the listeners (to_mapping), the mappings offered to the
-    forwarding workers. Seconds taken (events pre-built)."""
+    """Store events first..last of each agent in 500-event group commits, as the collector does,
+    the stored events handed to the forwarding workers. Seconds taken (events pre-built)."""
     batches = []
     for start in range(first, last + 1, BATCH // AGENTS):
         end = min(last, start + BATCH // AGENTS - 1)
@@ -67,9 +65,9 @@ def ingest(store: SqliteStore, first: int, last: int, workers: Sequence[ForwardW
     started = time.perf_counter()
     for group in batches:
         results = store.ingest_batches(group, seal=False)  # the collector seals in a process of its own
-        mappings = [to_mapping(e) for r in results for e in r.stored]
+        stored = [e for r in results for e in r.stored]
         for worker in workers:
-            worker.offer(mappings)
+            worker.offer(stored)  # what Forwarding.on_stored does on the collector's loop
     return time.perf_counter() - started
 
 
@@ -165,7 +163,7 @@ def main() -> int:
                     best[key] = min(best.get(key, value), value)
             rate = {key: total / value for key, value in best.items()}
             print(
-                f"best of {len(rounds)}: ingest as the collector does it (store + the listeners' mappings) "
+                f"best of {len(rounds)}: ingest as the collector's acker does it (store, hand-off) "
                 f"{rate['ingest']:,.0f} events/s (baseline); _bulk (ecs) {rate['http']:,.0f} = "
                 f"{rate['http'] / rate['ingest']:.2f}x; rsyslog TLS (ocsf) {rate['syslog']:,.0f} = "
                 f"{rate['syslog'] / rate['ingest']:.2f}x; _bulk from the store only {rate['store']:,.0f} = "

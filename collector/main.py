@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 from collector import __version__
 from collector import config as collector_config
+from collector.alerts.dispatch import check_sinks
 from collector.alerts.errors import SinkSetupError
 from collector.config import CollectorConfig
 from collector.fleet.config import FleetSource
@@ -149,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _failed("cannot open the store", exc, 2 if isinstance(exc, StoreCorrupt) else 1)
     _signing_key(config)
     try:
+        check_sinks(config.alerts)  # the policy process builds the sinks: a missing secret is said here
         asyncio.run(_run(config, store, fleet))
     except SinkSetupError as exc:  # a secret or template a sink names is missing or bad: config
         return _failed("bad config", exc, 2, say="bad config: ")

@@ -27,6 +27,17 @@ def build_sink(spec: cfg.Sink) -> QueuedSink:
     return sink
 
 
+def check_sinks(specs: Sequence[cfg.Sink]) -> None:
+    """Read every secret and template the sinks name, as building them will (SinkSetupError if one
+    is missing or bad): the collector checks before it starts the policy process that builds them."""
+    for spec in specs:
+        if isinstance(spec, cfg.WebhookSink):
+            for name, value in spec.headers.items():
+                read_secret(value, f"webhook header {name}")
+            key = read_secret(spec.routing_key, "PagerDuty routing key") if spec.routing_key else ""
+            Template.build(spec.template, key)
+
+
 def _sink(spec: cfg.Sink) -> QueuedSink:
     if isinstance(spec, cfg.JsonlSink):
         return JsonlSink(spec.path)

@@ -2,16 +2,17 @@
 
 Wiring (collector/main.py): `Forwarding.from_config(config, store)` with the event loop running.
 Each worker reads stored events through a read-only store connection of its own and keeps its
-cursors through the collector's store; `on_events` only wakes the workers, so ingest never
-waits on a destination. When the loop cancels the background task at shutdown, the workers
-stop (a delivery under way finishes or is given up, its cursor saved only if it went through).
+cursors through the collector's store; `on_stored` only hands the stored protobuf events over
+(no conversion on the event loop) and wakes the workers, so ingest never waits on a destination.
+When the loop cancels the background task at shutdown, the workers stop (a delivery under way
+finishes or is given up, its cursor saved only if it went through).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -24,6 +25,7 @@ from collector.forward.syslog import SyslogTransport
 from collector.forward.worker import ForwardWorker
 from collector.store import Store, open_store
 from collector.store.cursors import CursorBook
+from protos import exfilguard_pb2 as pb
 
 
 def build_destination(spec: Destination) -> destinations.Destination:
@@ -81,10 +83,16 @@ class Forwarding:
         with contextlib.suppress(RuntimeError):  # no running loop (a test drives it by hand)
             self._task = asyncio.get_running_loop().create_task(self._hold(), name="forward")
 
-    async def on_events(self, mappings: list[dict[str, Any]]) -> None:
-        """Events were stored: hand their mappings to every worker and wake it (never blocks)."""
+    async def on_stored(self, events: Sequence[pb.Event]) -> None:
+        """Events were stored: hand them to every worker as they are and wake it (never blocks).
+
+        Nothing is converted here, on the event loop: each worker maps them on its own thread.
+        """
         for worker in self.workers:
-            worker.offer(mappings)
+            worker.offer(events)
+
+    async def on_events(self, mappings: list[dict[str, Any]]) -> None:
+        """Collector-made events (agent.silent) are not stored, so not forwarded."""
 
     async def _hold(self) -> None:
         try:

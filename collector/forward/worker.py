@@ -33,14 +33,16 @@ from collector.store.base import StoreError
 from collector.store.cursors import CursorBook
 from collector.store.rows import stored_mapping
 from common.ecstime import ecs_epoch, ecs_now
+from protos import exfilguard_pb2 as pb
+from protos.events import to_mapping
 
 log = logging.getLogger("exfilguard.collector.forward")
 
 POLL_SECONDS = 1.0  # also checked without a wake-up: events stored by another collector (PostgreSQL)
 BACKOFF_FIRST = 0.5
-# Mappings the collector made of just-stored events for its listeners, kept for the worker so a
-# destination that keeps up does not decode them again (the store read is what is left). Bounded:
-# beyond it, events are decoded from the store as after an outage. ~2 KiB each.
+# Events just stored, as the collector hands them to its listeners, kept for the worker so a
+# destination that keeps up does not decode the rows again. Bounded: beyond it, events are read
+# and decoded from the store as after an outage. ~1 KiB each.
 MAX_RECENT = 20_000
 
 
@@ -71,7 +73,7 @@ class ForwardWorker:
         self.lag_events = 0  # stored events not forwarded yet, at the last look
         self.lag_seconds = 0.0  # how old the oldest of them is (event time), at the last look
         self.cursors: dict[str, int] = {}
-        self._recent: dict[str, dict[int, Mapping[str, Any]]] = {}  # agent -> sequence -> mapping
+        self._recent: dict[str, dict[int, pb.Event]] = {}  # agent -> sequence -> stored event
         self._recent_count = 0
         self._recent_lock = threading.Lock()
         self._turn = 0
@@ -87,38 +89,35 @@ class ForwardWorker:
         """New events were stored: look now rather than at the next poll (never blocks)."""
         self._wake.set()
 
-    def offer(self, mappings: Sequence[Mapping[str, Any]]) -> None:
-        """Mappings of events just stored (the listeners' own): used instead of decoding the rows.
-
-        Never blocks for long; past MAX_RECENT held, the rest are left to be read from the store.
+    def offer(self, events: Sequence[pb.Event]) -> None:
+        """Events just stored, as the collector has them: used instead of reading and decoding the
+        rows again. Never blocks for long; past MAX_RECENT held, the rest are read from the store.
         """
         with self._recent_lock:
-            for mapping in mappings:
+            for event in events:
                 if self._recent_count >= MAX_RECENT:
                     break
-                agent, sequence = mapping.get("agent.id"), mapping.get("event.sequence")
-                if not isinstance(agent, str) or not isinstance(sequence, int):
-                    continue  # a collector-made event (agent.silent): not stored, not forwarded
+                agent, sequence = event.agent.id, event.event.sequence
                 if sequence <= self.cursors.get(agent, 0):
                     continue
                 held = self._recent.setdefault(agent, {})
                 if sequence not in held:
-                    held[sequence] = mapping
+                    held[sequence] = event
                     self._recent_count += 1
         self._wake.set()
 
     def _take(self, agent: str, sequence: int, data: bytes) -> Mapping[str, Any]:
         with self._recent_lock:
             held = self._recent.get(agent)
-            mapping = held.pop(sequence, None) if held else None
-            if mapping is not None:
+            event = held.pop(sequence, None) if held else None
+            if event is not None:
                 self._recent_count -= 1
-        if mapping is None:
-            mapping = stored_mapping(self.book.reader.location, agent, sequence, data)
-        return mapping
+        if event is None:
+            return stored_mapping(self.book.reader.location, agent, sequence, data)
+        return to_mapping(event)
 
     def _forget(self, moved: Mapping[str, int]) -> None:
-        """Drop held mappings the cursors passed (read from the store before they were offered)."""
+        """Drop held events the cursors passed (read from the store before they were offered)."""
         with self._recent_lock:
             for agent, cursor in moved.items():
                 held = self._recent.get(agent)

@@ -18,7 +18,7 @@ from collector.forward.worker import ForwardWorker
 from collector.store import Store
 from collector.store.cursors import CursorBook
 from collector.store.sqlite import SqliteStore
-from protos.events import to_mapping
+from protos import exfilguard_pb2 as pb
 from tests.collector.test_store import IMPLEMENTATIONS, Factory
 from tests.helpers import make_events, wait_for, write_collector_config
 from tests.siem.receivers import HttpReceiver
@@ -228,24 +228,30 @@ def test_items_the_cluster_refuses_hold_the_batch(
     assert set(bulk_ids(receiver)) == set(stored_ids(store))
 
 
-def test_mappings_offered_at_ingest_are_used_and_bounded(
+def test_events_offered_at_ingest_are_used_and_bounded(
     sqlite_stores: tuple[Store, Store], receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The collector's listeners get each stored event's mapping; a worker that keeps up takes
-    # those rather than decoding the rows again, holding at most MAX_RECENT of them.
+    # The collector hands each batch's stored events to its listeners; a worker that keeps up
+    # takes those rather than decoding the rows again, holding at most MAX_RECENT of them.
     monkeypatch.setattr(worker_module, "MAX_RECENT", 3)
     store, _ = sqlite_stores
     worker = worker_for(sqlite_stores, receiver)
     stored = store.ingest_batches([("agent-a", make_events("agent-a", 1, 5))])[0].stored
-    mappings = [{**to_mapping(e), "exfilguard.offered": True} for e in stored]
-    worker.offer(mappings)
+    offered = []
+    for event in stored:
+        mark = pb.Event()
+        mark.CopyFrom(event)
+        mark.exfilguard.config_version = "offered"  # tells the held copies from the rows
+        offered.append(mark)
+    worker.offer(offered)
     worker.start()
     try:
         wait_for(lambda: len(bulk_ids(receiver)) == 5, what="5 events forwarded")
     finally:
         worker.stop()
     docs = [doc for r in receiver.accepted for doc in r.lines()[1::2]]
-    assert [bool(d.get("exfilguard", {}).get("offered")) for d in docs] == [True] * 3 + [False] * 2
+    held = [d.get("exfilguard", {}).get("config_version") == "offered" for d in docs]
+    assert held == [True] * 3 + [False] * 2
     assert all(ecs_problems(d) == [] for d in docs)
 
 
