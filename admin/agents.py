@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from admin import terminal
 from collector import config as collector_config
 from collector.fleet.health import health
-from collector.store import AgentRecord, StoreError, open_store
+from collector.store import AgentRecord, CollectorRecord, StoreError, open_store, presence
+from common.ecstime import ecs_time_at
 from common.yamlfile import YamlError
 
 _COLUMNS = (
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         store = open_store(config.store, readonly=True)
         try:
             records = store.agents()
+            collectors = store.fleet_collectors()
         finally:
             store.close()
     except StoreError as exc:
@@ -61,7 +64,19 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_table(records, silent_after, expected))
+        if len(collectors) > 1:  # a fleet of collectors on one store: which of them are alive
+            sys.stdout.write("\n" + format_collectors(collectors))
     return 0
+
+
+def format_collectors(collectors: list[CollectorRecord], now: float | None = None) -> str:
+    """The fleet's collectors as their leases say: `live` when renewed within the lease, else `gone`."""
+    live_after = ecs_time_at((now or time.time()) - presence.LEASE_SECONDS)
+    rows = [("COLLECTOR", "LISTEN", "STATE", "STARTED", "LAST LEASE", "SIGNING KEY")] + [
+        (c.name, c.listen, "live" if c.seen >= live_after else "gone", c.started, c.seen, c.signing_key[:16])
+        for c in collectors
+    ]
+    return terminal.table(rows)
 
 
 def _expected_config(fleet_path: str | None, records: list[AgentRecord]) -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from admin.agents import format_collectors
 from collector.evidence import keys
 from collector.store import open_store
 from common.ecstime import ecs_time_at
@@ -36,3 +37,14 @@ def test_a_collector_signing_with_another_key_than_the_fleet_is_named(tmp_path: 
     assert exported.returncode == 0, exported.stderr
     assert f"warning: collector collector-b of this fleet signs with key {'ab' * 32}" in exported.stderr
     assert f"raw key): {mine}" in exported.stderr and exported.stderr.count("warning:") == 1
+    # `exfilguard agents` lists the fleet's collectors under its table: both leases, both live.
+    store = open_store(str(tmp_path / "collector.db"), readonly=True)
+    try:
+        leases = store.fleet_collectors()
+    finally:
+        store.close()
+    listed = format_collectors(leases).splitlines()
+    assert len(listed) == 3 and "collector-b" in listed[1] + listed[2]
+    assert all(" live " in line for line in listed[1:])
+    later = format_collectors(leases, now=time.time() + 60).splitlines()  # no renewal for a minute
+    assert all(" gone " in line for line in later[1:])
