@@ -161,7 +161,7 @@ def _bare(path: Path, user: str, now: dt.datetime) -> dict[str, Callable[[], Any
     def timeline() -> None:
         db.execute(
             "SELECT agent_id, sequence, data FROM events WHERE user_name = ? AND ts >= ? AND ts < ?"
-            " ORDER BY ts DESC LIMIT 201",
+            " ORDER BY ts DESC LIMIT 101",
             (user, since, until),
         ).fetchall()
         db.execute(
