@@ -59,6 +59,9 @@ class ServeError(ExfilGuardError):
         super().__init__(f"{address}: {message}")
 
 
+_UNREQUESTED_SECONDS = 120  # a stream's wait for the event loop, in a burst of reconnections
+
+
 def server_options(config: CollectorConfig) -> list[tuple[str, int]]:
     """gRPC channel arguments: message limits, keepalive, and an exclusive port."""
     return [
@@ -75,6 +78,12 @@ def server_options(config: CollectorConfig) -> list[tuple[str, int]]:
         # A connection with no call at all (a port scan, a client that never starts a stream)
         # is closed after two minutes; agents always have their stream open.
         ("grpc.max_connection_idle_ms", 120_000),
+        # New streams wait in gRPC core until the event loop takes them, one at a time; core
+        # cancels what waits beyond its backlog (1,000 soft, 3,000 hard) or 30 s. A fleet
+        # reconnecting at once (a collector restart) is max_streams streams in that queue.
+        ("grpc.server.max_pending_requests", config.max_streams + config.max_pending_hellos),
+        ("grpc.server.max_pending_requests_hard_limit", config.max_streams + config.max_pending_hellos),
+        ("grpc.server_max_unrequested_time_in_server", _UNREQUESTED_SECONDS),
     ]
 
 

@@ -221,3 +221,15 @@ def test_open_files_limit_too_low_for_max_streams_is_said(tmp_path: Path) -> Non
     assert lines[0].startswith("open files limit is 4096, but max_streams 10000")
     assert "LimitNOFILE" in lines[0]
     assert lines[1:] == ["soft 4096", "soft 4096"]  # 1,000 streams fit: no warning
+
+
+def test_grpc_core_queues_a_whole_fleet_of_new_streams() -> None:
+    # gRPC core cancels new streams beyond its backlog of streams the event loop has not taken
+    # yet (1,000 soft, 3,000 hard, 30 s by default): a fleet reconnecting at once must fit
+    from collector.config import CollectorConfig
+    from collector.server import server_options
+
+    options = dict(server_options(CollectorConfig.model_validate({"store": "x.db", "max_streams": 20_000})))
+    assert options["grpc.server.max_pending_requests"] >= 20_000
+    assert options["grpc.server.max_pending_requests_hard_limit"] >= 20_000
+    assert options["grpc.server_max_unrequested_time_in_server"] >= 60
