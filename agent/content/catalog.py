@@ -9,6 +9,11 @@ new or changed file is fingerprinted again, a removed one's id retired and swept
 Memory is bounded: at most `max_chunks` chunk entries (8 bytes each, tables kept at most
 half full); past that a file is left without chunk fingerprints, logged, and counted
 through `on_loss` (the agent reports it as an `agent.gap`).
+
+With a `saved_path` (the agent's state directory), the catalog is saved (saved.py) when it
+goes idle after a change, at most once every `SAVE_SECONDS`, and at stop; at the next start it
+is loaded and checked, and only tagged files that changed meanwhile (size or mtime) are read
+again.
 """
 
 # Per-file hot path uses os calls, not a Path object per file.
@@ -25,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from agent.content import saved
 from agent.content.chunks import MAX_ID, ChunkStream, FeatureTable
 from agent.content.textsim import MIN_SAMPLE, TextFeatures, TextSample, looks_like_text
 from agent.sensors.fingerprints import FingerprintIndex, sample_digest
@@ -33,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _READ = 1 << 20
 TEXT_BYTES = 16 << 20  # text features come from at most this much of a file's start
+SAVE_SECONDS = 60.0    # the saved catalog is rewritten at most this often (and at stop)
 LossReport = Callable[[str, int], None]  # (reason, files affected)
 
 
@@ -47,6 +54,7 @@ class Source:
     chunks: int = -1          # distinct chunks recorded; -1 until fingerprinted
     text: int = 0             # sampled text features (0: not text, or too few)
     sha256: str = ""
+    sample: bytes = b""       # the index's sampled hash (fingerprints.sample_digest)
 
 
 class ContentCatalog:
@@ -56,8 +64,13 @@ class ContentCatalog:
 
     def __init__(self, index: FingerprintIndex, *, max_chunks: int = 4_000_000,
                  max_file_bytes: int = 4 << 30, on_loss: LossReport | None = None,
-                 poll_seconds: float = 0.5) -> None:
+                 poll_seconds: float = 0.5, saved_path: str = "") -> None:
         self.index = index
+        self.saved_path = saved_path
+        self.loaded = 0            # sources taken from the saved catalog at start, unchanged since
+        self._changes = 0          # fingerprints added or retired: the saved catalog is behind
+        self._saved_changes = 0
+        self._saved_at = 0.0
         self.max_chunks = max_chunks
         self.max_file_bytes = max_file_bytes
         self._on_loss = on_loss
@@ -86,11 +99,13 @@ class ContentCatalog:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop fingerprinting; idempotent."""
+        """Stop fingerprinting (and save the catalog); idempotent."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            if not self._thread.is_alive():  # else it may be changing the tables: not saved
+                self._save(force=True)
             self._thread = None
 
     def wait_ready(self, timeout: float) -> bool:
@@ -114,12 +129,14 @@ class ContentCatalog:
     def _run(self) -> None:
         with contextlib.suppress(OSError):  # background work: the user's programs go first
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        self._load()
         while not self._stop.is_set():
             try:
                 self.sync()
                 while not self._stop.is_set() and self._fingerprint_next():
                     if self.index.version != self._synced_version:
                         self.sync()
+                self._save(force=False)
             except Exception:
                 log.exception("content catalog: fingerprinting failed")
             self._idle.set()
@@ -148,6 +165,7 @@ class ContentCatalog:
                     self._pending[path] = None
                 elif known.tags != tags:
                     known.tags = tags
+                    self._changes += 1
             self._synced_version = version
             if self._retired > max(4096, len(self.chunks) // 2):
                 self._compact()
@@ -155,6 +173,7 @@ class ContentCatalog:
     def _retire(self, path: str) -> None:
         file_id = self._ids.pop(path, None)
         if file_id is not None:
+            self._changes += 1
             source = self._sources.pop(file_id, None)
             self._retired += max(0, source.chunks if source else 0)
 
@@ -252,14 +271,66 @@ class ContentCatalog:
                 for key in sample.keys:
                     self.text.add(key, file_id)
                 source.text = len(sample.keys)
-        source.chunks = len(seen)
+        source.sample = sample_digest(fd, source.size)
         source.sha256 = sha.hexdigest()
+        source.chunks = len(seen)
+        with self._lock:
+            self._changes += 1
         # the exact-copy check then needs no second open of the source (3 blocks, just read)
-        self.index.remember_digest(source.path, source.mtime, source.size, source.sha256,
-                                   sample_digest(fd, source.size))
+        self.index.remember_digest(source.path, source.mtime, source.size, source.sha256, source.sample)
         if len(table) >= budget:
             self._lost("content_index_full", source.path)
         return True
+
+    # ---------------------------------------------------------- saved catalog
+
+    def _load(self) -> None:
+        """Take the saved catalog (saved.py); sync() then retires what changed since."""
+        if not self.saved_path:
+            return
+        try:
+            found = saved.load(self.saved_path)
+            if found is not None and len(found.chunks) > self.max_chunks:
+                raise saved.SavedCatalogError(self.saved_path, f"holds more than {self.max_chunks} chunks")
+        except saved.SavedCatalogError as exc:
+            log.warning("%s: the tagged files are fingerprinted again", exc)
+            saved.remove(self.saved_path)
+            return
+        if found is None:
+            return
+        current = {path: (size, mtime) for path, size, mtime, _tags in self.index.snapshot()}
+        with self._lock:
+            self.chunks, self.text = found.chunks, found.text
+            for s in found.sources:
+                self._sources[s.file_id] = Source(s.path, s.size, s.mtime, s.tags, s.chunks, s.text,
+                                                  s.sha256, s.sample)
+                self._ids[s.path] = s.file_id
+            self._next_id = max(self._sources, default=0) + 1
+            self._saved_changes = self._changes
+        unchanged = [s for s in found.sources if current.get(s.path) == (s.size, s.mtime)]
+        for s in unchanged:
+            self.index.remember_digest(s.path, s.mtime, s.size, s.sha256, s.sample)
+        self.loaded = len(unchanged)
+        log.info("content catalog: %d of %d saved tagged files unchanged since the last run; the rest "
+                 "are fingerprinted again", self.loaded, len(found.sources))
+
+    def _save(self, *, force: bool) -> None:
+        """Save the catalog if it changed (at most every SAVE_SECONDS unless `force`)."""
+        now = time.monotonic()
+        if not self.saved_path or self._changes == self._saved_changes or (
+                not force and now - self._saved_at < SAVE_SECONDS):
+            return
+        with self._lock:
+            changes = self._changes
+            sources = [saved.SavedSource(i, s.path, s.size, s.mtime, s.tags, s.chunks, s.text, s.sha256,
+                                         s.sample)
+                       for i, s in self._sources.items() if s.chunks >= 0 and s.sha256 and s.sample]
+        try:
+            saved.save(self.saved_path, saved.SavedCatalog(sources, self.chunks, self.text))
+        except OSError as exc:
+            log.warning("content catalog not saved to %s: %s", self.saved_path, exc.strerror)
+            return
+        self._saved_changes, self._saved_at = changes, now
 
     def _lost(self, reason: str, path: str) -> None:
         # once until the catalog has room again (a sweep): not one report per file

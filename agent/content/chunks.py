@@ -163,6 +163,25 @@ class FeatureTable:
                 found.append(held & _ID_MASK)
             at = (at + 1) & mask
 
+    def to_bytes(self) -> bytes:
+        """The slots as bytes (this machine's byte order), to be saved."""
+        return self._slots.tobytes()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> FeatureTable:
+        """A table from `to_bytes()` (same byte order); ValueError if it cannot be one."""
+        slots = len(blob) // 8
+        if len(blob) % 8 or slots < 16 or slots & (slots - 1):
+            raise ValueError(f"{len(blob)} bytes are not a table of a power-of-two count of slots")
+        table = cls(16)
+        table._slots = array("Q")
+        table._slots.frombytes(blob)
+        table._mask = slots - 1
+        table.entries = slots - table._slots.count(0)
+        if table.entries * 2 > slots:
+            raise ValueError(f"{table.entries} entries in {slots} slots: more than half full")
+        return table
+
     def compact(self, live: Callable[[int], bool]) -> int:
         """Drop every entry whose file id is no longer `live`; returns entries dropped."""
         before = self.entries

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from agent.content import ContentCatalog, ContentIdentifier
+from pathlib import Path
+
+from agent.content import ContentCatalog, ContentIdentifier, saved
 from agent.content.examiner import Examiner
 from agent.prevent.devices import DeviceGuard
 from agent.prevent.guard import ContentGuard
@@ -41,8 +43,13 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     def content_lost(reason: str, count: int) -> None:
         emit(_content_gap(reason, count))
 
+    # saved in the state directory (made by the agent before its sensors), so a restart does not
+    # read every tagged file again; a config whose state directory does not exist saves nothing
+    state = Path(config.state_dir)
+    saved_path = str(state / saved.FILE_NAME) if state.is_dir() else ""
     catalog = ContentCatalog(index, max_chunks=settings.max_chunk_fingerprints,
-                             max_file_bytes=settings.max_hash_bytes, on_loss=content_lost)
+                             max_file_bytes=settings.max_hash_bytes, on_loss=content_lost,
+                             saved_path=saved_path)
     examiner = Examiner(ContentIdentifier(catalog, index), on_loss=content_lost)
     blocking = config.prevent.removable_writes == "block"
     quarantine = Quarantine(config.state_dir, media, emit) if blocking else None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.content import ContentCatalog, ContentIdentifier, Identification
+from agent.content import ContentCatalog, ContentIdentifier, Identification, saved
 from agent.content.examiner import Examiner
 from agent.content.textsim import line_features
 from agent.sensors.fingerprints import FingerprintIndex
@@ -267,3 +267,47 @@ def test_a_file_growing_while_examined_is_read_to_its_size_then(
         stop.set()
         writer.join()
         os.close(fd)
+
+
+def test_the_catalog_is_saved_and_only_files_changed_since_are_read_again(
+        db: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    path = str(state / saved.FILE_NAME)
+
+    def started() -> ContentCatalog:
+        index = FingerprintIndex(TagMap({str(db): ["database"]}))
+        index.rebuild()
+        catalog = ContentCatalog(index, saved_path=path)
+        catalog.start()
+        assert catalog.wait_ready(20)
+        return catalog
+
+    first = started()
+    first.stop()  # saved at stop
+    assert first.loaded == 0 and Path(path).is_file()
+    (db / "blob1.bin").write_bytes(random.Random(3).randbytes(90_000))  # changed while stopped
+    work = db.parent.parent
+    _run(f"awk -F, '{{print $5\";\"$3\";\"$1\";\"$2\";\"$4}}' {db / 'customers.csv'} > reordered.csv && "
+         f"head -c 100000 {db / 'blob2.bin'} > part.bin && head -c 60000 {db / 'blob1.bin'} > new.bin", work)
+    second = started()
+    try:
+        assert second.loaded == 3  # the changed file alone was read again
+        identify = ContentIdentifier(second, second.index)
+        assert _of(identify, work / "reordered.csv").sources == [str(db / "customers.csv")]  # text, saved
+        part = _of(identify, work / "part.bin")
+        assert (part.identified_by, part.sources) == ("chunks", [str(db / "blob2.bin")])  # chunks, saved
+        again = _of(identify, work / "new.bin")
+        assert (again.identified_by, again.sources) == ("chunks", [str(db / "blob1.bin")])  # read again
+    finally:
+        second.stop()
+    damaged = bytearray(Path(path).read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    Path(path).write_bytes(bytes(damaged))
+    third = started()
+    try:
+        assert third.loaded == 0 and "checksum mismatch" in caplog.text  # refused, named, rebuilt
+        identify = ContentIdentifier(third, third.index)
+        assert _of(identify, work / "part.bin").sources == [str(db / "blob2.bin")]
+    finally:
+        third.stop()
