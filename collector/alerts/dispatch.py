@@ -8,7 +8,7 @@ from typing import Any
 
 from collector import config as cfg
 from collector.alerts.routing import Route
-from collector.alerts.secrets import read_secret
+from collector.alerts.secrets import read_secret, tls_context
 from collector.alerts.sinks.base import QueuedSink
 from collector.alerts.sinks.email import EmailSink
 from collector.alerts.sinks.jsonl import JsonlSink
@@ -28,14 +28,18 @@ def build_sink(spec: cfg.Sink) -> QueuedSink:
 
 
 def check_sinks(specs: Sequence[cfg.Sink]) -> None:
-    """Read every secret and template the sinks name, as building them will (SinkSetupError if one
-    is missing or bad): the collector checks before it starts the policy process that builds them."""
+    """Read every secret, template and TLS file the sinks name, as building them will (SinkSetupError
+    if one is missing or bad): the collector checks before it starts the policy process that builds them."""
     for spec in specs:
         if isinstance(spec, cfg.WebhookSink):
             for name, value in spec.headers.items():
                 read_secret(value, f"webhook header {name}")
             key = read_secret(spec.routing_key, "PagerDuty routing key") if spec.routing_key else ""
             Template.build(spec.template, key)
+            if spec.url.startswith("https://"):
+                tls_context(spec.ca, "webhook")
+        elif isinstance(spec, cfg.SyslogSink) and spec.protocol == "tls":
+            tls_context(spec.ca, f"syslog {spec.address}", spec.cert, spec.key)
 
 
 def _sink(spec: cfg.Sink) -> QueuedSink:

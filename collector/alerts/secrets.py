@@ -1,4 +1,6 @@
-"""Secret header values (webhook tokens, a PagerDuty routing key) read from a file or the environment.
+"""What a sink or destination reads to reach its receiver: secret header values (webhook tokens, a
+PagerDuty routing key) from a file or the environment, and the TLS context of its CA bundle
+and client certificate.
 
 The config names where a secret is, never the secret itself (configs end up in tickets and
 backups); the value is read once when the sink is built and is never logged or put in an error.
@@ -7,6 +9,7 @@ backups); the value is read once when the sink is built and is never logged or p
 from __future__ import annotations
 
 import os
+import ssl
 
 from collector.alerts.errors import SinkFileError, SinkSetupError
 from collector.config import HeaderValue, SecretRef
@@ -45,3 +48,21 @@ def read_secret(ref: SecretRef | HeaderValue, what: str) -> str:
         where = f"${ref.env}" if ref.env is not None else str(ref.file)
         raise SinkSetupError(where, f"{what}: holds a line break or NUL")
     return ref.prefix + value
+
+
+def tls_context(
+    ca: str | None, what: str, cert: str | None = None, key: str | None = None
+) -> ssl.SSLContext:
+    """A client TLS context verifying against `ca` (default: the system's trust store), with a
+    client certificate when `cert` and `key` are set; SinkFileError names a file that will not load."""
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise SinkFileError(str(ca), f"{what}: cannot load the CA bundle: {exc}") from exc
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert and key:
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise SinkFileError(cert, f"{what}: cannot load the client certificate and key: {exc}") from exc
+    return context

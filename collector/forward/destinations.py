@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import orjson
 
 from collector import __version__
+from collector.alerts.secrets import tls_context
 from collector.formats.ocsf import epoch_ms
 from collector.forward.errors import DeliveryError
 from collector.forward.syslog import FACILITY, SD_ID, SyslogTransport, sd_value
@@ -112,7 +113,7 @@ class HttpDestination:
         self.timeout = timeout
         self.url = _with_path(url, "/services/collector/event" if kind == "splunk-hec" else "/_bulk")
         self.where = _safe(self.url)
-        self._context = ssl.create_default_context(cafile=ca) if url.startswith("https://") else None
+        self._context = tls_context(ca, f"{kind} {self.where}") if url.startswith("https://") else None
         content_type = "application/json" if kind == "splunk-hec" else "application/x-ndjson"
         self._headers = {"Content-Type": content_type, "User-Agent": f"exfilguard/{__version__}"}
         self._headers.update(headers or {})

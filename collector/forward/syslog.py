@@ -22,6 +22,8 @@ import socket
 import ssl
 from collections.abc import Sequence
 
+from collector.alerts.secrets import tls_context
+
 MAX_UDP_BYTES = 8192
 FACILITY = 10  # authpriv: security messages
 APP = "exfilguard"
@@ -60,10 +62,7 @@ class SyslogTransport:
         self.server_name = server_name or self.host
         self._context: ssl.SSLContext | None = None
         if protocol == "tls":
-            self._context = ssl.create_default_context(cafile=ca)
-            self._context.minimum_version = ssl.TLSVersion.TLSv1_2
-            if cert and key:
-                self._context.load_cert_chain(cert, key)
+            self._context = tls_context(ca, f"syslog {self.host}:{self.port}", cert, key)
         self._sock: socket.socket | None = None
 
     @property

@@ -13,11 +13,12 @@ from typing import Any
 import pytest
 
 from collector import config as cfg
-from collector.alerts.dispatch import Dispatcher, build_sink
+from collector.alerts.dispatch import Dispatcher, build_sink, check_sinks
 from collector.alerts.errors import SinkFileError, SinkSetupError
 from collector.alerts.routing import Route
 from collector.alerts.sinks.jsonl import JsonlSink
 from collector.alerts.sinks.webhook import WebhookSink
+from collector.forward.listener import build_destination
 from collector.tls import pki
 from common.yamlfile import YamlError
 from tests.helpers import REPO, write_collector_config
@@ -272,3 +273,23 @@ def test_collector_refuses_to_start_without_a_sink_s_secret(tmp_path: Path) -> N
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert f"{tmp_path / 'missing.token'}: webhook header Authorization: cannot read" in done.stderr
+
+
+def test_tls_files_that_will_not_load_are_named_before_start(tmp_path: Path) -> None:
+    (tmp_path / "bad.pem").write_text("not a certificate\n")
+    path = write_config(
+        tmp_path,
+        "  - type: syslog\n    address: siem.example.com:6514\n    transport: tls\n    ca: none.pem\n"
+        "  - type: webhook\n    url: https://hooks.example.com/x\n    ca: bad.pem\n",
+    )
+    specs = cfg.load(path).alerts
+    with pytest.raises(SinkFileError) as caught:
+        check_sinks(specs[:1])
+    assert caught.value.path == str(tmp_path / "none.pem")
+    with pytest.raises(SinkFileError) as caught:
+        check_sinks(specs[1:])
+    assert caught.value.path == str(tmp_path / "bad.pem") and "CA bundle" in caught.value.reason
+    bad_ca = str(tmp_path / "bad.pem")
+    destination = cfg.HttpDestination(name="es", type="elasticsearch", url="https://es:9200", ca=bad_ca)
+    with pytest.raises(SinkFileError):
+        build_destination(destination)

@@ -4,7 +4,6 @@ start, never logged: errors name the URL and the status only)."""
 
 from __future__ import annotations
 
-import ssl
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -12,6 +11,7 @@ from typing import Any
 
 from collector import __version__
 from collector.alerts.errors import SinkError
+from collector.alerts.secrets import tls_context
 from collector.alerts.sinks.base import QueuedSink
 from collector.alerts.templates import Template
 
@@ -38,7 +38,7 @@ class WebhookSink(QueuedSink):
         self.template = template or Template.build(None)
         self._headers = dict(headers or {})
         # https: verified against `ca`, else the system's trust store (a self-signed HEC, say)
-        self._context = ssl.create_default_context(cafile=ca) if url.startswith("https://") else None
+        self._context = tls_context(ca, "webhook") if url.startswith("https://") else None
         super().__init__(max_retries)
 
     def __repr__(self) -> str:  # never the headers: they may hold tokens
