@@ -71,14 +71,15 @@ def test_collector_forwards_every_event_through_an_outage(rsyslog: Rsyslog, tmp_
         assert stream.ack() == 100
         scrape = f"http://127.0.0.1:{metrics_port}/metrics"
 
-        def lagging() -> str | None:
-            text = urllib.request.urlopen(scrape, timeout=5).read().decode()
-            return text if metric(text, "exfilguard_forward_lag_events", "siem") == 60 else None
+        failures = r'exfilguard_forward_failures_total\{destination="siem",reason="connection"\}'
+        failed = re.compile(failures + " [1-9]")
 
-        text = wait_for(lagging, what="the syslog lag in the metrics")
-        assert text is not None
-        failed = r'exfilguard_forward_failures_total\{destination="siem",reason="connection"\} [1-9]'
-        assert re.search(failed, text)
+        def lagging() -> bool:
+            # The 60 held events, and at least one failed delivery of them, in the same scrape.
+            text = urllib.request.urlopen(scrape, timeout=5).read().decode()
+            return metric(text, "exfilguard_forward_lag_events", "siem") == 60 and bool(failed.search(text))
+
+        wait_for(lagging, what="the syslog lag and its failures in the metrics")
         wait_for(lambda: sum(len(r.lines()) // 2 for r in elastic.accepted) >= 100, what="elastic unaffected")
         rsyslog.restart()
         wait_for(lambda: len(syslog_ids(rsyslog)) == 100, timeout=20, what="the 60 held events in rsyslog")
