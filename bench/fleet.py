@@ -110,7 +110,8 @@ class _Agent:
     async def run(self, go: asyncio.Event, stop: asyncio.Event) -> None:
         while not stop.is_set():
             address = self.order[self.position % len(self.order)]
-            with contextlib.suppress(grpc.aio.AioRpcError):
+            # A broken stream: an RPC error, or a write after the collector ended it.
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
                 await self._stream(address, go, stop)
             if stop.is_set():
                 return
@@ -121,16 +122,10 @@ class _Agent:
 
     async def _stream(self, address: str, go: asyncio.Event, stop: asyncio.Event) -> None:
         async with grpc.aio.insecure_channel(address) as channel:
-            out: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
-
-            async def requests() -> Any:
-                while (message := await out.get()) is not None:
-                    yield message
-
-            call = pb_grpc.IngestStub(channel).Stream(requests())
+            call = pb_grpc.IngestStub(channel).Stream()  # written with call.write: one writer, this task
             hello = pb.Hello(agent_id=self.id, version="bench", hostname=f"ws-{self.id}",
                              last_acked_sequence=self.acked, next_sequence=self.count + 1)
-            await out.put(pb.AgentMessage(hello=hello))
+            await call.write(pb.AgentMessage(hello=hello))
             first = await call.read()
             assert isinstance(first, pb.CollectorMessage)
             self.acked = max(self.acked, first.ack.sequence)
@@ -164,17 +159,16 @@ class _Agent:
                                            return_when=asyncio.FIRST_COMPLETED)
                         continue
                     part = self.events[cursor:cursor + _BATCH]
-                    await out.put(pb.AgentMessage(batch=pb.EventBatch(events=part)))
+                    await call.write(pb.AgentMessage(batch=pb.EventBatch(events=part)))
                     cursor += len(part)
                 while not stop.is_set() and not reader.done():
                     beat = pb.Heartbeat(sent=events.now(), backlog=self.count - self.acked)
-                    await out.put(pb.AgentMessage(heartbeat=beat))
+                    await call.write(pb.AgentMessage(heartbeat=beat))
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(asyncio.shield(stop.wait()), _HEARTBEAT)
                 if reader.done():
                     reader.result()  # re-raise what broke the stream
             finally:
-                await out.put(None)
                 reader.cancel()
                 call.cancel()
 
@@ -315,11 +309,12 @@ def run_fleet(
         store = open_store(url, readonly=True)
         try:
             # The policy engine runs after the ack: wait for its alerts (bounded) before taking the CPU.
-            settled = _settle(lambda: _alerts(store), args.agents)
+            expected = args.agents if args.events >= 10 else 0  # an agent's first copy is its 10th event
+            settled = _settle(lambda: _alerts(store), expected)
             figures["cpu_ms_per_event"] = (sum(_cpu(p) for p in collector_cpu) - cpu0) * 1000 / total
             figures["pg_cpu_ms_per_event"] = (_cpu(pg) - pg0) * 1000 / total
             figures["alerts"] = settled
-            figures["alerts_expected"] = args.agents
+            figures["alerts_expected"] = expected
 
             def all_connected() -> bool:
                 return sum(1 for a in store.agents() if a.connected) == int(args.agents)
