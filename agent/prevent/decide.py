@@ -3,14 +3,15 @@
 Two questions, each answered from what the kernel holds still and what lineage recorded:
 
   an open on removable media   does the opener (or its pipeline) carry tagged data? It does
-                               when it holds a tagged (or derived) file open now, or it, its
-                               parent or grandparent opened a tagged file in the last
-                               RECENT_SECONDS, or a process of its group did in the last
+                               when it holds a tagged (or derived) file open now, or opened a
+                               tagged file in the last RECENT_SECONDS, or its parent,
+                               grandparent or a process of its group did in the last
                                GROUP_SECONDS (the guard hears
                                of every tagged open in the order the kernel queued it, before
                                the write's open); or when lineage (agent/sensors/lineage.py)
-                               says it, its parent or grandparent read tagged data in the last
-                               RECENT_SECONDS (pipes and forks included). Only opens for
+                               says it read tagged data in the last RECENT_SECONDS (pipes and
+                               forks included), or its parent or grandparent did in the last
+                               GROUP_SECONDS. Only opens for
                                writing are refused.
   an open of a tagged file     is the opener writing to removable media already (it, or a
                                process of its group, holds a file there open for writing)?
@@ -42,7 +43,7 @@ from common.agentconfig import PreventException, PreventSettings
 log = logging.getLogger(__name__)
 
 RECENT_SECONDS = 300.0   # tagged data read longer ago than this does not block a write
-GROUP_SECONDS = 10.0     # ... by another process of the writer's group (a pipeline runs at once)
+GROUP_SECONDS = 10.0     # ... by its parent, grandparent or group (a pipeline runs at once)
 MAX_WRITERS = 4096       # processes remembered as writing to removable media
 MAX_GROUPS = 4096        # processes, and process groups, remembered as having opened tagged files
 
@@ -170,7 +171,9 @@ class Decider:
             opened = [(n, self._opened.get(member)) for n, member in enumerate(chain)]
             group = self._groups.get(pgid) if pgid > 1 else None
         for n, seen in opened:
-            if seen is not None and now - seen[0] <= RECENT_SECONDS:
+            # an ancestor's read counts only while it is fresh (rsync's sender, a moment ago): an
+            # IDE that opened a tagged file minutes ago does not taint what its terminal copies
+            if seen is not None and now - seen[0] <= (RECENT_SECONDS if n == 0 else GROUP_SECONDS):
                 whose = "it" if n == 0 else ("its parent" if n == 1 else "its grandparent")
                 return Verdict(f"{whose} opened tagged file {seen[1]}", seen[1], seen[2])
         if group is not None and now - group[0] <= GROUP_SECONDS:
@@ -179,8 +182,8 @@ class Decider:
 
     def _lineage(self, chain: list[int], now: float) -> Verdict | None:
         if self.flow is not None and self.flow.carrying():
-            for member in chain:
-                sources = self.flow.flow([member]).since(now - RECENT_SECONDS)
+            for n, member in enumerate(chain):
+                sources = self.flow.flow([member]).since(now - (RECENT_SECONDS if n == 0 else GROUP_SECONDS))
                 if sources:
                     last = sources[-1]
                     return Verdict(f"its data flow carries tagged file {last.path} (lineage, "
