@@ -44,6 +44,14 @@ from protos.wire import REFUSED_SEQUENCE_KEY
 log = logging.getLogger("exfilguard.collector.ingest")
 
 _GROUP_EVENTS = 20_000  # at most this many events in one commit, so acks keep flowing
+# Stored but not yet chained events beyond which a commit first waits for the sealer: the chain
+# stays within about a second of the acks, and a busy collector's cores go to the chain too. A
+# sealer that makes no progress for _CHAIN_STALL_SECONDS (stuck, dead, restarting) is not waited
+# for, and no commit waits longer than _CHAIN_HOLD_SECONDS: the chain may slow ingest, never stop it.
+MAX_UNSEALED = 5_000
+_CHAIN_HOLD_SECONDS = 10.0
+_CHAIN_STALL_SECONDS = 1.0
+_CHAIN_LOOK_SECONDS = 0.05
 _STREAM_PIPELINE = 16  # batches of one stream read ahead of their commit (bounds memory per stream)
 
 T = TypeVar("T")
@@ -67,6 +75,8 @@ class StoreWriter:
         )
         self._wake = asyncio.Event()
         self._closing = False
+        self._unsealed = 0  # the store's figure when last read, plus what was stored since
+        self._unwatched_until = 0.0  # the sealer stalled: commits do not wait for it until then
         self._task = asyncio.get_running_loop().create_task(self._run(), name="store-writer")
 
     async def ingest(self, agent_id: str, events: Sequence[pb.Event]) -> IngestResult:
@@ -120,6 +130,7 @@ class StoreWriter:
                     group.append(item)
                     size += len(item[1])
                 batches = [(agent_id, events) for agent_id, events, _ in group]
+                await self._wait_for_chain(loop)
                 started = loop.time()
                 results = await loop.run_in_executor(self._executor, self._timed_store_group, batches)
                 if log.isEnabledFor(logging.DEBUG):
@@ -140,12 +151,36 @@ class StoreWriter:
                     else:
                         future.set_result(result)
                 # Once per commit, not per batch or event: the hot path stays as it was.
+                self._unsealed += stored
                 self.metrics.events_ingested.inc(stored)
                 self.metrics.events_duplicate.inc(received - stored)
                 if failed:
                     self.metrics.store_failures.inc(failed)
             if self._closing:
                 return
+
+    async def _wait_for_chain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Hold the next commit while more than MAX_UNSEALED events wait for the sealer (bounded)."""
+        if self.seal_inline or self._unsealed <= MAX_UNSEALED or loop.time() < self._unwatched_until:
+            return  # the usual case: nothing is read from the store
+        started = moving = loop.time()
+        before: int | None = None
+        while not self._closing:
+            try:
+                unsealed = await loop.run_in_executor(self._executor, self.store.unsealed)
+            except StoreError:
+                unsealed = None
+            self._unsealed = unsealed or 0  # None: this store cannot tell; never wait for it
+            now = loop.time()
+            if before is None or self._unsealed < before:
+                moving = now
+            if now - moving >= _CHAIN_STALL_SECONDS:
+                self._unwatched_until = now + _CHAIN_HOLD_SECONDS  # not moving: not waited for a while
+                return
+            if self._unsealed <= MAX_UNSEALED or now - started >= _CHAIN_HOLD_SECONDS:
+                return
+            before = self._unsealed
+            await asyncio.sleep(_CHAIN_LOOK_SECONDS)
 
     async def close(self) -> None:
         """Finish pending writes, then stop the thread (the store itself stays open)."""

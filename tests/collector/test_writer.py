@@ -56,3 +56,48 @@ def test_store_rejects_sequences_beyond_int64_as_store_error(new_store: Callable
         store.ingest("a", [event])
     assert store.ingest("a", make_events("a", 1, 2)) == 2
     store.close()
+
+
+async def _ingest_under_a_sealer(path: Path, sealing: bool, peaks: list[int | None]) -> float:
+    """Ingest 12 batches of 500 while (if `sealing`) a slow sealer chains 200 events every 0.1 s."""
+    store = open_store(str(path))
+    sealer = open_store(str(path))
+    writer = StoreWriter(store, seal_inline=False)
+    stop = asyncio.Event()
+
+    async def seal_slowly() -> None:
+        while not stop.is_set():
+            await asyncio.to_thread(sealer.seal, 200)
+            await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(seal_slowly()) if sealing else None
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        for first in range(1, 6001, 500):
+            await writer.ingest("a1", make_events("a1", first, first + 499))
+            peaks.append(await asyncio.to_thread(sealer.unsealed))
+        return loop.time() - started
+    finally:
+        stop.set()
+        if task is not None:
+            await task
+        await writer.close()
+        store.close()
+        sealer.close()
+
+
+def test_commits_wait_for_a_sealer_that_trails_but_not_for_one_that_stalls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from collector import ingest
+
+    monkeypatch.setattr(ingest, "MAX_UNSEALED", 1000)
+    peaks: list[int | None] = []
+    asyncio.run(_ingest_under_a_sealer(tmp_path / "slow.db", True, peaks))
+    # Checked before each commit: at most one batch beyond the bound (6,000 without the wait).
+    assert max(p or 0 for p in peaks) <= 1000 + 500, peaks
+    stalled: list[int | None] = []
+    took = asyncio.run(_ingest_under_a_sealer(tmp_path / "none.db", False, stalled))
+    assert stalled[-1] == 6000  # nothing chains them, and ingest went on: one stall, then no waits
+    assert took < 8, took
