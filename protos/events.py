@@ -244,12 +244,22 @@ class EventView(MutableMapping[str, Any]):
             self._full.update(self._added)
         return self._full
 
-    def copy(self) -> EventView:
-        """A view of the same event with the fields read and set so far; sets on it stay its own."""
+    def with_fields(self, added: dict[str, Any]) -> EventView:
+        """A view of the same event with `added` set on it (those set on this one kept); this one
+        is left as it is."""
         twin = EventView(self.event)
-        twin._values = dict(self._values)
-        twin._added = dict(self._added)
+        twin._values = {**self._values, **added}
+        twin._added = {**self._added, **added}
         return twin
+
+    def epoch(self) -> float | None:
+        """@timestamp as epoch seconds at microsecond precision (what parsing its ECS text gives);
+        None without one."""
+        event: Any = self.event
+        if not event.HasField("timestamp"):
+            return None
+        stamp: Timestamp = event.timestamp
+        return float(stamp.seconds) + (stamp.nanos // 1000) / 1e6
 
 
 def _readers() -> dict[str, Reader]:

@@ -108,6 +108,7 @@ def test_event_ids_are_distinct_version_4_uuids_and_times_are_microseconds() -> 
 
 
 def test_view_reads_what_to_mapping_holds_for_every_field_of_the_corpus() -> None:
+    from collector.policy.engine import event_time
     from collector.policy.fields import FIELDS
     from tests.eventcorpus import corpus
 
@@ -120,6 +121,7 @@ def test_view_reads_what_to_mapping_holds_for_every_field_of_the_corpus() -> Non
             assert (name in view) == (name in full), name
         assert dict(events.EventView(event)) == full
         assert len(view) == len(full)
+        assert view.epoch() == event_time(full)  # the engine's clock, read off the protobuf
 
 
 def test_view_reads_only_what_is_asked_and_keeps_added_fields_apart() -> None:
@@ -127,8 +129,11 @@ def test_view_reads_only_what_is_asked_and_keeps_added_fields_apart() -> None:
     view = events.EventView(event)
     assert view["file.size"] == 0 and view.get("device.serial") is None
     assert "device.serial" not in view and view.get("device.serial", "") == ""
-    twin = view.copy()
-    twin["exfilguard.risk.score"] = 3.0
+    twin = view.with_fields({"exfilguard.risk.score": 3.0})
     assert twin["exfilguard.risk.score"] == 3.0 and "exfilguard.risk.score" not in view
-    assert dict(twin) == {**events.to_mapping(event), "exfilguard.risk.score": 3.0}
+    twin["device.approved"] = False
+    assert dict(twin) == {**events.to_mapping(event), "exfilguard.risk.score": 3.0, "device.approved": False}
     assert "exfilguard.risk.score" not in events.to_mapping(twin.event)  # the event is not changed
+    from collector.policy import engine
+
+    assert view.epoch() == engine.event_time(events.to_mapping(event))

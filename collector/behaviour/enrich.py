@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping
 from typing import Any
 
 from collector.behaviour.approvals import ApprovalView
@@ -77,8 +77,7 @@ class Behaviour:
             written = event.get("file.size")
             size = written if isinstance(written, int) else 0
             tagged = bool(event.get("tags"))
-        # A lazy view of a stored event stays lazy: only the fields policies read are converted.
-        out: MutableMapping[str, Any] = event.copy() if isinstance(event, EventView) else dict(event)
+        out: dict[str, Any] = {}  # the fields added, put on the event at the end (_with)
         # Fields left unset read as their defaults (fields.ENRICHED: false, 0): only what can be
         # set is written, which keeps the many events without a device cheap.
         host = str(event.get("host.name") or "")
@@ -95,7 +94,7 @@ class Behaviour:
         if host:
             out["exfilguard.baseline.first_device_on_host"] = self.hosts.observe(host, day, serial, user)
         if not user:
-            return out
+            return _with(event, out)
         seen = self.baselines.observe(user, day, hour, action=action, serial=serial, size=size, tagged=tagged)
         base = seen.user
         first_use = seen.removable and base.warm and base.removable_days == 0
@@ -120,7 +119,7 @@ class Behaviour:
         score = out["exfilguard.risk.score"] = self.risk.score(user, now)
         if score:
             out["exfilguard.risk.signals"] = self.risk.signals(user)
-        return out
+        return _with(event, out)
 
     def _signals(
         self,
@@ -196,3 +195,11 @@ class Behaviour:
         risks = {n: dict(s["risk"]) for n, s in snapshots.items() if isinstance(s.get("risk"), dict)}
         self.risk.restore(risks)
         return self.baselines.restore(bases)
+
+
+def _with(event: Mapping[str, Any], added: dict[str, Any]) -> Mapping[str, Any]:
+    """The event with `added` on top; a lazy view of a stored event stays lazy (only the fields
+    policies read are ever converted)."""
+    if isinstance(event, EventView):
+        return event.with_fields(added)
+    return {**event, **added}

@@ -261,7 +261,7 @@ class PolicyEngine:
 
     def _evaluate(self, event: EventFields, raise_alerts: bool) -> list[RaisedAlert]:
         self.events_seen += 1
-        now = event_time(event)
+        now = event.epoch() if type(event) is EventView else event_time(event)
         wall = time.time()
         if now is None or now > wall + MAX_FUTURE_SKEW_SECONDS:
             now = wall

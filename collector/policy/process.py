@@ -55,7 +55,7 @@ _HEADER = struct.Struct("<cI")
 CONFIG, EVENTS, MAPPINGS = b"C", b"E", b"M"  # collector -> policy process
 READY, STATS, FAILED = b"R", b"S", b"F"  # policy process -> collector
 MAX_FRAME = 256 << 20  # an EventBatch is bounded by the collector's max_message_bytes
-_PIPE_BUFFER = 8 << 20  # bytes queued to the child before an acker waits for room
+_PIPE_BUFFER = 1 << 20  # bytes queued to the child before an acker waits for room (~3,000 events)
 STATS_SECONDS = 0.5
 _RESTART_SECONDS = 1.0
 _STOP_SECONDS = 30.0  # a clean stop lets the child evaluate what it was sent, flush and drain its sinks
@@ -74,9 +74,12 @@ def frame(kind: bytes, payload: bytes) -> bytes:
 def events_payload(events: Sequence[pb.Event]) -> bytes:
     """The bytes of an `EventBatch` holding `events` (field 1, length-delimited, repeated)."""
     parts = []
+    heads = _HEADS
     for event in events:
         data = event.SerializeToString()
-        parts.append(b"\x0a" + _varint(len(data)) + data)
+        size = len(data)
+        parts.append(heads[size] if size < _SHORT else b"\x0a" + _varint(size))
+        parts.append(data)
     return b"".join(parts)
 
 
@@ -87,6 +90,10 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_SHORT = 1 << 14  # events up to 16 KiB (nearly all): their field head is looked up, not encoded
+_HEADS = [b"\x0a" + _varint(n) for n in range(_SHORT)]
 
 
 def encode_stats(stats: dict[str, Any]) -> bytes:

@@ -73,3 +73,18 @@ def test_alerts_come_from_the_policy_process_which_is_restarted_when_killed(tmp_
             assert alerts[1]["policy.id"] == "test-db-read" and "exfilguard.alert.repeat_of" not in alerts[1]
         assert collector.stop() == 0
     assert "policy process exited" in collector.log()
+
+
+def test_what_the_pipe_carries_is_an_event_batch_byte_for_byte() -> None:
+    from collector.policy.process import events_payload
+    from protos import exfilguard_pb2 as pb
+    from tests.eventcorpus import corpus
+
+    sent = corpus(300)
+    big = pb.Event()
+    big.file.path = "x" * 40_000  # beyond the looked-up field heads
+    sent.append(big)
+    batch = pb.EventBatch()
+    batch.events.extend(sent)
+    assert events_payload(sent) == batch.SerializeToString()
+    assert list(pb.EventBatch.FromString(events_payload(sent)).events) == sent
