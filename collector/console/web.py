@@ -187,7 +187,7 @@ def safe_next(target: str) -> str:
 
 @web.middleware
 async def security_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Headers every answer carries: no framing, no third-party anything, no caching, no referrer."""
+    """Headers every answer carries: no framing, nothing from other sites, no caching, no Referer to them."""
     state = state_of(request)
     try:
         response = await handler(request)
