@@ -155,6 +155,10 @@ class ContentGuard:
         return (f"decisions={self.decided} blocked={self.blocked} p50_ms={pct(0.5):.3f} "
                 f"p99_ms={pct(0.99):.3f} overflows={self.overflows}")
 
+    def tagged_marked(self) -> list[str]:
+        """Tagged directories (and files) whose opens the guard hears now."""
+        return list(self._marked)
+
     def watching(self) -> list[str]:
         """Mount points of the removable file systems guarded now."""
         return sorted(self._removable_dev.values())
@@ -395,6 +399,16 @@ class ContentGuard:
                 if group.place(dirpath, mask | FAN_EVENT_ON_CHILD):
                     marked.append(dirpath)
         self._marked = marked
+
+    def mark_dir(self, path: str) -> None:
+        """A directory appeared in a tagged tree (the file sensor saw it): hear its opens too."""
+        group = self._group
+        if group is None:
+            return
+        mask = FAN_OPEN | FAN_EVENT_ON_CHILD | (FAN_OPEN_PERM if self._armed else 0)
+        with contextlib.suppress(Exception):
+            if group.place(path, mask):
+                self._marked.append(path)
 
     def _arm(self) -> None:
         self._mark_tagged(FAN_OPEN | FAN_OPEN_PERM)

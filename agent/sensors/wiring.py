@@ -65,10 +65,18 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):
         reporter = AccessReporter(tags, index, copies, staging, emit, media=media)
         exact = ExactAccessSensor(tags, reporter, media)
+    content_guard = (ContentGuard(config.prevent, tags, index, media, emit, flow=copies.flow)
+                     if blocking else None)
+    markers = [m.mark_dir for m in (exact, content_guard) if m is not None]
+
+    def new_dir(path: str) -> None:
+        for mark in markers:  # tagged opens there are heard (and asked, while armed) by the guard too
+            mark(path)
+
     files = FileSensor(
         tags, index, copies, staging, media, emit,
         exact=exact is not None,
-        on_new_dir=exact.mark_dir if exact is not None else None,
+        on_new_dir=new_dir if markers else None,
         on_rescan=exact.mark_tagged if exact is not None else None,
         on_new_root=exact.mark_root if exact is not None else None,
         recheck_seconds=settings.inventory_seconds,
@@ -92,8 +100,8 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     sensors: list[Sensor] = [files, catalog, examiner]
     if exact is not None:
         sensors.append(exact)
-    if quarantine is not None:  # before the mount table: the guard marks mounts as they come
-        sensors += [quarantine, ContentGuard(config.prevent, tags, index, media, emit, flow=copies.flow)]
+    if quarantine is not None and content_guard is not None:  # before the mount table: the guard
+        sensors += [quarantine, content_guard]                   # marks mounts as they come
     # before the mount table: the mounts it reports at start are examined for late writes
     late = LateExaminer(config.state_dir, media, copies)
     sensors += [inventory, guard, devices, late, mounts]

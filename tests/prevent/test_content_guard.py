@@ -57,6 +57,11 @@ def _bytes_on(point: Path) -> int:
 
 def test_tagged_copies_are_refused_before_a_byte_lands(guarded: tuple[Running, Path, Path]) -> None:
     run, db, point = guarded
+    guard = run.sensor("prevent")
+    assert isinstance(guard, ContentGuard)
+    (db / "new").mkdir()  # made after the guard started: its opens must be heard too
+    (db / "new" / "plan.csv").write_bytes(os.urandom(20_000))
+    wait_for(lambda: str(db / "new") in guard.tagged_marked(), 15, "the new tagged directory to be marked")
     copy = "import shutil, sys; shutil.copy(sys.argv[1], sys.argv[2])"
     attempts = {
         "cp": f"cp {db}/customers.db {point}/c.db",
@@ -64,6 +69,7 @@ def test_tagged_copies_are_refused_before_a_byte_lands(guarded: tuple[Running, P
         "python": f"{sys.executable} -c '{copy}' {db}/orders.csv {point}/o.csv",
         "redirection": f"cat {db}/customers.db > {point}/r.db",
         "pipeline": f"tar cf - -C {db} . | gzip > {point}/p.tgz",
+        "new directory": f"tar cf - -C {db}/new . | gzip > {point}/n.tgz",
         "tar": f"tar cf {point}/t.tar -C {db} .",
         "zip": f"cd {db} && zip -qr {point}/z.zip .",
         "rsync": f"rsync -a {db}/ {point}/rs/",
