@@ -18,7 +18,7 @@ from collector.console.web import EVERYONE, FORM, OFFICERS, SESSION, ConsoleStat
 from collector.store import triage
 
 ACTIONS = ("close", "reopen", "acknowledge", "assign")
-ASSIGNED = "assigned to "
+ASSIGNED = queries.ASSIGNED
 ACKNOWLEDGED = "acknowledged"
 
 
@@ -83,9 +83,12 @@ async def queue(request: web.Request) -> web.StreamResponse:
     state = state_of(request)
     query = alert_query(request)
     page = await state.call(queries.alert_page, state.reader, query)
+    owners = await state.call(queries.assignees, state.reader, [str(a["id"]) for a in page.alerts])
     policies = await state.call(queries.policies, state.reader)
     await state.audit(request, "view", "queue", "", request.query_string[:500])
-    return state.render(request, "queue.html", policies=policies, **_queue_context(request, page))
+    return state.render(
+        request, "queue.html", policies=policies, owners=owners, **_queue_context(request, page)
+    )
 
 
 @allow(*EVERYONE)
@@ -93,7 +96,8 @@ async def queue_rows(request: web.Request) -> web.StreamResponse:
     """GET /alerts/rows: the queue's rows alone, which the page fetches to stay current."""
     state = state_of(request)
     page = await state.call(queries.alert_page, state.reader, alert_query(request))
-    return state.render(request, "queue_rows.html", **_queue_context(request, page))
+    owners = await state.call(queries.assignees, state.reader, [str(a["id"]) for a in page.alerts])
+    return state.render(request, "queue_rows.html", owners=owners, **_queue_context(request, page))
 
 
 @allow(*EVERYONE)

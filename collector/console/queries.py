@@ -272,3 +272,20 @@ def events_by_key(store: Store, refs: Sequence[tuple[str, int, str]]) -> list[Ma
         for event in store.events(EventFilter(agent=agent_id, event_ids=tuple(ids))):
             found[str(event.get("event.id"))] = event
     return [found[e] for _, _, e in refs if e in found]
+
+
+ASSIGNED = "assigned to "  # how an assignment's triage note begins (alertpages.py writes it)
+
+
+def assignees(store: Store, alert_ids: Sequence[str]) -> dict[str, str]:
+    """Who each of these alerts was last assigned to (alerts never assigned left out)."""
+    if not alert_ids:
+        return {}
+    s = sql_store(store)
+    d = s.dialect
+    with s.domain().transaction() as tx:
+        select = "SELECT alert_id, note FROM alert_triage WHERE alert_id" + d.in_list  # noqa: S608 (fixed)
+        rows = tx.query(
+            select + " AND note LIKE ? ORDER BY seq", (d.list_param(list(alert_ids)), ASSIGNED + "%")
+        )
+    return {str(a): str(n)[len(ASSIGNED) :].split(":", 1)[0] for a, n in rows}

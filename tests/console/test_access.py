@@ -95,6 +95,14 @@ def test_csrf_other_sites_and_the_required_note(console: RunningConsole) -> None
     done = officer.request("POST", "/alerts/triage", {**form, "note": "IT's own test stick", "csrf": csrf})
     assert done.status == 303
     assert _status_of(console, "al-bob-usb") == "false_positive"
+    assigned = officer.request(
+        "POST",
+        "/alerts/triage",
+        {"id": "al-bob-usb", "action": "assign", "assignee": "erin", "note": "yours", "csrf": csrf},
+    )
+    assert assigned.status == 303 and _status_of(console, "al-bob-usb") == "false_positive"
+    row = officer.request("GET", "/alerts/rows?status=false_positive").body
+    assert '<td class="assigned">erin</td>' in row
     reopened = officer.request(
         "POST", "/alerts/triage", {"id": "al-bob-usb", "action": "reopen", "note": "was not", "csrf": csrf}
     )

@@ -64,6 +64,9 @@ def test_queue_filters_sorts_and_pages(store: Store) -> None:
         "al-alice-copy",
     ]
     assert queries.policies(store) == ["mass-read", "unknown-usb", "usb-copy-database"]
+    store.triage_alerts(["al-bob-usb"], "open", by="carol", note="assigned to dave: first look")
+    store.triage_alerts(["al-bob-usb"], "open", by="carol", note="assigned to erin: hand over")
+    assert queries.assignees(store, ["al-bob-usb", "al-alice-copy"]) == {"al-bob-usb": "erin"}
     assert _ids(queries.alert_page(store, queries.AlertQuery(users=("' OR 1=1 --",)))) == []
     with pytest.raises(StoreError):
         queries.alert_page(store, queries.AlertQuery(statuses=("gone",)))
