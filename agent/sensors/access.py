@@ -129,7 +129,8 @@ class AccessReporter:
         # thread was behind): they read it now
         st = os.fstat(access.fd)
         reads = self.derived_reads(access.path)
-        for pid in self.copies.flow.openers(st.st_dev, st.st_ino, (created or time.time()) - 1.0):
+        for pid in self.copies.flow.openers(st.st_dev, st.st_ino, (created or time.time()) - 1.0,
+                                            writer=access.pid):
             if pid != access.pid:
                 self.copies.flow.note_read(pid, reads)
 

@@ -301,27 +301,23 @@ class DataFlow:
                     queue.extend((writer, 1, False, math.inf) for writer in self._writers_of.get(inode, ()))
         return len(visited)
 
-    def openers(self, dev: int, ino: int, born: float, limit: int = 8) -> list[int]:
-        """Processes started since `born` (wall clock) and recorded that have the file (dev, ino)
-        open now: they opened it before anything watched it (a file that just became derived).
-        Only the `limit` most recent are looked at: this runs on the event thread."""
+    def openers(self, dev: int, ino: int, born: float, limit: int = 8, writer: int = 0) -> list[int]:
+        """Processes that have the file (dev, ino) open now: they opened it before anything
+        watched it (a file that just became derived). Looked at: the `limit` most recent
+        recorded processes started since `born` (wall clock), and the live children of the
+        `writer`'s parent and grandparent (the next command of its script, which the event
+        thread may not have heard of yet: `tar czf x.tgz ... && openssl enc -in x.tgz ...`).
+        This runs on the event thread: bounded."""
         with self._lock:
             recent = [pid for pid, proc in reversed(self._procs.items()) if proc.born >= born][:limit]
-        found = []
-        for pid in recent:
-            try:
-                names = os.listdir(f"/proc/{pid}/fd")
-            except OSError:
-                continue
-            for name in names:
-                try:
-                    st = os.stat(f"/proc/{pid}/fd/{name}")
-                except OSError:
-                    continue
-                if st.st_ino == ino and st.st_dev == dev:
-                    found.append(pid)
-                    break
-        return found
+            ancestors: list[int] = []
+            proc = self._procs.get(writer)
+            while proc is not None and proc.ppid > 1 and len(ancestors) < ANCESTOR_GENERATIONS:
+                ancestors.append(proc.ppid)
+                proc = self._procs.get(proc.ppid)
+        for ancestor in ancestors:
+            recent.extend(_children(ancestor)[:MAX_CHILDREN])
+        return [pid for pid in dict.fromkeys(recent) if pid != writer and _holds(pid, dev, ino)]
 
     def carried_by(self, pid: int) -> bool:
         """Whether tagged data reaches process `pid`, so a write by it may carry some: read in
@@ -343,6 +339,22 @@ class DataFlow:
 
         self._walk([pid], take)
         return bool(found)
+
+
+def _holds(pid: int, dev: int, ino: int) -> bool:
+    """Whether a live process has the file (dev, ino) open."""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for name in names:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if st.st_ino == ino and st.st_dev == dev:
+            return True
+    return False
 
 
 def _children(pid: int) -> list[int]:

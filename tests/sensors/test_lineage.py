@@ -106,6 +106,30 @@ def test_a_parent_upstream_of_its_childs_pipe_hands_on_what_it_read_after_the_fo
         tar.wait(10)
 
 
+def test_the_next_command_of_the_writers_script_is_found_holding_the_new_derived_file(tmp_path: Path) -> None:
+    """`tar czf x.tgz ... && openssl enc -in x.tgz`: when x.tgz becomes derived, openssl may
+    hold it open before the agent has heard of openssl's exec: a child of the writer's parent
+    (the script's shell) holding the file is one of its openers."""
+    derived = tmp_path / "x.tgz"
+    derived.write_bytes(b"staged")
+    shell = subprocess.Popen(["bash", "-c", f'sleep 30 & exec 3<"{derived}"; sleep 30 & wait'])
+    try:
+        deadline = time.monotonic() + 10
+        while len(psutil.Process(shell.pid).children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        writer, reader = sorted(psutil.Process(shell.pid).children(), key=lambda p: p.pid)
+        flow = DataFlow()
+        flow.note_exec(writer.pid)  # the writer is known; the reader's exec not yet handled
+        st = derived.stat()
+        found = flow.openers(st.st_dev, st.st_ino, time.time(), writer=writer.pid)
+        assert reader.pid in found and writer.pid not in found
+        assert reader.pid not in flow.openers(st.st_dev, st.st_ino, time.time())  # without the writer
+    finally:
+        for child in psutil.Process(shell.pid).children():
+            child.kill()
+        shell.wait(10)
+
+
 def test_unrelated_processes_share_nothing_and_bounds_count_what_they_drop() -> None:
     flow = DataFlow(max_processes=4, max_sources=2)
     flow.note_read(os.getpid(), [_read(f"/srv/db/f{i}") for i in range(3)])
