@@ -5,8 +5,9 @@
 Simulated agents (asyncio gRPC streams in --workers load-generator processes) do what the agent's
 transport does: hello, the collector's watermark, batches of 100 events with 8 unacknowledged at
 most, heartbeats; each lists every collector, agent i preferring collector i mod n, and on a
-broken stream moves to the next one at once (jittered by up to 250 ms), resuming from the
-watermark the new collector reports. The event mix is realistic (file.read of tagged files, one
+broken stream moves to the next one at once (jittered; backing off only after a whole round of
+the list failed, as agent/transport.py does), resuming from the watermark the new collector
+reports. The event mix is realistic (file.read of tagged files, one
 file.copy to a stick in 20 carrying tagged sources); a bench policy raises one alert per agent
 (suppression folds the rest of its copies).
 
@@ -32,7 +33,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import random
 import shutil
 import subprocess
 import sys
@@ -44,6 +44,7 @@ from typing import Any
 import grpc
 import psutil
 
+from agent.transport import backoff_delay
 from bench import _cli
 from collector.store import Store, open_store
 from protos import events
@@ -56,6 +57,7 @@ from tests.pg import PgCluster, throwaway_cluster
 _BATCH = 100
 _WINDOW = 8
 _HEARTBEAT = 2.0
+_RECONNECT_MAX = 30.0  # the agent's default reconnect_max_seconds
 POLICY = """
 policies:
   - id: bench-copy
@@ -103,6 +105,7 @@ class _Agent:
         self.position = 0
         self.collector = ""
         self.broke_at: float | None = None
+        self.misses = 0  # streams failed in a row
         self.failovers: list[float] = []  # seconds from a broken stream to the next one greeted
         self.greeted = asyncio.Event()
         self.done = asyncio.Event()
@@ -117,8 +120,11 @@ class _Agent:
                 return
             if self.broke_at is None:
                 self.broke_at = time.monotonic()
-            self.position += 1  # the next collector, at once (jittered), as the agent does
-            await asyncio.sleep(random.uniform(0, 0.25))
+            # As the agent's transport: the next collector at once (jittered), backing off
+            # exponentially only after a whole round of the list failed.
+            self.misses += 1
+            self.position += 1
+            await asyncio.sleep(backoff_delay((self.misses - 1) // len(self.order), _RECONNECT_MAX))
 
     async def _stream(self, address: str, go: asyncio.Event, stop: asyncio.Event) -> None:
         async with grpc.aio.insecure_channel(address) as channel:
@@ -133,6 +139,7 @@ class _Agent:
                 self.failovers.append(time.monotonic() - self.broke_at)
                 self.broke_at = None
             self.collector = address
+            self.misses = 0
             self.greeted.set()
             moved = asyncio.Event()
 
