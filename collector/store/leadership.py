@@ -1,0 +1,100 @@
+"""Leadership: one collector of a fleet sharing a PostgreSQL store does a job at a time.
+
+A PostgreSQL session-level advisory lock, keyed by a name, held on a connection of its own:
+whoever holds it leads; when that collector dies (or its connection drops) the server releases
+the lock and another collector's next `try_acquire()` takes it over. On SQLite a collector has
+its store to itself, so it always leads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import threading
+
+import psycopg
+
+from collector.store import pgconnect
+from collector.store.base import StoreUnavailable
+
+_SIGN = 1 << 63
+
+
+def lock_key(name: str) -> int:
+    """The advisory lock's 64-bit key for a name: stable across processes and hosts (blake2b)."""
+    value = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
+    return value - (1 << 64) if value & _SIGN else value  # bigint is signed
+
+
+class Leadership:
+    """Who leads `name` among the collectors of one store: `try_acquire`, `held`, `release`.
+
+    Thread-safe. `held()` asks the server (one round trip), so a dropped session (the server
+    restarted, the connection was killed) is noticed as lost leadership, never assumed held.
+    """
+
+    def __init__(self, store: str, name: str) -> None:
+        self.name = name
+        self._url = store if pgconnect.is_postgres(store) else None
+        self._key = lock_key(name)
+        self._conn: pgconnect.Connection | None = None
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        """Lead `name` if nobody else does; True when this collector leads (now or already)."""
+        if self._url is None:
+            return True
+        with self._lock:
+            if self._conn is not None and self._still_held():
+                return True
+            self._drop()
+            try:
+                conn = pgconnect.connect(self._url, application=f"exfilguard leadership {self.name}")
+            except StoreUnavailable:
+                return False
+            try:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
+            except psycopg.Error:
+                conn.close()
+                return False
+            if row is None or not row[0]:
+                conn.close()
+                return False
+            self._conn = conn
+            return True
+
+    def held(self) -> bool:
+        """True while this collector leads; False once its session is gone or it released."""
+        if self._url is None:
+            return True
+        with self._lock:
+            if self._conn is None:
+                return False
+            if self._still_held():
+                return True
+            self._drop()
+            return False
+
+    def release(self) -> None:
+        """Stop leading (closing the session releases the lock); a no-op when not leading."""
+        with self._lock:
+            self._drop()
+
+    def _still_held(self) -> bool:
+        assert self._conn is not None
+        try:
+            row = self._conn.execute(
+                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
+                " AND objsubid = 1 AND objid = (%s::bigint & 4294967295)::oid"
+                " AND classid = ((%s::bigint >> 32) & 4294967295)::oid",
+                (self._key, self._key),
+            ).fetchone()
+        except psycopg.Error:
+            return False
+        return row is not None
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
