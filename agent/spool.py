@@ -102,8 +102,7 @@ class Spool:
         queue_limit: int = 100_000,
     ) -> None:
         self.path = Path(state_dir) / DB_FILE
-        self._agent_id = agent_id
-        self._version = version
+        self._agent = pb.AgentInfo(id=agent_id, version=version)  # stamped on every stored event
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._max_event_bytes = max_event_bytes
@@ -588,7 +587,6 @@ class Spool:
                     mine.last = max(mine.last, loss.last)
 
     def _stamp(self, event: pb.Event, seq: int) -> bytes:
-        event.agent.id = self._agent_id
-        event.agent.version = self._version
+        event.agent.CopyFrom(self._agent)
         event.event.sequence = seq
         return event.SerializeToString()

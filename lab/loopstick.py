@@ -101,10 +101,10 @@ class LoopStick:
         self.workdir = Path(workdir)
         self.label = label[:16]  # ext4 label limit
         self.serial = serial
-        self.vendor = vendor
-        self.model = model
-        self.vendor_id = vendor_id
-        self.product_id = product_id
+        self.udev_identity = {  # the properties udev gives the device: those of a USB stick
+            "ID_BUS": "usb", "ID_VENDOR": vendor, "ID_MODEL": model, "ID_SERIAL_SHORT": serial,
+            "ID_SERIAL": f"{vendor}_{model}_{serial}", "ID_VENDOR_ID": vendor_id, "ID_MODEL_ID": product_id,
+        }
         self.size_mib = size_mib
         self.user = user or os.environ.get("SUDO_USER") or "root"
         self.image = (self.workdir / f"{serial}.img").resolve()
@@ -125,10 +125,7 @@ class LoopStick:
         self.rule.write_text(
             "# ExfilGuard test stick: a loop device that udev describes as a USB stick\n"
             f'SUBSYSTEM=="block", KERNEL=="loop*", ATTR{{loop/backing_file}}=="{self.image}", '
-            f'ENV{{ID_BUS}}="usb", ENV{{ID_VENDOR}}="{self.vendor}", ENV{{ID_MODEL}}="{self.model}", '
-            f'ENV{{ID_SERIAL_SHORT}}="{self.serial}", '
-            f'ENV{{ID_SERIAL}}="{self.vendor}_{self.model}_{self.serial}", '
-            f'ENV{{ID_VENDOR_ID}}="{self.vendor_id}", ENV{{ID_MODEL_ID}}="{self.product_id}"\n'
+            + ", ".join(f'ENV{{{key}}}="{value}"' for key, value in self.udev_identity.items()) + "\n"
         )
         _run("udev reload", "udevadm", "control", "--reload")
 

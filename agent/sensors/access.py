@@ -18,6 +18,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.sensors import Emit, procinfo, provenance
@@ -34,20 +35,20 @@ from protos.events import new_event
 log = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class AccessReporter:
     """Handlers for what FanotifySensor sees: tagged accesses, removable and other writes."""
 
-    def __init__(self, tags: TagMap, index: FingerprintIndex, copies: CopyDetector,
-                 staging: StagingDetector, emit: Emit, *, media: RemovableMedia | None = None) -> None:
-        self.tags = tags
-        self.media = media
-        self.index = index
-        self.copies = copies
-        self.staging = staging
-        self.emit = emit
-        self.on_derived: Callable[[str], None] | None = None  # watch reads of a new derived file
-        self._dropped_reported = 0
-        self._dropped_at = 0.0
+    tags: TagMap
+    index: FingerprintIndex
+    copies: CopyDetector
+    staging: StagingDetector
+    emit: Emit
+    media: RemovableMedia | None = field(default=None, kw_only=True)
+    # set by the fanotify sensor: watch the reads of a file that just became derived
+    on_derived: Callable[[str], None] | None = field(default=None, init=False)
+    _dropped_reported: int = field(default=0, init=False)
+    _dropped_at: float = field(default=0.0, init=False)
 
     def is_tagged(self, path: str) -> bool:
         """Whether fanotify should treat this path as tagged (or derived from tagged data)."""

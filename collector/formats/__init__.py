@@ -36,6 +36,14 @@ _EVENTS: dict[str, Callable[[Mapping[str, Any]], Document]] = {
 }
 
 
+def checked(fmt: str) -> str:
+    """`fmt` if it names a format; ValueError naming the known ones otherwise (at configuration,
+    so that a typo fails at start rather than at the first document)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+    return fmt
+
+
 def alert(fmt: str, body: Mapping[str, Any]) -> Document:
     """An alert (the SPEC §10 object) in `fmt`; KeyError for an unknown format."""
     return _ALERTS[fmt](body)

@@ -59,12 +59,10 @@ class ForwardWorker:
         batch_size: int = 500,
         retry_max: float = 30.0,
     ) -> None:
-        if fmt not in formats.FORMATS:
-            raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, not {fmt!r}")
         self.name = name
         self.destination = destination
         self.book = book
-        self.format = fmt
+        self.format = formats.checked(fmt)
         self.batch_size = batch_size
         self.retry_max = retry_max
         self.delivered = 0  # events the destination took (counted again when sent again)

@@ -53,9 +53,7 @@ class QueuedSink:
 
     def configure(self, route: Route, fmt: str) -> None:
         """Set the sink's route and output format (before the first `send`)."""
-        if fmt not in formats.FORMATS:  # fail at start, not at the first alert
-            raise ValueError(f"format must be one of {', '.join(formats.FORMATS)}, not {fmt!r}")
-        self.route, self.format = route, fmt
+        self.route, self.format = route, formats.checked(fmt)
 
     def document(self, alert: dict[str, Any]) -> dict[str, Any]:
         """The alert in the sink's format."""
