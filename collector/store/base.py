@@ -23,6 +23,7 @@ from protos import exfilguard_pb2 as pb
 
 if TYPE_CHECKING:
     from collector.store.domain import DomainSql
+    from collector.store.grants import GrantRecord
     from collector.store.ledger import Ledger
     from collector.store.triage import TriageEntry
 
@@ -276,6 +277,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def fleet_collectors(self) -> list[CollectorRecord]:
         """The collectors that have used this store, with their last lease renewal."""
+
+    @abc.abstractmethod
+    def add_grant(self, grant: GrantRecord) -> None:
+        """Record a prevention exception an officer granted (store/grants.py); its id must be new."""
+
+    @abc.abstractmethod
+    def grants(self, *, host: str | None = None, active_at: str | None = None) -> list[GrantRecord]:
+        """Recorded grants, oldest first: of one host (any case), and/or only those neither revoked
+        nor expired at the ECS time `active_at`."""
+
+    @abc.abstractmethod
+    def revoke_grant(self, grant_id: str, at: str) -> GrantRecord | None:
+        """Mark a grant revoked at `at`; the revoked grant, None when no unrevoked grant has that id."""
 
     @abc.abstractmethod
     def domain(self) -> DomainSql:

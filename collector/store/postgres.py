@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 import psycopg
 from psycopg import errors as pg_errors
 
-from collector.store import base, domain, pgconnect, presence, triage
+from collector.store import base, domain, grants, pgconnect, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import PostgresTransaction, Transaction
 from collector.store.rows import event_row, stored_mapping
@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exfilguard.collector.store")
 
-SCHEMA_VERSION = 5  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
-# 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease
+SCHEMA_VERSION = 6  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+# 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
+# 6: prevention exceptions officers grant (store/grants.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -234,6 +235,9 @@ class PostgresStore(shared.SqlStore):
                         self._db.execute(statement)
                 if version < 5:
                     for statement in presence.POSTGRES_SCHEMA_5:
+                        self._db.execute(statement)
+                if version < 6:
+                    for statement in grants.POSTGRES_SCHEMA_6:
                         self._db.execute(statement)
                 if version < SCHEMA_VERSION:
                     self._db.execute("INSERT INTO exfilguard_schema (version) VALUES (%s)", (SCHEMA_VERSION,))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from collector.store import grants as grant_sql
 from collector.store import presence, triage
 from collector.store.base import (
     AgentRecord,
@@ -31,6 +32,7 @@ from collector.store.base import (
     StoreError,
 )
 from collector.store.domain import DomainSql, Transaction
+from collector.store.grants import GrantRecord
 from collector.store.rows import stored_mapping
 from common.ecstime import ecs_now, ecs_time
 from protos import chain
@@ -385,6 +387,36 @@ class SqlStore(Store):
         if self._version < 5:
             return []
         return [CollectorRecord(*(str(v) for v in r)) for r in self._all(presence.COLLECTORS, ())]
+
+    # ------------------------------------------------------------------ grants
+
+    def add_grant(self, grant: GrantRecord) -> None:
+        """See `Store.add_grant`."""
+        self._writable()
+        self._write(self._q(grant_sql.INSERT), grant_sql.row(grant), "recording a grant")
+
+    def grants(self, *, host: str | None = None, active_at: str | None = None) -> list[GrantRecord]:
+        """See `Store.grants`."""
+        if self._version < 6:
+            return []  # a read-only view of a store older than grants
+        clauses: list[str] = []
+        params: list[str] = []
+        if host is not None:
+            clauses.append("host = ?")
+            params.append(host.lower())
+        if active_at is not None:
+            clauses.append("revoked_at = '' AND until > ?")
+            params.append(active_at)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._all(self._q(grant_sql.SELECT + where + grant_sql.ORDER), params)
+        return [grant_sql.record(r) for r in rows]
+
+    def revoke_grant(self, grant_id: str, at: str) -> GrantRecord | None:
+        """See `Store.revoke_grant`."""
+        self._writable()
+        with self._statements("revoking a grant") as tx:
+            rows = tx.query(grant_sql.REVOKE, (at, grant_id))
+        return grant_sql.record(rows[0]) if rows else None
 
 
 # An alert body as json for field filters. PostgreSQL refuses to read a JSON \u0000 escape, and one

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from collector.store import base, domain, presence, triage
+from collector.store import base, domain, grants, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import SqliteTransaction, Transaction
 from collector.store.rows import event_row, stored_mapping
@@ -45,8 +45,9 @@ from protos import exfilguard_pb2 as pb
 if TYPE_CHECKING:
     from collector.store.ledger_sqlite import SqliteLedger
 
-SCHEMA_VERSION = 5  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
-# 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease
+SCHEMA_VERSION = 6  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+# 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
+# 6: prevention exceptions officers grant (store/grants.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -245,6 +246,9 @@ class SqliteStore(shared.SqlStore):
                 db.execute(statement)
         if version < 5:
             for statement in presence.SQLITE_SCHEMA_5:
+                db.execute(statement)
+        if version < 6:
+            for statement in grants.SQLITE_SCHEMA_6:
                 db.execute(statement)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 

@@ -430,8 +430,9 @@ def test_a_version_1_store_is_upgraded_keeping_statuses_its_alert_bodies_carried
 
 # Before schema 3 the chained prefix's column was named `watermark` (Store.watermark() is the stored one).
 _NAMED_WATERMARK = "ALTER TABLE chains RENAME COLUMN sealed TO watermark"
-# Before schema 4 there was no fleet presence (collector/store/presence.py).
+# Before schema 4 there was no fleet presence (collector/store/presence.py), before 6 no grants.
 _UNDO_PRESENCE = (
+    "DROP TABLE grants",
     "ALTER TABLE collectors DROP COLUMN signing_key",
     "ALTER TABLE agents DROP COLUMN collector",
     "ALTER TABLE agents DROP COLUMN silent_at",
