@@ -216,6 +216,40 @@ def _per_policy(
     return family
 
 
+# The policy listener's plain figures, one unlabelled sample each: (family, name, help, stats key).
+_FigureFamily = Callable[..., Metric]
+_EVALUATION_FIGURES: tuple[tuple[_FigureFamily, str, str, str], ...] = (
+    (GaugeMetricFamily, "exfilguard_policies", "Policies in the running set", "policies"),
+    (CounterMetricFamily, "exfilguard_policy_events_evaluated",
+     "Events evaluated by the policy engine (with the replay at start)", "events"),
+    (CounterMetricFamily, "exfilguard_policy_events_unevaluated",
+     "Stored events the policy process never evaluated (it died with them queued, or was not running)",
+     "unevaluated"),
+    (CounterMetricFamily, "exfilguard_policy_process_restarts",
+     "Times the policy process died and was started again", "restarts"),
+    (GaugeMetricFamily, "exfilguard_baseline_users",
+     "Users with a baseline (collector/behaviour): kept in memory and in the store", "baseline_users"),
+    (GaugeMetricFamily, "exfilguard_devices_seen", "Removable devices seen by the fleet", "devices_seen"),
+    (GaugeMetricFamily, "exfilguard_policy_open_groups", "Open aggregate/sequence window groups",
+     "open_groups"),
+    (CounterMetricFamily, "exfilguard_policy_evicted_groups", "Window groups evicted at policy_max_groups",
+     "evicted_groups"),
+)
+_ALERT_FIGURES: tuple[tuple[_FigureFamily, str, str, str], ...] = (
+    (GaugeMetricFamily, "exfilguard_alerts_suppression_open",
+     "Suppression windows open (alert groups folding repeats)", "suppressed_pending"),
+    (CounterMetricFamily, "exfilguard_alert_store_failures",
+     "Alerts the store failed to keep (they were still sent to the sinks)", "alert_store_failures"),
+)
+
+
+def _figures(
+    table: Sequence[tuple[_FigureFamily, str, str, str]], stats: Mapping[str, Any]
+) -> list[Metric]:
+    """One family per row of `table`, its value read from `stats` (0 when the key is absent)."""
+    return [family(name, help_text, value=stats.get(key, 0)) for family, name, help_text, key in table]
+
+
 def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
     """The policy listener's figures (`PolicyListener.stats()`): set, reloads, evaluation, alerts, sinks."""
     info = InfoMetricFamily(
@@ -250,56 +284,12 @@ def policy_families(stats: Mapping[str, Any]) -> list[Metric]:
             deliveries.add_metric([sink, result], figures.get(result, 0))
     return [
         info,
-        GaugeMetricFamily("exfilguard_policies", "Policies in the running set", value=stats["policies"]),
         reloads,
-        CounterMetricFamily(
-            "exfilguard_policy_events_evaluated",
-            "Events evaluated by the policy engine (with the replay at start)",
-            value=stats.get("events", 0),
-        ),
-        CounterMetricFamily(
-            "exfilguard_policy_events_unevaluated",
-            "Stored events the policy process never evaluated (it died with them queued, or was not running)",
-            value=stats.get("unevaluated", 0),
-        ),
-        CounterMetricFamily(
-            "exfilguard_policy_process_restarts",
-            "Times the policy process died and was started again",
-            value=stats.get("restarts", 0),
-        ),
-        GaugeMetricFamily(
-            "exfilguard_baseline_users",
-            "Users with a baseline (collector/behaviour): kept in memory and in the store",
-            value=stats.get("baseline_users", 0),
-        ),
-        GaugeMetricFamily(
-            "exfilguard_devices_seen",
-            "Removable devices seen by the fleet",
-            value=stats.get("devices_seen", 0),
-        ),
-        GaugeMetricFamily(
-            "exfilguard_policy_open_groups",
-            "Open aggregate/sequence window groups",
-            value=stats["open_groups"],
-        ),
-        CounterMetricFamily(
-            "exfilguard_policy_evicted_groups",
-            "Window groups evicted at policy_max_groups",
-            value=stats.get("evicted_groups", 0),
-        ),
+        *_figures(_EVALUATION_FIGURES, stats),
         raised,
         folded,
         skipped,
-        GaugeMetricFamily(
-            "exfilguard_alerts_suppression_open",
-            "Suppression windows open (alert groups folding repeats)",
-            value=stats.get("suppressed_pending", 0),
-        ),
-        CounterMetricFamily(
-            "exfilguard_alert_store_failures",
-            "Alerts the store failed to keep (they were still sent to the sinks)",
-            value=stats.get("alert_store_failures", 0),
-        ),
+        *_figures(_ALERT_FIGURES, stats),
         deliveries,
     ]
 
