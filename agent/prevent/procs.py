@@ -7,13 +7,15 @@ opened for reading or writing.
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH115, PTH116, PTH123, PTH208
+# ruff: noqa: PTH116, PTH123
 
 from __future__ import annotations
 
 import os
 import platform
 import struct
+
+from agent.sensors import procinfo
 
 # syscall number -> index of the flags argument (-1: openat2, flags in struct open_how at arg 2;
 # -2: creat, always for writing)
@@ -50,42 +52,23 @@ def opens_for_writing(pid: int) -> bool | None:
 
 def open_files(pid: int) -> list[tuple[str, int, bool]]:
     """(path, st_dev, open for writing) of every regular path the process holds open."""
-    base = f"/proc/{pid}/fd"
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return []
     out = []
-    for name in names:
-        try:
-            target = os.readlink(f"{base}/{name}")
-            if not target.startswith("/"):
-                continue
-            dev = os.stat(f"{base}/{name}").st_dev
-            with open(f"/proc/{pid}/fdinfo/{name}", "rb") as fh:
-                flags = int(fh.read(256).split(b"flags:", 1)[1].split()[0], 8)
-        except (OSError, ValueError, IndexError):
+    for name, target in procinfo.fd_links(pid) or ():
+        if not target.startswith("/"):
             continue
-        out.append((target, dev, (flags & _ACCMODE) in _WRITE_MODES))
+        try:
+            dev = os.stat(f"/proc/{pid}/fd/{name}").st_dev
+        except OSError:
+            continue
+        flags = procinfo.fd_flags(pid, name)
+        if flags is not None:
+            out.append((target, dev, (flags & _ACCMODE) in _WRITE_MODES))
     return out
 
 
 def open_paths(pid: int) -> list[str]:
     """Paths of the files the process holds open (no flags: the cheap look of the hot path)."""
-    base = f"/proc/{pid}/fd"
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return []
-    out = []
-    for name in names:
-        try:
-            target = os.readlink(f"{base}/{name}")
-        except OSError:
-            continue
-        if target.startswith("/"):
-            out.append(target)
-    return out
+    return [target for _, target in procinfo.fd_links(pid) or () if target.startswith("/")]
 
 
 def family(pid: int) -> tuple[int, int] | None:

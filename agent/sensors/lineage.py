@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agent.sensors import procinfo
 from agent.sensors.sockets import SocketPairs
 
 MAX_PROCESSES = 8192       # processes with a recorded link or carried data (oldest forgotten)
@@ -396,18 +397,16 @@ def _read_link(pid: int, pairs: SocketPairs) -> _Link | None:
         fields = stat[stat.rindex(b")") + 2 :].split()
         ppid = int(fields[1])
         born = _boot_time() + int(fields[19]) / _TICKS
-        names = os.listdir(f"{base}/fd")
     except (OSError, ValueError, IndexError):
+        return None
+    links = procinfo.fd_links(pid)
+    if links is None:
         return None
     writes: list[int] = []
     reads: list[int] = []
     files = _argument_paths(base)
     sockets = 0
-    for name in names:
-        try:
-            target = os.readlink(f"{base}/fd/{name}")
-        except OSError:
-            continue
+    for name, target in links:
         if target.startswith("/"):
             files.append(target)
             continue
@@ -421,10 +420,8 @@ def _read_link(pid: int, pairs: SocketPairs) -> _Link | None:
         if not target.startswith("pipe:["):
             continue
         inode = int(target[6:-1])
-        try:
-            with open(f"{base}/fdinfo/{name}", "rb") as fh:
-                flags = int(fh.read(256).split(b"flags:", 1)[1].split()[0], 8)
-        except (OSError, ValueError, IndexError):
+        flags = procinfo.fd_flags(pid, name)
+        if flags is None:
             continue
         mode = flags & _O_ACCMODE
         if mode in (os.O_WRONLY, os.O_RDWR):

@@ -5,7 +5,7 @@ fanotify hands us a pid; the process may exit a moment later, so the sensor read
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH115, PTH119
+# ruff: noqa: PTH115, PTH119, PTH208
 
 from __future__ import annotations
 
@@ -60,6 +60,33 @@ def _read(path: str, limit: int = 4096) -> bytes:
         return os.read(fd, limit)
     finally:
         os.close(fd)
+
+
+def fd_links(pid: int) -> list[tuple[str, str]] | None:
+    """(descriptor, link target) of each file `pid` holds open, as /proc/PID/fd shows them: a
+    path, or `pipe:[inode]`, `socket:[inode]`... None when the process is gone; a descriptor
+    closed while being read is left out."""
+    base = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return None
+    links = []
+    for name in names:
+        try:
+            links.append((name, os.readlink(f"{base}/{name}")))
+        except OSError:
+            continue
+    return links
+
+
+def fd_flags(pid: int, fd: str) -> int | None:
+    """The open flags (O_WRONLY, ...) of descriptor `fd` of `pid`, from /proc/PID/fdinfo; None
+    when it is closed or the process gone."""
+    try:
+        return int(_read(f"/proc/{pid}/fdinfo/{fd}", 256).split(b"flags:", 1)[1].split()[0], 8)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def read_proc(pid: int) -> ProcessInfo | None:
