@@ -84,33 +84,23 @@ def stream(count: int, seed: int = 7, agents: int = AGENTS) -> list[tuple[str, p
         proc = pb.Process(
             pid=4000 + agent, executable="/usr/bin/cp", name="cp", command_line="cp -r /srv/db /m"
         )
+        by_cp = {"process": proc, "user": user}  # who did the file events: the user's cp
         if roll < 0.60:
-            ev = events.new_event(
-                rng.choice(("file.open", "file.read")),
-                file=pb.File(path=path, size=1 << 20),
-                tags=["database"],
-                process=proc,
-                user=user,
-            )
+            ev = events.new_event(rng.choice(("file.open", "file.read")),
+                                  file=pb.File(path=path, size=1 << 20), tags=["database"], **by_cp)
         elif roll < 0.78:
-            ev = events.new_event(
-                "file.write",
-                file=pb.File(path=f"/media/u/S/IMG_{n}.jpg", size=3 << 20),
-                device=stick,
-                process=proc,
-                user=user,
-            )
+            ev = events.new_event("file.write", file=pb.File(path=f"/media/u/S/IMG_{n}.jpg", size=3 << 20),
+                                  device=stick, **by_cp)
         elif roll < 0.79:
             ev = events.new_event(
                 "file.copy",
                 file=pb.File(path=f"/media/u/S/{n}.csv", size=1 << 20),
                 device=stick,
-                process=proc,
-                user=user,
                 tags=["database"],
                 exfilguard=pb.Extensions(
                     source=pb.Source(path=path, tags=["database"]), copy=pb.Copy(method=["process"])
                 ),
+                **by_cp,
             )
         elif roll < 0.795:
             ev = events.new_event("device.attach", device=stick, user=user)
@@ -122,9 +112,7 @@ def stream(count: int, seed: int = 7, agents: int = AGENTS) -> list[tuple[str, p
                 ),
             )
         else:
-            ev = events.new_event(
-                "file.modify", file=pb.File(path=path), tags=["database"], process=proc, user=user
-            )
+            ev = events.new_event("file.modify", file=pb.File(path=path), tags=["database"], **by_cp)
         seq[agent] += 1
         # Event times spread evenly over one working hour of the fleet (ingest runs flat out).
         ev.timestamp.FromMicroseconds(START_US + n * SPAN_US // count)
