@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from admin.configured import load_configured
+from collector import config as collector_config
 from collector.fleet import config as fleetconfig
 from collector.store import StoreError, open_store
 from common.yamlfile import YamlError
@@ -47,11 +47,19 @@ def register(subparsers: Any) -> None:
     check.set_defaults(run=run_check)
 
 
+def _collector_config(args: argparse.Namespace, command: str) -> collector_config.CollectorConfig | None:
+    try:
+        return collector_config.load(args.config or collector_config.default_path())
+    except YamlError as exc:
+        print(f"exfilguard config {command}: bad config: {exc}", file=sys.stderr)
+        return None
+
+
 def run_check(args: argparse.Namespace) -> int:
     """Validate the fleet file; 0 valid, 2 not."""
     path = args.file
     if path is None:
-        config = load_configured("config check", args.config)
+        config = _collector_config(args, "check")
         if config is None:
             return 2
         if not config.agent_config:
@@ -69,7 +77,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print the effective config of one agent."""
-    config = load_configured("config show", args.config)
+    config = _collector_config(args, "show")
     if config is None:
         return 2
     if not config.agent_config:

@@ -50,6 +50,7 @@ ACTIONS: dict[str, tuple[str, list[str], list[str]]] = {
     "agent.silent": ("event", ["host"], ["info"]),
 }
 _OTHER = ("event", ["host"], ["info"])
+SHAPED_BY = ("event.action",)  # the values `event` branches on (formats/layout.py)
 
 # Elastic Security's default severity -> risk score bands.
 SEVERITY = {"low": 21, "medium": 47, "high": 73, "critical": 99}

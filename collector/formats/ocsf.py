@@ -4,6 +4,8 @@ The removable device goes in `device.peripheral_devices[]` (type External Storag
 `device`, who in `actor.user`, the process in `actor.process`. Fields OCSF has no attribute for
 go in `unmapped` under their SPEC names, as OCSF asks. Times are epoch milliseconds.
 Checked against the OCSF schema (classes and objects compiled from ocsf-schema) in the tests.
+Forwarding lays events out once per shape (layout.py): a value used other than as it is goes
+through `derive()`, and `event` branches on the values of SHAPED_BY only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from collector import __version__
+from collector.formats.layout import derive
 from common.ecstime import ecs_epoch
 
 OCSF_VERSION = "1.9.0-dev"  # device.peripheral_devices is new in 1.9 (ocsf-schema #1645)
@@ -45,6 +48,7 @@ ACTIONS: dict[str, tuple[int, int, str]] = {
     "device.attach": (PERIPHERAL_ACTIVITY, 1, "Connect"),
     "device.detach": (PERIPHERAL_ACTIVITY, 2, "Disconnect"),
 }
+SHAPED_BY = ("event.action", "file.type")  # the values `event` branches on
 _CATEGORY = {DATA_SECURITY_FINDING: 2, FILE_ACTIVITY: 1, PERIPHERAL_ACTIVITY: 1, BASE_EVENT: 0}
 
 # SPEC fields the mapping below places in OCSF objects (everything else goes to `unmapped`).
@@ -123,7 +127,7 @@ def _actor(m: Mapping[str, Any]) -> dict[str, Any]:
         process["cmd_line"] = str(m["process.command_line"])
     if m.get("process.executable"):
         exe = str(m["process.executable"])
-        process["file"] = {"path": exe, "name": exe.rsplit("/", 1)[-1], "type_id": 1}
+        process["file"] = {"path": exe, "name": derive(_last_part, exe), "type_id": 1}
     if m.get("process.parent.pid"):
         process["parent_process"] = {"pid": int(m["process.parent.pid"])}
     if process:
@@ -139,7 +143,7 @@ def _file(m: Mapping[str, Any]) -> dict[str, Any] | None:
     folder = m.get("file.type") == "dir" or (not m.get("file.path"))
     out: dict[str, Any] = {
         "path": path,
-        "name": str(m.get("file.name") or path.rstrip("/").rsplit("/", 1)[-1] or path),
+        "name": str(m.get("file.name") or derive(_basename, path)),
         "type_id": 2 if folder else 1,
         "type": "Folder" if folder else "Regular File",
     }
@@ -155,6 +159,14 @@ def _file(m: Mapping[str, Any]) -> dict[str, Any] | None:
     return out
 
 
+def _last_part(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
+
+
+def _basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] or path
+
+
 def _unmapped(m: Mapping[str, Any], skip: frozenset[str]) -> dict[str, Any]:
     return {k: v for k, v in sorted(m.items()) if k not in skip and v not in (None, "", [])}
 
@@ -167,7 +179,7 @@ def _base(class_uid: int, activity_id: int, activity_name: str, time: object) ->
         "activity_id": activity_id,
         "activity_name": activity_name,
         "type_uid": class_uid * 100 + activity_id,
-        "time": epoch_ms(time),
+        "time": derive(epoch_ms, time),
     }
 
 

@@ -36,13 +36,13 @@ MAX_ANSWER_BYTES = 16 << 20  # a _bulk answer names every item
 
 @dataclass(frozen=True)
 class Item:
-    """One stored event on its way out: its key, its mapping (SPEC names) and the formatted document."""
+    """One stored event on its way out: its key, its mapping (SPEC names) and its document's JSON."""
 
     agent_id: str
     sequence: int
     event_id: str
     mapping: Mapping[str, Any]
-    doc: Mapping[str, Any]
+    doc: bytes
 
 
 class Destination(Protocol):
@@ -95,6 +95,9 @@ def _with_path(url: str, path: str) -> str:
     return url if parts.path not in ("", "/") else url.rstrip("/") + path
 
 
+_HEC_HEAD = b'{"source":"exfilguard","sourcetype":"exfilguard:event","event":'
+
+
 class HttpDestination:
     """Elasticsearch / OpenSearch `_bulk` or Splunk HEC over HTTP(S)."""
 
@@ -117,6 +120,8 @@ class HttpDestination:
         content_type = "application/json" if kind == "splunk-hec" else "application/x-ndjson"
         self._headers = {"Content-Type": content_type, "User-Agent": f"exfilguard/{__version__}"}
         self._headers.update(headers or {})
+        # {"create": {"_index": ..., "_id": ...}}, the id added per event
+        self._action = orjson.dumps({"create": {"_index": index, "_id": None}})[: -len(b"null}}")]
 
     def __repr__(self) -> str:  # never the headers: they may hold tokens
         return f"HttpDestination({self.kind!r}, {self.where!r})"
@@ -129,12 +134,8 @@ class HttpDestination:
             self._bulk(items)
 
     def _bulk(self, items: Sequence[Item]) -> None:
-        lines: list[bytes] = []
-        for item in items:
-            lines.append(orjson.dumps({"create": {"_index": self.index, "_id": item.event_id}}))
-            lines.append(orjson.dumps(item.doc))
-        lines.append(b"")
-        body = b"\n".join(lines)
+        action = self._action
+        body = b"".join([b"%b%b}}\n%b\n" % (action, orjson.dumps(item.event_id), item.doc) for item in items])
         answer = _post(self.url, body, self._headers, self.timeout, self._context)
         try:
             result = orjson.loads(answer)
@@ -157,17 +158,15 @@ class HttpDestination:
     def _hec(self, items: Sequence[Item]) -> None:
         events = []
         for item in items:
-            event: dict[str, Any] = {
-                "source": "exfilguard",
-                "sourcetype": "exfilguard:event",
-                "event": item.doc,
-            }
+            # {"source": "exfilguard", "sourcetype": "exfilguard:event", "event": doc, "time": s, "host": h}
+            event = [_HEC_HEAD, item.doc]
             millis = epoch_ms(item.mapping.get("@timestamp"))
             if millis:
-                event["time"] = millis / 1000
+                event += [b',"time":', orjson.dumps(millis / 1000)]
             if item.mapping.get("host.name"):
-                event["host"] = str(item.mapping["host.name"])
-            events.append(orjson.dumps(event))
+                event += [b',"host":', orjson.dumps(str(item.mapping["host.name"]))]
+            event.append(b"}")
+            events.append(b"".join(event))
         answer = _post(self.url, b"\n".join(events), self._headers, self.timeout, self._context)
         try:
             code = orjson.loads(answer).get("code", 0)
@@ -197,7 +196,7 @@ class SyslogDestination:
             ids = f'eventId="{sd_value(item.event_id)}" agentId="{sd_value(item.agent_id)}"'
             sd = f'[{SD_ID} {ids} sequence="{item.sequence}"]'
             head = f"<{pri}>1 {stamp} {self.hostname} exfilguard - EVENT {sd} ".encode()
-            messages.append(head + orjson.dumps(item.doc))
+            messages.append(head + item.doc)
         try:
             self.wire.send(messages)
         except ssl.SSLCertVerificationError as exc:

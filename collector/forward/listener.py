@@ -2,8 +2,10 @@
 
 Wiring (collector/main.py): `Forwarding.from_config(config, store)` with the event loop running.
 Each worker reads stored events through a read-only store connection of its own and keeps its
-cursors through the collector's store; `on_stored` only hands the stored protobuf events over
-(no conversion on the event loop) and wakes the workers, so ingest never waits on a destination.
+cursors through the collector's store; `on_stored` only wakes the workers (nothing is converted
+or copied on the event loop), so ingest never waits on a destination. With a PostgreSQL store
+shared by several collectors, each destination is forwarded by one of them at a time (its
+worker leads `forward:NAME`, collector/store/leadership.py); the others stand by.
 When the loop cancels the background task at shutdown, the workers stop (a delivery under way
 finishes or is given up, its cursor saved only if it went through).
 """
@@ -25,6 +27,7 @@ from collector.forward.syslog import SyslogTransport
 from collector.forward.worker import ForwardWorker
 from collector.store import Store, open_store
 from collector.store.cursors import CursorBook
+from collector.store.leadership import Leadership
 from protos import exfilguard_pb2 as pb
 
 
@@ -70,6 +73,7 @@ class Forwarding:
                 spec.format,
                 batch_size=spec.batch_size,
                 retry_max=spec.retry_max_seconds,
+                lead=Leadership(config.store, f"forward:{spec.name}"),
             )
             workers.append(worker)
         forwarding = cls(workers, readers)
@@ -84,12 +88,9 @@ class Forwarding:
             self._task = asyncio.get_running_loop().create_task(self._hold(), name="forward")
 
     async def on_stored(self, events: Sequence[pb.Event]) -> None:
-        """Events were stored: hand them to every worker as they are and wake it (never blocks).
-
-        Nothing is converted here, on the event loop: each worker maps them on its own thread.
-        """
+        """Events were stored: wake every worker (never blocks); each reads them from the store."""
         for worker in self.workers:
-            worker.offer(events)
+            worker.wake()
 
     async def on_events(self, mappings: list[dict[str, Any]]) -> None:
         """Collector-made events (agent.silent) are not stored, so not forwarded."""
@@ -111,25 +112,34 @@ class Forwarding:
     def metric_families(self) -> list[Metric]:
         """Prometheus figures per destination: events delivered, failures by reason, lag."""
         delivered = CounterMetricFamily(
-            "exfilguard_forward_events", "Events a forwarding destination took (again when resent)",
+            "exfilguard_forward_events",
+            "Events a forwarding destination took (again when resent)",
             labels=["destination"],
         )
         failures = CounterMetricFamily(
-            "exfilguard_forward_failures", "Failed deliveries of a batch, by reason (each retried)",
+            "exfilguard_forward_failures",
+            "Failed deliveries of a batch, by reason (each retried)",
             labels=["destination", "reason"],
         )
         lag = GaugeMetricFamily(
             "exfilguard_forward_lag_events", "Stored events not forwarded yet", labels=["destination"]
         )
         age = GaugeMetricFamily(
-            "exfilguard_forward_lag_seconds", "Age (event time) of the oldest event not forwarded yet",
+            "exfilguard_forward_lag_seconds",
+            "Age (event time) of the oldest event not forwarded yet",
+            labels=["destination"],
+        )
+        leading = GaugeMetricFamily(
+            "exfilguard_forward_leading",
+            "1 while this collector forwards the destination (0: another collector of the store does)",
             labels=["destination"],
         )
         for worker in self.workers:
             figures = worker.figures()
+            leading.add_metric([worker.name], 1.0 if figures["leading"] else 0.0)
             delivered.add_metric([worker.name], figures["delivered"])
             for reason in REASONS:
                 failures.add_metric([worker.name, reason], figures["failures"][reason])
             lag.add_metric([worker.name], figures["lag_events"])
             age.add_metric([worker.name], figures["lag_seconds"])
-        return [delivered, failures, lag, age]
+        return [delivered, failures, lag, age, leading]

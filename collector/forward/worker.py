@@ -6,9 +6,16 @@
 
 Each round reads up to `batch_size` stored events after the destination's cursors (per agent,
 in sequence order, within each agent's stored prefix; agents take turns so a busy one does not
-starve the rest), formats them, and delivers the batch. Only when the destination took all
-of it do the cursors move, in the store (collector/store/cursors.py): a restart or an outage
+starve the rest), turns each into the format's JSON once (formats.event_json: laid out per
+shape of event), and delivers the batch in one request or write. Only when the destination took
+all of it do the cursors move, in the store (collector/store/cursors.py): a restart or an outage
 resumes from there, and events may arrive twice (at least once), never not at all.
+
+Collectors sharing a PostgreSQL store forward each destination from one of them at a time: the
+worker leads its destination (`lead`, collector/store/leadership.py) before it reads a batch, and
+a worker that does not lead only watches the shared cursors (for its lag figures). When the
+leader dies, another takes over within POLL_SECONDS and resumes from the cursors in the store:
+only the batch in flight when the leader died can reach the destination twice.
 
 A failed delivery is retried for ever, with backoff doubling from 0.5 s up to `retry_max`
 (jittered), while the cursors wait. The worker reads from a connection of its own and holds
@@ -23,7 +30,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from collector import formats
@@ -31,19 +38,14 @@ from collector.forward.destinations import Destination, Item
 from collector.forward.errors import REASONS, DeliveryError
 from collector.store.base import StoreError
 from collector.store.cursors import CursorBook
+from collector.store.leadership import Leadership
 from collector.store.rows import stored_mapping
 from common.ecstime import ecs_epoch, ecs_now
-from protos import exfilguard_pb2 as pb
-from protos.events import to_mapping
 
 log = logging.getLogger("exfilguard.collector.forward")
 
 POLL_SECONDS = 1.0  # also checked without a wake-up: events stored by another collector (PostgreSQL)
 BACKOFF_FIRST = 0.5
-# Events just stored, as the collector hands them to its listeners, kept for the worker so a
-# destination that keeps up does not decode the rows again. Bounded: beyond it, events are read
-# and decoded from the store as after an outage. ~1 KiB each.
-MAX_RECENT = 20_000
 
 
 class ForwardWorker:
@@ -58,6 +60,7 @@ class ForwardWorker:
         *,
         batch_size: int = 500,
         retry_max: float = 30.0,
+        lead: Leadership | None = None,
     ) -> None:
         self.name = name
         self.destination = destination
@@ -71,9 +74,9 @@ class ForwardWorker:
         self.lag_events = 0  # stored events not forwarded yet, at the last look
         self.lag_seconds = 0.0  # how old the oldest of them is (event time), at the last look
         self.cursors: dict[str, int] = {}
-        self._recent: dict[str, dict[int, pb.Event]] = {}  # agent -> sequence -> stored event
-        self._recent_count = 0
-        self._recent_lock = threading.Lock()
+        self.lead = lead  # None: this worker alone forwards the destination (one collector, SQLite)
+        self.leading = lead is None
+        self._term = 0  # the leadership term the cursors were loaded in (0: not loaded yet)
         self._turn = 0
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -87,64 +90,22 @@ class ForwardWorker:
         """New events were stored: look now rather than at the next poll (never blocks)."""
         self._wake.set()
 
-    def offer(self, events: Sequence[pb.Event]) -> None:
-        """Events just stored, as the collector has them: used instead of reading and decoding the
-        rows again. Never blocks for long; past MAX_RECENT held, the rest are read from the store.
-        """
-        with self._recent_lock:
-            for event in events:
-                if self._recent_count >= MAX_RECENT:
-                    break
-                agent, sequence = event.agent.id, event.event.sequence
-                if sequence <= self.cursors.get(agent, 0):
-                    continue
-                held = self._recent.setdefault(agent, {})
-                if sequence not in held:
-                    held[sequence] = event
-                    self._recent_count += 1
-        self._wake.set()
-
-    def _take(self, agent: str, sequence: int, data: bytes) -> Mapping[str, Any]:
-        with self._recent_lock:
-            held = self._recent.get(agent)
-            event = held.pop(sequence, None) if held else None
-            if event is not None:
-                self._recent_count -= 1
-        if event is None:
-            return stored_mapping(self.book.reader.location, agent, sequence, data)
-        return to_mapping(event)
-
-    def _forget(self, moved: Mapping[str, int]) -> None:
-        """Drop held events the cursors passed (read from the store before they were offered)."""
-        with self._recent_lock:
-            for agent, cursor in moved.items():
-                held = self._recent.get(agent)
-                if not held:
-                    continue
-                for sequence in [s for s in held if s <= cursor]:
-                    del held[sequence]
-                    self._recent_count -= 1
-                if not held:
-                    del self._recent[agent]
-
     def stop(self, timeout: float = 5.0) -> None:
         """Stop after the delivery under way (its cursor saved if it went through)."""
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
         self.destination.close()
+        if self.lead is not None:
+            self.lead.release()
 
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.cursors = self.book.load(self.name)
-                break
-            except StoreError as exc:
-                log.warning("forward %s: cannot read its cursors: %s", self.name, exc)
+            if not self._lead():
                 self._stop.wait(POLL_SECONDS)
-        while not self._stop.is_set():
+                continue
             try:
                 items = self.next_batch()
             except StoreError as exc:
@@ -158,6 +119,28 @@ class ForwardWorker:
             if self._deliver(items):
                 self._advance(items)
 
+    def _lead(self) -> bool:
+        """Lead the destination (cursors read afresh on taking over); False: another collector does,
+        and this one refreshes its figures from the shared cursors."""
+        leading = self.lead is None or self.lead.try_acquire()
+        term = self.lead.terms if self.lead is not None else 1
+        try:
+            if not leading or term != self._term:
+                self.cursors = self.book.load(self.name)
+            if not leading:
+                self._lag()
+        except StoreError as exc:
+            log.warning("forward %s: cannot read its cursors: %s", self.name, exc)
+            return False
+        if leading and term != self._term:
+            self._term = term
+            if self.lead is not None and self.lead.shared:
+                log.info(
+                    "forward %s: this collector forwards it now", self.name, extra={"destination": self.name}
+                )
+        self.leading = leading
+        return leading
+
     def next_batch(self) -> list[Item]:
         """The next events after the cursors (at most batch_size); updates the lag figures."""
         heads, behind = self._lag()
@@ -169,14 +152,15 @@ class ForwardWorker:
         agents = agents[self._turn :] + agents[: self._turn]
         share = max(1, self.batch_size // len(agents))
         items: list[Item] = []
+        location = self.book.reader.location
         for agent in agents:
             room = self.batch_size - len(items)
             if room <= 0:
                 break
             after = self.cursors.get(agent, 0)
             for sequence, data in self.book.after(agent, after, heads[agent], min(room, share)):
-                mapping = self._take(agent, sequence, data)
-                doc = formats.event(self.format, mapping)
+                mapping = stored_mapping(location, agent, sequence, data)
+                doc = formats.event_json(self.format, mapping)
                 items.append(Item(agent, sequence, str(mapping.get("event.id", "")), mapping, doc))
         self.lag_seconds = _age(items)
         return items
@@ -212,6 +196,9 @@ class ForwardWorker:
                 log.exception("forward %s: delivery crashed", self.name)
             with contextlib.suppress(StoreError):  # the lag keeps growing while the destination is away
                 self._lag()
+            if self.lead is not None and not self.lead.held():
+                self.leading = False  # another collector forwards from the cursors in the store now
+                return False
             # Jitter so that several collectors do not hammer a recovering destination in step.
             self._stop.wait(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.retry_max)
@@ -222,7 +209,6 @@ class ForwardWorker:
         for item in items:
             moved[item.agent_id] = max(moved.get(item.agent_id, 0), item.sequence)
         self.cursors.update(moved)
-        self._forget(moved)
         try:
             self.book.save(self.name, moved, ecs_now())
         except StoreError as exc:
@@ -237,9 +223,13 @@ class ForwardWorker:
             "failures": dict(self.failures),
             "lag_events": self.lag_events,
             "lag_seconds": self.lag_seconds,
+            "leading": self.leading,
         }
 
 
 def _age(items: Sequence[Item]) -> float:
-    times = [t for t in (ecs_epoch(i.mapping.get("@timestamp")) for i in items) if t is not None]
+    oldest: dict[str, Item] = {}  # each agent's first item is its oldest (sequence order)
+    for item in items:
+        oldest.setdefault(item.agent_id, item)
+    times = [t for t in (ecs_epoch(i.mapping.get("@timestamp")) for i in oldest.values()) if t is not None]
     return max(0.0, time.time() - min(times)) if times else 0.0

@@ -39,10 +39,18 @@ class Leadership:
         self._key = lock_key(name)
         self._conn: pgconnect.Connection | None = None
         self._lock = threading.Lock()
+        self.terms = 0  # times leadership was taken: a new term means others may have led meanwhile
+
+    @property
+    def shared(self) -> bool:
+        """True when other collectors may lead instead (a PostgreSQL store)."""
+        return self._url is not None
 
     def try_acquire(self) -> bool:
         """Lead `name` if nobody else does; True when this collector leads (now or already)."""
         if self._url is None:
+            if not self.terms:
+                self.terms = 1
             return True
         with self._lock:
             if self._conn is not None and self._still_held():
@@ -61,6 +69,7 @@ class Leadership:
                 conn.close()
                 return False
             self._conn = conn
+            self.terms += 1
             return True
 
     def held(self) -> bool:

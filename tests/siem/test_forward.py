@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from admin import main as admin_main
-from collector.forward import worker as worker_module
 from collector.forward.destinations import HttpDestination
 from collector.forward.worker import ForwardWorker
-from collector.store import Store
+from collector.store import Store, open_store
 from collector.store.cursors import CursorBook
+from collector.store.leadership import Leadership
 from collector.store.sqlite import SqliteStore
-from protos import exfilguard_pb2 as pb
 from tests.collector.test_store import IMPLEMENTATIONS, Factory
 from tests.helpers import make_events, wait_for, write_collector_config
 from tests.siem.receivers import HttpReceiver
@@ -228,31 +227,46 @@ def test_items_the_cluster_refuses_hold_the_batch(
     assert set(bulk_ids(receiver)) == set(stored_ids(store))
 
 
-def test_events_offered_at_ingest_are_used_and_bounded(
-    sqlite_stores: tuple[Store, Store], receiver: HttpReceiver, monkeypatch: pytest.MonkeyPatch
+def test_workers_of_one_destination_on_a_shared_store_forward_once(
+    pg_url: str, receiver: HttpReceiver
 ) -> None:
-    # The collector hands each batch's stored events to its listeners; a worker that keeps up
-    # takes those rather than decoding the rows again, holding at most MAX_RECENT of them.
-    monkeypatch.setattr(worker_module, "MAX_RECENT", 3)
-    store, _ = sqlite_stores
-    worker = worker_for(sqlite_stores, receiver)
-    stored = store.ingest_batches([("agent-a", make_events("agent-a", 1, 5))])[0].stored
-    offered = []
-    for event in stored:
-        mark = pb.Event()
-        mark.CopyFrom(event)
-        mark.exfilguard.config_version = "offered"  # tells the held copies from the rows
-        offered.append(mark)
-    worker.offer(offered)
-    worker.start()
+    # Two collectors sharing PostgreSQL, each with a worker for "elastic": one leads, the other
+    # stands by; when the leader stops, the other resumes from the cursors in the store.
+    store = open_store(pg_url)
+    readers = [open_store(pg_url, readonly=True) for _ in range(2)]
+    workers = [
+        ForwardWorker(
+            "elastic",
+            HttpDestination("elasticsearch", receiver.url, timeout=2),
+            CursorBook(reader.domain(), store.domain()),
+            "ecs",
+            batch_size=7,
+            lead=Leadership(pg_url, "forward:elastic"),
+        )
+        for reader in readers
+    ]
     try:
-        wait_for(lambda: len(bulk_ids(receiver)) == 5, what="5 events forwarded")
+        store.ingest("agent-a", make_events("agent-a", 1, 30))
+        for worker in workers:
+            worker.start()
+        wait_for(lambda: len(bulk_ids(receiver)) >= 30, what="30 events forwarded")
+        leader = next(w for w in workers if w.leading)
+        standby = next(w for w in workers if w is not leader)
+        wait_for(lambda: standby.figures()["lag_events"] == 0, what="the standby sees the shared cursor")
+        assert standby.figures()["delivered"] == 0 and not standby.leading
+        leader.stop()
+        store.ingest("agent-a", make_events("agent-a", 31, 50))
+        wait_for(
+            lambda: len(bulk_ids(receiver)) >= 50, what="the standby forwarding after the leader stopped"
+        )
+        assert standby.leading and standby.figures()["delivered"] == 20
+        ids = bulk_ids(receiver)
+        assert sorted(ids) == sorted(stored_ids(store)) and len(ids) == 50  # each once
     finally:
-        worker.stop()
-    docs = [doc for r in receiver.accepted for doc in r.lines()[1::2]]
-    held = [d.get("exfilguard", {}).get("config_version") == "offered" for d in docs]
-    assert held == [True] * 3 + [False] * 2
-    assert all(ecs_problems(d) == [] for d in docs)
+        for worker in workers:
+            worker.stop()
+        for opened in (*readers, store):
+            opened.close()
 
 
 def test_exfilguard_forward_shows_how_far_behind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
