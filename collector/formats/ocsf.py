@@ -81,6 +81,11 @@ def _metadata(uid: str, product_uid: str = "") -> dict[str, Any]:
     return out
 
 
+def _texts(m: Mapping[str, Any], names: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """{OCSF attribute: text} for each (mapping key, OCSF attribute) whose value is set, in order."""
+    return {attribute: str(m[key]) for key, attribute in names if m.get(key)}
+
+
 def _peripheral(m: Mapping[str, Any]) -> dict[str, Any] | None:
     if not any(m.get(k) for k in ("device.serial", "device.name", "device.model")):
         return None
@@ -92,10 +97,7 @@ def _peripheral(m: Mapping[str, Any]) -> dict[str, Any] | None:
     if m.get("device.serial"):
         out["serial_number"] = str(m["device.serial"])
         out["uid"] = str(m["device.serial"])
-    if m.get("device.model"):
-        out["model"] = str(m["device.model"])
-    if m.get("device.vendor"):
-        out["vendor_name"] = str(m["device.vendor"])
+    out.update(_texts(m, (("device.model", "model"), ("device.vendor", "vendor_name"))))
     if m.get("device.vendor_id"):
         out["vendor_id_list"] = [str(m["device.vendor_id"])]
     if m.get("device.bus"):
@@ -115,16 +117,13 @@ def _device(m: Mapping[str, Any]) -> dict[str, Any]:
 
 def _actor(m: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    user = {k: str(m[f"user.{f}"]) for f, k in (("name", "name"), ("id", "uid")) if m.get(f"user.{f}")}
+    user = _texts(m, (("user.name", "name"), ("user.id", "uid")))
     if user:
         out["user"] = user
     process: dict[str, Any] = {}
     if m.get("process.pid"):
         process["pid"] = int(m["process.pid"])
-    if m.get("process.name"):
-        process["name"] = str(m["process.name"])
-    if m.get("process.command_line"):
-        process["cmd_line"] = str(m["process.command_line"])
+    process.update(_texts(m, (("process.name", "name"), ("process.command_line", "cmd_line"))))
     if m.get("process.executable"):
         exe = str(m["process.executable"])
         process["file"] = {"path": exe, "name": derive(_last_part, exe), "type_id": 1}
