@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from collector.console.errors import InvalidAccount, LoginRefused, NoSuchAccount
-from collector.store.domain import DomainSql
+from collector.store.domain import DomainBook
 from collector.store.triage import printable
 from common.ecstime import ecs_now
 
@@ -91,16 +91,11 @@ def check_password(location: str, password: str) -> str:
     return password
 
 
-class AccountBook:
+class AccountBook(DomainBook):
     """The console's accounts in one store."""
 
-    def __init__(self, sql: DomainSql) -> None:
-        self.sql = sql
-        self.location = sql.location
-
-    def ensure(self) -> bool:
-        """Create the table on a writable store (False on a read-only one)."""
-        return self.sql.ensure("console_users", SCHEMA)
+    TABLES = "console_users"
+    CREATE = SCHEMA
 
     def add(self, name: str, role: str, password: str, *, by: str, replace: bool = False) -> Account:
         """Create an account (or, with `replace`, set its role and password); InvalidAccount if it exists."""

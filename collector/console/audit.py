@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from collector.store.domain import DomainSql
+from collector.store.domain import DomainBook
 from common.ecstime import ecs_now
 
 MAX_DETAIL_CHARS = 2000
@@ -23,15 +23,13 @@ _last_ns = 0
 _TABLE = "console_audit"
 
 
-def _schema(sql: DomainSql) -> tuple[str, ...]:
-    return (
-        "CREATE TABLE IF NOT EXISTS console_audit (id TEXT PRIMARY KEY, at TEXT NOT NULL,"
-        " user_name TEXT NOT NULL, action TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL,"
-        " detail TEXT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS console_audit_at ON console_audit (at, id)",
-        "CREATE INDEX IF NOT EXISTS console_audit_target ON console_audit (kind, target, at)",
-        *sql.append_only(_TABLE),
-    )
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS console_audit (id TEXT PRIMARY KEY, at TEXT NOT NULL,"
+    " user_name TEXT NOT NULL, action TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL,"
+    " detail TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS console_audit_at ON console_audit (at, id)",
+    "CREATE INDEX IF NOT EXISTS console_audit_target ON console_audit (kind, target, at)",
+)
 
 
 def ordered_id() -> str:
@@ -59,15 +57,12 @@ class AuditEntry:
                 "target": self.target, "detail": self.detail}  # fmt: skip
 
 
-class AuditLog:
+class AuditLog(DomainBook):
     """The audit log of one store."""
 
-    def __init__(self, sql: DomainSql) -> None:
-        self.sql = sql
-
-    def ensure(self) -> bool:
-        """Create the table on a writable store (False on a read-only one)."""
-        return self.sql.ensure(_TABLE, _schema(self.sql))
+    TABLES = _TABLE
+    CREATE = _CREATE
+    APPEND_ONLY = (_TABLE,)
 
     def record(self, user: str, action: str, kind: str, target: str = "", detail: str = "") -> None:
         """Append one entry, timed now."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from collector.console.audit import ordered_id
 from collector.console.errors import InvalidCase, NoSuchCase
-from collector.store.domain import DomainSql, Transaction
+from collector.store.domain import DomainBook, Transaction
 from collector.store.triage import MAX_NOTE_CHARS, printable
 from common.ecstime import ecs_now
 
@@ -31,20 +31,18 @@ MAX_ALERTS = 1000
 _HISTORY = "console_case_history"
 
 
-def _schema(sql: DomainSql) -> tuple[str, ...]:
-    return (
-        "CREATE TABLE IF NOT EXISTS console_cases (id TEXT PRIMARY KEY, title TEXT NOT NULL,"
-        " owner TEXT NOT NULL, status TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS console_case_alerts (case_id TEXT NOT NULL, alert_id TEXT NOT NULL,"
-        " added TEXT NOT NULL, by_name TEXT NOT NULL, PRIMARY KEY (case_id, alert_id))",
-        "CREATE TABLE IF NOT EXISTS console_case_events (case_id TEXT NOT NULL, agent_id TEXT NOT NULL,"
-        " sequence BIGINT NOT NULL, event_id TEXT NOT NULL, added TEXT NOT NULL, by_name TEXT NOT NULL,"
-        " PRIMARY KEY (case_id, agent_id, sequence))",
-        "CREATE TABLE IF NOT EXISTS console_case_history (id TEXT PRIMARY KEY, case_id TEXT NOT NULL,"
-        " at TEXT NOT NULL, by_name TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS console_case_history_case ON console_case_history (case_id, at, id)",
-        *sql.append_only(_HISTORY),
-    )
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS console_cases (id TEXT PRIMARY KEY, title TEXT NOT NULL,"
+    " owner TEXT NOT NULL, status TEXT NOT NULL, created TEXT NOT NULL, updated TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS console_case_alerts (case_id TEXT NOT NULL, alert_id TEXT NOT NULL,"
+    " added TEXT NOT NULL, by_name TEXT NOT NULL, PRIMARY KEY (case_id, alert_id))",
+    "CREATE TABLE IF NOT EXISTS console_case_events (case_id TEXT NOT NULL, agent_id TEXT NOT NULL,"
+    " sequence BIGINT NOT NULL, event_id TEXT NOT NULL, added TEXT NOT NULL, by_name TEXT NOT NULL,"
+    " PRIMARY KEY (case_id, agent_id, sequence))",
+    "CREATE TABLE IF NOT EXISTS console_case_history (id TEXT PRIMARY KEY, case_id TEXT NOT NULL,"
+    " at TEXT NOT NULL, by_name TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS console_case_history_case ON console_case_history (case_id, at, id)",
+)
 
 
 @dataclass(frozen=True)
@@ -83,16 +81,12 @@ def _text(location: str, field: str, value: str, limit: int, *, newlines: bool =
     return value
 
 
-class CaseBook:
+class CaseBook(DomainBook):
     """The console's cases in one store."""
 
-    def __init__(self, sql: DomainSql) -> None:
-        self.sql = sql
-        self.location = sql.location
-
-    def ensure(self) -> bool:
-        """Create the tables on a writable store (False on a read-only one)."""
-        return self.sql.ensure("console_cases", _schema(self.sql))
+    TABLES = "console_cases"
+    CREATE = _CREATE
+    APPEND_ONLY = (_HISTORY,)
 
     def open_case(self, title: str, *, owner: str, by: str, alerts: Sequence[str] = ()) -> Case:
         """A new open case, holding `alerts` (ids of stored alerts)."""

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from collector.console.accounts import SCHEMA as ACCOUNTS_SCHEMA
 from collector.console.errors import LoginRefused, NoSuchAccount
-from collector.store.domain import DomainSql, Transaction
+from collector.store.domain import DomainBook, Transaction
 from common.ecstime import ecs_time
 
 LINK_SECONDS = 600
@@ -57,16 +57,11 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-class LoginBook:
+class LoginBook(DomainBook):
     """Login links and sessions in one store."""
 
-    def __init__(self, sql: DomainSql) -> None:
-        self.sql = sql
-        self.location = sql.location
-
-    def ensure(self) -> bool:
-        """Create the tables on a writable store (False on a read-only one)."""
-        return self.sql.ensure("console_logins", SCHEMA)
+    TABLES = "console_logins"
+    CREATE = SCHEMA
 
     def issue_link(self, user: str, seconds: int = LINK_SECONDS) -> tuple[str, str]:
         """A new one-time link token for an existing account, and when it expires."""

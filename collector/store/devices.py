@@ -24,7 +24,7 @@ from typing import Any
 
 from collector.store import triage
 from collector.store.base import StoreError
-from collector.store.domain import DomainSql, Transaction
+from collector.store.domain import DomainBook, Transaction
 from common.ecstime import ecs_now
 
 MAX_SERIAL_CHARS = 200
@@ -40,22 +40,20 @@ _UPSERT_APPROVAL = (
 _SELECT_HISTORY = "SELECT at, by_name, action, serial, scope, subject, note FROM device_history"
 
 
-def _schema(sql: DomainSql) -> tuple[str, ...]:
-    return (
-        "CREATE TABLE IF NOT EXISTS device_sightings (serial TEXT PRIMARY KEY, first_seen TEXT NOT NULL,"
-        " last_seen TEXT NOT NULL, body TEXT NOT NULL)",
-        "CREATE TABLE IF NOT EXISTS device_approvals (serial TEXT NOT NULL, scope TEXT NOT NULL,"
-        " subject TEXT NOT NULL, at TEXT NOT NULL, by_name TEXT NOT NULL, note TEXT NOT NULL,"
-        " PRIMARY KEY (serial, scope, subject))",
-        "CREATE TABLE IF NOT EXISTS device_proposals (serial TEXT NOT NULL, scope TEXT NOT NULL,"
-        " subject TEXT NOT NULL, at TEXT NOT NULL, reason TEXT NOT NULL,"
-        " PRIMARY KEY (serial, scope, subject))",
-        "CREATE TABLE IF NOT EXISTS device_history (id TEXT PRIMARY KEY, at TEXT NOT NULL,"
-        " by_name TEXT NOT NULL, action TEXT NOT NULL, serial TEXT NOT NULL, scope TEXT NOT NULL,"
-        " subject TEXT NOT NULL, note TEXT NOT NULL)",
-        "CREATE INDEX IF NOT EXISTS device_history_at ON device_history (at, id)",
-        *sql.append_only(_HISTORY),
-    )
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS device_sightings (serial TEXT PRIMARY KEY, first_seen TEXT NOT NULL,"
+    " last_seen TEXT NOT NULL, body TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS device_approvals (serial TEXT NOT NULL, scope TEXT NOT NULL,"
+    " subject TEXT NOT NULL, at TEXT NOT NULL, by_name TEXT NOT NULL, note TEXT NOT NULL,"
+    " PRIMARY KEY (serial, scope, subject))",
+    "CREATE TABLE IF NOT EXISTS device_proposals (serial TEXT NOT NULL, scope TEXT NOT NULL,"
+    " subject TEXT NOT NULL, at TEXT NOT NULL, reason TEXT NOT NULL,"
+    " PRIMARY KEY (serial, scope, subject))",
+    "CREATE TABLE IF NOT EXISTS device_history (id TEXT PRIMARY KEY, at TEXT NOT NULL,"
+    " by_name TEXT NOT NULL, action TEXT NOT NULL, serial TEXT NOT NULL, scope TEXT NOT NULL,"
+    " subject TEXT NOT NULL, note TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS device_history_at ON device_history (at, id)",
+)
 
 
 SCOPES = ("all", "user", "group")
@@ -171,15 +169,12 @@ def _now() -> str:
     return ecs_now()
 
 
-class DeviceBook:
+class DeviceBook(DomainBook):
     """Device sightings, approvals, proposals and their history in one store."""
 
-    def __init__(self, sql: DomainSql) -> None:
-        self.sql = sql
-        self.location = sql.location
-
-    def _ready(self) -> bool:
-        return self.sql.ensure("devices", _schema(self.sql))
+    TABLES = "devices"
+    CREATE = _CREATE
+    APPEND_ONLY = (_HISTORY,)
 
     def _exists(self, tx: Transaction) -> bool:
         return self.sql.readonly is False or tx.has_table(_HISTORY)
@@ -191,7 +186,7 @@ class DeviceBook:
         rows = [
             (s.serial, s.first_seen, s.last_seen, json.dumps(s.as_dict(), sort_keys=True)) for s in sightings
         ]
-        if not rows or not self._ready():
+        if not rows or not self.ensure():
             return 0
         with self.sql.transaction() as tx:
             tx.many(
@@ -204,7 +199,7 @@ class DeviceBook:
 
     def sightings(self, since: str | None = None) -> list[Sighting]:
         """Every device seen (last seen at or after `since`, if given), most recently seen first."""
-        self._ready()
+        self.ensure()
         with self.sql.transaction() as tx:
             if not self._exists(tx):
                 return []
@@ -225,7 +220,7 @@ class DeviceBook:
 
     def approvals(self) -> list[Approval]:
         """The approvals in force, by serial."""
-        self._ready()
+        self.ensure()
         with self.sql.transaction() as tx:
             if not self._exists(tx):
                 return []
@@ -237,7 +232,7 @@ class DeviceBook:
 
     def version(self) -> tuple[int, str]:
         """Changes recorded so far and the newest one's time: changes when approvals do."""
-        self._ready()
+        self.ensure()
         with self.sql.transaction() as tx:
             if not self._exists(tx):
                 return (0, "")
@@ -313,7 +308,7 @@ class DeviceBook:
 
     def proposals(self) -> list[Proposal]:
         """Pending proposals, by serial."""
-        self._ready()
+        self.ensure()
         with self.sql.transaction() as tx:
             if not self._exists(tx):
                 return []
@@ -360,7 +355,7 @@ class DeviceBook:
 
     def history(self, serial: str | None = None) -> list[DeviceChange]:
         """Every recorded change (of one serial), oldest first."""
-        self._ready()
+        self.ensure()
         with self.sql.transaction() as tx:
             if not self._exists(tx):
                 return []
@@ -378,7 +373,7 @@ class DeviceBook:
         )
 
     def _writable(self) -> None:
-        if not self._ready():
+        if not self.ensure():
             raise StoreError(self.location, "the store is open read-only")
 
     def _check(self, serial: str, scope: str, subject: str, by: str, note: str) -> None:

@@ -22,7 +22,7 @@ import contextlib
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from collector.store.base import StoreError
 
@@ -74,6 +74,25 @@ class DomainSql(abc.ABC):
                 tx.query(statement)
         self._ensured.add(name)
         return True
+
+
+class DomainBook:
+    """One domain's records in a store (cases, accounts, devices, ...). A subclass declares its
+    tables: `TABLES`, the name `DomainSql.ensure` remembers them by; `CREATE`, the statements that
+    make them (idempotent); `APPEND_ONLY`, those of them that refuse UPDATE and DELETE."""
+
+    TABLES: ClassVar[str]
+    CREATE: ClassVar[Sequence[str]]
+    APPEND_ONLY: ClassVar[Sequence[str]] = ()
+
+    def __init__(self, sql: DomainSql) -> None:
+        self.sql = sql
+        self.location = sql.location
+
+    def ensure(self) -> bool:
+        """Create the tables on a writable store (False on a read-only one)."""
+        guards = [statement for table in self.APPEND_ONLY for statement in self.sql.append_only(table)]
+        return self.sql.ensure(self.TABLES, [*self.CREATE, *guards])
 
 
 # ---------------------------------------------------------------------------- SQLite
