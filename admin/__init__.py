@@ -22,6 +22,7 @@ def _modules() -> list[ModuleType]:
     from admin import console as console_cmd
     from admin import demo as demo_cmd
     from admin import devices as devices_cmd
+    from admin import exceptions as exception_cmd
     from admin import export as export_cmd
     from admin import fleetconfig as fleet_cmd
     from admin import forward as forward_cmd
@@ -42,6 +43,7 @@ def _modules() -> list[ModuleType]:
         prune_cmd,
         alerts_cmd,
         devices_cmd,
+        exception_cmd,
         policy_cmd,
         quarantine_cmd,
         setup_cmd,

@@ -31,6 +31,7 @@ from types import FrameType
 import agent
 from agent import central
 from agent import identity as agent_identity
+from agent.prevent import grants as prevent_grants
 from agent.sensors import Sensor
 from agent.sensors.errors import SensorError
 from agent.sensors.wiring import build_sensors
@@ -220,6 +221,10 @@ class Agent:
             log.error("refused %s; still running central config %r", exc, self.config_version or "none")
             self._emit_config("refused", exc.version, str(exc))
             return
+        try:  # the grant key is trusted as it arrives over the stream, never as read back from disk
+            prevent_grants.pin(self.local_config.state_dir, new.prevent.grant_key)
+        except OSError as exc:
+            log.error("cannot pin the collector's grant key: %s", exc)
         with self._pending_lock:
             self._pending = (pushed, new)  # a newer push replaces one not applied yet
             if self._applier is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import socket
@@ -18,6 +19,7 @@ from collector.config import CollectorConfig
 from collector.fleet.config import ConfigPusher, FleetSource
 from collector.fleet.enrollment import EnrollmentServeError, EnrollmentServer
 from collector.fleet.enrollment import from_config as enrollment_from_config
+from collector.fleet.grants import ActiveGrants
 from collector.fleet.registry import FleetRegistry
 from collector.ingest import INGEST_SERVICE, IngestServicer, StoreWriter, add_to_server
 from collector.listeners import EventListener, notify
@@ -34,7 +36,7 @@ from collector.sealer import Sealer
 from collector.store import Store, StoreError, presence
 from collector.streamlimits import StreamLimits
 from collector.tls.credentials import server_credentials, server_interceptors
-from common.ecstime import ecs_time_at
+from common.ecstime import ecs_now, ecs_time_at
 from common.errors import ExfilGuardError
 from common.records import from_attributes
 from common.sdnotify import Notifier
@@ -129,7 +131,9 @@ class Collector:
         # Central agent config: raises YamlError (file:line:key) for a broken fleet file.
         if fleet is None and config.agent_config:
             fleet = FleetSource(config.agent_config)
-        self.pusher = ConfigPusher(fleet) if fleet is not None else None
+        # grants officers made are pushed with it, signed with the evidence key (collector/fleet/grants.py)
+        self.grants = ActiveGrants(self._grant_key())
+        self.pusher = ConfigPusher(fleet, self.grants)
         self._fleet_reload_requested = False
 
     async def start(self) -> None:
@@ -137,6 +141,10 @@ class Collector:
         self.store.mark_all_disconnected(self.name)
         self._renew_lease(start=True)
         self._check_signing_identity()
+        try:  # the grants in force before the first agent says hello
+            self.grants.refresh(self.store.grants(active_at=ecs_now()))
+        except StoreError as exc:
+            log.warning("grants not read from the store: %s", exc)
         self._started = time.monotonic()
         self.registry.load(self.store.agents())
         self._writer = StoreWriter(self.store, seal_inline=False, metrics=self.metrics)
@@ -249,8 +257,7 @@ class Collector:
             families = getattr(listener, "metric_families", None)  # forwarding's
             if callable(families):
                 sources.append(families)
-        if self.pusher is not None:
-            fleet = self.pusher.source
+        if self.pusher is not None and (fleet := self.pusher.source) is not None:
             sources.append(lambda: config_reload_families(fleet.reloads, fleet.failures))
         self.metrics.read_at_scrape(asyncio.get_running_loop(), *sources)
         address = self.config.metrics_listen
@@ -294,6 +301,17 @@ class Collector:
         )
         if cleared:
             log.warning("%d agents were on collectors gone without a clean stop: not connected now", cleared)
+
+    def _grant_key(self) -> str:
+        """The public half of the key grants are signed with (the evidence key), base64; '' if none."""
+        from collector.evidence import keys
+        from collector.evidence.errors import EvidenceError
+
+        try:
+            return keys.public_key(self.config.state_dir).b64()
+        except (EvidenceError, OSError) as exc:
+            log.error("prevention exceptions are not pushed: no signing key: %s", exc)
+            return ""
 
     @property
     def _signing_fingerprint(self) -> str:
@@ -354,15 +372,27 @@ class Collector:
         while True:
             await asyncio.sleep(interval)
             source = self.pusher.source
-            changed: bool | None
-            if self._fleet_reload_requested:
+            changed: bool | None = None
+            if source is not None and self._fleet_reload_requested:
                 self._fleet_reload_requested = False
                 changed = source.reload()
-            else:
-                changed = source.check() if seconds > 0 else None
+            elif source is not None and seconds > 0:
+                changed = source.check()
+            if await self._refresh_grants():
+                changed = True
             if changed:
                 sent = await self.pusher.push_changed()
                 log.info(f"fleet config: pushed to {sent} connected agents", extra={"pushed": sent})
+
+    async def _refresh_grants(self) -> bool:
+        """Read the active grants from the store; True when a host's changed (granted, revoked, expired)."""
+        assert self._writer is not None
+        try:
+            active = await self._writer.call(functools.partial(self.store.grants, active_at=ecs_now()))
+        except StoreError as exc:
+            log.warning("grants not read from the store: %s", exc)
+            return False
+        return self.grants.refresh(active)
 
     async def _watch_silence_forever(self) -> None:
         assert self._writer is not None

@@ -100,12 +100,20 @@ def allowed_device_entry(entry: str) -> tuple[str, str, str]:
 
 class PreventException(_Strict):
     """A time-boxed exception to prevent.removable_writes: `user` may copy tagged data to
-    removable media (only to the device with serial `device`, when set) until `until`."""
+    removable media (only to the device with serial `device`, when set) until `until`.
 
+    Granted by an officer at the collector (`exfilguard exception grant`), which records it as
+    `id`, for `host`, by `granted_by`, and signs it (common/grants.py); the agent honours only
+    entries whose `signature` verifies."""
+
+    id: Annotated[str, Field(max_length=64)] = ""
+    host: Annotated[str, Field(max_length=256)] = ""
     user: Annotated[str, Field(min_length=1, max_length=64)]
     device: Annotated[str, Field(max_length=256)] = ""
     until: datetime.datetime
     note: Annotated[str, Field(max_length=1024)] = ""
+    granted_by: Annotated[str, Field(max_length=64)] = ""
+    signature: Annotated[str, Field(max_length=256)] = ""
 
     @pydantic.field_validator("until")
     @classmethod
@@ -132,6 +140,8 @@ class PreventSettings(_Strict):
     allowed_groups: Annotated[list[str], Field(max_length=10_000)] = []  # members never blocked
     decision_timeout_ms: Annotated[int, Field(ge=10, le=10_000)] = 500
     exceptions: Annotated[list[PreventException], Field(max_length=10_000)] = []
+    # the collector's grant-signing key (raw Ed25519, base64), pushed with the grants it signed
+    grant_key: Annotated[str, Field(max_length=64)] = ""
 
     @pydantic.field_validator("allowed_devices")
     @classmethod

@@ -9,6 +9,8 @@
     permission.py  the fanotify permission group (FAN_CLASS_CONTENT) and its answers
     procs.py       what /proc says of a process waiting in open()
     notify.py      the user's side of a refusal: a journal line and a desktop notification
+    grants.py      which pushed exceptions are honoured: signed by the collector for this host,
+                   against the grant key pinned from the stream
 
 Errors derive from PreventError (errors.py).
 """

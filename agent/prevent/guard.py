@@ -362,9 +362,9 @@ class ContentGuard:
             log.info("prevent: %s", event.event.reason)
 
     def _excepted(self, pid: int, path: str, grant: PreventException, verdict: Verdict) -> None:
-        """A time-boxed exception let an open go that would have been refused: `file.allow`,
-        once per process, naming the exception (the officer granted it; the trail shows it used)."""
-        key = f"{grant.user}|{grant.device}|{grant.until.isoformat()}"
+        """A grant let an open go that would have been refused: `file.allow`, once per process,
+        naming the grant, who granted it and why (the trail shows it used)."""
+        key = f"{grant.id}|{grant.user}|{grant.device}|{grant.until.isoformat()}"
         if self._excepted_pids.get(pid) == key:
             return
         self._excepted_pids[pid] = key
@@ -375,10 +375,10 @@ class ContentGuard:
             event.device.CopyFrom(mount.device)
         event.exfilguard.source.path = verdict.source
         event.exfilguard.source.tags.extend(verdict.tags)
-        event.event.reason = (f"allowed by a prevent exception for {grant.user}"
+        event.event.reason = (f"allowed by grant {grant.id} (granted by {grant.granted_by}: "
+                              f"{grant.note or 'no note'}) for {grant.user}"
                               f"{' on device ' + grant.device if grant.device else ''} until "
-                              f"{grant.until.isoformat()} ({grant.note or 'no note'}); "
-                              f"without it: {verdict.why}")
+                              f"{grant.until.isoformat()}; without it: {verdict.why}")
         procinfo.describe(event, procinfo.read_proc(pid), procinfo.EXACT, pid)
         self._emit(event)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from agent.content import ContentCatalog, ContentIdentifier, saved
 from agent.content.examiner import Examiner
+from agent.prevent import grants
 from agent.prevent.devices import DeviceGuard
 from agent.prevent.guard import ContentGuard
 from agent.prevent.quarantine import Quarantine
@@ -65,8 +66,9 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):
         reporter = AccessReporter(tags, index, copies, staging, emit, media=media)
         exact = ExactAccessSensor(tags, reporter, media)
-    content_guard = (ContentGuard(config.prevent, tags, index, media, emit, flow=copies.flow)
-                     if blocking else None)
+    # only exceptions the collector signed for this host (agent/prevent/grants.py)
+    content_guard = (ContentGuard(grants.honoured(config.prevent, config.state_dir, emit), tags, index,
+                                  media, emit, flow=copies.flow) if blocking else None)
     markers = [m.mark_dir for m in (exact, content_guard) if m is not None]
 
     def new_dir(path: str) -> None:

@@ -24,6 +24,11 @@ nothing applies: agent.yaml alone). The collector sends `CollectorMessage.config
 version an agent reports (hello, then each heartbeat) differs, at hello and whenever a reload
 changes it. A reload (file changed, or SIGHUP) that fails keeps the previous fleet config.
 
+Prevention exceptions are not written here (the agent honours only signed ones): officers grant
+them with `exfilguard exception grant`, and each host's active grants are merged over its
+settings last (collector/fleet/grants.py), so granting, revoking or expiry changes the version.
+Without a fleet file the grants alone are pushed.
+
 Errors: yamlfile.YamlError (file:line:key) for a bad fleet file.
 """
 
@@ -43,6 +48,7 @@ import pydantic
 import yaml
 from pydantic import Field
 
+from collector.fleet.grants import ActiveGrants
 from common import yamlfile
 from common.agentconfig import AgentConfig, PushedSettings, apply_pushed, overlay
 from protos import exfilguard_pb2 as pb
@@ -120,8 +126,9 @@ class FleetConfig:
     hosts: tuple[tuple[str, dict[str, Any]], ...] = ()
     digest: str = ""  # SHA-256 of the file as read, for logs
 
-    def effective(self, agent_id: str, host: str) -> Effective:
-        """The config for this agent: defaults, then its groups, then matching hosts entries."""
+    def effective(self, agent_id: str, host: str, grants: ActiveGrants | None = None) -> Effective:
+        """The config for this agent: defaults, then its groups, then matching hosts entries, then
+        the grants officers made for its host (collector/fleet/grants.py)."""
         host_l = host.lower()
         settings: dict[str, Any] = {}
         sources: list[str] = []
@@ -136,6 +143,9 @@ class FleetConfig:
             if key == agent_id or fnmatch.fnmatchcase(host_l, key.lower()):
                 settings = _merge(settings, overrides)
                 sources.append(f"hosts.{key}")
+        if grants is not None and (granted := grants.settings(host)):
+            settings = _merge(settings, granted)
+            sources.append("grants")
         return Effective(version_of(settings), settings, tuple(sources))
 
 
@@ -185,6 +195,11 @@ def _check_agent_schema(doc: yamlfile.Document, loc: yamlfile.Location, settings
     """The settings merged over a default agent.yaml must be a valid AgentConfig (the agent's check)."""
     if not settings:
         return
+    prevent = settings.get("prevent") if isinstance(settings, dict) else None
+    for key in ("exceptions", "grant_key"):
+        if isinstance(prevent, dict) and prevent.get(key):
+            # unsigned here: the agent would refuse it; grants are made, signed and recorded by the CLI
+            raise doc.error((*loc, "prevent", key), "grant exceptions with `exfilguard exception grant`")
     try:
         apply_pushed(AgentConfig(), _clean(settings))
     except pydantic.ValidationError as exc:
@@ -237,6 +252,7 @@ class FleetSource:
 
 
 Send = Callable[[pb.CollectorMessage], Awaitable[None]]
+_NO_FLEET_FILE = FleetConfig("")
 
 
 @dataclass(eq=False)
@@ -253,14 +269,20 @@ class PushStream:
 class ConfigPusher:
     """Decides when an agent gets its config: at hello and after a reload, when its version differs."""
 
-    def __init__(self, source: FleetSource) -> None:
-        self.source = source
+    def __init__(self, source: FleetSource | None, grants: ActiveGrants | None = None) -> None:
+        self.source = source  # None: no fleet file, only grants are pushed
+        self.grants = grants
         self._streams: set[PushStream] = set()
         self.pushed = 0
 
+    def effective(self, agent_id: str, host: str) -> Effective:
+        """The agent's central config now: the fleet file's, with its host's grants."""
+        fleet = self.source.current if self.source is not None else _NO_FLEET_FILE
+        return fleet.effective(agent_id, host, self.grants)
+
     def on_hello(self, hello: pb.Hello) -> pb.CollectorMessage | None:
         """The config message to send right after this hello, or None when the agent runs its version."""
-        effective = self.source.current.effective(hello.agent_id, hello.hostname)
+        effective = self.effective(hello.agent_id, hello.hostname)
         if effective.version == hello.config_version:
             return None
         self.pushed += 1
@@ -287,10 +309,11 @@ class ConfigPusher:
         stream.running = version
 
     async def push_changed(self) -> int:
-        """After a reload: send each connected agent its config if its version changed; how many sent."""
+        """After a reload or a change of grants: send each connected agent its config if its version
+        changed; how many sent."""
         count = 0
         for stream in list(self._streams):
-            effective = self.source.current.effective(stream.agent_id, stream.host)
+            effective = self.effective(stream.agent_id, stream.host)
             if effective.version in (stream.running, stream.sent):
                 continue
             log.info("pushing agent config", extra={"agent_id": stream.agent_id,

@@ -4,18 +4,25 @@ untagged copies go through."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.prevent import grants
 from agent.prevent.guard import ContentGuard
+from collector.evidence.keys import SigningKey
 from common.agentconfig import AgentConfig, PreventSettings
+from common.ecstime import ecs_time
+from common.grants import signed_bytes
 from lab.loopstick import LoopStick
 from tests.e2e.harness import wait_for
 from tests.helpers import run_cli
@@ -151,23 +158,32 @@ def test_a_time_boxed_exception_lets_exactly_its_user_copy_until_it_ends(
     serial = f"EGEX{os.getpid()}"
     stick = loop_stick(label=f"EX{os.getpid() % 10000}", serial=serial)
     point = stick.mount()
-    until = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=6)  # long enough for the sensors to start
+    until = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=6)  # the sensors start
     later = until + dt.timedelta(hours=1)
+    key = SigningKey(Ed25519PrivateKey.generate())  # as `exfilguard exception grant` signs
+    state = tmp_path / "state"
+    state.mkdir()
+    grants.pin(state, key.public.b64())  # as a push over the stream pins it
+
+    def signed(n: int, user: str, device: str, ends: dt.datetime, note: str = "") -> dict[str, str]:
+        grant = {"id": f"G-{n}", "host": socket.gethostname(), "user": user, "device": device,
+                 "until": ecs_time(ends), "note": note, "granted_by": "carol"}
+        return {**grant, "signature": base64.b64encode(key.sign(signed_bytes(grant))).decode()}
+
     prevent = PreventSettings.model_validate({
         "removable_writes": "block", "decision_timeout_ms": 5000, "exceptions": [
-            {"user": "nobody", "until": later},                              # another user
-            {"user": "root", "device": "OTHER-SERIAL", "until": later},      # another stick
-            {"user": "root", "device": serial, "until": until, "note": "imaging job 4711"},
+            signed(1, "nobody", "", later),                                  # another user
+            signed(2, "root", "OTHER-SERIAL", later),                        # another stick
+            signed(3, "root", serial, until, "imaging job 4711"),
         ]})
-    with Running(AgentConfig(tags={str(db): ["database"]}, state_dir=str(tmp_path / "state"),
-                             prevent=prevent)) as run:
+    with Running(AgentConfig(tags={str(db): ["database"]}, state_dir=str(state), prevent=prevent)) as run:
         guard = run.sensor("prevent")
         assert isinstance(guard, ContentGuard)
         wait_for(lambda: str(point) in guard.watching(), 15, "the guard to mark the stick")
         done = _run(f"cp {db}/customers.db {point}/granted.db", tmp_path)
         assert done.returncode == 0, done.stderr
         allowed = run.events.wait_for(run.events.action("file.allow"))[0]
-        assert "imaging job 4711" in allowed["event.reason"]
+        assert "allowed by grant G-3 (granted by carol: imaging job 4711)" in allowed["event.reason"]
         assert allowed["user.name"] == "root"
         wait_for(lambda: dt.datetime.now(dt.UTC) > until, 10, "the exception to end")
         done = _run(f"cp {db}/customers.db {point}/late.db", tmp_path)

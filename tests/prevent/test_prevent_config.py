@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from agent import central
 from collector.fleet import config as fleetconfig
 from common import agentconfig
 from common.yamlfile import YamlError
@@ -73,7 +72,7 @@ def test_fleet_file_pushes_prevent_and_it_merges_key_by_key(tmp_path: Path) -> N
     assert "hosts.ws-9.prevent.devices" in str(err.value)
 
 
-def test_exceptions_need_a_time_zone_and_travel_in_the_fleet_file(tmp_path: Path) -> None:
+def test_exceptions_need_a_time_zone_and_are_granted_not_written_in_the_fleet_file(tmp_path: Path) -> None:
     with pytest.raises(YamlError) as err:
         agentconfig.load(_agent_yaml(
             tmp_path, "prevent:\n  exceptions:\n    - {user: alice, until: 2026-12-02T12:00:00}\n"))
@@ -82,9 +81,6 @@ def test_exceptions_need_a_time_zone_and_travel_in_the_fleet_file(tmp_path: Path
     fleet = tmp_path / "fleet.yaml"
     fleet.write_text("hosts:\n  ws-9:\n    prevent:\n      exceptions:\n"
                      "        - {user: alice, device: EG-1, until: 2026-12-02T12:00:00Z, note: INC-4711}\n")
-    effective = fleetconfig.load(fleet).effective("agent-1", "ws-9")
-    assert effective.version  # a YAML timestamp hashes
-    pushed = central.parse(effective.version, effective.yaml())
-    grant = central.effective(agentconfig.AgentConfig(), pushed).prevent.exceptions[0]
-    assert (grant.user, grant.device, grant.note) == ("alice", "EG-1", "INC-4711")
-    assert grant.until.isoformat() == "2026-12-02T12:00:00+00:00"
+    with pytest.raises(YamlError) as err:
+        fleetconfig.load(fleet)  # unsigned: the agent would refuse it; `exfilguard exception grant` signs
+    assert (err.value.key, err.value.line) == ("hosts.ws-9.prevent.exceptions", 4)
