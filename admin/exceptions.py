@@ -26,9 +26,8 @@ import pydantic
 
 from admin import terminal
 from admin.alerts import invoking_user
-from admin.configured import EXIT_USAGE, with_store
+from admin.configured import EXIT_USAGE, load_configured, with_store
 from admin.terminal import clean, fail, print_json, store_options, table
-from collector import config as collector_config
 from collector.evidence import keys
 from collector.store import Store
 from collector.store.grants import GrantRecord
@@ -70,11 +69,13 @@ def register(subparsers: Any) -> None:
 
 def run_grant(args: argparse.Namespace) -> int:
     """Record, sign and (through the collector) push one grant."""
+    config = load_configured("exception", args.config)
+    if config is None:
+        return EXIT_USAGE
     try:
         seconds = units.duration(args.period, "--for", maximum=MAX_GRANT_SECONDS, plain_seconds=False)
-        config = collector_config.load(args.config or collector_config.default_path())
         key = keys.load_or_create(config.state_dir)
-    except ExfilGuardError as exc:  # UnitError, YamlError, SigningKeyError
+    except ExfilGuardError as exc:  # UnitError, SigningKeyError
         return fail("exception", str(exc), EXIT_USAGE)
     now = dt.datetime.now(dt.UTC).replace(microsecond=0)
     fields = {"id": f"G-{secrets.token_hex(4)}", "host": args.host.strip().lower(), "user": args.user,
