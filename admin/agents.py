@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from admin import terminal
-from collector import config as collector_config
+from admin.configured import EXIT_USAGE, load_configured
 from collector.fleet.health import health
 from collector.store import AgentRecord, CollectorRecord, StoreError, open_store, presence
 from common.ecstime import ecs_time_at
@@ -37,12 +37,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the registry; 2 on a bad config, 1 when the store cannot be read."""
-    path = args.config or collector_config.default_path()
-    try:
-        config = collector_config.load(path)
-    except YamlError as exc:
-        print(f"exfilguard agents: bad config: {exc}", file=sys.stderr)
-        return 2
+    config = load_configured("agents", args.config)
+    if config is None:
+        return EXIT_USAGE
     try:
         store = open_store(config.store, readonly=True)
         try:

@@ -20,6 +20,16 @@ EXIT_USAGE = 2
 Refusal = Callable[[StoreError], "tuple[str, int] | None"]
 
 
+def load_configured(command: str, config_path: str | None) -> collector_config.CollectorConfig | None:
+    """The collector's config (default path if None); None once `exfilguard COMMAND: bad config: ...`
+    is said (the caller exits EXIT_USAGE)."""
+    try:
+        return collector_config.load(config_path or collector_config.default_path())
+    except YamlError as exc:
+        fail(command, f"bad config: {exc}", EXIT_USAGE)
+        return None
+
+
 def open_configured(config_path: str | None, *, readonly: bool) -> Store:
     """The store of the collector's config (default path if None); YamlError, StoreError."""
     config = collector_config.load(config_path or collector_config.default_path())

@@ -14,13 +14,11 @@ import argparse
 from typing import Any
 
 from admin import terminal
-from admin.configured import EXIT_USAGE, with_store
+from admin.configured import EXIT_USAGE, load_configured, with_store
 from admin.terminal import print_json, store_options
-from collector import config as collector_config
 from collector.console import errors
 from collector.console.logins import LINK_SECONDS, LoginBook
 from collector.store import Store
-from common.yamlfile import YamlError
 
 
 def register(subparsers: Any) -> None:
@@ -35,10 +33,9 @@ def register(subparsers: Any) -> None:
 
 def run_link(args: argparse.Namespace) -> int:
     """Issue a link and print its URL."""
-    try:
-        config = collector_config.load(args.config or collector_config.default_path())
-    except YamlError as exc:
-        return terminal.fail("console link", f"bad config: {exc}", EXIT_USAGE)
+    config = load_configured("console link", args.config)
+    if config is None:
+        return EXIT_USAGE
     if config.console is None:
         return terminal.fail(
             "console link", "no console is configured (collector.yaml `console:`)", EXIT_USAGE

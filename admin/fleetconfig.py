@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from collector import config as collector_config
+from admin.configured import load_configured
 from collector.fleet import config as fleetconfig
 from collector.store import StoreError, open_store
 from common.yamlfile import YamlError
@@ -47,19 +47,11 @@ def register(subparsers: Any) -> None:
     check.set_defaults(run=run_check)
 
 
-def _collector_config(args: argparse.Namespace, command: str) -> collector_config.CollectorConfig | None:
-    try:
-        return collector_config.load(args.config or collector_config.default_path())
-    except YamlError as exc:
-        print(f"exfilguard config {command}: bad config: {exc}", file=sys.stderr)
-        return None
-
-
 def run_check(args: argparse.Namespace) -> int:
     """Validate the fleet file; 0 valid, 2 not."""
     path = args.file
     if path is None:
-        config = _collector_config(args, "check")
+        config = load_configured("config check", args.config)
         if config is None:
             return 2
         if not config.agent_config:
@@ -77,7 +69,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Print the effective config of one agent."""
-    config = _collector_config(args, "show")
+    config = load_configured("config show", args.config)
     if config is None:
         return 2
     if not config.agent_config:

@@ -16,12 +16,10 @@ import sys
 from typing import Any
 
 from admin import terminal
-from admin.configured import EXIT_STORE, EXIT_USAGE
-from collector import config as collector_config
+from admin.configured import EXIT_STORE, EXIT_USAGE, load_configured
 from collector.config import HttpDestination
 from collector.store import StoreError, open_store
 from collector.store.cursors import CursorBook
-from common.yamlfile import YamlError
 
 
 def register(subparsers: Any) -> None:
@@ -33,10 +31,9 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print each destination's position; 2 on a bad config, 1 when the store cannot be read."""
-    try:
-        config = collector_config.load(args.config or collector_config.default_path())
-    except YamlError as exc:
-        return terminal.fail("forward", f"bad config: {exc}", EXIT_USAGE)
+    config = load_configured("forward", args.config)
+    if config is None:
+        return EXIT_USAGE
     rows: list[dict[str, Any]] = []
     try:
         store = open_store(config.store, readonly=True)
