@@ -34,8 +34,8 @@ from collector.alerts import alert as alert_mod
 from collector.alerts.alert import RaisedAlert
 from collector.alerts.suppress import Suppressor
 from collector.behaviour.enrich import Behaviour
-from collector.policy import conditions, fields, summary, validate
-from collector.policy.model import FieldTest, MacroRef, Policy, PolicySet
+from collector.policy import conditions, fields, summary
+from collector.policy.model import FieldTest, MacroRef, Policy, PolicySet, policy_conditions, walk
 from collector.policy.windows import (
     AggregateWindow,
     CoverageWindow,
@@ -519,9 +519,9 @@ _BEHAVIOUR_FIELDS = tuple(fields.ENRICHED)
 def _reads_risk(policy: Policy, policy_set: PolicySet) -> bool:
     """True when the policy (or a macro it uses) tests a risk field."""
     seen: set[str] = set()
-    roots = list(validate.policy_conditions(policy))
+    roots = list(policy_conditions(policy))
     while roots:
-        for node in validate.walk(roots.pop()):
+        for node in walk(roots.pop()):
             if isinstance(node, FieldTest) and node.field.startswith(RISK_PREFIX):
                 return True
             if isinstance(node, MacroRef) and node.name not in seen and node.name in policy_set.macros:

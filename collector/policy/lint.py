@@ -10,9 +10,8 @@ from collections.abc import Iterator, Mapping
 from typing import ClassVar
 
 from collector.policy.errors import Problem
-from collector.policy.model import FieldTest, Macro, MacroRef, NamedList, PolicySet
+from collector.policy.model import FieldTest, Macro, MacroRef, NamedList, PolicySet, policy_conditions, walk
 from collector.policy.parse import POLICY_KEYS
-from collector.policy.validate import policy_conditions, walk
 
 
 class Check:

@@ -1,12 +1,13 @@
 """The parsed form of a policy set: lists, macros, policies and condition trees, each with its location.
 
 Produced by `parse`, checked by `validate`, compiled and run by `conditions` and `engine`.
-Nothing here evaluates anything.
+Nothing here evaluates anything; `walk` and `policy_conditions` only visit the trees.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Literal
@@ -234,3 +235,25 @@ class PolicySet:
             digest.update(f"{PurePath(path).name}\0{len(content)}\0".encode())
             digest.update(content)
         return digest.hexdigest()
+
+
+def walk(condition: Condition) -> Iterator[Condition]:
+    """Every node of a condition tree (macro references are not followed)."""
+    yield condition
+    if isinstance(condition, (AllOf, AnyOf)):
+        for child in condition.children:
+            yield from walk(child)
+    elif isinstance(condition, Not):
+        yield from walk(condition.child)
+
+
+def policy_conditions(policy: Policy) -> Iterator[Condition]:
+    """The roots of every condition a policy holds: when, sequence steps, exceptions."""
+    if policy.when is not None:
+        yield policy.when
+    if policy.sequence:
+        for step in policy.sequence.steps:
+            yield step.condition
+    for exc in policy.exceptions:
+        if exc.condition is not None:
+            yield exc.condition

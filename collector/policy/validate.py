@@ -6,45 +6,20 @@ policies using them). Returns problems; never raises.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from collector.policy import fields, summary
 from collector.policy.errors import Problem
 from collector.policy.model import (
-    AllOf,
-    AnyOf,
     Condition,
     FieldTest,
     MacroRef,
-    Not,
     Policy,
     PolicySet,
     TimeOfDay,
     Weekday,
     Where,
+    policy_conditions,
+    walk,
 )
-
-
-def walk(condition: Condition) -> Iterator[Condition]:
-    """Every node of a condition tree (macro references are not followed)."""
-    yield condition
-    if isinstance(condition, (AllOf, AnyOf)):
-        for child in condition.children:
-            yield from walk(child)
-    elif isinstance(condition, Not):
-        yield from walk(condition.child)
-
-
-def policy_conditions(policy: Policy) -> Iterator[Condition]:
-    """The roots of every condition a policy holds: when, sequence steps, exceptions."""
-    if policy.when is not None:
-        yield policy.when
-    if policy.sequence:
-        for step in policy.sequence.steps:
-            yield step.condition
-    for exc in policy.exceptions:
-        if exc.condition is not None:
-            yield exc.condition
 
 
 class _Checker:
