@@ -453,7 +453,7 @@ class IngestServicer(pb_grpc.IngestServicer):
             self._registry.stored(agent_id, result.stored)
             await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
             if result.stored and self._listeners:
-                await notify_stored(self._listeners, result.stored)
+                await notify_stored(self._listeners, result.stored, result.data)
 
     async def _reject(
         self, context: _Context, agent_id: str, problem: str, reason: str, sequence: int = 0

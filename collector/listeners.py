@@ -2,8 +2,9 @@
 
 A listener gets events right after they are committed, each event once (resent duplicates are
 not passed on), plus synthetic collector events such as `agent.silent` as mappings. A listener
-with `on_stored` gets the stored protobuf events as they are (the policy process passes their
-bytes on and converts nothing); any other gets their ECS mappings. A listener may also have
+with `on_stored(events, data)` gets the stored protobuf events as they are, with the bytes the
+store wrote for each (the policy process passes those on and converts or serializes nothing); any
+other gets their ECS mappings. A listener may also have
 `async open()` (awaited before the collector serves) and `async aclose()` (awaited after the
 last batch is stored, at stop). Listener failures are logged and never break ingest.
 """
@@ -44,8 +45,11 @@ async def notify(listeners: Sequence[EventListener], mappings: list[Mapping]) ->
             log.exception("event listener %s failed on %d event(s)", type(listener).__name__, len(mappings))
 
 
-async def notify_stored(listeners: Sequence[EventListener], events: Sequence[pb.Event]) -> None:
-    """Pass newly stored events on: as they are to `on_stored`, as mappings (built once) to the rest."""
+async def notify_stored(
+    listeners: Sequence[EventListener], events: Sequence[pb.Event], data: Sequence[bytes]
+) -> None:
+    """Pass newly stored events on: as they are, with their stored bytes (`data`, same order), to
+    `on_stored`; as mappings (built once) to the rest."""
     if not events:
         return
     mappings: list[Mapping] | None = None
@@ -53,7 +57,7 @@ async def notify_stored(listeners: Sequence[EventListener], events: Sequence[pb.
         try:
             on_stored = getattr(listener, "on_stored", None)
             if on_stored is not None:
-                await on_stored(events)
+                await on_stored(events, data)
                 continue
             if mappings is None:
                 mappings = [to_mapping(e) for e in events]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from collector.listeners import AGENT_SILENT, Mapping
@@ -104,13 +104,12 @@ class FleetRegistry:
         """The agent sent something: it is alive."""
         self._touch(agent_id)
 
-    def stored(self, agent_id: str, events: Iterable[pb.Event]) -> None:
+    def stored(self, agent_id: str, events: Sequence[pb.Event]) -> None:
         """Events of this agent were stored (in sequence order): did the last of them stop it?"""
         agent = self._agents.get(agent_id)
-        if agent is None:
+        if agent is None or not events:
             return
-        for event in events:
-            agent.stopped = event.event.action == STOP_ACTION
+        agent.stopped = events[-1].event.action == STOP_ACTION  # only the last one says
 
     def is_stopped(self, agent_id: str) -> bool:
         """Whether the agent's latest stored event is a clean agent.stop."""

@@ -87,7 +87,7 @@ class Forwarding:
         with contextlib.suppress(RuntimeError):  # no running loop (a test drives it by hand)
             self._task = asyncio.get_running_loop().create_task(self._hold(), name="forward")
 
-    async def on_stored(self, events: Sequence[pb.Event]) -> None:
+    async def on_stored(self, events: Sequence[pb.Event], data: Sequence[bytes] = ()) -> None:
         """Events were stored: wake every worker (never blocks); each reads them from the store."""
         for worker in self.workers:
             worker.wake()

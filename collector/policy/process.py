@@ -71,12 +71,12 @@ def frame(kind: bytes, payload: bytes) -> bytes:
     return _HEADER.pack(kind, len(payload)) + payload
 
 
-def events_payload(events: Sequence[pb.Event]) -> bytes:
-    """The bytes of an `EventBatch` holding `events` (field 1, length-delimited, repeated)."""
+def events_payload(serialized: Sequence[bytes]) -> bytes:
+    """The bytes of an `EventBatch` holding the events serialized in `serialized` (field 1,
+    length-delimited, repeated)."""
     parts = []
     heads = _HEADS
-    for event in events:
-        data = event.SerializeToString()
+    for data in serialized:
         size = len(data)
         parts.append(heads[size] if size < _SHORT else b"\x0a" + _varint(size))
         parts.append(data)
@@ -242,9 +242,10 @@ class PolicyProcess:
 
     # ---------------------------------------------------------------- the listener
 
-    async def on_stored(self, events: Sequence[pb.Event]) -> None:
-        """Send newly stored events; waits only while the child's pipe is full."""
-        await self._send(frame(EVENTS, events_payload(events)), len(events))
+    async def on_stored(self, events: Sequence[pb.Event], data: Sequence[bytes]) -> None:
+        """Send newly stored events (their bytes as stored: nothing is serialized again); waits
+        only while the child's pipe is full."""
+        await self._send(frame(EVENTS, events_payload(data)), len(data))
 
     async def on_events(self, mappings: list[dict[str, Any]]) -> None:
         """Send collector-made events (agent.silent) as their mappings."""

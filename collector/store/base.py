@@ -80,12 +80,15 @@ class IngestResult:
     """Outcome of storing one agent's batch.
 
     `watermark` is the highest contiguous sequence stored for the agent; `stored` holds
-    the events that were new (duplicates left out), in sequence order.
+    the events that were new (duplicates left out), in sequence order, and `data` their protobuf
+    bytes as written to the events table (same order): what is handed on to other processes
+    (the policy process's pipe) without serializing each event again.
     """
 
     agent_id: str
     watermark: int
     stored: list[pb.Event] = field(default_factory=list)
+    data: list[bytes] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

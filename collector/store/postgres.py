@@ -32,7 +32,7 @@ from psycopg import errors as pg_errors
 from collector.store import base, domain, grants, pgconnect, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import PostgresTransaction, Transaction
-from collector.store.rows import event_row, stored_mapping
+from collector.store.rows import DATA_COLUMN, event_row, stored_mapping
 from common.ecstime import ecs_now
 from protos import chain
 from protos import exfilguard_pb2 as pb
@@ -368,7 +368,8 @@ class PostgresStore(shared.SqlStore):
             if not order:
                 return base.IngestResult(agent_id, state.stored, [])
         new = [fresh[s] for s in order]
-        pending.extend(events_row(agent_id, e) for e in new)
+        rows = [events_row(agent_id, e) for e in new]
+        pending.extend(rows)
         gaps = [e.exfilguard.gap.lost for e in new if e.event.action == "agent.gap"]
         if gaps:
             cur.execute(_ADD_GAPS, (agent_id, _now(), len(gaps), sum(gaps)))
@@ -382,7 +383,7 @@ class PostgresStore(shared.SqlStore):
                 if seq != state.stored + 1:
                     break
                 state.stored = seq
-        return base.IngestResult(agent_id, state.stored, new)
+        return base.IngestResult(agent_id, state.stored, new, [row[DATA_COLUMN] for row in rows])
 
     def _contiguous_end(self, cur: psycopg.Cursor[Any], agent_id: str, stored: int) -> int:
         """Walk up from `stored` while the next sequence is present (a hole just filled)."""

@@ -91,6 +91,11 @@ def _ecs_timestamp(event: pb.Event) -> str:
     return f"{seconds_text(ts.seconds)}{ts.nanos // 1000:06d}Z"
 
 
+# Where a row of `event_row` holds the event's protobuf bytes: last (also in PostgreSQL's rows,
+# which leave the chain column out).
+DATA_COLUMN = -1
+
+
 def event_row(agent_id: str, event: pb.Event) -> tuple[Any, ...]:
     """The events-table row of one event (column order of INSERT_EVENT), chain not yet computed.
 

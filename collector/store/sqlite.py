@@ -37,7 +37,7 @@ from urllib.parse import quote
 from collector.store import base, domain, grants, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import SqliteTransaction, Transaction
-from collector.store.rows import event_row, stored_mapping
+from collector.store.rows import DATA_COLUMN, event_row, stored_mapping
 from common.ecstime import ecs_now
 from protos import chain
 from protos import exfilguard_pb2 as pb
@@ -342,7 +342,8 @@ class SqliteStore(shared.SqlStore):
             if not order:
                 return base.IngestResult(agent_id, state.stored, [])
         new = [fresh[s] for s in order]
-        db.executemany(INSERT_EVENT, [event_row(agent_id, e) for e in new])
+        rows = [event_row(agent_id, e) for e in new]
+        db.executemany(INSERT_EVENT, rows)
         gaps = [e.exfilguard.gap.lost for e in new if e.event.action == "agent.gap"]
         if gaps:
             db.execute(_ADD_GAPS, (agent_id, _now(), len(gaps), sum(gaps)))
@@ -352,7 +353,7 @@ class SqliteStore(shared.SqlStore):
             state.stored = order[-1]  # the common case: the batch extends the prefix, no holes
         elif state.max_sequence > state.stored:
             state.stored = self._contiguous_end(agent_id, state.stored)
-        return base.IngestResult(agent_id, state.stored, new)
+        return base.IngestResult(agent_id, state.stored, new, [row[DATA_COLUMN] for row in rows])
 
     def _contiguous_end(self, agent_id: str, stored: int) -> int:
         """Walk up from `stored` while the next sequence is present (a hole just filled)."""

@@ -78,6 +78,9 @@ def test_result_lists_only_newly_stored_events(store: Store) -> None:
     assert [e.event.sequence for e in first.stored] == [1, 2, 3]
     again = store.ingest_batches([("a", make_events("a", 2, 4))])[0]
     assert [e.event.sequence for e in again.stored] == [4]
+    # ... with the bytes the store wrote for each, which listeners pass on without serializing again
+    for result in (first, again):
+        assert result.data == [e.SerializeToString() for e in result.stored]
 
 
 def test_duplicates_inside_one_batch_are_stored_once(store: Store) -> None:
