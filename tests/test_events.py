@@ -107,6 +107,18 @@ def test_event_ids_are_distinct_version_4_uuids_and_times_are_microseconds() -> 
         assert before - 1e-6 <= event.timestamp.seconds + event.timestamp.nanos / 1e9 <= after
 
 
+def test_a_sibling_event_is_the_same_access_under_its_own_id_and_action() -> None:
+    opened = events.new_event("file.open", tags=["database"], file=pb.File(path="/srv/db/a.csv", size=3))
+    opened.process.pid = 42
+    read = events.sibling_event(opened, "file.read")
+    assert read.event.action == "file.read" and opened.event.action == "file.open"
+    assert read.event.id != opened.event.id and uuid.UUID(read.event.id).version == 4
+    mapped, original = events.to_mapping(read), events.to_mapping(opened)
+    for key in ("event.id", "event.action"):
+        del mapped[key], original[key]
+    assert mapped == original
+
+
 def test_view_reads_what_to_mapping_holds_for_every_field_of_the_corpus() -> None:
     from collector.policy.engine import event_time
     from collector.policy.fields import FIELDS

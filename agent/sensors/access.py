@@ -30,7 +30,7 @@ from agent.sensors.media import RemovableMedia, RemovableMount
 from agent.sensors.mounts import MOUNTINFO, parse_mountinfo
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from agent.sensors.tags import TagMap
-from protos.events import new_event
+from protos.events import new_event, sibling_event
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,12 @@ class AccessReporter:
             actions.append("file.modify")
             self.copies.forget_read(access.pid, access.path)
             self.index.update(access.path)
-        for action in actions:
-            event = new_event(action, tags=tags, file=file_fields(access.path, st.st_size))
-            procinfo.describe(event, access.process, procinfo.EXACT, access.pid)
+        if not actions:
+            return
+        event = new_event(actions[0], tags=tags, file=file_fields(access.path, st.st_size))
+        procinfo.describe(event, access.process, procinfo.EXACT, access.pid)
+        events = [event, *(sibling_event(event, action) for action in actions[1:])]  # before any emit
+        for event in events:
             self.emit(event)
 
     def _derived_read(self, access: Access) -> None:

@@ -105,6 +105,7 @@ class Fanotify:
             if fd < 0:
                 raise FanotifyUnavailable("fanotify_init", ctypes.get_errno())
         self.fd = fd
+        self.more = False  # the last read filled the buffer: the kernel may hold more at once
 
     def mark(self, path: str, mask: int, *, kind: str = "inode", remove: bool = False) -> None:
         """Add (or remove) a mark on an inode, a mount or a whole file system."""
@@ -118,7 +119,9 @@ class Fanotify:
         try:
             buf = os.read(self.fd, _READ_SIZE)
         except BlockingIOError:
+            self.more = False
             return []
+        self.more = len(buf) > _READ_SIZE // 2
         out: list[tuple[int, int, int]] = []
         offset = 0
         while offset + _METADATA.size <= len(buf):
@@ -348,6 +351,9 @@ class FanotifySensor:
             batch = self._group.read()
             if not batch:
                 return
+            # a short read emptied the queue: no second read to hear it is empty (poll wakes us
+            # for what comes next); a full one may have left more behind
+            more = self._group.more
             for mask, fd, pid in batch:
                 self.events_read += 1
                 if mask & FAN_Q_OVERFLOW:
@@ -361,6 +367,8 @@ class FanotifySensor:
                 except Exception:
                     os.close(fd)
                     raise
+            if not more:
+                return
 
     def _resolve(self, mask: int, fd: int, pid: int) -> None:
         if pid == self._me:

@@ -101,8 +101,9 @@ class StagingDetector:
             if len(reader.files) > _MAX_FILES_PER_PID:
                 reader.files.popitem(last=False)
             reader.tags.extend(t for t in tags if t not in reader.tags)
-            recent = self._recent(reader, now)
-            if recent >= self._threshold and now - reader.reported_at >= self._window:
+            # counted only when a report may be due: not at every read of a reported burst
+            recent = self._recent(reader, now) if now - reader.reported_at >= self._window else 0
+            if recent >= self._threshold:
                 reader.reported_at = now
                 report = (reader, recent, os.path.dirname(path))
         if report is not None:
