@@ -7,7 +7,7 @@ Only the shape of each item is checked here (keys, types, units, regexes). Cross
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -95,12 +95,21 @@ class _FileParser(NodeParser):
             return
         parse(value)
 
+    def named(self, section: dict[str, Any], kind: str, key: str) -> Iterator[tuple[str, Any, Location]]:
+        """(name, body, location) of each item of a `lists` or `macros` section, with the item being
+        parsed set for located problems; a name that is not lower_snake_case is reported, its item
+        skipped."""
+        for name, body in section.items():
+            loc: Location = (key, name)
+            self.kind, self.item, self.item_loc = kind, name, loc
+            if not _NAME.match(name):
+                self.fail("EG106", loc, f"names of lists and macros are lower_snake_case, got {name!r}")
+                continue
+            yield name, body, loc
+
     def lists(self, section: dict[str, Any], into: PolicySet) -> None:
-        for name, values in section.items():
-            self.kind, self.item, self.item_loc = "list", name, ("lists", name)
-            loc: Location = ("lists", name)
+        for name, values, loc in self.named(section, "list", "lists"):
             try:
-                self.name(name, loc)
                 self.expect(values, list, loc, "a list of values")
                 if len(values) > MAX_LIST_VALUES:
                     raise self.fail("EG106", loc, f"a list holds at most {MAX_LIST_VALUES} values")
@@ -111,18 +120,11 @@ class _FileParser(NodeParser):
                 continue
 
     def macros(self, section: dict[str, Any], into: PolicySet) -> None:
-        for name, body in section.items():
-            self.kind, self.item, self.item_loc = "macro", name, ("macros", name)
-            loc: Location = ("macros", name)
+        for name, body, loc in self.named(section, "macro", "macros"):
             try:
-                self.name(name, loc)
                 self.add(into.macros, name, Macro(name, self.condition(body, loc), self.where(loc)), loc)
             except Skip:
                 continue
-
-    def name(self, name: str, loc: Location) -> None:
-        if not _NAME.match(name):
-            raise self.fail("EG106", loc, f"names of lists and macros are lower_snake_case, got {name!r}")
 
     def add(self, table: dict[str, Any], name: str, item: NamedList | Macro, loc: Location) -> None:
         if name in table:
