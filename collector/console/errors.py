@@ -1,10 +1,12 @@
 """The console's errors, under the one root (common.errors.ExfilGuardError).
 
 ConsoleError        root of what the console and its books raise (a LocatedError)
-  InvalidAccount    a name, role or password outside the limits: `field`, `reason`
+  InvalidInput      an input outside its limits: `field`, `reason`
+    InvalidAccount  a name, role or password
+    InvalidCase     a case input
+    BadParameter    a query or form value of a page
   NoSuchAccount     no account has this name: `name`
   LoginRefused      a link or password was not accepted (the reason is kept from the page)
-  InvalidCase       a case input outside its limits: `field`, `reason`
   NoSuchCase        no case has this id: `case_id`
 """
 
@@ -17,13 +19,17 @@ class ConsoleError(LocatedError):
     """Any console failure: `location` (the store, or a page), `reason`."""
 
 
-class InvalidAccount(ConsoleError):
-    """An account input outside its limits."""
+class InvalidInput(ConsoleError):
+    """An input (`field`) outside its limits; `reason` says how (the message names both)."""
 
     def __init__(self, location: str, field: str, reason: str) -> None:
         self.field = field
         super().__init__(location, f"{field}: {reason}")
         self.reason = reason
+
+
+class InvalidAccount(InvalidInput):
+    """An account input outside its limits."""
 
 
 class NoSuchAccount(ConsoleError):
@@ -38,13 +44,8 @@ class LoginRefused(ConsoleError):
     """A login link or password was refused (unknown, used, expired, wrong, disabled account)."""
 
 
-class InvalidCase(ConsoleError):
+class InvalidCase(InvalidInput):
     """A case input outside its limits."""
-
-    def __init__(self, location: str, field: str, reason: str) -> None:
-        self.field = field
-        super().__init__(location, f"{field}: {reason}")
-        self.reason = reason
 
 
 class NoSuchCase(ConsoleError):
@@ -55,10 +56,8 @@ class NoSuchCase(ConsoleError):
         super().__init__(location, f"no such case: {case_id}")
 
 
-class BadParameter(ConsoleError):
+class BadParameter(InvalidInput):
     """A query or form value a page cannot use."""
 
     def __init__(self, field: str, reason: str) -> None:
-        self.field = field
-        super().__init__("page", f"{field}: {reason}")
-        self.reason = reason
+        super().__init__("page", field, reason)

@@ -197,7 +197,7 @@ async def security_headers(request: web.Request, handler: Handler) -> web.Stream
         response = state.error(
             request, 404, f"no such alert: {', '.join(exc.alert_ids)} (nothing was changed)"
         )
-    except (errors.InvalidCase, errors.InvalidAccount, errors.BadParameter) as exc:
+    except errors.InvalidInput as exc:
         response = state.error(request, 400, f"{exc.field}: {exc.reason}")
     except StoreError as exc:
         field_name = getattr(exc, "field", None)
