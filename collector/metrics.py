@@ -240,6 +240,10 @@ _ALERT_FIGURES: tuple[tuple[_FigureFamily, str, str, str], ...] = (
      "Suppression windows open (alert groups folding repeats)", "suppressed_pending"),
     (CounterMetricFamily, "exfilguard_alert_store_failures",
      "Alerts the store failed to keep (they were still sent to the sinks)", "alert_store_failures"),
+    (GaugeMetricFamily, "exfilguard_policy_fleet_leading",
+     "1 while this policy process evaluates for the fleet (PostgreSQL; always 0 on SQLite)", "fleet_leading"),
+    (CounterMetricFamily, "exfilguard_policy_fleet_takeovers",
+     "Times this collector's policy process took the fleet's evaluation over", "fleet_takeovers"),
 )
 
 

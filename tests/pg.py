@@ -108,9 +108,10 @@ class PgCluster:
             text = log.read_text(errors="replace")[-2000:] if log.exists() else ""
             raise PgUnavailable(f"pg_ctl start failed: {done.stderr.strip()}\n{text}")
 
-    def stop(self) -> None:
-        """Stop the server at once (its data stays)."""
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server, at once by default (its data stays; with fsync off, as tests run it, only
+        a `fast` stop keeps what was committed last)."""
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def restart(self) -> None:
         """Restart the server as an admin would (`-m fast`: clients dropped, committed data kept)."""

@@ -13,6 +13,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from collector.alerts.alert import RaisedAlert
 
@@ -37,6 +38,9 @@ class Suppressor:
         self.window = window_seconds
         self._open: OrderedDict[tuple[object, ...], _Open] = OrderedDict()
         self._overflow: list[RaisedAlert] = []
+        # Groups opened, folded into or closed since the fleet evaluator last saved them (None:
+        # nobody saves them, a single collector keeps its windows in memory only).
+        self.touched: set[tuple[object, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self._open)
@@ -62,6 +66,8 @@ class Suppressor:
         if room > 0:
             entry.evidence.extend(evidence[:room])
         entry.latest = build
+        if self.touched is not None:
+            self.touched.add(group)
         return True
 
     def admit(self, raised: RaisedAlert) -> bool:
@@ -77,6 +83,8 @@ class Suppressor:
         if window <= 0:
             return True
         self._open[raised.group] = _Open(first=raised, until=raised.time + window)
+        if self.touched is not None:
+            self.touched.add(raised.group)
         while len(self._open) > MAX_GROUPS:
             self._close(next(iter(self._open)))
         return True
@@ -88,8 +96,36 @@ class Suppressor:
         out, self._overflow = self._overflow, []
         return out
 
+    def state(self, key: tuple[object, ...]) -> tuple[float, dict[str, Any]] | None:
+        """An open window as (until, JSON-able state) for the store; None once it is closed."""
+        entry = self._open.get(key)
+        if entry is None:
+            return None
+        latest = entry.latest() if entry.latest is not None else None
+        return entry.until, {
+            "first": _saved(entry.first),
+            "repeats": entry.repeats,
+            "count": entry.count,
+            "evidence": entry.evidence,
+            "latest": _saved(latest) if latest is not None else None,
+        }
+
+    def restore(self, key: tuple[object, ...], until: float, state: dict[str, Any]) -> None:
+        """Open a window again as `state` saved it (a new fleet evaluator taking over)."""
+        latest = _loaded(state["latest"], key) if state.get("latest") else None
+        self._open[key] = _Open(
+            first=_loaded(state["first"], key),
+            until=until,
+            repeats=int(state.get("repeats", 0)),
+            count=int(state.get("count", 0)),
+            evidence=list(state.get("evidence", [])),
+            latest=(lambda: latest) if latest is not None else None,
+        )
+
     def _close(self, key: tuple[object, ...]) -> None:
         entry = self._open.pop(key)
+        if self.touched is not None:
+            self.touched.add(key)
         if not entry.repeats or entry.latest is None:
             return
         latest = entry.latest()
@@ -102,3 +138,14 @@ class Suppressor:
         alert["exfilguard.alert.repeat_of"] = entry.first.id
         alert["summary"] = f"{entry.repeats} more since the first alert: {alert.get('summary', '')}"
         self._overflow.append(RaisedAlert(alert, group=key, time=latest.time))
+
+
+def _saved(raised: RaisedAlert) -> dict[str, Any]:
+    return {"alert": raised.alert, "time": raised.time, "suppress_seconds": raised.suppress_seconds}
+
+
+def _loaded(saved: dict[str, Any], key: tuple[object, ...]) -> RaisedAlert:
+    return RaisedAlert(
+        dict(saved["alert"]), group=key, suppress_seconds=saved.get("suppress_seconds"),
+        time=float(saved["time"]),
+    )  # fmt: skip

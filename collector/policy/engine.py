@@ -227,6 +227,16 @@ class PolicyEngine:
         self.policy_set = policy_set
         self._hash = policy_set.hash
 
+    def reset(self) -> None:
+        """Forget every window, inventory, gap and suppression window (the fleet evaluator lost its
+        lead: what it held may be ahead of what it committed, so it starts again from the store)."""
+        self._policies = []
+        self.suppressor = Suppressor(self.suppressor.window)
+        self.inventory.clear()
+        self.gaps.clear()
+        self.clock = 0.0
+        self.load(self.policy_set)
+
     @staticmethod
     def _actions(policy: Policy, macros: dict[str, Any]) -> frozenset[str] | None:
         when = conditions.required_actions(policy.when, macros)

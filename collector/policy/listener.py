@@ -65,6 +65,8 @@ class PolicyListener:
         self._task: asyncio.Task[None] | None = None
         self._reload_requested = False
         self.keeper: BehaviourKeeper | None = None  # approvals and baselines <-> the store
+        # False when the fleet evaluator sends suppression follow-ups (collector/policy/fleet.py).
+        self.follow_ups = True
 
     @classmethod
     def from_config(cls, config: CollectorConfig, store: Store | None) -> PolicyListener:
@@ -110,12 +112,12 @@ class PolicyListener:
                 log.exception("policy evaluation failed on event %s", mapping.get("event.id"))
         self.raise_alerts(alerts)
 
-    def raise_alerts(self, alerts: list[RaisedAlert]) -> None:
-        """Send to every sink (queued) and store (on the alert-store thread)."""
+    def raise_alerts(self, alerts: list[RaisedAlert], *, stored: bool = False) -> None:
+        """Send to every sink (queued) and store (on the alert-store thread) unless already `stored`."""
         for raised in alerts:
             alert = raised.to_json()
             self.dispatcher.send(alert)
-            if self.store is not None:
+            if self.store is not None and not stored:
                 future = self._writer.submit(self._store, alert)
                 self._pending.add(future)
                 future.add_done_callback(self._pending.discard)
@@ -168,7 +170,8 @@ class PolicyListener:
 
     def tick(self, now: float | None = None) -> None:
         """One round: follow-ups of closed suppression windows, SIGHUP or changed-file reloads."""
-        self.raise_alerts(self.engine.flush(max(self.engine.clock, now or time.time())))
+        if self.follow_ups:
+            self.raise_alerts(self.engine.flush(max(self.engine.clock, now or time.time())))
         self._sync_behaviour()
         if self.reloader is None:
             return
@@ -191,7 +194,8 @@ class PolicyListener:
         finally:
             # Folded repeats would be lost with the process: send their follow-ups now.
             try:
-                self.raise_alerts(self.engine.flush(math.inf))
+                if self.follow_ups:
+                    self.raise_alerts(self.engine.flush(math.inf))
             finally:
                 self.close()
 

@@ -23,8 +23,8 @@ counted (`unevaluated`) and logged, and the new child rebuilds its windows from 
 never stops for the policies. A broken policy set at start is the collector's own failure (the
 child exits before it is ready and the collector exits 1), as before.
 
-Fleet-wide state (several collectors sharing windows through PostgreSQL) plugs in inside this
-process: it owns the engine and its window state, one per collector.
+On PostgreSQL (several collectors may share it) the events on the pipe are only counted: one
+policy process of the fleet leads and evaluates the shared event log (collector/policy/fleet.py).
 """
 
 from __future__ import annotations
@@ -326,9 +326,14 @@ async def serve(report_fd: int) -> int:
         log.error("policy process cannot open the store: %s", exc)
         reports.send(FAILED, f"policy process: {exc}".encode())
         return 1
+    from collector.store.pgconnect import is_postgres
+
+    fleet = is_postgres(config.store)  # several collectors may share it: one evaluator for all of them
     try:
         try:
-            listener = PolicyListener.from_config(config, store)
+            # The fleet evaluator rebuilds windows itself, from the store up to its cursors.
+            own = config.model_copy(update={"policy_rebuild_hours": 0}) if fleet else config
+            listener = PolicyListener.from_config(own, store)
         except PolicySetError as exc:
             for problem in (p for p in exc.problems if p.severity == "error"):
                 log.error("policy problem: %s", problem, extra={"code": problem.code, "path": problem.path})
@@ -346,8 +351,14 @@ async def serve(report_fd: int) -> int:
 
         loop.add_signal_handler(signal.SIGTERM, _terminated)
         received = [0]  # events taken off the pipe (the collector counts what a dead child never got to)
-        reporter = asyncio.create_task(_report_forever(listener, reports, received))
-        work = asyncio.create_task(_evaluate_forever(reader, listener, received))
+        evaluator = None
+        if fleet:
+            from collector.policy.fleet import FleetEvaluator
+
+            evaluator = FleetEvaluator(config, listener)
+            evaluator.start()
+        reporter = asyncio.create_task(_report_forever(listener, evaluator, reports, received))
+        work = asyncio.create_task(_evaluate_forever(reader, listener, evaluator, received))
         await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
         work.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -355,14 +366,18 @@ async def serve(report_fd: int) -> int:
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
+        if evaluator is not None:
+            await evaluator.aclose()  # its last step committed, the lead given up
         await listener.aclose()  # follow-ups of folded repeats, pending alert writes, sinks drained
-        reports.send(STATS, encode_stats({**listener.stats(), "received": received[0]}))
+        reports.send(STATS, encode_stats(_stats(listener, evaluator, received)))
     finally:
         store.close()
     return 0
 
 
-async def _evaluate_forever(reader: asyncio.StreamReader, listener: Any, received: list[int]) -> None:
+async def _evaluate_forever(
+    reader: asyncio.StreamReader, listener: Any, evaluator: Any, received: list[int]
+) -> None:
     while True:
         try:
             head = await reader.readexactly(_HEADER.size)
@@ -371,20 +386,29 @@ async def _evaluate_forever(reader: asyncio.StreamReader, listener: Any, receive
         kind, length = _HEADER.unpack(head)
         payload = await reader.readexactly(length)
         if kind == EVENTS:
-            views = [EventView(event) for event in pb.EventBatch.FromString(payload).events]
-            received[0] += len(views)
-            await listener.on_events(views)
+            batch = pb.EventBatch.FromString(payload).events
+            received[0] += len(batch)
+            if evaluator is None:  # else the fleet's evaluator reads them from the store
+                await listener.on_events([EventView(event) for event in batch])
         elif kind == MAPPINGS:
             mappings = json.loads(payload)
             received[0] += len(mappings)
-            await listener.on_events(mappings)
+            if evaluator is None:
+                await listener.on_events(mappings)
+            else:
+                evaluator.on_mappings(mappings)
         else:
             log.error("policy process: unknown frame kind %r (%d bytes) skipped", kind, length)
 
 
-async def _report_forever(listener: Any, reports: _Reports, received: list[int]) -> None:
+def _stats(listener: Any, evaluator: Any, received: list[int]) -> dict[str, Any]:
+    fleet = evaluator.stats() if evaluator is not None else {}
+    return {**listener.stats(), **fleet, "received": received[0]}
+
+
+async def _report_forever(listener: Any, evaluator: Any, reports: _Reports, received: list[int]) -> None:
     while True:
-        reports.send(STATS, encode_stats({**listener.stats(), "received": received[0]}))
+        reports.send(STATS, encode_stats(_stats(listener, evaluator, received)))
         await asyncio.sleep(STATS_SECONDS)
 
 

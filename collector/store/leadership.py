@@ -46,6 +46,12 @@ class Leadership:
         """True when other collectors may lead instead (a PostgreSQL store)."""
         return self._url is not None
 
+    @property
+    def connection(self) -> pgconnect.Connection | None:
+        """The lock's own session while this collector leads (None on SQLite or when not leading):
+        work committed on it cannot outlive the lock, since a lost session can commit nothing."""
+        return self._conn
+
     def try_acquire(self) -> bool:
         """Lead `name` if nobody else does; True when this collector leads (now or already)."""
         if self._url is None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 from collections import Counter
 from collections.abc import Sequence
@@ -154,6 +157,51 @@ class Fleet:
         data = json.loads(out.stdout)
         return list(data["agents"] if isinstance(data, dict) else data)
 
+    def stored_alerts(self, policy: str) -> list[dict[str, Any]]:
+        """Alerts of `policy` in the shared store."""
+        from collector.store import AlertFilter, open_store
+
+        store = open_store(self.store, readonly=True)
+        try:
+            return [dict(a) for a in store.alerts(limit=1000, where=AlertFilter(policies=[policy]))]
+        finally:
+            store.close()
+
+    def evaluated(self, agents: int) -> bool:
+        """True when the fleet's policy evaluator has evaluated every stored event of `agents` agents."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self.store, connect_timeout=5) as conn:
+                row = conn.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE p.sequence >= c.stored) FROM chains c"
+                    " JOIN policy_cursors p USING (agent_id)"
+                ).fetchone()
+        except psycopg.Error:
+            return False  # no evaluator made its tables yet, or the server is down
+        return row is not None and row[0] == agents and row[1] == agents
+
+    def leader(self) -> int | None:
+        """The running collector whose policy process leads the evaluation, if one does."""
+        for index, process in enumerate(self.collectors):
+            if process is None or not process.alive:
+                continue
+            text = process.log_text()
+            if text.count("this collector leads") > text.count("lost its session"):
+                return index
+        return None
+
+    def crash(self, index: int) -> None:
+        """SIGKILL collector `index` and its own processes (policy process, sealer), as a host crash."""
+        process = self.collector(index)
+        assert process.proc is not None
+        pid = process.proc.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(child), signal.SIGKILL)
+        process.kill9()
+
     def diagnose(self) -> str:
         """The tail of every process's log, for a failing wait."""
         return "\n".join(f"--- {p.log_path}\n{p.log_text()[-2500:]}" for p in self.processes)
@@ -169,3 +217,50 @@ def exactly_once(events: list[dict[str, Any]]) -> bool:
     sequences = [int(e["event.sequence"]) for e in events]
     ids = Counter(str(e["event.id"]) for e in events)
     return sequences == list(range(1, len(sequences) + 1)) and all(n == 1 for n in ids.values())
+
+
+class StreamingAgent:
+    """An agent in this process (the real Spool and Transport) that emits what a test needs, when it
+    needs it, to the collectors of `order`."""
+
+    def __init__(self, fleet: Fleet, name: str, order: Sequence[int]) -> None:
+        from agent.identity import Identity
+        from agent.spool import Spool
+        from agent.transport import Transport
+        from common.agentconfig import AgentConfig
+
+        self.host = name
+        identity = Identity(agent_id=f"5e0c7f2e-95d4-4a8e-9d7a-{name:>12}".replace(" ", "0"), hostname=name,
+                            machine_id=name)  # fmt: skip
+        self.agent_id = identity.agent_id
+        config = AgentConfig.model_validate({
+            "collector": [fleet.address(i) for i in order], "state_dir": str(fleet.base / name),
+            "heartbeat_seconds": 0.5, "reconnect_max_seconds": 1, "failback_seconds": 60,
+            "batch": {"max_events": 200, "max_delay_ms": 20},
+        })  # fmt: skip
+        self.spool = Spool(config.state_dir, agent_id=identity.agent_id, version="1.0", max_events=100_000,
+                           max_bytes=64 << 20)  # fmt: skip
+        self.transport = Transport(config, self.spool, identity, version="1.0")
+        self.transport.start()
+        self.emitted = 0
+
+    def copies(self, user: str, count: int) -> None:
+        """`count` file.copy events by `user` on this host."""
+        from protos import events
+        from protos import exfilguard_pb2 as pb
+
+        for n in range(count):
+            self.spool.append(events.new_event(
+                "file.copy", host=pb.Host(name=self.host), user=pb.User(name=user),
+                file=pb.File(path=f"/home/{user}/doc-{self.emitted + n}.txt"),
+            ))  # fmt: skip
+        self.emitted += count
+
+    def acked(self) -> bool:
+        """True when the collectors acknowledged everything emitted."""
+        return self.spool.acked_sequence >= self.emitted
+
+    def stop(self) -> None:
+        """Stop streaming and close the spool."""
+        self.transport.stop(1)
+        self.spool.close()
