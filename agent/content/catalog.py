@@ -85,6 +85,7 @@ class ContentCatalog:
         self._retired = 0
         self._next_id = 1
         self._synced_version = -1
+        self._settled_at = -1e9
         self._full_logged = False
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -147,17 +148,28 @@ class ContentCatalog:
 
     def sync(self) -> None:
         """Take the index's files: queue new and changed ones, retire removed ones."""
-        version = self.index.version
-        if version == self._synced_version:
+        if self.index.version == self._synced_version:
             return
-        self.index.settle()
-        current = {path: (size, mtime, tags) for path, size, mtime, tags in self.index.snapshot()}
+        now = time.monotonic()
+        if now - self._settled_at >= self._poll:  # a stat of every file written in the last
+            self._settled_at = now                # seconds: not once per file of a burst
+            self.index.settle()
+        version, changes = self.index.take_changes()
+        if changes is None or self._synced_version < 0:
+            current = {path: (size, mtime, tags) for path, size, mtime, tags in self.index.snapshot()}
+            with self._lock:
+                for path in [p for p in self._ids if p not in current]:
+                    self._retire(path)
+                for path in [p for p in self._pending if p not in current]:
+                    del self._pending[path]
+            changes = list(current.items())
         with self._lock:
-            for path in [p for p in self._ids if p not in current]:
-                self._retire(path)
-            for path in [p for p in self._pending if p not in current]:
-                del self._pending[path]
-            for path, (size, mtime, tags) in current.items():
+            for path, entry in changes:
+                if entry is None:
+                    self._retire(path)
+                    self._pending.pop(path, None)
+                    continue
+                size, mtime, tags = entry
                 known = self._sources.get(self._ids.get(path, 0))
                 if known is None or known.size != size or known.mtime != mtime:
                     if known is not None:
@@ -248,14 +260,17 @@ class ContentCatalog:
         sha = hashlib.sha256()
         sample: TextSample | None = None
         text: TextFeatures | None = None
+        head = b""
         offset = 0
         while offset < source.size:
             data = os.pread(fd, _READ, offset)
             if not data:
                 break
-            if offset == 0 and looks_like_text(data[:8192]):
-                sample = TextSample()
-                text = TextFeatures(sample.add)
+            if offset == 0:
+                head = data
+                if looks_like_text(data[:8192]):
+                    sample = TextSample()
+                    text = TextFeatures(sample.add)
             chunker.update(data)
             sha.update(data)
             if text is not None and offset < TEXT_BYTES:
@@ -271,7 +286,7 @@ class ContentCatalog:
                 for key in sample.keys:
                     self.text.add(key, file_id)
                 source.text = len(sample.keys)
-        source.sample = sample_digest(fd, source.size)
+        source.sample = sample_digest(fd, source.size, head)
         source.sha256 = sha.hexdigest()
         source.chunks = len(seen)
         with self._lock:

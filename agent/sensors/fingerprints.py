@@ -34,14 +34,16 @@ _CHUNK = 1 << 20
 # again (see `settle`) until it has been quiet this long or its close-after-write is seen.
 _SETTLE_NS = 2_000_000_000
 _MAX_UNSETTLED = 4096
+_MAX_CHANGED = 65_536
 MAX_DERIVED = 10_000  # files derived from tagged data remembered outside the tagged trees
 
 
-def sample_digest(fd: int, size: int) -> bytes:
-    """Hash of the size and three blocks (start, middle, end): a cheap first test."""
+def sample_digest(fd: int, size: int, head: bytes = b"") -> bytes:
+    """Hash of the size and three blocks (start, middle, end): a cheap first test. `head`,
+    the file's first bytes when the caller has read them, spares a small file a second read."""
     h = hashlib.sha256(size.to_bytes(8, "little"))
     if size <= 3 * _BLOCK:
-        h.update(os.pread(fd, size, 0))
+        h.update(head[:size] if len(head) >= size else os.pread(fd, size, 0))
     else:
         for offset in (0, (size // 2) - (_BLOCK // 2), size - _BLOCK):
             h.update(os.pread(fd, _BLOCK, offset))
@@ -98,6 +100,10 @@ class FingerprintIndex:
         # before their directory's fanotify mark landed, or by the agent's own process, which
         # fanotify skips. `settle()` (on every match and inventory check) stats them again.
         self._unsettled: dict[str, None] = {}
+        # paths whose entry changed since the content catalog last took them (`take_changes`),
+        # so a burst of new tagged files costs it one look each, not a snapshot of the index
+        # per file; None: more than `_MAX_CHANGED`, or a rebuild (take a snapshot)
+        self._changed: dict[str, None] | None = None
 
     # ------------------------------------------------------------- building
 
@@ -130,6 +136,7 @@ class FingerprintIndex:
                 if stat.S_ISREG(st.st_mode) and tags:
                     fresh[path] = (st.st_size, st.st_mtime_ns, tags)
             self._files = {}
+            self._changed = None
             self._by_size = {}
             self._sample_maps = {}
             horizon = time.time_ns() - _SETTLE_NS
@@ -154,6 +161,7 @@ class FingerprintIndex:
     def _insert(self, path: str, entry: tuple[int, int, tuple[str, ...]]) -> None:
         self._sample_maps.pop(entry[0], None)
         self._files[path] = entry
+        self._note_change(path)
         self._by_size.setdefault(entry[0], []).append(path)
         if path in self._derived:
             return
@@ -167,6 +175,7 @@ class FingerprintIndex:
         entry = self._files.pop(path, None)
         if entry is None:
             return
+        self._note_change(path)
         self._sample_maps.pop(entry[0], None)
         same = self._by_size.get(entry[0])
         if same is not None:
@@ -185,6 +194,25 @@ class FingerprintIndex:
             if totals is not None:
                 totals[0] -= 1
                 totals[1] -= entry[0]
+
+    def _note_change(self, path: str) -> None:
+        # under the lock
+        changed = self._changed
+        if changed is not None:
+            changed[path] = None
+            if len(changed) > _MAX_CHANGED:
+                self._changed = None
+
+    def take_changes(self) -> tuple[int, list[tuple[str, tuple[int, int, tuple[str, ...]] | None]] | None]:
+        """For the content catalog (its only reader): the files whose entry changed since the
+        last call, each with its entry now ((size, mtime_ns, tags), None when gone), and the
+        version they bring the index to. None for the list when the feed cannot say (the
+        first call, a rebuild, more than `_MAX_CHANGED` changes): take a `snapshot`."""
+        with self._lock:
+            changed, self._changed = self._changed, {}
+            if changed is None:
+                return self.version, None
+            return self.version, [(path, self._files.get(path)) for path in changed]
 
     def _keep_full(self, path: str, mtime_ns: int, sha256: str) -> None:
         # under the lock

@@ -68,6 +68,9 @@ class _Process:
     reads: tuple[int, ...] = ()
     seen: float = 0.0              # monotonic time the link was read
     born: float = 0.0              # wall-clock start (fork) time; 0: unknown
+    # its pipes and children were looked at on a tagged read since its exec: a later first
+    # read (after its writes emptied `sources`) needs no fresh look, the periodic one will do
+    looked: bool = False
     sources: OrderedDict[str, SourceRead] = field(default_factory=OrderedDict)
 
 
@@ -109,7 +112,7 @@ class DataFlow:
 
     def note_exec(self, pid: int, ppid: int = 0) -> None:
         """A process executed a program: record its parent and pipes while it lives."""
-        self._record(pid, ppid=ppid, force=True)
+        self._record(pid, ppid=ppid, force=True, execed=True)
 
     def note_process(self, pid: int) -> None:
         """A process did something that may carry data (a write): record its pipes now."""
@@ -121,8 +124,10 @@ class DataFlow:
             return
         with self._lock:
             known = self._procs.get(pid)
-            first = known is None or not known.sources
-        # the first tagged read looks at the pipes afresh: tar makes its pipe to gzip after its exec
+            first = known is None or not known.looked
+        # the first tagged read looks at the pipes afresh: tar makes its pipe to gzip after its exec.
+        # Once per program: a process writing tagged files one after the other (each write
+        # forgets the open that preceded it) is not walked again at each of them
         self._record(pid, force=first)
         if first:
             # and at its children while they live (tar's gzip): on a busy machine a short-lived
@@ -133,6 +138,7 @@ class DataFlow:
             proc = self._procs.get(pid)
             if proc is None:
                 proc = self._add(pid, _Process())
+            proc.looked = True
             self._carry(proc, reads)
 
     def _carry(self, proc: _Process, reads: list[SourceRead]) -> None:
@@ -186,7 +192,7 @@ class DataFlow:
         """Whether any process carries tagged data (else no write needs a look)."""
         return self._carriers > 0
 
-    def _record(self, pid: int, *, ppid: int = 0, force: bool = False) -> None:
+    def _record(self, pid: int, *, ppid: int = 0, force: bool = False, execed: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
             proc = self._procs.get(pid)
@@ -205,6 +211,8 @@ class DataFlow:
                 proc = self._add(pid, _Process())
             # an exec keeps what the process read before: its output may still be in a pipe
             self._unlink(pid, proc)
+            if execed or (proc.born and born and abs(proc.born - born) > 0.05):
+                proc.looked = False  # a new program, or a new process under a reused pid
             proc.ppid = ppid or parent
             proc.writes, proc.reads, proc.seen, proc.born = writes, reads, now, born
             for inode in writes:

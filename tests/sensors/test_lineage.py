@@ -10,10 +10,11 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psutil
 
-from agent.sensors import provenance
+from agent.sensors import lineage, provenance
 from agent.sensors.lineage import FORK_SLACK_SECONDS, DataFlow, SourceRead
 
 
@@ -139,6 +140,30 @@ def test_unrelated_processes_share_nothing_and_bounds_count_what_they_drop() -> 
     for pid in range(10_000_000, 10_000_008):  # fake pids: no /proc entry, only data
         flow.note_read(pid, [_read("/srv/db/x")])
     assert flow.dropped > 1
+
+
+def test_a_process_writing_tagged_files_in_turn_is_looked_at_once_per_program(monkeypatch: Any) -> None:
+    """Each write forgets the open before it; the next open is not a first read again: the
+    process's pipes and children are read once (then at most once a second), not per file."""
+    looks: list[int] = []
+    read_link = lineage._read_link
+
+    def counted(pid: int, pairs: Any) -> Any:
+        looks.append(pid)
+        return read_link(pid, pairs)
+
+    monkeypatch.setattr(lineage, "_read_link", counted)
+    flow = DataFlow()
+    me = os.getpid()
+    for i in range(50):
+        flow.note_read(me, [_read(f"/srv/db/f{i}")])
+        flow.forget_read(me, f"/srv/db/f{i}")
+    assert looks.count(me) == 1  # (its children, if any, are looked at with it)
+    assert not flow.carrying()
+    flow.note_exec(me)  # a new program: its first tagged read looks again
+    flow.note_read(me, [_read("/srv/db/g")])
+    assert looks.count(me) == 3
+    assert flow.carrying()
 
 
 def test_byte_evidence_needs_reads_while_the_file_was_written() -> None:

@@ -117,6 +117,29 @@ def test_fingerprint_index_looks_again_at_files_indexed_mid_write(tmp_path: Path
     assert index.totals() == {"database": (2, 3410)}
 
 
+def test_the_index_hands_the_catalog_only_what_changed(tmp_path: Path) -> None:
+    """A burst of new tagged files costs the catalog one look each (its change feed), not a
+    snapshot of the whole index per file; a rebuild or the first look asks for a snapshot."""
+    root = tmp_path / "db"
+    root.mkdir()
+    (root / "old.csv").write_bytes(b"old")
+    index = FingerprintIndex(TagMap({str(root): ["database"]}))
+    index.rebuild()
+    version, changes = index.take_changes()
+    assert changes is None and version == index.version  # no feed yet: take a snapshot
+    assert index.take_changes() == (version, [])
+    new = root / "new.csv"
+    new.write_bytes(b"new data")
+    index.update(str(new))
+    index.remove(str(root / "old.csv"))
+    version, changes = index.take_changes()
+    assert version == index.version
+    st = new.stat()
+    assert changes == [(str(new), (8, st.st_mtime_ns, ("database",))), (str(root / "old.csv"), None)]
+    index.rebuild()
+    assert index.take_changes()[1] is None
+
+
 def test_process_identity_live_and_gone() -> None:
     me = procinfo.read_proc(os.getpid())
     assert me is not None
