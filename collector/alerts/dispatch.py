@@ -16,6 +16,7 @@ from collector.alerts.sinks.stdout import StdoutSink
 from collector.alerts.sinks.syslog import SyslogSink
 from collector.alerts.sinks.webhook import WebhookSink
 from collector.alerts.templates import Template
+from collector.forward.syslog import SyslogTransport
 
 log = logging.getLogger("exfilguard.collector.alerts")
 
@@ -59,14 +60,7 @@ def _sink(spec: cfg.Sink) -> QueuedSink:
             ca=spec.ca,
         )
     if isinstance(spec, cfg.SyslogSink):
-        return SyslogSink(
-            spec.address,
-            spec.protocol,
-            ca=spec.ca,
-            server_name=spec.server_name,
-            cert=spec.cert,
-            key=spec.key,
-        )
+        return SyslogSink(SyslogTransport.configured(spec))
     return EmailSink(
         spec.smtp,
         spec.sender,

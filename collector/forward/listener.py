@@ -39,15 +39,7 @@ def build_destination(spec: Destination) -> destinations.Destination:
         return destinations.HttpDestination(
             spec.type, spec.url, index=spec.index, headers=headers, ca=spec.ca, timeout=spec.timeout_seconds
         )
-    wire = SyslogTransport(
-        spec.address,
-        spec.protocol,
-        ca=spec.ca,
-        server_name=spec.server_name,
-        cert=spec.cert,
-        key=spec.key,
-        timeout=spec.timeout_seconds,
-    )
+    wire = SyslogTransport.configured(spec, spec.timeout_seconds)
     return destinations.SyslogDestination(wire)
 
 

@@ -21,6 +21,7 @@ import select
 import socket
 import ssl
 from collections.abc import Sequence
+from typing import Protocol
 
 from collector.alerts.secrets import tls_context
 
@@ -36,8 +37,31 @@ def sd_value(text: object) -> str:
     return str(text).replace("\\", "\\\\").replace('"', '\\"').replace("]", "\\]")
 
 
+class SyslogReceiver(Protocol):
+    """A config entry naming a syslog receiver (an alert sink's, a forward destination's)."""
+
+    @property
+    def address(self) -> str: ...
+    @property
+    def protocol(self) -> str: ...
+    @property
+    def ca(self) -> str | None: ...
+    @property
+    def server_name(self) -> str | None: ...
+    @property
+    def cert(self) -> str | None: ...
+    @property
+    def key(self) -> str | None: ...
+
+
 class SyslogTransport:
     """One connection to a syslog receiver."""
+
+    @classmethod
+    def configured(cls, receiver: SyslogReceiver, timeout: float = 5.0) -> SyslogTransport:
+        """The connection to the receiver a config entry names."""
+        return cls(receiver.address, receiver.protocol, ca=receiver.ca, server_name=receiver.server_name,
+                   cert=receiver.cert, key=receiver.key, timeout=timeout)
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ from collector.alerts.sinks.email import EmailSink
 from collector.alerts.sinks.jsonl import JsonlSink
 from collector.alerts.sinks.syslog import SyslogSink, cef
 from collector.alerts.sinks.webhook import WebhookSink
+from collector.forward.syslog import SyslogTransport
 from tests.policy.receivers import SmtpReceiver, SyslogTcpReceiver, SyslogUdpReceiver, WebhookReceiver
 
 
@@ -130,7 +131,7 @@ def check_syslog(message: str) -> None:
 
 def test_syslog_udp_rfc5424_with_cef() -> None:
     receiver = SyslogUdpReceiver()
-    sink = SyslogSink(receiver.address, "udp")
+    sink = SyslogSink(SyslogTransport(receiver.address, "udp"))
     try:
         sink.send(alert())
         got = receiver.wait_for(1)
@@ -142,7 +143,7 @@ def test_syslog_udp_rfc5424_with_cef() -> None:
 
 def test_syslog_tcp_octet_counted_frames() -> None:
     receiver = SyslogTcpReceiver()
-    sink = SyslogSink(receiver.address, "tcp")
+    sink = SyslogSink(SyslogTransport(receiver.address, "tcp"))
     try:
         sink.send(alert(1))
         sink.send(alert(2, summary="line one\nline two = with | pipes"))

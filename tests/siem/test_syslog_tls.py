@@ -11,6 +11,7 @@ import pytest
 from collector import config as cfg
 from collector.alerts.dispatch import Dispatcher
 from collector.alerts.sinks.syslog import SyslogSink
+from collector.forward.syslog import SyslogTransport
 from collector.tls import pki
 from tests.siem import samples
 from tests.siem.rsyslog import Rsyslog, RsyslogUnavailable
@@ -68,16 +69,16 @@ def test_a_receiver_that_does_not_verify_gets_nothing(rsyslog: Rsyslog, tmp_path
     other = pki.CertificateAuthority(tmp_path / "other")
     other.init_ca("Someone else's CA")
     before = len(rsyslog.lines())
-    wrong_ca = SyslogSink(rsyslog.address, "tls", max_retries=3, ca=str(other.ca_cert_path))
-    wrong_name = SyslogSink(rsyslog.address, "tls", max_retries=3, ca=str(rsyslog.ca_path),
-                            server_name="siem.example.com")  # fmt: skip
+    wrong_ca = SyslogSink(SyslogTransport(rsyslog.address, "tls", ca=str(other.ca_cert_path)), max_retries=3)
+    wrong_name = SyslogSink(SyslogTransport(rsyslog.address, "tls", ca=str(rsyslog.ca_path),
+                                            server_name="siem.example.com"), max_retries=3)  # fmt: skip
     for sink in (wrong_ca, wrong_name):
         sink.send(samples.alert())
         assert sink.flush(10)
         sink.close()
         # Refused at once, not retried: the receiver is not who the config names.
         assert (sink.sent, sink.failed) == (0, 1)
-    good = SyslogSink(rsyslog.address, "tls", ca=str(rsyslog.ca_path))
+    good = SyslogSink(SyslogTransport(rsyslog.address, "tls", ca=str(rsyslog.ca_path)))
     good.send(samples.alert())
     assert good.flush(10)
     good.close()
@@ -88,7 +89,7 @@ def test_octet_counting_carries_a_long_message_whole(rsyslog: Rsyslog) -> None:
     before = len(rsyslog.lines())
     body = samples.alert()
     body["summary"] = "x" * 20_000 + " end"
-    sink = SyslogSink(rsyslog.address, "tls", ca=str(rsyslog.ca_path))
+    sink = SyslogSink(SyslogTransport(rsyslog.address, "tls", ca=str(rsyslog.ca_path)))
     sink.configure(sink.route, "ocsf")
     sink.send(body)
     assert sink.flush(10)

@@ -100,25 +100,12 @@ def rfc5424(alert: dict[str, Any], hostname: str, payload: str | None = None) ->
 
 
 class SyslogSink(QueuedSink):
-    """Sends each alert to a syslog receiver at `host:port` over UDP, TCP or TLS (RFC 5425)."""
+    """Sends each alert over `wire`, a connection to a syslog receiver (UDP, TCP or TLS: RFC 5425)."""
 
     name = "syslog"
 
-    def __init__(
-        self,
-        address: str,
-        protocol: str = "udp",
-        max_retries: int = 5,
-        timeout: float = 5.0,
-        *,
-        ca: str | None = None,
-        server_name: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-    ) -> None:
-        self.wire = SyslogTransport(
-            address, protocol, ca=ca, server_name=server_name, cert=cert, key=key, timeout=timeout
-        )
+    def __init__(self, wire: SyslogTransport, max_retries: int = 5) -> None:
+        self.wire = wire
         self.hostname = socket.gethostname()
         super().__init__(max_retries)
 
