@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
+from admin.terminal import Exit
 from collector import __version__
 
 # Each module has `register(subparsers)`, adding its sub-commands with `set_defaults(run=...)`,
@@ -71,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Run = args.run
     try:
         return run(args)
+    except Exit as stop:  # the command said why
+        return stop.code
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from admin import terminal
-from admin.configured import EXIT_USAGE, load_configured
+from admin.configured import load_configured
 from collector.fleet.health import health
 from collector.store import AgentRecord, CollectorRecord, StoreError, open_store, presence
 from common.ecstime import ecs_time_at
@@ -38,8 +38,6 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the registry; 2 on a bad config, 1 when the store cannot be read."""
     config = load_configured("agents", args.config)
-    if config is None:
-        return EXIT_USAGE
     try:
         store = open_store(config.store, readonly=True)
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from admin.terminal import fail
+from admin.terminal import Exit, fail
 from collector import config as collector_config
 from collector.store import Store, StoreError, open_store
 from common.yamlfile import YamlError
@@ -20,14 +20,13 @@ EXIT_USAGE = 2
 Refusal = Callable[[StoreError], "tuple[str, int] | None"]
 
 
-def load_configured(command: str, config_path: str | None) -> collector_config.CollectorConfig | None:
-    """The collector's config (default path if None); None once `exfilguard COMMAND: bad config: ...`
-    is said (the caller exits EXIT_USAGE)."""
+def load_configured(command: str, config_path: str | None) -> collector_config.CollectorConfig:
+    """The collector's config (default path if None); a bad one is said as `exfilguard COMMAND: bad
+    config: ...` and ends the command (Exit, EXIT_USAGE)."""
     try:
         return collector_config.load(config_path or collector_config.default_path())
     except YamlError as exc:
-        fail(command, f"bad config: {exc}", EXIT_USAGE)
-        return None
+        raise Exit(fail(command, f"bad config: {exc}", EXIT_USAGE)) from None
 
 
 def open_configured(config_path: str | None, *, readonly: bool) -> Store:

@@ -34,8 +34,6 @@ def register(subparsers: Any) -> None:
 def run_link(args: argparse.Namespace) -> int:
     """Issue a link and print its URL."""
     config = load_configured("console link", args.config)
-    if config is None:
-        return EXIT_USAGE
     if config.console is None:
         return terminal.fail(
             "console link", "no console is configured (collector.yaml `console:`)", EXIT_USAGE

@@ -70,8 +70,6 @@ def register(subparsers: Any) -> None:
 def run_grant(args: argparse.Namespace) -> int:
     """Record, sign and (through the collector) push one grant."""
     config = load_configured("exception", args.config)
-    if config is None:
-        return EXIT_USAGE
     try:
         seconds = units.duration(args.period, "--for", maximum=MAX_GRANT_SECONDS, plain_seconds=False)
         key = keys.load_or_create(config.state_dir)

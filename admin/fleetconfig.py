@@ -52,8 +52,6 @@ def run_check(args: argparse.Namespace) -> int:
     path = args.file
     if path is None:
         config = load_configured("config check", args.config)
-        if config is None:
-            return 2
         if not config.agent_config:
             print("exfilguard config check: collector.yaml sets no agent_config", file=sys.stderr)
             return 2
@@ -70,8 +68,6 @@ def run_check(args: argparse.Namespace) -> int:
 def run_show(args: argparse.Namespace) -> int:
     """Print the effective config of one agent."""
     config = load_configured("config show", args.config)
-    if config is None:
-        return 2
     if not config.agent_config:
         print("exfilguard config show: collector.yaml sets no agent_config: nothing is pushed",
               file=sys.stderr)

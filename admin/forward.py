@@ -16,7 +16,7 @@ import sys
 from typing import Any
 
 from admin import terminal
-from admin.configured import EXIT_STORE, EXIT_USAGE, load_configured
+from admin.configured import EXIT_STORE, load_configured
 from collector.config import HttpDestination
 from collector.store import StoreError, open_store
 from collector.store.cursors import CursorBook
@@ -32,8 +32,6 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print each destination's position; 2 on a bad config, 1 when the store cannot be read."""
     config = load_configured("forward", args.config)
-    if config is None:
-        return EXIT_USAGE
     rows: list[dict[str, Any]] = []
     try:
         store = open_store(config.store, readonly=True)

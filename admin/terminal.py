@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from common import units
+from common.errors import ExfilGuardError
 
 
 def table(rows: Sequence[Sequence[str]]) -> str:
@@ -36,6 +37,15 @@ def print_json(value: Any) -> None:
     """`value` as indented JSON with sorted keys on stdout."""
     json.dump(value, sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
+
+
+class Exit(ExfilGuardError):
+    """Ends a command with exit `code` once it has said why on stderr; `exfilguard` returns the
+    code (so a helper deep in a command can end it without every caller checking)."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        super().__init__(f"exit {code}")
 
 
 def fail(command: str, message: str, code: int) -> int:
