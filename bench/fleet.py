@@ -19,11 +19,15 @@ fsync on): n real collector processes, every agent connected, then all events se
   cpu_ms_per_event collector CPU (with its sealer) per event stored, summed over the n collectors
   pg_cpu_ms_per_event   PostgreSQL server CPU per event stored
   failover_s       (n >= 2) after a kill -9 of collector 0: until every agent it had streams elsewhere
-  alerts / alerts_expected   bench-copy alerts in the store against one per agent
+  alerts / alerts_expected   alerts in the store once the fleet's one policy evaluator has read
+                   every stored event, against those expected: one bench-copy per agent and one
+                   bench-fleet-drip, a window keyed by uid over all agents whichever collector took them
+  alerts_after_kill  (n >= 2) the same count once an evaluator leads again after the kill
 
 The baseline is n = 1 in the same run: the JSON line's ratios (`ingest_ratio_N`, `cpu_ratio_N`)
-are figures of n collectors over one. The issue's scale (10,000 agents) is `--agents 10000`
-(and more --workers); the default run stays under two minutes on a quiet machine.
+are figures of n collectors over one. `--full` is the fleet's full scale (10,000 agents x 20
+events over 1, 2 and 3 collectors, 8 load generators; long, not part of `make bench`); the
+default run stays under two minutes on a quiet machine.
 Final line: JSON with those keys per n (`connected_2`, `ingest_eps_2`, ...).
 """
 
@@ -46,7 +50,7 @@ import psutil
 
 from agent.transport import backoff_delay
 from bench import _cli
-from collector.store import Store, open_store
+from collector.store import Store, open_store, pgconnect
 from protos import events
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
@@ -68,6 +72,20 @@ policies:
       event.action: file.copy
       exfilguard.source.tags: bench-secret
     summary: "{user.name} on {host.name} copied {exfilguard.source.path}"
+    tags: [attack.exfiltration]
+"""
+# Every agent's user has uid 1000: this window adds up the copies of all agents, whichever collector
+# took them, and fires once when the last one is in (never, if each collector counted its own).
+FLEET_POLICY = """
+  - id: bench-fleet-drip
+    title: Tagged copies across the fleet (bench)
+    severity: medium
+    description: Every bench copy of the fleet, in one window keyed by uid; fires once, at the last.
+    when:
+      event.action: file.copy
+      exfilguard.source.tags: bench-secret
+    aggregate: {{by: [user.id], window: 1h, count: {{gte: {copies}}}}}
+    summary: "{{count}} tagged copies across the fleet"
     tags: [attack.exfiltration]
 """
 
@@ -232,8 +250,25 @@ def _cpu(process: psutil.Process) -> float:
     return 0.0
 
 
+def _copies(events_per_agent: int) -> int:
+    """Tagged copies one agent sends (its 10th, 30th, ... event)."""
+    return sum(1 for seq in range(1, events_per_agent + 1) if seq % 20 == 10)
+
+
 def _alerts(store: Store) -> int:
-    return sum(1 for a in store.alerts(limit=1_000_000) if a["policy.id"] == "bench-copy")
+    return sum(1 for a in store.alerts(limit=1_000_000) if str(a["policy.id"]).startswith("bench-"))
+
+
+def _evaluated(url: str, agents: int) -> bool:
+    """True when one policy process leads the fleet's evaluation and has evaluated every stored event."""
+    from collector.policy.fleet import ROLE
+    from collector.store.leadership import led
+    from collector.store.policylog import PolicyLog
+
+    with pgconnect.connect(url) as conn:
+        if not led(conn, ROLE):
+            return False
+        return PolicyLog.caught_up(conn) == agents
 
 
 def _settle(count: Callable[[], int], expected: int, quiet: float = 3.0, limit: float = 60.0) -> int:
@@ -283,7 +318,9 @@ def run_fleet(
     for index in range(collectors):
         home = directory / f"c{collectors}-{index}"
         (home / "policies").mkdir(parents=True)
-        (home / "policies" / "bench.yaml").write_text(POLICY)
+        copies = args.agents * _copies(args.events)
+        fleet_policy = FLEET_POLICY.format(copies=copies) if copies else ""
+        (home / "policies" / "bench.yaml").write_text(POLICY + fleet_policy)
         config = write_collector_config(
             home, listen=f"127.0.0.1:{free_port()}", store=url, policies=[str(home / "policies")],
             log_level="warning", max_streams=streams, max_pending_hellos=streams,
@@ -315,8 +352,12 @@ def run_fleet(
         figures["ingest_eps"] = total / seconds
         store = open_store(url, readonly=True)
         try:
-            # The policy engine runs after the ack: wait for its alerts (bounded) before taking the CPU.
-            expected = args.agents if args.events >= 10 else 0  # an agent's first copy is its 10th event
+            # The fleet's evaluator reads the store after the ack: wait until it has evaluated every
+            # stored event (bounded) before taking the CPU. One bench-copy alert per agent (its first
+            # copy is its 10th event), and one bench-fleet-drip for the whole fleet.
+            expected = args.agents + 1 if _copies(args.events) else 0
+            with contextlib.suppress(TimeoutError):
+                wait_for(lambda: _evaluated(url, args.agents), 120, "the fleet's evaluator")
             settled = _settle(lambda: _alerts(store), expected)
             figures["cpu_ms_per_event"] = (sum(_cpu(p) for p in collector_cpu) - cpu0) * 1000 / total
             figures["pg_cpu_ms_per_event"] = (_cpu(pg) - pg0) * 1000 / total
@@ -340,6 +381,15 @@ def run_fleet(
             answers = _answers(workers)
             figures["failover_s"] = time.monotonic() - started
             figures["moved"] = sum(a["moved"] for a in answers)
+            # The kill may have taken the evaluator with it: once another leads and has caught up,
+            # nothing may have fired twice.
+            with contextlib.suppress(TimeoutError):
+                wait_for(lambda: _evaluated(url, args.agents), 60, "an evaluator after the kill")
+            store = open_store(url, readonly=True)
+            try:
+                figures["alerts_after_kill"] = _alerts(store)
+            finally:
+                store.close()
         _send(workers, "stop")
     finally:
         for worker in workers:
@@ -359,7 +409,12 @@ def main() -> None:
     _cli.agent_options(parser, 200, "simulated agents")
     parser.add_argument("--events", type=int, default=100, help="events per agent")
     parser.add_argument("--collectors", default="1,2", help="collector counts (the first is the baseline)")
+    parser.add_argument("--full", action="store_true",
+                        help="the full scale (long): 10,000 agents x 20 events over 1, 2 and 3 collectors, "
+                             "8 load generators")  # fmt: skip
     args = parser.parse_args()
+    if args.full and not args.worker:
+        args.agents, args.events, args.collectors, args.workers = 10_000, 20, "1,2,3", 8
     if args.worker:
         asyncio.run(_worker(args))
         return
@@ -386,7 +441,8 @@ def main() -> None:
         print(f"{n} collectors vs {base}: ingest {result[f'ingest_ratio_{n}']:.2f}x, collector CPU per event "
               f"{result[f'cpu_ratio_{n}']:.2f}x; killed collector's agents streaming elsewhere after "
               f"{result.get(f'failover_s_{n}', 0):.2f} s; alerts {result[f'alerts_{n}']} of "
-              f"{result[f'alerts_expected_{n}']} expected")
+              f"{result[f'alerts_expected_{n}']} expected, "
+              f"{result.get(f'alerts_after_kill_{n}')} after the kill")
     print(json.dumps(result))
 
 

@@ -20,6 +20,19 @@ from collector.store.base import StoreUnavailable
 _SIGN = 1 << 63
 
 
+# (key, key): the sessions holding a role's lock (a bigint key is split over classid and objid).
+_HOLDERS = (
+    "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+    " AND objid = (%s::bigint & 4294967295)::oid AND classid = ((%s::bigint >> 32) & 4294967295)::oid"
+)
+
+
+def led(conn: pgconnect.Connection, name: str) -> bool:
+    """True when some collector of the fleet leads `name` now (asked on any session of the store)."""
+    key = lock_key(name)
+    return conn.execute(_HOLDERS, (key, key)).fetchone() is not None
+
+
 def lock_key(name: str) -> int:
     """The advisory lock's 64-bit key for a name: stable across processes and hosts (blake2b)."""
     value = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big")
@@ -98,12 +111,8 @@ class Leadership:
     def _still_held(self) -> bool:
         assert self._conn is not None
         try:
-            row = self._conn.execute(
-                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
-                " AND objsubid = 1 AND objid = (%s::bigint & 4294967295)::oid"
-                " AND classid = ((%s::bigint >> 32) & 4294967295)::oid",
-                (self._key, self._key),
-            ).fetchone()
+            mine = _HOLDERS + " AND pid = pg_backend_pid()"
+            row = self._conn.execute(mine, (self._key, self._key)).fetchone()
         except psycopg.Error:
             return False
         return row is not None

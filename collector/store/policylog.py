@@ -47,6 +47,9 @@ _EVALUATED = (
     "SELECT e.data FROM events e JOIN policy_cursors p ON p.agent_id = e.agent_id"
     " WHERE e.sequence <= p.sequence AND e.ts >= %s ORDER BY e.ts, e.agent_id, e.sequence"
 )
+_CAUGHT_UP = (
+    "SELECT count(*) FROM chains c JOIN policy_cursors p USING (agent_id) WHERE p.sequence >= c.stored"
+)
 _SAVE_CURSOR = (
     "INSERT INTO policy_cursors (agent_id, sequence) VALUES (%s, %s) ON CONFLICT (agent_id)"
     " DO UPDATE SET sequence = excluded.sequence WHERE excluded.sequence > policy_cursors.sequence"
@@ -103,6 +106,14 @@ class PolicyLog:
             cur.execute(_EVALUATED, (since,))
             for (data,) in cur:
                 yield bytes(data)
+
+    @staticmethod
+    def caught_up(conn: Connection) -> int:
+        """Agents whose every stored event was evaluated (0 before the first evaluator made its tables)."""
+        if not (row := conn.execute(_EXISTS).fetchone()) or not row[0]:
+            return 0
+        row = conn.execute(_CAUGHT_UP).fetchone()
+        return int(row[0]) if row else 0
 
     def windows(self, conn: Connection) -> list[tuple[str, float, str]]:
         """(group, until, state) of every open suppression window."""

@@ -171,15 +171,13 @@ class Fleet:
         """True when the fleet's policy evaluator has evaluated every stored event of `agents` agents."""
         import psycopg
 
+        from collector.store.policylog import PolicyLog
+
         try:
             with psycopg.connect(self.store, connect_timeout=5) as conn:
-                row = conn.execute(
-                    "SELECT count(*), count(*) FILTER (WHERE p.sequence >= c.stored) FROM chains c"
-                    " JOIN policy_cursors p USING (agent_id)"
-                ).fetchone()
+                return PolicyLog.caught_up(conn) == agents
         except psycopg.Error:
-            return False  # no evaluator made its tables yet, or the server is down
-        return row is not None and row[0] == agents and row[1] == agents
+            return False  # the server is down
 
     def leader(self) -> int | None:
         """The running collector whose policy process leads the evaluation, if one does."""
