@@ -29,6 +29,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -114,6 +115,9 @@ _LEGACY_STATUS = (
 )
 
 # Column order of an events row (the benchmark baseline inserts the same tuples).
+_BUSY_MS = 10_000  # how long a write waits for another connection's transaction
+_BUSY_RETRY_SECONDS = 0.001
+
 INSERT_EVENT = (
     "INSERT INTO events (agent_id, sequence, event_id, ts, action, host, user_name, device_serial,"
     " chain, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -202,7 +206,7 @@ class SqliteStore(shared.SqlStore):
 
     def _prepare(self) -> None:
         db = self._db
-        db.execute("PRAGMA busy_timeout = 10000")
+        db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
         version = int(db.execute("PRAGMA user_version").fetchone()[0])
         if version > SCHEMA_VERSION:
             raise base.StoreCorrupt(
@@ -368,26 +372,27 @@ class SqliteStore(shared.SqlStore):
         """Chain stored, not yet chained events (at most about `limit`); returns how many were chained.
 
         The hashing runs outside any write transaction (WAL readers do not block the ingest
-        writer); the result is committed only if nobody moved the chain meanwhile.
+        writer), each agent behind getting an even share of `limit`; the chain values of all of
+        them are then written in one transaction, each agent's only if nobody moved its chain
+        meanwhile (compare-and-set).
         """
         self._writable()
         with self._lock:
             try:
                 behind = self._db.execute("SELECT agent_id FROM chains WHERE sealed < stored")
                 agents = [str(r[0]) for r in behind]
+                if not agents:
+                    return 0
+                share = None if limit is None else -(-limit // len(agents))
+                works = [(a, w) for a in agents if (w := self._chain_work(a, share)) is not None]
+                if not works:
+                    return 0
+                self._begin_promptly()
                 done = 0
-                for agent_id in agents:
-                    if limit is not None and done >= limit:
-                        break
-                    work = self._chain_work(agent_id, None if limit is None else limit - done)
-                    if work is None:
-                        continue
-                    self._db.execute("BEGIN IMMEDIATE")
+                for agent_id, work in works:
                     if self._apply_chain(agent_id, *work):
-                        self._db.execute("COMMIT")
                         done += len(work[3])
-                    else:
-                        self._db.execute("ROLLBACK")
+                self._db.execute("COMMIT")
                 return done
             except sqlite3.Error as exc:
                 self._rollback()
@@ -395,6 +400,25 @@ class SqliteStore(shared.SqlStore):
             except BaseException:
                 self._rollback()
                 raise
+
+    def _begin_promptly(self) -> None:
+        """BEGIN IMMEDIATE, tried again every millisecond while another connection writes (at most
+        _BUSY_MS). SQLite's own busy handler sleeps longer and longer between tries (up to 100 ms):
+        the sealer overslept the collector's commits, and the commits then waited for the chain."""
+        db = self._db
+        db.execute("PRAGMA busy_timeout = 0")
+        try:
+            deadline = time.monotonic() + _BUSY_MS / 1000
+            while True:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                        raise
+                time.sleep(_BUSY_RETRY_SECONDS)
+        finally:
+            db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
 
     def _seal_agent(self, agent_id: str, limit: int | None) -> int:
         """Chain one agent's unchained prefix inside the caller's write transaction."""
@@ -466,7 +490,7 @@ class SqliteStore(shared.SqlStore):
         except sqlite3.Error as exc:
             raise base.StoreUnavailable(self.location, f"cannot open for reading: {exc}") from exc
         try:
-            reader.execute("PRAGMA busy_timeout = 10000")
+            reader.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
             reader.execute("BEGIN")
             cursor = reader.execute(sql, params)
             while True:
