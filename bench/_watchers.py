@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -115,7 +116,7 @@ class Fatrace(Watcher):
                 break
             time.sleep(0.05)
         probe.unlink()
-        _settle(self.size)
+        settle(self.size)
 
     def events(self) -> int:
         """Events on the tree, the probe left out."""
@@ -188,12 +189,14 @@ def _auditctl(*args: str) -> str:
     return subprocess.run(["auditctl", *args], check=True, capture_output=True, text=True).stdout
 
 
-def _settle(measure: object, quiet: float = 0.5) -> None:
-    assert callable(measure)
+def settle(
+    measure: Callable[[], object], quiet: float = 0.5, limit: float = 30.0, poll: float = 0.05
+) -> None:
+    """Wait until `measure()` stops changing for `quiet` seconds (at most `limit` seconds)."""
+    deadline = time.monotonic() + limit
     last, since = measure(), time.monotonic()
-    deadline = since + 30
     while time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(poll)
         now = measure()
         if now != last:
             last, since = now, time.monotonic()

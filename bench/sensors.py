@@ -38,7 +38,7 @@ from typing import Any
 
 import psutil
 
-from bench._watchers import WATCHERS, Watcher, tmpfs, untmpfs
+from bench._watchers import WATCHERS, Watcher, settle, tmpfs, untmpfs
 from protos import exfilguard_pb2 as pb
 from protos.events import to_mapping
 
@@ -141,19 +141,6 @@ class Agent:
         return _read_events(self.out)
 
 
-def _settle(measure: Any, quiet: float = 1.0, limit: float = 300.0) -> None:
-    """Wait until `measure()` stops growing for `quiet` seconds (bounded by `limit`)."""
-    deadline = time.monotonic() + limit
-    last, since = measure(), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.1)
-        now = measure()
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet:
-            return
-
-
 # ------------------------------------------------------------------ figures
 
 
@@ -196,7 +183,7 @@ def capture(work: Path, small: int, big_mib: int) -> dict[str, Any]:
             cpu0, start = agent.cpu(), time.monotonic()
             subprocess.run(["cp", "-r", str(tree), str(point)], check=True)
             copy_seconds = time.monotonic() - start
-            _settle(agent.busy, quiet=2.0)
+            settle(agent.busy, quiet=2.0, limit=300.0, poll=0.1)
             cpu = agent.cpu() - cpu0
         finally:
             events = agent.stop()
@@ -238,9 +225,9 @@ def overhead(work: Path, files: int, quiet: float) -> dict[str, Any]:
             threads1 = agent.thread_cpu()
             background = {n: (cpu1[n] - cpu0[n]) / (t1 - t0) for n in procs}
             subprocess.run([sys.executable, "-c", _WORKLOAD, str(tree), str(files)], check=True)
-            _settle(agent.busy, quiet=2.0)
+            settle(agent.busy, quiet=2.0, limit=300.0, poll=0.1)
             for watcher in started:
-                _settle(watcher.size, quiet=1.0)
+                settle(watcher.size, quiet=1.0, limit=300.0, poll=0.1)
             cpu2, t2 = {n: p.cpu() for n, p in procs.items()}, time.monotonic()
             threads = {n: c - threads1.get(n, 0.0) for n, c in agent.thread_cpu().items()}
         finally:
