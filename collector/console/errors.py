@@ -5,9 +5,10 @@ ConsoleError        root of what the console and its books raise (a LocatedError
     InvalidAccount  a name, role or password
     InvalidCase     a case input
     BadParameter    a query or form value of a page
-  NoSuchAccount     no account has this name: `name`
+  NotFound          no record of its kind has this `key`
+    NoSuchAccount   no account has this name
+    NoSuchCase      no case has this id
   LoginRefused      a link or password was not accepted (the reason is kept from the page)
-  NoSuchCase        no case has this id: `case_id`
 """
 
 from __future__ import annotations
@@ -32,12 +33,20 @@ class InvalidAccount(InvalidInput):
     """An account input outside its limits."""
 
 
-class NoSuchAccount(ConsoleError):
-    """No account has this name."""
+class NotFound(ConsoleError):
+    """No record of its kind (`what`) has this `key`."""
 
-    def __init__(self, location: str, name: str) -> None:
-        self.name = name
-        super().__init__(location, f"no such console user: {name}")
+    what = "record"
+
+    def __init__(self, location: str, key: str) -> None:
+        self.key = key
+        super().__init__(location, f"no such {self.what}: {key}")
+
+
+class NoSuchAccount(NotFound):
+    """No account has this name (`key`)."""
+
+    what = "console user"
 
 
 class LoginRefused(ConsoleError):
@@ -48,12 +57,10 @@ class InvalidCase(InvalidInput):
     """A case input outside its limits."""
 
 
-class NoSuchCase(ConsoleError):
-    """No case has this id."""
+class NoSuchCase(NotFound):
+    """No case has this id (`key`)."""
 
-    def __init__(self, location: str, case_id: str) -> None:
-        self.case_id = case_id
-        super().__init__(location, f"no such case: {case_id}")
+    what = "case"
 
 
 class BadParameter(InvalidInput):
