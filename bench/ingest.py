@@ -15,6 +15,9 @@ The last line is JSON with the figures of issue 13:
     acked_eps, acked_ratio      the shipped collector's ack rate alone
     ingest_eps, ingest_ratio    the ingest path without listeners
     baseline_eps    bare SQLite
+    collector_cpu_us, sealer_cpu_us, policy_cpu_us      CPU per event of the shipped collector's
+                    process (until the last ack), its sealer and its policy process (until done):
+                    where the two cores go
 
 A real collector process (`python -m collector.main`) on loopback; the simulated agents run
 as asyncio streams in `--workers` separate load-generator processes, so the machine's cores
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -223,6 +227,33 @@ class LoadRun:
     cpu: float
     started: float
     process: psutil.Process
+    helpers: dict[str, tuple[psutil.Process, float]]  # sealer, policy: the process, its CPU at the start
+
+
+_HELPERS = {"sealer": "collector.sealer", "policy": "collector.policy.process"}
+
+
+def _helpers(process: psutil.Process) -> dict[str, tuple[psutil.Process, float]]:
+    """The collector's sealer and policy processes with their CPU seconds now."""
+    out = {}
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(child.cmdline())
+            for name, module in _HELPERS.items():
+                if module in command:
+                    out[name] = (child, sum(child.cpu_times()[:2]))
+    return out
+
+
+def helpers_cpu(run: LoadRun, events: int) -> dict[str, float]:
+    """CPU microseconds per event each helper process spent since the load started (0: gone)."""
+    out = {}
+    for name, (child, before) in run.helpers.items():
+        try:
+            out[name] = (sum(child.cpu_times()[:2]) - before) / events * 1e6
+        except psutil.Error:
+            out[name] = 0.0
+    return out
 
 
 def run_load(args: argparse.Namespace, address: str, collector_pid: int,
@@ -242,6 +273,7 @@ def run_load(args: argparse.Namespace, address: str, collector_pid: int,
             if (line := worker.stdout.readline().strip()) != "ready":
                 raise RuntimeError(f"load generator failed to start: {line!r}")
         process = psutil.Process(collector_pid)
+        helpers = _helpers(process)
         cpu_before = sum(process.cpu_times()[:2])
         started = time.time()
         if on_go is not None:
@@ -256,7 +288,7 @@ def run_load(args: argparse.Namespace, address: str, collector_pid: int,
             if worker.returncode != 0:
                 raise RuntimeError(f"load generator exited with {worker.returncode}")
             results.append(json.loads(out.strip().splitlines()[-1]))
-        return LoadRun(results, sum(process.cpu_times()[:2]) - cpu_before, started, process)
+        return LoadRun(results, sum(process.cpu_times()[:2]) - cpu_before, started, process, helpers)
     finally:
         for worker in workers:
             if worker.poll() is None:
@@ -287,6 +319,7 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
         location, last = str(directory / "collector.db"), args.batches * args.batch_size
         sealed, evaluated = _wait_followers(location, last, scraper if listeners else None, total)
         evaluated = evaluated or last_ack
+        helper_cpu = helpers_cpu(run, total)
         if args.metrics:
             scraper.done.set()
             scraper.join()
@@ -305,7 +338,8 @@ def measure_collector(args: argparse.Namespace, directory: Path, listeners: bool
     return {"events": total, "seconds": elapsed, "rate": total / elapsed, "cpu_us": cpu / total * 1e6,
             "rss_mib": rss / MiB, "chain_lag": sealed - last_ack, "policy_lag": evaluated - last_ack,
             "done_rate": total / (done - run.started), "load_cpu_us": load_cpu / total * 1e6,
-            "scrapes": scraper.scrapes, "alerts": alerts}
+            "scrapes": scraper.scrapes, "alerts": alerts,
+            "sealer_cpu_us": helper_cpu.get("sealer", 0.0), "policy_cpu_us": helper_cpu.get("policy", 0.0)}
 
 
 def _evaluated(scraper: _Scraper) -> float:
@@ -444,6 +478,10 @@ def main() -> None:
                   flush=True)
             evaluated = (f", policies evaluated {result['policy_lag']:.2f} s after it "
                          f"({result['alerts']:.0f} alerts)")
+            print(f"    CPU per event: collector {result['cpu_us']:.1f} us, "
+                  f"sealer {result['sealer_cpu_us']:.1f} us"
+                  + (f", policy process {result['policy_cpu_us']:.1f} us" if listeners else "")
+                  + f", load generators {result['load_cpu_us']:.1f} us", flush=True)
             print(f"    hash chain complete {result['chain_lag']:.2f} s after the last ack"
                   + (evaluated if listeners else "")
                   + f": {result['done_rate']:,.0f} events/s all done = "
@@ -457,6 +495,9 @@ def main() -> None:
                     "acked_eps": round(result["rate"]),
                     "acked_ratio": round(ratio, 3),
                     "alerts": result["alerts"],
+                    "collector_cpu_us": round(result["cpu_us"], 1),
+                    "sealer_cpu_us": round(result["sealer_cpu_us"], 1),
+                    "policy_cpu_us": round(result["policy_cpu_us"], 1),
                 }
             else:
                 figures |= {"ingest_eps": round(result["rate"]), "ingest_ratio": round(ratio, 3)}
