@@ -33,7 +33,7 @@ log = logging.getLogger("exfilguard.collector")
 
 def build_listeners(config: CollectorConfig, store: Store) -> list[EventListener]:
     """Everything that consumes stored events: the policy process (collector/policy/process.py), and
-    forwarding when configured.
+    the forward process (collector/forward/process.py) when `forward:` is configured.
 
     The policy process starts when the collector does (`open`), loads the policies and rebuilds its
     windows from the store; a broken policy set makes the start fail, naming every problem in the log.
@@ -42,9 +42,9 @@ def build_listeners(config: CollectorConfig, store: Store) -> list[EventListener
 
     listeners: list[EventListener] = [PolicyProcess(config)]
     if config.forward:
-        from collector.forward.listener import Forwarding
+        from collector.forward.process import ForwardProcess
 
-        listeners.append(Forwarding.from_config(config, store))
+        listeners.append(ForwardProcess(config))
     return listeners
 
 
@@ -65,7 +65,10 @@ def _raise_open_files_limit(config: CollectorConfig) -> None:
         log.warning(
             "open files limit is %d, but max_streams %d and max_pending_hellos %d need about %d: "
             "raise LimitNOFILE (systemd) or ulimit -n, or fewer agents can connect",
-            soft, config.max_streams, config.max_pending_hellos, needed,
+            soft,
+            config.max_streams,
+            config.max_pending_hellos,
+            needed,
         )
 
 

@@ -101,37 +101,45 @@ class Forwarding:
             reader.close()
         self._readers = []
 
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """Every destination's figures (ForwardWorker.figures), by name."""
+        return {worker.name: worker.figures() for worker in self.workers}
+
     def metric_families(self) -> list[Metric]:
-        """Prometheus figures per destination: events delivered, failures by reason, lag."""
-        delivered = CounterMetricFamily(
-            "exfilguard_forward_events",
-            "Events a forwarding destination took (again when resent)",
-            labels=["destination"],
-        )
-        failures = CounterMetricFamily(
-            "exfilguard_forward_failures",
-            "Failed deliveries of a batch, by reason (each retried)",
-            labels=["destination", "reason"],
-        )
-        lag = GaugeMetricFamily(
-            "exfilguard_forward_lag_events", "Stored events not forwarded yet", labels=["destination"]
-        )
-        age = GaugeMetricFamily(
-            "exfilguard_forward_lag_seconds",
-            "Age (event time) of the oldest event not forwarded yet",
-            labels=["destination"],
-        )
-        leading = GaugeMetricFamily(
-            "exfilguard_forward_leading",
-            "1 while this collector forwards the destination (0: another collector of the store does)",
-            labels=["destination"],
-        )
-        for worker in self.workers:
-            figures = worker.figures()
-            leading.add_metric([worker.name], 1.0 if figures["leading"] else 0.0)
-            delivered.add_metric([worker.name], figures["delivered"])
-            for reason in REASONS:
-                failures.add_metric([worker.name, reason], figures["failures"][reason])
-            lag.add_metric([worker.name], figures["lag_events"])
-            age.add_metric([worker.name], figures["lag_seconds"])
-        return [delivered, failures, lag, age, leading]
+        """Prometheus figures per destination: events delivered, failures by reason, lag, leadership."""
+        return metric_families(self.figures())
+
+
+def metric_families(figures_by_name: dict[str, dict[str, Any]]) -> list[Metric]:
+    """Prometheus figures of every destination, from their ForwardWorker.figures()."""
+    delivered = CounterMetricFamily(
+        "exfilguard_forward_events",
+        "Events a forwarding destination took (again when resent)",
+        labels=["destination"],
+    )
+    failures = CounterMetricFamily(
+        "exfilguard_forward_failures",
+        "Failed deliveries of a batch, by reason (each retried)",
+        labels=["destination", "reason"],
+    )
+    lag = GaugeMetricFamily(
+        "exfilguard_forward_lag_events", "Stored events not forwarded yet", labels=["destination"]
+    )
+    age = GaugeMetricFamily(
+        "exfilguard_forward_lag_seconds",
+        "Age (event time) of the oldest event not forwarded yet",
+        labels=["destination"],
+    )
+    leading = GaugeMetricFamily(
+        "exfilguard_forward_leading",
+        "1 while this collector forwards the destination (0: another collector of the store does)",
+        labels=["destination"],
+    )
+    for name, figures in figures_by_name.items():
+        leading.add_metric([name], 1.0 if figures["leading"] else 0.0)
+        delivered.add_metric([name], figures["delivered"])
+        for reason in REASONS:
+            failures.add_metric([name, reason], figures["failures"][reason])
+        lag.add_metric([name], figures["lag_events"])
+        age.add_metric([name], figures["lag_seconds"])
+    return [delivered, failures, lag, age, leading]

@@ -29,12 +29,10 @@ policy process of the fleet leads and evaluates the shared event log (collector/
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 import struct
 import sys
@@ -42,6 +40,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from collector.child import ChildProcess, child_start, report
 from collector.config import CollectorConfig
 from common import logs
 from common.errors import ExfilGuardError
@@ -57,7 +56,6 @@ READY, STATS, FAILED = b"R", b"S", b"F"  # policy process -> collector
 MAX_FRAME = 256 << 20  # an EventBatch is bounded by the collector's max_message_bytes
 _PIPE_BUFFER = 1 << 20  # bytes queued to the child before an acker waits for room (~3,000 events)
 STATS_SECONDS = 0.5
-_RESTART_SECONDS = 1.0
 _STOP_SECONDS = 30.0  # a clean stop lets the child evaluate what it was sent, flush and drain its sinks
 _TERM_GRACE_SECONDS = 10.0  # SIGTERM on the child alone (systemd stops the whole group): finish soon
 
@@ -113,132 +111,64 @@ def decode_stats(data: bytes) -> dict[str, Any]:
 # ------------------------------------------------------------------ the collector's side
 
 
-class PolicyProcess:
+class PolicyProcess(ChildProcess):
     """The collector's event listener that hands stored events to the policy process.
 
     `open()` starts the child and waits until its policy set is loaded and its windows rebuilt;
     `aclose()` ends its input and waits for it to finish. It restarts a child that dies.
     """
 
+    module = "collector.policy.process"
+    what = "policy process"
+    stop_seconds = _STOP_SECONDS
+    report_limit = MAX_FRAME
+    error = PolicyProcessError
+    logger = log.name
+
     def __init__(self, config: CollectorConfig) -> None:
-        self.config = config
+        super().__init__(config)
         self.unevaluated = 0  # events sent to a child that died before evaluating them, or with none running
-        self.restarts = 0
-        self._process: asyncio.subprocess.Process | None = None
         self._stats: dict[str, Any] = {}
-        self._ready: asyncio.Future[None] | None = None
         self._sent = 0  # events sent to the running child (its reports say how many it received)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._closing = False
         self._lost_logged_at = 0.0
 
-    # ---------------------------------------------------------------- life
+    # ---------------------------------------------------------------- the child's protocol
 
-    async def open(self) -> None:
-        """Start the child; raises PolicyProcessError if it exits before it is ready."""
-        await self._spawn()
-        assert self._ready is not None
-        try:
-            await self._ready
-        except PolicyProcessError:
-            await self._reap()
-            raise
-        self._tasks.append(asyncio.create_task(self._watch(), name="policy-process-watch"))
-
-    async def _spawn(self) -> None:
-        read_fd, write_fd = os.pipe()
-        try:
-            self._process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "collector.policy.process", "--report-fd", str(write_fd),
-                stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,),
-            )  # fmt: skip
-        finally:
-            os.close(write_fd)
-        process = self._process
+    def spawned(self, process: asyncio.subprocess.Process) -> None:
+        """Bound what may queue to it; its figures start afresh."""
         assert process.stdin is not None
         transport: Any = process.stdin.transport
         transport.set_write_buffer_limits(high=_PIPE_BUFFER)
-        loop = asyncio.get_running_loop()
-        self._ready = loop.create_future()
-        # Retrieved here too: a restarted child that fails before it is ready has nobody awaiting it.
-        self._ready.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._sent = 0
         self._stats = {}
-        # The config goes down the pipe, not argv or the environment: a PostgreSQL URL may carry a password.
-        process.stdin.write(frame(CONFIG, self.config.model_dump_json().encode()))
-        reader = asyncio.StreamReader(limit=MAX_FRAME)
-        pipe = os.fdopen(read_fd, "rb", buffering=0)
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
-        reports = asyncio.create_task(self._read_reports(reader, self._ready), name="policy-reports")
-        self._tasks.append(reports)
-        log.info("policy process started", extra={"pid": process.pid})
 
-    async def _read_reports(self, reader: asyncio.StreamReader, ready: asyncio.Future[None]) -> None:
-        try:
-            while True:
-                kind, length = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-                payload = await reader.readexactly(length)
-                if kind == STATS:
-                    self._stats = decode_stats(payload)
-                elif kind == READY and not ready.done():
-                    ready.set_result(None)
-                elif kind == FAILED and not ready.done():
-                    ready.set_exception(PolicyProcessError(payload.decode(errors="replace")))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the child is gone; _watch restarts it
-        finally:
-            if not ready.done():
-                ready.set_exception(PolicyProcessError("the policy process exited before it was ready"))
+    def first_input(self) -> bytes:
+        """The config frame."""
+        return frame(CONFIG, self.config.model_dump_json().encode())
 
-    async def _watch(self) -> None:
-        while not self._closing:
-            process = self._process
-            assert process is not None
-            code = await process.wait()
-            if self._closing:
-                return
-            lost = max(0, self._sent - int(self._stats.get("received", 0)))
-            self.unevaluated += lost
-            log.error(
-                "policy process exited with %s; restarting it (up to %d events sent to it may not have "
-                "been evaluated; the new one rebuilds its windows from the store)",
-                code,
-                lost,
-                extra={"exit_code": code, "unevaluated": lost},
-            )
-            await asyncio.sleep(_RESTART_SECONDS)
-            if self._closing:
-                return
-            self.restarts += 1
-            with contextlib.suppress(OSError):
-                await self._spawn()
+    async def read_reports(self, reader: asyncio.StreamReader, ready: asyncio.Future[None]) -> None:
+        """Figures, and whether its policy set loaded."""
+        while True:
+            kind, length = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+            payload = await reader.readexactly(length)
+            if kind == STATS:
+                self._stats = decode_stats(payload)
+            elif kind == READY and not ready.done():
+                ready.set_result(None)
+            elif kind == FAILED and not ready.done():
+                ready.set_exception(PolicyProcessError(payload.decode(errors="replace")))
 
-    async def aclose(self) -> None:
-        """End the child's input and wait for it to evaluate it, flush follow-ups and drain its sinks."""
-        self._closing = True
-        await self._reap()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-
-    async def _reap(self) -> None:
-        process = self._process
-        if process is None:
-            return
-        if process.stdin is not None:
-            process.stdin.close()
-            with contextlib.suppress(ConnectionError):
-                await process.stdin.wait_closed()
-        try:
-            await asyncio.wait_for(process.wait(), _STOP_SECONDS)
-        except TimeoutError:
-            log.error("policy process did not finish in %.0f s; killed", _STOP_SECONDS)
-            with contextlib.suppress(ProcessLookupError):
-                process.kill()
-            await process.wait()
+    def exited(self, code: int) -> None:
+        """Count what it was sent and did not evaluate."""
+        lost = max(0, self._sent - int(self._stats.get("received", 0)))
+        self.unevaluated += lost
+        self.log.error(
+            "policy process exited with %s; restarting it (up to %d events sent to it may not have "
+            "been evaluated; the new one rebuilds its windows from the store)",
+            code,
+            lost,
+            extra={"exit_code": code, "unevaluated": lost},
+        )
 
     # ---------------------------------------------------------------- the listener
 
@@ -298,10 +228,7 @@ class _Reports:
         self.fd = fd
 
     def send(self, kind: bytes, payload: bytes) -> None:
-        data = frame(kind, payload)
-        with contextlib.suppress(BrokenPipeError):  # the collector is gone: stdin ends next
-            while data:
-                data = data[os.write(self.fd, data) :]
+        report(self.fd, frame(kind, payload))
 
 
 async def serve(report_fd: int) -> int:
@@ -414,12 +341,7 @@ async def _report_forever(listener: Any, evaluator: Any, reports: _Reports, rece
 
 def main() -> int:
     """Entry point of `python -m collector.policy.process` (started by the collector, not by admins)."""
-    parser = argparse.ArgumentParser(prog="python -m collector.policy.process", description=__doc__)
-    parser.add_argument("--report-fd", type=int, required=True, help="pipe to the collector")
-    args = parser.parse_args()
-    logs.configure("info")
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the collector, which stops us
-    return asyncio.run(serve(args.report_fd))
+    return asyncio.run(serve(child_start("collector.policy.process", __doc__)))
 
 
 if __name__ == "__main__":

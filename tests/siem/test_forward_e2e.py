@@ -5,7 +5,9 @@ acknowledged, the metrics show the lag, and nothing is missing once the receiver
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,3 +95,40 @@ def test_collector_forwards_every_event_through_an_outage(rsyslog: Rsyslog, tmp_
     assert len({d["event"]["id"] for d in docs}) == 100 and all(ecs_problems(d) == [] for d in docs)
     assert all(r.headers["authorization"] == "ApiKey es-key" for r in elastic.accepted)
     assert "es-key" not in collector.log()
+
+
+def test_the_forward_process_killed_is_restarted_and_resumes(tmp_path: Path) -> None:
+    elastic = HttpReceiver()
+    config = write_collector_config(
+        tmp_path / "collector", forward=[{"name": "elastic", "type": "elasticsearch", "url": elastic.url}]
+    )
+    collector = start_collector(config)
+    stream = AgentStream(collector.address, "agent-e2e")
+    try:
+        assert stream.ack() == 0
+        stream.send_events(make_events("agent-e2e", 1, 40))
+        assert stream.ack() == 40
+        wait_for(lambda: len(_bulk_ids(elastic)) >= 40, what="40 events forwarded")
+        child = _forward_pid(collector.log())
+        os.kill(child, signal.SIGKILL)  # forwarding dies; the collector goes on storing and acking
+        stream.send_events(make_events("agent-e2e", 41, 90))
+        assert stream.ack() == 90
+        wait_for(lambda: _forward_pid(collector.log()) != child, what="a new forward process")
+        wait_for(lambda: len(set(_bulk_ids(elastic))) == 90, what="the 50 later events forwarded")
+    finally:
+        stream.close()
+        collector.stop()
+        elastic.close()
+    # Resumed from the cursor in the store: at most the batch the killed process had not saved, twice.
+    assert len(_bulk_ids(elastic)) <= 90 + 40
+    assert "forward process exited" in collector.log()
+
+
+def _bulk_ids(receiver: HttpReceiver) -> list[str]:
+    return [line["create"]["_id"] for r in receiver.accepted for line in r.lines()[::2]]
+
+
+def _forward_pid(log: str) -> int:
+    started = [json.loads(line)["pid"] for line in log.splitlines() if '"forward process started"' in line]
+    assert started, "no forward process started"
+    return int(started[-1])
