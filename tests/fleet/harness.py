@@ -53,14 +53,24 @@ class Fleet:
 
     def start_collector(self, index: int) -> Process:
         """Start collector `index` and wait until it listens."""
-        argv = [str(VENV_BIN / "exfilguard-collector"), "--config", str(self.dir(index) / "collector.yaml")]
-        process = Process(argv, self.dir(index) / "collector.log").start()
-        self.processes.append(process)
-        self.collectors[index] = process
-        port = self.ports[index]
-        wait_for(lambda: port_open(port) or not process.alive, 30, f"collector {index} to listen")
-        assert process.alive, process.log_text()
+        (process,) = self.start_collectors(index)
         return process
+
+    def start_collectors(self, *indexes: int) -> list[Process]:
+        """Start the collectors of `indexes` all at once, then wait until each listens."""
+        started = []
+        for index in indexes:
+            config = str(self.dir(index) / "collector.yaml")
+            argv = [str(VENV_BIN / "exfilguard-collector"), "--config", config]
+            process = Process(argv, self.dir(index) / "collector.log").start()
+            self.processes.append(process)
+            self.collectors[index] = process
+            started.append(process)
+        for index, process in zip(indexes, started, strict=True):
+            port = self.ports[index]
+            wait_for(lambda: port_open(port) or not process.alive, 30, f"collector {index} to listen")  # noqa: B023
+            assert process.alive, process.log_text()
+        return started
 
     def share_signing_key(self, source: int, target: int) -> None:
         """Give collector `target` collector `source`'s signing key, as docs/deploy.md says to."""
@@ -242,14 +252,14 @@ class StreamingAgent:
         self.transport.start()
         self.emitted = 0
 
-    def copies(self, user: str, count: int) -> None:
-        """`count` file.copy events by `user` on this host."""
+    def copies(self, user: str, count: int, action: str = "file.copy") -> None:
+        """`count` file.copy (or `action`) events by `user` on this host."""
         from protos import events
         from protos import exfilguard_pb2 as pb
 
         for n in range(count):
             self.spool.append(events.new_event(
-                "file.copy", host=pb.Host(name=self.host), user=pb.User(name=user),
+                action, host=pb.Host(name=self.host), user=pb.User(name=user),
                 file=pb.File(path=f"/home/{user}/doc-{self.emitted + n}.txt"),
             ))  # fmt: skip
         self.emitted += count

@@ -2,9 +2,10 @@
 
 One policy process of the fleet evaluates the shared event log (collector/policy/fleet.py), so a
 user's window spans hosts and collectors, and every alert fires exactly once: across collectors,
-when the evaluator's collector crashes mid-window, when both collectors restart at once, and when
-PostgreSQL stops mid-stream. "Exactly once" is read where it is decided: the alerts in the store
-and in every collector's sink, once the evaluator's cursors have reached every stored event.
+when the evaluator's collector crashes mid-window (and mid-sequence), when both collectors restart
+at once, and when PostgreSQL stops mid-stream. "Exactly once" is read where it is decided: the
+alerts in the store and in every collector's sink, once the evaluator's cursors have reached every
+stored event.
 """
 
 from __future__ import annotations
@@ -29,8 +30,21 @@ policies:
     severity: high
     when: {event.action: file.copy}
     aggregate: {by: [user.name], window: 10m, count: {gte: 40}}
-    suppress: {by: [user.name], window: 4s}
+    suppress: {by: [user.name], window: 8s}
     summary: "{count} files copied by {user.name}"
+    tags: [exfil]
+  - id: archive-then-copy
+    title: Archive made, then copied
+    severity: high
+    sequence:
+      by: [agent.id, user.name]
+      within: 10m
+      steps:
+        - name: archive
+          when: {event.action: file.archive}
+        - name: copy
+          when: {event.action: file.copy}
+    summary: "{user.name} archived, then copied"
     tags: [exfil]
 """
 
@@ -95,14 +109,19 @@ def test_the_evaluators_collector_crashing_mid_window_hands_over_and_fires_once(
     other = agent("other", [1])
     roaming.copies("carol", 25)
     other.copies("carol", 10)
+    roaming.copies("carol", 1, action="file.archive")  # a sequence's first step, before the crash
     _settled(fleet, [roaming, other], 0)  # 35 in carol's window, held by collector 0's evaluator
+    assert not fleet.stored_alerts("archive-then-copy")
     fleet.crash(0)
     roaming.copies("carol", 5)  # the 40th onwards, through collector 1 after the agent fails over
     wait_for(lambda: fleet.leader() == 1, 30, "collector 1 to take the lead over", fleet.diagnose)
     _settled(fleet, [roaming, other], 1)
     (alert,) = fleet.stored_alerts("user-drip")
     assert alert["count"] == 40
-    assert "windows rebuilt from 35 stored events" in fleet.collector(1).log_text()
+    assert "windows rebuilt from 36 stored events" in fleet.collector(1).log_text()
+    # The sequence the agent began on collector 0 ends on collector 1: once.
+    (sequence,) = fleet.stored_alerts("archive-then-copy")
+    assert sequence["host.name"] == "roaming"
 
 
 def test_both_collectors_restarted_at_once_one_leads_and_nothing_fires_twice(
@@ -113,24 +132,23 @@ def test_both_collectors_restarted_at_once_one_leads_and_nothing_fires_twice(
     host_a, host_b = agent("host-a", [0, 1]), agent("host-b", [1, 0])
     host_a.copies("dave", 20)
     host_b.copies("dave", 20)
-    _settled(fleet, [host_a, host_b], 1)  # the first alert opens dave's 4 s suppression window
+    _settled(fleet, [host_a, host_b], 1)  # the first alert opens dave's 8 s suppression window
     host_a.copies("dave", 40)  # a repeat: folded into the open window, not sent
     _settled(fleet, [host_a, host_b], 1)
     fleet.crash(0)
     fleet.crash(1)
-    for index in (0, 1):
-        fleet.start_collector(index)
+    fleet.start_collectors(0, 1)
     wait_for(lambda: fleet.leader() is not None, 30, "one collector to lead", fleet.diagnose)
     host_b.copies("dave", 1)
-    _settled(fleet, [host_a, host_b], 1)
     # The window the crashed evaluator opened survives it: one follow-up carries the folded repeat.
-    wait_for(lambda: len(fleet.stored_alerts("user-drip")) == 2, 30, "the follow-up", fleet.diagnose)
+    _settled(fleet, [host_a, host_b], 2)
+    restarted = fleet.collector(0).log_text() + fleet.collector(1).log_text()
+    assert "and 1 open suppression windows" in restarted, "the window closed before the crash"
     follow_up = fleet.stored_alerts("user-drip")[-1]
     assert follow_up["exfilguard.alert.repeats"] == 1
     assert follow_up["exfilguard.alert.repeat_of"] == fleet.stored_alerts("user-drip")[0]["id"]
     leads = [fleet.collector(i).log_text().count("this collector leads") for i in (0, 1)]
     assert sum(leads) == 2, leads  # one lead before the restart, one after: never two at a time
-    _settled(fleet, [host_a, host_b], 2)
 
 
 def test_postgresql_stopped_mid_stream_resumes_from_the_cursor(
