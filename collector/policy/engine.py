@@ -43,6 +43,7 @@ from collector.policy.windows import (
     Inventory,
     Limits,
     SequenceWindow,
+    group_value,
 )
 from common.ecstime import ecs_time_at
 from protos.events import EventView
@@ -112,7 +113,7 @@ class _Compiled:
         """The group key of an event."""
         if self.plain_key:
             return tuple([event.get(f) for f in self.by])
-        return tuple([_key_value(event.get(f)) for f in self.by])
+        return tuple([group_value(event.get(f)) for f in self.by])
 
 
 def _shape(policy: Policy) -> tuple[Any, ...]:
@@ -486,7 +487,7 @@ class PolicyEngine:
     def _group(policy: Policy, firing: Firing) -> tuple[Any, ...]:
         """Suppression key: the policy and its suppress.by values (plus the tag for coverage)."""
         event = firing.event
-        group = (policy.id, *(_key_value(event.get(f)) for f in policy.suppress.by))
+        group = (policy.id, *(group_value(event.get(f)) for f in policy.suppress.by))
         if policy.aggregate and policy.aggregate.coverage:
             group = (*group, firing.measures.get("tag"))
         return group
@@ -540,12 +541,6 @@ def _reads_risk(policy: Policy, policy_set: PolicySet) -> bool:
     return False
 
 
-def _key_value(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(value)
-    if isinstance(value, dict):
-        return None
-    return value
 
 
 def _iso(epoch: float) -> str | None:

@@ -172,7 +172,7 @@ class AggregateWindow(_Groups):
             amount = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else 0.0
         value = None
         if self.distinct_field:
-            value = _hashable(event.get(self.distinct_field))
+            value = group_value(event.get(self.distinct_field))
         entries = tally.entries
         entries.append((now, event_id, amount, value))
         tally.total += amount
@@ -395,7 +395,9 @@ class SequenceWindow(_Groups):
         )
 
 
-def _hashable(value: Any) -> Any:
+def group_value(value: Any) -> Any:
+    """A field's value as a part of a group key or a distinct count: a list as a tuple, a mapping
+    as None (it names no group)."""
     if isinstance(value, list):
         return tuple(value)
     if isinstance(value, dict):
