@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from agent.background import Background
 from agent.content import saved
 from agent.content.chunks import MAX_ID, ChunkStream, FeatureTable
 from agent.content.textsim import MIN_SAMPLE, TextFeatures, TextSample, looks_like_text
@@ -90,24 +91,21 @@ class ContentCatalog:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._idle = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("content", self._run)
 
     # ---------------------------------------------------------------- life
 
     def start(self) -> None:
         """Fingerprint the tagged files in a background thread, then follow changes."""
-        self._thread = threading.Thread(target=self._run, name="exfilguard-content", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
         """Stop fingerprinting (and save the catalog); idempotent."""
         self._stop.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            if not self._thread.is_alive():  # else it may be changing the tables: not saved
-                self._save(force=True)
-            self._thread = None
+        # a thread still busy after the wait may be changing the tables: not saved then
+        if self._background.running and self._background.join():
+            self._save(force=True)
 
     def wait_ready(self, timeout: float) -> bool:
         """Wait until every tagged file known now is fingerprinted; False on timeout."""

@@ -29,6 +29,7 @@ from typing import Any
 
 import pyudev
 
+from agent.background import Background
 from agent.content.examiner import Examiner
 from agent.content.identify import Identification
 from agent.sensors import Emit, procinfo
@@ -98,7 +99,7 @@ class DeviceSensor:
         self._on_detach = on_detach
         self._attached: dict[str, pb.Device] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._background = Background("devices", self._run)
         self._stop = StopPipe()
         self._context: Any = None
         self._monitor: Any = None
@@ -115,13 +116,11 @@ class DeviceSensor:
             raise SensorError(f"udev monitor unavailable: {exc}") from exc
         for device in self._context.list_devices(subsystem="block"):
             self._seen(device, "present")
-        self._thread = threading.Thread(target=self._run, name="exfilguard-devices", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
         """Stop following udev; idempotent."""
-        self._stop.wake(self._thread)
-        self._thread = None
+        self._stop.wake(self._background)
         self._stop.close()
         self._monitor = None  # pyudev closes its netlink socket when the monitor goes
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.background import Background
 from agent.sensors import procinfo
 from agent.sensors.errors import FanotifyUnavailable
 from agent.sensors.finished import open_for_writing, temporary_name
@@ -219,7 +220,7 @@ class FanotifySensor:
         self._processes = procinfo.ProcessCache()
         self._me = os.getpid()
         self._stop = StopPipe()
-        self._reader: threading.Thread | None = None
+        self._reader = Background("fanotify", self._read_loop)
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._marked: set[tuple[str, str]] = set()
@@ -302,13 +303,11 @@ class FanotifySensor:
         """Run the reader and worker threads."""
         self._worker = threading.Thread(target=self._work_loop, name="exfilguard-fanotify-work", daemon=True)
         self._worker.start()
-        self._reader = threading.Thread(target=self._read_loop, name="exfilguard-fanotify", daemon=True)
         self._reader.start()
 
     def stop(self) -> None:
         """Stop reading, finish queued work, close the group; idempotent."""
         self._stop.wake(self._reader)
-        self._reader = None
         if self._worker is not None:
             self._work.put(None)
             self._worker.join(timeout=30)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+from agent.background import Background
 from agent.sensors import Emit, procinfo
 from agent.sensors.fingerprints import FingerprintIndex
 from protos import exfilguard_pb2 as pb
@@ -28,22 +29,19 @@ class InventorySensor:
         self._every = every_seconds
         self._check = check_seconds
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("inventory", self._run)
         self._sent_version = -1
         self._sent: dict[str, tuple[int, int]] = {}
 
     def start(self) -> None:
         """Report now, then keep reporting changes."""
         self.report()
-        self._thread = threading.Thread(target=self._run, name="exfilguard-inventory", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
         """Stop reporting; idempotent."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._background.join()
 
     def report(self, force: bool = True) -> bool:
         """Emit the inventory (if `force` or it changed); True if emitted."""

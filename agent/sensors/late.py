@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+from agent.background import Background
 from agent.sensors.copies import CopyDetector
 from agent.sensors.media import RemovableMedia, RemovableMount
 
@@ -41,7 +42,7 @@ class LateExaminer:
         self._copies = copies
         self._every = every
         self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("late", self._run)
         self._seen: set[str] = set()
         self._lock = threading.Lock()
         self.window: tuple[float, float] | None = None  # the last time nobody watched
@@ -61,15 +62,13 @@ class LateExaminer:
         self._media.subscribe(self._mount_changed)
         for mount in self._media.mounts():
             self._mount_changed(mount, appeared=True)
-        self._thread = threading.Thread(target=self._run, name="exfilguard-late", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
         """A clean stop: the window of the next start begins now."""
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        if self._background.running:
+            self._background.join()
             self._note()
 
     def _run(self) -> None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.background import Background
 from agent.sensors import Emit, procinfo
 from agent.sensors.media import RemovableMedia, RemovableMount
 from agent.sensors.stoppipe import StopPipe
@@ -87,7 +88,7 @@ class MountTable:
         self._lock = threading.Lock()
         self._table: dict[int, MountEntry] = {}
         self._tracked: dict[int, RemovableMount] = {}
-        self._thread: threading.Thread | None = None
+        self._background = Background("mounts", self._run)
         self._stop = StopPipe()
         self._fd = -1
         self._started = False  # mounts found by the first look were there before the agent
@@ -97,13 +98,11 @@ class MountTable:
         self._fd = os.open(self._path, os.O_RDONLY | os.O_CLOEXEC)
         self.recheck()
         self._started = True
-        self._thread = threading.Thread(target=self._run, name="exfilguard-mounts", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
         """Stop following; idempotent."""
-        self._stop.wake(self._thread)
-        self._thread = None
+        self._stop.wake(self._background)
         self._stop.close()
         with self._lock:
             if self._fd >= 0:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 import select
-import threading
+
+from agent.background import Background
 
 
 class StopPipe:
@@ -24,11 +25,11 @@ class StopPipe:
         """True when poll's `ready` list holds the wake-up: the thread should return."""
         return any(fd == self._read for fd, _ in ready)
 
-    def wake(self, thread: threading.Thread | None, timeout: float = 10) -> None:
-        """Wake `thread` (if any) and wait up to `timeout` seconds for it to end."""
-        if thread is not None:
+    def wake(self, background: Background, timeout: float = 10) -> None:
+        """Wake the thread of `background` (if it runs) and wait up to `timeout` seconds for it to end."""
+        if background.running:
             os.write(self._write, b"x")
-            thread.join(timeout=timeout)
+            background.join(timeout)
 
     def close(self) -> None:
         """Close both ends; idempotent."""

@@ -362,6 +362,7 @@ def test_stop_pipe_wakes_a_polling_thread_at_once() -> None:
     import threading
     import time
 
+    from agent.background import Background
     from agent.sensors.stoppipe import StopPipe
 
     stop = StopPipe()
@@ -374,14 +375,15 @@ def test_stop_pipe_wakes_a_polling_thread_at_once() -> None:
             pass
         returned.append(time.monotonic())
 
-    thread = threading.Thread(target=run, daemon=True)
+    thread = Background("test-poll", run)
     thread.start()
     started = time.monotonic()
     stop.wake(thread)
-    assert not thread.is_alive() and returned and returned[0] - started < 5
+    alive = [t for t in threading.enumerate() if t.name == thread.name]
+    assert not thread.running and not alive and returned and returned[0] - started < 5
     stop.close()
     stop.close()  # idempotent, as a sensor's stop()
-    stop.wake(None)
+    stop.wake(thread)  # nothing runs: nothing to wake
 
 
 def test_a_removable_write_waits_only_for_temporary_names_and_files_still_being_written(
