@@ -49,13 +49,11 @@ class PolicyListener:
         dispatcher: Dispatcher,
         store: Store | None = None,
         reloader: PolicyReloader | None = None,
-        reload_seconds: float = 0.0,
     ) -> None:
         self.engine = engine
         self.dispatcher = dispatcher
         self.store = store
         self.reloader = reloader
-        self.reload_seconds = reload_seconds
         self.alerts_sent = 0
         self.alerts_by_policy: dict[tuple[str, str], int] = {}  # (policy id, severity) -> sent
         self.alert_store_failures = 0
@@ -93,8 +91,7 @@ class PolicyListener:
             engine,
             Dispatcher.from_config(config.alerts),
             store,
-            PolicyReloader(config.policies, engine),
-            config.policy_reload_seconds,
+            PolicyReloader(config.policies, engine, config.policy_reload_seconds),
         )
         listener.keeper = keeps
         listener.start()
@@ -179,11 +176,12 @@ class PolicyListener:
             self._reload_requested = False
             self.reloader.snapshot = self.reloader.scan()
             self.reloader.reload()
-        elif self.reload_seconds > 0:
+        elif self.reloader.poll_seconds > 0:
             self.reloader.check()
 
     async def _tick_forever(self) -> None:
-        interval = min(TICK_SECONDS, self.reload_seconds) if self.reload_seconds > 0 else TICK_SECONDS
+        poll = self.reloader.poll_seconds if self.reloader is not None else 0.0
+        interval = min(TICK_SECONDS, poll) if poll > 0 else TICK_SECONDS
         try:
             while True:
                 await asyncio.sleep(interval)

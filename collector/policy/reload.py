@@ -26,9 +26,10 @@ Snapshot = tuple[tuple[str, int, int], ...]
 class PolicyReloader:
     """Watches the configured policy paths; `check()` reloads when a file changed, `reload()` always."""
 
-    def __init__(self, paths: Sequence[str | Path], engine: PolicyEngine) -> None:
+    def __init__(self, paths: Sequence[str | Path], engine: PolicyEngine, poll_seconds: float = 0.0) -> None:
         self.paths = list(paths)
         self.engine = engine
+        self.poll_seconds = poll_seconds  # how often to `check()` (0: never; SIGHUP still reloads)
         self.snapshot = self.scan()
         self._settling: Snapshot | None = None  # a change seen once, loaded if it holds
         self.reloads = 0
