@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -12,7 +13,9 @@ from admin import terminal
 from admin.configured import load_configured
 from collector.fleet.health import health
 from collector.store import AgentRecord, CollectorRecord, StoreError, open_store, presence
-from common.ecstime import ecs_time_at
+from collector.store.grants import GrantRecord
+from common.ecstime import ecs_now, ecs_time_at
+from common.errors import ExfilGuardError
 from common.yamlfile import YamlError
 
 _COLUMNS = (
@@ -43,13 +46,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             records = store.agents()
             collectors = store.fleet_collectors()
+            granted = store.grants(active_at=ecs_now())
         finally:
             store.close()
     except StoreError as exc:
         print(f"exfilguard agents: {exc}", file=sys.stderr)
         return 1
     silent_after = config.silent_agent_seconds
-    expected = _expected_config(config.agent_config, records)
+    expected = _expected_config(config.agent_config, records, granted, config.state_dir)
     if args.json:
         rows = [{**r.as_dict(), "health": health(r, silent_after)} for r in records]
         for row in rows:
@@ -74,18 +78,29 @@ def format_collectors(collectors: list[CollectorRecord], now: float | None = Non
     return terminal.table(rows)
 
 
-def _expected_config(fleet_path: str | None, records: list[AgentRecord]) -> dict[str, str]:
-    """agent id -> the central config version the fleet file gives it now (empty without one)."""
-    if not fleet_path:
+def _expected_config(
+    fleet_path: str | None, records: list[AgentRecord], granted: list[GrantRecord], state_dir: str
+) -> dict[str, str]:
+    """agent id -> the central config version the collector gives it now: the fleet file's settings
+    with its host's grants (empty with neither)."""
+    if not fleet_path and not granted:
         return {}
+    from collector.evidence import keys
     from collector.fleet import config as fleetconfig
+    from collector.fleet.grants import ActiveGrants
 
     try:
-        fleet = fleetconfig.load(fleet_path)
+        fleet = fleetconfig.load(fleet_path) if fleet_path else fleetconfig.FleetConfig("")
     except YamlError as exc:
         print(f"exfilguard agents: agent_config not read, expected versions left out: {exc}", file=sys.stderr)
         return {}
-    return {r.id: fleet.effective(r.id, r.host).version for r in records}
+    grant_key = ""  # the key the collector pushes with the grants: from the public file, else the key's
+    for name in (keys.PUBLIC_FILE, keys.KEY_FILE):
+        with contextlib.suppress(ExfilGuardError, OSError):
+            grant_key = grant_key or keys.PublicKey.load(keys.key_dir(state_dir) / name).b64()
+    grants = ActiveGrants(grant_key)
+    grants.refresh(granted)
+    return {r.id: fleet.effective(r.id, r.host, grants).version for r in records}
 
 
 def format_table(

@@ -23,7 +23,6 @@ Two questions, each answered from what the kernel holds still and what lineage r
 
 from __future__ import annotations
 
-import datetime as dt
 import grp
 import logging
 import os
@@ -33,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.prevent import procs
+from agent.prevent import grants, procs
 from agent.sensors import procinfo
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow
@@ -98,14 +97,10 @@ class Decider:
         """Whether a time-boxed exception lets this user put data on this device now; reported."""
         if not self._exceptions:
             return False
-        name = procinfo.user_name(uid)
-        serial = self.device_serial(stick_path)
-        now = dt.datetime.now(dt.UTC)
-        for grant in self._exceptions:
-            if grant.user == name and now < grant.until and (not grant.device or grant.device == serial):
-                self.on_exception(pid, stick_path, grant, verdict)
-                return True
-        return False
+        grant = grants.covering(self._exceptions, procinfo.user_name(uid), self.device_serial(stick_path))
+        if grant is not None:
+            self.on_exception(pid, stick_path, grant, verdict)
+        return grant is not None
 
     # ------------------------------------------------------ removable media
 

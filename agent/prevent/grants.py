@@ -12,8 +12,10 @@ and reported as `prevent.exception_refused`.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 from agent import identity
@@ -57,6 +59,15 @@ def refusal(grant: PreventException, key_b64: str, host: str) -> str | None:
                 "(changed since it was granted, or granted elsewhere)")
     if grant.host.lower() != host.lower():
         return f"granted for host {grant.host!r}, not this one ({host!r})"
+    return None
+
+
+def covering(exceptions: Sequence[PreventException], user: str, serial: str) -> PreventException | None:
+    """The exception that lets `user` put data on the device with `serial` now, if any."""
+    now = dt.datetime.now(dt.UTC)
+    for grant in exceptions:
+        if grant.user == user and now < grant.until and (not grant.device or grant.device == serial):
+            return grant
     return None
 
 

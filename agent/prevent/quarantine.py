@@ -23,13 +23,16 @@ import queue
 import shutil
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from agent.prevent import grants
 from agent.prevent.errors import PreventError
 from agent.prevent.notify import tell_user
 from agent.sensors import Emit, procinfo
 from agent.sensors.media import RemovableMedia
+from common.agentconfig import PreventException
 from protos import exfilguard_pb2 as pb
 from protos.events import new_event
 
@@ -110,10 +113,12 @@ class Quarantine:
 
     name = "quarantine"
 
-    def __init__(self, state_dir: str, media: RemovableMedia, emit: Emit) -> None:
+    def __init__(self, state_dir: str, media: RemovableMedia, emit: Emit,
+                 exceptions: Sequence[PreventException] = ()) -> None:
         self.where = directory(state_dir)
         self.media = media
         self._emit = emit
+        self._exceptions = list(exceptions)  # grants the agent honours: their copies stay on the stick
         self._work: queue.Queue[pb.Event | None] = queue.Queue(MAX_PENDING)
         self._thread: threading.Thread | None = None
         self.moved = 0
@@ -139,8 +144,10 @@ class Quarantine:
         copy = event.exfilguard.copy
         evidenced = (copy.identified_by in EVIDENCE and copy.confidence >= 0.5) or (
             not copy.identified_by and "fingerprint" in copy.method)
-        if not evidenced or self.media.mount_for(event.file.path) is None:
+        if not evidenced or (mount := self.media.mount_for(event.file.path)) is None:
             return
+        if grants.covering(self._exceptions, event.user.name, mount.device.serial) is not None:
+            return  # copied under an officer's grant (reported as file.allow): not to be taken back
         try:
             self._work.put_nowait(event)
         except queue.Full:

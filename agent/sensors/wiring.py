@@ -53,7 +53,9 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
                              saved_path=saved_path)
     examiner = Examiner(ContentIdentifier(catalog, index), on_loss=content_lost)
     blocking = config.prevent.removable_writes == "block"
-    quarantine = Quarantine(config.state_dir, media, emit) if blocking else None
+    # only exceptions the collector signed for this host (agent/prevent/grants.py)
+    prevent = grants.honoured(config.prevent, config.state_dir, emit) if blocking else config.prevent
+    quarantine = Quarantine(config.state_dir, media, emit, prevent.exceptions) if blocking else None
 
     def copy_emit(event: pb.Event) -> None:
         emit(event)
@@ -66,9 +68,8 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):
         reporter = AccessReporter(tags, index, copies, staging, emit, media=media)
         exact = ExactAccessSensor(tags, reporter, media)
-    # only exceptions the collector signed for this host (agent/prevent/grants.py)
-    content_guard = (ContentGuard(grants.honoured(config.prevent, config.state_dir, emit), tags, index,
-                                  media, emit, flow=copies.flow) if blocking else None)
+    content_guard = (ContentGuard(prevent, tags, index, media, emit, flow=copies.flow)
+                     if blocking else None)
     markers = [m.mark_dir for m in (exact, content_guard) if m is not None]
 
     def new_dir(path: str) -> None:
