@@ -138,8 +138,8 @@ def test_a_grant_lets_exactly_its_user_copy_until_revoked_and_a_tampered_one_is_
     alert = _alerts(pipeline, "prevent-copy-allowed-by-grant")[0]
     assert why in alert["summary"] and alert["severity"] == "medium"
     kept = point / f"nobody-{cp.attempts - 1}.db"  # the granted copy: not quarantined as tagged data
-    copied = lambda: [e for e in _events(pipeline, "file.copy") if e["file.path"] == str(kept)]  # noqa: E731
-    wait_for(lambda: bool(copied()), 30, "the granted copy to be reported", pipeline.diagnose)
+    wait_for(lambda: any(e["file.path"] == str(kept) for e in _events(pipeline, "file.copy")), 30,
+             "the granted copy to be reported", pipeline.diagnose)
 
     _cli(pipeline, "revoke", granted["id"])
     revoked = _settled(pipeline, cp, first)
