@@ -7,7 +7,8 @@ to it: it reads the shared event log (collector/store/policylog.py), per agent f
 to `chains.stored`, so events taken by any collector meet the same windows, sequences and
 suppression, and a user's window spans hosts and collectors.
 
-One step: read what is new (at most PER_STEP events, PER_AGENT of each agent), evaluate it in
+One step: read what is new (at most PER_STEP events, PER_AGENT of each agent, AGENTS_PER_STEP
+agents, going round the agents in id order so none starves), evaluate it in
 event-time order (each agent's in sequence order), then commit the alerts, the cursors and the
 suppression windows it changed in one transaction on the lock's session, and only then hand the
 alerts to the sinks. A step whose session was lost cannot commit: its alerts are dropped and the
@@ -51,6 +52,7 @@ POLL_SECONDS = 0.2  # how often the leader looks for new events (alert latency g
 STANDBY_SECONDS = 1.0  # how often a standby asks for the lead
 PER_AGENT = 500
 PER_STEP = 5_000
+AGENTS_PER_STEP = 2_000
 FOLLOW_UP_SECONDS = 1.0  # suppression follow-ups go out within about this long of their window closing
 
 Fields = EventView | dict[str, Any]
@@ -71,6 +73,7 @@ class FleetEvaluator:
         self.evaluated = 0
         self._mappings: list[dict[str, Any]] = []
         self._followed_at = 0.0
+        self._mark = ""  # the last agent a step cut short served: the next one begins after it
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         listener.follow_ups = False  # they are the leader's, committed like any alert
@@ -134,7 +137,7 @@ class FleetEvaluator:
             return False
         engine = self.listener.engine
         try:
-            rows = self.policy_log.pending(conn, PER_AGENT, PER_STEP)
+            rows = self.policy_log.pending(conn, self._mark, AGENTS_PER_STEP, PER_AGENT, PER_STEP)
             mappings, self._mappings = self._mappings, []
             alerts: list[RaisedAlert] = []
             for event in self._in_time_order(rows):
@@ -161,7 +164,10 @@ class FleetEvaluator:
         self.evaluated += len(rows) + len(mappings)
         if alerts:
             self.listener.raise_alerts(alerts, stored=True)
-        return len(rows) >= PER_STEP
+        more = len(rows) >= PER_STEP or len(step.cursors) >= AGENTS_PER_STEP
+        # A step cut short goes on after the last agent it served; one that took all begins at the start.
+        self._mark = rows[-1][0] if more else ""
+        return more
 
     def _evaluate(self, event: Fields) -> list[RaisedAlert]:
         try:

@@ -33,14 +33,16 @@ _SCHEMA = (
     " until DOUBLE PRECISION NOT NULL, state TEXT NOT NULL)",
 )
 _START_CURSORS = "INSERT INTO policy_cursors (agent_id, sequence) SELECT agent_id, stored FROM chains"
-# (per_agent, total): events after each agent's cursor up to its stored prefix, each agent's in order.
+# (mark, agents, per_agent, total): events after each agent's cursor up to its stored prefix, each
+# agent's in order, from at most `agents` agents taken in id order after `mark` and then from the
+# start (so a busy agent early in the order never starves the rest). The agents are chosen (and
+# sorted) first; the events are then read per agent, in that order, until `total`.
 _PENDING = (
-    "SELECT c.agent_id, e.sequence, e.data FROM chains c"
-    " LEFT JOIN policy_cursors p ON p.agent_id = c.agent_id"
-    " CROSS JOIN LATERAL (SELECT sequence, data FROM events e WHERE e.agent_id = c.agent_id"
-    " AND e.sequence > COALESCE(p.sequence, 0) AND e.sequence <= c.stored"
-    " ORDER BY e.sequence LIMIT %s) e"
-    " WHERE c.stored > COALESCE(p.sequence, 0) LIMIT %s"
+    "SELECT a.agent_id, a.done, e.sequence, e.data FROM (SELECT c.agent_id, c.stored,"
+    " COALESCE(p.sequence, 0) AS done FROM chains c LEFT JOIN policy_cursors p ON p.agent_id = c.agent_id"
+    " WHERE c.stored > COALESCE(p.sequence, 0) ORDER BY c.agent_id <= %s, c.agent_id LIMIT %s) a"
+    " CROSS JOIN LATERAL (SELECT sequence, data FROM events e WHERE e.agent_id = a.agent_id"
+    " AND e.sequence > a.done AND e.sequence <= a.stored ORDER BY e.sequence LIMIT %s) e LIMIT %s"
 )
 # (since,): what the windows hold at the cursors: evaluated events newer than `since`.
 _EVALUATED = (
@@ -94,10 +96,21 @@ class PolicyLog:
                 conn.execute(statement)
             conn.execute(_START_CURSORS)
 
-    def pending(self, conn: Connection, per_agent: int, total: int) -> list[tuple[str, int, bytes]]:
-        """(agent id, sequence, stored bytes) of events not evaluated yet, each agent's in order."""
-        rows = conn.execute(_PENDING, (per_agent, total)).fetchall()
-        return [(str(agent), int(seq), bytes(data)) for agent, seq, data in rows]
+    def pending(
+        self, conn: Connection, mark: str, agents: int, per_agent: int, total: int
+    ) -> list[tuple[str, int, bytes]]:
+        """(agent id, sequence, stored bytes) of events not evaluated yet, agents in id order after
+        `mark` first, each agent's events in order."""
+        rows = conn.execute(_PENDING, (mark, agents, per_agent, total)).fetchall()
+        # Each agent's events must run on from its cursor without a hole, whatever order the
+        # server returned them in: what does not is left for the next step.
+        out: list[tuple[str, int, bytes]] = []
+        last: dict[str, int] = {}
+        for agent, done, seq, data in sorted(rows, key=lambda r: (r[0] <= mark, r[0], r[2])):
+            if int(seq) == last.get(agent, int(done)) + 1:
+                last[agent] = int(seq)
+                out.append((str(agent), int(seq), bytes(data)))
+        return out
 
     def evaluated(self, conn: Connection, since: str) -> Iterator[bytes]:
         """Stored bytes of evaluated events (at or below the cursors) from `since` (ECS time), by time."""
