@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import tempfile
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -39,6 +40,7 @@ def run_worker(
     and return True: the caller is done."""
     if not args.worker:
         return False
+    open_files()
     asyncio.run(worker(args))
     return True
 
@@ -48,3 +50,12 @@ def batch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batches", type=int, default=50, help="batches per agent")
     parser.add_argument("--batch-size", type=int, default=500, help="events per batch")
     parser.add_argument("--window", type=int, default=8, help="unacked batches per agent (as the agent)")
+
+
+def open_files() -> int:
+    """Lift this process's soft open-files limit to the hard one (each simulated agent holds a
+    socket; the soft limit is often 1,024) and return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard

@@ -4,7 +4,9 @@
 
 A real collector process; the agents run in `--workers` load-generator processes, each agent
 with its own channel (its own TCP connection, as real agents have), sending hello and then a
-heartbeat every `--heartbeat` seconds for `--hold` seconds. Checked: every agent got its
+heartbeat every `--heartbeat` seconds for `--hold` seconds. A load process sends its agents'
+heartbeats from one task, spread over the interval (no timer per agent): the two cores go to
+the collector, not to the simulation. Checked: every agent got its
 hello ack, no stream ended early, and the collector's own fleet registry (read from its
 store, as `exfilguard agents` does) lists every agent as connected. Reported: the
 collector's RSS with all streams open, as a ratio to its idle RSS measured in the same run
@@ -20,6 +22,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import resource
 import shutil
 import subprocess
 import sys
@@ -44,63 +47,96 @@ GiB = 1 << 30
 # ------------------------------------------------------------------ load generator (worker)
 
 
-async def _agent(address: str, agent_id: str, args: argparse.Namespace, ready: asyncio.Queue[str],
-                 stop: asyncio.Event) -> bool:
-    """One idle agent; True if its stream stayed up until told to stop."""
-    # a subchannel pool of its own: gRPC otherwise shares one TCP connection between every
-    # channel of a process to the same address (thousands of streams on one HTTP/2 connection)
-    async with grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)]) as channel:
-        out: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
+class _Agent:
+    """One idle agent's channel and stream; `broken` once anything but silence came back."""
 
-        async def requests() -> Any:
-            while (message := await out.get()) is not None:
-                yield message
+    def __init__(self, address: str) -> None:
+        # a subchannel pool of its own: gRPC otherwise shares one TCP connection between every
+        # channel of a process to the same address (thousands of streams on one HTTP/2 connection)
+        self.channel = grpc.aio.insecure_channel(address, options=[("grpc.use_local_subchannel_pool", 1)])
+        self.call = pb_grpc.IngestStub(self.channel).Stream()
+        self.broken = False
 
-        call = pb_grpc.IngestStub(channel).Stream(requests())
+    async def hello(self, agent_id: str) -> str:
+        """Say hello; "" when acknowledged, else why not."""
         hello = pb.Hello(agent_id=agent_id, version="bench", hostname=f"ws-{agent_id}")
-        await out.put(pb.AgentMessage(hello=hello))
         try:
-            reply = await asyncio.wait_for(call.read(), timeout=120)
+            await self.call.write(pb.AgentMessage(hello=hello))
+            reply = await asyncio.wait_for(self.call.read(), timeout=120)
         except grpc.aio.AioRpcError as exc:
-            await ready.put(f"{exc.code().name}: {(exc.details() or '')[:80]}")
-            return False
+            return f"{exc.code().name}: {(exc.details() or '')[:80]}"
         except TimeoutError:
-            await ready.put("no answer to the hello within 120 s")
-            return False
-        ok = isinstance(reply, pb.CollectorMessage) and reply.WhichOneof("body") == "ack"
-        await ready.put("" if ok else f"answered the hello with {reply!r:.60}")
-        ended = asyncio.ensure_future(call.read())  # anything but silence means the stream broke
-        while not stop.is_set():
-            await out.put(pb.AgentMessage(heartbeat=pb.Heartbeat(sent=events.now(), backlog=0)))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(stop.wait()), timeout=args.heartbeat)
-            if ended.done():
-                ok = False
-                break
-        ok = ok and not ended.done()
-        await out.put(None)
-        ended.cancel()
-        call.cancel()
+            return "no answer to the hello within 120 s"
+        if isinstance(reply, pb.CollectorMessage) and reply.WhichOneof("body") == "ack":
+            return ""
+        return f"answered the hello with {reply!r:.60}"
+
+    async def heartbeat(self) -> None:
+        """One heartbeat; a stream that ended or refuses it is broken."""
+        if self.call.done():
+            self.broken = True
+            return
+        try:
+            await self.call.write(pb.AgentMessage(heartbeat=pb.Heartbeat(sent=events.now(), backlog=0)))
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError):
+            self.broken = True
+
+    async def close(self) -> bool:
+        """End the stream; True if it stayed up until now."""
+        ok = not self.broken and not self.call.done()
+        self.call.cancel()
+        await self.channel.close()
         return ok
 
 
+async def _heartbeats(agents: list[_Agent], every: float, stop: asyncio.Event) -> None:
+    """Every agent's heartbeat each `every` seconds, spread evenly, from one task: the load
+    generator keeps no timer per agent, so the figure measures the collector."""
+    step = 100
+    while not stop.is_set():
+        started = time.monotonic()
+        count = len(agents)
+        for first in range(0, count, step):
+            for agent in agents[first : first + step]:
+                await agent.heartbeat()
+            pause = started + every * min(count, first + step) / max(count, 1) - time.monotonic()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=max(pause, 0))
+            if stop.is_set():
+                return
+        if not count:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+
+
 async def _worker(args: argparse.Namespace) -> None:
-    ready: asyncio.Queue[str] = asyncio.Queue()
     stop = asyncio.Event()
     ids = [f"idle-{n:05d}" for n in range(args.first_agent, args.first_agent + args.agents)]
-    tasks = []
+    agents: list[_Agent] = []  # acknowledged ones, heartbeating
+    beating = asyncio.create_task(_heartbeats(agents, args.heartbeat, stop))
+
+    async def connect(agent_id: str) -> str:
+        agent = _Agent(args.worker)
+        why = await agent.hello(agent_id)
+        if why:
+            agent.call.cancel()
+            await agent.channel.close()
+        else:
+            agents.append(agent)
+        return why
+
+    hellos = []
     for agent_id in ids:
-        tasks.append(asyncio.create_task(_agent(args.worker, agent_id, args, ready, stop)))
+        hellos.append(asyncio.create_task(connect(agent_id)))
         await asyncio.sleep(args.pace)  # a fleet does not connect in one microsecond either
-    failures: collections.Counter[str] = collections.Counter()
-    for _ in ids:
-        failures[await ready.get()] += 1
+    failures = collections.Counter(await asyncio.gather(*hellos))
     acked = failures.pop("", 0)
     print(json.dumps({"acked": acked, "failures": failures}), flush=True)
     line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     assert line.strip() == "stop"
     stop.set()
-    alive = sum(await asyncio.gather(*tasks))
+    await beating
+    alive = sum(await asyncio.gather(*(agent.close() for agent in agents)))
     print(json.dumps({"alive": alive}), flush=True)
 
 
@@ -200,6 +236,10 @@ def main() -> None:
     args = parser.parse_args()
     if _cli.run_worker(args, _worker):
         return
+    files = _cli.open_files()
+    if files != resource.RLIM_INFINITY and files < args.agents / args.workers + 256:
+        print(f"warning: open files limit {files} is below what {args.agents} agents in {args.workers} "
+              "processes need: raise ulimit -Hn, or add --workers", flush=True)
     directory = _cli.scratch("idle")
     try:
         print(f"idle streams: {args.agents} agents in {args.workers} processes, heartbeat every "

@@ -28,7 +28,7 @@ from collector.fleet.registry import FleetRegistry
 from collector.listeners import EventListener, notify_stored
 from collector.metrics import CollectorMetrics
 from collector.store.base import IngestResult, Store, StoreError
-from collector.streamlimits import RefusalLog, Slots, StreamLimits, peer_host
+from collector.streamlimits import IdleStreams, RefusalLog, Slots, StreamLimits, StreamWatch, peer_host
 from collector.wirecheck import (
     MAX_SEQUENCE_AHEAD,
     Malformed,
@@ -53,6 +53,7 @@ _CHAIN_HOLD_SECONDS = 10.0
 _CHAIN_STALL_SECONDS = 1.0
 _CHAIN_LOOK_SECONDS = 0.05
 _STREAM_PIPELINE = 16  # batches of one stream read ahead of their commit (bounds memory per stream)
+_ACKER = "acker"  # why a stream's reading was ended: its acker failed
 
 T = TypeVar("T")
 # What a stream's acker writes, in order: a batch's ack once committed, a pushed config, or the end.
@@ -212,6 +213,16 @@ INGEST_SERVICE = pb.DESCRIPTOR.services_by_name["Ingest"].full_name
 _Context = grpc.aio.ServicerContext[pb.AgentMessage, pb.CollectorMessage]
 
 
+def _ending_with(watch: StreamWatch) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback for a stream's acker: an acker that failed ends the stream's reading too."""
+
+    def done(acker: asyncio.Task[None]) -> None:
+        if not acker.cancelled() and acker.exception() is not None:
+            watch.end(_ACKER)
+
+    return done
+
+
 class IngestServicer(pb_grpc.IngestServicer):
     """The agents' stream endpoint: validates, stores via the writer, acknowledges, tells listeners."""
 
@@ -233,6 +244,7 @@ class IngestServicer(pb_grpc.IngestServicer):
         self.limits = limits or StreamLimits()
         self._pending = Slots(self.limits.max_pending_hellos, self.limits.max_pending_hellos_per_peer)
         self._agents = Slots(self.limits.max_streams, self.limits.max_streams_per_peer)
+        self._idle = IdleStreams(self.limits.idle_stream_seconds)
         self._refusals = RefusalLog(log)
         self._alarms = RefusalLog(log, level=logging.ERROR)  # hello claims any agent can repeat
 
@@ -363,63 +375,35 @@ class IngestServicer(pb_grpc.IngestServicer):
         acker = asyncio.create_task(
             self._acknowledge(agent_id, context, inflight, acked), name=f"ack-{agent_id}"
         )
+        # No timer per stream: one sweep ends quiet streams, and an acker that fails (store
+        # failure) ends the reading here the same way, by cancelling this task.
+        watch = self._idle.watch()
+        acker.add_done_callback(_ending_with(watch))
         # Config pushed after a reload goes through the acker too: one writer per stream.
         pushing: PushStream | None = None
         if self._pusher is not None and hello is not None:
             pushing = self._pusher.attach(hello, config_sent, inflight.put)
-        idle = self.limits.idle_stream_seconds or None
         try:
-            while True:
-                reading = asyncio.ensure_future(context.read())
-                await asyncio.wait({reading, acker}, timeout=idle, return_when=asyncio.FIRST_COMPLETED)
-                if not reading.done():
-                    reading.cancel()
-                    if acker.done():  # the acker ended the stream (store failure)
-                        await acker
-                        return
-                    # Nothing for idle_stream_seconds, not even a heartbeat: a dead or stuck agent.
-                    self._metrics.stream_rejected("DEADLINE_EXCEEDED", metrics.IDLE)
-                    log.info("closing an idle stream", extra={"agent_id": agent_id, "idle_seconds": idle})
-                    await context.abort(
-                        grpc.StatusCode.DEADLINE_EXCEEDED,
-                        f"nothing received for {idle:g} s (idle_stream_seconds); reconnect",
-                    )
-                message: object = reading.result()
-                if isinstance(message, Malformed):
-                    await self._reject(context, agent_id, message.problem, message.reason, message.sequence)
-                if not isinstance(message, pb.AgentMessage):  # EOF: the agent closed its side
-                    await inflight.put(None)
-                    await acker
-                    return
-                kind = message.WhichOneof("body")
-                if kind == "batch":
-                    events = message.batch.events
-                    refusal = batch_refusal(agent_id, events, acked[0] + MAX_SEQUENCE_AHEAD)
-                    if refusal:
-                        await self._reject(
-                            context, agent_id, refusal.problem, metrics.BAD_BATCH, refusal.sequence
-                        )
-                    self._registry.seen(agent_id)
-                    await inflight.put(self._writer.submit(agent_id, events))
-                elif kind == "heartbeat":
-                    problem = heartbeat_problem(message.heartbeat)
-                    if problem:
-                        await self._reject(context, agent_id, problem, metrics.BAD_HEARTBEAT)
-                    self._registry.heartbeat(agent_id, message.heartbeat)
-                    if pushing is not None:
-                        ConfigPusher.reported(pushing, message.heartbeat.config_version)
-                elif kind == "hello":
-                    await self._reject(
-                        context,
-                        agent_id,
-                        "hello may only be the first message of a stream",
-                        metrics.REPEATED_HELLO,
-                    )
-                else:
-                    await self._reject(
-                        context, agent_id, "empty AgentMessage (no body set)", metrics.EMPTY_MESSAGE
-                    )
+            await self._take_messages(agent_id, context, inflight, acked, watch, pushing)
+            await acker
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not watch.ending or task is None:
+                raise
+            task.uncancel()
+            if watch.ending == _ACKER:
+                await acker  # raises what ended the stream (its abort)
+                return
+            # Nothing for idle_stream_seconds, not even a heartbeat: a dead or stuck agent.
+            idle = self._idle.idle_seconds
+            self._metrics.stream_rejected("DEADLINE_EXCEEDED", metrics.IDLE)
+            log.info("closing an idle stream", extra={"agent_id": agent_id, "idle_seconds": idle})
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"nothing received for {idle:g} s (idle_stream_seconds); reconnect",
+            )
         finally:
+            self._idle.forget(watch)
             if pushing is not None and self._pusher is not None:
                 self._pusher.detach(pushing)
             if not acker.done():
@@ -428,6 +412,54 @@ class IngestServicer(pb_grpc.IngestServicer):
             # it) must have its exception retrieved, or asyncio logs it as an ERROR traceback.
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await acker
+
+    async def _take_messages(  # noqa: PLR0917 (the stream's state, passed from _serve)
+        self,
+        agent_id: str,
+        context: _Context,
+        inflight: asyncio.Queue[_Outgoing],
+        acked: list[int],
+        watch: StreamWatch,
+        pushing: PushStream | None,
+    ) -> None:
+        """Read the stream's messages until the agent closes its side (then queue the end for the acker)."""
+        clock = time.monotonic
+        while True:
+            message: object = await context.read()
+            watch.heard = clock()
+            if isinstance(message, Malformed):
+                await self._reject(context, agent_id, message.problem, message.reason, message.sequence)
+            if not isinstance(message, pb.AgentMessage):  # EOF: the agent closed its side
+                await inflight.put(None)
+                return
+            kind = message.WhichOneof("body")
+            if kind == "batch":
+                events = message.batch.events
+                refusal = batch_refusal(agent_id, events, acked[0] + MAX_SEQUENCE_AHEAD)
+                if refusal:
+                    await self._reject(
+                        context, agent_id, refusal.problem, metrics.BAD_BATCH, refusal.sequence
+                    )
+                self._registry.seen(agent_id)
+                await inflight.put(self._writer.submit(agent_id, events))
+            elif kind == "heartbeat":
+                problem = heartbeat_problem(message.heartbeat)
+                if problem:
+                    await self._reject(context, agent_id, problem, metrics.BAD_HEARTBEAT)
+                self._registry.heartbeat(agent_id, message.heartbeat)
+                if pushing is not None:
+                    ConfigPusher.reported(pushing, message.heartbeat.config_version)
+            elif kind == "hello":
+                await self._reject(
+                    context,
+                    agent_id,
+                    "hello may only be the first message of a stream",
+                    metrics.REPEATED_HELLO,
+                )
+            else:
+                await self._reject(
+                    context, agent_id, "empty AgentMessage (no body set)", metrics.EMPTY_MESSAGE
+                )
 
     async def _acknowledge(
         self,

@@ -6,12 +6,17 @@ lasts at most `hello_timeout_seconds`. Only after a valid hello does a stream ta
 `max_streams` slots (and, if `max_streams_per_peer` is set, one of its address's). So idle or
 slow connections can never take the places of real agents.
 
+`IdleStreams` ends a stream that sent nothing, not even a heartbeat, for `idle_stream_seconds`:
+one sweep over every open stream a few times per limit, so an idle stream costs no timer and no
+wake-up of its own (ten thousand heartbeating agents would otherwise re-arm a timer each time).
+
 `RefusalLog` keeps what any peer can provoke (refusals at WARNING, a hello's alarming claims at
 ERROR) from flooding the log: a few lines a second, then one line saying how many were not logged.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import time
@@ -72,6 +77,66 @@ class Slots:
     def of(self, peer: str) -> int:
         """Streams open from `peer`."""
         return self._by_peer.get(peer, 0)
+
+
+_SWEEP_SECONDS = 30.0  # at most this long between two looks: an idle stream ends within this of its limit
+
+
+class StreamWatch:
+    """One stream watched by `IdleStreams`: the task serving it, when it last spoke, why it is ending."""
+
+    __slots__ = ("ending", "heard", "task")
+
+    def __init__(self, task: asyncio.Task[object]) -> None:
+        self.task = task
+        self.heard = time.monotonic()  # set by the serving task at every message
+        self.ending = ""  # why `end` cancelled the task ("" while it runs)
+
+    def end(self, why: str) -> None:
+        """End the stream: cancel its serving task, which reads `ending` to say why."""
+        if not self.ending:
+            self.ending = why
+            self.task.cancel()
+
+
+class IdleStreams:
+    """Ends watched streams quiet for `idle_seconds` (0: never), from one sweep task.
+
+    The sweep runs only while some stream is watched, every quarter of the limit (at most
+    every 30 s), so a quiet stream ends between `idle_seconds` and that much later.
+    """
+
+    IDLE = "idle"
+
+    def __init__(self, idle_seconds: float) -> None:
+        self.idle_seconds = idle_seconds
+        self._watched: set[StreamWatch] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def watch(self) -> StreamWatch:
+        """Watch the stream the current task serves, until `forget`."""
+        task = asyncio.current_task()
+        assert task is not None, "called from a task serving a stream"
+        watched = StreamWatch(task)
+        self._watched.add(watched)
+        if self.idle_seconds and self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="idle-streams")
+        return watched
+
+    def forget(self, watched: StreamWatch) -> None:
+        """The stream ended."""
+        self._watched.discard(watched)
+
+    async def _sweep(self) -> None:
+        interval = min(self.idle_seconds / 4, _SWEEP_SECONDS)
+        try:
+            while self._watched:
+                await asyncio.sleep(interval)
+                quiet_since = time.monotonic() - self.idle_seconds
+                for watched in [w for w in self._watched if w.heard < quiet_since]:
+                    watched.end(self.IDLE)
+        finally:
+            self._sweeper = None  # the next watched stream starts another
 
 
 class RefusalLog:

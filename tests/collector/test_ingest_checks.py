@@ -280,3 +280,26 @@ def test_a_silent_stream_is_closed_and_a_heartbeating_one_is_not(tmp_path: Path)
             beating.send_events(make_events("beating", 1, 3))
             assert beating.ack() == 3
         assert collector.stop() == 0
+
+
+def test_a_batch_the_store_cannot_take_ends_its_stream_unacknowledged(tmp_path: Path) -> None:
+    # The idle sweep is off: only the failed commit may end the stream.
+    config = write_collector_config(tmp_path, idle_stream_seconds=0)
+    with start_collector(config) as collector:
+        db = sqlite3.connect(tmp_path / "collector.db")
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events WHEN NEW.agent_id = 'doomed'"
+            " BEGIN SELECT RAISE(ABORT, 'disk says no'); END"
+        )
+        db.commit()
+        db.close()
+        with AgentStream(collector.address, "doomed") as doomed, AgentStream(collector.address, "fine") as fine:
+            assert doomed.ack() == 0
+            assert fine.ack() == 0
+            doomed.send_events(make_events("doomed", 1, 3))
+            code, details = doomed.status()
+            assert code == grpc.StatusCode.UNAVAILABLE
+            assert "could not store" in details
+            fine.send_events(make_events("fine", 1, 3))
+            assert fine.ack() == 3
+        assert collector.stop() == 0
