@@ -7,6 +7,7 @@ compare and index them as strings. protos.events writes protobuf Timestamps in t
 from __future__ import annotations
 
 import datetime as dt
+import math
 
 ECS_SECONDS = "%Y-%m-%dT%H:%M:%S."  # the part before the microseconds
 ECS_TIME = ECS_SECONDS + "%fZ"  # UTC, microseconds, trailing Z: sorts as text
@@ -22,9 +23,30 @@ def ecs_time(moment: dt.datetime) -> str:
     return moment.strftime(ECS_TIME)
 
 
+# The latest second and its text, as one tuple (read and replaced atomically from any thread).
+_LAST_SECOND: list[tuple[int, str]] = [(0, "1970-01-01T00:00:00.")]
+
+
 def ecs_time_at(epoch: float) -> str:
-    """ECS time string of a wall-clock time in seconds since the epoch."""
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime(ECS_TIME)
+    """ECS time string of a wall-clock time in seconds since the epoch.
+
+    The text of `datetime.fromtimestamp(epoch, UTC)` (its rounding of the microseconds, half to
+    even, repeated here), with the part before the microseconds kept for the latest second: a
+    registry flush writes thousands of times of the same second.
+    """
+    fraction, whole = math.modf(epoch)
+    micro = round(fraction * 1e6)
+    if micro >= 1_000_000:
+        micro -= 1_000_000
+        whole += 1.0
+    elif micro < 0:
+        micro += 1_000_000
+        whole -= 1.0
+    second = int(whole)
+    last = _LAST_SECOND[0]
+    if last[0] != second:
+        last = _LAST_SECOND[0] = (second, dt.datetime.fromtimestamp(second, dt.UTC).strftime(ECS_SECONDS))
+    return f"{last[1]}{micro:06d}Z"
 
 
 def ecs_now() -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import dataclasses
 import functools
 import json
 import threading
@@ -134,7 +133,9 @@ def fresh_events(batch: Iterable[Any], stored: int) -> dict[int, Any]:
 
 def agent_params(updates: Sequence[AgentUpdate], now: str) -> list[dict[str, Any]]:
     """The named parameters of the registry upsert, one dict per update."""
-    return [{**dataclasses.asdict(u), "first_seen": u.seen or now} for u in updates]
+    # vars, not dataclasses.asdict: the fields are flat, and asdict's deep copy was most of a
+    # registry flush of thousands of heartbeating agents
+    return [{**vars(u), "first_seen": u.seen or now} for u in updates]
 
 
 def alert_row(location: str, alert: Mapping) -> tuple[str, str, str, str, str]:
