@@ -34,7 +34,7 @@ from agent import identity as agent_identity
 from agent.prevent import grants as prevent_grants
 from agent.sensors import Sensor
 from agent.sensors.errors import SensorError
-from agent.sensors.wiring import build_sensors
+from agent.sensors.wiring import build_sensors, take_exceptions
 from agent.spool import Spool, SpoolError
 from agent.transport import Transport, TransportConfigError
 from common import agentconfig as agent_config
@@ -83,7 +83,8 @@ class Agent:
 
     `local_config` is agent.yaml; `config` is what runs: the central config the collector
     pushed (kept in state_dir) merged over it. A push is applied live on a thread of its own:
-    the sensors are stopped and rebuilt when tags, removable, sensors or prevent settings change.
+    the sensors are stopped and rebuilt when tags, removable, sensors or prevent settings change
+    (a change of the grants alone is handed to the guard in place).
     """
 
     def __init__(self, config: agent_config.AgentConfig, config_path: str) -> None:
@@ -265,6 +266,8 @@ class Agent:
                     except SensorError:
                         log.exception("sensors cannot restart with the previous config either")
                     return
+            elif self._sensors_on and old.prevent.exceptions != new.prevent.exceptions:
+                take_exceptions(self.sensors, new, self.emit)  # only grants changed: no rebuild
             try:
                 self.central.save(pushed)
             except OSError as exc:  # it runs now; the next start falls back to what was stored
@@ -292,8 +295,10 @@ class Agent:
 
 
 def _watch_settings(config: agent_config.AgentConfig) -> tuple[object, ...]:
-    """What the sensors are built from: a change here means stop and rebuild them."""
-    return (config.tags, config.removable, config.sensors, config.prevent)
+    """What the sensors are built from: a change here means stop and rebuild them. The grants
+    (prevent.exceptions) are handed over live instead (wiring.take_exceptions)."""
+    prevent = config.prevent.model_copy(update={"exceptions": [], "grant_key": ""})
+    return (config.tags, config.removable, config.sensors, prevent)
 
 
 def _self_process() -> pb.Process:

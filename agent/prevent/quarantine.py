@@ -118,7 +118,7 @@ class Quarantine:
         self.where = directory(state_dir)
         self.media = media
         self._emit = emit
-        self._exceptions = list(exceptions)  # grants the agent honours: their copies stay on the stick
+        self.exceptions = list(exceptions)  # grants the agent honours: their copies stay on the stick
         self._work: queue.Queue[pb.Event | None] = queue.Queue(MAX_PENDING)
         self._thread: threading.Thread | None = None
         self.moved = 0
@@ -146,7 +146,7 @@ class Quarantine:
             not copy.identified_by and "fingerprint" in copy.method)
         if not evidenced or (mount := self.media.mount_for(event.file.path)) is None:
             return
-        if grants.covering(self._exceptions, event.user.name, mount.device.serial) is not None:
+        if grants.covering(self.exceptions, event.user.name, mount.device.serial) is not None:
             return  # copied under an officer's grant (reported as file.allow): not to be taken back
         try:
             self._work.put_nowait(event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from agent.content import ContentCatalog, ContentIdentifier, saved
@@ -126,3 +127,16 @@ def _content_gap(reason: str, count: int) -> pb.Event:
     event.event.reason = _LOSS_TEXT.get(reason, reason)
     event.exfilguard.attribution = procinfo.NONE
     return event
+
+
+def take_exceptions(sensors: Sequence[Sensor], config: AgentConfig, emit: Emit) -> None:
+    """A push that changed only the grants: the guard and the quarantine take the honoured ones at
+    once, without a rebuild (which would leave the sticks unguarded for a moment)."""
+    if config.prevent.removable_writes != "block":
+        return
+    honoured = grants.honoured(config.prevent, config.state_dir, emit).exceptions
+    for sensor in sensors:
+        if isinstance(sensor, ContentGuard):
+            sensor.decider.exceptions = list(honoured)  # one assignment: the decision thread sees old or new
+        elif isinstance(sensor, Quarantine):
+            sensor.exceptions = list(honoured)

@@ -126,6 +126,8 @@ def test_a_grant_lets_exactly_its_user_copy_until_revoked_and_a_tampered_one_is_
     granted = _cli(pipeline, "grant", "--host", HOST, "--user", "nobody", "--for", "1h",
                    "--note", "INC-4711 imaging", "--by", "carol")
     first = _settled(pipeline, cp, start)
+    applied = [e for e in _events(pipeline, "agent.config") if e.get("exfilguard.config_version") == first]
+    assert applied and "sensors unchanged" in applied[0]["event.reason"]  # the stick stayed guarded
     assert cp.copies("nobody"), cp.last
     assert cp.blocked("root")  # exactly the named user
     why = f"allowed by grant {granted['id']} (granted by carol: INC-4711 imaging) for nobody"
