@@ -20,6 +20,7 @@ The last line is JSON with these keys:
     copy_block_ratio        copy_block_s / copy_none_s (target <= 1.3)
     copy_monitor_ratio      copy_monitor_s / copy_none_s
     decision_p50_ms, decision_p99_ms, decisions   permission-event answer latency and count
+    decisions_fast          of those, answered from a clean verdict (agent/prevent/verdicts.py)
     opens_none_s, opens_block_s   median time of the 10,000 tagged opens
     opens_monitor_s         the same with the agent in monitor mode
     opens_block_ratio       opens_block_s / opens_none_s (target <= 1.5)
@@ -43,6 +44,8 @@ from pathlib import Path
 from bench import _cli
 
 BIN = Path(sys.executable).parent
+# the guard's stop line (ContentGuard.summary)
+_STOP_LINE = re.compile(r"decisions=(\d+) fast=(\d+) blocked=\d+ p50_ms=([\d.]+) p99_ms=([\d.]+)")
 
 OPENER = """
 import os, sys, time
@@ -123,7 +126,8 @@ def main() -> int:
     # on tmpfs: disk writeback of other work on the machine would swamp what is measured
     top = Path(tempfile.mkdtemp(prefix="eg-prevention-", dir="/dev/shm"))
     stick = LoopStick(top / "stick", label="EGPREVENT", serial=f"EG-PREVENT-{os.getpid()}",
-                      size_mib=2 * (args.big_mib + args.files * 8 // 1024) + 128)
+                      # a copy's deleted files may stay held (the agent hashing them) until the next copy
+                      size_mib=(args.rounds + 1) * (args.big_mib + args.files * 8 // 1024) + 128)
     try:
         tagged_dir = top / "srv-db"
         tagged_dir.mkdir()
@@ -146,7 +150,7 @@ def main() -> int:
         point = stick.mount()
         copies: dict[str, list[float]] = {"none": [], "monitor": [], "block": []}
         opens: dict[str, list[float]] = {"none": [], "monitor": [], "block": []}
-        decisions = 0
+        decisions = fast = 0
         p50: list[float] = []
         p99: list[float] = []
         for mode in ("none", "monitor", "block"):
@@ -159,11 +163,12 @@ def main() -> int:
                       flush=True)
             if agent is not None:
                 text = agent.stop()
-                found = re.search(r"decisions=(\d+) blocked=\d+ p50_ms=([\d.]+) p99_ms=([\d.]+)", text)
+                found = _STOP_LINE.search(text)
                 if found:
                     decisions += int(found[1])
-                    p50.append(float(found[2]))
-                    p99.append(float(found[3]))
+                    fast += int(found[2])
+                    p50.append(float(found[3]))
+                    p99.append(float(found[4]))
                 elif mode == "block":
                     print("  no decision figures in the agent's stop line:", text[-2000:])
         med = {mode: statistics.median(values) for mode, values in copies.items()}
@@ -177,6 +182,7 @@ def main() -> int:
             "decision_p50_ms": round(statistics.median(p50), 3) if p50 else None,
             "decision_p99_ms": round(max(p99), 3) if p99 else None,
             "decisions": decisions,
+            "decisions_fast": fast,
             "opens_none_s": round(omed["none"], 4),
             "opens_block_s": round(omed["block"], 4),
             "opens_monitor_s": round(omed["monitor"], 4),

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from agent.prevent import grants, procs
+from agent.prevent import grants, procs, verdicts
 from agent.sensors import procinfo
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow
@@ -87,6 +87,7 @@ class Decider:
         # pid / pgid -> (when, tagged path, tags) of its latest tagged open
         self._opened: dict[int, tuple[float, str, tuple[str, ...]]] = {}
         self._groups: dict[int, tuple[float, str, tuple[str, ...]]] = {}
+        self.verdicts = verdicts.VerdictCache(self._me)  # clean verdicts reused at later opens
 
     # ------------------------------------------------------------- exceptions
 
@@ -107,43 +108,75 @@ class Decider:
 
     def removable_open(self, pid: int, path: str) -> Verdict | None:
         """An open on removable media: a Verdict to refuse it, None to let it go."""
-        writing = procs.opens_for_writing(pid)
+        writing = procs.opens_for_writing(pid, path)
         if writing is False:
             return None  # reading from the stick takes nothing away
+        version = self.flow.version if self.flow is not None else 0  # before lineage is asked
         who = procs.identity(pid)
         if who is None:
             return None  # gone already
         ppid, pgid, uid, gids = who
         if self.exempt(uid, gids):
             return None
-        verdict = self._carried(pid, ppid, pgid)
-        if verdict is not None and self._excepted(pid, uid, path, verdict):
+        verdict, chain = self._carried(pid, ppid, pgid)
+        if verdict is None:
+            self.verdicts.remember(pid, ppid, pgid, chain, version)
+        elif self._excepted(pid, uid, path, verdict):
             verdict = None
         if verdict is None:
-            with self._lock:
-                self._writers[pid] = _Writer(pgid, path, time.monotonic())
-                while len(self._writers) > MAX_WRITERS:
-                    del self._writers[next(iter(self._writers))]
+            self._note_writer(pid, pgid, path)
         return verdict
 
-    def _carried(self, pid: int, ppid: int, pgid: int) -> Verdict | None:
+    def allow_known(self, pid: int, path: str) -> bool:
+        """The fast path of an open on removable media (the guard's reader thread): True when
+        the opener's clean verdict (verdicts.py) still holds, checked again from descriptors held
+        on it, so the open may go on (a write noted as one); False: decide in full."""
+        clean = self.verdicts.get(pid)
+        if clean is None:
+            return False
+        writing = clean.handle.writing()
+        if writing is not True:
+            return writing is False  # reading from the stick takes nothing away; None: unknown
+        if not clean.unchanged():
+            self.verdicts.drop(pid)  # gone (a reused pid reads nothing), or a new parent or group
+            return False
+        held = clean.handle.held_paths()
+        if held is None or self._holding(held) is not None:
+            return False
+        now = time.time()
+        chain = list(clean.chain)
+        if self._heard(chain, clean.pgid, now) is not None:
+            return False
+        if self.flow is not None and self.flow.version != clean.flow_version:
+            version = self.flow.version
+            if self._lineage(chain, now) is not None:
+                return False
+            clean.flow_version = version
+        self._note_writer(pid, clean.pgid, path)
+        return True
+
+    def _note_writer(self, pid: int, pgid: int, path: str) -> None:
+        with self._lock:
+            self._writers[pid] = _Writer(pgid, path, time.monotonic())
+            while len(self._writers) > MAX_WRITERS:
+                del self._writers[next(iter(self._writers))]
+
+    def _carried(self, pid: int, ppid: int, pgid: int) -> tuple[Verdict | None, list[int]]:
+        """The verdict on an opener, and the chain (it, parent, grandparent) it looked at."""
+        up = procs.family(ppid) if ppid > 1 and ppid != self._me else None
+        chain = verdicts.chain(pid, ppid, up[0] if up is not None else 0, self._me)
+        return self._holding(procs.open_paths(pid)) or self._recorded(chain, pgid), chain
+
+    def _holding(self, paths: list[str]) -> Verdict | None:
         # its own descriptors: a tagged or derived file open now (cp holds its source open; a
         # derived file is not marked by this group, so its opens are not heard)
-        for path in procs.open_paths(pid):
+        for path in paths:
             tags = self.tags.tags_for(path)
             if tags or self.index.is_derived(path):
                 prov = self.index.provenance(path) if not tags else None
                 found = tuple(tags) or (tuple(prov.tags) if prov is not None else ())
                 return Verdict(f"it holds {'tagged' if tags else 'derived'} file {path} open", path, found)
-        chain = [pid]
-        parent = ppid
-        for _ in range(2):  # rsync: the receiver writes, its grandparent the sender reads
-            if parent <= 1 or parent == self._me:
-                break
-            chain.append(parent)
-            up = procs.family(parent)
-            parent = up[0] if up is not None else 0
-        return self._recorded(chain, pgid)
+        return None
 
     def recheck(self, pid: int) -> Verdict | None:
         """After arming: did the opener's pipeline open tagged data meanwhile (as heard)? A refusal
@@ -163,6 +196,10 @@ class Decider:
 
     def _recorded(self, chain: list[int], pgid: int) -> Verdict | None:
         now = time.time()
+        return self._heard(chain, pgid, now) or self._lineage(chain, now)
+
+    def _heard(self, chain: list[int], pgid: int, now: float) -> Verdict | None:
+        """A tagged open heard of the opener lately, of its parent or grandparent or group just now."""
         with self._lock:
             opened = [(n, self._opened.get(member)) for n, member in enumerate(chain)]
             group = self._groups.get(pgid) if pgid > 1 else None
@@ -174,7 +211,7 @@ class Decider:
                 return Verdict(f"{whose} opened tagged file {seen[1]}", seen[1], seen[2])
         if group is not None and now - group[0] <= GROUP_SECONDS:
             return Verdict(f"its process group {pgid} opened tagged file {group[1]}", group[1], group[2])
-        return self._lineage(chain, now)
+        return None
 
     def _lineage(self, chain: list[int], now: float) -> Verdict | None:
         if self.flow is not None and self.flow.carrying():
@@ -192,8 +229,7 @@ class Decider:
         """A tagged file was opened (a notification, in the order the kernel queued it, so
         before any later open of the same process or group is decided): remember it for
         RECENT_SECONDS. Returns (pgid, tags); None when the process is already gone."""
-        up = procs.family(pid)
-        return self._note(pid, path, up[1] if up is not None else 0)
+        return self._note(pid, path, self.verdicts.group_of(pid))
 
     def _note(self, pid: int, path: str, pgid: int) -> tuple[int, tuple[str, ...]] | None:
         tags = tuple(self.tags.tags_for(path))
@@ -211,14 +247,12 @@ class Decider:
 
     def tagged_open(self, pid: int, path: str) -> Verdict | None:
         """An open of a tagged file while armed: refuse it when the opener writes to removable media."""
-        who = procs.identity(pid)
-        if who is None:
-            return None
-        _ppid, pgid, uid, gids = who
-        if self.exempt(uid, gids):
-            return None
+        pgid = self.verdicts.group_of(pid)
+        if not pgid:
+            return None  # gone already
         # remembered now, not when its notification comes: a write open of its pipeline queued
-        # right after it is decided before that notification is read
+        # right after it is decided before that notification is read (an exempt user's open is
+        # remembered too, as its notification would be)
         tags = tuple(self.tags.tags_for(path))
         self._note(pid, path, pgid)
         with self._lock:
@@ -231,6 +265,12 @@ class Decider:
                 with self._lock:
                     self._writers.pop(wpid, None)
                 continue
+            # who the opener is matters only now, for a refusal: the innocent reader of a
+            # tagged tree costs one read per open
+            who = procs.identity(pid)
+            if who is None or self.exempt(who[2], who[3]):
+                return None
+            uid = who[2]
             whose = "it" if wpid == pid else f"process {wpid} of its group"
             verdict = Verdict(f"{whose} writes {held} on removable media", path, tags)
             if self._excepted(pid, uid, held, verdict):
@@ -259,6 +299,14 @@ class Decider:
                     self._writers.pop(pid, None)
         with self._lock:
             return bool(self._writers)
+
+    def sweep(self) -> None:
+        """Forget what is remembered of processes that are gone (the verdicts' descriptors)."""
+        self.verdicts.sweep()
+
+    def close(self) -> None:
+        """Release the descriptors held on processes."""
+        self.verdicts.close()
 
 
 def _ids(names: list[str], lookup: Callable[[str], int], what: str) -> set[int]:

@@ -21,6 +21,7 @@ import errno as errno_mod
 import os
 import struct
 
+from agent.prevent import syscalls
 from agent.prevent.errors import PreventError
 from agent.sensors.fanotify import (
     AT_FDCWD,
@@ -82,12 +83,10 @@ class PermissionGroup(Fanotify):
 
     def answer(self, fd: int, allow: bool) -> None:
         """Let the waiting open go on (allow) or fail it with EPERM, and close the event's fd."""
-        try:
-            os.write(self.fd, _RESPONSE.pack(fd, FAN_ALLOW if allow else FAN_DENY))
-        except OSError:
-            pass  # the opener is gone (killed while waiting): nothing waits for the answer
-        finally:
-            os.close(fd)
+        # with the GIL kept (syscalls.py): the thread answering goes on to the next open at once
+        # (a failed write: the opener is gone, killed while waiting; nothing waits for the answer)
+        syscalls.write(self.fd, _RESPONSE.pack(fd, FAN_ALLOW if allow else FAN_DENY))
+        syscalls.close(fd)
 
 
 __all__ = ["FAN_EVENT_ON_CHILD", "FAN_OPEN", "FAN_OPEN_PERM", "FAN_Q_OVERFLOW", "PermissionGroup"]

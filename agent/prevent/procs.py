@@ -7,7 +7,7 @@ opened for reading or writing.
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH116, PTH123
+# ruff: noqa: PTH116, PTH123, PTH208
 
 from __future__ import annotations
 
@@ -24,28 +24,67 @@ _OPENS = {
     "aarch64": {56: 2, 437: -1, 265: 2},
 }.get(platform.machine(), {})
 _ACCMODE = 0o3
+_MAX_THREADS = 256  # threads of one process asked what they open
+_PATH_BYTES = 4096
 _WRITE_MODES = (os.O_WRONLY, os.O_RDWR)
 
 
-def opens_for_writing(pid: int) -> bool | None:
+def opens_for_writing(pid: int, path: str = "") -> bool | None:
     """Whether the open `pid` is blocked in asks for writing; None when it cannot be told
-    (not in an open call we know, or /proc unreadable)."""
+    (not in an open call we know, or /proc unreadable). /proc/PID/syscall is the main thread's:
+    when that is in no open, the threads in an open of a file named as `path` is are asked (a
+    thumbnailer's worker thread reading a stick while another thread writes its cache)."""
+    found = _thread_opens(pid, pid, "")
+    if found is not None:
+        return found
     try:
-        with open(f"/proc/{pid}/syscall", "rb") as fh:
+        tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, ValueError):
+        return None
+    name = os.fsencode(path.rstrip("/").rsplit("/", 1)[-1])
+    answers = {_thread_opens(pid, tid, name) for tid in tids[:_MAX_THREADS] if tid != pid}
+    return True if True in answers else (False if False in answers else None)
+
+
+def _thread_opens(pid: int, tid: int, name: bytes | str) -> bool | None:
+    """Whether thread `tid` is in an open for writing (of a file called `name`, when given)."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as fh:
             fields = fh.read(512).split()
-        number = int(fields[0])
-        where = _OPENS.get(number)
+        where = _OPENS.get(int(fields[0]))
         if where is None:
             return None
-        if where == -2:
-            return True
-        if where == -1:
+        if name and _opened_name(pid, int(fields[1 if where in (-2, 1) else 2], 16)) != name:
+            return None  # another open of this process: not the one asked about
+        if where == -1:  # openat2: the flags are in its struct open_how
             with open(f"/proc/{pid}/mem", "rb") as mem:
                 mem.seek(int(fields[3], 16))
                 flags = struct.unpack("=Q", mem.read(8))[0]
-        else:
-            flags = int(fields[1 + where], 16)
+            return (flags & _ACCMODE) in _WRITE_MODES
     except (OSError, ValueError, IndexError, struct.error):
+        return None
+    return asks_writing(fields)
+
+
+def _opened_name(pid: int, address: int) -> bytes:
+    """The last component of the path an open call names, read from the caller's memory."""
+    with open(f"/proc/{pid}/mem", "rb") as mem:
+        mem.seek(address)
+        raw = mem.read(_PATH_BYTES).split(b"\0", 1)[0]
+    return raw.rstrip(b"/").rsplit(b"/", 1)[-1]
+
+
+def asks_writing(fields: list[bytes]) -> bool | None:
+    """Whether the open call in /proc/PID/syscall's `fields` asks for writing; None when it
+    cannot be told from them (another call, or openat2, whose flags are in the caller's memory)."""
+    try:
+        where = _OPENS.get(int(fields[0]))
+        if where is None or where == -1:
+            return None
+        if where == -2:
+            return True
+        flags = int(fields[1 + where], 16)
+    except (ValueError, IndexError):
         return None
     return (flags & _ACCMODE) in _WRITE_MODES
 
@@ -75,10 +114,17 @@ def family(pid: int) -> tuple[int, int] | None:
     """(ppid, pgid) of a live process; None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
+            return stat_family(fh.read())
+    except OSError:
+        return None
+
+
+def stat_family(stat: bytes) -> tuple[int, int] | None:
+    """(ppid, pgid) from the text of /proc/PID/stat; None when it is not that."""
+    try:
         fields = stat[stat.rindex(b")") + 2:].split()
         return int(fields[1]), int(fields[2])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         return None
 
 

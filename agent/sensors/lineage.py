@@ -107,6 +107,9 @@ class DataFlow:
         self._max_sources = max_sources
         self.dropped = 0  # sources or links a bound forgot (lineage that may be lost)
         self.pairs = SocketPairs()
+        # grows whenever a process comes to carry data or a link changes: a flow found empty at
+        # one version is empty as long as it stays (the content guard's verdicts rest on it)
+        self.version = 0
 
     # ------------------------------------------------------------- records
 
@@ -145,6 +148,7 @@ class DataFlow:
         # under the lock
         if not reads:
             return
+        self.version += 1
         if not proc.sources:
             self._carriers += 1
         for read in reads:
@@ -213,6 +217,8 @@ class DataFlow:
             self._unlink(pid, proc)
             if execed or (proc.born and born and abs(proc.born - born) > 0.05):
                 proc.looked = False  # a new program, or a new process under a reused pid
+            if (proc.ppid, proc.writes, proc.reads, proc.born) != (ppid or parent, writes, reads, born):
+                self.version += 1
             proc.ppid = ppid or parent
             proc.writes, proc.reads, proc.seen, proc.born = writes, reads, now, born
             for inode in writes:

@@ -1,0 +1,91 @@
+"""System calls of the content guard's hot path that keep the interpreter lock.
+
+Every `os.*` call releases the GIL around its system call. On a busy agent (the sensors
+hashing the very copy the guard is deciding on) another thread takes it meanwhile, and
+getting it back costs up to the switch interval: an answer to a waiting open pays that once
+per call. These calls take microseconds and never block (procfs, the answer to the
+permission group), so they are made through libc with the lock held (`ctypes.PyDLL`).
+Each returns None (or False) on an error instead of raising: the caller then takes the slow,
+complete path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import platform
+import struct
+from typing import Any
+
+_libc = ctypes.PyDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _function(name: str, restype: type, *argtypes: type) -> Any:
+    function = getattr(_libc, name)
+    function.argtypes = list(argtypes)
+    function.restype = restype
+    return function
+
+
+_int, _long, _size, _ssize, _ptr, _str = (ctypes.c_int, ctypes.c_long, ctypes.c_size_t, ctypes.c_ssize_t,
+                                          ctypes.c_void_p, ctypes.c_char_p)
+_pread = _function("pread", _ssize, _int, _ptr, _size, _long)
+_write = _function("write", _ssize, _int, _str, _size)
+_close = _function("close", _int, _int)
+_readlinkat = _function("readlinkat", _ssize, _int, _str, _ptr, _size)
+_lseek = _function("lseek", _long, _int, _long, _int)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+_GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(platform.machine(), -1)
+_DIRENT = struct.Struct("=QqHB")  # struct linux_dirent64: d_ino, d_off, d_reclen, d_type; d_name
+_AT_FDCWD = -100
+_PATH_MAX = 4096
+_DENTS_BYTES = 4096
+
+
+def pread(fd: int, size: int) -> bytes | None:
+    """Up to `size` bytes at offset 0 (a procfs file is made anew at each read from 0)."""
+    buf = ctypes.create_string_buffer(size)
+    got = _pread(fd, buf, size, 0)
+    return ctypes.string_at(buf, got) if got >= 0 else None
+
+
+def write(fd: int, data: bytes) -> bool:
+    """One write of `data`; whether all of it was written."""
+    return bool(_write(fd, data, len(data)) == len(data))
+
+
+def close(fd: int) -> None:
+    """Close a descriptor (errors ignored: it is gone either way)."""
+    _close(fd)
+
+
+def readlink(path: str, dirfd: int = _AT_FDCWD) -> str | None:
+    """The target of a symbolic link (a /proc fd entry), relative to `dirfd` when given."""
+    buf = ctypes.create_string_buffer(_PATH_MAX)
+    got = _readlinkat(dirfd, path.encode(), buf, _PATH_MAX)
+    return ctypes.string_at(buf, got).decode(errors="surrogateescape") if got >= 0 else None
+
+
+def names(dirfd: int) -> list[str] | None:
+    """The entries of a directory held open (a /proc/PID/fd), read afresh from its start;
+    None when it cannot be read (the process is gone)."""
+    if _GETDENTS64 < 0 or _lseek(dirfd, 0, 0) < 0:
+        return None
+    out: list[str] = []
+    buf = ctypes.create_string_buffer(_DENTS_BYTES)
+    while True:
+        got = _syscall(_GETDENTS64, ctypes.c_int(dirfd), buf, ctypes.c_uint(_DENTS_BYTES))
+        if got < 0:
+            return None
+        if got == 0:
+            return out
+        raw = ctypes.string_at(buf, got)
+        offset = 0
+        while offset < got:
+            _ino, _off, reclen, _type = _DIRENT.unpack_from(raw, offset)
+            name = raw[offset + _DIRENT.size: offset + reclen].split(b"\0", 1)[0]
+            if name not in (b".", b".."):
+                out.append(name.decode())
+            offset += reclen

@@ -1,0 +1,279 @@
+"""The content guard's verdict cache (agent/prevent/verdicts.py): a clean verdict is reused
+only while everything it rests on holds. Real processes held in an open for writing (a FIFO
+opens only when a reader comes, so the writer sits in `openat` as it would waiting for the
+guard's answer), real /proc, a real DataFlow; and on a real loop-device stick, processes that
+write clean files first and then carry tagged data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.prevent.decide import Decider
+from agent.prevent.guard import ContentGuard
+from agent.prevent.verdicts import ProcessHandle
+from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.lineage import DataFlow, SourceRead
+from agent.sensors.tags import TagMap
+from common.agentconfig import PreventSettings
+from tests.e2e.harness import wait_for
+from tests.prevent.test_content_guard import guarded
+from tests.sensors.recorder import Running
+
+__all__ = ["guarded"]
+
+STICK = "/media/verdicts-test/STICK/out.bin"  # only a name: the decider is asked about it
+
+# opens each FIFO named for writing, in turn (each waits in openat until the test reads it);
+# before the second, opens the file named by "then" and keeps it open
+WRITER = """
+import os, sys
+fifos, then = sys.argv[1:-1], sys.argv[-1]
+held = []
+for n, fifo in enumerate(fifos):
+    if n == 1 and then != "-":
+        held.append(open(then, "rb"))
+    with open(fifo, "wb"):
+        pass
+"""
+
+
+class Writer:
+    """A child process that sits in open-for-writing of one FIFO after another."""
+
+    def __init__(self, tmp: Path, count: int, then: str = "-") -> None:
+        self.fifos = [tmp / f"fifo{n}" for n in range(count)]
+        for fifo in self.fifos:
+            os.mkfifo(fifo)
+        self.proc = subprocess.Popen([sys.executable, "-c", WRITER, *map(str, self.fifos), then])
+        self.pid = self.proc.pid
+        self.at = 0
+        self.wait_in_open()
+
+    def wait_in_open(self) -> None:
+        """Until the child sits in the open of its current FIFO."""
+        wait_for(lambda: _in_open(self.pid), 15, "the writer to wait in open")
+
+    def release(self) -> None:
+        """Let the current open go on (a reader comes), then wait for the next one."""
+        fd = os.open(self.fifos[self.at], os.O_RDONLY)
+        os.close(fd)
+        self.at += 1
+        if self.at < len(self.fifos):
+            self.wait_in_open()
+
+    def stop(self) -> None:
+        """Kill and reap it."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+def _in_open(pid: int) -> bool:
+    try:
+        call = Path(f"/proc/{pid}/syscall").read_text().split()
+    except OSError:
+        return False
+    return bool(call) and call[0] in {"257", "56"}  # openat: x86_64, aarch64
+
+
+@pytest.fixture
+def decider(tmp_path: Path) -> Iterator[tuple[Decider, DataFlow, Path]]:
+    """A Decider over a tagged tree, with a real DataFlow; no fanotify (asked directly)."""
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "customers.db").write_bytes(os.urandom(1000))
+    tags = TagMap({str(db): ["database"]})
+    flow = DataFlow()
+    made = Decider(PreventSettings(removable_writes="block"), tags, FingerprintIndex(tags), flow, {})
+    yield made, flow, db / "customers.db"
+    made.close()
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Iterator[Callable[..., Writer]]:
+    """Writers started by the test, killed after it."""
+    made: list[Writer] = []
+
+    def start(count: int, then: str = "-") -> Writer:
+        (tmp_path / f"w{len(made)}").mkdir()
+        made.append(Writer(tmp_path / f"w{len(made)}", count, then))
+        return made[-1]
+
+    yield start
+    for one in made:
+        one.stop()
+
+
+def test_a_clean_verdict_is_reused_until_the_process_opens_tagged_data(
+        decider: tuple[Decider, DataFlow, Path], writer: Callable[..., Writer]) -> None:
+    decide, _flow, tagged = decider
+    child = writer(2)
+    assert not decide.allow_known(child.pid, STICK)  # nothing known yet: the full decision
+    assert decide.removable_open(child.pid, STICK) is None
+    assert decide.allow_known(child.pid, STICK)       # known clean: reused
+    child.release()
+    assert decide.allow_known(child.pid, STICK)
+    decide.note_tagged_open(child.pid, str(tagged))   # heard: it opened tagged data
+    assert not decide.allow_known(child.pid, STICK)
+    verdict = decide.removable_open(child.pid, STICK)
+    assert verdict is not None
+    assert verdict.source == str(tagged)
+
+
+def test_a_clean_verdict_does_not_survive_lineage_bringing_tagged_data(
+        decider: tuple[Decider, DataFlow, Path], writer: Callable[..., Writer]) -> None:
+    decide, flow, tagged = decider
+    child = writer(1)
+    assert decide.removable_open(child.pid, STICK) is None
+    assert decide.allow_known(child.pid, STICK)
+    before = flow.version
+    flow.note_read(child.pid, [SourceRead(str(tagged), ("database",), 1000, time.time())])
+    assert flow.version > before
+    assert not decide.allow_known(child.pid, STICK)
+    assert decide.removable_open(child.pid, STICK) is not None
+
+
+def test_files_opened_unheard_are_read_again_at_each_open(
+        decider: tuple[Decider, DataFlow, Path], writer: Callable[..., Writer]) -> None:
+    decide, _flow, tagged = decider
+    # opens the tagged file between its two writes; nothing tells the decider (no fanotify here,
+    # as a derived file's open is not heard): its descriptors are looked at again
+    child = writer(2, then=str(tagged))
+    assert decide.removable_open(child.pid, STICK) is None
+    child.release()
+    assert not decide.allow_known(child.pid, STICK)
+    verdict = decide.removable_open(child.pid, STICK)
+    assert verdict is not None
+    assert "holds tagged file" in verdict.why
+
+
+def test_a_verdict_ends_with_its_process_and_with_its_parent(
+        decider: tuple[Decider, DataFlow, Path], tmp_path: Path) -> None:
+    decide, _flow, _tagged = decider
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # a parent that starts the writer and then waits to be killed: the writer is reparented
+    parent = subprocess.Popen([sys.executable, "-c", f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "open({str(fifo)!r}, 'wb')"])
+print(child.pid, flush=True)
+time.sleep(60)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        wait_for(lambda: _in_open(pid), 15, "the writer to wait in open")
+        assert decide.removable_open(pid, STICK) is None
+        assert decide.allow_known(pid, STICK)
+        parent.kill()
+        parent.wait(10)
+        wait_for(lambda: not decide.allow_known(pid, STICK), 15, "the verdict to end with the parent")
+        assert decide.verdicts.get(pid) is None
+    finally:
+        parent.kill()
+        parent.wait(10)
+        if parent.stdout is not None:
+            parent.stdout.close()
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # the orphaned writer's open goes on
+    handle = ProcessHandle.open(os.getpid())
+    assert handle is not None
+    gone = subprocess.Popen(["true"])
+    gone_handle = ProcessHandle.open(gone.pid)
+    gone.wait(10)
+    # reaped: every read through the held descriptors fails, whatever gets its number next
+    assert gone_handle is not None
+    assert (gone_handle.family(), gone_handle.writing(), gone_handle.held_paths()) == (None, None, None)
+    assert handle.family() is not None
+    handle.close()
+    gone_handle.close()
+
+
+# ---------------------------------------------------------------- a real stick, real programs
+
+# a process of another session holds a file on the stick open for writing meanwhile, so the tagged
+# trees stay armed and every open is the guard's to answer; a process that wrote to the stick
+# a moment ago is refused reading tagged files (it may be writing them): the scripts retry that
+# read until the moment has passed (bounded)
+WRITES_THEN_READS = """
+import sys, time
+point, tagged = sys.argv[1:3]
+for i in range(6):
+    with open(f"{point}/clean{i}.bin", "wb") as fh:
+        fh.write(b"holiday photo %d" % i)
+for _ in range(400):
+    try:
+        with open(tagged, "rb") as fh:
+            data = fh.read()
+        break
+    except PermissionError:
+        time.sleep(0.025)
+else:
+    sys.exit(4)
+try:
+    with open(f"{point}/leak.bin", "wb") as fh:
+        fh.write(data)
+except PermissionError:
+    sys.exit(3)
+"""
+
+
+@pytest.fixture
+def armed(guarded: tuple[Running, Path, Path]) -> Iterator[tuple[Running, Path, Path, ContentGuard]]:
+    """The guarded stick with a file on it held open for writing by another session."""
+    run, db, point = guarded
+    guard = run.sensor("prevent")
+    assert isinstance(guard, ContentGuard)
+    keep = subprocess.Popen(["sh", "-c", f"exec sleep 120 > {point}/keep"], start_new_session=True)
+    try:
+        wait_for(lambda: guard.decided > 0 and guard.decider.writers_left(), 15, "the stick to be written")
+        yield run, db, point, guard
+    finally:
+        keep.kill()
+        keep.wait(10)
+
+
+def _landed(point: Path, name: str) -> int:
+    path = point / name
+    return path.stat().st_size if path.exists() else 0
+
+
+@pytest.mark.root
+def test_a_process_that_wrote_clean_files_is_refused_after_reading_tagged_data(
+        armed: tuple[Running, Path, Path, ContentGuard]) -> None:
+    run, db, point, guard = armed
+    fast = guard.fast
+    done = subprocess.run([sys.executable, "-c", WRITES_THEN_READS, str(point), str(db / "customers.db")],
+                          capture_output=True, timeout=60, start_new_session=True, check=False)
+    assert done.returncode == 3, done.stderr
+    assert all(_landed(point, f"clean{i}.bin") for i in range(6))
+    assert _landed(point, "leak.bin") == 0
+    assert guard.fast - fast >= 4  # its clean writes after the first were answered from the cache
+    blocked = run.events.wait_for(run.events.action("file.block", {"file.path": f"{point}/leak.bin"}))[0]
+    assert "opened tagged file" in blocked["event.reason"]
+
+
+@pytest.mark.root
+def test_a_shell_writing_what_its_child_pipeline_reads_from_tagged_data_is_refused(
+        armed: tuple[Running, Path, Path, ContentGuard]) -> None:
+    run, db, point, guard = armed
+    (db / "notes.txt").write_text("".join(f"customer {i} secret\n" for i in range(20)))
+    fast = guard.fast
+    # the shell itself writes (lastpipe: the loop runs in it), first its own lines, then the
+    # lines its child `cat` reads from the tagged file
+    script = (f"shopt -s lastpipe; for i in 1 2 3 4 5; do echo clean $i > {point}/s$i; done; "
+              f"for n in $(seq 400); do cat {db}/notes.txt > /dev/null 2>&1 && break; sleep 0.025; done; "
+              f"cat {db}/notes.txt | while read -r line; do echo \"$line\" >> {point}/leak.txt; done")
+    done = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60,
+                          start_new_session=True, check=False)
+    assert "not permitted" in done.stderr, done.stderr
+    assert all(_landed(point, f"s{i}") for i in range(1, 6))
+    assert _landed(point, "leak.txt") == 0
+    assert guard.fast - fast >= 3
+    blocked = run.events.wait_for(run.events.action("file.block", {"file.path": f"{point}/leak.txt"}))[0]
+    assert "tagged file" in blocked["event.reason"]
