@@ -35,6 +35,9 @@ log = logging.getLogger("exfilguard.collector.sealer")
 
 _STEP_EVENTS = 2_000  # per transaction: short write locks, steady progress
 _IDLE_SECONDS = 0.05  # a look at the chains table when idle: cheap, and the lag it adds small
+# ... and while ingest is busy (something was chained in the last second): a commit that waits
+# for the chain (collector/ingest.py MAX_UNSEALED) should not wait for the sealer's nap.
+_BUSY_LOOK_SECONDS = 0.01
 _RESTART_SECONDS = 1.0
 STORE_ENV = "EXFILGUARD_SEALER_STORE"
 
@@ -54,6 +57,7 @@ def run(location: str, parent: int) -> int:
     except StoreError as exc:  # names the store, never a password; the collector restarts us
         log.error("sealer cannot open the store: %s", exc)
         return 1
+    worked = 0.0  # when something was last chained
     try:
         while not stop and os.getppid() == parent:  # orphaned by kill -9: exit, the next collector seals
             try:
@@ -62,8 +66,11 @@ def run(location: str, parent: int) -> int:
                 log.exception("sealing failed; retrying")
                 done = 0
                 time.sleep(_RESTART_SECONDS)
-            if done == 0:
-                time.sleep(_IDLE_SECONDS)
+            now = time.monotonic()
+            if done:
+                worked = now
+            else:
+                time.sleep(_BUSY_LOOK_SECONDS if now - worked < 1.0 else _IDLE_SECONDS)
     finally:
         store.close()
     return 0
