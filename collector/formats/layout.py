@@ -30,6 +30,8 @@ from typing import Any
 
 import orjson
 
+from common.errors import ExfilGuardError
+
 CHECK_EVERY = 1_000  # one event in this many is also formatted by the function and compared
 MAX_SHAPES = 2_000  # beyond it new shapes go the slow road (lists of tags make shapes; bounded)
 
@@ -41,7 +43,7 @@ _PROBE = threading.local()  # while a shape is worked out: its markers (see _Pro
 Hole = tuple[int, "Callable[[Any], Any] | None"]
 
 
-class _Uncompilable(Exception):
+class _Uncompilable(ExfilGuardError):
     """The shape's document cannot be cut into constants and holes: it keeps the format function."""
 
 
