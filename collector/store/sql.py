@@ -337,6 +337,16 @@ class SqlStore(Store):
 
     # ---------------------------------------------------------------- registry
 
+    def update_agents(self, updates: Sequence[AgentUpdate]) -> None:
+        """See `Store.update_agents`: the rows `agent_params` makes, written by the backend."""
+        self._writable()
+        if updates:
+            self._upsert_agents(agent_params(updates, ecs_now()))
+
+    @abc.abstractmethod
+    def _upsert_agents(self, params: list[dict[str, Any]]) -> None:
+        """Insert or update registry rows (named parameters) in one transaction."""
+
     def agents(self) -> list[AgentRecord]:
         """The fleet registry ordered by agent id, with each agent's watermark."""
         return [

@@ -516,12 +516,7 @@ class SqliteStore(shared.SqlStore):
 
     # ---------------------------------------------------------------- registry
 
-    def update_agents(self, updates: Sequence[base.AgentUpdate]) -> None:
-        """Create or update registry entries in one transaction."""
-        self._writable()
-        if not updates:
-            return
-        params = shared.agent_params(updates, _now())
+    def _upsert_agents(self, params: list[dict[str, Any]]) -> None:
         with self._lock, self._transaction("registry update") as db:
             db.executemany(_UPSERT_AGENT, params)
 
