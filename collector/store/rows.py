@@ -91,8 +91,9 @@ def _ecs_timestamp(event: pb.Event) -> str:
     return f"{seconds_text(ts.seconds)}{ts.nanos // 1000:06d}Z"
 
 
-# Where a row of `event_row` holds the event's protobuf bytes: last (also in PostgreSQL's rows,
-# which leave the chain column out).
+# Where a row of `event_row` holds the event's sequence and action, and its protobuf bytes: last
+# (also in PostgreSQL's rows, which leave the chain column out).
+SEQUENCE_COLUMN, ACTION_COLUMN = 1, 4
 DATA_COLUMN = -1
 
 

@@ -38,7 +38,7 @@ from urllib.parse import quote
 from collector.store import base, domain, grants, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import SqliteTransaction, Transaction
-from collector.store.rows import DATA_COLUMN, event_row, stored_mapping
+from collector.store.rows import ACTION_COLUMN, DATA_COLUMN, SEQUENCE_COLUMN, event_row, stored_mapping
 from common.ecstime import ecs_now
 from protos import chain
 from protos import exfilguard_pb2 as pb
@@ -329,29 +329,41 @@ class SqliteStore(shared.SqlStore):
         self, agent_id: str, batch: Sequence[pb.Event], state: shared.Prefix
     ) -> base.IngestResult:
         db = self._db
-        fresh: dict[int, pb.Event] = shared.fresh_events(batch, state.stored)
-        if not fresh:
-            return base.IngestResult(agent_id, state.stored, [])
-        order = sorted(fresh)
-        if state.max_sequence > state.stored:
-            # Holes exist: some of these may already be stored above the hole.
-            present = {
-                int(r[0])
-                for r in db.execute(
-                    "SELECT sequence FROM events WHERE agent_id = ? AND sequence BETWEEN ? AND ?",
-                    (agent_id, order[0], order[-1]),
-                )
-            }
-            order = [s for s in order if s not in present]
-            if not order:
+        first = state.stored + 1
+        rows: list[tuple[Any, ...]] | None = None
+        if state.max_sequence == state.stored and batch:
+            # The usual batch continues the stored prefix exactly: its rows are all there is to it
+            # (each event's fields are read once, for its row).
+            rows = [event_row(agent_id, e) for e in batch]
+            if [row[SEQUENCE_COLUMN] for row in rows] != list(range(first, first + len(rows))):
+                rows = None
+        if rows is not None:
+            new = list(batch)
+            order = [first, first + len(new) - 1]
+        else:
+            fresh: dict[int, pb.Event] = shared.fresh_events(batch, state.stored)
+            if not fresh:
                 return base.IngestResult(agent_id, state.stored, [])
-        new = [fresh[s] for s in order]
-        rows = [event_row(agent_id, e) for e in new]
+            order = sorted(fresh)
+            if state.max_sequence > state.stored:
+                # Holes exist: some of these may already be stored above the hole.
+                present = {
+                    int(r[0])
+                    for r in db.execute(
+                        "SELECT sequence FROM events WHERE agent_id = ? AND sequence BETWEEN ? AND ?",
+                        (agent_id, order[0], order[-1]),
+                    )
+                }
+                order = [s for s in order if s not in present]
+                if not order:
+                    return base.IngestResult(agent_id, state.stored, [])
+            new = [fresh[s] for s in order]
+            rows = [event_row(agent_id, e) for e in new]
         db.executemany(INSERT_EVENT, rows)
-        gaps = [e.exfilguard.gap.lost for e in new if e.event.action == "agent.gap"]
+        gaps = [new[n].exfilguard.gap.lost for n, row in enumerate(rows) if row[ACTION_COLUMN] == "agent.gap"]
         if gaps:
             db.execute(_ADD_GAPS, (agent_id, _now(), len(gaps), sum(gaps)))
-        contiguous = order[0] == state.stored + 1 and order[-1] - order[0] + 1 == len(order)
+        contiguous = order[0] == first and order[-1] - order[0] + 1 == len(new)
         state.max_sequence = max(state.max_sequence, order[-1])
         if contiguous and state.max_sequence == order[-1]:
             state.stored = order[-1]  # the common case: the batch extends the prefix, no holes
