@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from agent.background import Background
 from agent.content import saved
 from agent.content.chunks import MAX_ID, ChunkStream, FeatureTable
-from agent.content.textsim import MIN_SAMPLE, TextFeatures, TextSample, looks_like_text
+from agent.content.textsim import MIN_SAMPLE, TextFeatures, TextSample, looks_like_text, too_few_features
 from agent.sensors.fingerprints import FingerprintIndex, sample_digest
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 _READ = 1 << 20
 TEXT_BYTES = 16 << 20  # text features come from at most this much of a file's start
 SAVE_SECONDS = 60.0    # the saved catalog is rewritten at most this often (and at stop)
+QUIET_SECONDS = 0.25   # tagged files are fingerprinted once the index has been still this long...
+DEFER_SECONDS = 2.0    # ...or the oldest has waited this long
 LossReport = Callable[[str, int], None]  # (reason, files affected)
 
 
@@ -87,6 +89,8 @@ class ContentCatalog:
         self._next_id = 1
         self._synced_version = -1
         self._settled_at = -1e9
+        self._changed_at = -1e9     # when sync last took a change of the index
+        self._pending_since = 0.0   # when _pending last became non-empty
         self._full_logged = False
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -132,7 +136,7 @@ class ContentCatalog:
         while not self._stop.is_set():
             try:
                 self.sync()
-                while not self._stop.is_set() and self._fingerprint_next():
+                while not self._stop.is_set() and self._burst_over() and self._fingerprint_next():
                     if self.index.version != self._synced_version:
                         self.sync()
                 self._save(force=False)
@@ -141,6 +145,20 @@ class ContentCatalog:
             self._idle.set()
             self._wake.wait(self._poll)
             self._wake.clear()
+
+    def _burst_over(self) -> bool:
+        """Wait while tagged files are still being written in a burst (the index changed in the
+        last `QUIET_SECONDS`), for at most `DEFER_SECONDS` since the oldest file queued: read
+        while the event threads are busy, each file cost twice the CPU (the threads trade the
+        interpreter lock at every system call); a burst's files are read after it, in one go."""
+        while not self._stop.is_set():
+            now = time.monotonic()
+            wait = min(self._changed_at + QUIET_SECONDS, self._pending_since + DEFER_SECONDS) - now
+            if wait <= 0 or not self._pending:
+                return True
+            self._stop.wait(min(wait, QUIET_SECONDS))
+            self.sync()
+        return False
 
     # -------------------------------------------------------------- updates
 
@@ -162,6 +180,10 @@ class ContentCatalog:
                     del self._pending[path]
             changes = list(current.items())
         with self._lock:
+            if changes:
+                self._changed_at = now
+            if not self._pending:
+                self._pending_since = now
             for path, entry in changes:
                 if entry is None:
                     self._retire(path)
@@ -266,7 +288,9 @@ class ContentCatalog:
                 break
             if offset == 0:
                 head = data
-                if looks_like_text(data[:8192]):
+                # a small file without the lines or fields for a sample of its own is left out
+                small = len(data) >= source.size and too_few_features(data)
+                if not small and looks_like_text(data[:8192]):
                     sample = TextSample()
                     text = TextFeatures(sample.add)
             chunker.update(data)

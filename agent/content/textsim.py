@@ -34,6 +34,13 @@ def looks_like_text(head: bytes) -> bool:
     return control * 50 <= min(len(head), 8192)
 
 
+def too_few_features(text: bytes) -> bool:
+    """Whether a whole text has too few lines and fields to ever give `MIN_SAMPLE` features
+    (each line gives at most one per field and one for itself): not worth featurizing."""
+    fields = text.count(b",") + text.count(b";") + text.count(b"\t") + text.count(b"|")
+    return fields + 2 * (text.count(b"\n") + 1) < MIN_SAMPLE
+
+
 def _distinctive(field: bytes) -> bool:
     # "1", "yes", "2024" appear in any table: they would tie unrelated files together.
     return len(field) >= 4 and not (field.isdigit() and len(field) < 6)

@@ -19,7 +19,7 @@ import pytest
 
 from agent.content import ContentCatalog, ContentIdentifier, Identification, saved
 from agent.content.examiner import Examiner
-from agent.content.textsim import line_features
+from agent.content.textsim import MIN_SAMPLE, TextFeatures, line_features, too_few_features
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.tags import TagMap
 from protos import exfilguard_pb2 as pb
@@ -135,6 +135,28 @@ def test_text_features_are_the_same_in_every_process() -> None:
                               capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": seed},
                               cwd=Path(__file__).resolve().parents[2])
         assert json.loads(done.stdout) == ours
+
+
+def test_a_text_left_unfeaturized_for_its_size_could_never_have_made_a_sample() -> None:
+    """The catalog skips the text features of a small whole text that has too few lines and
+    fields: every such text gives fewer than MIN_SAMPLE features, every larger one is read."""
+    texts = [b"x" * 1024, b"a,b;c\td|e", b"id,name\n1,alice\n", b"one line of words only\n",
+             b"\n".join(b"%d,name%d,city%d" % (i, i, i) for i in range(2)),
+             b"\n".join(b"%d,name%d,city%d,street %d" % (i, i, i, i) for i in range(3))]
+    for text in texts:
+        count = 0
+
+        def counted(_key: int) -> None:
+            nonlocal count
+            count += 1
+
+        features = TextFeatures(counted)
+        features.update(text)
+        features.finish()
+        if too_few_features(text):
+            assert count < MIN_SAMPLE, text
+    assert too_few_features(b"x" * 1024)
+    assert not too_few_features(texts[-1])
 
 
 def test_transformed_exports_are_text_matches_with_a_score(identify: ContentIdentifier, db: Path) -> None:
