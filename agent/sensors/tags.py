@@ -10,6 +10,7 @@ import threading
 from fnmatch import fnmatchcase
 
 _GLOB_CHARS = frozenset("*?[")
+_DIR_CACHE = 4096
 
 
 class TagMap:
@@ -25,6 +26,7 @@ class TagMap:
         self._patterns = {os.path.normpath(k): tuple(dict.fromkeys(v)) for k, v in tags.items()}
         self._lock = threading.Lock()
         self._roots: dict[str, tuple[str, ...]] = {}
+        self._by_dir: dict[str, tuple[str, ...]] = {}  # directory -> tags_for it (bounded)
         self._anchors: dict[str, tuple[str, ...]] = {}
         self._missing: list[str] = []
         self.refresh()
@@ -43,6 +45,7 @@ class TagMap:
                 roots.setdefault(real, []).extend(t for t in tags if t not in roots.get(real, []))
         with self._lock:
             self._roots = {root: tuple(tags) for root, tags in roots.items()}
+            self._by_dir = {}
             self._anchors = {path: tuple(sorted(names)) for path, names in anchors.items()}
             self._missing = missing
             return dict(self._roots)
@@ -78,11 +81,25 @@ class TagMap:
 
     def tags_for(self, path: str) -> list[str]:
         """Union of the tags of every root containing `path` (empty: not tagged)."""
-        found: list[str] = []
+        parent = path.rpartition(os.sep)[0] or os.sep
         with self._lock:
-            for root, tags in self._roots.items():
-                if path == root or path.startswith(root + os.sep) or root == os.sep:
-                    found.extend(t for t in tags if t not in found)
+            if path not in self._roots:
+                # the roots holding a path that is not a root itself are those holding its
+                # directory: asked for at every file event, answered once per directory
+                cached = self._by_dir.get(parent)
+                if cached is None:
+                    if len(self._by_dir) >= _DIR_CACHE:
+                        self._by_dir.clear()
+                    cached = self._by_dir[parent] = tuple(self._scan(parent))
+                return list(cached)
+            return self._scan(path)
+
+    def _scan(self, path: str) -> list[str]:
+        # under the lock
+        found: list[str] = []
+        for root, tags in self._roots.items():
+            if path == root or path.startswith(root + os.sep) or root == os.sep:
+                found.extend(t for t in tags if t not in found)
         return found
 
 
