@@ -16,15 +16,13 @@ is loaded and checked, and only tagged files that changed meanwhile (size or mti
 again.
 """
 
-# Per-file hot path uses os calls, not a Path object per file.
-# ruff: noqa: PTH116
-
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -242,31 +240,36 @@ class ContentCatalog:
 
     def _fingerprint(self, path: str) -> None:
         tags = self.index.tags_of(path)
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except OSError:
-            return  # gone: the index's delete event follows
-        if not tags or st.st_size <= 0 or st.st_size > self.max_file_bytes:
+        if tags:  # opened, then looked at (fstat): one look-up of the path per file, not two
+            self.index.read_own(path, lambda fd: self._read_source(fd, path, tags))
+
+    def _read_source(self, fd: int, path: str, tags: tuple[str, ...]) -> None:
+        """Fingerprint one open tagged file; one unreadable, or changed while read, is left
+        out (its next index change queues it again)."""
+        before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode) or before.st_size <= 0 or before.st_size > self.max_file_bytes:
             return
         with self._lock:
             full = len(self.chunks) >= self.max_chunks
         if full:
             self._lost("content_index_full", path)
             return
-        source = Source(path=path, size=st.st_size, mtime=st.st_mtime_ns, tags=tags)
+        source = Source(path=path, size=before.st_size, mtime=before.st_mtime_ns, tags=tags)
         with self._lock:
             file_id = self._new_id()
             self._sources[file_id] = source  # live while it is read: lookups may hit it early
             self._ids[path] = file_id
-        if not self.index.read_own(path, lambda fd: self._read_source(fd, file_id, source)):
-            # unreadable, or changed while read: its next index change queues it again
+        try:
+            done = self._fill(fd, file_id, source, before)
+        except OSError:
+            done = False
+        if not done:
             with self._lock:
                 if self._ids.get(path) == file_id:
                     self._retire(path)
 
-    def _read_source(self, fd: int, file_id: int, source: Source) -> bool:
-        """Fingerprint one open tagged file; False if it changed while read (read it again)."""
-        before = os.fstat(fd)
+    def _fill(self, fd: int, file_id: int, source: Source, before: os.stat_result) -> bool:
+        """Read the file's chunk and text fingerprints and hashes; False if it changed meanwhile."""
         seen: set[int] = set()
         table = self.chunks
         budget = self.max_chunks

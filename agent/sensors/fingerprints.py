@@ -542,7 +542,8 @@ class FingerprintIndex:
 
 def _with_file(path: str, read: Callable[[int], _T]) -> _T | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        # a FIFO put where a tagged file was must not hang the thread: non-blocking
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
     try:
