@@ -155,14 +155,16 @@ def main() -> int:
         p99: list[float] = []
         for mode in ("none", "monitor", "block"):
             agent = Agent(top, tagged_dir, mode, point, 0) if mode != "none" else None
-            for n in range(args.rounds):
-                # the innocent reader first: block on, nothing being written to the stick
-                opens[mode].append(_opens(tagged, args.opens))
-                copies[mode].append(_copy(source, point))
-                print(f"round {n} {mode:8s} copy {copies[mode][-1]:.2f} s  opens {opens[mode][-1]:.3f} s",
-                      flush=True)
+            try:
+                for n in range(args.rounds):
+                    # the innocent reader first: block on, nothing being written to the stick
+                    opens[mode].append(_opens(tagged, args.opens))
+                    copies[mode].append(_copy(source, point))
+                    print(f"round {n} {mode:8s} copy {copies[mode][-1]:.2f} s  opens {opens[mode][-1]:.3f} s",
+                          flush=True)
+            finally:
+                text = agent.stop() if agent is not None else ""  # a failed round leaves no agent behind
             if agent is not None:
-                text = agent.stop()
                 found = _STOP_LINE.search(text)
                 if found:
                     decisions += int(found[1])

@@ -19,7 +19,7 @@ Defaulted decisions are counted in an `agent.gap` (reason `prevent_timeout`). Cl
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH113, PTH115, PTH116, PTH119
+# ruff: noqa: PTH113, PTH116, PTH119
 
 from __future__ import annotations
 
@@ -236,13 +236,12 @@ class ContentGuard:
                 if stalled:
                     self._default(group, fd)
                     continue
-                try:
-                    path = os.readlink(f"/proc/self/fd/{fd}")
-                    st = os.fstat(fd)
-                except OSError:
+                path = syscalls.readlink(f"/proc/self/fd/{fd}")
+                st = syscalls.device_and_size(fd)
+                if path is None or st is None:
                     group.answer(fd, True)
                     continue
-                removable = st.st_dev in self._removable_dev
+                removable = st[0] in self._removable_dev
                 # a process found clean before (cp -r at its 2nd..2,000th file): checked again here,
                 # from descriptors held on it, and answered without a trip to the decision thread;
                 # only while armed (a write now must arm the tagged trees first)
@@ -251,7 +250,7 @@ class ContentGuard:
                     self.fast += 1
                     self._count(now)
                     continue
-                item = _Waiting(fd, pid, path, removable, st.st_size, now)
+                item = _Waiting(fd, pid, path, removable, st[1], now)
                 with self._lock:
                     self._waiting[fd] = item
                 self._work.put(item)

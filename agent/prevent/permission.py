@@ -37,6 +37,7 @@ from agent.sensors.fanotify import (
     FAN_UNLIMITED_MARKS,
     FAN_UNLIMITED_QUEUE,
     Fanotify,
+    events,
 )
 
 FAN_CLASS_CONTENT = 0x04
@@ -45,6 +46,7 @@ FAN_ALLOW = 0x01
 FAN_DENY = 0x02
 
 _RESPONSE = struct.Struct("=iI")  # struct fanotify_response: fd, response
+_READ_SIZE = 16 * 1024  # a few hundred events: one open waits on each permission event
 
 
 def _libc() -> ctypes.CDLL:
@@ -80,6 +82,12 @@ class PermissionGroup(Fanotify):
                 return False
             raise PreventError(f"fanotify_mark({path})", err)
         return True
+
+    def read(self) -> list[tuple[int, int, int]]:
+        """Pending events as (mask, fd, pid), read with the GIL kept (syscalls.py); the caller
+        answers or closes each fd. Empty when none."""
+        buf = syscalls.read(self.fd, _READ_SIZE)
+        return events(buf) if buf else []
 
     def answer(self, fd: int, allow: bool) -> None:
         """Let the waiting open go on (allow) or fail it with EPERM, and close the event's fd."""

@@ -3,8 +3,8 @@
 Every `os.*` call releases the GIL around its system call. On a busy agent (the sensors
 hashing the very copy the guard is deciding on) another thread takes it meanwhile, and
 getting it back costs up to the switch interval: an answer to a waiting open pays that once
-per call. These calls take microseconds and never block (procfs, the answer to the
-permission group), so they are made through libc with the lock held (`ctypes.PyDLL`).
+per call. These calls take microseconds and never block (procfs, the permission group's
+non-blocking descriptor), so they are made through libc with the lock held (`ctypes.PyDLL`).
 Each returns None (or False) on an error instead of raising: the caller then takes the slow,
 complete path.
 """
@@ -30,7 +30,9 @@ def _function(name: str, restype: type, *argtypes: type) -> Any:
 _int, _long, _size, _ssize, _ptr, _str = (ctypes.c_int, ctypes.c_long, ctypes.c_size_t, ctypes.c_ssize_t,
                                           ctypes.c_void_p, ctypes.c_char_p)
 _pread = _function("pread", _ssize, _int, _ptr, _size, _long)
+_read = _function("read", _ssize, _int, _ptr, _size)
 _write = _function("write", _ssize, _int, _str, _size)
+_fstat = _function("fstat", _int, _int, _ptr)
 _close = _function("close", _int, _int)
 _readlinkat = _function("readlinkat", _ssize, _int, _str, _ptr, _size)
 _lseek = _function("lseek", _long, _int, _long, _int)
@@ -39,6 +41,9 @@ _syscall.restype = ctypes.c_long
 
 _GETDENTS64 = {"x86_64": 217, "aarch64": 61}.get(platform.machine(), -1)
 _DIRENT = struct.Struct("=QqHB")  # struct linux_dirent64: d_ino, d_off, d_reclen, d_type; d_name
+_DEV = struct.Struct("=Q")
+_SIZE = struct.Struct("=q")
+_STAT_BYTES = 256  # more than struct stat
 _AT_FDCWD = -100
 _PATH_MAX = 4096
 _DENTS_BYTES = 4096
@@ -49,6 +54,22 @@ def pread(fd: int, size: int) -> bytes | None:
     buf = ctypes.create_string_buffer(size)
     got = _pread(fd, buf, size, 0)
     return ctypes.string_at(buf, got) if got >= 0 else None
+
+
+def read(fd: int, size: int) -> bytes | None:
+    """One read of a non-blocking descriptor; None when nothing is there (or on an error)."""
+    buf = ctypes.create_string_buffer(size)
+    got = _read(fd, buf, size)
+    return ctypes.string_at(buf, got) if got > 0 else None
+
+
+def device_and_size(fd: int) -> tuple[int, int] | None:
+    """(st_dev, st_size) of an open file (struct stat: st_dev first, st_size at byte 48 on
+    x86_64 and on the generic layout of aarch64)."""
+    buf = ctypes.create_string_buffer(_STAT_BYTES)
+    if _fstat(fd, buf) < 0:
+        return None
+    return _DEV.unpack_from(buf, 0)[0], _SIZE.unpack_from(buf, 48)[0]
 
 
 def write(fd: int, data: bytes) -> bool:

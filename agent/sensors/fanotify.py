@@ -125,21 +125,26 @@ class Fanotify:
             self.more = False
             return []
         self.more = len(buf) > _READ_SIZE // 2
-        out: list[tuple[int, int, int]] = []
-        offset = 0
-        while offset + _METADATA.size <= len(buf):
-            event_len, vers, _res, _mlen, mask, fd, pid = _METADATA.unpack_from(buf, offset)
-            if vers != _METADATA_VERSION or event_len < _METADATA.size:
-                break  # not a layout we understand; the rest of the buffer is unusable
-            out.append((mask, fd, pid))
-            offset += event_len
-        return out
+        return events(buf)
 
     def close(self) -> None:
         """Release the group and all its marks."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+def events(buf: bytes) -> list[tuple[int, int, int]]:
+    """The events in what one read of a group returned, as (mask, fd, pid)."""
+    out: list[tuple[int, int, int]] = []
+    offset = 0
+    while offset + _METADATA.size <= len(buf):
+        event_len, vers, _res, _mlen, mask, fd, pid = _METADATA.unpack_from(buf, offset)
+        if vers != _METADATA_VERSION or event_len < _METADATA.size:
+            break  # not a layout we understand; the rest of the buffer is unusable
+        out.append((mask, fd, pid))
+        offset += event_len
+    return out
 
 
 def available() -> bool:
