@@ -13,7 +13,8 @@ Evaluation has a budget per event, so no policy can stall ingest (regexes alread
 time; this bounds whatever else is slow): once an event's policies have taken longer than the
 budget, the rest are skipped for that event, and a policy whose own evaluation of one event took
 longer than the budget SUSPEND_STRIKES times within STRIKE_WINDOW_SECONDS is suspended for
-SUSPEND_SECONDS. The budget is wall time (a CPU clock costs a system call per read), so one
+SUSPEND_SECONDS. The budget is wall time (a CPU clock costs a system call per read; the fleet's
+evaluator, collector/policy/fleet.py, pays it: it measures its thread's CPU time), so one
 overrun may be the machine's, not the policy's: a single stall must not switch a policy off,
 which for a DLP would be a blind spot an insider could provoke. Both are counted per policy
 (`skipped_by_policy`, a metric) and logged as warnings, at most once a minute each.
@@ -26,7 +27,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,6 +151,9 @@ class PolicyEngine:
         self.timezone = timezone
         self.behaviour = behaviour  # approvals, baselines, risk: fields added to each event
         self.budget = budget_seconds
+        # What the budget is measured on: wall time here; the fleet's evaluator, which ingest never
+        # waits for, counts its thread's CPU time, so a loaded host's stall skips nothing.
+        self.timer: Callable[[], float] = time.perf_counter
         self.skipped: dict[str, int] = {}  # evaluations skipped (budget or suspension), per policy id
         self._suspended: dict[str, float] = {}  # policy id -> wall time its suspension ends
         self._strikes: dict[str, list[float]] = {}  # policy id -> wall times of its recent overruns
@@ -293,7 +297,7 @@ class PolicyEngine:
         if self._any_action:
             candidates = [*candidates, *self._any_action]
         alerts: list[RaisedAlert] = []
-        clock = time.perf_counter
+        clock = self.timer
         started = clock()
         deadline = started + self.budget
         suspended = self._suspended

@@ -77,6 +77,9 @@ class FleetEvaluator:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         listener.follow_ups = False  # they are the leader's, committed like any alert
+        # Ingest never waits for this evaluator: a policy's budget is its own CPU time, not the
+        # wall time a loaded host (or this process's other thread) took from it.
+        listener.engine.timer = time.thread_time
 
     # ---------------------------------------------------------------- life
 
@@ -90,7 +93,8 @@ class FleetEvaluator:
         if self._task is not None:
             await self._task
             self._task = None
-        await asyncio.to_thread(self._standby_mappings)
+        # What arrived since the last step: committed by a leader, evaluated by a standby.
+        await asyncio.to_thread(self.step if self.leading else self._standby_mappings)
         self.lead.release()
 
     def on_mappings(self, mappings: list[dict[str, Any]]) -> None:
@@ -136,9 +140,9 @@ class FleetEvaluator:
             self._step_down()
             return False
         engine = self.listener.engine
+        mappings, self._mappings = self._mappings, []
         try:
             rows = self.policy_log.pending(conn, self._mark, AGENTS_PER_STEP, PER_AGENT, PER_STEP)
-            mappings, self._mappings = self._mappings, []
             alerts: list[RaisedAlert] = []
             for event in self._in_time_order(rows):
                 alerts.extend(self._evaluate(event))
@@ -159,6 +163,7 @@ class FleetEvaluator:
                 "fleet policy evaluator lost its session (%s): the step is not committed; evaluation "
                 "resumes from the stored cursors under whoever leads next", exc,
             )  # fmt: skip
+            self._mappings = mappings + self._mappings  # not in the store: kept for the next step
             self._step_down()
             return False
         self.evaluated += len(rows) + len(mappings)
@@ -218,8 +223,7 @@ class FleetEvaluator:
         replayed = 0
         if span > 0:
             since = ecs_time_at(time.time() - span)
-            stored = self.policy_log.evaluated(conn, since)
-            replayed = engine.warm(EventView(pb.Event.FromString(data)) for data in stored)
+            replayed = engine.warm(self._readable(self.policy_log.evaluated(conn, since)))
         windows = self.policy_log.windows(conn)
         for group, until, state in windows:
             engine.suppressor.restore(_key(json.loads(group)), until, json.loads(state))
@@ -231,6 +235,14 @@ class FleetEvaluator:
             "open suppression windows in %.1fs", replayed, len(windows), time.monotonic() - started,
             extra={"events": replayed, "suppression_windows": len(windows)},
         )  # fmt: skip
+
+    @staticmethod
+    def _readable(stored: Iterator[bytes]) -> Iterator[EventView]:
+        for data in stored:
+            try:
+                yield EventView(pb.Event.FromString(data))
+            except DecodeError:
+                continue  # evaluated (and logged) as unreadable when it was new: nothing to rebuild
 
     def _step_down(self) -> None:
         if self.leading:
