@@ -16,9 +16,7 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -57,21 +55,63 @@ class Destination(Protocol):
         """Release connections."""
 
 
-def _post(
-    url: str, body: bytes, headers: Mapping[str, str], timeout: float, context: ssl.SSLContext | None
-) -> bytes:
-    """POST and return the answer's body for a 2xx; DeliveryError (with its reason) otherwise."""
-    request = urllib.request.Request(url, data=body, method="POST", headers=dict(headers))  # noqa: S310
-    try:
-        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:  # noqa: S310
-            return bytes(response.read(MAX_ANSWER_BYTES))
-    except urllib.error.HTTPError as exc:
-        reason = "http_4xx" if exc.code < 500 else "http_5xx"
-        raise DeliveryError(reason, f"HTTP {exc.code} from {_safe(url)}") from exc
-    except urllib.error.URLError as exc:
-        raise _network_error(url, exc.reason) from exc
-    except (OSError, http.client.HTTPException) as exc:
-        raise _network_error(url, exc) from exc
+class _Connection:
+    """One kept-alive HTTP(S) connection to a destination, made again after any failure."""
+
+    def __init__(self, url: str, timeout: float, context: ssl.SSLContext | None) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.url = url
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port
+        self.target = parts.path + (f"?{parts.query}" if parts.query else "")
+        self.timeout = timeout
+        self.context = context
+        self._conn: http.client.HTTPConnection | None = None
+
+    def post(self, body: bytes, headers: Mapping[str, str]) -> bytes:
+        """POST and return the answer's body for a 2xx; DeliveryError (with its reason) otherwise."""
+        reused = self._conn is not None
+        try:
+            status, answer = self._exchange(body, headers)
+        except (ConnectionError, http.client.RemoteDisconnected) as exc:
+            self.close()
+            if not reused:
+                raise _network_error(self.url, exc) from exc
+            try:  # the receiver closed the idle connection: once more on a new one
+                status, answer = self._exchange(body, headers)
+            except (OSError, http.client.HTTPException) as again:
+                self.close()
+                raise _network_error(self.url, again) from again
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise _network_error(self.url, exc) from exc
+        if not 200 <= status < 300:
+            reason = "http_4xx" if status < 500 else "http_5xx"
+            raise DeliveryError(reason, f"HTTP {status} from {_safe(self.url)}")
+        return answer
+
+    def _exchange(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
+        conn = self._conn
+        if conn is None:
+            if self.context is not None:
+                conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout, context=self.context
+                )
+            else:
+                conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            self._conn = conn
+        conn.request("POST", self.target, body=body, headers=dict(headers))
+        response = conn.getresponse()
+        answer = response.read(MAX_ANSWER_BYTES)
+        if not response.isclosed() or response.will_close:  # an answer too long, or the server's wish
+            self.close()
+        return response.status, answer
+
+    def close(self) -> None:
+        """Close the connection (the next post makes a new one)."""
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
 
 
 def _network_error(url: str, cause: object) -> DeliveryError:
@@ -116,7 +156,8 @@ class HttpDestination:
         self.timeout = timeout
         self.url = _with_path(url, "/services/collector/event" if kind == "splunk-hec" else "/_bulk")
         self.where = _safe(self.url)
-        self._context = tls_context(ca, f"{kind} {self.where}") if url.startswith("https://") else None
+        context = tls_context(ca, f"{kind} {self.where}") if url.startswith("https://") else None
+        self._http = _Connection(self.url, timeout, context)
         content_type = "application/json" if kind == "splunk-hec" else "application/x-ndjson"
         self._headers = {"Content-Type": content_type, "User-Agent": f"exfilguard/{__version__}"}
         self._headers.update(headers or {})
@@ -136,7 +177,7 @@ class HttpDestination:
     def _bulk(self, items: Sequence[Item]) -> None:
         action = self._action
         body = b"".join([b"%b%b}}\n%b\n" % (action, orjson.dumps(item.event_id), item.doc) for item in items])
-        answer = _post(self.url, body, self._headers, self.timeout, self._context)
+        answer = self._http.post(body, self._headers)
         try:
             result = orjson.loads(answer)
         except orjson.JSONDecodeError as exc:
@@ -167,7 +208,7 @@ class HttpDestination:
                 event += [b',"host":', orjson.dumps(str(item.mapping["host.name"]))]
             event.append(b"}")
             events.append(b"".join(event))
-        answer = _post(self.url, b"\n".join(events), self._headers, self.timeout, self._context)
+        answer = self._http.post(b"\n".join(events), self._headers)
         try:
             code = orjson.loads(answer).get("code", 0)
         except (ValueError, AttributeError):
@@ -176,7 +217,8 @@ class HttpDestination:
             raise DeliveryError("rejected", f"{self.where} answered HEC code {code}")
 
     def close(self) -> None:
-        """Nothing kept open (one connection per batch)."""
+        """Close the kept-alive connection."""
+        self._http.close()
 
 
 class SyslogDestination:

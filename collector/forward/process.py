@@ -110,6 +110,10 @@ class ForwardProcess(ChildProcess):
     async def on_events(self, mappings: list[dict[str, Any]]) -> None:
         """Collector-made events (agent.silent) are not stored, so not forwarded."""
 
+    def figures(self) -> dict[str, dict[str, Any]]:
+        """Every destination's figures (ForwardWorker.figures) as the child last reported them."""
+        return self._figures
+
     def metric_families(self) -> list[Metric]:
         """Every destination's figures, as the child last reported them (at most REPORT_SECONDS old)."""
         return metric_families(self._figures)
