@@ -129,6 +129,7 @@ def _report(fd: int, body: dict[str, Any]) -> None:
 def serve(report_fd: int) -> int:
     """Read the config, run the workers, wake them on each byte of input until it ends; the exit code."""
     from collector.store import StoreError, open_store
+    from collector.store.sqlite import SqliteStore
 
     stdin = sys.stdin.buffer
     config = CollectorConfig.model_validate_json(stdin.readline())
@@ -139,6 +140,8 @@ def serve(report_fd: int) -> int:
         log.error("forward process cannot open the store: %s", exc)
         _report(report_fd, {"failed": f"forward process: {exc}"})
         return 1
+    if isinstance(store, SqliteStore):
+        store.relaxed_commits()  # cursor saves: never an fsync that the collector's commits queue behind
     try:
         forwarding = Forwarding.from_config(config, store)
     except (ExfilGuardError, StoreError) as exc:

@@ -230,6 +230,14 @@ class SqliteStore(shared.SqlStore):
             db.execute("COMMIT")
             self._version = SCHEMA_VERSION
 
+    def relaxed_commits(self) -> None:
+        """Commits on this connection stop waiting for fsync (`synchronous = NORMAL`, WAL still): for
+        writes a power cut may undo but a crash may not (forwarding cursors: an older cursor only
+        sends events again), so they never hold the write lock through an fsync ingest waits on."""
+        if not self._readonly:
+            with self._lock:
+                self._db.execute("PRAGMA synchronous = NORMAL")
+
     def _upgrade(self) -> None:
         """Create or upgrade the schema inside the caller's write transaction."""
         db = self._db

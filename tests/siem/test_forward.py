@@ -300,3 +300,16 @@ def test_opensearch_takes_the_bulk_shape(sqlite_stores: tuple[Store, Store], rec
     worker.destination.close()
     (request,) = receiver.wait_for(1)
     assert request.path == "/_bulk" and [a["create"]["_index"] for a in request.lines()[::2]] == ["ev", "ev"]
+
+
+def test_cursor_saves_on_sqlite_wait_for_no_fsync(tmp_path: Path) -> None:
+    # The forward process relaxes its own connection: ingest's commits keep synchronous = FULL.
+    ingesting, forwarding = SqliteStore(tmp_path / "store.db"), SqliteStore(tmp_path / "store.db")
+    forwarding.relaxed_commits()
+    try:
+        for store, expected in ((ingesting, 2), (forwarding, 1)):  # FULL, NORMAL
+            with store.domain().transaction() as tx:
+                assert tx.query("PRAGMA synchronous") == [(expected,)]
+    finally:
+        ingesting.close()
+        forwarding.close()
