@@ -34,6 +34,9 @@ from common.errors import ExfilGuardError
 
 CHECK_EVERY = 1_000  # one event in this many is also formatted by the function and compared
 MAX_SHAPES = 2_000  # beyond it new shapes go the slow road (lists of tags make shapes; bounded)
+# The kept values of a shape, as text, up to this long: a few tags make shapes worth laying out,
+# an archive's members or a copy's sources (nearly every event a shape of its own) do not.
+MAX_SHAPING_TEXT = 200
 
 log = logging.getLogger("exfilguard.collector.formats")
 
@@ -210,9 +213,14 @@ class Layouts:
             kept = self._plan(mapping, names)
         values = mapping.values()
         falsy = None if all(values) else tuple(None if v else repr(v) for v in values)
-        shape = (names, kept(mapping), falsy)
+        shaping = kept(mapping)
+        if shaping is not None and len(shaping) > MAX_SHAPING_TEXT:
+            return orjson.dumps(self.fn(mapping))  # a list of files or members: a shape of its own
+        shape = (names, shaping, falsy)
         layout = self._layouts.get(shape, _UNSEEN)
         if layout is _UNSEEN:
+            if len(self._layouts) >= MAX_SHAPES:
+                return orjson.dumps(self.fn(mapping))
             layout = self._learn(shape, mapping)
         if layout is None:
             return orjson.dumps(self.fn(mapping))
@@ -250,8 +258,7 @@ class Layouts:
             layout = compile_shape(self.fn, mapping, kept)
             if layout is not None and layout.fill(mapping) != orjson.dumps(self.fn(mapping)):
                 layout = None  # this event's values take another branch than the probes' did
-            if len(self._layouts) < MAX_SHAPES:
-                self._layouts[shape] = layout
+            self._layouts[shape] = layout
         return layout
 
 

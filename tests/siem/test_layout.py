@@ -59,3 +59,13 @@ def test_a_value_used_in_an_unrepeatable_way_keeps_the_function(monkeypatch: pyt
     assert derived.json({"p": "/x/y", "n": 7}) == b'{"path":"/x/y","upper":"/X/Y","n":7}'
     assert derived.json({"p": '%s\\"', "n": 8}) == b'{"path":"%s\\\\\\"","upper":"%S\\\\\\"","n":8}'
     assert None not in derived._layouts.values()
+
+
+def test_events_with_long_lists_are_not_shapes_of_their_own() -> None:
+    layouts = Layouts(ecs.event, ecs.SHAPED_BY)
+    for sequence in range(1, 6):
+        event = make_event("agent-1", sequence, "file.archive")
+        event.exfilguard.copy.sources.extend(f"/srv/db/table-{sequence}-{n}.csv" for n in range(10))
+        mapping = to_mapping(event)
+        assert layouts.json(mapping) == orjson.dumps(ecs.event(mapping))
+    assert layouts._layouts == {}  # five events, five different lists: none laid out
