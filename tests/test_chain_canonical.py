@@ -27,7 +27,7 @@ def test_every_event_of_the_corpus_gets_the_bytes_of_the_definition() -> None:
         assert chain.canonical_text(mapping) == DEFINITION(mapping)
         # An export's JSON Lines record (key order kept) is json's text too.
         line = {**mapping, formats.PREV: "00" * 32, formats.HASH: "ab" * 32, formats.PREVIOUS_SEQUENCE: 7}
-        assert formats.jsonl_line(line) == LINE(line)
+        assert formats.jsonl_line(line) == LINE(line).encode()
         fast += chain._orjson_agrees(mapping) and chain.event_floats_agree(mapping)
     assert fast > 1000  # most of them on the fast path: the test compares orjson, not json with itself
 

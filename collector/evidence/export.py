@@ -7,11 +7,11 @@ record is still exported as stored, because an auditor must see what the store h
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import os
-import re
+import queue
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 from collector.evidence import formats
+from collector.evidence.csvrows import CsvRows
 from collector.evidence.errors import ExportError
 from collector.evidence.keys import SigningKey
 from collector.store.base import EventFilter
@@ -31,9 +32,9 @@ if TYPE_CHECKING:
 
 Format = Literal["csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("csv", "jsonl")
-_FLUSH_CHARS = 1 << 20
+_FLUSH_BYTES = 1 << 20
+_CHUNKS_AHEAD = 4  # chunks handed to the writing thread and not written yet (bounds memory)
 _ROWS_PER_CHUNK = 512  # rows joined and handed to the sink at once
-_LIST_CELLS = 4096  # distinct list values whose cells an export keeps
 _MAX_BREAKS_KEPT = 100  # the manifest names the first ones; the count is always exact
 
 
@@ -105,31 +106,64 @@ class Progress:
 
 
 class _HashingSink:
-    """A text sink for csv.writer that buffers, encodes, hashes and writes in 1 MiB chunks."""
+    """Takes the export's bytes in parts; hashes and writes them in 1 MiB chunks on a thread of its
+    own while the next rows are built (hashlib and the file write release the GIL for such sizes,
+    so the second core does them)."""
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
         self.digest = hashlib.sha256()
         self.bytes = 0
-        self._parts: list[str] = []
-        self._chars = 0
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(_CHUNKS_AHEAD)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._drain, name="export-writer", daemon=True
+        )
+        self._thread.start()
 
-    def write(self, text: str) -> int:
-        self._parts.append(text)
-        self._chars += len(text)
-        if self._chars >= _FLUSH_CHARS:
-            self.flush()
-        return len(text)
+    def extend(self, parts: list[bytes]) -> None:
+        """Take these parts (the caller may clear the list afterwards)."""
+        self._parts += parts
+        self._size += sum(map(len, parts))
+        if self._size >= _FLUSH_BYTES:
+            self._hand_over()
 
-    def flush(self) -> None:
+    def finish(self) -> None:
+        """Write what is left and wait for the thread; raises what writing raised."""
+        self._hand_over()
+        self.stop()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Let the thread end once it wrote what it was given (idempotent)."""
+        if self._thread is not None:
+            self._chunks.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _hand_over(self) -> None:
+        if self._error is not None:
+            raise self._error
         if not self._parts:
             return
-        data = "".join(self._parts).encode()
+        data = b"".join(self._parts)
         self._parts.clear()
-        self._chars = 0
-        self.digest.update(data)
+        self._size = 0
         self.bytes += len(data)
-        self.out.write(data)
+        self._chunks.put(data)
+
+    def _drain(self) -> None:
+        while (data := self._chunks.get()) is not None:
+            if self._error is not None:
+                continue  # drained, not written: the export fails with that error
+            try:
+                self.digest.update(data)
+                self.out.write(data)
+            except BaseException as exc:  # raised in the exporting thread at its next hand-over
+                self._error = exc
 
 
 def write_export(
@@ -141,27 +175,46 @@ def write_export(
         raise ExportError("-", f"unknown format {fmt!r}")
     sink = _HashingSink(out)
     result = ExportResult(format=fmt)
+    try:
+        rows = _write_rows(records, sink, result, progress)
+        sink.finish()
+    finally:
+        sink.stop()
+    if progress is not None:
+        progress.done(rows)
+    result.rows = rows
+    result.bytes = sink.bytes
+    result.sha256 = sink.digest.hexdigest()
+    return result
+
+
+def _write_rows(
+    records: Iterable[dict[str, Any]], sink: _HashingSink, result: ExportResult, progress: Progress | None
+) -> int:
+    """Check and write every record to `sink`; fill `result`'s ranges, breaks and times; the row count."""
     agents: dict[str, AgentRange] = {}
-    csv_rows = _CsvRows() if fmt == "csv" else None
-    parts = csv_rows.parts if csv_rows is not None else []
+    csv_rows = CsvRows() if result.format == "csv" else None
+    parts: list[bytes] = csv_rows.parts if csv_rows is not None else []
     not_hashed = formats.NOT_HASHED
     sha256 = hashlib.sha256
+    fromhex = bytes.fromhex
     canonical_event = chain.canonical_event
     jsonl_line = formats.jsonl_line
+    prev_key, hash_key, previous_key = formats.PREV, formats.HASH, formats.PREVIOUS_SEQUENCE
+    agent_key, sequence_key, time_key = formats.AGENT, formats.SEQUENCE, formats.TIMESTAMP
     current: AgentRange | None = None
     rows = 0
     first_time = last_time = None
     for mapping in records:
-        prev_hex = _hex(mapping.get(formats.PREV))
-        hash_hex = _hex(mapping.get(formats.HASH))
+        prev_hex = _hex(mapping.get(prev_key))
+        hash_hex = _hex(mapping.get(hash_key))
         # The source's dicts are ours: drop the bookkeeping in place rather than copy each event.
         body = mapping
         for name in not_hashed:
             body.pop(name, None)
         record_bytes = canonical_event(body)
-        record = record_bytes.decode()
-        agent_id = str(body.get(formats.AGENT, ""))
-        sequence = int(body.get(formats.SEQUENCE, 0))
+        agent_id = str(body.get(agent_key, ""))
+        sequence = int(body.get(sequence_key, 0))
         if current is None or current.agent_id != agent_id:
             current = agents.get(agent_id)
             if current is None:
@@ -171,124 +224,40 @@ def write_export(
         previous_sequence = current.last_sequence if current.rows else 0
         if current.rows and prev_hex != current.head:
             current.contiguous = False
-        expected = sha256(bytes.fromhex(prev_hex) + sha256(record_bytes).digest()).hexdigest()
-        if expected != hash_hex:
+        if sha256(fromhex(prev_hex) + sha256(record_bytes).digest()).hexdigest() != hash_hex:
             result.store_breaks += 1
             if len(result.first_breaks) < _MAX_BREAKS_KEPT:
                 result.first_breaks.append({"agent.id": agent_id, "sequence": sequence})
         current.rows += 1
         current.last_sequence = sequence
         current.head = hash_hex
-        stamp = body.get(formats.TIMESTAMP)
+        stamp = body.get(time_key)
         if isinstance(stamp, str):
             if first_time is None or stamp < first_time:
                 first_time = stamp
             if last_time is None or stamp > last_time:
                 last_time = stamp
         if csv_rows is not None:
-            csv_rows.add(body, prev_hex, hash_hex, previous_sequence, record)
+            csv_rows.add(body, prev_hex, hash_hex, previous_sequence, record_bytes)
         else:
-            body[formats.PREV] = prev_hex
-            body[formats.HASH] = hash_hex
-            body[formats.PREVIOUS_SEQUENCE] = previous_sequence
-            parts.append(jsonl_line(body) + "\n")
+            body[prev_key] = prev_hex
+            body[hash_key] = hash_hex
+            body[previous_key] = previous_sequence
+            parts += (jsonl_line(body), b"\n")
         rows += 1
         if not rows % _ROWS_PER_CHUNK:
-            sink.write("".join(parts))
+            sink.extend(parts)
             parts.clear()
-        if progress is not None and not rows & 1023:
-            progress.update(rows)
-    sink.write("".join(parts))
-    sink.flush()
-    if progress is not None:
-        progress.done(rows)
-    result.rows = rows
-    result.bytes = sink.bytes
-    result.sha256 = sink.digest.hexdigest()
+            if progress is not None:
+                progress.update(rows)
+    sink.extend(parts)
     result.first_time, result.last_time = first_time, last_time
-    return result
-
-
-class _Appender:
-    """A csv.writer target whose write is list.append (a C call per row, no Python frame)."""
-
-    def __init__(self, parts: list[str]) -> None:
-        self.write = parts.append
-
-
-# A row needs its cells looked at one by one when a cell starts with a formula trigger (every cell
-# is quoted, so a cell starts right after `,"` or at the row's start; inside a cell a quote is
-# always doubled) or holds a line break (rows are written without a terminator). One literal
-# prefix for the regex: an alternation with `^` made it scan several times slower.
-_TRIGGER_CELL = re.compile(r',"[=+\-@\t\r]')
-_TRIGGERS = frozenset(formats.FORMULA_TRIGGERS)
-
-
-def _needs_care(text: str) -> bool:
-    return "\n" in text or "\r" in text or text[1:2] in _TRIGGERS or _TRIGGER_CELL.search(text) is not None
-
-
-class _CsvRows:
-    """CSV rows of export records, as text in `parts`: the header first, then one row per `add`.
-
-    Most cells go to csv.writer as the mapping holds them (strings and numbers print as their
-    display); only booleans and lists (precomputed columns) are turned into their display first.
-    A row whose text shows a cell that needs neutralising is built again cell by cell.
-    """
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        # Rows end without a terminator: the record column is appended by hand (see add).
-        self._writer = csv.writer(_Appender(self.parts), formats.CsvDialect, lineterminator="")
-        self._writer.writerow(formats.CSV_HEADER)
-        self.parts.append("\n")
-        self._columns = formats.ECS_COLUMNS
-        self._blanks = ("",) * len(self._columns)
-        self._shaped = tuple((name, i) for i, name in enumerate(self._columns) if name in formats.SHAPED)
-        self._list_cells: dict[tuple[Any, ...], str] = {}
-
-    def add(self, body: dict[str, Any], prev_hex: str, hash_hex: str, previous: int, record: str) -> None:
-        """One row: the ECS cells of `body`, the bookkeeping, and the canonical record."""
-        row: list[Any] = list(map(body.get, self._columns, self._blanks))
-        get = body.get
-        for name, i in self._shaped:
-            value = get(name)
-            if value is not None:
-                row[i] = self._shape(name, value)
-        row += (prev_hex, hash_hex, previous)
-        self._writer.writerow(row)
-        if _needs_care(self.parts[-1]):
-            self.parts.pop()
-            self._writer.writerow([_careful(cell) for cell in row])
-        # The record is JSON, full of quotes: quoting it here is several times cheaper than
-        # letting csv.writer scan it; always quoted, as CsvDialect quotes every cell.
-        self.parts.append(',"' + record.replace('"', '""') + '"\n')
-
-    def _shape(self, name: str, value: Any) -> str:
-        if type(value) is not list:
-            return formats.display(value)
-        # Lists repeat from event to event (tags, copy methods): their cells are kept, per field
-        # (one field's values share one proto type: 1 and True never meet).
-        try:
-            shape: tuple[Any, ...] | None = (name, *value)
-            cell = self._list_cells.get(shape)  # type: ignore[arg-type]
-        except TypeError:  # records in the list (copy members): not kept
-            shape, cell = None, None
-        if cell is None:
-            cell = formats.display(value)
-            if shape is not None and len(self._list_cells) < _LIST_CELLS:
-                self._list_cells[shape] = cell
-        return cell
-
-
-def _careful(cell: Any) -> Any:
-    """A cell with its formula triggers neutralised (a non-negative integer is none)."""
-    if type(cell) is int and cell >= 0:
-        return cell
-    return formats.display(cell)
+    return rows
 
 
 def _hex(value: Any) -> str:
+    if type(value) is str and len(value) == 64:  # the stores' form, first
+        return value if value.islower() else value.lower()
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value).hex()
     if isinstance(value, str) and len(value) == 64:

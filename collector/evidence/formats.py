@@ -103,15 +103,15 @@ def display(value: Any) -> str:
     return neutralise(text)
 
 
-def jsonl_line(mapping: dict[str, Any]) -> str:
-    """One JSON Lines record (no newline); key order as in the mapping.
+def jsonl_line(mapping: dict[str, Any]) -> bytes:
+    """One JSON Lines record (no newline), UTF-8; key order as in the mapping.
 
     `mapping` is a stored event's (to_mapping's, plus text and integer bookkeeping): orjson
     writes the same text as json wherever chain.event_floats_agree says so.
     """
     if chain.event_floats_agree(mapping):
         try:
-            return orjson.dumps(mapping).decode()
+            return orjson.dumps(mapping)
         except orjson.JSONEncodeError:
             pass
-    return _ENCODE_LINE(mapping)
+    return _ENCODE_LINE(mapping).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,13 @@ def test_failed_export_leaves_no_plausible_file(tmp_path: Path) -> None:
             target.abort()
             raise
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_full_disk_fails_the_export_with_its_error() -> None:
+    # The bytes are written on a thread of their own: its error still ends the export, at once.
+    with Path("/dev/full").open("wb", buffering=0) as full, pytest.raises(OSError) as raised:
+        export.write_export(chained("a", 20_000), full, "csv")
+    assert raised.value.errno == errno.ENOSPC
 
 
 def test_filter_manifest_form() -> None:
