@@ -38,6 +38,8 @@ from google.protobuf.message import DecodeError
 from collector.alerts.alert import RaisedAlert
 from collector.config import CollectorConfig
 from collector.policy.listener import PolicyListener
+from collector.store import pgconnect
+from collector.store.base import StoreUnavailable
 from collector.store.leadership import Leadership
 from collector.store.policylog import PolicyLog, Step
 from collector.store.rows import stored_mapping
@@ -53,6 +55,7 @@ STANDBY_SECONDS = 1.0  # how often a standby asks for the lead
 PER_AGENT = 500
 PER_STEP = 5_000
 AGENTS_PER_STEP = 2_000
+INBOX_PER_STEP = 1_000
 FOLLOW_UP_SECONDS = 1.0  # suppression follow-ups go out within about this long of their window closing
 
 Fields = EventView | dict[str, Any]
@@ -75,6 +78,7 @@ class FleetEvaluator:
         self._followed_at = 0.0
         self._mark = ""  # the last agent a step cut short served: the next one begins after it
         self._stopping = False
+        self._poster: pgconnect.Connection | None = None  # a standby's session for policy_inbox
         self._task: asyncio.Task[None] | None = None
         listener.follow_ups = False  # they are the leader's, committed like any alert
         # Ingest never waits for this evaluator: a policy's budget is its own CPU time, not the
@@ -96,9 +100,12 @@ class FleetEvaluator:
         # What arrived since the last step: committed by a leader, evaluated by a standby.
         await asyncio.to_thread(self.step if self.leading else self._standby_mappings)
         self.lead.release()
+        if self._poster is not None:
+            self._poster.close()
 
     def on_mappings(self, mappings: list[dict[str, Any]]) -> None:
-        """Collector-made events (agent.silent, claimed once fleet-wide): evaluated at the next step."""
+        """Collector-made events (agent.silent, claimed once fleet-wide): evaluated at the next step
+        if this process leads, else posted to the store for the one that does."""
         self._mappings.extend(mappings)
 
     async def _run(self) -> None:
@@ -146,13 +153,14 @@ class FleetEvaluator:
             alerts: list[RaisedAlert] = []
             for event in self._in_time_order(rows):
                 alerts.extend(self._evaluate(event))
-            for mapping in mappings:
+            posted = self.policy_log.inbox(conn, INBOX_PER_STEP)
+            for mapping in [*mappings, *(json.loads(body) for _, body in posted)]:
                 alerts.extend(self._evaluate(mapping))
             now = time.time()
             if now - self._followed_at >= FOLLOW_UP_SECONDS:
                 self._followed_at = now
                 alerts.extend(engine.flush(max(engine.clock, now)))
-            step = Step(alerts=[a.alert for a in alerts])
+            step = Step(alerts=[a.alert for a in alerts], taken=[i for i, _ in posted])
             for agent, sequence, _ in rows:
                 step.cursors[agent] = sequence  # rows are in sequence order per agent
             self._suppression(step)
@@ -166,7 +174,7 @@ class FleetEvaluator:
             self._mappings = mappings + self._mappings  # not in the store: kept for the next step
             self._step_down()
             return False
-        self.evaluated += len(rows) + len(mappings)
+        self.evaluated += len(rows) + len(mappings) + len(posted)
         if alerts:
             self.listener.raise_alerts(alerts, stored=True)
         more = len(rows) >= PER_STEP or len(step.cursors) >= AGENTS_PER_STEP
@@ -252,14 +260,22 @@ class FleetEvaluator:
         self.listener.engine.reset()  # ahead of what was committed: the next leader starts from the store
 
     def _standby_mappings(self) -> None:
-        # A standby still evaluates what its collector made (agent-silent is claimed once
-        # fleet-wide, by whichever collector saw the silence); alerts go the usual way.
+        # What this collector made (agent-silent is claimed once fleet-wide, by whichever collector
+        # saw the silence) goes to the evaluator through the store, so it meets the same sequences
+        # and suppression; kept here while the store cannot take it.
         mappings, self._mappings = self._mappings, []
-        if mappings and not self.leading:
-            alerts = [a for m in mappings for a in self._evaluate(m)]
-            self.listener.raise_alerts(alerts)
-        elif mappings:
+        if not mappings:
+            return
+        try:
+            if self._poster is None or self._poster.closed:
+                self._poster = pgconnect.connect(self.location, application="exfilguard policy inbox")
+            self.policy_log.post(self._poster, [json.dumps(m, default=str) for m in mappings])
+        except (psycopg.Error, StoreUnavailable) as exc:
+            log.warning("could not post %d event(s) for the fleet's evaluator yet: %s", len(mappings), exc)
             self._mappings = mappings + self._mappings
+            if self._poster is not None:
+                self._poster.close()
+            self._poster = None
 
 
 def _epoch(event: Fields) -> float:

@@ -8,6 +8,8 @@ fleet (collector/policy/fleet.py). Its state in the store:
   so a cursor never passes a hole a resend will still fill.
 - `policy_suppression`: the open suppression windows (one row per group key), so a new evaluator
   folds repeats into the windows its predecessor opened and sends their follow-ups.
+- `policy_inbox`: events a collector made itself (agent.silent) and that are not in the event log,
+  posted by a standby collector for the evaluator, which takes them in its next step.
 
 Every call takes the connection of the evaluator's leadership session: `commit` writes a step's
 alerts, cursors and suppression rows in one transaction there, so a step whose session (and with
@@ -26,11 +28,13 @@ from collector.store.pgconnect import Connection
 from collector.store.sql import alert_row
 
 _EXISTS = "SELECT to_regclass('policy_cursors') IS NOT NULL"
+_INBOX = "CREATE TABLE IF NOT EXISTS policy_inbox (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)"
 _SCHEMA = (
     'CREATE TABLE IF NOT EXISTS policy_cursors (agent_id TEXT COLLATE "C" PRIMARY KEY,'
     " sequence BIGINT NOT NULL)",
     'CREATE TABLE IF NOT EXISTS policy_suppression (grp TEXT COLLATE "C" PRIMARY KEY,'
     " until DOUBLE PRECISION NOT NULL, state TEXT NOT NULL)",
+    _INBOX,
 )
 _START_CURSORS = "INSERT INTO policy_cursors (agent_id, sequence) SELECT agent_id, stored FROM chains"
 # (mark, agents, per_agent, total): events after each agent's cursor up to its stored prefix, each
@@ -69,15 +73,17 @@ _DROP_WINDOW = "DELETE FROM policy_suppression WHERE grp = %s"
 
 @dataclass
 class Step:
-    """What one evaluation step commits: alerts, cursor moves, suppression windows saved or closed."""
+    """What one evaluation step commits: alerts, cursor moves, suppression windows saved or closed,
+    inbox rows taken."""
 
     alerts: list[dict[str, Any]] = field(default_factory=list)
     cursors: dict[str, int] = field(default_factory=dict)
     windows: dict[str, tuple[float, str]] = field(default_factory=dict)  # group -> (until, state)
     closed: set[str] = field(default_factory=set)
+    taken: list[int] = field(default_factory=list)  # policy_inbox ids
 
     def __bool__(self) -> bool:
-        return bool(self.alerts or self.cursors or self.windows or self.closed)
+        return bool(self.alerts or self.cursors or self.windows or self.closed or self.taken)
 
 
 class PolicyLog:
@@ -91,6 +97,7 @@ class PolicyLog:
         with conn.transaction():
             row = conn.execute(_EXISTS).fetchone()
             if row is not None and row[0]:
+                conn.execute(_INBOX)
                 return
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -128,6 +135,20 @@ class PolicyLog:
         row = conn.execute(_CAUGHT_UP).fetchone()
         return int(row[0]) if row else 0
 
+    @staticmethod
+    def post(conn: Connection, bodies: list[str]) -> None:
+        """Leave events (JSON mappings) for the evaluator, whoever leads now or next."""
+        with conn.transaction():
+            conn.execute(_INBOX)
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO policy_inbox (body) VALUES (%s)", [(b,) for b in bodies])
+
+    @staticmethod
+    def inbox(conn: Connection, limit: int) -> list[tuple[int, str]]:
+        """(id, body) of posted events, oldest first; `Step.taken` removes them with the step."""
+        rows = conn.execute("SELECT id, body FROM policy_inbox ORDER BY id LIMIT %s", (limit,)).fetchall()
+        return [(int(i), str(b)) for i, b in rows]
+
     def windows(self, conn: Connection) -> list[tuple[str, float, str]]:
         """(group, until, state) of every open suppression window."""
         rows = conn.execute("SELECT grp, until, state FROM policy_suppression").fetchall()
@@ -144,3 +165,5 @@ class PolicyLog:
                 cur.executemany(_SAVE_WINDOW, [(g, u, s) for g, (u, s) in sorted(step.windows.items())])
             if step.closed:
                 cur.executemany(_DROP_WINDOW, [(g,) for g in sorted(step.closed)])
+            if step.taken:
+                cur.execute("DELETE FROM policy_inbox WHERE id = ANY(%s)", (step.taken,))

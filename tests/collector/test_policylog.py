@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from collector.store import open_store
+from collector.store import open_store, pgconnect
 from collector.store.leadership import Leadership
 from collector.store.policylog import PolicyLog, Step
 from tests.helpers import make_events
@@ -64,5 +64,24 @@ def test_a_step_commits_alerts_cursors_and_windows_together_or_not_at_all(
         # 1..4 were stored before the first evaluator (its cursor started at 4); 5..6 are still due.
         assert [s for _, s, _ in log.pending(lead.connection, "", 10, 10, 100)] == [5, 6]
     finally:
+        lead.release()
+        store.close()
+
+
+def test_posted_events_wait_for_the_evaluator_and_leave_with_its_step(pg_url: str) -> None:
+    store = open_store(pg_url)
+    poster = pgconnect.connect(pg_url)  # a standby's session: the evaluator's tables need not exist yet
+    lead = Leadership(pg_url, "policy evaluator")
+    try:
+        PolicyLog.post(poster, ['{"event.action": "agent.silent", "agent.id": "a"}', '{"n": 2}'])
+        assert lead.try_acquire() and lead.connection is not None
+        conn, log = lead.connection, PolicyLog(pg_url)
+        log.ensure(conn)
+        posted = PolicyLog.inbox(conn, 10)
+        assert [body for _, body in posted][1] == '{"n": 2}'
+        log.commit(conn, Step(taken=[posted[0][0]]))
+        assert [i for i, _ in PolicyLog.inbox(conn, 10)] == [posted[1][0]]
+    finally:
+        poster.close()
         lead.release()
         store.close()
