@@ -19,7 +19,8 @@ only the batch in flight when the leader died can reach the destination twice.
 
 A failed delivery is retried for ever, with backoff doubling from 0.5 s up to `retry_max`
 (jittered), while the cursors wait. The worker reads from a connection of its own and holds
-at most one batch in memory, so a slow or dead destination never slows ingest: the events
+at most two batches in memory (the one on its way, and the next, read and formatted during the
+round trip), so a slow or dead destination never slows ingest: the events
 simply wait in the store, which is what `lag_events` counts.
 """
 
@@ -30,7 +31,8 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from collector import formats
@@ -81,6 +83,7 @@ class ForwardWorker:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"forward-{name}", daemon=True)
+        self._sender = ThreadPoolExecutor(1, thread_name_prefix=f"forward-{name}-send")
 
     def start(self) -> None:
         """Start the thread."""
@@ -95,6 +98,7 @@ class ForwardWorker:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        self._sender.shutdown(wait=False)
         self.destination.close()
         if self.lead is not None:
             self.lead.release()
@@ -102,22 +106,32 @@ class ForwardWorker:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        ahead: list[Item] = []  # the next batch, read and formatted while the one before was on its way
         while not self._stop.is_set():
             if not self._lead():
+                ahead = []
                 self._stop.wait(POLL_SECONDS)
                 continue
             try:
-                items = self.next_batch()
+                items = ahead or self.next_batch()
             except StoreError as exc:
                 log.warning("forward %s: cannot read stored events: %s", self.name, exc)
                 self._stop.wait(POLL_SECONDS)
                 continue
+            ahead = []
             if not items:
                 self._wake.wait(POLL_SECONDS)
                 self._wake.clear()
                 continue
-            if self._deliver(items):
+            self.lag_seconds = _age(items)  # the oldest event not forwarded yet is in this batch
+            # The destination's answer takes a round trip: the next batch is made meanwhile.
+            sending = self._sender.submit(self._deliver, items)
+            with contextlib.suppress(StoreError):  # read again after this batch, then
+                ahead = self.next_batch({**self.cursors, **_last(items)})
+            if sending.result():
                 self._advance(items)
+            else:
+                ahead = []  # stopping, or another collector forwards now: from the cursors again
 
     def _lead(self) -> bool:
         """Lead the destination (cursors read afresh on taking over); False: another collector does,
@@ -141,11 +155,13 @@ class ForwardWorker:
         self.leading = leading
         return leading
 
-    def next_batch(self) -> list[Item]:
-        """The next events after the cursors (at most batch_size); updates the lag figures."""
-        heads, behind = self._lag()
+    def next_batch(self, after: Mapping[str, int] | None = None) -> list[Item]:
+        """The next events after the cursors, or after `after` (at most batch_size); updates lag_events."""
+        positions = self.cursors if after is None else after
+        heads, behind = self._lag(positions)
         if not behind:
-            self.lag_seconds = 0.0
+            if after is None:
+                self.lag_seconds = 0.0
             return []
         agents = sorted(behind)
         self._turn = (self._turn + 1) % len(agents)
@@ -157,19 +173,21 @@ class ForwardWorker:
             room = self.batch_size - len(items)
             if room <= 0:
                 break
-            after = self.cursors.get(agent, 0)
-            for sequence, data in self.book.after(agent, after, heads[agent], min(room, share)):
+            rows = self.book.after(agent, positions.get(agent, 0), heads[agent], min(room, share))
+            for sequence, data in rows:
                 mapping = stored_mapping(location, agent, sequence, data)
                 doc = formats.event_json(self.format, mapping)
                 items.append(Item(agent, sequence, str(mapping.get("event.id", "")), mapping, doc))
-        self.lag_seconds = _age(items)
         return items
 
-    def _lag(self) -> tuple[dict[str, int], dict[str, int]]:
-        """Every agent's stored prefix, and how far each is ahead of the cursor (lag_events updated)."""
+    def _lag(self, positions: Mapping[str, int] | None = None) -> tuple[dict[str, int], dict[str, int]]:
+        """Every agent's stored prefix, and how far each is ahead of `positions` (default: the
+        cursors); lag_events updated (from the cursors)."""
         heads = self.book.heads()
-        behind = {a: h - self.cursors.get(a, 0) for a, h in heads.items() if h > self.cursors.get(a, 0)}
-        self.lag_events = sum(behind.values())
+        cursors = self.cursors
+        self.lag_events = sum(h - cursors.get(a, 0) for a, h in heads.items() if h > cursors.get(a, 0))
+        at = cursors if positions is None else positions
+        behind = {a: h - at.get(a, 0) for a, h in heads.items() if h > at.get(a, 0)}
         return heads, behind
 
     def _deliver(self, items: Sequence[Item]) -> bool:
@@ -205,9 +223,7 @@ class ForwardWorker:
         return False
 
     def _advance(self, items: Sequence[Item]) -> None:
-        moved: dict[str, int] = {}
-        for item in items:
-            moved[item.agent_id] = max(moved.get(item.agent_id, 0), item.sequence)
+        moved = _last(items)
         self.cursors.update(moved)
         try:
             self.book.save(self.name, moved, ecs_now())
@@ -225,6 +241,14 @@ class ForwardWorker:
             "lag_seconds": self.lag_seconds,
             "leading": self.leading,
         }
+
+
+def _last(items: Sequence[Item]) -> dict[str, int]:
+    """Each agent's last sequence in `items`: its cursor once they are delivered."""
+    moved: dict[str, int] = {}
+    for item in items:
+        moved[item.agent_id] = max(moved.get(item.agent_id, 0), item.sequence)
+    return moved
 
 
 def _age(items: Sequence[Item]) -> float:
