@@ -91,7 +91,12 @@ def test_agent_keeps_only_the_capabilities_it_needs() -> None:
     assert "User" not in service  # root, for fanotify; the bounding set below is what it keeps
     assert set(service["CapabilityBoundingSet"][0].split()) == {
         "CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE", "CAP_LEASE",
+        # prevention: notify-send as the user, and the quarantine removing files from sticks
+        "CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE",
     }
+    # writable only where prevention writes: the sticks and /sys/devices (`authorized`)
+    assert service["ReadWritePaths"] == ["-/media -/run/media -/mnt /sys/devices"]
+    assert service["ProtectKernelTunables"] == ["yes"] and service["ProtectSystem"] == ["strict"]
     assert "AF_NETLINK" in service["RestrictAddressFamilies"][0]
     assert service["ProtectHome"] == ["read-only"]
     assert "fanotify_init" in service["SystemCallFilter"][0]
