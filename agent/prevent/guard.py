@@ -214,46 +214,69 @@ class ContentGuard:
                 log.exception("prevent: permission event handling failed")
 
     def _drain(self, group: PermissionGroup, now: float, stalled: bool) -> None:
-        while True:
-            batch = group.read()
-            if not batch:
-                return
-            for mask, fd, pid in batch:
-                if mask & FAN_Q_OVERFLOW or fd < 0:
-                    self.overflows += bool(mask & FAN_Q_OVERFLOW)
-                    continue
-                if not mask & FAN_OPEN_PERM:  # a tagged open, heard: remember who, answer nothing
-                    try:
-                        tagged = syscalls.readlink(f"/proc/self/fd/{fd}") if pid != self._me else None
-                        if tagged is not None:
-                            self.decider.note_tagged_open(pid, tagged)
-                    finally:
-                        syscalls.close(fd)
-                    continue
-                if pid == self._me:
-                    group.answer(fd, True)  # the agent hashing a copy: never wait on ourselves
-                    continue
-                if stalled:
-                    self._default(group, fd)
-                    continue
-                path = syscalls.readlink(f"/proc/self/fd/{fd}")
-                st = syscalls.device_and_size(fd)
-                if path is None or st is None:
-                    group.answer(fd, True)
-                    continue
-                removable = st[0] in self._removable_dev
-                # a process found clean before (cp -r at its 2nd..2,000th file): checked again here,
-                # from descriptors held on it, and answered without a trip to the decision thread;
-                # only while armed (a write now must arm the tagged trees first)
-                if removable and self._armed and self.decider.allow_known(pid, path):
-                    group.answer(fd, True)
-                    self.fast += 1
-                    self._count(now)
-                    continue
-                item = _Waiting(fd, pid, path, removable, st[1], now)
-                with self._lock:
-                    self._waiting[fd] = item
-                self._work.put(item)
+        # tagged opens heard, by pid: only each process's latest counts (the decider keeps the
+        # latest per process and group), so a reader of 10,000 tagged files costs one look per
+        # read of the queue, not one per open; noted before any later open is decided
+        heard: dict[int, int] = {}
+        try:
+            while True:
+                batch = group.read()
+                if not batch:
+                    return
+                for mask, fd, pid in batch:
+                    if mask & FAN_Q_OVERFLOW or fd < 0:
+                        self.overflows += bool(mask & FAN_Q_OVERFLOW)
+                    elif not mask & FAN_OPEN_PERM:  # a tagged open, heard: answer nothing
+                        earlier = heard.pop(pid, -1)
+                        if earlier >= 0:
+                            syscalls.close(earlier)
+                        if pid == self._me:
+                            syscalls.close(fd)
+                        else:
+                            heard[pid] = fd
+                    else:
+                        self._note_heard(heard)
+                        self._asked(group, now, stalled, fd, pid)
+        finally:
+            self._note_heard(heard)
+
+    def _note_heard(self, heard: dict[int, int]) -> None:
+        for pid, fd in heard.items():
+            try:
+                tagged = syscalls.readlink(f"/proc/self/fd/{fd}")
+                if tagged is not None:
+                    self.decider.note_tagged_open(pid, tagged)
+            finally:
+                syscalls.close(fd)
+        heard.clear()
+
+    def _asked(self, group: PermissionGroup, now: float, stalled: bool, fd: int, pid: int) -> None:
+        """A permission event: answered here (the agent's own, a stall, a clean verdict) or
+        handed to the decision thread."""
+        if pid == self._me:
+            group.answer(fd, True)  # the agent hashing a copy: never wait on ourselves
+            return
+        if stalled:
+            self._default(group, fd)
+            return
+        path = syscalls.readlink(f"/proc/self/fd/{fd}")
+        st = syscalls.device_and_size(fd)
+        if path is None or st is None:
+            group.answer(fd, True)
+            return
+        removable = st[0] in self._removable_dev
+        # a process found clean before (cp -r at its 2nd..2,000th file): checked again here,
+        # from descriptors held on it, and answered without a trip to the decision thread;
+        # only while armed (a write now must arm the tagged trees first)
+        if removable and self._armed and self.decider.allow_known(pid, path):
+            group.answer(fd, True)
+            self.fast += 1
+            self._count(now)
+            return
+        item = _Waiting(fd, pid, path, removable, st[1], now)
+        with self._lock:
+            self._waiting[fd] = item
+        self._work.put(item)
 
     def _expire(self, group: PermissionGroup, now: float) -> None:
         with self._lock:
