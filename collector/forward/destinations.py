@@ -18,8 +18,7 @@ import socket
 import ssl
 import urllib.parse
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
@@ -32,8 +31,7 @@ from collector.forward.syslog import FACILITY, SD_ID, SyslogTransport, sd_value
 MAX_ANSWER_BYTES = 16 << 20  # a _bulk answer names every item
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):  # a tuple: made for every event forwarded, cheaper than a frozen dataclass
     """One stored event on its way out: its key, its mapping (SPEC names) and its document's JSON."""
 
     agent_id: str
