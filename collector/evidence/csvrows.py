@@ -72,6 +72,7 @@ class CsvRows:
         self._blanks = ("",) * len(self._columns)
         self._shaped = tuple((name, i) for i, name in enumerate(self._columns) if name in formats.SHAPED)
         self._list_cells: dict[tuple[Any, ...], str] = {}
+        self._quoted_cells: dict[str, tuple[str, int]] = {}
         self._shapes: dict[tuple[str, ...], _RowShape | None] = {}
         # The quotes of a row none of whose cells holds one.
         self._quotes = 2 * (len(self._columns) + len(formats.BOOKKEEPING))
@@ -83,26 +84,32 @@ class CsvRows:
             shape = self._shapes[keys]
         except KeyError:
             shape = self._shape_of(keys)
-        text = None
-        if shape is not None:
-            values = [*shape.values(body), prev_hex, hash_hex, previous]
-            quotes = self._quotes
-            for i, name in shape.shaped:  # lists show as JSON: their quotes are doubled here
-                cell = self._shape(name, values[i])
-                if '"' in cell:
-                    quotes += 2 * cell.count('"')
-                    cell = cell.replace('"', '""')
-                values[i] = cell
-            text = shape.template % tuple(values)
-            # Any other quote is inside a value: csv.writer doubles it (as it writes a None).
-            if text.count('"') != quotes or None in values or _needs_care(text):
-                text = None
+        text = None if shape is None else self._by_template(shape, body, (prev_hex, hash_hex, previous))
         if text is None:
             text = self._by_writer(body, prev_hex, hash_hex, previous)
         # The record is JSON, full of quotes: quoting it here is several times cheaper than
         # letting csv.writer scan it; always quoted, as CsvDialect quotes every cell. Its bytes
         # are the hashed bytes: they are not decoded and encoded again.
         self.parts += (text.encode(), b',"', record.replace(b'"', b'""'), b'"\n')
+
+    def _by_template(
+        self, shape: _RowShape, body: dict[str, Any], bookkeeping: tuple[str, str, int]
+    ) -> str | None:
+        """The row's ECS and bookkeeping cells from the shape's template; None: csv.writer must write them."""
+        values = [*shape.values(body), *bookkeeping]
+        if None in values:  # csv.writer writes it as an empty cell
+            return None
+        quotes = self._quotes
+        for i, name in shape.shaped:
+            value = values[i]
+            if value is True or value is False:
+                values[i] = "true" if value else "false"
+            else:  # lists show as JSON: their quotes are doubled here
+                values[i], doubled = self._quoted(name, value)
+                quotes += doubled
+        text: str = shape.template % tuple(values)
+        # Any other quote is inside a value (csv.writer doubles it); a trigger needs neutralising.
+        return None if text.count('"') != quotes or _needs_care(text) else text
 
     def _shape_of(self, keys: tuple[str, ...]) -> _RowShape | None:
         present = set(keys)
@@ -127,6 +134,16 @@ class CsvRows:
             self._writer.writerow([_careful(cell) for cell in row])
             text = self._written.pop()
         return text
+
+    def _quoted(self, name: str, value: Any) -> tuple[str, int]:
+        """The cell of a shaped value with its quotes doubled, and how many quotes that holds."""
+        cell = self._shape(name, value)
+        quoted = self._quoted_cells.get(cell)
+        if quoted is None:
+            quoted = (cell.replace('"', '""'), 2 * cell.count('"'))
+            if len(self._quoted_cells) < _LIST_CELLS:
+                self._quoted_cells[cell] = quoted
+        return quoted
 
     def _shape(self, name: str, value: Any) -> str:
         if type(value) is not list:

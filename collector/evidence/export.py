@@ -195,23 +195,24 @@ def _write_rows(
     agents: dict[str, AgentRange] = {}
     csv_rows = CsvRows() if result.format == "csv" else None
     parts: list[bytes] = csv_rows.parts if csv_rows is not None else []
-    not_hashed = formats.NOT_HASHED
     sha256 = hashlib.sha256
     fromhex = bytes.fromhex
     canonical_event = chain.canonical_event
     jsonl_line = formats.jsonl_line
     prev_key, hash_key, previous_key = formats.PREV, formats.HASH, formats.PREVIOUS_SEQUENCE
+    not_hashed = tuple(formats.NOT_HASHED - {prev_key, hash_key})  # what else a record may carry
     agent_key, sequence_key, time_key = formats.AGENT, formats.SEQUENCE, formats.TIMESTAMP
     current: AgentRange | None = None
     rows = 0
     first_time = last_time = None
     for mapping in records:
-        prev_hex = _hex(mapping.get(prev_key))
-        hash_hex = _hex(mapping.get(hash_key))
-        # The source's dicts are ours: drop the bookkeeping in place rather than copy each event.
+        # The source's dicts are ours: take the bookkeeping out in place rather than copy each event.
         body = mapping
+        prev_hex = _hex(body.pop(prev_key, None))
+        hash_hex = _hex(body.pop(hash_key, None))
         for name in not_hashed:
-            body.pop(name, None)
+            if name in body:
+                del body[name]
         record_bytes = canonical_event(body)
         agent_id = str(body.get(agent_key, ""))
         sequence = int(body.get(sequence_key, 0))
