@@ -246,6 +246,8 @@ class ContentGuard:
                 tagged = syscalls.readlink(f"/proc/self/fd/{fd}")
                 if tagged is not None:
                     self.decider.note_tagged_open(pid, tagged)
+            except Exception:  # the rest of the batch (opens waiting) must still be handled
+                log.exception("prevent: a tagged open of %d could not be noted", pid)
             finally:
                 syscalls.close(fd)
         heard.clear()
@@ -268,7 +270,7 @@ class ContentGuard:
         # a process found clean before (cp -r at its 2nd..2,000th file): checked again here,
         # from descriptors held on it, and answered without a trip to the decision thread;
         # only while armed (a write now must arm the tagged trees first)
-        if removable and self._armed and self.decider.allow_known(pid, path):
+        if removable and self._armed and self._known(pid, path):
             group.answer(fd, True)
             self.fast += 1
             self._count(now)
@@ -277,6 +279,13 @@ class ContentGuard:
         with self._lock:
             self._waiting[fd] = item
         self._work.put(item)
+
+    def _known(self, pid: int, path: str) -> bool:
+        try:
+            return self.decider.allow_known(pid, path)
+        except Exception:  # the open must still be answered: by the full decision
+            log.exception("prevent: the clean verdict of %d could not be checked", pid)
+            return False
 
     def _expire(self, group: PermissionGroup, now: float) -> None:
         with self._lock:
