@@ -108,10 +108,13 @@ class ForwardWorker:
     def _run(self) -> None:
         ahead: list[Item] = []  # the next batch, read and formatted while the one before was on its way
         while not self._stop.is_set():
+            term = self._term
             if not self._lead():
                 ahead = []
                 self._stop.wait(POLL_SECONDS)
                 continue
+            if self._term != term:
+                ahead = []  # led again after a lapse: others may have moved the cursors meanwhile
             try:
                 items = ahead or self.next_batch()
             except StoreError as exc:
