@@ -23,16 +23,17 @@ def ecs_time(moment: dt.datetime) -> str:
     return moment.strftime(ECS_TIME)
 
 
-# The latest second and its text, as one tuple (read and replaced atomically from any thread).
-_LAST_SECOND: list[tuple[int, str]] = [(0, "1970-01-01T00:00:00.")]
+# The text of recent seconds (a flush interleaves the times of two or three seconds).
+_SECONDS: dict[int, str] = {}
+_SECONDS_KEPT = 64
 
 
 def ecs_time_at(epoch: float) -> str:
     """ECS time string of a wall-clock time in seconds since the epoch.
 
     The text of `datetime.fromtimestamp(epoch, UTC)` (its rounding of the microseconds, half to
-    even, repeated here), with the part before the microseconds kept for the latest second: a
-    registry flush writes thousands of times of the same second.
+    even, repeated here), with the part before the microseconds kept for recent seconds: a
+    registry flush writes thousands of times of the same few seconds.
     """
     fraction, whole = math.modf(epoch)
     micro = round(fraction * 1e6)
@@ -43,10 +44,12 @@ def ecs_time_at(epoch: float) -> str:
         micro += 1_000_000
         whole -= 1.0
     second = int(whole)
-    last = _LAST_SECOND[0]
-    if last[0] != second:
-        last = _LAST_SECOND[0] = (second, dt.datetime.fromtimestamp(second, dt.UTC).strftime(ECS_SECONDS))
-    return f"{last[1]}{micro:06d}Z"
+    prefix = _SECONDS.get(second)
+    if prefix is None:
+        if len(_SECONDS) >= _SECONDS_KEPT:
+            _SECONDS.clear()
+        prefix = _SECONDS[second] = dt.datetime.fromtimestamp(second, dt.UTC).strftime(ECS_SECONDS)
+    return f"{prefix}{micro:06d}Z"
 
 
 def ecs_now() -> str:
