@@ -83,6 +83,7 @@ class Decider:
         self.on_exception: Callable[[int, str, PreventException, Verdict], None] = lambda *_: None
         self._allowed_gids = _ids(settings.allowed_groups, lambda n: grp.getgrnam(n).gr_gid, "group")
         self._lock = threading.Lock()
+        self._spared: dict[str, None] = {}  # stick paths allowed users or groups opened for writing
         self._writers: dict[int, _Writer] = {}            # pid -> what it writes on removable media
         # pid / pgid -> (when, tagged path, tags) of its latest tagged open
         self._opened: dict[int, tuple[float, str, tuple[str, ...]]] = {}
@@ -94,6 +95,18 @@ class Decider:
     def exempt(self, uid: int, gids: tuple[int, ...]) -> bool:
         """Whether prevent.allowed_users/allowed_groups leave this user alone."""
         return uid in self._allowed_uids or any(g in self._allowed_gids for g in gids)
+
+    def _spare(self, path: str) -> None:
+        with self._lock:
+            self._spared[path] = None
+            while len(self._spared) > MAX_WRITERS:
+                del self._spared[next(iter(self._spared))]
+
+    def spared(self, path: str) -> bool:
+        """Whether an allowed user or group opened this file on a stick for writing (the
+        quarantine leaves their copies: imaging staff copy tagged data on purpose)."""
+        with self._lock:
+            return path in self._spared
 
     def _excepted(self, pid: int, uid: int, stick_path: str, verdict: Verdict) -> bool:
         """Whether a time-boxed exception lets this user put data on this device now; reported."""
@@ -117,6 +130,7 @@ class Decider:
             return None  # gone already
         ppid, pgid, uid, gids = who
         if self.exempt(uid, gids):
+            self._spare(path)
             return None
         verdict, chain = self._carried(pid, ppid, pgid)
         if verdict is None:

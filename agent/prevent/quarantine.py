@@ -23,7 +23,7 @@ import queue
 import shutil
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -119,6 +119,8 @@ class Quarantine:
         self.media = media
         self._emit = emit
         self.exceptions = list(exceptions)  # grants the agent honours: their copies stay on the stick
+        # files allowed users or groups wrote (the guard's Decider.spared): they stay too
+        self.spared: Callable[[str], bool] = lambda _path: False
         self._work: queue.Queue[pb.Event | None] = queue.Queue(MAX_PENDING)
         self._thread: threading.Thread | None = None
         self.moved = 0
@@ -148,6 +150,8 @@ class Quarantine:
             return
         if grants.covering(self.exceptions, event.user.name, mount.device.serial) is not None:
             return  # copied under an officer's grant (reported as file.allow): not to be taken back
+        if self.spared(event.file.path):
+            return  # written by prevent.allowed_users / allowed_groups (imaging staff)
         try:
             self._work.put_nowait(event)
         except queue.Full:

@@ -71,6 +71,8 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
         exact = ExactAccessSensor(tags, reporter, media)
     content_guard = (ContentGuard(prevent, tags, index, media, emit, flow=copies.flow)
                      if blocking else None)
+    if quarantine is not None and content_guard is not None:
+        quarantine.spared = content_guard.decider.spared  # allowed users' copies stay on the stick
     markers = [m.mark_dir for m in (exact, content_guard) if m is not None]
 
     def new_dir(path: str) -> None:

@@ -118,10 +118,15 @@ def test_an_allowed_group_copies_and_the_rest_do_not(guarded: tuple[Running, Pat
     done = _run(f"setpriv --groups 100 cp {db}/customers.db {point}/allowed.db", db.parent)
     assert done.returncode == 0, done.stderr
     assert (point / "allowed.db").read_bytes() == (db / "customers.db").read_bytes()
+    allowed = str(point / "allowed.db")
+    run.events.wait_for(lambda e: e["event.action"] == "file.copy" and e["file.path"] == allowed)
     done = _run(f"setpriv --groups 0 cp {db}/customers.db {point}/other.db", db.parent)
     assert done.returncode != 0
     blocked = run.events.wait_for(run.events.action("file.block"))
     assert [e["file.path"] for e in blocked] == [f"{point}/other.db"]
+    # the allowed copy, reported before the other attempt, is not taken back by the quarantine
+    assert (point / "allowed.db").exists()
+    assert not run.events.matching(run.events.action("file.quarantine"))
 
 
 def test_tagged_data_that_got_past_the_guard_is_quarantined_and_restorable(
