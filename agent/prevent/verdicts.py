@@ -39,12 +39,14 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 class ProcessHandle:
     """Descriptors held on one process's /proc entries (its directory, `stat`; `syscall` and the
     `fd` directory when first asked), read with the GIL kept (syscalls.py). Every read fails
-    once that process is gone, whatever now has its number."""
+    once that process is gone, whatever now has its number. Thread-safe: a read and `close`
+    never overlap, so a descriptor number closed (and perhaps reused) is never read."""
 
-    __slots__ = ("_dir", "_fds", "_stat", "_syscall", "pid")
+    __slots__ = ("_dir", "_fds", "_lock", "_stat", "_syscall", "pid")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
+        self._lock = threading.Lock()
         self._dir = os.open(f"/proc/{pid}", _DIR_FLAGS)
         try:
             self._stat = os.open("stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self._dir)
@@ -64,32 +66,33 @@ class ProcessHandle:
 
     def family(self) -> tuple[int, int] | None:
         """(ppid, pgid) now; None once the process is gone."""
-        stat = syscalls.pread(self._stat, _STAT_BYTES)
+        with self._lock:
+            stat = syscalls.pread(self._stat, _STAT_BYTES) if self._stat >= 0 else None
         return procs.stat_family(stat) if stat else None
 
     def writing(self) -> bool | None:
         """Whether the open the process is blocked in asks for writing (procs.asks_writing);
         None when that cannot be told here."""
-        if self._syscall < 0:
-            self._syscall = self._open("syscall", os.O_RDONLY | os.O_CLOEXEC)
-        line = syscalls.pread(self._syscall, _SYSCALL_BYTES) if self._syscall >= 0 else None
+        with self._lock:
+            if self._syscall < 0:
+                self._syscall = self._open("syscall", os.O_RDONLY | os.O_CLOEXEC)
+            line = syscalls.pread(self._syscall, _SYSCALL_BYTES) if self._syscall >= 0 else None
         return procs.asks_writing(line.split()) if line else None
 
     def held_paths(self) -> list[str] | None:
         """Paths of the files the process holds open now; None once it is gone."""
-        if self._fds < 0:
-            self._fds = self._open("fd", _DIR_FLAGS)
-        names = syscalls.names(self._fds) if self._fds >= 0 else None
-        if names is None:
-            return None
-        out = []
-        for name in names:
-            target = syscalls.readlink(name, self._fds)
-            if target is not None and target.startswith("/"):
-                out.append(target)
-        return out
+        with self._lock:
+            if self._fds < 0:
+                self._fds = self._open("fd", _DIR_FLAGS)
+            names = syscalls.names(self._fds) if self._fds >= 0 else None
+            if names is None:
+                return None
+            targets = [syscalls.readlink(name, self._fds) for name in names]
+        return [target for target in targets if target is not None and target.startswith("/")]
 
     def _open(self, name: str, flags: int) -> int:
+        if self._dir < 0:
+            return -1  # closed
         try:
             return os.open(name, flags, dir_fd=self._dir)
         except OSError:
@@ -97,10 +100,11 @@ class ProcessHandle:
 
     def close(self) -> None:
         """Release the descriptors; idempotent."""
-        for fd in (self._fds, self._syscall, self._stat, self._dir):
-            if fd >= 0:
-                syscalls.close(fd)
-        self._fds = self._syscall = self._stat = self._dir = -1
+        with self._lock:
+            for fd in (self._fds, self._syscall, self._stat, self._dir):
+                if fd >= 0:
+                    syscalls.close(fd)
+            self._fds = self._syscall = self._stat = self._dir = -1
 
 
 @dataclass(slots=True)
