@@ -23,6 +23,7 @@ from collector.alerts.secrets import read_secret
 from collector.config import CollectorConfig, Destination, HttpDestination
 from collector.forward import destinations
 from collector.forward.errors import REASONS
+from collector.forward.formatted import Formatted
 from collector.forward.syslog import SyslogTransport
 from collector.forward.worker import ForwardWorker
 from collector.store import Store, open_store
@@ -55,9 +56,12 @@ class Forwarding:
     def from_config(cls, config: CollectorConfig, store: Store) -> Forwarding:
         """Build and start the workers of collector.yaml's `forward:`."""
         workers, readers = [], []
+        shared = None  # one destination: nothing to share
         for spec in config.forward:
             reader = open_store(config.store, readonly=True)
             readers.append(reader)
+            if shared is None and len(config.forward) > 1:  # named as the reader names it: no password
+                shared = Formatted(reader.location, size=4 * max(s.batch_size for s in config.forward))
             worker = ForwardWorker(
                 spec.name,
                 build_destination(spec),
@@ -66,6 +70,7 @@ class Forwarding:
                 batch_size=spec.batch_size,
                 retry_max=spec.retry_max_seconds,
                 lead=Leadership(config.store, f"forward:{spec.name}"),
+                shared=shared,
             )
             workers.append(worker)
         forwarding = cls(workers, readers)

@@ -33,15 +33,16 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from collector import formats
 from collector.forward.destinations import Destination, Item
 from collector.forward.errors import REASONS, DeliveryError
+from collector.forward.formatted import Formatted, alone
 from collector.store.base import StoreError
 from collector.store.cursors import CursorBook
 from collector.store.leadership import Leadership
-from collector.store.rows import stored_mapping
 from common.ecstime import ecs_epoch, ecs_now
 
 log = logging.getLogger("exfilguard.collector.forward")
@@ -63,6 +64,7 @@ class ForwardWorker:
         batch_size: int = 500,
         retry_max: float = 30.0,
         lead: Leadership | None = None,
+        shared: Formatted | None = None,
     ) -> None:
         self.name = name
         self.destination = destination
@@ -78,6 +80,7 @@ class ForwardWorker:
         self.cursors: dict[str, int] = {}
         self.lead = lead  # None: this worker alone forwards the destination (one collector, SQLite)
         self.leading = lead is None
+        self.shared = shared  # events read and formatted once for every destination of the process
         self._term = 0  # the leadership term the cursors were loaded in (0: not loaded yet)
         self._turn = 0
         self._wake = threading.Event()
@@ -172,14 +175,14 @@ class ForwardWorker:
         share = max(1, self.batch_size // len(agents))
         items: list[Item] = []
         location = self.book.reader.location
+        read = self.shared.get if self.shared is not None else partial(alone, location)
         for agent in agents:
             room = self.batch_size - len(items)
             if room <= 0:
                 break
             rows = self.book.after(agent, positions.get(agent, 0), heads[agent], min(room, share))
             for sequence, data in rows:
-                mapping = stored_mapping(location, agent, sequence, data)
-                doc = formats.event_json(self.format, mapping)
+                mapping, doc = read(agent, sequence, data, self.format)
                 items.append(Item(agent, sequence, str(mapping.get("event.id", "")), mapping, doc))
         return items
 

@@ -13,6 +13,7 @@ import pytest
 
 from admin import main as admin_main
 from collector.forward.destinations import HttpDestination
+from collector.forward.formatted import Formatted
 from collector.forward.worker import ForwardWorker
 from collector.store import Store, open_store
 from collector.store.cursors import CursorBook
@@ -313,3 +314,35 @@ def test_cursor_saves_on_sqlite_wait_for_no_fsync(tmp_path: Path) -> None:
     finally:
         ingesting.close()
         forwarding.close()
+
+
+def test_destinations_of_one_format_share_each_events_json(
+    sqlite_stores: tuple[Store, Store], receiver: HttpReceiver
+) -> None:
+    store, reader = sqlite_stores
+    store.ingest("agent-a", make_events("agent-a", 1, 20))
+    shared = Formatted(reader.location, size=100)
+    workers = [
+        ForwardWorker(
+            name,
+            HttpDestination("elasticsearch", receiver.url, index=name, timeout=2),
+            CursorBook(reader.domain(), store.domain()),
+            "ecs",
+            batch_size=7,
+            shared=shared,
+        )
+        for name in ("one", "two")
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        wait_for(lambda: len(bulk_ids(receiver)) >= 40, what="20 events to each destination")
+    finally:
+        for worker in workers:
+            worker.stop()
+    by_index = {"one": [], "two": []}  # type: dict[str, list[str]]
+    for request in receiver.accepted:
+        for action, doc in zip(request.lines()[::2], request.lines()[1::2], strict=True):
+            by_index[action["create"]["_index"]].append(json.dumps(doc))
+    assert by_index["one"] == by_index["two"] and len(by_index["one"]) == 20
+    assert shared.conversions == 20  # each event laid out once, not once per destination
