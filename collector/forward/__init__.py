@@ -1,6 +1,6 @@
 """Forwarding: every stored event, in ECS or OCSF, streamed to SIEM destinations (`forward:`).
 
-listener.Forwarding      one worker per `forward:` destination (in the forward process), and their metrics
+listener.Forwarding      one worker per `forward:` destination (in the forward process), their metrics
 worker.ForwardWorker     reads stored events after its cursors, delivers, then moves the cursors
 process.ForwardProcess   runs the workers in a process of its own, woken after each commit
 formatted.Formatted      events decoded once and laid out once per format, for every destination

@@ -1,20 +1,18 @@
-"""Forwarding: the collector seam — one ForwardWorker per `forward:` destination, woken on each commit.
+"""Forwarding: one ForwardWorker per `forward:` destination, as the forward process runs them.
 
-Wiring (collector/main.py): `Forwarding.from_config(config, store)` with the event loop running.
-Each worker reads stored events through a read-only store connection of its own and keeps its
-cursors through the collector's store; `on_stored` only wakes the workers (nothing is converted
-or copied on the event loop), so ingest never waits on a destination. With a PostgreSQL store
-shared by several collectors, each destination is forwarded by one of them at a time (its
-worker leads `forward:NAME`, collector/store/leadership.py); the others stand by.
-When the loop cancels the background task at shutdown, the workers stop (a delivery under way
-finishes or is given up, its cursor saved only if it went through).
+Wiring (collector/forward/process.py, in the child): `Forwarding.from_config(config, store)`
+starts the workers; each reads stored events through a read-only store connection of its own
+and keeps its cursors through the process's store connection; `wake_all()` after the collector
+said events were stored; `close()` stops them (a delivery under way finishes or is given up,
+its cursor saved only if it went through). With a PostgreSQL store shared by several
+collectors, each destination is forwarded by one of them at a time (its worker leads
+`forward:NAME`, collector/store/leadership.py); the others stand by. `metric_families` turns
+the workers' figures into the collector's /metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -29,7 +27,6 @@ from collector.forward.worker import ForwardWorker
 from collector.store import Store, open_store
 from collector.store.cursors import CursorBook
 from collector.store.leadership import Leadership
-from protos import exfilguard_pb2 as pb
 
 
 def build_destination(spec: Destination) -> destinations.Destination:
@@ -45,12 +42,11 @@ def build_destination(spec: Destination) -> destinations.Destination:
 
 
 class Forwarding:
-    """Every configured destination's worker; an EventListener of the collector."""
+    """Every configured destination's worker, and the read connections they use."""
 
     def __init__(self, workers: Iterable[ForwardWorker], readers: Iterable[Store] = ()) -> None:
         self.workers = list(workers)
         self._readers = list(readers)
-        self._task: asyncio.Task[None] | None = None
 
     @classmethod
     def from_config(cls, config: CollectorConfig, store: Store) -> Forwarding:
@@ -78,25 +74,14 @@ class Forwarding:
         return forwarding
 
     def start(self) -> None:
-        """Start the workers, and a task on the running loop that stops them when it is cancelled."""
+        """Start the workers."""
         for worker in self.workers:
             worker.start()
-        with contextlib.suppress(RuntimeError):  # no running loop (a test drives it by hand)
-            self._task = asyncio.get_running_loop().create_task(self._hold(), name="forward")
 
-    async def on_stored(self, events: Sequence[pb.Event], data: Sequence[bytes] = ()) -> None:
-        """Events were stored: wake every worker (never blocks); each reads them from the store."""
+    def wake_all(self) -> None:
+        """Events were stored: every worker looks now rather than at its next poll."""
         for worker in self.workers:
             worker.wake()
-
-    async def on_events(self, mappings: list[dict[str, Any]]) -> None:
-        """Collector-made events (agent.silent) are not stored, so not forwarded."""
-
-    async def _hold(self) -> None:
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await asyncio.to_thread(self.close)
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop every worker and close their read connections (idempotent)."""
@@ -109,10 +94,6 @@ class Forwarding:
     def figures(self) -> dict[str, dict[str, Any]]:
         """Every destination's figures (ForwardWorker.figures), by name."""
         return {worker.name: worker.figures() for worker in self.workers}
-
-    def metric_families(self) -> list[Metric]:
-        """Prometheus figures per destination: events delivered, failures by reason, lag, leadership."""
-        return metric_families(self.figures())
 
 
 def metric_families(figures_by_name: dict[str, dict[str, Any]]) -> list[Metric]:

@@ -159,10 +159,8 @@ def serve(report_fd: int) -> int:
     reporter = threading.Thread(target=report_forever, name="forward-reports", daemon=True)
     reporter.start()
     try:
-        while chunk := os.read(stdin.fileno(), 4096):
-            del chunk
-            for worker in forwarding.workers:
-                worker.wake()
+        while os.read(stdin.fileno(), 4096):  # each byte: events were stored
+            forwarding.wake_all()
     finally:
         done.set()
         forwarding.close()
