@@ -60,15 +60,8 @@ class SyslogTransport:
     @classmethod
     def configured(cls, receiver: SyslogReceiver, timeout: float = 5.0) -> SyslogTransport:
         """The connection to the receiver a config entry names."""
-        return cls(
-            receiver.address,
-            receiver.protocol,
-            ca=receiver.ca,
-            server_name=receiver.server_name,
-            cert=receiver.cert,
-            key=receiver.key,
-            timeout=timeout,
-        )
+        return cls(receiver.address, receiver.protocol, ca=receiver.ca, server_name=receiver.server_name,
+                   cert=receiver.cert, key=receiver.key, timeout=timeout)
 
     def __init__(
         self,
