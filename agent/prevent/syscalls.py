@@ -47,6 +47,7 @@ _STAT_BYTES = 256  # more than struct stat
 _AT_FDCWD = -100
 _PATH_MAX = 4096
 _DENTS_BYTES = 4096
+_DENT_MAX = 280  # the largest linux_dirent64 (a 255-byte name)
 
 
 def pread(fd: int, size: int) -> bytes | None:
@@ -103,6 +104,7 @@ def names(dirfd: int) -> list[str] | None:
         if got == 0:
             return out
         raw = ctypes.string_at(buf, got)
+        done = got < _DENTS_BYTES - _DENT_MAX  # room was left: procfs gave every entry there is
         offset = 0
         while offset < got:
             _ino, _off, reclen, _type = _DIRENT.unpack_from(raw, offset)
@@ -110,3 +112,5 @@ def names(dirfd: int) -> list[str] | None:
             if name not in (b".", b".."):
                 out.append(name.decode())
             offset += reclen
+        if done:
+            return out
