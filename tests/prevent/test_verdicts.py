@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.prevent import procs
 from agent.prevent.decide import Decider
 from agent.prevent.guard import ContentGuard
 from agent.prevent.verdicts import ProcessHandle
@@ -192,6 +193,31 @@ time.sleep(60)
     assert handle.family() is not None
     handle.close()
     gone_handle.close()
+
+
+THREADED = """
+import os, sys, threading, time
+def worker():
+    os.open(sys.argv[1], os.O_RDONLY if sys.argv[2] == "read" else os.O_WRONLY)
+threading.Thread(target=worker, daemon=True).start()
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("mode", ["read", "write"])
+def test_the_thread_in_the_open_is_asked_not_the_main_thread(tmp_path: Path, mode: str) -> None:
+    fifo = tmp_path / "stick-file"
+    os.mkfifo(fifo)
+    child = subprocess.Popen([sys.executable, "-c", THREADED, str(fifo), mode])
+    try:
+        # its main thread sleeps; a worker waits in the open (a FIFO opens when its other end does)
+        wait_for(lambda: procs.opens_for_writing(child.pid, str(fifo)) is not None, 15,
+                 "the worker to wait in open")
+        assert procs.opens_for_writing(child.pid, str(fifo)) is (mode == "write")
+        assert procs.opens_for_writing(child.pid, str(tmp_path / "another-file")) is None
+    finally:
+        child.kill()
+        child.wait(10)
 
 
 # ---------------------------------------------------------------- a real stick, real programs
