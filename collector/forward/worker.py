@@ -109,6 +109,15 @@ class ForwardWorker:
     # ------------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._stream()
+            except Exception:  # a bug must not end forwarding for good: logged, then from the cursors again
+                log.exception("forward %s: crashed; starting again from its cursors", self.name)
+                self._term = 0
+                self._stop.wait(POLL_SECONDS)
+
+    def _stream(self) -> None:
         ahead: list[Item] = []  # the next batch, read and formatted while the one before was on its way
         while not self._stop.is_set():
             term = self._term
