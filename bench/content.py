@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.sensors import Agent, _settle
+from bench._watchers import settle
+from bench.sensors import Agent
 
 
 def _tree(root: Path, files: int, size: int, seed: int = 1) -> int:
@@ -184,14 +185,14 @@ def memory(work: Path, files: int, size: int) -> dict[str, Any]:
     total = _tree(tree, files, size, seed=3)
     empty = Agent(work, {"tags": {}})
     try:
-        _settle(empty.busy, quiet=2.0, limit=60)
+        settle(empty.busy, quiet=2.0, limit=60, poll=0.1)
         rss_empty = empty.rss()
     finally:
         empty.stop()
     agent = Agent(work, {"tags": {str(tree): ["database"]}})
     try:
         start = time.monotonic()
-        _settle(agent.busy, quiet=3.0, limit=900)
+        settle(agent.busy, quiet=3.0, limit=900, poll=0.1)
         settle_seconds = time.monotonic() - start
         rss = agent.rss()
     finally:
@@ -236,10 +237,10 @@ def copying(work: Path, files: int, rounds: int) -> dict[str, Any]:
                 without.append(cp(tree))
                 agent = Agent(work, {"tags": {str(tagged): ["database"]}})
                 try:
-                    _settle(agent.busy, quiet=2.0, limit=120)  # indexed and fingerprinted
+                    settle(agent.busy, quiet=2.0, limit=120, poll=0.1)  # indexed and fingerprinted
                     cpu = agent.cpu()
                     with_agent.append(cp(tree))
-                    _settle(agent.busy, quiet=2.0, limit=300)
+                    settle(agent.busy, quiet=2.0, limit=300, poll=0.1)
                     agent_cpu.append(agent.cpu() - cpu)
                 finally:
                     agent.stop()
