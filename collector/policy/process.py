@@ -23,8 +23,8 @@ counted (`unevaluated`) and logged, and the new child rebuilds its windows from 
 never stops for the policies. A broken policy set at start is the collector's own failure (the
 child exits before it is ready and the collector exits 1), as before.
 
-On PostgreSQL (several collectors may share it) the events on the pipe are only counted: one
-policy process of the fleet leads and evaluates the shared event log (collector/policy/fleet.py).
+On PostgreSQL (several collectors may share it) no events go down the pipe, only agent.silent:
+one policy process of the fleet leads and evaluates the shared event log (collector/policy/fleet.py).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from typing import Any
 
 from collector.child import ChildProcess, child_start, report
 from collector.config import CollectorConfig
+from collector.store import is_postgres
 from common import logs
 from common.errors import ExfilGuardError
 from protos import exfilguard_pb2 as pb
@@ -128,6 +129,7 @@ class PolicyProcess(ChildProcess):
     def __init__(self, config: CollectorConfig) -> None:
         super().__init__(config)
         self.unevaluated = 0  # events sent to a child that died before evaluating them, or with none running
+        self.reads_store = is_postgres(config.store)
         self._stats: dict[str, Any] = {}
         self._sent = 0  # events sent to the running child (its reports say how many it received)
         self._lost_logged_at = 0.0
@@ -174,7 +176,10 @@ class PolicyProcess(ChildProcess):
 
     async def on_stored(self, events: Sequence[pb.Event], data: Sequence[bytes]) -> None:
         """Send newly stored events (their bytes as stored: nothing is serialized again); waits
-        only while the child's pipe is full."""
+        only while the child's pipe is full. On PostgreSQL nothing is sent: the fleet's evaluator
+        reads the events from the store (collector/policy/fleet.py)."""
+        if self.reads_store:
+            return
         await self._send(frame(EVENTS, events_payload(data)), len(data))
 
     async def on_events(self, mappings: list[dict[str, Any]]) -> None:
@@ -253,8 +258,6 @@ async def serve(report_fd: int) -> int:
         log.error("policy process cannot open the store: %s", exc)
         reports.send(FAILED, f"policy process: {exc}".encode())
         return 1
-    from collector.store.pgconnect import is_postgres
-
     fleet = is_postgres(config.store)  # several collectors may share it: one evaluator for all of them
     try:
         try:
@@ -313,10 +316,9 @@ async def _evaluate_forever(
         kind, length = _HEADER.unpack(head)
         payload = await reader.readexactly(length)
         if kind == EVENTS:
-            batch = pb.EventBatch.FromString(payload).events
-            received[0] += len(batch)
-            if evaluator is None:  # else the fleet's evaluator reads them from the store
-                await listener.on_events([EventView(event) for event in batch])
+            views = [EventView(event) for event in pb.EventBatch.FromString(payload).events]
+            received[0] += len(views)
+            await listener.on_events(views)
         elif kind == MAPPINGS:
             mappings = json.loads(payload)
             received[0] += len(mappings)

@@ -15,17 +15,15 @@ from urllib.parse import unquote, urlsplit
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from collector.store import is_postgres
 from collector.store.base import StoreUnavailable
 
-SCHEMES = ("postgresql://", "postgres://")
+__all__ = ["Connection", "connect", "describe", "is_postgres", "reason", "scrub"]
 CONNECT_TIMEOUT_SECONDS = 10
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 
-def is_postgres(location: str) -> bool:
-    """True when the config's `store` names a PostgreSQL database rather than a SQLite file."""
-    return location.startswith(SCHEMES)
 
 
 def describe(url: str) -> str:
