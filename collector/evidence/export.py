@@ -16,9 +16,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
-from collector.evidence import formats
+from collector.evidence import csvchild, formats
 from collector.evidence.csvrows import CsvRows
 from collector.evidence.errors import ExportError
 from collector.evidence.keys import SigningKey
@@ -35,6 +35,7 @@ FORMATS: tuple[Format, ...] = ("csv", "jsonl")
 _FLUSH_BYTES = 1 << 20
 _CHUNKS_AHEAD = 4  # chunks handed to the writing thread and not written yet (bounds memory)
 _ROWS_PER_CHUNK = 512  # rows joined and handed to the sink at once
+_CSV_CHILD_ROWS = 10_000  # CSV exports of at least this many rows (or of a filter that cannot tell) fork
 _MAX_BREAKS_KEPT = 100  # the manifest names the first ones; the count is always exact
 
 
@@ -167,33 +168,63 @@ class _HashingSink:
 
 
 def write_export(
-    records: Iterable[dict[str, Any]], out: BinaryIO, fmt: Format, progress: Progress | None = None
+    records: Iterable[dict[str, Any]],
+    out: BinaryIO,
+    fmt: Format,
+    progress: Progress | None = None,
+    *,
+    csv_child: bool = False,
 ) -> ExportResult:
     """Write `records` (stored events' mappings as `to_mapping` makes them, carrying chain hash and
-    prev, in agent/sequence order)."""
+    prev, in agent/sequence order). `csv_child`: a CSV's rows are built and written by a forked
+    child (csvchild.py), when `csvchild.can_fork()`; the same bytes."""
     if fmt not in FORMATS:
         raise ExportError("-", f"unknown format {fmt!r}")
-    sink = _HashingSink(out)
     result = ExportResult(format=fmt)
-    try:
-        rows = _write_rows(records, sink, result, progress)
-        sink.finish()
-    finally:
-        sink.stop()
+    if csv_child and fmt == "csv" and csvchild.can_fork():
+        child = csvchild.CsvChild(out)
+        try:
+            rows = _write_rows(records, child, result, progress, child)
+            child.finish()
+        finally:
+            child.stop()
+        result.bytes, result.sha256 = child.bytes, child.sha256
+    else:
+        sink = _HashingSink(out)
+        try:
+            rows = _write_rows(records, sink, result, progress, CsvRows() if fmt == "csv" else None)
+            sink.finish()
+        finally:
+            sink.stop()
+        result.bytes, result.sha256 = sink.bytes, sink.digest.hexdigest()
     if progress is not None:
         progress.done(rows)
     result.rows = rows
-    result.bytes = sink.bytes
-    result.sha256 = sink.digest.hexdigest()
     return result
 
 
+class _Sink(Protocol):
+    def extend(self, parts: list[bytes]) -> None: ...
+
+
+class _Rows(Protocol):
+    parts: list[bytes]
+
+    def add(
+        self, body: dict[str, Any], prev_hex: str, hash_hex: str, previous: int, record: bytes
+    ) -> None: ...
+
+
 def _write_rows(
-    records: Iterable[dict[str, Any]], sink: _HashingSink, result: ExportResult, progress: Progress | None
+    records: Iterable[dict[str, Any]],
+    sink: _Sink,
+    result: ExportResult,
+    progress: Progress | None,
+    csv_rows: _Rows | None,
 ) -> int:
-    """Check and write every record to `sink`; fill `result`'s ranges, breaks and times; the row count."""
+    """Check every record and hand its row to `csv_rows` (None: a JSON Lines line) and the parts to
+    `sink`; fill `result`'s ranges, breaks and times; the row count."""
     agents: dict[str, AgentRange] = {}
-    csv_rows = CsvRows() if result.format == "csv" else None
     parts: list[bytes] = csv_rows.parts if csv_rows is not None else []
     sha256 = hashlib.sha256
     fromhex = bytes.fromhex
@@ -394,17 +425,19 @@ def export_store(  # noqa: PLR0917 (one caller, the CLI)
 
     source = StoreSource(store, ledger, where)
     total = None
-    if show_progress and source.event_ids is None and where == ExportFilter(agent=where.agent):
+    counted = source.event_ids is None and where == ExportFilter(agent=where.agent)
+    if counted and (show_progress or fmt == "csv"):
         total = store.count_events(where.agent)
-    progress = Progress(total, show_progress)
+    csv_child = fmt == "csv" and (total is None or total >= _CSV_CHILD_ROWS)  # a fork costs milliseconds
+    progress = Progress(total if show_progress else None, show_progress)
     if out_path is None:
-        result = write_export(source, sys.stdout.buffer, fmt, progress)
+        result = write_export(source, sys.stdout.buffer, fmt, progress, csv_child=csv_child)
         sys.stdout.buffer.flush()
         name = "-"
     else:
         target = AtomicFile(out_path)
         try:
-            result = write_export(source, target.handle, fmt, progress)
+            result = write_export(source, target.handle, fmt, progress, csv_child=csv_child)
         except BaseException:
             target.abort()
             raise

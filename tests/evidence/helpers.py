@@ -51,10 +51,12 @@ def chained(agent: str, count: int, start: int = 1, prev: bytes = chain.GENESIS)
     return out
 
 
-def write(records: list[dict[str, Any]], path: Path, fmt: export.Format, key: SigningKey) -> dict[str, Any]:
+def write(
+    records: list[dict[str, Any]], path: Path, fmt: export.Format, key: SigningKey, *, csv_child: bool = False
+) -> dict[str, Any]:
     """Export records to `path` with a signed manifest beside it; returns the manifest."""
     with path.open("wb") as out:
-        result = export.write_export(records, out, fmt)
+        result = export.write_export(records, out, fmt, csv_child=csv_child)
     doc = manifest.build(result, path.name, {}, key)
     manifest.write(doc, manifest.path_for(path))
     return doc

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from collector.evidence import export, formats, keys, verify
+from collector.evidence import csvchild, export, formats, keys, verify
 from protos import chain, events
 from tests.eventcorpus import corpus
 from tests.evidence.helpers import write
@@ -50,11 +50,12 @@ def _defined(records: list[dict[str, Any]], fmt: str) -> bytes:
 
 def test_corpus_exports_are_the_defined_bytes_and_verify(tmp_path: Path) -> None:
     key = keys.load_or_create(tmp_path / "state")
-    for fmt in export.FORMATS:
+    assert csvchild.can_fork()  # or the child's case below would test the one-process path twice
+    for fmt, child in (*((f, False) for f in export.FORMATS), ("csv", True)):
         records = _records()
         expected = _defined(records, fmt)
-        path = tmp_path / f"out.{fmt}"
-        write([dict(r) for r in records], path, fmt, key)
-        assert path.read_bytes() == expected, fmt
+        path = tmp_path / f"out-{child}.{fmt}"
+        write([dict(r) for r in records], path, fmt, key, csv_child=child)
+        assert path.read_bytes() == expected, (fmt, child)
         report = verify.verify(path, public_key=key.public)
         assert report.ok, [str(p) for p in report.problems[:3]]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from admin.terminal import parse_time
@@ -39,11 +40,23 @@ def test_failed_export_leaves_no_plausible_file(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_full_disk_fails_the_export_with_its_error() -> None:
-    # The bytes are written on a thread of their own: its error still ends the export, at once.
+@pytest.mark.parametrize("child", [False, True])
+def test_a_full_disk_fails_the_export_with_its_error(child: bool) -> None:
+    # The bytes are written on a thread of their own, or by the CSV child: its error ends the export.
     with Path("/dev/full").open("wb", buffering=0) as full, pytest.raises(OSError) as raised:
-        export.write_export(chained("a", 20_000), full, "csv")
+        export.write_export(chained("a", 20_000), full, "csv", csv_child=child)
     assert raised.value.errno == errno.ENOSPC
+
+
+def test_a_failed_export_ends_its_csv_child(tmp_path: Path) -> None:
+    def broken() -> Iterator[dict[str, Any]]:
+        yield from chained("a", 2000)
+        raise OSError("store gone")
+
+    before = {child.pid for child in psutil.Process().children()}
+    with (tmp_path / "out.csv").open("wb") as out, pytest.raises(OSError, match="store gone"):
+        export.write_export(broken(), out, "csv", csv_child=True)
+    assert {child.pid for child in psutil.Process().children()} == before  # ended and reaped
 
 
 def test_filter_manifest_form() -> None:
