@@ -109,12 +109,15 @@ class PolicyLog:
         """(agent id, sequence, stored bytes) of events not evaluated yet, agents in id order after
         `mark` first, each agent's events in order."""
         rows = conn.execute(_PENDING, (mark, agents, per_agent, total)).fetchall()
-        # Each agent's events must run on from its cursor without a hole, whatever order the
-        # server returned them in: what does not is left for the next step.
+        # Each agent's events run on without a hole, whatever order the server returned them in:
+        # what does not is left for the next step. The first may lie beyond the cursor + 1 only
+        # when retention pruned what the evaluator had not reached (it was down for that long):
+        # those are gone, and waiting for them would stop the agent's evaluation for good.
         out: list[tuple[str, int, bytes]] = []
         last: dict[str, int] = {}
         for agent, done, seq, data in sorted(rows, key=lambda r: (r[0] <= mark, r[0], r[2])):
-            if int(seq) == last.get(agent, int(done)) + 1:
+            previous = last.get(agent)
+            if (previous is None and int(seq) > int(done)) or int(seq) == (previous or 0) + 1:
                 last[agent] = int(seq)
                 out.append((str(agent), int(seq), bytes(data)))
         return out

@@ -33,6 +33,9 @@ def test_cursors_start_at_what_was_stored_and_steps_go_round_the_agents(pg_url: 
         log.commit(conn, Step(cursors={"c": 3, "d": 3, "b": 1}))  # a cursor never moves back
         assert [(a, s) for a, s, _ in log.pending(conn, "", 10, 10, 100)] == [("b", 3)]
         assert PolicyLog.caught_up(conn) == 3
+        store.ingest("c", make_events("c", 4, 6))
+        conn.execute("DELETE FROM events WHERE agent_id = 'c' AND sequence = 4")  # pruned, unevaluated
+        assert [(a, s) for a, s, _ in log.pending(conn, "c", 10, 10, 100)] == [("b", 3), ("c", 5), ("c", 6)]
     finally:
         lead.release()
         store.close()
