@@ -134,11 +134,13 @@ class Decider:
             return None
         verdict, chain = self._carried(pid, ppid, pgid)
         if verdict is None:
-            self.verdicts.remember(pid, ppid, pgid, chain, version)
-        elif self._excepted(pid, uid, path, verdict):
-            verdict = None
-        if verdict is None:
+            verdict = self._writer_unless_heard(pid, pgid, chain, path)
+            if verdict is None:
+                self.verdicts.remember(pid, ppid, pgid, chain, version)
+                return None
+        if self._excepted(pid, uid, path, verdict):
             self._note_writer(pid, pgid, path)
+            return None
         return verdict
 
     def allow_known(self, pid: int, path: str) -> bool:
@@ -157,23 +159,34 @@ class Decider:
         held = clean.handle.held_paths()
         if held is None or self._holding(held) is not None:
             return False
-        now = time.time()
         chain = list(clean.chain)
-        if self._heard(chain, clean.pgid, now) is not None:
-            return False
         if self.flow is not None and self.flow.version != clean.flow_version:
             version = self.flow.version
-            if self._lineage(chain, now) is not None:
+            if self._lineage(chain, time.time()) is not None:
                 return False
             clean.flow_version = version
-        self._note_writer(pid, clean.pgid, path)
-        return True
+        return self._writer_unless_heard(pid, clean.pgid, chain, path) is None
+
+    def _writer_unless_heard(self, pid: int, pgid: int, chain: list[int], path: str) -> Verdict | None:
+        """Remember the opener as a writer unless a tagged open of it, its parent, grandparent or
+        group was heard: one step under the lock, as a tagged open is noted and the writers
+        looked at in one (allow_tagged, tagged_open), so of two opens decided at once on the two
+        threads (a pipeline's write and its tagged read) one always sees the other."""
+        with self._lock:
+            verdict = self._heard_now(chain, pgid, time.time())
+            if verdict is None:
+                self._add_writer(pid, pgid, path)
+        return verdict
 
     def _note_writer(self, pid: int, pgid: int, path: str) -> None:
         with self._lock:
-            self._writers[pid] = _Writer(pgid, path, time.monotonic())
-            while len(self._writers) > MAX_WRITERS:
-                del self._writers[next(iter(self._writers))]
+            self._add_writer(pid, pgid, path)
+
+    def _add_writer(self, pid: int, pgid: int, path: str) -> None:
+        # under the lock
+        self._writers[pid] = _Writer(pgid, path, time.monotonic())
+        while len(self._writers) > MAX_WRITERS:
+            del self._writers[next(iter(self._writers))]
 
     def _carried(self, pid: int, ppid: int, pgid: int) -> tuple[Verdict | None, list[int]]:
         """The verdict on an opener, and the chain (it, parent, grandparent) it looked at."""
@@ -215,8 +228,12 @@ class Decider:
     def _heard(self, chain: list[int], pgid: int, now: float) -> Verdict | None:
         """A tagged open heard of the opener lately, of its parent or grandparent or group just now."""
         with self._lock:
-            opened = [(n, self._opened.get(member)) for n, member in enumerate(chain)]
-            group = self._groups.get(pgid) if pgid > 1 else None
+            return self._heard_now(chain, pgid, now)
+
+    def _heard_now(self, chain: list[int], pgid: int, now: float) -> Verdict | None:
+        # under the lock
+        opened = [(n, self._opened.get(member)) for n, member in enumerate(chain)]
+        group = self._groups.get(pgid) if pgid > 1 else None
         for n, seen in opened:
             # an ancestor's read counts only while it is fresh (rsync's sender, a moment ago): an
             # IDE that opened a tagged file minutes ago does not taint what its terminal copies
@@ -247,17 +264,34 @@ class Decider:
 
     def _note(self, pid: int, path: str, pgid: int) -> tuple[int, tuple[str, ...]] | None:
         tags = tuple(self.tags.tags_for(path))
-        seen = (time.time(), path, tags)
         with self._lock:
-            self._opened.pop(pid, None)
-            self._opened[pid] = seen
-            if pgid > 1:
-                self._groups.pop(pgid, None)
-                self._groups[pgid] = seen
-            for table in (self._opened, self._groups):
-                while len(table) > MAX_GROUPS:
-                    del table[next(iter(table))]
+            self._note_now(pid, path, pgid, tags)
         return (pgid, tags) if pgid else None
+
+    def _note_now(self, pid: int, path: str, pgid: int, tags: tuple[str, ...]) -> None:
+        # under the lock
+        seen = (time.time(), path, tags)
+        self._opened.pop(pid, None)
+        self._opened[pid] = seen
+        if pgid > 1:
+            self._groups.pop(pgid, None)
+            self._groups[pgid] = seen
+        for table in (self._opened, self._groups):
+            while len(table) > MAX_GROUPS:
+                del table[next(iter(table))]
+
+    def allow_tagged(self, pid: int, path: str) -> bool:
+        """The fast path of an open of a tagged file while armed (the guard's reader thread):
+        True when neither the opener nor a process of its group is remembered as writing to
+        removable media, so the open may go on (noted as heard); False: decide in full."""
+        pgid = self.verdicts.group_of(pid)
+        if not pgid:
+            return True  # gone already
+        tags = tuple(self.tags.tags_for(path))
+        with self._lock:  # noted and the writers looked at in one step (_writer_unless_heard)
+            self._note_now(pid, path, pgid, tags)
+            return not any(wpid == pid or (pgid > 1 and writer.pgid == pgid)
+                           for wpid, writer in self._writers.items())
 
     def tagged_open(self, pid: int, path: str) -> Verdict | None:
         """An open of a tagged file while armed: refuse it when the opener writes to removable media."""
@@ -268,8 +302,8 @@ class Decider:
         # right after it is decided before that notification is read (an exempt user's open is
         # remembered too, as its notification would be)
         tags = tuple(self.tags.tags_for(path))
-        self._note(pid, path, pgid)
-        with self._lock:
+        with self._lock:  # noted and the writers looked at in one step (_writer_unless_heard)
+            self._note_now(pid, path, pgid, tags)
             writers = list(self._writers.items())
         for wpid, writer in writers:
             if wpid != pid and (pgid <= 1 or writer.pgid != pgid):

@@ -106,7 +106,7 @@ class ContentGuard:
         self._gap_at = 0.0
         self._told: dict[int, float] = {}
         self.decided = 0
-        self.fast = 0   # of those, answered by the reader from a clean verdict (verdicts.py)
+        self.fast = 0   # of those, answered by the reader thread (a clean verdict, an innocent reader)
         self.blocked = 0
         self.latencies: list[float] = []   # seconds from read to answer, last 10,000 (bench)
 
@@ -270,7 +270,9 @@ class ContentGuard:
         # a process found clean before (cp -r at its 2nd..2,000th file): checked again here,
         # from descriptors held on it, and answered without a trip to the decision thread;
         # only while armed (a write now must arm the tagged trees first)
-        if removable and self._armed and self._known(pid, path):
+        # the same for a tagged file's open by a process that writes nothing to removable media,
+        # nor does its group (an innocent reader while some copy to a stick runs)
+        if self._armed and self._known(pid, path, removable):
             group.answer(fd, True)
             self.fast += 1
             self._count(now)
@@ -280,9 +282,11 @@ class ContentGuard:
             self._waiting[fd] = item
         self._work.put(item)
 
-    def _known(self, pid: int, path: str) -> bool:
+    def _known(self, pid: int, path: str, removable: bool) -> bool:
         try:
-            return self.decider.allow_known(pid, path)
+            if removable:
+                return self.decider.allow_known(pid, path)
+            return self.decider.allow_tagged(pid, path)
         except Exception:  # the open must still be answered: by the full decision
             log.exception("prevent: the clean verdict of %d could not be checked", pid)
             return False

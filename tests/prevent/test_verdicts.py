@@ -195,6 +195,24 @@ time.sleep(60)
     gone_handle.close()
 
 
+def test_a_tagged_open_is_answered_quickly_only_away_from_writers(
+        decider: tuple[Decider, DataFlow, Path], writer: Callable[..., Writer]) -> None:
+    decide, _flow, tagged = decider
+    child = writer(1)  # in this test's process group
+    assert decide.removable_open(child.pid, STICK) is None  # a writer now
+    elsewhere = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        assert decide.allow_tagged(elsewhere.pid, str(tagged))  # an innocent reader elsewhere
+    finally:
+        elsewhere.kill()
+        elsewhere.wait(10)
+    assert decide.allow_known(child.pid, STICK)  # what another group read does not count
+    assert not decide.allow_tagged(os.getpid(), str(tagged))  # the writer's group: decided in full
+    # and what it read is heard: the writer's next open is decided in full, and refused
+    assert not decide.allow_known(child.pid, STICK)
+    assert decide.removable_open(child.pid, STICK) is not None
+
+
 THREADED = """
 import os, sys, threading, time
 def worker():
