@@ -226,17 +226,28 @@ class SyslogDestination:
         self.wire = wire
         self.where = wire.where
         self.hostname = socket.gethostname()[:255].replace(" ", "_") or "-"
+        pri = FACILITY * 8 + 6  # informational: an event, not an alert
+        host = self.hostname.replace("%", "%%")
+        # Filled per event: time, event id, agent id (both escaped as RFC 5424 asks), sequence.
+        sd = f'[{SD_ID} eventId="%s" agentId="%s" sequence="%d"]'
+        self._head = f"<{pri}>1 %s {host} exfilguard - EVENT {sd} "
+        self._agents: dict[str, str] = {}  # agent id -> its escaped form (few agents, many events)
 
     def deliver(self, items: Sequence[Item]) -> None:
         """All messages in one write; DeliveryError when the connection fails or was closed."""
-        pri = FACILITY * 8 + 6  # informational: an event, not an alert
+        head, agents = self._head, self._agents
         messages = []
         for item in items:
-            stamp = str(item.mapping.get("@timestamp") or "-")
-            ids = f'eventId="{sd_value(item.event_id)}" agentId="{sd_value(item.agent_id)}"'
-            sd = f'[{SD_ID} {ids} sequence="{item.sequence}"]'
-            head = f"<{pri}>1 {stamp} {self.hostname} exfilguard - EVENT {sd} ".encode()
-            messages.append(head + item.doc)
+            agent = agents.get(item.agent_id)
+            if agent is None:
+                if len(agents) >= 10_000:
+                    agents.clear()
+                agent = agents[item.agent_id] = sd_value(item.agent_id)
+            event_id = item.event_id
+            if '"' in event_id or "\\" in event_id or "]" in event_id:
+                event_id = sd_value(event_id)
+            stamp = item.mapping.get("@timestamp") or "-"
+            messages.append((head % (stamp, event_id, agent, item.sequence)).encode() + item.doc)
         try:
             self.wire.send(messages)
         except ssl.SSLCertVerificationError as exc:
