@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import marshal
@@ -28,6 +29,7 @@ from collector.evidence.csvrows import CsvRows
 from collector.evidence.errors import ExportError
 
 _LENGTH = 4  # bytes of a batch's length on the pipe; a zero length ends the rows
+_PIPE_BYTES = 1 << 20  # Linux's default most (/proc/sys/fs/pipe-max-size)
 
 
 def can_fork() -> bool:
@@ -44,6 +46,8 @@ class CsvChild:
     def __init__(self, out: BinaryIO) -> None:
         out.flush()  # the child writes to the same file from here on
         rows_r, rows_w = os.pipe()
+        with contextlib.suppress(OSError, AttributeError):  # batches wait in the pipe, not the exporter
+            fcntl.fcntl(rows_w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         back_r, back_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns
