@@ -100,6 +100,7 @@ class ContentGuard:
         self._threads: list[threading.Thread] = []
         self._armed = False
         self._disarm_checked = 0.0
+        self._swept = 0.0
         self._marked: list[str] = []  # tagged directories (and files) marked
         self.overflows = 0
         self._defaulted = 0          # decisions answered by `fail`, not yet reported
@@ -328,21 +329,25 @@ class ContentGuard:
         while True:
             item: _Waiting | None
             try:
-                item = self._work.get(timeout=_IDLE_SECONDS)
+                # armed, it wakes often even when the reader answers everything (a copy from the
+                # cache, an innocent reader's tagged opens): the writers' end is seen within 50 ms
+                item = self._work.get(timeout=_ARMED_CHECK_SECONDS if self._armed else _IDLE_SECONDS)
                 idle = False
             except queue.Empty:
                 item, idle = None, True
             # while armed, every tagged open waits for an answer: look often whether the writers
             # are gone (an innocent reader right after a copy would otherwise pay for 0.5 s)
-            every = _ARMED_CHECK_SECONDS if self._armed else _IDLE_SECONDS
-            if time.monotonic() - self._disarm_checked >= every:
-                self._disarm_checked = time.monotonic()
+            now = time.monotonic()
+            if now - self._disarm_checked >= (_ARMED_CHECK_SECONDS if self._armed else _IDLE_SECONDS):
+                self._disarm_checked = now
                 try:
                     self._maybe_disarm()  # also while busy: an innocent reader keeps it busy
                 except Exception:
                     log.exception("prevent: disarming failed")
             if idle:
-                self.decider.sweep()
+                if now - self._swept >= _IDLE_SECONDS:
+                    self._swept = now
+                    self.decider.sweep()
                 continue
             if item is None:
                 return
