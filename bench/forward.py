@@ -225,7 +225,7 @@ async def run(args: argparse.Namespace, root: Path, rsyslog: Rsyslog, http: Http
 def main() -> int:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(prog="python -m bench.forward", description=__doc__.split("\n")[0])
-    parser.add_argument("--events", type=int, default=10_000, help="events ingested and forwarded per round")
+    parser.add_argument("--events", type=int, default=30_000, help="events ingested and forwarded per round")
     parser.add_argument("--repeat", type=int, default=3, help="rounds; the best time of each path is kept")
     parser.add_argument("--outage", type=float, default=5.0, help="seconds the syslog receiver is down")
     parser.add_argument("--long-outage", action="store_true", help="a 60 s outage (the issue's figure)")
