@@ -37,6 +37,17 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1
 
 
+def core_free() -> bool:
+    """Whether the machine has a core to spare for the child (the 1-minute load average, this export
+    included, is below the core count): on busy cores the two processes only wait for each other,
+    and one process does the same work with less CPU in all."""
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return True
+    return load < (os.cpu_count() or 1)
+
+
 class CsvChild:
     """The rows' sink for `export.write_export`: `add` a record, `extend` posts the batch, `finish`.
 

@@ -428,7 +428,8 @@ def export_store(  # noqa: PLR0917 (one caller, the CLI)
     counted = source.event_ids is None and where == ExportFilter(agent=where.agent)
     if counted and (show_progress or fmt == "csv"):
         total = store.count_events(where.agent)
-    csv_child = fmt == "csv" and (total is None or total >= _CSV_CHILD_ROWS)  # a fork costs milliseconds
+    # A fork costs milliseconds, and helps only with a core to spare.
+    csv_child = fmt == "csv" and (total is None or total >= _CSV_CHILD_ROWS) and csvchild.core_free()
     progress = Progress(total if show_progress else None, show_progress)
     if out_path is None:
         result = write_export(source, sys.stdout.buffer, fmt, progress, csv_child=csv_child)
