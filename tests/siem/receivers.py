@@ -1,8 +1,8 @@
 """A real loopback HTTP receiver that can misbehave: answer a status, hang, or close mid-request.
 
-receiver = HttpReceiver()              # 200 with an Elasticsearch-style _bulk answer
-receiver.mode = "status:503"           # or "hang", "close", "bulk-refuse", "ok"
-receiver.wait_for(3)                   # bounded wait for 3 accepted requests (Request objects)
+    receiver = HttpReceiver()              # 200 with an Elasticsearch-style _bulk answer
+    receiver.mode = "status:503"           # or "hang", "close", "bulk-refuse", "ok"
+    receiver.wait_for(3)                   # bounded wait for 3 accepted requests (Request objects)
 """
 
 from __future__ import annotations

@@ -64,11 +64,7 @@ class Rsyslog:
         self.conf = directory / "rsyslog.conf"
         self.conf.write_text(
             _CONF.format(
-                dir=directory,
-                ca=self.ca_path,
-                cert=server.cert_path,
-                key=server.key_path,
-                port=port,
+                dir=directory, ca=self.ca_path, cert=server.cert_path, key=server.key_path, port=port,
                 out=self.out,
             )
         )

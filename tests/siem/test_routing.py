@@ -99,7 +99,7 @@ HOOK = "  - type: webhook\n    url: http://x\n"
         ("  - type: jsonl\n    path: a\n    format: cef\n", "alerts[0].format", 6),
         (f"{HOOK}    headers: {{Authorization: Splunk abc}}\n", "alerts[0].webhook", 4),
         (f"{HOOK}    headers: {{X: {{file: a, env: B}}}}\n", "alerts[0].headers.X", 6),
-        (f'{HOOK}    headers: {{X: "a\\nb"}}\n', "alerts[0].headers.X.value", 6),
+        (f"{HOOK}    headers: {{X: \"a\\nb\"}}\n", "alerts[0].headers.X.value", 6),
         ("  - type: webhook\n    url: http://x\n    template: pagerduty\n", "alerts[0].webhook", 4),
         ("  - type: syslog\n    address: h:6514\n    ca: ca.pem\n", "alerts[0].syslog", 4),
         ("  - type: syslog\n    address: h:6514\n    transport: ssl\n", "alerts[0].transport", 6),
