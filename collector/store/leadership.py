@@ -76,7 +76,8 @@ class Leadership:
                 return True
             self._drop()
             try:
-                conn = pgconnect.connect(self._url, application=f"exfilguard leadership {self.name}")
+                conn = pgconnect.connect(self._url, application=f"exfilguard leadership {self.name}",
+                                         keepalive=True)  # fmt: skip
             except StoreUnavailable:
                 return False
             try:
