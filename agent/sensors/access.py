@@ -67,15 +67,18 @@ class AccessReporter:
         if not stat.S_ISREG(st.st_mode):
             return  # directory listings are not file reads
         actions = []
-        if access.mask & FAN_OPEN:
+        mask = access.mask
+        if mask & FAN_OPEN:
             actions.append("file.open")
-            self.copies.note_read(access.pid, access.process, access.path, tags, st.st_size)
             self.staging.note_read(access.pid, access.process, access.path, tags)
-        if access.mask & FAN_CLOSE_NOWRITE:
+        if mask & FAN_CLOSE_NOWRITE:
             actions.append("file.read")
-            # the read ends now: what it read flows into what is written from here on
+        # a read (at its open, and again as it ends: what it read flows into what is written
+        # from here on) is noted once for an open and its close seen together, and not for an
+        # open whose close wrote (forgotten just below)
+        if mask & FAN_CLOSE_NOWRITE or (mask & FAN_OPEN and not mask & FAN_CLOSE_WRITE):
             self.copies.note_read(access.pid, access.process, access.path, tags, st.st_size)
-        if access.mask & FAN_CLOSE_WRITE:
+        if mask & FAN_CLOSE_WRITE:
             actions.append("file.modify")
             self.copies.forget_read(access.pid, access.path)
             self.index.update(access.path)
