@@ -95,6 +95,9 @@ class FingerprintIndex:
         # Paths we are hashing now: inotify cannot tell our own reads from a user's. Oldest
         # first (a renewed entry moves to the end), so expired ones are dropped from the front.
         self._own_reads: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
+        # False when fanotify reports the accesses (it names the agent's own pid, and inotify
+        # then watches structure only): nothing asks `read_by_us`, nothing is recorded
+        self.own_reads_asked = True
         # Files indexed from a stat that may have run while they were still being written (a
         # create event, a walk) and whose close-after-write may never reach `update`: written
         # before their directory's fanotify mark landed, or by the agent's own process, which
@@ -498,6 +501,8 @@ class FingerprintIndex:
             return until >= time.monotonic()
 
     def _open_own(self, path: str, read: Callable[[int], _T]) -> _T | None:
+        if not self.own_reads_asked:
+            return _with_file(path, read)
         with self._lock:
             now = time.monotonic()
             reads = self._own_reads

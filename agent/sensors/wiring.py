@@ -69,6 +69,7 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):
         reporter = AccessReporter(tags, index, copies, staging, emit, media=media)
         exact = ExactAccessSensor(tags, reporter, media)
+    index.own_reads_asked = exact is None  # inotify reports opens and closes only without fanotify
     content_guard = (ContentGuard(prevent, tags, index, media, emit, flow=copies.flow)
                      if blocking else None)
     if quarantine is not None and content_guard is not None:
