@@ -211,7 +211,7 @@ def run(args: argparse.Namespace, directory: Path) -> dict[str, Any]:
     said: collections.Counter[str] = collections.Counter()
     for line in collector.log().splitlines():  # what the collector warned of, for the failures
         with contextlib.suppress(ValueError, AttributeError):
-            said[str(json.loads(line).get("message", ""))[:100]] += 1
+            said[str(json.loads(line).get("msg", ""))[:100]] += 1
     return {
         "acked": acked,
         "failures": failures,
