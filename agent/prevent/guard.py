@@ -116,9 +116,13 @@ class ContentGuard:
     def start(self) -> None:
         """Open the permission group, run the threads, mark removable mounts as they come."""
         self._group = PermissionGroup()
-        # an open waits for this thread: let it have the interpreter within 1 ms, not the 5 ms
-        # a busy sensor thread may otherwise hold it (measured: p99 15 ms -> see bench.prevention)
-        sys.setswitchinterval(min(sys.getswitchinterval(), 0.001))
+        # an open waits for this thread: let it have the interpreter within 0.2 ms, not the 5 ms
+        # a busy sensor thread may otherwise hold it. The reader wakes from poll once per open on
+        # a stick and must take the lock back from the sensors hashing the very copy; everything
+        # after that keeps it (syscalls.py). Measured (bench.prevention, load ~7): block/monitor
+        # copy time ~2.9x at 1 ms, ~1.5-1.8x at 0.2 ms; the cost is more switching between the
+        # agent's own busy threads, only while several are busy.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0002))
         self._threads = [
             threading.Thread(target=self._read_loop, name="exfilguard-prevent-read", daemon=True),
             threading.Thread(target=self._decide_loop, name="exfilguard-prevent-decide", daemon=True),
