@@ -139,10 +139,7 @@ class Examiner:
                 self._on_loss(reason, count)
 
     def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
+        for job in iter(self._queue.get, None):  # until stop() queues None
             try:
                 found = self._device(job) if job.device_limit else self._file(job)
                 job.done(found)

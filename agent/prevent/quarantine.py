@@ -158,10 +158,7 @@ class Quarantine:
             log.error("quarantine queue full: %s stays on the stick", event.file.path)
 
     def _run(self) -> None:
-        while True:
-            event = self._work.get()
-            if event is None:
-                return
+        for event in iter(self._work.get, None):  # until stop() queues None
             try:
                 self._move(event)
             except Exception:

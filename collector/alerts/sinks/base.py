@@ -109,10 +109,7 @@ class QueuedSink:
 
     def _work(self) -> None:
         try:
-            while True:
-                alert = self._queue.get()
-                if alert is None:
-                    return
+            for alert in iter(self._queue.get, None):  # until close() queues None
                 try:
                     self._deliver_with_retries(alert)
                 finally:
