@@ -293,7 +293,10 @@ def test_a_batch_the_store_cannot_take_ends_its_stream_unacknowledged(tmp_path: 
         )
         db.commit()
         db.close()
-        with AgentStream(collector.address, "doomed") as doomed, AgentStream(collector.address, "fine") as fine:
+        with (
+            AgentStream(collector.address, "doomed") as doomed,
+            AgentStream(collector.address, "fine") as fine,
+        ):
             assert doomed.ack() == 0
             assert fine.ack() == 0
             doomed.send_events(make_events("doomed", 1, 3))
