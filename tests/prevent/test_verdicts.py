@@ -322,3 +322,25 @@ def test_a_shell_writing_what_its_child_pipeline_reads_from_tagged_data_is_refus
     assert guard.fast - fast >= 3, (fast, guard.summary())
     blocked = run.events.wait_for(run.events.action("file.block", {"file.path": f"{point}/leak.txt"}))[0]
     assert "tagged file" in blocked["event.reason"]
+
+
+@pytest.mark.root
+def test_one_cp_of_untagged_files_then_a_tagged_one_lands_only_the_untagged(
+        guarded: tuple[Running, Path, Path], tmp_path: Path) -> None:
+    run, db, point = guarded
+    guard = run.sensor("prevent")
+    assert isinstance(guard, ContentGuard)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(8):
+        (photos / f"img{i}.jpg").write_bytes(os.urandom(3000))
+    fast = guard.fast
+    # one cp: the photos first (its verdict cached after the first), then the tagged file
+    done = subprocess.run(["cp", "-r", str(photos), str(db / "customers.db"), f"{point}/"],
+                          capture_output=True, text=True, timeout=60, start_new_session=True, check=False)
+    assert done.returncode != 0
+    assert "ermission denied" in done.stderr or "not permitted" in done.stderr, done.stderr
+    assert all(_landed(point, f"photos/img{i}.jpg") == 3000 for i in range(8))
+    assert _landed(point, "customers.db") == 0
+    assert guard.fast - fast >= 6, (fast, guard.summary())
+    run.events.wait_for(run.events.action("file.block"))
