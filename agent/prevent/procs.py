@@ -26,6 +26,7 @@ _OPENS = {
 _ACCMODE = 0o3
 _MAX_THREADS = 256  # threads of one process asked what they open
 _PATH_BYTES = 4096
+_RUNNING_TRIES = 20  # looks at a thread's syscall while it is not yet asleep
 _WRITE_MODES = (os.O_WRONLY, os.O_RDWR)
 
 
@@ -51,6 +52,13 @@ def _thread_opens(pid: int, tid: int, name: bytes | str) -> bool | None:
     try:
         with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as fh:
             fields = fh.read(512).split()
+            for _ in range(_RUNNING_TRIES):
+                if fields != [b"running"]:
+                    break
+                # it queued its event and, woken by it, the agent took its CPU before it went to
+                # sleep in the open: give the CPU back for a moment, read again
+                os.sched_yield()
+                fields = os.pread(fh.fileno(), 512, 0).split()
         where = _OPENS.get(int(fields[0]))
         if where is None:
             return None

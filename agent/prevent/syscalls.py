@@ -33,6 +33,7 @@ _pread = _function("pread", _ssize, _int, _ptr, _size, _long)
 _read = _function("read", _ssize, _int, _ptr, _size)
 _write = _function("write", _ssize, _int, _str, _size)
 _fstat = _function("fstat", _int, _int, _ptr)
+_sched_yield = _function("sched_yield", _int)
 _close = _function("close", _int, _int)
 _readlinkat = _function("readlinkat", _ssize, _int, _str, _ptr, _size)
 _lseek = _function("lseek", _long, _int, _long, _int)
@@ -71,6 +72,12 @@ def device_and_size(fd: int) -> tuple[int, int] | None:
     if _fstat(fd, buf) < 0:
         return None
     return _DEV.unpack_from(buf, 0)[0], _SIZE.unpack_from(buf, 48)[0]
+
+
+def yield_cpu() -> None:
+    """Let another task on this CPU run (an opener this thread woke up and preempted before it
+    went to sleep in its open)."""
+    _sched_yield()
 
 
 def write(fd: int, data: bytes) -> bool:

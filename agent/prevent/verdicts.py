@@ -33,6 +33,8 @@ MAX_CLEAN = 128      # processes with a clean verdict remembered (each holds up 
 MAX_HANDLES = 64     # openers of tagged files whose process group is read from a held descriptor
 _STAT_BYTES = 1024
 _SYSCALL_BYTES = 512
+_RUNNING = b"running\n"  # /proc/PID/syscall of a task on a CPU
+_RUNNING_TRIES = 20       # looks until the opener sleeps in its open
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
@@ -76,7 +78,14 @@ class ProcessHandle:
         with self._lock:
             if self._syscall < 0:
                 self._syscall = self._open("syscall", os.O_RDONLY | os.O_CLOEXEC)
-            line = syscalls.pread(self._syscall, _SYSCALL_BYTES) if self._syscall >= 0 else None
+            line = None
+            for _ in range(_RUNNING_TRIES):
+                line = syscalls.pread(self._syscall, _SYSCALL_BYTES) if self._syscall >= 0 else None
+                if line != _RUNNING:
+                    break
+                # "running": it queued its event and, woken by it, this thread took its CPU before
+                # it went to sleep in the open: give the CPU back for a moment
+                syscalls.yield_cpu()
         return procs.asks_writing(line.split()) if line else None
 
     def held_paths(self) -> list[str] | None:
