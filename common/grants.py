@@ -14,9 +14,6 @@ import binascii
 import json
 from collections.abc import Mapping
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 PURPOSE = "exfilguard prevention exception"
 SIGNED_FIELDS = ("id", "host", "user", "device", "until", "note", "granted_by")
 MAX_KEY_CHARS = 64  # base64 of 32 raw bytes is 44
@@ -32,6 +29,11 @@ def signed_bytes(grant: Mapping[str, str]) -> bytes:
 
 def verifies(public_key_b64: str, signature_b64: str, grant: Mapping[str, str]) -> bool:
     """True when `signature_b64` is the signature of the key `public_key_b64` (raw, base64) over `grant`."""
+    # imported when a grant is checked: an agent with no exceptions (most) does not carry
+    # the library's ~7 MiB in its sensors
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key_b64, validate=True))
         key.verify(base64.b64decode(signature_b64, validate=True), signed_bytes(grant))
