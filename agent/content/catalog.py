@@ -89,6 +89,9 @@ class ContentCatalog:
         self._settled_at = -1e9
         self._changed_at = -1e9     # when sync last took a change of the index
         self._pending_since = 0.0   # when _pending last became non-empty
+        # monotonic time the event threads last had work (set by the wiring): a burst of tagged
+        # reads is waited out too
+        self.activity: Callable[[], float] = lambda: 0.0
         self._full_logged = False
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -145,17 +148,19 @@ class ContentCatalog:
             self._wake.clear()
 
     def _burst_over(self) -> bool:
-        """Wait while tagged files are still being written in a burst (the index changed in the
-        last `QUIET_SECONDS`), for at most `DEFER_SECONDS` since the oldest file queued: read
-        while the event threads are busy, each file cost twice the CPU (the threads trade the
-        interpreter lock at every system call); a burst's files are read after it, in one go."""
+        """Wait while tagged files are still being written in a burst (the index changed, or
+        the event threads had work, in the last `QUIET_SECONDS`), for at most `DEFER_SECONDS`
+        since the oldest file queued: read while the event threads are busy, each file cost
+        twice the CPU (the threads trade the interpreter lock at every system call); a burst's
+        files are read after it, in one go."""
         while not self._stop.is_set():
             now = time.monotonic()
-            wait = min(self._changed_at + QUIET_SECONDS, self._pending_since + DEFER_SECONDS) - now
+            busy = max(self._changed_at, self.activity())
+            wait = min(busy + QUIET_SECONDS, self._pending_since + DEFER_SECONDS) - now
             if wait <= 0 or not self._pending:
                 return True
             self._stop.wait(min(wait, QUIET_SECONDS))
-            self.sync()
+            self._take()  # not settle(): a stat of every file of the burst at every look
         return False
 
     # -------------------------------------------------------------- updates
@@ -168,6 +173,10 @@ class ContentCatalog:
         if now - self._settled_at >= self._poll:  # a stat of every file written in the last
             self._settled_at = now                # seconds: not once per file of a burst
             self.index.settle()
+        self._take()
+
+    def _take(self) -> None:
+        now = time.monotonic()
         version, changes = self.index.take_changes()
         if changes is None or self._synced_version < 0:
             current = {path: (size, mtime, tags) for path, size, mtime, tags in self.index.snapshot()}

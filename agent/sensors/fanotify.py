@@ -235,6 +235,7 @@ class FanotifySensor:
         # made through another namespace's mount (their paths read as relative to the stick)
         self._removable_devs: dict[int, str] = {}
         self.events_read = 0
+        self.woke_at = 0.0  # monotonic time the reader last woke for events (background work waits)
         _raise_fd_limit()
 
     # ----------------------------------------------------------------- marks
@@ -332,6 +333,7 @@ class FanotifySensor:
             ready = poller.poll()
             stopping = self._stop.rang(ready)
             woke, last = time.monotonic(), woke
+            self.woke_at = woke
             if not stopping and woke - last < BURST_SECONDS:
                 # in a burst, let the kernel gather events for a moment: a wake-up per event or
                 # two cost more than the events (each a read, and a hand-over of the interpreter

@@ -70,6 +70,9 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
         reporter = AccessReporter(tags, index, copies, staging, emit, media=media)
         exact = ExactAccessSensor(tags, reporter, media)
     index.own_reads_asked = exact is None  # inotify reports opens and closes only without fanotify
+    if exact is not None:
+        reader = exact.fanotify
+        catalog.activity = lambda: reader.woke_at  # fingerprinting waits out a burst of accesses
     content_guard = (ContentGuard(prevent, tags, index, media, emit, flow=copies.flow)
                      if blocking else None)
     if quarantine is not None and content_guard is not None:
