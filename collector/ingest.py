@@ -64,10 +64,19 @@ class StoreWriter:
     """Runs every store write on one dedicated thread and groups concurrent batches into one commit."""
 
     def __init__(
-        self, store: Store, *, seal_inline: bool = False, metrics: CollectorMetrics | None = None
+        self,
+        store: Store,
+        *,
+        seal_inline: bool = False,
+        metrics: CollectorMetrics | None = None,
+        listeners: Sequence[EventListener] = (),
     ) -> None:
         self.store = store
         self.metrics = metrics or CollectorMetrics()
+        # Told of each commit's newly stored events here, by this task, not by the streams' ackers:
+        # a stream that ended (its agent closed it on the last ack) cancelled its acker, and the
+        # batch whose ack had just gone out was never passed on (stored, never evaluated).
+        self.listeners = list(listeners)
         # False: the sealer process chains stored events; acks do not wait for hashing.
         self.seal_inline = seal_inline
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
@@ -157,8 +166,20 @@ class StoreWriter:
                 self.metrics.events_duplicate.inc(received - stored)
                 if failed:
                     self.metrics.store_failures.inc(failed)
+                if stored and self.listeners:
+                    await self._tell_listeners(results)
             if self._closing:
                 return
+
+    async def _tell_listeners(self, results: Sequence[IngestResult | Exception]) -> None:
+        """Pass each batch's newly stored events on, in commit order (per agent, sequence order).
+
+        A listener short of room (the policy process's pipe) holds the next commit: that is how
+        a slow policy process slows ingest, and nothing stored is skipped.
+        """
+        for result in results:
+            if not isinstance(result, Exception) and result.stored:
+                await notify_stored(self.listeners, result.stored, result.data)
 
     async def _wait_for_chain(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hold the next commit while more than MAX_UNSEALED events wait for the sealer (bounded)."""
@@ -224,13 +245,12 @@ def _ending_with(watch: StreamWatch) -> Callable[[asyncio.Task[None]], None]:
 
 
 class IngestServicer(pb_grpc.IngestServicer):
-    """The agents' stream endpoint: validates, stores via the writer, acknowledges, tells listeners."""
+    """The agents' stream endpoint: validates, stores via the writer (it tells listeners), acknowledges."""
 
     def __init__(
         self,
         writer: StoreWriter,
         registry: FleetRegistry,
-        listeners: Sequence[EventListener] = (),
         limits: StreamLimits | None = None,
         pusher: ConfigPusher | None = None,
         *,
@@ -240,7 +260,6 @@ class IngestServicer(pb_grpc.IngestServicer):
         self._metrics = metrics or writer.metrics
         self._pusher = pusher  # central agent config; None: nothing is pushed
         self._registry = registry
-        self._listeners = list(listeners)
         self.limits = limits or StreamLimits()
         self._pending = Slots(self.limits.max_pending_hellos, self.limits.max_pending_hellos_per_peer)
         self._agents = Slots(self.limits.max_streams, self.limits.max_streams_per_peer)
@@ -468,7 +487,7 @@ class IngestServicer(pb_grpc.IngestServicer):
         inflight: asyncio.Queue[_Outgoing],
         acked: list[int],
     ) -> None:
-        """Ack each queued batch once committed, in order, then tell the listeners; send queued config."""
+        """Ack each queued batch once committed, in order; send queued config."""
         while (future := await inflight.get()) is not None:
             if isinstance(future, pb.CollectorMessage):
                 await context.write(future)
@@ -484,8 +503,6 @@ class IngestServicer(pb_grpc.IngestServicer):
             acked[0] = result.watermark
             self._registry.stored(agent_id, result.stored)
             await context.write(pb.CollectorMessage(ack=pb.Ack(sequence=result.watermark)))
-            if result.stored and self._listeners:
-                await notify_stored(self._listeners, result.stored, result.data)
 
     async def _reject(
         self, context: _Context, agent_id: str, problem: str, reason: str, sequence: int = 0

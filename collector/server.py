@@ -147,7 +147,9 @@ class Collector:
             log.warning("grants not read from the store: %s", exc)
         self._started = time.monotonic()
         self.registry.load(self.store.agents())
-        self._writer = StoreWriter(self.store, seal_inline=False, metrics=self.metrics)
+        self._writer = StoreWriter(
+            self.store, seal_inline=False, metrics=self.metrics, listeners=self.listeners
+        )
         await self._sealer.start()
         for listener in self.listeners:
             opening = getattr(listener, "open", None)  # the policy process: loaded and rebuilt before serving
@@ -156,7 +158,6 @@ class Collector:
         servicer = IngestServicer(
             self._writer,
             self.registry,
-            self.listeners,
             stream_limits(self.config),
             pusher=self.pusher,
             metrics=self.metrics,

@@ -5,7 +5,7 @@ gRPC, ingest and acks need, so every event cost the ingest path its evaluation. 
 process (like the sealer) it runs on another core while the collector stores and acks.
 
     collector (event loop)                         policy process (python -m collector.policy.process)
-      acker: batch committed, ack sent
+      store writer: batch committed
         -> PolicyProcess.on_stored(events)  ==pipe==>  PolicyListener: engine, behaviour, suppression,
       agent.silent -> on_events(mappings)   ==pipe==>    alert store writes, sinks, hot reload, SIGHUP
       /metrics <- stats()                   <==pipe==  figures twice a second
@@ -16,7 +16,7 @@ fields its policies look at (protos.events.EventView). The child's reports come 
 of their own (its stdout carries its JSON logs and the stdout sink's alerts).
 
 Order and flow: frames go in the order batches are acknowledged; a child that falls behind fills
-the pipe, and the ackers wait for room (bounded memory; the agents' own windows then slow them).
+the pipe, and the next commit waits for room (bounded memory; the agents' own windows then slow them).
 A child that dies is restarted within a second; events sent to it and not yet evaluated are
 counted (`unevaluated`) and logged, and the new child rebuilds its windows from the store
 (`policy_rebuild_hours`), as at every start. While no child runs, nothing waits on it: ingest
@@ -56,7 +56,7 @@ _HEADER = struct.Struct("<cI")
 CONFIG, EVENTS, MAPPINGS = b"C", b"E", b"M"  # collector -> policy process
 READY, STATS, FAILED = b"R", b"S", b"F"  # policy process -> collector
 MAX_FRAME = 256 << 20  # an EventBatch is bounded by the collector's max_message_bytes
-_PIPE_BUFFER = 1 << 20  # queued to the child before an acker waits (~3,000 events); the pipe's size too
+_PIPE_BUFFER = 1 << 20  # queued to the child before a commit waits (~3,000 events); the pipe's size too
 STATS_SECONDS = 0.5
 _STOP_SECONDS = 30.0  # a clean stop lets the child evaluate what it was sent, flush and drain its sinks
 _TERM_GRACE_SECONDS = 10.0  # SIGTERM on the child alone (systemd stops the whole group): finish soon

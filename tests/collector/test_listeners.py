@@ -97,3 +97,50 @@ async def _scenario(tmp_path: Path) -> None:
 
 def test_listeners_get_new_events_once_and_silent_agents(tmp_path: Path) -> None:
     asyncio.run(_scenario(tmp_path))
+
+
+class Held:
+    """Takes stored events only once released, as a policy process whose pipe is full."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.sequences: list[int] = []
+
+    async def on_stored(self, stored: list[pb.Event], data: list[bytes]) -> None:
+        await self.release.wait()
+        self.sequences.extend(e.event.sequence for e in stored)
+
+    async def on_events(self, mappings: list[dict[str, Any]]) -> None:
+        """Not called: every event here is stored."""
+
+
+async def _leaving(tmp_path: Path) -> None:
+    config = collector_config.load(write_collector_config(tmp_path))
+    store = SqliteStore(config.store)
+    held = Held()
+    collector = Collector(config, store, [held])
+    await collector.start()
+    try:
+        async with grpc.aio.insecure_channel(config.listen) as channel:
+            call = pb_grpc.IngestStub(channel).Stream()
+
+            async def ack() -> int:
+                reply = await call.read()
+                assert isinstance(reply, pb.CollectorMessage)
+                return int(reply.ack.sequence)
+
+            await call.write(pb.AgentMessage(hello=pb.Hello(agent_id="leaver", hostname="ws-leaver")))
+            assert await ack() == 0
+            await call.write(pb.AgentMessage(batch=pb.EventBatch(events=make_events("leaver", 1, 5))))
+            assert await ack() == 5
+            call.cancel()  # the agent goes away on its last ack, its events not yet passed on
+        await _until(lambda: not collector.registry.is_connected("leaver"))
+        held.release.set()
+        await _until(lambda: held.sequences == [1, 2, 3, 4, 5])
+    finally:
+        await collector.stop()
+        store.close()
+
+
+def test_a_batch_acknowledged_as_its_agent_leaves_still_reaches_the_listeners(tmp_path: Path) -> None:
+    asyncio.run(_leaving(tmp_path))
