@@ -178,7 +178,8 @@ class ContentCatalog:
     def _take(self) -> None:
         now = time.monotonic()
         version, changes = self.index.take_changes()
-        if changes is None or self._synced_version < 0:
+        whole = changes is None or self._synced_version < 0
+        if changes is None or whole:
             current = {path: (size, mtime, tags) for path, size, mtime, tags in self.index.snapshot()}
             with self._lock:
                 for path in [p for p in self._ids if p not in current]:
@@ -187,10 +188,12 @@ class ContentCatalog:
                     del self._pending[path]
             changes = list(current.items())
         with self._lock:
-            if changes:
+            if whole:  # the tagged files at start (or after lost events): read them at once
+                self._pending_since = -DEFER_SECONDS
+            elif changes:
                 self._changed_at = now
-            if not self._pending:
-                self._pending_since = now
+                if not self._pending:
+                    self._pending_since = now
             for path, entry in changes:
                 if entry is None:
                     self._retire(path)
