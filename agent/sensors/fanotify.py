@@ -70,8 +70,6 @@ FAN_NOFD = -1
 _METADATA = struct.Struct("=IBBHQii")  # event_len, vers, reserved, metadata_len, mask, fd, pid
 _METADATA_VERSION = 3
 _READ_SIZE = 64 * 1024
-BURST_SECONDS = 0.01    # woken again this soon after the last wake-up: a burst
-GATHER_SECONDS = 0.002  # how long events gather in a burst before they are read
 _MARK_KINDS = {"inode": FAN_MARK_DONT_FOLLOW, "mount": FAN_MARK_MOUNT, "filesystem": FAN_MARK_FILESYSTEM}
 
 TAGGED_MASK = FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_EVENT_ON_CHILD
@@ -328,17 +326,12 @@ class FanotifySensor:
         poller = select.poll()
         poller.register(self._group.fd, select.POLLIN)
         self._stop.register(poller)
-        woke = 0.0
         while True:
             ready = poller.poll()
             stopping = self._stop.rang(ready)
-            woke, last = time.monotonic(), woke
-            self.woke_at = woke
-            if not stopping and woke - last < BURST_SECONDS:
-                # in a burst, let the kernel gather events for a moment: a wake-up per event or
-                # two cost more than the events (each a read, and a hand-over of the interpreter
-                # lock); a lone event is read at once, while its process can still be looked at
-                time.sleep(GATHER_SECONDS)
+            # read at once, never gathered: a short-lived process (cp, tar's gzip) must still be
+            # in /proc when its events are handled, or its attribution falls to `inferred`
+            self.woke_at = time.monotonic()
             try:
                 self._drain()  # on stop too: what the kernel queued before stop() is reported
             except Exception:  # a sensor thread must not die on one bad event
