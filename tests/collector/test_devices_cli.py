@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from collector import config as cfg
+from collector.alerts.alert import RaisedAlert
 from collector.policy.listener import PolicyListener
 from collector.store import open_store
 from tests.helpers import run_cli
@@ -75,7 +76,10 @@ def test_seen_approved_by_the_cli_and_learned(collector_config: tuple[Path, cfg.
         listener = PolicyListener.from_config(conf, store)
         raised: list[str] = []
         try:
-            listener.raise_alerts = lambda alerts: raised.extend(a.policy_id for a in alerts)  # type: ignore[method-assign]
+            def note(alerts: list[RaisedAlert], *, stored: bool = False) -> None:
+                raised.extend(a.policy_id for a in alerts)
+
+            listener.raise_alerts = note  # type: ignore[method-assign]
             await listener.on_events([attach("STICK-A", "alice"), attach("STICK-B", "bob")])
             assert raised == ["usb-unknown-device", "usb-unknown-device"]
             assert listener.keeper is not None
