@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -53,7 +54,8 @@ def _download(directory: Path, name: str, timeout: float = 20.0) -> Path:
 def test_officer_triages_builds_a_case_and_exports_verified_evidence(
     console: RunningConsole, browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    wait = WebDriverWait(browser, 20)
+    # a page a form post replaces can go stale between finding an element and reading it: look again
+    wait = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException,))
     browser.get(console.link("carol"))
     assert browser.current_url == console.url + "/alerts"
     assert browser.find_element(By.ID, "who").text == "carol (officer)"

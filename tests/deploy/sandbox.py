@@ -25,7 +25,10 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_SET_MDWE = 65
 SCMP_ACT_ALLOW = 0x7FFF0000
 CAP_LAST_CAP_FILE = "/proc/sys/kernel/cap_last_cap"
-CAPABILITY_NUMBERS = {"CAP_DAC_READ_SEARCH": 2, "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21, "CAP_LEASE": 28}
+CAPABILITY_NUMBERS = {
+    "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_SETGID": 6, "CAP_SETUID": 7,
+    "CAP_SYS_PTRACE": 19, "CAP_SYS_ADMIN": 21, "CAP_LEASE": 28,
+}
 
 
 def service_settings(unit: Path) -> dict[str, list[str]]:

@@ -47,10 +47,11 @@ def tiny_disk(path: Path, size: str) -> Iterator[Path]:
 def fill(disk: Path) -> Path:
     """Write a file until the disk refuses more; returns it (delete it to give the space back)."""
     filler = disk / "filler"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
+    # unbuffered, and the suppress outside the file: a buffered file's close would flush what the
+    # full disk refused once more, and raise ENOSPC after the suppress has ended
+    with contextlib.suppress(OSError), filler.open("wb", buffering=0) as out:
         while True:
             out.write(b"\0" * 65536)
-            out.flush()
     return filler
 
 
