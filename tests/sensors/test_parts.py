@@ -231,6 +231,9 @@ def test_catch_up_reports_writes_between_mount_and_watch(tmp_path: Path) -> None
     index = FingerprintIndex(TagMap({}))
     # the agent runs first: what changed before it started is the late examination's (late.py)
     copies = CopyDetector(index, media, StagingDetector(SensorSettings(), events), events)
+    # file ctimes come from the kernel's coarse clock (a tick behind time.time()): a file
+    # changed within a tick of the agent's start would carry a ctime from before it
+    time.sleep(0.05)
     stick = tmp_path / "stick"
     (stick / "old").mkdir(parents=True)
     (stick / "old" / "photo.jpg").write_bytes(b"x")
