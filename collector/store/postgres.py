@@ -42,9 +42,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exfilguard.collector.store")
 
-SCHEMA_VERSION = 6  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+SCHEMA_VERSION = 7  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
 # 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
-# 6: prevention exceptions officers grant (store/grants.py)
+# 6: prevention exceptions officers grant (store/grants.py); 7: events found by event id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -239,6 +239,8 @@ class PostgresStore(shared.SqlStore):
                 if version < 6:
                     for statement in grants.POSTGRES_SCHEMA_6:
                         self._db.execute(statement)
+                if version < 7:
+                    self._db.execute(shared.EVENT_ID_INDEX)
                 if version < SCHEMA_VERSION:
                     self._db.execute("INSERT INTO exfilguard_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION

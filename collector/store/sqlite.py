@@ -46,9 +46,9 @@ from protos import exfilguard_pb2 as pb
 if TYPE_CHECKING:
     from collector.store.ledger_sqlite import SqliteLedger
 
-SCHEMA_VERSION = 6  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+SCHEMA_VERSION = 7  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
 # 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
-# 6: prevention exceptions officers grant (store/grants.py)
+# 6: prevention exceptions officers grant (store/grants.py); 7: events found by event id
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -262,6 +262,8 @@ class SqliteStore(shared.SqlStore):
         if version < 6:
             for statement in grants.SQLITE_SCHEMA_6:
                 db.execute(statement)
+        if version < 7:
+            db.execute(shared.EVENT_ID_INDEX)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ events
