@@ -28,6 +28,7 @@ from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import SourceRead
 from agent.sensors.media import RemovableMedia, RemovableMount
 from agent.sensors.mounts import MOUNTINFO, parse_mountinfo
+from agent.sensors.newdirs import NewDirectories
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from agent.sensors.tags import TagMap
 from protos.events import new_event, sibling_event
@@ -47,6 +48,8 @@ class AccessReporter:
     media: RemovableMedia | None = field(default=None, kw_only=True)
     # set by the fanotify sensor: watch the reads of a file that just became derived
     on_derived: Callable[[str], None] | None = field(default=None, init=False)
+    # set by the fanotify sensor: a tagged file was written (its directory may be new, unmarked)
+    on_written: Callable[[str], None] | None = field(default=None, init=False)
     _dropped_reported: int = field(default=0, init=False)
     _dropped_at: float = field(default=0.0, init=False)
 
@@ -80,6 +83,8 @@ class AccessReporter:
             self.copies.note_read(access.pid, access.process, access.path, tags, st.st_size)
         if mask & FAN_CLOSE_WRITE:
             actions.append("file.modify")
+            if self.on_written is not None:
+                self.on_written(access.path)
             self.copies.forget_read(access.pid, access.path)
             self.index.update(access.path)
         if not actions:
@@ -207,6 +212,12 @@ class ExactAccessSensor:
         self._emit = reporter.emit
         self.copies = reporter.copies
         self.marks = 0
+        # others that mark new tagged directories too (the prevention guard)
+        self.also_mark: list[Callable[[str], None]] = []
+        self._system_devs: set[int] = set()
+        self.new_dirs = NewDirectories(tags, reporter.emit, self._mark_new_dir,
+                                       system_devs=lambda: self._system_devs)
+        reporter.on_written = self.new_dirs.written
 
     def start(self) -> None:
         """Mark everything, then read events."""
@@ -221,24 +232,33 @@ class ExactAccessSensor:
             if dev not in seen_devs:
                 seen_devs.add(dev)
                 self.fanotify.mark_filesystem(path)
+        self._system_devs = seen_devs
         self.media.subscribe(self._mount_changed)
 
     def stop(self) -> None:
         """Close the group; idempotent."""
         self.fanotify.stop()
+        self.new_dirs.stop()
 
     def mark_tagged(self) -> None:
         """(Re-)mark every directory of every tagged tree (start, and after a rescan)."""
         for root in self.tags.top_roots():
-            self.marks += self.fanotify.mark_tree(root)
+            self.mark_root(root)
 
     def mark_root(self, root: str) -> None:
         """Mark a tagged tree that appeared after start (or came back)."""
+        self.new_dirs.tree_marking(root)
         self.marks += self.fanotify.mark_tree(root)
 
     def mark_dir(self, path: str) -> None:
-        """Mark a new directory inside a tagged tree."""
+        """Mark a new directory inside a tagged tree (inotify saw it), and report what was
+        accessed in it before the mark."""
+        self.new_dirs.appeared(path)
+
+    def _mark_new_dir(self, path: str) -> None:
         self.fanotify.mark_dir(path)
+        for mark in self.also_mark:
+            mark(path)
 
     def _mount_changed(self, mount: RemovableMount, appeared: bool) -> None:
         self.fanotify.mark_mount(mount.point, add=appeared)

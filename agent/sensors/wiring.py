@@ -77,7 +77,9 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
                      if blocking else None)
     if quarantine is not None and content_guard is not None:
         quarantine.spared = content_guard.decider.spared  # allowed users' copies stay on the stick
-    markers = [m.mark_dir for m in (exact, content_guard) if m is not None]
+    if exact is not None and content_guard is not None:
+        exact.also_mark.append(content_guard.mark_dir)  # also when fanotify sees the directory first
+    markers = [exact.mark_dir] if exact is not None else [content_guard.mark_dir] if content_guard else []
 
     def new_dir(path: str) -> None:
         for mark in markers:  # tagged opens there are heard (and asked, while armed) by the guard too

@@ -1,0 +1,79 @@
+"""New directories inside a tagged tree, made and used faster than the agent can mark them.
+
+fanotify sees a tagged file's reads only once its directory is marked; a burst of new
+directories (a restore, a `cp -r` into the tree, then a reader) outruns the marks. Every read
+must then be reported exactly, or counted in an `agent.gap` (reason `unwatched_window`) naming
+the directory: never silent.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from common.agentconfig import AgentConfig, SensorSettings
+from tests.sensors.recorder import Mapping, Running
+
+pytestmark = pytest.mark.root
+
+# Write files into 40 new directories, then read them all back: every read comes long after its
+# write (the access time shows it), and most come before a busy agent has marked the directory.
+BURST = r"""
+import os, sys
+top, count = sys.argv[1], int(sys.argv[2])
+paths = []
+for i in range(count):
+    directory = os.path.join(top, f"d{i // 50}")
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"f{i}.csv")
+    with open(path, "w") as fh:
+        fh.write(f"{i},customer {i},secret\n")
+    paths.append(path)
+for path in paths:
+    with open(path) as fh:
+        fh.read()
+"""
+
+
+def _gap(event: Mapping) -> bool:
+    return event.get("event.action") == "agent.gap" \
+        and event.get("exfilguard.gap.reason") == "unwatched_window"
+
+
+def test_reads_in_new_directories_are_reported_or_counted_in_a_gap(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root for fanotify")
+    root = tmp_path / "db"
+    root.mkdir()
+    (root / "seed.csv").write_text("1,seed\n")
+    count = 2000
+    with Running(AgentConfig(tags={str(root): ["database"]}, sensors=SensorSettings())) as run:
+        events = run.events
+        run.events.wait_for(events.action("agent.inventory"))
+        top = root / "restored"
+        subprocess.run([sys.executable, "-c", BURST, str(top), str(count)], check=True, timeout=60)
+        wanted = {str(top / f"d{i // 50}" / f"f{i}.csv") for i in range(count)}
+
+        def accounted() -> tuple[int, int]:
+            read = {e["file.path"] for e in events.matching(events.action("file.read"))} & wanted
+            return len(read), sum(int(g.get("exfilguard.gap.lost", 0)) for g in events.matching(_gap))
+
+        deadline = time.monotonic() + 40
+        while sum(accounted()) < count and time.monotonic() < deadline:
+            run.sensor("fanotify").new_dirs.stop()  # type: ignore[attr-defined]  # report what is pending
+            time.sleep(0.1)
+        reads, lost = accounted()
+        assert reads + lost >= count, f"{reads} reads reported, {lost} counted in gaps, of {count}"
+        for gap in events.matching(_gap):
+            assert gap["file.path"].startswith(str(top) + "/d")
+            assert gap["tags"] == ["database"]
+            assert gap["exfilguard.attribution"] == "none"
+            assert gap["exfilguard.gap.first"] <= gap["exfilguard.gap.last"]
+            assert "before the agent's watch" in gap["event.reason"]
+        # folded: one gap per ten seconds at most, not one per directory
+        assert len(events.matching(_gap)) <= 4
