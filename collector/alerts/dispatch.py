@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from collector import config as cfg
@@ -25,7 +26,17 @@ def build_sink(spec: cfg.Sink) -> QueuedSink:
     """One sink from its config entry, with its route and format."""
     sink = _sink(spec)
     sink.configure(Route(spec.min_severity, spec.policies, spec.tags), spec.format)
+    sink.key = sink_key(spec)
     return sink
+
+
+def sink_key(spec: cfg.Sink) -> str:
+    """The sink's name in the store's alert outbox: its type and a digest of where it delivers, what
+    it takes and in which format (the same across restarts and the collectors of a fleet; no URL or
+    address in the clear)."""
+    where = spec.model_dump_json(include={"path", "url", "address", "protocol", "smtp", "to",
+                                          "min_severity", "policies", "tags", "format"})  # fmt: skip
+    return f"{spec.type}:{hashlib.blake2b(where.encode(), digest_size=8).hexdigest()}"
 
 
 def check_sinks(specs: Sequence[cfg.Sink]) -> None:
@@ -87,6 +98,29 @@ class Dispatcher:
         """Queue the alert on every sink."""
         for sink in self.sinks:
             sink.send(alert)
+
+    def owing(self, alert: dict[str, Any]) -> list[str]:
+        """The keys of the sinks whose route takes the alert: who owes it a delivery."""
+        return [sink.key for sink in self.sinks if sink.route.accepts(alert)]
+
+    def keys(self) -> list[str]:
+        """Every sink's key."""
+        return [sink.key for sink in self.sinks]
+
+    def on_settled(self, settled: Callable[[QueuedSink, dict[str, Any]], None]) -> None:
+        """Hear of each alert a sink has its final answer for (on the sink's worker thread)."""
+        for sink in self.sinks:
+            sink.settled = settled
+
+    def resume(self, owed: Sequence[tuple[str, dict[str, Any]]]) -> int:
+        """Queue deliveries still owed, each (sink key, alert), on the sinks of those keys; how many."""
+        by_key = {sink.key: sink for sink in self.sinks}
+        queued = 0
+        for key, alert in owed:
+            if (sink := by_key.get(key)) is not None:
+                sink.send(alert)
+                queued += 1
+        return queued
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every sink delivered (or gave up on) what it was given."""

@@ -10,9 +10,10 @@ suppression, and a user's window spans hosts and collectors.
 One step: read what is new (at most PER_STEP events, PER_AGENT of each agent, AGENTS_PER_STEP
 agents, going round the agents in id order so none starves), evaluate it in
 event-time order (each agent's in sequence order), then commit the alerts, the cursors and the
-suppression windows it changed in one transaction on the lock's session, and only then hand the
-alerts to the sinks. A step whose session was lost cannot commit: its alerts are dropped and the
-engine forgets everything, and whoever takes the lock next (this process or another) takes over.
+suppression windows it changed in one transaction on the lock's session (with the deliveries the
+sinks owe, collector/store/outbox.py), and only then hand the alerts to the sinks. A step whose
+session was lost cannot commit: its alerts are dropped and the engine forgets everything, and
+whoever takes the lock next (this process or another) takes over.
 
 Taking over: make the tables if none exist, rebuild the windows from the stored events up to the
 cursors (the last `policy_rebuild_hours`, at most the longest window), open the saved
@@ -161,6 +162,8 @@ class FleetEvaluator:
                 self._followed_at = now
                 alerts.extend(engine.flush(max(engine.clock, now)))
             step = Step(alerts=[a.alert for a in alerts], taken=[i for i, _ in posted])
+            owing = self.listener.dispatcher.owing
+            step.owed = [(key, a.id) for a in alerts for key in owing(a.alert)]
             for agent, sequence, _ in rows:
                 step.cursors[agent] = sequence  # rows are in sequence order per agent
             self._suppression(step)
@@ -236,6 +239,7 @@ class FleetEvaluator:
         for group, until, state in windows:
             engine.suppressor.restore(_key(json.loads(group)), until, json.loads(state))
         engine.suppressor.touched = set()
+        self.listener.resume()  # deliveries the last leader's sinks still owed (store/outbox.py)
         self.leading = True
         self.takeovers += 1
         log.info(

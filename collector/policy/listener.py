@@ -10,6 +10,10 @@ must not start blind), replays the last `policy_rebuild_hours` of stored events 
 windows (no alerts re-raised), and starts one background task: suppression follow-ups, mtime
 polling for hot reload, and SIGHUP. When the loop cancels that task at shutdown, the sinks are
 drained and pending alert writes finish before the store closes.
+
+Delivery is durable (collector/store/outbox.py): an alert is stored together with the sinks that
+owe it a delivery and only then queued on them; each settled delivery is forgotten at the next
+tick; `resume()` queues what a dead predecessor still owed.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ import datetime as dt
 import logging
 import math
 import signal
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from collector.alerts.alert import RaisedAlert
 from collector.alerts.dispatch import Dispatcher
+from collector.alerts.sinks.base import QueuedSink
 from collector.behaviour.enrich import Behaviour
 from collector.behaviour.keeper import BehaviourKeeper, peer_groups
 from collector.config import CollectorConfig
@@ -65,6 +71,10 @@ class PolicyListener:
         self.keeper: BehaviourKeeper | None = None  # approvals and baselines <-> the store
         # False when the fleet evaluator sends suppression follow-ups (collector/policy/fleet.py).
         self.follow_ups = True
+        self._settled: list[tuple[str, str]] = []  # (sink key, alert id) delivered or given up
+        self._settled_lock = threading.Lock()
+        if store is not None:
+            dispatcher.on_settled(self._on_settled)
 
     @classmethod
     def from_config(cls, config: CollectorConfig, store: Store | None) -> PolicyListener:
@@ -110,14 +120,16 @@ class PolicyListener:
         self.raise_alerts(alerts)
 
     def raise_alerts(self, alerts: list[RaisedAlert], *, stored: bool = False) -> None:
-        """Send to every sink (queued) and store (on the alert-store thread) unless already `stored`."""
+        """Store (on the alert-store thread, unless already `stored` with what the sinks owe it), then
+        queue on every sink."""
         for raised in alerts:
             alert = raised.to_json()
-            self.dispatcher.send(alert)
             if self.store is not None and not stored:
                 future = self._writer.submit(self._store, alert)
                 self._pending.add(future)
                 future.add_done_callback(self._pending.discard)
+            else:
+                self.dispatcher.send(alert)
             self.alerts_sent += 1
             key = (raised.policy_id, raised.severity)
             self.alerts_by_policy[key] = self.alerts_by_policy.get(key, 0) + 1
@@ -144,10 +156,44 @@ class PolicyListener:
     def _store(self, alert: dict[str, Any]) -> None:
         assert self.store is not None
         try:
-            self.store.add_alert(alert)
+            self.store.add_alert(alert, self.dispatcher.owing(alert))
         except StoreError:
             self.alert_store_failures += 1
             log.exception("could not store alert %s (it was still sent to the sinks)", alert.get("id"))
+        self.dispatcher.send(alert)  # after the commit: the outbox holds it should this process die
+
+    def resume(self) -> int:
+        """Queue the deliveries the store says these sinks still owe (a predecessor died or stopped
+        before they were settled); how many. Call before new alerts are raised."""
+        if self.store is None:
+            return 0
+        try:
+            owed = self.store.owed(self.dispatcher.keys())
+        except StoreError:
+            log.exception("could not read the alert deliveries still owed; they wait for the next start")
+            return 0
+        queued = self.dispatcher.resume([(key, dict(alert)) for key, alert in owed])
+        if queued:
+            log.warning("%d alert deliveries a previous run did not finish are sent again", queued,
+                        extra={"deliveries": queued})  # fmt: skip
+        return queued
+
+    def _on_settled(self, sink: QueuedSink, alert: dict[str, Any]) -> None:
+        with self._settled_lock:
+            self._settled.append((sink.key, str(alert.get("id", ""))))
+
+    def _settle(self) -> None:
+        # Forget settled deliveries in the outbox; kept for the next try while the store fails.
+        with self._settled_lock:
+            done, self._settled = self._settled, []
+        if not done or self.store is None:
+            return
+        try:
+            self.store.settle(done)
+        except StoreError as exc:
+            log.warning("could not settle %d alert deliveries yet: %s", len(done), exc)
+            with self._settled_lock:
+                self._settled[:0] = done
 
     # ------------------------------------------------------------------ background
 
@@ -170,6 +216,9 @@ class PolicyListener:
         if self.follow_ups:
             self.raise_alerts(self.engine.flush(max(self.engine.clock, now or time.time())))
         self._sync_behaviour()
+        if self._settled:
+            with contextlib.suppress(RuntimeError):  # the writer is already shut down
+                self._writer.submit(self._settle)
         if self.reloader is None:
             return
         if self._reload_requested:
@@ -209,6 +258,7 @@ class PolicyListener:
         self._sync_behaviour(final=True)
         self._writer.shutdown(wait=True)
         self.dispatcher.close(timeout)
+        self._settle()  # what was not delivered stays owed: the next run sends it
 
     async def aclose(self) -> None:
         """Stop the tick task (which closes everything)."""

@@ -270,6 +270,8 @@ async def serve(report_fd: int) -> int:
             # The fleet evaluator rebuilds windows itself, from the store up to its cursors.
             own = config.model_copy(update={"policy_rebuild_hours": 0}) if fleet else config
             listener = PolicyListener.from_config(own, store)
+            if not fleet:  # on PostgreSQL the fleet's evaluator resumes when it takes the lead
+                listener.resume()
         except PolicySetError as exc:
             for problem in (p for p in exc.problems if p.severity == "error"):
                 log.error("policy problem: %s", problem, extra={"code": problem.code, "path": problem.path})

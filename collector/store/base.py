@@ -194,12 +194,21 @@ class Store(abc.ABC):
         """(last chained sequence, its chain value); (0, 32 zero bytes) before any."""
 
     @abc.abstractmethod
-    def add_alert(self, alert: Mapping) -> None:
+    def add_alert(self, alert: Mapping, sinks: Sequence[str] = ()) -> None:
         """Store an alert (the JSON object sinks receive); needs `id`, `@timestamp`, `policy.id`.
 
         Storing the same alert id twice replaces it (suppression updates its count); its triage
-        status and history are kept.
+        status and history are kept. In the same transaction the alert becomes owed to each of
+        `sinks` (collector/store/outbox.py) until `settle` names the delivery.
         """
+
+    @abc.abstractmethod
+    def owed(self, sinks: Sequence[str], limit: int = 10_000) -> list[tuple[str, Mapping]]:
+        """(sink, alert) of deliveries still owed to `sinks`, the oldest alert first, at most `limit`."""
+
+    @abc.abstractmethod
+    def settle(self, deliveries: Sequence[tuple[str, str]]) -> None:
+        """Forget owed deliveries, each (sink, alert id), that have their final answer."""
 
     @abc.abstractmethod
     def alerts(

@@ -12,7 +12,8 @@ fleet (collector/policy/fleet.py). Its state in the store:
   posted by a standby collector for the evaluator, which takes them in its next step.
 
 Every call takes the connection of the evaluator's leadership session: `commit` writes a step's
-alerts, cursors and suppression rows in one transaction there, so a step whose session (and with
+alerts (with the deliveries the sinks owe them, store/outbox.py), cursors and suppression rows in
+one transaction there, so a step whose session (and with
 it the lock) was lost cannot commit, and a committed step is never evaluated again.
 The tables are made by the first evaluator; cursors then start at every agent's stored prefix,
 so a store that was already in use is not re-evaluated from its first event.
@@ -24,8 +25,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.store import outbox
 from collector.store.pgconnect import Connection
-from collector.store.sql import alert_row
+from collector.store.sql import POSTGRES, alert_row
 
 _EXISTS = "SELECT to_regclass('policy_cursors') IS NOT NULL"
 _INBOX = "CREATE TABLE IF NOT EXISTS policy_inbox (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)"
@@ -81,6 +83,7 @@ class Step:
     windows: dict[str, tuple[float, str]] = field(default_factory=dict)  # group -> (until, state)
     closed: set[str] = field(default_factory=set)
     taken: list[int] = field(default_factory=list)  # policy_inbox ids
+    owed: list[tuple[str, str]] = field(default_factory=list)  # (sink, alert id): store/outbox.py
 
     def __bool__(self) -> bool:
         return bool(self.alerts or self.cursors or self.windows or self.closed or self.taken)
@@ -162,6 +165,8 @@ class PolicyLog:
         with conn.transaction(), conn.cursor() as cur:
             if step.alerts:
                 cur.executemany(_ADD_ALERT, [alert_row(self.location, a) for a in step.alerts])
+            if step.owed:
+                cur.executemany(POSTGRES.sql(outbox.OWE), step.owed)
             if step.cursors:
                 cur.executemany(_SAVE_CURSOR, sorted(step.cursors.items()))
             if step.windows:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 import psycopg
 from psycopg import errors as pg_errors
 
-from collector.store import base, domain, grants, pgconnect, presence, triage
+from collector.store import base, domain, grants, outbox, pgconnect, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import PostgresTransaction, Transaction
 from collector.store.rows import DATA_COLUMN, event_row, stored_mapping
@@ -42,9 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exfilguard.collector.store")
 
-SCHEMA_VERSION = 7  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+SCHEMA_VERSION = 8  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
 # 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
-# 6: prevention exceptions officers grant (store/grants.py); 7: events found by event id
+# 6: prevention exceptions officers grant (store/grants.py); 7: events found by event id;
+# 8: the alert outbox (store/outbox.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -241,6 +242,8 @@ class PostgresStore(shared.SqlStore):
                         self._db.execute(statement)
                 if version < 7:
                     self._db.execute(shared.EVENT_ID_INDEX)
+                if version < 8:
+                    self._db.execute(outbox.SCHEMA_8)
                 if version < SCHEMA_VERSION:
                     self._db.execute("INSERT INTO exfilguard_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION

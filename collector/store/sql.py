@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from collector.store import grants as grant_sql
-from collector.store import presence, triage
+from collector.store import outbox, presence, triage
 from collector.store.base import (
     AgentRecord,
     AgentUpdate,
@@ -249,19 +249,36 @@ class SqlStore(Store):
 
     # ------------------------------------------------------------------ alerts
 
-    def add_alert(self, alert: Mapping) -> None:
-        """Store (or replace, by id) an alert; see `Store.add_alert`."""
+    def add_alert(self, alert: Mapping, sinks: Sequence[str] = ()) -> None:
+        """Store (or replace, by id) an alert, owed to `sinks`; see `Store.add_alert`."""
         self._writable()
         row = alert_row(self.location, alert)
-        # An upsert, not a replace: replacing the row would reset its triage status.
-        self._write(
-            self._q(
+        with self._statements("storing an alert") as tx:
+            # An upsert, not a replace: replacing the row would reset its triage status.
+            tx.query(
                 "INSERT INTO alerts (id, ts, policy_id, severity, body) VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET ts = excluded.ts, policy_id = excluded.policy_id,"
-                " severity = excluded.severity, body = excluded.body"
-            ),
-            row,
-        )
+                " severity = excluded.severity, body = excluded.body",
+                row,
+            )
+            if sinks:
+                tx.many(outbox.OWE, [(sink, row[0]) for sink in sinks])
+
+    def owed(self, sinks: Sequence[str], limit: int = 10_000) -> list[tuple[str, Mapping]]:
+        """(sink, alert) of deliveries still owed to `sinks`, the oldest alert first (store/outbox.py)."""
+        if not sinks or self._version < 8:
+            return []
+        sql = self._q(outbox.OWED.format(in_list=self.dialect.in_list))
+        params = (self.dialect.list_param(list(sinks)), max(0, limit))
+        rows = self._all(sql, params, "reading the alert outbox")
+        return [(str(sink), json.loads(str(body))) for sink, body in rows]
+
+    def settle(self, deliveries: Sequence[tuple[str, str]]) -> None:
+        """Forget deliveries (sink, alert id) that have their final answer (store/outbox.py)."""
+        if deliveries:
+            self._writable()
+            with self._statements("settling alert deliveries") as tx:
+                tx.many(outbox.SETTLE, [tuple(d) for d in deliveries])
 
     def _select_alerts(self) -> str:
         # Columns: body, status. A read-only view of a store not upgraded yet reads the bodies.

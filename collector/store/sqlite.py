@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from collector.store import base, domain, grants, presence, triage
+from collector.store import base, domain, grants, outbox, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import SqliteTransaction, Transaction
 from collector.store.rows import ACTION_COLUMN, DATA_COLUMN, SEQUENCE_COLUMN, event_row, stored_mapping
@@ -46,9 +46,10 @@ from protos import exfilguard_pb2 as pb
 if TYPE_CHECKING:
     from collector.store.ledger_sqlite import SqliteLedger
 
-SCHEMA_VERSION = 7  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+SCHEMA_VERSION = 8  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
 # 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
-# 6: prevention exceptions officers grant (store/grants.py); 7: events found by event id
+# 6: prevention exceptions officers grant (store/grants.py); 7: events found by event id;
+# 8: the alert outbox (store/outbox.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -264,6 +265,8 @@ class SqliteStore(shared.SqlStore):
                 db.execute(statement)
         if version < 7:
             db.execute(shared.EVENT_ID_INDEX)
+        if version < 8:
+            db.execute(outbox.SCHEMA_8)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ events

@@ -52,7 +52,9 @@ def test_a_step_commits_alerts_cursors_and_windows_together_or_not_at_all(
         conn, log = lead.connection, PolicyLog(pg_url)
         log.ensure(conn)
         alert = {"id": "al-1", "@timestamp": "2026-01-01T00:00:00.000000Z", "policy.id": "p", "severity": "x"}
-        log.commit(conn, Step(alerts=[alert], cursors={"a": 0}, windows={'["p", "u"]': (9.5, "{}")}))
+        log.commit(conn, Step(alerts=[alert], cursors={"a": 0}, windows={'["p", "u"]': (9.5, "{}")},
+                              owed=[("webhook:1", "al-1")]))  # fmt: skip
+        assert [(k, a["id"]) for k, a in store.owed(["webhook:1"])] == [("webhook:1", "al-1")]
         assert log.windows(conn) == [('["p", "u"]', 9.5, "{}")]
         log.commit(conn, Step(alerts=[alert], closed={'["p", "u"]'}))  # the same alert id: stored once
         assert log.windows(conn) == [] and len(store.alerts()) == 1
@@ -61,8 +63,9 @@ def test_a_step_commits_alerts_cursors_and_windows_together_or_not_at_all(
             admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
         late = {**alert, "id": "al-2"}
         with pytest.raises(psycopg.Error):
-            log.commit(conn, Step(alerts=[late], cursors={"a": 6}))
+            log.commit(conn, Step(alerts=[late], cursors={"a": 6}, owed=[("webhook:1", "al-2")]))
         assert [a["id"] for a in store.alerts()] == ["al-1"]
+        assert [a["id"] for _, a in store.owed(["webhook:1"])] == ["al-1"]
         assert lead.try_acquire() and lead.connection is not None
         # 1..4 were stored before the first evaluator (its cursor started at 4); 5..6 are still due.
         assert [s for _, s, _ in log.pending(lead.connection, "", 10, 10, 100)] == [5, 6]

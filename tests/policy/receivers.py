@@ -40,7 +40,7 @@ class _Collector:
 class WebhookReceiver(_Collector):
     """POST JSON receiver; answers `fail_first` requests with 503 (to exercise retries)."""
 
-    def __init__(self, fail_first: int = 0) -> None:
+    def __init__(self, fail_first: int = 0, port: int = 0) -> None:
         super().__init__()
         self.fail_first = fail_first
         self.attempts = 0
@@ -64,7 +64,7 @@ class WebhookReceiver(_Collector):
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

@@ -1,9 +1,11 @@
 """QueuedSink: a bounded queue and one worker thread per sink; delivery retried with backoff.
 
 `send()` never blocks: when the queue is full the oldest alert is dropped and counted (the
-alert is still in the store; `exfilguard alerts` shows it). A delivery that keeps failing is
-retried `max_retries` times with exponential backoff (0.5 s doubling, capped at 30 s, jittered),
-then dropped and counted.
+alert is still in the store, still owed to the sink: collector/store/outbox.py). A delivery that
+keeps failing is retried `max_retries` times with exponential backoff (0.5 s doubling, capped at
+30 s, jittered), then dropped and counted. `settled` hears of each alert that has its final answer
+(delivered or given up), which the store's outbox then forgets; an alert dropped from a full
+queue, or cut short by a stop, is not settled and goes out again from the outbox.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import queue
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from collector import formats
@@ -33,6 +36,7 @@ class QueuedSink:
     name = "sink"
     route = Route()  # which alerts this sink takes (collector.yaml: min_severity, policies, tags)
     format = "exfilguard"  # exfilguard, ecs or ocsf (collector/formats)
+    key = ""  # names its deliveries in the store's alert outbox (dispatch.sink_key)
 
     def __init__(self, max_retries: int = 0, queue_size: int = QUEUE_SIZE) -> None:
         self.max_retries = max_retries
@@ -40,6 +44,7 @@ class QueuedSink:
         self.failed = 0
         self.dropped = 0
         self.filtered = 0  # alerts its route did not take
+        self.settled: Callable[[QueuedSink, dict[str, Any]], None] | None = None  # on its worker thread
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._idle = threading.Condition()
@@ -111,7 +116,8 @@ class QueuedSink:
         try:
             for alert in iter(self._queue.get, None):  # until close() queues None
                 try:
-                    self._deliver_with_retries(alert)
+                    if self._deliver_with_retries(alert) and self.settled is not None:
+                        self.settled(self, alert)
                 finally:
                     self._done()
         finally:
@@ -120,13 +126,14 @@ class QueuedSink:
             except Exception:
                 log.exception("alert sink %s failed to close", self.name)
 
-    def _deliver_with_retries(self, alert: dict[str, Any]) -> None:
+    def _deliver_with_retries(self, alert: dict[str, Any]) -> bool:
+        """Deliver with retries; False when a stop cut the retries short (the alert stays owed)."""
         delay = BACKOFF_FIRST
         for attempt in range(self.max_retries + 1):
             try:
                 self.deliver(alert)
                 self.sent += 1
-                return
+                return True
             except SinkError as exc:
                 last = attempt == self.max_retries or not exc.retry
                 log.warning(
@@ -144,6 +151,8 @@ class QueuedSink:
                 break
             # Jitter so that a collector's sinks do not hammer a recovering receiver in step.
             if self._stop.wait(delay * random.uniform(0.5, 1.0)):
-                break
+                self.failed += 1
+                return False
             delay = min(delay * 2, BACKOFF_MAX)
         self.failed += 1
+        return True
