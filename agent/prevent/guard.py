@@ -1,11 +1,13 @@
 """ContentGuard: prevent.removable_writes = block, with fanotify permission events.
 
 A permission group (permission.py) with a file system mark (FAN_OPEN_PERM) on every removable
-mount, and inode marks on the tagged trees: FAN_OPEN notifications always (who opened tagged
-data, heard in the order the kernel queued it, before a later open on the stick by the same
-pipeline), FAN_OPEN_PERM too while a file on removable media is open for writing ("armed";
-decide.py says why). Each permission event holds its open in the kernel until the guard
-answers:
+mount, and FAN_OPEN_PERM inode marks on the tagged trees while a file on removable media is open
+for writing ("armed"; decide.py says why). Each permission event holds its open in the kernel
+until the guard answers. Who opened tagged data is heard through a second group, of the
+notification class, with FAN_OPEN marks on the tagged trees always; nothing waits on it: it is
+read before each read of permission events (every tagged open made before an open on the stick
+is queued there by then, so it is noted before that open is decided) and at each tick of the
+reader. An innocent reader of tagged files wakes no thread of the agent.
 
   reader thread     reads events; answers the agent's own opens at once; hands the rest, with
                     the path read from the event's fd, to the decision thread; answers with
@@ -91,6 +93,7 @@ class ContentGuard:
         self.decider.on_exception = self._excepted
         self._excepted_pids: dict[int, str] = {}  # pid -> the exception reported for it (once each)
         self._group: PermissionGroup | None = None
+        self._hearing: PermissionGroup | None = None  # tagged opens, notification class, not polled
         self._me = os.getpid()
         self._lock = threading.Lock()
         self._drain_lock = threading.Lock()  # one pass over the group's queue at a time
@@ -116,6 +119,12 @@ class ContentGuard:
     def start(self) -> None:
         """Open the permission group, run the threads, mark removable mounts as they come."""
         self._group = PermissionGroup()
+        try:
+            self._hearing = PermissionGroup(hearing=True)
+        except Exception:
+            self._group.close()
+            self._group = None
+            raise
         # an open waits for this thread: let it have the interpreter within 0.2 ms, not the 5 ms
         # a busy sensor thread may otherwise hold it. The reader wakes from poll once per open on
         # a stick and must take the lock back from the sensors hashing the very copy; everything
@@ -127,7 +136,7 @@ class ContentGuard:
             threading.Thread(target=self._read_loop, name="exfilguard-prevent-read", daemon=True),
             threading.Thread(target=self._decide_loop, name="exfilguard-prevent-decide", daemon=True),
         ]
-        self._mark_tagged(FAN_OPEN)
+        self._mark_tagged(armed=False)
         for thread in self._threads:
             thread.start()
         self.media.subscribe(self._mount_changed)
@@ -146,6 +155,9 @@ class ContentGuard:
         for item in waiting.values():
             group.answer(item.fd, True)
         group.close()
+        if self._hearing is not None:
+            self._hearing.close()
+            self._hearing = None
         self.decider.close()
         self._report_defaulted(force=True)
         log.info("prevent: stopped: %s", self.summary())
@@ -219,29 +231,45 @@ class ContentGuard:
                 log.exception("prevent: permission event handling failed")
 
     def _drain(self, group: PermissionGroup, now: float, stalled: bool) -> None:
-        # tagged opens heard, by pid: only each process's latest counts (the decider keeps the
-        # latest per process and group), so a reader of 10,000 tagged files costs one look per
-        # read of the queue, not one per open; noted before any later open is decided
+        while True:
+            batch = group.read()
+            # every tagged open made before these opens were asked is in the hearing group's
+            # queue by now: noted before any of them is decided
+            self._hear()
+            if not batch:
+                return
+            for mask, fd, pid in batch:
+                if mask & FAN_Q_OVERFLOW or fd < 0:
+                    self.overflows += bool(mask & FAN_Q_OVERFLOW)
+                elif not mask & FAN_OPEN_PERM:
+                    syscalls.close(fd)  # the group asks for permission events only
+                else:
+                    self._asked(group, now, stalled, fd, pid)
+
+    def _hear(self) -> None:
+        """Note the tagged opens queued in the hearing group. Only each process's latest counts
+        (the decider keeps the latest per process and group; the kernel also merges a process's
+        opens of one file while they wait), so a reader of 10,000 tagged files costs a few looks."""
+        hearing = self._hearing
+        if hearing is None:
+            return
         heard: dict[int, int] = {}
         try:
             while True:
-                batch = group.read()
+                batch = hearing.read()
                 if not batch:
                     return
                 for mask, fd, pid in batch:
                     if mask & FAN_Q_OVERFLOW or fd < 0:
                         self.overflows += bool(mask & FAN_Q_OVERFLOW)
-                    elif not mask & FAN_OPEN_PERM:  # a tagged open, heard: answer nothing
-                        earlier = heard.pop(pid, -1)
-                        if earlier >= 0:
-                            syscalls.close(earlier)
-                        if pid == self._me:
-                            syscalls.close(fd)
-                        else:
-                            heard[pid] = fd
+                        continue
+                    earlier = heard.pop(pid, -1)
+                    if earlier >= 0:
+                        syscalls.close(earlier)
+                    if pid == self._me:
+                        syscalls.close(fd)
                     else:
-                        self._note_heard(heard)
-                        self._asked(group, now, stalled, fd, pid)
+                        heard[pid] = fd
         finally:
             self._note_heard(heard)
 
@@ -447,34 +475,34 @@ class ContentGuard:
 
     # ----------------------------------------------------------------- arming
 
-    def _mark_tagged(self, mask: int) -> None:
-        """Add `mask` to every directory (and tagged file) of the tagged trees, as they are now."""
-        group = self._group
-        if group is None:
-            return
+    def _mark_tagged(self, *, armed: bool) -> None:
+        """Mark every directory (and tagged file) of the tagged trees, as they are now: heard
+        always, asked too when armed."""
         marked = []
         for root in self.tags.top_roots():
             if os.path.isfile(root):
-                if group.place(root, mask):
+                if self._place_tagged(root, 0, armed=armed):
                     marked.append(root)
                 continue
             for dirpath, _dirs, _files in os.walk(root):
-                if group.place(dirpath, mask | FAN_EVENT_ON_CHILD):
+                if self._place_tagged(dirpath, FAN_EVENT_ON_CHILD, armed=armed):
                     marked.append(dirpath)
         self._marked = marked
 
+    def _place_tagged(self, path: str, child: int, *, armed: bool) -> bool:
+        group, hearing = self._group, self._hearing
+        if group is None or hearing is None or not hearing.place(path, FAN_OPEN | child):
+            return False
+        return not armed or group.place(path, FAN_OPEN_PERM | child)
+
     def mark_dir(self, path: str) -> None:
         """A directory appeared in a tagged tree (the file sensor saw it): hear its opens too."""
-        group = self._group
-        if group is None:
-            return
-        mask = FAN_OPEN | FAN_EVENT_ON_CHILD | (FAN_OPEN_PERM if self._armed else 0)
         with contextlib.suppress(Exception):
-            if group.place(path, mask):
+            if self._place_tagged(path, FAN_EVENT_ON_CHILD, armed=self._armed):
                 self._marked.append(path)
 
     def _arm(self) -> None:
-        self._mark_tagged(FAN_OPEN | FAN_OPEN_PERM)
+        self._mark_tagged(armed=True)
         self._armed = True
         log.debug("prevent: armed %d tagged directories", len(self._marked))
 

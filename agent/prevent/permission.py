@@ -25,6 +25,7 @@ from agent.prevent import syscalls
 from agent.prevent.errors import PreventError
 from agent.sensors.fanotify import (
     AT_FDCWD,
+    FAN_CLASS_NOTIF,
     FAN_CLOEXEC,
     FAN_EVENT_ON_CHILD,
     FAN_MARK_ADD,
@@ -61,14 +62,19 @@ def _libc() -> ctypes.CDLL:
 
 class PermissionGroup(Fanotify):
     """One fanotify group of the content class, in fd mode, non-blocking; events are read as
-    the notification group's are (`read`, `close`: the kernel allows what still waits)."""
+    the notification group's are (`read`, `close`: the kernel allows what still waits).
 
-    def __init__(self) -> None:  # the notification group's __init__ would make a group of its class
+    `hearing=True` makes a group of the notification class instead, with the same marking and
+    reading: the guard hears tagged opens through one of its own that nothing polls (guard.py)."""
+
+    def __init__(self, *, hearing: bool = False) -> None:  # not Fanotify's: its errors say less
         self._libc = _libc()
-        flags = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS
+        flags = (FAN_CLASS_NOTIF if hearing else FAN_CLASS_CONTENT) | (
+            FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS)
         fd = self._libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
-            raise PreventError("fanotify_init(FAN_CLASS_CONTENT): permission events unavailable "
+            what = "FAN_CLASS_NOTIF" if hearing else "FAN_CLASS_CONTENT"
+            raise PreventError(f"fanotify_init({what}): permission events unavailable "
                                "(needs root and CONFIG_FANOTIFY_ACCESS_PERMISSIONS)", ctypes.get_errno())
         self.fd = fd
 
