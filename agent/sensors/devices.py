@@ -32,7 +32,7 @@ import pyudev
 from agent.background import Background
 from agent.content.examiner import Examiner
 from agent.content.identify import Identification
-from agent.sensors import Emit, procinfo
+from agent.sensors import Emit, procinfo, seat
 from agent.sensors.errors import SensorError
 from agent.sensors.media import RemovableMedia, describe_udev
 from agent.sensors.stoppipe import StopPipe
@@ -89,8 +89,9 @@ class DeviceSensor:
     def __init__(self, media: RemovableMedia, emit: Emit,
                  on_attach: Callable[[pb.Device], None] | None = None,
                  on_detach: Callable[[pb.Device], None] | None = None,
-                 examiner: Examiner | None = None) -> None:
+                 examiner: Examiner | None = None, *, sessions: str = seat.RUN) -> None:
         self.media = media
+        self._sessions = sessions  # where logind keeps its seats and sessions (agent/sensors/seat.py)
         self._examiner = examiner
         self._raw: dict[str, _RawWrite] = {}  # device node -> writes to read back
         self._emit = emit
@@ -264,4 +265,7 @@ class DeviceSensor:
         if reason:
             event.event.reason = reason
         event.exfilguard.attribution = procinfo.NONE
+        at_seat = seat.seat_user(self._sessions)  # no process plugs a stick in: the seat's user did
+        if at_seat is not None:
+            event.user.id, event.user.name = str(at_seat[0]), at_seat[1]
         self._emit(event)
