@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 
-from protos.events import model_fields
+from protos import exfilguard_pb2 as pb
+from protos.events import INVALID, ecs_name, field_mapping, is_timestamp, model_fields, read_fields
 
 GENESIS = bytes(32)
 
@@ -118,6 +120,106 @@ def _orjson_agrees(value: dict[str, Any] | list[Any] | tuple[Any, ...]) -> bool:
         elif isinstance(item, dict | list | tuple) and not _orjson_agrees(item):
             return False
     return True
+
+
+# -- the canonical bytes straight from the protobuf event (the sealer's path)
+#
+# Every key `to_mapping` writes for a field of the Event is the field's own name, or, for a message,
+# starts with its name and a dot: the keys of one top-level field are a run of their own in sorted
+# order, and the runs sort as those names do ("process." before "tags"). So the canonical bytes are
+# the top-level fields' parts (their mapping's JSON without the braces) in that order, and the part
+# of a message field depends on that message alone: events of one process, user or host repeat the
+# same messages, so their parts are cached by the message's serialized bytes. Fields are read one by
+# one (HasField, EventView's readers): upb's ListFields costs about a microsecond per field it lists.
+
+_PART_CACHE = 2048  # parts per top-level message field; cleared when full (distinct files, ...)
+_UNIQUE = "event.id"  # the message holding it never repeats: its part is not cached
+
+
+class _Top:
+    """How one top-level field of the Event becomes its part of the canonical bytes."""
+
+    __slots__ = ("cache", "field", "floats", "message", "name", "names")
+
+    def __init__(self, field: FieldDescriptor) -> None:
+        self.field = field
+        self.name = ecs_name("", field)
+        self.message = field.message_type is not None and not field.is_repeated and not is_timestamp(field)
+        self.floats = field.cpp_type in _FLOATS or _holds_floats(field.message_type)
+        inside = [m for m in model_fields() if m.name == self.name or m.name.startswith(self.name + ".")]
+        # Read name by name unless it is or holds a timestamp (only to_mapping describes a bad one).
+        timed = any(m.kind == "timestamp" for m in inside)
+        self.names = None if timed else tuple(m.name for m in inside if m.kind != "message")
+        unique = any(m.name == _UNIQUE for m in inside)
+        self.cache: dict[bytes, bytes] | None = {} if self.message and not unique else None
+
+    def part(self, event: Message, value: Message | None) -> bytes | None:
+        """This field's part (b"" when it writes nothing); None when it holds what to_mapping
+        describes under exfilguard.invalid (that key sorts among the others: the event's mapping
+        is needed)."""
+        if self.names is not None:
+            mapping = read_fields(event, self.names)
+        else:
+            mapping = field_mapping(self.field, value)
+            if INVALID in mapping:
+                return None
+        if self.floats:
+            return sorted_json(mapping)[1:-1]
+        try:
+            return orjson.dumps(mapping, option=_SORTED)[1:-1]
+        except orjson.JSONEncodeError:  # beyond what orjson takes: the definition writes it
+            return _ENCODE(mapping).encode()[1:-1]
+
+    def cached_part(self, event: Message, value: Message, key: bytes) -> bytes | None:
+        """`part`, kept in the cache under `key` (the message's serialized bytes)."""
+        part = self.part(event, value)
+        cache = self.cache
+        if part is not None and cache is not None:
+            if len(cache) >= _PART_CACHE:
+                cache.clear()
+            cache[key] = part
+        return part
+
+
+_MESSAGE, _READ = range(2)  # a message or timestamp (set when HasField says so), anything else
+# (name, kind, cache, how) per top-level field, in the order their parts sort: a message's run by
+# its name and a dot.
+_PLAN = [
+    (t.field.name, _MESSAGE if t.field.message_type and not t.field.is_repeated else _READ, t.cache, t)
+    for t in sorted(
+        (_Top(f) for f in cast(Descriptor, pb.Event.DESCRIPTOR).fields),
+        key=lambda t: t.name + "." if t.message else t.name,
+    )
+]
+
+
+def canonical_message(event: Message) -> bytes | None:
+    """`canonical_event(to_mapping(event))` of an Event, found without building the mapping; None
+    for an event `to_mapping` describes under exfilguard.invalid (the caller takes that path)."""
+    parts = []
+    has = event.HasField
+    for name, kind, cache, top in _PLAN:
+        if kind == _MESSAGE:
+            if not has(name):
+                continue
+            value = getattr(event, name)
+            if cache is not None:
+                key = value.SerializeToString()
+                part = cache.get(key) or top.cached_part(event, value, key)
+            else:
+                part = top.part(event, value)
+        else:
+            part = top.part(event, None)  # read as to_mapping has it: nothing when unset
+        if part is None:
+            return None
+        if part:
+            parts.append(part)
+    return b"{" + b",".join(parts) + b"}"
+
+
+def record_link(prev: bytes, canonical_bytes: bytes) -> bytes:
+    """The chain value of an event given its canonical bytes and its predecessor's chain value."""
+    return hashlib.sha256(prev + hashlib.sha256(canonical_bytes).digest()).digest()
 
 
 def link(prev: bytes, mapping: dict[str, Any]) -> bytes:

@@ -13,7 +13,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any, Literal, NamedTuple, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -79,7 +79,15 @@ def to_mapping(event: Message) -> Mapping:
     `exfilguard.invalid`, a list of "field: problem" texts, so every reader treats it alike.
     """
     out: Mapping = {}
-    _flatten(event, _ROOT_PLANS, "", out)
+    _flatten(event.ListFields(), _ROOT_PLANS, "", out)
+    return out
+
+
+def field_mapping(field: FieldDescriptor, value: Any) -> Mapping:
+    """What `to_mapping` writes for one field of an Event, as `ListFields()` gives it (a message's
+    fields flattened under its name): the mapping of an event is the union of its fields' ones."""
+    out: Mapping = {}
+    _flatten(((field, value),), _ROOT_PLANS, "", out)
     return out
 
 
@@ -106,8 +114,13 @@ def _plan(plans: dict[FieldDescriptor, _Plan], prefix: str, field: FieldDescript
     return plan
 
 
-def _flatten(message: Message, plans: dict[FieldDescriptor, _Plan], prefix: str, out: Mapping) -> None:
-    for field, value in message.ListFields():
+def _flatten(
+    fields: Iterable[tuple[FieldDescriptor, Any]],
+    plans: dict[FieldDescriptor, _Plan],
+    prefix: str,
+    out: Mapping,
+) -> None:
+    for field, value in fields:
         plan = plans.get(field)
         if plan is None:
             plan = _plan(plans, prefix, field)
@@ -115,7 +128,7 @@ def _flatten(message: Message, plans: dict[FieldDescriptor, _Plan], prefix: str,
         if kind == _SCALAR:
             out[name] = value
         elif kind == _MESSAGE:
-            _flatten(value, children, child_prefix, out)
+            _flatten(value.ListFields(), children, child_prefix, out)
         elif kind == _TIMESTAMP:
             try:
                 out[name] = timestamp_to_iso(value)
@@ -344,6 +357,17 @@ def _repeated_reader(attr: str, messages: bool) -> Reader:
 
 
 _READERS = _readers()
+
+
+def read_fields(event: Message, names: Iterable[str]) -> Mapping:
+    """What `to_mapping(event)` holds under `names` (those it has), each read on its own as `EventView`
+    reads it: no walk of the whole event. A timestamp no ISO time expresses reads as absent."""
+    out: Mapping = {}
+    for name in names:
+        value = _READERS[name](event)
+        if value is not _ABSENT:
+            out[name] = value
+    return out
 
 
 def now() -> Timestamp:

@@ -18,18 +18,24 @@ LINE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def test_every_event_of_the_corpus_gets_the_bytes_of_the_definition() -> None:
-    fast = 0
+    fast = direct = 0
     for event in corpus(2000, seed=29):
         mapping = events.to_mapping(event)
         expected = DEFINITION(mapping).encode()
         assert chain.canonical(mapping) == expected
         assert chain.canonical_event(mapping) == expected  # the sealer's and the export's path
         assert chain.canonical_text(mapping) == DEFINITION(mapping)
+        # The sealer's path, straight from the protobuf (None: only for what to_mapping calls invalid).
+        from_message = chain.canonical_message(event)
+        assert from_message == expected or (from_message is None and events.INVALID in mapping)
+        direct += from_message is not None
+        assert chain.canonical_message(event) == from_message  # again, its messages' parts now cached
         # An export's JSON Lines record (key order kept) is json's text too.
         line = {**mapping, formats.PREV: "00" * 32, formats.HASH: "ab" * 32, formats.PREVIOUS_SEQUENCE: 7}
         assert formats.jsonl_line(line) == LINE(line).encode()
         fast += chain._orjson_agrees(mapping) and chain.event_floats_agree(mapping)
     assert fast > 1000  # most of them on the fast path: the test compares orjson, not json with itself
+    assert direct > 1000
 
 
 def test_floats_of_every_magnitude_and_odd_values_match_or_fall_back() -> None:

@@ -160,8 +160,8 @@ INSERT INTO agents (id, first_seen, gaps, lost) VALUES (%s, %s, %s, %s)
 ON CONFLICT (id) DO UPDATE SET gaps = agents.gaps + excluded.gaps, lost = agents.lost + excluded.lost
 """
 
-# (chained before, chained after, new head, (sequence, chain value) pairs) of one agent
-_ChainWork = tuple[int, int, bytes, list[tuple[int, bytes]]]
+# (chained before, chained after, new head, (chain value, sequence) pairs) of one agent
+_ChainWork = tuple[int, int, bytes, list[tuple[bytes, int]]]
 
 _STREAM_CHUNK = 500
 _RETRIES = 3  # a deadlock or serialization failure between two collectors is retried
@@ -443,8 +443,8 @@ class PostgresStore(shared.SqlStore):
         if upto <= before:
             return None
         cur.execute(
-            "SELECT sequence, data FROM events WHERE agent_id = %s AND sequence > %s AND sequence <= %s"
-            " ORDER BY sequence",
+            "SELECT sequence, sequence, data FROM events WHERE agent_id = %s AND sequence > %s"
+            " AND sequence <= %s ORDER BY sequence",
             (agent_id, before, upto),
         )
         sealed, head, values = shared.link_rows(self.location, agent_id, before, head, cur.fetchall())
@@ -461,7 +461,7 @@ class PostgresStore(shared.SqlStore):
             return False
         with cur.copy(COPY_CHAIN_VALUES) as copy:
             copy.set_types(["text", "int8", "bytea"])
-            for sequence, value in values:
+            for value, sequence in values:
                 copy.write_row((agent_id, sequence, value))
         return True
 

@@ -1,7 +1,7 @@
 """An event to its stored row, and a stored row back to its ECS mapping, for both stores.
 
-`event_row` is what ingest writes. `stored_mapping` is what every reader (sealer, exports,
-rebuild) reads back.
+`event_row` is what ingest writes. `stored_mapping` is what every reader (exports, rebuild) reads
+back; `stored_canonical` what the sealer hashes of it.
 
 Ingest refuses what a reader cannot take (collector/wirecheck.py), but a store written by an
 older collector may hold such rows. A reader must never crash-loop on one: the row is chained
@@ -21,6 +21,7 @@ from typing import Any
 from google.protobuf.message import DecodeError
 
 from collector.store.base import Mapping
+from protos import chain
 from protos import events as protos_events
 from protos import exfilguard_pb2 as pb
 from protos.events import seconds_text
@@ -77,6 +78,18 @@ def stored_mapping(location: str, agent_id: str, sequence: int, data: bytes) -> 
             extra={"agent_id": agent_id, "sequence": sequence, "store": location, "bad_rows": bad_rows.count},
         )
     return mapping
+
+
+def stored_canonical(location: str, agent_id: str, sequence: int, data: bytes) -> bytes:
+    """The canonical bytes the chain hashes for one stored row: `canonical_event(stored_mapping(...))`,
+    built straight from the protobuf (the sealer's path; protos.chain.canonical_message)."""
+    try:
+        canonical = chain.canonical_message(pb.Event.FromString(data))
+    except DecodeError:
+        canonical = None
+    if canonical is None:  # a row no reader could take: its defined form, logged
+        canonical = chain.canonical_event(stored_mapping(location, agent_id, sequence, data))
+    return canonical
 
 
 def _ecs_timestamp(event: pb.Event) -> str:

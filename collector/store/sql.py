@@ -32,7 +32,7 @@ from collector.store.base import (
 )
 from collector.store.domain import DomainSql, Transaction
 from collector.store.grants import GrantRecord
-from collector.store.rows import stored_mapping
+from collector.store.rows import stored_canonical
 from common.ecstime import ecs_now, ecs_time
 from protos import chain
 
@@ -87,22 +87,23 @@ _ALERT_FIELDS = (("hosts", "host.name"), ("users", "user.name"), ("devices", "de
 
 
 def link_rows(
-    location: str, agent_id: str, before: int, head: bytes, rows: Iterable[tuple[int, bytes]]
-) -> tuple[int, bytes, list[tuple[int, bytes]]]:
-    """Chain stored rows (sequence, data) after `before`: (last chained, its value, (sequence, value)s).
+    location: str, agent_id: str, before: int, head: bytes, rows: Iterable[tuple[Any, int, bytes]]
+) -> tuple[int, bytes, list[tuple[bytes, Any]]]:
+    """Chain stored rows (key, sequence, data) after `before`: (last chained, its value, (value, key)s).
 
-    Stops at the first sequence that does not follow (inside the stored prefix that cannot
-    happen; stopping is safer than chaining across a hole).
+    `key` is whatever the backend updates a row by (SQLite: its rowid). Stops at the first
+    sequence that does not follow (inside the stored prefix that cannot happen; stopping is
+    safer than chaining across a hole).
     """
-    link = chain.event_link  # stored_mapping's mappings are to_mapping's
+    link = chain.record_link
     sealed = before
-    values: list[tuple[int, bytes]] = []
-    for seq, data in rows:
+    values: list[tuple[bytes, Any]] = []
+    for key, seq, data in rows:
         if seq != sealed + 1:
             break
-        head = link(head, stored_mapping(location, agent_id, seq, bytes(data)))
+        head = link(head, stored_canonical(location, agent_id, seq, bytes(data)))
         sealed = seq
-        values.append((seq, head))
+        values.append((head, key))
     return sealed, head, values
 
 
