@@ -106,11 +106,13 @@ class Agent:
         self.ps = psutil.Process(self.proc.pid)
 
     def thread_cpu(self) -> dict[str, float]:
-        """CPU seconds so far per sensor thread, by name (threads started later: `other`)."""
-        out: dict[str, float] = {}
+        """CPU seconds so far per sensor thread, by name (threads started later: `other`), and
+        of all of them in the kernel (`(system)`)."""
+        out: dict[str, float] = {"(system)": 0.0}
         for thread in self.ps.threads():
             name = self.threads.get(thread.id, "other")
             out[name] = out.get(name, 0.0) + thread.user_time + thread.system_time
+            out["(system)"] += thread.system_time
         return out
 
     def cpu(self) -> float:
@@ -373,8 +375,10 @@ def _print_overhead(args: argparse.Namespace, ov: dict[str, Any]) -> dict[str, A
     print(f"  ours/theirs: the sensors' CPU over the tool's on the same workload (target <= 4 vs "
           f"inotifywait); background: CPU share of a core over {args.quiet:g} s before it, the net "
           f"ratio takes it out ({ov['window']:.1f} s window); gaps {ov['gaps']}")
+    system = ov["threads"].pop("(system)", 0.0)
     busiest = sorted(ov["threads"].items(), key=lambda item: -item[1])[:6]
-    print("  sensors' CPU by thread: " + ", ".join(f"{name} {cpu:.2f} s" for name, cpu in busiest if cpu > 0))
+    print("  sensors' CPU by thread: " + ", ".join(f"{name} {cpu:.2f} s" for name, cpu in busiest if cpu > 0)
+          + f"; {system:.2f} s of it in the kernel")
     for tool in ov["missing"]:
         print(f"  not compared: {tool} is not installed (scripts/bootstrap installs it as root)")
     out["sensors_events"] = ours["events"]

@@ -86,7 +86,7 @@ class AccessReporter:
             if self.on_written is not None:
                 self.on_written(access.path)
             self.copies.forget_read(access.pid, access.path)
-            self.index.update(access.path)
+            self.index.update(access.path, fd=access.fd)  # read through it: no open reported back
         if not actions:
             return
         event = new_event(actions[0], tags=tags, file=file_fields(access.path, st.st_size))

@@ -307,14 +307,16 @@ class FileSensor:
         if isinstance(event, FileClosedNoWriteEvent) and self.index.read_by_us(src, "close"):
             return
         if isinstance(event, (FileCreatedEvent, DirCreatedEvent)):
-            if not self._created.first(src):
+            found = _lstat(src)  # one look serves the repeat test and the event's size
+            if not self._created.first_as(src, found):
                 return  # watchdog's walk of a new directory found what was reported already
             if event.is_directory and self._on_new_dir is not None:
                 self._mark_tree(src)  # marks first: a file written after the walk below is seen
             # maybe still being written, and its close-after-write may never reach us (written
             # before the mark, or by the agent itself): the index looks at it again for a while
             self.index.update(src, written=False)
-            self._emit(self._file_event("file.create", src, tags, event.is_directory))
+            size = found.st_size if found is not None and stat.S_ISREG(found.st_mode) else None
+            self._emit(self._file_event("file.create", src, tags, event.is_directory, size=size))
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
             self._created.forget(src)
             self.index.remove(src)
@@ -338,13 +340,13 @@ class FileSensor:
             self._on_new_dir(dirpath)
 
     def _file_event(self, action: str, path: str, tags: list[str], is_dir: bool,
-                    info: procinfo.ProcessInfo | None = None) -> pb.Event:
+                    info: procinfo.ProcessInfo | None = None, *, size: int | None = None) -> pb.Event:
         if is_dir:
             fields = pb.File(path=path, name=os.path.basename(path), type="dir")
             out = new_event(action, tags=tags, file=fields)
         else:
             try:
-                size = os.stat(path).st_size
+                size = os.stat(path).st_size if size is None else size
             except OSError:
                 size = -1
             fields = file_fields(path, size) if size >= 0 else pb.File(path=path, type="file")
@@ -384,9 +386,11 @@ class RecentCreates:
 
     def first(self, path: str) -> bool:
         """True unless `path` was already reported created as the file it is now."""
-        try:
-            st = os.lstat(path)
-        except OSError:
+        return self.first_as(path, _lstat(path))
+
+    def first_as(self, path: str, st: os.stat_result | None) -> bool:
+        """`first`, with the lstat of `path` the caller made (None: it is gone)."""
+        if st is None:
             return True  # gone already: report it, there is nothing to tell a repeat by
         identity = (st.st_dev, st.st_ino, stat.S_IFMT(st.st_mode))
         with self._lock:
@@ -402,6 +406,13 @@ class RecentCreates:
         """`path` was deleted or moved away: a create there is news again."""
         with self._lock:
             self._seen.pop(path, None)
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except OSError:
+        return None
 
 
 def _identity(path: str) -> tuple[int, int] | None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 from agent.sensors.formers import FormerVersions
+from agent.sensors.held import HeldFiles
 from agent.sensors.tags import TagMap
 
 if TYPE_CHECKING:
@@ -35,6 +36,8 @@ _CHUNK = 1 << 20
 _SETTLE_NS = 2_000_000_000
 _MAX_UNSETTLED = 4096
 _MAX_CHANGED = 65_536
+# a FIFO put where a tagged file was must not hang the agent's own read of it: non-blocking
+_OWN_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 MAX_DERIVED = 10_000  # files derived from tagged data remembered outside the tagged trees
 
 
@@ -98,6 +101,9 @@ class FingerprintIndex:
         # False when fanotify reports the accesses (it names the agent's own pid, and inotify
         # then watches structure only): nothing asks `read_by_us`, nothing is recorded
         self.own_reads_asked = True
+        # descriptors fanotify handed over with files just written: read through them, the
+        # agent's own reads are not reported back to it (held.py)
+        self.held = HeldFiles()
         # Files indexed from a stat that may have run while they were still being written (a
         # create event, a walk) and whose close-after-write may never reach `update`: written
         # before their directory's fanotify mark landed, or by the agent's own process, which
@@ -242,9 +248,10 @@ class FingerprintIndex:
 
     # ------------------------------------------------------------- updates
 
-    def update(self, path: str, *, written: bool = True) -> None:
+    def update(self, path: str, *, written: bool = True, fd: int | None = None) -> None:
         """A tagged path was written (closed after a write), or created or moved
-        (`written=False`: it may still be being written): re-stat it (a directory is walked)."""
+        (`written=False`: it may still be being written): re-stat it (a directory is walked).
+        `fd`: open on the written file (fanotify's), held for the agent's own read of it."""
         with self._lock:
             # stat and store as one step: of two threads updating one path (a create event
             # and a close-after-write), the later stat is the one kept
@@ -255,6 +262,8 @@ class FingerprintIndex:
                 return
             if stat.S_ISREG(st.st_mode):
                 self._set(path, st.st_size, st.st_mtime_ns, settled=written)
+                if fd is not None and path in self._files:
+                    self.held.hold(path, fd)
                 return
         if stat.S_ISDIR(st.st_mode):
             for sub, size, mtime in _walk(path):
@@ -341,6 +350,7 @@ class FingerprintIndex:
 
     def remove(self, path: str) -> None:
         """A tagged (or derived) file or directory is gone."""
+        self.held.drop(path)
         with self._lock:
             if path in self._files:
                 self._delete(path)
@@ -501,6 +511,9 @@ class FingerprintIndex:
             return until >= time.monotonic()
 
     def _open_own(self, path: str, read: Callable[[int], _T]) -> _T | None:
+        held = self.held.take(path)
+        if held is not None:
+            return _with_file(path, read, held)
         if not self.own_reads_asked:
             return _with_file(path, read)
         with self._lock:
@@ -545,10 +558,10 @@ class FingerprintIndex:
         return digest
 
 
-def _with_file(path: str, read: Callable[[int], _T]) -> _T | None:
+def _with_file(path: str, read: Callable[[int], _T], held: int | None = None) -> _T | None:
+    """`read(fd)` on `path` opened (or on `held`, open on it already), then closed."""
     try:
-        # a FIFO put where a tagged file was must not hang the thread: non-blocking
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = held if held is not None else os.open(path, _OWN_OPEN)
     except OSError:
         return None
     try:

@@ -127,6 +127,10 @@ def _loginuid(base: str) -> int:
     return -1 if loginuid == _UNSET_LOGINUID else loginuid
 
 
+_DESCRIBED_MAX = 512
+_described: dict[tuple[ProcessInfo, str], pb.Event] = {}
+
+
 def describe(event: pb.Event, info: ProcessInfo | None, attribution: str, pid: int = 0) -> None:
     """Fill process, user and login user of `event` and say how sure we are."""
     if info is None:
@@ -136,6 +140,20 @@ def describe(event: pb.Event, info: ProcessInfo | None, attribution: str, pid: i
             event.process.pid = pid
         event.exfilguard.attribution = NONE
         return
+    # the same process does most events of a burst: its fields are set once, then merged (a
+    # fresh event has none of them set)
+    key = (info, attribution)
+    filled = _described.get(key)
+    if filled is None:
+        filled = pb.Event()
+        _describe(filled, info, attribution)
+        if len(_described) >= _DESCRIBED_MAX:
+            _described.clear()
+        _described[key] = filled
+    event.MergeFrom(filled)
+
+
+def _describe(event: pb.Event, info: ProcessInfo, attribution: str) -> None:
     event.process.pid = info.pid
     event.process.executable = info.executable
     event.process.command_line = info.command_line

@@ -1,0 +1,112 @@
+"""HeldFiles: descriptors of just-written tagged files, kept for the agent's own read of them.
+
+fanotify hands its reader a descriptor on every file it reports, opened by the kernel for the
+agent with file notifications off: reading the file through a copy of it reports nothing.
+Reopening the path instead, as the content catalog does to fingerprint a file written a moment
+ago, is an open and a close that fanotify reports back to the reader (which wakes, reads and
+drops them: its own pid), and that inotify reports to the file sensor's reader without fanotify.
+A held descriptor is used only while its path still names the same file (device and inode);
+they are bounded in number and age (each keeps its file's blocks and its file system busy).
+"""
+
+# Per-file hot path: os calls, not a Path object per file.
+# ruff: noqa: PTH116
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import threading
+import time
+from collections import OrderedDict
+
+MAX_HELD = 4096
+MAX_AGE = 10.0  # seconds; the catalog reads a burst at most 2 s after its first file
+
+
+class HeldFiles:
+    """Descriptors by path, oldest first; the taker closes what it takes."""
+
+    def __init__(self, limit: int = MAX_HELD, max_age: float = MAX_AGE) -> None:
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        # never more than an eighth of the descriptors the process may open
+        self._limit = limit if soft == resource.RLIM_INFINITY else min(limit, soft // 8)
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._fds: OrderedDict[str, tuple[int, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._fds)
+
+    def hold(self, path: str, fd: int) -> None:
+        """Keep a copy of `fd`, open on the file now at `path` (in place of one held before).
+        Past the bound nothing new is held: the oldest are the next to be read."""
+        now = time.monotonic()
+        stale = self._expired(now)
+        with self._lock:
+            if path not in self._fds and len(self._fds) >= self._limit:
+                held = None
+            else:
+                try:
+                    held = os.dup(fd)  # not inherited by children (os.dup sets close-on-exec)
+                except OSError:
+                    held = None
+                else:
+                    old = self._fds.pop(path, None)
+                    if old is not None:
+                        stale.append(old[0])
+                    self._fds[path] = (held, now)
+        _close(stale)
+
+    def take(self, path: str) -> int | None:
+        """The descriptor held for `path`, now the caller's to close, if `path` still names the
+        file it is open on; None otherwise (the caller opens the path)."""
+        stale = self._expired(time.monotonic())
+        with self._lock:
+            entry = self._fds.pop(path, None)
+        _close(stale)
+        if entry is None:
+            return None
+        fd = entry[0]
+        try:
+            named, held = os.stat(path, follow_symlinks=False), os.fstat(fd)
+            same = (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+        except OSError:
+            same = False
+        if not same:
+            os.close(fd)  # renamed over, deleted: the path is another file now, or none
+            return None
+        return fd
+
+    def drop(self, path: str) -> None:
+        """`path` (a file, or a directory: everything below it) is gone: let its files go."""
+        prefix = path.rstrip("/") + "/"
+        with self._lock:
+            gone = [p for p in self._fds if p == path or p.startswith(prefix)] if self._fds else []
+            fds = [self._fds.pop(p)[0] for p in gone]
+        _close(fds)
+
+    def clear(self) -> None:
+        """Close every held descriptor."""
+        with self._lock:
+            fds = [fd for fd, _at in self._fds.values()]
+            self._fds.clear()
+        _close(fds)
+
+    def _expired(self, now: float) -> list[int]:
+        out: list[int] = []
+        with self._lock:
+            while self._fds:
+                path, (fd, at) = next(iter(self._fds.items()))
+                if now - at < self._max_age:
+                    break
+                del self._fds[path]
+                out.append(fd)
+        return out
+
+
+def _close(fds: list[int]) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
