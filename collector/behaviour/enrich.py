@@ -119,6 +119,8 @@ class Behaviour:
         score = out["exfilguard.risk.score"] = self.risk.score(user, now)
         if score:
             out["exfilguard.risk.signals"] = self.risk.signals(user)
+            if self.risk.reported(user, now):
+                out["exfilguard.risk.reported"] = True
         return _with(event, out)
 
     def _signals(
@@ -155,6 +157,8 @@ class Behaviour:
             points = ALERT_POINTS.get(str(alert.get("severity")), 0.0) if score else 0.0
             # The alert keeps the score its event had (what its summary shows); later ones see this.
             self.risk.add(user, f"alert:{alert.get('policy.id')}", points, now, self.local(now)[0])
+            if not score:  # a policy on the risk fields: this elevation is reported
+                self.risk.report(user, now)
         serial = alert.get("device.serial")
         if serial:
             self.sightings.alerted(str(serial))

@@ -3,6 +3,12 @@
 Each signal counts once per user and local day (an IT admin plugging sticks all day is one
 signal, not fifty); each policy's alerts count once per user and day at their severity's weight.
 The score is what alerts show as `exfilguard.risk.score`, and what policies may test.
+
+An elevation is the time a user's score stays at or above ELEVATED. The first alert of a policy
+that tests the risk fields during it marks it reported (`exfilguard.risk.reported`), so the
+shipped `user-risk-elevated` fires once per elevation, not again with each stick the user plugs
+in or on every day the slowly decaying score stays high; it is reported anew only after the
+score fell below ELEVATED and rose again. The mark is kept with the score across restarts.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 
 HALF_LIFE_SECONDS = 7 * 86_400.0
 MAX_SIGNALS = 8  # the latest signals shown with a score
+ELEVATED = 60.0  # at or above: several weaker signals together (policies/baseline.yaml: user-risk-elevated)
 
 # Points of each baseline signal (names as in `exfilguard.risk.signals`).
 SIGNAL_POINTS = {
@@ -38,6 +45,7 @@ class UserRisk:
     signals: deque[str] = field(default_factory=lambda: deque(maxlen=MAX_SIGNALS))
     day: int = -1
     counted: set[str] = field(default_factory=set)
+    reported: bool = False  # the current elevation was alerted by a policy on the risk fields
 
     def value(self, now: float) -> float:
         """The score decayed to `now`."""
@@ -75,6 +83,21 @@ class RiskBook:
             return 0.0
         return round(risk.value(now), 1)
 
+    def reported(self, user: str, now: float) -> bool:
+        """True while the user's current elevation was already alerted (re-armed below ELEVATED)."""
+        risk = self.users.get(user)
+        if risk is None or not risk.reported:
+            return False
+        if risk.value(now) < ELEVATED:
+            risk.reported = False
+        return risk.reported
+
+    def report(self, user: str, now: float) -> None:
+        """A policy on the risk fields alerted: mark the user's elevation (if they are at one) reported."""
+        risk = self.users.get(user)
+        if risk is not None and risk.value(now) >= ELEVATED:
+            risk.reported = True
+
     def signals(self, user: str) -> list[str]:
         """The latest signal and alert names that raised the user's score, oldest first."""
         risk = self.users.get(user)
@@ -89,6 +112,7 @@ class RiskBook:
                 "signals": list(r.signals),
                 "day": r.day,
                 "counted": sorted(r.counted),
+                "reported": r.reported,
             }
             for name, r in self.users.items()
             if r.score > 0
@@ -101,6 +125,8 @@ class RiskBook:
                 signals = deque((str(s) for s in data["signals"]), maxlen=MAX_SIGNALS)
                 counted = {str(c) for c in data.get("counted", ())}
                 day = int(data.get("day", -1))
-                self.users[name] = UserRisk(float(data["score"]), float(data["at"]), signals, day, counted)
+                reported = bool(data.get("reported", False))
+                self.users[name] = UserRisk(float(data["score"]), float(data["at"]), signals, day, counted,
+                                            reported)  # fmt: skip
             except (KeyError, TypeError, ValueError):
                 continue

@@ -69,6 +69,7 @@ ENRICHED: dict[str, object] = {
     "exfilguard.baseline.peer_group": "",
     "exfilguard.risk.score": 0.0,
     "exfilguard.risk.signals": [],
+    "exfilguard.risk.reported": False,
 }
 for _name, _default in ENRICHED.items():
     FIELDS[_name] = isinstance(_default, list)

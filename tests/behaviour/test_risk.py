@@ -1,0 +1,41 @@
+"""The risk score's elevations: `user-risk-elevated` fires once per elevation (not again for the
+repeats folded in its suppression window, nor after a restart), and again only after the score
+fell below 60 and rose again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from collector.behaviour.risk import ELEVATED, HALF_LIFE_SECONDS, RiskBook
+from tests.policy.test_pack import pack, replay
+
+__all__ = ["pack"]
+
+DAY = 86_400.0
+
+
+def test_the_pack_raises_user_risk_elevated_once_for_one_elevation(pack: Path) -> None:
+    alerts = replay(pack, "user-risk-elevated.positive.jsonl")  # follow-ups of folded repeats included
+    elevated = [a for a in alerts if a["policy.id"] == "user-risk-elevated"]
+    assert len(elevated) == 1, [a["summary"] for a in elevated]
+    assert "exfilguard.alert.repeat_of" not in elevated[0]
+    # The other policies of the same burst still fold their repeats into a follow-up.
+    assert any(a.get("exfilguard.alert.repeat_of") for a in alerts)
+
+
+def test_an_elevation_is_reported_once_kept_across_a_restart_and_re_armed_below_the_threshold() -> None:
+    book = RiskBook()
+    book.add("oscar", "first_removable_use", 30.0, 0.0, 0)
+    book.report("oscar", 0.0)  # not elevated: nothing to mark
+    assert not book.reported("oscar", 0.0)
+    book.add("oscar", "unusual_hour", 40.0, 10.0, 0)
+    assert book.score("oscar", 10.0) >= ELEVATED and not book.reported("oscar", 10.0)
+    book.report("oscar", 10.0)
+    assert book.reported("oscar", DAY)  # 70 halves every 7 days: still above 60 a day later
+    restarted = RiskBook()
+    restarted.restore(book.snapshot())
+    assert restarted.reported("oscar", DAY)
+    later = HALF_LIFE_SECONDS  # 35: below the threshold, the elevation is over
+    assert not restarted.reported("oscar", later)
+    restarted.add("oscar", "volume_spike", 30.0, later, 7)  # 65: a new elevation, not reported yet
+    assert restarted.score("oscar", later) >= ELEVATED and not restarted.reported("oscar", later)
