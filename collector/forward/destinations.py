@@ -32,12 +32,13 @@ MAX_ANSWER_BYTES = 16 << 20  # a _bulk answer names every item
 
 
 class Item(NamedTuple):  # a tuple: made for every event forwarded, cheaper than a frozen dataclass
-    """One stored event on its way out: its key, its mapping (SPEC names) and its document's JSON."""
+    """One stored event on its way out: its key, the fields of its mapping a destination reads
+    beside the document (formatted.FIELDS: event.id, @timestamp, host.name) and its document's JSON."""
 
     agent_id: str
     sequence: int
     event_id: str
-    mapping: Mapping[str, Any]
+    fields: Mapping[str, Any]
     doc: bytes
 
 
@@ -199,11 +200,11 @@ class HttpDestination:
         for item in items:
             # {"source": "exfilguard", "sourcetype": "exfilguard:event", "event": doc, "time": s, "host": h}
             event = [_HEC_HEAD, item.doc]
-            millis = epoch_ms(item.mapping.get("@timestamp"))
+            millis = epoch_ms(item.fields.get("@timestamp"))
             if millis:
                 event += [b',"time":', orjson.dumps(millis / 1000)]
-            if item.mapping.get("host.name"):
-                event += [b',"host":', orjson.dumps(str(item.mapping["host.name"]))]
+            if item.fields.get("host.name"):
+                event += [b',"host":', orjson.dumps(str(item.fields["host.name"]))]
             event.append(b"}")
             events.append(b"".join(event))
         answer = self._http.post(b"\n".join(events), self._headers)
@@ -246,7 +247,7 @@ class SyslogDestination:
             event_id = item.event_id
             if '"' in event_id or "\\" in event_id or "]" in event_id:
                 event_id = sd_value(event_id)
-            stamp = item.mapping.get("@timestamp") or "-"
+            stamp = item.fields.get("@timestamp") or "-"
             messages.append((head % (stamp, event_id, agent, item.sequence)).encode() + item.doc)
         try:
             self.wire.send(messages)

@@ -21,7 +21,7 @@ from collector.alerts.secrets import read_secret
 from collector.config import CollectorConfig, Destination, HttpDestination
 from collector.forward import destinations
 from collector.forward.errors import REASONS
-from collector.forward.formatted import Formatted
+from collector.forward.formatted import Formatted, Formatter
 from collector.forward.syslog import SyslogTransport
 from collector.forward.worker import ForwardWorker
 from collector.store import Store, open_store
@@ -44,20 +44,32 @@ def build_destination(spec: Destination) -> destinations.Destination:
 class Forwarding:
     """Every configured destination's worker, and the read connections they use."""
 
-    def __init__(self, workers: Iterable[ForwardWorker], readers: Iterable[Store] = ()) -> None:
+    def __init__(
+        self,
+        workers: Iterable[ForwardWorker],
+        readers: Iterable[Store] = (),
+        formatter: Formatter | None = None,
+    ) -> None:
         self.workers = list(workers)
         self._readers = list(readers)
+        self._formatter = formatter
 
     @classmethod
-    def from_config(cls, config: CollectorConfig, store: Store) -> Forwarding:
-        """Build and start the workers of collector.yaml's `forward:`."""
+    def from_config(cls, config: CollectorConfig, store: Store, helpers: int = 0) -> Forwarding:
+        """Build and start the workers of collector.yaml's `forward:`; `helpers`: formatting helper
+        processes (formatted.py) for big batches."""
         workers, readers = [], []
-        shared = None  # one destination: nothing to share
+        formatter: Formatter | None = None
+        shared: Formatter | Formatted | None = None
         for spec in config.forward:
             reader = open_store(config.store, readonly=True)
             readers.append(reader)
-            if shared is None and len(config.forward) > 1:  # named as the reader names it: no password
-                shared = Formatted(reader.location, size=4 * max(s.batch_size for s in config.forward))
+            if formatter is None:  # named as the reader names it: no password
+                formatter = shared = Formatter(reader.location, helpers)
+                formatter.start()
+                if len(config.forward) > 1:  # several destinations: each event formatted once for all
+                    size = 4 * max(s.batch_size for s in config.forward)
+                    shared = Formatted(formatter, [s.format for s in config.forward], size)
             worker = ForwardWorker(
                 spec.name,
                 build_destination(spec),
@@ -66,10 +78,10 @@ class Forwarding:
                 batch_size=spec.batch_size,
                 retry_max=spec.retry_max_seconds,
                 lead=Leadership(config.store, f"forward:{spec.name}"),
-                shared=shared,
+                formatter=shared,
             )
             workers.append(worker)
-        forwarding = cls(workers, readers)
+        forwarding = cls(workers, readers, formatter)
         forwarding.start()
         return forwarding
 
@@ -90,6 +102,8 @@ class Forwarding:
         for reader in self._readers:
             reader.close()
         self._readers = []
+        if self._formatter is not None:
+            self._formatter.close()
 
     def figures(self) -> dict[str, dict[str, Any]]:
         """Every destination's figures (ForwardWorker.figures), by name."""

@@ -33,6 +33,7 @@ from prometheus_client.core import Metric
 
 from collector.child import ChildProcess, child_start, report
 from collector.config import CollectorConfig
+from collector.forward.formatted import default_helpers
 from collector.forward.listener import Forwarding, build_destination, metric_families
 from common import logs
 from common.errors import ExfilGuardError
@@ -143,7 +144,7 @@ def serve(report_fd: int) -> int:
     if isinstance(store, SqliteStore):
         store.relaxed_commits()  # cursor saves: never an fsync that the collector's commits queue behind
     try:
-        forwarding = Forwarding.from_config(config, store)
+        forwarding = Forwarding.from_config(config, store, default_helpers())
     except (ExfilGuardError, StoreError) as exc:
         _report(report_fd, {"failed": f"forward process: {exc}"})
         store.close()

@@ -33,13 +33,12 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 from typing import Any
 
 from collector import formats
 from collector.forward.destinations import Destination, Item
 from collector.forward.errors import REASONS, DeliveryError
-from collector.forward.formatted import Formatted, alone
+from collector.forward.formatted import Formatted, Formatter, Row
 from collector.store.base import StoreError
 from collector.store.cursors import CursorBook
 from collector.store.leadership import Leadership
@@ -64,7 +63,7 @@ class ForwardWorker:
         batch_size: int = 500,
         retry_max: float = 30.0,
         lead: Leadership | None = None,
-        shared: Formatted | None = None,
+        formatter: Formatter | Formatted | None = None,
     ) -> None:
         self.name = name
         self.destination = destination
@@ -80,7 +79,8 @@ class ForwardWorker:
         self.cursors: dict[str, int] = {}
         self.lead = lead  # None: this worker alone forwards the destination (one collector, SQLite)
         self.leading = lead is None
-        self.shared = shared  # events read and formatted once for every destination of the process
+        # How rows become JSON: the forward process's (helpers, and shared by its destinations)
+        self.formatter = formatter or Formatter(book.reader.location)
         self._term = 0  # the leadership term the cursors were loaded in (0: not loaded yet)
         self._turn = 0
         self._wake = threading.Event()
@@ -182,18 +182,18 @@ class ForwardWorker:
         self._turn = (self._turn + 1) % len(agents)
         agents = agents[self._turn :] + agents[: self._turn]
         share = max(1, self.batch_size // len(agents))
-        items: list[Item] = []
-        location = self.book.reader.location
-        read = self.shared.get if self.shared is not None else partial(alone, location)
+        rows: list[Row] = []
         for agent in agents:
-            room = self.batch_size - len(items)
+            room = self.batch_size - len(rows)
             if room <= 0:
                 break
-            rows = self.book.after(agent, positions.get(agent, 0), heads[agent], min(room, share))
-            for sequence, data in rows:
-                mapping, doc = read(agent, sequence, data, self.format)
-                items.append(Item(agent, sequence, str(mapping.get("event.id", "")), mapping, doc))
-        return items
+            got = self.book.after(agent, positions.get(agent, 0), heads[agent], min(room, share))
+            rows += [(agent, sequence, data) for sequence, data in got]
+        reads = self.formatter.get(rows, self.format)
+        return [
+            Item(agent, sequence, str(fields.get("event.id", "")), fields, doc)
+            for (agent, sequence, _), (fields, doc) in zip(rows, reads, strict=True)
+        ]
 
     def _lag(self, positions: Mapping[str, int] | None = None) -> tuple[dict[str, int], dict[str, int]]:
         """Every agent's stored prefix, and how far each is ahead of `positions` (default: the
@@ -270,5 +270,5 @@ def _age(items: Sequence[Item]) -> float:
     oldest: dict[str, Item] = {}  # each agent's first item is its oldest (sequence order)
     for item in items:
         oldest.setdefault(item.agent_id, item)
-    times = [t for t in (ecs_epoch(i.mapping.get("@timestamp")) for i in oldest.values()) if t is not None]
+    times = [t for t in (ecs_epoch(i.fields.get("@timestamp")) for i in oldest.values()) if t is not None]
     return max(0.0, time.time() - min(times)) if times else 0.0

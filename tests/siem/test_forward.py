@@ -13,7 +13,7 @@ import pytest
 
 from admin import main as admin_main
 from collector.forward.destinations import HttpDestination
-from collector.forward.formatted import Formatted
+from collector.forward.formatted import Formatted, Formatter
 from collector.forward.worker import ForwardWorker
 from collector.store import Store, open_store
 from collector.store.cursors import CursorBook
@@ -321,7 +321,7 @@ def test_destinations_of_one_format_share_each_events_json(
 ) -> None:
     store, reader = sqlite_stores
     store.ingest("agent-a", make_events("agent-a", 1, 20))
-    shared = Formatted(reader.location, size=100)
+    shared = Formatted(Formatter(reader.location), ["ecs"], size=100)
     workers = [
         ForwardWorker(
             name,
@@ -329,7 +329,7 @@ def test_destinations_of_one_format_share_each_events_json(
             CursorBook(reader.domain(), store.domain()),
             "ecs",
             batch_size=7,
-            shared=shared,
+            formatter=shared,
         )
         for name in ("one", "two")
     ]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from collector.forward.formatted import default_helpers
 from tests.helpers import (
     AgentStream,
     free_port,
@@ -110,7 +111,11 @@ def test_the_forward_process_killed_is_restarted_and_resumes(tmp_path: Path) -> 
         assert stream.ack() == 40
         wait_for(lambda: len(_bulk_ids(elastic)) >= 40, what="40 events forwarded")
         child = _forward_pid(collector.log())
+        if default_helpers():  # a helper (and multiprocessing's resource tracker) on 2 cores or more
+            wait_for(lambda: len(_children(child)) >= 2, what="its formatting helper")
+        helpers = _children(child)
         os.kill(child, signal.SIGKILL)  # forwarding dies; the collector goes on storing and acking
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in helpers), what="its helpers gone")
         stream.send_events(make_events("agent-e2e", 41, 90))
         assert stream.ack() == 90
         wait_for(lambda: _forward_pid(collector.log()) != child, what="a new forward process")
@@ -126,6 +131,13 @@ def test_the_forward_process_killed_is_restarted_and_resumes(tmp_path: Path) -> 
 
 def _bulk_ids(receiver: HttpReceiver) -> list[str]:
     return [line["create"]["_id"] for r in receiver.accepted for line in r.lines()[::2]]
+
+
+def _children(pid: int) -> list[int]:
+    """The processes `pid` started (its formatting helpers and multiprocessing's resource tracker)."""
+    tasks = Path(f"/proc/{pid}/task")
+    found = [Path(f"{t}/children").read_text().split() for t in tasks.iterdir()] if tasks.exists() else []
+    return [int(c) for part in found for c in part]
 
 
 def _forward_pid(log: str) -> int:

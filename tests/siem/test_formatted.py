@@ -1,0 +1,64 @@
+"""Formatting for forwarding with helper processes: the same JSON, in the same order, as formatting
+in the forward process, also when a helper dies mid-way (real spawned processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from collector import formats
+from collector.forward import formatted
+from collector.forward.formatted import FIELDS, Formatter, Row
+from protos import exfilguard_pb2 as pb
+from protos.events import to_mapping
+from tests.eventcorpus import corpus
+from tests.helpers import make_event, wait_for
+
+ROWS: list[Row] = [
+    (f"agent-{n % 3}", n, event.SerializeToString())
+    for n, event in enumerate([make_event("agent-x", s) for s in range(1, 301)] + corpus(200), start=1)
+]
+
+
+def expected(fmt: str) -> list[tuple[dict[str, object], bytes]]:
+    out = []
+    for _, _, data in ROWS:
+        mapping = to_mapping(pb.Event.FromString(data))
+        out.append(({k: mapping[k] for k in FIELDS if k in mapping}, formats.event_json(fmt, mapping)))
+    return out
+
+
+@pytest.fixture
+def helped() -> Iterator[Formatter]:
+    formatter = Formatter("test", helpers=1)
+    formatter.start()
+    yield formatter
+    formatter.close()
+
+
+def _helper_pids(formatter: Formatter) -> list[int]:
+    pool = formatter._pool
+    return [] if pool is None else list(pool._processes or {})
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "ocsf"])
+def test_helpers_give_the_same_json_in_the_same_order(helped: Formatter, fmt: str) -> None:
+    wait_for(lambda: bool(_helper_pids(helped)), what="the helper started")
+    got = helped.get(ROWS, fmt)
+    assert got == expected(fmt)
+    assert got == Formatter("test").get(ROWS, fmt)
+    assert helped.conversions == len(ROWS)
+    assert helped.helped >= formatted.IN_FLIGHT * formatted.CHUNK  # the first chunks go to the helper
+
+
+def test_a_helper_that_dies_costs_nothing_but_time(helped: Formatter) -> None:
+    wait_for(lambda: bool(_helper_pids(helped)), what="the helper started")
+    for pid in _helper_pids(helped):
+        os.kill(pid, signal.SIGKILL)
+    assert helped.get(ROWS, "ecs") == expected("ecs")  # the broken pool's chunks formatted here
+    assert helped._pool is None
+    assert helped.get(ROWS, "ecs") == expected("ecs")  # and the next batches, without helpers for now
+    assert helped._pool is None
