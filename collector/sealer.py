@@ -62,10 +62,12 @@ def run(location: str, parent: int) -> int:
         while not stop and os.getppid() == parent:  # orphaned by kill -9: exit, the next collector seals
             try:
                 done = store.seal(_STEP_EVENTS)
-            except StoreError:
-                log.exception("sealing failed; retrying")
+            except StoreError as exc:
+                store.outage.failed(exc, "sealing")
                 done = 0
                 time.sleep(_RESTART_SECONDS)
+            else:
+                store.outage.succeeded()
             now = time.monotonic()
             if done:
                 worked = now

@@ -348,8 +348,10 @@ class Collector:
                 if updates:
                     await self._writer.call(self.store.update_agents, updates)
                 await self._writer.call(self._renew_lease)
-            except StoreError:
-                log.exception("fleet registry update failed")
+            except StoreError as exc:
+                self.store.outage.failed(exc, "fleet registry update")
+            else:
+                self.store.outage.succeeded()
 
     def _take_sighup(self) -> None:
         """SIGHUP reloads the fleet file, and still reaches every listener that reloads on it (policies).
@@ -391,8 +393,9 @@ class Collector:
         try:
             active = await self._writer.call(functools.partial(self.store.grants, active_at=ecs_now()))
         except StoreError as exc:
-            log.warning("grants not read from the store: %s", exc)
+            self.store.outage.failed(exc, "reading grants")
             return False
+        self.store.outage.succeeded()
         return self.grants.refresh(active)
 
     async def _watch_silence_forever(self) -> None:

@@ -42,6 +42,7 @@ class BehaviourKeeper:
     def __init__(self, behaviour: Behaviour, store: Store) -> None:
         self.behaviour = behaviour
         self.devices = DeviceBook(store.domain())
+        self.outage = store.outage
         self.baselines = BaselineBook(store.domain())
         self._version: tuple[int, str] | None = None
         self._saved_at = time.monotonic()
@@ -101,7 +102,9 @@ class BehaviourKeeper:
                     self.baselines.save(snapshots)
                 if sightings:
                     self.devices.save_sightings(sightings)
-            except StoreError:
-                log.exception("could not sync device approvals and baselines with the store")
+            except StoreError as exc:
+                self.outage.failed(exc, "syncing device approvals and baselines")
+            else:
+                self.outage.succeeded()
 
         return work

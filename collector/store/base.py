@@ -18,6 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from collector.store.outage import Outage
 from common.errors import LocatedError
 from protos import exfilguard_pb2 as pb
 
@@ -145,6 +146,14 @@ class Store(abc.ABC):
     """Events (idempotent on agent id + sequence, hash-chained per agent), alerts and the fleet registry."""
 
     location: str
+    _outage: Outage | None = None
+
+    @property
+    def outage(self) -> Outage:
+        """How this process's retrying loops log the store being unavailable (collector/store/outage.py)."""
+        if self._outage is None:
+            self._outage = Outage(self.location)
+        return self._outage
 
     @abc.abstractmethod
     def ingest_batches(

@@ -187,7 +187,9 @@ class PostgresDomain(DomainSql):
                         cur.execute("SELECT pg_advisory_xact_lock(hashtext('exfilguard domain'))")
                     yield PostgresTransaction(cur)
             except psycopg.Error as exc:
-                raise StoreError(self.location, f"database error: {type(exc).__name__}") from exc
+                # The server's words (no connection string: connecting failed as StoreUnavailable).
+                said = " ".join(str(exc).split())[:300]
+                raise StoreError(self.location, f"database error: {type(exc).__name__}: {said}") from exc
 
     def append_only(self, table: str) -> tuple[str, ...]:
         return (
