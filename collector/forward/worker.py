@@ -38,7 +38,7 @@ from typing import Any
 from collector import formats
 from collector.forward.destinations import Destination, Item
 from collector.forward.errors import REASONS, DeliveryError
-from collector.forward.formatted import Formatted, Formatter, Row
+from collector.forward.formatted import Formatted, Formatter
 from collector.store.base import StoreError
 from collector.store.cursors import CursorBook
 from collector.store.leadership import Leadership
@@ -182,13 +182,8 @@ class ForwardWorker:
         self._turn = (self._turn + 1) % len(agents)
         agents = agents[self._turn :] + agents[: self._turn]
         share = max(1, self.batch_size // len(agents))
-        rows: list[Row] = []
-        for agent in agents:
-            room = self.batch_size - len(rows)
-            if room <= 0:
-                break
-            got = self.book.after(agent, positions.get(agent, 0), heads[agent], min(room, share))
-            rows += [(agent, sequence, data) for sequence, data in got]
+        ranges = [(agent, positions.get(agent, 0), heads[agent]) for agent in agents]
+        rows = self.book.batch(ranges, share, self.batch_size)
         reads = self.formatter.get(rows, self.format)
         return [
             Item(agent, sequence, str(fields.get("event.id", "")), fields, doc)

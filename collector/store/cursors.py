@@ -3,7 +3,7 @@
     book = CursorBook(reader=readonly_store.domain(), writer=store.domain())
     done = book.load("elastic")                    # {agent id: last forwarded sequence}
     heads = book.heads()                           # {agent id: its stored prefix (what was acked)}
-    rows = book.after("agent-1", 41, 90, 500)      # [(sequence, stored bytes)], 42..90, at most 500
+    rows = book.batch([("agent-1", 41, 90), ("agent-2", 0, 7)], 250, 500)   # [(agent, sequence, bytes)]
     book.save("elastic", {"agent-1": 90})          # after the destination took them
 
 Events are read per agent in sequence order up to the agent's stored prefix (`chains.stored`: every
@@ -15,7 +15,7 @@ through the writer's. Same SQL on SQLite and PostgreSQL (domain.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from collector.store.domain import DomainSql
 
@@ -62,12 +62,22 @@ class CursorBook:
             rows = tx.query("SELECT agent_id, stored FROM chains")
         return {str(agent): int(stored) for agent, stored in rows}
 
-    def after(self, agent_id: str, after: int, upto: int, limit: int) -> list[tuple[int, bytes]]:
-        """The agent's stored events after `after` up to `upto`, in sequence order, at most `limit`."""
+    def batch(
+        self, ranges: Sequence[tuple[str, int, int]], share: int, limit: int
+    ) -> list[tuple[str, int, bytes]]:
+        """Stored events of several agents, read in one transaction: for each (agent id, after, upto)
+        in turn its events after `after` up to `upto` in sequence order, at most `share` of each and
+        `limit` in all, as (agent id, sequence, stored bytes)."""
+        rows: list[tuple[str, int, bytes]] = []
         with self.reader.transaction() as tx:
-            rows = tx.query(
-                "SELECT sequence, data FROM events WHERE agent_id = ? AND sequence > ? AND sequence <= ?"
-                " ORDER BY sequence LIMIT ?",
-                (agent_id, after, upto, limit),
-            )
-        return [(int(seq), bytes(data)) for seq, data in rows]
+            for agent_id, after, upto in ranges:
+                room = limit - len(rows)
+                if room <= 0:
+                    break
+                found = tx.query(
+                    "SELECT sequence, data FROM events WHERE agent_id = ? AND sequence > ? AND sequence <= ?"
+                    " ORDER BY sequence LIMIT ?",
+                    (agent_id, after, upto, min(room, share)),
+                )
+                rows += [(agent_id, int(seq), bytes(data)) for seq, data in found]
+        return rows
