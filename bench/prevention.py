@@ -21,6 +21,7 @@ The last line is JSON with these keys:
     copy_monitor_ratio      copy_monitor_s / copy_none_s
     decision_p50_ms, decision_p99_ms, decisions   permission-event answer latency and count
     decisions_fast          of those, answered from a clean verdict (agent/prevent/verdicts.py)
+    armings                 times the tagged trees were armed (a write to the stick began while none was)
     opens_none_s, opens_block_s   median time of the 10,000 tagged opens
     opens_monitor_s         the same with the agent in monitor mode
     opens_block_ratio       opens_block_s / opens_none_s (target <= 1.5)
@@ -45,7 +46,8 @@ from bench import _cli
 
 BIN = Path(sys.executable).parent
 # the guard's stop line (ContentGuard.summary)
-_STOP_LINE = re.compile(r"decisions=(\d+) fast=(\d+) blocked=\d+ p50_ms=([\d.]+) p99_ms=([\d.]+)")
+_STOP_LINE = re.compile(r"decisions=(\d+) fast=(\d+) blocked=\d+ p50_ms=([\d.]+) p99_ms=([\d.]+) "
+                        r"overflows=\d+ armings=(\d+)")
 
 OPENER = """
 import os, sys, time
@@ -150,7 +152,7 @@ def main() -> int:
         point = stick.mount()
         copies: dict[str, list[float]] = {"none": [], "monitor": [], "block": []}
         opens: dict[str, list[float]] = {"none": [], "monitor": [], "block": []}
-        decisions = fast = 0
+        decisions = fast = armings = 0
         p50: list[float] = []
         p99: list[float] = []
         for mode in ("none", "monitor", "block"):
@@ -169,6 +171,7 @@ def main() -> int:
                 if found:
                     decisions += int(found[1])
                     fast += int(found[2])
+                    armings += int(found[5])
                     p50.append(float(found[3]))
                     p99.append(float(found[4]))
                 elif mode == "block":
@@ -185,6 +188,7 @@ def main() -> int:
             "decision_p99_ms": round(max(p99), 3) if p99 else None,
             "decisions": decisions,
             "decisions_fast": fast,
+            "armings": armings,
             "opens_none_s": round(omed["none"], 4),
             "opens_block_s": round(omed["block"], 4),
             "opens_monitor_s": round(omed["monitor"], 4),

@@ -178,6 +178,11 @@ class Decider:
                 self._add_writer(pid, pgid, path)
         return verdict
 
+    def is_writer(self, pid: int) -> bool:
+        """Whether the process is remembered as writing to removable media."""
+        with self._lock:
+            return pid in self._writers
+
     def _note_writer(self, pid: int, pgid: int, path: str) -> None:
         with self._lock:
             self._add_writer(pid, pgid, path)

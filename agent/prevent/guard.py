@@ -112,6 +112,7 @@ class ContentGuard:
         self.decided = 0
         self.fast = 0   # of those, answered by the reader thread (a clean verdict, an innocent reader)
         self.blocked = 0
+        self.armings = 0  # times the tagged trees were armed
         self.latencies: list[float] = []   # seconds from read to answer, last 10,000 (bench)
 
     # ------------------------------------------------------------ lifecycle
@@ -174,7 +175,7 @@ class ContentGuard:
             return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))] * 1000
 
         return (f"decisions={self.decided} fast={self.fast} blocked={self.blocked} p50_ms={pct(0.5):.3f} "
-                f"p99_ms={pct(0.99):.3f} overflows={self.overflows}")
+                f"p99_ms={pct(0.99):.3f} overflows={self.overflows} armings={self.armings}")
 
     def tagged_marked(self) -> list[str]:
         """Tagged directories (and files) whose opens the guard hears now."""
@@ -395,7 +396,9 @@ class ContentGuard:
                 return  # answered by the timeout already
         if item.removable:
             verdict = self.decider.removable_open(item.pid, item.path)
-            if verdict is None and not self._armed:
+            # an allowed write arms (a read from the stick does not: a file manager, an indexer
+            # or another program hashing the stick would keep every tagged read waiting)
+            if verdict is None and not self._armed and self.decider.is_writer(item.pid):
                 self._arm()  # before the open goes on: its next tagged open must be seen
                 # tagged opens made while the marks went in were heard, not asked: hear them all
                 # now (the reader's pass holds the same lock), then look again
@@ -504,6 +507,7 @@ class ContentGuard:
     def _arm(self) -> None:
         self._mark_tagged(armed=True)
         self._armed = True
+        self.armings += 1
         log.debug("prevent: armed %d tagged directories", len(self._marked))
 
     def _maybe_disarm(self) -> None:

@@ -100,6 +100,22 @@ def test_tagged_copies_are_refused_before_a_byte_lands(guarded: tuple[Running, P
     assert "prevent.removable_writes: block" in first["event.reason"]
 
 
+def test_reading_the_stick_does_not_arm_the_tagged_trees(guarded: tuple[Running, Path, Path]) -> None:
+    run, _db, point = guarded
+    guard = run.sensor("prevent")
+    assert isinstance(guard, ContentGuard)
+    (point / "photo.jpg").write_bytes(os.urandom(5000))  # this process runs the guard: not asked
+    decided, armings = guard.decided, guard.armings
+    done = _run(f"cat {point}/photo.jpg > /dev/null", point.parent)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: guard.decided > decided, 15, "the read to be decided", diagnose=guard.summary)
+    # a tagged read would otherwise wait for an answer until the next look for writers
+    assert guard.armings == armings, guard.summary()
+    done = _run(f"cat {point}/photo.jpg > {point}/copy.jpg", point.parent)
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: guard.armings > armings, 15, "a write to arm the tagged trees", diagnose=guard.summary)
+
+
 def test_untagged_copies_go_through(guarded: tuple[Running, Path, Path], tmp_path: Path) -> None:
     run, _db, point = guarded
     photos = tmp_path / "photos"
