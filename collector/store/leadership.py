@@ -4,13 +4,21 @@ A PostgreSQL session-level advisory lock, keyed by a name, held on a connection 
 whoever holds it leads; when that collector dies (or its connection drops) the server releases
 the lock and another collector's next `try_acquire()` takes it over. On SQLite a collector has
 its store to itself, so it always leads.
+
+A standby keeps its session open between asks (one query each, no new server process each
+second); when it cannot connect at all (the database is down) it waits before the next attempt,
+from 1 s doubling to 10 s, jittered, so a fleet's standbys do not storm a recovering server.
+`release()` unlocks before it closes: closing alone leaves the lock held until the server
+process has finished exiting, and the next leader's first ask could miss it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import random
 import threading
+import time
 
 import psycopg
 
@@ -18,6 +26,8 @@ from collector.store import pgconnect
 from collector.store.base import StoreUnavailable
 
 _SIGN = 1 << 63
+RETRY_FIRST = 1.0  # seconds before connecting again after a failed connect, doubling
+RETRY_MAX = 10.0  # bounded: a standby is back within this (plus its ask interval) after an outage
 
 
 # (key, key): the sessions holding a role's lock (a bigint key is split over classid and objid).
@@ -50,9 +60,13 @@ class Leadership:
         self.name = name
         self._url = store if pgconnect.is_postgres(store) else None
         self._key = lock_key(name)
-        self._conn: pgconnect.Connection | None = None
+        self._conn: pgconnect.Connection | None = None  # leading on it, or standing by
+        self._leading = False
         self._lock = threading.Lock()
+        self._retry_delay = 0.0  # after failed connects: wait before the next (0: connect at once)
+        self._retry_at = 0.0
         self.terms = 0  # times leadership was taken: a new term means others may have led meanwhile
+        self.connects = 0  # sessions opened (a standby reuses its own)
 
     @property
     def shared(self) -> bool:
@@ -63,7 +77,7 @@ class Leadership:
     def connection(self) -> pgconnect.Connection | None:
         """The lock's own session while this collector leads (None on SQLite or when not leading):
         work committed on it cannot outlive the lock, since a lost session can commit nothing."""
-        return self._conn
+        return self._conn if self._leading else None
 
     def try_acquire(self) -> bool:
         """Lead `name` if nobody else does; True when this collector leads (now or already)."""
@@ -72,23 +86,21 @@ class Leadership:
                 self.terms = 1
             return True
         with self._lock:
-            if self._conn is not None and self._still_held():
-                return True
-            self._drop()
-            try:
-                conn = pgconnect.connect(self._url, application=f"exfilguard leadership {self.name}",
-                                         keepalive=True)  # fmt: skip
-            except StoreUnavailable:
+            if self._leading:
+                if self._still_held():
+                    return True
+                self._drop()
+            conn = self._session()
+            if conn is None:
                 return False
             try:
                 row = conn.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()
             except psycopg.Error:
-                conn.close()
+                self._drop()
                 return False
             if row is None or not row[0]:
-                conn.close()
-                return False
-            self._conn = conn
+                return False  # another collector leads: ask again on this session next time
+            self._leading = True
             self.terms += 1
             return True
 
@@ -97,7 +109,7 @@ class Leadership:
         if self._url is None:
             return True
         with self._lock:
-            if self._conn is None:
+            if not self._leading:
                 return False
             if self._still_held():
                 return True
@@ -105,9 +117,32 @@ class Leadership:
             return False
 
     def release(self) -> None:
-        """Stop leading (closing the session releases the lock); a no-op when not leading."""
+        """Stop leading: unlock, then close the session (a standby's too); a no-op when neither."""
         with self._lock:
+            if self._leading and self._conn is not None and not self._conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
             self._drop()
+
+    def _session(self) -> pgconnect.Connection | None:
+        """The standing session, or a new one; None while connecting fails (then backing off)."""
+        if self._conn is not None and not (self._conn.closed or self._conn.broken):
+            return self._conn
+        self._drop()
+        now = time.monotonic()
+        if now < self._retry_at:
+            return None
+        assert self._url is not None
+        self.connects += 1
+        try:
+            self._conn = pgconnect.connect(self._url, application=f"exfilguard leadership {self.name}",
+                                           keepalive=True)  # fmt: skip
+        except StoreUnavailable:
+            self._retry_delay = min(RETRY_MAX, self._retry_delay * 2) if self._retry_delay else RETRY_FIRST
+            self._retry_at = now + self._retry_delay * random.uniform(0.5, 1.0)
+            return None
+        self._retry_delay = 0.0
+        return self._conn
 
     def _still_held(self) -> bool:
         assert self._conn is not None
@@ -119,6 +154,7 @@ class Leadership:
         return row is not None
 
     def _drop(self) -> None:
+        self._leading = False
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
                 self._conn.close()

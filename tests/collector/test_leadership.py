@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+import time
 from pathlib import Path
 
-from collector.store.leadership import Leadership, lock_key
+from collector.store import pgconnect
+from collector.store.leadership import RETRY_FIRST, Leadership, led, lock_key
 from tests.pg import PgCluster
 
 
@@ -70,3 +73,58 @@ def test_a_leaders_session_notices_a_vanished_peer_within_seconds(pg_url: str) -
         assert conn.info.get_parameters()["tcp_user_timeout"] == "25000"
     finally:
         lead.release()
+
+
+def test_release_unlocks_so_the_next_leader_takes_over_at_once(pg_url: str) -> None:
+    """Closing alone leaves the lock to the server process's exit, which the next ask could beat."""
+    leads = [Leadership(pg_url, "forward:siem"), Leadership(pg_url, "forward:siem")]
+    watcher = pgconnect.connect(pg_url)
+    try:
+        for turn in range(20):
+            holder, next_one = leads[turn % 2], leads[(turn + 1) % 2]
+            assert holder.try_acquire(), turn
+            holder.release()
+            assert not led(watcher, "forward:siem"), turn  # unlocked before release() returned
+            assert next_one.try_acquire(), turn
+            next_one.release()
+    finally:
+        watcher.close()
+        for lead in leads:
+            lead.release()
+
+
+def test_a_standby_asks_again_on_its_own_session(pg_url: str) -> None:
+    leader, standby = Leadership(pg_url, "policy evaluator"), Leadership(pg_url, "policy evaluator")
+    watcher = pgconnect.connect(pg_url)
+    sessions = (
+        "SELECT pid FROM pg_stat_activity WHERE application_name = 'exfilguard leadership policy evaluator'"
+    )
+    try:
+        assert leader.try_acquire()
+        assert not any(standby.try_acquire() for _ in range(5))
+        assert standby.connects == 1 and standby.connection is None
+        assert len(watcher.execute(sessions).fetchall()) == 2  # the leader's and the standby's, no more
+        leader.release()
+        assert standby.try_acquire() and standby.connection is not None and standby.connects == 1
+    finally:
+        watcher.close()
+        leader.release()
+        standby.release()
+
+
+def test_a_standby_that_cannot_connect_backs_off(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nothing listens on: every connect is refused at once
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    lead = Leadership(f"postgresql://exfilguard@127.0.0.1:{port}/exfilguard", "policy evaluator")
+    tried: list[float] = []
+    deadline = time.monotonic() + 6 * RETRY_FIRST
+    while len(tried) < 3 and time.monotonic() < deadline:
+        assert not lead.try_acquire()
+        if lead.connects > len(tried):
+            tried.append(time.monotonic())
+        time.sleep(0.02)  # a caller asking far more often than every second
+    assert len(tried) == 3, tried
+    first, second = tried[1] - tried[0], tried[2] - tried[1]
+    assert 0.5 * RETRY_FIRST <= first <= RETRY_FIRST + 0.2, first  # jittered
+    assert second >= RETRY_FIRST - 0.05, second  # doubled
