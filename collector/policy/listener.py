@@ -191,9 +191,11 @@ class PolicyListener:
         try:
             self.store.settle(done)
         except StoreError as exc:
-            log.warning("could not settle %d alert deliveries yet: %s", len(done), exc)
+            self.store.outage.failed(exc, "settling alert deliveries")
             with self._settled_lock:
                 self._settled[:0] = done
+        else:
+            self.store.outage.succeeded()
 
     # ------------------------------------------------------------------ background
 
