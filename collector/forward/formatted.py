@@ -10,8 +10,10 @@ batch of at least POOL_MIN events is cut into chunks: helper processes (`helpers
 them from the front, at most IN_FLIGHT each at a time, while the calling thread lays them out
 from the back. On an idle core forwarding runs up to about twice as fast; a helper that gets no
 CPU costs at most its IN_FLIGHT chunks' wait at the end of a batch. Helpers run at a lower
-priority (HELPER_NICE) than the collector, so they take only what ingest leaves. A helper that
-dies breaks the pool: the batch is formatted here, and so are those of the next
+priority (HELPER_NICE) than the collector, so they take only what ingest leaves. Chunks and
+answers go through a pipe per helper that the calling thread reads itself between its own
+chunks (no thread of this process has to win the GIL to pass an answer on). A helper that dies
+or hangs costs its chunks being laid out here, and so are the batches of the next
 HELPER_RETRY_SECONDS.
 
 Destinations that keep up read the same rows at about the same time: `Formatted` keeps the last
@@ -30,15 +32,15 @@ import os
 import signal
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
+from multiprocessing.connection import Connection
 from typing import Any
 
 from collector import formats
 from collector.store.rows import stored_mapping
+from common.errors import ExfilGuardError
 
 log = logging.getLogger("exfilguard.collector.forward")
 
@@ -49,6 +51,8 @@ IN_FLIGHT = 2  # chunks given to each helper ahead (one to work on, one waiting)
 HELPER_NICE = 10  # helpers yield to the collector (ingest) and to the forward process itself
 MAX_HELPERS = 3
 HELPER_RETRY_SECONDS = 30.0  # after a helper died, batches are formatted here this long
+HELPER_ANSWER_SECONDS = 5.0  # a helper that answered in a batch and then says nothing this long has failed
+MAX_CHUNK_BYTES = 16 << 10  # a chunk of bigger rows is laid out here (two on their way fit a pipe)
 
 Row = tuple[str, int, bytes]  # agent id, sequence, the stored bytes
 Read = tuple[dict[str, Any], bytes]  # an event's FIELDS, and its JSON in one format
@@ -70,17 +74,81 @@ def default_helpers() -> int:
     return max(0, min(MAX_HELPERS, len(os.sched_getaffinity(0)) - 1))
 
 
-def _helper_start(parent: int) -> None:
+def _helper_start(parent: int, nice: int) -> None:
     """In the helper, first: it ends with the forward process (also a killed one), yields CPU."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the forward process died before the line above
         os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the collector's to handle
-    os.nice(HELPER_NICE)
+    os.nice(nice)
+
+
+def _helper_main(conn: Connection, parent: int, nice: int, location: str) -> None:
+    """A helper process: lays out each chunk it is sent and sends it back, until its pipe closes."""
+    _helper_start(parent, nice)
+    while True:
+        try:
+            fmts, rows = conn.recv()
+        except EOFError:
+            return
+        conn.send(lay_out(location, rows, fmts))
 
 
 _PR_SET_PDEATHSIG = 1
+
+
+class HelperGone(ExfilGuardError):
+    """A helper process died, or did not answer in time."""
+
+
+class _Helper:
+    """One helper process and its pipe: chunks go down, their layouts come back in the same order."""
+
+    def __init__(self, location: str) -> None:
+        context = get_context("spawn")  # the forward process has threads: no fork
+        self.conn, theirs = context.Pipe()
+        self.process = context.Process(
+            target=_helper_main, args=(theirs, os.getpid(), HELPER_NICE, location), daemon=True
+        )
+        self.process.start()
+        theirs.close()
+        self.held: deque[int] = deque()  # chunks of this batch it was sent, in order
+        self.stale = 0  # answers still to come for chunks of batches before (laid out here meanwhile)
+        self.answered = 0  # events of this batch it laid out
+
+    def busy(self) -> int:
+        return len(self.held) + self.stale
+
+    def send(self, n: int, fmts: tuple[str, ...], chunk: Sequence[Row]) -> None:
+        try:
+            self.conn.send((fmts, chunk))
+        except OSError as exc:
+            raise HelperGone(str(exc)) from exc
+        self.held.append(n)
+
+    def answers(self, parts: dict[int, list[Laid]], wait: float = 0.0) -> bool:
+        """Take the answers that came, waiting up to `wait` for the first; False if none came."""
+        came = False
+        try:
+            while self.busy() and self.conn.poll(0.0 if came else wait):
+                answer: list[Laid] = self.conn.recv()
+                came = True
+                if self.stale:
+                    self.stale -= 1
+                    continue
+                parts[self.held.popleft()] = answer
+                self.answered += len(answer)
+        except (EOFError, OSError) as exc:
+            raise HelperGone(str(exc)) from exc
+        return came
+
+    def close(self) -> None:
+        self.conn.close()  # its recv ends: it exits
+        self.process.join(1.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(1.0)
 
 
 class Formatter:
@@ -91,86 +159,93 @@ class Formatter:
         self.helpers = helpers
         self.conversions = 0  # JSON documents made (an event in two formats counts twice)
         self.helped = 0  # events the helpers laid out
-        self._pool: ProcessPoolExecutor | None = None
-        self._lock = threading.Lock()
+        self._started: list[_Helper] | None = None
+        self._lock = threading.Lock()  # one batch at a time uses the helpers
         self._retry_at = 0.0
 
     def start(self) -> None:
         """Start the helpers now (they take a while to import what they run), not at the first big batch."""
-        pool = self._started()
-        if pool is not None:
-            pool.submit(lay_out, self.location, [], ())
+        with self._lock:
+            self._helpers()
 
     def get(self, rows: Sequence[Row], fmt: str) -> list[Read]:
         """Each row's FIELDS and JSON in `fmt`, in order."""
         return [(fields, docs[0]) for fields, docs in self.lay_out(rows, (fmt,))]
 
     def lay_out(self, rows: Sequence[Row], fmts: tuple[str, ...]) -> list[Laid]:
-        """`lay_out` of the rows, shared with the helpers when the batch is big enough."""
+        """`lay_out` of the rows, shared with the helpers when the batch is big enough (the same
+        result, in the same order, as laying them out here)."""
         self.conversions += len(rows) * len(fmts)
-        pool = self._started() if len(rows) >= POOL_MIN else None
-        if pool is None:
+        if len(rows) < POOL_MIN or not self._lock.acquire(blocking=False):
             return lay_out(self.location, rows, fmts)
+        try:
+            helpers = self._helpers()
+            if not helpers:
+                return lay_out(self.location, rows, fmts)
+            return self._shared(helpers, rows, fmts)
+        finally:
+            self._lock.release()
+
+    def _shared(self, helpers: list[_Helper], rows: Sequence[Row], fmts: tuple[str, ...]) -> list[Laid]:
         chunks = [rows[at : at + CHUNK] for at in range(0, len(rows), CHUNK)]
         parts: dict[int, list[Laid]] = {}
-        sent: dict[Future[list[Laid]], int] = {}
         front, back = 0, len(chunks) - 1
+        for helper in helpers:
+            helper.answered = 0
         try:
             while front <= back:
-                # Each helper has at most IN_FLIGHT chunks (the wait at the end is short)...
-                while len(sent) < IN_FLIGHT * self.helpers and front <= back:
-                    sent[pool.submit(lay_out, self.location, chunks[front], fmts)] = front
-                    front += 1
+                # Each helper is sent chunks from the front, at most IN_FLIGHT at a time...
+                for helper in helpers:
+                    helper.answers(parts)
+                    while helper.busy() < IN_FLIGHT and front <= back:
+                        if sum(len(data) for _, _, data in chunks[front]) > MAX_CHUNK_BYTES:
+                            break  # big rows: laid out here (what is on its way stays below a pipe's size)
+                        helper.send(front, fmts, chunks[front])
+                        front += 1
                 if front > back:
                     break
-                # ... while this thread takes them from the back.
+                # ... while this thread lays them out from the back.
                 parts[back] = lay_out(self.location, chunks[back], fmts)
                 back -= 1
-                for future in [f for f in sent if f.done()]:
-                    n = sent.pop(future)
-                    parts[n] = future.result()
-                    self.helped += len(chunks[n])
-            for future, n in sent.items():
-                parts[n] = future.result()
-                self.helped += len(chunks[n])
-        except (BrokenProcessPool, RuntimeError):  # a helper died, or the pool is shutting down
-            self._broken(pool)
-            for n, chunk in enumerate(chunks):
-                if n not in parts:
-                    parts[n] = lay_out(self.location, chunk, fmts)
+            # What a helper still holds: waited for if it answered in this batch, laid out here
+            # otherwise (a helper short of CPU must not hold the batch up; its answers are dropped).
+            for helper in helpers:
+                while helper.held and helper.answered:
+                    if not helper.answers(parts, HELPER_ANSWER_SECONDS):
+                        raise HelperGone(f"no answer in {HELPER_ANSWER_SECONDS:.0f} s")
+                helper.stale += len(helper.held)
+                helper.held.clear()
+        except HelperGone as exc:
+            self._broken(str(exc))
+        self.helped += sum(helper.answered for helper in helpers)
+        for n, chunk in enumerate(chunks):
+            if n not in parts:
+                parts[n] = lay_out(self.location, chunk, fmts)
         return [laid for n in range(len(chunks)) for laid in parts[n]]
 
-    def _started(self) -> ProcessPoolExecutor | None:
-        if self.helpers <= 0 or time.monotonic() < self._retry_at:
-            return None
-        with self._lock:
-            if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    self.helpers,
-                    mp_context=get_context("spawn"),  # the forward process has threads: no fork
-                    initializer=_helper_start,
-                    initargs=(os.getpid(),),
-                )
-            return self._pool
+    def _helpers(self) -> list[_Helper]:
+        """The helper processes, started if they are not (none while they are held back)."""
+        if self._started is None and self.helpers > 0 and time.monotonic() >= self._retry_at:
+            self._started = [_Helper(self.location) for _ in range(self.helpers)]
+        return self._started or []
 
-    def _broken(self, pool: ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is not pool:
-                return
-            self._pool = None
-            self._retry_at = time.monotonic() + HELPER_RETRY_SECONDS
+    def _broken(self, why: str) -> None:
+        helpers, self._started = self._started or [], None
+        self._retry_at = time.monotonic() + HELPER_RETRY_SECONDS
         log.warning(
-            "forward: a formatting helper process died; formatting without helpers for %.0f s",
+            "forward: a formatting helper process failed (%s); formatting without helpers for %.0f s",
+            why,
             HELPER_RETRY_SECONDS,
         )
-        pool.shutdown(wait=False, cancel_futures=True)
+        for helper in helpers:
+            helper.close()
 
     def close(self) -> None:
         """Stop the helpers (idempotent)."""
         with self._lock:
-            pool, self._pool, self.helpers = self._pool, None, 0
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            helpers, self._started, self.helpers = self._started or [], None, 0
+        for helper in helpers:
+            helper.close()
 
 
 class Formatted:
