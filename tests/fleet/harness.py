@@ -20,8 +20,10 @@ class Fleet:
     """Collectors `0..n-1` sharing the store `store` (a postgresql:// URL), each in its own directory."""
 
     def __init__(
-        self, base: Path, store: str, collectors: int = 2, policies: Sequence[Path] = (), **keys: Any
+        self, base: Path, store: str, collectors: int = 2, policies: Sequence[Path] = (), alerts: str = "",
+        **keys: Any,
     ) -> None:
+        """`alerts`: the collectors' `alerts:` list as YAML (default: a JSONL file each, see `alerts()`)."""
         self.base = base
         self.store = store
         self.ports = [free_port() for _ in range(collectors)]
@@ -40,7 +42,7 @@ class Fleet:
                 f"store: '{store}'\n"
                 f"state_dir: {directory / 'state'}\n"
                 f"policies: [{directory / 'policies'}]\n"
-                f"alerts:\n  - type: jsonl\n    path: {directory / 'alerts.jsonl'}\n" + extra
+                "alerts:\n" + (alerts or f"  - type: jsonl\n    path: {directory / 'alerts.jsonl'}\n") + extra
             )
 
     def dir(self, index: int) -> Path:
