@@ -4,7 +4,6 @@ store's alert outbox. Real collectors, a real PostgreSQL, a real webhook receive
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
@@ -12,31 +11,16 @@ import pytest
 from collector import config as cfg
 from collector.alerts.dispatch import sink_key
 from collector.store import open_store
-from tests.e2e.harness import wait_for
+from tests.e2e.harness import free_port, wait_for
 from tests.fleet.harness import Fleet, StreamingAgent
+from tests.fleet.test_policy_state import POLICY
 from tests.policy.receivers import WebhookReceiver
 
 pytestmark = pytest.mark.slow
 
-POLICY = """
-policies:
-  - id: user-drip
-    title: Many files copied by one user
-    severity: high
-    when: {event.action: file.copy}
-    aggregate: {by: [user.name], window: 10m, count: {gte: 5}}
-    summary: "{count} files copied by {user.name}"
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 
 def test_a_delivery_the_dead_evaluator_owed_is_sent_by_the_next_one(tmp_path: Path, pg_url: str) -> None:
-    port = _free_port()  # nothing listens yet: the webhook retries
+    port = free_port()  # nothing listens yet: the webhook retries
     hook = f"  - type: webhook\n    url: http://127.0.0.1:{port}/hook\n    max_retries: 100\n"
     (tmp_path / "drip.yaml").write_text(POLICY)
     fleet = Fleet(tmp_path / "fleet", pg_url, 2, policies=(tmp_path / "drip.yaml",), alerts=hook)
@@ -47,7 +31,7 @@ def test_a_delivery_the_dead_evaluator_owed_is_sent_by_the_next_one(tmp_path: Pa
         wait_for(lambda: "this collector leads" in fleet.collector(0).log_text(), 30, "collector 0 to lead")
         fleet.start_collector(1)
         agent = StreamingAgent(fleet, "host-a", [1])
-        agent.copies("erin", 5)
+        agent.copies("erin", 40)  # the 40-copy threshold of user-drip
         wait_for(lambda: len(fleet.stored_alerts("user-drip")) == 1, 30, "the alert stored", fleet.diagnose)
         fleet.crash(0)  # committed, owed, never delivered
         receiver = WebhookReceiver(port=port)

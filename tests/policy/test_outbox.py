@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from collector import config as cfg
 from collector.alerts.dispatch import sink_key
 from collector.policy.listener import PolicyListener
 from collector.store import open_store
+from tests.e2e.harness import free_port
 from tests.policy.receivers import WebhookReceiver
 from tests.policy.test_listener import pack, wait_until
 
@@ -42,14 +42,8 @@ asyncio.run(main())
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_a_delivery_cut_off_by_a_crash_goes_out_from_the_outbox_at_the_next_start(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     hook = cfg.WebhookSink(type="webhook", url=f"http://127.0.0.1:{port}/hook", max_retries=100,
                            timeout_seconds=1)  # fmt: skip
     conf = cfg.CollectorConfig(store=str(tmp_path / "collector.db"), policies=[str(pack(tmp_path))],
