@@ -125,7 +125,7 @@ class FileSensor:
         self._known = frozenset(self.tags.roots())
         for pattern in self.tags.missing():
             log.warning("tagged path %s does not exist yet; it will be watched when it appears", pattern)
-        self._observer = Observer(self._overflowed, self.recheck_soon)
+        self._observer = Observer(self._overflowed, self.recheck_soon, self._dir_made)
         self._observer.start()
         self._pending = PendingRoots(self._observer.inotify, self.recheck_soon)
         self._reconcile()
@@ -333,6 +333,11 @@ class FileSensor:
         elif isinstance(event, FileClosedEvent):
             self.index.update(src)
             self._emit(self._file_event("file.modify", src, tags, False, None))
+
+    def _dir_made(self, path: str) -> None:
+        # the inotify reader has just read it, and handles the events before it first: marked now
+        if self._on_new_dir is not None and self.tags.tags_for(path):
+            self._on_new_dir(path)
 
     def _mark_tree(self, path: str) -> None:
         assert self._on_new_dir is not None
