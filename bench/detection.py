@@ -7,7 +7,8 @@ shipped pack (suppression windows left out, so every technique raises its own al
 `exfilguard-agent` tagging a generated database (about 1.2 MiB x scale). Each round runs every
 technique of tests/sensors/matrix.py (tar with gzip/xz/zstd, pipelines through gzip, sed,
 openssl, gpg and split, staging through /tmp and /dev/shm, edited copies, rsync, zip, another
-user) into a directory of its own on the stick, one at a time: the clock starts when the
+user, a SQLite database dumped or exported with sqlite3, base64, JSON) into a directory of its
+own on the stick, one at a time: the clock starts when the
 technique's last command has finished and stops when a high or critical alert naming a tagged
 source and the stick is read from the JSONL sink (polled every 10 ms). Then the benign cases
 (an untagged backup tgz, a many-file write, a git clone, in-place edits, a build, photos by a
@@ -136,7 +137,7 @@ def main() -> int:
                                        *(str(db / n) for n in ("customers.csv", "orders.sql", "ledger0.db"))],
                                       stdin=subprocess.PIPE, text=True)
             _wait(lambda signal=signal: signal.exists() and signal.read_text() == "read", 30, "the reads")
-            for case in matrix.THEFTS:
+            for case in (*matrix.THEFTS, *matrix.EXPORTS):
                 total += 1
                 outputs = {matrix.expand(o, env) for o in case.outputs}
                 done = matrix.run_case(case, env)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.sensors import Emit, procinfo, provenance
-from agent.sensors.copies import CopyDetector
+from agent.sensors.copies import CopyDetector, written_text
 from agent.sensors.fanotify import FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_OPEN, Access, FanotifySensor
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import SourceRead
@@ -34,6 +34,9 @@ from agent.sensors.tags import TagMap
 from protos.events import new_event, sibling_event
 
 log = logging.getLogger(__name__)
+
+_OPENS_REMEMBERED = 4096  # tagged files open at once that a close is compared with, oldest out
+_UNCHANGED_NS = 1_000_000_000  # a file whose inode changed within this long was written (or may be)
 
 
 @dataclass(eq=False)
@@ -51,6 +54,8 @@ class AccessReporter:
     # set by the fanotify sensor: a tagged file was written (its directory may be new, unmarked)
     on_written: Callable[[str], None] | None = field(default=None, init=False)
     _dropped_reported: int = field(default=0, init=False)
+    # (pid, path) of tagged files open now -> their change time when opened
+    _opened: dict[tuple[int, str], int] = field(default_factory=dict, init=False)
     _dropped_at: float = field(default=0.0, init=False)
 
     def is_tagged(self, path: str) -> bool:
@@ -71,17 +76,25 @@ class AccessReporter:
             return  # directory listings are not file reads
         actions = []
         mask = access.mask
+        wrote = bool(mask & FAN_CLOSE_WRITE) and self._wrote(access, st)
         if mask & FAN_OPEN:
             actions.append("file.open")
             self.staging.note_read(access.pid, access.process, access.path, tags)
-        if mask & FAN_CLOSE_NOWRITE:
+            if not mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
+                self._remember_open(access, st)
+        elif mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
+            self._opened.pop((access.pid, access.path), None)
+        # opened for writing and closed unchanged (sqlite3 opens a database read-write to query
+        # it): a read, not a modification
+        ended_read = bool(mask & FAN_CLOSE_NOWRITE or (mask & FAN_CLOSE_WRITE and not wrote))
+        if ended_read:
             actions.append("file.read")
         # a read (at its open, and again as it ends: what it read flows into what is written
         # from here on) is noted once for an open and its close seen together, and not for an
         # open whose close wrote (forgotten just below)
-        if mask & FAN_CLOSE_NOWRITE or (mask & FAN_OPEN and not mask & FAN_CLOSE_WRITE):
+        if ended_read or (mask & FAN_OPEN and not mask & FAN_CLOSE_WRITE):
             self.copies.note_read(access.pid, access.process, access.path, tags, st.st_size)
-        if mask & FAN_CLOSE_WRITE:
+        if wrote:
             actions.append("file.modify")
             if self.on_written is not None:
                 self.on_written(access.path)
@@ -94,6 +107,22 @@ class AccessReporter:
         events = [event, *(sibling_event(event, action) for action in actions[1:])]  # before any emit
         for event in events:
             self.emit(event)
+
+    def _remember_open(self, access: Access, st: os.stat_result) -> None:
+        """The inode change time of a tagged file as it was opened: its close-after-write is
+        a modification only if the file changed since (reader thread only: no lock)."""
+        self._opened[(access.pid, access.path)] = st.st_ctime_ns
+        if len(self._opened) > _OPENS_REMEMBERED:
+            del self._opened[next(iter(self._opened))]
+
+    def _wrote(self, access: Access, st: os.stat_result) -> bool:
+        """Whether a close-after-write of a tagged file changed it: its inode changed within
+        the last second (a write, a truncate, or a copy setting old times: utime changes
+        the change time too), or since its open was seen."""
+        opened = self._opened.pop((access.pid, access.path), None)
+        if st.st_ctime_ns >= time.time_ns() - _UNCHANGED_NS:
+            return True
+        return opened is not None and opened != st.st_ctime_ns
 
     def _derived_read(self, access: Access) -> None:
         if access.mask & (FAN_OPEN | FAN_CLOSE_NOWRITE):
@@ -128,7 +157,7 @@ class AccessReporter:
             return
         flow = self.copies.flow.flow([access.pid])
         created = provenance.created_at(access.fd)
-        ident = provenance.by_lineage(flow, size, created)
+        ident = provenance.by_lineage(flow, size, created, text=written_text(access.fd))
         if ident is None or size <= 0:
             return
         log.debug("derived %s (%d bytes, born %.3f) by pid %d: %s from %d sources, %d bytes read",

@@ -24,6 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.content.examiner import Examiner
 from agent.content.identify import Identification
+from agent.content.textsim import looks_like_text
 from agent.sensors import Emit, procinfo, provenance
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow, SourceRead
@@ -124,7 +125,8 @@ class CopyDetector:
             flow = self.flow.flow(writers)
             if flow.sources:
                 created = provenance.created_at(written.fd) if written.fd is not None else None
-                found = provenance.by_lineage(flow, written.size, created)
+                text = written.fd is not None and written_text(written.fd)
+                found = provenance.by_lineage(flow, written.size, created, text=text)
                 methods.append("process")
         elif writers and found is not None and self.flow.reached(writers, found.source):
             methods.append("process")  # the writer read the very file it matches
@@ -290,3 +292,12 @@ def _dup(fd: int | None) -> int | None:
         return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 0)
     except OSError:
         return None
+
+
+def written_text(fd: int) -> bool:
+    """Whether a written file begins as text (what was read may come out larger as text)."""
+    try:
+        head = os.pread(fd, 8192, 0)
+    except OSError:
+        return False
+    return looks_like_text(head)

@@ -4,11 +4,11 @@ Content evidence (`exact` here; `member`, `chunks`, `text` from agent/content) i
 strongest; `sampled` is the content test of a file too large to hash whole (equal size and
 equal start, middle and end blocks). Without it, lineage: `lineage-bytes` when the writing
 pipeline read tagged data while the file was being written (from shortly before its birth time
-until it was closed) and wrote no more than it read (plus room for archive headers) and no
-less than 1/200 of it; `lineage-process` when the writer or its pipeline merely read tagged
-files at some point: a guess, with a low confidence. A derived file (written from tagged data
-outside the tagged trees) keeps its provenance in the fingerprint index; a copy of it
-inherits it.
+until it was closed) and wrote no more than it read (plus room for archive headers; 4.5 times
+it for a text: an encoding or an export) and no less than 1/200 of it; `lineage-process` when
+the writer or its pipeline merely read tagged files at some point: a guess, with a low
+confidence. A derived file (written from tagged data outside the tagged trees) keeps its
+provenance in the fingerprint index; a copy of it inherits it.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ SLACK_SECONDS = 2.0
 # What a pipeline writes may exceed what it read by this (tar headers and block padding).
 OVERHEAD_BYTES = 64 << 10
 OVERHEAD_RATIO = 1.1
+# A text written from what was read may be larger than it: an encoding (base64 1.35x, a hex
+# dump up to 4.25x) or an export (a database dumped as SQL statements ~2x, rows as JSON).
+TEXT_RATIO = 4.5
 # Nor be smaller than this share of it: even text compresses less than 200:1; a lock file or a
 # log line written while reading a database is not that database.
 MAX_RATIO = 200
@@ -84,15 +87,16 @@ def sampled(path: str, tags: tuple[str, ...], size: int) -> Provenance:
                       share=1.0)
 
 
-def by_lineage(flow: Flow, written: int, created: float | None) -> Provenance | None:
-    """Provenance of a file of `written` bytes, born at `created` (wall clock; None:
-    unknown), from the tagged data that reached its writers. None when none did."""
+def by_lineage(flow: Flow, written: int, created: float | None, *, text: bool = False) -> Provenance | None:
+    """Provenance of a file of `written` bytes (`text`: it is text), born at `created` (wall
+    clock; None: unknown), from the tagged data that reached its writers. None when none did."""
     if not flow.sources or written <= 0:
         return None  # an empty file holds no data (its writer may fill it and close it again)
     moment = (created if created is not None else time.time() - 5 * SLACK_SECONDS) - SLACK_SECONDS
     during = flow.since(moment)
     read = sum(s.bytes for s in during)
-    if during and written * MAX_RATIO >= read and written <= read * OVERHEAD_RATIO + OVERHEAD_BYTES:
+    ratio = TEXT_RATIO if text else OVERHEAD_RATIO
+    if during and written * MAX_RATIO >= read and written <= read * ratio + OVERHEAD_BYTES:
         return _made(LINEAGE_BYTES, during, read, written)
     return _made(LINEAGE_PROCESS, flow.sources, sum(s.bytes for s in flow.sources), written)
 

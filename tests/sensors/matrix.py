@@ -14,14 +14,20 @@ Used by tests/sensors/test_matrix.py (small data) and bench.detection (more of i
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
 import random
+import sqlite3
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from admin.demo import wait_for_mount
+from collector.store import open_store
 
 PACK = Path(__file__).resolve().parents[2] / "policies"
 SEVERE = ("high", "critical")
@@ -66,6 +72,19 @@ THEFTS = (
     Case("zip", 'cd "$BASE" && zip -q -r "$STICK/db.zip" db', ("$STICK/db.zip",), True),
     Case("another-user", 'runuser -u nobody -- tar czf "$STICK/nobody.tgz" -C "$BASE" db',
          ("$STICK/nobody.tgz",), True),
+)
+
+# Exports and encodings: what lands is text made from what was read, and larger than it (a
+# database dumped as SQL statements, rows as JSON, base64); sqlite3 opens the database
+# read-write only to query it.
+EXPORTS = (
+    Case("sqlite-dump", 'sqlite3 "$DB/crm.sqlite" .dump > "$STICK/crm.sql"', ("$STICK/crm.sql",), True),
+    Case("sqlite-csv", 'sqlite3 -csv "$DB/crm.sqlite" "select * from customers" > "$STICK/crm.csv"',
+         ("$STICK/crm.csv",), True),
+    Case("base64", 'base64 "$DB/customers.csv" > "$STICK/customers.b64"', ("$STICK/customers.b64",), True),
+    Case("rows-json", 'python3 -c "import json, sys; json.dump([line.split(\',\') for line in '
+         'open(sys.argv[1])], sys.stdout)" "$DB/customers.csv" > "$STICK/rows.json"',
+         ("$STICK/rows.json",), True),
 )
 
 # Cases CI leaves out because they depend on timing (bench.detection still runs them); none
@@ -124,6 +143,12 @@ def make_data(base: Path, scale: int = 1) -> Path:
     for i in range(3):
         (db / f"ledger{i}.db").write_bytes(rng.randbytes(120_000 * scale))
     (db / "notes.txt").write_text("schema notes\n")
+    with contextlib.closing(sqlite3.connect(db / "crm.sqlite")) as crm:
+        crm.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, email TEXT, balance REAL)")
+        crm.executemany("INSERT INTO customers VALUES (?, ?, ?, ?)",
+                        ((i, f"{rng.choice(names)} {rng.randrange(10**6)}", f"c{i}@example.org",
+                          rng.randrange(10**7) / 100) for i in range(5000 * scale)))
+        crm.commit()
     photos = base / "photos"
     photos.mkdir()
     for i in range(4):
@@ -142,6 +167,21 @@ def make_data(base: Path, scale: int = 1) -> Path:
     for path in (base, *base.rglob("*")):
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by another user (nobody)
     return db
+
+
+def plugged(loop_stick: Any, work: Path, label: str, serial: str) -> tuple[Any, Path]:
+    """A loop-device stick from the `loop_stick` fixture, plugged and mounted writable by every
+    user, once the agent reported the mount to the collector whose store is in `work`."""
+    stick = loop_stick(label=label, serial=serial)
+    stick.plug()
+    point: Path = stick.mount()
+    point.chmod(0o1777)  # another user writes to it too
+    store = open_store(str(work / "collector.db"), readonly=True)
+    try:
+        assert wait_for_mount(store, str(point), dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5), 60)
+    finally:
+        store.close()
+    return stick, point
 
 
 def pack_without_suppression(where: Path) -> Path:

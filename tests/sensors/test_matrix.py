@@ -18,35 +18,19 @@ import datetime as dt
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from admin.demo import wait_for_mount
 from collector.store import StoreError, open_store
 from tests.e2e.harness import Process, free_port, port_open, wait_for
 from tests.sensors import matrix
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def base() -> Iterator[Path]:
-    """Data another user (nobody) can read: not under pytest's private tmp directory; a
-    scratch directory beside it, and one in /dev/shm (`shm` next to `data`)."""
-    where = Path(tempfile.mkdtemp(prefix="eg-matrix-", dir="/tmp"))
-    where.chmod(0o755)
-    shm = Path(tempfile.mkdtemp(prefix="eg-matrix-", dir="/dev/shm"))
-    (where / "shm").symlink_to(shm)
-    (where / "scratch").mkdir()
-    yield where / "data"
-    shutil.rmtree(shm, ignore_errors=True)
-    shutil.rmtree(where, ignore_errors=True)
 
 
 def _stored(tmp_path: Path, wanted: Callable[[dict[str, Any]], bool]) -> bool:
@@ -75,15 +59,7 @@ def test_insider_techniques_alert_and_benign_work_does_not(tmp_path: Path, base:
     try:
         wait_for(lambda: port_open(port), 30, "the collector")
         unique = time.monotonic_ns()
-        stick = loop_stick(label=f"EGM{unique % 100000}", serial=f"EGMATRIX{unique}")
-        stick.plug()
-        point = stick.mount()
-        point.chmod(0o1777)  # another user writes to it too
-        store = open_store(str(tmp_path / "collector.db"), readonly=True)
-        try:
-            assert wait_for_mount(store, str(point), dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5), 60)
-        finally:
-            store.close()
+        stick, point = matrix.plugged(loop_stick, tmp_path, f"EGM{unique % 100000}", f"EGMATRIX{unique}")
         env = matrix.environment(base, point, base.parent / "scratch", (base.parent / "shm").resolve())
         alerts = matrix.AlertLog(tmp_path / "alerts.jsonl")
 
