@@ -83,7 +83,8 @@ class Behaviour:
         host = str(event.get("host.name") or "")
         for_user = False
         if serial:
-            # Attaches name no user (udev knows none): the host's latest user is presumed.
+            # An attach names the user at the seat (agent/sensors/seat.py), or none (no logind, nobody
+            # at the seat, an older agent): then the host's latest user is presumed.
             who = user or (self.hosts.user_on(host) if host else "")
             who_group = group if user else self.baselines.group_of(who)
             out["device.approved"] = self.approvals.approved(serial)
