@@ -411,9 +411,10 @@ class Collector:
                 claimed = await self._writer.call(
                     self.store.claim_silent, ecs_time_at(now - silent_after), ecs_time_at(now)
                 )
-            except StoreError:
-                log.exception("could not check the fleet for silent agents")
+            except StoreError as exc:
+                self.store.outage.failed(exc, "checking the fleet for silent agents")
                 continue
+            self.store.outage.succeeded()
             # The store hears from every collector of the fleet; each silent agent is claimed by one.
             silent = [self.registry.silent_event(a.id, a.version, a.host, a.collector) for a in claimed]
             self.metrics.silent_reported.inc(len(silent))

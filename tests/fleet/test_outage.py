@@ -28,7 +28,7 @@ def _lines(log: str, text: str) -> list[str]:
 def test_an_outage_is_one_line_when_it_begins_and_one_when_it_ends(
     tmp_path: Path, pg_url: str, pg_cluster: PgCluster
 ) -> None:
-    fleet = Fleet(tmp_path, pg_url, 1)
+    fleet = Fleet(tmp_path, pg_url, 1, silent_agent_seconds=1)  # its silence check retries too
     try:
         collector = fleet.start_collector(0)
         pg_cluster.stop("fast")
