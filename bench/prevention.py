@@ -127,7 +127,8 @@ def main() -> int:
 
     # on tmpfs: disk writeback of other work on the machine would swamp what is measured
     top = Path(tempfile.mkdtemp(prefix="eg-prevention-", dir="/dev/shm"))
-    stick = LoopStick(top / "stick", label="EGPREVENT", serial=f"EG-PREVENT-{os.getpid()}",
+    # a label (and so a mount point) of its own: two runs at once would write to each other's stick
+    stick = LoopStick(top / "stick", label=f"EGPR{os.getpid() % 100_000}", serial=f"EG-PREVENT-{os.getpid()}",
                       # a copy's deleted files may stay held (the agent hashing them) until the next copy
                       size_mib=(args.rounds + 1) * (args.big_mib + args.files * 8 // 1024) + 128)
     try:

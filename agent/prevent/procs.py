@@ -33,18 +33,22 @@ _WRITE_MODES = (os.O_WRONLY, os.O_RDWR)
 def opens_for_writing(pid: int, path: str = "") -> bool | None:
     """Whether the open `pid` is blocked in asks for writing; None when it cannot be told
     (not in an open call we know, or /proc unreadable). /proc/PID/syscall is the main thread's:
-    when that is in no open, the threads in an open of a file named as `path` is are asked (a
-    thumbnailer's worker thread reading a stick while another thread writes its cache)."""
-    found = _thread_opens(pid, pid, "")
-    if found is not None:
+    when that is in no open of a file named as `path` is, the threads in an open of such a file
+    are asked (a thumbnailer's worker thread reading a stick while another thread writes its
+    cache; an agent hashing a stick while its main thread opens its spool for writing). When
+    none is, the main thread's open answers (a name opened through a symbolic link)."""
+    name = os.fsencode(path.rstrip("/").rsplit("/", 1)[-1])
+    found = _thread_opens(pid, pid, name)
+    if found is not None or not name:
         return found
     try:
         tids = [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
     except (OSError, ValueError):
         return None
-    name = os.fsencode(path.rstrip("/").rsplit("/", 1)[-1])
     answers = {_thread_opens(pid, tid, name) for tid in tids[:_MAX_THREADS] if tid != pid}
-    return True if True in answers else (False if False in answers else None)
+    if True in answers or False in answers:
+        return True in answers
+    return _thread_opens(pid, pid, "")
 
 
 def _thread_opens(pid: int, tid: int, name: bytes | str) -> bool | None:

@@ -238,6 +238,30 @@ def test_the_thread_in_the_open_is_asked_not_the_main_thread(tmp_path: Path, mod
         child.wait(10)
 
 
+MAIN_WRITES = """
+import os, sys, threading
+threading.Thread(target=lambda: os.open(sys.argv[1], os.O_RDONLY), daemon=True).start()
+os.open(sys.argv[2], os.O_WRONLY)
+"""
+
+
+def test_a_worker_reading_the_stick_is_a_reader_while_the_main_thread_opens_another_file_to_write(
+        tmp_path: Path) -> None:
+    stick, spool = tmp_path / "stick-file", tmp_path / "spool"
+    os.mkfifo(stick)
+    os.mkfifo(spool)
+    # the main thread waits in a write open of its spool, a worker in a read open of the stick file
+    child = subprocess.Popen([sys.executable, "-c", MAIN_WRITES, str(stick), str(spool)])
+    try:
+        wait_for(lambda: procs.opens_for_writing(child.pid, str(stick)) is False, 15,
+                 "the worker's open to be told a read", diagnose=lambda: repr(procs.opens_for_writing(
+                     child.pid, str(stick))))
+        assert procs.opens_for_writing(child.pid, str(spool)) is True
+    finally:
+        child.kill()
+        child.wait(10)
+
+
 # ---------------------------------------------------------------- a real stick, real programs
 
 # a process of another session holds a file on the stick open for writing meanwhile, so the tagged
