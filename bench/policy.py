@@ -86,11 +86,19 @@ def stream(count: int, seed: int = 7, agents: int = AGENTS) -> list[tuple[str, p
         )
         by_cp = {"process": proc, "user": user}  # who did the file events: the user's cp
         if roll < 0.60:
-            ev = events.new_event(rng.choice(("file.open", "file.read")),
-                                  file=pb.File(path=path, size=1 << 20), tags=["database"], **by_cp)
+            ev = events.new_event(
+                rng.choice(("file.open", "file.read")),
+                file=pb.File(path=path, size=1 << 20),
+                tags=["database"],
+                **by_cp,
+            )
         elif roll < 0.78:
-            ev = events.new_event("file.write", file=pb.File(path=f"/media/u/S/IMG_{n}.jpg", size=3 << 20),
-                                  device=stick, **by_cp)
+            ev = events.new_event(
+                "file.write",
+                file=pb.File(path=f"/media/u/S/IMG_{n}.jpg", size=3 << 20),
+                device=stick,
+                **by_cp,
+            )
         elif roll < 0.79:
             ev = events.new_event(
                 "file.copy",
@@ -184,6 +192,9 @@ def copies(count: int) -> list[dict[str, Any]]:
             "file.size": 4096,
             "exfilguard.source.path": f"/srv/db/part-{n}.csv",
             "exfilguard.source.tags": ["database"],
+            # a copy on content evidence (the pack's evidenced_copy): the window policies count it
+            "exfilguard.copy.identified_by": "exact",
+            "exfilguard.copy.confidence": 1.0,
         }
         for n in range(count)
     ]
@@ -347,8 +358,11 @@ def main() -> int:
             f"real collector, whole pack  : {rate1:10,.0f} events/s, {cpu1:6.1f} us CPU/event   "
             f"capacity ratio {cpu0 / cpu1:.1%} (target >= 85%)"
         )
-        figures |= {"capacity_ratio": round(cpu0 / cpu1, 3), "pack_cpu_us": round(cpu1, 1),
-                    "bare_cpu_us": round(cpu0, 1)}
+        figures |= {
+            "capacity_ratio": round(cpu0 / cpu1, 3),
+            "pack_cpu_us": round(cpu1, 1),
+            "bare_cpu_us": round(cpu0, 1),
+        }
 
     mib, open_groups, _ = memory(args.groups, whole_pack=False)
     print(

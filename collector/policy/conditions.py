@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from collector.policy import regex
-from collector.policy.fields import DEFAULTS
+from collector.policy.fields import DEFAULTS, ENRICHED, is_list
 from collector.policy.model import (
     AllOf,
     AnyOf,
@@ -31,6 +31,11 @@ from collector.policy.model import (
 
 EventFields = Mapping[str, Any]
 Predicate = Callable[[EventFields], bool]
+
+
+_MISSING = object()
+# Fields at hand when policies run: set by the collector's enrichment, or read by it from every event.
+CHEAP_FIELDS = frozenset({*ENRICHED, "event.action", "user.name", "device.serial", "host.name"})
 
 
 def _true(_: EventFields) -> bool:
@@ -65,9 +70,9 @@ class Compiler:
         if condition is None:
             return _true
         if isinstance(condition, AllOf):
-            return _all(tuple(self.compile(c) for c in condition.children))
+            return _all(tuple(self.compile(c) for c in sorted(condition.children, key=self.cost)))
         if isinstance(condition, AnyOf):
-            return _any(tuple(self.compile(c) for c in condition.children))
+            return _any(tuple(self.compile(c) for c in sorted(condition.children, key=self.cost)))
         if isinstance(condition, Not):
             inner = self.compile(condition.child)
             return lambda e: not inner(e)
@@ -80,6 +85,24 @@ class Compiler:
         if isinstance(condition, Weekday):
             return self._weekday(condition)
         return self._field(condition)
+
+    def cost(self, condition: Condition) -> int:
+        """How dear a condition is to test, to order the parts of `all` and `any` (tests have no
+        side effects, so the order changes only how soon the answer is known): 0 for fields the
+        collector has at hand (set or already read by its enrichment), 1 for a field read from the
+        stored event, 2 for a list field or a pattern, 3 for local time (a timezone conversion)."""
+        if isinstance(condition, FieldTest):
+            if condition.field in CHEAP_FIELDS:
+                return 0
+            return 2 if is_list(condition.field) or condition.op in ("glob", "regex") else 1
+        if isinstance(condition, (TimeOfDay, Weekday)):
+            return 3
+        if isinstance(condition, Not):
+            return self.cost(condition.child)
+        if isinstance(condition, MacroRef):
+            target = self._macros.get(condition.name)
+            return self.cost(target) if target is not None else 0
+        return max((self.cost(c) for c in condition.children), default=0)
 
     def exception(self, exc: PolicyException) -> Predicate:
         """A predicate that is true when the exception applies to the event."""
@@ -129,8 +152,10 @@ class Compiler:
         def get(e: EventFields) -> Any:
             return e.get(name, default)
 
-        if op == "exists":
-            return lambda e: (name in e) == value
+        if op == "exists":  # a read, not `in`: on a lazy view `in` is a call more per test
+            if value:
+                return lambda e: e.get(name, _MISSING) is not _MISSING
+            return lambda e: e.get(name, _MISSING) is _MISSING
         if op in ("eq", "ne", "any_of", "in", "not_in"):
             if op in ("in", "not_in"):
                 allowed = self._lists[str(value)]
@@ -206,6 +231,13 @@ def _all(parts: tuple[Predicate, ...]) -> Predicate:
     return every
 
 
+def any_of(parts: list[Predicate]) -> Predicate | None:
+    """One predicate true when any of `parts` is (None for none, the part itself for one)."""
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else _any(tuple(parts))
+
+
 def _any(parts: tuple[Predicate, ...]) -> Predicate:
     def some(e: EventFields) -> bool:
         for part in parts:  # noqa: SIM110
@@ -233,6 +265,43 @@ def _member(value: Any, allowed: frozenset[Any]) -> bool:
 
 def _hashable(value: Any) -> Any:
     return value if not isinstance(value, (dict, list)) else None
+
+
+def without_known_actions(
+    condition: Condition | None, actions: frozenset[str], macros: Mapping[str, Condition]
+) -> Condition | None:
+    """`condition` for events whose event.action is known to be one of `actions`: tests of
+    event.action that every one of them passes are left out (None: nothing left to test).
+
+    The engine offers an event only to the policies indexed under its action, so the action
+    test each policy starts with would hold every time; each is a field read and a call per
+    policy and event. Macros holding such a test are inlined; other macros stay shared.
+    """
+    if condition is None:
+        return None
+    if isinstance(condition, FieldTest):
+        if condition.field == "event.action" and condition.op in ("eq", "any_of"):
+            values = condition.value if isinstance(condition.value, tuple) else (condition.value,)
+            if actions <= frozenset(str(v) for v in values):
+                return None
+        return condition
+    if isinstance(condition, MacroRef):
+        target = macros.get(condition.name)
+        if target is None:
+            return condition
+        reduced = without_known_actions(target, actions, macros)
+        return condition if reduced == target else reduced
+    if isinstance(condition, AllOf):
+        reduced_children = [without_known_actions(c, actions, macros) for c in condition.children]
+        kept = [k for k in reduced_children if k is not None]
+        if len(kept) == len(condition.children) and all(
+            k is c for k, c in zip(kept, condition.children, strict=True)
+        ):
+            return condition
+        if not kept:
+            return None
+        return kept[0] if len(kept) == 1 else AllOf(tuple(kept), condition.where)
+    return condition
 
 
 def required_actions(condition: Condition | None, macros: Mapping[str, Condition]) -> frozenset[str] | None:

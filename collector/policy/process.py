@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import json
 import logging
 import signal
@@ -278,6 +279,10 @@ async def serve(report_fd: int) -> int:
             reports.send(FAILED, str(exc).encode())  # the collector's start fails with this message
             return 2
         reports.send(READY, b"{}")
+        # What start-up made (modules, the config, the compiled set, windows rebuilt from the store)
+        # lives as long as the process: frozen, the full collections that growing window and
+        # suppression state brings about no longer walk it each time.
+        gc.freeze()
         stop = loop.create_future()
 
         def _stop() -> None:

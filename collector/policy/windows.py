@@ -172,7 +172,9 @@ class AggregateWindow(_Groups):
             amount = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else 0.0
         value = None
         if self.distinct_field:
-            value = group_value(event.get(self.distinct_field))
+            value = event.get(self.distinct_field)
+            if isinstance(value, (list, dict)):  # a scalar (nearly always) is its own key
+                value = group_value(value)
         entries = tally.entries
         entries.append((now, event_id, amount, value))
         tally.total += amount

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from collector.policy import conditions
 from collector.policy.engine import PolicyEngine
 from collector.policy.errors import PolicySetError
 from tests.policy.helpers import engine, event, fired, policy_set
@@ -237,8 +238,9 @@ def test_coverage_counts_the_members_of_an_archive() -> None:
     runner.evaluate(inventory(5, 500))
     tar = copy(0, path="/srv/db/0")
     tar["exfilguard.copy.sources"] = [f"/srv/db/{i}" for i in range(3)]
-    tar["exfilguard.copy.members"] = [{"name": f"db/{i}", "source": f"/srv/db/{i}", "size": 100}
-                                      for i in range(3)]
+    tar["exfilguard.copy.members"] = [
+        {"name": f"db/{i}", "source": f"/srv/db/{i}", "size": 100} for i in range(3)
+    ]
     assert fired(runner, tar) == []  # 3 of 5
     other = copy(1, path="/srv/db/3")
     other["exfilguard.copy.sources"] = ["/srv/db/3", "/srv/db/2"]  # 2 again: counted once
@@ -397,6 +399,26 @@ def test_index_by_action_skips_unrelated_policies() -> None:
     runner = engine(SUPPRESS)
     assert fired(runner, event("file.read")) == []
     assert runner.stats()["policies"] == 1
+
+
+@pytest.mark.parametrize(
+    ("condition", "left"),
+    [
+        ("{event.action: file.write, file.path: /a}", "file.path"),  # the action test is left out
+        ("{all: [removable_write, {file.path: /a}]}", "file.path"),  # from the macro too
+        ("{event.action: [file.write, file.copy]}", None),  # nothing left to test
+        ("{any: [removable_write, {file.path: /a}]}", "any"),  # an alternative stays as written
+    ],
+)
+def test_the_index_leaves_out_action_tests_it_already_made(condition: str, left: str | None) -> None:
+    macros = {"removable_write": policy_set(ONE % "removable_write").macros["removable_write"].condition}
+    when = policy_set(ONE % condition).policies[0].when
+    reduced = conditions.without_known_actions(when, frozenset({"file.write"}), macros)
+    shown = None if reduced is None else getattr(reduced, "field", type(reduced).__name__.lower()[:3])
+    assert shown == left
+    runner = single(condition)
+    assert fired(runner, event("file.write", file__path="/a")) == ["p"]
+    assert fired(runner, event("file.open", file__path="/a")) == ([] if left != "any" else ["p"])
 
 
 def test_window_groups_are_capped_and_expire() -> None:

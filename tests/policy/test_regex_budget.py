@@ -3,12 +3,14 @@ budget skips (and counts) what is still too slow, so no policy can stall ingest.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -47,6 +49,10 @@ policies:
     summary: "2"
     tags: [t]
 """
+
+PATHS = TWO.replace(
+    "when: {event.action: file.write}", "when: {event.action: file.write, file.path: {startswith: /media/}}"
+)
 
 
 def test_a_backtracking_pattern_against_a_long_name_does_not_stall() -> None:
@@ -130,6 +136,34 @@ def test_a_single_stall_does_not_switch_a_policy_off() -> None:
     for n in range(2 * SUSPEND_STRIKES):
         runner._overran("first", {}, 1.0, wall=n * STRIKE_WINDOW_SECONDS)
     assert runner.stats()["suspended_policies"] == []
+
+
+class _CollectsOnRead(dict[str, Any]):
+    """An event whose first read of file.path runs a full garbage collection (once)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "file.path" and not self.get("collected"):
+            self["collected"] = True
+            gc.collect()
+        return super().get(key, default)
+
+
+def test_a_garbage_collection_is_not_a_policy_overrun() -> None:
+    # A full collection of a large state can take longer than the budget; it is not the policy's.
+    runner = PolicyEngine(policy_set(PATHS), suppression_seconds=0.0, budget_seconds=0.1)
+
+    def slow_collection(phase: str, _info: dict[str, int]) -> None:
+        if phase == "start":
+            time.sleep(0.3)
+
+    gc.callbacks.append(slow_collection)
+    try:
+        alerts = runner.evaluate(_CollectsOnRead(event("file.write", file__path="/media/s/x")))
+    finally:
+        gc.callbacks.remove(slow_collection)
+    assert [a.policy_id for a in alerts] == ["first", "second"]
+    assert runner.stats()["skipped_by_policy"] == {}
+    assert runner._strikes == {}
 
 
 def test_a_generous_budget_skips_nothing() -> None:
