@@ -34,7 +34,7 @@ _ID_MASK = MAX_ID
 ChunkSink = Callable[[int, int], None]  # (key, length)
 
 
-def chunk_key(data: bytes | memoryview) -> int:
+def chunk_key(data: bytes | bytearray | memoryview) -> int:
     """The 40-bit name of a chunk (BLAKE2b prefix, never 0)."""
     return (int.from_bytes(hashlib.blake2b(data, digest_size=5).digest(), "little") & _KEY_MASK) or 1
 
@@ -81,6 +81,11 @@ class ChunkStream:
         self._cut(final=True)
 
     def _cut(self, *, final: bool) -> None:
+        if final and len(self._buf) <= MIN_CHUNK:  # FastCDC cuts nothing before MIN_CHUNK
+            if self._buf and not _uniform(memoryview(self._buf)):  # a small file: one chunk
+                self._sink(chunk_key(self._buf), len(self._buf))
+            self._buf = bytearray()
+            return
         view = memoryview(self._buf)
         try:
             chunks = list(self._cdc.cut_buf(view))
