@@ -23,6 +23,7 @@ from pathlib import Path
 
 from agent.sensors import Emit, procinfo, provenance
 from agent.sensors.copies import CopyDetector, written_text
+from agent.sensors.deviceopens import device_writers
 from agent.sensors.fanotify import FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_OPEN, Access, FanotifySensor
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import SourceRead
@@ -31,6 +32,7 @@ from agent.sensors.mounts import MOUNTINFO, parse_mountinfo
 from agent.sensors.newdirs import NewDirectories
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from agent.sensors.tags import TagMap
+from protos import exfilguard_pb2 as pb
 from protos.events import new_event, sibling_event
 
 log = logging.getLogger(__name__)
@@ -244,6 +246,7 @@ class ExactAccessSensor:
         # others that mark new tagged directories too (the prevention guard)
         self.also_mark: list[Callable[[str], None]] = []
         self._system_devs: set[int] = set()
+        self.device_writers = device_writers()  # who writes to raw removable devices
         self.new_dirs = NewDirectories(tags, reporter.emit, self._mark_new_dir,
                                        system_devs=lambda: self._system_devs)
         reporter.on_written = self.new_dirs.written
@@ -251,6 +254,8 @@ class ExactAccessSensor:
     def start(self) -> None:
         """Mark everything, then read events."""
         self.fanotify.start()
+        if self.device_writers is not None:
+            self.device_writers.start()
         self.mark_tagged()
         seen_devs: set[int] = set()
         for path in (*self._system_paths, *_memory_file_systems()):
@@ -267,6 +272,8 @@ class ExactAccessSensor:
     def stop(self) -> None:
         """Close the group; idempotent."""
         self.fanotify.stop()
+        if self.device_writers is not None:
+            self.device_writers.stop()
         self.new_dirs.stop()
 
     def mark_tagged(self) -> None:
@@ -288,6 +295,21 @@ class ExactAccessSensor:
         self.fanotify.mark_dir(path)
         for mark in self.also_mark:
             mark(path)
+
+    def device_attached(self, device: pb.Device) -> None:
+        """A removable block device appeared: note who opens its node for writing."""
+        if self.device_writers is not None:
+            self.device_writers.watch(device.name)
+
+    def device_detached(self, device: pb.Device) -> None:
+        """It went: forget its node."""
+        if self.device_writers is not None:
+            self.device_writers.forget(device.name)
+
+    def device_writer(self, node: str) -> procinfo.ProcessInfo | None:
+        """The process that last wrote to the device node (dd has exited by the time the
+        page cache reaches the device), if known."""
+        return self.device_writers.writer(node) if self.device_writers is not None else None
 
     def _mount_changed(self, mount: RemovableMount, appeared: bool) -> None:
         self.fanotify.mark_mount(mount.point, add=appeared)

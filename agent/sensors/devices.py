@@ -54,6 +54,7 @@ class _RawWrite:
     bytes: int
     changed_at: float
     writer: procinfo.ProcessInfo | None
+    attribution: str = procinfo.NONE
 
 
 def _sectors_written(node: str) -> int | None:
@@ -89,8 +90,10 @@ class DeviceSensor:
     def __init__(self, media: RemovableMedia, emit: Emit,
                  on_attach: Callable[[pb.Device], None] | None = None,
                  on_detach: Callable[[pb.Device], None] | None = None,
-                 examiner: Examiner | None = None, *, sessions: str = seat.RUN) -> None:
+                 examiner: Examiner | None = None, *, sessions: str = seat.RUN,
+                 last_writer: Callable[[str], procinfo.ProcessInfo | None] | None = None) -> None:
         self.media = media
+        self._last_writer = last_writer  # who fanotify saw write to a device node (root only)
         self._sessions = sessions  # where logind keeps its seats and sessions (agent/sensors/seat.py)
         self._examiner = examiner
         self._raw: dict[str, _RawWrite] = {}  # device node -> writes to read back
@@ -205,16 +208,27 @@ class DeviceSensor:
             event.exfilguard.count = (sectors - before) * 512
             event.event.reason = (f"{(sectors - before) * 512} bytes written to the raw device "
                                   "with no file system mounted")
-            writer = _writer_of(device.name)
-            procinfo.describe(event, writer, procinfo.INFERRED if writer else procinfo.NONE)
+            writer, how = self._writer(device.name)
+            procinfo.describe(event, writer, how)
             self._emit(event)
             pending = self._raw.get(device.name)
             if pending is None:
-                self._raw[device.name] = _RawWrite((sectors - before) * 512, now, writer)
+                self._raw[device.name] = _RawWrite((sectors - before) * 512, now, writer, how)
             else:
                 pending.bytes += (sectors - before) * 512
                 pending.changed_at = now
-                pending.writer = pending.writer or writer
+                if pending.writer is None:
+                    pending.writer, pending.attribution = writer, how
+
+    def _writer(self, node: str) -> tuple[procinfo.ProcessInfo | None, str]:
+        """Who wrote to the raw device: a process holding it open for writing now, else the
+        one fanotify saw close it after writing (dd has exited by the time the page cache
+        reaches the device), and how sure that is."""
+        writer = _writer_of(node)
+        if writer is not None:
+            return writer, procinfo.INFERRED
+        writer = self._last_writer(node) if self._last_writer is not None else None
+        return writer, procinfo.EXACT if writer is not None else procinfo.NONE
 
     def _read_back_if_settled(self, device: pb.Device, now: float) -> None:
         """Identify what was written once the device's write counter held still."""
@@ -242,7 +256,7 @@ class DeviceSensor:
         found.fill(event)
         event.event.reason = (f"{pending.bytes} bytes written to the raw device; read back: "
                               f"{found.format or 'data'} holding {len(found.sources)} tagged file(s)")
-        procinfo.describe(event, pending.writer, procinfo.INFERRED if pending.writer else procinfo.NONE)
+        procinfo.describe(event, pending.writer, pending.attribution)
         self._emit(event)
 
     def forget_writes(self, node: str) -> None:

@@ -100,9 +100,17 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
 
     def attached(device: pb.Device) -> None:
         guard.attached(device)  # first: before anything mounts it
+        if exact is not None:
+            exact.device_attached(device)  # who opens its node for writing (a raw dd)
         mounts.recheck()  # a mount seen before udev described its device
 
-    devices = DeviceSensor(media, emit, on_attach=attached, on_detach=guard.detached, examiner=examiner)
+    def detached(device: pb.Device) -> None:
+        guard.detached(device)
+        if exact is not None:
+            exact.device_detached(device)
+
+    devices = DeviceSensor(media, emit, on_attach=attached, on_detach=detached, examiner=examiner,
+                           last_writer=exact.device_writer if exact is not None else None)
     # after an unmount the device's write counter moved (the unmount flushed): not a raw write
     media.subscribe(lambda mount, appeared: None if appeared else devices.forget_writes(mount.device.name))
     inventory = InventorySensor(index, emit, settings.inventory_seconds)

@@ -151,6 +151,10 @@ def test_a_raw_dd_of_a_tgz_onto_the_stick_is_read_back(loop_stick: Any, db: Path
         assert sorted(copy["exfilguard.copy.sources"]) == sorted(str(p) for p in db.iterdir())
         assert copy["exfilguard.source.path"] in copy["exfilguard.copy.sources"]
         assert copy["tags"] == TAGS
+        # who: dd had exited when the counter moved; the device node's own watch named it
+        for event in (raw, copy):
+            assert event["process.name"] == "dd" and event["exfilguard.attribution"] == "exact"
+            assert f"of={stick.device}" in event["process.command_line"]
 
 
 def test_a_copy_still_matches_its_source_edited_or_deleted_right_after(loop_stick: Any, db: Path) -> None:
