@@ -43,12 +43,19 @@ from protos.wire import REFUSED_SEQUENCE_KEY
 
 log = logging.getLogger("exfilguard.collector.ingest")
 
-_GROUP_EVENTS = 20_000  # at most this many events in one commit, so acks keep flowing
+# At most this many events in one commit: acks keep flowing, and the sealer and the listeners (the
+# policy process) take one group while the next is stored. With 20,000 (a whole fleet's window in
+# one commit) each commit waited for the sealer to chain most of the previous one.
+_GROUP_EVENTS = 5_000
 # Stored but not yet chained events beyond which a commit first waits for the sealer: the chain
-# stays within about a second of the acks, and a busy collector's cores go to the chain too. A
-# sealer that makes no progress for _CHAIN_STALL_SECONDS (stuck, dead, restarting) is not waited
-# for, and no commit waits longer than _CHAIN_HOLD_SECONDS: the chain may slow ingest, never stop it.
-MAX_UNSEALED = 5_000
+# stays within about a second of the acks, and a busy collector's cores go to the chain too. A few
+# groups, so the sealer chains one while the next ones are stored. A sealer that makes no progress
+# for _CHAIN_STALL_SECONDS (stuck, dead, restarting) is not waited for, and no commit waits longer
+# than _CHAIN_HOLD_SECONDS: the chain may slow ingest, never stop it.
+MAX_UNSEALED = 15_000
+# Committed groups handed to the listeners but not taken yet: a listener short of room (the policy
+# process's pipe) holds the commit after these, not the next one, so evaluating overlaps storing.
+_LISTENING_GROUPS = 2
 _CHAIN_HOLD_SECONDS = 10.0
 _CHAIN_STALL_SECONDS = 1.0
 _CHAIN_LOOK_SECONDS = 0.01  # while a commit waits: each look is one small query of the chains table
@@ -73,7 +80,7 @@ class StoreWriter:
     ) -> None:
         self.store = store
         self.metrics = metrics or CollectorMetrics()
-        # Told of each commit's newly stored events here, by this task, not by the streams' ackers:
+        # Told of each commit's newly stored events by the writer's own task, not by the streams' ackers:
         # a stream that ended (its agent closed it on the last ack) cancelled its acker, and the
         # batch whose ack had just gone out was never passed on (stored, never evaluated).
         self.listeners = list(listeners)
@@ -87,7 +94,10 @@ class StoreWriter:
         self._closing = False
         self._unsealed = 0  # the store's figure when last read, plus what was stored since
         self._unwatched_until = 0.0  # the sealer stalled: commits do not wait for it until then
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="store-writer")
+        loop = asyncio.get_running_loop()
+        self._heard: asyncio.Queue[list[IngestResult | Exception] | None] = asyncio.Queue(_LISTENING_GROUPS)
+        self._teller = loop.create_task(self._tell(), name="store-listeners") if self.listeners else None
+        self._task = loop.create_task(self._run(), name="store-writer")
 
     async def ingest(self, agent_id: str, events: Sequence[pb.Event]) -> IngestResult:
         """Store a batch (shared commit with whatever else is waiting); resolves after the commit."""
@@ -166,20 +176,22 @@ class StoreWriter:
                 self.metrics.events_duplicate.inc(received - stored)
                 if failed:
                     self.metrics.store_failures.inc(failed)
-                if stored and self.listeners:
-                    await self._tell_listeners(results)
+                if stored and self._teller is not None:
+                    await self._heard.put(results)
             if self._closing:
                 return
 
-    async def _tell_listeners(self, results: Sequence[IngestResult | Exception]) -> None:
-        """Pass each batch's newly stored events on, in commit order (per agent, sequence order).
+    async def _tell(self) -> None:
+        """Pass each commit's newly stored events on, in commit order (per agent, sequence order).
 
-        A listener short of room (the policy process's pipe) holds the next commit: that is how
-        a slow policy process slows ingest, and nothing stored is skipped.
+        A listener short of room (the policy process's pipe) holds this task, and once
+        _LISTENING_GROUPS commits wait for it, the next commit: that is how a slow policy process
+        slows ingest, and nothing stored is skipped.
         """
-        for result in results:
-            if not isinstance(result, Exception) and result.stored:
-                await notify_stored(self.listeners, result.stored, result.data)
+        while (results := await self._heard.get()) is not None:
+            for result in results:
+                if not isinstance(result, Exception) and result.stored:
+                    await notify_stored(self.listeners, result.stored, result.data)
 
     async def _wait_for_chain(self, loop: asyncio.AbstractEventLoop) -> None:
         """Hold the next commit while more than MAX_UNSEALED events wait for the sealer (bounded)."""
@@ -210,6 +222,10 @@ class StoreWriter:
         self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        if self._teller is not None:  # every stored event is passed on before close returns
+            await self._heard.put(None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._teller
         self._executor.shutdown(wait=True)
 
 

@@ -29,6 +29,7 @@ import sys
 import time
 
 from collector.store import StoreError, open_store
+from collector.store.sqlite import SqliteStore
 from common import logs
 
 log = logging.getLogger("exfilguard.collector.sealer")
@@ -57,6 +58,10 @@ def run(location: str, parent: int) -> int:
     except StoreError as exc:  # names the store, never a password; the collector restarts us
         log.error("sealer cannot open the store: %s", exc)
         return 1
+    if isinstance(store, SqliteStore):
+        # Chain values follow from the stored events: a power cut that undoes a step only means it
+        # is done again, so no step holds the write lock through an fsync that ingest waits for.
+        store.relaxed_commits()
     worked = 0.0  # when something was last chained
     try:
         while not stop and os.getppid() == parent:  # orphaned by kill -9: exit, the next collector seals

@@ -12,6 +12,7 @@ Typical use:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import queue
@@ -183,6 +184,21 @@ def start_collector(
         collector.kill()
         raise
     return collector
+
+
+class Held:
+    """Takes stored events only once released, as a policy process whose pipe is full."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.sequences: list[int] = []
+
+    async def on_stored(self, stored: list[pb.Event], data: list[bytes]) -> None:
+        await self.release.wait()
+        self.sequences.extend(e.event.sequence for e in stored)
+
+    async def on_events(self, mappings: list[dict[str, Any]]) -> None:
+        """Not called: every event here is stored."""
 
 
 def make_event(agent_id: str, sequence: int, action: str = "file.read", **fields: Any) -> pb.Event:

@@ -15,7 +15,7 @@ from collector.store.sqlite import SqliteStore
 from protos import events
 from protos import exfilguard_pb2 as pb
 from protos import exfilguard_pb2_grpc as pb_grpc
-from tests.helpers import make_events, write_collector_config
+from tests.helpers import Held, make_events, write_collector_config
 
 
 class Recorder:
@@ -97,21 +97,6 @@ async def _scenario(tmp_path: Path) -> None:
 
 def test_listeners_get_new_events_once_and_silent_agents(tmp_path: Path) -> None:
     asyncio.run(_scenario(tmp_path))
-
-
-class Held:
-    """Takes stored events only once released, as a policy process whose pipe is full."""
-
-    def __init__(self) -> None:
-        self.release = asyncio.Event()
-        self.sequences: list[int] = []
-
-    async def on_stored(self, stored: list[pb.Event], data: list[bytes]) -> None:
-        await self.release.wait()
-        self.sequences.extend(e.event.sequence for e in stored)
-
-    async def on_events(self, mappings: list[dict[str, Any]]) -> None:
-        """Not called: every event here is stored."""
 
 
 async def _leaving(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from collector.ingest import StoreWriter
 from collector.store import Store, StoreError, open_store
-from tests.helpers import make_event, make_events
+from tests.helpers import Held, make_event, make_events
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -101,3 +101,34 @@ def test_commits_wait_for_a_sealer_that_trails_but_not_for_one_that_stalls(
     took = asyncio.run(_ingest_under_a_sealer(tmp_path / "none.db", False, stalled))
     assert stalled[-1] == 6000  # nothing chains them, and ingest went on: one stall, then no waits
     assert took < 8, took
+
+
+async def _commits_under_a_held_listener(path: Path) -> None:
+    from collector import ingest
+
+    store = open_store(str(path))
+    held = Held()
+    writer = StoreWriter(store, seal_inline=True, listeners=[held])
+    try:
+        # One commit each: the listener holds the first, and the next ones still commit...
+        committed = []
+        for first in range(1, 1 + 10 * (ingest._LISTENING_GROUPS + 1), 10):
+            committed.append((await writer.ingest("a", make_events("a", first, first + 9))).watermark)
+        assert committed[-1] == 10 * (ingest._LISTENING_GROUPS + 1)
+        # ... until that many commits wait for it: then the commit after the next one waits too.
+        last = 10 * (ingest._LISTENING_GROUPS + 1)
+        assert (await writer.ingest("a", make_events("a", last + 1, last + 10))).watermark == last + 10
+        nothing = writer.submit("a", make_events("a", last + 11, last + 20))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(nothing), 0.5)
+        held.release.set()
+        assert (await nothing).watermark == last + 20
+    finally:
+        held.release.set()
+        await writer.close()  # passes every stored event on before it returns
+        store.close()
+    assert held.sequences == list(range(1, last + 21))
+
+
+def test_storing_goes_on_while_listeners_take_earlier_commits_up_to_a_bound(tmp_path: Path) -> None:
+    asyncio.run(_commits_under_a_held_listener(tmp_path / "held.db"))
