@@ -2,7 +2,7 @@
 
     exfilguard exception grant --host H --user U [--device SERIAL] --for 2h --note TEXT [--by NAME]
     exfilguard exception list [--host H] [--all] [--json]       active grants (--all: every one)
-    exfilguard exception revoke ID
+    exfilguard exception revoke ID [--by NAME]
 
 A grant lets user U on host H copy tagged data to removable media (only to the device with
 serial SERIAL, when given) although prevent.removable_writes is block, until the time is up.
@@ -63,6 +63,8 @@ def register(subparsers: Any) -> None:
     listing.set_defaults(run=run_list)
     revoke = sub.add_parser("revoke", help="end a grant now")
     revoke.add_argument("grant_id", metavar="ID")
+    revoke.add_argument("--by", default=None, metavar="NAME",
+                        help="the officer (default: $SUDO_USER or your login name)")
     store_options(revoke, default=None)
     revoke.set_defaults(run=run_revoke)
 
@@ -129,13 +131,14 @@ def run_revoke(args: argparse.Namespace) -> int:
     """End a grant now: it leaves the host's push at once."""
 
     def work(store: Store) -> int:
-        revoked = store.revoke_grant(args.grant_id, ecs_now())
+        revoked = store.revoke_grant(args.grant_id, ecs_now(), args.by or invoking_user())
         if revoked is None:
             return fail("exception", f"no grant {clean(args.grant_id)} in force to revoke", EXIT_NOTHING)
         if args.json:
             print_json(revoked.as_dict())
         else:
-            print(f"revoked {revoked.id} ({clean(revoked.user)} on {clean(revoked.host)}); the collector "
+            print(f"revoked {revoked.id} ({clean(revoked.user)} on {clean(revoked.host)}) by "
+                  f"{clean(revoked.revoked_by)}; the collector "
                   "pushes the change to the host's agent within seconds")
         return 0
 
@@ -144,5 +147,6 @@ def run_revoke(args: argparse.Namespace) -> int:
 
 def _state(grant: GrantRecord, now: str) -> str:
     if grant.revoked_at:
-        return f"revoked {grant.revoked_at[:19]}Z"
+        by = f" by {clean(grant.revoked_by)}" if grant.revoked_by else ""
+        return f"revoked {grant.revoked_at[:19]}Z{by}"
     return "active" if grant.active(now) else "expired"

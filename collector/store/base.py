@@ -309,8 +309,9 @@ class Store(abc.ABC):
         nor expired at the ECS time `active_at`."""
 
     @abc.abstractmethod
-    def revoke_grant(self, grant_id: str, at: str) -> GrantRecord | None:
-        """Mark a grant revoked at `at`; the revoked grant, None when no unrevoked grant has that id."""
+    def revoke_grant(self, grant_id: str, at: str, by: str = "") -> GrantRecord | None:
+        """Mark a grant revoked at `at` by the officer `by`; the revoked grant, None when no unrevoked
+        grant has that id."""
 
     @abc.abstractmethod
     def domain(self) -> DomainSql:

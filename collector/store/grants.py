@@ -2,13 +2,14 @@
 
 A grant lets one user on one host (and, when named, only onto one device) copy tagged data to
 removable media until `until`. The row is the record an auditor reads: who granted it
-(`granted_by`), when, why (`note`), and when it was revoked (`revoked_at`, "" while not). A
+(`granted_by`), when, why (`note`), and when and by whom it was revoked (`revoked_at`, "" while
+not; `revoked_by`). A
 grant is never deleted; a revoked or expired one simply stops being pushed
 (collector/fleet/config.py). `signature` is the collector's Ed25519 signature over the grant
 (common/grants.py), which the agent checks before honouring it.
 
-Schema 6 adds the table (both backends, the same statements). Hosts are kept lower case and
-compared so; times are ECS strings, compared as text.
+Schema 6 adds the table (both backends, the same statements), schema 9 its `revoked_by`. Hosts
+are kept lower case and compared so; times are ECS strings, compared as text.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class GrantRecord:
     until: str  # ECS time
     revoked_at: str = ""  # ECS time; "" while not revoked
     signature: str = ""  # base64 Ed25519 over common.grants.signed_bytes
+    revoked_by: str = ""  # the officer who revoked it ("" while not, and for grants revoked before schema 9)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (`exfilguard exception list --json`)."""
@@ -41,7 +43,8 @@ class GrantRecord:
         return not self.revoked_at and now < self.until
 
 
-_COLUMNS = "id, host, user_name, device, granted_by, note, granted_at, until, revoked_at, signature"
+_COLUMNS_6 = "id, host, user_name, device, granted_by, note, granted_at, until, revoked_at, signature"
+_COLUMNS = f"{_COLUMNS_6}, revoked_by"
 _TABLE = (
     "CREATE TABLE {exists}grants (id TEXT{c} PRIMARY KEY, host TEXT{c} NOT NULL, user_name TEXT NOT NULL,"
     " device TEXT NOT NULL, granted_by TEXT NOT NULL, note TEXT NOT NULL, granted_at TEXT{c} NOT NULL,"
@@ -56,11 +59,19 @@ POSTGRES_SCHEMA_6 = (
     "CREATE INDEX IF NOT EXISTS grants_by_host ON grants (host, until)",
 )
 
-INSERT = f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 (fixed)
+# who revoked a grant: SQLite adds the column only where it is missing (it has no IF NOT EXISTS)
+SCHEMA_9_COLUMN = "revoked_by"
+SQLITE_SCHEMA_9 = "ALTER TABLE grants ADD COLUMN revoked_by TEXT NOT NULL DEFAULT ''"
+POSTGRES_SCHEMA_9 = "ALTER TABLE grants ADD COLUMN IF NOT EXISTS revoked_by TEXT NOT NULL DEFAULT ''"
+
+INSERT = f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 (fixed)
 SELECT = f"SELECT {_COLUMNS} FROM grants"  # noqa: S608 (fixed)
+SELECT_6 = f"SELECT {_COLUMNS_6}, '' FROM grants"  # noqa: S608 (a read-only view of schema 6 to 8)
 ORDER = " ORDER BY granted_at, id"
-# (revoked_at, id): one revocation only; the revoked row comes back, none when there was nothing to revoke
-REVOKE = f"UPDATE grants SET revoked_at = ? WHERE id = ? AND revoked_at = '' RETURNING {_COLUMNS}"  # noqa: S608
+# (revoked_at, revoked_by, id): one revocation only; the revoked row comes back, none when there was
+# nothing to revoke
+REVOKE = (f"UPDATE grants SET revoked_at = ?, revoked_by = ? WHERE id = ? AND revoked_at = ''"  # noqa: S608
+          f" RETURNING {_COLUMNS}")
 
 
 def record(row: Any) -> GrantRecord:
@@ -71,4 +82,4 @@ def record(row: Any) -> GrantRecord:
 def row(grant: GrantRecord) -> tuple[str, ...]:
     """The INSERT parameters of a grant (host lower case)."""
     return (grant.id, grant.host.lower(), grant.user, grant.device, grant.granted_by, grant.note,
-            grant.granted_at, grant.until, grant.revoked_at, grant.signature)
+            grant.granted_at, grant.until, grant.revoked_at, grant.signature, grant.revoked_by)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exfilguard.collector.store")
 
-SCHEMA_VERSION = 8  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+SCHEMA_VERSION = 9  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
 # 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
 # 6: prevention exceptions officers grant (store/grants.py); 7: events found by event id;
 # 8: the alert outbox (store/outbox.py)
@@ -244,6 +244,8 @@ class PostgresStore(shared.SqlStore):
                     self._db.execute(shared.EVENT_ID_INDEX)
                 if version < 8:
                     self._db.execute(outbox.SCHEMA_8)
+                if version < 9:
+                    self._db.execute(grants.POSTGRES_SCHEMA_9)
                 if version < SCHEMA_VERSION:
                     self._db.execute("INSERT INTO exfilguard_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION

@@ -440,14 +440,15 @@ class SqlStore(Store):
             clauses.append("revoked_at = '' AND until > ?")
             params.append(active_at)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        rows = self._all(self._q(grant_sql.SELECT + where + grant_sql.ORDER), params)
+        select = grant_sql.SELECT if self._version >= 9 else grant_sql.SELECT_6  # schema 9 added revoked_by
+        rows = self._all(self._q(select + where + grant_sql.ORDER), params)
         return [grant_sql.record(r) for r in rows]
 
-    def revoke_grant(self, grant_id: str, at: str) -> GrantRecord | None:
+    def revoke_grant(self, grant_id: str, at: str, by: str = "") -> GrantRecord | None:
         """See `Store.revoke_grant`."""
         self._writable()
         with self._statements("revoking a grant") as tx:
-            rows = tx.query(grant_sql.REVOKE, (at, grant_id))
+            rows = tx.query(grant_sql.REVOKE, (at, by, grant_id))
         return grant_sql.record(rows[0]) if rows else None
 
 

@@ -46,10 +46,10 @@ from protos import exfilguard_pb2 as pb
 if TYPE_CHECKING:
     from collector.store.ledger_sqlite import SqliteLedger
 
-SCHEMA_VERSION = 8  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+SCHEMA_VERSION = 9  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
 # 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
 # 6: prevention exceptions officers grant (store/grants.py); 7: events found by event id;
-# 8: the alert outbox (store/outbox.py)
+# 8: the alert outbox (store/outbox.py); 9: who revoked a grant (grants.revoked_by)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -267,6 +267,9 @@ class SqliteStore(shared.SqlStore):
             db.execute(shared.EVENT_ID_INDEX)
         if version < 8:
             db.execute(outbox.SCHEMA_8)
+        columns = {r[1] for r in db.execute("PRAGMA table_info(grants)")}
+        if version < 9 and grants.SCHEMA_9_COLUMN not in columns:
+            db.execute(grants.SQLITE_SCHEMA_9)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ events

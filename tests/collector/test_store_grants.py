@@ -32,12 +32,15 @@ def test_grants_are_recorded_listed_by_host_and_activity_and_revoked_once(store:
     assert [g.id for g in store.grants(host="Ws-17")] == ["G-1", "G-3"]
     # G-3 expired at 12:30: not active at 13:00
     assert [g.id for g in store.grants(host="ws-17", active_at="2026-12-02T13:00:00.000000Z")] == ["G-1"]
-    revoked = store.revoke_grant("G-1", "2026-12-02T13:05:00.000000Z")
+    revoked = store.revoke_grant("G-1", "2026-12-02T13:05:00.000000Z", "dave")
     assert revoked is not None and revoked.revoked_at == "2026-12-02T13:05:00.000000Z"
-    assert store.revoke_grant("G-1", "2026-12-02T13:06:00.000000Z") is None  # the first revocation stays
+    assert revoked.revoked_by == "dave"
+    # the first revocation stays
+    assert store.revoke_grant("G-1", "2026-12-02T13:06:00.000000Z", "erin") is None
     assert store.revoke_grant("G-404", "2026-12-02T13:06:00.000000Z") is None
     assert store.grants(host="ws-17", active_at="2026-12-02T13:10:00.000000Z") == []
     assert [g.revoked_at for g in store.grants(host="ws-17")] == ["2026-12-02T13:05:00.000000Z", ""]
+    assert [g.revoked_by for g in store.grants(host="ws-17")] == ["dave", ""]
     assert not revoked.active("2026-12-02T13:00:00.000000Z")
 
 

@@ -103,8 +103,9 @@ def test_revoked_and_expired_grants_leave_the_push(collector_yaml: Path) -> None
     assert active.refresh(_active(collector_yaml)) is True
     assert active.refresh(_active(collector_yaml)) is False  # nothing changed: nothing to push
     before = FleetConfig("").effective("agent-1", HOST, active).version
-    done = run_cli("exception", "revoke", first["id"], "--config", str(collector_yaml))
+    done = run_cli("exception", "revoke", first["id"], "--by", "dave", "--config", str(collector_yaml))
     assert done.returncode == 0, done.stderr
+    assert "by dave" in done.stdout
     again = run_cli("exception", "revoke", first["id"], "--config", str(collector_yaml))
     assert again.returncode == 3
     assert active.refresh(_active(collector_yaml)) is True
@@ -119,7 +120,9 @@ def test_revoked_and_expired_grants_leave_the_push(collector_yaml: Path) -> None
         "exceptions"]] == [second["id"]]
     listed = run_cli("exception", "list", "--all", "--json", "--config", str(collector_yaml))
     states = {g["id"]: g["state"] for g in json.loads(listed.stdout)}
-    assert states[first["id"]].startswith("revoked") and states[short["id"]] == "expired"
+    assert states[first["id"]].startswith("revoked") and states[first["id"]].endswith("by dave")
+    assert states[short["id"]] == "expired"
+    assert {g["id"]: g["revoked_by"] for g in json.loads(listed.stdout)}[first["id"]] == "dave"
     assert states[second["id"]] == "active"
     assert run_cli("exception", "revoke", second["id"], "--config", str(collector_yaml)).returncode == 0
     assert active.refresh(_active(collector_yaml)) is True
