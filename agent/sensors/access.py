@@ -289,7 +289,7 @@ class ExactAccessSensor:
     def mark_dir(self, path: str) -> None:
         """Mark a new directory inside a tagged tree (inotify saw it), and report what was
         accessed in it before the mark."""
-        self.new_dirs.appeared(path)
+        self.new_dirs.appeared(path, reported=True)
 
     def _mark_new_dir(self, path: str) -> None:
         self.fanotify.mark_dir(path)

@@ -95,9 +95,11 @@ class NewDirectories:
         for directory in reversed(chain):  # from the top: a file made lower down is seen
             self.appeared(directory)
 
-    def appeared(self, path: str) -> None:
+    def appeared(self, path: str, *, reported: bool = False) -> None:
         """A directory inside a tagged tree was made (or moved in): mark it, and if it is newer
-        than its tree's marking, look into it for what happened before the mark."""
+        than its tree's marking, look into it for what happened before the mark. `reported`:
+        inotify reported it made or moved in, so an older directory changed since the marking
+        was moved in (a rename changes the moved directory's change time): from then on."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
@@ -118,8 +120,12 @@ class NewDirectories:
         finally:
             os.close(fd)
         since = self._tree_marked(path)
-        if since is None or born < since:
-            return  # the tree's walk marked it (or its root is not marked whole: nothing to say)
+        if since is None:
+            return  # its root is not marked whole: nothing to say
+        if born < since:
+            if not reported or st.st_ctime < since:
+                return  # the tree's walk marked it
+            born = st.st_ctime  # moved in
         found = self._look_into(path, st.st_dev, born, marked)
         if found is not None:
             self._report(found)
