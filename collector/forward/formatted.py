@@ -12,7 +12,8 @@ from the back. On an idle core forwarding runs up to about twice as fast; a help
 CPU costs at most its IN_FLIGHT chunks' wait at the end of a batch. Helpers run at a lower
 priority (HELPER_NICE) than the collector, so they take only what ingest leaves. Chunks and
 answers go through a pipe per helper that the calling thread reads itself between its own
-chunks (no thread of this process has to win the GIL to pass an answer on). A helper that dies
+chunks (no thread of this process has to win the GIL to pass an answer on). The first big batch
+waits for the helpers to have started (imported what they run). A helper that dies
 or hangs costs its chunks being laid out here, and so are the batches of the next
 HELPER_RETRY_SECONDS.
 
@@ -51,6 +52,7 @@ IN_FLIGHT = 2  # chunks given to each helper ahead (one to work on, one waiting)
 HELPER_NICE = 10  # helpers yield to the collector (ingest) and to the forward process itself
 MAX_HELPERS = 3
 HELPER_RETRY_SECONDS = 30.0  # after a helper died, batches are formatted here this long
+HELPER_START_SECONDS = 10.0  # the first big batch waits this long at most for the helpers to start
 HELPER_ANSWER_SECONDS = 5.0  # a helper that answered in a batch and then says nothing this long has failed
 MAX_CHUNK_BYTES = 16 << 10  # a chunk of bigger rows is laid out here (two on their way fit a pipe)
 
@@ -90,9 +92,9 @@ def _helper_main(conn: Connection, parent: int, nice: int, location: str) -> Non
     while True:
         try:
             fmts, rows = conn.recv()
-        except EOFError:
+            conn.send(lay_out(location, rows, fmts))
+        except (EOFError, OSError):  # the forward process closed the pipe (or died)
             return
-        conn.send(lay_out(location, rows, fmts))
 
 
 _PR_SET_PDEATHSIG = 1
@@ -115,6 +117,9 @@ class _Helper:
         theirs.close()
         self.held: deque[int] = deque()  # chunks of this batch it was sent, in order
         self.stale = 0  # answers still to come for chunks of batches before (laid out here meanwhile)
+        self.up = False  # it answered the empty chunk sent now: it has imported what it runs
+        self.send(-1, (), [])
+        self.stale, self.held = 1, deque()
         self.answered = 0  # events of this batch it laid out
 
     def busy(self) -> int:
@@ -193,6 +198,11 @@ class Formatter:
         for helper in helpers:
             helper.answered = 0
         try:
+            for helper in helpers:  # the first big batch waits for them to start (once)
+                if not helper.up:
+                    if not helper.answers(parts, HELPER_START_SECONDS):
+                        raise HelperGone(f"not started in {HELPER_START_SECONDS:.0f} s")
+                    helper.up = True
             while front <= back:
                 # Each helper is sent chunks from the front, at most IN_FLIGHT at a time...
                 for helper in helpers:
