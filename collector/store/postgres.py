@@ -42,10 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("exfilguard.collector.store")
 
-SCHEMA_VERSION = 9  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+SCHEMA_VERSION = 10  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
 # 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
-# 6: prevention exceptions officers grant (store/grants.py); 7: events found by event id;
-# 8: the alert outbox (store/outbox.py)
+# 6: prevention exceptions officers grant (store/grants.py); 7: an events index by event id, dropped by 10;
+# 8: the alert outbox (store/outbox.py); 9: who revoked a grant (grants.revoked_by);
+# 10: the events index by event id dropped (sql.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -240,12 +241,12 @@ class PostgresStore(shared.SqlStore):
                 if version < 6:
                     for statement in grants.POSTGRES_SCHEMA_6:
                         self._db.execute(statement)
-                if version < 7:
-                    self._db.execute(shared.EVENT_ID_INDEX)
                 if version < 8:
                     self._db.execute(outbox.SCHEMA_8)
                 if version < 9:
                     self._db.execute(grants.POSTGRES_SCHEMA_9)
+                if version < 10:
+                    self._db.execute(shared.DROP_EVENT_ID_INDEX)  # made by version 7 (sql.py)
                 if version < SCHEMA_VERSION:
                     self._db.execute("INSERT INTO exfilguard_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
                     version = SCHEMA_VERSION

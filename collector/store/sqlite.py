@@ -12,11 +12,11 @@ Two prefixes per agent, both in the `chains` table:
     Sealing (`seal`) chains stored events in sequence order, only inside the `stored` prefix.
 
 Sealing costs ~10 us of Python per event (canonical JSON from the protobuf, two SHA-256, the
-chain value written back by rowid), about as much as the rest of ingest. `ingest_batches(..., seal=True)` (the default, and
-`ingest`) chains in the same transaction. The collector passes seal=False and runs
-`collector.sealer` in a process of its own, so acks never wait for hashing and the hashing
-uses the second core; the chain then trails the acks by moments under load. Sealing is a
-compare-and-set on `sealed`, so two sealers can never write different values.
+chain value written back by rowid), about as much as the rest of ingest. `ingest_batches(...,
+seal=True)` (the default, and `ingest`) chains in the same transaction. The collector passes
+seal=False and runs `collector.sealer` in a process of its own, so acks never wait for hashing
+and the hashing uses the second core; the chain then trails the acks by moments under load.
+Sealing is a compare-and-set on `sealed`, so two sealers can never write different values.
 
 Durability: `synchronous=FULL`. An acknowledged batch lets the agent delete it from its
 spool, so a commit must survive power loss, not only a crash. The server groups several
@@ -46,10 +46,11 @@ from protos import exfilguard_pb2 as pb
 if TYPE_CHECKING:
     from collector.store.ledger_sqlite import SqliteLedger
 
-SCHEMA_VERSION = 9  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+SCHEMA_VERSION = 10  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
 # 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
-# 6: prevention exceptions officers grant (store/grants.py); 7: events found by event id;
-# 8: the alert outbox (store/outbox.py); 9: who revoked a grant (grants.revoked_by)
+# 6: prevention exceptions officers grant (store/grants.py); 7: an events index by event id, dropped by 10;
+# 8: the alert outbox (store/outbox.py); 9: who revoked a grant (grants.revoked_by);
+# 10: the events index by event id dropped (sql.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -263,13 +264,13 @@ class SqliteStore(shared.SqlStore):
         if version < 6:
             for statement in grants.SQLITE_SCHEMA_6:
                 db.execute(statement)
-        if version < 7:
-            db.execute(shared.EVENT_ID_INDEX)
         if version < 8:
             db.execute(outbox.SCHEMA_8)
         columns = {r[1] for r in db.execute("PRAGMA table_info(grants)")}
         if version < 9 and grants.SCHEMA_9_COLUMN not in columns:
             db.execute(grants.SQLITE_SCHEMA_9)
+        if version < 10:
+            db.execute(shared.DROP_EVENT_ID_INDEX)  # made by version 7 (sql.py)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ events
