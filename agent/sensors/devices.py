@@ -23,7 +23,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,10 @@ import pyudev
 from agent.background import Background
 from agent.content.examiner import Examiner
 from agent.content.identify import Identification
-from agent.sensors import Emit, procinfo, seat
+from agent.sensors import Emit, procinfo, provenance, seat
 from agent.sensors.errors import SensorError
 from agent.sensors.media import RemovableMedia, describe_udev
+from agent.sensors.provenance import Provenance
 from agent.sensors.stoppipe import StopPipe
 from protos import exfilguard_pb2 as pb
 from protos.events import new_event
@@ -45,6 +46,11 @@ _RAW_POLL_MS = 1000
 _RAW_SETTLE_SECONDS = 1.0
 _READ_BACK_MARGIN = 1 << 20        # read back this much past the bytes written
 _READ_BACK_MAX = 4 << 30
+# the page cache reaches the device up to this long after the write (vm.dirty_expire_centisecs)
+_WRITEBACK_SECONDS = 30.0
+
+# (writer pid, bytes written, wall time the write was first seen) -> what tagged data reached it
+RawLineage = Callable[[int, int, float], Provenance | None]
 
 
 @dataclass
@@ -55,6 +61,7 @@ class _RawWrite:
     changed_at: float
     writer: procinfo.ProcessInfo | None
     attribution: str = procinfo.NONE
+    started: float = field(default_factory=time.time)  # wall clock, when first seen
 
 
 def _sectors_written(node: str) -> int | None:
@@ -91,9 +98,11 @@ class DeviceSensor:
                  on_attach: Callable[[pb.Device], None] | None = None,
                  on_detach: Callable[[pb.Device], None] | None = None,
                  examiner: Examiner | None = None, *, sessions: str = seat.RUN,
-                 last_writer: Callable[[str], procinfo.ProcessInfo | None] | None = None) -> None:
+                 last_writer: Callable[[str], procinfo.ProcessInfo | None] | None = None,
+                 lineage: RawLineage | None = None) -> None:
         self.media = media
         self._last_writer = last_writer  # who fanotify saw write to a device node (root only)
+        self._lineage = lineage  # what tagged data reached the writer, when the bytes say nothing
         self._sessions = sessions  # where logind keeps its seats and sessions (agent/sensors/seat.py)
         self._examiner = examiner
         self._raw: dict[str, _RawWrite] = {}  # device node -> writes to read back
@@ -246,6 +255,7 @@ class DeviceSensor:
         if found.refused:
             log.info("reading back %s: %s", device.name, found.refused)
         if not found.found:
+            self._raw_by_lineage(device, pending, found)
             return
         event = new_event("file.copy", tags=found.tags,
                           file=pb.File(path=device.name, size=pending.bytes, type="device"))
@@ -256,6 +266,27 @@ class DeviceSensor:
         found.fill(event)
         event.event.reason = (f"{pending.bytes} bytes written to the raw device; read back: "
                               f"{found.format or 'data'} holding {len(found.sources)} tagged file(s)")
+        procinfo.describe(event, pending.writer, pending.attribution)
+        self._emit(event)
+
+    def _raw_by_lineage(self, device: pb.Device, pending: _RawWrite, found: Identification) -> None:
+        """Nothing tagged read back (an encrypted archive): the writer's lineage may still tie
+        the bytes to tagged data (dd of an archive staged and encrypted in /tmp)."""
+        if self._lineage is None or pending.writer is None or not pending.writer.pid:
+            return
+        ident = self._lineage(pending.writer.pid, pending.bytes, pending.started - _WRITEBACK_SECONDS)
+        if ident is None or not ident.evidence:
+            return
+        event = new_event("file.copy", tags=ident.tags,
+                          file=pb.File(path=device.name, size=pending.bytes, type="device"))
+        event.device.CopyFrom(device)
+        event.exfilguard.source.path = ident.source
+        event.exfilguard.source.tags.extend(ident.sources[0].tags if ident.sources else ident.tags)
+        event.exfilguard.copy.method.append("process")
+        provenance.describe(event.exfilguard.copy, ident)
+        event.exfilguard.content.entropy = found.entropy
+        event.event.reason = (f"{pending.bytes} bytes written to the raw device by a process that read "
+                              f"{ident.files} tagged file(s) while writing; read back: nothing recognised")
         procinfo.describe(event, pending.writer, pending.attribution)
         self._emit(event)
 

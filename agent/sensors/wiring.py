@@ -11,7 +11,7 @@ from agent.prevent import grants
 from agent.prevent.devices import DeviceGuard
 from agent.prevent.guard import ContentGuard
 from agent.prevent.quarantine import Quarantine
-from agent.sensors import Emit, Sensor, fanotify, procinfo
+from agent.sensors import Emit, Sensor, fanotify, procinfo, provenance
 from agent.sensors.access import AccessReporter, ExactAccessSensor
 from agent.sensors.copies import CopyDetector
 from agent.sensors.devices import DeviceSensor
@@ -109,8 +109,12 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
         if exact is not None:
             exact.device_detached(device)
 
+    def raw_lineage(pid: int, size: int, since: float) -> provenance.Provenance | None:
+        return provenance.by_lineage(copies.flow.flow([pid]), size, since)
+
     devices = DeviceSensor(media, emit, on_attach=attached, on_detach=detached, examiner=examiner,
-                           last_writer=exact.device_writer if exact is not None else None)
+                           last_writer=exact.device_writer if exact is not None else None,
+                           lineage=raw_lineage)
     # after an unmount the device's write counter moved (the unmount flushed): not a raw write
     media.subscribe(lambda mount, appeared: None if appeared else devices.forget_writes(mount.device.name))
     inventory = InventorySensor(index, emit, settings.inventory_seconds)

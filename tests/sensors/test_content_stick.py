@@ -157,6 +157,23 @@ def test_a_raw_dd_of_a_tgz_onto_the_stick_is_read_back(loop_stick: Any, db: Path
             assert f"of={stick.device}" in event["process.command_line"]
 
 
+def test_an_encrypted_pipeline_written_raw_onto_the_stick_is_tied_by_lineage(
+        loop_stick: Any, db: Path, tmp_path: Path) -> None:
+    """`tar cz db | openssl enc | dd of=/dev/sdX`: nothing tagged can be read back from the
+    device, but dd wrote what the pipeline read from the tagged tree while it ran."""
+    stick: LoopStick = loop_stick(label=f"EGE{os.getpid() % 100000}", serial=f"EGE{os.getpid()}")
+    with _running(db) as run:
+        stick.plug()
+        run.events.wait_for(run.events.action("device.attach", {"device.serial": stick.serial}))
+        _sh(f"tar cz -C {db.parent} db | openssl enc -aes-256-cbc -pbkdf2 -pass pass:x | "
+            f"dd of={stick.device} bs=64k iflag=fullblock conv=fsync status=none", tmp_path)
+        copy = _copy_of(run, stick.device)
+        assert copy["exfilguard.copy.identified_by"] == "lineage-bytes"
+        assert copy["exfilguard.source.path"].startswith(str(db) + "/")
+        assert copy["tags"] == TAGS
+        assert copy["process.name"] == "dd" and copy["exfilguard.attribution"] == "exact"
+
+
 def test_a_copy_still_matches_its_source_edited_or_deleted_right_after(loop_stick: Any, db: Path) -> None:
     """`cp` then `sed -i` (or `rm`) of the source, the copy's close handled after the change
     was indexed: it is still an exact copy of the source as it was (formers.py)."""
