@@ -48,11 +48,11 @@ log = logging.getLogger("exfilguard.collector.ingest")
 # one commit) each commit waited for the sealer to chain most of the previous one.
 _GROUP_EVENTS = 5_000
 # Stored but not yet chained events beyond which a commit first waits for the sealer: the chain
-# stays within about a second of the acks, and a busy collector's cores go to the chain too. A few
-# groups, so the sealer chains one while the next ones are stored. A sealer that makes no progress
+# stays within about a second of the acks, and a busy collector's cores go to the chain too. Two
+# groups, so the sealer chains one while the next is stored. A sealer that makes no progress
 # for _CHAIN_STALL_SECONDS (stuck, dead, restarting) is not waited for, and no commit waits longer
 # than _CHAIN_HOLD_SECONDS: the chain may slow ingest, never stop it.
-MAX_UNSEALED = 15_000
+MAX_UNSEALED = 10_000
 # Committed groups handed to the listeners but not taken yet: a listener short of room (the policy
 # process's pipe) holds the commit after these, not the next one, so evaluating overlaps storing.
 _LISTENING_GROUPS = 2
