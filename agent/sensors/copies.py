@@ -164,7 +164,7 @@ class CopyDetector:
         tags: list[str] = []
         by_content = False
         if content is not None and content.found:
-            sources, tags, original = self._originals(content.sources, content.tags)
+            sources, tags, original = self.originals(content.sources, content.tags)
             # found in derived files only (an encrypted export staged in /tmp): their
             # provenance is the evidence, not the exact match with them
             by_content = original and (lineage is None or content.confidence >= lineage.confidence)
@@ -206,7 +206,7 @@ class CopyDetector:
         copy.exfilguard.copy.method.extend(methods)
         self._emit(copy)
 
-    def _originals(self, paths: list[str], tags: list[str]) -> tuple[list[str], list[str], bool]:
+    def originals(self, paths: list[str], tags: list[str]) -> tuple[list[str], list[str], bool]:
         """Content found in derived files (an export staged in /tmp) named by the tagged files
         they came from: (source paths, tags, whether any was found in a tagged file itself)."""
         out: list[str] = []

@@ -51,6 +51,9 @@ _WRITEBACK_SECONDS = 30.0
 
 # (writer pid, bytes written, wall time the write was first seen) -> what tagged data reached it
 RawLineage = Callable[[int, int, float], Provenance | None]
+# (paths content was found in, their tags) -> (the tagged files behind them, their tags, whether any
+# was a tagged file itself)
+Originals = Callable[[list[str], list[str]], tuple[list[str], list[str], bool]]
 
 
 @dataclass
@@ -99,10 +102,11 @@ class DeviceSensor:
                  on_detach: Callable[[pb.Device], None] | None = None,
                  examiner: Examiner | None = None, *, sessions: str = seat.RUN,
                  last_writer: Callable[[str], procinfo.ProcessInfo | None] | None = None,
-                 lineage: RawLineage | None = None) -> None:
+                 lineage: RawLineage | None = None, originals: Originals | None = None) -> None:
         self.media = media
         self._last_writer = last_writer  # who fanotify saw write to a device node (root only)
         self._lineage = lineage  # what tagged data reached the writer, when the bytes say nothing
+        self._originals = originals  # the tagged files behind derived ones
         self._sessions = sessions  # where logind keeps its seats and sessions (agent/sensors/seat.py)
         self._examiner = examiner
         self._raw: dict[str, _RawWrite] = {}  # device node -> writes to read back
@@ -257,13 +261,20 @@ class DeviceSensor:
         if not found.found:
             self._raw_by_lineage(device, pending, found)
             return
-        event = new_event("file.copy", tags=found.tags,
+        # found in files derived from tagged data (an archive staged in /tmp): named by the
+        # tagged files they came from
+        sources, tags = found.sources, found.tags
+        if self._originals is not None:
+            sources, tags, _original = self._originals(sources, tags)
+        event = new_event("file.copy", tags=tags,
                           file=pb.File(path=device.name, size=pending.bytes, type="device"))
         event.device.CopyFrom(device)
-        event.exfilguard.source.path = found.sources[0]
-        event.exfilguard.source.tags.extend(found.tags)
+        event.exfilguard.source.path = sources[0]
+        event.exfilguard.source.tags.extend(tags)
         event.exfilguard.copy.method.append("fingerprint")
         found.fill(event)
+        del event.exfilguard.copy.sources[:]
+        event.exfilguard.copy.sources.extend(sources[: provenance.MAX_SOURCES])
         event.event.reason = (f"{pending.bytes} bytes written to the raw device; read back: "
                               f"{found.format or 'data'} holding {len(found.sources)} tagged file(s)")
         procinfo.describe(event, pending.writer, pending.attribution)

@@ -114,7 +114,7 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
 
     devices = DeviceSensor(media, emit, on_attach=attached, on_detach=detached, examiner=examiner,
                            last_writer=exact.device_writer if exact is not None else None,
-                           lineage=raw_lineage)
+                           lineage=raw_lineage, originals=copies.originals)
     # after an unmount the device's write counter moved (the unmount flushed): not a raw write
     media.subscribe(lambda mount, appeared: None if appeared else devices.forget_writes(mount.device.name))
     inventory = InventorySensor(index, emit, settings.inventory_seconds)

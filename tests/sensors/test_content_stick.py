@@ -157,19 +157,31 @@ def test_a_raw_dd_of_a_tgz_onto_the_stick_is_read_back(loop_stick: Any, db: Path
             assert f"of={stick.device}" in event["process.command_line"]
 
 
-def test_an_encrypted_pipeline_written_raw_onto_the_stick_is_tied_by_lineage(
-        loop_stick: Any, db: Path, tmp_path: Path) -> None:
-    """`tar cz db | openssl enc | dd of=/dev/sdX`: nothing tagged can be read back from the
-    device, but dd wrote what the pipeline read from the tagged tree while it ran."""
+ENCRYPT = "openssl enc -aes-256-cbc -pbkdf2 -pass pass:x"
+
+
+@pytest.mark.parametrize(("script", "identified_by"), [
+    # nothing tagged can be read back from the device, but dd wrote what the pipeline read
+    (f"tar cz -C {{db}} db | {ENCRYPT} | dd of={{dev}} bs=64k iflag=fullblock conv=fsync status=none",
+     "lineage-bytes"),
+    # staged in /tmp first: what is read back is the staged file's, named by the tagged files
+    (f"tar czf s.tgz -C {{db}} db && {ENCRYPT} -in s.tgz -out s.enc && dd if=s.enc of={{dev}} conv=fsync "
+     "status=none", None),
+])
+def test_an_encrypted_archive_written_raw_onto_the_stick_names_the_tagged_sources(
+        loop_stick: Any, db: Path, tmp_path: Path, script: str, identified_by: str | None) -> None:
+    """`dd of=/dev/sdX` of an encrypted archive of the tagged tree, straight from a pipeline or
+    staged in /tmp: a copy of the device naming the tagged files and dd."""
     stick: LoopStick = loop_stick(label=f"EGE{os.getpid() % 100000}", serial=f"EGE{os.getpid()}")
     with _running(db) as run:
         stick.plug()
         run.events.wait_for(run.events.action("device.attach", {"device.serial": stick.serial}))
-        _sh(f"tar cz -C {db.parent} db | openssl enc -aes-256-cbc -pbkdf2 -pass pass:x | "
-            f"dd of={stick.device} bs=64k iflag=fullblock conv=fsync status=none", tmp_path)
+        _sh(script.format(db=db.parent, dev=stick.device), tmp_path)
         copy = _copy_of(run, stick.device)
-        assert copy["exfilguard.copy.identified_by"] == "lineage-bytes"
+        if identified_by is not None:
+            assert copy["exfilguard.copy.identified_by"] == identified_by
         assert copy["exfilguard.source.path"].startswith(str(db) + "/")
+        assert all(source.startswith(str(db) + "/") for source in copy["exfilguard.copy.sources"])
         assert copy["tags"] == TAGS
         assert copy["process.name"] == "dd" and copy["exfilguard.attribution"] == "exact"
 
