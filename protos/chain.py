@@ -17,9 +17,20 @@ from typing import Any, cast
 import orjson
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from protos import exfilguard_pb2 as pb
-from protos.events import INVALID, ecs_name, field_mapping, is_timestamp, model_fields, read_fields
+from protos.events import (
+    INVALID,
+    TimestampError,
+    ecs_name,
+    field_mapping,
+    is_timestamp,
+    message_reader,
+    model_fields,
+    read_fields,
+    timestamp_to_iso,
+)
 
 GENESIS = bytes(32)
 
@@ -139,7 +150,7 @@ _UNIQUE = "event.id"  # the message holding it never repeats: its part is not ca
 class _Top:
     """How one top-level field of the Event becomes its part of the canonical bytes."""
 
-    __slots__ = ("cache", "field", "floats", "message", "name", "names")
+    __slots__ = ("cache", "field", "floats", "message", "name", "names", "read", "timestamp")
 
     def __init__(self, field: FieldDescriptor) -> None:
         self.field = field
@@ -150,6 +161,8 @@ class _Top:
         # Read name by name unless it is or holds a timestamp (only to_mapping describes a bad one).
         timed = any(m.kind == "timestamp" for m in inside)
         self.names = None if timed else tuple(m.name for m in inside if m.kind != "message")
+        self.read = message_reader(field.name) if self.message and not timed else None
+        self.timestamp = is_timestamp(field) and not field.is_repeated
         unique = any(m.name == _UNIQUE for m in inside)
         self.cache: dict[bytes, bytes] | None = {} if self.message and not unique else None
 
@@ -157,7 +170,14 @@ class _Top:
         """This field's part (b"" when it writes nothing); None when it holds what to_mapping
         describes under exfilguard.invalid (that key sorts among the others: the event's mapping
         is needed)."""
-        if self.names is not None:
+        if self.read is not None and value is not None:
+            mapping = self.read(value)
+        elif self.timestamp and value is not None:
+            try:  # the ECS text is ASCII letters, digits and punctuation: nothing JSON escapes
+                return f'"{self.name}":"{timestamp_to_iso(cast(Timestamp, value))}"'.encode()
+            except TimestampError:
+                return None
+        elif self.names is not None:
             mapping = read_fields(event, self.names)
         else:
             mapping = field_mapping(self.field, value)

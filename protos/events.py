@@ -275,14 +275,17 @@ class EventView(MutableMapping[str, Any]):
         return float(stamp.seconds) + (stamp.nanos // 1000) / 1e6
 
 
-def _readers() -> dict[str, Reader]:
-    """One reader per dotted name to_mapping can produce (model_fields, the one walker), built once."""
+def _readers(within: str = "") -> dict[str, Reader]:
+    """One reader per dotted name to_mapping can produce (model_fields, the one walker), built once;
+    with `within` (a top-level message's name), those of its names, reading from that message."""
     out: dict[str, Reader] = {}
+    inside = within + "." if within else ""
     for model in model_fields():
-        if model.kind == "message":
-            continue  # flattened: its own fields follow
+        if model.kind == "message" or not model.name.startswith(inside):
+            continue  # a message is flattened: its own fields follow
         field = model.field
         attr = field.name if model.name in _RENAMED.values() else model.name  # only top-level names change
+        attr = attr[len(inside) :]
         path, _, name = attr.rpartition(".")
         if model.kind == "timestamp":
             out[model.name] = _timestamp_reader(path, name)
@@ -357,6 +360,22 @@ def _repeated_reader(attr: str, messages: bool) -> Reader:
 
 
 _READERS = _readers()
+
+
+def message_reader(within: str) -> Callable[[Message], Mapping]:
+    """What `to_mapping` writes for the top-level message field `within` ("process"), read from that
+    message field by field as `EventView` reads (a timestamp no ISO time expresses reads as absent)."""
+    readers = tuple(_readers(within).items())
+
+    def read(message: Message) -> Mapping:
+        out: Mapping = {}
+        for name, reader in readers:
+            value = reader(message)
+            if value is not _ABSENT:
+                out[name] = value
+        return out
+
+    return read
 
 
 def read_fields(event: Message, names: Iterable[str]) -> Mapping:
