@@ -150,7 +150,7 @@ class Decider:
         clean = self.verdicts.get(pid)
         if clean is None:
             return False
-        writing = clean.handle.writing()
+        writing = clean.handle.writing(os.fsencode(path))
         if writing is not True:
             return writing is False  # reading from the stick takes nothing away; None: unknown
         if not clean.unchanged():

@@ -35,9 +35,11 @@ def opens_for_writing(pid: int, path: str = "") -> bool | None:
     (not in an open call we know, or /proc unreadable). /proc/PID/syscall is the main thread's:
     when that is in no open of a file named as `path` is, the threads in an open of such a file
     are asked (a thumbnailer's worker thread reading a stick while another thread writes its
-    cache; an agent hashing a stick while its main thread opens its spool for writing). When
-    none is, the main thread's open answers (a name opened through a symbolic link)."""
-    name = os.fsencode(path.rstrip("/").rsplit("/", 1)[-1])
+    cache; an agent hashing a stick while its main thread opens its spool for writing; a worker
+    writing to the stick while the main thread sits in a read open of a FIFO). When none is, a
+    process of one thread is answered by its open (a name opened through a symbolic link), any
+    other is not (None)."""
+    name = os.fsencode(path)
     found = _thread_opens(pid, pid, name)
     if found is not None or not name:
         return found
@@ -48,11 +50,12 @@ def opens_for_writing(pid: int, path: str = "") -> bool | None:
     answers = {_thread_opens(pid, tid, name) for tid in tids[:_MAX_THREADS] if tid != pid}
     if True in answers or False in answers:
         return True in answers
-    return _thread_opens(pid, pid, "")
+    return _thread_opens(pid, pid, "") if len(tids) == 1 else None
 
 
 def _thread_opens(pid: int, tid: int, name: bytes | str) -> bool | None:
-    """Whether thread `tid` is in an open for writing (of a file called `name`, when given)."""
+    """Whether thread `tid` is in an open for writing (of the file at path `name`, when given:
+    names_file)."""
     try:
         with open(f"/proc/{pid}/task/{tid}/syscall", "rb") as fh:
             fields = fh.read(512).split()
@@ -66,7 +69,8 @@ def _thread_opens(pid: int, tid: int, name: bytes | str) -> bool | None:
         where = _OPENS.get(int(fields[0]))
         if where is None:
             return None
-        if name and _opened_name(pid, int(fields[1 if where in (-2, 1) else 2], 16)) != name:
+        opened = _opened_path(pid, int(fields[1 if where in (-2, 1) else 2], 16)) if name else b""
+        if name and not names_file(opened, os.fsencode(name)):
             return None  # another open of this process: not the one asked about
         if where == -1:  # openat2: the flags are in its struct open_how
             with open(f"/proc/{pid}/mem", "rb") as mem:
@@ -78,12 +82,40 @@ def _thread_opens(pid: int, tid: int, name: bytes | str) -> bool | None:
     return asks_writing(fields)
 
 
-def _opened_name(pid: int, address: int) -> bytes:
-    """The last component of the path an open call names, read from the caller's memory."""
+def _opened_path(pid: int, address: int) -> bytes:
+    """The path an open call names, read from the caller's memory (NUL and what follows too)."""
     with open(f"/proc/{pid}/mem", "rb") as mem:
         mem.seek(address)
-        raw = mem.read(_PATH_BYTES).split(b"\0", 1)[0]
-    return raw.rstrip(b"/").rsplit(b"/", 1)[-1]
+        return mem.read(_PATH_BYTES)
+
+
+def names_file(raw: bytes, path: bytes) -> bool:
+    """Whether the NUL-terminated path at the start of `raw` (an open's argument) may name the
+    file at `path` (as this agent sees it): the same path when it is absolute (a thread writing
+    a staging copy of the same name elsewhere is not opening this file), the same last component
+    when it is relative to a directory we do not resolve. An absolute path seen through another
+    mount namespace or a symbolic link does not match: the caller then does not know."""
+    arg = raw.split(b"\0", 1)[0].rstrip(b"/")
+    if arg.startswith(b"/"):
+        return arg == path.rstrip(b"/")
+    return arg.rsplit(b"/", 1)[-1] == path.rstrip(b"/").rsplit(b"/", 1)[-1]
+
+
+def path_address(fields: list[bytes]) -> int | None:
+    """Where in the caller's memory the path of the open call in /proc/PID/syscall's `fields` is."""
+    try:
+        where = _OPENS.get(int(fields[0]))
+        return None if where is None else int(fields[1 if where in (-2, 1) else 2], 16)
+    except (ValueError, IndexError):
+        return None
+
+
+def stat_threads(stat: bytes) -> int | None:
+    """The number of threads from the text of /proc/PID/stat; None when it is not that."""
+    try:
+        return int(stat[stat.rindex(b")") + 2:].split()[17])
+    except (ValueError, IndexError):
+        return None
 
 
 def asks_writing(fields: list[bytes]) -> bool | None:

@@ -51,10 +51,10 @@ _DENTS_BYTES = 4096
 _DENT_MAX = 280  # the largest linux_dirent64 (a 255-byte name)
 
 
-def pread(fd: int, size: int) -> bytes | None:
-    """Up to `size` bytes at offset 0 (a procfs file is made anew at each read from 0)."""
+def pread(fd: int, size: int, offset: int = 0) -> bytes | None:
+    """Up to `size` bytes at `offset` (a procfs file is made anew at each read from 0)."""
     buf = ctypes.create_string_buffer(size)
-    got = _pread(fd, buf, size, 0)
+    got = _pread(fd, buf, size, offset)
     return ctypes.string_at(buf, got) if got >= 0 else None
 
 

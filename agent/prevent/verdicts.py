@@ -33,6 +33,7 @@ MAX_CLEAN = 128      # processes with a clean verdict remembered (each holds up 
 MAX_HANDLES = 64     # openers of tagged files whose process group is read from a held descriptor
 _STAT_BYTES = 1024
 _SYSCALL_BYTES = 512
+_NAME_BYTES = 1024  # of an open's path read from the caller's memory (a longer one: decided in full)
 _RUNNING = b"running\n"  # /proc/PID/syscall of a task on a CPU
 _RUNNING_TRIES = 20       # looks until the opener sleeps in its open
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -44,7 +45,7 @@ class ProcessHandle:
     once that process is gone, whatever now has its number. Thread-safe: a read and `close`
     never overlap, so a descriptor number closed (and perhaps reused) is never read."""
 
-    __slots__ = ("_dir", "_fds", "_lock", "_stat", "_syscall", "pid")
+    __slots__ = ("_dir", "_fds", "_lock", "_mem", "_stat", "_syscall", "pid")
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -57,6 +58,7 @@ class ProcessHandle:
             raise
         self._syscall = -1
         self._fds = -1
+        self._mem = -1
 
     @classmethod
     def open(cls, pid: int) -> ProcessHandle | None:
@@ -72,9 +74,11 @@ class ProcessHandle:
             stat = syscalls.pread(self._stat, _STAT_BYTES) if self._stat >= 0 else None
         return procs.stat_family(stat) if stat else None
 
-    def writing(self) -> bool | None:
+    def writing(self, path: bytes = b"") -> bool | None:
         """Whether the open the process is blocked in asks for writing (procs.asks_writing);
-        None when that cannot be told here."""
+        None when that cannot be told here. /proc/PID/syscall is the main thread's: in a process
+        of more than one thread it answers only when that open names the file at `path` (the
+        event's; procs.names_file), as procs.opens_for_writing asks."""
         with self._lock:
             if self._syscall < 0:
                 self._syscall = self._open("syscall", os.O_RDONLY | os.O_CLOEXEC)
@@ -86,7 +90,18 @@ class ProcessHandle:
                 # "running": it queued its event and, woken by it, this thread took its CPU before
                 # it went to sleep in the open: give the CPU back for a moment
                 syscalls.yield_cpu()
-        return procs.asks_writing(line.split()) if line else None
+            fields = line.split() if line else []
+            answer = procs.asks_writing(fields) if fields else None
+            if answer is None or not path:
+                return answer
+            stat = syscalls.pread(self._stat, _STAT_BYTES) if self._stat >= 0 else None
+            if stat is not None and procs.stat_threads(stat) == 1:
+                return answer
+            address = procs.path_address(fields)
+            if self._mem < 0:
+                self._mem = self._open("mem", os.O_RDONLY | os.O_CLOEXEC)
+            raw = syscalls.pread(self._mem, _NAME_BYTES, address) if address and self._mem >= 0 else None
+        return answer if raw is not None and procs.names_file(raw, path) else None
 
     def held_paths(self) -> list[str] | None:
         """Paths of the files the process holds open now; None once it is gone."""
@@ -110,10 +125,10 @@ class ProcessHandle:
     def close(self) -> None:
         """Release the descriptors; idempotent."""
         with self._lock:
-            for fd in (self._fds, self._syscall, self._stat, self._dir):
+            for fd in (self._fds, self._syscall, self._mem, self._stat, self._dir):
                 if fd >= 0:
                     syscalls.close(fd)
-            self._fds = self._syscall = self._stat = self._dir = -1
+            self._fds = self._syscall = self._mem = self._stat = self._dir = -1
 
 
 @dataclass(slots=True)

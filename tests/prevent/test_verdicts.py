@@ -238,25 +238,39 @@ def test_the_thread_in_the_open_is_asked_not_the_main_thread(tmp_path: Path, mod
         child.wait(10)
 
 
-MAIN_WRITES = """
+MAIN_ELSEWHERE = """
 import os, sys, threading
-threading.Thread(target=lambda: os.open(sys.argv[1], os.O_RDONLY), daemon=True).start()
-os.open(sys.argv[2], os.O_WRONLY)
+worker, main = (os.O_RDONLY, os.O_WRONLY) if sys.argv[3] == "read" else (os.O_WRONLY, os.O_RDONLY)
+threading.Thread(target=lambda: os.open(sys.argv[1], worker), daemon=True).start()
+os.open(sys.argv[2], main)
 """
 
 
-def test_a_worker_reading_the_stick_is_a_reader_while_the_main_thread_opens_another_file_to_write(
-        tmp_path: Path) -> None:
-    stick, spool = tmp_path / "stick-file", tmp_path / "spool"
+@pytest.mark.parametrize("mode", ["read", "write"])
+def test_the_worker_in_the_open_of_the_stick_file_is_asked_while_the_main_thread_opens_another(
+        tmp_path: Path, mode: str) -> None:
+    stick, other = tmp_path / "stick-file", tmp_path / "spool"
     os.mkfifo(stick)
-    os.mkfifo(spool)
-    # the main thread waits in a write open of its spool, a worker in a read open of the stick file
-    child = subprocess.Popen([sys.executable, "-c", MAIN_WRITES, str(stick), str(spool)])
+    os.mkfifo(other)
+    # a worker waits in an open of the stick file, the main thread in the other way of another
+    # (an agent hashing the stick while it writes its spool; a program writing to the stick
+    # from a worker while its main thread sits in a read of a FIFO, which once passed as a read)
+    child = subprocess.Popen([sys.executable, "-c", MAIN_ELSEWHERE, str(stick), str(other), mode])
     try:
-        wait_for(lambda: procs.opens_for_writing(child.pid, str(stick)) is False, 15,
-                 "the worker's open to be told a read", diagnose=lambda: repr(procs.opens_for_writing(
+        wait_for(lambda: procs.opens_for_writing(child.pid, str(stick)) is (mode == "write"), 15,
+                 "the worker's open to be told", diagnose=lambda: repr(procs.opens_for_writing(
                      child.pid, str(stick))))
-        assert procs.opens_for_writing(child.pid, str(spool)) is True
+        assert procs.opens_for_writing(child.pid, str(other)) is (mode == "read")
+        assert procs.opens_for_writing(child.pid, str(tmp_path / "staging" / "spool")) is None
+        handle = ProcessHandle.open(child.pid)
+        assert handle is not None
+        try:  # the cached verdict's look at the main thread: not this file's open, so not told
+            assert handle.writing(os.fsencode(stick)) is None
+            assert handle.writing(os.fsencode(other)) is (mode == "read")
+            # a file of the same name elsewhere (a staging copy) is not the one the main thread opens
+            assert handle.writing(os.fsencode(tmp_path / "staging" / "spool")) is None
+        finally:
+            handle.close()
     finally:
         child.kill()
         child.wait(10)
