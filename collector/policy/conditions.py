@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import functools
+import operator
 import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -186,8 +187,8 @@ class Compiler:
             compare = _COMPARE[op]
 
             def number(e: EventFields) -> bool:
-                v = get(e)
-                return isinstance(v, (int, float)) and not isinstance(v, bool) and compare(v, limit)
+                v = e.get(name, default)
+                return type(v) in _NUMBERS and compare(v, limit)  # a bool is no number here
 
             return number
         patterns: tuple[str, ...] = tuple(str(p) for p in value)  # type: ignore[attr-defined]
@@ -248,11 +249,12 @@ def _any(parts: tuple[Predicate, ...]) -> Predicate:
     return some
 
 
+_NUMBERS = frozenset({int, float})
 _COMPARE: dict[str, Callable[[float, float], bool]] = {
-    "gt": lambda a, b: a > b,
-    "gte": lambda a, b: a >= b,
-    "lt": lambda a, b: a < b,
-    "lte": lambda a, b: a <= b,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
 }
 
 

@@ -39,7 +39,7 @@ from collector.alerts import alert as alert_mod
 from collector.alerts.alert import RaisedAlert
 from collector.alerts.suppress import Suppressor
 from collector.behaviour.enrich import Behaviour
-from collector.policy import conditions, fields, summary
+from collector.policy import conditions, fields, runner, summary
 from collector.policy.model import FieldTest, MacroRef, Policy, PolicySet, policy_conditions, walk
 from collector.policy.windows import (
     AggregateWindow,
@@ -128,12 +128,7 @@ class _Compiled:
     by: tuple[str, ...] = ()  # the grouping fields (aggregate, sequence, or suppress for single events)
     plain_key: bool = True  # no list field among `by`: the key is the values as they are
     reads_risk: bool = False  # tests exfilguard.risk.*: its alerts must not feed the score they read
-
-    def key(self, event: EventFields) -> tuple[Any, ...]:
-        """The group key of an event."""
-        if self.plain_key:
-            return tuple(map(event.get, self.by))
-        return tuple([group_value(event.get(f)) for f in self.by])
+    run: runner.Runner = runner.nothing  # what the policy does with an event its `when` matched
 
 
 def _shape(policy: Policy) -> tuple[Any, ...]:
@@ -245,6 +240,14 @@ class PolicyEngine:
                 plain_key=not any(fields.is_list(f) for f in by),
                 reads_risk=_reads_risk(policy, policy_set),
             )
+            entry.run = runner.build(
+                excepted=entry.excepted,
+                window=window,
+                steps=steps,
+                by=by,
+                plain_key=entry.plain_key,
+                inventory=self.inventory,
+            )
             compiled.append(entry)
             if actions is None:
                 any_action.append(entry)
@@ -331,7 +334,7 @@ class PolicyEngine:
             if suspended and self._sits_out(entry.policy.id, wall):
                 continue
             begun = ended
-            firings = self._run(entry, event, now)
+            firings = entry.run(event, now) if entry.when(event) else runner.NOTHING
             ended = clock()
             over = False
             if ended - begun > budget or ended > deadline:  # rare: garbage collections are not the policy's
@@ -435,29 +438,6 @@ class PolicyEngine:
             )
             self._skip_logged_at = now
             self._skips_unlogged = 0
-
-    def _run(self, entry: _Compiled, event: EventFields, now: float) -> list[Firing]:
-        if not entry.when(event):
-            return []
-        window = entry.window
-        if isinstance(window, SequenceWindow):
-            matched = frozenset(i for i, step in enumerate(entry.steps) if step(event))
-            if not matched or (entry.excepted is not None and entry.excepted(event)):
-                return []
-            fired = window.add(entry.key(event), now, str(event.get("event.id", "")), event, matched)
-            return [fired] if fired else []
-        if entry.excepted is not None and entry.excepted(event):
-            return []
-        event_id = str(event.get("event.id", ""))
-        if isinstance(window, AggregateWindow):
-            fired = window.add(entry.key(event), now, event_id, event)
-            return [fired] if fired else []
-        if isinstance(window, CoverageWindow):
-            agent = str(event.get("agent.id", ""))
-            return window.add(
-                entry.key(event), now, event_id, event, lambda tag: self.inventory.get((agent, tag))
-            )
-        return [Firing(entry.key(event), event, 1, [event_id] if event_id else [], {}, now, now)]
 
     def _inventory(self, event: EventFields) -> None:
         agent = str(event.get("agent.id", ""))

@@ -1,0 +1,99 @@
+"""What a policy does with an event its `when` matched, as one closure per policy built at load.
+
+    run = runner.build(excepted=..., window=..., steps=..., by=..., plain_key=..., inventory=...)
+    firings = run(event, now)          # () nearly always; a Firing when a threshold is reached
+
+The engine calls it for every matching event of every policy: the window kind, the exception
+test and the group key are settled once here, not looked up per event (the key of the usual
+one or two `by` fields is built without a loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from collector.policy.windows import (
+    AggregateWindow,
+    CoverageWindow,
+    Firing,
+    Inventory,
+    SequenceWindow,
+    group_value,
+)
+
+EventFields = Mapping[str, Any]
+Predicate = Callable[[EventFields], bool]
+Runner = Callable[[EventFields, float], Sequence[Firing]]
+NOTHING: tuple[Firing, ...] = ()
+
+
+def nothing(_event: EventFields, _now: float) -> Sequence[Firing]:
+    """A policy that fires on nothing (before `build`)."""
+    return NOTHING
+
+
+def key_of(by: tuple[str, ...], plain: bool) -> Callable[[EventFields], tuple[Any, ...]]:
+    """The group key of an event: its `by` values (lists as tuples unless `plain`: none is one)."""
+    if not plain:
+        return lambda e: tuple([group_value(e.get(f)) for f in by])
+    if len(by) == 1:
+        (only,) = by
+        return lambda e: (e.get(only),)
+    if len(by) == 2:  # the usual agent and user
+        first, second = by
+        return lambda e: (e.get(first), e.get(second))
+    return lambda e: tuple(map(e.get, by))
+
+
+def build(
+    *,
+    excepted: Predicate | None,
+    window: AggregateWindow | CoverageWindow | SequenceWindow | None,
+    steps: tuple[Predicate, ...],
+    by: tuple[str, ...],
+    plain_key: bool,
+    inventory: Mapping[tuple[str, str], Inventory],
+) -> Runner:
+    """The firings of an event the policy's `when` matched (`inventory`: the engine's, read live)."""
+    key = key_of(by, plain_key)
+    if isinstance(window, SequenceWindow):
+        numbered, advance = tuple(enumerate(steps)), window.add
+
+        def sequence(event: EventFields, now: float) -> Sequence[Firing]:
+            matched = frozenset(i for i, step in numbered if step(event))
+            if not matched or (excepted is not None and excepted(event)):
+                return NOTHING
+            fired = advance(key(event), now, str(event.get("event.id", "")), event, matched)
+            return (fired,) if fired else NOTHING
+
+        return sequence
+    if isinstance(window, AggregateWindow):
+        count = window.add
+
+        def aggregate(event: EventFields, now: float) -> Sequence[Firing]:
+            if excepted is not None and excepted(event):
+                return NOTHING
+            fired = count(key(event), now, str(event.get("event.id", "")), event)
+            return (fired,) if fired else NOTHING
+
+        return aggregate
+    if isinstance(window, CoverageWindow):
+        cover = window.add
+
+        def coverage(event: EventFields, now: float) -> Sequence[Firing]:
+            if excepted is not None and excepted(event):
+                return NOTHING
+            agent = str(event.get("agent.id", ""))
+            event_id = str(event.get("event.id", ""))
+            return cover(key(event), now, event_id, event, lambda tag: inventory.get((agent, tag)))
+
+        return coverage
+
+    def single(event: EventFields, now: float) -> Sequence[Firing]:
+        if excepted is not None and excepted(event):
+            return NOTHING
+        event_id = str(event.get("event.id", ""))
+        return (Firing(key(event), event, 1, [event_id] if event_id else [], {}, now, now),)
+
+    return single
