@@ -561,7 +561,7 @@ class FingerprintIndex:
 def _with_file(path: str, read: Callable[[int], _T], held: int | None = None) -> _T | None:
     """`read(fd)` on `path` opened (or on `held`, open on it already), then closed."""
     try:
-        fd = held if held is not None else os.open(path, _OWN_OPEN)
+        fd = held if held is not None else _open_own(path)
     except OSError:
         return None
     try:
@@ -570,6 +570,16 @@ def _with_file(path: str, read: Callable[[int], _T], held: int | None = None) ->
         return None
     finally:
         os.close(fd)
+
+
+def _open_own(path: str) -> int:
+    """Open a tagged file for the agent's own read without touching its access time where we
+    may (the owner's, or CAP_FOWNER): the access time tells a reader of a new tagged directory
+    that nobody watched yet (newdirs.py) from the agent reading what appeared there."""
+    try:
+        return os.open(path, _OWN_OPEN | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, _OWN_OPEN)
 
 
 def _walk(root: str) -> Iterable[tuple[str, int, int]]:

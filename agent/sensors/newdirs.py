@@ -34,7 +34,7 @@ from protos.events import new_event
 log = logging.getLogger(__name__)
 
 REASON = "unwatched_window"
-_REMEMBERED = 4096  # directories known (marked or old), most recent first out
+_REMEMBERED = 16_384  # directories known (marked or old), most recent first out
 _SCANNED = 10_000  # entries looked at in one new directory
 
 
@@ -70,7 +70,10 @@ class NewDirectories:
         self._system_devs = system_devs  # file systems whose writes the system marks see
         self._every = every
         self._marked_at: dict[str, float] = {}  # tagged root -> wall time its tree walk began
+        # directories marked here: by path (a tagged write's look-up) and by inode (the mark
+        # follows the inode: a directory renamed inside the tree is watched already)
         self._known: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
+        self._inodes: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._pending: _Window | None = None
         self._reported_at = 0.0
@@ -108,12 +111,15 @@ class NewDirectories:
             st = os.fstat(fd)
             identity = (st.st_dev, st.st_ino)
             with self._lock:
-                if self._known.get(path) == identity:
-                    return  # marked already (inotify and fanotify both tell of it)
                 self._known[path] = identity
                 self._known.move_to_end(path)
                 while len(self._known) > _REMEMBERED:
                     self._known.popitem(last=False)
+                if identity in self._inodes:
+                    return  # marked already (inotify and fanotify both tell of it, or renamed)
+                self._inodes[identity] = None
+                while len(self._inodes) > _REMEMBERED:
+                    self._inodes.popitem(last=False)
             self._mark(path)
             marked = time.time()
             born = provenance.created_at(fd) or st.st_ctime
@@ -158,10 +164,11 @@ class NewDirectories:
                         continue
                     if not stat.S_ISREG(st.st_mode):
                         continue
-                    # read since its last write, within the window (relatime updates the access
-                    # time at the first read after a write; a read within the same clock tick
-                    # as the write leaves no trace)
-                    was_read = born <= st.st_atime <= marked and st.st_atime > st.st_mtime
+                    # read since its last change, within the window (relatime updates the access
+                    # time at the first read after a change; a read within the same clock tick
+                    # leaves no trace). The change time, not the modification time: a restore
+                    # (tar x, cp -p, rsync -a) sets old modification times on files nobody read
+                    was_read = born <= st.st_atime <= marked and st.st_atime > st.st_ctime
                     unseen_write = not writes_seen and born <= st.st_ctime <= marked
                     if was_read or unseen_write:
                         files += 1

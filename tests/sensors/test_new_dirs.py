@@ -77,3 +77,35 @@ def test_reads_in_new_directories_are_reported_or_counted_in_a_gap(tmp_path: Pat
             assert "before the agent's watch" in gap["event.reason"]
         # folded: one gap per ten seconds at most, not one per directory
         assert len(events.matching(_gap)) <= 4
+
+
+def test_a_restore_into_the_tree_read_by_nobody_is_no_gap(tmp_path: Path) -> None:
+    """tar x, rsync -a and cp -rp set old modification times, and the agent reads what
+    appears (to fingerprint it), and a restored directory renamed inside the tree keeps its
+    mark: none of it is a read before a mark."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for fanotify")
+    source = tmp_path / "backup" / "a"
+    (source / "b").mkdir(parents=True)
+    for i in range(100):
+        (source / f"f{i}.csv").write_text(f"{i},customer {i}\n")
+        (source / "b" / f"g{i}.csv").write_text(f"{i},order {i}\n")
+    subprocess.run(["tar", "cf", str(tmp_path / "backup.tar"), "-C", str(source.parent), "a"], check=True)
+    root = tmp_path / "db"
+    root.mkdir()
+    with Running(AgentConfig(tags={str(root): ["database"]}, sensors=SensorSettings())) as run:
+        run.events.wait_for(run.events.action("agent.inventory"))
+        for k in range(2):
+            subprocess.run(["tar", "xf", str(tmp_path / "backup.tar"), "-C", str(root)], check=True)
+            subprocess.run(["rsync", "-a", f"{source}/", f"{root}/rsync{k}/"], check=True)
+            subprocess.run(["cp", "-rp", str(source), str(root / f"cp{k}")], check=True)
+            (root / "a").rename(root / f"restored{k}")
+        want = 2 * 3 * 200  # files: tar, rsync, cp, each with b/
+        run.events.wait_for(lambda e: e.get("event.action") == "agent.inventory"
+                            and e["exfilguard.inventory"][0].get("files", 0) >= want, timeout=30)
+        catalog = run.sensor("content")
+        assert catalog.wait_ready(30)  # type: ignore[attr-defined]  # the agent has read them all
+        (root / "restored0").rename(root / "renamed")  # a marked directory, renamed
+        run.events.wait_for(run.events.action("file.rename", {"file.target_path": str(root / "renamed")}))
+        run.sensor("fanotify").new_dirs.stop()  # type: ignore[attr-defined]  # report what is pending
+        assert run.events.matching(_gap) == []
