@@ -235,6 +235,7 @@ class Reader(InotifyFD):
 
     def __init__(self, early: Callable[[list[InotifyEvent]], None], read: Callable[[], None]) -> None:
         super().__init__()
+        self.name = "exfilguard-inotify-read"  # its CPU is told apart by name (bench.sensors)
         self._early = early
         self._read = read
 
