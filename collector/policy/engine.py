@@ -31,7 +31,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,7 +241,6 @@ class PolicyEngine:
                 reads_risk=_reads_risk(policy, policy_set),
             )
             entry.run = runner.build(
-                excepted=entry.excepted,
                 window=window,
                 steps=steps,
                 by=by,
@@ -334,7 +333,9 @@ class PolicyEngine:
             if suspended and self._sits_out(entry.policy.id, wall):
                 continue
             begun = ended
-            firings = entry.run(event, now) if entry.when(event) else runner.NOTHING
+            firings: Sequence[Firing] = runner.NOTHING
+            if entry.when(event) and (entry.excepted is None or not entry.excepted(event)):
+                firings = entry.run(event, now)
             ended = clock()
             over = False
             if ended - begun > budget or ended > deadline:  # rare: garbage collections are not the policy's

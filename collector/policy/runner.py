@@ -1,10 +1,10 @@
-"""What a policy does with an event its `when` matched, as one closure per policy built at load.
+"""What a policy does with an event it matched (its `when`, no exception), as one closure built at load.
 
-    run = runner.build(excepted=..., window=..., steps=..., by=..., plain_key=..., inventory=...)
+    run = runner.build(window=..., steps=..., by=..., plain_key=..., inventory=...)
     firings = run(event, now)          # () nearly always; a Firing when a threshold is reached
 
-The engine calls it for every matching event of every policy: the window kind, the exception
-test and the group key are settled once here, not looked up per event (the key of the usual
+The engine calls it for every matching event of every policy: the window kind and the group key
+are settled once here, not looked up per event (the key of the usual
 one or two `by` fields is built without a loop).
 """
 
@@ -48,21 +48,20 @@ def key_of(by: tuple[str, ...], plain: bool) -> Callable[[EventFields], tuple[An
 
 def build(
     *,
-    excepted: Predicate | None,
     window: AggregateWindow | CoverageWindow | SequenceWindow | None,
     steps: tuple[Predicate, ...],
     by: tuple[str, ...],
     plain_key: bool,
     inventory: Mapping[tuple[str, str], Inventory],
 ) -> Runner:
-    """The firings of an event the policy's `when` matched (`inventory`: the engine's, read live)."""
+    """The firings of an event the policy matched (`inventory`: the engine's, read live)."""
     key = key_of(by, plain_key)
     if isinstance(window, SequenceWindow):
         numbered, advance = tuple(enumerate(steps)), window.add
 
         def sequence(event: EventFields, now: float) -> Sequence[Firing]:
             matched = frozenset(i for i, step in numbered if step(event))
-            if not matched or (excepted is not None and excepted(event)):
+            if not matched:
                 return NOTHING
             fired = advance(key(event), now, str(event.get("event.id", "")), event, matched)
             return (fired,) if fired else NOTHING
@@ -72,8 +71,6 @@ def build(
         count = window.add
 
         def aggregate(event: EventFields, now: float) -> Sequence[Firing]:
-            if excepted is not None and excepted(event):
-                return NOTHING
             fired = count(key(event), now, str(event.get("event.id", "")), event)
             return (fired,) if fired else NOTHING
 
@@ -82,8 +79,6 @@ def build(
         cover = window.add
 
         def coverage(event: EventFields, now: float) -> Sequence[Firing]:
-            if excepted is not None and excepted(event):
-                return NOTHING
             agent = str(event.get("agent.id", ""))
             event_id = str(event.get("event.id", ""))
             return cover(key(event), now, event_id, event, lambda tag: inventory.get((agent, tag)))
@@ -91,8 +86,6 @@ def build(
         return coverage
 
     def single(event: EventFields, now: float) -> Sequence[Firing]:
-        if excepted is not None and excepted(event):
-            return NOTHING
         event_id = str(event.get("event.id", ""))
         return (Firing(key(event), event, 1, [event_id] if event_id else [], {}, now, now),)
 
