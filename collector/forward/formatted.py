@@ -8,14 +8,15 @@ Decoding a stored event (`to_mapping`, half of what forwarding an event costs) a
 (`formats.event_json`) is CPU-bound Python, so one process formats at most one core's worth. A
 batch of at least POOL_MIN events is cut into chunks: helper processes (`helpers`) are handed
 them from the front, at most IN_FLIGHT each at a time, while the calling thread lays them out
-from the back. On an idle core forwarding runs up to about twice as fast; a helper that gets no
-CPU costs at most its IN_FLIGHT chunks' wait at the end of a batch. Helpers run at a lower
+from the back; an idle core so takes part of the work. A helper that gets no CPU costs at most
+a short wait (HELPER_GRACE_SECONDS a chunk) at the end of a batch: what it still holds then is
+laid out here, and its answers for it dropped. Helpers run at a lower
 priority (HELPER_NICE) than the collector, so they take only what ingest leaves. Chunks and
 answers go through a pipe per helper that the calling thread reads itself between its own
 chunks (no thread of this process has to win the GIL to pass an answer on). The first big batch
-waits for the helpers to have started (imported what they run). A helper that dies
-or hangs costs its chunks being laid out here, and so are the batches of the next
-HELPER_RETRY_SECONDS.
+waits for the helpers to have started (imported what they run). When a helper dies, its chunks
+are laid out here, and so are the batches of the next HELPER_RETRY_SECONDS; one that hangs is
+sent nothing more.
 
 Destinations that keep up read the same rows at about the same time: `Formatted` keeps the last
 events formatted, and the first destination to reach an event lays it out in every format the
@@ -53,7 +54,7 @@ HELPER_NICE = 10  # helpers yield to the collector (ingest) and to the forward p
 MAX_HELPERS = 3
 HELPER_RETRY_SECONDS = 30.0  # after a helper died, batches are formatted here this long
 HELPER_START_SECONDS = 10.0  # the first big batch waits this long at most for the helpers to start
-HELPER_ANSWER_SECONDS = 5.0  # a helper that answered in a batch and then says nothing this long has failed
+HELPER_GRACE_SECONDS = 0.002  # at a batch's end, a chunk's wait for a helper that is working, at most
 MAX_CHUNK_BYTES = 16 << 10  # a chunk of bigger rows is laid out here (two on their way fit a pipe)
 
 Row = tuple[str, int, bytes]  # agent id, sequence, the stored bytes
@@ -115,38 +116,50 @@ class _Helper:
         )
         self.process.start()
         theirs.close()
-        self.held: deque[int] = deque()  # chunks of this batch it was sent, in order
-        self.stale = 0  # answers still to come for chunks of batches before (laid out here meanwhile)
+        # What it was sent, in order (its answers come in that order): the chunk's number in this
+        # batch, or None for an answer to drop (a chunk laid out here meanwhile, its start-up check).
+        self.sent: deque[int | None] = deque()
         self.up = False  # it answered the empty chunk sent now: it has imported what it runs
-        self.send(-1, (), [])
-        self.stale, self.held = 1, deque()
+        self.send(None, (), [])
         self.answered = 0  # events of this batch it laid out
 
     def busy(self) -> int:
-        return len(self.held) + self.stale
+        return len(self.sent)
 
-    def send(self, n: int, fmts: tuple[str, ...], chunk: Sequence[Row]) -> None:
+    def holds(self) -> bool:
+        """True while it has chunks of this batch to answer."""
+        return any(n is not None for n in self.sent)
+
+    def send(self, n: int | None, fmts: tuple[str, ...], chunk: Sequence[Row]) -> None:
         try:
             self.conn.send((fmts, chunk))
         except OSError as exc:
             raise HelperGone(str(exc)) from exc
-        self.held.append(n)
+        self.sent.append(n)
 
     def answers(self, parts: dict[int, list[Laid]], wait: float = 0.0) -> bool:
         """Take the answers that came, waiting up to `wait` for the first; False if none came."""
         came = False
         try:
-            while self.busy() and self.conn.poll(0.0 if came else wait):
+            while self.sent and self.conn.poll(0.0 if came else wait):
                 answer: list[Laid] = self.conn.recv()
                 came = True
-                if self.stale:
-                    self.stale -= 1
-                    continue
-                parts[self.held.popleft()] = answer
-                self.answered += len(answer)
+                n = self.sent.popleft()
+                if n is not None:
+                    parts[n] = answer
+                    self.answered += len(answer)
         except (EOFError, OSError) as exc:
             raise HelperGone(str(exc)) from exc
         return came
+
+    def take_back(self) -> int:
+        """The last chunk of this batch it holds, to be laid out here (its answer will be dropped)."""
+        for at in range(len(self.sent) - 1, -1, -1):
+            n = self.sent[at]
+            if n is not None:
+                self.sent[at] = None
+                return n
+        raise ValueError("it holds no chunk of this batch")
 
     def close(self) -> None:
         self.conn.close()  # its recv ends: it exits
@@ -217,14 +230,14 @@ class Formatter:
                 # ... while this thread lays them out from the back.
                 parts[back] = lay_out(self.location, chunks[back], fmts)
                 back -= 1
-            # What a helper still holds: waited for if it answered in this batch, laid out here
-            # otherwise (a helper short of CPU must not hold the batch up; its answers are dropped).
+            # What a helper still holds: waited for a moment if it answered in this batch, taken
+            # back from its end otherwise (a helper short of CPU must not hold the batch up).
             for helper in helpers:
-                while helper.held and helper.answered:
-                    if not helper.answers(parts, HELPER_ANSWER_SECONDS):
-                        raise HelperGone(f"no answer in {HELPER_ANSWER_SECONDS:.0f} s")
-                helper.stale += len(helper.held)
-                helper.held.clear()
+                while helper.holds():
+                    if helper.answered and helper.answers(parts, HELPER_GRACE_SECONDS):
+                        continue
+                    n = helper.take_back()
+                    parts[n] = lay_out(self.location, chunks[n], fmts)
         except HelperGone as exc:
             self._broken(str(exc))
         self.helped += sum(helper.answered for helper in helpers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -70,3 +71,26 @@ def test_a_helper_that_dies_costs_nothing_but_time(helped: Formatter) -> None:
     wait_for(without_helpers, what="the dead helper noticed")
     assert helped.get(ROWS, "ecs") == want  # and the next batches, without helpers for now
     assert helped._started is None
+
+
+def test_a_helper_without_cpu_does_not_hold_batches_up(helped: Formatter) -> None:
+    wait_for(lambda: bool(_helper_pids(helped)), what="the helper started")
+    want = expected("ocsf")
+    assert helped.get(ROWS, "ocsf") == want  # started, and answering
+    (pid,) = _helper_pids(helped)
+    os.kill(pid, signal.SIGSTOP)  # as if it got no CPU at all
+    try:
+        before = helped.helped
+        for _ in range(3):  # what it holds is taken back, its answers for it dropped later
+            started = time.monotonic()
+            assert helped.get(ROWS, "ocsf") == want
+            assert time.monotonic() - started < 5.0  # not HELPER_START_SECONDS, not for ever
+        assert helped.helped == before
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+    def helping_again() -> bool:
+        assert helped.get(ROWS, "ocsf") == want  # the late answers dropped, not taken for new chunks
+        return helped.helped > before
+
+    wait_for(helping_again, what="the helper helping again")
