@@ -32,6 +32,7 @@ import agent
 from agent import central
 from agent import identity as agent_identity
 from agent.prevent import grants as prevent_grants
+from agent.prevent.guard import ContentGuard
 from agent.sensors import Sensor
 from agent.sensors.errors import SensorError
 from agent.sensors.wiring import build_sensors, take_exceptions
@@ -48,6 +49,7 @@ log = logging.getLogger("exfilguard.agent")
 
 PROG = "exfilguard-agent"
 STOP_DRAIN_SECONDS = 3.0  # how long a clean stop may wait for the collector to take the backlog
+HANDOVER_SECONDS = 5.0  # a rebuild: how long the old content guard waits for the new one to guard sticks
 MAX_TEST_EVENTS = 10_000_000
 CAPABILITIES = ("spool", "gap", "heartbeat", "config-push")
 
@@ -187,8 +189,10 @@ class Agent:
         self.transport.capabilities = [c for c in self.transport.capabilities if not c.startswith("sensor:")]
         self.transport.capabilities += [f"sensor:{s.name}" for s in self.sensors]
 
-    def _stop_sensors(self) -> None:
+    def _stop_sensors(self, keep: Sequence[Sensor] = ()) -> None:
         for sensor in reversed(self.sensors):
+            if sensor in keep:
+                continue
             try:
                 sensor.stop()
             except Exception:
@@ -254,7 +258,9 @@ class Agent:
             old, started = self.config, time.monotonic()
             rebuilt = self._sensors_on and _watch_settings(old) != _watch_settings(new)
             if rebuilt:
-                self._stop_sensors()
+                # the content guard goes on guarding the sticks until the new sensors' guard does
+                guards = [s for s in self.sensors if isinstance(s, ContentGuard)]
+                self._stop_sensors(keep=guards)
                 try:
                     self._start_sensors(new)
                 except SensorError as exc:
@@ -266,6 +272,8 @@ class Agent:
                     except SensorError:
                         log.exception("sensors cannot restart with the previous config either")
                     return
+                finally:
+                    self._hand_over(guards)
             elif self._sensors_on and old.prevent.exceptions != new.prevent.exceptions:
                 take_exceptions(self.sensors, new, self.emit)  # only grants changed: no rebuild
             try:
@@ -281,6 +289,25 @@ class Agent:
             self._emit_config("applied", pushed.version, f"{len(new.tags)} tagged paths; {what}")
             log.info("applied central config %r (%d tagged paths; %s)",
                      pushed.version or "none", len(new.tags), what)
+
+    def _hand_over(self, previous: Sequence[ContentGuard]) -> None:
+        """Stop the previous sensors' content guards once the running ones guard every stick they
+        did (at once when none runs now; at most HANDOVER_SECONDS): a rebuild must not leave a
+        stick writable unguarded for the moment it takes. Meanwhile both answer, each as its
+        config says; an open goes on only when both allow it."""
+        if not previous:
+            return
+        current = [s for s in self.sensors if isinstance(s, ContentGuard)]
+        wanted = {point for guard in previous for point in guard.watching()}
+        deadline = time.monotonic() + HANDOVER_SECONDS
+        while current and time.monotonic() < deadline and not wanted <= {
+                point for guard in current for point in guard.watching()}:
+            time.sleep(0.01)
+        for guard in previous:
+            try:
+                guard.stop()
+            except Exception:
+                log.exception("the previous content guard failed to stop cleanly")
 
     def _emit_config(self, outcome: str, version: str, detail: str) -> None:
         """agent.config into the evidence trail: which central config was applied or refused, and why."""
