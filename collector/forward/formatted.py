@@ -54,7 +54,7 @@ HELPER_NICE = 10  # helpers yield to the collector (ingest) and to the forward p
 MAX_HELPERS = 3
 HELPER_RETRY_SECONDS = 30.0  # after a helper died, batches are formatted here this long
 HELPER_START_SECONDS = 10.0  # the first big batch waits this long at most for the helpers to start
-HELPER_GRACE_SECONDS = 0.002  # at a batch's end, a chunk's wait for a helper that is working, at most
+HELPER_GRACE_SECONDS = 0.0005  # at a batch's end, a chunk's wait for a helper that is working, at most
 MAX_CHUNK_BYTES = 16 << 10  # a chunk of bigger rows is laid out here (two on their way fit a pipe)
 
 Row = tuple[str, int, bytes]  # agent id, sequence, the stored bytes
