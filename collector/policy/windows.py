@@ -186,11 +186,11 @@ class AggregateWindow(_Groups):
             tally.last = now
         cutoff = now - self.span
         cap = self.limits.max_entries
-        while len(entries) > tally.head and (
-            entries[tally.head][0] < cutoff or len(entries) - tally.head > cap
-        ):
+        head, size = tally.head, len(entries)
+        while head < size and (entries[head][0] < cutoff or size - head > cap):
             tally.drop_oldest()
-        count = len(entries) - tally.head
+            head, size = tally.head, len(entries)
+        count = size - head
         distinct = len(tally.distinct) if tally.distinct else 0
         reached = False
         for kind, threshold, inclusive in self._thresholds:
