@@ -8,9 +8,9 @@ Decoding a stored event (`to_mapping`, half of what forwarding an event costs) a
 (`formats.event_json`) is CPU-bound Python, so one process formats at most one core's worth. A
 batch of at least POOL_MIN events is cut into chunks: helper processes (`helpers`) are handed
 them from the front, at most IN_FLIGHT each at a time, while the calling thread lays them out
-from the back; an idle core so takes part of the work. A helper that gets no CPU costs at most
-a short wait (HELPER_GRACE_SECONDS a chunk) at the end of a batch: what it still holds then is
-laid out here, and its answers for it dropped. Helpers run at a lower
+from the back; an idle core so takes part of the work. At the end of a batch what a helper still
+holds is taken back from its end and laid out here while it works on the rest (its answers for
+those dropped): a helper that gets no CPU never holds a batch up. Helpers run at a lower
 priority (HELPER_NICE) than the collector, so they take only what ingest leaves. Chunks and
 answers go through a pipe per helper that the calling thread reads itself between its own
 chunks (no thread of this process has to win the GIL to pass an answer on). The first big batch
@@ -54,7 +54,6 @@ HELPER_NICE = 10  # helpers yield to the collector (ingest) and to the forward p
 MAX_HELPERS = 3
 HELPER_RETRY_SECONDS = 30.0  # after a helper died, batches are formatted here this long
 HELPER_START_SECONDS = 10.0  # the first big batch waits this long at most for the helpers to start
-HELPER_GRACE_SECONDS = 0.0005  # at a batch's end, a chunk's wait for a helper that is working, at most
 MAX_CHUNK_BYTES = 16 << 10  # a chunk of bigger rows is laid out here (two on their way fit a pipe)
 
 Row = tuple[str, int, bytes]  # agent id, sequence, the stored bytes
@@ -230,11 +229,11 @@ class Formatter:
                 # ... while this thread lays them out from the back.
                 parts[back] = lay_out(self.location, chunks[back], fmts)
                 back -= 1
-            # What a helper still holds: waited for a moment if it answered in this batch, taken
-            # back from its end otherwise (a helper short of CPU must not hold the batch up).
+            # What a helper still holds is taken back from its end, one chunk at a time, while it
+            # works on the first (never waited for: a helper short of CPU must not hold a batch up).
             for helper in helpers:
                 while helper.holds():
-                    if helper.answered and helper.answers(parts, HELPER_GRACE_SECONDS):
+                    if helper.answers(parts):
                         continue
                     n = helper.take_back()
                     parts[n] = lay_out(self.location, chunks[n], fmts)
