@@ -37,6 +37,8 @@ from protos.events import new_event, sibling_event
 
 log = logging.getLogger(__name__)
 
+_READERS_REMEMBERED = 1024  # processes with tagged files open now, oldest out
+_HELD_REMEMBERED = 64  # of those files per process
 _OPENS_REMEMBERED = 4096  # tagged files open at once that a close is compared with, oldest out
 _UNCHANGED_NS = 1_000_000_000  # a file whose inode changed within this long was written (or may be)
 
@@ -58,6 +60,8 @@ class AccessReporter:
     _dropped_reported: int = field(default=0, init=False)
     # (pid, path) of tagged files open now -> their change time when opened
     _opened: dict[tuple[int, str], int] = field(default_factory=dict, init=False)
+    # pid -> tagged (or derived) files it has open for reading now, and their sizes
+    _reading: dict[int, dict[str, int]] = field(default_factory=dict, init=False)
     _dropped_at: float = field(default=0.0, init=False)
 
     def is_tagged(self, path: str) -> bool:
@@ -84,8 +88,10 @@ class AccessReporter:
             self.staging.note_read(access.pid, access.process, access.path, tags)
             if not mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
                 self._remember_open(access, st)
+                self._open_for_reading(access.pid, access.path, st.st_size)
         elif mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
             self._opened.pop((access.pid, access.path), None)
+            self._closed(access.pid, access.path)
         # opened for writing and closed unchanged (sqlite3 opens a database read-write to query
         # it): a read, not a modification
         ended_read = bool(mask & FAN_CLOSE_NOWRITE or (mask & FAN_CLOSE_WRITE and not wrote))
@@ -129,6 +135,41 @@ class AccessReporter:
     def _derived_read(self, access: Access) -> None:
         if access.mask & (FAN_OPEN | FAN_CLOSE_NOWRITE):
             self.copies.flow.note_read(access.pid, self.derived_reads(access.path))
+        if access.mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
+            self._closed(access.pid, access.path)
+        elif access.mask & FAN_OPEN:
+            self._open_for_reading(access.pid, access.path, 0)
+
+    def _open_for_reading(self, pid: int, path: str, size: int) -> None:
+        held = self._reading.get(pid)
+        if held is None:
+            held = self._reading[pid] = {}
+            if len(self._reading) > _READERS_REMEMBERED:
+                del self._reading[next(iter(self._reading))]
+        if len(held) < _HELD_REMEMBERED:
+            held[path] = size
+
+    def _closed(self, pid: int, path: str) -> None:
+        held = self._reading.get(pid)
+        if held is not None:
+            held.pop(path, None)
+            if not held:
+                del self._reading[pid]
+
+    def still_reading(self, pid: int) -> None:
+        """A process wrote to removable media while it holds tagged (or derived) files open:
+        it is reading them now, however long ago it opened them (gpg derives its key from the
+        passphrase between opening its input and creating its output: seconds on a busy
+        machine). Reader thread only."""
+        held = self._reading.get(pid)
+        if not held:
+            return
+        for path, size in list(held.items()):
+            tags = self.tags.tags_for(path)
+            if tags:
+                self.copies.note_read(pid, None, path, tags, size)
+            else:
+                self.copies.flow.note_read(pid, self.derived_reads(path))
 
     def derived_reads(self, path: str) -> list[SourceRead]:
         """The tagged data reading a derived file stands for (none for any other file)."""
@@ -236,8 +277,9 @@ class ExactAccessSensor:
             wants_pid=lambda pid: reporter.staging.wants_pid(pid) or flow.carried_by(pid),
             on_overflow=self._overflowed,
             on_exec=flow.note_exec,
-            on_write=lambda pid, fd, _closed: flow.note_write(pid, fd),
+            on_write=self._removable_write,
         )
+        self._reporter = reporter
         reporter.on_derived = self.fanotify.mark_file
         flow.held = reporter.derived_reads
         self._emit = reporter.emit
@@ -295,6 +337,10 @@ class ExactAccessSensor:
         self.fanotify.mark_dir(path)
         for mark in self.also_mark:
             mark(path)
+
+    def _removable_write(self, pid: int, fd: int, _closed: bool) -> None:
+        self.copies.flow.note_write(pid, fd)
+        self._reporter.still_reading(pid)
 
     def device_attached(self, device: pb.Device) -> None:
         """A removable block device appeared: note who opens its node for writing."""

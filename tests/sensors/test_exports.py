@@ -10,6 +10,8 @@ critical alert naming the tagged source and the stick, and the database read sta
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,8 +20,10 @@ from typing import Any
 import pytest
 
 from collector.store import open_store
+from common.agentconfig import AgentConfig, Removable
 from tests.e2e.harness import Process, free_port, port_open, wait_for
 from tests.sensors import matrix
+from tests.sensors.recorder import Running
 
 pytestmark = [pytest.mark.root]
 BIN = Path(sys.executable).parent
@@ -53,8 +57,8 @@ def test_exports_and_encodings_of_tagged_data_alert(tmp_path: Path, base: Path, 
         for case in matrix.EXPORTS:
             matrix.run_case(case, env)
         wait_for(lambda: not missed(), 60, "an alert for every export", why)
-        dump = matrix.detected(alerts.for_paths(outputs["sqlite-dump"]), str(db), stick.serial)
-        assert dump is not None
+        dump = next(a for a in alerts.for_paths(outputs["sqlite-dump"])
+                    if a["policy.id"] == "usb-copy-database")
         assert dump["exfilguard.source.path"] == str(db / "crm.sqlite")
         assert dump["process.name"] == "sqlite3"
         store = open_store(str(tmp_path / "collector.db"), readonly=True)
@@ -68,3 +72,37 @@ def test_exports_and_encodings_of_tagged_data_alert(tmp_path: Path, base: Path, 
             with contextlib.suppress(Exception):
                 process.terminate()
             process.stop_quietly()
+
+
+SLOW_ENCRYPTOR = r"""
+import sys, time
+source = open(sys.argv[1], "rb")  # opened first ...
+time.sleep(3)  # ... then the key derived from the passphrase (gpg's S2K: seconds on a busy machine)
+with open(sys.argv[2], "wb") as out:
+    while chunk := source.read(65536):
+        out.write(bytes(b ^ 0x5A for b in chunk))
+source.close()  # after the output: its close is not yet known when the output is judged
+"""
+
+
+def test_an_encryptor_that_opened_its_input_long_before_its_output_is_tied_by_bytes(
+        tmp_path: Path, loop_stick: Any) -> None:
+    """The tagged file was opened seconds before the file on the stick was born, and held open
+    while it was written: a read during the write, so byte evidence, not a guess."""
+    db = tmp_path / "db"
+    db.mkdir()
+    secret = db / "ledger.db"
+    secret.write_bytes(os.urandom(200_000))
+    with Running(AgentConfig(tags={str(db): ["database"]}, removable=Removable(include_loop=True))) as run:
+        unique = time.monotonic_ns()
+        stick = loop_stick(label=f"EGK{unique % 100000}", serial=f"EGKDF{unique}")
+        stick.plug()
+        point = stick.mount()
+        mounted = run.events.action("device.mount", {"exfilguard.mount.point": str(point)})
+        run.events.wait_for(mounted, timeout=30)
+        out = point / "ledger.bin"
+        subprocess.run([sys.executable, "-c", SLOW_ENCRYPTOR, str(secret), str(out)], check=True,
+                       timeout=60)
+        copy = run.events.wait_for(run.events.action("file.copy", {"file.path": str(out)}), timeout=30)[0]
+        assert copy["exfilguard.copy.identified_by"] == "lineage-bytes"
+        assert copy["exfilguard.source.path"] == str(secret)
