@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 
 _RAW_POLL_MS = 1000
 _RAW_SETTLE_SECONDS = 1.0
+# A file system's last writes (journal, superblock) reach the device after its mount has left
+# the mount table: movement this soon after an unmount with no process writing the node is
+# that flush, not a raw write
+_UNMOUNT_FLUSH_SECONDS = 2.0
 _READ_BACK_MARGIN = 1 << 20        # read back this much past the bytes written
 _READ_BACK_MAX = 4 << 30
 # the page cache reaches the device up to this long after the write (vm.dirty_expire_centisecs)
@@ -120,6 +124,7 @@ class DeviceSensor:
         self._context: Any = None
         self._monitor: Any = None
         self._written: dict[str, int] = {}  # device node -> sectors written, last look
+        self._unmounted: dict[str, float] = {}  # device node -> when a file system on it went
 
     def start(self) -> None:
         """Open the udev monitor, report what is present, then follow changes."""
@@ -216,12 +221,14 @@ class DeviceSensor:
                     device.parent and device.parent in mounted):
                 self._read_back_if_settled(device, now)
                 continue  # writes through a mounted file system are file events, not raw ones
+            writer, how = self._writer(device.name)
+            if writer is None and self._flushing(device, now):
+                continue  # the unmount's own flush (re-baselined above)
             event = new_event("device.write")
             event.device.CopyFrom(device)
             event.exfilguard.count = (sectors - before) * 512
             event.event.reason = (f"{(sectors - before) * 512} bytes written to the raw device "
                                   "with no file system mounted")
-            writer, how = self._writer(device.name)
             procinfo.describe(event, writer, how)
             self._emit(event)
             pending = self._raw.get(device.name)
@@ -301,15 +308,26 @@ class DeviceSensor:
         procinfo.describe(event, pending.writer, pending.attribution)
         self._emit(event)
 
-    def forget_writes(self, node: str) -> None:
-        """Re-baseline the write counter (a file system on it was just unmounted)."""
+    def forget_writes(self, node: str, disk: str = "") -> None:
+        """Re-baseline the write counter (a file system on it, a partition of `disk` if
+        named, was just unmounted)."""
+        for went in (node, disk):
+            if went:
+                self._unmounted[went] = time.monotonic()
         sectors = _sectors_written(node)
         if sectors is not None:
             self._written[node] = sectors
 
+    def _flushing(self, device: pb.Device, now: float) -> bool:
+        """Whether `device` (or the disk it is part of) lost a file system moments ago."""
+        went = max(self._unmounted.get(device.name, -1e9),
+                   self._unmounted.get(device.parent, -1e9) if device.parent else -1e9)
+        return now - went < _UNMOUNT_FLUSH_SECONDS
+
     def _detach(self, node: str) -> None:
         with self._lock:
             known = self._attached.pop(node, None)
+        self._unmounted.pop(node, None)
         if known is not None:
             self._emit_device("device.detach", known, "")
             if self._on_detach is not None:

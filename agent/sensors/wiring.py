@@ -116,7 +116,8 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
                            last_writer=exact.device_writer if exact is not None else None,
                            lineage=raw_lineage, originals=copies.originals)
     # after an unmount the device's write counter moved (the unmount flushed): not a raw write
-    media.subscribe(lambda mount, appeared: None if appeared else devices.forget_writes(mount.device.name))
+    media.subscribe(lambda mount, appeared: None if appeared else
+                    devices.forget_writes(mount.device.name, mount.device.parent))
     inventory = InventorySensor(index, emit, settings.inventory_seconds)
     # files first: it builds the index the inventory reports; fanotify before mounts so that
     # removable mounts present at start get their marks as the mount table reports them.
