@@ -180,7 +180,11 @@ class PolicyListener:
 
     def _on_settled(self, sink: QueuedSink, alert: dict[str, Any]) -> None:
         with self._settled_lock:
+            first = not self._settled
             self._settled.append((sink.key, str(alert.get("id", ""))))
+        if first:  # forgotten at once, not at the next tick: a crash meanwhile would send it again
+            with contextlib.suppress(RuntimeError):  # the writer is already shut down
+                self._writer.submit(self._settle)
 
     def _settle(self) -> None:
         # Forget settled deliveries in the outbox; kept for the next try while the store fails.

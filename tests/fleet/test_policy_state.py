@@ -81,7 +81,9 @@ def _settled(fleet: Fleet, agents: list[StreamingAgent], alerts: int) -> None:
     wait_for(lambda: len(fleet.stored_alerts("user-drip")) >= alerts, 10, "the alerts", fleet.diagnose)
     assert len(fleet.stored_alerts("user-drip")) == alerts, fleet.diagnose()
     wait_for(lambda: len(fleet.alerts("user-drip")) >= alerts, 10, "the alerts in the sinks", fleet.diagnose)
-    assert len(fleet.alerts("user-drip")) == alerts
+    # delivery is at least once (docs/alerts.md): a crash between a delivery and the outbox
+    # forgetting it sends that alert again, under its id
+    assert len({a["id"] for a in fleet.alerts("user-drip")}) == alerts
 
 
 def test_a_users_copies_on_two_hosts_through_two_collectors_fire_once(fleet: Fleet, agent: Agents) -> None:
