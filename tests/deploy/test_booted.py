@@ -77,15 +77,18 @@ def test_setup_enable_starts_both_daemons_ready_under_systemd(host: BootedHost) 
 def test_the_agent_attributes_a_tagged_read_exactly_inside_its_hardened_unit(host: BootedHost) -> None:
     wait_for(lambda: "fanotify" in host.journal("exfilguard-agent.service"), 60, "the agent's start line")
     assert re.search(r"sensors=\[[^\]]*fanotify", host.journal("exfilguard-agent.service"))
-    # Another user's process, started by this systemd like a login session would be.
-    host.run("systemd-run", "--wait", "--quiet", "--property=User=nobody", "cat", "/srv/db/customers.csv")
+    # Another user's process, started by this systemd like a login session would be. It keeps
+    # the file open a while: a reader gone (and reaped) before the agent reads its /proc entry is
+    # known by pid only, which a cat of a small file makes a race.
+    host.run("systemd-run", "--wait", "--quiet", "--property=User=nobody",
+             "--property=SuccessExitStatus=124", "timeout", "3", "tail", "-f", "/srv/db/customers.csv")
 
     def opened() -> list[dict[str, Any]]:
         return [e for e in _events(host) if e.get("event.action") == "file.open"
                 and e.get("file.path") == "/srv/db/customers.csv" and e.get("user.name") == "nobody"]
 
     event = wait_for(opened, 60, "file.open of /srv/db/customers.csv by nobody")[0]
-    assert event["process.executable"] == "/usr/bin/cat"
+    assert event["process.executable"] == "/usr/bin/tail"
     assert event["exfilguard.attribution"] == "exact"
     assert event["tags"] == ["database", "crown-jewels"]
 
