@@ -40,7 +40,7 @@ from collector.alerts.alert import RaisedAlert
 from collector.config import CollectorConfig
 from collector.policy.listener import PolicyListener
 from collector.store import pgconnect
-from collector.store.base import StoreUnavailable
+from collector.store.base import StoreError, StoreUnavailable
 from collector.store.leadership import Leadership
 from collector.store.policylog import PolicyLog, Step
 from collector.store.rows import stored_mapping
@@ -139,7 +139,7 @@ class FleetEvaluator:
                 return False
             try:
                 self._take_over()
-            except psycopg.Error as exc:
+            except (psycopg.Error, StoreError) as exc:
                 log.error("fleet policy evaluator could not take over: %s", exc)
                 self._step_down()
                 return False
@@ -239,7 +239,7 @@ class FleetEvaluator:
         for group, until, state in windows:
             engine.suppressor.restore(_key(json.loads(group)), until, json.loads(state))
         engine.suppressor.touched = set()
-        self.listener.resume()  # deliveries the last leader's sinks still owed (store/outbox.py)
+        self.listener.resume(strict=True)  # deliveries the last leader's sinks still owed (store/outbox.py)
         self.leading = True
         self.takeovers += 1
         log.info(

@@ -162,15 +162,19 @@ class PolicyListener:
             log.exception("could not store alert %s (it was still sent to the sinks)", alert.get("id"))
         self.dispatcher.send(alert)  # after the commit: the outbox holds it should this process die
 
-    def resume(self) -> int:
+    def resume(self, *, strict: bool = False) -> int:
         """Queue the deliveries the store says these sinks still owe (a predecessor died or stopped
-        before they were settled); how many. Call before new alerts are raised."""
+        before they were settled); how many. Call before new alerts are raised. `strict`: a store
+        that cannot say raises StoreError (a fleet take-over fails and is tried again) instead of
+        leaving them for the next start."""
         if self.store is None:
             return 0
         try:
             owed = self.store.owed(self.dispatcher.keys())
-        except StoreError:
-            log.exception("could not read the alert deliveries still owed; they wait for the next start")
+        except StoreError as exc:
+            if strict:
+                raise
+            log.error("cannot read the alert deliveries still owed (%s); they wait for the next start", exc)
             return 0
         queued = self.dispatcher.resume([(key, dict(alert)) for key, alert in owed])
         if queued:
