@@ -79,6 +79,7 @@ class Forwarding:
                 retry_max=spec.retry_max_seconds,
                 lead=Leadership(config.store, f"forward:{spec.name}"),
                 formatter=shared,
+                outage=store.outage,
             )
             workers.append(worker)
         forwarding = cls(workers, readers, formatter)

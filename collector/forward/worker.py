@@ -42,6 +42,7 @@ from collector.forward.formatted import Formatted, Formatter
 from collector.store.base import StoreError
 from collector.store.cursors import CursorBook
 from collector.store.leadership import Leadership
+from collector.store.outage import Outage
 from common.ecstime import ecs_epoch, ecs_now
 
 log = logging.getLogger("exfilguard.collector.forward")
@@ -64,8 +65,11 @@ class ForwardWorker:
         retry_max: float = 30.0,
         lead: Leadership | None = None,
         formatter: Formatter | Formatted | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.name = name
+        # a store outage is one line when it begins and one when it ends, not a warning each poll
+        self.outage = outage if outage is not None else Outage("of the forwarding cursors")
         self.destination = destination
         self.book = book
         self.format = formats.checked(fmt)
@@ -130,9 +134,10 @@ class ForwardWorker:
             try:
                 items = ahead or self.next_batch()
             except StoreError as exc:
-                log.warning("forward %s: cannot read stored events: %s", self.name, exc)
+                self.outage.failed(exc, f"forward {self.name}: reading stored events")
                 self._stop.wait(POLL_SECONDS)
                 continue
+            self.outage.succeeded()
             ahead = []
             if not items:
                 self._wake.wait(POLL_SECONDS)
@@ -159,7 +164,7 @@ class ForwardWorker:
             if not leading:
                 self._lag()
         except StoreError as exc:
-            log.warning("forward %s: cannot read its cursors: %s", self.name, exc)
+            self.outage.failed(exc, f"forward {self.name}: reading its cursors")
             return False
         if leading and term != self._term:
             self._term = term
@@ -239,7 +244,9 @@ class ForwardWorker:
             self.book.save(self.name, moved, ecs_now())
         except StoreError as exc:
             # The destination has them; a restart before the next save sends them again (at least once).
-            log.warning("forward %s: cannot save its cursors: %s", self.name, exc)
+            self.outage.failed(exc, f"forward {self.name}: saving its cursors")
+        else:
+            self.outage.succeeded()
 
     def figures(self) -> dict[str, Any]:
         """What the metrics read."""
