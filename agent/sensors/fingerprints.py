@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
 from agent.sensors.formers import FormerVersions
-from agent.sensors.held import HeldFiles
+from agent.sensors.held import HeldFiles, own_read
 from agent.sensors.tags import TagMap
 
 if TYPE_CHECKING:
@@ -36,8 +36,6 @@ _CHUNK = 1 << 20
 _SETTLE_NS = 2_000_000_000
 _MAX_UNSETTLED = 4096
 _MAX_CHANGED = 65_536
-# a FIFO put where a tagged file was must not hang the agent's own read of it: non-blocking
-_OWN_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 MAX_DERIVED = 10_000  # files derived from tagged data remembered outside the tagged trees
 
 
@@ -513,9 +511,9 @@ class FingerprintIndex:
     def _open_own(self, path: str, read: Callable[[int], _T]) -> _T | None:
         held = self.held.take(path)
         if held is not None:
-            return _with_file(path, read, held)
+            return own_read(path, read, held)
         if not self.own_reads_asked:
-            return _with_file(path, read)
+            return own_read(path, read)
         with self._lock:
             now = time.monotonic()
             reads = self._own_reads
@@ -526,7 +524,7 @@ class FingerprintIndex:
             for kind in ("open", "close"):
                 count = reads.pop((path, kind), (0, 0.0))[0]
                 reads[(path, kind)] = (count + 1, now + 5.0)
-        return _with_file(path, read)
+        return own_read(path, read)
 
     def _sample_of(self, path: str, size: int) -> bytes | None:
         with self._lock:
@@ -556,30 +554,6 @@ class FingerprintIndex:
                 if self._files.get(path) == entry:
                     self._keep_full(path, entry[1], digest)
         return digest
-
-
-def _with_file(path: str, read: Callable[[int], _T], held: int | None = None) -> _T | None:
-    """`read(fd)` on `path` opened (or on `held`, open on it already), then closed."""
-    try:
-        fd = held if held is not None else _open_own(path)
-    except OSError:
-        return None
-    try:
-        return read(fd)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _open_own(path: str) -> int:
-    """Open a tagged file for the agent's own read without touching its access time where we
-    may (the owner's, or CAP_FOWNER): the access time tells a reader of a new tagged directory
-    that nobody watched yet (newdirs.py) from the agent reading what appeared there."""
-    try:
-        return os.open(path, _OWN_OPEN | os.O_NOATIME)
-    except PermissionError:
-        return os.open(path, _OWN_OPEN)
 
 
 def _walk(root: str) -> Iterable[tuple[str, int, int]]:

@@ -20,6 +20,12 @@ import resource
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import TypeVar
+
+# a FIFO put where a tagged file was must not hang the agent's own read of it: non-blocking
+_OWN_OPEN = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+_T = TypeVar("_T")
 
 MAX_HELD = 4096
 MAX_AGE = 10.0  # seconds; the catalog reads a burst at most 2 s after its first file
@@ -110,3 +116,27 @@ def _close(fds: list[int]) -> None:
     for fd in fds:
         with contextlib.suppress(OSError):
             os.close(fd)
+
+
+def own_read(path: str, read: Callable[[int], _T], held: int | None = None) -> _T | None:
+    """`read(fd)` on `path` opened (or on `held`, open on it already), then closed."""
+    try:
+        fd = held if held is not None else _open_own(path)
+    except OSError:
+        return None
+    try:
+        return read(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _open_own(path: str) -> int:
+    """Open a tagged file for the agent's own read without touching its access time where we
+    may (the owner's, or CAP_FOWNER): the access time tells a reader of a new tagged directory
+    that nobody watched yet (newdirs.py) from the agent reading what appeared there."""
+    try:
+        return os.open(path, _OWN_OPEN | os.O_NOATIME)
+    except PermissionError:
+        return os.open(path, _OWN_OPEN)
