@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from collector.policy.conditions import EventFields, Predicate
 from collector.policy.windows import (
     AggregateWindow,
     CoverageWindow,
@@ -22,8 +23,6 @@ from collector.policy.windows import (
     group_value,
 )
 
-EventFields = Mapping[str, Any]
-Predicate = Callable[[EventFields], bool]
 Runner = Callable[[EventFields, float], Sequence[Firing]]
 NOTHING: tuple[Firing, ...] = ()
 
