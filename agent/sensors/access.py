@@ -41,6 +41,11 @@ _READERS_REMEMBERED = 1024  # processes with tagged files open now, oldest out
 _HELD_REMEMBERED = 64  # of those files per process
 _OPENS_REMEMBERED = 4096  # tagged files open at once that a close is compared with, oldest out
 _UNCHANGED_NS = 1_000_000_000  # a file whose inode changed within this long was written (or may be)
+# A tagged file held open while the holder writes to removable media counts as read during the
+# write only if it was opened this recently: gpg opens its input, derives its key (seconds on a
+# busy machine), then writes; an office suite or a Python session that opened a tagged file
+# this morning and keeps it open is not reading it into what it saves now (a guess at most).
+HELD_READ_SECONDS = 30.0
 
 
 @dataclass(eq=False)
@@ -60,8 +65,8 @@ class AccessReporter:
     _dropped_reported: int = field(default=0, init=False)
     # (pid, path) of tagged files open now -> their change time when opened
     _opened: dict[tuple[int, str], int] = field(default_factory=dict, init=False)
-    # pid -> tagged (or derived) files it has open for reading now, and their sizes
-    _reading: dict[int, dict[str, int]] = field(default_factory=dict, init=False)
+    # pid -> tagged (or derived) files it has open for reading now: (size, when opened, monotonic)
+    _reading: dict[int, dict[str, tuple[int, float]]] = field(default_factory=dict, init=False)
     _dropped_at: float = field(default=0.0, init=False)
 
     def is_tagged(self, path: str) -> bool:
@@ -89,9 +94,10 @@ class AccessReporter:
             if not mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
                 self._remember_open(access, st)
                 self._open_for_reading(access.pid, access.path, st.st_size)
-        elif mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
+        read_at = None
+        if not mask & FAN_OPEN and mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
             self._opened.pop((access.pid, access.path), None)
-            self._closed(access.pid, access.path)
+            read_at = self._closed(access.pid, access.path)
         # opened for writing and closed unchanged (sqlite3 opens a database read-write to query
         # it): a read, not a modification
         ended_read = bool(mask & FAN_CLOSE_NOWRITE or (mask & FAN_CLOSE_WRITE and not wrote))
@@ -101,7 +107,7 @@ class AccessReporter:
         # from here on) is noted once for an open and its close seen together, and not for an
         # open whose close wrote (forgotten just below)
         if ended_read or (mask & FAN_OPEN and not mask & FAN_CLOSE_WRITE):
-            self.copies.note_read(access.pid, access.process, access.path, tags, st.st_size)
+            self.copies.note_read(access.pid, access.process, access.path, tags, st.st_size, at=read_at)
         if wrote:
             actions.append("file.modify")
             if self.on_written is not None:
@@ -133,11 +139,11 @@ class AccessReporter:
         return opened is not None and opened != st.st_ctime_ns
 
     def _derived_read(self, access: Access) -> None:
+        closed = bool(access.mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE))
+        read_at = self._closed(access.pid, access.path) if closed else None
         if access.mask & (FAN_OPEN | FAN_CLOSE_NOWRITE):
-            self.copies.flow.note_read(access.pid, self.derived_reads(access.path))
-        if access.mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
-            self._closed(access.pid, access.path)
-        elif access.mask & FAN_OPEN:
+            self.copies.flow.note_read(access.pid, self.derived_reads(access.path, at=read_at))
+        if not closed and access.mask & FAN_OPEN:
             self._open_for_reading(access.pid, access.path, 0)
 
     def _open_for_reading(self, pid: int, path: str, size: int) -> None:
@@ -147,37 +153,49 @@ class AccessReporter:
             if len(self._reading) > _READERS_REMEMBERED:
                 del self._reading[next(iter(self._reading))]
         if len(held) < _HELD_REMEMBERED:
-            held[path] = size
+            held[path] = (size, time.monotonic())
 
-    def _closed(self, pid: int, path: str) -> None:
+    def _closed(self, pid: int, path: str) -> float | None:
+        """Forget a file closed; when it had been held open longer than HELD_READ_SECONDS, the
+        wall time it was opened: its close is no sign of a read now (a holder that read it long
+        ago), so its read is noted then. None: a read now."""
         held = self._reading.get(pid)
-        if held is not None:
-            held.pop(path, None)
-            if not held:
-                del self._reading[pid]
+        if held is None:
+            return None
+        size_opened = held.pop(path, None)
+        if not held:
+            del self._reading[pid]
+        if size_opened is None:
+            return None
+        age = time.monotonic() - size_opened[1]
+        return time.time() - age if age > HELD_READ_SECONDS else None
 
     def still_reading(self, pid: int) -> None:
         """A process wrote to removable media while it holds tagged (or derived) files open:
         it is reading them now, however long ago it opened them (gpg derives its key from the
         passphrase between opening its input and creating its output: seconds on a busy
-        machine). Reader thread only."""
+        machine), unless it opened them more than HELD_READ_SECONDS ago. Reader thread only."""
         held = self._reading.get(pid)
         if not held:
             return
-        for path, size in list(held.items()):
+        recent = time.monotonic() - HELD_READ_SECONDS
+        for path, (size, opened) in list(held.items()):
+            if opened < recent:
+                continue
             tags = self.tags.tags_for(path)
             if tags:
                 self.copies.note_read(pid, None, path, tags, size)
             else:
                 self.copies.flow.note_read(pid, self.derived_reads(path))
 
-    def derived_reads(self, path: str) -> list[SourceRead]:
-        """The tagged data reading a derived file stands for (none for any other file)."""
+    def derived_reads(self, path: str, at: float | None = None) -> list[SourceRead]:
+        """The tagged data reading a derived file (at `at`, default now) stands for (none for
+        any other file)."""
         found = self.index.provenance(path) if self.index.is_derived(path) else None
         if found is None:
             return []
-        now = time.time()
-        return [SourceRead(s.path, s.tags, s.bytes, now, found.evidence) for s in found.sources]
+        when = time.time() if at is None else at
+        return [SourceRead(s.path, s.tags, s.bytes, when, found.evidence) for s in found.sources]
 
     def removable(self, access: Access) -> None:
         """A file finished being written on removable media."""

@@ -67,10 +67,10 @@ class CopyDetector:
     # --------------------------------------------------------------- reads
 
     def note_read(self, pid: int, info: procinfo.ProcessInfo | None, path: str, tags: list[str],
-                  size: int = 0) -> None:
-        """A process opened a tagged file (for lineage)."""
+                  size: int = 0, *, at: float | None = None) -> None:
+        """A process opened a tagged file (for lineage); `at`: when it read it (default now)."""
         del info  # the flow reads what it needs from /proc while the process lives
-        self.flow.note_read(pid, [SourceRead(path, tuple(tags), size, time.time())])
+        self.flow.note_read(pid, [SourceRead(path, tuple(tags), size, time.time() if at is None else at)])
 
     def forget_read(self, pid: int, path: str) -> None:
         """The process wrote the tagged file it had opened: it was not reading it."""

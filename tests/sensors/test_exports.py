@@ -14,11 +14,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.sensors import access, provenance
 from collector.store import open_store
 from common.agentconfig import AgentConfig, Removable
 from tests.e2e.harness import Process, free_port, port_open, wait_for
@@ -85,24 +87,60 @@ source.close()  # after the output: its close is not yet known when the output i
 """
 
 
-def test_an_encryptor_that_opened_its_input_long_before_its_output_is_tied_by_bytes(
-        tmp_path: Path, loop_stick: Any) -> None:
-    """The tagged file was opened seconds before the file on the stick was born, and held open
-    while it was written: a read during the write, so byte evidence, not a guess."""
+@contextlib.contextmanager
+def _run_with_stick(tmp_path: Path, loop_stick: Any, size: int) -> Iterator[tuple[Running, Path, Path]]:
+    """An agent (in this process) tagging one database file of `size` random bytes, and a
+    stick it watches: (the run, the tagged file, the stick's mount point)."""
     db = tmp_path / "db"
     db.mkdir()
     secret = db / "ledger.db"
-    secret.write_bytes(os.urandom(200_000))
+    secret.write_bytes(os.urandom(size))
     with Running(AgentConfig(tags={str(db): ["database"]}, removable=Removable(include_loop=True))) as run:
         unique = time.monotonic_ns()
         stick = loop_stick(label=f"EGK{unique % 100000}", serial=f"EGKDF{unique}")
         stick.plug()
         point = stick.mount()
-        mounted = run.events.action("device.mount", {"exfilguard.mount.point": str(point)})
-        run.events.wait_for(mounted, timeout=30)
+        run.events.wait_for(run.events.action("device.mount", {"exfilguard.mount.point": str(point)}),
+                            timeout=30)
+        yield run, secret, point
+
+
+def test_an_encryptor_that_opened_its_input_long_before_its_output_is_tied_by_bytes(
+        tmp_path: Path, loop_stick: Any) -> None:
+    """The tagged file was opened seconds before the file on the stick was born, and held open
+    while it was written: a read during the write, so byte evidence, not a guess."""
+    with _run_with_stick(tmp_path, loop_stick, 200_000) as (run, secret, point):
         out = point / "ledger.bin"
         subprocess.run([sys.executable, "-c", SLOW_ENCRYPTOR, str(secret), str(out)], check=True,
                        timeout=60)
         copy = run.events.wait_for(run.events.action("file.copy", {"file.path": str(out)}), timeout=30)[0]
         assert copy["exfilguard.copy.identified_by"] == "lineage-bytes"
         assert copy["exfilguard.source.path"] == str(secret)
+
+
+LONG_LIVED_SAVER = r"""
+import os, sys, time
+held = open(sys.argv[1], "rb")  # a document opened and read, and kept open (an office suite)
+held.read()
+time.sleep(float(sys.argv[3]))  # ... a while later, something unrelated saved to the stick
+with open(sys.argv[2], "wb") as out:
+    out.write(b"%PDF-1.4\n" + os.urandom(150_000))
+held.close()  # after the save: its close is handled before the save is judged
+"""
+
+
+def test_a_program_that_opened_a_tagged_file_long_before_saving_unrelated_data_is_a_guess(
+        tmp_path: Path, loop_stick: Any, monkeypatch: Any) -> None:
+    """Innocent look-alike: a long-lived program keeps a tagged file open it read long ago and
+    saves something else, of a similar size, to a stick. It is not reading it now: a guess
+    (lineage-process), never byte evidence (which would page as critical)."""
+    monkeypatch.setattr(access, "HELD_READ_SECONDS", 1.0)  # "long ago", without a long test
+    with _run_with_stick(tmp_path, loop_stick, 160_000) as (run, secret, point):
+        out = point / "slides.pdf"
+        # later than provenance's slack before the file's birth, and than the held-open bound
+        wait = provenance.SLACK_SECONDS + 2 * access.HELD_READ_SECONDS
+        subprocess.run([sys.executable, "-c", LONG_LIVED_SAVER, str(secret), str(out), str(wait)],
+                       check=True, timeout=60)
+        copy = run.events.wait_for(run.events.action("file.copy", {"file.path": str(out)}), timeout=30)[0]
+        assert copy["exfilguard.copy.identified_by"] == "lineage-process"
+        assert copy["exfilguard.copy.confidence"] < 0.5
