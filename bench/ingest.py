@@ -257,14 +257,15 @@ def helpers_cpu(run: LoadRun, events: int) -> dict[str, float]:
 
 
 def run_load(args: argparse.Namespace, address: str, collector_pid: int,
-             on_go: Callable[[], None] | None = None) -> LoadRun:
-    """Start the load generator processes, release them together, and wait for them all."""
+             on_go: Callable[[], None] | None = None, first_agent: int = 0) -> LoadRun:
+    """Start the load generator processes, release them together, and wait for them all (agents
+    `bench-NNNN` numbered from `first_agent`: another run against the same store takes new ones)."""
     workers: list[subprocess.Popen[str]] = []
     try:
         for first, count in _split(args.agents, args.workers):
             cmd = [
-                sys.executable, "-m", "bench.ingest", "--worker", address,
-                "--first-agent", str(first), "--agents", str(count), "--batches", str(args.batches),
+                sys.executable, "-m", "bench.ingest", "--worker", address, "--first-agent",
+                str(first_agent + first), "--agents", str(count), "--batches", str(args.batches),
                 "--batch-size", str(args.batch_size), "--window", str(args.window),
             ]  # fmt: skip
             workers.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))

@@ -21,6 +21,7 @@ import abc
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -115,6 +116,30 @@ class SqliteTransaction(Transaction):
         return bool(self._db.execute(sql, (name,)).fetchall())
 
 
+PROMPT_RETRY_SECONDS = 0.001
+
+
+def begin_promptly(db: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, tried again every millisecond while another connection writes (for as long
+    as the connection's busy_timeout). SQLite's own busy handler sleeps longer and longer between
+    tries (up to 100 ms): a short write of another process (the sealer's chain, the forward
+    process's cursors) overslept the collector's back-to-back commits by up to half a second."""
+    busy_ms = int(db.execute("PRAGMA busy_timeout").fetchone()[0])
+    db.execute("PRAGMA busy_timeout = 0")
+    try:
+        deadline = time.monotonic() + busy_ms / 1000
+        while True:
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                    raise
+            time.sleep(PROMPT_RETRY_SECONDS)
+    finally:
+        db.execute(f"PRAGMA busy_timeout = {busy_ms}")
+
+
 class SqliteDomain(DomainSql):
     """The SQLite store's connection (autocommit mode: transactions are explicit)."""
 
@@ -123,7 +148,10 @@ class SqliteDomain(DomainSql):
         with self._lock:
             db = self._connection()
             try:
-                db.execute("BEGIN" if self.readonly else "BEGIN IMMEDIATE")
+                if self.readonly:
+                    db.execute("BEGIN")
+                else:
+                    begin_promptly(db)  # a write of another process than ingest's must not oversleep
                 yield SqliteTransaction(db)
                 db.execute("COMMIT")
             except sqlite3.Error as exc:

@@ -29,7 +29,6 @@ import contextlib
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -118,7 +117,6 @@ _LEGACY_STATUS = (
 
 # Column order of an events row (the benchmark baseline inserts the same tuples).
 _BUSY_MS = 10_000  # how long a write waits for another connection's transaction
-_BUSY_RETRY_SECONDS = 0.001
 
 INSERT_EVENT = (
     "INSERT INTO events (agent_id, sequence, event_id, ts, action, host, user_name, device_serial,"
@@ -431,23 +429,8 @@ class SqliteStore(shared.SqlStore):
                 raise
 
     def _begin_promptly(self) -> None:
-        """BEGIN IMMEDIATE, tried again every millisecond while another connection writes (at most
-        _BUSY_MS). SQLite's own busy handler sleeps longer and longer between tries (up to 100 ms):
-        the sealer overslept the collector's commits, and the commits then waited for the chain."""
-        db = self._db
-        db.execute("PRAGMA busy_timeout = 0")
-        try:
-            deadline = time.monotonic() + _BUSY_MS / 1000
-            while True:
-                try:
-                    db.execute("BEGIN IMMEDIATE")
-                    return
-                except sqlite3.OperationalError as exc:
-                    if exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
-                        raise
-                time.sleep(_BUSY_RETRY_SECONDS)
-        finally:
-            db.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
+        """BEGIN IMMEDIATE without oversleeping the collector's commits (domain.begin_promptly)."""
+        domain.begin_promptly(self._db)
 
     def _seal_agent(self, agent_id: str, limit: int | None) -> int:
         """Chain one agent's unchained prefix inside the caller's write transaction."""
