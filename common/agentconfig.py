@@ -44,12 +44,46 @@ class AgentTls(_Strict):
         return self
 
 
+EgressKind = Literal["network", "mtp"]
+
+# Mounts that carry data off the machine without a block device of their own: network file
+# systems and phones (MTP) mounted through FUSE, by file-system type as mountinfo names it.
+EGRESS_FILE_SYSTEMS: dict[str, EgressKind] = {
+    "nfs": "network", "nfs4": "network", "cifs": "network", "smb3": "network",
+    "fuse.sshfs": "network", "fuse.rclone": "network", "fuse.davfs": "network", "davfs": "network",
+    "fuse.jmtpfs": "mtp", "fuse.simple-mtpfs": "mtp", "fuse.go-mtpfs": "mtp", "fuse.mtpfs": "mtp",
+    "fuse.aft-mtp-mount": "mtp",
+}
+# The same opened by a desktop's file manager: GVfs shows each as a directory of its one FUSE
+# mount (fuse.gvfsd-fuse at /run/user/UID/gvfs), not as a mount of its own.
+EGRESS_PATHS: dict[str, EgressKind] = {
+    "/run/user/*/gvfs/mtp:*": "mtp", "/run/user/*/gvfs/gphoto2:*": "mtp",
+    "/run/user/*/gvfs/smb-share:*": "network", "/run/user/*/gvfs/sftp:*": "network",
+    "/run/user/*/gvfs/nfs:*": "network", "/run/user/*/gvfs/dav:*": "network",
+    "/run/user/*/gvfs/davs:*": "network", "/run/user/*/gvfs/ftp:*": "network",
+    "/run/user/*/gvfs/afp-volume:*": "network", "/run/user/*/gvfs/google-drive:*": "network",
+}
+
+
 class Removable(_Strict):
-    """Which block devices count as removable media, beyond USB and sysfs `removable`."""
+    """What counts as removable media: block devices beyond USB and sysfs `removable`, and
+    mounts of other egress media (network shares, phones) by file-system type or path."""
 
     include_loop: bool = False
     serials: list[str] = []   # extra devices, by serial
     devices: list[str] = []   # extra devices, by kernel name (sdb, mmcblk0)
+    # file-system type -> kind; a value given replaces the default map ({} turns it off)
+    file_systems: dict[str, EgressKind] = dict(EGRESS_FILE_SYSTEMS)
+    # absolute glob of directories (not mounts of their own) -> kind; replaces the default map
+    paths: dict[str, EgressKind] = dict(EGRESS_PATHS)
+
+    @pydantic.field_validator("paths")
+    @classmethod
+    def _absolute(cls, value: dict[str, EgressKind]) -> dict[str, EgressKind]:
+        for pattern in value:
+            if not pattern.startswith("/") or pattern.rstrip("/") == "":
+                raise ValueError(f"{pattern!r} is not an absolute path glob below /")
+        return value
 
 
 class SensorSettings(_Strict):

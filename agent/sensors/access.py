@@ -27,7 +27,7 @@ from agent.sensors.deviceopens import device_writers
 from agent.sensors.fanotify import FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_OPEN, Access, FanotifySensor
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import SourceRead
-from agent.sensors.media import RemovableMedia, RemovableMount
+from agent.sensors.media import RemovableMedia, RemovableMount, unwatched
 from agent.sensors.mounts import MOUNTINFO, parse_mountinfo
 from agent.sensors.newdirs import NewDirectories
 from agent.sensors.staging import StagingDetector, Written, file_fields
@@ -376,7 +376,11 @@ class ExactAccessSensor:
         return self.device_writers.writer(node) if self.device_writers is not None else None
 
     def _mount_changed(self, mount: RemovableMount, appeared: bool) -> None:
-        self.fanotify.mark_mount(mount.point, add=appeared)
+        why = self.fanotify.mark_mount(mount.point, add=appeared)
+        if why:
+            log.warning("%s (%s) cannot be watched: %s", mount.point, mount.mount.source, why)
+            self._emit(unwatched(mount, why))
+            return
         if appeared and mount.seen_at:
             # writes between the mount and its mark: found by a scan, attribution none
             threading.Thread(target=self.copies.catch_up, args=(mount, time.time()),

@@ -251,19 +251,36 @@ class FanotifySensor:
         """Mark one new tagged directory (the inotify sensor saw it appear)."""
         self._mark(path, TAGGED_MASK, "inode")
 
-    def mark_mount(self, point: str, add: bool = True) -> None:
-        """Watch (or stop watching) writes on a removable mount.
+    def mark_mount(self, point: str, add: bool = True) -> str:
+        """Watch (or stop watching) writes on a removable mount; "" when watched, else why not.
 
         The mark is on the stick's file system, not on this mount: under the agent's hardened
         unit (ProtectSystem/ProtectHome) the agent runs in a mount namespace of its own, and a
         mount mark there does not see writes made through the user's mount of the same stick.
+        A file system the kernel will not mark whole (some FUSE and network ones) gets a mount
+        mark, which sees the writes made through this mount.
         """
-        if add:
-            with contextlib.suppress(OSError):
-                self._removable_devs[Path(point).stat().st_dev] = point.rstrip("/") or "/"
-        else:
+        if not add:
             self._removable_devs = {d: p for d, p in self._removable_devs.items() if p != point.rstrip("/")}
-        self._mark(point, MOUNT_MASK, "filesystem", remove=not add)
+            self._mark(point, MOUNT_MASK, "filesystem", remove=True)
+            self._mark(point, MOUNT_MASK, "mount", remove=True)
+            return ""
+        with contextlib.suppress(OSError):
+            if os.path.ismount(point):  # not a directory inside a mount (GVfs): its siblings share the device
+                self._removable_devs[Path(point).stat().st_dev] = point.rstrip("/") or "/"
+        try:
+            self._mark(point, MOUNT_MASK, "filesystem")
+            return ""
+        except FanotifyUnavailable as exc:
+            whole = exc
+        try:
+            self._mark(point, MOUNT_MASK, "mount")
+        except FanotifyUnavailable as exc:
+            return f"fanotify refused a file-system mark ({os.strerror(whole.errno)}) and a mount mark " \
+                   f"({os.strerror(exc.errno)})"
+        log.warning("%s: fanotify refused a file-system mark (%s); a mount mark sees the writes made "
+                    "through this mount only", point, os.strerror(whole.errno))
+        return ""
 
     def mark_file(self, path: str) -> None:
         """Watch opens and reads of one file (a derived file outside the tagged trees)."""

@@ -46,7 +46,7 @@ from agent.sensors import Emit, procinfo
 from agent.sensors.copies import CopyDetector
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.inotify import Dispatch, Observer
-from agent.sensors.media import RemovableMedia, RemovableMount
+from agent.sensors.media import RemovableMedia, RemovableMount, unwatched
 from agent.sensors.pending import PendingRoots
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from agent.sensors.tags import TagMap
@@ -226,8 +226,14 @@ class FileSensor:
         with self._lock:
             if appeared and mount.point not in self._mount_watches:
                 handler = Dispatch(self._removable_event)
-                self._mount_watches[mount.point] = observer.schedule(
-                    handler, mount.point, recursive=True, event_filter=list(_REMOVABLE))
+                try:
+                    self._mount_watches[mount.point] = observer.schedule(
+                        handler, mount.point, recursive=True, event_filter=list(_REMOVABLE))
+                except OSError as exc:  # a FUSE mount of another user without allow_other
+                    why = f"inotify: {exc.strerror}"
+                    log.warning("%s (%s) cannot be watched: %s", mount.point, mount.mount.source, why)
+                    self._emit(unwatched(mount, why))
+                    return
                 if mount.seen_at:  # writes between the mount and its watch: found by a scan
                     threading.Thread(target=self.copies.catch_up, args=(mount, time.time()), daemon=True,
                                      name="exfilguard-catch-up").start()

@@ -19,8 +19,10 @@ from typing import Any
 
 import pyudev
 
+from agent.sensors import procinfo
 from common.agentconfig import Removable
 from protos import exfilguard_pb2 as pb
+from protos.events import new_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,27 @@ class RemovableMount:
 
 
 MountListener = Callable[[RemovableMount, bool], None]  # (mount, appeared)
+
+EGRESS_BUSES = ("network", "mtp")  # device.bus of egress media that are not block devices
+
+
+def egress_device(kind: str, source: str, fs_type: str) -> pb.Device:
+    """The pb.Device of a network share or a phone: no block device, so the share or
+    phone as mountinfo names it (`server:/export`, `//host/share`, `user@host:`)."""
+    return pb.Device(name=source, bus=kind, type=fs_type, removable=True)
+
+
+def unwatched(mount: RemovableMount, why: str) -> pb.Event:
+    """`agent.gap` (reason `unwatched_mount`): writes to this removable mount cannot be seen."""
+    event = new_event("agent.gap")
+    event.exfilguard.gap.reason = "unwatched_mount"
+    event.event.reason = f"{mount.device.bus or 'removable'} mount {mount.point} ({mount.mount.source}, " \
+                         f"{mount.mount.fs_type}) cannot be watched: {why}; writes to it are not seen"
+    event.device.CopyFrom(mount.device)
+    event.exfilguard.mount.CopyFrom(mount.mount)
+    event.file.path = mount.point
+    event.exfilguard.attribution = procinfo.NONE
+    return event
 
 
 def _sysfs_attr(sys_path: str, name: str) -> str:
@@ -63,7 +86,10 @@ def describe_udev(device: Any, policy: Removable) -> pb.Device:
     vendor = prop("ID_VENDOR", "ID_VENDOR_FROM_DATABASE") or _sysfs_attr(disk_path, "device/vendor")
     model = prop("ID_MODEL", "ID_MODEL_FROM_DATABASE") or _sysfs_attr(disk_path, "device/model")
     serial = prop("ID_SERIAL_SHORT", "ID_SERIAL") or _sysfs_attr(disk_path, "device/serial")
-    bus = prop("ID_BUS") or ("loop" if kernel.startswith("loop") else "")
+    # An SD card in a built-in reader is mmcblkN with removable=0 (the kernel sets it only for
+    # removable media in a permanent device) and no ID_BUS; the card's type tells it from eMMC.
+    sd_card = kernel.startswith("mmcblk") and _sysfs_attr(disk_path, "device/type") == "SD"
+    bus = prop("ID_BUS") or next((b for b in ("loop", "mmc") if kernel.startswith(b)), "")
     sectors = _sysfs_attr(sys_path, "size")
     out = pb.Device(
         name=str(device.device_node or f"/dev/{kernel}"),
@@ -80,6 +106,7 @@ def describe_udev(device: Any, policy: Removable) -> pb.Device:
     parent_name = os.path.basename(out.parent) if out.parent else ""
     out.removable = (
         bus == "usb"
+        or sd_card
         or _sysfs_attr(disk_path, "removable") == "1"
         or (policy.include_loop and kernel.startswith("loop"))
         or bool(serial and serial in policy.serials)

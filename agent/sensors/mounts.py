@@ -1,11 +1,16 @@
-"""MountTable: mounts and unmounts of removable devices, from the kernel's mount table.
+"""MountTable: mounts and unmounts of removable media, from the kernel's mount table.
 
-/proc/self/mountinfo signals POLLPRI when the table changes, so the sensor sleeps in
-poll() and re-reads only then (plus a slow timer as a safety net).
+Removable media are file systems on removable block devices, mounts whose file-system type
+is an egress medium (`removable.file_systems`: network shares, phones over MTP) and
+directories matching `removable.paths` inside a mount (GVfs shows each share or phone as a
+directory of its one FUSE mount). /proc/self/mountinfo signals POLLPRI when the table
+changes, so the sensor sleeps in poll() and re-reads only then (plus a slow timer, which
+also finds GVfs directories, as they come and go without a change of the table).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import select
@@ -13,10 +18,11 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path, PurePath
 
 from agent.background import Background
 from agent.sensors import Emit, procinfo
-from agent.sensors.media import RemovableMedia, RemovableMount
+from agent.sensors.media import RemovableMedia, RemovableMount, egress_device
 from agent.sensors.stoppipe import StopPipe
 from protos import exfilguard_pb2 as pb
 from protos.events import new_event
@@ -88,6 +94,8 @@ class MountTable:
         self._lock = threading.Lock()
         self._table: dict[int, MountEntry] = {}
         self._tracked: dict[int, RemovableMount] = {}
+        self._directories: dict[str, RemovableMount] = {}  # removable.paths matches, by point
+        self._unreadable: set[int] = set()  # mounts removable.paths names that we cannot list
         self._background = Background("mounts", self._run)
         self._stop = StopPipe()
         self._fd = -1
@@ -127,18 +135,71 @@ class MountTable:
                 self.media.remove_mount(gone.point)
                 self._emit_mount("device.unmount", gone)
             for mount_id, entry in table.items():
-                if mount_id in self._tracked or not entry.source.startswith("/dev/"):
+                if mount_id in self._tracked:
                     continue
-                device = self.media.device(entry.source)
-                if device is None or not device.removable:
-                    continue
+                found = self._removable(entry)
+                if found is not None:
+                    self._tracked[mount_id] = found
+                    self._appeared(found)
+            self._follow_directories(table)
+
+    def _removable(self, entry: MountEntry) -> RemovableMount | None:
+        """The entry as removable media: on a removable block device, or of an egress type."""
+        seen_at = time.time() if self._started else 0.0
+        if entry.source.startswith("/dev/"):
+            device = self.media.device(entry.source)
+            if device is not None and device.removable:
                 label, uuid = self.media.fs_identity(entry.source)
                 mount = pb.Mount(point=entry.point, fs_type=entry.fs_type, label=label, uuid=uuid,
                                  read_only=entry.read_only, source=entry.source)
-                removable = RemovableMount(entry.point, device, mount, time.time() if self._started else 0.0)
-                self._tracked[mount_id] = removable
-                self.media.add_mount(removable)
-                self._emit_mount("device.mount", removable)
+                return RemovableMount(entry.point, device, mount, seen_at)
+        kind = self.media.policy.file_systems.get(entry.fs_type)
+        if kind is None:
+            return None
+        mount = pb.Mount(point=entry.point, fs_type=entry.fs_type, read_only=entry.read_only,
+                         source=entry.source)
+        return RemovableMount(entry.point, egress_device(kind, entry.source, entry.fs_type), mount, seen_at)
+
+    def _follow_directories(self, table: dict[int, MountEntry]) -> None:
+        """Directories matching removable.paths inside the mounts their parents name."""
+        patterns = self.media.policy.paths
+        found: dict[str, RemovableMount] = {}
+        seen_at = time.time() if self._started else 0.0
+        for entry in table.values() if patterns else ():
+            wanted = [(PurePath(p).name, kind) for p, kind in patterns.items()
+                      if fnmatch.fnmatchcase(entry.point, str(PurePath(p).parent))]
+            if not wanted or entry.mount_id in self._tracked:
+                continue
+            try:
+                children = list(Path(entry.point).iterdir())
+            except OSError as exc:
+                if entry.mount_id not in self._unreadable:
+                    self._unreadable.add(entry.mount_id)
+                    # GVfs mounts without allow_other: not even root may look in
+                    log.warning("cannot look into %s (%s %s): %s; shares and phones opened there "
+                                "are not seen", entry.point, entry.fs_type, entry.source, exc.strerror)
+                continue
+            for child in children:
+                name, point = child.name, str(child)
+                kind = next((k for glob, k in wanted if fnmatch.fnmatchcase(name, glob)), None)
+                if kind is None or not child.is_dir():
+                    continue
+                found[point] = self._directories.get(point) or RemovableMount(
+                    point, egress_device(kind, name, entry.fs_type),
+                    pb.Mount(point=point, fs_type=entry.fs_type, read_only=entry.read_only, source=name),
+                    seen_at)
+        self._unreadable &= set(table)
+        for point in [p for p in self._directories if p not in found]:
+            self.media.remove_mount(point)
+            self._emit_mount("device.unmount", self._directories.pop(point))
+        for point, mount in found.items():
+            if point not in self._directories:
+                self._directories[point] = mount
+                self._appeared(mount)
+
+    def _appeared(self, mount: RemovableMount) -> None:
+        self.media.add_mount(mount)
+        self._emit_mount("device.mount", mount)
 
     def _read(self) -> str | None:
         try:

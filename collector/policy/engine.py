@@ -467,6 +467,9 @@ class PolicyEngine:
         if moment is not None:
             measures["local_time"] = moment.strftime("%Y-%m-%d %H:%M:%S %Z")
         measures.setdefault("count", firing.count)
+        where = summary.destination(event)
+        if where:
+            measures.setdefault("destination", where)
         agent = str(event.get("agent.id", ""))
         lost = sum(n for t, n in self.gaps.get(agent, []) if t >= firing.last - GAP_MEMORY_SECONDS)
         measures["agent_lost_events_24h"] = lost

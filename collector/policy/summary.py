@@ -23,7 +23,26 @@ MEASURES = {
     "window": "the aggregate window or sequence span, e.g. 10m",
     "local_time": "local time of the event in the collector's timezone",
     "steps": "names of the sequence steps seen, in order",
+    "destination": "where a write went: a device (vendor, model, serial), a network share or a phone (MTP)",
 }
+
+_EGRESS_KINDS = {"network": "network share", "mtp": "phone (MTP)"}
+
+
+def destination(event: Mapping[str, Any]) -> str:
+    """The removable medium an event names, in words: `usb Kingston DataTraveler serial EG0001`,
+    `network share server:/export (nfs4)`; "" when it names none."""
+    bus = str(event.get("device.bus") or "")
+    if bus in _EGRESS_KINDS:
+        source = event.get("exfilguard.mount.source") or event.get("device.name") or "?"
+        fs_type = event.get("exfilguard.mount.fs_type") or event.get("device.type") or "?"
+        return f"{_EGRESS_KINDS[bus]} {source} ({fs_type})"
+    words = [str(event.get(name) or "") for name in ("device.vendor", "device.model")]
+    serial = str(event.get("device.serial") or "")
+    if not (any(words) or serial or event.get("device.name")):
+        return ""
+    named = " ".join(w for w in (bus, *words) if w) or str(event.get("device.name"))
+    return f"{named} serial {serial or '?'}"
 
 
 def placeholders(template: str) -> list[str]:
