@@ -64,6 +64,9 @@ EGRESS_PATHS: dict[str, EgressKind] = {
     "/run/user/*/gvfs/afp-volume:*": "network", "/run/user/*/gvfs/google-drive:*": "network",
 }
 
+# Where sites mount their own network storage (home directories, software, data): not egress.
+NOT_EGRESS_POINTS = ["/", "/home", "/home/*", "/srv", "/opt", "/usr", "/usr/*", "/var", "/var/*"]
+
 
 class Removable(_Strict):
     """What counts as removable media: block devices beyond USB and sysfs `removable`, and
@@ -76,13 +79,16 @@ class Removable(_Strict):
     file_systems: dict[str, EgressKind] = dict(EGRESS_FILE_SYSTEMS)
     # absolute glob of directories (not mounts of their own) -> kind; replaces the default map
     paths: dict[str, EgressKind] = dict(EGRESS_PATHS)
+    # mount points (globs, `*` within one path component) of egress types that are the site's
+    # own storage, not a way out: NFS homes, shared software; replaces the default list
+    not_egress_points: list[str] = list(NOT_EGRESS_POINTS)
 
-    @pydantic.field_validator("paths")
+    @pydantic.field_validator("paths", "not_egress_points")
     @classmethod
-    def _absolute(cls, value: dict[str, EgressKind]) -> dict[str, EgressKind]:
+    def _absolute(cls, value: dict[str, EgressKind] | list[str]) -> dict[str, EgressKind] | list[str]:
         for pattern in value:
-            if not pattern.startswith("/") or pattern.rstrip("/") == "":
-                raise ValueError(f"{pattern!r} is not an absolute path glob below /")
+            if not pattern.startswith("/"):
+                raise ValueError(f"{pattern!r} is not an absolute path glob")
         return value
 
 

@@ -16,7 +16,7 @@ import os
 import select
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
@@ -79,14 +79,31 @@ def parse_mountinfo(text: str) -> dict[int, MountEntry]:
     return table
 
 
+def _parts(path: str) -> list[str]:
+    return path.rstrip("/").split("/")
+
+
+def _same(point: str, pattern: str) -> bool:
+    """Whether a mount point matches a glob whose `*` stays within one path component."""
+    ours, theirs = _parts(point), _parts(pattern)
+    return len(ours) == len(theirs) and all(map(fnmatch.fnmatchcase, ours, theirs))
+
+
+def _overlap(point: str, pattern: str) -> bool:
+    """Whether a mount point lies inside, at or above what a (glob) path names."""
+    return all(map(fnmatch.fnmatchcase, _parts(point), _parts(pattern)))
+
+
 class MountTable:
     """Reports `device.mount` / `device.unmount` for file systems on removable devices."""
 
     name = "mounts"
 
     def __init__(self, media: RemovableMedia, emit: Emit, poll_seconds: float = 2.0,
-                 path: str = MOUNTINFO, on_change: Callable[[], None] | None = None) -> None:
+                 path: str = MOUNTINFO, on_change: Callable[[], None] | None = None,
+                 *, tagged: Sequence[str] = ()) -> None:
         self.media = media
+        self._tagged = tuple(tagged)  # tagged paths: a share holding them is where the data lives
         self._on_change = on_change  # any mount or unmount after start (a tagged path may come or go)
         self._emit = emit
         self._poll_ms = int(poll_seconds * 1000)
@@ -154,7 +171,8 @@ class MountTable:
                                  read_only=entry.read_only, source=entry.source)
                 return RemovableMount(entry.point, device, mount, seen_at)
         kind = self.media.policy.file_systems.get(entry.fs_type)
-        if kind is None:
+        if kind is None or any(_same(entry.point, p) for p in self.media.policy.not_egress_points) \
+                or any(_overlap(entry.point, p) for p in self._tagged):
             return None
         mount = pb.Mount(point=entry.point, fs_type=entry.fs_type, read_only=entry.read_only,
                          source=entry.source)

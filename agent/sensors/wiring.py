@@ -94,7 +94,8 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
         recheck_seconds=settings.inventory_seconds,
     )
     # a mount or unmount may make a tagged path appear or go (a share mounted after start)
-    mounts = MountTable(media, emit, settings.mount_poll_seconds, on_change=files.recheck_soon)
+    mounts = MountTable(media, emit, settings.mount_poll_seconds, on_change=files.recheck_soon,
+                        tagged=list(config.tags))
 
     guard = DeviceGuard(config.prevent, emit)
 

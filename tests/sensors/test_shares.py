@@ -134,12 +134,17 @@ def test_egress_mounts_and_gvfs_directories_from_the_mount_table(tmp_path: Path)
         "42 27 0:43 / /media/phone rw,nosuid - fuse.jmtpfs jmtpfs rw,user_id=1000",
         "43 27 0:44 / /mnt/other rw - fuse.bindfs /srv rw",
         f"44 27 0:45 / {gvfs} rw,nosuid - fuse.gvfsd-fuse gvfsd-fuse rw,user_id=1000",
+        # the site's own storage: NFS homes, and a share that holds tagged data
+        "45 27 0:46 / /home rw - nfs4 fs1:/home rw",
+        "46 27 0:47 / /home/alice rw - nfs4 fs1:/home/alice rw",
+        "47 27 0:48 / /mnt/data rw - nfs4 fs1:/data rw",
+        "48 27 0:49 / /home/alice/remote rw - fuse.sshfs alice@home.example:/ rw,user_id=1000",
     ]
     mountinfo.write_text("\n".join(lines) + "\n")
     policy = Removable(paths={f"{tmp_path}/run/user/*/gvfs/mtp:*": "mtp",
                               f"{tmp_path}/run/user/*/gvfs/smb-share:*": "network"})
     events = Recorder()
-    table = MountTable(RemovableMedia(policy), events, path=str(mountinfo))
+    table = MountTable(RemovableMedia(policy), events, path=str(mountinfo), tagged=["/mnt/data/*/db"])
     table.start()
     try:
         seen = {e["exfilguard.mount.point"]: (e["device.bus"], e["exfilguard.mount.source"],
@@ -150,6 +155,7 @@ def test_egress_mounts_and_gvfs_directories_from_the_mount_table(tmp_path: Path)
             "/mnt/nfs": ("network", "fs1:/export/eng", "nfs4"),
             "/mnt/win": ("network", "//fs1/eng", "cifs"),
             "/media/phone": ("mtp", "jmtpfs", "fuse.jmtpfs"),
+            "/home/alice/remote": ("network", "alice@home.example:/", "fuse.sshfs"),
             f"{gvfs}/{phone}": ("mtp", phone, "fuse.gvfsd-fuse"),
             f"{gvfs}/{smb}": ("network", smb, "fuse.gvfsd-fuse"),
         }
