@@ -122,7 +122,8 @@ def test_a_share_the_agent_may_not_look_into_is_a_gap(world: Path, share: SshSha
     assert [a["policy.id"] for a in _alerts([gap])] == ["agent-events-lost"]
 
 
-def test_egress_mounts_and_gvfs_directories_from_the_mount_table(tmp_path: Path) -> None:
+def test_egress_mounts_and_gvfs_directories_from_the_mount_table(tmp_path: Path,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     gvfs = tmp_path / "run" / "user" / "1000" / "gvfs"
     (gvfs / "mtp:host=SAMSUNG_Galaxy_R58M").mkdir(parents=True)
     (gvfs / "smb-share:server=fs1,share=eng").mkdir()
@@ -139,6 +140,8 @@ def test_egress_mounts_and_gvfs_directories_from_the_mount_table(tmp_path: Path)
         "46 27 0:47 / /home/alice rw - nfs4 fs1:/home/alice rw",
         "47 27 0:48 / /mnt/data rw - nfs4 fs1:/data rw",
         "48 27 0:49 / /home/alice/remote rw - fuse.sshfs alice@home.example:/ rw,user_id=1000",
+        # another desktop user's GVfs, which the agent cannot list (here: not there at all)
+        f"49 27 0:50 / {tmp_path}/run/user/1001/gvfs rw,nosuid - fuse.gvfsd-fuse gvfsd-fuse rw,user_id=1001",
     ]
     mountinfo.write_text("\n".join(lines) + "\n")
     policy = Removable(paths={f"{tmp_path}/run/user/*/gvfs/mtp:*": "mtp",
@@ -166,6 +169,9 @@ def test_egress_mounts_and_gvfs_directories_from_the_mount_table(tmp_path: Path)
         table.recheck()
         gone = {e["exfilguard.mount.point"] for e in events.matching(Recorder.action("device.unmount"))}
         assert gone == {"/mnt/nfs", f"{gvfs}/mtp:host=SAMSUNG_Galaxy_R58M"}
+        unlisted = [r.getMessage() for r in caplog.records if "cannot look into" in r.getMessage()]
+        assert len(unlisted) == 1, unlisted  # said once, not at every look
+        assert unlisted[0].startswith(f"cannot look into {tmp_path}/run/user/1001/gvfs (fuse.gvfsd-fuse")
     finally:
         table.stop()
     narrowed = Removable(file_systems={"cifs": "network"}, paths={})
