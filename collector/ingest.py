@@ -32,7 +32,8 @@ from collector.streamlimits import IdleStreams, RefusalLog, Slots, StreamLimits,
 from collector.wirecheck import (
     MAX_SEQUENCE_AHEAD,
     Malformed,
-    batch_refusal,
+    Refusal,
+    checked_batch,
     heartbeat_problem,
     hello_problem,
     parse_agent_message,
@@ -469,14 +470,14 @@ class IngestServicer(pb_grpc.IngestServicer):
                 return
             kind = message.WhichOneof("body")
             if kind == "batch":
-                events = message.batch.events
-                refusal = batch_refusal(agent_id, events, acked[0] + MAX_SEQUENCE_AHEAD)
-                if refusal:
+                checked = checked_batch(agent_id, message.batch.events, acked[0] + MAX_SEQUENCE_AHEAD)
+                if isinstance(checked, Refusal):
                     await self._reject(
-                        context, agent_id, refusal.problem, metrics.BAD_BATCH, refusal.sequence
+                        context, agent_id, checked.problem, metrics.BAD_BATCH, checked.sequence
                     )
+                    continue  # not reached: the rejection ends the stream
                 self._registry.seen(agent_id)
-                await inflight.put(self._writer.submit(agent_id, events))
+                await inflight.put(self._writer.submit(agent_id, checked))
             elif kind == "heartbeat":
                 problem = heartbeat_problem(message.heartbeat)
                 if problem:

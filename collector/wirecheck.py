@@ -10,6 +10,7 @@ the field. Nothing of a refused batch is stored; the stream ends; other streams 
     heartbeat_problem(beat)    why a heartbeat is refused, or None
     batch_problem(agent, events, ceiling)   why a batch is refused, or None
     batch_refusal(agent, events, ceiling)   the same with the refused event's sequence (a Refusal)
+    checked_batch(agent, events, ceiling)   a Refusal, or the batch with the store's rows (CheckedBatch)
 
 A refusal that is about one event carries its sequence in the trailing metadata
 `protos.wire.REFUSED_SEQUENCE_KEY`, so the agent can set that event aside instead of resending it forever.
@@ -39,6 +40,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from collector.store.rows import CheckedBatch, checked_row, event_row
 from protos import exfilguard_pb2 as pb
 
 MAX_BATCH_EVENTS = 10_000  # an agent flushes at 500; far more is a broken or hostile agent
@@ -267,31 +269,45 @@ def batch_problem(agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_
 
 def batch_refusal(agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_SEQUENCE) -> Refusal | None:
     """Why a batch is unacceptable, with the sequence of the event at fault; None when it is fine."""
+    checked = checked_batch(agent_id, events, ceiling)
+    return checked if isinstance(checked, Refusal) else None
+
+
+def checked_batch(
+    agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_SEQUENCE
+) -> CheckedBatch | Refusal:
+    """The batch with the store's row of each event (built from the fields the checks read, so the
+    store reads none of them again), or why it is unacceptable (`batch_refusal`)."""
     if len(events) > MAX_BATCH_EVENTS:
         return Refusal(f"batch of {len(events)} events exceeds the limit of {MAX_BATCH_EVENTS}")
     ceiling = min(ceiling, MAX_SEQUENCE)
+    rows: list[tuple[Any, ...]] = []
+    add = rows.append
     for index, event in enumerate(events):
         # The common case in one expression (this runs for every event ingested); anything
         # unusual takes the slow path below, which names the problem.
         info = event.event
         ts = event.timestamp
-        event_id, action = info.id, info.action
+        sequence, event_id, action = info.sequence, info.id, info.action
+        seconds, nanos = ts.seconds, ts.nanos
         if (
-            0 < info.sequence <= ceiling
+            0 < sequence <= ceiling
             and event.agent.id == agent_id
             and 0 < len(event_id) <= MAX_TEXT
             and 0 < len(action) <= MAX_TEXT
-            and 0 <= ts.nanos < _NANOS
-            and MIN_SECONDS < ts.seconds <= MAX_SECONDS  # 0 also when unset: the slow path tells
+            and 0 <= nanos < _NANOS
+            and MIN_SECONDS < seconds <= MAX_SECONDS  # 0 also when unset: the slow path tells
             and event_id.isprintable()
             and action.isprintable()
             and not _optional_timestamp_set(event)
         ):
+            add(checked_row(agent_id, event, sequence, event_id, action, seconds, nanos))
             continue
         problem = _event_batch_problem(index, event, agent_id, ceiling)
         if problem:
-            return Refusal(problem, info.sequence)
-    return None
+            return Refusal(problem, sequence)
+        add(event_row(agent_id, event))
+    return CheckedBatch(agent_id, events, rows)
 
 
 def _event_batch_problem(index: int, event: pb.Event, agent_id: str, ceiling: int) -> str | None:

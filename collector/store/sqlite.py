@@ -37,7 +37,7 @@ from urllib.parse import quote
 from collector.store import base, domain, grants, outbox, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import SqliteTransaction, Transaction
-from collector.store.rows import ACTION_COLUMN, DATA_COLUMN, SEQUENCE_COLUMN, event_row, stored_mapping
+from collector.store.rows import ACTION_COLUMN, DATA_COLUMN, SEQUENCE_COLUMN, batch_rows, stored_mapping
 from common.ecstime import ecs_now
 from protos import chain
 from protos import exfilguard_pb2 as pb
@@ -348,8 +348,8 @@ class SqliteStore(shared.SqlStore):
         rows: list[tuple[Any, ...]] | None = None
         if state.max_sequence == state.stored and batch:
             # The usual batch continues the stored prefix exactly: its rows are all there is to it
-            # (each event's fields are read once, for its row).
-            rows = [event_row(agent_id, e) for e in batch]
+            # (each event's fields are read once, by the check at the door: CheckedBatch).
+            rows = batch_rows(agent_id, batch)
             if [row[SEQUENCE_COLUMN] for row in rows] != list(range(first, first + len(rows))):
                 rows = None
         if rows is not None:
@@ -373,7 +373,7 @@ class SqliteStore(shared.SqlStore):
                 if not order:
                     return base.IngestResult(agent_id, state.stored, [])
             new = [fresh[s] for s in order]
-            rows = [event_row(agent_id, e) for e in new]
+            rows = batch_rows(agent_id, new)
         db.executemany(INSERT_EVENT, rows)
         gaps = [new[n].exfilguard.gap.lost for n, row in enumerate(rows) if row[ACTION_COLUMN] == "agent.gap"]
         if gaps:
