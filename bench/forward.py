@@ -30,16 +30,18 @@ when it comes back, the time to catch up, and the exact counts: events stored, d
 rsyslog wrote (must be all of them, over every round: `lost` must be 0; the `_bulk` receiver's
 are checked too, `lost_http`) and duplicates (at least once may resend a batch).
 
-Last line: JSON with forward_http_ratio, forward_syslog_ratio, ingest_eps, ingest_alone_eps,
-forward_http_eps, forward_syslog_eps, drained_http, drained_syslog, outage_seconds,
+Last line: JSON with forward_http_ratio, forward_syslog_ratio, ingest_eps (ingest alone),
+forward_http_eps, forward_syslog_eps, outage_seconds,
 lag_after_outage_events, catch_up_seconds, stored, delivered_syslog_distinct, lost, lost_http,
-duplicates.
+duplicates; race_http_ratio, race_syslog_ratio, race_ingest_eps, race_forward_cores (the CPU the
+forward process and its helpers had in the race, in cores), race_drained_http, race_drained_syslog.
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import contextlib
 import shutil
 import sys
 import threading
@@ -50,6 +52,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 from bench import _cli
 from bench.ingest import run_load
@@ -146,6 +149,16 @@ class Bench:
         self.agents += AGENTS
         return run.started, max(r["end"] for r in run.results)
 
+    def cpu(self) -> float:
+        """CPU seconds of the forward process and its helpers so far."""
+        total = 0.0
+        for child in psutil.Process(self.collector.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                command = " ".join(child.cmdline())
+                if "collector.forward.process" in command or "multiprocessing" in command:  # or a helper
+                    total += sum(child.cpu_times()[:2])
+        return total
+
     def drained(self) -> float:
         """Wall time every destination had taken every stored event."""
         return self.cursors.wait(lambda c: all(c[n] >= c["stored"] for n in DESTINATIONS.values()), "drain")
@@ -190,10 +203,11 @@ class Bench:
         figures["http"] = self.alone("http")
         self.away("http")
         figures["syslog"] = self.alone("syslog")
-        released: list[float] = []
-        _, last_ack = self.ingest(self.total, on_go=lambda: released.append(self.back("http")))
-        started = released[0]
+        released: list[tuple[float, float]] = []
+        _, last_ack = self.ingest(self.total, on_go=lambda: released.append((self.back("http"), self.cpu())))
+        started, cpu = released[0]
         seconds = last_ack - started
+        figures["race_forward_cores"] = (self.cpu() - cpu) / (time.time() - started)
         first, last = self.cursors.at(started), self.cursors.at(last_ack)
         figures["ingest"] = (last["stored"] - first["stored"]) / seconds
         for key, name in DESTINATIONS.items():
@@ -277,7 +291,8 @@ def run(args: argparse.Namespace, root: Path, rsyslog: Rsyslog, http: HttpReceiv
                 f"round {n + 1}: ingest alone {ingest:,.0f} events/s; forwarding alone: _bulk (ecs) "
                 f"{f['http']:,.0f} = {f['http'] / ingest:.2f}x, rsyslog TLS (ocsf) {f['syslog']:,.0f} = "
                 f"{f['syslog'] / ingest:.2f}x; race: ingest {f['ingest']:,.0f} events/s while both forwarded "
-                f"{f['race_http'] / f['ingest']:.2f}x and {f['race_syslog'] / f['ingest']:.2f}x of it",
+                f"{f['race_http'] / f['ingest']:.2f}x and {f['race_syslog'] / f['ingest']:.2f}x of it "
+                f"(forward process: {f['race_forward_cores']:.2f} cores)",
                 flush=True,
             )
             ratios = {  # a race's rates are of one window: its ratio is the round's
@@ -310,6 +325,7 @@ def run(args: argparse.Namespace, root: Path, rsyslog: Rsyslog, http: HttpReceiv
         "race_http_ratio": round(best["race_http_ratio"], 3),
         "race_syslog_ratio": round(best["race_syslog_ratio"], 3),
         "race_ingest_eps": round(best["ingest"]),
+        "race_forward_cores": round(best["race_forward_cores"], 2),
         "race_drained_http": bool(best["drained_http"]),
         "race_drained_syslog": bool(best["drained_syslog"]),
         "outage_seconds": outage,

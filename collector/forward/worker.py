@@ -144,12 +144,13 @@ class ForwardWorker:
                 self._wake.clear()
                 continue
             self.lag_seconds = _age(items)  # the oldest event not forwarded yet is in this batch
-            # The destination's answer takes a round trip: the next batch is made meanwhile.
-            sending = self._sender.submit(self._deliver, items)
+            # The destination's answer and the cursor save take a round trip each: the next batch
+            # is made meanwhile.
+            sending = self._sender.submit(self._deliver_and_save, items)
             with contextlib.suppress(StoreError):  # read again after this batch, then
                 ahead = self.next_batch({**self.cursors, **_last(items)})
             if sending.result():
-                self._advance(items)
+                self.cursors.update(_last(items))
             else:
                 ahead = []  # stopping, or another collector forwards now: from the cursors again
 
@@ -237,9 +238,15 @@ class ForwardWorker:
             delay = min(delay * 2, self.retry_max)
         return False
 
-    def _advance(self, items: Sequence[Item]) -> None:
-        moved = _last(items)
-        self.cursors.update(moved)
+    def _deliver_and_save(self, items: Sequence[Item]) -> bool:
+        """Deliver the batch (`_deliver`), then move its cursors in the store; the worker's own copy
+        of them moves when it sees True (this runs on the sender thread)."""
+        if not self._deliver(items):
+            return False
+        self._save(_last(items))
+        return True
+
+    def _save(self, moved: dict[str, int]) -> None:
         try:
             self.book.save(self.name, moved, ecs_now())
         except StoreError as exc:
