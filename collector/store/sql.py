@@ -12,11 +12,14 @@ from __future__ import annotations
 import abc
 import contextlib
 import functools
+import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
+
+from google.protobuf.message import DecodeError
 
 from collector.store import grants as grant_sql
 from collector.store import outbox, presence, triage
@@ -35,6 +38,7 @@ from collector.store.grants import GrantRecord
 from collector.store.rows import stored_canonical
 from common.ecstime import ecs_now, ecs_time
 from protos import chain
+from protos import exfilguard_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -95,17 +99,25 @@ def link_rows(
 
     `key` is whatever the backend updates a row by (SQLite: its rowid). Stops at the first
     sequence that does not follow (inside the stored prefix that cannot happen; stopping is
-    safer than chaining across a hole).
+    safer than chaining across a hole). Each link is `chain.record_link` of `stored_canonical`,
+    written out here: this loop is most of the sealer's work, and a call costs as much as a hash.
     """
-    link = chain.record_link
+    parse, canonical, sha256 = pb.Event.FromString, chain.canonical_message, hashlib.sha256
     sealed = before
     values: list[tuple[bytes, Any]] = []
+    add = values.append
     for key, seq, data in rows:
         if seq != sealed + 1:
             break
-        head = link(head, stored_canonical(location, agent_id, seq, bytes(data)))
+        try:
+            text = canonical(parse(data))
+        except DecodeError:
+            text = None
+        if text is None:  # a row no reader could take: its defined form, logged
+            text = stored_canonical(location, agent_id, seq, bytes(data))
+        head = sha256(head + sha256(text).digest()).digest()
         sealed = seq
-        values.append((head, key))
+        add((head, key))
     return sealed, head, values
 
 
