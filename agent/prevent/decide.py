@@ -31,11 +31,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from agent.prevent import grants, procs, verdicts
 from agent.sensors import procinfo
-from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow
+from agent.sensors.provenance import Provenance
 from agent.sensors.tags import TagMap
 from common.agentconfig import PreventException, PreventSettings
 
@@ -56,6 +57,16 @@ class Verdict:
     tags: tuple[str, ...]
 
 
+class DerivedIndex(Protocol):
+    """What the decider asks of the fingerprint index: which files are derived from tagged data."""
+
+    def is_derived(self, path: str) -> bool:
+        """Whether `path` is a file derived from tagged data."""
+
+    def provenance(self, path: str) -> Provenance | None:
+        """Where a derived file's data came from."""
+
+
 @dataclass(slots=True)
 class _Writer:
     pgid: int
@@ -67,7 +78,7 @@ class Decider:
     """The decisions of the content guard; called on its decision thread only (its tables
     are also read by `armed_wanted`, under a lock)."""
 
-    def __init__(self, settings: PreventSettings, tags: TagMap, index: FingerprintIndex,
+    def __init__(self, settings: PreventSettings, tags: TagMap, index: DerivedIndex,
                  flow: DataFlow | None, removable_dev: dict[int, str]) -> None:
         self.tags = tags
         self.index = index
@@ -89,6 +100,13 @@ class Decider:
         self._opened: dict[int, tuple[float, str, tuple[str, ...]]] = {}
         self._groups: dict[int, tuple[float, str, tuple[str, ...]]] = {}
         self.verdicts = verdicts.VerdictCache(self._me)  # clean verdicts reused at later opens
+        # where a clean verdict goes (pid, ppid, pgid, chain, lineage version): this cache, or the
+        # guard's responder process, which answers the process's later opens (responder.py)
+        self.remember: Callable[[int, int, int, list[int], int], None] = self.verdicts.remember
+
+    def flow_version(self) -> int | None:
+        """DataFlow.version now (None: no lineage): a clean verdict holds while it stays."""
+        return self.flow.version if self.flow is not None else None
 
     # ------------------------------------------------------------- exceptions
 
@@ -124,7 +142,7 @@ class Decider:
         writing = procs.opens_for_writing(pid, path)
         if writing is False:
             return None  # reading from the stick takes nothing away
-        version = self.flow.version if self.flow is not None else 0  # before lineage is asked
+        version = self.flow_version() or 0  # before lineage is asked
         who = procs.identity(pid)
         if who is None:
             return None  # gone already
@@ -136,36 +154,36 @@ class Decider:
         if verdict is None:
             verdict = self._writer_unless_heard(pid, pgid, chain, path)
             if verdict is None:
-                self.verdicts.remember(pid, ppid, pgid, chain, version)
+                self.remember(pid, ppid, pgid, chain, version)
                 return None
         if self._excepted(pid, uid, path, verdict):
-            self._note_writer(pid, pgid, path)
+            self.note_writer(pid, pgid, path)
             return None
         return verdict
 
-    def allow_known(self, pid: int, path: str) -> bool:
-        """The fast path of an open on removable media (the guard's reader thread): True when
+    def allow_known(self, pid: int, path: str) -> str:
+        """The fast path of an open on removable media (the responder): "read" or "write" when
         the opener's clean verdict (verdicts.py) still holds, checked again from descriptors held
-        on it, so the open may go on (a write noted as one); False: decide in full."""
+        on it, so the open may go on (a write noted as one); "": decide in full."""
         clean = self.verdicts.get(pid)
         if clean is None:
-            return False
+            return ""
         writing = clean.handle.writing(os.fsencode(path))
         if writing is not True:
-            return writing is False  # reading from the stick takes nothing away; None: unknown
+            return "read" if writing is False else ""  # reading takes nothing away; None: unknown
         if not clean.unchanged():
             self.verdicts.drop(pid)  # gone (a reused pid reads nothing), or a new parent or group
-            return False
+            return ""
         held = clean.handle.held_paths()
         if held is None or self._holding(held) is not None:
-            return False
+            return ""
         chain = list(clean.chain)
-        if self.flow is not None and self.flow.version != clean.flow_version:
-            version = self.flow.version
+        version = self.flow_version()
+        if version is not None and version != clean.flow_version:
             if self._lineage(chain, time.time()) is not None:
-                return False
+                return ""
             clean.flow_version = version
-        return self._writer_unless_heard(pid, clean.pgid, chain, path) is None
+        return "write" if self._writer_unless_heard(pid, clean.pgid, chain, path) is None else ""
 
     def _writer_unless_heard(self, pid: int, pgid: int, chain: list[int], path: str) -> Verdict | None:
         """Remember the opener as a writer unless a tagged open of it, its parent, grandparent or
@@ -183,7 +201,8 @@ class Decider:
         with self._lock:
             return pid in self._writers
 
-    def _note_writer(self, pid: int, pgid: int, path: str) -> None:
+    def note_writer(self, pid: int, pgid: int, path: str) -> None:
+        """Remember the process as writing `path` on removable media (an open allowed elsewhere)."""
         with self._lock:
             self._add_writer(pid, pgid, path)
 
@@ -267,15 +286,19 @@ class Decider:
         RECENT_SECONDS. Returns (pgid, tags); None when the process is already gone."""
         return self._note(pid, path, self.verdicts.group_of(pid))
 
-    def _note(self, pid: int, path: str, pgid: int) -> tuple[int, tuple[str, ...]] | None:
+    def _note(self, pid: int, path: str, pgid: int, when: float = 0.0) -> tuple[int, tuple[str, ...]] | None:
         tags = tuple(self.tags.tags_for(path))
         with self._lock:
-            self._note_now(pid, path, pgid, tags)
+            self._note_now(pid, path, pgid, tags, when)
         return (pgid, tags) if pgid else None
 
-    def _note_now(self, pid: int, path: str, pgid: int, tags: tuple[str, ...]) -> None:
+    def note_heard(self, pid: int, path: str, pgid: int, when: float) -> None:
+        """A tagged open the responder heard (at wall time `when`, of process group `pgid`)."""
+        self._note(pid, path, pgid, when)
+
+    def _note_now(self, pid: int, path: str, pgid: int, tags: tuple[str, ...], when: float = 0.0) -> None:
         # under the lock
-        seen = (time.time(), path, tags)
+        seen = (when or time.time(), path, tags)
         self._opened.pop(pid, None)
         self._opened[pid] = seen
         if pgid > 1:

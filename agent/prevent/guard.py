@@ -3,21 +3,23 @@
 A permission group (permission.py) with a file system mark (FAN_OPEN_PERM) on every removable
 mount, and FAN_OPEN_PERM inode marks on the tagged trees while a file on removable media is open
 for writing ("armed"; decide.py says why). Each permission event holds its open in the kernel
-until the guard answers. Who opened tagged data is heard through a second group, of the
-notification class, with FAN_OPEN marks on the tagged trees always; nothing waits on it: it is
-read before each read of permission events (every tagged open made before an open on the stick
-is queued there by then, so it is noted before that open is decided) and at each tick of the
-reader. An innocent reader of tagged files wakes no thread of the agent.
+until it is answered. Who opened tagged data is heard through a second group, of the
+notification class, with FAN_OPEN marks on the tagged trees always; nothing waits on it.
 
-  reader thread     reads events; answers the agent's own opens at once; hands the rest, with
-                    the path read from the event's fd, to the decision thread; answers with
-                    the `fail` default every event waiting longer than decision_timeout_ms,
-                    and every event read right after the agent itself stood still that long
-                    (SIGSTOP, a frozen machine): those waited an unknown time.
+  responder         a child process (responder.py, link.py) reads both groups: it answers the
+                    opens of processes found clean from their cached verdicts itself, away from
+                    this process's interpreter lock, and hands the rest over, after the tagged
+                    opens heard before them; it answers with the `fail` default every open the
+                    agent leaves waiting longer than decision_timeout_ms (the agent stopped or
+                    stalled), and every one it read right after it stood still itself.
+  reader thread     reads the responder's messages: notes tagged opens and writers, answers an
+                    innocent reader's tagged opens while armed, hands the rest to
   decision thread   asks the Decider, answers, reports `file.block` and tells the user.
 
-Defaulted decisions are counted in an `agent.gap` (reason `prevent_timeout`). Closing the group
-(stop, or the agent killed) makes the kernel allow every open still waiting: nobody hangs.
+Defaulted decisions are counted in an `agent.gap` (reason `prevent_timeout`). The responder dies
+with the agent; closing the group makes the kernel allow every open still waiting: nobody hangs.
+When the responder dies alone, the agent answers what it was asked by `fail`, makes the groups
+anew (the kernel allows what the old ones held) and starts another.
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
@@ -30,21 +32,15 @@ import logging
 import os
 import queue
 import select
-import sys
 import threading
 import time
 from dataclasses import dataclass
 
-from agent.prevent import syscalls
 from agent.prevent.decide import Decider, Verdict
+from agent.prevent.errors import PreventError
+from agent.prevent.link import Message, ResponderLink
 from agent.prevent.notify import tell_user
-from agent.prevent.permission import (
-    FAN_EVENT_ON_CHILD,
-    FAN_OPEN,
-    FAN_OPEN_PERM,
-    FAN_Q_OVERFLOW,
-    PermissionGroup,
-)
+from agent.prevent.permission import FAN_EVENT_ON_CHILD, FAN_OPEN, FAN_OPEN_PERM, PermissionGroup
 from agent.sensors import Emit, procinfo
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow
@@ -60,13 +56,18 @@ GAP_REPORT_SECONDS = 5.0   # defaulted decisions are summed into one agent.gap a
 TELL_USER_SECONDS = 10.0   # one notification per user per this long (tar refused 2,000 times)
 _IDLE_SECONDS = 0.5        # the decision thread looks whether tagged trees can be disarmed
 _ARMED_CHECK_SECONDS = 0.05  # ... that often while it decides tagged opens
+_START_SECONDS = 60.0      # a responder starting takes at most this long (a machine under load)
+_RESTART_SECONDS = 1.0     # a responder that died is started again at most this often
+_ROOTS_SECONDS = 1.0       # the responder is told the tagged roots when they changed, this often
+_DERIVED_BYTES = 32 * 1024  # derived paths per message when a responder starts
 
 
 @dataclass(slots=True)
 class _Waiting:
-    """An open waiting for its answer."""
+    """An open waiting for its answer (asked by the responder)."""
 
-    fd: int
+    seq: int
+    fd: int   # the event's descriptor number in the responder
     pid: int
     path: str
     removable: bool   # on a guarded removable file system (else: a tagged file)
@@ -92,12 +93,20 @@ class ContentGuard:
         self.decider.device_serial = lambda path: m.device.serial if (m := media.mount_for(path)) else ""
         self.decider.on_exception = self._excepted
         self._excepted_pids: dict[int, str] = {}  # pid -> the exception reported for it (once each)
+        self._index = index
+        self._flow = flow
         self._group: PermissionGroup | None = None
         self._hearing: PermissionGroup | None = None  # tagged opens, notification class, not polled
+        self._link: ResponderLink | None = None
+        self._linked = threading.Event()  # the first responder started (or could not be)
+        self._roots: dict[str, tuple[str, ...]] = {}  # as the responder was last told
+        self._synced = 0
+        self._syncs = 0
+        self._sync_cond = threading.Condition()
         self._me = os.getpid()
         self._lock = threading.Lock()
-        self._drain_lock = threading.Lock()  # one pass over the group's queue at a time
-        self._waiting: dict[int, _Waiting] = {}  # event fd -> the open waiting on it
+        self._marks_lock = threading.RLock()  # the groups are not replaced while marks are placed
+        self._waiting: dict[int, _Waiting] = {}  # responder's seq -> the open waiting on it
         self._work: queue.Queue[_Waiting | None] = queue.Queue()
         self._stop_r, self._stop_w = os.pipe()
         self._threads: list[threading.Thread] = []
@@ -126,13 +135,13 @@ class ContentGuard:
             self._group.close()
             self._group = None
             raise
-        # an open waits for this thread: let it have the interpreter within 0.2 ms, not the 5 ms
-        # a busy sensor thread may otherwise hold it. The reader wakes from poll once per open on
-        # a stick and must take the lock back from the sensors hashing the very copy; everything
-        # after that keeps it (syscalls.py). Measured (bench.prevention, load ~7): block/monitor
-        # copy time ~2.9x at 1 ms, ~1.5-1.8x at 0.2 ms; the cost is more switching between the
-        # agent's own busy threads, only while several are busy.
-        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0002))
+        # the interpreter's switch interval stays as it is: the opens of a copy are answered by the
+        # responder, and at 0.2 ms (as before it) the agent's own busy threads switched more often
+        # and slowed an innocent reader of tagged files (what monitor mode costs, and more)
+        self.decider.remember = self._remember
+        self._index.on_derived.append(self._derived_changed)
+        if self._flow is not None:
+            self._flow.on_version.append(self._version_changed)
         self._threads = [
             threading.Thread(target=self._read_loop, name="exfilguard-prevent-read", daemon=True),
             threading.Thread(target=self._decide_loop, name="exfilguard-prevent-decide", daemon=True),
@@ -140,25 +149,38 @@ class ContentGuard:
         self._mark_tagged(armed=False)
         for thread in self._threads:
             thread.start()
+        # the reader thread starts the responder: it dies with the thread that started it
+        self._linked.wait(30)
+        # and it runs: it reads the groups from now on (starting Python takes a while)
+        if self._link is None or not self._sync(self._armed, _START_SECONDS):
+            self.stop()
+            raise PreventError("the content guard's responder process did not start", 0)
         self.media.subscribe(self._mount_changed)
 
     def stop(self) -> None:
         """Close the group (the kernel allows every waiting open), stop the threads; idempotent."""
-        if self._group is None:
+        if not self._threads:
             return
         os.write(self._stop_w, b"x")
         self._work.put(None)
         for thread in self._threads:
             thread.join(timeout=10)
+        self._threads = []
         with self._lock:
-            waiting, self._waiting = self._waiting, {}
+            self._waiting = {}
             group, self._group = self._group, None
-        for item in waiting.values():
-            group.answer(item.fd, True)
-        group.close()
+            responder, self._link = self._link, None
+        if responder is not None:
+            responder.close()  # it allows every open it still holds
+        if group is not None:
+            group.close()
         if self._hearing is not None:
             self._hearing.close()
             self._hearing = None
+        for told, listeners in ((self._derived_changed, self._index.on_derived),
+                                (self._version_changed, self._flow.on_version if self._flow else [])):
+            with contextlib.suppress(ValueError):
+                listeners.remove(told)  # type: ignore[arg-type]
         self.decider.close()
         self._report_defaulted(force=True)
         log.info("prevent: stopped: %s", self.summary())
@@ -194,149 +216,203 @@ class ContentGuard:
         except OSError:
             dev = -1
         if appeared:
-            if group.place(mount.point, FAN_OPEN_PERM, filesystem=True):
+            with self._marks_lock:
+                group = self._group
+                placed = group is not None and group.place(mount.point, FAN_OPEN_PERM, filesystem=True)
+            if placed:
                 if dev >= 0:
                     self._removable_dev[dev] = mount.point
+                    self._send(["devs", list(self._removable_dev)])
                 log.info("prevent: guarding writes to %s (%s)", mount.point,
                          mount.device.serial or mount.device.name)
             return
         for known, point in list(self._removable_dev.items()):
             if point == mount.point:
                 del self._removable_dev[known]
-        with contextlib.suppress(Exception):
-            group.place(mount.point, FAN_OPEN_PERM, filesystem=True, remove=True)
+        self._send(["devs", list(self._removable_dev)])
+        with contextlib.suppress(Exception), self._marks_lock:
+            if self._group is not None:
+                self._group.place(mount.point, FAN_OPEN_PERM, filesystem=True, remove=True)
 
     # ---------------------------------------------------------------- reader
 
     def _read_loop(self) -> None:
-        group = self._group
-        assert group is not None
-        poller = select.poll()
-        poller.register(group.fd, select.POLLIN)
-        poller.register(self._stop_r, select.POLLIN)
+        responder = self._start_responder()
+        self._linked.set()
         tick = max(0.01, min(0.1, self._timeout / 4))
-        last = time.monotonic()
+        roots_at = time.monotonic()
         while True:
-            ready = poller.poll(tick * 1000)
-            now = time.monotonic()
-            stalled = now - last > self._timeout  # the whole agent stood still (SIGSTOP, freeze)
-            last = now
-            if any(fd == self._stop_r for fd, _ in ready):
-                return
-            try:
-                with self._drain_lock:
-                    self._drain(group, now, stalled)
-                self._expire(group, now)
-                self._report_defaulted()
-            except Exception:  # the reader must not die: every open on the stick would wait
-                log.exception("prevent: permission event handling failed")
-
-    def _drain(self, group: PermissionGroup, now: float, stalled: bool) -> None:
-        while True:
-            batch = group.read()
-            # every tagged open made before these opens were asked is in the hearing group's
-            # queue by now: noted before any of them is decided
-            self._hear()
-            if not batch:
-                return
-            for mask, fd, pid in batch:
-                if mask & FAN_Q_OVERFLOW or fd < 0:
-                    self.overflows += bool(mask & FAN_Q_OVERFLOW)
-                elif not mask & FAN_OPEN_PERM:
-                    syscalls.close(fd)  # the group asks for permission events only
-                else:
-                    self._asked(group, now, stalled, fd, pid)
-
-    def _hear(self) -> None:
-        """Note the tagged opens queued in the hearing group. Only each process's latest counts
-        (the decider keeps the latest per process and group; the kernel also merges a process's
-        opens of one file while they wait), so a reader of 10,000 tagged files costs a few looks."""
-        hearing = self._hearing
-        if hearing is None:
-            return
-        heard: dict[int, int] = {}
-        try:
-            while True:
-                batch = hearing.read()
-                if not batch:
+            if responder is None:  # it died, or could not be started: try again in a while
+                if select.select([self._stop_r], [], [], _RESTART_SECONDS)[0]:
                     return
-                for mask, fd, pid in batch:
-                    if mask & FAN_Q_OVERFLOW or fd < 0:
-                        self.overflows += bool(mask & FAN_Q_OVERFLOW)
-                        continue
-                    earlier = heard.pop(pid, -1)
-                    if earlier >= 0:
-                        syscalls.close(earlier)
-                    if pid == self._me:
-                        syscalls.close(fd)
-                    else:
-                        heard[pid] = fd
-        finally:
-            self._note_heard(heard)
+                responder = self._restart(None)
+                continue
+            poller = select.poll()
+            poller.register(responder.fd, select.POLLIN)
+            poller.register(self._stop_r, select.POLLIN)
+            while True:
+                ready = poller.poll(tick * 1000)
+                if any(fd == self._stop_r for fd, _ in ready):
+                    return
+                try:
+                    messages = responder.receive()
+                    if messages is None or responder.lost:
+                        break
+                    for message in messages:
+                        self._message(message)
+                    if time.monotonic() - roots_at >= _ROOTS_SECONDS:
+                        roots_at = time.monotonic()
+                        self._send_roots()
+                    self._report_defaulted()
+                except Exception:  # the reader must not die: every open on the stick would wait
+                    log.exception("prevent: a message of the responder could not be handled")
+            responder = self._restart(responder)
 
-    def _note_heard(self, heard: dict[int, int]) -> None:
-        for pid, fd in heard.items():
-            try:
-                tagged = syscalls.readlink(f"/proc/self/fd/{fd}")
-                if tagged is not None:
-                    self.decider.note_tagged_open(pid, tagged)
-            except Exception:  # the rest of the batch (opens waiting) must still be handled
-                log.exception("prevent: a tagged open of %d could not be noted", pid)
-            finally:
-                syscalls.close(fd)
-        heard.clear()
-
-    def _asked(self, group: PermissionGroup, now: float, stalled: bool, fd: int, pid: int) -> None:
-        """A permission event: answered here (the agent's own, a stall, a clean verdict) or
-        handed to the decision thread."""
-        if pid == self._me:
-            group.answer(fd, True)  # the agent hashing a copy: never wait on ourselves
-            return
-        if stalled:
-            self._default(group, fd)
-            return
-        path = syscalls.readlink(f"/proc/self/fd/{fd}")
-        st = syscalls.device_and_size(fd)
-        if path is None or st is None:
-            group.answer(fd, True)
-            return
-        removable = st[0] in self._removable_dev
-        # a process found clean before (cp -r at its 2nd..2,000th file): checked again here,
-        # from descriptors held on it, and answered without a trip to the decision thread;
-        # only while armed (a write now must arm the tagged trees first)
-        # the same for a tagged file's open by a process that writes nothing to removable media,
-        # nor does its group (an innocent reader while some copy to a stick runs)
-        if self._armed and self._known(pid, path, removable):
-            group.answer(fd, True)
-            self.fast += 1
-            self._count(now)
-            return
-        item = _Waiting(fd, pid, path, removable, st[1], now)
+    def _start_responder(self) -> ResponderLink | None:
+        group, hearing = self._group, self._hearing
+        if group is None or hearing is None:
+            return None
+        try:
+            responder = ResponderLink({"group": group.fd, "hearing": hearing.fd, "agent": self._me,
+                                       "timeout": self._timeout, "allow_on_fail": self._allow_on_fail},
+                                      (group.fd, hearing.fd))
+        except Exception:
+            log.exception("prevent: the responder process could not be started")
+            return None
+        responder.set_version(self._flow.version if self._flow is not None else -1)
         with self._lock:
-            self._waiting[fd] = item
+            self._link = responder
+        self._roots = {}
+        self._send_roots()
+        derived: list[str] = []
+        for path in [*self._index.derived_paths(), ""]:
+            if derived and (not path or sum(map(len, derived)) > _DERIVED_BYTES):
+                self._send(["derived", derived, True])
+                derived = []
+            if path:
+                derived.append(path)
+        with self._sync_cond:
+            self._syncs += 1
+            count = self._syncs
+        self._send(["devs", list(self._removable_dev)], ["sync", count, self._armed])
+        return responder
+
+    def _restart(self, lost: ResponderLink | None) -> ResponderLink | None:
+        """The responder died (killed, or a bug): what it asked the agent is answered by `fail`,
+        what it read and held besides is allowed by the kernel as the groups close; then the
+        groups are made anew, marked as before, and another responder reads them."""
+        if lost is not None:
+            lost.close()
+            log.error("prevent: the responder process ended (exit %s); starting another",
+                      lost.proc.returncode)
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+            self._link = None
+        with self._marks_lock:
+            old, self._group, self._hearing = (self._group, self._hearing), None, None
+            for item in waiting.values():  # the kernel matches an answer by the fd's number
+                if old[0] is not None:
+                    old[0].respond(item.fd, self._allow_on_fail)
+            with self._lock:
+                self._defaulted += len(waiting)
+            for group in old:
+                if group is not None:
+                    group.close()
+            try:
+                self._group, self._hearing = PermissionGroup(), PermissionGroup(hearing=True)
+                for point in set(self._removable_dev.values()):
+                    self._group.place(point, FAN_OPEN_PERM, filesystem=True)
+                self._mark_tagged(armed=self._armed)
+            except Exception:
+                log.exception("prevent: the permission groups could not be made anew")
+                for group in (self._group, self._hearing):
+                    if group is not None:
+                        group.close()
+                self._group = self._hearing = None
+                return None
+        return self._start_responder()
+
+    def _send(self, *messages: Message) -> None:
+        responder = self._link
+        if responder is not None:
+            responder.send(*messages)
+
+    def _send_roots(self) -> None:
+        roots = self.tags.roots()
+        if roots != self._roots:
+            self._roots = roots
+            self._send(["roots", roots])
+
+    def _remember(self, pid: int, ppid: int, pgid: int, chain: list[int], version: int) -> None:
+        """A clean verdict: the responder answers the process's later opens (before this open's
+        answer is sent, on the same socket)."""
+        self._send(["clean", pid, ppid, pgid, chain, version])
+
+    def _derived_changed(self, path: str, derived: bool) -> None:
+        self._send(["derived", [path], derived])
+
+    def _version_changed(self, version: int) -> None:
+        responder = self._link
+        if responder is not None:
+            responder.set_version(version)
+
+    def _message(self, message: Message) -> None:
+        kind: str = message[0]
+        if kind == "heard":
+            _, pid, pgid, path, when = message
+            self.decider.note_heard(pid, path, pgid, when)
+        elif kind == "ask":
+            self._asked(*message[1:])
+        elif kind == "fast":  # answered from verdicts: their latencies, and the writers
+            _, latencies, writers = message
+            self.fast += len(latencies)
+            self.decided += len(latencies)
+            self.latencies.extend(latencies)
+            for pid, pgid, path in writers:
+                self.decider.note_writer(pid, pgid, path)
+        elif kind == "defaulted":
+            with self._lock:
+                self._defaulted += message[1]
+        elif kind == "synced":
+            with self._sync_cond:
+                self._synced = max(self._synced, message[1])
+                self._sync_cond.notify_all()
+        elif kind == "overflow":
+            self.overflows += 1
+
+    def _asked(self, seq: int, fd: int, pid: int, path: str, dev: int, size: int, read_at: float) -> None:  # noqa: PLR0917
+        """An open the responder hands over: a tagged file's by an innocent reader while armed
+        is answered here, the rest goes to the decision thread."""
+        removable = dev in self._removable_dev
+        if not removable and self._armed and self._known(pid, path):
+            self._send(["answer", seq, True])
+            self.fast += 1
+            self._count(read_at)
+            return
+        item = _Waiting(seq, fd, pid, path, removable, size, read_at)
+        with self._lock:
+            self._waiting[seq] = item
         self._work.put(item)
 
-    def _known(self, pid: int, path: str, removable: bool) -> bool:
+    def _known(self, pid: int, path: str) -> bool:
         try:
-            if removable:
-                return self.decider.allow_known(pid, path)
             return self.decider.allow_tagged(pid, path)
         except Exception:  # the open must still be answered: by the full decision
-            log.exception("prevent: the clean verdict of %d could not be checked", pid)
+            log.exception("prevent: the tagged open of %d could not be checked", pid)
             return False
 
-    def _expire(self, group: PermissionGroup, now: float) -> None:
-        with self._lock:
-            late = [item for item in self._waiting.values() if now - item.read_at > self._timeout]
-            for item in late:
-                del self._waiting[item.fd]
-        for item in late:
-            self._default(group, item.fd)
-
-    def _default(self, group: PermissionGroup, fd: int) -> None:
-        group.answer(fd, self._allow_on_fail)
-        with self._lock:
-            self._defaulted += 1
+    def _sync(self, armed: bool, wait: float = 0.0) -> bool:
+        """Tell the responder whether it may answer from verdicts, and wait until it has read the
+        tagged opens queued so far and its messages before are handled (False: it did not say)."""
+        with self._sync_cond:
+            self._syncs += 1
+            count = self._syncs
+        responder = self._link
+        if responder is None or not responder.send(["sync", count, armed]):
+            return False
+        with self._sync_cond:
+            return self._sync_cond.wait_for(lambda: self._synced >= count,
+                                            wait or max(1.0, 2 * self._timeout))
 
     def _report_defaulted(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -392,7 +468,7 @@ class ContentGuard:
 
     def _decide(self, item: _Waiting) -> None:
         with self._lock:
-            if self._waiting.get(item.fd) is not item:
+            if self._waiting.get(item.seq) is not item:
                 return  # answered by the timeout already
         if item.removable:
             verdict = self.decider.removable_open(item.pid, item.path)
@@ -400,12 +476,10 @@ class ContentGuard:
             # or another program hashing the stick would keep every tagged read waiting)
             if verdict is None and not self._armed and self.decider.is_writer(item.pid):
                 self._arm()  # before the open goes on: its next tagged open must be seen
-                # tagged opens made while the marks went in were heard, not asked: hear them all
-                # now (the reader's pass holds the same lock), then look again
-                group = self._group
-                if group is not None:
-                    with self._drain_lock:
-                        self._drain(group, time.monotonic(), stalled=False)
+                # tagged opens made while the marks went in were heard, not asked: the responder
+                # hears them all and they are noted before it says so (it answers from verdicts
+                # from now on), then look again
+                self._sync(True)
                 verdict = self.decider.recheck(item.pid)
         else:
             verdict = self.decider.tagged_open(item.pid, item.path)
@@ -415,13 +489,12 @@ class ContentGuard:
 
     def _answer(self, item: _Waiting, allow: bool) -> bool:
         with self._lock:
-            if self._waiting.get(item.fd) is not item:
+            if self._waiting.get(item.seq) is not item:
                 return False
-            del self._waiting[item.fd]
-            group = self._group
-        if group is None:
+            del self._waiting[item.seq]
+            responder = self._link
+        if responder is None or not responder.send(["answer", item.seq, allow]):
             return False
-        group.answer(item.fd, allow)
         self._count(item.read_at)
         return True
 
@@ -500,22 +573,29 @@ class ContentGuard:
 
     def mark_dir(self, path: str) -> None:
         """A directory appeared in a tagged tree (the file sensor saw it): hear its opens too."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), self._marks_lock:
             if self._place_tagged(path, FAN_EVENT_ON_CHILD, armed=self._armed):
                 self._marked.append(path)
 
     def _arm(self) -> None:
-        self._mark_tagged(armed=True)
+        with self._marks_lock:
+            self._mark_tagged(armed=True)
         self._armed = True
         self.armings += 1
         log.debug("prevent: armed %d tagged directories", len(self._marked))
 
     def _maybe_disarm(self) -> None:
-        group = self._group
-        if not self._armed or group is None or self.decider.writers_left():
+        if not self._armed or self._group is None or self.decider.writers_left():
             return
-        for path in self._marked:
-            with contextlib.suppress(Exception):
-                group.place(path, FAN_OPEN_PERM, remove=True)
+        # the responder answers no write from a verdict from now on, and every one it did is
+        # noted (its message comes before its answer to this): a writer since keeps the trees armed
+        if not self._sync(False) or self.decider.writers_left():
+            self._send(["sync", 0, True])
+            return
+        with self._marks_lock:
+            for path in self._marked:
+                with contextlib.suppress(Exception):
+                    if self._group is not None:
+                        self._group.place(path, FAN_OPEN_PERM, remove=True)
         self._armed = False
         log.debug("prevent: disarmed tagged trees (nothing open for writing on removable media)")

@@ -78,6 +78,14 @@ class PermissionGroup(Fanotify):
                                "(needs root and CONFIG_FANOTIFY_ACCESS_PERMISSIONS)", ctypes.get_errno())
         self.fd = fd
 
+    @classmethod
+    def adopt(cls, fd: int) -> PermissionGroup:
+        """The group whose descriptor `fd` this process inherited (the responder's)."""
+        group = cls.__new__(cls)
+        group._libc = _libc()
+        group.fd = fd
+        return group
+
     def place(self, path: str, mask: int, *, filesystem: bool = False, remove: bool = False) -> bool:
         """Add (or remove) a mark on an inode or a whole file system; False when `path` is gone."""
         flags = (FAN_MARK_REMOVE if remove else FAN_MARK_ADD) | (
@@ -99,8 +107,13 @@ class PermissionGroup(Fanotify):
         """Let the waiting open go on (allow) or fail it with EPERM, and close the event's fd."""
         # with the GIL kept (syscalls.py): the thread answering goes on to the next open at once
         # (a failed write: the opener is gone, killed while waiting; nothing waits for the answer)
-        syscalls.write(self.fd, _RESPONSE.pack(fd, FAN_ALLOW if allow else FAN_DENY))
+        self.respond(fd, allow)
         syscalls.close(fd)
+
+    def respond(self, fd: int, allow: bool) -> None:
+        """Answer the event read as `fd` without closing it (it is another process's: the
+        responder's, which died before answering; the kernel matches the answer by number)."""
+        syscalls.write(self.fd, _RESPONSE.pack(fd, FAN_ALLOW if allow else FAN_DENY))
 
 
 __all__ = ["FAN_EVENT_ON_CHILD", "FAN_OPEN", "FAN_OPEN_PERM", "FAN_Q_OVERFLOW", "PermissionGroup"]

@@ -93,6 +93,9 @@ class FingerprintIndex:
         self._derived: dict[str, tuple[str, ...]] = {}
         self._provenance: dict[str, Provenance] = {}
         self.derived_dropped = 0  # derived files forgotten at the MAX_DERIVED bound
+        # told (path, True) when a derived file is added and (path, False) when it is forgotten,
+        # under the lock: the content guard's responder process keeps the same set
+        self.on_derived: list[Callable[[str, bool], None]] = []
         # Paths we are hashing now: inotify cannot tell our own reads from a user's. Oldest
         # first (a renewed entry moves to the end), so expired ones are dropped from the front.
         self._own_reads: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
@@ -294,8 +297,20 @@ class FingerprintIndex:
                 del self._derived[oldest]
                 self._provenance.pop(oldest, None)
                 self.derived_dropped += 1
+                self._told(oldest, False)
             self._insert(path, (st.st_size, st.st_mtime_ns, self._derived[path]))
             self.version += 1
+            self._told(path, True)
+
+    def _told(self, path: str, derived: bool) -> None:
+        # under the lock
+        for told in self.on_derived:
+            told(path, derived)
+
+    def derived_paths(self) -> list[str]:
+        """Every derived file remembered now."""
+        with self._lock:
+            return list(self._derived)
 
     def is_derived(self, path: str) -> bool:
         """Whether `path` is a derived file (lock-free: the fanotify reader asks per event)."""
@@ -354,6 +369,7 @@ class FingerprintIndex:
                 self._delete(path)
                 if self._derived.pop(path, None) is not None:
                     self._provenance.pop(path, None)
+                    self._told(path, False)
             else:
                 prefix = path.rstrip("/") + "/"
                 for sub in [p for p in self._files if p.startswith(prefix)]:

@@ -110,6 +110,9 @@ class DataFlow:
         # grows whenever a process comes to carry data or a link changes: a flow found empty at
         # one version is empty as long as it stays (the content guard's verdicts rest on it)
         self.version = 0
+        # told each new version (under the lock): the content guard's responder process reads it
+        # from memory it shares with the agent (agent/prevent/link.py)
+        self.on_version: list[Callable[[int], None]] = []
 
     # ------------------------------------------------------------- records
 
@@ -148,7 +151,7 @@ class DataFlow:
         # under the lock
         if not reads:
             return
-        self.version += 1
+        self._bump()
         if not proc.sources:
             self._carriers += 1
         for read in reads:
@@ -218,13 +221,19 @@ class DataFlow:
             if execed or (proc.born and born and abs(proc.born - born) > 0.05):
                 proc.looked = False  # a new program, or a new process under a reused pid
             if (proc.ppid, proc.writes, proc.reads, proc.born) != (ppid or parent, writes, reads, born):
-                self.version += 1
+                self._bump()
             proc.ppid = ppid or parent
             proc.writes, proc.reads, proc.seen, proc.born = writes, reads, now, born
             for inode in writes:
                 self._writers_of.setdefault(inode, set()).add(pid)
             self._procs.move_to_end(pid)
             self._carry(proc, held)
+
+    def _bump(self) -> None:
+        # under the lock
+        self.version += 1
+        for told in self.on_version:
+            told(self.version)
 
     def _add(self, pid: int, proc: _Process) -> _Process:
         self._procs[pid] = proc

@@ -1,6 +1,7 @@
 """The guard never leaves a process hanging: the real `exfilguard-agent` with
-prevent.removable_writes: block and fail: closed, stopped (SIGSTOP) while a copy waits, denies it
-when it runs again (and says so); killed while a copy waits, the kernel lets the copy go on."""
+prevent.removable_writes: block and fail: closed, stopped (SIGSTOP, with its responder process)
+while a copy waits, denies it when it runs again (and says so); killed while a copy waits, the
+kernel lets the copy go on; its responder killed alone, it starts another and guards again."""
 
 from __future__ import annotations
 
@@ -28,6 +29,20 @@ def _state(proc: subprocess.Popen[bytes]) -> str:
             f"/proc/{proc.pid}/stat").read_text()
     except OSError as exc:
         return f"exit {proc.poll()}; {exc}"
+
+
+def _responder(agent: int) -> int:
+    """The agent's responder process (agent/prevent/responder.py): its one child."""
+    children = [int(pid) for task in Path(f"/proc/{agent}/task").iterdir()
+                for pid in (task / "children").read_text().split()]
+    assert len(children) == 1, children
+    return children[0]
+
+
+def _stop(agent: int, sig: signal.Signals) -> None:
+    """Stop or resume the agent and the responder that holds the opens for it."""
+    for pid in (_responder(agent), agent):
+        os.kill(pid, sig)
 
 
 def _waiting_in_open(pid: int) -> bool:
@@ -61,22 +76,30 @@ def test_stopped_agent_fails_closed_and_a_killed_one_releases(
     try:
         wait_for(lambda: f"guarding writes to {point}" in log.read_text(), 60, "the agent to guard the stick",
                  diagnose=log.read_text)
-        # stopped: the copy of untagged data waits; resumed: the agent sees it stood still and
+        # stopped: the copy of untagged data waits; resumed: the responder sees it stood still and
         # answers by fail: closed
-        agent.send_signal(signal.SIGSTOP)
+        _stop(agent.pid, signal.SIGSTOP)
         copies.append(subprocess.Popen(["cp", str(plain), f"{point}/plain.bin"], stderr=subprocess.PIPE))
         wait_for(lambda: _waiting_in_open(copies[-1].pid), 15, "cp to wait in open",
                  diagnose=lambda: _state(copies[-1]))
         time.sleep(0.4)  # not a wait for an event: the stall itself, twice decision_timeout_ms long
-        agent.send_signal(signal.SIGCONT)
+        _stop(agent.pid, signal.SIGCONT)
         _, err = copies[-1].communicate(timeout=15)
         assert copies[-1].returncode != 0
         assert b"Operation not permitted" in err
         assert not (point / "plain.bin").exists() or (point / "plain.bin").stat().st_size == 0
         wait_for(lambda: "prevent_timeout" in log.read_text() or "denied undecided" in log.read_text(), 15,
                  "the defaulted decision to be reported", diagnose=log.read_text)
+        # the responder killed: the agent starts another, which guards the stick as before
+        first = _responder(agent.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: "starting another" in log.read_text() and _responder(agent.pid) != first, 30,
+                 "another responder", diagnose=log.read_text)
+        wait_for(lambda: subprocess.run(["cp", str(db / "customers.db"), f"{point}/again.db"],
+                                        capture_output=True, check=False).returncode != 0, 30,
+                 "a tagged copy to be refused again", diagnose=log.read_text)
         # killed while a copy of tagged data waits: the kernel allows it when the group closes
-        agent.send_signal(signal.SIGSTOP)
+        _stop(agent.pid, signal.SIGSTOP)
         copies.append(subprocess.Popen(["cp", str(db / "customers.db"), f"{point}/c.db"]))
         wait_for(lambda: _waiting_in_open(copies[-1].pid), 15, "cp to wait in open",
                  diagnose=lambda: _state(copies[-1]))

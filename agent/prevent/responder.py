@@ -1,0 +1,299 @@
+"""The content guard's responder: a child process that reads the permission group and answers
+the opens of processes already found clean, without the agent's interpreter lock.
+
+    python -m agent.prevent.responder CONFIG-JSON      (started by link.ResponderLink only)
+
+`cp -r` of 2,000 files asks 2,000 times; answered by a thread of the agent, each answer waited
+for that thread to get the interpreter lock back from the sensor threads hashing the very copy
+(~0.3 ms per open; a thread of a process of its own: ~0.03 ms). So this process, single-threaded,
+owns the reading of the permission group:
+
+  - an open on removable media by a process the agent found clean (a "clean" message: its
+    verdict, with the chain and lineage version it rests on) is checked again here, from
+    descriptors held on the process, exactly as `Decider.allow_known` does, and allowed; the
+    agent is told afterwards (a writer, counted). Only while the agent has armed it (`sync`).
+  - everything else is handed to the agent (`ask`) and answered when the agent says (`answer`),
+    or by `prevent.fail` when it does not within decision_timeout_ms (the agent stopped or
+    stalled), or when this process itself stood still that long.
+  - the hearing group (tagged opens, notification class) is read here, before each read of
+    permission events: the tagged opens are noted in this process's tables (a cached verdict is
+    checked against them) and sent to the agent before any open read after them.
+
+It dies with the agent (PR_SET_PDEATHSIG, and the end of the socket); the kernel then allows
+every open it still holds (the group's last descriptor closes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import mmap
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from typing import Any
+
+from agent.prevent import link, syscalls, verdicts
+from agent.prevent.decide import Decider, Verdict
+from agent.prevent.permission import FAN_OPEN_PERM, FAN_Q_OVERFLOW, PermissionGroup
+from agent.sensors.provenance import Provenance
+from agent.sensors.tags import TagMap
+from common.agentconfig import PreventSettings
+
+log = logging.getLogger("agent.prevent.responder")
+
+_PR_SET_PDEATHSIG = 1
+MAX_BACKLOG = 4096  # packets kept for an agent that reads none (stopped): the oldest go
+# a cached write is told to the agent (which keeps its writers) at most this often per process:
+# the agent counts a writer allowed within 2 s as writing even before its descriptor shows
+WRITER_NOTE_SECONDS = 0.5
+
+
+class _Derived:
+    """The derived files the agent's fingerprint index knows (told by `derived` messages)."""
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+
+    def is_derived(self, path: str) -> bool:
+        """Whether `path` is derived from tagged data."""
+        return path in self.paths
+
+    def provenance(self, _path: str) -> Provenance | None:
+        """Not known here (a refusal is the agent's to explain)."""
+        return None
+
+
+class _CachedDecider(Decider):
+    """The decider's cached check, with lineage read from the page the agent shares: a new
+    version sends the open to the agent (lineage lives there)."""
+
+    def __init__(self, tags: TagMap, derived: _Derived, page: mmap.mmap, agent: int) -> None:
+        super().__init__(PreventSettings(), tags, derived, None, {})
+        self._page = page
+        # the chains the agent's verdicts walked stop at the agent, not at this process
+        self._me = agent
+        self.verdicts = verdicts.VerdictCache(agent)
+
+    def flow_version(self) -> int | None:
+        """DataFlow.version as the agent last published it (None: the agent has no lineage)."""
+        version: int = link.VERSION.unpack_from(self._page, 0)[0]
+        return None if version < 0 else version
+
+    def _lineage(self, chain: list[int], now: float) -> Verdict | None:
+        return Verdict("lineage changed: asked of the agent", "", ())
+
+
+class Responder:
+    """One permission group's reader and cached answers (see the module docstring)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.group = PermissionGroup.adopt(config["group"])
+        self.hearing = PermissionGroup.adopt(config["hearing"])
+        self.link = socket.socket(fileno=config["link"])
+        self.link.setblocking(False)
+        self.page = mmap.mmap(config["page"], link.VERSION.size, prot=mmap.PROT_READ)
+        self.agent = int(config["agent"])
+        self.timeout = float(config["timeout"])
+        self.allow_on_fail = bool(config["allow_on_fail"])
+        self.derived = _Derived()
+        self.decider = _CachedDecider(TagMap({}), self.derived, self.page, self.agent)
+        self.devs: set[int] = set()
+        self.armed = False
+        self.waiting: dict[int, tuple[int, float]] = {}  # seq -> (event fd, read at)
+        self.seq = 0
+        self.out: list[link.Message] = []
+        self.fast: list[float] = []  # latencies of the cached answers not yet told
+        self.writers: dict[int, link.Message] = {}  # pid -> [pid, pgid, path] not yet told
+        self.told: dict[int, float] = {}  # pid -> when its latest write was told
+        self.backlog: deque[bytes] = deque()
+
+    def run(self) -> None:
+        """Serve until the agent says stop or is gone; then allow what still waits."""
+        poller = select.poll()
+        poller.register(self.group.fd, select.POLLIN)
+        poller.register(self.link.fileno(), select.POLLIN)
+        tick = max(0.01, min(0.1, self.timeout / 4))
+        last = swept = time.monotonic()
+        try:
+            while True:
+                poller.poll(tick * 1000)
+                now = time.monotonic()
+                stalled = now - last > self.timeout  # this process stood still: SIGSTOP, freeze
+                last = now
+                if not self._receive():
+                    return
+                self._drain(now, stalled)
+                self._expire(now)
+                self._flush()
+                if now - swept >= 1.0:
+                    swept = now
+                    self.decider.sweep()  # verdicts of processes that are gone
+        finally:
+            for fd, _ in self.waiting.values():
+                self.group.answer(fd, True)
+            self.waiting.clear()
+
+    # ------------------------------------------------------------- the agent
+
+    def _receive(self) -> bool:
+        messages = link.receive(self.link)
+        if messages is None:
+            return False
+        for message in messages:
+            kind = message[0]
+            if kind == "answer":
+                waiting = self.waiting.pop(message[1], None)
+                if waiting is not None:
+                    self.group.answer(waiting[0], bool(message[2]))
+            elif kind == "clean":
+                _, pid, ppid, pgid, chain, version = message
+                self.decider.verdicts.remember(pid, ppid, pgid, list(chain), version)
+            elif kind == "sync":
+                self.armed = bool(message[2])
+                self._hear()  # tagged opens made while the agent armed: before it decides again
+                self.told.clear()  # every writer since: told before the agent looks for writers
+                self._flush()
+                self.out.append(["synced", message[1]])
+            elif kind == "derived":
+                paths = self.derived.paths
+                (paths.update if message[2] else paths.difference_update)(message[1])
+            elif kind == "devs":
+                self.devs = set(message[1])
+            elif kind == "roots":
+                self.decider.tags = TagMap({root: list(tags) for root, tags in message[1].items()})
+            elif kind == "stop":
+                return False
+        return True
+
+    def _flush(self) -> None:
+        if self.fast:
+            self.out.append(["fast", self.fast, list(self.writers.values())])
+            self.fast, self.writers = [], {}
+        if self.out:
+            self.backlog.extend(link.packets(self.out))
+            self.out = []
+            while len(self.backlog) > MAX_BACKLOG:
+                self.backlog.popleft()
+        while self.backlog:
+            try:
+                self.link.send(self.backlog[0])
+            except (BlockingIOError, InterruptedError):
+                return  # the agent reads none now (stopped): kept for later
+            self.backlog.popleft()
+
+    # ------------------------------------------------------------- the kernel
+
+    def _drain(self, now: float, stalled: bool) -> None:
+        while True:
+            batch = self.group.read()
+            # every tagged open made before these opens were asked is queued there by now
+            self._hear()
+            if not batch:
+                return
+            for mask, fd, pid in batch:
+                if mask & FAN_Q_OVERFLOW or fd < 0:
+                    if mask & FAN_Q_OVERFLOW:
+                        self.out.append(["overflow"])
+                elif not mask & FAN_OPEN_PERM:
+                    syscalls.close(fd)
+                else:
+                    self._asked(fd, pid, now, stalled)
+
+    def _hear(self) -> None:
+        """Note the latest tagged open of each process queued in the hearing group, here and
+        (in order, before any later open is asked) in the agent."""
+        heard: dict[int, int] = {}
+        while True:
+            batch = self.hearing.read()
+            if not batch:
+                break
+            for mask, fd, pid in batch:
+                if mask & FAN_Q_OVERFLOW or fd < 0:
+                    if mask & FAN_Q_OVERFLOW:
+                        self.out.append(["overflow"])
+                    continue
+                earlier = heard.pop(pid, -1)
+                if earlier >= 0:
+                    syscalls.close(earlier)
+                if pid == self.agent:
+                    syscalls.close(fd)
+                else:
+                    heard[pid] = fd
+        when = time.time()
+        for pid, fd in heard.items():
+            path = syscalls.readlink(f"/proc/self/fd/{fd}")
+            syscalls.close(fd)
+            if path is None:
+                continue
+            pgid = self.decider.verdicts.group_of(pid)
+            self.decider.note_heard(pid, path, pgid, when)
+            self.out.append(["heard", pid, pgid, path, when])
+
+    def _asked(self, fd: int, pid: int, now: float, stalled: bool) -> None:
+        if pid == self.agent:
+            self.group.answer(fd, True)  # the agent hashing a copy: never wait on it
+            return
+        if stalled:
+            self._default(fd)
+            return
+        path = syscalls.readlink(f"/proc/self/fd/{fd}")
+        st = syscalls.device_and_size(fd)
+        if path is None or st is None:
+            self.group.answer(fd, True)
+            return
+        if self.armed and st[0] in self.devs:
+            how = self._known(pid, path)
+            if how:
+                self.group.answer(fd, True)
+                self.fast.append(time.monotonic() - now)
+                clean = self.decider.verdicts.get(pid)
+                if (how == "write" and clean is not None
+                        and now - self.told.get(pid, -1.0) >= WRITER_NOTE_SECONDS):
+                    self.told[pid] = now
+                    self.writers[pid] = [pid, clean.pgid, path]
+                    if len(self.told) > verdicts.MAX_CLEAN * 4:
+                        self.told = {p: t for p, t in self.told.items() if now - t < WRITER_NOTE_SECONDS}
+                return
+        self.seq += 1
+        self.waiting[self.seq] = (fd, now)
+        self.out.append(["ask", self.seq, fd, pid, path, st[0], st[1], now])
+
+    def _known(self, pid: int, path: str) -> str:
+        try:
+            return self.decider.allow_known(pid, path)
+        except Exception:  # the open must still be answered: by the agent
+            log.exception("prevent responder: the clean verdict of %d could not be checked", pid)
+            return ""
+
+    def _expire(self, now: float) -> None:
+        late = [seq for seq, (_, read_at) in self.waiting.items() if now - read_at > self.timeout]
+        for seq in late:
+            self._default(self.waiting.pop(seq)[0])
+
+    def _default(self, fd: int) -> None:
+        self.group.answer(fd, self.allow_on_fail)
+        self.out.append(["defaulted", 1])
+
+
+def main(argv: list[str]) -> int:
+    """Run the responder the agent started (argv[1]: its configuration as JSON)."""
+    config = json.loads(argv[1])
+    # die with the agent's thread that started this process (the guard's reader)
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != int(config["agent"]):
+        return 0  # the agent died before the line above: nothing to answer for
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the agent says when: ["stop"] or its end
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    Responder(config).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
