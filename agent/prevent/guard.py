@@ -6,20 +6,17 @@ for writing ("armed"; decide.py says why). Each permission event holds its open 
 until it is answered. Who opened tagged data is heard through a second group, of the
 notification class, with FAN_OPEN marks on the tagged trees always; nothing waits on it.
 
-  responder         a child process (responder.py, link.py) reads both groups: it answers the
-                    opens of processes found clean from their cached verdicts itself, away from
-                    this process's interpreter lock, and hands the rest over, after the tagged
-                    opens heard before them; it answers with the `fail` default every open the
-                    agent leaves waiting longer than decision_timeout_ms (the agent stopped or
-                    stalled), and every one it read right after it stood still itself.
-  reader thread     reads the responder's messages: notes tagged opens and writers, answers an
-                    innocent reader's tagged opens while armed, hands the rest to
+  responder         a child process (responder.py) reads both groups, answers the opens of
+                    processes found clean from their verdicts, away from this process's
+                    interpreter lock, and hands the rest over (link.py); it answers by `fail`
+                    what waits longer than decision_timeout_ms, or what it read after a stall.
+  reader thread     reads its messages: notes tagged opens and writers, answers an innocent
+                    reader's tagged opens while armed, hands the rest to
   decision thread   asks the Decider, answers, reports `file.block` and tells the user.
 
 Defaulted decisions are counted in an `agent.gap` (reason `prevent_timeout`). The responder dies
-with the agent; closing the group makes the kernel allow every open still waiting: nobody hangs.
-When the responder dies alone, the agent answers what it was asked by `fail`, makes the groups
-anew (the kernel allows what the old ones held) and starts another.
+with the agent and the kernel allows every open still waiting: nobody hangs. One that dies alone
+is replaced (`_restart`).
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
