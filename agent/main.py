@@ -35,7 +35,7 @@ from agent.prevent import grants as prevent_grants
 from agent.prevent.guard import ContentGuard
 from agent.sensors import Sensor
 from agent.sensors.errors import SensorError
-from agent.sensors.wiring import build_sensors, take_exceptions
+from agent.sensors.wiring import build_sensors, hold_started, release_started, take_exceptions
 from agent.spool import Spool, SpoolError
 from agent.transport import Transport, TransportConfigError
 from common import agentconfig as agent_config
@@ -185,11 +185,13 @@ class Agent:
                 log.exception("sensor %s failed to start; continuing without it", sensor.name)
                 continue
             self.sensors.append(sensor)
+        hold_started()
         # Sent in the next hello.
         self.transport.capabilities = [c for c in self.transport.capabilities if not c.startswith("sensor:")]
         self.transport.capabilities += [f"sensor:{s.name}" for s in self.sensors]
 
     def _stop_sensors(self, keep: Sequence[Sensor] = ()) -> None:
+        release_started()
         for sensor in reversed(self.sensors):
             if sensor in keep:
                 continue

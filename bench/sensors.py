@@ -50,7 +50,7 @@ _LEN = struct.Struct("<I")
 
 def _serve(config_json: str, out_path: str) -> None:
     """Child process: run the sensors until a line arrives on stdin."""
-    from agent.sensors.wiring import build_sensors
+    from agent.sensors.wiring import build_sensors, hold_started
     from common.agentconfig import AgentConfig
 
     config = AgentConfig.model_validate(json.loads(config_json))
@@ -65,6 +65,7 @@ def _serve(config_json: str, out_path: str) -> None:
         sensors = build_sensors(config, emit)
         for sensor in sensors:
             sensor.start()
+        hold_started()  # as the agent's main does
         print("ready " + ",".join(s.name for s in sensors), flush=True)
         # which thread is which, for the CPU per thread (Python does not name the OS threads)
         print(json.dumps({t.native_id: t.name for t in threading.enumerate()}), flush=True)

@@ -457,7 +457,12 @@ def new_event(action: str, **fields: Any) -> pb.Event:
 
     `fields` are keyword arguments for `pb.Event` (e.g. file=pb.File(path=...)).
     """
-    event = pb.Event(**fields) if fields else pb.Event()
+    return stamped(pb.Event(**fields) if fields else pb.Event(), action)
+
+
+def stamped(event: pb.Event, action: str) -> pb.Event:
+    """`event` (fresh, perhaps filled from fields it shares with others) with its own id and
+    `action`, and the kind, time and host `new_event` gives unless it has them; returned."""
     head = event.event
     head.id = _event_ids.next()
     head.action = action

@@ -69,13 +69,17 @@ class AccessReporter:
     _reading: dict[int, dict[str, tuple[int, float]]] = field(default_factory=dict, init=False)
     _dropped_at: float = field(default=0.0, init=False)
 
-    def is_tagged(self, path: str) -> bool:
-        """Whether fanotify should treat this path as tagged (or derived from tagged data)."""
-        return bool(self.tags.tags_for(path)) or self.index.is_derived(path)
+    def tagged_as(self, path: str) -> tuple[str, ...] | None:
+        """The tags fanotify should treat this path with: a tagged file's, none for one derived
+        from tagged data; None when it is neither."""
+        tags = self.tags.tags_of(path)
+        if tags or self.index.is_derived(path):
+            return tags
+        return None
 
     def tagged(self, access: Access) -> None:
         """An open, read or write of a tagged file (or a read of a derived one)."""
-        tags = self.tags.tags_for(access.path)
+        tags = list(access.tags)
         if not tags:
             self._derived_read(access)
             return
@@ -116,8 +120,8 @@ class AccessReporter:
             self.index.update(access.path, fd=access.fd)  # read through it: no open reported back
         if not actions:
             return
-        event = new_event(actions[0], tags=tags, file=file_fields(access.path, st.st_size))
-        procinfo.describe(event, access.process, procinfo.EXACT, access.pid)
+        event = procinfo.attributed_event(actions[0], access.tags, access.process, procinfo.EXACT,
+                                          access.pid, file=file_fields(access.path, st.st_size))
         events = [event, *(sibling_event(event, action) for action in actions[1:])]  # before any emit
         for event in events:
             self.emit(event)
@@ -286,7 +290,7 @@ class ExactAccessSensor:
         self._system_paths = system_paths
         flow = reporter.copies.flow
         self.fanotify = FanotifySensor(
-            is_tagged=reporter.is_tagged,
+            tagged_as=reporter.tagged_as,
             is_removable=lambda path: media.mount_for(path) is not None,
             on_tagged=reporter.tagged,
             on_removable=reporter.removable,

@@ -165,6 +165,7 @@ class Access:
     pid: int
     process: procinfo.ProcessInfo | None
     first_path: str = ""  # the path when the event was read (a later rename changes `path`)
+    tags: tuple[str, ...] = ()  # of a tagged file, as the reader found them (a derived file: none)
 
 
 AccessHandler = Callable[[Access], None]
@@ -176,6 +177,8 @@ class FanotifySensor:
     Two threads: the reader drains the kernel queue, resolves each event at once (path
     from the fd, process from /proc while it still lives) and reports tagged accesses; a
     worker checks removable writes (hashing is slow) a moment later.
+    `tagged_as(path)` says whether a path is tagged (its tags) or derived from tagged data (no
+    tags), None when neither: one look per event, which `on_tagged` finds in `Access.tags`.
     `on_tagged` gets events under tagged marks;
     `on_removable` close-after-write on removable mounts, handled once the reader has drained
     the kernel queue (every read that came before the close is known by then), or
@@ -193,7 +196,7 @@ class FanotifySensor:
     def __init__(
         self,
         *,
-        is_tagged: Callable[[str], bool],
+        tagged_as: Callable[[str], tuple[str, ...] | None],
         is_removable: Callable[[str], bool],
         on_tagged: AccessHandler,
         on_removable: AccessHandler,
@@ -207,7 +210,7 @@ class FanotifySensor:
         max_pending: int = 2048,
     ) -> None:
         self._group = Fanotify()
-        self._is_tagged = is_tagged
+        self._tagged_as = tagged_as
         self._is_removable = is_removable
         self._handlers: dict[str, AccessHandler] = {"tagged": on_tagged, "removable": on_removable}
         if on_other_write is not None:
@@ -415,7 +418,8 @@ class FanotifySensor:
                 return
         kind = ""
         due = 0.0
-        if self._is_tagged(path):
+        tags = self._tagged_as(path)
+        if tags is not None:
             kind = "tagged"
         elif self._is_removable(path := self._placed(fd, path)):
             if mask & (FAN_MODIFY | FAN_CLOSE_WRITE):
@@ -430,7 +434,7 @@ class FanotifySensor:
         if not kind:
             os.close(fd)
             return
-        access = Access(mask, path, fd, pid, self._processes.lookup(pid), path)
+        access = Access(mask, path, fd, pid, self._processes.lookup(pid), path, tags or ())
         if kind == "other" and self._on_other_now is not None:
             try:
                 self._on_other_now(access)  # before any later read of the file is handled

@@ -320,7 +320,7 @@ class FileSensor:
                 self._mark_tree(src)  # marks first: a file written after the walk below is seen
             # maybe still being written, and its close-after-write may never reach us (written
             # before the mark, or by the agent itself): the index looks at it again for a while
-            self.index.update(src, written=False)
+            self.index.update(src, written=False, looked=found)
             size = found.st_size if found is not None and stat.S_ISREG(found.st_mode) else None
             self._emit(self._file_event("file.create", src, tags, event.is_directory, size=size))
         elif isinstance(event, (FileDeletedEvent, DirDeletedEvent)):
@@ -361,7 +361,8 @@ class FileSensor:
             except OSError:
                 size = -1
             fields = file_fields(path, size) if size >= 0 else pb.File(path=path, type="file")
-            out = new_event(action, tags=tags, file=fields)
+            return procinfo.attributed_event(action, tags, info, procinfo.INFERRED if info is not None
+                                             else procinfo.NONE, file=fields)
         procinfo.describe(out, info, procinfo.INFERRED if info is not None else procinfo.NONE)
         return out
 

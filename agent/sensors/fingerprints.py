@@ -73,7 +73,9 @@ class FingerprintIndex:
         self.max_hash_bytes = max_hash_bytes
         self._lock = threading.RLock()
         self._files: dict[str, tuple[int, int, tuple[str, ...]]] = {}
-        self._by_size: dict[int, list[str]] = {}
+        # size -> paths of that size (a dict as an ordered set: a change of one of 10,000 files of
+        # one size costs a pop, not a scan of a list)
+        self._by_size: dict[int, dict[str, None]] = {}
         self._samples: dict[str, tuple[int, bytes]] = {}
         # path -> (mtime_ns, SHA-256, size) of the indexed file as it is now: an entry goes
         # whenever its file's index entry does (_delete), so it is never stale
@@ -172,7 +174,7 @@ class FingerprintIndex:
         self._sample_maps.pop(entry[0], None)
         self._files[path] = entry
         self._note_change(path)
-        self._by_size.setdefault(entry[0], []).append(path)
+        self._by_size.setdefault(entry[0], {})[path] = None
         if path in self._derived:
             return
         for tag in entry[2]:
@@ -189,7 +191,7 @@ class FingerprintIndex:
         self._sample_maps.pop(entry[0], None)
         same = self._by_size.get(entry[0])
         if same is not None:
-            same.remove(path)
+            same.pop(path, None)
             if not same:
                 del self._by_size[entry[0]]
         self._samples.pop(path, None)
@@ -249,18 +251,24 @@ class FingerprintIndex:
 
     # ------------------------------------------------------------- updates
 
-    def update(self, path: str, *, written: bool = True, fd: int | None = None) -> None:
+    def update(self, path: str, *, written: bool = True, fd: int | None = None,
+               looked: os.stat_result | None = None) -> None:
         """A tagged path was written (closed after a write), or created or moved
         (`written=False`: it may still be being written): re-stat it (a directory is walked).
-        `fd`: open on the written file (fanotify's), held for the agent's own read of it."""
+        `fd`: open on the written file (fanotify's), held for the agent's own read of it.
+        `looked`: the lstat of it the caller has just made (a create's), taken for a new one."""
         with self._lock:
             # stat and store as one step: of two threads updating one path (a create event
             # and a close-after-write), the later stat is the one kept
-            try:
-                st = os.stat(path, follow_symlinks=False)
-            except OSError:
-                self.remove(path)
-                return
+            old = self._files.get(path)
+            if looked is not None and (old is None or old[1] < looked.st_mtime_ns):
+                st = looked  # nothing newer stored: the caller's look is the later one
+            else:
+                try:
+                    st = os.stat(path, follow_symlinks=False)
+                except OSError:
+                    self.remove(path)
+                    return
             if stat.S_ISREG(st.st_mode):
                 self._set(path, st.st_size, st.st_mtime_ns, settled=written)
                 if fd is not None and path in self._files:
@@ -322,14 +330,14 @@ class FingerprintIndex:
             return self._provenance.get(path)
 
     def _set(self, path: str, size: int, mtime: int, *, settled: bool) -> None:
-        tags = self.tags.tags_for(path)
+        tags = self.tags.tags_of(path)
         if not tags:
             return
         with self._lock:
             old = self._files.get(path)
-            if old is None or old[0] != size or old[1] != mtime or list(old[2]) != tags:
+            if old is None or old[0] != size or old[1] != mtime or old[2] != tags:
                 self._delete(path)
-                self._insert(path, (size, mtime, self._intern(tuple(tags))))
+                self._insert(path, (size, mtime, self._intern(tags)))
                 self.version += 1
             if settled or mtime < time.time_ns() - _SETTLE_NS:
                 self._unsettled.pop(path, None)

@@ -25,7 +25,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirModifiedEvent,
+    FileCreatedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers.api import EventQueue, ObservedWatch
 from watchdog.observers.inotify import InotifyEmitter, InotifyWatchGroup
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, InotifyFD, WatchDescriptor
@@ -36,6 +42,8 @@ log = logging.getLogger(__name__)
 MOVE_WAIT = 0.5  # seconds an IN_MOVED_FROM waits for its IN_MOVED_TO (watchdog's delay)
 _DIR_MADE = InotifyConstants.IN_CREATE | InotifyConstants.IN_ISDIR
 _DIR_MOVED_IN = InotifyConstants.IN_MOVED_TO | InotifyConstants.IN_ISDIR
+_ISDIR = InotifyConstants.IN_ISDIR
+_CREATE = InotifyConstants.IN_CREATE
 
 
 class Grouper:
@@ -194,6 +202,7 @@ class Emitter(InotifyEmitter):
         super().__init__(EventQueue(), watch, event_filter=wanted, inotify_fd=inotify_fd)
         self.handler = handler
         self._wanted = tuple(watch.event_filter or (FileSystemEvent,))
+        self._plain_creates = not any(issubclass(DirModifiedEvent, kind) for kind in self._wanted)
         self._on_overflow = on_overflow
         self._on_lost = on_lost
 
@@ -221,8 +230,16 @@ class Emitter(InotifyEmitter):
         )
 
     def _deliver(self, event: GroupedInotifyEvent) -> None:
-        if self.should_keep_running():
-            self.build_and_queue_event(event)
+        if not self.should_keep_running():
+            return
+        if (self._plain_creates and isinstance(event, PathedInotifyEvent)
+                and event.ev.mask & ~_ISDIR == _CREATE):
+            # the common event: a file or directory made. watchdog builds the parent's
+            # DirModifiedEvent with it, which carries nothing and no filter of ours lets through
+            made = DirCreatedEvent if event.ev.mask & _ISDIR else FileCreatedEvent
+            self.queue_event(made(self._decode_path(event.path)))
+            return
+        self.build_and_queue_event(event)
 
     def queue_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, self._wanted):

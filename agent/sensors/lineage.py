@@ -128,8 +128,14 @@ class DataFlow:
         """A process opened tagged data (a tagged file, or the sources of a derived one)."""
         if not reads:
             return
+        now = time.monotonic()
         with self._lock:
             known = self._procs.get(pid)
+            if known is not None and known.looked and now - known.seen < REFRESH_SECONDS:
+                # recorded a moment ago and looked at since its exec (most reads of a burst):
+                # only what it carries changes, under one hold of the lock
+                self._carry(known, reads)
+                return
             first = known is None or not known.looked
         # the first tagged read looks at the pipes afresh: tar makes its pipe to gzip after its exec.
         # Once per program: a process writing tagged files one after the other (each write

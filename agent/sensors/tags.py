@@ -81,18 +81,27 @@ class TagMap:
 
     def tags_for(self, path: str) -> list[str]:
         """Union of the tags of every root containing `path` (empty: not tagged)."""
+        return list(self.tags_of(path))
+
+    def tags_of(self, path: str) -> tuple[str, ...]:
+        """`tags_for` as the shared tuple it is kept as (asked per file event: no copy, and no
+        lock once the path's directory was answered)."""
         parent = path.rpartition(os.sep)[0] or os.sep
+        # one read of each dict (refresh swaps them whole): no lock on the way of an event
+        by_dir, roots = self._by_dir, self._roots
+        if path not in roots:
+            # the roots holding a path that is not a root itself are those holding its
+            # directory: asked for at every file event, answered once per directory
+            cached = by_dir.get(parent)
+            if cached is not None:
+                return cached
+            with self._lock:
+                if len(self._by_dir) >= _DIR_CACHE:
+                    self._by_dir = {}
+                cached = self._by_dir[parent] = tuple(self._scan(parent))
+                return cached
         with self._lock:
-            if path not in self._roots:
-                # the roots holding a path that is not a root itself are those holding its
-                # directory: asked for at every file event, answered once per directory
-                cached = self._by_dir.get(parent)
-                if cached is None:
-                    if len(self._by_dir) >= _DIR_CACHE:
-                        self._by_dir.clear()
-                    cached = self._by_dir[parent] = tuple(self._scan(parent))
-                return list(cached)
-            return self._scan(path)
+            return tuple(self._scan(path))
 
     def _scan(self, path: str) -> list[str]:
         # under the lock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -162,3 +163,18 @@ def take_exceptions(sensors: Sequence[Sensor], config: AgentConfig, emit: Emit) 
             sensor.decider.exceptions = list(honoured)  # one assignment: the decision thread sees old or new
         elif isinstance(sensor, Quarantine):
             sensor.exceptions = list(honoured)
+
+
+def hold_started() -> None:
+    """Once the sensors have started: what they built (the index of every tagged file, the tag
+    map, the modules) lives as long as they do, and is moved out of the cyclic garbage
+    collector's reach (`gc.freeze`). A full collection in a burst of file events then scans only
+    what came after: it was a tenth of the agent's CPU on a burst of 2,000 new files."""
+    gc.collect()
+    gc.freeze()
+
+
+def release_started() -> None:
+    """Before sensors held by `hold_started` stop: their objects are the collector's again, so a
+    rebuild (a pushed config) does not keep the old sensors' cycles for good."""
+    gc.unfreeze()
