@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import keyword
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, cast
 
 import orjson
@@ -21,7 +20,15 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from protos import exfilguard_pb2 as pb
-from protos.events import TimestampError, ecs_name, is_timestamp, model_fields, timestamp_to_iso, to_mapping
+from protos.events import (
+    TimestampError,
+    ecs_name,
+    is_timestamp,
+    mapping_lines,
+    model_fields,
+    timestamp_to_iso,
+    to_mapping,
+)
 
 GENESIS = bytes(32)
 
@@ -143,38 +150,6 @@ _PART_CACHE = 2048  # parts per top-level message field; cleared when full (dist
 _UNIQUE = "event.id"  # the message holding it never repeats: its part is not cached
 
 
-def _read_lines(
-    fields: Sequence[FieldDescriptor], holder: str, prefix: str, depth: int, out: list[str]
-) -> None:
-    """Source lines that set `d[name] = value` for what to_mapping writes of `fields`, read from the
-    variable `holder` (indented by `depth`); a timestamp no ISO time expresses raises TimestampError
-    (the caller's event then takes the to_mapping path)."""
-    pad = " " * depth
-    for field in fields:
-        name = repr(ecs_name(prefix, field))
-        attribute = f"getattr({holder}, {field.name!r})" if keyword.iskeyword(field.name) else None
-        read = attribute or f"{holder}.{field.name}"
-        has = f"{holder}.HasField({field.name!r})"
-        if is_timestamp(field):
-            if field.is_repeated:
-                raise TypeError(f"{name}: a repeated Timestamp has no ECS form")
-            out.append(f"{pad}if {has}: d[{name}] = _iso({read})")
-        elif field.message_type is not None and field.is_repeated:
-            out += [f"{pad}v = {read}", f"{pad}if v: d[{name}] = [_to_mapping(item) for item in v]"]
-        elif field.message_type is not None:
-            inner = f"m{depth}"
-            out += [f"{pad}if {has}:", f"{pad} {inner} = {read}"]
-            _read_lines(field.message_type.fields, inner, ecs_name(prefix, field) + ".", depth + 1, out)
-        elif field.is_repeated:
-            out += [f"{pad}v = {read}", f"{pad}if v: d[{name}] = list(v)"]
-        elif field.has_presence:
-            out.append(f"{pad}if {has}: d[{name}] = {read}")
-        elif field.cpp_type in _FLOATS:  # proto3 lists -0.0 as set (its bits are not zero)
-            out += [f"{pad}v = {read}", f"{pad}if v or _copysign(1.0, v) < 0: d[{name}] = v"]
-        else:
-            out += [f"{pad}v = {read}", f"{pad}if v: d[{name}] = v"]
-
-
 def _dump_part(mapping: dict[str, Any]) -> bytes:
     """A part of a mapping that holds no float: orjson, or the definition beyond what orjson takes."""
     try:
@@ -208,9 +183,9 @@ def _compile_canonical() -> Callable[[Message], bytes | None]:
         part = [f"def part_{field.name}(e):", " d = {}"]
         if field.name in single:
             part.append(f" m0 = e.{field.name}")
-            _read_lines(cast(Descriptor, field.message_type).fields, "m0", name + ".", 1, part)
+            mapping_lines(cast(Descriptor, field.message_type).fields, "m0", name + ".", 1, part)
         else:  # tags: read as a message's fields are
-            _read_lines((field,), "e", "", 1, part)
+            mapping_lines((field,), "e", "", 1, part)
         floats = field.cpp_type in _FLOATS or _holds_floats(field.message_type)
         part.append(f" return {'_dump_floats' if floats else '_dump'}(d)")
         exec("\n".join(part), scope)  # noqa: S102 (source written above from the descriptors)

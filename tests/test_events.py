@@ -136,6 +136,18 @@ def test_view_reads_what_to_mapping_holds_for_every_field_of_the_corpus() -> Non
         assert view.epoch() == event_time(full)  # the engine's clock, read off the protobuf
 
 
+def test_the_events_straight_line_mapping_is_the_walks_in_its_order() -> None:
+    from tests.eventcorpus import corpus
+
+    for event in corpus(1500):
+        fast, walked = events.to_mapping(event), events.walk_mapping(event)
+        assert list(fast.items()) == list(walked.items())
+    bad = events.new_event("file.read", file=pb.File(path="/m/a"))
+    bad.timestamp.nanos = -1  # no ISO time: described, as the walk describes it
+    assert list(events.to_mapping(bad).items()) == list(events.walk_mapping(bad).items())
+    assert events.INVALID in events.to_mapping(bad)
+
+
 def test_view_reads_only_what_is_asked_and_keeps_added_fields_apart() -> None:
     event = events.new_event("file.write", file=pb.File(path="/m/a", size=0), user=pb.User(name="bob"))
     view = events.EventView(event)
