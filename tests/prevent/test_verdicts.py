@@ -21,6 +21,7 @@ from agent.prevent.guard import ContentGuard
 from agent.prevent.verdicts import ProcessHandle
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow, SourceRead
+from agent.sensors.provenance import Provenance
 from agent.sensors.tags import TagMap
 from common.agentconfig import PreventSettings
 from tests.e2e.harness import wait_for
@@ -382,3 +383,42 @@ def test_one_cp_of_untagged_files_then_a_tagged_one_lands_only_the_untagged(
     assert _landed(point, "customers.db") == 0
     wait_for(lambda: guard.fast - fast >= 6, 15, "cached answers", diagnose=guard.summary)
     run.events.wait_for(run.events.action("file.block"))
+
+
+# a derived file is outside the tagged trees: its open is not heard, only seen held open
+WRITES_THEN_HOLDS_DERIVED = """
+import sys
+point, derived = sys.argv[1:3]
+for i in range(6):
+    with open(f"{point}/clean{i}.bin", "wb") as fh:
+        fh.write(b"holiday photo %d" % i)
+held = open(derived, "rb")
+data = held.read()
+try:
+    with open(f"{point}/leak.bin", "wb") as fh:
+        fh.write(data)
+except PermissionError:
+    sys.exit(3)
+"""
+
+
+@pytest.mark.root
+def test_a_cached_writer_holding_a_derived_file_is_refused(
+        armed: tuple[Running, Path, Path, ContentGuard], tmp_path: Path) -> None:
+    run, db, point, guard = armed
+    export = tmp_path / "export.csv"
+    export.write_bytes(os.urandom(5000))
+    # the index learns it as the copy detector would; the responder is told at once
+    read = SourceRead(str(db / "customers.db"), ("database",), 5000, time.time())
+    index = guard.decider.index
+    assert isinstance(index, FingerprintIndex)
+    index.add_derived(str(export), Provenance("exact", 1.0, (read,), 1))
+    fast = guard.fast
+    done = subprocess.run([sys.executable, "-c", WRITES_THEN_HOLDS_DERIVED, str(point), str(export)],
+                          capture_output=True, timeout=60, start_new_session=True, check=False)
+    assert done.returncode == 3, (done.returncode, done.stderr, guard.summary())
+    assert all(_landed(point, f"clean{i}.bin") for i in range(6))
+    assert _landed(point, "leak.bin") == 0
+    wait_for(lambda: guard.fast - fast >= 4, 15, "cached answers", diagnose=guard.summary)
+    blocked = run.events.wait_for(run.events.action("file.block", {"file.path": f"{point}/leak.bin"}))[0]
+    assert "derived file" in blocked["event.reason"]
