@@ -170,6 +170,8 @@ class CopyDetector:
             by_content = original and (lineage is None or content.confidence >= lineage.confidence)
             if not original and lineage is None:
                 lineage = self._derived_provenance(content.sources)
+        elif content is not None and lineage is not None and _listed_untagged(content, lineage):
+            lineage = provenance.only_guessed(lineage)
         if not by_content and lineage is None:
             return
         copy = self._event("file.copy", written, device, mount)
@@ -201,6 +203,8 @@ class CopyDetector:
                 copy.exfilguard.content.entropy = content.entropy
                 copy.exfilguard.content.format = content.format
                 copy.exfilguard.content.refused = content.refused
+                if content.format:
+                    copy.exfilguard.copy.members_total = content.members_total
         if found.sha256:
             copy.file.hash.sha256 = found.sha256
         copy.exfilguard.copy.method.extend(methods)
@@ -275,6 +279,15 @@ class CopyDetector:
             event.exfilguard.late_window.start.CopyFrom(_stamp(written.late[0]))
             event.exfilguard.late_window.end.CopyFrom(_stamp(written.late[1]))
         return event
+
+
+def _listed_untagged(content: Identification, lineage: Provenance) -> bool:
+    """Byte lineage, and an archive read whole (no member refused, encrypted or cut short)
+    none of whose members is tagged data: the archive's own listing outweighs the timing of
+    the reads (a tar of holiday photos made just after a tagged file was read)."""
+    archive = content.format in ("tar", "zip", "7z") or content.format.startswith("tar.")
+    return (lineage.identified_by == provenance.LINEAGE_BYTES and archive and content.members_total > 0
+            and not content.refused and not content.read_error)
 
 
 def _stamp(seconds: float) -> Timestamp:

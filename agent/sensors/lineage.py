@@ -326,9 +326,20 @@ class DataFlow:
                     queue.append((proc.ppid, generations - 1, True, forked))
                 if parent:
                     continue
+                unknown = []
                 for inode in proc.reads:
                     # upstream of a pipe: its writers, and their parents (tar -> its gzip)
-                    queue.extend((writer, 1, False, math.inf) for writer in self._writers_of.get(inode, ()))
+                    writers = self._writers_of.get(inode, ())
+                    queue.extend((writer, 1, False, math.inf) for writer in writers)
+                    if not writers:
+                        unknown.append(inode)
+                mother = self._procs.get(proc.ppid) if unknown else None
+                if mother is not None and not set(unknown) <= set(mother.reads):
+                    # a pipe nobody was seen holding the write end of, which the parent did not
+                    # hand down as its own input: the parent made it after its exec and was gone
+                    # before its first tagged read was handled (tar and the xz it forks, on a
+                    # busy machine). It is upstream: everything it read, not only until the fork
+                    queue.append((proc.ppid, 1, False, math.inf))
         return len(visited)
 
     def openers(self, dev: int, ino: int, born: float, limit: int = 8, writer: int = 0) -> list[int]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -99,6 +100,12 @@ def by_lineage(flow: Flow, written: int, created: float | None, *, text: bool = 
     if during and written * MAX_RATIO >= read and written <= read * ratio + OVERHEAD_BYTES:
         return _made(LINEAGE_BYTES, during, read, written)
     return _made(LINEAGE_PROCESS, flow.sources, sum(s.bytes for s in flow.sources), written)
+
+
+def only_guessed(found: Provenance) -> Provenance:
+    """Byte evidence overruled by content: what the file holds was read and none of it is
+    tagged (an archive of untagged photos, written just after a tagged read): a guess."""
+    return dataclasses.replace(found, identified_by=LINEAGE_PROCESS, confidence=CONFIDENCE[LINEAGE_PROCESS])
 
 
 def _made(how: str, sources: tuple[SourceRead, ...], read: int, written: int) -> Provenance:

@@ -144,3 +144,29 @@ def test_a_program_that_opened_a_tagged_file_long_before_saving_unrelated_data_i
         copy = run.events.wait_for(run.events.action("file.copy", {"file.path": str(out)}), timeout=30)[0]
         assert copy["exfilguard.copy.identified_by"] == "lineage-process"
         assert copy["exfilguard.copy.confidence"] < 0.5
+
+
+PHOTO_ARCHIVER = r"""
+import io, os, sys, tarfile
+open(sys.argv[1], "rb").read()  # a tagged file read, and at once ...
+with tarfile.open(sys.argv[2], "w:gz") as tar:  # ... an archive of holiday photos to the stick
+    for i in range(3):
+        photo = b"\xff\xd8\xff\xe0" + os.urandom(60_000)
+        info = tarfile.TarInfo(f"holiday/img{i}.jpg")
+        info.size = len(photo)
+        tar.addfile(info, io.BytesIO(photo))
+"""
+
+
+def test_an_archive_whose_members_are_all_untagged_is_a_guess_whatever_was_read_just_before(
+        tmp_path: Path, loop_stick: Any) -> None:
+    """The writer read a tagged file of the archive's size just before writing it (byte
+    lineage alone would say critical), but the archive was read whole and none of its members
+    is tagged data: the listing outweighs the timing, a guess."""
+    with _run_with_stick(tmp_path, loop_stick, 180_000) as (run, secret, point):
+        out = point / "holiday.tgz"
+        subprocess.run([sys.executable, "-c", PHOTO_ARCHIVER, str(secret), str(out)], check=True, timeout=60)
+        copy = run.events.wait_for(run.events.action("file.copy", {"file.path": str(out)}), timeout=30)[0]
+        assert copy["exfilguard.copy.identified_by"] == "lineage-process"
+        assert copy["exfilguard.content.format"] == "tar.gz"
+        assert copy["exfilguard.copy.members_total"] == 3

@@ -107,6 +107,43 @@ def test_a_parent_upstream_of_its_childs_pipe_hands_on_what_it_read_after_the_fo
         tar.wait(10)
 
 
+def test_a_parent_gone_before_its_pipe_was_seen_is_upstream_of_the_child_reading_it() -> None:
+    """`tar cJf` on a busy machine: tar's exec was recorded before it made the pipe to xz, and
+    tar was gone before its first tagged read was handled, so nobody is known holding the write
+    end of xz's input. The parent that forked xz is taken as that writer: what it read long
+    after the fork reaches xz (the parent link alone stops at the fork)."""
+    flow = DataFlow()
+    tar = subprocess.Popen(["bash", "-c", "read x; exec 3> >(cat > /dev/null); read y"],
+                           stdin=subprocess.PIPE)
+    assert tar.stdin is not None
+    try:
+        flow.note_exec(tar.pid)  # no pipe yet
+        tar.stdin.write(b"go\n")
+        tar.stdin.flush()
+        deadline = time.monotonic() + 10
+        while not psutil.Process(tar.pid).children() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        xz = psutil.Process(tar.pid).children()[0]
+        flow.note_exec(xz.pid, tar.pid)  # its pipe's read end
+        tar.kill()
+        tar.wait(5)
+        late = xz.create_time() + 30 * FORK_SLACK_SECONDS
+        flow.note_read(tar.pid, [_read("/srv/db/early.db", at=xz.create_time()),
+                                 _read("/srv/db/late.db", at=late)])  # tar gone: no fresh look
+        assert {s.path for s in flow.flow([xz.pid]).sources} == {"/srv/db/early.db", "/srv/db/late.db"}
+        # a child whose input pipe's writer is known gets its parent's reads only until the fork
+        with _pipeline("cat | cat > /dev/null") as (first, second):
+            flow.note_exec(first.pid)
+            flow.note_exec(second.pid)
+            shell = second.ppid()
+            flow.note_read(shell, [_read("/srv/db/shell.db", at=second.create_time() + 30)])
+            assert flow.flow([second.pid]).sources == ()
+    finally:
+        tar.kill()
+        tar.wait(5)
+        tar.stdin.close()
+
+
 def test_the_next_command_of_the_writers_script_is_found_holding_the_new_derived_file(tmp_path: Path) -> None:
     """`tar czf x.tgz ... && openssl enc -in x.tgz`: when x.tgz becomes derived, openssl may
     hold it open before the agent has heard of openssl's exec: a child of the writer's parent
