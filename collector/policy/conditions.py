@@ -15,8 +15,8 @@ import zoneinfo
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from collector.policy import regex
-from collector.policy.fields import DEFAULTS, ENRICHED, is_list
+from collector.policy import fields, regex
+from collector.policy.fields import CHEAP_FIELDS, DEFAULTS, is_list
 from collector.policy.model import (
     AllOf,
     AnyOf,
@@ -34,13 +34,18 @@ EventFields = Mapping[str, Any]
 Predicate = Callable[[EventFields], bool]
 
 
-_MISSING = object()
-# Fields at hand when policies run: set by the collector's enrichment, or read by it from every event.
-CHEAP_FIELDS = frozenset({*ENRICHED, "event.action", "user.name", "device.serial", "host.name"})
-
-
 def _true(_: EventFields) -> bool:
     return True
+
+
+def _false(_: EventFields) -> bool:
+    return False
+
+
+# Decided at load: a test against an empty named list (nobody is in an empty departing_users),
+# and what it decides in turn. The engine offers no events to a policy whose condition is NEVER.
+ALWAYS: Predicate = _true
+NEVER: Predicate = _false
 
 
 @functools.lru_cache(maxsize=8192)
@@ -71,11 +76,16 @@ class Compiler:
         if condition is None:
             return _true
         if isinstance(condition, AllOf):
-            return _all(tuple(self.compile(c) for c in sorted(condition.children, key=self.cost)))
+            parts = [self.compile(c) for c in sorted(condition.children, key=self.cost)]
+            if NEVER in parts:
+                return NEVER
+            return _all(tuple(p for p in parts if p is not ALWAYS))
         if isinstance(condition, AnyOf):
-            return _any(tuple(self.compile(c) for c in sorted(condition.children, key=self.cost)))
+            return any_of([self.compile(c) for c in sorted(condition.children, key=self.cost)]) or NEVER
         if isinstance(condition, Not):
             inner = self.compile(condition.child)
+            if inner is ALWAYS or inner is NEVER:
+                return NEVER if inner is ALWAYS else ALWAYS
             return lambda e: not inner(e)
         if isinstance(condition, MacroRef):
             if condition.name not in self._compiled_macros:
@@ -149,23 +159,25 @@ class Compiler:
     def _field(self, test: FieldTest) -> Predicate:
         name, op, value = test.field, test.op, test.value
         default = DEFAULTS.get(name)
+        # Fields the enrichment set or read are cached on a stored event's view: e.get inline is
+        # their cheapest read; the others are read off the protobuf (fields.reader).
+        cached = name in CHEAP_FIELDS
+        get = fields.reader(name, default)
 
-        def get(e: EventFields) -> Any:
-            return e.get(name, default)
-
-        if op == "exists":  # a read, not `in`: on a lazy view `in` is a call more per test
-            if value:
-                return lambda e: e.get(name, _MISSING) is not _MISSING
-            return lambda e: e.get(name, _MISSING) is _MISSING
+        if op == "exists":
+            present = fields.exists(name)
+            return present if value else lambda e: not present(e)
         if op in ("eq", "ne", "any_of", "in", "not_in"):
             if op in ("in", "not_in"):
                 allowed = self._lists[str(value)]
             else:
                 allowed = frozenset(value) if isinstance(value, tuple) else frozenset((value,))
             positive = op in ("eq", "any_of", "in")
+            if not allowed:  # no value is in an empty list
+                return NEVER if positive else ALWAYS
             if isinstance(default, list):  # a list field: any element
                 return lambda e: _member(get(e), allowed) == positive
-            if positive:  # the hot path: a scalar field against a set
+            if positive and cached:  # the hot path: a scalar field against a set
 
                 def member(e: EventFields) -> bool:
                     try:
@@ -174,10 +186,19 @@ class Compiler:
                         return False
 
                 return member
+            if positive:
+
+                def stored_member(e: EventFields) -> bool:
+                    try:
+                        return get(e) in allowed
+                    except TypeError:
+                        return False
+
+                return stored_member
 
             def not_member(e: EventFields) -> bool:
                 try:
-                    return e.get(name, default) not in allowed
+                    return get(e) not in allowed
                 except TypeError:
                     return True
 
@@ -185,12 +206,19 @@ class Compiler:
         if op in ("gt", "gte", "lt", "lte"):
             limit = float(value)  # type: ignore[arg-type]
             compare = _COMPARE[op]
+            if cached:
 
-            def number(e: EventFields) -> bool:
-                v = e.get(name, default)
-                return type(v) in _NUMBERS and compare(v, limit)  # a bool is no number here
+                def number(e: EventFields) -> bool:
+                    v = e.get(name, default)
+                    return type(v) in _NUMBERS and compare(v, limit)  # a bool is no number here
 
-            return number
+                return number
+
+            def stored_number(e: EventFields) -> bool:
+                v = get(e)
+                return type(v) in _NUMBERS and compare(v, limit)
+
+            return stored_number
         patterns: tuple[str, ...] = tuple(str(p) for p in value)  # type: ignore[attr-defined]
         match: Callable[[str], bool]
         if op == "glob":
@@ -218,6 +246,10 @@ class Compiler:
 
 
 def _all(parts: tuple[Predicate, ...]) -> Predicate:
+    if not parts:
+        return ALWAYS
+    if len(parts) == 1:
+        return parts[0]
     if len(parts) == 2:
         first, second = parts
         return lambda e: first(e) and second(e)
@@ -233,13 +265,20 @@ def _all(parts: tuple[Predicate, ...]) -> Predicate:
 
 
 def any_of(parts: list[Predicate]) -> Predicate | None:
-    """One predicate true when any of `parts` is (None for none, the part itself for one)."""
+    """One predicate true when any of `parts` is (None for none that can be, the part itself for one)."""
+    if ALWAYS in parts:
+        return ALWAYS
+    parts = [p for p in parts if p is not NEVER]
     if not parts:
         return None
     return parts[0] if len(parts) == 1 else _any(tuple(parts))
 
 
 def _any(parts: tuple[Predicate, ...]) -> Predicate:
+    if len(parts) == 2:
+        first, second = parts
+        return lambda e: first(e) or second(e)
+
     def some(e: EventFields) -> bool:
         for part in parts:  # noqa: SIM110
             if part(e):

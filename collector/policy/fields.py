@@ -9,9 +9,13 @@ per-user baselines, the risk score: collector/behaviour/), documented in docs/po
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from google.protobuf.descriptor import FieldDescriptor
 
-from protos.events import model_fields
+from protos.events import EventView, model_fields
 
 # Python types a mapping value of each proto scalar type may have (what to_mapping produces).
 _NUMBERS: tuple[type, ...] = (int, float)
@@ -99,6 +103,82 @@ def type_problem(name: str, value: object) -> str | None:
         if not isinstance(item, kinds):
             return f"expected {' or '.join(k.__name__ for k in kinds)}, not {type(item).__name__}"
     return None
+
+
+# Fields at hand when policies run: set by the collector's enrichment, or read by it from every
+# event (so a stored event's view holds them already converted).
+CHEAP_FIELDS = frozenset({*ENRICHED, "event.action", "user.name", "device.serial", "host.name"})
+
+Reader = Callable[[Mapping[str, Any]], Any]
+_MISSING = object()
+
+
+def _plain(name: str) -> tuple[Callable[[Any], Any], FieldDescriptor] | None:
+    """The proto attribute path of a stored field policies may read straight off a view's
+    protobuf (a singular, non-float scalar the enrichment never sets), or None."""
+    if name in CHEAP_FIELDS:
+        return None  # already converted on the view: its cached read is cheaper
+    for model in model_fields():
+        if model.name != name:
+            continue
+        field = model.field
+        floats = field.cpp_type in (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE)
+        if model.kind != "scalar" or model.repeated or floats:
+            return None  # a timestamp, a list, -0.0 (set, though it reads as zero)
+        return operator.attrgetter("event." + name), field
+    return None
+
+
+def reader(name: str, default: Any = None) -> Reader:
+    """`event.get(name, default)` for any event mapping, faster on a stored event's view.
+
+    A view converts a field on first read and caches it (~0.5 us); the engine reads most stored
+    fields once per event, so for a scalar it reads the protobuf directly (~0.15 us): the same
+    value (proto3 leaves a scalar equal to its default unset, and the view reads it as absent).
+    """
+    plain = _plain(name)
+    if plain is None:
+        return lambda e: e.get(name, default)
+    read, field = plain
+    if field.has_presence:  # file.size: unset is unknown, not zero
+        path, _, leaf = ("event." + name).rpartition(".")
+        parent = operator.attrgetter(path)
+
+        def present(e: Mapping[str, Any]) -> Any:
+            if type(e) is EventView:
+                holder = parent(e)
+                return getattr(holder, leaf) if holder.HasField(leaf) else default
+            return e.get(name, default)
+
+        return present
+
+    def scalar(e: Mapping[str, Any]) -> Any:
+        if type(e) is EventView:
+            return read(e) or default
+        return e.get(name, default)
+
+    return scalar
+
+
+def exists(name: str) -> Callable[[Mapping[str, Any]], bool]:
+    """True when the event carries the field: on a view of a stored list field (tags) without
+    building the list."""
+    repeated = None
+    if name not in CHEAP_FIELDS and FIELDS.get(name):
+        for model in model_fields():
+            if model.name == name and model.kind == "scalar":
+                repeated = operator.attrgetter("event." + name)
+    if repeated is None:
+        get = reader(name, _MISSING)
+        return lambda e: get(e) is not _MISSING
+    items = repeated
+
+    def nonempty(e: Mapping[str, Any]) -> bool:
+        if type(e) is EventView:
+            return len(items(e)) > 0
+        return e.get(name, _MISSING) is not _MISSING
+
+    return nonempty
 
 
 def is_field(name: str) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from collector.policy.conditions import EventFields, Predicate
+from collector.policy.fields import CHEAP_FIELDS, reader
 from collector.policy.windows import (
     AggregateWindow,
     CoverageWindow,
@@ -33,16 +34,29 @@ def nothing(_event: EventFields, _now: float) -> Sequence[Firing]:
 
 
 def key_of(by: tuple[str, ...], plain: bool) -> Callable[[EventFields], tuple[Any, ...]]:
-    """The group key of an event: its `by` values (lists as tuples unless `plain`: none is one)."""
+    """The group key of an event: its `by` values (lists as tuples unless `plain`: none is one).
+    Fields the enrichment has at hand are read from the event mapping, others with fields.reader."""
     if not plain:
         return lambda e: tuple([group_value(e.get(f)) for f in by])
-    if len(by) == 1:
-        (only,) = by
-        return lambda e: (e.get(only),)
-    if len(by) == 2:  # the usual agent and user
-        first, second = by
-        return lambda e: (e.get(first), e.get(second))
-    return lambda e: tuple(map(e.get, by))
+    if all(f in CHEAP_FIELDS for f in by):
+        if len(by) == 1:
+            (only,) = by
+            return lambda e: (e.get(only),)
+        if len(by) == 2:  # the usual user and device
+            first, second = by
+            return lambda e: (e.get(first), e.get(second))
+        return lambda e: tuple(map(e.get, by))
+    readers = tuple(reader(f) for f in by)
+    if len(readers) == 1:
+        (read,) = readers
+        return lambda e: (read(e),)
+    if len(readers) == 2:  # the usual agent and user
+        one, two = readers
+        return lambda e: (one(e), two(e))
+    return lambda e: tuple([read(e) for read in readers])
+
+
+_event_id = reader("event.id", "")
 
 
 def build(
@@ -62,7 +76,7 @@ def build(
             matched = frozenset(i for i, step in numbered if step(event))
             if not matched:
                 return NOTHING
-            fired = advance(key(event), now, str(event.get("event.id", "")), event, matched)
+            fired = advance(key(event), now, str(_event_id(event)), event, matched)
             return (fired,) if fired else NOTHING
 
         return sequence
@@ -70,7 +84,7 @@ def build(
         count = window.add
 
         def aggregate(event: EventFields, now: float) -> Sequence[Firing]:
-            fired = count(key(event), now, str(event.get("event.id", "")), event)
+            fired = count(key(event), now, str(_event_id(event)), event)
             return (fired,) if fired else NOTHING
 
         return aggregate
@@ -79,13 +93,13 @@ def build(
 
         def coverage(event: EventFields, now: float) -> Sequence[Firing]:
             agent = str(event.get("agent.id", ""))
-            event_id = str(event.get("event.id", ""))
+            event_id = str(_event_id(event))
             return cover(key(event), now, event_id, event, lambda tag: inventory.get((agent, tag)))
 
         return coverage
 
     def single(event: EventFields, now: float) -> Sequence[Firing]:
-        event_id = str(event.get("event.id", ""))
+        event_id = str(_event_id(event))
         return (Firing(key(event), event, 1, [event_id] if event_id else [], {}, now, now),)
 
     return single

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from collector.policy.fields import reader
 from collector.policy.model import Aggregate, Coverage, Sequence
 from common import units
 
@@ -154,6 +155,8 @@ class AggregateWindow(_Groups):
         self.sum_field = next((m.field for m in aggregate.measures if m.kind == "sum"), None)
         self.distinct_field = next((m.field for m in aggregate.measures if m.kind == "distinct"), None)
         self._thresholds = tuple((m.kind, m.threshold, m.op == "gte") for m in aggregate.measures)
+        self._sum = reader(self.sum_field) if self.sum_field else None
+        self._distinct = reader(self.distinct_field) if self.distinct_field else None
 
     def add(self, key: GroupKey, now: float, event_id: str, event: Mapping[str, Any]) -> Firing | None:
         """Count one matching event into its group; a Firing when a threshold is reached (group resets)."""
@@ -167,12 +170,12 @@ class AggregateWindow(_Groups):
                 self.evicted += 1
         groups[key] = tally
         amount = 0.0
-        if self.sum_field:
-            raw = event.get(self.sum_field)
+        if self._sum is not None:
+            raw = self._sum(event)
             amount = float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else 0.0
         value = None
-        if self.distinct_field:
-            value = event.get(self.distinct_field)
+        if self._distinct is not None:
+            value = self._distinct(event)
             if isinstance(value, (list, dict)):  # a scalar (nearly always) is its own key
                 value = group_value(value)
         entries = tally.entries
