@@ -136,7 +136,6 @@ class ContentGuard:
         # responder, and at 0.2 ms (as before it) the agent's own busy threads switched more often
         # and slowed an innocent reader of tagged files (what monitor mode costs, and more)
         self.decider.remember = self._remember
-        self._index.on_derived.append(self._derived_changed)
         if self._flow is not None:
             self._flow.on_version.append(self._version_changed)
         self._threads = [
@@ -281,10 +280,12 @@ class ContentGuard:
             self._link = responder
         self._roots = {}
         self._send_roots()
+        with contextlib.suppress(ValueError):
+            self._index.on_derived.remove(self._derived_changed)
         derived: list[str] = []
-        for path in [*self._index.derived_paths(), ""]:
+        for path in [*self._index.watch_derived(self._derived_changed), ""]:
             if derived and (not path or sum(map(len, derived)) > _DERIVED_BYTES):
-                self._send(["derived", derived, True])
+                self._send(["derived", derived])
                 derived = []
             if path:
                 derived.append(path)
@@ -345,8 +346,8 @@ class ContentGuard:
         answer is sent, on the same socket)."""
         self._send(["clean", pid, ppid, pgid, chain, version])
 
-    def _derived_changed(self, path: str, derived: bool) -> None:
-        self._send(["derived", [path], derived])
+    def _derived_changed(self, path: str) -> None:
+        self._send(["derived", [path]])
 
     def _version_changed(self, version: int) -> None:
         responder = self._link

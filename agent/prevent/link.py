@@ -13,7 +13,7 @@ Messages, responder -> agent: ["heard", pid, pgid, path, when] (a tagged open, s
 open read after it), ["ask", seq, fd, pid, path, dev, size, read_at] (decide this open),
 ["fast", pid, pgid, path, write, latency] (answered from a clean verdict), ["defaulted", n],
 ["synced", n], ["overflow"]. Agent -> responder: ["answer", seq, allow], ["clean", pid, ppid,
-pgid, chain, version], ["sync", n, armed], ["derived", paths, added], ["devs", devs],
+pgid, chain, version], ["sync", n, armed], ["derived", paths], ["devs", devs],
 ["roots", {root: tags}], ["stop"].
 """
 

@@ -41,6 +41,7 @@ from typing import Any
 from agent.prevent import link, syscalls, verdicts
 from agent.prevent.decide import Decider, Verdict
 from agent.prevent.permission import FAN_OPEN_PERM, FAN_Q_OVERFLOW, PermissionGroup
+from agent.sensors.fingerprints import MAX_DERIVED
 from agent.sensors.provenance import Provenance
 from agent.sensors.tags import TagMap
 from common.agentconfig import PreventSettings
@@ -62,7 +63,16 @@ class _Derived:
     """The derived files the agent's fingerprint index knows (told by `derived` messages)."""
 
     def __init__(self) -> None:
-        self.paths: set[str] = set()
+        self.paths: dict[str, None] = {}  # oldest first, as many as the index keeps
+
+    def add(self, paths: list[str]) -> None:
+        """Derived files the index added (one it forgot stays here until pushed out: a file
+        taken for derived sends its opener's writes to the agent, which knows better)."""
+        for path in paths:
+            self.paths.pop(path, None)
+            self.paths[path] = None
+        while len(self.paths) > MAX_DERIVED:
+            del self.paths[next(iter(self.paths))]
 
     def is_derived(self, path: str) -> bool:
         """Whether `path` is derived from tagged data."""
@@ -168,8 +178,7 @@ class Responder:
                 self._flush(force=True)
                 self.out.append(["synced", message[1]])
             elif kind == "derived":
-                paths = self.derived.paths
-                (paths.update if message[2] else paths.difference_update)(message[1])
+                self.derived.add(message[1])
             elif kind == "devs":
                 self.devs = set(message[1])
             elif kind == "roots":

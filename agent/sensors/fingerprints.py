@@ -95,9 +95,7 @@ class FingerprintIndex:
         self._derived: dict[str, tuple[str, ...]] = {}
         self._provenance: dict[str, Provenance] = {}
         self.derived_dropped = 0  # derived files forgotten at the MAX_DERIVED bound
-        # told (path, True) when a derived file is added and (path, False) when it is forgotten,
-        # under the lock: the content guard's responder process keeps the same set
-        self.on_derived: list[Callable[[str, bool], None]] = []
+        self.on_derived: list[Callable[[str], None]] = []  # watch_derived
         # Paths we are hashing now: inotify cannot tell our own reads from a user's. Oldest
         # first (a renewed entry moves to the end), so expired ones are dropped from the front.
         self._own_reads: OrderedDict[tuple[str, str], tuple[int, float]] = OrderedDict()
@@ -305,19 +303,15 @@ class FingerprintIndex:
                 del self._derived[oldest]
                 self._provenance.pop(oldest, None)
                 self.derived_dropped += 1
-                self._told(oldest, False)
             self._insert(path, (st.st_size, st.st_mtime_ns, self._derived[path]))
             self.version += 1
-            self._told(path, True)
+            for told in self.on_derived:  # under the lock
+                told(path)
 
-    def _told(self, path: str, derived: bool) -> None:
-        # under the lock
-        for told in self.on_derived:
-            told(path, derived)
-
-    def derived_paths(self) -> list[str]:
-        """Every derived file remembered now."""
+    def watch_derived(self, told: Callable[[str], None]) -> list[str]:
+        """Call `told(path)` as a derived file is added; returns those there are now."""
         with self._lock:
+            self.on_derived.append(told)
             return list(self._derived)
 
     def is_derived(self, path: str) -> bool:
@@ -377,7 +371,6 @@ class FingerprintIndex:
                 self._delete(path)
                 if self._derived.pop(path, None) is not None:
                     self._provenance.pop(path, None)
-                    self._told(path, False)
             else:
                 prefix = path.rstrip("/") + "/"
                 for sub in [p for p in self._files if p.startswith(prefix)]:

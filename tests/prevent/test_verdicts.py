@@ -385,10 +385,11 @@ def test_one_cp_of_untagged_files_then_a_tagged_one_lands_only_the_untagged(
     run.events.wait_for(run.events.action("file.block"))
 
 
-# a derived file is outside the tagged trees: its open is not heard, only seen held open
+# a derived file is outside the tagged trees: its open is not heard, only seen held open (named
+# in the environment: lineage takes a file named on the command line for read from the start)
 WRITES_THEN_HOLDS_DERIVED = """
-import sys
-point, derived = sys.argv[1:3]
+import os, sys
+point, derived = sys.argv[1], os.environ["DERIVED"]
 for i in range(6):
     with open(f"{point}/clean{i}.bin", "wb") as fh:
         fh.write(b"holiday photo %d" % i)
@@ -414,8 +415,9 @@ def test_a_cached_writer_holding_a_derived_file_is_refused(
     assert isinstance(index, FingerprintIndex)
     index.add_derived(str(export), Provenance("exact", 1.0, (read,), 1))
     fast = guard.fast
-    done = subprocess.run([sys.executable, "-c", WRITES_THEN_HOLDS_DERIVED, str(point), str(export)],
-                          capture_output=True, timeout=60, start_new_session=True, check=False)
+    done = subprocess.run([sys.executable, "-c", WRITES_THEN_HOLDS_DERIVED, str(point)],
+                          env={**os.environ, "DERIVED": str(export)}, capture_output=True, timeout=60,
+                          start_new_session=True, check=False)
     assert done.returncode == 3, (done.returncode, done.stderr, guard.summary())
     assert all(_landed(point, f"clean{i}.bin") for i in range(6))
     assert _landed(point, "leak.bin") == 0
