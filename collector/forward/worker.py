@@ -49,6 +49,7 @@ log = logging.getLogger("exfilguard.collector.forward")
 
 POLL_SECONDS = 1.0  # also checked without a wake-up: events stored by another collector (PostgreSQL)
 BACKOFF_FIRST = 0.5
+HEADS_SECONDS = 0.5  # a worker with more than a batch to send reads the stored prefixes this often
 
 
 class ForwardWorker:
@@ -87,6 +88,8 @@ class ForwardWorker:
         self.formatter = formatter or Formatter(book.reader.location)
         self._term = 0  # the leadership term the cursors were loaded in (0: not loaded yet)
         self._turn = 0
+        self._heads: dict[str, int] = {}  # every agent's stored prefix, read at _heads_at
+        self._heads_at = -HEADS_SECONDS
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"forward-{name}", daemon=True)
@@ -179,7 +182,9 @@ class ForwardWorker:
     def next_batch(self, after: Mapping[str, int] | None = None) -> list[Item]:
         """The next events after the cursors, or after `after` (at most batch_size); updates lag_events."""
         positions = self.cursors if after is None else after
-        heads, behind = self._lag(positions)
+        heads, behind = self._lag(positions, fresh=False)
+        if sum(behind.values()) < self.batch_size:  # less than a batch known to wait: look again
+            heads, behind = self._lag(positions)
         if not behind:
             if after is None:
                 self.lag_seconds = 0.0
@@ -196,10 +201,16 @@ class ForwardWorker:
             for (agent, sequence, _), (fields, doc) in zip(rows, reads, strict=True)
         ]
 
-    def _lag(self, positions: Mapping[str, int] | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    def _lag(
+        self, positions: Mapping[str, int] | None = None, fresh: bool = True
+    ) -> tuple[dict[str, int], dict[str, int]]:
         """Every agent's stored prefix, and how far each is ahead of `positions` (default: the
-        cursors); lag_events updated (from the cursors)."""
-        heads = self.book.heads()
+        cursors); lag_events updated (from the cursors). Not `fresh`: the prefixes read last, if
+        they are at most HEADS_SECONDS old (a worker far behind need not read them every batch)."""
+        now = time.monotonic()
+        if fresh or now - self._heads_at > HEADS_SECONDS:
+            self._heads, self._heads_at = self.book.heads(), now
+        heads = self._heads
         cursors = self.cursors
         self.lag_events = sum(h - cursors.get(a, 0) for a, h in heads.items() if h > cursors.get(a, 0))
         at = cursors if positions is None else positions
