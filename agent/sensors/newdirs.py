@@ -70,10 +70,10 @@ class NewDirectories:
         self._system_devs = system_devs  # file systems whose writes the system marks see
         self._every = every
         self._marked_at: dict[str, float] = {}  # tagged root -> wall time its tree walk began
-        # directories marked here: by path (a tagged write's look-up) and by inode (the mark
-        # follows the inode: a directory renamed inside the tree is watched already)
-        self._known: collections.OrderedDict[str, tuple[int, int]] = collections.OrderedDict()
-        self._inodes: collections.OrderedDict[tuple[int, int], None] = collections.OrderedDict()
+        # directories marked here: by path (a tagged write's look-up) and by inode and birth time
+        # (the mark follows the inode: a directory renamed inside the tree is watched already)
+        self._known: collections.OrderedDict[str, tuple[int, int, float]] = collections.OrderedDict()
+        self._inodes: collections.OrderedDict[tuple[int, int, float], None] = collections.OrderedDict()
         self._lock = threading.Lock()
         self._pending: _Window | None = None
         self._reported_at = 0.0
@@ -109,7 +109,10 @@ class NewDirectories:
             return  # gone already
         try:
             st = os.fstat(fd)
-            identity = (st.st_dev, st.st_ino)
+            birth = provenance.created_at(fd)
+            # the birth time too: a directory deleted and made again under the same path often gets
+            # its inode number back (ext4, tmpfs), and is a new inode with no mark
+            identity = (st.st_dev, st.st_ino, birth or 0.0)
             with self._lock:
                 self._known[path] = identity
                 self._known.move_to_end(path)
@@ -122,7 +125,7 @@ class NewDirectories:
                     self._inodes.popitem(last=False)
             self._mark(path)
             marked = time.time()
-            born = provenance.created_at(fd) or st.st_ctime
+            born = birth or st.st_ctime
         finally:
             os.close(fd)
         since = self._tree_marked(path)

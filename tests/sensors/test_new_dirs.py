@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from agent.sensors.newdirs import NewDirectories
+from agent.sensors.tags import TagMap
 from common.agentconfig import AgentConfig, SensorSettings
 from tests.sensors.recorder import Mapping, Running
 
@@ -109,3 +111,21 @@ def test_a_restore_into_the_tree_read_by_nobody_is_no_gap(tmp_path: Path) -> Non
         run.events.wait_for(run.events.action("file.rename", {"file.target_path": str(root / "renamed")}))
         run.sensor("fanotify").new_dirs.stop()  # type: ignore[attr-defined]  # report what is pending
         assert run.events.matching(_gap) == []
+
+
+def test_a_directory_made_again_under_its_path_is_marked_again(tmp_path: Path) -> None:
+    """Deleted and made again, a directory often gets its inode number back (ext4 and tmpfs
+    hand the freed number out again at once): it is a new inode without a mark, and is marked;
+    the same directory told of twice (inotify and fanotify both) is marked once."""
+    customers = tmp_path / "db" / "customers"
+    customers.mkdir(parents=True)
+    marked: list[str] = []
+    new_dirs = NewDirectories(TagMap({str(tmp_path / "db"): ["database"]}), lambda _event: None,
+                              marked.append, system_devs=set)
+    new_dirs.appeared(str(customers), reported=True)
+    new_dirs.appeared(str(customers), reported=True)
+    assert marked == [str(customers)]
+    customers.rmdir()
+    customers.mkdir()
+    new_dirs.appeared(str(customers), reported=True)
+    assert marked == [str(customers), str(customers)]
