@@ -287,10 +287,11 @@ class ProcessCache:
 
     def _lookup(self, pid: int) -> ProcessInfo | None:
         moment = time.monotonic()
-        with self._lock:
-            cached = self._cache.get(pid)
-            if cached is not None and moment - self._checked.get(pid, -1e9) < self._recheck:
-                return cached[1]
+        # read without the lock (each dict read is atomic): a pid checked a moment ago is most
+        # of a burst's events; at worst a pid dropped meanwhile is answered as it was 50 ms ago
+        cached = self._cache.get(pid)
+        if cached is not None and moment - self._checked.get(pid, -1e9) < self._recheck:
+            return cached[1]
         key = _stat_key(pid)
         if cached is not None and (key is None or key == cached[0]):
             # confirmed, or gone (the reader is often behind a burst whose process has exited:

@@ -8,7 +8,7 @@ derived file in the fingerprint index (see lineage.py), so copying it to a stick
 `file.copy` of tagged data.
 """
 
-# ruff: noqa: PTH119, PTH120
+# ruff: noqa: PTH120
 
 from __future__ import annotations
 
@@ -162,6 +162,6 @@ class StagingDetector:
 
 def file_fields(path: str, size: int) -> pb.File:
     """ECS file fields of a regular file."""
-    name = os.path.basename(path)
+    name = path.rpartition(os.sep)[2]  # os.path.basename, without its calls (once per file event)
     ext = name.rsplit(".", 1)[1] if "." in name.strip(".") else ""
     return pb.File(path=path, size=size, name=name, extension=ext, type="file")
