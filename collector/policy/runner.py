@@ -38,21 +38,23 @@ def key_of(by: tuple[str, ...], plain: bool) -> Callable[[EventFields], tuple[An
     Fields the enrichment has at hand are read from the event mapping, others with fields.reader."""
     if not plain:
         return lambda e: tuple([group_value(e.get(f)) for f in by])
-    if all(f in CHEAP_FIELDS for f in by):
-        if len(by) == 1:
-            (only,) = by
+    if len(by) == 1:
+        (only,) = by
+        if only in CHEAP_FIELDS:
             return lambda e: (e.get(only),)
-        if len(by) == 2:  # the usual user and device
-            first, second = by
-            return lambda e: (e.get(first), e.get(second))
-        return lambda e: tuple(map(e.get, by))
-    readers = tuple(reader(f) for f in by)
-    if len(readers) == 1:
-        (read,) = readers
+        read = reader(only)
         return lambda e: (read(e),)
-    if len(readers) == 2:  # the usual agent and user
-        one, two = readers
+    if len(by) == 2:  # the usual agent and user, or user and device
+        first, second = by
+        one, two = reader(first), reader(second)
+        if first in CHEAP_FIELDS and second in CHEAP_FIELDS:
+            return lambda e: (e.get(first), e.get(second))
+        if first in CHEAP_FIELDS:
+            return lambda e: (e.get(first), two(e))
+        if second in CHEAP_FIELDS:
+            return lambda e: (one(e), e.get(second))
         return lambda e: (one(e), two(e))
+    readers = tuple(reader(f) for f in by)
     return lambda e: tuple([read(e) for read in readers])
 
 
@@ -73,10 +75,13 @@ def build(
         numbered, advance = tuple(enumerate(steps)), window.add
 
         def sequence(event: EventFields, now: float) -> Sequence[Firing]:
-            matched = frozenset(i for i, step in numbered if step(event))
+            matched: list[int] = []
+            for i, step in numbered:  # a loop: a generator is a frame more per event
+                if step(event):
+                    matched.append(i)
             if not matched:
                 return NOTHING
-            fired = advance(key(event), now, str(_event_id(event)), event, matched)
+            fired = advance(key(event), now, str(_event_id(event)), event, frozenset(matched))
             return (fired,) if fired else NOTHING
 
         return sequence

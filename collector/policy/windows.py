@@ -131,20 +131,6 @@ class _Tally:
         """The entries inside the window, oldest first."""
         return self.entries[self.head :]
 
-    def drop_oldest(self) -> None:
-        _, _, amount, value = self.entries[self.head]
-        self.head += 1
-        if self.head > 32 and self.head * 2 > len(self.entries):
-            del self.entries[: self.head]
-            self.head = 0
-        self.total -= amount
-        if value is not None and self.distinct is not None:
-            left = self.distinct[value] - 1
-            if left:
-                self.distinct[value] = left
-            else:
-                del self.distinct[value]
-
 
 class AggregateWindow(_Groups):
     """Sliding count / distinct / sum windows of one aggregate policy."""
@@ -190,9 +176,22 @@ class AggregateWindow(_Groups):
         cutoff = now - self.span
         cap = self.limits.max_entries
         head, size = tally.head, len(entries)
-        while head < size and (entries[head][0] < cutoff or size - head > cap):
-            tally.drop_oldest()
-            head, size = tally.head, len(entries)
+        if entries[head][0] < cutoff or size - head > cap:  # the oldest slide out (inline: a call each)
+            seen = tally.distinct
+            while head < size and (entries[head][0] < cutoff or size - head > cap):
+                _, _, old_amount, old_value = entries[head]
+                head += 1
+                tally.total -= old_amount
+                if old_value is not None and seen is not None:
+                    left = seen[old_value] - 1
+                    if left:
+                        seen[old_value] = left
+                    else:
+                        del seen[old_value]
+            if head > 32 and head * 2 > size:  # the dead prefix is cut off once it is half the list
+                del entries[:head]
+                head, size = 0, len(entries)
+            tally.head = head
         count = size - head
         distinct = len(tally.distinct) if tally.distinct else 0
         reached = False
