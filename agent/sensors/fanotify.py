@@ -264,8 +264,21 @@ class FanotifySensor:
         mark, which sees the writes made through this mount.
         """
         if not add:
-            self._removable_devs = {d: p for d, p in self._removable_devs.items() if p != point.rstrip("/")}
-            self._mark(point, MOUNT_MASK, "filesystem", remove=True)
+            devs = {d for d, p in self._removable_devs.items() if p == point.rstrip("/")}
+            self._removable_devs = {d: p for d, p in self._removable_devs.items() if d not in devs}
+            try:
+                here: int | None = Path(point).stat().st_dev
+            except OSError:
+                here = None
+            if devs and here not in devs:
+                # Unmounted already (we hear of it afterwards): the path names the directory under
+                # the mount, on the root file system, and removing the stick's mask there would
+                # strip close-after-write from the root's own mark (no file derived in /tmp or
+                # /home after the first stick was pulled). The kernel dropped the stick's mark.
+                with self._lock:
+                    self._marked.discard(("filesystem", point))
+            else:
+                self._mark(point, MOUNT_MASK, "filesystem", remove=True)
             self._mark(point, MOUNT_MASK, "mount", remove=True)
             return ""
         with contextlib.suppress(OSError):

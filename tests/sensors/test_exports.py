@@ -170,3 +170,36 @@ def test_an_archive_whose_members_are_all_untagged_is_a_guess_whatever_was_read_
         assert copy["exfilguard.copy.identified_by"] == "lineage-process"
         assert copy["exfilguard.content.format"] == "tar.gz"
         assert copy["exfilguard.copy.members_total"] == 3
+
+
+def _root_marks() -> list[int]:
+    """Masks of this process's fanotify marks on the root file system (the agent runs here)."""
+    dev = Path("/").stat().st_dev
+    sdev = f"sdev:{(os.major(dev) << 20) | os.minor(dev):x} "
+    masks = []
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if "fanotify" in str(fd.readlink()):
+                info = Path(f"/proc/self/fdinfo/{fd.name}").read_text().splitlines()
+                masks += [int(line.split("mask:")[1].split()[0], 16) for line in info
+                          if sdev in line and " ino:" not in line and "mask:" in line]
+    return masks
+
+
+def test_a_stick_unmounted_before_the_agent_hears_of_it_leaves_the_root_watch_whole(
+        tmp_path: Path, loop_stick: Any) -> None:
+    """The agent hears of an unmount afterwards, when the mount point (left in place, as by
+    `umount /mnt/usb`) names a directory on the root file system: stopping the stick's watch
+    must not strip close-after-write from the root's own mark, or no file staged in /tmp or
+    /home is derived from tagged data again (an export staged there, then copied to a stick,
+    would be untagged)."""
+    with _run_with_stick(tmp_path, loop_stick, 120_000) as (run, _secret, point):
+        before = _root_marks()
+        assert before and all(mask & 0x08 for mask in before)  # FAN_CLOSE_WRITE
+        subprocess.run(["umount", str(point)], check=True)
+        assert point.is_dir()
+        # the watch is dropped before device.unmount is reported (the same thread)
+        run.events.wait_for(run.events.action("device.unmount", {"exfilguard.mount.point": str(point)}),
+                            timeout=30)
+        after = _root_marks()
+        assert after and all(mask & 0x08 for mask in after)
