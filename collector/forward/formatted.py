@@ -54,6 +54,7 @@ HELPER_NICE = 10  # helpers yield to the collector (ingest) and to the forward p
 MAX_HELPERS = 3
 HELPER_RETRY_SECONDS = 30.0  # after a helper died, batches are formatted here this long
 HELPER_START_SECONDS = 10.0  # the first big batch waits this long at most for the helpers to start
+ASKED_SECONDS = 1.0  # a format no destination asked for this long is not laid out ahead for it
 MAX_CHUNK_BYTES = 16 << 10  # a chunk of bigger rows is laid out here (two on their way fit a pipe)
 
 Row = tuple[str, int, bytes]  # agent id, sequence, the stored bytes
@@ -271,7 +272,9 @@ class Formatter:
 
 
 class Formatted:
-    """The last `size` events any destination read: their FIELDS and JSON in every format used."""
+    """The last `size` events any destination read: their FIELDS and JSON in every format in use
+    (asked for by a destination within ASKED_SECONDS: one that is away, waiting out its backoff,
+    costs the others nothing; its format is laid out again once it asks)."""
 
     def __init__(self, formatter: Formatter, fmts: Sequence[str], size: int) -> None:
         self.formatter = formatter
@@ -279,6 +282,7 @@ class Formatted:
         self.size = size
         self._entries: OrderedDict[tuple[str, int], tuple[dict[str, Any], dict[str, bytes]]]
         self._entries = OrderedDict()
+        self._asked: dict[str, float] = {}  # format -> when a destination last asked for it
         self._lock = threading.Lock()
 
     @property
@@ -293,21 +297,30 @@ class Formatted:
         instead of doing it again.
         """
         with self._lock:
+            now = time.monotonic()
+            self._asked[fmt] = now
             entries = self._entries
-            missing = [row for row in rows if (row[0], row[1]) not in entries]
-            fmts = self.formats if fmt in self.formats else (fmt,)
-            for (agent_id, sequence, _), (fields, docs) in zip(
-                missing, self.formatter.lay_out(missing, fmts), strict=True
-            ):
-                entries[(agent_id, sequence)] = (fields, dict(zip(fmts, docs, strict=True)))
+            recent = now - ASKED_SECONDS
+            others = [f for f in self.formats if f != fmt and self._asked.get(f, recent) > recent]
+            self._add([row for row in rows if (row[0], row[1]) not in entries], (fmt, *others))
+            self._add([row for row in rows if fmt not in entries[(row[0], row[1])][1]], (fmt,))
             out: list[Read] = []
-            for agent_id, sequence, data in rows:
+            for agent_id, sequence, _ in rows:
                 fields, by_format = entries[(agent_id, sequence)]
-                doc = by_format.get(fmt)
-                if doc is None:
-                    ((fields, (doc,)),) = self.formatter.lay_out([(agent_id, sequence, data)], (fmt,))
-                    by_format[fmt] = doc
-                out.append((fields, doc))
+                out.append((fields, by_format[fmt]))
             while len(entries) > max(self.size, len(rows)):
                 entries.popitem(last=False)
         return out
+
+    def _add(self, rows: Sequence[Row], fmts: tuple[str, ...]) -> None:
+        """Lay the rows out in `fmts` into the entries (kept ones gain the formats)."""
+        if not rows:
+            return
+        entries = self._entries
+        laid = self.formatter.lay_out(rows, fmts)
+        for (agent_id, sequence, _), (fields, docs) in zip(rows, laid, strict=True):
+            entry = entries.get((agent_id, sequence))
+            if entry is None:
+                entries[(agent_id, sequence)] = (fields, dict(zip(fmts, docs, strict=True)))
+            else:
+                entry[1].update(zip(fmts, docs, strict=True))
