@@ -120,6 +120,8 @@ class Responder:
         self.devs: set[int] = set()
         self.armed = False
         self.waiting: dict[int, tuple[int, float]] = {}  # seq -> (event fd, read at)
+        # seq -> (pid, pgid) of a tagged file's open handed to the agent and not answered yet
+        self.tagged: dict[int, tuple[int, int]] = {}
         self.seq = 0
         self.out: list[link.Message] = []
         self.fast: list[float] = []  # latencies of the cached answers not yet told
@@ -152,6 +154,7 @@ class Responder:
                     swept = now
                     self.decider.sweep()  # verdicts of processes that are gone
         finally:
+            self.tagged.clear()
             for fd, _ in self.waiting.values():
                 self.group.answer(fd, True)
             self.waiting.clear()
@@ -166,6 +169,7 @@ class Responder:
             kind = message[0]
             if kind == "answer":
                 waiting = self.waiting.pop(message[1], None)
+                self.tagged.pop(message[1], None)
                 if waiting is not None:
                     self.group.answer(waiting[0], bool(message[2]))
             elif kind == "clean":
@@ -264,7 +268,8 @@ class Responder:
         if path is None or st is None:
             self.group.answer(fd, True)
             return
-        if self.armed and st[0] in self.devs:
+        removable = st[0] in self.devs
+        if self.armed and removable and self._unrelated(pid):
             how = self._known(pid, path)
             if how:
                 self.group.answer(fd, True)
@@ -279,7 +284,21 @@ class Responder:
                 return
         self.seq += 1
         self.waiting[self.seq] = (fd, now)
+        if not removable:
+            self.tagged[self.seq] = (pid, self.decider.verdicts.group_of(pid))
         self.out.append(["ask", self.seq, fd, pid, path, st[0], st[1], now])
+
+    def _unrelated(self, pid: int) -> bool:
+        """Whether no tagged open of this process or its group waits for the agent's answer. One
+        that does goes to the agent too: the agent looks at the writers and the tagged opens in one
+        step (decide.py), and this process's own writers are not among the agent's yet (a
+        pipeline's write answered here while its tagged read waits there would pass both)."""
+        if not self.tagged:
+            return True
+        clean = self.decider.verdicts.get(pid)
+        pgid = clean.pgid if clean is not None else 0
+        return not any(opener == pid or (group > 1 and group == pgid)
+                       for opener, group in self.tagged.values())
 
     def _known(self, pid: int, path: str) -> str:
         try:
@@ -291,6 +310,7 @@ class Responder:
     def _expire(self, now: float) -> None:
         late = [seq for seq, (_, read_at) in self.waiting.items() if now - read_at > self.timeout]
         for seq in late:
+            self.tagged.pop(seq, None)
             self._default(self.waiting.pop(seq)[0])
 
     def _default(self, fd: int) -> None:

@@ -112,3 +112,92 @@ def test_stopped_agent_fails_closed_and_a_killed_one_releases(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+# writes one file on the stick and keeps it open (the tagged trees stay armed), then, told to,
+# opens a second one for writing: its verdict is cached by then
+WRITER = """
+import sys
+point = sys.argv[1]
+first = open(f"{point}/one.bin", "wb")
+first.write(b"holiday photo")
+first.flush()
+print("wrote", flush=True)
+sys.stdin.readline()
+try:
+    with open(f"{point}/two.bin", "wb") as fh:
+        fh.write(b"more")
+    print("two: written", flush=True)
+except PermissionError:
+    print("two: refused", flush=True)
+"""
+
+
+def _armed(responder: int) -> bool:
+    """Whether the responder's permission group has a tagged tree marked (FAN_OPEN_PERM)."""
+    for info in Path(f"/proc/{responder}/fdinfo").iterdir():
+        try:
+            lines = info.read_text().splitlines()
+        except OSError:
+            continue
+        if any(line.startswith("fanotify ino") and int(line.split("mask:")[1].split()[0], 16) & 0x10000
+               for line in lines):
+            return True
+    return False
+
+
+def test_a_cached_write_waits_while_a_tagged_read_of_its_group_waits_for_the_agent(
+        tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> None:
+    """The responder answers a writer from its verdict only while no tagged open of the writer's
+    process group is with the agent: the agent looks at both in one step (a pipeline's write let
+    through here while its tagged read is let through there would pass both)."""
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "customers.db").write_bytes(os.urandom(50_000))
+    stick = loop_stick(label=f"SG{os.getpid() % 10000}", serial=f"EGSG{os.getpid()}")
+    point = stick.mount()
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"collector: 127.0.0.1:{free_port()}\nstate_dir: {tmp_path / 'state'}\n"
+        f"tags:\n  {db}: [database]\nsensors: {{fanotify: 'off'}}\n"
+        "prevent: {removable_writes: block, fail: closed, decision_timeout_ms: 10000}\n")
+    log = tmp_path / "agent.log"
+    with log.open("wb") as out:
+        agent = subprocess.Popen([AGENT, "--config", str(config)], stdout=out, stderr=subprocess.STDOUT)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        wait_for(lambda: f"guarding writes to {point}" in log.read_text(), 60, "the agent to guard the stick",
+                 diagnose=log.read_text)
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(point)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, process_group=0)
+        procs.append(writer)
+        assert writer.stdout is not None and writer.stdin is not None
+        assert writer.stdout.readline() == b"wrote\n"
+        responder = _responder(agent.pid)
+        wait_for(lambda: _armed(responder), 15, "the tagged trees to be armed", diagnose=log.read_text)
+        # the agent stands still: a tagged read of the writer's group waits for it
+        agent.send_signal(signal.SIGSTOP)
+        reader = subprocess.Popen(["cat", str(db / "customers.db")], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, process_group=writer.pid)
+        procs.append(reader)
+        wait_for(lambda: _waiting_in_open(reader.pid), 5, "the tagged read to wait",
+                 diagnose=lambda: _state(reader))
+        writer.stdin.write(b"go\n")
+        writer.stdin.flush()
+        # its write waits for the agent too, instead of being answered from its verdict
+        wait_for(lambda: _waiting_in_open(writer.pid), 5, "the write to wait for the agent",
+                 diagnose=lambda: _state(writer))
+        agent.send_signal(signal.SIGCONT)
+        assert writer.stdout.readline() == b"two: refused\n"
+        assert reader.wait(15) != 0
+        assert not (point / "two.bin").exists() or (point / "two.bin").stat().st_size == 0
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGCONT)
+        for proc in (*procs, agent):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
