@@ -44,6 +44,7 @@ from agent.prevent.permission import FAN_OPEN_PERM, FAN_Q_OVERFLOW, PermissionGr
 from agent.sensors.fingerprints import MAX_DERIVED
 from agent.sensors.provenance import Provenance
 from agent.sensors.tags import TagMap
+from common import logs
 from common.agentconfig import PreventSettings
 
 log = logging.getLogger("agent.prevent.responder")
@@ -327,7 +328,7 @@ def main(argv: list[str]) -> int:
         return 0  # the agent died before the line above: nothing to answer for
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the agent says when: ["stop"] or its end
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
+    logs.configure("warning")  # JSON lines on the agent's stdout, as its own
     Responder(config).run()
     return 0
 
