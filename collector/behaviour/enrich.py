@@ -117,10 +117,11 @@ class Behaviour:
             self._signals(
                 user, seen, first_use=first_use, for_user=for_user, tagged=tagged_write, now=now, day=day
             )
-        score = out["exfilguard.risk.score"] = self.risk.score(user, now)
+        score, signals, reported = self.risk.standing(user, now)
+        out["exfilguard.risk.score"] = score
         if score:
-            out["exfilguard.risk.signals"] = self.risk.signals(user)
-            if self.risk.reported(user, now):
+            out["exfilguard.risk.signals"] = signals
+            if reported:
                 out["exfilguard.risk.reported"] = True
         return _with(event, out)
 

@@ -83,6 +83,20 @@ class RiskBook:
             return 0.0
         return round(risk.value(now), 1)
 
+    def standing(self, user: str, now: float) -> tuple[float, list[str], bool]:
+        """score(), signals() and reported() in one call, the decay computed once: what the
+        enrichment adds to every event of a user with a score (a medium alert gives one)."""
+        risk = self.users.get(user)
+        if risk is None or risk.score <= 0:  # most users, most of the time
+            return 0.0, [], False
+        value = risk.value(now)
+        score = round(value, 1)
+        if not score:
+            return score, [], False
+        if risk.reported and value < ELEVATED:
+            risk.reported = False
+        return score, list(risk.signals), risk.reported
+
     def reported(self, user: str, now: float) -> bool:
         """True while the user's current elevation was already alerted (re-armed below ELEVATED)."""
         risk = self.users.get(user)

@@ -39,3 +39,18 @@ def test_an_elevation_is_reported_once_kept_across_a_restart_and_re_armed_below_
     assert not restarted.reported("oscar", later)
     restarted.add("oscar", "volume_spike", 30.0, later, 7)  # 65: a new elevation, not reported yet
     assert restarted.score("oscar", later) >= ELEVATED and not restarted.reported("oscar", later)
+
+
+def test_standing_is_score_signals_and_reported_in_one_call() -> None:
+    book = RiskBook()
+    assert book.standing("nobody", 0.0) == (0.0, [], False)
+    book.add("oscar", "first_removable_use", 30.0, 0.0, 0)
+    book.add("oscar", "unusual_hour", 40.0, 10.0, 0)
+    book.report("oscar", 10.0)
+    for now in (10.0, DAY, HALF_LIFE_SECONDS, 40 * HALF_LIFE_SECONDS):
+        twin = RiskBook()
+        twin.restore(book.snapshot())
+        expected = (twin.score("oscar", now), twin.signals("oscar"), twin.reported("oscar", now))
+        if not expected[0]:
+            expected = (expected[0], [], False)
+        assert book.standing("oscar", now) == expected
