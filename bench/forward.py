@@ -1,4 +1,4 @@
-"""Event forwarding throughput as a ratio of the real collector's ingest, at the same time in the same run.
+"""Event forwarding throughput as a ratio of the real collector's ingest in the same run, alone and racing it.
 
     python -m bench.forward [--events N] [--repeat R] [--outage SECONDS] [--long-outage]
 
@@ -10,17 +10,19 @@ the shipped policy pack in its policy process, the forward process with its help
 Simulated agents send real gRPC batches (500 events) from load-generator processes (bench.ingest's),
 each waiting for acks as the agent's transport does.
 
-Each round, in the same collector:
- 1. backlog: both destinations are away (rsyslogd stopped, the receiver answering 503) while N
-    events are ingested: `ingest_alone_eps`, the collector's ack rate with forwarding idle.
- 2. race: the destinations come back; once each has taken a batch, new agents send another N
-    events. In that window (the agents' release to the last ack) ingest runs flat out while
-    forwarding works through its backlog and what arrives, on the machine's cores at once, as
-    in a live collector. A destination's ratio is the events it forwarded in the window over the
-    events ingested in it: its rate over ingest's rate in the same seconds (`ingest_eps`). At
-    >= 1.0 its lag shrinks while ingest runs at full speed: forwarding keeps up. A destination
-    that ran out of backlog before the window ended is marked `drained` (its figure is then a
-    lower bound, at most 2.0). `ingest_eps / ingest_alone_eps` shows whether forwarding slows ingest.
+Each round, in the same collector (N = --events):
+ 1. backlog: both destinations are away (rsyslogd stopped, the receiver answering 503) while 2N
+    events are ingested: `ingest_eps`, the collector's ack rate with forwarding idle (the baseline).
+ 2. alone: each destination comes back by itself (the other stays away) and forwards N events of
+    its backlog with nothing else running, timed after its first batch: `forward_*_eps`; over the
+    baseline, `forward_*_ratio` (each path had the machine to itself).
+ 3. race: both back, new agents send another N events. In that window (the agents' release to
+    the last ack) ingest runs flat out while forwarding works through its backlog and what
+    arrives, on the same cores, as in a live collector. `race_*_ratio`: the events a destination
+    forwarded in the window over the events stored in it (its rate over ingest's, in the same
+    seconds): at >= 1.0 its lag shrinks while ingest runs at full speed. A destination that ran
+    out of backlog in the window is marked `race_drained_*` (its figure then a lower bound).
+    `race_ingest_eps` against `ingest_eps` shows whether forwarding slows ingest.
 Of --repeat rounds the best rate of each path is kept (the machine is shared: load comes and goes),
 and the best race ratio.
 
@@ -30,11 +32,11 @@ when it comes back, the time to catch up, and the exact counts: events stored, d
 rsyslog wrote (must be all of them, over every round: `lost` must be 0; the `_bulk` receiver's
 are checked too, `lost_http`) and duplicates (at least once may resend a batch).
 
-Last line: JSON with forward_http_ratio, forward_syslog_ratio, ingest_eps (ingest alone),
-forward_http_eps, forward_syslog_eps, outage_seconds,
-lag_after_outage_events, catch_up_seconds, stored, delivered_syslog_distinct, lost, lost_http,
-duplicates; race_http_ratio, race_syslog_ratio, race_ingest_eps, race_forward_cores (the CPU the
-forward process and its helpers had in the race, in cores), race_drained_http, race_drained_syslog.
+Last line: JSON with forward_http_ratio, forward_syslog_ratio, ingest_eps, forward_http_eps,
+forward_syslog_eps, race_http_ratio, race_syslog_ratio, race_ingest_eps, race_forward_cores (the
+CPU the forward process and its helpers had in the race, in cores), race_drained_http,
+race_drained_syslog, outage_seconds, lag_after_outage_events, catch_up_seconds, stored,
+delivered_syslog_distinct, lost, lost_http, duplicates.
 """
 
 from __future__ import annotations
