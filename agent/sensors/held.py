@@ -118,6 +118,13 @@ def _close(fds: list[int]) -> None:
             os.close(fd)
 
 
+# (device, inode) -> access time (ns) the agent's own read left on a file, for the reads it could
+# not make without touching it (O_NOATIME refused: a file of another owner without CAP_FOWNER)
+MAX_OWN_READS = 65536
+_own_atimes: OrderedDict[tuple[int, int], int] = OrderedDict()
+_own_lock = threading.Lock()
+
+
 def own_read(path: str, read: Callable[[int], _T], held: int | None = None) -> _T | None:
     """`read(fd)` on `path` opened (or on `held`, open on it already), then closed."""
     try:
@@ -129,7 +136,27 @@ def own_read(path: str, read: Callable[[int], _T], held: int | None = None) -> _
     except OSError:
         return None
     finally:
+        _note_own(fd)
         os.close(fd)
+
+
+def _note_own(fd: int) -> None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return
+    with _own_lock:
+        _own_atimes[(st.st_dev, st.st_ino)] = st.st_atime_ns
+        _own_atimes.move_to_end((st.st_dev, st.st_ino))
+        while len(_own_atimes) > MAX_OWN_READS:
+            _own_atimes.popitem(last=False)
+
+
+def read_by_agent(st: os.stat_result) -> bool:
+    """Whether the file's access time is the one the agent's own read left: that read is not
+    someone reading a new tagged directory before its watch was in place (newdirs.py)."""
+    with _own_lock:
+        return _own_atimes.get((st.st_dev, st.st_ino)) == st.st_atime_ns
 
 
 def _open_own(path: str) -> int:

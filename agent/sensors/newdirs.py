@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.sensors import Emit, procinfo, provenance
+from agent.sensors.held import read_by_agent
 from agent.sensors.tags import TagMap
 from protos import exfilguard_pb2 as pb
 from protos.events import new_event
@@ -171,7 +172,8 @@ class NewDirectories:
                     # time at the first read after a change; a read within the same clock tick
                     # leaves no trace). The change time, not the modification time: a restore
                     # (tar x, cp -p, rsync -a) sets old modification times on files nobody read
-                    was_read = born <= st.st_atime <= marked and st.st_atime > st.st_ctime
+                    was_read = born <= st.st_atime <= marked and st.st_atime > st.st_ctime \
+                        and not read_by_agent(st)
                     unseen_write = not writes_seen and born <= st.st_ctime <= marked
                     if was_read or unseen_write:
                         files += 1

@@ -4,6 +4,8 @@ names that file; bounded; let go with the file. And the inotify grouper keeps a 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -94,3 +96,30 @@ def test_the_grouper_pairs_a_rename_and_holds_what_follows_its_first_half() -> N
     assert done.wait(inotify.MOVE_WAIT + 5.0)
     assert got[2:] == [alone, after]
     grouper.close()
+
+
+AGENT_WITHOUT_FOWNER = r"""
+import os, sys
+from agent.sensors.held import own_read, read_by_agent
+path = sys.argv[1]
+before = os.stat(path)
+assert own_read(path, lambda fd: os.read(fd, 100)) == b"tagged rows\n"
+after = os.stat(path)
+print(after.st_atime_ns != before.st_atime_ns, read_by_agent(after))
+"""
+
+
+def test_the_agents_own_read_of_another_owners_file_is_known_by_the_access_time_it_left(
+        tmp_path: Path) -> None:
+    """Without CAP_FOWNER (the shipped unit) O_NOATIME is refused on a file of another owner: the
+    agent's read moves its access time, and a new tagged directory's look (newdirs.py) must know
+    that read for the agent's own, not someone's read before the watch was in place."""
+    tagged = tmp_path / "rows.csv"
+    tagged.write_bytes(b"tagged rows\n")
+    os.utime(tagged, (1_000_000_000, 1_000_000_000))  # an old access time: the read moves it
+    os.chown(tagged, 65534, 65534)  # nobody's
+    tmp_path.chmod(0o755)
+    done = subprocess.run(["setpriv", "--inh-caps=-fowner", "--bounding-set=-fowner", sys.executable, "-c",
+                           AGENT_WITHOUT_FOWNER, str(tagged)], capture_output=True, text=True, check=True,
+                          timeout=30, cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.split() == ["True", "True"], done.stderr
