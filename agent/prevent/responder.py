@@ -329,6 +329,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the agent says when: ["stop"] or its end
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logs.configure("warning")  # JSON lines on the agent's stdout, as its own
+    syscalls.use_os()  # one thread: no interpreter lock to keep, and os calls cost less than ctypes'
     Responder(config).run()
     return 0
 

@@ -11,8 +11,10 @@ complete path.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import os
 import platform
 import struct
 from typing import Any
@@ -121,3 +123,61 @@ def names(dirfd: int) -> list[str] | None:
             offset += reclen
         if done:
             return out
+
+
+# The same calls through `os`, for a process of one thread (the responder): nothing there waits
+# for the interpreter lock, and `os` calls cost less than ctypes' (a /proc pread 2.6 vs 5.1 us,
+# a readlink 0.8 vs 2.9 us, measured on the build machine).
+
+def _os_pread(fd: int, size: int, offset: int = 0) -> bytes | None:
+    try:
+        return os.pread(fd, size, offset)
+    except OSError:
+        return None
+
+
+def _os_read(fd: int, size: int) -> bytes | None:
+    try:
+        return os.read(fd, size) or None
+    except OSError:
+        return None
+
+
+def _os_write(fd: int, data: bytes) -> bool:
+    try:
+        return os.write(fd, data) == len(data)
+    except OSError:
+        return False
+
+
+def _os_close(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _os_readlink(path: str, dirfd: int = _AT_FDCWD) -> str | None:
+    try:
+        return os.readlink(path, dir_fd=None if dirfd == _AT_FDCWD else dirfd)
+    except OSError:
+        return None
+
+
+def _os_names(dirfd: int) -> list[str] | None:
+    try:
+        return os.listdir(dirfd)  # a duplicate of it, read from its start
+    except OSError:
+        return None
+
+
+def _os_device_and_size(fd: int) -> tuple[int, int] | None:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_size
+
+
+def use_os() -> None:
+    """Make this module's calls through `os` from now on (a single-threaded process)."""
+    globals().update(pread=_os_pread, read=_os_read, write=_os_write, close=_os_close,
+                     readlink=_os_readlink, names=_os_names, device_and_size=_os_device_and_size)
