@@ -54,7 +54,7 @@ HELPER_NICE = 10  # helpers yield to the collector (ingest) and to the forward p
 MAX_HELPERS = 3
 HELPER_RETRY_SECONDS = 30.0  # after a helper died, batches are formatted here this long
 HELPER_START_SECONDS = 10.0  # the first big batch waits this long at most for the helpers to start
-ASKED_SECONDS = 1.0  # a format no destination asked for this long is not laid out ahead for it
+ASKED_SECONDS = 5.0  # a format no destination asked for this long is not laid out ahead for it
 MAX_CHUNK_BYTES = 16 << 10  # a chunk of bigger rows is laid out here (two on their way fit a pipe)
 
 Row = tuple[str, int, bytes]  # agent id, sequence, the stored bytes
@@ -272,9 +272,10 @@ class Formatter:
 
 
 class Formatted:
-    """The last `size` events any destination read: their FIELDS and JSON in every format in use
-    (asked for by a destination within ASKED_SECONDS: one that is away, waiting out its backoff,
-    costs the others nothing; its format is laid out again once it asks)."""
+    """The last `size` events any destination read: their FIELDS and JSON in every format in use:
+    asked for within ASKED_SECONDS and not given up since (`away`: its destination failed a
+    delivery and waits out its backoff). An away destination costs the others nothing; its
+    format is laid out again once it asks."""
 
     def __init__(self, formatter: Formatter, fmts: Sequence[str], size: int) -> None:
         self.formatter = formatter
@@ -311,6 +312,11 @@ class Formatted:
             while len(entries) > max(self.size, len(rows)):
                 entries.popitem(last=False)
         return out
+
+    def away(self, fmt: str) -> None:
+        """A destination of `fmt` failed a delivery: lay its format out ahead no more until one asks."""
+        with self._lock:
+            self._asked.pop(fmt, None)
 
     def _add(self, rows: Sequence[Row], fmts: tuple[str, ...]) -> None:
         """Lay the rows out in `fmts` into the entries (kept ones gain the formats)."""

@@ -239,6 +239,8 @@ class ForwardWorker:
             except Exception:  # a bug must not end forwarding for good; the batch is tried again
                 self.failures["connection"] += 1
                 log.exception("forward %s: delivery crashed", self.name)
+            if isinstance(self.formatter, Formatted):  # the other destinations stop laying out for it
+                self.formatter.away(self.format)
             with contextlib.suppress(StoreError):  # the lag keeps growing while the destination is away
                 self._lag()
             if self.lead is not None and not self.lead.held():

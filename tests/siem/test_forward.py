@@ -316,22 +316,23 @@ def test_cursor_saves_on_sqlite_wait_for_no_fsync(tmp_path: Path) -> None:
         forwarding.close()
 
 
-def test_a_format_no_destination_asked_for_lately_is_not_laid_out_ahead(
-    sqlite_stores: tuple[Store, Store],
-) -> None:
+def test_a_format_no_destination_asks_for_is_not_laid_out_ahead(sqlite_stores: tuple[Store, Store]) -> None:
     store, reader = sqlite_stores
-    store.ingest("agent-a", make_events("agent-a", 1, 10))
-    rows = CursorBook(reader.domain(), store.domain()).batch([("agent-a", 0, 10)], 10, 10)
+    store.ingest("agent-a", make_events("agent-a", 1, 15))
+    rows = CursorBook(reader.domain(), store.domain()).batch([("agent-a", 0, 15)], 15, 15)
     shared = Formatted(Formatter(reader.location), ["ecs", "ocsf"], size=100)
     shared.get(rows[:5], "ecs")
-    assert shared.conversions == 5  # the OCSF destination has not asked (away, in its backoff)
+    assert shared.conversions == 5  # the OCSF destination has not asked yet
     shared.get(rows[:5], "ocsf")  # now it asks: laid out for it
     assert shared.conversions == 10
-    shared.get(rows[5:], "ecs")
+    shared.get(rows[5:10], "ecs")
     assert shared.conversions == 20  # both asked lately: each new event in both formats at once
-    ocsf = shared.get(rows[5:], "ocsf")
+    ocsf = shared.get(rows[5:10], "ocsf")
     assert shared.conversions == 20
-    assert [doc for _, doc in ocsf] == [doc for _, doc in Formatter(reader.location).get(rows[5:], "ocsf")]
+    assert [doc for _, doc in ocsf] == [doc for _, doc in Formatter(reader.location).get(rows[5:10], "ocsf")]
+    shared.away("ocsf")  # its delivery failed: in its backoff, it asks for nothing
+    shared.get(rows[10:], "ecs")
+    assert shared.conversions == 25
 
 
 def test_destinations_of_one_format_share_each_events_json(
