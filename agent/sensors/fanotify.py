@@ -405,9 +405,10 @@ class FanotifySensor:
                     continue
                 try:
                     self._resolve(mask, fd, pid)
-                except Exception:
+                except Exception:  # its descriptor is still open: only returns close it first
                     os.close(fd)
-                    raise
+                    # the rest of this read's events (and their descriptors) are not lost with it
+                    log.exception("fanotify event handling failed")
             if not more:
                 return
 
