@@ -220,7 +220,8 @@ class AccessReporter:
             size = os.fstat(access.fd).st_size
         except OSError:
             return
-        flow = self.copies.flow.flow([access.pid])
+        pids = [access.pid, *self.copies.flow.child_writers(access.pid, access.path)]
+        flow = self.copies.flow.flow(pids)
         created = provenance.created_at(access.fd)
         ident = provenance.by_lineage(flow, size, created, text=written_text(access.fd))
         if ident is None or size <= 0:
@@ -296,7 +297,8 @@ class ExactAccessSensor:
             on_removable=reporter.removable,
             on_other_write=reporter.other_write,
             on_other_now=reporter.other_written,
-            wants_pid=lambda pid: reporter.staging.wants_pid(pid) or flow.carried_by(pid),
+            wants_pid=lambda pid: (reporter.staging.wants_pid(pid) or flow.carried_by(pid)
+                                   or flow.has_carrying_child(pid)),
             on_overflow=self._overflowed,
             on_exec=flow.note_exec,
             on_write=self._removable_write,

@@ -45,6 +45,7 @@ _CMDLINE_BYTES = 8192
 _MAX_ARGS = 64
 MAX_SOCKETS = 32           # sockets of one process asked about per look (a browser has hundreds)
 MAX_CHILDREN = 16          # children recorded when a process first reads tagged data
+MAX_FILES = 16             # paths of open files kept per process record
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +73,7 @@ class _Process:
     # read (after its writes emptied `sources`) needs no fresh look, the periodic one will do
     looked: bool = False
     sources: OrderedDict[str, SourceRead] = field(default_factory=OrderedDict)
+    files: tuple[str, ...] = ()    # files it had open when last looked at (its stdout redirected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,9 @@ class DataFlow:
         self._carriers = 0  # processes with sources: 0 means no flow at all (the fast path)
         # (st_dev, st_ino) of a file being written on removable media -> pids that wrote into it
         self._file_writers: OrderedDict[tuple[int, int], set[int]] = OrderedDict()
+        # parent pid -> its children that carry tagged data: a shell that opened `> /tmp/x` for
+        # a child closes it after the child exited, and is then the file's closer
+        self._carrying_children: OrderedDict[int, set[int]] = OrderedDict()
         self._max_processes = max_processes
         self._max_sources = max_sources
         self.dropped = 0  # sources or links a bound forgot (lineage that may be lost)
@@ -152,6 +157,11 @@ class DataFlow:
                 proc = self._add(pid, _Process())
             proc.looked = True
             self._carry(proc, reads)
+            if proc.ppid > 1:
+                self._carrying_children.setdefault(proc.ppid, set()).add(pid)
+                self._carrying_children.move_to_end(proc.ppid)
+                while len(self._carrying_children) > self._max_processes:
+                    self._carrying_children.popitem(last=False)
 
     def _carry(self, proc: _Process, reads: list[SourceRead]) -> None:
         # under the lock
@@ -230,6 +240,7 @@ class DataFlow:
                 self._bump()
             proc.ppid = ppid or parent
             proc.writes, proc.reads, proc.seen, proc.born = writes, reads, now, born
+            proc.files = tuple(files[:MAX_FILES])
             for inode in writes:
                 self._writers_of.setdefault(inode, set()).add(pid)
             self._procs.move_to_end(pid)
@@ -359,6 +370,20 @@ class DataFlow:
         for ancestor in ancestors:
             recent.extend(_children(ancestor)[:MAX_CHILDREN])
         return [pid for pid in dict.fromkeys(recent) if pid != writer and _holds(pid, dev, ino)]
+
+    def has_carrying_child(self, pid: int) -> bool:
+        """Whether a child of `pid` carries tagged data (its close of a file may end a write by
+        that child). A dictionary look-up: asked per close-after-write on the local file systems."""
+        return pid in self._carrying_children
+
+    def child_writers(self, pid: int, path: str) -> list[int]:
+        """Children of `pid` that carry tagged data and had `path` open when last looked at:
+        `sh -c 'base64 db > /tmp/x && ...'` (dash) opens /tmp/x for base64, which writes it, and
+        the shell closes it after base64 has exited."""
+        with self._lock:
+            children = self._carrying_children.get(pid, ())
+            return [child for child in children
+                    if (proc := self._procs.get(child)) is not None and proc.sources and path in proc.files]
 
     def carried_by(self, pid: int) -> bool:
         """Whether tagged data reaches process `pid`, so a write by it may carry some: read in

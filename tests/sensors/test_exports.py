@@ -203,3 +203,24 @@ def test_a_stick_unmounted_before_the_agent_hears_of_it_leaves_the_root_watch_wh
                             timeout=30)
         after = _root_marks()
         assert after and all(mask & 0x08 for mask in after)
+
+
+SLOW_EXPORTER = ("import base64, sys, time; data = open(sys.argv[1], 'rb').read(); time.sleep(0.5); "
+                 "sys.stdout.buffer.write(base64.b64encode(data))")
+
+
+def test_an_export_whose_redirect_the_shell_closed_is_derived_from_what_its_child_read(
+        tmp_path: Path, loop_stick: Any) -> None:
+    """`sh -c 'export db > /tmp/x && cp /tmp/x stick/'` under dash: the shell opens /tmp/x for
+    its child and closes it after the child exited, so the closer read nothing tagged. The child
+    that read tagged data and had the file open is its writer: the staged file is derived, and
+    its copy on the stick tied by bytes."""
+    with _run_with_stick(tmp_path, loop_stick, 300_000) as (run, secret, point):
+        staged = tmp_path / "export.b64"
+        script = (f'"{sys.executable}" -c "{SLOW_EXPORTER}" "{secret}" > "{staged}" '
+                  f'&& cp "{staged}" "{point}/"')
+        subprocess.run(["dash", "-c", script], check=True, timeout=60)
+        out = str(point / "export.b64")
+        copy = run.events.wait_for(run.events.action("file.copy", {"file.path": out}), timeout=30)[0]
+        assert copy["exfilguard.copy.identified_by"] == "lineage-bytes"
+        assert copy["exfilguard.source.path"] == str(secret)
