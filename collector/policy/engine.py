@@ -343,7 +343,9 @@ class PolicyEngine:
                     firings = entry.run(event, now)
             ended = clock()
             over = False
-            if ended - begun > budget or ended > deadline:  # rare: garbage collections are not the policy's
+            # Rare: garbage collections are not the policy's. A policy alone over the budget is
+            # past the deadline too (it began after the event's evaluation started).
+            if ended > deadline:
                 took = ended - begun - (paused[0] - paused_before)
                 if took > budget:
                     self._overran(entry.policy.id, event, took, wall)
@@ -351,38 +353,43 @@ class PolicyEngine:
                 over = spent > budget and n + 1 < len(candidates)
                 if over:
                     self._over_budget(candidates[n + 1 :], event, spent)
-            for firing in firings:
-                if not raise_alerts:
-                    continue
-                if isinstance(firing.event, EventView):
-                    # An alert (and a folded repeat waiting for its follow-up) keeps the fields,
-                    # not the view: that would keep the whole parsed batch of the event alive.
-                    firing.event = firing.event.mapping()
-                policy = entry.policy
-                group = self._group(policy, firing)
-                # A repeat inside its suppression window is only counted; its alert is built
-                # (lazily) just once, for the follow-up, when the window closes.
-                if self.suppressor.fold(
-                    group,
-                    firing.last,
-                    firing.count,
-                    firing.evidence,
-                    functools.partial(self._raise, policy, firing),
-                ):
-                    self.folded[policy.id] = self.folded.get(policy.id, 0) + 1
-                    continue
-                raised = self._raise(policy, firing)
-                if self.behaviour is not None:
-                    self.behaviour.alerted(raised.alert, now, score=not entry.reads_risk)
-                self.suppressor.admit(raised)
-                alerts.append(raised)
+            if firings:
+                if raise_alerts:
+                    self._raise_firings(entry, firings, now, alerts)
+                ended = clock()  # raising the alerts is not the next policy's time
             if over:
                 break
-            if firings:  # raising the alerts is not the next policy's time
-                ended = clock()
             paused_before = paused[0]
         self.alerts_raised += len(alerts)
         return alerts
+
+    def _raise_firings(
+        self, entry: _Compiled, firings: Sequence[Firing], now: float, alerts: list[RaisedAlert]
+    ) -> None:
+        """Alerts of a policy's firings, after suppression, appended to `alerts`."""
+        for firing in firings:
+            if isinstance(firing.event, EventView):
+                # An alert (and a folded repeat waiting for its follow-up) keeps the fields,
+                # not the view: that would keep the whole parsed batch of the event alive.
+                firing.event = firing.event.mapping()
+            policy = entry.policy
+            group = self._group(policy, firing)
+            # A repeat inside its suppression window is only counted; its alert is built
+            # (lazily) just once, for the follow-up, when the window closes.
+            if self.suppressor.fold(
+                group,
+                firing.last,
+                firing.count,
+                firing.evidence,
+                functools.partial(self._raise, policy, firing),
+            ):
+                self.folded[policy.id] = self.folded.get(policy.id, 0) + 1
+                continue
+            raised = self._raise(policy, firing)
+            if self.behaviour is not None:
+                self.behaviour.alerted(raised.alert, now, score=not entry.reads_risk)
+            self.suppressor.admit(raised)
+            alerts.append(raised)
 
     def _sits_out(self, policy_id: str, wall: float) -> bool:
         until = self._suspended.get(policy_id)

@@ -162,15 +162,17 @@ class AggregateWindow(_Groups):
         value = None
         if self._distinct is not None:
             value = self._distinct(event)
-            if isinstance(value, (list, dict)):  # a scalar (nearly always) is its own key
+            if type(value) is not str and isinstance(value, (list, dict)):  # a scalar is its own key
                 value = group_value(value)
         entries = tally.entries
         entries.append((now, event_id, amount, value))
-        tally.total += amount
+        if amount:
+            tally.total += amount
         if value is not None:
-            if tally.distinct is None:
-                tally.distinct = {}
-            tally.distinct[value] = tally.distinct.get(value, 0) + 1
+            seen = tally.distinct
+            if seen is None:
+                seen = tally.distinct = {}
+            seen[value] = seen.get(value, 0) + 1
         if now > tally.last:  # noqa: PLR1730 - max() costs a call per event
             tally.last = now
         cutoff = now - self.span
