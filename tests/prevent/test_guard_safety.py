@@ -33,8 +33,12 @@ def _state(proc: subprocess.Popen[bytes]) -> str:
 
 def _responder(agent: int) -> int:
     """The agent's responder process (agent/prevent/responder.py): its one child."""
-    children = [int(pid) for task in Path(f"/proc/{agent}/task").iterdir()
-                for pid in (task / "children").read_text().split()]
+    children = []
+    for task in Path(f"/proc/{agent}/task").iterdir():
+        try:
+            children += [int(pid) for pid in (task / "children").read_text().split()]
+        except OSError:
+            continue  # a thread that ended meanwhile
     assert len(children) == 1, children
     return children[0]
 
