@@ -68,8 +68,6 @@ THEFTS = (
          ("$STICK/s.enc",), True),
     Case("openssl-tmp-then-cp", 'tar c -C "$BASE" db | openssl enc -aes-256-cbc -pbkdf2 -pass pass:x '
          '> "$WORK/o.enc" && cp "$WORK/o.enc" "$STICK/o.enc"', ("$STICK/o.enc",), True),
-    Case("gpg-stdin-tmp-then-cp", 'tar czf - -C "$BASE" db | gpg --batch --quiet --pinentry-mode loopback '
-         '--passphrase x -c -o "$WORK/g.gpg" && cp "$WORK/g.gpg" "$STICK/g.gpg"', ("$STICK/g.gpg",), True),
     Case("sed-tmp-then-cp", 'sed "s/@/ at /" "$DB/customers.csv" > "$WORK/e.csv" && cp "$WORK/e.csv" '
          '"$STICK/e.csv"', ("$STICK/e.csv",), True),
     Case("rsync", 'rsync -a "$DB/" "$STICK/rs/"', ("$STICK/rs/customers.csv",), True),
