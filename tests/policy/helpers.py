@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import textwrap
 from typing import Any
@@ -55,3 +56,11 @@ def event(action: str, when: str = "2026-11-18T10:00:00.000000Z", **fields: Any)
 def fired(engine: PolicyEngine, *events: dict[str, Any]) -> list[str]:
     """Policy ids of the alerts the events raise, in order."""
     return [a.policy_id for e in events for a in engine.evaluate(e)]
+
+
+def after_hours(when: dt.datetime) -> bool:
+    """The shipped pack's after_hours macro (outside 07:00-19:00, or at the weekend) for a
+    collector whose timezone is UTC: tests that copy for real at the wall-clock time expect
+    usb-write-after-hours exactly when this says so."""
+    when = when.astimezone(dt.UTC)
+    return when.weekday() >= 5 or not 7 <= when.hour < 19

@@ -23,6 +23,7 @@ import pytest
 
 from admin.demo import wait_for_mount
 from collector.store import open_store
+from tests.policy.helpers import after_hours
 from tests.policy.receivers import SyslogUdpReceiver, WebhookReceiver
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -46,10 +47,6 @@ def port_open(port: int) -> bool:
     except OSError:
         return False
 
-
-def after_hours(now: dt.datetime) -> bool:
-    """The pack's after_hours macro, in UTC (the collector's timezone here)."""
-    return now.weekday() >= 5 or not 7 <= now.hour < 19
 
 
 @pytest.fixture

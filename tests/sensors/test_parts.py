@@ -65,7 +65,8 @@ def test_fingerprint_index_finds_renamed_copies_only(tmp_path: Path) -> None:
     copy = tmp_path / "holiday.jpg"
     copy.write_bytes(original.read_bytes())
     changed = tmp_path / "changed.bin"
-    changed.write_bytes(original.read_bytes()[:-1] + b"\0")
+    data = original.read_bytes()
+    changed.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # the last byte always differs
     empty = tmp_path / "empty-copy"
     empty.write_bytes(b"")
     for path, expected in ((copy, str(original)), (changed, None), (empty, None)):

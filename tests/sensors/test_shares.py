@@ -5,6 +5,7 @@ types and GVfs directories are classified from the mount table."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import subprocess
 from collections.abc import Iterator
@@ -19,6 +20,8 @@ from agent.sensors.mounts import MountTable
 from collector.policy import loader
 from collector.policy.replay import engine_for, replay
 from common.agentconfig import AgentConfig, Removable, SensorSettings
+from common.ecstime import ecs_epoch
+from tests.policy.helpers import after_hours
 from tests.sensors.recorder import Mapping, Recorder, Running
 from tests.shares import SshShare, missing_tools, readable_by_all
 
@@ -102,8 +105,12 @@ def test_copies_onto_a_network_share_are_copies_to_removable_media(world: Path, 
         assert who == ("cp", "nobody", "exact")
         assert (copy["device.bus"], copy["exfilguard.mount.source"]) == ("network", share.source)
     alerts = _alerts(events)
-    # the same as for a stick: the database copied, and the whole of it
-    assert {a["policy.id"] for a in alerts} == {"usb-copy-database", "usb-copy-whole-collection"}
+    # the same as for a stick: the database copied, and the whole of it (and, by the wall clock
+    # the copies were made at, tagged data written after hours)
+    expected = {"usb-copy-database", "usb-copy-whole-collection"}
+    if any(after_hours(dt.datetime.fromtimestamp(ecs_epoch(c["@timestamp"]) or 0, dt.UTC)) for c in copies):
+        expected.add("usb-write-after-hours")
+    assert {a["policy.id"] for a in alerts} == expected
     for alert in alerts:
         assert f"network share {share.source} (fuse.sshfs)" in alert["summary"], alert["summary"]
     assert "nobody on" in alerts[0]["summary"]
