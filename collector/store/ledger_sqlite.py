@@ -6,9 +6,10 @@ Tables it adds (created on first prune): `evidence_checkpoints`.
 from __future__ import annotations
 
 import json
+import sqlite3
 from typing import TYPE_CHECKING
 
-from collector.store import triage
+from collector.store import chainblocks, triage
 from collector.store.ledger import Checkpoint, LedgerError, SqlLedger
 from common.ecstime import ecs_now
 
@@ -52,8 +53,12 @@ class SqliteLedger(SqlLedger):
         return self._checkpoints_exist
 
     def _stored_chain(self, agent_id: str, sequence: int) -> bytes | None:
-        row = self._one("SELECT chain FROM events WHERE agent_id = ? AND sequence = ?", (agent_id, sequence))
-        return None if row is None or row[0] is None else bytes(row[0])
+        store = self._sqlite
+        with store._lock:
+            try:
+                return _chain_value(store._db, agent_id, sequence, blocks=store._version >= 11)
+            except sqlite3.Error as exc:
+                raise LedgerError(self.location, f"reading a chain value failed: {exc}") from exc
 
     def used_bytes(self) -> int:
         """Bytes of the file in use (freed pages are reused by SQLite, so this is what grows)."""
@@ -80,15 +85,26 @@ class SqliteLedger(SqlLedger):
         with store._lock, store._transaction("prune", error=LedgerError) as db:
             db.execute(_CHECKPOINTS)
             sealed = db.execute("SELECT sealed FROM chains WHERE agent_id = ?", (agent_id,)).fetchone()
-            value = db.execute(
-                "SELECT chain FROM events WHERE agent_id = ? AND sequence = ?", (agent_id, sequence)
-            ).fetchone()
-            chain_value = self._prunable(agent_id, sequence, sealed, value)
+            value = _chain_value(db, agent_id, sequence, blocks=True)
+            chain_value = self._prunable(agent_id, sequence, sealed, None if value is None else (value,))
             deleted = db.execute(
                 "DELETE FROM events WHERE agent_id = ? AND sequence <= ?", (agent_id, sequence)
             ).rowcount
+            db.execute(chainblocks.DELETE_THROUGH, (agent_id, sequence))
             db.execute(self._RECORD_CHECKPOINT, (agent_id, sequence, chain_value, ecs_now(), deleted))
         self._checkpoints_exist = True
         cp = self.checkpoint(agent_id)
         assert cp is not None
         return cp
+
+
+def _chain_value(db: sqlite3.Connection, agent_id: str, sequence: int, *, blocks: bool) -> bytes | None:
+    """The chain value of a stored event: in its row (chained before schema 11) or its block; None
+    when the event is not stored or not chained."""
+    sql = "SELECT chain FROM events WHERE agent_id = ? AND sequence = ?"
+    row = db.execute(sql, (agent_id, sequence)).fetchone()
+    if row is None:
+        return None
+    if row[0] is not None:
+        return bytes(row[0])
+    return chainblocks.value_at(db, agent_id, sequence) if blocks else None

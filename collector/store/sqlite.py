@@ -1,8 +1,9 @@
 """The embedded default store: one SQLite file in WAL mode.
 
 Events are keyed by (agent id, sequence), so a resent batch is skipped, never stored
-twice. Each row keeps the serialized protobuf (the full event), the columns exports filter
-on, and its link in the agent's hash chain (protos/chain.py).
+twice. Each row keeps the serialized protobuf (the full event) and the columns exports filter
+on; its link in the agent's hash chain (protos/chain.py) is in `chain_blocks` (chainblocks.py),
+or in its own `chain` column when a store older than schema 11 chained it.
 
 Two prefixes per agent, both in the `chains` table:
   - `stored`: the highest sequence up to which every event is stored; what the collector
@@ -11,11 +12,12 @@ Two prefixes per agent, both in the `chains` table:
     column was `watermark` before schema 3; `Store.watermark()` is the `stored` prefix).
     Sealing (`seal`) chains stored events in sequence order, only inside the `stored` prefix.
 
-Sealing costs ~10 us of Python per event (canonical JSON from the protobuf, two SHA-256, the
-chain value written back by rowid), about as much as the rest of ingest. `ingest_batches(...,
-seal=True)` (the default, and `ingest`) chains in the same transaction. The collector passes
-seal=False and runs `collector.sealer` in a process of its own, so acks never wait for hashing
-and the hashing uses the second core; the chain then trails the acks by moments under load.
+Sealing costs ~8 us of Python per event (canonical JSON from the protobuf, two SHA-256; the
+values of a step go into one `chain_blocks` row, chainblocks.py), about as much as the rest of
+ingest. `ingest_batches(..., seal=True)` (the default, and `ingest`) chains in the same
+transaction. The collector passes seal=False and runs `collector.sealer` in a process of its
+own, so acks never wait for hashing and the hashing uses the second core; the chain then trails
+the acks by moments under load.
 Sealing is a compare-and-set on `sealed`, so two sealers can never write different values.
 
 Durability: `synchronous=FULL`. An acknowledged batch lets the agent delete it from its
@@ -34,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from collector.store import base, domain, grants, outbox, presence, triage
+from collector.store import base, chainblocks, domain, grants, outbox, presence, triage
 from collector.store import sql as shared
 from collector.store.domain import SqliteTransaction, Transaction
 from collector.store.rows import ACTION_COLUMN, DATA_COLUMN, SEQUENCE_COLUMN, batch_rows, stored_mapping
@@ -45,11 +47,11 @@ from protos import exfilguard_pb2 as pb
 if TYPE_CHECKING:
     from collector.store.ledger_sqlite import SqliteLedger
 
-SCHEMA_VERSION = 10  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
+SCHEMA_VERSION = 11  # 2: alert triage (alerts.status, alert_triage); 3: chains.watermark named sealed;
 # 4: fleet presence (store/presence.py); 5: the signing key of each collector's lease;
 # 6: prevention exceptions officers grant (store/grants.py); 7: an events index by event id, dropped by 10;
 # 8: the alert outbox (store/outbox.py); 9: who revoked a grant (grants.revoked_by);
-# 10: the events index by event id dropped (sql.py)
+# 10: the events index by event id dropped (sql.py); 11: chain values in chain_blocks (chainblocks.py)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -269,6 +271,8 @@ class SqliteStore(shared.SqlStore):
             db.execute(grants.SQLITE_SCHEMA_9)
         if version < 10:
             db.execute(shared.DROP_EVENT_ID_INDEX)  # made by version 7 (sql.py)
+        if version < 11:
+            db.execute(chainblocks.SCHEMA_11)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     # ------------------------------------------------------------------ events
@@ -442,7 +446,7 @@ class SqliteStore(shared.SqlStore):
 
     def _chain_work(
         self, agent_id: str, limit: int | None
-    ) -> tuple[int, int, bytes, list[tuple[bytes, int]]] | None:
+    ) -> tuple[int, int, bytes, list[tuple[bytes, None]]] | None:
         """(chained before, chained after, new head, event updates) for one agent, or None if nothing."""
         db = self._db
         sql = "SELECT sealed, head, stored FROM chains WHERE agent_id = ?"
@@ -453,34 +457,27 @@ class SqliteStore(shared.SqlStore):
         upto = stored if limit is None else min(stored, before + limit)
         if upto <= before:
             return None
-        # By rowid: the chain value is written to the row found here, not looked up by its key again.
         cursor = db.execute(
-            "SELECT rowid, sequence, data FROM events WHERE agent_id = ? AND sequence > ? AND sequence <= ?"
+            "SELECT NULL, sequence, data FROM events WHERE agent_id = ? AND sequence > ? AND sequence <= ?"
             " ORDER BY sequence",
             (agent_id, before, upto),
         )
-        sealed, head, updates = shared.link_rows(self.location, agent_id, before, head, cursor)
+        sealed, head, values = shared.link_rows(self.location, agent_id, before, head, cursor)
         cursor.close()
-        return (before, sealed, head, updates) if updates else None
+        return (before, sealed, head, values) if values else None
 
     def _apply_chain(
-        self, agent_id: str, before: int, after: int, head: bytes, updates: list[tuple[bytes, int]]
+        self, agent_id: str, before: int, after: int, head: bytes, values: list[tuple[bytes, None]]
     ) -> bool:
-        """Write chain values if the agent's chain still ends at `before` (compare-and-set)."""
+        """Write chain values if the agent's chain still ends at `before` (compare-and-set): one
+        chain_blocks row for the whole run (chainblocks.py), not an update of each event's row."""
         moved = self._db.execute(
             "UPDATE chains SET sealed = ?, head = ? WHERE agent_id = ? AND sealed = ?",
             (after, head, agent_id, before),
         )
         if moved.rowcount != 1:
             return False
-        # The rowids were read before this transaction: a row that is not there any more (an
-        # offline VACUUM renumbers rowids) fails the whole step, which is then done again.
-        written = self._db.executemany(
-            "UPDATE events SET chain = ? WHERE rowid = ? AND agent_id = ? AND sequence = ?",
-            [(value, rowid, agent_id, before + n) for n, (value, rowid) in enumerate(updates, 1)],
-        ).rowcount
-        if written != len(updates):
-            raise base.StoreError(self.location, f"{agent_id}: events moved while they were chained")
+        self._db.execute(chainblocks.INSERT, chainblocks.block_row(agent_id, before + 1, values))
         return True
 
     def watermark(self, agent_id: str) -> int:
@@ -512,12 +509,17 @@ class SqliteStore(shared.SqlStore):
             reader.execute(f"PRAGMA busy_timeout = {_BUSY_MS}")
             reader.execute("BEGIN")
             cursor = reader.execute(sql, params)
+            # Older rows keep their value in events.chain; a store older than schema 11 has no blocks.
+            blocks = chainblocks.BlockReader(reader) if self._version >= 11 else None
             while True:
                 rows = cursor.fetchmany(_STREAM_CHUNK)
                 if not rows:
                     break
-                for link, data, agent_id, sequence in rows:
+                for in_row, data, agent_id, sequence in rows:
                     mapping = stored_mapping(self.location, agent_id, sequence, data)
+                    link = in_row
+                    if link is None and blocks is not None:
+                        link = blocks.value(agent_id, sequence)
                     if link is not None:
                         mapping["exfilguard.chain.hash"] = bytes(link).hex()
                     yield mapping
