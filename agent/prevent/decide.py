@@ -168,10 +168,10 @@ class Decider:
         clean = self.verdicts.get(pid)
         if clean is None:
             return ""
-        writing = clean.handle.writing(os.fsencode(path))
+        writing, family = clean.handle.look(os.fsencode(path))
         if writing is not True:
             return "read" if writing is False else ""  # reading takes nothing away; None: unknown
-        if not clean.unchanged():
+        if family is None or not clean.unchanged(family):
             self.verdicts.drop(pid)  # gone (a reused pid reads nothing), or a new parent or group
             return ""
         held = clean.handle.held_paths()

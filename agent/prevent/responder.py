@@ -135,7 +135,8 @@ class Responder:
         """Serve until the agent says stop or is gone; then allow what still waits."""
         poller = select.poll()
         poller.register(self.group.fd, select.POLLIN)
-        poller.register(self.link.fileno(), select.POLLIN)
+        linked = self.link.fileno()
+        poller.register(linked, select.POLLIN)
         tick = max(0.01, min(0.1, self.timeout / 4))
         last = swept = time.monotonic()
         try:
@@ -144,9 +145,13 @@ class Responder:
                 now = time.monotonic()
                 stalled = now - last > self.timeout  # this process stood still: SIGSTOP, freeze
                 last = now
-                if not self._receive():
+                # each is read when poll says it has something (or at a tick): during a copy most
+                # wake-ups are one open on the stick, and a read that finds nothing is a call
+                woke = [fd for fd, _ in ready]
+                if (not woke or linked in woke) and not self._receive():
                     return
-                self._drain(now, stalled)
+                if not woke or self.group.fd in woke:
+                    self._drain(now, stalled)
                 if not ready:
                     self._hear()  # a tick: the queue of tagged opens does not grow while idle
                 self._expire(now)
@@ -212,10 +217,10 @@ class Responder:
     # ------------------------------------------------------------- the kernel
 
     def _drain(self, now: float, stalled: bool) -> None:
-        while True:
-            batch = self.group.read()
-            if not batch:
-                return
+        # one read per wake-up: what comes meanwhile wakes the next poll at once (a second read
+        # here would mostly find nothing: `cp` waits for this answer before its next open)
+        batch = self.group.read()
+        if batch:
             # every tagged open made before these opens were asked is queued there by now
             self._hear()
             for mask, fd, pid in batch:

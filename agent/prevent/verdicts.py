@@ -79,6 +79,11 @@ class ProcessHandle:
         None when that cannot be told here. /proc/PID/syscall is the main thread's: in a process
         of more than one thread it answers only when that open names the file at `path` (the
         event's; procs.names_file), as procs.opens_for_writing asks."""
+        return self.look(path)[0]
+
+    def look(self, path: bytes = b"") -> tuple[bool | None, tuple[int, int] | None]:
+        """(`writing(path)`, `family()`) from one read of `syscall` and one of `stat`: a cached
+        answer needs both, and `stat` is the costlier /proc read (the process's whole state)."""
         with self._lock:
             if self._syscall < 0:
                 self._syscall = self._open("syscall", os.O_RDONLY | os.O_CLOEXEC)
@@ -90,18 +95,17 @@ class ProcessHandle:
                 # "running": it queued its event and, woken by it, this thread took its CPU before
                 # it went to sleep in the open: give the CPU back for a moment
                 syscalls.yield_cpu()
+            stat = syscalls.pread(self._stat, _STAT_BYTES) if self._stat >= 0 else None
+            family = procs.stat_family(stat) if stat else None
             fields = line.split() if line else []
             answer = procs.asks_writing(fields) if fields else None
-            if answer is None or not path:
-                return answer
-            stat = syscalls.pread(self._stat, _STAT_BYTES) if self._stat >= 0 else None
-            if stat is not None and procs.stat_threads(stat) == 1:
-                return answer
+            if answer is None or not path or (stat is not None and procs.stat_threads(stat) == 1):
+                return answer, family
             address = procs.path_address(fields)
             if self._mem < 0:
                 self._mem = self._open("mem", os.O_RDONLY | os.O_CLOEXEC)
             raw = syscalls.pread(self._mem, _NAME_BYTES, address) if address and self._mem >= 0 else None
-        return answer if raw is not None and procs.names_file(raw, path) else None
+        return (answer if raw is not None and procs.names_file(raw, path) else None), family
 
     def held_paths(self) -> list[str] | None:
         """Paths of the files the process holds open now; None once it is gone."""
@@ -143,10 +147,10 @@ class Clean:
     chain: tuple[int, ...]          # the process, its parent and grandparent (as the decider walks them)
     flow_version: int               # DataFlow.version when lineage found nothing for the chain
 
-    def unchanged(self) -> bool:
+    def unchanged(self, family: tuple[int, int] | None = None) -> bool:
         """Whether the process lives and its parent, group and grandparent are those the verdict
-        looked at."""
-        if self.handle.family() != (self.ppid, self.pgid):
+        looked at (`family`: the process's (ppid, pgid) just read by `ProcessHandle.look`)."""
+        if (family or self.handle.family()) != (self.ppid, self.pgid):
             return False
         if self.parent is None:
             return True

@@ -33,13 +33,16 @@ __all__ = ["guarded"]
 STICK = "/media/verdicts-test/STICK/out.bin"  # only a name: the decider is asked about it
 
 # opens each FIFO named for writing, in turn (each waits in openat until the test reads it);
-# before the second, opens the file named by "then" and keeps it open
+# before the second, opens the file named by "then" and keeps it open ("setsid": leaves its
+# process group and session for new ones instead)
 WRITER = """
 import os, sys
 fifos, then = sys.argv[1:-1], sys.argv[-1]
 held = []
 for n, fifo in enumerate(fifos):
-    if n == 1 and then != "-":
+    if n == 1 and then == "setsid":
+        os.setsid()
+    elif n == 1 and then != "-":
         held.append(open(then, "rb"))
     with open(fifo, "wb"):
         pass
@@ -139,6 +142,24 @@ def test_a_clean_verdict_does_not_survive_lineage_bringing_tagged_data(
     assert flow.version > before
     assert not decide.allow_known(child.pid, STICK)
     assert decide.removable_open(child.pid, STICK) is not None
+
+
+def test_a_writer_that_joins_a_group_that_read_tagged_data_is_decided_again(
+        decider: tuple[Decider, DataFlow, Path], writer: Callable[..., Writer]) -> None:
+    decide, _flow, tagged = decider
+    # a clean copy first; then the same process moves into a process group of its own, whose
+    # tagged read was heard: the cached check reads the group with the open's flags (one read of
+    # /proc/PID/stat) and must not answer from the verdict found in the old group
+    child = writer(2, then="setsid")
+    assert decide.removable_open(child.pid, STICK) is None
+    assert decide.allow_known(child.pid, STICK) == "write"
+    child.release()
+    decide.note_heard(424242, str(tagged), child.pid, time.time())  # its new group (pgid = its pid)
+    assert decide.allow_known(child.pid, STICK) == ""
+    assert decide.verdicts.get(child.pid) is None  # forgotten: the group it rested on is gone
+    verdict = decide.removable_open(child.pid, STICK)
+    assert verdict is not None
+    assert f"process group {child.pid}" in verdict.why
 
 
 def test_files_opened_unheard_are_read_again_at_each_open(
