@@ -482,6 +482,9 @@ class PolicyEngine:
         where = summary.destination(event)
         if where:
             measures.setdefault("destination", where)
+        why = summary.evidence(event)
+        if why:
+            measures.setdefault("evidence", why)
         agent = str(event.get("agent.id", ""))
         lost = sum(n for t, n in self.gaps.get(agent, []) if t >= firing.last - GAP_MEMORY_SECONDS)
         measures["agent_lost_events_24h"] = lost

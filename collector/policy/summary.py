@@ -24,6 +24,7 @@ MEASURES = {
     "local_time": "local time of the event in the collector's timezone",
     "steps": "names of the sequence steps seen, in order",
     "destination": "where a write went: a device (vendor, model, serial), a network share or a phone (MTP)",
+    "evidence": "what ties a copy to tagged data, in plain words (content match, or timing and sizes)",
 }
 
 _EGRESS_KINDS = {"network": "network share", "mtp": "phone (MTP)"}
@@ -43,6 +44,44 @@ def destination(event: Mapping[str, Any]) -> str:
         return ""
     named = " ".join(w for w in (bus, *words) if w) or str(event.get("device.name"))
     return f"{named} serial {serial or '?'}"
+
+
+def evidence(event: Mapping[str, Any]) -> str:
+    """What ties a written file to tagged data, in words an officer reads at once; "" for an
+    event without `exfilguard.copy.identified_by` (the field keeps its contract value)."""
+    how = str(event.get("exfilguard.copy.identified_by") or "")
+    if not how:
+        return ""
+    source = str(event.get("exfilguard.source.path") or "a tagged file")
+    others = _int(event.get("exfilguard.copy.files_read")) - 1
+    also = f" and {others} other tagged file{'s' if others != 1 else ''}" if others > 0 else ""
+    sure = f"confidence {event.get('exfilguard.copy.confidence', '?')}"
+    share = event.get("exfilguard.copy.share")
+    part = f"{round(float(share) * 100)}%" if isinstance(share, int | float) and share else "part"
+    members = _int(event.get("exfilguard.copy.members_total"))
+    read = _int(event.get("exfilguard.copy.bytes_read"))
+    written = _int(event.get("exfilguard.copy.bytes_written"))
+    sizes = f"{written:,} bytes written, {read:,} tagged bytes read; " if read and written else ""
+    words = {
+        "exact": f"its content is byte for byte that of {source} (content match, {sure})",
+        "sampled": f"its size and sampled content equal those of {source}, too large to hash whole "
+                   f"(content match, {sure})",
+        "member": f"the archive's members are tagged files, {source}{also} "
+                  f"({members or '?'} members listed; content match, {sure})",
+        "chunks": f"{part} of {source} is found in its bytes: an edited, cut or split copy (content "
+                  f"match, {sure})",
+        "text": f"lines of {source} are found in it, rewritten or reordered (content match, {sure})",
+        "lineage-bytes": f"the bytes written follow what the writing process and its pipeline read from "
+                         f"{source}{also} while the file was written: timing and sizes ({sizes}{sure}), "
+                         "not a content match",
+        "lineage-process": "the writing process had read tagged files at some point; nothing ties these "
+                           f"bytes to them (a guess, {sure})",
+    }
+    return words.get(how, f"identified by {how} ({sure})")
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def placeholders(template: str) -> list[str]:

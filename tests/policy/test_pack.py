@@ -114,3 +114,20 @@ def test_policy_test_compares_with_the_peer_groups_of_a_collector_config(pack: P
         "policy", "test", str(pack), "--events", events, "--peer-groups", str(tmp_path / "none.yaml")
     )
     assert bad.returncode == 2 and "none.yaml" in bad.stderr
+
+
+def test_copy_summaries_say_the_evidence_in_words(pack: Path) -> None:
+    # exfilguard.copy.identified_by keeps its contract values; the text an officer reads says
+    # what they mean: a content match, or timing and sizes that are not one, or a guess
+    alerts = {str(a["file.path"]): a for a in replay(pack, "usb-copy-database.positive.jsonl")
+              if a["policy.id"] == "usb-copy-database"}
+    exact = str(alerts["/media/alice/STICK/holiday.jpg"]["summary"])
+    assert "byte for byte that of /srv/db/customers.sqlite (content match, confidence 1.0)" in exact
+    timing = str(alerts["/media/alice/STICK/db.tgz"]["summary"])
+    assert alerts["/media/alice/STICK/db.tgz"]["exfilguard.copy.identified_by"] == "lineage-bytes"
+    assert "lineage-bytes" not in timing
+    assert "and 4 other tagged files while the file was written: timing and sizes" in timing
+    assert "120,000,000 bytes written, 310,000,000 tagged bytes read; confidence 0.8), not a content match" \
+        in timing
+    guess = [a for a in replay(pack, "usb-possible-copy.positive.jsonl") if a["policy.id"] == "usb-possible-copy"]
+    assert guess and all("a guess" in str(a["summary"]).lower() for a in guess)
