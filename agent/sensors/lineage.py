@@ -46,6 +46,7 @@ _MAX_ARGS = 64
 MAX_SOCKETS = 32           # sockets of one process asked about per look (a browser has hundreds)
 MAX_CHILDREN = 16          # children recorded when a process first reads tagged data
 MAX_FILES = 16             # paths of open files kept per process record
+MAX_LINKS = 64             # pipe ends remembered per process (those held now, then earlier ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ class DataFlow:
         """A process opened tagged data (a tagged file, or the sources of a derived one)."""
         if not reads:
             return
+
         now = time.monotonic()
         with self._lock:
             known = self._procs.get(pid)
@@ -234,8 +236,17 @@ class DataFlow:
                 proc = self._add(pid, _Process())
             # an exec keeps what the process read before: its output may still be in a pipe
             self._unlink(pid, proc)
-            if execed or (proc.born and born and abs(proc.born - born) > 0.05):
+            reused = bool(proc.born and born and abs(proc.born - born) > 0.05)
+            if execed or reused:
                 proc.looked = False  # a new program, or a new process under a reused pid
+            if not reused:
+                # The same process: the pipes it held when looked at before are links still. An
+                # exiting process (xz after its last write, a zombie) shows no descriptors at all,
+                # and its close is what asks for its flow: forgetting them lost what tar read
+                # after forking xz on a busy machine
+                writes = _merged(proc.writes, writes)
+                reads = _merged(proc.reads, reads)
+                files = list(dict.fromkeys([*files, *proc.files]))
             if (proc.ppid, proc.writes, proc.reads, proc.born) != (ppid or parent, writes, reads, born):
                 self._bump()
             proc.ppid = ppid or parent
@@ -405,6 +416,15 @@ class DataFlow:
 
         self._walk([pid], take)
         return bool(found)
+
+
+def _merged(before: tuple[int, ...], now: tuple[int, ...]) -> tuple[int, ...]:
+    """Pipe inodes held now, and those held before (the most recent MAX_LINKS in all): a pipe a
+    process held while it lived links it still once it has closed it."""
+    if not before or before == now:
+        return now
+    kept = [inode for inode in before if inode not in now]
+    return tuple(sorted((*now, *kept[-max(0, MAX_LINKS - len(now)):])))[:MAX_LINKS] if kept else now
 
 
 def _holds(pid: int, dev: int, ino: int) -> bool:

@@ -129,5 +129,6 @@ def test_copy_summaries_say_the_evidence_in_words(pack: Path) -> None:
     assert "and 4 other tagged files while the file was written: timing and sizes" in timing
     assert "120,000,000 bytes written, 310,000,000 tagged bytes read; confidence 0.8), not a content match" \
         in timing
-    guess = [a for a in replay(pack, "usb-possible-copy.positive.jsonl") if a["policy.id"] == "usb-possible-copy"]
+    guesses = replay(pack, "usb-possible-copy.positive.jsonl")
+    guess = [a for a in guesses if a["policy.id"] == "usb-possible-copy"]
     assert guess and all("a guess" in str(a["summary"]).lower() for a in guess)

@@ -4,6 +4,7 @@ bounds; byte evidence against a guess."""
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import time
@@ -142,6 +143,38 @@ def test_a_parent_gone_before_its_pipe_was_seen_is_upstream_of_the_child_reading
         tar.kill()
         tar.wait(5)
         tar.stdin.close()
+
+
+def test_a_pipe_a_process_held_still_links_it_once_it_closed_it(tmp_path: Path, monkeypatch: Any) -> None:
+    """`tar cJf`'s xz after its last write: it closes its input pipe, then the archive, and the
+    agent looks at it again at that close (a moment later than the close itself on a busy
+    machine) finding no pipe at all. The pipe it read from links it still: what tar read after
+    forking it reaches the archive (it was the parent link alone: what tar read before the fork)."""
+    monkeypatch.setattr(lineage, "REFRESH_SECONDS", 0.0)  # every look reads /proc afresh
+    flow = DataFlow()
+    closed = tmp_path / "closed"
+    script = ("import os, sys, time; sys.stdin.buffer.read(); os.close(0); "
+              f"open({str(closed)!r}, 'w').close(); time.sleep(60)")
+    shell = subprocess.Popen(["bash", "-c", f"cat | python3 -c {shlex.quote(script)}"], stdin=subprocess.PIPE)
+    assert shell.stdin is not None
+    try:
+        deadline = time.monotonic() + 10
+        while len(psutil.Process(shell.pid).children()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        cat, xz = sorted(psutil.Process(shell.pid).children(), key=lambda p: p.pid)
+        flow.note_exec(cat.pid)
+        flow.note_exec(xz.pid)
+        flow.note_read(cat.pid, [_read("/srv/db/late.db", at=xz.create_time() + 30 * FORK_SLACK_SECONDS)])
+        shell.stdin.close()  # cat ends; xz reads to the end and closes its input
+        while not closed.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert closed.exists()
+        flow.note_process(xz.pid)  # looked at again: no pipe open now
+        assert [s.path for s in flow.flow([xz.pid]).sources] == ["/srv/db/late.db"]
+    finally:
+        for child in psutil.Process(shell.pid).children():
+            child.kill()
+        shell.wait(10)
 
 
 def test_the_next_command_of_the_writers_script_is_found_holding_the_new_derived_file(tmp_path: Path) -> None:
