@@ -35,9 +35,8 @@ class HeldFiles:
     """Descriptors by path, oldest first; the taker closes what it takes."""
 
     def __init__(self, limit: int = MAX_HELD, max_age: float = MAX_AGE) -> None:
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        # never more than an eighth of the descriptors the process may open
-        self._limit = limit if soft == resource.RLIM_INFINITY else min(limit, soft // 8)
+        self._wanted = limit
+        self._limit = _bound(limit)
         self._max_age = max_age
         self._lock = threading.Lock()
         self._fds: OrderedDict[str, tuple[int, float]] = OrderedDict()
@@ -51,6 +50,10 @@ class HeldFiles:
         now = time.monotonic()
         stale = self._expired(now)
         with self._lock:
+            if path not in self._fds and len(self._fds) >= self._limit:
+                # the descriptor limit may have been lifted since (fanotify lifts it after the
+                # index, and with it this, was made: 1,024 under systemd gave a bound of 128)
+                self._limit = _bound(self._wanted)
             if path not in self._fds and len(self._fds) >= self._limit:
                 held = None
             else:
@@ -110,6 +113,12 @@ class HeldFiles:
                 del self._fds[path]
                 out.append(fd)
         return out
+
+
+def _bound(limit: int) -> int:
+    """`limit`, but never more than an eighth of the descriptors the process may open now."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return limit if soft == resource.RLIM_INFINITY else min(limit, soft // 8)
 
 
 def _close(fds: list[int]) -> None:

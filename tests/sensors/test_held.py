@@ -4,12 +4,14 @@ names that file; bounded; let go with the file. And the inotify grouper keeps a 
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent, Mask, WatchDescriptor
 from watchdog.observers.inotify_move_event_grouper import GroupedInotifyEvent, PathedInotifyEvent
 
@@ -62,6 +64,27 @@ def test_held_descriptors_are_bounded_aged_and_dropped_with_their_directory(tmp_
     os.close(fd)
     time.sleep(0.25)
     assert held.take(str(paths[1])) is None and len(held) == 0, "too old: closed at the next look"
+
+
+def test_the_bound_follows_a_descriptor_limit_lifted_after_it_was_made(tmp_path: Path) -> None:
+    # the index (and its HeldFiles) is made before fanotify lifts the soft limit to the hard one
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 64:
+        pytest.skip(f"hard descriptor limit {hard} is too low to lift")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (16, hard))  # a bound of 2
+    try:
+        held = HeldFiles(limit=4)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))  # a bound of 8: the wanted 4
+        for name in "abcd":
+            path = tmp_path / name
+            path.write_bytes(name.encode())
+            fd = _open(path)
+            held.hold(str(path), fd)
+            os.close(fd)
+        assert len(held) == 4, "held up to the bound the lifted limit allows"
+        held.clear()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 def _event(mask: Mask, name: bytes, cookie: int = 0) -> PathedInotifyEvent:
