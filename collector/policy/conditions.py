@@ -71,6 +71,14 @@ class Compiler:
         self._zone = timezone
         self._compiled_macros: dict[str, Predicate] = {}
 
+    def macro(self, name: str) -> Condition:
+        """The condition of macro `name`."""
+        return self._macros[name]
+
+    def members(self, list_name: str) -> frozenset[Any]:
+        """The values of named list `list_name`."""
+        return self._lists[list_name]
+
     def compile(self, condition: Condition | None) -> Predicate:
         """A predicate for `condition` (None is always true)."""
         if condition is None:

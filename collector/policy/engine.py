@@ -39,7 +39,7 @@ from collector.alerts import alert as alert_mod
 from collector.alerts.alert import RaisedAlert
 from collector.alerts.suppress import Suppressor
 from collector.behaviour.enrich import Behaviour
-from collector.policy import conditions, fields, runner, summary
+from collector.policy import conditions, fields, fused, runner, summary
 from collector.policy.model import FieldTest, MacroRef, Policy, PolicySet, policy_conditions, walk
 from collector.policy.windows import (
     AggregateWindow,
@@ -129,6 +129,7 @@ class _Compiled:
     plain_key: bool = True  # no list field among `by`: the key is the values as they are
     reads_risk: bool = False  # tests exfilguard.risk.*: its alerts must not feed the score they read
     run: runner.Runner = runner.nothing  # what the policy does with an event its `when` matched
+    fire: fused.Fire = runner.nothing  # when, exceptions and run in one, on a stored event's view
 
 
 def _shape(policy: Policy) -> tuple[Any, ...]:
@@ -247,6 +248,9 @@ class PolicyEngine:
                 plain_key=entry.plain_key,
                 inventory=self.inventory,
             )
+            entry.fire = fused.build(
+                policy, when, compiler, run=entry.run, window=window, by=by, plain_key=entry.plain_key
+            )
             compiled.append(entry)
             if entry.when is conditions.NEVER or entry.excepted is conditions.ALWAYS:
                 continue  # cannot fire, decided at load (a test against an empty list): offered nothing
@@ -332,12 +336,15 @@ class PolicyEngine:
         paused_before = paused_at_start = paused[0]
         suspended = self._suspended
         nothing = runner.NOTHING
+        viewed = type(event) is EventView  # a stored event: each policy's fused function
         for n, entry in enumerate(candidates):
             if suspended and self._sits_out(entry.policy.id, wall):
                 continue
             begun = ended
             firings: Sequence[Firing] = nothing
-            if entry.when(event):
+            if viewed:
+                firings = entry.fire(event, now)
+            elif entry.when(event):
                 excepted = entry.excepted
                 if excepted is None or not excepted(event):
                     firings = entry.run(event, now)

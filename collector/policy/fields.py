@@ -129,6 +129,14 @@ def _plain(name: str) -> tuple[Callable[[Any], Any], FieldDescriptor] | None:
     return None
 
 
+def stored_scalar(name: str) -> tuple[str, bool] | None:
+    """Where a stored event's protobuf holds field `name` when it is read straight off it (as
+    `reader` does): the attribute path under the event and whether unset is told apart from zero
+    (file.size), or None for a field read through the view."""
+    plain = _plain(name)
+    return None if plain is None else (name, plain[1].has_presence)
+
+
 def reader(name: str, default: Any = None) -> Reader:
     """`event.get(name, default)` for any event mapping, faster on a stored event's view.
 
@@ -160,14 +168,18 @@ def reader(name: str, default: Any = None) -> Reader:
     return scalar
 
 
+def stored_list(name: str) -> bool:
+    """True when `name` is a list of scalars a stored event's protobuf holds (tags), whose
+    presence `exists` asks without building the list."""
+    if name in CHEAP_FIELDS or not FIELDS.get(name):
+        return False
+    return any(model.name == name and model.kind == "scalar" for model in model_fields())
+
+
 def exists(name: str) -> Callable[[Mapping[str, Any]], bool]:
     """True when the event carries the field: on a view of a stored list field (tags) without
     building the list."""
-    repeated = None
-    if name not in CHEAP_FIELDS and FIELDS.get(name):
-        for model in model_fields():
-            if model.name == name and model.kind == "scalar":
-                repeated = operator.attrgetter("event." + name)
+    repeated = operator.attrgetter("event." + name) if stored_list(name) else None
     if repeated is None:
         get = reader(name, _MISSING)
         return lambda e: get(e) is not _MISSING

@@ -7,10 +7,14 @@ import itertools
 import textwrap
 from typing import Any
 
+from google.protobuf import json_format
+
 from collector.policy import lint, parse, validate
 from collector.policy.engine import PolicyEngine
 from collector.policy.errors import PolicySetError, Problem
 from collector.policy.model import PolicySet
+from protos import exfilguard_pb2 as pb
+from protos.events import EventView
 
 _ids = itertools.count(1)
 
@@ -64,3 +68,21 @@ def after_hours(when: dt.datetime) -> bool:
     usb-write-after-hours exactly when this says so."""
     when = when.astimezone(dt.UTC)
     return when.weekday() >= 5 or not 7 <= when.hour < 19
+
+
+def _nested(mapping: dict[str, Any]) -> dict[str, Any]:
+    """A dotted mapping as the nested JSON of the proto (records in lists too)."""
+    out: dict[str, Any] = {}
+    for name, value in mapping.items():
+        *parents, leaf = ("timestamp" if name == "@timestamp" else name).split(".")
+        holder = out
+        for part in parents:
+            holder = holder.setdefault(part, {})
+        is_records = isinstance(value, list) and value and isinstance(value[0], dict)
+        holder[leaf] = [_nested(v) for v in value] if is_records else value
+    return out
+
+
+def stored(mapping: dict[str, Any]) -> EventView:
+    """The event as the policy process sees it: a view of the stored protobuf."""
+    return EventView(json_format.ParseDict(_nested(mapping), pb.Event()))

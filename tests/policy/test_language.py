@@ -10,7 +10,7 @@ import pytest
 from collector.policy import conditions
 from collector.policy.engine import PolicyEngine
 from collector.policy.errors import PolicySetError
-from tests.policy.helpers import engine, event, fired, policy_set
+from tests.policy.helpers import engine, event, fired, policy_set, stored
 
 ONE = """
 lists:
@@ -58,11 +58,24 @@ def single(condition: str, timezone: str = "UTC") -> PolicyEngine:
         ("{any: [{file.path: /a}, {user.name: alice}]}", {"file__path": "/z"}, True),
         ("{all: [{file.path: /a}, {user.name: bob}]}", {"file__path": "/a"}, False),
         ("{macro: removable_write, file.path: /a}", {"file__path": "/a"}, False),
+        ("{file.size: {gte: 0}}", {"file__size": 0}, True),  # a size of zero is known
+        ("{file.size: {gte: 0}}", {}, False),
+        ("{process.pid: 42}", {"process__pid": 42}, True),
+        ("{process.pid: {gt: 41}}", {"process__pid": 42}, True),
+        ("{device.removable: true}", {"device__removable": True}, True),
+        ("{tags: {exists: false}}", {}, True),
+        ("{exfilguard.copy.confidence: {gte: 0.5}}", {"exfilguard__copy__confidence": 0.5}, True),
+        ("{user.name: {ne: alice}}", {}, False),
+        ("{not: {device.serial: {in: allowed}}}", {"device__serial": "OK-1"}, False),
     ],
 )
-def test_conditions(condition: str, fields: dict[str, Any], expected: bool) -> None:
+@pytest.mark.parametrize("as_stored", [False, True], ids=["mapping", "view"])
+def test_conditions(condition: str, fields: dict[str, Any], expected: bool, as_stored: bool) -> None:
+    # A stored event's view meets each policy's generated function (collector/policy/fused.py),
+    # a mapping its closures: both must decide alike.
     runner = single(condition)
-    got = fired(runner, event("file.open", **fields))
+    mapping = event("file.open", **fields)
+    got = [a.policy_id for a in runner.evaluate(stored(mapping) if as_stored else mapping)]
     assert (got == ["p"]) is expected
 
 
@@ -121,9 +134,11 @@ policies:
         ("alice", "BKP-1", False),
     ],
 )
-def test_structured_exceptions(user: str, serial: str, excepted: bool) -> None:
+@pytest.mark.parametrize("as_stored", [False, True], ids=["mapping", "view"])
+def test_structured_exceptions(user: str, serial: str, excepted: bool, as_stored: bool) -> None:
     runner = engine(EXCEPTIONS)
-    got = fired(runner, event("file.copy", user__name=user, device__serial=serial))
+    mapping = event("file.copy", user__name=user, device__serial=serial)
+    got = [a.policy_id for a in runner.evaluate(stored(mapping) if as_stored else mapping)]
     assert (got == []) is excepted
 
 

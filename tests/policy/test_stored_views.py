@@ -10,37 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
 
 from admin.policy import read_events
 from collector.policy import loader
 from collector.policy.model import PolicySet
 from collector.policy.replay import engine_for, replay
-from protos import exfilguard_pb2 as pb
-from protos.events import EventView
+from tests.policy.helpers import stored
 
 ROOT = Path(__file__).resolve().parents[2]
 PACK = ROOT / "policies"
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 FILES = sorted(p.name for p in EXAMPLES.glob("*.jsonl"))
-
-
-def _nested(mapping: dict[str, Any]) -> dict[str, Any]:
-    """A dotted mapping as the nested JSON of the proto (records in lists too)."""
-    out: dict[str, Any] = {}
-    for name, value in mapping.items():
-        *parents, leaf = ("timestamp" if name == "@timestamp" else name).split(".")
-        holder = out
-        for part in parents:
-            holder = holder.setdefault(part, {})
-        is_records = isinstance(value, list) and value and isinstance(value[0], dict)
-        holder[leaf] = [_nested(v) for v in value] if is_records else value
-    return out
-
-
-def stored(mapping: dict[str, Any]) -> EventView:
-    """The event as the policy process sees it: a view of the stored protobuf."""
-    return EventView(json_format.ParseDict(_nested(mapping), pb.Event()))
 
 
 def _alerts(pack: PolicySet, events: list[dict[str, Any]], as_stored: bool) -> list[tuple[Any, ...]]:
