@@ -6,15 +6,16 @@
 The engine calls `enrich(event, now)` on every event (warming included, so a replay rebuilds
 baselines) and `alerted(alert_fields, now)` on every alert it raises (the risk score counts
 alerts). Cheap on the hot path: an event without a user costs a dict lookup; the timezone offset
-is computed once per UTC hour, not per event. The fields are listed in collector/policy/fields.py
-(ENRICHED) and documented in docs/policies.md.
+is computed once per UTC hour, not per event; a user's nonzero risk score (its decay, its signals)
+only for events that meet a policy reading it, or when an alert is built from the event. The
+fields are listed in collector/policy/fields.py (ENRICHED) and documented in docs/policies.md.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from collector.behaviour.approvals import ApprovalView
@@ -46,6 +47,8 @@ class Behaviour:
         self.risk = RiskBook()
         self.sightings = Sightings()
         self._offsets: dict[int, float] = {}
+        # (user, time) of the latest enriched event whose risk fields were left for `complete`.
+        self.deferred: tuple[str, float] | None = None
 
     def local(self, now: float) -> tuple[int, int]:
         """(local day number, local hour) of an epoch time in the collector's timezone."""
@@ -61,8 +64,13 @@ class Behaviour:
         local = now + offset
         return int(local // 86_400), int(local % 86_400 // 3600)
 
-    def enrich(self, event: Mapping[str, Any], now: float) -> Mapping[str, Any]:
-        """The event with approval, baseline and risk fields added (the same mapping if no user)."""
+    def enrich(self, event: Mapping[str, Any], now: float, *, risk: bool = True) -> Mapping[str, Any]:
+        """The event with approval, baseline and risk fields added (the same mapping if no user).
+
+        With `risk` False (no policy the event meets reads the risk fields) a user's nonzero score
+        and signals are not computed: `deferred` says whose they are, and `complete` adds them
+        if an alert is to be built from the event (before anything changes the score)."""
+        self.deferred = None
         user = event.get("user.name")
         serial = str(event.get("device.serial") or "")
         if not user and not serial:
@@ -117,13 +125,31 @@ class Behaviour:
             self._signals(
                 user, seen, first_use=first_use, for_user=for_user, tagged=tagged_write, now=now, day=day
             )
+        if not risk and self.risk.deferrable(user):
+            self.deferred = (user, now)
+            return _with(event, out)
+        self._standing(out, user, now)
+        return _with(event, out)
+
+    def complete(self, event: MutableMapping[str, Any]) -> None:
+        """Add the risk fields `enrich` deferred to the event it enriched last (the same values:
+        nothing changed the score since)."""
+        if self.deferred is None:
+            return
+        user, now = self.deferred
+        self.deferred = None
+        out: dict[str, Any] = {}
+        self._standing(out, user, now)
+        for name, value in out.items():
+            event[name] = value
+
+    def _standing(self, out: dict[str, Any], user: str, now: float) -> None:
         score, signals, reported = self.risk.standing(user, now)
         out["exfilguard.risk.score"] = score
         if score:
             out["exfilguard.risk.signals"] = signals
             if reported:
                 out["exfilguard.risk.reported"] = True
-        return _with(event, out)
 
     def _signals(
         self,

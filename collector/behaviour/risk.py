@@ -97,6 +97,12 @@ class RiskBook:
             risk.reported = False
         return score, list(risk.signals), risk.reported
 
+    def deferrable(self, user: str) -> bool:
+        """True when `standing` would change nothing for the user (nothing to re-arm) and has a
+        nonzero score to compute: what may be left until an alert needs it."""
+        risk = self.users.get(user)
+        return risk is not None and risk.score > 0 and not risk.reported
+
     def reported(self, user: str, now: float) -> bool:
         """True while the user's current elevation was already alerted (re-armed below ELEVATED)."""
         risk = self.users.get(user)

@@ -39,8 +39,8 @@ from collector.alerts import alert as alert_mod
 from collector.alerts.alert import RaisedAlert
 from collector.alerts.suppress import Suppressor
 from collector.behaviour.enrich import Behaviour
-from collector.policy import conditions, fields, fused, runner, summary
-from collector.policy.model import FieldTest, MacroRef, Policy, PolicySet, policy_conditions, walk
+from collector.policy import conditions, fields, fused, reads, runner, summary
+from collector.policy.model import Policy, PolicySet
 from collector.policy.windows import (
     AggregateWindow,
     CoverageWindow,
@@ -70,7 +70,6 @@ SUSPEND_STRIKES = 3  # overruns by one policy alone, within STRIKE_WINDOW_SECOND
 STRIKE_WINDOW_SECONDS = 60.0
 SUSPEND_SECONDS = 60.0  # how long a suspended policy sits out
 SKIP_LOG_SECONDS = 60.0  # at most one warning a minute about skipped evaluations
-RISK_PREFIX = "exfilguard.risk."
 
 
 # Seconds the process has spent in garbage collections so far (wall time), and when the current
@@ -185,6 +184,8 @@ class PolicyEngine:
         self._policies: list[_Compiled] = []
         self._by_action: dict[str, list[_Compiled]] = {}
         self._any_action: list[_Compiled] = []
+        # Actions whose policies may read the risk fields (reads.needs_risk); None: every action.
+        self._risk_actions: frozenset[str] | None = None
         self.policy_set = policy_set
         self.load(policy_set)
 
@@ -205,6 +206,7 @@ class PolicyEngine:
         compiled: list[_Compiled] = []
         by_action: dict[str, list[_Compiled]] = {}
         any_action: list[_Compiled] = []
+        risk_actions: set[str] | None = set()
         for policy in policy_set.policies:
             previous = old.get(policy.id)
             window: AggregateWindow | CoverageWindow | SequenceWindow | None = None
@@ -239,7 +241,7 @@ class PolicyEngine:
                 window=window,
                 by=by,
                 plain_key=not any(fields.is_list(f) for f in by),
-                reads_risk=_reads_risk(policy, policy_set),
+                reads_risk=reads.tests_risk(policy, policy_set),
             )
             entry.run = runner.build(
                 window=window,
@@ -259,7 +261,10 @@ class PolicyEngine:
             else:
                 for action in actions:
                     by_action.setdefault(action, []).append(entry)
+            if risk_actions is not None and reads.needs_risk(policy, policy_set):
+                risk_actions = None if actions is None else risk_actions | actions
         self._policies, self._by_action, self._any_action = compiled, by_action, any_action
+        self._risk_actions = None if risk_actions is None else frozenset(risk_actions)
         self.policy_set = policy_set
         self._hash = policy_set.hash
 
@@ -313,11 +318,13 @@ class PolicyEngine:
             now = wall
         if now > self.clock:  # noqa: PLR1730 - max() costs a call per event
             self.clock = now
-        if self.behaviour is not None and raise_alerts:
+        action = event.get("event.action", "")
+        behaviour = self.behaviour if raise_alerts else None
+        if behaviour is not None:
             # Not while warming: baselines come from the store (collector/behaviour/keeper.py),
             # and the replayed events are already in them.
-            event = self.behaviour.enrich(event, now)
-        action = event.get("event.action", "")
+            risk = self._risk_actions is None or action in self._risk_actions
+            event = behaviour.enrich(event, now, risk=risk)
         if action == INVENTORY_ACTION:
             self._inventory(event)
         elif action == GAP_ACTION:
@@ -362,6 +369,8 @@ class PolicyEngine:
                     self._over_budget(candidates[n + 1 :], event, spent)
             if firings:
                 if raise_alerts:
+                    if behaviour is not None and behaviour.deferred is not None:
+                        behaviour.complete(event)  # type: ignore[arg-type] # a view or a dict
                     self._raise_firings(entry, firings, now, alerts)
                 ended = clock()  # raising the alerts is not the next policy's time
             if over:
@@ -561,20 +570,6 @@ class PolicyEngine:
 # Enriched fields an alert carries as evidence when set (collector/behaviour/): why it was new or
 # unusual, how much more than usual, the user's risk.
 _BEHAVIOUR_FIELDS = tuple(fields.ENRICHED)
-
-
-def _reads_risk(policy: Policy, policy_set: PolicySet) -> bool:
-    """True when the policy (or a macro it uses) tests a risk field."""
-    seen: set[str] = set()
-    roots = list(policy_conditions(policy))
-    while roots:
-        for node in walk(roots.pop()):
-            if isinstance(node, FieldTest) and node.field.startswith(RISK_PREFIX):
-                return True
-            if isinstance(node, MacroRef) and node.name not in seen and node.name in policy_set.macros:
-                seen.add(node.name)
-                roots.append(policy_set.macros[node.name].condition)
-    return False
 
 
 def _iso(epoch: float) -> str | None:

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from collector.behaviour.enrich import Behaviour
 from collector.behaviour.risk import ELEVATED, HALF_LIFE_SECONDS, RiskBook
+from collector.policy.engine import PolicyEngine
+from tests.policy.helpers import event, policy_set, stored
 from tests.policy.test_pack import pack, replay
 
 __all__ = ["pack"]
@@ -54,3 +59,46 @@ def test_standing_is_score_signals_and_reported_in_one_call() -> None:
         if not expected[0]:
             expected = (expected[0], [], False)
         assert book.standing("oscar", now) == expected
+
+
+RISKLESS = """
+policies:
+  - id: noisy
+    title: Noisy
+    severity: medium
+    when: {event.action: file.open}
+    summary: "{user.name} opened {file.path}"
+    tags: [t]
+  - id: copied
+    title: Copied
+    severity: high
+    when: {event.action: file.copy}
+    summary: "{user.name} copied {file.path} (risk {exfilguard.risk.score})"
+    tags: [t]
+"""
+
+
+@pytest.mark.parametrize("as_stored", [False, True], ids=["mapping", "view"])
+def test_an_alert_of_a_policy_that_reads_no_risk_still_carries_the_users_score(as_stored: bool) -> None:
+    # No policy here reads the risk fields, so the enrichment leaves a nonzero score out of the
+    # event until an alert is built from it (collector/behaviour/enrich.py, `complete`).
+    engine = PolicyEngine(policy_set(RISKLESS), timezone="UTC", suppression_seconds=0, behaviour=Behaviour())
+    feed = stored if as_stored else (lambda mapping: mapping)
+    assert [a.policy_id for a in engine.evaluate(feed(event("file.open")))] == ["noisy"]
+    (alert,) = engine.evaluate(feed(event("file.copy", file__path="/media/x")))
+    assert alert.alert["exfilguard.risk.score"] == 10.0  # the medium alert's points, not yet its own
+    assert alert.alert["exfilguard.risk.signals"] == ["alert:noisy"]
+    assert "(risk 10.0)" in alert.alert["summary"]
+    # The score the next alert carries counts the first one's points again only once a day.
+    (again,) = engine.evaluate(feed(event("file.copy", file__path="/media/y")))
+    assert again.alert["exfilguard.risk.score"] == 10.0
+
+
+def test_an_event_no_risk_policy_meets_still_re_arms_a_reported_elevation() -> None:
+    engine = PolicyEngine(policy_set(RISKLESS), timezone="UTC", suppression_seconds=0, behaviour=Behaviour())
+    book = engine.behaviour.risk if engine.behaviour is not None else RiskBook()
+    now = 1_794_996_000.0  # 2026-11-18T10:00:00Z, the helpers' event time
+    book.add("alice", "first_removable_use", 70.0, now - HALF_LIFE_SECONDS, 0)
+    book.report("alice", now - HALF_LIFE_SECONDS)  # reported at 70; 35 by the event's time
+    engine.evaluate(stored(event("file.modify")))  # no policy meets it: the risk fields are left out
+    assert not book.users["alice"].reported
