@@ -146,7 +146,7 @@ def _orjson_agrees(value: dict[str, Any] | list[Any] | tuple[Any, ...]) -> bool:
 # read as EventView's reader of that field reads it: tests/test_events.py holds those to
 # to_mapping) and compiled at import: one function per top-level field, one for the event.
 
-_PART_CACHE = 2048  # parts per top-level message field; cleared when full (distinct files, ...)
+_PART_CACHE = 2048  # parts per top-level field; cleared when full (distinct files, ...)
 _UNIQUE = "event.id"  # the message holding it never repeats: its part is not cached
 
 
@@ -160,6 +160,20 @@ def _dump_part(mapping: dict[str, Any]) -> bytes:
 
 def _dump_float_part(mapping: dict[str, Any]) -> bytes:
     return sorted_json(mapping)[1:-1]
+
+
+def _cached_part(name: str, key: str, indent: str) -> list[str]:
+    """Lines that append the part of top-level field `name`, looked up in its cache by `key`."""
+    cache = f"cache_{name}"
+    return [
+        f"{indent}k = {key}",
+        f"{indent}p = {cache}.get(k)",
+        f"{indent}if p is None:",
+        f"{indent} p = part_{name}(e)",
+        f"{indent} if len({cache}) >= {_PART_CACHE}: {cache}.clear()",
+        f"{indent} {cache}[k] = p",
+        f"{indent}if p: parts.append(p)",
+    ]
 
 
 def _compile_canonical() -> Callable[[Message], bytes | None]:
@@ -190,24 +204,19 @@ def _compile_canonical() -> Callable[[Message], bytes | None]:
         part.append(f" return {'_dump_floats' if floats else '_dump'}(d)")
         exec("\n".join(part), scope)  # noqa: S102 (source written above from the descriptors)
         unique = any(m.name == _UNIQUE for m in model_fields() if m.name.startswith(name + "."))
-        if field.name not in single:
+        # tags: cached by their values (not floats: 0.0 and -0.0 are one key but two texts)
+        if field.name not in single and field.message_type is None and field.cpp_type not in _FLOATS:
+            scope[f"cache_{field.name}"] = {}
+            body += _cached_part(field.name, f"tuple(e.{field.name})", "  ")
+        elif field.name not in single:
             body += [f"  p = part_{field.name}(e)", "  if p: parts.append(p)"]
         elif unique:
             body += [f"  if e.HasField({field.name!r}):", f"   p = part_{field.name}(e)"]
             body += ["   if p: parts.append(p)"]
         else:
-            cache = f"cache_{field.name}"
-            scope[cache] = {}
-            body += [
-                f"  if e.HasField({field.name!r}):",
-                f"   k = e.{field.name}.SerializeToString()",
-                f"   p = {cache}.get(k)",
-                "   if p is None:",
-                f"    p = part_{field.name}(e)",
-                f"    if len({cache}) >= {_PART_CACHE}: {cache}.clear()",
-                f"    {cache}[k] = p",
-                "   if p: parts.append(p)",
-            ]
+            scope[f"cache_{field.name}"] = {}
+            body.append(f"  if e.HasField({field.name!r}):")
+            body += _cached_part(field.name, f"e.{field.name}.SerializeToString()", "   ")
     body += [" except _TimestampError:", "  return None", ' return b"{" + b",".join(parts) + b"}"']
     exec("\n".join(body), scope)  # noqa: S102 (source written above from the descriptors)
     function: Callable[[Message], bytes | None] = scope["canonical_message"]
