@@ -33,6 +33,7 @@ from collector.wirecheck import (
     MAX_SEQUENCE_AHEAD,
     Malformed,
     Refusal,
+    WireBatch,
     checked_batch,
     heartbeat_problem,
     hello_problem,
@@ -382,6 +383,8 @@ class IngestServicer(pb_grpc.IngestServicer):
             )
         if isinstance(first, Malformed):
             await self._reject(context, "", first.problem, first.reason)
+        if isinstance(first, WireBatch):
+            first = first.message  # refused below: not a hello
         if not isinstance(first, pb.AgentMessage):  # EOF: the agent closed before saying hello
             return None
         kind = first.WhichOneof("body")
@@ -465,12 +468,17 @@ class IngestServicer(pb_grpc.IngestServicer):
             watch.heard = clock()
             if isinstance(message, Malformed):
                 await self._reject(context, agent_id, message.problem, message.reason, message.sequence)
+            data = None
+            if isinstance(message, WireBatch):
+                data = message.data
+                message = message.message
             if not isinstance(message, pb.AgentMessage):  # EOF: the agent closed its side
                 await inflight.put(None)
                 return
             kind = message.WhichOneof("body")
             if kind == "batch":
-                checked = checked_batch(agent_id, message.batch.events, acked[0] + MAX_SEQUENCE_AHEAD)
+                ceiling = acked[0] + MAX_SEQUENCE_AHEAD
+                checked = checked_batch(agent_id, message.batch.events, ceiling, data)
                 if isinstance(checked, Refusal):
                     await self._reject(
                         context, agent_id, checked.problem, metrics.BAD_BATCH, checked.sequence

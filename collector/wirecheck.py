@@ -5,12 +5,13 @@ alerts, PostgreSQL text columns), so anything one of those readers cannot take i
 the door, with INVALID_ARGUMENT and a message naming the event (index, sequence, event.id) and
 the field. Nothing of a refused batch is stored; the stream ends; other streams go on.
 
-    parse_agent_message(raw)   the stream's request deserializer: bytes -> AgentMessage or Malformed
+    parse_agent_message(raw)   the stream's request deserializer: bytes -> AgentMessage, WireBatch
+                               (a batch, with its events' bytes as sent) or Malformed
     hello_problem(hello)       why a hello is refused, or None
     heartbeat_problem(beat)    why a heartbeat is refused, or None
     batch_problem(agent, events, ceiling)   why a batch is refused, or None
     batch_refusal(agent, events, ceiling)   the same with the refused event's sequence (a Refusal)
-    checked_batch(agent, events, ceiling)   a Refusal, or the batch with the store's rows (CheckedBatch)
+    checked_batch(agent, events, ceiling, data)   a Refusal, or the batch with the store's rows (CheckedBatch)
 
 A refusal that is about one event carries its sequence in the trailing metadata
 `protos.wire.REFUSED_SEQUENCE_KEY`, so the agent can set that event aside instead of resending it forever.
@@ -32,7 +33,7 @@ Limits (fixed, documented in docs/collector.md):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,8 +73,18 @@ class Refusal:
     sequence: int = 0
 
 
-def parse_agent_message(raw: bytes) -> pb.AgentMessage | Malformed:
-    """Request deserializer of the Ingest stream: an AgentMessage, or Malformed saying why not."""
+@dataclass(frozen=True, slots=True)
+class WireBatch:
+    """A batch as received: the parsed message, and each event's bytes as the agent sent them
+    (`event_bytes`; None when they do not split plainly, and the store serialises the events)."""
+
+    message: pb.AgentMessage
+    data: list[bytes] | None
+
+
+def parse_agent_message(raw: bytes) -> pb.AgentMessage | WireBatch | Malformed:
+    """Request deserializer of the Ingest stream: an AgentMessage (a batch as a WireBatch), or
+    Malformed saying why not."""
     try:
         message = pb.AgentMessage.FromString(raw)
     except DecodeError as exc:
@@ -85,7 +96,58 @@ def parse_agent_message(raw: bytes) -> pb.AgentMessage | Malformed:
         if where is not None:
             return Malformed(f"{_locate(message, where)}: contains a NUL character", "bad_text",
                              _sequence_at(message, where))
+    if message.HasField("batch"):
+        return WireBatch(message, event_bytes(raw, len(message.batch.events)))
     return message
+
+
+_BATCH_TAG = 2 << 3 | 2  # AgentMessage.batch, length-delimited
+_EVENTS_TAG = 1 << 3 | 2  # EventBatch.events, length-delimited
+
+
+def event_bytes(raw: bytes, count: int) -> list[bytes] | None:
+    """The bytes of each of a batch message's `count` events, cut from the message as received.
+
+    The store keeps these rather than serialising each parsed event again (half a microsecond an
+    event, in the process every stream shares). Parsing them gives back the very events the
+    message parsed to, because the message is nothing but one batch of nothing but events, each
+    its own field in order; any other layout (a batch in two parts, which protobuf merges, or
+    any other field) gives None.
+    """
+    try:
+        if not raw or raw[0] != _BATCH_TAG:
+            return None
+        length, pos = _varint(raw, 1)
+        end = len(raw)
+        if pos + length != end:
+            return None
+        out: list[bytes] = []
+        add = out.append
+        while pos < end:
+            if raw[pos] != _EVENTS_TAG:
+                return None
+            length = raw[pos + 1]
+            if length < 0x80:  # most events are under 128 bytes or 16 KiB: one or two bytes
+                start = pos + 2
+            else:
+                length, start = _varint(raw, pos + 1)
+            pos = start + length
+            add(raw[start:pos])
+    except IndexError:
+        return None
+    return out if pos == end and len(out) == count else None
+
+
+def _varint(raw: bytes, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it (IndexError when it runs past the end)."""
+    value = shift = 0
+    while True:
+        byte = raw[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
 
 
 def _nul_field(message: Message, prefix: str) -> str | None:
@@ -207,19 +269,28 @@ _GUARDS = [
 ]
 
 
-def _optional_timestamp_set(event: pb.Event) -> bool:
+def _compile_guard() -> Callable[[pb.Event], bool]:
+    """Whether an event sets any of _GUARDS, written out as straight-line Python at import: it runs
+    for every event ingested, and a loop over the guards cost twice what the reads themselves do."""
+    lines = ["def optional_timestamp_set(event):"]
     for name, repeated, children in _GUARDS:
         if repeated:
-            if len(getattr(event, name)):
-                return True
-        elif event.HasField(name):
-            if children is None:
-                return True
-            inner = getattr(event, name)
+            lines.append(f" if len(event.{name}): return True")
+        elif children is None:
+            lines.append(f" if event.HasField({name!r}): return True")
+        else:
+            lines += [f" if event.HasField({name!r}):", f"  inner = event.{name}"]
             for child, child_repeated in children:
-                if len(getattr(inner, child)) if child_repeated else inner.HasField(child):
-                    return True
-    return False
+                test = f"len(inner.{child})" if child_repeated else f"inner.HasField({child!r})"
+                lines.append(f"  if {test}: return True")
+    lines.append(" return False")
+    scope: dict[str, Any] = {}
+    exec("\n".join(lines), scope)  # noqa: S102 (source written above from the descriptors)
+    function: Callable[[pb.Event], bool] = scope["optional_timestamp_set"]
+    return function
+
+
+_optional_timestamp_set = _compile_guard()
 
 
 def _timestamps_problem(message: Message, tree: _Tree, prefix: str) -> str | None:
@@ -274,10 +345,14 @@ def batch_refusal(agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_
 
 
 def checked_batch(
-    agent_id: str, events: Sequence[pb.Event], ceiling: int = MAX_SEQUENCE
+    agent_id: str,
+    events: Sequence[pb.Event],
+    ceiling: int = MAX_SEQUENCE,
+    data: Sequence[bytes] | None = None,
 ) -> CheckedBatch | Refusal:
     """The batch with the store's row of each event (built from the fields the checks read, so the
-    store reads none of them again), or why it is unacceptable (`batch_refusal`)."""
+    store reads none of them again), or why it is unacceptable (`batch_refusal`). `data`: each
+    event's bytes as received (`WireBatch.data`), stored as they are."""
     if len(events) > MAX_BATCH_EVENTS:
         return Refusal(f"batch of {len(events)} events exceeds the limit of {MAX_BATCH_EVENTS}")
     ceiling = min(ceiling, MAX_SEQUENCE)
@@ -301,7 +376,8 @@ def checked_batch(
             and action.isprintable()
             and not _optional_timestamp_set(event)
         ):
-            add(checked_row(agent_id, event, sequence, event_id, action, seconds, nanos))
+            raw = event.SerializeToString() if data is None else data[index]
+            add(checked_row(agent_id, event, sequence, event_id, action, seconds, nanos, raw))
             continue
         problem = _event_batch_problem(index, event, agent_id, ceiling)
         if problem:

@@ -133,10 +133,18 @@ def event_row(agent_id: str, event: pb.Event) -> tuple[Any, ...]:
 
 
 def checked_row(  # noqa: PLR0917 (the fields the checker has already read)
-    agent_id: str, event: pb.Event, sequence: int, event_id: str, action: str, seconds: int, nanos: int
+    agent_id: str,
+    event: pb.Event,
+    sequence: int,
+    event_id: str,
+    action: str,
+    seconds: int,
+    nanos: int,
+    data: bytes,
 ) -> tuple[Any, ...]:
     """`event_row` of an event whose sequence, id, action and set `@timestamp` (in range) the
-    checker at the door has read already: each field of an event is read once on its way in."""
+    checker at the door has read already (each field of an event is read once on its way in), and
+    whose bytes are `data` (as received, or serialised)."""
     return (
         agent_id,
         sequence,
@@ -147,7 +155,7 @@ def checked_row(  # noqa: PLR0917 (the fields the checker has already read)
         event.user.name,
         event.device.serial,
         None,
-        event.SerializeToString(),
+        data,
     )
 
 

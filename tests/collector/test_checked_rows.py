@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from collector.store.rows import CheckedBatch, event_row
+from collector.store.rows import DATA_COLUMN, CheckedBatch, event_row
 from collector.store.sqlite import SqliteStore
-from collector.wirecheck import Refusal, checked_batch
+from collector.wirecheck import Malformed, Refusal, WireBatch, checked_batch, event_bytes, parse_agent_message
 from protos import exfilguard_pb2 as pb
 from tests.eventcorpus import corpus
 from tests.helpers import make_events
@@ -58,3 +58,38 @@ def test_a_checked_batch_stores_the_same_table_as_its_events(tmp_path: Path) -> 
         with sqlite3.connect(tmp_path / f"{name}.db") as db:
             tables.append(db.execute("SELECT * FROM events ORDER BY sequence").fetchall())
     assert tables[0] == tables[1] and len(tables[0]) == 50
+
+
+def _batch(events: list[pb.Event]) -> bytes:
+    return pb.AgentMessage(batch=pb.EventBatch(events=events)).SerializeToString()
+
+
+def test_the_rows_keep_each_events_bytes_as_sent_and_an_odd_layout_is_serialised_again() -> None:
+    # the corpus's texts with NUL are refused by the deserializer already
+    corpus_events = _acceptable("agent-1")
+    events = [e for e in corpus_events if not isinstance(parse_agent_message(_batch([e])), Malformed)]
+    assert len(events) > 60
+    events = events[:60]
+    events[1].process.command_line = "x" * 20_000  # a length of three varint bytes
+    raw = _batch(events)
+    received = parse_agent_message(raw)
+    assert isinstance(received, WireBatch)
+    assert received.data == [e.SerializeToString() for e in events]
+    checked = checked_batch("agent-1", received.message.batch.events, data=received.data)
+    assert isinstance(checked, CheckedBatch)
+    assert [row[DATA_COLUMN] for row in checked.rows] == received.data
+    assert [pb.Event.FromString(row[DATA_COLUMN]) for row in checked.rows] == events
+    # Sent in two parts, which protobuf merges into one batch: the parts are not cut out.
+    merged = parse_agent_message(_batch(events[:20]) + _batch(events[20:]))
+    assert isinstance(merged, WireBatch) and list(merged.message.batch.events) == events
+    assert merged.data is None
+    checked = checked_batch("agent-1", merged.message.batch.events, data=merged.data)
+    assert isinstance(checked, CheckedBatch) and checked.rows == [event_row("agent-1", e) for e in events]
+    tiny = pb.Event(event=pb.EventInfo(id="x", action="a", sequence=1))  # under 128 bytes: one length byte
+    pair = [tiny.SerializeToString(), events[1].SerializeToString()]
+    assert event_bytes(_batch([tiny, events[1]]), 2) == pair
+    assert event_bytes(raw, len(events) - 1) is None  # not the events the message parsed to
+    assert event_bytes(raw[:-1], len(events)) is None  # cut short
+    assert event_bytes(raw + b"\x1a\x00", len(events)) is None  # another field after the batch
+    hello = pb.AgentMessage(hello=pb.Hello(agent_id="a")).SerializeToString()
+    assert isinstance(parse_agent_message(hello), pb.AgentMessage)
