@@ -71,9 +71,9 @@ def evidence(event: Mapping[str, Any]) -> str:
         "chunks": f"{part} of {source} is found in its bytes: an edited, cut or split copy (content "
                   f"match, {sure})",
         "text": f"lines of {source} are found in it, rewritten or reordered (content match, {sure})",
-        "lineage-bytes": f"the bytes written follow what the writing process and its pipeline read from "
-                         f"{source}{also} while the file was written: timing and sizes ({sizes}{sure}), "
-                         "not a content match",
+        "lineage-bytes": f"the bytes written follow what the process that wrote them (or its pipeline) read "
+                         f"from {source}{also} as it wrote them: timing and sizes ({sizes}{sure}), not a "
+                         "content match",
         "lineage-process": "the writing process had read tagged files at some point; nothing ties these "
                            f"bytes to them (a guess, {sure})",
     }

@@ -126,7 +126,7 @@ def test_copy_summaries_say_the_evidence_in_words(pack: Path) -> None:
     timing = str(alerts["/media/alice/STICK/db.tgz"]["summary"])
     assert alerts["/media/alice/STICK/db.tgz"]["exfilguard.copy.identified_by"] == "lineage-bytes"
     assert "lineage-bytes" not in timing
-    assert "and 4 other tagged files while the file was written: timing and sizes" in timing
+    assert "and 4 other tagged files as it wrote them: timing and sizes" in timing
     assert "120,000,000 bytes written, 310,000,000 tagged bytes read; confidence 0.8), not a content match" \
         in timing
     guesses = replay(pack, "usb-possible-copy.positive.jsonl")
