@@ -102,7 +102,8 @@ def main() -> int:
         # the agent must watch the stick before the first write: a tagged copy's alert proves it
         for attempt in range(20):
             probe = f"{point}/probe{attempt}.db"
-            shutil.copyfile(db / "ledger0.db", probe)
+            # by a cp of its own: this process, the parent of every technique, reads nothing tagged
+            subprocess.run(["cp", str(db / "ledger0.db"), probe], check=True)
             if _wait(lambda probe=probe: alerted({probe}) is not None, 3, "the stick watched", 0.05):
                 break
         else:
@@ -141,7 +142,8 @@ def main() -> int:
                 total += 1
                 outputs = {matrix.expand(o, env) for o in case.outputs}
                 done = matrix.run_case(case, env)
-                if _wait(lambda outputs=outputs: alerted(outputs) is not None, 30, case.name):
+                if _wait(lambda case=case, outputs=outputs: matrix.caught(case, outputs, alerts, str(db),
+                                                                          stick.serial), 30, case.name):
                     found = alerted(outputs)
                     assert found is not None
                     latencies.append(found["seen"] - done)

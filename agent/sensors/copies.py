@@ -30,6 +30,7 @@ from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow, SourceRead
 from agent.sensors.media import RemovableMedia, RemovableMount
 from agent.sensors.provenance import Provenance
+from agent.sensors.slices import DerivedSlices
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from protos import exfilguard_pb2 as pb
 from protos.events import new_event
@@ -61,6 +62,7 @@ class CopyDetector:
         self.staging = staging
         self.examiner = examiner
         self.flow = flow if flow is not None else DataFlow()
+        self.slices = DerivedSlices(index)
         self.started_at = time.time()  # before: the late examination's (late.py)
         self._emit = emit
 
@@ -120,6 +122,13 @@ class CopyDetector:
                 tagged = True
                 make = provenance.exact if sha else provenance.sampled  # "": too large to hash whole
                 found = make(src_path, self.index.source_tags(src_path), written.size)
+        elif written.fd is not None and (part := self.slices.find(written.fd, written.size)) is not None:
+            # one part of a derived file (split of an archive staged in /tmp): its provenance
+            found = self.index.provenance(part.path)
+            if found is not None:
+                methods.append("fingerprint")
+                log.info("%s is bytes %d-%d of %s, derived from %d tagged files", written.path,
+                         part.offset, part.offset + written.size, part.path, found.files)
         writers = [p for p in dict.fromkeys((written.pid, *written.writers)) if p]
         if writers and found is None:
             flow = self.flow.flow(writers)
@@ -274,6 +283,8 @@ class CopyDetector:
         event.device.CopyFrom(device)
         event.exfilguard.mount.CopyFrom(mount)
         procinfo.describe(event, written.info, written.attribution, written.pid)
+        if (written.info is None or written.info.uid < 0) and written.late is None and written.fd is not None:
+            procinfo.owner(event, written.fd)
         if written.late is not None:
             event.exfilguard.late = True
             event.exfilguard.late_window.start.CopyFrom(_stamp(written.late[0]))

@@ -43,6 +43,9 @@ class ProcessInfo:
     name: str = ""
     uid: int = -1
     loginuid: int = -1
+    # read from its parent: a child that forked without an exec (rsync's receiver) and was gone
+    # before /proc was read runs the parent's program as the parent's user
+    inherited: bool = False
 
 
 @lru_cache(maxsize=1024)
@@ -195,8 +198,21 @@ def _describe(event: pb.Event, info: ProcessInfo, attribution: str) -> None:
         event.exfilguard.login_user.name = user_name(info.loginuid)
     # A process that exited before /proc was read is known in part (a zombie keeps its uid and
     # name but not its executable; an exec seen by fanotify gives the executable only).
-    complete = bool(info.executable) and info.uid >= 0
+    complete = bool(info.executable) and info.uid >= 0 and not info.inherited
     event.exfilguard.attribution = attribution if complete or attribution != EXACT else INFERRED
+
+
+def owner(event: pb.Event, fd: int) -> None:
+    """The user of a write whose process was gone before anything read it (the whole `rsync`
+    had finished when its first event was handled): the written file's owner, which the kernel
+    set from the writer's file-system uid (on vfat, the mount's owner), as `inferred`."""
+    try:
+        uid = os.fstat(fd).st_uid
+    except OSError:
+        return
+    event.user.id = str(uid)
+    event.user.name = user_name(uid)
+    event.exfilguard.attribution = INFERRED
 
 
 class OpenFileIndex:
@@ -254,6 +270,9 @@ class ProcessCache:
         self._cache: dict[int, tuple[bytes, ProcessInfo]] = {}
         self._checked: dict[int, float] = {}  # pid -> when its cached identity was last confirmed
         self._execs: dict[int, ProcessInfo] = {}  # pid -> program it last executed (FAN_OPEN_EXEC)
+        # pid -> the parent it had when its parent was read: a child that forks without an exec
+        # (rsync's receiver, a worker of a Python pool) has no exec event to name it by
+        self._forked: dict[int, int] = {}
 
     def note_exec(self, pid: int, executable: str) -> None:
         """The kernel saw `pid` execute `executable`: kept, with its uids read right now, for
@@ -271,8 +290,21 @@ class ProcessCache:
                 del self._execs[next(iter(self._execs))]
 
     def lookup(self, pid: int) -> ProcessInfo | None:
-        """Identity of `pid`: live from /proc, else the last one seen, else what it executed."""
-        return self._with_exec(pid, self._lookup(pid))
+        """Identity of `pid`: live from /proc, else the last one seen, else what it executed,
+        else (a forked child that never executed anything) its parent's, marked inherited."""
+        info = self._with_exec(pid, self._lookup(pid))
+        if info is not None:
+            return info
+        parent = ancestor = self._forked.get(pid, 0)
+        found = None
+        for _generation in range(2):  # the receiver's parent (the generator) was not read either
+            found = self._cache.get(ancestor)
+            if found is not None or not ancestor:
+                break
+            ancestor = self._forked.get(ancestor, 0)
+        if found is None:
+            return None
+        return dataclasses.replace(found[1], pid=pid, ppid=parent, pgid=0, inherited=True)
 
     def _with_exec(self, pid: int, info: ProcessInfo | None) -> ProcessInfo | None:
         if info is not None and info.executable:
@@ -304,6 +336,7 @@ class ProcessCache:
         info = read_proc(pid)
         if info is None:
             return cached[1] if cached is not None else None
+        forked = _descendants(pid)
         with self._lock:
             if len(self._cache) >= self._size:
                 # drop the oldest quarter: insertion order is age order
@@ -312,7 +345,36 @@ class ProcessCache:
                     self._checked.pop(old, None)
             self._cache[pid] = (key, info)
             self._checked[pid] = moment
+            for child, parent in forked:
+                self._forked.pop(child, None)
+                self._forked[child] = parent
+            while len(self._forked) > self._size:
+                del self._forked[next(iter(self._forked))]
         return info
+
+
+_MAX_FORKED = 8  # children (and their children) of a process remembered when it is read
+
+
+def _descendants(pid: int) -> list[tuple[int, int]]:
+    """(child, parent) of the live children and grandchildren of `pid` (rsync's sender forks the
+    generator, which forks the receiver), at most _MAX_FORKED of each; one /proc read when it
+    has none."""
+    out: list[tuple[int, int]] = []
+    level = [pid]
+    for _generation in range(2):
+        nxt: list[int] = []
+        for parent in level:
+            try:
+                children = _read(f"/proc/{parent}/task/{parent}/children").split()[:_MAX_FORKED]
+            except OSError:
+                continue
+            for raw in children:
+                child = int(raw)
+                out.append((child, parent))
+                nxt.append(child)
+        level = nxt[:_MAX_FORKED]
+    return out
 
 
 def _status_ids(pid: int) -> tuple[int, int, int]:

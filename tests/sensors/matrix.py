@@ -43,6 +43,8 @@ class Case:
     script: str
     outputs: tuple[str, ...]  # paths with $STICK / $DB / $BASE, as the script writes them
     theft: bool
+    every: bool = False  # each output must raise its own alert (the parts of a split), not one
+    by: tuple[str, str] = ("", "")  # process name (if any) and user each of its alerts must name
 
 
 THEFTS = (
@@ -70,7 +72,24 @@ THEFTS = (
          '> "$WORK/o.enc" && cp "$WORK/o.enc" "$STICK/o.enc"', ("$STICK/o.enc",), True),
     Case("sed-tmp-then-cp", 'sed "s/@/ at /" "$DB/customers.csv" > "$WORK/e.csv" && cp "$WORK/e.csv" '
          '"$STICK/e.csv"', ("$STICK/e.csv",), True),
+    Case("gpg-stdin-tmp-then-cp", 'tar czf - -C "$BASE" db | gpg --batch --quiet --pinentry-mode loopback '
+         '--passphrase x -c -o "$WORK/g.gpg" && cp "$WORK/g.gpg" "$STICK/g.gpg"', ("$STICK/g.gpg",), True),
+    # staged, then split in the scratch directory, then the parts copied: every part must be
+    # tied to the database (a middle part of a compressed stream decompresses to nothing)
+    Case("split-txz-tmp-then-cp", 'tar cJf "$WORK/d.txz" -C "$BASE" db && split -b 64K "$WORK/d.txz" '
+         '"$WORK/px." && cp "$WORK"/px.* "$STICK/"', ("$STICK/px.aa", "$STICK/px.ab", "$STICK/px.ac"), True,
+         every=True),
+    Case("split-tgz-tmp-then-cp", 'tar czf "$WORK/d.tgz" -C "$BASE" db && split -b 64K "$WORK/d.tgz" '
+         '"$WORK/pz." && cp "$WORK"/pz.* "$STICK/"', ("$STICK/pz.aa", "$STICK/pz.ab", "$STICK/pz.ac"), True,
+         every=True),
+    Case("split-zip-tmp-then-cp", 'cd "$BASE" && zip -q -r "$WORK/d.zip" db && split -b 64K "$WORK/d.zip" '
+         '"$WORK/pk." && cp "$WORK"/pk.* "$STICK/"', ("$STICK/pk.aa", "$STICK/pk.ab", "$STICK/pk.ac"), True,
+         every=True),
     Case("rsync", 'rsync -a "$DB/" "$STICK/rs/"', ("$STICK/rs/customers.csv",), True),
+    # rsync's receiver forks without an exec and may be gone before its writes are handled:
+    # named from its parents, or (when the whole rsync was gone) by the files' owner
+    Case("rsync-nobody", 'runuser -u nobody -- rsync -a "$DB/" "$STICK/rsn/"', ("$STICK/rsn/customers.csv",
+         "$STICK/rsn/orders.sql", "$STICK/rsn/ledger0.db"), True, every=True, by=("", "nobody")),
     Case("zip", 'cd "$BASE" && zip -q -r "$STICK/db.zip" db', ("$STICK/db.zip",), True),
     Case("another-user", 'runuser -u nobody -- tar czf "$STICK/nobody.tgz" -C "$BASE" db',
          ("$STICK/nobody.tgz",), True),
@@ -274,6 +293,20 @@ def detected(alerts: list[dict[str, Any]], db: str, serial: str) -> dict[str, An
                 and alert.get("device.serial") == serial:
             return alert
     return None
+
+
+def caught(case: Case, paths: set[str], alerts: AlertLog, db: str, serial: str) -> bool:
+    """Whether a theft's outputs raised what it must: a high/critical alert naming a source
+    under DB and the stick (for each output, with `every`), naming its process and user (`by`)."""
+    groups = [{path} for path in sorted(paths)] if case.every else [paths]
+    for group in groups:
+        found = detected(alerts.for_paths(group), db, serial)
+        if found is None:
+            return False
+        name, user = case.by
+        if (name and found.get("process.name") != name) or (user and found.get("user.name") != user):
+            return False
+    return True
 
 
 def false_alerts(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -80,13 +80,13 @@ def test_insider_techniques_alert_and_benign_work_does_not(tmp_path: Path, base:
 
         def missed() -> list[str]:
             return [c.name for c in matrix.CI_THEFTS
-                    if matrix.detected(alerts.for_paths(outputs[c.name]), str(db), stick.serial) is None]
+                    if not matrix.caught(c, outputs[c.name], alerts, str(db), stick.serial)]
 
         def why() -> str:
             lines = []
             for name in missed():
-                seen = [(a["policy.id"], a["severity"], a.get("exfilguard.source.path"))
-                        for a in alerts.for_paths(outputs[name])]
+                seen = [(a["file.path"], a["policy.id"], a["severity"], a.get("exfilguard.source.path"),
+                         a.get("process.name"), a.get("user.name")) for a in alerts.for_paths(outputs[name])]
                 lines.append(f"{name}: {seen}")
             return "\n".join(lines)
 

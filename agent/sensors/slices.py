@@ -1,0 +1,110 @@
+"""DerivedSlices: a written file whose bytes are one part of a file derived from tagged data.
+
+`split -b 100M /tmp/d.txz /tmp/part.` then `cp /tmp/part.* /media/stick/`: each part is a
+run of the staged archive's bytes, at a multiple of the part size (the last part: at the
+end). On a busy machine `split` may have read the archive and exited before the agent
+marked the archive as derived, so nothing tied the parts to it, and a part in the middle of
+a compressed stream decompresses to nothing a content match could find. The parts are
+compared, byte for byte, with the recently derived files instead: a part found whole at one
+of those offsets carries the derived file's provenance (the tagged files tar read).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from agent.sensors.fingerprints import FingerprintIndex
+
+MAX_RECENT = 64            # derived files compared with (the most recent)
+MAX_OFFSETS = 1024         # part-sized offsets looked at per derived file
+MIN_PART_BYTES = 4096      # smaller writes are not matched: a few bytes equal by chance
+MAX_COMPARE_BYTES = 1 << 30  # a part larger than this is matched on its head and tail only
+_HEAD = 4096
+_PROBE = 64                # bytes compared at each offset before the whole part is
+_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """Where a written file's bytes were found: the derived file, the offset, its size."""
+
+    path: str
+    offset: int
+    size: int  # of the derived file
+
+
+class DerivedSlices:
+    """The recently derived files of an index, and which of them a written file is a part of."""
+
+    def __init__(self, index: FingerprintIndex) -> None:
+        self.index = index
+        self._lock = threading.Lock()
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        for path in index.watch_derived(self._derived)[-MAX_RECENT:]:
+            self._recent[path] = None
+
+    def _derived(self, path: str) -> None:
+        # called under the index's lock: only remember the path
+        with self._lock:
+            self._recent.pop(path, None)
+            self._recent[path] = None
+            while len(self._recent) > MAX_RECENT:
+                self._recent.popitem(last=False)
+
+    def find(self, fd: int, size: int) -> Slice | None:
+        """The derived file holding the open file `fd` (`size` bytes) as one part of it, at a
+        multiple of `size` or at its end; None when none does (or nothing was derived)."""
+        if size < MIN_PART_BYTES or not self._recent:
+            return None
+        try:
+            head = os.pread(fd, _HEAD, 0)
+        except OSError:
+            return None
+        if len(head) < _HEAD or head.count(head[:1]) == len(head):
+            return None  # one repeated byte (zero fill) is in every file
+        with self._lock:
+            recent = list(reversed(self._recent))
+        for path in recent:
+            if not self.index.is_derived(path):
+                continue
+            found = self.index.read_own(path, lambda derived: _part_at(derived, fd, size, head))
+            if found is not None and found[0] >= 0:
+                return Slice(path, *found)
+        return None
+
+
+def _part_at(derived: int, fd: int, size: int, head: bytes) -> tuple[int, int]:
+    """(offset, size of `derived`): where in `derived` the `size` bytes of `fd` are found
+    whole, -1 if nowhere: at the start (head -c), at the end (the last part of a split, tail
+    -c), or, for a part of the sizes `split -b` cuts (a multiple of 1 KiB or of 1 kB: 64K,
+    100M, 100MB), at a multiple of its size. Other sizes are not looked for in the middle: a
+    `cp -r` of many files of every size would read each derived file at every offset. A derived
+    file no larger than the part is the exact match's, not a part's."""
+    total = os.fstat(derived).st_size
+    if total <= size:
+        return -1, total
+    offsets = [0, total - size]
+    if size % 1024 == 0 or size % 1000 == 0:
+        offsets.extend(range(size, total - size, size))
+    probe = head[:_PROBE]
+    for offset in offsets[: MAX_OFFSETS + 2]:
+        if os.pread(derived, _PROBE, offset) == probe and os.pread(derived, len(head), offset) == head \
+                and _same(derived, offset, fd, size):
+            return offset, total
+    return -1, total
+
+
+def _same(derived: int, offset: int, fd: int, size: int) -> bool:
+    """Whether `size` bytes of `derived` from `offset` equal the whole of `fd`."""
+    if size > MAX_COMPARE_BYTES:
+        return os.pread(derived, _HEAD, offset + size - _HEAD) == os.pread(fd, _HEAD, size - _HEAD)
+    done = 0
+    while done < size:
+        want = min(_BLOCK, size - done)
+        if os.pread(derived, want, offset + done) != os.pread(fd, want, done):
+            return False
+        done += want
+    return True

@@ -1,0 +1,85 @@
+"""DerivedSlices on real files: the parts `split` cut from an archive staged outside the tagged
+trees are found in it, at their offsets, and carry its provenance; other files are not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.lineage import SourceRead
+from agent.sensors.provenance import LINEAGE_BYTES, Provenance
+from agent.sensors.slices import MIN_PART_BYTES, DerivedSlices
+from agent.sensors.tags import TagMap
+
+
+def _staged(tmp_path: Path) -> tuple[FingerprintIndex, Path]:
+    db = tmp_path / "db"
+    db.mkdir()
+    for i in range(3):
+        (db / f"ledger{i}.db").write_bytes(os.urandom(90_000))
+    index = FingerprintIndex(TagMap({str(db): ["database"]}))
+    archive = tmp_path / "stage" / "d.txz"
+    archive.parent.mkdir()
+    subprocess.run(["tar", "cJf", str(archive), "-C", str(tmp_path), "db"], check=True)
+    reads = tuple(SourceRead(str(p), ("database",), p.stat().st_size, time.time())
+                  for p in sorted(db.iterdir()))
+    index.add_derived(str(archive), Provenance(LINEAGE_BYTES, 0.8, reads, len(reads), bytes_read=270_000))
+    return index, archive
+
+
+def _find(slices: DerivedSlices, path: Path) -> tuple[str, int] | None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        found = slices.find(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    return (found.path, found.offset) if found is not None else None
+
+
+def test_the_parts_split_cut_from_a_derived_archive_are_found_in_it(tmp_path: Path) -> None:
+    index, archive = _staged(tmp_path)
+    slices = DerivedSlices(index)  # told of derived files from now on, and knows those there are
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    subprocess.run(["split", "-b", "64K", str(archive), str(parts / "part.")], check=True)
+    cut = sorted(parts.iterdir())
+    assert len(cut) >= 3
+    for number, part in enumerate(cut):
+        assert _find(slices, part) == (str(archive), number * 65536), part.name
+    provenance = index.provenance(str(archive))
+    assert provenance is not None and provenance.files == 3  # what a part's copy inherits
+
+    # the tail of it (tail -c), and a part of an archive derived after the slices were made
+    tail = tmp_path / "tail"
+    tail.write_bytes(archive.read_bytes()[-20_000:])
+    assert _find(slices, tail) == (str(archive), archive.stat().st_size - 20_000)
+    later = tmp_path / "stage" / "e.bin"
+    later.write_bytes(os.urandom(50_000))
+    index.add_derived(str(later), Provenance(LINEAGE_BYTES, 0.8, (), 0))
+    half = tmp_path / "half"
+    half.write_bytes(later.read_bytes()[:25_000])
+    assert _find(slices, half) == (str(later), 0)
+
+
+def test_files_that_are_no_part_of_a_derived_one_are_not_found(tmp_path: Path) -> None:
+    index, archive = _staged(tmp_path)
+    slices = DerivedSlices(index)
+    data = archive.read_bytes()
+    other = tmp_path / "other"
+    cases = {
+        "unrelated": os.urandom(65536),
+        "shifted": data[100 : 100 + 65536],  # not at a multiple of its size
+        "changed": data[:65535] + bytes([data[65535] ^ 1]),  # one byte differs at the end
+        "whole": data,  # the archive itself is the exact match's, not a part
+        "small": data[: MIN_PART_BYTES - 1],
+        "zeros": bytes(65536),
+    }
+    for name, content in cases.items():
+        other.write_bytes(content)
+        assert _find(slices, other) is None, name
+    index.remove(str(archive))
+    other.write_bytes(data[:65536])
+    assert _find(slices, other) is None  # no longer derived
