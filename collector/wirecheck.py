@@ -279,10 +279,11 @@ def _compile_guard() -> Callable[[pb.Event], bool]:
         elif children is None:
             lines.append(f" if event.HasField({name!r}): return True")
         else:
-            lines += [f" if event.HasField({name!r}):", f"  inner = event.{name}"]
+            # no HasField of the message first: an unset one reads as empty, and most events set it
+            lines.append(f" inner = event.{name}")
             for child, child_repeated in children:
                 test = f"len(inner.{child})" if child_repeated else f"inner.HasField({child!r})"
-                lines.append(f"  if {test}: return True")
+                lines.append(f" if {test}: return True")
     lines.append(" return False")
     scope: dict[str, Any] = {}
     exec("\n".join(lines), scope)  # noqa: S102 (source written above from the descriptors)
