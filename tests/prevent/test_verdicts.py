@@ -62,8 +62,10 @@ class Writer:
         self.wait_in_open()
 
     def wait_in_open(self) -> None:
-        """Until the child sits in the open of its current FIFO."""
-        wait_for(lambda: _in_open(self.pid), 15, "the writer to wait in open")
+        """Until the child sits in the open of its current FIFO (not in the open of the file it
+        keeps, which a loaded machine may show for a moment first)."""
+        fifo = str(self.fifos[self.at])
+        wait_for(lambda: procs.opens_for_writing(self.pid, fifo) is True, 15, "the writer to wait in open")
 
     def release(self) -> None:
         """Let the current open go on (a reader comes), then wait for the next one."""
