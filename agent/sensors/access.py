@@ -117,7 +117,9 @@ class AccessReporter:
             if self.on_written is not None:
                 self.on_written(access.path)
             self.copies.forget_read(access.pid, access.path)
-            self.index.update(access.path, fd=access.fd)  # read through it: no open reported back
+            # read through it (no open reported back); its look at the file as closed stands for
+            # the path's
+            self.index.update(access.path, fd=access.fd, looked=st)
         if not actions:
             return
         event = procinfo.attributed_event(actions[0], access.tags, access.process, procinfo.EXACT,

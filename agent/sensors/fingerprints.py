@@ -254,13 +254,13 @@ class FingerprintIndex:
         """A tagged path was written (closed after a write), or created or moved
         (`written=False`: it may still be being written): re-stat it (a directory is walked).
         `fd`: open on the written file (fanotify's), held for the agent's own read of it.
-        `looked`: the lstat of it the caller has just made (a create's), taken for a new one."""
+        `looked`: the caller's look at it just now (a create's lstat; with `fd`, the closed file's)."""
         with self._lock:
             # stat and store as one step: of two threads updating one path (a create event
             # and a close-after-write), the later stat is the one kept
             old = self._files.get(path)
-            if looked is not None and (old is None or old[1] < looked.st_mtime_ns):
-                st = looked  # nothing newer stored: the caller's look is the later one
+            if looked is not None and (old is None or old[1] < looked.st_mtime_ns + (fd is not None)):
+                st = looked  # nothing newer stored (a close's look wins a tie): the caller's is later
             else:
                 try:
                     st = os.stat(path, follow_symlinks=False)
