@@ -7,13 +7,14 @@ The policy process evaluates lazy views of stored events (protos.events.EventVie
 and event the closures of conditions.py cost a Python call per node of the condition tree (a
 macro, an `all`, a list test), one more for the exception and one for what the policy does with
 a match, and each stored field read asks whether the event is a view. Here a policy's `when`,
-its exceptions and, for an aggregate, its group key, event id and window entry become the body
-of one function, generated as Python source at load: the tests are inline expressions in the
-same order as the closures' (cheapest first), stored scalar fields are read straight off the
-view's protobuf, enriched fields off the view. What is not inlined (patterns, local time,
-list fields, structured exceptions, other window kinds) calls the very closure the mapping path
-uses, so the answers are the same by construction; tests/policy/test_stored_views.py replays
-every shipped policy's examples both ways and compares the alerts.
+its exceptions and, for an aggregate or a sequence, the steps the event meets, its group key,
+event id and window entry become the body of one function, generated as Python source at load:
+the tests are inline expressions in the same order as the closures' (cheapest first), stored
+scalar fields are read straight off the view's protobuf, enriched fields off the view. What is
+not inlined (patterns, local time, list fields, structured exceptions, coverage windows, keys
+holding a list field) calls the very closure the mapping path uses. tests/policy/test_language.py
+runs its condition, window and sequence cases both ways, and tests/policy/test_stored_views.py
+replays every shipped policy's examples both ways and compares the alerts.
 
 Mappings (`policy test` on recorded events, the benchmarks' dicts) keep the closures.
 """
@@ -171,12 +172,23 @@ def build(
     exempt = _join(excepted, "or", "False", "True")
     if exempt != "False":
         lines.append(f"    if {exempt}: return NOTHING")
+    # runner.build's aggregate and sequence, inline: the key's fields read as runner.key_of does
+    # (absent: None), the event id as runner's _event_id
+    key = ", ".join(source.read(f, None) for f in by)
+    key = f"({key},)" if len(by) == 1 else f"({key})"
+    event_id = source.read("event.id", "")
     if type(window) is AggregateWindow and plain_key:
-        # runner.build's aggregate, inline: the key's fields read as runner.key_of does (absent: None)
-        key = ", ".join(source.read(f, None) for f in by)
-        key = f"({key},)" if len(by) == 1 else f"({key})"
-        add = source.bind(window.add)
-        lines.append(f"    fired = {add}({key}, now, {source.read('event.id', '')}, e)")
+        lines.append(f"    fired = {source.bind(window.add)}({key}, now, {event_id}, e)")
+        lines.append("    return (fired,) if fired else NOTHING")
+    elif type(window) is SequenceWindow and plain_key and policy.sequence is not None:
+        lines.append("    matched = []")  # the steps the event meets, in order
+        for number, step in enumerate(policy.sequence.steps):
+            met = source.expr(step.condition)
+            if met != "False":
+                lines.append(f"    if {met}: matched.append({number})")
+        lines.append("    if not matched: return NOTHING")
+        advance = source.bind(window.add)
+        lines.append(f"    fired = {advance}({key}, now, {event_id}, e, frozenset(matched))")
         lines.append("    return (fired,) if fired else NOTHING")
     else:
         lines.append(f"    return {source.bind(run)}(e, now)")

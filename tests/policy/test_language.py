@@ -27,6 +27,17 @@ policies:
 """
 
 
+@pytest.fixture(params=[False, True], ids=["mapping", "view"])
+def as_stored(request: pytest.FixtureRequest) -> bool:
+    """Events fed as mappings (the closures) or as stored events' views (the fused functions)."""
+    return bool(request.param)
+
+
+def fed(mapping: dict[str, Any], as_stored: bool) -> Any:
+    """The event as a mapping, or as a stored event's view."""
+    return stored(mapping) if as_stored else mapping
+
+
 def single(condition: str, timezone: str = "UTC") -> PolicyEngine:
     return engine(ONE % condition, timezone)
 
@@ -75,7 +86,7 @@ def test_conditions(condition: str, fields: dict[str, Any], expected: bool, as_s
     # a mapping its closures: both must decide alike.
     runner = single(condition)
     mapping = event("file.open", **fields)
-    got = [a.policy_id for a in runner.evaluate(stored(mapping) if as_stored else mapping)]
+    got = [a.policy_id for a in runner.evaluate(fed(mapping, as_stored))]
     assert (got == ["p"]) is expected
 
 
@@ -138,7 +149,7 @@ policies:
 def test_structured_exceptions(user: str, serial: str, excepted: bool, as_stored: bool) -> None:
     runner = engine(EXCEPTIONS)
     mapping = event("file.copy", user__name=user, device__serial=serial)
-    got = [a.policy_id for a in runner.evaluate(stored(mapping) if as_stored else mapping)]
+    got = [a.policy_id for a in runner.evaluate(fed(mapping, as_stored))]
     assert (got == []) is excepted
 
 
@@ -161,43 +172,41 @@ def at(minute: int, second: int = 0) -> str:
     return f"2026-11-18T10:{minute:02}:{second:02}.000000Z"
 
 
-def test_count_fires_at_threshold_inside_window_only() -> None:
+def test_count_fires_at_threshold_inside_window_only(as_stored: bool) -> None:
     runner = engine(AGG % "count: {gte: 3}")
     # Two early copies slide out of the 10 minute window before the third arrives.
-    assert (
-        fired(runner, event("file.copy", at(0)), event("file.copy", at(1)), event("file.copy", at(12))) == []
-    )
-    assert fired(runner, event("file.copy", at(13))) == []
-    alerts = runner.evaluate(event("file.copy", at(14)))
+    early = [event("file.copy", at(0)), event("file.copy", at(1)), event("file.copy", at(12))]
+    assert fired(runner, *early, as_stored=as_stored) == []
+    assert fired(runner, event("file.copy", at(13)), as_stored=as_stored) == []
+    alerts = runner.evaluate(fed(event("file.copy", at(14)), as_stored))
     assert [a.policy_id for a in alerts] == ["bulk"]
     assert alerts[0].alert["count"] == 3
     assert len(alerts[0].alert["evidence"]) == 3
     # The group restarts after firing.
-    assert fired(runner, event("file.copy", at(15))) == []
+    assert fired(runner, event("file.copy", at(15)), as_stored=as_stored) == []
 
 
-def test_groups_are_separate_by_fields() -> None:
+def test_groups_are_separate_by_fields(as_stored: bool) -> None:
     runner = engine(AGG % "count: {gte: 2}")
     a = event("file.copy", at(0), device__serial="A")
     b = event("file.copy", at(1), device__serial="B")
-    assert fired(runner, a, b) == []
-    assert fired(runner, event("file.copy", at(2), device__serial="B")) == ["bulk"]
+    assert fired(runner, a, b, as_stored=as_stored) == []
+    assert fired(runner, event("file.copy", at(2), device__serial="B"), as_stored=as_stored) == ["bulk"]
 
 
-def test_sum_with_size_units() -> None:
+def test_sum_with_size_units(as_stored: bool) -> None:
     runner = engine(AGG % "sum: {field: file.size, gte: 500MiB}")
-    assert fired(runner, event("file.copy", at(0), file__size=300 << 20)) == []
-    alerts = runner.evaluate(event("file.copy", at(1), file__size=250 << 20))
+    assert fired(runner, event("file.copy", at(0), file__size=300 << 20), as_stored=as_stored) == []
+    alerts = runner.evaluate(fed(event("file.copy", at(1), file__size=250 << 20), as_stored))
     assert alerts[0].alert["summary"] == "2 files 550.0 MiB within 10m"
 
 
-def test_distinct_counts_values_not_events() -> None:
+def test_distinct_counts_values_not_events(as_stored: bool) -> None:
     runner = engine(AGG % "distinct: {field: file.path, gte: 3}")
     same = [event("file.copy", at(i), file__path="/same") for i in range(5)]
-    assert fired(runner, *same) == []
-    assert fired(
-        runner, event("file.copy", at(6), file__path="/b"), event("file.copy", at(7), file__path="/c")
-    ) == ["bulk"]
+    assert fired(runner, *same, as_stored=as_stored) == []
+    others = [event("file.copy", at(6), file__path="/b"), event("file.copy", at(7), file__path="/c")]
+    assert fired(runner, *others, as_stored=as_stored) == ["bulk"]
 
 
 COVERAGE = """
@@ -288,45 +297,30 @@ policies:
 """
 
 
-def test_sequence_in_order_within_span() -> None:
+def test_sequence_in_order_within_span(as_stored: bool) -> None:
     runner = engine(SEQ)
     got = fired(
         runner,
         event("file.mass_read", at(0)),
         event("file.archive", at(5), device__serial="X"),
-        event("file.write", at(20)),
-    )
+        event("file.write", at(20)), as_stored=as_stored)
     assert got == ["staged"]
 
 
-def test_sequence_out_of_order_or_too_slow_or_other_user() -> None:
-    runner = engine(SEQ)
-    assert (
-        fired(
-            runner, event("file.archive", at(0)), event("file.mass_read", at(1)), event("file.write", at(2))
-        )
-        == []
-    )
-    runner = engine(SEQ)
-    assert (
-        fired(
-            runner, event("file.mass_read", at(0)), event("file.archive", at(10)), event("file.write", at(40))
-        )
-        == []
-    )
-    runner = engine(SEQ)
-    assert (
-        fired(
-            runner,
-            event("file.mass_read", at(0)),
-            event("file.archive", at(1)),
-            event("file.write", at(2), user__name="bob"),
-        )
-        == []
-    )
+def test_sequence_out_of_order_or_too_slow_or_other_user(as_stored: bool) -> None:
+    out_of_order = [event("file.archive", at(0)), event("file.mass_read", at(1)), event("file.write", at(2))]
+    assert fired(engine(SEQ), *out_of_order, as_stored=as_stored) == []
+    too_slow = [event("file.mass_read", at(0)), event("file.archive", at(10)), event("file.write", at(40))]
+    assert fired(engine(SEQ), *too_slow, as_stored=as_stored) == []
+    other_user = [
+        event("file.mass_read", at(0)),
+        event("file.archive", at(1)),
+        event("file.write", at(2), user__name="bob"),
+    ]
+    assert fired(engine(SEQ), *other_user, as_stored=as_stored) == []
 
 
-def test_sequence_alert_borrows_fields_of_earlier_steps() -> None:
+def test_sequence_alert_borrows_fields_of_earlier_steps(as_stored: bool) -> None:
     runner = engine(SEQ.replace("file.archive}", "device.attach}"))
     alerts = [
         a
@@ -335,7 +329,7 @@ def test_sequence_alert_borrows_fields_of_earlier_steps() -> None:
             event("device.attach", at(1), device__serial="STICK-9"),
             event("file.write", at(2)),
         )
-        for a in runner.evaluate(e)
+        for a in runner.evaluate(fed(e, as_stored))
     ]
     assert alerts[0].alert["summary"] == "read -> archive -> usb in 30m onto STICK-9"
     assert alerts[0].alert["device.serial"] == "STICK-9"
