@@ -125,10 +125,16 @@ class Behaviour:
             self._signals(
                 user, seen, first_use=first_use, for_user=for_user, tagged=tagged_write, now=now, day=day
             )
-        if not risk and self.risk.deferrable(user):
+        standing = self.risk.standing(user, now, defer=not risk)
+        if standing is None:
             self.deferred = (user, now)
             return _with(event, out)
-        self._standing(out, user, now)
+        score, signals, reported = standing  # as _risk_fields, inline: every event of a user
+        out["exfilguard.risk.score"] = score
+        if score:
+            out["exfilguard.risk.signals"] = signals
+            if reported:
+                out["exfilguard.risk.reported"] = True
         return _with(event, out)
 
     def complete(self, event: MutableMapping[str, Any]) -> None:
@@ -139,17 +145,9 @@ class Behaviour:
         user, now = self.deferred
         self.deferred = None
         out: dict[str, Any] = {}
-        self._standing(out, user, now)
+        _risk_fields(out, self.risk.standing(user, now))
         for name, value in out.items():
             event[name] = value
-
-    def _standing(self, out: dict[str, Any], user: str, now: float) -> None:
-        score, signals, reported = self.risk.standing(user, now)
-        out["exfilguard.risk.score"] = score
-        if score:
-            out["exfilguard.risk.signals"] = signals
-            if reported:
-                out["exfilguard.risk.reported"] = True
 
     def _signals(
         self,
@@ -227,6 +225,16 @@ class Behaviour:
         risks = {n: dict(s["risk"]) for n, s in snapshots.items() if isinstance(s.get("risk"), dict)}
         self.risk.restore(risks)
         return self.baselines.restore(bases)
+
+
+def _risk_fields(out: dict[str, Any], standing: tuple[float, list[str], bool] | None) -> None:
+    """The risk fields of a user's standing (RiskBook.standing) into `out`."""
+    score, signals, reported = standing or (0.0, [], False)
+    out["exfilguard.risk.score"] = score
+    if score:
+        out["exfilguard.risk.signals"] = signals
+        if reported:
+            out["exfilguard.risk.reported"] = True
 
 
 def _with(event: Mapping[str, Any], added: dict[str, Any]) -> Mapping[str, Any]:

@@ -83,12 +83,16 @@ class RiskBook:
             return 0.0
         return round(risk.value(now), 1)
 
-    def standing(self, user: str, now: float) -> tuple[float, list[str], bool]:
+    def standing(self, user: str, now: float, *, defer: bool = False) -> tuple[float, list[str], bool] | None:
         """score(), signals() and reported() in one call, the decay computed once: what the
-        enrichment adds to every event of a user with a score (a medium alert gives one)."""
+        enrichment adds to every event of a user with a score (a medium alert gives one). With
+        `defer`, None instead for a nonzero score this call would change nothing about (no
+        reported elevation to re-arm): the enrichment computes it only if an alert needs it."""
         risk = self.users.get(user)
         if risk is None or risk.score <= 0:  # most users, most of the time
             return 0.0, [], False
+        if defer and not risk.reported:
+            return None
         value = risk.value(now)
         score = round(value, 1)
         if not score:
@@ -96,12 +100,6 @@ class RiskBook:
         if risk.reported and value < ELEVATED:
             risk.reported = False
         return score, list(risk.signals), risk.reported
-
-    def deferrable(self, user: str) -> bool:
-        """True when `standing` would change nothing for the user (nothing to re-arm) and has a
-        nonzero score to compute: what may be left until an alert needs it."""
-        risk = self.users.get(user)
-        return risk is not None and risk.score > 0 and not risk.reported
 
     def reported(self, user: str, now: float) -> bool:
         """True while the user's current elevation was already alerted (re-armed below ELEVATED)."""
