@@ -128,7 +128,7 @@ class CopyDetector:
             if found is not None:
                 methods.append("fingerprint")
                 log.info("%s is bytes %d-%d of %s, derived from %d tagged files", written.path,
-                         part.offset, part.offset + written.size, part.path, found.files)
+                         part.offset, part.offset + written.size, part.now or part.path, found.files)
         writers = [p for p in dict.fromkeys((written.pid, *written.writers)) if p]
         if writers and found is None:
             flow = self.flow.flow(writers)

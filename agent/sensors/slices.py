@@ -9,6 +9,9 @@ compared, byte for byte, with the recently derived files instead: a part found w
 of those offsets carries the derived file's provenance (the tagged files tar read).
 """
 
+# Paths as the index keeps them (str), looked at with os calls as the rest of the sensors do.
+# ruff: noqa: PTH116, PTH120
+
 from __future__ import annotations
 
 import os
@@ -21,6 +24,7 @@ from agent.sensors.fingerprints import FingerprintIndex
 MAX_RECENT = 64            # derived files compared with (the most recent)
 MAX_OFFSETS = 1024         # part-sized offsets looked at per derived file
 MIN_PART_BYTES = 4096      # smaller writes are not matched: a few bytes equal by chance
+MAX_SIBLINGS = 4096        # entries of its directory looked through for a renamed derived file
 MAX_COMPARE_BYTES = 1 << 30  # a part larger than this is matched on its head and tail only
 _HEAD = 4096
 _PROBE = 64                # bytes compared at each offset before the whole part is
@@ -31,9 +35,10 @@ _BLOCK = 1 << 20
 class Slice:
     """Where a written file's bytes were found: the derived file, the offset, its size."""
 
-    path: str
+    path: str    # as it was derived (its provenance's name)
     offset: int
-    size: int  # of the derived file
+    size: int    # of the derived file
+    now: str = ""  # where it is now, if it was renamed since
 
 
 class DerivedSlices:
@@ -42,15 +47,22 @@ class DerivedSlices:
     def __init__(self, index: FingerprintIndex) -> None:
         self.index = index
         self._lock = threading.Lock()
-        self._recent: OrderedDict[str, None] = OrderedDict()
+        # path as derived -> (st_dev, st_ino) then: zip writes a temporary name and renames it,
+        # and the index hears of the final name a moment later than a copy of its parts may be
+        # examined
+        self._recent: OrderedDict[str, tuple[int, int]] = OrderedDict()
         for path in index.watch_derived(self._derived)[-MAX_RECENT:]:
-            self._recent[path] = None
+            self._derived(path)
 
     def _derived(self, path: str) -> None:
-        # called under the index's lock: only remember the path
+        # called under the index's lock: a stat and a note
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
         with self._lock:
             self._recent.pop(path, None)
-            self._recent[path] = None
+            self._recent[path] = (st.st_dev, st.st_ino)
             while len(self._recent) > MAX_RECENT:
                 self._recent.popitem(last=False)
 
@@ -66,14 +78,39 @@ class DerivedSlices:
         if len(head) < _HEAD or head.count(head[:1]) == len(head):
             return None  # one repeated byte (zero fill) is in every file
         with self._lock:
-            recent = list(reversed(self._recent))
-        for path in recent:
+            recent = list(reversed(self._recent.items()))
+        for path, (dev, ino) in recent:
             if not self.index.is_derived(path):
                 continue
-            found = self.index.read_own(path, lambda derived: _part_at(derived, fd, size, head))
+            where = _named(path, dev, ino)
+            if where is None:
+                continue
+            found = self.index.read_own(where, lambda derived: _part_at(derived, fd, size, head))
             if found is not None and found[0] >= 0:
-                return Slice(path, *found)
+                return Slice(path, *found, now=where)
         return None
+
+
+def _named(path: str, dev: int, ino: int) -> str | None:
+    """Where the file derived as `path` is now: there, or renamed within its directory (zip's
+    temporary `ziXXXXXX` renamed to its final name); None when it is gone."""
+    try:
+        st = os.stat(path)
+        if (st.st_dev, st.st_ino) == (dev, ino):
+            return path
+    except OSError:
+        pass
+    try:
+        with os.scandir(os.path.dirname(path)) as entries:
+            for seen, entry in enumerate(entries):
+                if seen >= MAX_SIBLINGS:
+                    break
+                if entry.inode() == ino and entry.is_file(follow_symlinks=False) \
+                        and entry.stat(follow_symlinks=False).st_dev == dev:
+                    return entry.path
+    except OSError:
+        pass
+    return None
 
 
 def _part_at(derived: int, fd: int, size: int, head: bytes) -> tuple[int, int]:

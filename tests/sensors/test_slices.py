@@ -11,7 +11,7 @@ from pathlib import Path
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import SourceRead
 from agent.sensors.provenance import LINEAGE_BYTES, Provenance
-from agent.sensors.slices import MIN_PART_BYTES, DerivedSlices
+from agent.sensors.slices import MIN_PART_BYTES, DerivedSlices, Slice
 from agent.sensors.tags import TagMap
 
 
@@ -30,12 +30,16 @@ def _staged(tmp_path: Path) -> tuple[FingerprintIndex, Path]:
     return index, archive
 
 
-def _find(slices: DerivedSlices, path: Path) -> tuple[str, int] | None:
+def _slice(slices: DerivedSlices, path: Path) -> Slice | None:
     fd = os.open(path, os.O_RDONLY)
     try:
-        found = slices.find(fd, os.fstat(fd).st_size)
+        return slices.find(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
+
+
+def _find(slices: DerivedSlices, path: Path) -> tuple[str, int] | None:
+    found = _slice(slices, path)
     return (found.path, found.offset) if found is not None else None
 
 
@@ -83,3 +87,19 @@ def test_files_that_are_no_part_of_a_derived_one_are_not_found(tmp_path: Path) -
     index.remove(str(archive))
     other.write_bytes(data[:65536])
     assert _find(slices, other) is None  # no longer derived
+
+
+def test_a_derived_file_renamed_before_the_index_heard_of_it_is_found_under_its_new_name(
+        tmp_path: Path) -> None:
+    # zip writes ziXXXXXX, renames it d.zip; the part of d.zip is copied before the index moves
+    index, archive = _staged(tmp_path)
+    slices = DerivedSlices(index)
+    renamed = archive.with_name("final.txz")
+    archive.rename(renamed)
+    part = tmp_path / "part"
+    part.write_bytes(renamed.read_bytes()[65536:131072])
+    found = _slice(slices, part)
+    assert found is not None
+    assert (found.path, found.offset, found.now) == (str(archive), 65536, str(renamed))
+    renamed.unlink()
+    assert _find(slices, part) is None  # gone
