@@ -35,6 +35,10 @@ from protos.events import new_event
 log = logging.getLogger(__name__)
 
 REASON = "unwatched_window"
+# The clock file systems stamp a new inode's birth and change times with (a tick behind the
+# precise one): a tree's marking is timed on it, so that a directory made a moment after the
+# marking began never looks born before it (linux/time.h: CLOCK_REALTIME_COARSE).
+_FILE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5)
 _REMEMBERED = 16_384  # directories known (marked or old), most recent first out
 _SCANNED = 10_000  # entries looked at in one new directory
 
@@ -84,7 +88,10 @@ class NewDirectories:
     def tree_marking(self, root: str) -> None:
         """A tagged tree is about to be walked and marked whole: directories born before now are
         marked by that walk."""
-        self._marked_at[root] = time.time()
+        # not time.time(): a directory made within the next clock tick (4 ms at HZ 250) showed
+        # a birth time before it, was taken as marked by the walk that had passed its parent
+        # already, and what was done in it before inotify's report marked it went unreported
+        self._marked_at[root] = time.clock_gettime(_FILE_CLOCK)
 
     def written(self, path: str) -> None:
         """A tagged file was written (reader thread): its directory, and any new one above it,

@@ -19,6 +19,7 @@ import pytest
 from agent.sensors.newdirs import NewDirectories
 from agent.sensors.tags import TagMap
 from common.agentconfig import AgentConfig, SensorSettings
+from protos import exfilguard_pb2 as pb
 from tests.sensors.recorder import Mapping, Running
 
 pytestmark = pytest.mark.root
@@ -129,3 +130,29 @@ def test_a_directory_made_again_under_its_path_is_marked_again(tmp_path: Path) -
     customers.mkdir()
     new_dirs.appeared(str(customers), reported=True)
     assert marked == [str(customers), str(customers)]
+
+
+def test_a_directory_made_just_after_its_tree_was_marked_is_looked_into(tmp_path: Path) -> None:
+    """File systems stamp a new inode with a clock a tick behind the precise one: a directory
+    made at once after the tree's marking began showed a birth time before it, and was taken as
+    marked by that marking's walk (which had passed its parent already). A file read in it
+    before the directory was marked must be counted in a gap, not go unreported."""
+    root = tmp_path / "db"
+    root.mkdir()
+    gaps: list[pb.Event] = []
+    new_dirs = NewDirectories(TagMap({str(root): ["database"]}), gaps.append, lambda _path: None,
+                              system_devs=lambda: {root.stat().st_dev})  # its writes are seen
+    new_dirs.tree_marking(str(root))  # the walk that follows finds nothing below the root
+    made = root / "customers"
+    made.mkdir()
+    written = made / "a.csv"
+    written.write_text("1,alice\n")
+    # read a clock tick later, so the read leaves an access time after the write's change time
+    changed = written.stat().st_ctime
+    deadline = time.monotonic() + 2.0
+    while time.time() < changed + 0.05 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert written.read_text() == "1,alice\n"
+    new_dirs.written(str(written))  # fanotify's file-system mark reports the write: marked now
+    assert [(g.exfilguard.gap.reason, g.exfilguard.gap.lost, g.file.path) for g in gaps] == \
+        [("unwatched_window", 1, str(made))]
