@@ -103,6 +103,10 @@ class Decider:
         # where a clean verdict goes (pid, ppid, pgid, chain, lineage version): this cache, or the
         # guard's responder process, which answers the process's later opens (responder.py)
         self.remember: Callable[[int, int, int, list[int], int], None] = self.verdicts.remember
+        # a process was noted as writing to removable media (pid, pgid): told to the guard's
+        # responder before the open's answer, so it hands that process's and its group's tagged
+        # opens to the agent
+        self.on_writer: Callable[[int, int], None] = lambda _pid, _pgid: None
 
     def flow_version(self) -> int | None:
         """DataFlow.version now (None: no lineage): a clean verdict holds while it stays."""
@@ -194,6 +198,8 @@ class Decider:
             verdict = self._heard_now(chain, pgid, time.time())
             if verdict is None:
                 self._add_writer(pid, pgid, path)
+        if verdict is None:
+            self.on_writer(pid, pgid)
         return verdict
 
     def is_writer(self, pid: int) -> bool:
@@ -205,6 +211,12 @@ class Decider:
         """Remember the process as writing `path` on removable media (an open allowed elsewhere)."""
         with self._lock:
             self._add_writer(pid, pgid, path)
+        self.on_writer(pid, pgid)
+
+    def writer_groups(self) -> list[list[int]]:
+        """[pid, pgid] of every process remembered as writing to removable media."""
+        with self._lock:
+            return [[pid, writer.pgid] for pid, writer in self._writers.items()]
 
     def _add_writer(self, pid: int, pgid: int, path: str) -> None:
         # under the lock

@@ -116,7 +116,8 @@ class ContentGuard:
         self._gap_at = 0.0
         self._told: dict[int, float] = {}
         self.decided = 0
-        self.fast = 0   # of those, answered by the reader thread (a clean verdict, an innocent reader)
+        self.fast = 0   # of those, answered without the decision thread (a clean verdict, an innocent reader)
+        self.fast_tagged = 0  # of those, an innocent reader's tagged opens answered by the responder
         self.blocked = 0
         self.armings = 0  # times the tagged trees were armed
         self.latencies: list[float] = []   # seconds from read to answer, last 10,000 (bench)
@@ -132,10 +133,8 @@ class ContentGuard:
             self._group.close()
             self._group = None
             raise
-        # the interpreter's switch interval stays as it is: the opens of a copy are answered by the
-        # responder, and at 0.2 ms (as before it) the agent's own busy threads switched more often
-        # and slowed an innocent reader of tagged files (what monitor mode costs, and more)
         self.decider.remember = self._remember
+        self.decider.on_writer = lambda pid, pgid: self._send(["writer", pid, pgid])  # before its answer
         if self._flow is not None:
             self._flow.on_version.append(self._version_changed)
         self._threads = [
@@ -278,6 +277,7 @@ class ContentGuard:
         responder.set_version(self._flow.version if self._flow is not None else -1)
         with self._lock:
             self._link = responder
+        self._send(["writers", self.decider.writer_groups()])  # those noted from now on are told as noted
         self._roots = {}
         self._send_roots()
         with contextlib.suppress(ValueError):
@@ -362,8 +362,9 @@ class ContentGuard:
         elif kind == "ask":
             self._asked(*message[1:])
         elif kind == "fast":  # answered from verdicts: their latencies, and the writers
-            _, latencies, writers = message
+            _, latencies, writers, tagged = message
             self.fast += len(latencies)
+            self.fast_tagged += tagged
             self.decided += len(latencies)
             self.latencies.extend(latencies)
             for pid, pgid, path in writers:

@@ -12,6 +12,9 @@ owns the reading of the permission group:
     verdict, with the chain and lineage version it rests on) is checked again here, from
     descriptors held on the process, exactly as `Decider.allow_known` does, and allowed; the
     agent is told afterwards (a writer, counted). Only while the agent has armed it (`sync`).
+  - while armed, a tagged file's open by a process that writes nothing to removable media, nor
+    any of its group (the writers: those answered here, and those the agent tells as it notes
+    them), is answered here too, when no open on removable media waits for the agent;
   - everything else is handed to the agent (`ask`) and answered when the agent says (`answer`),
     or by `prevent.fail` when it does not within decision_timeout_ms (the agent stopped or
     stalled), or when this process itself stood still that long.
@@ -39,7 +42,7 @@ from collections import deque
 from typing import Any
 
 from agent.prevent import link, syscalls, verdicts
-from agent.prevent.decide import Decider, Verdict
+from agent.prevent.decide import MAX_WRITERS, Decider, Verdict
 from agent.prevent.permission import FAN_OPEN_PERM, FAN_Q_OVERFLOW, PermissionGroup
 from agent.sensors.fingerprints import MAX_DERIVED
 from agent.sensors.provenance import Provenance
@@ -118,6 +121,13 @@ class Responder:
         self.allow_on_fail = bool(config["allow_on_fail"])
         self.derived = _Derived()
         self.decider = _CachedDecider(TagMap({}), self.derived, self.page, self.agent)
+        # every process known to write to removable media (pid -> pgid): the agent's writers (told
+        # as it notes them, before their answers) and those answered here; a tagged open of one,
+        # or of its group, goes to the agent, any other is answered here while armed
+        self.writers_seen: dict[int, int] = {}
+        self.decider.on_writer = self._writer
+        self.removable: dict[int, int] = {}  # seq -> pid of an open on removable media asked of the agent
+        self.fast_tagged = 0  # tagged opens answered here, not yet told
         self.devs: set[int] = set()
         self.armed = False
         self.waiting: dict[int, tuple[int, float]] = {}  # seq -> (event fd, read at)
@@ -159,6 +169,7 @@ class Responder:
                 if now - swept >= 1.0:
                     swept = now
                     self.decider.sweep()  # verdicts of processes that are gone
+                    self._sweep_writers()
         finally:
             self.tagged.clear()
             for fd, _ in self.waiting.values():
@@ -176,6 +187,7 @@ class Responder:
             if kind == "answer":
                 waiting = self.waiting.pop(message[1], None)
                 self.tagged.pop(message[1], None)
+                self.removable.pop(message[1], None)
                 if waiting is not None:
                     self.group.answer(waiting[0], bool(message[2]))
             elif kind == "clean":
@@ -187,6 +199,11 @@ class Responder:
                 self.told.clear()  # every writer since: told before the agent looks for writers
                 self._flush(force=True)
                 self.out.append(["synced", message[1]])
+            elif kind == "writer":
+                self._writer(message[1], message[2])
+            elif kind == "writers":
+                for pid, pgid in message[1]:
+                    self._writer(pid, pgid)
             elif kind == "derived":
                 self.derived.add(message[1])
             elif kind == "devs":
@@ -200,8 +217,8 @@ class Responder:
     def _flush(self, *, force: bool = False) -> None:
         now = time.monotonic()
         if self.fast and (force or self.out or now - self.fast_told >= FAST_NOTE_SECONDS):
-            self.out.insert(0, ["fast", self.fast, list(self.writers.values())])
-            self.fast, self.writers, self.fast_told = [], {}, now
+            self.out.insert(0, ["fast", self.fast, list(self.writers.values()), self.fast_tagged])
+            self.fast, self.writers, self.fast_told, self.fast_tagged = [], {}, now, 0
         if self.out:
             self.backlog.extend(link.packets(self.out))
             self.out = []
@@ -275,6 +292,16 @@ class Responder:
             self.group.answer(fd, True)
             return
         removable = st[0] in self.devs
+        if not removable and self.armed:
+            pgid = self._innocent(pid)
+            if pgid is not None:  # a tagged file's reader that writes nothing to removable media
+                when = time.time()
+                self.decider.note_heard(pid, path, pgid, when)  # before any later open is looked at
+                self.group.answer(fd, True)
+                self.fast.append(time.monotonic() - now)
+                self.fast_tagged += 1
+                self.out.append(["heard", pid, pgid, path, when])
+                return
         if self.armed and removable and self._unrelated(pid):
             how = self._known(pid, path)
             if how:
@@ -290,7 +317,9 @@ class Responder:
                 return
         self.seq += 1
         self.waiting[self.seq] = (fd, now)
-        if not removable:
+        if removable:
+            self.removable[self.seq] = pid
+        else:
             self.tagged[self.seq] = (pid, self.decider.verdicts.group_of(pid))
         self.out.append(["ask", self.seq, fd, pid, path, st[0], st[1], now])
 
@@ -306,6 +335,31 @@ class Responder:
         return not any(opener == pid or (group > 1 and group == pgid)
                        for opener, group in self.tagged.values())
 
+    def _innocent(self, pid: int) -> int | None:
+        """The process group of a tagged file's opener (0: gone) when this process may let the open
+        go, as the agent's `Decider.allow_tagged` would: neither it nor a process of its group is
+        known to write to removable media, and no open on removable media waits for the agent
+        (a write the agent is deciding is not among the writers yet). None: ask the agent."""
+        if self.removable or pid in self.writers_seen or len(self.writers_seen) > MAX_WRITERS:
+            return None
+        pgid = self.decider.verdicts.group_of(pid)
+        if pgid > 1 and pgid in self.writers_seen.values():
+            return None
+        return pgid
+
+    def _writer(self, pid: int, pgid: int) -> None:
+        self.writers_seen[pid] = pgid
+
+    def _sweep_writers(self) -> None:
+        """Forget writers that are gone (the agent forgets them too: they hold nothing open)."""
+        for pid in list(self.writers_seen):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                del self.writers_seen[pid]
+            except OSError:
+                continue
+
     def _known(self, pid: int, path: str) -> str:
         try:
             return self.decider.allow_known(pid, path)
@@ -317,6 +371,9 @@ class Responder:
         late = [seq for seq, (_, read_at) in self.waiting.items() if now - read_at > self.timeout]
         for seq in late:
             self.tagged.pop(seq, None)
+            pid = self.removable.pop(seq, None)
+            if pid is not None and self.allow_on_fail:  # a write let go undecided: a writer
+                self._writer(pid, self.decider.verdicts.group_of(pid))
             self._default(self.waiting.pop(seq)[0])
 
     def _default(self, fd: int) -> None:

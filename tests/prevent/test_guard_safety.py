@@ -5,12 +5,13 @@ kernel lets the copy go on; its responder killed alone, it starts another and gu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -150,11 +151,11 @@ def _armed(responder: int) -> bool:
     return False
 
 
-def test_a_cached_write_waits_while_a_tagged_read_of_its_group_waits_for_the_agent(
-        tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> None:
-    """The responder answers a writer from its verdict only while no tagged open of the writer's
-    process group is with the agent: the agent looks at both in one step (a pipeline's write let
-    through here while its tagged read is let through there would pass both)."""
+@contextlib.contextmanager
+def _guarding(tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> Iterator[tuple[
+        subprocess.Popen[bytes], Path, Path, Path, list[subprocess.Popen[bytes]]]]:
+    """An agent guarding a stick (fail closed, 10 s to decide, no file sensor), with a tagged
+    file: (agent, tagged file, mount point, log, processes to kill at the end)."""
     db = tmp_path / "db"
     db.mkdir()
     (db / "customers.db").write_bytes(os.urandom(50_000))
@@ -172,6 +173,25 @@ def test_a_cached_write_waits_while_a_tagged_read_of_its_group_waits_for_the_age
     try:
         wait_for(lambda: f"guarding writes to {point}" in log.read_text(), 60, "the agent to guard the stick",
                  diagnose=log.read_text)
+        yield agent, db / "customers.db", point, log, procs
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGCONT)
+        for proc in (*procs, agent):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+def test_a_cached_write_waits_while_a_tagged_read_of_its_group_waits_for_the_agent(
+        tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> None:
+    """The responder answers a writer from its verdict only while no tagged open of the writer's
+    process group is with the agent: the agent looks at both in one step (a pipeline's write let
+    through here while its tagged read is let through there would pass both)."""
+    with _guarding(tmp_path, loop_stick) as (agent, tagged, point, log, procs):
         writer = subprocess.Popen([sys.executable, "-c", WRITER, str(point)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, process_group=0)
         procs.append(writer)
@@ -181,7 +201,7 @@ def test_a_cached_write_waits_while_a_tagged_read_of_its_group_waits_for_the_age
         wait_for(lambda: _armed(responder), 15, "the tagged trees to be armed", diagnose=log.read_text)
         # the agent stands still: a tagged read of the writer's group waits for it
         agent.send_signal(signal.SIGSTOP)
-        reader = subprocess.Popen(["cat", str(db / "customers.db")], stdout=subprocess.DEVNULL,
+        reader = subprocess.Popen(["cat", str(tagged)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.PIPE, process_group=writer.pid)
         procs.append(reader)
         wait_for(lambda: _waiting_in_open(reader.pid), 5, "the tagged read to wait",
@@ -195,13 +215,80 @@ def test_a_cached_write_waits_while_a_tagged_read_of_its_group_waits_for_the_age
         assert writer.stdout.readline() == b"two: refused\n"
         assert reader.wait(15) != 0
         assert not (point / "two.bin").exists() or (point / "two.bin").stat().st_size == 0
+
+
+def test_an_innocent_reader_is_answered_while_armed_and_the_writers_group_is_not(
+        tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> None:
+    """While a write keeps the tagged trees armed, the responder answers the tagged opens of a
+    process that is not known to write to removable media, nor any process of its group, with
+    the agent standing still; a process of the writer's group waits for the agent and is refused,
+    even right after the same file was read by the innocent one. The same after the responder is
+    replaced: the agent tells the new one the writers it knows."""
+    with _guarding(tmp_path, loop_stick) as (agent, tagged, point, log, procs):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(point)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, process_group=0)
+        procs.append(writer)
+        assert writer.stdout is not None
+        assert writer.stdout.readline() == b"wrote\n"
+        _reads_while_the_agent_stands_still(agent, tagged, writer, log, procs)
+        first = _responder(agent.pid)
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: "starting another" in log.read_text() and _responder(agent.pid) != first,
+                 30, "another responder", diagnose=log.read_text)
+        _reads_while_the_agent_stands_still(agent, tagged, writer, log, procs)
+
+
+def _reads_while_the_agent_stands_still(agent: subprocess.Popen[bytes], tagged: Path,
+                                        writer: subprocess.Popen[bytes], log: Path,
+                                        procs: list[subprocess.Popen[bytes]]) -> None:
+    """An innocent reader's tagged read goes through with the agent stopped; one of the writer's
+    process group waits for the agent and is refused once it runs again."""
+    responder = _responder(agent.pid)
+    wait_for(lambda: _armed(responder), 15, "the tagged trees to be armed", diagnose=log.read_text)
+    agent.send_signal(signal.SIGSTOP)
+    try:
+        # another program, in a session of its own: answered without the agent (before, it
+        # waited for the stopped agent until decision_timeout_ms and was refused)
+        innocent = subprocess.run(["cat", str(tagged)], capture_output=True, timeout=5, check=False,
+                                  start_new_session=True)
+        assert innocent.returncode == 0
+        assert innocent.stdout == tagged.read_bytes()
+        grouped = subprocess.Popen(["cat", str(tagged)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, process_group=writer.pid)
+        procs.append(grouped)
+        wait_for(lambda: _waiting_in_open(grouped.pid), 5, "the writer's group's read to wait",
+                 diagnose=lambda: _state(grouped))
     finally:
-        if agent.poll() is None:
+        agent.send_signal(signal.SIGCONT)
+    assert grouped.wait(15) != 0
+    assert grouped.stdout is not None and grouped.stdout.read() == b""
+
+
+def test_a_tagged_read_waits_while_a_write_of_its_group_is_with_the_agent(
+        tmp_path: Path, loop_stick: Callable[..., LoopStick]) -> None:
+    """A write the agent is still deciding is not among the writers the responder knows yet: while
+    one waits for the agent, a tagged open of its process group is not answered by the responder
+    (the agent looks at both in one step), and the two do not both go through."""
+    with _guarding(tmp_path, loop_stick) as (agent, tagged, point, log, procs):
+        keeper = subprocess.Popen([sys.executable, "-c", WRITER, str(point)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, start_new_session=True)
+        procs.append(keeper)
+        assert keeper.stdout is not None
+        assert keeper.stdout.readline() == b"wrote\n"
+        responder = _responder(agent.pid)
+        wait_for(lambda: _armed(responder), 15, "the tagged trees to be armed", diagnose=log.read_text)
+        agent.send_signal(signal.SIGSTOP)
+        try:
+            shell = subprocess.Popen(["sh", "-c", f"echo data > {point}/w2.bin"], process_group=0,
+                                     stderr=subprocess.PIPE)
+            procs.append(shell)
+            wait_for(lambda: _waiting_in_open(shell.pid), 5, "the write to wait for the agent",
+                     diagnose=lambda: _state(shell))
+            reader = subprocess.Popen(["cat", str(tagged)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      process_group=shell.pid)
+            procs.append(reader)
+            wait_for(lambda: _waiting_in_open(reader.pid), 5, "the tagged read to wait for the agent",
+                     diagnose=lambda: _state(reader))
+        finally:
             agent.send_signal(signal.SIGCONT)
-        for proc in (*procs, agent):
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
+        assert not (shell.wait(15) == 0 and reader.wait(15) == 0)
