@@ -101,9 +101,13 @@ class Agent:
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen([str(BIN / "exfilguard-agent"), "--config", str(config)],
                                          stdout=out, stderr=subprocess.STDOUT)
-        _wait(lambda: " started: id=" in self.log.read_text(), 120, f"the {mode} agent to start")
+        _wait(lambda: " started: id=" in self.text(), 120, f"the {mode} agent to start")
         if mode == "block":
-            _wait(lambda: f"guarding writes to {point}" in self.log.read_text(), 30, "the guard on the stick")
+            _wait(lambda: f"guarding writes to {point}" in self.text(), 30, "the guard on the stick")
+
+    def text(self) -> str:
+        """What it logged so far (a path it names need not be UTF-8)."""
+        return self.log.read_text(errors="replace")
 
     def cpu(self) -> tuple[float, float]:
         """CPU seconds so far: the agent with its child processes (the responder), and those alone."""
@@ -134,7 +138,7 @@ class Agent:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-        return self.log.read_text()
+        return self.text()
 
 
 def _cpu(pid: int) -> float:
