@@ -225,7 +225,10 @@ class AccessReporter:
         pids = [access.pid, *self.copies.flow.child_writers(access.pid, access.path)]
         flow = self.copies.flow.flow(pids)
         created = provenance.created_at(access.fd)
-        ident = provenance.by_lineage(flow, size, created, text=written_text(access.fd))
+        volumes = self.copies.volumes
+        text = written_text(access.fd)
+        ident = provenance.by_lineage(flow, size, volumes.start(access.pid, created), text=text)
+        volumes.closed(access.pid, created, ident)
         if ident is None or size <= 0:
             return
         log.debug("derived %s (%d bytes, born %.3f) by pid %d: %s from %d sources, %d bytes read",

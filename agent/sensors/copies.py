@@ -63,6 +63,7 @@ class CopyDetector:
         self.examiner = examiner
         self.flow = flow if flow is not None else DataFlow()
         self.slices = DerivedSlices(index)
+        self.volumes = provenance.Volumes()  # a writer's outputs one after the other (7z -v)
         self.started_at = time.time()  # before: the late examination's (late.py)
         self._emit = emit
 
@@ -135,7 +136,9 @@ class CopyDetector:
             if flow.sources:
                 created = provenance.created_at(written.fd) if written.fd is not None else None
                 text = written.fd is not None and written_text(written.fd)
-                found = provenance.by_lineage(flow, written.size, created, text=text)
+                found = provenance.by_lineage(flow, written.size, self.volumes.start(written.pid, created),
+                                              text=text)
+                self.volumes.closed(written.pid, created, found)
                 methods.append("process")
         elif writers and found is not None and self.flow.reached(writers, found.source):
             methods.append("process")  # the writer read the very file it matches

@@ -16,7 +16,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from agent.sensors.lineage import Flow, SourceRead
@@ -46,6 +48,7 @@ TEXT_RATIO = 4.5
 # log line written while reading a database is not that database.
 MAX_RATIO = 200
 MAX_SOURCES = 256  # sources kept per provenance (the count of all is kept too)
+CHAIN_SECONDS = 2.0  # a writer's next output born this soon after its last one continues it
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +103,43 @@ def by_lineage(flow: Flow, written: int, created: float | None, *, text: bool = 
     if during and written * MAX_RATIO >= read and written <= read * ratio + OVERHEAD_BYTES:
         return _made(LINEAGE_BYTES, during, read, written)
     return _made(LINEAGE_PROCESS, flow.sources, sum(s.bytes for s in flow.sources), written)
+
+
+class Volumes:
+    """The outputs a writer closes one after the other (`7z a -v100m`: each volume is born as
+    the last is closed, and the later volumes' bytes were read long before they were born): a
+    file born within CHAIN_SECONDS of the close of the same process's previous output with byte
+    evidence is judged from the reads since the first of them was born. Thread-safe, bounded."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self._lock = threading.Lock()
+        self._last: OrderedDict[int, tuple[float, float]] = OrderedDict()  # pid -> (first born, last closed)
+        self._limit = limit
+
+    def start(self, pid: int, born: float | None) -> float | None:
+        """When the run of outputs a file born at `born` continues was born (`born` itself
+        when it continues none)."""
+        if born is None:
+            return None
+        with self._lock:
+            last = self._last.get(pid)
+        if last is not None and last[0] <= born <= last[1] + CHAIN_SECONDS:
+            return last[0]
+        return born
+
+    def closed(self, pid: int, born: float | None, found: Provenance | None) -> None:
+        """A file born at `born` was closed, identified as `found`: only byte evidence
+        starts or continues a run."""
+        with self._lock:
+            if born is None or found is None or found.identified_by != LINEAGE_BYTES:
+                self._last.pop(pid, None)
+                return
+            last = self._last.get(pid)
+            first = last[0] if last is not None and last[0] <= born <= last[1] + CHAIN_SECONDS else born
+            self._last.pop(pid, None)
+            self._last[pid] = (first, time.time())
+            while len(self._last) > self._limit:
+                self._last.popitem(last=False)
 
 
 def only_guessed(found: Provenance) -> Provenance:

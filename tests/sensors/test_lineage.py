@@ -320,3 +320,26 @@ def test_data_flows_through_a_socketpair_both_ways_but_not_through_a_daemon_sock
             proc.stdin.close()
             proc.wait(10)
         server.close()
+
+
+def test_the_later_volumes_of_one_writer_are_judged_from_the_reads_before_the_first() -> None:
+    """`7z a -v64k`: every volume is born as the one before is closed; the last volumes' bytes
+    were read long before they were born. A volume born within 2 s of the close of the same
+    process's volume with byte evidence is judged from the reads since the first was born."""
+    volumes = provenance.Volumes()
+    now = time.time()
+    reads = (_read("/srv/db/a.db", 300_000, at=now - 10), _read("/srv/db/b.db", 300_000, at=now - 9.5))
+    flow = lineage.Flow(reads, 1)
+    first = provenance.by_lineage(flow, 65536, volumes.start(7, now - 10.2))
+    assert first is not None and first.identified_by == provenance.LINEAGE_BYTES
+    volumes.closed(7, now - 10.2, first)
+    # born later than 2 s after those reads: alone, a guess; as the next volume, evidence
+    alone = provenance.by_lineage(flow, 65536, now - 0.5)
+    assert alone is not None and alone.identified_by == provenance.LINEAGE_PROCESS
+    nxt = provenance.by_lineage(flow, 65536, volumes.start(7, now - 0.5))
+    assert nxt is not None and nxt.identified_by == provenance.LINEAGE_BYTES
+    # another process, a volume born long after the last close, or after a guess: not continued
+    assert volumes.start(8, now - 0.5) == now - 0.5
+    assert volumes.start(7, now + 60) == now + 60
+    volumes.closed(7, now - 0.4, alone)
+    assert volumes.start(7, now - 0.3) == now - 0.3
