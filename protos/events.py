@@ -504,6 +504,31 @@ def sibling_event(event: pb.Event, action: str) -> pb.Event:
     return out
 
 
+def fs_text(text: str) -> str:
+    """`text` (a path, program or name from the kernel) as a protobuf string can hold it.
+
+    Python decodes a file name that is not UTF-8 with lone surrogates (os.fsdecode), which
+    protobuf refuses: an insider naming a file `secret\xff.csv` would make every event about it
+    fail to build. Such bytes are written as the four characters `\\xff` (backslashreplace);
+    everything else, ASCII in particular, is returned as it is.
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate no file name decodes to: \udXXX
+            return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def fs_texts(texts: Iterable[str]) -> list[str]:
+    """`fs_text` of each of `texts`."""
+    return [fs_text(text) for text in texts]
+
+
 def new_event(action: str, **fields: Any) -> pb.Event:
     """A fresh event with id, time, host and action set; sequence and agent come from the spool.
 

@@ -34,6 +34,7 @@ from agent.content.entropy import SAMPLE_BYTES, byte_entropy, sample_entropy
 from agent.content.textsim import MIN_SAMPLE, TextFeatures, looks_like_text, sampled
 from agent.sensors.fingerprints import FingerprintIndex
 from protos import exfilguard_pb2 as pb
+from protos.events import fs_texts
 
 MAX_LISTED = 1000             # sources and members named in one event
 MIN_CHUNK_BYTES = 16 * 1024   # chunk evidence below this (and below 90% of a small source) is noise
@@ -86,7 +87,7 @@ class Identification:
             copy.identified_by = self.identified_by
             copy.confidence = self.confidence
             copy.share = self.share
-            copy.sources.extend(self.sources[:MAX_LISTED])
+            copy.sources.extend(fs_texts(self.sources[:MAX_LISTED]))
             if self.format:
                 for m in self.members[:MAX_LISTED]:
                     copy.members.append(pb.Member(name=m.name, source=m.source, identified_by=m.identified_by,

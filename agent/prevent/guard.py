@@ -45,7 +45,7 @@ from agent.sensors.media import RemovableMedia, RemovableMount
 from agent.sensors.staging import file_fields
 from agent.sensors.tags import TagMap
 from common.agentconfig import PreventException, PreventSettings
-from protos.events import new_event
+from protos.events import fs_text, new_event
 
 log = logging.getLogger(__name__)
 
@@ -512,10 +512,11 @@ class ContentGuard:
             mount = next(iter(self.media.mounts()), None) if len(self.media.mounts()) == 1 else None
         if mount is not None:
             event.device.CopyFrom(mount.device)
-        event.exfilguard.source.path = verdict.source
+        event.exfilguard.source.path = fs_text(verdict.source)
         event.exfilguard.source.tags.extend(verdict.tags)
         what = "write to removable media" if item.removable else "read of tagged file"
-        event.event.reason = f"blocked {what} {item.path}: {verdict.why} (prevent.removable_writes: block)"
+        event.event.reason = (f"blocked {what} {fs_text(item.path)}: {verdict.why} "
+                              "(prevent.removable_writes: block)")
         procinfo.describe(event, info, procinfo.EXACT, item.pid)
         self._emit(event)
         uid = info.uid if info is not None else -1
@@ -539,7 +540,7 @@ class ContentGuard:
         event = new_event("file.allow", tags=list(verdict.tags), file=file_fields(path, 0))
         if (mount := self.media.mount_for(path)) is not None:
             event.device.CopyFrom(mount.device)
-        event.exfilguard.source.path = verdict.source
+        event.exfilguard.source.path = fs_text(verdict.source)
         event.exfilguard.source.tags.extend(verdict.tags)
         event.event.reason = (f"allowed by grant {grant.id} (granted by {grant.granted_by}: "
                               f"{grant.note or 'no note'}) for {grant.user}"

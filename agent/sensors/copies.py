@@ -33,7 +33,7 @@ from agent.sensors.provenance import Provenance
 from agent.sensors.slices import DerivedSlices
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from protos import exfilguard_pb2 as pb
-from protos.events import new_event
+from protos.events import fs_text, fs_texts, new_event
 
 log = logging.getLogger(__name__)
 
@@ -191,21 +191,21 @@ class CopyDetector:
         if by_content:
             assert content is not None
             copy.tags.extend(tags)
-            copy.exfilguard.source.path = sources[0]
+            copy.exfilguard.source.path = fs_text(sources[0])
             copy.exfilguard.source.tags.extend(tags)
             if "fingerprint" not in methods:
                 methods.insert(0, "fingerprint")
             copy.exfilguard.copy.files_read = max(found.files_read, len(sources))
             content.fill(copy)
             del copy.exfilguard.copy.sources[:]
-            copy.exfilguard.copy.sources.extend(sources[: provenance.MAX_SOURCES])
+            copy.exfilguard.copy.sources.extend(fs_texts(sources[: provenance.MAX_SOURCES]))
             if lineage is not None:
                 copy.exfilguard.copy.bytes_read = lineage.bytes_read
                 copy.exfilguard.copy.bytes_written = lineage.bytes_written
         else:
             assert lineage is not None
             copy.tags.extend(lineage.tags)
-            copy.exfilguard.source.path = lineage.source
+            copy.exfilguard.source.path = fs_text(lineage.source)
             copy.exfilguard.source.tags.extend(lineage.sources[0].tags if lineage.sources else lineage.tags)
             if found.sha256 and lineage.identified_by == provenance.EXACT:
                 copy.exfilguard.source.sha256 = found.sha256

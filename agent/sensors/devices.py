@@ -38,7 +38,7 @@ from agent.sensors.media import RemovableMedia, describe_udev
 from agent.sensors.provenance import Provenance
 from agent.sensors.stoppipe import StopPipe
 from protos import exfilguard_pb2 as pb
-from protos.events import new_event
+from protos.events import fs_text, fs_texts, new_event
 
 log = logging.getLogger(__name__)
 
@@ -276,12 +276,12 @@ class DeviceSensor:
         event = new_event("file.copy", tags=tags,
                           file=pb.File(path=device.name, size=pending.bytes, type="device"))
         event.device.CopyFrom(device)
-        event.exfilguard.source.path = sources[0]
+        event.exfilguard.source.path = fs_text(sources[0])
         event.exfilguard.source.tags.extend(tags)
         event.exfilguard.copy.method.append("fingerprint")
         found.fill(event)
         del event.exfilguard.copy.sources[:]
-        event.exfilguard.copy.sources.extend(sources[: provenance.MAX_SOURCES])
+        event.exfilguard.copy.sources.extend(fs_texts(sources[: provenance.MAX_SOURCES]))
         event.event.reason = (f"{pending.bytes} bytes written to the raw device; read back: "
                               f"{found.format or 'data'} holding {len(found.sources)} tagged file(s)")
         procinfo.describe(event, pending.writer, pending.attribution)
@@ -298,7 +298,7 @@ class DeviceSensor:
         event = new_event("file.copy", tags=ident.tags,
                           file=pb.File(path=device.name, size=pending.bytes, type="device"))
         event.device.CopyFrom(device)
-        event.exfilguard.source.path = ident.source
+        event.exfilguard.source.path = fs_text(ident.source)
         event.exfilguard.source.tags.extend(ident.sources[0].tags if ident.sources else ident.tags)
         event.exfilguard.copy.method.append("process")
         provenance.describe(event.exfilguard.copy, ident)

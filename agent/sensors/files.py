@@ -51,7 +51,7 @@ from agent.sensors.pending import PendingRoots
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from agent.sensors.tags import TagMap
 from protos import exfilguard_pb2 as pb
-from protos.events import new_event, now
+from protos.events import fs_text, new_event, now
 
 log = logging.getLogger(__name__)
 
@@ -300,7 +300,7 @@ class FileSensor:
             self.index.move(src, dest)
             if src_tags or dest_tags:
                 out = self._file_event("file.rename", src, src_tags or dest_tags, event.is_directory)
-                out.file.target_path = dest
+                out.file.target_path = fs_text(dest)
                 self._emit(out)
             if not event.is_directory and self.media.mount_for(dest) is not None:
                 self._removable_event(event)
@@ -353,14 +353,14 @@ class FileSensor:
     def _file_event(self, action: str, path: str, tags: list[str], is_dir: bool,
                     info: procinfo.ProcessInfo | None = None, *, size: int | None = None) -> pb.Event:
         if is_dir:
-            fields = pb.File(path=path, name=os.path.basename(path), type="dir")
+            fields = pb.File(path=fs_text(path), name=fs_text(os.path.basename(path)), type="dir")
             out = new_event(action, tags=tags, file=fields)
         else:
             try:
                 size = os.stat(path).st_size if size is None else size
             except OSError:
                 size = -1
-            fields = file_fields(path, size) if size >= 0 else pb.File(path=path, type="file")
+            fields = file_fields(path, size) if size >= 0 else pb.File(path=fs_text(path), type="file")
             return procinfo.attributed_event(action, tags, info, procinfo.INFERRED if info is not None
                                              else procinfo.NONE, file=fields)
         procinfo.describe(out, info, procinfo.INFERRED if info is not None else procinfo.NONE)

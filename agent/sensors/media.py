@@ -22,7 +22,7 @@ import pyudev
 from agent.sensors import procinfo
 from common.agentconfig import Removable
 from protos import exfilguard_pb2 as pb
-from protos.events import new_event
+from protos.events import fs_text, new_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +43,19 @@ EGRESS_BUSES = ("network", "mtp")  # device.bus of egress media that are not blo
 def egress_device(kind: str, source: str, fs_type: str) -> pb.Device:
     """The pb.Device of a network share or a phone: no block device, so the share or
     phone as mountinfo names it (`server:/export`, `//host/share`, `user@host:`)."""
-    return pb.Device(name=source, bus=kind, type=fs_type, removable=True)
+    return pb.Device(name=fs_text(source), bus=kind, type=fs_text(fs_type), removable=True)
 
 
 def unwatched(mount: RemovableMount, why: str) -> pb.Event:
     """`agent.gap` (reason `unwatched_mount`): writes to this removable mount cannot be seen."""
     event = new_event("agent.gap")
     event.exfilguard.gap.reason = "unwatched_mount"
-    event.event.reason = f"{mount.device.bus or 'removable'} mount {mount.point} ({mount.mount.source}, " \
-                         f"{mount.mount.fs_type}) cannot be watched: {why}; writes to it are not seen"
+    event.event.reason = f"{mount.device.bus or 'removable'} mount {mount.mount.point} " \
+                         f"({mount.mount.source}, {mount.mount.fs_type}) cannot be watched: {why}; " \
+                         "writes to it are not seen"
     event.device.CopyFrom(mount.device)
     event.exfilguard.mount.CopyFrom(mount.mount)
-    event.file.path = mount.point
+    event.file.path = fs_text(mount.point)
     event.exfilguard.attribution = procinfo.NONE
     return event
 

@@ -25,7 +25,7 @@ from agent.sensors import Emit, procinfo
 from agent.sensors.media import RemovableMedia, RemovableMount, egress_device
 from agent.sensors.stoppipe import StopPipe
 from protos import exfilguard_pb2 as pb
-from protos.events import new_event
+from protos.events import fs_text, new_event
 
 log = logging.getLogger(__name__)
 
@@ -167,15 +167,17 @@ class MountTable:
             device = self.media.device(entry.source)
             if device is not None and device.removable:
                 label, uuid = self.media.fs_identity(entry.source)
-                mount = pb.Mount(point=entry.point, fs_type=entry.fs_type, label=label, uuid=uuid,
-                                 read_only=entry.read_only, source=entry.source)
+                # the label is the stick owner's to choose, bytes that are not UTF-8 included
+                mount = pb.Mount(point=fs_text(entry.point), fs_type=fs_text(entry.fs_type),
+                                 label=fs_text(label), uuid=fs_text(uuid), read_only=entry.read_only,
+                                 source=fs_text(entry.source))
                 return RemovableMount(entry.point, device, mount, seen_at)
         kind = self.media.policy.file_systems.get(entry.fs_type)
         if kind is None or any(_same(entry.point, p) for p in self.media.policy.not_egress_points) \
                 or any(_overlap(entry.point, p) for p in self._tagged):
             return None
-        mount = pb.Mount(point=entry.point, fs_type=entry.fs_type, read_only=entry.read_only,
-                         source=entry.source)
+        mount = pb.Mount(point=fs_text(entry.point), fs_type=fs_text(entry.fs_type),
+                         read_only=entry.read_only, source=fs_text(entry.source))
         return RemovableMount(entry.point, egress_device(kind, entry.source, entry.fs_type), mount, seen_at)
 
     def _follow_directories(self, table: dict[int, MountEntry]) -> None:
@@ -204,7 +206,8 @@ class MountTable:
                     continue
                 found[point] = self._directories.get(point) or RemovableMount(
                     point, egress_device(kind, name, entry.fs_type),
-                    pb.Mount(point=point, fs_type=entry.fs_type, read_only=entry.read_only, source=name),
+                    pb.Mount(point=fs_text(point), fs_type=fs_text(entry.fs_type), read_only=entry.read_only,
+                             source=fs_text(name)),
                     seen_at)
         self._unreadable &= set(table)
         for point in [p for p in self._directories if p not in found]:
@@ -251,6 +254,6 @@ class MountTable:
         event = new_event(action)
         event.device.CopyFrom(mount.device)
         event.exfilguard.mount.CopyFrom(mount.mount)
-        event.file.path = mount.point
+        event.file.path = fs_text(mount.point)
         event.exfilguard.attribution = procinfo.NONE
         self._emit(event)

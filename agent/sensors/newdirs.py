@@ -30,7 +30,7 @@ from agent.sensors import Emit, procinfo, provenance
 from agent.sensors.held import read_by_agent
 from agent.sensors.tags import TagMap
 from protos import exfilguard_pb2 as pb
-from protos.events import new_event
+from protos.events import fs_text, new_event
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,8 @@ class NewDirectories:
 
 def _gap_event(found: _Window, tags: list[str]) -> pb.Event:
     event = new_event("agent.gap", tags=tags)
-    event.file.path = found.directories[0]
-    event.file.name = os.path.basename(found.directories[0])
+    event.file.path = fs_text(found.directories[0])
+    event.file.name = fs_text(os.path.basename(found.directories[0]))
     event.file.type = "dir"
     event.exfilguard.gap.reason = REASON
     event.exfilguard.gap.lost = found.files

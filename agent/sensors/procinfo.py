@@ -21,7 +21,7 @@ from functools import lru_cache
 import psutil
 
 from protos import exfilguard_pb2 as pb
-from protos.events import stamped
+from protos.events import fs_text, stamped
 
 EXACT = "exact"
 INFERRED = "inferred"
@@ -185,7 +185,7 @@ def attributed_event(action: str, tags: Sequence[str], info: ProcessInfo | None,
 
 def _describe(event: pb.Event, info: ProcessInfo, attribution: str) -> None:
     event.process.pid = info.pid
-    event.process.executable = info.executable
+    event.process.executable = fs_text(info.executable)
     event.process.command_line = info.command_line
     event.process.name = info.name
     if info.ppid:

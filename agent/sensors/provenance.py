@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from agent.sensors.lineage import Flow, SourceRead
 from protos import exfilguard_pb2 as pb
+from protos.events import fs_text
 
 EXACT = "exact"
 SAMPLED = "sampled"
@@ -162,7 +163,7 @@ def describe(copy: pb.Copy, ident: Provenance) -> None:
     copy.confidence = round(ident.confidence, 3)
     if ident.share:
         copy.share = round(ident.share, 4)
-    copy.sources.extend(s.path for s in ident.sources)
+    copy.sources.extend(fs_text(s.path) for s in ident.sources)
     if ident.bytes_read:
         copy.bytes_read = ident.bytes_read
     if ident.bytes_written:

@@ -22,7 +22,7 @@ from itertools import islice
 from agent.sensors import Emit, procinfo
 from common.agentconfig import SensorSettings
 from protos import exfilguard_pb2 as pb
-from protos.events import new_event
+from protos.events import fs_text, new_event
 
 ARCHIVE_SUFFIXES = (
     ".zip", ".tar", ".tgz", ".tar.gz", ".gz", ".bz2", ".tbz2", ".xz", ".txz", ".zst", ".7z", ".rar",
@@ -108,7 +108,8 @@ class StagingDetector:
                 report = (reader, recent, os.path.dirname(path))
         if report is not None:
             reader, count, where = report
-            event = new_event("file.mass_read", tags=reader.tags, file=pb.File(path=where, type="dir"))
+            event = new_event("file.mass_read", tags=reader.tags,
+                              file=pb.File(path=fs_text(where), type="dir"))
             event.exfilguard.count = count
             event.event.reason = f"{count} tagged files read within {self._window:g}s"
             procinfo.describe(event, reader.info, procinfo.EXACT if reader.info else procinfo.NONE, pid)
@@ -162,6 +163,7 @@ class StagingDetector:
 
 def file_fields(path: str, size: int) -> pb.File:
     """ECS file fields of a regular file."""
+    path = fs_text(path)
     name = path.rpartition(os.sep)[2]  # os.path.basename, without its calls (once per file event)
     ext = name.rsplit(".", 1)[1] if "." in name.strip(".") else ""
     return pb.File(path=path, size=size, name=name, extension=ext, type="file")
