@@ -505,13 +505,32 @@ class FanotifySensor:
             if kind in {"removable", "other"}:
                 with contextlib.suppress(OSError):
                     current = os.readlink(f"/proc/self/fd/{access.fd}")
-                    if not current.endswith(" (deleted)"):
+                    if current.endswith(" (deleted)"):
+                        current = _linked_name(access.fd, current[: -len(" (deleted)")]) or ""
+                    if current:
                         access.path = self._placed(access.fd, current)
             self._handlers[kind](access)
         except Exception:
             log.exception("fanotify %s access handling failed: %s", kind, access.path)
         finally:
             os.close(access.fd)
+
+
+def _linked_name(fd: int, path: str) -> str | None:
+    """The name an unnamed file (`open(dir, O_TMPFILE)`, shown as `dir/#INODE`) was given with
+    `linkat` before its close: found in the directory it was made in. None when it has no name
+    there (deleted, or linked elsewhere: the event keeps `#INODE`)."""
+    folder, _, name = path.rpartition("/")
+    if not name.startswith("#"):
+        return None
+    st = os.fstat(fd)
+    if st.st_nlink == 0:
+        return None
+    with os.scandir(folder or "/") as entries:
+        for entry in entries:
+            if entry.inode() == st.st_ino and not entry.name.startswith("#"):
+                return entry.path
+    return None
 
 
 def _raise_fd_limit() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,13 @@ def test_names_that_are_not_utf8_are_reported_through_open_write_and_copy(
     (root / "d").mkdir(parents=True)
     sources = []
     for i, name in enumerate(NAMES):
-        path = os.path.join(os.fsencode(root / "d"), name)
-        with open(path, "wb") as out:
-            out.write(os.urandom(4000 + 333 * i))
-        sources.append(os.fsdecode(path))
-    program = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"c\xff"))  # a cp of its own name
+        path = root / "d" / os.fsdecode(name)  # held with surrogates, written as the bytes
+        path.write_bytes(os.urandom(4000 + 333 * i))
+        sources.append(str(path))
+    program = str(tmp_path / os.fsdecode(b"c\xff"))  # a cp of its own name
     shutil.copy("/usr/bin/cp", program)
-    config = AgentConfig(tags={str(root): ["db"]}, sensors=SensorSettings.model_validate({"mass_read_files": 40}))
+    config = AgentConfig(tags={str(root): ["db"]},
+                         sensors=SensorSettings.model_validate({"mass_read_files": 40}))
     stick: LoopStick = loop_stick(label=f"HN{os.getpid() % 10000}", serial=f"EGHN{os.getpid()}")
     with Running(config) as run:
         events = run.events
@@ -57,3 +58,43 @@ def test_names_that_are_not_utf8_are_reported_through_open_write_and_copy(
             assert copy["tags"] == ["db"]
         execs = {e.get("process.executable") for e in events.matching(events.action("file.write"))}
         assert f"{tmp_path}/c\\xff" in execs or None in execs  # exact when /proc was read in time
+
+
+_TMPFILE_WRITER = r"""
+import ctypes, os, sys
+src, dst = sys.argv[1], sys.argv[2]
+data = os.open(src, os.O_RDONLY)
+fd = os.open(os.path.dirname(dst), os.O_TMPFILE | os.O_WRONLY, 0o644)  # no name yet: 'dir/#INODE'
+os.sendfile(fd, data, 0, os.fstat(data).st_size)
+libc = ctypes.CDLL(None, use_errno=True)
+AT_FDCWD, AT_SYMLINK_FOLLOW = -100, 0x400
+if libc.linkat(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), AT_FDCWD, dst.encode(), AT_SYMLINK_FOLLOW):
+    sys.exit(f"linkat: {os.strerror(ctypes.get_errno())}")
+os.close(fd)
+"""
+
+
+def test_an_unnamed_file_linked_onto_the_stick_is_reported_under_its_name(
+        loop_stick: Any, tmp_path: Path) -> None:
+    """open(O_TMPFILE) on the stick, write, linkat, close: the close-after-write's descriptor
+    reads as `dir/#INODE (deleted)`; the copy is reported under the name it was given."""
+    root = tmp_path / "srv"
+    root.mkdir()
+    source = root / "customers.db"
+    source.write_bytes(os.urandom(12345))
+    script = tmp_path / "tmpfile_writer.py"
+    script.write_text(_TMPFILE_WRITER)
+    config = AgentConfig(tags={str(root): ["db"]},
+                         sensors=SensorSettings.model_validate({"mass_read_files": 40}))
+    stick: LoopStick = loop_stick(label=f"TF{os.getpid() % 10000}", serial=f"EGTF{os.getpid()}")
+    with Running(config) as run:
+        events = run.events
+        stick.plug()
+        point = str(stick.mount())
+        events.wait_for(events.action("device.mount", {"exfilguard.mount.point": point}))
+        dest = f"{point}/quarterly.bin"
+        subprocess.run([sys.executable, str(script), str(source), dest], check=True, timeout=30)
+        copy = events.wait_for(events.action("file.copy", {"file.path": dest}))[0]
+        assert copy["exfilguard.source.path"] == str(source)
+        assert "fingerprint" in copy["exfilguard.copy.method"]
+        assert not [e for e in events.events if "/#" in str(e.get("file.path", ""))]
