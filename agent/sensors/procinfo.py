@@ -187,7 +187,7 @@ def _describe(event: pb.Event, info: ProcessInfo, attribution: str) -> None:
     event.process.pid = info.pid
     event.process.executable = fs_text(info.executable)
     event.process.command_line = info.command_line
-    event.process.name = info.name
+    event.process.name = fs_text(info.name)
     if info.ppid:
         event.process.parent.pid = info.ppid
     if info.uid >= 0:
