@@ -514,9 +514,8 @@ class ContentGuard:
             event.device.CopyFrom(mount.device)
         event.exfilguard.source.path = fs_text(verdict.source)
         event.exfilguard.source.tags.extend(verdict.tags)
-        what = "write to removable media" if item.removable else "read of tagged file"
-        event.event.reason = (f"blocked {what} {fs_text(item.path)}: {verdict.why} "
-                              "(prevent.removable_writes: block)")
+        what = f"{'write to removable media' if item.removable else 'tagged file read'} {fs_text(item.path)}"
+        event.event.reason = f"blocked {what}: {verdict.why} (prevent.removable_writes: block)"
         procinfo.describe(event, info, procinfo.EXACT, item.pid)
         self._emit(event)
         uid = info.uid if info is not None else -1
