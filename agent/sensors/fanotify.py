@@ -55,6 +55,7 @@ FAN_EVENT_ON_CHILD = 0x08000000
 FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
 FAN_CLASS_NOTIF = 0x0
+TOO_DEEP = "..."  # stands for the directories of a path longer than PATH_MAX
 FAN_UNLIMITED_QUEUE = 0x10
 FAN_UNLIMITED_MARKS = 0x20
 
@@ -418,9 +419,11 @@ class FanotifySensor:
             return
         try:
             path = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            os.close(fd)
-            return
+        except OSError as exc:
+            path = self._too_deep(fd) if exc.errno == errno_mod.ENAMETOOLONG else ""
+            if not path:
+                os.close(fd)
+                return
         if path.endswith(" (deleted)"):
             path = path[: -len(" (deleted)")]
         if mask & FAN_OPEN_EXEC:
@@ -460,6 +463,18 @@ class FanotifySensor:
             self._work.put((due, kind, access))  # later, under the final name
         else:
             self._handle(kind, access)  # cheap: no hand-over between threads per event
+
+    def _too_deep(self, fd: int) -> str:
+        """A name for a file on a stick whose path is longer than PATH_MAX (the kernel will not
+        spell it; directories made one `cd` at a time): `POINT/.../#INODE`. Its content is read
+        through the descriptor as any other write's, so a copy is still identified; "" when
+        the file is not on removable media."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return ""
+        point = self._removable_devs.get(st.st_dev)
+        return f"{point.rstrip('/')}/{TOO_DEEP}/#{st.st_ino}" if point is not None else ""
 
     def _placed(self, fd: int, path: str) -> str:
         """`path` as seen here: a file on a marked stick written through a mount in another

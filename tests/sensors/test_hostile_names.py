@@ -98,3 +98,32 @@ def test_an_unnamed_file_linked_onto_the_stick_is_reported_under_its_name(
         assert copy["exfilguard.source.path"] == str(source)
         assert "fingerprint" in copy["exfilguard.copy.method"]
         assert not [e for e in events.events if "/#" in str(e.get("file.path", ""))]
+
+
+def test_a_copy_under_a_path_longer_than_path_max_is_reported(loop_stick: Any, tmp_path: Path) -> None:
+    """Directories made one `cd` at a time can nest a file deeper than PATH_MAX, where the kernel
+    will not spell its path: the copy is still reported (as POINT/.../#INODE) and identified."""
+    root = tmp_path / "srv"
+    root.mkdir()
+    source = root / "deep.db"
+    source.write_bytes(os.urandom(23456))
+    config = AgentConfig(tags={str(root): ["db"]},
+                         sensors=SensorSettings.model_validate({"mass_read_files": 40}))
+    stick: LoopStick = loop_stick(label=f"DP{os.getpid() % 10000}", serial=f"EGDP{os.getpid()}")
+    with Running(config) as run:
+        events = run.events
+        stick.plug()
+        point = str(stick.mount())
+        events.wait_for(events.action("device.mount", {"exfilguard.mount.point": point}))
+        level = "d" * 200
+        script = f'cd "$1" && for i in $(seq 25); do mkdir {level} && cd {level}; done && cp "$2" loot.db'
+        script += " && stat -c %i loot.db && pwd | wc -c"
+        out = subprocess.run(["bash", "-c", script, "-", point, str(source)], check=True,
+                             capture_output=True, text=True, timeout=60).stdout.split()
+        inode, depth = int(out[0]), int(out[1])
+        assert depth > os.pathconf("/", "PC_PATH_MAX")
+        dest = f"{point}/.../#{inode}"
+        events.wait_for(events.action("file.write", {"file.path": dest}))
+        copy = events.wait_for(events.action("file.copy", {"file.path": dest}))[0]
+        assert copy["exfilguard.source.path"] == str(source)
+        assert copy["tags"] == ["db"]
