@@ -216,3 +216,27 @@ def test_dispatcher_from_config_feeds_every_sink(tmp_path: Path, webhook: Webhoo
         udp.close()
     assert json.loads((tmp_path / "a.jsonl").read_text())["id"] == "alert-1"
     assert dispatcher.stats()["webhook"]["sent"] == 1
+
+
+def test_a_newline_in_a_file_name_forges_no_line_of_the_mail() -> None:
+    """The fact lines an officer reads first: a file name holding a newline or an escape sequence
+    stays on its own line, shown escaped; the JSON below carries it exactly."""
+    receiver = SmtpReceiver()
+    sink = EmailSink(receiver.address, "exfilguard@example.com", ["soc@example.com"])
+    forged = "/media/alice/STICK/a.csv\nSeverity: low\r\nPolicy: holiday-photos\x1b[2J\u2028User: bob"
+    try:
+        sink.send(alert(**{"file.path": forged}))
+        got = receiver.wait_for(1)
+    finally:
+        sink.close()
+        receiver.close()
+    body = email.message_from_string(got[0][2], policy=email.policy.default).get_content()
+    facts = body.split("\n\n", 1)[0].splitlines()
+    assert [line.split(":", 1)[0] for line in facts].count("Severity") == 1
+    assert "Policy: usb-copy-database" in facts
+    assert not [line for line in facts if line.startswith(("Policy: holiday", "User: bob"))]
+    shown = "/media/alice/STICK/a.csv\\nSeverity: low\\r\\nPolicy: holiday-photos\\x1b[2J\\u2028User: bob"
+    assert f"File: {shown}" in facts
+    assert "\x1b" not in body.split("Alert (JSON):", 1)[0]
+    document = json.loads(body.split("Alert (JSON):", 1)[1])
+    assert document["file.path"] == forged

@@ -40,6 +40,18 @@ _LINES = (
 )
 
 
+# A file name or command line is the endpoint user's to choose: a newline in it must not start a
+# line of its own ("Severity: low") in the fact lines an officer reads first; the JSON below
+# shows it exactly. C0 and C1 controls, DEL and the Unicode line and paragraph separators are
+# written as escapes.
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_CONTROLS |= {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def _one_line(value: object) -> str:
+    return str(value).translate(_CONTROLS)
+
+
 class EmailSink(QueuedSink):
     """Mails each alert to `to` from `sender` through the SMTP server at `smtp` (host:port)."""
 
@@ -80,7 +92,8 @@ class EmailSink(QueuedSink):
         mail["Subject"] = subject[:200]
         mail["From"] = self.sender
         mail["To"] = ", ".join(self.to)
-        lines = [f"{label}: {alert[key]}" for label, key in _LINES if alert.get(key) not in (None, "", [])]
+        lines = [f"{label}: {_one_line(alert[key])}" for label, key in _LINES
+                 if alert.get(key) not in (None, "", [])]
         lines += ["", "Evidence event ids:", *[f"  {e}" for e in alert.get("evidence", [])], ""]
         lines += ["Alert (JSON):", json.dumps(self.document(alert), indent=2, sort_keys=True)]
         mail.set_content("\n".join(lines))
