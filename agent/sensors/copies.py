@@ -123,13 +123,18 @@ class CopyDetector:
                 tagged = True
                 make = provenance.exact if sha else provenance.sampled  # "": too large to hash whole
                 found = make(src_path, self.index.source_tags(src_path), written.size)
-        elif written.fd is not None and (part := self.slices.find(written.fd, written.size)) is not None:
-            # one part of a derived file (split of an archive staged in /tmp): its provenance
-            found = self.index.provenance(part.path)
-            if found is not None:
-                methods.append("fingerprint")
+        if (found is None or not found.evidence) and written.fd is not None \
+                and (part := self.slices.find(written.fd, written.size)) is not None:
+            # one part of a derived file (split of an archive staged in /tmp): its provenance,
+            # also over a guess made of the part itself (split read the archive before it was
+            # known as derived, or wrote a last part too small for byte evidence)
+            whole = self.index.provenance(part.path)
+            if whole is not None and (found is None or whole.evidence):
+                found = whole
+                if "fingerprint" not in methods:
+                    methods.append("fingerprint")
                 log.info("%s is bytes %d-%d of %s, derived from %d tagged files", written.path,
-                         part.offset, part.offset + written.size, part.now or part.path, found.files)
+                         part.offset, part.offset + written.size, part.now or part.path, whole.files)
         writers = [p for p in dict.fromkeys((written.pid, *written.writers)) if p]
         if writers and found is None:
             flow = self.flow.flow(writers)

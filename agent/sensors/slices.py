@@ -23,7 +23,7 @@ from agent.sensors.fingerprints import FingerprintIndex
 
 MAX_RECENT = 64            # derived files compared with (the most recent)
 MAX_OFFSETS = 1024         # part-sized offsets looked at per derived file
-MIN_PART_BYTES = 4096      # smaller writes are not matched: a few bytes equal by chance
+MIN_PART_BYTES = 256       # smaller writes are not matched: a few bytes equal by chance
 MAX_SIBLINGS = 4096        # entries of its directory looked through for a renamed derived file
 MAX_COMPARE_BYTES = 1 << 30  # a part larger than this is matched on its head and tail only
 _HEAD = 4096
@@ -72,10 +72,10 @@ class DerivedSlices:
         if size < MIN_PART_BYTES or not self._recent:
             return None
         try:
-            head = os.pread(fd, _HEAD, 0)
+            head = os.pread(fd, min(size, _HEAD), 0)
         except OSError:
             return None
-        if len(head) < _HEAD or head.count(head[:1]) == len(head):
+        if len(head) < min(size, _HEAD) or head.count(head[:1]) == len(head):
             return None  # one repeated byte (zero fill) is in every file
         with self._lock:
             recent = list(reversed(self._recent.items()))
