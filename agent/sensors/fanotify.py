@@ -55,6 +55,7 @@ FAN_EVENT_ON_CHILD = 0x08000000
 FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
 FAN_CLASS_NOTIF = 0x0
+_DELETED = " (deleted)"  # what /proc appends to the name of a file that has none left
 TOO_DEEP = "..."  # stands for the directories of a path longer than PATH_MAX
 FAN_UNLIMITED_QUEUE = 0x10
 FAN_UNLIMITED_MARKS = 0x20
@@ -424,8 +425,8 @@ class FanotifySensor:
             if not path:
                 os.close(fd)
                 return
-        if path.endswith(" (deleted)"):
-            path = path[: -len(" (deleted)")]
+        if path.endswith(_DELETED):
+            path = _live_name(fd, path)
         if mask & FAN_OPEN_EXEC:
             self._processes.note_exec(pid, path)
             if not os.path.basename(path).startswith("ld-"):  # the loader: the same exec again
@@ -520,10 +521,9 @@ class FanotifySensor:
             if kind in {"removable", "other"}:
                 with contextlib.suppress(OSError):
                     current = os.readlink(f"/proc/self/fd/{access.fd}")
-                    if current.endswith(" (deleted)"):
-                        current = _linked_name(access.fd, current[: -len(" (deleted)")]) or ""
-                    if current:
-                        access.path = self._placed(access.fd, current)
+                    if current.endswith(_DELETED):
+                        current = _live_name(access.fd, current)
+                    access.path = self._placed(access.fd, current)
             self._handlers[kind](access)
         except Exception:
             log.exception("fanotify %s access handling failed: %s", kind, access.path)
@@ -531,21 +531,27 @@ class FanotifySensor:
             os.close(access.fd)
 
 
-def _linked_name(fd: int, path: str) -> str | None:
-    """The name an unnamed file (`open(dir, O_TMPFILE)`, shown as `dir/#INODE`) was given with
-    `linkat` before its close: found in the directory it was made in. None when it has no name
-    there (deleted, or linked elsewhere: the event keeps `#INODE`)."""
-    folder, _, name = path.rpartition("/")
-    if not name.startswith("#"):
-        return None
-    st = os.fstat(fd)
+def _live_name(fd: int, path: str) -> str:
+    """`path` as /proc names a descriptor's file, without the " (deleted)" the kernel appends
+    once the file has no name left. A file that still has a name either is called so itself
+    (`loot.db (deleted)` on a stick: kept) or was made with O_TMPFILE, shown as `dir/#INODE`,
+    and given a name with linkat since: that name, looked up in the directory it was made in
+    (`#INODE` stays when it was linked elsewhere)."""
+    bare = path[: -len(_DELETED)]
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return bare
     if st.st_nlink == 0:
-        return None
-    with os.scandir(folder or "/") as entries:
+        return bare
+    folder, _, name = bare.rpartition("/")
+    if name != f"#{st.st_ino}":
+        return path
+    with contextlib.suppress(OSError), os.scandir(folder or "/") as entries:
         for entry in entries:
             if entry.inode() == st.st_ino and not entry.name.startswith("#"):
                 return entry.path
-    return None
+    return bare
 
 
 def _raise_fd_limit() -> None:

@@ -1,4 +1,5 @@
-"""File and program names an insider chooses: bytes that are not UTF-8, newlines, escapes.
+"""File and program names an insider chooses: bytes that are not UTF-8, newlines, escapes, a
+name ending in " (deleted)" (what /proc appends to the name of a file that has none left).
 
 Python holds such a name with lone surrogates, which protobuf refuses; each event about the
 file (or by the program) must still be built, with the bytes shown as `\\xNN`, so a tagged
@@ -22,7 +23,8 @@ from tests.sensors.recorder import Running
 
 pytestmark = pytest.mark.root
 
-NAMES = [b"bad\xff\xfe.csv", b"nl\nforged.csv", b"esc\x1b[31m.csv", b"-dash|x=y\\]}.csv"]
+NAMES = [b"bad\xff\xfe.csv", b"nl\nforged.csv", b"esc\x1b[31m.csv", b"-dash|x=y\\]}.csv",
+         b"loot.db (deleted)"]
 
 
 def test_names_that_are_not_utf8_are_reported_through_open_write_and_copy(
