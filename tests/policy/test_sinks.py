@@ -225,7 +225,7 @@ def test_a_newline_in_a_file_name_forges_no_line_of_the_mail() -> None:
     sink = EmailSink(receiver.address, "exfilguard@example.com", ["soc@example.com"])
     forged = "/media/alice/STICK/a.csv\nSeverity: low\r\nPolicy: holiday-photos\x1b[2J\u2028User: bob"
     try:
-        sink.send(alert(**{"file.path": forged}))
+        sink.send(alert(1, **{"file.path": forged}))
         got = receiver.wait_for(1)
     finally:
         sink.close()
