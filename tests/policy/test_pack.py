@@ -132,3 +132,12 @@ def test_copy_summaries_say_the_evidence_in_words(pack: Path) -> None:
     guesses = replay(pack, "usb-possible-copy.positive.jsonl")
     guess = [a for a in guesses if a["policy.id"] == "usb-possible-copy"]
     assert guess and all("a guess" in str(a["summary"]).lower() for a in guess)
+
+
+def test_the_backup_accounts_archive_is_excepted_only_in_its_window(pack: Path) -> None:
+    # the same tar of a tagged tree by the backup account: at 10:00 it is staging, at 02:00 the job
+    alerts = replay(pack, "staging-archive.positive.jsonl")
+    alerts = [a for a in alerts if a["policy.id"] == "staging-archive"]
+    fired = {str(e) for a in alerts for e in list(a["evidence"])}  # type: ignore[call-overload]
+    assert "00000000-0000-0000-0000-0000000004e3" in fired
+    assert not [a for a in replay(pack, "staging-archive.negative.jsonl") if a["user.name"] == "backup"]
