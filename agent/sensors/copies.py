@@ -17,7 +17,9 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -37,6 +39,7 @@ from protos.events import fs_text, fs_texts, new_event
 
 log = logging.getLogger(__name__)
 
+REMEMBERED_WRITES = 4096  # removable writes remembered as reported (a catch-up skips them)
 CATCH_UP_MARGIN_SECONDS = 2.0  # mount to mount-table wake-up is milliseconds
 _COARSE_CLOCK_SECONDS = 0.02
 
@@ -66,6 +69,11 @@ class CopyDetector:
         self.volumes = provenance.Volumes()  # a writer's outputs one after the other (7z -v)
         self.started_at = time.time()  # before: the late examination's (late.py)
         self._emit = emit
+        # (device serial, path) -> (size, mtime ns) of the files written to removable media lately,
+        # as they were reported: a stick unplugged right after a write and plugged in again at
+        # once shows them changed just before its new mount, and they were reported already
+        self._reported: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()
+        self._reported_lock = threading.Lock()
 
     # --------------------------------------------------------------- reads
 
@@ -95,6 +103,8 @@ class CopyDetector:
             written.fd = own_fd
         try:
             self._check(written, mount.device, mount.mount)
+            if written.late is None and written.fd is not None:
+                self._remember(mount.device.serial, written.path, written.fd)
         finally:
             if own_fd is not None:
                 os.close(own_fd)
@@ -248,6 +258,21 @@ class CopyDetector:
         found = [p for p in (self.index.provenance(path) for path in paths) if p is not None]
         return max(found, key=lambda p: p.confidence) if found else None
 
+    def _remember(self, serial: str, path: str, fd: int) -> None:
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return
+        with self._reported_lock:
+            self._reported[(serial, path)] = (st.st_size, st.st_mtime_ns)
+            self._reported.move_to_end((serial, path))
+            while len(self._reported) > REMEMBERED_WRITES:
+                self._reported.popitem(last=False)
+
+    def _reported_already(self, serial: str, path: str, st: os.stat_result) -> bool:
+        with self._reported_lock:
+            return self._reported.get((serial, path)) == (st.st_size, st.st_mtime_ns)
+
     def catch_up(self, mount: RemovableMount, watched_at: float, limit: int = 10_000) -> int:
         """Report files written on a new mount before its watch was in place (at `watched_at`,
         wall clock): changed (ctime) between just before the mount was seen and then; later
@@ -257,13 +282,14 @@ class CopyDetector:
         since = max(mount.seen_at - CATCH_UP_MARGIN_SECONDS, self.started_at)
         # file times come from a coarse kernel clock: stay clear of the watch's side
         until = watched_at - _COARSE_CLOCK_SECONDS
-        return self.examine_changed(mount.point, since, until, limit=limit)
+        return self.examine_changed(mount.point, since, until, limit=limit, serial=mount.device.serial)
 
     def examine_changed(self, point: str, since: float, until: float, *, late: bool = False,
-                        limit: int = 10_000) -> int:
+                        limit: int = 10_000, serial: str | None = None) -> int:
         """Report the files under `point` changed (ctime) in [since, until) like live writes
         (`late`: reported as written while the agent was not running). Returns how many;
-        stops after `limit` directory entries."""
+        stops after `limit` directory entries. With the device's `serial`, files reported from it
+        already, unchanged since, are left out."""
         found = 0
         stack, seen = [point], 0
         while stack and seen < limit:
@@ -275,7 +301,8 @@ class CopyDetector:
                             stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False):
                             st = entry.stat(follow_symlinks=False)
-                            if since <= st.st_ctime < until:
+                            if since <= st.st_ctime < until and not (
+                                    serial is not None and self._reported_already(serial, entry.path, st)):
                                 found += 1
                                 self.note_write(Written(path=entry.path, size=st.st_size,
                                                         late=(since, until) if late else None))

@@ -1,0 +1,86 @@
+"""Innocent work (tests/sensors/innocent.py) against one real agent and collector pages nobody.
+
+Real `exfilguard-agent` and `exfilguard-collector` processes, the shipped pack with its
+suppression windows, a loop-device stick listed as the approved backup drive, a tagged database
+and a tagged document tree. The collector's clock is put in the backup window (00:00-05:00) by
+its timezone, so the after-hours rules are awake for every case too. Real tools: git, venv and
+pip, make, vim (backup and swap files), atomic saves, cat/less/grep/sqlite3 then photos copied
+from the same shell, a Python session saving an unrelated file after reading tagged ones, photos
+and music, a tar of the home, rsync of Documents, the backup account's rsync and tar of both
+tagged trees, and the stick unplugged and plugged again at once after the backup.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from collector.store import StoreError, open_store
+from tests.e2e.harness import Process, free_port, port_open, wait_for
+from tests.sensors import innocent, matrix
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+BIN = Path(sys.executable).parent
+FAST = ("git-clone-commit", "venv-pip-wheel", "make-build", "vim-tagged-backup", "vim-stick", "atomic-save",
+        "engineer-day", "python-session", "photos-music", "tar-home", "rsync-documents", "nightly-backup")
+
+
+def _copies_after_second_mount(tmp_path: Path, point: str) -> list[str]:
+    store = open_store(str(tmp_path / "collector.db"), readonly=True)
+    try:
+        events = list(store.events())
+    except StoreError:
+        return []
+    finally:
+        store.close()
+    mounts = [i for i, e in enumerate(events) if e.get("event.action") == "device.mount"
+              and e.get("file.path") == point]
+    if len(mounts) < 2:
+        return []
+    return [str(e.get("file.path")) for e in events[mounts[1]:]
+            if e.get("event.action") in ("file.copy", "file.write")
+            and not str(e.get("file.path", "")).startswith(f"{point}/.sentinel")]
+
+
+def test_innocent_work_pages_nobody(tmp_path: Path, base: Path, loop_stick: Any) -> None:
+    matrix.make_data(base)
+    innocent.make_home(base)
+    work = base.parent / "scratch"
+    work.chmod(0o1777)
+    innocent.make_wheel(work / "wheels")
+    port = free_port()
+    serial = f"EGINNO{free_port()}"
+    collector_yaml, agent_yaml = innocent.configs(tmp_path, base, port, innocent.night_zone(), serial)
+    processes = [Process([str(BIN / "exfilguard-collector"), "--config", str(collector_yaml)],
+                         tmp_path / "collector.log").start()]
+    try:
+        wait_for(lambda: port_open(port), 30, "the collector")
+        processes.append(Process([str(BIN / "exfilguard-agent"), "--config", str(agent_yaml)],
+                                 tmp_path / "agent.log").start())
+        stick, point = matrix.plugged(loop_stick, tmp_path, serial[-8:], serial)
+        env = innocent.environment(base, point, work, pause=5)
+        log = matrix.AlertLog(tmp_path / "alerts.jsonl")
+        paged = {}
+        for case in (c for c in innocent.CASES if c.name in FAST):
+            found = innocent.judge(case, env, log, tmp_path, serial)
+            paged[case.name] = [innocent.brief(a) for a in innocent.pages(found)]
+        assert {name: bad for name, bad in paged.items() if bad} == {}
+        # the backup drive unplugged right after the job and plugged again: what the job wrote
+        # was reported (and excepted) while it was mounted, not found again as a copy by nobody
+        stick.unmount()
+        stick.unplug()
+        stick.plug()
+        point = stick.mount()
+        replug = innocent.Innocent("after-replug", 'ls "$STICK" >/dev/null')
+        found = innocent.judge(replug, env | {"STICK": str(point)}, log, tmp_path, serial)
+        assert innocent.pages(found) == []
+        assert _copies_after_second_mount(tmp_path, str(point)) == []
+    finally:
+        for process in reversed(processes):
+            with contextlib.suppress(Exception):
+                process.terminate()
+            process.stop_quietly()
