@@ -46,6 +46,7 @@ _UNCHANGED_NS = 1_000_000_000  # a file whose inode changed within this long was
 # busy machine), then writes; an office suite or a Python session that opened a tagged file
 # this morning and keeps it open is not reading it into what it saves now (a guess at most).
 HELD_READ_SECONDS = 30.0
+FAILURE_GAP_SECONDS = 10.0  # events lost to errors are reported at most this often
 
 
 @dataclass(eq=False)
@@ -307,8 +308,12 @@ class ExactAccessSensor:
             on_overflow=self._overflowed,
             on_exec=flow.note_exec,
             on_write=self._removable_write,
+            on_failure=self._failed,
         )
         self._reporter = reporter
+        self._failures = 0  # events an error kept from being reported, not yet in an agent.gap
+        self._failed_at = -FAILURE_GAP_SECONDS
+        self._failures_lock = threading.Lock()
         reporter.on_derived = self.fanotify.mark_file
         flow.held = reporter.derived_reads
         self._emit = reporter.emit
@@ -346,6 +351,7 @@ class ExactAccessSensor:
         if self.device_writers is not None:
             self.device_writers.stop()
         self.new_dirs.stop()
+        self._report_failures()
 
     def mark_tagged(self) -> None:
         """(Re-)mark every directory of every tagged tree (start, and after a rescan)."""
@@ -396,6 +402,35 @@ class ExactAccessSensor:
             # writes between the mount and its mark: found by a scan, attribution none
             threading.Thread(target=self.copies.catch_up, args=(mount, time.time()),
                              name="exfilguard-catch-up", daemon=True).start()
+
+    def _failed(self) -> None:
+        """An event the sensor could not handle (an error, logged with its traceback): counted,
+        and reported in an agent.gap (reason `handling_failed`) at once, then at most every
+        FAILURE_GAP_SECONDS while failures go on, and at stop."""
+        with self._failures_lock:
+            self._failures += 1
+            wait = self._failed_at + FAILURE_GAP_SECONDS - time.monotonic()
+            if wait > 0:
+                if self._failures == 1:  # the first since the last gap: report it when the time comes
+                    later = threading.Timer(wait, self._report_failures)
+                    later.daemon = True
+                    later.start()
+                return
+        self._report_failures()
+
+    def _report_failures(self) -> None:
+        with self._failures_lock:
+            lost, self._failures = self._failures, 0
+            if lost:
+                self._failed_at = time.monotonic()
+        if not lost:
+            return
+        event = new_event("agent.gap")
+        event.exfilguard.gap.reason = "handling_failed"
+        event.exfilguard.gap.lost = lost
+        event.event.reason = f"{lost} file events could not be handled (see the agent's log): not reported"
+        event.exfilguard.attribution = procinfo.NONE
+        self._emit(event)
 
     def _overflowed(self) -> None:
         event = new_event("agent.gap")

@@ -208,6 +208,7 @@ class FanotifySensor:
         on_exec: Callable[[int], None] | None = None,
         on_write: Callable[[int, int, bool], None] | None = None,
         on_other_now: AccessHandler | None = None,
+        on_failure: Callable[[], None] | None = None,
         defer_seconds: float = 0.3,
         max_pending: int = 2048,
     ) -> None:
@@ -222,6 +223,7 @@ class FanotifySensor:
         self._on_exec = on_exec or (lambda _pid: None)
         self._on_write = on_write or (lambda _pid, _fd, _closed: None)
         self._on_other_now = on_other_now
+        self._on_failure = on_failure or (lambda: None)  # an event lost to an error: counted in a gap
         self._defer = defer_seconds
         # Bounded: each item holds an fd; when the worker lags, the reader waits and the
         # kernel queue (unlimited for root) holds the rest.
@@ -411,6 +413,7 @@ class FanotifySensor:
                     os.close(fd)
                     # the rest of this read's events (and their descriptors) are not lost with it
                     log.exception("fanotify event handling failed")
+                    self._on_failure()
             if not more:
                 return
 
@@ -527,6 +530,7 @@ class FanotifySensor:
             self._handlers[kind](access)
         except Exception:
             log.exception("fanotify %s access handling failed: %s", kind, access.path)
+            self._on_failure()
         finally:
             os.close(access.fd)
 

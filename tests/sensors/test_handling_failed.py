@@ -1,0 +1,74 @@
+"""An event the fanotify sensor fails to handle is counted in an agent.gap, and the sensor goes on.
+
+A real fanotify group on a real directory; the handler of tagged accesses raises for one file
+(standing for a defect not found yet). Before, such an event was logged and gone: no agent.gap
+said that anything was lost.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.sensors import access as access_module
+from agent.sensors.access import AccessReporter, ExactAccessSensor
+from agent.sensors.fanotify import Access, FanotifySensor
+from agent.sensors.wiring import build_sensors
+from common.agentconfig import AgentConfig
+from protos.events import to_mapping
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.root
+
+
+def test_a_failing_handler_is_counted_and_the_sensor_keeps_reading(tmp_path: Path) -> None:
+    (tmp_path / "boom.db").write_bytes(b"x" * 100)
+    (tmp_path / "fine.db").write_bytes(b"y" * 100)
+    handled: list[str] = []
+    failures = threading.Semaphore(0)
+
+    def on_tagged(access: Access) -> None:
+        if access.path.endswith("boom.db"):
+            raise RuntimeError("a defect")
+        handled.append(access.path)
+
+    sensor = FanotifySensor(tagged_as=lambda p: ("db",) if p.startswith(str(tmp_path)) else None,
+                            is_removable=lambda _p: False, on_tagged=on_tagged,
+                            on_removable=lambda _a: None, on_failure=failures.release)
+    sensor.start()
+    try:
+        sensor.mark_dir(str(tmp_path))
+        # read by another process: the sensor leaves its own process's reads out
+        subprocess.run(["cat", str(tmp_path / "boom.db")], check=True, capture_output=True, timeout=10)
+        assert failures.acquire(timeout=10)
+        subprocess.run(["cat", str(tmp_path / "fine.db")], check=True, capture_output=True, timeout=10)
+        wait_for(lambda: str(tmp_path / "fine.db") in handled, 10, "the next event handled")
+    finally:
+        sensor.stop()
+
+
+def test_failures_become_one_agent_gap_with_their_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(access_module, "FAILURE_GAP_SECONDS", 0.5)
+    emitted: list[dict[str, Any]] = []
+    sensors = build_sensors(AgentConfig(tags={}), lambda e: emitted.append(to_mapping(e)))
+    exact = next(s for s in sensors if isinstance(s, ExactAccessSensor))
+    assert isinstance(exact._reporter, AccessReporter)
+
+    def gaps() -> list[tuple[int, str]]:
+        return [(e["exfilguard.gap.lost"], e["event.reason"]) for e in emitted
+                if e.get("exfilguard.gap.reason") == "handling_failed"]
+
+    exact._failed()  # the first: reported at once
+    assert [lost for lost, _ in gaps()] == [1]
+    for _ in range(5):  # more within the interval: one gap when it ends
+        exact._failed()
+    wait_for(lambda: len(gaps()) == 2, 5, "the second gap")
+    assert [lost for lost, _ in gaps()] == [1, 5]
+    exact._failed()
+    exact.stop()  # what is pending at stop is reported then
+    assert sum(lost for lost, _ in gaps()) == 7
+    assert "not reported" in gaps()[0][1]
