@@ -274,12 +274,8 @@ class AccessReporter:
         if dropped <= self._dropped_reported or now - self._dropped_at < every:
             return
         lost, self._dropped_reported, self._dropped_at = dropped - self._dropped_reported, dropped, now
-        event = new_event("agent.gap")
-        event.exfilguard.gap.reason = "lineage_limit"
-        event.exfilguard.gap.lost = lost
-        event.event.reason = f"lineage bounds forgot {lost} tagged reads, process links or derived files"
-        event.exfilguard.attribution = procinfo.NONE
-        self.emit(event)
+        self.emit(sensor_gap("lineage_limit", lost,
+                             f"lineage bounds forgot {lost} tagged reads, process links or derived files"))
 
 
 class ExactAccessSensor:
@@ -425,19 +421,22 @@ class ExactAccessSensor:
                 self._failed_at = time.monotonic()
         if not lost:
             return
-        event = new_event("agent.gap")
-        event.exfilguard.gap.reason = "handling_failed"
-        event.exfilguard.gap.lost = lost
-        event.event.reason = f"{lost} file events could not be handled (see the agent's log): not reported"
-        event.exfilguard.attribution = procinfo.NONE
-        self._emit(event)
+        self._emit(sensor_gap("handling_failed", lost,
+                              f"{lost} file events could not be handled (see the agent's log): not reported"))
 
     def _overflowed(self) -> None:
-        event = new_event("agent.gap")
-        event.exfilguard.gap.reason = "queue_overflow"
-        event.event.reason = "fanotify queue overflowed: file events were lost"
-        event.exfilguard.attribution = procinfo.NONE
-        self._emit(event)
+        self._emit(sensor_gap("queue_overflow", 0, "fanotify queue overflowed: file events were lost"))
+
+
+def sensor_gap(reason: str, lost: int, text: str) -> pb.Event:
+    """An agent.gap a sensor reports: `lost` events (0: not known how many) for `reason`."""
+    event = new_event("agent.gap")
+    event.exfilguard.gap.reason = reason
+    if lost:
+        event.exfilguard.gap.lost = lost
+    event.event.reason = text
+    event.exfilguard.attribution = procinfo.NONE
+    return event
 
 
 def _memory_file_systems() -> list[str]:
