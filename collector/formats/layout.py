@@ -125,6 +125,13 @@ class Layout:
             values = list(values)
             for hole, fn in self._derived.items():
                 values[hole] = fn(values[hole])
+        # One orjson call for all the values (a call per value cost 90 ns each, 1.5 us an event):
+        # every hole holds a str, int or float, so the array's commas outside strings are exactly
+        # the separators, and a split into as many parts as values has cut only there. A comma in
+        # a string (the split gives more parts) takes the call per value.
+        parts = orjson.dumps(values)[1:-1].split(b",")
+        if len(parts) == len(values):
+            return self.template % tuple(parts)
         return self.template % tuple(map(orjson.dumps, values))
 
 

@@ -10,6 +10,7 @@ import pytest
 from collector import formats
 from collector.formats import ecs, layout, ocsf
 from collector.formats.layout import Layouts, derive
+from protos import exfilguard_pb2 as pb
 from protos.events import to_mapping
 from tests.eventcorpus import corpus
 from tests.helpers import make_event
@@ -69,3 +70,17 @@ def test_events_with_long_lists_are_not_shapes_of_their_own() -> None:
         mapping = to_mapping(event)
         assert layouts.json(mapping) == orjson.dumps(ecs.event(mapping))
     assert layouts._layouts == {}  # five events, five different lists: none laid out
+
+
+@pytest.mark.parametrize("module", [ecs, ocsf], ids=["ecs", "ocsf"])
+def test_values_with_commas_quotes_and_numbers_land_in_their_holes(module: Any) -> None:
+    # A layout serialises all of an event's values in one call and cuts the array at its commas;
+    # a comma inside a value must not cut it (then each value is serialised on its own).
+    layouts = Layouts(module.event, module.SHAPED_BY)
+    lines = ["cp -r /srv/db /media/usb", 'cp "a,b" c,d', "x,", ",", 'say "\\",\\""', "tar -cf - /srv"]
+    for sequence, line in enumerate(lines, start=1):
+        event = make_event("agent-1", sequence, file=pb.File(path=f"/srv/{line}", size=sequence * 4096))
+        event.process.command_line = line
+        mapping = to_mapping(event)
+        assert layouts.json(mapping) == orjson.dumps(module.event(mapping)), line
+    assert len(layouts._layouts) == 1 and None not in layouts._layouts.values()  # all laid out
