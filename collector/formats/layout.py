@@ -255,6 +255,10 @@ class Layouts:
         if kept:
             getter = operator.itemgetter(*kept)
             plan = lambda m: repr(getter(m))  # noqa: E731 - lists are not hashable; their text is
+            if all(_json_keyed(mapping[k]) for k in kept):
+                # orjson's text (a third of repr's cost) tells these values apart as repr does;
+                # not floats (NaN and infinities are all null) nor repeated messages.
+                plan = lambda m: orjson.dumps(getter(m))  # noqa: E731
         if len(self._plans) < MAX_SHAPES:
             self._plans[names] = plan
         return plan
@@ -270,3 +274,11 @@ class Layouts:
 
 
 _UNSEEN = Layout(b"", (), {})  # a shape not seen yet
+
+
+def _json_keyed(value: Any) -> bool:
+    """True if orjson's text of the field's values is one to one (a field's type, and a list's
+    element type, is fixed by the .proto: one value tells)."""
+    if type(value) is list:
+        return bool(value) and type(value[0]) in (str, int, bool)
+    return type(value) in (str, int, bool)

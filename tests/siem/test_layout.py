@@ -84,3 +84,16 @@ def test_values_with_commas_quotes_and_numbers_land_in_their_holes(module: Any) 
         mapping = to_mapping(event)
         assert layouts.json(mapping) == orjson.dumps(module.event(mapping)), line
     assert len(layouts._layouts) == 1 and None not in layouts._layouts.values()  # all laid out
+
+
+@pytest.mark.parametrize("module", [ecs, ocsf], ids=["ecs", "ocsf"])
+def test_kept_lists_that_read_alike_are_shapes_of_their_own(module: Any) -> None:
+    # A shape's kept values (here the tags) are told apart by their JSON text: lists that would
+    # join to the same text must still be different shapes.
+    layouts = Layouts(module.event, module.SHAPED_BY)
+    for sequence, tags in enumerate((["a", "b"], ["a,b"], ['a","b'], ["a", "b", ""]), start=1):
+        event = make_event("agent-1", sequence)
+        event.tags.extend(tags)
+        mapping = to_mapping(event)
+        assert layouts.json(mapping) == orjson.dumps(module.event(mapping)), tags
+    assert len(layouts._layouts) == 4
