@@ -146,6 +146,12 @@ def test_the_events_straight_line_mapping_is_the_walks_in_its_order() -> None:
     bad.timestamp.nanos = -1  # no ISO time: described, as the walk describes it
     assert list(events.to_mapping(bad).items()) == list(events.walk_mapping(bad).items())
     assert events.INVALID in events.to_mapping(bad)
+    inner = events.new_event("agent.gap", file=pb.File(path="/m/a"))  # in a message read through ListFields
+    inner.exfilguard.gap.first.nanos = -1
+    inner.exfilguard.attribution = "exact"
+    assert list(events.to_mapping(inner).items()) == list(events.walk_mapping(inner).items())
+    described = events.to_mapping(inner)[events.INVALID]
+    assert [text.split(":")[0] for text in described] == ["exfilguard.gap.first"]
 
 
 def test_view_reads_only_what_is_asked_and_keeps_added_fields_apart() -> None:
