@@ -24,6 +24,7 @@ from pathlib import Path
 from agent.sensors import Emit, procinfo, provenance
 from agent.sensors.copies import CopyDetector, written_text
 from agent.sensors.deviceopens import device_writers
+from agent.sensors.failures import FailedEvents, sensor_gap
 from agent.sensors.fanotify import FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_OPEN, Access, FanotifySensor
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import SourceRead
@@ -33,7 +34,7 @@ from agent.sensors.newdirs import NewDirectories
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from agent.sensors.tags import TagMap
 from protos import exfilguard_pb2 as pb
-from protos.events import new_event, sibling_event
+from protos.events import sibling_event
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,6 @@ _UNCHANGED_NS = 1_000_000_000  # a file whose inode changed within this long was
 # busy machine), then writes; an office suite or a Python session that opened a tagged file
 # this morning and keeps it open is not reading it into what it saves now (a guess at most).
 HELD_READ_SECONDS = 30.0
-FAILURE_GAP_SECONDS = 10.0  # events lost to errors are reported at most this often
 
 
 @dataclass(eq=False)
@@ -292,6 +292,7 @@ class ExactAccessSensor:
         self.media = media
         self._system_paths = system_paths
         flow = reporter.copies.flow
+        self.failed = FailedEvents(reporter.emit, "fanotify")  # handling that raised: in an agent.gap
         self.fanotify = FanotifySensor(
             tagged_as=reporter.tagged_as,
             is_removable=lambda path: media.mount_for(path) is not None,
@@ -304,12 +305,9 @@ class ExactAccessSensor:
             on_overflow=self._overflowed,
             on_exec=flow.note_exec,
             on_write=self._removable_write,
-            on_failure=self._failed,
+            on_failure=self.failed,
         )
         self._reporter = reporter
-        self._failures = 0  # events an error kept from being reported, not yet in an agent.gap
-        self._failed_at = -FAILURE_GAP_SECONDS
-        self._failures_lock = threading.Lock()
         reporter.on_derived = self.fanotify.mark_file
         flow.held = reporter.derived_reads
         self._emit = reporter.emit
@@ -347,7 +345,7 @@ class ExactAccessSensor:
         if self.device_writers is not None:
             self.device_writers.stop()
         self.new_dirs.stop()
-        self._report_failures()
+        self.failed.flush()
 
     def mark_tagged(self) -> None:
         """(Re-)mark every directory of every tagged tree (start, and after a rescan)."""
@@ -399,44 +397,9 @@ class ExactAccessSensor:
             threading.Thread(target=self.copies.catch_up, args=(mount, time.time()),
                              name="exfilguard-catch-up", daemon=True).start()
 
-    def _failed(self) -> None:
-        """An event the sensor could not handle (an error, logged with its traceback): counted,
-        and reported in an agent.gap (reason `handling_failed`) at once, then at most every
-        FAILURE_GAP_SECONDS while failures go on, and at stop."""
-        with self._failures_lock:
-            self._failures += 1
-            wait = self._failed_at + FAILURE_GAP_SECONDS - time.monotonic()
-            if wait > 0:
-                if self._failures == 1:  # the first since the last gap: report it when the time comes
-                    later = threading.Timer(wait, self._report_failures)
-                    later.daemon = True
-                    later.start()
-                return
-        self._report_failures()
-
-    def _report_failures(self) -> None:
-        with self._failures_lock:
-            lost, self._failures = self._failures, 0
-            if lost:
-                self._failed_at = time.monotonic()
-        if not lost:
-            return
-        self._emit(sensor_gap("handling_failed", lost,
-                              f"{lost} file events could not be handled (see the agent's log): not reported"))
-
     def _overflowed(self) -> None:
         self._emit(sensor_gap("queue_overflow", 0, "fanotify queue overflowed: file events were lost"))
 
-
-def sensor_gap(reason: str, lost: int, text: str) -> pb.Event:
-    """An agent.gap a sensor reports: `lost` events (0: not known how many) for `reason`."""
-    event = new_event("agent.gap")
-    event.exfilguard.gap.reason = reason
-    if lost:
-        event.exfilguard.gap.lost = lost
-    event.event.reason = text
-    event.exfilguard.attribution = procinfo.NONE
-    return event
 
 
 def _memory_file_systems() -> list[str]:

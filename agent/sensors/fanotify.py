@@ -373,6 +373,7 @@ class FanotifySensor:
                 self._drain()  # on stop too: what the kernel queued before stop() is reported
             except Exception:  # a sensor thread must not die on one bad event
                 log.exception("fanotify event handling failed")
+                self._on_failure()
             if stopping:
                 return
 
@@ -461,6 +462,7 @@ class FanotifySensor:
                 self._on_other_now(access)  # before any later read of the file is handled
             except Exception:
                 log.exception("fanotify other write handling failed: %s", path)
+                self._on_failure()
         if kind == "removable":
             self._settling.append(access)  # once the queue is drained; hashing is slow
         elif kind == "other":

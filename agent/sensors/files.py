@@ -44,6 +44,7 @@ from watchdog.observers.api import ObservedWatch
 
 from agent.sensors import Emit, procinfo
 from agent.sensors.copies import CopyDetector
+from agent.sensors.failures import FailedEvents
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.inotify import Dispatch, Observer
 from agent.sensors.media import RemovableMedia, RemovableMount, unwatched
@@ -97,6 +98,7 @@ class FileSensor:
         self.staging = staging
         self.media = media
         self._emit = emit
+        self.failed = FailedEvents(emit, "file")  # handling that raised: in an agent.gap
         self._exact = exact  # fanotify reports accesses; we report structure only
         self._on_new_dir = on_new_dir
         self._on_rescan = on_rescan
@@ -145,6 +147,7 @@ class FileSensor:
             self._observer.stop()
             self._observer.join(timeout=10)
             self._observer = None
+        self.failed.flush()
 
     # ------------------------------------------------------- tagged roots
 
@@ -191,7 +194,7 @@ class FileSensor:
             identity = _identity(path)
             if identity is None:
                 continue
-            handler = Dispatch(self._tagged_event)
+            handler = Dispatch(self._tagged_event, self.failed)
             try:
                 watch = observer.schedule(handler, path, recursive=True, event_filter=list(event_filter))
             except OSError:
@@ -225,7 +228,7 @@ class FileSensor:
             return
         with self._lock:
             if appeared and mount.point not in self._mount_watches:
-                handler = Dispatch(self._removable_event)
+                handler = Dispatch(self._removable_event, self.failed)
                 try:
                     self._mount_watches[mount.point] = observer.schedule(
                         handler, mount.point, recursive=True, event_filter=list(_REMOVABLE))

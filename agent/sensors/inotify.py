@@ -388,8 +388,10 @@ class Observer:
 class Dispatch(FileSystemEventHandler):
     """Hands each event to one function; a failure is logged, never kills the reader thread."""
 
-    def __init__(self, handle: Callable[[FileSystemEvent], None]) -> None:
+    def __init__(self, handle: Callable[[FileSystemEvent], None],
+                 on_failure: Callable[[], None] | None = None) -> None:
         self._handle = handle
+        self._on_failure = on_failure or (lambda: None)  # an event lost to an error: counted in a gap
         self.drained = threading.Event()
 
     def dispatch(self, event: FileSystemEvent) -> None:
@@ -397,3 +399,4 @@ class Dispatch(FileSystemEventHandler):
             self._handle(event)
         except Exception:  # one bad event must not stop the reader thread
             log.exception("file event handling failed")
+            self._on_failure()

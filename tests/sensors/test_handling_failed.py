@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
-from agent.sensors import access as access_module
-from agent.sensors.access import AccessReporter, ExactAccessSensor
+from agent.sensors import failures
+from agent.sensors.access import ExactAccessSensor
+from agent.sensors.failures import FailedEvents
 from agent.sensors.fanotify import Access, FanotifySensor
+from agent.sensors.files import FileSensor
 from agent.sensors.wiring import build_sensors
 from common.agentconfig import AgentConfig
 from protos.events import to_mapping
@@ -52,23 +54,37 @@ def test_a_failing_handler_is_counted_and_the_sensor_keeps_reading(tmp_path: Pat
 
 
 def test_failures_become_one_agent_gap_with_their_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(access_module, "FAILURE_GAP_SECONDS", 0.5)
+    monkeypatch.setattr(failures, "GAP_SECONDS", 0.5)
     emitted: list[dict[str, Any]] = []
-    sensors = build_sensors(AgentConfig(tags={}), lambda e: emitted.append(to_mapping(e)))
-    exact = next(s for s in sensors if isinstance(s, ExactAccessSensor))
-    assert isinstance(exact._reporter, AccessReporter)
+    failed = FailedEvents(lambda e: emitted.append(to_mapping(e)), "fanotify")
 
     def gaps() -> list[tuple[int, str]]:
         return [(e["exfilguard.gap.lost"], e["event.reason"]) for e in emitted
                 if e.get("exfilguard.gap.reason") == "handling_failed"]
 
-    exact._failed()  # the first: reported at once
+    failed()  # the first: reported at once
     assert [lost for lost, _ in gaps()] == [1]
     for _ in range(5):  # more within the interval: one gap when it ends
-        exact._failed()
+        failed()
     wait_for(lambda: len(gaps()) == 2, 5, "the second gap")
     assert [lost for lost, _ in gaps()] == [1, 5]
-    exact._failed()
-    exact.stop()  # what is pending at stop is reported then
+    failed()
+    failed.flush()  # what is pending at stop is reported then
     assert sum(lost for lost, _ in gaps()) == 7
-    assert "not reported" in gaps()[0][1]
+    assert "fanotify events could not be handled" in gaps()[0][1]
+
+
+def test_the_sensors_report_their_failures_in_a_gap_at_stop(tmp_path: Path) -> None:
+    """Both file sensors count failures and report them at stop at the latest."""
+    emitted: list[dict[str, Any]] = []
+    config = AgentConfig(tags={str(tmp_path): ["db"]})
+    sensors = build_sensors(config, lambda e: emitted.append(to_mapping(e)))
+    counters = [s.failed for s in sensors if isinstance(s, (ExactAccessSensor, FileSensor))]
+    assert len(counters) == 2
+    for counter in counters:
+        counter()
+        counter()  # within the interval: pending until stop
+    for sensor in reversed(sensors):
+        sensor.stop()
+    lost = [e["exfilguard.gap.lost"] for e in emitted if e.get("exfilguard.gap.reason") == "handling_failed"]
+    assert sorted(lost) == [1, 1, 1, 1]
