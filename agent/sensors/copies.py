@@ -14,6 +14,7 @@ The stronger of content and lineage decides the file.copy.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -28,6 +29,7 @@ from agent.content.examiner import Examiner
 from agent.content.identify import Identification
 from agent.content.textsim import looks_like_text
 from agent.sensors import Emit, procinfo, provenance
+from agent.sensors.failures import sensor_gap
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow, SourceRead
 from agent.sensors.media import RemovableMedia, RemovableMount
@@ -291,7 +293,7 @@ class CopyDetector:
         stops after `limit` directory entries. With the device's `serial`, files reported from it
         already, unchanged since, are left out."""
         found = 0
-        stack, seen = [point], 0
+        stack, seen, too_deep = [point], 0, 0
         while stack and seen < limit:
             try:
                 with os.scandir(stack.pop()) as entries:
@@ -306,10 +308,18 @@ class CopyDetector:
                                 found += 1
                                 self.note_write(Written(path=entry.path, size=st.st_size,
                                                         late=(since, until) if late else None))
-            except OSError:
-                continue  # unmounted meanwhile, or unreadable
-        if seen >= limit:
-            log.warning("%s: stopped after %d entries; later changed files are not examined", point, limit)
+            except OSError as exc:
+                # unmounted meanwhile, or unreadable; or nested deeper than PATH_MAX (made one cd
+                # at a time), which the kernel will not open by path
+                too_deep += exc.errno == errno.ENAMETOOLONG
+                continue
+        if stack or too_deep:
+            # what is not examined may hold a copy: said in an agent.gap, not only in the log
+            why = " and ".join([*([f"stopped after {limit} entries"] if stack else []),
+                                *([f"{too_deep} directories deeper than PATH_MAX"] if too_deep else [])])
+            log.warning("%s: %s; files changed there are not examined", point, why)
+            self._emit(sensor_gap("unexamined_files", 0, f"files changed on {fs_text(point)} while it was "
+                                                         f"not watched were not all examined: {why}"))
         return found
 
     @staticmethod

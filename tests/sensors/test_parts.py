@@ -463,3 +463,45 @@ def test_a_removable_write_waits_only_for_temporary_names_and_files_still_being_
         os.close(again)
     finally:
         os.close(reader)
+
+
+def test_what_catch_up_cannot_examine_is_an_agent_gap(tmp_path: Path) -> None:
+    """A stick filled with more entries than the examination reads, or with directories nested
+    deeper than PATH_MAX, may hide a copy written while it was not watched: an agent.gap says so
+    (before, a log line only)."""
+    import subprocess
+    import time
+
+    from agent.sensors.copies import CopyDetector
+    from agent.sensors.media import RemovableMedia, RemovableMount
+    from common.agentconfig import Removable
+    from protos import exfilguard_pb2 as pb
+
+    events = Recorder()
+    media = RemovableMedia(Removable())
+    staging = StagingDetector(SensorSettings(), events)
+    copies = CopyDetector(FingerprintIndex(TagMap({})), media, staging, events)
+    stick = tmp_path / "stick"
+    stick.mkdir()
+    level = "d" * 200
+    subprocess.run(["bash", "-c", f'cd "$1" && for i in $(seq 25); do mkdir {level} && cd {level}; done '
+                    "&& echo loot > loot.db", "-", str(stick)], check=True, timeout=60)
+    for i in range(20):
+        (stick / f"junk{i}").write_bytes(b"x")
+    mount = RemovableMount(str(stick), pb.Device(name="/dev/sdz", serial="S1", removable=True),
+                           pb.Mount(point=str(stick)), seen_at=time.time() - 1)
+    media.add_mount(mount)
+
+    def gaps() -> list[str]:
+        return [e["event.reason"] for e in events.matching(events.action("agent.gap"))
+                if e["exfilguard.gap.reason"] == "unexamined_files"]
+
+    copies.examine_changed(str(stick), 0, time.time() + 60)
+    assert len(gaps()) == 1
+    assert str(stick) in gaps()[0]
+    assert "deeper than PATH_MAX" in gaps()[0]
+    copies.examine_changed(str(stick), 0, time.time() + 60, limit=5)
+    assert "stopped after 5 entries" in gaps()[1]
+    subprocess.run(["bash", "-c", f'cd "$1" && rm -rf {level}', "-", str(stick)], check=True, timeout=60)
+    copies.examine_changed(str(stick), 0, time.time() + 60)
+    assert len(gaps()) == 2  # everything examined: no gap
