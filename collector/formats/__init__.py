@@ -67,7 +67,13 @@ _JSON: dict[str, Layouts] = {
 
 def event_json(fmt: str, mapping: Mapping[str, Any]) -> bytes:
     """`orjson.dumps(event(fmt, mapping))`, from the layout of the event's shape; KeyError if unknown."""
+    return event_json_of(fmt)(mapping)
+
+
+def event_json_of(fmt: str) -> Callable[[Mapping[str, Any]], bytes]:
+    """`event_json` in `fmt` as a function of the mapping (a batch looks it up once); KeyError if unknown."""
     layouts = _JSON.get(fmt)
-    if layouts is None:
-        return orjson.dumps(_EVENTS[fmt](mapping))
-    return layouts.json(mapping)
+    if layouts is not None:
+        return layouts.json
+    function = _EVENTS[fmt]
+    return lambda mapping: orjson.dumps(function(mapping))

@@ -65,10 +65,11 @@ Laid = tuple[dict[str, Any], tuple[bytes, ...]]  # an event's FIELDS, and its JS
 def lay_out(location: str, rows: Sequence[Row], fmts: tuple[str, ...]) -> list[Laid]:
     """Each row's FIELDS and its JSON in each of `fmts` (what a helper runs; also run here)."""
     out: list[Laid] = []
+    jsons = [formats.event_json_of(fmt) for fmt in fmts]  # looked up once a batch, not per event
     for agent_id, sequence, data in rows:
         mapping = stored_mapping(location, agent_id, sequence, data)
         fields = {name: mapping[name] for name in FIELDS if name in mapping}
-        out.append((fields, tuple([formats.event_json(fmt, mapping) for fmt in fmts])))
+        out.append((fields, tuple([json(mapping) for json in jsons])))
     return out
 
 
@@ -303,13 +304,12 @@ class Formatted:
             entries = self._entries
             recent = now - ASKED_SECONDS
             others = [f for f in self.formats if f != fmt and self._asked.get(f, recent) > recent]
-            self._add([row for row in rows if (row[0], row[1]) not in entries], (fmt, *others))
-            self._add([row for row in rows if fmt not in entries[(row[0], row[1])][1]], (fmt,))
-            out: list[Read] = []
-            for agent_id, sequence, _ in rows:
-                fields, by_format = entries[(agent_id, sequence)]
-                out.append((fields, by_format[fmt]))
-            while len(entries) > max(self.size, len(rows)):
+            keys = [(row[0], row[1]) for row in rows]  # made once: this runs for every event
+            keyed = list(zip(rows, keys, strict=True))
+            self._add([row for row, key in keyed if key not in entries], (fmt, *others))
+            self._add([row for row, key in keyed if fmt not in entries[key][1]], (fmt,))
+            out: list[Read] = [(entry[0], entry[1][fmt]) for entry in map(entries.__getitem__, keys)]
+            for _ in range(len(entries) - max(self.size, len(rows))):
                 entries.popitem(last=False)
         return out
 
@@ -325,8 +325,9 @@ class Formatted:
         entries = self._entries
         laid = self.formatter.lay_out(rows, fmts)
         for (agent_id, sequence, _), (fields, docs) in zip(rows, laid, strict=True):
-            entry = entries.get((agent_id, sequence))
+            key = (agent_id, sequence)
+            entry = entries.get(key)
             if entry is None:
-                entries[(agent_id, sequence)] = (fields, dict(zip(fmts, docs, strict=True)))
+                entries[key] = (fields, dict(zip(fmts, docs, strict=True)))
             else:
                 entry[1].update(zip(fmts, docs, strict=True))
