@@ -14,7 +14,7 @@ owns the reading of the permission group:
     agent is told afterwards (a writer, counted). Only while the agent has armed it (`sync`).
   - while armed, a tagged file's open by a process that writes nothing to removable media, nor
     any of its group (the writers: those answered here, and those the agent tells as it notes
-    them), is answered here too, when no open on removable media waits for the agent;
+    them), is answered here too, when no open on removable media of either waits for the agent;
   - everything else is handed to the agent (`ask`) and answered when the agent says (`answer`),
     or by `prevent.fail` when it does not within decision_timeout_ms (the agent stopped or
     stalled), or when this process itself stood still that long.
@@ -28,6 +28,7 @@ every open it still holds (the group's last descriptor closes).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -39,6 +40,7 @@ import socket
 import sys
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from agent.prevent import link, syscalls, verdicts
@@ -126,8 +128,10 @@ class Responder:
         # or of its group, goes to the agent, any other is answered here while armed
         self.writers_seen: dict[int, int] = {}
         self.decider.on_writer = self._writer
-        self.removable: dict[int, int] = {}  # seq -> pid of an open on removable media asked of the agent
+        # seq -> (pid, pgid) of an open on removable media asked of the agent, not answered yet
+        self.removable: dict[int, tuple[int, int]] = {}
         self.fast_tagged = 0  # tagged opens answered here, not yet told
+        self.tagged_devs: set[int] = set()  # st_dev of the tagged roots
         self.devs: set[int] = set()
         self.armed = False
         self.waiting: dict[int, tuple[int, float]] = {}  # seq -> (event fd, read at)
@@ -210,6 +214,10 @@ class Responder:
                 self.devs = set(message[1])
             elif kind == "roots":
                 self.decider.tags = TagMap({root: list(tags) for root, tags in message[1].items()})
+                self.tagged_devs = set()
+                for root in message[1]:
+                    with contextlib.suppress(OSError):
+                        self.tagged_devs.add(Path(root).stat().st_dev)
             elif kind == "stop":
                 return False
         return True
@@ -292,7 +300,9 @@ class Responder:
             self.group.answer(fd, True)
             return
         removable = st[0] in self.devs
-        if not removable and self.armed:
+        # only an open of a file known to be tagged: a stick whose mark went in before its device
+        # was told here (`devs`) is not taken for a tagged tree
+        if not removable and self.armed and st[0] in self.tagged_devs and self.decider.tags.tags_of(path):
             pgid = self._innocent(pid)
             if pgid is not None:  # a tagged file's reader that writes nothing to removable media
                 when = time.time()
@@ -318,7 +328,7 @@ class Responder:
         self.seq += 1
         self.waiting[self.seq] = (fd, now)
         if removable:
-            self.removable[self.seq] = pid
+            self.removable[self.seq] = (pid, self.decider.verdicts.group_of(pid))
         else:
             self.tagged[self.seq] = (pid, self.decider.verdicts.group_of(pid))
         self.out.append(["ask", self.seq, fd, pid, path, st[0], st[1], now])
@@ -338,12 +348,15 @@ class Responder:
     def _innocent(self, pid: int) -> int | None:
         """The process group of a tagged file's opener (0: gone) when this process may let the open
         go, as the agent's `Decider.allow_tagged` would: neither it nor a process of its group is
-        known to write to removable media, and no open on removable media waits for the agent
-        (a write the agent is deciding is not among the writers yet). None: ask the agent."""
-        if self.removable or pid in self.writers_seen or len(self.writers_seen) > MAX_WRITERS:
+        known to write to removable media, nor has an open on removable media waiting for the agent
+        (a write the agent is deciding is not among the writers yet; the agent looks at the two in
+        one step). None: ask the agent."""
+        if pid in self.writers_seen or len(self.writers_seen) > MAX_WRITERS:
             return None
         pgid = self.decider.verdicts.group_of(pid)
         if pgid > 1 and pgid in self.writers_seen.values():
+            return None
+        if any(asker == pid or (group > 1 and group == pgid) for asker, group in self.removable.values()):
             return None
         return pgid
 
@@ -371,9 +384,9 @@ class Responder:
         late = [seq for seq, (_, read_at) in self.waiting.items() if now - read_at > self.timeout]
         for seq in late:
             self.tagged.pop(seq, None)
-            pid = self.removable.pop(seq, None)
-            if pid is not None and self.allow_on_fail:  # a write let go undecided: a writer
-                self._writer(pid, self.decider.verdicts.group_of(pid))
+            asked = self.removable.pop(seq, None)
+            if asked is not None and self.allow_on_fail:  # a write let go undecided: a writer
+                self._writer(*asked)
             self._default(self.waiting.pop(seq)[0])
 
     def _default(self, fd: int) -> None:
