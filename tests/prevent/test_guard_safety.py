@@ -276,6 +276,10 @@ def _reads_while_the_agent_stands_still(agent: subprocess.Popen[bytes], tagged: 
     process group waits for the agent and is refused once it runs again."""
     responder = _responder(agent.pid)
     wait_for(lambda: _armed(responder), 15, "the tagged trees to be armed", diagnose=log.read_text)
+    # and it has read what the agent told it when it started (it waits in poll only with nothing
+    # left to read): a new one answers from verdicts and for innocent readers once told it may
+    wait_for(lambda: Path(f"/proc/{responder}/syscall").read_text().split()[0] in {"7", "271"}, 15,
+             "the responder to wait for events", diagnose=log.read_text)
     agent.send_signal(signal.SIGSTOP)
     try:
         # another program, in a session of its own: answered without the agent (before, it
