@@ -202,8 +202,9 @@ def main() -> int:
     top = Path(tempfile.mkdtemp(prefix="eg-prevention-", dir="/dev/shm"))
     # a label (and so a mount point) of its own: two runs at once would write to each other's stick
     stick = LoopStick(top / "stick", label=f"EGPR{os.getpid() % 100_000}", serial=f"EG-PREVENT-{os.getpid()}",
-                      # a copy's deleted files may stay held (an agent hashing them) until the next copy
-                      size_mib=4 * (args.big_mib + args.files * 8 // 1024) + 128)
+                      # a copy's deleted files may stay held while an agent hashes them (other agents
+                      # on the machine too: a run ended in ENOSPC); a sparse image costs what is written
+                      size_mib=(3 * args.rounds + 1) * (args.big_mib + args.files * 8 // 1024) + 128)
     try:
         tagged_dir = top / "srv-db"
         tagged_dir.mkdir()
