@@ -34,6 +34,7 @@ from agent.content.examiner import Examiner
 from agent.content.identify import Identification
 from agent.sensors import Emit, procinfo, provenance, seat
 from agent.sensors.errors import SensorError
+from agent.sensors.failures import FailedEvents
 from agent.sensors.media import RemovableMedia, describe_udev
 from agent.sensors.provenance import Provenance
 from agent.sensors.stoppipe import StopPipe
@@ -115,6 +116,7 @@ class DeviceSensor:
         self._examiner = examiner
         self._raw: dict[str, _RawWrite] = {}  # device node -> writes to read back
         self._emit = emit
+        self.failed = FailedEvents(emit, "udev")  # handling that raised: in an agent.gap
         self._on_attach = on_attach
         self._on_detach = on_detach
         self._attached: dict[str, pb.Device] = {}
@@ -144,6 +146,7 @@ class DeviceSensor:
         self._stop.wake(self._background)
         self._stop.close()
         self._monitor = None  # pyudev closes its netlink socket when the monitor goes
+        self.failed.flush()
 
     def _run(self) -> None:
         poller = select.poll()
@@ -171,6 +174,7 @@ class DeviceSensor:
                     self._seen(device, device.action or "change")
                 except Exception:
                     log.exception("udev event handling failed")
+                    self.failed()
 
     def _seen(self, device: Any, action: str) -> None:
         node = device.device_node

@@ -22,6 +22,7 @@ from pathlib import Path, PurePath
 
 from agent.background import Background
 from agent.sensors import Emit, procinfo
+from agent.sensors.failures import FailedEvents
 from agent.sensors.media import RemovableMedia, RemovableMount, egress_device
 from agent.sensors.stoppipe import StopPipe
 from protos import exfilguard_pb2 as pb
@@ -106,6 +107,7 @@ class MountTable:
         self._tagged = tuple(tagged)  # tagged paths: a share holding them is where the data lives
         self._on_change = on_change  # any mount or unmount after start (a tagged path may come or go)
         self._emit = emit
+        self.failed = FailedEvents(emit, "mount table")  # checks that raised: in an agent.gap
         self._poll_ms = int(poll_seconds * 1000)
         self._path = path
         self._lock = threading.Lock()
@@ -133,6 +135,7 @@ class MountTable:
             if self._fd >= 0:
                 os.close(self._fd)
                 self._fd = -1
+        self.failed.flush()
 
     def recheck(self, _device: pb.Device | None = None) -> None:
         """Re-read the table and report changes (also called when a device attaches); tells
@@ -247,8 +250,9 @@ class MountTable:
                 return
             try:
                 self.recheck()
-            except Exception:
+            except Exception:  # retried at the next change or poll; meanwhile mounts may go unseen
                 log.exception("mount table check failed")
+                self.failed()
 
     def _emit_mount(self, action: str, mount: RemovableMount) -> None:
         event = new_event(action)

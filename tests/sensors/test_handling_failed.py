@@ -16,9 +16,11 @@ import pytest
 
 from agent.sensors import failures
 from agent.sensors.access import ExactAccessSensor
+from agent.sensors.devices import DeviceSensor
 from agent.sensors.failures import FailedEvents
 from agent.sensors.fanotify import Access, FanotifySensor
 from agent.sensors.files import FileSensor
+from agent.sensors.mounts import MountTable
 from agent.sensors.wiring import build_sensors
 from common.agentconfig import AgentConfig
 from protos.events import to_mapping
@@ -75,16 +77,17 @@ def test_failures_become_one_agent_gap_with_their_count(monkeypatch: pytest.Monk
 
 
 def test_the_sensors_report_their_failures_in_a_gap_at_stop(tmp_path: Path) -> None:
-    """Both file sensors count failures and report them at stop at the latest."""
+    """The file, udev and mount table sensors count failures and report them at stop at the latest."""
     emitted: list[dict[str, Any]] = []
     config = AgentConfig(tags={str(tmp_path): ["db"]})
     sensors = build_sensors(config, lambda e: emitted.append(to_mapping(e)))
-    counters = [s.failed for s in sensors if isinstance(s, (ExactAccessSensor, FileSensor))]
-    assert len(counters) == 2
+    kinds = (ExactAccessSensor, FileSensor, DeviceSensor, MountTable)
+    counters = [s.failed for s in sensors if isinstance(s, kinds)]
+    assert len(counters) == 4
     for counter in counters:
         counter()
         counter()  # within the interval: pending until stop
     for sensor in reversed(sensors):
         sensor.stop()
     lost = [e["exfilguard.gap.lost"] for e in emitted if e.get("exfilguard.gap.reason") == "handling_failed"]
-    assert sorted(lost) == [1, 1, 1, 1]
+    assert sorted(lost) == [1] * 8
