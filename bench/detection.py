@@ -159,11 +159,14 @@ def main() -> int:
             print(f"round {round_no + 1}: {total - len(missed)}/{total} techniques detected so far")
         # every event before it is evaluated once the sentinel's alert is out
         sentinel = f"{point}/sentinel.db"
-        shutil.copyfile(db / "ledger1.db", sentinel)
+        # by a cp of its own: this process feeds the photo program's stdin, and a tagged read of
+        # its own while the photos are examined would flow into them (the pipe's upstream)
+        subprocess.run(["cp", str(db / "ledger1.db"), sentinel], check=True)
         _wait(lambda: alerted({sentinel}) is not None, 60, "the sentinel's alert", 0.05)
         false = matrix.false_alerts(alerts.for_paths(benign_outputs))
         for alert in false:
-            print(f"  false alert: {alert['policy.id']} {alert['severity']} {alert.get('file.path')}")
+            print(f"  false alert: {alert['policy.id']} {alert['severity']} {alert.get('file.path')} "
+                  f"({alert.get('exfilguard.copy.identified_by')}: {alert.get('exfilguard.copy.sources')})")
         detected = total - len(missed)
         ms = 1000.0
         base_median = statistics.median(baseline) * ms if baseline else 0.0

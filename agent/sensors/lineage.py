@@ -46,7 +46,6 @@ _MAX_ARGS = 64
 MAX_SOCKETS = 32           # sockets of one process asked about per look (a browser has hundreds)
 MAX_CHILDREN = 16          # children recorded when a process first reads tagged data
 MAX_FILES = 16             # paths of open files kept per process record
-MAX_LINKS = 64             # pipe ends remembered per process (those held now, then earlier ones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,7 +225,7 @@ class DataFlow:
         link = _read_link(pid, self.pairs)
         if link is None:
             return  # gone: what was recorded before stays
-        parent, writes, reads, files, born = link
+        parent, writes, reads, files, born, exiting = link
         # a derived file it has open now, or names on its command line, was opened before
         # anything watched it (this thread was behind): it reads it
         held = [read for path in files for read in self.held(path)]
@@ -239,14 +238,14 @@ class DataFlow:
             reused = bool(proc.born and born and abs(proc.born - born) > 0.05)
             if execed or reused:
                 proc.looked = False  # a new program, or a new process under a reused pid
-            if not reused:
-                # The same process: the pipes it held when looked at before are links still. An
-                # exiting process (xz after its last write, a zombie) shows no descriptors at all,
-                # and its close is what asks for its flow: forgetting them lost what tar read
-                # after forking xz on a busy machine
-                writes = _merged(proc.writes, writes)
-                reads = _merged(proc.reads, reads)
-                files = list(dict.fromkeys([*files, *proc.files]))
+            if not reused and exiting:
+                # An exiting process (a zombie: xz after closing its archive, whose close is what
+                # asks for its flow) shows no descriptors at all: the pipes it held when last
+                # looked at are its links still. Forgetting them lost what tar read after forking
+                # xz on a busy machine. A live process's links are what it holds now: a shell or
+                # a script capturing each command's output would otherwise carry on what all of
+                # its commands ever read
+                writes, reads, files = proc.writes, proc.reads, list(proc.files)
             if (proc.ppid, proc.writes, proc.reads, proc.born) != (ppid or parent, writes, reads, born):
                 self._bump()
             proc.ppid = ppid or parent
@@ -418,15 +417,6 @@ class DataFlow:
         return bool(found)
 
 
-def _merged(before: tuple[int, ...], now: tuple[int, ...]) -> tuple[int, ...]:
-    """Pipe inodes held now, and those held before (the most recent MAX_LINKS in all): a pipe a
-    process held while it lived links it still once it has closed it."""
-    if not before or before == now:
-        return now
-    kept = [inode for inode in before if inode not in now]
-    return tuple(sorted((*now, *kept[-max(0, MAX_LINKS - len(now)):])))[:MAX_LINKS] if kept else now
-
-
 def _holds(pid: int, dev: int, ino: int) -> bool:
     """Whether a live process has the file (dev, ino) open."""
     try:
@@ -469,18 +459,20 @@ def _argument_paths(base: str) -> list[str]:
     return out
 
 
-_Link = tuple[int, tuple[int, ...], tuple[int, ...], list[str], float]
+_Link = tuple[int, tuple[int, ...], tuple[int, ...], list[str], float, bool]
 
 
 def _read_link(pid: int, pairs: SocketPairs) -> _Link | None:
-    """(ppid, pipe inodes written, pipe inodes read, paths of files open, start time) of a live
-    process; None when it is gone. A socketpair end counts as both, as its negated channel."""
+    """(ppid, pipe inodes written, pipe inodes read, paths of files open, start time, whether it
+    has exited and awaits its parent) of a process in /proc; None when it is gone. A socketpair
+    end counts as both, as its negated channel."""
     base = f"/proc/{pid}"
     try:
         with open(f"{base}/stat", "rb") as fh:
             stat = fh.read()
         fields = stat[stat.rindex(b")") + 2 :].split()
         ppid = int(fields[1])
+        exiting = fields[0] in (b"Z", b"X")  # exited, not yet reaped: no descriptors left
         born = _boot_time() + int(fields[19]) / _TICKS
     except (OSError, ValueError, IndexError):
         return None
@@ -513,7 +505,7 @@ def _read_link(pid: int, pairs: SocketPairs) -> _Link | None:
             writes.append(inode)
         if mode in (os.O_RDONLY, os.O_RDWR):
             reads.append(inode)
-    return ppid, tuple(sorted(set(writes))), tuple(sorted(set(reads))), files, born
+    return ppid, tuple(sorted(set(writes))), tuple(sorted(set(reads))), files, born, exiting
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")

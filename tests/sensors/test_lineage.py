@@ -4,9 +4,9 @@ bounds; byte evidence against a guess."""
 from __future__ import annotations
 
 import os
-import shlex
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -145,36 +145,51 @@ def test_a_parent_gone_before_its_pipe_was_seen_is_upstream_of_the_child_reading
         tar.stdin.close()
 
 
-def test_a_pipe_a_process_held_still_links_it_once_it_closed_it(tmp_path: Path, monkeypatch: Any) -> None:
-    """`tar cJf`'s xz after its last write: it closes its input pipe, then the archive, and the
-    agent looks at it again at that close (a moment later than the close itself on a busy
-    machine) finding no pipe at all. The pipe it read from links it still: what tar read after
-    forking it reaches the archive (it was the parent link alone: what tar read before the fork)."""
+def test_an_exited_process_keeps_the_pipes_it_held_and_a_live_one_has_those_it_holds(
+        monkeypatch: Any) -> None:
+    """`tar cJf`'s xz: it closes its archive and exits, and the agent looks at it at that close
+    (a moment later on a busy machine) finding a zombie without descriptors. The pipe it read
+    from links it still: what tar read after forking it reaches the archive (it was the parent
+    link alone: what tar read before the fork). A live process that closed a pipe is no longer
+    linked by it (a script capturing each command's output would carry what all of them read)."""
     monkeypatch.setattr(lineage, "REFRESH_SECONDS", 0.0)  # every look reads /proc afresh
     flow = DataFlow()
-    closed = tmp_path / "closed"
-    script = ("import os, sys, time; sys.stdin.buffer.read(); os.close(0); "
-              f"open({str(closed)!r}, 'w').close(); time.sleep(60)")
-    shell = subprocess.Popen(["bash", "-c", f"cat | python3 -c {shlex.quote(script)}"], stdin=subprocess.PIPE)
-    assert shell.stdin is not None
+    tar = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert tar.stdin is not None and tar.stdout is not None
+    xz = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.buffer.read()"], stdin=tar.stdout)
+    tar.stdout.close()
     try:
-        deadline = time.monotonic() + 10
-        while len(psutil.Process(shell.pid).children()) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        cat, xz = sorted(psutil.Process(shell.pid).children(), key=lambda p: p.pid)
-        flow.note_exec(cat.pid)
+        flow.note_exec(tar.pid)
         flow.note_exec(xz.pid)
-        flow.note_read(cat.pid, [_read("/srv/db/late.db", at=xz.create_time() + 30 * FORK_SLACK_SECONDS)])
-        shell.stdin.close()  # cat ends; xz reads to the end and closes its input
-        while not closed.exists() and time.monotonic() < deadline:
+        flow.note_read(tar.pid, [_read("/srv/db/late.db", at=time.time() + 30 * FORK_SLACK_SECONDS)])
+        tar.stdin.close()  # tar ends; xz reads to the end and exits, unreaped
+        deadline = time.monotonic() + 10
+        while psutil.Process(xz.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert closed.exists()
-        flow.note_process(xz.pid)  # looked at again: no pipe open now
+        assert psutil.Process(xz.pid).status() == psutil.STATUS_ZOMBIE
+        flow.note_process(xz.pid)  # looked at again: no descriptor left
         assert [s.path for s in flow.flow([xz.pid]).sources] == ["/srv/db/late.db"]
     finally:
-        for child in psutil.Process(shell.pid).children():
-            child.kill()
-        shell.wait(10)
+        tar.wait(10)
+        xz.wait(10)
+    # alive, its pipe closed: the link goes
+    closer = subprocess.Popen([sys.executable, "-c", "import os, sys; sys.stdin.buffer.read(); os.close(0); "
+                               "sys.stdout.write('closed\\n'); sys.stdout.flush(); sys.stdin = None; "
+                               "import time; time.sleep(30)"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert closer.stdin is not None and closer.stdout is not None
+    try:
+        flow.note_exec(closer.pid)
+        # upstream of its stdin: this process (long after it forked it: not by the parent link)
+        flow.note_read(os.getpid(), [_read("/srv/db/mine.db", at=time.time() + 30 * FORK_SLACK_SECONDS)])
+        assert [s.path for s in flow.flow([closer.pid]).sources][-1:] == ["/srv/db/mine.db"]
+        closer.stdin.close()
+        assert closer.stdout.readline() == b"closed\n"
+        flow.note_process(closer.pid)
+        assert "/srv/db/mine.db" not in [s.path for s in flow.flow([closer.pid]).sources]
+    finally:
+        closer.kill()
+        closer.wait(10)
+        closer.stdout.close()
 
 
 def test_the_next_command_of_the_writers_script_is_found_holding_the_new_derived_file(tmp_path: Path) -> None:
