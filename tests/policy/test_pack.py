@@ -141,3 +141,33 @@ def test_the_backup_accounts_archive_is_excepted_only_in_its_window(pack: Path) 
     fired = {str(e) for a in alerts for e in list(a["evidence"])}  # type: ignore[call-overload]
     assert "00000000-0000-0000-0000-0000000004e3" in fired
     assert not [a for a in replay(pack, "staging-archive.negative.jsonl") if a["user.name"] == "backup"]
+
+
+def _read_events(where: Path, user: str, reads: list[tuple[str, str, str]]) -> Path:
+    path = where / f"{user}.jsonl"
+    with path.open("w") as fh:
+        for i, (action, process, file) in enumerate(reads):
+            event = {"@timestamp": f"2026-11-18T10:{i // 60 % 10:02d}:{i % 60:02d}.000000Z",
+                     "agent.id": "agent-ws17", "event.action": action, "event.id": f"{user}-{i}",
+                     "event.kind": "event", "event.sequence": i + 1, "exfilguard.attribution": "exact",
+                     "file.path": file, "host.name": "ws-17", "process.name": process,
+                     "tags": ["source-code"],
+                     "user.id": "1000", "user.name": user}
+            fh.write(json.dumps(event) + "\n")
+    return path
+
+
+def test_a_build_in_a_tagged_source_tree_is_not_a_mass_read(pack: Path, tmp_path: Path) -> None:
+    # a code generator opens 320 files to write them (file.open, no read) and the compiler reads
+    # every source; a script reading the same 320 sources is still a mass read
+    tree = "/home/alice/projects/secret"
+    build = [("file.open", "protoc", f"{tree}/m{i}.pb.c") for i in range(320)]
+    build += [("file.read", "cc1", f"{tree}/m{i}.c") for i in range(320)]
+    script = [("file.read", "python3", f"{tree}/m{i}.c") for i in range(320)]
+    engine = engine_for(loader.load([pack]), timezone="Europe/Berlin")
+    fired = {}
+    for user, reads in (("alice", build), ("bob", script)):
+        events = read_events(_read_events(tmp_path, user, reads))
+        fired[user] = [a.to_json()["policy.id"] for a in replay_events(engine, events)]
+    assert "staging-mass-read-user" not in fired["alice"]
+    assert "staging-mass-read-user" in fired["bob"]
