@@ -30,6 +30,7 @@ from agent.content.archive import (
 )
 from agent.content.catalog import TEXT_BYTES, ContentCatalog
 from agent.content.chunks import FLUSH, ChunkStream
+from agent.content.commonplace import commonplace_source, git_bookkeeping
 from agent.content.entropy import SAMPLE_BYTES, byte_entropy, sample_entropy
 from agent.content.textsim import MIN_SAMPLE, TextFeatures, looks_like_text, sampled
 from agent.sensors.fingerprints import FingerprintIndex
@@ -180,13 +181,13 @@ class _Probe:
         catalog, index = self.identifier.catalog, self.identifier.index
         if self.sha256:
             path = index.match_digest(self.seen, self.sha256)
-            if path is not None:
+            if path is not None and not commonplace_source(path, self.sha256):
                 return [MemberFound(self.name, path, "exact", 1.0, self.seen, 0.99, self.seen, self.seen,
                                     index.source_tags(path))]
         found: dict[int, MemberFound] = {}
         for file_id, matched in self.chunk_hits.items():
             source = catalog.source(file_id)
-            if source is None or source.size <= 0:
+            if source is None or source.size <= 0 or git_bookkeeping(source.path):
                 continue
             share = min(1.0, matched / source.size)
             if matched < MIN_CHUNK_BYTES and share < 0.9:
@@ -197,7 +198,7 @@ class _Probe:
                                          confidence, matched, source.size, source.tags)
         for file_id, hits in self.text_hits.items():
             source = catalog.source(file_id)
-            if source is None or source.text < MIN_SAMPLE:
+            if source is None or source.text < MIN_SAMPLE or git_bookkeeping(source.path):
                 continue
             score = min(1.0, hits / source.text)
             confidence = round(0.9 * score, 3)

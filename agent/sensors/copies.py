@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent.content.commonplace import commonplace_source
 from agent.content.examiner import Examiner
 from agent.content.identify import Identification
 from agent.content.textsim import looks_like_text
@@ -122,6 +123,8 @@ class CopyDetector:
             except OSError:
                 written.fd = None
         match = self.index.match(written.fd, written.size) if written.fd is not None else None
+        if match is not None and commonplace_source(*match):
+            match = None  # a git template, git's bookkeeping, a skeleton file: in every repository
         methods: list[str] = []
         found: Provenance | None = None
         sha = ""

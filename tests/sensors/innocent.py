@@ -1,8 +1,9 @@
 """Innocent work with real tools (THREATS.md "Innocent look-alikes"): none of it may page anyone.
 
 Each case is a bash script run with the variables of tests/sensors/matrix.py (DB, BASE, STICK,
-WORK) plus DOCS (a tagged document tree), HOME_DIR (the user's own, untagged home: Documents,
-Pictures, Music, src) and WHEELS (a directory holding one local wheel). The pack runs as shipped
+WORK) plus DOCS (a tagged document tree), CODE (a tagged source tree, a git repository),
+HOME_DIR (the user's own, untagged home: Documents, Pictures, Music, src) and WHEELS (a
+directory holding one local wheel). The pack runs as shipped
 (suppression windows included), with the stick used for backups listed as an approved backup drive.
 An innocent case passes when no alert at medium or above names one of its files or its process,
 and every low alert about a copy says it is a guess.
@@ -108,6 +109,11 @@ CASES = (
              'logrotate -f -s "$WORK/lr.state" "$WORK/lr.conf"'),
     Innocent("find-sweep", 'find / -xdev -name "*.sqlite" >/dev/null 2>&1; find "$BASE" -name "*.txt" '
              '-newer "$BASE" >/dev/null; updatedb -l 0 -U "$BASE" -o "$WORK/plocate.db"'),
+    # a developer at work inside a tagged source tree: every tool reads all of it
+    Innocent("code-git-commit", 'cd "$CODE" && echo "/* more */" >> m007.c && git add -A && '
+             'git -c user.name=a -c user.email=a@example.com commit -qm work && git status -s >/dev/null'),
+    Innocent("code-grep", 'grep -rn TODO "$CODE" >/dev/null || true'),
+    Innocent("code-make", 'make -s -C "$CODE" -j2 >/dev/null'),
     Innocent("nightly-backup", 'rsync -a "$DB" "$DOCS" "$STICK/backup/" && tar czf "$STICK/backup/docs.tgz" '
              '-C "$BASE" docs', user="backup"),
 )
@@ -134,6 +140,16 @@ def make_home(base: Path) -> Path:
         "OUT ?= build\nall: $(OUT)/app\n$(OUT)/%.o: %.c\n\tmkdir -p $(OUT) && cc -c -o $@ $<\n"
         "$(OUT)/app: $(OUT)/a.o $(OUT)/main.o\n\tcc -o $@ $^\n")
     shutil.move(str(base / "proj"), home / "src/proj")
+    code = base / "code"
+    code.mkdir()
+    for i in range(120):
+        body = f"/* TODO check */\nint f{i}(void) {{ return {i}; }}\n"
+        (code / f"m{i:03d}.c").write_text(body + "// x\n" * 200)
+    (code / "Makefile").write_text("OBJS := $(patsubst %.c,%.o,$(wildcard *.c))\nall: $(OBJS)\n")
+    git = ["git", "-C", str(code), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "start"], check=True)
     for path in (base, *base.rglob("*")):
         path.chmod(0o755 if path.is_dir() else 0o644)
     return home
@@ -198,6 +214,7 @@ def configs(work: Path, base: Path, port: int, zone: str, backup_serial: str) ->
         f"collector: 127.0.0.1:{port}\ntls: {{insecure_loopback: true}}\nstate_dir: {work}/agent\n"
         "heartbeat_seconds: 0.5\nbatch:\n  max_events: 500\n  max_delay_ms: 50\n"
         f"tags:\n  {base / 'db'}: [database]\n  {base / 'docs'}: [documents, confidential]\n"
+        f"  {base / 'code'}: [source-code]\n"
         "removable:\n  include_loop: true\n")
     return collector, agent
 
@@ -206,7 +223,8 @@ def environment(base: Path, stick: Path, work: Path, pause: float) -> dict[str, 
     """The variables the innocent scripts use."""
     debs = sorted(Path("/var/cache/apt/archives").glob("*.deb"), key=lambda p: p.stat().st_size)
     return matrix.environment(base, stick, work, work) | {
-        "DOCS": str(base / "docs"), "HOME_DIR": str(base / "home"), "WHEELS": str(work / "wheels"),
+        "DOCS": str(base / "docs"), "CODE": str(base / "code"), "HOME_DIR": str(base / "home"),
+        "WHEELS": str(work / "wheels"),
         "DEB": str(debs[0]) if debs else "", "PAUSE": str(pause), "SESSION": SESSION,
         "ATOMIC_SAVE": ATOMIC_SAVE}
 
@@ -214,10 +232,15 @@ def environment(base: Path, stick: Path, work: Path, pause: float) -> dict[str, 
 def run(case: Innocent, env: dict[str, str]) -> None:
     """Run one case's script (as its user when it names one)."""
     prefix = ["runuser", "-u", case.user, "--"] if case.user else []
-    done = subprocess.run([*prefix, "bash", "-c", "set -eo pipefail\n" + case.script], env=env,
-                          capture_output=True, text=True, timeout=180, check=False, cwd=env["WORK"])
-    if done.returncode != 0:
-        raise AssertionError(f"case {case.name} failed ({done.returncode}): {done.stderr.strip()}")
+    # output to a file, not a pipe: whoever reads a pipe from a reader of tagged files carries
+    # what it read (lineage), and this process writes the sentinels to the stick
+    with tempfile.TemporaryFile() as out:
+        done = subprocess.run([*prefix, "bash", "-c", "set -eo pipefail\n" + case.script], env=env,
+                              stdout=out, stderr=out, timeout=180, check=False, cwd=env["WORK"])
+        out.seek(0)
+        if done.returncode != 0:
+            said = out.read().decode(errors="replace").strip()
+            raise AssertionError(f"case {case.name} failed ({done.returncode}): {said}")
 
 
 def pages(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
