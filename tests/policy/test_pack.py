@@ -171,3 +171,11 @@ def test_a_build_in_a_tagged_source_tree_is_not_a_mass_read(pack: Path, tmp_path
         fired[user] = [a.to_json()["policy.id"] for a in replay_events(engine, events)]
     assert "staging-mass-read-user" not in fired["alice"]
     assert "staging-mass-read-user" in fired["bob"]
+
+
+def test_a_new_git_object_directory_is_no_lost_view_but_a_new_tagged_directory_is(pack: Path) -> None:
+    lost = "agent-events-lost"
+    fired = {str(e) for a in replay(pack, f"{lost}.positive.jsonl") if a["policy.id"] == lost
+             for e in list(a["evidence"])}  # type: ignore[call-overload]
+    assert "00000000-0000-0000-0000-0000000005b2" in fired  # /srv/db/q3
+    assert not [a for a in replay(pack, f"{lost}.negative.jsonl") if a["policy.id"] == lost]

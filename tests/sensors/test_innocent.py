@@ -6,7 +6,7 @@ and a tagged document tree. The collector's clock is put in the backup window (0
 its timezone, so the after-hours rules are awake for every case too. Real tools: git, venv and
 pip, make, vim (backup and swap files), atomic saves, cat/less/grep/sqlite3 then photos copied
 from the same shell, a Python session saving an unrelated file after reading tagged ones, photos
-and music, a tar of the home, rsync of Documents, grep -r and make in a tagged source tree, the
+and music, a tar of the home, rsync of Documents, grep -r, make and git commit in a tagged source tree, the
 backup account's rsync and tar of the tagged trees, and the stick unplugged and plugged again at
 once after the backup.
 """
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 FAST = ("git-clone-commit", "venv-pip-wheel", "make-build", "vim-tagged-backup", "vim-stick", "atomic-save",
         "engineer-day", "python-session", "photos-music", "tar-home", "rsync-documents", "code-grep",
-        "code-make", "nightly-backup")
+        "code-make", "code-git-commit", "nightly-backup")
 
 
 def _copies_after_second_mount(tmp_path: Path, point: str) -> list[str]:
