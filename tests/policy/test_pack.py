@@ -151,6 +151,8 @@ def _read_events(where: Path, user: str, reads: list[tuple[str, str, str]]) -> P
                      "agent.id": "agent-ws17", "event.action": action, "event.id": f"{user}-{i}",
                      "event.kind": "event", "event.sequence": i + 1, "exfilguard.attribution": "exact",
                      "file.path": file, "host.name": "ws-17", "process.name": process,
+                     "process.executable": f"/home/{user}/bin/{process}" if user == "mallory"
+                     else f"/usr/bin/{process}",
                      "tags": ["source-code"],
                      "user.id": "1000", "user.name": user}
             fh.write(json.dumps(event) + "\n")
@@ -164,13 +166,16 @@ def test_a_build_in_a_tagged_source_tree_is_not_a_mass_read(pack: Path, tmp_path
     build = [("file.open", "protoc", f"{tree}/m{i}.pb.c") for i in range(320)]
     build += [("file.read", "cc1", f"{tree}/m{i}.c") for i in range(320)]
     script = [("file.read", "python3", f"{tree}/m{i}.c") for i in range(320)]
+    # a program named like a compiler but living in the user's home is not excepted
+    renamed = [("file.read", "cc1", f"{tree}/m{i}.c") for i in range(320)]
     engine = engine_for(loader.load([pack]), timezone="Europe/Berlin")
     fired = {}
-    for user, reads in (("alice", build), ("bob", script)):
+    for user, reads in (("alice", build), ("bob", script), ("mallory", renamed)):
         events = read_events(_read_events(tmp_path, user, reads))
         fired[user] = [a.to_json()["policy.id"] for a in replay_events(engine, events)]
     assert "staging-mass-read-user" not in fired["alice"]
     assert "staging-mass-read-user" in fired["bob"]
+    assert "staging-mass-read-user" in fired["mallory"]
 
 
 def test_a_new_git_object_directory_is_no_lost_view_but_a_new_tagged_directory_is(pack: Path) -> None:
