@@ -23,7 +23,10 @@ events formatted, and the first destination to reach an event lays it out in eve
 destinations use (one decode); the others take its JSON. Bounded: the oldest entries go first,
 and a destination far behind formats what it reads on its own.
 
-What a destination reads of an event beside its JSON is FIELDS (its id, time and host).
+What a destination reads of an event beside its JSON is FIELDS (its id, time and host). A batch
+is laid out in columns (`Laid`: a list per field and per format), not an object per event: at
+50,000 events a second each per-event dict or tuple the forward process makes and takes apart
+costs a few percent of its core.
 """
 
 from __future__ import annotations
@@ -35,10 +38,10 @@ import signal
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NamedTuple
 
 from collector import formats
 from collector.store.rows import stored_mapping
@@ -58,19 +61,42 @@ ASKED_SECONDS = 5.0  # a format no destination asked for this long is not laid o
 MAX_CHUNK_BYTES = 16 << 10  # a chunk of bigger rows is laid out here (two on their way fit a pipe)
 
 Row = tuple[str, int, bytes]  # agent id, sequence, the stored bytes
-Read = tuple[dict[str, Any], bytes]  # an event's FIELDS, and its JSON in one format
-Laid = tuple[dict[str, Any], tuple[bytes, ...]]  # an event's FIELDS, and its JSON in each format asked
 
 
-def lay_out(location: str, rows: Sequence[Row], fmts: tuple[str, ...]) -> list[Laid]:
-    """Each row's FIELDS and its JSON in each of `fmts` (what a helper runs; also run here)."""
-    out: list[Laid] = []
-    jsons = [formats.event_json_of(fmt) for fmt in fmts]  # looked up once a batch, not per event
-    for agent_id, sequence, data in rows:
-        mapping = stored_mapping(location, agent_id, sequence, data)
-        fields = {name: mapping[name] for name in FIELDS if name in mapping}
-        out.append((fields, tuple([json(mapping) for json in jsons])))
-    return out
+class Laid(NamedTuple):
+    """Rows laid out, in columns: each row's FIELDS (id, time, host; None where the event has
+    none) and its JSON in each format asked (`docs[i]`: the i-th format's, row by row)."""
+
+    ids: list[str]
+    times: list[str | None]
+    hosts: list[str | None]
+    docs: tuple[list[bytes], ...]
+
+    @classmethod
+    def joined(cls, parts: Sequence[Laid], width: int) -> Laid:
+        """The parts one after the other (`width`: the formats each has)."""
+        if len(parts) == 1:
+            return parts[0]
+        out = cls([], [], [], tuple([] for _ in range(width)))
+        for part in parts:
+            out.ids.extend(part.ids)
+            out.times.extend(part.times)
+            out.hosts.extend(part.hosts)
+            for docs, more in zip(out.docs, part.docs, strict=True):
+                docs.extend(more)
+        return out
+
+
+def lay_out(location: str, rows: Sequence[Row], fmts: tuple[str, ...]) -> Laid:
+    """The rows' FIELDS and JSON in each of `fmts` (what a helper runs; also run here)."""
+    mappings = [stored_mapping(location, agent_id, sequence, data) for agent_id, sequence, data in rows]
+    return Laid(
+        [m.get("event.id", "") for m in mappings],
+        [m.get("@timestamp") for m in mappings],
+        [m.get("host.name") for m in mappings],
+        # each format's function looked up once a batch, not per event
+        tuple([json(m) for m in mappings] for json in map(formats.event_json_of, fmts)),
+    )
 
 
 def default_helpers() -> int:
@@ -94,7 +120,7 @@ def _helper_main(conn: Connection, parent: int, nice: int, location: str) -> Non
     while True:
         try:
             fmts, rows = conn.recv()
-            conn.send(lay_out(location, rows, fmts))
+            conn.send(tuple(lay_out(location, rows, fmts)))
         except (EOFError, OSError):  # the forward process closed the pipe (or died)
             return
 
@@ -138,17 +164,17 @@ class _Helper:
             raise HelperGone(str(exc)) from exc
         self.sent.append(n)
 
-    def answers(self, parts: dict[int, list[Laid]], wait: float = 0.0) -> bool:
+    def answers(self, parts: dict[int, Laid], wait: float = 0.0) -> bool:
         """Take the answers that came, waiting up to `wait` for the first; False if none came."""
         came = False
         try:
             while self.sent and self.conn.poll(0.0 if came else wait):
-                answer: list[Laid] = self.conn.recv()
+                answer = Laid(*self.conn.recv())
                 came = True
                 n = self.sent.popleft()
                 if n is not None:
                     parts[n] = answer
-                    self.answered += len(answer)
+                    self.answered += len(answer.ids)
         except (EOFError, OSError) as exc:
             raise HelperGone(str(exc)) from exc
         return came
@@ -187,11 +213,12 @@ class Formatter:
         with self._lock:
             self._helpers()
 
-    def get(self, rows: Sequence[Row], fmt: str) -> list[Read]:
-        """Each row's FIELDS and JSON in `fmt`, in order."""
-        return [(fields, docs[0]) for fields, docs in self.lay_out(rows, (fmt,))]
+    def get(self, rows: Sequence[Row], fmt: str, destination: str = "") -> Laid:
+        """The rows' FIELDS and JSON in `fmt` (`docs[0]`), in order (`destination`: who asks,
+        for Formatted's sake)."""
+        return self.lay_out(rows, (fmt,))
 
-    def lay_out(self, rows: Sequence[Row], fmts: tuple[str, ...]) -> list[Laid]:
+    def lay_out(self, rows: Sequence[Row], fmts: tuple[str, ...]) -> Laid:
         """`lay_out` of the rows, shared with the helpers when the batch is big enough (the same
         result, in the same order, as laying them out here)."""
         self.conversions += len(rows) * len(fmts)
@@ -205,9 +232,9 @@ class Formatter:
         finally:
             self._lock.release()
 
-    def _shared(self, helpers: list[_Helper], rows: Sequence[Row], fmts: tuple[str, ...]) -> list[Laid]:
+    def _shared(self, helpers: list[_Helper], rows: Sequence[Row], fmts: tuple[str, ...]) -> Laid:
         chunks = [rows[at : at + CHUNK] for at in range(0, len(rows), CHUNK)]
-        parts: dict[int, list[Laid]] = {}
+        parts: dict[int, Laid] = {}
         front, back = 0, len(chunks) - 1
         for helper in helpers:
             helper.answered = 0
@@ -245,7 +272,7 @@ class Formatter:
         for n, chunk in enumerate(chunks):
             if n not in parts:
                 parts[n] = lay_out(self.location, chunk, fmts)
-        return [laid for n in range(len(chunks)) for laid in parts[n]]
+        return Laid.joined([parts[n] for n in range(len(chunks))], len(fmts))
 
     def _helpers(self) -> list[_Helper]:
         """The helper processes, started if they are not (none while they are held back)."""
@@ -273,18 +300,23 @@ class Formatter:
 
 
 class Formatted:
-    """The last `size` events any destination read: their FIELDS and JSON in every format in use:
-    asked for within ASKED_SECONDS and not given up since (`away`: its destination failed a
-    delivery and waits out its backoff). An away destination costs the others nothing; its
-    format is laid out again once it asks."""
+    """The last `size` events any destination read: their FIELDS and JSON in every format in use
+    (asked for within ASKED_SECONDS by a destination not given up since: `away`, its delivery
+    failed and it waits out its backoff). An away destination costs the others nothing; its
+    format is laid out again once it asks. While one destination alone asks, there is nothing to
+    share: its rows are laid out for it and nothing is kept (no per-event bookkeeping)."""
 
-    def __init__(self, formatter: Formatter, fmts: Sequence[str], size: int) -> None:
+    def __init__(self, formatter: Formatter, destinations: Mapping[str, str], size: int) -> None:
+        """`destinations`: each destination's name and format (all taken to have just asked)."""
         self.formatter = formatter
-        self.formats = tuple(dict.fromkeys(fmts))
+        self.formats = tuple(dict.fromkeys(destinations.values()))
+        self._slots = {fmt: _FIRST_DOC + n for n, fmt in enumerate(self.formats)}
         self.size = size
-        self._entries: OrderedDict[tuple[str, int], tuple[dict[str, Any], dict[str, bytes]]]
-        self._entries = OrderedDict()
-        self._asked: dict[str, float] = {}  # format -> when a destination last asked for it
+        # (agent id, sequence) -> [event id, time, host, its JSON in each of formats (None: not yet)]
+        self._entries: OrderedDict[tuple[str, int], list[Any]] = OrderedDict()
+        # destination -> (its format, when it last asked); at the start all are taken to keep up
+        started = time.monotonic()
+        self._asked = {name: (fmt, started) for name, fmt in destinations.items()}
         self._lock = threading.Lock()
 
     @property
@@ -292,42 +324,51 @@ class Formatted:
         """JSON documents made (an event in two formats counts twice)."""
         return self.formatter.conversions
 
-    def get(self, rows: Sequence[Row], fmt: str) -> list[Read]:
-        """Each row's FIELDS and JSON in `fmt`, made now unless another destination did.
+    def get(self, rows: Sequence[Row], fmt: str, destination: str = "") -> Laid:
+        """The rows' FIELDS and JSON in `fmt` (`docs[0]`), made now unless another destination did.
 
         Made under the lock: the destination that comes second waits for the first's work
         instead of doing it again.
         """
         with self._lock:
             now = time.monotonic()
-            self._asked[fmt] = now
-            entries = self._entries
+            self._asked[destination] = (fmt, now)
             recent = now - ASKED_SECONDS
-            others = [f for f in self.formats if f != fmt and self._asked.get(f, recent) > recent]
+            sharing = [f for d, (f, at) in self._asked.items() if d != destination and at > recent]
+            slot = self._slots.get(fmt)
+            if not sharing or slot is None:
+                self._entries.clear()  # what was kept is for destinations that stopped asking
+                return self.formatter.get(rows, fmt)
+            entries = self._entries
             keys = [(row[0], row[1]) for row in rows]  # made once: this runs for every event
             keyed = list(zip(rows, keys, strict=True))
-            self._add([row for row, key in keyed if key not in entries], (fmt, *others))
-            self._add([row for row, key in keyed if fmt not in entries[key][1]], (fmt,))
-            out: list[Read] = [(entry[0], entry[1][fmt]) for entry in map(entries.__getitem__, keys)]
+            self._add([row for row, key in keyed if key not in entries], (fmt, *dict.fromkeys(sharing)))
+            self._add([row for row, key in keyed if entries[key][slot] is None], (fmt,))
+            got = list(map(entries.__getitem__, keys))
             for _ in range(len(entries) - max(self.size, len(rows))):
                 entries.popitem(last=False)
-        return out
+        return Laid([e[0] for e in got], [e[1] for e in got], [e[2] for e in got], ([e[slot] for e in got],))
 
-    def away(self, fmt: str) -> None:
-        """A destination of `fmt` failed a delivery: lay its format out ahead no more until one asks."""
+    def away(self, destination: str) -> None:
+        """The destination failed a delivery: lay its format out ahead no more until it asks."""
         with self._lock:
-            self._asked.pop(fmt, None)
+            self._asked.pop(destination, None)
 
     def _add(self, rows: Sequence[Row], fmts: tuple[str, ...]) -> None:
         """Lay the rows out in `fmts` into the entries (kept ones gain the formats)."""
-        if not rows:
+        fmts = tuple(f for f in dict.fromkeys(fmts) if f in self._slots)
+        if not rows or not fmts:
             return
         entries = self._entries
         laid = self.formatter.lay_out(rows, fmts)
-        for (agent_id, sequence, _), (fields, docs) in zip(rows, laid, strict=True):
-            key = (agent_id, sequence)
-            entry = entries.get(key)
+        slots = [self._slots[f] for f in fmts]
+        blank = [None] * len(self.formats)
+        for n, (agent_id, sequence, _) in enumerate(rows):
+            entry = entries.get((agent_id, sequence))
             if entry is None:
-                entries[key] = (fields, dict(zip(fmts, docs, strict=True)))
-            else:
-                entry[1].update(zip(fmts, docs, strict=True))
+                entry = entries[(agent_id, sequence)] = [laid.ids[n], laid.times[n], laid.hosts[n], *blank]
+            for slot, docs in zip(slots, laid.docs, strict=True):
+                entry[slot] = docs[n]
+
+
+_FIRST_DOC = 3  # an entry's first JSON, after the event's FIELDS

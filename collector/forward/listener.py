@@ -69,7 +69,7 @@ class Forwarding:
                 formatter.start()
                 if len(config.forward) > 1:  # several destinations: each event formatted once for all
                     size = 4 * max(s.batch_size for s in config.forward)
-                    shared = Formatted(formatter, [s.format for s in config.forward], size)
+                    shared = Formatted(formatter, {s.name: s.format for s in config.forward}, size)
             worker = ForwardWorker(
                 spec.name,
                 build_destination(spec),

@@ -106,18 +106,31 @@ class SyslogTransport:
                 for message in messages:
                     sock.send(message[:MAX_UDP_BYTES])
                 return
-            frames = b"".join(b"%d %s" % (len(m), m) for m in messages)
-            sock = self._connect()
-            try:
-                self._check_open(sock)
-            except ConnectionResetError:  # closed while we were idle (a receiver restart): reconnect
-                self.close()
-                sock = self._connect()
-            sock.sendall(frames)
-            self._check_open(sock)
+            self._send_framed(b"".join([b"%d %b" % (len(m), m) for m in messages]))
         except OSError:
             self.close()
             raise
+
+    def send_framed(self, frames: bytes) -> None:
+        """Send messages already octet-counted ("LEN SP MSG" each, RFC 6587/5425) in one write;
+        TCP and TLS only. Raises OSError as `send` does."""
+        if self.protocol == "udp":
+            raise ValueError("octet-counted frames are for TCP and TLS, not UDP")
+        try:
+            self._send_framed(frames)
+        except OSError:
+            self.close()
+            raise
+
+    def _send_framed(self, frames: bytes) -> None:
+        sock = self._connect()
+        try:
+            self._check_open(sock)
+        except ConnectionResetError:  # closed while we were idle (a receiver restart): reconnect
+            self.close()
+            sock = self._connect()
+        sock.sendall(frames)
+        self._check_open(sock)
 
     def _connect(self) -> socket.socket:
         if self._sock is not None:

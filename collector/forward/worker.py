@@ -31,12 +31,12 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from collector import formats
-from collector.forward.destinations import Destination, Item
+from collector.forward.destinations import Batch, Destination
 from collector.forward.errors import REASONS, DeliveryError
 from collector.forward.formatted import Formatted, Formatter
 from collector.store.base import StoreError
@@ -125,15 +125,15 @@ class ForwardWorker:
                 self._stop.wait(POLL_SECONDS)
 
     def _stream(self) -> None:
-        ahead: list[Item] = []  # the next batch, read and formatted while the one before was on its way
+        ahead: Batch | None = None  # the next batch, read and formatted while the one before was on its way
         while not self._stop.is_set():
             term = self._term
             if not self._lead():
-                ahead = []
+                ahead = None
                 self._stop.wait(POLL_SECONDS)
                 continue
             if self._term != term:
-                ahead = []  # led again after a lapse: others may have moved the cursors meanwhile
+                ahead = None  # led again after a lapse: others may have moved the cursors meanwhile
             try:
                 items = ahead or self.next_batch()
             except StoreError as exc:
@@ -141,7 +141,7 @@ class ForwardWorker:
                 self._stop.wait(POLL_SECONDS)
                 continue
             self.outage.succeeded()
-            ahead = []
+            ahead = None
             if not items:
                 self._wake.wait(POLL_SECONDS)
                 self._wake.clear()
@@ -150,12 +150,13 @@ class ForwardWorker:
             # The destination's answer and the cursor save take a round trip each: the next batch
             # is made meanwhile.
             sending = self._sender.submit(self._deliver_and_save, items)
+            moved = items.last()
             with contextlib.suppress(StoreError):  # read again after this batch, then
-                ahead = self.next_batch({**self.cursors, **_last(items)})
+                ahead = self.next_batch({**self.cursors, **moved})
             if sending.result():
-                self.cursors.update(_last(items))
+                self.cursors.update(moved)
             else:
-                ahead = []  # stopping, or another collector forwards now: from the cursors again
+                ahead = None  # stopping, or another collector forwards now: from the cursors again
 
     def _lead(self) -> bool:
         """Lead the destination (cursors read afresh on taking over); False: another collector does,
@@ -179,7 +180,7 @@ class ForwardWorker:
         self.leading = leading
         return leading
 
-    def next_batch(self, after: Mapping[str, int] | None = None) -> list[Item]:
+    def next_batch(self, after: Mapping[str, int] | None = None) -> Batch:
         """The next events after the cursors, or after `after` (at most batch_size); updates lag_events."""
         positions = self.cursors if after is None else after
         heads, behind = self._lag(positions, fresh=False)
@@ -188,18 +189,18 @@ class ForwardWorker:
         if not behind:
             if after is None:
                 self.lag_seconds = 0.0
-            return []
+            return Batch([], [], ids=[], times=[], hosts=[], docs=[])
         agents = sorted(behind)
         self._turn = (self._turn + 1) % len(agents)
         agents = agents[self._turn :] + agents[: self._turn]
         share = max(1, self.batch_size // len(agents))
         ranges = [(agent, positions.get(agent, 0), heads[agent]) for agent in agents]
         rows = self.book.batch(ranges, share, self.batch_size)
-        reads = self.formatter.get(rows, self.format)
-        return [
-            Item(agent, sequence, str(fields.get("event.id", "")), fields, doc)
-            for (agent, sequence, _), (fields, doc) in zip(rows, reads, strict=True)
-        ]
+        laid = self.formatter.get(rows, self.format, self.name)
+        agent_ids, sequences = [row[0] for row in rows], [row[1] for row in rows]
+        return Batch(
+            agent_ids, sequences, ids=laid.ids, times=laid.times, hosts=laid.hosts, docs=laid.docs[0]
+        )
 
     def _lag(
         self, positions: Mapping[str, int] | None = None, fresh: bool = True
@@ -217,7 +218,7 @@ class ForwardWorker:
         behind = {a: h - at.get(a, 0) for a, h in heads.items() if h > at.get(a, 0)}
         return heads, behind
 
-    def _deliver(self, items: Sequence[Item]) -> bool:
+    def _deliver(self, items: Batch) -> bool:
         """Deliver the batch, retrying until it is taken (True) or the worker stops (False)."""
         delay = min(BACKOFF_FIRST, self.retry_max)
         while not self._stop.is_set():
@@ -240,7 +241,7 @@ class ForwardWorker:
                 self.failures["connection"] += 1
                 log.exception("forward %s: delivery crashed", self.name)
             if isinstance(self.formatter, Formatted):  # the other destinations stop laying out for it
-                self.formatter.away(self.format)
+                self.formatter.away(self.name)
             with contextlib.suppress(StoreError):  # the lag keeps growing while the destination is away
                 self._lag()
             if self.lead is not None and not self.lead.held():
@@ -251,12 +252,12 @@ class ForwardWorker:
             delay = min(delay * 2, self.retry_max)
         return False
 
-    def _deliver_and_save(self, items: Sequence[Item]) -> bool:
+    def _deliver_and_save(self, items: Batch) -> bool:
         """Deliver the batch (`_deliver`), then move its cursors in the store; the worker's own copy
         of them moves when it sees True (this runs on the sender thread)."""
         if not self._deliver(items):
             return False
-        self._save(_last(items))
+        self._save(items.last())
         return True
 
     def _save(self, moved: dict[str, int]) -> None:
@@ -280,17 +281,7 @@ class ForwardWorker:
         }
 
 
-def _last(items: Sequence[Item]) -> dict[str, int]:
-    """Each agent's last sequence in `items`: its cursor once they are delivered."""
-    moved: dict[str, int] = {}
-    for item in items:
-        moved[item.agent_id] = max(moved.get(item.agent_id, 0), item.sequence)
-    return moved
-
-
-def _age(items: Sequence[Item]) -> float:
-    oldest: dict[str, Item] = {}  # each agent's first item is its oldest (sequence order)
-    for item in items:
-        oldest.setdefault(item.agent_id, item)
-    times = [t for t in (ecs_epoch(i.fields.get("@timestamp")) for i in oldest.values()) if t is not None]
+def _age(items: Batch) -> float:
+    """How old (event time) the oldest event of the batch is: each agent's first is its oldest."""
+    times = [t for t in map(ecs_epoch, items.oldest().values()) if t is not None]
     return max(0.0, time.time() - min(times)) if times else 0.0

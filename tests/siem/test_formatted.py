@@ -12,7 +12,7 @@ import pytest
 
 from collector import formats
 from collector.forward import formatted
-from collector.forward.formatted import FIELDS, Formatter, Row
+from collector.forward.formatted import FIELDS, Formatter, Laid, Row
 from protos import exfilguard_pb2 as pb
 from protos.events import to_mapping
 from tests.eventcorpus import corpus
@@ -24,12 +24,15 @@ ROWS: list[Row] = [
 ]
 
 
-def expected(fmt: str) -> list[tuple[dict[str, object], bytes]]:
-    out = []
-    for _, _, data in ROWS:
-        mapping = to_mapping(pb.Event.FromString(data))
-        out.append(({k: mapping[k] for k in FIELDS if k in mapping}, formats.event_json(fmt, mapping)))
-    return out
+def expected(fmt: str) -> Laid:
+    mappings = [to_mapping(pb.Event.FromString(data)) for _, _, data in ROWS]
+    assert FIELDS == ("event.id", "@timestamp", "host.name")
+    return Laid(
+        [m.get("event.id", "") for m in mappings],
+        [m.get("@timestamp") for m in mappings],
+        [m.get("host.name") for m in mappings],
+        ([formats.event_json(fmt, m) for m in mappings],),
+    )
 
 
 @pytest.fixture

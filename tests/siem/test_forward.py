@@ -320,19 +320,22 @@ def test_a_format_no_destination_asks_for_is_not_laid_out_ahead(sqlite_stores: t
     store, reader = sqlite_stores
     store.ingest("agent-a", make_events("agent-a", 1, 15))
     rows = CursorBook(reader.domain(), store.domain()).batch([("agent-a", 0, 15)], 15, 15)
-    shared = Formatted(Formatter(reader.location), ["ecs", "ocsf"], size=100)
-    shared.get(rows[:5], "ecs")
-    assert shared.conversions == 5  # the OCSF destination has not asked yet
-    shared.get(rows[:5], "ocsf")  # now it asks: laid out for it
-    assert shared.conversions == 10
-    shared.get(rows[5:10], "ecs")
-    assert shared.conversions == 20  # both asked lately: each new event in both formats at once
-    ocsf = shared.get(rows[5:10], "ocsf")
-    assert shared.conversions == 20
-    assert [doc for _, doc in ocsf] == [doc for _, doc in Formatter(reader.location).get(rows[5:10], "ocsf")]
-    shared.away("ocsf")  # its delivery failed: in its backoff, it asks for nothing
-    shared.get(rows[10:], "ecs")
+    shared = Formatted(Formatter(reader.location), {"es": "ecs", "siem": "ocsf"}, size=100)
+    shared.away("siem")  # away from the start: not laid out ahead for it
+    shared.get(rows[:5], "ecs", "es")
+    assert shared.conversions == 5
+    shared.get(rows[:5], "ocsf", "siem")  # now it asks: laid out for it (and kept for both)
+    assert shared.conversions == 15
+    shared.get(rows[5:10], "ecs", "es")
+    assert shared.conversions == 25  # both asked lately: each new event in both formats at once
+    ocsf = shared.get(rows[5:10], "ocsf", "siem")
     assert shared.conversions == 25
+    assert ocsf == Formatter(reader.location).get(rows[5:10], "ocsf")  # ids, times, hosts, JSON
+    shared.away("siem")  # its delivery failed: in its backoff, it asks for nothing
+    shared.get(rows[10:], "ecs", "es")
+    assert shared.conversions == 30
+    shared.get(rows[10:], "ecs", "es")  # alone: nothing is kept for others
+    assert shared.conversions == 35 and not shared._entries
 
 
 def test_destinations_of_one_format_share_each_events_json(
@@ -340,7 +343,7 @@ def test_destinations_of_one_format_share_each_events_json(
 ) -> None:
     store, reader = sqlite_stores
     store.ingest("agent-a", make_events("agent-a", 1, 20))
-    shared = Formatted(Formatter(reader.location), ["ecs"], size=100)
+    shared = Formatted(Formatter(reader.location), {"one": "ecs", "two": "ecs"}, size=100)
     workers = [
         ForwardWorker(
             name,
