@@ -165,6 +165,8 @@ class CopyDetector:
         return found, sha, methods, tagged
 
     def _check(self, written: Written, device: pb.Device, mount: pb.Mount) -> None:
+        if (written.info is None or written.info.uid < 0) and written.late is None and written.fd is not None:
+            written.owner = procinfo.file_owner(written.fd)
         found, sha, methods, tagged = self.identify(written)
         if found is not None and found.identified_by == provenance.LINEAGE_BYTES:
             files_read = self.staging.note_write(written, flow_files=found.files, flow_tags=tuple(found.tags))
@@ -331,8 +333,8 @@ class CopyDetector:
         event.device.CopyFrom(device)
         event.exfilguard.mount.CopyFrom(mount)
         procinfo.describe(event, written.info, written.attribution, written.pid)
-        if (written.info is None or written.info.uid < 0) and written.late is None and written.fd is not None:
-            procinfo.owner(event, written.fd)
+        if (written.info is None or written.info.uid < 0) and written.owner >= 0:
+            procinfo.owner(event, written.owner)
         if written.late is not None:
             event.exfilguard.late = True
             event.exfilguard.late_window.start.CopyFrom(_stamp(written.late[0]))

@@ -202,14 +202,18 @@ def _describe(event: pb.Event, info: ProcessInfo, attribution: str) -> None:
     event.exfilguard.attribution = attribution if complete or attribution != EXACT else INFERRED
 
 
-def owner(event: pb.Event, fd: int) -> None:
-    """The user of a write whose process was gone before anything read it (the whole `rsync`
-    had finished when its first event was handled): the written file's owner, which the kernel
-    set from the writer's file-system uid (on vfat, the mount's owner), as `inferred`."""
+def file_owner(fd: int) -> int:
+    """The uid owning the file open on `fd` (-1 if it cannot be read)."""
     try:
-        uid = os.fstat(fd).st_uid
+        return os.fstat(fd).st_uid
     except OSError:
-        return
+        return -1
+
+
+def owner(event: pb.Event, uid: int) -> None:
+    """The user of a write whose process was gone before anything read it (the whole `rsync`
+    had finished when its first event was handled): the written file's owner (`uid`), which the
+    kernel set from the writer's file-system uid (on vfat, the mount's owner), as `inferred`."""
     event.user.id = str(uid)
     event.user.name = user_name(uid)
     event.exfilguard.attribution = INFERRED

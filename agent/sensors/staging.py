@@ -62,6 +62,9 @@ class Written:
     attribution: str = procinfo.NONE
     writers: tuple[int, ...] = ()  # other processes seen writing into it (not the closer)
     late: tuple[float, float] | None = None  # found after the fact: the window it was written in
+    # the file's owner, read while `fd` was open: names the user of a write whose process was
+    # gone, in its file.copy too, which the examiner emits after `fd` was closed
+    owner: int = -1
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -298,6 +299,8 @@ def test_catch_up_reports_writes_between_mount_and_watch(tmp_path: Path) -> None
     os.utime(stick / "old" / "photo.jpg", (old_time, old_time))  # mtime only: ctime stays now
     seen_at = time.time()
     (stick / "early.bin").write_bytes(b"written before the watch")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chown(stick / "early.bin", nobody, -1)  # as if nobody wrote it (the owner is the writer's uid)
     time.sleep(0.05)  # the kernel's file clock is coarse
     watched_at = time.time()
     time.sleep(0.05)
@@ -310,8 +313,61 @@ def test_catch_up_reports_writes_between_mount_and_watch(tmp_path: Path) -> None
     written = sorted(e["file.path"] for e in events.matching(events.action("file.write")))
     assert written == [str(stick / "early.bin"), str(stick / "old" / "photo.jpg")]
     assert all(e["device.serial"] == "S1" for e in events.matching(events.action("file.write")))
+    # no process is known for what the scan finds: the file's owner is named, as inferred
+    early = next(e for e in events.matching(events.action("file.write"))
+                 if e["file.path"].endswith("early.bin"))
+    assert (early["user.name"], early["exfilguard.attribution"]) == ("nobody", "inferred")
     present = RemovableMount(str(stick), mount.device, mount.mount, seen_at=0.0)
     assert copies.catch_up(present, watched_at) == 0  # there before the agent: not reported
+
+
+def test_an_archive_whose_writer_is_gone_names_its_owner_in_the_copy_too(tmp_path: Path) -> None:
+    """A tgz of tagged files whose writer (gzip, forked by tar) had exited before its close was
+    handled: no process is known, so the file's owner names the user. The file.copy comes from
+    the examiner after the sensor closed its descriptor; it named nobody (`?`), so the nightly
+    backup's exception (its service account) never applied and the job paged on a busy machine."""
+    from agent.content import ContentCatalog, ContentIdentifier
+    from agent.content.examiner import Examiner
+    from agent.sensors.copies import CopyDetector
+    from agent.sensors.media import RemovableMedia, RemovableMount
+    from common.agentconfig import Removable
+
+    db = tmp_path / "srv" / "db"
+    db.mkdir(parents=True)
+    for i in range(4):
+        (db / f"plan-{i}.txt").write_text(f"plan {i}: budget {i * 1000} and schedule\n" * (400 + i))
+    index = FingerprintIndex(TagMap({str(db): ["database"]}))
+    index.rebuild()
+    catalog = ContentCatalog(index)
+    catalog.start()
+    examiner = Examiner(ContentIdentifier(catalog, index))
+    examiner.start()
+    try:
+        assert catalog.wait_ready(20)
+        events = Recorder()
+        media = RemovableMedia(Removable())
+        copies = CopyDetector(index, media, StagingDetector(SensorSettings(), events), events,
+                              examiner=examiner)
+        stick = tmp_path / "stick"
+        stick.mkdir()
+        media.add_mount(RemovableMount(str(stick), pb.Device(name="/dev/sdz", serial="S1", removable=True),
+                                       pb.Mount(point=str(stick))))
+        archive = stick / "docs.tgz"
+        subprocess.run(["tar", "czf", str(archive), "-C", str(tmp_path / "srv"), "db"], check=True)
+        os.chown(archive, pwd.getpwnam("nobody").pw_uid, -1)  # the writer's uid, as the kernel sets it
+        fd = os.open(archive, os.O_RDONLY)
+        try:
+            copies.note_write(Written(path=str(archive), size=archive.stat().st_size, fd=fd))
+        finally:
+            os.close(fd)  # as the file sensor does once the write is handled
+        copy = events.wait_for(events.action("file.copy"), 30)[0]
+        assert copy["exfilguard.copy.identified_by"]  # found by its members, after the close
+        write = events.matching(events.action("file.write"))[0]
+        assert (write["user.name"], copy["user.name"]) == ("nobody", "nobody")
+        assert copy["exfilguard.attribution"] == "inferred"
+    finally:
+        examiner.stop()
+        catalog.stop()
 
 
 def test_tag_map_anchors_where_missing_paths_and_new_glob_matches_appear(tmp_path: Path) -> None:
