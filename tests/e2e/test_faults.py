@@ -244,6 +244,10 @@ def test_a_stopped_collector_holds_the_agent_back_and_the_stream_resumes(pipelin
     assert collector.proc is not None and agent.proc is not None
     collector.proc.send_signal(signal.SIGSTOP)
     try:
+        # stopped, not only signalled: on a busy machine a collector inside a write (a batch's
+        # commit) finishes it first, and that batch landed within the window measured below
+        stopping = psutil.Process(collector.proc.pid)
+        wait_for(lambda: stopping.status() == psutil.STATUS_STOPPED, 30, "the collector stopped")
         cpu = psutil.Process(agent.proc.pid)
         wait_for(lambda: spooled(pipeline) == produced + 1, 30, "events spooled", pipeline.diagnose)
         before, stalled = sum(cpu.cpu_times()[:2]), pipeline.delivered_count()
