@@ -591,3 +591,6 @@ def _compile_event_mapping() -> Callable[[Message], Mapping]:
 
 
 _event_mapping = _compile_event_mapping()
+# to_mapping of an Event by that code alone (no wrapper's call: a batch reader calls it per row):
+# TimestampError, or exfilguard.invalid set, where to_mapping would describe a field it cannot take.
+event_mapping: Callable[[Message], Mapping] = _event_mapping

@@ -44,7 +44,7 @@ from multiprocessing.connection import Connection
 from typing import Any, NamedTuple
 
 from collector import formats
-from collector.store.rows import stored_mapping
+from collector.store.rows import stored_mappings
 from common.errors import ExfilGuardError
 
 log = logging.getLogger("exfilguard.collector.forward")
@@ -89,7 +89,7 @@ class Laid(NamedTuple):
 
 def lay_out(location: str, rows: Sequence[Row], fmts: tuple[str, ...]) -> Laid:
     """The rows' FIELDS and JSON in each of `fmts` (what a helper runs; also run here)."""
-    mappings = [stored_mapping(location, agent_id, sequence, data) for agent_id, sequence, data in rows]
+    mappings = stored_mappings(location, rows)
     return Laid(
         [m.get("event.id", "") for m in mappings],
         [m.get("@timestamp") for m in mappings],

@@ -81,6 +81,23 @@ def stored_mapping(location: str, agent_id: str, sequence: int, data: bytes) -> 
     return mapping
 
 
+def stored_mappings(location: str, rows: Sequence[tuple[str, int, bytes]]) -> list[Mapping]:
+    """`stored_mapping` of each (agent id, sequence, bytes) row, in order: a batch's rows decoded
+    by the Event's straight-line code (without two calls' worth of wrapping an event, 0.5 us of
+    its 6); a row that code cannot take goes the single row's way (its defined form, logged)."""
+    decode, mapping_of, invalid = pb.Event.FromString, protos_events.event_mapping, protos_events.INVALID
+    out: list[Mapping] = []
+    for agent_id, sequence, data in rows:
+        try:
+            mapping: Mapping | None = mapping_of(decode(data))
+        except (DecodeError, protos_events.TimestampError):
+            mapping = None
+        if mapping is None or invalid in mapping:
+            mapping = stored_mapping(location, agent_id, sequence, data)
+        out.append(mapping)
+    return out
+
+
 def stored_canonical(location: str, agent_id: str, sequence: int, data: bytes) -> bytes:
     """The canonical bytes the chain hashes for one stored row: `canonical_event(stored_mapping(...))`,
     built straight from the protobuf (the sealer's path; protos.chain.canonical_message)."""

@@ -13,8 +13,9 @@ import pytest
 from collector import formats
 from collector.forward import formatted
 from collector.forward.formatted import FIELDS, Formatter, Laid, Row
+from collector.store.rows import stored_mapping, stored_mappings
 from protos import exfilguard_pb2 as pb
-from protos.events import to_mapping
+from protos.events import INVALID, to_mapping
 from tests.eventcorpus import corpus
 from tests.helpers import make_event, wait_for
 
@@ -97,3 +98,23 @@ def test_a_helper_without_cpu_does_not_hold_batches_up(helped: Formatter) -> Non
         return helped.helped > before
 
     wait_for(helping_again, what="the helper helping again")
+
+
+def test_rows_no_reader_can_take_get_their_defined_form_in_a_batch(caplog: pytest.LogCaptureFixture) -> None:
+    bad_time = make_event("agent-x", 1)
+    bad_time.timestamp.nanos = 2_000_000_000  # no ISO time: the walk describes it
+    bad_gap = make_event("agent-x", 2)
+    bad_gap.exfilguard.gap.first.seconds = 10**13  # inside a wide message: set under exfilguard.invalid
+    rows: list[Row] = [
+        ("agent-x", 1, bad_time.SerializeToString()),
+        ("agent-x", 2, bad_gap.SerializeToString()),
+        ("agent-x", 3, b"\xff\xff\xff"),  # does not parse
+        ("agent-x", 4, make_event("agent-x", 4).SerializeToString()),
+    ]
+    mappings = stored_mappings("test", rows)
+    assert mappings == [stored_mapping("test", *row) for row in rows]
+    assert [INVALID in m for m in mappings] == [True, True, True, False]
+    warned = [r for r in caplog.records if "cannot be read as it was sent" in r.getMessage()]
+    assert len(warned) >= 3  # each bad row logged (twice: here and by the comparison)
+    laid = formatted.lay_out("test", rows, ("ecs",))
+    assert laid.docs[0] == [formats.event_json("ecs", m) for m in mappings]
