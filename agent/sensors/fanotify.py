@@ -110,11 +110,13 @@ class Fanotify:
         self.fd = fd
         self.more = False  # the last read filled the buffer: the kernel may hold more at once
 
-    def mark(self, path: str, mask: int, *, kind: str = "inode", remove: bool = False) -> None:
-        """Add (or remove) a mark on an inode, a mount or a whole file system."""
+    def mark(self, path: str, mask: int, *, kind: str = "inode", remove: bool = False, at: int = -1) -> None:
+        """Add (or remove) a mark on an inode, a mount or a whole file system; with `at` (an open
+        descriptor), on what that descriptor holds (`path` only names it in errors)."""
         flags = FAN_MARK_REMOVE if remove else FAN_MARK_ADD
         flags |= _MARK_KINDS[kind]
-        if self._libc.fanotify_mark(self.fd, flags, mask, AT_FDCWD, os.fsencode(path)) < 0:
+        where = (at, None) if at >= 0 else (AT_FDCWD, os.fsencode(path))
+        if self._libc.fanotify_mark(self.fd, flags, mask, *where) < 0:
             raise FanotifyUnavailable("fanotify_mark", ctypes.get_errno(), path)
 
     def read(self) -> list[tuple[int, int, int]]:
@@ -239,6 +241,9 @@ class FanotifySensor:
         # st_dev of each marked removable file system -> its mount point here, to place writes
         # made through another namespace's mount (their paths read as relative to the stick)
         self._removable_devs: dict[int, str] = {}
+        # mount point -> (kind, st_dev) of the mark placed for removable media there
+        self._media_marks: dict[str, tuple[str, int]] = {}
+        self._system_devs: set[int] = set()  # file systems marked whole for derived files and execs
         self.events_read = 0
         self.woke_at = 0.0  # monotonic time the reader last woke for events (background work waits)
         _raise_fd_limit()
@@ -259,48 +264,79 @@ class FanotifySensor:
         self._mark(path, TAGGED_MASK, "inode")
 
     def mark_mount(self, point: str, add: bool = True) -> str:
-        """Watch (or stop watching) writes on a removable mount; "" when watched, else why not.
+        """Watch (or stop watching) writes on a removable mount; "" when watched (or gone
+        already), else why not.
 
         The mark is on the stick's file system, not on this mount: under the agent's hardened
         unit (ProtectSystem/ProtectHome) the agent runs in a mount namespace of its own, and a
         mount mark there does not see writes made through the user's mount of the same stick.
         A file system the kernel will not mark whole (some FUSE and network ones) gets a mount
         mark, which sees the writes made through this mount.
-        """
+
+        The mark goes on the directory opened here, never on a path looked up again: a stick
+        unmounted before its mount was handled leaves the directory under it, on a system file
+        system, and a removable mark placed or taken off there changed that file system's own
+        mark (close-after-write taken off: nothing derived in /tmp or /home from then on)."""
         if not add:
-            devs = {d for d, p in self._removable_devs.items() if p == point.rstrip("/")}
-            self._removable_devs = {d: p for d, p in self._removable_devs.items() if d not in devs}
-            try:
-                here: int | None = Path(point).stat().st_dev
-            except OSError:
-                here = None
-            if devs and here not in devs:
-                # Unmounted already (we hear of it afterwards): the path names the directory under
-                # the mount, on the root file system, and removing the stick's mask there would
-                # strip close-after-write from the root's own mark (no file derived in /tmp or
-                # /home after the first stick was pulled). The kernel dropped the stick's mark.
-                with self._lock:
-                    self._marked.discard(("filesystem", point))
-            else:
-                self._mark(point, MOUNT_MASK, "filesystem", remove=True)
-            self._mark(point, MOUNT_MASK, "mount", remove=True)
+            with self._lock:
+                self._unmark_mount(point)
             return ""
-        with contextlib.suppress(OSError):
-            if os.path.ismount(point):  # not a directory inside a mount (GVfs): its siblings share the device
-                self._removable_devs[Path(point).stat().st_dev] = point.rstrip("/") or "/"
         try:
-            self._mark(point, MOUNT_MASK, "filesystem")
+            held = os.open(point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            held = -1  # gone, or a FUSE mount root may not look into: the marks below say why
+        try:
+            with self._lock:
+                return self._mark_media(point, held)
+        finally:
+            if held >= 0:
+                os.close(held)
+
+    def _mark_media(self, point: str, held: int) -> str:
+        """mark_mount's marks, on the directory open as `held` (-1: by path)."""
+        dev = os.fstat(held).st_dev if held >= 0 else -1
+        if dev in self._system_devs:
+            log.info("%s is no longer mounted: nothing to watch there", point)
+            return ""
+        if dev >= 0 and self._media_marks.get(point, ("", -1))[1] == dev:
+            return ""  # marked already
+        if dev >= 0 and os.path.ismount(point):  # not a GVfs directory: its siblings share the device
+            self._removable_devs[dev] = point.rstrip("/") or "/"
+        try:
+            self._group.mark(point, MOUNT_MASK, kind="filesystem", at=held)
+            self._media_marks[point] = ("filesystem", dev)
             return ""
         except FanotifyUnavailable as exc:
             whole = exc
         try:
-            self._mark(point, MOUNT_MASK, "mount")
+            self._group.mark(point, MOUNT_MASK, kind="mount", at=held)
         except FanotifyUnavailable as exc:
             return f"fanotify refused a file-system mark ({os.strerror(whole.errno)}) and a mount mark " \
                    f"({os.strerror(exc.errno)})"
+        self._media_marks[point] = ("mount", dev)
         log.warning("%s: fanotify refused a file-system mark (%s); a mount mark sees the writes made "
                     "through this mount only", point, os.strerror(whole.errno))
         return ""
+
+    def _unmark_mount(self, point: str) -> None:
+        """Take the removable mark off the file system still mounted at `point`; once unmounted
+        (the usual case) the kernel dropped it, and the path names another file system's dir."""
+        devs = {d for d, p in self._removable_devs.items() if p == point.rstrip("/")}
+        self._removable_devs = {d: p for d, p in self._removable_devs.items() if d not in devs}
+        marked = self._media_marks.pop(point, None)
+        if marked is None:
+            return
+        kind, dev = marked
+        try:
+            held = os.open(point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            if os.fstat(held).st_dev == dev and dev not in self._system_devs:
+                with contextlib.suppress(FanotifyUnavailable):
+                    self._group.mark(point, MOUNT_MASK, kind=kind, remove=True, at=held)
+        finally:
+            os.close(held)
 
     def mark_file(self, path: str) -> None:
         """Watch opens and reads of one file (a derived file outside the tagged trees)."""
@@ -308,23 +344,18 @@ class FanotifySensor:
 
     def mark_filesystem(self, path: str) -> None:
         """Watch writes (archive staging) and execs on the whole file system holding `path`."""
-        self._mark(path, SYSTEM_MASK, "filesystem")
+        if self._mark(path, SYSTEM_MASK, "filesystem"):
+            with contextlib.suppress(OSError):
+                self._system_devs.add(Path(path).stat().st_dev)
 
-    def _mark(self, path: str, mask: int, kind: str, remove: bool = False) -> bool:
-        if kind == "inode" and not remove:
+    def _mark(self, path: str, mask: int, kind: str) -> bool:
+        if kind == "inode":
             # Not remembered: an inode mark goes with its inode, and a directory deleted and made
             # again under the same path (a tagged root restored) needs a new one. Adding a mark
             # twice only ORs the mask, so a repeat is harmless.
             return self._add_mark(path, mask, kind)
         key = (kind, path)
         with self._lock:
-            if remove:
-                if key not in self._marked:
-                    return False
-                self._marked.discard(key)
-                with contextlib.suppress(FanotifyUnavailable):
-                    self._group.mark(path, mask, kind=kind, remove=True)  # gone with its mount: fine
-                return True
             if key in self._marked or not self._add_mark(path, mask, kind):
                 return False
             self._marked.add(key)
