@@ -169,9 +169,10 @@ class CopyDetector:
             written.owner = procinfo.file_owner(written.fd)
         found, sha, methods, tagged = self.identify(written)
         if found is not None and found.identified_by == provenance.LINEAGE_BYTES:
-            files_read = self.staging.note_write(written, flow_files=found.files, flow_tags=tuple(found.tags))
+            files_read = self.staging.note_write(written, flow_files=found.files, flow_tags=tuple(found.tags),
+                                                 device=device, mount=mount)
         else:
-            files_read = self.staging.note_write(written)
+            files_read = self.staging.note_write(written, device=device, mount=mount)
         evidence = found is not None and found.evidence
         write = self._event("file.write", written, device, mount)
         if sha:

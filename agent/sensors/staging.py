@@ -3,7 +3,9 @@
 Fed by the file sensors: every tagged read by a known pid, and every close-after-write by
 a pid that has read tagged files. Emits `file.mass_read` (one process read at least N
 distinct tagged files within the window) and `file.archive` (such a process, or a pipeline
-it feeds, wrote an archive or encrypted container, anywhere). The archive itself becomes a
+it feeds, wrote an archive or encrypted container, anywhere, while it read them: an office suite
+that read a tagged file this morning and now saves an .odt, a zip, is not building an archive of
+it). The archive itself becomes a
 derived file in the fingerprint index (see lineage.py), so copying it to a stick later is a
 `file.copy` of tagged data.
 """
@@ -19,7 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from itertools import islice
 
-from agent.sensors import Emit, procinfo
+from agent.sensors import Emit, procinfo, provenance
 from common.agentconfig import SensorSettings
 from protos import exfilguard_pb2 as pb
 from protos.events import fs_text, new_event
@@ -86,9 +88,10 @@ class StagingDetector:
         self._lock = threading.Lock()
         self._readers: OrderedDict[int, _Reader] = OrderedDict()
 
-    def note_read(self, pid: int, info: procinfo.ProcessInfo | None, path: str, tags: list[str]) -> None:
-        """A process read a tagged file."""
-        now = time.monotonic()
+    def note_read(self, pid: int, info: procinfo.ProcessInfo | None, path: str, tags: list[str],
+                  at: float | None = None) -> None:
+        """A process read a tagged file (`at`: when, on the monotonic clock; default now)."""
+        now = time.monotonic() if at is None else at
         report: tuple[_Reader, int, str] | None = None
         with self._lock:
             reader = self._readers.get(pid)
@@ -129,6 +132,19 @@ class StagingDetector:
             count += 1
         return count
 
+    def files_read_since(self, pid: int, moment: float) -> int:
+        """Distinct tagged files this pid read at or after `moment` (monotonic clock)."""
+        with self._lock:
+            reader = self._readers.get(pid)
+            if reader is None:
+                return 0
+            count = 0
+            for seen in reversed(reader.files.values()):  # newest last: stop at the first older
+                if seen < moment:
+                    break
+                count += 1
+            return count
+
     def files_read(self, pid: int) -> tuple[int, list[str], list[str]]:
         """(count, tags, a few paths) of tagged files this pid has read."""
         with self._lock:
@@ -143,14 +159,22 @@ class StagingDetector:
         reader = self._readers.get(pid)  # lock-free read: a dict lookup is atomic
         return reader is not None and len(reader.files) >= self._archive_min
 
-    def note_write(self, written: Written, *, flow_files: int = 0, flow_tags: tuple[str, ...] = ()) -> int:
+    def note_write(self, written: Written, *, flow_files: int = 0, flow_tags: tuple[str, ...] = (),
+                   device: pb.Device | None = None, mount: pb.Mount | None = None) -> int:
         """A process wrote a file; emits `file.archive` when it is an archive of tagged reads.
 
         Returns the number of tagged files the writer had read (0: not a staging write).
         `flow_files`, `flow_tags`: tagged data that reached the writer through its pipeline
-        (tar czf: gzip writes what tar read).
+        (tar czf: gzip writes what tar read). `device`, `mount`: the removable medium it was
+        written on, which the archive event names (the backup drive, or a stick).
         """
         count, tags, _sample = self.files_read(written.pid)
+        if count >= self._archive_min and flow_files < self._archive_min:
+            # an archive is built while its files are read (tar, zip, 7z and zipfile create the
+            # archive first, then read each file into it): reads long before its birth are a
+            # long-lived program's, which says nothing of what it now saves. The pipeline's
+            # byte evidence (flow_files) is judged by lineage and stands on its own.
+            count = self.files_read_since(written.pid, _born_monotonic(written.fd))
         if flow_files > count:
             count, tags = flow_files, list(dict.fromkeys([*tags, *flow_tags]))
         if count < self._archive_min or not looks_like_archive(written.path, written.fd):
@@ -160,8 +184,22 @@ class StagingDetector:
         event.exfilguard.copy.files_read = count
         event.event.reason = f"archive written by a process that read {count} tagged files"
         procinfo.describe(event, written.info, written.attribution, written.pid)
+        if device is not None:
+            event.device.CopyFrom(device)
+        if mount is not None:
+            event.exfilguard.mount.CopyFrom(mount)
         self._emit(event)
         return count
+
+
+def _born_monotonic(fd: int | None) -> float:
+    """When a written file was born, less the lineage slack, on the monotonic clock the reads are
+    kept in; where the file system keeps no birth time, as lineage assumes (a few seconds ago)."""
+    now_wall, now = time.time(), time.monotonic()
+    born = provenance.created_at(fd) if fd is not None else None
+    if born is None:
+        born = now_wall - 5 * provenance.SLACK_SECONDS
+    return now - (now_wall - born) - provenance.SLACK_SECONDS
 
 
 def file_fields(path: str, size: int) -> pb.File:
