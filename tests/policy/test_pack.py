@@ -96,9 +96,22 @@ def test_innocent_look_alikes_page_nobody(pack: Path, name: str) -> None:
 
 
 def test_backup_job_pages_nobody(pack: Path) -> None:
+    # the job in its window raises nothing; the same job run by hand at 10:00 (in the database
+    # negatives) is left by the copy policies to usb-backup-outside-window
     for name in ("usb-copy-database.negative.jsonl", "usb-copy-tagged-file.negative.jsonl"):
         alerts = replay(pack, name)
-        assert not [a for a in alerts if a["user.name"] == "svc-backup"]
+        backup = {a["policy.id"] for a in alerts if a["user.name"] == "svc-backup"}
+        assert backup <= {"usb-backup-outside-window"}
+
+
+def test_the_backup_run_by_hand_is_one_medium_alert_that_says_so(pack: Path) -> None:
+    # the backup account's copies onto its approved drive at 10:00: not the nightly job, and no
+    # theft on its face (critical before): medium, its repeats folded, its evidence in words
+    alerts = replay(pack, "usb-backup-outside-window.positive.jsonl")
+    assert {(a["policy.id"], a["severity"]) for a in alerts} == {("usb-backup-outside-window", "medium")}
+    summary = str(alerts[0]["summary"])
+    assert "outside the backup window (00:00-05:00)" in summary
+    assert "byte for byte that of /srv/db/customers.sqlite (content match, confidence 1.0)" in summary
 
 
 def test_policy_test_compares_with_the_peer_groups_of_a_collector_config(pack: Path, tmp_path: Path) -> None:
@@ -140,6 +153,9 @@ def test_the_backup_accounts_archive_is_excepted_only_in_its_window(pack: Path) 
     alerts = [a for a in alerts if a["policy.id"] == "staging-archive"]
     fired = {str(e) for a in alerts for e in list(a["evidence"])}  # type: ignore[call-overload]
     assert "00000000-0000-0000-0000-0000000004e3" in fired
+    # written straight onto a stick that is no backup drive: staging too; onto the approved
+    # backup drive it is the job run by hand (usb-backup-outside-window, on the copy)
+    assert "00000000-0000-0000-0000-0000000004f2" in fired
     assert not [a for a in replay(pack, "staging-archive.negative.jsonl") if a["user.name"] == "backup"]
 
 
