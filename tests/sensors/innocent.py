@@ -41,11 +41,14 @@ BELOW_MEDIUM = matrix.BELOW_MEDIUM
 
 @dataclass(frozen=True)
 class Innocent:
-    """One piece of innocent work: its script and who runs it (a user name, or the caller)."""
+    """One piece of innocent work: its script, who runs it (a user name, or the caller), and the
+    policies it is expected to raise at medium (work that is not quite routine: says so, pages no one
+    at high)."""
 
     name: str
     script: str
     user: str = ""
+    medium: tuple[str, ...] = ()
 
 
 # A long-lived program: reads tagged files, and later saves something unrelated to the stick.
@@ -70,6 +73,42 @@ with os.fdopen(fd, "w") as fh:
     fh.flush(); os.fsync(fh.fileno())
 os.chmod(tmp, os.stat(path).st_mode & 0o7777)
 os.replace(tmp, path)
+"""
+
+# An office suite's save onto the stick (LibreOffice's way): a lock file beside the document, the
+# document (a real zip: an .odt) written to a temporary lu*.tmp on the stick, renamed over the
+# target, the lock removed; the program read tagged documents earlier in its life.
+OFFICE_SAVE = r"""
+import os, sys, time, zipfile
+stick, pause = sys.argv[1], float(sys.argv[2])
+for name in sys.argv[3:]:
+    with open(name, "rb") as fh:
+        fh.read()
+time.sleep(pause)
+doc = os.path.join(stick, "minutes.odt")
+lock = os.path.join(stick, ".~lock.minutes.odt#")
+with open(lock, "w") as fh:
+    fh.write(",alice,desk,03.12.2026 10:00,file:///home/alice/.config/libreoffice/4;")
+for rev in range(2):
+    tmp = os.path.join(stick, f"lu{os.getpid()}{rev}k.tmp")
+    with zipfile.ZipFile(tmp, "w") as zf:
+        zf.writestr("mimetype", "application/vnd.oasis.opendocument.text")
+        zf.writestr("content.xml", "<office:text>Team lunch on Friday, revision %d</office:text>" % rev * 300)
+    os.replace(tmp, doc)
+os.unlink(lock)
+"""
+
+# A file manager: read tagged documents (previews), later copies the user's own files to the
+# stick through the programs it spawns (gio copy, cp).
+FILE_MANAGER = r"""
+import subprocess, sys, time
+stick, pause, home = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+for name in sys.argv[4:]:
+    with open(name, "rb") as fh:
+        fh.read()
+time.sleep(pause)
+subprocess.run(["gio", "copy", home + "/Documents/cv.pdf", stick + "/cv.pdf"], check=True)
+subprocess.run(["cp", "-r", home + "/Pictures", stick + "/fm-pictures"], check=True)
 """
 
 CASES = (
@@ -116,8 +155,41 @@ CASES = (
     Innocent("code-make", 'make -s -C "$CODE" -j2 >/dev/null'),
     Innocent("nightly-backup", 'rsync -a "$DB" "$DOCS" "$STICK/backup/" && tar czf "$STICK/backup/docs.tgz" '
              '-C "$BASE" docs', user="backup"),
+    Innocent("office-save", 'python3 -c "$OFFICE_SAVE" "$STICK" "$PAUSE" "$DOCS/plan-06.txt" '
+             '"$DOCS/plan-07.txt"'),
+    Innocent("file-manager", 'python3 -c "$FILE_MANAGER" "$STICK" "$PAUSE" "$HOME_DIR" "$DOCS/plan-08.txt" '
+             '"$DB/ledger1.db"'),
+    Innocent("engineer-report", 'less -F "$DOCS/plan-10.txt" </dev/null >/dev/null; '
+             'vim -R -N -u NONE -i NONE -n -es -c "qa!" "$DOCS/plan-11.txt"; '
+             'sqlite3 "$DB/crm.sqlite" "select name, email from customers where id < 40" >/dev/null; '
+             'sqlite3 "$DB/crm.sqlite" "select * from customers order by balance desc limit 10" >/dev/null; '
+             'sleep "$PAUSE"; cp "$HOME_DIR/Documents/q3-report.odt" "$STICK/"'),
+    Innocent("clamscan", 'clamscan --quiet --no-summary -r -d "$WORK/local.hdb" "$BASE"', user="clamav"),
+    # a node_modules-like tree: hundreds of small files (the Python standard library's packages)
+    Innocent("many-small-files", 'lib=$(python3 -c "import os, email; print(os.path.dirname(os.path.dirname('
+             'email.__file__)))") && mkdir -p "$STICK/node_modules" && cp -r "$lib/email" "$lib/json" '
+             '"$lib/http" "$lib/xml" "$lib/encodings" "$lib/unittest" "$STICK/node_modules/"'),
+    Innocent("large-video", 'head -c 150M /dev/urandom > "$WORK/holiday.mp4" && '
+             'cp "$WORK/holiday.mp4" "$STICK/" && rm "$WORK/holiday.mp4" "$STICK/holiday.mp4"'),
+    # the tagged CSV's header line alone, and with a row of the user's own, on the stick
+    Innocent("csv-header", 'printf "id,name,email,balance\\n" > "$STICK/contacts.csv" && '
+             'printf "id,name,email,balance\\n1,me,me@example.com,0\\n" > "$STICK/mine.csv" && '
+             'head -1 "$DB/customers.csv" > "$STICK/header.csv"'),
+    # a package built in /tmp and copied to the stick by a shell that read tagged files earlier
+    Innocent("deb-build", 'cat "$DB/notes.txt" "$DOCS/plan-12.txt" >/dev/null; '
+             'head -5 "$DB/customers.csv" >/dev/null; tmp=$(mktemp -d /tmp/eg-deb.XXXXXX) && '
+             'mkdir -p "$tmp/src/DEBIAN" "$tmp/src/usr/share/doc/hello" && '
+             'printf "Package: hello\\nVersion: 1.0\\nArchitecture: all\\nMaintainer: a <a@example.com>\\n'
+             'Description: hello\\n" > "$tmp/src/DEBIAN/control" && '
+             'cp "$HOME_DIR/Documents/letter.txt" "$tmp/src/usr/share/doc/hello/" && '
+             'dpkg-deb -b "$tmp/src" "$tmp/hello_1.0_all.deb" >/dev/null && '
+             'cp "$tmp/hello_1.0_all.deb" "$STICK/" && rm -r "$tmp"'),
+    # the backup account's job run by hand at 10:00 onto the approved drive: not the scheduled job
+    Innocent("backup-by-hand", 'rsync -a "$DB" "$DOCS" "$STICK/manual/" && tar czf "$STICK/manual/docs.tgz" '
+             '-C "$BASE" docs', user="backup", medium=("usb-backup-outside-window",)),
 )
 NIGHT_ONLY = ("nightly-backup",)
+DAY_ONLY = ("backup-by-hand",)
 
 
 def make_home(base: Path) -> Path:
@@ -131,6 +203,9 @@ def make_home(base: Path) -> Path:
         (home / sub).mkdir(parents=True)
     (home / "Documents/letter.txt").write_text("Dear landlord,\n" * 30)
     (home / "Documents/cv.pdf").write_bytes(b"%PDF-1.4\n" + os.urandom(90_000))
+    with zipfile.ZipFile(home / "Documents/q3-report.odt", "w") as zf:
+        zf.writestr("mimetype", "application/vnd.oasis.opendocument.text")
+        zf.writestr("content.xml", "<office:text>Q3: we shipped</office:text>" * 500)
     for i in range(6):
         (home / f"Pictures/IMG_{i:04d}.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(120_000 + 999 * i))
         (home / f"Music/track{i}.mp3").write_bytes(b"ID3" + os.urandom(200_000))
@@ -173,6 +248,15 @@ def make_wheel(where: Path) -> Path:
             zf.writestr(name, data)
         zf.writestr("tinypkg-1.0.dist-info/RECORD", "\n".join(record) + "\n")
     return where
+
+
+def make_signatures(work: Path) -> Path:
+    """A ClamAV signature database of one made-up MD5 signature (no network here for freshclam):
+    enough for clamscan to read and hash every file it is pointed at."""
+    sigs = work / "local.hdb"
+    sigs.write_text(f"{hashlib.md5(b'not on this machine').hexdigest()}:19:ExfilGuard.Test.Sig\n")  # noqa: S324
+    sigs.chmod(0o644)
+    return sigs
 
 
 def night_zone(now: dt.datetime | None = None) -> str:
@@ -226,7 +310,7 @@ def environment(base: Path, stick: Path, work: Path, pause: float) -> dict[str, 
         "DOCS": str(base / "docs"), "CODE": str(base / "code"), "HOME_DIR": str(base / "home"),
         "WHEELS": str(work / "wheels"),
         "DEB": str(debs[0]) if debs else "", "PAUSE": str(pause), "SESSION": SESSION,
-        "ATOMIC_SAVE": ATOMIC_SAVE}
+        "ATOMIC_SAVE": ATOMIC_SAVE, "OFFICE_SAVE": OFFICE_SAVE, "FILE_MANAGER": FILE_MANAGER}
 
 
 def run(case: Innocent, env: dict[str, str]) -> None:
@@ -243,12 +327,15 @@ def run(case: Innocent, env: dict[str, str]) -> None:
             raise AssertionError(f"case {case.name} failed ({done.returncode}): {said}")
 
 
-def pages(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """What must not happen for innocent work: an alert at medium or above, or a low alert about a
-    copy that does not say it is a guess (usb-unknown-device is about the stick and left aside)."""
+def pages(alerts: list[dict[str, Any]], medium: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """What must not happen for innocent work: an alert at medium or above (but a medium one of the
+    `medium` policies the case expects), or a low alert about a copy that does not say it is a
+    guess (usb-unknown-device is about the stick and left aside)."""
     bad = []
     for alert in alerts:
         if alert.get("policy.id") == "usb-unknown-device":
+            continue
+        if alert.get("policy.id") in medium and alert.get("severity") in (*BELOW_MEDIUM, "medium"):
             continue
         if alert.get("severity") not in BELOW_MEDIUM or "guess" not in str(alert.get("summary", "")).lower():
             bad.append(alert)
@@ -287,6 +374,7 @@ def main() -> int:
     matrix.make_data(base)
     make_home(base)
     make_wheel(work / "wheels")
+    make_signatures(work)
     serial = f"EG-INNO-{os.getpid()}"
     zone = night_zone() if args.night else day_zone()
     port = free_port()
@@ -314,24 +402,27 @@ def main() -> int:
         log = matrix.AlertLog(work / "alerts.jsonl")
         env = environment(base, point, work, args.pause)
         print(f"collector zone {zone} (local {dt.datetime.now(ZoneInfo(zone)):%H:%M}), stick {serial}")
-        wanted = args.cases or [c.name for c in CASES if args.night or c.name not in NIGHT_ONLY]
+        wanted = args.cases or [c.name for c in CASES
+                                if c.name not in (DAY_ONLY if args.night else NIGHT_ONLY)]
         for case in (c for c in CASES if c.name in wanted):
             started = time.time()
             found = judge(case, env, log, work, serial)
-            bad = pages(found)
+            bad = pages(found, case.medium)
             result |= bool(bad)
             took = time.time() - started
             print(f"{case.name}: {'PAGES' if bad else 'ok'} ({len(found)} alerts, {took:.1f} s)")
             for alert in found:
                 print("   ", brief(alert))
-        for what in ("replug", "mkfs"):
+        for what in ("replug", "mkfs", "relabel"):
             before = len(log.read())
             stick.unmount()
             if what == "replug":
                 stick.unplug()
                 stick.plug()
-            else:
+            elif what == "mkfs":
                 subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "PERSONAL", stick.device], check=True)
+            else:
+                subprocess.run(["e2label", stick.device, "HOLIDAY"], check=True)
             stick.mount()
             time.sleep(3)  # a lab run: let the device events arrive
             found = mine(log.read()[before:], (str(top), str(point)), serial)

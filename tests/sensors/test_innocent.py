@@ -6,8 +6,11 @@ and a tagged document tree. The collector's clock is put in the backup window (0
 its timezone, so the after-hours rules are awake for every case too. Real tools: git, venv and
 pip, make, vim (backup and swap files), atomic saves, cat/less/grep/sqlite3 then photos copied
 from the same shell, a Python session saving an unrelated file after reading tagged ones, photos
-and music, a tar of the home, rsync of Documents, grep -r, make and git commit in a tagged source tree, the
-backup account's rsync and tar of the tagged trees, and the stick unplugged and plugged again at
+and music, a tar of the home, rsync of Documents, grep -r, make and git commit in a tagged source
+tree, the backup account's rsync and tar of the tagged trees, an office suite's save (a lock file,
+lu*.tmp renamed over an .odt) and a file manager's gio copy and cp after tagged reads, clamscan as
+clamav over every tagged file, the tagged CSV's header line alone on the stick, a .deb built in
+/tmp and copied by a shell that read tagged files, and the stick unplugged and plugged again at
 once after the backup.
 """
 
@@ -28,7 +31,8 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 BIN = Path(sys.executable).parent
 FAST = ("git-clone-commit", "venv-pip-wheel", "make-build", "vim-tagged-backup", "vim-stick", "atomic-save",
         "engineer-day", "python-session", "photos-music", "tar-home", "rsync-documents", "code-grep",
-        "code-make", "code-git-commit", "nightly-backup")
+        "code-make", "code-git-commit", "nightly-backup", "office-save", "file-manager", "clamscan",
+        "csv-header", "deb-build")
 
 
 def _copies_after_second_mount(tmp_path: Path, point: str) -> list[str]:
@@ -54,6 +58,7 @@ def test_innocent_work_pages_nobody(tmp_path: Path, base: Path, loop_stick: Any)
     work = base.parent / "scratch"
     work.chmod(0o1777)
     innocent.make_wheel(work / "wheels")
+    innocent.make_signatures(work)
     port = free_port()
     serial = f"EGINNO{free_port()}"
     collector_yaml, agent_yaml = innocent.configs(tmp_path, base, port, innocent.night_zone(), serial)
