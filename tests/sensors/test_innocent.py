@@ -47,8 +47,10 @@ def _copies_after_second_mount(tmp_path: Path, point: str) -> list[str]:
               and e.get("file.path") == point]
     if len(mounts) < 2:
         return []
+    # the agent sees every stick on the machine: only this one's files count
     return [str(e.get("file.path")) for e in events[mounts[1]:]
             if e.get("event.action") in ("file.copy", "file.write")
+            and str(e.get("file.path", "")).startswith(f"{point}/")
             and not str(e.get("file.path", "")).startswith(f"{point}/.sentinel")]
 
 
