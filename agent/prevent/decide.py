@@ -175,19 +175,42 @@ class Decider:
         writing, family = clean.handle.look(os.fsencode(path))
         if writing is not True:
             return "read" if writing is False else ""  # reading takes nothing away; None: unknown
+        return "write" if self._still_clean(pid, clean, family, path) else ""
+
+    def allow_clean(self, pid: int, path_of: Callable[[], str | None]) -> str:
+        """The responder's first look at an open on removable media, with the fewest reads:
+        "read" when the open's flags say so; "write" or "any" (the flags not told at one look:
+        the opener still on its way into the open, or in another call) when the opener's clean
+        verdict holds as for a write (noted as a writer), so the open may go on (what a process
+        may write it may read); "": ask `allow_known`. The event's path (`path_of`) is read only
+        for a process of more than one thread (procs.opens_for_writing)."""
+        clean = self.verdicts.get(pid)
+        if clean is None:
+            return ""
+        writing, family = clean.handle.look(lambda: os.fsencode(path_of() or ""), tries=1)
+        if writing is False:
+            return "read"
+        if not self._still_clean(pid, clean, family, ""):
+            return ""
+        return "write" if writing else "any"
+
+    def _still_clean(self, pid: int, clean: verdicts.Clean, family: tuple[int, int] | None,
+                     path: str) -> bool:
+        """Whether everything `clean` rests on holds (module docstring of verdicts.py), for an
+        open for writing of `path` (remembered as a writer when it does)."""
         if family is None or not clean.unchanged(family):
             self.verdicts.drop(pid)  # gone (a reused pid reads nothing), or a new parent or group
-            return ""
+            return False
         held = clean.handle.held_paths()
         if held is None or self._holding(held) is not None:
-            return ""
+            return False
         chain = list(clean.chain)
         version = self.flow_version()
         if version is not None and version != clean.flow_version:
             if self._lineage(chain, time.time()) is not None:
-                return ""
+                return False
             clean.flow_version = version
-        return "write" if self._writer_unless_heard(pid, clean.pgid, chain, path) is None else ""
+        return self._writer_unless_heard(pid, clean.pgid, chain, path) is None
 
     def _writer_unless_heard(self, pid: int, pgid: int, chain: list[int], path: str) -> Verdict | None:
         """Remember the opener as a writer unless a tagged open of it, its parent, grandparent or

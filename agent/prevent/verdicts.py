@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.prevent import procs, syscalls
@@ -81,14 +82,18 @@ class ProcessHandle:
         event's; procs.names_file), as procs.opens_for_writing asks."""
         return self.look(path)[0]
 
-    def look(self, path: bytes = b"") -> tuple[bool | None, tuple[int, int] | None]:
+    def look(self, path: bytes | Callable[[], bytes] = b"", tries: int = _RUNNING_TRIES
+             ) -> tuple[bool | None, tuple[int, int] | None]:
         """(`writing(path)`, `family()`) from one read of `syscall` and one of `stat`: a cached
-        answer needs both, and `stat` is the costlier /proc read (the process's whole state)."""
+        answer needs both, and `stat` is the costlier /proc read (the process's whole state).
+        `path` may be a function, called only for a process of more than one thread (without a
+        path such a process gets None: its main thread's open need not be the one asked about);
+        `tries`: reads of a `syscall` that says "running"."""
         with self._lock:
             if self._syscall < 0:
                 self._syscall = self._open("syscall", os.O_RDONLY | os.O_CLOEXEC)
             line = None
-            for _ in range(_RUNNING_TRIES):
+            for _ in range(tries):
                 line = syscalls.pread(self._syscall, _SYSCALL_BYTES) if self._syscall >= 0 else None
                 if line != _RUNNING:
                     break
@@ -99,8 +104,12 @@ class ProcessHandle:
             family = procs.stat_family(stat) if stat else None
             fields = line.split() if line else []
             answer = procs.asks_writing(fields) if fields else None
-            if answer is None or not path or (stat is not None and procs.stat_threads(stat) == 1):
+            if answer is None or (stat is not None and procs.stat_threads(stat) == 1):
                 return answer, family
+            if callable(path):
+                path = path()
+            if not path:
+                return None, family
             address = procs.path_address(fields)
             if self._mem < 0:
                 self._mem = self._open("mem", os.O_RDONLY | os.O_CLOEXEC)
