@@ -31,7 +31,8 @@ The last line is JSON with these keys:
     copy_waits_block        median voluntary context switches of cp in block mode (each open on
                             the stick waits for an answer: about one per file)
     decision_p50_ms, decision_p99_ms, decisions   permission-event answer latency and count
-    decisions_fast          of those, answered from a clean verdict (agent/prevent/verdicts.py)
+    decisions_fast          of those, answered by the responder (a clean verdict, agent/prevent/
+                            verdicts.py; a read from the stick; an innocent reader while armed)
     armings                 times the tagged trees were armed (a write to the stick began while none was)
     opens_none_s, opens_block_s   median time of the 10,000 tagged opens
     opens_monitor_s         the same with the agent in monitor mode

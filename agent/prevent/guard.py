@@ -116,7 +116,7 @@ class ContentGuard:
         self._gap_at = 0.0
         self._told: dict[int, float] = {}
         self.decided = 0
-        self.fast = 0   # of those, answered without the decision thread (a clean verdict, an innocent reader)
+        self.fast = 0   # of those, answered without the decision thread (verdict, read, innocent reader)
         self.fast_tagged = 0  # of those, an innocent reader's tagged opens answered by the responder
         self.blocked = 0
         self.armings = 0  # times the tagged trees were armed

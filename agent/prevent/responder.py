@@ -15,6 +15,8 @@ owns the reading of the permission group:
   - while armed, a tagged file's open by a process that writes nothing to removable media, nor
     any of its group (the writers: those answered here, and those the agent tells as it notes
     them), is answered here too, when no open on removable media of either waits for the agent;
+  - an open on removable media for reading (its flags read from /proc, as the agent would) is
+    allowed here, armed or not: a read takes nothing away, and arms nothing;
   - everything else is handed to the agent (`ask`) and answered when the agent says (`answer`),
     or by `prevent.fail` when it does not within decision_timeout_ms (the agent stopped or
     stalled), or when this process itself stood still that long.
@@ -43,7 +45,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from agent.prevent import link, syscalls, verdicts
+from agent.prevent import link, procs, syscalls, verdicts
 from agent.prevent.decide import MAX_WRITERS, Decider, Verdict
 from agent.prevent.permission import FAN_OPEN_PERM, FAN_Q_OVERFLOW, PermissionGroup
 from agent.sensors.fingerprints import MAX_DERIVED
@@ -324,6 +326,13 @@ class Responder:
                         and now - self.told.get(pid, -1.0) >= WRITER_NOTE_SECONDS):
                     self._told(pid, clean.pgid, path, now)
                 return
+        if removable and self._reads(pid, path):
+            # a read from removable media takes nothing away: allowed as Decider.removable_open
+            # does first, without a trip to the agent (a file manager, an indexer, a program
+            # hashing the stick: each of its opens waited for the agent's decision thread)
+            self.group.answer(fd, True)
+            self.fast.append(time.monotonic() - now)
+            return
         self.seq += 1
         self.waiting[self.seq] = (fd, now)
         if removable:
@@ -331,6 +340,15 @@ class Responder:
         else:
             self.tagged[self.seq] = (pid, self.decider.verdicts.group_of(pid))
         self.out.append(["ask", self.seq, fd, pid, path, st[0], st[1], now])
+
+    def _reads(self, pid: int, path: str) -> bool:
+        """Whether the open asks only to read (procs.opens_for_writing: False); when that cannot be
+        told, the agent decides."""
+        try:
+            return procs.opens_for_writing(pid, path) is False
+        except Exception:  # the open must still be answered: by the agent
+            log.exception("prevent responder: the open of %s by %d could not be read", path, pid)
+            return False
 
     def _cached(self, fd: int, pid: int, now: float) -> bool:
         """Answer an open on removable media from the opener's clean verdict (Decider.allow_clean)

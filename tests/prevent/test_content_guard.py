@@ -105,10 +105,13 @@ def test_reading_the_stick_does_not_arm_the_tagged_trees(guarded: tuple[Running,
     guard = run.sensor("prevent")
     assert isinstance(guard, ContentGuard)
     (point / "photo.jpg").write_bytes(os.urandom(5000))  # this process runs the guard: not asked
-    decided, armings = guard.decided, guard.armings
+    decided, armings, fast = guard.decided, guard.armings, guard.fast
     done = _run(f"cat {point}/photo.jpg > /dev/null", point.parent)
     assert done.returncode == 0, done.stderr
     wait_for(lambda: guard.decided > decided, 15, "the read to be decided", diagnose=guard.summary)
+    # by the responder, from the open's flags: not a trip to the agent's decision thread
+    wait_for(lambda: guard.fast > fast, 15, "the read to be answered by the responder",
+             diagnose=guard.summary)
     # a tagged read would otherwise wait for an answer until the next look for writers
     assert guard.armings == armings, guard.summary()
     done = _run(f"cat {point}/photo.jpg > {point}/copy.jpg", point.parent)
