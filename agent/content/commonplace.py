@@ -4,9 +4,12 @@
 `info/exclude`) into every repository, and `useradd` copies the skeleton of a new home
 (`.bashrc`, `.profile`) into every home: a tagged source tree or home holds byte-identical
 files, so every clone or home backup written to a stick would otherwise be an exact copy of
-tagged data. Like empty files, these contents are never matched. So is what git keeps beside a
-repository's objects (`HEAD`, `config`, refs, logs, hooks): the same few bytes in every
-repository on the same branch. A tagged repository's files and its objects still match.
+tagged data. The same goes for the licence texts the system ships (`/usr/share/common-licenses`:
+Apache-2.0, the GPLs, ...): a tagged repository's `LICENSE` is one of them word for word, and so
+is that of every open-source project a user copies. Like empty files, these contents are never
+matched, whole or in part. So is what git keeps beside a repository's objects (`HEAD`,
+`config`, refs, logs, hooks): the same few bytes in every repository on the same branch. A
+tagged repository's files and its objects still match.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ import functools
 import hashlib
 import os
 
-TEMPLATE_DIRS = ("/usr/share/git-core/templates", "/etc/skel")
-_MAX_BYTES = 1 << 20  # templates are small; anything larger is not one
+TEMPLATE_DIRS = ("/usr/share/git-core/templates", "/etc/skel", "/usr/share/common-licenses")
+_MAX_BYTES = 1 << 20  # templates and licence texts are small; anything larger is not one
 
 
 @functools.cache

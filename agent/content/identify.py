@@ -30,7 +30,7 @@ from agent.content.archive import (
 )
 from agent.content.catalog import TEXT_BYTES, ContentCatalog
 from agent.content.chunks import FLUSH, ChunkStream
-from agent.content.commonplace import commonplace_source, git_bookkeeping
+from agent.content.commonplace import commonplace_source
 from agent.content.entropy import SAMPLE_BYTES, byte_entropy, sample_entropy
 from agent.content.textsim import MIN_SAMPLE, TextFeatures, looks_like_text, sampled
 from agent.sensors.fingerprints import FingerprintIndex
@@ -187,7 +187,9 @@ class _Probe:
         found: dict[int, MemberFound] = {}
         for file_id, matched in self.chunk_hits.items():
             source = catalog.source(file_id)
-            if source is None or source.size <= 0 or git_bookkeeping(source.path):
+            # a licence text or git's bookkeeping is in every repository: found in the output, it
+            # says nothing, whole or in part
+            if source is None or source.size <= 0 or commonplace_source(source.path, source.sha256):
                 continue
             share = min(1.0, matched / source.size)
             if matched < MIN_CHUNK_BYTES and share < 0.9:
@@ -198,7 +200,7 @@ class _Probe:
                                          confidence, matched, source.size, source.tags)
         for file_id, hits in self.text_hits.items():
             source = catalog.source(file_id)
-            if source is None or source.text < MIN_SAMPLE or git_bookkeeping(source.path):
+            if source is None or source.text < MIN_SAMPLE or commonplace_source(source.path, source.sha256):
                 continue
             score = min(1.0, hits / source.text)
             confidence = round(0.9 * score, 3)

@@ -1,13 +1,19 @@
-"""Commonplace content (agent/content/commonplace.py): git's templates and bookkeeping never match."""
+"""Commonplace content (agent/content/commonplace.py): git's templates and bookkeeping, and the
+system's licence texts, never match."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
+from agent.content import ContentCatalog, ContentIdentifier
 from agent.content.commonplace import TEMPLATE_DIRS, commonplace, commonplace_source, git_bookkeeping
+from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.tags import TagMap
 
 
 def test_a_git_template_is_commonplace_and_other_content_is_not() -> None:
@@ -27,3 +33,39 @@ def test_git_bookkeeping_is_no_source_but_the_repositorys_files_and_objects_are(
     assert not git_bookkeeping("/home/a/projects/secret/.github/workflow.yml")
     assert commonplace_source("/srv/x/.git/config", hashlib.sha256(b"x").hexdigest())
     assert not commonplace_source("/srv/x/main.c", hashlib.sha256(b"x").hexdigest())
+
+
+def test_a_tagged_repositorys_licence_text_matches_no_copy_of_it_whole_or_in_part(tmp_path: Path) -> None:
+    # a tagged repository's LICENSE is the Apache-2.0 text word for word: so is every
+    # Apache-licensed project's, and the licence texts the system ships
+    licence = Path("/usr/share/common-licenses/Apache-2.0")
+    if not licence.is_file():
+        pytest.skip("the system's licence texts are not installed here")
+    repo = tmp_path / "srv" / "code"
+    repo.mkdir(parents=True)
+    shutil.copy(licence, repo / "LICENSE")
+    (repo / "main.c").write_text("".join(f"int f{i}(void) {{ return {i}; }}\n" for i in range(2000)))
+    out = tmp_path / "stick"
+    out.mkdir()
+    shutil.copy(licence, out / "LICENSE")
+    (out / "LICENSE.edited").write_bytes(licence.read_bytes() + b"\nCopyright 2026 someone else\n")
+    shutil.copy(repo / "main.c", out / "main.c")  # the repository's own file still matches
+    index = FingerprintIndex(TagMap({str(repo): ["source-code"]}))
+    index.rebuild()
+    catalog = ContentCatalog(index)
+    catalog.start()
+    try:
+        assert catalog.wait_ready(20)
+        identify = ContentIdentifier(catalog, index)
+        found = {}
+        for path in sorted(out.iterdir()):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                found[path.name] = identify.identify_fd(fd, os.fstat(fd).st_size, str(path))
+            finally:
+                os.close(fd)
+    finally:
+        catalog.stop()
+    assert not found["LICENSE"].found, found["LICENSE"]
+    assert not found["LICENSE.edited"].found, found["LICENSE.edited"]
+    assert found["main.c"].sources == [str(repo / "main.c")]

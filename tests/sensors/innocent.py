@@ -184,6 +184,8 @@ CASES = (
              'cp "$HOME_DIR/Documents/letter.txt" "$tmp/src/usr/share/doc/hello/" && '
              'dpkg-deb -b "$tmp/src" "$tmp/hello_1.0_all.deb" >/dev/null && '
              'cp "$tmp/hello_1.0_all.deb" "$STICK/" && rm -r "$tmp"'),
+    # open-source licence texts (a tagged repository ships one of them as its LICENSE)
+    Innocent("licences", 'cp -r /usr/share/common-licenses "$STICK/licences"'),
     # the backup account's job run by hand at 10:00 onto the approved drive: not the scheduled job
     Innocent("backup-by-hand", 'rsync -a "$DB" "$DOCS" "$STICK/manual/" && tar czf "$STICK/manual/docs.tgz" '
              '-C "$BASE" docs', user="backup", medium=("usb-backup-outside-window",)),
@@ -221,6 +223,9 @@ def make_home(base: Path) -> Path:
         body = f"/* TODO check */\nint f{i}(void) {{ return {i}; }}\n"
         (code / f"m{i:03d}.c").write_text(body + "// x\n" * 200)
     (code / "Makefile").write_text("OBJS := $(patsubst %.c,%.o,$(wildcard *.c))\nall: $(OBJS)\n")
+    licenses = Path("/usr/share/common-licenses")
+    if (licenses / "Apache-2.0").is_file():  # the licence text every Apache-licensed project ships
+        shutil.copy(licenses / "Apache-2.0", code / "LICENSE")
     git = ["git", "-C", str(code), "-c", "user.name=t", "-c", "user.email=t@example.com"]
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)

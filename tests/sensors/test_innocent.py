@@ -10,7 +10,8 @@ and music, a tar of the home, rsync of Documents, grep -r, make and git commit i
 tree, the backup account's rsync and tar of the tagged trees, an office suite's save (a lock file,
 lu*.tmp renamed over an .odt) and a file manager's gio copy and cp after tagged reads, clamscan as
 clamav over every tagged file, the tagged CSV's header line alone on the stick, a .deb built in
-/tmp and copied by a shell that read tagged files, and the stick unplugged and plugged again at
+/tmp and copied by a shell that read tagged files, the system's licence texts (the tagged
+repository's LICENSE is one of them), and the stick unplugged and plugged again at
 once after the backup.
 """
 
@@ -32,7 +33,7 @@ BIN = Path(sys.executable).parent
 FAST = ("git-clone-commit", "venv-pip-wheel", "make-build", "vim-tagged-backup", "vim-stick", "atomic-save",
         "engineer-day", "python-session", "photos-music", "tar-home", "rsync-documents", "code-grep",
         "code-make", "code-git-commit", "nightly-backup", "office-save", "file-manager", "clamscan",
-        "csv-header", "deb-build")
+        "csv-header", "deb-build", "licences")
 
 
 def _copies_after_second_mount(tmp_path: Path, point: str) -> list[str]:
