@@ -1,7 +1,9 @@
 """AccessReporter: what fanotify saw, turned into exactly attributed events.
 
 Tagged files: FAN_OPEN is `file.open` (and a read for lineage and staging),
-close-without-write `file.read`, close-after-write `file.modify`. Removable mounts:
+close-without-write `file.read`, close-after-write `file.modify`; opened by another name (a
+hard link, a bind mount: links.py), `file.path` is that name and `exfilguard.source.path` the
+tagged file, which lineage and staging are told of. Removable mounts:
 close-after-write goes to the CopyDetector. Elsewhere: a close-after-write by a process
 carrying tagged data (lineage.py) makes the file derived (indexed with its provenance, its
 reads watched) and goes to the StagingDetector (archives). Reads of derived files carry
@@ -28,13 +30,14 @@ from agent.sensors.failures import FailedEvents, sensor_gap
 from agent.sensors.fanotify import FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_OPEN, Access, FanotifySensor
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import SourceRead
+from agent.sensors.links import TaggedInodes
 from agent.sensors.media import RemovableMedia, RemovableMount, unwatched
 from agent.sensors.mounts import MOUNTINFO, parse_mountinfo
 from agent.sensors.newdirs import NewDirectories
 from agent.sensors.staging import StagingDetector, Written, file_fields
 from agent.sensors.tags import TagMap
 from protos import exfilguard_pb2 as pb
-from protos.events import sibling_event
+from protos.events import fs_text, sibling_event
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +127,10 @@ class AccessReporter:
         if not actions:
             return
         event = procinfo.attributed_event(actions[0], access.tags, access.process, procinfo.EXACT,
-                                          access.pid, file=file_fields(access.path, st.st_size))
+                                          access.pid, file=file_fields(access.via or access.path, st.st_size))
+        if access.via:  # opened by another name (a hard link, a bind mount): which tagged file it is
+            event.exfilguard.source.path = fs_text(access.path)
+            event.exfilguard.source.tags.extend(access.tags)
         events = [event, *(sibling_event(event, action) for action in actions[1:])]  # before any emit
         for event in events:
             self.emit(event)
@@ -293,6 +299,8 @@ class ExactAccessSensor:
         self._system_paths = system_paths
         flow = reporter.copies.flow
         self.failed = FailedEvents(reporter.emit, "fanotify")  # handling that raised: in an agent.gap
+        # every tagged file by its inode: an open through a hard link or a bind mount is a tagged read
+        self.inodes = TaggedInodes(self._mark_file, tags.tags_of)
         self.fanotify = FanotifySensor(
             tagged_as=reporter.tagged_as,
             is_removable=lambda path: media.mount_for(path) is not None,
@@ -306,6 +314,7 @@ class ExactAccessSensor:
             on_exec=flow.note_exec,
             on_write=self._removable_write,
             on_failure=self.failed,
+            tagged_inode=self.inodes.source,
         )
         self._reporter = reporter
         reporter.on_derived = self.fanotify.mark_file
@@ -319,7 +328,18 @@ class ExactAccessSensor:
         self.device_writers = device_writers()  # who writes to raw removable devices
         self.new_dirs = NewDirectories(tags, reporter.emit, self._mark_new_dir,
                                        system_devs=lambda: self._system_devs)
-        reporter.on_written = self.new_dirs.written
+        reporter.on_written = self._written
+
+    def _mark_file(self, path: str) -> None:
+        self.fanotify.mark_file(path)
+
+    def _written(self, path: str) -> None:
+        self.new_dirs.written(path)
+        self.inodes.mark_file(path)  # a new tagged file: its inode mark goes in as it is first written
+
+    def mark_file(self, path: str) -> None:
+        """A file appeared in a tagged tree (created, moved in): mark its inode."""
+        self.inodes.mark_file(path)
 
     def start(self) -> None:
         """Mark everything, then read events."""
@@ -356,6 +376,7 @@ class ExactAccessSensor:
         """Mark a tagged tree that appeared after start (or came back)."""
         self.new_dirs.tree_marking(root)
         self.marks += self.fanotify.mark_tree(root)
+        self.marks += self.inodes.mark_tree(root)
 
     def mark_dir(self, path: str) -> None:
         """Mark a new directory inside a tagged tree (inotify saw it), and report what was
@@ -364,6 +385,7 @@ class ExactAccessSensor:
 
     def _mark_new_dir(self, path: str) -> None:
         self.fanotify.mark_dir(path)
+        self.inodes.mark_dir(path)  # its files (a directory moved in has some)
         for mark in self.also_mark:
             mark(path)
 

@@ -10,7 +10,8 @@ fd on the file, whose path we read from /proc/self/fd. Marks:
     root, /tmp, /dev/shm, /home, ...), so a process carrying tagged data is seen writing a
     derived file anywhere, and every exec is seen (who a short-lived pid was, and its pipes);
   - inode marks on derived files (written from tagged data outside the tagged trees), whose
-    reads carry their sources on (lineage.py).
+    reads carry their sources on (lineage.py), and on every tagged file (links.py): an open
+    through another name (a hard link, a bind mount) is looked up by its inode.
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
@@ -80,6 +81,7 @@ TAGGED_MASK = FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE | FAN_EVENT_ON_CHIL
 MOUNT_MASK = FAN_OPEN | FAN_MODIFY | FAN_CLOSE_WRITE
 # whole file systems: writes (archives of tagged files) and execs (who a short-lived pid was)
 SYSTEM_MASK = FAN_CLOSE_WRITE | FAN_OPEN_EXEC
+_READ = FAN_OPEN | FAN_CLOSE_NOWRITE
 
 
 def _libc() -> ctypes.CDLL:
@@ -170,6 +172,7 @@ class Access:
     process: procinfo.ProcessInfo | None
     first_path: str = ""  # the path when the event was read (a later rename changes `path`)
     tags: tuple[str, ...] = ()  # of a tagged file, as the reader found them (a derived file: none)
+    via: str = ""  # the name a tagged file was opened by, when not its tagged path (`path`): a hard link
 
 
 AccessHandler = Callable[[Access], None]
@@ -183,6 +186,8 @@ class FanotifySensor:
     worker checks removable writes (hashing is slow) a moment later.
     `tagged_as(path)` says whether a path is tagged (its tags) or derived from tagged data (no
     tags), None when neither: one look per event, which `on_tagged` finds in `Access.tags`.
+    `tagged_inode(fd)` names the tagged file (path, tags) an open or read under another path
+    is (a hard link, a bind mount), by its inode: `Access.path` is then that file, `via` the name.
     `on_tagged` gets events under tagged marks;
     `on_removable` close-after-write on removable mounts, handled once the reader has drained
     the kernel queue (every read that came before the close is known by then), or
@@ -211,6 +216,7 @@ class FanotifySensor:
         on_write: Callable[[int, int, bool], None] | None = None,
         on_other_now: AccessHandler | None = None,
         on_failure: Callable[[], None] | None = None,
+        tagged_inode: Callable[[int], tuple[str, tuple[str, ...]] | None] | None = None,
         defer_seconds: float = 0.3,
         max_pending: int = 2048,
     ) -> None:
@@ -226,6 +232,7 @@ class FanotifySensor:
         self._on_write = on_write or (lambda _pid, _fd, _closed: None)
         self._on_other_now = on_other_now
         self._on_failure = on_failure or (lambda: None)  # an event lost to an error: counted in a gap
+        self._tagged_inode = tagged_inode or (lambda _fd: None)
         self._defer = defer_seconds
         # Bounded: each item holds an fd; when the worker lags, the reader waits and the
         # kernel queue (unlimited for root) holds the rest.
@@ -471,6 +478,7 @@ class FanotifySensor:
                 return
         kind = ""
         due = 0.0
+        via = ""
         tags = self._tagged_as(path)
         if tags is not None:
             kind = "tagged"
@@ -482,12 +490,16 @@ class FanotifySensor:
             else:
                 # An open or a write on removable media: learn who it is while it lives.
                 self._processes.lookup(pid)
+        elif mask & _READ and (linked := self._tagged_inode(fd)) is not None:
+            # a tagged file opened by another name: besides the removable mounts and the derived
+            # files, only the marks on tagged files and their directories report opens and reads
+            kind, via, (path, tags) = "tagged", path, linked
         elif mask & FAN_CLOSE_WRITE and "other" in self._handlers and self._wants_pid(pid):
             kind, due = "other", time.monotonic() + self._defer  # zip renames its temp file too
         if not kind:
             os.close(fd)
             return
-        access = Access(mask, path, fd, pid, self._processes.lookup(pid), path, tags or ())
+        access = Access(mask, path, fd, pid, self._processes.lookup(pid), path, tags or (), via)
         if kind == "other" and self._on_other_now is not None:
             try:
                 self._on_other_now(access)  # before any later read of the file is handled

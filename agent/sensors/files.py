@@ -90,6 +90,7 @@ class FileSensor:
         on_new_dir: Callable[[str], None] | None = None,
         on_rescan: Callable[[], None] | None = None,
         on_new_root: Callable[[str], None] | None = None,
+        on_new_file: Callable[[str], None] | None = None,
         recheck_seconds: float = 300.0,
     ) -> None:
         self.tags = tags
@@ -103,6 +104,7 @@ class FileSensor:
         self._on_new_dir = on_new_dir
         self._on_rescan = on_rescan
         self._on_new_root = on_new_root
+        self._on_new_file = on_new_file or (lambda _path: None)  # its inode marked (links.py)
         self._recheck_seconds = recheck_seconds
         self._observer: Observer | None = None
         self._pending: PendingRoots | None = None
@@ -301,6 +303,8 @@ class FileSensor:
             if event.is_directory and dest_tags and self._on_new_dir is not None:
                 self._mark_tree(dest)  # marks first, then the index (as for a new directory)
             self.index.move(src, dest)
+            if dest_tags and not event.is_directory:
+                self._on_new_file(dest)  # moved in (a rename inside keeps its inode's mark)
             if src_tags or dest_tags:
                 out = self._file_event("file.rename", src, src_tags or dest_tags, event.is_directory)
                 out.file.target_path = fs_text(dest)
@@ -321,6 +325,8 @@ class FileSensor:
                 return  # watchdog's walk of a new directory found what was reported already
             if event.is_directory and self._on_new_dir is not None:
                 self._mark_tree(src)  # marks first: a file written after the walk below is seen
+            elif not event.is_directory:
+                self._on_new_file(src)
             # maybe still being written, and its close-after-write may never reach us (written
             # before the mark, or by the agent itself): the index looks at it again for a while
             self.index.update(src, written=False, looked=found)

@@ -92,6 +92,7 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
         on_new_dir=new_dir if markers else None,
         on_rescan=exact.mark_tagged if exact is not None else None,
         on_new_root=exact.mark_root if exact is not None else None,
+        on_new_file=exact.mark_file if exact is not None else None,
         recheck_seconds=settings.inventory_seconds,
     )
     # a mount or unmount may make a tagged path appear or go (a share mounted after start)
