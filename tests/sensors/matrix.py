@@ -97,6 +97,11 @@ THEFTS = (
     Case("zip", 'cd "$BASE" && zip -q -r "$STICK/db.zip" db', ("$STICK/db.zip",), True),
     Case("another-user", 'runuser -u nobody -- tar czf "$STICK/nobody.tgz" -C "$BASE" db',
          ("$STICK/nobody.tgz",), True),
+    # hard links made outside the tagged tree: the tagged files read under other names
+    Case("hardlink-tar", 'mkdir "$WORK/hl" && ln "$DB"/* "$WORK/hl/" && tar czf "$STICK/hl.tgz" '
+         '-C "$WORK" hl', ("$STICK/hl.tgz",), True),
+    Case("hardlink-gzip-openssl", 'ln "$DB/customers.csv" "$WORK/notes.txt" && gzip -c "$WORK/notes.txt" | '
+         'openssl enc -aes-256-cbc -pbkdf2 -pass pass:x > "$STICK/notes.bin"', ("$STICK/notes.bin",), True),
 )
 
 # Exports and encodings: what lands is text made from what was read, and larger than it (a
@@ -128,6 +133,8 @@ BENIGN = (
     Case("in-place-edit", 'sed -i "s/^1,/1 ,/" "$DB/customers.csv" && echo note >> "$DB/notes.txt"',
          ("$DB/customers.csv", "$DB/notes.txt"), False),
     Case("build", 'make -s -C "$BASE/src" OUT="$STICK/hello"', ("$STICK/hello",), False),
+    Case("hardlink-untagged", 'ln "$BASE/photos/img1.jpg" "$WORK/img1.jpg" && tar czf "$STICK/img1.tgz" '
+         '-C "$WORK" img1.jpg', ("$STICK/img1.tgz",), False),
 )
 
 # A process that reads tagged files now and writes photos to the stick much later (run last).
