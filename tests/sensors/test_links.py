@@ -1,8 +1,9 @@
 """A tagged file read by another name: a hard link (made before the agent started, or while it
-runs), a bind mount of the tagged tree (in this mount namespace and in another), /proc/PID/root.
+runs), a bind mount of the tagged tree (in this mount namespace and in another), an overlay
+over it, /proc/PID/root.
 
 The sensors (build_sensors) run with a plain list-appending emit against a real tagged tree, a
-loop-device stick and real programs (ln, cat, tar, gzip, openssl, mount --bind, unshare).
+loop-device stick and real programs (ln, cat, tar, gzip, openssl, mount --bind, overlay, unshare).
 """
 
 from __future__ import annotations
@@ -137,6 +138,16 @@ def test_a_bind_mount_or_another_namespace_reads_the_tagged_file(trees: tuple[Pa
         assert read["file.path"] != str(files[1])
         with contextlib.suppress(OSError):
             Path(f"/run/eg-links-{shell}").rmdir()
+        # an overlay whose lower layer is the tagged tree, mounted in a namespace of its own (a
+        # user namespace lets anyone do so): the read through the overlay opens the tagged file
+        for name in ("upper", "work", "merged"):
+            (home / name).mkdir()
+        subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                        f'mount -t overlay eg-links -o lowerdir="{root}",upperdir="{home}/upper",'
+                        f'workdir="{home}/work" "{home}/merged" && '
+                        f'cat "{home}/merged/customers/{files[3].name}" > /dev/null'], check=True)
+        events.wait_for(lambda e: e.get("event.action") == "file.read"
+                        and e.get("exfilguard.source.path") == str(files[3]), after=start)
         # /proc/PID/root of a process in this namespace leads to the file by its tagged path
         _cat(f"/proc/{os.getpid()}/root{files[2]}")
         events.wait_for(events.action("file.read", {"file.path": str(files[2])}), after=start)
