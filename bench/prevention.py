@@ -30,6 +30,9 @@ The last line is JSON with these keys:
     copy_responder_cpu_s    of that in block mode, the responder's (answering the copy's opens)
     copy_waits_block        median voluntary context switches of cp in block mode (each open on
                             the stick waits for an answer: about one per file)
+    copy_responder_us_per_wait   median of the responder's CPU per copy over cp's waits in
+                            microseconds: what one answer costs it (other programs' opens of the
+                            stick meanwhile included; CPU time is counted in clock ticks)
     decision_p50_ms, decision_p99_ms, decisions   permission-event answer latency and count
     decisions_fast          of those, answered by the responder (a clean verdict, agent/prevent/
                             verdicts.py; a read from the stick; an innocent reader while armed)
@@ -232,6 +235,7 @@ def main() -> int:
         cpu: dict[str, list[float]] = {mode: [] for mode in modes}
         responder: list[float] = []
         waits: list[int] = []
+        per_wait: list[float] = []
         decisions = fast = armings = 0
         p50: list[float] = []
         p99: list[float] = []
@@ -251,6 +255,7 @@ def main() -> int:
                 if mode == "block":
                     responder.append(answering)
                     waits.append(waited)
+                    per_wait.append(answering / max(1, waited) * 1e6)
                 print(f"round {n} {mode:8s} copy {took:.3f} s (agent CPU {used:.2f} s, cp waited {waited}x)"
                       f"  opens {opens[mode][-1]:.4f} s", flush=True)
                 if agent is None:
@@ -276,6 +281,7 @@ def main() -> int:
             "copy_agent_cpu_block_s": round(statistics.median(cpu["block"]), 3),
             "copy_responder_cpu_s": round(statistics.median(responder), 3),
             "copy_waits_block": round(statistics.median(waits)),
+            "copy_responder_us_per_wait": round(statistics.median(per_wait), 1),
             "decision_p50_ms": round(statistics.median(p50), 3) if p50 else None,
             "decision_p99_ms": round(max(p99), 3) if p99 else None,
             "decisions": decisions,
