@@ -40,6 +40,7 @@ from pathlib import Path
 from agent.background import Background
 from agent.sensors import procinfo
 from agent.sensors.errors import FanotifyUnavailable
+from agent.sensors.fdname import DELETED, live_name
 from agent.sensors.finished import open_for_writing, temporary_name
 from agent.sensors.stoppipe import StopPipe
 
@@ -56,7 +57,6 @@ FAN_EVENT_ON_CHILD = 0x08000000
 FAN_CLOEXEC = 0x1
 FAN_NONBLOCK = 0x2
 FAN_CLASS_NOTIF = 0x0
-_DELETED = " (deleted)"  # what /proc appends to the name of a file that has none left
 TOO_DEEP = "..."  # stands for the directories of a path longer than PATH_MAX
 FAN_UNLIMITED_QUEUE = 0x10
 FAN_UNLIMITED_MARKS = 0x20
@@ -467,8 +467,8 @@ class FanotifySensor:
             if not path:
                 os.close(fd)
                 return
-        if path.endswith(_DELETED):
-            path = _live_name(fd, path)
+        if path.endswith(DELETED):
+            path = live_name(fd, path)
         if mask & FAN_OPEN_EXEC:
             self._processes.note_exec(pid, path)
             if not os.path.basename(path).startswith("ld-"):  # the loader: the same exec again
@@ -569,8 +569,8 @@ class FanotifySensor:
             if kind in {"removable", "other"}:
                 with contextlib.suppress(OSError):
                     current = os.readlink(f"/proc/self/fd/{access.fd}")
-                    if current.endswith(_DELETED):
-                        current = _live_name(access.fd, current)
+                    if current.endswith(DELETED):
+                        current = live_name(access.fd, current)
                     access.path = self._placed(access.fd, current)
             self._handlers[kind](access)
         except Exception:
@@ -578,29 +578,6 @@ class FanotifySensor:
             self._on_failure()
         finally:
             os.close(access.fd)
-
-
-def _live_name(fd: int, path: str) -> str:
-    """`path` as /proc names a descriptor's file, without the " (deleted)" the kernel appends
-    once the file has no name left. A file that still has a name either is called so itself
-    (`loot.db (deleted)` on a stick: kept) or was made with O_TMPFILE, shown as `dir/#INODE`,
-    and given a name with linkat since: that name, looked up in the directory it was made in
-    (`#INODE` stays when it was linked elsewhere)."""
-    bare = path[: -len(_DELETED)]
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return bare
-    if st.st_nlink == 0:
-        return bare
-    folder, _, name = bare.rpartition("/")
-    if name != f"#{st.st_ino}":
-        return path
-    with contextlib.suppress(OSError), os.scandir(folder or "/") as entries:
-        for entry in entries:
-            if entry.inode() == st.st_ino and not entry.name.startswith("#"):
-                return entry.path
-    return bare
 
 
 def _raise_fd_limit() -> None:
