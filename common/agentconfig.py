@@ -106,6 +106,10 @@ class SensorSettings(_Strict):
     max_hash_bytes: Annotated[int, Field(ge=0, le=1 << 40)] = 4 << 30  # full SHA-256 only below this size
     # chunk fingerprints of tagged files kept in memory (~16 bytes each; ~10 KiB of data each)
     max_chunk_fingerprints: Annotated[int, Field(ge=0, le=50_000_000)] = 2_000_000
+    # tagged files given an inode mark of their own (reads by another name: a hard link, a bind
+    # mount); each holds its inode in kernel memory (~1.2 KiB). Past it, only files that have
+    # another name already are marked, and an agent.gap (file_marks_full) says how many were not
+    max_file_marks: Annotated[int, Field(ge=0, le=50_000_000)] = 1_000_000
 
     @pydantic.field_validator("fanotify", mode="before")
     @classmethod

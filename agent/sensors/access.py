@@ -292,15 +292,15 @@ class ExactAccessSensor:
     name = "fanotify"
 
     def __init__(self, tags: TagMap, reporter: AccessReporter, media: RemovableMedia,
-                 system_paths: tuple[str, ...] = ("/", "/usr", "/tmp", "/home", "/var/tmp", "/root", "/opt")
-                 ) -> None:
+                 system_paths: tuple[str, ...] = ("/", "/usr", "/tmp", "/home", "/var/tmp", "/root", "/opt"),
+                 max_file_marks: int = 1_000_000) -> None:
         self.tags = tags
         self.media = media
         self._system_paths = system_paths
         flow = reporter.copies.flow
         self.failed = FailedEvents(reporter.emit, "fanotify")  # handling that raised: in an agent.gap
         # every tagged file by its inode: an open through a hard link or a bind mount is a tagged read
-        self.inodes = TaggedInodes(self._mark_file, tags.tags_of)
+        self.inodes = TaggedInodes(self._mark_file, tags.tags_of, max_file_marks, self._marks_full)
         self.fanotify = FanotifySensor(
             tagged_as=reporter.tagged_as,
             is_removable=lambda path: media.mount_for(path) is not None,
@@ -332,6 +332,11 @@ class ExactAccessSensor:
 
     def _mark_file(self, path: str) -> None:
         self.fanotify.mark_file(path)
+
+    def _marks_full(self, count: int) -> None:
+        text = (f"sensors.max_file_marks reached: {count} tagged files have no mark of their own; reads of "
+                "them through a hard link made later are not seen")
+        self._emit(sensor_gap("file_marks_full", count, text))
 
     def _written(self, path: str) -> None:
         self.new_dirs.written(path)

@@ -31,29 +31,32 @@ from agent.sensors.errors import FanotifyUnavailable
 
 log = logging.getLogger(__name__)
 
-# (device, inode) -> tagged path kept: one entry per tagged file; an entry outlives its file's
-# replacement (an editor's save makes a new inode; a hard link may keep the old one, whose
-# content is still tagged data), so the oldest go first past this bound
-MAX_INODES = 1 << 20
 Mark = Callable[[str], None]
 
 
 class TaggedInodes:
     """Tagged files by (device, inode): marked one by one, looked up by a descriptor."""
 
-    def __init__(self, mark: Mark, tags_of: Callable[[str], tuple[str, ...]],
-                 limit: int = MAX_INODES) -> None:
+    def __init__(self, mark: Mark, tags_of: Callable[[str], tuple[str, ...]], limit: int = 1_000_000,
+                 on_full: Callable[[int], None] | None = None) -> None:
         self._mark = mark  # an inode mark on one file: opens and reads by any name
         self._tags_of = tags_of
+        # `sensors.max_file_marks`: past it, only files that already have another name are marked
+        # (each mark holds its inode in the kernel's memory). An entry outlives its file's
+        # replacement (an editor's save makes a new inode; a hard link may keep the old one, whose
+        # content is still tagged data): the bound counts the files marked since the start
         self._limit = limit
+        self._on_full = on_full or (lambda _count: None)  # told once per tree marked, with the count
         self._lock = threading.Lock()
         self._paths: dict[tuple[int, int], str] = {}
         self.linked_outside = 0  # tagged files with names outside the trees, at the last tree marked
+        self.unmarked = 0  # tagged files left without a mark of their own at the bound
 
     def mark_tree(self, root: str) -> int:
         """Mark every regular file under `root` (or `root` itself, a tagged file); returns how
         many. Counts (and logs) those with names outside the tagged trees."""
         marked = 0
+        unmarked = self.unmarked
         names: dict[tuple[int, int], list[int]] = {}  # inode -> [names seen here, st_nlink]
         for path, st in _files(root):
             if self._note(path, st):
@@ -63,6 +66,8 @@ class TaggedInodes:
                 seen[0] += 1
         outside = sum(1 for seen, nlink in names.values() if nlink > seen)
         self.linked_outside = outside
+        if self.unmarked > unmarked:
+            self._on_full(self.unmarked - unmarked)
         if outside:
             log.warning("%d tagged files under %s have names outside the tagged trees (hard links): "
                         "reads through those names are reported as reads of the tagged files", outside, root)
@@ -93,17 +98,17 @@ class TaggedInodes:
     def _note(self, path: str, st: os.stat_result) -> bool:
         if not stat.S_ISREG(st.st_mode):
             return False
+        key = (st.st_dev, st.st_ino)
+        if len(self._paths) >= self._limit and st.st_nlink <= 1 and key not in self._paths:
+            self.unmarked += 1  # a link made later to this one is not seen
+            return False
         try:
             self._mark(path)
         except FanotifyUnavailable as exc:
             log.warning("cannot mark tagged file %s: %s", path, os.strerror(exc.errno))
             return False
-        key = (st.st_dev, st.st_ino)
         with self._lock:
-            self._paths.pop(key, None)  # renewed: last out
             self._paths[key] = path
-            while len(self._paths) > self._limit:
-                del self._paths[next(iter(self._paths))]
         return True
 
     def source(self, fd: int) -> tuple[str, tuple[str, ...]] | None:

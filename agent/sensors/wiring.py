@@ -69,7 +69,7 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     exact: ExactAccessSensor | None = None
     if settings.fanotify == "on" or (settings.fanotify == "auto" and fanotify.available()):
         reporter = AccessReporter(tags, index, copies, staging, emit, media=media)
-        exact = ExactAccessSensor(tags, reporter, media)
+        exact = ExactAccessSensor(tags, reporter, media, max_file_marks=settings.max_file_marks)
     index.own_reads_asked = exact is None  # inotify reports opens and closes only without fanotify
     if exact is not None:
         reader = exact.fanotify

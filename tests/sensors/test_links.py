@@ -231,3 +231,18 @@ def test_a_hard_link_transformed_onto_a_stick_names_the_tagged_source(
         written = events.wait_for(events.action("file.write", {"file.path": photos}), timeout=30)[0]
         assert not written.get("tags")
         assert not events.matching(events.action("file.copy", {"file.path": photos}))
+
+
+def test_past_max_file_marks_only_linked_files_are_marked_and_a_gap_says_how_many(
+        trees: tuple[Path, Path, Path]) -> None:
+    root, _plain, home = trees
+    files = sorted((root / "customers").iterdir())
+    os.link(files[3], home / "kept.txt")  # already has another name: marked past the bound too
+    config = AgentConfig(tags={str(root): TAGS}, sensors=SensorSettings.model_validate({"max_file_marks": 2}))
+    with Running(config) as run:
+        events = run.events
+        gap = events.wait_for(events.action("agent.gap", {"exfilguard.gap.reason": "file_marks_full"}))[0]
+        assert gap["exfilguard.gap.lost"] == 1  # 4 files: 2 marked, the linked one, 1 left out
+        start = events.mark()
+        _cat(home / "kept.txt")
+        _read_via(events, home / "kept.txt", files[3], start)
