@@ -200,3 +200,22 @@ def test_a_new_git_object_directory_is_no_lost_view_but_a_new_tagged_directory_i
              for e in list(a["evidence"])}  # type: ignore[call-overload]
     assert "00000000-0000-0000-0000-0000000005b2" in fired  # /srv/db/q3
     assert not [a for a in replay(pack, f"{lost}.negative.jsonl") if a["policy.id"] == lost]
+
+
+def test_an_installed_scanner_whose_account_was_not_read_is_no_mass_read(pack: Path, tmp_path: Path) -> None:
+    # clamscan ended before the agent read its account (a busy machine): no user, attribution
+    # inferred. Installed under /usr it is the scanner; a program given its name elsewhere is not
+    events = tmp_path / "scans.jsonl"
+    with events.open("w") as fh:
+        for i, exe in enumerate(("/usr/bin/clamscan", "/home/mallory/bin/clamscan")):
+            fh.write(json.dumps({
+                "@timestamp": f"2026-11-18T09:0{i}:00.000000Z", "agent.id": f"agent-ws3{i}",
+                "event.action": "file.mass_read", "event.id": f"scan-{i}", "event.kind": "event",
+                "event.sequence": i + 1, "exfilguard.attribution": "inferred", "exfilguard.count": 50,
+                "file.path": "/srv/code", "file.type": "dir", "host.name": f"ws-3{i}",
+                "process.executable": exe, "process.name": "clamscan", "process.pid": 26569 + i,
+                "tags": ["source-code"]}) + "\n")
+    engine = engine_for(loader.load([pack]), timezone="Europe/Berlin")
+    alerts = [a.to_json() for a in replay_events(engine, read_events(events))]
+    assert [(a["policy.id"], a["process.executable"]) for a in alerts] == [
+        ("staging-mass-read", "/home/mallory/bin/clamscan")]
