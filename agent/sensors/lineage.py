@@ -239,12 +239,12 @@ class DataFlow:
             if execed or reused:
                 proc.looked = False  # a new program, or a new process under a reused pid
             if not reused and exiting:
-                # An exiting process (a zombie: xz after closing its archive, whose close is what
-                # asks for its flow) shows no descriptors at all: the pipes it held when last
-                # looked at are its links still. Forgetting them lost what tar read after forking
-                # xz on a busy machine. A live process's links are what it holds now: a shell or
-                # a script capturing each command's output would otherwise carry on what all of
-                # its commands ever read
+                # An exiting process (closing its descriptors, or a zombie: xz after closing its
+                # archive, whose close is what asks for its flow) shows few or no descriptors:
+                # the pipes it held when last looked at are its links still. Forgetting them
+                # lost what tar read after forking xz on a busy machine. A live process's links
+                # are what it holds now: a shell or a script capturing each command's output
+                # would otherwise carry on what all of its commands ever read
                 writes, reads, files = proc.writes, proc.reads, list(proc.files)
             if (proc.ppid, proc.writes, proc.reads, proc.born) != (ppid or parent, writes, reads, born):
                 self._bump()
@@ -469,13 +469,10 @@ def _read_link(pid: int, pairs: SocketPairs) -> _Link | None:
     base = f"/proc/{pid}"
     try:
         with open(f"{base}/stat", "rb") as fh:
-            stat = fh.read()
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        ppid = int(fields[1])
-        exiting = fields[0] in (b"Z", b"X")  # exited, not yet reaped: no descriptors left
-        born = _boot_time() + int(fields[19]) / _TICKS
+            ppid, exiting, started = stat_fields(fh.read())
     except (OSError, ValueError, IndexError):
         return None
+    born = _boot_time() + started / _TICKS
     links = procinfo.fd_links(pid)
     if links is None:
         return None
@@ -506,6 +503,20 @@ def _read_link(pid: int, pairs: SocketPairs) -> _Link | None:
         if mode in (os.O_RDONLY, os.O_RDWR):
             reads.append(inode)
     return ppid, tuple(sorted(set(writes))), tuple(sorted(set(reads))), files, born, exiting
+
+
+_PF_EXITING = 0x4  # include/linux/sched.h: set as do_exit begins, before the descriptors are closed
+
+
+def stat_fields(stat: bytes) -> tuple[int, bool, int]:
+    """(ppid, exiting, start time in clock ticks) from a /proc/PID/stat line. Exiting: it has
+    begun to exit (its descriptors are being closed, or are gone) or awaits its parent."""
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    # `tar cJf d.txz` runs `sh -c xz` with the archive as its output: the shell, exiting after
+    # xz, closes its stdin pipe and then the archive, and that close-after-write's look at it
+    # found it alive without a descriptor (a zombie a moment later): its pipe to tar was lost
+    exiting = fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
+    return int(fields[1]), exiting, int(fields[19])
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
