@@ -66,6 +66,8 @@ class AccessReporter:
     on_derived: Callable[[str], None] | None = field(default=None, init=False)
     # set by the fanotify sensor: a tagged file was written (its directory may be new, unmarked)
     on_written: Callable[[str], None] | None = field(default=None, init=False)
+    # set by the fanotify sensor: a process's identity as its cache knows it (exited ones too)
+    lookup: Callable[[int], procinfo.ProcessInfo | None] | None = field(default=None, init=False)
     _dropped_reported: int = field(default=0, init=False)
     # (pid, path) of tagged files open now -> their change time when opened
     _opened: dict[tuple[int, str], int] = field(default_factory=dict, init=False)
@@ -216,8 +218,16 @@ class AccessReporter:
             size = os.fstat(access.fd).st_size
         except OSError:
             return
-        writers = tuple(p for p in self.copies.flow.writers(access.fd) if p != access.pid)
-        self.copies.note_write(Written(path=access.path, size=size, pid=access.pid, info=access.process,
+        pid, info, wrote = access.pid, access.process, self.copies.flow.writers(access.fd)
+        if len(wrote) == 1 and wrote[0] != pid and self.lookup is not None:
+            # the bytes' writer, not a closer that wrote none: `tar czf` forks a child that
+            # opens the archive and runs `sh -c gzip`; gzip writes, the shell closes as it exits
+            # (the kernel named gzip's pid in each write, and it was looked up as it wrote)
+            found = self.lookup(wrote[0])
+            if found is not None:
+                pid, info = wrote[0], found
+        writers = tuple(p for p in (access.pid, *wrote) if p != pid)
+        self.copies.note_write(Written(path=access.path, size=size, pid=pid, info=info,
                                        fd=access.fd, attribution=procinfo.EXACT, writers=writers))
         self.report_dropped()
 
@@ -318,6 +328,7 @@ class ExactAccessSensor:
         )
         self._reporter = reporter
         reporter.on_derived = self.fanotify.mark_file
+        reporter.lookup = self.fanotify.processes.lookup
         flow.held = reporter.derived_reads
         self._emit = reporter.emit
         self.copies = reporter.copies
@@ -394,8 +405,8 @@ class ExactAccessSensor:
         for mark in self.also_mark:
             mark(path)
 
-    def _removable_write(self, pid: int, fd: int, _closed: bool) -> None:
-        self.copies.flow.note_write(pid, fd)
+    def _removable_write(self, pid: int, fd: int, modified: bool) -> None:
+        self.copies.flow.note_write(pid, fd, modified=modified)
         self._reporter.still_reading(pid)
 
     def device_attached(self, device: pb.Device) -> None:

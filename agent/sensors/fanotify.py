@@ -82,6 +82,7 @@ MOUNT_MASK = FAN_OPEN | FAN_MODIFY | FAN_CLOSE_WRITE
 # whole file systems: writes (archives of tagged files) and execs (who a short-lived pid was)
 SYSTEM_MASK = FAN_CLOSE_WRITE | FAN_OPEN_EXEC
 _READ = FAN_OPEN | FAN_CLOSE_NOWRITE
+READER_NICE = -10  # the reader reads /proc while a writer lives: ahead of a busy machine's work
 
 
 def _libc() -> ctypes.CDLL:
@@ -196,7 +197,7 @@ class FanotifySensor:
     done); `on_other_write`
     close-after-write elsewhere, only for pids `wants_pid` accepts (`on_other_now` at once, in
     the reader thread, `on_other_write` deferred under the final name). `on_exec(pid)` hears of
-    every exec, and `on_write(pid, fd, closed)` of every write (modify or close-after-write)
+    every exec, and `on_write(pid, fd, modified)` of every write (modify or close-after-write)
     on removable media, at once in the reader thread while the process may still be read.
     """
 
@@ -238,10 +239,10 @@ class FanotifySensor:
         # kernel queue (unlimited for root) holds the rest.
         self._work: queue.Queue[tuple[float, str, Access] | None] = queue.Queue(max_pending)
         self._settling: list[Access] = []  # removable writes read in this drain (reader only)
-        self._processes = procinfo.ProcessCache()
+        self.processes = procinfo.ProcessCache()
         self._me = os.getpid()
         self._stop = StopPipe()
-        self._reader = Background("fanotify", self._read_loop)
+        self._reader = Background("fanotify", self._read_loop, nice=READER_NICE)
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
         self._marked: set[tuple[str, str]] = set()
@@ -470,7 +471,7 @@ class FanotifySensor:
         if path.endswith(DELETED):
             path = live_name(fd, path)
         if mask & FAN_OPEN_EXEC:
-            self._processes.note_exec(pid, path)
+            self.processes.note_exec(pid, path)
             if not os.path.basename(path).startswith("ld-"):  # the loader: the same exec again
                 self._on_exec(pid)
             if not mask & (FAN_OPEN | FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE):
@@ -484,12 +485,12 @@ class FanotifySensor:
             kind = "tagged"
         elif self._is_removable(path := self._placed(fd, path)):
             if mask & (FAN_MODIFY | FAN_CLOSE_WRITE):
-                self._on_write(pid, fd, bool(mask & FAN_CLOSE_WRITE))
+                self._on_write(pid, fd, bool(mask & FAN_MODIFY))
             if mask & FAN_CLOSE_WRITE:
                 kind = "removable"
             else:
                 # An open or a write on removable media: learn who it is while it lives.
-                self._processes.lookup(pid)
+                self.processes.lookup(pid)
         elif mask & _READ and (linked := self._tagged_inode(fd)) is not None:
             # a tagged file opened by another name: besides the removable mounts and the derived
             # files, only the marks on tagged files and their directories report opens and reads
@@ -499,7 +500,7 @@ class FanotifySensor:
         if not kind:
             os.close(fd)
             return
-        access = Access(mask, path, fd, pid, self._processes.lookup(pid), path, tags or (), via)
+        access = Access(mask, path, fd, pid, self.processes.lookup(pid), path, tags or (), via)
         if kind == "other" and self._on_other_now is not None:
             try:
                 self._on_other_now(access)  # before any later read of the file is handled

@@ -178,9 +178,14 @@ class DataFlow:
             proc.sources.popitem(last=False)
             self.dropped += 1
 
-    def note_write(self, pid: int, fd: int) -> None:
+    def note_write(self, pid: int, fd: int, *, modified: bool = True) -> None:
         """A process wrote into the file open as `fd` (removable media): one of its writers,
-        whoever closes it last ({ cat f; echo; } > x: cat writes, the shell closes)."""
+        whoever closes it last ({ cat f; echo; } > x: cat writes, the shell closes). Not
+        `modified`: it only closed the file after writing, what it wrote was seen already (or
+        it wrote nothing and another process did); it is not counted among the writers."""
+        if not modified:
+            self._record(pid)
+            return
         try:
             st = os.fstat(fd)
         except OSError:

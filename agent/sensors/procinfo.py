@@ -285,6 +285,13 @@ class ProcessCache:
         if name.startswith("ld-") and ".so" in name:
             return  # execve opens the dynamic loader right after the program: keep the program
         uid, ppid, loginuid = _status_ids(pid)
+        with self._lock:
+            # what the pid ran before this exec names it no more (tar's child that opened the
+            # archive, then the shell that ran gzip); gone by now, it still tells who ran it:
+            # an exec keeps the real uid, the login uid and the parent
+            before = self._cache.pop(pid, None)
+        if uid < 0 and before is not None:
+            uid, ppid, loginuid = before[1].uid, before[1].ppid, before[1].loginuid
         info = ProcessInfo(pid, ppid=ppid, executable=executable, name=name[:15], uid=uid, loginuid=loginuid)
         with self._lock:
             self._checked.pop(pid, None)
