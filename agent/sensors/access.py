@@ -29,6 +29,7 @@ from agent.sensors.deviceopens import device_writers
 from agent.sensors.failures import FailedEvents, sensor_gap
 from agent.sensors.fanotify import FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_OPEN, Access, FanotifySensor
 from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.forks import ForkWatch
 from agent.sensors.lineage import SourceRead
 from agent.sensors.links import TaggedInodes
 from agent.sensors.media import RemovableMedia, RemovableMount, unwatched
@@ -329,6 +330,8 @@ class ExactAccessSensor:
         self._reporter = reporter
         reporter.on_derived = self.fanotify.mark_file
         reporter.lookup = self.fanotify.processes.lookup
+        self.forks = ForkWatch()  # who forked a child that was gone before anything read it
+        self.fanotify.processes.forks = self.forks.parent_of
         flow.held = reporter.derived_reads
         self._emit = reporter.emit
         self.copies = reporter.copies
@@ -359,6 +362,7 @@ class ExactAccessSensor:
 
     def start(self) -> None:
         """Mark everything, then read events."""
+        self.forks.start()  # first: a fork heard of before its child's writes are read
         self.fanotify.start()
         if self.device_writers is not None:
             self.device_writers.start()
@@ -378,6 +382,7 @@ class ExactAccessSensor:
     def stop(self) -> None:
         """Close the group; idempotent."""
         self.fanotify.stop()
+        self.forks.stop()
         if self.device_writers is not None:
             self.device_writers.stop()
         self.new_dirs.stop()

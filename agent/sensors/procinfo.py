@@ -14,7 +14,7 @@ import os
 import pwd
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -277,6 +277,8 @@ class ProcessCache:
         # pid -> the parent it had when its parent was read: a child that forks without an exec
         # (rsync's receiver, a worker of a Python pool) has no exec event to name it by
         self._forked: dict[int, int] = {}
+        # the kernel's word on who forked a pid (forks.ForkWatch.parent_of), when it is heard
+        self.forks: Callable[[int], tuple[int, int]] | None = None
 
     def note_exec(self, pid: int, executable: str) -> None:
         """The kernel saw `pid` execute `executable`: kept, with its uids read right now, for
@@ -306,16 +308,44 @@ class ProcessCache:
         info = self._with_exec(pid, self._lookup(pid))
         if info is not None:
             return info
-        parent = ancestor = self._forked.get(pid, 0)
-        found = None
-        for _generation in range(2):  # the receiver's parent (the generator) was not read either
-            found = self._cache.get(ancestor)
-            if found is not None or not ancestor:
-                break
-            ancestor = self._forked.get(ancestor, 0)
+        parent = self._forked.get(pid, 0)
+        found = self._ancestor(parent) if parent else None
+        if found is None and self.forks is not None:
+            parent, found = self._forked_by(pid)
         if found is None:
             return None
-        return dataclasses.replace(found[1], pid=pid, ppid=parent, pgid=0, inherited=True)
+        return dataclasses.replace(found, pid=pid, ppid=parent, pgid=0, inherited=True)
+
+    def _ancestor(self, ancestor: int) -> ProcessInfo | None:
+        """The identity of a parent read from /proc (the receiver's parent, the generator, was
+        not read either: then its own parent's)."""
+        for _generation in range(2):
+            found = self._cache.get(ancestor)
+            if found is not None:
+                return found[1]
+            ancestor = self._forked.get(ancestor, 0)
+            if not ancestor:
+                break
+        return None
+
+    def _forked_by(self, pid: int) -> tuple[int, ProcessInfo | None]:
+        """(parent, the nearest known ancestor's identity) of a pid gone unseen, by the forks
+        the kernel announced: an ancestor alive now, or seen alive, or known by its exec. An
+        ancestor whose pid was forked again after the child's fork (reused) names nothing."""
+        assert self.forks is not None
+        parent, order = self.forks(pid)
+        ancestor = parent
+        for _generation in range(3):  # rsync: receiver <- generator <- the rsync executed
+            if not ancestor:
+                break
+            ancestor_parent, ancestor_order = self.forks(ancestor)
+            if ancestor_order > order:
+                break  # the pid is another process's now
+            found = self._with_exec(ancestor, self._lookup(ancestor))
+            if found is not None:
+                return parent, found
+            ancestor, order = ancestor_parent, ancestor_order
+        return parent, None
 
     def _with_exec(self, pid: int, info: ProcessInfo | None) -> ProcessInfo | None:
         if info is not None and info.executable:

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.root
 ROUNDS = int(os.environ.get("EG_ATTRIBUTION_ROUNDS", "8"))
 AS_NOBODY = ["runuser", "-u", "nobody", "--"]
 # rsync's receiver forks without an exec and may be gone, unseen, before its writes are read:
-# its user is known (the file's owner), its program not always
-RSYNC = {"rsync", None}
+# the kernel's fork notifications name its parent
+RSYNC: set[str | None] = {"rsync"}
 
 
 @pytest.fixture
