@@ -1,16 +1,18 @@
 """Innocent work with real tools (THREATS.md "Innocent look-alikes"): none of it may page anyone.
 
 Each case is a bash script run with the variables of tests/sensors/matrix.py (DB, BASE, STICK,
-WORK) plus DOCS (a tagged document tree), CODE (a tagged source tree, a git repository),
-HOME_DIR (the user's own, untagged home: Documents, Pictures, Music, src) and WHEELS (a
-directory holding one local wheel). The pack runs as shipped
-(suppression windows included), with the stick used for backups listed as an approved backup drive.
-An innocent case passes when no alert at medium or above names one of its files or its process,
-and every low alert about a copy says it is a guess.
+WORK) plus DOCS (a tagged document tree), CODE (a tagged source tree, a git repository whose
+LICENSE is the system's Apache-2.0 text), HOME_DIR (the user's own, untagged home: Documents,
+Pictures, Music, src), WHEELS (a directory holding one local wheel) and, in WORK, a ClamAV
+signature file. The pack runs as shipped (suppression windows included), with the stick used for
+backups listed as an approved backup drive. An innocent case passes when no alert at medium or
+above names one of its files or its process (but a medium alert of a policy the case expects:
+the backup job run by hand by day), and every low alert about a copy says it is a guess.
 
     .venv/bin/python -m tests.sensors.innocent [--night] [CASE ...]
 
-runs the cases against a real agent and collector (as root) and prints each case's alerts.
+runs the cases against a real agent and collector (as root) and prints each case's alerts, then
+unplugs and plugs the stick again, makes a new file system on it and relabels it.
 `--night` puts the collector's clock in the backup window (00:00-05:00) by its timezone: the
 agent's timestamps are real, the collector reads them in a zone where it is night now.
 Used by tests/sensors/test_innocent.py (the fast cases) too.
