@@ -12,7 +12,7 @@ reported as an access to the tagged file it is (`exfilguard.source.path`), under
 
 The marks pin each tagged file's inode in the kernel's inode cache (an inode mark holds its
 inode; about 1 KiB each). A hard link made before the agent started is covered the same way:
-the mark is on the inode, not on a name; the files that have names outside the tagged trees
+the mark is on the inode, not on a name; the files that have names outside their tree
 (`st_nlink` above their names inside) are counted as the trees are marked and logged.
 """
 
@@ -46,15 +46,17 @@ class TaggedInodes:
         # replacement (an editor's save makes a new inode; a hard link may keep the old one, whose
         # content is still tagged data): the bound counts the files marked since the start
         self._limit = limit
-        self._on_full = on_full or (lambda _count: None)  # told once per tree marked, with the count
+        # told as a tree is marked, with the files left out since the last time (those made later
+        # past the bound are counted into the next marking's)
+        self._on_full = on_full or (lambda _count: None)
         self._lock = threading.Lock()
         self._paths: dict[tuple[int, int], str] = {}
-        self.linked_outside = 0  # tagged files with names outside the trees, at the last tree marked
+        self.linked_outside = 0  # tagged files with names outside their tree, at the last tree marked
         self.unmarked = 0  # tagged files left without a mark of their own at the bound
 
     def mark_tree(self, root: str) -> int:
         """Mark every regular file under `root` (or `root` itself, a tagged file); returns how
-        many. Counts (and logs) those with names outside the tagged trees."""
+        many. Counts (and logs) those with names outside the tree."""
         marked = 0
         unmarked = self.unmarked
         names: dict[tuple[int, int], list[int]] = {}  # inode -> [names seen here, st_nlink]
@@ -69,8 +71,8 @@ class TaggedInodes:
         if self.unmarked > unmarked:
             self._on_full(self.unmarked - unmarked)
         if outside:
-            log.warning("%d tagged files under %s have names outside the tagged trees (hard links): "
-                        "reads through those names are reported as reads of the tagged files", outside, root)
+            log.warning("%d tagged files under %s have names outside it (hard links): reads through those "
+                        "names are reported as reads of the tagged files", outside, root)
         return marked
 
     def mark_dir(self, directory: str) -> None:
