@@ -3,6 +3,7 @@
 A process that opens a tagged file (or a file derived from one) carries that data. It flows
   - through pipes, from the processes holding a pipe's write end to those holding its read
     end (by pipe inode, as /proc/PID/fd shows `pipe:[N]`, the end from /proc/PID/fdinfo);
+    a named pipe (`mkfifo`: /proc/PID/fd shows its path) by its device and inode;
   - through socketpairs (rsync's sender and receiver, sshd and its session), both ways,
     between the processes holding either end (sockets.py);
   - from parent to child (fork/exec): `tar czf` reads, the gzip it forked writes.
@@ -28,6 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from stat import S_ISFIFO
 
 from agent.sensors import procinfo
 from agent.sensors.sockets import SocketPairs
@@ -46,6 +48,11 @@ _MAX_ARGS = 64
 MAX_SOCKETS = 32           # sockets of one process asked about per look (a browser has hundreds)
 MAX_CHILDREN = 16          # children recorded when a process first reads tagged data
 MAX_FILES = 16             # paths of open files kept per process record
+# A named pipe's key among the pipe inodes: pipefs numbers its inodes from 1 up (32 bits), a
+# FIFO's (device, inode) is hashed above 2**62, where no pipe inode reaches
+_FIFO_BASE = 1 << 62
+# Descriptors that are never named pipes: not looked at (a stat each)
+_NOT_FIFOS = ("/dev/null", "/dev/pts/", "/dev/tty", "/dev/urandom", "/dev/random", "/proc/", "/sys/")
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +205,12 @@ class DataFlow:
                 while len(self._file_writers) > MAX_WRITTEN:
                     self._file_writers.popitem(last=False)
                     self.dropped += 1
+            first = pid not in writers
             writers.add(pid)
-        self._record(pid)
+        # Its first write into this file looks at its pipes afresh: what it reads from may have
+        # been opened after its exec was recorded (`openssl enc -in FIFO`, a script reading the
+        # pipe of the tar it started), and it may be gone by the time its close is handled
+        self._record(pid, force=first)
 
     def writers(self, fd: int) -> list[int]:
         """Every process that wrote into the file open as `fd` since it was last asked."""
@@ -487,18 +498,22 @@ def _read_link(pid: int, pairs: SocketPairs) -> _Link | None:
     sockets = 0
     for name, target in links:
         if target.startswith("/"):
-            files.append(target)
-            continue
-        if target.startswith("socket:[") and sockets < MAX_SOCKETS:
+            fifo = _fifo_key(pid, name, target)
+            if not fifo:
+                files.append(target)
+                continue
+            inode = fifo
+        elif target.startswith("socket:[") and sockets < MAX_SOCKETS:
             sockets += 1
             channel = pairs.channel(int(target[8:-1]))
             if channel:
                 writes.append(-channel)
                 reads.append(-channel)
             continue
-        if not target.startswith("pipe:["):
+        elif target.startswith("pipe:["):
+            inode = int(target[6:-1])
+        else:
             continue
-        inode = int(target[6:-1])
         flags = procinfo.fd_flags(pid, name)
         if flags is None:
             continue
@@ -522,6 +537,20 @@ def stat_fields(stat: bytes) -> tuple[int, bool, int]:
     # found it alive without a descriptor (a zombie a moment later): its pipe to tar was lost
     exiting = fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
     return int(fields[1]), exiting, int(fields[19])
+
+
+def _fifo_key(pid: int, fd: str, target: str) -> int:
+    """The key of a named pipe open as `fd` in `pid` (0 when it is anything else): a stat of
+    the descriptor, for paths that may be one."""
+    if target.startswith(_NOT_FIFOS):
+        return 0
+    try:
+        st = os.stat(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        return 0
+    if not S_ISFIFO(st.st_mode):
+        return 0
+    return _FIFO_BASE | (hash((st.st_dev, st.st_ino)) & (_FIFO_BASE - 1))
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")

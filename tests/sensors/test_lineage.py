@@ -378,3 +378,45 @@ def test_the_later_volumes_of_one_writer_are_judged_from_the_reads_before_the_fi
     assert volumes.start(7, now + 60) == now + 60
     volumes.closed(7, now - 0.4, alone)
     assert volumes.start(7, now - 0.3) == now - 0.3
+
+
+def test_data_flows_through_a_named_pipe_opened_after_the_readers_exec(tmp_path: Path) -> None:
+    """`mkfifo f; cat db/x > f & openssl enc -in f -out stick/x`: the FIFO is a path in
+    /proc/PID/fd, not `pipe:[N]`, and the reader opens it after its exec was recorded. Its first
+    write on the stick looks at it afresh and finds the FIFO's writer upstream; a process
+    holding another FIFO is not linked."""
+    fifo, other = tmp_path / "f", tmp_path / "g"
+    os.mkfifo(fifo)
+    os.mkfifo(other)
+    out = tmp_path / "out"
+    flow = DataFlow()
+    script = "import sys, time; sys.stdin.readline(); f = open(sys.argv[1], 'rb'); time.sleep(30)"
+    reader = subprocess.Popen([sys.executable, "-c", script, str(fifo)], stdin=subprocess.PIPE, text=True)
+    bystander = subprocess.Popen([sys.executable, "-c", script, str(other)], stdin=subprocess.PIPE, text=True)
+    writers: list[subprocess.Popen[str]] = []
+    try:
+        flow.note_exec(reader.pid)  # recorded at its exec: no FIFO open yet
+        flow.note_exec(bystander.pid)
+        for proc, path in ((reader, fifo), (bystander, other)):
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            writers.append(subprocess.Popen(["bash", "-c", f'exec sleep 30 > "{path}"'], text=True))
+        deadline = time.monotonic() + 10
+        while not all(str(path) in {str(fd.readlink()) for fd in Path(f"/proc/{p.pid}/fd").iterdir()}
+                      for p, path in ((reader, fifo), (bystander, other))):
+            assert time.monotonic() < deadline, "the FIFOs were not opened"
+            time.sleep(0.01)
+        flow.note_read(writers[0].pid, [_read("/srv/db/ledger.db")])  # its tagged read: its FIFO is recorded
+        flow.note_read(writers[1].pid, [])
+        flow.note_exec(writers[1].pid)
+        assert flow.flow([reader.pid]).sources == ()  # its record predates the FIFO
+        with out.open("wb") as fh:
+            flow.note_write(reader.pid, fh.fileno())  # its first write on the stick: a fresh look
+            flow.note_write(bystander.pid, fh.fileno())
+        assert [s.path for s in flow.flow([reader.pid]).sources] == ["/srv/db/ledger.db"]
+        assert flow.flow([bystander.pid]).sources == ()
+    finally:
+        for proc in (reader, bystander, *writers):
+            proc.kill()
+            proc.communicate(timeout=10)
