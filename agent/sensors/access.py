@@ -26,6 +26,7 @@ from pathlib import Path
 from agent.sensors import Emit, procinfo, provenance
 from agent.sensors.copies import CopyDetector, written_text
 from agent.sensors.deviceopens import device_writers
+from agent.sensors.errors import FanotifyUnavailable
 from agent.sensors.failures import FailedEvents, sensor_gap
 from agent.sensors.fanotify import FAN_CLOSE_NOWRITE, FAN_CLOSE_WRITE, FAN_OPEN, Access, FanotifySensor
 from agent.sensors.fingerprints import FingerprintIndex
@@ -338,7 +339,8 @@ class ExactAccessSensor:
         self.marks = 0
         # others that mark new tagged directories too (the prevention guard)
         self.also_mark: list[Callable[[str], None]] = []
-        self._system_devs: set[int] = set()
+        self._system_devs: set[int] = set()  # file systems whose writes are marked
+        self._base_devs: frozenset[int] = frozenset()  # of them, those of the system paths
         self.device_writers = device_writers()  # who writes to raw removable devices
         self.new_dirs = NewDirectories(tags, reporter.emit, self._mark_new_dir,
                                        system_devs=lambda: self._system_devs)
@@ -368,7 +370,7 @@ class ExactAccessSensor:
             self.device_writers.start()
         self.mark_tagged()
         seen_devs: set[int] = set()
-        for path in (*self._system_paths, *_memory_file_systems()):
+        for path in self._system_paths:
             try:
                 dev = Path(path).stat().st_dev
             except OSError:
@@ -376,8 +378,30 @@ class ExactAccessSensor:
             if dev not in seen_devs:
                 seen_devs.add(dev)
                 self.fanotify.mark_filesystem(path)
-        self._system_devs = seen_devs
+        self._base_devs = frozenset(seen_devs)
+        self.mark_memory_file_systems()
         self.media.subscribe(self._mount_changed)
+
+    def mark_memory_file_systems(self) -> None:
+        """Mark the memory file systems users can stage data on (at start, and at every change
+        of the mount table): a user's /run/user/UID is mounted at login, after the agent
+        started, and an archive encrypted there and then copied to a stick was never derived
+        (the copy raised nothing). Each is marked again at each change: one mounted anew where
+        another was is a new file system, which the kernel may number as the old one."""
+        devs = set(self._base_devs)
+        for point in _memory_file_systems():
+            try:
+                dev = Path(point).stat().st_dev
+            except OSError:
+                continue
+            if dev not in self._base_devs:
+                try:
+                    self.fanotify.mark_filesystem(point, again=True)
+                except FanotifyUnavailable as exc:  # on the mount table's thread: its check goes on
+                    log.warning("%s cannot be watched for staged data: %s", point, exc)
+                    continue
+            devs.add(dev)
+        self._system_devs = devs
 
     def stop(self) -> None:
         """Close the group; idempotent."""

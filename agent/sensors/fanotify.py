@@ -350,9 +350,9 @@ class FanotifySensor:
         """Watch opens and reads of one file (a derived file outside the tagged trees)."""
         self._mark(path, TAGGED_MASK & ~FAN_EVENT_ON_CHILD, "inode")
 
-    def mark_filesystem(self, path: str) -> None:
-        """Watch writes (archive staging) and execs on the whole file system holding `path`."""
-        if self._mark(path, SYSTEM_MASK, "filesystem"):
+    def mark_filesystem(self, path: str, *, again: bool = False) -> None:
+        """Watch writes and execs on the file system holding `path` (`again`: if marked already)."""
+        if (self._add_mark if again else self._mark)(path, SYSTEM_MASK, "filesystem"):
             with contextlib.suppress(OSError):
                 self._system_devs.add(Path(path).stat().st_dev)
 

@@ -95,8 +95,12 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
         on_new_file=exact.mark_file if exact is not None else None,
         recheck_seconds=settings.inventory_seconds,
     )
-    # a mount or unmount may make a tagged path appear or go (a share mounted after start)
-    mounts = MountTable(media, emit, settings.mount_poll_seconds, on_change=files.recheck_soon,
+    def mounts_changed() -> None:
+        files.recheck_soon()  # a mount or unmount may make a tagged path appear or go (a share)
+        if exact is not None:
+            exact.mark_memory_file_systems()  # a user's /run/user/UID, mounted at login
+
+    mounts = MountTable(media, emit, settings.mount_poll_seconds, on_change=mounts_changed,
                         tagged=list(config.tags))
 
     guard = DeviceGuard(config.prevent, emit)

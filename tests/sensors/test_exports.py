@@ -229,3 +229,40 @@ def test_an_export_whose_redirect_the_shell_closed_is_derived_from_what_its_chil
         copy = run.events.wait_for(run.events.action("file.copy", {"file.path": out}), timeout=30)[0]
         assert copy["exfilguard.copy.identified_by"] == "lineage-bytes"
         assert copy["exfilguard.source.path"] == str(secret)
+
+
+def _marked_file_systems(fd: int) -> set[int]:
+    """Devices (as st_dev) of the file systems the fanotify group `fd` (this process's) marks."""
+    out = set()
+    for line in Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines():
+        if line.startswith("fanotify sdev:"):
+            kernel = int(line.split()[1].split(":")[1], 16)  # the kernel's dev_t: major << 20 | minor
+            out.add(os.makedev(kernel >> 20, kernel & 0xFFFFF))
+    return out
+
+
+def test_an_archive_encrypted_in_a_runtime_dir_mounted_after_start_is_tied_to_its_sources(
+        tmp_path: Path, loop_stick: Any) -> None:
+    """A user's /run/user/UID is a tmpfs mounted at login, after the agent started: it is
+    marked when the mount table changes, so an archive encrypted there is derived and its
+    copy onto the stick names the tagged file (before: nothing at all was raised)."""
+    runtime = Path(f"/run/user/{60000 + os.getpid() % 5000}")
+    runtime.mkdir(parents=True, exist_ok=True)
+    with _run_with_stick(tmp_path, loop_stick, 200_000) as (run, secret, point):
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(runtime)], check=True)
+        try:
+            sensor = run.sensor("fanotify")
+            assert isinstance(sensor, access.ExactAccessSensor)
+            dev = runtime.stat().st_dev
+            wait_for(lambda: dev in _marked_file_systems(sensor.fanotify._group.fd), 30,
+                     "the runtime directory's mark")
+            staged, out = runtime / "x.enc", point / "x.enc"
+            subprocess.run(["bash", "-c", f'openssl enc -aes-256-cbc -pbkdf2 -pass pass:x -in "{secret}" '
+                            f'-out "{staged}" && cp "{staged}" "{out}"'], check=True, timeout=60)
+            copy = run.events.wait_for(run.events.action("file.copy", {"file.path": str(out)}), timeout=30)[0]
+            assert copy["exfilguard.copy.identified_by"] == "lineage-bytes"
+            assert copy["exfilguard.source.path"] == str(secret)
+            assert copy["process.name"] == "cp"
+        finally:
+            subprocess.run(["umount", "-l", str(runtime)], check=False)
+            runtime.rmdir()
