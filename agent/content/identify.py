@@ -20,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from agent.content import encodings
 from agent.content.archive import (
     DEVICE_ERRNOS,
     ArchiveLimits,
@@ -42,6 +43,8 @@ MIN_CHUNK_BYTES = 16 * 1024   # chunk evidence below this (and below 90% of a sm
 MIN_TEXT_SCORE = 0.3          # share of a source's text sample that must be found
 TEXT_DECIDE = 2 * FLUSH       # bytes of a text held back until its chunks have spoken
 STRENGTH = {"exact": 4, "member": 3, "chunks": 2, "text": 1, "": 0}
+SNIFF_BYTES = 8192            # of a text, read to tell whether it encodes binary data
+MAX_ENCODED = 64 << 20        # of an encoded text, read to decode (base64 48 MiB, a hex dump 13 MiB)
 
 
 @dataclass(slots=True)
@@ -257,7 +260,8 @@ class ContentIdentifier:
         found.entropy = byte_entropy(head)
         return found
 
-    def _identify(self, reader: Readable, label: str, size: int, *, seekable: bool) -> Identification:
+    def _identify(self, reader: Readable, label: str, size: int, *, seekable: bool,
+                  decoded: bool = False) -> Identification:
         run = _Run(self.catalog, self.index)
         out = Identification()
         head = reader.read(512)
@@ -281,7 +285,28 @@ class ContentIdentifier:
             probe.finish()
         out.bytes_read = run.bytes_read
         _conclude(run, out)
+        if not out.found and not out.format and seekable and not decoded:
+            return self._decoded(reader, label, out)
         return out
+
+    def _decoded(self, reader: Readable, label: str, out: Identification) -> Identification:
+        """A text that matched nothing, identified again as the bytes it encodes (base64, a hex
+        dump: encodings.py), if it is in such an encoding; `out` otherwise."""
+        reader.seek(0)
+        encoding = encodings.sniff(reader.read(SNIFF_BYTES))
+        if not encoding:
+            return out
+        reader.seek(0)
+        data, whole = encodings.decode(encoding, reader.read(MAX_ENCODED))
+        if not data:
+            return out
+        inner = self._identify(io.BytesIO(data), label, len(data) if whole else -1, seekable=True,
+                               decoded=True)
+        inner.bytes_read += out.bytes_read
+        if not inner.found:
+            return out
+        inner.format = f"{encoding}+{inner.format}" if inner.format else encoding
+        return inner
 
 
 def _conclude(run: _Run, out: Identification) -> None:

@@ -28,6 +28,10 @@ MEASURES = {
 }
 
 _EGRESS_KINDS = {"network": "network share", "mtp": "phone (MTP)"}
+# exfilguard.content.format of a text the agent decoded before matching it (base64, hex dumps)
+_ENCODINGS = {"base64": "base64", "base32": "base32", "hex": "hex", "xxd": "hex dump", "hexdump": "hex dump",
+              "od": "hex dump"}
+_CONTENT = ("exact", "sampled", "member", "chunks", "text")
 
 
 def destination(event: Mapping[str, Any]) -> str:
@@ -77,7 +81,11 @@ def evidence(event: Mapping[str, Any]) -> str:
         "lineage-process": "the writing process had read tagged files at some point; nothing ties these "
                            f"bytes to them (a guess, {sure})",
     }
-    return words.get(how, f"identified by {how} ({sure})")
+    said = words.get(how, f"identified by {how} ({sure})")
+    encoding = _ENCODINGS.get(str(event.get("exfilguard.content.format") or "").split("+")[0], "")
+    if encoding and how in _CONTENT:
+        return f"decoded from its {encoding} text, {said}"
+    return said
 
 
 def _int(value: Any) -> int:

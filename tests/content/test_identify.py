@@ -175,6 +175,28 @@ def test_transformed_exports_are_text_matches_with_a_score(identify: ContentIden
     assert part.sources == [str(src)] and part.share < 0.6
 
 
+@pytest.mark.parametrize(("cmd", "expected"), [
+    ("base64 {db}/blob0.bin", ("base64", "exact")),
+    ("base32 {db}/blob1.bin", ("base32", "exact")),
+    ("xxd -p {db}/blob2.bin", ("hex", "exact")),
+    ("xxd {db}/customers.csv", ("xxd", "exact")),
+    ("hexdump -C {db}/customers.csv", ("hexdump", "exact")),
+    ("od -t x1 {db}/blob0.bin", ("od", "exact")),
+    ("od -A x -t x1 {db}/blob1.bin | head -n 4000", ("od", "chunks")),  # cut short: its first part
+    # a squeezed run of zeros (hexdump's `*`) is expanded back
+    ("{{ head -c 5000 /dev/zero; cat {db}/blob2.bin; }} | hexdump -C", ("hexdump", "chunks")),
+    ("tar cz -C {db}/.. db | base64", ("base64+tar.gz", "member")),
+])
+def test_binary_turned_into_text_is_decoded_and_matched(identify: ContentIdentifier, db: Path, tmp_path: Path,
+                                                        cmd: str, expected: tuple[str, str]) -> None:
+    """base64, base32 and hex dumps share no chunk, line or field with what they encode, and a
+    hex dump is ~5x larger than it (past what byte lineage allows): the text is decoded."""
+    _run(f"{cmd.format(db=db)} > out.txt", tmp_path)
+    found = _of(identify, tmp_path / "out.txt")
+    assert (found.format, found.identified_by) == expected
+    assert found.sources and all(s.startswith(str(db) + "/") for s in found.sources)
+
+
 def test_unrelated_data_is_not_identified(identify: ContentIdentifier, db: Path, tmp_path: Path) -> None:
     other = tmp_path / "holiday"
     other.mkdir()
@@ -182,9 +204,9 @@ def test_unrelated_data_is_not_identified(identify: ContentIdentifier, db: Path,
     _csv(other / "contacts.csv", rows=1500)  # same shape, other people
     (other / "contacts.csv").write_text((other / "contacts.csv").read_text().replace("Name", "Person")
                                         .replace("user", "friend").replace("GB", "DE"))
-    _run("tar czf backup.tgz holiday && cp holiday/photo.jpg photo.jpg && cp holiday/contacts.csv c.csv",
-         tmp_path)
-    for name in ("backup.tgz", "photo.jpg", "c.csv"):
+    _run("tar czf backup.tgz holiday && cp holiday/photo.jpg photo.jpg && cp holiday/contacts.csv c.csv && "
+         "base64 holiday/photo.jpg > photo.b64 && hexdump -C holiday/contacts.csv > c.hex", tmp_path)
+    for name in ("backup.tgz", "photo.jpg", "c.csv", "photo.b64", "c.hex"):
         found = _of(identify, tmp_path / name)
         assert not found.found, (name, found)
     assert _of(identify, tmp_path / "backup.tgz").members_total == 2

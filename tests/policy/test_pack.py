@@ -18,6 +18,7 @@ from admin.policy import read_events
 from collector.policy import loader
 from collector.policy.replay import engine_for
 from collector.policy.replay import replay as replay_events
+from collector.policy.summary import evidence
 from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -142,6 +143,13 @@ def test_copy_summaries_say_the_evidence_in_words(pack: Path) -> None:
     assert "and 4 other tagged files as it wrote them: timing and sizes" in timing
     assert "120,000,000 bytes written, 310,000,000 tagged bytes read; confidence 0.8), not a content match" \
         in timing
+    decoded = evidence({"exfilguard.copy.identified_by": "exact", "exfilguard.content.format": "hexdump",
+                        "exfilguard.source.path": "/srv/db/customers.csv",
+                        "exfilguard.copy.confidence": 0.99})
+    assert decoded.startswith("decoded from its hex dump text, its content is byte for byte that of "
+                              "/srv/db/customers.csv")
+    assert evidence({"exfilguard.copy.identified_by": "member", "exfilguard.content.format": "tar.gz"}) \
+        .startswith("the archive's members")
     guesses = replay(pack, "usb-possible-copy.positive.jsonl")
     guess = [a for a in guesses if a["policy.id"] == "usb-possible-copy"]
     assert guess and all("a guess" in str(a["summary"]).lower() for a in guess)
