@@ -6,8 +6,9 @@ Needs root (loop device, mount, udev, fanotify). Real processes: `exfilguard-col
 shipped pack (suppression windows left out, so every technique raises its own alert) and
 `exfilguard-agent` tagging a generated database (about 1.2 MiB x scale). Each round runs every
 technique of tests/sensors/matrix.py (tar with gzip/xz/zstd, pipelines through gzip, sed,
-openssl, gpg and split, staging through /tmp and /dev/shm, edited copies, rsync, zip, another
-user, a SQLite database dumped or exported with sqlite3, base64, JSON) into a directory of its
+openssl, gpg and split, staging through /tmp and /dev/shm, edited, appended, cut and filtered
+copies, dd, install, mmap, rsync, zip, 7z, encrypted archives, a named pipe, another user, a
+SQLite database dumped or exported with sqlite3, base64, a hex dump, JSON) into a directory of its
 own on the stick, one at a time: the clock starts when the
 technique's last command has finished and stops when a high or critical alert naming a tagged
 source and the stick is read from the JSONL sink (polled every 10 ms). Then the benign cases

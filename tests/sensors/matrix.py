@@ -102,6 +102,45 @@ THEFTS = (
          '-C "$WORK" hl', ("$STICK/hl.tgz",), True),
     Case("hardlink-gzip-openssl", 'ln "$DB/customers.csv" "$WORK/notes.txt" && gzip -c "$WORK/notes.txt" | '
          'openssl enc -aes-256-cbc -pbkdf2 -pass pass:x > "$STICK/notes.bin"', ("$STICK/notes.bin",), True),
+    # appended to a file the stick held already, cut short, filtered, teed, reassembled on the stick
+    Case("appended", 'seq -f "log line %g" 300 > "$STICK/existing.log" && cat "$DB/customers.csv" '
+         '>> "$STICK/existing.log"', ("$STICK/existing.log",), True),
+    Case("head-c", 'head -c $(( $(stat -c %s "$DB/ledger0.db") * 6 / 10 )) "$DB/ledger0.db" '
+         '> "$STICK/cut.bin"', ("$STICK/cut.bin",), True),
+    Case("cut-columns", 'cut -d, -f1,3 "$DB/customers.csv" > "$STICK/ids.csv"', ("$STICK/ids.csv",), True),
+    Case("tail-rows", 'tail -n +2 "$DB/customers.csv" > "$STICK/rows.csv"', ("$STICK/rows.csv",), True),
+    Case("tee", 'cat "$DB/orders.sql" | tee "$STICK/orders.txt" > /dev/null', ("$STICK/orders.txt",), True),
+    Case("split-tmp-then-cat", 'tar czf "$WORK/r.tgz" -C "$BASE" db && split -b 100K "$WORK/r.tgz" '
+         '"$WORK/rp_" && cat "$WORK"/rp_* > "$STICK/whole.tgz"', ("$STICK/whole.tgz",), True),
+    # other system calls: dd's read/write, Python's sendfile, install, a rename across file systems
+    # (copy and unlink), rsync writing into a file the stick held, an mmap write
+    Case("dd-file", 'dd if="$DB/ledger1.db" of="$STICK/l1.bin" bs=64k status=none', ("$STICK/l1.bin",), True),
+    Case("shutil-copyfile", 'python3 -c "import shutil, sys; shutil.copyfile(sys.argv[1], sys.argv[2])" '
+         '"$DB/ledger0.db" "$STICK/py.bin"', ("$STICK/py.bin",), True),
+    Case("install", 'install -m 644 "$DB/customers.csv" "$STICK/inst.csv"', ("$STICK/inst.csv",), True),
+    Case("mv-staged", 'tar czf "$WORK/mv.tgz" -C "$BASE" db && mv "$WORK/mv.tgz" "$STICK/mv.tgz"',
+         ("$STICK/mv.tgz",), True),
+    Case("rsync-inplace", 'head -c 50000 /dev/urandom > "$STICK/ledger.bak" && rsync --inplace '
+         '--no-whole-file "$DB/ledger2.db" "$STICK/ledger.bak"', ("$STICK/ledger.bak",), True),
+    Case("mmap", 'python3 -c "import mmap, os, sys\ndata = open(sys.argv[1], \'rb\').read()\n'
+         'fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o644)\nos.ftruncate(fd, len(data))\n'
+         'with mmap.mmap(fd, len(data)) as m:\n    m[:] = data\nos.close(fd)" "$DB/ledger1.db" '
+         '"$STICK/mm.bin"', ("$STICK/mm.bin",), True),
+    Case("xz-threads", 'tar c -C "$BASE" db | xz -T2 > "$STICK/db.tar.xz"', ("$STICK/db.tar.xz",), True),
+    # encrypted one file or the tree, by the archiver or openssl; through a named pipe
+    Case("zip-encrypted", 'cd "$BASE" && zip -q -r -e -P x "$STICK/enc.zip" db', ("$STICK/enc.zip",), True),
+    Case("7z-encrypted", 'cd "$BASE" && 7z a -bd -pX -mhe=on "$STICK/enc.7z" db > /dev/null',
+         ("$STICK/enc.7z",), True),
+    Case("openssl-file", 'openssl enc -aes-256-cbc -pbkdf2 -pass pass:x -in "$DB/customers.csv" '
+         '-out "$STICK/c.enc"', ("$STICK/c.enc",), True),
+    Case("fifo-openssl", 'mkfifo "$WORK/ff" && { cat "$DB/ledger0.db" > "$WORK/ff" & } && openssl enc '
+         '-aes-256-cbc -pbkdf2 -pass pass:x -in "$WORK/ff" -out "$STICK/ff.enc" && wait',
+         ("$STICK/ff.enc",), True),
+    # disguised among photos; picked one process per file
+    Case("photos-folder", 'mkdir -p "$STICK/Photos" && cp "$BASE"/photos/*.jpg "$STICK/Photos/" && '
+         'cp "$DB/crm.sqlite" "$STICK/Photos/holiday.jpg"', ("$STICK/Photos/holiday.jpg",), True),
+    Case("find-exec-cp", 'mkdir -p "$STICK/fe" && find "$DB" -name "ledger*" -exec cp {} "$STICK/fe/" \\;',
+         ("$STICK/fe/ledger0.db", "$STICK/fe/ledger1.db", "$STICK/fe/ledger2.db"), True, every=True),
 )
 
 # Exports and encodings: what lands is text made from what was read, and larger than it (a
@@ -115,14 +154,21 @@ EXPORTS = (
     Case("rows-json", 'python3 -c "import json, sys; json.dump([line.split(\',\') for line in '
          'open(sys.argv[1])], sys.stdout)" "$DB/customers.csv" > "$STICK/rows.json"',
          ("$STICK/rows.json",), True),
+    Case("one-column", "awk -F, '{print $3}' \"$DB/customers.csv\" > \"$STICK/emails.txt\"",
+         ("$STICK/emails.txt",), True),
+    # ~4.9x the bytes read: decoded, not judged by lineage
+    Case("hexdump", 'hexdump -C "$DB/customers.csv" > "$STICK/dump.txt"', ("$STICK/dump.txt",), True),
 )
 
 # Cases CI leaves out because they depend on timing (bench.detection still runs them). In the
 # full matrix on a loaded machine (the agent seconds behind) the staged 7z volumes were not
 # derived at all in 1 of 4 runs (the first and last volumes' copies a guess; cause not found);
 # the technique passes on its own. tmp-openssl-then-cp was racy once: the tgz tar staged was
-# judged from tar's reads up to gzip's fork only.
-RACY: tuple[str, ...] = ("7z-volumes-tmp-then-cp",)
+# judged from tar's reads up to gzip's fork only. fifo-openssl: in the full matrix the agent is
+# seconds behind, and the `cat` writing the named pipe has exited before its exec or its tagged
+# read is handled, so nobody is known to hold the pipe's write end (as for any short-lived pipe
+# writer) and the encrypted output is a guess in some runs; alone it passes (6 of 6 at load 20).
+RACY: tuple[str, ...] = ("7z-volumes-tmp-then-cp", "fifo-openssl")
 CI_THEFTS = tuple(case for case in THEFTS if case.name not in RACY)
 
 BENIGN = (
