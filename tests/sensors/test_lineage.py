@@ -380,6 +380,14 @@ def test_the_later_volumes_of_one_writer_are_judged_from_the_reads_before_the_fi
     assert volumes.start(7, now - 0.3) == now - 0.3
 
 
+def _holds(pid: int, path: Path) -> bool:
+    """Whether the process has `path` open (False while its descriptors change: an exec)."""
+    try:
+        return str(path) in {str(fd.readlink()) for fd in Path(f"/proc/{pid}/fd").iterdir()}
+    except OSError:
+        return False
+
+
 def test_data_flows_through_a_named_pipe_opened_after_the_readers_exec(tmp_path: Path) -> None:
     """`mkfifo f; cat db/x > f & openssl enc -in f -out stick/x`: the FIFO is a path in
     /proc/PID/fd, not `pipe:[N]`, and the reader opens it after its exec was recorded. Its first
@@ -403,8 +411,9 @@ def test_data_flows_through_a_named_pipe_opened_after_the_readers_exec(tmp_path:
             proc.stdin.flush()
             writers.append(subprocess.Popen(["bash", "-c", f'exec sleep 30 > "{path}"'], text=True))
         deadline = time.monotonic() + 10
-        while not all(str(path) in {str(fd.readlink()) for fd in Path(f"/proc/{p.pid}/fd").iterdir()}
-                      for p, path in ((reader, fifo), (bystander, other))):
+        # both ends: the reader's open returns as the writer's is still being completed
+        ends = ((reader, fifo), (bystander, other), (writers[0], fifo), (writers[1], other))
+        while not all(_holds(p.pid, path) for p, path in ends):
             assert time.monotonic() < deadline, "the FIFOs were not opened"
             time.sleep(0.01)
         flow.note_read(writers[0].pid, [_read("/srv/db/ledger.db")])  # its tagged read: its FIFO is recorded
