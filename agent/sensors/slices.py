@@ -14,6 +14,7 @@ of those offsets carries the derived file's provenance (the tagged files tar rea
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections import OrderedDict
@@ -85,7 +86,8 @@ class DerivedSlices:
             where = _named(path, dev, ino)
             if where is None:
                 continue
-            found = self.index.read_own(where, lambda derived: _part_at(derived, fd, size, head))
+            found = self.index.read_own(where, functools.partial(_part_at, fd=fd, size=size, head=head,
+                                                                 whole=where != path))
             if found is not None and found[0] >= 0:
                 return Slice(path, *found, now=where)
         return None
@@ -113,14 +115,20 @@ def _named(path: str, dev: int, ino: int) -> str | None:
     return None
 
 
-def _part_at(derived: int, fd: int, size: int, head: bytes) -> tuple[int, int]:
+def _part_at(derived: int, fd: int, size: int, head: bytes, *, whole: bool = False) -> tuple[int, int]:
     """(offset, size of `derived`): where in `derived` the `size` bytes of `fd` are found
     whole, -1 if nowhere: at the start (head -c), at the end (the last part of a split, tail
     -c), or, for a part of the sizes `split -b` cuts (a multiple of 1 KiB or of 1 kB: 64K,
     100M, 100MB), at a multiple of its size. Other sizes are not looked for in the middle: a
     `cp -r` of many files of every size would read each derived file at every offset. A derived
-    file no larger than the part is the exact match's, not a part's."""
+    file no larger than the part is the exact match's, not a part's, unless `whole` (it was
+    renamed since it was derived: the index knows it by its old name, so no exact match finds
+    it; `7z a -v` writes each volume as NAME.tmp and renames it, the first one last of all,
+    and a `cp` of the volumes right after was examined before the agent followed that rename)."""
     total = os.fstat(derived).st_size
+    if whole and total == size:
+        found = os.pread(derived, len(head), 0) == head and _same(derived, 0, fd, size)
+        return (0 if found else -1), total
     if total <= size:
         return -1, total
     offsets = [0, total - size]

@@ -108,3 +108,21 @@ def test_a_derived_file_renamed_before_the_index_heard_of_it_is_found_under_its_
     assert (found.path, found.offset, found.now) == (str(archive), 65536, str(renamed))
     renamed.unlink()
     assert _find(slices, part) is None  # gone
+
+
+def test_a_derived_file_renamed_since_is_found_whole_under_its_new_name(tmp_path: Path) -> None:
+    """`7z a -v` writes v.7z.001.tmp and renames it v.7z.001 as it ends; a `cp` of the volumes
+    right after was examined before the agent followed the rename: no exact match knew the new
+    name, and the first volume's copy was a guess. A copy of the renamed file is the whole of it."""
+    index, archive = _staged(tmp_path)
+    slices = DerivedSlices(index)
+    copy = tmp_path / "copy"
+    copy.write_bytes(archive.read_bytes())
+    assert _find(slices, copy) is None  # not renamed: the exact match's
+    renamed = archive.with_name("d.txz.final")
+    archive.rename(renamed)
+    found = _slice(slices, copy)
+    assert found is not None
+    assert (found.path, found.offset, found.now) == (str(archive), 0, str(renamed))
+    copy.write_bytes(renamed.read_bytes()[:-1] + b"\0")  # the same size, one byte apart
+    assert _find(slices, copy) is None
