@@ -22,6 +22,7 @@ Mappings (`policy test` on recorded events, the benchmarks' dicts) keep the clos
 from __future__ import annotations
 
 import keyword
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -146,6 +147,31 @@ def _join(parts: list[str], op: str, neutral: str, decisive: str) -> str:
     return kept[0] if len(kept) == 1 else "(" + f" {op} ".join(kept) + ")"
 
 
+# A stored field read as `pe.<message path>.<leaf>`: the message path is what is held in a local.
+_NESTED = re.compile(r"\bpe\.((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*)\.(?=[A-Za-z_])")
+
+
+def _hoisted(lines: list[str]) -> list[str]:
+    """`lines` with each nested message the function reads more than once held in a local from the
+    line that first reads it: through upb every `pe.process` builds the message's Python object
+    again (~0.3 us; its field ~0.3 us more), and an exception list reads process.name, .executable
+    and .name again. Held eagerly: a line that then short-circuits has read one message in vain."""
+    out: list[str] = []
+    held: dict[str, str] = {}
+    for number, written in enumerate(lines):
+        later = "\n".join(lines[number:])
+        line = written
+        for path in dict.fromkeys(_NESTED.findall(line)):
+            if path in held or len(re.findall(rf"\bpe\.{re.escape(path)}\.", later)) < 2:
+                continue
+            held[path] = f"m{len(held)}"
+            out.append(f"    {held[path]} = pe.{path}")
+        for path, local in sorted(held.items(), key=lambda item: -len(item[0])):
+            line = re.sub(rf"\bpe\.{re.escape(path)}\.", f"{local}.", line)
+        out.append(line)
+    return out
+
+
 def build(
     policy: Policy,
     when: Condition | None,
@@ -178,7 +204,19 @@ def build(
     key = f"({key},)" if len(by) == 1 else f"({key})"
     event_id = source.read("event.id", "")
     if type(window) is AggregateWindow and plain_key:
-        lines.append(f"    fired = {source.bind(window.add)}({key}, now, {event_id}, e)")
+        # The measured fields read here too (AggregateWindow.add's readers, inline) where they are
+        # stored scalars; a list or an enriched field goes through add.
+        measured = [f for f in (window.sum_field, window.distinct_field) if f is not None]
+        if all(fields.stored_scalar(f) is not None and _attribute_path(f) for f in measured):
+            amount = "0.0"
+            if window.sum_field is not None:
+                lines.append(f"    a = {source.read(window.sum_field, None)}")
+                amount = "(float(a) if type(a) in NUMBERS else 0.0)"  # a bool is no number here
+            value = source.read(window.distinct_field, None) if window.distinct_field else "None"
+            count = source.bind(window.count)
+            lines.append(f"    fired = {count}({key}, now, {event_id}, e, {amount}, {value})")
+        else:
+            lines.append(f"    fired = {source.bind(window.add)}({key}, now, {event_id}, e)")
         lines.append("    return (fired,) if fired else NOTHING")
     elif type(window) is SequenceWindow and plain_key and policy.sequence is not None:
         lines.append("    matched = []")  # the steps the event meets, in order
@@ -192,6 +230,7 @@ def build(
         lines.append("    return (fired,) if fired else NOTHING")
     else:
         lines.append(f"    return {source.bind(run)}(e, now)")
+    lines = _hoisted(lines)
     if any("pe." in line for line in lines):
         lines.insert(1, "    pe = e.event")
     namespace = dict(source.names)

@@ -146,15 +146,6 @@ class AggregateWindow(_Groups):
 
     def add(self, key: GroupKey, now: float, event_id: str, event: Mapping[str, Any]) -> Firing | None:
         """Count one matching event into its group; a Firing when a threshold is reached (group resets)."""
-        # The hot path of every aggregate: plain locals, no helper calls.
-        groups = self.groups
-        tally: _Tally | None = groups.pop(key, None)
-        if tally is None:
-            tally = _Tally()
-            if len(groups) >= self.limits.max_groups:
-                del groups[next(iter(groups))]
-                self.evicted += 1
-        groups[key] = tally
         amount = 0.0
         if self._sum is not None:
             raw = self._sum(event)
@@ -164,6 +155,22 @@ class AggregateWindow(_Groups):
             value = self._distinct(event)
             if type(value) is not str and isinstance(value, (list, dict)):  # a scalar is its own key
                 value = group_value(value)
+        return self.count(key, now, event_id, event, amount, value)
+
+    def count(  # noqa: PLR0917 - called positionally per event by generated code (keywords cost)
+        self, key: GroupKey, now: float, event_id: str, event: Mapping[str, Any], amount: float, value: Any
+    ) -> Firing | None:
+        """`add` given the event's `amount` (of the sum field, 0.0 without one) and `value` (of the
+        distinct field, hashable; None without one), as a policy's generated function reads them."""
+        # The hot path of every aggregate: plain locals, no helper calls.
+        groups = self.groups
+        tally: _Tally | None = groups.pop(key, None)
+        if tally is None:
+            tally = _Tally()
+            if len(groups) >= self.limits.max_groups:
+                del groups[next(iter(groups))]
+                self.evicted += 1
+        groups[key] = tally
         entries = tally.entries
         entries.append((now, event_id, amount, value))
         if amount:
