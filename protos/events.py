@@ -317,6 +317,10 @@ class EventView(MutableMapping[str, Any]):
         twin._added = {**self._added, **added}
         return twin
 
+    def detached(self) -> EventView:
+        """A view of a copy of the event (not the parsed batch it is part of) with the fields set here."""
+        return EventView(type(self.event).FromString(self.event.SerializeToString())).with_fields(self._added)
+
     def epoch(self) -> float | None:
         """@timestamp as epoch seconds at microsecond precision (what parsing its ECS text gives);
         None without one."""

@@ -384,12 +384,9 @@ class PolicyEngine:
     ) -> None:
         """Alerts of a policy's firings, after suppression, appended to `alerts`."""
         for firing in firings:
-            if isinstance(firing.event, EventView):
-                # An alert (and a folded repeat waiting for its follow-up) keeps the fields,
-                # not the view: that would keep the whole parsed batch of the event alive.
-                firing.event = firing.event.mapping()
             policy = entry.policy
             group = self._group(policy, firing)
+            view = firing.event if type(firing.event) is EventView else None
             # A repeat inside its suppression window is only counted; its alert is built
             # (lazily) just once, for the follow-up, when the window closes.
             if self.suppressor.fold(
@@ -397,10 +394,17 @@ class PolicyEngine:
                 firing.last,
                 firing.count,
                 firing.evidence,
-                functools.partial(self._raise, policy, firing),
+                functools.partial(self._raise_later, policy, firing),
             ):
                 self.folded[policy.id] = self.folded.get(policy.id, 0) + 1
+                if view is not None:
+                    # Not the view, which keeps the whole parsed batch alive, and not yet its
+                    # mapping (~9 us; nearly every repeat is replaced by the next before its
+                    # follow-up): a copy of its protobuf (~1 us).
+                    firing.event = view.detached()
                 continue
+            if view is not None:
+                firing.event = view.mapping()  # an alert keeps the fields, not the batch
             raised = self._raise(policy, firing)
             if self.behaviour is not None:
                 self.behaviour.alerted(raised.alert, now, score=not entry.reads_risk)
@@ -487,6 +491,12 @@ class PolicyEngine:
         recent = [g for g in self.gaps.get(agent, []) if g[0] >= now - GAP_MEMORY_SECONDS][-99:]
         recent.append((now, int(lost) if isinstance(lost, int) else 0))
         self.gaps[agent] = recent
+
+    def _raise_later(self, policy: Policy, firing: Firing) -> RaisedAlert:
+        """`_raise` of a folded repeat's follow-up: its event kept as a view of its own copy."""
+        if type(firing.event) is EventView:
+            firing.event = firing.event.mapping()
+        return self._raise(policy, firing)
 
     def _raise(self, policy: Policy, firing: Firing) -> RaisedAlert:
         event = firing.event
