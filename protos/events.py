@@ -324,11 +324,11 @@ class EventView(MutableMapping[str, Any]):
     def epoch(self) -> float | None:
         """@timestamp as epoch seconds at microsecond precision (what parsing its ECS text gives);
         None without one."""
-        event: Any = self.event
-        if not event.HasField("timestamp"):
+        stamp: Timestamp = cast(Any, self.event).timestamp  # HasField costs a read: asked of a zero time only
+        seconds, nanos = stamp.seconds, stamp.nanos
+        if not (seconds or nanos) and not self.event.HasField("timestamp"):
             return None
-        stamp: Timestamp = event.timestamp
-        return float(stamp.seconds) + (stamp.nanos // 1000) / 1e6
+        return float(seconds) + (nanos // 1000) / 1e6
 
 
 def _readers(within: str = "") -> dict[str, Reader]:
