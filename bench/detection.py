@@ -78,7 +78,10 @@ def main() -> int:
     shm = Path(tempfile.mkdtemp(prefix="eg-detection-", dir="/dev/shm"))
     work = top / "run"
     work.mkdir()
-    stick = LoopStick(top / "stick", label="EGDETECT", serial=f"EG-DETECT-{os.getpid()}", size_mib=256)
+    # a label of its own: its mount point is /media/<user>/<LABEL>, and two runs on one machine
+    # shared it (one's unmount pulled the other's stick away mid-run)
+    stick = LoopStick(top / "stick", label=f"EGDET{os.getpid() % 100000}", serial=f"EG-DETECT-{os.getpid()}",
+                      size_mib=256)
     processes: list[Any] = []
     try:
         db = matrix.make_data(top / "data", scale=args.scale)
