@@ -20,7 +20,7 @@ is replaced (`_restart`).
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH113, PTH116, PTH119
+# ruff: noqa: PTH113, PTH119
 
 from __future__ import annotations
 
@@ -203,31 +203,27 @@ class ContentGuard:
         return sorted(self._removable_dev.values())
 
     def _mount_changed(self, mount: RemovableMount, appeared: bool) -> None:
-        group = self._group
-        if group is None:
+        if self._group is None:
             return
-        try:
-            dev = os.stat(mount.point).st_dev
-        except OSError:
-            dev = -1
         if appeared:
             with self._marks_lock:
                 group = self._group
-                placed = group is not None and group.place(mount.point, FAN_OPEN_PERM, filesystem=True)
-            if placed:
-                if dev >= 0:
-                    self._removable_dev[dev] = mount.point
-                    self._send(["devs", list(self._removable_dev)])
+                inside = mount.mount.fs_type.startswith("fuse.")  # a GVfs share's directory
+                dev = -1 if group is None else group.place_on_medium(mount.point, inside=inside)
+            if dev >= 0:
+                self._removable_dev[dev] = mount.point
+                self._send(["devs", list(self._removable_dev)])
                 log.info("prevent: guarding writes to %s (%s)", mount.point,
                          mount.device.serial or mount.device.name)
             return
-        for known, point in list(self._removable_dev.items()):
-            if point == mount.point:
-                del self._removable_dev[known]
+        gone = [known for known, point in self._removable_dev.items() if point == mount.point]
+        for known in gone:
+            del self._removable_dev[known]
         self._send(["devs", list(self._removable_dev)])
         with contextlib.suppress(Exception), self._marks_lock:
-            if self._group is not None:
-                self._group.place(mount.point, FAN_OPEN_PERM, filesystem=True, remove=True)
+            for known in gone:
+                if self._group is not None:
+                    self._group.place_on_medium(mount.point, inside=True, dev=known, remove=True)
 
     # ---------------------------------------------------------------- reader
 
@@ -318,8 +314,8 @@ class ContentGuard:
                     group.close()
             try:
                 self._group, self._hearing = PermissionGroup(), PermissionGroup(hearing=True)
-                for point in set(self._removable_dev.values()):
-                    self._group.place(point, FAN_OPEN_PERM, filesystem=True)
+                for known, point in self._removable_dev.items():
+                    self._group.place_on_medium(point, inside=True, dev=known)
                 self._mark_tagged(armed=self._armed)
             except Exception:
                 log.exception("prevent: the permission groups could not be made anew")

@@ -97,6 +97,32 @@ class PermissionGroup(Fanotify):
             raise PreventError(f"fanotify_mark({path})", err)
         return True
 
+    def place_on_medium(self, point: str, *, inside: bool = False, dev: int = -1,
+                        remove: bool = False) -> int:
+        """Add (or remove) FAN_OPEN_PERM on the whole removable file system mounted at `point`;
+        its device number, or -1 when nothing was marked (gone, or not that file system).
+
+        The mark goes on the directory opened here, never on a path looked up again, and only
+        when that directory is the root of a mount of its own (`inside`: or any directory of it,
+        a GVfs share's inside its FUSE mount): a stick unmounted before its mount was handled
+        leaves the directory under it on a system file system, and a permission mark placed
+        there would make every open on that file system wait for the agent. With `dev`, only
+        that file system (an unmounted stick's mark went with it; the path names another)."""
+        try:
+            held = os.open(point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return -1
+        try:
+            here = os.fstat(held).st_dev
+            if (dev >= 0 and here != dev) or (not inside and os.stat("..", dir_fd=held).st_dev == here):
+                return -1
+            flags = (FAN_MARK_REMOVE if remove else FAN_MARK_ADD) | FAN_MARK_FILESYSTEM
+            if self._libc.fanotify_mark(self.fd, flags, FAN_OPEN_PERM, held, None) < 0:
+                raise PreventError(f"fanotify_mark({point})", ctypes.get_errno())
+            return here
+        finally:
+            os.close(held)
+
     def read(self) -> list[tuple[int, int, int]]:
         """Pending events as (mask, fd, pid), read with the GIL kept (syscalls.py); the caller
         answers or closes each fd. Empty when none."""
