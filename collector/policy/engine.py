@@ -13,10 +13,11 @@ Evaluation has a budget per event, so no policy can stall ingest (regexes alread
 time; this bounds whatever else is slow): once an event's policies have taken longer than the
 budget, the rest are skipped for that event, and a policy whose own evaluation of one event took
 longer than the budget SUSPEND_STRIKES times within STRIKE_WINDOW_SECONDS is suspended for
-SUSPEND_SECONDS. The budget is wall time (a CPU clock costs a system call per read; the fleet's
-evaluator, collector/policy/fleet.py, pays it: it measures its thread's CPU time), so one
-overrun may be the machine's, not the policy's: a single stall must not switch a policy off,
-which for a DLP would be a blind spot an insider could provoke. Both are counted per policy
+SUSPEND_SECONDS. The budget is watched on wall time (a CPU clock costs a system call per read:
+it is read once per event) and judged, once past it, on the CPU time the thread had: on a busy
+host an event waited half a second for a CPU and its remaining policies (usb-copy-whole-collection
+among them) were skipped. A single stall must not switch a policy off either, which for a DLP
+would be a blind spot an insider could provoke. Both are counted per policy
 (`skipped_by_policy`, a metric) and logged as warnings, at most once a minute each. Time spent
 in the interpreter's garbage collections is not counted: a full collection walks every object
 the process holds (open windows, folded alerts) and took up to a second with a large state,
@@ -340,6 +341,7 @@ class PolicyEngine:
         clock, budget, paused = self.timer, self.budget, _PAUSED
         started = ended = clock()
         deadline = started + budget
+        ran_before = time.thread_time()  # past the deadline: what the thread had of a CPU counts
         paused_before = paused_at_start = paused[0]
         suspended = self._suspended
         nothing = runner.NOTHING
@@ -359,11 +361,12 @@ class PolicyEngine:
             over = False
             # Rare: garbage collections are not the policy's. A policy alone over the budget is
             # past the deadline too (it began after the event's evaluation started).
-            if ended > deadline:
-                took = ended - begun - (paused[0] - paused_before)
+            if ended > deadline:  # on a busy host the waits for a CPU are not the policies'
+                ran = time.thread_time() - ran_before
+                took = min(ended - begun - (paused[0] - paused_before), ran)
                 if took > budget:
                     self._overran(entry.policy.id, event, took, wall)
-                spent = ended - started - (paused[0] - paused_at_start)
+                spent = min(ended - started - (paused[0] - paused_at_start), ran)
                 over = spent > budget and n + 1 < len(candidates)
                 if over:
                     self._over_budget(candidates[n + 1 :], event, spent)
