@@ -36,7 +36,7 @@ from agent.sensors.lineage import DataFlow, SourceRead
 from agent.sensors.media import RemovableMedia, RemovableMount
 from agent.sensors.provenance import Provenance
 from agent.sensors.slices import DerivedSlices
-from agent.sensors.staging import StagingDetector, Written, file_fields
+from agent.sensors.staging import StagingDetector, Written, describe_writer, file_fields
 from protos import exfilguard_pb2 as pb
 from protos.events import fs_text, fs_texts, new_event
 
@@ -333,9 +333,7 @@ class CopyDetector:
         event = new_event(action, file=file_fields(written.path, written.size))
         event.device.CopyFrom(device)
         event.exfilguard.mount.CopyFrom(mount)
-        procinfo.describe(event, written.info, written.attribution, written.pid)
-        if (written.info is None or written.info.uid < 0) and written.owner >= 0:
-            procinfo.owner(event, written.owner)
+        describe_writer(event, written)
         if written.late is not None:
             event.exfilguard.late = True
             event.exfilguard.late_window.start.CopyFrom(_stamp(written.late[0]))

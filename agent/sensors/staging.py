@@ -183,13 +183,25 @@ class StagingDetector:
         event.exfilguard.count = count
         event.exfilguard.copy.files_read = count
         event.event.reason = f"archive written by a process that read {count} tagged files"
-        procinfo.describe(event, written.info, written.attribution, written.pid)
+        describe_writer(event, written)
         if device is not None:
             event.device.CopyFrom(device)
         if mount is not None:
             event.exfilguard.mount.CopyFrom(mount)
         self._emit(event)
         return count
+
+
+def describe_writer(event: pb.Event, written: Written) -> None:
+    """The process of a written file's event; one gone before its account was read (or known by
+    its exec alone) leaves the user to the file's owner, as `inferred`: gzip, forked by the
+    backup account's tar, named no user, and the backup job's exception never applied."""
+    procinfo.describe(event, written.info, written.attribution, written.pid)
+    if (written.info is None or written.info.uid < 0) and written.late is None:
+        if written.owner < 0 and written.fd is not None:
+            written.owner = procinfo.file_owner(written.fd)
+        if written.owner >= 0:
+            procinfo.owner(event, written.owner)
 
 
 def _born_monotonic(fd: int | None) -> float:

@@ -370,6 +370,31 @@ def test_an_archive_whose_writer_is_gone_names_its_owner_in_the_copy_too(tmp_pat
         catalog.stop()
 
 
+def test_an_archive_event_whose_writer_is_gone_names_the_files_owner(tmp_path: Path) -> None:
+    """file.archive of a writer known by its exec alone (gzip, forked by the backup account's tar,
+    gone before its account was read): the archive's owner names the user, as inferred. It named
+    nobody (user ?), and the nightly backup's exception (its service account) never applied."""
+    events = Recorder()
+    staging = StagingDetector(SensorSettings(), events)
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "a.txt").write_text("plan\n")
+    archive = tmp_path / "docs.tgz"
+    subprocess.run(["tar", "czf", str(archive), "-C", str(tmp_path), "docs"], check=True)
+    os.chown(archive, pwd.getpwnam("nobody").pw_uid, -1)  # the writer's uid, as the kernel sets it
+    gzip = procinfo.ProcessInfo(pid=4242, executable="/usr/bin/gzip", command_line="gzip", name="gzip")
+    fd = os.open(archive, os.O_RDONLY)
+    try:
+        written = Written(path=str(archive), size=archive.stat().st_size, pid=4242, info=gzip, fd=fd,
+                          attribution=procinfo.INFERRED)
+        assert staging.note_write(written, flow_files=40, flow_tags=("documents",)) == 40
+    finally:
+        os.close(fd)
+    made = events.matching(events.action("file.archive"))[0]
+    assert (made["process.name"], made["user.name"], made["exfilguard.attribution"]) == ("gzip", "nobody",
+                                                                                         "inferred")
+
+
 def test_tag_map_anchors_where_missing_paths_and_new_glob_matches_appear(tmp_path: Path) -> None:
     (tmp_path / "home" / "alice" / "projects" / "secret").mkdir(parents=True)
     (tmp_path / "home" / "bob").mkdir()
