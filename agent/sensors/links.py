@@ -25,7 +25,7 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from agent.sensors.errors import FanotifyUnavailable
 
@@ -130,20 +130,22 @@ class TaggedInodes:
         return len(self._paths)
 
 
-def _files(root: str) -> list[tuple[str, os.stat_result]]:
-    """Every regular file below `root` (or `root`, a file) with its lstat, links not followed."""
+def _files(root: str) -> Iterator[tuple[str, os.stat_result]]:
+    """Every regular file below `root` (or `root`, a file) with its lstat, links not followed;
+    one at a time: a list of a large tree's stat results stayed in the agent's memory (its
+    allocator keeps what it once held: bench.sensors RSS 69-77 MiB with 20,000 tagged files, 55-62
+    one at a time)."""
     try:
         top = os.lstat(root)
     except OSError:
-        return []
+        return
     if stat.S_ISREG(top.st_mode):
-        return [(root, top)]
-    out: list[tuple[str, os.stat_result]] = []
+        yield root, top
+        return
     for folder, _dirs, names in os.walk(root):
         for name in names:
             path = os.path.join(folder, name)
             try:
-                out.append((path, os.lstat(path)))
+                yield path, os.lstat(path)
             except OSError:
                 continue  # gone meanwhile
-    return out
