@@ -100,11 +100,14 @@ def stored_mappings(location: str, rows: Sequence[tuple[str, int, bytes]]) -> li
 
 def stored_canonical(location: str, agent_id: str, sequence: int, data: bytes) -> bytes:
     """The canonical bytes the chain hashes for one stored row: `canonical_event(stored_mapping(...))`,
-    built straight from the protobuf (the sealer's path; protos.chain.canonical_message)."""
-    try:
-        canonical = chain.canonical_message(pb.Event.FromString(data))
-    except DecodeError:
-        canonical = None
+    built straight from the protobuf (the sealer's path; protos.chain.canonical_stored, else
+    protos.chain.canonical_message)."""
+    canonical = chain.canonical_stored(data)
+    if canonical is None:
+        try:
+            canonical = chain.canonical_message(pb.Event.FromString(data))
+        except DecodeError:
+            canonical = None
     if canonical is None:  # a row no reader could take: its defined form, logged
         canonical = chain.canonical_event(stored_mapping(location, agent_id, sequence, data))
     return canonical

@@ -19,8 +19,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from google.protobuf.message import DecodeError
-
 from collector.store import grants as grant_sql
 from collector.store import outbox, presence, triage
 from collector.store.base import (
@@ -38,7 +36,6 @@ from collector.store.grants import GrantRecord
 from collector.store.rows import stored_canonical
 from common.ecstime import ecs_now, ecs_time
 from protos import chain
-from protos import exfilguard_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -102,18 +99,15 @@ def link_rows(
     safer than chaining across a hole). Each link is `chain.record_link` of `stored_canonical`,
     written out here: this loop is most of the sealer's work, and a call costs as much as a hash.
     """
-    parse, canonical, sha256 = pb.Event.FromString, chain.canonical_message, hashlib.sha256
+    from_bytes, sha256 = chain.canonical_stored, hashlib.sha256
     sealed = before
     values: list[tuple[bytes, Any]] = []
     add = values.append
     for key, seq, data in rows:
         if seq != sealed + 1:
             break
-        try:
-            text = canonical(parse(data))
-        except DecodeError:
-            text = None
-        if text is None:  # a row no reader could take: its defined form, logged
+        text = from_bytes(data)
+        if text is None:  # not as protobuf writes it, or a row no reader could take: the Event's way
             text = stored_canonical(location, agent_id, seq, bytes(data))
         head = sha256(head + sha256(text).digest()).digest()
         sealed = seq
