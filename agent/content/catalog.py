@@ -32,7 +32,8 @@ from agent.background import Background
 from agent.content import saved
 from agent.content.chunks import MAX_ID, ChunkStream, FeatureTable
 from agent.content.textsim import MIN_SAMPLE, TextFeatures, TextSample, looks_like_text, too_few_features
-from agent.sensors.fingerprints import FingerprintIndex, sample_digest
+from agent.sensors.digests import sample_digest
+from agent.sensors.fingerprints import FingerprintIndex
 
 log = logging.getLogger(__name__)
 

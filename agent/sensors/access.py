@@ -312,7 +312,8 @@ class ExactAccessSensor:
         flow = reporter.copies.flow
         self.failed = FailedEvents(reporter.emit, "fanotify")  # handling that raised: in an agent.gap
         # every tagged file by its inode: an open through a hard link or a bind mount is a tagged read
-        self.inodes = TaggedInodes(self._mark_file, tags.tags_of, max_file_marks, self._marks_full)
+        self.inodes = TaggedInodes(self._mark_file, tags.tags_of, max_file_marks, self._marks_full,
+                                   shared=reporter.index.stored_path)
         self.fanotify = FanotifySensor(
             tagged_as=reporter.tagged_as,
             is_removable=lambda path: media.mount_for(path) is not None,

@@ -12,7 +12,6 @@ The index also keeps per-tag totals, which is what the tag inventory reports.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import threading
@@ -21,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
+from agent.sensors.digests import full_digest, sample_digest
 from agent.sensors.formers import FormerVersions
 from agent.sensors.held import HeldFiles, own_read
 from agent.sensors.tags import TagMap
@@ -29,40 +29,12 @@ if TYPE_CHECKING:
     from agent.sensors.provenance import Provenance
 
 _T = TypeVar("_T")
-_BLOCK = 4096
-_CHUNK = 1 << 20
 # A file changed less than this long ago may still be being written: its entry is looked at
 # again (see `settle`) until it has been quiet this long or its close-after-write is seen.
 _SETTLE_NS = 2_000_000_000
 _MAX_UNSETTLED = 4096
 _MAX_CHANGED = 65_536
 MAX_DERIVED = 10_000  # files derived from tagged data remembered outside the tagged trees
-
-
-def sample_digest(fd: int, size: int, head: bytes = b"") -> bytes:
-    """Hash of the size and three blocks (start, middle, end): a cheap first test. `head`,
-    the file's first bytes when the caller has read them, spares a small file a second read."""
-    h = hashlib.sha256(size.to_bytes(8, "little"))
-    if size <= 3 * _BLOCK:
-        h.update(head[:size] if len(head) >= size else os.pread(fd, size, 0))
-    else:
-        for offset in (0, (size // 2) - (_BLOCK // 2), size - _BLOCK):
-            h.update(os.pread(fd, _BLOCK, offset))
-    return h.digest()
-
-
-def full_digest(fd: int, limit: int) -> str | None:
-    """SHA-256 of a whole file (from offset 0); None if it is larger than `limit` bytes."""
-    h = hashlib.sha256()
-    offset = 0
-    while True:
-        chunk = os.pread(fd, _CHUNK, offset)
-        if not chunk:
-            return h.hexdigest()
-        offset += len(chunk)
-        if offset > limit:
-            return None
-        h.update(chunk)
 
 
 class FingerprintIndex:
@@ -74,8 +46,9 @@ class FingerprintIndex:
         self._lock = threading.RLock()
         self._files: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         # size -> paths of that size (a dict as an ordered set: a change of one of 10,000 files of
-        # one size costs a pop, not a scan of a list)
-        self._by_size: dict[int, dict[str, None]] = {}
+        # one size costs a pop, not a scan of a list); each path maps to itself, so that
+        # `stored_path` can hand out the index's own string
+        self._by_size: dict[int, dict[str, str]] = {}
         self._samples: dict[str, tuple[int, bytes]] = {}
         # path -> (mtime_ns, SHA-256, size) of the indexed file as it is now: an entry goes
         # whenever its file's index entry does (_delete), so it is never stale
@@ -172,7 +145,7 @@ class FingerprintIndex:
         self._sample_maps.pop(entry[0], None)
         self._files[path] = entry
         self._note_change(path)
-        self._by_size.setdefault(entry[0], {})[path] = None
+        self._by_size.setdefault(entry[0], {})[path] = path
         if path in self._derived:
             return
         for tag in entry[2]:
@@ -396,6 +369,14 @@ class FingerprintIndex:
         with self._lock:
             entry = self._files.get(path)
             return entry[2] if entry is not None else self.formers.tags_of(path)
+
+    def stored_path(self, path: str) -> str:
+        """The index's own string for an indexed path (else `path`): a second table of the tagged
+        files (TaggedInodes) holds it rather than an equal copy (~100 bytes a file)."""
+        with self._lock:
+            entry = self._files.get(path)
+            same = self._by_size.get(entry[0]) if entry is not None else None
+            return same.get(path, path) if same is not None else path
 
     def __len__(self) -> int:
         with self._lock:

