@@ -94,6 +94,7 @@ class FingerprintIndex:
         """Walk every tagged root again (start, rescan after a lost event); returns files indexed."""
         roots = self.tags.refresh()
         fresh: dict[str, tuple[int, int, tuple[str, ...]]] = {}
+        version = self.version
         for root in sorted(roots):
             for path, size, mtime in _walk(root):
                 if path not in fresh:
@@ -108,8 +109,13 @@ class FingerprintIndex:
             fresh[path] = (st.st_size, st.st_mtime_ns, tags)
         with self._lock:
             # Events handled while we walked changed the old index: where the two disagree,
-            # look again, so a file created (or deleted) mid-walk is not lost to the swap.
+            # look again, so a file created (or deleted) mid-walk is not lost to the swap. With
+            # no event handled meanwhile, what the walk found alone was there as it looked (the
+            # first walk: every file; a second stat of each made 20,000 tagged files' start slower)
+            moved = self.version != version
             for path in set(self._files).symmetric_difference(fresh):
+                if not moved and path in fresh:
+                    continue
                 try:
                     st = os.stat(path, follow_symlinks=False)
                 except OSError:
