@@ -17,13 +17,14 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
 from agent.sensors.digests import full_digest, sample_digest
 from agent.sensors.formers import FormerVersions
 from agent.sensors.held import HeldFiles, own_read
 from agent.sensors.tags import TagMap
+from agent.sensors.treewalk import regular_files
 
 if TYPE_CHECKING:
     from agent.sensors.provenance import Provenance
@@ -62,6 +63,8 @@ class FingerprintIndex:
         self._totals: dict[str, list[int]] = {}
         self._interned: dict[tuple[str, ...], tuple[str, ...]] = {}
         self.version = 0  # bumped on every change: the inventory reports when it moves
+        # set at every change: the threads that follow the index sleep until then, not on a timer
+        self._wakes: list[threading.Event] = []
         # Derived files (written from tagged data outside the tagged trees): matched like
         # tagged files, so copying one to a stick is a copy of tagged data, but not counted
         # in the inventory.
@@ -96,7 +99,7 @@ class FingerprintIndex:
         fresh: dict[str, tuple[int, int, tuple[str, ...]]] = {}
         version = self.version
         for root in sorted(roots):
-            for path, size, mtime in _walk(root):
+            for path, size, mtime in regular_files(root):
                 if path not in fresh:
                     fresh[path] = (size, mtime, self._intern(tuple(self.tags.tags_for(path))))
         with self._lock:
@@ -140,7 +143,7 @@ class FingerprintIndex:
             self._samples = {p: v for p, v in self._samples.items() if p in self._files}
             for path in [p for p, v in self._full.items() if self._files.get(p, (0, -1))[1] != v[0]]:
                 self._drop_full(path)
-            self.version += 1
+            self._bump()
             return len(self._files)
 
     def _intern(self, tags: tuple[str, ...]) -> tuple[str, ...]:
@@ -183,6 +186,21 @@ class FingerprintIndex:
             if totals is not None:
                 totals[0] -= 1
                 totals[1] -= entry[0]
+
+    def wake_on_change(self, wake: threading.Event) -> None:
+        """Set `wake` at every change of the index from now on."""
+        self._wakes.append(wake)
+
+    def _bump(self) -> None:
+        # under the lock
+        self.version += 1
+        for wake in self._wakes:
+            wake.set()
+
+    @property
+    def unsettled(self) -> bool:
+        """Whether files indexed mid-write wait for `settle` to look at them again."""
+        return bool(self._unsettled)
 
     def _note_change(self, path: str) -> None:
         # under the lock
@@ -252,14 +270,14 @@ class FingerprintIndex:
                     self.held.hold(path, fd)
                 return
         if stat.S_ISDIR(st.st_mode):
-            for sub, size, mtime in _walk(path):
+            for sub, size, mtime in regular_files(path):
                 self._set(sub, size, mtime, settled=False)
 
     def add_tree(self, root: str) -> int:
         """A tagged root appeared (or its tags changed): index every file below it; returns
         how many files it holds."""
         count = 0
-        for path, size, mtime in _walk(root):
+        for path, size, mtime in regular_files(root):
             self._set(path, size, mtime, settled=False)
             count += 1
         return count
@@ -283,7 +301,7 @@ class FingerprintIndex:
                 self._provenance.pop(oldest, None)
                 self.derived_dropped += 1
             self._insert(path, (st.st_size, st.st_mtime_ns, self._derived[path]))
-            self.version += 1
+            self._bump()
             for told in self.on_derived:  # under the lock
                 told(path)
 
@@ -311,7 +329,7 @@ class FingerprintIndex:
             if old is None or old[0] != size or old[1] != mtime or old[2] != tags:
                 self._delete(path)
                 self._insert(path, (size, mtime, self._intern(tags)))
-                self.version += 1
+                self._bump()
             if settled or mtime < time.time_ns() - _SETTLE_NS:
                 self._unsettled.pop(path, None)
             else:
@@ -354,7 +372,7 @@ class FingerprintIndex:
                 prefix = path.rstrip("/") + "/"
                 for sub in [p for p in self._files if p.startswith(prefix)]:
                     self._delete(sub)
-            self.version += 1
+            self._bump()
 
     def move(self, src: str, dest: str) -> None:
         """A rename inside (or out of, or into) the tagged trees."""
@@ -558,30 +576,3 @@ class FingerprintIndex:
                 if self._files.get(path) == entry:
                     self._keep_full(path, entry[1], digest)
         return digest
-
-
-def _walk(root: str) -> Iterable[tuple[str, int, int]]:
-    """(path, size, mtime_ns) of every regular file below root, without following links."""
-    try:
-        st = os.stat(root, follow_symlinks=False)
-    except OSError:
-        return
-    if stat.S_ISREG(st.st_mode):
-        yield root, st.st_size, st.st_mtime_ns
-        return
-    stack = [root]
-    while stack:
-        current = stack.pop()
-        try:
-            with os.scandir(current) as entries:
-                for entry in entries:
-                    try:
-                        if entry.is_dir(follow_symlinks=False):
-                            stack.append(entry.path)
-                        elif entry.is_file(follow_symlinks=False):
-                            est = entry.stat(follow_symlinks=False)
-                            yield entry.path, est.st_size, est.st_mtime_ns
-                    except OSError:
-                        continue  # vanished while we walked
-        except OSError:
-            continue

@@ -7,6 +7,7 @@ start, after every change (debounced) and at least every `inventory_seconds`.
 from __future__ import annotations
 
 import threading
+import time
 
 from agent.background import Background
 from agent.sensors import Emit, procinfo
@@ -29,6 +30,8 @@ class InventorySensor:
         self._every = every_seconds
         self._check = check_seconds
         self._stop = threading.Event()
+        self._changed = threading.Event()
+        index.wake_on_change(self._changed)
         self._background = Background("inventory", self._run)
         self._sent_version = -1
         self._sent: dict[str, tuple[int, int]] = {}
@@ -41,6 +44,7 @@ class InventorySensor:
     def stop(self) -> None:
         """Stop reporting; idempotent."""
         self._stop.set()
+        self._changed.set()
         self._background.join()
 
     def report(self, force: bool = True) -> bool:
@@ -60,12 +64,18 @@ class InventorySensor:
         return True
 
     def _run(self) -> None:
-        # Wakes every few seconds to compare a version number: no work when nothing changed.
-        waited = 0.0
-        while not self._stop.wait(self._check):
-            waited += self._check
-            if waited >= self._every:
-                waited = 0.0
+        # Sleeps until the index changes (not on a timer: an idle agent's wake-ups cost it more
+        # CPU than their work), then lets a burst of changes gather for `check` seconds. Files
+        # indexed mid-write are looked at again every `check` seconds until they settle.
+        sent = time.monotonic()
+        while not self._stop.is_set():
+            rest = self._check if self.index.unsettled else max(0.0, sent + self._every - time.monotonic())
+            changed = self._changed.wait(rest)
+            if self._stop.is_set() or (changed and self._stop.wait(self._check)):
+                return
+            self._changed.clear()
+            if time.monotonic() - sent >= self._every:
                 self.report(force=True)
+                sent = time.monotonic()
             elif self.report(force=False):
-                waited = 0.0
+                sent = time.monotonic()
