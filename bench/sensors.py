@@ -268,11 +268,12 @@ def idle(work: Path, seconds: float) -> dict[str, Any]:
     _make_tree(tree, 1000)
     agent = Agent(work, {"tags": {str(tree): ["bench"]}})
     time.sleep(2.0)  # start-up work (index, marks) is not idle time
-    cpu0, t0 = agent.cpu(), time.monotonic()
+    cpu0, t0, threads0 = agent.cpu(), time.monotonic(), agent.thread_cpu()
     time.sleep(seconds)
     cpu, wall = agent.cpu() - cpu0, time.monotonic() - t0
+    threads = {n: c - threads0.get(n, 0.0) for n, c in agent.thread_cpu().items()}
     agent.stop()
-    return {"cpu": cpu, "wall": wall}
+    return {"cpu": cpu, "wall": wall, "threads": threads}
 
 
 def memory(work: Path, count: int) -> dict[str, Any]:
@@ -333,6 +334,7 @@ def main() -> int:
             idl = idle(work, args.idle)
             figures["idle_cpu_pct"] = round(100.0 * idl["cpu"] / idl["wall"], 3)
             print(f"idle: {figures['idle_cpu_pct']:.3f}% of a core over {idl['wall']:.0f} s (target < 0.5%)")
+            _print_threads(idl["threads"])
         if "memory" in only:
             mem = memory(work, args.index_files)
             figures["rss_mib"] = round(mem["rss"] / (1 << 20), 1)
@@ -376,14 +378,19 @@ def _print_overhead(args: argparse.Namespace, ov: dict[str, Any]) -> dict[str, A
     print(f"  ours/theirs: the sensors' CPU over the tool's on the same workload (target <= 4 vs "
           f"inotifywait); background: CPU share of a core over {args.quiet:g} s before it, the net "
           f"ratio takes it out ({ov['window']:.1f} s window); gaps {ov['gaps']}")
-    system = ov["threads"].pop("(system)", 0.0)
-    busiest = sorted(ov["threads"].items(), key=lambda item: -item[1])[:6]
-    print("  sensors' CPU by thread: " + ", ".join(f"{name} {cpu:.2f} s" for name, cpu in busiest if cpu > 0)
-          + f"; {system:.2f} s of it in the kernel")
+    _print_threads(ov["threads"])
     for tool in ov["missing"]:
         print(f"  not compared: {tool} is not installed (scripts/bootstrap installs it as root)")
     out["sensors_events"] = ours["events"]
     return out
+
+
+def _print_threads(threads: dict[str, float]) -> None:
+    """The sensors' CPU by thread, busiest first, and how much of it was in the kernel."""
+    system = threads.pop("(system)", 0.0)
+    busiest = sorted(threads.items(), key=lambda item: -item[1])[:6]
+    print("  sensors' CPU by thread: " + ", ".join(f"{name} {cpu:.2f} s" for name, cpu in busiest if cpu > 0)
+          + f"; {system:.2f} s of it in the kernel")
 
 
 if __name__ == "__main__":
