@@ -1,9 +1,13 @@
-"""Text encodings of binary data: base64, base32, plain hex and hex dumps, decoded for matching.
+"""Text encodings of binary data: base64, base32, plain hex and hex dumps, decoded for matching;
+and text in a wide Unicode form (UTF-16, UTF-32), decoded back to UTF-8.
 
 `base64 db/ledger.db`, `xxd`, `hexdump -C`, `od -t x1` turn a tagged file into text that shares
 no chunk, line or field with it, and is up to 5 times larger (more than byte lineage allows).
-The identifier asks `sniff(head)` of a written text that matched nothing, and identifies
-`decode(...)` of it instead: the bytes it stands for, an archive among them.
+`iconv -t UTF-16 db/customers.csv` (what a Windows tool or a spreadsheet saves) puts a NUL beside
+every ASCII byte: no chunk, no line, no field of the CSV is left, and the file, twice its size,
+does not look like text at all. The identifier asks `sniff(head)` of a written file that matched
+nothing, and identifies `decode(...)` of it instead: the bytes it stands for, an archive among
+them (for a wide text: the UTF-8 text it was made from, byte for byte when it was made from it).
 
     encoding = sniff(head)                  # "base64", "hexdump", ... or ""
     data, whole = decode(encoding, text)    # at most MAX_DECODED bytes; whole: all of it
@@ -34,9 +38,49 @@ _OFFSET_ONLY = re.compile(rb"[0-9a-f]{6,8}")
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
 
+_WIDE_BOMS = ((b"\xff\xfe\x00\x00", "utf-32"), (b"\x00\x00\xfe\xff", "utf-32"),
+               (b"\xff\xfe", "utf-16"), (b"\xfe\xff", "utf-16"))
+_MIN_WIDE_BYTES = 64     # fewer, without a byte order mark, are too few to tell
+_WIDE_ZERO_SHARE = 0.9   # of the high bytes of a wide text's code units: NUL (ASCII, Latin-1)
+
+
+def wide_text(head: bytes) -> str:
+    """The wide Unicode form a file's first bytes are text in ("utf-16", "utf-16-le",
+    "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"), or "". With a byte order mark, the mark
+    says; without one, the high bytes of nearly every code unit are NUL and the low ones are
+    text (no NUL among them): a binary file with runs of zeros is not taken for one."""
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            # the mark alone is two bytes any binary file may begin with: what follows must
+            # decode, and be text (no more control characters than a text has)
+            unit = 4 if name == "utf-32" else 2
+            body = head[: len(head) - len(head) % unit]
+            chars = body.decode(name, errors="replace")  # a pair cut at the head's end: one U+FFFD
+            control = sum(1 for c in chars if c < "\t" or "\r" < c < " " or c == "\ufffd")
+            return name if len(chars) >= 2 and control * 50 <= len(chars) else ""
+    size = len(head) - len(head) % 4
+    if size < _MIN_WIDE_BYTES:
+        return ""
+    head = head[:size]
+    units = size // 4
+    for name, low, zeros in (("utf-32-le", head[0::4], (head[1::4], head[2::4], head[3::4])),
+                             ("utf-32-be", head[3::4], (head[0::4], head[1::4], head[2::4]))):
+        if b"\x00" not in low and all(z.count(0) >= _WIDE_ZERO_SHARE * units for z in zeros):
+            return name
+    units = size // 2
+    for name, low, high in (("utf-16-le", head[0::2], head[1::2]), ("utf-16-be", head[1::2], head[0::2])):
+        if b"\x00" not in low and high.count(0) >= _WIDE_ZERO_SHARE * units:
+            return name
+    return ""
+
+
 def sniff(head: bytes) -> str:
-    """The encoding the first bytes of a text are in ("base64", "base32", "hex", "xxd",
-    "hexdump", "od") or "" when they are in none (or too few lines to tell)."""
+    """The encoding the first bytes of a written file are in ("base64", "base32", "hex", "xxd",
+    "hexdump", "od", or a wide Unicode form: `wide_text`) or "" when they are in none (or too
+    few lines to tell)."""
+    wide = wide_text(head)
+    if wide:
+        return wide
     lines = head.split(b"\n")[:-1]  # the last may be cut short by the head's end
     if len(lines) < _MIN_LINES:
         return ""
@@ -62,10 +106,22 @@ def sniff(head: bytes) -> str:
 def decode(encoding: str, text: bytes) -> tuple[bytes, bool]:
     """The bytes `text` encodes (at most MAX_DECODED), and whether that is all of them; what
     does not decode ends the data there (a text edited by hand after the encoder)."""
+    if encoding.startswith("utf-"):
+        return _decode_wide(encoding, text)
     lines = text.split(b"\n")
     if encoding in ("base64", "base32", "hex"):
         return _decode_plain(encoding, lines)
     return _decode_dump(encoding, lines)
+
+
+def _decode_wide(encoding: str, text: bytes) -> tuple[bytes, bool]:
+    unit = 4 if encoding.startswith("utf-32") else 2
+    keep = len(text) - len(text) % unit
+    # a character that does not decode (a cut surrogate pair, a stray byte) stands as U+FFFD:
+    # the rest of the text is still the text it was
+    data = text[:keep].decode(encoding, errors="replace").encode("utf-8", errors="replace")
+    whole = keep == len(text) and len(data) <= MAX_DECODED
+    return data[:MAX_DECODED], whole
 
 
 def _decode_plain(encoding: str, lines: list[bytes]) -> tuple[bytes, bool]:

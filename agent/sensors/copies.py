@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.content.commonplace import commonplace_source
+from agent.content.encodings import wide_text
 from agent.content.examiner import Examiner
 from agent.content.identify import Identification
 from agent.content.textsim import looks_like_text
@@ -368,9 +369,10 @@ def _dup(fd: int | None) -> int | None:
 
 
 def written_text(fd: int) -> bool:
-    """Whether a written file begins as text (what was read may come out larger as text)."""
+    """Whether a written file begins as text (what was read may come out larger as text), in
+    UTF-8 or a wide form: `iconv -t UTF-16` of a CSV is twice the CSV, UTF-32 four times."""
     try:
         head = os.pread(fd, 8192, 0)
     except OSError:
         return False
-    return looks_like_text(head)
+    return looks_like_text(head) or bool(wide_text(head))

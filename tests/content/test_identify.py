@@ -186,6 +186,13 @@ def test_transformed_exports_are_text_matches_with_a_score(identify: ContentIden
     # a squeezed run of zeros (hexdump's `*`) is expanded back
     ("{{ head -c 5000 /dev/zero; cat {db}/blob2.bin; }} | hexdump -C", ("hexdump", "chunks")),
     ("tar cz -C {db}/.. db | base64", ("base64+tar.gz", "member")),
+    # a CSV saved in a wide Unicode form (a Windows tool, a spreadsheet): no chunk, line or
+    # field of it is left; decoded back, it is the CSV byte for byte
+    ("iconv -t UTF-16 {db}/customers.csv", ("utf-16", "exact")),
+    ("iconv -t UTF-16LE {db}/customers.csv", ("utf-16-le", "exact")),
+    ("iconv -t UTF-16BE {db}/customers.csv", ("utf-16-be", "exact")),
+    ("iconv -t UTF-32 {db}/customers.csv", ("utf-32", "exact")),
+    ("sed 's/,/;/' {db}/customers.csv | iconv -t UTF-16", ("utf-16", "text")),
 ])
 def test_binary_turned_into_text_is_decoded_and_matched(identify: ContentIdentifier, db: Path, tmp_path: Path,
                                                         cmd: str, expected: tuple[str, str]) -> None:
@@ -205,8 +212,9 @@ def test_unrelated_data_is_not_identified(identify: ContentIdentifier, db: Path,
     (other / "contacts.csv").write_text((other / "contacts.csv").read_text().replace("Name", "Person")
                                         .replace("user", "friend").replace("GB", "DE"))
     _run("tar czf backup.tgz holiday && cp holiday/photo.jpg photo.jpg && cp holiday/contacts.csv c.csv && "
-         "base64 holiday/photo.jpg > photo.b64 && hexdump -C holiday/contacts.csv > c.hex", tmp_path)
-    for name in ("backup.tgz", "photo.jpg", "c.csv", "photo.b64", "c.hex"):
+         "base64 holiday/photo.jpg > photo.b64 && hexdump -C holiday/contacts.csv > c.hex && "
+         "iconv -t UTF-16 holiday/contacts.csv > c16.csv", tmp_path)
+    for name in ("backup.tgz", "photo.jpg", "c.csv", "photo.b64", "c.hex", "c16.csv"):
         found = _of(identify, tmp_path / name)
         assert not found.found, (name, found)
     assert _of(identify, tmp_path / "backup.tgz").members_total == 2

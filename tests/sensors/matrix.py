@@ -141,6 +141,43 @@ THEFTS = (
          'cp "$DB/crm.sqlite" "$STICK/Photos/holiday.jpg"', ("$STICK/Photos/holiday.jpg",), True),
     Case("find-exec-cp", 'mkdir -p "$STICK/fe" && find "$DB" -name "ledger*" -exec cp {} "$STICK/fe/" \\;',
          ("$STICK/fe/ledger0.db", "$STICK/fe/ledger1.db", "$STICK/fe/ledger2.db"), True, every=True),
+    # other archivers and compressors: cpio and pax (fed by find), Python's own zipfile and
+    # tarfile, bzip2, lz4 and lzop (whose frames the examiner does not open: lineage), tar
+    # handing its stream to a program of the user's choice, rsync compressing on the wire
+    Case("cpio", 'cd "$BASE" && find db | cpio -o --quiet > "$STICK/db.cpio"', ("$STICK/db.cpio",), True),
+    Case("cpio-tmp-then-cp", 'cd "$BASE" && find db | cpio -o -H newc --quiet > "$WORK/c.cpio" && '
+         'cp "$WORK/c.cpio" "$STICK/c.bin"', ("$STICK/c.bin",), True),
+    Case("pax", 'cd "$BASE" && pax -w -f "$STICK/db.pax" db', ("$STICK/db.pax",), True),
+    Case("python-zipfile", 'cd "$BASE" && python3 -m zipfile -c "$STICK/py.zip" db/', ("$STICK/py.zip",),
+         True),
+    Case("python-tarfile", 'cd "$BASE" && python3 -m tarfile -c "$STICK/py.tar" db/', ("$STICK/py.tar",),
+         True),
+    Case("bzip2-c", 'bzip2 -c "$DB/customers.csv" > "$STICK/c.bz2"', ("$STICK/c.bz2",), True),
+    Case("lz4", 'lz4 -q -c "$DB/customers.csv" > "$STICK/c.lz4"', ("$STICK/c.lz4",), True),
+    Case("lzop", 'lzop -c "$DB/orders.sql" > "$STICK/o.lzo"', ("$STICK/o.lzo",), True),
+    Case("gzip-c", 'gzip -c "$DB/orders.sql" > "$STICK/o.gz"', ("$STICK/o.gz",), True),
+    Case("tar-compress-program", 'tar --use-compress-program="xz -1" -cf "$STICK/u.txz" -C "$BASE" db',
+         ("$STICK/u.txz",), True),
+    Case("rsync-z", 'rsync -az "$DB/" "$STICK/rz/"', ("$STICK/rz/customers.csv",), True),
+    # other writers: a sparse copy, SQLite's online backup, dd at the end of a pipe
+    Case("cp-sparse", 'cp --sparse=always "$DB/ledger0.db" "$STICK/sparse.bin"', ("$STICK/sparse.bin",),
+         True),
+    Case("sqlite-backup", 'sqlite3 "$DB/crm.sqlite" ".backup \'$STICK/crm.bak\'"', ("$STICK/crm.bak",), True),
+    Case("dd-pipe", 'tar c -C "$BASE" db | dd of="$STICK/dd.tar" bs=1M status=none', ("$STICK/dd.tar",),
+         True),
+    # text rewritten on the way: lines split in /tmp and joined on the stick, sorted, edited in
+    # /tmp (awk, sed -i) then moved over, re-encoded as UTF-16 (twice its size, NULs throughout)
+    Case("split-lines-then-cat", 'split -l 3000 "$DB/customers.csv" "$WORK/sl_" && cat "$WORK"/sl_* '
+         '> "$STICK/joined.csv"', ("$STICK/joined.csv",), True),
+    Case("sort-uniq", 'sort "$DB/customers.csv" | uniq > "$STICK/uniq.csv"', ("$STICK/uniq.csv",), True),
+    Case("awk-tmp-then-mv", "awk -F, '{print $2\",\"$1\",\"$4}' \"$DB/customers.csv\" > \"$WORK/a.csv\" && "
+         'mv "$WORK/a.csv" "$STICK/a.csv"', ("$STICK/a.csv",), True),
+    Case("sed-i-tmp-then-mv", 'cp "$DB/customers.csv" "$WORK/si.csv" && sed -i "s/@/ at /" "$WORK/si.csv" && '
+         'mv "$WORK/si.csv" "$STICK/si.csv"', ("$STICK/si.csv",), True),
+    Case("iconv-utf16", 'iconv -f utf-8 -t UTF-16 "$DB/customers.csv" > "$STICK/u16.csv"',
+         ("$STICK/u16.csv",), True),
+    Case("iconv-utf16-tmp-then-cp", 'iconv -t UTF-16LE "$DB/orders.sql" > "$WORK/w.sql" && cp "$WORK/w.sql" '
+         '"$STICK/w.sql"', ("$STICK/w.sql",), True),
 )
 
 # Exports and encodings: what lands is text made from what was read, and larger than it (a
@@ -179,6 +216,8 @@ BENIGN = (
     Case("in-place-edit", 'sed -i "s/^1,/1 ,/" "$DB/customers.csv" && echo note >> "$DB/notes.txt"',
          ("$DB/customers.csv", "$DB/notes.txt"), False),
     Case("build", 'make -s -C "$BASE/src" OUT="$STICK/hello"', ("$STICK/hello",), False),
+    Case("utf16-untagged", 'iconv -t UTF-16 /etc/services > "$STICK/services16.txt"',
+         ("$STICK/services16.txt",), False),
     Case("hardlink-untagged", 'ln "$BASE/photos/img1.jpg" "$WORK/img1.jpg" && tar czf "$STICK/img1.tgz" '
          '-C "$WORK" img1.jpg', ("$STICK/img1.tgz",), False),
 )
