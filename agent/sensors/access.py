@@ -25,6 +25,7 @@ from pathlib import Path
 
 from agent.sensors import Emit, procinfo, provenance
 from agent.sensors.copies import CopyDetector, written_text
+from agent.sensors.derivedinodes import follow as follow_derived
 from agent.sensors.deviceopens import device_writers
 from agent.sensors.errors import FanotifyUnavailable
 from agent.sensors.failures import FailedEvents, sensor_gap
@@ -156,12 +157,26 @@ class AccessReporter:
         return opened is not None and opened != st.st_ctime_ns
 
     def _derived_read(self, access: Access) -> None:
+        path = access.path
+        if access.via and follow_derived(self.index, path, access.via):
+            path = access.via  # moved (or linked) since it was derived: known by its name now
         closed = bool(access.mask & (FAN_CLOSE_WRITE | FAN_CLOSE_NOWRITE))
-        read_at = self._closed(access.pid, access.path) if closed else None
+        read_at = self._closed(access.pid, path) if closed else None
         if access.mask & (FAN_OPEN | FAN_CLOSE_NOWRITE):
-            self.copies.flow.note_read(access.pid, self.derived_reads(access.path, at=read_at))
+            self.copies.flow.note_read(access.pid, self.derived_reads(path, at=read_at))
         if not closed and access.mask & FAN_OPEN:
-            self._open_for_reading(access.pid, access.path, 0)
+            self._open_for_reading(access.pid, path, 0)
+
+    def derived_inode(self, fd: int) -> tuple[str, tuple[str, ...]] | None:
+        """The derived file an open descriptor is, by its inode, as (path as indexed, no tags):
+        read under a name of its own since it was derived (`mv /tmp/x.enc ~/Downloads/`, a
+        hard link), its inode mark still reports the read. None when it is none."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            return None
+        path = self.index.derived_inodes.path_of(st.st_dev, st.st_ino)
+        return (path, ()) if path is not None and stat.S_ISREG(st.st_mode) else None
 
     def _open_for_reading(self, pid: int, path: str, size: int) -> None:
         held = self._reading.get(pid)
@@ -253,7 +268,7 @@ class AccessReporter:
         log.debug("derived %s (%d bytes, born %.3f) by pid %d: %s from %d sources, %d bytes read",
                   access.path, size, created or 0.0, access.pid, ident.identified_by, ident.files,
                   ident.bytes_read)
-        self.index.add_derived(access.path, ident)
+        self.index.add_derived(access.path, ident, fd=access.fd)
         if self.on_derived is not None:
             self.on_derived(access.path)
         # who opened it before its watch was in place (the next step of a script, while this
@@ -327,7 +342,7 @@ class ExactAccessSensor:
             on_exec=flow.note_exec,
             on_write=self._removable_write,
             on_failure=self.failed,
-            tagged_inode=self.inodes.source,
+            tagged_inode=lambda fd: self.inodes.source(fd) or reporter.derived_inode(fd),
         )
         self._reporter = reporter
         reporter.on_derived = self.fanotify.mark_file

@@ -12,6 +12,7 @@ The index also keeps per-tag totals, which is what the tag inventory reports.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import threading
@@ -20,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
+from agent.sensors.derivedinodes import DerivedInodes
 from agent.sensors.digests import full_digest, sample_digest
 from agent.sensors.formers import FormerVersions
 from agent.sensors.held import HeldFiles, own_read
@@ -72,6 +74,7 @@ class FingerprintIndex:
         # in the inventory.
         self._derived: dict[str, tuple[str, ...]] = {}
         self._provenance: dict[str, Provenance] = {}
+        self.derived_inodes = DerivedInodes()  # moved or linked since: known by the inode
         self.derived_dropped = 0  # derived files forgotten at the MAX_DERIVED bound
         self.on_derived: list[Callable[[str], None]] = []  # watch_derived
         # Paths we are hashing now: inotify cannot tell our own reads from a user's. Oldest
@@ -290,28 +293,37 @@ class FingerprintIndex:
             count += 1
         return count
 
-    def add_derived(self, path: str, provenance: Provenance) -> None:
+    def add_derived(self, path: str, provenance: Provenance, fd: int | None = None) -> None:
         """A file written from tagged data outside the tagged trees (an archive in /tmp, an
         export on a tmpfs): match copies of it like copies of tagged files, and keep where
-        its data came from. Not counted in the inventory."""
+        its data came from. Not counted in the inventory. `fd`: open on it (its writer's close):
+        indexed and sampled even when its name is gone by now (moved on, with the agent behind)."""
         try:
-            st = os.stat(path)
+            st = os.fstat(fd) if fd is not None else os.stat(path)
         except OSError:
             return
         with self._lock:
             self._delete(path)
             self._derived[path] = self._intern(tuple(provenance.tags))
             self._provenance[path] = provenance
+            self.derived_inodes.note(path, st)
             while len(self._derived) > MAX_DERIVED:  # bounded: forget the oldest derived file
                 oldest = next(iter(self._derived))
                 self._delete(oldest)
                 del self._derived[oldest]
                 self._provenance.pop(oldest, None)
+                self.derived_inodes.forget(oldest)
                 self.derived_dropped += 1
             self._insert(path, (st.st_size, st.st_mtime_ns, self._derived[path]))
             self._bump()
             for told in self.on_derived:  # under the lock
                 told(path)
+        # sampled now, while it is there to read: a copy made after it moved on still matches
+        with contextlib.suppress(OSError):
+            digest = sample_digest(fd, st.st_size) if fd is not None else self._sample_of(path, st.st_size)
+            with self._lock:
+                if digest is not None and self._files.get(path, (0, -1))[1] == st.st_mtime_ns:
+                    self._samples[path] = (st.st_mtime_ns, digest)
 
     def watch_derived(self, told: Callable[[str], None]) -> list[str]:
         """Call `told(path)` as a derived file is added; returns those there are now."""
@@ -376,6 +388,7 @@ class FingerprintIndex:
                 self._delete(path)
                 if self._derived.pop(path, None) is not None:
                     self._provenance.pop(path, None)
+                    self.derived_inodes.forget(path)
             else:
                 prefix = path.rstrip("/") + "/"
                 for sub in [p for p in self._files if p.startswith(prefix)]:
@@ -493,8 +506,13 @@ class FingerprintIndex:
                     dest_full = full_digest(fd, self.max_hash_bytes)
                     if dest_full is None:
                         return None
-                if self._full_of(path) == dest_full:
+                known = self._full_of(path)
+                if known == dest_full:
                     return path, dest_full
+                if known is None and path in self._derived:
+                    # moved on or deleted before it was hashed whole: its sample, taken as it was
+                    # derived, is the test (as for a file too large to hash whole)
+                    return path, ""
         if not former:
             return None
         dest_full = dest_full or full_digest(fd, self.max_hash_bytes)

@@ -176,6 +176,13 @@ THEFTS = (
          'mv "$WORK/si.csv" "$STICK/si.csv"', ("$STICK/si.csv",), True),
     Case("iconv-utf16", 'iconv -f utf-8 -t UTF-16 "$DB/customers.csv" > "$STICK/u16.csv"',
          ("$STICK/u16.csv",), True),
+    # staged, encrypted, then moved within its file system (the inode, not the name, goes on)
+    Case("staged-moved-then-cp", 'mkdir -p "$WORK/dl" && tar cz -C "$BASE" db | openssl enc -aes-256-cbc '
+         '-pbkdf2 -pass pass:x > "$WORK/m.enc" && mv "$WORK/m.enc" "$WORK/dl/notes.bin" && '
+         'cp "$WORK/dl/notes.bin" "$STICK/notes.bin"', ("$STICK/notes.bin",), True),
+    Case("staged-renamed-then-mv", 'tar cz -C "$BASE" db | openssl enc -aes-256-cbc -pbkdf2 -pass pass:x '
+         '> "$WORK/r.enc" && mv "$WORK/r.enc" "$WORK/r.jpg" && mv "$WORK/r.jpg" "$STICK/r.jpg"',
+         ("$STICK/r.jpg",), True),
     Case("iconv-utf16-tmp-then-cp", 'iconv -t UTF-16LE "$DB/orders.sql" > "$WORK/w.sql" && cp "$WORK/w.sql" '
          '"$STICK/w.sql"', ("$STICK/w.sql",), True),
 )

@@ -3,11 +3,13 @@ trees are found in it, at their offsets, and carry its provenance; other files a
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import time
 from pathlib import Path
 
+from agent.sensors.derivedinodes import follow
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import SourceRead
 from agent.sensors.provenance import LINEAGE_BYTES, Provenance
@@ -126,3 +128,60 @@ def test_a_derived_file_renamed_since_is_found_whole_under_its_new_name(tmp_path
     assert (found.path, found.offset, found.now) == (str(archive), 0, str(renamed))
     copy.write_bytes(renamed.read_bytes()[:-1] + b"\0")  # the same size, one byte apart
     assert _find(slices, copy) is None
+
+
+def test_a_derived_file_moved_to_another_directory_is_known_by_its_inode_and_followed(
+        tmp_path: Path) -> None:
+    """`mv /tmp/x.enc ~/Downloads/notes.bin` keeps the inode (and its mark), not the name: the
+    index finds the derived file by its inode and follows it to its new name, so a read of it
+    there carries its sources and a copy of it matches it whole."""
+    index, archive = _staged(tmp_path)
+    st = archive.stat()
+    assert index.derived_inodes.path_of(st.st_dev, st.st_ino) == str(archive)
+    moved = tmp_path / "downloads" / "notes.bin"
+    moved.parent.mkdir()
+    archive.rename(moved)
+    assert index.derived_inodes.path_of(st.st_dev, st.st_ino) == str(archive)  # as derived, until followed
+    assert follow(index, str(archive), str(moved))
+    assert index.derived_inodes.path_of(st.st_dev, st.st_ino) == str(moved)
+    assert not index.is_derived(str(archive)) and index.is_derived(str(moved))
+    followed = index.provenance(str(moved))
+    assert followed is not None and followed.files == 3
+    fd = os.open(moved, os.O_RDONLY)
+    try:
+        assert index.match(fd, st.st_size) == (str(moved), hashlib.sha256(moved.read_bytes()).hexdigest())
+    finally:
+        os.close(fd)
+    # a hard link: both names stay derived; a file that is not derived is not followed
+    link = tmp_path / "link.bin"
+    os.link(moved, link)
+    assert follow(index, str(moved), str(link))
+    assert index.is_derived(str(moved)) and index.is_derived(str(link))
+    assert not follow(index, str(tmp_path / "nothing"), str(link))
+    index.remove(str(link))
+    index.remove(str(moved))
+    assert index.derived_inodes.path_of(st.st_dev, st.st_ino) is None
+
+
+def test_a_copy_of_a_derived_file_gone_since_matches_its_sample_taken_as_it_was_derived(
+        tmp_path: Path) -> None:
+    """`mv /tmp/r.enc /tmp/r.jpg && mv /tmp/r.jpg stick/`: on a busy machine the agent heard of
+    the derived file after the second `mv` had read it and deleted it; the copy on the stick
+    matches the sample the index took as the file was derived (size and three blocks)."""
+    index, archive = _staged(tmp_path)
+    data = archive.read_bytes()
+    copy = tmp_path / "copy"
+    copy.write_bytes(data)
+    archive.unlink()
+
+    def match(path: Path) -> tuple[str, str] | None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return index.match(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+
+    assert match(copy) == (str(archive), "")  # sampled: nothing to hash it whole against
+    middle = len(data) // 2
+    copy.write_bytes(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1:])
+    assert match(copy) is None  # a byte of its sampled middle block differs
