@@ -183,6 +183,7 @@ class FingerprintIndex:
         full = self._full.get(path)
         self._drop_full(path)
         if path in self._derived:
+            self.derived_inodes.forget(path)
             return
         if full is not None:
             self.formers.add(path, entry[0], full[1], entry[2])
@@ -294,10 +295,9 @@ class FingerprintIndex:
         return count
 
     def add_derived(self, path: str, provenance: Provenance, fd: int | None = None) -> None:
-        """A file written from tagged data outside the tagged trees (an archive in /tmp, an
-        export on a tmpfs): match copies of it like copies of tagged files, and keep where
-        its data came from. Not counted in the inventory. `fd`: open on it (its writer's close):
-        indexed and sampled even when its name is gone by now (moved on, with the agent behind)."""
+        """A file written from tagged data outside the tagged trees (an archive in /tmp): matched
+        like tagged files, with where its data came from; not in the inventory. `fd` (its writer's
+        close): indexed and sampled even when its name is gone (moved on, the agent behind)."""
         try:
             st = os.fstat(fd) if fd is not None else os.stat(path)
         except OSError:
@@ -312,14 +312,12 @@ class FingerprintIndex:
                 self._delete(oldest)
                 del self._derived[oldest]
                 self._provenance.pop(oldest, None)
-                self.derived_inodes.forget(oldest)
                 self.derived_dropped += 1
             self._insert(path, (st.st_size, st.st_mtime_ns, self._derived[path]))
             self._bump()
             for told in self.on_derived:  # under the lock
                 told(path)
-        # sampled now, while it is there to read: a copy made after it moved on still matches
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # sampled while there: a copy made after it moved on matches
             digest = sample_digest(fd, st.st_size) if fd is not None else self._sample_of(path, st.st_size)
             with self._lock:
                 if digest is not None and self._files.get(path, (0, -1))[1] == st.st_mtime_ns:
@@ -388,7 +386,6 @@ class FingerprintIndex:
                 self._delete(path)
                 if self._derived.pop(path, None) is not None:
                     self._provenance.pop(path, None)
-                    self.derived_inodes.forget(path)
             else:
                 prefix = path.rstrip("/") + "/"
                 for sub in [p for p in self._files if p.startswith(prefix)]:
@@ -509,9 +506,7 @@ class FingerprintIndex:
                 known = self._full_of(path)
                 if known == dest_full:
                     return path, dest_full
-                if known is None and path in self._derived:
-                    # moved on or deleted before it was hashed whole: its sample, taken as it was
-                    # derived, is the test (as for a file too large to hash whole)
+                if known is None and path in self._derived:  # gone: the sample taken as derived
                     return path, ""
         if not former:
             return None
