@@ -35,8 +35,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -101,53 +102,44 @@ def parse_agent_message(raw: bytes) -> pb.AgentMessage | WireBatch | Malformed:
     return message
 
 
-_BATCH_TAG = 2 << 3 | 2  # AgentMessage.batch, length-delimited
-_EVENTS_TAG = 1 << 3 | 2  # EventBatch.events, length-delimited
+def _split_batch_class() -> Callable[[bytes], Any]:
+    """The parser of an AgentMessage whose batch's events are read as bytes (field numbers and wire
+    types from the .proto, so both parsings read the same fields the same way)."""
+    proto = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="exfilguard/wire_split.proto", package="exfilguard.wire")
+    file.syntax = "proto3"
+    batch = file.message_type.add(name="SplitBatch")
+    events = pb.EventBatch.DESCRIPTOR.fields_by_name["events"]
+    batch.field.add(name="events", number=events.number, type=proto.TYPE_BYTES, label=proto.LABEL_REPEATED)
+    message = file.message_type.add(name="SplitMessage")
+    field = pb.AgentMessage.DESCRIPTOR.fields_by_name["batch"]
+    message.field.add(name="batch", number=field.number, type=proto.TYPE_MESSAGE, label=proto.LABEL_OPTIONAL,
+                      type_name=f".{file.package}.{batch.name}")  # fmt: skip
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    split: Any = message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{file.package}.{message.name}"))
+    return cast(Callable[[bytes], Any], split.FromString)
+
+
+_split_batch = _split_batch_class()
 
 
 def event_bytes(raw: bytes, count: int) -> list[bytes] | None:
     """The bytes of each of a batch message's `count` events, cut from the message as received.
 
     The store keeps these rather than serialising each parsed event again (half a microsecond an
-    event, in the process every stream shares). Parsing them gives back the very events the
-    message parsed to, because the message is nothing but one batch of nothing but events, each
-    its own field in order; any other layout (a batch in two parts, which protobuf merges, or
-    any other field) gives None.
+    event, in the process every stream shares). The message is parsed a second time with each
+    event read as bytes (upb's C: 0.03 us an event, a loop over the bytes in Python took 0.26):
+    both parsings merge a batch sent in parts, and skip the same unknown fields, so these are
+    the bytes of the very events the message parsed to, unless a batch was cleared by another
+    body in between (hello or heartbeat after a batch, then a batch again), which leaves other
+    events than `count` (None: the store serialises the parsed events).
     """
     try:
-        if not raw or raw[0] != _BATCH_TAG:
-            return None
-        length, pos = _varint(raw, 1)
-        end = len(raw)
-        if pos + length != end:
-            return None
-        out: list[bytes] = []
-        add = out.append
-        while pos < end:
-            if raw[pos] != _EVENTS_TAG:
-                return None
-            length = raw[pos + 1]
-            if length < 0x80:  # most events are under 128 bytes or 16 KiB: one or two bytes
-                start = pos + 2
-            else:
-                length, start = _varint(raw, pos + 1)
-            pos = start + length
-            add(raw[start:pos])
-    except IndexError:
+        out: list[bytes] = _split_batch(raw).batch.events[:]
+    except DecodeError:
         return None
-    return out if pos == end and len(out) == count else None
-
-
-def _varint(raw: bytes, pos: int) -> tuple[int, int]:
-    """The varint at `pos` and the position after it (IndexError when it runs past the end)."""
-    value = shift = 0
-    while True:
-        byte = raw[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
+    return out if len(out) == count else None
 
 
 def _nul_field(message: Message, prefix: str) -> str | None:

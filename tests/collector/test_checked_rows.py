@@ -79,17 +79,26 @@ def test_the_rows_keep_each_events_bytes_as_sent_and_an_odd_layout_is_serialised
     assert isinstance(checked, CheckedBatch)
     assert [row[DATA_COLUMN] for row in checked.rows] == received.data
     assert [pb.Event.FromString(row[DATA_COLUMN]) for row in checked.rows] == events
-    # Sent in two parts, which protobuf merges into one batch: the parts are not cut out.
+    # Sent in two parts, which protobuf merges into one batch: both parsings merge them.
     merged = parse_agent_message(_batch(events[:20]) + _batch(events[20:]))
     assert isinstance(merged, WireBatch) and list(merged.message.batch.events) == events
-    assert merged.data is None
+    assert merged.data == received.data
     checked = checked_batch("agent-1", merged.message.batch.events, data=merged.data)
     assert isinstance(checked, CheckedBatch) and checked.rows == [event_row("agent-1", e) for e in events]
+    # A heartbeat between two parts clears the first (one body at a time): only the second's events
+    # are the message's, and the bytes of the first are not handed on as theirs.
+    beat = pb.AgentMessage(heartbeat=pb.Heartbeat(backlog=1)).SerializeToString()
+    cleared = parse_agent_message(_batch(events[:20]) + beat + _batch(events[20:]))
+    assert isinstance(cleared, WireBatch) and list(cleared.message.batch.events) == events[20:]
+    assert cleared.data is None
+    checked = checked_batch("agent-1", cleared.message.batch.events, data=cleared.data)
+    assert isinstance(checked, CheckedBatch)
+    assert checked.rows == [event_row("agent-1", e) for e in events[20:]]
     tiny = pb.Event(event=pb.EventInfo(id="x", action="a", sequence=1))  # under 128 bytes: one length byte
     pair = [tiny.SerializeToString(), events[1].SerializeToString()]
     assert event_bytes(_batch([tiny, events[1]]), 2) == pair
     assert event_bytes(raw, len(events) - 1) is None  # not the events the message parsed to
     assert event_bytes(raw[:-1], len(events)) is None  # cut short
-    assert event_bytes(raw + b"\x1a\x00", len(events)) is None  # another field after the batch
+    assert event_bytes(raw + b"\x12\x02\x0a\x00", len(events) + 1) == [*received.data, b""]  # an empty event
     hello = pb.AgentMessage(hello=pb.Hello(agent_id="a")).SerializeToString()
     assert isinstance(parse_agent_message(hello), pb.AgentMessage)
