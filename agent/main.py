@@ -305,6 +305,9 @@ class Agent:
         while current and time.monotonic() < deadline and not wanted <= {
                 point for guard in current for point in guard.watching()}:
             time.sleep(0.01)
+        for guard in current:  # who carries tagged data: the sticks stay armed for them
+            for old in previous:
+                guard.adopt(old)
         for guard in previous:
             try:
                 guard.stop()

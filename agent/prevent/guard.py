@@ -20,7 +20,6 @@ is replaced (`_restart`).
 """
 
 # Per-event hot paths use os calls, not a Path object per event.
-# ruff: noqa: PTH113, PTH119
 
 from __future__ import annotations
 
@@ -33,26 +32,25 @@ import threading
 import time
 from dataclasses import dataclass
 
+from agent.prevent.arming import Carriers, Marks
 from agent.prevent.decide import Decider, Verdict
 from agent.prevent.errors import PreventError
 from agent.prevent.link import Message, ResponderLink
-from agent.prevent.notify import tell_user
-from agent.prevent.permission import FAN_EVENT_ON_CHILD, FAN_OPEN, FAN_OPEN_PERM, PermissionGroup
+from agent.prevent.reports import Reports
 from agent.sensors import Emit, procinfo
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow
 from agent.sensors.media import RemovableMedia, RemovableMount
-from agent.sensors.staging import file_fields
 from agent.sensors.tags import TagMap
-from common.agentconfig import PreventException, PreventSettings
-from protos.events import fs_text, new_event
+from common.agentconfig import PreventSettings
+from protos.events import new_event
 
 log = logging.getLogger(__name__)
 
 GAP_REPORT_SECONDS = 5.0   # defaulted decisions are summed into one agent.gap at most this often
-TELL_USER_SECONDS = 10.0   # one notification per user per this long (tar refused 2,000 times)
 _IDLE_SECONDS = 0.5        # the decision thread looks whether tagged trees can be disarmed
 _ARMED_CHECK_SECONDS = 0.05  # ... that often while it decides tagged opens
+_CARRIERS_SECONDS = 0.1    # ... and whether every carrier is gone, while the sticks are armed
 _START_SECONDS = 60.0      # a responder starting takes at most this long (a machine under load)
 _RESTART_SECONDS = 1.0     # a responder that died is started again at most this often
 _ROOTS_SECONDS = 1.0       # the responder is told the tagged roots when they changed, this often
@@ -86,53 +84,48 @@ class ContentGuard:
         self._timeout = settings.decision_timeout_ms / 1000.0
         self._allow_on_fail = settings.fail == "open"
         self._removable_dev: dict[int, str] = {}
+        self._me = os.getpid()
         self.decider = Decider(settings, tags, index, flow, self._removable_dev)
         self.decider.device_serial = lambda path: m.device.serial if (m := media.mount_for(path)) else ""
-        self.decider.on_exception = self._excepted
-        self._excepted_pids: dict[int, str] = {}  # pid -> the exception reported for it (once each)
+        self.reports = Reports(media, emit)
+        self.decider.on_exception = self.reports.excepted
         self._index = index
         self._flow = flow
-        self._group: PermissionGroup | None = None
-        self._hearing: PermissionGroup | None = None  # tagged opens, notification class, not polled
+        # the groups' marks and when they move (arming.py): the hearing group (tagged opens,
+        # notification class) is not polled
+        self.marks = Marks(tags, self._removable_dev)
+        self.carriers = Carriers(self._me, flow, self._carries)
         self._link: ResponderLink | None = None
         self._linked = threading.Event()  # the first responder started (or could not be)
         self._roots: dict[str, tuple[str, ...]] = {}  # as the responder was last told
         self._synced = 0
         self._syncs = 0
         self._sync_cond = threading.Condition()
-        self._me = os.getpid()
         self._lock = threading.Lock()
-        self._marks_lock = threading.RLock()  # the groups are not replaced while marks are placed
         self._waiting: dict[int, _Waiting] = {}  # responder's seq -> the open waiting on it
         self._work: queue.Queue[_Waiting | None] = queue.Queue()
         self._stop_r, self._stop_w = os.pipe()
         self._threads: list[threading.Thread] = []
-        self._armed = False
+        self._disarming = False  # the sticks' marks are being taken off (arming.py)
+        self._arming_lock = threading.Lock()  # held while they are, and while carriers are handed over
         self._disarm_checked = 0.0
         self._swept = 0.0
-        self._marked: list[str] = []  # tagged directories (and files) marked
         self.overflows = 0
         self._defaulted = 0          # decisions answered by `fail`, not yet reported
         self._gap_at = 0.0
-        self._told: dict[int, float] = {}
         self.decided = 0
         self.fast = 0   # of those, answered without the decision thread (verdict, read, innocent reader)
         self.fast_tagged = 0  # of those, an innocent reader's tagged opens answered by the responder
         self.blocked = 0
         self.armings = 0  # times the tagged trees were armed
+        self.stick_armings = 0  # times the sticks were armed (a carrier while none was)
         self.latencies: list[float] = []   # seconds from read to answer, last 10,000 (bench)
 
     # ------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Open the permission group, run the threads, mark removable mounts as they come."""
-        self._group = PermissionGroup()
-        try:
-            self._hearing = PermissionGroup(hearing=True)
-        except Exception:
-            self._group.close()
-            self._group = None
-            raise
+        self.marks.open_groups()
         self.decider.remember = self._remember
         self.decider.on_writer = lambda pid, pgid: self._send(["writer", pid, pgid])  # before its answer
         if self._flow is not None:
@@ -141,13 +134,14 @@ class ContentGuard:
             threading.Thread(target=self._read_loop, name="exfilguard-prevent-read", daemon=True),
             threading.Thread(target=self._decide_loop, name="exfilguard-prevent-decide", daemon=True),
         ]
-        self._mark_tagged(armed=False)
+        self.marks.mark_tagged()
+        self.carriers.scan()  # those holding tagged data now; earlier readers are not known
         for thread in self._threads:
             thread.start()
         # the reader thread starts the responder: it dies with the thread that started it
         self._linked.wait(30)
         # and it runs: it reads the groups from now on (starting Python takes a while)
-        if self._link is None or not self._sync(self._armed, _START_SECONDS):
+        if self._link is None or not self._sync(self.marks.trees, _START_SECONDS):
             self.stop()
             raise PreventError("the content guard's responder process did not start", 0)
         self.media.subscribe(self._mount_changed)
@@ -163,15 +157,10 @@ class ContentGuard:
         self._threads = []
         with self._lock:
             self._waiting = {}
-            group, self._group = self._group, None
             responder, self._link = self._link, None
         if responder is not None:
             responder.close()  # it allows every open it still holds
-        if group is not None:
-            group.close()
-        if self._hearing is not None:
-            self._hearing.close()
-            self._hearing = None
+        self.marks.close_groups()
         for told, listeners in ((self._derived_changed, self._index.on_derived),
                                 (self._version_changed, self._flow.on_version if self._flow else [])):
             with contextlib.suppress(ValueError):
@@ -192,38 +181,35 @@ class ContentGuard:
             return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))] * 1000
 
         return (f"decisions={self.decided} fast={self.fast} blocked={self.blocked} p50_ms={pct(0.5):.3f} "
-                f"p99_ms={pct(0.99):.3f} overflows={self.overflows} armings={self.armings}")
+                f"p99_ms={pct(0.99):.3f} overflows={self.overflows} armings={self.armings} "
+                f"stick_armings={self.stick_armings}")
 
     def tagged_marked(self) -> list[str]:
         """Tagged directories (and files) whose opens the guard hears now."""
-        return list(self._marked)
+        return list(self.marks.marked)
 
     def watching(self) -> list[str]:
         """Mount points of the removable file systems guarded now."""
         return sorted(self._removable_dev.values())
 
     def _mount_changed(self, mount: RemovableMount, appeared: bool) -> None:
-        if self._group is None:
+        if self.marks.group is None:
             return
         if appeared:
-            with self._marks_lock:
-                group = self._group
-                inside = mount.mount.fs_type.startswith("fuse.")  # a GVfs share's directory
-                dev = -1 if group is None else group.place_on_medium(mount.point, inside=inside)
+            inside = mount.mount.fs_type.startswith("fuse.")  # a GVfs share's directory
+            # marked while the sticks are armed; else the tagged trees are (arming.py)
+            dev = self.marks.add_medium(mount.point, inside=inside)
             if dev >= 0:
-                self._removable_dev[dev] = mount.point
-                self._send(["devs", list(self._removable_dev)])
+                self._send(["devs", self._media()])
                 log.info("prevent: guarding writes to %s (%s)", mount.point,
                          mount.device.serial or mount.device.name)
             return
-        gone = [known for known, point in self._removable_dev.items() if point == mount.point]
-        for known in gone:
-            del self._removable_dev[known]
-        self._send(["devs", list(self._removable_dev)])
-        with contextlib.suppress(Exception), self._marks_lock:
-            for known in gone:
-                if self._group is not None:
-                    self._group.place_on_medium(mount.point, inside=True, dev=known, remove=True)
+        if self.marks.remove_medium(mount.point):
+            self._send(["devs", self._media()])
+
+    def _media(self) -> list[list[int | str]]:
+        """[device number, mount point] of each removable file system (the responder marks them)."""
+        return [[dev, point] for dev, point in list(self._removable_dev.items())]
 
     # ---------------------------------------------------------------- reader
 
@@ -260,13 +246,13 @@ class ContentGuard:
             responder = self._restart(responder)
 
     def _start_responder(self) -> ResponderLink | None:
-        group, hearing = self._group, self._hearing
-        if group is None or hearing is None:
+        group, hearing, openers = self.marks.group, self.marks.hearing, self.marks.openers
+        if group is None or hearing is None or openers is None:
             return None
         try:
-            responder = ResponderLink({"group": group.fd, "hearing": hearing.fd, "agent": self._me,
-                                       "timeout": self._timeout, "allow_on_fail": self._allow_on_fail},
-                                      (group.fd, hearing.fd))
+            fds = {"group": group.fd, "hearing": hearing.fd, "openers": openers.fd}
+            responder = ResponderLink({**fds, "agent": self._me, "timeout": self._timeout,
+                                       "allow_on_fail": self._allow_on_fail}, tuple(fds.values()))
         except Exception:
             log.exception("prevent: the responder process could not be started")
             return None
@@ -280,6 +266,8 @@ class ContentGuard:
             self._index.on_derived.remove(self._derived_changed)
         derived: list[str] = []
         for path in [*self._index.watch_derived(self._derived_changed), ""]:
+            if path:
+                self.marks.mark_derived(path)  # asked always: its opener carries tagged data
             if derived and (not path or sum(map(len, derived)) > _DERIVED_BYTES):
                 self._send(["derived", derived])
                 derived = []
@@ -288,7 +276,7 @@ class ContentGuard:
         with self._sync_cond:
             self._syncs += 1
             count = self._syncs
-        self._send(["devs", list(self._removable_dev)], ["sync", count, self._armed])
+        self._send(["devs", self._media()], ["sticks", self.marks.sticks], ["sync", count, self.marks.trees])
         return responder
 
     def _restart(self, lost: ResponderLink | None) -> ResponderLink | None:
@@ -302,27 +290,22 @@ class ContentGuard:
         with self._lock:
             waiting, self._waiting = self._waiting, {}
             self._link = None
-        with self._marks_lock:
-            old, self._group, self._hearing = (self._group, self._hearing), None, None
+        with self.marks.lock:
             for item in waiting.values():  # the kernel matches an answer by the fd's number
-                if old[0] is not None:
-                    old[0].respond(item.fd, self._allow_on_fail)
+                if self.marks.group is not None:
+                    self.marks.group.respond(item.fd, self._allow_on_fail)
             with self._lock:
                 self._defaulted += len(waiting)
-            for group in old:
-                if group is not None:
-                    group.close()
+            self.marks.close_groups()
             try:
-                self._group, self._hearing = PermissionGroup(), PermissionGroup(hearing=True)
-                for known, point in self._removable_dev.items():
-                    self._group.place_on_medium(point, inside=True, dev=known)
-                self._mark_tagged(armed=self._armed)
+                self.marks.open_groups()
+                self.marks.remark_media()  # armed again: what the lost responder heard is not known
+                self.marks.derived.clear()  # told again as the responder starts
+                self.marks.derived_asked = False
+                self.marks.mark_tagged()
             except Exception:
                 log.exception("prevent: the permission groups could not be made anew")
-                for group in (self._group, self._hearing):
-                    if group is not None:
-                        group.close()
-                self._group = self._hearing = None
+                self.marks.close_groups()
                 return None
         return self._start_responder()
 
@@ -343,7 +326,12 @@ class ContentGuard:
         self._send(["clean", pid, ppid, pgid, chain, version])
 
     def _derived_changed(self, path: str) -> None:
+        self.marks.mark_derived(path)
         self._send(["derived", [path]])
+
+    def _carries(self, paths: list[str]) -> bool:
+        """Whether any of these open files is tagged or derived (a carrier holding data open)."""
+        return any(self.tags.tags_for(path) or self._index.is_derived(path) for path in paths)
 
     def _version_changed(self, version: int) -> None:
         responder = self._link
@@ -355,6 +343,7 @@ class ContentGuard:
         if kind == "heard":
             _, pid, pgid, path, when = message
             self.decider.note_heard(pid, path, pgid, when)
+            self.carriers.note(pid, pgid, when)
         elif kind == "ask":
             self._asked(*message[1:])
         elif kind == "fast":  # answered from verdicts: their latencies, and the writers
@@ -365,6 +354,21 @@ class ContentGuard:
             self.latencies.extend(latencies)
             for pid, pgid, path in writers:
                 self.decider.note_writer(pid, pgid, path)
+        elif kind == "armed":  # the responder marked the sticks: a carrier while they were not
+            with self.marks.lock:
+                self.marks.sticks = True
+                # and nothing writes to removable media (it answers no write from verdicts): the
+                # tagged trees are heard only from now on, as after a disarming (an innocent
+                # reader's every open waited for an answer until the decision thread did it)
+                quiet = bool(message[1]) and not self.decider.writers_left()
+                if quiet:
+                    self.marks.disarm_trees()
+            if message[1] and not quiet:
+                self._send(["sync", 0, True])  # a writer here: it answers from verdicts again
+            self.stick_armings += 1
+        elif kind == "disarmed":  # the responder took the sticks' marks off (_maybe_unarm)
+            with self.marks.lock:
+                self.marks.sticks = False
         elif kind == "defaulted":
             with self._lock:
                 self._defaulted += message[1]
@@ -379,7 +383,9 @@ class ContentGuard:
         """An open the responder hands over: a tagged file's by an innocent reader while armed
         is answered here, the rest goes to the decision thread."""
         removable = dev in self._removable_dev
-        if not removable and self._armed and self._known(pid, path):
+        if (not removable and self.marks.trees and self.marks.sticks and not self._disarming
+                and self._known(pid, path)):
+            self.carriers.note(pid)  # before the disarming's second look (it syncs first)
             self._send(["answer", seq, True])
             self.fast += 1
             self._count(read_at)
@@ -396,14 +402,17 @@ class ContentGuard:
             log.exception("prevent: the tagged open of %d could not be checked", pid)
             return False
 
-    def _sync(self, armed: bool, wait: float = 0.0) -> bool:
+    def _sync(self, armed: bool, wait: float = 0.0, *, disarm: bool = False, arm: bool = False) -> bool:
         """Tell the responder whether it may answer from verdicts, and wait until it has read the
-        tagged opens queued so far and its messages before are handled (False: it did not say)."""
+        tagged opens queued so far and its messages before are handled (False: it did not say).
+        `disarm`: it also takes the sticks' marks off, unless a tagged open came since the last
+        sync (it says "disarmed" first when it did); `arm`: it marks them (and says "armed")."""
         with self._sync_cond:
             self._syncs += 1
             count = self._syncs
         responder = self._link
-        if responder is None or not responder.send(["sync", count, armed]):
+        kind = "disarm" if disarm else "arm" if arm else "sync"
+        if responder is None or not responder.send([kind, count, armed]):
             return False
         with self._sync_cond:
             return self._sync_cond.wait_for(lambda: self._synced >= count,
@@ -432,20 +441,24 @@ class ContentGuard:
     def _decide_loop(self) -> None:
         while True:
             item: _Waiting | None
+            # armed, it wakes often even when the reader answers everything (a copy from the
+            # cache, an innocent reader's tagged opens): the writers' end is seen within 50 ms,
+            # the carriers' within 100 ms
+            every = (_ARMED_CHECK_SECONDS if self.marks.trees and self.marks.sticks
+                     else _CARRIERS_SECONDS if self.marks.sticks else _IDLE_SECONDS)
             try:
-                # armed, it wakes often even when the reader answers everything (a copy from the
-                # cache, an innocent reader's tagged opens): the writers' end is seen within 50 ms
-                item = self._work.get(timeout=_ARMED_CHECK_SECONDS if self._armed else _IDLE_SECONDS)
+                item = self._work.get(timeout=every if self._disarm_checked else 0.001)
                 idle = False
             except queue.Empty:
                 item, idle = None, True
             # while armed, every tagged open waits for an answer: look often whether the writers
             # are gone (an innocent reader right after a copy would otherwise pay for 0.5 s)
             now = time.monotonic()
-            if now - self._disarm_checked >= (_ARMED_CHECK_SECONDS if self._armed else _IDLE_SECONDS):
+            if now - self._disarm_checked >= every:
                 self._disarm_checked = now
                 try:
                     self._maybe_disarm()  # also while busy: an innocent reader keeps it busy
+                    self._maybe_unarm()
                 except Exception:
                     log.exception("prevent: disarming failed")
             if idle:
@@ -469,7 +482,7 @@ class ContentGuard:
             verdict = self.decider.removable_open(item.pid, item.path)
             # an allowed write arms (a read from the stick does not: a file manager, an indexer
             # or another program hashing the stick would keep every tagged read waiting)
-            if verdict is None and not self._armed and self.decider.is_writer(item.pid):
+            if verdict is None and not self.marks.trees and self.decider.is_writer(item.pid):
                 self._arm()  # before the open goes on: its next tagged open must be seen
                 # tagged opens made while the marks went in were heard, not asked: the responder
                 # hears them all and they are noted before it says so (it answers from verdicts
@@ -477,10 +490,11 @@ class ContentGuard:
                 self._sync(True)
                 verdict = self.decider.recheck(item.pid)
         else:
-            verdict = self.decider.tagged_open(item.pid, item.path)
+            verdict = self._tagged(item)
         info = procinfo.read_proc(item.pid) if verdict is not None else None  # before it exits
         if self._answer(item, verdict is None) and verdict is not None:
-            self._report(item, verdict, info)
+            self.blocked += 1
+            self.reports.blocked(item.path, item.size, item.removable, item.pid, verdict, info)
 
     def _answer(self, item: _Waiting, allow: bool) -> bool:
         with self._lock:
@@ -499,98 +513,73 @@ class ContentGuard:
         if len(self.latencies) > 10_000:
             del self.latencies[:5_000]
 
-    def _report(self, item: _Waiting, verdict: Verdict, info: procinfo.ProcessInfo | None) -> None:
-        self.blocked += 1
-        event = new_event("file.block", tags=list(verdict.tags), file=file_fields(item.path, item.size))
-        mount = self.media.mount_for(item.path) if item.removable else None
-        if mount is None and not item.removable:
-            # the tagged file was refused: name the stick its process writes to
-            mount = next(iter(self.media.mounts()), None) if len(self.media.mounts()) == 1 else None
-        if mount is not None:
-            event.device.CopyFrom(mount.device)
-        event.exfilguard.source.path = fs_text(verdict.source)
-        event.exfilguard.source.tags.extend(verdict.tags)
-        what = f"{'write to removable media' if item.removable else 'tagged file read'} {fs_text(item.path)}"
-        event.event.reason = f"blocked {what}: {verdict.why} (prevent.removable_writes: block)"
-        procinfo.describe(event, info, procinfo.EXACT, item.pid)
-        self._emit(event)
-        uid = info.uid if info is not None else -1
-        now = time.monotonic()
-        if now - self._told.get(uid, -TELL_USER_SECONDS) >= TELL_USER_SECONDS:
-            self._told[uid] = now
-            tell_user(uid, "ExfilGuard blocked a copy to removable media",
-                      f"{os.path.basename(verdict.source)}: {event.event.reason}")
-        else:
-            log.info("prevent: %s", event.event.reason)
-
-    def _excepted(self, pid: int, path: str, grant: PreventException, verdict: Verdict) -> None:
-        """A grant let an open go that would have been refused: `file.allow`, once per process,
-        naming the grant, who granted it and why (the trail shows it used)."""
-        key = f"{grant.id}|{grant.user}|{grant.device}|{grant.until.isoformat()}"
-        if self._excepted_pids.get(pid) == key:
-            return
-        self._excepted_pids[pid] = key
-        while len(self._excepted_pids) > 4096:
-            del self._excepted_pids[next(iter(self._excepted_pids))]
-        event = new_event("file.allow", tags=list(verdict.tags), file=file_fields(path, 0))
-        if (mount := self.media.mount_for(path)) is not None:
-            event.device.CopyFrom(mount.device)
-        event.exfilguard.source.path = fs_text(verdict.source)
-        event.exfilguard.source.tags.extend(verdict.tags)
-        event.event.reason = (f"allowed by grant {grant.id} (granted by {grant.granted_by}: "
-                              f"{grant.note or 'no note'}) for {grant.user}"
-                              f"{' on device ' + grant.device if grant.device else ''} until "
-                              f"{grant.until.isoformat()}; without it: {verdict.why}")
-        procinfo.describe(event, procinfo.read_proc(pid), procinfo.EXACT, pid)
-        self._emit(event)
-
     # ----------------------------------------------------------------- arming
-
-    def _mark_tagged(self, *, armed: bool) -> None:
-        """Mark every directory (and tagged file) of the tagged trees, as they are now: heard
-        always, asked too when armed."""
-        marked = []
-        for root in self.tags.top_roots():
-            if os.path.isfile(root):
-                if self._place_tagged(root, 0, armed=armed):
-                    marked.append(root)
-                continue
-            for dirpath, _dirs, _files in os.walk(root):
-                if self._place_tagged(dirpath, FAN_EVENT_ON_CHILD, armed=armed):
-                    marked.append(dirpath)
-        self._marked = marked
-
-    def _place_tagged(self, path: str, child: int, *, armed: bool) -> bool:
-        group, hearing = self._group, self._hearing
-        if group is None or hearing is None or not hearing.place(path, FAN_OPEN | child):
-            return False
-        return not armed or group.place(path, FAN_OPEN_PERM | child)
 
     def mark_dir(self, path: str) -> None:
         """A directory appeared in a tagged tree (the file sensor saw it): hear its opens too."""
-        with contextlib.suppress(Exception), self._marks_lock:
-            if self._place_tagged(path, FAN_EVENT_ON_CHILD, armed=self._armed):
-                self._marked.append(path)
+        self.marks.mark_dir(path)
 
     def _arm(self) -> None:
-        with self._marks_lock:
-            self._mark_tagged(armed=True)
-        self._armed = True
+        self.marks.arm_trees()
         self.armings += 1
-        log.debug("prevent: armed %d tagged directories", len(self._marked))
+        log.debug("prevent: armed %d tagged directories", len(self.marks.marked))
 
     def _maybe_disarm(self) -> None:
-        if not self._armed or self._group is None or self.decider.writers_left():
+        # the tagged trees stay asked while the sticks are not (arming.py)
+        if (not self.marks.trees or not self.marks.sticks or self.marks.group is None
+                or self.decider.writers_left()):
             return
         # the responder answers no write from a verdict from now on, and every one it did is
         # noted (its message comes before its answer to this): a writer since keeps the trees armed
         if not self._sync(False) or self.decider.writers_left():
             self._send(["sync", 0, True])
             return
-        with self._marks_lock:
-            for path in self._marked:
-                with contextlib.suppress(Exception):
-                    if self._group is not None:
-                        self._group.place(path, FAN_OPEN_PERM, remove=True)
-        self._armed = False
+        self.marks.disarm_trees()
         log.debug("prevent: disarmed tagged trees (nothing open for writing on removable media)")
+
+    def _tagged(self, item: _Waiting) -> Verdict | None:
+        """A tagged or derived file's open (the responder armed the sticks before it asked, and told
+        the writers it found): decided as any, and its process, allowed, is a carrier."""
+        verdict = self.decider.tagged_open(item.pid, item.path)
+        if verdict is None:
+            self.carriers.note(item.pid)
+        return verdict
+
+    def adopt(self, previous: ContentGuard) -> None:
+        """A rebuild of the sensors: the previous guard's carriers are this one's too, and the sticks
+        are armed for them (if this one disarmed them meanwhile) before the previous guard stops."""
+        with self._arming_lock:
+            self.carriers.adopt(previous.carriers)
+            if not self.marks.sticks and self.carriers.alive():
+                self._sync(self.marks.trees, arm=True)
+
+    def _maybe_unarm(self) -> None:
+        """No carrier lives: ask the tagged trees, let the responder hand over what it heard or
+        answered meanwhile, and take the sticks' marks off only if still none lives."""
+        if self.marks.sticks and self.marks.derived_asked:
+            with self._arming_lock:
+                self.marks.ask_derived(False)  # asked only while the sticks are not (arming.py)
+        if not self.marks.sticks or self.marks.group is None or self.carriers.alive():
+            return
+        with self._arming_lock:
+            self._unarm()
+
+    def _unarm(self) -> None:
+        self._disarming = True  # the reader thread answers no tagged open itself from now on
+        try:
+            if not self.marks.trees:
+                self.marks.arm_trees()
+            self.marks.ask_derived(True)
+            # the responder hands every tagged open to the agent from now on; what it heard or
+            # answered before is noted before its reply
+            if not self._sync(False) or self.carriers.alive():
+                self._send(["sync", 0, True])
+                return
+            # it takes the marks off unless it heard or was asked of a tagged open since (that
+            # process is a carrier): it is the one that marks them again, at the next such open
+            if not self._sync(False, disarm=True) or self.marks.sticks:
+                self._send(["sync", 0, True])
+                return
+        finally:
+            self._disarming = False
+        log.debug("prevent: disarmed the sticks (no process carries tagged data)")

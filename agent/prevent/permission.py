@@ -42,6 +42,7 @@ from agent.sensors.fanotify import (
 )
 
 FAN_CLASS_CONTENT = 0x04
+FAN_REPORT_FID = 0x200  # events name files by handle, hold no file (nor its mount) open
 FAN_OPEN_PERM = 0x10000
 FAN_ALLOW = 0x01
 FAN_DENY = 0x02
@@ -65,12 +66,17 @@ class PermissionGroup(Fanotify):
     the notification group's are (`read`, `close`: the kernel allows what still waits).
 
     `hearing=True` makes a group of the notification class instead, with the same marking and
-    reading: the guard hears tagged opens through one of its own that nothing polls (guard.py)."""
+    reading: the guard hears tagged opens through one of its own that nothing polls (guard.py).
+    `fid=True` (with `hearing`): its events carry no descriptor, only who opened (`pids`): the
+    guard hears who opens files on removable media so, and a queued event does not keep the
+    stick's mount busy (an fd-mode event holds its file, and an unmount fails meanwhile)."""
 
-    def __init__(self, *, hearing: bool = False) -> None:  # not Fanotify's: its errors say less
+    # not Fanotify's __init__: its errors say less
+    def __init__(self, *, hearing: bool = False, fid: bool = False) -> None:
         self._libc = _libc()
         flags = (FAN_CLASS_NOTIF if hearing else FAN_CLASS_CONTENT) | (
-            FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS)
+            FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE | FAN_UNLIMITED_MARKS) | (
+            FAN_REPORT_FID if fid else 0)
         fd = self._libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         if fd < 0:
             what = "FAN_CLASS_NOTIF" if hearing else "FAN_CLASS_CONTENT"
@@ -98,8 +104,8 @@ class PermissionGroup(Fanotify):
         return True
 
     def place_on_medium(self, point: str, *, inside: bool = False, dev: int = -1,
-                        remove: bool = False) -> int:
-        """Add (or remove) FAN_OPEN_PERM on the whole removable file system mounted at `point`;
+                        remove: bool = False, mask: int = FAN_OPEN_PERM) -> int:
+        """Add (or remove) `mask` on the whole removable file system mounted at `point`;
         its device number, or -1 when nothing was marked (gone, or not that file system).
 
         The mark goes on the directory opened here, never on a path looked up again, and only
@@ -107,7 +113,8 @@ class PermissionGroup(Fanotify):
         a GVfs share's inside its FUSE mount): a stick unmounted before its mount was handled
         leaves the directory under it on a system file system, and a permission mark placed
         there would make every open on that file system wait for the agent. With `dev`, only
-        that file system (an unmounted stick's mark went with it; the path names another)."""
+        that file system (an unmounted stick's mark went with it; the path names another). With
+        `mask` 0, nothing is marked: the device number of the file system that would be."""
         try:
             held = os.open(point, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
@@ -116,8 +123,10 @@ class PermissionGroup(Fanotify):
             here = os.fstat(held).st_dev
             if (dev >= 0 and here != dev) or (not inside and os.stat("..", dir_fd=held).st_dev == here):
                 return -1
+            if not mask:
+                return here
             flags = (FAN_MARK_REMOVE if remove else FAN_MARK_ADD) | FAN_MARK_FILESYSTEM
-            if self._libc.fanotify_mark(self.fd, flags, FAN_OPEN_PERM, held, None) < 0:
+            if self._libc.fanotify_mark(self.fd, flags, mask, held, None) < 0:
                 raise PreventError(f"fanotify_mark({point})", ctypes.get_errno())
             return here
         finally:
@@ -128,6 +137,11 @@ class PermissionGroup(Fanotify):
         answers or closes each fd. Empty when none."""
         buf = syscalls.read(self.fd, _READ_SIZE)
         return events(buf) if buf else []
+
+    def pids(self) -> list[int]:
+        """The pids of the pending events of a `fid` group; empty when none."""
+        buf = syscalls.read(self.fd, _READ_SIZE)
+        return [pid for mask, _fd, pid in events(buf) if not mask & FAN_Q_OVERFLOW] if buf else []
 
     def answer(self, fd: int, allow: bool) -> None:
         """Let the waiting open go on (allow) or fail it with EPERM, and close the event's fd."""

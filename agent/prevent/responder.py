@@ -45,7 +45,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from agent.prevent import link, procs, syscalls, verdicts
+from agent.prevent import arming, link, procs, syscalls, verdicts
 from agent.prevent.decide import MAX_WRITERS, Decider, Verdict
 from agent.prevent.permission import FAN_OPEN_PERM, FAN_Q_OVERFLOW, PermissionGroup
 from agent.sensors.fingerprints import MAX_DERIVED
@@ -58,6 +58,7 @@ log = logging.getLogger("agent.prevent.responder")
 
 _PR_SET_PDEATHSIG = 1
 MAX_BACKLOG = 4096  # packets kept for an agent that reads none (stopped): the oldest go
+MAX_STICK_OPENERS = 4096  # processes heard opening files on removable media (the oldest go)
 # a cached write is told to the agent (which keeps its writers) at most this often per process:
 # the agent counts a writer allowed within 2 s as writing even before its descriptor shows
 WRITER_NOTE_SECONDS = 0.5
@@ -117,6 +118,7 @@ class Responder:
     def __init__(self, config: dict[str, Any]) -> None:
         self.group = PermissionGroup.adopt(config["group"])
         self.hearing = PermissionGroup.adopt(config["hearing"])
+        self.openers = PermissionGroup.adopt(config["openers"])  # who opens files on removable media
         self.link = socket.socket(fileno=config["link"])
         self.link.setblocking(False)
         self.page = mmap.mmap(config["page"], link.VERSION.size, prot=mmap.PROT_READ)
@@ -134,8 +136,15 @@ class Responder:
         self.removable: dict[int, tuple[int, int]] = {}
         self.fast_tagged = 0  # tagged opens answered here, not yet told
         self.tagged_devs: set[int] = set()  # st_dev of the tagged roots
-        self.devs: set[int] = set()
+        self.devs: dict[int, str] = {}  # st_dev -> mount point of each removable file system
         self.armed = False
+        # whether the removable mounts carry the permission mark, as the agent last said: while
+        # they do not, a tagged or derived open marks them before it is answered (arming.py)
+        self.sticks = True
+        self.tagged_since = False  # a tagged or derived open heard or asked since the last sync
+        # pid -> None of the processes heard opening a file on removable media, whether asked or
+        # not: at an arming, those holding one open for writing are the writers (arming.py)
+        self.stick_openers: dict[int, None] = {}
         self.waiting: dict[int, tuple[int, float]] = {}  # seq -> (event fd, read at)
         # seq -> (pid, pgid) of a tagged file's open handed to the agent and not answered yet
         self.tagged: dict[int, tuple[int, int]] = {}
@@ -199,9 +208,18 @@ class Responder:
             elif kind == "clean":
                 _, pid, ppid, pgid, chain, version = message
                 self.decider.verdicts.remember(pid, ppid, pgid, list(chain), version)
-            elif kind == "sync":
+            elif kind in ("sync", "disarm", "arm"):
                 self.armed = bool(message[2])
                 self._hear()  # tagged opens made while the agent armed: before it decides again
+                if kind == "disarm" and not self.tagged_since and self.sticks:
+                    arming.mark_sticks(self.group, self.devs, remove=True)
+                    self.sticks = False
+                    self.out.append(["disarmed"])
+                elif kind == "arm" and not self.sticks:
+                    arming.mark_sticks(self.group, self.devs)
+                    self.sticks = True
+                    self.out.append(["armed", False])
+                self.tagged_since = False
                 self.told.clear()  # every writer since: told before the agent looks for writers
                 self._flush(force=True)
                 self.out.append(["synced", message[1]])
@@ -213,7 +231,11 @@ class Responder:
             elif kind == "derived":
                 self.derived.add(message[1])
             elif kind == "devs":
-                self.devs = set(message[1])
+                known, self.devs = self.devs, {int(dev): str(point) for dev, point in message[1]}
+                if self.sticks:  # a stick mounted while the agent looked, armed meanwhile here
+                    arming.mark_sticks(self.group, {d: p for d, p in self.devs.items() if d not in known})
+            elif kind == "sticks":
+                self.sticks = bool(message[1])
             elif kind == "roots":
                 self.decider.tags = TagMap({root: list(tags) for root, tags in message[1].items()})
                 self.tagged_devs = set()
@@ -262,6 +284,12 @@ class Responder:
     def _hear(self) -> None:
         """Note the latest tagged open of each process queued in the hearing group, here and
         (in order, before any later open is asked) in the agent."""
+        while True:
+            pids = self.openers.pids()
+            if not pids:
+                break
+            for pid in pids:
+                self._opened_stick(pid)
         heard: dict[int, int] = {}
         while True:
             batch = self.hearing.read()
@@ -272,6 +300,12 @@ class Responder:
                     if mask & FAN_Q_OVERFLOW:
                         self.out.append(["overflow"])
                     continue
+                st = syscalls.device_and_size(fd)
+                if st is not None and st[0] in self.devs:  # a stick heard here (no file handles)
+                    syscalls.close(fd)
+                    self._opened_stick(pid)
+                    continue
+                self.tagged_since = True
                 earlier = heard.pop(pid, -1)
                 if earlier >= 0:
                     syscalls.close(earlier)
@@ -289,6 +323,12 @@ class Responder:
             self.decider.note_heard(pid, path, pgid, when)
             self.out.append(["heard", pid, pgid, path, when])
 
+    def _opened_stick(self, pid: int) -> None:
+        self.stick_openers.pop(pid, None)
+        self.stick_openers[pid] = None
+        while len(self.stick_openers) > MAX_STICK_OPENERS:
+            del self.stick_openers[next(iter(self.stick_openers))]
+
     def _asked(self, fd: int, pid: int, now: float, stalled: bool) -> None:
         if pid == self.agent:
             self.group.answer(fd, True)  # the agent hashing a copy: never wait on it
@@ -304,9 +344,14 @@ class Responder:
         if path is None or st is None:
             self.group.answer(fd, True)
             return
+        if not removable:
+            self.tagged_since = True
+            if not self.sticks and self._arm(fd, pid, path, now):
+                return
         # only an open of a file known to be tagged: a stick whose mark went in before its device
         # was told here (`devs`) is not taken for a tagged tree
-        if not removable and self.armed and st[0] in self.tagged_devs and self.decider.tags.tags_of(path):
+        # (while the sticks are armed: every write is asked, so every writer known here)
+        if not removable and self.sticks and st[0] in self.tagged_devs and self.decider.tags.tags_of(path):
             pgid = self._innocent(pid)
             if pgid is not None:  # a tagged file's reader that writes nothing to removable media
                 when = time.time()
@@ -340,6 +385,46 @@ class Responder:
         else:
             self.tagged[self.seq] = (pid, self.decider.verdicts.group_of(pid))
         self.out.append(["ask", self.seq, fd, pid, path, st[0], st[1], now])
+
+    def _arm(self, fd: int, pid: int, path: str, now: float) -> bool:
+        """A tagged or derived file's open while the sticks are unarmed: mark every removable
+        mount before it is answered, then look whether the opener or a process of its group holds
+        a file there open for writing (opened while nothing asked; the agent is told them). None
+        does: it is answered here, as an innocent reader's while armed (True). Else the agent
+        decides (False)."""
+        arming.mark_sticks(self.group, self.devs)
+        self.sticks = True
+        # who opened a file there before the marks went in (the opener's own descriptors too:
+        # one opened before this process heard that stick)
+        self._hear()
+        try:
+            found = arming.removable_writers([*self.stick_openers, pid], self.devs)
+        except Exception:  # the open must still be answered: by the agent, which looks again
+            log.exception("prevent responder: the writers of %d could not be read", pid)
+            found = [[pid, 0, "?"]]  # taken for a writer: the agent decides
+        for writer, group, _path in found:
+            self._writer(int(writer), int(group))
+        if found:
+            self.out.append(["fast", [], found, 0])  # the agent notes them before the question
+        # nothing writes to removable media: no answer from verdicts (every write goes to the
+        # agent, which arms the tagged trees for it), and the agent hears the trees only
+        quiet = not self.writers_seen and not self.removable
+        self.armed = not quiet
+        self.out.append(["armed", quiet])
+        if found:
+            return False
+        if not (self.decider.tags.tags_of(path) or self.derived.is_derived(path)):
+            return False  # not known here as tagged (a stick told late): the agent decides
+        pgid = self._innocent(pid)
+        if pgid is None:
+            return False
+        when = time.time()
+        self.decider.note_heard(pid, path, pgid, when)
+        self.group.answer(fd, True)
+        self.fast.append(time.monotonic() - now)
+        self.fast_tagged += 1
+        self.out.append(["heard", pid, pgid, path, when])
+        return True
 
     def _reads(self, pid: int, path: str) -> bool:
         """Whether the open asks only to read (procs.opens_for_writing: False); when that cannot be
@@ -423,14 +508,16 @@ class Responder:
         self.writers_seen[pid] = pgid
 
     def _sweep_writers(self) -> None:
-        """Forget writers that are gone (the agent forgets them too: they hold nothing open)."""
-        for pid in list(self.writers_seen):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                del self.writers_seen[pid]
-            except OSError:
-                continue
+        """Forget writers and openers of files on removable media that are gone (the agent forgets
+        its writers too: they hold nothing open)."""
+        for table in (self.writers_seen, self.stick_openers):
+            for pid in list(table):
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    del table[pid]
+                except OSError:
+                    continue
 
     def _known(self, pid: int, path: str) -> str:
         try:

@@ -232,6 +232,16 @@ class DataFlow:
         """Whether any process carries tagged data (else no write needs a look)."""
         return self._carriers > 0
 
+    def carriers(self, since: float) -> list[tuple[int, float]]:
+        """(pid, start time) of the recorded processes whose latest tagged read was at or after
+        `since` (wall clock), live or not: the content guard keeps removable media marked while
+        one lives (agent/prevent/arming.py). Free while no process carries anything."""
+        if not self._carriers:
+            return []
+        with self._lock:
+            return [(pid, proc.born) for pid, proc in self._procs.items()
+                    if proc.sources and next(reversed(proc.sources.values())).at >= since]
+
     def _record(self, pid: int, *, ppid: int = 0, force: bool = False, execed: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
@@ -537,6 +547,16 @@ def stat_fields(stat: bytes) -> tuple[int, bool, int]:
     # found it alive without a descriptor (a zombie a moment later): its pipe to tar was lost
     exiting = fields[0] in (b"Z", b"X") or bool(int(fields[6]) & _PF_EXITING)
     return int(fields[1]), exiting, int(fields[19])
+
+
+def is_alive(pid: int, born: float) -> bool:
+    """Whether process `pid` started at wall time `born` (0: unknown, any) still lives."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            started = stat_fields(fh.read())[2]
+    except (OSError, ValueError, IndexError):
+        return False
+    return not born or abs(_boot_time() + started / _TICKS - born) <= 0.05
 
 
 def _fifo_key(pid: int, fd: str, target: str) -> int:

@@ -26,6 +26,7 @@ from common.grants import signed_bytes
 from lab.loopstick import LoopStick
 from tests.e2e.harness import wait_for
 from tests.helpers import run_cli
+from tests.prevent.carrier import carrying
 from tests.sensors.recorder import Running
 
 pytestmark = pytest.mark.root
@@ -101,9 +102,17 @@ def test_tagged_copies_are_refused_before_a_byte_lands(guarded: tuple[Running, P
 
 
 def test_reading_the_stick_does_not_arm_the_tagged_trees(guarded: tuple[Running, Path, Path]) -> None:
-    run, _db, point = guarded
+    run, db, point = guarded
     guard = run.sensor("prevent")
     assert isinstance(guard, ContentGuard)
+    # a process of another session carries tagged data: the sticks are armed (agent/prevent/arming.py)
+    with carrying(db / "orders.csv"):
+        wait_for(lambda: guard.carriers.count() > 0 and guard.marks.sticks, 15, "the sticks to be armed",
+                 diagnose=guard.summary)
+        _reads_and_writes_the_stick(guard, point)
+
+
+def _reads_and_writes_the_stick(guard: ContentGuard, point: Path) -> None:
     (point / "photo.jpg").write_bytes(os.urandom(5000))  # this process runs the guard: not asked
     decided, armings, fast = guard.decided, guard.armings, guard.fast
     done = _run(f"cat {point}/photo.jpg > /dev/null", point.parent)

@@ -18,6 +18,7 @@ import pytest
 
 from lab.loopstick import LoopStick
 from tests.e2e.harness import free_port, wait_for
+from tests.prevent.carrier import CARRIER, perm_marked
 
 pytestmark = pytest.mark.root
 
@@ -107,6 +108,7 @@ def test_stopped_agent_fails_closed_and_a_killed_one_releases(
     try:
         wait_for(lambda: f"guarding writes to {point}" in log.read_text(), 60, "the agent to guard the stick",
                  diagnose=log.read_text)
+        _carrier(db / "customers.db", point, agent.pid, copies)
         # stopped: the copy of untagged data waits; resumed: the responder sees it stood still and
         # answers by fail: closed
         _stop(agent.pid, signal.SIGSTOP)
@@ -144,6 +146,20 @@ def test_stopped_agent_fails_closed_and_a_killed_one_releases(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+
+
+def _carrier(tagged: Path, point: Path, agent: int, procs: list[subprocess.Popen[bytes]]) -> None:
+    """A process of another session that read tagged data and lives on (killed with `procs`): the
+    sticks stay armed while it does (agent/prevent/arming.py)."""
+    carrier = subprocess.Popen([sys.executable, "-c", CARRIER, str(tagged)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, start_new_session=True)
+    procs.append(carrier)
+    assert carrier.stdout is not None
+    assert carrier.stdout.readline() == b"read\n"
+    wait_for(lambda: perm_marked(agent, point) is True, 15, "the sticks to be armed")
 
 
 # writes one file on the stick and keeps it open (the tagged trees stay armed), then, told to,
@@ -237,6 +253,9 @@ def test_a_cached_write_waits_while_a_tagged_read_of_its_group_waits_for_the_age
         procs.append(reader)
         wait_for(lambda: _waiting_in_open(reader.pid), 5, "the tagged read to wait",
                  diagnose=lambda: _state(reader))
+        # with no carrier the sticks were unarmed: the tagged read arms them before it is answered
+        # (agent/prevent/arming.py), the agent standing still
+        wait_for(lambda: perm_marked(agent.pid, point) is True, 5, "the tagged read to arm the sticks")
         writer.stdin.write(b"go\n")
         writer.stdin.flush()
         # its write waits for the agent too, instead of being answered from its verdict
@@ -305,6 +324,7 @@ def test_a_tagged_read_waits_while_a_write_of_its_group_is_with_the_agent(
     one waits for the agent, a tagged open of its process group is not answered by the responder
     (the agent looks at both in one step), and the two do not both go through."""
     with _guarding(tmp_path, loop_stick) as (agent, tagged, point, log, procs):
+        _carrier(tagged, point, agent.pid, procs)  # the sticks armed: the shell's write is asked
         keeper = subprocess.Popen([sys.executable, "-c", WRITER, str(point)], stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, start_new_session=True)
         procs.append(keeper)

@@ -1,7 +1,8 @@
 """A pushed config that rebuilds the sensors (new tags) leaves no moment in which the stick is
 unguarded: the real `exfilguard-agent` with prevent.removable_writes: block gets a push over real
 gRPC, and its fanotify marks (its /proc fdinfo, as the kernel lists them) are looked at all through
-the rebuild: a permission mark on the stick's file system is there at every look."""
+the rebuild: while a process carries tagged data, a permission mark on the stick's file system is
+there at every look (the new guard takes the previous one's carriers)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from lab.loopstick import LoopStick
 from protos import exfilguard_pb2 as pb
 from tests.agent.fake_collector import FakeCollector
 from tests.e2e.harness import wait_for
+from tests.prevent.carrier import carrying, perm_marked
 
 pytestmark = pytest.mark.root
 
 AGENT = str(Path(sys.executable).parent / "exfilguard-agent")
-FAN_OPEN_PERM = 0x10000
 
 
 @pytest.fixture
@@ -29,32 +30,6 @@ def server() -> Iterator[FakeCollector]:
     fake = FakeCollector().start()
     yield fake
     fake.stop()
-
-
-def _kernel_dev(point: Path) -> str:
-    """The stick's device as fdinfo prints a file system mark's `sdev` (the kernel's dev_t)."""
-    dev = point.stat().st_dev
-    return f"{(os.major(dev) << 20) | os.minor(dev):x}"
-
-
-def _guarded(pid: int, sdev: str) -> bool | None:
-    """Whether a fanotify group of the process holds FAN_OPEN_PERM on that file system; None when
-    the process's descriptors changed under the look (read again)."""
-    try:
-        fds = list(Path(f"/proc/{pid}/fdinfo").iterdir())
-    except OSError:
-        return None
-    for fd in fds:
-        try:
-            info = fd.read_text()
-        except OSError:
-            continue
-        for line in info.splitlines():
-            if line.startswith("fanotify sdev:") and f"sdev:{sdev} " in line:
-                mask = int(line.split(" mask:", 1)[1].split()[0], 16)
-                if mask & FAN_OPEN_PERM:
-                    return True
-    return False
 
 
 def test_a_rebuild_leaves_the_stick_guarded_throughout(
@@ -77,21 +52,23 @@ def test_a_rebuild_leaves_the_stick_guarded_throughout(
         wait_for(lambda: f"guarding writes to {point}" in log.read_text(), 60, "the agent to guard the stick",
                  diagnose=log.read_text)
         wait_for(lambda: len(server.received.hellos) >= 1, 30, "the agent to connect", diagnose=log.read_text)
-        sdev = _kernel_dev(point)
-        assert _guarded(agent.pid, sdev)
-        server.push_config(pb.AgentConfig(version="v1", yaml=f"tags:\n  {more}: [other]\n"))
-        looks = unguarded = 0
-        while "sensors rebuilt" not in log.read_text():
-            seen = _guarded(agent.pid, sdev)
-            looks += seen is not None
-            unguarded += seen is False
-            assert agent.poll() is None, log.read_text()
-            if looks > 200_000:
-                pytest.fail("the push was not applied: " + log.read_text()[-2000:])
-        assert looks > 0
-        assert unguarded == 0, f"{unguarded} of {looks} looks found the stick unguarded"
-        assert _guarded(agent.pid, sdev)
-        assert log.read_text().count(f"guarding writes to {point}") >= 2  # the new guard took over
+        # a process of another session carries tagged data: the sticks are armed for it
+        # (agent/prevent/arming.py), and stay armed through the rebuild (its carriers handed over)
+        with carrying(db / "customers.db"):
+            wait_for(lambda: perm_marked(agent.pid, point) is True, 15, "the sticks to be armed")
+            server.push_config(pb.AgentConfig(version="v1", yaml=f"tags:\n  {more}: [other]\n"))
+            looks = unguarded = 0
+            while "sensors rebuilt" not in log.read_text():
+                seen = perm_marked(agent.pid, point)
+                looks += seen is not None
+                unguarded += seen is False
+                assert agent.poll() is None, log.read_text()
+                if looks > 200_000:
+                    pytest.fail("the push was not applied: " + log.read_text()[-2000:])
+            assert looks > 0
+            assert unguarded == 0, f"{unguarded} of {looks} looks found the stick unguarded"
+            assert perm_marked(agent.pid, point)
+            assert log.read_text().count(f"guarding writes to {point}") >= 2  # the new guard took over
     finally:
         agent.kill()
         agent.wait(10)

@@ -25,6 +25,7 @@ from agent.sensors.provenance import Provenance
 from agent.sensors.tags import TagMap
 from common.agentconfig import PreventSettings
 from tests.e2e.harness import wait_for
+from tests.prevent.carrier import carrying
 from tests.prevent.test_content_guard import guarded
 from tests.sensors.recorder import Running
 
@@ -350,17 +351,21 @@ except PermissionError:
 
 @pytest.fixture
 def armed(guarded: tuple[Running, Path, Path]) -> Iterator[tuple[Running, Path, Path, ContentGuard]]:
-    """The guarded stick with a file on it held open for writing by another session."""
+    """The guarded stick, armed for a carrier of tagged data (agent/prevent/arming.py), with a file
+    on it held open for writing by another session."""
     run, db, point = guarded
     guard = run.sensor("prevent")
     assert isinstance(guard, ContentGuard)
-    keep = subprocess.Popen(["sh", "-c", f"exec sleep 120 > {point}/keep"], start_new_session=True)
-    try:
-        wait_for(lambda: guard.decided > 0 and guard.decider.writers_left(), 15, "the stick to be written")
-        yield run, db, point, guard
-    finally:
-        keep.kill()
-        keep.wait(10)
+    with carrying(db / "sub" / "ledger.csv"):
+        wait_for(lambda: guard.carriers.count() > 0 and guard.marks.sticks, 15, "the sticks to be armed")
+        keep = subprocess.Popen(["sh", "-c", f"exec sleep 120 > {point}/keep"], start_new_session=True)
+        try:
+            wait_for(lambda: guard.decided > 0 and guard.decider.writers_left(), 15,
+                     "the stick to be written")
+            yield run, db, point, guard
+        finally:
+            keep.kill()
+            keep.wait(10)
 
 
 def _landed(point: Path, name: str) -> int:
@@ -416,9 +421,12 @@ def test_one_cp_of_untagged_files_then_a_tagged_one_lands_only_the_untagged(
     for i in range(8):
         (photos / f"img{i}.jpg").write_bytes(os.urandom(3000))
     fast = guard.fast
-    # one cp: the photos first (its verdict cached after the first), then the tagged file
-    done = subprocess.run(["cp", "-r", str(photos), str(db / "customers.db"), f"{point}/"],
-                          capture_output=True, text=True, timeout=60, start_new_session=True, check=False)
+    # one cp: the photos first (its verdict cached after the first), then the tagged file; the
+    # sticks armed for a carrier of another session (unarmed, the photos are not asked at all)
+    with carrying(db / "orders.csv"):
+        wait_for(lambda: guard.carriers.count() > 0 and guard.marks.sticks, 15, "the sticks to be armed")
+        done = subprocess.run(["cp", "-r", str(photos), str(db / "customers.db"), f"{point}/"],
+                              capture_output=True, text=True, timeout=60, start_new_session=True, check=False)
     assert done.returncode != 0
     assert "ermission denied" in done.stderr or "not permitted" in done.stderr, done.stderr
     assert all(_landed(point, f"photos/img{i}.jpg") == 3000 for i in range(8))
