@@ -345,9 +345,8 @@ class PolicyEngine:
         clock, budget, paused = self.timer, self.budget, _PAUSED
         started = ended = clock()
         deadline = started + budget
-        # Past the deadline, what the thread had of a CPU counts: since a mark read at most
-        # CPU_MARK_SECONDS of wall time before the event began, so at most that much CPU that
-        # was not this event's is counted against it (the budget is 250 ms).
+        # Past the deadline, the thread's CPU time counts since a mark read at most CPU_MARK_SECONDS
+        # before the event began: at most that much not this event's (the budget is 250 ms).
         if not 0 <= started - self._cpu_mark[0] < CPU_MARK_SECONDS:
             self._cpu_mark = (started, time.thread_time(), threading.get_ident())
         ran_before, marked_by = self._cpu_mark[1:]
