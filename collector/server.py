@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import signal
 import socket
@@ -192,6 +193,11 @@ class Collector:
                 await self.console.start()
             except ExfilGuardError as exc:  # ConsoleError (port, certificate) or StoreError
                 raise ServeError(self.console.console.listen, f"console: {exc}") from exc
+        # What start-up made (modules, gRPC, the config, the registry) lives as long as the process:
+        # frozen, the full collections that ingest's short-lived rows and messages bring about no
+        # longer walk it (collections were 5% of the collector's CPU in bench.ingest, perf; frozen:
+        # 2,600 instructions an event fewer of ingest's ~140,000 to parse, check and store, callgrind).
+        gc.freeze()
         for service in ("", INGEST_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._tasks = [
