@@ -312,9 +312,9 @@ class EventView(MutableMapping[str, Any]):
     def with_fields(self, added: dict[str, Any]) -> EventView:
         """A view of the same event with `added` set on it (those set on this one kept); this one
         is left as it is."""
-        twin = EventView(self.event)
-        twin._values = {**self._values, **added}
-        twin._added = {**self._added, **added}
+        twin: EventView = object.__new__(EventView)  # not __init__: half the cost (one per event)
+        twin.event, twin._full = self.event, None
+        twin._values, twin._added = {**self._values, **added}, {**self._added, **added}
         return twin
 
     def detached(self) -> EventView:
