@@ -198,6 +198,8 @@ class Baselines:
         self.groups = dict(groups or {})  # user -> peer group name; others are in "all"
         self.peers: dict[str, PeerGroup] = {}
         self.dirty: set[str] = set()  # users changed since the last snapshot was taken
+        # user -> what an event other than a removable one tells (always the same): most events
+        self._plain: dict[str, Observation] = {}
 
     def group_of(self, user: str) -> str:
         """The user's peer group ("all" when not listed)."""
@@ -241,8 +243,13 @@ class Baselines:
                 base.today_bytes += max(size, 0)
                 if tagged:
                     base.today_tagged += max(size, 0)
+        if not removable:  # nothing of it is about removable use: the user's one plain observation
+            plain = self._plain.get(user)
+            if plain is None or plain.user is not base:
+                plain = self._plain[user] = Observation(base, False, False, False, 0.0, 0.0, 0.0)
+            return plain
         volume = files = peer = 0.0
-        if removable and base.today_files:
+        if base.today_files:
             mean_bytes, mean_files = base.means(day)
             if mean_bytes or mean_files:
                 volume = base.today_bytes / mean_bytes if mean_bytes > 0 else 0.0
