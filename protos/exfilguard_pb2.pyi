@@ -176,7 +176,7 @@ class Source(_message.Message):
     def __init__(self, path: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Copy(_message.Message):
-    __slots__ = ("method", "files_read", "identified_by", "confidence", "share", "members", "sources", "members_total", "bytes_read", "bytes_written")
+    __slots__ = ("method", "files_read", "identified_by", "confidence", "share", "members", "sources", "members_total", "bytes_read", "bytes_written", "revises")
     METHOD_FIELD_NUMBER: _ClassVar[int]
     FILES_READ_FIELD_NUMBER: _ClassVar[int]
     IDENTIFIED_BY_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,7 @@ class Copy(_message.Message):
     MEMBERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     BYTES_READ_FIELD_NUMBER: _ClassVar[int]
     BYTES_WRITTEN_FIELD_NUMBER: _ClassVar[int]
+    REVISES_FIELD_NUMBER: _ClassVar[int]
     method: _containers.RepeatedScalarFieldContainer[str]
     files_read: int
     identified_by: str
@@ -197,7 +198,8 @@ class Copy(_message.Message):
     members_total: int
     bytes_read: int
     bytes_written: int
-    def __init__(self, method: _Optional[_Iterable[str]] = ..., files_read: _Optional[int] = ..., identified_by: _Optional[str] = ..., confidence: _Optional[float] = ..., share: _Optional[float] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., members_total: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_written: _Optional[int] = ...) -> None: ...
+    revises: str
+    def __init__(self, method: _Optional[_Iterable[str]] = ..., files_read: _Optional[int] = ..., identified_by: _Optional[str] = ..., confidence: _Optional[float] = ..., share: _Optional[float] = ..., members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., sources: _Optional[_Iterable[str]] = ..., members_total: _Optional[int] = ..., bytes_read: _Optional[int] = ..., bytes_written: _Optional[int] = ..., revises: _Optional[str] = ...) -> None: ...
 
 class Member(_message.Message):
     __slots__ = ("name", "source", "identified_by", "share", "size")

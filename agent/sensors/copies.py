@@ -36,6 +36,7 @@ from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow, SourceRead
 from agent.sensors.media import RemovableMedia, RemovableMount
 from agent.sensors.provenance import Provenance
+from agent.sensors.secondlook import SecondLook, Waiting
 from agent.sensors.slices import DerivedSlices
 from agent.sensors.staging import StagingDetector, Written, describe_writer, file_fields
 from protos import exfilguard_pb2 as pb
@@ -57,6 +58,8 @@ class _Found:
     methods: list[str]
     sha256: str
     files_read: int
+    first: str = ""  # event.id of the write's file.write
+    key: tuple[int, int, int, int] | None = None  # (st_dev, st_ino, st_size, st_mtime_ns) as judged
 
 
 class CopyDetector:
@@ -71,6 +74,9 @@ class CopyDetector:
         self.flow = flow if flow is not None else DataFlow()
         self.slices = DerivedSlices(index)
         self.volumes = provenance.Volumes()  # a writer's outputs one after the other (7z -v)
+        # writes judged without evidence, judged again when a derived file ties them later
+        self.second_look = SecondLook(self._rejudge)
+        index.watch_derived(self.second_look.fact)
         self.started_at = time.time()  # before: the late examination's (late.py)
         self._emit = emit
         # (device serial, path) -> (size, mtime ns) of the files written to removable media lately,
@@ -183,7 +189,7 @@ class CopyDetector:
                 write.tags.extend(found.tags)
             write.exfilguard.copy.files_read = max(found.files, files_read)
         self._emit(write)
-        result = _Found(found, methods, sha, files_read)
+        result = _Found(found, methods, sha, files_read, write.event.id, _key(written.fd))
         # entropy describes opaque output that lineage ties to tagged data; nothing reads it
         # for a file nothing ties to tagged data (most of what lands on a stick)
         if not tagged and written.size > 0 and self.examiner is not None and self.examiner.examine(
@@ -193,8 +199,10 @@ class CopyDetector:
         self._report(written, device, mount, result, None)
 
     def _report(self, written: Written, device: pb.Device, mount: pb.Mount, found: _Found,
-                content: Identification | None) -> None:
-        """Emit the file.copy on the stronger evidence: content, or hash and lineage."""
+                content: Identification | None, *, revises: str = "") -> None:
+        """Emit the file.copy on the stronger evidence: content, or hash and lineage; a write
+        judged without evidence waits for a second look (`revises`: the judgement this one,
+        made on a later fact, revises)."""
         lineage = found.provenance
         sources: list[str] = []
         tags: list[str] = []
@@ -208,9 +216,16 @@ class CopyDetector:
                 lineage = self._derived_provenance(content.sources)
         elif content is not None and lineage is not None and _listed_untagged(content, lineage):
             lineage = provenance.only_guessed(lineage)
+        evidence = by_content or (lineage is not None and lineage.evidence)
         if not by_content and lineage is None:
+            if written.late is None:
+                self.second_look.wait(written, device, mount, found.first, found.key)
             return
         copy = self._event("file.copy", written, device, mount)
+        if revises:
+            copy.exfilguard.copy.revises = revises
+            copy.event.reason = (f"judged again: a fact tying it to tagged data arrived after its first "
+                                 f"judgement (event {revises})")
         methods = list(found.methods)
         if by_content:
             assert content is not None
@@ -245,6 +260,31 @@ class CopyDetector:
             copy.file.hash.sha256 = found.sha256
         copy.exfilguard.copy.method.extend(methods)
         self._emit(copy)
+        if not evidence and written.late is None:
+            self.second_look.wait(written, device, mount, copy.event.id, found.key)
+
+    def _rejudge(self, waiting: Waiting, fd: int) -> bool:
+        """A waiting write looked at again (second look's thread): equal to a derived (or a
+        tagged) file, or one part of a derived one, with evidence? Then its file.copy on it."""
+        size = waiting.key[2]
+        match = self.index.match(fd, size)
+        found: Provenance | None = None
+        sha = ""
+        if match is not None and not commonplace_source(*match):
+            sha = match[1]
+            found = self.index.provenance(match[0])
+            if found is None:
+                make = provenance.exact if sha else provenance.sampled
+                found = make(match[0], self.index.source_tags(match[0]), size)
+        if (found is None or not found.evidence) and (part := self.slices.find(fd, size)) is not None:
+            found, sha = self.index.provenance(part.path), ""
+        if found is None or not found.evidence:
+            return False
+        log.info("%s judged again: tied to %s (%s) after its first judgement", waiting.written.path,
+                 found.source, found.identified_by)
+        self._report(waiting.written, waiting.device, waiting.mount,
+                     _Found(found, ["fingerprint"], sha, found.files), None, revises=waiting.first)
+        return True
 
     def originals(self, paths: list[str], tags: list[str]) -> tuple[list[str], list[str], bool]:
         """Content found in derived files (an export staged in /tmp) named by the tagged files
@@ -356,6 +396,17 @@ def _stamp(seconds: float) -> Timestamp:
     ts = Timestamp()
     ts.FromMicroseconds(int(seconds * 1_000_000))
     return ts
+
+
+def _key(fd: int | None) -> tuple[int, int, int, int] | None:
+    """(st_dev, st_ino, st_size, st_mtime_ns) of a written file as judged; None if unknown."""
+    if fd is None:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _dup(fd: int | None) -> int | None:

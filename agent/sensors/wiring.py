@@ -129,7 +129,7 @@ def build_sensors(config: AgentConfig, emit: Emit) -> list[Sensor]:
     # files first: it builds the index the inventory reports; fanotify before mounts so that
     # removable mounts present at start get their marks as the mount table reports them.
     # the catalog fingerprints what the file sensor indexed; the examiner answers copies
-    sensors: list[Sensor] = [files, catalog, examiner]
+    sensors: list[Sensor] = [files, catalog, examiner, copies.second_look]
     if exact is not None:
         sensors.append(exact)
     if quarantine is not None and content_guard is not None:  # before the mount table: the guard

@@ -35,6 +35,7 @@ EVENT_FIELDS = (
     "exfilguard.copy.files_read",
     "exfilguard.copy.bytes_read",
     "exfilguard.copy.bytes_written",
+    "exfilguard.copy.revises",
     "exfilguard.late",
     "exfilguard.late_window.start",
     "exfilguard.late_window.end",

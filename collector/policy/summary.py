@@ -30,7 +30,8 @@ MEASURES = {
 _EGRESS_KINDS = {"network": "network share", "mtp": "phone (MTP)"}
 # exfilguard.content.format of a text the agent decoded before matching it (base64, hex dumps)
 _ENCODINGS = {"base64": "base64", "base32": "base32", "hex": "hex", "xxd": "hex dump", "hexdump": "hex dump",
-              "od": "hex dump"}
+              "od": "hex dump", **{f"utf-{bits}{order}": f"UTF-{bits}" for bits in ("16", "32")
+                                   for order in ("", "-le", "-be")}}
 _CONTENT = ("exact", "sampled", "member", "chunks", "text")
 
 
@@ -84,7 +85,10 @@ def evidence(event: Mapping[str, Any]) -> str:
     said = words.get(how, f"identified by {how} ({sure})")
     encoding = _ENCODINGS.get(str(event.get("exfilguard.content.format") or "").split("+")[0], "")
     if encoding and how in _CONTENT:
-        return f"decoded from its {encoding} text, {said}"
+        said = f"decoded from its {encoding} text, {said}"
+    if event.get("exfilguard.copy.revises"):
+        said += (f"; the write judged again: what ties it arrived after its first judgement (event "
+                 f"{event['exfilguard.copy.revises']})")
     return said
 
 
