@@ -69,7 +69,8 @@ def test_a_copy_judged_before_its_staged_source_was_derived_is_judged_again(
                                         timeout=30)[0]
             look = run.sensor("second-look")
             assert isinstance(look, SecondLook)
-            wait_for(lambda: look.waiting() == 1, 30, "the write waiting")
+            wait_for(lambda: look.waiting() == 1, 30, "the write waiting",
+                     lambda: str([e for e in run.events.events if e.get("file.path") == str(copy)]))
             assert not run.events.matching(run.events.action("file.copy", {"file.path": str(copy)}))
             stager.communicate("close\n", timeout=30)  # the staged file is derived now: the late fact
         finally:
