@@ -300,6 +300,9 @@ class Responder:
                     if mask & FAN_Q_OVERFLOW:
                         self.out.append(["overflow"])
                     continue
+                if pid == self.agent:  # hashing what it guards: no carrier
+                    syscalls.close(fd)
+                    continue
                 st = syscalls.device_and_size(fd)
                 if st is not None and st[0] in self.devs:  # a stick heard here (no file handles)
                     syscalls.close(fd)
@@ -309,10 +312,7 @@ class Responder:
                 earlier = heard.pop(pid, -1)
                 if earlier >= 0:
                     syscalls.close(earlier)
-                if pid == self.agent:
-                    syscalls.close(fd)
-                else:
-                    heard[pid] = fd
+                heard[pid] = fd
         when = time.time()
         for pid, fd in heard.items():
             path = syscalls.readlink(f"/proc/self/fd/{fd}")
