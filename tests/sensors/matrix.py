@@ -183,6 +183,11 @@ THEFTS = (
     Case("staged-renamed-then-mv", 'tar cz -C "$BASE" db | openssl enc -aes-256-cbc -pbkdf2 -pass pass:x '
          '> "$WORK/r.enc" && mv "$WORK/r.enc" "$WORK/r.jpg" && mv "$WORK/r.jpg" "$STICK/r.jpg"',
          ("$STICK/r.jpg",), True),
+    # the shell holds the staged file open while it is copied and closes it after: the copy is
+    # judged before the staged file is derived (at its close), and judged again then
+    Case("held-open-then-cp", 'exec 3> "$WORK/h.enc" && tar cz -C "$BASE" db | openssl enc -aes-256-cbc '
+         '-pbkdf2 -pass pass:x >&3 && cp "$WORK/h.enc" "$STICK/h.bin" && sleep 1 && exec 3>&-',
+         ("$STICK/h.bin",), True),
     Case("iconv-utf16-tmp-then-cp", 'iconv -t UTF-16LE "$DB/orders.sql" > "$WORK/w.sql" && cp "$WORK/w.sql" '
          '"$STICK/w.sql"', ("$STICK/w.sql",), True),
 )
