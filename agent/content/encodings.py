@@ -35,6 +35,14 @@ _HEXDUMP_C = re.compile(rb"[0-9a-f]{8}  ((?:[0-9a-f]{2} {1,2}){1,16}) *\|.*")
 # od -t x1 / hexdump -C's offsets without the text column: "0000020 48 65 6c 6c ..."
 _OD_X1 = re.compile(rb"([0-7]{7}|[0-9a-f]{6,8})((?: [0-9a-f]{2}){1,16})")
 _OFFSET_ONLY = re.compile(rb"[0-9a-f]{6,8}")
+# xxd -b: "00000000: 01101001 01100100 ...  id" (six bytes a line, as bits)
+_XXD_B = re.compile(rb"[0-9a-f]{8}: ((?:[01]{8} ){1,6}) ")
+# od's other types, one token a value, 16 bytes a line, an offset first unless -An: -b and -t o1
+# (three octal digits), the default -t o2 (six, little-endian words), -t d1 / -t u1 (decimal),
+# -x (four hex digits, little-endian words), -An -t x1 (two hex digits, no offset)
+_OD_TOKENS = {"od-o1": (re.compile(rb"[0-7]{3}"), 8, 1), "od-o2": (re.compile(rb"[0-7]{6}"), 8, 2),
+              "od-d1": (re.compile(rb"-?[0-9]{1,3}"), 10, 1), "od-x2": (re.compile(rb"[0-9a-f]{4}"), 16, 2),
+              "od-x1": (re.compile(rb"[0-9a-f]{2}"), 16, 1)}
 _B64_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/="
 
 
@@ -84,12 +92,17 @@ def sniff(head: bytes) -> str:
     lines = head.split(b"\n")[:-1]  # the last may be cut short by the head's end
     if len(lines) < _MIN_LINES:
         return ""
+    if all(_XXD_B.match(line) for line in lines):  # before xxd: its bits read as hex digits too
+        return "xxd-b"
     for name, shape in (("xxd", _XXD), ("hexdump", _HEXDUMP_C), ("od", _OD_X1)):
         # xxd's text column follows its hex without a mark: its lines are matched at the start
         fits = shape.match if name == "xxd" else shape.fullmatch
         if fits(lines[0]) and all(fits(line) or line == b"*" or _OFFSET_ONLY.fullmatch(line)
                                   for line in lines):
             return name
+    od = _od_kind(lines)
+    if od:
+        return od
     widths = {len(line) for line in lines[:-1]}
     if len(widths) != 1:
         return ""  # an encoder's lines are of one width, but the last
@@ -99,6 +112,28 @@ def sniff(head: bytes) -> str:
         # the last line may be short (what was left, and its padding)
         if all(shape.fullmatch(line) for line in lines[:-1]) and lines[-1] \
                 and not lines[-1].translate(None, alphabet):
+            return name
+    return ""
+
+
+def _od_values(line: bytes) -> list[bytes]:
+    """The value tokens of an od line: all but the offset, which starts a line unless -An."""
+    tokens = line.split()
+    return tokens[1:] if line[:1] not in b" \t" else tokens
+
+
+def _od_kind(lines: list[bytes]) -> str:
+    """Which of od's other types (`_OD_TOKENS`) every line of a head is in, or ""."""
+    values = [_od_values(line) for line in lines if line != b"*"]
+    if not any(values) or any(len(row) > 16 for row in values):
+        return ""
+    tokens = [t for row in values for t in row]
+    for name, (shape, base, width) in _OD_TOKENS.items():
+        if not all(shape.fullmatch(t) for t in tokens):
+            continue
+        if name == "od-d1" and not any(len(t) < 3 or t.startswith(b"-") for t in tokens):
+            continue  # three digits throughout: octal (-b) reads the same way, and comes first
+        if all(-128 <= int(t, base) < 256 ** width for t in tokens):
             return name
     return ""
 
@@ -161,6 +196,8 @@ def _decode_dump(encoding: str, lines: list[bytes]) -> tuple[bytes, bool]:
             squeezed = False
         if len(out) >= MAX_DECODED:
             return bytes(out[:MAX_DECODED]), False
+        if not row and len(out) - 2 < offset < len(out):
+            del out[offset:]  # the closing offset is the size: od pads a last odd byte to a word
         out += row
         last = row
     return bytes(out), True
@@ -168,6 +205,11 @@ def _decode_dump(encoding: str, lines: list[bytes]) -> tuple[bytes, bool]:
 
 def _row(encoding: str, line: bytes) -> tuple[bytes, int | None]:
     """(the bytes of one dump line, its offset); offset None when the line is not one."""
+    if encoding.startswith("od-"):
+        return _od_row(encoding, line)
+    if encoding == "xxd-b":
+        bits = _XXD_B.match(line)
+        return (bytes(int(b, 2) for b in bits.group(1).split()), int(line[:8], 16)) if bits else (b"", None)
     if encoding == "xxd":
         found = _XXD.match(line)
         offset = int(line[:8], 16)
@@ -187,3 +229,21 @@ def _row(encoding: str, line: bytes) -> tuple[bytes, int | None]:
         return bytes.fromhex(digits.decode("ascii")), offset
     except ValueError:
         return b"", None
+
+
+def _od_row(encoding: str, line: bytes) -> tuple[bytes, int | None]:
+    shape, base, width = _OD_TOKENS[encoding]
+    values = _od_values(line)
+    offset = 0
+    if line[:1] not in b" \t":
+        head = line.split(None, 1)[0]
+        try:
+            offset = int(head, 8 if len(head) == 7 and head.isdigit() else 16)
+        except ValueError:
+            offset = int(head) if head.isdigit() else 0  # -A d; only a squeeze (`*`) reads it
+    out = bytearray()
+    for token in values:
+        if not shape.fullmatch(token):
+            return b"", None
+        out += (int(token, base) % 256 ** width).to_bytes(width, "little")
+    return bytes(out), offset

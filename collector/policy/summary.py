@@ -30,8 +30,10 @@ MEASURES = {
 _EGRESS_KINDS = {"network": "network share", "mtp": "phone (MTP)"}
 # exfilguard.content.format of a text the agent decoded before matching it (base64, hex dumps)
 _ENCODINGS = {"base64": "base64", "base32": "base32", "hex": "hex", "xxd": "hex dump", "hexdump": "hex dump",
-              "od": "hex dump", **{f"utf-{bits}{order}": f"UTF-{bits}" for bits in ("16", "32")
-                                   for order in ("", "-le", "-be")}}
+              "od": "hex dump", "od-x1": "hex dump", "od-x2": "hex dump", "od-o1": "octal dump",
+              "od-o2": "octal dump", "od-d1": "decimal dump", "xxd-b": "binary dump",
+              **{f"utf-{bits}{order}": f"UTF-{bits}" for bits in ("16", "32")
+                 for order in ("", "-le", "-be")}}
 _CONTENT = ("exact", "sampled", "member", "chunks", "text")
 
 

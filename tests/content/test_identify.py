@@ -188,6 +188,13 @@ def test_transformed_exports_are_text_matches_with_a_score(identify: ContentIden
     ("tar cz -C {db}/.. db | base64", ("base64+tar.gz", "member")),
     # a CSV saved in a wide Unicode form (a Windows tool, a spreadsheet): no chunk, line or
     # field of it is left; decoded back, it is the CSV byte for byte
+    # od's other types and xxd's bits: 3 to 11 times the bytes they stand for
+    ("od -b {db}/customers.csv", ("od-o1", "exact")),
+    ("od {db}/blob0.bin", ("od-o2", "exact")),
+    ("od -t d1 {db}/blob1.bin", ("od-d1", "exact")),
+    ("od -A d -t u1 {db}/customers.csv", ("od-d1", "exact")),
+    ("od -x {db}/customers.csv", ("od-x2", "exact")),
+    ("xxd -b {db}/blob2.bin", ("xxd-b", "exact")),
     ("iconv -t UTF-16 {db}/customers.csv", ("utf-16", "exact")),
     ("iconv -t UTF-16LE {db}/customers.csv", ("utf-16-le", "exact")),
     ("iconv -t UTF-16BE {db}/customers.csv", ("utf-16-be", "exact")),
@@ -213,8 +220,9 @@ def test_unrelated_data_is_not_identified(identify: ContentIdentifier, db: Path,
                                         .replace("user", "friend").replace("GB", "DE"))
     _run("tar czf backup.tgz holiday && cp holiday/photo.jpg photo.jpg && cp holiday/contacts.csv c.csv && "
          "base64 holiday/photo.jpg > photo.b64 && hexdump -C holiday/contacts.csv > c.hex && "
-         "iconv -t UTF-16 holiday/contacts.csv > c16.csv", tmp_path)
-    for name in ("backup.tgz", "photo.jpg", "c.csv", "photo.b64", "c.hex", "c16.csv"):
+         "iconv -t UTF-16 holiday/contacts.csv > c16.csv && od -t d1 holiday/photo.jpg > p.od && "
+         "seq 1 4000 | paste -d ' ' - - - - - - - - > numbers.txt", tmp_path)
+    for name in ("backup.tgz", "photo.jpg", "c.csv", "photo.b64", "c.hex", "c16.csv", "p.od", "numbers.txt"):
         found = _of(identify, tmp_path / name)
         assert not found.found, (name, found)
     assert _of(identify, tmp_path / "backup.tgz").members_total == 2

@@ -205,8 +205,10 @@ EXPORTS = (
          ("$STICK/rows.json",), True),
     Case("one-column", "awk -F, '{print $3}' \"$DB/customers.csv\" > \"$STICK/emails.txt\"",
          ("$STICK/emails.txt",), True),
-    # ~4.9x the bytes read: decoded, not judged by lineage
+    # ~4.9x the bytes read: decoded, not judged by lineage; od's decimal and xxd's bits, ~5.5x and 11x
     Case("hexdump", 'hexdump -C "$DB/customers.csv" > "$STICK/dump.txt"', ("$STICK/dump.txt",), True),
+    Case("od-decimal", 'od -t d1 "$DB/ledger0.db" > "$STICK/ledger.od"', ("$STICK/ledger.od",), True),
+    Case("xxd-bits", 'xxd -b "$DB/ledger1.db" > "$STICK/ledger.bits"', ("$STICK/ledger.bits",), True),
 )
 
 # Cases CI leaves out because they depend on timing (bench.detection still runs them). The staged
