@@ -42,6 +42,7 @@ from agent.sensors import procinfo
 from agent.sensors.errors import FanotifyUnavailable
 from agent.sensors.fdname import DELETED, live_name
 from agent.sensors.finished import open_for_writing, temporary_name
+from agent.sensors.pacing import ReadPacing
 from agent.sensors.stoppipe import StopPipe
 
 log = logging.getLogger(__name__)
@@ -253,6 +254,7 @@ class FanotifySensor:
         self._media_marks: dict[str, tuple[str, int]] = {}
         self._system_devs: set[int] = set()  # file systems marked whole for derived files and execs
         self.events_read = 0
+        self.pacing = ReadPacing()  # a flood's events are let merge in the kernel's queue (pacing.py)
         self.woke_at = 0.0  # monotonic time the reader last woke for events (background work waits)
         _raise_fd_limit()
 
@@ -402,12 +404,15 @@ class FanotifySensor:
         poller = select.poll()
         poller.register(self._group.fd, select.POLLIN)
         self._stop.register(poller)
+        resting = select.poll()  # a flood's pause waits on the stop pipe alone
+        self._stop.register(resting)
         while True:
             ready = poller.poll()
             stopping = self._stop.rang(ready)
-            # read at once, never gathered: a short-lived process (cp, tar's gzip) must still be
-            # in /proc when its events are handled, or its attribution falls to `inferred`
+            # read at once (a flood aside: pacing.py): a short-lived process (cp, tar's gzip) must
+            # still be in /proc when its events are handled, or its attribution falls to `inferred`
             self.woke_at = time.monotonic()
+            self.pacing.woke(self.woke_at)
             try:
                 self._drain()  # on stop too: what the kernel queued before stop() is reported
             except Exception:  # a sensor thread must not die on one bad event
@@ -415,6 +420,10 @@ class FanotifySensor:
                 self._on_failure()
             if stopping:
                 return
+            rest = self.pacing.rest()  # in a flood only (pacing.py)
+            if rest:
+                resting.poll(rest * 1000)  # stop() ends it: the next poll sees the pipe
+            self.pacing.idle(time.monotonic())
 
     def _drain(self) -> None:
         try:
