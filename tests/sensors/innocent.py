@@ -31,26 +31,14 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
-from tests.sensors import matrix
+from tests.sensors import innocent_cases, matrix
+from tests.sensors.innocent_cases import Innocent
 
 BELOW_MEDIUM = matrix.BELOW_MEDIUM
-
-
-@dataclass(frozen=True)
-class Innocent:
-    """One piece of innocent work: its script, who runs it (a user name, or the caller), and the
-    policies it is expected to raise at medium (work that is not quite routine: says so, pages no one
-    at high)."""
-
-    name: str
-    script: str
-    user: str = ""
-    medium: tuple[str, ...] = ()
 
 
 # A long-lived program: reads tagged files, and later saves something unrelated to the stick.
@@ -191,8 +179,9 @@ CASES = (
     # the backup account's job run by hand at 10:00 onto the approved drive: not the scheduled job
     Innocent("backup-by-hand", 'rsync -a "$DB" "$DOCS" "$STICK/manual/" && tar czf "$STICK/manual/docs.tgz" '
              '-C "$BASE" docs', user="backup", medium=("usb-backup-outside-window",)),
+    *innocent_cases.DESK_CASES,
 )
-NIGHT_ONLY = ("nightly-backup",)
+NIGHT_ONLY = ("nightly-backup", *innocent_cases.NIGHT_ONLY)
 DAY_ONLY = ("backup-by-hand",)
 
 
@@ -293,8 +282,13 @@ def configs(work: Path, base: Path, port: int, zone: str, backup_serial: str) ->
     pack = work / "pack"
     shutil.copytree(matrix.PACK, pack)
     lists = pack / "lists.yaml"
-    lists.write_text(lists.read_text().replace("approved_backup_serials: []",
-                                               f"approved_backup_serials: [{backup_serial}]"))
+    text = lists.read_text().replace("approved_backup_serials: []",
+                                     f"approved_backup_serials: [{backup_serial}]")
+    # the site's own indexer (innocent_cases.INDEXER), named as an admin names one
+    text = text.replace("known_reader_processes:\n    [",
+                        f"known_reader_processes:\n    [{innocent_cases.INDEXER_NAME}, ")
+    assert innocent_cases.INDEXER_NAME in text
+    lists.write_text(text)
     collector = work / "collector.yaml"
     collector.write_text(
         f"listen: 127.0.0.1:{port}\ntls:\n  insecure_loopback: true\nstore: {work}/collector.db\n"
@@ -317,7 +311,8 @@ def environment(base: Path, stick: Path, work: Path, pause: float) -> dict[str, 
         "DOCS": str(base / "docs"), "CODE": str(base / "code"), "HOME_DIR": str(base / "home"),
         "WHEELS": str(work / "wheels"),
         "DEB": str(debs[0]) if debs else "", "PAUSE": str(pause), "SESSION": SESSION,
-        "ATOMIC_SAVE": ATOMIC_SAVE, "OFFICE_SAVE": OFFICE_SAVE, "FILE_MANAGER": FILE_MANAGER}
+        "ATOMIC_SAVE": ATOMIC_SAVE, "OFFICE_SAVE": OFFICE_SAVE, "FILE_MANAGER": FILE_MANAGER,
+        **innocent_cases.SCRIPTS}
 
 
 def run(case: Innocent, env: dict[str, str]) -> None:
