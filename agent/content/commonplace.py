@@ -6,10 +6,10 @@
 files, so every clone or home backup written to a stick would otherwise be an exact copy of
 tagged data. The same goes for the licence texts the system ships (`/usr/share/common-licenses`:
 Apache-2.0, the GPLs, ...): a tagged repository's `LICENSE` is one of them word for word, and so
-is that of every open-source project a user copies. Like empty files, these contents are never
-matched, whole or in part. So is what git keeps beside a repository's objects (`HEAD`,
-`config`, refs, logs, hooks): the same few bytes in every repository on the same branch. A
-tagged repository's files and its objects still match.
+is that of every open-source project a user copies. Like empty files and files of a few bytes
+(`too_small`), these contents are never matched, whole or in part. So is what git keeps beside a
+repository's objects (`HEAD`, `config`, refs, logs, hooks): the same few bytes in every
+repository on the same branch. A tagged repository's files and its objects still match.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ import hashlib
 import os
 
 TEMPLATE_DIRS = ("/usr/share/git-core/templates", "/etc/skel", "/usr/share/common-licenses")
+# A file of fewer bytes than this (a one-line requirements.txt, a .gitignore, an .editorconfig, a
+# package marker holding a newline) is byte for byte countless files that never saw a tagged
+# tree: like an empty file, equal content is no evidence on its own, whole or as an archive
+# member. A writer that read the tagged file while writing is still tied to it by lineage.
+MIN_EVIDENT_BYTES = 128
 _MAX_BYTES = 1 << 20  # templates and licence texts are small; anything larger is not one
 
 
@@ -37,6 +42,11 @@ def common_digests() -> frozenset[str]:
                 except OSError:
                     continue
     return frozenset(found)
+
+
+def too_small(size: int) -> bool:
+    """Whether a whole file (or member) this small says nothing by its content alone."""
+    return size < MIN_EVIDENT_BYTES
 
 
 def commonplace(sha256: str) -> bool:

@@ -31,7 +31,7 @@ from agent.content.archive import (
 )
 from agent.content.catalog import TEXT_BYTES, ContentCatalog
 from agent.content.chunks import FLUSH, ChunkStream
-from agent.content.commonplace import commonplace_source
+from agent.content.commonplace import commonplace_source, too_small
 from agent.content.entropy import SAMPLE_BYTES, byte_entropy, sample_entropy
 from agent.content.textsim import MIN_SAMPLE, TextFeatures, looks_like_text, sampled
 from agent.sensors.fingerprints import FingerprintIndex
@@ -182,7 +182,7 @@ class _Probe:
     def results(self) -> list[MemberFound]:
         """Every source this probe's bytes identify, best first."""
         catalog, index = self.identifier.catalog, self.identifier.index
-        if self.sha256:
+        if self.sha256 and not too_small(self.seen):
             path = index.match_digest(self.seen, self.sha256)
             if path is not None and not commonplace_source(path, self.sha256):
                 return [MemberFound(self.name, path, "exact", 1.0, self.seen, 0.99, self.seen, self.seen,
@@ -192,7 +192,7 @@ class _Probe:
             source = catalog.source(file_id)
             # a licence text or git's bookkeeping is in every repository: found in the output, it
             # says nothing, whole or in part
-            if source is None or source.size <= 0 or commonplace_source(source.path, source.sha256):
+            if source is None or too_small(source.size) or commonplace_source(source.path, source.sha256):
                 continue
             share = min(1.0, matched / source.size)
             if matched < MIN_CHUNK_BYTES and share < 0.9:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent.content.commonplace import commonplace_source
+from agent.content.commonplace import commonplace_source, too_small
 from agent.content.encodings import wide_text
 from agent.content.examiner import Examiner
 from agent.content.identify import Identification
@@ -130,6 +130,12 @@ class CopyDetector:
             except OSError:
                 written.fd = None
         match = self.index.match(written.fd, written.size) if written.fd is not None else None
+        if match is not None and too_small(written.size):
+            # a one-line requirements.txt is in every project: a few bytes are evidence only as a
+            # copy of what the agent saw staged from tagged data (a writer that read the tagged
+            # file itself is tied to it by lineage, below)
+            staged = self.index.match_digest(written.size, match[1], derived=True) if match[1] else None
+            match = (staged, match[1]) if staged is not None else None
         if match is not None and commonplace_source(*match):
             match = None  # a git template, git's bookkeeping, a skeleton file: in every repository
         methods: list[str] = []

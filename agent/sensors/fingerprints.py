@@ -18,7 +18,7 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, TypeVar
 
 from agent.sensors.derivedinodes import DerivedInodes
@@ -435,25 +435,25 @@ class FingerprintIndex:
             return [(path, e[0], e[1], e[2]) for path, e in self._files.items()]
 
     def has_size(self, size: int) -> bool:
-        """Whether some indexed file, or a former version of one, has exactly this size (a
-        cheap first test)."""
+        """Whether some indexed file, or a former version of one, has this size (a cheap test)."""
         return size in self._by_size or self.formers.has_size(size)  # lock-free: dict lookups
 
-    def match_digest(self, size: int, sha256: str) -> str | None:
-        """The indexed file of this size and full SHA-256 (an archive member's), if any.
-        One look-up when the candidates' digests are known (the catalog hands them over);
-        only candidates not hashed yet are read."""
+    def match_digest(self, size: int, sha256: str, *, derived: bool = False) -> str | None:
+        """The indexed file of this size and full SHA-256 (an archive member's; `derived`: a file the
+        agent saw made from tagged data), if any. Only candidates not hashed yet are read."""
         if size <= 0 or size > self.max_hash_bytes:
             return None
         with self._lock:
             same = self._by_digest.get(sha256, ())
             for path in (same,) if isinstance(same, str) else same:
-                if self._full[path][2] == size:
+                if self._full[path][2] == size and (not derived or path in self._derived):
                     return path
-            former = self.formers.find(size, sha256)
-            candidates = self._by_size.get(size, ())
+            former = None if derived else self.formers.find(size, sha256)
+            candidates: Collection[str] = self._by_size.get(size, ())
+            if derived:
+                candidates = [p for p in candidates if p in self._derived]
             unknown: list[str] = []
-            if self._hashed.get(size, 0) < len(candidates):  # else none of them has this digest
+            if derived or self._hashed.get(size, 0) < len(candidates):  # else none has this digest
                 unknown = [p for p in candidates if p not in self._full]
         found = next((path for path in unknown if self._full_of(path) == sha256), None)
         return found if found is not None or former is None else former.path

@@ -214,6 +214,7 @@ def make_home(base: Path) -> Path:
         body = f"/* TODO check */\nint f{i}(void) {{ return {i}; }}\n"
         (code / f"m{i:03d}.c").write_text(body + "// x\n" * 200)
     (code / "Makefile").write_text("OBJS := $(patsubst %.c,%.o,$(wildcard *.c))\nall: $(OBJS)\n")
+    innocent_cases.add_boilerplate(code, home / "src/pyproj")
     licenses = Path("/usr/share/common-licenses")
     if (licenses / "Apache-2.0").is_file():  # the licence text every Apache-licensed project ships
         shutil.copy(licenses / "Apache-2.0", code / "LICENSE")

@@ -10,6 +10,7 @@ for that alone. Each script writes names of its own onto the shared stick.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,26 @@ with zipfile.ZipFile(os.path.join(where, "slides.zip"), "w", zipfile.ZIP_DEFLATE
     zf.writestr("slides/photo.jpg", b"\xff\xd8\xff\xe0" + os.urandom(150_000))
 """
 
+# Files every project of a kind carries, byte for byte: a tagged repository has them and so has the
+# user's own project (path -> content).
+BOILERPLATE = {
+    ".gitignore": "__pycache__/\n*.pyc\n*.o\nbuild/\n.venv/\n",
+    ".editorconfig": "root = true\n\n[*]\nindent_style = space\nindent_size = 4\n",
+    "requirements.txt": "requests\n",
+    "tools/__init__.py": "\n",
+}
+
+
+def add_boilerplate(code: Path, project: Path) -> None:
+    """The same boilerplate in the tagged source tree and in the user's own project, with code of
+    its own beside it."""
+    for top in (code, project):
+        for name, text in BOILERPLATE.items():
+            (top / name).parent.mkdir(parents=True, exist_ok=True)
+            (top / name).write_text(text)
+    (project / "tools/report.py").write_text("def main() -> None:\n    print('my own tool')\n")
+
+
 _GIT = 'git -c safe.directory="$CODE"'
 
 DESK_CASES = (
@@ -147,6 +168,9 @@ DESK_CASES = (
     Innocent("nightly-mirror", 'rsync -a --delete "$DB" "$DOCS" "$CODE" "$STICK/mirror/" && '
              'echo stale > "$STICK/mirror/docs/old-plan.txt" && '
              'rsync -a --delete "$DB" "$DOCS" "$CODE" "$STICK/mirror/"', user="backup"),
+    # the user's own Python project onto the stick: its .gitignore, .editorconfig, requirements.txt
+    # and empty package marker are byte for byte the tagged repository's
+    Innocent("own-project", 'cp -r "$HOME_DIR/src/pyproj" "$STICK/pyproj-desk"', user=DESK),
     # a package downloaded from the distribution's mirror (needs the network: not in the test)
     Innocent("apt-download", 'cd "$WORK" && apt-get download -q hello >/dev/null 2>&1 && '
              'dpkg -x hello_*.deb "$STICK/hello-pkg" && cp hello_*.deb "$STICK/" && rm hello_*.deb'),

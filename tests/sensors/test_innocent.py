@@ -43,7 +43,7 @@ FAST = ("git-clone-commit", "venv-pip-wheel", "make-build", "vim-tagged-backup",
         "csv-header", "deb-build", "licences", "ctags-code", "git-status-log", "grep-everything",
         "plocate-user",
         "indexer-service", "indexer-user", "tests-then-build", "desk-day-photos", "report-session",
-        "tar-photos-during-backup", "rsync-music", "downloads", "nightly-mirror")
+        "tar-photos-during-backup", "rsync-music", "downloads", "nightly-mirror", "own-project")
 
 
 def _copies_after_second_mount(tmp_path: Path, point: str) -> list[str]:
