@@ -187,6 +187,8 @@ class PolicyEngine:
         self.alerts_raised = 0
         self.folded: dict[str, int] = {}  # repeats folded into an open suppression window, per policy id
         self._policies: list[_Compiled] = []
+        # the pack's own after_hours macro, compiled: every alert says whether it was after hours
+        self._after_hours: Callable[[EventFields], bool] | None = None
         self._by_action: dict[str, list[_Compiled]] = {}
         self._any_action: list[_Compiled] = []
         # Actions whose policies may read the risk fields (reads.needs_risk); None: every action.
@@ -208,6 +210,8 @@ class PolicyEngine:
             {n: m.condition for n, m in policy_set.macros.items()}, policy_set.lists, self.timezone
         )
         macros = {n: m.condition for n, m in policy_set.macros.items()}
+        hours = macros.get("after_hours")
+        self._after_hours = compiler.compile(hours) if hours is not None else None
         compiled: list[_Compiled] = []
         by_action: dict[str, list[_Compiled]] = {}
         any_action: list[_Compiled] = []
@@ -516,6 +520,10 @@ class PolicyEngine:
         moment = conditions.local_time(str(event.get("@timestamp", "")), self.timezone)
         if moment is not None:
             measures["local_time"] = moment.strftime("%Y-%m-%d %H:%M:%S %Z")
+            if self._after_hours is not None:
+                measures["after_hours"] = late = bool(self._after_hours(event))
+                measures["local_time"] += " (after hours)" if late else ""
+        summary.describe(event, measures, self.inventory, policy.aggregate)
         measures.setdefault("count", firing.count)
         where = summary.destination(event)
         if where:

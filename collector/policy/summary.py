@@ -10,6 +10,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from collector.policy.model import Aggregate
+
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 
 # Measures an alert knows besides the event's fields.
@@ -25,7 +27,15 @@ MEASURES = {
     "steps": "names of the sequence steps seen, in order",
     "destination": "where a write went: a device (vendor, model, serial), a network share or a phone (MTP)",
     "evidence": "what ties a copy to tagged data, in plain words (content match, or timing and sizes)",
+    "after_hours": "whether the event was after hours by the pack's after_hours macro (local_time says it)",
+    "collection_share": "the tagged files the alert covers against the agent's count of their tag, "
+                        "e.g. 7 of 7 files tagged database (100%)",
+    "who": "the user, and the login user when another (root (login alice): sudo, su, runuser)",
+    "how": "the process by name, with its command line when the agent read one (cut at 120 characters)",
 }
+_COMMAND_LINE_SHOWN = 120
+# aggregate fields whose distinct values are tagged files
+_FILE_FIELDS = ("file.path", "exfilguard.source.path")
 
 _EGRESS_KINDS = {"network": "network share", "mtp": "phone (MTP)"}
 # exfilguard.content.format of a text the agent decoded before matching it (base64, hex dumps)
@@ -92,6 +102,50 @@ def evidence(event: Mapping[str, Any]) -> str:
         said += (f"; the write judged again: what ties it arrived after its first judgement (event "
                  f"{event['exfilguard.copy.revises']})")
     return said
+
+
+def describe(event: Mapping[str, Any], measures: dict[str, Any], inventory: Mapping[tuple[str, str], Any],
+             aggregate: Aggregate | None = None) -> None:
+    """Add the measures an officer reads an alert by: `who`, `how` and `collection_share`."""
+    user = str(event.get("user.name") or "")
+    login = str(event.get("exfilguard.login_user.name") or "")
+    also = f" (login {login})" if login and login != user else ""
+    measures.setdefault("who", f"{user or 'an unknown user'}{also}")
+    name = str(event.get("process.name") or "")
+    line = " ".join(str(event.get("process.command_line") or "").split())  # a script's newlines
+    if len(line) > _COMMAND_LINE_SHOWN:
+        line = line[: _COMMAND_LINE_SHOWN - 3] + "..."
+    measures.setdefault("how", f"{name} ({line})" if name and line else name or line or "an unknown process")
+    if share := collection_share(event, measures, inventory, aggregate):
+        measures.setdefault("collection_share", share)
+
+
+def collection_share(event: Mapping[str, Any], measures: Mapping[str, Any],
+                     inventory: Mapping[tuple[str, str], Any], aggregate: Aggregate | None = None) -> str:
+    """How many tagged files an alert covers, against the agent's latest count of their tag
+    (`7 of 7 files tagged database (100%)`): a whole collection or one file of it reads at once.
+    "" when the alert counts no files, or is a coverage alert (which says so itself)."""
+    if "coverage" in measures:
+        return ""
+    files = 0
+    measured = aggregate.measures if aggregate is not None else ()
+    if any(m.kind == "distinct" and m.field in _FILE_FIELDS for m in measured):
+        files = _int(measures.get("distinct"))
+    elif event.get("event.action") == "file.mass_read":
+        files = _int(event.get("exfilguard.count"))
+    elif str(event.get("event.action", "")).startswith("file."):
+        # a copy naming its source came from one tagged file at least
+        named = 1 if event.get("exfilguard.source.path") else 0
+        files = max(_int(event.get("exfilguard.copy.files_read")), named)
+    if files <= 0:
+        return ""
+    agent = str(event.get("agent.id", ""))
+    for tag in event.get("exfilguard.source.tags") or event.get("tags") or ():
+        known = inventory.get((agent, str(tag)))
+        if known is not None and known.files > 0:
+            share = min(100, round(100 * files / known.files))
+            return f"{files} of {known.files} files tagged {tag} ({share}%)"
+    return f"{files} tagged file{'s' if files != 1 else ''}"  # the agent sent no count of the tag yet
 
 
 def _int(value: Any) -> int:

@@ -227,3 +227,31 @@ def test_an_installed_scanner_whose_account_was_not_read_is_no_mass_read(pack: P
     alerts = [a.to_json() for a in replay_events(engine, read_events(events))]
     assert [(a["policy.id"], a["process.executable"]) for a in alerts] == [
         ("staging-mass-read", "/home/mallory/bin/clamscan")]
+
+
+def test_an_alert_says_who_how_much_of_the_collection_and_whether_after_hours(pack: Path) -> None:
+    # root copying one database file at 22:30 Berlin time, logged in as alice (sudo): the summary
+    # names both, the share of the collection the agent counted, and that it was after hours
+    engine = engine_for(loader.load([pack]), timezone="Europe/Berlin")
+    common = {"agent.id": "agent-ws9", "host.name": "ws-9", "event.kind": "event", "agent.version": "0.1.0"}
+    inventory = {**common, "@timestamp": "2026-11-18T08:00:00.000000Z", "event.action": "agent.inventory",
+                 "event.id": "00000000-0000-0000-0000-0000000f0001", "event.sequence": 1,
+                 "exfilguard.inventory": [{"bytes": 70000, "files": 7, "tag": "database"}]}
+    copy = {**common, "@timestamp": "2026-11-18T21:30:00.000000Z", "event.action": "file.copy",
+            "event.id": "00000000-0000-0000-0000-0000000f0002", "event.sequence": 2,
+            "device.bus": "usb", "device.vendor": "SanDisk", "device.model": "Cruzer Blade",
+            "device.serial": "SANDISK-9", "exfilguard.mount.point": "/media/alice/STICK",
+            "exfilguard.copy.identified_by": "exact", "exfilguard.copy.confidence": 1.0,
+            "exfilguard.copy.method": ["process", "fingerprint"], "exfilguard.copy.files_read": 1,
+            "exfilguard.source.path": "/srv/db/customers.sqlite", "exfilguard.source.tags": ["database"],
+            "file.path": "/media/alice/STICK/c.sqlite", "file.size": 10000, "process.name": "cp",
+            "process.command_line": "cp /srv/db/customers.sqlite /media/alice/STICK/c.sqlite",
+            "tags": ["database"], "user.name": "root", "user.id": "0", "exfilguard.login_user.name": "alice"}
+    alerts = [a.to_json() for a in replay_events(engine, [inventory, copy])]
+    database = next(a for a in alerts if a["policy.id"] == "usb-copy-database")
+    summary = str(database["summary"])
+    assert summary.startswith("root (login alice) on ws-9 copied database data to usb SanDisk Cruzer Blade")
+    assert "from 1 of 7 files tagged database (14%)" in summary
+    assert "at 2026-11-18 22:30:00 CET (after hours)" in summary
+    assert database["exfilguard.alert.after_hours"] is True
+    assert database["exfilguard.alert.collection_share"] == "1 of 7 files tagged database (14%)"
