@@ -517,20 +517,9 @@ class PolicyEngine:
     def _raise(self, policy: Policy, firing: Firing) -> RaisedAlert:
         event = firing.event
         measures: dict[str, Any] = dict(firing.measures)
-        moment = conditions.local_time(str(event.get("@timestamp", "")), self.timezone)
-        if moment is not None:
-            measures["local_time"] = moment.strftime("%Y-%m-%d %H:%M:%S %Z")
-            if self._after_hours is not None:
-                measures["after_hours"] = late = bool(self._after_hours(event))
-                measures["local_time"] += " (after hours)" if late else ""
-        summary.describe(event, measures, self.inventory, policy.aggregate)
+        summary.describe(event, measures, self.inventory, policy.aggregate, zone=self.timezone,
+                         after_hours=self._after_hours)
         measures.setdefault("count", firing.count)
-        where = summary.destination(event)
-        if where:
-            measures.setdefault("destination", where)
-        why = summary.evidence(event)
-        if why:
-            measures.setdefault("evidence", why)
         agent = str(event.get("agent.id", ""))
         lost = sum(n for t, n in self.gaps.get(agent, []) if t >= firing.last - GAP_MEMORY_SECONDS)
         measures["agent_lost_events_24h"] = lost

@@ -7,9 +7,10 @@ A placeholder with no value renders as `?`, so a summary never fails at alert ti
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from collector.policy import conditions
 from collector.policy.model import Aggregate
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -105,8 +106,20 @@ def evidence(event: Mapping[str, Any]) -> str:
 
 
 def describe(event: Mapping[str, Any], measures: dict[str, Any], inventory: Mapping[tuple[str, str], Any],
-             aggregate: Aggregate | None = None) -> None:
-    """Add the measures an officer reads an alert by: `who`, `how` and `collection_share`."""
+             aggregate: Aggregate | None = None, *, zone: str = "UTC",
+             after_hours: Callable[[Mapping[str, Any]], bool] | None = None) -> None:
+    """Add the measures an officer reads an alert by: when (`local_time` in `zone`, and whether
+    `after_hours`, the pack's macro, holds), who, how, where to, on what evidence, and what share
+    of the collection."""
+    moment = conditions.local_time(str(event.get("@timestamp", "")), zone)
+    if moment is not None:
+        measures["local_time"] = moment.strftime("%Y-%m-%d %H:%M:%S %Z")
+        if after_hours is not None:
+            measures["after_hours"] = late = bool(after_hours(event))
+            measures["local_time"] += " (after hours)" if late else ""
+    for name, value in (("destination", destination(event)), ("evidence", evidence(event))):
+        if value:
+            measures.setdefault(name, value)
     user = str(event.get("user.name") or "")
     login = str(event.get("exfilguard.login_user.name") or "")
     also = f" (login {login})" if login and login != user else ""
