@@ -121,6 +121,18 @@ class CopyDetector:
                 written.fd = None
         return True
 
+    def _equal(self, fd: int, size: int) -> tuple[str, str] | None:
+        """(path, SHA-256) of the tagged or derived file this one equals, when that is evidence:
+        never commonplace content (a git template, git's bookkeeping, a skeleton file: in every
+        repository); a few bytes (a one-line requirements.txt is in every project) only as a copy
+        of what the agent saw staged from tagged data (a writer that read the tagged file itself
+        is tied to it by lineage)."""
+        match = self.index.match(fd, size)
+        if match is not None and too_small(size):
+            staged = self.index.match_digest(size, match[1], derived=True) if match[1] else None
+            match = (staged, match[1]) if staged is not None else None
+        return None if match is None or commonplace_source(*match) else match
+
     def identify(self, written: Written) -> tuple[Provenance | None, str, list[str], bool]:
         """(provenance, SHA-256 if the whole file matched, methods, whether it equals a
         tagged file) of a written file, by hash and lineage; content is the examiner's."""
@@ -129,15 +141,7 @@ class CopyDetector:
                 written.size = os.fstat(written.fd).st_size
             except OSError:
                 written.fd = None
-        match = self.index.match(written.fd, written.size) if written.fd is not None else None
-        if match is not None and too_small(written.size):
-            # a one-line requirements.txt is in every project: a few bytes are evidence only as a
-            # copy of what the agent saw staged from tagged data (a writer that read the tagged
-            # file itself is tied to it by lineage, below)
-            staged = self.index.match_digest(written.size, match[1], derived=True) if match[1] else None
-            match = (staged, match[1]) if staged is not None else None
-        if match is not None and commonplace_source(*match):
-            match = None  # a git template, git's bookkeeping, a skeleton file: in every repository
+        match = self._equal(written.fd, written.size) if written.fd is not None else None
         methods: list[str] = []
         found: Provenance | None = None
         sha = ""
@@ -273,10 +277,10 @@ class CopyDetector:
         """A waiting write looked at again (second look's thread): equal to a derived (or a
         tagged) file, or one part of a derived one, with evidence? Then its file.copy on it."""
         size = waiting.key[2]
-        match = self.index.match(fd, size)
+        match = self._equal(fd, size)
         found: Provenance | None = None
         sha = ""
-        if match is not None and not commonplace_source(*match):
+        if match is not None:
             sha = match[1]
             found = self.index.provenance(match[0])
             if found is None:
