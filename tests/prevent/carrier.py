@@ -9,8 +9,14 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from agent.prevent.guard import ContentGuard
+from agent.sensors.fingerprints import FingerprintIndex
+from agent.sensors.lineage import SourceRead
+from agent.sensors.provenance import Provenance
 
 FAN_OPEN_PERM = 0x10000
 
@@ -38,6 +44,16 @@ def carrying(tagged: Path) -> Iterator[subprocess.Popen[bytes]]:
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+def derive(guard: ContentGuard, source: Path, export: Path) -> None:
+    """Write `export` and have the guard's index learn it as derived from `source`, as the copy
+    detector would (the responder is told at once)."""
+    export.write_bytes(os.urandom(5000))
+    read = SourceRead(str(source), ("database",), 5000, time.time())
+    index = guard.decider.index
+    assert isinstance(index, FingerprintIndex)
+    index.add_derived(str(export), Provenance("exact", 1.0, (read,), 1))
 
 
 def kernel_dev(point: Path) -> str:

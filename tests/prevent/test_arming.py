@@ -17,7 +17,7 @@ import pytest
 from agent.prevent.guard import ContentGuard
 from agent.prevent.permission import FAN_OPEN_PERM
 from tests.e2e.harness import wait_for
-from tests.prevent.carrier import carrying, group_marks, kernel_dev
+from tests.prevent.carrier import carrying, derive, group_marks, kernel_dev
 from tests.prevent.test_content_guard import guarded
 from tests.sensors.recorder import Running
 
@@ -136,3 +136,25 @@ def test_a_write_opened_while_unarmed_gets_no_tagged_data(guarded: tuple[Running
     assert gzip.decompress((point / "p.gz").read_bytes()) == b""
     blocked = run.events.wait_for(run.events.action("file.block"), count=2)
     assert {e["file.path"] for e in blocked} == {str(db / "customers.db"), str(db / "orders.csv")}
+
+
+def test_a_derived_file_is_asked_while_unarmed_and_its_copy_refused(
+        guarded: tuple[Running, Path, Path], tmp_path: Path) -> None:
+    run, db, point = guarded
+    guard = run.sensor("prevent")
+    assert isinstance(guard, ContentGuard)
+    export = tmp_path / "export.csv"
+    derive(guard, db / "customers.db", export)
+    _unarmed(guard, db, point)
+    group = guard.marks.group
+    assert group is not None
+    ino = f"{export.stat().st_ino:x}"
+    wait_for(lambda: any(found == ino and mask & FAN_OPEN_PERM
+                         for found, mask in group_marks(group.fd, "ino")),
+             15, "the derived file to be asked", diagnose=guard.summary)
+    done = _run(f"cp {export} {point}/e.csv", tmp_path)
+    assert done.returncode != 0
+    assert "not permitted" in done.stderr or "ermission denied" in done.stderr, done.stderr
+    assert not any(_files_on(point).values()), _files_on(point)
+    blocked = run.events.wait_for(run.events.action("file.block"))[0]
+    assert "derived file" in blocked["event.reason"]

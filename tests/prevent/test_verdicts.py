@@ -21,11 +21,10 @@ from agent.prevent.guard import ContentGuard
 from agent.prevent.verdicts import ProcessHandle
 from agent.sensors.fingerprints import FingerprintIndex
 from agent.sensors.lineage import DataFlow, SourceRead
-from agent.sensors.provenance import Provenance
 from agent.sensors.tags import TagMap
 from common.agentconfig import PreventSettings
 from tests.e2e.harness import wait_for
-from tests.prevent.carrier import carrying
+from tests.prevent.carrier import carrying, derive
 from tests.prevent.test_content_guard import guarded
 from tests.sensors.recorder import Running
 
@@ -458,12 +457,7 @@ def test_a_cached_writer_holding_a_derived_file_is_refused(
         armed: tuple[Running, Path, Path, ContentGuard], tmp_path: Path) -> None:
     run, db, point, guard = armed
     export = tmp_path / "export.csv"
-    export.write_bytes(os.urandom(5000))
-    # the index learns it as the copy detector would; the responder is told at once
-    read = SourceRead(str(db / "customers.db"), ("database",), 5000, time.time())
-    index = guard.decider.index
-    assert isinstance(index, FingerprintIndex)
-    index.add_derived(str(export), Provenance("exact", 1.0, (read,), 1))
+    derive(guard, db / "customers.db", export)
     fast = guard.fast
     done = subprocess.run([sys.executable, "-c", WRITES_THEN_HOLDS_DERIVED, str(point)],
                           env={**os.environ, "DERIVED": str(export)}, capture_output=True, timeout=60,
