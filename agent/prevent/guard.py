@@ -1,10 +1,12 @@
 """ContentGuard: prevent.removable_writes = block, with fanotify permission events.
 
 A permission group (permission.py) with a file system mark (FAN_OPEN_PERM) on every removable
-mount, and FAN_OPEN_PERM inode marks on the tagged trees while a file on removable media is open
-for writing ("armed"; decide.py says why). Each permission event holds its open in the kernel
-until it is answered. Who opened tagged data is heard through a second group, of the
-notification class, with FAN_OPEN marks on the tagged trees always; nothing waits on it.
+mount while some process may carry tagged data ("the sticks armed"; arming.py), and
+FAN_OPEN_PERM inode marks on the tagged trees while a file on removable media is open for writing
+("armed"; decide.py says why) and while the sticks are not armed. Each permission event holds its
+open in the kernel until it is answered. Who opened tagged data is heard through a second group,
+of the notification class, with FAN_OPEN marks on the tagged trees always, and who opened files on
+removable media through a third; nothing waits on them.
 
   responder         a child process (responder.py) reads both groups, answers the opens of
                     processes found clean from their verdicts, away from this process's

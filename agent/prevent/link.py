@@ -11,10 +11,14 @@ other threads and its interpreter lock; everything else it hands to the agent. B
 
 Messages, responder -> agent: ["heard", pid, pgid, path, when] (a tagged open, sent before any
 open read after it), ["ask", seq, fd, pid, path, dev, size, read_at] (decide this open),
-["fast", pid, pgid, path, write, latency] (answered from a clean verdict), ["defaulted", n],
-["synced", n], ["overflow"]. Agent -> responder: ["answer", seq, allow], ["clean", pid, ppid,
-pgid, chain, version], ["sync", n, armed], ["derived", paths], ["devs", devs],
-["roots", {root: tags}], ["stop"].
+["fast", latencies, [[pid, pgid, path], ...] writers, tagged] (answered here, and the writers),
+["armed", quiet] (it marked the sticks; quiet: nothing writes to removable media),
+["disarmed"] (it took their marks off), ["defaulted", n], ["synced", n], ["overflow"].
+Agent -> responder: ["answer", seq, allow], ["clean", pid, ppid, pgid, chain, version],
+["sync", n, armed] (and "disarm": take the sticks' marks off unless a tagged open came since
+the last sync; "arm": mark them), ["derived", paths], ["devs", [[dev, mount point], ...]],
+["writer", pid, pgid], ["writers", [[pid, pgid], ...]], ["roots", {root: tags}], ["stop"].
+The sticks' marks are the responder's to place and take off (agent/prevent/arming.py).
 """
 
 from __future__ import annotations

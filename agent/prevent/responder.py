@@ -15,6 +15,9 @@ owns the reading of the permission group:
   - while armed, a tagged file's open by a process that writes nothing to removable media, nor
     any of its group (the writers: those answered here, and those the agent tells as it notes
     them), is answered here too, when no open on removable media of either waits for the agent;
+  - a tagged or derived file's open while the sticks are unarmed: the removable mounts are
+    marked first, then it is answered here unless the opener or its group holds a file there
+    open for writing (arming.py); the sticks' marks are this process's to place and take off;
   - an open on removable media for reading (its flags read from /proc, as the agent would) is
     allowed here, armed or not: a read takes nothing away, and arms nothing;
   - everything else is handed to the agent (`ask`) and answered when the agent says (`answer`),
