@@ -1,6 +1,6 @@
 """Detection of the insider matrix, false alerts on the benign one, and time from write to alert.
 
-    sudo .venv/bin/python -m bench.detection [--rounds 1] [--scale 4]
+    sudo .venv/bin/python -m bench.detection [--rounds 1] [--scale 4] [--only NAME ...]
 
 Needs root (loop device, mount, udev, fanotify). Real processes: `exfilguard-collector` with the
 shipped pack (suppression windows left out, so every technique raises its own alert) and
@@ -65,6 +65,8 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=1, help="times the matrix is run (default 1)")
     parser.add_argument("--scale", type=int, default=4, help="database size, x 1.2 MiB (default 4)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", default=[],
+                        help="run only these techniques (tests/sensors/matrix.py case names)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench.detection: skipped, needs root (loop devices, mount, udev, fanotify)")
@@ -143,6 +145,8 @@ def main() -> int:
                                       stdin=subprocess.PIPE, text=True)
             _wait(lambda signal=signal: signal.exists() and signal.read_text() == "read", 30, "the reads")
             for case in (*matrix.THEFTS, *matrix.EXPORTS):
+                if args.only and case.name not in args.only:
+                    continue
                 total += 1
                 outputs = {matrix.expand(o, env) for o in case.outputs}
                 done = matrix.run_case(case, env)
