@@ -256,6 +256,12 @@ def _copied(event: Mapping[str, Any], cov: Coverage, path: str, size: float) -> 
         return [(path, size)]
     members = event.get("exfilguard.copy.members")
     sizes = {str(m.get("source")): float(m.get("size") or 0) for m in members or [] if isinstance(m, Mapping)}
+    if not sizes:
+        # no listing (an encrypted stream tied by lineage): the tagged bytes its pipeline read, on
+        # its first source, or the officer read "7 of 7 files, 0 B"
+        read = event.get("exfilguard.copy.bytes_read")
+        whole = float(read) if isinstance(read, int | float) and read > 0 else size
+        return [(str(one), whole if i == 0 else 0.0) for i, one in enumerate(sources)]
     return [(str(one), sizes.get(str(one), 0.0)) for one in sources]
 
 

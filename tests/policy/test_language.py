@@ -272,6 +272,19 @@ def test_coverage_counts_the_members_of_an_archive() -> None:
     assert alerts[0].alert["summary"] == "80% of database (4 of 5)"
 
 
+def test_coverage_of_an_unlisted_copy_of_several_files_counts_the_bytes_read() -> None:
+    # an encrypted stream of the collection (lineage: sources, no members): its bytes are what
+    # the pipeline read of them, not 0 B
+    with_bytes = COVERAGE.replace("({count} of {inventory_files})", "({count} of {inventory_files}, {bytes})")
+    runner = engine(with_bytes % "files")
+    runner.evaluate(inventory(5, 500))
+    stream = copy(0, size=700, path="/srv/db/0")
+    stream["exfilguard.copy.sources"] = [f"/srv/db/{i}" for i in range(5)]
+    stream["exfilguard.copy.bytes_read"] = 480
+    alerts = runner.evaluate(stream)
+    assert alerts[0].alert["summary"] == "100% of database (5 of 5, 480 B)"
+
+
 def test_coverage_needs_an_inventory() -> None:
     runner = engine(COVERAGE % "files")
     assert fired(runner, *[copy(i) for i in range(10)]) == []
