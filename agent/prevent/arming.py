@@ -118,7 +118,9 @@ class Carriers:
         self._holds_tagged = holds_tagged
         self._lock = threading.Lock()
         self._known: OrderedDict[int, _Carrier] = OrderedDict()
-        self.dropped = 0  # forgotten at the bound while they may have lived
+        # wall time a carrier was last forgotten at the bound (it may live): the sticks stay armed
+        # for RECENT_SECONDS after it, the time its read keeps its writes refused
+        self.dropped_at = 0.0
 
     def note(self, pid: int, pgid: int = 0, when: float = 0.0) -> None:
         """`pid` opened tagged or derived data (at wall time `when`; its group `pgid` if known)."""
@@ -134,7 +136,7 @@ class Carriers:
             self._known[pid] = carrier
             while len(self._known) > MAX_CARRIERS:
                 self._known.popitem(last=False)
-                self.dropped += 1
+                self.dropped_at = time.time()
 
     def adopt(self, other: Carriers) -> None:
         """Take the carriers another guard knows (a rebuild of the sensors hands them over)."""
@@ -143,7 +145,7 @@ class Carriers:
         with self._lock:
             for pid, carrier in known:
                 self._known.setdefault(pid, carrier)
-            self.dropped += other.dropped
+            self.dropped_at = max(self.dropped_at, other.dropped_at)
 
     def scan(self) -> None:
         """Note every process holding tagged or derived data open now (at the guard's start: what
@@ -165,9 +167,9 @@ class Carriers:
         now = time.time()
         with self._lock:
             known = list(self._known.items())
-            dropped = self.dropped
-        if dropped:
-            return True  # one forgotten at the bound may live: stay armed (not expected: 4,096)
+            dropped_at = self.dropped_at
+        if now - dropped_at <= RECENT_SECONDS:
+            return True  # one forgotten at the bound may live (4,096 processes read tagged data)
         gone = []
         found = False
         for pid, carrier in known:
