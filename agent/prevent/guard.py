@@ -572,8 +572,8 @@ class ContentGuard:
             if not self.marks.trees:
                 self.marks.arm_trees()
             self.marks.ask_derived(True)
-            # the responder hands every tagged open to the agent from now on; what it heard or
-            # answered before is noted before its reply
+            # what the responder heard or answered before is noted before its reply (it answers
+            # no write from verdicts from now on); a tagged open after it stops the disarming
             if not self._sync(False) or self.carriers.alive():
                 self._send(["sync", 0, True])
                 return
