@@ -121,14 +121,15 @@ class CopyDetector:
                 written.fd = None
         return True
 
-    def _equal(self, fd: int, size: int) -> tuple[str, str] | None:
+    def _equal(self, fd: int, size: int, written: Written) -> tuple[str, str] | None:
         """(path, SHA-256) of the tagged or derived file this one equals, when that is evidence:
         never commonplace content (a git template, git's bookkeeping, a skeleton file: in every
-        repository); a few bytes (a one-line requirements.txt is in every project) only as a copy
-        of what the agent saw staged from tagged data (a writer that read the tagged file itself
-        is tied to it by lineage)."""
+        repository); a few bytes (a one-line requirements.txt is in every project) only when the
+        writers read that very file (rsync's receiver, fed by its sender) or as a copy of what
+        the agent saw staged from tagged data."""
         match = self.index.match(fd, size)
-        if match is not None and too_small(size):
+        writers = [p for p in dict.fromkeys((written.pid, *written.writers)) if p]
+        if match is not None and too_small(size) and not (writers and self.flow.reached(writers, match[0])):
             staged = self.index.match_digest(size, match[1], derived=True) if match[1] else None
             match = (staged, match[1]) if staged is not None else None
         return None if match is None or commonplace_source(*match) else match
@@ -141,7 +142,7 @@ class CopyDetector:
                 written.size = os.fstat(written.fd).st_size
             except OSError:
                 written.fd = None
-        match = self._equal(written.fd, written.size) if written.fd is not None else None
+        match = self._equal(written.fd, written.size, written) if written.fd is not None else None
         methods: list[str] = []
         found: Provenance | None = None
         sha = ""
@@ -277,7 +278,7 @@ class CopyDetector:
         """A waiting write looked at again (second look's thread): equal to a derived (or a
         tagged) file, or one part of a derived one, with evidence? Then its file.copy on it."""
         size = waiting.key[2]
-        match = self._equal(fd, size)
+        match = self._equal(fd, size, waiting.written)
         found: Provenance | None = None
         sha = ""
         if match is not None:
