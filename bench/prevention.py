@@ -14,7 +14,8 @@ an innocent process's 10,000 open+read+close of tagged files (nothing being writ
 stick), then `cp -r` of 2,000 small (4 KiB) files plus one 256 MiB file onto the stick (page
 cache; the stick is emptied and synced before each copy, not timed). Before each of the two
 the agent is let settle (its CPU time, the responder's included, grows by under 20 ms in 0.3 s,
-for at most 20 s): what is measured is the steady cost of a copy or a reader, not the agent's
+for at most 20 s; before the copy, the reader's lingering as a carrier, GONE_SECONDS, passed):
+what is measured is the steady cost of a copy or a reader, not the agent's
 start-up scan nor the hashing of the previous copy, and the tagged trees are disarmed again
 after a copy before the reader runs (as the issue asks: nothing being written to a stick). The
 reader runs in a session of its own (another program, not the copier's job). Medians over the
@@ -61,6 +62,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from agent.prevent.arming import GONE_SECONDS
 from bench import _cli
 
 SETTLE_SECONDS = 20.0   # the longest wait for the agent to be idle before a measurement
@@ -247,6 +249,10 @@ def main() -> int:
                         agent.settle()
                     # the innocent reader first: block on, nothing being written to the stick
                     opens[mode].append(_opens(tagged, args.opens))
+                    if agent is not None:
+                        # the reader, a carrier, keeps the sticks armed GONE_SECONDS after it ended
+                        # (what it wrote may not be known as derived yet): the copy is another task
+                        time.sleep(GONE_SECONDS + 0.5)
                     took, waited, used, answering = _copy(source, point, agent)
                 finally:
                     text = agent.stop() if agent is not None else ""  # a failed round leaves no agent behind

@@ -16,7 +16,8 @@ open a file on removable media for writing without the agent deciding one of the
              media is open for writing (decide.py), derived files always. Carriers: processes
              that opened tagged or derived data (heard, or asked), and those lineage says read
              some (pipes, parents before a fork).
-  disarming  every carrier is gone (pid and start time), its process group too, and lineage
+  disarming  every carrier is gone (pid and start time) for GONE_SECONDS, its process group
+             too, and lineage
              names no live process that read tagged data lately: the tagged trees are marked
              first, the responder reads the tagged opens queued meanwhile, the carriers are
              looked at again, and only then the sticks' marks come off.
@@ -52,6 +53,11 @@ from agent.sensors.tags import TagMap
 log = logging.getLogger(__name__)
 
 MAX_CARRIERS = 4096   # processes remembered as carrying tagged data (oldest forgotten: see alive)
+# A carrier gone (and its group) still counts this long: what it wrote is known as derived only
+# once the file sensor's events of it are read and the fingerprint index holds the file (about a
+# second under load). Disarmed at once, `cp db /tmp/x` and then `cp /tmp/x stick/` typed as two
+# commands (each a group of its own) found /tmp/x not yet asked and the stick not marked.
+GONE_SECONDS = 5.0
 
 
 def start_time(pid: int) -> int | None:
@@ -105,6 +111,7 @@ class _Carrier:
     start: int | None   # /proc/PID/stat start time; None: gone when it was noted
     pgid: int
     last: float         # wall time of its latest tagged open
+    gone: float = 0.0   # wall time it (and its group) was first found gone; 0: not yet
 
 
 class Carriers:
@@ -162,8 +169,9 @@ class Carriers:
     def alive(self) -> bool:
         """Whether any process may still carry tagged data: a carrier alive (and within
         RECENT_SECONDS of its last tagged open, or holding tagged data open), a process of a
-        gone carrier's group within RECENT_SECONDS, or a live process lineage says read tagged
-        data within RECENT_SECONDS. Forgets the carriers that no longer count."""
+        gone carrier's group within RECENT_SECONDS, a carrier gone less than GONE_SECONDS ago,
+        or a live process lineage says read tagged data within RECENT_SECONDS. Forgets the
+        carriers that no longer count."""
         now = time.time()
         with self._lock:
             known = list(self._known.items())
@@ -178,7 +186,13 @@ class Carriers:
                 if fresh or self._holds_tagged(procs.open_paths(pid)):
                     found = True
                     break
-            elif fresh and carrier.pgid > 1 and group_alive(carrier.pgid):
+                gone.append((pid, carrier))  # alive, but its read too long ago to refuse a write
+                continue
+            if fresh and carrier.pgid > 1 and group_alive(carrier.pgid):
+                found = True
+                break
+            carrier.gone = carrier.gone or now
+            if now - carrier.gone < GONE_SECONDS:
                 found = True
                 break
             gone.append((pid, carrier))

@@ -158,3 +158,19 @@ def test_a_derived_file_is_asked_while_unarmed_and_its_copy_refused(
     assert not any(_files_on(point).values()), _files_on(point)
     blocked = run.events.wait_for(run.events.action("file.block"))[0]
     assert "derived file" in blocked["event.reason"]
+
+
+def test_a_staged_copy_then_its_copy_as_two_commands_lands_nothing(
+        guarded: tuple[Running, Path, Path], tmp_path: Path) -> None:
+    # typed in an interactive shell: each command a process group of its own, the second right
+    # after the first ended (before its /tmp file may be known as derived)
+    run, db, point = guarded
+    guard = run.sensor("prevent")
+    assert isinstance(guard, ContentGuard)
+    _unarmed(guard, db, point)
+    staged = tmp_path / "x.bin"
+    assert _run(f"cp {db}/customers.db {staged}", tmp_path).returncode == 0
+    done = _run(f"cp {staged} {point}/x.bin", tmp_path)
+    assert done.returncode != 0
+    assert "not permitted" in done.stderr or "ermission denied" in done.stderr, done.stderr
+    assert not any(_files_on(point).values()), _files_on(point)

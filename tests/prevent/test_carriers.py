@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,9 @@ def _never_holds(_paths: list[str]) -> bool:
     return False
 
 
-def test_a_carrier_counts_while_it_or_its_group_lives(procs: list[subprocess.Popen[bytes]]) -> None:
+def test_a_carrier_counts_while_it_or_its_group_lives(procs: list[subprocess.Popen[bytes]],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(arming, "GONE_SECONDS", 0.0)  # its lingering: the next test
     carriers = Carriers(os.getpid(), None, _never_holds)
     assert not carriers.alive()
     alone = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a group of its own
@@ -59,6 +62,23 @@ def test_a_carrier_counts_while_it_or_its_group_lives(procs: list[subprocess.Pop
     assert not carriers.alive()
 
 
+def test_a_gone_carrier_counts_a_few_seconds_more(procs: list[subprocess.Popen[bytes]],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # what it wrote may not be known as derived yet: the sticks stay armed meanwhile
+    monkeypatch.setattr(arming, "GONE_SECONDS", 1.0)
+    carriers = Carriers(os.getpid(), None, _never_holds)
+    alone = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    procs.append(alone)
+    carriers.note(alone.pid)
+    alone.kill()
+    alone.wait(10)
+    found_gone = time.time()
+    assert carriers.alive()
+    wait_for(lambda: not carriers.alive(), 15, "the gone carrier to stop counting")
+    assert time.time() - found_gone >= 1.0
+    assert carriers.count() == 0
+
+
 def _members(pgid: int) -> list[int]:
     """The live processes of process group `pgid`."""
     pids = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
@@ -67,6 +87,7 @@ def _members(pgid: int) -> list[int]:
 
 def test_one_forgotten_at_the_bound_keeps_the_sticks_armed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(arming, "MAX_CARRIERS", 2)
+    monkeypatch.setattr(arming, "GONE_SECONDS", 0.0)
     carriers = Carriers(os.getpid(), None, _never_holds)
     for pid in (999_991, 999_992, 999_993):  # gone (no such processes): only the bound counts
         carriers.note(pid)
