@@ -420,8 +420,7 @@ class FanotifySensor:
                 self._on_failure()
             if stopping:
                 return
-            rest = self.pacing.rest()  # in a flood only (pacing.py)
-            if rest:
+            if rest := self.pacing.rest():  # in a flood of tagged files' events only (pacing.py)
                 resting.poll(rest * 1000)  # stop() ends it: the next poll sees the pipe
             self.pacing.idle(time.monotonic())
 
@@ -480,6 +479,7 @@ class FanotifySensor:
         if path.endswith(DELETED):
             path = live_name(fd, path)
         if mask & FAN_OPEN_EXEC:
+            self.pacing.urgent()  # who a short-lived pid was: read while it lives, never paced
             self.processes.note_exec(pid, path)
             if not os.path.basename(path).startswith("ld-"):  # the loader: the same exec again
                 self._on_exec(pid)
@@ -487,12 +487,12 @@ class FanotifySensor:
                 os.close(fd)
                 return
         kind = ""
-        due = 0.0
-        via = ""
+        due, via = 0.0, ""
         tags = self._tagged_as(path)
         if tags is not None:
             kind = "tagged"
         elif self._is_removable(path := self._placed(fd, path)):
+            self.pacing.urgent()
             if mask & (FAN_MODIFY | FAN_CLOSE_WRITE):
                 self._on_write(pid, fd, bool(mask & FAN_MODIFY))
             if mask & FAN_CLOSE_WRITE:
@@ -506,6 +506,7 @@ class FanotifySensor:
             kind, via, (path, tags) = "tagged", path, linked
         elif mask & FAN_CLOSE_WRITE and "other" in self._handlers and self._wants_pid(pid):
             kind, due = "other", time.monotonic() + self._defer  # zip renames its temp file too
+            self.pacing.urgent()
         if not kind:
             os.close(fd)
             return

@@ -36,6 +36,21 @@ def test_a_run_of_quick_wake_ups_makes_the_reader_rest_and_a_quiet_moment_ends_i
     assert pacing.pauses == 4
 
 
+def test_an_event_that_must_not_wait_keeps_the_reader_prompt() -> None:
+    pacing = ReadPacing(pause=0.002, quick=0.001, streak=2)
+    for now in (1.0, 1.0001, 1.0002):
+        pacing.idle(now)
+        pacing.woke(now)
+    pacing.urgent()  # an exec, a write on removable media: its process is read while it lives
+    assert pacing.rest() == 0.0
+    pacing.idle(1.0003)
+    pacing.woke(1.0003)
+    assert pacing.rest() == 0.0  # the run starts again
+    pacing.idle(1.0004)
+    pacing.woke(1.0004)
+    assert pacing.rest() == 0.002
+
+
 def test_pacing_off_never_rests() -> None:
     pacing = ReadPacing(pause=0.0, streak=0)
     pacing.idle(1.0)
