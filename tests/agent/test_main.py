@@ -67,7 +67,8 @@ def test_sigterm_spools_agent_stop_and_exits_0_while_collector_is_down(tmp_path:
         spool = tmp_path / "state" / "spool.db"
         # Sensors start before the transport; wait for its first (and only) outage line.
         _wait(lambda: _rows(spool) >= 4 and "cannot reach collector" in log_path.read_text(),
-              "the events spooled and the outage logged")
+              "the events spooled and the outage logged",
+              diagnose=lambda: f"{_rows(spool)} rows spooled; its log: {log_path.read_text()[-3000:]}")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
@@ -151,8 +152,9 @@ def test_pushed_config_is_stored_privately_and_reported_in_the_next_hello(tmp_pa
         server.stop()
 
 
-def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+def _wait(predicate: Callable[[], bool], what: str, timeout: float = 30.0,
+          diagnose: Callable[[], str] = str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {diagnose()}"
         time.sleep(0.05)
